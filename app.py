@@ -1,0 +1,64 @@
+"""The application factory: gunicorn runs "app:create_app()"; nothing runs at import."""
+from dataclasses import dataclass, field
+
+from flask import Flask
+from flask_compress import Compress
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+import settings
+from lib.auth import load_clients
+from lib.db import make_pools
+from lib.embedded import start_embedded
+from lib.errors import handle_error
+from lib.health import ops
+from lib.http import assign_request_id, send_request_id
+from lib.jsonenc import OrjsonProvider
+from lib.logger import configure_logging
+from lib.modules import mount_modules
+
+COMPRESSED_TYPES = ['application/json', 'application/problem+json']
+
+
+@dataclass
+class Gateway:
+    """What dbapi keeps per app: the pools, the token table and the mounted routes."""
+
+    pools: dict
+    clients: dict
+    routes: list = field(default_factory=list)
+
+
+def load_config(app, overrides):
+    """Fill app.config from settings.py, then overrides."""
+    app.config.from_object(settings)
+    app.config.update(overrides or {})
+    app.config.update(COMPRESS_MIMETYPES=COMPRESSED_TYPES, COMPRESS_MIN_SIZE=500,
+                      COMPRESS_ALGORITHM=['br', 'gzip'], COMPRESS_ALGORITHM_STREAMING=['br', 'deflate'])
+
+
+def resolve_databases(config):
+    """Point an unconfigured default database at the embedded PostgreSQL (local and test only)."""
+    if config['DATABASES'].get('default') is None:
+        config['DATABASES'] = {**config['DATABASES'],
+                               'default': start_embedded(config['EMBEDDED_DB_DIR'], stop_at_exit=False)}
+
+
+def create_app(overrides=None):
+    """Build the dbapi Flask app from settings and optional config overrides."""
+    app = Flask(__name__, static_folder=None)
+    load_config(app, overrides)
+    configure_logging(app.config)
+    resolve_databases(app.config)
+    app.json = OrjsonProvider(app)
+    gateway = Gateway(make_pools(app.config), load_clients(app.config))
+    app.extensions['dbapi'] = gateway
+    app.before_request(assign_request_id)
+    app.after_request(send_request_id)
+    app.register_error_handler(Exception, handle_error)
+    app.register_blueprint(ops)
+    gateway.routes = mount_modules(app, app.config['MODULE_PACKAGES'], gateway.clients)
+    Compress(app)
+    if app.config['TRUSTED_PROXY_HOPS']:
+        hops = app.config['TRUSTED_PROXY_HOPS']
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0)
+    return app

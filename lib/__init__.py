@@ -1,0 +1,1 @@
+"""The dbapi framework: modules import from here, never the reverse."""

@@ -1,0 +1,105 @@
+"""Bearer tokens: parse the configuration, check a request's token, name its client, apply scopes."""
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import g, request
+
+from settings import ImproperlyConfigured
+
+from .errors import Forbidden, Unauthorized
+
+BEARER_HEADER = re.compile(r'Bearer +([A-Za-z0-9\-._~+/]+=*) *', re.IGNORECASE)
+CHALLENGE = 'Bearer realm="dbapi"'
+SINGLE_TOKEN_CLIENT = 'bearer'
+
+
+@dataclass(frozen=True)
+class Client:
+    """A caller known by its token: its name and the modules it may call (None: all)."""
+
+    name: str
+    modules: frozenset | None
+
+    def may_call(self, module):
+        """Tell whether this client may call module."""
+        return self.modules is None or module in self.modules
+
+
+def sha256_hex(token):
+    """Return the hex SHA-256 digest of a token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def parse_client(name, entry):
+    """Return (digest, Client) for one entry of BEARER_TOKENS."""
+    if not isinstance(entry, dict) or ('token' in entry) == ('sha256' in entry):
+        raise ImproperlyConfigured(f'bearer client {name!r} needs exactly one of "token" or "sha256"')
+    unknown = entry.keys() - {'token', 'sha256', 'modules'}
+    if unknown:
+        raise ImproperlyConfigured(f'bearer client {name!r} has unknown keys: {sorted(unknown)}')
+    digest = sha256_hex(entry['token']) if 'token' in entry else str(entry['sha256']).lower()
+    if not re.fullmatch(r'[0-9a-f]{64}', digest) or ('token' in entry and not entry['token']):
+        raise ImproperlyConfigured(f'bearer client {name!r} has an empty token or a bad sha256')
+    modules = entry.get('modules')
+    if modules is not None and not (isinstance(modules, list) and all(isinstance(m, str) for m in modules)):
+        raise ImproperlyConfigured(f'bearer client {name!r}: "modules" must be a list of module names')
+    return digest, Client(name, None if modules is None else frozenset(modules))
+
+
+def parse_clients_json(text, origin):
+    """Parse a JSON object of client name to token entry into {digest: Client}."""
+    try:
+        table = json.loads(text)
+    except ValueError:
+        raise ImproperlyConfigured(f'{origin} is not valid JSON') from None
+    if not isinstance(table, dict):
+        raise ImproperlyConfigured(f'{origin} must be a JSON object of client name to token')
+    return dict(parse_client(name, entry) for name, entry in table.items())
+
+
+def read_tokens_file(path):
+    """Return the text of BEARER_TOKENS_FILE."""
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise ImproperlyConfigured(f'BEARER_TOKENS_FILE cannot be read: {exc.strerror}') from None
+
+
+def load_clients(config):
+    """Build the {token digest: Client} table from BEARER, BEARER_TOKENS and BEARER_TOKENS_FILE."""
+    clients = {}
+    if config.get('BEARER'):
+        clients[sha256_hex(config['BEARER'])] = Client(SINGLE_TOKEN_CLIENT, None)
+    if config.get('BEARER_TOKENS'):
+        clients.update(parse_clients_json(config['BEARER_TOKENS'], 'BEARER_TOKENS'))
+    if config.get('BEARER_TOKENS_FILE'):
+        clients.update(parse_clients_json(read_tokens_file(config['BEARER_TOKENS_FILE']), 'BEARER_TOKENS_FILE'))
+    if not clients and config['ENVIRONMENT'] not in ('local', 'test'):
+        raise ImproperlyConfigured('no bearer token configured: set BEARER, BEARER_TOKENS or BEARER_TOKENS_FILE')
+    return clients
+
+
+def presented_token():
+    """Return the bearer token of this request, or raise 401 when the header is missing or malformed."""
+    match = BEARER_HEADER.fullmatch(request.headers.get('Authorization', ''))
+    if match is None:
+        raise Unauthorized(headers={'WWW-Authenticate': CHALLENGE})
+    return match.group(1)
+
+
+def authorize(clients, module):
+    """Identify the caller of module by its token and check its scope; store the client in g."""
+    digest = sha256_hex(presented_token())
+    # Looking up the token's SHA-256 rather than the token keeps the lookup O(1) and timing-safe:
+    # an attacker cannot steer the digest, so a lookup's timing reveals nothing about stored tokens.
+    client = clients.get(digest)
+    if client is None:
+        raise Unauthorized('The bearer token is not valid.',
+                           headers={'WWW-Authenticate': f'{CHALLENGE}, error="invalid_token"'})
+    g.client = client
+    if not client.may_call(module):
+        raise Forbidden(f'Client {client.name!r} may not call module {module!r}.')
+    return client

@@ -1,0 +1,105 @@
+"""Action decorators: use_schema, inject_conn and inject_db (the seed's names, its bugs fixed)."""
+import functools
+import inspect
+import random
+import time
+from collections.abc import Iterator
+
+import psycopg2
+from flask import current_app
+from psycopg2.extras import RealDictCursor
+
+from .db import DEFAULT, LeasedStream, Lease, transactional
+
+RETRYABLE_SQLSTATES = frozenset({'40001', '40P01'})
+SCHEMA_ATTRIBUTE = '__dbapi_schema__'
+
+
+def use_schema(schema):
+    """Validate the action's JSON body with a marshmallow schema (class or instance) before it runs."""
+    instance = schema() if isinstance(schema, type) else schema
+
+    def decorate(action):
+        setattr(action, SCHEMA_ATTRIBUTE, instance)
+        return action
+    return decorate
+
+
+def schema_of(action):
+    """Return the schema declared with use_schema on action, or None."""
+    return getattr(action, SCHEMA_ATTRIBUTE, None)
+
+
+def without_first_parameter(action):
+    """Return action's signature less its first parameter, which a decorator supplies."""
+    signature = inspect.signature(action)
+    parameters = list(signature.parameters.values())
+    if not parameters or parameters[0].kind not in (parameters[0].POSITIONAL_ONLY, parameters[0].POSITIONAL_OR_KEYWORD):
+        raise TypeError(f'{action.__qualname__} must take the injected connection as its first parameter')
+    return signature.replace(parameters=parameters[1:])
+
+
+def pool_for(database):
+    """Return this process's pool for the named database."""
+    return current_app.extensions['dbapi'].pools[database]
+
+
+def with_retries(attempt, retries):
+    """Call attempt(), again after a short pause when the database reports a serialization failure or deadlock."""
+    for tries_left in range(retries, -1, -1):
+        try:
+            return attempt()
+        except psycopg2.Error as exc:
+            if tries_left == 0 or exc.pgcode not in RETRYABLE_SQLSTATES:
+                raise
+            time.sleep(random.uniform(0, 0.02) * (retries - tries_left + 1))
+
+
+def run_leased(database, autocommit, named, call):
+    """Run call(conn) on a borrowed connection; a returned iterator keeps it until it is consumed."""
+    lease = Lease(pool_for(database), autocommit, RealDictCursor if named else None)
+    try:
+        result = call(lease.conn)
+    except BaseException:
+        lease.end(success=False)
+        raise
+    if isinstance(result, Iterator):
+        return LeasedStream(result, lease)
+    lease.end(success=True)
+    return result
+
+
+def injector(database, autocommit, named, wrap_connection):
+    """Build a decorator that passes wrap_connection(conn) to the action as its first argument."""
+    def decorate(action):
+        @functools.wraps(action)
+        def with_connection(*args, **kwargs):
+            def attempt():
+                return run_leased(database, autocommit, named,
+                                  lambda conn: wrap_connection(conn, lambda value: action(value, *args, **kwargs)))
+            # Only a whole-action transaction can be replayed safely.
+            return with_retries(attempt, 0 if autocommit else current_app.config['DB_RETRIES'])
+        with_connection.__signature__ = without_first_parameter(action)
+        return with_connection
+    return decorate
+
+
+def pass_connection(conn, call):
+    """Give the action the raw connection."""
+    return call(conn)
+
+
+def pass_db(conn, call):
+    """Give the action a Db helper inside one transaction."""
+    with transactional(conn) as db:
+        return call(db)
+
+
+def inject_conn(database=DEFAULT, named=True, autocommit=False):
+    """Pass a pooled raw psycopg2 connection as the first argument; commit or roll back, always give it back."""
+    return injector(database, autocommit, named, pass_connection)
+
+
+def inject_db(database=DEFAULT, autocommit=False):
+    """Pass a Db helper, in one transaction on a pooled connection, as the first argument."""
+    return injector(database, autocommit, True, pass_db)

@@ -1,0 +1,178 @@
+"""The ApiError family, the SQLSTATE mapping and the one RFC 9457 problem renderer."""
+import logging
+from http import HTTPStatus
+
+import psycopg2
+from flask import g
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from .jsonenc import json_response
+
+log = logging.getLogger('dbapi.errors')
+
+PROBLEM_JSON = 'application/problem+json'
+RETRY_AFTER_SECONDS = '1'
+
+
+class ApiError(Exception):
+    """An error with an HTTP status that renders as problem details."""
+
+    status = 500
+    detail = 'The server could not complete the request.'
+
+    def __init__(self, detail=None, errors=None, headers=None, **members):
+        super().__init__(detail or self.detail)
+        self.detail = detail or self.detail
+        self.errors = errors
+        self.headers = headers or {}
+        self.members = members
+
+
+class BadRequest(ApiError):
+    """The request cannot be understood (400)."""
+
+    status = 400
+    detail = 'The request is malformed.'
+
+
+class Unauthorized(ApiError):
+    """No valid bearer token (401)."""
+
+    status = 401
+    detail = 'A valid bearer token is required.'
+
+
+class Forbidden(ApiError):
+    """The caller may not do this (403)."""
+
+    status = 403
+    detail = 'This client may not call this action.'
+
+
+class NotFound(ApiError):
+    """The thing asked for does not exist (404)."""
+
+    status = 404
+    detail = 'The resource was not found.'
+
+
+class Conflict(ApiError):
+    """The request conflicts with the current state (409)."""
+
+    status = 409
+    detail = 'The request conflicts with existing data.'
+
+
+class Unprocessable(ApiError):
+    """The body is well-formed but its content is refused (422)."""
+
+    status = 422
+    detail = 'The request body failed validation.'
+
+
+class ServiceUnavailable(ApiError):
+    """The database cannot be reached now; try again shortly (503)."""
+
+    status = 503
+    detail = 'The database is unavailable. Try again shortly.'
+
+    def __init__(self, detail=None, **kwargs):
+        super().__init__(detail, **kwargs)
+        self.headers.setdefault('Retry-After', RETRY_AFTER_SECONDS)
+
+
+class GatewayTimeout(ApiError):
+    """The statement ran past its time limit (504)."""
+
+    status = 504
+    detail = 'The database statement timed out.'
+
+
+# SQLSTATE (exact code or two-character class) -> (error class, detail or None for the server's own message).
+SQLSTATE_ERRORS = {
+    '23505': (Conflict, None),
+    '23503': (Conflict, None),
+    '23502': (Unprocessable, None),
+    '23514': (Unprocessable, None),
+    '22': (Unprocessable, None),
+    'P0001': (BadRequest, None),
+    '42501': (Forbidden, 'The database refused this operation.'),
+    '57014': (GatewayTimeout, GatewayTimeout.detail),
+    '40001': (ServiceUnavailable, 'The transaction kept conflicting with others. Try again.'),
+    '40P01': (ServiceUnavailable, 'The transaction kept conflicting with others. Try again.'),
+    '08': (ServiceUnavailable, ServiceUnavailable.detail),
+    '53300': (ServiceUnavailable, ServiceUnavailable.detail),
+    '57P01': (ServiceUnavailable, ServiceUnavailable.detail),
+    '57P02': (ServiceUnavailable, ServiceUnavailable.detail),
+    '57P03': (ServiceUnavailable, ServiceUnavailable.detail),
+}
+
+
+def from_database_error(exc):
+    """Translate a psycopg2 error into an ApiError, or None when it is a server fault."""
+    code = exc.pgcode
+    if code is None:
+        # No SQLSTATE: the connection broke or could not be made.
+        lost = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+        return ServiceUnavailable() if lost else None
+    mapped = SQLSTATE_ERRORS.get(code) or SQLSTATE_ERRORS.get(code[:2])
+    if mapped is None:
+        return None
+    error_class, detail = mapped
+    diag = exc.diag
+    members = {'constraint': diag.constraint_name} if diag.constraint_name else {}
+    return error_class(detail or diag.message_primary, sqlstate=code, **members)
+
+
+def from_http_exception(exc):
+    """Translate a werkzeug HTTPException (404, 405, 413, 415...) into an ApiError."""
+    error = ApiError(HTTP_DETAILS.get(exc.code, exc.description))
+    error.status = exc.code
+    if exc.code == 405 and exc.valid_methods:
+        error.headers['Allow'] = ', '.join(exc.valid_methods)
+    return error
+
+
+HTTP_DETAILS = {
+    404: 'No action is mounted at this path.',
+    405: 'This path does not accept this method.',
+    413: 'The request body is too large.',
+    415: 'The request body must be application/json.',
+}
+
+
+def as_api_error(exc):
+    """Return the ApiError that exc stands for; an unknown error becomes a generic 500."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return Unprocessable(errors=exc.messages)
+    if isinstance(exc, HTTPException):
+        return from_http_exception(exc)
+    if isinstance(exc, psycopg2.Error):
+        return from_database_error(exc) or ApiError()
+    return ApiError()
+
+
+def problem_body(error, request_id):
+    """Build the RFC 9457 problem document for error."""
+    body = {'type': 'about:blank', 'title': HTTPStatus(error.status).phrase,
+            'status': error.status, 'detail': error.detail}
+    if error.errors is not None:
+        body['errors'] = error.errors
+    body.update(error.members)
+    body['request_id'] = request_id
+    return body
+
+
+def handle_error(exc):
+    """Render any exception raised while serving a request as problem+json."""
+    error = as_api_error(exc)
+    g.error = (exc, error)
+    if error.status >= 500 and not isinstance(exc, ApiError):
+        log.error('unhandled error', exc_info=exc)
+    body = problem_body(error, g.get('request_id'))
+    response = json_response(body, error.status, PROBLEM_JSON)
+    response.headers.update(error.headers)
+    return response

@@ -1,0 +1,170 @@
+"""Discover modules/*, check each route table, and mount one authorised blueprint per module."""
+import importlib
+import inspect
+import re
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import Blueprint, Response, g
+from werkzeug.wsgi import ClosingIterator
+
+from .auth import authorize
+from .db import LeasedStream
+from .decorators import schema_of
+from .errors import Unprocessable
+from .http import read_json_body
+from .jsonenc import JSON_MIMETYPE, json_array_chunks, json_response
+
+MODULE_NAME = re.compile(r'[a-z][a-z0-9_]*')
+ROUTE_NAME = re.compile(r'([A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*)?')
+RESERVED_NAMES = frozenset({'healthz', 'readyz', 'metrics', 'static'})
+ROUTE_KEYS = frozenset({'route', 'action'})
+
+
+class ModuleError(Exception):
+    """A module cannot be mounted; the message names its file."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One mounted action: its module, its name, the callable and how its body becomes arguments."""
+
+    module: str
+    name: str
+    action: object
+    load_arguments: object
+
+
+def module_folders(package):
+    """Yield (name, folder) for each module folder inside an importable package."""
+    root = Path(importlib.import_module(package).__path__[0])
+    for folder in sorted(root.iterdir()):
+        if folder.is_dir() and not folder.name.startswith(('_', '.')):
+            yield folder.name, folder
+
+
+def import_route_table(package, name, folder):
+    """Import <package>.<name>.routes and return its routes list, naming the file on any failure."""
+    routes_file = folder / 'routes.py'
+    if not MODULE_NAME.fullmatch(name) or name in RESERVED_NAMES:
+        raise ModuleError(f'{folder}: a module folder name must match [a-z][a-z0-9_]* and not be reserved')
+    if not routes_file.is_file():
+        raise ModuleError(f'{routes_file}: missing; every module folder needs a routes.py')
+    try:
+        routes_module = importlib.import_module(f'{package}.{name}.routes')
+    except Exception as exc:
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        raise ModuleError(f'{routes_file}: import failed ({type(exc).__name__}: {exc}, at {where.filename}:{where.lineno})') from exc
+    return routes_file, getattr(routes_module, 'routes', None)
+
+
+def check_route_table(routes_file, table):
+    """Raise ModuleError, naming routes_file, unless table is a list of {route, action} dicts without duplicates."""
+    if not isinstance(table, list) or not table:
+        raise ModuleError(f'{routes_file}: must define routes = [dict(route=..., action=...), ...]')
+    seen = set()
+    for index, entry in enumerate(table):
+        where = f'{routes_file}: routes[{index}]'
+        if not isinstance(entry, dict) or set(entry) != ROUTE_KEYS:
+            raise ModuleError(f'{where} must be a dict with exactly the keys route and action')
+        if not isinstance(entry['route'], str) or not ROUTE_NAME.fullmatch(entry['route']):
+            raise ModuleError(f'{where}: route must be a string like "create" or "reports/daily"')
+        if not callable(entry['action']):
+            raise ModuleError(f'{where}: action is not callable')
+        if entry['route'] in seen:
+            raise ModuleError(f'{where}: route {entry["route"]!r} appears twice')
+        seen.add(entry['route'])
+
+
+def schema_loader(schema):
+    """Return a function that validates a body with schema into call arguments."""
+    def load_arguments(body):
+        if schema.many != isinstance(body, list) or not isinstance(body, (list, dict)):
+            shape = 'an array' if schema.many else 'an object'
+            raise Unprocessable(f'The request body must be a JSON {shape}.')
+        loaded = schema.load(body)
+        return ((loaded,), {}) if schema.many else ((), loaded)
+    return load_arguments
+
+
+def signature_loader(action, where):
+    """Return a function that checks a body's keys against action's keyword parameters."""
+    parameters = inspect.signature(action).parameters.values()
+    if any(p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL) for p in parameters):
+        raise ModuleError(f'{where}: an action without use_schema takes keyword parameters only')
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
+    accepted = {p.name for p in parameters if p.kind != p.VAR_KEYWORD}
+    required = {p.name for p in parameters if p.default is p.empty and p.kind != p.VAR_KEYWORD}
+
+    def load_arguments(body):
+        if not isinstance(body, dict):
+            raise Unprocessable('The request body must be a JSON object.')
+        errors = {key: ['Unknown field.'] for key in body if key not in accepted and not takes_any}
+        errors.update({key: ['Missing data for required field.'] for key in required if key not in body})
+        if errors:
+            raise Unprocessable(errors=errors)
+        return (), body
+    return load_arguments
+
+
+def make_route(module, routes_file, entry):
+    """Build the Route of one route-table entry."""
+    action = entry['action']
+    schema = schema_of(action)
+    where = f'{routes_file}: route {entry["route"]!r}'
+    load = schema_loader(schema) if schema is not None else signature_loader(action, where)
+    return Route(module, entry['route'], action, load)
+
+
+def respond(result):
+    """Turn an action's return value, or (value, status), into a JSON response."""
+    if isinstance(result, Response):
+        return result
+    value, status = result if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], int) else (result, 200)
+    if isinstance(value, LeasedStream):
+        # Encode batch by batch; closing the response gives the connection back.
+        return Response(ClosingIterator(json_array_chunks(value), [value.close]), status, mimetype=JSON_MIMETYPE)
+    return json_response(value, status)
+
+
+def make_view(route, clients):
+    """Build the view of one route: authorise, parse the body once, validate, call, respond."""
+    def view():
+        g.route = route
+        authorize(clients, route.module)
+        args, kwargs = route.load_arguments(read_json_body())
+        return respond(route.action(*args, **kwargs))
+    view.__name__ = f'{route.module}:{route.name}'
+    return view
+
+
+def build_blueprint(module, routes):
+    """Build the blueprint of one module with one POST-only URL rule per route."""
+    blueprint = Blueprint(module, __name__, url_prefix=f'/{module}')
+    for route, view in routes:
+        rules = ['', '/'] if route.name == '' else [f'/{route.name}']
+        for rule in rules:
+            blueprint.add_url_rule(rule, endpoint=route.name or 'root', view_func=view,
+                                   methods=['POST'], provide_automatic_options=False, strict_slashes=False)
+    return blueprint
+
+
+def load_module(package, name, folder):
+    """Import and check one module folder; return its list of Routes."""
+    routes_file, table = import_route_table(package, name, folder)
+    check_route_table(routes_file, table)
+    return [make_route(name, routes_file, entry) for entry in table]
+
+
+def mount_modules(app, packages, clients):
+    """Discover every module in packages and mount it on app; return the mounted Routes."""
+    mounted = []
+    for package in packages:
+        for name, folder in module_folders(package):
+            if name in app.blueprints:
+                raise ModuleError(f'{folder}: a module named {name!r} is already mounted')
+            routes = load_module(package, name, folder)
+            app.register_blueprint(build_blueprint(name, [(route, make_view(route, clients)) for route in routes]))
+            mounted.extend(routes)
+    return mounted

@@ -1,0 +1,1 @@
+"""Each folder here is a module mounted at /<folder>/ from its routes.py."""

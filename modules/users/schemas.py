@@ -1,0 +1,39 @@
+"""Bodies of the users module."""
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+
+class NewUser(Schema):
+    """An email and a name."""
+
+    email = fields.Email(required=True, validate=validate.Length(max=320))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class UserId(Schema):
+    """One user by id."""
+
+    id = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+
+
+class UserChange(UserId):
+    """A user id with the fields to change."""
+
+    email = fields.Email(validate=validate.Length(max=320))
+    name = fields.String(validate=validate.Length(min=1, max=200))
+
+    @validates_schema
+    def require_a_change(self, data, **kwargs):
+        """Refuse a change that changes nothing."""
+        if 'email' not in data and 'name' not in data:
+            raise ValidationError('Give email, name or both.', '_schema')
+
+
+class Page(Schema):
+    """A keyset page: up to limit users with an id above after_id."""
+
+    limit = fields.Integer(strict=True, load_default=100, validate=validate.Range(min=1, max=1000))
+    after_id = fields.Integer(strict=True, load_default=0, validate=validate.Range(min=0))
+
+
+class Nothing(Schema):
+    """An empty body."""

@@ -1,0 +1,102 @@
+"""Settings: Django-style constants read once from the environment after env/<ENVIRONMENT>/.env."""
+import os
+import re
+from pathlib import Path
+
+from dotenv import load_dotenv
+from psycopg2.extensions import make_dsn
+
+BASE_DIR = Path(__file__).resolve().parent
+
+
+class ImproperlyConfigured(Exception):
+    """A setting is missing or malformed; the service must not start."""
+
+
+def env_str(name, default=None):
+    """Return the variable's text, or default when it is unset or empty."""
+    value = os.environ.get(name, '')
+    return value if value != '' else default
+
+
+def env_int(name, default, minimum=0, maximum=2**31 - 1):
+    """Return the variable as an integer within [minimum, maximum]."""
+    text = env_str(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ImproperlyConfigured(f'{name} must be an integer') from None
+    if not minimum <= value <= maximum:
+        raise ImproperlyConfigured(f'{name} must be between {minimum} and {maximum}')
+    return value
+
+
+def env_choice(name, default, choices):
+    """Return the variable, which must be one of choices (case-insensitive)."""
+    value = env_str(name, default).upper()
+    if value not in choices:
+        raise ImproperlyConfigured(f'{name} must be one of {", ".join(choices)}')
+    return value
+
+
+def database_dsn(prefix):
+    """Build the DSN of one named database from <PREFIX>_DATABASE_URL or <PREFIX>_DB_*."""
+    url = env_str(f'{prefix}_DATABASE_URL') or (env_str('DATABASE_URL') if prefix == 'DEFAULT' else None)
+    parts = {key: env_str(f'{prefix}_DB_{suffix}') for key, suffix in DB_PARTS.items()}
+    if url and any(parts.values()):
+        raise ImproperlyConfigured(f'set either a DATABASE_URL or {prefix}_DB_*, not both')
+    if url:
+        return url
+    if not any(parts.values()):
+        return None
+    # make_dsn quotes every value, so passwords may hold quotes, spaces, @ or /.
+    return make_dsn(**{key: value for key, value in parts.items() if value is not None})
+
+
+def database_names():
+    """Return the configured database names: default plus DB_NAMES."""
+    names = [name.strip().lower() for name in env_str('DB_NAMES', 'default').split(',') if name.strip()]
+    for name in names:
+        if not re.fullmatch(r'[a-z][a-z0-9_]*', name):
+            raise ImproperlyConfigured(f'DB_NAMES holds a bad name: {name!r}')
+    return list(dict.fromkeys(['default', *names]))
+
+
+DB_PARTS = dict(dbname='NAME', user='USER', password='PASS', host='HOST', port='PORT')
+
+ENVIRONMENT = env_str('ENVIRONMENT', 'local')
+if not re.fullmatch(r'[a-z][a-z0-9_-]*', ENVIRONMENT):
+    raise ImproperlyConfigured('ENVIRONMENT must be a lower-case name such as local, test or production')
+# Real environment variables win over the file (override=False).
+load_dotenv(BASE_DIR / 'env' / ENVIRONMENT / '.env', override=False)
+DEVELOPMENT = ENVIRONMENT in ('local', 'test')
+
+APP_ID = env_str('APP_ID', 'dbapi')
+PROCESS_ID = env_str('PROCESS_ID', 'dbapi')
+PORT = env_int('PORT', 8000, 1, 65535)
+WEB_CONCURRENCY = env_int('WEB_CONCURRENCY', 2 * (os.cpu_count() or 1) + 1, 1, 256)
+TRUSTED_PROXY_HOPS = env_int('TRUSTED_PROXY_HOPS', 0, 0, 5)
+
+BEARER = env_str('BEARER')
+BEARER_TOKENS = env_str('BEARER_TOKENS')
+BEARER_TOKENS_FILE = env_str('BEARER_TOKENS_FILE')
+
+# None means "not configured"; local and test then use the embedded PostgreSQL.
+DATABASES = {name: database_dsn(name.upper()) for name in database_names()}
+EMBEDDED_DB_DIR = Path(env_str('EMBEDDED_DB_DIR', str(BASE_DIR / '.data' / f'pg-{ENVIRONMENT}')))
+if DATABASES['default'] is None and not DEVELOPMENT:
+    raise ImproperlyConfigured('DATABASE_URL or DEFAULT_DB_* must be set outside local and test')
+DB_POOL_MAX = env_int('DB_POOL_MAX', 2, 1, 1000)
+DB_POOL_TIMEOUT_MS = env_int('DB_POOL_TIMEOUT_MS', 5000, 0, 600000)
+DB_CONNECT_TIMEOUT = env_int('DB_CONNECT_TIMEOUT', 5, 1, 600)
+DB_STATEMENT_TIMEOUT_MS = env_int('DB_STATEMENT_TIMEOUT_MS', 30000, 0, 2**31 - 1)
+DB_RETRIES = env_int('DB_RETRIES', 3, 0, 100)
+
+MAX_CONTENT_LENGTH = env_int('MAX_CONTENT_LENGTH', 1048576, 1, 2**31 - 1)
+LOG_LEVEL = env_choice('LOG_LEVEL', 'INFO', ('DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL'))
+LOG_PATH = env_str('LOG_PATH')
+ELK_INDEX = env_str('ELK_INDEX', f'{APP_ID}-{ENVIRONMENT}')
+
+MODULE_PACKAGES = [name.strip() for name in env_str('MODULE_PACKAGES', 'modules').split(',') if name.strip()]
