@@ -1,0 +1,1 @@
+"""Actions that make the framework show each behaviour of the contract."""

@@ -1,0 +1,181 @@
+"""Probe actions: each one makes the framework show one behaviour for the tests."""
+import math
+import os
+
+from marshmallow import Schema, fields
+
+from lib.db import DEFAULT
+from lib.decorators import inject_conn, inject_db, use_schema
+from lib.errors import ApiError, Conflict, NotFound
+
+# Each case runs real SQL that makes PostgreSQL raise that SQLSTATE.
+SQLSTATE_CASES = {
+    'unique': "INSERT INTO probe.things (code) VALUES ('dup'), ('dup')",
+    'foreign_key': 'INSERT INTO probe.things (parent_id) VALUES (-1)',
+    'not_null': 'INSERT INTO probe.things (label) VALUES (NULL)',
+    'check': 'INSERT INTO probe.things (quantity) VALUES (-5)',
+    'data': 'SELECT 1 / 0',
+    'bad_input': "SELECT 'abc'::int",
+    'raise': "SELECT probe.refuse('Stock is frozen for audit.')",
+    'privilege': 'SET LOCAL ROLE dbapi_probe_nobody; SELECT * FROM probe.things',
+    'timeout': "SET LOCAL statement_timeout = '50ms'; SELECT pg_sleep(2)",
+    'serialization': "SELECT nextval('probe.attempts'); DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$",
+    'deadlock': "SELECT nextval('probe.attempts'); DO $$ BEGIN RAISE EXCEPTION 'deadlock' USING ERRCODE = '40P01'; END $$",
+    'syntax': 'SELEC 1',
+    'undefined_table': 'SELECT * FROM probe.no_such_table',
+}
+
+
+def echo(**body):
+    """Return the body as given."""
+    return body
+
+
+def greet(name, greeting='hello'):
+    """Greet name; validated against this signature, not a schema."""
+    return f'{greeting} {name}'
+
+
+class Item(Schema):
+    """One item of a list body."""
+
+    sku = fields.String(required=True)
+    count = fields.Integer(required=True, strict=True)
+
+
+@use_schema(Item(many=True))
+def items(items):
+    """Count a list body validated with a many=True schema."""
+    return {'count': len(items), 'skus': [item['sku'] for item in items]}
+
+
+class Case(Schema):
+    """The name of a SQLSTATE case."""
+
+    case = fields.String(required=True)
+
+
+@use_schema(Case)
+@inject_conn(DEFAULT)
+def sqlstate(conn, case):
+    """Run the SQL of one case, which fails in PostgreSQL."""
+    with conn.cursor() as cursor:
+        cursor.execute(SQLSTATE_CASES[case])
+    return 'unreachable'
+
+
+@inject_conn(DEFAULT)
+def flaky(conn):
+    """Fail with a serialization failure on every odd attempt, so one retry succeeds."""
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT nextval('probe.attempts')")
+        attempt = cursor.fetchone()['nextval']
+        if attempt % 2 == 1:
+            cursor.execute("DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$")
+    return {'attempt': attempt}
+
+
+@inject_db(DEFAULT)
+def probe_values(db):
+    """Return one value of each PostgreSQL type of the contract's JSON table."""
+    return db.fetch_one("""
+        SELECT '2026-11-21 20:54:17.123456+00'::timestamptz AS timestamptz,
+               '2026-11-21 20:54:17.123456'::timestamp AS timestamp,
+               '2026-11-21'::date AS date, '20:54:17'::time AS time,
+               10.50::numeric(10, 2) AS numeric, '0.1'::numeric AS small_numeric,
+               'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS uuid,
+               '\\x00ff10'::bytea AS bytea, interval '1 day 2 seconds' AS interval,
+               '{"a": [1, null, "x"]}'::jsonb AS jsonb, '[1, 2]'::json AS json,
+               'NaN'::float8 AS nan, 'Infinity'::float8 AS infinity, '-Infinity'::float8 AS minus_infinity,
+               ARRAY[1, 2, 3] AS int_array, 9223372036854775807::bigint AS bigint, 'é ✓'::text AS text""")
+
+
+def python_values():
+    """Return Python values the contract's JSON table covers beyond the database's."""
+    return {'set': {3}, 'tuple': (1, 'a'), 'nan': math.nan, 'inf': math.inf, 'huge': 2**70,
+            'bytes': b'\x00\xff', 'nested': {'nan': [math.nan]}}
+
+
+def crash():
+    """Raise an unexpected error whose message holds things a 500 must never show."""
+    raise RuntimeError('boom: password=hunter2 host=db.internal SELECT secret FROM vault')
+
+
+def missing():
+    """Raise NotFound with a detail."""
+    raise NotFound('No such probe.')
+
+
+class Failure(Schema):
+    """The status of the ApiError to raise."""
+
+    status = fields.Integer(required=True, strict=True)
+
+
+@use_schema(Failure)
+def fail_with(status):
+    """Raise an ApiError with the given status."""
+    if status == 409:
+        raise Conflict('Already there.')
+    error = ApiError('Failed on purpose.')
+    error.status = status
+    raise error
+
+
+def with_status():
+    """Return (value, status)."""
+    return {'accepted': True}, 202
+
+
+class Size(Schema):
+    """A body size in bytes."""
+
+    size = fields.Integer(required=True, strict=True)
+
+
+@use_schema(Size)
+def sized(size):
+    """Return a JSON string of about size bytes."""
+    return 'x' * size
+
+
+class Hold(Schema):
+    """How long to hold a connection."""
+
+    seconds = fields.Float(required=True)
+
+
+@use_schema(Hold)
+@inject_conn(DEFAULT)
+def hold(conn, seconds):
+    """Keep a pooled connection busy for a while."""
+    with conn.cursor() as cursor:
+        cursor.execute('SELECT pg_sleep(%s)', (seconds,))
+    return {'held': seconds}
+
+
+def pid():
+    """Return the serving process id."""
+    return {'pid': os.getpid()}
+
+
+class Pair(Schema):
+    """Two integers."""
+
+    a = fields.Integer(required=True, strict=True)
+    b = fields.Integer(required=True, strict=True)
+
+
+@use_schema(Pair)
+@inject_db(DEFAULT)
+def add(db, a, b):
+    """Add two numbers in a stored function through Db.call."""
+    return db.call('probe.add', a, b)
+
+
+@inject_conn(DEFAULT, named=False)
+def raw_rows(conn):
+    """Return raw cursor rows of a connection injected with named=False (tuples)."""
+    with conn.cursor() as cursor:
+        cursor.execute('SELECT 1 AS one, 2 AS two')
+        return cursor.fetchall()

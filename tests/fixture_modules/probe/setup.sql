@@ -1,0 +1,22 @@
+-- Objects the probe module needs; the tests create them, the migrations do not.
+DROP SCHEMA IF EXISTS probe CASCADE;
+CREATE SCHEMA probe;
+CREATE TABLE probe.parents (id int PRIMARY KEY);
+CREATE TABLE probe.things (
+    id serial PRIMARY KEY,
+    code text UNIQUE,
+    parent_id int REFERENCES probe.parents (id),
+    label text NOT NULL DEFAULT 'x',
+    quantity int CHECK (quantity >= 0)
+);
+CREATE SEQUENCE probe.attempts;
+CREATE FUNCTION probe.refuse(message text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '%', message;
+END $$;
+CREATE FUNCTION probe.add(a int, b int) RETURNS int LANGUAGE sql AS 'SELECT a + b';
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dbapi_probe_nobody') THEN
+        CREATE ROLE dbapi_probe_nobody NOLOGIN;
+    END IF;
+END $$;

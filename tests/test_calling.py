@@ -1,0 +1,144 @@
+"""CONTRACT section 1: calling an action."""
+import pytest
+
+from tests.conftest import ADMIN_TOKEN
+
+AUTH = {'Authorization': f'Bearer {ADMIN_TOKEN}'}
+
+
+def post_raw(client, path, data, content_type):
+    """POST raw bytes with a content type and the admin token."""
+    headers = dict(AUTH, **({'Content-Type': content_type} if content_type else {}))
+    return client.post(path, data=data, headers=headers)
+
+
+@pytest.mark.parametrize('path', ['/example', '/example/'])
+def test_module_root_action_answers_with_and_without_slash(call, path):
+    response = call(path)
+    assert response.status_code == 200
+    assert response.get_json() is True
+
+
+def test_action_name_may_contain_a_slash(call):
+    assert call('/probe/reports/daily', {'day': 'monday'}).get_json() == {'day': 'monday'}
+
+
+def test_empty_body_means_empty_object(client):
+    response = post_raw(client, '/probe/echo', b'', None)
+    assert response.status_code == 200
+    assert response.get_json() == {}
+
+
+@pytest.mark.parametrize('body', [b'[1, 2]', b'"text"', b'3', b'null', b'true'])
+def test_json_that_is_not_an_object_is_422(client, body):
+    response = post_raw(client, '/users/get', body, 'application/json')
+    assert response.status_code == 422
+    assert response.mimetype == 'application/problem+json'
+
+
+def test_json_that_is_not_an_object_is_422_without_a_schema_too(client):
+    assert post_raw(client, '/probe/greet', b'["x"]', 'application/json').status_code == 422
+
+
+def test_many_schema_takes_an_array(call):
+    response = call('/probe/items', [{'sku': 'a', 'count': 1}, {'sku': 'b', 'count': 2}])
+    assert response.status_code == 200
+    assert response.get_json() == {'count': 2, 'skus': ['a', 'b']}
+
+
+def test_many_schema_refuses_an_object(call):
+    assert call('/probe/items', {'sku': 'a', 'count': 1}).status_code == 422
+
+
+def test_many_schema_reports_errors_per_item(call):
+    response = call('/probe/items', [{'sku': 'a', 'count': 1}, {'sku': 'b'}])
+    assert response.status_code == 422
+    assert response.get_json()['errors'] == {'1': {'count': ['Missing data for required field.']}}
+
+
+@pytest.mark.parametrize('content_type', ['application/json; charset=utf-8', 'application/json;charset=UTF-8',
+                                          'Application/JSON'])
+def test_charset_parameter_is_accepted(client, content_type):
+    response = post_raw(client, '/probe/echo', b'{"a": 1}', content_type)
+    assert response.status_code == 200
+    assert response.get_json() == {'a': 1}
+
+
+@pytest.mark.parametrize('content_type', ['text/plain', 'application/x-www-form-urlencoded', 'application/xml', None])
+def test_other_content_type_with_a_body_is_415(client, content_type):
+    response = post_raw(client, '/probe/echo', b'{"a": 1}', content_type)
+    assert response.status_code == 415
+    assert response.mimetype == 'application/problem+json'
+
+
+def test_other_content_type_with_an_empty_body_is_fine(client):
+    assert post_raw(client, '/example/', b'', 'text/plain').status_code == 200
+
+
+def test_unknown_key_is_422_against_the_schema(call):
+    response = call('/users/get', {'id': 1, 'sneaky': True})
+    assert response.status_code == 422
+    assert response.get_json()['errors'] == {'sneaky': ['Unknown field.']}
+
+
+def test_unknown_key_is_422_against_the_signature(call):
+    response = call('/probe/greet', {'name': 'Ada', 'conn': 'x', 'extra': 1})
+    assert response.status_code == 422
+    assert response.get_json()['errors'] == {'conn': ['Unknown field.'], 'extra': ['Unknown field.']}
+
+
+def test_missing_key_is_422_against_the_signature(call):
+    response = call('/probe/greet', {'greeting': 'hi'})
+    assert response.status_code == 422
+    assert response.get_json()['errors'] == {'name': ['Missing data for required field.']}
+
+
+def test_signature_action_gets_exactly_its_keys(call):
+    assert call('/probe/greet', {'name': 'Ada'}).get_json() == 'hello Ada'
+    assert call('/probe/greet', {'name': 'Ada', 'greeting': 'hi'}).get_json() == 'hi Ada'
+
+
+def test_injected_connection_cannot_be_set_from_the_body(call):
+    response = call('/users/get', {'id': 1, 'db': 'x'})
+    assert response.status_code == 422
+    assert 'db' in response.get_json()['errors']
+
+
+def test_action_without_parameters_refuses_any_key(call):
+    response = call('/example/', {'anything': 1})
+    assert response.status_code == 422
+    assert response.get_json()['errors'] == {'anything': ['Unknown field.']}
+
+
+def test_success_encodes_the_return_value(call):
+    response = call('/probe/greet', {'name': 'Ada'})
+    assert response.status_code == 200
+    assert response.mimetype == 'application/json'
+
+
+def test_action_may_return_value_and_status(call):
+    response = call('/probe/status')
+    assert response.status_code == 202
+    assert response.get_json() == {'accepted': True}
+
+
+def mounted_paths(app):
+    """Return every URL rule that a module mounted."""
+    return sorted(rule.rule for rule in app.url_map.iter_rules() if 'POST' in rule.methods)
+
+
+@pytest.mark.parametrize('method', ['GET', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'HEAD'])
+def test_other_methods_are_405_with_allow_post_on_every_mounted_path(app, client, method):
+    paths = mounted_paths(app)
+    assert '/users/create' in paths and '/example' in paths
+    for path in paths:
+        response = client.open(path, method=method, headers=AUTH)
+        assert response.status_code == 405, path
+        assert response.headers['Allow'] == 'POST', path
+
+
+@pytest.mark.parametrize('path', ['/nope/create', '/nope', '/users/nope', '/users/create/extra', '/'])
+def test_unknown_module_or_action_is_404(call, path):
+    response = call(path)
+    assert response.status_code == 404
+    assert response.mimetype == 'application/problem+json'

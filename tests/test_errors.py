@@ -1,0 +1,144 @@
+"""CONTRACT section 3: every error is RFC 9457 problem details, with the status of the error table."""
+import threading
+
+import pytest
+
+from tests.conftest import ADMIN_TOKEN, run_sql
+
+PROBLEM_KEYS = {'type', 'title', 'status', 'detail', 'request_id'}
+
+
+def assert_problem(response, status):
+    """Assert response is a problem+json document with status; return its body."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == 'application/problem+json'
+    body = response.get_json()
+    assert PROBLEM_KEYS <= body.keys()
+    assert body['type'] == 'about:blank' and body['status'] == status and body['title']
+    assert body['request_id'] == response.headers['X-Request-ID']
+    return body
+
+
+def test_invalid_json_is_400(client):
+    response = client.post('/probe/echo', data=b'{"a": ', headers={'Authorization': f'Bearer {ADMIN_TOKEN}',
+                                                                    'Content-Type': 'application/json'})
+    assert assert_problem(response, 400)['detail'] == 'The request body is not valid JSON.'
+
+
+def test_invalid_utf8_is_400(client):
+    response = client.post('/probe/echo', data=b'{"a": "\xff"}', headers={
+        'Authorization': f'Bearer {ADMIN_TOKEN}', 'Content-Type': 'application/json'})
+    assert_problem(response, 400)
+
+
+def test_body_over_max_content_length_is_413(make_app):
+    client = make_app(MAX_CONTENT_LENGTH=100).test_client()
+    response = client.post('/probe/echo', json={'pad': 'x' * 200}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
+    assert_problem(response, 413)
+
+
+def test_default_max_content_length_is_one_mebibyte(app):
+    assert app.config['MAX_CONTENT_LENGTH'] == 1048576
+
+
+def test_wrong_content_type_is_415(client):
+    response = client.post('/probe/echo', data=b'a=1', headers={'Authorization': f'Bearer {ADMIN_TOKEN}',
+                                                                 'Content-Type': 'text/plain'})
+    assert_problem(response, 415)
+
+
+def test_schema_validation_is_422_with_the_field_map(call):
+    body = assert_problem(call('/users/create', {'email': 'not-an-email'}), 422)
+    assert body['detail'] == 'The request body failed validation.'
+    assert body['errors'] == {'email': ['Not a valid email address.'], 'name': ['Missing data for required field.']}
+
+
+@pytest.mark.parametrize('status', [400, 402, 404, 409, 410, 418, 422, 429, 503])
+def test_api_error_raised_by_an_action_keeps_its_status(call, status):
+    assert_problem(call('/probe/fail', {'status': status}), status)
+
+
+def test_not_found_from_an_action_carries_its_detail(call):
+    assert assert_problem(call('/probe/missing'), 404)['detail'] == 'No such probe.'
+
+
+@pytest.mark.parametrize('case, status, sqlstate', [
+    ('unique', 409, '23505'),
+    ('foreign_key', 409, '23503'),
+    ('not_null', 422, '23502'),
+    ('check', 422, '23514'),
+    ('data', 422, '22012'),
+    ('bad_input', 422, '22P02'),
+    ('raise', 400, 'P0001'),
+    ('privilege', 403, '42501'),
+    ('timeout', 504, '57014'),
+])
+def test_sqlstate_maps_to_its_status(call, case, status, sqlstate):
+    body = assert_problem(call('/probe/sqlstate', {'case': case}), status)
+    assert body['sqlstate'] == sqlstate
+
+
+def test_raise_exception_message_is_the_detail(call):
+    assert assert_problem(call('/probe/sqlstate', {'case': 'raise'}), 400)['detail'] == 'Stock is frozen for audit.'
+
+
+def test_unique_violation_names_the_constraint(call):
+    assert assert_problem(call('/probe/sqlstate', {'case': 'unique'}), 409)['constraint'] == 'things_code_key'
+
+
+def attempts(database_url):
+    """Return the probe's attempt counter (a sequence: it survives rollbacks)."""
+    return run_sql(database_url, 'SELECT last_value FROM probe.attempts')[0][0]
+
+
+@pytest.mark.parametrize('case, sqlstate', [('serialization', '40001'), ('deadlock', '40P01')])
+def test_serialization_failure_and_deadlock_are_503_once_retries_are_spent(make_app, database_url, case, sqlstate):
+    caller = make_app(DB_RETRIES=3).test_client()
+    run_sql(database_url, "SELECT setval('probe.attempts', 100)")
+    response = caller.post('/probe/sqlstate', json={'case': case}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
+    body = assert_problem(response, 503)
+    assert response.headers['Retry-After'] == '1'
+    assert body['sqlstate'] == sqlstate
+    assert attempts(database_url) == 104  # the first try and three retries
+
+
+def test_serialization_failure_is_retried_until_it_succeeds(call, database_url):
+    run_sql(database_url, "SELECT setval('probe.attempts', 2)")
+    response = call('/probe/flaky')
+    assert response.status_code == 200
+    assert response.get_json() == {'attempt': 4}
+
+
+def test_database_down_is_503_with_retry_after(make_app):
+    client = make_app(DATABASES={'default': 'host=127.0.0.1 port=1 dbname=x user=x connect_timeout=2'}).test_client()
+    response = client.post('/users/get', json={'id': 1}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
+    body = assert_problem(response, 503)
+    assert response.headers['Retry-After'] == '1'
+    assert '127.0.0.1' not in body['detail'] and 'port' not in body['detail']
+
+
+def test_no_connection_free_in_time_is_503(make_app):
+    app = make_app(DB_POOL_MAX=1, DB_POOL_TIMEOUT_MS=100)
+    headers = {'Authorization': f'Bearer {ADMIN_TOKEN}'}
+    holder = threading.Thread(target=lambda: app.test_client().post('/probe/hold', json={'seconds': 1.5},
+                                                                    headers=headers))
+    holder.start()
+    try:
+        threading.Event().wait(0.4)
+        response = app.test_client().post('/users/get', json={'id': 1}, headers=headers)
+        assert_problem(response, 503)
+        assert response.headers['Retry-After'] == '1'
+    finally:
+        holder.join()
+
+
+@pytest.mark.parametrize('path, body', [('/probe/crash', {}), ('/probe/sqlstate', {'case': 'syntax'}),
+                                        ('/probe/sqlstate', {'case': 'undefined_table'})])
+def test_anything_else_is_a_generic_500(call, path, body):
+    response = call(path, body)
+    problem = assert_problem(response, 500)
+    assert problem['detail'] == 'The server could not complete the request.'
+    text = response.get_data(as_text=True)
+    for leak in ('hunter2', 'db.internal', 'SELECT', 'SELEC', 'Traceback', 'File "', ADMIN_TOKEN, 'no_such_table',
+                 'password', 'host='):
+        assert leak not in text
