@@ -36,6 +36,22 @@ def load_config(app, overrides):
                       COMPRESS_ALGORITHM=['br', 'gzip'], COMPRESS_ALGORITHM_STREAMING=['br', 'deflate'])
 
 
+def compress_every_status(app):
+    """Compress bodies of 500 bytes or more whatever their status; flask-compress alone skips errors."""
+    compress = Compress()
+    app.config['COMPRESS_REGISTER'] = False
+    compress.init_app(app)
+
+    def compress_response(response):
+        status = response.status_code
+        response.status_code = 200
+        try:
+            return compress.after_request(response)
+        finally:
+            response.status_code = status
+    app.after_request(compress_response)
+
+
 def resolve_databases(config):
     """Point an unconfigured default database at the embedded PostgreSQL (local and test only)."""
     if config['DATABASES'].get('default') is None:
@@ -57,7 +73,7 @@ def create_app(overrides=None):
     app.register_error_handler(Exception, handle_error)
     app.register_blueprint(ops)
     gateway.routes = mount_modules(app, app.config['MODULE_PACKAGES'], gateway.clients)
-    Compress(app)
+    compress_every_status(app)
     if app.config['TRUSTED_PROXY_HOPS']:
         hops = app.config['TRUSTED_PROXY_HOPS']
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0)

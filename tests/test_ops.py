@@ -1,0 +1,45 @@
+"""CONTRACT section 6: /healthz and /readyz."""
+import pytest
+
+
+def test_healthz_get(client):
+    response = client.get('/healthz')
+    assert response.status_code == 200
+    assert response.get_json() == {'status': 'ok'}
+
+
+def test_healthz_head(client):
+    response = client.head('/healthz')
+    assert response.status_code == 200
+    assert response.get_data() == b''
+
+
+def test_healthz_needs_no_database(make_app):
+    client = make_app(DATABASES={'default': 'host=127.0.0.1 port=1 dbname=x user=x'}).test_client()
+    assert client.get('/healthz').status_code == 200
+
+
+def test_readyz_is_200_when_the_database_answers(client):
+    response = client.get('/readyz')
+    assert response.status_code == 200
+    assert response.get_json() == {'status': 'ready'}
+
+
+def test_readyz_is_503_problem_naming_nothing_when_a_database_is_down(make_app, database_url):
+    dead = 'host=127.0.0.1 port=1 dbname=secretdb user=secretuser'
+    client = make_app(DATABASES={'default': database_url, 'reports': dead}).test_client()
+    response = client.get('/readyz')
+    assert response.status_code == 503
+    assert response.mimetype == 'application/problem+json'
+    text = response.get_data(as_text=True)
+    for name in ('127.0.0.1', 'secretdb', 'secretuser', 'reports', 'port'):
+        assert name not in text
+
+
+@pytest.mark.parametrize('path', ['/healthz', '/readyz'])
+def test_ops_endpoints_need_no_token(client, path):
+    assert client.get(path).status_code == 200
+
+
+def test_ops_endpoints_refuse_post(client):
+    assert client.post('/healthz').status_code == 405

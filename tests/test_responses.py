@@ -1,0 +1,124 @@
+"""CONTRACT sections 4 and 5: headers on every response, and the JSON encoding of database values."""
+import base64
+import gzip
+import json
+
+import brotli
+import pytest
+
+from tests.conftest import ADMIN_TOKEN
+
+
+@pytest.mark.parametrize('incoming', ['abc', 'A.b_c:d-1', 'x' * 128, '4f9c0e'])
+def test_sane_request_id_is_echoed(call, incoming):
+    assert call('/example/', headers={'X-Request-ID': incoming}).headers['X-Request-ID'] == incoming
+
+
+@pytest.mark.parametrize('incoming', ['', 'x' * 129, 'has space', 'semi;colon', 'tab\tin', 'ü'])
+def test_insane_request_id_is_replaced(call, incoming):
+    response = call('/example/', headers={'X-Request-ID': incoming})
+    assert response.headers['X-Request-ID'] not in ('', incoming)
+    assert len(response.headers['X-Request-ID']) <= 128
+
+
+def test_request_id_is_made_when_absent_and_differs_per_request(call):
+    first, second = call('/example/').headers['X-Request-ID'], call('/example/').headers['X-Request-ID']
+    assert first and second and first != second
+
+
+@pytest.mark.parametrize('path, method', [('/example/', 'POST'), ('/nope', 'POST'), ('/users/get', 'GET'),
+                                          ('/healthz', 'GET')])
+def test_every_response_has_a_request_id(client, path, method):
+    response = client.open(path, method=method, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
+    assert response.headers['X-Request-ID']
+
+
+def test_error_body_and_header_share_the_request_id(call):
+    response = call('/nope', headers={'X-Request-ID': 'trace-me-1'})
+    assert response.get_json()['request_id'] == 'trace-me-1' == response.headers['X-Request-ID']
+
+
+def test_content_types(call):
+    assert call('/example/').headers['Content-Type'] == 'application/json'
+    assert call('/nope').headers['Content-Type'] == 'application/problem+json'
+
+
+@pytest.mark.parametrize('encoding, decompress', [('gzip', gzip.decompress), ('br', brotli.decompress)])
+def test_large_bodies_are_compressed(call, encoding, decompress):
+    response = call('/probe/sized', {'size': 2000}, headers={'Accept-Encoding': encoding})
+    assert response.headers['Content-Encoding'] == encoding
+    assert 'Accept-Encoding' in response.headers['Vary']
+    assert json.loads(decompress(response.get_data())) == 'x' * 2000
+
+
+def test_large_error_bodies_are_compressed(call):
+    response = call('/users/create', {f'k{i}': i for i in range(60)}, headers={'Accept-Encoding': 'gzip'})
+    assert response.status_code == 422
+    assert response.headers['Content-Encoding'] == 'gzip'
+    assert json.loads(gzip.decompress(response.get_data()))['status'] == 422
+
+
+def test_bodies_under_500_bytes_are_not_compressed(call):
+    response = call('/probe/sized', {'size': 400}, headers={'Accept-Encoding': 'gzip, br'})
+    assert 'Content-Encoding' not in response.headers
+    assert response.get_json() == 'x' * 400
+
+
+def test_no_compression_without_accept_encoding(call):
+    response = call('/probe/sized', {'size': 2000})
+    assert 'Content-Encoding' not in response.headers
+
+
+def test_streamed_export_is_compressed_when_asked(call):
+    call('/users/create', {'email': 'stream-br@example.com', 'name': 'S'})
+    response = call('/users/export', headers={'Accept-Encoding': 'br'})
+    assert response.headers['Content-Encoding'] == 'br'
+    assert any(user['email'] == 'stream-br@example.com' for user in json.loads(brotli.decompress(response.get_data())))
+
+
+@pytest.fixture(scope='module')
+def database_values(app):
+    """The probe's row of one value per PostgreSQL type, as JSON text and parsed."""
+    response = app.test_client().post('/probe/values', headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
+    assert response.status_code == 200
+    return response.get_json()
+
+
+@pytest.mark.parametrize('column, expected', [
+    ('timestamptz', '2026-11-21T20:54:17.123456+00:00'),
+    ('timestamp', '2026-11-21T20:54:17.123456'),
+    ('date', '2026-11-21'),
+    ('time', '20:54:17'),
+    ('numeric', '10.50'),
+    ('small_numeric', '0.1'),
+    ('uuid', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'),
+    ('bytea', base64.b64encode(b'\x00\xff\x10').decode()),
+    ('interval', 86402),
+    ('jsonb', {'a': [1, None, 'x']}),
+    ('json', [1, 2]),
+    ('nan', None),
+    ('infinity', None),
+    ('minus_infinity', None),
+    ('int_array', [1, 2, 3]),
+    ('bigint', 9223372036854775807),
+    ('text', 'é ✓'),
+])
+def test_database_value_encoding(database_values, column, expected):
+    assert database_values[column] == expected
+
+
+def test_python_value_encoding_is_valid_json(call):
+    response = call('/probe/python-values')
+    text = response.get_data(as_text=True)
+    assert 'NaN' not in text and 'Infinity' not in text
+    body = json.loads(text, parse_constant=lambda name: pytest.fail(f'invalid JSON constant {name}'))
+    assert body == {'set': [3], 'tuple': [1, 'a'], 'nan': None, 'inf': None, 'huge': 2**70,
+                    'bytes': base64.b64encode(b'\x00\xff').decode(), 'nested': {'nan': [None]}}
+
+
+def test_named_false_gives_tuples_to_raw_cursors(call):
+    assert call('/probe/raw-rows').get_json() == [[1, 2]]
+
+
+def test_db_call_runs_a_stored_function(call):
+    assert call('/probe/add', {'a': 2, 'b': 40}).get_json() == 42

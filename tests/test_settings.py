@@ -1,0 +1,75 @@
+"""CONTRACT section 7: settings come from the environment over env/<ENVIRONMENT>/.env, and bad values stop the start."""
+import json
+import os
+import subprocess
+import sys
+
+import psycopg2
+import pytest
+from psycopg2.extensions import parse_dsn
+
+import settings
+from tests.conftest import run_sql
+
+AWKWARD_PASSWORD = """p@ss w'o"rd/with\\odd=chars:%20?#"""
+
+
+def read_settings(**environ):
+    """Import settings in a fresh interpreter with environ; return (exit code, stdout, stderr)."""
+    code = 'import settings, json; print(json.dumps({k: str(v) for k, v in vars(settings).items() if k.isupper()}))'
+    base = {key: value for key, value in os.environ.items() if not key.startswith(('DEFAULT_DB', 'DATABASE_URL'))}
+    result = subprocess.run([sys.executable, '-c', code], cwd=settings.BASE_DIR, capture_output=True, text=True,
+                            env={**base, 'ENVIRONMENT': 'test', **environ}, timeout=60)
+    return result.returncode, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize('name, value', [
+    ('PORT', 'eighty'), ('PORT', '70000'), ('WEB_CONCURRENCY', '0'), ('DB_POOL_MAX', '-1'),
+    ('DB_STATEMENT_TIMEOUT_MS', '1.5'), ('MAX_CONTENT_LENGTH', 'big'), ('LOG_LEVEL', 'LOUD'),
+    ('ENVIRONMENT', 'Prod uction'), ('DB_NAMES', 'default,bad name')])
+def test_bad_value_fails_at_start_naming_the_variable(name, value):
+    status, _, stderr = read_settings(**{name: value})
+    assert status != 0
+    assert 'ImproperlyConfigured' in stderr and name in stderr
+
+
+def test_defaults():
+    status, stdout, _ = read_settings()
+    values = json.loads(stdout)
+    assert status == 0
+    assert values['PORT'] == '8000' and values['DB_POOL_MAX'] == '2'
+    assert values['DB_STATEMENT_TIMEOUT_MS'] == '30000' and values['MAX_CONTENT_LENGTH'] == '1048576'
+    assert values['LOG_LEVEL'] == 'WARNING'  # from env/test/.env
+    assert values['WEB_CONCURRENCY'] == str(2 * os.cpu_count() + 1)
+
+
+def test_environment_variables_win_over_the_env_file():
+    _, stdout, _ = read_settings(LOG_LEVEL='DEBUG')
+    assert json.loads(stdout)['LOG_LEVEL'] == 'DEBUG'
+
+
+def test_production_needs_a_database():
+    status, _, stderr = read_settings(ENVIRONMENT='production', BEARER='x')
+    assert status != 0 and 'DATABASE_URL or DEFAULT_DB_' in stderr
+
+
+def test_url_and_parts_together_are_refused():
+    status, _, stderr = read_settings(DATABASE_URL='postgresql://a@b/c', DEFAULT_DB_NAME='c')
+    assert status != 0 and 'not both' in stderr
+
+
+def test_password_with_any_character_survives_the_dsn(monkeypatch):
+    for name, value in dict(NAME='db', USER='u', PASS=AWKWARD_PASSWORD, HOST='h').items():
+        monkeypatch.setenv(f'DEFAULT_DB_{name}', value)
+    monkeypatch.delenv('DATABASE_URL', raising=False)
+    assert parse_dsn(settings.database_dsn('DEFAULT'))['password'] == AWKWARD_PASSWORD
+
+
+def test_awkward_password_connects_to_a_real_server(make_app, database_url):
+    run_sql(database_url, 'DROP ROLE IF EXISTS "dbapi awkward"')
+    run_sql(database_url, 'CREATE ROLE "dbapi awkward" LOGIN PASSWORD %s', (AWKWARD_PASSWORD,))
+    parts = parse_dsn(database_url)
+    dsn = psycopg2.extensions.make_dsn(dbname=parts['dbname'], user='dbapi awkward', password=AWKWARD_PASSWORD,
+                                       host=parts.get('host'), port=parts.get('port'))
+    app = make_app(DATABASES={'default': dsn})
+    assert app.test_client().get('/readyz').status_code == 200
