@@ -14,7 +14,8 @@ from app import create_app  # noqa: E402
 from lib.embedded import start_embedded  # noqa: E402
 from lib.migrate import migrate  # noqa: E402
 
-TEST_DB = 'dbapi_test'
+# One database per test session, so that sessions running side by side do not disturb each other.
+TEST_DB = f'dbapi_test_{os.getpid()}'
 ADMIN_TOKEN = 'admin-token-0123456789'
 EXAMPLE_ONLY_TOKEN = 'example-only-token-42'
 SINGLE_BEARER = 'single-bearer-token-7'
@@ -51,13 +52,15 @@ def run_sql(dsn, text, params=None):
 @pytest.fixture(scope='session')
 def database_url():
     """A migrated database: TEST_DATABASE_URL as given, else a fresh one on the embedded server."""
-    dsn = os.environ.get('TEST_DATABASE_URL')
+    dsn = server = os.environ.get('TEST_DATABASE_URL')
     if not dsn:
         server = start_embedded(settings.BASE_DIR / '.data' / 'pg-test', database='postgres')
         dsn = recreate_database(server, TEST_DB)
     migrate(dsn)
     run_sql(dsn, PROBE_SQL.read_text())
-    return dsn
+    yield dsn
+    if not os.environ.get('TEST_DATABASE_URL'):
+        run_sql(server, f'DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)')
 
 
 def app_config(database_url, **overrides):
@@ -99,6 +102,8 @@ class Caller:
     def __call__(self, path, body=None, token=None, **kwargs):
         """POST body as JSON to path and return the response."""
         headers = kwargs.pop('headers', {})
+        # Buffered: the whole body is read and the response closed, as a WSGI server would.
+        kwargs.setdefault('buffered', True)
         token = self.token if token is None else token
         if token:
             headers.setdefault('Authorization', f'Bearer {token}')

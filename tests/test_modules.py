@@ -1,0 +1,90 @@
+"""Module mounting: a folder is a module; a broken one stops the start with a message naming its file."""
+import itertools
+import sys
+import textwrap
+
+import pytest
+
+from lib.modules import ModuleError
+from tests.conftest import ADMIN_TOKEN
+
+package_numbers = itertools.count()
+
+
+@pytest.fixture()
+def module_package(tmp_path, monkeypatch):
+    """Return a function that writes a throwaway modules package and returns its name."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def write(files):
+        name = f'scratch_modules_{next(package_numbers)}'
+        for relative, text in {'__init__.py': '', **files}.items():
+            path = tmp_path / name / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(text))
+        return name
+    yield write
+    for module in [m for m in sys.modules if m.startswith('scratch_modules_')]:
+        del sys.modules[module]
+
+
+GOOD_ROUTES = '''
+    def hello(name):
+        return {'hello': name}
+    routes = [dict(route='hello', action=hello)]
+'''
+
+
+def test_adding_a_folder_mounts_a_module(make_app, module_package):
+    package = module_package({'greeter/__init__.py': '', 'greeter/routes.py': GOOD_ROUTES})
+    client = make_app(MODULE_PACKAGES=[package]).test_client()
+    response = client.post('/greeter/hello', json={'name': 'Ada'}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
+    assert response.get_json() == {'hello': 'Ada'}
+    assert client.post('/greeter/hello', json={'name': 'Ada'}).status_code == 401
+
+
+def test_folder_without_init_is_mounted_too(make_app, module_package):
+    package = module_package({'plain/routes.py': GOOD_ROUTES})
+    assert '/plain/hello' in {rule.rule for rule in make_app(MODULE_PACKAGES=[package]).url_map.iter_rules()}
+
+
+@pytest.mark.parametrize('files, message', [
+    ({'broken/routes.py': 'import no_such_library\nroutes = []'}, 'broken/routes.py: import failed (ModuleNotFoundError'),
+    ({'broken/routes.py': 'routes = [dict(route="x", action=undefined_name)]'}, 'broken/routes.py: import failed (NameError'),
+    ({'broken/routes.py': 'def (:'}, 'broken/routes.py: import failed (SyntaxError'),
+    ({'broken/notes.txt': ''}, 'broken/routes.py: missing'),
+    ({'broken/routes.py': 'table = []'}, 'broken/routes.py: must define routes'),
+    ({'broken/routes.py': 'routes = [dict(route="x")]'}, 'broken/routes.py: routes[0] must be a dict'),
+    ({'broken/routes.py': 'routes = [dict(route="x", action=1)]'}, 'broken/routes.py: routes[0]: action is not callable'),
+    ({'broken/routes.py': 'routes = [dict(route="a b", action=print)]'}, 'broken/routes.py: routes[0]: route must be'),
+    ({'broken/routes.py': 'routes = [dict(route="x", action=len, method="GET")]'}, 'routes[0] must be a dict'),
+    ({'broken/routes.py': 'f = lambda: 1\nroutes = [dict(route="x", action=f), dict(route="x", action=f)]'},
+     "broken/routes.py: routes[1]: route 'x' appears twice"),
+    ({'broken/routes.py': 'routes = [dict(route="x", action=lambda *a: 1)]'}, 'keyword parameters only'),
+    ({'Bad-Name/routes.py': GOOD_ROUTES}, 'Bad-Name: a module folder name must match'),
+    ({'healthz/routes.py': GOOD_ROUTES}, 'healthz: a module folder name must match [a-z][a-z0-9_]* and not be reserved'),
+])
+def test_broken_module_stops_the_start_naming_its_file(make_app, module_package, files, message):
+    package = module_package(files)
+    with pytest.raises(ModuleError) as raised:
+        make_app(MODULE_PACKAGES=[package])
+    assert message in str(raised.value)
+
+
+def test_the_same_module_name_twice_stops_the_start(make_app, module_package):
+    first = module_package({'twin/routes.py': GOOD_ROUTES})
+    second = module_package({'twin/routes.py': GOOD_ROUTES})
+    with pytest.raises(ModuleError, match="a module named 'twin' is already mounted"):
+        make_app(MODULE_PACKAGES=[first, second])
+
+
+def test_folders_starting_with_underscore_or_dot_are_not_modules(make_app, module_package):
+    package = module_package({'_shared/helpers.py': '', 'ok/routes.py': GOOD_ROUTES})
+    modules = {route.module for route in make_app(MODULE_PACKAGES=[package]).extensions['dbapi'].routes}
+    assert modules == {'ok'}
+
+
+def test_decorator_needs_a_connection_parameter():
+    from lib.decorators import inject_conn
+    with pytest.raises(TypeError, match='first parameter'):
+        inject_conn()(lambda *, name: name)
