@@ -1,0 +1,129 @@
+"""Real servers over HTTP: gunicorn with several workers, and `make run`'s serve command stopped by Ctrl-C."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+
+import settings
+from tests.conftest import ADMIN_TOKEN, BEARER_TOKENS
+
+pytestmark = pytest.mark.slow
+
+
+def free_port():
+    """Return a TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def http(method, url, body=None, headers=None, timeout=10):
+    """Send one request; return (status, headers, parsed JSON body or None)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        'Content-Type': 'application/json', **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.headers, json.loads(response.read() or b'null')
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, json.loads(error.read() or b'null')
+
+
+def wait_until_healthy(base, process, seconds=30):
+    """Poll /healthz until it answers 200; fail if the process dies or time runs out."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, 'the server exited while starting'
+        try:
+            if http('GET', f'{base}/healthz', timeout=1)[0] == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail('the server did not become healthy in time')
+
+
+def server_environment(**extra):
+    """Return the environment of a server process started by a test."""
+    return {**os.environ, 'ENVIRONMENT': 'test', 'BEARER_TOKENS': json.dumps(BEARER_TOKENS),
+            'MODULE_PACKAGES': 'modules,tests.fixture_modules', 'LOG_LEVEL': 'WARNING', **extra}
+
+
+@pytest.fixture()
+def gunicorn(database_url):
+    """A real gunicorn with three workers on a free loopback port; yields its base URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'app:create_app()'], cwd=settings.BASE_DIR,
+        env=server_environment(PORT=str(port), WEB_CONCURRENCY='3', DATABASE_URL=database_url),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f'http://127.0.0.1:{port}'
+    try:
+        wait_until_healthy(base, process)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_gunicorn_serves_the_contract_over_http(gunicorn):
+    auth = {'Authorization': f'Bearer {ADMIN_TOKEN}', 'X-Request-ID': 'over-http-1'}
+    status, headers, body = http('POST', f'{gunicorn}/users/create',
+                                 {'email': f'http-{time.time_ns()}@example.com', 'name': 'H'}, auth)
+    assert status == 201 and headers['X-Request-ID'] == 'over-http-1'
+    assert http('POST', f'{gunicorn}/users/get', {'id': body['id']}, auth)[2] == body
+    status, headers, problem = http('POST', f'{gunicorn}/users/get', {'id': 'x'}, auth)
+    assert status == 422 and headers['Content-Type'] == 'application/problem+json'
+    assert problem['request_id'] == 'over-http-1'
+    assert http('POST', f'{gunicorn}/users/get', {'id': 1})[0] == 401
+    assert http('GET', f'{gunicorn}/readyz')[0] == 200
+
+
+def test_gunicorn_spreads_concurrent_requests_over_its_workers(gunicorn):
+    auth = {'Authorization': f'Bearer {ADMIN_TOKEN}'}
+
+    def slow_pid(_):
+        http('POST', f'{gunicorn}/probe/hold', {'seconds': 0.2}, auth)
+        return http('POST', f'{gunicorn}/probe/pid', {}, auth)[2]['pid']
+    with ThreadPoolExecutor(6) as pool:
+        pids = set(pool.map(slow_pid, range(30)))
+    assert len(pids) >= 2
+
+
+def test_serve_starts_everything_and_ctrl_c_stops_it_all(tmp_path):
+    port = free_port()
+    data_dir = tmp_path / 'pg'
+    process = subprocess.Popen(
+        [sys.executable, 'manage.py', 'serve'], cwd=settings.BASE_DIR, start_new_session=True,
+        env=server_environment(ENVIRONMENT='local', PORT=str(port), WEB_CONCURRENCY='2', EMBEDDED_DB_DIR=str(data_dir),
+                               BEARER='serve-test-token', DATABASE_URL='', DEFAULT_DB_NAME=''),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f'http://127.0.0.1:{port}'
+    try:
+        wait_until_healthy(base, process, seconds=90)
+        status, _, body = http('POST', f'{base}/example/foo', {'name': 'Ada'},
+                               {'Authorization': 'Bearer serve-test-token'})
+        assert status == 200 and body['name'] == 'Ada'
+        assert http('POST', f'{base}/users/list', {}, {'Authorization': 'Bearer serve-test-token'})[0] == 200
+        postgres = [p for p in psutil.process_iter(['cmdline']) if str(data_dir) in ' '.join(p.info['cmdline'] or [])]
+        assert postgres, 'the embedded PostgreSQL should run under EMBEDDED_DB_DIR'
+        os.killpg(process.pid, signal.SIGINT)
+        output = process.communicate(timeout=60)[0]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0
+    assert 'curl' in output and f'127.0.0.1:{port}' in output
+    psutil.wait_procs(postgres, timeout=15)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in postgres)
+    with pytest.raises(OSError):
+        http('GET', f'{base}/healthz', timeout=2)
+    assert (data_dir / 'PG_VERSION').exists(), 'the data stays for the next `make run`'
