@@ -1,12 +1,9 @@
 """The embedded PostgreSQL (pgserver, from PyPI) used by local and test when no database is configured."""
-import logging
 import warnings
 
 import psycopg2
 from psycopg2 import sql
-from psycopg2.extensions import make_dsn, parse_dsn
-
-log = logging.getLogger('dbapi.embedded')
+from psycopg2.extensions import make_dsn
 
 
 def start_embedded(data_dir, database='dbapi', stop_at_exit=True):
@@ -32,7 +29,3 @@ def ensure_database(server_dsn, database):
         conn.close()
     return make_dsn(server_dsn, dbname=database)
 
-
-def with_database(dsn, database):
-    """Return dsn pointing at another database on the same server."""
-    return make_dsn(**{**parse_dsn(dsn), 'dbname': database})
