@@ -207,6 +207,11 @@ def transactional(conn):
         yield Db(conn)
 
 
+def table_name(name):
+    """Quote a table or function name, schema-qualified ("schema.table") or not."""
+    return sql.Identifier(*name.split('.'))
+
+
 def identifiers(names):
     """Quote a list of column names, comma-separated."""
     return sql.SQL(', ').join(map(sql.Identifier, names))
@@ -273,7 +278,7 @@ class Db:
     def insert(self, table, values, returning_columns='*'):
         """Insert one row and return it."""
         query = sql.SQL('INSERT INTO {} ({}) VALUES ({})').format(
-            sql.Identifier(table), identifiers(values), sql.SQL(', ').join(map(sql.Placeholder, values)))
+            table_name(table), identifiers(values), sql.SQL(', ').join(map(sql.Placeholder, values)))
         return self.fetch_one(query + returning(returning_columns), values)
 
     def upsert(self, table, values, conflict, update=None, returning_columns='*'):
@@ -283,25 +288,25 @@ class Db:
         assignments = sql.SQL(', ').join(
             sql.SQL('{0} = EXCLUDED.{0}').format(sql.Identifier(name)) for name in (update or conflict[:1]))
         query = sql.SQL('INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}').format(
-            sql.Identifier(table), identifiers(values), sql.SQL(', ').join(map(sql.Placeholder, values)),
+            table_name(table), identifiers(values), sql.SQL(', ').join(map(sql.Placeholder, values)),
             identifiers(conflict), assignments)
         return self.fetch_one(query + returning(returning_columns), values)
 
     def update(self, table, values, where, returning_columns='*'):
         """Update the rows matching where; return the first updated row or None."""
         query = sql.SQL('UPDATE {} SET {} WHERE {}').format(
-            sql.Identifier(table), equals(values, ', '), equals(where, ' AND ', 'w_'))
+            table_name(table), equals(values, ', '), equals(where, ' AND ', 'w_'))
         return self.fetch_one(query + returning(returning_columns), where_params(values, where))
 
     def delete(self, table, where, returning_columns='*'):
         """Delete the rows matching where; return the first deleted row or None."""
-        query = sql.SQL('DELETE FROM {} WHERE {}').format(sql.Identifier(table), equals(where, ' AND ', 'w_'))
+        query = sql.SQL('DELETE FROM {} WHERE {}').format(table_name(table), equals(where, ' AND ', 'w_'))
         return self.fetch_one(query + returning(returning_columns), where_params({}, where))
 
     def call(self, function, *args):
         """Call a stored function with positional arguments and return its value."""
         query = sql.SQL('SELECT {}({})').format(
-            sql.Identifier(*function.split('.')), sql.SQL(', ').join(sql.Placeholder() * len(args)))
+            table_name(function), sql.SQL(', ').join(sql.Placeholder() * len(args)))
         return self.fetch_value(query, args)
 
     def stream(self, query, params=None, batch_size=5000):

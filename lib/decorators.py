@@ -9,7 +9,7 @@ import psycopg2
 from flask import current_app
 from psycopg2.extras import RealDictCursor
 
-from .db import DEFAULT, LeasedStream, Lease, transactional
+from .db import DEFAULT, Db, LeasedStream, Lease
 
 RETRYABLE_SQLSTATES = frozenset({'40001', '40P01'})
 SCHEMA_ATTRIBUTE = '__dbapi_schema__'
@@ -90,9 +90,8 @@ def pass_connection(conn, call):
 
 
 def pass_db(conn, call):
-    """Give the action a Db helper inside one transaction."""
-    with transactional(conn) as db:
-        return call(db)
+    """Give the action a Db helper; the lease makes the action one transaction unless autocommit."""
+    return call(Db(conn))
 
 
 def inject_conn(database=DEFAULT, named=True, autocommit=False):
@@ -101,5 +100,5 @@ def inject_conn(database=DEFAULT, named=True, autocommit=False):
 
 
 def inject_db(database=DEFAULT, autocommit=False):
-    """Pass a Db helper, in one transaction on a pooled connection, as the first argument."""
+    """Pass a Db helper on a pooled connection as the first argument: one transaction, or autocommit."""
     return injector(database, autocommit, True, pass_db)

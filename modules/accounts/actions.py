@@ -1,4 +1,7 @@
-"""Money moved in transactions; a CHECK constraint keeps balances at zero or above."""
+"""Money moved in transactions; a CHECK constraint keeps balances at zero or above.
+
+Single-statement actions run in autocommit; transfer, which locks and updates two rows, is one transaction.
+"""
 from lib.db import DEFAULT
 from lib.decorators import inject_db, use_schema
 from lib.errors import NotFound
@@ -20,21 +23,21 @@ def add_to_balance(db, account_id, delta):
 
 
 @use_schema(NewAccount)
-@inject_db(DEFAULT)
+@inject_db(DEFAULT, autocommit=True)
 def open_account(db, owner):
     """Open an account with a zero balance."""
     return db.fetch_one(sql.OPEN_ACCOUNT, dict(owner=owner)), 201
 
 
 @use_schema(Movement)
-@inject_db(DEFAULT)
+@inject_db(DEFAULT, autocommit=True)
 def deposit(db, account_id, amount):
     """Put money into an account."""
     return add_to_balance(db, account_id, amount)
 
 
 @use_schema(Movement)
-@inject_db(DEFAULT)
+@inject_db(DEFAULT, autocommit=True)
 def withdraw(db, account_id, amount):
     """Take money out of an account."""
     return add_to_balance(db, account_id, -amount)
@@ -51,7 +54,7 @@ def transfer(db, from_id, to_id, amount):
 
 
 @use_schema(AccountRef)
-@inject_db(DEFAULT)
+@inject_db(DEFAULT, autocommit=True)
 def get(db, account_id):
     """Return one account."""
     return found(db.fetch_one(sql.ACCOUNT_BY_ID, dict(account_id=account_id)), account_id)

@@ -20,3 +20,4 @@ DO $$ BEGIN
         CREATE ROLE dbapi_probe_nobody NOLOGIN;
     END IF;
 END $$;
+CREATE TABLE probe."odd table" (id serial PRIMARY KEY, "select" text UNIQUE, "na me" text);

@@ -1,0 +1,84 @@
+"""The Db helper and transactional() on a real connection from the pool."""
+import psycopg2
+import pytest
+
+from lib.db import Db, connection, transactional
+
+ODD_TABLE = 'probe.odd table'
+
+
+@pytest.fixture()
+def conn(app):
+    """An autocommit connection borrowed from the test app's pool, emptied table included."""
+    with connection(app.extensions['dbapi'].pools['default'], autocommit=True) as borrowed:
+        Db(borrowed).execute('TRUNCATE probe."odd table"')
+        yield borrowed
+
+
+def test_insert_quotes_schema_table_and_odd_column_names(conn):
+    row = Db(conn).insert(ODD_TABLE, {'select': 'a', 'na me': 'Ada'})
+    assert row['select'] == 'a' and row['na me'] == 'Ada' and row['id'] > 0
+
+
+def test_upsert_inserts_then_updates_the_conflicting_row(conn):
+    db = Db(conn)
+    first = db.upsert(ODD_TABLE, {'select': 'k', 'na me': 'one'}, conflict=['select'])
+    second = db.upsert(ODD_TABLE, {'select': 'k', 'na me': 'two'}, conflict=['select'])
+    assert first['id'] == second['id'] and second['na me'] == 'two'
+    assert db.fetch_value('SELECT count(*) FROM probe."odd table"') == 1
+
+
+def test_upsert_with_nothing_to_update_still_returns_the_row(conn):
+    db = Db(conn)
+    first = db.upsert(ODD_TABLE, {'select': 'only'}, conflict=['select'])
+    assert db.upsert(ODD_TABLE, {'select': 'only'}, conflict=['select'])['id'] == first['id']
+
+
+def test_update_and_delete_return_the_row_or_none(conn):
+    db = Db(conn)
+    row = db.insert(ODD_TABLE, {'select': 'u', 'na me': 'before'})
+    assert db.update(ODD_TABLE, {'na me': 'after'}, {'id': row['id']})['na me'] == 'after'
+    assert db.update(ODD_TABLE, {'na me': 'x'}, {'id': -1}) is None
+    assert db.delete(ODD_TABLE, {'id': row['id']})['select'] == 'u'
+    assert db.delete(ODD_TABLE, {'id': row['id']}) is None
+
+
+def test_where_and_set_may_name_the_same_column(conn):
+    db = Db(conn)
+    db.insert(ODD_TABLE, {'select': 'old'})
+    assert db.update(ODD_TABLE, {'select': 'new'}, {'select': 'old'})['select'] == 'new'
+
+
+def test_fetch_helpers_and_execute(conn):
+    db = Db(conn)
+    assert db.fetch_all('SELECT g AS n FROM generate_series(1, 3) g') == [{'n': 1}, {'n': 2}, {'n': 3}]
+    assert db.fetch_one('SELECT 1 AS n WHERE false') is None
+    assert db.fetch_value('SELECT %(a)s::int + 1', {'a': 41}) == 42
+    assert db.execute('INSERT INTO probe."odd table" ("select") VALUES (%s), (%s)', ('p', 'q')) == 2
+
+
+def test_call_runs_a_schema_qualified_function(conn):
+    assert Db(conn).call('probe.add', 40, 2) == 42
+
+
+def test_values_are_parameters_never_sql(conn):
+    hostile = "x'); DROP TABLE probe.things; --"
+    assert Db(conn).insert(ODD_TABLE, {'select': hostile})['select'] == hostile
+    assert Db(conn).fetch_value('SELECT count(*) FROM probe.things') is not None
+
+
+def test_transactional_commits_a_block_and_rolls_back_a_failing_one(conn):
+    with transactional(conn) as db:
+        db.insert(ODD_TABLE, {'select': 'kept'})
+    with pytest.raises(psycopg2.errors.UniqueViolation):
+        with transactional(conn) as db:
+            db.insert(ODD_TABLE, {'select': 'lost'})
+            db.insert(ODD_TABLE, {'select': 'kept'})
+    assert [row['select'] for row in Db(conn).fetch_all('SELECT "select" FROM probe."odd table"')] == ['kept']
+
+
+def test_stream_yields_batches_from_a_server_side_cursor(app):
+    with connection(app.extensions['dbapi'].pools['default']) as conn:
+        batches = list(Db(conn).stream('SELECT g AS n FROM generate_series(1, 7) g', batch_size=3))
+    assert [len(batch) for batch in batches] == [3, 3, 1]
+    assert batches[2] == [{'n': 7}]
