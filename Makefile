@@ -4,8 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
+LINT_STAMP := $(VENV)/.lint-installed-$(shell cat requirements-lint.txt constraints.txt | cksum | cut -d' ' -f1)
+# System programs of `make stack` and its tests, as program=Debian package.
+TOOLS := nginx=nginx-light pgbouncer=pgbouncer envsubst=gettext-base
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: run test migrate venv clean
+.PHONY: run test migrate venv clean stack lint tools
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "dbapi needs Python 3.11 or newer"; exit 1; }
@@ -16,6 +20,31 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 
 venv: $(STAMP)
 
+$(LINT_STAMP): $(STAMP) requirements-lint.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-lint.txt -c constraints.txt
+	rm -f $(VENV)/.lint-installed-*
+	touch $@
+
+# Install nginx, pgbouncer and envsubst from Debian when missing; apt-get update only when one is missing.
+tools:
+	@missing=""; for pair in $(TOOLS); do \
+	  command -v $${pair%%=*} >/dev/null 2>&1 || [ -x /usr/sbin/$${pair%%=*} ] || missing="$$missing $${pair#*=}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make tools: installing$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# The production topology natively: PostgreSQL, optional pgbouncer (STACK_PGBOUNCER=1), REPLICAS
+# gunicorn replicas and nginx on PORT. Ctrl-C stops it.
+stack: $(STAMP) tools
+	$(PY) -m ops.stack
+
+# Offline checks of docker-compose.yml, k8s/, the Dockerfiles and the rendered nginx template.
+lint: $(LINT_STAMP) tools
+	$(PY) -m ops.lint
+
 run: $(STAMP)
 	$(PY) manage.py serve
 
@@ -23,9 +52,26 @@ migrate: $(STAMP)
 	$(PY) manage.py migrate
 
 # pytest exits 5 when it collected no test: that is a failure here, never a silent pass.
-test: $(STAMP)
+test: $(STAMP) lint
 	ENVIRONMENT=test $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: no tests ran"; exit 1; fi; exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# `make bench` (issue 5, docs/performance.md): the gateway against a bare Flask + psycopg2 baseline in the same
+# run, into bench/results/<date>.md. BENCH_ARGS passes options, e.g. BENCH_ARGS="--only 1,5" or "--profile".
+# wrk comes from Debian: apt-get update only when installing it without one fails.
+BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat bench/requirements.txt constraints.txt | cksum | cut -d' ' -f1)
+BENCH_ARGS ?=
+.PHONY: bench
+
+$(BENCH_STAMP): $(STAMP) bench/requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt -c constraints.txt
+	rm -f $(VENV)/.bench-installed-*
+	touch $@
+
+bench: $(BENCH_STAMP) tools
+	@command -v wrk >/dev/null 2>&1 || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk \
+	  || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	$(PY) -m bench.run $(BENCH_ARGS)

@@ -41,10 +41,25 @@ def env_choice(name, default, choices):
     return value
 
 
+def env_secret(name):
+    """Return the variable's text, or the contents of the file named by <name>_FILE (a mounted secret)."""
+    value, path = env_str(name), env_str(f'{name}_FILE')
+    if value is not None and path is not None:
+        raise ImproperlyConfigured(f'set either {name} or {name}_FILE, not both')
+    if path is None:
+        return value
+    try:
+        # Secret files usually end with a newline that is not part of the password.
+        return Path(path).read_text().rstrip('\r\n')
+    except OSError as exc:
+        raise ImproperlyConfigured(f'{name}_FILE cannot be read ({exc.strerror})') from None
+
+
 def database_dsn(prefix):
     """Build the DSN of one named database from <PREFIX>_DATABASE_URL or <PREFIX>_DB_*."""
     url = env_str(f'{prefix}_DATABASE_URL') or (env_str('DATABASE_URL') if prefix == 'DEFAULT' else None)
-    parts = {key: env_str(f'{prefix}_DB_{suffix}') for key, suffix in DB_PARTS.items()}
+    parts = {key: (env_secret if suffix == 'PASS' else env_str)(f'{prefix}_DB_{suffix}')
+             for key, suffix in DB_PARTS.items()}
     if url and any(parts.values()):
         raise ImproperlyConfigured(f'set either a DATABASE_URL or {prefix}_DB_*, not both')
     if url:
@@ -97,6 +112,9 @@ DB_RETRIES = env_int('DB_RETRIES', 3, 0, 100)
 MAX_CONTENT_LENGTH = env_int('MAX_CONTENT_LENGTH', 1048576, 1, 2**31 - 1)
 LOG_LEVEL = env_choice('LOG_LEVEL', 'INFO', ('DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL'))
 LOG_PATH = env_str('LOG_PATH')
+# Each process rotates its own file under LOG_PATH at this size (0: never), keeping this many old ones.
+LOG_FILE_MAX_BYTES = env_int('LOG_FILE_MAX_BYTES', 100 * 1024 * 1024)
+LOG_FILE_BACKUPS = env_int('LOG_FILE_BACKUPS', 3, 1, 1000)
 ELK_INDEX = env_str('ELK_INDEX', f'{APP_ID}-{ENVIRONMENT}')
 
 MODULE_PACKAGES = [name.strip() for name in env_str('MODULE_PACKAGES', 'modules').split(',') if name.strip()]

@@ -73,3 +73,18 @@ def test_awkward_password_connects_to_a_real_server(make_app, database_url):
                                        host=parts.get('host'), port=parts.get('port'))
     app = make_app(DATABASES={'default': dsn})
     assert app.test_client().get('/readyz').status_code == 200
+
+
+def test_password_may_come_from_a_secret_file(monkeypatch, tmp_path):
+    secret = tmp_path / 'db_password'
+    secret.write_text(AWKWARD_PASSWORD + '\n')
+    for name, value in dict(NAME='db', USER='u', PASS_FILE=str(secret), HOST='h').items():
+        monkeypatch.setenv(f'DEFAULT_DB_{name}', value)
+    monkeypatch.delenv('DEFAULT_DB_PASS', raising=False)
+    monkeypatch.delenv('DATABASE_URL', raising=False)
+    assert parse_dsn(settings.database_dsn('DEFAULT'))['password'] == AWKWARD_PASSWORD
+
+
+def test_unreadable_secret_file_fails_at_start(tmp_path):
+    status, _, stderr = read_settings(DEFAULT_DB_NAME='db', DEFAULT_DB_PASS_FILE=str(tmp_path / 'missing'))
+    assert status != 0 and 'DEFAULT_DB_PASS_FILE cannot be read' in stderr

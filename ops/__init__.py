@@ -1,0 +1,1 @@
+"""Operations tooling: the native stack (`make stack`), template rendering and the offline lint (`make lint`)."""

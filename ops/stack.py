@@ -1,0 +1,279 @@
+"""`make stack`: the production topology on this machine, for people without Docker and for the tests.
+
+PostgreSQL (the embedded one unless configured), pgbouncer in transaction mode when STACK_PGBOUNCER=1,
+REPLICAS gunicorn replicas (default 3) on loopback ports from REPLICA_BASE_PORT (default PORT + 1),
+and nginx on PORT rendered from nginx/dbapi.conf.template. A replica that dies is restarted, as
+compose's restart policy would. Ctrl-C (or SIGTERM) stops all of it.
+"""
+import ctypes
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import settings
+from lib.logger import configure_logging
+from lib.migrate import migrate
+from manage import default_dsn, how_to_call
+
+from . import nginx, pgbouncer
+
+RESTART_DELAY_SECONDS = 1.0
+STARTUP_TIMEOUT_SECONDS = 60
+STOP_TIMEOUT_SECONDS = 40  # gunicorn's graceful_timeout (30 s) and a little more
+PR_SET_PDEATHSIG = 1
+
+
+class StackError(Exception):
+    """The stack cannot start or keep running."""
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """What to run: ports, replica count and whether pgbouncer sits between the replicas and PostgreSQL."""
+
+    port: int
+    replicas: int
+    replica_base_port: int
+    pgbouncer: bool
+    pgbouncer_port: int
+
+    @classmethod
+    def from_environment(cls):
+        """Read PORT, REPLICAS, REPLICA_BASE_PORT, STACK_PGBOUNCER and PGBOUNCER_PORT."""
+        replicas = settings.env_int('REPLICAS', 3, 1, 64)
+        return cls(port=settings.PORT, replicas=replicas,
+                   replica_base_port=settings.env_int('REPLICA_BASE_PORT', settings.PORT + 1, 1, 65535 - replicas),
+                   pgbouncer=settings.env_int('STACK_PGBOUNCER', 0, 0, 1) == 1,
+                   pgbouncer_port=settings.env_int('PGBOUNCER_PORT', 6432, 1, 65535))
+
+    @property
+    def replica_ports(self):
+        """Return the loopback port of each replica."""
+        return [self.replica_base_port + index for index in range(self.replicas)]
+
+
+def die_with_parent():
+    """Ask the kernel to stop this child when the stack's process dies, even by SIGKILL."""
+    if sys.platform.startswith('linux'):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def identity(user):
+    """Return the Popen arguments that run a child as user with that user's groups only (none: as we are)."""
+    if user is None:
+        return {}
+    account = pwd.getpwnam(user)
+    return dict(user=account.pw_uid, group=account.pw_gid, extra_groups=[])
+
+
+def signal_group(pid, signum):
+    """Send signum to the process group led by pid, when it still exists."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+class Child:
+    """One supervised program, in its own process group so that a stop or a kill reaches all of it."""
+
+    def __init__(self, name, argv, env, stop_signal=signal.SIGTERM, restart=False, user=None):
+        self.name, self.argv, self.env = name, argv, env
+        self.stop_signal, self.restart, self.user = stop_signal, restart, user
+        self.process = None
+        self.exited_at = None
+
+    def start(self):
+        """Start the program (again)."""
+        self.exited_at = None
+        # Popen switches user before preexec_fn runs; a switch after it would clear the death signal.
+        self.process = subprocess.Popen(self.argv, env=self.env, cwd=settings.BASE_DIR, start_new_session=True,
+                                        preexec_fn=die_with_parent, **identity(self.user))
+        return self
+
+    def exit_code(self):
+        """Return the exit code, or None while the program runs."""
+        return self.process.poll()
+
+    def stop(self, timeout=STOP_TIMEOUT_SECONDS):
+        """Ask the program's leader to stop gracefully; kill the whole group after timeout."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, self.stop_signal)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever is left of the group (stray workers, or all of it after the timeout) goes now.
+        signal_group(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def answers(port, path='/healthz'):
+    """Tell whether 127.0.0.1:port answers GET path with 200."""
+    try:
+        with urllib.request.urlopen(f'http://127.0.0.1:{port}{path}', timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def port_open(port):
+    """Tell whether something accepts TCP connections on 127.0.0.1:port."""
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(('127.0.0.1', port)) == 0
+
+
+def wait_until(child, ready, what, timeout=STARTUP_TIMEOUT_SECONDS):
+    """Wait until ready() is true; raise when child exits first or takes longer than timeout to `what`."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if child.exit_code() is not None:
+            raise StackError(f'{child.name} exited with code {child.exit_code()} while starting')
+        if time.monotonic() > deadline:
+            raise StackError(f'{child.name} did not {what} within {timeout} s')
+        time.sleep(0.1)
+
+
+def wait_until_serving(child, port):
+    """Wait until child answers /healthz on port."""
+    wait_until(child, lambda: answers(port), f'answer on port {port}')
+
+
+def replica_environment(index, port, dsn, run_dir):
+    """Return a replica's environment: its bind address and process id, the database, one proxy hop."""
+    env = dict(os.environ)
+    # Empty values keep env/<ENVIRONMENT>/.env from adding DEFAULT_DB_* next to DATABASE_URL.
+    env.update({f'DEFAULT_DB_{part}': '' for part in [*settings.DB_PARTS.values(), 'PASS_FILE']})
+    # Metrics files of its own, inside the stack's directory: gone with the stack, even after a SIGKILL.
+    env.update(DATABASE_URL=dsn, BIND=f'127.0.0.1:{port}', PROCESS_ID=f'{settings.PROCESS_ID}-{index}',
+               TRUSTED_PROXY_HOPS='1', PROMETHEUS_MULTIPROC_DIR=str(Path(run_dir) / f'metrics-{index}'))
+    return env
+
+
+def nginx_environment(config):
+    """Return what nginx/dbapi.envsh reads, from the same settings the replicas use."""
+    env = {key: value for key, value in os.environ.items() if key != 'NGINX_RESOLVER'}
+    env.update(DBAPI_UPSTREAMS=' '.join(f'127.0.0.1:{port}' for port in config.replica_ports),
+               NGINX_LISTEN=f'127.0.0.1:{config.port}', MAX_CONTENT_LENGTH=str(settings.MAX_CONTENT_LENGTH),
+               DB_STATEMENT_TIMEOUT_MS=str(settings.DB_STATEMENT_TIMEOUT_MS))
+    return env
+
+
+class Stack:
+    """The running topology: start in order, restart replicas that die, stop in reverse order."""
+
+    def __init__(self, config, run_dir):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.children = []
+
+    def launch(self, child):
+        """Start child and keep it for supervision and stopping."""
+        self.children.append(child.start())
+        return child
+
+    def start(self):
+        """Start the database, migrate, then pgbouncer, the replicas and nginx; wait until each serves."""
+        dsn = default_dsn()
+        migrate(dsn)
+        app_dsn = self.start_pgbouncer(dsn) if self.config.pgbouncer else dsn
+        replicas = [self.launch(Child(f'replica {index} (port {port})', gunicorn_command(),
+                                      replica_environment(index, port, app_dsn, self.run_dir), restart=True))
+                    for index, port in enumerate(self.config.replica_ports, start=1)]
+        for replica, port in zip(replicas, self.config.replica_ports):
+            wait_until_serving(replica, port)
+        main_config = nginx.write_config(self.run_dir / 'nginx', nginx_environment(self.config))
+        # SIGQUIT is nginx's graceful stop: requests in flight are finished first.
+        proxy = self.launch(Child('nginx', nginx.command(main_config), dict(os.environ), signal.SIGQUIT))
+        wait_until_serving(proxy, self.config.port)
+
+    def start_pgbouncer(self, dsn):
+        """Start pgbouncer in front of dsn and return the DSN that goes through it."""
+        argv, bouncer_dsn, user = pgbouncer.write_config(self.run_dir / 'pgbouncer', dsn, self.config.pgbouncer_port,
+                                                          settings.DB_STATEMENT_TIMEOUT_MS)
+        bouncer = self.launch(Child('pgbouncer', argv, dict(os.environ), signal.SIGINT, user=user))
+        port = self.config.pgbouncer_port
+        wait_until(bouncer, lambda: port_open(port), f'listen on port {port}')
+        return bouncer_dsn
+
+    def supervise(self):
+        """Restart replicas that exit, after a short pause; raise when anything else exits."""
+        while True:
+            for child in self.children:
+                self.check(child)
+            time.sleep(0.2)
+
+    def check(self, child):
+        """Notice that child exited, and restart it when it may be restarted and its pause is over."""
+        code = child.exit_code()
+        if code is None:
+            return
+        if not child.restart:
+            raise StackError(f'{child.name} exited with code {code}')
+        if child.exited_at is None:
+            child.exited_at = time.monotonic()
+            print(f'stack: {child.name} exited with code {code}; restarting it', file=sys.stderr, flush=True)
+        elif time.monotonic() - child.exited_at >= RESTART_DELAY_SECONDS:
+            child.start()
+
+    def stop(self):
+        """Stop nginx first, then the replicas, then pgbouncer, each gracefully."""
+        for child in reversed(self.children):
+            child.stop()
+
+
+def gunicorn_command():
+    """Return the argv of one replica: the same gunicorn command the Dockerfile runs."""
+    return [sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'app:create_app()']
+
+
+def announce(config):
+    """Print where the stack serves and how to call it."""
+    chain = f'nginx -> {config.replicas} replicas on ports {config.replica_ports[0]}-{config.replica_ports[-1]}'
+    if config.pgbouncer:
+        chain += f' -> pgbouncer on port {config.pgbouncer_port}'
+    print(f'dbapi stack serves on http://127.0.0.1:{config.port} ({chain} -> PostgreSQL). Try:\n'
+          f'  {how_to_call()}\nCtrl-C stops it.', flush=True)
+
+
+def interrupt(signum, frame):
+    """Turn SIGTERM into the same orderly stop as Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+def main():
+    """Run the stack until Ctrl-C or SIGTERM; return the exit status."""
+    configure_logging({'LOG_LEVEL': settings.LOG_LEVEL})
+    config = StackConfig.from_environment()
+    signal.signal(signal.SIGTERM, interrupt)
+    with tempfile.TemporaryDirectory(prefix='dbapi-stack-') as run_dir:
+        # Traversable, not listable: nginx workers (nobody) keep request bodies in here.
+        os.chmod(run_dir, 0o711)
+        stack = Stack(config, run_dir)
+        try:
+            stack.start()
+            announce(config)
+            stack.supervise()
+        except KeyboardInterrupt:
+            status = 0
+        except (StackError, FileNotFoundError) as exc:
+            print(f'stack: {exc}', file=sys.stderr, flush=True)
+            status = 1
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            stack.stop()
+    return status
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,5 @@
+from .actions import whoami
+
+routes = [
+    dict(route='whoami', action=whoami),
+]

@@ -1,0 +1,121 @@
+"""The whole chain of `make stack STACK_PGBOUNCER=1` (nginx, replicas, pgbouncer in transaction mode):
+requests and concurrent transactions work, the statement timeout still holds, and the pgbouncer
+image's entrypoint works. through_pgbouncer/ runs the modules' full contract tests on pgbouncer."""
+import os
+import subprocess
+import threading
+import uuid
+from decimal import Decimal
+
+import psycopg2
+import pytest
+from psycopg2.extensions import make_dsn, parse_dsn
+
+from ops import pgbouncer
+
+from .conftest import free_ports, port_open, require_programs, running_stack, show_pgbouncer, wait_for
+
+pytestmark = pytest.mark.slow
+
+STATEMENT_TIMEOUT_MS = 1500
+ENTRYPOINT = pgbouncer.BASE_DIR / 'ops' / 'pgbouncer-entrypoint.sh'
+
+
+@pytest.fixture(scope='module')
+def stack(tmp_path_factory, topology_database_url):
+    """Two replicas behind nginx whose database connections go through pgbouncer."""
+    with running_stack(tmp_path_factory, topology_database_url, replicas=2, pgbouncer=True,
+                       DB_STATEMENT_TIMEOUT_MS=str(STATEMENT_TIMEOUT_MS)) as running:
+        yield running
+
+
+def bouncer_dsn(database_url, port, dbname):
+    """Return a DSN of dbname on the pgbouncer at port, with the database's user and password."""
+    parts = parse_dsn(database_url)
+    return make_dsn(host='127.0.0.1', port=port, dbname=dbname, user=parts['user'], password=parts['password'])
+
+
+def ok(reply, status=200):
+    """Return the JSON of reply after checking its status."""
+    assert reply.status == status, reply.body
+    return reply.json()
+
+
+def test_users_through_the_whole_chain(stack):
+    email = f'{uuid.uuid4().hex[:10]}@bouncer.test'
+    user = ok(stack.post('/users/create', {'email': email, 'name': 'Ada'}), 201)
+    assert stack.post('/users/create', {'email': email, 'name': 'Eve'}).status == 409
+    assert ok(stack.post('/users/get', {'id': user['id']}))['email'] == email
+    assert ok(stack.post('/users/update', {'id': user['id'], 'name': 'Ada L.'}))['name'] == 'Ada L.'
+    assert ok(stack.post('/users/upsert', {'email': email, 'name': 'Ada K.'}))['id'] == user['id']
+    page = ok(stack.post('/users/list', {'limit': 1, 'after_id': user['id'] - 1}))
+    assert [item['id'] for item in page['items']] == [user['id']]
+    assert email in {row['email'] for row in ok(stack.post('/users/export'))}
+    assert ok(stack.post('/users/delete', {'id': user['id']})) == {'deleted': True}
+    assert stack.post('/users/get', {'id': user['id']}).status == 404
+
+
+def test_concurrent_transfers_neither_lose_nor_make_money(stack):
+    accounts = [ok(stack.post('/accounts/open', {'owner': f'c{index}'}), 201)['id'] for index in range(3)]
+    for account in accounts:
+        ok(stack.post('/accounts/deposit', {'account_id': account, 'amount': '100'}))
+
+    def transfer_round(offset):
+        for step in range(10):
+            source, target = accounts[(offset + step) % 3], accounts[(offset + step + 1) % 3]
+            reply = stack.post('/accounts/transfer', {'from_id': source, 'to_id': target, 'amount': '7.25'})
+            assert reply.status in (200, 422, 503), reply.body
+    threads = [threading.Thread(target=transfer_round, args=(offset,)) for offset in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    balances = [Decimal(ok(stack.post('/accounts/get', {'account_id': account}))['balance']) for account in accounts]
+    assert sum(balances) == Decimal('300.00')
+
+
+def test_the_statement_timeout_holds_through_pgbouncer(stack):
+    """pgbouncer drops the `options` startup parameter; its connect_query sets the timeout instead."""
+    reply = stack.post('/probe/hold', {'seconds': STATEMENT_TIMEOUT_MS / 1000 * 2})
+    assert reply.status == 504 and reply.json()['sqlstate'] == '57014'
+
+
+def test_replicas_reach_the_database_through_pgbouncer_in_transaction_mode(stack, topology_database_url):
+    stack.post('/users/list')
+    console = bouncer_dsn(topology_database_url, stack.pgbouncer_port, 'pgbouncer')
+    database = parse_dsn(topology_database_url)['dbname']
+    pools = [pool for pool in show_pgbouncer(console, 'SHOW POOLS') if pool['database'] == database]
+    assert pools and all(pool['pool_mode'] == 'transaction' for pool in pools)
+    stats = {row['database']: row for row in show_pgbouncer(console, 'SHOW STATS')}
+    assert stats[database]['total_xact_count'] > 0
+    clients = [client for client in show_pgbouncer(console, 'SHOW CLIENTS') if client['database'] == database]
+    assert clients, 'no replica holds a connection to pgbouncer'
+
+
+def test_the_image_entrypoint_renders_the_same_template_and_serves(tmp_path, topology_database_url):
+    """ops/pgbouncer-entrypoint.sh (the image's) run natively against the test database."""
+    require_programs('pgbouncer', 'envsubst')
+    server = pgbouncer.server_parts(topology_database_url)
+    port = free_ports(1)
+    (tmp_path / 'password').write_text(server['password'] + '\n')
+    environment = dict(os.environ, PGBOUNCER_TEMPLATE=str(pgbouncer.TEMPLATE), PGBOUNCER_RUN_DIR=str(tmp_path / 'run'),
+                       PGBOUNCER_DB_HOST=server['host'], PGBOUNCER_DB_PORT=str(server['port']),
+                       PGBOUNCER_DB_USER=server['user'], PGBOUNCER_DB_PASS_FILE=str(tmp_path / 'password'),
+                       PGBOUNCER_LISTEN_ADDR='127.0.0.1', PGBOUNCER_PORT=str(port), DB_STATEMENT_TIMEOUT_MS='1234')
+    # Run as root, the script is given pgbouncer's -u, as the native stack does; in the image it is not.
+    user = pgbouncer.run_as(server)
+    process = subprocess.Popen(['sh', str(ENTRYPOINT), *(['-u', user] if user else [])], env=environment)
+    try:
+        wait_for(lambda: process.poll() is not None or port_open(port), 15, 'pgbouncer did not start')
+        conn = psycopg2.connect(bouncer_dsn(topology_database_url, port, parse_dsn(topology_database_url)['dbname']))
+        with conn, conn.cursor() as cursor:
+            cursor.execute('SHOW statement_timeout')
+            assert cursor.fetchone() == ('1234ms',)
+        conn.close()
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_auth_file_lines_escape_quotes():
+    assert pgbouncer.auth_line('a"b', 'p "q"') == '"a""b" "p ""q"""\n'

@@ -1,0 +1,204 @@
+"""The deployment files agree with each other and with the app: one template, the same limits, the
+same health endpoints, and the image renders the template as the native stack does."""
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from ops import healthcheck, nginx, pgbouncer
+from ops.render import TemplateError, fill_template, program
+from ops.stack import StackConfig, nginx_environment, replica_environment
+
+yaml = pytest.importorskip('yaml', reason='PyYAML comes with requirements-lint.txt (make lint)')
+
+BASE_DIR = nginx.BASE_DIR
+NATIVE = dict(DBAPI_UPSTREAMS='127.0.0.1:8001 127.0.0.1:8002', NGINX_LISTEN='127.0.0.1:8000')
+
+
+def rendered(**environment):
+    """Render the nginx template from a clean environment plus environment."""
+    return nginx.render({'PATH': os.environ['PATH'], **NATIVE, **environment})
+
+
+def directive(text, name):
+    """Return the values of every `name value;` directive in an nginx config."""
+    return re.findall(rf'^\s*{name} ([^;]*);', text, re.MULTILINE)
+
+
+def test_nginx_takes_its_limits_from_the_app_settings():
+    text = rendered(MAX_CONTENT_LENGTH='4096', DB_STATEMENT_TIMEOUT_MS='30000')
+    assert directive(text, 'client_max_body_size') == ['4096']
+    assert directive(text, 'proxy_read_timeout') == directive(text, 'proxy_send_timeout') == ['35000ms']
+    assert directive(text, 'listen') == ['127.0.0.1:8000']
+
+
+def test_nginx_defaults_are_the_app_defaults():
+    text = rendered()
+    assert directive(text, 'client_max_body_size') == ['1048576']
+    assert directive(text, 'proxy_read_timeout') == ['35000ms']
+
+
+def test_no_statement_timeout_gives_nginx_a_minute():
+    assert directive(rendered(DB_STATEMENT_TIMEOUT_MS='0'), 'proxy_read_timeout') == ['60s']
+
+
+def test_each_replica_is_one_upstream_server_resting_after_one_failure():
+    servers = re.findall(r'server (\S+) max_fails=1 fail_timeout=5s;', rendered())
+    assert servers == ['127.0.0.1:8001', '127.0.0.1:8002']
+
+
+def test_a_resolver_makes_nginx_follow_the_replica_name():
+    text = rendered(DBAPI_UPSTREAMS='api:8000', NGINX_RESOLVER='127.0.0.11')
+    assert directive(text, 'resolver') == ['127.0.0.11 valid=5s ipv6=off']
+    assert 'server api:8000 resolve max_fails=1' in text
+
+
+def test_without_a_resolver_names_resolve_once():
+    text = rendered()
+    assert not directive(text, 'resolver') and ' resolve ' not in text
+
+
+@pytest.mark.parametrize('environment, complaint', [
+    (dict(DBAPI_UPSTREAMS=''), 'DBAPI_UPSTREAMS'),
+    (dict(MAX_CONTENT_LENGTH='1mb'), 'MAX_CONTENT_LENGTH'),
+    (dict(DB_STATEMENT_TIMEOUT_MS='-1'), 'DB_STATEMENT_TIMEOUT_MS'),
+])
+def test_bad_settings_stop_nginx_from_starting(environment, complaint):
+    with pytest.raises(TemplateError, match=complaint):
+        rendered(**environment)
+
+
+def test_the_image_renders_the_template_as_the_native_stack_does():
+    """The image's entrypoint: source the envsh, then envsubst with every defined variable's name."""
+    environment = nginx.derived_environment({'PATH': os.environ['PATH'], **NATIVE})
+    names = ' '.join(f'${{{name}}}' for name in environment)
+    image = subprocess.run([program('envsubst'), names], input=nginx.TEMPLATE.read_text(), env=environment,
+                           capture_output=True, text=True, check=True).stdout
+    assert image == rendered()
+
+
+def test_the_template_uses_only_braced_placeholders():
+    """envsubst would also fill $NAME; the template keeps capitals for its own ${NAME} placeholders."""
+    assert not re.search(r'\$[A-Z]', nginx.TEMPLATE.read_text())
+
+
+def test_fill_template_names_what_is_missing():
+    assert fill_template('a ${X} ${lower} $y', {'X': '1'}) == 'a 1 ${lower} $y'
+    with pytest.raises(TemplateError, match='f.conf: no value for X, Y'):
+        fill_template('${Y} ${X}', {}, 'f.conf')
+
+
+def test_pgbouncer_config_for_the_native_stack(tmp_path):
+    argv, dsn, _ = pgbouncer.write_config(tmp_path / 'bouncer', 'host=/sockets port=5433 dbname=app user=alice',
+                                       6543, 2500)
+    ini = (tmp_path / 'bouncer' / 'pgbouncer.ini').read_text()
+    assert "* = host=/sockets port=5433 connect_query='SET statement_timeout = 2500'" in ini
+    assert 'pool_mode = transaction' in ini and 'listen_port = 6543' in ini
+    assert 'options' in ini.split('ignore_startup_parameters =')[1].split('\n')[0]
+    parts = dict(item.split('=', 1) for item in dsn.split())
+    assert (parts['host'], parts['port'], parts['dbname'], parts['user']) == ('127.0.0.1', '6543', 'app', 'alice')
+    assert (tmp_path / 'bouncer' / 'users.txt').read_text() == pgbouncer.auth_line('alice', parts['password'])
+    assert argv[-1] == str(tmp_path / 'bouncer' / 'pgbouncer.ini')
+
+
+def test_pgbouncer_keeps_a_real_password():
+    server = pgbouncer.server_parts("host=db user=app password='p w'")
+    assert server['password'] == 'p w' and server['port'] == '5432'
+
+
+def test_replicas_trust_one_hop_and_use_the_given_database(monkeypatch):
+    monkeypatch.setenv('PROMETHEUS_MULTIPROC_DIR', '/tmp/shared')
+    env = replica_environment(2, 8102, 'host=127.0.0.1 port=6432 dbname=dbapi', '/tmp/stack')
+    assert env['BIND'] == '127.0.0.1:8102' and env['TRUSTED_PROXY_HOPS'] == '1'
+    assert env['DATABASE_URL'].endswith('dbname=dbapi') and env['DEFAULT_DB_HOST'] == ''
+    assert env['PROMETHEUS_MULTIPROC_DIR'] == '/tmp/stack/metrics-2'  # one per replica, never shared
+
+
+def test_nginx_of_the_stack_points_at_every_replica():
+    config = StackConfig(port=9000, replicas=3, replica_base_port=9001, pgbouncer=False, pgbouncer_port=6432)
+    env = nginx_environment(config)
+    assert env['DBAPI_UPSTREAMS'] == '127.0.0.1:9001 127.0.0.1:9002 127.0.0.1:9003'
+    assert env['NGINX_LISTEN'] == '127.0.0.1:9000'
+
+
+@pytest.mark.parametrize('environment, port', [({}, '8000'), ({'PORT': '9000'}, '9000'),
+                                               ({'BIND': '0.0.0.0:8080', 'PORT': '9000'}, '8080')])
+def test_healthcheck_asks_the_port_gunicorn_binds(monkeypatch, environment, port):
+    for name in ('BIND', 'PORT'):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert healthcheck.local_port() == port
+
+
+def load_yaml_documents(relative):
+    """Return every YAML document of a project file."""
+    return list(yaml.safe_load_all((BASE_DIR / relative).read_text()))
+
+
+def test_compose_gives_nginx_and_the_api_the_same_limits():
+    services = load_yaml_documents('docker-compose.yml')[0]['services']
+    for name in ('MAX_CONTENT_LENGTH', 'DB_STATEMENT_TIMEOUT_MS'):
+        assert services['nginx']['environment'][name] == services['api']['environment'][name]
+    assert services['api']['environment']['TRUSTED_PROXY_HOPS'] == '1'
+    assert services['api']['depends_on']['migrate']['condition'] == 'service_completed_successfully'
+    assert services['pgbouncer']['profiles'] == ['pgbouncer']
+    assert 'ports' not in services['api'] and services['nginx']['ports'] == ['${EXPOSED_PORT:-8000}:8080']
+
+
+def kubernetes_objects():
+    """Return every Kubernetes object of k8s/ by (kind, name)."""
+    objects = {}
+    for path in sorted((BASE_DIR / 'k8s').glob('*.yaml')):
+        for document in load_yaml_documents(path.relative_to(BASE_DIR)):
+            objects[document['kind'], document['metadata']['name']] = document
+    return objects
+
+
+def test_kubernetes_probes_and_security():
+    pod = kubernetes_objects()['Deployment', 'dbapi-api']['spec']['template']['spec']
+    container = pod['containers'][0]
+    assert container['readinessProbe']['httpGet']['path'] == '/readyz'
+    assert container['livenessProbe']['httpGet']['path'] == '/healthz'
+    assert pod['securityContext']['runAsNonRoot'] is True
+    assert container['securityContext']['allowPrivilegeEscalation'] is False
+
+
+def test_kubernetes_connection_budget_fits_the_documented_max_connections():
+    objects = kubernetes_objects()
+    config = objects['ConfigMap', 'dbapi-config']['data']
+    most = objects['HorizontalPodAutoscaler', 'dbapi-api']['spec']['maxReplicas']
+    budget = most * int(config['WEB_CONCURRENCY']) * int(config['DB_POOL_MAX'])
+    assert budget == 40 and budget < 100  # PostgreSQL's default max_connections
+
+
+def test_kubernetes_nginx_reads_the_same_limits_as_the_api():
+    env = kubernetes_objects()['Deployment', 'dbapi-nginx']['spec']['template']['spec']['containers'][0]['env']
+    from_config = {item['name']: item['valueFrom']['configMapKeyRef'] for item in env if 'valueFrom' in item
+                   and 'configMapKeyRef' in item['valueFrom']}
+    assert {name: ref['key'] for name, ref in from_config.items()} == {
+        'MAX_CONTENT_LENGTH': 'MAX_CONTENT_LENGTH', 'DB_STATEMENT_TIMEOUT_MS': 'DB_STATEMENT_TIMEOUT_MS'}
+
+
+def test_the_image_gets_what_the_healthcheck_and_the_app_need():
+    allowed = (BASE_DIR / '.dockerignore').read_text()
+    for needed in ('app.py', 'settings.py', 'gunicorn.conf.py', 'manage.py', 'lib/', 'modules/', 'migrations/',
+                   'ops/healthcheck.py'):
+        assert f'!{needed}\n' in allowed
+    assert 'CMD ["python", "-m", "ops.healthcheck"]' in (BASE_DIR / 'Dockerfile').read_text()
+
+
+def test_the_swarm_stack_file_keeps_only_what_swarm_reads(tmp_path):
+    from ops import lint, swarm
+    project = load_yaml_documents('docker-compose.yml')[0]
+    stack = swarm.swarm_stack(project)
+    assert stack['version'] == '3.8' and 'name' not in stack
+    for service in stack['services'].values():
+        assert not set(service) & {'build', 'depends_on', 'profiles', 'restart'}
+        assert all(isinstance(path, str) for path in service.get('env_file', []))
+    assert stack['services']['api']['deploy']['endpoint_mode'] == 'dnsrr'
+    stack_file = tmp_path / 'dbapi-stack.json'
+    stack_file.write_text(json.dumps(stack))
+    assert lint.check_compose(stack_file).ok

@@ -1,0 +1,79 @@
+"""nginx's retry policy, shown on upstreams that misbehave at exact moments: a refused connection moves
+the request on; a POST that reached an upstream is never sent to another; a GET is; nginx's own
+502 and 504 are problem details."""
+import pytest
+
+from .conftest import FakeUpstream, free_ports, http_request, post, running_nginx
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def upstreams():
+    """A factory of fake upstreams, closed after the test."""
+    made = []
+
+    def make(behaviour):
+        made.append(FakeUpstream(behaviour))
+        return made[-1]
+    yield make
+    for upstream in made:
+        upstream.close()
+
+
+def test_a_refused_connection_moves_the_post_to_another_upstream(upstreams):
+    healthy = upstreams('answer')
+    closed_port = free_ports(1)
+    with running_nginx([closed_port, healthy.port]) as proxy:
+        replies = [post(proxy.port, '/users/create', {'n': n}) for n in range(4)]
+        lines = proxy.access_log()
+    assert [reply.status for reply in replies] == [200] * 4
+    assert len(healthy.received) == 4
+    moved = [line for line in lines if ',' in line['nginx.upstream.address']]
+    assert moved and moved[0]['nginx.upstream.bytes_sent'].replace(' ', '').startswith('0,')
+
+
+def test_a_post_that_reached_an_upstream_is_never_sent_again(upstreams):
+    dropping, healthy = upstreams('drop'), upstreams('answer')
+    with running_nginx([dropping.port, healthy.port]) as proxy:
+        statuses = []
+        while not dropping.received and len(statuses) < 4:
+            statuses.append(post(proxy.port, '/users/create', {'n': len(statuses)}).status)
+    assert dropping.received, 'round robin never chose the dropping upstream'
+    assert statuses[-1] == 502
+    # Every POST was received exactly once, by one upstream or the other.
+    assert len(dropping.received) + len(healthy.received) == len(statuses)
+
+
+def test_a_get_that_failed_after_sending_is_retried(upstreams):
+    dropping, healthy = upstreams('drop'), upstreams('answer')
+    with running_nginx([dropping.port, healthy.port]) as proxy:
+        statuses = []
+        while not dropping.received and len(statuses) < 4:
+            statuses.append(http_request(proxy.port, 'GET', '/healthz').status)
+    assert dropping.received and statuses == [200] * len(statuses)
+    # The GET the dropping upstream received was sent again to the healthy one.
+    assert len(healthy.received) == len(statuses)
+
+
+def assert_nginx_problem(reply, status, title):
+    """Check nginx's own error page: problem+json tied to the X-Request-ID it sent."""
+    assert reply.status == status
+    assert reply.headers['Content-Type'] == 'application/problem+json'
+    body = reply.json()
+    assert set(body) == {'type', 'title', 'status', 'detail', 'request_id'}
+    assert (body['type'], body['title'], body['status']) == ('about:blank', title, status)
+    assert body['request_id'] == reply.headers['X-Request-ID']
+
+
+def test_no_upstream_at_all_is_a_502_problem():
+    with running_nginx([free_ports(1)]) as proxy:
+        assert_nginx_problem(post(proxy.port, '/example/'), 502, 'Bad Gateway')
+
+
+def test_an_upstream_slower_than_the_proxy_timeout_is_a_504_problem(upstreams):
+    hanging = upstreams('hang')
+    # A 1 ms statement timeout puts nginx's read timeout at 5 s (statement timeout + 5 s).
+    with running_nginx([hanging.port], DB_STATEMENT_TIMEOUT_MS='1') as proxy:
+        assert_nginx_problem(post(proxy.port, '/example/'), 504, 'Gateway Timeout')
+    assert len(hanging.received) == 1  # a POST that timed out is not sent to anyone else
