@@ -13,7 +13,8 @@ from lib.errors import handle_error
 from lib.health import ops
 from lib.http import assign_request_id, send_request_id
 from lib.jsonenc import OrjsonProvider
-from lib.logger import configure_logging
+from lib.logger import configure_logging, install_access_log
+from lib.metrics import RequestMetrics, metrics_endpoint
 from lib.modules import mount_modules
 
 COMPRESSED_TYPES = ['application/json', 'application/problem+json']
@@ -68,10 +69,13 @@ def create_app(overrides=None):
     app.json = OrjsonProvider(app)
     gateway = Gateway(make_pools(app.config), load_clients(app.config))
     app.extensions['dbapi'] = gateway
+    # Registered before Compress, so the access line sees the body as it is sent.
+    install_access_log(app, observers=[RequestMetrics(gateway.pools)])
     app.before_request(assign_request_id)
     app.after_request(send_request_id)
     app.register_error_handler(Exception, handle_error)
     app.register_blueprint(ops)
+    app.register_blueprint(metrics_endpoint)
     gateway.routes = mount_modules(app, app.config['MODULE_PACKAGES'], gateway.clients)
     compress_every_status(app)
     if app.config['TRUSTED_PROXY_HOPS']:

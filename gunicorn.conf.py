@@ -1,5 +1,17 @@
-"""gunicorn settings: workers, bind, timeouts. Pools are per process and made lazily after fork."""
+"""gunicorn settings: workers, bind, timeouts, logging and metrics hooks. Pools are per process, made after fork."""
+import os
+import shutil
+import tempfile
+
 import settings
+
+# prometheus_client settles on multiprocess mode when it is first imported, so the workers' shared
+# directory is chosen here, in the master, before lib.metrics imports it; the workers inherit it.
+MADE_METRICS_DIR = not os.environ.get('PROMETHEUS_MULTIPROC_DIR')
+if MADE_METRICS_DIR:
+    os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(prefix='dbapi-metrics-')
+
+from lib.metrics import clear_multiprocess_dir, forget_process  # noqa: E402
 
 bind = [settings.env_str('BIND', f'127.0.0.1:{settings.PORT}')]
 workers = settings.WEB_CONCURRENCY
@@ -8,9 +20,27 @@ worker_class = 'sync'
 timeout = settings.DB_STATEMENT_TIMEOUT_MS // 1000 + 15
 graceful_timeout = 30
 keepalive = 5
+# dbapi writes its own ECS access line per request; gunicorn's own lines go out as ECS JSON too.
 accesslog = None
 errorlog = '-'
+logger_class = 'lib.logger.GunicornLogger'
 loglevel = settings.LOG_LEVEL.lower()
 proc_name = settings.PROCESS_ID
 # Several replicas share a host in the native stack: gunicorn's control socket would collide.
 control_socket_disable = True
+
+
+def on_starting(server):
+    """Start the metrics from zero: files of an earlier run would be summed in."""
+    clear_multiprocess_dir()
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live pool gauges from the metrics."""
+    forget_process(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics directory made above; one set by the operator is left alone."""
+    if MADE_METRICS_DIR:
+        shutil.rmtree(os.environ['PROMETHEUS_MULTIPROC_DIR'], ignore_errors=True)

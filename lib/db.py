@@ -47,7 +47,7 @@ class Pool:
         self.max_size = max_size
         self.timeout = timeout_ms / 1000
         self.connect_kwargs = connect_kwargs
-        self.stats = collections.Counter()
+        self.stats = collections.Counter(waits=0, timeouts=0, connects=0, discarded=0)
         self._reset_for(os.getpid())
 
     def _reset_for(self, pid):
@@ -61,9 +61,7 @@ class Pool:
         """Take a live connection, waiting up to timeout (default: the pool's) seconds for a free slot."""
         if self._pid != os.getpid():
             self._reset_for(os.getpid())
-        if not self._slots.acquire(timeout=self.timeout if timeout is None else timeout):
-            self.stats['timeouts'] += 1
-            raise PoolTimeout()
+        self._take_slot(self.timeout if timeout is None else timeout)
         try:
             conn = self._take_idle() or self._connect()
         except BaseException:
@@ -71,6 +69,15 @@ class Pool:
             raise
         self._in_use += 1
         return conn
+
+    def _take_slot(self, timeout):
+        """Take a free slot, waiting up to timeout seconds for one; count the waits and the timeouts."""
+        if self._slots.acquire(blocking=False):
+            return
+        self.stats['waits'] += 1
+        if not self._slots.acquire(timeout=timeout):
+            self.stats['timeouts'] += 1
+            raise PoolTimeout()
 
     def _take_idle(self):
         """Pop the most recently used live idle connection, dropping stale ones."""

@@ -1,5 +1,4 @@
 """The ApiError family, the SQLSTATE mapping and the one RFC 9457 problem renderer."""
-import logging
 from http import HTTPStatus
 
 import psycopg2
@@ -8,8 +7,6 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from .jsonenc import json_response
-
-log = logging.getLogger('dbapi.errors')
 
 PROBLEM_JSON = 'application/problem+json'
 RETRY_AFTER_SECONDS = '1'
@@ -169,9 +166,8 @@ def problem_body(error, request_id):
 def handle_error(exc):
     """Render any exception raised while serving a request as problem+json."""
     error = as_api_error(exc)
+    # The access line logs it, with the stack trace of a 5xx, under the same request id.
     g.error = (exc, error)
-    if error.status >= 500 and not isinstance(exc, ApiError):
-        log.error('unhandled error', exc_info=exc)
     body = problem_body(error, g.get('request_id'))
     response = json_response(body, error.status, PROBLEM_JSON)
     response.headers.update(error.headers)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Blueprint, Response, g
-from werkzeug.wsgi import ClosingIterator
 
 from .auth import authorize
 from .db import LeasedStream
@@ -123,8 +122,11 @@ def respond(result):
         return result
     value, status = result if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], int) else (result, 200)
     if isinstance(value, LeasedStream):
-        # Encode batch by batch; closing the response gives the connection back.
-        return Response(ClosingIterator(json_array_chunks(value), [value.close]), status, mimetype=JSON_MIMETYPE)
+        # Encode batch by batch. Closing the response gives the connection back, even when compression
+        # or the access log has since wrapped the body in iterators of their own.
+        response = Response(json_array_chunks(value), status, mimetype=JSON_MIMETYPE)
+        response.call_on_close(value.close)
+        return response
     return json_response(value, status)
 
 

@@ -166,3 +166,15 @@ def test_pool_waits_for_a_free_connection_within_its_timeout(make_app):
     assert Caller(app.test_client())('/users/get', {'id': 1}).status_code in (200, 404)
     holder.join()
     assert results == [200]
+
+
+@pytest.mark.parametrize('encoding', ['br', 'identity'])
+def test_a_stream_closed_early_gives_its_connection_back_compressed_or_not(make_app, encoding):
+    app = make_app(DB_POOL_MAX=1, DB_POOL_TIMEOUT_MS=200)
+    call = Caller(app.test_client())
+    for _ in range(2):
+        response = call('/users/export', buffered=False, headers={'Accept-Encoding': encoding})
+        assert (response.headers.get('Content-Encoding') == 'br') == (encoding == 'br')
+        next(iter(response.response))
+        response.close()
+        assert app.extensions['dbapi'].pools['default'].gauges()['in_use'] == 0

@@ -1,0 +1,432 @@
+"""ECS JSON logging: the fields of every line, one access line per request, request ids, no secrets, gunicorn."""
+import http.client
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import psycopg2
+import pytest
+from flask import Flask, Response, g
+from psycopg2.extensions import make_dsn
+
+import settings
+from lib.logger import configure_logging, install_access_log
+from tests.conftest import ADMIN_TOKEN, EXAMPLE_ONLY_TOKEN, SINGLE_BEARER, app_config
+from tests.test_servers import free_port, server_environment, wait_until_healthy
+
+REQUIRED_FIELDS = ('@timestamp', 'log.level', 'message', 'ecs.version', 'service.name', 'service.environment',
+                   'service.node.name', 'process.pid', 'log.logger', 'labels.elk_index')
+ACCESS_FIELDS = ('http.request.method', 'url.path', 'http.response.status_code', 'http.response.body.bytes',
+                 'event.duration', 'client.ip', 'http.request.id')
+# Quotes, a backslash, spaces, @ / : = %, a non-ASCII letter: every way a password can trip up a DSN or a log.
+AWKWARD_PASSWORD = 'p@ss w/o"r\'d\\é:=%41;x'
+UNKNOWN_TOKEN = 'never-configured-token-9f8e7d'
+AUTH = {'Authorization': f'Bearer {ADMIN_TOKEN}'}
+
+
+def flat(document, prefix=''):
+    """Return a line's fields by dotted name, whether the line nests them or spells them with dots."""
+    fields = {}
+    for key, value in document.items():
+        if isinstance(value, dict):
+            fields.update(flat(value, f'{prefix}{key}.'))
+        else:
+            fields[prefix + key] = value
+    return fields
+
+
+def parse_lines(text):
+    """Parse ndjson text, failing on any line that is not one JSON object; return the flattened lines."""
+    lines = []
+    for number, line in enumerate(text.splitlines(), 1):
+        document = json.loads(line)
+        assert isinstance(document, dict), f'line {number} is not a JSON object: {line[:200]}'
+        lines.append(flat(document))
+    return lines
+
+
+def read_log_folder(folder):
+    """Return the raw text of every log file in folder, by file name."""
+    return {path.name: path.read_text(encoding='utf-8') for path in sorted(folder.glob('*.ndjson*'))}
+
+
+def logged_lines(folder):
+    """Return every line of every log file in folder, flattened."""
+    return [line for text in read_log_folder(folder).values() for line in parse_lines(text)]
+
+
+def access_lines(lines):
+    """Keep the access lines."""
+    return [line for line in lines if line['log.logger'] == 'dbapi.access']
+
+
+def line_of_request(lines, request_id):
+    """Return the one access line of request_id."""
+    found = [line for line in access_lines(lines) if line.get('http.request.id') == request_id]
+    assert len(found) == 1, f'{len(found)} access lines for request {request_id}'
+    return found[0]
+
+
+def post(client, path, body=None, headers=None, token=ADMIN_TOKEN, **kwargs):
+    """POST JSON and return the response, closed, so that its access line has been written."""
+    headers = {**({'Authorization': f'Bearer {token}'} if token else {}), **(headers or {})}
+    return client.post(path, json={} if body is None else body, headers=headers, buffered=True, **kwargs)
+
+
+@pytest.fixture()
+def log_folder(tmp_path, database_url):
+    """A folder for LOG_PATH; logging is put back as the other tests' apps have it afterwards."""
+    folder = tmp_path / 'logs'
+    yield folder
+    configure_logging(app_config(database_url))
+
+
+@pytest.fixture()
+def logged_app(make_app, log_folder):
+    """An app that logs at DEBUG to stdout and to its file under log_folder."""
+    return make_app(LOG_PATH=str(log_folder), LOG_LEVEL='DEBUG')
+
+
+def test_every_line_is_one_ecs_json_object_with_the_service_fields(logged_app, log_folder):
+    client = logged_app.test_client()
+    post(client, '/probe/echo', {'a': 1})
+    post(client, '/probe/missing')
+    post(client, '/probe/crash')
+    client.get('/healthz', buffered=True)
+    logging.getLogger('dbapi.test').warning('a line from %s', 'a library')
+    lines = logged_lines(log_folder)
+    assert len(lines) == 5  # four access lines and the library line
+    config = logged_app.config
+    for line in lines:
+        assert set(REQUIRED_FIELDS) <= line.keys(), line
+        assert line['service.name'] == config['APP_ID'] and line['service.environment'] == 'test'
+        assert line['service.node.name'] == config['PROCESS_ID'] and line['labels.elk_index'] == config['ELK_INDEX']
+        assert line['process.pid'] == os.getpid() and line['@timestamp'].endswith('Z')
+    assert any(line['message'] == 'a line from a library' and line['log.level'] == 'warning' for line in lines)
+    assert list(read_log_folder(log_folder)) == [f"{config['PROCESS_ID']}-{socket.gethostname()}-{os.getpid()}.ndjson"]
+
+
+def test_each_request_writes_one_access_line_with_its_fields(logged_app, log_folder):
+    client = logged_app.test_client()
+    response = post(client, '/probe/echo', {'a': 1}, headers={'X-Request-ID': 'fields-1', 'User-Agent': 'probe/1.0'})
+    post(client, '/probe/greet', {'name': 'Ada'}, token=SINGLE_BEARER)
+    post(client, '/probe/echo', token=UNKNOWN_TOKEN)
+    client.get('/probe/echo', headers=AUTH, buffered=True)
+    client.post('/no/such/module', buffered=True)
+    client.head('/healthz', buffered=True)
+    lines = access_lines(logged_lines(log_folder))
+    assert len(lines) == 6
+    line = line_of_request(lines, 'fields-1')
+    assert set(ACCESS_FIELDS) <= line.keys()
+    assert line['http.request.method'] == 'POST' and line['url.path'] == '/probe/echo'
+    assert line['http.response.status_code'] == 200
+    assert line['http.response.body.bytes'] == len(response.data) and line['event.duration'] > 0
+    assert (line['client.ip'], line['user.name'], line['user_agent.original']) == ('127.0.0.1', 'admin', 'probe/1.0')
+    assert (line['labels.module'], line['labels.action'], line['event.outcome']) == ('probe', 'echo', 'success')
+    assert line['log.level'] == 'info' and line['message'] == 'POST /probe/echo 200'
+    statuses = [(line['url.path'], line['http.response.status_code'], line.get('user.name')) for line in lines]
+    assert statuses[1:] == [('/probe/greet', 200, 'bearer'), ('/probe/echo', 401, None), ('/probe/echo', 405, None),
+                            ('/no/such/module', 404, None), ('/healthz', 200, None)]
+    assert lines[-1]['http.response.body.bytes'] == 0, 'a HEAD response sends no body'
+
+
+def test_client_ip_is_the_real_one_behind_a_trusted_proxy(make_app, log_folder):
+    client = make_app(LOG_PATH=str(log_folder), TRUSTED_PROXY_HOPS=1).test_client()
+    post(client, '/probe/echo', headers={'X-Forwarded-For': '203.0.113.7', 'X-Request-ID': 'proxied-1'})
+    assert line_of_request(logged_lines(log_folder), 'proxied-1')['client.ip'] == '203.0.113.7'
+
+
+@pytest.mark.parametrize('sent_id', ['client-req.42:x', None])
+def test_request_id_is_the_same_in_header_error_body_and_log_lines(logged_app, log_folder, sent_id):
+    client = logged_app.test_client()
+    missing = post(client, '/probe/missing', headers={'X-Request-ID': sent_id} if sent_id else {})
+    crash = post(client, '/probe/crash', headers={'X-Request-ID': f'{sent_id}-crash'} if sent_id else {})
+    lines = logged_lines(log_folder)
+    for response in (missing, crash):
+        request_id = response.headers['X-Request-ID']
+        assert request_id == response.get_json()['request_id']
+        assert line_of_request(lines, request_id)['http.response.status_code'] == response.status_code
+    if sent_id:
+        assert missing.headers['X-Request-ID'] == sent_id
+
+
+def test_a_line_logged_while_a_request_is_served_carries_its_id(logged_app, log_folder):
+    with logged_app.test_request_context('/probe/echo', method='POST'):
+        g.request_id = 'served-7'
+        logging.getLogger('dbapi.test').warning('inside the request')
+    logging.getLogger('dbapi.test').warning('outside any request')
+    inside, outside = logged_lines(log_folder)
+    assert inside['http.request.id'] == 'served-7' and 'http.request.id' not in outside
+
+
+def test_a_planted_500_logs_its_stack_trace_and_the_body_holds_none_of_it(logged_app, log_folder):
+    response = post(logged_app.test_client(), '/probe/crash', headers={'X-Request-ID': 'planted-500'})
+    assert response.status_code == 500
+    for leak in ('Traceback', 'RuntimeError', 'boom', 'hunter2', 'vault', 'actions.py', 'File "'):
+        assert leak not in response.get_data(as_text=True)
+    line = line_of_request(logged_lines(log_folder), 'planted-500')
+    assert (line['log.level'], line['event.outcome'], line['error.type']) == ('error', 'failure', 'RuntimeError')
+    assert 'boom' in line['error.message'] and 'error.code' not in line
+    assert line['error.stack_trace'].startswith('Traceback') and 'in crash' in line['error.stack_trace']
+
+
+@pytest.mark.parametrize('case, status, sqlstate, detailed', [
+    ('syntax', 500, '42601', True),
+    ('unique', 409, '23505', False),
+    ('timeout', 504, '57014', True),
+])
+def test_the_sqlstate_goes_in_error_code_when_the_database_failed(logged_app, log_folder, case, status, sqlstate,
+                                                                  detailed):
+    response = post(logged_app.test_client(), '/probe/sqlstate', {'case': case},
+                    headers={'X-Request-ID': f'sql-{case}'})
+    assert response.status_code == status
+    line = line_of_request(logged_lines(log_folder), f'sql-{case}')
+    assert line['error.code'] == sqlstate
+    assert ('error.stack_trace' in line) == detailed
+    if case == 'syntax':
+        assert line['error.type'] == 'psycopg2.errors.SyntaxError'
+
+
+@pytest.mark.parametrize('encoding', ['identity', 'br'])
+def test_a_streamed_response_is_logged_once_when_the_stream_ends(logged_app, log_folder, encoding):
+    client = logged_app.test_client()
+    for number in range(3):
+        post(client, '/users/create', {'email': f'stream-{time.time_ns()}-{number}@example.com', 'name': 'S'})
+    headers = {**AUTH, 'X-Request-ID': f'export-{encoding}', 'Accept-Encoding': encoding}
+    response = client.post('/users/export', json={}, headers=headers)
+    body = response.get_data()
+    written = [line['http.request.id'] for line in access_lines(logged_lines(log_folder))]
+    assert f'export-{encoding}' not in written, 'not before the stream is closed'
+    response.close()
+    line = line_of_request(logged_lines(log_folder), f'export-{encoding}')
+    assert line['http.response.body.bytes'] == len(body) > 0
+    assert line['http.response.status_code'] == 200 and line['event.outcome'] == 'success'
+
+
+def test_a_stream_that_breaks_midway_logs_its_error(make_app, log_folder):
+    make_app(LOG_PATH=str(log_folder))
+    app = Flask(__name__)
+    install_access_log(app)
+
+    @app.post('/broken')
+    def broken():
+        def chunks():
+            yield b'['
+            raise RuntimeError('the cursor died')
+        return Response(chunks(), mimetype='application/json')
+    response = app.test_client().post('/broken')
+    with pytest.raises(RuntimeError):
+        response.get_data()
+    response.close()
+    [line] = access_lines(logged_lines(log_folder))
+    assert (line['http.response.status_code'], line['http.response.body.bytes']) == (200, 1)
+    assert (line['log.level'], line['event.outcome'], line['error.type']) == ('error', 'failure', 'RuntimeError')
+    assert line['error.message'] == 'the cursor died' and 'in chunks' in line['error.stack_trace']
+
+
+def test_access_lines_are_kept_when_log_level_is_warning(make_app, log_folder):
+    client = make_app(LOG_PATH=str(log_folder), LOG_LEVEL='WARNING').test_client()
+    post(client, '/probe/echo', headers={'X-Request-ID': 'quiet-1'})
+    logging.getLogger('dbapi.test').info('below the level')
+    lines = logged_lines(log_folder)
+    assert line_of_request(lines, 'quiet-1')
+    assert not any(line['message'] == 'below the level' for line in lines)
+
+
+def secret_spellings(secrets):
+    """Return each secret as it is and as JSON would escape it inside a line."""
+    return {spelling for secret in secrets
+            for spelling in (secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1])}
+
+
+def test_no_token_password_or_dsn_appears_in_any_line_even_at_debug(make_app, log_folder, database_url):
+    dsn = make_dsn(database_url, password=AWKWARD_PASSWORD)
+    unreachable = make_dsn(host='127.0.0.1', port=1, dbname='vault', user='vault', password=AWKWARD_PASSWORD + '2')
+    app = make_app(LOG_PATH=str(log_folder), LOG_LEVEL='DEBUG', DATABASES={'default': dsn, 'vault': unreachable})
+    client = app.test_client()
+    post(client, '/users/create', {'email': f'secret-{time.time_ns()}@example.com', 'name': 'S'})
+    post(client, '/probe/greet', {'name': 'x'}, token=SINGLE_BEARER)
+    post(client, '/users/list', token=EXAMPLE_ONLY_TOKEN)
+    post(client, '/probe/echo', token=UNKNOWN_TOKEN)
+    post(client, '/probe/crash')
+    post(client, '/probe/sqlstate', {'case': 'syntax'})
+    client.get('/readyz', buffered=True)
+    library = logging.getLogger('dbapi.test')
+    library.debug('connecting with %s and %s', dsn, unreachable)
+    # Plain tokens are known, so even a careless line is redacted (a sha256-only token is only ever sent).
+    library.info('tokens %s %s', ADMIN_TOKEN, SINGLE_BEARER)
+    try:
+        raise psycopg2.OperationalError(f'could not connect with {dsn}')
+    except psycopg2.OperationalError:
+        library.exception('connection failed')
+    text = '\n'.join(read_log_folder(log_folder).values())
+    lines = parse_lines(text)
+    assert len(access_lines(lines)) == 7 and len(lines) >= 10
+    for spelling in secret_spellings([dsn, unreachable, AWKWARD_PASSWORD, ADMIN_TOKEN, SINGLE_BEARER,
+                                      EXAMPLE_ONLY_TOKEN, UNKNOWN_TOKEN]):
+        assert spelling not in text, f'{spelling!r} was logged'
+    assert sum('[REDACTED]' in json.dumps(line) for line in lines) == 3
+
+
+def test_each_process_writes_its_own_file_after_a_fork(make_app, log_folder):
+    make_app(LOG_PATH=str(log_folder))
+    logging.getLogger('dbapi.test').warning('from the parent, before')
+    child = os.fork()
+    if child == 0:
+        logging.getLogger('dbapi.test').warning('from the child')
+        os._exit(0)
+    os.waitpid(child, 0)
+    logging.getLogger('dbapi.test').warning('from the parent, after')
+    files = read_log_folder(log_folder)
+    assert len(files) == 2
+    for name, text in files.items():
+        pid = int(name.rsplit('-', 1)[1].split('.')[0])
+        lines = parse_lines(text)
+        assert {line['process.pid'] for line in lines} == {pid}
+        expected = ['from the child'] if pid == child else ['from the parent, before', 'from the parent, after']
+        assert [line['message'] for line in lines] == expected
+
+
+def test_a_process_rotates_its_own_file_at_the_size_limit(make_app, log_folder):
+    make_app(LOG_PATH=str(log_folder), LOG_FILE_MAX_BYTES=4000, LOG_FILE_BACKUPS=2)
+    for number in range(60):
+        logging.getLogger('dbapi.test').warning('line %d %s', number, 'x' * 100)
+    files = read_log_folder(log_folder)
+    assert len(files) == 3 and sum(name.endswith(('.ndjson.1', '.ndjson.2')) for name in files) == 2
+    for text in files.values():
+        assert len(text.encode()) <= 4000 and parse_lines(text)
+    newest = [name for name in files if name.endswith('.ndjson')][0]
+    assert parse_lines(files[newest])[-1]['message'].startswith('line 59 ')
+
+
+def load_yaml(relative_path):
+    """Parse a YAML file of the repository (PyYAML comes with requirements-lint.txt, which make test installs)."""
+    yaml = pytest.importorskip('yaml', reason='PyYAML comes with requirements-lint.txt (make lint)')
+    return yaml.safe_load((settings.BASE_DIR / relative_path).read_text())
+
+
+def test_filebeat_config_parses_ndjson_into_the_fields_dbapi_writes():
+    config = load_yaml('filebeat/filebeat.yml')
+    inputs = {entry['id']: entry for entry in config['filebeat.inputs']}
+    assert set(inputs) == {'dbapi', 'nginx'}
+    for entry in inputs.values():
+        assert entry['type'] == 'filestream' and entry['enabled'] is True
+        parser = [parser['ndjson'] for parser in entry['parsers'] if 'ndjson' in parser]
+        assert parser == [{'target': '', 'overwrite_keys': True, 'add_error_key': True, 'expand_keys': True,
+                           'message_key': 'message'}]
+    assert inputs['dbapi']['paths'] == ['/var/log/dbapi/*.ndjson*']
+    output = config['output.elasticsearch']
+    # The index comes from labels.elk_index, which every dbapi line carries; nginx lines get it from filebeat.
+    assert output['index'] == '%{[labels.elk_index]}'
+    assert config['setup.template.pattern'].startswith(config['setup.template.name'])
+    added = [processor['add_fields'] for processor in inputs['nginx']['processors'] if 'add_fields' in processor]
+    assert added[0]['target'] == 'labels' and added[0]['fields'] == {'elk_index': '${ELK_INDEX:dbapi-production}'}
+
+
+def test_elk_compose_profile_runs_filebeat_elasticsearch_and_kibana():
+    compose = load_yaml('docker-compose.elk.yml')
+    services = compose['services']
+    assert set(services) == {'elasticsearch', 'kibana', 'filebeat'}
+    assert all(service['profiles'] == ['elk'] for service in services.values())
+    mounts = services['filebeat']['volumes']
+    assert './filebeat/filebeat.yml:/usr/share/filebeat/filebeat.yml:ro' in mounts
+    assert {'dbapi-logs:/var/log/dbapi:ro', '/var/lib/docker/containers:/var/lib/docker/containers:ro'} <= set(mounts)
+    assert 'dbapi-logs' in compose['volumes']
+
+
+# --- Real gunicorn: three workers under load, every line checked. ---
+
+def exchange(port, method, path, body=None, headers=None):
+    """Send one request to 127.0.0.1:port; return (status, headers, raw body)."""
+    connection = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
+    try:
+        connection.request(method, path, body, {'Content-Type': 'application/json', **(headers or {})})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+@contextmanager
+def running_gunicorn(folder, **environment):
+    """Run gunicorn with three workers on a free loopback port, its stdout and stderr in folder; yield the port.
+
+    The server is stopped (SIGTERM, as a deployment stops it) before the block's caller reads the logs."""
+    port = free_port()
+    env = server_environment(PORT=str(port), WEB_CONCURRENCY='3', **environment)
+    with open(folder / 'stdout', 'ab') as stdout, open(folder / 'stderr', 'ab') as stderr:
+        process = subprocess.Popen([sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'app:create_app()'],
+                                   cwd=settings.BASE_DIR, env=env, stdout=stdout, stderr=stderr)
+    try:
+        wait_until_healthy(f'http://127.0.0.1:{port}', process)
+        yield port, process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+LOAD_TOKEN = 'load-test-token-5c1d'
+# (method, path, body, token, expected status): successes, errors of every kind, a stream, a crash.
+LOAD_MIX = [
+    ('POST', '/probe/echo', b'{"n": 1}', LOAD_TOKEN, 200),
+    ('POST', '/probe/missing', b'', ADMIN_TOKEN, 404),
+    ('POST', '/probe/crash', b'', LOAD_TOKEN, 500),
+    ('POST', '/users/export', b'', ADMIN_TOKEN, 200),
+    ('GET', '/healthz', None, None, 200),
+    ('POST', '/probe/echo', b'{}', UNKNOWN_TOKEN, 401),
+    ('GET', '/probe/echo', None, LOAD_TOKEN, 405),
+    ('POST', '/probe/sqlstate', b'{"case": "unique"}', ADMIN_TOKEN, 409),
+]
+LOAD_ROUNDS = 30
+
+
+def send_load_request(port, number):
+    """Send request number of the load mix with its own request id; return (id, expected, status, headers, body)."""
+    method, path, body, token, expected = LOAD_MIX[number % len(LOAD_MIX)]
+    headers = {'X-Request-ID': f'load-{number}', **({'Authorization': f'Bearer {token}'} if token else {})}
+    return (f'load-{number}', expected, *exchange(port, method, path, body, headers))
+
+
+@pytest.mark.slow
+def test_three_gunicorn_workers_under_load_write_one_valid_line_per_request(tmp_path, database_url):
+    logs = tmp_path / 'logs'
+    dsn = make_dsn(database_url, password=AWKWARD_PASSWORD)
+    environment = dict(DATABASE_URL=dsn, BEARER=LOAD_TOKEN, LOG_PATH=str(logs), LOG_LEVEL='DEBUG',
+                       PROCESS_ID='dbapi-load', PROMETHEUS_MULTIPROC_DIR=str(tmp_path / 'metrics'))
+    with running_gunicorn(tmp_path, **environment) as (port, server):
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda number: send_load_request(port, number), range(LOAD_ROUNDS * len(LOAD_MIX))))
+    files = read_log_folder(logs)
+    lines = [line for text in files.values() for line in parse_lines(text)]
+    for line in lines:
+        assert set(REQUIRED_FIELDS) <= line.keys(), line
+    access = access_lines(lines)
+    # Besides one line per load request, only the start-up polls of /healthz were served.
+    polls = [line for line in access if not line['http.request.id'].startswith('load-')]
+    assert {line['url.path'] for line in polls} == {'/healthz'}
+    assert len(access) == len(polls) + len(results)
+    for request_id, expected, status, headers, body in results:
+        assert status == expected and headers['X-Request-ID'] == request_id
+        line = line_of_request(access, request_id)
+        assert set(ACCESS_FIELDS) <= line.keys() and line['http.response.status_code'] == status
+        if status >= 400:
+            assert json.loads(body)['request_id'] == request_id
+        if status == 500:
+            assert line['error.stack_trace'].startswith('Traceback') and b'Traceback' not in body
+    worker_pids = {line['process.pid'] for line in access}
+    assert len(worker_pids) >= 2 and server.pid not in worker_pids
+    assert all(name == f'dbapi-load-{socket.gethostname()}-{name.rsplit("-", 1)[1]}' for name in files)
+    assert {int(name.rsplit('-', 1)[1].split('.')[0]) for name in files} >= worker_pids | {server.pid}
+    stdout = (tmp_path / 'stdout').read_text(encoding='utf-8')
+    assert len(access_lines(parse_lines(stdout))) == len(access), 'stdout carries every line too'
+    assert any(line['log.logger'] == 'gunicorn.error' for line in parse_lines(stdout))
+    everything = stdout + (tmp_path / 'stderr').read_text(encoding='utf-8') + '\n'.join(files.values())
+    for spelling in secret_spellings([dsn, AWKWARD_PASSWORD, LOAD_TOKEN, ADMIN_TOKEN, UNKNOWN_TOKEN]):
+        assert spelling not in everything, f'{spelling!r} was logged'

@@ -1,0 +1,134 @@
+"""Prometheus metrics: requests by module, action and status, latency, pool gauges, multiprocess gunicorn."""
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ADMIN_TOKEN
+from tests.test_logging import exchange, post, running_gunicorn
+
+POOL_EVENTS = ('waits', 'timeouts', 'connects', 'discarded')
+
+
+def sample(name, **labels):
+    """Return a sample's value in this process's registry, 0 when it was never recorded."""
+    return REGISTRY.get_sample_value(name, labels) or 0
+
+
+def scraped(text):
+    """Parse Prometheus text into {(sample name, sorted labels): value}."""
+    return {(entry.name, tuple(sorted(entry.labels.items()))): entry.value
+            for family in text_string_to_metric_families(text) for entry in family.samples}
+
+
+def total(samples, name, **labels):
+    """Return the sum of the samples of name whose labels include labels."""
+    return sum(value for (sample_name, sample_labels), value in samples.items()
+               if sample_name == name and labels.items() <= dict(sample_labels).items())
+
+
+@pytest.fixture()
+def fresh_client(make_app):
+    """A test client of a fresh app, with pools of its own."""
+    return make_app().test_client()
+
+
+def test_metrics_answers_a_scrape_in_prometheus_text_without_a_token(fresh_client):
+    response = fresh_client.get('/metrics', buffered=True)
+    assert response.status_code == 200
+    assert response.headers['Content-Type'].startswith('text/plain; version=0.0.4')
+    names = {family.name for family in text_string_to_metric_families(response.get_data(as_text=True))}
+    assert {'dbapi_requests', 'dbapi_request_duration_seconds', 'dbapi_pool_connections', 'dbapi_pool_max_connections',
+            'dbapi_pool_waits', 'dbapi_pool_timeouts'} <= names
+    assert fresh_client.post('/metrics', buffered=True).status_code == 405
+
+
+@pytest.mark.parametrize('path, body, module, action, status', [
+    ('/probe/echo', {'a': 1}, 'probe', 'echo', '200'),
+    ('/probe/missing', None, 'probe', 'missing', '404'),
+    ('/probe/crash', None, 'probe', 'crash', '500'),
+    ('/probe/reports/daily', None, 'probe', 'reports/daily', '200'),
+    ('/no/such/module', None, '', '', '404'),
+])
+def test_each_request_is_counted_and_timed_by_module_action_and_status(fresh_client, path, body, module, action,
+                                                                      status):
+    labels = dict(module=module, action=action, status=status)
+    names = ('dbapi_requests_total', 'dbapi_request_duration_seconds_count', 'dbapi_request_duration_seconds_sum')
+    before = [sample(name, **labels) for name in names]
+    started = time.perf_counter()
+    assert post(fresh_client, path, body).status_code == int(status)
+    elapsed = time.perf_counter() - started
+    counted, timed, seconds = (sample(name, **labels) - value for name, value in zip(names, before))
+    assert counted == timed == 1
+    assert 0 < seconds <= elapsed
+
+
+def test_pool_gauges_follow_the_pool(make_app):
+    app = make_app(DB_POOL_MAX=3)
+    pool = app.extensions['dbapi'].pools['default']
+    post(app.test_client(), '/probe/add', {'a': 1, 'b': 2})
+    assert sample('dbapi_pool_max_connections', database='default') == 3
+    assert sample('dbapi_pool_connections', database='default', state='idle') == pool.gauges()['idle'] == 1
+    assert sample('dbapi_pool_connections', database='default', state='in_use') == 0
+
+
+def test_pool_timeouts_and_waits_are_counted(make_app):
+    app = make_app(DB_POOL_MAX=1, DB_POOL_TIMEOUT_MS=100)
+    before = {event: sample(f'dbapi_pool_{event}_total', database='default') for event in POOL_EVENTS}
+    holder = threading.Thread(target=post, args=(app.test_client(), '/probe/hold', {'seconds': 1.0}))
+    holder.start()
+    time.sleep(0.3)
+    assert post(app.test_client(), '/probe/hold', {'seconds': 0}).status_code == 503
+    holder.join()
+    app.test_client().get('/healthz', buffered=True)  # any finished request publishes the pool's numbers
+    grown = {event: sample(f'dbapi_pool_{event}_total', database='default') - before[event] for event in POOL_EVENTS}
+    assert grown['timeouts'] == 1 and grown['connects'] == 1
+    if 'waits' in app.extensions['dbapi'].pools['default'].gauges():
+        assert grown['waits'] == 1
+
+
+def scrape(port):
+    """Scrape a running server's /metrics."""
+    status, _, body = exchange(port, 'GET', '/metrics')
+    assert status == 200
+    return scraped(body.decode())
+
+
+@pytest.mark.slow
+def test_gunicorn_workers_share_one_set_of_metrics(tmp_path, database_url):
+    metrics_dir = tmp_path / 'metrics'
+    metrics_dir.mkdir()
+    (metrics_dir / 'counter_999999.db').write_bytes(b'\0' * 16)  # left by an earlier run
+    auth = {'Authorization': f'Bearer {ADMIN_TOKEN}'}
+    with running_gunicorn(tmp_path, DATABASE_URL=database_url, DB_POOL_MAX='2',
+                          PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)) as (port, server):
+        assert not (metrics_dir / 'counter_999999.db').exists(), 'gunicorn starts the metrics from zero'
+        with ThreadPoolExecutor(6) as pool:
+            replies = list(pool.map(lambda _: exchange(port, 'POST', '/probe/hold', b'{"seconds": 0.05}', auth),
+                                    range(60)))
+            pids = set(pool.map(lambda _: json.loads(exchange(port, 'POST', '/probe/pid', b'', auth)[2])['pid'],
+                                range(30)))
+        assert {status for status, _, _ in replies} == {200}
+        assert len(pids) >= 2, 'concurrent requests reach more than one worker'
+        time.sleep(0.2)  # each worker records a request just after sending its response
+        samples = scrape(port)
+        held = dict(module='probe', action='hold', status='200')
+        assert total(samples, 'dbapi_requests_total', **held) == 60
+        assert total(samples, 'dbapi_request_duration_seconds_count', **held) == 60
+        assert total(samples, 'dbapi_request_duration_seconds_sum', **held) >= 60 * 0.05
+        # Each worker that served publishes its pool: 2 connections at most, summed over the live workers.
+        assert 2 * len(pids) <= total(samples, 'dbapi_pool_max_connections', database='default') <= 2 * 3
+        assert total(samples, 'dbapi_pool_connects_total', database='default') >= len(pids)
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while (metrics_dir / f'gauge_livesum_{victim}.db').exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not (metrics_dir / f'gauge_livesum_{victim}.db').exists(), "a dead worker's gauges are dropped"
+        assert total(scrape(port), 'dbapi_requests_total', **held) == 60, 'its counts stay'
