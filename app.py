@@ -18,6 +18,7 @@ from lib.metrics import RequestMetrics, metrics_endpoint
 from lib.modules import mount_modules
 
 COMPRESSED_TYPES = ['application/json', 'application/problem+json']
+COMPRESS_MIN_SIZE = 500
 
 
 @dataclass
@@ -33,7 +34,7 @@ def load_config(app, overrides):
     """Fill app.config from settings.py, then overrides."""
     app.config.from_object(settings)
     app.config.update(overrides or {})
-    app.config.update(COMPRESS_MIMETYPES=COMPRESSED_TYPES, COMPRESS_MIN_SIZE=500,
+    app.config.update(COMPRESS_MIMETYPES=COMPRESSED_TYPES, COMPRESS_MIN_SIZE=COMPRESS_MIN_SIZE,
                       COMPRESS_ALGORITHM=['br', 'gzip'], COMPRESS_ALGORITHM_STREAMING=['br', 'deflate'])
 
 
@@ -44,6 +45,10 @@ def compress_every_status(app):
     compress.init_app(app)
 
     def compress_response(response):
+        if not response.is_streamed and (response.content_length or 0) < COMPRESS_MIN_SIZE:
+            # Too small to compress: skip flask-compress's header parsing on the hot path.
+            response.headers.setdefault('Vary', 'Accept-Encoding')
+            return response
         status = response.status_code
         response.status_code = 200
         try:

@@ -82,20 +82,19 @@ def load_clients(config):
     return clients
 
 
-def presented_token():
-    """Return the bearer token of this request, or raise 401 when the header is missing or malformed."""
-    match = BEARER_HEADER.fullmatch(request.headers.get('Authorization', ''))
+def identify(clients, header):
+    """Return the client whose token the Authorization header carries, or None; raise 401 when malformed."""
+    match = BEARER_HEADER.fullmatch(header)
     if match is None:
         raise Unauthorized(headers={'WWW-Authenticate': CHALLENGE})
-    return match.group(1)
+    # Looking up the token's SHA-256 rather than the token keeps the lookup O(1) and timing-safe:
+    # an attacker cannot steer the digest, so a lookup's timing reveals nothing about stored tokens.
+    return clients.get(sha256_hex(match.group(1)))
 
 
 def authorize(clients, module):
     """Identify the caller of module by its token and check its scope; store the client in g."""
-    digest = sha256_hex(presented_token())
-    # Looking up the token's SHA-256 rather than the token keeps the lookup O(1) and timing-safe:
-    # an attacker cannot steer the digest, so a lookup's timing reveals nothing about stored tokens.
-    client = clients.get(digest)
+    client = identify(clients, request.headers.get('Authorization', ''))
     if client is None:
         raise Unauthorized('The bearer token is not valid.',
                            headers={'WWW-Authenticate': f'{CHALLENGE}, error="invalid_token"'})
