@@ -16,11 +16,13 @@ MAIN_CONFIG = """\
 # Written by ops/nginx.py for the native stack; edit nginx/dbapi.conf.template instead.
 daemon off;
 worker_processes 1;
+# Each proxied request holds two connections (client and replica): 256 clients need more than 512.
+worker_rlimit_nofile 8192;
 pid {run_dir}/nginx.pid;
 error_log stderr warn;
 {user}
 events {{
-    worker_connections 512;
+    worker_connections 4096;
 }}
 http {{
     client_body_temp_path {run_dir}/client_body;

@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import psutil
 import pytest
 
 import settings
+from ops.ports import free_ports
 from tests.conftest import ADMIN_TOKEN, BEARER_TOKENS
 
 pytestmark = pytest.mark.slow
@@ -21,9 +21,7 @@ pytestmark = pytest.mark.slow
 
 def free_port():
     """Return a TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def http(method, url, body=None, headers=None, timeout=10):

@@ -7,7 +7,6 @@ test must make a replica misbehave at an exact moment.
 import http.client
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -26,6 +25,7 @@ from psycopg2.extensions import make_dsn, parse_dsn
 import settings
 from lib.migrate import migrate
 from ops import nginx
+from ops.ports import free_ports as consecutive_free_ports
 from ops.render import program
 from ops.stack import port_open
 from tests.conftest import ADMIN_TOKEN, BEARER_TOKENS, PROBE_SQL, recreate_database, run_sql
@@ -48,23 +48,9 @@ def require_programs(*names):
             pytest.skip(str(exc))
 
 
-def port_is_free(port):
-    """Tell whether nothing listens on 127.0.0.1:port."""
-    with socket.socket() as probe:
-        try:
-            probe.bind(('127.0.0.1', port))
-        except OSError:
-            return False
-    return True
-
-
 def free_ports(count):
     """Return the first of count consecutive free loopback ports."""
-    for _ in range(100):
-        base = random.randint(20000, 60000 - count)
-        if all(port_is_free(port) for port in range(base, base + count)):
-            return base
-    raise RuntimeError(f'no {count} consecutive free ports')
+    return consecutive_free_ports(count)[0]
 
 
 def wait_for(condition, timeout, message, interval=0.1):
