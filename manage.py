@@ -18,7 +18,8 @@ def default_dsn():
 
 def how_to_call():
     """Return a curl line that calls the running service."""
-    token = settings.BEARER or '<token>'
+    # Only the development token of env/local/.env is shown; a real one never reaches a terminal or a log.
+    token = settings.BEARER if settings.DEVELOPMENT and settings.BEARER else '<token>'
     return (f"curl -s -X POST http://127.0.0.1:{settings.PORT}/example/foo -H 'Authorization: Bearer {token}' "
             "-H 'Content-Type: application/json' -d '{\"name\": \"Ada\"}'")
 

@@ -11,7 +11,7 @@ import pytest
 from lib.errors import HTTP_DETAILS
 from tests.conftest import ADMIN_TOKEN
 
-from .conftest import free_ports, http_request, post, running_stack, wait_for, worker_group
+from .conftest import free_ports, http_request, post, read_json_lines, running_stack, wait_for, worker_group
 
 pytestmark = pytest.mark.slow
 
@@ -60,6 +60,17 @@ def test_requests_spread_over_every_replica(stack):
     assert served_by == groups
 
 
+def app_access_line_of(stack, request_id):
+    """Return the app's own access line of one request, from the replicas' output the stack collects."""
+    def lines():
+        return [line for line in read_json_lines(stack.log_path)
+                if line.get('log', {}).get('logger') == 'dbapi.access'
+                and line.get('http', {}).get('request', {}).get('id') == request_id]
+    found = wait_for(lines, 5, f'no app access line for {request_id}')
+    assert len(found) == 1, found
+    return found[0]
+
+
 def test_request_id_made_by_nginx_reaches_the_app_and_comes_back(stack):
     reply = stack.post('/topology/whoami')
     assert reply.status == 200
@@ -68,6 +79,7 @@ def test_request_id_made_by_nginx_reaches_the_app_and_comes_back(stack):
     seen = reply.json()
     assert seen['x_request_id'] == seen['request_id'] == request_id
     assert log_line_of(stack, request_id)['http.response.status_code'] == 200
+    assert app_access_line_of(stack, request_id)['http']['response']['status_code'] == 200
 
 
 @pytest.mark.parametrize('incoming, kept', [('caller-1.2:3_x', True), ('has spaces', False),
@@ -84,6 +96,7 @@ def test_an_app_error_carries_the_request_id_nginx_made(stack):
     body = assert_problem(stack.post('/probe/missing'), 404)
     assert NGINX_REQUEST_ID.fullmatch(body['request_id'])
     assert log_line_of(stack, body['request_id'])['nginx.upstream.status'] == '404'
+    assert app_access_line_of(stack, body['request_id'])['http']['response']['status_code'] == 404
 
 
 def test_the_app_trusts_exactly_one_forwarding_hop(stack):
