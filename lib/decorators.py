@@ -69,14 +69,14 @@ def run_leased(database, autocommit, named, call):
     return result
 
 
-def injector(database, autocommit, named, wrap_connection):
-    """Build a decorator that passes wrap_connection(conn) to the action as its first argument."""
+def injector(database, autocommit, named, first_argument):
+    """Build a decorator that passes first_argument(conn), on a pooled connection, to the action first."""
     def decorate(action):
         @functools.wraps(action)
         def with_connection(*args, **kwargs):
             def attempt():
                 return run_leased(database, autocommit, named,
-                                  lambda conn: wrap_connection(conn, lambda value: action(value, *args, **kwargs)))
+                                  lambda conn: action(first_argument(conn), *args, **kwargs))
             # Only a whole-action transaction can be replayed safely.
             return with_retries(attempt, 0 if autocommit else current_app.config['DB_RETRIES'])
         with_connection.__signature__ = without_first_parameter(action)
@@ -84,21 +84,16 @@ def injector(database, autocommit, named, wrap_connection):
     return decorate
 
 
-def pass_connection(conn, call):
-    """Give the action the raw connection."""
-    return call(conn)
-
-
-def pass_db(conn, call):
-    """Give the action a Db helper; the lease makes the action one transaction unless autocommit."""
-    return call(Db(conn))
+def raw_connection(conn):
+    """Give the action the raw connection itself."""
+    return conn
 
 
 def inject_conn(database=DEFAULT, named=True, autocommit=False):
     """Pass a pooled raw psycopg2 connection as the first argument; commit or roll back, always give it back."""
-    return injector(database, autocommit, named, pass_connection)
+    return injector(database, autocommit, named, raw_connection)
 
 
 def inject_db(database=DEFAULT, autocommit=False):
     """Pass a Db helper on a pooled connection as the first argument: one transaction, or autocommit."""
-    return injector(database, autocommit, True, pass_db)
+    return injector(database, autocommit, True, Db)

@@ -51,12 +51,13 @@ def dumps_bytes(value):
 
 
 def json_array_chunks(batches):
-    """Yield one JSON array, in byte chunks, from an iterable of lists of values."""
+    """Yield one JSON array, in byte chunks, from an iterable of batches (lists of values) or single values."""
     yield b'['
     separator = b''
     for batch in batches:
-        if batch:
-            yield separator + dumps_bytes(batch)[1:-1]
+        items = batch if isinstance(batch, list) else [batch]
+        if items:
+            yield separator + dumps_bytes(items)[1:-1]
             separator = b','
     yield b']'
 

@@ -82,3 +82,8 @@ def test_stream_yields_batches_from_a_server_side_cursor(app):
         batches = list(Db(conn).stream('SELECT g AS n FROM generate_series(1, 7) g', batch_size=3))
     assert [len(batch) for batch in batches] == [3, 3, 1]
     assert batches[2] == [{'n': 7}]
+
+
+def test_an_action_may_stream_single_rows_from_a_generator(call, app):
+    assert call('/probe/generated').get_json() == [{'n': 0}, {'n': 1}, {'n': 2}]
+    assert app.extensions['dbapi'].pools['default'].gauges()['in_use'] == 0

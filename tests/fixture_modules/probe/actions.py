@@ -179,3 +179,14 @@ def raw_rows(conn):
     with conn.cursor() as cursor:
         cursor.execute('SELECT 1 AS one, 2 AS two')
         return cursor.fetchall()
+
+
+@inject_conn(DEFAULT)
+def generated(conn):
+    """Stream rows one by one from a plain generator that keeps using the connection."""
+    def rows():
+        with conn.cursor() as cursor:
+            for number in range(3):
+                cursor.execute('SELECT %s AS n', (number,))
+                yield cursor.fetchone()
+    return rows()

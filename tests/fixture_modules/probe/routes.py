@@ -1,4 +1,4 @@
-from .actions import (add, crash, echo, fail_with, flaky, greet, hold, items, missing, pid, probe_values,
+from .actions import (add, crash, echo, fail_with, flaky, generated, greet, hold, items, missing, pid, probe_values,
                       python_values, raw_rows, sized, sqlstate, with_status)
 
 routes = [
@@ -20,4 +20,5 @@ routes = [
     dict(route='add', action=add),
     dict(route='raw-rows', action=raw_rows),
     dict(route='reports/daily', action=echo),
+    dict(route='generated', action=generated),
 ]
