@@ -37,6 +37,14 @@ def recreate_database(server_dsn, name):
     return psycopg2.extensions.make_dsn(server_dsn, dbname=name)
 
 
+def scratch_folder():
+    """Return .data/, where throwaway embedded servers live (git ignores it; not under pytest's basetemp,
+    which a concurrent pytest session resets to mode 0700, locking out the server's unprivileged user)."""
+    folder = settings.BASE_DIR / '.data'
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def run_sql(dsn, text, params=None):
     """Run SQL on dsn in autocommit and return all rows (or None)."""
     conn = psycopg2.connect(dsn)

@@ -1,9 +1,12 @@
 """The database layer: pooled connections always given back, session settings, recovery, migrations."""
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -11,7 +14,7 @@ import pytest
 import settings
 from lib.embedded import start_embedded
 from lib.migrate import migrate
-from tests.conftest import ADMIN_TOKEN, Caller, recreate_database, run_sql
+from tests.conftest import ADMIN_TOKEN, Caller, recreate_database, run_sql, scratch_folder
 
 # One of each path through the pool: success, validation error, 404, SQL errors, a crash, a stream.
 MIXED_CALLS = [
@@ -92,11 +95,11 @@ def test_a_connection_killed_by_the_server_is_replaced_without_an_error(make_app
 
 
 @pytest.fixture()
-def private_server(tmp_path_factory):
+def private_server():
     """A second embedded PostgreSQL of this test's own, to stop and start."""
     import pgserver
     from pgserver._commands import pg_ctl
-    data_dir = tmp_path_factory.mktemp('restart') / 'pg'
+    data_dir = Path(tempfile.mkdtemp(prefix='restart-', dir=scratch_folder())) / 'pg'
     dsn = start_embedded(data_dir, database='dbapi', stop_at_exit=False)
     migrate(dsn)
     server = pgserver.get_server(data_dir)
@@ -106,6 +109,7 @@ def private_server(tmp_path_factory):
                pgdata=data_dir, user=server.system_user)
     yield dsn, control
     server.cleanup()
+    shutil.rmtree(data_dir.parent, ignore_errors=True)
 
 
 @pytest.mark.slow

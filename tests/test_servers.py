@@ -1,20 +1,23 @@
 """Real servers over HTTP: gunicorn with several workers, and `make run`'s serve command stopped by Ctrl-C."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psutil
 import pytest
 
 import settings
 from ops.ports import free_ports
-from tests.conftest import ADMIN_TOKEN, BEARER_TOKENS
+from tests.conftest import ADMIN_TOKEN, BEARER_TOKENS, scratch_folder
 
 pytestmark = pytest.mark.slow
 
@@ -96,9 +99,9 @@ def test_gunicorn_spreads_concurrent_requests_over_its_workers(gunicorn):
     assert len(pids) >= 2
 
 
-def test_serve_starts_everything_and_ctrl_c_stops_it_all(tmp_path):
+def test_serve_starts_everything_and_ctrl_c_stops_it_all():
     port = free_port()
-    data_dir = tmp_path / 'pg'
+    data_dir = Path(tempfile.mkdtemp(prefix='serve-', dir=scratch_folder())) / 'pg'
     process = subprocess.Popen(
         [sys.executable, 'manage.py', 'serve'], cwd=settings.BASE_DIR, start_new_session=True,
         env=server_environment(ENVIRONMENT='local', PORT=str(port), WEB_CONCURRENCY='2', EMBEDDED_DB_DIR=str(data_dir),
@@ -125,3 +128,4 @@ def test_serve_starts_everything_and_ctrl_c_stops_it_all(tmp_path):
     with pytest.raises(OSError):
         http('GET', f'{base}/healthz', timeout=2)
     assert (data_dir / 'PG_VERSION').exists(), 'the data stays for the next `make run`'
+    shutil.rmtree(data_dir.parent, ignore_errors=True)
