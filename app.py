@@ -11,7 +11,7 @@ from lib.db import make_pools
 from lib.embedded import start_embedded
 from lib.errors import handle_error
 from lib.health import ops
-from lib.http import assign_request_id, send_request_id
+from lib.requestid import RequestIds
 from lib.jsonenc import OrjsonProvider
 from lib.logger import configure_logging, install_access_log
 from lib.metrics import RequestMetrics, metrics_endpoint
@@ -46,8 +46,7 @@ def compress_every_status(app):
 
     def compress_response(response):
         if not response.is_streamed and (response.content_length or 0) < COMPRESS_MIN_SIZE:
-            # Too small to compress: skip flask-compress's header parsing on the hot path.
-            response.headers.setdefault('Vary', 'Accept-Encoding')
+            # Too small to compress (RequestIds adds the Vary header): skip flask-compress's parsing.
             return response
         status = response.status_code
         response.status_code = 200
@@ -76,13 +75,12 @@ def create_app(overrides=None):
     app.extensions['dbapi'] = gateway
     # Registered before Compress, so the access line sees the body as it is sent.
     install_access_log(app, observers=[RequestMetrics(gateway.pools)])
-    app.before_request(assign_request_id)
-    app.after_request(send_request_id)
     app.register_error_handler(Exception, handle_error)
     app.register_blueprint(ops)
     app.register_blueprint(metrics_endpoint)
     gateway.routes = mount_modules(app, app.config['MODULE_PACKAGES'], gateway.clients)
     compress_every_status(app)
+    app.wsgi_app = RequestIds(app.wsgi_app)
     if app.config['TRUSTED_PROXY_HOPS']:
         hops = app.config['TRUSTED_PROXY_HOPS']
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0)

@@ -7,6 +7,7 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from .jsonenc import json_response
+from .requestid import current_request_id
 
 PROBLEM_JSON = 'application/problem+json'
 RETRY_AFTER_SECONDS = '1'
@@ -168,7 +169,7 @@ def handle_error(exc):
     error = as_api_error(exc)
     # The access line logs it, with the stack trace of a 5xx, under the same request id.
     g.error = (exc, error)
-    body = problem_body(error, g.get('request_id'))
+    body = problem_body(error, current_request_id())
     response = json_response(body, error.status, PROBLEM_JSON)
     response.headers.update(error.headers)
     return response

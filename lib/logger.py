@@ -15,11 +15,12 @@ from urllib.parse import quote
 import ecs_logging
 import orjson
 import psycopg2
-from flask import g, has_app_context, request
+from flask import g, request
 from gunicorn import glogging
 from psycopg2.extensions import parse_dsn
 
 import settings
+from lib.requestid import REQUEST_ID_KEY, current_request_id
 
 log = logging.getLogger('dbapi.logging')
 
@@ -125,11 +126,6 @@ class Redactor:
 
 
 # --- The formatter: ecs-logging's, plus dbapi's fields on every line and a fast path for access lines. ---
-
-def current_request_id():
-    """Return the id of the request being served, or None outside a request."""
-    return g.get('request_id') if has_app_context() else None
-
 
 class EcsFormatter(ecs_logging.StdlibFormatter):
     """Elastic's ECS formatter with the service fields on every line, the request id on lines logged while a
@@ -405,7 +401,7 @@ def route_labels(req, ctx):
 def exchange_fields(req, ctx, response, labels):
     """Return the access line fields that the request (req, its g as ctx) and its response already know."""
     status = response.status_code
-    fields = {'http': {'request': {'method': req.method, 'id': ctx.get('request_id')},
+    fields = {'http': {'request': {'method': req.method, 'id': req.environ.get(REQUEST_ID_KEY)},
                        'response': {'status_code': status, 'body': {'bytes': 0}}},
               'url': {'path': req.path},
               'event': {'dataset': ACCESS_DATASET}}

@@ -14,7 +14,7 @@ import pytest
 import settings
 from lib.embedded import start_embedded
 from lib.migrate import migrate
-from tests.conftest import ADMIN_TOKEN, Caller, recreate_database, run_sql, scratch_folder
+from tests.conftest import Caller, recreate_database, run_sql, scratch_folder
 
 # One of each path through the pool: success, validation error, 404, SQL errors, a crash, a stream.
 MIXED_CALLS = [

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, Caller, run_sql
+from tests.conftest import Caller, run_sql
 
 
 def unique_email(tag='user'):

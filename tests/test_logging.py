@@ -13,11 +13,12 @@ from contextlib import contextmanager
 
 import psycopg2
 import pytest
-from flask import Flask, Response, g
+from flask import Flask, Response
 from psycopg2.extensions import make_dsn
 
 import settings
 from lib.logger import configure_logging, install_access_log
+from lib.requestid import REQUEST_ID_KEY
 from tests.conftest import ADMIN_TOKEN, EXAMPLE_ONLY_TOKEN, SINGLE_BEARER, app_config
 from tests.test_servers import free_port, server_environment, wait_until_healthy
 
@@ -158,8 +159,8 @@ def test_request_id_is_the_same_in_header_error_body_and_log_lines(logged_app, l
 
 
 def test_a_line_logged_while_a_request_is_served_carries_its_id(logged_app, log_folder):
-    with logged_app.test_request_context('/probe/echo', method='POST'):
-        g.request_id = 'served-7'
+    with logged_app.test_request_context('/probe/echo', method='POST',
+                                         environ_overrides={REQUEST_ID_KEY: 'served-7'}):
         logging.getLogger('dbapi.test').warning('inside the request')
     logging.getLogger('dbapi.test').warning('outside any request')
     inside, outside = logged_lines(log_folder)

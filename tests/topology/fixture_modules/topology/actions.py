@@ -1,11 +1,13 @@
 """What the replica saw: the client address and scheme after ProxyFix, and the request id it was given."""
 import os
 
-from flask import g, request
+from flask import request
+
+from lib.requestid import current_request_id
 
 
 def whoami():
     """Return the request as this replica saw it."""
-    return {'remote_addr': request.remote_addr, 'scheme': request.scheme, 'request_id': g.request_id,
+    return {'remote_addr': request.remote_addr, 'scheme': request.scheme, 'request_id': current_request_id(),
             'x_request_id': request.headers.get('X-Request-ID'),
             'x_forwarded_for': request.environ.get('HTTP_X_FORWARDED_FOR'), 'pid': os.getpid()}
