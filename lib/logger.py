@@ -148,32 +148,40 @@ class EcsFormatter(ecs_logging.StdlibFormatter):
             finished = record.__dict__[FINISHED_LINE] = (self, self.redact(dumps(document)))
         return finished[1]
 
-    def timestamp(self, record):
-        """Return the record's UTC time with milliseconds, formatting each second only once."""
-        second = int(record.created)
+    def timestamp(self, created):
+        """Return a UTC time with milliseconds, formatting each second only once."""
+        second = int(created)
         cached = self.second
         if cached[0] != second:
             cached = self.second = (second, time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second)))
-        return f'{cached[1]}.{int(record.msecs):03d}Z'
+        return f'{cached[1]}.{int((created - second) * 1000):03d}Z'
 
-    def head(self, record, message):
+    def head(self, created, level, message):
         """Return the three fields ECS puts first in a line."""
-        return {'@timestamp': self.timestamp(record), 'log.level': record.levelname.lower(), 'message': message}
+        return {'@timestamp': self.timestamp(created), 'log.level': level, 'message': message}
 
     def access_document(self, record, fields):
-        """Build an access line from the fields the access log prepared."""
-        document = {**self.head(record, record.msg), **self.service_fields, 'log': {'logger': record.name},
-                    'process': {'pid': record.process}, **fields}
+        """Build an access line from a record carrying the fields the access log prepared."""
+        return self.access_fields(record.created, record.levelname.lower(), record.msg, record.process, fields)
+
+    def access_fields(self, created, level, message, pid, fields):
+        """Build an access line's document from its parts."""
+        document = {**self.head(created, level, message), **self.service_fields, 'log': {'logger': ACCESS_LOGGER},
+                    'process': {'pid': pid}, **fields}
         if 'labels' in fields:
             document['labels'] = {**fields['labels'], **self.service_fields['labels']}
         return document
+
+    def access_line(self, level, message, fields):
+        """Return an access line as JSON text, made now by this process, without a LogRecord."""
+        return self.redact(dumps(self.access_fields(time.time(), level, message, os.getpid(), fields)))
 
     def library_document(self, record):
         """Build a line with ecs-logging's own pass, then add what every dbapi line carries."""
         ecs = super().format_to_ecs(record)
         del ecs['@timestamp']
         ecs['log'].pop('level', None)
-        document = {**self.head(record, ecs.pop('message')), **ecs}
+        document = {**self.head(record.created, record.levelname.lower(), ecs.pop('message')), **ecs}
         for key, value in self.service_fields.items():
             mine = document.get(key)
             document[key] = {**value, **mine} if isinstance(value, dict) and isinstance(mine, dict) else mine or value
@@ -200,14 +208,42 @@ def service_fields(options):
 
 # --- Destinations: stdout, and one file per process under LOG_PATH. ---
 
-class ProcessFileHandler(logging.handlers.RotatingFileHandler):
+class LineWriting:
+    """A handler that also takes a finished line, so the access log can skip LogRecord and Logger.handle."""
+
+    def emit(self, record):
+        """Write the record's line; a failure is reported the way logging reports it, never raised."""
+        try:
+            self.write_line(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def write_finished_line(self, line):
+        """Write a finished line, reporting a failure on stderr instead of raising it."""
+        try:
+            self.write_line(line)
+        except Exception:
+            if logging.raiseExceptions:
+                traceback.print_exc(file=sys.stderr)
+
+
+class LineStreamHandler(LineWriting, logging.StreamHandler):
+    """stdout, one line at a time."""
+
+    def write_line(self, line):
+        """Write one line and flush it."""
+        with self.lock:
+            self.stream.write(line + self.terminator)
+            self.stream.flush()
+
+
+class ProcessFileHandler(LineWriting, logging.handlers.RotatingFileHandler):
     """An ndjson file that only this process writes and rotates; a forked child switches to a file of its own."""
 
     def __init__(self, folder, stem, max_bytes, backups):
         self.folder = folder
         self.stem = stem
         self.written = 0
-        self.pending = 0
         super().__init__(self.path_for(os.getpid()), maxBytes=max_bytes, backupCount=backups,
                          encoding='utf-8', delay=True)
         PROCESS_FILES.add(self)
@@ -222,18 +258,19 @@ class ProcessFileHandler(logging.handlers.RotatingFileHandler):
         self.written = stream.tell()
         return stream
 
-    def shouldRollover(self, record):
-        """Tell whether the line would take the file past maxBytes: no other process writes it, so counting
-        what this one wrote replaces the stat calls of the base class (characters stand in for bytes)."""
-        if self.stream is None:
-            self.stream = self._open()
-        self.pending = len(self.format(record)) + 1
-        return 0 < self.maxBytes < self.written + self.pending
-
-    def emit(self, record):
-        """Write the line, rotating first when it would overflow the file."""
-        super().emit(record)
-        self.written += self.pending
+    def write_line(self, line):
+        """Write one line, rotating first when it would take the file past maxBytes. No other process
+        writes this file, so counting what this one wrote replaces the base class's stat calls."""
+        size = len(line) + 1  # characters stand in for bytes
+        with self.lock:
+            if self.stream is None:
+                self.stream = self._open()
+            if 0 < self.maxBytes < self.written + size:
+                self.doRollover()
+                self.stream = self.stream or self._open()
+            self.stream.write(line + '\n')
+            self.stream.flush()
+            self.written += size
 
     def follow_fork(self):
         """In a forked child: leave the parent's file to the parent and write a file of this process's own."""
@@ -268,7 +305,7 @@ def log_folder(path):
 def build_handlers(options):
     """Return the stdout handler and, with LOG_PATH, this process's file handler, sharing one formatter."""
     formatter = EcsFormatter(service_fields(options), Redactor(configured_secrets(options)))
-    handlers = [logging.StreamHandler(sys.stdout)]
+    handlers = [LineStreamHandler(sys.stdout)]
     if options['LOG_PATH']:
         stem = f"{options['PROCESS_ID']}-{socket.gethostname()}"
         handlers.append(ProcessFileHandler(log_folder(options['LOG_PATH']), stem,
@@ -465,10 +502,22 @@ class AccessLog:
                 log.exception('an access log observer failed')
 
     def write(self, level, message, fields):
-        """Hand the line to the handlers; the record is made directly, since its caller's frame is of no use."""
-        if self.logger.isEnabledFor(level):
-            self.logger.handle(self.logger.makeRecord(ACCESS_LOGGER, level, '', 0, message, None, None,
-                                                      extra={ACCESS_FIELDS: fields}))
+        """Write the line: dbapi's handlers take it finished; any other handler (a test's) gets a record."""
+        if not self.logger.isEnabledFor(level):
+            return
+        lines, record = {}, None
+        for handler in self.logger.handlers + logging.getLogger().handlers:
+            if level < handler.level:
+                continue
+            if isinstance(handler, LineWriting):
+                formatter = handler.formatter
+                if formatter not in lines:
+                    lines[formatter] = formatter.access_line(logging.getLevelName(level).lower(), message, fields)
+                handler.write_finished_line(lines[formatter])
+            else:
+                record = record or self.logger.makeRecord(ACCESS_LOGGER, level, '', 0, message, None, None,
+                                                          extra={ACCESS_FIELDS: fields})
+                handler.handle(record)
 
 
 def install_access_log(app, observers=()):
