@@ -5,14 +5,12 @@ from werkzeug.exceptions import UnsupportedMediaType
 
 from .errors import BadRequest
 
-EMPTY_BODY = {}
-
 
 def read_json_body():
     """Parse the request body once: empty means {}, anything but JSON is refused."""
     data = request.get_data(cache=False)
     if not data.strip():
-        return dict(EMPTY_BODY)
+        return {}
     if request.mimetype != 'application/json':
         raise UnsupportedMediaType()
     try:

@@ -2,11 +2,21 @@
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 
+def email_field(**options):
+    """Return an email field of at most 320 characters."""
+    return fields.Email(validate=validate.Length(max=320), **options)
+
+
+def name_field(**options):
+    """Return a name field of 1 to 200 characters."""
+    return fields.String(validate=validate.Length(min=1, max=200), **options)
+
+
 class NewUser(Schema):
     """An email and a name."""
 
-    email = fields.Email(required=True, validate=validate.Length(max=320))
-    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    email = email_field(required=True)
+    name = name_field(required=True)
 
 
 class UserId(Schema):
@@ -18,8 +28,8 @@ class UserId(Schema):
 class UserChange(UserId):
     """A user id with the fields to change."""
 
-    email = fields.Email(validate=validate.Length(max=320))
-    name = fields.String(validate=validate.Length(min=1, max=200))
+    email = email_field()
+    name = name_field()
 
     @validates_schema
     def require_a_change(self, data, **kwargs):
