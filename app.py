@@ -73,13 +73,12 @@ def create_app(overrides=None):
     app.json = OrjsonProvider(app)
     gateway = Gateway(make_pools(app.config), load_clients(app.config))
     app.extensions['dbapi'] = gateway
-    # Registered before Compress, so the access line sees the body as it is sent.
-    install_access_log(app, observers=[RequestMetrics(gateway.pools)])
     app.register_error_handler(Exception, handle_error)
     app.register_blueprint(ops)
     app.register_blueprint(metrics_endpoint)
     gateway.routes = mount_modules(app, app.config['MODULE_PACKAGES'], gateway.clients)
     compress_every_status(app)
+    install_access_log(app, observers=[RequestMetrics(gateway.pools)])
     app.wsgi_app = RequestIds(app.wsgi_app)
     if app.config['TRUSTED_PROXY_HOPS']:
         hops = app.config['TRUSTED_PROXY_HOPS']

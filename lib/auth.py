@@ -5,15 +5,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import g, request
+from flask import request
 
 from settings import ImproperlyConfigured
 
 from .errors import Forbidden, Unauthorized
+from .exchange import CLIENT_KEY, remember
 
 BEARER_HEADER = re.compile(r'Bearer +([A-Za-z0-9\-._~+/]+=*) *', re.IGNORECASE)
 CHALLENGE = 'Bearer realm="dbapi"'
 SINGLE_TOKEN_CLIENT = 'bearer'
+# Spellings of valid Authorization headers remembered per process; a caller cannot grow it past this.
+MAX_KNOWN_HEADERS = 256
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,31 @@ def read_tokens_file(path):
         raise ImproperlyConfigured(f'BEARER_TOKENS_FILE cannot be read: {exc.strerror}') from None
 
 
+class TokenTable(dict):
+    """The {token digest: Client} table, remembering the exact Authorization headers it has accepted.
+
+    A remembered header skips the regex and the SHA-256 on the next request. Only accepted headers are
+    kept, and at most MAX_KNOWN_HEADERS of them, so bad tokens cannot fill it. str hashing is keyed per
+    process, so a lookup's timing reveals no more than the digest lookup does.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.known_headers = {}
+
+    def identify(self, header):
+        """Return the client whose token the Authorization header carries, or None; raise 401 when malformed."""
+        client = self.known_headers.get(header)
+        if client is None:
+            client = identify(self, header)
+            if client is not None and len(self.known_headers) < MAX_KNOWN_HEADERS:
+                self.known_headers[header] = client
+        return client
+
+
 def load_clients(config):
     """Build the {token digest: Client} table from BEARER, BEARER_TOKENS and BEARER_TOKENS_FILE."""
-    clients = {}
+    clients = TokenTable()
     if config.get('BEARER'):
         clients[sha256_hex(config['BEARER'])] = Client(SINGLE_TOKEN_CLIENT, None)
     if config.get('BEARER_TOKENS'):
@@ -93,12 +118,12 @@ def identify(clients, header):
 
 
 def authorize(clients, module):
-    """Identify the caller of module by its token and check its scope; store the client in g."""
-    client = identify(clients, request.headers.get('Authorization', ''))
+    """Identify the caller of module by its token and check its scope; keep the client for the access line."""
+    client = clients.identify(request.environ.get('HTTP_AUTHORIZATION', ''))
     if client is None:
         raise Unauthorized('The bearer token is not valid.',
                            headers={'WWW-Authenticate': f'{CHALLENGE}, error="invalid_token"'})
-    g.client = client
+    remember(CLIENT_KEY, client)
     if not client.may_call(module):
         raise Forbidden(f'Client {client.name!r} may not call module {module!r}.')
     return client

@@ -2,10 +2,10 @@
 from http import HTTPStatus
 
 import psycopg2
-from flask import g
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from .exchange import ERROR_KEY, remember
 from .jsonenc import json_response
 from .requestid import current_request_id
 
@@ -168,7 +168,7 @@ def handle_error(exc):
     """Render any exception raised while serving a request as problem+json."""
     error = as_api_error(exc)
     # The access line logs it, with the stack trace of a 5xx, under the same request id.
-    g.error = (exc, error)
+    remember(ERROR_KEY, (exc, error))
     body = problem_body(error, current_request_id())
     response = json_response(body, error.status, PROBLEM_JSON)
     response.headers.update(error.headers)

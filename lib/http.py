@@ -1,17 +1,34 @@
 """The one JSON body parser of module actions."""
 import orjson
-from flask import request
-from werkzeug.exceptions import UnsupportedMediaType
+from flask import current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from .errors import BadRequest
+from .jsonenc import JSON_MIMETYPE
+
+
+def read_body(environ):
+    """Return the raw body: straight from the server's stream when its length is declared, else through werkzeug."""
+    length = environ.get('CONTENT_LENGTH', '')
+    if not length.isdigit() or environ.get('wsgi.input_terminated'):
+        return request.get_data(cache=False)
+    if int(length) > current_app.config['MAX_CONTENT_LENGTH']:
+        raise RequestEntityTooLarge()
+    return environ['wsgi.input'].read(int(length))
+
+
+def is_json(content_type):
+    """Tell whether a Content-Type header names JSON, whatever its parameters (charset)."""
+    return content_type == JSON_MIMETYPE or content_type.partition(';')[0].strip().lower() == JSON_MIMETYPE
 
 
 def read_json_body():
     """Parse the request body once: empty means {}, anything but JSON is refused."""
-    data = request.get_data(cache=False)
+    environ = request.environ
+    data = read_body(environ)
     if not data.strip():
         return {}
-    if request.mimetype != 'application/json':
+    if not is_json(environ.get('CONTENT_TYPE', '')):
         raise UnsupportedMediaType()
     try:
         return orjson.loads(data)

@@ -8,18 +8,17 @@ import sys
 import time
 import traceback
 import weakref
-from functools import partial
 from pathlib import Path
 from urllib.parse import quote
 
 import ecs_logging
 import orjson
 import psycopg2
-from flask import g, request
 from gunicorn import glogging
 from psycopg2.extensions import parse_dsn
 
 import settings
+from lib.exchange import CLIENT_KEY, ERROR_KEY, ROUTE_KEY
 from lib.requestid import REQUEST_ID_KEY, current_request_id
 
 log = logging.getLogger('dbapi.logging')
@@ -40,6 +39,8 @@ REDACTED = '[REDACTED]'
 # Shorter "secrets" would blank out ordinary words in every line.
 MIN_SECRET_LENGTH = 4
 MAX_CAUSES = 10
+# (ECS group, field, WSGI environ key) of what an access line carries when the request has it.
+OPTIONAL_ENVIRON_FIELDS = (('client', 'ip', 'REMOTE_ADDR'), ('user_agent', 'original', 'HTTP_USER_AGENT'))
 
 
 def dumps(document):
@@ -136,6 +137,8 @@ class EcsFormatter(ecs_logging.StdlibFormatter):
     def __init__(self, service_fields, redactor):
         super().__init__(exclude_fields=EXCLUDED_FIELDS)
         self.service_fields = service_fields
+        self.service_labels = service_fields['labels']
+        self.fixed_access_json = (None, '')
         self.redact = redactor
         self.second = (None, '')
 
@@ -166,15 +169,28 @@ class EcsFormatter(ecs_logging.StdlibFormatter):
 
     def access_fields(self, created, level, message, pid, fields):
         """Build an access line's document from its parts."""
-        document = {**self.head(created, level, message), **self.service_fields, 'log': {'logger': ACCESS_LOGGER},
-                    'process': {'pid': pid}, **fields}
-        if 'labels' in fields:
-            document['labels'] = {**fields['labels'], **self.service_fields['labels']}
-        return document
+        return {**self.head(created, level, message), **self.fixed_access_fields(pid), **self.labelled(fields)}
+
+    def fixed_access_fields(self, pid):
+        """Return the fields that every access line of process pid carries."""
+        service = {key: value for key, value in self.service_fields.items() if key != 'labels'}
+        return {**service, 'log': {'logger': ACCESS_LOGGER}, 'process': {'pid': pid}}
+
+    def labelled(self, fields):
+        """Return fields with the service's labels added to the request's."""
+        labels = fields.get('labels')
+        return {**fields, 'labels': {**labels, **self.service_labels} if labels else self.service_labels}
 
     def access_line(self, level, message, fields):
-        """Return an access line as JSON text, made now by this process, without a LogRecord."""
-        return self.redact(dumps(self.access_fields(time.time(), level, message, os.getpid(), fields)))
+        """Return an access line as JSON text, made now by this process, without a LogRecord.
+
+        The fields every access line of this process carries are encoded once; the line is spliced together.
+        """
+        pid = os.getpid()
+        if self.fixed_access_json[0] != pid:
+            self.fixed_access_json = (pid, dumps(self.fixed_access_fields(pid))[1:-1])
+        head = f'{{"@timestamp":"{self.timestamp(time.time())}","log.level":"{level}","message":{dumps(message)}'
+        return self.redact(f'{head},{self.fixed_access_json[1]},{dumps(self.labelled(fields))[1:]}')
 
     def library_document(self, record):
         """Build a line with ecs-logging's own pass, then add what every dbapi line carries."""
@@ -228,13 +244,32 @@ class LineWriting:
 
 
 class LineStreamHandler(LineWriting, logging.StreamHandler):
-    """stdout, one line at a time."""
+    """stdout, one line at a time: straight to its file descriptor when it has one, past Python's buffers."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.fd = file_descriptor(stream)
 
     def write_line(self, line):
         """Write one line and flush it."""
         with self.lock:
-            self.stream.write(line + self.terminator)
-            self.stream.flush()
+            if self.fd is None:
+                self.stream.write(line + self.terminator)
+                self.stream.flush()
+                return
+            data = (line + self.terminator).encode()
+            while data:
+                data = data[os.write(self.fd, data):]
+
+
+def file_descriptor(stream):
+    """Return the file descriptor behind stream, with what it buffered written out, or None (a test's capture)."""
+    try:
+        fd = stream.fileno()
+        stream.flush()
+    except (AttributeError, OSError, ValueError):
+        return None
+    return fd
 
 
 class ProcessFileHandler(LineWriting, logging.handlers.RotatingFileHandler):
@@ -356,46 +391,47 @@ class GunicornLogger(glogging.Logger):
 
 # --- The access line: one per request, written when the server closes the response. ---
 
-class CountedBody:
-    """A streamed body that counts the bytes it yields and keeps the error that cut it short."""
+class Exchange:
+    """One request as the access line sees it: when it began, its status and what its body sent."""
 
-    def __init__(self, chunks):
-        self.chunks = chunks
+    __slots__ = ('environ', 'started_ns', 'status', 'request', 'bytes', 'stream_error')
+
+    def __init__(self, environ):
+        self.environ = environ
+        self.started_ns = time.perf_counter_ns()
+        self.status = 500
+        self.request = None
         self.bytes = 0
-        self.error = None
+        self.stream_error = None
+
+
+class ObservedBody:
+    """The body as the server sends it: counts its bytes, keeps the error that cut it short, and calls
+    on_close once the server has closed it, which is when a streamed query's connection goes back."""
+
+    def __init__(self, chunks, exchange, on_close):
+        self.chunks = chunks
+        self.exchange = exchange
+        self.on_close = on_close
 
     def __iter__(self):
+        exchange = self.exchange
         try:
             for chunk in self.chunks:
-                self.bytes += len(chunk) if isinstance(chunk, bytes) else len(chunk.encode())
+                exchange.bytes += len(chunk)
                 yield chunk
         except Exception as exc:
-            self.error = exc
+            exchange.stream_error = exc
             raise
 
     def close(self):
-        """Close the wrapped body, which gives a streamed query's connection back."""
-        close = getattr(self.chunks, 'close', None)
-        if close is not None:
-            close()
-
-
-def count_streamed_body(response):
-    """Wrap a streamed body to count what it sends; return the counter, or None for a sized body."""
-    if not response.is_streamed:
-        return None
-    # A passthrough body would be handed to the server as is, and Response.close, our cue, would never run.
-    response.direct_passthrough = False
-    response.response = body = CountedBody(response.response)
-    return body
-
-
-def sized_body_bytes(method, response):
-    """Return the bytes a sized response sends: none for HEAD, 1xx, 204 and 304."""
-    status = response.status_code
-    if method == 'HEAD' or status < 200 or status in (204, 304):
-        return 0
-    return response.content_length or 0
+        """Close the wrapped body, then finish the exchange."""
+        try:
+            close = getattr(self.chunks, 'close', None)
+            if close is not None:
+                close()
+        finally:
+            self.on_close(self.exchange)
 
 
 def sqlstate_of(exc):
@@ -424,74 +460,89 @@ def error_fields(exc, detailed):
     return fields
 
 
-def route_labels(req, ctx):
+def route_labels(exchange):
     """Return (module, action) of a request: its mounted route, an ops endpoint, or ('', '') for no match."""
-    route = ctx.get('route')
+    route = exchange.environ.get(ROUTE_KEY)
     if route is not None:
         return route.module, route.name
-    if req.endpoint:
-        blueprint, _, view = req.endpoint.rpartition('.')
+    endpoint = getattr(exchange.request, 'endpoint', None)
+    if endpoint:
+        blueprint, _, view = endpoint.rpartition('.')
         return blueprint, view
     return '', ''
 
 
-def exchange_fields(req, ctx, response, labels):
-    """Return the access line fields that the request (req, its g as ctx) and its response already know."""
-    status = response.status_code
-    fields = {'http': {'request': {'method': req.method, 'id': req.environ.get(REQUEST_ID_KEY)},
-                       'response': {'status_code': status, 'body': {'bytes': 0}}},
-              'url': {'path': req.path},
+def request_path(environ):
+    """Return the request's path as werkzeug decodes it."""
+    path = environ.get('PATH_INFO') or ''
+    if not path.isascii():
+        path = path.encode('latin-1').decode('utf-8', 'replace')
+    return '/' + path.lstrip('/')
+
+
+def exchange_fields(exchange, labels):
+    """Return the access line's fields of a finished exchange, all read from its WSGI environ."""
+    environ, status = exchange.environ, exchange.status
+    fields = {'http': {'request': {'method': environ.get('REQUEST_METHOD'), 'id': environ.get(REQUEST_ID_KEY)},
+                       'response': {'status_code': status, 'body': {'bytes': exchange.bytes}}},
+              'url': {'path': request_path(environ)},
               'event': {'dataset': ACCESS_DATASET}}
-    optional = (('client', 'ip', req.remote_addr), ('user_agent', 'original', req.environ.get('HTTP_USER_AGENT')),
-                ('user', 'name', getattr(ctx.get('client'), 'name', None)))
-    fields.update((group, {name: value}) for group, name, value in optional if value)
+    for group, name, key in OPTIONAL_ENVIRON_FIELDS:
+        if value := environ.get(key):
+            fields[group] = {name: value}
+    if client := environ.get(CLIENT_KEY):
+        fields['user'] = {'name': client.name}
     if labels[0]:
         fields['labels'] = {'module': labels[0], 'action': labels[1]}
-    failure = ctx.get('error')
-    if failure is not None and (status >= 500 or sqlstate_of(failure[0])):
-        fields['error'] = error_fields(failure[0], detailed=status >= 500)
+    error = exchange_error(exchange)
+    if error:
+        fields['error'] = error
     return fields
 
 
-class AccessLog:
-    """Writes one access line per request once its response has gone out, and tells the observers."""
+def exchange_error(exchange):
+    """Return the error fields of an exchange: a stream cut short, a 5xx in full, or a 4xx's SQLSTATE."""
+    if exchange.stream_error is not None:
+        return error_fields(exchange.stream_error, detailed=True)
+    failure = exchange.environ.get(ERROR_KEY)
+    if failure is None:
+        return None
+    return error_fields(failure[0], detailed=exchange.status >= 500)
 
-    def __init__(self, observers=()):
+
+class AccessLog:
+    """WSGI middleware: one access line per request once its response has gone out, and the observers told.
+
+    Working on the environ after Flask is done costs far less than Flask hooks and werkzeug's Request
+    properties; the handlers leave the route, the client and the error in the environ (lib/exchange.py).
+    """
+
+    def __init__(self, wsgi_app, observers=()):
+        self.wsgi_app = wsgi_app
         self.logger = logging.getLogger(ACCESS_LOGGER)
         self.observers = tuple(observers)
 
-    @staticmethod
-    def start_timer():
-        """Note when the request began."""
-        g.access_started_ns = time.perf_counter_ns()
+    def __call__(self, environ, start_response):
+        exchange = Exchange(environ)
 
-    def schedule(self, response):
-        """Gather the line's fields while the request is at hand; write it when the server closes the response."""
-        # The objects behind the proxies: every attribute read through a proxy costs a context lookup.
-        req, ctx = request._get_current_object(), g._get_current_object()
-        started_ns = ctx.get('access_started_ns') or time.perf_counter_ns()
-        body = count_streamed_body(response)
-        labels = route_labels(req, ctx)
-        fields = exchange_fields(req, ctx, response, labels)
-        if body is None:
-            fields['http']['response']['body']['bytes'] = sized_body_bytes(req.method, response)
-        message = f'{req.method} {req.path} {response.status_code}'
-        response.call_on_close(partial(self.finish, started_ns, body, fields, message, labels))
-        return response
+        def start_noting_status(status, headers, exc_info=None):
+            exchange.status = int(status[:3])
+            # Flask still serves the request here; the request object is gone once the body is closed.
+            exchange.request = environ.get('werkzeug.request')
+            return start_response(status, headers, exc_info)
+        return ObservedBody(self.wsgi_app(environ, start_noting_status), exchange, self.finish)
 
-    def finish(self, started_ns, body, fields, message, labels):
-        """Complete the line with the duration and what a stream sent, write it, and tell the observers."""
-        duration_ns = time.perf_counter_ns() - started_ns
+    def finish(self, exchange):
+        """Write the line of a finished exchange with its duration, and tell the observers."""
+        duration_ns = time.perf_counter_ns() - exchange.started_ns
+        labels = route_labels(exchange)
+        fields = exchange_fields(exchange, labels)
         fields['event']['duration'] = duration_ns
-        status = fields['http']['response']['status_code']
-        if body is not None:
-            fields['http']['response']['body']['bytes'] = body.bytes
-            if body.error is not None:
-                fields['error'] = error_fields(body.error, detailed=True)
-        failed = status >= 500 or 'stack_trace' in fields.get('error', ())
+        failed = exchange.status >= 500 or 'stack_trace' in fields.get('error', ())
         fields['event']['outcome'] = 'failure' if failed else 'success'
+        message = f"{fields['http']['request']['method']} {fields['url']['path']} {exchange.status}"
         self.write(logging.ERROR if failed else logging.INFO, message, fields)
-        self.tell_observers(*labels, status, duration_ns / 1e9)
+        self.tell_observers(*labels, exchange.status, duration_ns / 1e9)
 
     def tell_observers(self, module, action, status, seconds):
         """Pass the finished request to each observer; one that fails is logged, never raised to the server."""
@@ -522,7 +573,5 @@ class AccessLog:
 
 def install_access_log(app, observers=()):
     """Time every request of app and write its access line once the response has gone out."""
-    access_log = AccessLog(observers)
-    app.before_request(access_log.start_timer)
-    app.after_request(access_log.schedule)
+    app.wsgi_app = access_log = AccessLog(app.wsgi_app, observers)
     return access_log

@@ -6,12 +6,14 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Blueprint, Response, g
+from flask import Blueprint, Response
 
 from .auth import authorize
 from .db import LeasedStream
 from .decorators import schema_of
 from .errors import Unprocessable
+from .exchange import ROUTE_KEY, remember
+from .fastschema import fast_loader
 from .http import read_json_body
 from .jsonenc import JSON_MIMETYPE, json_array_chunks, json_response
 
@@ -78,11 +80,15 @@ def check_route_table(routes_file, table):
 
 def schema_loader(schema):
     """Return a function that validates a body with schema into call arguments."""
+    load_valid_body = fast_loader(schema) or (lambda body: None)
+
     def load_arguments(body):
         if schema.many != isinstance(body, list) or not isinstance(body, (list, dict)):
             shape = 'an array' if schema.many else 'an object'
             raise Unprocessable(f'The request body must be a JSON {shape}.')
-        loaded = schema.load(body)
+        loaded = load_valid_body(body)
+        if loaded is None:
+            loaded = schema.load(body)
         return ((loaded,), {}) if schema.many else ((), loaded)
     return load_arguments
 
@@ -133,7 +139,7 @@ def respond(result):
 def make_view(route, clients):
     """Build the view of one route: authorise, parse the body once, validate, call, respond."""
     def view():
-        g.route = route
+        remember(ROUTE_KEY, route)
         authorize(clients, route.module)
         args, kwargs = route.load_arguments(read_json_body())
         return respond(route.action(*args, **kwargs))

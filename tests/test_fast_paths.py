@@ -1,0 +1,109 @@
+"""The per-request fast paths give the same answers as the slow ones they skip (issue 5)."""
+import itertools
+
+import pytest
+from marshmallow import ValidationError
+
+from lib import auth
+from lib.decorators import schema_of
+from lib.fastschema import fast_loader
+from modules.users.schemas import NewUser, Page, UserChange, UserId
+from tests.conftest import ADMIN_TOKEN
+from tests.test_errors import assert_problem
+
+# Values of every JSON type, and edge values of the ones the schemas take.
+VALUES = [0, 1, 7, -1, 1000, 1001, 2**70, 1.0, 2.5, True, False, None, '', 'a', '7', 'x@example.com',
+          'not an email', 'a' * 201, f"{'a' * 320}@example.com", [], {}, [1], {'a': 1}]
+
+
+def bodies_for(schema):
+    """Yield bodies for schema: each field with each value, all fields valid-looking, missing and extra keys."""
+    keys = [field.data_key or name for name, field in schema.load_fields.items()]
+    yield {}
+    for key, value in itertools.product(keys, VALUES):
+        yield {key: value}
+    for values in itertools.product(VALUES, repeat=len(keys)) if len(keys) <= 2 else []:
+        yield dict(zip(keys, values))
+    yield {**dict.fromkeys(keys, 1), 'unknown': 1}
+
+
+def marshmallow_result(schema, body):
+    """Return what marshmallow loads body to, or the ValidationError it raises."""
+    try:
+        return schema.load(body)
+    except ValidationError as exc:
+        return exc
+
+
+def mounted_schemas(app):
+    """Return (path, schema) of every mounted route declared with use_schema."""
+    routes = app.extensions['dbapi'].routes
+    return [(f'/{route.module}/{route.name}', schema_of(route.action)) for route in routes if schema_of(route.action)]
+
+
+def test_fast_loads_agree_with_marshmallow_on_every_mounted_schema(app):
+    fast_paths = 0
+    for path, schema in mounted_schemas(app):
+        load = fast_loader(schema)
+        if load is None:
+            continue
+        fast_paths += 1
+        for body in bodies_for(schema):
+            loaded = load(body)
+            if loaded is not None:
+                assert loaded == marshmallow_result(schema, body), (path, body)
+    assert fast_paths >= 3
+
+
+@pytest.mark.parametrize('schema, body, loaded', [
+    (UserId(), {'id': 5}, {'id': 5}),
+    (NewUser(), {'email': 'a@example.com', 'name': 'A'}, {'email': 'a@example.com', 'name': 'A'}),
+    (Page(), {}, {'limit': 100, 'after_id': 0}),
+    (Page(), {'limit': 3}, {'limit': 3, 'after_id': 0}),
+])
+def test_valid_bodies_take_the_fast_path(schema, body, loaded):
+    assert fast_loader(schema)(body) == loaded
+
+
+@pytest.mark.parametrize('schema, body', [
+    (UserId(), {'id': '5'}), (UserId(), {'id': True}), (UserId(), {'id': 0}), (UserId(), {}),
+    (UserId(), {'id': 5, 'extra': 1}), (NewUser(), {'email': 'nope', 'name': 'A'}), (Page(), {'limit': None}),
+])
+def test_doubtful_bodies_are_left_to_marshmallow(schema, body):
+    assert fast_loader(schema)(body) is None
+
+
+def test_schemas_with_hooks_have_no_fast_path():
+    assert fast_loader(UserChange()) is None
+
+
+def test_an_accepted_header_is_remembered_and_a_refused_one_is_not(app, call):
+    clients = app.extensions['dbapi'].clients
+    assert call('/users/get', {'id': 1}, token=ADMIN_TOKEN).status_code in (200, 404)
+    assert f'Bearer {ADMIN_TOKEN}' in clients.known_headers
+    assert call('/users/get', {'id': 1}, token='not-a-known-token').status_code == 401
+    assert 'Bearer not-a-known-token' not in clients.known_headers
+
+
+def test_remembered_headers_are_bounded(make_app, monkeypatch):
+    monkeypatch.setattr(auth, 'MAX_KNOWN_HEADERS', 2)
+    app = make_app()
+    client, clients = app.test_client(), app.extensions['dbapi'].clients
+    spellings = [f'Bearer {ADMIN_TOKEN}', f'bearer {ADMIN_TOKEN}', f'Bearer  {ADMIN_TOKEN}', f'BEARER {ADMIN_TOKEN} ']
+    for header in spellings:
+        assert client.post('/probe/echo', json={}, headers={'Authorization': header}).status_code == 200, header
+    assert len(clients.known_headers) == 2
+
+
+def test_a_body_without_a_declared_length_is_read_through_werkzeug(client):
+    headers = {'Authorization': f'Bearer {ADMIN_TOKEN}'}
+    response = client.post('/probe/echo', json={'a': 1}, headers=headers,
+                           environ_overrides={'wsgi.input_terminated': True})
+    assert response.status_code == 200 and response.get_json() == {'a': 1}
+
+
+def test_an_unterminated_body_over_the_limit_is_413_too(make_app):
+    client = make_app(MAX_CONTENT_LENGTH=100).test_client()
+    response = client.post('/probe/echo', json={'pad': 'x' * 200}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'},
+                           environ_overrides={'wsgi.input_terminated': True})
+    assert_problem(response, 413)
