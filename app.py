@@ -23,10 +23,11 @@ COMPRESS_MIN_SIZE = 500
 
 @dataclass
 class Gateway:
-    """What dbapi keeps per app: the pools, the token table and the mounted routes."""
+    """What dbapi keeps per app: the pools, the token table, the request metrics and the mounted routes."""
 
     pools: dict
     clients: dict
+    metrics: RequestMetrics
     routes: list = field(default_factory=list)
 
 
@@ -71,14 +72,15 @@ def create_app(overrides=None):
     configure_logging(app.config)
     resolve_databases(app.config)
     app.json = OrjsonProvider(app)
-    gateway = Gateway(make_pools(app.config), load_clients(app.config))
+    pools = make_pools(app.config)
+    gateway = Gateway(pools, load_clients(app.config), RequestMetrics(pools))
     app.extensions['dbapi'] = gateway
     app.register_error_handler(Exception, handle_error)
     app.register_blueprint(ops)
     app.register_blueprint(metrics_endpoint)
     gateway.routes = mount_modules(app, app.config['MODULE_PACKAGES'], gateway.clients)
     compress_every_status(app)
-    install_access_log(app, observers=[RequestMetrics(gateway.pools)])
+    install_access_log(app, observers=[gateway.metrics])
     app.wsgi_app = RequestIds(app.wsgi_app)
     if app.config['TRUSTED_PROXY_HOPS']:
         hops = app.config['TRUSTED_PROXY_HOPS']

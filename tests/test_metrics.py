@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from lib.metrics import RequestMetrics
 from tests.conftest import ADMIN_TOKEN
 from tests.test_logging import exchange, post, running_gunicorn
 
@@ -100,6 +101,41 @@ def scrape(port):
     return scraped(body.decode())
 
 
+def scrape_until(port, settled, seconds=5):
+    """Scrape until settled(samples) holds (each worker hands its tallies over once a second); return them."""
+    deadline = time.monotonic() + seconds
+    samples = scrape(port)
+    while not settled(samples) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        samples = scrape(port)
+    return samples
+
+
+def test_tallies_reach_prometheus_only_when_handed_over(make_app):
+    pools = make_app().extensions['dbapi'].pools
+    observer = RequestMetrics(pools, flush_seconds=3600)
+    labels = dict(module='tally', action='held', status='200')
+    observer('tally', 'held', 200, 0.003)
+    observer('tally', 'held', 200, 0.2)
+    assert sample('dbapi_requests_total', **labels) == 0
+    observer.flush()
+    assert sample('dbapi_requests_total', **labels) == 2
+    assert sample('dbapi_request_duration_seconds_sum', **labels) == pytest.approx(0.203)
+    assert sample('dbapi_request_duration_seconds_bucket', le='0.005', **labels) == 1
+    assert sample('dbapi_request_duration_seconds_bucket', le='0.25', **labels) == 2
+    assert sample('dbapi_request_duration_seconds_bucket', le='+Inf', **labels) == 2
+
+
+def test_a_flusher_thread_hands_tallies_over_without_further_requests(make_app):
+    observer = RequestMetrics(make_app().extensions['dbapi'].pools, flush_seconds=0.05)
+    labels = dict(module='tally', action='idle', status='204')
+    observer('tally', 'idle', 204, 0.001)
+    deadline = time.monotonic() + 5
+    while sample('dbapi_requests_total', **labels) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sample('dbapi_requests_total', **labels) == 1
+
+
 @pytest.mark.slow
 def test_gunicorn_workers_share_one_set_of_metrics(tmp_path, database_url):
     metrics_dir = tmp_path / 'metrics'
@@ -116,9 +152,8 @@ def test_gunicorn_workers_share_one_set_of_metrics(tmp_path, database_url):
                                 range(30)))
         assert {status for status, _, _ in replies} == {200}
         assert len(pids) >= 2, 'concurrent requests reach more than one worker'
-        time.sleep(0.2)  # each worker records a request just after sending its response
-        samples = scrape(port)
         held = dict(module='probe', action='hold', status='200')
+        samples = scrape_until(port, lambda samples: total(samples, 'dbapi_requests_total', **held) == 60)
         assert total(samples, 'dbapi_requests_total', **held) == 60
         assert total(samples, 'dbapi_request_duration_seconds_count', **held) == 60
         assert total(samples, 'dbapi_request_duration_seconds_sum', **held) >= 60 * 0.05
