@@ -31,6 +31,14 @@ class Gateway:
     routes: list = field(default_factory=list)
 
 
+class GatewayFlask(Flask):
+    """Flask, less a coroutine check on every view and hook call: dbapi's views and hooks are plain functions."""
+
+    def ensure_sync(self, func):
+        """Return func as it is; dbapi registers no async views or hooks."""
+        return func
+
+
 def load_config(app, overrides):
     """Fill app.config from settings.py, then overrides."""
     app.config.from_object(settings)
@@ -67,7 +75,7 @@ def resolve_databases(config):
 
 def create_app(overrides=None):
     """Build the dbapi Flask app from settings and optional config overrides."""
-    app = Flask(__name__, static_folder=None)
+    app = GatewayFlask(__name__, static_folder=None)
     load_config(app, overrides)
     configure_logging(app.config)
     resolve_databases(app.config)

@@ -107,3 +107,9 @@ def test_an_unterminated_body_over_the_limit_is_413_too(make_app):
     response = client.post('/probe/echo', json={'pad': 'x' * 200}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'},
                            environ_overrides={'wsgi.input_terminated': True})
     assert_problem(response, 413)
+
+
+def test_views_and_hooks_run_as_they_are_without_a_coroutine_check(app):
+    def view():
+        return 'plain'
+    assert app.ensure_sync(view) is view
