@@ -9,6 +9,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
+from . import copyjson
 from .errors import ServiceUnavailable
 
 DEFAULT = 'default'
@@ -325,3 +326,12 @@ class Db:
             while rows := cursor.fetchmany(batch_size):
                 columns = columns or [column.name for column in cursor.description]
                 yield [dict(zip(columns, row)) for row in rows]
+
+    def stream_json(self, query, params=None, batch_size=2000):
+        """Yield the rows of query as ready JSON, for json_array_chunks: lists holding one fragment of many rows.
+
+        The same bytes as stream's dicts through dumps_bytes, about four times faster: PostgreSQL writes the
+        values as text, lib/copyjson.py turns a whole batch into JSON at once, and a helper thread fetches
+        the next batch meanwhile. Needs a transaction, like stream; timestamptz values come in UTC.
+        """
+        return copyjson.json_stream(self.conn, query, params, batch_size)

@@ -70,5 +70,5 @@ def list_users(db, limit, after_id):
 @use_schema(Nothing)
 @inject_conn(DEFAULT)
 def export(conn):
-    """Stream every user as one JSON array from a server-side cursor."""
-    return Db(conn).stream(sql.ALL_USERS)
+    """Stream every user as one JSON array from a server-side cursor, written as JSON in bulk."""
+    return Db(conn).stream_json(sql.ALL_USERS)

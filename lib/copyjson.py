@@ -1,0 +1,347 @@
+"""Rows as JSON without parsing their values or a dict per row: PostgreSQL's text turned into JSON in bulk.
+
+json_stream takes, unparsed, the text PostgreSQL writes of the values whose text is nearly JSON already
+(integers, booleans, strings, timestamps), and fetches the rows in batches on a helper thread. RowsJson
+writes a whole batch with a few operations per column and one format: the very bytes dumps_bytes writes
+for the same rows as dicts. A column whose batch holds a NULL or an unusual value, and a column of any
+other type, is written the generic way for that batch: psycopg2's value through dumps_bytes.
+"""
+import queue
+import threading
+from contextlib import suppress
+from itertools import chain
+
+import orjson
+import psycopg2.extensions
+from psycopg2 import sql
+
+from .jsonenc import dumps_bytes
+
+INTEGER_OIDS = frozenset({20, 21, 23})
+BOOLEAN_OID = 16
+TIMESTAMP_OID = 1114
+TIMESTAMPTZ_OID = 1184
+# The types psycopg2 reads as str.
+TEXT_OIDS = frozenset(psycopg2.extensions.BYTES.values)
+# The types whose text the fast columns take as it comes, as bytes, instead of psycopg2's values.
+RAW_OIDS = INTEGER_OIDS | TEXT_OIDS | {BOOLEAN_OID, TIMESTAMP_OID, TIMESTAMPTZ_OID}
+# Timestamps are written in UTC and in the ISO style that padded_stamps expects.
+UTC_ISO_DATES = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, MDY'"
+CURSOR_NAME = 'dbapi_stream_json'
+
+NULL = b'null'
+BOOLEANS = {b't': b'true', b'f': b'false', None: NULL}
+
+# PostgreSQL text never holds NUL; orjson writes it \u0000, which then marks where each text ends.
+TEXT_SEPARATOR = b'\x00'
+ESCAPED_SEPARATOR = b'\\u0000'
+# 'YYYY-MM-DD HH:MM:SS.ffffff': PostgreSQL drops the fraction's trailing zeros, orjson writes six digits.
+STAMP_WIDTH = 26
+# Spaces and '+' become zeros; a character that no finite stamp of a four-digit year holds becomes '!'.
+STAMP_CHARACTERS = b'0123456789-:.'
+TO_ZEROS = bytes(byte if byte in STAMP_CHARACTERS else ord('0') if byte in b' +' else ord('!') for byte in range(256))
+
+
+def escaped_texts(values):
+    """Return UTF-8 texts escaped as orjson escapes them, unquoted; None when one is NULL."""
+    try:
+        joined = TEXT_SEPARATOR.join(values)
+    except TypeError:
+        return None
+    escaped = orjson.dumps(joined.decode())
+    if len(escaped) == len(joined) + 2 + (len(ESCAPED_SEPARATOR) - 1) * (len(values) - 1):
+        return values  # nothing but the separators needed escaping
+    texts = escaped[1:-1].split(ESCAPED_SEPARATOR)
+    # A text holding a backslash then 'u0000' splits once more: that batch goes the generic way.
+    return texts if len(texts) == len(values) else None
+
+
+def stamp_slots(values, stride):
+    """Return the stamps left in slots of stride bytes, spaces and '+' made zeros; None for NULL, infinity,
+    BC or a year past 9999."""
+    count = len(values)
+    try:
+        slots = (b'%%-%ds' % stride * count) % tuple(values)
+    except TypeError:
+        return None
+    # Every slot ends with a space and has the year's '-' fifth: no stamp is too long, no year has five digits.
+    if len(slots) != stride * count or slots[stride - 1::stride] != b' ' * count or slots[4::stride] != b'-' * count:
+        return None
+    slots = bytearray(slots.translate(TO_ZEROS))
+    return None if b'!' in slots else slots
+
+
+def padded_stamps(values, offset):
+    """Return ISO timestamps as orjson writes them, unquoted, or None when stamp_slots cannot hold them.
+
+    offset ends each stamp: b'+00' for timestamptz in UTC, b'' for timestamp. The fraction's missing
+    digits are zeros already; the date's 'T', the offset and a newline take their fixed places in each slot.
+    """
+    stride, count = STAMP_WIDTH + len(offset) + 1, len(values)
+    stamps = stamp_slots(values, stride)
+    if stamps is None:
+        return None
+    stamps[10::stride] = b'T' * count
+    for place, character in enumerate(offset + b'\n', STAMP_WIDTH):
+        stamps[place::stride] = bytes([character]) * count
+    if stamps[19::stride] != b'.' * count:
+        # Whole seconds: orjson writes no fraction at all.
+        after_seconds = stamps[STAMP_WIDTH:STAMP_WIDTH + 1]
+        stamps = stamps.replace(b'0000000' + after_seconds, after_seconds)
+    stamps = bytes(stamps).split(b'\n')
+    stamps.pop()
+    return stamps
+
+
+class Column:
+    """A column of any type, written value by value as psycopg2 reads it."""
+
+    opening = closing = b''
+
+    def __init__(self, key):
+        self.key = orjson.dumps(key)
+
+    def fast(self, values):
+        """Return the JSON of values without the opening and closing, or None when this batch cannot."""
+        return None
+
+    def value(self, raw):
+        """Return the Python value psycopg2 would give for raw."""
+        return raw
+
+    def write(self, values):
+        """Return the JSON of values and whether it still needs the opening and closing."""
+        written = self.fast(values)
+        if written is not None:
+            return written, True
+        return [dumps_bytes(None if raw is None else self.value(raw)) for raw in values], False
+
+
+class Integer(Column):
+    """Integers: PostgreSQL's text of them is their JSON."""
+
+    def fast(self, values):
+        """Keep the values, with null for NULL."""
+        return values if None not in values else [NULL if raw is None else raw for raw in values]
+
+
+class Boolean(Column):
+    """Booleans: PostgreSQL writes t and f."""
+
+    def fast(self, values):
+        """Spell the values out."""
+        return list(map(BOOLEANS.__getitem__, values))
+
+
+class Text(Column):
+    """Strings: quoted and escaped as orjson does."""
+
+    opening = closing = b'"'
+
+    def __init__(self, key, codec):
+        super().__init__(key)
+        self.codec = codec
+
+    def fast(self, values):
+        """Escape the batch's texts at once; only UTF-8 bytes are JSON text as they come."""
+        return escaped_texts(values) if self.codec == 'utf_8' else None
+
+    def value(self, raw):
+        """Decode the text."""
+        return raw.decode(self.codec)
+
+
+class Timestamp(Column):
+    """timestamp: PostgreSQL's ISO text, its fraction padded to orjson's six digits."""
+
+    opening = closing = b'"'
+    offset = b''
+    parse = psycopg2.extensions.string_types[TIMESTAMP_OID]
+
+    def __init__(self, key, cursor):
+        super().__init__(key)
+        self.cursor = cursor
+
+    def fast(self, values):
+        """Pad the batch's stamps at once."""
+        return padded_stamps(values, self.offset)
+
+    def value(self, raw):
+        """Parse the stamp with psycopg2's own typecaster."""
+        return self.parse(raw.decode(), self.cursor)
+
+
+class TimestampTz(Timestamp):
+    """timestamptz: in UTC, where PostgreSQL writes '+00' and orjson '+00:00'."""
+
+    offset = b'+00'
+    closing = b':00"'
+    parse = psycopg2.extensions.string_types[TIMESTAMPTZ_OID]
+
+
+def column_of(key, oid, cursor):
+    """Return the Column for a result column named key of type oid, described on cursor."""
+    if oid in INTEGER_OIDS:
+        return Integer(key)
+    if oid == BOOLEAN_OID:
+        return Boolean(key)
+    if oid in TEXT_OIDS:
+        return Text(key, psycopg2.extensions.encodings[cursor.connection.encoding])
+    if oid == TIMESTAMP_OID:
+        return Timestamp(key, cursor)
+    if oid == TIMESTAMPTZ_OID:
+        return TimestampTz(key, cursor)
+    return Column(key)
+
+
+def plan(cursor, query, params):
+    """Describe query on cursor; return the query to declare and the RowsJson of its rows."""
+    cursor.execute(sql.SQL('SELECT * FROM ({}) AS described LIMIT 0').format(query), params)
+    last_of = {column.name: index for index, column in enumerate(cursor.description)}
+    columns = [column_of(key, cursor.description[index].type_code, cursor) for key, index in last_of.items()]
+    return without_repeats(query, len(cursor.description), list(last_of.values())), RowsJson(columns)
+
+
+def without_repeats(query, count, kept):
+    """Return query, or when a column name repeats, a SELECT of its kept columns: as in a dict per row,
+    a repeated name keeps its first place and its last value."""
+    if len(kept) == count:
+        return query
+    aliases = [sql.Identifier(f'c{index}') for index in range(count)]
+    return sql.SQL('SELECT {} FROM ({}) AS source ({})').format(
+        sql.SQL(', ').join(aliases[index] for index in kept), query, sql.SQL(', ').join(aliases))
+
+
+class RowsJson:
+    """Write batches of rows (tuples of the planned SELECT) as JSON objects separated by commas."""
+
+    def __init__(self, columns):
+        self.columns = columns
+        self.templates = {}
+
+    def __call__(self, rows):
+        """Return rows as JSON objects separated by commas, without the array's brackets."""
+        width = len(self.columns)
+        values = list(chain.from_iterable(rows))
+        wrapped = []
+        for index, column in enumerate(self.columns):
+            column_values = values[index::width]
+            written, wraps = column.write(column_values)
+            if written is not column_values:
+                values[index::width] = written
+            wrapped.append(wraps)
+        return b','.join([self.template(tuple(wrapped))] * len(rows)) % tuple(values)
+
+    def template(self, wrapped):
+        """Return the %-template of one row, given which columns are written without quotes of their own."""
+        if wrapped not in self.templates:
+            fields = [b'%s:%s%%s%s' % (column.key.replace(b'%', b'%%'), column.opening, column.closing)
+                      if wraps else column.key.replace(b'%', b'%%') + b':%s'
+                      for column, wraps in zip(self.columns, wrapped)]
+            self.templates[wrapped] = b'{' + b','.join(fields) + b'}'
+        return self.templates[wrapped]
+
+
+END = object()
+
+
+class Prefetcher:
+    """Fetch a declared cursor's batches on a helper thread, so PostgreSQL computes one while this thread
+    reads and converts the one before.
+
+    psycopg2 releases the GIL for the whole of a FETCH and builds the rows' tuples only when asked, so
+    the helper runs each FETCH on one of two client cursors and leaves the tuples to the reader. At most
+    two batches are in memory, which keeps it flat. Leaving the with block ends the helper thread.
+    """
+
+    def __init__(self, cursors, batch_size):
+        self.fetch = sql.SQL('FETCH FORWARD {} FROM {}').format(sql.Literal(batch_size), sql.Identifier(CURSOR_NAME))
+        self.batch_size = batch_size
+        self.free, self.fetched = queue.Queue(), queue.Queue()
+        for cursor in cursors:
+            self.free.put(cursor)
+        self.connection = cursors[0].connection
+        self.lock = threading.Lock()
+        self.fetching = self.stopping = self.ended = False
+        self.thread = threading.Thread(target=self.fetch_all, name='dbapi-prefetch', daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def fetch_all(self):
+        """Run FETCH on each cursor that comes free, until the last batch, a failure or the stop."""
+        try:
+            while (cursor := self.next_cursor()) is not None:
+                cursor.execute(self.fetch)
+                self.fetching = False
+                self.fetched.put(cursor)
+                if cursor.rowcount < self.batch_size:
+                    self.fetched.put(END)
+                    return
+        except Exception as exc:  # raised again in the reading thread
+            self.fetching = False
+            self.fetched.put(exc)
+
+    def next_cursor(self):
+        """Wait for a free cursor; return it, or None once stopping."""
+        cursor = self.free.get()
+        with self.lock:
+            self.fetching = cursor is not None and not self.stopping
+            return cursor if self.fetching else None
+
+    def __iter__(self):
+        """Yield the batches as lists of tuples."""
+        while (cursor := self.fetched.get()) is not END:
+            if isinstance(cursor, Exception):
+                raise cursor
+            rows = cursor.fetchall()
+            self.free.put(cursor)
+            if rows:
+                yield rows
+        self.ended = True
+
+    def stop(self):
+        """End the helper thread, cancelling the FETCH it may be running for a reader that stopped early."""
+        with self.lock:
+            self.stopping = True
+            cancel = self.fetching and not self.ended
+        self.free.put(None)
+        if cancel:
+            with suppress(psycopg2.Error):
+                self.connection.cancel()
+        self.thread.join()
+
+
+def text_cursor(conn):
+    """Return a client cursor on conn that gives the raw text of the types RowsJson writes fast, as bytes."""
+    cursor = conn.cursor(cursor_factory=psycopg2.extensions.cursor)
+    # psycopg2's BYTES typecaster hands over the text of any type as it came, without parsing it.
+    psycopg2.extensions.register_type(psycopg2.extensions.BYTES, cursor)
+    cursor.string_types.update(dict.fromkeys(RAW_OIDS, psycopg2.extensions.BYTES))
+    return cursor
+
+
+def json_batches(conn, rows_json, batch_size):
+    """Yield each batch of the declared cursor as a list holding one JSON fragment, for json_array_chunks."""
+    try:
+        with Prefetcher([text_cursor(conn), text_cursor(conn)], batch_size) as batches:
+            for rows in batches:
+                yield [orjson.Fragment(rows_json(rows))]
+    finally:
+        # So that the transaction may declare the cursor again; fails harmlessly after a failure.
+        with suppress(psycopg2.Error):
+            conn.cursor().execute(sql.SQL('CLOSE {}').format(sql.Identifier(CURSOR_NAME)))
+
+
+def json_stream(conn, query, params=None, batch_size=2000):
+    """Declare query on conn; return the generator of its rows as JSON batches (see Db.stream_json)."""
+    query = sql.SQL(query) if isinstance(query, str) else query
+    cursor = conn.cursor(cursor_factory=psycopg2.extensions.cursor)
+    cursor.execute(UTC_ISO_DATES)
+    select, rows_json = plan(cursor, query, params)
+    cursor.execute(sql.SQL('DECLARE {} NO SCROLL CURSOR FOR {}').format(sql.Identifier(CURSOR_NAME), select), params)
+    return json_batches(conn, rows_json, batch_size)
