@@ -8,13 +8,20 @@ from .jsonenc import JSON_MIMETYPE
 
 
 def read_body(environ):
-    """Return the raw body: straight from the server's stream when its length is declared, else through werkzeug."""
+    """Return the raw body, refusing one over MAX_CONTENT_LENGTH with 413."""
+    limit = current_app.config['MAX_CONTENT_LENGTH']
     length = environ.get('CONTENT_LENGTH', '')
-    if not length.isdigit() or environ.get('wsgi.input_terminated'):
-        return request.get_data(cache=False)
-    if int(length) > current_app.config['MAX_CONTENT_LENGTH']:
+    if length.isdigit():
+        if int(length) > limit:
+            raise RequestEntityTooLarge()
+        return environ['wsgi.input'].read(int(length))
+    if not environ.get('wsgi.input_terminated'):
+        return b''  # no length and a stream with no end of its own: nothing can be read safely
+    # A chunked body, whose stream the server ends where the body ends: a byte past the limit is too much.
+    data = environ['wsgi.input'].read(limit + 1)
+    if len(data) > limit:
         raise RequestEntityTooLarge()
-    return environ['wsgi.input'].read(int(length))
+    return data
 
 
 def is_json(content_type):

@@ -1,4 +1,5 @@
 """Real servers over HTTP: gunicorn with several workers, and `make run`'s serve command stopped by Ctrl-C."""
+import http.client as http_client
 import json
 import os
 import shutil
@@ -129,3 +130,23 @@ def test_serve_starts_everything_and_ctrl_c_stops_it_all():
         http('GET', f'{base}/healthz', timeout=2)
     assert (data_dir / 'PG_VERSION').exists(), 'the data stays for the next `make run`'
     shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
+def post_chunked(base, path, chunks):
+    """POST chunks with Transfer-Encoding: chunked and the admin token; return (status, parsed body)."""
+    host, port = base.removeprefix('http://').split(':')
+    connection = http_client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request('POST', path, body=iter(chunks), encode_chunked=True,
+                           headers={'Authorization': f'Bearer {ADMIN_TOKEN}', 'Content-Type': 'application/json',
+                                    'Transfer-Encoding': 'chunked'})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_gunicorn_reads_chunked_bodies_to_their_end_and_bounds_them(gunicorn):
+    assert post_chunked(gunicorn, '/probe/echo', [b'{"a":', b' [1, 2]', b'}']) == (200, {'a': [1, 2]})
+    status, problem = post_chunked(gunicorn, '/probe/echo', [b'{"pad": "', b'x' * settings.MAX_CONTENT_LENGTH, b'"}'])
+    assert status == 413 and problem['status'] == 413
