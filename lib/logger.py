@@ -25,6 +25,8 @@ log = logging.getLogger('dbapi.logging')
 
 ACCESS_LOGGER = 'dbapi.access'
 ACCESS_DATASET = 'dbapi.access'
+# The levels of access lines, as ECS spells them: a success, a failure.
+ACCESS_LEVELS = {logging.INFO: 'info', logging.ERROR: 'error'}
 # Record attributes: an access line's prebuilt fields, and the finished line kept for the next handler.
 ACCESS_FIELDS = 'dbapi_access_fields'
 FINISHED_LINE = 'dbapi_finished_line'
@@ -392,36 +394,40 @@ class GunicornLogger(glogging.Logger):
 # --- The access line: one per request, written when the server closes the response. ---
 
 class Exchange:
-    """One request as the access line sees it: when it began, its status and what its body sent."""
+    """One request as the access line sees it, and its body as the server sends it.
 
-    __slots__ = ('environ', 'started_ns', 'status', 'request', 'bytes', 'stream_error')
+    It notes the status when the app starts the response, counts the bytes the body yields, keeps the
+    error that cut a stream short, and calls on_close once the server has closed the body, which is also
+    when a streamed query's connection goes back.
+    """
 
-    def __init__(self, environ):
+    __slots__ = ('environ', 'server_start_response', 'on_close', 'started_ns', 'status', 'request', 'bytes',
+                 'stream_error', 'chunks')
+
+    def __init__(self, environ, server_start_response, on_close):
         self.environ = environ
+        self.server_start_response = server_start_response
+        self.on_close = on_close
         self.started_ns = time.perf_counter_ns()
         self.status = 500
         self.request = None
         self.bytes = 0
         self.stream_error = None
+        self.chunks = ()
 
-
-class ObservedBody:
-    """The body as the server sends it: counts its bytes, keeps the error that cut it short, and calls
-    on_close once the server has closed it, which is when a streamed query's connection goes back."""
-
-    def __init__(self, chunks, exchange, on_close):
-        self.chunks = chunks
-        self.exchange = exchange
-        self.on_close = on_close
+    def start_response(self, status, headers, exc_info=None):
+        """Note the status, and the request object while Flask still serves it, then start the response."""
+        self.status = int(status[:3])
+        self.request = self.environ.get('werkzeug.request')
+        return self.server_start_response(status, headers, exc_info)
 
     def __iter__(self):
-        exchange = self.exchange
         try:
             for chunk in self.chunks:
-                exchange.bytes += len(chunk)
+                self.bytes += len(chunk)
                 yield chunk
         except Exception as exc:
-            exchange.stream_error = exc
+            self.stream_error = exc
             raise
 
     def close(self):
@@ -431,7 +437,7 @@ class ObservedBody:
             if close is not None:
                 close()
         finally:
-            self.on_close(self.exchange)
+            self.on_close(self)
 
 
 def sqlstate_of(exc):
@@ -523,14 +529,9 @@ class AccessLog:
         self.observers = tuple(observers)
 
     def __call__(self, environ, start_response):
-        exchange = Exchange(environ)
-
-        def start_noting_status(status, headers, exc_info=None):
-            exchange.status = int(status[:3])
-            # Flask still serves the request here; the request object is gone once the body is closed.
-            exchange.request = environ.get('werkzeug.request')
-            return start_response(status, headers, exc_info)
-        return ObservedBody(self.wsgi_app(environ, start_noting_status), exchange, self.finish)
+        exchange = Exchange(environ, start_response, self.finish)
+        exchange.chunks = self.wsgi_app(environ, exchange.start_response)
+        return exchange
 
     def finish(self, exchange):
         """Write the line of a finished exchange with its duration, and tell the observers."""
@@ -563,7 +564,7 @@ class AccessLog:
             if isinstance(handler, LineWriting):
                 formatter = handler.formatter
                 if formatter not in lines:
-                    lines[formatter] = formatter.access_line(logging.getLevelName(level).lower(), message, fields)
+                    lines[formatter] = formatter.access_line(ACCESS_LEVELS[level], message, fields)
                 handler.write_finished_line(lines[formatter])
             else:
                 record = record or self.logger.makeRecord(ACCESS_LOGGER, level, '', 0, message, None, None,
