@@ -2,6 +2,7 @@
 from dataclasses import dataclass, field
 
 from flask import Flask
+from flask.sessions import NullSession, SessionInterface
 from flask_compress import Compress
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -31,8 +32,24 @@ class Gateway:
     routes: list = field(default_factory=list)
 
 
+class NoSessions(SessionInterface):
+    """dbapi keeps no sessions: every request shares one empty, read-only session, and nothing is saved."""
+
+    null_session = NullSession()
+
+    def open_session(self, app, request):
+        """Return the shared empty session."""
+        return self.null_session
+
+    def save_session(self, app, session, response):
+        """Save nothing."""
+
+
 class GatewayFlask(Flask):
-    """Flask, less a coroutine check on every view and hook call: dbapi's views and hooks are plain functions."""
+    """Flask, less per-request work dbapi has no use for: the coroutine check on every view and hook call
+    (dbapi's are plain functions) and the cookie session."""
+
+    session_interface = NoSessions()
 
     def ensure_sync(self, func):
         """Return func as it is; dbapi registers no async views or hooks."""

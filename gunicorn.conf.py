@@ -20,6 +20,9 @@ worker_class = 'sync'
 timeout = settings.DB_STATEMENT_TIMEOUT_MS // 1000 + 15
 graceful_timeout = 30
 keepalive = 5
+# Each sync worker touches its heartbeat file once per request; in memory that is a cheap syscall, on a
+# disk (gunicorn's default, the temp dir) it dirties an inode every time. Docker's /dev/shm is 64 MB.
+worker_tmp_dir = '/dev/shm' if os.path.isdir('/dev/shm') else None
 # dbapi writes its own ECS access line per request; gunicorn's own lines go out as ECS JSON too.
 accesslog = None
 errorlog = '-'

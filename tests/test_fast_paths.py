@@ -2,7 +2,9 @@
 import itertools
 from decimal import Decimal
 
+import flask
 import pytest
+from flask.sessions import NullSession
 from marshmallow import Schema, ValidationError, fields, pre_load, validates_schema
 
 from lib import auth
@@ -157,3 +159,11 @@ def test_views_and_hooks_run_as_they_are_without_a_coroutine_check(app):
     def view():
         return 'plain'
     assert app.ensure_sync(view) is view
+
+
+def test_requests_share_one_empty_session_and_set_no_cookie(app, call):
+    response = call('/users/get', {'id': 1})
+    assert 'Set-Cookie' not in response.headers
+    with app.test_request_context('/'):
+        assert flask.session._get_current_object() is app.session_interface.null_session
+        assert isinstance(app.session_interface.null_session, NullSession)
