@@ -39,7 +39,7 @@ def parse_options(argv):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--seconds', type=int, default=6, help='length of each measured wrk run')
     parser.add_argument('--warmup', type=int, default=1, help='unmeasured wrk run before each measured one')
-    parser.add_argument('--rounds', type=int, default=3, help='A B rounds per scenario')
+    parser.add_argument('--rounds', type=int, default=5, help='A B rounds per scenario')
     parser.add_argument('--workers', type=int, default=4, help='gunicorn workers of the gateway and of the baseline')
     parser.add_argument('--replica-workers', type=int, default=2, help='workers of each replica behind nginx')
     parser.add_argument('--pool-max', type=int, default=2, help='DB_POOL_MAX of every gunicorn')
