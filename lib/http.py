@@ -1,7 +1,7 @@
 """The one JSON body parser of module actions."""
 import orjson
 from flask import current_app, request
-from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge, UnsupportedMediaType
 
 from .errors import BadRequest
 from .jsonenc import JSON_MIMETYPE
@@ -14,14 +14,25 @@ def read_body(environ):
     if length.isdigit():
         if int(length) > limit:
             raise RequestEntityTooLarge()
-        return environ['wsgi.input'].read(int(length))
+        data = read_stream(environ['wsgi.input'], int(length))
+        if len(data) < int(length):
+            raise ClientDisconnected()
+        return data
     if not environ.get('wsgi.input_terminated'):
         return b''  # no length and a stream with no end of its own: nothing can be read safely
     # A chunked body, whose stream the server ends where the body ends: a byte past the limit is too much.
-    data = environ['wsgi.input'].read(limit + 1)
+    data = read_stream(environ['wsgi.input'], limit + 1)
     if len(data) > limit:
         raise RequestEntityTooLarge()
     return data
+
+
+def read_stream(stream, size):
+    """Read up to size bytes; a client that went away before sending them is a 400, not a server error."""
+    try:
+        return stream.read(size)
+    except OSError:  # gunicorn's NoMoreData and socket errors alike
+        raise ClientDisconnected() from None
 
 
 def is_json(content_type):

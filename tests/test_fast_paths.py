@@ -167,3 +167,22 @@ def test_requests_share_one_empty_session_and_set_no_cookie(app, call):
     with app.test_request_context('/'):
         assert flask.session._get_current_object() is app.session_interface.null_session
         assert isinstance(app.session_interface.null_session, NullSession)
+
+
+def test_a_body_shorter_than_its_declared_length_is_a_400(client):
+    response = client.post('/probe/echo', data=b'{"a": 1}', headers={'Authorization': f'Bearer {ADMIN_TOKEN}',
+                           'Content-Type': 'application/json'}, environ_overrides={'CONTENT_LENGTH': '100'})
+    assert_problem(response, 400)
+
+
+class BrokenStream:
+    """A request body whose client went away: reading it fails the way gunicorn's does."""
+
+    def read(self, size=-1):
+        raise OSError('no more data')
+
+
+def test_a_body_whose_client_went_away_is_a_400(client):
+    response = client.post('/probe/echo', data=b'{"a": 1}', headers={'Authorization': f'Bearer {ADMIN_TOKEN}',
+                           'Content-Type': 'application/json'}, environ_overrides={'wsgi.input': BrokenStream()})
+    assert_problem(response, 400)

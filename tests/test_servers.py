@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -150,3 +151,15 @@ def test_gunicorn_reads_chunked_bodies_to_their_end_and_bounds_them(gunicorn):
     assert post_chunked(gunicorn, '/probe/echo', [b'{"a":', b' [1, 2]', b'}']) == (200, {'a': [1, 2]})
     status, problem = post_chunked(gunicorn, '/probe/echo', [b'{"pad": "', b'x' * settings.MAX_CONTENT_LENGTH, b'"}'])
     assert status == 413 and problem['status'] == 413
+
+
+def test_a_client_that_sends_less_than_it_declared_gets_a_400(gunicorn):
+    host, port = gunicorn.removeprefix('http://').split(':')
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f'POST /probe/echo HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n'
+                     'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"a": 1}'.encode())
+        sock.shutdown(socket.SHUT_WR)
+        reply = b''
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b'HTTP/1.1 400 '), reply[:200]
