@@ -76,6 +76,8 @@ class RequestMetrics:
         self.flush_seconds = (FLUSH_SECONDS if multiprocess_mode else 0) if flush_seconds is None else flush_seconds
         self.tallies = {}
         self.lock = threading.Lock()
+        # The flusher, a scrape and exit may flush at once; pool counters must grow by each change only once.
+        self.flushing = threading.Lock()
         self.flusher_pid = None
         self.children = {}
         self.published = {}
@@ -109,11 +111,12 @@ class RequestMetrics:
 
     def flush(self):
         """Hand the tallies since the last flush to prometheus_client, then publish the pools' numbers."""
-        with self.lock:
-            tallies, self.tallies = self.tallies, {}
-        for key, tally in tallies.items():
-            self.record(key, tally)
-        self.publish_pools()
+        with self.flushing:
+            with self.lock:
+                tallies, self.tallies = self.tallies, {}
+            for key, tally in tallies.items():
+                self.record(key, tally)
+            self.publish_pools()
 
     def record(self, key, tally):
         """Add one tally to the request counter and the latency histogram of its labels."""
