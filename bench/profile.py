@@ -29,16 +29,17 @@ from .servers import BENCH_TOKEN, kept, start_gateway, worker_processes
 RESULTS_DIR = Path(__file__).with_name('results')
 PY_SPY = Path(sys.executable).with_name('py-spy')
 SAMPLE_RATE = 200
-# The first bucket with a pattern in any frame of a sample gets it; specific parts come before the parts
-# that contain them (metrics run inside the access log, everything inside Flask and gunicorn).
+# A sample goes to the bucket of its innermost frame that matches a pattern: the middlewares wrap the whole
+# request, so a sample in psycopg2 under AccessLog.__call__ is the database's, not the access log's. Within
+# one frame, the first bucket listed wins.
 BUCKETS = (
     ('metrics observer (prometheus_client files)', ('lib/metrics.py', 'prometheus_client/')),
     ('access log line (lib/logger.py, logging, ECS)', ('lib/logger.py',)),
     ('compression hook (flask_compress)', ('flask_compress/', 'compress_response')),
-    ('request id hooks (uuid4, header)', ('assign_request_id', 'send_request_id')),
+    ('request id middleware', ('lib/requestid.py',)),
     ('bearer check (lib/auth.py)', ('lib/auth.py',)),
     ('body read and JSON parse', ('read_json_body',)),
-    ('schema validation (marshmallow)', ('marshmallow/', 'load_arguments')),
+    ('schema validation (fast path, marshmallow)', ('lib/fastschema.py', 'marshmallow/', 'load_arguments')),
     ('JSON encoding of the result', ('lib/jsonenc.py', 'respond (lib/modules.py')),
     ('database: pool, transaction, query, rows', ('lib/db.py', 'lib/decorators.py', 'psycopg2')),
     ('Flask and werkzeug: routing, request and response objects', ('flask/', 'werkzeug/')),
@@ -47,9 +48,7 @@ BUCKETS = (
 BETWEEN_REQUESTS = 'between requests'
 IN_REQUEST_FRAME = 'SyncWorker.handle '
 # What the in-process stopwatch times: request hooks by name, and the view's helpers in lib.modules.
-HOOK_PARTS = {'start_timer': 'access log: start the timer', 'schedule': 'access log: gather the fields',
-              'assign_request_id': 'request id hooks', 'send_request_id': 'request id hooks',
-              'compress_response': 'compression hook'}
+HOOK_PARTS = {'compress_response': 'compression hook'}
 VIEW_PARTS = {'authorize': 'bearer check', 'read_json_body': 'body read and JSON parse',
               'respond': 'JSON encoding and Response'}
 METRICS_PART = 'metrics observer (part of writing the line)'
@@ -57,12 +56,13 @@ DEVNULL = open(os.devnull, 'w')  # the in-process gateway's log lines go here, a
 
 
 def bucket_of(frames):
-    """Return the bucket of one sample's stack."""
+    """Return the bucket of one sample's stack ("root;...;leaf")."""
     if IN_REQUEST_FRAME not in frames:
         return BETWEEN_REQUESTS
-    for label, patterns in BUCKETS:
-        if any(pattern in frames for pattern in patterns):
-            return label
+    for frame in reversed(frames.split(';')):
+        for label, patterns in BUCKETS:
+            if any(pattern in frame for pattern in patterns):
+                return label
     return 'other'
 
 
@@ -129,19 +129,47 @@ def microseconds_per_request(app, count, clock=time.perf_counter):
     return (clock() - started) / count * 1e6
 
 
+def middleware_chain(app):
+    """Return app's WSGI middlewares, outermost first (RequestIds, AccessLog, ...), down to Flask's own."""
+    chain, layer = [], app.wsgi_app
+    while hasattr(layer, 'wsgi_app'):
+        chain.append(layer)
+        layer = layer.wsgi_app
+    return chain
+
+
+def find_layer(app, kind):
+    """Return the middleware of class kind in app's chain."""
+    return next(layer for layer in middleware_chain(app) if isinstance(layer, kind))
+
+
+def skip_layer(app, kind):
+    """Take the middleware of class kind out of app's chain."""
+    chain = middleware_chain(app)
+    index = next(index for index, layer in enumerate(chain) if isinstance(layer, kind))
+    if index == 0:
+        app.wsgi_app = chain[0].wsgi_app
+    else:
+        chain[index - 1].wsgi_app = chain[index].wsgi_app
+
+
 def gateway_app(dsn, without=()):
-    """Build the gateway in this process with production settings, less the named request hooks."""
+    """Build the gateway in this process with production settings, less the named parts."""
     from app import create_app
+    from lib.logger import AccessLog
+    from lib.requestid import RequestIds
     overrides = dict(DATABASES={'default': dsn}, BEARER=BENCH_TOKEN, ENVIRONMENT='production', LOG_LEVEL='INFO',
                      LOG_PATH=None, PROCESS_ID='bench-profile', TRUSTED_PROXY_HOPS=0)
     with contextlib.redirect_stdout(DEVNULL):
         app = create_app(overrides)
-    for hooks in (app.before_request_funcs[None], app.after_request_funcs[None]):
-        hooks[:] = [hook for hook in hooks if hook.__name__ not in without]
+    hooks = app.after_request_funcs[None]
+    hooks[:] = [hook for hook in hooks if hook.__name__ not in without]
     if 'metrics observer' in without:
-        for hook in app.after_request_funcs[None]:
-            if hook.__name__ == 'schedule':
-                hook.__self__.observers = ()
+        find_layer(app, AccessLog).observers = ()
+    if 'access log' in without:
+        skip_layer(app, AccessLog)
+    if 'request ids' in without:
+        skip_layer(app, RequestIds)
     return app
 
 
@@ -157,9 +185,9 @@ def variants(dsn):
     return {
         'gateway as configured': gateway_app(dsn),
         'less the metrics observer': gateway_app(dsn, ('metrics observer',)),
-        'less the access log (and metrics)': gateway_app(dsn, ('start_timer', 'schedule')),
+        'less the access log (and metrics)': gateway_app(dsn, ('access log',)),
         'less the compression hook': gateway_app(dsn, ('compress_response',)),
-        'less the request id hooks': gateway_app(dsn, ('assign_request_id', 'send_request_id')),
+        'less the request id middleware': gateway_app(dsn, ('request ids',)),
         'baseline (bare Flask + jsonify)': baseline_app(dsn),
     }
 
@@ -199,12 +227,13 @@ class Stopwatch:
 def instrument(app, watch):
     """Time app's hooks, routes and access log with watch; return the patches that time the view's helpers."""
     import lib.modules
-    access_log = next(hook.__self__ for hook in app.after_request_funcs[None] if hook.__name__ == 'schedule')
+    from lib.logger import AccessLog
+    access_log = find_layer(app, AccessLog)
     access_log.observers = tuple(watch.wrap(METRICS_PART, observer) for observer in access_log.observers)
-    access_log.finish = watch.wrap('access log: write the line', access_log.finish)
-    for hooks in (app.before_request_funcs[None], app.after_request_funcs[None]):
-        hooks[:] = [watch.wrap(HOOK_PARTS[hook.__name__], hook) if hook.__name__ in HOOK_PARTS else hook
-                    for hook in hooks]
+    access_log.finish = watch.wrap('access log: gather the fields and write the line', access_log.finish)
+    hooks = app.after_request_funcs[None]
+    hooks[:] = [watch.wrap(HOOK_PARTS[hook.__name__], hook) if hook.__name__ in HOOK_PARTS else hook
+                for hook in hooks]
     for route in app.extensions['dbapi'].routes:  # frozen dataclasses, and the views hold these very objects
         object.__setattr__(route, 'load_arguments', watch.wrap('schema validation', route.load_arguments))
         object.__setattr__(route, 'action', watch.wrap('database: pool, transaction, query', route.action))
@@ -230,29 +259,38 @@ def parts_table(dsn, count=3000):
                     f'{rest / whole:.0%} |', f'| whole request, the stopwatch included | {whole:.0f} | 100% |']
 
 
+def constant_app(environ, start_response):
+    """A WSGI app answering a small constant JSON body, to time a middleware around it."""
+    start_response('200 OK', [('Content-Type', 'application/json'), ('Content-Length', '2')])
+    return [b'{}']
+
+
 def isolated_parts(app):
     """Return each part of a users/get request as a call to repeat, inside an active request context."""
     import orjson
+    from flask import request
 
     import lib.modules as modules
+    from lib.logger import AccessLog
+    from lib.requestid import RequestIds
     gateway = app.extensions['dbapi']
     route = next(route for route in gateway.routes if (route.module, route.name) == ('users', 'get'))
-    hooks = {hook.__name__: hook for hook in app.before_request_funcs[None] + app.after_request_funcs[None]}
-    hooks['assign_request_id']()
-    hooks['start_timer']()
+    hooks = {hook.__name__: hook for hook in app.after_request_funcs[None]}
     row = route.action(id=1)
     response = modules.respond(row)
-    observe = hooks['schedule'].__self__.observers[0]
+    observers = find_layer(app, AccessLog).observers
     return {
         'bearer check': functools.partial(modules.authorize, gateway.clients, 'users'),
         'JSON body parse (orjson.loads)': functools.partial(orjson.loads, b'{"id": 1}'),
         'schema validation': functools.partial(route.load_arguments, {'id': 1}),
         'database: pool, transaction, query (the action)': functools.partial(route.action, id=1),
         'JSON encoding and Response': functools.partial(modules.respond, row),
-        'request id hooks': lambda: (hooks['assign_request_id'](), hooks['send_request_id'](response)),
+        'request id middleware, around a constant app': functools.partial(
+            call_wsgi, RequestIds(constant_app), dict(request.environ)),
         'compression hook (nothing to compress)': functools.partial(hooks['compress_response'], response),
-        'access log: gather, write, metrics, plus a Response': lambda: hooks['schedule'](modules.respond(row)).close(),
-        'metrics observer alone': functools.partial(observe, 'users', 'get', 200, 0.001),
+        'access log middleware, line and metrics, around a constant app': functools.partial(
+            call_wsgi, AccessLog(constant_app, observers), dict(request.environ)),
+        'metrics observer alone': functools.partial(observers[0], 'users', 'get', 200, 0.001),
     }
 
 
