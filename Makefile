@@ -61,7 +61,7 @@ clean:
 
 # `make bench` (issue 5, docs/performance.md): the gateway against a bare Flask + psycopg2 baseline in the same
 # run, into bench/results/<date>.md. BENCH_ARGS passes options, e.g. BENCH_ARGS="--only 1,5" or "--profile".
-# wrk comes from Debian: apt-get update only when installing it without one fails.
+# wrk and valgrind (for --instructions) come from Debian: apt-get update only when installing them without one fails.
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat bench/requirements.txt constraints.txt | cksum | cut -d' ' -f1)
 BENCH_ARGS ?=
 .PHONY: bench
@@ -72,6 +72,7 @@ $(BENCH_STAMP): $(STAMP) bench/requirements.txt
 	touch $@
 
 bench: $(BENCH_STAMP) tools
-	@command -v wrk >/dev/null 2>&1 || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk \
-	  || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	@{ command -v wrk && command -v valgrind; } >/dev/null 2>&1 \
+	  || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk valgrind \
+	  || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk valgrind; }
 	$(PY) -m bench.run $(BENCH_ARGS)

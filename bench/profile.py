@@ -110,9 +110,9 @@ def request_environs(count):
                            environ_base={'REMOTE_ADDR': '127.0.0.1'}).get_environ() for body in bodies]
 
 
-def call_wsgi(app, environ):
-    """Send one request to app and read and close its body, as gunicorn does."""
-    body = app(environ, lambda status, headers, exc_info=None: None)
+def call_wsgi(app, environ, note_status=lambda status: None):
+    """Send one request to app and read and close its body, as gunicorn does; pass its status to note_status."""
+    body = app(environ, lambda status, headers, exc_info=None: note_status(status))
     try:
         for _ in body:
             pass

@@ -48,6 +48,8 @@ def parse_options(argv):
                         type=lambda text: {int(number) for number in text.split(',')},
                         help='scenario numbers to run, e.g. 1,5 (the 256-connection checks go with 1 and 5)')
     parser.add_argument('--profile', action='store_true', help='profile the gateway instead (bench/profile.py)')
+    parser.add_argument('--instructions', action='store_true',
+                        help='count instructions per request with callgrind instead (bench/instructions.py)')
     return parser.parse_args(argv)
 
 
@@ -182,6 +184,9 @@ def main(argv=None):
     if options.profile:
         from .profile import main as profile
         return profile(options)
+    if options.instructions:
+        from .instructions import main as count_instructions
+        return count_instructions(options)
     started, raw_lines, markdown = run_all(options)
     path = report.write(RESULTS_DIR, started.date().isoformat(), markdown, raw_lines)
     print('\n' + markdown + f'\nWritten to {path.relative_to(settings.BASE_DIR)}', flush=True)
