@@ -53,15 +53,17 @@ def free_ports(count):
     return consecutive_free_ports(count)[0]
 
 
-def wait_for(condition, timeout, message, interval=0.1):
-    """Poll condition until it returns something true; fail the test after timeout seconds."""
+def wait_for(condition, timeout, message, interval=0.1, on_timeout=None):
+    """Poll condition until it returns something true; fail the test after timeout seconds, adding what
+    on_timeout() says to the message."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(interval)
-    pytest.fail(f'{message} (after {timeout} s)')
+    details = f': {on_timeout()}' if on_timeout else ''
+    pytest.fail(f'{message} (after {timeout} s){details}')
 
 
 @dataclass

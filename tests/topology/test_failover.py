@@ -117,10 +117,15 @@ def assert_each_post_ran_at_most_once(stack, database_url, run_id, attempts):
     failed = {attempt.email for attempt in attempts if attempt.status == 502}
     assert succeeded <= rows <= succeeded | failed
     def lines_of_this_run():
-        lines = [line for line in stack.access_log() if line['http.request.id'].startswith(run_id)]
+        return [line for line in stack.access_log() if line['http.request.id'].startswith(run_id)]
+
+    def every_line_of_this_run():
+        lines = lines_of_this_run()
         return lines if len(lines) >= len(attempts) else None
-    # nginx writes a line when it finishes a request, which may be just after the answer went out.
-    lines = wait_for(lines_of_this_run, 5, 'nginx logged fewer requests than were answered')
+    # nginx writes a line when it finishes a request, which may be just after the answer went out; on a
+    # busy CI machine, with every process of the stack appending to one file, that took over 5 s once.
+    lines = wait_for(every_line_of_this_run, 20, 'nginx logged fewer requests than were answered',
+                     on_timeout=lambda: missing_lines(attempts, lines_of_this_run()))
     assert len(lines) == len(attempts)
     for line in lines:
         assert sum(1 for sent in bytes_sent_per_upstream(line) if sent > 0) == 1, line
@@ -129,6 +134,13 @@ def assert_each_post_ran_at_most_once(stack, database_url, run_id, attempts):
     # shows the move itself.)
     moved = [line for line in lines if ',' in line['nginx.upstream.address']]
     assert all(line['http.response.status_code'] == 201 for line in moved)
+
+
+def missing_lines(attempts, lines):
+    """Describe the answered requests that nginx's log lacks, for a failure message."""
+    logged = {line['http.request.id'] for line in lines}
+    missing = [attempt for attempt in attempts if attempt.request_id not in logged]
+    return f'{len(lines)} lines for {len(attempts)} answers; not logged: {missing[:10]}'
 
 
 def test_a_restarted_replica_is_used_again(stack):
