@@ -178,3 +178,9 @@ def test_a_client_leaving_midway_leaves_a_healthy_pool(make_app, database_url):
         assert prefetch_threads() == [] and app.extensions['dbapi'].pools['default'].gauges()['in_use'] == 0
     assert call('/users/get', {'id': 1}).status_code in (200, 404)
     assert json.loads(call('/users/export').get_data())
+
+
+def test_timestamps_come_out_in_utc_whatever_the_session_time_zone(conn):
+    Db(conn).execute("SET TimeZone = 'Asia/Kolkata'")  # undone with the fixture's rollback
+    query = "SELECT TIMESTAMPTZ '2026-11-21 20:54:17.5+00' AS at"
+    assert as_json(Db(conn).stream_json(query)) == b'[{"at":"2026-11-21T20:54:17.500000+00:00"}]'
