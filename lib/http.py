@@ -12,10 +12,11 @@ def read_body(environ):
     limit = current_app.config['MAX_CONTENT_LENGTH']
     length = environ.get('CONTENT_LENGTH', '')
     if length.isdigit():
-        if int(length) > limit:
+        declared = int(length)
+        if declared > limit:
             raise RequestEntityTooLarge()
-        data = read_stream(environ['wsgi.input'], int(length))
-        if len(data) < int(length):
+        data = read_stream(environ['wsgi.input'], declared)
+        if len(data) < declared:
             raise ClientDisconnected()
         return data
     if not environ.get('wsgi.input_terminated'):

@@ -401,7 +401,7 @@ class Exchange:
     when a streamed query's connection goes back.
     """
 
-    __slots__ = ('environ', 'server_start_response', 'on_close', 'started_ns', 'status', 'request', 'bytes',
+    __slots__ = ('environ', 'server_start_response', 'on_close', 'started_ns', 'status', 'endpoint', 'bytes',
                  'stream_error', 'chunks')
 
     def __init__(self, environ, server_start_response, on_close):
@@ -410,15 +410,15 @@ class Exchange:
         self.on_close = on_close
         self.started_ns = time.perf_counter_ns()
         self.status = 500
-        self.request = None
+        self.endpoint = None
         self.bytes = 0
         self.stream_error = None
         self.chunks = ()
 
     def start_response(self, status, headers, exc_info=None):
-        """Note the status, and the request object while Flask still serves it, then start the response."""
+        """Note the status, and the matched endpoint while Flask still serves the request, then start the response."""
         self.status = int(status[:3])
-        self.request = self.environ.get('werkzeug.request')
+        self.endpoint = getattr(self.environ.get('werkzeug.request'), 'endpoint', None)
         return self.server_start_response(status, headers, exc_info)
 
     def __iter__(self):
@@ -471,9 +471,8 @@ def route_labels(exchange):
     route = exchange.environ.get(ROUTE_KEY)
     if route is not None:
         return route.module, route.name
-    endpoint = getattr(exchange.request, 'endpoint', None)
-    if endpoint:
-        blueprint, _, view = endpoint.rpartition('.')
+    if exchange.endpoint:
+        blueprint, _, view = exchange.endpoint.rpartition('.')
         return blueprint, view
     return '', ''
 
