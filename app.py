@@ -4,7 +4,6 @@ from dataclasses import dataclass, field
 from flask import Flask
 from flask.sessions import NullSession, SessionInterface
 from flask_compress import Compress
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 import settings
 from lib.auth import load_clients
@@ -17,6 +16,7 @@ from lib.jsonenc import OrjsonProvider
 from lib.logger import configure_logging, install_access_log
 from lib.metrics import RequestMetrics, metrics_endpoint
 from lib.modules import mount_modules
+from lib.proxies import TrustedProxies
 
 COMPRESSED_TYPES = ['application/json', 'application/problem+json']
 COMPRESS_MIN_SIZE = 500
@@ -108,6 +108,5 @@ def create_app(overrides=None):
     install_access_log(app, observers=[gateway.metrics])
     app.wsgi_app = RequestIds(app.wsgi_app)
     if app.config['TRUSTED_PROXY_HOPS']:
-        hops = app.config['TRUSTED_PROXY_HOPS']
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0)
+        app.wsgi_app = TrustedProxies(app.wsgi_app, app.config['TRUSTED_PROXY_HOPS'])
     return app

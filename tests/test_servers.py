@@ -1,4 +1,5 @@
 """Real servers over HTTP: gunicorn with several workers, and `make run`'s serve command stopped by Ctrl-C."""
+import contextlib
 import http.client as http_client
 import json
 import os
@@ -60,13 +61,13 @@ def server_environment(**extra):
             'MODULE_PACKAGES': 'modules,tests.fixture_modules', 'LOG_LEVEL': 'WARNING', **extra}
 
 
-@pytest.fixture()
-def gunicorn(database_url):
-    """A real gunicorn with three workers on a free loopback port; yields its base URL."""
+@contextlib.contextmanager
+def running_gunicorn(database_url, **extra):
+    """Run a real gunicorn with gunicorn.conf.py and three workers on a free loopback port; yield its base URL."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'app:create_app()'], cwd=settings.BASE_DIR,
-        env=server_environment(PORT=str(port), WEB_CONCURRENCY='3', DATABASE_URL=database_url),
+        env=server_environment(PORT=str(port), WEB_CONCURRENCY='3', DATABASE_URL=database_url, **extra),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f'http://127.0.0.1:{port}'
     try:
@@ -75,6 +76,13 @@ def gunicorn(database_url):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture()
+def gunicorn(database_url):
+    """A real gunicorn with three workers on a free loopback port; yields its base URL."""
+    with running_gunicorn(database_url) as base:
+        yield base
 
 
 def test_gunicorn_serves_the_contract_over_http(gunicorn):
@@ -99,6 +107,17 @@ def test_gunicorn_spreads_concurrent_requests_over_its_workers(gunicorn):
     with ThreadPoolExecutor(6) as pool:
         pids = set(pool.map(slow_pid, range(30)))
     assert len(pids) >= 2
+
+
+def test_gunicorn_believes_no_forwarded_header_only_the_app_does(database_url):
+    forwarded = {'Authorization': f'Bearer {ADMIN_TOKEN}', 'X-Forwarded-For': '203.0.113.5',
+                 'X-Forwarded-Proto': 'https', 'SCRIPT_NAME': '/elsewhere'}
+    packages = 'tests.topology.fixture_modules'
+    for hops, expected in (('0', ('127.0.0.1', 'http')), ('1', ('203.0.113.5', 'https'))):
+        with running_gunicorn(database_url, MODULE_PACKAGES=packages, TRUSTED_PROXY_HOPS=hops) as base:
+            status, _, seen = http('POST', f'{base}/topology/whoami', {}, forwarded)
+        assert status == 200, seen
+        assert (seen['remote_addr'], seen['scheme']) == expected, f'TRUSTED_PROXY_HOPS={hops}'
 
 
 def test_serve_starts_everything_and_ctrl_c_stops_it_all():

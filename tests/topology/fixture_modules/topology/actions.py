@@ -1,4 +1,4 @@
-"""What the replica saw: the client address and scheme after ProxyFix, and the request id it was given."""
+"""What the replica saw: the client address and scheme after TrustedProxies, and the request id it was given."""
 import os
 
 from flask import request
