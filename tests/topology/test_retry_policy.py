@@ -3,7 +3,7 @@ the request on; a POST that reached an upstream is never sent to another; a GET 
 502 and 504 are problem details."""
 import pytest
 
-from .conftest import FakeUpstream, free_ports, http_request, post, running_nginx
+from .conftest import FakeUpstream, free_ports, http_request, post, running_nginx, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -21,12 +21,18 @@ def upstreams():
         upstream.close()
 
 
+def logged_lines(proxy, count):
+    """Return nginx's access lines once there are count of them (nginx writes them within a second), else None."""
+    lines = proxy.access_log()
+    return lines if len(lines) >= count else None
+
+
 def test_a_refused_connection_moves_the_post_to_another_upstream(upstreams):
     healthy = upstreams('answer')
     closed_port = free_ports(1)
     with running_nginx([closed_port, healthy.port]) as proxy:
         replies = [post(proxy.port, '/users/create', {'n': n}) for n in range(4)]
-        lines = proxy.access_log()
+        lines = wait_for(lambda: logged_lines(proxy, len(replies)), 5, 'nginx did not log every request')
     assert [reply.status for reply in replies] == [200] * 4
     assert len(healthy.received) == 4
     moved = [line for line in lines if ',' in line['nginx.upstream.address']]
