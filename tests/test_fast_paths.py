@@ -6,10 +6,12 @@ import flask
 import pytest
 from flask.sessions import NullSession
 from marshmallow import Schema, ValidationError, fields, pre_load, validates_schema
+from werkzeug.test import EnvironBuilder
 
 from lib import auth
 from lib.decorators import schema_of
 from lib.fastschema import fast_loader
+from lib.routing import FixedRulesFirst
 from modules.users.schemas import NewUser, Page, UserChange, UserId
 from tests.conftest import ADMIN_TOKEN
 from tests.test_errors import assert_problem
@@ -186,3 +188,46 @@ def test_a_body_whose_client_went_away_is_a_400(client):
     response = client.post('/probe/echo', data=b'{"a": 1}', headers={'Authorization': f'Bearer {ADMIN_TOKEN}',
                            'Content-Type': 'application/json'}, environ_overrides={'wsgi.input': BrokenStream()})
     assert_problem(response, 400)
+
+
+def werkzeug_match(app, environ):
+    """Return what werkzeug's own adapter matches for environ: (rule, arguments), or the exception it raises."""
+    try:
+        return app.url_map.bind_to_environ(environ, subdomain='').match(return_rule=True)
+    except Exception as exc:  # NotFound, MethodNotAllowed and RequestRedirect are answers here
+        return exc
+
+
+def fast_match(app, environ):
+    """Return what the gateway's adapter matches for environ, as werkzeug_match does."""
+    try:
+        return app.create_url_adapter(flask.Request(environ)).match(return_rule=True)
+    except Exception as exc:
+        return exc
+
+
+def same(result, expected):
+    """Tell whether two matches agree: the same rule and arguments, or the same exception and target."""
+    if isinstance(expected, Exception):
+        return type(result) is type(expected) and getattr(result, 'new_url', None) == getattr(expected, 'new_url', None)
+    return result == expected
+
+
+def test_the_fixed_route_table_matches_as_werkzeug_does(app):
+    paths = {rule.rule for rule in app.url_map.iter_rules()}
+    variants = {variant for path in paths for variant in (path, path + '/', '/' + path, path.upper(), path + 'x')}
+    methods = ('POST', 'GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE')
+    checked = 0
+    for path, method in itertools.product(sorted(variants | {'/', '/no/such'}), methods):
+        environ = EnvironBuilder(path=path, method=method).get_environ()
+        expected = werkzeug_match(app, environ)
+        assert same(fast_match(app, environ), expected), (method, path, expected)
+        checked += not isinstance(expected, Exception)
+    assert checked >= len(paths), 'every route should have matched at least once'
+
+
+def test_with_a_server_name_flask_binds_the_routes_itself(make_app):
+    environ = EnvironBuilder(path='/users/get', method='POST').get_environ()
+    assert isinstance(make_app().create_url_adapter(flask.Request(environ)), FixedRulesFirst)
+    adapter = make_app(SERVER_NAME='dbapi.example').create_url_adapter(flask.Request(environ))
+    assert not isinstance(adapter, FixedRulesFirst) and adapter.server_name == 'dbapi.example'
