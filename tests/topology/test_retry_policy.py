@@ -1,6 +1,8 @@
 """nginx's retry policy, shown on upstreams that misbehave at exact moments: a refused connection moves
 the request on; a POST that reached an upstream is never sent to another; a GET is; nginx's own
-502 and 504 are problem details."""
+502 and 504 are problem details. And its balancing: a busy upstream gets no new request."""
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from .conftest import FakeUpstream, free_ports, http_request, post, running_nginx, wait_for
@@ -83,3 +85,20 @@ def test_an_upstream_slower_than_the_proxy_timeout_is_a_504_problem(upstreams):
     with running_nginx([hanging.port], DB_STATEMENT_TIMEOUT_MS='1') as proxy:
         assert_nginx_problem(post(proxy.port, '/example/'), 504, 'Gateway Timeout')
     assert len(hanging.received) == 1  # a POST that timed out is not sent to anyone else
+
+
+def test_a_request_goes_to_the_upstream_with_the_fewest_in_flight(upstreams):
+    busy, idle = upstreams('hang'), upstreams('answer')
+    with running_nginx([busy.port, idle.port], DB_STATEMENT_TIMEOUT_MS='1000') as proxy, \
+            ThreadPoolExecutor(4) as background:
+        for n in range(4):  # until one request hangs in the busy upstream
+            pending = background.submit(post, proxy.port, '/users/get', {'n': n})
+            wait_for(lambda: pending.done() or busy.received, 10, 'no upstream answered or hung')
+            if busy.received:
+                break
+        answered_before = len(idle.received)
+        replies = [post(proxy.port, '/users/get', {'n': n}) for n in range(6)]
+        busy.close()  # nginx then answers the hanging request with a 502
+    assert len(busy.received) == 1, 'the request nginx sent first should be the only one the busy upstream got'
+    assert [reply.status for reply in replies] == [200] * 6
+    assert len(idle.received) == answered_before + 6
