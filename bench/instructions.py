@@ -6,6 +6,8 @@ with production settings and prometheus_client in multiprocess mode, as under gu
 warms it up and sends it N requests straight through WSGI: no sockets, gunicorn or wrk. The same run with
 N = 0 is subtracted, so what is left is N requests, each with the same small environ-building cost on both
 sides. PostgreSQL's own work is not counted, nor are the round trips that the baseline's transactions add.
+The users/get row "as nginx forwards it" adds nginx's headers and runs the gateway with TRUSTED_PROXY_HOPS=1,
+as a replica behind nginx; the baseline gets the same headers and ignores them.
 """
 import datetime
 import io
@@ -30,9 +32,17 @@ SIDES = ('gateway', 'baseline')
 COLLECTED = re.compile(r'Collected : (\d+)')
 
 
+# users/get as nginx forwards it to a replica (TRUSTED_PROXY_HOPS=1): the headers it adds, with a fixed id.
+PROXIED = 'users/get as nginx forwards it'
+FORWARDED = {'HTTP_X_FORWARDED_FOR': '198.51.100.7, 127.0.0.1', 'HTTP_X_FORWARDED_PROTO': 'http',
+             'HTTP_X_REQUEST_ID': '5f0c3e6d2b8a4c1e9d7f6a5b4c3d2e1f'}
+
+
 def scenario_bodies(scenario, seed=1):
     """Return the path of a scenario and an endless iterator of its bodies, the same for both sides."""
     chooser, tag = random.Random(seed), os.urandom(4).hex()
+    if scenario == PROXIED:
+        return scenario_bodies('users/get', seed)
     bodies = {
         'users/get': ({'id': chooser.randint(1, USERS)} for _ in itertools.count()),
         'users/create': ({'email': f'calls-{tag}-{n}@bench.test', 'name': 'Counted'} for n in itertools.count()),
@@ -42,10 +52,10 @@ def scenario_bodies(scenario, seed=1):
     return f'/{scenario}', bodies[scenario]
 
 
-def environ_of(path, body):
-    """Return the WSGI environ of one POST of body to path, as gunicorn would build it."""
+def environ_of(path, body, extra=None):
+    """Return the WSGI environ of one POST of body to path, as gunicorn would build it, with extra headers."""
     data = orjson.dumps(body)
-    return {'REQUEST_METHOD': 'POST', 'PATH_INFO': path, 'QUERY_STRING': '', 'SERVER_NAME': '127.0.0.1',
+    return {**(extra or {}), 'REQUEST_METHOD': 'POST', 'PATH_INFO': path, 'QUERY_STRING': '', 'SERVER_NAME': '127.0.0.1',
             'SERVER_PORT': '8000', 'SERVER_PROTOCOL': 'HTTP/1.1', 'REMOTE_ADDR': '127.0.0.1', 'HTTP_HOST': '127.0.0.1',
             'HTTP_AUTHORIZATION': f'Bearer {BENCH_TOKEN}', 'HTTP_USER_AGENT': 'bench', 'CONTENT_TYPE': 'application/json',
             'CONTENT_LENGTH': str(len(data)), 'wsgi.input': io.BytesIO(data), 'wsgi.url_scheme': 'http',
@@ -59,11 +69,12 @@ def send_requests(side, scenario, dsn, count):
     Every answer must be a success: counting error paths (a stopped database, a wrong token) would
     compare nothing."""
     os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(prefix='dbapi-calls-')
-    app = gateway_app(dsn) if side == 'gateway' else baseline_app(dsn)
+    proxied = scenario == PROXIED
+    app = gateway_app(dsn, trusted_proxy_hops=int(proxied)) if side == 'gateway' else baseline_app(dsn)
     path, bodies = scenario_bodies(scenario)
     statuses = set()
     for body in itertools.islice(bodies, WARM_UP + count):
-        call_wsgi(app, environ_of(path, body), statuses.add)
+        call_wsgi(app, environ_of(path, body, FORWARDED if proxied else None), statuses.add)
     if not all(status.startswith('2') for status in statuses):
         sys.exit(f'{side} answered {sorted(statuses)} to {scenario}')
 
@@ -90,7 +101,7 @@ def main(options):
     reset_accounts(dsn)
     lines = ['| scenario | gateway instructions/request | baseline instructions/request | gateway/baseline |',
              '|---|--:|--:|--:|']
-    for scenario in ('users/get', 'users/create', 'accounts/transfer'):
+    for scenario in ('users/get', PROXIED, 'users/create', 'accounts/transfer'):
         gateway, baseline = (per_request(side, scenario, dsn) for side in SIDES)
         lines.append(f'| {scenario} | {gateway / 1000:,.0f}k | {baseline / 1000:,.0f}k | {gateway / baseline:.2f} |')
         print(lines[-1], flush=True)

@@ -153,13 +153,13 @@ def skip_layer(app, kind):
         chain[index - 1].wsgi_app = chain[index].wsgi_app
 
 
-def gateway_app(dsn, without=()):
+def gateway_app(dsn, without=(), trusted_proxy_hops=0):
     """Build the gateway in this process with production settings, less the named parts."""
     from app import create_app
     from lib.logger import AccessLog
     from lib.requestid import RequestIds
     overrides = dict(DATABASES={'default': dsn}, BEARER=BENCH_TOKEN, ENVIRONMENT='production', LOG_LEVEL='INFO',
-                     LOG_PATH=None, PROCESS_ID='bench-profile', TRUSTED_PROXY_HOPS=0)
+                     LOG_PATH=None, PROCESS_ID='bench-profile', TRUSTED_PROXY_HOPS=trusted_proxy_hops)
     with contextlib.redirect_stdout(DEVNULL):
         app = create_app(overrides)
     hooks = app.after_request_funcs[None]
