@@ -37,9 +37,10 @@ def parse_options(argv):
     """Read the command line."""
     parser = argparse.ArgumentParser(prog='make bench', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--seconds', type=int, default=6, help='length of each measured wrk run')
+    parser.add_argument('--seconds', type=int, default=3, help='length of each measured wrk run')
     parser.add_argument('--warmup', type=int, default=1, help='unmeasured wrk run before each measured one')
-    parser.add_argument('--rounds', type=int, default=5, help='A B rounds per scenario')
+    parser.add_argument('--rounds', type=int, default=10, help='A B rounds per scenario')
+    parser.add_argument('--capacity-seconds', type=int, default=6, help='length of each 256-connection check')
     parser.add_argument('--workers', type=int, default=4, help='gunicorn workers of the gateway and of the baseline')
     parser.add_argument('--replica-workers', type=int, default=2, help='workers of each replica behind nginx')
     parser.add_argument('--pool-max', type=int, default=2, help='DB_POOL_MAX of every gunicorn')
@@ -107,8 +108,8 @@ def direct_scenarios(options, dsn, run_dir, record):
         comparisons = [compare_load(scenario, sides, options, record)
                        for scenario in LOAD_SCENARIOS if scenario.number in options.only]
         export = compare_export(options, dsn, sides['gateway'], record) if 6 in options.only else None
-        checks = [check_capacity(f'gateway, {options.workers} workers', sides['gateway'].url, options.seconds, dsn,
-                                 options.workers * options.pool_max, max_connections(dsn), 'bench-gateway')
+        checks = [check_capacity(f'gateway, {options.workers} workers', sides['gateway'].url, options.capacity_seconds,
+                                 dsn, options.workers * options.pool_max, max_connections(dsn), 'bench-gateway')
                   ] if 1 in options.only else []
     return comparisons, export, checks
 
@@ -126,7 +127,7 @@ def proxied_scenario(options, dsn, run_dir, record):
         comparison = compare_load(PROXIED, sides, options, record)
         budget = REPLICAS * options.replica_workers * options.pool_max
         check = check_capacity(f'nginx, {REPLICAS} replicas x {options.replica_workers} workers', sides['nginx'].url,
-                               options.seconds, dsn, budget, max_connections(dsn), 'nginx')
+                               options.capacity_seconds, dsn, budget, max_connections(dsn), 'nginx')
     return comparison, check
 
 
