@@ -163,6 +163,7 @@ def run_all(options):
     record = Recorder()
     started = datetime.datetime.now(datetime.timezone.utc)
     load_average = os.getloadavg()
+    context = describe(options, started, load_average)  # the commit as the run starts, before it writes files
     shutil.rmtree(LOG_DIR, ignore_errors=True)  # each run's server logs start empty
     dsn = start_database()
     reset_users(dsn)
@@ -175,7 +176,6 @@ def run_all(options):
             comparisons.append(proxied)
             checks.append(check)
     cold = cold_start_scenario(options, record) if 7 in options.only else None
-    context = describe(options, started, load_average)
     return started, record.lines, report.render(context, comparisons, export, cold, checks)
 
 
