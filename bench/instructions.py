@@ -55,8 +55,8 @@ def scenario_bodies(scenario, seed=1):
 def environ_of(path, body, extra=None):
     """Return the WSGI environ of one POST of body to path, as gunicorn would build it, with extra headers."""
     data = orjson.dumps(body)
-    return {**(extra or {}), 'REQUEST_METHOD': 'POST', 'PATH_INFO': path, 'QUERY_STRING': '', 'SERVER_NAME': '127.0.0.1',
-            'SERVER_PORT': '8000', 'SERVER_PROTOCOL': 'HTTP/1.1', 'REMOTE_ADDR': '127.0.0.1', 'HTTP_HOST': '127.0.0.1',
+    return {**(extra or {}), 'REQUEST_METHOD': 'POST', 'PATH_INFO': path, 'QUERY_STRING': '',
+            'SERVER_NAME': '127.0.0.1', 'SERVER_PORT': '8000', 'SERVER_PROTOCOL': 'HTTP/1.1', 'REMOTE_ADDR': '127.0.0.1', 'HTTP_HOST': '127.0.0.1',
             'HTTP_AUTHORIZATION': f'Bearer {BENCH_TOKEN}', 'HTTP_USER_AGENT': 'bench', 'CONTENT_TYPE': 'application/json',
             'CONTENT_LENGTH': str(len(data)), 'wsgi.input': io.BytesIO(data), 'wsgi.url_scheme': 'http',
             'wsgi.errors': sys.stderr, 'wsgi.multithread': False, 'wsgi.multiprocess': True, 'wsgi.run_once': False,

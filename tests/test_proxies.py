@@ -13,7 +13,8 @@ def seen_by_app(hops, **headers):
     def app(environ, start_response):
         seen.update(address=environ['REMOTE_ADDR'], scheme=environ['wsgi.url_scheme'])
         return []
-    environ = {'REMOTE_ADDR': PEER, 'wsgi.url_scheme': 'http', **{f'HTTP_{name}': value for name, value in headers.items()}}
+    environ = {'REMOTE_ADDR': PEER, 'wsgi.url_scheme': 'http',
+               **{f'HTTP_{name}': value for name, value in headers.items()}}
     TrustedProxies(app, hops)(environ, None)
     return seen['address'], seen['scheme']
 
