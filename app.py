@@ -8,16 +8,16 @@ from flask_compress import Compress
 import settings
 from lib.auth import load_clients
 from lib.db import make_pools
-from lib.embedded import start_embedded
+from lib.db.embedded import start_embedded
 from lib.errors import handle_error
-from lib.health import ops
-from lib.requestid import RequestIds
+from lib.http.health import ops
+from lib.http.requestid import RequestIds
 from lib.jsonenc import OrjsonProvider
-from lib.logger import configure_logging, install_access_log
-from lib.metrics import RequestMetrics, metrics_endpoint
+from lib.logs import configure_logging, install_access_log
+from lib.logs.metrics import RequestMetrics, metrics_endpoint
 from lib.modules import mount_modules
-from lib.proxies import TrustedProxies
-from lib.routing import FixedRulesFirst, fixed_rules
+from lib.http.proxies import TrustedProxies
+from lib.http.routing import FixedRulesFirst, fixed_rules
 
 COMPRESSED_TYPES = ['application/json', 'application/problem+json']
 COMPRESS_MIN_SIZE = 500

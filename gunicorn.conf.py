@@ -6,12 +6,12 @@ import tempfile
 import settings
 
 # prometheus_client settles on multiprocess mode when it is first imported, so the workers' shared
-# directory is chosen here, in the master, before lib.metrics imports it; the workers inherit it.
+# directory is chosen here, in the master, before lib.logs.metrics imports it; the workers inherit it.
 MADE_METRICS_DIR = not os.environ.get('PROMETHEUS_MULTIPROC_DIR')
 if MADE_METRICS_DIR:
     os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(prefix='dbapi-metrics-')
 
-from lib.metrics import clear_multiprocess_dir, forget_process  # noqa: E402
+from lib.logs.metrics import clear_multiprocess_dir, forget_process  # noqa: E402
 
 bind = [settings.env_str('BIND', f'127.0.0.1:{settings.PORT}')]
 workers = settings.WEB_CONCURRENCY
@@ -23,7 +23,7 @@ keepalive = 5
 # Each sync worker touches its heartbeat file once per request; in memory that is a cheap syscall, on a
 # disk (gunicorn's default, the temp dir) it dirties an inode every time. Docker's /dev/shm is 64 MB.
 worker_tmp_dir = '/dev/shm' if os.path.isdir('/dev/shm') else None
-# Which proxies to believe is dbapi's decision alone (TRUSTED_PROXY_HOPS, lib/proxies.py). gunicorn believes
+# Which proxies to believe is dbapi's decision alone (TRUSTED_PROXY_HOPS, lib/http/proxies.py). gunicorn believes
 # no header that sets the scheme or the script path, so it can trust every peer with nothing: otherwise it
 # checks each request's peer address against a list with `ipaddress`, 2-3% of a worker's CPU.
 secure_scheme_headers = {}
@@ -32,7 +32,7 @@ forwarded_allow_ips = '*'
 # dbapi writes its own ECS access line per request; gunicorn's own lines go out as ECS JSON too.
 accesslog = None
 errorlog = '-'
-logger_class = 'lib.logger.GunicornLogger'
+logger_class = 'lib.logs.GunicornLogger'
 loglevel = settings.LOG_LEVEL.lower()
 proc_name = settings.PROCESS_ID
 # Several replicas share a host in the native stack: gunicorn's control socket would collide.

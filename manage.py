@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import settings
-from lib.embedded import start_embedded
-from lib.logger import configure_logging
-from lib.migrate import migrate
+from lib.db.embedded import start_embedded
+from lib.logs import configure_logging
+from lib.db.migrate import migrate
 
 
 def default_dsn():

@@ -3,8 +3,8 @@ from contextlib import closing
 
 import psycopg2
 
-from lib.embedded import start_embedded
-from lib.migrate import migrate
+from lib.db.embedded import start_embedded
+from lib.db.migrate import migrate
 
 from .servers import BENCH_DIR
 

@@ -33,15 +33,15 @@ SAMPLE_RATE = 200
 # request, so a sample in psycopg2 under AccessLog.__call__ is the database's, not the access log's. Within
 # one frame, the first bucket listed wins.
 BUCKETS = (
-    ('metrics observer (prometheus_client files)', ('lib/metrics.py', 'prometheus_client/')),
-    ('access log line (lib/logger.py, logging, ECS)', ('lib/logger.py',)),
+    ('metrics observer (prometheus_client files)', ('lib/logs/metrics.py', 'prometheus_client/')),
+    ('access log line (lib/logs/, logging, ECS)', ('lib/logs/',)),
     ('compression hook (flask_compress)', ('flask_compress/', 'compress_response')),
-    ('request id middleware', ('lib/requestid.py',)),
-    ('bearer check (lib/auth.py)', ('lib/auth.py',)),
+    ('request id middleware', ('lib/http/requestid.py',)),
+    ('bearer check (lib/auth/)', ('lib/auth/',)),
     ('body read and JSON parse', ('read_json_body',)),
     ('schema validation (fast path, marshmallow)', ('lib/fastschema.py', 'marshmallow/', 'load_arguments')),
     ('JSON encoding of the result', ('lib/jsonenc.py', 'respond (lib/modules.py')),
-    ('database: pool, transaction, query, rows', ('lib/db.py', 'lib/decorators.py', 'psycopg2')),
+    ('database: pool, transaction, query, rows', ('lib/db/', 'lib/decorators.py', 'psycopg2')),
     ('Flask and werkzeug: routing, request and response objects', ('flask/', 'werkzeug/')),
     ('gunicorn: accept, HTTP parsing, socket writes', ('gunicorn/',)),
 )
@@ -156,8 +156,8 @@ def skip_layer(app, kind):
 def gateway_app(dsn, without=(), trusted_proxy_hops=0):
     """Build the gateway in this process with production settings, less the named parts."""
     from app import create_app
-    from lib.logger import AccessLog
-    from lib.requestid import RequestIds
+    from lib.logs import AccessLog
+    from lib.http.requestid import RequestIds
     overrides = dict(DATABASES={'default': dsn}, BEARER=BENCH_TOKEN, ENVIRONMENT='production', LOG_LEVEL='INFO',
                      LOG_PATH=None, PROCESS_ID='bench-profile', TRUSTED_PROXY_HOPS=trusted_proxy_hops)
     with contextlib.redirect_stdout(DEVNULL):
@@ -227,7 +227,7 @@ class Stopwatch:
 def instrument(app, watch):
     """Time app's hooks, routes and access log with watch; return the patches that time the view's helpers."""
     import lib.modules
-    from lib.logger import AccessLog
+    from lib.logs import AccessLog
     access_log = find_layer(app, AccessLog)
     access_log.observers = tuple(watch.wrap(METRICS_PART, observer) for observer in access_log.observers)
     access_log.finish = watch.wrap('access log: gather the fields and write the line', access_log.finish)
@@ -271,8 +271,8 @@ def isolated_parts(app):
     from flask import request
 
     import lib.modules as modules
-    from lib.logger import AccessLog
-    from lib.requestid import RequestIds
+    from lib.logs import AccessLog
+    from lib.http.requestid import RequestIds
     gateway = app.extensions['dbapi']
     route = next(route for route in gateway.routes if (route.module, route.name) == ('users', 'get'))
     hooks = {hook.__name__: hook for hook in app.after_request_funcs[None]}
@@ -310,7 +310,7 @@ def main(options):
     """Profile the headline both ways and write bench/results/<date>-profile.md."""
     dsn = start_database()
     with tempfile.TemporaryDirectory(prefix='dbapi-profile-') as run_dir:
-        os.environ['PROMETHEUS_MULTIPROC_DIR'] = run_dir  # as under gunicorn, before lib.metrics is imported
+        os.environ['PROMETHEUS_MULTIPROC_DIR'] = run_dir  # as under gunicorn, before lib.logs.metrics is imported
         raw_file = Path(run_dir) / 'py-spy.raw'
         requests = spy_on_worker(max(options.seconds, 5), dsn, run_dir, raw_file)
         spied = spy_table(read_samples(raw_file), requests)

@@ -9,7 +9,7 @@ import psycopg2
 from flask import current_app
 from psycopg2.extras import RealDictCursor
 
-from .db import DEFAULT, Db, LeasedStream, Lease
+from lib.db import DEFAULT, Db, LeasedStream, Lease
 
 RETRYABLE_SQLSTATES = frozenset({'40001', '40P01'})
 SCHEMA_ATTRIBUTE = '__dbapi_schema__'

@@ -5,9 +5,9 @@ import psycopg2
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from .exchange import ERROR_KEY, remember
-from .jsonenc import json_response
-from .requestid import current_request_id
+from lib.http.exchange import ERROR_KEY, remember
+from lib.jsonenc import json_response
+from lib.http.requestid import current_request_id
 
 PROBLEM_JSON = 'application/problem+json'
 RETRY_AFTER_SECONDS = '1'

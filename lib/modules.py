@@ -8,14 +8,14 @@ from pathlib import Path
 
 from flask import Blueprint, Response
 
-from .auth import authorize
-from .db import LeasedStream
-from .decorators import schema_of
-from .errors import Unprocessable
-from .exchange import ROUTE_KEY, remember
-from .fastschema import fast_loader
-from .http import read_json_body
-from .jsonenc import JSON_MIMETYPE, json_array_chunks, json_response
+from lib.auth import authorize
+from lib.db import LeasedStream
+from lib.decorators import schema_of
+from lib.errors import Unprocessable
+from lib.http.exchange import ROUTE_KEY, remember
+from lib.fastschema import fast_loader
+from lib.http.body import read_json_body
+from lib.jsonenc import JSON_MIMETYPE, json_array_chunks, json_response
 
 MODULE_NAME = re.compile(r'[a-z][a-z0-9_]*')
 ROUTE_NAME = re.compile(r'([A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*)?')

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import settings
-from lib.logger import configure_logging
-from lib.migrate import migrate
+from lib.logs import configure_logging
+from lib.db.migrate import migrate
 from manage import default_dsn, how_to_call
 
 from . import nginx, pgbouncer

@@ -11,8 +11,8 @@ from psycopg2 import sql  # noqa: E402
 
 import settings  # noqa: E402
 from app import create_app  # noqa: E402
-from lib.embedded import start_embedded  # noqa: E402
-from lib.migrate import migrate  # noqa: E402
+from lib.db.embedded import start_embedded  # noqa: E402
+from lib.db.migrate import migrate  # noqa: E402
 
 # One database per test session, so that sessions running side by side do not disturb each other.
 TEST_DB = f'dbapi_test_{os.getpid()}'

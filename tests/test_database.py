@@ -12,8 +12,8 @@ import psycopg2
 import pytest
 
 import settings
-from lib.embedded import start_embedded
-from lib.migrate import migrate
+from lib.db.embedded import start_embedded
+from lib.db.migrate import migrate
 from tests.conftest import Caller, recreate_database, run_sql, scratch_folder
 
 # One of each path through the pool: success, validation error, 404, SQL errors, a crash, a stream.
@@ -148,7 +148,7 @@ def test_migrations_apply_once(database_url):
 def test_replicas_migrating_together_apply_each_migration_once(database_url):
     server = run_sql(database_url, 'SELECT 1') and database_url
     fresh = recreate_database(server, f'dbapi_migrate_race_{uuid.uuid4().hex[:8]}')
-    code = 'import sys; from lib.migrate import migrate; print(len(migrate(sys.argv[1])))'
+    code = 'import sys; from lib.db.migrate import migrate; print(len(migrate(sys.argv[1])))'
     replicas = [subprocess.Popen([sys.executable, '-c', code, fresh], cwd=settings.BASE_DIR, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
     results = [replica.communicate(timeout=120) for replica in replicas]

@@ -11,7 +11,7 @@ from werkzeug.test import EnvironBuilder
 from lib import auth
 from lib.decorators import schema_of
 from lib.fastschema import fast_loader
-from lib.routing import FixedRulesFirst
+from lib.http.routing import FixedRulesFirst
 from modules.users.schemas import NewUser, Page, UserChange, UserId
 from tests.conftest import ADMIN_TOKEN
 from tests.test_errors import assert_problem

@@ -17,8 +17,8 @@ from flask import Flask, Response
 from psycopg2.extensions import make_dsn
 
 import settings
-from lib.logger import configure_logging, install_access_log
-from lib.requestid import REQUEST_ID_KEY
+from lib.logs import configure_logging, install_access_log
+from lib.http.requestid import REQUEST_ID_KEY
 from tests.conftest import ADMIN_TOKEN, EXAMPLE_ONLY_TOKEN, SINGLE_BEARER, app_config
 from tests.test_servers import free_port, server_environment, wait_until_healthy
 

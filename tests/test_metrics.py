@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from lib.metrics import RequestMetrics
+from lib.logs.metrics import RequestMetrics
 from tests.conftest import ADMIN_TOKEN
 from tests.test_logging import exchange, post, running_gunicorn
 

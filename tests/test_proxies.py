@@ -1,7 +1,7 @@
 """TrustedProxies: the caller's address and scheme come from the last TRUSTED_PROXY_HOPS forwarded entries only."""
 import pytest
 
-from lib.proxies import TrustedProxies
+from lib.http.proxies import TrustedProxies
 
 PEER = '10.0.0.2'
 

@@ -23,7 +23,7 @@ import pytest
 from psycopg2.extensions import make_dsn, parse_dsn
 
 import settings
-from lib.migrate import migrate
+from lib.db.migrate import migrate
 from ops import nginx
 from ops.ports import free_ports as consecutive_free_ports
 from ops.render import program

@@ -3,7 +3,7 @@ import os
 
 from flask import request
 
-from lib.requestid import current_request_id
+from lib.http.requestid import current_request_id
 
 
 def whoami():

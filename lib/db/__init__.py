@@ -9,8 +9,8 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from . import copyjson
-from .errors import ServiceUnavailable
+from lib.db import copyjson
+from lib.errors import ServiceUnavailable
 
 DEFAULT = 'default'
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
@@ -331,7 +331,7 @@ class Db:
         """Yield the rows of query as ready JSON, for json_array_chunks: lists holding one fragment of many rows.
 
         The same bytes as stream's dicts through dumps_bytes, about four times faster: PostgreSQL writes the
-        values as text, lib/copyjson.py turns a whole batch into JSON at once, and a helper thread fetches
+        values as text, lib/db/copyjson.py turns a whole batch into JSON at once, and a helper thread fetches
         the next batch meanwhile. Needs a transaction, like stream; timestamptz values come in UTC.
         """
         return copyjson.json_stream(self.conn, query, params, batch_size)

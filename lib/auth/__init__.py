@@ -9,8 +9,8 @@ from flask import request
 
 from settings import ImproperlyConfigured
 
-from .errors import Forbidden, Unauthorized
-from .exchange import CLIENT_KEY, remember
+from lib.errors import Forbidden, Unauthorized
+from lib.http.exchange import CLIENT_KEY, remember
 
 BEARER_HEADER = re.compile(r'Bearer +([A-Za-z0-9\-._~+/]+=*) *', re.IGNORECASE)
 CHALLENGE = 'Bearer realm="dbapi"'

@@ -3,8 +3,8 @@ import orjson
 from flask import current_app, request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge, UnsupportedMediaType
 
-from .errors import BadRequest
-from .jsonenc import JSON_MIMETYPE
+from lib.errors import BadRequest
+from lib.jsonenc import JSON_MIMETYPE
 
 
 def read_body(environ):

@@ -18,8 +18,8 @@ from gunicorn import glogging
 from psycopg2.extensions import parse_dsn
 
 import settings
-from lib.exchange import CLIENT_KEY, ERROR_KEY, ROUTE_KEY
-from lib.requestid import REQUEST_ID_KEY, current_request_id
+from lib.http.exchange import CLIENT_KEY, ERROR_KEY, ROUTE_KEY
+from lib.http.requestid import REQUEST_ID_KEY, current_request_id
 
 log = logging.getLogger('dbapi.logging')
 
@@ -519,7 +519,7 @@ class AccessLog:
     """WSGI middleware: one access line per request once its response has gone out, and the observers told.
 
     Working on the environ after Flask is done costs far less than Flask hooks and werkzeug's Request
-    properties; the handlers leave the route, the client and the error in the environ (lib/exchange.py).
+    properties; the handlers leave the route, the client and the error in the environ (lib/http/exchange.py).
     """
 
     def __init__(self, wsgi_app, observers=()):

@@ -15,7 +15,7 @@ import orjson
 import psycopg2.extensions
 from psycopg2 import sql
 
-from .jsonenc import dumps_bytes
+from lib.jsonenc import dumps_bytes
 
 INTEGER_OIDS = frozenset({20, 21, 23})
 BOOLEAN_OID = 16

@@ -1,9 +1,9 @@
 """Operations endpoints: /healthz (the process serves) and /readyz (every database answers)."""
 from flask import Blueprint, current_app
 
-from .db import connection
-from .errors import ServiceUnavailable
-from .jsonenc import json_response
+from lib.db import connection
+from lib.errors import ServiceUnavailable
+from lib.jsonenc import json_response
 
 ops = Blueprint('ops', __name__)
 READY_TIMEOUT_MS = 1000
