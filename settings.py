@@ -6,11 +6,10 @@ from pathlib import Path
 from dotenv import load_dotenv
 from psycopg2.extensions import make_dsn
 
+from lib.errors import ImproperlyConfigured  # lib raises it too; settings keeps the name
+
 BASE_DIR = Path(__file__).resolve().parent
 
-
-class ImproperlyConfigured(Exception):
-    """A setting is missing or malformed; the service must not start."""
 
 
 def env_str(name, default=None):
@@ -116,5 +115,8 @@ LOG_PATH = env_str('LOG_PATH')
 LOG_FILE_MAX_BYTES = env_int('LOG_FILE_MAX_BYTES', 100 * 1024 * 1024)
 LOG_FILE_BACKUPS = env_int('LOG_FILE_BACKUPS', 3, 1, 1000)
 ELK_INDEX = env_str('ELK_INDEX', f'{APP_ID}-{ENVIRONMENT}')
+
+# Off (0) runs every request through the libraries' stock code paths only: the test suite runs both ways.
+FAST_PATHS = env_str('FAST_PATHS', '1') not in ('0', 'false', 'no', 'off')
 
 MODULE_PACKAGES = [name.strip() for name in env_str('MODULE_PACKAGES', 'modules').split(',') if name.strip()]

@@ -13,6 +13,10 @@ PROBLEM_JSON = 'application/problem+json'
 RETRY_AFTER_SECONDS = '1'
 
 
+class ImproperlyConfigured(Exception):
+    """A setting is missing or malformed; the service must not start."""
+
+
 class ApiError(Exception):
     """An error with an HTTP status that renders as problem details."""
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flask import request
 
-from settings import ImproperlyConfigured
+from lib.errors import ImproperlyConfigured
 
 from lib.errors import Forbidden, Unauthorized
 from lib.http.exchange import CLIENT_KEY, remember
