@@ -53,14 +53,15 @@ def parse_client(name, entry):
 
 
 def parse_clients_json(text, origin):
-    """Parse a JSON object of client name to token entry into {digest: Client}."""
+    """Parse a JSON object of client name to token entry into ({digest: Client}, [the plain tokens it holds])."""
     try:
         table = json.loads(text)
     except ValueError:
         raise ImproperlyConfigured(f'{origin} is not valid JSON') from None
     if not isinstance(table, dict):
         raise ImproperlyConfigured(f'{origin} must be a JSON object of client name to token')
-    return dict(parse_client(name, entry) for name, entry in table.items())
+    clients = dict(parse_client(name, entry) for name, entry in table.items())
+    return clients, [entry['token'] for entry in table.values() if 'token' in entry]
 
 
 def read_tokens_file(path):
@@ -82,6 +83,13 @@ class TokenTable(dict):
     def __init__(self):
         super().__init__()
         self.known_headers = {}
+        # The plain tokens the configuration holds, for the log redactor (a sha256-only client adds none).
+        self.secrets = []
+
+    def add(self, clients, tokens):
+        """Add {digest: Client} entries and the plain tokens they were parsed from."""
+        self.update(clients)
+        self.secrets.extend(tokens)
 
     def identify(self, header):
         """Return the client whose token the Authorization header carries, or None; raise 401 when malformed."""
@@ -94,14 +102,14 @@ class TokenTable(dict):
 
 
 def load_clients(config):
-    """Build the {token digest: Client} table from BEARER, BEARER_TOKENS and BEARER_TOKENS_FILE."""
+    """Build the {token digest: Client} table (and its plain tokens) from BEARER, BEARER_TOKENS[_FILE]."""
     clients = TokenTable()
     if config.get('BEARER'):
-        clients[sha256_hex(config['BEARER'])] = Client(SINGLE_TOKEN_CLIENT, None)
+        clients.add({sha256_hex(config['BEARER']): Client(SINGLE_TOKEN_CLIENT, None)}, [config['BEARER']])
     if config.get('BEARER_TOKENS'):
-        clients.update(parse_clients_json(config['BEARER_TOKENS'], 'BEARER_TOKENS'))
+        clients.add(*parse_clients_json(config['BEARER_TOKENS'], 'BEARER_TOKENS'))
     if config.get('BEARER_TOKENS_FILE'):
-        clients.update(parse_clients_json(read_tokens_file(config['BEARER_TOKENS_FILE']), 'BEARER_TOKENS_FILE'))
+        clients.add(*parse_clients_json(read_tokens_file(config['BEARER_TOKENS_FILE']), 'BEARER_TOKENS_FILE'))
     if not clients and config['ENVIRONMENT'] not in ('local', 'test'):
         raise ImproperlyConfigured('no bearer token configured: set BEARER, BEARER_TOKENS or BEARER_TOKENS_FILE')
     return clients
