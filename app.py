@@ -1,4 +1,7 @@
-"""The application factory: gunicorn runs "app:create_app()"; nothing runs at import."""
+"""The application factory: gunicorn runs "app:create_app()"; nothing runs at import.
+
+How a request flows and where each concern lives: docs/architecture.md.
+"""
 from dataclasses import dataclass, field
 
 from flask import Flask
@@ -9,28 +12,40 @@ import settings
 from lib.auth import load_clients
 from lib.db import make_pools
 from lib.db.embedded import start_embedded
-from lib.errors import handle_error
+from lib.errors import ERROR_TRANSLATORS, handle_error
+from lib.http.headers import RESPONSE_HEADERS, ResponseHeaders
 from lib.http.health import ops
+from lib.http.proxies import TrustedProxies
 from lib.http.requestid import RequestIds
-from lib.jsonenc import OrjsonProvider
+from lib.http.routing import FixedRulesFirst, fixed_rules
+from lib.jsonenc import JSON_TYPES, OrjsonProvider
 from lib.logs import configure_logging, install_access_log
 from lib.logs.metrics import RequestMetrics, metrics_endpoint
 from lib.modules import mount_modules
-from lib.http.proxies import TrustedProxies
-from lib.http.routing import FixedRulesFirst, fixed_rules
 
 COMPRESSED_TYPES = ['application/json', 'application/problem+json']
 COMPRESS_MIN_SIZE = 500
+COMPRESS_ALGORITHMS = ['br', 'gzip']
 
 
 @dataclass
 class Gateway:
-    """What dbapi keeps per app: the pools, the token table, the request metrics and the mounted routes."""
+    """dbapi's extension points, one place per concern (docs/architecture.md), and what it keeps per app.
+
+    - configure(conn) / reset(conn): a new connection's session setup, and what returns a connection to it
+      (app config DB_CONFIGURE / DB_RESET; the defaults apply and restore the session settings).
+    - json_types: {Python type: encode(value)}, how responses, streams and log lines write a type.
+    - error_translators: {exception class: translate(exc) -> ApiError or None}, beside the SQLSTATE table.
+    - response_headers: [step(environ, headers) -> [(name, value)]], the one header step.
+    """
 
     pools: dict
     clients: dict
     metrics: RequestMetrics
     routes: list = field(default_factory=list)
+    json_types: dict = field(default_factory=lambda: JSON_TYPES)
+    error_translators: dict = field(default_factory=lambda: ERROR_TRANSLATORS)
+    response_headers: list = field(default_factory=lambda: RESPONSE_HEADERS)
 
 
 class NoSessions(SessionInterface):
@@ -47,30 +62,24 @@ class NoSessions(SessionInterface):
 
 
 class GatewayFlask(Flask):
-    """Flask, less per-request work dbapi has no use for: the coroutine check on every view and hook call
-    (dbapi's are plain functions), the cookie session, and host parsing before each route lookup."""
+    """Flask, less per-request work dbapi has no use for, through Flask's public overridable methods:
+    the coroutine check on every view and hook call (dbapi's are plain functions), the cookie session,
+    and werkzeug's matcher for fixed paths. With FAST_PATHS off, Flask's stock behaviour is kept."""
 
-    session_interface = NoSessions()
     fixed_rule_table = None
 
     def ensure_sync(self, func):
-        """Return func as it is; dbapi registers no async views or hooks."""
-        return func
+        """Return func as it is when fast paths are on; dbapi registers no async views or hooks."""
+        return func if self.config['FAST_PATHS'] else super().ensure_sync(func)
 
     def create_url_adapter(self, request):
-        """Match a request's fixed path in one lookup, skipping werkzeug's host parsing, when nothing needs hosts.
-
-        werkzeug's bind_to_environ and matcher cost about 90k instructions, 15% of a users/get; dbapi's routes
-        are fixed paths and it matches no host or subdomain. With SERVER_NAME, TRUSTED_HOSTS or host or
-        subdomain matching set, Flask binds as usual.
-        """
-        config = self.config
-        if request is None or config['SERVER_NAME'] or config['TRUSTED_HOSTS'] is not None \
-                or self.url_map.host_matching or self.subdomain_matching:
-            return super().create_url_adapter(request)
+        """Bind the URL map as Flask does, then match a request's fixed path in one dict lookup."""
+        adapter = super().create_url_adapter(request)
+        if request is None or not self.config['FAST_PATHS'] or self.url_map.host_matching or self.subdomain_matching:
+            return adapter
         if self.fixed_rule_table is None:  # routes cannot change once the first request came
             self.fixed_rule_table = fixed_rules(self.url_map)
-        return FixedRulesFirst(self.fixed_rule_table, self.url_map, request)
+        return FixedRulesFirst(adapter, self.fixed_rule_table, request.path, request.method)
 
 
 def load_config(app, overrides):
@@ -78,26 +87,21 @@ def load_config(app, overrides):
     app.config.from_object(settings)
     app.config.update(overrides or {})
     app.config.update(COMPRESS_MIMETYPES=COMPRESSED_TYPES, COMPRESS_MIN_SIZE=COMPRESS_MIN_SIZE,
-                      COMPRESS_ALGORITHM=['br', 'gzip'], COMPRESS_ALGORITHM_STREAMING=['br', 'deflate'])
+                      COMPRESS_ALGORITHM=COMPRESS_ALGORITHMS, COMPRESS_ALGORITHM_STREAMING=COMPRESS_ALGORITHMS)
 
 
-def compress_every_status(app):
-    """Compress bodies of 500 bytes or more whatever their status; flask-compress alone skips errors."""
+def install_compression(app):
+    """Compress successful JSON bodies of 500 bytes or more with flask-compress; small ones skip it when fast."""
     compress = Compress()
-    app.config['COMPRESS_REGISTER'] = False
+    app.config['COMPRESS_REGISTER'] = not app.config['FAST_PATHS']
     compress.init_app(app)
-
-    def compress_response(response):
-        if not response.is_streamed and (response.content_length or 0) < COMPRESS_MIN_SIZE:
-            # Too small to compress (RequestIds adds the Vary header): skip flask-compress's parsing.
-            return response
-        status = response.status_code
-        response.status_code = 200
-        try:
+    if app.config['FAST_PATHS']:
+        def compress_large(response):
+            # flask-compress parses Accept-Encoding for every answer; a small body it would leave as it is.
+            if not response.is_streamed and (response.content_length or 0) < COMPRESS_MIN_SIZE:
+                return response
             return compress.after_request(response)
-        finally:
-            response.status_code = status
-    app.after_request(compress_response)
+        app.after_request(compress_large)
 
 
 def resolve_databases(config):
@@ -107,23 +111,30 @@ def resolve_databases(config):
                                'default': start_embedded(config['EMBEDDED_DB_DIR'], stop_at_exit=False)}
 
 
+def install_middleware(app, gateway):
+    """Wrap the WSGI app, innermost first: access line, header step, request id, trusted proxies."""
+    install_access_log(app, observers=[gateway.metrics])
+    app.wsgi_app = ResponseHeaders(app.wsgi_app, gateway.response_headers)
+    app.wsgi_app = RequestIds(app.wsgi_app)
+    if app.config['TRUSTED_PROXY_HOPS']:
+        app.wsgi_app = TrustedProxies(app.wsgi_app, app.config['TRUSTED_PROXY_HOPS'])
+
+
 def create_app(overrides=None):
     """Build the dbapi Flask app from settings and optional config overrides."""
     app = GatewayFlask(__name__, static_folder=None)
+    app.session_interface = NoSessions()
     load_config(app, overrides)
     configure_logging(app.config)
     resolve_databases(app.config)
     app.json = OrjsonProvider(app)
-    pools = make_pools(app.config)
-    gateway = Gateway(pools, load_clients(app.config), RequestMetrics(pools))
+    pools = make_pools(app.config, app.config.get('DB_CONFIGURE'), app.config.get('DB_RESET'))
+    gateway = Gateway(pools, load_clients(app.config), RequestMetrics(pools, fast_paths=app.config['FAST_PATHS']))
     app.extensions['dbapi'] = gateway
     app.register_error_handler(Exception, handle_error)
     app.register_blueprint(ops)
     app.register_blueprint(metrics_endpoint)
     gateway.routes = mount_modules(app, app.config['MODULE_PACKAGES'], gateway.clients)
-    compress_every_status(app)
-    install_access_log(app, observers=[gateway.metrics])
-    app.wsgi_app = RequestIds(app.wsgi_app)
-    if app.config['TRUSTED_PROXY_HOPS']:
-        app.wsgi_app = TrustedProxies(app.wsgi_app, app.config['TRUSTED_PROXY_HOPS'])
+    install_compression(app)
+    install_middleware(app, gateway)
     return app

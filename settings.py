@@ -11,7 +11,6 @@ from lib.errors import ImproperlyConfigured  # lib raises it too; settings keeps
 BASE_DIR = Path(__file__).resolve().parent
 
 
-
 def env_str(name, default=None):
     """Return the variable's text, or default when it is unset or empty."""
     value = os.environ.get(name, '')

@@ -10,8 +10,9 @@ from flask import current_app
 from psycopg2.extras import RealDictCursor
 
 from lib.db import DEFAULT, Db, LeasedStream, Lease
+from lib.errors import RETRYABLE_SQLSTATES
 
-RETRYABLE_SQLSTATES = frozenset({'40001', '40P01'})
+
 SCHEMA_ATTRIBUTE = '__dbapi_schema__'
 
 

@@ -92,6 +92,7 @@ class GatewayTimeout(ApiError):
 
 
 # SQLSTATE (exact code or two-character class) -> (error class, detail or None for the server's own message).
+# Source of the codes: PostgreSQL's "Appendix A. PostgreSQL Error Codes".
 SQLSTATE_ERRORS = {
     '23505': (Conflict, None),
     '23503': (Conflict, None),
@@ -109,10 +110,54 @@ SQLSTATE_ERRORS = {
     '57P02': (ServiceUnavailable, ServiceUnavailable.detail),
     '57P03': (ServiceUnavailable, ServiceUnavailable.detail),
 }
+# Serialization failure and deadlock: a whole-transaction action is run again before the 503 above.
+RETRYABLE_SQLSTATES = frozenset({'40001', '40P01'})
+
+HTTP_DETAILS = {
+    404: 'No action is mounted at this path.',
+    405: 'This path does not accept this method.',
+    413: 'The request body is too large.',
+    415: 'The request body must be application/json.',
+}
+
+# Exception class -> function(exc) returning its ApiError, or None for "a server fault" (a generic 500).
+# Looked up along the exception's class hierarchy, nearest class first.
+ERROR_TRANSLATORS = {}
 
 
+def translates(exception_class):
+    """Register the decorated function as the translator of exception_class (and its subclasses) to an ApiError."""
+    def register(translate):
+        ERROR_TRANSLATORS[exception_class] = translate
+        return translate
+    return register
+
+
+@translates(ApiError)
+def from_api_error(exc):
+    """An ApiError renders as itself."""
+    return exc
+
+
+@translates(ValidationError)
+def from_validation_error(exc):
+    """A marshmallow ValidationError is a 422 with its field map."""
+    return Unprocessable(errors=exc.messages)
+
+
+@translates(HTTPException)
+def from_http_exception(exc):
+    """Translate a werkzeug HTTPException (404, 405, 413, 415...) into an ApiError."""
+    error = ApiError(HTTP_DETAILS.get(exc.code, exc.description))
+    error.status = exc.code
+    if exc.code == 405 and exc.valid_methods:
+        error.headers['Allow'] = ', '.join(exc.valid_methods)
+    return error
+
+
+@translates(psycopg2.Error)
 def from_database_error(exc):
-    """Translate a psycopg2 error into an ApiError, or None when it is a server fault."""
+    """Translate a psycopg2 error by its SQLSTATE (exact code, then class), or None when it is a server fault."""
     code = exc.pgcode
     if code is None:
         # No SQLSTATE: the connection broke or could not be made.
@@ -127,33 +172,12 @@ def from_database_error(exc):
     return error_class(detail or diag.message_primary, sqlstate=code, **members)
 
 
-def from_http_exception(exc):
-    """Translate a werkzeug HTTPException (404, 405, 413, 415...) into an ApiError."""
-    error = ApiError(HTTP_DETAILS.get(exc.code, exc.description))
-    error.status = exc.code
-    if exc.code == 405 and exc.valid_methods:
-        error.headers['Allow'] = ', '.join(exc.valid_methods)
-    return error
-
-
-HTTP_DETAILS = {
-    404: 'No action is mounted at this path.',
-    405: 'This path does not accept this method.',
-    413: 'The request body is too large.',
-    415: 'The request body must be application/json.',
-}
-
-
 def as_api_error(exc):
-    """Return the ApiError that exc stands for; an unknown error becomes a generic 500."""
-    if isinstance(exc, ApiError):
-        return exc
-    if isinstance(exc, ValidationError):
-        return Unprocessable(errors=exc.messages)
-    if isinstance(exc, HTTPException):
-        return from_http_exception(exc)
-    if isinstance(exc, psycopg2.Error):
-        return from_database_error(exc) or ApiError()
+    """Return the ApiError that exc stands for, by the nearest registered translator; otherwise a generic 500."""
+    for kind in type(exc).__mro__:
+        translate = ERROR_TRANSLATORS.get(kind)
+        if translate is not None:
+            return translate(exc) or ApiError()
     return ApiError()
 
 

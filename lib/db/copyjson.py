@@ -30,7 +30,8 @@ UTC_ISO_DATES = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, MDY'"
 CURSOR_NAME = 'dbapi_stream_json'
 
 NULL = b'null'
-BOOLEANS = {b't': b'true', b'f': b'false', None: NULL}
+# A boolean cast to text reads true or false: its JSON already.
+BOOLEANS = {b'true': b'true', b'false': b'false', None: NULL}
 
 # PostgreSQL text never holds NUL; orjson writes it \u0000, which then marks where each text ends.
 TEXT_SEPARATOR = b'\x00'
@@ -156,7 +157,7 @@ class Timestamp(Column):
 
     opening = closing = b'"'
     offset = b''
-    parse = psycopg2.extensions.string_types[TIMESTAMP_OID]
+    parse = psycopg2.extensions.PYDATETIME
 
     def __init__(self, key, cursor):
         super().__init__(key)
@@ -176,7 +177,7 @@ class TimestampTz(Timestamp):
 
     offset = b'+00'
     closing = b':00"'
-    parse = psycopg2.extensions.string_types[TIMESTAMPTZ_OID]
+    parse = psycopg2.extensions.PYDATETIMETZ
 
 
 def column_of(key, oid, cursor):
@@ -198,18 +199,25 @@ def plan(cursor, query, params):
     """Describe query on cursor; return the query to declare and the RowsJson of its rows."""
     cursor.execute(sql.SQL('SELECT * FROM ({}) AS described LIMIT 0').format(query), params)
     last_of = {column.name: index for index, column in enumerate(cursor.description)}
-    columns = [column_of(key, cursor.description[index].type_code, cursor) for key, index in last_of.items()]
-    return without_repeats(query, len(cursor.description), list(last_of.values())), RowsJson(columns)
+    type_codes = [column.type_code for column in cursor.description]
+    columns = [column_of(key, type_codes[index], cursor) for key, index in last_of.items()]
+    return kept_columns_as_text(query, type_codes, list(last_of.values())), RowsJson(columns)
 
 
-def without_repeats(query, count, kept):
-    """Return query, or when a column name repeats, a SELECT of its kept columns: as in a dict per row,
-    a repeated name keeps its first place and its last value."""
-    if len(kept) == count:
+def kept_columns_as_text(query, type_codes, kept):
+    """Return a SELECT of query's kept columns, those whose text is written as it comes cast to text.
+
+    A text column reaches this process as bytes (psycopg2's BYTES typecaster, registered on the cursor).
+    As in a dict per row, a repeated column name keeps its first place and its last value.
+    """
+    if not type_codes:
         return query
-    aliases = [sql.Identifier(f'c{index}') for index in range(count)]
+    aliases = [sql.Identifier(f'c{index}') for index in range(len(type_codes))]
+    cast = RAW_OIDS - TEXT_OIDS
+    selected = [sql.SQL('{}::text').format(aliases[index]) if type_codes[index] in cast else aliases[index]
+                for index in kept]
     return sql.SQL('SELECT {} FROM ({}) AS source ({})').format(
-        sql.SQL(', ').join(aliases[index] for index in kept), query, sql.SQL(', ').join(aliases))
+        sql.SQL(', ').join(selected), query, sql.SQL(', ').join(aliases))
 
 
 class RowsJson:
@@ -319,9 +327,9 @@ class Prefetcher:
 def text_cursor(conn):
     """Return a client cursor on conn that gives the raw text of the types RowsJson writes fast, as bytes."""
     cursor = conn.cursor(cursor_factory=psycopg2.extensions.cursor)
-    # psycopg2's BYTES typecaster hands over the text of any type as it came, without parsing it.
+    # psycopg2's BYTES typecaster hands over text as it came, undecoded; kept_columns_as_text made the
+    # other columns written fast text too.
     psycopg2.extensions.register_type(psycopg2.extensions.BYTES, cursor)
-    cursor.string_types.update(dict.fromkeys(RAW_OIDS, psycopg2.extensions.BYTES))
     return cursor
 
 

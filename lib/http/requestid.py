@@ -1,4 +1,4 @@
-"""Request ids: a WSGI middleware picks each request's id and puts it on every answer."""
+"""Request ids: a WSGI middleware picks each request's id; the header step (lib/http/headers.py) sends it back."""
 import os
 import re
 
@@ -6,7 +6,6 @@ from flask import has_request_context, request
 
 SANE_REQUEST_ID = re.compile(r'[A-Za-z0-9._:-]{1,128}')
 REQUEST_ID_KEY = 'dbapi.request_id'
-VARY = ('Vary', 'Accept-Encoding')
 
 
 def new_request_id():
@@ -20,23 +19,12 @@ def current_request_id():
 
 
 class RequestIds:
-    """WSGI middleware: pick the request id (the caller's when sane) and add X-Request-ID to every answer.
-
-    It also adds `Vary: Accept-Encoding`, which every answer needs because any may be compressed. Working
-    on the raw header list here costs far less than werkzeug's Headers in an after_request hook.
-    """
+    """WSGI middleware: take the caller's X-Request-ID when it is sane (1-128 of [A-Za-z0-9._:-]), else make one."""
 
     def __init__(self, wsgi_app):
         self.wsgi_app = wsgi_app
 
     def __call__(self, environ, start_response):
         incoming = environ.get('HTTP_X_REQUEST_ID')
-        request_id = incoming if incoming and SANE_REQUEST_ID.fullmatch(incoming) else new_request_id()
-        environ[REQUEST_ID_KEY] = request_id
-
-        def start_with_request_id(status, headers, exc_info=None):
-            headers.append(('X-Request-ID', request_id))
-            if not any(name.lower() == 'vary' for name, _ in headers):
-                headers.append(VARY)
-            return start_response(status, headers, exc_info)
-        return self.wsgi_app(environ, start_with_request_id)
+        environ[REQUEST_ID_KEY] = incoming if incoming and SANE_REQUEST_ID.fullmatch(incoming) else new_request_id()
+        return self.wsgi_app(environ, start_response)

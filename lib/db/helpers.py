@@ -1,0 +1,127 @@
+"""The Db helper: small query helpers over one connection, every identifier quoted with psycopg2.sql."""
+import psycopg2.extensions
+from psycopg2 import sql
+
+from lib.db import copyjson
+
+
+def table_name(name):
+    """Quote a table or function name, schema-qualified ("schema.table") or not."""
+    return sql.Identifier(*name.split('.'))
+
+
+def identifiers(names):
+    """Quote a list of column names, comma-separated."""
+    return sql.SQL(', ').join(map(sql.Identifier, names))
+
+
+def equals(names, joiner, prefix=''):
+    """Build "col" = %(<prefix>col)s terms joined by joiner."""
+    return sql.SQL(joiner).join(
+        sql.SQL('{} = {}').format(sql.Identifier(name), sql.Placeholder(prefix + name)) for name in names)
+
+
+def returning(columns):
+    """Build a RETURNING clause: '*' or quoted column names."""
+    if columns == '*':
+        return sql.SQL(' RETURNING *')
+    return sql.SQL(' RETURNING ') + identifiers(columns)
+
+
+def where_params(values, where):
+    """Merge SET values and WHERE values into one parameter dict, keeping them apart."""
+    params = dict(values)
+    params.update({f'w_{key}': value for key, value in where.items()})
+    return params
+
+
+class Db:
+    """Small query helpers over one connection; rows come back as dicts."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def _run(self, query, params):
+        """Execute query and return its cursor."""
+        cursor = self.conn.cursor(cursor_factory=psycopg2.extensions.cursor)
+        cursor.execute(query, params)
+        return cursor
+
+    @staticmethod
+    def _rows(cursor):
+        """Return every row of cursor as a dict."""
+        if cursor.description is None:
+            return []
+        columns = [column.name for column in cursor.description]
+        return [dict(zip(columns, row)) for row in cursor.fetchall()]
+
+    def fetch_all(self, query, params=None):
+        """Return every row of query as a list of dicts."""
+        return self._rows(self._run(query, params))
+
+    def fetch_one(self, query, params=None):
+        """Return the first row of query as a dict, or None."""
+        rows = self.fetch_all(query, params)
+        return rows[0] if rows else None
+
+    def fetch_value(self, query, params=None):
+        """Return the first column of the first row of query, or None."""
+        row = self._run(query, params).fetchone()
+        return row[0] if row else None
+
+    def execute(self, query, params=None):
+        """Run a statement and return the number of rows it touched."""
+        return self._run(query, params).rowcount
+
+    def insert(self, table, values, returning_columns='*'):
+        """Insert one row and return it."""
+        query = sql.SQL('INSERT INTO {} ({}) VALUES ({})').format(
+            table_name(table), identifiers(values), sql.SQL(', ').join(map(sql.Placeholder, values)))
+        return self.fetch_one(query + returning(returning_columns), values)
+
+    def upsert(self, table, values, conflict, update=None, returning_columns='*'):
+        """Insert a row or, when conflict columns clash, update it; safe under concurrency."""
+        update = [name for name in values if name not in conflict] if update is None else update
+        # DO UPDATE with no column would be DO NOTHING, which returns no row: touch a key column instead.
+        assignments = sql.SQL(', ').join(
+            sql.SQL('{0} = EXCLUDED.{0}').format(sql.Identifier(name)) for name in (update or conflict[:1]))
+        query = sql.SQL('INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}').format(
+            table_name(table), identifiers(values), sql.SQL(', ').join(map(sql.Placeholder, values)),
+            identifiers(conflict), assignments)
+        return self.fetch_one(query + returning(returning_columns), values)
+
+    def update(self, table, values, where, returning_columns='*'):
+        """Update the rows matching where; return the first updated row or None."""
+        query = sql.SQL('UPDATE {} SET {} WHERE {}').format(
+            table_name(table), equals(values, ', '), equals(where, ' AND ', 'w_'))
+        return self.fetch_one(query + returning(returning_columns), where_params(values, where))
+
+    def delete(self, table, where, returning_columns='*'):
+        """Delete the rows matching where; return the first deleted row or None."""
+        query = sql.SQL('DELETE FROM {} WHERE {}').format(table_name(table), equals(where, ' AND ', 'w_'))
+        return self.fetch_one(query + returning(returning_columns), where_params({}, where))
+
+    def call(self, function, *args):
+        """Call a stored function with positional arguments and return its value."""
+        query = sql.SQL('SELECT {}({})').format(
+            table_name(function), sql.SQL(', ').join(sql.Placeholder() * len(args)))
+        return self.fetch_value(query, args)
+
+    def stream(self, query, params=None, batch_size=5000):
+        """Yield lists of row dicts from a server-side cursor, keeping memory flat."""
+        with self.conn.cursor(name='dbapi_stream', cursor_factory=psycopg2.extensions.cursor) as cursor:
+            cursor.itersize = batch_size
+            cursor.execute(query, params)
+            columns = None
+            while rows := cursor.fetchmany(batch_size):
+                columns = columns or [column.name for column in cursor.description]
+                yield [dict(zip(columns, row)) for row in rows]
+
+    def stream_json(self, query, params=None, batch_size=2000):
+        """Yield the rows of query as ready JSON, for json_array_chunks: lists holding one fragment of many rows.
+
+        The same bytes as stream's dicts through dumps_bytes, about four times faster: PostgreSQL writes the
+        values as text, lib/db/copyjson.py turns a whole batch into JSON at once, and a helper thread fetches
+        the next batch meanwhile. Needs a transaction, like stream; timestamptz values come in UTC.
+        """
+        return copyjson.json_stream(self.conn, query, params, batch_size)

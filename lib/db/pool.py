@@ -1,0 +1,151 @@
+"""The connection pool: bounded, thread-safe, per process, with configure and reset callbacks at its seams."""
+import collections
+import select
+import threading
+import weakref
+
+import psycopg2
+import psycopg2.extensions
+
+from lib.errors import ServiceUnavailable
+from lib.process import after_fork
+
+IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+BROKEN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
+
+
+class PoolTimeout(ServiceUnavailable):
+    """No connection came free in time (503)."""
+
+    detail = 'No database connection came free in time. Try again shortly.'
+
+
+def connection_is_stale(conn):
+    """Tell whether an idle pooled connection was closed or told to go away by the server."""
+    if conn.closed:
+        return True
+    # An idle connection has nothing to read; anything readable is a FATAL goodbye or EOF.
+    readable, _, _ = select.select([conn], [], [], 0)
+    return bool(readable)
+
+
+def close_quietly(conn):
+    """Close conn, ignoring errors from an already broken connection."""
+    try:
+        conn.close()
+    except psycopg2.Error:
+        pass
+
+
+def do_nothing(conn):
+    """A configure or reset callback that leaves the connection as it is."""
+
+
+class Pool:
+    """A bounded, thread-safe, per-process pool of raw psycopg2 connections to one database.
+
+    Like psycopg_pool's ConnectionPool, the pool owns the lifecycle and takes small callbacks:
+    configure(conn) runs once on each new connection, reset(conn) each time one comes back idle (no open
+    transaction); a callback that raises makes the pool throw the connection away.
+    """
+
+    def __init__(self, dsn, max_size, timeout_ms, configure=do_nothing, reset=do_nothing, **connect_kwargs):
+        self.dsn = dsn
+        self.max_size = max_size
+        self.timeout = timeout_ms / 1000
+        self.configure = configure
+        self.reset = reset
+        self.connect_kwargs = connect_kwargs
+        self.stats = collections.Counter(waits=0, timeouts=0, connects=0, discarded=0)
+        self.forget_connections()
+        LIVE_POOLS.add(self)
+
+    def forget_connections(self):
+        """Start empty: a forked worker must not share its parent's sockets."""
+        self.idle = collections.deque()
+        self.slots = threading.BoundedSemaphore(self.max_size)
+        self.in_use = 0
+
+    def borrow(self, timeout=None):
+        """Take a live connection, waiting up to timeout (default: the pool's) seconds for a free slot."""
+        self.take_slot(self.timeout if timeout is None else timeout)
+        try:
+            conn = self.take_idle() or self.connect()
+        except BaseException:
+            self.slots.release()
+            raise
+        self.in_use += 1
+        return conn
+
+    def take_slot(self, timeout):
+        """Take a free slot, waiting up to timeout seconds for one; count the waits and the timeouts."""
+        if self.slots.acquire(blocking=False):
+            return
+        self.stats['waits'] += 1
+        if not self.slots.acquire(timeout=timeout):
+            self.stats['timeouts'] += 1
+            raise PoolTimeout()
+
+    def take_idle(self):
+        """Pop the most recently used live idle connection, dropping stale ones."""
+        while self.idle:
+            conn = self.idle.pop()
+            if not connection_is_stale(conn):
+                return conn
+            self.stats['discarded'] += 1
+            close_quietly(conn)
+        return None
+
+    def connect(self):
+        """Open a new connection and configure it."""
+        self.stats['connects'] += 1
+        conn = psycopg2.connect(self.dsn, **self.connect_kwargs)
+        try:
+            self.configure(conn)
+        except BaseException:
+            close_quietly(conn)
+            raise
+        return conn
+
+    def give_back(self, conn):
+        """Return conn to the pool reset, or throw it away when it is broken or cannot be reset."""
+        try:
+            if self.reusable(conn):
+                self.idle.append(conn)
+            else:
+                self.stats['discarded'] += 1
+                close_quietly(conn)
+        finally:
+            self.in_use -= 1
+            self.slots.release()
+
+    def reusable(self, conn):
+        """Roll back any open transaction and reset the session; tell whether conn can serve again."""
+        if conn.closed or conn.info.transaction_status == BROKEN:
+            return False
+        try:
+            if conn.info.transaction_status != IDLE:
+                conn.rollback()
+            self.reset(conn)
+        except psycopg2.Error:
+            return False
+        return not conn.closed and conn.info.transaction_status == IDLE
+
+    def gauges(self):
+        """Return the pool's current numbers for metrics."""
+        return dict(in_use=self.in_use, idle=len(self.idle), max=self.max_size, **self.stats)
+
+    def close(self):
+        """Close every idle connection."""
+        while self.idle:
+            close_quietly(self.idle.pop())
+
+
+LIVE_POOLS = weakref.WeakSet()
+
+
+@after_fork
+def forget_inherited_connections():
+    """In a forked child, start every pool empty; the parent keeps its connections."""
+    for pool in list(LIVE_POOLS):
+        pool.forget_connections()

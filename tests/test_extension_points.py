@@ -1,0 +1,129 @@
+"""The Gateway's extension points: session configure/reset, the JSON type registry, error translators, headers."""
+import gzip
+import json
+import logging
+
+import pytest
+
+from lib.db import DEFAULT, connection
+from lib.decorators import inject_conn
+from lib.errors import ERROR_TRANSLATORS, Conflict, translates
+from lib.jsonenc import JSON_TYPES, dumps_bytes, register_json_type
+
+
+@pytest.fixture()
+def one_connection_call(make_app):
+    """POST as admin to an app whose pool holds a single connection, so every request shares one session."""
+    from tests.conftest import Caller
+    return Caller(make_app(DB_POOL_MAX=1).test_client())
+
+
+def test_a_request_leaves_no_session_state_for_the_next(one_connection_call):
+    before = one_connection_call('/session/state').get_json()
+    leaked_on = one_connection_call('/session/change-everything').get_json()['pid']
+    after = one_connection_call('/session/state').get_json()
+    assert after['pid'] == leaked_on == before['pid'], 'the same connection served all three'
+    assert after == before
+    assert after['statement_timeout'] == '30s' and after['time_zone'] == 'UTC'
+    assert (after['prepared'], after['listening'], after['advisory_locks'], after['temp_tables']) == (0, 0, 0, 0)
+
+
+def test_set_local_outside_a_transaction_is_logged_not_silent(one_connection_call, caplog):
+    with caplog.at_level(logging.WARNING, logger='dbapi.db'):
+        response = one_connection_call('/session/local-outside-transaction')
+    assert response.status_code == 200 and response.get_json()['statement_timeout'] == '30s'
+    assert any('SET LOCAL can only be used in transaction blocks' in record.getMessage() for record in caplog.records)
+
+
+def test_custom_configure_and_reset_callbacks_run_at_their_seams(make_app):
+    seen = []
+
+    def configure(conn):
+        seen.append('configure')
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute("SET application_name = 'configured'")
+
+    app = make_app(DB_POOL_MAX=1, DB_CONFIGURE=configure, DB_RESET=lambda conn: seen.append('reset'))
+    pool = app.extensions['dbapi'].pools[DEFAULT]
+    for _ in range(2):
+        with connection(pool, autocommit=True) as conn, conn.cursor() as cursor:
+            cursor.execute("SELECT current_setting('application_name')")
+            assert cursor.fetchone() == ('configured',)
+    assert seen == ['configure', 'reset', 'reset']
+
+
+def test_a_reset_that_fails_throws_the_connection_away(make_app):
+    def failing_reset(conn):
+        raise __import__('psycopg2').OperationalError('cannot reset')
+
+    pool = make_app(DB_POOL_MAX=1, DB_RESET=failing_reset).extensions['dbapi'].pools[DEFAULT]
+    with connection(pool, autocommit=True):
+        pass
+    assert pool.gauges()['idle'] == 0 and pool.gauges()['discarded'] == 1
+
+
+class Money:
+    """A type no library knows."""
+
+    def __init__(self, cents):
+        self.cents = cents
+
+
+def test_a_registered_json_type_is_written_the_same_by_responses_streams_and_logs(app, monkeypatch):
+    monkeypatch.setitem(JSON_TYPES, Money, lambda money: f'{money.cents / 100:.2f} EUR')
+    assert dumps_bytes({'price': Money(1050)}) == b'{"price":"10.50 EUR"}'
+    with app.test_request_context():
+        from lib.jsonenc import json_array_chunks, json_response
+        assert json_response(Money(5)).get_data() == b'"0.05 EUR"'
+        assert b''.join(json_array_chunks([[Money(1), Money(2)]])) == b'["0.01 EUR","0.02 EUR"]'
+
+
+def test_register_json_type_fills_the_registry(monkeypatch):
+    monkeypatch.setattr('lib.jsonenc.JSON_TYPES', dict(JSON_TYPES))
+    register_json_type(Money, lambda money: money.cents)
+    assert dumps_bytes([Money(7)]) == b'[7]'
+
+
+class OutOfStock(Exception):
+    """An exception a module might raise, translated by a registered translator."""
+
+
+def test_a_registered_error_translator_decides_the_problem(make_app, monkeypatch):
+    monkeypatch.setattr('lib.errors.ERROR_TRANSLATORS', dict(ERROR_TRANSLATORS))
+    translates(OutOfStock)(lambda exc: Conflict(f'Out of stock: {exc}'))
+    app = make_app()
+    app.add_url_rule('/out-of-stock', 'out_of_stock', lambda: (_ for _ in ()).throw(OutOfStock('tea')),
+                     methods=['POST'])
+    response = app.test_client().post('/out-of-stock')
+    assert response.status_code == 409 and response.mimetype == 'application/problem+json'
+    assert response.get_json()['detail'] == 'Out of stock: tea'
+
+
+@pytest.fixture()
+def served_by_step():
+    """A header step appended to lib.http.headers.RESPONSE_HEADERS for one test."""
+    from lib.http.headers import RESPONSE_HEADERS
+    step = lambda environ, sent: [('X-Served-By', 'dbapi')]  # noqa: E731
+    RESPONSE_HEADERS.append(step)
+    yield step
+    RESPONSE_HEADERS.remove(step)
+
+
+def test_a_header_step_adds_its_header_to_successes_and_errors(make_app, served_by_step):
+    client = make_app().test_client()
+    for path in ('/healthz', '/no/such/module'):
+        response = client.get(path)
+        assert response.headers['X-Served-By'] == 'dbapi' and response.headers['X-Request-ID']
+        assert response.headers.getlist('Vary') == ['Accept-Encoding']
+
+
+def test_a_streamed_export_is_gzipped_for_a_client_that_accepts_only_gzip(call):
+    call('/users/create', {'email': 'stream-gzip@example.com', 'name': 'Gzip'})
+    response = call('/users/export', headers={'Accept-Encoding': 'gzip'})
+    assert response.headers['Content-Encoding'] == 'gzip'
+    assert any(user['email'] == 'stream-gzip@example.com' for user in json.loads(gzip.decompress(response.get_data())))
+
+
+def test_the_decorators_still_accept_the_documented_imports():
+    assert callable(inject_conn(DEFAULT)) and DEFAULT == 'default'
