@@ -1,60 +1,33 @@
-"""Fixtures: a real PostgreSQL (embedded, or TEST_DATABASE_URL), app factories and authorised clients."""
-import hashlib
-import json
+"""Fixtures: a real PostgreSQL (embedded, or TEST_DATABASE_URL), app factories and authorised clients.
+
+Helpers that are not fixtures live in tests/helpers.py.
+"""
 import os
 
 os.environ['ENVIRONMENT'] = 'test'  # before settings is imported anywhere
 
-import psycopg2  # noqa: E402
 import pytest  # noqa: E402
-from psycopg2 import sql  # noqa: E402
 
 import settings  # noqa: E402
 from app import create_app  # noqa: E402
 from lib.db.embedded import start_embedded  # noqa: E402
 from lib.db.migrate import migrate  # noqa: E402
+from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, PROBE_SQL, SCOPED_TOKEN, SINGLE_BEARER,  # noqa: E402,F401
+                           THROWAWAY_DATA_DIRS, Caller, app_config, discard_data_dir, drop_database,
+                           recreate_database, run_sql, scratch_folder)
 
+# The name tests/test_logging.py still imports; the token now limits its client to the probe module.
+EXAMPLE_ONLY_TOKEN = SCOPED_TOKEN
 # One database per test session, so that sessions running side by side do not disturb each other.
 TEST_DB = f'dbapi_test_{os.getpid()}'
-ADMIN_TOKEN = 'admin-token-0123456789'
-EXAMPLE_ONLY_TOKEN = 'example-only-token-42'
-SINGLE_BEARER = 'single-bearer-token-7'
-BEARER_TOKENS = {
-    'admin': {'token': ADMIN_TOKEN},
-    'example-reader': {'sha256': hashlib.sha256(EXAMPLE_ONLY_TOKEN.encode()).hexdigest(), 'modules': ['example']},
-}
-PROBE_SQL = settings.BASE_DIR / 'tests' / 'fixture_modules' / 'probe' / 'setup.sql'
 
 
-def recreate_database(server_dsn, name):
-    """Drop and create database name on the server; return its DSN."""
-    conn = psycopg2.connect(server_dsn)
-    conn.autocommit = True
-    with conn.cursor() as cursor:
-        cursor.execute(sql.SQL('DROP DATABASE IF EXISTS {} WITH (FORCE)').format(sql.Identifier(name)))
-        cursor.execute(sql.SQL('CREATE DATABASE {}').format(sql.Identifier(name)))
-    conn.close()
-    return psycopg2.extensions.make_dsn(server_dsn, dbname=name)
-
-
-def scratch_folder():
-    """Return .data/, where throwaway embedded servers live (git ignores it; not under pytest's basetemp,
-    which a concurrent pytest session resets to mode 0700, locking out the server's unprivileged user)."""
-    folder = settings.BASE_DIR / '.data'
-    folder.mkdir(exist_ok=True)
-    return folder
-
-
-def run_sql(dsn, text, params=None):
-    """Run SQL on dsn in autocommit and return all rows (or None)."""
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute(text, params)
-            return cursor.fetchall() if cursor.description else None
-    finally:
-        conn.close()
+@pytest.fixture(scope='session', autouse=True)
+def stop_throwaway_servers():
+    """Stop, at the end of the session, every PostgreSQL a test started and did not stop (it failed half-way)."""
+    yield
+    for data_dir in list(THROWAWAY_DATA_DIRS):
+        discard_data_dir(data_dir)
 
 
 @pytest.fixture(scope='session')
@@ -68,15 +41,7 @@ def database_url():
     run_sql(dsn, PROBE_SQL.read_text())
     yield dsn
     if not os.environ.get('TEST_DATABASE_URL'):
-        run_sql(server, f'DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)')
-
-
-def app_config(database_url, **overrides):
-    """Return create_app overrides for a test app on database_url."""
-    config = dict(DATABASES={'default': database_url}, BEARER=SINGLE_BEARER, BEARER_TOKENS=json.dumps(BEARER_TOKENS),
-                  BEARER_TOKENS_FILE=None, MODULE_PACKAGES=['modules', 'tests.fixture_modules'], TESTING=True)
-    config.update(overrides)
-    return config
+        drop_database(server, TEST_DB)
 
 
 @pytest.fixture(scope='session')
@@ -96,26 +61,8 @@ def make_app(database_url):
 
 @pytest.fixture(scope='session')
 def app(make_app):
-    """The default test app: every module plus the probe fixture module."""
+    """The default test app: every module plus the test-only ones (tests/fixture_modules)."""
     return make_app()
-
-
-class Caller:
-    """A test client that POSTs JSON with a bearer token."""
-
-    def __init__(self, client, token=ADMIN_TOKEN):
-        self.client = client
-        self.token = token
-
-    def __call__(self, path, body=None, token=None, **kwargs):
-        """POST body as JSON to path and return the response."""
-        headers = kwargs.pop('headers', {})
-        # Buffered: the whole body is read and the response closed, as a WSGI server would.
-        kwargs.setdefault('buffered', True)
-        token = self.token if token is None else token
-        if token:
-            headers.setdefault('Authorization', f'Bearer {token}')
-        return self.client.post(path, json={} if body is None else body, headers=headers, **kwargs)
 
 
 @pytest.fixture()
@@ -126,5 +73,5 @@ def client(app):
 
 @pytest.fixture()
 def call(client):
-    """POST JSON with the admin token: call('/users/get', {'id': 1})."""
+    """POST JSON with the admin token: call('/probe/echo', {'a': 1})."""
     return Caller(client)

@@ -4,79 +4,73 @@ import json
 
 import pytest
 
-from settings import ImproperlyConfigured
-from tests.conftest import ADMIN_TOKEN, EXAMPLE_ONLY_TOKEN, SINGLE_BEARER, app_config
+from app import create_app
+from lib.errors import ImproperlyConfigured
+from tests.helpers import (ADMIN_TOKEN, SCOPED_CLIENT, SCOPED_MODULE, SCOPED_TOKEN, SINGLE_BEARER, app_config,
+                           mounted_routes, route_id)
+
+# Every mounted action, known when the tests are collected: a new module is covered without an edit here.
+EVERY_ROUTE = pytest.mark.parametrize('route', mounted_routes(), ids=route_id)
+MALFORMED_HEADERS = ['Basic dXNlcjpwYXNz', 'Bearer', 'Bearer ', 'Token abc', ADMIN_TOKEN, f'Bearer {ADMIN_TOKEN} extra',
+                     'Bearer a b']
 
 
-def mounted_routes(app):
-    """Return (module, path) of every mounted action, so a new module is covered automatically."""
-    return [(route.module, f'/{route.module}/{route.name}') for route in app.extensions['dbapi'].routes]
+def path_of(route):
+    """Return the URL of a mounted route."""
+    return f'/{route.module}/{route.name}'
 
 
-@pytest.fixture()
-def every_route(app):
-    """Every mounted action's (module, path); the list includes the shipped modules."""
-    routes = mounted_routes(app)
-    assert {'example', 'users', 'accounts'} <= {module for module, _ in routes}
-    return routes
+@EVERY_ROUTE
+def test_missing_header_is_401_with_a_bearer_challenge(client, route):
+    response = client.post(path_of(route), json={})
+    assert response.status_code == 401
+    assert response.headers['WWW-Authenticate'] == 'Bearer realm="dbapi"'
+    assert response.mimetype == 'application/problem+json'
 
 
-def test_missing_header_is_401_with_a_bearer_challenge_on_every_route(client, every_route):
-    for _, path in every_route:
-        response = client.post(path, json={})
-        assert response.status_code == 401, path
-        assert response.headers['WWW-Authenticate'] == 'Bearer realm="dbapi"', path
-        assert response.mimetype == 'application/problem+json'
+@EVERY_ROUTE
+def test_malformed_header_is_401_without_error_param(client, route):
+    for header in MALFORMED_HEADERS:
+        response = client.post(path_of(route), json={}, headers={'Authorization': header})
+        assert response.status_code == 401, header
+        assert response.headers['WWW-Authenticate'] == 'Bearer realm="dbapi"', header
 
 
-@pytest.mark.parametrize('header', ['Basic dXNlcjpwYXNz', 'Bearer', 'Bearer ', 'Token abc', ADMIN_TOKEN,
-                                    f'Bearer {ADMIN_TOKEN} extra', 'Bearer a b'])
-def test_malformed_header_is_401_without_error_param(client, every_route, header):
-    for _, path in every_route:
-        response = client.post(path, json={}, headers={'Authorization': header})
-        assert response.status_code == 401, path
-        assert response.headers['WWW-Authenticate'] == 'Bearer realm="dbapi"'
+@EVERY_ROUTE
+def test_unknown_token_is_401_invalid_token(client, route):
+    response = client.post(path_of(route), json={}, headers={'Authorization': 'Bearer not-a-known-token'})
+    assert response.status_code == 401
+    assert response.headers['WWW-Authenticate'] == 'Bearer realm="dbapi", error="invalid_token"'
 
 
-def test_unknown_token_is_401_invalid_token_on_every_route(client, every_route):
-    for _, path in every_route:
-        response = client.post(path, json={}, headers={'Authorization': 'Bearer not-a-known-token'})
-        assert response.status_code == 401, path
-        assert response.headers['WWW-Authenticate'] == 'Bearer realm="dbapi", error="invalid_token"'
-
-
-def test_scoped_client_is_403_outside_its_modules_and_allowed_inside(client, every_route):
-    headers = {'Authorization': f'Bearer {EXAMPLE_ONLY_TOKEN}'}
-    for module, path in every_route:
-        status = client.post(path, json={}, headers=headers).status_code
-        if module == 'example':
-            assert status != 403, path
-        else:
-            assert status == 403, path
+@EVERY_ROUTE
+def test_scoped_client_is_403_outside_its_modules_and_allowed_inside(client, route):
+    status = client.post(path_of(route), json={}, buffered=True, headers={'Authorization': f'Bearer {SCOPED_TOKEN}'}).status_code
+    assert (status == 403) == (route.module != SCOPED_MODULE), status
 
 
 def test_403_names_the_client_but_never_the_token(call):
-    response = call('/users/get', {'id': 1}, token=EXAMPLE_ONLY_TOKEN)
+    response = call('/sealed/', token=SCOPED_TOKEN)
     assert response.status_code == 403
-    assert 'example-reader' in response.get_json()['detail']
-    assert EXAMPLE_ONLY_TOKEN not in response.get_data(as_text=True)
+    assert SCOPED_CLIENT in response.get_json()['detail']
+    assert SCOPED_TOKEN not in response.get_data(as_text=True)
 
 
 def test_auth_is_checked_before_the_body(client):
-    response = client.post('/users/get', data=b'not json', headers={'Content-Type': 'application/json'})
+    response = client.post('/probe/things/get', data=b'not json', headers={'Content-Type': 'application/json'})
     assert response.status_code == 401
 
 
 def test_scheme_is_case_insensitive(call):
-    assert call('/example/', headers={'Authorization': f'bearer {ADMIN_TOKEN}'}, token='').status_code == 200
+    assert call('/probe/', headers={'Authorization': f'bearer {ADMIN_TOKEN}'}, token='').status_code == 200
 
 
 def test_single_bearer_keeps_working(call):
-    assert call('/example/', token=SINGLE_BEARER).status_code == 200
+    assert call('/probe/', token=SINGLE_BEARER).status_code == 200
 
 
 def test_sha256_entry_matches_its_token(call):
-    assert call('/example/', token=EXAMPLE_ONLY_TOKEN).status_code == 200
+    assert call('/probe/', token=SCOPED_TOKEN).status_code == 200
 
 
 def test_tokens_file_is_read(make_app, tmp_path):
@@ -84,22 +78,21 @@ def test_tokens_file_is_read(make_app, tmp_path):
     tokens.write_text(json.dumps({'files': {'token': 'from-a-file-token'}}))
     app = make_app(BEARER=None, BEARER_TOKENS=None, BEARER_TOKENS_FILE=str(tokens))
     client = app.test_client()
-    assert client.post('/example/', headers={'Authorization': 'Bearer from-a-file-token'}).status_code == 200
-    assert client.post('/example/', headers={'Authorization': f'Bearer {ADMIN_TOKEN}'}).status_code == 401
+    assert client.post('/probe/', headers={'Authorization': 'Bearer from-a-file-token'}).status_code == 200
+    assert client.post('/probe/', headers={'Authorization': f'Bearer {ADMIN_TOKEN}'}).status_code == 401
 
 
 @pytest.mark.parametrize('environment', ['production', 'staging'])
 def test_service_refuses_to_start_without_a_token_outside_local_and_test(database_url, environment):
     config = app_config(database_url, BEARER=None, BEARER_TOKENS=None, ENVIRONMENT=environment)
     with pytest.raises(ImproperlyConfigured, match='no bearer token'):
-        from app import create_app
         create_app(config)
 
 
 @pytest.mark.parametrize('environment', ['local', 'test'])
 def test_local_and_test_start_without_a_token_and_refuse_every_call(make_app, environment):
     app = make_app(BEARER=None, BEARER_TOKENS=None, ENVIRONMENT=environment)
-    assert app.test_client().post('/example/', headers={'Authorization': 'Bearer x'}).status_code == 401
+    assert app.test_client().post('/probe/', headers={'Authorization': 'Bearer x'}).status_code == 401
 
 
 @pytest.mark.parametrize('tokens', [
@@ -107,14 +100,12 @@ def test_local_and_test_start_without_a_token_and_refuse_every_call(make_app, en
     '{"a": {"sha256": "short"}}', '{"a": {"token": ""}}', '{"a": {"token": "x", "modules": "users"}}',
     '{"a": {"token": "x", "scopes": []}}'])
 def test_malformed_token_config_fails_at_start_without_echoing_it(database_url, tokens):
-    from app import create_app
     with pytest.raises(ImproperlyConfigured) as raised:
         create_app(app_config(database_url, BEARER_TOKENS=tokens))
     assert '"x"' not in str(raised.value) and 'plain string' not in str(raised.value)
 
 
 def test_unreadable_tokens_file_fails_at_start(database_url, tmp_path):
-    from app import create_app
     with pytest.raises(ImproperlyConfigured, match='BEARER_TOKENS_FILE'):
         create_app(app_config(database_url, BEARER_TOKENS_FILE=str(tmp_path / 'missing.json')))
 
@@ -122,4 +113,4 @@ def test_unreadable_tokens_file_fails_at_start(database_url, tmp_path):
 def test_sha256_config_is_case_insensitive(make_app):
     digest = hashlib.sha256(b'upper-case-digest').hexdigest().upper()
     app = make_app(BEARER_TOKENS=json.dumps({'u': {'sha256': digest}}))
-    assert app.test_client().post('/example/', headers={'Authorization': 'Bearer upper-case-digest'}).status_code == 200
+    assert app.test_client().post('/probe/', headers={'Authorization': 'Bearer upper-case-digest'}).status_code == 200

@@ -1,27 +1,27 @@
 """The database layer: pooled connections always given back, session settings, recovery, migrations."""
-import shutil
+import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 
+import pgserver
 import psycopg2
 import pytest
+from psycopg2.extensions import parse_dsn
 
 import settings
-from lib.db.embedded import start_embedded
-from lib.db.migrate import migrate
-from tests.conftest import Caller, recreate_database, run_sql, scratch_folder
+from lib.db.migrate import MIGRATION_TABLE, migrate
+from tests.helpers import (PROBE_SQL, Caller, drop_database, migration_ids, recreate_database, run_sql,
+                           throwaway_postgres)
 
 # One of each path through the pool: success, validation error, 404, SQL errors, a crash, a stream.
 MIXED_CALLS = [
-    ('/users/get', {'id': 1}), ('/users/get', {'id': 'x'}), ('/users/get', {'id': 10**12}),
+    ('/probe/things/get', {'id': 1}), ('/probe/things/get', {'id': 'x'}), ('/probe/things/get', {'id': 10**12}),
     ('/probe/sqlstate', {'case': 'unique'}), ('/probe/sqlstate', {'case': 'data'}),
-    ('/probe/sqlstate', {'case': 'syntax'}), ('/probe/crash', {}), ('/users/export', {}),
-    ('/probe/sqlstate', {'case': 'timeout'}), ('/accounts/withdraw', {'account_id': 1, 'amount': '1'}),
+    ('/probe/sqlstate', {'case': 'syntax'}), ('/probe/crash', {}), ('/probe/things/export', {}),
+    ('/probe/sqlstate', {'case': 'timeout'}), ('/probe/things/move', {'from_id': 10**12, 'to_id': 1, 'amount': 1}),
 ]
 
 
@@ -49,17 +49,17 @@ def test_a_stream_closed_before_it_is_read_gives_its_connection_back(make_app):
     app = make_app(DB_POOL_MAX=1, DB_POOL_TIMEOUT_MS=200)
     call = Caller(app.test_client())
     for _ in range(3):
-        response = call('/users/export', buffered=False)
+        response = call('/probe/things/export', buffered=False)
         response.close()
     assert app.extensions['dbapi'].pools['default'].gauges()['in_use'] == 0
-    assert call('/users/get', {'id': 1}).status_code in (200, 404)
+    assert call('/probe/things/get', {'id': 1}).status_code in (200, 404)
 
 
 def test_a_stream_read_halfway_gives_its_connection_back(make_app, database_url):
-    run_sql(database_url, "INSERT INTO users (email, name) SELECT 'half-' || g || '-' || %s || '@example.com', 'h' "
+    run_sql(database_url, "INSERT INTO probe.things (code) SELECT 'half-' || g || '-' || %s "
                           'FROM generate_series(1, 12000) g', (uuid.uuid4().hex,))
     app = make_app(DB_POOL_MAX=1, DB_POOL_TIMEOUT_MS=200)
-    response = Caller(app.test_client())('/users/export', buffered=False)
+    response = Caller(app.test_client())('/probe/things/export', buffered=False)
     next(iter(response.response))
     response.close()
     assert app.extensions['dbapi'].pools['default'].gauges()['in_use'] == 0
@@ -86,30 +86,27 @@ def test_statement_timeout_setting_is_enforced(make_app):
 def test_a_connection_killed_by_the_server_is_replaced_without_an_error(make_app, database_url):
     app = make_app(PROCESS_ID='killed-test', DB_POOL_MAX=1)
     call = Caller(app.test_client())
-    assert call('/users/get', {'id': 1}).status_code in (200, 404)
+    assert call('/probe/things/get', {'id': 1}).status_code in (200, 404)
     run_sql(database_url, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
                           'WHERE application_name = %s AND datname = current_database()', ('dbapi:killed-test',))
     time.sleep(0.2)
-    assert call('/users/get', {'id': 1}).status_code in (200, 404)
+    assert call('/probe/things/get', {'id': 1}).status_code in (200, 404)
     assert app.extensions['dbapi'].pools['default'].gauges()['discarded'] == 1
 
 
 @pytest.fixture()
 def private_server():
-    """A second embedded PostgreSQL of this test's own, to stop and start."""
-    import pgserver
-    from pgserver._commands import pg_ctl
-    data_dir = Path(tempfile.mkdtemp(prefix='restart-', dir=scratch_folder())) / 'pg'
-    dsn = start_embedded(data_dir, database='dbapi', stop_at_exit=False)
-    migrate(dsn)
-    server = pgserver.get_server(data_dir)
+    """A second embedded PostgreSQL of this test's own, to stop and start; stopped and deleted afterwards."""
+    with throwaway_postgres('restart-') as (dsn, data_dir):
+        migrate(dsn)
+        run_sql(dsn, PROBE_SQL.read_text())
+        socket_dir = parse_dsn(dsn)['host']
+        # pgserver runs the server as the data folder's owner when we are root (its documented pg_ctl wrapper).
+        user = data_dir.owner() if os.geteuid() == 0 else None
 
-    def control(action):
-        pg_ctl(['-w', '-o', '-h ""', '-o', f'-k {server.get_postmaster_info().socket_dir}', action],
-               pgdata=data_dir, user=server.system_user)
-    yield dsn, control
-    server.cleanup()
-    shutil.rmtree(data_dir.parent, ignore_errors=True)
+        def control(action):
+            pgserver.pg_ctl(['-w', '-o', '-h ""', '-o', f'-k {socket_dir}', action], pgdata=data_dir, user=user)
+        yield dsn, control
 
 
 @pytest.mark.slow
@@ -117,14 +114,14 @@ def test_service_recovers_by_itself_after_the_database_restarts(make_app, privat
     dsn, control = private_server
     app = make_app(DATABASES={'default': dsn}, DB_POOL_MAX=2, DB_CONNECT_TIMEOUT=2)
     call = Caller(app.test_client())
-    created = call('/users/create', {'email': 'restart@example.com', 'name': 'R'}).get_json()
+    created = call('/probe/things/create', {'code': 'restart'}).get_json()
     control('stop')
-    down = call('/users/get', {'id': created['id']})
+    down = call('/probe/things/get', {'id': created['id']})
     assert down.status_code == 503 and down.headers['Retry-After'] == '1'
     assert app.test_client().get('/readyz').status_code == 503
     control('start')
     for _ in range(3):
-        assert call('/users/get', {'id': created['id']}).get_json() == created
+        assert call('/probe/things/get', {'id': created['id']}).get_json() == created
     assert app.test_client().get('/readyz').status_code == 200
 
 
@@ -133,28 +130,34 @@ def test_a_restart_between_requests_costs_no_error(make_app, private_server):
     dsn, control = private_server
     app = make_app(DATABASES={'default': dsn}, DB_POOL_MAX=2)
     call = Caller(app.test_client())
-    assert call('/users/get', {'id': 1}).status_code in (200, 404)
+    assert call('/probe/things/get', {'id': 1}).status_code in (200, 404)
     control('restart')
-    assert call('/users/get', {'id': 1}).status_code in (200, 404)
+    assert call('/probe/things/get', {'id': 1}).status_code in (200, 404)
 
 
-def test_migrations_apply_once(database_url):
+def test_migrations_apply_once(database_url, call):
     assert migrate(database_url) == []
-    applied = run_sql(database_url, 'SELECT migration_id FROM _yoyo_migration ORDER BY migration_id')
-    assert [row[0] for row in applied] == ['0001_users', '0002_accounts', '0003_example_people']
+    assert call('/probe/migrations').get_json() == migration_ids()
+
+
+@pytest.fixture()
+def fresh_database(database_url):
+    """An empty database of this test's own on the test server, dropped afterwards."""
+    name = f'dbapi_migrate_race_{uuid.uuid4().hex[:8]}'
+    yield recreate_database(database_url, name)
+    drop_database(database_url, name)
 
 
 @pytest.mark.slow
-def test_replicas_migrating_together_apply_each_migration_once(database_url):
-    server = run_sql(database_url, 'SELECT 1') and database_url
-    fresh = recreate_database(server, f'dbapi_migrate_race_{uuid.uuid4().hex[:8]}')
+def test_replicas_migrating_together_apply_each_migration_once(fresh_database):
+    fresh = fresh_database
     code = 'import sys; from lib.db.migrate import migrate; print(len(migrate(sys.argv[1])))'
     replicas = [subprocess.Popen([sys.executable, '-c', code, fresh], cwd=settings.BASE_DIR, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
     results = [replica.communicate(timeout=120) for replica in replicas]
     assert [replica.returncode for replica in replicas] == [0] * 4, results
-    assert sorted(int(out.strip().splitlines()[-1]) for out, _ in results) == [0, 0, 0, 3]
-    assert run_sql(fresh, 'SELECT count(*) FROM _yoyo_migration') == [(3,)]
+    assert sorted(int(out.strip().splitlines()[-1]) for out, _ in results) == [0, 0, 0, len(migration_ids())]
+    assert run_sql(fresh, f'SELECT count(*) FROM {MIGRATION_TABLE}') == [(len(migration_ids()),)]
     psycopg2.connect(fresh).close()
 
 
@@ -167,7 +170,7 @@ def test_pool_waits_for_a_free_connection_within_its_timeout(make_app):
     holder = threading.Thread(target=hold)
     holder.start()
     time.sleep(0.1)
-    assert Caller(app.test_client())('/users/get', {'id': 1}).status_code in (200, 404)
+    assert Caller(app.test_client())('/probe/things/get', {'id': 1}).status_code in (200, 404)
     holder.join()
     assert results == [200]
 
@@ -177,7 +180,7 @@ def test_a_stream_closed_early_gives_its_connection_back_compressed_or_not(make_
     app = make_app(DB_POOL_MAX=1, DB_POOL_TIMEOUT_MS=200)
     call = Caller(app.test_client())
     for _ in range(2):
-        response = call('/users/export', buffered=False, headers={'Accept-Encoding': encoding})
+        response = call('/probe/things/export', buffered=False, headers={'Accept-Encoding': encoding})
         assert (response.headers.get('Content-Encoding') == 'br') == (encoding == 'br')
         next(iter(response.response))
         response.close()

@@ -3,21 +3,7 @@ import threading
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, run_sql
-
-PROBLEM_KEYS = {'type', 'title', 'status', 'detail', 'request_id'}
-
-
-def assert_problem(response, status):
-    """Assert response is a problem+json document with status; return its body."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == 'application/problem+json'
-    body = response.get_json()
-    assert PROBLEM_KEYS <= body.keys()
-    assert body['type'] == 'about:blank' and body['status'] == status and body['title']
-    assert body['request_id'] == response.headers['X-Request-ID']
-    return body
-
+from tests.helpers import ADMIN_TOKEN, UNREACHABLE_DSN, assert_problem, run_sql
 
 def test_invalid_json_is_400(client):
     response = client.post('/probe/echo', data=b'{"a": ', headers={'Authorization': f'Bearer {ADMIN_TOKEN}',
@@ -48,7 +34,7 @@ def test_wrong_content_type_is_415(client):
 
 
 def test_schema_validation_is_422_with_the_field_map(call):
-    body = assert_problem(call('/users/create', {'email': 'not-an-email'}), 422)
+    body = assert_problem(call('/probe/register', {'email': 'not-an-email'}), 422)
     assert body['detail'] == 'The request body failed validation.'
     assert body['errors'] == {'email': ['Not a valid email address.'], 'name': ['Missing data for required field.']}
 
@@ -110,8 +96,8 @@ def test_serialization_failure_is_retried_until_it_succeeds(call, database_url):
 
 
 def test_database_down_is_503_with_retry_after(make_app):
-    client = make_app(DATABASES={'default': 'host=127.0.0.1 port=1 dbname=x user=x connect_timeout=2'}).test_client()
-    response = client.post('/users/get', json={'id': 1}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
+    client = make_app(DATABASES={'default': UNREACHABLE_DSN}).test_client()
+    response = client.post('/probe/things/get', json={'id': 1}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
     body = assert_problem(response, 503)
     assert response.headers['Retry-After'] == '1'
     assert '127.0.0.1' not in body['detail'] and 'port' not in body['detail']
@@ -125,7 +111,7 @@ def test_no_connection_free_in_time_is_503(make_app):
     holder.start()
     try:
         threading.Event().wait(0.4)
-        response = app.test_client().post('/users/get', json={'id': 1}, headers=headers)
+        response = app.test_client().post('/probe/things/get', json={'id': 1}, headers=headers)
         assert_problem(response, 503)
         assert response.headers['Retry-After'] == '1'
     finally:

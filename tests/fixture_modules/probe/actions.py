@@ -2,11 +2,13 @@
 import math
 import os
 
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
+from psycopg2 import sql
 
-from lib.db import DEFAULT
+from lib.db import DEFAULT, Db
+from lib.db.migrate import MIGRATION_TABLE
 from lib.decorators import inject_conn, inject_db, use_schema
-from lib.errors import ApiError, Conflict, NotFound
+from lib.errors import ApiError, Conflict, NotFound, Unprocessable
 
 # Each case runs real SQL that makes PostgreSQL raise that SQLSTATE.
 SQLSTATE_CASES = {
@@ -190,3 +192,84 @@ def generated(conn):
                 cursor.execute('SELECT %s AS n', (number,))
                 yield cursor.fetchone()
     return rows()
+
+
+class Registration(Schema):
+    """An email and a name, both required."""
+
+    email = fields.Email(required=True)
+    name = fields.String(required=True)
+
+
+@use_schema(Registration)
+def register(email, name):
+    """Return a body validated by a schema with an email field."""
+    return {'email': email, 'name': name}
+
+
+class NewThing(Schema):
+    """A thing to insert: a unique code and a quantity."""
+
+    code = fields.String(required=True)
+    quantity = fields.Integer(load_default=0, strict=True)
+
+
+@use_schema(NewThing)
+@inject_db(DEFAULT)
+def create_thing(db, code, quantity):
+    """Insert a thing; a taken code is a 409 from PostgreSQL's unique constraint."""
+    return db.insert('probe.things', {'code': code, 'quantity': quantity}), 201
+
+
+class ThingId(Schema):
+    """The id of a thing."""
+
+    id = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+
+
+@use_schema(ThingId)
+@inject_db(DEFAULT)
+def get_thing(db, id):
+    """Return one thing, or 404."""
+    row = db.fetch_one('SELECT * FROM probe.things WHERE id = %(id)s', {'id': id})
+    if row is None:
+        raise NotFound(f'No thing has id {id}.')
+    return row
+
+
+@inject_conn(DEFAULT)
+def export_things(conn):
+    """Stream every thing as one JSON array from a server-side cursor."""
+    return Db(conn).stream_json('SELECT id, code, label, quantity FROM probe.things ORDER BY id')
+
+
+class Move(Schema):
+    """A quantity to move from one thing to another."""
+
+    from_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    to_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    amount = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+
+
+MOVE_SQL = 'UPDATE probe.things SET quantity = quantity + %(change)s WHERE id = %(id)s RETURNING id, quantity'
+
+
+@use_schema(Move)
+@inject_db(DEFAULT)
+def move(db, from_id, to_id, amount):
+    """Move quantity between two things in one transaction, rows locked in id order; a shortfall is a 422."""
+    if from_id == to_id:
+        raise Unprocessable('A thing cannot give to itself.')
+    locked = db.fetch_all('SELECT id FROM probe.things WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE',
+                          {'ids': [from_id, to_id]})
+    if len(locked) != 2:
+        raise NotFound('No such thing.')
+    source = db.fetch_one(MOVE_SQL, {'change': -amount, 'id': from_id})
+    return {'from': source, 'to': db.fetch_one(MOVE_SQL, {'change': amount, 'id': to_id})}
+
+
+@inject_db(DEFAULT)
+def migrations(db):
+    """Return the ids of the migrations applied to the database, in order."""
+    query = sql.SQL('SELECT migration_id FROM {} ORDER BY migration_id').format(sql.Identifier(MIGRATION_TABLE))
+    return [row['migration_id'] for row in db.fetch_all(query)]

@@ -1,5 +1,6 @@
-from .actions import (add, crash, echo, fail_with, flaky, generated, greet, hold, items, missing, pid, probe_values,
-                      python_values, raw_rows, sized, sqlstate, with_status)
+from .actions import (add, crash, create_thing, echo, export_things, fail_with, flaky, generated, get_thing, greet, hold,
+                      items, migrations, missing, move, pid, probe_values, python_values, raw_rows, register, sized,
+                      sqlstate, with_status)
 
 routes = [
     dict(route='', action=echo),
@@ -21,4 +22,10 @@ routes = [
     dict(route='raw-rows', action=raw_rows),
     dict(route='reports/daily', action=echo),
     dict(route='generated', action=generated),
+    dict(route='register', action=register),
+    dict(route='things/create', action=create_thing),
+    dict(route='things/get', action=get_thing),
+    dict(route='things/export', action=export_things),
+    dict(route='things/move', action=move),
+    dict(route='migrations', action=migrations),
 ]

@@ -1,0 +1,359 @@
+"""What the tests share: tokens, test apps and callers, SQL, the routes a test app mounts, waiting, HTTP to
+servers on 127.0.0.1, and the servers the tests start (each one stopped again, whichever tests run).
+
+Test files import from here (and take fixtures from conftest.py), never from one another.
+"""
+import contextlib
+import functools
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import psycopg2
+import pytest
+from psycopg2 import sql
+from yoyo import read_migrations
+
+import settings
+from lib.db.embedded import start_embedded
+from lib.db.migrate import MIGRATIONS_DIR
+from ops import pgbouncer
+from ops.ports import free_ports as consecutive_free_ports
+from ops.render import program
+from ops.stack import Child
+
+ADMIN_TOKEN = 'admin-token-0123456789'
+SINGLE_BEARER = 'single-bearer-token-7'
+# A client limited to one test module: its calls anywhere else are a 403.
+SCOPED_TOKEN = 'probe-only-token-42'
+SCOPED_CLIENT = 'probe-reader'
+SCOPED_MODULE = 'probe'
+BEARER_TOKENS = {
+    'admin': {'token': ADMIN_TOKEN},
+    SCOPED_CLIENT: {'sha256': hashlib.sha256(SCOPED_TOKEN.encode()).hexdigest(), 'modules': [SCOPED_MODULE]},
+}
+# The shipped modules and the test-only ones (tests/fixture_modules: probe, sealed).
+MODULE_PACKAGES = ['modules', 'tests.fixture_modules']
+PROBE_SQL = settings.BASE_DIR / 'tests' / 'fixture_modules' / 'probe' / 'setup.sql'
+# Refuses connections at once: for apps that must never reach a database.
+UNREACHABLE_DSN = 'host=127.0.0.1 port=1 dbname=x user=x connect_timeout=2'
+
+
+def app_config(database_url, **overrides):
+    """Return create_app overrides for a test app on database_url."""
+    config = dict(DATABASES={'default': database_url}, BEARER=SINGLE_BEARER, BEARER_TOKENS=json.dumps(BEARER_TOKENS),
+                  BEARER_TOKENS_FILE=None, MODULE_PACKAGES=MODULE_PACKAGES, TESTING=True)
+    config.update(overrides)
+    return config
+
+
+class Caller:
+    """A test client that POSTs JSON with a bearer token."""
+
+    def __init__(self, client, token=ADMIN_TOKEN):
+        self.client = client
+        self.token = token
+
+    def __call__(self, path, body=None, token=None, **kwargs):
+        """POST body as JSON to path and return the response."""
+        headers = kwargs.pop('headers', {})
+        # Buffered: the whole body is read and the response closed, as a WSGI server would.
+        kwargs.setdefault('buffered', True)
+        token = self.token if token is None else token
+        if token:
+            headers.setdefault('Authorization', f'Bearer {token}')
+        return self.client.post(path, json={} if body is None else body, headers=headers, **kwargs)
+
+
+PROBLEM_KEYS = {'type', 'title', 'status', 'detail', 'request_id'}
+
+
+def assert_problem(response, status):
+    """Assert a test client's response is a problem+json document with status; return its body."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == 'application/problem+json'
+    body = response.get_json()
+    assert PROBLEM_KEYS <= body.keys()
+    assert body['type'] == 'about:blank' and body['status'] == status and body['title']
+    assert body['request_id'] == response.headers['X-Request-ID']
+    return body
+
+
+@functools.cache
+def collection_app():
+    """Return a test app with every module of the tests mounted and no database, built once per session."""
+    from app import create_app
+    return create_app(app_config(UNREACHABLE_DSN))
+
+
+def mounted_routes():
+    """Return the Route of every action a test app mounts: known at collection time, so tests parametrised
+    with them cover a module added later without anyone editing them."""
+    return list(collection_app().extensions['dbapi'].routes)
+
+
+def route_id(route):
+    """Name a route as its URL does: 'users/get', 'example/' for a module's root."""
+    return f'{route.module}/{route.name}'
+
+
+def mounted_paths():
+    """Return every URL rule a module mounted (a root action has two: with and without the slash)."""
+    return sorted(rule.rule for rule in collection_app().url_map.iter_rules() if 'POST' in rule.methods)
+
+
+def migration_ids():
+    """Return the ids of the project's migrations, in the order they apply."""
+    return [migration.id for migration in read_migrations(str(MIGRATIONS_DIR))]
+
+
+# SQL
+
+
+def run_sql(dsn, text, params=None):
+    """Run SQL on dsn in autocommit and return all rows (or None)."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(text, params)
+            return cursor.fetchall() if cursor.description else None
+    finally:
+        conn.close()
+
+
+def drop_database(server_dsn, name):
+    """Drop database name on the server, if it exists, closing its connections."""
+    run_sql(server_dsn, sql.SQL('DROP DATABASE IF EXISTS {} WITH (FORCE)').format(sql.Identifier(name)))
+
+
+def recreate_database(server_dsn, name):
+    """Drop and create database name on the server; return its DSN."""
+    drop_database(server_dsn, name)
+    run_sql(server_dsn, sql.SQL('CREATE DATABASE {}').format(sql.Identifier(name)))
+    return psycopg2.extensions.make_dsn(server_dsn, dbname=name)
+
+
+# Waiting and HTTP
+
+
+def wait_for(condition, timeout, message, interval=0.1, on_timeout=None):
+    """Poll condition until it returns something true, and return that; fail the test after timeout seconds,
+    adding what on_timeout() says to the message."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    details = f': {on_timeout()}' if on_timeout else ''
+    pytest.fail(f'{message} (after {timeout} s){details}')
+
+
+def free_ports(count):
+    """Return the first of count consecutive free loopback ports."""
+    return consecutive_free_ports(count)[0]
+
+
+def free_port():
+    """Return a TCP port on 127.0.0.1 that nothing listens on now."""
+    return free_ports(1)
+
+
+def port_open(port):
+    """Tell whether something accepts TCP connections on 127.0.0.1:port."""
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(('127.0.0.1', port)) == 0
+
+
+@dataclass
+class Reply:
+    """One HTTP answer."""
+
+    status: int
+    headers: object
+    body: bytes
+
+    def json(self):
+        """Return the body decoded as JSON."""
+        return json.loads(self.body)
+
+
+def http_request(port, method, path, body=b'', headers=None, timeout=30):
+    """Send one request to 127.0.0.1:port on a fresh connection and return the Reply."""
+    connection = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return Reply(response.status, response.headers, response.read())
+    finally:
+        connection.close()
+
+
+def post(port, path, body=None, token=ADMIN_TOKEN, headers=None, raw=None):
+    """POST body as JSON (or raw bytes) with a bearer token to 127.0.0.1:port."""
+    headers = {'Content-Type': 'application/json', 'Authorization': f'Bearer {token}', **(headers or {})}
+    payload = raw if raw is not None else json.dumps({} if body is None else body).encode()
+    return http_request(port, 'POST', path, payload, headers)
+
+
+def wait_until_healthy(base, process, seconds=30):
+    """Poll base's /healthz (base is http://127.0.0.1:PORT) until it answers 200; fail if process exits first."""
+    port = int(base.rsplit(':', 1)[1])
+
+    def healthy():
+        assert process.poll() is None, 'the server exited while starting'
+        try:
+            return http_request(port, 'GET', '/healthz', timeout=1).status == 200
+        except OSError:
+            return False
+    wait_for(healthy, seconds, 'the server did not become healthy', interval=0.2)
+
+
+# Servers the tests start
+
+
+def server_environment(**extra):
+    """Return the environment of a server process started by a test."""
+    return {**os.environ, 'ENVIRONMENT': 'test', 'BEARER_TOKENS': json.dumps(BEARER_TOKENS),
+            'MODULE_PACKAGES': ','.join(MODULE_PACKAGES), 'LOG_LEVEL': 'WARNING', **extra}
+
+
+@contextlib.contextmanager
+def running_gunicorn(database_url, **extra):
+    """Run a real gunicorn with gunicorn.conf.py and three workers on a free loopback port; yield the port."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'app:create_app()'], cwd=settings.BASE_DIR,
+        env=server_environment(PORT=str(port), WEB_CONCURRENCY='3', DATABASE_URL=database_url, **extra),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_healthy(f'http://127.0.0.1:{port}', process)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def require_programs(*names):
+    """Skip unless the system programs exist (`make test` installs them through `make tools`)."""
+    for name in names:
+        try:
+            program(name)
+        except FileNotFoundError as exc:
+            pytest.skip(str(exc))
+
+
+@contextlib.contextmanager
+def shared_run_dir(prefix):
+    """Yield a fresh directory that nginx's and pgbouncer's unprivileged users can reach, unlike pytest's."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as run_dir:
+        os.chmod(run_dir, 0o711)
+        yield Path(run_dir)
+
+
+@contextlib.contextmanager
+def running_pgbouncer(server_dsn):
+    """Run pgbouncer in transaction mode in front of server_dsn for the block; yield the DSN through it."""
+    require_programs('pgbouncer')
+    port = free_port()
+    with shared_run_dir('dbapi-pgbouncer-test-') as run_dir:
+        argv, bouncer_dsn, user = pgbouncer.write_config(run_dir / 'pgbouncer', server_dsn, port,
+                                                         settings.DB_STATEMENT_TIMEOUT_MS)
+        bouncer = Child('pgbouncer', argv, dict(os.environ), signal.SIGINT, user=user).start()
+        try:
+            wait_for(lambda: bouncer.exit_code() is not None or port_open(port), 15, 'pgbouncer did not start')
+            assert bouncer.exit_code() is None, 'pgbouncer exited at start'
+            yield bouncer_dsn
+        finally:
+            bouncer.stop()
+
+
+def show_pgbouncer(dsn, command):
+    """Run a SHOW command on pgbouncer's admin console; return rows as dicts."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True  # the console has no transactions
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(command)
+            columns = [column.name for column in cursor.description]
+            return [dict(zip(columns, row)) for row in cursor.fetchall()]
+    finally:
+        conn.close()
+
+
+def scratch_folder():
+    """Return .data/, where throwaway embedded servers live (git ignores it; not under pytest's basetemp,
+    which a concurrent pytest session resets to mode 0700, locking out the server's unprivileged user)."""
+    folder = settings.BASE_DIR / '.data'
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+# Data folders of the PostgreSQL servers this test session started itself; conftest stops any still running
+# when the session ends, so a test that failed half-way leaves no server behind.
+THROWAWAY_DATA_DIRS = []
+
+
+def new_data_dir(prefix):
+    """Return a fresh data folder path for a throwaway PostgreSQL, remembered for the session's cleanup."""
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_folder())) / 'pg'
+    THROWAWAY_DATA_DIRS.append(data_dir)
+    return data_dir
+
+
+def postgres_processes(data_dir):
+    """Return the running postmasters of data_dir: the one its postmaster.pid names, and any whose command
+    line names the folder (so one whose folder is already gone is found too)."""
+    found = {}
+    with contextlib.suppress(OSError, ValueError, IndexError, psutil.Error):
+        named = psutil.Process(int((data_dir / 'postmaster.pid').read_text().split()[0]))
+        if named.name() == 'postgres':  # not a stale file whose pid now belongs to another program
+            found[named.pid] = named
+    for process in psutil.process_iter(['cmdline']):
+        if str(data_dir) in (process.info['cmdline'] or []):
+            found[process.pid] = process
+    return [process for process in found.values() if process.is_running()]
+
+
+def stop_postgres(data_dir, timeout=30):
+    """Stop every PostgreSQL serving data_dir (SIGINT, PostgreSQL's fast shutdown); kill what outlives timeout."""
+    servers = postgres_processes(data_dir)
+    for server in servers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            server.send_signal(signal.SIGINT)
+    _, alive = psutil.wait_procs(servers, timeout)
+    for server in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            server.kill()
+
+
+def discard_data_dir(data_dir):
+    """Stop the servers of a throwaway data folder, then delete it."""
+    stop_postgres(data_dir)
+    shutil.rmtree(data_dir.parent, ignore_errors=True)
+    if data_dir in THROWAWAY_DATA_DIRS:
+        THROWAWAY_DATA_DIRS.remove(data_dir)
+
+
+@contextlib.contextmanager
+def throwaway_postgres(prefix, database='dbapi'):
+    """Run an embedded PostgreSQL of the caller's own for the block; yield (dsn, data_dir). It is stopped and
+    its folder deleted afterwards, whatever the block did to it."""
+    data_dir = new_data_dir(prefix)
+    try:
+        yield start_embedded(data_dir, database=database, stop_at_exit=False), data_dir
+    finally:
+        discard_data_dir(data_dir)
