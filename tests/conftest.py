@@ -9,11 +9,10 @@ os.environ['ENVIRONMENT'] = 'test'  # before settings is imported anywhere
 import pytest  # noqa: E402
 
 import settings  # noqa: E402
-from app import create_app  # noqa: E402
 from lib.db.embedded import start_embedded  # noqa: E402
 from lib.db.migrate import migrate  # noqa: E402
 from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, PROBE_SQL, SCOPED_TOKEN, SINGLE_BEARER,  # noqa: E402,F401
-                           THROWAWAY_DATA_DIRS, Caller, app_config, discard_data_dir, drop_database,
+                           THROWAWAY_DATA_DIRS, Caller, app_config, app_factory, discard_data_dir, drop_database,
                            recreate_database, run_sql, scratch_folder)
 
 # The name tests/test_logging.py still imports; the token now limits its client to the probe module.
@@ -47,16 +46,8 @@ def database_url():
 @pytest.fixture(scope='session')
 def make_app(database_url):
     """A factory of apps on the test database; keyword arguments override the config."""
-    apps = []
-
-    def factory(**overrides):
-        app = create_app(app_config(database_url, **overrides))
-        apps.append(app)
-        return app
-    yield factory
-    for app in apps:
-        for pool in app.extensions['dbapi'].pools.values():
-            pool.close()
+    with app_factory(database_url) as factory:
+        yield factory
 
 
 @pytest.fixture(scope='session')

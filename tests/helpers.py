@@ -46,6 +46,10 @@ BEARER_TOKENS = {
 # The shipped modules and the test-only ones (tests/fixture_modules: probe, sealed).
 MODULE_PACKAGES = ['modules', 'tests.fixture_modules']
 PROBE_SQL = settings.BASE_DIR / 'tests' / 'fixture_modules' / 'probe' / 'setup.sql'
+# Strings JSON must escape or keep as they are: quotes, backslashes, the control characters COPY and
+# JSON escape differently, tabs and newlines, non-ASCII, a literal \u0000 and \N, % and the empty string.
+TRICKY_TEXTS = ['plain', 'say "hi"', 'back\\slash', 'vertical\x0btab', 'raw\x01\x1f\x7f', 'tab\there',
+                'new\nline\r', 'bs\b ff\f', 'é ünï 😀 \u2028', 'literal \\u0000 here', '\\N', '', '%s %(x)s 100%']
 # Refuses connections at once: for apps that must never reach a database.
 UNREACHABLE_DSN = 'host=127.0.0.1 port=1 dbname=x user=x connect_timeout=2'
 
@@ -56,6 +60,24 @@ def app_config(database_url, **overrides):
                   BEARER_TOKENS_FILE=None, MODULE_PACKAGES=MODULE_PACKAGES, TESTING=True)
     config.update(overrides)
     return config
+
+
+@contextlib.contextmanager
+def app_factory(database_url):
+    """Yield a function that builds test apps on database_url (its keyword arguments override the config);
+    the pools of every app it built are closed after the block."""
+    from app import create_app
+    apps = []
+
+    def factory(**overrides):
+        apps.append(create_app(app_config(database_url, **overrides)))
+        return apps[-1]
+    try:
+        yield factory
+    finally:
+        for app in apps:
+            for pool in app.extensions['dbapi'].pools.values():
+                pool.close()
 
 
 class Caller:
@@ -279,6 +301,16 @@ def running_pgbouncer(server_dsn):
             yield bouncer_dsn
         finally:
             bouncer.stop()
+
+
+@contextlib.contextmanager
+def database_via(route, server_dsn):
+    """Yield the DSN of server_dsn's database reached via route: 'direct' (server_dsn itself) or 'pgbouncer'."""
+    if route == 'direct':
+        yield server_dsn
+    else:
+        with running_pgbouncer(server_dsn) as bouncer_dsn:
+            yield bouncer_dsn
 
 
 def show_pgbouncer(dsn, command):

@@ -1,4 +1,4 @@
-"""Db.stream_json and users/export: the same bytes as Db.stream through dumps_bytes, and a healthy pool after."""
+"""Db.stream_json and a streamed export: the same bytes as Db.stream through dumps_bytes, and a healthy pool after."""
 import json
 import threading
 import time
@@ -10,12 +10,8 @@ import pytest
 
 from lib.db import Db, connection
 from lib.jsonenc import json_array_chunks
-from tests.conftest import Caller, run_sql
+from tests.helpers import TRICKY_TEXTS, Caller, run_sql
 
-# Strings JSON must escape or keep as they are: quotes, backslashes, the control characters COPY and
-# JSON escape differently, tabs and newlines, non-ASCII, a literal \u0000 and \N, % and the empty string.
-TRICKY_TEXTS = ['plain', 'say "hi"', 'back\\slash', 'vertical\x0btab', 'raw\x01\x1f\x7f', 'tab\there',
-                'new\nline\r', 'bs\b ff\f', 'é ünï 😀 \u2028', 'literal \\u0000 here', '\\N', '', '%s %(x)s 100%']
 # Fractions with trailing zeros, whole seconds, years before 1000, infinities.
 TRICKY_STAMPS = ['2026-11-21 20:54:17.123456+00', '2026-11-21 20:54:17.12+00', '2026-11-21 20:54:17.1+00',
                  '2026-11-21 20:54:17+00', '2026-11-21 20:54:00+00', '2000-01-01 00:00:00.000001+00',
@@ -95,13 +91,13 @@ def test_repeated_and_odd_column_names_behave_like_a_dict_per_row(conn):
 
 
 def test_no_rows_and_no_columns(conn):
-    assert both_ways(conn, 'SELECT id, email FROM users WHERE false') == (b'[]', b'[]')
+    assert both_ways(conn, 'SELECT id, code FROM probe.things WHERE false') == (b'[]', b'[]')
     assert both_ways(conn, 'SELECT FROM generate_series(1, 4)') == (b'[{},{},{},{}]',) * 2
 
 
 def test_a_query_error_is_raised_before_the_stream_starts(conn):
     with pytest.raises(psycopg2.errors.UndefinedColumn):
-        Db(conn).stream_json('SELECT missing FROM users')
+        Db(conn).stream_json('SELECT missing FROM probe.things')
 
 
 # A text that takes seconds to compute.
@@ -146,38 +142,24 @@ def test_closing_early_cancels_the_fetch_running_ahead(app):
     assert pool.gauges()['in_use'] == 0
 
 
-def add_users(database_url, count, name="x"):
-    """Insert count users with unique emails."""
-    run_sql(database_url, 'INSERT INTO users (email, name) SELECT %s || g || \'@example.com\', %s '
-                          'FROM generate_series(1, %s) g', (f'bulk-{uuid.uuid4().hex}-', name, count))
-
-
-def test_users_export_writes_each_user_as_users_get_does(call, database_url):
-    ids = [call('/users/create', {'email': f'tricky-{uuid.uuid4().hex}@example.com', 'name': name}).get_json()['id']
-           for name in TRICKY_TEXTS if name]
-    run_sql(database_url, "UPDATE users SET created_at = '2026-11-21 20:54:17+00', "
-                          "updated_at = '2026-11-21 20:54:17.12+00' WHERE id = ANY(%s)", (ids[:3],))
-    response = call('/users/export', buffered=False)
-    exported = response.get_data()
-    response.close()
-    users = json.loads(exported)
-    assert [user['id'] for user in users] == sorted(user['id'] for user in users)
-    for user_id in ids:
-        assert call('/users/get', {'id': user_id}).get_data() in exported
+def add_things(database_url, count):
+    """Insert count things with unique codes."""
+    run_sql(database_url, 'INSERT INTO probe.things (code) SELECT %s || g FROM generate_series(1, %s) g',
+            (f'bulk-{uuid.uuid4().hex}-', count))
 
 
 def test_a_client_leaving_midway_leaves_a_healthy_pool(make_app, database_url):
-    add_users(database_url, 7000)
+    add_things(database_url, 7000)
     app = make_app(DB_POOL_MAX=1, DB_POOL_TIMEOUT_MS=500)
     call = Caller(app.test_client())
     for _ in range(3):
-        response = call('/users/export', buffered=False)
+        response = call('/probe/things/export', buffered=False)
         chunks = iter(response.response)
         next(chunks), next(chunks)
         response.close()
         assert prefetch_threads() == [] and app.extensions['dbapi'].pools['default'].gauges()['in_use'] == 0
-    assert call('/users/get', {'id': 1}).status_code in (200, 404)
-    assert json.loads(call('/users/export').get_data())
+    assert call('/probe/things/get', {'id': 1}).status_code in (200, 404)
+    assert json.loads(call('/probe/things/export').get_data())
 
 
 def test_timestamps_come_out_in_utc_whatever_the_session_time_zone(conn):

@@ -1,4 +1,5 @@
-"""CONTRACT section 8: the example, users and accounts modules."""
+"""CONTRACT section 8: the example, users and accounts modules, run twice: on the test database directly, and
+through a real pgbouncer in transaction mode (the native one `make stack STACK_PGBOUNCER=1` runs)."""
 import datetime
 import decimal
 import itertools
@@ -9,7 +10,27 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import Caller, run_sql
+from tests.helpers import TRICKY_TEXTS, Caller, app_factory, database_via, run_sql
+
+
+@pytest.fixture(scope='module', params=['direct', pytest.param('pgbouncer', marks=pytest.mark.slow)])
+def database_url(request, database_url):
+    """The test database, reached directly or through pgbouncer: the DSN every app of these tests uses."""
+    with database_via(request.param, database_url) as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope='module')
+def make_app(database_url):
+    """A factory of apps on this module's database_url."""
+    with app_factory(database_url) as factory:
+        yield factory
+
+
+@pytest.fixture(scope='module')
+def app(make_app):
+    """The app the call and client fixtures use here."""
+    return make_app()
 
 
 def unique_email(tag='user'):
@@ -242,3 +263,17 @@ def test_accounts_concurrent_transfers_conserve_money(make_app, database_url):
     assert set(statuses) <= {200, 422} and statuses.count(200) > len(pairs) // 2
     total = run_sql(database_url, 'SELECT sum(balance), min(balance) FROM accounts WHERE id = ANY(%s)', (accounts,))[0]
     assert total[0] == decimal.Decimal('400.00') and total[1] >= 0
+
+
+def test_users_export_writes_each_user_as_users_get_does(call, database_url):
+    ids = [call('/users/create', {'email': f'tricky-{uuid.uuid4().hex}@example.com', 'name': name}).get_json()['id']
+           for name in TRICKY_TEXTS if name]
+    run_sql(database_url, "UPDATE users SET created_at = '2026-11-21 20:54:17+00', "
+                          "updated_at = '2026-11-21 20:54:17.12+00' WHERE id = ANY(%s)", (ids[:3],))
+    response = call('/users/export', buffered=False)
+    exported = response.get_data()
+    response.close()
+    users = json.loads(exported)
+    assert [user['id'] for user in users] == sorted(user['id'] for user in users)
+    for user_id in ids:
+        assert call('/users/get', {'id': user_id}).get_data() in exported

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import run_sql
+from tests.helpers import port_open, run_sql, wait_for
 
-from .conftest import port_open, running_stack, wait_for, worker_group
+from .helpers import running_stack, worker_group
 
 pytestmark = pytest.mark.slow
 
@@ -36,37 +36,35 @@ def stack(tmp_path_factory, topology_database_url):
 
 @dataclass
 class Attempt:
-    """One POST of the load: its unique email and request id, when it ran and how it ended."""
+    """One POST of the load: its unique code (its request id too), when it ran and how it ended."""
 
-    email: str
-    request_id: str
+    code: str
     started: float
     ended: float
     status: int | str
 
 
 class Load:
-    """Threads that create users with unique emails through nginx until told to stop."""
+    """Threads that create things with unique codes through nginx until told to stop."""
 
     def __init__(self, stack, run_id):
         self.stack, self.run_id = stack, run_id
         self.attempts = []
         self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self.create_users, args=(index,)) for index in range(LOAD_THREADS)]
+        self.threads = [threading.Thread(target=self.create_things, args=(index,)) for index in range(LOAD_THREADS)]
 
-    def create_users(self, thread_index):
-        """POST users/create in a loop, recording every attempt."""
+    def create_things(self, thread_index):
+        """POST probe/things/create in a loop, recording every attempt."""
         for number in range(MAX_REQUESTS_PER_THREAD):
             if self.stopping.is_set():
                 return
             name = f'{self.run_id}-{thread_index}-{number}'
             started = time.monotonic()
             try:
-                status = self.stack.post('/users/create', {'email': f'{name}@load.test', 'name': 'Load'},
-                                         headers={'X-Request-ID': name}).status
+                status = self.stack.post('/probe/things/create', {'code': name}, headers={'X-Request-ID': name}).status
             except (http.client.HTTPException, OSError):
                 status = CUT_SHORT
-            self.attempts.append(Attempt(f'{name}@load.test', name, started, time.monotonic(), status))
+            self.attempts.append(Attempt(name, started, time.monotonic(), status))
 
     def __enter__(self):
         for thread in self.threads:
@@ -108,7 +106,7 @@ def test_a_replica_killed_under_load_fails_only_requests_it_had_received(stack, 
         time.sleep(LOAD_AFTER_KILL_SECONDS)
     attempts = load.attempts
     statuses = {attempt.status for attempt in attempts}
-    # A POST run twice would meet its own unique email: a 409. Only the replica's in-flight requests fail.
+    # A POST run twice would meet its own unique code: a 409. Only the replica's in-flight requests fail.
     assert statuses <= {201, *FAILURES}, statuses
     failed = [attempt for attempt in attempts if attempt.status in FAILURES]
     assert all(attempt.started < gone_at and attempt.ended > killed_at for attempt in failed), failed
@@ -120,10 +118,10 @@ def test_a_replica_killed_under_load_fails_only_requests_it_had_received(stack, 
 
 def assert_each_post_ran_at_most_once(stack, database_url, run_id, attempts):
     """Count rows against answers, and check in nginx's log that no request was sent to two replicas."""
-    rows = {email for (email,) in run_sql(database_url, 'SELECT email FROM users WHERE email LIKE %s',
-                                          (f'{run_id}-%',))}
-    succeeded = {attempt.email for attempt in attempts if attempt.status == 201}
-    failed = {attempt.email for attempt in attempts if attempt.status in FAILURES}
+    rows = {code for (code,) in run_sql(database_url, 'SELECT code FROM probe.things WHERE code LIKE %s',
+                                        (f'{run_id}-%',))}
+    succeeded = {attempt.code for attempt in attempts if attempt.status == 201}
+    failed = {attempt.code for attempt in attempts if attempt.status in FAILURES}
     assert succeeded <= rows <= succeeded | failed
     def lines_of_this_run():
         return [line for line in stack.access_log() if line['http.request.id'].startswith(run_id)]
@@ -148,7 +146,7 @@ def assert_each_post_ran_at_most_once(stack, database_url, run_id, attempts):
 def missing_lines(attempts, lines):
     """Describe the answered requests that nginx's log lacks, for a failure message."""
     logged = {line['http.request.id'] for line in lines}
-    missing = [attempt for attempt in attempts if attempt.request_id not in logged]
+    missing = [attempt for attempt in attempts if attempt.code not in logged]
     return f'{len(lines)} lines for {len(attempts)} answers; not logged: {missing[:10]}'
 
 

@@ -9,9 +9,9 @@ from http import HTTPStatus
 import pytest
 
 from lib.errors import HTTP_DETAILS
-from tests.conftest import ADMIN_TOKEN
+from tests.helpers import ADMIN_TOKEN, free_ports, http_request, post, wait_for
 
-from .conftest import free_ports, http_request, post, read_json_lines, running_stack, wait_for, worker_group
+from .helpers import read_json_lines, running_stack, worker_group
 
 pytestmark = pytest.mark.slow
 
@@ -149,10 +149,10 @@ def test_nginx_waits_longer_than_the_statement_timeout(stack):
 
 
 def test_access_log_lines_are_ecs_json(stack):
-    reply = stack.post('/example/foo?x=1', {'name': 'Ada'}, headers={'User-Agent': 'topology-test'})
+    reply = stack.post('/probe/echo?x=1', {'name': 'Ada'}, headers={'User-Agent': 'topology-test'})
     line = log_line_of(stack, reply.headers['X-Request-ID'])
     assert re.fullmatch(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d', line['@timestamp'])
-    assert line['http.request.method'] == 'POST' and line['url.path'] == '/example/foo'
+    assert line['http.request.method'] == 'POST' and line['url.path'] == '/probe/echo'
     assert line['url.query'] == 'x=1' and line['http.response.status_code'] == 200
     assert line['client.ip'] == '127.0.0.1' and line['user_agent.original'] == 'topology-test'
     assert isinstance(line['event.duration'], int) and line['event.duration'] >= 0
@@ -160,14 +160,14 @@ def test_access_log_lines_are_ecs_json(stack):
 
 
 def test_tokens_never_reach_the_access_log(stack):
-    stack.post('/example/')
+    stack.post('/probe/')
     assert ADMIN_TOKEN not in stack.log_text()
 
 
 def test_replicas_answer_directly_too(stack):
     """Each replica is a whole dbapi: what nginx adds is routing, ids and limits."""
     for port in stack.replica_ports:
-        assert post(port, '/example/').json() is True
+        assert post(port, '/probe/', {'direct': True}).json() == {'direct': True}
 
 
 def test_the_image_healthcheck_passes_on_a_serving_replica_only(stack):

@@ -1,19 +1,20 @@
 """The whole chain of `make stack STACK_PGBOUNCER=1` (nginx, replicas, pgbouncer in transaction mode):
 requests and concurrent transactions work, the statement timeout still holds, and the pgbouncer
-image's entrypoint works. through_pgbouncer/ runs the modules' full contract tests on pgbouncer."""
+image's entrypoint works. tests/test_example_modules.py runs the modules' contract tests on pgbouncer too."""
 import os
 import subprocess
 import threading
 import uuid
-from decimal import Decimal
 
 import psycopg2
 import pytest
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from ops import pgbouncer
+from tests.helpers import (Caller, app_factory, free_ports, port_open, require_programs, running_pgbouncer,
+                           show_pgbouncer, wait_for)
 
-from .conftest import free_ports, port_open, require_programs, running_stack, show_pgbouncer, wait_for
+from .helpers import running_stack
 
 pytestmark = pytest.mark.slow
 
@@ -41,37 +42,30 @@ def ok(reply, status=200):
     return reply.json()
 
 
-def test_users_through_the_whole_chain(stack):
-    email = f'{uuid.uuid4().hex[:10]}@bouncer.test'
-    user = ok(stack.post('/users/create', {'email': email, 'name': 'Ada'}), 201)
-    assert stack.post('/users/create', {'email': email, 'name': 'Eve'}).status == 409
-    assert ok(stack.post('/users/get', {'id': user['id']}))['email'] == email
-    assert ok(stack.post('/users/update', {'id': user['id'], 'name': 'Ada L.'}))['name'] == 'Ada L.'
-    assert ok(stack.post('/users/upsert', {'email': email, 'name': 'Ada K.'}))['id'] == user['id']
-    page = ok(stack.post('/users/list', {'limit': 1, 'after_id': user['id'] - 1}))
-    assert [item['id'] for item in page['items']] == [user['id']]
-    assert email in {row['email'] for row in ok(stack.post('/users/export'))}
-    assert ok(stack.post('/users/delete', {'id': user['id']})) == {'deleted': True}
-    assert stack.post('/users/get', {'id': user['id']}).status == 404
+def test_reads_and_writes_through_the_whole_chain(stack):
+    code = f'bouncer-{uuid.uuid4().hex[:10]}'
+    thing = ok(stack.post('/probe/things/create', {'code': code}), 201)
+    assert stack.post('/probe/things/create', {'code': code}).status == 409
+    assert ok(stack.post('/probe/things/get', {'id': thing['id']})) == thing
+    assert thing in ok(stack.post('/probe/things/export'))
+    assert stack.post('/probe/things/get', {'id': 10**12}).status == 404
 
 
-def test_concurrent_transfers_neither_lose_nor_make_money(stack):
-    accounts = [ok(stack.post('/accounts/open', {'owner': f'c{index}'}), 201)['id'] for index in range(3)]
-    for account in accounts:
-        ok(stack.post('/accounts/deposit', {'account_id': account, 'amount': '100'}))
+def test_concurrent_transactions_neither_lose_nor_make_anything(stack):
+    things = [ok(stack.post('/probe/things/create', {'code': f'c-{uuid.uuid4().hex}', 'quantity': 100}), 201)['id']
+              for _ in range(3)]
 
-    def transfer_round(offset):
+    def move_round(offset):
         for step in range(10):
-            source, target = accounts[(offset + step) % 3], accounts[(offset + step + 1) % 3]
-            reply = stack.post('/accounts/transfer', {'from_id': source, 'to_id': target, 'amount': '7.25'})
+            source, target = things[(offset + step) % 3], things[(offset + step + 1) % 3]
+            reply = stack.post('/probe/things/move', {'from_id': source, 'to_id': target, 'amount': 7})
             assert reply.status in (200, 422, 503), reply.body
-    threads = [threading.Thread(target=transfer_round, args=(offset,)) for offset in range(4)]
+    threads = [threading.Thread(target=move_round, args=(offset,)) for offset in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
-    balances = [Decimal(ok(stack.post('/accounts/get', {'account_id': account}))['balance']) for account in accounts]
-    assert sum(balances) == Decimal('300.00')
+    assert sum(ok(stack.post('/probe/things/get', {'id': thing}))['quantity'] for thing in things) == 300
 
 
 def test_the_statement_timeout_holds_through_pgbouncer(stack):
@@ -81,7 +75,7 @@ def test_the_statement_timeout_holds_through_pgbouncer(stack):
 
 
 def test_replicas_reach_the_database_through_pgbouncer_in_transaction_mode(stack, topology_database_url):
-    stack.post('/users/list')
+    stack.post('/probe/things/export')
     console = bouncer_dsn(topology_database_url, stack.pgbouncer_port, 'pgbouncer')
     database = parse_dsn(topology_database_url)['dbname']
     pools = [pool for pool in show_pgbouncer(console, 'SHOW POOLS') if pool['database'] == database]
@@ -119,3 +113,14 @@ def test_the_image_entrypoint_renders_the_same_template_and_serves(tmp_path, top
 
 def test_auth_file_lines_escape_quotes():
     assert pgbouncer.auth_line('a"b', 'p "q"') == '"a""b" "p ""q"""\n'
+
+
+def test_a_test_app_on_the_native_pgbouncer_runs_in_transaction_mode(database_url):
+    """What tests/test_example_modules.py's pgbouncer runs stand on."""
+    with running_pgbouncer(database_url) as bouncer_dsn, app_factory(bouncer_dsn) as make_app:
+        app = make_app()
+        assert Caller(app.test_client())('/probe/things/create', {'code': uuid.uuid4().hex}).status_code == 201
+        pools = show_pgbouncer(make_dsn(bouncer_dsn, dbname='pgbouncer'), 'SHOW POOLS')
+    database = parse_dsn(database_url)['dbname']
+    assert [pool['pool_mode'] for pool in pools if pool['database'] == database] == ['transaction']
+    assert parse_dsn(bouncer_dsn)['host'] == '127.0.0.1'

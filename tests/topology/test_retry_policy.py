@@ -5,7 +5,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .conftest import FakeUpstream, free_ports, http_request, post, running_nginx, wait_for
+from tests.helpers import free_ports, http_request, post, wait_for
+
+from .helpers import FakeUpstream, running_nginx
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +35,7 @@ def test_a_refused_connection_moves_the_post_to_another_upstream(upstreams):
     healthy = upstreams('answer')
     closed_port = free_ports(1)
     with running_nginx([closed_port, healthy.port]) as proxy:
-        replies = [post(proxy.port, '/users/create', {'n': n}) for n in range(4)]
+        replies = [post(proxy.port, '/probe/things/create', {'n': n}) for n in range(4)]
         lines = wait_for(lambda: logged_lines(proxy, len(replies)), 5, 'nginx did not log every request')
     assert [reply.status for reply in replies] == [200] * 4
     assert len(healthy.received) == 4
@@ -46,7 +48,7 @@ def test_a_post_that_reached_an_upstream_is_never_sent_again(upstreams):
     with running_nginx([dropping.port, healthy.port]) as proxy:
         statuses = []
         while not dropping.received and len(statuses) < 4:
-            statuses.append(post(proxy.port, '/users/create', {'n': len(statuses)}).status)
+            statuses.append(post(proxy.port, '/probe/things/create', {'n': len(statuses)}).status)
     assert dropping.received, 'round robin never chose the dropping upstream'
     assert statuses[-1] == 502
     # Every POST was received exactly once, by one upstream or the other.
@@ -76,14 +78,14 @@ def assert_nginx_problem(reply, status, title):
 
 def test_no_upstream_at_all_is_a_502_problem():
     with running_nginx([free_ports(1)]) as proxy:
-        assert_nginx_problem(post(proxy.port, '/example/'), 502, 'Bad Gateway')
+        assert_nginx_problem(post(proxy.port, '/probe/'), 502, 'Bad Gateway')
 
 
 def test_an_upstream_slower_than_the_proxy_timeout_is_a_504_problem(upstreams):
     hanging = upstreams('hang')
     # A 1 ms statement timeout puts nginx's read timeout at 5 s (statement timeout + 5 s).
     with running_nginx([hanging.port], DB_STATEMENT_TIMEOUT_MS='1') as proxy:
-        assert_nginx_problem(post(proxy.port, '/example/'), 504, 'Gateway Timeout')
+        assert_nginx_problem(post(proxy.port, '/probe/'), 504, 'Gateway Timeout')
     assert len(hanging.received) == 1  # a POST that timed out is not sent to anyone else
 
 
@@ -92,12 +94,12 @@ def test_a_request_goes_to_the_upstream_with_the_fewest_in_flight(upstreams):
     with running_nginx([busy.port, idle.port], DB_STATEMENT_TIMEOUT_MS='1000') as proxy, \
             ThreadPoolExecutor(4) as background:
         for n in range(4):  # until one request hangs in the busy upstream
-            pending = background.submit(post, proxy.port, '/users/get', {'n': n})
+            pending = background.submit(post, proxy.port, '/probe/things/get', {'n': n})
             wait_for(lambda: pending.done() or busy.received, 10, 'no upstream answered or hung')
             if busy.received:
                 break
         answered_before = len(idle.received)
-        replies = [post(proxy.port, '/users/get', {'n': n}) for n in range(6)]
+        replies = [post(proxy.port, '/probe/things/get', {'n': n}) for n in range(6)]
         busy.close()  # nginx then answers the hanging request with a 502
     assert len(busy.received) == 1, 'the request nginx sent first should be the only one the busy upstream got'
     assert [reply.status for reply in replies] == [200] * 6

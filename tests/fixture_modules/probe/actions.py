@@ -240,7 +240,7 @@ def get_thing(db, id):
 @inject_conn(DEFAULT)
 def export_things(conn):
     """Stream every thing as one JSON array from a server-side cursor."""
-    return Db(conn).stream_json('SELECT id, code, label, quantity FROM probe.things ORDER BY id')
+    return Db(conn).stream_json('SELECT * FROM probe.things ORDER BY id')
 
 
 class Move(Schema):
