@@ -4,13 +4,16 @@ Responses, streamed exports and log lines all encode through `dumps_bytes`, so a
 (`register_json_type`) is written the same way everywhere. orjson writes the types it knows itself
 (str, int, float, bool, None, dict, list, tuple, datetime, date, time, UUID, dataclasses, enums):
 datetimes as RFC 3339, NaN and Infinity as null. The registry covers the rest, as docs/contract.md
-section 5 says.
+section 5 says. The two values orjson refuses without asking the registry, integers past 64 bits and
+times with a time zone, are rewritten exactly and written again (orjson_ready).
+
+Numbers stay exact both ways: loads_exact reads a JSON number that is not an integer as an ExactNumber
+(a Decimal), and an ExactNumber is written back as the very number, not as a string like a Decimal.
 """
 import base64
 import datetime
 import decimal
 import json
-import math
 
 import orjson
 from flask import Response
@@ -18,6 +21,11 @@ from flask.json.provider import JSONProvider
 
 ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 JSON_MIMETYPE = 'application/json'
+
+# orjson's errors for an int it cannot write (value or key), and for a datetime.time with a time zone.
+REFUSED_BY_ORJSON = ('Integer exceeds 64-bit range', 'Dict integer key must be within 64-bit range',
+                     'datetime.time must not have tzinfo set')
+INT64_MIN, UINT64_MAX = -2 ** 63, 2 ** 64 - 1
 
 # Python type -> function returning a value orjson can write. Looked up along the value's class hierarchy.
 JSON_TYPES = {}
@@ -43,27 +51,53 @@ def base64_text(value):
     return base64.b64encode(value).decode('ascii')
 
 
-register_json_type(decimal.Decimal, str)  # exact, as a string: "10.50"
+class ExactNumber(decimal.Decimal):
+    """A JSON number kept exact (0.1000000000000000000001, 1e400): a Decimal written back as that number."""
+
+
+def exact_number(value):
+    """Return an ExactNumber as the JSON number it is."""
+    return orjson.Fragment(str(value))
+
+
+def decimal_text(value):
+    """Return a Decimal as an exact string in plain notation, as PostgreSQL writes numeric: "0.0000001"."""
+    return format(value, 'f')
+
+
+def exact_seconds(value):
+    """Return a timedelta as its exact number of seconds (a float would round past 2**53 microseconds)."""
+    microseconds = (value.days * 86400 + value.seconds) * 1_000_000 + value.microseconds
+    return orjson.Fragment(decimal_text(decimal.Decimal(microseconds).scaleb(-6).normalize(decimal.Context(prec=40))))
+
+
+register_json_type(decimal.Decimal, decimal_text)  # exact, as a string: "10.50"
+register_json_type(ExactNumber, exact_number)
 register_json_type(bytes, base64_text)
 register_json_type(bytearray, base64_text)
 register_json_type(memoryview, base64_text)
-register_json_type(datetime.timedelta, datetime.timedelta.total_seconds)
+register_json_type(datetime.timedelta, exact_seconds)
 register_json_type(set, list)
 register_json_type(frozenset, list)
 
 
-def plain(value):
-    """Rebuild value with only plain JSON types, for the rare cases orjson refuses (integers past 64 bits)."""
+def orjson_ready(value):
+    """Rebuild value with what orjson refuses outright made exact: big integers as numbers, aware times as text."""
     if isinstance(value, dict):
-        return {str(key): plain(item) for key, item in value.items()}
+        return {orjson_ready_key(key): orjson_ready(item) for key, item in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [plain(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    # orjson itself renders dates, UUIDs and the like as JSON strings.
-    return plain(orjson.loads(orjson.dumps(value, default=encode_default)))
+        return [orjson_ready(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= UINT64_MAX:
+        return orjson.Fragment(str(value))
+    if isinstance(value, datetime.time) and value.tzinfo is not None:
+        return value.isoformat()  # 12:30:00+02:00
+    return value
+
+
+def orjson_ready_key(key):
+    """Return a dict key orjson writes (OPT_NON_STR_KEYS): big integers and aware times become their text."""
+    ready = orjson_ready(key)
+    return str(key) if isinstance(ready, orjson.Fragment) else ready
 
 
 def dumps_bytes(value):
@@ -71,9 +105,48 @@ def dumps_bytes(value):
     try:
         return orjson.dumps(value, default=encode_default, option=ORJSON_OPTIONS)
     except TypeError as exc:
-        if 'Integer exceeds 64-bit range' not in str(exc):
+        if not str(exc).startswith(REFUSED_BY_ORJSON):
             raise
-        return json.dumps(plain(value), allow_nan=False, separators=(',', ':')).encode()
+        return orjson.dumps(orjson_ready(value), default=encode_default, option=ORJSON_OPTIONS)
+
+
+def loads_exact(data):
+    """Parse JSON with every number exact: integers of any size as int, other numbers as ExactNumber.
+
+    orjson parses first, as it is fast; it reads a non-integer or an integer past 64 bits as a float, so a
+    document where it found one is parsed again by the json module, which hands the number's text over.
+    Raises ValueError for a document that is not JSON (NaN and Infinity are not).
+    """
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        value = float('nan')  # orjson refuses numbers past a float's range, which the json module reads
+    if not has_float(value):
+        return value
+    value = json.loads(data if isinstance(data, str) else data.decode('utf-8'),
+                       parse_float=ExactNumber, parse_int=int, parse_constant=refuse_constant)
+    try:
+        dumps_bytes(value)  # the json module lets through what orjson refused: a lone surrogate
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def refuse_constant(name):
+    """Refuse NaN, Infinity and -Infinity, which are not JSON."""
+    raise ValueError(f'{name} is not a JSON value')
+
+
+def has_float(value):
+    """Tell whether a parsed JSON document holds a float anywhere."""
+    kind = type(value)
+    if kind is float:
+        return True
+    if kind is dict:
+        value = value.values()
+    elif kind is not list:
+        return False
+    return any(type(item) is float or type(item) in (dict, list) and has_float(item) for item in value)
 
 
 def json_array_chunks(batches):
@@ -101,5 +174,5 @@ class OrjsonProvider(JSONProvider):
         return dumps_bytes(obj).decode()
 
     def loads(self, s, **kwargs):
-        """Decode a JSON document."""
-        return orjson.loads(s)
+        """Decode a JSON document, its numbers exact."""
+        return loads_exact(s)

@@ -15,6 +15,7 @@ import orjson
 import psycopg2.extensions
 from psycopg2 import sql
 
+from lib.db.types import cast_timestamp, cast_timestamptz
 from lib.jsonenc import dumps_bytes
 
 INTEGER_OIDS = frozenset({20, 21, 23})
@@ -157,7 +158,7 @@ class Timestamp(Column):
 
     opening = closing = b'"'
     offset = b''
-    parse = psycopg2.extensions.PYDATETIME
+    parse = staticmethod(cast_timestamp)
 
     def __init__(self, key, cursor):
         super().__init__(key)
@@ -168,7 +169,7 @@ class Timestamp(Column):
         return padded_stamps(values, self.offset)
 
     def value(self, raw):
-        """Parse the stamp with psycopg2's own typecaster."""
+        """Parse the stamp as every connection does (lib/db/types.py): infinity, BC and years past 9999 as text."""
         return self.parse(raw.decode(), self.cursor)
 
 
@@ -177,7 +178,7 @@ class TimestampTz(Timestamp):
 
     offset = b'+00'
     closing = b':00"'
-    parse = psycopg2.extensions.PYDATETIMETZ
+    parse = staticmethod(cast_timestamptz)
 
 
 def column_of(key, oid, cursor):

@@ -3,6 +3,8 @@ import logging
 
 from psycopg2 import sql
 
+from lib.db.types import register_types
+
 log = logging.getLogger('dbapi.db')
 
 # Everything a request can leave behind in a session, undone in one round trip: settings (SET, set_config),
@@ -16,7 +18,9 @@ RESET_SESSION = ('SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; 
 def session_settings(config):
     """Return the settings every session has: {PostgreSQL setting: value}."""
     # UTC: buffered answers and streamed exports write the same offsets, whatever the server's default.
-    return {'statement_timeout': str(config['DB_STATEMENT_TIMEOUT_MS']), 'TimeZone': 'UTC'}
+    # ISO dates and the postgres interval style: the texts lib/db/types.py and lib/db/copyjson.py read.
+    return {'statement_timeout': str(config['DB_STATEMENT_TIMEOUT_MS']), 'TimeZone': 'UTC',
+            'DateStyle': 'ISO, MDY', 'IntervalStyle': 'postgres'}
 
 
 def set_statements(settings):
@@ -33,9 +37,13 @@ def run_in_autocommit(conn, statement):
 
 
 def configure_with(settings):
-    """Return the default configure(conn): apply settings to a new connection."""
+    """Return the default configure(conn): apply settings to a new connection, then teach it every type."""
     statements = set_statements(settings)
-    return lambda conn: run_in_autocommit(conn, statements)
+
+    def configure(conn):
+        run_in_autocommit(conn, statements)
+        register_types(conn)
+    return configure
 
 
 def reset_with(settings):

@@ -1,10 +1,14 @@
-"""The one JSON body parser of module actions."""
-import orjson
+"""The one JSON body parser of module actions: numbers exact, no NUL character anywhere."""
 from flask import current_app, request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge, UnsupportedMediaType
 
-from lib.errors import BadRequest
-from lib.jsonenc import JSON_MIMETYPE
+from lib.errors import BadRequest, Unprocessable
+from lib.jsonenc import JSON_MIMETYPE, loads_exact
+
+# JSON can hold a NUL only escaped; PostgreSQL's text cannot hold one at all.
+ESCAPED_NUL = b'\\u0000'
+NUL_IN_VALUE = 'Must not contain the NUL character (\\u0000).'
+NUL_IN_KEY = 'Keys must not contain the NUL character (\\u0000).'
 
 
 def read_body(environ):
@@ -50,6 +54,31 @@ def read_json_body():
     if not is_json(environ.get('CONTENT_TYPE', '')):
         raise UnsupportedMediaType()
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
+        body = loads_exact(data)
+    except ValueError:  # orjson's and the json module's decode errors, and invalid UTF-8
         raise BadRequest('The request body is not valid JSON.') from None
+    if ESCAPED_NUL in data:
+        refuse_nul_characters(body)
+    return body
+
+
+def nul_errors(value):
+    """Return the field map of every NUL character in a parsed body, as marshmallow nests its errors; {} for none."""
+    if isinstance(value, str):
+        return [NUL_IN_VALUE] if '\x00' in value else {}
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    errors = {}
+    for key, item in items:
+        found = nul_errors(item)
+        if isinstance(key, str) and '\x00' in key:
+            found = [NUL_IN_KEY]
+        if found:
+            errors[key] = found
+    return errors
+
+
+def refuse_nul_characters(body):
+    """Refuse with 422 a body holding a NUL character in a value or a key, however deep, naming where."""
+    errors = nul_errors(body)
+    if errors:
+        raise Unprocessable(errors=errors if isinstance(errors, dict) else {'_schema': errors})

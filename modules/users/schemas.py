@@ -1,6 +1,8 @@
 """Bodies of the users module."""
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from lib.fields import BIGINT_MAX, bigint_id
+
 
 def email_field(**options):
     """Return an email field of at most 320 characters."""
@@ -22,7 +24,7 @@ class NewUser(Schema):
 class UserId(Schema):
     """One user by id."""
 
-    id = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    id = bigint_id(required=True)
 
 
 class UserChange(UserId):
@@ -42,7 +44,7 @@ class Page(Schema):
     """A keyset page: up to limit users with an id above after_id."""
 
     limit = fields.Integer(strict=True, load_default=100, validate=validate.Range(min=1, max=1000))
-    after_id = fields.Integer(strict=True, load_default=0, validate=validate.Range(min=0))
+    after_id = fields.Integer(strict=True, load_default=0, validate=validate.Range(min=0, max=BIGINT_MAX))
 
 
 class Nothing(Schema):
