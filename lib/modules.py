@@ -78,9 +78,9 @@ def check_route_table(routes_file, table):
         seen.add(entry['route'])
 
 
-def schema_loader(schema):
+def schema_loader(schema, fast_paths=True):
     """Return a function that validates a body with schema into call arguments."""
-    load_valid_body = fast_loader(schema) or (lambda body: None)
+    load_valid_body = fast_loader(schema, enabled=fast_paths) or (lambda body: None)
 
     def load_arguments(body):
         if schema.many != isinstance(body, list) or not isinstance(body, (list, dict)):
@@ -113,12 +113,12 @@ def signature_loader(action, where):
     return load_arguments
 
 
-def make_route(module, routes_file, entry):
+def make_route(module, routes_file, entry, fast_paths=True):
     """Build the Route of one route-table entry."""
     action = entry['action']
     schema = schema_of(action)
     where = f'{routes_file}: route {entry["route"]!r}'
-    load = schema_loader(schema) if schema is not None else signature_loader(action, where)
+    load = schema_loader(schema, fast_paths) if schema is not None else signature_loader(action, where)
     return Route(module, entry['route'], action, load)
 
 
@@ -158,11 +158,11 @@ def build_blueprint(module, routes):
     return blueprint
 
 
-def load_module(package, name, folder):
+def load_module(package, name, folder, fast_paths=True):
     """Import and check one module folder; return its list of Routes."""
     routes_file, table = import_route_table(package, name, folder)
     check_route_table(routes_file, table)
-    return [make_route(name, routes_file, entry) for entry in table]
+    return [make_route(name, routes_file, entry, fast_paths) for entry in table]
 
 
 def mount_modules(app, packages, clients):
@@ -172,7 +172,7 @@ def mount_modules(app, packages, clients):
         for name, folder in module_folders(package):
             if name in app.blueprints:
                 raise ModuleError(f'{folder}: a module named {name!r} is already mounted')
-            routes = load_module(package, name, folder)
+            routes = load_module(package, name, folder, app.config['FAST_PATHS'])
             app.register_blueprint(build_blueprint(name, [(route, make_view(route, clients)) for route in routes]))
             mounted.extend(routes)
     return mounted
