@@ -1,5 +1,6 @@
 """Prometheus metrics: requests by module, action and status, latency, pool gauges, multiprocess gunicorn."""
 import json
+import multiprocessing
 import os
 import signal
 import threading
@@ -10,7 +11,8 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from lib.logs.metrics import RequestMetrics
+from lib.logs import metrics
+from lib.logs.metrics import FLUSH_SECONDS, MULTIPROC_DIR, RequestMetrics
 from tests.conftest import ADMIN_TOKEN
 from tests.test_logging import exchange, post, running_gunicorn
 
@@ -115,15 +117,18 @@ def test_tallies_reach_prometheus_only_when_handed_over(make_app):
     pools = make_app().extensions['dbapi'].pools
     observer = RequestMetrics(pools, flush_seconds=3600)
     labels = dict(module='tally', action='held', status='200')
-    observer('tally', 'held', 200, 0.003)
-    observer('tally', 'held', 200, 0.2)
+    for seconds in (0.003, 0.2, 0.0049, 0.005):
+        observer('tally', 'held', 200, seconds)
     assert sample('dbapi_requests_total', **labels) == 0
     observer.flush()
-    assert sample('dbapi_requests_total', **labels) == 2
-    assert sample('dbapi_request_duration_seconds_sum', **labels) == pytest.approx(0.203)
-    assert sample('dbapi_request_duration_seconds_bucket', le='0.005', **labels) == 1
-    assert sample('dbapi_request_duration_seconds_bucket', le='0.25', **labels) == 2
-    assert sample('dbapi_request_duration_seconds_bucket', le='+Inf', **labels) == 2
+    assert sample('dbapi_requests_total', **labels) == 4
+    assert sample('dbapi_request_duration_seconds_count', **labels) == 4
+    assert sample('dbapi_request_duration_seconds_sum', **labels) == 0.003 + 0.2 + 0.0049 + 0.005  # exact
+    assert sample('dbapi_request_duration_seconds_bucket', le='0.0025', **labels) == 0
+    assert sample('dbapi_request_duration_seconds_bucket', le='0.005', **labels) == 3  # le: 0.005 itself is in
+    assert sample('dbapi_request_duration_seconds_bucket', le='0.1', **labels) == 3
+    assert sample('dbapi_request_duration_seconds_bucket', le='0.25', **labels) == 4
+    assert sample('dbapi_request_duration_seconds_bucket', le='+Inf', **labels) == 4
 
 
 def test_a_flusher_thread_hands_tallies_over_without_further_requests(make_app):
@@ -136,13 +141,54 @@ def test_a_flusher_thread_hands_tallies_over_without_further_requests(make_app):
     assert sample('dbapi_requests_total', **labels) == 1
 
 
+def test_kept_durations_are_bounded(make_app, monkeypatch):
+    monkeypatch.setattr(metrics, 'MAX_PENDING', 3)
+    observer = RequestMetrics(make_app().extensions['dbapi'].pools, flush_seconds=3600)
+    labels = dict(module='tally', action='bounded', status='200')
+    for _ in range(3):
+        observer('tally', 'bounded', 200, 0.001)
+    assert sample('dbapi_requests_total', **labels) == 3, 'the request that fills the list hands it over'
+    assert observer.pending == {}
+
+
+@pytest.mark.parametrize('fast_paths, flush_seconds', [(True, FLUSH_SECONDS), (False, 0)])
+def test_in_multiprocess_mode_only_fast_paths_keep_durations(make_app, monkeypatch, fast_paths, flush_seconds):
+    monkeypatch.setenv(MULTIPROC_DIR, '/nonexistent')  # read when the observer is made, not here
+    observer = RequestMetrics(make_app().extensions['dbapi'].pools, fast_paths=fast_paths)
+    assert observer.flush_seconds == flush_seconds
+    monkeypatch.delenv(MULTIPROC_DIR)
+    labels = dict(module='tally', action=f'fast-{fast_paths}', status='200')
+    observer('tally', f'fast-{fast_paths}', 200, 0.001)
+    assert sample('dbapi_requests_total', **labels) == (0 if fast_paths else 1)
+    observer.flush()
+    assert sample('dbapi_requests_total', **labels) == 1
+
+
+def starts_fresh(observer):
+    """In a forked child: fail unless observer kept no durations, started no flusher and holds a free lock."""
+    assert observer.pending == {} and not observer.flusher_started
+    assert observer.flushing.acquire(blocking=False)
+
+
+def test_a_forked_child_forgets_its_parents_durations_and_starts_its_own_flusher(make_app):
+    observer = RequestMetrics(make_app().extensions['dbapi'].pools, flush_seconds=3600)
+    observer('tally', 'forked', 200, 0.001)
+    child = multiprocessing.get_context('fork').Process(target=starts_fresh, args=(observer,))
+    with observer.flushing:  # held by the parent at the fork, as a flush in progress would be
+        child.start()
+    child.join()
+    assert child.exitcode == 0
+    assert observer.pending and observer.flusher_started, 'the parent keeps its own'
+
+
 @pytest.mark.slow
-def test_gunicorn_workers_share_one_set_of_metrics(tmp_path, database_url):
+@pytest.mark.parametrize('fast_paths', ['1', '0'])
+def test_gunicorn_workers_share_one_set_of_metrics(tmp_path, database_url, fast_paths):
     metrics_dir = tmp_path / 'metrics'
     metrics_dir.mkdir()
     (metrics_dir / 'counter_999999.db').write_bytes(b'\0' * 16)  # left by an earlier run
     auth = {'Authorization': f'Bearer {ADMIN_TOKEN}'}
-    with running_gunicorn(tmp_path, DATABASE_URL=database_url, DB_POOL_MAX='2',
+    with running_gunicorn(tmp_path, DATABASE_URL=database_url, DB_POOL_MAX='2', FAST_PATHS=fast_paths,
                           PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)) as (port, server):
         assert not (metrics_dir / 'counter_999999.db').exists(), 'gunicorn starts the metrics from zero'
         with ThreadPoolExecutor(6) as pool:
@@ -157,6 +203,8 @@ def test_gunicorn_workers_share_one_set_of_metrics(tmp_path, database_url):
         assert total(samples, 'dbapi_requests_total', **held) == 60
         assert total(samples, 'dbapi_request_duration_seconds_count', **held) == 60
         assert total(samples, 'dbapi_request_duration_seconds_sum', **held) >= 60 * 0.05
+        assert total(samples, 'dbapi_request_duration_seconds_bucket', le='0.025', **held) == 0
+        assert total(samples, 'dbapi_request_duration_seconds_bucket', le='+Inf', **held) == 60
         # Each worker that served publishes its pool: 2 connections at most, summed over the live workers.
         assert 2 * len(pids) <= total(samples, 'dbapi_pool_max_connections', database='default') <= 2 * 3
         assert total(samples, 'dbapi_pool_connects_total', database='default') >= len(pids)

@@ -10,11 +10,13 @@ import logging
 import os
 import threading
 import time
-from bisect import bisect_left
+import weakref
 
 from flask import Blueprint, Response, current_app, request
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
+
+from lib.process import after_fork
 
 MULTIPROC_DIR = 'PROMETHEUS_MULTIPROC_DIR'
 REQUEST_LABELS = ('module', 'action', 'status')
@@ -39,69 +41,67 @@ POOL_EVENTS = {
 
 # How often a worker in multiprocess mode hands its tallies to prometheus_client.
 FLUSH_SECONDS = 1.0
+# The most durations a process keeps between two hand-overs; the request that reaches it hands them over itself.
+MAX_PENDING = 10_000
 
 log = logging.getLogger('dbapi.metrics')
 metrics_endpoint = Blueprint('metrics', __name__)
-
-
-class Tally:
-    """The requests of one (module, action, status) since the last flush: count, seconds, latency buckets."""
-
-    __slots__ = ('count', 'seconds', 'buckets')
-
-    def __init__(self):
-        self.count = 0
-        self.seconds = 0.0
-        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-
-    def add(self, seconds):
-        """Count one request that took seconds."""
-        self.count += 1
-        self.seconds += seconds
-        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+LIVE_OBSERVERS = weakref.WeakSet()
 
 
 class RequestMetrics:
     """An access log observer: counts and times each finished request and keeps the pool gauges current.
 
     In multiprocess mode each prometheus_client update takes a lock and writes a memory-mapped file, which
-    cost more than the rest of the access line. So requests are tallied in plain numbers, and a thread of
-    each worker hands them over, with the pools' numbers, once a second (and at exit, and before this
-    worker answers a scrape). In a single process (tests) every request is handed over at once.
+    costs more than the rest of the access line. So with fast paths on, a worker keeps each request's
+    duration in a plain list, and a thread of its own hands them over, with the pools' numbers, once a
+    second (and at exit, and before this worker answers a scrape), through the public calls: Counter.inc
+    and one Histogram.observe per request. Every bucket, _count and _sum is exact: each duration is
+    observed as it was measured. In a single process (tests), or with FAST_PATHS off, each request goes
+    to prometheus_client as it finishes.
     """
 
-    def __init__(self, pools, flush_seconds=None):
+    def __init__(self, pools, flush_seconds=None, fast_paths=True):
         self.pools = pools
-        multiprocess_mode = bool(os.environ.get(MULTIPROC_DIR))
-        self.flush_seconds = (FLUSH_SECONDS if multiprocess_mode else 0) if flush_seconds is None else flush_seconds
-        self.tallies = {}
+        if flush_seconds is None:
+            flush_seconds = FLUSH_SECONDS if fast_paths and os.environ.get(MULTIPROC_DIR) else 0
+        self.flush_seconds = flush_seconds
+        self.children = {}
+        self.published = {}
+        self.forget_pending()
+        LIVE_OBSERVERS.add(self)
+        if flush_seconds:
+            atexit.register(self.flush)
+
+    def forget_pending(self):
+        """Start with no durations, fresh locks and no flusher (a forked child has none of its parent's threads)."""
+        self.pending = {}
+        self.pending_count = 0
         self.lock = threading.Lock()
         # The flusher, a scrape and exit may flush at once; pool counters must grow by each change only once.
         self.flushing = threading.Lock()
-        self.flusher_pid = None
-        self.children = {}
-        self.published = {}
+        self.flusher_started = False
 
     def __call__(self, module, action, status, seconds):
-        """Tally one finished request; hand the tallies over now, or leave that to this process's flusher."""
-        with self.lock:
-            tally = self.tallies.get((module, action, status))
-            if tally is None:
-                tally = self.tallies[module, action, status] = Tally()
-            tally.add(seconds)
+        """Record one finished request now, or keep its duration for this process's flusher."""
         if not self.flush_seconds:
+            self.hand_over({(module, action, status): (seconds,)})
+            return
+        with self.lock:
+            durations = self.pending.get((module, action, status))
+            if durations is None:
+                durations = self.pending[module, action, status] = []
+            durations.append(seconds)
+            self.pending_count += 1
+            start_flusher, self.flusher_started = not self.flusher_started, True
+            full = self.pending_count >= MAX_PENDING
+        if start_flusher:
+            threading.Thread(target=self.flush_every_interval, name='dbapi-metrics', daemon=True).start()
+        if full:
             self.flush()
-        elif self.flusher_pid != os.getpid():
-            self.start_flusher()
-
-    def start_flusher(self):
-        """Start this process's flusher thread (a forked worker has none of its parent's threads)."""
-        self.flusher_pid = os.getpid()
-        threading.Thread(target=self.flush_every_interval, name='dbapi-metrics', daemon=True).start()
-        atexit.register(self.flush)
 
     def flush_every_interval(self):
-        """Hand the tallies over every flush_seconds, for as long as the process lives."""
+        """Hand the durations over every flush_seconds, for as long as the process lives."""
         while True:
             time.sleep(self.flush_seconds)
             try:
@@ -110,27 +110,28 @@ class RequestMetrics:
                 log.exception('the metrics could not be handed to prometheus_client')
 
     def flush(self):
-        """Hand the tallies since the last flush to prometheus_client, then publish the pools' numbers."""
+        """Hand the durations kept since the last flush to prometheus_client, then publish the pools' numbers."""
+        with self.lock:
+            pending, self.pending, self.pending_count = self.pending, {}, 0
+        self.hand_over(pending)
+
+    def hand_over(self, pending):
+        """Record {(module, action, status): durations} in prometheus_client, then publish the pools' numbers."""
         with self.flushing:
-            with self.lock:
-                tallies, self.tallies = self.tallies, {}
-            for key, tally in tallies.items():
-                self.record(key, tally)
+            for key, durations in pending.items():
+                self.record(key, durations)
             self.publish_pools()
 
-    def record(self, key, tally):
-        """Add one tally to the request counter and the latency histogram of its labels."""
+    def record(self, key, durations):
+        """Count the requests of one label set and observe each of their durations."""
         children = self.children.get(key)
         if children is None:
             labels = (key[0], key[1], str(key[2]))
             children = self.children[key] = (REQUESTS.labels(*labels), LATENCY.labels(*labels))
         counter, histogram = children
-        counter.inc(tally.count)
-        # Histogram.observe takes one value; its bucket and sum values (prometheus_client 0.2x) take a tally.
-        histogram._sum.inc(tally.seconds)
-        for bucket, count in zip(histogram._buckets, tally.buckets):
-            if count:
-                bucket.inc(count)
+        counter.inc(len(durations))
+        for seconds in durations:
+            histogram.observe(seconds)
 
     def publish_pools(self):
         """Write each pool's numbers when they changed since the last request (usually they have not)."""
@@ -140,6 +141,13 @@ class RequestMetrics:
             if numbers != before:
                 publish_pool(database, numbers, before or {})
                 self.published[database] = numbers
+
+
+@after_fork
+def forget_parents_durations():
+    """In a forked child, drop the durations its parent kept (the parent reports them) and let it start a flusher."""
+    for observer in list(LIVE_OBSERVERS):
+        observer.forget_pending()
 
 
 def publish_pool(database, numbers, before):
