@@ -45,7 +45,8 @@ def test_unknown_token_is_401_invalid_token(client, route):
 
 @EVERY_ROUTE
 def test_scoped_client_is_403_outside_its_modules_and_allowed_inside(client, route):
-    status = client.post(path_of(route), json={}, buffered=True, headers={'Authorization': f'Bearer {SCOPED_TOKEN}'}).status_code
+    headers = {'Authorization': f'Bearer {SCOPED_TOKEN}'}
+    status = client.post(path_of(route), json={}, buffered=True, headers=headers).status_code
     assert (status == 403) == (route.module != SCOPED_MODULE), status
 
 

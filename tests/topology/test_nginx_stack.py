@@ -51,7 +51,7 @@ def assert_problem(reply, status):
 
 def test_requests_spread_over_every_replica(stack):
     groups = {worker_group(port) for port in stack.replica_ports}
-    assert len(groups) == 3
+    assert len(groups) == len(stack.replica_ports)
     served_by = set()
     for _ in range(30):
         reply = stack.post('/probe/pid')
