@@ -125,7 +125,7 @@ def create_app(overrides=None):
     app = GatewayFlask(__name__, static_folder=None)
     app.session_interface = NoSessions()
     load_config(app, overrides)
-    configure_logging(app.config)
+    configure_logging(app.config, secrets=load_clients(app.config).secrets)
     resolve_databases(app.config)
     app.json = OrjsonProvider(app)
     pools = make_pools(app.config, app.config.get('DB_CONFIGURE'), app.config.get('DB_RESET'))

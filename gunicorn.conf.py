@@ -12,6 +12,7 @@ if MADE_METRICS_DIR:
     os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(prefix='dbapi-metrics-')
 
 from lib.logs.metrics import clear_multiprocess_dir, forget_process  # noqa: E402
+from lib.logs import configure_process_logging  # noqa: E402
 
 bind = [settings.env_str('BIND', f'127.0.0.1:{settings.PORT}')]
 workers = settings.WEB_CONCURRENCY
@@ -29,7 +30,9 @@ worker_tmp_dir = '/dev/shm' if os.path.isdir('/dev/shm') else None
 secure_scheme_headers = {}
 forwarder_headers = ''
 forwarded_allow_ips = '*'
-# dbapi writes its own ECS access line per request; gunicorn's own lines go out as ECS JSON too.
+# dbapi writes its own ECS access line per request; gunicorn's own lines go out as ECS JSON too, through the
+# handlers configured here, in the master, before gunicorn makes its logger (its workers inherit them).
+configure_process_logging(settings)
 accesslog = None
 errorlog = '-'
 logger_class = 'lib.logs.GunicornLogger'

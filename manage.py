@@ -7,7 +7,7 @@ import sys
 
 import settings
 from lib.db.embedded import start_embedded
-from lib.logs import configure_logging
+from lib.logs import configure_process_logging
 from lib.db.migrate import migrate
 
 
@@ -44,7 +44,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('command', choices=['migrate', 'serve'])
     command = parser.parse_args(argv).command
-    configure_logging({'LOG_LEVEL': settings.LOG_LEVEL})
+    configure_process_logging(settings)
     if command == 'migrate':
         migrate(default_dsn())
         return 0

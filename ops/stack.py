@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import settings
-from lib.logs import configure_logging
+from lib.logs import configure_process_logging
 from lib.db.migrate import migrate
 from manage import default_dsn, how_to_call
 
@@ -252,7 +252,7 @@ def interrupt(signum, frame):
 
 def main():
     """Run the stack until Ctrl-C or SIGTERM; return the exit status."""
-    configure_logging({'LOG_LEVEL': settings.LOG_LEVEL})
+    configure_process_logging(settings)
     config = StackConfig.from_environment()
     signal.signal(signal.SIGTERM, interrupt)
     with tempfile.TemporaryDirectory(prefix='dbapi-stack-') as run_dir:

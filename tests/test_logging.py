@@ -3,6 +3,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -10,16 +11,20 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import psycopg2
 import pytest
 from flask import Flask, Response
+from gunicorn.app.base import BaseApplication
 from psycopg2.extensions import make_dsn
 
 import settings
-from lib.logs import configure_logging, install_access_log
+from lib.auth import load_clients
+from lib.logs import AccessLog, configure_process_logging, install_access_log, settings_config
+from lib.logs.access import Exchange
 from lib.http.requestid import REQUEST_ID_KEY
-from tests.conftest import ADMIN_TOKEN, EXAMPLE_ONLY_TOKEN, SINGLE_BEARER, app_config
+from tests.conftest import ADMIN_TOKEN, EXAMPLE_ONLY_TOKEN, SINGLE_BEARER
 from tests.test_servers import free_port, server_environment, wait_until_healthy
 
 REQUIRED_FIELDS = ('@timestamp', 'log.level', 'message', 'ecs.version', 'service.name', 'service.environment',
@@ -82,11 +87,11 @@ def post(client, path, body=None, headers=None, token=ADMIN_TOKEN, **kwargs):
 
 
 @pytest.fixture()
-def log_folder(tmp_path, database_url):
+def log_folder(tmp_path, make_app):
     """A folder for LOG_PATH; logging is put back as the other tests' apps have it afterwards."""
     folder = tmp_path / 'logs'
     yield folder
-    configure_logging(app_config(database_url))
+    make_app()
 
 
 @pytest.fixture()
@@ -307,6 +312,138 @@ def test_a_process_rotates_its_own_file_at_the_size_limit(make_app, log_folder):
     assert parse_lines(files[newest])[-1]['message'].startswith('line 59 ')
 
 
+@pytest.mark.parametrize('fast', [True, False])
+def test_a_process_counts_from_the_size_its_file_already_has(make_app, log_folder, fast):
+    log_folder.mkdir()
+    path = log_folder / f'{settings.PROCESS_ID}-{socket.gethostname()}-{os.getpid()}.ndjson'
+    earlier = json.dumps({'message': 'an earlier line', 'padding': 'x' * 3800}) + '\n'
+    path.write_text(earlier)
+    make_app(LOG_PATH=str(log_folder), LOG_FILE_MAX_BYTES=4000, LOG_FILE_BACKUPS=2, FAST_PATHS=fast)
+    logging.getLogger('dbapi.test').warning('a line that does not fit %s', 'y' * 200)
+    files = read_log_folder(log_folder)
+    assert files[f'{path.name}.1'] == earlier, 'the file was rotated before the line took it past the limit'
+    assert [line['message'] for line in parse_lines(files[path.name])] == [f"a line that does not fit {'y' * 200}"]
+
+
+def test_a_library_line_carries_the_whole_chained_traceback(logged_app, log_folder):
+    try:
+        try:
+            raise KeyError('the first failure')
+        except KeyError as exc:
+            raise ValueError('the second failure') from exc
+    except ValueError:
+        logging.getLogger('dbapi.test').exception('it failed')
+    [line] = logged_lines(log_folder)
+    trace = line['error.stack_trace']
+    assert trace.startswith('Traceback (most recent call last):') and "KeyError: 'the first failure'" in trace
+    assert 'The above exception was the direct cause' in trace and trace.endswith('ValueError: the second failure')
+    assert (line['error.type'], line['error.message']) == ('ValueError', 'the second failure')
+    assert line['log.origin.function'] == 'test_a_library_line_carries_the_whole_chained_traceback'
+
+
+def test_a_line_with_extra_fields_keeps_them_beside_dbapis(logged_app, log_folder):
+    logging.getLogger('dbapi.test').warning('with extras', extra={'labels': {'applied': '001,002'}, 'odd': object(),
+                                                                  'big': 2 ** 70})
+    [line] = logged_lines(log_folder)
+    assert (line['labels.applied'], line['labels.elk_index']) == ('001,002', logged_app.config['ELK_INDEX'])
+    assert line['odd'].startswith('<object object') and line['big'] == 2 ** 70
+
+
+def gunicorn_logger(**options):
+    """Return the logger gunicorn makes from its config, the way its arbiter makes it, with dbapi's logger class."""
+    class Configured(BaseApplication):
+        def load_config(self):
+            for name, value in {'logger_class': 'lib.logs.GunicornLogger', **options}.items():
+                self.cfg.set(name, value)
+
+        def load(self):
+            return None
+    application = Configured()
+    return application.cfg.logger_class(application.cfg), application.cfg
+
+
+def test_gunicorn_lines_go_through_dbapis_handlers_after_every_setup(make_app, log_folder):
+    make_app(LOG_PATH=str(log_folder))
+    logger, cfg = gunicorn_logger(errorlog='-', loglevel='info')
+    logger.info('first setup')
+    logger.setup(cfg)  # what gunicorn's reload (SIGHUP) runs
+    logger.info('after a reload')
+    assert logger.error_log.handlers == [] and logger.error_log.propagate
+    lines = logged_lines(log_folder)
+    assert [(line['log.logger'], line['message']) for line in lines] == [
+        ('gunicorn.error', 'first setup'), ('gunicorn.error', 'after a reload')]
+
+
+def test_bearer_tokens_file_tokens_are_redacted_as_auths_table_holds_them(make_app, log_folder, tmp_path):
+    file_token = 'token-from-a-mounted-file-3b7'
+    tokens_file = tmp_path / 'tokens.json'
+    tokens_file.write_text(json.dumps({'mounted': {'token': file_token}}))
+    app = make_app(LOG_PATH=str(log_folder), BEARER_TOKENS_FILE=str(tokens_file))
+    assert file_token in load_clients(app.config).secrets
+    assert post(app.test_client(), '/probe/echo', token=file_token).status_code == 200
+    logging.getLogger('dbapi.test').warning('called with %s', file_token)
+    # A process without an app (manage.py, gunicorn's master) takes its tokens from the same table.
+    standalone = SimpleNamespace(**{**settings_config(settings), 'LOG_PATH': str(log_folder / 'standalone'),
+                                    'BEARER_TOKENS_FILE': str(tokens_file)})
+    configure_process_logging(standalone)
+    logging.getLogger('dbapi.test').warning('again with %s', file_token)
+    texts = [*read_log_folder(log_folder).values(), *read_log_folder(log_folder / 'standalone').values()]
+    lines = [line for text in texts for line in parse_lines(text)]
+    assert [line['message'] for line in lines if line['log.logger'] == 'dbapi.test'] == [
+        'called with [REDACTED]', 'again with [REDACTED]']
+    assert [line['user.name'] for line in access_lines(lines)] == ['mounted']
+    assert not any(file_token in text for text in texts)
+
+
+# The same requests on an app with fast paths and on one without; a line's timing is its own.
+SAME_REQUESTS = [('/probe/echo', ADMIN_TOKEN), ('/probe/echo', UNKNOWN_TOKEN), ('/probe/missing', ADMIN_TOKEN),
+                 ('/probe/crash', SINGLE_BEARER), ('/no/such/module', None)]
+TIMESTAMP = re.compile(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z')
+
+
+def without_timing(line, *names):
+    """Return a flattened line less its @timestamp and event.duration (checked for their form) and names."""
+    assert TIMESTAMP.fullmatch(line['@timestamp']) and line['event.duration'] > 0
+    return {name: value for name, value in line.items() if name not in ('@timestamp', 'event.duration', *names)}
+
+
+def test_access_lines_are_the_same_with_fast_paths_on_and_off(make_app, log_folder):
+    lines = {}
+    for fast in (True, False):
+        client = make_app(LOG_PATH=str(log_folder / str(fast)), FAST_PATHS=fast).test_client()
+        for number, (path, token) in enumerate(SAME_REQUESTS):
+            post(client, path, token=token, headers={'X-Request-ID': f'same-{number}', 'User-Agent': 'same/1'})
+        # Which frames a trace holds depends on the app's own fast paths; test_an_access_line_... compares it.
+        lines[fast] = [without_timing(line, 'error.stack_trace')
+                       for line in access_lines(logged_lines(log_folder / str(fast)))]
+    assert len(lines[True]) == len(SAME_REQUESTS) and lines[True] == lines[False]
+
+
+def finished_exchange():
+    """Return an exchange whose stream broke, as the server leaves it when it closes the response."""
+    environ = {'REQUEST_METHOD': 'POST', 'PATH_INFO': '/probe/export', 'REMOTE_ADDR': '192.0.2.1',
+               'HTTP_USER_AGENT': 'unit/1', REQUEST_ID_KEY: 'unit-1'}
+    exchange = Exchange(environ, None, None)
+    exchange.status, exchange.bytes = 200, 17
+    try:
+        raise RuntimeError('the cursor died midway')
+    except RuntimeError as exc:
+        exchange.stream_error = exc
+    return exchange
+
+
+@pytest.mark.parametrize('fast_handlers', [True, False])
+def test_an_access_line_is_the_same_through_the_fast_path_and_a_log_record(make_app, log_folder, fast_handlers):
+    make_app(LOG_PATH=str(log_folder), FAST_PATHS=fast_handlers)
+    exchange = finished_exchange()
+    AccessLog(None, fast=True).finish(exchange)
+    AccessLog(None, fast=False).finish(exchange)
+    prebuilt, from_record = [without_timing(line) for line in logged_lines(log_folder)]
+    assert prebuilt == from_record and prebuilt['error.stack_trace'].startswith('Traceback')
+    assert prebuilt['message'] == 'POST /probe/export 200' and prebuilt['log.level'] == 'error'
+    assert not any(name.startswith('log.origin') for name in from_record)
+
+
 def load_yaml(relative_path):
     """Parse a YAML file of the repository (PyYAML comes with requirements-lint.txt, which make test installs)."""
     yaml = pytest.importorskip('yaml', reason='PyYAML comes with requirements-lint.txt (make lint)')
@@ -428,6 +565,8 @@ def test_three_gunicorn_workers_under_load_write_one_valid_line_per_request(tmp_
     stdout = (tmp_path / 'stdout').read_text(encoding='utf-8')
     assert len(access_lines(parse_lines(stdout))) == len(access), 'stdout carries every line too'
     assert any(line['log.logger'] == 'gunicorn.error' for line in parse_lines(stdout))
-    everything = stdout + (tmp_path / 'stderr').read_text(encoding='utf-8') + '\n'.join(files.values())
+    stderr = (tmp_path / 'stderr').read_text(encoding='utf-8')
+    assert 'Booting worker' not in stderr, "gunicorn's own handler was left in place"
+    everything = stdout + stderr + '\n'.join(files.values())
     for spelling in secret_spellings([dsn, AWKWARD_PASSWORD, LOAD_TOKEN, ADMIN_TOKEN, UNKNOWN_TOKEN]):
         assert spelling not in everything, f'{spelling!r} was logged'

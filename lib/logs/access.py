@@ -1,0 +1,213 @@
+"""The access line: one per request, written when the server closes the response."""
+import logging
+import time
+import traceback
+
+from lib.http.exchange import CLIENT_KEY, ERROR_KEY, ROUTE_KEY
+from lib.http.requestid import REQUEST_ID_KEY
+from lib.logs.formatter import ACCESS_LOGGER, dotted
+from lib.logs.handlers import LineWriting
+
+log = logging.getLogger('dbapi.logging')
+
+ACCESS_DATASET = 'dbapi.access'
+# The levels of access lines, as ECS spells them: a success, a failure.
+ACCESS_LEVELS = {logging.INFO: 'info', logging.ERROR: 'error'}
+MAX_CAUSES = 10
+# (ECS group, field, WSGI environ key) of what an access line carries when the request has it.
+OPTIONAL_ENVIRON_FIELDS = (('client', 'ip', 'REMOTE_ADDR'), ('user_agent', 'original', 'HTTP_USER_AGENT'))
+
+
+class Exchange:
+    """One request as the access line sees it, and its body as the server sends it.
+
+    It notes the status when the app starts the response, counts the bytes the body yields, keeps the
+    error that cut a stream short, and calls on_close once the server has closed the body, which is also
+    when a streamed query's connection goes back.
+    """
+
+    __slots__ = ('environ', 'server_start_response', 'on_close', 'started_ns', 'status', 'endpoint', 'bytes',
+                 'stream_error', 'chunks')
+
+    def __init__(self, environ, server_start_response, on_close):
+        self.environ = environ
+        self.server_start_response = server_start_response
+        self.on_close = on_close
+        self.started_ns = time.perf_counter_ns()
+        self.status = 500
+        self.endpoint = None
+        self.bytes = 0
+        self.stream_error = None
+        self.chunks = ()
+
+    def start_response(self, status, headers, exc_info=None):
+        """Note the status, and the matched endpoint while Flask still serves the request, then start the response."""
+        self.status = int(status[:3])
+        self.endpoint = getattr(self.environ.get('werkzeug.request'), 'endpoint', None)
+        return self.server_start_response(status, headers, exc_info)
+
+    def __iter__(self):
+        try:
+            for chunk in self.chunks:
+                self.bytes += len(chunk)
+                yield chunk
+        except Exception as exc:
+            self.stream_error = exc
+            raise
+
+    def close(self):
+        """Close the wrapped body, then finish the exchange."""
+        try:
+            close = getattr(self.chunks, 'close', None)
+            if close is not None:
+                close()
+        finally:
+            self.on_close(self)
+
+
+def sqlstate_of(exc):
+    """Return the SQLSTATE of exc or of an error that led to it, or None."""
+    for _ in range(MAX_CAUSES):
+        if exc is None:
+            return None
+        if getattr(exc, 'pgcode', None):
+            return exc.pgcode
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def error_fields(exc, detailed):
+    """Return ECS error fields: the SQLSTATE when the database raised, and type, message and trace when detailed."""
+    fields = {}
+    sqlstate = sqlstate_of(exc)
+    if sqlstate:
+        fields['code'] = sqlstate
+    if detailed:
+        kind = type(exc)
+        module = '' if kind.__module__ == 'builtins' else f'{kind.__module__}.'
+        fields['type'] = module + kind.__qualname__
+        fields['message'] = str(exc)
+        fields['stack_trace'] = ''.join(traceback.format_exception(exc))
+    return fields
+
+
+def route_labels(exchange):
+    """Return (module, action) of a request: its mounted route, an ops endpoint, or ('', '') for no match."""
+    route = exchange.environ.get(ROUTE_KEY)
+    if route is not None:
+        return route.module, route.name
+    if exchange.endpoint:
+        blueprint, _, view = exchange.endpoint.rpartition('.')
+        return blueprint, view
+    return '', ''
+
+
+def request_path(environ):
+    """Return the request's path as werkzeug decodes it."""
+    path = environ.get('PATH_INFO') or ''
+    if not path.isascii():
+        path = path.encode('latin-1').decode('utf-8', 'replace')
+    return '/' + path.lstrip('/')
+
+
+def exchange_fields(exchange, labels):
+    """Return the access line's fields of a finished exchange, all read from its WSGI environ; none is None,
+    since ecs-logging leaves out a field whose value is None."""
+    environ, status = exchange.environ, exchange.status
+    fields = {'http': {'request': {'method': environ.get('REQUEST_METHOD')},
+                       'response': {'status_code': status, 'body': {'bytes': exchange.bytes}}},
+              'url': {'path': request_path(environ)},
+              'event': {'dataset': ACCESS_DATASET}}
+    if request_id := environ.get(REQUEST_ID_KEY):
+        fields['http']['request']['id'] = request_id
+    for group, name, key in OPTIONAL_ENVIRON_FIELDS:
+        if value := environ.get(key):
+            fields[group] = {name: value}
+    if client := environ.get(CLIENT_KEY):
+        fields['user'] = {'name': client.name}
+    if labels[0]:
+        fields['labels'] = {'module': labels[0], 'action': labels[1]}
+    if error := exchange_error(exchange):
+        fields['error'] = error
+    return fields
+
+
+def exchange_error(exchange):
+    """Return the error fields of an exchange: a stream cut short, a 5xx in full, or a 4xx's SQLSTATE."""
+    if exchange.stream_error is not None:
+        return error_fields(exchange.stream_error, detailed=True)
+    failure = exchange.environ.get(ERROR_KEY)
+    if failure is None:
+        return None
+    return error_fields(failure[0], detailed=exchange.status >= 500)
+
+
+class AccessLog:
+    """WSGI middleware: one access line per request once its response has gone out, and the observers told.
+
+    Working on the environ after Flask is done costs far less than Flask hooks and werkzeug's Request
+    properties; the handlers leave the route, the client and the error in the environ (lib/http/exchange.py).
+    With fast=False (FAST_PATHS off) the line is an ordinary LogRecord through logging's stock path.
+    """
+
+    def __init__(self, wsgi_app, observers=(), fast=True):
+        self.wsgi_app = wsgi_app
+        self.logger = logging.getLogger(ACCESS_LOGGER)
+        self.observers = tuple(observers)
+        self.fast = fast
+
+    def __call__(self, environ, start_response):
+        exchange = Exchange(environ, start_response, self.finish)
+        exchange.chunks = self.wsgi_app(environ, exchange.start_response)
+        return exchange
+
+    def finish(self, exchange):
+        """Write the line of a finished exchange with its duration, and tell the observers."""
+        duration_ns = time.perf_counter_ns() - exchange.started_ns
+        labels = route_labels(exchange)
+        fields = exchange_fields(exchange, labels)
+        fields['event']['duration'] = duration_ns
+        failed = exchange.status >= 500 or 'stack_trace' in fields.get('error', ())
+        fields['event']['outcome'] = 'failure' if failed else 'success'
+        message = f"{fields['http']['request']['method']} {fields['url']['path']} {exchange.status}"
+        self.write(logging.ERROR if failed else logging.INFO, message, fields)
+        self.tell_observers(*labels, exchange.status, duration_ns / 1e9)
+
+    def tell_observers(self, module, action, status, seconds):
+        """Pass the finished request to each observer; one that fails is logged, never raised to the server."""
+        for observer in self.observers:
+            try:
+                observer(module, action, status, seconds)
+            except Exception:
+                log.exception('an access log observer failed')
+
+    def write(self, level, message, fields):
+        """Write the line: prebuilt for dbapi's handlers when fast, else as a record through the logger."""
+        if not self.logger.isEnabledFor(level):
+            return
+        if self.fast:
+            self.write_prebuilt(level, message, fields)
+        else:
+            self.logger.log(level, message, extra=dotted(fields))
+
+    def write_prebuilt(self, level, message, fields):
+        """Hand dbapi's handlers the line made once per formatter, without a LogRecord or Logger.handle."""
+        lines, record = {}, None
+        for handler in self.logger.handlers + logging.getLogger().handlers:
+            if level < handler.level:
+                continue
+            if isinstance(handler, LineWriting):
+                formatter = handler.formatter
+                if formatter not in lines:
+                    lines[formatter] = formatter.access_line(ACCESS_LEVELS[level], message, fields)
+                handler.write_finished_line(lines[formatter])
+            else:  # a handler that is not dbapi's (a test's) gets the record the stock path makes
+                record = record or self.logger.makeRecord(ACCESS_LOGGER, level, '', 0, message, None, None,
+                                                          extra=dotted(fields))
+                handler.handle(record)
+
+
+def install_access_log(app, observers=()):
+    """Time every request of app and write its access line once the response has gone out."""
+    app.wsgi_app = access_log = AccessLog(app.wsgi_app, observers, fast=app.config.get('FAST_PATHS', True))
+    return access_log

@@ -1,0 +1,203 @@
+"""ECS lines: ecs-logging's StdlibFormatter builds each document, a logging.Filter adds dbapi's fields,
+lib.jsonenc encodes the line; access lines also have a fast path that needs no LogRecord."""
+import logging
+import os
+import time
+import weakref
+
+import ecs_logging
+
+from lib.http.requestid import current_request_id
+from lib.jsonenc import dumps_bytes
+
+ACCESS_LOGGER = 'dbapi.access'
+# log.original repeats the message; the process name and thread say nothing in a gunicorn worker.
+EXCLUDED_FIELDS = ('log.original', 'process.name', 'process.thread')
+# An access line is written by the access log, not by a line of code worth pointing at.
+ACCESS_EXCLUDED_FIELDS = EXCLUDED_FIELDS + ('log.origin',)
+REQUEST_ID_FIELD = 'http.request.id'
+
+
+# --- Encoding: the project's one JSON encoder, and repr for whatever it cannot write. ---
+
+def encode(value):
+    """Encode value as JSON text with lib.jsonenc; what it cannot encode is written as its repr."""
+    try:
+        return dumps_bytes(value).decode()
+    except (TypeError, ValueError):
+        return dumps_bytes(with_reprs(value)).decode()
+
+
+def with_reprs(value):
+    """Return value with every part lib.jsonenc cannot encode replaced by its repr."""
+    if isinstance(value, dict):
+        return {key if isinstance(key, str) else repr(key): with_reprs(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [with_reprs(item) for item in value]
+    try:
+        dumps_bytes(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def encode_line(document):
+    """Encode an ecs-logging document as one line, @timestamp, log.level and message first as ECS asks."""
+    log = document.get('log', {})
+    head = {'@timestamp': document.pop('@timestamp', None), 'log.level': log.pop('level', None),
+            'message': document.pop('message', None)}
+    if not log:
+        document.pop('log', None)
+    return encode({**head, **document})
+
+
+def dotted(fields, prefix=''):
+    """Return nested ECS fields as {dotted name: value}, the form record attributes take."""
+    flat = {}
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            flat.update(dotted(value, f'{prefix}{key}.'))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def nested(fields):
+    """Return {dotted name: value} fields as nested objects, the form a line takes."""
+    tree = {}
+    for name, value in fields.items():
+        *groups, last = name.split('.')
+        node = tree
+        for group in groups:
+            node = node.setdefault(group, {})
+        node[last] = value
+    return tree
+
+
+# --- dbapi's fields on every record, and the formatter. ---
+
+def service_fields(config, hostname):
+    """Return the fields every line carries, by dotted name: who wrote it, and the index filebeat ships it to."""
+    return {'service.name': config['APP_ID'], 'service.environment': config['ENVIRONMENT'],
+            'service.node.name': config['PROCESS_ID'], 'host.hostname': hostname,
+            'labels.elk_index': config['ELK_INDEX']}
+
+
+class ServiceFields(logging.Filter):
+    """Add dbapi's fields to each record a handler writes, as the dotted extra attributes ecs-logging writes:
+    the service fields, and the request id of a line logged while a request is served."""
+
+    def __init__(self, fields):
+        super().__init__()
+        self.fields = fields
+
+    def filter(self, record):
+        """Add the fields the record does not carry already; keep every record."""
+        for name, value in self.fields.items():
+            add_field(record, name, value)
+        request_id = current_request_id()
+        if request_id:
+            add_field(record, REQUEST_ID_FIELD, request_id)
+        return True
+
+
+def add_field(record, name, value):
+    """Give record a dotted field it lacks; a nested extra of the same group (extra={'labels': {...}}) takes it
+    in, since ecs-logging refuses one field spelt both ways."""
+    group, _, rest = name.partition('.')
+    given = getattr(record, group, None)
+    if isinstance(given, dict):
+        setattr(record, group, merged(nested({rest: value}), given))
+    elif not hasattr(record, name):
+        setattr(record, name, value)
+
+
+def merged(defaults, given):
+    """Return the nested fields given, with defaults filling in what they lack."""
+    result = dict(given)
+    for key, value in defaults.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(value, result[key])
+        else:
+            result.setdefault(key, value)
+    return result
+
+
+class EcsFormatter(logging.Formatter):
+    """Lines as ecs-logging's own formatter builds them (an access line without log.origin), encoded with
+    lib.jsonenc and redacted; the whole traceback, chained causes included, goes in error.stack_trace."""
+
+    def __init__(self, fields, redact):
+        super().__init__()
+        # stack_trace_limit=0: ecs-logging's trace is the frames alone; full_trace writes the whole one.
+        self.library = ecs_logging.StdlibFormatter(exclude_fields=EXCLUDED_FIELDS, stack_trace_limit=0)
+        self.access = ecs_logging.StdlibFormatter(exclude_fields=ACCESS_EXCLUDED_FIELDS, stack_trace_limit=0)
+        self.redact = redact
+        self.last = (lambda: None, '')
+        self.fast_access = FastAccessLines(fields, redact)
+
+    def format(self, record):
+        """Return the record as one JSON line, built once however many handlers write it."""
+        last = self.last
+        if last[0]() is not record:
+            # A weak reference: a record's traceback holds frames, and their locals, that must not outlive it.
+            last = self.last = (weakref.ref(record), self.redact(encode_line(self.document(record))))
+        return last[1]
+
+    def document(self, record):
+        """Return the record's ECS document."""
+        ecs = self.access if record.name == ACCESS_LOGGER else self.library
+        document = ecs.format_to_ecs(record)
+        if record.exc_info and record.exc_info[1] is not None:
+            document.setdefault('error', {})['stack_trace'] = self.full_trace(record)
+        return document
+
+    def full_trace(self, record):
+        """Return the record's traceback, chained causes and the final line included, and its stack if any."""
+        trace = self.formatException(record.exc_info)
+        return f'{trace}\n{record.stack_info}' if record.stack_info else trace
+
+    def access_line(self, level, message, fields):
+        """Return an access line as JSON text, made now by this process, without a LogRecord."""
+        return self.fast_access.line(level, message, fields)
+
+
+class FastAccessLines:
+    """Access lines spliced together from text: the fields every line of this process carries are encoded once.
+
+    The line holds what EcsFormatter writes for the same access record; tests/test_logging.py compares them.
+    """
+
+    def __init__(self, fields, redact):
+        service = nested(fields)
+        self.labels = service.pop('labels', {})
+        self.service = service
+        self.redact = redact
+        self.fixed_json = (None, '')
+        self.second = (None, '')
+
+    def line(self, level, message, fields):
+        """Return the access line of a request: level ('info', 'error'), message and its nested fields."""
+        pid = os.getpid()
+        if self.fixed_json[0] != pid:
+            self.fixed_json = (pid, encode(self.fixed_fields(pid))[1:-1])
+        head = f'{{"@timestamp":"{self.timestamp(time.time())}","log.level":"{level}","message":{encode(message)}'
+        return self.redact(f'{head},{self.fixed_json[1]},{encode(self.labelled(fields))[1:]}')
+
+    def fixed_fields(self, pid):
+        """Return the fields that every access line of process pid carries."""
+        return {'ecs.version': ecs_logging.ECS_VERSION, **self.service, 'log': {'logger': ACCESS_LOGGER},
+                'process': {'pid': pid}}
+
+    def labelled(self, fields):
+        """Return fields with the service's labels added to the request's."""
+        labels = fields.get('labels')
+        return {**fields, 'labels': {**labels, **self.labels} if labels else self.labels}
+
+    def timestamp(self, created):
+        """Return a UTC time with milliseconds as ecs-logging writes it, formatting each second only once."""
+        second = int(created)
+        cached = self.second
+        if cached[0] != second:
+            cached = self.second = (second, time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second)))
+        return f'{cached[1]}.{int((created - second) * 1000):03d}Z'

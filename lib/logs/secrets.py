@@ -1,0 +1,60 @@
+"""Secrets: every spelling of a bearer token, DSN or database password is replaced in every line."""
+import json
+from urllib.parse import quote
+
+import psycopg2
+from psycopg2.extensions import parse_dsn
+
+from lib.logs.formatter import encode
+
+REDACTED = '[REDACTED]'
+# Shorter "secrets" would blank out ordinary words in every line.
+MIN_SECRET_LENGTH = 4
+
+
+def dsn_spellings(dsn):
+    """Return a DSN and its password as a line could spell them: raw, URL-encoded and libpq-quoted."""
+    try:
+        password = parse_dsn(dsn).get('password')
+    except psycopg2.ProgrammingError:
+        password = None
+    if not password:
+        return [dsn]
+    libpq_quoted = password.replace('\\', '\\\\').replace("'", "\\'")
+    return [dsn, password, quote(password, safe=''), quote(password), libpq_quoted]
+
+
+def configured_secrets(databases, tokens):
+    """Return the plain bearer tokens (lib.auth's TokenTable.secrets), the database DSNs and their passwords."""
+    dsns = [dsn for dsn in (databases or {}).values() if dsn]
+    return [*tokens, *(spelling for dsn in dsns for spelling in dsn_spellings(dsn))]
+
+
+class Redactor:
+    """Replace known secrets in finished lines: a few substring checks per line, a rewrite only on a hit."""
+
+    def __init__(self, secrets):
+        # Longest first, so that a DSN is replaced whole before the password inside it.
+        self.secrets = sorted({secret for secret in secrets if len(secret) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+        # A finished line holds each secret the way JSON escapes it.
+        self.escaped = [encode(secret)[1:-1] for secret in self.secrets]
+
+    def __call__(self, line):
+        """Return line, rewritten without its secrets when it holds any."""
+        for escaped in self.escaped:
+            if escaped in line:
+                # Decoding first keeps the line valid JSON whatever characters a secret holds.
+                return encode(self.redact(json.loads(line)))
+        return line
+
+    def redact(self, value):
+        """Return value with every secret in its strings replaced."""
+        if isinstance(value, str):
+            for secret in self.secrets:
+                value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {self.redact(key): self.redact(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.redact(item) for item in value]
+        return value
