@@ -13,7 +13,6 @@ import lib.modules
 from lib import auth
 from lib.decorators import schema_of
 from lib.fastschema import fast_loader
-from lib.http.routing import FixedRulesFirst
 from modules.users.schemas import NewUser, Page, UserChange, UserId
 from tests.conftest import ADMIN_TOKEN
 from tests.test_errors import assert_problem
