@@ -1,0 +1,201 @@
+"""A user's own work: a copy of the project gains a module and a migration, as docs/modules.md tells, and
+`make test` passes there, its parametrised auth and method tests covering the new routes by themselves."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+import settings
+from lib.db.migrate import MIGRATIONS_DIR
+from tests.helpers import drop_database, recreate_database, scratch_folder, stop_postgres
+
+pytestmark = pytest.mark.slow
+
+# The files of modules/orders, as docs/modules.md shows them.
+ORDERS_MODULE = {
+    '__init__.py': '',
+    'routes.py': '''
+        from .actions import create, daily, get
+
+        routes = [
+            dict(route='create', action=create),
+            dict(route='get', action=get),
+            dict(route='reports/daily', action=daily),
+        ]
+    ''',
+    'schemas.py': '''
+        from marshmallow import Schema, fields, validate
+
+
+        class NewOrder(Schema):
+            customer_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+            total = fields.Decimal(required=True, places=2, validate=validate.Range(min=0))
+
+
+        class OrderId(Schema):
+            id = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+
+
+        class Day(Schema):
+            day = fields.Date(required=True)
+    ''',
+    'sql.py': '''
+        ORDER_COLUMNS = 'id, customer_id, total, created_at'
+        INSERT_ORDER = ('INSERT INTO orders (customer_id, total) VALUES (%(customer_id)s, %(total)s) '
+                        f'RETURNING {ORDER_COLUMNS}')
+        ORDER_BY_ID = f'SELECT {ORDER_COLUMNS} FROM orders WHERE id = %(id)s'
+        DAILY_TOTALS = """SELECT count(*) AS orders, coalesce(sum(total), 0) AS total FROM orders
+                          WHERE created_at >= %(day)s::date AND created_at < %(day)s::date + 1"""
+    ''',
+    'actions.py': '''
+        from lib.db import DEFAULT
+        from lib.decorators import inject_conn, inject_db, use_schema
+        from lib.errors import NotFound
+
+        from . import sql
+        from .schemas import Day, NewOrder, OrderId
+
+
+        @use_schema(NewOrder)
+        @inject_db(DEFAULT)
+        def create(db, customer_id, total):
+            """Insert an order."""
+            return db.fetch_one(sql.INSERT_ORDER, dict(customer_id=customer_id, total=total)), 201
+
+
+        @use_schema(OrderId)
+        @inject_conn(DEFAULT, named=True, autocommit=False)
+        def get(conn, id):
+            """Return one order."""
+            with conn.cursor() as cursor:
+                cursor.execute(sql.ORDER_BY_ID, dict(id=id))
+                row = cursor.fetchone()
+            if row is None:
+                raise NotFound(f'No order has id {id}.')
+            return row
+
+
+        @use_schema(Day)
+        @inject_db(DEFAULT)
+        def daily(db, day):
+            """Count one day's orders and add up their totals."""
+            return {'day': day.isoformat(), **db.fetch_one(sql.DAILY_TOTALS, dict(day=day))}
+    ''',
+}
+ORDERS_MIGRATION = '''
+    -- Orders of the orders module.
+    CREATE TABLE orders (
+        id bigserial PRIMARY KEY,
+        customer_id integer NOT NULL,
+        total numeric(12, 2) NOT NULL CHECK (total >= 0),
+        created_at timestamptz NOT NULL DEFAULT now()
+    );
+'''
+# Run in the copy once `make test` has migrated its database: the new action, called through the app.
+CALL_ORDERS = '''
+import json, sys
+from app import create_app
+from tests.helpers import Caller, app_config
+call = Caller(create_app(app_config(sys.argv[1])).test_client())
+created = call('/orders/create', {'customer_id': 7, 'total': '12.50'})
+fetched = call('/orders/get', {'id': created.get_json()['id']})
+print(json.dumps([created.status_code, created.get_json(), fetched.get_json()]))
+'''
+
+
+def project_files():
+    """Return the paths of the project's files as git sees them: tracked, or new and not ignored."""
+    listed = subprocess.run(['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'],
+                            cwd=settings.BASE_DIR, capture_output=True, check=True).stdout
+    return [Path(name) for name in listed.decode().split('\0') if name]
+
+
+def copy_project(target):
+    """Copy the project's files to target as they are now, sharing the installed .venv."""
+    for relative in project_files():
+        source = settings.BASE_DIR / relative
+        if source.is_file():  # a tracked file deleted in the work tree is not part of it
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / relative, follow_symlinks=False)
+    (target / '.venv').symlink_to(settings.BASE_DIR / '.venv')
+
+
+def next_migration_number():
+    """Return the number after the last migration's, written as wide as theirs (0004 after 0003)."""
+    numbers = [match[1] for path in MIGRATIONS_DIR.glob('*.sql') if (match := re.match(r'(\d+)_', path.name))]
+    width = max((len(number) for number in numbers), default=4)
+    return str(max((int(number) for number in numbers), default=0) + 1).zfill(width)
+
+
+def add_orders_module(project):
+    """Add modules/orders and its migration (with its rollback) to a copy of the project."""
+    for name, text in ORDERS_MODULE.items():
+        path = project / 'modules' / 'orders' / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+    number = next_migration_number()
+    (project / 'migrations' / f'{number}_orders.sql').write_text(textwrap.dedent(ORDERS_MIGRATION).lstrip())
+    (project / 'migrations' / f'{number}_orders.rollback.sql').write_text('DROP TABLE orders;\n')
+
+
+@pytest.fixture()
+def project_copy():
+    """A copy of the project with the orders module added, under .data/ (its server's user can reach it there)."""
+    if not (settings.BASE_DIR / '.git').exists():
+        pytest.skip('the copy is made from git ls-files')
+    copy = Path(tempfile.mkdtemp(prefix='new-module-', dir=scratch_folder()))
+    try:
+        copy_project(copy)
+        add_orders_module(copy)
+        yield copy
+    finally:
+        stop_postgres(copy / '.data' / 'pg-test')  # in case the copy's tests started their own
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+@pytest.fixture()
+def copy_database(database_url):
+    """An empty database of the copy's tests (their TEST_DATABASE_URL), dropped afterwards."""
+    name = f'dbapi_new_module_{uuid.uuid4().hex[:8]}'
+    yield recreate_database(database_url, name)
+    drop_database(database_url, name)
+
+
+def make_would_install(project):
+    """Tell whether `make test` in the copy would install packages first (the shared .venv is older than the
+    requirements files: only when pytest runs outside `make test`, which installs them first)."""
+    planned = subprocess.run(['make', '-n', 'test'], cwd=project, capture_output=True, text=True, check=True).stdout
+    return 'pip install' in planned
+
+
+def run_in(project, command, database_url, timeout=900):
+    """Run a command in the copy with the test database it should use; return the finished process."""
+    environment = {**os.environ, 'ENVIRONMENT': 'test', 'TEST_DATABASE_URL': database_url}
+    return subprocess.run(command, cwd=project, env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(os.environ.get('FAST_PATHS') == '0', reason='the make test it runs covers FAST_PATHS=0 itself')
+def test_a_new_module_with_a_migration_passes_make_test_in_a_fresh_copy(project_copy, copy_database):
+    if make_would_install(project_copy):
+        pytest.skip('.venv does not match requirements*.txt yet: `make venv` (or `make test`) installs them')
+    tests = 'tests/test_auth.py tests/test_calling.py tests/test_example_modules.py'
+    made = run_in(project_copy, ['make', 'test', f'PYTEST_ARGS=-v -p no:cacheprovider {tests}'], copy_database)
+    output = made.stdout + made.stderr
+    assert made.returncode == 0, output[-5000:]
+    for test in ('test_missing_header_is_401_with_a_bearer_challenge', 'test_unknown_token_is_401_invalid_token',
+                 'test_scoped_client_is_403_outside_its_modules_and_allowed_inside'):
+        for route in ('orders/create', 'orders/get', 'orders/reports/daily'):
+            assert f'{test}[{route}] PASSED' in output, f'{test} did not cover {route}'
+    assert 'test_other_methods_are_405_with_allow_post[/orders/reports/daily] PASSED' in output
+    called = run_in(project_copy, [sys.executable, '-c', CALL_ORDERS, copy_database], copy_database, timeout=120)
+    assert called.returncode == 0, called.stderr[-5000:]
+    status, created, fetched = json.loads(called.stdout.strip().splitlines()[-1])
+    assert status == 201 and created == fetched and created['total'] == '12.50'
