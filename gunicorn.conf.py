@@ -17,8 +17,9 @@ from lib.logs import configure_process_logging  # noqa: E402
 bind = [settings.env_str('BIND', f'127.0.0.1:{settings.PORT}')]
 workers = settings.WEB_CONCURRENCY
 worker_class = 'sync'
-# A request may run one statement up to the statement timeout; give it room before the worker is killed.
-timeout = settings.DB_STATEMENT_TIMEOUT_MS // 1000 + 15
+# Its own setting (settings.py): 0, never, when there is no statement timeout, else longer than it, so gunicorn
+# never kills a worker whose statement PostgreSQL would still let run.
+timeout = settings.WORKER_TIMEOUT
 graceful_timeout = 30
 keepalive = 5
 # Each sync worker touches its heartbeat file once per request; in memory that is a cheap syscall, on a

@@ -106,6 +106,24 @@ DB_POOL_TIMEOUT_MS = env_int('DB_POOL_TIMEOUT_MS', 5000, 0, 600000)
 DB_CONNECT_TIMEOUT = env_int('DB_CONNECT_TIMEOUT', 5, 1, 600)
 DB_STATEMENT_TIMEOUT_MS = env_int('DB_STATEMENT_TIMEOUT_MS', 30000, 0, 2**31 - 1)
 DB_RETRIES = env_int('DB_RETRIES', 3, 0, 100)
+# Each client may hold at most this many connections of a pool at once (its BEARER_TOKENS entry's
+# "max_connections" wins): one client's slow calls cannot take every connection. Over it: 429.
+DB_CLIENT_MAX_CONNECTIONS = env_int('DB_CLIENT_MAX_CONNECTIONS', DB_POOL_MAX, 1, 1000)
+
+
+def worker_timeout(statement_timeout_ms):
+    """Return WORKER_TIMEOUT: seconds gunicorn lets a worker stay silent before killing it (0: never)."""
+    # The rule: gunicorn never kills a worker before PostgreSQL would have stopped its statement. So with no
+    # statement timeout there is no worker timeout, and otherwise it outlasts the statement timeout.
+    default = 0 if statement_timeout_ms == 0 else -(-statement_timeout_ms // 1000) + 15
+    seconds = env_int('WORKER_TIMEOUT', default, 0, 2**31 - 1)
+    if seconds and (statement_timeout_ms == 0 or seconds * 1000 <= statement_timeout_ms):
+        raise ImproperlyConfigured('WORKER_TIMEOUT must be 0 (never) or longer than DB_STATEMENT_TIMEOUT_MS, '
+                                   'and 0 when DB_STATEMENT_TIMEOUT_MS is 0')
+    return seconds
+
+
+WORKER_TIMEOUT = worker_timeout(DB_STATEMENT_TIMEOUT_MS)
 
 MAX_CONTENT_LENGTH = env_int('MAX_CONTENT_LENGTH', 1048576, 1, 2**31 - 1)
 LOG_LEVEL = env_choice('LOG_LEVEL', 'INFO', ('DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL'))
