@@ -30,10 +30,24 @@ def set_statements(settings):
 
 
 def run_in_autocommit(conn, statement):
-    """Run statement on conn outside any transaction."""
+    """Run statement (SQL text) on conn outside any transaction."""
     conn.autocommit = True
     with conn.cursor() as cursor:
         cursor.execute(statement)
+
+
+class SessionStatements:
+    """SQL composed once and rendered to text on the first connection it runs on (quoting needs one)."""
+
+    def __init__(self, composed):
+        self.composed = composed
+        self.text = None
+
+    def __call__(self, conn):
+        """Run the statements on conn in autocommit."""
+        if self.text is None:
+            self.text = self.composed.as_string(conn)
+        run_in_autocommit(conn, self.text)
 
 
 def configure_with(settings):
@@ -52,8 +66,7 @@ def reset_with(settings):
     The settings are applied again because RESET ALL returns to the server's defaults, and a SET that
     pgbouncer's connect_query made is not one of them.
     """
-    statements = sql.SQL('; ').join([sql.SQL(RESET_SESSION), set_statements(settings)])
-    return lambda conn: run_in_autocommit(conn, statements)
+    return SessionStatements(sql.SQL('; ').join([sql.SQL(RESET_SESSION), set_statements(settings)]))
 
 
 def report_notices(conn):
