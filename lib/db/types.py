@@ -130,6 +130,14 @@ CASTERS = {DATE: cast_date, TIMESTAMP: cast_timestamp, TIMESTAMPTZ: cast_timesta
 TYPECASTERS = {oid: psycopg2.extensions.new_type((oid,), f'DBAPI_{oid}', cast) for oid, cast in CASTERS.items()}
 
 
+def cast_semicolon_array(text, cursor):
+    """Read a one-dimensional array of a type whose elements hold commas and are delimited by ';' (box[])."""
+    if text is None or text.startswith('{{'):
+        return None if text is None else PgText(text)  # psycopg2 cannot split them; several dimensions stay text
+    items = text[1:-1].split(';') if text != '{}' else []
+    return [None if item == 'NULL' else PgText(item) for item in items]
+
+
 def element_caster(base_oid, base_kind):
     """Return the typecaster of an array's elements: ours, psycopg2's, or the text for a range or unknown type."""
     if base_oid in TYPECASTERS:
@@ -139,12 +147,18 @@ def element_caster(base_oid, base_kind):
     return psycopg2.extensions.string_types.get(base_oid, psycopg2.STRING)
 
 
-def needs_array_caster(array_oid, base_oid, delimiter):
+def needs_array_caster(array_oid, base_oid):
     """Tell whether psycopg2 would read an array wrong: as text when it does not know it, or element by element
-    with its own caster where ours differs. An array whose delimiter is not ',' (box[]) stays text."""
-    if delimiter != ',':
-        return False
+    with its own caster where ours differs."""
     return array_oid not in psycopg2.extensions.string_types or base_oid in TYPECASTERS
+
+
+def array_caster(array_oid, name, base_oid, base_kind, delimiter):
+    """Return the typecaster of one array type."""
+    if delimiter != ',':
+        return psycopg2.extensions.new_type((array_oid,), f'DBAPI_{name}_ARRAY', cast_semicolon_array)
+    caster = element_caster(base_oid, base_kind)
+    return psycopg2.extensions.new_array_type((array_oid,), f'DBAPI_{name}_ARRAY', caster)
 
 
 def register_types(conn):
@@ -155,10 +169,8 @@ def register_types(conn):
         cursor.execute(ARRAYS_OF_TYPES)
         arrays = cursor.fetchall()
     for array_oid, name, base_oid, base_kind, delimiter in arrays:
-        if needs_array_caster(array_oid, base_oid, delimiter):
-            caster = element_caster(base_oid, base_kind)
-            psycopg2.extensions.register_type(
-                psycopg2.extensions.new_array_type((array_oid,), f'DBAPI_{name}_ARRAY', caster), conn)
+        if needs_array_caster(array_oid, base_oid):
+            psycopg2.extensions.register_type(array_caster(array_oid, name, base_oid, base_kind, delimiter), conn)
 
 
 def json_parameter(value):
