@@ -1,9 +1,15 @@
-"""Issue 11: one slow caller never stalls the others: worker timeouts."""
+"""Issue 11: one slow caller never stalls the others: worker timeouts, a bounded /readyz."""
+import contextlib
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 import settings
 from lib.errors import ImproperlyConfigured
-from tests.helpers import post, running_gunicorn
+from tests.helpers import assert_problem, post, running_gunicorn
 
 
 # gunicorn's timeout (WORKER_TIMEOUT)
@@ -34,4 +40,74 @@ def test_with_no_statement_timeout_a_20_second_action_gets_its_answer(database_u
         reply = post(port, '/slow/sleep', {'seconds': 20})
     assert reply.status == 200, reply.body
     assert reply.json() == {'slept': 20}
+
+
+# /readyz within a second, whatever the database does
+
+
+@pytest.fixture()
+def silent_database():
+    """A server on 127.0.0.1 that accepts TCP connections and never answers; yields (DSN, open connection counts)."""
+    listener = socket.create_server(('127.0.0.1', 0))
+    accepted, counts = [], []
+
+    def accept_forever():
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])
+                counts.append(sum(1 for conn in accepted if still_open(conn)))
+    threading.Thread(target=accept_forever, daemon=True).start()
+    yield f'host=127.0.0.1 port={listener.getsockname()[1]} dbname=x user=x', counts
+    listener.close()
+    for conn in accepted:
+        conn.close()
+
+
+def still_open(conn):
+    """Tell whether the peer of an accepted connection has not closed it, reading (and dropping) what it sent."""
+    conn.setblocking(False)
+    try:
+        while conn.recv(65536):
+            pass
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def timed(call):
+    """Return (call's result, seconds it took)."""
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started
+
+
+def test_readyz_answers_503_within_a_second_when_the_database_never_answers(make_app, silent_database):
+    dsn, _ = silent_database
+    client = make_app(DATABASES={'default': dsn}).test_client()
+    response, seconds = timed(lambda: client.get('/readyz'))
+    assert_problem(response, 503)
+    assert response.headers['Retry-After'] == '1'
+    assert seconds < 1.5
+    health, seconds = timed(lambda: client.get('/healthz'))
+    assert health.status_code == 200 and seconds < 0.5
+
+
+def test_readyz_probes_piling_up_hold_one_connection_and_leave_healthz_alone(make_app, silent_database):
+    dsn, open_counts = silent_database
+    app = make_app(DATABASES={'default': dsn})
+    with ThreadPoolExecutor(6) as executor:
+        probes = [executor.submit(timed, lambda: app.test_client().get('/readyz')) for _ in range(5)]
+        health, health_seconds = timed(lambda: app.test_client().get('/healthz'))
+        answers = [probe.result() for probe in probes]
+    assert health.status_code == 200 and health_seconds < 0.5
+    assert [response.status_code for response, _ in answers] == [503] * 5
+    assert max(seconds for _, seconds in answers) < 1.5
+    assert max(open_counts, default=0) <= 1, 'a probe left its connection open, or several ran at once'
+
+
+def test_readyz_is_ready_again_at_once_when_the_database_answers(client):
+    response, seconds = timed(lambda: client.get('/readyz'))
+    assert response.status_code == 200 and seconds < 1
 

@@ -1,12 +1,22 @@
-"""Operations endpoints: /healthz (the process serves) and /readyz (every database answers)."""
+"""Operations endpoints: /healthz (the process serves) and /readyz (every database answers within a second)."""
+import select
+import threading
+import time
+
+import psycopg2
+import psycopg2.extensions
 from flask import Blueprint, current_app
 
-from lib.db import connection
 from lib.errors import ServiceUnavailable
 from lib.jsonenc import json_response
 
 ops = Blueprint('ops', __name__)
 READY_TIMEOUT_MS = 1000
+# Readiness probes running at once in a process. A probe holds one fresh connection per database for at
+# most READY_TIMEOUT_MS and starts no thread; probes that arrive while one runs wait for it within their own
+# second, so a hanging database costs at most one connection per database per process, never a pile of them.
+READY_PROBES = threading.BoundedSemaphore(1)
+SOCKET_EVENTS = {psycopg2.extensions.POLL_READ: select.POLLIN, psycopg2.extensions.POLL_WRITE: select.POLLOUT}
 
 
 @ops.route('/healthz', methods=['GET', 'HEAD'])
@@ -15,21 +25,50 @@ def healthz():
     return json_response({'status': 'ok'})
 
 
-def database_answers(pool):
-    """Tell whether pool's database answers SELECT 1 within a second."""
+def finish_by(conn, deadline):
+    """Drive an asynchronous connection until its pending work is done; raise TimeoutError past deadline."""
+    while (state := conn.poll()) != psycopg2.extensions.POLL_OK:
+        remaining_ms = (deadline - time.monotonic()) * 1000
+        poller = select.poll()
+        # libpq may change sockets while it connects (another address, SSL refused): ask for the current one.
+        poller.register(conn.fileno(), SOCKET_EVENTS[state])
+        if remaining_ms <= 0 or not poller.poll(remaining_ms):
+            raise TimeoutError('the database did not answer in time')
+
+
+def database_answers(pool, deadline):
+    """Tell whether pool's database answers SELECT 1, on a fresh connection of its own, before deadline."""
+    # Asynchronous mode bounds every wait, connecting included, which connect_timeout and statement_timeout
+    # cannot do for a server that accepts TCP and never answers; a pooled connection could hang on one.
+    conn = None
     try:
-        with connection(pool, timeout=READY_TIMEOUT_MS / 1000) as conn, conn.cursor() as cursor:
-            cursor.execute('SET LOCAL statement_timeout = %s', (READY_TIMEOUT_MS,))
-            cursor.execute('SELECT 1')
-            return cursor.fetchone() == (1,)
-    except Exception:
+        conn = psycopg2.connect(pool.dsn, async_=True, **pool.connect_kwargs)
+        finish_by(conn, deadline)
+        cursor = conn.cursor()
+        cursor.execute('SELECT 1')
+        finish_by(conn, deadline)
+        return cursor.fetchone() == (1,)
+    except (psycopg2.Error, OSError):  # TimeoutError is an OSError
         return False
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def every_database_answers(pools):
+    """Tell whether every pool's database answers within READY_TIMEOUT_MS, all of them together."""
+    deadline = time.monotonic() + READY_TIMEOUT_MS / 1000
+    if not READY_PROBES.acquire(timeout=READY_TIMEOUT_MS / 1000):
+        return False
+    try:
+        return all(database_answers(pool, deadline) for pool in pools)
+    finally:
+        READY_PROBES.release()
 
 
 @ops.route('/readyz', methods=['GET'])
 def readyz():
-    """Answer 200 when every configured database answers, else 503; names nothing."""
-    pools = current_app.extensions['dbapi'].pools.values()
-    if all(database_answers(pool) for pool in pools):
+    """Answer 200 when every configured database answers within a second, else 503; names nothing."""
+    if every_database_answers(current_app.extensions['dbapi'].pools.values()):
         return json_response({'status': 'ready'})
     raise ServiceUnavailable('A database is not answering.')
