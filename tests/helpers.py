@@ -135,6 +135,12 @@ def mounted_paths():
     return sorted(rule.rule for rule in collection_app().url_map.iter_rules() if 'POST' in rule.methods)
 
 
+def body_of_size(size):
+    """Return a JSON object body of exactly size bytes for the probe's echo action."""
+    overhead = len(b'{"pad": ""}')
+    return b'{"pad": "' + b'x' * (size - overhead) + b'"}'
+
+
 def migration_ids():
     """Return the ids of the project's migrations, in the order they apply."""
     return [migration.id for migration in read_migrations(str(MIGRATIONS_DIR))]

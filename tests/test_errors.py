@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from tests.helpers import ADMIN_TOKEN, UNREACHABLE_DSN, assert_problem, run_sql
+from tests.helpers import ADMIN_TOKEN, UNREACHABLE_DSN, assert_problem, body_of_size, run_sql
 
 def test_invalid_json_is_400(client):
     response = client.post('/probe/echo', data=b'{"a": ', headers={'Authorization': f'Bearer {ADMIN_TOKEN}',
@@ -23,8 +23,12 @@ def test_body_over_max_content_length_is_413(make_app):
     assert_problem(response, 413)
 
 
-def test_default_max_content_length_is_one_mebibyte(app):
-    assert app.config['MAX_CONTENT_LENGTH'] == 1048576
+def test_default_max_content_length_is_one_mebibyte(client):
+    def post(body):
+        return client.post('/probe/echo', data=body, headers={'Authorization': f'Bearer {ADMIN_TOKEN}',
+                                                              'Content-Type': 'application/json'})
+    assert post(body_of_size(2**20)).status_code == 200
+    assert_problem(post(body_of_size(2**20 + 1)), 413)
 
 
 def test_wrong_content_type_is_415(client):

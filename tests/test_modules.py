@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from lib.modules import ModuleError
-from tests.conftest import ADMIN_TOKEN
+from tests.helpers import ADMIN_TOKEN
 
 package_numbers = itertools.count()
 

@@ -9,7 +9,7 @@ import pytest
 from psycopg2.extensions import parse_dsn
 
 import settings
-from tests.conftest import run_sql
+from tests.helpers import run_sql
 
 AWKWARD_PASSWORD = """p@ss w'o"rd/with\\odd=chars:%20?#"""
 

@@ -9,7 +9,7 @@ from http import HTTPStatus
 import pytest
 
 from lib.errors import HTTP_DETAILS
-from tests.helpers import ADMIN_TOKEN, free_ports, http_request, post, wait_for
+from tests.helpers import ADMIN_TOKEN, body_of_size, free_ports, http_request, post, wait_for
 
 from .helpers import read_json_lines, running_stack, worker_group
 
@@ -104,12 +104,6 @@ def test_the_app_trusts_exactly_one_forwarding_hop(stack):
     assert seen['remote_addr'] == '127.0.0.1'  # not the address the caller claimed
     assert seen['x_forwarded_for'] == '203.0.113.9, 127.0.0.1'
     assert seen['scheme'] == 'http'
-
-
-def body_of_size(size):
-    """Return a JSON object body of exactly size bytes for the probe's echo action."""
-    overhead = len(b'{"pad": ""}')
-    return b'{"pad": "' + b'x' * (size - overhead) + b'"}'
 
 
 def test_a_body_at_the_limit_reaches_the_app(stack):
