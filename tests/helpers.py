@@ -26,6 +26,7 @@ from psycopg2 import sql
 from yoyo import read_migrations
 
 import settings
+from app import create_app
 from lib.db.embedded import start_embedded
 from lib.db.migrate import MIGRATIONS_DIR
 from ops import pgbouncer
@@ -66,7 +67,6 @@ def app_config(database_url, **overrides):
 def app_factory(database_url):
     """Yield a function that builds test apps on database_url (its keyword arguments override the config);
     the pools of every app it built are closed after the block."""
-    from app import create_app
     apps = []
 
     def factory(**overrides):
@@ -115,7 +115,6 @@ def assert_problem(response, status):
 @functools.cache
 def collection_app():
     """Return a test app with every module of the tests mounted and no database, built once per session."""
-    from app import create_app
     return create_app(app_config(UNREACHABLE_DSN))
 
 
@@ -126,7 +125,7 @@ def mounted_routes():
 
 
 def route_id(route):
-    """Name a route as its URL does: 'users/get', 'example/' for a module's root."""
+    """Name a route as its URL does: 'probe/echo', and 'probe/' for a module's root."""
     return f'{route.module}/{route.name}'
 
 
