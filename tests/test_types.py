@@ -229,6 +229,8 @@ def test_an_id_past_bigint_is_a_422(call):
     for body in ('{"id": 9223372036854775808}', '{"id": 123456789012345678901234567890}'):
         assert 'id' in assert_problem(raw_post(call, '/users/get', body), 422)['errors']
     assert raw_post(call, '/users/get', '{"id": 9223372036854775807}').status_code == 404
+    body = '{"account_id": 9223372036854775808, "amount": "1.00"}'
+    assert 'account_id' in assert_problem(raw_post(call, '/accounts/deposit', body), 422)['errors']
 
 
 def test_a_dict_parameter_goes_into_a_jsonb_column(conn):

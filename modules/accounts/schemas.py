@@ -1,6 +1,8 @@
 """Bodies of the accounts module."""
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from lib.fields import bigint_id
+
 
 def positive_with_two_places(amount):
     """Refuse an amount that is not a positive, finite number with at most two decimal places."""
@@ -17,8 +19,8 @@ def amount_field():
 
 
 def account_id():
-    """Return a required, strictly integer account id field."""
-    return fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    """Return a required account id field: an integer from 1 to the largest bigint."""
+    return bigint_id(required=True)
 
 
 class NewAccount(Schema):
