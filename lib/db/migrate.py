@@ -1,15 +1,16 @@
 """Apply migrations/*.sql once, in order, under an advisory lock so replicas starting together do not race."""
 import logging
+from pathlib import Path
 from contextlib import contextmanager
 
 from yoyo import read_migrations
 from yoyo.backends import get_backend_class
 from yoyo.connections import DatabaseURI
 
-from settings import BASE_DIR
 
 log = logging.getLogger('dbapi.migrate')
-MIGRATIONS_DIR = BASE_DIR / 'migrations'
+# The project's migrations/ folder, beside lib/.
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / 'migrations'
 MIGRATION_LOCK_KEY = 0x64626170  # "dbap": one key for every dbapi replica of a database
 MIGRATION_TABLE = '_yoyo_migration'
 

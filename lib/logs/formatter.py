@@ -9,6 +9,7 @@ import ecs_logging
 
 from lib.http.requestid import current_request_id
 from lib.jsonenc import dumps_bytes
+from lib.process import after_fork
 
 ACCESS_LOGGER = 'dbapi.access'
 # log.original repeats the message; the process name and thread say nothing in a gunicorn worker.
@@ -173,16 +174,16 @@ class FastAccessLines:
         self.labels = service.pop('labels', {})
         self.service = service
         self.redact = redact
-        self.fixed_json = (None, '')
+        self.fixed_json = None
         self.second = (None, '')
+        ACCESS_FORMATTERS.add(self)
 
     def line(self, level, message, fields):
         """Return the access line of a request: level ('info', 'error'), message and its nested fields."""
-        pid = os.getpid()
-        if self.fixed_json[0] != pid:
-            self.fixed_json = (pid, encode(self.fixed_fields(pid))[1:-1])
+        if self.fixed_json is None:  # once per process: a forked worker forgets its parent's (after_fork below)
+            self.fixed_json = encode(self.fixed_fields(os.getpid()))[1:-1]
         head = f'{{"@timestamp":"{self.timestamp(time.time())}","log.level":"{level}","message":{encode(message)}'
-        return self.redact(f'{head},{self.fixed_json[1]},{encode(self.labelled(fields))[1:]}')
+        return self.redact(f'{head},{self.fixed_json},{encode(self.labelled(fields))[1:]}')
 
     def fixed_fields(self, pid):
         """Return the fields that every access line of process pid carries."""
@@ -201,3 +202,13 @@ class FastAccessLines:
         if cached[0] != second:
             cached = self.second = (second, time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second)))
         return f'{cached[1]}.{int((created - second) * 1000):03d}Z'
+
+
+ACCESS_FORMATTERS = weakref.WeakSet()
+
+
+@after_fork
+def forget_fixed_access_fields():
+    """In a forked worker, encode the fixed fields again: they hold the process id."""
+    for formatter in list(ACCESS_FORMATTERS):
+        formatter.fixed_json = None
