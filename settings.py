@@ -108,7 +108,8 @@ DB_STATEMENT_TIMEOUT_MS = env_int('DB_STATEMENT_TIMEOUT_MS', 30000, 0, 2**31 - 1
 DB_RETRIES = env_int('DB_RETRIES', 3, 0, 100)
 # Each client may hold at most this many connections of a pool at once (its BEARER_TOKENS entry's
 # "max_connections" wins): one client's slow calls cannot take every connection. Over it: 429.
-DB_CLIENT_MAX_CONNECTIONS = env_int('DB_CLIENT_MAX_CONNECTIONS', DB_POOL_MAX, 1, 1000)
+# None (unset) means DB_POOL_MAX, the app's own, so nothing is limited unless it is set.
+DB_CLIENT_MAX_CONNECTIONS = env_int('DB_CLIENT_MAX_CONNECTIONS', None, 1, 1000)
 
 
 def worker_timeout(statement_timeout_ms):

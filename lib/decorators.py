@@ -6,11 +6,12 @@ import time
 from collections.abc import Iterator
 
 import psycopg2
-from flask import current_app
+from flask import current_app, has_request_context, request
 from psycopg2.extras import RealDictCursor
 
 from lib.db import DEFAULT, Db, LeasedStream, Lease
 from lib.errors import RETRYABLE_SQLSTATES
+from lib.http.exchange import CLIENT_KEY
 
 
 SCHEMA_ATTRIBUTE = '__dbapi_schema__'
@@ -56,9 +57,19 @@ def with_retries(attempt, retries):
             time.sleep(random.uniform(0, 0.02) * (retries - tries_left + 1))
 
 
+def bulkhead_of_request():
+    """Return (client name, most connections it may hold) of the request's caller, or (None, None) for none."""
+    client = request.environ.get(CLIENT_KEY) if has_request_context() else None
+    if client is None:
+        return None, None
+    config = current_app.config
+    return client.name, client.max_connections or config['DB_CLIENT_MAX_CONNECTIONS'] or config['DB_POOL_MAX']
+
+
 def run_leased(database, autocommit, named, call):
     """Run call(conn) on a borrowed connection; a returned iterator keeps it until it is consumed."""
-    lease = Lease(pool_for(database), autocommit, RealDictCursor if named else None)
+    client, limit = bulkhead_of_request()
+    lease = Lease(pool_for(database), autocommit, RealDictCursor if named else None, client=client, client_limit=limit)
     try:
         result = call(lease.conn)
     except BaseException:

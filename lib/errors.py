@@ -73,6 +73,17 @@ class Unprocessable(ApiError):
     detail = 'The request body failed validation.'
 
 
+class TooManyRequests(ApiError):
+    """The client already holds all it may; try again shortly (429)."""
+
+    status = 429
+    detail = 'This client has too many requests in progress. Try again shortly.'
+
+    def __init__(self, detail=None, **kwargs):
+        super().__init__(detail, **kwargs)
+        self.headers.setdefault('Retry-After', RETRY_AFTER_SECONDS)
+
+
 class ServiceUnavailable(ApiError):
     """The database cannot be reached now; try again shortly (503)."""
 

@@ -1,5 +1,6 @@
-"""Issue 11: one slow caller never stalls the others: worker timeouts, a bounded /readyz."""
+"""Issue 11: one slow caller never stalls the others: worker timeouts, a bounded /readyz, bulkheads, shedding."""
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -8,8 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import settings
+from lib.auth import load_clients
 from lib.errors import ImproperlyConfigured
-from tests.helpers import assert_problem, post, running_gunicorn
+from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, SINGLE_BEARER, Caller, assert_problem, post, running_gunicorn,
+                           wait_for)
 
 
 # gunicorn's timeout (WORKER_TIMEOUT)
@@ -111,3 +114,73 @@ def test_readyz_is_ready_again_at_once_when_the_database_answers(client):
     response, seconds = timed(lambda: client.get('/readyz'))
     assert response.status_code == 200 and seconds < 1
 
+
+# Bulkheads and load shedding: a client over its connection limit gets 429, an exhausted pool 503, both at once
+
+
+HOG_TOKEN = 'hog-token-0123456789'
+
+
+@pytest.fixture()
+def bulkhead_app(make_app):
+    """An app whose pool has 3 connections, of which the client "hog" may hold 2; others may hold all 3."""
+    tokens = {**BEARER_TOKENS, 'hog': {'token': HOG_TOKEN, 'max_connections': 2}}
+    return make_app(BEARER_TOKENS=json.dumps(tokens), DB_POOL_MAX=3, DB_POOL_TIMEOUT_MS=300)
+
+
+@contextlib.contextmanager
+def holding(app, token, count, seconds=2):
+    """Keep count connections of app's pool busy with token's slow calls for the block; yield their futures."""
+    pool = app.extensions['dbapi'].pools['default']
+    busy_before = pool.gauges()['in_use']
+    with ThreadPoolExecutor(count) as executor:
+        calls = [executor.submit(Caller(app.test_client(), token), '/slow/sleep', {'seconds': seconds})
+                 for _ in range(count)]
+        wait_for(lambda: pool.gauges()['in_use'] >= busy_before + count, 10, 'the slow calls did not start')
+        yield calls
+
+
+def test_a_client_over_its_connection_limit_gets_429_at_once_while_another_is_served(bulkhead_app):
+    with holding(bulkhead_app, HOG_TOKEN, 2) as slow_calls:
+        refused, seconds = timed(lambda: Caller(bulkhead_app.test_client(), HOG_TOKEN)('/slow/sleep', {'seconds': 0}))
+        served = Caller(bulkhead_app.test_client())('/slow/sleep', {'seconds': 0})
+    assert_problem(refused, 429)
+    assert refused.headers['Retry-After'] == '1' and seconds < 0.25
+    assert served.status_code == 200
+    assert [call.result().status_code for call in slow_calls] == [200, 200]
+    assert not bulkhead_app.extensions['dbapi'].pools['default'].bulkhead.held, 'every lease left the bulkhead'
+
+
+def test_an_exhausted_pool_sheds_with_503_within_the_pool_timeout(bulkhead_app):
+    with holding(bulkhead_app, ADMIN_TOKEN, 3) as slow_calls:  # admin may hold them all; another client waits
+        shed, seconds = timed(lambda: Caller(bulkhead_app.test_client(), SINGLE_BEARER)('/slow/sleep', {'seconds': 0}))
+    assert_problem(shed, 503)
+    assert shed.headers['Retry-After'] == '1'
+    assert 0.3 <= seconds < 0.3 + 0.5
+    assert [call.result().status_code for call in slow_calls] == [200] * 3
+
+
+def test_the_default_limit_applies_to_clients_without_their_own(make_app):
+    app = make_app(DB_POOL_MAX=3, DB_CLIENT_MAX_CONNECTIONS=1)
+    with holding(app, ADMIN_TOKEN, 1):
+        refused = Caller(app.test_client())('/slow/sleep', {'seconds': 0})
+        served = Caller(app.test_client(), SINGLE_BEARER)('/slow/sleep', {'seconds': 0})
+    assert_problem(refused, 429)
+    assert served.status_code == 200
+
+
+def test_a_streamed_export_holds_its_place_in_the_bulkhead_until_it_ends(make_app):
+    app = make_app(DB_CLIENT_MAX_CONNECTIONS=1)
+    call = Caller(app.test_client())
+    stream = call('/probe/things/export', buffered=False)
+    assert_problem(call('/slow/sleep', {'seconds': 0}), 429)
+    stream.get_data()
+    stream.close()
+    assert call('/slow/sleep', {'seconds': 0}).status_code == 200
+
+
+@pytest.mark.parametrize('limit', [0, -1, 1.5, '2', True, None])
+def test_max_connections_must_be_a_positive_integer(limit):
+    config = {'ENVIRONMENT': 'test', 'BEARER_TOKENS': json.dumps({'x': {'token': 'x-token', 'max_connections': limit}})}
+    with pytest.raises(ImproperlyConfigured, match='max_connections'):
+        load_clients(config)

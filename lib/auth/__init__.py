@@ -21,10 +21,12 @@ MAX_KNOWN_HEADERS = 256
 
 @dataclass(frozen=True)
 class Client:
-    """A caller known by its token: its name and the modules it may call (None: all)."""
+    """A caller known by its token: its name, the modules it may call (None: all) and the most database
+    connections of a pool it may hold at once in a process (None: DB_CLIENT_MAX_CONNECTIONS)."""
 
     name: str
     modules: frozenset | None
+    max_connections: int | None = None
 
     def may_call(self, module):
         """Tell whether this client may call module."""
@@ -40,7 +42,7 @@ def parse_client(name, entry):
     """Return (digest, Client) for one entry of BEARER_TOKENS."""
     if not isinstance(entry, dict) or ('token' in entry) == ('sha256' in entry):
         raise ImproperlyConfigured(f'bearer client {name!r} needs exactly one of "token" or "sha256"')
-    unknown = entry.keys() - {'token', 'sha256', 'modules'}
+    unknown = entry.keys() - {'token', 'sha256', 'modules', 'max_connections'}
     if unknown:
         raise ImproperlyConfigured(f'bearer client {name!r} has unknown keys: {sorted(unknown)}')
     digest = sha256_hex(entry['token']) if 'token' in entry else str(entry['sha256']).lower()
@@ -49,7 +51,17 @@ def parse_client(name, entry):
     modules = entry.get('modules')
     if modules is not None and not (isinstance(modules, list) and all(isinstance(m, str) for m in modules)):
         raise ImproperlyConfigured(f'bearer client {name!r}: "modules" must be a list of module names')
-    return digest, Client(name, None if modules is None else frozenset(modules))
+    return digest, Client(name, None if modules is None else frozenset(modules), parse_max_connections(name, entry))
+
+
+def parse_max_connections(name, entry):
+    """Return the entry's "max_connections", a positive integer, or None when it has none."""
+    if 'max_connections' not in entry:
+        return None
+    limit = entry['max_connections']
+    if type(limit) is not int or limit < 1:  # not a bool, which is an int subclass
+        raise ImproperlyConfigured(f'bearer client {name!r}: "max_connections" must be a positive integer')
+    return limit
 
 
 def parse_clients_json(text, origin):

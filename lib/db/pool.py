@@ -7,7 +7,7 @@ import weakref
 import psycopg2
 import psycopg2.extensions
 
-from lib.errors import ServiceUnavailable
+from lib.errors import ServiceUnavailable, TooManyRequests
 from lib.process import after_fork
 
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
@@ -18,6 +18,34 @@ class PoolTimeout(ServiceUnavailable):
     """No connection came free in time (503)."""
 
     detail = 'No database connection came free in time. Try again shortly.'
+
+
+class ClientOverLimit(TooManyRequests):
+    """The client already holds as many of the pool's connections as it may (429)."""
+
+    detail = 'This client holds as many database connections as it may. Try again shortly.'
+
+
+class Bulkhead:
+    """How many of a pool's connections each client holds, so that no client can take them all."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.held = collections.Counter()
+
+    def enter(self, client, limit):
+        """Count one more connection for client; raise ClientOverLimit, at once, when it holds limit already."""
+        with self.lock:
+            if self.held[client] >= limit:
+                raise ClientOverLimit()
+            self.held[client] += 1
+
+    def leave(self, client):
+        """Count one connection fewer for client."""
+        with self.lock:
+            self.held[client] -= 1
+            if not self.held[client]:
+                del self.held[client]
 
 
 def connection_is_stale(conn):
@@ -46,7 +74,8 @@ class Pool:
 
     Like psycopg_pool's ConnectionPool, the pool owns the lifecycle and takes small callbacks:
     configure(conn) runs once on each new connection, reset(conn) each time one comes back idle (no open
-    transaction); a callback that raises makes the pool throw the connection away.
+    transaction); a callback that raises makes the pool throw the connection away. Its bulkhead counts the
+    connections each client holds; a Lease enters it before it borrows.
     """
 
     def __init__(self, dsn, max_size, timeout_ms, configure=do_nothing, reset=do_nothing, **connect_kwargs):
@@ -65,6 +94,7 @@ class Pool:
         self.idle = collections.deque()
         self.slots = threading.BoundedSemaphore(self.max_size)
         self.in_use = 0
+        self.bulkhead = Bulkhead()
 
     def borrow(self, timeout=None):
         """Take a live connection, waiting up to timeout (default: the pool's) seconds for a free slot."""

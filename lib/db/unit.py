@@ -6,14 +6,31 @@ from lib.db.session import report_notices
 
 
 class Lease:
-    """One borrowed connection; end() commits on success, rolls back otherwise, and gives it back once."""
+    """One borrowed connection; end() commits on success, rolls back otherwise, and gives it back once.
 
-    def __init__(self, pool, autocommit=False, cursor_factory=None, timeout=None):
+    With a client (any hashable name) and its limit, the pool's bulkhead counts the connection against the
+    client from before the borrow until the end: a client over its limit gets a 429 at once, without waiting.
+    A limit of the pool's size or more limits nothing: such a client waits for the pool, then gets its 503.
+    """
+
+    def __init__(self, pool, autocommit=False, cursor_factory=None, timeout=None, client=None, client_limit=None):
         self.pool = pool
-        self.conn = pool.borrow(timeout)
+        self.client = client if client is not None and client_limit < pool.max_size else None
+        if self.client is not None:
+            pool.bulkhead.enter(client, client_limit)
+        try:
+            self.conn = pool.borrow(timeout)
+        except BaseException:
+            self.leave_bulkhead()
+            raise
         self.open = True
         self.conn.autocommit = autocommit
         self.conn.cursor_factory = cursor_factory
+
+    def leave_bulkhead(self):
+        """Stop counting this lease's connection against its client."""
+        if self.client is not None:
+            self.pool.bulkhead.leave(self.client)
 
     def end(self, success):
         """Finish the lease: commit when success and not autocommit, then give the connection back."""
@@ -26,6 +43,7 @@ class Lease:
         finally:
             report_notices(self.conn)
             self.pool.give_back(self.conn)
+            self.leave_bulkhead()
 
 
 @contextmanager
