@@ -259,19 +259,36 @@ def server_environment(**extra):
 
 
 @contextlib.contextmanager
-def running_gunicorn(database_url, **extra):
-    """Run a real gunicorn with gunicorn.conf.py and three workers on a free loopback port; yield the port."""
+def gunicorn_server(environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+    """Run a real gunicorn with gunicorn.conf.py and three workers on a free loopback port, with environment
+    over server_environment(); yield (port, process). It is stopped (SIGTERM, as a deployment stops it) after
+    the block, so what it wrote is complete when the caller reads it."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'app:create_app()'], cwd=settings.BASE_DIR,
-        env=server_environment(PORT=str(port), WEB_CONCURRENCY='3', DATABASE_URL=database_url, **extra),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env=server_environment(PORT=str(port), WEB_CONCURRENCY='3', **environment), stdout=stdout, stderr=stderr)
     try:
         wait_until_healthy(f'http://127.0.0.1:{port}', process)
-        yield port
+        yield port, process
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def running_gunicorn(database_url, **extra):
+    """Run a real gunicorn with gunicorn.conf.py and three workers on a free loopback port; yield the port."""
+    with gunicorn_server(dict(DATABASE_URL=database_url, **extra)) as (port, _):
+        yield port
+
+
+@contextlib.contextmanager
+def gunicorn_logging_to(folder, **environment):
+    """Run gunicorn as gunicorn_server does, its stdout and stderr appended to folder/stdout and folder/stderr;
+    yield (port, process)."""
+    with open(folder / 'stdout', 'ab') as stdout, open(folder / 'stderr', 'ab') as stderr:
+        with gunicorn_server(environment, stdout, stderr) as served:
+            yield served
 
 
 def require_programs(*names):

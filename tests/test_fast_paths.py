@@ -6,16 +6,15 @@ from collections import OrderedDict
 
 import flask
 import pytest
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 from werkzeug.test import EnvironBuilder
 
 import lib.modules
 from lib import auth
 from lib.decorators import schema_of
 from lib.fastschema import fast_loader
-from modules.users.schemas import NewUser, Page, UserChange, UserId
-from tests.conftest import ADMIN_TOKEN
-from tests.test_errors import assert_problem
+from lib.fields import BIGINT_MAX, bigint_id
+from tests.helpers import ADMIN_TOKEN, assert_problem
 
 # Values of every JSON type, and edge values of the ones the schemas take.
 VALUES = [0, 1, 7, -1, 1000, 1001, 2**70, 1.0, 2.5, True, False, None, '', 'a', '7', 'x@example.com',
@@ -103,6 +102,39 @@ FIELD_CASES = [
     ('Shouting()', False),
 ]
 FIELD_CASES_PACKAGE = 'fast_path_field_cases'
+
+
+# Schemas as a module declares them: required and defaulted fields, strict integers, ranges and lengths.
+class UserId(Schema):
+    """One record by a bigint id."""
+
+    id = bigint_id(required=True)
+
+
+class NewUser(Schema):
+    """An email of at most 320 characters and a name of 1 to 200."""
+
+    email = fields.Email(required=True, validate=validate.Length(max=320))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class UserChange(UserId):
+    """An id with the fields to change, at least one of them (a schema validator)."""
+
+    email = fields.Email(validate=validate.Length(max=320))
+    name = fields.String(validate=validate.Length(min=1, max=200))
+
+    @validates_schema
+    def require_a_change(self, data, **kwargs):
+        if 'email' not in data and 'name' not in data:
+            raise ValidationError('Give email, name or both.', '_schema')
+
+
+class Page(Schema):
+    """A keyset page, both fields defaulted."""
+
+    limit = fields.Integer(strict=True, load_default=100, validate=validate.Range(min=1, max=1000))
+    after_id = fields.Integer(strict=True, load_default=0, validate=validate.Range(min=0, max=BIGINT_MAX))
 
 
 def bodies_for(schema):

@@ -1,16 +1,11 @@
 """ECS JSON logging: the fields of every line, one access line per request, request ids, no secrets, gunicorn."""
-import http.client
 import json
 import logging
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 import psycopg2
@@ -24,8 +19,7 @@ from lib.auth import load_clients
 from lib.logs import AccessLog, configure_process_logging, install_access_log, settings_config
 from lib.logs.access import Exchange
 from lib.http.requestid import REQUEST_ID_KEY
-from tests.conftest import ADMIN_TOKEN, EXAMPLE_ONLY_TOKEN, SINGLE_BEARER
-from tests.test_servers import free_port, server_environment, wait_until_healthy
+from tests.helpers import ADMIN_TOKEN, SCOPED_TOKEN, SINGLE_BEARER, gunicorn_logging_to, http_request
 
 REQUIRED_FIELDS = ('@timestamp', 'log.level', 'message', 'ecs.version', 'service.name', 'service.environment',
                    'service.node.name', 'process.pid', 'log.logger', 'labels.elk_index')
@@ -204,9 +198,9 @@ def test_the_sqlstate_goes_in_error_code_when_the_database_failed(logged_app, lo
 def test_a_streamed_response_is_logged_once_when_the_stream_ends(logged_app, log_folder, encoding):
     client = logged_app.test_client()
     for number in range(3):
-        post(client, '/users/create', {'email': f'stream-{time.time_ns()}-{number}@example.com', 'name': 'S'})
+        post(client, '/probe/things/create', {'code': f'stream-{time.time_ns()}-{number}'})
     headers = {**AUTH, 'X-Request-ID': f'export-{encoding}', 'Accept-Encoding': encoding}
-    response = client.post('/users/export', json={}, headers=headers)
+    response = client.post('/probe/things/export', json={}, headers=headers)
     body = response.get_data()
     written = [line['http.request.id'] for line in access_lines(logged_lines(log_folder))]
     assert f'export-{encoding}' not in written, 'not before the stream is closed'
@@ -257,9 +251,9 @@ def test_no_token_password_or_dsn_appears_in_any_line_even_at_debug(make_app, lo
     unreachable = make_dsn(host='127.0.0.1', port=1, dbname='vault', user='vault', password=AWKWARD_PASSWORD + '2')
     app = make_app(LOG_PATH=str(log_folder), LOG_LEVEL='DEBUG', DATABASES={'default': dsn, 'vault': unreachable})
     client = app.test_client()
-    post(client, '/users/create', {'email': f'secret-{time.time_ns()}@example.com', 'name': 'S'})
+    post(client, '/probe/things/create', {'code': f'secret-{time.time_ns()}'})
     post(client, '/probe/greet', {'name': 'x'}, token=SINGLE_BEARER)
-    post(client, '/users/list', token=EXAMPLE_ONLY_TOKEN)
+    post(client, '/session/state', token=SCOPED_TOKEN)  # a 403: the client is limited to the probe module
     post(client, '/probe/echo', token=UNKNOWN_TOKEN)
     post(client, '/probe/crash')
     post(client, '/probe/sqlstate', {'case': 'syntax'})
@@ -276,7 +270,7 @@ def test_no_token_password_or_dsn_appears_in_any_line_even_at_debug(make_app, lo
     lines = parse_lines(text)
     assert len(access_lines(lines)) == 7 and len(lines) >= 10
     for spelling in secret_spellings([dsn, unreachable, AWKWARD_PASSWORD, ADMIN_TOKEN, SINGLE_BEARER,
-                                      EXAMPLE_ONLY_TOKEN, UNKNOWN_TOKEN]):
+                                      SCOPED_TOKEN, UNKNOWN_TOKEN]):
         assert spelling not in text, f'{spelling!r} was logged'
     assert sum('[REDACTED]' in json.dumps(line) for line in lines) == 3
 
@@ -481,42 +475,13 @@ def test_elk_compose_profile_runs_filebeat_elasticsearch_and_kibana():
 
 # --- Real gunicorn: three workers under load, every line checked. ---
 
-def exchange(port, method, path, body=None, headers=None):
-    """Send one request to 127.0.0.1:port; return (status, headers, raw body)."""
-    connection = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
-    try:
-        connection.request(method, path, body, {'Content-Type': 'application/json', **(headers or {})})
-        response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
-
-
-@contextmanager
-def running_gunicorn(folder, **environment):
-    """Run gunicorn with three workers on a free loopback port, its stdout and stderr in folder; yield the port.
-
-    The server is stopped (SIGTERM, as a deployment stops it) before the block's caller reads the logs."""
-    port = free_port()
-    env = server_environment(PORT=str(port), WEB_CONCURRENCY='3', **environment)
-    with open(folder / 'stdout', 'ab') as stdout, open(folder / 'stderr', 'ab') as stderr:
-        process = subprocess.Popen([sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'app:create_app()'],
-                                   cwd=settings.BASE_DIR, env=env, stdout=stdout, stderr=stderr)
-    try:
-        wait_until_healthy(f'http://127.0.0.1:{port}', process)
-        yield port, process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-
-
 LOAD_TOKEN = 'load-test-token-5c1d'
 # (method, path, body, token, expected status): successes, errors of every kind, a stream, a crash.
 LOAD_MIX = [
     ('POST', '/probe/echo', b'{"n": 1}', LOAD_TOKEN, 200),
     ('POST', '/probe/missing', b'', ADMIN_TOKEN, 404),
     ('POST', '/probe/crash', b'', LOAD_TOKEN, 500),
-    ('POST', '/users/export', b'', ADMIN_TOKEN, 200),
+    ('POST', '/probe/things/export', b'', ADMIN_TOKEN, 200),
     ('GET', '/healthz', None, None, 200),
     ('POST', '/probe/echo', b'{}', UNKNOWN_TOKEN, 401),
     ('GET', '/probe/echo', None, LOAD_TOKEN, 405),
@@ -528,8 +493,10 @@ LOAD_ROUNDS = 30
 def send_load_request(port, number):
     """Send request number of the load mix with its own request id; return (id, expected, status, headers, body)."""
     method, path, body, token, expected = LOAD_MIX[number % len(LOAD_MIX)]
-    headers = {'X-Request-ID': f'load-{number}', **({'Authorization': f'Bearer {token}'} if token else {})}
-    return (f'load-{number}', expected, *exchange(port, method, path, body, headers))
+    headers = {'Content-Type': 'application/json', 'X-Request-ID': f'load-{number}',
+               **({'Authorization': f'Bearer {token}'} if token else {})}
+    reply = http_request(port, method, path, body, headers)
+    return f'load-{number}', expected, reply.status, reply.headers, reply.body
 
 
 @pytest.mark.slow
@@ -538,7 +505,7 @@ def test_three_gunicorn_workers_under_load_write_one_valid_line_per_request(tmp_
     dsn = make_dsn(database_url, password=AWKWARD_PASSWORD)
     environment = dict(DATABASE_URL=dsn, BEARER=LOAD_TOKEN, LOG_PATH=str(logs), LOG_LEVEL='DEBUG',
                        PROCESS_ID='dbapi-load', PROMETHEUS_MULTIPROC_DIR=str(tmp_path / 'metrics'))
-    with running_gunicorn(tmp_path, **environment) as (port, server):
+    with gunicorn_logging_to(tmp_path, **environment) as (port, server):
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(lambda number: send_load_request(port, number), range(LOAD_ROUNDS * len(LOAD_MIX))))
     files = read_log_folder(logs)

@@ -1,5 +1,4 @@
 """Prometheus metrics: requests by module, action and status, latency, pool gauges, multiprocess gunicorn."""
-import json
 import multiprocessing
 import os
 import signal
@@ -13,8 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lib.logs import metrics
 from lib.logs.metrics import FLUSH_SECONDS, MULTIPROC_DIR, RequestMetrics
-from tests.conftest import ADMIN_TOKEN
-from tests.test_logging import exchange, post, running_gunicorn
+from tests.helpers import ADMIN_TOKEN, Caller, gunicorn_logging_to, http_request
 
 POOL_EVENTS = ('waits', 'timeouts', 'connects', 'discarded')
 
@@ -65,7 +63,7 @@ def test_each_request_is_counted_and_timed_by_module_action_and_status(fresh_cli
     names = ('dbapi_requests_total', 'dbapi_request_duration_seconds_count', 'dbapi_request_duration_seconds_sum')
     before = [sample(name, **labels) for name in names]
     started = time.perf_counter()
-    assert post(fresh_client, path, body).status_code == int(status)
+    assert Caller(fresh_client)(path, body).status_code == int(status)
     elapsed = time.perf_counter() - started
     counted, timed, seconds = (sample(name, **labels) - value for name, value in zip(names, before))
     assert counted == timed == 1
@@ -75,7 +73,7 @@ def test_each_request_is_counted_and_timed_by_module_action_and_status(fresh_cli
 def test_pool_gauges_follow_the_pool(make_app):
     app = make_app(DB_POOL_MAX=3)
     pool = app.extensions['dbapi'].pools['default']
-    post(app.test_client(), '/probe/add', {'a': 1, 'b': 2})
+    Caller(app.test_client())('/probe/add', {'a': 1, 'b': 2})
     assert sample('dbapi_pool_max_connections', database='default') == 3
     assert sample('dbapi_pool_connections', database='default', state='idle') == pool.gauges()['idle'] == 1
     assert sample('dbapi_pool_connections', database='default', state='in_use') == 0
@@ -84,10 +82,10 @@ def test_pool_gauges_follow_the_pool(make_app):
 def test_pool_timeouts_and_waits_are_counted(make_app):
     app = make_app(DB_POOL_MAX=1, DB_POOL_TIMEOUT_MS=100)
     before = {event: sample(f'dbapi_pool_{event}_total', database='default') for event in POOL_EVENTS}
-    holder = threading.Thread(target=post, args=(app.test_client(), '/probe/hold', {'seconds': 1.0}))
+    holder = threading.Thread(target=Caller(app.test_client()), args=('/probe/hold', {'seconds': 1.0}))
     holder.start()
     time.sleep(0.3)
-    assert post(app.test_client(), '/probe/hold', {'seconds': 0}).status_code == 503
+    assert Caller(app.test_client())('/probe/hold', {'seconds': 0}).status_code == 503
     holder.join()
     app.test_client().get('/healthz', buffered=True)  # any finished request publishes the pool's numbers
     grown = {event: sample(f'dbapi_pool_{event}_total', database='default') - before[event] for event in POOL_EVENTS}
@@ -98,9 +96,9 @@ def test_pool_timeouts_and_waits_are_counted(make_app):
 
 def scrape(port):
     """Scrape a running server's /metrics."""
-    status, _, body = exchange(port, 'GET', '/metrics')
-    assert status == 200
-    return scraped(body.decode())
+    reply = http_request(port, 'GET', '/metrics')
+    assert reply.status == 200
+    return scraped(reply.body.decode())
 
 
 def scrape_until(port, settled, seconds=5):
@@ -187,16 +185,15 @@ def test_gunicorn_workers_share_one_set_of_metrics(tmp_path, database_url, fast_
     metrics_dir = tmp_path / 'metrics'
     metrics_dir.mkdir()
     (metrics_dir / 'counter_999999.db').write_bytes(b'\0' * 16)  # left by an earlier run
-    auth = {'Authorization': f'Bearer {ADMIN_TOKEN}'}
-    with running_gunicorn(tmp_path, DATABASE_URL=database_url, DB_POOL_MAX='2', FAST_PATHS=fast_paths,
+    auth = {'Content-Type': 'application/json', 'Authorization': f'Bearer {ADMIN_TOKEN}'}
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, DB_POOL_MAX='2', FAST_PATHS=fast_paths,
                           PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)) as (port, server):
         assert not (metrics_dir / 'counter_999999.db').exists(), 'gunicorn starts the metrics from zero'
         with ThreadPoolExecutor(6) as pool:
-            replies = list(pool.map(lambda _: exchange(port, 'POST', '/probe/hold', b'{"seconds": 0.05}', auth),
+            replies = list(pool.map(lambda _: http_request(port, 'POST', '/probe/hold', b'{"seconds": 0.05}', auth),
                                     range(60)))
-            pids = set(pool.map(lambda _: json.loads(exchange(port, 'POST', '/probe/pid', b'', auth)[2])['pid'],
-                                range(30)))
-        assert {status for status, _, _ in replies} == {200}
+            pids = set(pool.map(lambda _: http_request(port, 'POST', '/probe/pid', b'', auth).json()['pid'], range(30)))
+        assert {reply.status for reply in replies} == {200}
         assert len(pids) >= 2, 'concurrent requests reach more than one worker'
         held = dict(module='probe', action='hold', status='200')
         samples = scrape_until(port, lambda samples: total(samples, 'dbapi_requests_total', **held) == 60)
