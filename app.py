@@ -73,13 +73,15 @@ class GatewayFlask(Flask):
         return func if self.config['FAST_PATHS'] else super().ensure_sync(func)
 
     def create_url_adapter(self, request):
-        """Bind the URL map as Flask does, then match a request's fixed path in one dict lookup."""
-        adapter = super().create_url_adapter(request)
-        if request is None or not self.config['FAST_PATHS'] or self.url_map.host_matching or self.subdomain_matching:
-            return adapter
+        """Match a request's fixed path in one dict lookup; Flask binds the URL map only when more is needed."""
+        config = self.config
+        if request is None or not config['FAST_PATHS'] or config['SERVER_NAME'] \
+                or config['TRUSTED_HOSTS'] is not None or self.url_map.host_matching or self.subdomain_matching:
+            return super().create_url_adapter(request)
         if self.fixed_rule_table is None:  # routes cannot change once the first request came
             self.fixed_rule_table = fixed_rules(self.url_map)
-        return FixedRulesFirst(adapter, self.fixed_rule_table, request.path, request.method)
+        return FixedRulesFirst(self.fixed_rule_table, request.path, request.method,
+                               lambda: super(GatewayFlask, self).create_url_adapter(request))
 
 
 def load_config(app, overrides):

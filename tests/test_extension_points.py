@@ -127,3 +127,9 @@ def test_a_streamed_export_is_gzipped_for_a_client_that_accepts_only_gzip(call):
 
 def test_the_decorators_still_accept_the_documented_imports():
     assert callable(inject_conn(DEFAULT)) and DEFAULT == 'default'
+
+
+def test_trusted_hosts_are_still_checked_on_the_fast_route(make_app):
+    client = make_app(TRUSTED_HOSTS=['dbapi.example']).test_client()
+    assert client.get('/healthz', base_url='http://elsewhere.example').status_code == 400
+    assert client.get('/healthz', base_url='http://dbapi.example').status_code == 200

@@ -13,19 +13,27 @@ def fixed_rules(url_map):
 
 
 class FixedRulesFirst:
-    """Werkzeug's MapAdapter for a request (from the public Map.bind_to_environ), whose match() looks the
-    request's exact path and method up in a table before matching the usual way.
+    """A stand-in for werkzeug's MapAdapter of a request whose match() looks the request's exact path and
+    method up in a table first; the real adapter (from Flask's public create_url_adapter) is only bound
+    when something else is asked of it.
 
-    A miss (another method, a trailing or doubled slash, a path with variables, an unknown path) goes to
-    werkzeug, so 404, 405, OPTIONS and redirects stay exactly its answers. Everything else (build, ...) is
-    the adapter's own.
+    Binding parses the Host header and IDNA-encodes it, which a fixed path needs no part of. A miss
+    (another method, a trailing or doubled slash, a path with variables, an unknown path) goes to werkzeug,
+    so 404, 405, OPTIONS and redirects stay exactly its answers; so does anything else (build, ...).
     """
 
-    def __init__(self, adapter, table, path, method):
-        self.adapter = adapter
+    def __init__(self, table, path, method, bind):
         self.table = table
         self.path = path
         self.method = method
+        self.bind = bind
+        self.bound = None
+
+    def adapter(self):
+        """Return the werkzeug adapter of the request, bound on first use."""
+        if self.bound is None:
+            self.bound = self.bind()
+        return self.bound
 
     def match(self, path_info=None, method=None, return_rule=False, query_args=None, websocket=None):
         """Return the request's own rule from the table when it is there, else werkzeug's match."""
@@ -33,7 +41,7 @@ class FixedRulesFirst:
             rule = self.table.get((self.path, self.method))
             if rule is not None:
                 return (rule, {}) if return_rule else (rule.endpoint, {})
-        return self.adapter.match(path_info, method, return_rule, query_args, websocket)
+        return self.adapter().match(path_info, method, return_rule, query_args, websocket)
 
     def __getattr__(self, name):
-        return getattr(self.adapter, name)
+        return getattr(self.adapter(), name)
