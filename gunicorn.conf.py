@@ -13,15 +13,26 @@ if MADE_METRICS_DIR:
 
 from lib.logs.metrics import clear_multiprocess_dir, forget_process  # noqa: E402
 from lib.logs import configure_process_logging  # noqa: E402
+from lib.db.green import make_psycopg2_cooperative  # noqa: E402
 
 bind = [settings.env_str('BIND', f'127.0.0.1:{settings.PORT}')]
 workers = settings.WEB_CONCURRENCY
-worker_class = 'sync'
+# The worker model (WORKER_CLASS, docs/performance.md "Worker model"): gevent by default, so a request waiting on
+# PostgreSQL holds a greenlet, not a process; gthread runs THREADS threads per worker; sync one request per worker.
+worker_class = settings.WORKER_CLASS
+threads = settings.THREADS if worker_class == 'gthread' else 1
 # Its own setting (settings.py): 0, never, when there is no statement timeout, else longer than it, so gunicorn
 # never kills a worker whose statement PostgreSQL would still let run.
 timeout = settings.WORKER_TIMEOUT
 graceful_timeout = 30
 keepalive = 5
+# nginx decides what is too long (nginx/dbapi.envsh: NGINX_HEADER_BUFFER_SIZE, 8000 bytes for the request line and
+# each header) and answers it as problem details; gunicorn's limits sit above, so whatever nginx passes on reaches
+# the app, never gunicorn's HTML error page. The request line is at gunicorn's most (8190); a header has room for
+# what nginx adds (X-Forwarded-For grows); nginx takes at most 4 x 8000 bytes of headers, so fewer than 10000.
+limit_request_line = 8190
+limit_request_field_size = 16384
+limit_request_fields = 10000
 # Each sync worker touches its heartbeat file once per request; in memory that is a cheap syscall, on a
 # disk (gunicorn's default, the temp dir) it dirties an inode every time. Docker's /dev/shm is 64 MB.
 worker_tmp_dir = '/dev/shm' if os.path.isdir('/dev/shm') else None
@@ -46,6 +57,12 @@ control_socket_disable = True
 def on_starting(server):
     """Start the metrics from zero: files of an earlier run would be summed in."""
     clear_multiprocess_dir()
+
+
+def post_worker_init(worker):
+    """In a gevent worker, once gevent has patched the standard library, make psycopg2 wait cooperatively too."""
+    if worker_class == 'gevent':
+        make_psycopg2_cooperative()
 
 
 def child_exit(server, worker):

@@ -1,17 +1,23 @@
 """nginx in front of three gunicorn replicas, as `make stack` runs them: spreading, request ids,
-forwarded headers, the body limit, hidden /metrics and timeouts."""
+forwarded headers, the body limit, hidden /metrics, timeouts, and the errors nginx answers itself."""
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
+from email.parser import BytesHeaderParser
 from http import HTTPStatus
 
 import pytest
 
 from lib.errors import HTTP_DETAILS
-from tests.helpers import ADMIN_TOKEN, body_of_size, free_ports, http_request, post, wait_for
+from tests.helpers import ADMIN_TOKEN, Reply, body_of_size, free_ports, http_request, post, wait_for
 
 from .helpers import read_json_lines, running_stack, worker_group
+
+# nginx/dbapi.envsh: the longest request line and header nginx takes.
+HEADER_BUFFER_SIZE = 8000
 
 pytestmark = pytest.mark.slow
 
@@ -170,3 +176,93 @@ def test_the_image_healthcheck_passes_on_a_serving_replica_only(stack):
         return subprocess.run([sys.executable, '-m', 'ops.healthcheck'], env=environment, capture_output=True).returncode
     assert healthcheck(stack.replica_ports[0]) == 0
     assert healthcheck(free_ports(1)) == 1
+
+
+# --- Errors nginx answers itself: problem details with the X-Request-ID, never an HTML page. ---
+
+
+def raw_request(port, head, body=b''):
+    """Send a request head (bytes, lines without CRLF) as it is, and return the Reply; Connection: close."""
+    request = b'\r\n'.join([*head, b'Host: 127.0.0.1', b'Connection: close', f'Content-Length: {len(body)}'.encode()])
+    with socket.create_connection(('127.0.0.1', port), timeout=30) as sock:
+        sock.sendall(request + b'\r\n\r\n' + body)
+        answer = b''
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head_bytes, _, payload = answer.partition(b'\r\n\r\n')
+    status_line, _, header_lines = head_bytes.partition(b'\r\n')
+    return Reply(int(status_line.split()[1]), BytesHeaderParser().parsebytes(header_lines), payload)
+
+
+def call_raw(stack, path, *headers, body=b'{}'):
+    """POST body to path (bytes) through nginx with the admin token and extra header lines (bytes)."""
+    head = [b'POST ' + path + b' HTTP/1.1', f'Authorization: Bearer {ADMIN_TOKEN}'.encode(),
+            b'Content-Type: application/json', *headers]
+    return raw_request(stack.port, head, body)
+
+
+def test_a_5000_character_path_reaches_the_app_not_gunicorns_limit(stack):
+    reply = call_raw(stack, b'/probe/' + b'x' * 4993)
+    body = assert_problem(reply, 404)
+    assert app_access_line_of(stack, body['request_id'])['http']['response']['status_code'] == 404
+
+
+def test_a_9000_character_path_is_nginxs_414_problem(stack):
+    body = assert_problem(call_raw(stack, b'/probe/' + b'x' * 8993), 414)
+    assert str(HEADER_BUFFER_SIZE) in body['detail']
+    assert log_line_of(stack, body['request_id'])['nginx.upstream.address'] == ''
+
+
+def test_two_authorization_headers_are_a_400_problem(stack):
+    reply = call_raw(stack, b'/probe/echo', b'Authorization: Bearer other-token')
+    assert_problem(reply, 400)
+
+
+def test_a_nul_byte_in_the_path_is_a_400_problem(stack):
+    assert_problem(call_raw(stack, b'/probe/echo%00'), 400)
+
+
+def test_a_header_too_large_for_nginx_is_a_431_problem(stack):
+    reply = call_raw(stack, b'/probe/echo', b'X-Large: ' + b'y' * (HEADER_BUFFER_SIZE + 1))
+    body = assert_problem(reply, 431)
+    assert log_line_of(stack, body['request_id'])['log.level'] == 'warning'
+
+
+def test_the_largest_line_and_headers_nginx_passes_on_reach_the_app(stack):
+    """gunicorn's limits sit above nginx's, so gunicorn never answers with its own HTML page."""
+    near_limit = HEADER_BUFFER_SIZE - 100
+    path = b'/probe/echo?pad=' + b'p' * (near_limit - len(b'POST /probe/echo?pad= HTTP/1.1'))
+    headers = [b'X-Large: ' + b'y' * near_limit, b'X-Forwarded-For: ' + b'1' * near_limit,
+               *(f'X-Many-{index}: x'.encode() for index in range(200))]
+    reply = call_raw(stack, path, *headers, body=b'{"a": 1}')
+    assert reply.status == 200, reply.body[:300]
+    assert reply.json() == {'a': 1}
+
+
+def test_a_path_with_bytes_outside_printable_ascii_is_a_400_problem(stack):
+    """gunicorn would refuse it with an HTML page; nginx refuses it first."""
+    assert_problem(call_raw(stack, b'/probe/caf\xc3\xa9'), 400)
+
+
+def test_invalid_utf8_in_the_path_and_user_agent_still_logs_a_valid_json_line(stack):
+    reply = call_raw(stack, b'/probe/\xff\xfeecho?q=\xe2\x82\xac\xff', b'User-Agent: caf\xc3\xa9 \xff agent',
+                     b'X-Request-ID: invalid-utf8-1')
+    assert_problem(reply, 400)
+    line = log_line_of(stack, 'invalid-utf8-1')
+    assert line['url.path'] == line['url.original'] == '/probe/\ufffd'
+    assert line['user_agent.original'] == 'café \ufffd'
+    assert line['log.level'] == 'warning' and line['http.request.method'] == 'POST'
+    agent_only = call_raw(stack, b'/probe/echo?q=%E2%82%AC', b'User-Agent: \xff', b'X-Request-ID: invalid-utf8-2')
+    assert agent_only.status == 200
+    line = log_line_of(stack, 'invalid-utf8-2')
+    assert line['user_agent.original'] == '\ufffd' and line['url.query'] == 'q=%E2%82%AC'
+    for raw in stack.log_path.read_bytes().splitlines():
+        if b'"nginx.access"' in raw:
+            json.loads(raw.decode('utf-8'))  # every line: strict UTF-8, then JSON
+
+
+def test_the_access_line_level_follows_the_status(stack):
+    ok = stack.post('/probe/echo', {})
+    crashed = stack.post('/probe/crash')
+    levels = {reply.status: log_line_of(stack, reply.headers['X-Request-ID'])['log.level'] for reply in (ok, crashed)}
+    assert levels == {200: 'info', 500: 'error'}
