@@ -447,8 +447,8 @@ def load_yaml(relative_path):
 def test_filebeat_config_parses_ndjson_into_the_fields_dbapi_writes():
     config = load_yaml('filebeat/filebeat.yml')
     inputs = {entry['id']: entry for entry in config['filebeat.inputs']}
-    assert set(inputs) == {'dbapi', 'nginx'}
-    for entry in inputs.values():
+    assert set(inputs) == {'dbapi', 'nginx', 'nginx-error'}  # nginx's plain-text error log: tests/test_edges.py
+    for entry in (inputs['dbapi'], inputs['nginx']):
         assert entry['type'] == 'filestream' and entry['enabled'] is True
         parser = [parser['ndjson'] for parser in entry['parsers'] if 'ndjson' in parser]
         assert parser == [{'target': '', 'overwrite_keys': True, 'add_error_key': True, 'expand_keys': True,
