@@ -1,10 +1,12 @@
 """Settings: Django-style constants read once from the environment after env/<ENVIRONMENT>/.env."""
 import os
 import re
+import tempfile
 from pathlib import Path
 
+import psycopg2
 from dotenv import load_dotenv
-from psycopg2.extensions import make_dsn
+from psycopg2.extensions import make_dsn, parse_dsn
 
 from lib.errors import ImproperlyConfigured  # lib raises it too; settings keeps the name
 
@@ -61,11 +63,56 @@ def database_dsn(prefix):
     if url and any(parts.values()):
         raise ImproperlyConfigured(f'set either a DATABASE_URL or {prefix}_DB_*, not both')
     if url:
-        return url
+        return checked_dsn(f'{prefix}_DATABASE_URL' if env_str(f'{prefix}_DATABASE_URL') else 'DATABASE_URL', url)
     if not any(parts.values()):
         return None
     # make_dsn quotes every value, so passwords may hold quotes, spaces, @ or /.
     return make_dsn(**{key: value for key, value in parts.items() if value is not None})
+
+
+URL_SCHEMES = ('postgresql://', 'postgres://')
+DSN_HINTS = {True: 'in a URL, percent-encode %, @, / and spaces in the user and password (%25, %40, %2F, %20)',
+             False: r"in key=value form, quote a value with spaces in single quotes: password='my secret' (\' and \\ inside)"}
+
+
+def checked_dsn(name, dsn):
+    """Return dsn when libpq parses it as meant; otherwise refuse it, naming the variable and never its password."""
+    is_url = dsn.startswith(URL_SCHEMES)
+    try:
+        parts = parse_dsn(dsn)
+    except psycopg2.ProgrammingError as exc:
+        reason = redacted_libpq_message(str(exc), dsn)
+        raise ImproperlyConfigured(f'{name} cannot be parsed ({reason}): {DSN_HINTS[is_url]}') from None
+    # libpq takes a raw space in a URL, and a raw @ ends the password early, leaving the rest as the host.
+    if is_url and (re.search(r'\s', dsn) or '@' in parts.get('host', '')):
+        raise ImproperlyConfigured(f'{name} is not a valid URL: {DSN_HINTS[True]}')
+    return dsn
+
+
+def redacted_libpq_message(message, dsn):
+    """Return libpq's one-line message with each quoted piece of the DSN's secret part masked."""
+    # libpq quotes the piece it stumbled on, which can be the password or a piece of it.
+    secret_part = dsn.partition('://')[2].rpartition('@')[0] if dsn.startswith(URL_SCHEMES) \
+        else dsn[dsn.find('password'):] if 'password' in dsn else ''
+    first_line = message.strip().splitlines()[0] if message.strip() else 'libpq refused it'
+
+    def mask(quoted):
+        piece = quoted.group(1)
+        return '"***"' if len(piece) > 1 and piece in secret_part else quoted.group(0)
+    return re.sub(r'"([^"]*)"', mask, first_line)
+
+
+def writable_folder(name, path):
+    """Return path after proving a file can be made and written in it (a read-only or full disk is refused)."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path) as probe:
+            probe.write(b'x')
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise ImproperlyConfigured(f'{name} {path} is not writable ({exc.strerror})') from None
+    return path
 
 
 def database_names():
@@ -129,6 +176,8 @@ WORKER_TIMEOUT = worker_timeout(DB_STATEMENT_TIMEOUT_MS)
 MAX_CONTENT_LENGTH = env_int('MAX_CONTENT_LENGTH', 1048576, 1, 2**31 - 1)
 LOG_LEVEL = env_choice('LOG_LEVEL', 'INFO', ('DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL'))
 LOG_PATH = env_str('LOG_PATH')
+if LOG_PATH:
+    writable_folder('LOG_PATH', LOG_PATH)
 # Each process rotates its own file under LOG_PATH at this size (0: never), keeping this many old ones.
 LOG_FILE_MAX_BYTES = env_int('LOG_FILE_MAX_BYTES', 100 * 1024 * 1024)
 LOG_FILE_BACKUPS = env_int('LOG_FILE_BACKUPS', 3, 1, 1000)

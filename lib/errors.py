@@ -1,4 +1,5 @@
 """The ApiError family, the SQLSTATE mapping and the one RFC 9457 problem renderer."""
+import sys
 from http import HTTPStatus
 
 import psycopg2
@@ -13,8 +14,24 @@ PROBLEM_JSON = 'application/problem+json'
 RETRY_AFTER_SECONDS = '1'
 
 
-class ImproperlyConfigured(Exception):
+class StartupError(Exception):
+    """The service cannot start; the message, one line naming the cause and never a secret, says why."""
+
+
+class ImproperlyConfigured(StartupError):
     """A setting is missing or malformed; the service must not start."""
+
+
+def report_startup_errors():
+    """Make an uncaught StartupError print as one line on stderr (entry points call it); other exceptions as before."""
+    previous_hook = sys.excepthook
+
+    def report(kind, exc, traceback):
+        if isinstance(exc, StartupError):
+            print(f'dbapi: {exc}', file=sys.stderr, flush=True)
+        else:
+            previous_hook(kind, exc, traceback)
+    sys.excepthook = report
 
 
 class ApiError(Exception):

@@ -12,7 +12,9 @@ from lib.errors import ImproperlyConfigured
 from lib.errors import Forbidden, Unauthorized
 from lib.http.exchange import CLIENT_KEY, remember
 
-BEARER_HEADER = re.compile(r'Bearer +([A-Za-z0-9\-._~+/]+=*) *', re.IGNORECASE)
+# RFC 6750's b64token: the only characters an Authorization: Bearer header can carry.
+B64TOKEN = r'[A-Za-z0-9\-._~+/]+=*'
+BEARER_HEADER = re.compile(rf'Bearer +({B64TOKEN}) *', re.IGNORECASE)
 CHALLENGE = 'Bearer realm="dbapi"'
 SINGLE_TOKEN_CLIENT = 'bearer'
 # Spellings of valid Authorization headers remembered per process; a caller cannot grow it past this.
@@ -48,10 +50,19 @@ def parse_client(name, entry):
     digest = sha256_hex(entry['token']) if 'token' in entry else str(entry['sha256']).lower()
     if not re.fullmatch(r'[0-9a-f]{64}', digest) or ('token' in entry and not entry['token']):
         raise ImproperlyConfigured(f'bearer client {name!r} has an empty token or a bad sha256')
+    if 'token' in entry:
+        check_token_characters(entry['token'], f'bearer client {name!r}')
     modules = entry.get('modules')
     if modules is not None and not (isinstance(modules, list) and all(isinstance(m, str) for m in modules)):
         raise ImproperlyConfigured(f'bearer client {name!r}: "modules" must be a list of module names')
     return digest, Client(name, None if modules is None else frozenset(modules), parse_max_connections(name, entry))
+
+
+def check_token_characters(token, owner):
+    """Refuse a token no Authorization: Bearer header can carry: every call with it would be a 401."""
+    if not isinstance(token, str) or not re.fullmatch(B64TOKEN, token):
+        raise ImproperlyConfigured(f'{owner}: a token may hold only letters, digits, -._~+/ and trailing = '
+                                   '(RFC 6750 b64token)')
 
 
 def parse_max_connections(name, entry):
@@ -117,6 +128,7 @@ def load_clients(config):
     """Build the {token digest: Client} table (and its plain tokens) from BEARER, BEARER_TOKENS[_FILE]."""
     clients = TokenTable()
     if config.get('BEARER'):
+        check_token_characters(config['BEARER'], 'BEARER')
         clients.add({sha256_hex(config['BEARER']): Client(SINGLE_TOKEN_CLIENT, None)}, [config['BEARER']])
     if config.get('BEARER_TOKENS'):
         clients.add(*parse_clients_json(config['BEARER_TOKENS'], 'BEARER_TOKENS'))

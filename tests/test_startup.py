@@ -1,0 +1,157 @@
+"""A start that fails once, clearly and without secrets (CONTRACT section 7): each bad setting, token, module or
+migration stops `manage.py` before anything starts, with one line on stderr naming it and a non-zero exit code."""
+import contextlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from psycopg2.extensions import make_dsn
+
+import manage
+import settings
+from lib.errors import StartupError
+from tests.helpers import drop_database, recreate_database, server_environment
+
+SECRET = 'pa55-Secret-x9'
+
+
+def run_manage(command, tmp_path=None, **environ):
+    """Run `python manage.py command` with environ over the test servers' environment; return the result."""
+    base = {key: value for key, value in server_environment(**environ).items()
+            if not key.startswith('DEFAULT_DB') or key in environ}
+    if tmp_path is not None:
+        base['PYTHONPATH'] = os.pathsep.join([str(tmp_path), str(settings.BASE_DIR)])
+    return subprocess.run([sys.executable, 'manage.py', command], cwd=settings.BASE_DIR, env=base,
+                          capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_failure(result, *names, secrets=(SECRET,)):
+    """Check the process failed with exactly one line on stderr naming names, and no secret anywhere."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith('dbapi: ')
+    for name in names:
+        assert name in lines[0]
+    for secret in secrets:
+        assert secret not in result.stdout + result.stderr
+    assert 'dbapi serves on' not in result.stdout
+    return lines[0]
+
+
+@pytest.mark.parametrize('url, fragment', [
+    (f'postgresql://dbapi:{SECRET}%zz@127.0.0.1:1/db', 'percent-encode'),        # a raw % in the password
+    (f'postgresql://dbapi:{SECRET} more@127.0.0.1:1/db', 'percent-encode'),      # an unquoted space in a URL
+    (f'postgresql://dbapi:{SECRET}@more@127.0.0.1:1/db', 'percent-encode'),      # a raw @ in the password
+    (f'host=127.0.0.1 password={SECRET} more dbname=db', 'single quotes'),        # an unquoted space in key=value
+])
+def test_a_malformed_database_url_stops_the_start_without_showing_its_password(url, fragment):
+    line = assert_one_line_failure(run_manage('migrate', DATABASE_URL=url), 'DATABASE_URL', fragment,
+                                   secrets=(SECRET, 'more'))
+    assert 'Traceback' not in line
+
+
+def test_a_database_out_of_reach_is_one_line_without_its_password():
+    result = run_manage('migrate', DATABASE_URL=f'postgresql://dbapi:{SECRET}@127.0.0.1:1/db?connect_timeout=2')
+    assert 'cannot be reached' in assert_one_line_failure(result)
+
+
+def test_a_log_path_that_cannot_be_written_stops_the_start(tmp_path):
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('')
+    assert_one_line_failure(run_manage('migrate', LOG_PATH=str(blocker / 'logs')), 'LOG_PATH', 'not writable')
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path, options):
+    """Mount a tmpfs with options on path for the block; skip where mounting is not allowed."""
+    path.mkdir()
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(path)], capture_output=True).returncode:
+        pytest.skip('mounting a tmpfs needs root and CAP_SYS_ADMIN')
+    try:
+        yield path
+    finally:
+        subprocess.run(['umount', str(path)], check=True)
+
+
+@pytest.mark.parametrize('options, reason', [('ro,size=64k', 'Read-only file system'),
+                                             ('size=4k', 'No space left on device')])
+def test_a_log_path_on_a_read_only_or_full_disk_stops_the_start(tmp_path, options, reason):
+    with mounted_tmpfs(tmp_path / 'disk', options) as disk:
+        if 'ro' not in options:
+            (disk / 'filler').write_bytes(b'x' * 4096)  # the whole disk
+        result = run_manage('migrate', LOG_PATH=str(disk))
+    assert reason in assert_one_line_failure(result, 'LOG_PATH')
+
+
+@pytest.mark.parametrize('environ, name', [
+    ({'BEARER': 's3cret!token#1'}, 'BEARER'),
+    ({'BEARER_TOKENS': json.dumps({'reports': {'token': 's3cret!token#1'}})}, "bearer client 'reports'"),
+])
+def test_a_token_no_bearer_header_can_carry_stops_the_start(environ, name):
+    line = assert_one_line_failure(run_manage('migrate', **environ), name, 'RFC 6750', secrets=('s3cret!token#1',))
+    assert 's3cret' not in line
+
+
+def test_a_bad_setting_stops_the_start_in_one_line():
+    assert_one_line_failure(run_manage('migrate', PORT='eighty'), 'PORT')
+
+
+@pytest.fixture()
+def broken_module(tmp_path):
+    """A package 'brokenmods' whose module 'broken' fails to import."""
+    folder = tmp_path / 'brokenmods' / 'broken'
+    folder.mkdir(parents=True)
+    (tmp_path / 'brokenmods' / '__init__.py').write_text('')
+    (folder / '__init__.py').write_text('')
+    (folder / 'routes.py').write_text('import no_such_library\nroutes = []\n')
+    return tmp_path
+
+
+def test_a_broken_module_stops_serve_once_before_gunicorn_starts(broken_module, database_url):
+    result = run_manage('serve', broken_module, DATABASE_URL=database_url, MODULE_PACKAGES='brokenmods',
+                        PORT='1', WEB_CONCURRENCY='3')
+    assert_one_line_failure(result, 'broken/routes.py', 'ModuleNotFoundError', secrets=())
+    assert 'HaltServer' not in result.stdout + result.stderr
+
+
+@pytest.fixture()
+def scratch_database(database_url):
+    """A fresh, empty database on the test server; dropped afterwards."""
+    server = make_dsn(database_url, dbname='postgres')
+    dsn = recreate_database(server, f'dbapi_startup_{os.getpid()}')
+    yield dsn
+    drop_database(server, f'dbapi_startup_{os.getpid()}')
+
+
+def test_a_migration_with_bad_sql_names_file_line_and_postgresqls_message(tmp_path, scratch_database):
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_good.sql').write_text('CREATE TABLE good_one (id int);\n')
+    (folder / '0002_broken.sql').write_text('CREATE TABLE fine_too (id int);\n\n'
+                                            'CREATE TABLE broken (\n    id int,\n    name txet\n);\n')
+    with pytest.raises(StartupError) as caught:
+        manage.apply_migrations(scratch_database, folder)
+    message = str(caught.value)
+    assert '\n' not in message
+    assert message == (f'migration {folder / "0002_broken.sql"}:5 failed: type "txet" does not exist '
+                       '(SQLSTATE 42704)')
+
+
+def test_make_run_shows_the_shipped_development_token_only(monkeypatch):
+    shipped = manage.dotenv_values(manage.SHIPPED_LOCAL_ENV)['BEARER']
+    monkeypatch.setattr(settings, 'BEARER', shipped)
+    assert f'Bearer {shipped}"' in manage.how_to_call()
+    monkeypatch.setattr(settings, 'BEARER', 'a-real-token-1234')
+    line = manage.how_to_call()
+    assert 'a-real-token-1234' not in line and 'Bearer $BEARER"' in line
+
+
+def test_the_curl_example_calls_a_mounted_action_and_needs_no_example_module(monkeypatch):
+    routes = manage.discovered_routes()
+    assert f'/{routes[0].module}/{routes[0].name} ' in manage.how_to_call(routes)
+    assert '/healthz' in manage.how_to_call([])
+    monkeypatch.setattr(settings, 'MODULE_PACKAGES', ['tests.fixture_modules'])
+    assert '/example/' not in manage.how_to_call()
