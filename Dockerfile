@@ -11,6 +11,7 @@ RUN python -m venv /opt/venv \
 
 FROM python:3.11.13-slim-bookworm
 # tini forwards SIGTERM to gunicorn, which finishes requests in flight (graceful_timeout) before exiting.
+# WORKER_CLASS=gevent is settings.py's default too, spelled out: a request waiting on PostgreSQL holds a greenlet.
 # /var/log/dbapi is for LOG_PATH: a volume mounted there starts out owned by the service user.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends tini=0.19.0-1+b3 \
@@ -28,6 +29,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     ENVIRONMENT=production \
     PORT=8000 \
+    WORKER_CLASS=gevent \
     BIND=0.0.0.0:8000
 USER 10001:10001
 EXPOSE 8000

@@ -1,6 +1,7 @@
 """gunicorn settings: workers, bind, timeouts, logging and metrics hooks. Pools are per process, made after fork."""
 import os
 import shutil
+import signal
 import tempfile
 
 import settings
@@ -57,6 +58,15 @@ control_socket_disable = True
 def on_starting(server):
     """Start the metrics from zero: files of an earlier run would be summed in."""
     clear_multiprocess_dir()
+
+
+def post_fork(server, worker):
+    """Let a stop signal end a worker that is still booting at once, as it has no request in flight yet."""
+    # Until gunicorn installs the worker's own handlers (after gevent has patched the standard library, which
+    # takes a while), the child keeps the master's, which only queue the signal for a master loop the child never
+    # runs: a SIGTERM then would be lost, and the worker would linger until the master's graceful timeout.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(stop_signal, signal.SIG_DFL)
 
 
 def post_worker_init(worker):

@@ -137,6 +137,11 @@ APP_ID = env_str('APP_ID', 'dbapi')
 PROCESS_ID = env_str('PROCESS_ID', 'dbapi')
 PORT = env_int('PORT', 8000, 1, 65535)
 WEB_CONCURRENCY = env_int('WEB_CONCURRENCY', 2 * (os.cpu_count() or 1) + 1, 1, 256)
+# gevent (the default): each request is a greenlet, so one waiting on PostgreSQL holds no process and /healthz
+# never queues behind actions (docs/performance.md, "Worker model"). gthread: THREADS threads per worker. sync: one
+# request per worker, as before.
+WORKER_CLASS = env_choice('WORKER_CLASS', 'gevent', ('GEVENT', 'GTHREAD', 'SYNC')).lower()
+THREADS = env_int('THREADS', 8, 1, 1000)
 TRUSTED_PROXY_HOPS = env_int('TRUSTED_PROXY_HOPS', 0, 0, 5)
 
 BEARER = env_str('BEARER')
