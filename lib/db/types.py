@@ -9,7 +9,10 @@ each connection (register_types, from the connection's configure) reads it inste
   as PostgreSQL counts them); one past timedelta's range comes as that many seconds, an ExactNumber.
 - json and jsonb: parsed with their numbers exact (lib.jsonenc.loads_exact).
 - ranges and multiranges: PostgreSQL's text, "[1,10)", as to_jsonb writes them.
-- arrays of every type psycopg2 does not know (money[], inet[] of a domain, enum[], ...): lists.
+- composite types (CREATE TYPE ... AS, and every table's row type): a dict of the fields, each read as
+  its own type is, as to_jsonb writes an object. Anonymous records (ROW(1, 'a')) stay PostgreSQL's text:
+  their fields' names and types are known to the server only.
+- arrays of every type psycopg2 does not know (money[], inet[] of a domain, enum[], composites, ...): lists.
 
 Parameters: a dict adapts to JSON (for json and jsonb columns); a list stays an ARRAY. A value psycopg2
 cannot send (a NUL character, a lone surrogate) is a 422, not a server fault.
@@ -26,16 +29,40 @@ from lib.jsonenc import ExactNumber, dumps_bytes, loads_exact
 DATE, TIME, TIMETZ, TIMESTAMP, TIMESTAMPTZ, INTERVAL, JSON, JSONB = 1082, 1083, 1266, 1114, 1184, 1186, 114, 3802
 # The built-in ranges, which psycopg2.extras reads as Range objects that no JSON encoder knows.
 BUILTIN_RANGES = (3904, 3906, 3908, 3910, 3912, 3926)
-ARRAYS_OF_TYPES = '''
-    SELECT t.typarray, t.typname, coalesce(base.oid, t.oid), coalesce(base.typtype, t.typtype), t.typdelim
-    FROM pg_type t LEFT JOIN pg_type base ON t.typtype = 'd' AND base.oid = t.typbasetype
+# Each domain's base type, through domains over domains: a domain's values are read as its base's.
+DOMAIN_BASES = '''
+    WITH RECURSIVE chain (oid, base) AS (
+        SELECT oid, typbasetype FROM pg_type WHERE typtype = 'd'
+        UNION ALL
+        SELECT chain.oid, t.typbasetype FROM chain JOIN pg_type t ON t.oid = chain.base AND t.typtype = 'd'),
+    domain_base (oid, base) AS (
+        SELECT chain.oid, chain.base FROM chain JOIN pg_type t ON t.oid = chain.base AND t.typtype <> 'd')'''
+ARRAYS_OF_TYPES = DOMAIN_BASES + '''
+    SELECT t.typarray, t.typname, base.oid, base.typtype, t.typdelim
+    FROM pg_type t LEFT JOIN domain_base ON domain_base.oid = t.oid
+    JOIN pg_type base ON base.oid = coalesce(domain_base.base, t.oid)
     WHERE t.typarray <> 0'''
+# Every composite type's fields in order (oid 0), or one type's: names, and types with domains made their base.
+COMPOSITE_FIELDS = DOMAIN_BASES + '''
+    SELECT t.oid,
+           coalesce(array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attnum IS NOT NULL), '{}'),
+           coalesce(array_agg(coalesce(domain_base.base, a.atttypid)::int8 ORDER BY a.attnum)
+                    FILTER (WHERE a.attnum IS NOT NULL), '{}')
+    FROM pg_type t
+    LEFT JOIN pg_attribute a ON a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+    LEFT JOIN domain_base ON domain_base.oid = a.atttypid
+    WHERE t.typtype = 'c' AND %(oid)s IN (0, t.oid)
+    GROUP BY t.oid'''
 
 SECONDS_PER_DAY, DAYS_PER_MONTH, SECONDS_PER_YEAR = 86400, 30, 31557600  # PostgreSQL's year: 365.25 days
 INTERVAL_UNITS = re.compile(r'([+-]?\d+) (year|mon|day)s?')
 INTERVAL_TIME = re.compile(r'([+-])?(\d+):(\d\d):(\d\d)(?:\.(\d{1,6}))?$')
 # The offset at the end of a stamp: PostgreSQL's text writes +02 where its JSON writes +02:00.
 SHORT_OFFSET = re.compile(r'([+-]\d\d)((?::\d\d)*)( BC)?$')
+# One field of a composite value's text, '(1,"a b",)', and the comma or parenthesis after it: quoted (its " and \
+# doubled), bare, or nothing for NULL.
+RECORD_FIELD = re.compile(r'(?:"((?:[^"]|"")*)"|([^",)]*))[,)]')
+DOUBLED = re.compile(r'(["\\])\1')
 
 
 class PgText(str):
@@ -130,6 +157,63 @@ CASTERS = {DATE: cast_date, TIMESTAMP: cast_timestamp, TIMESTAMPTZ: cast_timesta
 TYPECASTERS = {oid: psycopg2.extensions.new_type((oid,), f'DBAPI_{oid}', cast) for oid, cast in CASTERS.items()}
 
 
+def record_fields(text):
+    """Split a composite value's text, '(1,"a b",)', into its fields' texts, None for NULL."""
+    return [(unquoted or None) if quoted is None else DOUBLED.sub(r'\1', quoted)
+            for quoted, unquoted in (match.groups() for match in RECORD_FIELD.finditer(text, 1))]
+
+
+class Composite:
+    """One composite type of a connection's database: reads its values as dicts, each field read as its type is.
+
+    A field is read by the typecaster register_types put on the connection for its type (casters), else by
+    psycopg2's: not through the fetching cursor, whose own typecasters may differ (lib/db/copyjson.py's read
+    text as bytes). The fields are the catalog's when the connection was configured; a value with another
+    number of fields (ALTER TYPE or ALTER TABLE since) makes it read them again, once, on the same connection.
+    """
+
+    def __init__(self, oid, names, field_types, casters):
+        self.oid, self.names, self.field_types, self.casters = oid, names, field_types, casters
+        self.typecaster = psycopg2.extensions.new_type((oid,), f'DBAPI_COMPOSITE_{oid}', self.cast)
+
+    def cast(self, text, cursor):
+        """Read one value as {field: value}, the object to_jsonb writes."""
+        if text is None:
+            return None
+        fields = self.fields_of(text)
+        if len(fields) != len(self.names):
+            self.read_fields_again(cursor.connection)
+            fields = self.fields_of(text)
+            if len(fields) != len(self.names):
+                raise psycopg2.DataError(f'A value of composite type {self.oid} does not have its {len(self.names)} '
+                                         f'fields: {text[:200]}')
+        return {name: None if field is None else self.caster_of(field_type)(field, cursor)
+                for name, field_type, field in zip(self.names, self.field_types, fields)}
+
+    def caster_of(self, oid):
+        """Return the typecaster of a field's type, as the connection reads a column of that type."""
+        return self.casters.get(oid) or psycopg2.extensions.string_types.get(oid, psycopg2.STRING)
+
+    def fields_of(self, text):
+        """Return the fields' texts of a value: '()' is one NULL field, or none for a type without fields."""
+        return [] if text == '()' and not self.names else record_fields(text)
+
+    def read_fields_again(self, conn):
+        """Read the type's fields from the catalog as they are now."""
+        with conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
+            cursor.execute(COMPOSITE_FIELDS, {'oid': self.oid})
+            row = cursor.fetchone()
+        if row is not None:
+            _, self.names, self.field_types = row
+
+
+def read_composites(conn, casters):
+    """Return {oid: Composite} of every composite type of conn's database, reading fields with casters."""
+    with conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
+        cursor.execute(COMPOSITE_FIELDS, {'oid': 0})
+        return {oid: Composite(oid, names, field_types, casters) for oid, names, field_types in cursor.fetchall()}
+
+
 def cast_semicolon_array(text, cursor):
     """Read a one-dimensional array of a type whose elements hold commas and are delimited by ';' (box[])."""
     if text is None or text.startswith('{{'):
@@ -138,39 +222,43 @@ def cast_semicolon_array(text, cursor):
     return [None if item == 'NULL' else PgText(item) for item in items]
 
 
-def element_caster(base_oid, base_kind):
-    """Return the typecaster of an array's elements: ours, psycopg2's, or the text for a range or unknown type."""
-    if base_oid in TYPECASTERS:
-        return TYPECASTERS[base_oid]
+def element_caster(base_oid, base_kind, casters):
+    """Return the typecaster of an array's elements: ours (casters), psycopg2's, or the text for a range or
+    unknown type."""
+    if base_oid in casters:
+        return casters[base_oid]
     if base_kind in ('r', 'm'):
         return psycopg2.STRING
     return psycopg2.extensions.string_types.get(base_oid, psycopg2.STRING)
 
 
-def needs_array_caster(array_oid, base_oid):
+def needs_array_caster(array_oid, base_oid, casters):
     """Tell whether psycopg2 would read an array wrong: as text when it does not know it, or element by element
-    with its own caster where ours differs."""
-    return array_oid not in psycopg2.extensions.string_types or base_oid in TYPECASTERS
+    with its own caster where ours (casters) differs."""
+    return array_oid not in psycopg2.extensions.string_types or base_oid in casters
 
 
-def array_caster(array_oid, name, base_oid, base_kind, delimiter):
+def array_caster(array_oid, name, base_oid, base_kind, delimiter, casters):
     """Return the typecaster of one array type."""
     if delimiter != ',':
         return psycopg2.extensions.new_type((array_oid,), f'DBAPI_{name}_ARRAY', cast_semicolon_array)
-    caster = element_caster(base_oid, base_kind)
+    caster = element_caster(base_oid, base_kind, casters)
     return psycopg2.extensions.new_array_type((array_oid,), f'DBAPI_{name}_ARRAY', caster)
 
 
 def register_types(conn):
-    """Teach conn how to read every type exactly: our casters, and every array type the catalog lists."""
-    for typecaster in TYPECASTERS.values():
-        psycopg2.extensions.register_type(typecaster, conn)
-    with conn.cursor() as cursor:
+    """Teach conn how to read every type exactly: our casters, every composite and every array type the catalog
+    lists."""
+    casters = dict(TYPECASTERS)  # {oid: typecaster} of what conn reads otherwise than psycopg2 would
+    casters.update((oid, composite.typecaster) for oid, composite in read_composites(conn, casters).items())
+    with conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
         cursor.execute(ARRAYS_OF_TYPES)
         arrays = cursor.fetchall()
     for array_oid, name, base_oid, base_kind, delimiter in arrays:
-        if needs_array_caster(array_oid, base_oid):
-            psycopg2.extensions.register_type(array_caster(array_oid, name, base_oid, base_kind, delimiter), conn)
+        if needs_array_caster(array_oid, base_oid, casters):
+            casters[array_oid] = array_caster(array_oid, name, base_oid, base_kind, delimiter, casters)
+    for typecaster in casters.values():
+        psycopg2.extensions.register_type(typecaster, conn)
 
 
 def json_parameter(value):
