@@ -1,9 +1,11 @@
 """The ApiError family, the SQLSTATE mapping and the one RFC 9457 problem renderer."""
 import sys
+import traceback
 from http import HTTPStatus
 
 import psycopg2
-from marshmallow import ValidationError
+from flask import current_app, has_request_context, request
+from marshmallow import ValidationError, fields
 from werkzeug.exceptions import HTTPException
 
 from lib.http.exchange import ERROR_KEY, remember
@@ -141,6 +143,8 @@ SQLSTATE_ERRORS = {
 # Serialization failure and deadlock: a whole-transaction action is run again before the 503 above.
 RETRYABLE_SQLSTATES = frozenset({'40001', '40P01'})
 
+# A 404's detail names the module it looked for, up to this many characters of it.
+MAX_NAME_SHOWN = 64
 HTTP_DETAILS = {
     404: 'No action is mounted at this path.',
     405: 'This path does not accept this method.',
@@ -173,14 +177,46 @@ def from_validation_error(exc):
     return Unprocessable(errors=exc.messages)
 
 
+@translates(OverflowError)
+@translates(ValueError)
+def from_unreadable_field_value(exc):
+    """An OverflowError or ValueError raised while a marshmallow field read a client's value is a 422 naming the
+    field; raised anywhere else (an action's own code), a 500.
+
+    Some stock fields let them through: TimeDelta and DateTime(format='timestamp') call float() on an
+    integer past a float's range unguarded. The field's deserialize on the traceback tells where it was raised.
+    """
+    keys = [frame.f_locals.get('attr') for frame, _ in traceback.walk_tb(exc.__traceback__)
+            if frame.f_code is fields.Field.deserialize.__code__]
+    if not keys:
+        return None
+    errors = [f'Not a valid value: {exc}.']
+    for key in reversed([key for key in keys if key is not None] or ['_schema']):
+        errors = {key: errors}
+    return Unprocessable(errors=errors)
+
+
 @translates(HTTPException)
 def from_http_exception(exc):
     """Translate a werkzeug HTTPException (404, 405, 413, 415...) into an ApiError."""
     error = ApiError(HTTP_DETAILS.get(exc.code, exc.description))
     error.status = exc.code
+    if exc.code == 404 and has_request_context() and 'dbapi' in current_app.extensions:
+        error.detail = not_found_detail(request.path, current_app.extensions['dbapi'].routes)
     if exc.code == 405 and exc.valid_methods:
         error.headers['Allow'] = ', '.join(exc.valid_methods)
+        error.detail = f"Use {', '.join(exc.valid_methods)}: this path does not accept this method."
     return error
+
+
+def not_found_detail(path, routes):
+    """Say what is mounted where path points: the module's actions, or that the module does not exist."""
+    module = path.strip('/').partition('/')[0]
+    actions = sorted(f'/{route.module}/{route.name}' for route in routes if route.module == module)
+    if actions:
+        return f'Module {module!r} has no action at this path. Its actions (POST): {", ".join(actions)}.'
+    shown = module if len(module) <= MAX_NAME_SHOWN else module[:MAX_NAME_SHOWN] + '...'
+    return f'No module {shown!r} is mounted. Actions are called as POST /<module>/<action>.'
 
 
 @translates(psycopg2.Error)
@@ -197,7 +233,65 @@ def from_database_error(exc):
     error_class, detail = mapped
     diag = exc.diag
     members = {'constraint': diag.constraint_name} if diag.constraint_name else {}
-    return error_class(detail or diag.message_primary, sqlstate=code, **members)
+    return error_class(detail or diag.message_primary, errors=constraint_errors(exc), sqlstate=code, **members)
+
+
+# What an integrity violation says of each column of its constraint, by SQLSTATE.
+CONSTRAINT_WORDS = {'23505': 'already exists', '23503': 'must refer to an existing row (or is still referred to)',
+                    '23514': 'fails the check {constraint}', '23502': 'must not be null'}
+CONSTRAINT_COLUMNS_SQL = """
+    SELECT a.attname FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+     WHERE c.conrelid = %(table)s::regclass AND c.conname = %(name)s
+    UNION ALL  -- a unique index that is no constraint
+    SELECT a.attname FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+     WHERE i.indrelid = %(table)s::regclass AND x.relname = %(name)s
+       AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conrelid = i.indrelid AND c.conname = %(name)s)
+"""
+
+
+def constraint_errors(exc):
+    """Return the field map of an integrity violation, {column: [what is wrong]}, or None for other errors."""
+    words = CONSTRAINT_WORDS.get(exc.pgcode)
+    if words is None:
+        return None
+    diag = exc.diag
+    columns = [diag.column_name] if diag.column_name else constraint_columns(exc)
+    message = words.format(constraint=diag.constraint_name)
+    return {column: [message] for column in columns} or None
+
+
+def constraint_columns(exc):
+    """Return the columns of the violated constraint, read from the catalog (pg_constraint.conkey), never the message."""
+    diag = exc.diag
+    pool = pool_of(exc.cursor.connection) if exc.cursor is not None and has_request_context() else None
+    if pool is None or not (diag.constraint_name and diag.table_name):
+        return []
+    from lib.db.unit import connection  # lib.db imports this module
+    table = f'{quote_identifier(diag.schema_name or "public")}.{quote_identifier(diag.table_name)}'
+    try:
+        with connection(pool, autocommit=True, timeout=CATALOG_WAIT_SECONDS) as conn, \
+                conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
+            cursor.execute(CONSTRAINT_COLUMNS_SQL, {'table': table, 'name': diag.constraint_name})
+            return [column for column, in cursor.fetchall()]
+    except Exception:  # the detail is a courtesy: without a free connection the answer goes out without it
+        return []
+
+
+# The failed request's own connection went back to its pool; another may have it now: borrow one, briefly.
+CATALOG_WAIT_SECONDS = 0.5
+
+
+def pool_of(conn):
+    """Return the app's pool of the database conn is connected to, or None."""
+    pools = current_app.extensions['dbapi'].pools.values() if 'dbapi' in current_app.extensions else []
+    matching = [pool for pool in pools if psycopg2.extensions.parse_dsn(pool.dsn).get('dbname') == conn.info.dbname]
+    return matching[0] if len(matching) == 1 else None
+
+
+def quote_identifier(name):
+    """Quote an identifier as PostgreSQL's quote_ident always may, for a regclass literal."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def as_api_error(exc):

@@ -84,7 +84,7 @@ def schema_loader(schema, fast_paths=True):
 
     def load_arguments(body):
         if schema.many != isinstance(body, list) or not isinstance(body, (list, dict)):
-            shape = 'an array' if schema.many else 'an object'
+            shape = 'array' if schema.many else 'object'
             raise Unprocessable(f'The request body must be a JSON {shape}.')
         loaded = load_valid_body(body)
         if loaded is None:

@@ -7,6 +7,7 @@ import pytest
 
 from ops import nginx
 from settings import BASE_DIR
+from tests.helpers import ADMIN_TOKEN, assert_problem, run_sql
 
 yaml = pytest.importorskip('yaml', reason='PyYAML comes with requirements-lint.txt (make lint)')
 
@@ -65,3 +66,69 @@ def test_filebeat_splits_nginxs_plain_text_error_log_into_ecs_fields():
     assert {'service.name': 'dbapi', 'service.type': 'nginx', 'event.dataset': 'nginx.error'}.items() <= \
         added[0]['fields'].items()
     assert added[-1] == [p['add_fields'] for p in inputs['nginx']['processors'] if 'add_fields' in p][0]
+
+
+# --- Error bodies that say what to do. ---
+
+
+def test_a_404_in_a_mounted_module_lists_its_actions(call):
+    body = assert_problem(call('/probe/no-such-action'), 404)
+    assert "Module 'probe' has no action" in body['detail']
+    assert '/probe/echo' in body['detail'] and '/probe/things/create' in body['detail']
+
+
+def test_a_404_of_an_unknown_module_says_it_does_not_exist(call):
+    body = assert_problem(call('/no_such_module/x'), 404)
+    assert body['detail'] == "No module 'no_such_module' is mounted. Actions are called as POST /<module>/<action>."
+    long_name = assert_problem(call('/' + 'm' * 5000), 404)['detail']
+    assert len(long_name) < 200
+
+
+def test_a_405_says_to_use_post(client):
+    response = client.get('/probe/echo')
+    assert assert_problem(response, 405)['detail'].startswith('Use POST:')
+    assert response.headers['Allow'] == 'POST'
+
+
+def test_a_body_of_the_wrong_shape_says_so_plainly(call):
+    assert assert_problem(call('/probe/echo', [1]), 422)['detail'] == 'The request body must be a JSON object.'
+
+
+@pytest.mark.parametrize('body', [b' ', b'\n\t '])
+def test_a_whitespace_body_of_another_content_type_is_415(client, body):
+    response = client.post('/probe/echo', data=body, headers={'Authorization': f'Bearer {ADMIN_TOKEN}',
+                                                              'Content-Type': 'text/plain'})
+    assert_problem(response, 415)
+
+
+def test_an_empty_body_needs_no_content_type(client):
+    response = client.post('/probe/echo', data=b'', headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
+    assert response.status_code == 200 and response.get_json() == {}
+
+
+@pytest.mark.parametrize('case, status, errors', [
+    ('unique', 409, {'code': ['already exists']}),
+    ('foreign_key', 409, {'parent_id': ['must refer to an existing row (or is still referred to)']}),
+    ('not_null', 422, {'label': ['must not be null']}),
+    ('check', 422, {'quantity': ['fails the check things_quantity_check']}),
+])
+def test_a_constraint_violation_names_its_columns_from_the_catalog(call, case, status, errors):
+    assert assert_problem(call('/probe/sqlstate', {'case': case}), status)['errors'] == errors
+
+
+def test_a_duplicate_email_names_the_email_field(call):
+    user = {'email': 'edges-duplicate@example.com', 'name': 'Ada'}
+    call('/users/create', user)
+    body = assert_problem(call('/users/create', user), 409)
+    assert body['errors'] == {'email': ['already exists']} and body['constraint'] == 'users_email_key'
+
+
+def test_a_unique_index_that_is_no_constraint_names_its_columns_too(call, database_url):
+    run_sql(database_url, 'CREATE UNIQUE INDEX IF NOT EXISTS things_label_quantity ON probe.things (label, quantity) '
+                          'WHERE quantity = 424242')
+    try:
+        call('/probe/things/create', {'code': 'edges-index-1', 'quantity': 424242})
+        response = call('/probe/things/create', {'code': 'edges-index-2', 'quantity': 424242})
+    finally:
+        run_sql(database_url, 'DROP INDEX probe.things_label_quantity')
+    assert assert_problem(response, 409)['errors'] == {'label': ['already exists'], 'quantity': ['already exists']}

@@ -49,10 +49,11 @@ def read_json_body():
     """Parse the request body once: empty means {}, anything but JSON is refused."""
     environ = request.environ
     data = read_body(environ)
+    # Any byte in a body of another type is a 415, whitespace too: only an empty body needs no content type.
+    if data and not is_json(environ.get('CONTENT_TYPE', '')):
+        raise UnsupportedMediaType()
     if not data.strip():
         return {}
-    if not is_json(environ.get('CONTENT_TYPE', '')):
-        raise UnsupportedMediaType()
     try:
         body = loads_exact(data)
     except ValueError:  # orjson's and the json module's decode errors, and invalid UTF-8
