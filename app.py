@@ -13,6 +13,7 @@ from lib.auth import load_clients
 from lib.db import make_pools
 from lib.db.embedded import start_embedded
 from lib.errors import ERROR_TRANSLATORS, handle_error
+from lib.http.admission import install_admission
 from lib.http.headers import RESPONSE_HEADERS, ResponseHeaders
 from lib.http.health import ops
 from lib.http.proxies import TrustedProxies
@@ -114,7 +115,8 @@ def resolve_databases(config):
 
 
 def install_middleware(app, gateway):
-    """Wrap the WSGI app, innermost first: access line, header step, request id, trusted proxies."""
+    """Wrap the WSGI app, innermost first: admission, access line, header step, request id, trusted proxies."""
+    install_admission(app)
     install_access_log(app, observers=[gateway.metrics])
     app.wsgi_app = ResponseHeaders(app.wsgi_app, gateway.response_headers)
     app.wsgi_app = RequestIds(app.wsgi_app)

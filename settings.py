@@ -178,6 +178,18 @@ def worker_timeout(statement_timeout_ms):
 
 WORKER_TIMEOUT = worker_timeout(DB_STATEMENT_TIMEOUT_MS)
 
+
+def max_requests_in_flight(worker_class, threads, pool_max):
+    """Return MAX_REQUESTS_IN_FLIGHT: how many requests one process serves at once; one more gets a fast 503."""
+    # gevent: 64 per pooled connection. A request past the pool waits for a connection (DB_POOL_TIMEOUT_MS at
+    # most); 64 queued on a connection that serves 5 ms queries are through in a third of a second, and a longer
+    # queue only holds requests that would time out anyway. gthread runs THREADS at once, sync one.
+    default = {'gevent': 64 * pool_max, 'gthread': threads, 'sync': 1}[worker_class]
+    return env_int('MAX_REQUESTS_IN_FLIGHT', default, 1, 1000000)
+
+
+MAX_REQUESTS_IN_FLIGHT = max_requests_in_flight(WORKER_CLASS, THREADS, DB_POOL_MAX)
+
 MAX_CONTENT_LENGTH = env_int('MAX_CONTENT_LENGTH', 1048576, 1, 2**31 - 1)
 LOG_LEVEL = env_choice('LOG_LEVEL', 'INFO', ('DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL'))
 LOG_PATH = env_str('LOG_PATH')

@@ -57,8 +57,10 @@ UNREACHABLE_DSN = 'host=127.0.0.1 port=1 dbname=x user=x connect_timeout=2'
 
 def app_config(database_url, **overrides):
     """Return create_app overrides for a test app on database_url."""
+    # No bound on the requests in flight unless a test sets one: werkzeug's test client leaves open the body of a
+    # response it did not buffer, so such a request never ends, which no server does.
     config = dict(DATABASES={'default': database_url}, BEARER=SINGLE_BEARER, BEARER_TOKENS=json.dumps(BEARER_TOKENS),
-                  BEARER_TOKENS_FILE=None, MODULE_PACKAGES=MODULE_PACKAGES, TESTING=True)
+                  BEARER_TOKENS_FILE=None, MODULE_PACKAGES=MODULE_PACKAGES, TESTING=True, MAX_REQUESTS_IN_FLIGHT=10**6)
     config.update(overrides)
     return config
 
@@ -260,13 +262,13 @@ def server_environment(**extra):
 
 @contextlib.contextmanager
 def gunicorn_server(environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
-    """Run a real gunicorn with gunicorn.conf.py and three workers on a free loopback port, with environment
-    over server_environment(); yield (port, process). It is stopped (SIGTERM, as a deployment stops it) after
+    """Run a real gunicorn with gunicorn.conf.py and three workers (unless environment sets WEB_CONCURRENCY) on a
+    free loopback port, with environment over server_environment(); yield (port, process). It is stopped (SIGTERM, as a deployment stops it) after
     the block, so what it wrote is complete when the caller reads it."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'app:create_app()'], cwd=settings.BASE_DIR,
-        env=server_environment(PORT=str(port), WEB_CONCURRENCY='3', **environment), stdout=stdout, stderr=stderr)
+        env=server_environment(PORT=str(port), **{'WEB_CONCURRENCY': '3', **environment}), stdout=stdout, stderr=stderr)
     try:
         wait_until_healthy(f'http://127.0.0.1:{port}', process)
         yield port, process

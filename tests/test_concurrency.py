@@ -14,9 +14,10 @@ import pytest
 import settings
 from lib.auth import load_clients
 from lib.db.green import make_psycopg2_cooperative
+from lib.http.admission import Admission
 from lib.errors import ImproperlyConfigured
-from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, SINGLE_BEARER, Caller, assert_problem, post, running_gunicorn,
-                           wait_for)
+from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, SINGLE_BEARER, Caller, assert_problem, http_request, post,
+                           running_gunicorn, wait_for)
 
 
 # The worker model: gevent workers, psycopg2 waiting through gevent's hub
@@ -215,3 +216,73 @@ def test_max_connections_must_be_a_positive_integer(limit):
     config = {'ENVIRONMENT': 'test', 'BEARER_TOKENS': json.dumps({'x': {'token': 'x-token', 'max_connections': limit}})}
     with pytest.raises(ImproperlyConfigured, match='max_connections'):
         load_clients(config)
+
+
+# Load shedding: a process admits MAX_REQUESTS_IN_FLIGHT requests; one more is a fast 503, the ops endpoints pass
+
+
+def in_flight(app):
+    """Return how many requests app's admission counts in flight."""
+    return admission_of(app).in_flight
+
+
+def admission_of(app):
+    """Return the admission middleware of app."""
+    layer = app.wsgi_app
+    while not isinstance(layer, Admission):
+        layer = layer.wsgi_app
+    return layer
+
+
+def test_a_process_sheds_what_it_cannot_admit_with_a_fast_503_and_the_ops_endpoints_pass(make_app):
+    app = make_app(MAX_REQUESTS_IN_FLIGHT=2, DB_POOL_MAX=3)
+    with holding(app, ADMIN_TOKEN, 2) as slow_calls:
+        shed, seconds = timed(lambda: Caller(app.test_client())('/slow/sleep', {'seconds': 0}))
+        health, metrics, ready = (app.test_client().get(path) for path in ('/healthz', '/metrics', '/readyz'))
+    body = assert_problem(shed, 503)
+    assert shed.headers['Retry-After'] == '1' and seconds < 0.25
+    assert 'serving as many requests' in body['detail']
+    assert (health.status_code, metrics.status_code, ready.status_code) == (200, 200, 200)
+    assert [call.result().status_code for call in slow_calls] == [200, 200]
+    assert in_flight(app) == 0
+    assert Caller(app.test_client())('/slow/sleep', {'seconds': 0}).status_code == 200
+
+
+def test_a_stream_is_in_flight_until_its_body_is_closed(make_app):
+    app = make_app(MAX_REQUESTS_IN_FLIGHT=1)
+    call = Caller(app.test_client())
+    stream = call('/probe/things/export', buffered=False)
+    assert in_flight(app) == 1
+    assert_problem(call('/probe/echo', {}), 503)
+    stream.get_data()
+    stream.close()
+    assert in_flight(app) == 0 and call('/probe/echo', {}).status_code == 200
+
+
+def test_a_failing_request_leaves_its_place_too(make_app):
+    app = make_app(MAX_REQUESTS_IN_FLIGHT=1)
+    call = Caller(app.test_client())
+    assert_problem(call('/probe/missing'), 404)
+    assert_problem(call('/slow/sleep', {'seconds': 'x'}), 422)
+    assert in_flight(app) == 0
+
+
+@pytest.mark.parametrize('worker_class, expected', [('gevent', 128), ('gthread', 8), ('sync', 1)])
+def test_max_requests_in_flight_follows_the_worker_model(monkeypatch, worker_class, expected):
+    monkeypatch.delenv('MAX_REQUESTS_IN_FLIGHT', raising=False)
+    assert settings.max_requests_in_flight(worker_class, threads=8, pool_max=2) == expected
+
+
+@pytest.mark.slow
+def test_under_gunicorn_a_flood_of_slow_calls_is_shed_at_once_while_healthz_answers(database_url):
+    with running_gunicorn(database_url, WEB_CONCURRENCY='1', MAX_REQUESTS_IN_FLIGHT='3', DB_POOL_MAX='3') as port:
+        with ThreadPoolExecutor(8) as executor:
+            calls = [executor.submit(timed, lambda: post(port, '/slow/sleep', {'seconds': 1.5})) for _ in range(8)]
+            time.sleep(0.5)
+            health, health_seconds = timed(lambda: http_request(port, 'GET', '/healthz'))
+            replies = [call.result() for call in calls]
+    assert health.status == 200 and health_seconds < 0.5
+    statuses = sorted(reply.status for reply, _ in replies)
+    assert statuses == [200] * 3 + [503] * 5, statuses
+    assert all(seconds < 1 for reply, seconds in replies if reply.status == 503)
+    assert all(reply.headers['Retry-After'] == '1' for reply, _ in replies if reply.status == 503)

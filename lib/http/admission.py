@@ -1,0 +1,86 @@
+"""Load shedding: a process admits at most MAX_REQUESTS_IN_FLIGHT requests; one more gets a fast 503.
+
+A request is in flight from the moment the server hands it to the app until the server closes its body, so a
+streamed export counts until its last byte. The operations endpoints never count and are never refused: a
+liveness probe or a scrape must get through exactly when the process is busiest.
+"""
+import threading
+
+from flask import request
+
+from lib.errors import ServiceUnavailable
+
+SHED_KEY = 'dbapi.shed'
+NEVER_SHED_PATHS = frozenset({'/healthz', '/readyz', '/metrics'})
+
+
+class Overloaded(ServiceUnavailable):
+    """The process already serves as many requests as it may (503)."""
+
+    detail = 'This server is serving as many requests as it may. Try again shortly.'
+
+
+class Admitted:
+    """The body of an admitted request: the server iterates it, and closing it ends the request's admission."""
+
+    __slots__ = ('body', 'release')
+
+    def __init__(self, body, release):
+        self.body = body
+        self.release = release
+
+    def __iter__(self):
+        return iter(self.body)
+
+    def close(self):
+        """Close the app's body, then let the next request in."""
+        try:
+            close = getattr(self.body, 'close', None)
+            if close is not None:
+                close()
+        finally:
+            self.release()
+
+
+class Admission:
+    """WSGI middleware that counts the requests in flight and marks those over the limit to be shed."""
+
+    def __init__(self, wsgi_app, limit):
+        self.wsgi_app = wsgi_app
+        self.limit = limit
+        self.in_flight = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        if environ.get('PATH_INFO') in NEVER_SHED_PATHS:
+            return self.wsgi_app(environ, start_response)
+        with self.lock:
+            admitted = self.in_flight < self.limit
+            if admitted:
+                self.in_flight += 1
+        if not admitted:
+            environ[SHED_KEY] = True
+            return self.wsgi_app(environ, start_response)
+        try:
+            return Admitted(self.wsgi_app(environ, start_response), self.release)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self):
+        """Count one request fewer in flight."""
+        with self.lock:
+            self.in_flight -= 1
+
+
+def refuse_when_shed():
+    """Answer a request the admission marked with a 503 before routing, authorization or the body are looked at."""
+    if request.environ.get(SHED_KEY):
+        raise Overloaded()
+
+
+def install_admission(app):
+    """Bound the requests app serves at once to its MAX_REQUESTS_IN_FLIGHT; return the middleware."""
+    admission = app.wsgi_app = Admission(app.wsgi_app, app.config['MAX_REQUESTS_IN_FLIGHT'])
+    app.before_request(refuse_when_shed)
+    return admission
