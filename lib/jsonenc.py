@@ -14,6 +14,7 @@ import base64
 import datetime
 import decimal
 import json
+import sys
 
 import orjson
 from flask import Response
@@ -110,12 +111,17 @@ def dumps_bytes(value):
         return orjson.dumps(orjson_ready(value), default=encode_default, option=ORJSON_OPTIONS)
 
 
-def loads_exact(data):
-    """Parse JSON with every number exact: integers of any size as int, other numbers as ExactNumber.
+def loads_exact(data, bounded=True):
+    """Parse JSON with every number exact: integers as int, other numbers as ExactNumber.
 
     orjson parses first, as it is fast; it reads a non-integer or an integer past 64 bits as a float, so a
     document where it found one is parsed again by the json module, which hands the number's text over.
     Raises ValueError for a document that is not JSON (NaN and Infinity are not).
+
+    bounded (a request body): a number with more digits before its point than Python writes as text
+    (sys.get_int_max_str_digits(), 4300) is refused with ValueError, 1e999999 as well as such an integer;
+    made an int, it would take a minute to build and could never be sent. Unbounded (json and jsonb that
+    PostgreSQL stored): such an integer is an ExactNumber.
     """
     try:
         value = orjson.loads(data)
@@ -124,12 +130,30 @@ def loads_exact(data):
     if not has_float(value):
         return value
     value = json.loads(data if isinstance(data, str) else data.decode('utf-8'),
-                       parse_float=ExactNumber, parse_int=int, parse_constant=refuse_constant)
+                       parse_float=bounded_number if bounded else ExactNumber,
+                       parse_int=int if bounded else int_or_exact, parse_constant=refuse_constant)
     try:
         dumps_bytes(value)  # the json module lets through what orjson refused: a lone surrogate
     except TypeError as exc:
         raise ValueError(str(exc)) from None
     return value
+
+
+def bounded_number(text):
+    """Read a JSON number that is not an integer as an ExactNumber; ValueError past Python's integer text limit."""
+    number = ExactNumber(text)
+    limit = sys.get_int_max_str_digits()
+    if limit and number.is_finite() and number.adjusted() >= limit:
+        raise ValueError(f'A number has more than {limit} digits before its point')
+    return number
+
+
+def int_or_exact(text):
+    """Read a JSON integer as an int, or as an ExactNumber past Python's integer text limit."""
+    try:
+        return int(text)
+    except ValueError:
+        return ExactNumber(text)
 
 
 def refuse_constant(name):

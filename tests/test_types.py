@@ -4,12 +4,16 @@ import base64
 import decimal
 import json
 import re
+import time
 
 import orjson
+import psycopg2
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies
 
 from lib.db import Db, connection
+from lib.db.types import RefusedValue
+from lib.errors import ApiError, as_api_error
 from lib.jsonenc import dumps_bytes, json_array_chunks, loads_exact
 from tests.helpers import Caller, assert_problem, run_sql
 
@@ -283,6 +287,50 @@ def test_a_dict_parameter_goes_into_a_jsonb_column(conn):
                                      'notes': {'deep': [1, {'x': None}]}, 'tags': ['a', 'b']})
     assert row['details'] == {'a': 1, 'n': '0.10'} and row['notes'] == {'deep': [1, {'x': None}]}
     assert row['tags'] == ['a', 'b']  # a list is still an array
+
+
+# --- No 500 for a client's value; an action's own bug stays one. ---
+
+def test_a_value_psycopg2_cannot_send_is_a_422_and_the_same_error_from_an_actions_own_code_a_500(call):
+    for escaped, words in (('a\\x00b', 'NUL'), ('lone \\ud800', 'surrogates not allowed')):
+        detail = assert_problem(call('/types/unescaped', {'text': escaped}), 422)['detail']
+        assert detail.startswith('A value cannot be sent to the database: ') and words in detail
+    assert call('/types/unescaped', {'text': 'tab\\there'}).get_json() == 'tab\there'
+    for kind in ('nul', 'overflow'):  # the very words psycopg2 uses, but raised by the action: a server fault
+        assert assert_problem(call('/types/broken', {'kind': kind}), 500)['detail'] == ApiError.detail
+
+
+def test_a_character_the_connections_encoding_lacks_is_refused_while_adapting(database_url):
+    latin = psycopg2.connect(database_url, client_encoding='LATIN1')
+    try:
+        assert Db(latin).fetch_value('SELECT %s', ['café']) == 'café'
+        with pytest.raises(RefusedValue) as refused:
+            Db(latin).fetch_value('SELECT %s', [['ok', '€']])
+        assert as_api_error(refused.value).status == 422 and 'latin-1' in as_api_error(refused.value).detail
+    finally:
+        latin.close()
+
+
+def test_a_value_a_marshmallow_field_cannot_read_is_a_422_naming_the_field(call):
+    huge = '1' + '0' * 400  # float() of it raises OverflowError, which TimeDelta and DateTime let through
+    body = assert_problem(raw_post(call, '/types/timed', f'{{"pause": {huge}}}'), 422)
+    assert body['errors'] == {'pause': ['Not a valid value: int too large to convert to float.']}
+    nested = assert_problem(raw_post(call, '/types/timed', f'{{"later": {{"at": {huge}}}}}'), 422)
+    assert nested['errors'] == {'later': {'at': ['Not a valid value: int too large to convert to float.']}}
+    assert call('/types/timed', {'pause': 1.5}).get_json() == {'pause': 1.5, 'later': None}
+
+
+def test_a_body_number_too_long_for_python_is_refused_at_once_and_a_stored_one_is_read_whole(call, conn):
+    started = time.perf_counter()
+    for number in ('1e999999', '-9.5e4300', '1' * 4301):  # as an int, 1e999999 takes a minute to build
+        assert_problem(raw_post(call, '/types/select', f'{{"query": {number}}}'), 400)
+        with pytest.raises(ValueError):
+            loads_exact(f'[{number}]')
+    assert time.perf_counter() - started < 2
+    assert loads_exact('[9.5e4299, 1e-999999]') == [decimal.Decimal('9.5e4299'), decimal.Decimal('1e-999999')]
+    huge = '1' + '0' * 5000
+    stored = Db(conn).fetch_value(f"""SELECT '{{"n": {huge}, "m": [1e-999, 0.5]}}'::jsonb""")
+    assert dumps_bytes(stored) == b'{"m":[1E-999,0.5],"n":%s}' % huge.encode()
 
 
 # --- Round trips: what a body sends is what is stored, read back and exported. ---

@@ -14,8 +14,9 @@ each connection (register_types, from the connection's configure) reads it inste
   their fields' names and types are known to the server only.
 - arrays of every type psycopg2 does not know (money[], inet[] of a domain, enum[], composites, ...): lists.
 
-Parameters: a dict adapts to JSON (for json and jsonb columns); a list stays an ARRAY. A value psycopg2
-cannot send (a NUL character, a lone surrogate) is a 422, not a server fault.
+Parameters: a dict adapts to JSON (for json and jsonb columns); a list stays an ARRAY. A str psycopg2
+cannot send (a NUL character, a lone surrogate, a character the connection's encoding lacks) fails while it
+is adapted, as RefusedValue, a 422: the value is at fault, not the server.
 """
 import datetime
 import re
@@ -142,8 +143,8 @@ def cast_interval(text, cursor):
 
 
 def cast_json(text, cursor):
-    """Read json or jsonb with every number exact."""
-    return None if text is None else loads_exact(text)
+    """Read json or jsonb with every number exact, however large."""
+    return None if text is None else loads_exact(text, bounded=False)
 
 
 def cast_text(text, cursor):
@@ -269,13 +270,36 @@ def json_parameter(value):
 psycopg2.extensions.register_adapter(dict, json_parameter)
 
 
-# psycopg2's message for a str parameter holding a NUL character, which PostgreSQL's text cannot hold.
-NUL_REFUSED = 'A string literal cannot contain NUL'
+class RefusedValue(ValueError):
+    """A parameter psycopg2 cannot send: raised while adapting it, so about the value, never the action's code."""
 
 
-@translates(ValueError)
-def from_unsendable_parameter(exc):
-    """A parameter psycopg2 cannot send (a NUL character, a lone surrogate) is a 422; any other ValueError a 500."""
-    if isinstance(exc, UnicodeEncodeError) or str(exc).startswith(NUL_REFUSED):
-        return Unprocessable(f'A value cannot be stored in the database: {exc}')
-    return None
+class CheckedText:
+    """psycopg2's own adapter of a str, QuotedString, whose failures are raised as RefusedValue.
+
+    The failures are a NUL character (PostgreSQL's text cannot hold one), a lone surrogate, and a character
+    the connection's encoding lacks. A ValueError raised anywhere else stays a server fault.
+    """
+
+    def __init__(self, value):
+        self.quoted = psycopg2.extensions.QuotedString(value)
+
+    def prepare(self, conn):
+        """Learn the connection's encoding, as QuotedString does."""
+        self.quoted.prepare(conn)
+
+    def getquoted(self):
+        """Return the quoted SQL literal; RefusedValue when the value cannot be one."""
+        try:
+            return self.quoted.getquoted()
+        except ValueError as exc:  # UnicodeEncodeError is one
+            raise RefusedValue(str(exc)) from exc
+
+
+psycopg2.extensions.register_adapter(str, CheckedText)
+
+
+@translates(RefusedValue)
+def from_refused_value(exc):
+    """A parameter psycopg2 cannot send, whoever built it from the client's input, is a 422."""
+    return Unprocessable(f'A value cannot be sent to the database: {exc}')
