@@ -1,17 +1,59 @@
-"""Render ops/pgbouncer.ini.template and its auth file for the native stack, as the pgbouncer image does."""
+"""pgbouncer's settings from dbapi's connection budget, and ops/pgbouncer.ini.template rendered for the native stack.
+
+`python -m ops.pgbouncer --replicas N` prints the settings for N replicas of the current environment's
+WEB_CONCURRENCY and DB_POOL_MAX, as KEY=value lines for compose's .env (docs/deployment.md).
+"""
+import argparse
 import os
 import pwd
 import secrets
+import sys
+from decimal import Decimal
 from pathlib import Path
 
 from psycopg2.extensions import make_dsn, parse_dsn
 
+import settings
 from settings import BASE_DIR
 
 from .render import fill_template, program
 
 TEMPLATE = BASE_DIR / 'ops' / 'pgbouncer.ini.template'
 DEFAULT_SOCKET_DIR = '/var/run/postgresql'
+# Server connections pgbouncer leaves to others: PostgreSQL's 3 superuser slots, a migration run, a psql session.
+RESERVED_SERVER_CONNECTIONS = 5
+# Client connections beyond the replicas' own: a rolling update runs old and new replicas side by side (twice
+# the clients), and admin consoles, SHOW STATS scrapers and test apps come on top.
+SPARE_CLIENT_CONNECTIONS = 100
+
+
+def pool_settings(replicas, workers, pool_max, statement_timeout_ms, pool_timeout_ms, server_max_connections=100):
+    """Return pgbouncer's pool settings (the template's values) from dbapi's connection budget and request deadline."""
+    # Each worker runs at most pool_max transactions at once (its pool's size): all of them get a server
+    # connection, unless PostgreSQL has fewer to give; then the rest queue in pgbouncer.
+    transactions = replicas * workers * pool_max
+    # The request deadline, until the app defines its own, is the pool wait plus one statement. A client waits
+    # for a server connection as long as the app waits for a pooled one: at least a second, as pgbouncer checks
+    # its timeouts once a second and 0 would mean forever.
+    query_wait_ms = max(pool_timeout_ms, 1000)
+    # No transaction of a request sits idle longer than one statement may run (0: never, like the statement).
+    return dict(PGBOUNCER_POOL_SIZE=str(min(transactions, server_max_connections - RESERVED_SERVER_CONNECTIONS)),
+                PGBOUNCER_MAX_CLIENT_CONN=str(2 * transactions + SPARE_CLIENT_CONNECTIONS),
+                PGBOUNCER_QUERY_WAIT_TIMEOUT=seconds(query_wait_ms),
+                PGBOUNCER_IDLE_TRANSACTION_TIMEOUT=seconds(statement_timeout_ms))
+
+
+def seconds(milliseconds):
+    """Return milliseconds as pgbouncer's seconds, exactly: 5000 is '5', 1234 is '1.234'."""
+    return str(Decimal(milliseconds) / 1000)
+
+
+def settings_pool(replicas, statement_timeout_ms=None):
+    """Return pool_settings for replicas of this environment's workers, pools and timeouts (settings.py)."""
+    if statement_timeout_ms is None:
+        statement_timeout_ms = settings.DB_STATEMENT_TIMEOUT_MS
+    return pool_settings(replicas, settings.WEB_CONCURRENCY, settings.DB_POOL_MAX, statement_timeout_ms,
+                         settings.DB_POOL_TIMEOUT_MS)
 
 
 def auth_line(user, password):
@@ -38,8 +80,11 @@ def run_as(server):
     return 'nobody'
 
 
-def write_config(run_dir, server_dsn, port, statement_timeout_ms, pool_size=10, max_client_conn=500):
-    """Write pgbouncer.ini and its auth file into run_dir; return (argv, the DSN clients use, the user to run as)."""
+def write_config(run_dir, server_dsn, port, statement_timeout_ms, replicas=3):
+    """Write pgbouncer.ini and its auth file into run_dir; return (argv, the DSN clients use, the user to run as).
+
+    The pool's settings are those of `replicas` replicas of this environment (3: make stack's default).
+    """
     server = server_parts(server_dsn)
     # A server that trusts its clients has no password; pgbouncer's own login still needs one.
     password = server['password'] or secrets.token_urlsafe(24)
@@ -48,8 +93,8 @@ def write_config(run_dir, server_dsn, port, statement_timeout_ms, pool_size=10, 
     (run_dir / 'users.txt').write_text(auth_line(server['user'], password))
     values = dict(PGBOUNCER_DB_HOST=server['host'], PGBOUNCER_DB_PORT=str(server['port']),
                   PGBOUNCER_DB_USER=server['user'], PGBOUNCER_LISTEN_ADDR='127.0.0.1', PGBOUNCER_PORT=str(port),
-                  PGBOUNCER_AUTH_FILE=str(run_dir / 'users.txt'), PGBOUNCER_POOL_SIZE=str(pool_size),
-                  PGBOUNCER_MAX_CLIENT_CONN=str(max_client_conn), DB_STATEMENT_TIMEOUT_MS=str(statement_timeout_ms))
+                  PGBOUNCER_AUTH_FILE=str(run_dir / 'users.txt'), DB_STATEMENT_TIMEOUT_MS=str(statement_timeout_ms),
+                  **settings_pool(replicas, statement_timeout_ms))
     ini = run_dir / 'pgbouncer.ini'
     ini.write_text(fill_template(TEMPLATE.read_text(), values, str(TEMPLATE)))
     user = run_as(server)
@@ -69,3 +114,16 @@ def client_dsn(server_dsn, server, port, password):
     """Return the DSN that reaches the server's database through pgbouncer on 127.0.0.1:port."""
     database = parse_dsn(server_dsn).get('dbname') or server['user']
     return make_dsn(host='127.0.0.1', port=port, dbname=database, user=server['user'], password=password)
+
+
+def main(argv=None):
+    """Print the pool settings for --replicas replicas of this environment as KEY=value lines."""
+    parser = argparse.ArgumentParser(prog='python -m ops.pgbouncer', description=main.__doc__)
+    parser.add_argument('--replicas', type=int, required=True, help='the most API replicas there can be')
+    for name, value in settings_pool(parser.parse_args(argv).replicas).items():
+        print(f'{name}={value}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
