@@ -5,8 +5,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 LINT_STAMP := $(VENV)/.lint-installed-$(shell cat requirements-lint.txt constraints.txt | cksum | cut -d' ' -f1)
-# System programs of `make stack` and its tests, as program=Debian package.
-TOOLS := nginx=nginx-light pgbouncer=pgbouncer envsubst=gettext-base
+# checkov pins packaging<24, which pytest refuses: it has a virtualenv of its own inside .venv.
+CHECKOV_VENV := $(VENV)/checkov
+CHECKOV_STAMP := $(VENV)/.checkov-installed-$(shell cat requirements-checkov.txt | cksum | cut -d' ' -f1)
+# System programs of `make stack`, `make lint` and their tests, as program=Debian package.
+TOOLS := nginx=nginx-light pgbouncer=pgbouncer envsubst=gettext-base promtool=prometheus
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: run test migrate venv clean stack lint tools
@@ -25,7 +28,14 @@ $(LINT_STAMP): $(STAMP) requirements-lint.txt
 	rm -f $(VENV)/.lint-installed-*
 	touch $@
 
-# Install nginx, pgbouncer and envsubst from Debian when missing; apt-get update only when one is missing.
+$(CHECKOV_STAMP): $(STAMP) requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	ln -sf ../checkov/bin/checkov $(VENV)/bin/checkov
+	rm -f $(VENV)/.checkov-installed-*
+	touch $@
+
+# Install nginx, pgbouncer, envsubst and promtool from Debian when missing; apt-get update only when one is missing.
 tools:
 	@missing=""; for pair in $(TOOLS); do \
 	  command -v $${pair%%=*} >/dev/null 2>&1 || [ -x /usr/sbin/$${pair%%=*} ] || missing="$$missing $${pair#*=}"; \
@@ -41,8 +51,9 @@ tools:
 stack: $(STAMP) tools
 	$(PY) -m ops.stack
 
-# Offline checks of docker-compose.yml, k8s/, the Dockerfiles and the rendered nginx template.
-lint: $(LINT_STAMP) tools
+# Offline checks of the compose files, k8s/ (as kustomize builds it; checkov too), the Dockerfiles (hadolint,
+# checkov), the rendered nginx template and the Prometheus alert rules (promtool).
+lint: $(LINT_STAMP) $(CHECKOV_STAMP) tools
 	$(PY) -m ops.lint
 
 run: $(STAMP)
