@@ -15,6 +15,7 @@ if MADE_METRICS_DIR:
 from lib.logs.metrics import clear_multiprocess_dir, forget_process  # noqa: E402
 from lib.logs import configure_process_logging  # noqa: E402
 from lib.db.green import make_psycopg2_cooperative  # noqa: E402
+from lib.http.disconnect import cancel_queries_before_the_kill  # noqa: E402
 
 bind = [settings.env_str('BIND', f'127.0.0.1:{settings.PORT}')]
 workers = settings.WEB_CONCURRENCY
@@ -25,7 +26,7 @@ threads = settings.THREADS if worker_class == 'gthread' else 1
 # Its own setting (settings.py): 0, never, when there is no statement timeout, else longer than it, so gunicorn
 # never kills a worker whose statement PostgreSQL would still let run.
 timeout = settings.WORKER_TIMEOUT
-graceful_timeout = 30
+graceful_timeout = settings.GRACEFUL_TIMEOUT
 keepalive = 5
 # nginx decides what is too long (nginx/dbapi.envsh: NGINX_HEADER_BUFFER_SIZE, 8000 bytes for the request line and
 # each header) and answers it as problem details; gunicorn's limits sit above, so whatever nginx passes on reaches
@@ -70,9 +71,11 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """In a gevent worker, once gevent has patched the standard library, make psycopg2 wait cooperatively too."""
+    """Once the worker is set up: psycopg2 waits cooperatively in a gevent worker (gevent has patched the standard
+    library by now), and a SIGTERM cancels the queries still running before the master's kill."""
     if worker_class == 'gevent':
         make_psycopg2_cooperative()
+    cancel_queries_before_the_kill(graceful_timeout)
 
 
 def child_exit(server, worker):

@@ -177,6 +177,8 @@ def worker_timeout(statement_timeout_ms):
 
 
 WORKER_TIMEOUT = worker_timeout(DB_STATEMENT_TIMEOUT_MS)
+# Seconds a stopping worker has to finish the requests it accepted (gunicorn's graceful_timeout).
+GRACEFUL_TIMEOUT = env_int('GRACEFUL_TIMEOUT', 30, 0, 3600)
 
 
 def max_requests_in_flight(worker_class, threads, pool_max):

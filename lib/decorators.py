@@ -11,6 +11,7 @@ from psycopg2.extras import RealDictCursor
 
 from lib.db import DEFAULT, Db, LeasedStream, Lease
 from lib.errors import RETRYABLE_SQLSTATES
+from lib.http.disconnect import WATCHER
 from lib.http.exchange import CLIENT_KEY
 
 
@@ -66,14 +67,27 @@ def bulkhead_of_request():
     return client.name, client.max_connections or config['DB_CLIENT_MAX_CONNECTIONS'] or config['DB_POOL_MAX']
 
 
+def watch_client(lease):
+    """Have the query on lease's connection cancelled if the request's client goes away, until the lease ends."""
+    watch = WATCHER.watch(request.environ, lease.conn) if has_request_context() else None
+    if watch is not None:
+        lease.before_end.append(lambda: WATCHER.forget(watch))
+    return watch
+
+
 def run_leased(database, autocommit, named, call):
-    """Run call(conn) on a borrowed connection; a returned iterator keeps it until it is consumed."""
+    """Run call(conn) on a borrowed connection; a returned iterator keeps it until it is consumed. A query cancelled
+    because the client went away (499) or the worker is stopping (503) ends with that error."""
     client, limit = bulkhead_of_request()
     lease = Lease(pool_for(database), autocommit, RealDictCursor if named else None, client=client, client_limit=limit)
+    watch = watch_client(lease)
     try:
         result = call(lease.conn)
-    except BaseException:
+    except BaseException as exc:
         lease.end(success=False)
+        cancelled = watch.cancelled_error() if watch is not None else None
+        if cancelled is not None:
+            raise cancelled from exc
         raise
     if isinstance(result, Iterator):
         return LeasedStream(result, lease)

@@ -40,6 +40,7 @@ class ApiError(Exception):
     """An error with an HTTP status that renders as problem details."""
 
     status = 500
+    title = None  # the status's phrase, unless it has none (nginx's 499)
     detail = 'The server could not complete the request.'
 
     def __init__(self, detail=None, errors=None, headers=None, **members):
@@ -305,7 +306,7 @@ def as_api_error(exc):
 
 def problem_body(error, request_id):
     """Build the RFC 9457 problem document for error."""
-    body = {'type': 'about:blank', 'title': HTTPStatus(error.status).phrase,
+    body = {'type': 'about:blank', 'title': error.title or HTTPStatus(error.status).phrase,
             'status': error.status, 'detail': error.detail}
     if error.errors is not None:
         body['errors'] = error.errors

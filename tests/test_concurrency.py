@@ -1,7 +1,9 @@
 """Issue 11: one slow caller never stalls the others: the worker model, worker timeouts, a bounded /readyz,
 bulkheads, shedding."""
 import contextlib
+import http.client
 import json
+import random
 import socket
 import threading
 import time
@@ -16,8 +18,8 @@ from lib.auth import load_clients
 from lib.db.green import make_psycopg2_cooperative
 from lib.http.admission import Admission
 from lib.errors import ImproperlyConfigured
-from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, SINGLE_BEARER, Caller, assert_problem, http_request, post,
-                           running_gunicorn, wait_for)
+from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, SINGLE_BEARER, Caller, assert_problem, gunicorn_logging_to,
+                           http_request, post, run_sql, running_gunicorn, wait_for)
 
 
 # The worker model: gevent workers, psycopg2 waiting through gevent's hub
@@ -286,3 +288,114 @@ def test_under_gunicorn_a_flood_of_slow_calls_is_shed_at_once_while_healthz_answ
     assert statuses == [200] * 3 + [503] * 5, statuses
     assert all(seconds < 1 for reply, seconds in replies if reply.status == 503)
     assert all(reply.headers['Retry-After'] == '1' for reply, _ in replies if reply.status == 503)
+
+
+# Cancellation: a client that goes away gets its query cancelled, the connection reused, and a 499 in the log
+
+
+def gunicorn_access_line(folder, request_id):
+    """Return the app's access line of one request from the stdout of a gunicorn run by gunicorn_logging_to."""
+    found = []
+    for text in (folder / 'stdout').read_text().splitlines():
+        line = json.loads(text) if text.startswith('{') else {}
+        if line.get('log', {}).get('logger') == 'dbapi.access' and line['http']['request'].get('id') == request_id:
+            found.append(line)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def raw_post(port, path, body, request_id):
+    """Open a connection, send one POST and return the socket without reading the answer."""
+    payload = json.dumps(body).encode()
+    client = socket.create_connection(('127.0.0.1', port))
+    client.sendall(f'POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n'
+                   f'Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n'
+                   f'X-Request-ID: {request_id}\r\n\r\n'.encode() + payload)
+    return client
+
+
+def backend_running(database_url, query):
+    """Return the pid of the backend running query now (None: the slow module's stream), or None."""
+    rows = run_sql(database_url, "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND "
+                   "(query = %s OR %s IS NULL AND query LIKE 'FETCH FORWARD %%')", (query, query))
+    return rows[0][0] if rows else None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_a_client_that_goes_away_has_its_query_cancelled_and_its_connection_reused(database_url, tmp_path,
+                                                                                   worker_class):
+    seconds = 30 + random.randint(1, 999) / 1000  # a query text of this test's own in pg_stat_activity
+    query = f'SELECT pg_sleep({seconds})'
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1',
+                             LOG_LEVEL='INFO', WORKER_CLASS=worker_class) as (port, _):
+        client = raw_post(port, '/slow/sleep', {'seconds': seconds}, 'gone-client')
+        backend = wait_for(lambda: backend_running(database_url, query), 10, 'the query did not start')
+        client.close()
+        _, seconds_to_cancel = timed(lambda: wait_for(lambda: not backend_running(database_url, query), 10,
+                                                      'the query still runs'))
+        served = post(port, '/slow/backend')
+    assert seconds_to_cancel < 2
+    assert served.status == 200 and served.json() == {'pid': backend}, 'the one pooled connection serves again'
+    line = gunicorn_access_line(tmp_path, 'gone-client')
+    assert line['http']['response']['status_code'] == 499
+    assert line['event']['outcome'] == 'failure' and line['error']['code'] == '57014', line  # query_canceled
+
+
+# A stream cut short (database error half-way, client gone, worker stopped) is a failure with the bytes sent
+
+
+@contextlib.contextmanager
+def streaming(port, body, request_id):
+    """POST /slow/stream and yield the response once its headers came, its body unread."""
+    connection = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
+    try:
+        connection.request('POST', '/slow/stream', json.dumps(body), {
+            'Authorization': f'Bearer {ADMIN_TOKEN}', 'Content-Type': 'application/json', 'X-Request-ID': request_id})
+        yield connection.getresponse()
+    finally:
+        connection.close()
+
+
+def read_to_the_cut(response):
+    """Read a streamed body until the server breaks it off; return what came. A whole body fails the test."""
+    with pytest.raises(http.client.IncompleteRead) as cut:
+        response.read()
+    return cut.value.partial
+
+
+@pytest.mark.slow
+def test_a_stream_that_fails_half_way_is_logged_as_a_failure_with_the_bytes_sent(database_url, tmp_path):
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1') as (port, _):
+        with streaming(port, {'rows': 1000, 'fail_at': 550}, 'stream-broken') as response:
+            assert response.status == 200
+            received = read_to_the_cut(response)
+    line = gunicorn_access_line(tmp_path, 'stream-broken')
+    assert line['http']['response'] == {'status_code': 200, 'body': {'bytes': len(received)}}
+    assert 0 < len(received) and received.startswith(b'[{"n":1,')
+    assert line['event']['outcome'] == 'failure' and line['error']['code'] == '22012'  # division_by_zero
+
+
+@pytest.mark.slow
+def test_a_client_that_leaves_a_stream_has_it_logged_as_a_499_with_the_bytes_sent(database_url, tmp_path):
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1') as (port, _):
+        with streaming(port, {'rows': 100_000, 'pause': 0.05}, 'stream-left') as response:
+            received = response.read(20_000)
+        wait_for(lambda: backend_running(database_url, None) is None, 5, 'the stream still runs in PostgreSQL')
+    line = gunicorn_access_line(tmp_path, 'stream-left')
+    assert line['http']['response']['status_code'] == 499 and line['event']['outcome'] == 'failure'
+    assert len(received) <= line['http']['response']['body']['bytes'] < 100_000 * 200
+
+
+@pytest.mark.slow
+def test_a_stream_cut_short_by_a_stopping_worker_is_logged_as_a_failure_with_the_bytes_sent(database_url, tmp_path):
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1',
+                             GRACEFUL_TIMEOUT='1') as (port, server):
+        with streaming(port, {'rows': 100_000, 'pause': 0.05}, 'stream-stopped') as response:
+            received = response.read(20_000)
+            server.terminate()  # the worker has a second to finish: its running query is cancelled first
+            received += read_to_the_cut(response)
+        server.wait(10)
+    line = gunicorn_access_line(tmp_path, 'stream-stopped')  # logged: the worker ended it before the master's kill
+    assert line['http']['response'] == {'status_code': 200, 'body': {'bytes': len(received)}}
+    assert line['event']['outcome'] == 'failure' and line['error']['code'] == '57014'  # its FETCH was cancelled

@@ -24,6 +24,9 @@ class Lease:
             self.leave_bulkhead()
             raise
         self.open = True
+        # Run first when the lease ends, before the commit and the give-back: a watch on the client must stop
+        # before the connection can serve another request (lib/http/disconnect.py).
+        self.before_end = []
         self.conn.autocommit = autocommit
         self.conn.cursor_factory = cursor_factory
 
@@ -38,6 +41,8 @@ class Lease:
             return
         self.open = False
         try:
+            for callback in self.before_end:
+                callback()
             if success and not self.conn.autocommit:
                 self.conn.commit()
         finally:

@@ -3,7 +3,7 @@ import logging
 import time
 import traceback
 
-from lib.http.exchange import CLIENT_KEY, ERROR_KEY, ROUTE_KEY
+from lib.http.exchange import CLIENT_KEY, ERROR_KEY, GONE_KEY, ROUTE_KEY
 from lib.http.requestid import REQUEST_ID_KEY
 from lib.logs.formatter import ACCESS_LOGGER, dotted
 from lib.logs.handlers import LineWriting
@@ -14,6 +14,9 @@ ACCESS_DATASET = 'dbapi.access'
 # The levels of access lines, as ECS spells them: a success, a failure.
 ACCESS_LEVELS = {logging.INFO: 'info', logging.ERROR: 'error'}
 MAX_CAUSES = 10
+# nginx's status for a client that went away before its answer: the access line's, never sent to anyone.
+CLIENT_CLOSED_REQUEST = 499
+CUT_SHORT_MESSAGE = 'The response was cut short: the client went away or the server stopped before its end.'
 # (ECS group, field, WSGI environ key) of what an access line carries when the request has it.
 OPTIONAL_ENVIRON_FIELDS = (('client', 'ip', 'REMOTE_ADDR'), ('user_agent', 'original', 'HTTP_USER_AGENT'))
 
@@ -21,13 +24,13 @@ OPTIONAL_ENVIRON_FIELDS = (('client', 'ip', 'REMOTE_ADDR'), ('user_agent', 'orig
 class Exchange:
     """One request as the access line sees it, and its body as the server sends it.
 
-    It notes the status when the app starts the response, counts the bytes the body yields, keeps the
-    error that cut a stream short, and calls on_close once the server has closed the body, which is also
-    when a streamed query's connection goes back.
+    It notes the status when the app starts the response, counts the bytes the server has sent, notes a body
+    the server closed before its end or the error that cut a stream short, and calls on_close once the server
+    has closed the body, which is also when a streamed query's connection goes back.
     """
 
     __slots__ = ('environ', 'server_start_response', 'on_close', 'started_ns', 'status', 'endpoint', 'bytes',
-                 'stream_error', 'chunks')
+                 'stream_error', 'cut_short', 'chunks')
 
     def __init__(self, environ, server_start_response, on_close):
         self.environ = environ
@@ -38,6 +41,7 @@ class Exchange:
         self.endpoint = None
         self.bytes = 0
         self.stream_error = None
+        self.cut_short = False
         self.chunks = ()
 
     def start_response(self, status, headers, exc_info=None):
@@ -49,10 +53,14 @@ class Exchange:
     def __iter__(self):
         try:
             for chunk in self.chunks:
-                self.bytes += len(chunk)
                 yield chunk
+                # The server asks for the next chunk once it has written this one: only now has it gone out.
+                self.bytes += len(chunk)
         except Exception as exc:
             self.stream_error = exc
+            raise
+        except BaseException:  # closed before its end (GeneratorExit), or the worker stopping (GreenletExit)
+            self.cut_short = True
             raise
 
     def close(self):
@@ -133,13 +141,15 @@ def exchange_fields(exchange, labels):
 
 
 def exchange_error(exchange):
-    """Return the error fields of an exchange: a stream cut short, a 5xx in full, or a 4xx's SQLSTATE."""
+    """Return the error fields of an exchange: a broken stream, a 5xx in full or a 4xx's SQLSTATE, and a body the
+    server closed before its end."""
     if exchange.stream_error is not None:
         return error_fields(exchange.stream_error, detailed=True)
     failure = exchange.environ.get(ERROR_KEY)
-    if failure is None:
-        return None
-    return error_fields(failure[0], detailed=exchange.status >= 500)
+    fields = {} if failure is None else error_fields(failure[0], detailed=exchange.status >= 500)
+    if exchange.cut_short:
+        fields.setdefault('message', CUT_SHORT_MESSAGE)
+    return fields or None
 
 
 class AccessLog:
@@ -164,10 +174,13 @@ class AccessLog:
     def finish(self, exchange):
         """Write the line of a finished exchange with its duration, and tell the observers."""
         duration_ns = time.perf_counter_ns() - exchange.started_ns
+        if exchange.environ.get(GONE_KEY):  # whatever was started, the client left before it got its answer
+            exchange.status = CLIENT_CLOSED_REQUEST
         labels = route_labels(exchange)
         fields = exchange_fields(exchange, labels)
         fields['event']['duration'] = duration_ns
-        failed = exchange.status >= 500 or 'stack_trace' in fields.get('error', ())
+        failed = exchange.status >= 500 or exchange.status == CLIENT_CLOSED_REQUEST or exchange.cut_short \
+            or 'stack_trace' in fields.get('error', ())
         fields['event']['outcome'] = 'failure' if failed else 'success'
         message = f"{fields['http']['request']['method']} {fields['url']['path']} {exchange.status}"
         self.write(logging.ERROR if failed else logging.INFO, message, fields)

@@ -1,14 +1,30 @@
 """Slow actions: each keeps one pooled connection busy in PostgreSQL for a while."""
 from marshmallow import Schema, fields, validate
 
-from lib.db import DEFAULT
+from lib.db import DEFAULT, Db
 from lib.decorators import inject_conn, use_schema
+
+# Rows of about 220 bytes of JSON; fail_at divides by zero at that row (0: never), pause sleeps in PostgreSQL at
+# the first row of each batch. Not 1 / 0 itself: PostgreSQL would fold that constant and fail before any row.
+STREAM_SQL = """
+    SELECT n, repeat('x', 200) AS pad, 1 / (n - %(fail_at)s) AS inverse,
+           pg_sleep(CASE WHEN n %% %(batch)s = 1 THEN %(pause)s ELSE 0 END) AS paused
+    FROM generate_series(1, %(rows)s) AS n"""
+STREAM_BATCH = 100
 
 
 class Sleep(Schema):
     """How many seconds the statement runs."""
 
     seconds = fields.Float(required=True, validate=validate.Range(min=0, max=600))
+
+
+class Stream(Schema):
+    """How many rows to stream, where to fail, how long to pause before each batch."""
+
+    rows = fields.Integer(required=True, validate=validate.Range(min=1, max=10_000_000))
+    fail_at = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    pause = fields.Float(load_default=0, validate=validate.Range(min=0, max=60))
 
 
 @use_schema(Sleep)
@@ -18,3 +34,19 @@ def sleep(conn, seconds):
     with conn.cursor() as cursor:
         cursor.execute('SELECT pg_sleep(%s)', (seconds,))
     return {'slept': seconds}
+
+
+@inject_conn(DEFAULT)
+def backend(conn):
+    """Return the process id of the PostgreSQL backend behind the pooled connection this request got."""
+    with conn.cursor() as cursor:
+        cursor.execute('SELECT pg_backend_pid() AS pid')
+        return cursor.fetchone()
+
+
+@use_schema(Stream)
+@inject_conn(DEFAULT)
+def stream(conn, rows, fail_at, pause):
+    """Stream rows from a server-side cursor in batches of STREAM_BATCH, slowly or failing half-way if asked."""
+    return Db(conn).stream(STREAM_SQL, dict(rows=rows, fail_at=fail_at, pause=pause, batch=STREAM_BATCH),
+                           batch_size=STREAM_BATCH)

@@ -1,0 +1,175 @@
+"""Cancellation: a client that goes away while its query runs gets the query cancelled in PostgreSQL, and so
+does every query still running when a stopping worker's graceful timeout is about to end.
+
+While a request holds a pooled connection, its client socket (gunicorn puts it in environ['gunicorn.socket']) is
+watched by one watcher per process, a thread (a greenlet under gevent, whose patched select waits through the
+hub). When the socket reads as closed, the watcher marks the request gone and calls psycopg2's connection.cancel();
+the action then fails with QueryCanceled, the lease rolls back and the connection goes back to the pool for reuse,
+and the answer is a 499, which only the access line sees. nginx closes its upstream connection when its own client
+goes away, so this works through nginx too. A client that shuts down its sending side while it waits for the answer
+looks gone too; nginx, curl and the HTTP libraries never do that.
+
+gunicorn's master kills a worker that has not finished within the graceful timeout, and a killed worker logs
+nothing. So a second before that, the worker cancels the queries still running: each of those requests ends as a
+failure (a stream as cut short, with the bytes it sent) and is logged before the kill.
+"""
+import select
+import signal
+import socket
+import threading
+import time
+
+import psycopg2
+
+from lib.errors import ApiError, ServiceUnavailable
+from lib.http.exchange import GONE_KEY, STOPPING_KEY
+from lib.process import after_fork
+
+SOCKET_KEY = 'gunicorn.socket'
+# How long the watcher waits on the sockets at a time: a new watch joins at the next round, so this bounds how
+# late a client that leaves right after its request started is noticed.
+POLL_MS = 100
+
+
+class ClientClosedRequest(ApiError):
+    """The client went away before its answer was ready (499, as nginx logs it); nobody reads this answer."""
+
+    status = 499
+    title = 'Client Closed Request'
+    detail = 'The client closed the connection before the answer was ready.'
+
+
+class ServerStopping(ServiceUnavailable):
+    """The worker is stopping and could not finish the request in time (503)."""
+
+    detail = 'The server stopped before the answer was ready. Try again.'
+
+
+class Watch:
+    """One request's client socket and the connection its query runs on."""
+
+    __slots__ = ('sock', 'fileno', 'conn', 'environ')
+
+    def __init__(self, sock, conn, environ):
+        self.sock, self.fileno, self.conn, self.environ = sock, sock.fileno(), conn, environ
+
+    def cancelled_error(self):
+        """Return the error that ends a request whose query the watcher cancelled, or None if it did not."""
+        if self.environ.get(GONE_KEY):
+            return ClientClosedRequest()
+        if self.environ.get(STOPPING_KEY):
+            return ServerStopping()
+        return None
+
+
+def closed_by_peer(sock):
+    """Tell whether a socket that polls readable has reached its end: the peer closed or reset it."""
+    try:
+        # Readable already, so this returns at once: b'' at the end, a byte when the client sent more (pipelined).
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b''
+    except BlockingIOError:
+        return False
+    except OSError:  # reset by the peer
+        return True
+
+
+class DisconnectWatcher:
+    """Watch the client sockets of the requests that hold a connection; cancel the query of a client that left."""
+
+    def __init__(self):
+        self.forget_everything()
+
+    def forget_everything(self):
+        """Start with no watches and no watcher (a forked child has none of its parent's threads)."""
+        self.lock = threading.Lock()
+        self.watches = {}
+        self.wanted = threading.Event()
+        self.started = False
+
+    def watch(self, environ, conn):
+        """Watch the request's client while conn runs its query; return the Watch, or None without a socket."""
+        sock = environ.get(SOCKET_KEY)
+        if sock is None:  # not served by gunicorn (the tests' in-process client)
+            return None
+        watch = Watch(sock, conn, environ)
+        with self.lock:
+            self.watches[id(watch)] = watch
+            start, self.started = not self.started, True
+        self.wanted.set()
+        if start:
+            threading.Thread(target=self.run, name='dbapi-disconnects', daemon=True).start()
+        return watch
+
+    def forget(self, watch):
+        """Stop watching; once this returns, no cancel for this watch is on its way to the connection."""
+        with self.lock:
+            self.watches.pop(id(watch), None)
+            if not self.watches:
+                self.wanted.clear()
+
+    def run(self):
+        """Poll the watched sockets for as long as the process lives, sleeping while there are none."""
+        while True:
+            self.wanted.wait()
+            with self.lock:
+                watches = list(self.watches.values())
+            self.check(watches)
+
+    def check(self, watches):
+        """Wait up to POLL_MS for a watched socket to turn readable; cancel the queries of clients that closed."""
+        poller = select.poll()
+        by_fileno = {watch.fileno: watch for watch in watches}
+        for fileno in by_fileno:
+            poller.register(fileno, select.POLLIN)
+        for fileno, _ in poller.poll(POLL_MS):
+            watch = by_fileno[fileno]
+            if closed_by_peer(watch.sock):
+                self.cancel(watch)
+            else:  # the client sent more (pipelining): it is there, and this socket cannot tell us more
+                self.forget(watch)
+
+    def cancel(self, watch, reason=GONE_KEY):
+        """Mark the request with reason and cancel its query, unless the query ended (and the watch was forgotten)."""
+        with self.lock:
+            if self.watches.pop(id(watch), None) is None:
+                return
+            if not self.watches:
+                self.wanted.clear()
+            watch.environ[reason] = True
+            try:
+                watch.conn.cancel()
+            except psycopg2.Error:
+                pass  # the connection broke: the query is over anyway
+
+
+    def cancel_all(self):
+        """Cancel every query still running (the worker is about to be killed), so each request ends and is logged."""
+        with self.lock:
+            watches = list(self.watches.values())
+        for watch in watches:
+            self.cancel(watch, STOPPING_KEY)
+
+
+WATCHER = DisconnectWatcher()
+
+
+def cancel_queries_before_the_kill(graceful_timeout):
+    """On SIGTERM, cancel the queries still running shortly before the graceful timeout ends (call it in a worker,
+    after gunicorn has installed its own handler, which still runs)."""
+    # A signal handler must not block (under gevent it runs as a callback of the event loop): it only sets an
+    # event, and a thread made now does the waiting. A sync worker runs Python signal handlers only between its
+    # queries, so there this comes too late for a long one; gevent and gthread workers handle signals at once.
+    stopping = threading.Event()
+
+    def cancel_when_time_is_nearly_up():
+        stopping.wait()
+        time.sleep(max(graceful_timeout - 1, graceful_timeout / 2))
+        WATCHER.cancel_all()
+    threading.Thread(target=cancel_when_time_is_nearly_up, name='dbapi-stop-deadline', daemon=True).start()
+    stop_worker = signal.getsignal(signal.SIGTERM)
+
+    def on_stop(signum, frame):
+        stopping.set()
+        if callable(stop_worker):
+            stop_worker(signum, frame)
+    signal.signal(signal.SIGTERM, on_stop)
