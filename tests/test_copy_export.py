@@ -80,7 +80,7 @@ def test_every_ascii_character_and_every_fraction_length_match(conn):
 
 def test_texts_in_another_client_encoding_go_the_generic_way(database_url):
     with psycopg2.connect(database_url, client_encoding='LATIN1') as latin:
-        register_types(latin)  # as the pool's configure does
+        register_types(latin)  # as the pool does after configure
         fast, reference = both_ways(latin, TRICKY_QUERY, tricky_params(['café', 'naïve "quoted"'], TRICKY_STAMPS))
         assert fast == reference and 'café' in fast.decode()
     latin.close()

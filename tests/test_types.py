@@ -225,6 +225,26 @@ def test_a_composite_altered_after_the_connection_read_it_is_read_with_its_new_f
     assert all_three_ways(conn, "SELECT ROW(2, 'y')::probe.evolving AS v") == b'[{"v":{"a":2,"b":"y"}}]'
 
 
+def test_a_custom_configure_cannot_lose_the_types(types_app, make_app):
+    def configure(conn):  # sets none of dbapi's settings, and an interval style the typecasters cannot read
+        conn.autocommit = False
+        with conn.cursor() as cursor:
+            cursor.execute("SET IntervalStyle = 'iso_8601'")
+        conn.commit()
+
+    app = make_app(DB_POOL_MAX=1, DB_CONFIGURE=configure)
+    with connection(app.extensions['dbapi'].pools['default']) as conn:
+        row = Db(conn).fetch_one("""SELECT ROW(1, 'a')::probe.pair AS pair, '12:30+02'::timetz AS at,
+                                           interval '1 day' AS took, current_setting('IntervalStyle') AS style""")
+    assert dumps_bytes(row) == b'{"pair":{"n":1,"label":"a"},"at":"12:30:00+02:00","took":86400,"style":"postgres"}'
+
+
+def test_an_interval_in_another_style_is_refused_not_misread(conn):
+    Db(conn).execute("SET LOCAL IntervalStyle = 'iso_8601'")
+    with pytest.raises(psycopg2.DataError, match='IntervalStyle'):
+        Db(conn).fetch_value("SELECT interval '1 year'")
+
+
 # --- The issue's table, row by row. ---
 
 @pytest.fixture()

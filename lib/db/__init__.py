@@ -5,6 +5,7 @@ What modules import from here (docs/modules.md): DEFAULT, Db, connection, transa
 from lib.db.helpers import Db
 from lib.db.pool import Pool, PoolTimeout
 from lib.db.session import configure_with, reset_with, session_settings
+from lib.db.types import with_types
 from lib.db.unit import Lease, LeasedStream, connection, transactional
 
 DEFAULT = 'default'
@@ -14,11 +15,14 @@ __all__ = ['DEFAULT', 'Db', 'Lease', 'LeasedStream', 'Pool', 'PoolTimeout', 'con
 
 
 def make_pools(config, configure=None, reset=None):
-    """Build one pool per configured database; configure and reset default to the session settings' own."""
+    """Build one pool per configured database; configure and reset default to the session settings' own.
+
+    Whatever configure does, the pool then registers the types (lib/db/types.py): a custom one cannot lose them.
+    """
     settings = session_settings(config)
     connect_kwargs = dict(application_name=f"{config['APP_ID']}:{config['PROCESS_ID']}"[:63],
                           connect_timeout=config['DB_CONNECT_TIMEOUT'])
     return {name: Pool(dsn, config['DB_POOL_MAX'], config['DB_POOL_TIMEOUT_MS'],
-                       configure=configure or configure_with(settings), reset=reset or reset_with(settings),
-                       **connect_kwargs)
+                       configure=with_types(configure or configure_with(settings)),
+                       reset=reset or reset_with(settings), **connect_kwargs)
             for name, dsn in config['DATABASES'].items()}

@@ -3,7 +3,7 @@ import logging
 
 from psycopg2 import sql
 
-from lib.db.types import register_types
+from lib.db.types import READING_STYLES
 
 log = logging.getLogger('dbapi.db')
 
@@ -19,8 +19,7 @@ def session_settings(config):
     """Return the settings every session has: {PostgreSQL setting: value}."""
     # UTC: buffered answers and streamed exports write the same offsets, whatever the server's default.
     # ISO dates and the postgres interval style: the texts lib/db/types.py and lib/db/copyjson.py read.
-    return {'statement_timeout': str(config['DB_STATEMENT_TIMEOUT_MS']), 'TimeZone': 'UTC',
-            'DateStyle': 'ISO, MDY', 'IntervalStyle': 'postgres'}
+    return {'statement_timeout': str(config['DB_STATEMENT_TIMEOUT_MS']), 'TimeZone': 'UTC', **READING_STYLES}
 
 
 def set_statements(settings):
@@ -51,12 +50,11 @@ class SessionStatements:
 
 
 def configure_with(settings):
-    """Return the default configure(conn): apply settings to a new connection, then teach it every type."""
+    """Return the default configure(conn): apply settings to a new connection (the pool then adds the types)."""
     statements = set_statements(settings)
 
     def configure(conn):
         run_in_autocommit(conn, statements)
-        register_types(conn)
     return configure
 
 

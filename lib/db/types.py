@@ -1,7 +1,8 @@
 """How PostgreSQL's values become Python values: exactly, for every built-in type (docs/contract.md section 5).
 
 psycopg2 reads most types well. Where it changes a value in silence or fails, a typecaster registered on
-each connection (register_types, from the connection's configure) reads it instead:
+each connection reads it instead. register_types does it, and the pool runs it on each new connection
+after the configure callback (with_types), so a custom configure cannot lose it:
 
 - dates and timestamps Python cannot hold (±infinity, BC, years past 9999), and time 24:00:00, come as
   PgText: PostgreSQL's own text, in the form to_jsonb writes it. Ordinary ones stay date and datetime.
@@ -55,9 +56,15 @@ COMPOSITE_FIELDS = DOMAIN_BASES + '''
     WHERE t.typtype = 'c' AND %(oid)s IN (0, t.oid)
     GROUP BY t.oid'''
 
+# The session settings whose texts the typecasters read; with_types sets them after any configure.
+READING_STYLES = {'DateStyle': 'ISO, MDY', 'IntervalStyle': 'postgres'}
+SET_READING_STYLES = '; '.join(f"SET {name} = '{value}'" for name, value in READING_STYLES.items())
+
 SECONDS_PER_DAY, DAYS_PER_MONTH, SECONDS_PER_YEAR = 86400, 30, 31557600  # PostgreSQL's year: 365.25 days
 INTERVAL_UNITS = re.compile(r'([+-]?\d+) (year|mon|day)s?')
 INTERVAL_TIME = re.compile(r'([+-])?(\d+):(\d\d):(\d\d)(?:\.(\d{1,6}))?$')
+# A whole interval in IntervalStyle postgres: '-1 years +2 mons 3 days -04:05:06.5'.
+POSTGRES_INTERVAL = re.compile(r'(?:[+-]?\d+ (?:year|mon|day)s? ?)*(?:[+-]?\d+:\d\d:\d\d(?:\.\d{1,6})?)?')
 # The offset at the end of a stamp: PostgreSQL's text writes +02 where its JSON writes +02:00.
 SHORT_OFFSET = re.compile(r'([+-]\d\d)((?::\d\d)*)( BC)?$')
 # One field of a composite value's text, '(1,"a b",)', and the comma or parenthesis after it: quoted (its " and \
@@ -135,6 +142,8 @@ def cast_interval(text, cursor):
     """Read an interval as a timedelta of its exact seconds; past timedelta's range, as an ExactNumber of seconds."""
     if text is None:
         return None
+    if not POSTGRES_INTERVAL.fullmatch(text):  # a request changed IntervalStyle: fail rather than misread
+        raise psycopg2.DataError(f'An interval in another IntervalStyle than postgres: {text!r}')
     microseconds = interval_microseconds(text)
     try:
         return datetime.timedelta(microseconds=microseconds)
@@ -260,6 +269,17 @@ def register_types(conn):
             casters[array_oid] = array_caster(array_oid, name, base_oid, base_kind, delimiter, casters)
     for typecaster in casters.values():
         psycopg2.extensions.register_type(typecaster, conn)
+
+
+def with_types(configure):
+    """Return the pool's setup of a new connection: configure(conn), then the reading styles and register_types."""
+    def configure_with_types(conn):
+        configure(conn)
+        conn.autocommit = True  # the settings outlive this setup; each lease sets autocommit anyway
+        with conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
+            cursor.execute(SET_READING_STYLES)
+        register_types(conn)
+    return configure_with_types
 
 
 def json_parameter(value):
