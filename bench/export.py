@@ -1,4 +1,5 @@
-"""Scenario 6: users/export of every seeded user through the gateway, against psql's COPY of the same rows."""
+"""Scenario 6: users/export of every seeded user through the gateway, against psql's COPY of the same rows, and
+against PostgreSQL writing the same rows as JSON itself (COPY of row_to_json)."""
 import importlib.util
 import subprocess
 import time
@@ -15,6 +16,10 @@ PSQL = Path(importlib.util.find_spec('pgserver').submodule_search_locations[0]) 
 # orjson keeps a row's keys in order, so each exported row starts with this.
 ROW_START = b'{"id":'
 MB = 1 << 20
+# The export's rows as PostgreSQL writes them in JSON, one object a line: exact by construction, and the rate
+# that the gateway's export, which writes the same JSON, should at least reach.
+ROW_TO_JSON = f'SELECT row_to_json(q) FROM ({users_sql.ALL_USERS}) AS q'
+JSON_REFERENCE = 'psql COPY of row_to_json'
 
 
 @dataclass(frozen=True)
@@ -49,12 +54,17 @@ def export_through_gateway(workers, port):
     return ExportResult(rows, seconds, peak / MB, growth / MB)
 
 
-def copy_through_psql(dsn):
-    """Run psql's COPY (<the export's query>) TO STDOUT and count its lines; return the ExportResult."""
-    command = [str(PSQL), '-X', '-q', '-d', dsn, '-c', f'COPY ({users_sql.ALL_USERS}) TO STDOUT']
+def copy_through_psql(dsn, query=users_sql.ALL_USERS):
+    """Run psql's COPY (<query>, by default the export's) TO STDOUT and count its lines; return the ExportResult."""
+    command = [str(PSQL), '-X', '-q', '-d', dsn, '-c', f'COPY ({query}) TO STDOUT']
     started = time.perf_counter()
     with subprocess.Popen(command, stdout=subprocess.PIPE) as psql:
         rows = count_marks(psql.stdout.read, b'\n')
     if psql.returncode:
         raise RuntimeError(f'psql COPY failed with code {psql.returncode}')
     return ExportResult(rows, time.perf_counter() - started)
+
+
+def json_through_psql(dsn):
+    """Run psql's COPY of the export's rows as row_to_json writes them; return the ExportResult."""
+    return copy_through_psql(dsn, ROW_TO_JSON)

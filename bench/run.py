@@ -2,7 +2,8 @@
 
 Scenarios (issue 5): 1 users/get, 2 users/create, 3 accounts/transfer, 4 users/list (100 rows), 5 users/get
 through nginx and 3 replicas against the replicas called directly, 6 users/export of 1,000,000 rows against
-psql's COPY, 7 cold start of `make run`; then users/get at 256 connections, direct and through nginx.
+psql's COPY and against PostgreSQL's own JSON (COPY of row_to_json), 7 cold start of `make run`; then
+users/get at 256 connections, direct and through nginx.
 """
 import argparse
 import datetime
@@ -23,7 +24,7 @@ from ops.ports import free_ports
 from . import report
 from .coldstart import cold_starts
 from .data import reset_accounts, reset_users, start_database
-from .export import copy_through_psql, export_through_gateway
+from .export import JSON_REFERENCE, copy_through_psql, export_through_gateway, json_through_psql
 from .load import measure
 from .sampling import max_connections
 from .scenarios import ALL_NUMBERS, EXPORT, LOAD_SCENARIOS, PROXIED, alternate, check_capacity
@@ -90,10 +91,12 @@ def compare_load(scenario, sides, options, record):
 
 
 def compare_export(options, dsn, gateway, record):
-    """Scenario 6 on exactly the seeded users, whatever the writes before it added."""
+    """Scenario 6 on exactly the seeded users, whatever the writes before it added: the gateway, plain COPY, and
+    PostgreSQL writing the JSON itself, in turn."""
     reset_users(dsn)
     return alternate(EXPORT, {'gateway': partial(export_through_gateway, gateway.workers, gateway.port),
-                              'psql COPY': partial(copy_through_psql, dsn)}, options.rounds, record)
+                              'psql COPY': partial(copy_through_psql, dsn),
+                              JSON_REFERENCE: partial(json_through_psql, dsn)}, options.rounds, record)
 
 
 def direct_scenarios(options, dsn, run_dir, record):
