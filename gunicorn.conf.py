@@ -15,7 +15,7 @@ if MADE_METRICS_DIR:
 from lib.logs.metrics import clear_multiprocess_dir, forget_process  # noqa: E402
 from lib.logs import configure_process_logging  # noqa: E402
 from lib.db.green import make_psycopg2_cooperative  # noqa: E402
-from lib.http.disconnect import cancel_queries_before_the_kill  # noqa: E402
+from lib.http.disconnect import prepare_worker  # noqa: E402
 
 bind = [settings.env_str('BIND', f'127.0.0.1:{settings.PORT}')]
 workers = settings.WEB_CONCURRENCY
@@ -71,11 +71,12 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Once the worker is set up: psycopg2 waits cooperatively in a gevent worker (gevent has patched the standard
-    library by now), and a SIGTERM cancels the queries still running before the master's kill."""
+    """Once the worker is set up (gevent, if any, has patched the standard library by now): psycopg2 waits
+    cooperatively in a gevent worker, a watcher cancels the queries of clients that left, and a SIGTERM cancels
+    the queries still running before the master's kill."""
     if worker_class == 'gevent':
         make_psycopg2_cooperative()
-    cancel_queries_before_the_kill(graceful_timeout)
+    prepare_worker(graceful_timeout)
 
 
 def child_exit(server, worker):

@@ -1,5 +1,6 @@
 """Issue 11: one slow caller never stalls the others: the worker model, worker timeouts, a bounded /readyz,
 bulkheads, shedding."""
+import collections
 import contextlib
 import http.client
 import json
@@ -399,3 +400,87 @@ def test_a_stream_cut_short_by_a_stopping_worker_is_logged_as_a_failure_with_the
     line = gunicorn_access_line(tmp_path, 'stream-stopped')  # logged: the worker ended it before the master's kill
     assert line['http']['response'] == {'status_code': 200, 'body': {'bytes': len(received)}}
     assert line['event']['outcome'] == 'failure' and line['error']['code'] == '57014'  # its FETCH was cancelled
+
+
+@pytest.mark.slow
+def test_requests_on_a_kept_alive_connection_are_not_disturbed_by_the_watch_on_it(database_url):
+    # The watch looks at the client socket while gunicorn's handler waits on it for the next request.
+    with running_gunicorn(database_url, WEB_CONCURRENCY='1') as port:
+        connection = http.client.HTTPConnection('127.0.0.1', port, timeout=10)
+        statuses = []
+        for _ in range(300):
+            connection.request('POST', '/slow/sleep', json.dumps({'seconds': 0.002}),
+                               {'Authorization': f'Bearer {ADMIN_TOKEN}', 'Content-Type': 'application/json'})
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+        connection.close()
+    assert statuses == [200] * 300
+
+
+# The issue's scenarios against real gunicorn (gevent workers): behaviour, not figures (those are the benchmark's)
+
+
+class Repeatedly:
+    """A thread that runs call() until stopped and keeps each outcome: a Reply's status, or the exception's name."""
+
+    def __init__(self, call, pause=0.0):
+        self.call, self.pause = call, pause
+        self.outcomes = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self):
+        """Call until stopped."""
+        while not self.stopping.is_set():
+            try:
+                self.outcomes.append(self.call().status)
+            except OSError as exc:
+                self.outcomes.append(type(exc).__name__)
+            time.sleep(self.pause)
+
+
+@contextlib.contextmanager
+def running_all(*loops):
+    """Run the loops for the block, then stop and join them."""
+    for loop in loops:
+        loop.thread.start()
+    try:
+        yield loops
+    finally:
+        for loop in loops:
+            loop.stopping.set()
+        for loop in loops:
+            loop.thread.join(30)
+
+
+@pytest.mark.slow
+def test_slow_callers_holding_half_the_connections_leave_fast_calls_and_healthz_alone(database_url):
+    # Two workers with four connections each: the hog may hold two of each worker's four, half of the budget.
+    tokens = json.dumps({**BEARER_TOKENS, 'hog': {'token': HOG_TOKEN, 'max_connections': 2}})
+    with running_gunicorn(database_url, WEB_CONCURRENCY='2', DB_POOL_MAX='4', BEARER_TOKENS=tokens) as port:
+        slow = [Repeatedly(lambda: post(port, '/slow/sleep', {'seconds': 1}, token=HOG_TOKEN)) for _ in range(6)]
+        fast = [Repeatedly(lambda: post(port, '/slow/backend')) for _ in range(4)]
+        health = Repeatedly(lambda: http_request(port, 'GET', '/healthz', timeout=2), pause=0.05)
+        with running_all(*slow, *fast, health):
+            time.sleep(3)
+    slow_outcomes = [outcome for loop in slow for outcome in loop.outcomes]
+    assert 200 in slow_outcomes and set(slow_outcomes) <= {200, 429}, slow_outcomes  # past its share: 429 at once
+    fast_outcomes = [outcome for loop in fast for outcome in loop.outcomes]
+    assert fast_outcomes and set(fast_outcomes) == {200}, collections.Counter(fast_outcomes)
+    assert health.outcomes and set(health.outcomes) == {200}, collections.Counter(health.outcomes)
+
+
+@pytest.mark.slow
+def test_under_gunicorn_an_exhausted_pool_sheds_503_within_the_pool_timeout(database_url):
+    with running_gunicorn(database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='2', DB_POOL_TIMEOUT_MS='300') as port:
+        with ThreadPoolExecutor(2) as executor:
+            holders = [executor.submit(post, port, '/slow/sleep', {'seconds': 2}) for _ in range(2)]
+            time.sleep(0.5)
+            shed, seconds = timed(lambda: post(port, '/slow/backend'))
+            health, health_seconds = timed(lambda: http_request(port, 'GET', '/healthz'))
+            held = [holder.result().status for holder in holders]
+    assert shed.status == 503 and shed.headers['Retry-After'] == '1' and 0.3 <= seconds < 0.3 + 0.5
+    assert shed.json()['detail'] == 'No database connection came free in time. Try again shortly.'
+    assert health.status == 200 and health_seconds < 0.5
+    assert held == [200, 200]

@@ -13,6 +13,7 @@ gunicorn's master kills a worker that has not finished within the graceful timeo
 nothing. So a second before that, the worker cancels the queries still running: each of those requests ends as a
 failure (a stream as cut short, with the bytes it sent) and is logged before the kill.
 """
+import collections
 import select
 import signal
 import socket
@@ -20,15 +21,20 @@ import threading
 import time
 
 import psycopg2
+from gevent.monkey import get_original
 
 from lib.errors import ApiError, ServiceUnavailable
 from lib.http.exchange import GONE_KEY, STOPPING_KEY
 from lib.process import after_fork
 
 SOCKET_KEY = 'gunicorn.socket'
-# How long the watcher waits on the sockets at a time: a new watch joins at the next round, so this bounds how
-# late a client that leaves right after its request started is noticed.
-POLL_MS = 100
+# The watcher looks at the sockets this often: it bounds how late a client that left is noticed.
+POLL_SECONDS = 0.1
+# The peer closed its side (POLLRDHUP, even with unread data in the socket) or reset the connection.
+GONE_EVENTS = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+# The standard library's own poll, in a gevent worker too: a look must not wait, and must not touch the socket's
+# gevent watchers, which gunicorn's handler uses to read the next request of a kept-alive connection.
+system_poll = get_original('select', 'poll')
 
 
 class ClientClosedRequest(ApiError):
@@ -48,10 +54,10 @@ class ServerStopping(ServiceUnavailable):
 class Watch:
     """One request's client socket and the connection its query runs on."""
 
-    __slots__ = ('sock', 'fileno', 'conn', 'environ')
+    __slots__ = ('fileno', 'conn', 'environ')
 
     def __init__(self, sock, conn, environ):
-        self.sock, self.fileno, self.conn, self.environ = sock, sock.fileno(), conn, environ
+        self.fileno, self.conn, self.environ = sock.fileno(), conn, environ
 
     def cancelled_error(self):
         """Return the error that ends a request whose query the watcher cancelled, or None if it did not."""
@@ -60,17 +66,6 @@ class Watch:
         if self.environ.get(STOPPING_KEY):
             return ServerStopping()
         return None
-
-
-def closed_by_peer(sock):
-    """Tell whether a socket that polls readable has reached its end: the peer closed or reset it."""
-    try:
-        # Readable already, so this returns at once: b'' at the end, a byte when the client sent more (pipelined).
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b''
-    except BlockingIOError:
-        return False
-    except OSError:  # reset by the peer
-        return True
 
 
 class DisconnectWatcher:
@@ -108,25 +103,24 @@ class DisconnectWatcher:
                 self.wanted.clear()
 
     def run(self):
-        """Poll the watched sockets for as long as the process lives, sleeping while there are none."""
+        """Look at the watched sockets every POLL_SECONDS for as long as the process lives, idle while there are none."""
         while True:
             self.wanted.wait()
+            time.sleep(POLL_SECONDS)
             with self.lock:
                 watches = list(self.watches.values())
             self.check(watches)
 
     def check(self, watches):
-        """Wait up to POLL_MS for a watched socket to turn readable; cancel the queries of clients that closed."""
-        poller = select.poll()
-        by_fileno = {watch.fileno: watch for watch in watches}
-        for fileno in by_fileno:
-            poller.register(fileno, select.POLLIN)
-        for fileno, _ in poller.poll(POLL_MS):
-            watch = by_fileno[fileno]
-            if closed_by_peer(watch.sock):
-                self.cancel(watch)
-            else:  # the client sent more (pipelining): it is there, and this socket cannot tell us more
-                self.forget(watch)
+        """Cancel the queries of the watched requests whose clients have closed their connection."""
+        poller, by_fileno = system_poll(), collections.defaultdict(list)
+        for watch in watches:
+            by_fileno[watch.fileno].append(watch)
+            poller.register(watch.fileno, GONE_EVENTS)
+        for fileno, events in poller.poll(0):
+            if events & GONE_EVENTS:  # not POLLNVAL alone: a socket closed since, whose request has ended
+                for watch in by_fileno[fileno]:
+                    self.cancel(watch)
 
     def cancel(self, watch, reason=GONE_KEY):
         """Mark the request with reason and cancel its query, unless the query ended (and the watch was forgotten)."""
@@ -153,9 +147,18 @@ class DisconnectWatcher:
 WATCHER = DisconnectWatcher()
 
 
+def prepare_worker(graceful_timeout):
+    """Set up a gunicorn worker once it is ready (gevent, if any, has patched threading by then): a watcher of its
+    own, and a SIGTERM that cancels the queries still running shortly before the graceful timeout ends."""
+    # The watcher made at import, or after the fork, holds the standard library's locks, which would block a gevent
+    # worker whole.
+    WATCHER.forget_everything()
+    cancel_queries_before_the_kill(graceful_timeout)
+
+
 def cancel_queries_before_the_kill(graceful_timeout):
-    """On SIGTERM, cancel the queries still running shortly before the graceful timeout ends (call it in a worker,
-    after gunicorn has installed its own handler, which still runs)."""
+    """On SIGTERM, cancel the queries still running shortly before the graceful timeout ends (gunicorn's own
+    handler, installed before, still runs)."""
     # A signal handler must not block (under gevent it runs as a callback of the event loop): it only sets an
     # event, and a thread made now does the waiting. A sync worker runs Python signal handlers only between its
     # queries, so there this comes too late for a long one; gevent and gthread workers handle signals at once.
