@@ -3,7 +3,8 @@
 PostgreSQL (the embedded one unless configured), pgbouncer in transaction mode when STACK_PGBOUNCER=1,
 REPLICAS gunicorn replicas (default 3) on loopback ports from REPLICA_BASE_PORT (default PORT + 1),
 and nginx on PORT rendered from nginx/dbapi.conf.template. A replica that dies is restarted, as
-compose's restart policy would. Ctrl-C (or SIGTERM) stops all of it.
+compose's restart policy would. SIGHUP restarts every replica, one by one, without failing a request
+(a rolling restart, docs/deployment.md). Ctrl-C (or SIGTERM) stops all of it.
 """
 import ctypes
 import os
@@ -27,7 +28,10 @@ from . import nginx, pgbouncer
 
 RESTART_DELAY_SECONDS = 1.0
 STARTUP_TIMEOUT_SECONDS = 60
-STOP_TIMEOUT_SECONDS = 40  # gunicorn's graceful_timeout (30 s) and a little more
+STOP_TIMEOUT_SECONDS = settings.GRACEFUL_TIMEOUT + 10  # gunicorn's graceful_timeout and a little more
+# After nginx was told to stop sending to a replica: time for the requests it had already passed on to arrive.
+DRAIN_SECONDS = 1.0
+NGINX_RELOAD_TIMEOUT_SECONDS = 10
 PR_SET_PDEATHSIG = 1
 
 
@@ -148,6 +152,16 @@ def wait_until_serving(child, port):
     wait_until(child, lambda: answers(port), f'answer on port {port}')
 
 
+def wait_until_ready(child, port):
+    """Wait until child answers /readyz on port: it serves and reaches its databases."""
+    wait_until(child, lambda: answers(port, '/readyz'), f'be ready on port {port}')
+
+
+def child_pids(pid):
+    """Return the process ids of pid's children (Linux's /proc)."""
+    return set(Path(f'/proc/{pid}/task/{pid}/children').read_text().split())
+
+
 def replica_environment(index, port, dsn, run_dir):
     """Return a replica's environment: its bind address and process id, the database, one proxy hop."""
     env = dict(os.environ)
@@ -159,10 +173,12 @@ def replica_environment(index, port, dsn, run_dir):
     return env
 
 
-def nginx_environment(config):
-    """Return what nginx/dbapi.envsh reads, from the same settings the replicas use."""
+def nginx_environment(config, replica_ports=None):
+    """Return what nginx/dbapi.envsh reads, from the same settings the replicas use; nginx sends requests to
+    replica_ports (default: every replica)."""
     env = {key: value for key, value in os.environ.items() if key != 'NGINX_RESOLVER'}
-    env.update(DBAPI_UPSTREAMS=' '.join(f'127.0.0.1:{port}' for port in config.replica_ports),
+    ports = config.replica_ports if replica_ports is None else replica_ports
+    env.update(DBAPI_UPSTREAMS=' '.join(f'127.0.0.1:{port}' for port in ports),
                NGINX_LISTEN=f'127.0.0.1:{config.port}', MAX_CONTENT_LENGTH=str(settings.MAX_CONTENT_LENGTH),
                DB_STATEMENT_TIMEOUT_MS=str(settings.DB_STATEMENT_TIMEOUT_MS))
     return env
@@ -175,6 +191,9 @@ class Stack:
         self.config = config
         self.run_dir = Path(run_dir)
         self.children = []
+        self.replicas = []
+        self.proxy = None
+        self.restart_wanted = False
 
     def launch(self, child):
         """Start child and keep it for supervision and stopping."""
@@ -186,15 +205,43 @@ class Stack:
         dsn = default_dsn()
         migrate(dsn)
         app_dsn = self.start_pgbouncer(dsn) if self.config.pgbouncer else dsn
-        replicas = [self.launch(Child(f'replica {index} (port {port})', gunicorn_command(),
-                                      replica_environment(index, port, app_dsn, self.run_dir), restart=True))
-                    for index, port in enumerate(self.config.replica_ports, start=1)]
-        for replica, port in zip(replicas, self.config.replica_ports):
+        self.replicas = [self.launch(Child(f'replica {index} (port {port})', gunicorn_command(),
+                                           replica_environment(index, port, app_dsn, self.run_dir), restart=True))
+                         for index, port in enumerate(self.config.replica_ports, start=1)]
+        for replica, port in zip(self.replicas, self.config.replica_ports):
             wait_until_serving(replica, port)
-        main_config = nginx.write_config(self.run_dir / 'nginx', nginx_environment(self.config))
+        main_config = self.write_nginx_config(self.config.replica_ports)
         # SIGQUIT is nginx's graceful stop: requests in flight are finished first.
-        proxy = self.launch(Child('nginx', nginx.command(main_config), dict(os.environ), signal.SIGQUIT))
-        wait_until_serving(proxy, self.config.port)
+        self.proxy = self.launch(Child('nginx', nginx.command(main_config), dict(os.environ), signal.SIGQUIT))
+        wait_until_serving(self.proxy, self.config.port)
+
+    def write_nginx_config(self, replica_ports):
+        """Write nginx's config with requests going to replica_ports; return the main config file."""
+        return nginx.write_config(self.run_dir / 'nginx', nginx_environment(self.config, replica_ports))
+
+    def send_requests_to(self, replica_ports):
+        """Have nginx send new requests to replica_ports only; return once its new workers run with that list.
+        SIGHUP reloads nginx's config gracefully: its old workers finish the requests they hold."""
+        nginx_pid = self.proxy.process.pid
+        workers_before = child_pids(nginx_pid)
+        self.write_nginx_config(replica_ports)
+        os.kill(nginx_pid, signal.SIGHUP)
+        # nginx starts new workers only once it has read the whole new config; the next rewrite must wait for that.
+        wait_until(self.proxy, lambda: child_pids(nginx_pid) - workers_before, 'reload its config',
+                   NGINX_RELOAD_TIMEOUT_SECONDS)
+
+    def rolling_restart(self):
+        """Restart every replica, one at a time, so that no request fails: nginx stops sending to it first, it
+        finishes what it accepted (gunicorn's graceful stop), and it gets requests again once it is ready."""
+        ports = self.config.replica_ports
+        for replica, port in zip(self.replicas, ports):
+            self.send_requests_to([other for other in ports if other != port])
+            time.sleep(DRAIN_SECONDS)
+            replica.stop()
+            replica.start()
+            wait_until_ready(replica, port)
+            self.send_requests_to(ports)
+        print(f'stack: rolling restart of {len(ports)} replicas finished', file=sys.stderr, flush=True)
 
     def start_pgbouncer(self, dsn):
         """Start pgbouncer in front of dsn and return the DSN that goes through it."""
@@ -206,11 +253,19 @@ class Stack:
         return bouncer_dsn
 
     def supervise(self):
-        """Restart replicas that exit, after a short pause; raise when anything else exits."""
+        """Restart replicas that exit, after a short pause, and every replica when asked; raise when anything
+        else exits."""
         while True:
+            if self.restart_wanted:
+                self.restart_wanted = False
+                self.rolling_restart()
             for child in self.children:
                 self.check(child)
             time.sleep(0.2)
+
+    def want_rolling_restart(self, signum=None, frame=None):
+        """Ask the supervisor for a rolling restart (the SIGHUP handler)."""
+        self.restart_wanted = True
 
     def check(self, child):
         """Notice that child exited, and restart it when it may be restarted and its pause is over."""
@@ -242,7 +297,7 @@ def announce(config):
     if config.pgbouncer:
         chain += f' -> pgbouncer on port {config.pgbouncer_port}'
     print(f'dbapi stack serves on http://127.0.0.1:{config.port} ({chain} -> PostgreSQL). Try:\n'
-          f'  {how_to_call()}\nCtrl-C stops it.', flush=True)
+          f'  {how_to_call()}\nRolling restart of the replicas: kill -HUP {os.getpid()}. Ctrl-C stops it.', flush=True)
 
 
 def interrupt(signum, frame):
@@ -259,6 +314,7 @@ def main():
         # Traversable, not listable: nginx workers (nobody) keep request bodies in here.
         os.chmod(run_dir, 0o711)
         stack = Stack(config, run_dir)
+        signal.signal(signal.SIGHUP, stack.want_rolling_restart)
         try:
             stack.start()
             announce(config)
@@ -269,8 +325,8 @@ def main():
             print(f'stack: {exc}', file=sys.stderr, flush=True)
             status = 1
         finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            for ignored in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(ignored, signal.SIG_IGN)
             stack.stop()
     return status
 

@@ -6,6 +6,7 @@ test must make a replica misbehave at an exact moment.
 """
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 
 import settings
 from ops import nginx
+from ops.ports import port_is_free
 from tests.helpers import (BEARER_TOKENS, MODULE_PACKAGES as TEST_MODULE_PACKAGES, free_ports, port_open, post,
                            require_programs, shared_run_dir, wait_for)
 
@@ -29,6 +31,17 @@ MODULE_PACKAGES = ','.join([*TEST_MODULE_PACKAGES, 'tests.topology.fixture_modul
 READY_LINE = b'dbapi stack serves on'
 START_TIMEOUT_SECONDS = 90
 STOP_TIMEOUT_SECONDS = 60
+
+
+def free_ports_below_the_ephemeral_range(count):
+    """Return the first of count consecutive free loopback ports below the kernel's ephemeral range: a replica
+    restarted under load must find its port free, not taken as the source port of some outgoing connection."""
+    lowest_ephemeral = int(Path('/proc/sys/net/ipv4/ip_local_port_range').read_text().split()[0])
+    for _ in range(100):
+        base = random.randint(10000, lowest_ephemeral - count)
+        if all(port_is_free(port) for port in range(base, base + count)):
+            return base
+    raise RuntimeError(f'no {count} consecutive free ports below {lowest_ephemeral}')
 
 
 def read_json_lines(path):
@@ -99,10 +112,11 @@ def stack_environment(database_url, base_port, replicas, pgbouncer, overrides):
     return env
 
 
-def start_stack(log_dir, database_url, replicas=3, pgbouncer=False, **overrides):
-    """Start `python -m ops.stack` and wait for its ready line; return the RunningStack."""
+def start_stack(log_dir, database_url, replicas=3, pgbouncer=False, base_port=None, **overrides):
+    """Start `python -m ops.stack` (on consecutive ports from base_port, default free ones) and wait for its ready
+    line; return the RunningStack."""
     require_programs('nginx', *(['pgbouncer'] if pgbouncer else []))
-    base_port = free_ports(replicas + 2)
+    base_port = base_port or free_ports(replicas + 2)
     log_path = Path(log_dir) / 'stack.log'
     # Append mode: nginx reopens /dev/stdout itself, and every writer must add at the end.
     with open(log_path, 'ab') as log:
