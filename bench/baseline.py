@@ -1,35 +1,59 @@
 """The bare baseline of `make bench`: Flask, a psycopg2 pool and jsonify, running the gateway's own SQL.
 
 No auth, no schema, no logging, no compression: what a hand-written endpoint does. gunicorn loads the
-app in each worker, so each worker gets its own pool (BASELINE_DSN, BASELINE_POOL_MAX).
+app in each worker, so each worker gets its own pool (BASELINE_DSN, BASELINE_POOL_MAX). It runs under the
+gateway's own gunicorn.conf.py (bench/servers.py), so with the same worker class and settings: under gevent, its
+post_worker_init hook makes psycopg2 wait cooperatively here too, before the pool opens its first connection.
 """
 import os
+import queue
 from contextlib import contextmanager
 from decimal import Decimal
+from functools import partial
 
+import psycopg2
 from flask import Flask, abort, jsonify, request
 from psycopg2.extras import RealDictCursor
-from psycopg2.pool import SimpleConnectionPool
 
 from modules.accounts import sql as accounts_sql
 from modules.users import sql as users_sql
 
 
+class BoundedPool:
+    """At most size connections, each opened when first needed and then kept: a borrower waits for one when all are
+    out, as a thread or, under gevent (whose monkey patching makes queue's locks cooperative), as a greenlet.
+
+    psycopg2's own pools do not fit: they raise instead of waiting, close every connection given back past minconn,
+    and open minconn connections at once, before a gevent worker has made psycopg2 cooperative."""
+
+    def __init__(self, size, connect):
+        self.slots = queue.LifoQueue()
+        for _ in range(size):
+            self.slots.put(None)  # a free slot whose connection is not open yet
+        self.connect = connect
+
+    @contextmanager
+    def connection(self):
+        """Lend a connection, waiting for a free slot when all are out; always take the slot back."""
+        conn = self.slots.get()
+        try:
+            conn = conn or self.connect()
+            yield conn
+        finally:
+            self.slots.put(conn)
+
+
 def make_pool():
-    """Open this worker's pool from the environment the bench driver sets."""
-    return SimpleConnectionPool(1, int(os.environ.get('BASELINE_POOL_MAX', '2')), os.environ['BASELINE_DSN'],
-                                application_name='bench-baseline')
+    """Make this worker's pool from the environment the bench driver sets."""
+    return BoundedPool(int(os.environ.get('BASELINE_POOL_MAX', '2')),
+                       partial(psycopg2.connect, os.environ['BASELINE_DSN'], application_name='bench-baseline'))
 
 
 @contextmanager
 def cursor_in_transaction(pool):
     """Borrow a connection, yield a dict cursor in one transaction, always give the connection back."""
-    conn = pool.getconn()
-    try:
-        with conn, conn.cursor(cursor_factory=RealDictCursor) as cursor:
-            yield cursor
-    finally:
-        pool.putconn(conn)
+    with pool.connection() as conn, conn, conn.cursor(cursor_factory=RealDictCursor) as cursor:
+        yield cursor
 
 
 def fetch_one(pool, query, params):

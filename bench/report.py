@@ -2,7 +2,9 @@
 import json
 from statistics import median
 
-from .scenarios import CAPACITY_CONNECTIONS, COLD_START, EXPORT, JSON_EXPORT_GOAL
+from .mixed import percentile
+from .scenarios import CAPACITY_CONNECTIONS, COLD_START, EXPORT, HEALTH_P99_GOAL_MS, JSON_EXPORT_GOAL, KEPT_GOAL
+from .scenarios import PEER, PEER_GOAL, REFUSAL_P99_GOAL_MS
 
 COLD_START_GOAL_SECONDS = 3.0
 EXPORT_RSS_GOAL_MB = 64
@@ -27,17 +29,28 @@ def ratio_cell(comparison, reference=None):
     return f'{comparison.ratio(reference):.2f} ({min(ratios):.2f}-{max(ratios):.2f})'
 
 
-def load_row(comparison):
-    """Return the table row of a scenario measured with wrk."""
-    gateway, reference = comparison.sides()
+def load_row(comparison, reference=None, title=None, goal=None):
+    """Return the table row of a scenario measured with wrk, against reference (by default the first), under title
+    and goal (by default the scenario's)."""
+    gateway, first_reference = comparison.sides()
+    reference = reference or first_reference
     side_cells = []
     for side in (gateway, reference):
         side_cells += [f'{comparison.mean(side):,.0f} req/s', f'{comparison.mean(side, "p50_ms"):.1f}',
                        f'{comparison.mean(side, "p99_ms"):.1f}']
-    ratio = comparison.ratio()
     scenario = comparison.scenario
-    return (f'| {scenario.number} | {scenario.title} | {" | ".join(side_cells[:3])} | {reference} | '
-            f'{" | ".join(side_cells[3:])} | {ratio_cell(comparison)} | {ratio_goal(ratio, scenario.goal)} |')
+    goal = scenario.goal if goal is None else goal
+    return (f'| {scenario.number} | {title or scenario.title} | {" | ".join(side_cells[:3])} | {reference} | '
+            f'{" | ".join(side_cells[3:])} | {ratio_cell(comparison, reference)} | '
+            f'{ratio_goal(comparison.ratio(reference), goal)} |')
+
+
+def load_rows(comparison):
+    """Return the rows of a wrk scenario: against its first reference, and against the peer when it ran too."""
+    rows = [load_row(comparison)]
+    if PEER in comparison.runs:
+        rows.append(load_row(comparison, PEER, f'{comparison.scenario.title}, against the peer', PEER_GOAL))
+    return rows
 
 
 def export_rows(comparison):
@@ -89,24 +102,89 @@ def capacity_table(checks):
 
 
 def cpu_table(comparisons):
-    """Return the lines of the worker CPU per request of the scenarios that measured it."""
-    lines = ['| # | scenario | gateway CPU us/request | baseline CPU us/request | gateway/baseline |',
-             '|---|---|--:|--:|--:|']
+    """Return the lines of the worker CPU per request of the scenarios that measured it, against each reference."""
+    lines = ['| # | scenario | gateway CPU us/request | compared with | its CPU us/request | gateway/it |',
+             '|---|---|--:|--:|--:|--:|']
     for comparison in comparisons:
-        gateway, reference = comparison.sides()
-        if comparison.runs[gateway][0].worker_cpu_us is None:
+        gateway, *references = comparison.runs
+        if getattr(comparison.runs[gateway][0], 'worker_cpu_us', None) is None:
             continue
-        ours, theirs = comparison.mean(gateway, 'worker_cpu_us'), comparison.mean(reference, 'worker_cpu_us')
-        lines.append(f'| {comparison.scenario.number} | {comparison.scenario.title} | {ours:.0f} | {theirs:.0f} | '
-                     f'{ours / theirs:.2f} |')
+        ours = comparison.mean(gateway, 'worker_cpu_us')
+        for reference in references:
+            theirs = comparison.mean(reference, 'worker_cpu_us')
+            lines.append(f'| {comparison.scenario.number} | {comparison.scenario.title} | {ours:.0f} | {reference} | '
+                         f'{theirs:.0f} | {ours / theirs:.2f} |')
     return lines
 
 
-def render(context, comparisons, export, cold_seconds, checks):
+def pooled(results, values):
+    """Return the values(result) of every round, in one list."""
+    return [value for result in results for value in values(result)]
+
+
+def kept_summary(results):
+    """Return the cell of the share of users/get's rate a side kept under the slow load (median of the rounds, and
+    their range), and whether it met the goal."""
+    kept = [result.kept for result in results]
+    return f'{median(kept):.2f} ({min(kept):.2f}-{max(kept):.2f})', median(kept) >= KEPT_GOAL
+
+
+def health_summary(results):
+    """Return the cell of what a side's /healthz probes saw (p99 and max of the answered ones, failures), and
+    whether it met the goal."""
+    probes = pooled(results, lambda result: result.probes)
+    answered = [probe.ms for probe in probes if probe.status == 200]
+    failed = len(probes) - len(answered)
+    if not answered:
+        return f'none of {len(probes)} answered', False
+    p99 = percentile(answered, 99)
+    return (f'p99 {p99:.1f} ms, max {max(answered):.1f} ms, {failed} of {len(probes)} failed',
+            failed == 0 and p99 < HEALTH_P99_GOAL_MS)
+
+
+def slow_summary(results):
+    """Return the cell of what a side's slow callers got (each status counted, how fast the refusals came, how many
+    slow calls ran at once on average), and whether the refusals came at once."""
+    calls = pooled(results, lambda result: result.slow_calls)
+    statuses = {}
+    for call in calls:
+        statuses[call.status or 'no answer'] = statuses.get(call.status or 'no answer', 0) + 1
+    counted = ', '.join(f'{count} x {status}' for status, count in sorted(statuses.items(), key=str))
+    held = sum(result.slow_held for result in results) / len(results)
+    refusals = [call.ms for call in pooled(results, lambda result: result.refusals())]
+    if not refusals:
+        return f'{counted}, no refusal; {held:.1f} held on average', False
+    p99 = percentile(refusals, 99)
+    return (f'{counted}; refusals p99 {p99:.1f} ms, max {max(refusals):.1f} ms; {held:.1f} held on average',
+            p99 < REFUSAL_P99_GOAL_MS)
+
+
+MIXED_ROWS = (
+    ('users/get with the slow callers / without them (same side)', kept_summary, f'>= {KEPT_GOAL:.2f}'),
+    ('/healthz during it', health_summary, f'p99 < {HEALTH_P99_GOAL_MS} ms, none failed'),
+    ('slow callers: their answers; past their limit, 429/503 at once', slow_summary,
+     f'refusals p99 < {REFUSAL_P99_GOAL_MS} ms'),
+)
+
+
+def mixed_rows(comparison):
+    """Return the rows of scenario 8: users/get against the peer, then the gateway's goals beside the peer's
+    numbers: the share of its rate kept, /healthz, the slow callers' answers."""
+    gateway, peer = comparison.sides()
+    rows = [load_row(comparison)]
+    for title, summary, goal in MIXED_ROWS:
+        (ours, met), (theirs, _) = summary(comparison.runs[gateway]), summary(comparison.runs[peer])
+        rows.append(f'| {comparison.scenario.number} | {title} | {ours} | - | - | {peer} | {theirs} | - | - | - | '
+                    f'{goal}: {verdict(met)} |')
+    return rows
+
+
+def render(context, comparisons, export, cold_seconds, checks, mixed=None):
     """Return the whole report as Markdown."""
-    rows = [load_row(comparison) for comparison in comparisons]
+    rows = [row for comparison in comparisons for row in load_rows(comparison)]
     rows += export_rows(export) if export else []
     rows += [cold_start_row(cold_seconds)] if cold_seconds else []
+    rows += mixed_rows(mixed) if mixed else []
     lines = [f'# make bench, {context["started"]}', '', *context['notes'], '', HEADER, RULE, *rows]
     cpu = cpu_table(comparisons)
     if len(cpu) > 2:

@@ -1,4 +1,4 @@
-"""The scenarios of issue 5, and how two sides are compared: A B A B, then the median of the rounds' ratios."""
+"""The scenarios of issues 5 and 11, and how sides are compared: A B A B, then the median of the rounds' ratios."""
 from dataclasses import dataclass, replace
 from statistics import mean, median
 
@@ -34,7 +34,17 @@ EXPORT = Scenario(6, 'users/export, 1,000,000 rows (rows/s)', goal=0.5)
 # The export against PostgreSQL writing the same JSON itself (issue 12): at least its rate.
 JSON_EXPORT_GOAL = 1.0
 COLD_START = Scenario(7, 'cold start: `make run` to first 200')
-ALL_NUMBERS = (1, 2, 3, 4, 5, 6, 7)
+# Issue 11: users/get while slow callers hold half of the connection budget (bench/mixed.py), against the peer.
+MIXED = Scenario(8, 'mixed: users/get while slow callers hold half the connections', LOAD_SCENARIOS[0].load, 1.0)
+ALL_NUMBERS = (1, 2, 3, 4, 5, 6, 7, 8)
+# The peer (bench/peer_fastapi.py) measured beside the headline and in "mixed"; issue 11: dbapi at or above it.
+PEER = 'FastAPI peer'
+PEER_GOAL = 1.0
+# What "mixed" asks of the gateway: users/get keeps this share of its rate alone, /healthz and the refusals of the
+# slow callers past their limit are answered within these milliseconds (p99).
+KEPT_GOAL = 0.8
+HEALTH_P99_GOAL_MS = 50
+REFUSAL_P99_GOAL_MS = 50
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Modules only the bench mounts (MODULE_PACKAGES=modules,bench.modules): never part of a deployed gateway."""

@@ -1,0 +1,5 @@
+from .actions import sleep
+
+routes = [
+    dict(route='sleep', action=sleep),
+]

@@ -1,0 +1,2 @@
+"""SQL of the slow module."""
+SLEEP = 'SELECT pg_sleep(%(seconds)s)'
