@@ -1,4 +1,4 @@
-"""Render nginx/dbapi.conf.template for the native stack and the lint, exactly as the nginx image does."""
+"""Render nginx's templates for the native stack and the lint, exactly as the nginx image does."""
 import grp
 import os
 import pwd
@@ -10,29 +10,10 @@ from settings import BASE_DIR
 from .render import TemplateError, fill_template, program
 
 TEMPLATE = BASE_DIR / 'nginx' / 'dbapi.conf.template'
+MAIN_TEMPLATE = BASE_DIR / 'nginx' / 'nginx.conf.template'
 ENVSH = BASE_DIR / 'nginx' / 'dbapi.envsh'
-# Process plumbing only: dbapi's behaviour lives in the template, included as the image includes it.
-MAIN_CONFIG = """\
-# Written by ops/nginx.py for the native stack; edit nginx/dbapi.conf.template instead.
-daemon off;
-worker_processes 1;
-# Each proxied request holds two connections (client and replica): 256 clients need more than 512.
-worker_rlimit_nofile 8192;
-pid {run_dir}/nginx.pid;
-error_log stderr warn;
-{user}
-events {{
-    worker_connections 4096;
-}}
-http {{
-    client_body_temp_path {run_dir}/client_body;
-    proxy_temp_path {run_dir}/proxy;
-    fastcgi_temp_path {run_dir}/fastcgi;
-    uwsgi_temp_path {run_dir}/uwsgi;
-    scgi_temp_path {run_dir}/scgi;
-    include {run_dir}/dbapi.conf;
-}}
-"""
+# The native stack runs one nginx worker unless told otherwise: plenty for a laptop's replicas.
+NATIVE_DEFAULTS = {'NGINX_WORKER_PROCESSES': '1'}
 
 
 def derived_environment(environment, envsh=ENVSH):
@@ -58,18 +39,22 @@ def worker_user():
 
 
 def write_config(run_dir, environment, template=TEMPLATE, envsh=ENVSH):
-    """Write the rendered template and a main config around it into run_dir; return the main config."""
+    """Render both templates into run_dir, which also holds nginx's pid and temporary files; return the main
+    config."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     # nginx workers run as nobody under root and must reach their temp directories in here.
     run_dir.chmod(0o755)
-    (run_dir / 'dbapi.conf').write_text(render(environment, template, envsh))
+    places = dict(NGINX_RUN_DIR=str(run_dir), NGINX_CONF_DIR=str(run_dir), NGINX_USER_DIRECTIVE=worker_user())
+    values = derived_environment({**NATIVE_DEFAULTS, **environment, **places}, envsh)
+    (run_dir / 'dbapi.conf').write_text(fill_template(Path(template).read_text(), values, str(template)))
     main_config = run_dir / 'nginx.conf'
-    main_config.write_text(MAIN_CONFIG.format(run_dir=run_dir, user=worker_user()))
+    main_config.write_text(fill_template(MAIN_TEMPLATE.read_text(), values, str(MAIN_TEMPLATE)))
     return main_config
 
 
 def command(main_config, test=False):
     """Return the argv that runs (or with test, checks) nginx on main_config in the foreground."""
-    argv = [program('nginx'), '-p', str(main_config.parent), '-c', str(main_config), '-e', 'stderr']
+    argv = [program('nginx'), '-p', str(main_config.parent), '-c', str(main_config), '-e', 'stderr',
+            '-g', 'daemon off;']
     return argv + ['-t', '-q'] if test else argv

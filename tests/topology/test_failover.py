@@ -95,7 +95,7 @@ def group_if_serving(port):
 
 def bytes_sent_per_upstream(line):
     """Return how many bytes nginx sent to each upstream it tried for one request."""
-    return [int(part) for part in line['nginx.upstream.bytes_sent'].replace(' ', '').split(',') if part.isdigit()]
+    return line['nginx.upstream.bytes_sent']
 
 
 def test_a_replica_killed_under_load_fails_only_requests_it_had_received(stack, topology_database_url):
@@ -137,8 +137,7 @@ def assert_each_post_ran_at_most_once(stack, database_url, run_id, attempts):
     for line in lines:
         assert sum(1 for sent in bytes_sent_per_upstream(line) if sent > 0) == 1, line
     # A request that met the dead replica's closed port went on to another one, and succeeded there.
-    # (Usually there is none: the in-flight failures bench the replica at once; test_retry_policy
-    # shows the move itself.)
+    # (test_retry_policy shows the move itself.)
     moved = [line for line in lines if ',' in line['nginx.upstream.address']]
     assert all(line['http.response.status_code'] == 201 for line in moved)
 
@@ -160,5 +159,5 @@ def test_a_restarted_replica_is_used_again(stack):
 
     def served_by_new_replica():
         return os.getpgid(stack.post('/probe/pid').json()['pid']) == new_group
-    # nginx rests a failed replica for fail_timeout (5 s), then tries it again.
+    # nginx never rests a replica (max_fails=0): it is tried again as soon as it accepts connections.
     wait_for(served_by_new_replica, 20, 'nginx never sent traffic to the restarted replica', interval=0.05)

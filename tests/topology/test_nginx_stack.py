@@ -1,11 +1,13 @@
 """nginx in front of three gunicorn replicas, as `make stack` runs them: spreading, request ids,
-forwarded headers, the body limit, hidden /metrics, timeouts, and the errors nginx answers itself."""
+forwarded headers, the body limit, hidden operations endpoints, timeouts, slow actions that leave every
+replica serving, its access log, and the errors nginx answers itself."""
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from email.parser import BytesHeaderParser
 from http import HTTPStatus
 
@@ -25,13 +27,17 @@ BODY_LIMIT = 65536
 STATEMENT_TIMEOUT_MS = 1500
 NGINX_REQUEST_ID = re.compile(r'[0-9a-f]{32}')
 PROBLEM_KEYS = {'type', 'title', 'status', 'detail', 'request_id'}
+# nginx's real_ip trusts X-Forwarded-For from this address in the module's stack, as it would an ingress's.
+TRUSTED_PROXY = '127.0.0.1'
+# Another loopback address: a connection from it is "outside" for nginx's probe-only paths.
+OUTSIDE_ADDRESS = '127.0.0.2'
 
 
 @pytest.fixture(scope='module')
 def stack(tmp_path_factory, topology_database_url):
-    """Three replicas behind nginx, with a small body limit and a short statement timeout."""
+    """Three replicas behind nginx, with a small body limit, a short statement timeout, and real_ip on."""
     with running_stack(tmp_path_factory, topology_database_url, replicas=3, MAX_CONTENT_LENGTH=str(BODY_LIMIT),
-                       DB_STATEMENT_TIMEOUT_MS=str(STATEMENT_TIMEOUT_MS)) as running:
+                       DB_STATEMENT_TIMEOUT_MS=str(STATEMENT_TIMEOUT_MS), NGINX_REAL_IP_FROM=TRUSTED_PROXY) as running:
         yield running
 
 
@@ -101,15 +107,28 @@ def test_a_sane_request_id_is_kept_and_any_other_replaced(stack, incoming, kept)
 def test_an_app_error_carries_the_request_id_nginx_made(stack):
     body = assert_problem(stack.post('/probe/missing'), 404)
     assert NGINX_REQUEST_ID.fullmatch(body['request_id'])
-    assert log_line_of(stack, body['request_id'])['nginx.upstream.status'] == '404'
+    assert log_line_of(stack, body['request_id'])['nginx.upstream.status'] == [404]
     assert app_access_line_of(stack, body['request_id'])['http']['response']['status_code'] == 404
 
 
 def test_the_app_trusts_exactly_one_forwarding_hop(stack):
     seen = stack.post('/topology/whoami', headers={'X-Forwarded-For': '203.0.113.9'}).json()
     assert seen['remote_addr'] == '127.0.0.1'  # not the address the caller claimed
-    assert seen['x_forwarded_for'] == '203.0.113.9, 127.0.0.1'
+    assert seen['x_forwarded_for'] == '203.0.113.9, 127.0.0.1'  # nginx appends its peer, once
     assert seen['scheme'] == 'http'
+
+
+def test_a_callers_x_forwarded_proto_changes_nothing_for_an_app_trusting_nginx_alone(stack):
+    """nginx appends the scheme it saw (tests/topology/test_nginx_headers.py), and the app reads nginx's entry."""
+    assert stack.post('/topology/whoami', headers={'X-Forwarded-Proto': 'https'}).json()['scheme'] == 'http'
+
+
+def test_real_ip_puts_the_client_of_a_trusted_proxy_in_nginxs_log(stack):
+    reply = stack.post('/probe/echo', {}, headers={'X-Forwarded-For': '198.51.100.1, 203.0.113.9',
+                                                   'X-Request-ID': 'real-ip-1'})
+    assert reply.status == 200
+    assert log_line_of(stack, 'real-ip-1')['client.ip'] == '203.0.113.9'  # the address the proxy appended
+    assert app_access_line_of(stack, 'real-ip-1')['client']['ip'] == '127.0.0.1'  # one hop: nginx's peer
 
 
 def test_a_body_at_the_limit_reaches_the_app(stack):
@@ -122,13 +141,31 @@ def test_a_body_over_the_limit_is_refused_by_nginx_as_problem_details(stack):
     reply = stack.post('/probe/echo', raw=body_of_size(BODY_LIMIT + 1))
     body = assert_problem(reply, 413)
     assert body['detail'] == HTTP_DETAILS[413]  # the app's own words
-    assert log_line_of(stack, body['request_id'])['nginx.upstream.address'] == ''  # no replica saw it
+    assert 'nginx.upstream.address' not in log_line_of(stack, body['request_id'])  # no replica saw it
 
 
 @pytest.mark.parametrize('path', ['/metrics', '/metrics/', '/metrics?format=prometheus', '//metrics'])
 def test_metrics_are_not_exposed_through_nginx(stack, path):
     body = assert_problem(http_request(stack.port, 'GET', path), 404)
-    assert log_line_of(stack, body['request_id'])['nginx.upstream.address'] == ''
+    assert 'nginx.upstream.address' not in log_line_of(stack, body['request_id'])
+
+
+def request_from(address, port, method, path, headers=()):
+    """Send one request to 127.0.0.1:port from a connection whose source is address; return the Reply."""
+    head = [f'{method} {path} HTTP/1.1'.encode(), *(f'{name}: {value}'.encode() for name, value in headers)]
+    return raw_request(port, head, source=address)
+
+
+@pytest.mark.parametrize('path', ['/healthz', '/readyz', '/readyz/', '/healthz?x=1', '//healthz', '/metrics'])
+def test_probe_paths_are_refused_from_outside_this_host(stack, path):
+    reply = request_from(OUTSIDE_ADDRESS, stack.port, 'GET', path)
+    body = assert_problem(reply, 404)
+    assert 'nginx.upstream.address' not in log_line_of(stack, body['request_id'])
+
+
+def test_x_forwarded_for_never_makes_a_caller_local(stack):
+    reply = request_from(OUTSIDE_ADDRESS, stack.port, 'GET', '/readyz', [('X-Forwarded-For', '127.0.0.1')])
+    assert_problem(reply, 404)
 
 
 def test_metrics_stay_reachable_on_the_replicas(stack):
@@ -136,9 +173,12 @@ def test_metrics_stay_reachable_on_the_replicas(stack):
     assert reply.status == 200 and reply.headers['Content-Type'].startswith('text/plain')
 
 
-def test_health_endpoints_pass_through(stack):
+def test_health_endpoints_answer_a_probe_made_on_this_host(stack):
+    """The image's HEALTHCHECK and `make stack`'s start-up checks call nginx from 127.0.0.1."""
     assert http_request(stack.port, 'GET', '/healthz').json() == {'status': 'ok'}
     assert http_request(stack.port, 'GET', '/readyz').status == 200
+    reply = http_request(stack.port, 'GET', '/healthz', headers={'X-Forwarded-For': '203.0.113.9'})
+    assert reply.status == 200  # the peer counts, not what real_ip made of X-Forwarded-For
 
 
 def test_nginx_waits_longer_than_the_statement_timeout(stack):
@@ -151,12 +191,44 @@ def test_nginx_waits_longer_than_the_statement_timeout(stack):
 def test_access_log_lines_are_ecs_json(stack):
     reply = stack.post('/probe/echo?x=1', {'name': 'Ada'}, headers={'User-Agent': 'topology-test'})
     line = log_line_of(stack, reply.headers['X-Request-ID'])
+    assert list(line)[:3] == ['@timestamp', 'log.level', 'message']  # ECS logging's order
     assert re.fullmatch(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d', line['@timestamp'])
+    assert line['message'] == 'POST /probe/echo 200' and line['event.outcome'] == 'success'
     assert line['http.request.method'] == 'POST' and line['url.path'] == '/probe/echo'
     assert line['url.query'] == 'x=1' and line['http.response.status_code'] == 200
     assert line['client.ip'] == '127.0.0.1' and line['user_agent.original'] == 'topology-test'
     assert isinstance(line['event.duration'], int) and line['event.duration'] >= 0
     assert line['nginx.upstream.address'] in {f'127.0.0.1:{port}' for port in stack.replica_ports}
+    assert line['nginx.upstream.status'] == [200] and isinstance(line['nginx.upstream.bytes_sent'][0], int)
+    assert isinstance(line['nginx.upstream.response_time'][0], float)
+
+
+def test_access_log_lines_leave_out_what_the_request_lacks(stack):
+    reply = call_raw(stack, b'/probe/echo', b'X-Request-ID: bare-1')  # no User-Agent, no query
+    assert reply.status == 200
+    line = log_line_of(stack, 'bare-1')
+    assert 'url.query' not in line and 'user_agent.original' not in line
+    assert '' not in line.values()
+
+
+def test_a_request_line_nginx_cannot_read_is_logged_without_its_parts(stack):
+    reply = raw_request(stack.port, [b'GARBAGE'])
+    body = assert_problem(reply, 400)
+    line = log_line_of(stack, body['request_id'])
+    assert line['message'] == '- - 400' and line['log.level'] == 'warning'
+    assert not {'http.request.method', 'url.path', 'url.original', 'nginx.upstream.address'} & line.keys()
+
+
+def test_the_longest_request_nginx_takes_logs_a_line_under_4_kib(stack):
+    """nginx's workers share stdout: a pipe takes at most 4 KiB in one write without interleaving."""
+    path = b'/probe/' + b'p' * (HEADER_BUFFER_SIZE - 100)
+    reply = call_raw(stack, path, b'User-Agent: ' + '\u00e9'.encode() * 3000, b'X-Request-ID: longest-1')
+    assert reply.status == 404
+    line = log_line_of(stack, 'longest-1')
+    assert line['url.original'].endswith('\u2026') and len(line['url.original'].encode()) == 512 + 3
+    assert line['user_agent.original'] == '\u00e9' * 256 + '\u2026'
+    raw = [raw for raw in stack.log_path.read_bytes().splitlines() if b'"longest-1"' in raw and b'nginx.access' in raw]
+    assert len(raw) == 1 and len(raw[0]) + 1 < 4096
 
 
 def test_tokens_never_reach_the_access_log(stack):
@@ -181,10 +253,11 @@ def test_the_image_healthcheck_passes_on_a_serving_replica_only(stack):
 # --- Errors nginx answers itself: problem details with the X-Request-ID, never an HTML page. ---
 
 
-def raw_request(port, head, body=b''):
-    """Send a request head (bytes, lines without CRLF) as it is, and return the Reply; Connection: close."""
+def raw_request(port, head, body=b'', source='127.0.0.1'):
+    """Send a request head (bytes, lines without CRLF) as it is from source, and return the Reply; Connection:
+    close."""
     request = b'\r\n'.join([*head, b'Host: 127.0.0.1', b'Connection: close', f'Content-Length: {len(body)}'.encode()])
-    with socket.create_connection(('127.0.0.1', port), timeout=30) as sock:
+    with socket.create_connection(('127.0.0.1', port), timeout=30, source_address=(source, 0)) as sock:
         sock.sendall(request + b'\r\n\r\n' + body)
         answer = b''
         while chunk := sock.recv(65536):
@@ -210,7 +283,8 @@ def test_a_5000_character_path_reaches_the_app_not_gunicorns_limit(stack):
 def test_a_9000_character_path_is_nginxs_414_problem(stack):
     body = assert_problem(call_raw(stack, b'/probe/' + b'x' * 8993), 414)
     assert str(HEADER_BUFFER_SIZE) in body['detail']
-    assert log_line_of(stack, body['request_id'])['nginx.upstream.address'] == ''
+    line = log_line_of(stack, body['request_id'])
+    assert 'nginx.upstream.address' not in line and line['message'] == 'POST - 414'
 
 
 def test_two_authorization_headers_are_a_400_problem(stack):
@@ -266,3 +340,21 @@ def test_the_access_line_level_follows_the_status(stack):
     crashed = stack.post('/probe/crash')
     levels = {reply.status: log_line_of(stack, reply.headers['X-Request-ID'])['log.level'] for reply in (ok, crashed)}
     assert levels == {200: 'info', 500: 'error'}
+
+
+# --- Slow actions never take a replica out of service. ---
+
+
+def test_slow_actions_that_time_out_in_nginx_leave_every_replica_serving(tmp_path_factory, topology_database_url):
+    """One slow action per replica, each given up by nginx (its read timeout set low here): nginx never rests a
+    replica for it (max_fails=0), so the fast calls that follow all reach one. With max_fails=1 they were 502s,
+    "no live upstreams", for 5 s."""
+    with running_stack(tmp_path_factory, topology_database_url, replicas=3, NGINX_PROXY_TIMEOUT='1000ms') as slow:
+        with ThreadPoolExecutor(3) as pool:
+            timed_out = list(pool.map(lambda _: slow.post('/probe/hold', {'seconds': 4}), range(3)))
+        fast = [slow.post('/probe/echo', {'n': number}) for number in range(30)]
+        lines = [log_line_of(slow, reply.headers['X-Request-ID']) for reply in timed_out]
+    assert [reply.status for reply in timed_out] == [504] * 3
+    assert {line['nginx.upstream.address'] for line in lines} == {f'127.0.0.1:{port}' for port in slow.replica_ports}
+    assert all(line['event.outcome'] == 'failure' and line['nginx.upstream.status'] == [504] for line in lines)
+    assert [reply.status for reply in fast] == [200] * 30

@@ -44,15 +44,15 @@ def test_no_statement_timeout_gives_nginx_a_minute():
     assert directive(rendered(DB_STATEMENT_TIMEOUT_MS='0'), 'proxy_read_timeout') == ['60s']
 
 
-def test_each_replica_is_one_upstream_server_resting_after_one_failure():
-    servers = re.findall(r'server (\S+) max_fails=1 fail_timeout=5s;', rendered())
+def test_each_replica_is_one_upstream_server_never_rested_for_failing():
+    servers = re.findall(r'server (\S+) max_fails=0;', rendered())
     assert servers == ['127.0.0.1:8001', '127.0.0.1:8002']
 
 
 def test_a_resolver_makes_nginx_follow_the_replica_name():
     text = rendered(DBAPI_UPSTREAMS='api:8000', NGINX_RESOLVER='127.0.0.11')
     assert directive(text, 'resolver') == ['127.0.0.11 valid=5s ipv6=off']
-    assert 'server api:8000 resolve max_fails=1' in text
+    assert 'server api:8000 resolve max_fails=0' in text
 
 
 def test_without_a_resolver_names_resolve_once():

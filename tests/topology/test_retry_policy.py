@@ -40,7 +40,7 @@ def test_a_refused_connection_moves_the_post_to_another_upstream(upstreams):
     assert [reply.status for reply in replies] == [200] * 4
     assert len(healthy.received) == 4
     moved = [line for line in lines if ',' in line['nginx.upstream.address']]
-    assert moved and moved[0]['nginx.upstream.bytes_sent'].replace(' ', '').startswith('0,')
+    assert moved and moved[0]['nginx.upstream.bytes_sent'][0] == 0
 
 
 def test_a_post_that_reached_an_upstream_is_never_sent_again(upstreams):

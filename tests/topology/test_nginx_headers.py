@@ -1,0 +1,133 @@
+"""What nginx tells the replicas about the caller (X-Forwarded-For, X-Forwarded-Proto, real_ip), and how its
+two templates render for the image: the worker count from NGINX_WORKER_PROCESSES, a read-only root."""
+import json
+import os
+import re
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from ops import nginx
+from ops.render import TemplateError, program
+from tests.helpers import http_request, wait_for
+
+from .helpers import running_nginx
+
+pytestmark = pytest.mark.slow
+
+NATIVE = dict(DBAPI_UPSTREAMS='127.0.0.1:8001', NGINX_LISTEN='127.0.0.1:8000')
+
+
+class HeaderEcho(BaseHTTPRequestHandler):
+    """An upstream that answers every GET with the request headers it received, as JSON."""
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        """Answer with the headers."""
+        body = json.dumps({name.lower(): value for name, value in self.headers.items()}).encode()
+        self.send_response(200)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):  # noqa: A002 (http.server's name)
+        """Stay quiet."""
+
+
+@pytest.fixture()
+def echo_port():
+    """The port of a header-echoing upstream, stopped after the test."""
+    server = ThreadingHTTPServer(('127.0.0.1', 0), HeaderEcho)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def headers_seen(proxy, headers):
+    """Return the headers the upstream received for a GET through nginx."""
+    return http_request(proxy.port, 'GET', '/probe/echo', headers=headers).json()
+
+
+def test_nginx_appends_what_it_saw_to_the_forwarded_headers(echo_port):
+    with running_nginx([echo_port]) as proxy:
+        alone = headers_seen(proxy, {})
+        behind_ingress = headers_seen(proxy, {'X-Forwarded-For': '203.0.113.9, 10.0.0.7',
+                                              'X-Forwarded-Proto': 'https'})
+    assert (alone['x-forwarded-for'], alone['x-forwarded-proto']) == ('127.0.0.1', 'http')
+    # TRUSTED_PROXY_HOPS=2 reads the second entry from the right: the ingress's client and scheme.
+    assert behind_ingress['x-forwarded-for'] == '203.0.113.9, 10.0.0.7, 127.0.0.1'
+    assert behind_ingress['x-forwarded-proto'] == 'https, http'
+
+
+def test_real_ip_logs_the_client_the_trusted_proxy_saw_and_forwards_each_hop_once(echo_port):
+    with running_nginx([echo_port], NGINX_REAL_IP_FROM='127.0.0.1') as proxy:
+        seen = headers_seen(proxy, {'X-Forwarded-For': '198.51.100.1, 203.0.113.9', 'X-Request-ID': 'real-1'})
+        line = wait_for(lambda: [line for line in proxy.access_log() if line['http.request.id'] == 'real-1'], 5,
+                        'nginx did not log the request')[0]
+    assert line['client.ip'] == '203.0.113.9'  # the last entry: the one the trusted proxy appended
+    assert seen['x-forwarded-for'] == '198.51.100.1, 203.0.113.9, 127.0.0.1'
+
+
+def test_without_real_ip_the_peer_is_the_client(echo_port):
+    with running_nginx([echo_port]) as proxy:
+        headers_seen(proxy, {'X-Forwarded-For': '203.0.113.9', 'X-Request-ID': 'peer-1'})
+        line = wait_for(lambda: [line for line in proxy.access_log() if line['http.request.id'] == 'peer-1'], 5,
+                        'nginx did not log the request')[0]
+    assert line['client.ip'] == '127.0.0.1'
+
+
+def rendered_main(**environment):
+    """Return nginx.conf.template as the image renders it (dbapi.envsh's defaults for the image's places)."""
+    values = nginx.derived_environment({'PATH': os.environ['PATH'], **NATIVE, **environment})
+    names = ' '.join(f'${{{name}}}' for name in values)
+    return subprocess.run([program('envsubst'), names], input=nginx.MAIN_TEMPLATE.read_text(), env=values,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def directive(text, name):
+    """Return the values of every `name value;` directive in an nginx config."""
+    return re.findall(rf'^\s*{name} ([^;]*);', text, re.MULTILINE)
+
+
+def test_the_image_takes_its_worker_count_from_the_environment():
+    assert directive(rendered_main(NGINX_WORKER_PROCESSES='2'), 'worker_processes') == ['2']
+    assert directive(rendered_main(), 'worker_processes') == ['auto']
+
+
+@pytest.mark.parametrize('workers', ['0', '-1', 'two', '1.5', '02'])
+def test_a_bad_worker_count_stops_nginx_from_starting(workers):
+    with pytest.raises(TemplateError, match='NGINX_WORKER_PROCESSES'):
+        nginx.render({'PATH': os.environ['PATH'], **NATIVE, 'NGINX_WORKER_PROCESSES': workers})
+
+
+@pytest.mark.parametrize('proxies', ['10.0.0.0/8;', 'ingress.local', '$(reboot)'])
+def test_real_ip_takes_addresses_only(proxies):
+    with pytest.raises(TemplateError, match='NGINX_REAL_IP_FROM'):
+        nginx.render({'PATH': os.environ['PATH'], **NATIVE, 'NGINX_REAL_IP_FROM': proxies})
+
+
+def test_the_image_writes_only_where_kubernetes_mounts_volumes():
+    """Read-only root: the pid and temporary files go to /tmp, the rendered templates to /etc/nginx/conf.d (both
+    emptyDirs in k8s/nginx.yaml), and the image runs nginx on the rendered main config."""
+    text = rendered_main()
+    assert directive(text, 'pid') == ['/tmp/nginx.pid']
+    assert all(path.startswith('/tmp/') for name in ('client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi')
+               for path in directive(text, f'{name}_temp_path'))
+    assert directive(text, 'include') == ['/etc/nginx/conf.d/dbapi.conf']
+    dockerfile = (nginx.BASE_DIR / 'nginx' / 'Dockerfile').read_text()
+    assert 'CMD ["nginx", "-c", "/etc/nginx/conf.d/nginx.conf", "-g", "daemon off;"]' in dockerfile
+    assert 'COPY nginx.conf.template dbapi.conf.template /etc/nginx/templates/' in dockerfile
+
+
+def test_the_native_stack_renders_the_same_main_config_in_its_own_directory(tmp_path):
+    main_config = nginx.write_config(tmp_path, {'PATH': os.environ['PATH'], **NATIVE})
+    text = main_config.read_text()
+    assert directive(text, 'worker_processes') == ['1']
+    assert directive(text, 'pid') == [f'{tmp_path}/nginx.pid']
+    assert directive(text, 'include') == [f'{tmp_path}/dbapi.conf']
+    image = rendered_main(NGINX_RUN_DIR=str(tmp_path), NGINX_CONF_DIR=str(tmp_path), NGINX_WORKER_PROCESSES='1',
+                          NGINX_USER_DIRECTIVE=nginx.worker_user())
+    assert image == text
