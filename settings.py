@@ -154,9 +154,31 @@ EMBEDDED_DB_DIR = Path(env_str('EMBEDDED_DB_DIR', str(BASE_DIR / '.data' / f'pg-
 if DATABASES['default'] is None and not DEVELOPMENT:
     raise ImproperlyConfigured('DATABASE_URL or DEFAULT_DB_* must be set outside local and test')
 DB_POOL_MAX = env_int('DB_POOL_MAX', 2, 1, 1000)
-DB_POOL_TIMEOUT_MS = env_int('DB_POOL_TIMEOUT_MS', 5000, 0, 600000)
+# One deadline per request (0: none), from which the other timeouts are derived or against which they are checked
+# (docs/deployment.md, "One request deadline"): the pool wait and each transaction's statement timeout end at it,
+# a retry does not start past it, a transaction past it is rolled back, not committed, and nginx waits longer.
+REQUEST_DEADLINE_MS = env_int('REQUEST_DEADLINE_MS', 30000, 0, 3600000)
+DB_POOL_TIMEOUT_MS = env_int('DB_POOL_TIMEOUT_MS', min(5000, REQUEST_DEADLINE_MS // 2) if REQUEST_DEADLINE_MS else 5000, 0, 600000)
 DB_CONNECT_TIMEOUT = env_int('DB_CONNECT_TIMEOUT', 5, 1, 600)
-DB_STATEMENT_TIMEOUT_MS = env_int('DB_STATEMENT_TIMEOUT_MS', 30000, 0, 2**31 - 1)
+DB_STATEMENT_TIMEOUT_MS = env_int('DB_STATEMENT_TIMEOUT_MS', REQUEST_DEADLINE_MS, 0, 2**31 - 1)
+
+
+def check_deadline(deadline_ms, pool_timeout_ms, statement_timeout_ms):
+    """Refuse a pool wait or a statement timeout that the request deadline could not hold (0: no deadline)."""
+    if deadline_ms and pool_timeout_ms >= deadline_ms:
+        raise ImproperlyConfigured(f'DB_POOL_TIMEOUT_MS ({pool_timeout_ms}) must be below REQUEST_DEADLINE_MS '
+                                   f'({deadline_ms}): a request waiting that long for a connection has no time left')
+    if deadline_ms and statement_timeout_ms > deadline_ms:
+        raise ImproperlyConfigured(f'DB_STATEMENT_TIMEOUT_MS ({statement_timeout_ms}) must be at most '
+                                   f'REQUEST_DEADLINE_MS ({deadline_ms}) (0: the deadline alone bounds statements)')
+
+
+check_deadline(REQUEST_DEADLINE_MS, DB_POOL_TIMEOUT_MS, DB_STATEMENT_TIMEOUT_MS)
+# The longest a request may keep a worker busy: its deadline, else (no deadline) its statement timeout (0: none).
+REQUEST_BOUND_MS = REQUEST_DEADLINE_MS or DB_STATEMENT_TIMEOUT_MS
+# nginx's proxy_read_timeout: five seconds past the deadline, so the app's own answer (a 504 at worst) arrives
+# first, and a request never commits after nginx has given up on it; with no bound at all, a minute.
+NGINX_PROXY_TIMEOUT_MS = REQUEST_BOUND_MS + 5000 if REQUEST_BOUND_MS else 60000
 DB_RETRIES = env_int('DB_RETRIES', 3, 0, 100)
 # Each client may hold at most this many connections of a pool at once (its BEARER_TOKENS entry's
 # "max_connections" wins): one client's slow calls cannot take every connection. Over it: 429.
@@ -164,21 +186,23 @@ DB_RETRIES = env_int('DB_RETRIES', 3, 0, 100)
 DB_CLIENT_MAX_CONNECTIONS = env_int('DB_CLIENT_MAX_CONNECTIONS', None, 1, 1000)
 
 
-def worker_timeout(statement_timeout_ms):
+def worker_timeout(bound_ms):
     """Return WORKER_TIMEOUT: seconds gunicorn lets a worker stay silent before killing it (0: never)."""
-    # The rule: gunicorn never kills a worker before PostgreSQL would have stopped its statement. So with no
-    # statement timeout there is no worker timeout, and otherwise it outlasts the statement timeout.
-    default = 0 if statement_timeout_ms == 0 else -(-statement_timeout_ms // 1000) + 15
+    # The rule: gunicorn never kills a worker whose request may still run (REQUEST_BOUND_MS: the deadline, else the
+    # statement timeout). So with no bound there is no worker timeout, and otherwise it outlasts the bound.
+    default = 0 if bound_ms == 0 else -(-bound_ms // 1000) + 15
     seconds = env_int('WORKER_TIMEOUT', default, 0, 2**31 - 1)
-    if seconds and (statement_timeout_ms == 0 or seconds * 1000 <= statement_timeout_ms):
-        raise ImproperlyConfigured('WORKER_TIMEOUT must be 0 (never) or longer than DB_STATEMENT_TIMEOUT_MS, '
-                                   'and 0 when DB_STATEMENT_TIMEOUT_MS is 0')
+    if seconds and (bound_ms == 0 or seconds * 1000 <= bound_ms):
+        raise ImproperlyConfigured('WORKER_TIMEOUT must be 0 (never) or longer than REQUEST_DEADLINE_MS (or, with '
+                                   'no deadline, DB_STATEMENT_TIMEOUT_MS), and 0 when neither bounds a request')
     return seconds
 
 
-WORKER_TIMEOUT = worker_timeout(DB_STATEMENT_TIMEOUT_MS)
-# Seconds a stopping worker has to finish the requests it accepted (gunicorn's graceful_timeout).
-GRACEFUL_TIMEOUT = env_int('GRACEFUL_TIMEOUT', 30, 0, 3600)
+WORKER_TIMEOUT = worker_timeout(REQUEST_BOUND_MS)
+# Seconds a stopping worker has to finish the requests it accepted (gunicorn's graceful_timeout): by default the
+# deadline, so a request accepted just before the stop can finish. Less is allowed: the queries still running a
+# second before it ends are cancelled (503, rolled back), never killed half-committed.
+GRACEFUL_TIMEOUT = env_int('GRACEFUL_TIMEOUT', -(-REQUEST_DEADLINE_MS // 1000) or 30, 0, 3600)
 
 
 def max_requests_in_flight(worker_class, threads, pool_max):

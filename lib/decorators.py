@@ -10,12 +10,15 @@ from flask import current_app, has_request_context, request
 from psycopg2.extras import RealDictCursor
 
 from lib.db import DEFAULT, Db, LeasedStream, Lease
+from lib.db.unit import time_left
 from lib.errors import RETRYABLE_SQLSTATES
 from lib.http.disconnect import WATCHER
 from lib.http.exchange import CLIENT_KEY
 
 
 SCHEMA_ATTRIBUTE = '__dbapi_schema__'
+# The request's deadline, a time.monotonic() value, kept in its environ from its first borrow on.
+DEADLINE_KEY = 'dbapi.deadline'
 
 
 def use_schema(schema):
@@ -47,15 +50,28 @@ def pool_for(database):
     return current_app.extensions['dbapi'].pools[database]
 
 
-def with_retries(attempt, retries):
-    """Call attempt(), again after a short pause when the database reports a serialization failure or deadlock."""
+def with_retries(attempt, retries, deadline=None):
+    """Call attempt(), again after a short pause when the database reports a serialization failure or deadlock,
+    as long as the pause ends before deadline (a time.monotonic() value, or None)."""
     for tries_left in range(retries, -1, -1):
         try:
             return attempt()
         except psycopg2.Error as exc:
             if tries_left == 0 or exc.pgcode not in RETRYABLE_SQLSTATES:
                 raise
-            time.sleep(random.uniform(0, 0.02) * (retries - tries_left + 1))
+            pause = random.uniform(0, 0.02) * (retries - tries_left + 1)
+            left = time_left(deadline)
+            if left is not None and left <= pause:
+                raise
+            time.sleep(pause)
+
+
+def request_deadline():
+    """Return when the current request must be done (time.monotonic()), or None: no deadline, or no request."""
+    deadline_ms = current_app.config['REQUEST_DEADLINE_MS']
+    if not deadline_ms or not has_request_context():
+        return None
+    return request.environ.setdefault(DEADLINE_KEY, time.monotonic() + deadline_ms / 1000)
 
 
 def bulkhead_of_request():
@@ -75,13 +91,16 @@ def watch_client(lease):
     return watch
 
 
-def run_leased(database, autocommit, named, call):
+def run_leased(database, autocommit, named, call, deadline=None):
     """Run call(conn) on a borrowed connection; a returned iterator keeps it until it is consumed. A query cancelled
-    because the client went away (499) or the worker is stopping (503) ends with that error."""
+    because the client went away (499) or the worker is stopping (503) ends with that error; a transaction's
+    statements end at deadline, and it is not committed past it (504)."""
     client, limit = bulkhead_of_request()
-    lease = Lease(pool_for(database), autocommit, RealDictCursor if named else None, client=client, client_limit=limit)
+    lease = Lease(pool_for(database), autocommit, RealDictCursor if named else None, client=client, client_limit=limit,
+                  deadline=deadline)
     watch = watch_client(lease)
     try:
+        lease.hold_to_deadline(current_app.config['DB_STATEMENT_TIMEOUT_MS'])
         result = call(lease.conn)
     except BaseException as exc:
         lease.end(success=False)
@@ -100,11 +119,13 @@ def injector(database, autocommit, named, first_argument):
     def decorate(action):
         @functools.wraps(action)
         def with_connection(*args, **kwargs):
+            deadline = request_deadline()
+
             def attempt():
                 return run_leased(database, autocommit, named,
-                                  lambda conn: action(first_argument(conn), *args, **kwargs))
+                                  lambda conn: action(first_argument(conn), *args, **kwargs), deadline)
             # Only a whole-action transaction can be replayed safely.
-            return with_retries(attempt, 0 if autocommit else current_app.config['DB_RETRIES'])
+            return with_retries(attempt, 0 if autocommit else current_app.config['DB_RETRIES'], deadline)
         with_connection.__signature__ = without_first_parameter(action)
         return with_connection
     return decorate

@@ -181,6 +181,8 @@ def nginx_environment(config, replica_ports=None):
     env.update(DBAPI_UPSTREAMS=' '.join(f'127.0.0.1:{port}' for port in ports),
                NGINX_LISTEN=f'127.0.0.1:{config.port}', MAX_CONTENT_LENGTH=str(settings.MAX_CONTENT_LENGTH),
                DB_STATEMENT_TIMEOUT_MS=str(settings.DB_STATEMENT_TIMEOUT_MS))
+    # Derived from the request deadline (settings.NGINX_PROXY_TIMEOUT_MS); one set in the environment wins (tests).
+    env.setdefault('NGINX_PROXY_TIMEOUT', f'{settings.NGINX_PROXY_TIMEOUT_MS}ms')
     return env
 
 

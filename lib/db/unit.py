@@ -1,8 +1,30 @@
 """A unit of work on one borrowed connection: lease, connection(), transactional() and streamed leases."""
+import time
 from contextlib import contextmanager
 
 from lib.db.helpers import Db
 from lib.db.session import report_notices
+from lib.errors import GatewayTimeout
+
+
+class DeadlineExceeded(GatewayTimeout):
+    """The request ran out of time (REQUEST_DEADLINE_MS) before its transaction could commit (504)."""
+
+    detail = 'The request ran past its deadline; nothing was committed.'
+
+
+def time_left(deadline):
+    """Return the seconds left until deadline (a time.monotonic() value), or None when there is no deadline."""
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def wait_within(pool, timeout, deadline):
+    """Return how long a borrow may wait for a free connection: the pool's wait (or timeout), never past deadline."""
+    wait = pool.timeout if timeout is None else timeout
+    left = time_left(deadline)
+    if left is not None and left <= 0:
+        raise DeadlineExceeded()
+    return wait if left is None else min(wait, left)
 
 
 class Lease:
@@ -13,13 +35,16 @@ class Lease:
     A limit of the pool's size or more limits nothing: such a client waits for the pool, then gets its 503.
     """
 
-    def __init__(self, pool, autocommit=False, cursor_factory=None, timeout=None, client=None, client_limit=None):
+    def __init__(self, pool, autocommit=False, cursor_factory=None, timeout=None, client=None, client_limit=None,
+                 deadline=None):
         self.pool = pool
+        # A time.monotonic() value or None: the wait ends at it, and a transaction past it is not committed.
+        self.deadline = deadline
         self.client = client if client is not None and client_limit < pool.max_size else None
         if self.client is not None:
             pool.bulkhead.enter(client, client_limit)
         try:
-            self.conn = pool.borrow(timeout)
+            self.conn = pool.borrow(wait_within(pool, timeout, deadline))
         except BaseException:
             self.leave_bulkhead()
             raise
@@ -44,11 +69,31 @@ class Lease:
             for callback in self.before_end:
                 callback()
             if success and not self.conn.autocommit:
-                self.conn.commit()
+                self.commit_in_time()
         finally:
             report_notices(self.conn)
             self.pool.give_back(self.conn)
             self.leave_bulkhead()
+
+    def commit_in_time(self):
+        """Commit, unless the deadline has passed: nginx may have answered 504 already, so roll back instead."""
+        left = time_left(self.deadline)
+        if left is not None and left <= 0:
+            raise DeadlineExceeded()  # end() gives the connection back, which rolls it back
+        self.conn.commit()
+
+    def hold_to_deadline(self, statement_timeout_ms, slack_ms=1000):
+        """Have this transaction's statements stop at the deadline: SET LOCAL statement_timeout to the time left when
+        that is shorter (by more than slack_ms, which spares the round trip) than the session's own (0: none)."""
+        left = time_left(self.deadline)
+        if left is None or self.conn.autocommit:
+            return
+        left_ms = int(left * 1000)
+        if left_ms <= 0:
+            raise DeadlineExceeded()
+        if statement_timeout_ms == 0 or left_ms < statement_timeout_ms - slack_ms:
+            with self.conn.cursor() as cursor:  # opens the transaction, which SET LOCAL lasts for
+                cursor.execute('SET LOCAL statement_timeout = %s', (left_ms,))
 
 
 @contextmanager

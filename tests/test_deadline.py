@@ -1,0 +1,142 @@
+"""One request deadline (REQUEST_DEADLINE_MS): the pool wait, retries and statements end at it, nothing commits past
+it, and nginx waits longer than it."""
+import re
+import subprocess
+import sys
+import time
+
+import psycopg2
+import pytest
+
+import settings
+from lib.decorators import inject_db
+from lib.errors import GatewayTimeout, ImproperlyConfigured
+from ops import nginx
+from ops.stack import StackConfig, nginx_environment
+from tests.helpers import run_sql
+
+TABLE = 'deadline_probe'
+
+
+@pytest.fixture()
+def probe_table(database_url):
+    """A table the actions below write to; empty at the start of each test."""
+    run_sql(database_url, f'CREATE TABLE IF NOT EXISTS {TABLE} (attempt int); TRUNCATE {TABLE}')
+    return database_url
+
+
+def rows_written(dsn):
+    """Return how many rows the actions committed."""
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cursor:
+        cursor.execute(f'SELECT count(*) FROM {TABLE}')
+        count = cursor.fetchone()[0]
+    conn.close()
+    return count
+
+
+@inject_db()
+def write_then_conflict(db):
+    """Write a row, wait a little, then fail as a serialization failure would: retried until the deadline."""
+    db.execute(f'INSERT INTO {TABLE} VALUES (1)')
+    db.execute("SELECT pg_sleep(0.1); DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$")
+
+
+@inject_db()
+def write_then_sleep(db, seconds):
+    """Write a row, then run a statement for seconds."""
+    db.execute(f'INSERT INTO {TABLE} VALUES (1)')
+    db.execute('SELECT pg_sleep(%(seconds)s)', {'seconds': seconds})
+
+
+@inject_db()
+def write_then_think(db, seconds):
+    """Write a row, then spend seconds in Python (no statement to stop) before the commit."""
+    db.execute(f'INSERT INTO {TABLE} VALUES (1)')
+    time.sleep(seconds)
+
+
+def timed_call(app, action, *args):
+    """Call action in a request of app; return (exception raised or None, seconds taken)."""
+    started = time.monotonic()
+    with app.test_request_context('/deadline/probe', method='POST'):
+        try:
+            action(*args)
+        except Exception as exc:  # the test inspects it
+            return exc, time.monotonic() - started
+    return None, time.monotonic() - started
+
+
+def test_retries_stop_at_the_deadline_and_nothing_commits(make_app, probe_table):
+    app = make_app(REQUEST_DEADLINE_MS=700, DB_RETRIES=100)
+    error, seconds = timed_call(app, write_then_conflict)
+    # The last attempt ends in its conflict (503), or in its statement stopped at the time left (504).
+    assert isinstance(error, psycopg2.Error) and error.pgcode in ('40001', '57014')
+    assert seconds < 0.9  # a hundred retries of 0.1 s each would take ten
+    assert rows_written(probe_table) == 0
+
+
+def test_a_statement_ends_at_the_deadline_even_with_no_statement_timeout(make_app, probe_table):
+    app = make_app(REQUEST_DEADLINE_MS=600, DB_STATEMENT_TIMEOUT_MS=0)
+    error, seconds = timed_call(app, write_then_sleep, 5)
+    assert isinstance(error, psycopg2.Error) and error.pgcode == '57014'  # a 504
+    assert seconds < 0.9
+    assert rows_written(probe_table) == 0
+
+
+def test_a_transaction_past_the_deadline_is_rolled_back_not_committed(make_app, probe_table):
+    app = make_app(REQUEST_DEADLINE_MS=300)
+    error, _ = timed_call(app, write_then_think, 0.5)
+    assert isinstance(error, GatewayTimeout) and error.status == 504
+    assert rows_written(probe_table) == 0
+    error, _ = timed_call(app, write_then_think, 0)
+    assert error is None and rows_written(probe_table) == 1
+
+
+def test_a_deadline_answers_504_problem_through_the_app(make_app, probe_table):
+    app = make_app(REQUEST_DEADLINE_MS=300)
+    app.add_url_rule('/deadline/think', 'deadline_think', lambda: write_then_think(0.5) or {}, methods=['POST'])
+    response = app.test_client().post('/deadline/think')
+    assert response.status_code == 504 and response.content_type == 'application/problem+json'
+    assert rows_written(probe_table) == 0
+
+
+def test_the_stacks_nginx_waits_longer_than_the_deadline():
+    text = nginx.render(nginx_environment(StackConfig.from_environment()))
+    (timeout,) = set(re.findall(r'proxy_read_timeout\s+(\d+)ms;', text))
+    assert int(timeout) > settings.REQUEST_DEADLINE_MS > 0
+
+
+def settings_of(environment):
+    """Import settings in a fresh interpreter with environment; return (exit code, stderr)."""
+    script = 'import settings; print(settings.DB_POOL_TIMEOUT_MS, settings.DB_STATEMENT_TIMEOUT_MS, ' \
+             'settings.WORKER_TIMEOUT, settings.GRACEFUL_TIMEOUT, settings.NGINX_PROXY_TIMEOUT_MS)'
+    result = subprocess.run([sys.executable, '-c', script], cwd=settings.BASE_DIR, capture_output=True, text=True,
+                            env={'PATH': '/usr/bin:/bin', 'ENVIRONMENT': 'test', **environment})
+    return result.returncode, result.stdout.split(), result.stderr
+
+
+def test_every_timeout_is_derived_from_the_deadline():
+    code, values, _ = settings_of({'REQUEST_DEADLINE_MS': '8000'})
+    assert code == 0 and values == ['4000', '8000', '23', '8', '13000']
+    code, values, _ = settings_of({})
+    assert code == 0 and values == ['5000', '30000', '45', '30', '35000']
+
+
+@pytest.mark.parametrize('environment, named', [
+    ({'REQUEST_DEADLINE_MS': '8000', 'DB_POOL_TIMEOUT_MS': '8000'}, 'DB_POOL_TIMEOUT_MS'),
+    ({'REQUEST_DEADLINE_MS': '8000', 'DB_STATEMENT_TIMEOUT_MS': '9000'}, 'DB_STATEMENT_TIMEOUT_MS'),
+    ({'REQUEST_DEADLINE_MS': '8000', 'WORKER_TIMEOUT': '8'}, 'WORKER_TIMEOUT')])
+def test_a_timeout_the_deadline_cannot_hold_is_refused(environment, named):
+    with pytest.raises(ImproperlyConfigured, match=named):
+        raise_for(environment)
+
+
+def raise_for(environment):
+    """Run the settings' deadline checks on environment's values as settings.py would."""
+    deadline = int(environment['REQUEST_DEADLINE_MS'])
+    pool = int(environment.get('DB_POOL_TIMEOUT_MS', 4000))
+    settings.check_deadline(deadline, pool, int(environment.get('DB_STATEMENT_TIMEOUT_MS', deadline)))
+    if 'WORKER_TIMEOUT' in environment:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv('WORKER_TIMEOUT', environment['WORKER_TIMEOUT'])
+            settings.worker_timeout(deadline)
