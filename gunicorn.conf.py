@@ -4,18 +4,26 @@ import shutil
 import signal
 import tempfile
 
-import settings
+from lib.errors import exit_on_startup_error
 
-# prometheus_client settles on multiprocess mode when it is first imported, so the workers' shared
-# directory is chosen here, in the master, before lib.logs.metrics imports it; the workers inherit it.
-MADE_METRICS_DIR = not os.environ.get('PROMETHEUS_MULTIPROC_DIR')
-if MADE_METRICS_DIR:
-    os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(prefix='dbapi-metrics-')
+# A bad setting, token or module is one 'dbapi: ...' line and exit code 1, checked here in the master before it
+# forks (not a traceback per worker); gunicorn would print its own traceback for any exception but SystemExit.
+with exit_on_startup_error():
+    import settings
 
-from lib.logs.metrics import clear_multiprocess_dir, forget_process  # noqa: E402
-from lib.logs import configure_process_logging  # noqa: E402
-from lib.db.green import make_psycopg2_cooperative  # noqa: E402
-from lib.http.disconnect import prepare_worker  # noqa: E402
+    # prometheus_client settles on multiprocess mode when it is first imported, so the workers' shared directory is
+    # chosen here, in the master, before lib.logs.metrics imports it; the workers inherit it.
+    MADE_METRICS_DIR = not os.environ.get('PROMETHEUS_MULTIPROC_DIR')
+    if MADE_METRICS_DIR:
+        os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(prefix='dbapi-metrics-')
+
+    from lib.logs.metrics import clear_multiprocess_dir, forget_process
+    from lib.logs import configure_process_logging
+    from lib.db.green import make_psycopg2_cooperative
+    from lib.http.disconnect import prepare_worker
+    from manage import check_before_fork
+
+    check_before_fork()
 
 bind = [settings.env_str('BIND', f'127.0.0.1:{settings.PORT}')]
 workers = settings.WEB_CONCURRENCY
@@ -23,8 +31,8 @@ workers = settings.WEB_CONCURRENCY
 # PostgreSQL holds a greenlet, not a process; gthread runs THREADS threads per worker; sync one request per worker.
 worker_class = settings.WORKER_CLASS
 threads = settings.THREADS if worker_class == 'gthread' else 1
-# Its own setting (settings.py): 0, never, when there is no statement timeout, else longer than it, so gunicorn
-# never kills a worker whose statement PostgreSQL would still let run.
+# Both derived from the request deadline (settings.py, docs/deployment.md "One request deadline"): gunicorn never
+# kills a worker whose request may still run, and a stopping worker gives its requests their deadline.
 timeout = settings.WORKER_TIMEOUT
 graceful_timeout = settings.GRACEFUL_TIMEOUT
 keepalive = 5
@@ -77,6 +85,38 @@ def post_worker_init(worker):
     if worker_class == 'gevent':
         make_psycopg2_cooperative()
     prepare_worker(graceful_timeout)
+
+
+# Set in a worker once it stops: Ctrl-C reaches a worker twice (SIGINT from the terminal, SIGQUIT from the master), and
+# a second quit would raise SystemExit while the first is exiting, a traceback on stderr (under gevent, in the
+# interpreter's own shutdown, where gevent's patched threading yields to the greenlet gunicorn spawned for it).
+STOPPING = []
+
+
+def ignore_signal(signum, frame):
+    """Do nothing: the worker is stopping already."""
+
+
+def stop_once():
+    """Ignore stop signals from now on; tell whether this worker was already stopping."""
+    # A handler that does nothing, not SIG_IGN: a signal already caught but not yet handled would be reported.
+    for stop_signal in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+        signal.signal(stop_signal, ignore_signal)
+    already = bool(STOPPING)
+    STOPPING.append(True)
+    return already
+
+
+def worker_int(worker):
+    """Quit once: a second quit, already on its way (gevent runs each in a greenlet of its own), ends quietly."""
+    if stop_once() and worker_class == 'gevent':
+        from gevent import GreenletExit  # a greenlet that raises it ends without a report
+        raise GreenletExit
+
+
+def worker_exit(server, worker):
+    """Take no stop signal once the worker's loop is over: it is exiting already."""
+    stop_once()
 
 
 def child_exit(server, worker):

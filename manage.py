@@ -94,6 +94,17 @@ def preflight(dsn):
     return app.extensions['dbapi'].routes
 
 
+def check_before_fork():
+    """Check the bearer tokens and every module's route table once, without an app or a database: gunicorn's master
+    runs it before it forks, so a bad one stops the start with one line instead of once per worker."""
+    from lib.auth import load_clients
+    load_clients({name: value for name, value in vars(settings).items() if name.isupper()})
+    try:
+        return discovered_routes()
+    except ModuleError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def discovered_routes():
     """Return the routes of every module in MODULE_PACKAGES, without building an app."""
     return [route for package in settings.MODULE_PACKAGES for name, folder in module_folders(package)

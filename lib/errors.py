@@ -1,6 +1,7 @@
 """The ApiError family, the SQLSTATE mapping and the one RFC 9457 problem renderer."""
 import sys
 import traceback
+from contextlib import contextmanager
 from http import HTTPStatus
 
 import psycopg2
@@ -30,10 +31,26 @@ def report_startup_errors():
 
     def report(kind, exc, traceback):
         if isinstance(exc, StartupError):
-            print(f'dbapi: {exc}', file=sys.stderr, flush=True)
+            print_startup_error(exc)
         else:
             previous_hook(kind, exc, traceback)
     sys.excepthook = report
+
+
+def print_startup_error(exc):
+    """Print a StartupError as its one line on stderr."""
+    print(f'dbapi: {exc}', file=sys.stderr, flush=True)
+
+
+@contextmanager
+def exit_on_startup_error():
+    """Turn a StartupError raised in the block into its one line and exit code 1, where an excepthook cannot help
+    (gunicorn reads its config file under `except Exception` and prints a traceback)."""
+    try:
+        yield
+    except StartupError as exc:
+        print_startup_error(exc)
+        raise SystemExit(1) from None
 
 
 class ApiError(Exception):

@@ -1,0 +1,79 @@
+"""gunicorn run directly (the Dockerfile's CMD): a bad setting, token or module stops it in the master with one
+'dbapi: ...' line and exit code 1, no traceback and no secret; a clean stop (SIGTERM) prints no traceback."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import settings
+from tests.helpers import free_port, server_environment, wait_until_healthy
+
+SECRET = 'pa55-Secret-x9'
+GUNICORN = [sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'app:create_app()']
+
+
+def run_gunicorn(pythonpath=None, **environ):
+    """Run gunicorn as the image does, with environ over the test servers' environment; return the result."""
+    environment = {key: value for key, value in server_environment(PORT=str(free_port()), **environ).items()
+                   if not key.startswith('DEFAULT_DB') or key in environ}
+    if pythonpath is not None:
+        environment['PYTHONPATH'] = os.pathsep.join([str(pythonpath), str(settings.BASE_DIR)])
+    return subprocess.run(GUNICORN, cwd=settings.BASE_DIR, env=environment, capture_output=True, text=True,
+                          timeout=60)
+
+
+def assert_one_line(result, *fragments):
+    """Check gunicorn failed with one 'dbapi: ' line on stderr holding fragments, no traceback and no secret."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith('dbapi: '), output
+    assert 'Traceback' not in output and SECRET not in output
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+@pytest.mark.parametrize('url', [f'postgresql://dbapi:{SECRET}%zz@127.0.0.1:1/db',
+                                 f'postgresql://dbapi:{SECRET} more@127.0.0.1:1/db'])
+def test_a_malformed_database_url_is_one_line(url):
+    assert_one_line(run_gunicorn(DATABASE_URL=url), 'DATABASE_URL', 'percent-encode')
+
+
+def test_a_bad_token_is_one_line():
+    assert_one_line(run_gunicorn(BEARER=f'{SECRET}!#'), 'BEARER', 'RFC 6750')
+
+
+def test_a_broken_module_is_one_line_once_before_any_worker(tmp_path, database_url):
+    folder = tmp_path / 'brokenmods' / 'broken'
+    folder.mkdir(parents=True)
+    (tmp_path / 'brokenmods' / '__init__.py').write_text('')
+    (folder / '__init__.py').write_text('')
+    (folder / 'routes.py').write_text('import no_such_library\nroutes = []\n')
+    result = run_gunicorn(tmp_path, DATABASE_URL=database_url, MODULE_PACKAGES='brokenmods', WEB_CONCURRENCY='3')
+    assert_one_line(result, 'broken/routes.py', 'ModuleNotFoundError')
+    assert 'Booting worker' not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+@pytest.mark.parametrize('stop', ['SIGTERM to the master', 'Ctrl-C to the group'])
+def test_a_stop_prints_no_traceback(database_url, worker_class, stop):
+    port = free_port()
+    process = subprocess.Popen(GUNICORN, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True,
+                               env=server_environment(PORT=str(port), DATABASE_URL=database_url, WEB_CONCURRENCY='2',
+                                                      WORKER_CLASS=worker_class))
+    try:
+        wait_until_healthy(f'http://127.0.0.1:{port}', process)
+        time.sleep(0.5)  # the probe's request over: a quick stop (Ctrl-C) cuts one in flight short, and says so
+    finally:
+        # Ctrl-C reaches every process of the terminal's group: the workers get SIGINT and then the master's SIGQUIT.
+        if stop.startswith('Ctrl-C'):
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0
+    output = (stdout + stderr).decode(errors='replace')
+    assert 'Traceback' not in output and 'SystemExit' not in output and 'race condition' not in output, output
