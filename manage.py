@@ -4,12 +4,12 @@ Both check everything before anything starts: a bad setting, token, module or mi
 on stderr that names it (never a secret) and a non-zero exit code.
 """
 import argparse
+import inspect
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from lib.errors import StartupError, report_startup_errors
 
@@ -17,15 +17,12 @@ if __name__ == '__main__':
     # Before settings is imported, whose checks run at import: their failure is one line, not a traceback.
     report_startup_errors()
 
-import psycopg2  # noqa: E402
 from dotenv import dotenv_values  # noqa: E402
-from yoyo import read_migrations  # noqa: E402
 
 import settings  # noqa: E402
 from lib.db.embedded import start_embedded  # noqa: E402
-from lib.db.migrate import MIGRATIONS_DIR, migrate, yoyo_backend  # noqa: E402
+from lib.db.migrate import apply_migrations  # noqa: E402
 from lib.logs import configure_process_logging  # noqa: E402
-from lib.logs.secrets import Redactor, configured_secrets  # noqa: E402
 from lib.modules import ModuleError, load_module, module_folders  # noqa: E402
 
 # The development token shipped in env/local/.env: the only one a terminal may show.
@@ -36,50 +33,6 @@ SERVE_WAIT_SECONDS = 60
 def default_dsn():
     """Return the default database's DSN, starting the embedded server when none is configured."""
     return settings.DATABASES['default'] or start_embedded(settings.EMBEDDED_DB_DIR)
-
-
-def one_line(text, dsn):
-    """Return text on one line with dsn and every spelling of its password taken out."""
-    return Redactor(configured_secrets({'default': dsn}, [])).redact(' '.join(str(text).split()))
-
-
-def apply_migrations(dsn, directory=MIGRATIONS_DIR):
-    """Migrate dsn; a database out of reach or a failing migration is a StartupError of one line."""
-    try:
-        return migrate(dsn, directory)
-    except psycopg2.Error as exc:
-        if exc.pgcode is None:  # no SQLSTATE: no connection was made, or it broke
-            raise StartupError(f'the database cannot be reached: {one_line(exc, dsn)}') from None
-        raise StartupError(one_line(migration_failure(exc, dsn, directory), dsn)) from None
-
-
-def migration_failure(exc, dsn, directory):
-    """Describe a failed migration as file:line and PostgreSQL's own message."""
-    statement = exc.cursor.query.decode(errors='replace') if exc.cursor is not None and exc.cursor.query else ''
-    path, line = locate_statement(statement, exc.diag.statement_position, pending_migration_files(dsn, directory))
-    where = f'{path}:{line}' if line else str(path)
-    return f'migration {where} failed: {exc.diag.message_primary} (SQLSTATE {exc.pgcode})'
-
-
-def pending_migration_files(dsn, directory):
-    """Return the files of the migrations not applied yet, in order: the failed one is among them."""
-    backend = yoyo_backend(dsn)
-    try:
-        return [Path(migration.path) for migration in backend.to_apply(read_migrations(str(directory)))]
-    finally:
-        backend.connection.close()
-
-
-def locate_statement(statement, position, files):
-    """Return (file, line) of the character at position (1-based) of statement in the first file holding it."""
-    for path in files:
-        text = path.read_text()
-        start = text.find(statement) if statement else -1
-        if start >= 0:
-            offset = start + max(int(position or 1), 1) - 1
-            return path.relative_to(settings.BASE_DIR) if path.is_relative_to(settings.BASE_DIR) else path, \
-                text.count('\n', 0, offset) + 1
-    return (files[0] if files else 'migrations/'), None
 
 
 def preflight(dsn):
@@ -117,13 +70,36 @@ def shown_token():
     return settings.BEARER if settings.BEARER and settings.BEARER == shipped else '$BEARER'
 
 
+# The action the "Try:" line prefers: the example module's root action answers true to any authorised call.
+EXAMPLE_ROUTE = ('example', '')
+
+
+def needs_no_field(route):
+    """Tell whether route's action answers an empty body: no required schema field, no parameter without a default."""
+    from lib.decorators import schema_of  # modules import it anyway; manage's `migrate` has no use for it
+    schema = schema_of(route.action)
+    if schema is not None:
+        return not any(field.required for field in schema.fields.values())
+    return all(parameter.default is not parameter.empty or parameter.kind in (parameter.VAR_POSITIONAL,
+                                                                                 parameter.VAR_KEYWORD)
+               for parameter in inspect.signature(route.action).parameters.values())
+
+
+def callable_route(routes):
+    """Return the route an empty JSON body gets a 2xx from: the example module's root action, else the first action
+    with no required field, else None."""
+    preferred = [route for route in routes if (route.module, route.name) == EXAMPLE_ROUTE]
+    return next(iter(preferred + [route for route in routes if needs_no_field(route)]), None)
+
+
 def how_to_call(routes=None):
-    """Return a curl line that calls the running service: its first mounted action, else /healthz."""
-    routes = discovered_routes() if routes is None else routes
+    """Return a curl line that calls the running service with an answer in 2xx: an action that needs no field, else
+    /healthz."""
+    route = callable_route(discovered_routes() if routes is None else routes)
     base = f'http://127.0.0.1:{settings.PORT}'
-    if not routes:
-        return f'curl -s {base}/healthz    # no module is mounted: add one under modules/'
-    path = f'/{routes[0].module}/{routes[0].name}'
+    if route is None:
+        return f'curl -s {base}/healthz    # no action without required fields is mounted'
+    path = f'/{route.module}/{route.name}' if route.name else f'/{route.module}'
     return (f'curl -s -X POST {base}{path} -H "Authorization: Bearer {shown_token()}" '
             "-H 'Content-Type: application/json' -d '{}'")
 

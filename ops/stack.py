@@ -21,7 +21,8 @@ from pathlib import Path
 
 import settings
 from lib.logs import configure_process_logging
-from lib.db.migrate import migrate
+from lib.db.migrate import apply_migrations
+from lib.errors import StartupError
 from manage import default_dsn, how_to_call
 
 from . import nginx, pgbouncer
@@ -205,7 +206,7 @@ class Stack:
     def start(self):
         """Start the database, migrate, then pgbouncer, the replicas and nginx; wait until each serves."""
         dsn = default_dsn()
-        migrate(dsn)
+        apply_migrations(dsn)  # a failing migration is one StartupError line: file:line and PostgreSQL's message
         app_dsn = self.start_pgbouncer(dsn) if self.config.pgbouncer else dsn
         self.replicas = [self.launch(Child(f'replica {index} (port {port})', gunicorn_command(),
                                            replica_environment(index, port, app_dsn, self.run_dir), restart=True))
@@ -323,7 +324,7 @@ def main():
             stack.supervise()
         except KeyboardInterrupt:
             status = 0
-        except (StackError, FileNotFoundError) as exc:
+        except (StackError, StartupError, FileNotFoundError) as exc:
             print(f'stack: {exc}', file=sys.stderr, flush=True)
             status = 1
         finally:

@@ -3,6 +3,7 @@ migration stops `manage.py` before anything starts, with one line on stderr nami
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from psycopg2.extensions import make_dsn
 import manage
 import settings
 from lib.errors import StartupError
-from tests.helpers import drop_database, recreate_database, server_environment
+from tests.helpers import ADMIN_TOKEN, drop_database, recreate_database, server_environment
 
 SECRET = 'pa55-Secret-x9'
 
@@ -149,9 +150,13 @@ def test_make_run_shows_the_shipped_development_token_only(monkeypatch):
     assert 'a-real-token-1234' not in line and 'Bearer $BEARER"' in line
 
 
-def test_the_curl_example_calls_a_mounted_action_and_needs_no_example_module(monkeypatch):
-    routes = manage.discovered_routes()
-    assert f'/{routes[0].module}/{routes[0].name} ' in manage.how_to_call(routes)
+@pytest.mark.parametrize('packages', [['modules'], ['tests.fixture_modules']])
+def test_the_curl_example_calls_an_action_that_answers_2xx(monkeypatch, make_app, packages):
+    monkeypatch.setattr(settings, 'MODULE_PACKAGES', packages)
+    line = manage.how_to_call()
+    path = re.search(r'http://127\.0\.0\.1:\d+(/\S*)', line).group(1)
+    assert path == '/example' if packages == ['modules'] else '/example/' not in path
+    response = make_app(MODULE_PACKAGES=packages).test_client().post(
+        path, json={}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
+    assert 200 <= response.status_code < 300, response.get_data(as_text=True)
     assert '/healthz' in manage.how_to_call([])
-    monkeypatch.setattr(settings, 'MODULE_PACKAGES', ['tests.fixture_modules'])
-    assert '/example/' not in manage.how_to_call()

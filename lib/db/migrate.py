@@ -3,14 +3,19 @@ import logging
 from pathlib import Path
 from contextlib import contextmanager
 
+import psycopg2
 from yoyo import read_migrations
 from yoyo.backends import get_backend_class
 from yoyo.connections import DatabaseURI
 
+from lib.errors import StartupError
+from lib.logs.secrets import Redactor, configured_secrets
+
 
 log = logging.getLogger('dbapi.migrate')
 # The project's migrations/ folder, beside lib/.
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / 'migrations'
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+MIGRATIONS_DIR = PROJECT_DIR / 'migrations'
 MIGRATION_LOCK_KEY = 0x64626170  # "dbap": one key for every dbapi replica of a database
 MIGRATION_TABLE = '_yoyo_migration'
 
@@ -49,3 +54,47 @@ def migrate(dsn, directory=MIGRATIONS_DIR):
         return applied
     finally:
         backend.connection.close()
+
+
+def one_line(text, dsn):
+    """Return text on one line with dsn and every spelling of its password taken out."""
+    return Redactor(configured_secrets({'default': dsn}, [])).redact(' '.join(str(text).split()))
+
+
+def apply_migrations(dsn, directory=MIGRATIONS_DIR):
+    """Migrate dsn; a database out of reach or a failing migration is a StartupError of one line."""
+    try:
+        return migrate(dsn, directory)
+    except psycopg2.Error as exc:
+        if exc.pgcode is None:  # no SQLSTATE: no connection was made, or it broke
+            raise StartupError(f'the database cannot be reached: {one_line(exc, dsn)}') from None
+        raise StartupError(one_line(migration_failure(exc, dsn, directory), dsn)) from None
+
+
+def migration_failure(exc, dsn, directory):
+    """Describe a failed migration as file:line and PostgreSQL's own message."""
+    statement = exc.cursor.query.decode(errors='replace') if exc.cursor is not None and exc.cursor.query else ''
+    path, line = locate_statement(statement, exc.diag.statement_position, pending_migration_files(dsn, directory))
+    where = f'{path}:{line}' if line else str(path)
+    return f'migration {where} failed: {exc.diag.message_primary} (SQLSTATE {exc.pgcode})'
+
+
+def pending_migration_files(dsn, directory):
+    """Return the files of the migrations not applied yet, in order: the failed one is among them."""
+    backend = yoyo_backend(dsn)
+    try:
+        return [Path(migration.path) for migration in backend.to_apply(read_migrations(str(directory)))]
+    finally:
+        backend.connection.close()
+
+
+def locate_statement(statement, position, files):
+    """Return (file, line) of the character at position (1-based) of statement in the first file holding it."""
+    for path in files:
+        text = path.read_text()
+        start = text.find(statement) if statement else -1
+        if start >= 0:
+            offset = start + max(int(position or 1), 1) - 1
+            return path.relative_to(PROJECT_DIR) if path.is_relative_to(PROJECT_DIR) else path, \
+                text.count('\n', 0, offset) + 1
+    return (files[0] if files else 'migrations/'), None
