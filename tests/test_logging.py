@@ -1,9 +1,12 @@
-"""ECS JSON logging: the fields of every line, one access line per request, request ids, no secrets, gunicorn."""
+"""ECS JSON logging: the fields of every line, one access line per request, request ids, no secrets, gunicorn,
+the ECS version, libraries' extras under labels, long lines split for stdout, lines filebeat cannot decode."""
 import json
 import logging
 import os
 import re
+import select
 import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -18,6 +21,9 @@ import settings
 from lib.auth import load_clients
 from lib.logs import AccessLog, configure_process_logging, install_access_log, settings_config
 from lib.logs.access import Exchange
+from lib.logs.formatter import ECS_VERSION, EcsFormatter, ServiceFields, service_fields, split_line
+from lib.logs.handlers import LineStreamHandler, PipeStreamHandler
+from lib.logs.secrets import Redactor
 from lib.http.requestid import REQUEST_ID_KEY
 from tests.helpers import ADMIN_TOKEN, SCOPED_TOKEN, SINGLE_BEARER, gunicorn_logging_to, http_request
 
@@ -337,10 +343,131 @@ def test_a_library_line_carries_the_whole_chained_traceback(logged_app, log_fold
 
 def test_a_line_with_extra_fields_keeps_them_beside_dbapis(logged_app, log_folder):
     logging.getLogger('dbapi.test').warning('with extras', extra={'labels': {'applied': '001,002'}, 'odd': object(),
-                                                                  'big': 2 ** 70})
+                                                                  'big': 2 ** 70, 'http.request.bytes': 12})
     [line] = logged_lines(log_folder)
     assert (line['labels.applied'], line['labels.elk_index']) == ('001,002', logged_app.config['ELK_INDEX'])
-    assert line['odd'].startswith('<object object') and line['big'] == 2 ** 70
+    assert line['http.request.bytes'] == 12  # an ECS field stays where ECS puts it
+    # Anything else is a library's own extra: a label, as text, so that no other line can type it differently.
+    assert line['labels.odd'].startswith('<object object') and line['labels.big'] == str(2 ** 70)
+    assert not {'odd', 'big'} & line.keys()
+
+
+@pytest.mark.parametrize('fast', [True, False])
+def test_gunicorns_metric_extras_go_under_labels(make_app, log_folder, fast):
+    make_app(LOG_PATH=str(log_folder), LOG_LEVEL='DEBUG', FAST_PATHS=fast)
+    logger, _ = gunicorn_logger(errorlog='-', loglevel='debug')
+    # What gunicorn's arbiter logs whenever its number of workers changes.
+    logger.debug('3 workers', extra={'metric': 'gunicorn.workers', 'value': 3, 'mtype': 'gauge'})
+    [line] = logged_lines(log_folder)
+    assert (line['labels.metric'], line['labels.value'], line['labels.mtype']) == ('gunicorn.workers', '3', 'gauge')
+    assert not {'metric', 'value', 'mtype'} & line.keys()
+
+
+def test_every_line_states_the_ecs_version_of_its_fields(logged_app, log_folder):
+    post(logged_app.test_client(), '/probe/echo')
+    logging.getLogger('dbapi.test').warning('a library line')
+    assert {line['ecs.version'] for line in logged_lines(log_folder)} == {ECS_VERSION} == {'1.12.0'}
+
+
+def test_nginx_and_filebeat_state_the_same_ecs_version():
+    template = (settings.BASE_DIR / 'nginx' / 'dbapi.conf.template').read_text()
+    assert re.findall(r'"ecs\.version":"([^"]*)"', template) == [ECS_VERSION]
+    error_input = {entry['id']: entry for entry in load_yaml('filebeat/filebeat.yml')['filebeat.inputs']}['nginx-error']
+    added = [processor['add_fields']['fields'] for processor in error_input['processors'] if 'add_fields' in processor]
+    assert added[0]['ecs.version'] == ECS_VERSION
+
+
+# --- Long lines on stdout: a pipe takes at most PIPE_BUF bytes in one write without interleaving. ---
+
+
+def long_trace_line(frames=400, message='it failed'):
+    """Return an ECS line with a long stack trace full of characters JSON escapes or encodes in several bytes."""
+    trace = ''.join(f'  File "/srv/app{number}.py", line {number}, in f\n    raise Error("caf\u00e9 \\ \t")\n'
+                    for number in range(frames))
+    return json.dumps({'@timestamp': '2026-11-29T18:00:00.000Z', 'log.level': 'error', 'message': message,
+                       'ecs.version': ECS_VERSION, 'labels': {'elk_index': 'dbapi-test'},
+                       'error': {'type': 'Error', 'stack_trace': trace}}, ensure_ascii=False)
+
+
+def test_a_line_longer_than_a_pipe_write_is_split_into_whole_lines_that_fit():
+    line = long_trace_line()
+    assert len(line.encode()) > 4 * select.PIPE_BUF
+    pieces = split_line(line, select.PIPE_BUF)
+    documents = [json.loads(piece) for piece in pieces]
+    assert all(len(piece.encode()) + 1 <= select.PIPE_BUF for piece in pieces)
+    trace = json.loads(line)['error']['stack_trace']
+    assert ''.join(document['error']['stack_trace'] for document in documents) == trace
+    assert [document['labels']['line_part'] for document in documents] == [f'{n}/{len(pieces)}'
+                                                                            for n in range(1, len(pieces) + 1)]
+    for document in documents:  # every piece is a whole line: the same fields, in ECS logging's order
+        assert list(document)[:3] == ['@timestamp', 'log.level', 'message'] and document['message'] == 'it failed'
+        assert document['labels']['elk_index'] == 'dbapi-test' and document['error']['type'] == 'Error'
+    assert all(document['error']['stack_trace'].endswith('\n') for document in documents)  # cut at line breaks
+
+
+def test_a_line_that_fits_is_left_alone():
+    line = long_trace_line(frames=3)
+    assert split_line(line, select.PIPE_BUF) == [line]
+
+
+def test_a_long_message_and_a_long_trace_are_both_split():
+    line = long_trace_line(frames=100, message='m\u00e9' * 3000)
+    documents = [json.loads(piece) for piece in split_line(line, select.PIPE_BUF)]
+    assert ''.join(document.get('message', '') for document in documents) == 'm\u00e9' * 3000
+    assert ''.join(document['error'].get('stack_trace', '') for document in documents) == \
+        json.loads(line)['error']['stack_trace']
+
+
+def write_long_lines_in_children(handler_class, children=4, lines=25):
+    """Fork children that each log lines with long tracebacks through handler_class on one pipe; return what the
+    pipe carried, read slowly while they wrote (a busy log collector): the pipe fills up, and a write longer than
+    PIPE_BUF then goes in by parts, between which another child's write can land."""
+    reading, writing = os.pipe()
+    stream = open(writing, 'w', encoding='utf-8', closefd=False)
+    handler = handler_class(stream)
+    config = {'APP_ID': 'dbapi', 'ENVIRONMENT': 'test', 'PROCESS_ID': 'pipe-test', 'ELK_INDEX': 'dbapi-test'}
+    fields = service_fields(config, 'host')
+    handler.setFormatter(EcsFormatter(fields, Redactor([])))
+    handler.addFilter(ServiceFields(fields))
+    logger = logging.getLogger('dbapi.test.pipe')
+    pids = []
+    for child in range(children):
+        pid = os.fork()
+        if pid == 0:
+            logger.addHandler(handler)
+            logger.propagate = False
+            for number in range(lines):
+                try:
+                    raise RuntimeError('x' * 3000 + f' {child}-{number}')
+                except RuntimeError:
+                    logger.exception('line %s-%s', child, number)
+            stream.flush()
+            os._exit(0)
+        pids.append(pid)
+    os.close(writing)
+    received = b''
+    while chunk := os.read(reading, 1000):
+        received += chunk
+        time.sleep(0.001)
+    os.close(reading)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    return received
+
+
+@pytest.mark.parametrize('handler_class', [LineStreamHandler, PipeStreamHandler])
+def test_processes_sharing_a_pipe_never_tear_each_others_long_lines(handler_class):
+    received = write_long_lines_in_children(handler_class)
+    documents = [json.loads(raw) for raw in received.splitlines()]  # fails on a torn line
+    assert all(len(raw) + 1 <= select.PIPE_BUF for raw in received.splitlines())
+    messages = {}
+    for document in documents:
+        messages.setdefault(document['message'], []).append(document)
+    assert len(messages) == 4 * 25
+    for message, pieces in messages.items():
+        trace = ''.join(piece['error'].get('stack_trace', '') for piece in pieces)
+        assert trace.startswith('Traceback') and trace.endswith(message.split()[1])
+        assert ''.join(piece['error'].get('message', '') for piece in pieces).endswith(message.split()[1])
 
 
 def gunicorn_logger(**options):
@@ -530,8 +657,16 @@ def test_three_gunicorn_workers_under_load_write_one_valid_line_per_request(tmp_
     assert all(name == f'dbapi-load-{socket.gethostname()}-{name.rsplit("-", 1)[1]}' for name in files)
     assert {int(name.rsplit('-', 1)[1].split('.')[0]) for name in files} >= worker_pids | {server.pid}
     stdout = (tmp_path / 'stdout').read_text(encoding='utf-8')
-    assert len(access_lines(parse_lines(stdout))) == len(access), 'stdout carries every line too'
-    assert any(line['log.logger'] == 'gunicorn.error' for line in parse_lines(stdout))
+    stdout_lines = parse_lines(stdout)
+    # stdout carries every line too, a long one (a 500's trace) in pieces of at most PIPE_BUF bytes.
+    assert all(len(raw.encode()) + 1 <= select.PIPE_BUF for raw in stdout.splitlines())
+    first_pieces = [line for line in access_lines(stdout_lines) if line.get('labels.line_part', '1/').startswith('1/')]
+    assert len(first_pieces) == len(access), 'stdout carries every line too'
+    assert any('labels.line_part' in line for line in stdout_lines)
+    assert any(line['log.logger'] == 'gunicorn.error' for line in stdout_lines)
+    # gunicorn's worker count, logged with extras of its own: labels, not top-level fields.
+    counts = [line for line in stdout_lines if line.get('labels.metric') == 'gunicorn.workers']
+    assert counts and all(line['labels.mtype'] == 'gauge' and 'metric' not in line for line in counts)
     stderr = (tmp_path / 'stderr').read_text(encoding='utf-8')
     assert 'Booting worker' not in stderr, "gunicorn's own handler was left in place"
     everything = stdout + stderr + '\n'.join(files.values())

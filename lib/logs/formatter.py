@@ -1,5 +1,8 @@
 """ECS lines: ecs-logging's StdlibFormatter builds each document, a logging.Filter adds dbapi's fields,
-lib.jsonenc encodes the line; access lines also have a fast path that needs no LogRecord."""
+lib.jsonenc encodes the line; access lines also have a fast path that needs no LogRecord. A line too long for
+one write to a pipe can be split into several whole lines (split_line)."""
+import copy
+import json
 import logging
 import os
 import time
@@ -17,6 +20,20 @@ EXCLUDED_FIELDS = ('log.original', 'process.name', 'process.thread')
 # An access line is written by the access log, not by a line of code worth pointing at.
 ACCESS_EXCLUDED_FIELDS = EXCLUDED_FIELDS + ('log.origin',)
 REQUEST_ID_FIELD = 'http.request.id'
+# The ECS version of the fields dbapi writes: service.environment came with ECS 1.12.0 (http.request.id with 1.9.0).
+# ecs-logging states 1.6.0 on every line, so dbapi's lines state this instead; nginx's access log
+# (nginx/dbapi.conf.template) and filebeat's nginx error lines (filebeat/filebeat.yml) copy it, and a test keeps
+# the copies equal.
+ECS_VERSION = '1.12.0'
+# The top-level names of ECS 1.12.0 (its field sets and base fields). A record attribute named otherwise is a
+# library's own extra (gunicorn's `metric`, `mtype`, `value`): it goes under labels, where ECS keeps custom
+# keywords, instead of taking a top-level name that a later ECS version, or another line, may type differently.
+ECS_TOP_LEVEL_NAMES = frozenset({
+    '@timestamp', 'agent', 'client', 'cloud', 'container', 'data_stream', 'destination', 'dll', 'dns', 'ecs',
+    'error', 'event', 'file', 'group', 'host', 'http', 'labels', 'log', 'message', 'network', 'observer',
+    'orchestrator', 'organization', 'package', 'process', 'registry', 'related', 'rule', 'server', 'service',
+    'source', 'span', 'tags', 'threat', 'tls', 'trace', 'transaction', 'url', 'user', 'user_agent',
+    'vulnerability'})
 
 
 # --- Encoding: the project's one JSON encoder, and repr for whatever it cannot write. ---
@@ -73,6 +90,123 @@ def nested(fields):
             node = node.setdefault(group, {})
         node[last] = value
     return tree
+
+
+def labelled_extras(document):
+    """Return an ecs-logging document with each top-level field that ECS does not name moved under labels, as
+    text: labels.<name>, or labels.<name>_<key> for each leaf of an object."""
+    extras = [name for name in document if name.partition('.')[0] not in ECS_TOP_LEVEL_NAMES]
+    if not extras:
+        return document
+    labels = document.setdefault('labels', {})
+    for name in extras:
+        value = document.pop(name)
+        leaves = dotted(value, f'{name}.') if isinstance(value, dict) else {name: value}
+        for key, leaf in leaves.items():
+            labels[key.replace('.', '_')] = label_text(leaf)
+    return document
+
+
+def label_text(value):
+    """Return value as the text an ECS label holds (labels are keywords): a string as it is, else its JSON."""
+    value = with_reprs(value)
+    return value if isinstance(value, str) else encode(value)
+
+
+# --- Lines too long for one write to a pipe. ---
+
+LINE_PART_LABEL = 'line_part'
+
+
+def split_line(line, limit):
+    """Return line as lines that each take at most limit bytes with their newline: [line] when it fits, else one
+    line per piece of its long texts (a stack trace, a long message), each with every other field and
+    labels.line_part "n/N". A text is cut after a line break where one is near; its pieces joined are the text."""
+    if len(line) < limit // 4 or len(line.encode()) < limit:
+        return [line]
+    document = json.loads(line)
+    base, texts = without_long_texts(document, limit // 2)
+    if base is None:
+        return [line]  # short fields alone fill the line: nothing to gain from pieces
+    pieces = [(path, piece) for path, text in texts
+              for piece in text_pieces(text, limit - 1 - piece_overhead(base, texts, path))]
+    return [encode(line_piece(base, texts, path, piece, f'{number}/{len(pieces)}'))
+            for number, (path, piece) in enumerate(pieces, 1)]
+
+
+def without_long_texts(document, room):
+    """Return (document with its longest strings emptied until it encodes in room bytes, [(path, string)] in the
+    document's order), or (None, []) when emptying every string is not enough."""
+    texts = sorted(string_leaves(document), key=lambda item: len(item[1]), reverse=True)
+    base = copy.deepcopy(document)
+    base.setdefault('labels', {})[LINE_PART_LABEL] = '0000/0000'
+    taken = []
+    for path, text in texts:
+        if encoded_size(base) <= room:
+            break
+        set_leaf(base, path, '')
+        taken.append(path)
+    if encoded_size(base) > room:
+        return None, []
+    return base, [(path, text) for path, text in string_leaves(document) if path in taken]
+
+
+def string_leaves(document, path=()):
+    """Yield (path, string) for every string in a decoded line, path being the keys that lead to it."""
+    for key, value in document.items():
+        if isinstance(value, dict):
+            yield from string_leaves(value, (*path, key))
+        elif isinstance(value, str):
+            yield (*path, key), value
+
+
+def parent_of(document, path):
+    """Return the object of a nested document that holds the value at path, and the value's key."""
+    for key in path[:-1]:
+        document = document[key]
+    return document, path[-1]
+
+
+def set_leaf(document, path, value):
+    """Set the value at path in a nested document."""
+    parent, key = parent_of(document, path)
+    parent[key] = value
+
+
+def line_piece(base, texts, path, piece, part):
+    """Return the document of one piece: base with the text at path set to piece and the other texts left out."""
+    document = copy.deepcopy(base)
+    for other, _ in texts:
+        if other != path:
+            parent, key = parent_of(document, other)
+            del parent[key]
+    set_leaf(document, path, piece)
+    document['labels'][LINE_PART_LABEL] = part
+    return document
+
+
+def piece_overhead(base, texts, path):
+    """Return the bytes a line holding a piece of the text at path takes besides the piece's JSON string."""
+    return encoded_size(line_piece(base, texts, path, '', '0000/0000')) - len('""')
+
+
+def encoded_size(value):
+    """Return the bytes of value's JSON."""
+    return len(encode(value).encode())
+
+
+def text_pieces(text, budget):
+    """Yield consecutive pieces of text whose JSON strings take at most budget bytes each, quotes included."""
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + max(1, budget - 2))  # a character takes a byte at least; two quotes
+        while end - start > 1 and encoded_size(text[start:end]) > budget:
+            end = start + max(1, (end - start) * 3 // 4)
+        line_break = text.rfind('\n', start, end)
+        if end < len(text) and line_break > start + (end - start) // 2:
+            end = line_break + 1
+        yield text[start:end]
+        start = end
 
 
 # --- dbapi's fields on every record, and the formatter. ---
@@ -148,7 +282,8 @@ class EcsFormatter(logging.Formatter):
     def document(self, record):
         """Return the record's ECS document."""
         ecs = self.access if record.name == ACCESS_LOGGER else self.library
-        document = ecs.format_to_ecs(record)
+        document = labelled_extras(ecs.format_to_ecs(record))
+        document['ecs.version'] = ECS_VERSION
         if record.exc_info and record.exc_info[1] is not None:
             document.setdefault('error', {})['stack_trace'] = self.full_trace(record)
         return document
@@ -187,7 +322,7 @@ class FastAccessLines:
 
     def fixed_fields(self, pid):
         """Return the fields that every access line of process pid carries."""
-        return {'ecs.version': ecs_logging.ECS_VERSION, **self.service, 'log': {'logger': ACCESS_LOGGER},
+        return {'ecs.version': ECS_VERSION, **self.service, 'log': {'logger': ACCESS_LOGGER},
                 'process': {'pid': pid}}
 
     def labelled(self, fields):

@@ -3,17 +3,27 @@
 With FAST_PATHS the handlers also take finished lines (the access log's fast path), write stdout with one
 os.write and count the bytes of their file instead of asking its size; without, logging's own StreamHandler
 and RotatingFileHandler do the writing.
+
+Every process of a container shares its stdout, a pipe: a write of up to PIPE_BUF bytes (4 KiB on Linux) goes in
+whole, a longer one may be interleaved with another process's. So stdout gets each line in writes of at most
+PIPE_BUF bytes: a longer line (a deep stack trace) is split into several whole lines (formatter.split_line). The
+files, which one process alone writes, keep every line whole.
 """
 import logging
 import logging.handlers
 import os
+import select
 import sys
 import traceback
 import weakref
 from pathlib import Path
 
 from lib.errors import ImproperlyConfigured
+from lib.logs.formatter import split_line
 from lib.process import after_fork
+
+# The most bytes one write to a pipe puts in at once, a line's newline included.
+PIPE_LINE_BYTES = select.PIPE_BUF
 
 
 class LineWriting:
@@ -36,22 +46,44 @@ class LineWriting:
 
 
 class LineStreamHandler(LineWriting, logging.StreamHandler):
-    """stdout, one line at a time: straight to its file descriptor when it has one, past Python's buffers."""
+    """stdout, one line at a time: straight to its file descriptor when it has one, past Python's buffers, in
+    pieces a pipe takes whole."""
 
     def __init__(self, stream):
         super().__init__(stream)
         self.fd = file_descriptor(stream)
 
     def write_line(self, line):
-        """Write one line and flush it."""
+        """Write one line, split when a pipe would not take it in one write, and flush it."""
         with self.lock:
-            if self.fd is None:
-                self.stream.write(line + self.terminator)
-                self.stream.flush()
-                return
-            data = (line + self.terminator).encode()
-            while data:
-                data = data[os.write(self.fd, data):]
+            for piece in split_line(line, PIPE_LINE_BYTES):
+                self.write_piece(piece + self.terminator)
+
+    def write_piece(self, text):
+        """Write text with one os.write (a pipe takes up to PIPE_BUF bytes whole), or to a stream without one."""
+        if self.fd is None:
+            self.stream.write(text)
+            self.stream.flush()
+            return
+        data = text.encode()
+        while data:
+            data = data[os.write(self.fd, data):]
+
+
+class PipeStreamHandler(logging.StreamHandler):
+    """logging's StreamHandler (FAST_PATHS off), with a line too long for one write to a pipe written as several
+    lines, each flushed on its own."""
+
+    def emit(self, record):
+        """Write the record's line, or its pieces; a failure is reported the way logging reports it."""
+        try:
+            for piece in split_line(self.format(record), PIPE_LINE_BYTES):
+                self.stream.write(piece + self.terminator)
+                self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
 
 
 def file_descriptor(stream):
@@ -134,7 +166,7 @@ def log_folder(path):
 
 def build_handlers(config, stem, fast):
     """Return the stdout handler and, with LOG_PATH, this process's file handler (named stem-<pid>.ndjson)."""
-    handlers = [LineStreamHandler(sys.stdout) if fast else logging.StreamHandler(sys.stdout)]
+    handlers = [LineStreamHandler(sys.stdout) if fast else PipeStreamHandler(sys.stdout)]
     if config['LOG_PATH']:
         file_handler = CountingFileHandler if fast else ProcessFileHandler
         handlers.append(file_handler(log_folder(config['LOG_PATH']), stem,

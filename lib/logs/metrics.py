@@ -68,6 +68,7 @@ class RequestMetrics:
         self.flush_seconds = flush_seconds
         self.children = {}
         self.published = {}
+        start_pool_counters(pools)
         self.forget_pending()
         LIVE_OBSERVERS.add(self)
         if flush_seconds:
@@ -148,6 +149,14 @@ def forget_parents_durations():
     """In a forked child, drop the durations its parent kept (the parent reports them) and let it start a flusher."""
     for observer in list(LIVE_OBSERVERS):
         observer.forget_pending()
+
+
+def start_pool_counters(databases):
+    """Create each pool event counter of every database at 0: a scrape shows it before its first event, so that
+    rate() sees that first event and absent() does not fire on a healthy replica."""
+    for database in databases:
+        for counter in POOL_EVENTS.values():
+            counter.labels(database)
 
 
 def publish_pool(database, numbers, before):

@@ -1,0 +1,34 @@
+"""The pool counters exist from a process's first scrape, at 0 for each configured database: rate() then sees
+their first event (a counter that appears at 1 has no rate), and absent() stays quiet on a healthy replica."""
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from lib.logs.metrics import POOL_EVENTS
+from tests.helpers import gunicorn_logging_to, http_request
+
+POOL_COUNTERS = [f'dbapi_pool_{event}_total' for event in POOL_EVENTS]
+
+
+def pool_samples(text):
+    """Return {(sample name, database): value} of the pool counters in a scrape."""
+    return {(sample.name, sample.labels.get('database')): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples
+            if sample.name in POOL_COUNTERS}
+
+
+def test_a_new_app_shows_every_pool_counter_of_every_database(make_app, database_url):
+    app = make_app(DATABASES={'default': database_url, 'scraped_at_start': database_url})
+    samples = pool_samples(app.test_client().get('/metrics', buffered=True).get_data(as_text=True))
+    assert {name for name, database in samples if database == 'scraped_at_start'} == set(POOL_COUNTERS)
+    assert samples['dbapi_pool_timeouts_total', 'scraped_at_start'] == 0
+    assert samples['dbapi_pool_waits_total', 'scraped_at_start'] == 0
+
+
+@pytest.mark.slow
+def test_gunicorns_first_scrape_shows_every_pool_counter(tmp_path, database_url):
+    """Under gunicorn each worker keeps its numbers in files (multiprocess mode): the zeros are in them too."""
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url,
+                             PROMETHEUS_MULTIPROC_DIR=str(tmp_path / 'metrics')) as (port, _):
+        samples = pool_samples(http_request(port, 'GET', '/metrics').body.decode())
+    assert {name for name, database in samples if database == 'default'} == set(POOL_COUNTERS)
+    assert samples['dbapi_pool_timeouts_total', 'default'] == 0
