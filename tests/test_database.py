@@ -185,3 +185,37 @@ def test_a_stream_closed_early_gives_its_connection_back_compressed_or_not(make_
         next(iter(response.response))
         response.close()
         assert app.extensions['dbapi'].pools['default'].gauges()['in_use'] == 0
+
+
+def test_pool_slots_go_to_waiters_in_the_order_they_came():
+    import threading
+    import time
+
+    from lib.db.pool import FairSlots
+    slots, served = FairSlots(1), []
+    assert slots.acquire(timeout=0)
+
+    def wait_in_line(name):
+        assert slots.acquire(timeout=5)
+        served.append(name)
+        slots.release()
+    waiters = []
+    for name in range(5):
+        waiters.append(threading.Thread(target=wait_in_line, args=(name,)))
+        waiters[-1].start()
+        time.sleep(0.05)  # each in line before the next
+    assert not slots.acquire(timeout=0), 'a newcomer does not pass the line'
+    slots.release()
+    for waiter in waiters:
+        waiter.join(5)
+    assert served == [0, 1, 2, 3, 4]
+    assert slots.acquire(timeout=0) and not slots.acquire(timeout=0.05)
+
+
+def test_a_slot_wait_that_times_out_leaves_the_line():
+    from lib.db.pool import FairSlots
+    slots = FairSlots(1)
+    assert slots.acquire(timeout=0)
+    assert not slots.acquire(timeout=0.05) and not slots.waiters
+    slots.release()
+    assert slots.free == 1

@@ -69,6 +69,46 @@ def do_nothing(conn):
     """A configure or reset callback that leaves the connection as it is."""
 
 
+class FairSlots:
+    """A counting semaphore that hands a freed slot to the longest waiter: first come, first served.
+
+    threading's (and gevent's) Semaphore lets a newcomer take a slot that was freed for a woken waiter, so
+    under load one unlucky request can wait its whole timeout while later ones pass it.
+    """
+
+    def __init__(self, size):
+        self.free = size
+        self.waiters = collections.deque()
+        self.lock = threading.Lock()
+
+    def acquire(self, timeout):
+        """Take a slot, waiting up to timeout seconds in line; tell whether one was taken."""
+        with self.lock:
+            if self.free and not self.waiters:
+                self.free -= 1
+                return True
+            if timeout <= 0:
+                return False
+            turn = threading.Lock()
+            turn.acquire()
+            self.waiters.append(turn)
+        if turn.acquire(timeout=timeout):
+            return True
+        with self.lock:
+            if turn in self.waiters:
+                self.waiters.remove(turn)
+                return False
+        return True  # the slot was handed over just as the wait ran out
+
+    def release(self):
+        """Give a slot back: to the first waiter in line, else to the free count."""
+        with self.lock:
+            if self.waiters:
+                self.waiters.popleft().release()
+            else:
+                self.free += 1
+
+
 class Pool:
     """A bounded, thread-safe, per-process pool of raw psycopg2 connections to one database.
 
@@ -92,7 +132,7 @@ class Pool:
     def forget_connections(self):
         """Start empty: a forked worker must not share its parent's sockets."""
         self.idle = collections.deque()
-        self.slots = threading.BoundedSemaphore(self.max_size)
+        self.slots = FairSlots(self.max_size)
         self.in_use = 0
         self.bulkhead = Bulkhead()
 
@@ -109,7 +149,7 @@ class Pool:
 
     def take_slot(self, timeout):
         """Take a free slot, waiting up to timeout seconds for one; count the waits and the timeouts."""
-        if self.slots.acquire(blocking=False):
+        if self.slots.acquire(timeout=0):
             return
         self.stats['waits'] += 1
         if not self.slots.acquire(timeout=timeout):
