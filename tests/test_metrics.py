@@ -212,3 +212,18 @@ def test_gunicorn_workers_share_one_set_of_metrics(tmp_path, database_url, fast_
             time.sleep(0.1)
         assert not (metrics_dir / f'gauge_livesum_{victim}.db').exists(), "a dead worker's gauges are dropped"
         assert total(scrape(port), 'dbapi_requests_total', **held) == 60, 'its counts stay'
+
+
+def test_a_scrape_skips_a_worker_file_it_cannot_read(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    from lib.logs.metrics import ReadableWorkerFiles
+    good = MmapedDict(str(tmp_path / 'counter_101.db'))
+    good.write_value(mmap_key('dbapi_demo', 'dbapi_demo_total', [], [], 'A demo counter.'), 3.0, 0.0)
+    good.close()
+    (tmp_path / 'counter_102.db').write_bytes(b'')  # left empty by a worker killed while creating it
+    (tmp_path / 'counter_103.db').write_bytes(b'\xff' * 16)  # caught half-written
+    registry = CollectorRegistry()
+    registry.register(ReadableWorkerFiles(str(tmp_path)))
+    assert 'dbapi_demo_total 3.0' in generate_latest(registry).decode()

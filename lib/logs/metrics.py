@@ -6,8 +6,10 @@ before that), and whichever worker answers a scrape sums them all. Without the v
 single process, the numbers live in this process's default registry.
 """
 import atexit
+import glob
 import logging
 import os
+import struct
 import threading
 import time
 import weakref
@@ -170,12 +172,38 @@ def publish_pool(database, numbers, before):
             counter.labels(database).inc(grown)
 
 
+class ReadableWorkerFiles:
+    """A collector of every worker's metrics files, as prometheus_client's MultiProcessCollector, that skips a file
+    it cannot read instead of failing the whole scrape: one caught half-made by a worker creating it, or left
+    empty by a killed worker, would otherwise fail every scrape (prometheus/client_python#1199)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def collect(self):
+        """Return the merged metrics of the readable files."""
+        files = [path for path in glob.glob(os.path.join(self.folder, '*.db')) if readable_metrics_file(path)]
+        try:
+            return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
+        except FileNotFoundError:  # a dead worker's file removed since: read the others again
+            return self.collect()
+
+
+def readable_metrics_file(path):
+    """Tell whether prometheus_client can read one metrics file."""
+    try:
+        multiprocess.MultiProcessCollector.merge([path], accumulate=True)
+    except (OSError, RuntimeError, ValueError, struct.error):
+        return False
+    return True
+
+
 def scrape_registry():
     """Return what a scrape reads: every worker's files in multiprocess mode, else this process's registry."""
     if not os.environ.get(MULTIPROC_DIR):
         return REGISTRY
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    registry.register(ReadableWorkerFiles(os.environ[MULTIPROC_DIR]))
     return registry
 
 
