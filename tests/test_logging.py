@@ -397,7 +397,8 @@ def test_a_line_longer_than_a_pipe_write_is_split_into_whole_lines_that_fit():
     assert all(len(piece.encode()) + 1 <= select.PIPE_BUF for piece in pieces)
     trace = json.loads(line)['error']['stack_trace']
     assert ''.join(document['error']['stack_trace'] for document in documents) == trace
-    assert [document['labels']['line_part'] for document in documents] == [f'{n}/{len(pieces)}'
+    width = len(str(len(pieces)))
+    assert [document['labels']['line_part'] for document in documents] == [f'{n:0{width}}/{len(pieces)}'
                                                                             for n in range(1, len(pieces) + 1)]
     for document in documents:  # every piece is a whole line: the same fields, in ECS logging's order
         assert list(document)[:3] == ['@timestamp', 'log.level', 'message'] and document['message'] == 'it failed'
@@ -411,9 +412,11 @@ def test_a_line_that_fits_is_left_alone():
 
 
 def test_a_long_message_and_a_long_trace_are_both_split():
-    line = long_trace_line(frames=100, message='m\u00e9' * 3000)
+    line = long_trace_line(frames=100, message='m\u00e9' * 8000)
     documents = [json.loads(piece) for piece in split_line(line, select.PIPE_BUF)]
-    assert ''.join(document.get('message', '') for document in documents) == 'm\u00e9' * 3000
+    assert len(documents) >= 10 and documents[0]['labels']['line_part'] == f'01/{len(documents)}'
+    assert sorted(documents, key=lambda document: document['labels']['line_part']) == documents
+    assert ''.join(document.get('message', '') for document in documents) == 'm\u00e9' * 8000
     assert ''.join(document['error'].get('stack_trace', '') for document in documents) == \
         json.loads(line)['error']['stack_trace']
 

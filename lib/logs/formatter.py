@@ -121,16 +121,21 @@ LINE_PART_LABEL = 'line_part'
 def split_line(line, limit):
     """Return line as lines that each take at most limit bytes with their newline: [line] when it fits, else one
     line per piece of its long texts (a stack trace, a long message), each with every other field and
-    labels.line_part "n/N". A text is cut after a line break where one is near; its pieces joined are the text."""
+    labels.line_part "n/N" (n zero-padded). A text is cut after a line break where one is near; its pieces joined
+    are the text."""
     if len(line) < limit // 4 or len(line.encode()) < limit:
         return [line]
-    document = json.loads(line)
-    base, texts = without_long_texts(document, limit // 2)
+    try:
+        document = json.loads(line)
+    except ValueError:
+        return [line]  # not a line of this formatter's: written as it is
+    base, texts = without_long_texts(document, limit // 2) if isinstance(document, dict) else (None, [])
     if base is None:
         return [line]  # short fields alone fill the line: nothing to gain from pieces
     pieces = [(path, piece) for path, text in texts
               for piece in text_pieces(text, limit - 1 - piece_overhead(base, texts, path))]
-    return [encode(line_piece(base, texts, path, piece, f'{number}/{len(pieces)}'))
+    width = len(str(len(pieces)))  # "02/12": the parts sort as text too
+    return [encode(line_piece(base, texts, path, piece, f'{number:0{width}}/{len(pieces)}'))
             for number, (path, piece) in enumerate(pieces, 1)]
 
 

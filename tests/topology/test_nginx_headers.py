@@ -1,5 +1,7 @@
-"""What nginx tells the replicas about the caller (X-Forwarded-For, X-Forwarded-Proto, real_ip), and how its
-two templates render for the image: the worker count from NGINX_WORKER_PROCESSES, a read-only root."""
+"""What nginx tells the replicas about the caller (X-Forwarded-For, X-Forwarded-Proto, real_ip), what it logs of
+an answer a replica cut short, and how its two templates render for the image: the worker count from
+NGINX_WORKER_PROCESSES, a read-only root."""
+import http.client
 import json
 import os
 import re
@@ -31,6 +33,14 @@ class HeaderEcho(BaseHTTPRequestHandler):
         self.send_header('Content-Length', str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        """Answer with 10 bytes of the 1000 announced, then close: a replica that died half-way."""
+        self.send_response(200)
+        self.send_header('Content-Length', '1000')
+        self.end_headers()
+        self.wfile.write(b'{"rows": [')
+        self.close_connection = True
 
     def log_message(self, format, *args):  # noqa: A002 (http.server's name)
         """Stay quiet."""
@@ -77,6 +87,16 @@ def test_without_real_ip_the_peer_is_the_client(echo_port):
         line = wait_for(lambda: [line for line in proxy.access_log() if line['http.request.id'] == 'peer-1'], 5,
                         'nginx did not log the request')[0]
     assert line['client.ip'] == '127.0.0.1'
+
+
+def test_an_answer_cut_short_is_logged_as_a_failure(echo_port):
+    with running_nginx([echo_port]) as proxy:
+        with pytest.raises(http.client.IncompleteRead):
+            http_request(proxy.port, 'POST', '/probe/export', b'{}', {'X-Request-ID': 'cut-1'})
+        line = wait_for(lambda: [line for line in proxy.access_log() if line['http.request.id'] == 'cut-1'], 5,
+                        'nginx did not log the request')[0]
+    assert (line['http.response.status_code'], line['http.response.body.bytes']) == (200, 10)
+    assert line['event.outcome'] == 'failure'
 
 
 def rendered_main(**environment):

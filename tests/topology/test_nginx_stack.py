@@ -72,11 +72,17 @@ def test_requests_spread_over_every_replica(stack):
     assert served_by == groups
 
 
+def whole_or_first_piece(line):
+    """Tell whether a stdout line is whole or the first piece of one split to fit a pipe write (line_part 1/N)."""
+    return int(line.get('labels', {}).get('line_part', '1/1').split('/')[0]) == 1
+
+
 def app_access_line_of(stack, request_id):
-    """Return the app's own access line of one request, from the replicas' output the stack collects."""
+    """Return the app's own access line of one request (its first piece when it was split), from the replicas'
+    output the stack collects."""
     def lines():
         return [line for line in read_json_lines(stack.log_path)
-                if line.get('log', {}).get('logger') == 'dbapi.access'
+                if line.get('log', {}).get('logger') == 'dbapi.access' and whole_or_first_piece(line)
                 and line.get('http', {}).get('request', {}).get('id') == request_id]
     found = wait_for(lines, 5, f'no app access line for {request_id}')
     assert len(found) == 1, found
