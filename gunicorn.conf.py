@@ -21,6 +21,7 @@ with exit_on_startup_error():
     from lib.logs import configure_process_logging
     from lib.db.green import make_psycopg2_cooperative
     from lib.http.disconnect import prepare_worker
+    from lib.http.workers import WORKER_CLASSES
     from manage import check_before_fork
 
     check_before_fork()
@@ -29,8 +30,9 @@ bind = [settings.env_str('BIND', f'127.0.0.1:{settings.PORT}')]
 workers = settings.WEB_CONCURRENCY
 # The worker model (WORKER_CLASS, docs/performance.md "Worker model"): gevent by default, so a request waiting on
 # PostgreSQL holds a greenlet, not a process; gthread runs THREADS threads per worker; sync one request per worker.
-worker_class = settings.WORKER_CLASS
-threads = settings.THREADS if worker_class == 'gthread' else 1
+# gunicorn's own worker of that model, whose own error answers (a request it cannot parse) are problem+json.
+worker_class = WORKER_CLASSES[settings.WORKER_CLASS]
+threads = settings.THREADS if settings.WORKER_CLASS == 'gthread' else 1
 # Both derived from the request deadline (settings.py, docs/deployment.md "One request deadline"): gunicorn never
 # kills a worker whose request may still run, and a stopping worker gives its requests their deadline.
 timeout = settings.WORKER_TIMEOUT
@@ -82,7 +84,7 @@ def post_worker_init(worker):
     """Once the worker is set up (gevent, if any, has patched the standard library by now): psycopg2 waits
     cooperatively in a gevent worker, a watcher cancels the queries of clients that left, and a SIGTERM cancels
     the queries still running before the master's kill."""
-    if worker_class == 'gevent':
+    if settings.WORKER_CLASS == 'gevent':
         make_psycopg2_cooperative()
     prepare_worker(graceful_timeout)
 
@@ -109,7 +111,7 @@ def stop_once():
 
 def worker_int(worker):
     """Quit once: a second quit, already on its way (gevent runs each in a greenlet of its own), ends quietly."""
-    if stop_once() and worker_class == 'gevent':
+    if stop_once() and settings.WORKER_CLASS == 'gevent':
         from gevent import GreenletExit  # a greenlet that raises it ends without a report
         raise GreenletExit
 

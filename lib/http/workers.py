@@ -1,0 +1,79 @@
+"""gunicorn worker classes whose own error answers (a request it cannot parse) are problem+json, not HTML.
+
+gunicorn answers a request it cannot parse (a bare CR in a header, a request line over its limit, ...) before
+the app sees it, with an HTML page and no X-Request-ID. Its public `Worker.handle_error(req, client, addr, exc)`
+decides the status and writes that page; each class here lets it decide, keeps what it writes, and sends the
+same status as an RFC 9457 problem document with a fresh request id instead.
+"""
+import re
+
+from gunicorn.workers.ggevent import GeventWorker
+from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.sync import SyncWorker
+
+from lib.http.requestid import new_request_id
+from lib.jsonenc import dumps_bytes
+
+STATUS_LINE = re.compile(rb'HTTP/1\.[01] (\d{3}) ([^\r\n]*)')
+PROBLEM_DETAILS = {400: 'The request is malformed.', 414: 'The request line is too long.',
+                   431: 'A request header is too large.'}
+
+
+class CapturedAnswer:
+    """Stands in for the client socket while gunicorn writes its error page: keeps the bytes, sends nothing."""
+
+    def __init__(self, client):
+        self.client = client
+        self.written = b''
+
+    def sendall(self, data):
+        """Keep what gunicorn would have sent."""
+        self.written += bytes(data)
+
+    send = sendall
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def problem_answer(status, reason):
+    """Return a whole HTTP answer carrying a problem document of status, with a fresh request id."""
+    request_id = new_request_id()
+    body = dumps_bytes({'type': 'about:blank', 'title': reason, 'status': status,
+                        'detail': PROBLEM_DETAILS.get(status, 'The server could not handle the request.'),
+                        'request_id': request_id})
+    head = (f'HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/problem+json\r\n'
+            f'X-Request-ID: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n')
+    return head.encode('latin-1') + body
+
+
+class ProblemErrors:
+    """Mixin for a gunicorn worker: its own error answers as problem+json."""
+
+    def handle_error(self, req, client, addr, exc):
+        """Let gunicorn decide the status and log the error, then answer it as problem details."""
+        captured = CapturedAnswer(client)
+        super().handle_error(req, captured, addr, exc)
+        status_line = STATUS_LINE.match(captured.written)
+        if status_line is None:
+            return
+        try:
+            client.sendall(problem_answer(int(status_line[1]), status_line[2].decode('latin-1')))
+        except OSError:
+            pass  # the client is gone; gunicorn too only tries once
+
+
+class ProblemGeventWorker(ProblemErrors, GeventWorker):
+    """gunicorn's gevent worker with problem+json error answers."""
+
+
+class ProblemThreadWorker(ProblemErrors, ThreadWorker):
+    """gunicorn's gthread worker with problem+json error answers."""
+
+
+class ProblemSyncWorker(ProblemErrors, SyncWorker):
+    """gunicorn's sync worker with problem+json error answers."""
+
+
+WORKER_CLASSES = {'gevent': 'lib.http.workers.ProblemGeventWorker', 'gthread': 'lib.http.workers.ProblemThreadWorker',
+                  'sync': 'lib.http.workers.ProblemSyncWorker'}

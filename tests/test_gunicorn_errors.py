@@ -1,0 +1,40 @@
+"""gunicorn's own error answers, for requests it cannot parse before the app sees them, are problem+json too."""
+import json
+import socket
+
+import pytest
+
+from tests.helpers import running_gunicorn
+
+pytestmark = pytest.mark.slow
+
+UNPARSABLE = {
+    'a bare CR in a header value': (b'POST /probe/echo HTTP/1.1\r\nHost: x\r\nX-Odd: a\rb\r\n\r\n', 400),
+    'a request line past its limit': (b'GET /' + b'a' * 9000 + b' HTTP/1.1\r\nHost: x\r\n\r\n', 414),
+    'a malformed request line': (b'NOT A REQUEST\r\n\r\n', 400),
+}
+
+
+def raw_answer(port, request):
+    """Send raw bytes to the server and return (status, headers, body) of its answer."""
+    with socket.create_connection(('127.0.0.1', port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b''
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b'\r\n\r\n')
+    lines = head.decode('latin-1').split('\r\n')
+    headers = dict(line.split(': ', 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_requests_gunicorn_cannot_parse_get_problem_details(database_url, worker_class):
+    with running_gunicorn(database_url, WORKER_CLASS=worker_class, WEB_CONCURRENCY='1') as port:
+        for case, (request, expected) in UNPARSABLE.items():
+            status, headers, body = raw_answer(port, request)
+            assert status == expected, case
+            assert headers['Content-Type'] == 'application/problem+json', case
+            problem = json.loads(body)
+            assert problem['status'] == expected and problem['request_id'] == headers['X-Request-ID'], case
+            assert int(headers['Content-Length']) == len(body), case
