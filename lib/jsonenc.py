@@ -127,11 +127,14 @@ def loads_exact(data, bounded=True):
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
         value = float('nan')  # orjson refuses numbers past a float's range, which the json module reads
-    if not has_float(value):
+    if not has_float(value, MAX_BODY_DEPTH if bounded else None):
         return value
-    value = json.loads(data if isinstance(data, str) else data.decode('utf-8'),
-                       parse_float=bounded_number if bounded else ExactNumber,
-                       parse_int=int if bounded else int_or_exact, parse_constant=refuse_constant)
+    try:
+        value = json.loads(data if isinstance(data, str) else data.decode('utf-8'),
+                           parse_float=bounded_number if bounded else ExactNumber,
+                           parse_int=int if bounded else int_or_exact, parse_constant=refuse_constant)
+    except RecursionError:
+        raise TooDeep(f'The request body nests arrays and objects deeper than {MAX_BODY_DEPTH} levels.') from None
     try:
         dumps_bytes(value)  # the json module lets through what orjson refused: a lone surrogate
     except TypeError as exc:
@@ -161,8 +164,18 @@ def refuse_constant(name):
     raise ValueError(f'{name} is not a JSON value')
 
 
-def has_float(value):
-    """Tell whether a parsed JSON document holds a float anywhere."""
+# Levels of arrays and objects a request body may nest: orjson writes at most 254, so whatever a client stores
+# can be answered; deeper is a 400, not a value that fails later.
+MAX_BODY_DEPTH = 128
+
+
+class TooDeep(ValueError):
+    """A JSON document nests arrays and objects deeper than MAX_BODY_DEPTH levels."""
+
+
+def has_float(value, depth_left=None):
+    """Tell whether a parsed JSON document holds a float anywhere; ValueError when it nests deeper than depth_left
+    levels (None: no limit)."""
     kind = type(value)
     if kind is float:
         return True
@@ -170,7 +183,13 @@ def has_float(value):
         value = value.values()
     elif kind is not list:
         return False
-    return any(type(item) is float or type(item) in (dict, list) and has_float(item) for item in value)
+    if depth_left == 0:
+        raise TooDeep(f'The request body nests arrays and objects deeper than {MAX_BODY_DEPTH} levels.')
+    deeper = None if depth_left is None else depth_left - 1
+    found = False
+    for item in value:
+        found = type(item) is float or type(item) in (dict, list) and has_float(item, deeper) or found
+    return found
 
 
 def json_array_chunks(batches):

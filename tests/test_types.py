@@ -374,3 +374,24 @@ def test_strings_decimals_and_big_integers_round_trip(call, conn, text, amount, 
     query, params = 'SELECT text, amount, big, doc, doc AS json_doc FROM probe.type_roundtrip WHERE id = %(id)s', stored
     for exported in (Db(conn).stream(query, params), Db(conn).stream_json(query, params)):
         assert b''.join(json_array_chunks(exported)) == b'[%s]' % response.get_data().replace(b'"id":%d,' % stored['id'], b'')
+
+
+def post_raw(call, body):
+    """POST raw JSON bytes to /probe/echo as the admin."""
+    return call.client.post('/probe/echo', data=body, content_type='application/json', buffered=True,
+                            headers={'Authorization': f'Bearer {call.token}'})
+
+
+@pytest.mark.parametrize('depth', [129, 300, 1000, 10000])
+@pytest.mark.parametrize('leaf', ['', '1.5'])
+def test_a_body_nested_too_deeply_is_a_400_never_a_500(call, depth, leaf):
+    body = ('{"x":' * depth + (leaf or '1') + '}' * depth).encode()
+    response = post_raw(call, body)
+    assert response.status_code == 400 and response.mimetype == 'application/problem+json'
+    assert '128 levels' in response.get_json()['detail']
+
+
+def test_a_body_at_the_depth_limit_is_read(call):
+    body = ('[' * 127 + '1.5' + ']' * 127).encode()
+    response = post_raw(call, b'{"x":' + body + b'}')
+    assert response.status_code == 200

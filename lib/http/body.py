@@ -3,7 +3,7 @@ from flask import current_app, request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge, UnsupportedMediaType
 
 from lib.errors import BadRequest, Unprocessable
-from lib.jsonenc import JSON_MIMETYPE, loads_exact
+from lib.jsonenc import JSON_MIMETYPE, TooDeep, loads_exact
 
 # JSON can hold a NUL only escaped; PostgreSQL's text cannot hold one at all.
 ESCAPED_NUL = b'\\u0000'
@@ -56,6 +56,8 @@ def read_json_body():
         return {}
     try:
         body = loads_exact(data)
+    except TooDeep as exc:
+        raise BadRequest(str(exc)) from None
     except ValueError:  # orjson's and the json module's decode errors, and invalid UTF-8
         raise BadRequest('The request body is not valid JSON.') from None
     if ESCAPED_NUL in data:
