@@ -30,7 +30,9 @@ TOPOLOGY_DB_PASSWORD = 'topology-password'
 MODULE_PACKAGES = ','.join([*TEST_MODULE_PACKAGES, 'tests.topology.fixture_modules'])
 READY_LINE = b'dbapi stack serves on'
 START_TIMEOUT_SECONDS = 90
-STOP_TIMEOUT_SECONDS = 60
+# The stack stops its children one by one, each within ops.stack.STOP_TIMEOUT_SECONDS (gunicorn's graceful timeout and
+# a little more); on a loaded machine a replica's workers can take most of that, so wait for all of them.
+STOP_TIMEOUT_SECONDS = 240
 
 
 def free_ports_below_the_ephemeral_range(count):
