@@ -57,8 +57,9 @@ class ExactNumber(decimal.Decimal):
 
 
 def exact_number(value):
-    """Return an ExactNumber as the JSON number it is."""
-    return orjson.Fragment(str(value))
+    """Return an ExactNumber as the JSON number it is, in plain notation as PostgreSQL writes numeric (1E-30 is
+    0.000000000000000000000000000001 in to_jsonb)."""
+    return orjson.Fragment(format(value, 'f'))
 
 
 def decimal_text(value):

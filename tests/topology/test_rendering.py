@@ -40,8 +40,13 @@ def test_nginx_defaults_are_the_app_defaults():
     assert directive(text, 'proxy_read_timeout') == ['35000ms']
 
 
-def test_no_statement_timeout_gives_nginx_a_minute():
-    assert directive(rendered(DB_STATEMENT_TIMEOUT_MS='0'), 'proxy_read_timeout') == ['60s']
+def test_nginx_waits_five_seconds_past_the_request_deadline():
+    assert directive(rendered(REQUEST_DEADLINE_MS='20000'), 'proxy_read_timeout') == ['25000ms']
+    assert directive(rendered(DB_STATEMENT_TIMEOUT_MS='0'), 'proxy_read_timeout') == ['35000ms']
+
+
+def test_no_deadline_and_no_statement_timeout_gives_nginx_a_minute():
+    assert directive(rendered(REQUEST_DEADLINE_MS='0', DB_STATEMENT_TIMEOUT_MS='0'), 'proxy_read_timeout') == ['60s']
 
 
 def test_each_replica_is_one_upstream_server_never_rested_for_failing():
