@@ -25,6 +25,7 @@ from lib.logs.formatter import ECS_VERSION, EcsFormatter, ServiceFields, service
 from lib.logs.handlers import LineStreamHandler, PipeStreamHandler
 from lib.logs.secrets import Redactor
 from lib.http.requestid import REQUEST_ID_KEY
+from lib.logs.formatter import dotted as flat  # nested fields by dotted name
 from tests.helpers import ADMIN_TOKEN, SCOPED_TOKEN, SINGLE_BEARER, gunicorn_logging_to, http_request
 
 REQUIRED_FIELDS = ('@timestamp', 'log.level', 'message', 'ecs.version', 'service.name', 'service.environment',
@@ -35,17 +36,6 @@ ACCESS_FIELDS = ('http.request.method', 'url.path', 'http.response.status_code',
 AWKWARD_PASSWORD = 'p@ss w/o"r\'d\\é:=%41;x'
 UNKNOWN_TOKEN = 'never-configured-token-9f8e7d'
 AUTH = {'Authorization': f'Bearer {ADMIN_TOKEN}'}
-
-
-def flat(document, prefix=''):
-    """Return a line's fields by dotted name, whether the line nests them or spells them with dots."""
-    fields = {}
-    for key, value in document.items():
-        if isinstance(value, dict):
-            fields.update(flat(value, f'{prefix}{key}.'))
-        else:
-            fields[prefix + key] = value
-    return fields
 
 
 def parse_lines(text):

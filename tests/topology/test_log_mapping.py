@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from lib.logs.formatter import ECS_VERSION
+from lib.logs.formatter import dotted as flat_fields  # nested fields by dotted name
 from settings import BASE_DIR
 from tests.helpers import ADMIN_TOKEN, body_of_size, http_request
 
@@ -65,17 +66,6 @@ def add_to_mapping(mapping, event, source, prefix=''):
         for item in value if isinstance(value, list) else [value]:
             if kind_of(item) is not None:
                 mapping.setdefault(name, {}).setdefault(kind_of(item), (source, item))
-
-
-def flat_fields(event, prefix=''):
-    """Return an event's values by dotted name."""
-    fields = {}
-    for key, value in event.items():
-        if isinstance(value, dict):
-            fields.update(flat_fields(value, f'{prefix}{key}.'))
-        else:
-            fields[prefix + key] = value
-    return fields
 
 
 def source_of(line):
