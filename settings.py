@@ -176,9 +176,11 @@ def check_deadline(deadline_ms, pool_timeout_ms, statement_timeout_ms):
 check_deadline(REQUEST_DEADLINE_MS, DB_POOL_TIMEOUT_MS, DB_STATEMENT_TIMEOUT_MS)
 # The longest a request may keep a worker busy: its deadline, else (no deadline) its statement timeout (0: none).
 REQUEST_BOUND_MS = REQUEST_DEADLINE_MS or DB_STATEMENT_TIMEOUT_MS
-# nginx's proxy_read_timeout: five seconds past the deadline, so the app's own answer (a 504 at worst) arrives
-# first, and a request never commits after nginx has given up on it; with no bound at all, a minute.
-NGINX_PROXY_TIMEOUT_MS = REQUEST_BOUND_MS + 5000 if REQUEST_BOUND_MS else 60000
+# nginx's proxy_read_timeout: the longest wait for a pooled connection, the deadline and five seconds more, so the
+# app's own answer (a 504 at worst) arrives first, and a request never commits after nginx has given up on it (an
+# autocommit action may wait for its connection, then run one statement up to the statement timeout); with no
+# bound at all, a minute.
+NGINX_PROXY_TIMEOUT_MS = REQUEST_BOUND_MS + DB_POOL_TIMEOUT_MS + 5000 if REQUEST_BOUND_MS else 60000
 DB_RETRIES = env_int('DB_RETRIES', 3, 0, 100)
 # Each client may hold at most this many connections of a pool at once (its BEARER_TOKENS entry's
 # "max_connections" wins): one client's slow calls cannot take every connection. Over it: 429.

@@ -117,9 +117,9 @@ def settings_of(environment):
 
 def test_every_timeout_is_derived_from_the_deadline():
     code, values, _ = settings_of({'REQUEST_DEADLINE_MS': '8000'})
-    assert code == 0 and values == ['4000', '8000', '23', '8', '13000']
+    assert code == 0 and values == ['4000', '8000', '23', '8', '17000']
     code, values, _ = settings_of({})
-    assert code == 0 and values == ['5000', '30000', '45', '30', '35000']
+    assert code == 0 and values == ['5000', '30000', '45', '30', '40000']
 
 
 @pytest.mark.parametrize('environment, named', [

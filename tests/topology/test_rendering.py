@@ -30,19 +30,19 @@ def directive(text, name):
 def test_nginx_takes_its_limits_from_the_app_settings():
     text = rendered(MAX_CONTENT_LENGTH='4096', DB_STATEMENT_TIMEOUT_MS='30000')
     assert directive(text, 'client_max_body_size') == ['4096']
-    assert directive(text, 'proxy_read_timeout') == directive(text, 'proxy_send_timeout') == ['35000ms']
+    assert directive(text, 'proxy_read_timeout') == directive(text, 'proxy_send_timeout') == ['40000ms']
     assert directive(text, 'listen') == ['127.0.0.1:8000']
 
 
 def test_nginx_defaults_are_the_app_defaults():
     text = rendered()
     assert directive(text, 'client_max_body_size') == ['1048576']
-    assert directive(text, 'proxy_read_timeout') == ['35000ms']
+    assert directive(text, 'proxy_read_timeout') == ['40000ms']
 
 
-def test_nginx_waits_five_seconds_past_the_request_deadline():
-    assert directive(rendered(REQUEST_DEADLINE_MS='20000'), 'proxy_read_timeout') == ['25000ms']
-    assert directive(rendered(DB_STATEMENT_TIMEOUT_MS='0'), 'proxy_read_timeout') == ['35000ms']
+def test_nginx_waits_past_the_pool_wait_and_the_request_deadline():
+    assert directive(rendered(REQUEST_DEADLINE_MS='20000', DB_POOL_TIMEOUT_MS='3000'), 'proxy_read_timeout') == ['28000ms']
+    assert directive(rendered(DB_STATEMENT_TIMEOUT_MS='0'), 'proxy_read_timeout') == ['40000ms']
 
 
 def test_no_deadline_and_no_statement_timeout_gives_nginx_a_minute():
