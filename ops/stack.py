@@ -313,6 +313,9 @@ def main():
     configure_process_logging(settings)
     config = StackConfig.from_environment()
     signal.signal(signal.SIGTERM, interrupt)
+    # A shell starts a background job with SIGINT ignored, and Python then keeps ignoring it: Ctrl-C (or a test's
+    # SIGINT) must stop the stack however it was started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix='dbapi-stack-') as run_dir:
         # Traversable, not listable: nginx workers (nobody) keep request bodies in here.
         os.chmod(run_dir, 0o711)
