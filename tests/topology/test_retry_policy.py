@@ -83,8 +83,8 @@ def test_no_upstream_at_all_is_a_502_problem():
 
 def test_an_upstream_slower_than_the_proxy_timeout_is_a_504_problem(upstreams):
     hanging = upstreams('hang')
-    # A 1 ms statement timeout puts nginx's read timeout at 5 s (statement timeout + 5 s).
-    with running_nginx([hanging.port], DB_STATEMENT_TIMEOUT_MS='1') as proxy:
+    # A 1 ms deadline and no pool wait put nginx's read timeout at 5 s (deadline + pool wait + 5 s).
+    with running_nginx([hanging.port], REQUEST_DEADLINE_MS='1', DB_POOL_TIMEOUT_MS='0') as proxy:
         assert_nginx_problem(post(proxy.port, '/probe/'), 504, 'Gateway Timeout')
     assert len(hanging.received) == 1  # a POST that timed out is not sent to anyone else
 
