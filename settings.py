@@ -131,6 +131,10 @@ if not re.fullmatch(r'[a-z][a-z0-9_-]*', ENVIRONMENT):
     raise ImproperlyConfigured('ENVIRONMENT must be a lower-case name such as local, test or production')
 # Real environment variables win over the file (override=False).
 load_dotenv(BASE_DIR / 'env' / ENVIRONMENT / '.env', override=False)
+# Empty means unset here, as for every setting; prometheus_client alone would take an empty
+# PROMETHEUS_MULTIPROC_DIR as set and write its files to the working directory.
+if env_str('PROMETHEUS_MULTIPROC_DIR') is None:
+    os.environ.pop('PROMETHEUS_MULTIPROC_DIR', None)
 DEVELOPMENT = ENVIRONMENT in ('local', 'test')
 
 APP_ID = env_str('APP_ID', 'dbapi')

@@ -1,8 +1,13 @@
 """The pool counters exist from a process's first scrape, at 0 for each configured database: rate() then sees
 their first event (a counter that appears at 1 has no rate), and absent() stays quiet on a healthy replica."""
+import os
+import subprocess
+import sys
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import settings
 from lib.logs.metrics import POOL_EVENTS
 from tests.helpers import gunicorn_logging_to, http_request
 
@@ -32,3 +37,15 @@ def test_gunicorns_first_scrape_shows_every_pool_counter(tmp_path, database_url)
         samples = pool_samples(http_request(port, 'GET', '/metrics').body.decode())
     assert {name for name, database in samples if database == 'default'} == set(POOL_COUNTERS)
     assert samples['dbapi_pool_timeouts_total', 'default'] == 0
+
+
+def test_an_empty_multiprocess_directory_means_unset(tmp_path, database_url):
+    """As for every setting, an empty value is no value: prometheus_client must not write its files to the
+    working directory (the preflight of `make run` once left counter_<pid>.db files in the project)."""
+    script = ('import settings, app; client = app.create_app().test_client(); '
+              'print(client.get("/metrics").status_code)')
+    result = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, 'PYTHONPATH': str(settings.BASE_DIR), 'ENVIRONMENT': 'test',
+                                 'DATABASE_URL': database_url, 'PROMETHEUS_MULTIPROC_DIR': ''})
+    assert result.stdout.split() == ['200'], result.stderr
+    assert list(tmp_path.iterdir()) == []
