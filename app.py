@@ -9,7 +9,7 @@ from flask.sessions import NullSession, SessionInterface
 from flask_compress import Compress
 
 import settings
-from lib.auth import load_clients
+from lib.auth import identify_quietly, load_clients
 from lib.db import make_pools
 from lib.db.embedded import start_embedded
 from lib.errors import ERROR_TRANSLATORS, handle_error
@@ -47,6 +47,10 @@ class Gateway:
     json_types: dict = field(default_factory=lambda: JSON_TYPES)
     error_translators: dict = field(default_factory=lambda: ERROR_TRANSLATORS)
     response_headers: list = field(default_factory=lambda: RESPONSE_HEADERS)
+
+    def caller(self):
+        """Return the client the current request's bearer token names, or None; never an error."""
+        return identify_quietly(self.clients)
 
 
 class NoSessions(SessionInterface):

@@ -220,19 +220,27 @@ def from_http_exception(exc):
     error = ApiError(HTTP_DETAILS.get(exc.code, exc.description))
     error.status = exc.code
     if exc.code == 404 and has_request_context() and 'dbapi' in current_app.extensions:
-        error.detail = not_found_detail(request.path, current_app.extensions['dbapi'].routes)
+        gateway = current_app.extensions['dbapi']
+        error.detail = not_found_detail(request.path, gateway.routes, gateway.caller())
     if exc.code == 405 and exc.valid_methods:
         error.headers['Allow'] = ', '.join(exc.valid_methods)
         error.detail = f"Use {', '.join(exc.valid_methods)}: this path does not accept this method."
     return error
 
 
-def not_found_detail(path, routes):
-    """Say what is mounted where path points: the module's actions, or that the module does not exist."""
+def not_found_detail(path, routes, client):
+    """Say what is mounted where path points, as far as client (an auth Client or None) may know: the module's
+    actions to a client that may call it, that no such module exists to a known client, and nothing more to an
+    unknown caller, so that the 404s answered before authorization do not list the API to anyone."""
     module = path.strip('/').partition('/')[0]
+    if client is None:
+        return 'Nothing is mounted at this path for this caller. Actions are called as POST /<module>/<action> ' \
+               'with a bearer token.'
     actions = sorted(f'/{route.module}/{route.name}' for route in routes if route.module == module)
-    if actions:
+    if actions and client.may_call(module):
         return f'Module {module!r} has no action at this path. Its actions (POST): {", ".join(actions)}.'
+    if actions:
+        return f'Client {client.name!r} may not call module {module!r}, and it has no action at this path.'
     shown = module if len(module) <= MAX_NAME_SHOWN else module[:MAX_NAME_SHOWN] + '...'
     return f'No module {shown!r} is mounted. Actions are called as POST /<module>/<action>.'
 

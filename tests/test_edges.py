@@ -7,7 +7,7 @@ import pytest
 
 from ops import nginx
 from settings import BASE_DIR
-from tests.helpers import ADMIN_TOKEN, assert_problem, run_sql
+from tests.helpers import ADMIN_TOKEN, SCOPED_TOKEN, assert_problem, run_sql
 
 yaml = pytest.importorskip('yaml', reason='PyYAML comes with requirements-lint.txt (make lint)')
 
@@ -75,6 +75,21 @@ def test_a_404_in_a_mounted_module_lists_its_actions(call):
     body = assert_problem(call('/probe/no-such-action'), 404)
     assert "Module 'probe' has no action" in body['detail']
     assert '/probe/echo' in body['detail'] and '/probe/things/create' in body['detail']
+
+
+@pytest.mark.parametrize('token', ['', 'not-a-known-token', 'bad token with spaces'])
+def test_a_404_lists_nothing_to_a_caller_without_a_valid_token(call, token):
+    """The 404 comes before authorization: an unknown caller learns neither the actions nor which modules exist."""
+    details = {assert_problem(call(path, token=token), 404)['detail'] for path in ('/probe/nope', '/nothing/here')}
+    assert len(details) == 1
+    (detail,) = details
+    assert 'probe' not in detail and '/echo' not in detail and "'nothing'" not in detail
+
+
+def test_a_404_lists_a_modules_actions_only_to_a_client_that_may_call_it(call):
+    body = assert_problem(call('/users/nope', token=SCOPED_TOKEN), 404)  # this client may call probe only
+    assert '/users/' not in body['detail'] and 'may not call' in body['detail']
+    assert '/probe/echo' in assert_problem(call('/probe/nope', token=SCOPED_TOKEN), 404)['detail']
 
 
 def test_a_404_of_an_unknown_module_says_it_does_not_exist(call):

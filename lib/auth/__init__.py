@@ -149,6 +149,14 @@ def identify(clients, header):
     return clients.get(sha256_hex(match.group(1)))
 
 
+def identify_quietly(clients):
+    """Return the client the request's bearer token names, or None (no header, a malformed one, an unknown token)."""
+    try:
+        return clients.identify(request.environ.get('HTTP_AUTHORIZATION', ''))
+    except Unauthorized:
+        return None
+
+
 def authorize(clients, module):
     """Identify the caller of module by its token and check its scope; keep the client for the access line."""
     client = clients.identify(request.environ.get('HTTP_AUTHORIZATION', ''))
