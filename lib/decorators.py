@@ -6,14 +6,15 @@ import time
 from collections.abc import Iterator
 
 import psycopg2
-from flask import current_app, has_request_context, request
+from flask import Response, current_app, has_request_context, request
 from psycopg2.extras import RealDictCursor
 
 from lib.db import DEFAULT, Db, LeasedStream, Lease
 from lib.db.unit import time_left
 from lib.errors import RETRYABLE_SQLSTATES
+from lib.jsonenc import JSON_MIMETYPE, json_array_chunks, json_response
 from lib.http.disconnect import WATCHER
-from lib.http.exchange import CLIENT_KEY
+from lib.http.exchange import CLIENT_KEY, ROUTE_KEY
 
 
 SCHEMA_ATTRIBUTE = '__dbapi_schema__'
@@ -91,10 +92,11 @@ def watch_client(lease):
     return watch
 
 
-def run_leased(database, autocommit, named, call, deadline=None):
+def run_leased(database, autocommit, named, call, deadline=None, finish=None):
     """Run call(conn) on a borrowed connection; a returned iterator keeps it until it is consumed. A query cancelled
     because the client went away (499) or the worker is stopping (503) ends with that error; a transaction's
-    statements end at deadline, and it is not committed past it (504)."""
+    statements end at deadline, and it is not committed past it (504). finish(result), when given, runs before the
+    commit: an error in it (a value JSON cannot encode) rolls the transaction back."""
     client, limit = bulkhead_of_request()
     lease = Lease(pool_for(database), autocommit, RealDictCursor if named else None, client=client, client_limit=limit,
                   deadline=deadline)
@@ -102,6 +104,8 @@ def run_leased(database, autocommit, named, call, deadline=None):
     try:
         lease.hold_to_deadline(current_app.config['DB_STATEMENT_TIMEOUT_MS'])
         result = call(lease.conn)
+        if finish is not None and not isinstance(result, Iterator):
+            result = finish(result)
     except BaseException as exc:
         lease.end(success=False)
         cancelled = watch.cancelled_error() if watch is not None else None
@@ -114,16 +118,38 @@ def run_leased(database, autocommit, named, call, deadline=None):
     return result
 
 
+def respond(result):
+    """Turn an action's return value, or (value, status), into a JSON response."""
+    if isinstance(result, Response):
+        return result
+    value, status = result if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], int) else (result, 200)
+    if isinstance(value, LeasedStream):
+        # Encode batch by batch. Closing the response gives the connection back, even when compression
+        # or the access log has since wrapped the body in iterators of their own.
+        response = Response(json_array_chunks(value), status, mimetype=JSON_MIMETYPE)
+        response.call_on_close(value.close)
+        return response
+    return json_response(value, status)
+
+
+def answers_the_request(action):
+    """Tell whether action is the current request's route action, whose return value becomes the response."""
+    return has_request_context() and getattr(request.environ.get(ROUTE_KEY), 'action', None) is action
+
+
 def injector(database, autocommit, named, first_argument):
     """Build a decorator that passes first_argument(conn), on a pooled connection, to the action first."""
     def decorate(action):
         @functools.wraps(action)
         def with_connection(*args, **kwargs):
             deadline = request_deadline()
+            # The route's own action is encoded to its response before the commit, so that a value JSON
+            # cannot encode is a 500 with nothing committed, never a 500 after the data was written.
+            finish = respond if answers_the_request(with_connection) else None
 
             def attempt():
                 return run_leased(database, autocommit, named,
-                                  lambda conn: action(first_argument(conn), *args, **kwargs), deadline)
+                                  lambda conn: action(first_argument(conn), *args, **kwargs), deadline, finish)
             # Only a whole-action transaction can be replayed safely.
             return with_retries(attempt, 0 if autocommit else current_app.config['DB_RETRIES'], deadline)
         with_connection.__signature__ = without_first_parameter(action)

@@ -6,16 +6,14 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Blueprint, Response
+from flask import Blueprint
 
 from lib.auth import authorize
-from lib.db import LeasedStream
-from lib.decorators import schema_of
+from lib.decorators import respond, schema_of
 from lib.errors import Unprocessable
 from lib.http.exchange import ROUTE_KEY, remember
 from lib.fastschema import fast_loader
 from lib.http.body import read_json_body
-from lib.jsonenc import JSON_MIMETYPE, json_array_chunks, json_response
 
 MODULE_NAME = re.compile(r'[a-z][a-z0-9_]*')
 ROUTE_NAME = re.compile(r'([A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*)?')
@@ -120,20 +118,6 @@ def make_route(module, routes_file, entry, fast_paths=True):
     where = f'{routes_file}: route {entry["route"]!r}'
     load = schema_loader(schema, fast_paths) if schema is not None else signature_loader(action, where)
     return Route(module, entry['route'], action, load)
-
-
-def respond(result):
-    """Turn an action's return value, or (value, status), into a JSON response."""
-    if isinstance(result, Response):
-        return result
-    value, status = result if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], int) else (result, 200)
-    if isinstance(value, LeasedStream):
-        # Encode batch by batch. Closing the response gives the connection back, even when compression
-        # or the access log has since wrapped the body in iterators of their own.
-        response = Response(json_array_chunks(value), status, mimetype=JSON_MIMETYPE)
-        response.call_on_close(value.close)
-        return response
-    return json_response(value, status)
 
 
 def make_view(route, clients):

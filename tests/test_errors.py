@@ -132,3 +132,11 @@ def test_anything_else_is_a_generic_500(call, path, body):
     for leak in ('hunter2', 'db.internal', 'SELECT', 'SELEC', 'Traceback', 'File "', ADMIN_TOKEN, 'no_such_table',
                  'password', 'host='):
         assert leak not in text
+
+
+def test_a_value_json_cannot_encode_is_a_500_with_nothing_committed(call, database_url):
+    """The answer is encoded before the commit: a client told 500 must not find the write done."""
+    code = f'unencodable-{threading.get_ident()}'
+    assert_problem(call('/probe/things/create-unencodable', {'code': code}), 500)
+    assert run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,)) == [(0,)]
+    assert call('/probe/things/create', {'code': code}).status_code == 201  # the same insert, encodable, commits

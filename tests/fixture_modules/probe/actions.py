@@ -221,6 +221,14 @@ def create_thing(db, code, quantity):
     return db.insert('probe.things', {'code': code, 'quantity': quantity}), 201
 
 
+@use_schema(NewThing)
+@inject_db(DEFAULT)
+def create_unencodable(db, code, quantity):
+    """Insert a thing, then answer a value JSON cannot encode: the insert must not be committed."""
+    db.insert('probe.things', {'code': code, 'quantity': quantity})
+    return {'thing': object()}
+
+
 class ThingId(Schema):
     """The id of a thing."""
 

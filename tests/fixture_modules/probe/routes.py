@@ -1,4 +1,4 @@
-from .actions import (add, crash, create_thing, echo, export_things, fail_with, flaky, generated, get_thing, greet, hold,
+from .actions import (add, crash, create_thing, create_unencodable, echo, export_things, fail_with, flaky, generated, get_thing, greet, hold,
                       items, migrations, missing, move, pid, probe_values, python_values, raw_rows, register, sized,
                       sqlstate, with_status)
 
@@ -25,6 +25,7 @@ routes = [
     dict(route='register', action=register),
     dict(route='things/create', action=create_thing),
     dict(route='things/get', action=get_thing),
+    dict(route='things/create-unencodable', action=create_unencodable),
     dict(route='things/export', action=export_things),
     dict(route='things/move', action=move),
     dict(route='migrations', action=migrations),
