@@ -24,6 +24,7 @@ import orjson
 
 from .data import ACCOUNTS, USERS, reset_accounts, reset_users, start_database
 from .profile import RESULTS_DIR, baseline_app, call_wsgi, gateway_app
+from .results_files import unused_path
 from .servers import BENCH_TOKEN
 
 REQUESTS = 1000
@@ -106,7 +107,7 @@ def main(options):
         lines.append(f'| {scenario} | {gateway / 1000:,.0f}k | {baseline / 1000:,.0f}k | {gateway / baseline:.2f} |')
         print(lines[-1], flush=True)
     day = datetime.date.today().isoformat()
-    path = RESULTS_DIR / f'{day}-instructions.md'
+    path = unused_path(RESULTS_DIR, f'{day}-instructions')
     path.write_text('\n'.join([f'# make bench --instructions, {day}', '', __doc__.strip(), '', *lines]) + '\n')
     print(f'Written to {path}', flush=True)
     return 0

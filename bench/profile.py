@@ -22,6 +22,7 @@ from unittest import mock
 
 from .data import USERS, start_database
 from .load import Load, run_wrk
+from .results_files import unused_path
 from ops.ports import free_ports
 
 from .servers import BENCH_TOKEN, kept, start_gateway, worker_processes
@@ -322,8 +323,7 @@ def main(options):
                           *spied, '', '## In process, straight to the WSGI app (no sockets), users/get, best of 5', '',
                           *timed, '', '## In process, a stopwatch on each part of the gateway, users/get', '',
                           *parts, '', '## Each part alone, warm (timeit)', '', *isolated]) + '\n'
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f'{day}-profile.md'
+    path = unused_path(RESULTS_DIR, f'{day}-profile')
     path.write_text(markdown)
     print(markdown + f'\nWritten to {path}', flush=True)
     return 0

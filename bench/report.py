@@ -1,5 +1,4 @@
 """The results table of `make bench`, as Markdown for the terminal and bench/results/<date>.md."""
-import json
 from statistics import median
 
 from .mixed import percentile
@@ -195,12 +194,3 @@ def render(context, comparisons, export, cold_seconds, checks, mixed=None):
                   '5xx counted by the wrk script; PostgreSQL connections sampled from pg_stat_activity):', '',
                   *capacity_table(checks)]
     return '\n'.join(lines) + '\n'
-
-
-def write(results_dir, day, markdown, raw_lines):
-    """Write <day>.md and the raw runs as JSON lines to <day>.raw; return the .md path."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / f'{day}.md'
-    path.write_text(markdown)
-    (results_dir / f'{day}.raw').write_text(''.join(json.dumps(line) + '\n' for line in raw_lines))
-    return path

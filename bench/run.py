@@ -23,7 +23,7 @@ from pathlib import Path
 import settings
 from ops.ports import free_ports
 
-from . import report
+from . import report, results_files
 from .coldstart import cold_starts
 from .data import reset_accounts, reset_users, start_database
 from .export import JSON_REFERENCE, copy_through_psql, export_through_gateway, json_through_psql
@@ -232,7 +232,7 @@ def main(argv=None):
         from .instructions import main as count_instructions
         return count_instructions(options)
     started, raw_lines, markdown = run_all(options)
-    path = report.write(RESULTS_DIR, started.date().isoformat(), markdown, raw_lines)
+    path = results_files.write(RESULTS_DIR, started.date().isoformat(), markdown, raw_lines)
     print('\n' + markdown + f'\nWritten to {path.relative_to(settings.BASE_DIR)}', flush=True)
     return 0
 
