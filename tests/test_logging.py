@@ -6,7 +6,6 @@ import os
 import re
 import select
 import socket
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace

@@ -2,7 +2,6 @@
 the documented exception, on the buffered path, Db.stream and Db.stream_json; bodies keep numbers exact."""
 import base64
 import decimal
-import json
 import re
 import time
 

@@ -16,7 +16,6 @@ failure (a stream as cut short, with the bytes it sent) and is logged before the
 import collections
 import select
 import signal
-import socket
 import threading
 import time
 
@@ -25,7 +24,6 @@ from gevent.monkey import get_original
 
 from lib.errors import ApiError, ServiceUnavailable
 from lib.http.exchange import GONE_KEY, STOPPING_KEY
-from lib.process import after_fork
 
 SOCKET_KEY = 'gunicorn.socket'
 # The watcher looks at the sockets this often: it bounds how late a client that left is noticed.
