@@ -4,6 +4,7 @@
 stopped with SIGINT as Ctrl-C would. Fake upstreams (raw sockets) stand in for replicas only where a
 test must make a replica misbehave at an exact moment.
 """
+import http.client
 import json
 import os
 import random
@@ -237,3 +238,47 @@ def running_nginx(upstream_ports, **settings_env):
         finally:
             process.send_signal(signal.SIGQUIT)
             process.wait(10)
+
+
+@dataclass
+class Attempt:
+    """One POST of a write load: its unique code (its request id too), when it ran (time.monotonic()) and how it
+    ended: the HTTP status, or the name of the error that cut it short (a replica gone mid-answer)."""
+
+    code: str
+    started: float
+    ended: float
+    status: int | str
+
+
+class WriteLoad:
+    """Threads that create things with unique codes through the stack's nginx until stopped, keeping every attempt."""
+
+    def __init__(self, stack, run_id, threads, max_per_thread):
+        self.stack, self.run_id, self.max_per_thread = stack, run_id, max_per_thread
+        self.attempts = []
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self.create_things, args=(index,)) for index in range(threads)]
+
+    def create_things(self, thread_index):
+        """POST probe/things/create in a loop, each on a fresh connection, recording every attempt."""
+        for number in range(self.max_per_thread):
+            if self.stopping.is_set():
+                return
+            code = f'{self.run_id}-{thread_index}-{number}'
+            started = time.monotonic()
+            try:
+                status = self.stack.post('/probe/things/create', {'code': code}, headers={'X-Request-ID': code}).status
+            except (http.client.HTTPException, OSError) as exc:
+                status = type(exc).__name__
+            self.attempts.append(Attempt(code, started, time.monotonic(), status))
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(60)

@@ -1,9 +1,7 @@
 """Zero-downtime restarts (issue 11): `make stack`'s rolling restart (SIGHUP) restarts every replica under a
 write load through nginx, and not one request fails; every 2xx answer is one row, and no row lacks one."""
 import collections
-import http.client
 import signal
-import threading
 import time
 import uuid
 
@@ -11,7 +9,7 @@ import pytest
 
 from tests.helpers import run_sql, wait_for
 
-from .helpers import free_ports_below_the_ephemeral_range, running_stack, worker_group
+from .helpers import WriteLoad, free_ports_below_the_ephemeral_range, running_stack, worker_group
 
 pytestmark = pytest.mark.slow
 
@@ -21,44 +19,13 @@ RESTART_TIMEOUT_SECONDS = 120
 FINISHED_LINE = b'rolling restart of 3 replicas finished'
 
 
-class WriteLoad:
-    """Threads that create things with unique codes through nginx until stopped; every outcome is kept."""
-
-    def __init__(self, stack, run_id):
-        self.stack, self.run_id = stack, run_id
-        self.outcomes = {}
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self.create_things, args=(index,)) for index in range(LOAD_THREADS)]
-
-    def create_things(self, thread_index):
-        """POST probe/things/create in a loop, each on a fresh connection."""
-        for number in range(MAX_REQUESTS_PER_THREAD):
-            if self.stopping.is_set():
-                return
-            code = f'{self.run_id}-{thread_index}-{number}'
-            try:
-                self.outcomes[code] = self.stack.post('/probe/things/create', {'code': code}).status
-            except (http.client.HTTPException, OSError) as exc:
-                self.outcomes[code] = type(exc).__name__
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(60)
-
-
 def test_a_rolling_restart_under_a_write_load_fails_no_request(tmp_path_factory, topology_database_url):
     run_id = uuid.uuid4().hex[:12]
     base_port = free_ports_below_the_ephemeral_range(3 + 2)
     with running_stack(tmp_path_factory, topology_database_url, replicas=3, base_port=base_port,
                        GRACEFUL_TIMEOUT='10') as stack:
         groups_before = [worker_group(port) for port in stack.replica_ports]
-        with WriteLoad(stack, run_id) as load:
+        with WriteLoad(stack, run_id, LOAD_THREADS, MAX_REQUESTS_PER_THREAD) as load:
             time.sleep(1)
             stack.process.send_signal(signal.SIGHUP)
             wait_for(lambda: FINISHED_LINE in stack.log_path.read_bytes(), RESTART_TIMEOUT_SECONDS,
@@ -66,8 +33,8 @@ def test_a_rolling_restart_under_a_write_load_fails_no_request(tmp_path_factory,
             time.sleep(1)
         groups_after = [worker_group(port) for port in stack.replica_ports]
     assert all(before != after for before, after in zip(groups_before, groups_after)), 'a replica was not restarted'
-    outcomes = collections.Counter(load.outcomes.values())
+    outcomes = collections.Counter(attempt.status for attempt in load.attempts)
     assert set(outcomes) == {201}, outcomes
     rows = {code for (code,) in run_sql(topology_database_url, 'SELECT code FROM probe.things WHERE code LIKE %s',
                                         (f'{run_id}-%',))}
-    assert rows == set(load.outcomes) and len(rows) > 100
+    assert rows == {attempt.code for attempt in load.attempts} and len(rows) > 100
