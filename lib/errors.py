@@ -103,6 +103,13 @@ class Conflict(ApiError):
     detail = 'The request conflicts with existing data.'
 
 
+class UnsupportedMediaType(ApiError):
+    """The body is not of a type the action reads: JSON, in UTF-8 (415)."""
+
+    status = 415
+    detail = 'The request body must be application/json.'
+
+
 class Unprocessable(ApiError):
     """The body is well-formed but its content is refused (422)."""
 
@@ -167,7 +174,7 @@ HTTP_DETAILS = {
     404: 'No action is mounted at this path.',
     405: 'This path does not accept this method.',
     413: 'The request body is too large.',
-    415: 'The request body must be application/json.',
+    415: UnsupportedMediaType.detail,
 }
 
 # Exception class -> function(exc) returning its ApiError, or None for "a server fault" (a generic 500).

@@ -57,7 +57,8 @@ def test_many_schema_reports_errors_per_item(call):
 
 
 @pytest.mark.parametrize('content_type', ['application/json; charset=utf-8', 'application/json;charset=UTF-8',
-                                          'Application/JSON'])
+                                          'Application/JSON', 'application/json; charset="utf-8"',
+                                          'application/json; charset=utf8'])
 def test_charset_parameter_is_accepted(client, content_type):
     response = post_raw(client, '/probe/echo', b'{"a": 1}', content_type)
     assert response.status_code == 200
@@ -69,6 +70,15 @@ def test_other_content_type_with_a_body_is_415(client, content_type):
     response = post_raw(client, '/probe/echo', b'{"a": 1}', content_type)
     assert response.status_code == 415
     assert response.mimetype == 'application/problem+json'
+
+
+@pytest.mark.parametrize('charset', ['latin-1', 'ISO-8859-1', 'utf-16', '"windows-1252"', ''])
+def test_json_in_another_charset_is_415_saying_json_is_utf8(client, charset):
+    # In latin-1, b'\xe9' is an e with an acute accent; read as UTF-8 it is not a character at all.
+    response = post_raw(client, '/probe/echo', '{"name": "Ren\u00e9"}'.encode('latin-1'),
+                        f'application/json; charset={charset}')
+    assert response.status_code == 415 and response.mimetype == 'application/problem+json'
+    assert 'UTF-8 (RFC 8259' in response.get_json()['detail']
 
 
 def test_other_content_type_with_an_empty_body_is_fine(client):

@@ -1,8 +1,8 @@
 """The one JSON body parser of module actions: numbers exact, no NUL character anywhere."""
 from flask import current_app, request
-from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from lib.errors import BadRequest, Unprocessable
+from lib.errors import BadRequest, Unprocessable, UnsupportedMediaType
 from lib.jsonenc import JSON_MIMETYPE, TooDeep, loads_exact
 
 # JSON can hold a NUL only escaped; PostgreSQL's text cannot hold one at all.
@@ -40,9 +40,21 @@ def read_stream(stream, size):
         raise ClientDisconnected() from None
 
 
-def is_json(content_type):
-    """Tell whether a Content-Type header names JSON, whatever its parameters (charset)."""
-    return content_type == JSON_MIMETYPE or content_type.partition(';')[0].strip().lower() == JSON_MIMETYPE
+def refuse_unless_json(content_type):
+    """Raise 415 unless the Content-Type header is application/json, with no charset or charset=utf-8: JSON
+    exchanged between systems is UTF-8 (RFC 8259 section 8.1), so a body declared in another charset is refused
+    rather than read as what it says it is not."""
+    if content_type == JSON_MIMETYPE:
+        return
+    media_type, *parameters = content_type.split(';')
+    if media_type.strip().lower() != JSON_MIMETYPE:
+        raise UnsupportedMediaType()
+    for parameter in parameters:
+        name, _, value = parameter.partition('=')
+        charset = value.strip().strip('"').lower()
+        if name.strip().lower() == 'charset' and charset not in ('utf-8', 'utf8'):
+            raise UnsupportedMediaType(f'JSON bodies are UTF-8 (RFC 8259 section 8.1); charset={charset[:40]} '
+                                       'is not accepted.')
 
 
 def read_json_body():
@@ -50,8 +62,8 @@ def read_json_body():
     environ = request.environ
     data = read_body(environ)
     # Any byte in a body of another type is a 415, whitespace too: only an empty body needs no content type.
-    if data and not is_json(environ.get('CONTENT_TYPE', '')):
-        raise UnsupportedMediaType()
+    if data:
+        refuse_unless_json(environ.get('CONTENT_TYPE', ''))
     if not data.strip():
         return {}
     try:
