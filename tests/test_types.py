@@ -7,6 +7,7 @@ import time
 
 import orjson
 import psycopg2
+import psycopg2.extras
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies
 
@@ -306,6 +307,29 @@ def test_a_dict_parameter_goes_into_a_jsonb_column(conn):
                                      'notes': {'deep': [1, {'x': None}]}, 'tags': ['a', 'b']})
     assert row['details'] == {'a': 1, 'n': '0.10'} and row['notes'] == {'deep': [1, {'x': None}]}
     assert row['tags'] == ['a', 'b']  # a list is still an array
+
+
+def insert_details(conn, value):
+    """Insert value into the temporary orders table's jsonb column; return the stored JSON, or the error."""
+    db = Db(conn)
+    db.execute('SAVEPOINT attempt')
+    try:
+        return db.insert('orders', {'details': value}, returning_columns=['details'])['details']
+    except psycopg2.Error as exc:
+        db.execute('ROLLBACK TO SAVEPOINT attempt')
+        return exc
+
+
+def test_a_top_level_list_or_scalar_goes_into_jsonb_only_wrapped_in_json(conn):
+    Db(conn).execute('CREATE TEMP TABLE orders (id serial, details jsonb)')
+    for value in (['a', 1], 'abc', 5, True, None):
+        assert insert_details(conn, psycopg2.extras.Json(value)) == value
+    assert insert_details(conn, '"abc"') == 'abc'  # a str is SQL text: JSON text for jsonb to parse
+    as_text = insert_details(conn, 'abc')
+    assert as_text.pgcode == '22P02' and as_api_error(as_text).status == 422  # bad input syntax
+    for value in (5, True, ['a', 'b']):  # an integer, a boolean, an ARRAY: types jsonb refuses, a module's bug
+        refused = insert_details(conn, value)
+        assert refused.pgcode == '42804' and as_api_error(refused).status == 500
 
 
 # --- No 500 for a client's value; an action's own bug stays one. ---
