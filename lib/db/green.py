@@ -7,20 +7,26 @@ to a callback; psycogreen's gevent callback is these few lines, written here rat
 import psycopg2
 import psycopg2.extensions
 
-READY = psycopg2.extensions.POLL_OK
+POLL_OK, POLL_READ, POLL_WRITE = (psycopg2.extensions.POLL_OK, psycopg2.extensions.POLL_READ,
+                                  psycopg2.extensions.POLL_WRITE)
 
 
-def wait_cooperatively(conn):
-    """Drive conn until its pending work is done, yielding to gevent's hub whenever it waits on the network."""
-    from gevent.socket import wait_read, wait_write  # only a gevent worker calls this
-
-    waits = {psycopg2.extensions.POLL_READ: wait_read, psycopg2.extensions.POLL_WRITE: wait_write}
-    while (state := conn.poll()) != READY:
-        if state not in waits:
-            raise psycopg2.OperationalError(f'unexpected state from poll(): {state!r}')
-        waits[state](conn.fileno())
+def cooperative_wait(wait_read, wait_write):
+    """Return psycopg2's wait callback over gevent's wait_read and wait_write (passed in: only a gevent worker
+    imports them). It runs on every query's every wait, so it binds what it calls once, here."""
+    def wait(conn):
+        """Drive conn until its pending work is done, yielding to gevent's hub whenever it waits on the network."""
+        while (state := conn.poll()) != POLL_OK:
+            if state == POLL_READ:
+                wait_read(conn.fileno())
+            elif state == POLL_WRITE:
+                wait_write(conn.fileno())
+            else:
+                raise psycopg2.OperationalError(f'unexpected state from poll(): {state!r}')
+    return wait
 
 
 def make_psycopg2_cooperative():
     """Have every psycopg2 connection of this process wait through gevent (call it in a gevent worker only)."""
-    psycopg2.extensions.set_wait_callback(wait_cooperatively)
+    from gevent.socket import wait_read, wait_write
+    psycopg2.extensions.set_wait_callback(cooperative_wait(wait_read, wait_write))
