@@ -14,12 +14,10 @@ from lib.db.unit import time_left
 from lib.errors import RETRYABLE_SQLSTATES
 from lib.jsonenc import JSON_MIMETYPE, json_array_chunks, json_response
 from lib.http.disconnect import WATCHER
-from lib.http.exchange import CLIENT_KEY, ROUTE_KEY
+from lib.http.exchange import CLIENT_KEY, ROUTE_KEY, request_deadline
 
 
 SCHEMA_ATTRIBUTE = '__dbapi_schema__'
-# The request's deadline, a time.monotonic() value, kept in its environ from its first borrow on.
-DEADLINE_KEY = 'dbapi.deadline'
 
 
 def use_schema(schema):
@@ -65,14 +63,6 @@ def with_retries(attempt, retries, deadline=None):
             if left is not None and left <= pause:
                 raise
             time.sleep(pause)
-
-
-def request_deadline():
-    """Return when the current request must be done (time.monotonic()), or None: no deadline, or no request."""
-    deadline_ms = current_app.config['REQUEST_DEADLINE_MS']
-    if not deadline_ms or not has_request_context():
-        return None
-    return request.environ.setdefault(DEADLINE_KEY, time.monotonic() + deadline_ms / 1000)
 
 
 def bulkhead_of_request():

@@ -96,6 +96,13 @@ class NotFound(ApiError):
     detail = 'The resource was not found.'
 
 
+class RequestTimeout(ApiError):
+    """The client did not send its whole request before the request's deadline (408), as nginx says it too."""
+
+    status = 408
+    detail = 'The request was not sent in time.'
+
+
 class Conflict(ApiError):
     """The request conflicts with the current state (409)."""
 

@@ -291,6 +291,46 @@ def test_under_gunicorn_a_flood_of_slow_calls_is_shed_at_once_while_healthz_answ
     assert all(reply.headers['Retry-After'] == '1' for reply, _ in replies if reply.status == 503)
 
 
+def send_body_slowly(port, trickle_seconds):
+    """POST /probe/echo declaring a 100-byte body, send 10 bytes of it, then one more every trickle_seconds (or none);
+    return (the answer's status line and headers and body as bytes, seconds until it came)."""
+    started = time.monotonic()
+    with socket.create_connection(('127.0.0.1', port), timeout=15) as client:
+        client.sendall(b'POST /probe/echo HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n'
+                       b'Authorization: Bearer ' + ADMIN_TOKEN.encode() + b'\r\nContent-Length: 100\r\n\r\n{"a": "    ')
+        client.settimeout(trickle_seconds or 15)
+        answer = b''
+        while b'\r\n\r\n' not in answer or not answer.rstrip().endswith(b'}'):
+            try:
+                chunk = client.recv(65536)
+            except socket.timeout:
+                client.sendall(b' ')
+                continue
+            if not chunk:
+                break
+            answer += chunk
+    return answer, time.monotonic() - started
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('worker_class, trickle_seconds', [('gevent', 0.2), ('gevent', None), ('gthread', None)])
+def test_a_body_sent_too_slowly_is_a_408_at_the_deadline_and_frees_its_slot(database_url, worker_class,
+                                                                            trickle_seconds):
+    """Straight to gunicorn (nginx's client_body_timeout is not in front): a slow body ends at the request deadline.
+    Under gevent the whole read is bounded, a byte trickled now and then included; with threads, each wait is."""
+    with running_gunicorn(database_url, WEB_CONCURRENCY='1', WORKER_CLASS=worker_class, MAX_REQUESTS_IN_FLIGHT='2',
+                          REQUEST_DEADLINE_MS='1500') as port:
+        with ThreadPoolExecutor(2) as executor:
+            answers = list(executor.map(lambda _: send_body_slowly(port, trickle_seconds), range(2)))
+        after = post(port, '/probe/echo', {'a': 1})
+    for answer, seconds in answers:
+        head, _, body = answer.partition(b'\r\n\r\n')
+        assert head.startswith(b'HTTP/1.1 408 ') and b'application/problem+json' in head, answer
+        assert json.loads(body)['detail'] == 'The request was not sent in time.'
+        assert 1.4 < seconds < 5
+    assert after.status == 200  # both slots are free again
+
+
 # Cancellation: a client that goes away gets its query cancelled, the connection reused, and a 499 in the log
 
 

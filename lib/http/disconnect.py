@@ -23,9 +23,8 @@ import psycopg2
 from gevent.monkey import get_original
 
 from lib.errors import ApiError, ServiceUnavailable
-from lib.http.exchange import GONE_KEY, STOPPING_KEY
+from lib.http.exchange import CLIENT_SOCKET_KEY, GONE_KEY, STOPPING_KEY
 
-SOCKET_KEY = 'gunicorn.socket'
 # The watcher looks at the sockets this often: it bounds how late a client that left is noticed.
 POLL_SECONDS = 0.1
 # The peer closed its side (POLLRDHUP, even with unread data in the socket) or reset the connection.
@@ -81,7 +80,7 @@ class DisconnectWatcher:
 
     def watch(self, environ, conn):
         """Watch the request's client while conn runs its query; return the Watch, or None without a socket."""
-        sock = environ.get(SOCKET_KEY)
+        sock = environ.get(CLIENT_SOCKET_KEY)
         if sock is None:  # not served by gunicorn (the tests' in-process client)
             return None
         watch = Watch(sock, conn, environ)

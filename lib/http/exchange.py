@@ -1,5 +1,8 @@
-"""What a request's handlers leave in its WSGI environ for the access line, which is written after Flask is done."""
-from flask import request
+"""What a request's handlers leave in its WSGI environ for the access line, which is written after Flask is done,
+and the request's deadline, which every part of its handling reads."""
+import time
+
+from flask import current_app, has_request_context, request
 
 ROUTE_KEY = 'dbapi.route'
 CLIENT_KEY = 'dbapi.client'
@@ -8,8 +11,20 @@ ERROR_KEY = 'dbapi.error'
 GONE_KEY = 'dbapi.client_gone'
 # Set when a stopping worker cancelled the request's query just before its graceful timeout ended.
 STOPPING_KEY = 'dbapi.stopping'
+# gunicorn's client socket (the public key its WSGI environ has); absent in-process.
+CLIENT_SOCKET_KEY = 'gunicorn.socket'
+# When the request must be done (time.monotonic()), set by the first part of its handling that asks.
+DEADLINE_KEY = 'dbapi.deadline'
 
 
 def remember(key, value):
     """Keep value in the current request's environ under key, for the access line."""
     request.environ[key] = value
+
+
+def request_deadline():
+    """Return when the current request must be done (time.monotonic()), or None: no deadline, or no request."""
+    deadline_ms = current_app.config['REQUEST_DEADLINE_MS']
+    if not deadline_ms or not has_request_context():
+        return None
+    return request.environ.setdefault(DEADLINE_KEY, time.monotonic() + deadline_ms / 1000)
