@@ -4,7 +4,7 @@ How a request flows and where each concern lives: docs/architecture.md.
 """
 from dataclasses import dataclass, field
 
-from flask import Flask
+from flask import Flask, request
 from flask.sessions import NullSession, SessionInterface
 from flask_compress import Compress
 
@@ -14,7 +14,7 @@ from lib.db import make_pools
 from lib.db.embedded import start_embedded
 from lib.errors import ERROR_TRANSLATORS, handle_error
 from lib.http.admission import install_admission
-from lib.http.headers import RESPONSE_HEADERS, ResponseHeaders
+from lib.http.headers import RESPONSE_HEADERS, ResponseHeaders, acceptable_codings
 from lib.http.health import ops
 from lib.http.proxies import TrustedProxies
 from lib.http.requestid import RequestIds
@@ -97,8 +97,17 @@ def load_config(app, overrides):
                       COMPRESS_ALGORITHM=COMPRESS_ALGORITHMS, COMPRESS_ALGORITHM_STREAMING=COMPRESS_ALGORITHMS)
 
 
+def drop_refused_codings():
+    """Take the codings the client refuses (q=0) out of Accept-Encoding before flask-compress reads it."""
+    header = request.environ.get('HTTP_ACCEPT_ENCODING')
+    if header and 'q=0' in header.replace(' ', ''):
+        request.environ['HTTP_ACCEPT_ENCODING'] = acceptable_codings(header)
+
+
 def install_compression(app):
-    """Compress successful JSON bodies of 500 bytes or more with flask-compress; small ones skip it when fast."""
+    """Compress successful JSON bodies of 500 bytes or more with flask-compress, never in a coding the client
+    refuses; small ones skip it when fast."""
+    app.before_request(drop_refused_codings)
     compress = Compress()
     app.config['COMPRESS_REGISTER'] = not app.config['FAST_PATHS']
     compress.init_app(app)

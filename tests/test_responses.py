@@ -65,6 +65,17 @@ def test_bodies_under_500_bytes_are_not_compressed(call):
     assert response.get_json() == 'x' * 400
 
 
+@pytest.mark.parametrize('accept_encoding, chosen', [
+    ('gzip;q=0', None), ('br;q=0', None), ('gzip;q=0, br;q=0, *;q=0', None), ('br; q=0.0, gzip', 'gzip'),
+    ('gzip;q=0, br;q=0.5', 'br'), ('br;q=0.001', 'br'), ('identity', None)])
+def test_a_coding_the_client_refuses_with_q_0_is_never_used(call, accept_encoding, chosen):
+    """RFC 9110 section 12.4.2: a qvalue of 0 means "not acceptable"."""
+    for path in ('/probe/sized', '/probe/things/export'):  # a buffered answer and a stream
+        response = call(path, {'size': 2000} if path == '/probe/sized' else {},
+                        headers={'Accept-Encoding': accept_encoding})
+        assert response.headers.get('Content-Encoding') == chosen, (path, accept_encoding)
+
+
 def test_no_compression_without_accept_encoding(call):
     response = call('/probe/sized', {'size': 2000})
     assert 'Content-Encoding' not in response.headers

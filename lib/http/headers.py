@@ -21,6 +21,24 @@ def vary_header(environ, headers):
 RESPONSE_HEADERS = [request_id_header, vary_header]
 
 
+def refuses(coding):
+    """Tell whether one Accept-Encoding entry ("gzip;q=0") refuses its coding: a q of 0 (RFC 9110 section 12.4.2)."""
+    for parameter in coding.split(';')[1:]:
+        name, _, value = parameter.partition('=')
+        if name.strip().lower() == 'q':
+            try:
+                return float(value) == 0
+            except ValueError:
+                return False
+    return False
+
+
+def acceptable_codings(accept_encoding):
+    """Return an Accept-Encoding header without the codings it refuses: flask-compress (1.25) keeps q=0 entries and
+    picks one when nothing else is listed, so "gzip;q=0" would get gzip."""
+    return ','.join(coding for coding in accept_encoding.split(',') if not refuses(coding))
+
+
 class ResponseHeaders:
     """WSGI middleware: add the headers of every step to each answer, whoever made it (a view, an error)."""
 
