@@ -140,6 +140,9 @@ def install_middleware(app, gateway):
 def create_app(overrides=None):
     """Build the dbapi Flask app from settings and optional config overrides."""
     app = GatewayFlask(__name__, static_folder=None)
+    # A doubled slash is a path of its own (404), never a 308 to the merged one: a redirect would be HTML, and
+    # built from the caller's Host header.
+    app.url_map.merge_slashes = False
     app.session_interface = NoSessions()
     load_config(app, overrides)
     clients = load_clients(app.config)

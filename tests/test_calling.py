@@ -12,8 +12,8 @@ def post_raw(client, path, data, content_type):
     return client.post(path, data=data, headers=headers)
 
 
-@pytest.mark.parametrize('path', ['/probe', '/probe/'])
-def test_module_root_action_answers_with_and_without_slash(call, path):
+@pytest.mark.parametrize('path', ['/probe', '/probe/', '/probe/echo', '/probe/echo/'])
+def test_an_action_answers_with_and_without_one_trailing_slash(call, path):
     response = call(path, {'root': True})
     assert response.status_code == 200
     assert response.get_json() == {'root': True}

@@ -92,6 +92,15 @@ def test_a_404_lists_a_modules_actions_only_to_a_client_that_may_call_it(call):
     assert '/probe/echo' in assert_problem(call('/probe/nope', token=SCOPED_TOKEN), 404)['detail']
 
 
+@pytest.mark.parametrize('path', ['/probe//echo', '/probe/echo//', '/probe///', '/probe//things/create'])
+@pytest.mark.parametrize('token', [ADMIN_TOKEN, ''])
+def test_a_doubled_slash_is_a_404_problem_never_a_redirect(call, path, token):
+    """werkzeug merges slashes with a 308 by default: an HTML body, and a Location built from the Host header."""
+    response = call(path, {}, token=token, headers={'Host': 'elsewhere.example'})
+    assert_problem(response, 404)
+    assert 'Location' not in response.headers
+
+
 def test_a_404_of_an_unknown_module_says_it_does_not_exist(call):
     body = assert_problem(call('/no_such_module/x'), 404)
     assert body['detail'] == "No module 'no_such_module' is mounted. Actions are called as POST /<module>/<action>."
