@@ -119,6 +119,14 @@ def test_a_body_of_the_wrong_shape_says_so_plainly(call):
 
 
 @pytest.mark.parametrize('body', [b' ', b'\n\t '])
+def test_a_whitespace_json_body_is_a_400_not_an_empty_one(client, body):
+    """JSON text is a value between optional whitespace (RFC 8259 section 2): whitespace alone is not JSON."""
+    response = client.post('/probe/echo', data=body, headers={'Authorization': f'Bearer {ADMIN_TOKEN}',
+                                                              'Content-Type': 'application/json'})
+    assert assert_problem(response, 400)['detail'] == 'The request body is not valid JSON.'
+
+
+@pytest.mark.parametrize('body', [b' ', b'\n\t '])
 def test_a_whitespace_body_of_another_content_type_is_415(client, body):
     response = client.post('/probe/echo', data=body, headers={'Authorization': f'Bearer {ADMIN_TOKEN}',
                                                               'Content-Type': 'text/plain'})

@@ -97,7 +97,7 @@ def read_json_body():
     # Any byte in a body of another type is a 415, whitespace too: only an empty body needs no content type.
     if data:
         refuse_unless_json(environ.get('CONTENT_TYPE', ''))
-    if not data.strip():
+    if not data:
         return {}
     try:
         body = loads_exact(data)
