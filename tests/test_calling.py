@@ -1,7 +1,9 @@
 """CONTRACT section 1: calling an action."""
+import gzip
+
 import pytest
 
-from tests.helpers import ADMIN_TOKEN, mounted_paths
+from tests.helpers import ADMIN_TOKEN, assert_problem, mounted_paths
 
 AUTH = {'Authorization': f'Bearer {ADMIN_TOKEN}'}
 
@@ -79,6 +81,20 @@ def test_json_in_another_charset_is_415_saying_json_is_utf8(client, charset):
                         f'application/json; charset={charset}')
     assert response.status_code == 415 and response.mimetype == 'application/problem+json'
     assert 'UTF-8 (RFC 8259' in response.get_json()['detail']
+
+
+@pytest.mark.parametrize('coding', ['gzip', 'br', 'deflate, gzip'])
+def test_a_compressed_body_is_415_naming_the_codings_accepted(client, coding):
+    response = client.post('/probe/echo', data=gzip.compress(b'{"a": 1}'), headers={
+        'Authorization': f'Bearer {ADMIN_TOKEN}', 'Content-Type': 'application/json', 'Content-Encoding': coding})
+    assert assert_problem(response, 415)['detail'].endswith('is not accepted: send the body uncompressed.')
+    assert response.headers['Accept-Encoding'] == 'identity'
+
+
+def test_an_identity_content_encoding_is_a_plain_body(client):
+    response = client.post('/probe/echo', data=b'{"a": 1}', headers={
+        'Authorization': f'Bearer {ADMIN_TOKEN}', 'Content-Type': 'application/json', 'Content-Encoding': 'identity'})
+    assert response.status_code == 200 and response.get_json() == {'a': 1}
 
 
 def test_other_content_type_with_an_empty_body_is_fine(client):

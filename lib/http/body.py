@@ -90,6 +90,15 @@ def refuse_unless_json(content_type):
                                        'is not accepted.')
 
 
+def refuse_content_coding(content_encoding):
+    """Raise 415 for a body sent compressed (any Content-Encoding but identity): dbapi reads bodies as sent, and
+    RFC 9110 section 15.5.16 has the 415 say, in Accept-Encoding, which codings a request may use."""
+    coding = content_encoding.strip().lower()
+    if coding and coding != 'identity':
+        raise UnsupportedMediaType(f'Content-Encoding {coding[:40]} is not accepted: send the body uncompressed.',
+                                   headers={'Accept-Encoding': 'identity'})
+
+
 def read_json_body():
     """Parse the request body once: empty means {}, anything but JSON is refused."""
     environ = request.environ
@@ -97,6 +106,7 @@ def read_json_body():
     # Any byte in a body of another type is a 415, whitespace too: only an empty body needs no content type.
     if data:
         refuse_unless_json(environ.get('CONTENT_TYPE', ''))
+        refuse_content_coding(environ.get('HTTP_CONTENT_ENCODING', ''))
     if not data:
         return {}
     try:
