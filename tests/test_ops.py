@@ -1,6 +1,8 @@
 """CONTRACT section 6: /healthz and /readyz."""
 import pytest
 
+from tests.helpers import assert_problem
+
 
 def test_healthz_get(client):
     response = client.get('/healthz')
@@ -43,3 +45,11 @@ def test_ops_endpoints_need_no_token(client, path):
 
 def test_ops_endpoints_refuse_post(client):
     assert client.post('/healthz').status_code == 405
+
+
+@pytest.mark.parametrize('path', ['/healthz', '/readyz', '/metrics'])
+@pytest.mark.parametrize('method', ['OPTIONS', 'POST', 'PUT', 'DELETE'])
+def test_an_operations_endpoint_answers_other_methods_with_a_405_problem(client, path, method):
+    response = client.open(path, method=method)
+    assert_problem(response, 405)
+    assert set(response.headers['Allow'].split(', ')) == {'GET', 'HEAD'}

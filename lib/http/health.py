@@ -19,7 +19,7 @@ READY_PROBES = threading.BoundedSemaphore(1)
 SOCKET_EVENTS = {psycopg2.extensions.POLL_READ: select.POLLIN, psycopg2.extensions.POLL_WRITE: select.POLLOUT}
 
 
-@ops.route('/healthz', methods=['GET', 'HEAD'])
+@ops.route('/healthz', methods=['GET', 'HEAD'], provide_automatic_options=False)
 def healthz():
     """Answer while the process serves; touches no database."""
     return json_response({'status': 'ok'})
@@ -66,7 +66,7 @@ def every_database_answers(pools):
         READY_PROBES.release()
 
 
-@ops.route('/readyz', methods=['GET'])
+@ops.route('/readyz', methods=['GET'], provide_automatic_options=False)
 def readyz():
     """Answer 200 when every configured database answers within a second, else 503; names nothing."""
     if every_database_answers(current_app.extensions['dbapi'].pools.values()):
