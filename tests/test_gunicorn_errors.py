@@ -38,3 +38,4 @@ def test_requests_gunicorn_cannot_parse_get_problem_details(database_url, worker
             problem = json.loads(body)
             assert problem['status'] == expected and problem['request_id'] == headers['X-Request-ID'], case
             assert int(headers['Content-Length']) == len(body), case
+            assert headers['Vary'] == 'Accept-Encoding', case  # as on every answer (contract section 4)

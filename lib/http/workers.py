@@ -11,7 +11,8 @@ from gunicorn.workers.ggevent import GeventWorker
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
-from lib.http.requestid import new_request_id
+from lib.http.headers import RESPONSE_HEADERS
+from lib.http.requestid import REQUEST_ID_KEY, new_request_id
 from lib.jsonenc import dumps_bytes
 
 STATUS_LINE = re.compile(rb'HTTP/1\.[01] (\d{3}) ([^\r\n]*)')
@@ -37,13 +38,18 @@ class CapturedAnswer:
 
 
 def problem_answer(status, reason):
-    """Return a whole HTTP answer carrying a problem document of status, with a fresh request id."""
+    """Return a whole HTTP answer carrying a problem document of status, with a fresh request id and the headers
+    every answer of dbapi has (lib/http/headers.py's steps: X-Request-ID, Vary)."""
     request_id = new_request_id()
     body = dumps_bytes({'type': 'about:blank', 'title': reason, 'status': status,
                         'detail': PROBLEM_DETAILS.get(status, 'The server could not handle the request.'),
                         'request_id': request_id})
-    head = (f'HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/problem+json\r\n'
-            f'X-Request-ID: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n')
+    headers = [('Connection', 'close'), ('Content-Type', 'application/problem+json'),
+               ('Content-Length', str(len(body)))]
+    environ = {REQUEST_ID_KEY: request_id}
+    for step in RESPONSE_HEADERS:
+        headers += step(environ, headers)
+    head = f'HTTP/1.1 {status} {reason}\r\n' + ''.join(f'{name}: {value}\r\n' for name, value in headers) + '\r\n'
     return head.encode('latin-1') + body
 
 
