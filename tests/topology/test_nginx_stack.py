@@ -58,6 +58,7 @@ def assert_problem(reply, status):
     assert set(body) >= PROBLEM_KEYS
     assert body['status'] == status and body['title'] == HTTPStatus(status).phrase
     assert body['request_id'] == reply.headers['X-Request-ID']
+    assert reply.headers['Vary'] == 'Accept-Encoding'  # on every answer, nginx's own too (contract section 4)
     return body
 
 
