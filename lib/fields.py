@@ -1,9 +1,12 @@
 """Fields modules share: bigint ids and exact decimals, refused with a 422 before any SQL runs."""
+import re
 from decimal import Decimal
 
 from marshmallow import ValidationError, fields, validate
 
 BIGINT_MIN, BIGINT_MAX = -2 ** 63, 2 ** 63 - 1
+# A decimal as people write one: ASCII digits, optionally a leading minus and a fraction (at_most_places counts it).
+PLAIN_DECIMAL = re.compile(r'-?[0-9]+(\.[0-9]+)?')
 
 
 def bigint(**options):
@@ -24,6 +27,23 @@ def at_most_places(places):
     return validate_places
 
 
+def plain_decimal_text(places):
+    """Return a pre_load refusing a string that is not a plain decimal (PLAIN_DECIMAL) with a ValidationError.
+
+    Decimal() also reads '1_000', '١٢', '１', ' 1', '+1', '1e3' and 'NaN'; a money API must not. Anything but a
+    string passes unchanged: a JSON number comes from the body parser as an exact int or ExactNumber already.
+    """
+    example = f'{Decimal("12.5"):.{places}f}'
+    message = f'Not a valid number: use digits with at most {places} decimal places, such as "{example}".'
+
+    def refuse_unplain(value):
+        if isinstance(value, str) and not PLAIN_DECIMAL.fullmatch(value):
+            raise ValidationError(message)
+        return value
+    return refuse_unplain
+
+
 def exact_decimal(places, validators=(), **options):
-    """Return a Decimal field that refuses extra digits instead of rounding them away as places= would."""
-    return fields.Decimal(validate=[at_most_places(places), *validators], **options)
+    """Return a Decimal field of a plain decimal string or a JSON number, refusing extra digits instead of rounding."""
+    return fields.Decimal(pre_load=plain_decimal_text(places), validate=[at_most_places(places), *validators],
+                          **options)

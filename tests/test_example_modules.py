@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.helpers import TRICKY_TEXTS, Caller, app_factory, database_via, run_sql
+from tests.helpers import TRICKY_TEXTS, Caller, app_factory, assert_problem, database_via, run_sql
 
 
 @pytest.fixture(scope='module', params=['direct', pytest.param('pgbouncer', marks=pytest.mark.slow)])
@@ -154,6 +154,14 @@ def test_users_list_last_page_has_null_next(call):
     assert page['items'][-1]['id'] >= user['id'] and page['next_after_id'] is None
 
 
+def test_users_list_takes_back_the_null_next_after_id_as_the_first_page(call):
+    user = new_user(call)
+    last = call('/users/list', {'after_id': user['id'] - 1}).get_json()
+    assert last['next_after_id'] is None
+    first = call('/users/list', {'limit': 2}).get_json()
+    assert call('/users/list', {'limit': 2, 'after_id': last['next_after_id']}).get_json() == first
+
+
 def test_users_list_defaults_to_100(call):
     for _ in range(101 - len(call('/users/list', {'limit': 1000}).get_json()['items'])):
         new_user(call)
@@ -222,6 +230,53 @@ def test_accounts_amount_must_be_positive_with_at_most_two_places(call, amount):
 def test_accounts_amount_too_large_for_the_column_is_422(call):
     account = open_account(call)
     assert call('/accounts/deposit', {'account_id': account, 'amount': '1000000000000.00'}).status_code == 422
+
+
+# Strings Decimal() reads but a money API must not: only ASCII digits with an optional fraction are an amount.
+UNPLAIN_AMOUNTS = ['1_000', '\u0661\u0662', '\uff11', ' 1.00', '1.00 ', '1\n', '+1', '1e2', '1.', '.5', '1,00', '']
+UNPLAIN_MESSAGE = 'Not a valid number: use digits with at most 2 decimal places, such as "12.50".'
+# A plain amount, as a string or a JSON number, and the balance it makes in an empty account.
+PLAIN_AMOUNTS = [('12.50', '12.50'), ('0.01', '0.01'), (12, '12.00'), (12.5, '12.50'), ('100', '100.00'),
+                 ('007.5', '7.50')]
+
+
+def moving(path, amount, source, target):
+    """Return the body of path (deposit, withdraw or transfer) moving amount out of source or into it."""
+    accounts = {'from_id': source, 'to_id': target} if path.endswith('transfer') else {'account_id': source}
+    return {**accounts, 'amount': amount}
+
+
+def balance(call, account_id):
+    """Return the balance of one account."""
+    return call('/accounts/get', {'account_id': account_id}).get_json()['balance']
+
+
+@pytest.mark.parametrize('path', ['/accounts/deposit', '/accounts/withdraw', '/accounts/transfer'])
+@pytest.mark.parametrize('amount', UNPLAIN_AMOUNTS)
+def test_accounts_amount_string_is_ascii_digits_with_an_optional_fraction(call, path, amount):
+    source, target = open_account(call, '2000'), open_account(call)
+    problem = assert_problem(call(path, moving(path, amount, source, target)), 422)
+    assert problem['errors'] == {'amount': [UNPLAIN_MESSAGE]}
+    assert (balance(call, source), balance(call, target)) == ('2000.00', '0.00')
+
+
+@pytest.mark.parametrize('amount, message', [('-1', 'Must be a positive amount.'), (-1, 'Must be a positive amount.'),
+                                             ('-1.001', 'Must be a positive amount.'),
+                                             ('1.001', 'Must have at most 2 decimal places.')])
+def test_accounts_amount_sign_and_places_keep_their_messages(call, amount, message):
+    account = open_account(call)
+    problem = assert_problem(call('/accounts/deposit', {'account_id': account, 'amount': amount}), 422)
+    assert problem['errors'] == {'amount': [message]}
+
+
+@pytest.mark.parametrize('amount, stored', PLAIN_AMOUNTS)
+def test_accounts_plain_amounts_move_exactly(call, amount, stored):
+    source, target = open_account(call), open_account(call)
+    assert call('/accounts/deposit', {'account_id': source, 'amount': amount}).get_json()['balance'] == stored
+    call('/accounts/transfer', {'from_id': source, 'to_id': target, 'amount': amount})
+    assert (balance(call, source), balance(call, target)) == ('0.00', stored)
+    call('/accounts/withdraw', {'account_id': target, 'amount': amount})
+    assert balance(call, target) == '0.00'
 
 
 def test_accounts_transfer_moves_money_and_returns_both(call):

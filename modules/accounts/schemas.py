@@ -1,21 +1,26 @@
 """Bodies of the accounts module."""
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from lib.fields import bigint_id
+from lib.fields import at_most_places, bigint_id, plain_decimal_text
+
+at_most_two_places = at_most_places(2)
 
 
 def positive_with_two_places(amount):
     """Refuse an amount that is not a positive, finite number with at most two decimal places."""
     if not amount.is_finite() or amount <= 0:
         raise ValidationError('Must be a positive amount.')
-    if amount.as_tuple().exponent < -2:
-        raise ValidationError('Must have at most 2 decimal places.')
+    at_most_two_places(amount)
 
 
 def amount_field():
-    """Return a required amount of money field: positive, at most two decimal places, from a string or a number."""
+    """Return a required amount of money field: positive, at most two decimal places, a JSON number or a string.
+
+    The string is plain (lib/fields.py PLAIN_DECIMAL: "12.50", not "1_000", " 1" or "+1"); "-1" passes it only
+    to be told it is not positive. Anything else is a 422 naming the field (contract section 8).
+    """
     # One validator, not two: a negative amount with three places gets one message, as it always has.
-    return fields.Decimal(required=True, validate=positive_with_two_places)
+    return fields.Decimal(required=True, pre_load=plain_decimal_text(2), validate=positive_with_two_places)
 
 
 def account_id():

@@ -40,11 +40,17 @@ class UserChange(UserId):
             raise ValidationError('Give email, name or both.', '_schema')
 
 
+def from_the_start(after_id):
+    """Read a null after_id, a last page's next_after_id sent back, as 0: the first page (contract section 8)."""
+    return 0 if after_id is None else after_id
+
+
 class Page(Schema):
-    """A keyset page: up to limit users with an id above after_id."""
+    """A keyset page: up to limit users with an id above after_id (0, left out or null: from the start)."""
 
     limit = fields.Integer(strict=True, load_default=100, validate=validate.Range(min=1, max=1000))
-    after_id = fields.Integer(strict=True, load_default=0, validate=validate.Range(min=0, max=BIGINT_MAX))
+    after_id = fields.Integer(strict=True, load_default=0, allow_none=True, pre_load=from_the_start,
+                              validate=validate.Range(min=0, max=BIGINT_MAX))
 
 
 class Nothing(Schema):
