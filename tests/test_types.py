@@ -6,6 +6,7 @@ import re
 import time
 
 import orjson
+import marshmallow
 import psycopg2
 import psycopg2.extras
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies
 from lib.db import Db, connection
 from lib.db.types import RefusedValue
 from lib.errors import ApiError, as_api_error
+from lib.fields import exact_decimal
 from lib.jsonenc import dumps_bytes, json_array_chunks, loads_exact
 from tests.helpers import Caller, assert_problem, run_sql
 
@@ -307,6 +309,27 @@ def test_a_dict_parameter_goes_into_a_jsonb_column(conn):
                                      'notes': {'deep': [1, {'x': None}]}, 'tags': ['a', 'b']})
     assert row['details'] == {'a': 1, 'n': '0.10'} and row['notes'] == {'deep': [1, {'x': None}]}
     assert row['tags'] == ['a', 'b']  # a list is still an array
+
+
+class Price(marshmallow.Schema):
+    """A body with one exact decimal field of at most two places."""
+
+    price = exact_decimal(2, required=True)
+
+
+@pytest.mark.parametrize('body, loaded', [('{"price": "12.50"}', decimal.Decimal('12.50')),
+                                          ('{"price": 12.5}', decimal.Decimal('12.5')),
+                                          ('{"price": "-3"}', decimal.Decimal('-3'))])
+def test_an_exact_decimal_takes_a_plain_decimal_as_a_number_or_a_string(body, loaded):
+    assert Price().load(loads_exact(body)) == {'price': loaded}
+
+
+@pytest.mark.parametrize('value', ['0.1000000000000000001', '"0.1000000000000000001"', '"1_000"', '"+1"', '" 1"',
+                                   '"1e3"', '"NaN"', '"\\u0661\\u0662"', '"\\uff11"'])
+def test_an_exact_decimal_refuses_extra_places_and_what_is_not_a_plain_decimal(value):
+    with pytest.raises(marshmallow.ValidationError) as refused:
+        Price().load(loads_exact(f'{{"price": {value}}}'))
+    assert list(refused.value.messages) == ['price']
 
 
 def insert_details(conn, value):
