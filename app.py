@@ -107,17 +107,20 @@ def drop_refused_codings():
 def install_compression(app):
     """Compress successful JSON bodies of 500 bytes or more with flask-compress, never in a coding the client
     refuses; small ones skip it when fast."""
-    app.before_request(drop_refused_codings)
     compress = Compress()
     app.config['COMPRESS_REGISTER'] = not app.config['FAST_PATHS']
     compress.init_app(app)
-    if app.config['FAST_PATHS']:
-        def compress_large(response):
-            # flask-compress parses Accept-Encoding for every answer; a small body it would leave as it is.
-            if not response.is_streamed and (response.content_length or 0) < COMPRESS_MIN_SIZE:
-                return response
-            return compress.after_request(response)
-        app.after_request(compress_large)
+    if not app.config['FAST_PATHS']:
+        app.before_request(drop_refused_codings)
+        return
+
+    def compress_large(response):
+        # flask-compress parses Accept-Encoding for every answer; a small body it would leave as it is.
+        if not response.is_streamed and (response.content_length or 0) < COMPRESS_MIN_SIZE:
+            return response
+        drop_refused_codings()
+        return compress.after_request(response)
+    app.after_request(compress_large)
 
 
 def resolve_databases(config):

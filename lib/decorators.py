@@ -14,7 +14,7 @@ from lib.db.unit import time_left
 from lib.errors import RETRYABLE_SQLSTATES
 from lib.jsonenc import JSON_MIMETYPE, json_array_chunks, json_response
 from lib.http.disconnect import WATCHER
-from lib.http.exchange import CLIENT_KEY, ROUTE_KEY, request_deadline
+from lib.http.exchange import CLIENT_KEY, ROUTE_KEY, deadline_of
 
 
 SCHEMA_ATTRIBUTE = '__dbapi_schema__'
@@ -122,9 +122,9 @@ def respond(result):
     return json_response(value, status)
 
 
-def answers_the_request(action):
-    """Tell whether action is the current request's route action, whose return value becomes the response."""
-    return has_request_context() and getattr(request.environ.get(ROUTE_KEY), 'action', None) is action
+def answers_the_request(environ, action):
+    """Tell whether action is the route action of the request of environ, whose return value becomes the response."""
+    return getattr(environ.get(ROUTE_KEY), 'action', None) is action
 
 
 def injector(database, autocommit, named, first_argument):
@@ -132,16 +132,18 @@ def injector(database, autocommit, named, first_argument):
     def decorate(action):
         @functools.wraps(action)
         def with_connection(*args, **kwargs):
-            deadline = request_deadline()
+            config = current_app.config
+            environ = request.environ if has_request_context() else {}
+            deadline = deadline_of(environ, config['REQUEST_DEADLINE_MS'])
             # The route's own action is encoded to its response before the commit, so that a value JSON
             # cannot encode is a 500 with nothing committed, never a 500 after the data was written.
-            finish = respond if answers_the_request(with_connection) else None
+            finish = respond if answers_the_request(environ, with_connection) else None
 
             def attempt():
                 return run_leased(database, autocommit, named,
                                   lambda conn: action(first_argument(conn), *args, **kwargs), deadline, finish)
             # Only a whole-action transaction can be replayed safely.
-            return with_retries(attempt, 0 if autocommit else current_app.config['DB_RETRIES'], deadline)
+            return with_retries(attempt, 0 if autocommit else config['DB_RETRIES'], deadline)
         with_connection.__signature__ = without_first_parameter(action)
         return with_connection
     return decorate

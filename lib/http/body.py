@@ -1,7 +1,6 @@
 """The one JSON body parser of module actions: numbers exact, no NUL character anywhere, read within the deadline."""
 import socket
 import time
-from contextlib import contextmanager
 
 import gevent
 from flask import current_app, request
@@ -9,7 +8,7 @@ from gevent.monkey import is_module_patched
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from lib.errors import BadRequest, RequestTimeout, Unprocessable, UnsupportedMediaType
-from lib.http.exchange import CLIENT_SOCKET_KEY, request_deadline
+from lib.http.exchange import CLIENT_SOCKET_KEY, deadline_of
 from lib.jsonenc import JSON_MIMETYPE, TooDeep, loads_exact
 
 # JSON can hold a NUL only escaped; PostgreSQL's text cannot hold one at all.
@@ -19,56 +18,55 @@ NUL_IN_KEY = 'Keys must not contain the NUL character (\\u0000).'
 
 
 def read_body(environ):
-    """Return the raw body, refusing one over MAX_CONTENT_LENGTH with 413."""
-    limit = current_app.config['MAX_CONTENT_LENGTH']
+    """Return the raw body, refusing one over MAX_CONTENT_LENGTH with 413 and one still arriving at the request's
+    deadline (REQUEST_DEADLINE_MS) with 408."""
+    config = current_app.config
+    limit = config['MAX_CONTENT_LENGTH']
+    deadline = deadline_of(environ, config['REQUEST_DEADLINE_MS'])
     length = environ.get('CONTENT_LENGTH', '')
     if length.isdigit():
         declared = int(length)
         if declared > limit:
             raise RequestEntityTooLarge()
-        data = read_stream(environ, declared)
+        data = read_stream(environ, declared, deadline)
         if len(data) < declared:
             raise ClientDisconnected()
         return data
     if not environ.get('wsgi.input_terminated'):
         return b''  # no length and a stream with no end of its own: nothing can be read safely
     # A chunked body, whose stream the server ends where the body ends: a byte past the limit is too much.
-    data = read_stream(environ, limit + 1)
+    data = read_stream(environ, limit + 1, deadline)
     if len(data) > limit:
         raise RequestEntityTooLarge()
     return data
 
 
-def read_stream(environ, size):
-    """Read up to size bytes of the body before the request's deadline (408 past it); a client that went away before
-    sending them is a 400, not a server error."""
+def read_stream(environ, size, deadline):
+    """Read up to size bytes of the body, before deadline (a time.monotonic() value, or None) or a 408; a client
+    that went away before sending them is a 400, not a server error."""
+    client_socket = environ.get(CLIENT_SOCKET_KEY)
     try:
-        with body_deadline(environ.get(CLIENT_SOCKET_KEY)):
+        if client_socket is None or deadline is None:
             return environ['wsgi.input'].read(size)
+        return read_before(environ['wsgi.input'], size, client_socket, deadline)
     except socket.timeout:
         raise RequestTimeout() from None
     except OSError:  # gunicorn's NoMoreData and socket errors alike
         raise ClientDisconnected() from None
 
 
-@contextmanager
-def body_deadline(client_socket):
-    """Bound what the block reads from client_socket (gunicorn's, None in-process) by the request's deadline, as
-    nginx's client_body_timeout does in front: a client that sends its body slowly cannot hold a worker's slot
-    (MAX_REQUESTS_IN_FLIGHT) for longer. Under gevent the whole read is bounded; with threads, each wait."""
-    deadline = request_deadline()
-    if client_socket is None or deadline is None:
-        yield
-        return
+def read_before(stream, size, client_socket, deadline):
+    """Read up to size bytes of stream, raising socket.timeout at deadline, as nginx's client_body_timeout does in
+    front: a client that sends its body slowly cannot hold a worker's slot (MAX_REQUESTS_IN_FLIGHT) for longer.
+    Under gevent the whole read is bounded; with threads, each wait on client_socket."""
     left = max(deadline - time.monotonic(), 0.001)
     if is_module_patched('socket'):
         with gevent.Timeout(left, socket.timeout):
-            yield
-        return
+            return stream.read(size)
     before = client_socket.gettimeout()
     client_socket.settimeout(left)
     try:
-        yield
+        return stream.read(size)
     finally:
         client_socket.settimeout(before)
 

@@ -2,7 +2,7 @@
 and the request's deadline, which every part of its handling reads."""
 import time
 
-from flask import current_app, has_request_context, request
+from flask import request
 
 ROUTE_KEY = 'dbapi.route'
 CLIENT_KEY = 'dbapi.client'
@@ -22,9 +22,12 @@ def remember(key, value):
     request.environ[key] = value
 
 
-def request_deadline():
-    """Return when the current request must be done (time.monotonic()), or None: no deadline, or no request."""
-    deadline_ms = current_app.config['REQUEST_DEADLINE_MS']
-    if not deadline_ms or not has_request_context():
+def deadline_of(environ, deadline_ms):
+    """Return when the request of environ must be done (time.monotonic()), set by the first part of its handling
+    that asks; None when deadline_ms (REQUEST_DEADLINE_MS) is 0: no deadline."""
+    if not deadline_ms:
         return None
-    return request.environ.setdefault(DEADLINE_KEY, time.monotonic() + deadline_ms / 1000)
+    deadline = environ.get(DEADLINE_KEY)
+    if deadline is None:
+        deadline = environ[DEADLINE_KEY] = time.monotonic() + deadline_ms / 1000
+    return deadline
