@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from flask import Flask, request
 from flask.sessions import NullSession, SessionInterface
 from flask_compress import Compress
+from werkzeug.exceptions import NotFound
 
 import settings
 from lib.auth import identify_quietly, load_clients
@@ -78,7 +79,12 @@ class GatewayFlask(Flask):
         return func if self.config['FAST_PATHS'] else super().ensure_sync(func)
 
     def create_url_adapter(self, request):
-        """Match a request's fixed path in one dict lookup; Flask binds the URL map only when more is needed."""
+        """Match a request's fixed path in one dict lookup; Flask binds the URL map only when more is needed.
+
+        A path with a doubled slash anywhere is a 404 here, before werkzeug, which drops leading slashes from
+        request.path (`//users/get` would run users/get) and merges the others with a redirect."""
+        if request is not None and '//' in request.environ.get('PATH_INFO', ''):
+            raise NotFound()
         config = self.config
         if request is None or not config['FAST_PATHS'] or config['SERVER_NAME'] \
                 or config['TRUSTED_HOSTS'] is not None or self.url_map.host_matching or self.subdomain_matching:
@@ -100,8 +106,8 @@ def load_config(app, overrides):
 def drop_refused_codings():
     """Take the codings the client refuses (q=0) out of Accept-Encoding before flask-compress reads it."""
     header = request.environ.get('HTTP_ACCEPT_ENCODING')
-    if header and 'q=0' in header.replace(' ', ''):
-        request.environ['HTTP_ACCEPT_ENCODING'] = acceptable_codings(header)
+    if header and ('=' in header or '*' in header):  # a q-value or a wildcard; a bare list is taken as it is
+        request.environ['HTTP_ACCEPT_ENCODING'] = acceptable_codings(header, COMPRESS_ALGORITHMS)
 
 
 def install_compression(app):

@@ -91,6 +91,12 @@ def test_a_compressed_body_is_415_naming_the_codings_accepted(client, coding):
     assert response.headers['Accept-Encoding'] == 'identity'
 
 
+def test_a_content_encoding_with_an_empty_body_is_415_too(client):
+    response = client.post('/probe/echo', data=b'', headers={'Authorization': f'Bearer {ADMIN_TOKEN}',
+                                                             'Content-Encoding': 'gzip'})
+    assert_problem(response, 415)
+
+
 def test_an_identity_content_encoding_is_a_plain_body(client):
     response = client.post('/probe/echo', data=b'{"a": 1}', headers={
         'Authorization': f'Bearer {ADMIN_TOKEN}', 'Content-Type': 'application/json', 'Content-Encoding': 'identity'})

@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from tests.helpers import running_gunicorn
+from tests.helpers import ADMIN_TOKEN, running_gunicorn
 
 pytestmark = pytest.mark.slow
 
@@ -39,3 +39,23 @@ def test_requests_gunicorn_cannot_parse_get_problem_details(database_url, worker
             assert problem['status'] == expected and problem['request_id'] == headers['X-Request-ID'], case
             assert int(headers['Content-Length']) == len(body), case
             assert headers['Vary'] == 'Accept-Encoding', case  # as on every answer (contract section 4)
+
+
+CHUNKED_HEAD = (b'POST /probe/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n'
+                b'Authorization: Bearer ' + ADMIN_TOKEN.encode() + b'\r\n\r\n')
+MALFORMED_CHUNKS = {'a chunk size that is not hex': b'zz\r\n{}\r\n0\r\n\r\n',
+                    'a negative chunk size': b'-8\r\n{}\r\n0\r\n\r\n',
+                    'no CRLF after the chunk data': b'2\r\n{}XX0\r\n\r\n',
+                    'a bare CR in a chunk extension': b'2;a=\rb\r\n{}\r\n0\r\n\r\n'}
+
+
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread'])
+def test_a_malformed_chunked_body_is_a_400_problem_not_a_500(database_url, worker_class):
+    """gunicorn parses a chunked body while the app reads it, so its parse errors reach the body reader."""
+    with running_gunicorn(database_url, WORKER_CLASS=worker_class, WEB_CONCURRENCY='1') as port:
+        for case, chunks in MALFORMED_CHUNKS.items():
+            status, headers, body = raw_answer(port, CHUNKED_HEAD + chunks)
+            assert status == 400 and headers['Content-Type'] == 'application/problem+json', (case, status, body)
+            assert json.loads(body)['detail'] == 'The chunked request body is malformed.', case
+        status, _, body = raw_answer(port, CHUNKED_HEAD + b'2\r\n{}\r\n0\r\n\r\n')
+        assert status == 200 and json.loads(body) == {}  # a well-formed one is read

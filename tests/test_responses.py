@@ -67,7 +67,9 @@ def test_bodies_under_500_bytes_are_not_compressed(call):
 
 @pytest.mark.parametrize('accept_encoding, chosen', [
     ('gzip;q=0', None), ('br;q=0', None), ('gzip;q=0, br;q=0, *;q=0', None), ('br; q=0.0, gzip', 'gzip'),
-    ('gzip;q=0, br;q=0.5', 'br'), ('br;q=0.001', 'br'), ('identity', None)])
+    ('gzip;q=0, br;q=0.5', 'br'), ('br;q=0.001', 'br'), ('identity', None), ('br;q=0, *', 'gzip'),
+    ('br;q=0, gzip;q=0, *', None), ('gzip;Q=0', None), ('BR;Q=0, GZIP', 'gzip'), ('*', 'br'), ('*;q=0', None),
+    ('gzip;q=0.5, *;q=0.9', 'br'), ('br;q=abc', 'br')])
 def test_a_coding_the_client_refuses_with_q_0_is_never_used(call, accept_encoding, chosen):
     """RFC 9110 section 12.4.2: a qvalue of 0 means "not acceptable"."""
     for path in ('/probe/sized', '/probe/things/export'):  # a buffered answer and a stream

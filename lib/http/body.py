@@ -5,6 +5,7 @@ import time
 import gevent
 from flask import current_app, request
 from gevent.monkey import is_module_patched
+from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from lib.errors import BadRequest, RequestTimeout, Unprocessable, UnsupportedMediaType
@@ -53,6 +54,8 @@ def read_stream(environ, size, deadline):
         raise RequestTimeout() from None
     except OSError:  # gunicorn's NoMoreData and socket errors alike
         raise ClientDisconnected() from None
+    except ParseException:  # gunicorn reads a chunked body as it comes: a bad chunk size, extension or trailer
+        raise BadRequest('The chunked request body is malformed.') from None
 
 
 def read_before(stream, size, client_socket, deadline):
@@ -102,11 +105,10 @@ def read_json_body():
     environ = request.environ
     data = read_body(environ)
     # Any byte in a body of another type is a 415, whitespace too: only an empty body needs no content type.
-    if data:
-        refuse_unless_json(environ.get('CONTENT_TYPE', ''))
-        refuse_content_coding(environ.get('HTTP_CONTENT_ENCODING', ''))
+    refuse_content_coding(environ.get('HTTP_CONTENT_ENCODING', ''))
     if not data:
         return {}
+    refuse_unless_json(environ.get('CONTENT_TYPE', ''))
     try:
         body = loads_exact(data)
     except TooDeep as exc:

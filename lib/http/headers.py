@@ -21,22 +21,35 @@ def vary_header(environ, headers):
 RESPONSE_HEADERS = [request_id_header, vary_header]
 
 
-def refuses(coding):
-    """Tell whether one Accept-Encoding entry ("gzip;q=0") refuses its coding: a q of 0 (RFC 9110 section 12.4.2)."""
-    for parameter in coding.split(';')[1:]:
-        name, _, value = parameter.partition('=')
-        if name.strip().lower() == 'q':
+def coding_and_q(entry):
+    """Return (coding name, q-value) of one Accept-Encoding entry ("gzip;q=0.5"), the name lower-case, q 1 unless
+    given (RFC 9110 section 12.4.2; parameter names are case-insensitive) and 1 when it does not parse."""
+    name, *parameters = entry.split(';')
+    for parameter in parameters:
+        key, _, value = parameter.partition('=')
+        if key.strip().lower() == 'q':
             try:
-                return float(value) == 0
+                return name.strip().lower(), float(value)
             except ValueError:
-                return False
-    return False
+                break
+    return name.strip().lower(), 1.0
 
 
-def acceptable_codings(accept_encoding):
-    """Return an Accept-Encoding header without the codings it refuses: flask-compress (1.25) keeps q=0 entries and
-    picks one when nothing else is listed, so "gzip;q=0" would get gzip."""
-    return ','.join(coding for coding in accept_encoding.split(',') if not refuses(coding))
+def acceptable_codings(accept_encoding, supported):
+    """Return an Accept-Encoding header that names only codings the client accepts, with `*` spelled out as the
+    supported codings it does not name: flask-compress (1.25) keeps q=0 entries, picks one when nothing else is
+    listed ("gzip;q=0" got gzip), and reads `*` as its first coding even when the client refused that one."""
+    entries = [coding_and_q(entry) for entry in accept_encoding.split(',') if entry.strip()]
+    named = {name for name, _ in entries}
+    kept = []
+    for name, q in entries:
+        if q <= 0:
+            continue
+        if name == '*':
+            kept.extend(f'{coding};q={q}' for coding in supported if coding not in named)
+        else:
+            kept.append(f'{name};q={q}')
+    return ', '.join(kept)
 
 
 class ResponseHeaders:
