@@ -123,8 +123,9 @@ def respond(result):
 
 
 def answers_the_request(environ, action):
-    """Tell whether action is the route action of the request of environ, whose return value becomes the response."""
-    return getattr(environ.get(ROUTE_KEY), 'action', None) is action
+    """Tell whether action is the route action of the request of environ (None: no request), whose return value
+    becomes the response."""
+    return environ is not None and getattr(environ.get(ROUTE_KEY), 'action', None) is action
 
 
 def injector(database, autocommit, named, first_argument):
@@ -133,7 +134,7 @@ def injector(database, autocommit, named, first_argument):
         @functools.wraps(action)
         def with_connection(*args, **kwargs):
             config = current_app.config
-            environ = request.environ if has_request_context() else {}
+            environ = request.environ if has_request_context() else None
             deadline = deadline_of(environ, config['REQUEST_DEADLINE_MS'])
             # The route's own action is encoded to its response before the commit, so that a value JSON
             # cannot encode is a 500 with nothing committed, never a 500 after the data was written.

@@ -143,3 +143,10 @@ def raise_for(environment):
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv('WORKER_TIMEOUT', environment['WORKER_TIMEOUT'])
             settings.worker_timeout(deadline)
+
+
+def test_an_action_called_outside_a_request_has_no_deadline(make_app, probe_table):
+    """Only a request has a deadline: a decorated action called from a script or a shell runs as long as it needs."""
+    with make_app(REQUEST_DEADLINE_MS=300).app_context():
+        write_then_think(0.5)
+    assert rows_written(probe_table) == 1

@@ -24,8 +24,8 @@ def remember(key, value):
 
 def deadline_of(environ, deadline_ms):
     """Return when the request of environ must be done (time.monotonic()), set by the first part of its handling
-    that asks; None when deadline_ms (REQUEST_DEADLINE_MS) is 0: no deadline."""
-    if not deadline_ms:
+    that asks; None when there is no request (environ None) or no deadline (deadline_ms, REQUEST_DEADLINE_MS, 0)."""
+    if environ is None or not deadline_ms:
         return None
     deadline = environ.get(DEADLINE_KEY)
     if deadline is None:
