@@ -105,6 +105,11 @@ def test_a_doubled_slash_anywhere_is_a_404_problem_never_a_redirect_or_the_merge
     assert 'Location' not in response.headers
 
 
+@pytest.mark.parametrize('path, status', [('/probe%2Fecho', 200), ('/probe/ech%6F', 200), ('/probe%2F%2Fecho', 404)])
+def test_a_path_is_matched_with_its_percent_escapes_decoded_as_wsgi_hands_it_over(call, path, status):
+    assert call(path, {'a': 1}).status_code == status
+
+
 def test_a_404_of_an_unknown_module_says_it_does_not_exist(call):
     body = assert_problem(call('/no_such_module/x'), 404)
     assert body['detail'] == "No module 'no_such_module' is mounted. Actions are called as POST /<module>/<action>."

@@ -1,6 +1,8 @@
 """nginx's retry policy, shown on upstreams that misbehave at exact moments: a refused connection moves
 the request on; a POST that reached an upstream is never sent to another; a GET is; nginx's own
 502 and 504 are problem details. And its balancing: a busy upstream gets no new request."""
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -104,3 +106,17 @@ def test_a_request_goes_to_the_upstream_with_the_fewest_in_flight(upstreams):
     assert len(busy.received) == 1, 'the request nginx sent first should be the only one the busy upstream got'
     assert [reply.status for reply in replies] == [200] * 6
     assert len(idle.received) == answered_before + 6
+
+
+def test_nginx_passes_a_request_on_only_once_its_whole_body_arrived(upstreams):
+    """A slow body never reaches a replica's worker behind nginx (contract section 1): nginx reads it first."""
+    upstream = upstreams('answer')
+    with running_nginx([upstream.port]) as proxy:
+        with socket.create_connection(('127.0.0.1', proxy.port), timeout=10) as client:
+            client.sendall(b'POST /probe/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n'
+                           b'Content-Length: 10\r\n\r\n{"a": ')
+            time.sleep(1)
+            assert upstream.received == []  # half a body: nothing passed on yet
+            client.sendall(b'1}  ')
+            assert client.recv(65536).startswith(b'HTTP/1.1 200 ')
+    assert upstream.received == ['POST /probe/echo HTTP/1.1']
