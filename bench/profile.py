@@ -36,7 +36,7 @@ SAMPLE_RATE = 200
 BUCKETS = (
     ('metrics observer (prometheus_client files)', ('lib/logs/metrics.py', 'prometheus_client/')),
     ('access log line (lib/logs/, logging, ECS)', ('lib/logs/',)),
-    ('compression hook (flask_compress)', ('flask_compress/', 'compress_response')),
+    ('compression hook (flask_compress)', ('flask_compress/', 'compress_large')),
     ('request id middleware', ('lib/http/requestid.py',)),
     ('bearer check (lib/auth/)', ('lib/auth/',)),
     ('body read and JSON parse', ('read_json_body',)),
@@ -47,9 +47,10 @@ BUCKETS = (
     ('gunicorn: accept, HTTP parsing, socket writes', ('gunicorn/',)),
 )
 BETWEEN_REQUESTS = 'between requests'
-IN_REQUEST_FRAME = 'SyncWorker.handle '
+# gunicorn's request handler, per worker class (gevent's is AsyncWorker's): a sample outside it is between requests.
+IN_REQUEST_FRAMES = ('SyncWorker.handle ', 'AsyncWorker.handle ', 'ThreadWorker.handle ')
 # What the in-process stopwatch times: request hooks by name, and the view's helpers in lib.modules.
-HOOK_PARTS = {'compress_response': 'compression hook'}
+HOOK_PARTS = {'compress_large': 'compression hook'}
 VIEW_PARTS = {'authorize': 'bearer check', 'read_json_body': 'body read and JSON parse',
               'respond': 'JSON encoding and Response'}
 METRICS_PART = 'metrics observer (part of writing the line)'
@@ -58,7 +59,7 @@ DEVNULL = open(os.devnull, 'w')  # the in-process gateway's log lines go here, a
 
 def bucket_of(frames):
     """Return the bucket of one sample's stack ("root;...;leaf")."""
-    if IN_REQUEST_FRAME not in frames:
+    if not any(frame in frames for frame in IN_REQUEST_FRAMES):
         return BETWEEN_REQUESTS
     for frame in reversed(frames.split(';')):
         for label, patterns in BUCKETS:
@@ -158,6 +159,7 @@ def gateway_app(dsn, without=(), trusted_proxy_hops=0):
     """Build the gateway in this process with production settings, less the named parts."""
     from app import create_app
     from lib.logs import AccessLog
+    from lib.http.headers import ResponseHeaders, request_id_header
     from lib.http.requestid import RequestIds
     overrides = dict(DATABASES={'default': dsn}, BEARER=BENCH_TOKEN, ENVIRONMENT='production', LOG_LEVEL='INFO',
                      LOG_PATH=None, PROCESS_ID='bench-profile', TRUSTED_PROXY_HOPS=trusted_proxy_hops)
@@ -171,6 +173,8 @@ def gateway_app(dsn, without=(), trusted_proxy_hops=0):
         skip_layer(app, AccessLog)
     if 'request ids' in without:
         skip_layer(app, RequestIds)
+        header_step = find_layer(app, ResponseHeaders)  # its X-Request-ID header reads the id RequestIds sets
+        header_step.steps = tuple(step for step in header_step.steps if step is not request_id_header)
     return app
 
 
@@ -187,7 +191,7 @@ def variants(dsn):
         'gateway as configured': gateway_app(dsn),
         'less the metrics observer': gateway_app(dsn, ('metrics observer',)),
         'less the access log (and metrics)': gateway_app(dsn, ('access log',)),
-        'less the compression hook': gateway_app(dsn, ('compress_response',)),
+        'less the compression hook': gateway_app(dsn, ('compress_large',)),
         'less the request id middleware': gateway_app(dsn, ('request ids',)),
         'baseline (bare Flask + jsonify)': baseline_app(dsn),
     }
@@ -288,7 +292,7 @@ def isolated_parts(app):
         'JSON encoding and Response': functools.partial(modules.respond, row),
         'request id middleware, around a constant app': functools.partial(
             call_wsgi, RequestIds(constant_app), dict(request.environ)),
-        'compression hook (nothing to compress)': functools.partial(hooks['compress_response'], response),
+        'compression hook (nothing to compress)': functools.partial(hooks['compress_large'], response),
         'access log middleware, line and metrics, around a constant app': functools.partial(
             call_wsgi, AccessLog(constant_app, observers), dict(request.environ)),
         'metrics observer alone': functools.partial(observers[0], 'users', 'get', 200, 0.001),

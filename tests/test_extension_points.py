@@ -5,7 +5,12 @@ import logging
 
 import pytest
 
-from lib.db import DEFAULT, connection
+import psycopg2.extensions
+
+from lib.db import DEFAULT, Pool, connection
+from lib.db.session import (DISCARD_ALL, RESET_SESSION, PooledConnection, configure_with, reset_with,
+                            session_settings, startup_options)
+from lib.db.types import with_types
 from lib.decorators import inject_conn
 from lib.errors import ERROR_TRANSLATORS, Conflict, translates
 from lib.jsonenc import JSON_TYPES, dumps_bytes, register_json_type
@@ -26,6 +31,62 @@ def test_a_request_leaves_no_session_state_for_the_next(one_connection_call):
     assert after == before
     assert after['statement_timeout'] == '30s' and after['time_zone'] == 'UTC'
     assert (after['prepared'], after['listening'], after['advisory_locks'], after['temp_tables']) == (0, 0, 0, 0)
+
+
+LEAK_EVERYTHING = ("SET statement_timeout = 1234; SET TimeZone = 'Asia/Tokyo'; SET DateStyle = 'German'; "
+                   "SET IntervalStyle = 'iso_8601'; SET search_path = pg_catalog; PREPARE leaked AS SELECT 1; "
+                   "LISTEN leaked; SELECT pg_advisory_lock(4242); CREATE TEMP TABLE leaked (id int); "
+                   "SET ROLE pg_read_all_settings")
+STATE_NOW = ("SELECT current_setting('statement_timeout'), current_setting('TimeZone'), current_setting('DateStyle'), "
+             "current_setting('IntervalStyle'), current_setting('search_path'), current_user = session_user, "
+             "(SELECT count(*) FROM pg_prepared_statements) + (SELECT count(*) FROM pg_listening_channels()) "
+             "+ (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) "
+             "+ (SELECT count(*) FROM pg_class WHERE relpersistence = 't')")
+DEFAULT_SEARCH_PATH = '"$user", public'
+
+
+def session_after_a_leaking_lease(pool):
+    """Leave every kind of session state on pool's only connection, then borrow it again: return (its reset
+    statement, (its settings..., whether its role is its own, how many leftovers it still holds))."""
+    with connection(pool, autocommit=True) as conn, conn.cursor() as cursor:
+        cursor.execute(LEAK_EVERYTHING)
+    with connection(pool, autocommit=True) as conn, conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
+        cursor.execute(STATE_NOW)
+        return conn.reset_statement, cursor.fetchone()
+
+
+def test_the_reset_is_discard_all_alone_when_the_settings_are_startup_options(make_app):
+    app = make_app(DB_POOL_MAX=1)
+    reset_statement, settings = session_after_a_leaking_lease(app.extensions['dbapi'].pools[DEFAULT])
+    assert reset_statement == DISCARD_ALL
+    assert settings == ('30s', 'UTC', 'ISO, MDY', 'postgres', DEFAULT_SEARCH_PATH, True, 0)
+
+
+def test_the_reset_sets_the_settings_again_where_startup_options_never_arrive(make_app, database_url):
+    # As through pgbouncer, which drops startup options (ignore_startup_parameters): the pool connects without them.
+    settings = session_settings(make_app(DB_POOL_MAX=1).config)
+    pool = Pool(database_url, 1, 1000, configure=with_types(configure_with(settings)), reset=reset_with(settings),
+                connection_factory=PooledConnection)
+    try:
+        reset_statement, now = session_after_a_leaking_lease(pool)
+    finally:
+        pool.close()
+    assert reset_statement.startswith(RESET_SESSION) and 'SET "TimeZone"' in reset_statement
+    assert now == ('30s', 'UTC', 'ISO, MDY', 'postgres', DEFAULT_SEARCH_PATH, True, 0)
+
+
+def test_startup_options_keep_the_dsns_own_and_escape_spaces():
+    dsn = 'postgresql://db.example/app?options=-c%20search_path%3Dapp'
+    assert (startup_options({'statement_timeout': '0', 'DateStyle': 'ISO, MDY'}, dsn)
+            == r'-c search_path=app -c statement_timeout=0 -c DateStyle=ISO,\ MDY')
+
+
+def test_a_dsns_own_startup_options_still_apply(make_app, database_url):
+    dsn = psycopg2.extensions.make_dsn(database_url, options='-c search_path=pg_catalog,public')
+    pool = make_app(DB_POOL_MAX=1, DATABASES={DEFAULT: dsn}).extensions['dbapi'].pools[DEFAULT]
+    reset_statement, settings = session_after_a_leaking_lease(pool)
+    assert reset_statement == DISCARD_ALL
+    assert settings == ('30s', 'UTC', 'ISO, MDY', 'postgres', 'pg_catalog,public', True, 0)
 
 
 def test_set_local_outside_a_transaction_is_logged_not_silent(one_connection_call, caplog):

@@ -4,7 +4,7 @@ What modules import from here (docs/modules.md): DEFAULT, Db, connection, transa
 """
 from lib.db.helpers import Db
 from lib.db.pool import Pool, PoolTimeout
-from lib.db.session import configure_with, reset_with, session_settings
+from lib.db.session import PooledConnection, configure_with, reset_with, session_settings, startup_options
 from lib.db.types import with_types
 from lib.db.unit import Lease, LeasedStream, connection, transactional
 
@@ -18,11 +18,13 @@ def make_pools(config, configure=None, reset=None):
     """Build one pool per configured database; configure and reset default to the session settings' own.
 
     Whatever configure does, the pool then registers the types (lib/db/types.py): a custom one cannot lose them.
+    The settings also go as startup options, which makes them the values RESET ALL returns to (the default reset
+    is then DISCARD ALL alone, lib/db/session.py).
     """
     settings = session_settings(config)
     connect_kwargs = dict(application_name=f"{config['APP_ID']}:{config['PROCESS_ID']}"[:63],
-                          connect_timeout=config['DB_CONNECT_TIMEOUT'])
+                          connect_timeout=config['DB_CONNECT_TIMEOUT'], connection_factory=PooledConnection)
     return {name: Pool(dsn, config['DB_POOL_MAX'], config['DB_POOL_TIMEOUT_MS'],
                        configure=with_types(configure or configure_with(settings)),
-                       reset=reset or reset_with(settings), **connect_kwargs)
+                       reset=reset or reset_with(settings), options=startup_options(settings, dsn), **connect_kwargs)
             for name, dsn in config['DATABASES'].items()}

@@ -8,6 +8,7 @@ import psycopg2
 import psycopg2.extensions
 
 from lib.errors import ServiceUnavailable, TooManyRequests
+from lib.polling import ready_events
 from lib.process import after_fork
 
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
@@ -53,8 +54,7 @@ def connection_is_stale(conn):
     if conn.closed:
         return True
     # An idle connection has nothing to read; anything readable is a FATAL goodbye or EOF.
-    readable, _, _ = select.select([conn], [], [], 0)
-    return bool(readable)
+    return bool(ready_events([conn.fileno()], select.POLLIN))
 
 
 def close_quietly(conn):

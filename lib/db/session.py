@@ -1,6 +1,8 @@
 """A connection's session: what every connection is set up with (configure) and returns to (reset)."""
 import logging
+import os
 
+import psycopg2.extensions
 from psycopg2 import sql
 
 from lib.db.types import READING_STYLES
@@ -9,10 +11,21 @@ log = logging.getLogger('dbapi.db')
 
 # Everything a request can leave behind in a session, undone in one round trip: settings (SET, set_config),
 # role and session authorization, prepared statements, LISTEN, session advisory locks, temporary tables
-# and sequence state. DISCARD ALL does the same, but it also drops cached plans (PL/pgSQL functions' too)
-# and must run alone, so the settings below would cost a second round trip.
+# and sequence state. The settings are then SET again, since RESET ALL returns to the session's defaults.
 RESET_SESSION = ('SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *; '
                  'SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES')
+# The same in one statement, cached plans (PL/pgSQL functions' too) dropped as well, and no SET after it: enough
+# when the session's defaults are the settings, because they came as startup options (libpq `options`), which
+# RESET ALL returns to. On a direct connection it costs PostgreSQL about 25 us less than the statements above
+# (docs/performance.md); it must run alone, so it cannot take SETs with it.
+DISCARD_ALL = 'DISCARD ALL'
+
+
+class PooledConnection(psycopg2.extensions.connection):
+    """psycopg2's connection (passed as connection_factory, psycopg2's documented way to extend it), with room for
+    the statement the default reset chose for it on its first reset."""
+
+    reset_statement = None
 
 
 def session_settings(config):
@@ -20,6 +33,20 @@ def session_settings(config):
     # UTC: buffered answers and streamed exports write the same offsets, whatever the server's default.
     # ISO dates and the postgres interval style: the texts lib/db/types.py and lib/db/copyjson.py read.
     return {'statement_timeout': str(config['DB_STATEMENT_TIMEOUT_MS']), 'TimeZone': 'UTC', **READING_STYLES}
+
+
+def startup_options(settings, dsn):
+    """Return libpq's `options` for a connection to dsn: the DSN's own (else the PGOPTIONS environment variable's,
+    as libpq would use) followed by `-c name=value` for each of settings, which then win; spaces and backslashes
+    in values are escaped with a backslash, libpq's rule for this parameter."""
+    own = psycopg2.extensions.parse_dsn(dsn).get('options') or os.environ.get('PGOPTIONS', '')
+    ours = ' '.join(f'-c {name}={escape_option(value)}' for name, value in settings.items())
+    return f'{own} {ours}'.strip()
+
+
+def escape_option(value):
+    """Return value (text) as one word of libpq's `options`: backslash and space escaped."""
+    return value.replace('\\', '\\\\').replace(' ', '\\ ')
 
 
 def set_statements(settings):
@@ -42,11 +69,11 @@ class SessionStatements:
         self.composed = composed
         self.text = None
 
-    def __call__(self, conn):
-        """Run the statements on conn in autocommit."""
+    def text_for(self, conn):
+        """Return the SQL text, rendered on conn the first time."""
         if self.text is None:
             self.text = self.composed.as_string(conn)
-        run_in_autocommit(conn, self.text)
+        return self.text
 
 
 def configure_with(settings):
@@ -59,12 +86,44 @@ def configure_with(settings):
 
 
 def reset_with(settings):
-    """Return the default reset(conn): undo whatever the request left in the session, then apply settings again.
+    """Return the default reset(conn): undo whatever the request left in the session and return it to settings."""
+    return SessionReset(settings)
 
-    The settings are applied again because RESET ALL returns to the server's defaults, and a SET that
-    pgbouncer's connect_query made is not one of them.
-    """
-    return SessionStatements(sql.SQL('; ').join([sql.SQL(RESET_SESSION), set_statements(settings)]))
+
+class SessionReset:
+    """The default reset(conn), one round trip: DISCARD ALL on a connection whose reset values are the settings
+    (startup options that reached PostgreSQL), else RESET_SESSION and the settings SET again. pgbouncer, for one,
+    does not pass startup options on; its connect_query SETs them, and DISCARD ALL would undo that. Which one a
+    connection gets is decided on its first reset (one query) and kept on a PooledConnection."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.statements = SessionStatements(sql.SQL('; ').join([sql.SQL(RESET_SESSION), set_statements(settings)]))
+
+    def __call__(self, conn):
+        """Run the reset on conn in autocommit."""
+        run_in_autocommit(conn, self.statement_for(conn))
+
+    def statement_for(self, conn):
+        """Return the reset's SQL text for conn, chosen on its first reset."""
+        known = getattr(conn, 'reset_statement', None)  # a plain psycopg2 connection has no room: chosen each time
+        if known is not None:
+            return known
+        statement = DISCARD_ALL if reset_values_are(conn, self.settings) else self.statements.text_for(conn)
+        if isinstance(conn, PooledConnection):
+            conn.reset_statement = statement
+        return statement
+
+
+def reset_values_are(conn, settings):
+    """Tell whether RESET ALL returns conn's session to settings ({name: value}): pg_settings.reset_val of each,
+    the value before any SET, is the one wanted, in PostgreSQL's own spelling (milliseconds for statement_timeout)."""
+    conn.autocommit = True
+    with conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
+        cursor.execute('SELECT lower(name), reset_val FROM pg_settings WHERE lower(name) = ANY(%s)',
+                       ([name.lower() for name in settings],))
+        reset_values = dict(cursor.fetchall())
+    return all(reset_values.get(name.lower()) == value for name, value in settings.items())
 
 
 def report_notices(conn):

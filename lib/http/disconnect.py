@@ -20,18 +20,15 @@ import threading
 import time
 
 import psycopg2
-from gevent.monkey import get_original
 
 from lib.errors import ApiError, ServiceUnavailable
 from lib.http.exchange import CLIENT_SOCKET_KEY, GONE_KEY, STOPPING_KEY
+from lib.polling import ready_events
 
 # The watcher looks at the sockets this often: it bounds how late a client that left is noticed.
 POLL_SECONDS = 0.1
 # The peer closed its side (POLLRDHUP, even with unread data in the socket) or reset the connection.
 GONE_EVENTS = select.POLLRDHUP | select.POLLHUP | select.POLLERR
-# The standard library's own poll, in a gevent worker too: a look must not wait, and must not touch the socket's
-# gevent watchers, which gunicorn's handler uses to read the next request of a kept-alive connection.
-system_poll = get_original('select', 'poll')
 
 
 class ClientClosedRequest(ApiError):
@@ -110,11 +107,12 @@ class DisconnectWatcher:
 
     def check(self, watches):
         """Cancel the queries of the watched requests whose clients have closed their connection."""
-        poller, by_fileno = system_poll(), collections.defaultdict(list)
+        by_fileno = collections.defaultdict(list)
         for watch in watches:
             by_fileno[watch.fileno].append(watch)
-            poller.register(watch.fileno, GONE_EVENTS)
-        for fileno, events in poller.poll(0):
+        # The standard library's poll (lib/polling.py): a look must not wait, and must not touch the sockets' gevent
+        # watchers, which gunicorn's handler uses to read the next request of a kept-alive connection.
+        for fileno, events in ready_events(by_fileno, GONE_EVENTS).items():
             if events & GONE_EVENTS:  # not POLLNVAL alone: a socket closed since, whose request has ended
                 for watch in by_fileno[fileno]:
                     self.cancel(watch)
