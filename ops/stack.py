@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from lib.errors import StartupError
 from manage import default_dsn, how_to_call
 
 from . import nginx, pgbouncer
+from .ports import free_ports
 
 RESTART_DELAY_SECONDS = 1.0
 STARTUP_TIMEOUT_SECONDS = 60
@@ -197,6 +199,7 @@ class Stack:
         self.replicas = []
         self.proxy = None
         self.restart_wanted = False
+        self.app_dsn = None  # the DSN the replicas use: PostgreSQL's, or pgbouncer's in front of it
 
     def launch(self, child):
         """Start child and keep it for supervision and stopping."""
@@ -207,9 +210,9 @@ class Stack:
         """Start the database, migrate, then pgbouncer, the replicas and nginx; wait until each serves."""
         dsn = default_dsn()
         apply_migrations(dsn)  # a failing migration is one StartupError line: file:line and PostgreSQL's message
-        app_dsn = self.start_pgbouncer(dsn) if self.config.pgbouncer else dsn
+        self.app_dsn = self.start_pgbouncer(dsn) if self.config.pgbouncer else dsn
         self.replicas = [self.launch(Child(f'replica {index} (port {port})', gunicorn_command(),
-                                           replica_environment(index, port, app_dsn, self.run_dir), restart=True))
+                                           replica_environment(index, port, self.app_dsn, self.run_dir), restart=True))
                          for index, port in enumerate(self.config.replica_ports, start=1)]
         for replica, port in zip(self.replicas, self.config.replica_ports):
             wait_until_serving(replica, port)
@@ -235,16 +238,33 @@ class Stack:
 
     def rolling_restart(self):
         """Restart every replica, one at a time, so that no request fails: nginx stops sending to it first, it
-        finishes what it accepted (gunicorn's graceful stop), and it gets requests again once it is ready."""
+        finishes what it accepted (gunicorn's graceful stop), and it gets requests again once it is ready. A lone
+        replica gets a stand-in to take its requests meanwhile."""
         ports = self.config.replica_ports
         for replica, port in zip(self.replicas, ports):
-            self.send_requests_to([other for other in ports if other != port])
-            time.sleep(DRAIN_SECONDS)
-            replica.stop()
-            replica.start()
-            wait_until_ready(replica, port)
-            self.send_requests_to(ports)
+            others = [other for other in ports if other != port]
+            with self.stand_in() if not others else nullcontext(others) as serving_meanwhile:
+                self.send_requests_to(serving_meanwhile)
+                time.sleep(DRAIN_SECONDS)
+                replica.stop()
+                replica.start()
+                wait_until_ready(replica, port)
+                self.send_requests_to(ports)
         print(f'stack: rolling restart of {len(ports)} replicas finished', file=sys.stderr, flush=True)
+
+    @contextmanager
+    def stand_in(self):
+        """Run one more replica, on a free port, while the block runs; yield [its port] once it is ready, and stop
+        it gracefully (it finishes what it accepted) when the block ends."""
+        (port,) = free_ports(1)
+        index = len(self.replicas) + 1
+        stand_in = Child(f'stand-in replica {index} (port {port})', gunicorn_command(),
+                         replica_environment(index, port, self.app_dsn, self.run_dir)).start()
+        try:
+            wait_until_ready(stand_in, port)
+            yield [port]
+        finally:
+            stand_in.stop()
 
     def start_pgbouncer(self, dsn):
         """Start pgbouncer in front of dsn and return the DSN that goes through it."""
