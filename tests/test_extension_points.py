@@ -8,8 +8,8 @@ import pytest
 import psycopg2.extensions
 
 from lib.db import DEFAULT, Pool, connection
-from lib.db.session import (DISCARD_ALL, RESET_SESSION, PooledConnection, configure_with, reset_with,
-                            session_settings, startup_options)
+from lib.db.session import (DISCARD_ALL, RESET_SESSION, PooledConnection, application_name, configure_with,
+                            reset_with, session_settings, startup_options)
 from lib.db.types import with_types
 from lib.decorators import inject_conn
 from lib.errors import ERROR_TRANSLATORS, Conflict, translates
@@ -34,45 +34,88 @@ def test_a_request_leaves_no_session_state_for_the_next(one_connection_call):
 
 
 LEAK_EVERYTHING = ("SET statement_timeout = 1234; SET TimeZone = 'Asia/Tokyo'; SET DateStyle = 'German'; "
-                   "SET IntervalStyle = 'iso_8601'; SET search_path = pg_catalog; PREPARE leaked AS SELECT 1; "
-                   "LISTEN leaked; SELECT pg_advisory_lock(4242); CREATE TEMP TABLE leaked (id int); "
+                   "SET IntervalStyle = 'iso_8601'; SET search_path = pg_catalog; SET application_name = 'leaked'; "
+                   "PREPARE leaked AS SELECT 1; LISTEN leaked; SELECT pg_advisory_lock(4242); "
+                   "CREATE TEMP TABLE leaked (id int); DECLARE leaked CURSOR WITH HOLD FOR SELECT 1; "
                    "SET ROLE pg_read_all_settings")
 STATE_NOW = ("SELECT current_setting('statement_timeout'), current_setting('TimeZone'), current_setting('DateStyle'), "
-             "current_setting('IntervalStyle'), current_setting('search_path'), current_user = session_user, "
+             "current_setting('IntervalStyle'), current_setting('search_path'), current_setting('application_name'), "
+             "current_user = session_user, "
              "(SELECT count(*) FROM pg_prepared_statements) + (SELECT count(*) FROM pg_listening_channels()) "
              "+ (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) "
-             "+ (SELECT count(*) FROM pg_class WHERE relpersistence = 't')")
+             "+ (SELECT count(*) FROM pg_class WHERE relpersistence = 't') + (SELECT count(*) FROM pg_cursors)")
 DEFAULT_SEARCH_PATH = '"$user", public'
 
 
-def session_after_a_leaking_lease(pool):
-    """Leave every kind of session state on pool's only connection, then borrow it again: return (its reset
-    statement, (its settings..., whether its role is its own, how many leftovers it still holds))."""
+def run_in_a_lease(pool, statement):
+    """Run statement on pool's connection in an autocommit lease."""
     with connection(pool, autocommit=True) as conn, conn.cursor() as cursor:
-        cursor.execute(LEAK_EVERYTHING)
+        cursor.execute(statement)
+
+
+def session_after_leaking_leases(pool):
+    """Leave every kind of session state on pool's only connection twice (its first reset is always the full one,
+    the second is the one chosen for it), then borrow it again: return (its reset statement, (its settings...,
+    whether its role is its own, how many leftovers it still holds))."""
+    for _ in range(2):
+        run_in_a_lease(pool, LEAK_EVERYTHING)
     with connection(pool, autocommit=True) as conn, conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
         cursor.execute(STATE_NOW)
         return conn.reset_statement, cursor.fetchone()
 
 
-def test_the_reset_is_discard_all_alone_when_the_settings_are_startup_options(make_app):
-    app = make_app(DB_POOL_MAX=1)
-    reset_statement, settings = session_after_a_leaking_lease(app.extensions['dbapi'].pools[DEFAULT])
-    assert reset_statement == DISCARD_ALL
-    assert settings == ('30s', 'UTC', 'ISO, MDY', 'postgres', DEFAULT_SEARCH_PATH, True, 0)
+def clean_session(config, search_path=DEFAULT_SEARCH_PATH):
+    """Return what STATE_NOW reads on a session as dbapi configures it."""
+    return '30s', 'UTC', 'ISO, MDY', 'postgres', search_path, application_name(config), True, 0
 
 
-def test_the_reset_sets_the_settings_again_where_startup_options_never_arrive(make_app, database_url):
-    # As through pgbouncer, which drops startup options (ignore_startup_parameters): the pool connects without them.
-    settings = session_settings(make_app(DB_POOL_MAX=1).config)
+@pytest.fixture()
+def pool_without_startup_options(make_app, database_url):
+    """A one-connection pool with the default configure and reset whose settings never arrive as startup options,
+    as through pgbouncer (ignore_startup_parameters drops them); yield (pool, the app config it was made from)."""
+    config = make_app(DB_POOL_MAX=1).config
+    settings = session_settings(config)
     pool = Pool(database_url, 1, 1000, configure=with_types(configure_with(settings)), reset=reset_with(settings),
                 connection_factory=PooledConnection)
-    try:
-        reset_statement, now = session_after_a_leaking_lease(pool)
-    finally:
-        pool.close()
+    yield pool, config
+    pool.close()
+
+
+def test_the_reset_is_discard_all_alone_when_the_settings_are_startup_options(make_app):
+    app = make_app(DB_POOL_MAX=1)
+    reset_statement, state = session_after_leaking_leases(app.extensions['dbapi'].pools[DEFAULT])
+    assert reset_statement == DISCARD_ALL
+    assert state == clean_session(app.config)
+
+
+def test_the_reset_sets_the_settings_again_where_startup_options_never_arrive(pool_without_startup_options):
+    pool, config = pool_without_startup_options
+    reset_statement, state = session_after_leaking_leases(pool)
     assert reset_statement.startswith(RESET_SESSION) and 'SET "TimeZone"' in reset_statement
-    assert now == ('30s', 'UTC', 'ISO, MDY', 'postgres', DEFAULT_SEARCH_PATH, True, 0)
+    assert state == clean_session(config)
+
+
+def test_a_temporary_view_cannot_choose_the_reset(pool_without_startup_options):
+    pool, config = pool_without_startup_options
+    # The connection's first request fakes pg_settings, as if the startup options had arrived, and drops the timeout.
+    faked = ', '.join(f"('{name.lower()}', '{value}')" for name, value in session_settings(config).items())
+    run_in_a_lease(pool, f'CREATE TEMP VIEW pg_settings AS SELECT * FROM (VALUES {faked}) AS v(name, reset_val); '
+                         'SET statement_timeout = 0')
+    run_in_a_lease(pool, 'SET statement_timeout = 0')
+    with connection(pool, autocommit=True) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT current_setting('statement_timeout')")
+        assert (conn.reset_statement != DISCARD_ALL, cursor.fetchone()) == (True, ('30s',))
+
+
+def test_psycopg2s_own_session_state_goes_back_too(make_app):
+    pool = make_app(DB_POOL_MAX=1).extensions['dbapi'].pools[DEFAULT]
+    with connection(pool) as conn:
+        conn.set_session(isolation_level='SERIALIZABLE', readonly=True, deferrable=True)
+        conn.set_client_encoding('LATIN1')
+    with connection(pool) as conn, conn.cursor() as cursor:
+        cursor.execute('CREATE TEMP TABLE written (text text); INSERT INTO written VALUES (%s) RETURNING text', ('Zoë',))
+        assert cursor.fetchone() == ('Zoë',)
+        assert (conn.isolation_level, conn.readonly, conn.deferrable, conn.encoding) == (None, None, None, 'UTF8')
 
 
 def test_startup_options_keep_the_dsns_own_and_escape_spaces():
@@ -83,10 +126,10 @@ def test_startup_options_keep_the_dsns_own_and_escape_spaces():
 
 def test_a_dsns_own_startup_options_still_apply(make_app, database_url):
     dsn = psycopg2.extensions.make_dsn(database_url, options='-c search_path=pg_catalog,public')
-    pool = make_app(DB_POOL_MAX=1, DATABASES={DEFAULT: dsn}).extensions['dbapi'].pools[DEFAULT]
-    reset_statement, settings = session_after_a_leaking_lease(pool)
+    app = make_app(DB_POOL_MAX=1, DATABASES={DEFAULT: dsn})
+    reset_statement, state = session_after_leaking_leases(app.extensions['dbapi'].pools[DEFAULT])
     assert reset_statement == DISCARD_ALL
-    assert settings == ('30s', 'UTC', 'ISO, MDY', 'postgres', 'pg_catalog,public', True, 0)
+    assert state == clean_session(app.config, search_path='pg_catalog,public')
 
 
 def test_set_local_outside_a_transaction_is_logged_not_silent(one_connection_call, caplog):
@@ -112,6 +155,28 @@ def test_custom_configure_and_reset_callbacks_run_at_their_seams(make_app):
             cursor.execute("SELECT current_setting('application_name')")
             assert cursor.fetchone() == ('configured',)
     assert seen == ['configure', 'reset', 'reset']
+
+
+def test_a_setting_made_in_configure_lasts_with_the_reset_docs_architecture_pairs_it_with(make_app):
+    default_reset = reset_with(session_settings(make_app(DB_POOL_MAX=1).config))
+
+    def configure(conn):
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute("SET search_path = app, public")
+
+    def reset(conn):
+        default_reset(conn)
+        configure(conn)
+
+    pool = make_app(DB_POOL_MAX=1, DB_CONFIGURE=configure, DB_RESET=reset).extensions['dbapi'].pools[DEFAULT]
+    seen = []
+    for _ in range(3):
+        with connection(pool, autocommit=True) as conn, conn.cursor() as cursor:
+            cursor.execute("SELECT current_setting('search_path')")
+            seen.append(cursor.fetchone()[0])
+            cursor.execute('SET search_path = pg_catalog')
+    assert seen == ['app, public'] * 3
 
 
 def test_a_reset_that_fails_throws_the_connection_away(make_app):

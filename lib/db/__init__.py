@@ -22,8 +22,9 @@ def make_pools(config, configure=None, reset=None):
     is then DISCARD ALL alone, lib/db/session.py).
     """
     settings = session_settings(config)
-    connect_kwargs = dict(application_name=f"{config['APP_ID']}:{config['PROCESS_ID']}"[:63],
-                          connect_timeout=config['DB_CONNECT_TIMEOUT'], connection_factory=PooledConnection)
+    # application_name also as its own parameter: pgbouncer, which drops options, passes that one on.
+    connect_kwargs = dict(application_name=settings['application_name'], connect_timeout=config['DB_CONNECT_TIMEOUT'],
+                          connection_factory=PooledConnection)
     return {name: Pool(dsn, config['DB_POOL_MAX'], config['DB_POOL_TIMEOUT_MS'],
                        configure=with_types(configure or configure_with(settings)),
                        reset=reset or reset_with(settings), options=startup_options(settings, dsn), **connect_kwargs)

@@ -57,6 +57,21 @@ def connection_is_stale(conn):
     return bool(ready_events([conn.fileno()], select.POLLIN))
 
 
+def driver_state(conn):
+    """Return what psycopg2 itself keeps of conn's session, which no SQL reset reaches: (isolation_level, readonly,
+    deferrable, encoding), as set_session and set_client_encoding leave them (None: the server's default)."""
+    return conn.isolation_level, conn.readonly, conn.deferrable, conn.encoding
+
+
+def restore_driver_state(conn, state):
+    """Put psycopg2's own state of idle conn back to state (from driver_state) where an action changed it."""
+    *session, encoding = state
+    if [conn.isolation_level, conn.readonly, conn.deferrable] != session:
+        conn.set_session(*['DEFAULT' if value is None else value for value in session])
+    if conn.encoding != encoding:
+        conn.set_client_encoding(encoding)
+
+
 def close_quietly(conn):
     """Close conn, ignoring errors from an already broken connection."""
     try:
@@ -114,8 +129,9 @@ class Pool:
 
     Like psycopg_pool's ConnectionPool, the pool owns the lifecycle and takes small callbacks:
     configure(conn) runs once on each new connection, reset(conn) each time one comes back idle (no open
-    transaction); a callback that raises makes the pool throw the connection away. Its bulkhead counts the
-    connections each client holds; a Lease enters it before it borrows.
+    transaction); a callback that raises makes the pool throw the connection away. What psycopg2 keeps on its own
+    side (set_session, set_client_encoding) goes back to how configure left it before each reset. Its bulkhead
+    counts the connections each client holds; a Lease enters it before it borrows.
     """
 
     def __init__(self, dsn, max_size, timeout_ms, configure=do_nothing, reset=do_nothing, **connect_kwargs):
@@ -126,6 +142,7 @@ class Pool:
         self.reset = reset
         self.connect_kwargs = connect_kwargs
         self.stats = collections.Counter(waits=0, timeouts=0, connects=0, discarded=0)
+        self.configured_driver_state = None  # driver_state() of a connection fresh from configure
         self.forget_connections()
         LIVE_POOLS.add(self)
 
@@ -175,6 +192,7 @@ class Pool:
         except BaseException:
             close_quietly(conn)
             raise
+        self.configured_driver_state = driver_state(conn)
         return conn
 
     def give_back(self, conn):
@@ -196,6 +214,7 @@ class Pool:
         try:
             if conn.info.transaction_status != IDLE:
                 conn.rollback()
+            restore_driver_state(conn, self.configured_driver_state)
             self.reset(conn)
         except psycopg2.Error:
             return False

@@ -9,21 +9,22 @@ from lib.db.types import READING_STYLES
 
 log = logging.getLogger('dbapi.db')
 
-# Everything a request can leave behind in a session, undone in one round trip: settings (SET, set_config),
-# role and session authorization, prepared statements, LISTEN, session advisory locks, temporary tables
-# and sequence state. The settings are then SET again, since RESET ALL returns to the session's defaults.
-RESET_SESSION = ('SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *; '
-                 'SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES')
-# The same in one statement, cached plans (PL/pgSQL functions' too) dropped as well, and no SET after it: enough
-# when the session's defaults are the settings, because they came as startup options (libpq `options`), which
-# RESET ALL returns to. On a direct connection it costs PostgreSQL about 25 us less than the statements above
-# (docs/performance.md); it must run alone, so it cannot take SETs with it.
+# Everything a request can leave behind in a session, undone in one round trip: the statements DISCARD ALL stands
+# for (PostgreSQL's documentation of DISCARD): open cursors (WITH HOLD), role and session authorization, settings
+# (SET, set_config), prepared statements, LISTEN, session advisory locks, cached plans, temporary tables and
+# sequence state. The settings are then SET again, since RESET ALL returns to the session's defaults.
+RESET_SESSION = ('CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *; '
+                 'SELECT pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES')
+# The same in one statement, and no SET after it: enough when the session's defaults are the settings, because
+# they came as startup options (libpq `options`), which RESET ALL returns to. On a direct connection it costs
+# PostgreSQL about 25 us less than the statements above (docs/performance.md); it must run alone, so it cannot
+# take SETs with it.
 DISCARD_ALL = 'DISCARD ALL'
 
 
 class PooledConnection(psycopg2.extensions.connection):
     """psycopg2's connection (passed as connection_factory, psycopg2's documented way to extend it), with room for
-    the statement the default reset chose for it on its first reset."""
+    the statement the default reset chose for it after its first reset."""
 
     reset_statement = None
 
@@ -32,7 +33,15 @@ def session_settings(config):
     """Return the settings every session has: {PostgreSQL setting: value}."""
     # UTC: buffered answers and streamed exports write the same offsets, whatever the server's default.
     # ISO dates and the postgres interval style: the texts lib/db/types.py and lib/db/copyjson.py read.
-    return {'statement_timeout': str(config['DB_STATEMENT_TIMEOUT_MS']), 'TimeZone': 'UTC', **READING_STYLES}
+    # application_name too: RESET ALL would otherwise return it to what pgbouncer's server connection started with.
+    return {'statement_timeout': str(config['DB_STATEMENT_TIMEOUT_MS']), 'TimeZone': 'UTC', **READING_STYLES,
+            'application_name': application_name(config)}
+
+
+def application_name(config):
+    """Return the name pg_stat_activity shows for this process's connections: APP_ID:PROCESS_ID, at most 63 bytes
+    (PostgreSQL's NAMEDATALEN - 1)."""
+    return f"{config['APP_ID']}:{config['PROCESS_ID']}".encode()[:63].decode(errors='ignore')
 
 
 def startup_options(settings, dsn):
@@ -91,10 +100,11 @@ def reset_with(settings):
 
 
 class SessionReset:
-    """The default reset(conn), one round trip: DISCARD ALL on a connection whose reset values are the settings
-    (startup options that reached PostgreSQL), else RESET_SESSION and the settings SET again. pgbouncer, for one,
-    does not pass startup options on; its connect_query SETs them, and DISCARD ALL would undo that. Which one a
-    connection gets is decided on its first reset (one query) and kept on a PooledConnection."""
+    """The default reset(conn), one round trip: RESET_SESSION and the settings SET again, or DISCARD ALL alone on a
+    connection whose reset values are the settings (startup options that reached PostgreSQL; pgbouncer, for one,
+    drops them, and sets the timeout by its connect_query, which DISCARD ALL would undo). A connection's first
+    reset is always the full one; then, in the session it left clean, one query decides the later ones, and a
+    PooledConnection keeps the answer (a plain psycopg2 connection always gets the full one)."""
 
     def __init__(self, settings):
         self.settings = settings
@@ -102,26 +112,24 @@ class SessionReset:
 
     def __call__(self, conn):
         """Run the reset on conn in autocommit."""
-        run_in_autocommit(conn, self.statement_for(conn))
-
-    def statement_for(self, conn):
-        """Return the reset's SQL text for conn, chosen on its first reset."""
-        known = getattr(conn, 'reset_statement', None)  # a plain psycopg2 connection has no room: chosen each time
+        known = getattr(conn, 'reset_statement', None)
         if known is not None:
-            return known
-        statement = DISCARD_ALL if reset_values_are(conn, self.settings) else self.statements.text_for(conn)
+            run_in_autocommit(conn, known)
+            return
+        full = self.statements.text_for(conn)
+        run_in_autocommit(conn, full)
         if isinstance(conn, PooledConnection):
-            conn.reset_statement = statement
-        return statement
+            conn.reset_statement = DISCARD_ALL if reset_values_are(conn, self.settings) else full
 
 
 def reset_values_are(conn, settings):
     """Tell whether RESET ALL returns conn's session to settings ({name: value}): pg_settings.reset_val of each,
-    the value before any SET, is the one wanted, in PostgreSQL's own spelling (milliseconds for statement_timeout)."""
+    the value before any SET, is the one wanted, in PostgreSQL's own spelling (milliseconds for statement_timeout).
+    The names are schema-qualified: a temporary view of the same name must not answer instead."""
     conn.autocommit = True
     with conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
-        cursor.execute('SELECT lower(name), reset_val FROM pg_settings WHERE lower(name) = ANY(%s)',
-                       ([name.lower() for name in settings],))
+        cursor.execute('SELECT pg_catalog.lower(name), reset_val FROM pg_catalog.pg_settings '
+                       'WHERE pg_catalog.lower(name) = ANY(%s)', ([name.lower() for name in settings],))
         reset_values = dict(cursor.fetchall())
     return all(reset_values.get(name.lower()) == value for name, value in settings.items())
 
