@@ -10,6 +10,7 @@ import psycopg2
 import pytest
 from psycopg2.extensions import make_dsn, parse_dsn
 
+import settings
 from ops import pgbouncer
 from tests.helpers import (Caller, app_factory, free_ports, port_open, require_programs, running_pgbouncer,
                            show_pgbouncer, wait_for)
@@ -72,6 +73,14 @@ def test_the_statement_timeout_holds_through_pgbouncer(stack):
     """pgbouncer drops the `options` startup parameter; its connect_query sets the timeout instead."""
     reply = stack.post('/probe/hold', {'seconds': STATEMENT_TIMEOUT_MS / 1000 * 2})
     assert reply.status == 504 and reply.json()['sqlstate'] == '57014'
+
+
+def test_sessions_through_pgbouncer_keep_dbapis_settings_after_every_reset(stack):
+    """pgbouncer drops startup options, so each reset SETs the settings again, application_name among them (RESET
+    ALL alone returned it to the empty name pgbouncer's server connection started with)."""
+    states = [ok(stack.post('/session/state')) for _ in range(8)]
+    assert {(state['application_name'].partition(':')[0], state['time_zone'], state['statement_timeout'])
+            for state in states} == {(settings.APP_ID, 'UTC', f'{STATEMENT_TIMEOUT_MS}ms')}
 
 
 def test_replicas_reach_the_database_through_pgbouncer_in_transaction_mode(stack, topology_database_url):

@@ -5,6 +5,7 @@ from lib.decorators import inject_conn
 SESSION_STATE = '''
     SELECT pg_backend_pid() AS pid, current_setting('statement_timeout') AS statement_timeout,
            current_setting('TimeZone') AS time_zone, current_setting('search_path') AS search_path,
+           current_setting('application_name') AS application_name,
            current_user AS role,
            (SELECT count(*) FROM pg_prepared_statements) AS prepared,
            (SELECT count(*) FROM pg_listening_channels()) AS listening,
