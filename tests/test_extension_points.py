@@ -107,6 +107,14 @@ def test_a_temporary_view_cannot_choose_the_reset(pool_without_startup_options):
         assert (conn.reset_statement != DISCARD_ALL, cursor.fetchone()) == (True, ('30s',))
 
 
+def test_a_requests_notifications_never_reach_the_next(make_app):
+    pool = make_app(DB_POOL_MAX=1).extensions['dbapi'].pools[DEFAULT]
+    run_in_a_lease(pool, "LISTEN secrets; NOTIFY secrets, 'password=hunter2'")
+    with connection(pool, autocommit=True) as conn, conn.cursor() as cursor:
+        cursor.execute('SELECT 1')
+        assert conn.notifies == []
+
+
 def test_psycopg2s_own_session_state_goes_back_too(make_app):
     pool = make_app(DB_POOL_MAX=1).extensions['dbapi'].pools[DEFAULT]
     with connection(pool) as conn:

@@ -130,7 +130,8 @@ class Pool:
     Like psycopg_pool's ConnectionPool, the pool owns the lifecycle and takes small callbacks:
     configure(conn) runs once on each new connection, reset(conn) each time one comes back idle (no open
     transaction); a callback that raises makes the pool throw the connection away. What psycopg2 keeps on its own
-    side (set_session, set_client_encoding) goes back to how configure left it before each reset. Its bulkhead
+    side (set_session, set_client_encoding) goes back to how configure left it before each reset, and the
+    notifications it collected are dropped after. Its bulkhead
     counts the connections each client holds; a Lease enters it before it borrows.
     """
 
@@ -216,6 +217,9 @@ class Pool:
                 conn.rollback()
             restore_driver_state(conn, self.configured_driver_state)
             self.reset(conn)
+            # Notifications psycopg2 collected (a LISTEN the reset ended may still have delivered some): another
+            # request's payloads, which the next borrower must not read.
+            conn.notifies.clear()
         except psycopg2.Error:
             return False
         return not conn.closed and conn.info.transaction_status == IDLE
