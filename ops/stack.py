@@ -239,18 +239,29 @@ class Stack:
     def rolling_restart(self):
         """Restart every replica, one at a time, so that no request fails: nginx stops sending to it first, it
         finishes what it accepted (gunicorn's graceful stop), and it gets requests again once it is ready. A lone
-        replica gets a stand-in to take its requests meanwhile."""
+        replica gets a stand-in to take its requests meanwhile. A replica (or stand-in) that cannot start ends the
+        restart there; the stack keeps serving with the replicas that do."""
         ports = self.config.replica_ports
         for replica, port in zip(self.replicas, ports):
-            others = [other for other in ports if other != port]
-            with self.stand_in() if not others else nullcontext(others) as serving_meanwhile:
-                self.send_requests_to(serving_meanwhile)
-                time.sleep(DRAIN_SECONDS)
-                replica.stop()
-                replica.start()
-                wait_until_ready(replica, port)
-                self.send_requests_to(ports)
+            try:
+                self.restart_replica(replica, port)
+            except StackError as error:
+                print(f'stack: rolling restart stopped: {error}', file=sys.stderr, flush=True)
+                self.send_requests_to(ports)  # nginx moves a refused request on; a restarted replica rejoins
+                return
         print(f'stack: rolling restart of {len(ports)} replicas finished', file=sys.stderr, flush=True)
+
+    def restart_replica(self, replica, port):
+        """Take replica out of nginx's list, restart it gracefully, and put it back once it is ready."""
+        ports = self.config.replica_ports
+        others = [other for other in ports if other != port]
+        with self.stand_in() if not others else nullcontext(others) as serving_meanwhile:
+            self.send_requests_to(serving_meanwhile)
+            time.sleep(DRAIN_SECONDS)
+            replica.stop()
+            replica.start()
+            wait_until_ready(replica, port)
+            self.send_requests_to(ports)
 
     @contextmanager
     def stand_in(self):

@@ -8,9 +8,10 @@ import uuid
 
 import pytest
 
+import settings
 from tests.helpers import run_sql, wait_for
 
-from .helpers import WriteLoad, free_ports_below_the_ephemeral_range, running_stack, worker_group
+from .helpers import MODULE_PACKAGES, WriteLoad, free_ports_below_the_ephemeral_range, running_stack, worker_group
 
 pytestmark = pytest.mark.slow
 
@@ -40,3 +41,27 @@ def test_a_rolling_restart_under_a_write_load_fails_no_request(tmp_path_factory,
     rows = {code for (code,) in run_sql(topology_database_url, 'SELECT code FROM probe.things WHERE code LIKE %s',
                                         (f'{run_id}-%',))}
     assert rows == {attempt.code for attempt in load.attempts} and len(rows) > 100
+
+
+@pytest.mark.parametrize('replicas', [1, 2])
+def test_a_rolling_restart_onto_code_that_cannot_start_leaves_the_stack_serving(tmp_path_factory,
+                                                                                topology_database_url, replicas):
+    modules = tmp_path_factory.mktemp('breakable')
+    (modules / 'breakable').mkdir()
+    (modules / 'breakable' / '__init__.py').write_text('')
+    base_port = free_ports_below_the_ephemeral_range(replicas + 2)
+    with running_stack(tmp_path_factory, topology_database_url, replicas=replicas, base_port=base_port,
+                       GRACEFUL_TIMEOUT='10', MODULE_PACKAGES=f'{MODULE_PACKAGES},breakable',
+                       PYTHONPATH=f'{modules}:{settings.BASE_DIR}') as stack:
+        assert stack.post('/session/state').status == 200
+        broken = modules / 'breakable' / 'broken'
+        broken.mkdir()
+        (broken / '__init__.py').write_text('')
+        (broken / 'routes.py').write_text('this is not Python\n')
+        stack.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: b'rolling restart stopped' in stack.log_path.read_bytes(), RESTART_TIMEOUT_SECONDS,
+                 'the rolling restart did not stop', interval=0.5, on_timeout=lambda: stack.log_text()[-3000:])
+        assert stack.process.poll() is None, stack.log_text()[-3000:]
+        statuses = collections.Counter(stack.post('/session/state').status for _ in range(20))
+        (broken / 'routes.py').unlink()  # so that the restarting replica can come back before the stack stops
+    assert statuses == {200: 20}, statuses
