@@ -115,8 +115,17 @@ def wait_until_serving(gunicorn):
     return gunicorn.poll() is None
 
 
+def check_port_free():
+    """Stop the start, before anything runs, when something already listens on 127.0.0.1:PORT (another `make run`,
+    say): gunicorn would retry for seconds and exit, and the other server's answers would pass for its own."""
+    from ops.ports import port_is_free
+    if 'BIND' not in os.environ and not port_is_free(settings.PORT):
+        raise StartupError(f'127.0.0.1:{settings.PORT} is in use: stop what listens there, or set PORT')
+
+
 def serve():
     """Start the database if needed, migrate, check the app, and run gunicorn until SIGINT or SIGTERM."""
+    check_port_free()
     dsn = default_dsn()
     apply_migrations(dsn)
     routes = preflight(dsn)

@@ -4,8 +4,10 @@ import socket
 
 
 def port_is_free(port):
-    """Tell whether nothing listens on 127.0.0.1:port."""
+    """Tell whether nothing listens on 127.0.0.1:port. The probe binds as gunicorn, nginx and PostgreSQL do, with
+    SO_REUSEADDR, so a port whose last server left connections in TIME_WAIT counts as free."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(('127.0.0.1', port))
         except OSError:
