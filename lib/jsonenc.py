@@ -56,15 +56,31 @@ class ExactNumber(decimal.Decimal):
     """A JSON number kept exact (0.1000000000000000000001, 1e400): a Decimal written back as that number."""
 
 
+# PostgreSQL numeric's range (its documentation, "Arbitrary Precision Numbers"): up to 131072 digits before the
+# decimal point and up to 16383 after it.
+NUMERIC_MAX_DIGITS_BEFORE_POINT, NUMERIC_MAX_DIGITS_AFTER_POINT = 131072, 16383
+
+
 def exact_number(value):
     """Return an ExactNumber as the JSON number it is, in plain notation as PostgreSQL writes numeric (1E-30 is
-    0.000000000000000000000000000001 in to_jsonb)."""
-    return orjson.Fragment(format(value, 'f'))
+    0.000000000000000000000000000001 in to_jsonb), past numeric's range in exponent notation (decimal_text)."""
+    return orjson.Fragment(decimal_text(value))
 
 
 def decimal_text(value):
-    """Return a Decimal as an exact string in plain notation, as PostgreSQL writes numeric: "0.0000001"."""
+    """Return a Decimal as exact text in plain notation, as PostgreSQL writes numeric: "0.0000001". One past
+    numeric's range, which only json text can hold, is written in exponent notation ("1E-999999999"), whose plain
+    text could take gigabytes."""
+    if value.is_finite() and not within_numeric_range(value):
+        return str(value)
     return format(value, 'f')
+
+
+def within_numeric_range(value):
+    """Tell whether a finite Decimal's plain notation has no more digits before or after its point than PostgreSQL
+    numeric holds."""
+    return (value.adjusted() < NUMERIC_MAX_DIGITS_BEFORE_POINT
+            and -value.as_tuple().exponent <= NUMERIC_MAX_DIGITS_AFTER_POINT)
 
 
 def exact_seconds(value):
@@ -121,8 +137,9 @@ def loads_exact(data, bounded=True):
 
     bounded (a request body): a number with more digits before its point than Python writes as text
     (sys.get_int_max_str_digits(), 4300) is refused with ValueError, 1e999999 as well as such an integer;
-    made an int, it would take a minute to build and could never be sent. Unbounded (json and jsonb that
-    PostgreSQL stored): such an integer is an ExactNumber.
+    made an int, it would take a minute to build and could never be sent. So is one with more digits after its
+    point than PostgreSQL numeric holds (16383), 1e-999999999 as well as 0.000...1. Unbounded (json and jsonb
+    that PostgreSQL stored): such an integer is an ExactNumber, and any number is read.
     """
     try:
         value = orjson.loads(data)
@@ -144,11 +161,14 @@ def loads_exact(data, bounded=True):
 
 
 def bounded_number(text):
-    """Read a JSON number that is not an integer as an ExactNumber; ValueError past Python's integer text limit."""
+    """Read a JSON number that is not an integer as an ExactNumber; ValueError past Python's integer text limit
+    before its point or past numeric's digits after it (1e-999999999 would be a gigabyte of text written plain)."""
     number = ExactNumber(text)
     limit = sys.get_int_max_str_digits()
     if limit and number.is_finite() and number.adjusted() >= limit:
         raise ValueError(f'A number has more than {limit} digits before its point')
+    if -number.as_tuple().exponent > NUMERIC_MAX_DIGITS_AFTER_POINT:
+        raise ValueError(f'A number has more than {NUMERIC_MAX_DIGITS_AFTER_POINT} digits after its point')
     return number
 
 

@@ -388,15 +388,26 @@ def test_a_value_a_marshmallow_field_cannot_read_is_a_422_naming_the_field(call)
 
 def test_a_body_number_too_long_for_python_is_refused_at_once_and_a_stored_one_is_read_whole(call, conn):
     started = time.perf_counter()
-    for number in ('1e999999', '-9.5e4300', '1' * 4301):  # as an int, 1e999999 takes a minute to build
+    # As an int, 1e999999 takes a minute to build; written plain, 1e-999999999 is a gigabyte of zeros.
+    for number in ('1e999999', '-9.5e4300', '1' * 4301, '1e-999999999', '-2.5e-16384', '0.' + '0' * 16383 + '1'):
         assert_problem(raw_post(call, '/types/select', f'{{"query": {number}}}'), 400)
         with pytest.raises(ValueError):
             loads_exact(f'[{number}]')
     assert time.perf_counter() - started < 2
-    assert loads_exact('[9.5e4299, 1e-999999]') == [decimal.Decimal('9.5e4299'), decimal.Decimal('1e-999999')]
+    assert loads_exact('[9.5e4299, 1e-16383]') == [decimal.Decimal('9.5e4299'), decimal.Decimal('1e-16383')]
     huge = '1' + '0' * 5000
     stored = Db(conn).fetch_value(f"""SELECT '{{"n": {huge}, "m": [1e-999, 0.5]}}'::jsonb""")
     assert dumps_bytes(stored) == b'{"m":[0.%s1,0.5],"n":%s}' % (b'0' * 998, huge.encode())  # plain, as numeric
+
+
+def test_a_stored_json_number_past_numerics_range_is_written_in_exponent_notation(conn):
+    started = time.perf_counter()
+    stored = Db(conn).fetch_value("""SELECT '{"tiny": 1e-999999999, "vast": -2.5e200000, "edge": 1e-16383}'::json""")
+    written = dumps_bytes(stored)
+    assert time.perf_counter() - started < 2
+    assert loads_exact(written, bounded=False) == stored
+    assert written.startswith(b'{"tiny":1E-999999999,"vast":-2.5E+200000,"edge":0.%s1}' % (b'0' * 16382))
+    assert dumps_bytes(decimal.Decimal('1e-20000')) == b'"1E-20000"'
 
 
 # --- Round trips: what a body sends is what is stored, read back and exported. ---
