@@ -1,6 +1,7 @@
 """Action decorators: use_schema, inject_conn and inject_db (the seed's names, its bugs fixed)."""
 import functools
 import inspect
+import itertools
 import random
 import time
 from collections.abc import Iterator
@@ -94,7 +95,11 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
     try:
         lease.hold_to_deadline(current_app.config['DB_STATEMENT_TIMEOUT_MS'])
         result = call(lease.conn)
-        if finish is not None and not isinstance(result, Iterator):
+        if isinstance(result, Iterator):
+            # The first batch is fetched before the response starts: an error before the first row (a division by
+            # zero, a bad value) is the request's own error with its status, never a 200 cut short at "[".
+            first = list(itertools.islice(result, 1))
+        elif finish is not None:
             result = finish(result)
     except BaseException as exc:
         lease.end(success=False)
@@ -103,7 +108,7 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
             raise cancelled from exc
         raise
     if isinstance(result, Iterator):
-        return LeasedStream(result, lease)
+        return LeasedStream(result, lease, first)
     lease.end(success=True)
     return result
 

@@ -87,3 +87,11 @@ def test_stream_yields_batches_from_a_server_side_cursor(app):
 def test_an_action_may_stream_single_rows_from_a_generator(call, app):
     assert call('/probe/generated').get_json() == [{'n': 0}, {'n': 1}, {'n': 2}]
     assert app.extensions['dbapi'].pools['default'].gauges()['in_use'] == 0
+
+
+@pytest.mark.parametrize('kind', ['stream', 'stream_json'])
+def test_a_stream_that_fails_before_its_first_row_is_the_requests_own_problem(call, app, kind):
+    answer = call('/probe/failing_stream', {'kind': kind})
+    assert answer.status_code == 422 and answer.content_type == 'application/problem+json', answer.get_data()
+    assert answer.get_json()['sqlstate'] == '22012'  # division_by_zero, not a 200 cut short at "["
+    assert app.extensions['dbapi'].pools['default'].gauges()['in_use'] == 0

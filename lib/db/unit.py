@@ -109,16 +109,20 @@ def connection(pool, autocommit=False, cursor_factory=None, timeout=None):
 
 
 class LeasedStream:
-    """An iterator that keeps its lease until it is exhausted or closed, for streamed responses."""
+    """An iterator that keeps its lease until it is exhausted or closed, for streamed responses; first holds the
+    items already taken from items (the first batch, fetched before the response starts)."""
 
-    def __init__(self, items, lease):
+    def __init__(self, items, lease, first=()):
         self.items = iter(items)
         self.lease = lease
+        self.ahead = list(reversed(first))
 
     def __iter__(self):
         return self
 
     def __next__(self):
+        if self.ahead:
+            return self.ahead.pop()
         try:
             return next(self.items)
         except StopIteration:

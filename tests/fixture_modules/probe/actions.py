@@ -281,3 +281,20 @@ def migrations(db):
     """Return the ids of the migrations applied to the database, in order."""
     query = sql.SQL('SELECT migration_id FROM {} ORDER BY migration_id').format(sql.Identifier(MIGRATION_TABLE))
     return [row['migration_id'] for row in db.fetch_all(query)]
+
+
+# Not 1 / 0 itself: PostgreSQL would fold that constant and fail when the query is planned, before any row.
+FAILS_AT_THE_FIRST_ROW = 'SELECT 1 / (n - 1) AS inverse FROM generate_series(1, 3) AS n'
+
+
+class StreamKind(Schema):
+    """Which of Db's streams to use."""
+
+    kind = fields.String(required=True, validate=validate.OneOf(['stream', 'stream_json']))
+
+
+@use_schema(StreamKind)
+@inject_conn(DEFAULT)
+def failing_stream(conn, kind):
+    """Stream a query whose first row divides by zero, with Db.stream or Db.stream_json."""
+    return getattr(Db(conn), kind)(FAILS_AT_THE_FIRST_ROW)

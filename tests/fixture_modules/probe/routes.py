@@ -1,6 +1,6 @@
-from .actions import (add, crash, create_thing, create_unencodable, echo, export_things, fail_with, flaky, generated, get_thing, greet, hold,
-                      items, migrations, missing, move, pid, probe_values, python_values, raw_rows, register, sized,
-                      sqlstate, with_status)
+from .actions import (add, crash, create_thing, create_unencodable, echo, export_things, fail_with, failing_stream,
+                      flaky, generated, get_thing, greet, hold, items, migrations, missing, move, pid, probe_values,
+                      python_values, raw_rows, register, sized, sqlstate, with_status)
 
 routes = [
     dict(route='', action=echo),
@@ -22,6 +22,7 @@ routes = [
     dict(route='raw-rows', action=raw_rows),
     dict(route='reports/daily', action=echo),
     dict(route='generated', action=generated),
+    dict(route='failing_stream', action=failing_stream),
     dict(route='register', action=register),
     dict(route='things/create', action=create_thing),
     dict(route='things/get', action=get_thing),
