@@ -247,6 +247,26 @@ def test_an_interval_in_another_style_is_refused_not_misread(conn):
         Db(conn).fetch_value("SELECT interval '1 year'")
 
 
+@pytest.mark.parametrize('date_style', ['SQL, DMY', 'SQL, MDY', 'German', 'Postgres'])
+@pytest.mark.parametrize('expression', ["date '2026-03-04'", "timestamp '2026-03-04 05:06:07'",
+                                        "timestamptz '2026-03-04 05:06:07+00'", "ARRAY[date '2026-03-04']"])
+def test_a_date_or_timestamp_in_another_date_style_is_refused_not_misread(conn, date_style, expression):
+    Db(conn).execute('SET LOCAL DateStyle = %s', [date_style])
+    with pytest.raises(psycopg2.DataError, match='DateStyle'):
+        Db(conn).fetch_value(f'SELECT {expression}')
+
+
+@pytest.mark.parametrize('zone, stamp', [('Africa/Monrovia', '1960-01-01 00:00+00'),
+                                         ('Europe/Dublin', '1890-06-01 12:00+00'),
+                                         ('America/St_Johns', '1920-06-01 12:00+00')])
+def test_an_offset_with_seconds_keeps_the_instant_to_jsonb_writes(conn, zone, stamp):
+    Db(conn).execute('SET LOCAL TimeZone = %s', [zone])
+    query = 'SELECT %(s)s::timestamptz AS v, ARRAY[%(s)s::timestamptz] AS a, to_jsonb(%(s)s::timestamptz) AS j'
+    row = Db(conn).fetch_one(query, {'s': stamp})
+    assert row['j'].count(':') == 4, 'an offset with seconds in this zone and year'
+    assert orjson.loads(dumps_bytes(row)) == {'v': row['j'], 'a': [row['j']], 'j': row['j']}
+
+
 # --- The issue's table, row by row. ---
 
 @pytest.fixture()

@@ -65,6 +65,8 @@ INTERVAL_UNITS = re.compile(r'([+-]?\d+) (year|mon|day)s?')
 INTERVAL_TIME = re.compile(r'([+-])?(\d+):(\d\d):(\d\d)(?:\.(\d{1,6}))?$')
 # A whole interval in IntervalStyle postgres: '-1 years +2 mons 3 days -04:05:06.5'.
 POSTGRES_INTERVAL = re.compile(r'(?:[+-]?\d+ (?:year|mon|day)s? ?)*(?:[+-]?\d+:\d\d:\d\d(?:\.\d{1,6})?)?')
+# The start of a date or timestamp as DateStyle ISO writes it: a year of four digits or more, or ±infinity.
+ISO_STAMP = re.compile(r'\d{4,}-\d\d-\d\d|-?infinity$')
 # The offset at the end of a stamp: PostgreSQL's text writes +02 where its JSON writes +02:00.
 SHORT_OFFSET = re.compile(r'([+-]\d\d)((?::\d\d)*)( BC)?$')
 # One field of a composite value's text, '(1,"a b",)', and the comma or parenthesis after it: quoted (its " and \
@@ -82,9 +84,17 @@ def is_ordinary_stamp(text):
     return text[4:5] == '-' and not text.endswith(' BC')
 
 
+def iso_text(text):
+    """Return a date or timestamp text that is not ordinary (is_ordinary_stamp) when DateStyle ISO wrote it; a
+    request that changed DateStyle gets DataError: fail rather than misread "04/03/2026"."""
+    if not ISO_STAMP.match(text):
+        raise psycopg2.DataError(f'A date or timestamp in another DateStyle than ISO: {text!r}')
+    return text
+
+
 def json_stamp(text, with_offset):
     """Return a timestamp's text as to_jsonb writes it: "10000-01-01T00:00:00+00:00", "0044-03-15T12:00:00 BC"."""
-    if text.endswith('infinity'):
+    if iso_text(text).endswith('infinity'):
         return PgText(text)
     text = text.replace(' ', 'T', 1)
     if with_offset:
@@ -95,7 +105,7 @@ def json_stamp(text, with_offset):
 def cast_date(text, cursor):
     """Read a date: a datetime.date, or PgText for ±infinity, BC and years past 9999."""
     if text is None or not is_ordinary_stamp(text):
-        return None if text is None else PgText(text)
+        return None if text is None else PgText(iso_text(text))
     return psycopg2.extensions.DATE(text, cursor)
 
 
@@ -107,8 +117,10 @@ def cast_timestamp(text, cursor):
 
 
 def cast_timestamptz(text, cursor):
-    """Read a timestamptz: an aware datetime, or PgText for ±infinity, BC and years past 9999."""
-    if text is None or not is_ordinary_stamp(text):
+    """Read a timestamptz: an aware datetime, or PgText for ±infinity, BC, years past 9999 and an offset with
+    seconds (local mean time before 1900-1970 in many zones, "-00:44:30"), which psycopg2 and orjson would round
+    to minutes, moving the instant."""
+    if text is None or not is_ordinary_stamp(text) or text.count(':') > 3:
         return None if text is None else json_stamp(text, with_offset=True)
     return psycopg2.extensions.PYDATETIMETZ(text, cursor)
 
