@@ -10,7 +10,7 @@ from marshmallow import ValidationError, fields
 from werkzeug.exceptions import HTTPException
 
 from lib.http.exchange import ERROR_KEY, remember
-from lib.jsonenc import json_response
+from lib.jsonenc import TooDeepToWrite, json_response
 from lib.http.requestid import current_request_id
 
 PROBLEM_JSON = 'application/problem+json'
@@ -257,6 +257,12 @@ def not_found_detail(path, routes, client):
         return f'Client {client.name!r} may not call module {module!r}, and it has no action at this path.'
     shown = module if len(module) <= MAX_NAME_SHOWN else module[:MAX_NAME_SHOWN] + '...'
     return f'No module {shown!r} is mounted. Actions are called as POST /<module>/<action>.'
+
+
+@translates(TooDeepToWrite)
+def from_too_deep_to_write(exc):
+    """An answer nesting deeper than orjson writes (a jsonb value stored so) is a 500 that says so."""
+    return ApiError('The answer nests arrays and objects deeper than 254 levels, more than dbapi writes.')
 
 
 @translates(psycopg2.Error)

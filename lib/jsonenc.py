@@ -27,6 +27,7 @@ JSON_MIMETYPE = 'application/json'
 REFUSED_BY_ORJSON = ('Integer exceeds 64-bit range', 'Dict integer key must be within 64-bit range',
                      'datetime.time must not have tzinfo set')
 INT64_MIN, UINT64_MAX = -2 ** 63, 2 ** 64 - 1
+ORJSON_RECURSION_LIMIT = 'Recursion limit reached'  # orjson's error past 254 levels of arrays and objects
 
 # Python type -> function returning a value orjson can write. Looked up along the value's class hierarchy.
 JSON_TYPES = {}
@@ -118,11 +119,18 @@ def orjson_ready_key(key):
     return str(key) if isinstance(ready, orjson.Fragment) else ready
 
 
+class TooDeepToWrite(TypeError):
+    """A value nests arrays and objects deeper than orjson writes (its recursion limit, 254 levels)."""
+
+
 def dumps_bytes(value):
-    """Encode value as UTF-8 JSON bytes; TypeError for a value of a type the registry does not know."""
+    """Encode value as UTF-8 JSON bytes; TypeError for a value of a type the registry does not know, TooDeepToWrite
+    for one nesting deeper than orjson writes (a jsonb value PostgreSQL stored, say)."""
     try:
         return orjson.dumps(value, default=encode_default, option=ORJSON_OPTIONS)
     except TypeError as exc:
+        if str(exc).startswith(ORJSON_RECURSION_LIMIT):
+            raise TooDeepToWrite(str(exc)) from None
         if not str(exc).startswith(REFUSED_BY_ORJSON):
             raise
         return orjson.dumps(orjson_ready(value), default=encode_default, option=ORJSON_OPTIONS)
@@ -152,7 +160,9 @@ def loads_exact(data, bounded=True):
                            parse_float=bounded_number if bounded else ExactNumber,
                            parse_int=int if bounded else int_or_exact, parse_constant=refuse_constant)
     except RecursionError:
-        raise TooDeep(f'The request body nests arrays and objects deeper than {MAX_BODY_DEPTH} levels.') from None
+        if bounded:
+            raise TooDeep(f'The request body nests arrays and objects deeper than {MAX_BODY_DEPTH} levels.') from None
+        raise ValueError('a JSON value nests arrays and objects deeper than Python reads') from None
     try:
         dumps_bytes(value)  # the json module lets through what orjson refused: a lone surrogate
     except TypeError as exc:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies
 
 from lib.db import Db, connection
-from lib.db.types import RefusedValue
+from lib.db.types import RefusedValue, UnreadableValue
 from lib.errors import ApiError, as_api_error
 from lib.fields import exact_decimal
 from lib.jsonenc import dumps_bytes, json_array_chunks, loads_exact
@@ -243,7 +243,7 @@ def test_a_custom_configure_cannot_lose_the_types(types_app, make_app):
 
 def test_an_interval_in_another_style_is_refused_not_misread(conn):
     Db(conn).execute("SET LOCAL IntervalStyle = 'iso_8601'")
-    with pytest.raises(psycopg2.DataError, match='IntervalStyle'):
+    with pytest.raises(UnreadableValue, match='IntervalStyle'):
         Db(conn).fetch_value("SELECT interval '1 year'")
 
 
@@ -252,7 +252,7 @@ def test_an_interval_in_another_style_is_refused_not_misread(conn):
                                         "timestamptz '2026-03-04 05:06:07+00'", "ARRAY[date '2026-03-04']"])
 def test_a_date_or_timestamp_in_another_date_style_is_refused_not_misread(conn, date_style, expression):
     Db(conn).execute('SET LOCAL DateStyle = %s', [date_style])
-    with pytest.raises(psycopg2.DataError, match='DateStyle'):
+    with pytest.raises(UnreadableValue, match='DateStyle'):
         Db(conn).fetch_value(f'SELECT {expression}')
 
 
@@ -297,6 +297,18 @@ def selected(call, expression):
 ])
 def test_the_issues_outbound_rows(call, expression, json_text):
     assert selected(call, expression) == json_text
+
+
+@pytest.mark.parametrize('expression, detail', [
+    # orjson writes 254 levels at most: the value's 300, in a row, in the answer's list
+    ("(repeat('[', 300) || '1' || repeat(']', 300))::jsonb", 'deeper than 254 levels'),
+    ("""'"\\ud800"'::json""", 'a json value dbapi cannot read'),  # the json type keeps it, to_jsonb refuses it
+    ("(repeat('[', 5000) || repeat(']', 5000))::json", 'a json value dbapi cannot read'),
+    ("(SELECT date '2026-03-04' FROM (SELECT set_config('DateStyle', 'SQL, DMY', true)) AS styled)", 'DateStyle'),
+])
+def test_a_stored_value_dbapi_cannot_pass_on_is_a_500_that_says_why(call, expression, detail):
+    body = assert_problem(call('/types/select', {'query': f'SELECT {expression} AS v'}), 500)
+    assert detail in body['detail'] and body['detail'] != 'The server could not complete the request.'
 
 
 def test_a_nul_character_in_a_body_is_a_422_naming_the_field(call):

@@ -25,7 +25,7 @@ import re
 import psycopg2.extensions
 import psycopg2.extras
 
-from lib.errors import Unprocessable, translates
+from lib.errors import ApiError, Unprocessable, translates
 from lib.jsonenc import ExactNumber, dumps_bytes, loads_exact
 
 DATE, TIME, TIMETZ, TIMESTAMP, TIMESTAMPTZ, INTERVAL, JSON, JSONB = 1082, 1083, 1266, 1114, 1184, 1186, 114, 3802
@@ -88,7 +88,7 @@ def iso_text(text):
     """Return a date or timestamp text that is not ordinary (is_ordinary_stamp) when DateStyle ISO wrote it; a
     request that changed DateStyle gets DataError: fail rather than misread "04/03/2026"."""
     if not ISO_STAMP.match(text):
-        raise psycopg2.DataError(f'A date or timestamp in another DateStyle than ISO: {text!r}')
+        raise UnreadableValue('a date or timestamp in another DateStyle than ISO (a request changed DateStyle)')
     return text
 
 
@@ -155,7 +155,7 @@ def cast_interval(text, cursor):
     if text is None:
         return None
     if not POSTGRES_INTERVAL.fullmatch(text):  # a request changed IntervalStyle: fail rather than misread
-        raise psycopg2.DataError(f'An interval in another IntervalStyle than postgres: {text!r}')
+        raise UnreadableValue('an interval in another IntervalStyle than postgres (a request changed IntervalStyle)')
     microseconds = interval_microseconds(text)
     try:
         return datetime.timedelta(microseconds=microseconds)
@@ -164,8 +164,15 @@ def cast_interval(text, cursor):
 
 
 def cast_json(text, cursor):
-    """Read json or jsonb with every number exact, however large."""
-    return None if text is None else loads_exact(text, bounded=False)
+    """Read json or jsonb with every number exact, however large; UnreadableValue for json text that is no Unicode
+    (a lone surrogate escape, "\\ud800", which the json type keeps and to_jsonb refuses) or nests deeper than
+    Python reads."""
+    if text is None:
+        return None
+    try:
+        return loads_exact(text, bounded=False)
+    except ValueError as exc:
+        raise UnreadableValue(f'a json value dbapi cannot read: {exc}') from None
 
 
 def cast_text(text, cursor):
@@ -300,6 +307,17 @@ def json_parameter(value):
 
 
 psycopg2.extensions.register_adapter(dict, json_parameter)
+
+
+class UnreadableValue(psycopg2.DataError):
+    """A value PostgreSQL sent that dbapi cannot pass on exactly, raised by a typecaster: its message names the
+    kind, never the value."""
+
+
+@translates(UnreadableValue)
+def from_unreadable_value(exc):
+    """A value dbapi cannot pass on exactly is a 500 that says why: the action, or the data stored, must change."""
+    return ApiError(f'A value the database sent cannot be passed on exactly: {exc}.')
 
 
 class RefusedValue(ValueError):
