@@ -23,6 +23,7 @@ from lib.http.routing import FixedRulesFirst, fixed_rules
 from lib.jsonenc import JSON_TYPES, OrjsonProvider
 from lib.logs import configure_logging, install_access_log
 from lib.logs.metrics import RequestMetrics, metrics_endpoint
+from lib.logs.secrets import Redactor, configured_secrets
 from lib.modules import mount_modules
 
 COMPRESSED_TYPES = ['application/json', 'application/problem+json']
@@ -48,6 +49,8 @@ class Gateway:
     json_types: dict = field(default_factory=lambda: JSON_TYPES)
     error_translators: dict = field(default_factory=lambda: ERROR_TRANSLATORS)
     response_headers: list = field(default_factory=lambda: RESPONSE_HEADERS)
+    # redact(json_text) -> json_text without the configured tokens, DSNs and passwords: log lines and problem bodies.
+    redact: Redactor = field(default_factory=lambda: Redactor([]))
 
     def caller(self):
         """Return the client the current request's bearer token names, or None; never an error."""
@@ -159,7 +162,8 @@ def create_app(overrides=None):
     resolve_databases(app.config)
     app.json = OrjsonProvider(app)
     pools = make_pools(app.config, app.config.get('DB_CONFIGURE'), app.config.get('DB_RESET'))
-    gateway = Gateway(pools, clients, RequestMetrics(pools, fast_paths=app.config['FAST_PATHS']))
+    gateway = Gateway(pools, clients, RequestMetrics(pools, fast_paths=app.config['FAST_PATHS']),
+                      redact=Redactor(configured_secrets(app.config['DATABASES'], clients.secrets)))
     app.extensions['dbapi'] = gateway
     app.register_error_handler(Exception, handle_error)
     app.register_blueprint(ops)

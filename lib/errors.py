@@ -367,5 +367,9 @@ def handle_error(exc):
     remember(ERROR_KEY, (exc, error))
     body = problem_body(error, current_request_id())
     response = json_response(body, error.status, PROBLEM_JSON)
+    # A detail PostgreSQL wrote can quote what the caller sent, a token among it: the log's redactor cleans it.
+    gateway = current_app.extensions.get('dbapi')
+    if gateway is not None:
+        response.set_data(gateway.redact(response.get_data(as_text=True)))
     response.headers.update(error.headers)
     return response

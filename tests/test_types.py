@@ -1,6 +1,7 @@
 """Exact data both ways (docs/contract.md section 5): every PostgreSQL type becomes the JSON to_jsonb writes, or
 the documented exception, on the buffered path, Db.stream and Db.stream_json; bodies keep numbers exact."""
 import base64
+import json
 import decimal
 import re
 import time
@@ -297,6 +298,11 @@ def selected(call, expression):
 ])
 def test_the_issues_outbound_rows(call, expression, json_text):
     assert selected(call, expression) == json_text
+
+
+def test_a_token_a_database_error_quotes_is_redacted_from_the_problem(call):
+    body = assert_problem(call('/types/select', {'query': f"SELECT $${call.token}$$::int AS v"}), 422)
+    assert call.token not in json.dumps(body) and '[REDACTED]' in body['detail'], body
 
 
 @pytest.mark.parametrize('expression, detail', [
