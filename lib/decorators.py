@@ -119,9 +119,16 @@ def respond(result):
         return result
     value, status = result if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], int) else (result, 200)
     if isinstance(value, LeasedStream):
-        # Encode batch by batch. Closing the response gives the connection back, even when compression
-        # or the access log has since wrapped the body in iterators of their own.
-        response = Response(json_array_chunks(value), status, mimetype=JSON_MIMETYPE)
+        # Encode batch by batch, the first ("[" and the first batch) before the answer starts: a value JSON cannot
+        # write there is the request's own error. Closing the response gives the connection back, even when
+        # compression or the access log has since wrapped the body in iterators of their own.
+        chunks = json_array_chunks(value)
+        try:
+            head = list(itertools.islice(chunks, 2))
+        except BaseException:
+            value.close()
+            raise
+        response = Response(itertools.chain(head, chunks), status, mimetype=JSON_MIMETYPE)
         response.call_on_close(value.close)
         return response
     return json_response(value, status)

@@ -207,7 +207,8 @@ def test_the_default_limit_applies_to_clients_without_their_own(make_app):
 def test_a_streamed_export_holds_its_place_in_the_bulkhead_until_it_ends(make_app):
     app = make_app(DB_CLIENT_MAX_CONNECTIONS=1)
     call = Caller(app.test_client())
-    stream = call('/probe/things/export', buffered=False)
+    # Ten batches: the first is fetched before the answer starts, the other nine while it is read.
+    stream = call('/slow/stream', {'rows': 1000}, buffered=False)
     assert_problem(call('/slow/sleep', {'seconds': 0}), 429)
     stream.get_data()
     stream.close()

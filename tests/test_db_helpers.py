@@ -95,3 +95,11 @@ def test_a_stream_that_fails_before_its_first_row_is_the_requests_own_problem(ca
     assert answer.status_code == 422 and answer.content_type == 'application/problem+json', answer.get_data()
     assert answer.get_json()['sqlstate'] == '22012'  # division_by_zero, not a 200 cut short at "["
     assert app.extensions['dbapi'].pools['default'].gauges()['in_use'] == 0
+
+
+@pytest.mark.parametrize('kind', ['stream', 'stream_json'])
+def test_a_stream_whose_first_batch_json_cannot_write_is_the_requests_own_problem(call, app, kind):
+    answer = call('/probe/failing_stream', {'kind': kind, 'failure': 'depth'})
+    assert answer.status_code == 500 and answer.content_type == 'application/problem+json', answer.get_data()
+    assert 'deeper than 254 levels' in answer.get_json()['detail']
+    assert app.extensions['dbapi'].pools['default'].gauges()['in_use'] == 0

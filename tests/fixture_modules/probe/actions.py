@@ -285,16 +285,19 @@ def migrations(db):
 
 # Not 1 / 0 itself: PostgreSQL would fold that constant and fail when the query is planned, before any row.
 FAILS_AT_THE_FIRST_ROW = 'SELECT 1 / (n - 1) AS inverse FROM generate_series(1, 3) AS n'
+# jsonb nesting 300 levels: PostgreSQL sends it, orjson writes 254 levels at most.
+TOO_DEEP_TO_WRITE = "SELECT (repeat('[', 300) || '1' || repeat(']', 300))::jsonb AS v FROM generate_series(1, 3)"
 
 
 class StreamKind(Schema):
     """Which of Db's streams to use."""
 
     kind = fields.String(required=True, validate=validate.OneOf(['stream', 'stream_json']))
+    failure = fields.String(load_default='division', validate=validate.OneOf(['division', 'depth']))
 
 
 @use_schema(StreamKind)
 @inject_conn(DEFAULT)
-def failing_stream(conn, kind):
-    """Stream a query whose first row divides by zero, with Db.stream or Db.stream_json."""
-    return getattr(Db(conn), kind)(FAILS_AT_THE_FIRST_ROW)
+def failing_stream(conn, kind, failure):
+    """Stream, with Db.stream or Db.stream_json, a query whose first row divides by zero or nests too deep to write."""
+    return getattr(Db(conn), kind)(FAILS_AT_THE_FIRST_ROW if failure == 'division' else TOO_DEEP_TO_WRITE)
