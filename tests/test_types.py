@@ -486,6 +486,13 @@ def test_a_body_nested_too_deeply_is_a_400_never_a_500(call, depth, leaf):
     assert '128 levels' in response.get_json()['detail']
 
 
+@pytest.mark.parametrize('body, echoed', [(b'{"x": 1, "x": 2.5}', b'{"x":2.5}'),
+                                          (b'{"x": {"k": 1.5, "k": 2}}', b'{"x":{"k":2}}')])
+def test_a_key_given_twice_counts_once_with_its_last_value(call, body, echoed):
+    response = post_raw(call, body)
+    assert response.status_code == 200 and response.get_data() == echoed
+
+
 def test_a_body_at_the_depth_limit_is_read(call):
     body = ('[' * 127 + '1.5' + ']' * 127).encode()
     response = post_raw(call, b'{"x":' + body + b'}')
