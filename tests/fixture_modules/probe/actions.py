@@ -289,15 +289,12 @@ FAILS_AT_THE_FIRST_ROW = 'SELECT 1 / (n - 1) AS inverse FROM generate_series(1, 
 TOO_DEEP_TO_WRITE = "SELECT (repeat('[', 300) || '1' || repeat(']', 300))::jsonb AS v FROM generate_series(1, 3)"
 
 
-class StreamKind(Schema):
-    """Which of Db's streams to use."""
-
-    kind = fields.String(required=True, validate=validate.OneOf(['stream', 'stream_json']))
-    failure = fields.String(load_default='division', validate=validate.OneOf(['division', 'depth']))
+FAILING_STREAMS = {'division': FAILS_AT_THE_FIRST_ROW, 'depth': TOO_DEEP_TO_WRITE}
 
 
-@use_schema(StreamKind)
 @inject_conn(DEFAULT)
-def failing_stream(conn, kind, failure):
-    """Stream, with Db.stream or Db.stream_json, a query whose first row divides by zero or nests too deep to write."""
-    return getattr(Db(conn), kind)(FAILS_AT_THE_FIRST_ROW if failure == 'division' else TOO_DEEP_TO_WRITE)
+def failing_stream(conn, kind, failure='division'):
+    """Stream, with Db.stream or Db.stream_json (kind), a query whose first row divides by zero or nests too deep to
+    write (failure)."""
+    stream = {'stream': Db(conn).stream, 'stream_json': Db(conn).stream_json}[kind]
+    return stream(FAILING_STREAMS[failure])
