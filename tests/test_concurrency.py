@@ -4,7 +4,9 @@ import collections
 import contextlib
 import http.client
 import json
+import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -382,6 +384,29 @@ def test_a_client_that_goes_away_has_its_query_cancelled_and_its_connection_reus
     line = gunicorn_access_line(tmp_path, 'gone-client')
     assert line['http']['response']['status_code'] == 499
     assert line['event']['outcome'] == 'failure' and line['error']['code'] == '57014', line  # query_canceled
+
+
+@pytest.mark.slow
+def test_a_database_that_stops_answering_gets_a_504_by_the_deadline_and_the_worker_serves_on(database_url, tmp_path):
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1',
+                             REQUEST_DEADLINE_MS='2000') as (port, _):
+        backend = post(port, '/slow/backend').json()['pid']
+        os.kill(backend, signal.SIGSTOP)  # the pooled connection's server process hangs, as a frozen server would
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                started = time.monotonic()
+                frozen = pool.submit(post, port, '/slow/sleep', {'seconds': 0}, headers={'X-Request-ID': 'frozen-db'})
+                time.sleep(0.5)
+                assert http_request(port, 'GET', '/healthz', timeout=2).status == 200, 'the worker serves on'
+                answer = frozen.result(timeout=15)
+                waited = time.monotonic() - started
+        finally:
+            os.kill(backend, signal.SIGCONT)
+        assert answer.status == 504 and 'did not answer' in answer.json()['detail'], answer.body
+        assert 2 <= waited < 6, 'the deadline (2 s) and a second of grace'
+        assert post(port, '/slow/backend').json()['pid'] != backend, 'the connection that hung is thrown away'
+    line = gunicorn_access_line(tmp_path, 'frozen-db')
+    assert line['http']['response']['status_code'] == 504 and line['event']['outcome'] == 'failure'
 
 
 # A stream cut short (database error half-way, client gone, worker stopped) is a failure with the bytes sent

@@ -4,6 +4,8 @@ gunicorn's gevent worker monkey-patches the standard library, but psycopg2 is C 
 hook, psycopg2.extensions.set_wait_callback, makes every blocking call asynchronous underneath and hands each wait
 to a callback; psycogreen's gevent callback is these few lines, written here rather than taken as a dependency.
 """
+from time import monotonic
+
 import psycopg2
 import psycopg2.extensions
 
@@ -11,16 +13,22 @@ POLL_OK, POLL_READ, POLL_WRITE = (psycopg2.extensions.POLL_OK, psycopg2.extensio
                                   psycopg2.extensions.POLL_WRITE)
 
 
-def cooperative_wait(wait_read, wait_write):
+def cooperative_wait(wait_read, wait_write, not_answering):
     """Return psycopg2's wait callback over gevent's wait_read and wait_write (passed in: only a gevent worker
-    imports them). It runs on every query's every wait, so it binds what it calls once, here."""
+    imports them). It runs on every query's every wait, so it binds what it calls once, here.
+
+    A connection with an answer_deadline (a time.monotonic() value, lib/db/session.py's PooledConnection) waits
+    until then at most: a server that stops answering (frozen, or cut off by the network) then gets not_answering
+    (an exception class) raised, and psycopg2 closes the connection, as it does whenever a wait callback raises."""
     def wait(conn):
         """Drive conn until its pending work is done, yielding to gevent's hub whenever it waits on the network."""
+        deadline = getattr(conn, 'answer_deadline', None)
         while (state := conn.poll()) != POLL_OK:
+            timeout = None if deadline is None else max(deadline - monotonic(), 0)
             if state == POLL_READ:
-                wait_read(conn.fileno())
+                wait_read(conn.fileno(), timeout, not_answering)
             elif state == POLL_WRITE:
-                wait_write(conn.fileno())
+                wait_write(conn.fileno(), timeout, not_answering)
             else:
                 raise psycopg2.OperationalError(f'unexpected state from poll(): {state!r}')
     return wait
@@ -29,4 +37,6 @@ def cooperative_wait(wait_read, wait_write):
 def make_psycopg2_cooperative():
     """Have every psycopg2 connection of this process wait through gevent (call it in a gevent worker only)."""
     from gevent.socket import wait_read, wait_write
-    psycopg2.extensions.set_wait_callback(cooperative_wait(wait_read, wait_write))
+
+    from lib.db.unit import DatabaseNotAnswering
+    psycopg2.extensions.set_wait_callback(cooperative_wait(wait_read, wait_write, DatabaseNotAnswering))

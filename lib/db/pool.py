@@ -2,14 +2,19 @@
 import collections
 import select
 import threading
+import time
 import weakref
 
 import psycopg2
 import psycopg2.extensions
 
-from lib.errors import ServiceUnavailable, TooManyRequests
+from lib.db.session import bound_answers
+from lib.errors import GatewayTimeout, ServiceUnavailable, TooManyRequests
 from lib.polling import ready_events
 from lib.process import after_fork
+
+# How long a connection coming back waits for PostgreSQL to answer its rollback and reset (lib/db/green.py).
+RESET_ANSWER_SECONDS = 5
 
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 BROKEN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
@@ -209,9 +214,11 @@ class Pool:
             self.slots.release()
 
     def reusable(self, conn):
-        """Roll back any open transaction and reset the session; tell whether conn can serve again."""
+        """Roll back any open transaction and reset the session; tell whether conn can serve again. Under gevent,
+        PostgreSQL has RESET_ANSWER_SECONDS to answer; a connection it leaves waiting longer is thrown away."""
         if conn.closed or conn.info.transaction_status == BROKEN:
             return False
+        bound_answers(conn, time.monotonic() + RESET_ANSWER_SECONDS)
         try:
             if conn.info.transaction_status != IDLE:
                 conn.rollback()
@@ -220,8 +227,9 @@ class Pool:
             # Notifications psycopg2 collected (a LISTEN the reset ended may still have delivered some): another
             # request's payloads, which the next borrower must not read.
             conn.notifies.clear()
-        except psycopg2.Error:
+        except (psycopg2.Error, GatewayTimeout):
             return False
+        bound_answers(conn, None)
         return not conn.closed and conn.info.transaction_status == IDLE
 
     def gauges(self):

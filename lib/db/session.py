@@ -24,9 +24,19 @@ DISCARD_ALL = 'DISCARD ALL'
 
 class PooledConnection(psycopg2.extensions.connection):
     """psycopg2's connection (passed as connection_factory, psycopg2's documented way to extend it), with room for
-    the statement the default reset chose for it after its first reset."""
+    the statement the default reset chose for it after its first reset, and for when to stop waiting for answers."""
 
     reset_statement = None
+    # A time.monotonic() value: past it, the gevent wait callback (lib/db/green.py) stops waiting for PostgreSQL to
+    # answer and raises DatabaseNotAnswering, and psycopg2 closes the connection. None: wait as long as it takes.
+    answer_deadline = None
+
+
+def bound_answers(conn, deadline):
+    """Have conn's waits for PostgreSQL's answers end at deadline (a time.monotonic() value, or None: no end); a
+    connection that is not a PooledConnection waits without end."""
+    if isinstance(conn, PooledConnection):
+        conn.answer_deadline = deadline
 
 
 def session_settings(config):

@@ -3,7 +3,7 @@ import time
 from contextlib import contextmanager
 
 from lib.db.helpers import Db
-from lib.db.session import report_notices
+from lib.db.session import bound_answers, report_notices
 from lib.errors import GatewayTimeout
 
 
@@ -11,6 +11,19 @@ class DeadlineExceeded(GatewayTimeout):
     """The request ran out of time (REQUEST_DEADLINE_MS) before its transaction could commit (504)."""
 
     detail = 'The request ran past its deadline; nothing was committed.'
+
+
+class DatabaseNotAnswering(GatewayTimeout):
+    """PostgreSQL had not answered ANSWER_GRACE_SECONDS past the request's deadline, when its own statement timeout
+    would have (504): the server hangs or cannot be reached, and the connection is closed. What was sent may still
+    run there."""
+
+    detail = 'The database did not answer by the request deadline. What the request sent may still run.'
+
+
+# How long past a request's deadline its connection still waits for PostgreSQL, whose own statement timeout ends a
+# transaction's statements at the deadline and answers with its error.
+ANSWER_GRACE_SECONDS = 1
 
 
 def time_left(deadline):
@@ -54,6 +67,7 @@ class Lease:
         self.before_end = []
         self.conn.autocommit = autocommit
         self.conn.cursor_factory = cursor_factory
+        bound_answers(self.conn, None if deadline is None else deadline + ANSWER_GRACE_SECONDS)
 
     def leave_bulkhead(self):
         """Stop counting this lease's connection against its client."""
