@@ -106,6 +106,22 @@ def test_malformed_token_config_fails_at_start_without_echoing_it(database_url, 
     assert '"x"' not in str(raised.value) and 'plain string' not in str(raised.value)
 
 
+@pytest.mark.parametrize('config, message', [
+    ({'BEARER_TOKENS': '{"a": {"token": "shared-token-1", "modules": ["users"]}, "b": {"token": "shared-token-1"}}'},
+     "clients 'a' and 'b' have the same token"),
+    ({'BEARER': 'shared-token-1', 'BEARER_TOKENS': '{"b": {"token": "shared-token-1", "modules": ["users"]}}'},
+     "clients 'bearer' and 'b' have the same token"),
+    ({'BEARER_TOKENS': '{"a": {"token": "token-one"}, "a": {"token": "token-two", "modules": ["users"]}}'},
+     "BEARER_TOKENS gives 'a' twice"),
+    ({'BEARER_TOKENS': '{"a": {"token": "token-one", "token": "token-two"}}'}, "BEARER_TOKENS gives 'token' twice"),
+])
+def test_a_token_or_a_client_given_twice_fails_at_start(database_url, config, message):
+    with pytest.raises(ImproperlyConfigured) as raised:
+        create_app(app_config(database_url, **config))
+    assert message in str(raised.value) and 'shared-token-1' not in str(raised.value)
+    assert 'token-one' not in str(raised.value) and 'token-two' not in str(raised.value)
+
+
 def test_unreadable_tokens_file_fails_at_start(database_url, tmp_path):
     with pytest.raises(ImproperlyConfigured, match='BEARER_TOKENS_FILE'):
         create_app(app_config(database_url, BEARER_TOKENS_FILE=str(tmp_path / 'missing.json')))

@@ -3,6 +3,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from flask import request
@@ -78,13 +79,24 @@ def parse_max_connections(name, entry):
 def parse_clients_json(text, origin):
     """Parse a JSON object of client name to token entry into ({digest: Client}, [the plain tokens it holds])."""
     try:
-        table = json.loads(text)
+        table = json.loads(text, object_pairs_hook=partial(keys_once, origin))
     except ValueError:
         raise ImproperlyConfigured(f'{origin} is not valid JSON') from None
     if not isinstance(table, dict):
         raise ImproperlyConfigured(f'{origin} must be a JSON object of client name to token')
-    clients = dict(parse_client(name, entry) for name, entry in table.items())
+    clients = [parse_client(name, entry) for name, entry in table.items()]
     return clients, [entry['token'] for entry in table.values() if 'token' in entry]
+
+
+def keys_once(origin, pairs):
+    """Return a JSON object's pairs as a dict; a key given twice (a client named twice) is a configuration error,
+    where json.loads would keep the last silently."""
+    table = {}
+    for key, value in pairs:
+        if key in table:
+            raise ImproperlyConfigured(f'{origin} gives {key!r} twice')
+        table[key] = value
+    return table
 
 
 def read_tokens_file(path):
@@ -110,8 +122,12 @@ class TokenTable(dict):
         self.secrets = []
 
     def add(self, clients, tokens):
-        """Add {digest: Client} entries and the plain tokens they were parsed from."""
-        self.update(clients)
+        """Add (digest, Client) pairs and the plain tokens they were parsed from. A token two clients share is a
+        configuration error: one of them would silently lose its name, scope and limit to the other."""
+        for digest, client in clients:
+            if digest in self:
+                raise ImproperlyConfigured(f'clients {self[digest].name!r} and {client.name!r} have the same token')
+            self[digest] = client
         self.secrets.extend(tokens)
 
     def identify(self, header):
@@ -129,7 +145,7 @@ def load_clients(config):
     clients = TokenTable()
     if config.get('BEARER'):
         check_token_characters(config['BEARER'], 'BEARER')
-        clients.add({sha256_hex(config['BEARER']): Client(SINGLE_TOKEN_CLIENT, None)}, [config['BEARER']])
+        clients.add([(sha256_hex(config['BEARER']), Client(SINGLE_TOKEN_CLIENT, None))], [config['BEARER']])
     if config.get('BEARER_TOKENS'):
         clients.add(*parse_clients_json(config['BEARER_TOKENS'], 'BEARER_TOKENS'))
     if config.get('BEARER_TOKENS_FILE'):
