@@ -26,7 +26,7 @@ with exit_on_startup_error():
 
     check_before_fork()
 
-bind = [settings.env_str('BIND', f'127.0.0.1:{settings.PORT}')]
+bind = [settings.BIND]
 workers = settings.WEB_CONCURRENCY
 # The worker model (WORKER_CLASS, docs/performance.md "Worker model"): gevent by default, so a request waiting on
 # PostgreSQL holds a greenlet, not a process; gthread runs THREADS threads per worker; sync one request per worker.

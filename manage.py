@@ -96,7 +96,7 @@ def how_to_call(routes=None):
     """Return a curl line that calls the running service with an answer in 2xx: an action that needs no field, else
     /healthz."""
     route = callable_route(discovered_routes() if routes is None else routes)
-    base = f'http://127.0.0.1:{settings.PORT}'
+    base = f'http://127.0.0.1:{settings.BIND_PORT}'
     if route is None:
         return f'curl -s {base}/healthz    # no action without required fields is mounted'
     path = f'/{route.module}/{route.name}' if route.name else f'/{route.module}'
@@ -109,18 +109,18 @@ def wait_until_serving(gunicorn):
     from ops.stack import answers  # ops.stack imports this module
     deadline = time.monotonic() + SERVE_WAIT_SECONDS
     while gunicorn.poll() is None and time.monotonic() < deadline:
-        if answers(settings.PORT):
+        if answers(settings.BIND_PORT):
             return True
         time.sleep(0.1)
     return gunicorn.poll() is None
 
 
 def check_port_free():
-    """Stop the start, before anything runs, when something already listens on 127.0.0.1:PORT (another `make run`,
-    say): gunicorn would retry for seconds and exit, and the other server's answers would pass for its own."""
+    """Stop the start, before anything runs, when something already listens on the port gunicorn binds (BIND, else
+    PORT): gunicorn would retry for seconds and exit, and the other server's answers would pass for its own."""
     from ops.ports import port_is_free
-    if 'BIND' not in os.environ and not port_is_free(settings.PORT):
-        raise StartupError(f'127.0.0.1:{settings.PORT} is in use: stop what listens there, or set PORT')
+    if settings.BIND_PORT is not None and not port_is_free(settings.BIND_PORT):
+        raise StartupError(f'port {settings.BIND_PORT} ({settings.BIND}) is in use: stop what listens there, or set PORT')
 
 
 def serve():
@@ -136,7 +136,7 @@ def serve():
     signal.signal(signal.SIGTERM, lambda *_: gunicorn.terminate())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if wait_until_serving(gunicorn):
-        print(f'dbapi serves on http://127.0.0.1:{settings.PORT} with {settings.WEB_CONCURRENCY} workers. Try:\n'
+        print(f'dbapi serves on http://127.0.0.1:{settings.BIND_PORT} with {settings.WEB_CONCURRENCY} workers. Try:\n'
               f'  {how_to_call(routes)}\nCtrl-C stops it.', flush=True)
     return gunicorn.wait()
 

@@ -140,6 +140,10 @@ DEVELOPMENT = ENVIRONMENT in ('local', 'test')
 APP_ID = env_str('APP_ID', 'dbapi')
 PROCESS_ID = env_str('PROCESS_ID', 'dbapi')
 PORT = env_int('PORT', 8000, 1, 65535)
+# What gunicorn binds (gunicorn.conf.py): BIND when set ("host:port", "unix:/path"), else PORT on loopback; and
+# the TCP port of that, which `make run` checks and calls (None for a Unix socket).
+BIND = env_str('BIND', f'127.0.0.1:{PORT}')
+BIND_PORT = int(BIND.rsplit(':', 1)[1]) if BIND.rsplit(':', 1)[-1].isdigit() else None
 WEB_CONCURRENCY = env_int('WEB_CONCURRENCY', 2 * (os.cpu_count() or 1) + 1, 1, 256)
 # gevent (the default): each request is a greenlet, so one waiting on PostgreSQL holds no process and /healthz
 # never queues behind actions (docs/performance.md, "Worker model"). gthread: THREADS threads per worker. sync: one

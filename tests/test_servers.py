@@ -94,17 +94,20 @@ def test_serve_starts_everything_and_ctrl_c_stops_it_all(serve_data_dir):
     assert (serve_data_dir / 'PG_VERSION').exists(), 'the data stays for the next `make run`'
 
 
-def test_serve_on_a_port_in_use_stops_at_once_and_says_so(serve_data_dir):
+@pytest.mark.parametrize('setting', ['PORT', 'BIND'])
+def test_serve_on_a_port_in_use_stops_at_once_and_says_so(serve_data_dir, setting):
     with socket.socket() as taken:
         taken.bind(('127.0.0.1', 0))
         taken.listen()
         port = taken.getsockname()[1]
+        # BIND, which gunicorn binds, wins over PORT.
+        chosen = {'PORT': str(port)} if setting == 'PORT' else {'BIND': f'127.0.0.1:{port}', 'PORT': str(free_port())}
         result = subprocess.run(
             [sys.executable, 'manage.py', 'serve'], cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=60,
-            env=server_environment(ENVIRONMENT='local', PORT=str(port), EMBEDDED_DB_DIR=str(serve_data_dir),
+            env=server_environment(ENVIRONMENT='local', EMBEDDED_DB_DIR=str(serve_data_dir), **chosen,
                                    BEARER='serve-test-token', DATABASE_URL='', DEFAULT_DB_NAME=''))
     assert result.returncode != 0
-    assert f'127.0.0.1:{port} is in use' in result.stderr and 'serves' not in result.stdout
+    assert f'port {port} (127.0.0.1:{port}) is in use' in result.stderr and 'serves' not in result.stdout
     assert not postgres_processes(serve_data_dir), 'nothing starts before the check'
 
 
