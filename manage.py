@@ -130,15 +130,32 @@ def serve():
     apply_migrations(dsn)
     routes = preflight(dsn)
     environment = {**os.environ, 'DATABASE_URL': dsn} if not settings.DATABASES['default'] else dict(os.environ)
+    # A session of its own: the terminal's Ctrl-C comes here, never straight to gunicorn, which takes SIGINT for a
+    # quick stop that drops the requests in flight unanswered and unlogged.
     gunicorn = subprocess.Popen([sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'app:create_app()'],
-                                cwd=settings.BASE_DIR, env=environment)
-    # Ctrl-C reaches gunicorn too (same process group); SIGTERM is passed on. Either way, wait for it.
+                                cwd=settings.BASE_DIR, env=environment, start_new_session=True)
     signal.signal(signal.SIGTERM, lambda *_: gunicorn.terminate())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, lambda *_: gunicorn.terminate())
+    signal.signal(signal.SIGINT, ctrl_c_handler(gunicorn))
     if wait_until_serving(gunicorn):
         print(f'dbapi serves on http://127.0.0.1:{settings.BIND_PORT} with {settings.WEB_CONCURRENCY} workers. Try:\n'
               f'  {how_to_call(routes)}\nCtrl-C stops it.', flush=True)
     return gunicorn.wait()
+
+
+def ctrl_c_handler(gunicorn):
+    """Return the SIGINT handler of `make run`: the first Ctrl-C stops gunicorn gracefully (SIGTERM: the requests in
+    flight are answered and logged, within GRACEFUL_TIMEOUT), the next one at once (SIGINT, gunicorn's quick stop)."""
+    pressed = []
+
+    def handle(*_):
+        if pressed:
+            gunicorn.send_signal(signal.SIGINT)
+            return
+        pressed.append(True)
+        print('Stopping: the requests in flight finish first. Ctrl-C again stops at once.', file=sys.stderr, flush=True)
+        gunicorn.terminate()
+    return handle
 
 
 def main(argv=None):

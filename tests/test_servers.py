@@ -94,6 +94,31 @@ def test_serve_starts_everything_and_ctrl_c_stops_it_all(serve_data_dir):
     assert (serve_data_dir / 'PG_VERSION').exists(), 'the data stays for the next `make run`'
 
 
+def test_ctrl_c_on_serve_lets_the_requests_in_flight_finish_and_be_logged(serve_data_dir):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, 'manage.py', 'serve'], cwd=settings.BASE_DIR, start_new_session=True,
+        env=server_environment(ENVIRONMENT='local', PORT=str(port), WEB_CONCURRENCY='1', LOG_LEVEL='INFO',
+                               EMBEDDED_DB_DIR=str(serve_data_dir), DATABASE_URL='', DEFAULT_DB_NAME=''),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until_healthy(f'http://127.0.0.1:{port}', process, seconds=90)
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(post, port, '/slow/sleep', {'seconds': 2}, headers={'X-Request-ID': 'at-ctrl-c'})
+            time.sleep(0.5)
+            os.killpg(process.pid, signal.SIGINT)  # what the terminal's Ctrl-C does
+            answer = in_flight.result(timeout=30)
+        output = process.communicate(timeout=60)[0]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert answer.status == 200 and answer.json() == {'slept': 2.0}
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith('{')]
+    logged = [line for line in lines if line.get('http', {}).get('request', {}).get('id') == 'at-ctrl-c']
+    assert len(logged) == 1 and logged[0]['http']['response']['status_code'] == 200, output[-2000:]
+    assert process.returncode == 0
+
+
 @pytest.mark.parametrize('setting', ['PORT', 'BIND'])
 def test_serve_on_a_port_in_use_stops_at_once_and_says_so(serve_data_dir, setting):
     with socket.socket() as taken:
