@@ -17,11 +17,12 @@ if __name__ == '__main__':
     # Before settings is imported, whose checks run at import: their failure is one line, not a traceback.
     report_startup_errors()
 
+import psycopg2  # noqa: E402
 from dotenv import dotenv_values  # noqa: E402
 
 import settings  # noqa: E402
 from lib.db.embedded import start_embedded  # noqa: E402
-from lib.db.migrate import apply_migrations  # noqa: E402
+from lib.db.migrate import apply_migrations, one_line  # noqa: E402
 from lib.logs import configure_process_logging  # noqa: E402
 from lib.modules import ModuleError, load_module, module_folders  # noqa: E402
 
@@ -44,7 +45,18 @@ def preflight(dsn):
         raise StartupError(str(exc)) from None
     for pool in app.extensions['dbapi'].pools.values():
         pool.close()
+    check_reachable({name: dsn for name, dsn in settings.DATABASES.items() if name != 'default'})
     return app.extensions['dbapi'].routes
+
+
+def check_reachable(databases):
+    """Connect once to each of {name: dsn} (the default database was reached by its migrations): one out of reach
+    stops the start, with libpq's reason, the DSN and its password taken out."""
+    for name, dsn in databases.items():
+        try:
+            psycopg2.connect(dsn, connect_timeout=settings.DB_CONNECT_TIMEOUT).close()
+        except psycopg2.Error as exc:
+            raise StartupError(f'the database {name!r} cannot be reached: {one_line(exc, dsn)}') from None
 
 
 def check_before_fork():

@@ -161,6 +161,9 @@ DATABASES = {name: database_dsn(name.upper()) for name in database_names()}
 EMBEDDED_DB_DIR = Path(env_str('EMBEDDED_DB_DIR', str(BASE_DIR / '.data' / f'pg-{ENVIRONMENT}')))
 if DATABASES['default'] is None and not DEVELOPMENT:
     raise ImproperlyConfigured('DATABASE_URL or DEFAULT_DB_* must be set outside local and test')
+for _name, _dsn in DATABASES.items():
+    if _dsn is None and _name != 'default':
+        raise ImproperlyConfigured(f'DB_NAMES names {_name!r}: set {_name.upper()}_DATABASE_URL or {_name.upper()}_DB_*')
 DB_POOL_MAX = env_int('DB_POOL_MAX', 2, 1, 1000)
 # One deadline per request (0: none), from which the other timeouts are derived or against which they are checked
 # (docs/deployment.md, "One request deadline"): the pool wait and each transaction's statement timeout end at it,

@@ -13,7 +13,7 @@ from psycopg2.extensions import make_dsn
 import manage
 import settings
 from lib.errors import StartupError
-from tests.helpers import ADMIN_TOKEN, drop_database, recreate_database, server_environment
+from tests.helpers import ADMIN_TOKEN, drop_database, free_port, recreate_database, server_environment
 
 SECRET = 'pa55-Secret-x9'
 
@@ -57,6 +57,17 @@ def test_a_malformed_database_url_stops_the_start_without_showing_its_password(u
 def test_a_database_out_of_reach_is_one_line_without_its_password():
     result = run_manage('migrate', DATABASE_URL=f'postgresql://dbapi:{SECRET}@127.0.0.1:1/db?connect_timeout=2')
     assert 'cannot be reached' in assert_one_line_failure(result)
+
+
+def test_a_named_database_without_its_settings_stops_the_start():
+    result = run_manage('migrate', DB_NAMES='default,reports')
+    assert_one_line_failure(result, "DB_NAMES names 'reports'", 'REPORTS_DATABASE_URL')
+
+
+def test_a_named_database_out_of_reach_stops_serve_without_its_password(database_url):
+    result = run_manage('serve', DATABASE_URL=database_url, DB_NAMES='default,reports', PORT=str(free_port()),
+                        REPORTS_DATABASE_URL=f'postgresql://dbapi:{SECRET}@127.0.0.1:1/r?connect_timeout=2')
+    assert "the database 'reports' cannot be reached" in assert_one_line_failure(result)
 
 
 def test_a_log_path_that_cannot_be_written_stops_the_start(tmp_path):
