@@ -155,6 +155,9 @@ class GatewayTimeout(ApiError):
 
 # SQLSTATE (exact code or two-character class) -> (error class, detail or None for the server's own message).
 # Source of the codes: PostgreSQL's "Appendix A. PostgreSQL Error Codes".
+# A connection that broke (or a server that shut down) while the request used it: what it had sent may have run.
+CONNECTION_LOST = ('The database cannot be reached, or the connection to it broke. A request that writes may have '
+                   'run: check before trying again.')
 SQLSTATE_ERRORS = {
     '23505': (Conflict, None),
     '23503': (Conflict, None),
@@ -166,10 +169,10 @@ SQLSTATE_ERRORS = {
     '57014': (GatewayTimeout, GatewayTimeout.detail),
     '40001': (ServiceUnavailable, 'The transaction kept conflicting with others. Try again.'),
     '40P01': (ServiceUnavailable, 'The transaction kept conflicting with others. Try again.'),
-    '08': (ServiceUnavailable, ServiceUnavailable.detail),
+    '08': (ServiceUnavailable, CONNECTION_LOST),
     '53300': (ServiceUnavailable, ServiceUnavailable.detail),
-    '57P01': (ServiceUnavailable, ServiceUnavailable.detail),
-    '57P02': (ServiceUnavailable, ServiceUnavailable.detail),
+    '57P01': (ServiceUnavailable, CONNECTION_LOST),
+    '57P02': (ServiceUnavailable, CONNECTION_LOST),
     '57P03': (ServiceUnavailable, ServiceUnavailable.detail),
 }
 # Serialization failure and deadlock: a whole-transaction action is run again before the 503 above.
@@ -272,7 +275,7 @@ def from_database_error(exc):
     if code is None:
         # No SQLSTATE: the connection broke or could not be made.
         lost = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
-        return ServiceUnavailable() if lost else None
+        return ServiceUnavailable(CONNECTION_LOST) if lost else None
     mapped = SQLSTATE_ERRORS.get(code) or SQLSTATE_ERRORS.get(code[:2])
     if mapped is None:
         return None

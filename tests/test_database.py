@@ -13,7 +13,8 @@ from psycopg2.extensions import parse_dsn
 
 import settings
 from lib.db.migrate import MIGRATION_TABLE, migrate
-from tests.helpers import (PROBE_SQL, Caller, drop_database, migration_ids, recreate_database, run_sql,
+from lib.errors import ServiceUnavailable
+from tests.helpers import (PROBE_SQL, Caller, assert_problem, drop_database, migration_ids, recreate_database, run_sql,
                            throwaway_postgres)
 
 # One of each path through the pool: success, validation error, 404, SQL errors, a crash, a stream.
@@ -92,6 +93,18 @@ def test_a_connection_killed_by_the_server_is_replaced_without_an_error(make_app
     time.sleep(0.2)
     assert call('/probe/things/get', {'id': 1}).status_code in (200, 404)
     assert app.extensions['dbapi'].pools['default'].gauges()['discarded'] == 1
+
+
+def test_a_connection_killed_while_its_statement_runs_is_a_503_that_says_it_may_have_run(make_app, database_url):
+    app = make_app(PROCESS_ID='killed-midway', DB_POOL_MAX=1)
+    killer = threading.Timer(0.5, run_sql, (database_url, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
+                             'WHERE application_name = %s AND datname = current_database()', ('dbapi:killed-midway',)))
+    killer.start()
+    try:
+        problem = assert_problem(Caller(app.test_client())('/probe/hold', {'seconds': 5}), 503)
+    finally:
+        killer.join()
+    assert 'may have run' in problem['detail'] and problem['detail'] != ServiceUnavailable.detail
 
 
 @pytest.fixture()
