@@ -220,22 +220,25 @@ class Reply:
         return json.loads(self.body)
 
 
-def http_request(port, method, path, body=b'', headers=None, timeout=30):
-    """Send one request to 127.0.0.1:port on a fresh connection and return the Reply."""
-    connection = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
+def http_request(port, method, path, body=b'', headers=None, timeout=30, connection=None):
+    """Send one request to 127.0.0.1:port and return the Reply: on a fresh connection, closed after, or on the
+    given one (an http.client.HTTPConnection kept alive by the caller)."""
+    kept = connection is not None
+    connection = connection or http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
     try:
         connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
         return Reply(response.status, response.headers, response.read())
     finally:
-        connection.close()
+        if not kept:
+            connection.close()
 
 
-def post(port, path, body=None, token=ADMIN_TOKEN, headers=None, raw=None):
-    """POST body as JSON (or raw bytes) with a bearer token to 127.0.0.1:port."""
+def post(port, path, body=None, token=ADMIN_TOKEN, headers=None, raw=None, connection=None):
+    """POST body as JSON (or raw bytes) with a bearer token to 127.0.0.1:port (on connection, when given)."""
     headers = {'Content-Type': 'application/json', 'Authorization': f'Bearer {token}', **(headers or {})}
     payload = raw if raw is not None else json.dumps({} if body is None else body).encode()
-    return http_request(port, 'POST', path, payload, headers)
+    return http_request(port, 'POST', path, payload, headers, connection=connection)
 
 
 def wait_until_healthy(base, process, seconds=30):

@@ -254,24 +254,34 @@ class Attempt:
 class WriteLoad:
     """Threads that create things with unique codes through the stack's nginx until stopped, keeping every attempt."""
 
-    def __init__(self, stack, run_id, threads, max_per_thread):
-        self.stack, self.run_id, self.max_per_thread = stack, run_id, max_per_thread
+    def __init__(self, stack, run_id, threads, max_per_thread, keep_alive=False):
+        self.stack, self.run_id, self.max_per_thread, self.keep_alive = stack, run_id, max_per_thread, keep_alive
         self.attempts = []
         self.stopping = threading.Event()
         self.threads = [threading.Thread(target=self.create_things, args=(index,)) for index in range(threads)]
 
     def create_things(self, thread_index):
-        """POST probe/things/create in a loop, each on a fresh connection, recording every attempt."""
+        """POST probe/things/create in a loop, recording every attempt: each on a fresh connection, or with
+        keep_alive on one the thread keeps (a new one after an error), as HTTP client libraries do."""
+        connection = None
         for number in range(self.max_per_thread):
             if self.stopping.is_set():
-                return
+                break
+            if self.keep_alive and connection is None:
+                connection = http.client.HTTPConnection('127.0.0.1', self.stack.port, timeout=30)
             code = f'{self.run_id}-{thread_index}-{number}'
             started = time.monotonic()
             try:
-                status = self.stack.post('/probe/things/create', {'code': code}, headers={'X-Request-ID': code}).status
+                status = self.stack.post('/probe/things/create', {'code': code}, headers={'X-Request-ID': code},
+                                         connection=connection).status
             except (http.client.HTTPException, OSError) as exc:
                 status = type(exc).__name__
+                if connection is not None:
+                    connection.close()
+                    connection = None
             self.attempts.append(Attempt(code, started, time.monotonic(), status))
+        if connection is not None:
+            connection.close()
 
     def __enter__(self):
         for thread in self.threads:

@@ -20,15 +20,21 @@ MAX_REQUESTS_PER_THREAD = 20_000  # a bound only; the restart's end stops the lo
 RESTART_TIMEOUT_SECONDS = 120
 
 
-@pytest.mark.parametrize('replicas', [3, 1])
-def test_a_rolling_restart_under_a_write_load_fails_no_request(tmp_path_factory, topology_database_url, replicas):
+# nginx's reload closes the kept-alive client connections that hold no request: one sent on such a connection just
+# then gets no answer at all. nginx never read it, so no replica ran it, and it is safe to send again, POST included.
+UNANSWERED = {'RemoteDisconnected', 'ConnectionResetError', 'BrokenPipeError'}
+
+
+@pytest.mark.parametrize('replicas, keep_alive', [(3, False), (1, False), (3, True)])
+def test_a_rolling_restart_under_a_write_load_fails_no_request(tmp_path_factory, topology_database_url, replicas,
+                                                               keep_alive):
     run_id = uuid.uuid4().hex[:12]
     finished_line = f'rolling restart of {replicas} replicas finished'.encode()
     base_port = free_ports_below_the_ephemeral_range(replicas + 2)
     with running_stack(tmp_path_factory, topology_database_url, replicas=replicas, base_port=base_port,
                        GRACEFUL_TIMEOUT='10') as stack:
         groups_before = [worker_group(port) for port in stack.replica_ports]
-        with WriteLoad(stack, run_id, LOAD_THREADS, MAX_REQUESTS_PER_THREAD) as load:
+        with WriteLoad(stack, run_id, LOAD_THREADS, MAX_REQUESTS_PER_THREAD, keep_alive) as load:
             time.sleep(1)
             stack.process.send_signal(signal.SIGHUP)
             wait_for(lambda: finished_line in stack.log_path.read_bytes(), RESTART_TIMEOUT_SECONDS,
@@ -37,10 +43,10 @@ def test_a_rolling_restart_under_a_write_load_fails_no_request(tmp_path_factory,
         groups_after = [worker_group(port) for port in stack.replica_ports]
     assert all(before != after for before, after in zip(groups_before, groups_after)), 'a replica was not restarted'
     outcomes = collections.Counter(attempt.status for attempt in load.attempts)
-    assert set(outcomes) == {201}, outcomes
+    assert set(outcomes) <= ({201} | UNANSWERED if keep_alive else {201}), outcomes
     rows = {code for (code,) in run_sql(topology_database_url, 'SELECT code FROM probe.things WHERE code LIKE %s',
                                         (f'{run_id}-%',))}
-    assert rows == {attempt.code for attempt in load.attempts} and len(rows) > 100
+    assert rows == {attempt.code for attempt in load.attempts if attempt.status == 201} and len(rows) > 100
 
 
 @pytest.mark.parametrize('replicas', [1, 2])
