@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from tests.helpers import ADMIN_TOKEN, running_gunicorn
+from tests.helpers import ADMIN_TOKEN, gunicorn_logging_to, running_gunicorn
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +39,24 @@ def test_requests_gunicorn_cannot_parse_get_problem_details(database_url, worker
             assert problem['status'] == expected and problem['request_id'] == headers['X-Request-ID'], case
             assert int(headers['Content-Length']) == len(body), case
             assert headers['Vary'] == 'Accept-Encoding', case  # as on every answer (contract section 4)
+
+
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_each_request_gunicorn_refuses_has_an_access_line_with_its_request_id(database_url, tmp_path, worker_class):
+    answered = {}
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WORKER_CLASS=worker_class, WEB_CONCURRENCY='1',
+                             LOG_LEVEL='INFO') as (port, _):
+        for request, expected in UNPARSABLE.values():
+            status, headers, body = raw_answer(port, request)
+            answered[headers['X-Request-ID']] = (status, len(body))
+    lines = [json.loads(text) for text in (tmp_path / 'stdout').read_text().splitlines() if text.startswith('{')]
+    logged = {line['http']['request']['id']: line for line in lines
+              if line.get('log', {}).get('logger') == 'dbapi.access' and 'request' in line.get('http', {})}
+    for request_id, (status, body_bytes) in answered.items():
+        line = logged[request_id]
+        assert line['http']['response'] == {'status_code': status, 'body': {'bytes': body_bytes}}, line
+        assert line['message'] == f'- - {status}' and line['client']['ip'] == '127.0.0.1', line
+        assert line['event'] == {'dataset': 'dbapi.access', 'outcome': 'success'}, line
 
 
 CHUNKED_HEAD = (b'POST /probe/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n'

@@ -14,6 +14,7 @@ from gunicorn.workers.sync import SyncWorker
 from lib.http.headers import RESPONSE_HEADERS
 from lib.http.requestid import REQUEST_ID_KEY, new_request_id
 from lib.jsonenc import dumps_bytes
+from lib.logs.access import log_refused_request
 
 STATUS_LINE = re.compile(rb'HTTP/1\.[01] (\d{3}) ([^\r\n]*)')
 PROBLEM_DETAILS = {400: 'The request is malformed.', 414: 'The request line is too long.',
@@ -37,10 +38,9 @@ class CapturedAnswer:
         return getattr(self.client, name)
 
 
-def problem_answer(status, reason):
-    """Return a whole HTTP answer carrying a problem document of status, with a fresh request id and the headers
-    every answer of dbapi has (lib/http/headers.py's steps: X-Request-ID, Vary)."""
-    request_id = new_request_id()
+def problem_answer(status, reason, request_id):
+    """Return a whole HTTP answer carrying a problem document of status, with request_id and the headers every
+    answer of dbapi has (lib/http/headers.py's steps: X-Request-ID, Vary)."""
     body = dumps_bytes({'type': 'about:blank', 'title': reason, 'status': status,
                         'detail': PROBLEM_DETAILS.get(status, 'The server could not handle the request.'),
                         'request_id': request_id})
@@ -50,23 +50,27 @@ def problem_answer(status, reason):
     for step in RESPONSE_HEADERS:
         headers += step(environ, headers)
     head = f'HTTP/1.1 {status} {reason}\r\n' + ''.join(f'{name}: {value}\r\n' for name, value in headers) + '\r\n'
-    return head.encode('latin-1') + body
+    return head.encode('latin-1') + body, len(body)
 
 
 class ProblemErrors:
     """Mixin for a gunicorn worker: its own error answers as problem+json."""
 
     def handle_error(self, req, client, addr, exc):
-        """Let gunicorn decide the status and log the error, then answer it as problem details."""
+        """Let gunicorn decide the status and log the error, then answer it as problem details, with an access
+        line of its own."""
         captured = CapturedAnswer(client)
         super().handle_error(req, captured, addr, exc)
         status_line = STATUS_LINE.match(captured.written)
         if status_line is None:
             return
+        status, request_id = int(status_line[1]), new_request_id()
+        answer, body_bytes = problem_answer(status, status_line[2].decode('latin-1'), request_id)
         try:
-            client.sendall(problem_answer(int(status_line[1]), status_line[2].decode('latin-1')))
+            client.sendall(answer)
         except OSError:
-            pass  # the client is gone; gunicorn too only tries once
+            body_bytes = 0  # the client is gone; gunicorn too only tries once
+        log_refused_request(status, request_id, body_bytes, addr)
 
 
 class ProblemGeventWorker(ProblemErrors, GeventWorker):

@@ -224,3 +224,14 @@ def install_access_log(app, observers=()):
     """Time every request of app and write its access line once the response has gone out."""
     app.wsgi_app = access_log = AccessLog(app.wsgi_app, observers, fast=app.config.get('FAST_PATHS', True))
     return access_log
+
+
+def log_refused_request(status, request_id, body_bytes, client_address):
+    """Write the access line of a request gunicorn answered itself, unparsed ("- - 400": no method or path known),
+    so that the request id of its problem answer is found in the log like any other."""
+    fields = {'http': {'request': {'id': request_id}, 'response': {'status_code': status, 'body': {'bytes': body_bytes}}},
+              'event': {'dataset': ACCESS_DATASET, 'outcome': 'failure' if status >= 500 else 'success'}}
+    if isinstance(client_address, tuple) and client_address:
+        fields['client'] = {'ip': client_address[0]}
+    level = logging.ERROR if status >= 500 else logging.INFO
+    logging.getLogger(ACCESS_LOGGER).log(level, f'- - {status}', extra=dotted(fields))
