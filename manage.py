@@ -144,8 +144,11 @@ def serve():
     environment = {**os.environ, 'DATABASE_URL': dsn} if not settings.DATABASES['default'] else dict(os.environ)
     # A session of its own: the terminal's Ctrl-C comes here, never straight to gunicorn, which takes SIGINT for a
     # quick stop that drops the requests in flight unanswered and unlogged.
+    # It stops (SIGTERM) when this process dies, even by SIGKILL: no orphan keeps the port.
+    from ops.stack import die_with_parent  # ops.stack imports this module
     gunicorn = subprocess.Popen([sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'app:create_app()'],
-                                cwd=settings.BASE_DIR, env=environment, start_new_session=True)
+                                cwd=settings.BASE_DIR, env=environment, start_new_session=True,
+                                preexec_fn=die_with_parent)
     signal.signal(signal.SIGTERM, lambda *_: gunicorn.terminate())
     signal.signal(signal.SIGHUP, lambda *_: gunicorn.terminate())
     signal.signal(signal.SIGINT, ctrl_c_handler(gunicorn))

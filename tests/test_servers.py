@@ -14,7 +14,7 @@ import pytest
 
 import settings
 from tests.helpers import (ADMIN_TOKEN, discard_data_dir, free_port, http_request, migration_ids, new_data_dir,
-                           port_open, post, postgres_processes, running_gunicorn, server_environment,
+                           port_open, post, postgres_processes, running_gunicorn, server_environment, wait_for,
                            wait_until_healthy)
 
 pytestmark = pytest.mark.slow
@@ -117,6 +117,26 @@ def test_ctrl_c_on_serve_lets_the_requests_in_flight_finish_and_be_logged(serve_
     logged = [line for line in lines if line.get('http', {}).get('request', {}).get('id') == 'at-ctrl-c']
     assert len(logged) == 1 and logged[0]['http']['response']['status_code'] == 200, output[-2000:]
     assert process.returncode == 0
+
+
+def test_serve_killed_outright_leaves_no_gunicorn_serving(serve_data_dir):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, 'manage.py', 'serve'], cwd=settings.BASE_DIR, start_new_session=True,
+        env=server_environment(ENVIRONMENT='local', PORT=str(port), WEB_CONCURRENCY='1',
+                               EMBEDDED_DB_DIR=str(serve_data_dir), DATABASE_URL='', DEFAULT_DB_NAME=''),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_healthy(f'http://127.0.0.1:{port}', process, seconds=90)
+        gunicorns = psutil.Process(process.pid).children()
+        process.kill()  # SIGKILL to manage.py alone: nothing of it runs to stop gunicorn
+        process.wait(10)
+        psutil.wait_procs(gunicorns, timeout=30)
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in gunicorns)
+        wait_for(lambda: not port_open(port), 10, 'the port is still served')
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize('setting', ['PORT', 'BIND'])
