@@ -85,8 +85,8 @@ def is_ordinary_stamp(text):
 
 
 def iso_text(text):
-    """Return a date or timestamp text that is not ordinary (is_ordinary_stamp) when DateStyle ISO wrote it; a
-    request that changed DateStyle gets DataError: fail rather than misread "04/03/2026"."""
+    """Return a date or timestamp text that is not ordinary (is_ordinary_stamp) when DateStyle ISO wrote it; one a
+    request wrote in another DateStyle is UnreadableValue: fail rather than misread "04/03/2026"."""
     if not ISO_STAMP.match(text):
         raise UnreadableValue('a date or timestamp in another DateStyle than ISO (a request changed DateStyle)')
     return text
