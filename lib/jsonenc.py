@@ -14,6 +14,7 @@ import base64
 import datetime
 import decimal
 import json
+import re
 import sys
 
 import orjson
@@ -28,6 +29,10 @@ REFUSED_BY_ORJSON = ('Integer exceeds 64-bit range', 'Dict integer key must be w
                      'datetime.time must not have tzinfo set')
 INT64_MIN, UINT64_MAX = -2 ** 63, 2 ** 64 - 1
 ORJSON_RECURSION_LIMIT = 'Recursion limit reached'  # orjson's error past 254 levels of arrays and objects
+# The digits a request body's numbers may take written out in full (1e-16383 is 16,384 of them): as many as the
+# default MAX_CONTENT_LENGTH has bytes.
+PLAIN_DIGITS_PER_BODY = 2 ** 20
+SURROGATE = re.compile('[\ud800-\udfff]')
 
 # Python type -> function returning a value orjson can write. Looked up along the value's class hierarchy.
 JSON_TYPES = {}
@@ -157,29 +162,53 @@ def loads_exact(data, bounded=True):
         return value
     try:
         value = json.loads(data if isinstance(data, str) else data.decode('utf-8'),
-                           parse_float=bounded_number if bounded else ExactNumber,
+                           parse_float=BoundedNumbers() if bounded else ExactNumber,
                            parse_int=int if bounded else int_or_exact, parse_constant=refuse_constant)
     except RecursionError:
         if bounded:
             raise TooDeep(f'The request body nests arrays and objects deeper than {MAX_BODY_DEPTH} levels.') from None
         raise ValueError('a JSON value nests arrays and objects deeper than Python reads') from None
-    try:
-        dumps_bytes(value)  # the json module lets through what orjson refused: a lone surrogate
-    except TypeError as exc:
-        raise ValueError(str(exc)) from None
+    refuse_lone_surrogates(value)  # the json module lets through what orjson refuses
     return value
 
 
-def bounded_number(text):
-    """Read a JSON number that is not an integer as an ExactNumber; ValueError past Python's integer text limit
-    before its point or past numeric's digits after it (1e-999999999 would be a gigabyte of text written plain)."""
-    number = ExactNumber(text)
-    limit = sys.get_int_max_str_digits()
-    if limit and number.is_finite() and number.adjusted() >= limit:
-        raise ValueError(f'A number has more than {limit} digits before its point')
-    if -number.as_tuple().exponent > NUMERIC_MAX_DIGITS_AFTER_POINT:
-        raise ValueError(f'A number has more than {NUMERIC_MAX_DIGITS_AFTER_POINT} digits after its point')
-    return number
+def refuse_lone_surrogates(value):
+    """Raise ValueError when a string or key anywhere in a parsed JSON value holds a lone surrogate ("\\ud800"),
+    which is no Unicode and which no UTF-8 answer can hold; the strings alone are looked at, never the numbers."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if SURROGATE.search(item):
+                raise ValueError('A string holds a lone surrogate, which is not Unicode')
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+
+
+class BoundedNumbers:
+    """Read the numbers of one request body that are not integers as ExactNumbers (json.loads' parse_float),
+    refusing with ValueError one past Python's integer text limit before its point, one past numeric's digits after
+    it (1e-999999999 would be a gigabyte of text written plain), and a body whose numbers written plain take more
+    than PLAIN_DIGITS_PER_BODY digits (so an answer echoing them is no bigger than a body may be)."""
+
+    def __init__(self):
+        self.digits = 0
+
+    def __call__(self, text):
+        number = ExactNumber(text)
+        limit = sys.get_int_max_str_digits()
+        if limit and number.is_finite() and number.adjusted() >= limit:
+            raise ValueError(f'A number has more than {limit} digits before its point')
+        exponent = number.as_tuple().exponent
+        if -exponent > NUMERIC_MAX_DIGITS_AFTER_POINT:
+            raise ValueError(f'A number has more than {NUMERIC_MAX_DIGITS_AFTER_POINT} digits after its point')
+        self.digits += max(number.adjusted() + 1, 1) + max(-exponent, 0)
+        if self.digits > PLAIN_DIGITS_PER_BODY:
+            raise ValueError(f'The numbers of the body take more than {PLAIN_DIGITS_PER_BODY} digits written out')
+        return number
 
 
 def int_or_exact(text):

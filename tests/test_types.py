@@ -438,6 +438,16 @@ def test_a_body_number_too_long_for_python_is_refused_at_once_and_a_stored_one_i
     assert dumps_bytes(stored) == b'{"m":[0.%s1,0.5],"n":%s}' % (b'0' * 998, huge.encode())  # plain, as numeric
 
 
+def test_a_body_whose_numbers_written_out_take_over_a_million_digits_is_refused_at_once(call):
+    started = time.perf_counter()
+    many = ','.join(['1e-16383'] * 70)  # 70 x 16,384 digits: 1.1 million written out, from 700 bytes
+    assert_problem(raw_post(call, '/types/select', f'{{"query": [{many}]}}'), 400)
+    with pytest.raises(ValueError, match='digits written out'):
+        loads_exact(f'[{many}]')
+    assert time.perf_counter() - started < 2
+    assert len(loads_exact(f"[{','.join(['1e-16383'] * 60)}]")) == 60  # 60 of them: within the budget
+
+
 def test_a_stored_json_number_past_numerics_range_is_written_in_exponent_notation(conn):
     started = time.perf_counter()
     stored = Db(conn).fetch_value("""SELECT '{"tiny": 1e-999999999, "vast": -2.5e200000, "edge": 1e-16383}'::json""")
