@@ -22,7 +22,7 @@ from lib.db.green import make_psycopg2_cooperative
 from lib.http.admission import Admission
 from lib.errors import ImproperlyConfigured
 from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, SINGLE_BEARER, Caller, assert_problem, gunicorn_logging_to,
-                           http_request, post, run_sql, running_gunicorn, wait_for)
+                           http_request, post, run_sql, running_gunicorn, throwaway_postgres, wait_for)
 
 
 # The worker model: gevent workers, psycopg2 waiting through gevent's hub
@@ -407,6 +407,24 @@ def test_a_database_that_stops_answering_gets_a_504_by_the_deadline_and_the_work
         assert post(port, '/slow/backend').json()['pid'] != backend, 'the connection that hung is thrown away'
     line = gunicorn_access_line(tmp_path, 'frozen-db')
     assert line['http']['response']['status_code'] == 504 and line['event']['outcome'] == 'failure'
+
+
+@pytest.mark.slow
+def test_a_new_connection_to_a_server_that_never_answers_gives_up_after_the_connect_timeout(tmp_path):
+    with throwaway_postgres('frozen-') as (dsn, data_dir):
+        postmaster = int((data_dir / 'postmaster.pid').read_text().split()[0])
+        with gunicorn_logging_to(tmp_path, DATABASE_URL=dsn, WEB_CONCURRENCY='1', DB_CONNECT_TIMEOUT='2') as (port, _):
+            os.kill(postmaster, signal.SIGSTOP)  # it accepts connections (the kernel does) and never answers them
+            try:
+                started = time.monotonic()
+                answer = post(port, '/slow/sleep', {'seconds': 0})
+                waited = time.monotonic() - started
+                assert http_request(port, 'GET', '/healthz', timeout=2).status == 200
+            finally:
+                os.kill(postmaster, signal.SIGCONT)
+            assert answer.status == 504 and 'did not answer in time' in answer.json()['detail'], answer.body
+            assert 2 <= waited < 5, 'DB_CONNECT_TIMEOUT, 2 s'
+            assert post(port, '/slow/sleep', {'seconds': 0}).status == 200, 'it connects once the server answers'
 
 
 # A stream cut short (database error half-way, client gone, worker stopped) is a failure with the bytes sent

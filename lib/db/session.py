@@ -1,6 +1,7 @@
 """A connection's session: what every connection is set up with (configure) and returns to (reset)."""
 import logging
 import os
+import time
 
 import psycopg2.extensions
 from psycopg2 import sql
@@ -30,6 +31,15 @@ class PooledConnection(psycopg2.extensions.connection):
     # A time.monotonic() value: past it, the gevent wait callback (lib/db/green.py) stops waiting for PostgreSQL to
     # answer and raises DatabaseNotAnswering, and psycopg2 closes the connection. None: wait as long as it takes.
     answer_deadline = None
+
+    def __init__(self, dsn, *args, **kwargs):
+        """Connect (psycopg2 calls it with the whole DSN); under gevent, waiting for the server no longer than the
+        DSN's connect_timeout (seconds), which libpq does not apply to the asynchronous connect a wait callback
+        drives."""
+        timeout = psycopg2.extensions.parse_dsn(dsn).get('connect_timeout')
+        self.answer_deadline = time.monotonic() + int(timeout) if timeout and int(timeout) > 0 else None
+        super().__init__(dsn, *args, **kwargs)
+        self.answer_deadline = None
 
 
 def bound_answers(conn, deadline):

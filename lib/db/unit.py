@@ -15,10 +15,10 @@ class DeadlineExceeded(GatewayTimeout):
 
 class DatabaseNotAnswering(GatewayTimeout):
     """PostgreSQL had not answered ANSWER_GRACE_SECONDS past the request's deadline, when its own statement timeout
-    would have (504): the server hangs or cannot be reached, and the connection is closed. What was sent may still
-    run there."""
+    would have, or a new connection's connect_timeout after it was asked (504): the server hangs or cannot be
+    reached, and the connection is closed. What was sent may still run there."""
 
-    detail = 'The database did not answer by the request deadline. What the request sent may still run.'
+    detail = 'The database did not answer in time. What the request sent may still run.'
 
 
 # How long past a request's deadline its connection still waits for PostgreSQL, whose own statement timeout ends a
