@@ -132,7 +132,9 @@ def check_port_free():
     PORT): gunicorn would retry for seconds and exit, and the other server's answers would pass for its own."""
     from ops.ports import port_is_free
     if settings.BIND_PORT is not None and not port_is_free(settings.BIND_PORT):
-        raise StartupError(f'port {settings.BIND_PORT} ({settings.BIND}) is in use: stop what listens there, or set PORT')
+        setting = 'BIND' if settings.env_str('BIND') else 'PORT'
+        raise StartupError(f'port {settings.BIND_PORT} ({settings.BIND}) is in use: stop what listens there, or set '
+                           f'{setting}')
 
 
 def serve():

@@ -143,7 +143,20 @@ PORT = env_int('PORT', 8000, 1, 65535)
 # What gunicorn binds (gunicorn.conf.py): BIND when set ("host:port", "unix:/path"), else PORT on loopback; and
 # the TCP port of that, which `make run` checks and calls (None for a Unix socket).
 BIND = env_str('BIND', f'127.0.0.1:{PORT}')
-BIND_PORT = int(BIND.rsplit(':', 1)[1]) if BIND.rsplit(':', 1)[-1].isdigit() else None
+
+
+def bind_port(bind):
+    """Return the TCP port of a gunicorn bind address ("host:port", port 1-65535), None for "unix:/path";
+    ImproperlyConfigured for anything else."""
+    if bind.startswith('unix:') and len(bind) > len('unix:'):
+        return None
+    _, colon, port = bind.rpartition(':')
+    if not colon or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ImproperlyConfigured('BIND must be host:port (a port from 1 to 65535) or unix:/path')
+    return int(port)
+
+
+BIND_PORT = bind_port(BIND)
 WEB_CONCURRENCY = env_int('WEB_CONCURRENCY', 2 * (os.cpu_count() or 1) + 1, 1, 256)
 # gevent (the default): each request is a greenlet, so one waiting on PostgreSQL holds no process and /healthz
 # never queues behind actions (docs/performance.md, "Worker model"). gthread: THREADS threads per worker. sync: one

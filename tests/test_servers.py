@@ -153,6 +153,7 @@ def test_serve_on_a_port_in_use_stops_at_once_and_says_so(serve_data_dir, settin
                                    BEARER='serve-test-token', DATABASE_URL='', DEFAULT_DB_NAME=''))
     assert result.returncode != 0
     assert f'port {port} (127.0.0.1:{port}) is in use' in result.stderr and 'serves' not in result.stdout
+    assert f'or set {setting}' in result.stderr
     assert not postgres_processes(serve_data_dir), 'nothing starts before the check'
 
 

@@ -26,7 +26,8 @@ def read_settings(**environ):
 @pytest.mark.parametrize('name, value', [
     ('PORT', 'eighty'), ('PORT', '70000'), ('WEB_CONCURRENCY', '0'), ('DB_POOL_MAX', '-1'),
     ('DB_STATEMENT_TIMEOUT_MS', '1.5'), ('MAX_CONTENT_LENGTH', 'big'), ('LOG_LEVEL', 'LOUD'),
-    ('ENVIRONMENT', 'Prod uction'), ('DB_NAMES', 'default,bad name')])
+    ('ENVIRONMENT', 'Prod uction'), ('DB_NAMES', 'default,bad name'), ('BIND', '127.0.0.1'), ('BIND', 'unix:'),
+    ('BIND', '127.0.0.1:99999'), ('BIND', '127.0.0.1:0')])
 def test_bad_value_fails_at_start_naming_the_variable(name, value):
     status, _, stderr = read_settings(**{name: value})
     assert status != 0
