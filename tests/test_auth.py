@@ -114,6 +114,8 @@ def test_malformed_token_config_fails_at_start_without_echoing_it(database_url, 
     ({'BEARER_TOKENS': '{"a": {"token": "token-one"}, "a": {"token": "token-two", "modules": ["users"]}}'},
      "BEARER_TOKENS gives 'a' twice"),
     ({'BEARER_TOKENS': '{"a": {"token": "token-one", "token": "token-two"}}'}, "BEARER_TOKENS gives 'token' twice"),
+    ({'BEARER': 'token-one', 'BEARER_TOKENS': '{"bearer": {"token": "token-two", "modules": ["users"]}}'},
+     "client 'bearer' is given twice"),
 ])
 def test_a_token_or_a_client_given_twice_fails_at_start(database_url, config, message):
     with pytest.raises(ImproperlyConfigured) as raised:

@@ -122,9 +122,14 @@ class TokenTable(dict):
         self.secrets = []
 
     def add(self, clients, tokens):
-        """Add (digest, Client) pairs and the plain tokens they were parsed from. A token two clients share is a
-        configuration error: one of them would silently lose its name, scope and limit to the other."""
+        """Add (digest, Client) pairs and the plain tokens they were parsed from. A token two clients share, or a
+        client named twice (in BEARER, BEARER_TOKENS or the file), is a configuration error: one token would silently
+        lose its name, scope and limit to the other, or one name would stand for two scopes."""
+        names = {known.name for known in self.values()}
         for digest, client in clients:
+            if client.name in names:
+                raise ImproperlyConfigured(f'client {client.name!r} is given twice')
+            names.add(client.name)
             if digest in self:
                 raise ImproperlyConfigured(f'clients {self[digest].name!r} and {client.name!r} have the same token')
             self[digest] = client
