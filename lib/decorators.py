@@ -11,6 +11,7 @@ from flask import Response, current_app, has_request_context, request
 from psycopg2.extras import RealDictCursor
 
 from lib.db import DEFAULT, Db, LeasedStream, Lease
+from lib.db.types import check_reading_styles
 from lib.db.unit import time_left
 from lib.errors import RETRYABLE_SQLSTATES
 from lib.jsonenc import JSON_MIMETYPE, json_array_chunks, json_response
@@ -99,7 +100,8 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
             # The first batch is fetched before the response starts: an error before the first row (a division by
             # zero, a bad value) is the request's own error with its status, never a 200 cut short at "[".
             first = list(itertools.islice(result, 1))
-        elif finish is not None:
+        check_reading_styles(lease.conn)
+        if finish is not None and not isinstance(result, Iterator):
             result = finish(result)
     except BaseException as exc:
         lease.end(success=False)

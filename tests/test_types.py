@@ -317,6 +317,21 @@ def test_a_stored_value_dbapi_cannot_pass_on_is_a_500_that_says_why(call, expres
     assert detail in body['detail'] and body['detail'] != 'The server could not complete the request.'
 
 
+@pytest.mark.parametrize('statements, detail', [
+    ("SET DateStyle = 'German'; SELECT daterange('2026-03-04', '2026-03-05') AS v", 'DateStyle'),
+    ("SET DateStyle = 'SQL, DMY'; SELECT ROW(date '2026-03-04') AS v", 'DateStyle'),
+    ("SET IntervalStyle = 'iso_8601'; SELECT ARRAY[interval '1 day']::text AS v", 'IntervalStyle'),
+])
+def test_values_read_after_a_request_changed_a_reading_style_are_a_500_that_says_why(call, statements, detail):
+    """Ranges and records pass through as PostgreSQL's text, which the changed style writes: dbapi reads the styles
+    PostgreSQL reports after each statement, and refuses the answer."""
+    body = assert_problem(call('/types/select', {'query': statements}), 500)
+    assert detail in body['detail'], body
+    assert call('/types/select', {'query': "SELECT daterange('2026-03-04', '2026-03-05') AS v"}).get_json() == [
+        {'v': '[2026-03-04,2026-03-05)'}], 'the next request reads ISO again'
+
+
+
 def test_a_nul_character_in_a_body_is_a_422_naming_the_field(call):
     body = assert_problem(call('/users/create', {'email': 'n1@example.com', 'name': 'a\u0000b'}), 422)
     assert list(body['errors']) == ['name']
