@@ -312,10 +312,11 @@ psycopg2.extensions.register_adapter(dict, json_parameter)
 def check_reading_styles(conn):
     """Raise UnreadableValue when conn's session writes dates or intervals in another style than the typecasters read
     (DateStyle's output part ISO, IntervalStyle postgres), as PostgreSQL last reported them (both are GUC_REPORT
-    settings): a request that changed either may have read misread values, ranges and records among them."""
-    if conn.info.parameter_status('DateStyle').partition(',')[0] != 'ISO':
+    settings): a request that changed either may have read misread values, ranges and records among them. A style
+    never reported (a pooler that does not pass it on) is taken for the one set."""
+    if (conn.info.parameter_status('DateStyle') or 'ISO').partition(',')[0] != 'ISO':
         raise UnreadableValue('values read after a request changed DateStyle (dbapi reads ISO)')
-    if conn.info.parameter_status('IntervalStyle') != 'postgres':
+    if (conn.info.parameter_status('IntervalStyle') or 'postgres') != 'postgres':
         raise UnreadableValue('values read after a request changed IntervalStyle (dbapi reads postgres)')
 
 
