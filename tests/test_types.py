@@ -259,7 +259,8 @@ def test_a_date_or_timestamp_in_another_date_style_is_refused_not_misread(conn, 
 
 @pytest.mark.parametrize('zone, stamp', [('Africa/Monrovia', '1960-01-01 00:00+00'),
                                          ('Europe/Dublin', '1890-06-01 12:00+00'),
-                                         ('America/St_Johns', '1920-06-01 12:00+00')])
+                                         ('America/St_Johns', '1920-06-01 12:00+00'),
+                                         ('Africa/Monrovia', '1960-01-01 00:00:00.5+00')])  # to_jsonb's fraction
 def test_an_offset_with_seconds_keeps_the_instant_to_jsonb_writes(conn, zone, stamp):
     Db(conn).execute('SET LOCAL TimeZone = %s', [zone])
     query = 'SELECT %(s)s::timestamptz AS v, ARRAY[%(s)s::timestamptz] AS a, to_jsonb(%(s)s::timestamptz) AS j'
