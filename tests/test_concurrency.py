@@ -425,6 +425,10 @@ def test_a_new_connection_to_a_server_that_never_answers_gives_up_after_the_conn
             assert answer.status == 504 and 'did not answer in time' in answer.json()['detail'], answer.body
             assert 2 <= waited < 5, 'DB_CONNECT_TIMEOUT, 2 s'
             assert post(port, '/slow/sleep', {'seconds': 0}).status == 200, 'it connects once the server answers'
+            time.sleep(1)  # the server has woken up to every connection still waiting for it
+            sessions = run_sql(dsn, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                    "AND pid <> pg_backend_pid()")[0][0]
+            assert sessions == 1, 'the connect given up on left no session behind'
 
 
 # A stream cut short (database error half-way, client gone, worker stopped) is a failure with the bytes sent

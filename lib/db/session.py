@@ -38,7 +38,13 @@ class PooledConnection(psycopg2.extensions.connection):
         drives."""
         timeout = psycopg2.extensions.parse_dsn(dsn).get('connect_timeout')
         self.answer_deadline = time.monotonic() + int(timeout) if timeout and int(timeout) > 0 else None
-        super().__init__(dsn, *args, **kwargs)
+        try:
+            super().__init__(dsn, *args, **kwargs)
+        except BaseException:
+            # The socket of a connect given up on closes now, not when the garbage collector finds the connection
+            # in the exception's frames: a server that wakes up would find it waiting and make a session of it.
+            self.close()
+            raise
         self.answer_deadline = None
 
 
