@@ -7,6 +7,7 @@ import argparse
 import inspect
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -108,7 +109,8 @@ def how_to_call(routes=None):
     """Return a curl line that calls the running service with an answer in 2xx: an action that needs no field, else
     /healthz."""
     route = callable_route(discovered_routes() if routes is None else routes)
-    base = f'http://127.0.0.1:{settings.BIND_PORT}'
+    unix_socket = f'--unix-socket {unix_socket_path()} ' if settings.BIND_PORT is None else ''
+    base = f'{unix_socket}{served_url()}'
     if route is None:
         return f'curl -s {base}/healthz    # no action without required fields is mounted'
     path = f'/{route.module}/{route.name}' if route.name else f'/{route.module}'
@@ -116,12 +118,39 @@ def how_to_call(routes=None):
             "-H 'Content-Type: application/json' -d '{}'")
 
 
+def unix_socket_path():
+    """Return the path of the Unix socket BIND names (unix:/path)."""
+    return settings.BIND[len('unix:'):]
+
+
+def served_url():
+    """Return the base URL of the service: http://127.0.0.1:<port>, or http://localhost for a Unix socket."""
+    return 'http://localhost' if settings.BIND_PORT is None else f'http://127.0.0.1:{settings.BIND_PORT}'
+
+
+def serving_answers():
+    """Tell whether gunicorn answers GET /healthz with 200 where BIND puts it: a loopback port or a Unix socket."""
+    from ops.stack import answers  # ops.stack imports this module
+    if settings.BIND_PORT is not None:
+        return answers(settings.BIND_PORT)
+    try:
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.settimeout(1)
+            probe.connect(unix_socket_path())
+            probe.sendall(b'GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n')
+            answer = b''
+            while chunk := probe.recv(4096):  # HTTP/1.0: the server closes once the whole answer is sent
+                answer += chunk
+            return answer.split(b' ', 2)[1:2] == [b'200']
+    except OSError:
+        return False
+
+
 def wait_until_serving(gunicorn):
     """Wait until gunicorn answers /healthz; return False when it exits first."""
-    from ops.stack import answers  # ops.stack imports this module
     deadline = time.monotonic() + SERVE_WAIT_SECONDS
     while gunicorn.poll() is None and time.monotonic() < deadline:
-        if answers(settings.BIND_PORT):
+        if serving_answers():
             return True
         time.sleep(0.1)
     return gunicorn.poll() is None
@@ -155,7 +184,8 @@ def serve():
     signal.signal(signal.SIGHUP, lambda *_: gunicorn.terminate())
     signal.signal(signal.SIGINT, ctrl_c_handler(gunicorn))
     if wait_until_serving(gunicorn):
-        print(f'dbapi serves on http://127.0.0.1:{settings.BIND_PORT} with {settings.WEB_CONCURRENCY} workers. Try:\n'
+        where = served_url() if settings.BIND_PORT is not None else settings.BIND
+        print(f'dbapi serves on {where} with {settings.WEB_CONCURRENCY} workers. Try:\n'
               f'  {how_to_call(routes)}\nCtrl-C stops it.', flush=True)
     return gunicorn.wait()
 

@@ -119,6 +119,26 @@ def test_ctrl_c_on_serve_lets_the_requests_in_flight_finish_and_be_logged(serve_
     assert process.returncode == 0
 
 
+def test_serve_on_a_unix_socket_says_where_and_how_to_call_it(serve_data_dir, tmp_path):
+    path = tmp_path / 'dbapi.sock'
+    process = subprocess.Popen(
+        [sys.executable, 'manage.py', 'serve'], cwd=settings.BASE_DIR, start_new_session=True,
+        env=server_environment(ENVIRONMENT='local', BIND=f'unix:{path}', WEB_CONCURRENCY='1', LOG_LEVEL='WARNING',
+                               EMBEDDED_DB_DIR=str(serve_data_dir), DATABASE_URL='', DEFAULT_DB_NAME=''),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: process.poll() is not None or path.exists(), 90, 'no socket')
+        time.sleep(3)  # the "serves" line comes once /healthz answers on the socket
+        os.killpg(process.pid, signal.SIGINT)
+        output = process.communicate(timeout=60)[0]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert f'dbapi serves on unix:{path}' in output and f'--unix-socket {path} http://localhost/' in output, \
+        output[-2000:]
+    assert process.returncode == 0 and 'Traceback' not in output
+
+
 def test_serve_killed_outright_leaves_no_gunicorn_serving(serve_data_dir):
     port = free_port()
     process = subprocess.Popen(
