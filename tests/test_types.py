@@ -332,6 +332,17 @@ def test_values_read_after_a_request_changed_a_reading_style_are_a_500_that_says
         {'v': '[2026-03-04,2026-03-05)'}], 'the next request reads ISO again'
 
 
+@pytest.mark.parametrize('steps, detail', [
+    (["SET LOCAL DateStyle = 'German'", "SELECT datemultirange(daterange('2026-03-04', '2026-03-05')) AS v",
+      "SET LOCAL DateStyle = 'ISO, MDY'"], 'DateStyle'),
+    (["SET LOCAL IntervalStyle = 'iso_8601'", "SELECT ARRAY[ROW(interval '1 year')] AS v", 'RESET IntervalStyle'],
+     'IntervalStyle'),
+])
+def test_text_read_while_a_style_was_changed_is_refused_though_the_style_was_changed_back(call, steps, detail):
+    body = assert_problem(call('/types/select_steps', {'queries': steps}), 500)
+    assert detail in body['detail'], body
+
+
 
 def test_a_nul_character_in_a_body_is_a_422_naming_the_field(call):
     body = assert_problem(call('/users/create', {'email': 'n1@example.com', 'name': 'a\u0000b'}), 422)

@@ -31,6 +31,8 @@ from lib.jsonenc import ExactNumber, dumps_bytes, loads_exact
 DATE, TIME, TIMETZ, TIMESTAMP, TIMESTAMPTZ, INTERVAL, JSON, JSONB = 1082, 1083, 1266, 1114, 1184, 1186, 114, 3802
 # The built-in ranges, which psycopg2.extras reads as Range objects that no JSON encoder knows.
 BUILTIN_RANGES = (3904, 3906, 3908, 3910, 3912, 3926)
+# The built-in multiranges (PostgreSQL 14 and later) and the anonymous record, which psycopg2 reads as plain text.
+BUILTIN_MULTIRANGES, RECORD = (4451, 4532, 4533, 4534, 4535, 4536), 2249
 # Each domain's base type, through domains over domains: a domain's values are read as its base's.
 DOMAIN_BASES = '''
     WITH RECURSIVE chain (oid, base) AS (
@@ -176,13 +178,19 @@ def cast_json(text, cursor):
 
 
 def cast_text(text, cursor):
-    """Read a value as PostgreSQL's text of it (ranges, multiranges)."""
-    return None if text is None else PgText(text)
+    """Read a value as PostgreSQL's text of it (ranges, multiranges, anonymous records); UnreadableValue when the
+    session writes dates or intervals in another style than dbapi reads, as PostgreSQL reported it before this
+    result came: that text would pass them on in it."""
+    if text is None:
+        return None
+    if cursor is not None:
+        check_reading_styles(cursor.connection)
+    return PgText(text)
 
 
 CASTERS = {DATE: cast_date, TIMESTAMP: cast_timestamp, TIMESTAMPTZ: cast_timestamptz, TIME: cast_time,
            TIMETZ: cast_time, INTERVAL: cast_interval, JSON: cast_json, JSONB: cast_json,
-           **{oid: cast_text for oid in BUILTIN_RANGES}}
+           **{oid: cast_text for oid in (*BUILTIN_RANGES, *BUILTIN_MULTIRANGES, RECORD)}}
 TYPECASTERS = {oid: psycopg2.extensions.new_type((oid,), f'DBAPI_{oid}', cast) for oid, cast in CASTERS.items()}
 
 

@@ -23,6 +23,12 @@ def select(db, query):
     return db.fetch_all(query)
 
 
+@inject_db(DEFAULT)
+def select_steps(db, queries):
+    """Run each query in turn in one transaction; return every row of each (tests only)."""
+    return [db.fetch_all(query) for query in queries]
+
+
 @inject_db(DEFAULT, autocommit=True)
 def roundtrip(db, text, amount, big):
     """Store a text, a decimal and an integer, and the body itself as jsonb; return the stored row."""

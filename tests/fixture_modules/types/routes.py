@@ -1,7 +1,8 @@
-from .actions import broken, roundtrip, select, timed, unescaped
+from .actions import broken, roundtrip, select, select_steps, timed, unescaped
 
 routes = [
     dict(route='select', action=select),
+    dict(route='select_steps', action=select_steps),
     dict(route='roundtrip', action=roundtrip),
     dict(route='unescaped', action=unescaped),
     dict(route='broken', action=broken),
