@@ -1,4 +1,5 @@
 """Db.stream_json and a streamed export: the same bytes as Db.stream through dumps_bytes, and a healthy pool after."""
+import datetime
 import json
 import threading
 import time
@@ -61,6 +62,14 @@ def test_tricky_values_come_out_exactly_as_dumps_bytes_writes_them(conn, batch_s
     fast, reference = both_ways(conn, TRICKY_QUERY, tricky_params(), batch_size)
     assert fast == reference
     assert json.loads(fast)[1]['text'] == 'say "hi"'
+
+
+def test_a_time_zone_changed_half_way_through_the_query_keeps_every_instant(conn):
+    query = ("SELECT n, CASE WHEN n = 5 THEN set_config('TimeZone', 'Asia/Kolkata', true) END AS changed, "
+             "timestamptz '2026-03-04 01:02:03.5+00' AS at FROM generate_series(1, 40) AS n")
+    rows = json.loads(as_json(Db(conn).stream_json(query, batch_size=8)))
+    instants = {datetime.datetime.fromisoformat(row['at']) for row in rows}
+    assert instants == {datetime.datetime(2026, 3, 4, 1, 2, 3, 500000, tzinfo=datetime.timezone.utc)}, rows[-1]
 
 
 def test_batches_without_nulls_or_oddities_take_the_fast_way_and_still_match(conn):

@@ -73,6 +73,12 @@ def stamp_slots(values, stride):
     return None if b'!' in slots else slots
 
 
+def all_end_with(values, ending):
+    """Tell whether every one of values (bytes, none NULL) ends with ending: a timestamptz written in UTC ends with
+    +00, one written after a request changed TimeZone does not, and its offset would not fit the slots."""
+    return (b'\n'.join(values) + b'\n').count(ending + b'\n') == len(values)
+
+
 def padded_stamps(values, offset):
     """Return ISO timestamps as orjson writes them, unquoted, or None when stamp_slots cannot hold them.
 
@@ -81,7 +87,7 @@ def padded_stamps(values, offset):
     """
     stride, count = STAMP_WIDTH + len(offset) + 1, len(values)
     stamps = stamp_slots(values, stride)
-    if stamps is None:
+    if stamps is None or offset and not all_end_with(values, offset):
         return None
     stamps[10::stride] = b'T' * count
     for place, character in enumerate(offset + b'\n', STAMP_WIDTH):
