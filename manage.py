@@ -133,17 +133,22 @@ def serving_answers():
     from ops.stack import answers  # ops.stack imports this module
     if settings.BIND_PORT is not None:
         return answers(settings.BIND_PORT)
+    return unix_socket_answers(unix_socket_path())
+
+
+def unix_socket_answers(path):
+    """Tell whether the HTTP server on the Unix socket at path answers GET /healthz with 200."""
     try:
         with socket.socket(socket.AF_UNIX) as probe:
             probe.settimeout(1)
-            probe.connect(unix_socket_path())
+            probe.connect(path)
             probe.sendall(b'GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n')
             answer = b''
             while chunk := probe.recv(4096):  # HTTP/1.0: the server closes once the whole answer is sent
                 answer += chunk
-            return answer.split(b' ', 2)[1:2] == [b'200']
     except OSError:
         return False
+    return answer.split(b' ', 2)[1:2] == [b'200']
 
 
 def wait_until_serving(gunicorn):
