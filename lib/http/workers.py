@@ -5,6 +5,8 @@ the app sees it, with an HTML page and no X-Request-ID. Its public `Worker.handl
 decides the status and writes that page; each class here lets it decide, keeps what it writes, and sends the
 same status as an RFC 9457 problem document with a fresh request id instead.
 """
+import logging
+import os
 import re
 
 from gunicorn.workers.ggevent import GeventWorker
@@ -78,7 +80,19 @@ class ProblemGeventWorker(ProblemErrors, GeventWorker):
 
 
 class ProblemThreadWorker(ProblemErrors, ThreadWorker):
-    """gunicorn's gthread worker with problem+json error answers."""
+    """gunicorn's gthread worker with problem+json error answers, and a quick stop that cannot deadlock."""
+
+    def handle_quit(self, sig, frame):
+        """Stop at once (SIGQUIT, SIGINT), cutting the requests in flight as gunicorn's quick stop does, with
+        os._exit: a signal that lands while the main thread starts a pool thread for a new connection hung the
+        worker until the master's kill after GRACEFUL_TIMEOUT. gunicorn's own handler shuts the pool down, which
+        waits for the pool's lock the interrupted start holds; sys.exit leaves the half-started thread unknown to
+        the pool, and the interpreter's exit waits for it for ever. Logging is flushed first; the metrics of the
+        last second (the flusher's) are lost, as at a kill."""
+        self.alive = False
+        self.cfg.worker_int(self)
+        logging.shutdown()
+        os._exit(0)
 
 
 class ProblemSyncWorker(ProblemErrors, SyncWorker):
