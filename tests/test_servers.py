@@ -1,4 +1,5 @@
 """Real servers over HTTP: gunicorn with several workers, and `make run`'s serve command stopped by Ctrl-C."""
+import contextlib
 import http.client as http_client
 import json
 import os
@@ -67,25 +68,44 @@ def serve_data_dir():
     discard_data_dir(data_dir)
 
 
+SERVE_COMMAND = [sys.executable, 'manage.py', 'serve']
+
+
+def serve_environment(data_dir, **settings_):
+    """Return the environment of `manage.py serve` on the embedded PostgreSQL in data_dir, with settings_ over it."""
+    return server_environment(ENVIRONMENT='local', EMBEDDED_DB_DIR=str(data_dir), DATABASE_URL='', DEFAULT_DB_NAME='',
+                              **settings_)
+
+
+@contextlib.contextmanager
+def started_serve(data_dir, output=subprocess.PIPE, **settings_):
+    """Start `manage.py serve` in a session of its own, as a terminal starts a foreground job, its stderr with its
+    stdout into output; yield the process, killed with its whole session if it still runs after the block."""
+    process = subprocess.Popen(SERVE_COMMAND, cwd=settings.BASE_DIR, start_new_session=True,
+                               env=serve_environment(data_dir, **settings_), stdout=output, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def ctrl_c(process):
+    """Send SIGINT to serve's whole session, as a terminal's Ctrl-C does; return its output once it has ended."""
+    os.killpg(process.pid, signal.SIGINT)
+    return process.communicate(timeout=60)[0]
+
+
 def test_serve_starts_everything_and_ctrl_c_stops_it_all(serve_data_dir):
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, 'manage.py', 'serve'], cwd=settings.BASE_DIR, start_new_session=True,
-        env=server_environment(ENVIRONMENT='local', PORT=str(port), WEB_CONCURRENCY='2',
-                               EMBEDDED_DB_DIR=str(serve_data_dir), BEARER='serve-test-token', DATABASE_URL='',
-                               DEFAULT_DB_NAME=''),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with started_serve(serve_data_dir, PORT=str(port), WEB_CONCURRENCY='2', BEARER='serve-test-token') as process:
         wait_until_healthy(f'http://127.0.0.1:{port}', process, seconds=90)
         assert post(port, '/probe/echo', {'name': 'Ada'}, token='serve-test-token').json() == {'name': 'Ada'}
         assert post(port, '/probe/migrations', token='serve-test-token').json() == migration_ids()
         postgres = postgres_processes(serve_data_dir)
         assert postgres, 'the embedded PostgreSQL should run under EMBEDDED_DB_DIR'
-        os.killpg(process.pid, signal.SIGINT)
-        output = process.communicate(timeout=60)[0]
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        output = ctrl_c(process)
     assert process.returncode == 0
     assert 'curl' in output and f'127.0.0.1:{port}' in output
     psutil.wait_procs(postgres, timeout=15)
@@ -96,12 +116,7 @@ def test_serve_starts_everything_and_ctrl_c_stops_it_all(serve_data_dir):
 
 def test_ctrl_c_on_serve_lets_the_requests_in_flight_finish_and_be_logged(serve_data_dir):
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, 'manage.py', 'serve'], cwd=settings.BASE_DIR, start_new_session=True,
-        env=server_environment(ENVIRONMENT='local', PORT=str(port), WEB_CONCURRENCY='1', LOG_LEVEL='INFO',
-                               EMBEDDED_DB_DIR=str(serve_data_dir), DATABASE_URL='', DEFAULT_DB_NAME=''),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with started_serve(serve_data_dir, PORT=str(port), WEB_CONCURRENCY='1', LOG_LEVEL='INFO') as process:
         wait_until_healthy(f'http://127.0.0.1:{port}', process, seconds=90)
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(post, port, '/slow/sleep', {'seconds': 2}, headers={'X-Request-ID': 'at-ctrl-c'})
@@ -109,9 +124,6 @@ def test_ctrl_c_on_serve_lets_the_requests_in_flight_finish_and_be_logged(serve_
             os.killpg(process.pid, signal.SIGINT)  # what the terminal's Ctrl-C does
             answer = in_flight.result(timeout=30)
         output = process.communicate(timeout=60)[0]
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
     assert answer.status == 200 and answer.json() == {'slept': 2.0}
     lines = [json.loads(line) for line in output.splitlines() if line.startswith('{')]
     logged = [line for line in lines if line.get('http', {}).get('request', {}).get('id') == 'at-ctrl-c']
@@ -121,19 +133,10 @@ def test_ctrl_c_on_serve_lets_the_requests_in_flight_finish_and_be_logged(serve_
 
 def test_serve_on_a_unix_socket_says_where_and_how_to_call_it(serve_data_dir, tmp_path):
     path = tmp_path / 'dbapi.sock'
-    process = subprocess.Popen(
-        [sys.executable, 'manage.py', 'serve'], cwd=settings.BASE_DIR, start_new_session=True,
-        env=server_environment(ENVIRONMENT='local', BIND=f'unix:{path}', WEB_CONCURRENCY='1', LOG_LEVEL='WARNING',
-                               EMBEDDED_DB_DIR=str(serve_data_dir), DATABASE_URL='', DEFAULT_DB_NAME=''),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with started_serve(serve_data_dir, BIND=f'unix:{path}', WEB_CONCURRENCY='1', LOG_LEVEL='WARNING') as process:
         wait_for(lambda: process.poll() is not None or path.exists(), 90, 'no socket')
         time.sleep(3)  # the "serves" line comes once /healthz answers on the socket
-        os.killpg(process.pid, signal.SIGINT)
-        output = process.communicate(timeout=60)[0]
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        output = ctrl_c(process)
     assert f'dbapi serves on unix:{path}' in output and f'--unix-socket {path} http://localhost/' in output, \
         output[-2000:]
     assert process.returncode == 0 and 'Traceback' not in output
@@ -141,12 +144,7 @@ def test_serve_on_a_unix_socket_says_where_and_how_to_call_it(serve_data_dir, tm
 
 def test_serve_killed_outright_leaves_no_gunicorn_serving(serve_data_dir):
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, 'manage.py', 'serve'], cwd=settings.BASE_DIR, start_new_session=True,
-        env=server_environment(ENVIRONMENT='local', PORT=str(port), WEB_CONCURRENCY='1',
-                               EMBEDDED_DB_DIR=str(serve_data_dir), DATABASE_URL='', DEFAULT_DB_NAME=''),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with started_serve(serve_data_dir, output=subprocess.DEVNULL, PORT=str(port), WEB_CONCURRENCY='1') as process:
         wait_until_healthy(f'http://127.0.0.1:{port}', process, seconds=90)
         gunicorns = psutil.Process(process.pid).children()
         process.kill()  # SIGKILL to manage.py alone: nothing of it runs to stop gunicorn
@@ -154,9 +152,6 @@ def test_serve_killed_outright_leaves_no_gunicorn_serving(serve_data_dir):
         psutil.wait_procs(gunicorns, timeout=30)
         assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in gunicorns)
         wait_for(lambda: not port_open(port), 10, 'the port is still served')
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize('setting', ['PORT', 'BIND'])
@@ -167,10 +162,8 @@ def test_serve_on_a_port_in_use_stops_at_once_and_says_so(serve_data_dir, settin
         port = taken.getsockname()[1]
         # BIND, which gunicorn binds, wins over PORT.
         chosen = {'PORT': str(port)} if setting == 'PORT' else {'BIND': f'127.0.0.1:{port}', 'PORT': str(free_port())}
-        result = subprocess.run(
-            [sys.executable, 'manage.py', 'serve'], cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=60,
-            env=server_environment(ENVIRONMENT='local', EMBEDDED_DB_DIR=str(serve_data_dir), **chosen,
-                                   BEARER='serve-test-token', DATABASE_URL='', DEFAULT_DB_NAME=''))
+        result = subprocess.run(SERVE_COMMAND, cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=60,
+                                env=serve_environment(serve_data_dir, **chosen, BEARER='serve-test-token'))
     assert result.returncode != 0
     assert f'port {port} (127.0.0.1:{port}) is in use' in result.stderr and 'serves' not in result.stdout
     assert f'or set {setting}' in result.stderr
