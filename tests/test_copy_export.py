@@ -70,6 +70,9 @@ def test_a_time_zone_changed_half_way_through_the_query_keeps_every_instant(conn
     rows = json.loads(as_json(Db(conn).stream_json(query, batch_size=8)))
     instants = {datetime.datetime.fromisoformat(row['at']) for row in rows}
     assert instants == {datetime.datetime(2026, 3, 4, 1, 2, 3, 500000, tzinfo=datetime.timezone.utc)}, rows[-1]
+    # UTC until the row that changed the session's zone, the new zone's offset from that row on.
+    assert [row['at'] for row in rows] == (['2026-03-04T01:02:03.500000+00:00'] * 4
+                                           + ['2026-03-04T06:32:03.500000+05:30'] * 36)
 
 
 def test_batches_without_nulls_or_oddities_take_the_fast_way_and_still_match(conn):

@@ -1,4 +1,6 @@
 """The Db helper and transactional() on a real connection from the pool."""
+import json
+
 import psycopg2
 import pytest
 
@@ -95,6 +97,20 @@ def test_a_stream_that_fails_before_its_first_row_is_the_requests_own_problem(ca
     assert answer.status_code == 422 and answer.content_type == 'application/problem+json', answer.get_data()
     assert answer.get_json()['sqlstate'] == '22012'  # division_by_zero, not a 200 cut short at "["
     assert app.extensions['dbapi'].pools['default'].gauges()['in_use'] == 0
+
+
+@pytest.mark.parametrize('kind', ['stream', 'stream_json'])
+@pytest.mark.parametrize('count', [4, 6])
+def test_a_stream_holds_its_connection_until_its_body_has_been_read(call, app, kind, count):
+    pool = app.extensions['dbapi'].pools['default']
+    answer = call('/probe/counted_stream', {'kind': kind, 'count': count, 'batch_size': 5}, buffered=False)
+    try:
+        assert answer.status_code == 200 and pool.gauges()['in_use'] == 1  # the first batch is encoded already
+        assert json.loads(b''.join(answer.response)) == [{'n': n} for n in range(1, count + 1)]
+        assert pool.gauges()['in_use'] == 0
+    finally:
+        answer.close()
+    assert pool.gauges()['in_use'] == 0
 
 
 @pytest.mark.parametrize('kind', ['stream', 'stream_json'])

@@ -296,5 +296,15 @@ FAILING_STREAMS = {'division': FAILS_AT_THE_FIRST_ROW, 'depth': TOO_DEEP_TO_WRIT
 def failing_stream(conn, kind, failure='division'):
     """Stream, with Db.stream or Db.stream_json (kind), a query whose first row divides by zero or nests too deep to
     write (failure)."""
-    stream = {'stream': Db(conn).stream, 'stream_json': Db(conn).stream_json}[kind]
-    return stream(FAILING_STREAMS[failure])
+    return streamer(conn, kind)(FAILING_STREAMS[failure])
+
+
+@inject_conn(DEFAULT)
+def counted_stream(conn, kind, count, batch_size):
+    """Stream, with Db.stream or Db.stream_json (kind), the numbers 1 to count in batches of batch_size."""
+    return streamer(conn, kind)('SELECT n FROM generate_series(1, %s) AS n', [count], batch_size=batch_size)
+
+
+def streamer(conn, kind):
+    """Return Db.stream or Db.stream_json (kind: 'stream', 'stream_json') on conn."""
+    return {'stream': Db(conn).stream, 'stream_json': Db(conn).stream_json}[kind]

@@ -1,4 +1,4 @@
-from .actions import (add, crash, create_thing, create_unencodable, echo, export_things, fail_with, failing_stream,
+from .actions import (add, counted_stream, crash, create_thing, create_unencodable, echo, export_things, fail_with, failing_stream,
                       flaky, generated, get_thing, greet, hold, items, migrations, missing, move, pid, probe_values,
                       python_values, raw_rows, register, sized, sqlstate, with_status)
 
@@ -23,6 +23,7 @@ routes = [
     dict(route='reports/daily', action=echo),
     dict(route='generated', action=generated),
     dict(route='failing_stream', action=failing_stream),
+    dict(route='counted_stream', action=counted_stream),
     dict(route='register', action=register),
     dict(route='things/create', action=create_thing),
     dict(route='things/get', action=get_thing),
