@@ -9,7 +9,7 @@ import time
 import pytest
 
 import settings
-from tests.helpers import free_port, server_environment, wait_until_healthy
+from tests.helpers import free_port, gunicorn_server, http_request, server_environment, wait_until_healthy
 
 SECRET = 'pa55-Secret-x9'
 GUNICORN = [sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'app:create_app()']
@@ -77,3 +77,10 @@ def test_a_stop_prints_no_traceback(database_url, worker_class, stop):
     assert process.returncode == 0
     output = (stdout + stderr).decode(errors='replace')
     assert 'Traceback' not in output and 'SystemExit' not in output and 'race condition' not in output, output
+
+
+def test_a_database_out_of_reach_does_not_stop_the_start_only_readiness():
+    nobody_listens = f'postgresql://dbapi:{SECRET}@127.0.0.1:{free_port()}/db?connect_timeout=2'
+    with gunicorn_server(dict(DATABASE_URL=nobody_listens, WEB_CONCURRENCY='1')) as (port, _):
+        readiness = http_request(port, 'GET', '/readyz')
+    assert readiness.status == 503 and SECRET not in readiness.body.decode()

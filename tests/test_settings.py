@@ -44,6 +44,25 @@ def test_defaults():
     assert values['WEB_CONCURRENCY'] == str(2 * os.cpu_count() + 1)
 
 
+@pytest.mark.parametrize('environ, expected', [
+    ({}, '45'), ({'DB_STATEMENT_TIMEOUT_MS': '0'}, '45'), ({'REQUEST_DEADLINE_MS': '1500'}, '17'),
+    ({'REQUEST_DEADLINE_MS': '0', 'DB_STATEMENT_TIMEOUT_MS': '1500'}, '17'),
+    ({'REQUEST_DEADLINE_MS': '0', 'DB_STATEMENT_TIMEOUT_MS': '0'}, '0')])
+def test_the_worker_timeout_outlasts_the_deadline_else_the_statement_timeout(environ, expected):
+    status, stdout, stderr = read_settings(WORKER_TIMEOUT='', **environ)
+    assert status == 0, stderr
+    assert json.loads(stdout)['WORKER_TIMEOUT'] == expected
+
+
+@pytest.mark.parametrize('environ', [
+    {'REQUEST_DEADLINE_MS': '1500', 'WORKER_TIMEOUT': '1'},
+    {'REQUEST_DEADLINE_MS': '0', 'DB_STATEMENT_TIMEOUT_MS': '17000', 'WORKER_TIMEOUT': '17'},
+    {'REQUEST_DEADLINE_MS': '0', 'DB_STATEMENT_TIMEOUT_MS': '0', 'WORKER_TIMEOUT': '60'}])
+def test_a_worker_timeout_within_the_request_bound_stops_the_start(environ):
+    status, _, stderr = read_settings(**environ)
+    assert status != 0 and 'WORKER_TIMEOUT must be 0 (never) or longer than REQUEST_DEADLINE_MS' in stderr
+
+
 def test_environment_variables_win_over_the_env_file():
     _, stdout, _ = read_settings(LOG_LEVEL='DEBUG')
     assert json.loads(stdout)['LOG_LEVEL'] == 'DEBUG'
