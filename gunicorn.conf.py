@@ -86,7 +86,7 @@ def post_worker_init(worker):
     the queries still running before the master's kill."""
     if settings.WORKER_CLASS == 'gevent':
         make_psycopg2_cooperative()
-    prepare_worker(graceful_timeout)
+    prepare_worker(graceful_timeout, queries_block_signals=settings.WORKER_CLASS == 'sync')
 
 
 # Set in a worker once it stops: Ctrl-C reaches a worker twice (SIGINT from the terminal, SIGQUIT from the master), and

@@ -491,6 +491,26 @@ def test_a_stream_cut_short_by_a_stopping_worker_is_logged_as_a_failure_with_the
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_a_query_still_running_at_the_graceful_timeout_is_cancelled_and_answered_503(database_url, tmp_path,
+                                                                                      worker_class):
+    query = f'SELECT pg_sleep({30 + random.randint(1, 999) / 1000})'
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', GRACEFUL_TIMEOUT='3',
+                             LOG_LEVEL='INFO', WORKER_CLASS=worker_class) as (port, server):
+        with ThreadPoolExecutor(1) as executor:
+            slow = executor.submit(post, port, '/types/select', {'query': query},
+                                   headers={'X-Request-ID': 'stopped-mid-query'})
+            wait_for(lambda: backend_running(database_url, query), 10, 'the query did not start')
+            server.terminate()
+            answer = slow.result(timeout=20)
+        server.wait(15)
+    assert answer.status == 503 and answer.headers['Retry-After'] == '1', answer.body
+    assert answer.json()['detail'] == 'The server stopped before the answer was ready. Try again.'
+    assert gunicorn_access_line(tmp_path, 'stopped-mid-query')['event']['outcome'] == 'failure'
+    assert not backend_running(database_url, query)
+
+
+@pytest.mark.slow
 def test_requests_on_a_kept_alive_connection_are_not_disturbed_by_the_watch_on_it(database_url):
     # The watch looks at the client socket while gunicorn's handler waits on it for the next request.
     with running_gunicorn(database_url, WEB_CONCURRENCY='1') as port:

@@ -14,6 +14,8 @@ nothing. So a second before that, the worker cancels the queries still running: 
 failure (a stream as cut short, with the bytes it sent) and is logged before the kill.
 """
 import collections
+import contextlib
+import os
 import select
 import signal
 import threading
@@ -142,21 +144,23 @@ class DisconnectWatcher:
 WATCHER = DisconnectWatcher()
 
 
-def prepare_worker(graceful_timeout):
+def prepare_worker(graceful_timeout, queries_block_signals=False):
     """Set up a gunicorn worker once it is ready (gevent, if any, has patched threading by then): a watcher of its
-    own, and a SIGTERM that cancels the queries still running shortly before the graceful timeout ends."""
+    own, and a SIGTERM that cancels the queries still running shortly before the graceful timeout ends.
+    queries_block_signals: the main thread runs queries inside libpq, where Python's signal handlers wait for
+    them to end (a sync worker)."""
     # The watcher made at import, or after the fork, holds the standard library's locks, which would block a gevent
     # worker whole.
     WATCHER.forget_everything()
-    cancel_queries_before_the_kill(graceful_timeout)
+    cancel_queries_before_the_kill(graceful_timeout, queries_block_signals)
 
 
-def cancel_queries_before_the_kill(graceful_timeout):
+def cancel_queries_before_the_kill(graceful_timeout, queries_block_signals):
     """On SIGTERM, cancel the queries still running shortly before the graceful timeout ends (gunicorn's own
     handler, installed before, still runs)."""
     # A signal handler must not block (under gevent it runs as a callback of the event loop): it only sets an
-    # event, and a thread made now does the waiting. A sync worker runs Python signal handlers only between its
-    # queries, so there this comes too late for a long one; gevent and gthread workers handle signals at once.
+    # event, and a thread made now does the waiting. gevent and gthread workers run Python's handlers at once; a sync
+    # worker's main thread runs them only once its query returns, so there a thread sees the signal as it comes.
     stopping = threading.Event()
 
     def cancel_when_time_is_nearly_up():
@@ -171,3 +175,24 @@ def cancel_queries_before_the_kill(graceful_timeout):
         if callable(stop_worker):
             stop_worker(signum, frame)
     signal.signal(signal.SIGTERM, on_stop)
+    if queries_block_signals:
+        relay_signal_numbers(lambda number: stopping.set() if number == signal.SIGTERM else None)
+
+
+def relay_signal_numbers(on_signal):
+    """Call on_signal(number) in a thread of its own for each signal as it arrives, while the main thread may be
+    blocked in C code, where Python runs no handler. Python writes each signal's number as one byte to its wakeup
+    fd (signal.set_wakeup_fd) at once; the thread takes that fd's place and passes every byte on to the fd it
+    replaced (gunicorn's sync worker sleeps on it), so that one still wakes as before."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    replaced = signal.set_wakeup_fd(write_end)
+
+    def relay():
+        while data := os.read(read_end, 512):
+            if replaced != -1:
+                with contextlib.suppress(BlockingIOError):  # full: its reader has bytes to wake it already
+                    os.write(replaced, data)
+            for number in data:
+                on_signal(number)
+    threading.Thread(target=relay, name='dbapi-signal-relay', daemon=True).start()
