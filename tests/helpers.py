@@ -36,6 +36,8 @@ from ops.stack import Child
 
 ADMIN_TOKEN = 'admin-token-0123456789'
 SINGLE_BEARER = 'single-bearer-token-7'
+# The admin's Authorization header, for requests a test client sends without a Caller.
+AUTH = {'Authorization': f'Bearer {ADMIN_TOKEN}'}
 # A client limited to one test module: its calls anywhere else are a 403.
 SCOPED_TOKEN = 'probe-only-token-42'
 SCOPED_CLIENT = 'probe-reader'
@@ -98,6 +100,17 @@ class Caller:
         if token:
             headers.setdefault('Authorization', f'Bearer {token}')
         return self.client.post(path, json={} if body is None else body, headers=headers, **kwargs)
+
+
+@contextlib.contextmanager
+def export_in_flight(call):
+    """Keep a streamed export of the probe in flight, its body unread, for the block; yield its response."""
+    stream = call('/probe/things/export', buffered=False)
+    try:
+        yield stream
+    finally:
+        stream.get_data()
+        stream.close()
 
 
 PROBLEM_KEYS = {'type', 'title', 'status', 'detail', 'request_id'}

@@ -3,9 +3,7 @@ import gzip
 
 import pytest
 
-from tests.helpers import ADMIN_TOKEN, assert_problem, mounted_paths
-
-AUTH = {'Authorization': f'Bearer {ADMIN_TOKEN}'}
+from tests.helpers import ADMIN_TOKEN, AUTH, SCOPED_TOKEN, assert_problem, mounted_paths
 
 
 def post_raw(client, path, data, content_type):
@@ -67,6 +65,13 @@ def test_charset_parameter_is_accepted(client, content_type):
     assert response.get_json() == {'a': 1}
 
 
+@pytest.mark.parametrize('content_type', ['application/json; charset=UTF8', 'application/json; charset="utf8"',
+                                          'application/json; charset=Utf-8'])
+def test_charset_utf8_is_accepted_in_any_case_quoted_or_not(client, content_type):
+    response = post_raw(client, '/probe/echo', b'{"a": 1}', content_type)
+    assert response.status_code == 200 and response.get_json() == {'a': 1}
+
+
 @pytest.mark.parametrize('content_type', ['text/plain', 'application/x-www-form-urlencoded', 'application/xml', None])
 def test_other_content_type_with_a_body_is_415(client, content_type):
     response = post_raw(client, '/probe/echo', b'{"a": 1}', content_type)
@@ -105,6 +110,26 @@ def test_an_identity_content_encoding_is_a_plain_body(client):
 
 def test_other_content_type_with_an_empty_body_is_fine(client):
     assert post_raw(client, '/probe/echo', b'', 'text/plain').status_code == 200
+
+
+@pytest.mark.parametrize('headers, data', [
+    ({'Content-Type': 'application/json'}, b'{"pad": "' + b'x' * 2**21 + b'"}'),
+    ({'Content-Type': 'text/plain'}, b'a=1'),
+    ({'Content-Type': 'application/json; charset=latin-1'}, b'{}'),
+    ({'Content-Type': 'application/json', 'Content-Encoding': 'gzip'}, gzip.compress(b'{}')),
+    ({'Content-Type': 'application/json'}, b' '),
+], ids=['too large', 'wrong type', 'wrong charset', 'compressed', 'whitespace'])
+@pytest.mark.parametrize('authorization', [None, 'Bearer not-a-known-token'])
+def test_authorization_is_checked_before_the_body_is_read(client, headers, data, authorization):
+    if authorization:
+        headers = dict(headers, Authorization=authorization)
+    assert_problem(client.post('/probe/echo', data=data, headers=headers), 401)
+
+
+def test_a_client_outside_its_modules_is_403_before_the_body_is_read(client):
+    response = client.post('/sealed/', data=b'x' * 2**21, headers={'Authorization': f'Bearer {SCOPED_TOKEN}',
+                                                                   'Content-Type': 'text/plain'})
+    assert_problem(response, 403)
 
 
 def test_unknown_key_is_422_against_the_schema(call):

@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
@@ -334,6 +335,16 @@ def test_a_body_sent_too_slowly_is_a_408_at_the_deadline_and_frees_its_slot(data
     assert after.status == 200  # both slots are free again
 
 
+@pytest.mark.slow
+def test_a_body_sent_too_slowly_to_a_sync_worker_is_a_408_at_the_deadline(database_url):
+    with running_gunicorn(database_url, WEB_CONCURRENCY='1', WORKER_CLASS='sync', REQUEST_DEADLINE_MS='1500') as port:
+        answer, seconds = send_body_slowly(port, None)
+        after = post(port, '/probe/echo', {'a': 1})
+    head, _, body = answer.partition(b'\r\n\r\n')
+    assert head.startswith(b'HTTP/1.1 408 ') and json.loads(body)['detail'] == 'The request was not sent in time.'
+    assert 1.4 < seconds < 5 and after.status == 200
+
+
 # Cancellation: a client that goes away gets its query cancelled, the connection reused, and a 499 in the log
 
 
@@ -384,6 +395,37 @@ def test_a_client_that_goes_away_has_its_query_cancelled_and_its_connection_reus
     line = gunicorn_access_line(tmp_path, 'gone-client')
     assert line['http']['response']['status_code'] == 499
     assert line['event']['outcome'] == 'failure' and line['error']['code'] == '57014', line  # query_canceled
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_a_client_that_goes_away_has_its_transaction_rolled_back(database_url, worker_class):
+    code = f'gone-{uuid.uuid4().hex[:8]}'
+    query = f'SELECT pg_sleep({30 + random.randint(1, 999) / 1000})'
+    with running_gunicorn(database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1', WORKER_CLASS=worker_class) as port:
+        client = raw_post(port, '/types/select_steps', {'queries': [
+            f"INSERT INTO probe.things (code) VALUES ('{code}') RETURNING id", query]}, 'gone-writer')
+        wait_for(lambda: backend_running(database_url, query), 10, 'the query did not start')
+        client.close()
+        wait_for(lambda: not backend_running(database_url, query), 10, 'the query still runs')
+    assert run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,)) == [(0,)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread'])
+def test_a_request_whose_query_runs_when_its_worker_stops_is_a_logged_503(database_url, tmp_path, worker_class):
+    seconds = 30 + random.randint(1, 999) / 1000
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', GRACEFUL_TIMEOUT='3',
+                             LOG_LEVEL='INFO', WORKER_CLASS=worker_class) as (port, server):
+        with ThreadPoolExecutor(1) as executor:
+            slow = executor.submit(post, port, '/slow/sleep', {'seconds': seconds},
+                                   headers={'X-Request-ID': 'stopped-mid-query'})
+            wait_for(lambda: backend_running(database_url, f'SELECT pg_sleep({seconds})'), 10, 'no query')
+            server.terminate()
+            answer = slow.result(timeout=20)
+        server.wait(15)
+    assert answer.status == 503 and answer.headers['Retry-After'] == '1'
+    assert gunicorn_access_line(tmp_path, 'stopped-mid-query')['event']['outcome'] == 'failure'
 
 
 @pytest.mark.slow

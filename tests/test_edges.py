@@ -7,7 +7,7 @@ import pytest
 
 from ops import nginx
 from settings import BASE_DIR
-from tests.helpers import ADMIN_TOKEN, SCOPED_TOKEN, assert_problem, run_sql
+from tests.helpers import ADMIN_TOKEN, AUTH, SCOPED_TOKEN, assert_problem, run_sql
 
 yaml = pytest.importorskip('yaml', reason='PyYAML comes with requirements-lint.txt (make lint)')
 
@@ -117,10 +117,21 @@ def test_a_404_of_an_unknown_module_says_it_does_not_exist(call):
     assert len(long_name) < 200
 
 
+def test_a_404_tells_a_scoped_client_that_an_unknown_module_is_not_mounted(call):
+    body = assert_problem(call('/no_such_module/x', token=SCOPED_TOKEN), 404)
+    assert body['detail'].startswith("No module 'no_such_module' is mounted.")
+
+
 def test_a_405_says_to_use_post(client):
     response = client.get('/probe/echo')
     assert assert_problem(response, 405)['detail'].startswith('Use POST:')
     assert response.headers['Allow'] == 'POST'
+
+
+@pytest.mark.parametrize('method', ['OPTIONS', 'PUT', 'PATCH', 'DELETE'])
+def test_a_405_says_to_use_post_whatever_the_method(client, method):
+    response = client.open('/probe/echo', method=method, headers=AUTH)
+    assert assert_problem(response, 405)['detail'].startswith('Use POST:')
 
 
 def test_a_body_of_the_wrong_shape_says_so_plainly(call):
@@ -173,3 +184,15 @@ def test_a_unique_index_that_is_no_constraint_names_its_columns_too(call, databa
     finally:
         run_sql(database_url, 'DROP INDEX probe.things_label_quantity')
     assert assert_problem(response, 409)['errors'] == {'label': ['already exists'], 'quantity': ['already exists']}
+
+
+def test_a_unique_expression_index_is_a_409_naming_the_constraint_without_errors(call, database_url):
+    run_sql(database_url, 'CREATE UNIQUE INDEX IF NOT EXISTS things_lower_code ON probe.things (lower(code)) '
+                          'WHERE quantity = 515151')
+    try:
+        assert call('/probe/things/create', {'code': 'Edges-Lower', 'quantity': 515151}).status_code == 201
+        response = call('/probe/things/create', {'code': 'edges-lower', 'quantity': 515151})
+    finally:
+        run_sql(database_url, 'DROP INDEX probe.things_lower_code')
+    body = assert_problem(response, 409)
+    assert body['constraint'] == 'things_lower_code' and body['sqlstate'] == '23505' and 'errors' not in body

@@ -3,7 +3,8 @@ import threading
 
 import pytest
 
-from tests.helpers import ADMIN_TOKEN, UNREACHABLE_DSN, assert_problem, body_of_size, run_sql
+from tests.helpers import (ADMIN_TOKEN, UNREACHABLE_DSN, Caller, assert_problem, body_of_size, export_in_flight,
+                           run_sql)
 
 def test_invalid_json_is_400(client):
     response = client.post('/probe/echo', data=b'{"a": ', headers={'Authorization': f'Bearer {ADMIN_TOKEN}',
@@ -99,12 +100,30 @@ def test_serialization_failure_is_retried_until_it_succeeds(call, database_url):
     assert response.get_json() == {'attempt': 4}
 
 
+def test_a_serialization_failure_in_an_autocommit_action_is_not_retried(make_app, database_url):
+    call = Caller(make_app(DB_RETRIES=3).test_client())
+    run_sql(database_url, "SELECT setval('probe.attempts', 500)")
+    response = call('/types/select', {'query': "SELECT nextval('probe.attempts'); "
+                                               "DO $$ BEGIN RAISE EXCEPTION 'c' USING ERRCODE = '40001'; END $$"})
+    assert assert_problem(response, 503)['sqlstate'] == '40001'
+    assert attempts(database_url) == 501
+
+
 def test_database_down_is_503_with_retry_after(make_app):
     client = make_app(DATABASES={'default': UNREACHABLE_DSN}).test_client()
     response = client.post('/probe/things/get', json={'id': 1}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
     body = assert_problem(response, 503)
     assert response.headers['Retry-After'] == '1'
     assert '127.0.0.1' not in body['detail'] and 'port' not in body['detail']
+
+
+@pytest.mark.parametrize('case, sqlstate', [('connection_failure', '08006'), ('too_many_connections', '53300'),
+                                            ('admin_shutdown', '57P01'), ('crash_shutdown', '57P02'),
+                                            ('cannot_connect_now', '57P03')])
+def test_a_server_going_away_or_full_is_503_with_retry_after(call, case, sqlstate):
+    response = call('/probe/sqlstate', {'case': case})
+    assert assert_problem(response, 503)['sqlstate'] == sqlstate
+    assert response.headers['Retry-After'] == '1'
 
 
 def test_no_connection_free_in_time_is_503(make_app):
@@ -120,6 +139,14 @@ def test_no_connection_free_in_time_is_503(make_app):
         assert response.headers['Retry-After'] == '1'
     finally:
         holder.join()
+
+
+def test_a_process_at_its_limit_sheds_before_authorization(make_app):
+    app = make_app(MAX_REQUESTS_IN_FLIGHT=1)
+    with export_in_flight(Caller(app.test_client())):
+        shed = app.test_client().post('/probe/echo', json={})
+    assert_problem(shed, 503)
+    assert shed.headers['Retry-After'] == '1'
 
 
 @pytest.mark.parametrize('path, body', [('/probe/crash', {}), ('/probe/sqlstate', {'case': 'syntax'}),

@@ -162,6 +162,21 @@ def test_users_list_takes_back_the_null_next_after_id_as_the_first_page(call):
     assert call('/users/list', {'limit': 2, 'after_id': last['next_after_id']}).get_json() == first
 
 
+@pytest.mark.parametrize('after_id', [0, None])
+def test_users_list_after_id_0_or_null_is_the_first_page(call, after_id):
+    first = call('/users/list', {'limit': 2}).get_json()
+    assert call('/users/list', {'limit': 2, 'after_id': after_id}).get_json() == first
+
+
+@pytest.mark.parametrize('after_id, status', [(9223372036854775807, 200), (9223372036854775808, 422), (-1, 422),
+                                              ('1', 422)])
+def test_users_list_after_id_runs_from_0_to_the_largest_bigint(call, after_id, status):
+    response = call('/users/list', {'after_id': after_id})
+    assert response.status_code == status
+    if status == 200:
+        assert response.get_json() == {'items': [], 'next_after_id': None}
+
+
 def test_users_list_defaults_to_100(call):
     for _ in range(101 - len(call('/users/list', {'limit': 1000}).get_json()['items'])):
         new_user(call)
@@ -219,6 +234,12 @@ def test_accounts_overdraft_is_422(call):
 def test_accounts_unknown_account_is_404(call):
     assert call('/accounts/get', {'account_id': 10**12}).status_code == 404
     assert call('/accounts/deposit', {'account_id': 10**12, 'amount': '1'}).status_code == 404
+
+
+@pytest.mark.parametrize('body', [{'account_id': 0}, {'account_id': -1}, {'account_id': '1'}, {'account_id': 1.5},
+                                  {'account_id': 9223372036854775808}])
+def test_accounts_ids_are_positive_json_integers_within_bigint(call, body):
+    assert assert_problem(call('/accounts/get', body), 422)['errors'].keys() == {'account_id'}
 
 
 @pytest.mark.parametrize('amount', ['0', '-1', '1.001', 'abc', 'NaN', 'Infinity', 0, -3, 1.234, True, None, '1e-3'])

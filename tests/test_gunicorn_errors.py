@@ -42,6 +42,15 @@ def test_requests_gunicorn_cannot_parse_get_problem_details(database_url, worker
 
 
 @pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_a_header_over_gunicorns_limit_is_a_431_problem(database_url, worker_class):
+    request = b'POST /probe/echo HTTP/1.1\r\nHost: x\r\nX-Big: ' + b'a' * 17000 + b'\r\n\r\n'
+    with running_gunicorn(database_url, WORKER_CLASS=worker_class, WEB_CONCURRENCY='1') as port:
+        status, headers, body = raw_answer(port, request)
+    assert status == 431 and headers['Content-Type'] == 'application/problem+json'
+    assert json.loads(body)['request_id'] == headers['X-Request-ID']
+
+
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
 def test_each_request_gunicorn_refuses_has_an_access_line_with_its_request_id(database_url, tmp_path, worker_class):
     answered = {}
     with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WORKER_CLASS=worker_class, WEB_CONCURRENCY='1',
@@ -77,3 +86,10 @@ def test_a_malformed_chunked_body_is_a_400_problem_not_a_500(database_url, worke
             assert json.loads(body)['detail'] == 'The chunked request body is malformed.', case
         status, _, body = raw_answer(port, CHUNKED_HEAD + b'2\r\n{}\r\n0\r\n\r\n')
         assert status == 200 and json.loads(body) == {}  # a well-formed one is read
+
+
+def test_a_malformed_chunked_body_is_a_400_problem_under_sync_workers_too(database_url):
+    with running_gunicorn(database_url, WORKER_CLASS='sync', WEB_CONCURRENCY='1') as port:
+        for case, chunks in MALFORMED_CHUNKS.items():
+            status, headers, body = raw_answer(port, CHUNKED_HEAD + chunks)
+            assert status == 400 and json.loads(body)['detail'] == 'The chunked request body is malformed.', case

@@ -45,6 +45,12 @@ def test_a_bad_token_is_one_line():
     assert_one_line(run_gunicorn(BEARER=f'{SECRET}!#'), 'BEARER', 'RFC 6750')
 
 
+def test_a_log_path_that_cannot_be_written_is_one_line(tmp_path, database_url):
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('')
+    assert_one_line(run_gunicorn(DATABASE_URL=database_url, LOG_PATH=str(blocker / 'logs')), 'LOG_PATH', 'not writable')
+
+
 def test_a_broken_module_is_one_line_once_before_any_worker(tmp_path, database_url):
     folder = tmp_path / 'brokenmods' / 'broken'
     folder.mkdir(parents=True)

@@ -25,7 +25,7 @@ from lib.logs.handlers import LineStreamHandler, PipeStreamHandler
 from lib.logs.secrets import Redactor
 from lib.http.requestid import REQUEST_ID_KEY
 from lib.logs.formatter import dotted as flat  # nested fields by dotted name
-from tests.helpers import ADMIN_TOKEN, SCOPED_TOKEN, SINGLE_BEARER, gunicorn_logging_to, http_request
+from tests.helpers import ADMIN_TOKEN, AUTH, SCOPED_TOKEN, SINGLE_BEARER, gunicorn_logging_to, http_request
 
 REQUIRED_FIELDS = ('@timestamp', 'log.level', 'message', 'ecs.version', 'service.name', 'service.environment',
                    'service.node.name', 'process.pid', 'log.logger', 'labels.elk_index')
@@ -34,7 +34,6 @@ ACCESS_FIELDS = ('http.request.method', 'url.path', 'http.response.status_code',
 # Quotes, a backslash, spaces, @ / : = %, a non-ASCII letter: every way a password can trip up a DSN or a log.
 AWKWARD_PASSWORD = 'p@ss w/o"r\'d\\é:=%41;x'
 UNKNOWN_TOKEN = 'never-configured-token-9f8e7d'
-AUTH = {'Authorization': f'Bearer {ADMIN_TOKEN}'}
 
 
 def parse_lines(text):

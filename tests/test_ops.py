@@ -16,6 +16,12 @@ def test_healthz_head(client):
     assert response.get_data() == b''
 
 
+@pytest.mark.parametrize('path', ['/readyz', '/metrics'])
+def test_readyz_and_metrics_answer_head(client, path):
+    response = client.head(path)
+    assert response.status_code == 200 and response.get_data() == b''
+
+
 def test_healthz_needs_no_database(make_app):
     client = make_app(DATABASES={'default': 'host=127.0.0.1 port=1 dbname=x user=x'}).test_client()
     assert client.get('/healthz').status_code == 200

@@ -7,7 +7,7 @@ import uuid
 import brotli
 import pytest
 
-from tests.helpers import ADMIN_TOKEN
+from tests.helpers import ADMIN_TOKEN, AUTH, Caller, assert_problem, export_in_flight
 
 
 @pytest.mark.parametrize('incoming', ['abc', 'A.b_c:d-1', 'x' * 128, '4f9c0e'])
@@ -44,6 +44,28 @@ def test_content_types(call):
     assert call('/nope').headers['Content-Type'] == 'application/problem+json'
 
 
+@pytest.mark.parametrize('method, path, headers, data', [
+    ('POST', '/probe/', AUTH, b''), ('POST', '/nope', AUTH, b''), ('GET', '/probe/echo', AUTH, b''),
+    ('POST', '/probe/echo', {}, b''), ('POST', '/probe/echo', AUTH | {'Content-Type': 'text/plain'}, b'x'),
+    ('GET', '/healthz', {}, b''), ('HEAD', '/healthz', {}, b''), ('GET', '/readyz', {}, b''),
+    ('GET', '/metrics', {}, b''),
+])
+def test_every_answer_carries_vary_accept_encoding(client, method, path, headers, data):
+    response = client.open(path, method=method, headers=headers, data=data)
+    assert response.headers['Vary'] == 'Accept-Encoding', response.status_code
+
+
+def test_a_413_a_shed_503_and_a_stream_carry_vary_accept_encoding_too(make_app):
+    app = make_app(MAX_REQUESTS_IN_FLIGHT=1, MAX_CONTENT_LENGTH=100)
+    call = Caller(app.test_client())
+    too_large = call('/probe/echo', {'pad': 'x' * 200})
+    with export_in_flight(call) as stream:
+        shed = call('/probe/echo', {})
+    assert_problem(too_large, 413)
+    assert_problem(shed, 503)
+    assert too_large.headers['Vary'] == shed.headers['Vary'] == stream.headers['Vary'] == 'Accept-Encoding'
+
+
 @pytest.mark.parametrize('encoding, decompress', [('gzip', gzip.decompress), ('br', brotli.decompress)])
 def test_large_bodies_are_compressed(call, encoding, decompress):
     response = call('/probe/sized', {'size': 2000}, headers={'Accept-Encoding': encoding})
@@ -63,6 +85,14 @@ def test_bodies_under_500_bytes_are_not_compressed(call):
     response = call('/probe/sized', {'size': 400}, headers={'Accept-Encoding': 'gzip, br'})
     assert 'Content-Encoding' not in response.headers
     assert response.get_json() == 'x' * 400
+
+
+@pytest.mark.parametrize('size, compressed', [(497, False), (498, True)])  # the JSON string adds two quotes
+def test_a_body_of_500_bytes_or_more_is_compressed_and_a_smaller_one_is_not(call, size, compressed):
+    response = call('/probe/sized', {'size': size}, headers={'Accept-Encoding': 'gzip'})
+    body = gzip.decompress(response.get_data()) if compressed else response.get_data()
+    assert len(body) == size + 2
+    assert (response.headers.get('Content-Encoding') == 'gzip') == compressed
 
 
 @pytest.mark.parametrize('accept_encoding, chosen', [

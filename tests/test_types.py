@@ -5,6 +5,7 @@ import json
 import decimal
 import re
 import time
+import uuid
 
 import orjson
 import marshmallow
@@ -228,6 +229,20 @@ def test_a_composite_altered_after_the_connection_read_it_is_read_with_its_new_f
     assert all_three_ways(conn, "SELECT ROW(2, 'y')::probe.evolving AS v") == b'[{"v":{"a":2,"b":"y"}}]'
 
 
+def test_a_type_created_after_a_connection_opened_is_text_on_it_until_connections_are_new(make_app, database_url):
+    name = f'probe.late_{uuid.uuid4().hex[:8]}'
+    query = {'query': f"SELECT ROW(1, 'a b')::{name} AS v"}
+    old = Caller(make_app(DB_POOL_MAX=1).test_client())
+    assert old('/types/select', {'query': 'SELECT 1 AS v'}).status_code == 200
+    run_sql(database_url, f'CREATE TYPE {name} AS (n int, label text)')
+    try:
+        on_old = old('/types/select', query).get_json()
+        on_new = Caller(make_app(DB_POOL_MAX=1).test_client())('/types/select', query).get_json()
+    finally:
+        run_sql(database_url, f'DROP TYPE {name}')
+    assert on_old == [{'v': '(1,"a b")'}] and on_new == [{'v': {'n': 1, 'label': 'a b'}}]
+
+
 def test_a_custom_configure_cannot_lose_the_types(types_app, make_app):
     def configure(conn):  # sets none of dbapi's settings, and an interval style the typecasters cannot read
         conn.autocommit = False
@@ -341,6 +356,12 @@ def test_values_read_after_a_request_changed_a_reading_style_are_a_500_that_says
 def test_text_read_while_a_style_was_changed_is_refused_though_the_style_was_changed_back(call, steps, detail):
     body = assert_problem(call('/types/select_steps', {'queries': steps}), 500)
     assert detail in body['detail'], body
+
+
+def test_after_a_request_sets_its_time_zone_its_buffered_answer_writes_offsets_in_that_zone(call):
+    response = call('/types/select_steps', {'queries': ["SET LOCAL TimeZone = 'Asia/Kolkata'",
+                                                        "SELECT timestamptz '2026-11-21 20:54:17.5+00' AS at"]})
+    assert response.get_json()[1] == [{'at': '2026-11-22T02:24:17.500000+05:30'}]
 
 
 
@@ -528,6 +549,19 @@ def test_a_body_nested_too_deeply_is_a_400_never_a_500(call, depth, leaf):
 def test_a_key_given_twice_counts_once_with_its_last_value(call, body, echoed):
     response = post_raw(call, body)
     assert response.status_code == 200 and response.get_data() == echoed
+
+
+@pytest.mark.parametrize('body', [b'{"x": NaN}', b'{"x": Infinity}', b'{"x": -Infinity}', b'{"x": "\\ud800"}',
+                                  b'{"x\\udc00": 1}', b'{"x": "\xed\xa0\x80"}'])
+def test_nan_infinity_and_lone_surrogates_in_a_body_are_400_not_json(call, body):
+    assert assert_problem(post_raw(call, body), 400)['detail'] == 'The request body is not valid JSON.'
+
+
+@pytest.mark.parametrize('number, echoed', [('9223372036854775808', b'9223372036854775808'), ('1.0', b'1.0'),
+                                            ('1e400', b'1' + b'0' * 400), ('1E+2', b'100'), ('1e-5', b'0.00001')])
+def test_a_body_number_is_written_back_as_the_same_number_in_plain_notation(call, number, echoed):
+    response = post_raw(call, b'{"x": %s}' % number.encode())
+    assert response.status_code == 200 and response.get_data() == b'{"x":' + echoed + b'}'
 
 
 def test_a_body_at_the_depth_limit_is_read(call):

@@ -25,6 +25,12 @@ SQLSTATE_CASES = {
     'deadlock': "SELECT nextval('probe.attempts'); DO $$ BEGIN RAISE EXCEPTION 'deadlock' USING ERRCODE = '40P01'; END $$",
     'syntax': 'SELEC 1',
     'undefined_table': 'SELECT * FROM probe.no_such_table',
+    # What a server that is going away or full says; raised here, as a real one would need the server stopped.
+    'connection_failure': "DO $$ BEGIN RAISE EXCEPTION 'lost' USING ERRCODE = '08006'; END $$",
+    'too_many_connections': "DO $$ BEGIN RAISE EXCEPTION 'full' USING ERRCODE = '53300'; END $$",
+    'admin_shutdown': "DO $$ BEGIN RAISE EXCEPTION 'stopping' USING ERRCODE = '57P01'; END $$",
+    'crash_shutdown': "DO $$ BEGIN RAISE EXCEPTION 'crashed' USING ERRCODE = '57P02'; END $$",
+    'cannot_connect_now': "DO $$ BEGIN RAISE EXCEPTION 'starting' USING ERRCODE = '57P03'; END $$",
 }
 
 
