@@ -412,23 +412,6 @@ def test_a_client_that_goes_away_has_its_transaction_rolled_back(database_url, w
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('worker_class', ['gevent', 'gthread'])
-def test_a_request_whose_query_runs_when_its_worker_stops_is_a_logged_503(database_url, tmp_path, worker_class):
-    seconds = 30 + random.randint(1, 999) / 1000
-    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', GRACEFUL_TIMEOUT='3',
-                             LOG_LEVEL='INFO', WORKER_CLASS=worker_class) as (port, server):
-        with ThreadPoolExecutor(1) as executor:
-            slow = executor.submit(post, port, '/slow/sleep', {'seconds': seconds},
-                                   headers={'X-Request-ID': 'stopped-mid-query'})
-            wait_for(lambda: backend_running(database_url, f'SELECT pg_sleep({seconds})'), 10, 'no query')
-            server.terminate()
-            answer = slow.result(timeout=20)
-        server.wait(15)
-    assert answer.status == 503 and answer.headers['Retry-After'] == '1'
-    assert gunicorn_access_line(tmp_path, 'stopped-mid-query')['event']['outcome'] == 'failure'
-
-
-@pytest.mark.slow
 def test_a_database_that_stops_answering_gets_a_504_by_the_deadline_and_the_worker_serves_on(database_url, tmp_path):
     with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1',
                              REQUEST_DEADLINE_MS='2000') as (port, _):
