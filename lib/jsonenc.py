@@ -28,6 +28,8 @@ JSON_MIMETYPE = 'application/json'
 REFUSED_BY_ORJSON = ('Integer exceeds 64-bit range', 'Dict integer key must be within 64-bit range',
                      'datetime.time must not have tzinfo set')
 INT64_MIN, UINT64_MAX = -2 ** 63, 2 ** 64 - 1
+# What loads_exact holds for a text orjson refused: a float, so that has_float sends it to the json module.
+REFUSED_BY_ORJSON_LOADS = float('nan')
 ORJSON_RECURSION_LIMIT = 'Recursion limit reached'  # orjson's error past 254 levels of arrays and objects
 # The digits a request body's numbers may take written out in full (1e-16383 is 16,384 of them): as many as the
 # default MAX_CONTENT_LENGTH has bytes.
@@ -157,19 +159,32 @@ def loads_exact(data, bounded=True):
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
-        value = float('nan')  # orjson refuses numbers past a float's range, which the json module reads
+        # orjson refuses numbers past a float's range, which the json module reads, and lone surrogates, which it
+        # reads too: then every value is looked at, those that a key given twice loses included.
+        value = REFUSED_BY_ORJSON_LOADS
     if not has_float(value, MAX_BODY_DEPTH if bounded else None):
         return value
+    pairs_hook = dict_refusing_lost_surrogates if value is REFUSED_BY_ORJSON_LOADS else None
     try:
         value = json.loads(data if isinstance(data, str) else data.decode('utf-8'),
                            parse_float=BoundedNumbers() if bounded else ExactNumber,
-                           parse_int=int if bounded else int_or_exact, parse_constant=refuse_constant)
+                           parse_int=int if bounded else int_or_exact, parse_constant=refuse_constant,
+                           object_pairs_hook=pairs_hook)
     except RecursionError:
         if bounded:
             raise TooDeep(f'The request body nests arrays and objects deeper than {MAX_BODY_DEPTH} levels.') from None
         raise ValueError('a JSON value nests arrays and objects deeper than Python reads') from None
     refuse_lone_surrogates(value)  # the json module lets through what orjson refuses
     return value
+
+
+def dict_refusing_lost_surrogates(pairs):
+    """Return the object of a JSON text's (key, value) pairs, the last of a key given twice counting; raise
+    ValueError when a value the object loses holds a lone surrogate, which the check of the parsed value never sees."""
+    result = dict(pairs)
+    if len(result) < len(pairs):
+        refuse_lone_surrogates([value for _, value in pairs])
+    return result
 
 
 def refuse_lone_surrogates(value):

@@ -552,7 +552,10 @@ def test_a_key_given_twice_counts_once_with_its_last_value(call, body, echoed):
 
 
 @pytest.mark.parametrize('body', [b'{"x": NaN}', b'{"x": Infinity}', b'{"x": -Infinity}', b'{"x": "\\ud800"}',
-                                  b'{"x\\udc00": 1}', b'{"x": "\xed\xa0\x80"}'])
+                                  b'{"x\\udc00": 1}', b'{"x": "\xed\xa0\x80"}',
+                                  # in a value a key given twice loses, which was never looked at
+                                  b'{"x": "\\ud800", "x": "y"}', b'{"x": [{"y": "\\udfff"}], "x": 1.5}',
+                                  b'[{"x": {"\\ud800": 1}, "x": 2}]'])
 def test_nan_infinity_and_lone_surrogates_in_a_body_are_400_not_json(call, body):
     assert assert_problem(post_raw(call, body), 400)['detail'] == 'The request body is not valid JSON.'
 
