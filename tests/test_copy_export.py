@@ -46,10 +46,9 @@ def as_json(batches):
 
 
 def both_ways(conn, query, params=None, batch_size=3):
-    """Return query's rows as JSON through stream_json, then through stream (in UTC, as stream_json writes)."""
-    fast = as_json(Db(conn).stream_json(query, params, batch_size=batch_size))
-    Db(conn).execute("SET LOCAL TimeZone = 'UTC'")
-    return fast, as_json(Db(conn).stream(query, params))
+    """Return query's rows as JSON through stream_json and through stream."""
+    reference = as_json(Db(conn).stream(query, params))
+    return as_json(Db(conn).stream_json(query, params, batch_size=batch_size)), reference
 
 
 def tricky_params(texts=TRICKY_TEXTS, stamps=TRICKY_STAMPS, nulls=True):
@@ -176,7 +175,17 @@ def test_a_client_leaving_midway_leaves_a_healthy_pool(make_app, database_url):
     assert json.loads(call('/probe/things/export').get_data())
 
 
-def test_timestamps_come_out_in_utc_whatever_the_session_time_zone(conn):
-    Db(conn).execute("SET TimeZone = 'Asia/Kolkata'")  # undone with the fixture's rollback
-    query = "SELECT TIMESTAMPTZ '2026-11-21 20:54:17.5+00' AS at"
-    assert as_json(Db(conn).stream_json(query)) == b'[{"at":"2026-11-21T20:54:17.500000+00:00"}]'
+@pytest.mark.parametrize('setting, query', [
+    # The session's zone shapes the arithmetic and the constants of the query as well as the offsets written.
+    ("SET LOCAL TimeZone = 'Asia/Tokyo'",
+     "SELECT date_trunc('day', timestamptz '2026-11-30 01:00+00') AS day, timestamptz '2026-01-01 00:00' AS at"),
+    ("SET LOCAL TimeZone = 'Asia/Kolkata'", "SELECT timestamptz '2026-11-21 20:54:17.5+00' AS at"),
+    # The session's DateStyle decides how the query's own date literals read.
+    ("SET LOCAL DateStyle = 'ISO, DMY'", "SELECT '01/02/2026'::date AS d, '01/02/2026 10:00'::timestamp AS t")])
+def test_stream_json_runs_its_query_in_the_requests_session_as_stream_does(conn, setting, query):
+    Db(conn).execute(setting)
+    settings_now = "SELECT current_setting('TimeZone') || current_setting('DateStyle')"
+    before = Db(conn).fetch_value(settings_now)
+    reference = as_json(Db(conn).stream(query))
+    assert as_json(Db(conn).stream_json(query)) == reference
+    assert Db(conn).fetch_value(settings_now) == before

@@ -263,13 +263,19 @@ def test_an_interval_in_another_style_is_refused_not_misread(conn):
         Db(conn).fetch_value("SELECT interval '1 year'")
 
 
+READERS = {'fetch_one': lambda db, query: db.fetch_one(query),
+           'stream': lambda db, query: list(db.stream(query)),
+           'stream_json': lambda db, query: list(db.stream_json(query))}
+
+
 @pytest.mark.parametrize('date_style', ['SQL, DMY', 'SQL, MDY', 'German', 'Postgres'])
 @pytest.mark.parametrize('expression', ["date '2026-03-04'", "timestamp '2026-03-04 05:06:07'",
                                         "timestamptz '2026-03-04 05:06:07+00'", "ARRAY[date '2026-03-04']"])
-def test_a_date_or_timestamp_in_another_date_style_is_refused_not_misread(conn, date_style, expression):
+@pytest.mark.parametrize('reader', READERS)
+def test_a_date_or_timestamp_in_another_date_style_is_refused_not_misread(conn, date_style, expression, reader):
     Db(conn).execute('SET LOCAL DateStyle = %s', [date_style])
     with pytest.raises(UnreadableValue, match='DateStyle'):
-        Db(conn).fetch_value(f'SELECT {expression}')
+        READERS[reader](Db(conn), f'SELECT {expression} AS v')
 
 
 @pytest.mark.parametrize('zone, stamp', [('Africa/Monrovia', '1960-01-01 00:00+00'),

@@ -26,8 +26,6 @@ TIMESTAMPTZ_OID = 1184
 TEXT_OIDS = frozenset(psycopg2.extensions.BYTES.values)
 # The types whose text the fast columns take as it comes, as bytes, instead of psycopg2's values.
 RAW_OIDS = INTEGER_OIDS | TEXT_OIDS | {BOOLEAN_OID, TIMESTAMP_OID, TIMESTAMPTZ_OID}
-# Timestamps are written in UTC and in the ISO style that padded_stamps expects.
-UTC_ISO_DATES = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, MDY'"
 CURSOR_NAME = 'dbapi_stream_json'
 
 NULL = b'null'
@@ -75,7 +73,7 @@ def stamp_slots(values, stride):
 
 def all_end_with(values, ending):
     """Tell whether every one of values (bytes, none NULL) ends with ending: a timestamptz written in UTC ends with
-    +00, one written after a request changed TimeZone does not, and its offset would not fit the slots."""
+    +00, one written in another TimeZone (a request's) does not, and its offset would not fit the slots."""
     return (b'\n'.join(values) + b'\n').count(ending + b'\n') == len(values)
 
 
@@ -180,7 +178,7 @@ class Timestamp(Column):
 
 
 class TimestampTz(Timestamp):
-    """timestamptz: in UTC, where PostgreSQL writes '+00' and orjson '+00:00'."""
+    """timestamptz: fast in UTC (the pool's TimeZone), where PostgreSQL writes '+00' and orjson '+00:00'."""
 
     offset = b'+00'
     closing = b':00"'
@@ -355,8 +353,10 @@ def json_batches(conn, rows_json, batch_size):
 def json_stream(conn, query, params=None, batch_size=2000):
     """Declare query on conn; return the generator of its rows as JSON batches (see Db.stream_json)."""
     query = sql.SQL(query) if isinstance(query, str) else query
+    # The query runs in the request's session as it is, as Db.stream's does: its TimeZone and DateStyle shape the
+    # query's own arithmetic and literals. Stamps in the pool's settings (UTC, ISO) take the fast way; others,
+    # value by value, psycopg2's casters (which refuse another DateStyle).
     cursor = conn.cursor(cursor_factory=psycopg2.extensions.cursor)
-    cursor.execute(UTC_ISO_DATES)
     select, rows_json = plan(cursor, query, params)
     cursor.execute(sql.SQL('DECLARE {} NO SCROLL CURSOR FOR {}').format(sql.Identifier(CURSOR_NAME), select), params)
     return json_batches(conn, rows_json, batch_size)

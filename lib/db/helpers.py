@@ -122,6 +122,6 @@ class Db:
 
         The same bytes as stream's dicts through dumps_bytes, about four times faster: PostgreSQL writes the
         values as text, lib/db/copyjson.py turns a whole batch into JSON at once, and a helper thread fetches
-        the next batch meanwhile. Needs a transaction, like stream; timestamptz values come in UTC.
+        the next batch meanwhile. Needs a transaction, like stream; runs in the session as it is (TimeZone, DateStyle).
         """
         return copyjson.json_stream(self.conn, query, params, batch_size)
