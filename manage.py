@@ -8,6 +8,7 @@ import inspect
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -119,8 +120,9 @@ def how_to_call(routes=None):
 
 
 def unix_socket_path():
-    """Return the path of the Unix socket BIND names (unix:/path)."""
-    return settings.BIND[len('unix:'):]
+    """Return the absolute path of the Unix socket BIND names (unix:/path); a relative one is relative to the
+    project's folder, where gunicorn runs."""
+    return os.path.join(settings.BASE_DIR, settings.BIND[len('unix:'):])
 
 
 def served_url():
@@ -139,9 +141,7 @@ def serving_answers():
 def unix_socket_answers(path):
     """Tell whether the HTTP server on the Unix socket at path answers GET /healthz with 200."""
     try:
-        with socket.socket(socket.AF_UNIX) as probe:
-            probe.settimeout(1)
-            probe.connect(path)
+        with unix_socket_connection(path) as probe:
             probe.sendall(b'GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n')
             answer = b''
             while chunk := probe.recv(4096):  # HTTP/1.0: the server closes once the whole answer is sent
@@ -161,19 +161,63 @@ def wait_until_serving(gunicorn):
     return gunicorn.poll() is None
 
 
-def check_port_free():
-    """Stop the start, before anything runs, when something already listens on the port gunicorn binds (BIND, else
-    PORT): gunicorn would retry for seconds and exit, and the other server's answers would pass for its own."""
+def check_bind_free():
+    """Stop the start, before anything runs, when gunicorn cannot bind where BIND (else PORT) says: a port something
+    listens on (gunicorn would retry for seconds and exit, and the other server's answers would pass for its own),
+    or a Unix socket path that is taken, live (gunicorn would take it over), or no place for a socket."""
     from ops.ports import port_is_free
-    if settings.BIND_PORT is not None and not port_is_free(settings.BIND_PORT):
+    if settings.BIND_PORT is None:
+        check_unix_socket_path(unix_socket_path())
+    elif not port_is_free(settings.BIND_PORT):
         setting = 'BIND' if settings.env_str('BIND') else 'PORT'
         raise StartupError(f'port {settings.BIND_PORT} ({settings.BIND}) is in use: stop what listens there, or set '
                            f'{setting}')
 
 
+# The longest path a Unix socket address holds (sun_path's 108 bytes, its final NUL included), on Linux.
+MAX_UNIX_SOCKET_PATH_BYTES = 107
+
+
+def check_unix_socket_path(path):
+    """Raise StartupError unless a new Unix socket can be bound at path: its folder exists, the path is short enough,
+    and nothing but a socket nobody listens on (one a stopped server left) is there already."""
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise StartupError(f'BIND {settings.BIND}: the folder {folder} does not exist')
+    if len(os.fsencode(path)) > MAX_UNIX_SOCKET_PATH_BYTES:
+        raise StartupError(f'BIND {settings.BIND}: a Unix socket path takes {MAX_UNIX_SOCKET_PATH_BYTES} bytes at most')
+    if not os.path.lexists(path):
+        return
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise StartupError(f'BIND {settings.BIND}: {path} exists and is not a socket')
+    if unix_socket_accepts(path):
+        raise StartupError(f'{path} ({settings.BIND}) is in use: stop what listens there, or set BIND')
+
+
+def unix_socket_accepts(path):
+    """Tell whether something listens on the Unix socket at path."""
+    try:
+        unix_socket_connection(path).close()
+    except OSError:
+        return False
+    return True
+
+
+def unix_socket_connection(path):
+    """Return a socket connected to the Unix socket at path, with a timeout of a second; OSError when none listens."""
+    probe = socket.socket(socket.AF_UNIX)
+    probe.settimeout(1)
+    try:
+        probe.connect(path)
+    except OSError:
+        probe.close()
+        raise
+    return probe
+
+
 def serve():
     """Start the database if needed, migrate, check the app, and run gunicorn until SIGINT or SIGTERM."""
-    check_port_free()
+    check_bind_free()
     dsn = default_dsn()
     apply_migrations(dsn)
     routes = preflight(dsn)

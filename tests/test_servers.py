@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 
+import manage
 import settings
 from tests.helpers import (ADMIN_TOKEN, discard_data_dir, free_port, http_request, migration_ids, new_data_dir,
                            port_open, post, postgres_processes, running_gunicorn, server_environment, wait_for,
@@ -168,6 +169,46 @@ def test_serve_on_a_port_in_use_stops_at_once_and_says_so(serve_data_dir, settin
     assert f'port {port} (127.0.0.1:{port}) is in use' in result.stderr and 'serves' not in result.stdout
     assert f'or set {setting}' in result.stderr
     assert not postgres_processes(serve_data_dir), 'nothing starts before the check'
+
+
+@pytest.mark.parametrize('taken_by, message', [
+    ('a server', 'is in use: stop what listens there, or set BIND'),
+    ('a file', 'exists and is not a socket'),
+    ('nothing, in a folder that does not exist', 'does not exist')])
+def test_serve_on_a_unix_socket_path_it_cannot_bind_stops_at_once_and_says_so(serve_data_dir, tmp_path, taken_by,
+                                                                               message):
+    path = tmp_path / 'dbapi.sock'
+    with socket.socket(socket.AF_UNIX) as listening:
+        if taken_by == 'a server':
+            listening.bind(str(path))
+            listening.listen()
+        elif taken_by == 'a file':
+            path.write_text('')
+        else:
+            path = tmp_path / 'missing' / 'dbapi.sock'
+        result = subprocess.run(SERVE_COMMAND, cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=60,
+                                env=serve_environment(serve_data_dir, BIND=f'unix:{path}'))
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+        assert result.stderr.count('\n') == 1 and 'serves' not in result.stdout
+        assert not postgres_processes(serve_data_dir), 'nothing starts before the check'
+        if taken_by == 'a server':
+            listening.settimeout(1)
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(path))  # the socket is still the first server's
+                listening.accept()[0].close()
+
+
+def test_a_socket_a_stopped_server_left_behind_may_be_bound_again(tmp_path, monkeypatch):
+    stale = tmp_path / 'stale.sock'
+    with socket.socket(socket.AF_UNIX) as gone:
+        gone.bind(str(stale))
+    monkeypatch.setattr(settings, 'BIND', f'unix:{stale}')
+    assert stale.exists() and manage.check_unix_socket_path(manage.unix_socket_path()) is None
+
+
+def test_a_relative_unix_socket_path_is_in_the_projects_folder_where_gunicorn_runs(monkeypatch):
+    monkeypatch.setattr(settings, 'BIND', 'unix:run/dbapi.sock')
+    assert manage.unix_socket_path() == str(settings.BASE_DIR / 'run' / 'dbapi.sock')
 
 
 def post_chunked(port, path, chunks):
