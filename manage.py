@@ -126,15 +126,37 @@ def unix_socket_path():
 
 
 def served_url():
-    """Return the base URL of the service: http://127.0.0.1:<port>, or http://localhost for a Unix socket."""
-    return 'http://localhost' if settings.BIND_PORT is None else f'http://127.0.0.1:{settings.BIND_PORT}'
+    """Return the base URL of the service: http://<address>:<port>, or http://localhost for a Unix socket."""
+    if settings.BIND_PORT is None:
+        return 'http://localhost'
+    return f'http://{url_host(called_address())}:{settings.BIND_PORT}'
+
+
+def bound_address():
+    """Return the IP address gunicorn binds for BIND's host (its first, for a name); StartupError when the name does
+    not resolve."""
+    host = settings.BIND_HOST or '0.0.0.0'
+    try:
+        return socket.getaddrinfo(host, settings.BIND_PORT, type=socket.SOCK_STREAM)[0][4][0]
+    except socket.gaierror as exc:
+        raise StartupError(f'BIND {settings.BIND}: the host {host} does not resolve ({exc.strerror})') from None
+
+
+def called_address():
+    """Return the address this machine calls the service on: the loopback one when gunicorn binds them all."""
+    return {'0.0.0.0': '127.0.0.1', '::': '::1'}.get(bound_address(), bound_address())
+
+
+def url_host(address):
+    """Return an IP address as a URL writes it: an IPv6 one in brackets."""
+    return f'[{address}]' if ':' in address else address
 
 
 def serving_answers():
-    """Tell whether gunicorn answers GET /healthz with 200 where BIND puts it: a loopback port or a Unix socket."""
+    """Tell whether gunicorn answers GET /healthz with 200 where BIND puts it: a TCP port or a Unix socket."""
     from ops.stack import answers  # ops.stack imports this module
     if settings.BIND_PORT is not None:
-        return answers(settings.BIND_PORT)
+        return answers(settings.BIND_PORT, host=url_host(called_address()))
     return unix_socket_answers(unix_socket_path())
 
 
@@ -165,10 +187,20 @@ def check_bind_free():
     """Stop the start, before anything runs, when gunicorn cannot bind where BIND (else PORT) says: a port something
     listens on (gunicorn would retry for seconds and exit, and the other server's answers would pass for its own),
     or a Unix socket path that is taken, live (gunicorn would take it over), or no place for a socket."""
-    from ops.ports import port_is_free
     if settings.BIND_PORT is None:
         check_unix_socket_path(unix_socket_path())
-    elif not port_is_free(settings.BIND_PORT):
+    else:
+        check_port_free(bound_address())
+
+
+def check_port_free(address):
+    """Raise StartupError when the machine has no such address, or something listens on BIND's port there."""
+    from ops.ports import port_is_free
+    try:
+        free = port_is_free(settings.BIND_PORT, address)
+    except OSError as exc:
+        raise StartupError(f'BIND {settings.BIND}: cannot bind {address} ({exc.strerror})') from None
+    if not free:
         setting = 'BIND' if settings.env_str('BIND') else 'PORT'
         raise StartupError(f'port {settings.BIND_PORT} ({settings.BIND}) is in use: stop what listens there, or set '
                            f'{setting}')

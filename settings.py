@@ -150,13 +150,20 @@ def bind_port(bind):
     ImproperlyConfigured for anything else."""
     if bind.startswith('unix:') and len(bind) > len('unix:'):
         return None
-    _, colon, port = bind.rpartition(':')
-    if not colon or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ImproperlyConfigured('BIND must be host:port (a port from 1 to 65535) or unix:/path')
+    host, colon, port = bind.rpartition(':')
+    if not colon or not port.isdigit() or not 1 <= int(port) <= 65535 or any(c in host for c in ', \t'):
+        raise ImproperlyConfigured('BIND must be one host:port (a port from 1 to 65535) or unix:/path')
     return int(port)
 
 
+def bind_host(bind):
+    """Return the host of a gunicorn bind address "host:port" without an IPv6 address's brackets ('' for all of the
+    machine's addresses, as ":8000" says), None for "unix:/path"."""
+    return None if bind_port(bind) is None else bind.rpartition(':')[0].strip('[]')
+
+
 BIND_PORT = bind_port(BIND)
+BIND_HOST = bind_host(BIND)
 WEB_CONCURRENCY = env_int('WEB_CONCURRENCY', 2 * (os.cpu_count() or 1) + 1, 1, 256)
 # gevent (the default): each request is a greenlet, so one waiting on PostgreSQL holds no process and /healthz
 # never queues behind actions (docs/performance.md, "Worker model"). gthread: THREADS threads per worker. sync: one

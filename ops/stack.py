@@ -123,10 +123,10 @@ class Child:
         self.process.wait()
 
 
-def answers(port, path='/healthz'):
-    """Tell whether 127.0.0.1:port answers GET path with 200."""
+def answers(port, path='/healthz', host='127.0.0.1'):
+    """Tell whether host:port (an address, IPv6 in brackets) answers GET path with 200."""
     try:
-        with urllib.request.urlopen(f'http://127.0.0.1:{port}{path}', timeout=1) as response:
+        with urllib.request.urlopen(f'http://{host}:{port}{path}', timeout=1) as response:
             return response.status == 200
     except OSError:
         return False

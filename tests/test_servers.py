@@ -198,6 +198,30 @@ def test_serve_on_a_unix_socket_path_it_cannot_bind_stops_at_once_and_says_so(se
                 listening.accept()[0].close()
 
 
+def test_serve_on_an_address_this_machine_does_not_have_stops_at_once_and_says_so(serve_data_dir):
+    bind = f'192.0.2.1:{free_port()}'  # TEST-NET-1 (RFC 5737): no machine's own address; a bind sends nothing
+    result = subprocess.run(SERVE_COMMAND, cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=60,
+                            env=serve_environment(serve_data_dir, BIND=bind))
+    assert result.returncode != 0 and f'BIND {bind}: cannot bind 192.0.2.1' in result.stderr, result.stderr
+    assert not postgres_processes(serve_data_dir), 'nothing starts before the check'
+
+
+def test_serve_on_ipv6_loopback_waits_for_it_and_says_where(serve_data_dir):
+    port = free_port()
+    with started_serve(serve_data_dir, BIND=f'[::1]:{port}', WEB_CONCURRENCY='1', LOG_LEVEL='WARNING') as process:
+        wait_for(lambda: process.poll() is not None or port_open_on('::1', port), 90, 'nothing listens on [::1]')
+        time.sleep(3)  # the "serves" line comes once /healthz answers there
+        output = ctrl_c(process)
+    assert f'dbapi serves on http://[::1]:{port} ' in output and f'http://[::1]:{port}/' in output, output[-2000:]
+
+
+def port_open_on(address, port):
+    """Tell whether something accepts TCP connections on address:port (IPv6)."""
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((address, port)) == 0
+
+
 def test_a_socket_a_stopped_server_left_behind_may_be_bound_again(tmp_path, monkeypatch):
     stale = tmp_path / 'stale.sock'
     with socket.socket(socket.AF_UNIX) as gone:

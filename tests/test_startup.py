@@ -60,7 +60,7 @@ def test_a_database_out_of_reach_is_one_line_without_its_password():
 
 
 def test_a_malformed_bind_stops_the_start_in_one_line():
-    assert_one_line_failure(run_manage('migrate', BIND='127.0.0.1'), 'BIND must be host:port')
+    assert_one_line_failure(run_manage('migrate', BIND='127.0.0.1'), 'BIND must be one host:port')
 
 
 def test_a_named_database_without_its_settings_stops_the_start():
