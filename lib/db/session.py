@@ -3,10 +3,12 @@ import logging
 import os
 import time
 
+import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
 from lib.db.types import READING_STYLES
+from lib.errors import GatewayTimeout
 
 log = logging.getLogger('dbapi.db')
 
@@ -40,10 +42,12 @@ class PooledConnection(psycopg2.extensions.connection):
         self.answer_deadline = time.monotonic() + int(timeout) if timeout and int(timeout) > 0 else None
         try:
             super().__init__(dsn, *args, **kwargs)
-        except BaseException:
+        except BaseException as exc:
             # The socket of a connect given up on closes now, not when the garbage collector finds the connection
             # in the exception's frames: a server that wakes up would find it waiting and make a session of it.
             self.close()
+            if isinstance(exc, GatewayTimeout):  # the wait callback's: libpq's own connect_timeout says this
+                raise psycopg2.OperationalError('timeout expired') from None
             raise
         self.answer_deadline = None
 
