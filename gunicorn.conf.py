@@ -1,10 +1,17 @@
 """gunicorn settings: workers, bind, timeouts, logging and metrics hooks. Pools are per process, made after fork."""
+import atexit
 import os
 import shutil
 import signal
 import tempfile
 
 from lib.errors import exit_on_startup_error
+
+
+def remove_metrics_dir(master_pid):
+    """Remove the metrics directory made below, in the master only (its forked workers inherit this exit handler)."""
+    if os.getpid() == master_pid:
+        shutil.rmtree(os.environ['PROMETHEUS_MULTIPROC_DIR'], ignore_errors=True)
 
 # A bad setting, token or module is one 'dbapi: ...' line and exit code 1, checked here in the master before it
 # forks (not a traceback per worker); gunicorn would print its own traceback for any exception but SystemExit.
@@ -16,6 +23,9 @@ with exit_on_startup_error():
     MADE_METRICS_DIR = not os.environ.get('PROMETHEUS_MULTIPROC_DIR')
     if MADE_METRICS_DIR:
         os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(prefix='dbapi-metrics-')
+        # At the master's exit, whatever ends it (a stop, a port it cannot bind, a bad module); one the operator set is
+        # left alone. gunicorn's on_exit hook runs after a stop only.
+        atexit.register(remove_metrics_dir, os.getpid())
 
     from lib.logs.metrics import clear_multiprocess_dir, forget_process
     from lib.logs import configure_process_logging
@@ -124,9 +134,3 @@ def worker_exit(server, worker):
 def child_exit(server, worker):
     """Drop a dead worker's live pool gauges from the metrics."""
     forget_process(worker.pid)
-
-
-def on_exit(server):
-    """Remove the metrics directory made above; one set by the operator is left alone."""
-    if MADE_METRICS_DIR:
-        shutil.rmtree(os.environ['PROMETHEUS_MULTIPROC_DIR'], ignore_errors=True)

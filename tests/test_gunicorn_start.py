@@ -2,6 +2,7 @@
 'dbapi: ...' line and exit code 1, no traceback and no secret; a clean stop (SIGTERM) prints no traceback."""
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,3 +91,23 @@ def test_a_database_out_of_reach_does_not_stop_the_start_only_readiness():
     with gunicorn_server(dict(DATABASE_URL=nobody_listens, WEB_CONCURRENCY='1')) as (port, _):
         readiness = http_request(port, 'GET', '/readyz')
     assert readiness.status == 503 and SECRET not in readiness.body.decode()
+
+
+@pytest.mark.parametrize('ending', ['a bad token', 'a port in use', 'a stop'])
+def test_the_metrics_directory_gunicorn_made_is_removed_however_it_ends(tmp_path, database_url, ending):
+    temporary = tmp_path / 'tmp'
+    temporary.mkdir()
+    environ = dict(DATABASE_URL=database_url, WEB_CONCURRENCY='1', TMPDIR=str(temporary), PROMETHEUS_MULTIPROC_DIR='')
+    if ending == 'a stop':
+        with gunicorn_server(environ) as (port, _):
+            assert http_request(port, 'GET', '/metrics').status == 200
+            assert list(temporary.glob('dbapi-metrics-*')), 'made while it serves'
+    elif ending == 'a bad token':
+        assert run_gunicorn(BEARER=f'{SECRET}!#', **environ).returncode == 1
+    else:
+        with socket.socket() as taken:
+            taken.bind(('127.0.0.1', 0))
+            taken.listen()
+            result = run_gunicorn(**environ, BIND=f'127.0.0.1:{taken.getsockname()[1]}')
+        assert result.returncode != 0
+    assert list(temporary.glob('dbapi-metrics-*')) == []
