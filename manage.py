@@ -15,9 +15,21 @@ import time
 
 from lib.errors import StartupError, report_startup_errors
 
+# The exit code of a command stopped by Ctrl-C (128 + SIGINT), as a shell reports it.
+STOPPED_BY_CTRL_C = 128 + signal.SIGINT
+
+
+def stop_the_start(signum, frame):
+    """Stop a command at Ctrl-C before gunicorn runs (imports, the embedded PostgreSQL's start, migrations): one
+    line, not a KeyboardInterrupt's traceback; what started is stopped by its own exit handlers."""
+    print('dbapi: stopped by Ctrl-C before it served', file=sys.stderr, flush=True)
+    raise SystemExit(STOPPED_BY_CTRL_C)
+
+
 if __name__ == '__main__':
     # Before settings is imported, whose checks run at import: their failure is one line, not a traceback.
     report_startup_errors()
+    signal.signal(signal.SIGINT, stop_the_start)
 
 import psycopg2  # noqa: E402
 from dotenv import dotenv_values  # noqa: E402
@@ -261,29 +273,43 @@ def serve():
     gunicorn = subprocess.Popen([sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'app:create_app()'],
                                 cwd=settings.BASE_DIR, env=environment, start_new_session=True,
                                 preexec_fn=die_with_parent)
-    signal.signal(signal.SIGTERM, lambda *_: gunicorn.terminate())
-    signal.signal(signal.SIGHUP, lambda *_: gunicorn.terminate())
-    signal.signal(signal.SIGINT, ctrl_c_handler(gunicorn))
-    if wait_until_serving(gunicorn):
+    stops = Stops(gunicorn)
+    signal.signal(signal.SIGTERM, stops.graceful)
+    signal.signal(signal.SIGHUP, stops.graceful)
+    signal.signal(signal.SIGINT, stops.ctrl_c)
+    if wait_until_serving(gunicorn) and not stops.asked:
         where = served_url() if settings.BIND_PORT is not None else settings.BIND
         print(f'dbapi serves on {where} with {settings.WEB_CONCURRENCY} workers. Try:\n'
               f'  {how_to_call(routes)}\nCtrl-C stops it.', flush=True)
-    return gunicorn.wait()
+    return stops.exit_code(gunicorn.wait())
 
 
-def ctrl_c_handler(gunicorn):
-    """Return the SIGINT handler of `make run`: the first Ctrl-C stops gunicorn gracefully (SIGTERM: the requests in
-    flight are answered and logged, within GRACEFUL_TIMEOUT), the next one at once (SIGINT, gunicorn's quick stop)."""
-    pressed = []
+class Stops:
+    """The stops `make run` asks of gunicorn: the first Ctrl-C, SIGTERM or SIGHUP stops it gracefully (SIGTERM: the
+    requests in flight are answered and logged, within GRACEFUL_TIMEOUT), a Ctrl-C after that at once (SIGINT,
+    gunicorn's quick stop)."""
 
-    def handle(*_):
-        if pressed:
-            gunicorn.send_signal(signal.SIGINT)
+    def __init__(self, gunicorn):
+        self.gunicorn = gunicorn
+        self.asked = False
+
+    def graceful(self, *_):
+        """Stop gunicorn once the requests in flight are done."""
+        self.asked = True
+        self.gunicorn.terminate()
+
+    def ctrl_c(self, *_):
+        """Stop gracefully the first time, at once after that."""
+        if self.asked:
+            self.gunicorn.send_signal(signal.SIGINT)
             return
-        pressed.append(True)
         print('Stopping: the requests in flight finish first. Ctrl-C again stops at once.', file=sys.stderr, flush=True)
-        gunicorn.terminate()
-    return handle
+        self.graceful()
+
+    def exit_code(self, code):
+        """Return gunicorn's exit code as make run's: a stop asked here is a success, one that ended gunicorn by the
+        signal itself too (it came before gunicorn had set its handlers)."""
+        return 0 if self.asked and code in (-signal.SIGTERM, -signal.SIGINT) else code
 
 
 def main(argv=None):

@@ -132,6 +132,39 @@ def test_ctrl_c_on_serve_lets_the_requests_in_flight_finish_and_be_logged(serve_
     assert process.returncode == 0
 
 
+def test_ctrl_c_before_gunicorn_runs_stops_the_start_in_one_line(serve_data_dir):
+    with started_serve(serve_data_dir, PORT=str(free_port()), WEB_CONCURRENCY='1') as process:
+        wait_for(lambda: postgres_processes(serve_data_dir) or process.poll() is not None, 90, 'no PostgreSQL')
+        postgres = postgres_processes(serve_data_dir)
+        output = ctrl_c(process)
+    assert process.returncode == 130 and 'Traceback' not in output, output[-2000:]
+    assert 'dbapi: stopped by Ctrl-C before it served' in output and 'serves on' not in output
+    psutil.wait_procs(postgres, timeout=15)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in postgres)
+
+
+def test_ctrl_c_while_gunicorn_boots_is_a_clean_stop(serve_data_dir):
+    port = free_port()
+    with started_serve(serve_data_dir, PORT=str(port), WEB_CONCURRENCY='1') as process:
+        wait_for(lambda: gunicorn_child(process) or process.poll() is not None, 90, 'no gunicorn', interval=0.01)
+        time.sleep(0.05)  # serve has its stop handlers a moment after gunicorn runs; gunicorn boots for a second
+        output = ctrl_c(process)
+    # A busy machine may still deliver it in that moment: the stop before serving, as clean.
+    stopped_before = process.returncode == 130 and 'dbapi: stopped by Ctrl-C before it served' in output
+    assert (process.returncode == 0 or stopped_before) and 'Traceback' not in output, output[-2000:]
+    assert 'serves on' not in output
+    wait_for(lambda: not port_open(port), 10, 'gunicorn still serves')
+
+
+def gunicorn_child(process):
+    """Return the gunicorn that `manage.py serve` (process) started, or None before it has."""
+    for child in psutil.Process(process.pid).children():
+        with contextlib.suppress(psutil.Error):  # one that has ended since (pg_ctl's)
+            if 'gunicorn' in ' '.join(child.cmdline()):
+                return child
+    return None
+
+
 def test_serve_on_a_unix_socket_says_where_and_how_to_call_it(serve_data_dir, tmp_path):
     path = tmp_path / 'dbapi.sock'
     with started_serve(serve_data_dir, BIND=f'unix:{path}', WEB_CONCURRENCY='1', LOG_LEVEL='WARNING') as process:
