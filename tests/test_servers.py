@@ -15,6 +15,7 @@ import pytest
 
 import manage
 import settings
+from ops.stack import answers
 from tests.helpers import (ADMIN_TOKEN, discard_data_dir, free_port, http_request, migration_ids, new_data_dir,
                            port_open, post, postgres_processes, running_gunicorn, server_environment, wait_for,
                            wait_until_healthy)
@@ -168,8 +169,8 @@ def gunicorn_child(process):
 def test_serve_on_a_unix_socket_says_where_and_how_to_call_it(serve_data_dir, tmp_path):
     path = tmp_path / 'dbapi.sock'
     with started_serve(serve_data_dir, BIND=f'unix:{path}', WEB_CONCURRENCY='1', LOG_LEVEL='WARNING') as process:
-        wait_for(lambda: process.poll() is not None or path.exists(), 90, 'no socket')
-        time.sleep(3)  # the "serves" line comes once /healthz answers on the socket
+        wait_for(lambda: process.poll() is not None or manage.unix_socket_answers(str(path)), 90, 'no answer')
+        time.sleep(1)  # the "serves" line comes within a tenth of a second of the first answer
         output = ctrl_c(process)
     assert f'dbapi serves on unix:{path}' in output and f'--unix-socket {path} http://localhost/' in output, \
         output[-2000:]
@@ -242,17 +243,10 @@ def test_serve_on_an_address_this_machine_does_not_have_stops_at_once_and_says_s
 def test_serve_on_ipv6_loopback_waits_for_it_and_says_where(serve_data_dir):
     port = free_port()
     with started_serve(serve_data_dir, BIND=f'[::1]:{port}', WEB_CONCURRENCY='1', LOG_LEVEL='WARNING') as process:
-        wait_for(lambda: process.poll() is not None or port_open_on('::1', port), 90, 'nothing listens on [::1]')
-        time.sleep(3)  # the "serves" line comes once /healthz answers there
+        wait_for(lambda: process.poll() is not None or answers(port, host='[::1]'), 90, 'no answer on [::1]')
+        time.sleep(1)  # the "serves" line comes within a tenth of a second of the first answer
         output = ctrl_c(process)
     assert f'dbapi serves on http://[::1]:{port} ' in output and f'http://[::1]:{port}/' in output, output[-2000:]
-
-
-def port_open_on(address, port):
-    """Tell whether something accepts TCP connections on address:port (IPv6)."""
-    with socket.socket(socket.AF_INET6) as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex((address, port)) == 0
 
 
 def test_a_socket_a_stopped_server_left_behind_may_be_bound_again(tmp_path, monkeypatch):
