@@ -162,18 +162,20 @@ def loads_exact(data, bounded=True):
         # orjson refuses numbers past a float's range, which the json module reads, and lone surrogates, which it
         # reads too: then every value is looked at, those that a key given twice loses included.
         value = REFUSED_BY_ORJSON_LOADS
+    refused = value is REFUSED_BY_ORJSON_LOADS
     if not has_float(value, MAX_BODY_DEPTH if bounded else None):
         return value
-    pairs_hook = dict_refusing_lost_surrogates if value is REFUSED_BY_ORJSON_LOADS else None
     try:
         value = json.loads(data if isinstance(data, str) else data.decode('utf-8'),
                            parse_float=BoundedNumbers() if bounded else ExactNumber,
                            parse_int=int if bounded else int_or_exact, parse_constant=refuse_constant,
-                           object_pairs_hook=pairs_hook)
+                           object_pairs_hook=dict_refusing_lost_surrogates if refused else None)
     except RecursionError:
         if bounded:
             raise TooDeep(f'The request body nests arrays and objects deeper than {MAX_BODY_DEPTH} levels.') from None
         raise ValueError('a JSON value nests arrays and objects deeper than Python reads') from None
+    if refused and bounded:
+        has_float(value, MAX_BODY_DEPTH)  # for its depth check, which orjson's document had above
     refuse_lone_surrogates(value)  # the json module lets through what orjson refuses
     return value
 
@@ -183,7 +185,10 @@ def dict_refusing_lost_surrogates(pairs):
     ValueError when a value the object loses holds a lone surrogate, which the check of the parsed value never sees."""
     result = dict(pairs)
     if len(result) < len(pairs):
-        refuse_lone_surrogates([value for _, value in pairs])
+        # The lost values alone: the kept ones are looked at with the whole document, so a value is walked once
+        # however many of the objects around it repeat a key.
+        last = {key: index for index, (key, _) in enumerate(pairs)}
+        refuse_lone_surrogates([value for index, (key, value) in enumerate(pairs) if last[key] != index])
     return result
 
 

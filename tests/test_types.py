@@ -5,6 +5,7 @@ import json
 import decimal
 import re
 import time
+import timeit
 import uuid
 
 import orjson
@@ -542,12 +543,35 @@ def post_raw(call, body):
 
 
 @pytest.mark.parametrize('depth', [129, 300, 1000, 10000])
-@pytest.mark.parametrize('leaf', ['', '1.5'])
+@pytest.mark.parametrize('leaf', ['', '1.5', '1e400', '"\\ud800"'])  # the last two, orjson refuses
 def test_a_body_nested_too_deeply_is_a_400_never_a_500(call, depth, leaf):
     body = ('{"x":' * depth + (leaf or '1') + '}' * depth).encode()
     response = post_raw(call, body)
     assert response.status_code == 400 and response.mimetype == 'application/problem+json'
     assert '128 levels' in response.get_json()['detail']
+
+
+def nested_body(depth, repeat_key):
+    """Return a body of objects depth deep around a large array, each repeating a key when repeat_key, with a
+    number orjson refuses (1e400), so that the json module reads it."""
+    twice = ', "d": 0, "d": 0' if repeat_key else ''
+    inner = '[' + ','.join(['0'] * 100_000) + ']'
+    for _ in range(depth):
+        inner = f'{{"v": {inner}{twice}}}'
+    return f'{{"x": {inner}, "z": 1e400}}'.encode()
+
+
+def parse_seconds(body):
+    """Return the least of three timings, in seconds, of loads_exact reading body."""
+    return min(timeit.repeat(lambda: loads_exact(body), number=1, repeat=3))
+
+
+def test_objects_that_repeat_a_key_walk_what_they_keep_once(call):
+    # A body's values are looked at for lone surrogates once: an object that repeats a key looks at what it loses
+    # only. Looking at all it held again, at each of 120 levels, took seconds of a worker for 800 kB.
+    repeated, plain = nested_body(120, repeat_key=True), nested_body(120, repeat_key=False)
+    assert post_raw(call, repeated).status_code == 200
+    assert parse_seconds(repeated) < 5 * parse_seconds(plain)
 
 
 @pytest.mark.parametrize('body, echoed', [(b'{"x": 1, "x": 2.5}', b'{"x":2.5}'),
