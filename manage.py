@@ -3,17 +3,8 @@
 Both check everything before anything starts: a bad setting, token, module or migration stops them with one line
 on stderr that names it (never a secret) and a non-zero exit code.
 """
-import argparse
-import inspect
-import os
 import signal
-import socket
-import stat
-import subprocess
 import sys
-import time
-
-from lib.errors import StartupError, report_startup_errors
 
 # The exit code of a command stopped by Ctrl-C (128 + SIGINT), as a shell reports it.
 STOPPED_BY_CTRL_C = 128 + signal.SIGINT
@@ -27,9 +18,21 @@ def stop_the_start(signum, frame):
 
 
 if __name__ == '__main__':
+    signal.signal(signal.SIGINT, stop_the_start)  # first: the imports below take a quarter of a second
+
+import argparse  # noqa: E402
+import inspect  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import stat  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+from lib.errors import StartupError, report_startup_errors  # noqa: E402
+
+if __name__ == '__main__':
     # Before settings is imported, whose checks run at import: their failure is one line, not a traceback.
     report_startup_errors()
-    signal.signal(signal.SIGINT, stop_the_start)
 
 import psycopg2  # noqa: E402
 from dotenv import dotenv_values  # noqa: E402
@@ -134,7 +137,7 @@ def how_to_call(routes=None):
 def unix_socket_path():
     """Return the absolute path of the Unix socket BIND names (unix:/path); a relative one is relative to the
     project's folder, where gunicorn runs."""
-    return os.path.join(settings.BASE_DIR, settings.BIND[len('unix:'):])
+    return os.path.normpath(os.path.join(settings.BASE_DIR, settings.BIND[len('unix:'):]))
 
 
 def served_url():
@@ -278,9 +281,9 @@ def serve():
     signal.signal(signal.SIGHUP, stops.graceful)
     signal.signal(signal.SIGINT, stops.ctrl_c)
     if wait_until_serving(gunicorn) and not stops.asked:
-        where = served_url() if settings.BIND_PORT is not None else settings.BIND
-        print(f'dbapi serves on {where} with {settings.WEB_CONCURRENCY} workers. Try:\n'
-              f'  {how_to_call(routes)}\nCtrl-C stops it.', flush=True)
+        where = served_url() if settings.BIND_PORT is not None else f'unix:{unix_socket_path()}'
+        workers = f'{settings.WEB_CONCURRENCY} worker' + ('s' if settings.WEB_CONCURRENCY > 1 else '')
+        print(f'dbapi serves on {where} with {workers}. Try:\n  {how_to_call(routes)}\nCtrl-C stops it.', flush=True)
     return stops.exit_code(gunicorn.wait())
 
 

@@ -151,8 +151,11 @@ def bind_port(bind):
     if bind.startswith('unix:') and len(bind) > len('unix:'):
         return None
     host, colon, port = bind.rpartition(':')
-    if not colon or not port.isdigit() or not 1 <= int(port) <= 65535 or any(c in host for c in ', \t'):
-        raise ImproperlyConfigured('BIND must be one host:port (a port from 1 to 65535) or unix:/path')
+    bracketed = host.startswith('[') and host.endswith(']')
+    if (not colon or not port.isdigit() or not 1 <= int(port) <= 65535 or any(c in host for c in ', \t')
+            or ('[' in host or ']' in host or ':' in host) and not bracketed):
+        raise ImproperlyConfigured('BIND must be one host:port (a port from 1 to 65535, an IPv6 address in brackets: '
+                                   '[::1]:8000) or unix:/path')
     return int(port)
 
 

@@ -36,8 +36,13 @@ class Route:
 
 
 def module_folders(package):
-    """Yield (name, folder) for each module folder inside an importable package."""
-    root = Path(importlib.import_module(package).__path__[0])
+    """Yield (name, folder) for each module folder inside a package of MODULE_PACKAGES; ModuleError when it cannot
+    be imported or is no package."""
+    try:
+        root = Path(importlib.import_module(package).__path__[0])
+    except (ImportError, AttributeError) as exc:
+        raise ModuleError(f'MODULE_PACKAGES names {package!r}, which is no importable package '
+                          f'({type(exc).__name__}: {exc})') from exc
     for folder in sorted(root.iterdir()):
         if folder.is_dir() and not folder.name.startswith(('_', '.')):
             yield folder.name, folder

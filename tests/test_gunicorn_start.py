@@ -42,6 +42,10 @@ def test_a_malformed_database_url_is_one_line(url):
     assert_one_line(run_gunicorn(DATABASE_URL=url), 'DATABASE_URL', 'percent-encode')
 
 
+def test_module_packages_naming_no_package_is_one_line(database_url):
+    assert_one_line(run_gunicorn(DATABASE_URL=database_url, MODULE_PACKAGES='no_such_package'), 'MODULE_PACKAGES')
+
+
 def test_a_bad_token_is_one_line():
     assert_one_line(run_gunicorn(BEARER=f'{SECRET}!#'), 'BEARER', 'RFC 6750')
 

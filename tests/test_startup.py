@@ -126,6 +126,12 @@ def broken_module(tmp_path):
     return tmp_path
 
 
+@pytest.mark.parametrize('packages', ['no_such_package', 'settings'])  # not importable; a module, no package
+def test_module_packages_naming_no_package_stops_serve_in_one_line(database_url, packages):
+    result = run_manage('serve', DATABASE_URL=database_url, MODULE_PACKAGES=packages, PORT='1')
+    assert_one_line_failure(result, f"MODULE_PACKAGES names '{packages}'", secrets=())
+
+
 def test_a_broken_module_stops_serve_once_before_gunicorn_starts(broken_module, database_url):
     result = run_manage('serve', broken_module, DATABASE_URL=database_url, MODULE_PACKAGES='brokenmods',
                         PORT='1', WEB_CONCURRENCY='3')

@@ -26,6 +26,13 @@ class PoolTimeout(ServiceUnavailable):
     detail = 'No database connection came free in time. Try again shortly.'
 
 
+class DatabaseUnreachable(ServiceUnavailable):
+    """A new connection could not be made: refused, or not made within DB_CONNECT_TIMEOUT (503). Nothing of the
+    request reached the database."""
+
+    detail = 'The database cannot be reached. Nothing was sent to it; try again shortly.'
+
+
 class ClientOverLimit(TooManyRequests):
     """The client already holds as many of the pool's connections as it may (429)."""
 
@@ -192,7 +199,10 @@ class Pool:
     def connect(self):
         """Open a new connection and configure it."""
         self.stats['connects'] += 1
-        conn = psycopg2.connect(self.dsn, **self.connect_kwargs)
+        try:
+            conn = psycopg2.connect(self.dsn, **self.connect_kwargs)
+        except psycopg2.OperationalError as exc:  # libpq's reason, host and port stay in the log's cause
+            raise DatabaseUnreachable() from exc
         try:
             self.configure(conn)
         except BaseException:
