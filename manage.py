@@ -21,11 +21,14 @@ if __name__ == '__main__':
     signal.signal(signal.SIGINT, stop_the_start)  # first: the imports below take a quarter of a second
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import inspect  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import socket  # noqa: E402
 import stat  # noqa: E402
 import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 from lib.errors import StartupError, report_startup_errors  # noqa: E402
@@ -269,6 +272,27 @@ def serve():
     apply_migrations(dsn)
     routes = preflight(dsn)
     environment = {**os.environ, 'DATABASE_URL': dsn} if not settings.DATABASES['default'] else dict(os.environ)
+    with metrics_dir(environment):
+        return run_gunicorn(environment, routes)
+
+
+@contextlib.contextmanager
+def metrics_dir(environment):
+    """Give gunicorn a metrics directory (PROMETHEUS_MULTIPROC_DIR) made here and removed once it has ended, however
+    it ended: a gunicorn stopped before it has set its signal handlers dies without running its exit handlers, which
+    would remove one it made itself. One the operator set is left alone."""
+    if environment.get('PROMETHEUS_MULTIPROC_DIR'):
+        yield
+        return
+    environment['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(prefix='dbapi-metrics-')
+    try:
+        yield
+    finally:
+        shutil.rmtree(environment['PROMETHEUS_MULTIPROC_DIR'], ignore_errors=True)
+
+
+def run_gunicorn(environment, routes):
+    """Run gunicorn until it ends; print where it serves once it answers; return make run's exit code."""
     # A session of its own: the terminal's Ctrl-C comes here, never straight to gunicorn, which takes SIGINT for a
     # quick stop that drops the requests in flight unanswered and unlogged.
     # It stops (SIGTERM) when this process dies, even by SIGKILL: no orphan keeps the port.

@@ -144,10 +144,12 @@ def test_ctrl_c_before_gunicorn_runs_stops_the_start_in_one_line(serve_data_dir)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in postgres)
 
 
-def test_ctrl_c_while_gunicorn_boots_is_a_clean_stop(serve_data_dir):
+def test_ctrl_c_while_gunicorn_boots_is_a_clean_stop(serve_data_dir, tmp_path):
     port = free_port()
-    with started_serve(serve_data_dir, PORT=str(port), WEB_CONCURRENCY='1') as process:
-        wait_for(lambda: gunicorn_child(process) or process.poll() is not None, 90, 'no gunicorn', interval=0.01)
+    with started_serve(serve_data_dir, PORT=str(port), WEB_CONCURRENCY='1', TMPDIR=str(tmp_path)) as process:
+        def booting():
+            return gunicorn_child(process) and list(tmp_path.glob('dbapi-metrics-*')) or process.poll() is not None
+        wait_for(booting, 90, 'no gunicorn', interval=0.01)
         time.sleep(0.05)  # serve has its stop handlers a moment after gunicorn runs; gunicorn boots for a second
         output = ctrl_c(process)
     # A busy machine may still deliver it in that moment: the stop before serving, as clean.
@@ -155,6 +157,7 @@ def test_ctrl_c_while_gunicorn_boots_is_a_clean_stop(serve_data_dir):
     assert (process.returncode == 0 or stopped_before) and 'Traceback' not in output, output[-2000:]
     assert 'serves on' not in output
     wait_for(lambda: not port_open(port), 10, 'gunicorn still serves')
+    assert list(tmp_path.glob('dbapi-metrics-*')) == [], 'the metrics directory stays behind'
 
 
 def gunicorn_child(process):
