@@ -238,7 +238,7 @@ WORKER_TIMEOUT = worker_timeout(REQUEST_BOUND_MS)
 # Seconds a stopping worker has to finish the requests it accepted (gunicorn's graceful_timeout): by default the
 # deadline, so a request accepted just before the stop can finish. Less is allowed: the queries still running a
 # second before it ends are cancelled (503, rolled back), never killed half-committed.
-GRACEFUL_TIMEOUT = env_int('GRACEFUL_TIMEOUT', -(-REQUEST_DEADLINE_MS // 1000) or 30, 0, 3600)
+GRACEFUL_TIMEOUT = env_int('GRACEFUL_TIMEOUT', -(-REQUEST_DEADLINE_MS // 1000) or 30, 1, 3600)
 
 
 def max_requests_in_flight(worker_class, threads, pool_max):
