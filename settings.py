@@ -1,4 +1,5 @@
 """Settings: Django-style constants read once from the environment after env/<ENVIRONMENT>/.env."""
+import ipaddress
 import os
 import re
 import tempfile
@@ -151,12 +152,22 @@ def bind_port(bind):
     if bind.startswith('unix:') and len(bind) > len('unix:'):
         return None
     host, colon, port = bind.rpartition(':')
-    bracketed = host.startswith('[') and host.endswith(']')
-    if (not colon or not port.isdigit() or not 1 <= int(port) <= 65535 or any(c in host for c in ', \t')
-            or ('[' in host or ']' in host or ':' in host) and not bracketed):
+    odd_host = any(c in host for c in ', \t') or any(c in host for c in '[]:') and not ipv6_in_brackets(host)
+    if not colon or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535 or odd_host:
         raise ImproperlyConfigured('BIND must be one host:port (a port from 1 to 65535, an IPv6 address in brackets: '
                                    '[::1]:8000) or unix:/path')
     return int(port)
+
+
+def ipv6_in_brackets(host):
+    """Tell whether host is an IPv6 address in brackets, "[::1]", as a URL writes one (RFC 3986, 3.2.2)."""
+    if not (host.startswith('[') and host.endswith(']')):
+        return False
+    try:
+        ipaddress.IPv6Address(host[1:-1])
+    except ValueError:
+        return False
+    return True
 
 
 def bind_host(bind):

@@ -40,7 +40,7 @@ def module_folders(package):
     be imported or is no package."""
     try:
         root = Path(importlib.import_module(package).__path__[0])
-    except (ImportError, AttributeError) as exc:
+    except (ImportError, AttributeError, IndexError, TypeError, ValueError) as exc:  # a relative or empty name too
         raise ModuleError(f'MODULE_PACKAGES names {package!r}, which is no importable package '
                           f'({type(exc).__name__}: {exc})') from exc
     for folder in sorted(root.iterdir()):

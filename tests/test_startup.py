@@ -126,7 +126,7 @@ def broken_module(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize('packages', ['no_such_package', 'settings'])  # not importable; a module, no package
+@pytest.mark.parametrize('packages', ['no_such_package', 'settings', '.modules'])  # not importable; no package; relative
 def test_module_packages_naming_no_package_stops_serve_in_one_line(database_url, packages):
     result = run_manage('serve', DATABASE_URL=database_url, MODULE_PACKAGES=packages, PORT='1')
     assert_one_line_failure(result, f"MODULE_PACKAGES names '{packages}'", secrets=())
