@@ -100,6 +100,7 @@ def test_a_deadline_answers_504_problem_through_the_app(make_app, probe_table):
     app.add_url_rule('/deadline/think', 'deadline_think', lambda: write_then_think(0.5) or {}, methods=['POST'])
     response = app.test_client().post('/deadline/think')
     assert response.status_code == 504 and response.content_type == 'application/problem+json'
+    assert response.get_json()['detail'] == 'The request ran past its deadline; nothing was committed.'
     assert rows_written(probe_table) == 0
 
 

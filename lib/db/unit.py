@@ -15,8 +15,9 @@ class DeadlineExceeded(GatewayTimeout):
 
 class DatabaseNotAnswering(GatewayTimeout):
     """PostgreSQL had not answered ANSWER_GRACE_SECONDS past the request's deadline, when its own statement timeout
-    would have, or a new connection's connect_timeout after it was asked (504): the server hangs or cannot be
-    reached, and the connection is closed. What was sent may still run there."""
+    would have (504): the server hangs or cannot be reached, and the connection is closed. What was sent may still
+    run there. (A new connection not made within its connect_timeout is a database down instead: DatabaseUnreachable,
+    503.)"""
 
     detail = 'The database did not answer in time. What the request sent may still run.'
 
