@@ -28,8 +28,6 @@ JSON_MIMETYPE = 'application/json'
 REFUSED_BY_ORJSON = ('Integer exceeds 64-bit range', 'Dict integer key must be within 64-bit range',
                      'datetime.time must not have tzinfo set')
 INT64_MIN, UINT64_MAX = -2 ** 63, 2 ** 64 - 1
-# What loads_exact holds for a text orjson refused: a float, so that has_float sends it to the json module.
-REFUSED_BY_ORJSON_LOADS = float('nan')
 ORJSON_RECURSION_LIMIT = 'Recursion limit reached'  # orjson's error past 254 levels of arrays and objects
 # The digits a request body's numbers may take written out in full (1e-16383 is 16,384 of them): as many as the
 # default MAX_CONTENT_LENGTH has bytes.
@@ -157,13 +155,12 @@ def loads_exact(data, bounded=True):
     that PostgreSQL stored): such an integer is an ExactNumber, and any number is read.
     """
     try:
-        value = orjson.loads(data)
+        value, refused = orjson.loads(data), False
     except orjson.JSONDecodeError:
         # orjson refuses numbers past a float's range, which the json module reads, and lone surrogates, which it
         # reads too: then every value is looked at, those that a key given twice loses included.
-        value = REFUSED_BY_ORJSON_LOADS
-    refused = value is REFUSED_BY_ORJSON_LOADS
-    if not has_float(value, MAX_BODY_DEPTH if bounded else None):
+        value, refused = None, True
+    if not refused and not has_float(value, MAX_BODY_DEPTH if bounded else None):
         return value
     try:
         value = json.loads(data if isinstance(data, str) else data.decode('utf-8'),

@@ -93,6 +93,12 @@ def started_serve(data_dir, output=subprocess.PIPE, **settings_):
             os.killpg(process.pid, signal.SIGKILL)
 
 
+def run_serve(data_dir, **settings_):
+    """Run `manage.py serve` to its end (a start it refuses), with settings_; return the completed process."""
+    return subprocess.run(SERVE_COMMAND, cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=60,
+                          env=serve_environment(data_dir, **settings_))
+
+
 def ctrl_c(process):
     """Send SIGINT to serve's whole session, as a terminal's Ctrl-C does; return its output once it has ended."""
     os.killpg(process.pid, signal.SIGINT)
@@ -200,8 +206,7 @@ def test_serve_on_a_port_in_use_stops_at_once_and_says_so(serve_data_dir, settin
         port = taken.getsockname()[1]
         # BIND, which gunicorn binds, wins over PORT.
         chosen = {'PORT': str(port)} if setting == 'PORT' else {'BIND': f'127.0.0.1:{port}', 'PORT': str(free_port())}
-        result = subprocess.run(SERVE_COMMAND, cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=60,
-                                env=serve_environment(serve_data_dir, **chosen, BEARER='serve-test-token'))
+        result = run_serve(serve_data_dir, **chosen, BEARER='serve-test-token')
     assert result.returncode != 0
     assert f'port {port} (127.0.0.1:{port}) is in use' in result.stderr and 'serves' not in result.stdout
     assert f'or set {setting}' in result.stderr
@@ -223,8 +228,7 @@ def test_serve_on_a_unix_socket_path_it_cannot_bind_stops_at_once_and_says_so(se
             path.write_text('')
         else:
             path = tmp_path / 'missing' / 'dbapi.sock'
-        result = subprocess.run(SERVE_COMMAND, cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=60,
-                                env=serve_environment(serve_data_dir, BIND=f'unix:{path}'))
+        result = run_serve(serve_data_dir, BIND=f'unix:{path}')
         assert result.returncode != 0 and message in result.stderr, result.stderr
         assert result.stderr.count('\n') == 1 and 'serves' not in result.stdout
         assert not postgres_processes(serve_data_dir), 'nothing starts before the check'
@@ -237,8 +241,7 @@ def test_serve_on_a_unix_socket_path_it_cannot_bind_stops_at_once_and_says_so(se
 
 def test_serve_on_an_address_this_machine_does_not_have_stops_at_once_and_says_so(serve_data_dir):
     bind = f'192.0.2.1:{free_port()}'  # TEST-NET-1 (RFC 5737): no machine's own address; a bind sends nothing
-    result = subprocess.run(SERVE_COMMAND, cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=60,
-                            env=serve_environment(serve_data_dir, BIND=bind))
+    result = run_serve(serve_data_dir, BIND=bind)
     assert result.returncode != 0 and f'BIND {bind}: cannot bind 192.0.2.1' in result.stderr, result.stderr
     assert not postgres_processes(serve_data_dir), 'nothing starts before the check'
 
