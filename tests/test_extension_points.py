@@ -6,6 +6,7 @@ import logging
 import pytest
 
 import psycopg2.extensions
+import psycopg2.extras
 
 from lib.db import DEFAULT, Pool, connection
 from lib.db.session import (DISCARD_ALL, RESET_SESSION, PooledConnection, application_name, configure_with,
@@ -195,6 +196,35 @@ def test_a_reset_that_fails_throws_the_connection_away(make_app):
     with connection(pool, autocommit=True):
         pass
     assert pool.gauges()['idle'] == 0 and pool.gauges()['discarded'] == 1
+
+
+def test_a_reset_that_raises_any_error_throws_the_connection_away_and_the_request_stands(make_app, caplog):
+    def buggy_reset(conn):
+        raise RuntimeError('a bug in a custom reset')
+
+    app = make_app(DB_POOL_MAX=1, DB_RESET=buggy_reset)
+    call = Caller(app.test_client())
+    with caplog.at_level(logging.ERROR, logger='dbapi.db'):
+        created = call('/users/create', {'email': 'reset-bug@example.com', 'name': 'Reset Bug'})
+    assert created.status_code == 201, 'the insert was committed: the answer must say so'
+    assert call('/users/get', {'id': created.get_json()['id']}).status_code == 200
+    assert app.extensions['dbapi'].pools[DEFAULT].gauges()['discarded'] == 2  # one per request, each closed
+    logged = [record.exc_info[1].args for record in caplog.records if record.name == 'dbapi.db']
+    assert logged == [('a bug in a custom reset',)] * 2
+
+
+def test_an_actions_cursor_factory_does_not_reach_the_reset_or_the_next_request(make_app):
+    app = make_app(DB_POOL_MAX=1)
+
+    @app.post('/scratchpad/logging-cursor')
+    @inject_conn(DEFAULT, named=False)
+    def choose_a_cursor_class(conn):
+        conn.cursor_factory = psycopg2.extras.LoggingCursor  # runs only on a LoggingConnection
+        return {'chosen': True}
+    call = Caller(app.test_client())
+    assert [call('/scratchpad/logging-cursor', {}).status_code for _ in range(2)] == [200, 200]
+    assert call('/session/state').status_code == 200
+    assert app.extensions['dbapi'].pools[DEFAULT].gauges()['connects'] == 1
 
 
 class Money:

@@ -1,5 +1,6 @@
 """The connection pool: bounded, thread-safe, per process, with configure and reset callbacks at its seams."""
 import collections
+import logging
 import select
 import threading
 import time
@@ -12,6 +13,8 @@ from lib.db.session import bound_answers
 from lib.errors import GatewayTimeout, ServiceUnavailable, TooManyRequests
 from lib.polling import ready_events
 from lib.process import after_fork
+
+log = logging.getLogger('dbapi.db')
 
 # How long a connection coming back waits for PostgreSQL to answer its rollback and reset (lib/db/green.py).
 RESET_ANSWER_SECONDS = 5
@@ -71,17 +74,20 @@ def connection_is_stale(conn):
 
 def driver_state(conn):
     """Return what psycopg2 itself keeps of conn's session, which no SQL reset reaches: (isolation_level, readonly,
-    deferrable, encoding), as set_session and set_client_encoding leave them (None: the server's default)."""
-    return conn.isolation_level, conn.readonly, conn.deferrable, conn.encoding
+    deferrable, encoding, cursor_factory), as set_session, set_client_encoding and the cursor_factory attribute
+    leave them (None: the server's default, or psycopg2's own cursor)."""
+    return conn.isolation_level, conn.readonly, conn.deferrable, conn.encoding, conn.cursor_factory
 
 
 def restore_driver_state(conn, state):
-    """Put psycopg2's own state of idle conn back to state (from driver_state) where an action changed it."""
-    *session, encoding = state
+    """Put psycopg2's own state of idle conn back to state (from driver_state) where an action changed it: the
+    reset then runs on the cursors configure left, never on a cursor_factory an action chose."""
+    *session, encoding, cursor_factory = state
     if [conn.isolation_level, conn.readonly, conn.deferrable] != session:
         conn.set_session(*['DEFAULT' if value is None else value for value in session])
     if conn.encoding != encoding:
         conn.set_client_encoding(encoding)
+    conn.cursor_factory = cursor_factory
 
 
 def close_quietly(conn):
@@ -212,20 +218,25 @@ class Pool:
         return conn
 
     def give_back(self, conn):
-        """Return conn to the pool reset, or throw it away when it is broken or cannot be reset."""
+        """Return conn to the pool reset, or throw it away when it is broken or cannot be reset; never raise for
+        the reset (what the request did stands, committed or not), and close conn whatever ends the give-back."""
+        kept = False
         try:
-            if self.reusable(conn):
+            kept = self.reusable(conn)
+        finally:
+            if kept:
                 self.idle.append(conn)
             else:
                 self.stats['discarded'] += 1
                 close_quietly(conn)
-        finally:
             self.in_use -= 1
             self.slots.release()
 
     def reusable(self, conn):
         """Roll back any open transaction and reset the session; tell whether conn can serve again. Under gevent,
-        PostgreSQL has RESET_ANSWER_SECONDS to answer; a connection it leaves waiting longer is thrown away."""
+        PostgreSQL has RESET_ANSWER_SECONDS to answer; a connection it leaves waiting longer is thrown away. A
+        reset that fails with anything but a database error (a bug in a DB_RESET, an action's cursor class) is
+        logged with its traceback."""
         if conn.closed or conn.info.transaction_status == BROKEN:
             return False
         bound_answers(conn, time.monotonic() + RESET_ANSWER_SECONDS)
@@ -238,6 +249,9 @@ class Pool:
             # request's payloads, which the next borrower must not read.
             conn.notifies.clear()
         except (psycopg2.Error, GatewayTimeout):
+            return False
+        except Exception:
+            log.exception('The reset of a returned connection failed; the connection is thrown away')
             return False
         bound_answers(conn, None)
         return not conn.closed and conn.info.transaction_status == IDLE

@@ -97,7 +97,7 @@ def set_statements(settings):
 def run_in_autocommit(conn, statement):
     """Run statement (SQL text) on conn outside any transaction."""
     conn.autocommit = True
-    with conn.cursor() as cursor:
+    with conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
         cursor.execute(statement)
 
 
