@@ -10,10 +10,15 @@ import sys
 STOPPED_BY_CTRL_C = 128 + signal.SIGINT
 
 
+# What a Ctrl-C that stops a command says: serve's start, or migrate, which never serves.
+CTRL_C_LINES = {'migrate': 'dbapi: migrate stopped by Ctrl-C; run it again to apply the migrations still pending'}
+CTRL_C_BEFORE_SERVING = 'dbapi: stopped by Ctrl-C before it served'
+
+
 def stop_the_start(signum, frame):
     """Stop a command at Ctrl-C before gunicorn runs (imports, the embedded PostgreSQL's start, migrations): one
     line, not a KeyboardInterrupt's traceback; what started is stopped by its own exit handlers."""
-    print('dbapi: stopped by Ctrl-C before it served', file=sys.stderr, flush=True)
+    print(CTRL_C_LINES.get(sys.argv[1:2] and sys.argv[1], CTRL_C_BEFORE_SERVING), file=sys.stderr, flush=True)
     raise SystemExit(STOPPED_BY_CTRL_C)
 
 

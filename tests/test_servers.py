@@ -80,10 +80,11 @@ def serve_environment(data_dir, **settings_):
 
 
 @contextlib.contextmanager
-def started_serve(data_dir, output=subprocess.PIPE, **settings_):
-    """Start `manage.py serve` in a session of its own, as a terminal starts a foreground job, its stderr with its
-    stdout into output; yield the process, killed with its whole session if it still runs after the block."""
-    process = subprocess.Popen(SERVE_COMMAND, cwd=settings.BASE_DIR, start_new_session=True,
+def started_serve(data_dir, output=subprocess.PIPE, command=SERVE_COMMAND, **settings_):
+    """Start `manage.py serve` (or command) in a session of its own, as a terminal starts a foreground job, its
+    stderr with its stdout into output; yield the process, killed with its whole session if it still runs after
+    the block."""
+    process = subprocess.Popen(command, cwd=settings.BASE_DIR, start_new_session=True,
                                env=serve_environment(data_dir, **settings_), stdout=output, stderr=subprocess.STDOUT,
                                text=True)
     try:
@@ -139,13 +140,18 @@ def test_ctrl_c_on_serve_lets_the_requests_in_flight_finish_and_be_logged(serve_
     assert process.returncode == 0
 
 
-def test_ctrl_c_before_gunicorn_runs_stops_the_start_in_one_line(serve_data_dir):
-    with started_serve(serve_data_dir, PORT=str(free_port()), WEB_CONCURRENCY='1') as process:
+@pytest.mark.parametrize('command, line', [
+    ('serve', 'dbapi: stopped by Ctrl-C before it served'),
+    ('migrate', 'dbapi: migrate stopped by Ctrl-C; run it again to apply the migrations still pending'),
+])
+def test_ctrl_c_before_gunicorn_runs_stops_the_start_in_one_line(serve_data_dir, command, line):
+    with started_serve(serve_data_dir, command=[*SERVE_COMMAND[:-1], command], PORT=str(free_port()),
+                       WEB_CONCURRENCY='1') as process:
         wait_for(lambda: postgres_processes(serve_data_dir) or process.poll() is not None, 90, 'no PostgreSQL')
         postgres = postgres_processes(serve_data_dir)
         output = ctrl_c(process)
     assert process.returncode == 130 and 'Traceback' not in output, output[-2000:]
-    assert 'dbapi: stopped by Ctrl-C before it served' in output and 'serves on' not in output
+    assert output.strip().splitlines()[-1] == line and 'serves on' not in output
     psutil.wait_procs(postgres, timeout=15)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in postgres)
 
