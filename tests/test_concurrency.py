@@ -459,6 +459,32 @@ def test_a_new_connection_to_a_server_that_never_answers_gives_up_after_the_conn
             assert sessions == 1, 'the connect given up on left no session behind'
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread'])
+def test_a_cancel_the_server_does_not_take_leaves_the_worker_serving(tmp_path, worker_class):
+    seconds = 30 + random.randint(1, 999) / 1000
+    query = f'SELECT pg_sleep({seconds})'
+    with throwaway_postgres('cancel-') as (dsn, data_dir):
+        postmaster = int((data_dir / 'postmaster.pid').read_text().split()[0])
+        with gunicorn_logging_to(tmp_path, DATABASE_URL=dsn, WEB_CONCURRENCY='1', DB_POOL_MAX='1', LOG_LEVEL='INFO',
+                                 WORKER_CLASS=worker_class) as (port, _):
+            client = raw_post(port, '/slow/sleep', {'seconds': seconds}, 'gone-while-frozen')
+            backend = wait_for(lambda: backend_running(dsn, query), 10, 'the query did not start')
+            os.kill(postmaster, signal.SIGSTOP)  # the kernel accepts the cancel's connection, nobody reads it
+            try:
+                client.close()
+                time.sleep(0.3)  # the watcher has seen the client go and waits for the server to take the cancel
+                assert http_request(port, 'GET', '/healthz', timeout=2).status == 200, 'the worker serves on'
+                time.sleep(1)  # past the second a cancel is waited for
+            finally:
+                os.kill(postmaster, signal.SIGCONT)
+            wait_for(lambda: not backend_running(dsn, query), 10, 'the late cancel did not end the query')
+            served = post(port, '/slow/backend')
+    assert served.status == 200 and served.json()['pid'] != backend, 'a connection whose cancel came late is closed'
+    line = gunicorn_access_line(tmp_path, 'gone-while-frozen')
+    assert line['http']['response']['status_code'] == 499 and line['error']['code'] == '57014', line
+
+
 # A stream cut short (database error half-way, client gone, worker stopped) is a failure with the bytes sent
 
 

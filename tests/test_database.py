@@ -1,5 +1,6 @@
 """The database layer: pooled connections always given back, session settings, recovery, migrations."""
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -12,7 +13,9 @@ import pytest
 from psycopg2.extensions import parse_dsn
 
 import settings
+from lib.db.cancel import LIBPQ, cancel_running_query
 from lib.db.migrate import MIGRATION_TABLE, migrate
+from lib.db.session import PooledConnection
 from lib.errors import ServiceUnavailable
 from tests.helpers import (PROBE_SQL, Caller, assert_problem, drop_database, migration_ids, recreate_database, run_sql,
                            throwaway_postgres)
@@ -232,3 +235,44 @@ def test_a_slot_wait_that_times_out_leaves_the_line():
     assert not slots.acquire(timeout=0.05) and not slots.waiters
     slots.release()
     assert slots.free == 1
+
+
+def test_cancel_requests_go_through_psycopg2s_own_libpq():
+    # Not the fallback (connection.cancel(), which holds the GIL): lib/db/cancel.py found the libpq psycopg2 uses.
+    assert LIBPQ is not None and LIBPQ.PQlibVersion() == psycopg2.__libpq_version__
+
+
+def test_a_cancel_the_server_does_not_take_lets_the_process_run_and_marks_the_connection():
+    with throwaway_postgres('cancel-') as (dsn, data_dir):
+        postmaster = int((data_dir / 'postmaster.pid').read_text().split()[0])
+        conn = psycopg2.connect(dsn, connection_factory=PooledConnection)
+        outcome = []
+        query = threading.Thread(target=lambda: outcome.append(run_and_catch(conn, 'SELECT pg_sleep(30)')))
+        query.start()
+        time.sleep(0.3)
+        os.kill(postmaster, signal.SIGSTOP)  # the kernel accepts the cancel's connection, nobody reads it
+        try:
+            ticks = []
+            ticker = threading.Thread(target=lambda: [ticks.append(time.sleep(0.05)) for _ in range(20)])
+            ticker.start()
+            started = time.monotonic()
+            cancel_running_query(conn)
+            waited = time.monotonic() - started
+            ticker.join()
+        finally:
+            os.kill(postmaster, signal.SIGCONT)
+        query.join(10)
+    assert 1 <= waited < 2, 'ACKNOWLEDGE_SECONDS, then it gives up'
+    assert len(ticks) == 20, 'the other threads ran meanwhile'
+    assert conn.cancel_unacknowledged, 'the pool throws such a connection away'
+    assert outcome == ['57014'], 'the request the server took late cancelled the query'
+
+
+def run_and_catch(conn, statement):
+    """Run statement on conn; return the SQLSTATE it failed with, or None."""
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(statement)
+    except psycopg2.Error as exc:
+        return exc.pgcode
+    return None

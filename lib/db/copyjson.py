@@ -15,6 +15,7 @@ import orjson
 import psycopg2.extensions
 from psycopg2 import sql
 
+from lib.db.cancel import cancel_running_query
 from lib.db.types import cast_timestamp, cast_timestamptz
 from lib.jsonenc import dumps_bytes
 
@@ -324,8 +325,7 @@ class Prefetcher:
             cancel = self.fetching and not self.ended
         self.free.put(None)
         if cancel:
-            with suppress(psycopg2.Error):
-                self.connection.cancel()
+            cancel_running_query(self.connection)
         self.thread.join()
 
 

@@ -237,8 +237,8 @@ class Pool:
         PostgreSQL has RESET_ANSWER_SECONDS to answer; a connection it leaves waiting longer is thrown away. A
         reset that fails with anything but a database error (a bug in a DB_RESET, an action's cursor class) is
         logged with its traceback."""
-        if conn.closed or conn.info.transaction_status == BROKEN:
-            return False
+        if conn.closed or conn.info.transaction_status == BROKEN or getattr(conn, 'cancel_unacknowledged', False):
+            return False  # a cancel request the server has not taken may still cancel the next query
         bound_answers(conn, time.monotonic() + RESET_ANSWER_SECONDS)
         try:
             if conn.info.transaction_status != IDLE:

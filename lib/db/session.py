@@ -7,6 +7,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
+from lib.db.cancel import cancel_request_for
 from lib.db.types import READING_STYLES
 from lib.errors import GatewayTimeout
 
@@ -27,9 +28,12 @@ DISCARD_ALL = 'DISCARD ALL'
 
 class PooledConnection(psycopg2.extensions.connection):
     """psycopg2's connection (passed as connection_factory, psycopg2's documented way to extend it), with room for
-    the statement the default reset chose for it after its first reset, and for when to stop waiting for answers."""
+    the statement the default reset chose for it after its first reset, for when to stop waiting for answers, and
+    for its cancel request, which lib/db/cancel.py sends without the GIL (and whether one sent was not taken)."""
 
     reset_statement = None
+    cancel_request = None
+    cancel_unacknowledged = False
     # A time.monotonic() value: past it, the gevent wait callback (lib/db/green.py) stops waiting for PostgreSQL to
     # answer and raises DatabaseNotAnswering, and psycopg2 closes the connection. None: wait as long as it takes.
     answer_deadline = None
@@ -50,6 +54,7 @@ class PooledConnection(psycopg2.extensions.connection):
                 raise psycopg2.OperationalError('timeout expired') from None
             raise
         self.answer_deadline = None
+        self.cancel_request = cancel_request_for(self)
 
 
 def bound_answers(conn, deadline):

@@ -3,9 +3,10 @@ does every query still running when a stopping worker's graceful timeout is abou
 
 While a request holds a pooled connection, its client socket (gunicorn puts it in environ['gunicorn.socket']) is
 watched by one watcher per process, a thread (a greenlet under gevent, whose patched select waits through the
-hub). When the socket reads as closed, the watcher marks the request gone and calls psycopg2's connection.cancel();
-the action then fails with QueryCanceled, the lease rolls back and the connection goes back to the pool for reuse,
-and the answer is a 499, which only the access line sees. nginx closes its upstream connection when its own client
+hub). When the socket reads as closed, the watcher marks the request gone and sends PostgreSQL a cancel request
+(lib/db/cancel.py, without stopping the rest of the worker while the server takes it); the action then fails with
+QueryCanceled, the lease rolls back and the connection goes back to the pool for reuse (thrown away instead when
+the server has not taken the request within a second), and the answer is a 499, which only the access line sees. nginx closes its upstream connection when its own client
 goes away, so this works through nginx too. A client that shuts down its sending side while it waits for the answer
 looks gone too; nginx, curl and the HTTP libraries never do that.
 
@@ -21,8 +22,7 @@ import signal
 import threading
 import time
 
-import psycopg2
-
+from lib.db.cancel import cancel_running_query
 from lib.errors import ApiError, ServiceUnavailable
 from lib.http.exchange import CLIENT_SOCKET_KEY, GONE_KEY, STOPPING_KEY
 from lib.polling import ready_events
@@ -92,7 +92,8 @@ class DisconnectWatcher:
         return watch
 
     def forget(self, watch):
-        """Stop watching; once this returns, no cancel for this watch is on its way to the connection."""
+        """Stop watching; once this returns, no cancel for this watch is on its way to the connection (one the server
+        did not take in time still may be: the pool throws that connection away, lib/db/cancel.py)."""
         with self.lock:
             self.watches.pop(id(watch), None)
             if not self.watches:
@@ -127,10 +128,7 @@ class DisconnectWatcher:
             if not self.watches:
                 self.wanted.clear()
             watch.environ[reason] = True
-            try:
-                watch.conn.cancel()
-            except psycopg2.Error:
-                pass  # the connection broke: the query is over anyway
+            cancel_running_query(watch.conn)
 
 
     def cancel_all(self):
