@@ -93,6 +93,7 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
     lease = Lease(pool_for(database), autocommit, RealDictCursor if named else None, client=client, client_limit=limit,
                   deadline=deadline)
     watch = watch_client(lease)
+    result = None
     try:
         lease.hold_to_deadline(current_app.config['DB_STATEMENT_TIMEOUT_MS'])
         result = call(lease.conn)
@@ -104,7 +105,10 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
         if finish is not None and not isinstance(result, Iterator):
             result = finish(result)
     except BaseException as exc:
-        lease.end(success=False)
+        try:
+            close_stream(result)  # a stream refused after its first batch stops reading before its connection goes
+        finally:
+            lease.end(success=False)
         cancelled = watch.cancelled_error() if watch is not None else None
         if cancelled is not None:
             raise cancelled from exc
@@ -113,6 +117,13 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
         return LeasedStream(result, lease, first)
     lease.end(success=True)
     return result
+
+
+def close_stream(result):
+    """Close result when it is an iterator that can be closed (a generator, a stream's batches)."""
+    close = getattr(result, 'close', None) if isinstance(result, Iterator) else None
+    if close is not None:
+        close()
 
 
 def respond(result):

@@ -485,6 +485,16 @@ def test_a_cancel_the_server_does_not_take_leaves_the_worker_serving(tmp_path, w
     assert line['http']['response']['status_code'] == 499 and line['error']['code'] == '57014', line
 
 
+def test_an_export_refused_after_its_first_batch_leaves_the_worker_serving(database_url):
+    with running_gunicorn(database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1') as port:
+        refused = post(port, '/probe/counted_stream', {'kind': 'stream_json', 'count': 5000, 'batch_size': 2000,
+                                                       'date_style': 'SQL, DMY'})
+        assert refused.status == 500 and 'DateStyle' in refused.json()['detail'], refused.body
+        assert http_request(port, 'GET', '/healthz', timeout=2).status == 200
+        served = post(port, '/probe/counted_stream', {'kind': 'stream_json', 'count': 5000, 'batch_size': 2000})
+    assert served.status == 200 and len(served.json()) == 5000
+
+
 # A stream cut short (database error half-way, client gone, worker stopped) is a failure with the bytes sent
 
 

@@ -1,10 +1,12 @@
 """The Db helper and transactional() on a real connection from the pool."""
 import json
+import threading
 
 import psycopg2
 import pytest
 
 from lib.db import Db, connection, transactional
+from tests.helpers import Caller
 
 ODD_TABLE = 'probe.odd table'
 
@@ -111,6 +113,18 @@ def test_a_stream_holds_its_connection_until_its_body_has_been_read(call, app, k
     finally:
         answer.close()
     assert pool.gauges()['in_use'] == 0
+
+
+@pytest.mark.filterwarnings('error::pytest.PytestUnraisableExceptionWarning')  # a stream closed later, by the GC
+@pytest.mark.parametrize('kind', ['stream', 'stream_json'])
+def test_a_stream_refused_after_its_first_batch_stops_reading_before_its_connection_serves_again(make_app, kind):
+    app = make_app(DB_POOL_MAX=1)
+    call, threads_before = Caller(app.test_client()), threading.active_count()
+    answer = call('/probe/counted_stream', {'kind': kind, 'count': 50, 'batch_size': 5, 'date_style': 'SQL, DMY'})
+    assert answer.status_code == 500 and 'DateStyle' in answer.get_json()['detail'], answer.get_data()
+    assert threading.active_count() == threads_before, 'the helper fetching the next batches has ended'
+    later = [call('/probe/counted_stream', {'kind': kind, 'count': 7, 'batch_size': 5}) for _ in range(20)]
+    assert [(answer.status_code, len(answer.get_json())) for answer in later] == [(200, 7)] * 20
 
 
 @pytest.mark.parametrize('kind', ['stream', 'stream_json'])

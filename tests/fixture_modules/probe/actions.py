@@ -306,8 +306,12 @@ def failing_stream(conn, kind, failure='division'):
 
 
 @inject_conn(DEFAULT)
-def counted_stream(conn, kind, count, batch_size):
-    """Stream, with Db.stream or Db.stream_json (kind), the numbers 1 to count in batches of batch_size."""
+def counted_stream(conn, kind, count, batch_size, date_style=None):
+    """Stream, with Db.stream or Db.stream_json (kind), the numbers 1 to count in batches of batch_size; in the
+    request's DateStyle when date_style is given."""
+    if date_style is not None:
+        with conn.cursor() as cursor:
+            cursor.execute('SET LOCAL DateStyle = %s', [date_style])
     return streamer(conn, kind)('SELECT n FROM generate_series(1, %s) AS n', [count], batch_size=batch_size)
 
 
