@@ -104,11 +104,14 @@ def signature_loader(action, where):
     takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
     accepted = {p.name for p in parameters if p.kind != p.VAR_KEYWORD}
     required = {p.name for p in parameters if p.default is p.empty and p.kind != p.VAR_KEYWORD}
+    # What decorators pass (inject_db's db, inject_conn's conn): never from the body, **kwargs or not.
+    supplied = set(inspect.signature(inspect.unwrap(action)).parameters) - accepted - {
+        p.name for p in parameters if p.kind == p.VAR_KEYWORD}
 
     def load_arguments(body):
         if not isinstance(body, dict):
             raise Unprocessable('The request body must be a JSON object.')
-        errors = {key: ['Unknown field.'] for key in body if key not in accepted and not takes_any}
+        errors = {key: ['Unknown field.'] for key in body if key in supplied or key not in accepted and not takes_any}
         errors.update({key: ['Missing data for required field.'] for key in required if key not in body})
         if errors:
             raise Unprocessable(errors=errors)

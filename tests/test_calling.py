@@ -161,6 +161,11 @@ def test_injected_connection_cannot_be_set_from_the_body(call):
     assert 'db' in response.get_json()['errors']
 
 
+def test_injected_connection_cannot_be_set_from_the_body_of_an_action_taking_any_key(call):
+    assert call('/probe/echo_in_a_transaction', {'db': 1}).get_json()['errors'] == {'db': ['Unknown field.']}
+    assert call('/probe/echo_in_a_transaction', {'dbx': 1}).get_json() == {'dbx': 1}
+
+
 def test_action_without_parameters_refuses_any_key(call):
     response = call('/probe/pid', {'anything': 1})
     assert response.status_code == 422

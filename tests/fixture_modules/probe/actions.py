@@ -39,6 +39,12 @@ def echo(**body):
     return body
 
 
+@inject_db(DEFAULT)
+def echo_in_a_transaction(db, **body):
+    """Return the body as given, from an action that takes any key and is given a Db."""
+    return body
+
+
 def greet(name, greeting='hello'):
     """Greet name; validated against this signature, not a schema."""
     return f'{greeting} {name}'
