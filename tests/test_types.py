@@ -213,6 +213,29 @@ def test_a_composites_fields_follow_the_contract_of_their_types(conn):
         b'"at_time":"12:30:00+02:00"},"a":[{"amount":null,"took":null,"raw":null,"at":"infinity","at_time":null}]}]')
 
 
+# (an array with lower bounds other than 1, the JSON of its elements: to_jsonb's, numeric and interval as the contract
+# writes them)
+BOUNDED_ARRAYS = [
+    ("'[0:1][1:2]={{1,2},{3,4}}'::int[]", [[1, 2], [3, 4]]),
+    ("'[0:1]={7,8}'::int[]", [7, 8]),
+    ("'[-3:-2][0:0][1:1]={{{a}},{{NULL}}}'::text[]", [[['a']], [[None]]]),
+    ("'[2:3]={1.50,NaN}'::numeric[]", ['1.50', 'NaN']),
+    ("'[0:0][5:6]={{\"1 day\",NULL}}'::interval[]", [[86400, None]]),
+    ("'[0:1]={happy,sad}'::probe.mood[]", ['happy', 'sad']),
+    ("'[0:1]={\"(1,a)\",NULL}'::probe.pair[]", [{'n': 1, 'label': 'a'}, None]),
+    ("'[0:1]={(1,1),(0,0);(2,2),(1,1)}'::box[]", ['(1,1),(0,0)', '(2,2),(1,1)']),
+    ("'[0:0]={\"[1,3)\"}'::int4range[]", ['[1,3)']),
+    ("ROW(NULL, '[0:0]={\"(1,a)\"}', NULL, NULL, NULL, NULL, '[5:5]={x}', NULL)::probe.nest",
+     {'pair': None, 'pairs': [{'n': 1, 'label': 'a'}], 'day': None, 'doc': None, 'mood': None, 'quantity': None,
+      'tags': ['x'], 'class': None}),
+]
+
+
+@pytest.mark.parametrize('array, written', BOUNDED_ARRAYS)
+def test_an_array_with_lower_bounds_other_than_1_is_its_elements_as_to_jsonb_writes_them(conn, array, written):
+    assert loads_exact(all_three_ways(conn, f'SELECT {array} AS v'))[0]['v'] == written
+
+
 def test_a_tables_rows_are_objects_and_anonymous_records_postgresql_text(conn):
     Db(conn).execute("INSERT INTO probe.type_roundtrip (text, amount, big, doc) VALUES ('t', 1.5, 2, '{}')")
     query = '''SELECT r, ROW(1, 'a b') AS anonymous, (SELECT s FROM (SELECT 1 AS x) AS s) AS subquery

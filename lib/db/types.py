@@ -13,7 +13,8 @@ after the configure callback (with_types), so a custom configure cannot lose it:
 - composite types (CREATE TYPE ... AS, and every table's row type): a dict of the fields, each read as
   its own type is, as to_jsonb writes an object. Anonymous records (ROW(1, 'a')) stay PostgreSQL's text:
   their fields' names and types are known to the server only.
-- arrays of every type psycopg2 does not know (money[], inet[] of a domain, enum[], composites, ...): lists.
+- arrays of every type psycopg2 does not know (money[], inet[] of a domain, enum[], composites, ...): lists; and
+  every array with lower bounds other than 1 in several dimensions, which psycopg2 cannot read: its elements.
 
 Parameters: a dict adapts to JSON (for json and jsonb columns); a list stays an ARRAY. A str psycopg2
 cannot send (a NUL character, a lone surrogate, a character the connection's encoding lacks) fails while it
@@ -75,6 +76,8 @@ SHORT_OFFSET = re.compile(r'([+-]\d\d)((?::\d\d)*)( BC)?$')
 # doubled), bare, or nothing for NULL.
 RECORD_FIELD = re.compile(r'(?:"((?:[^"]|"")*)"|([^",)]*))[,)]')
 DOUBLED = re.compile(r'(["\\])\1')
+# The dimensions PostgreSQL writes in front of an array with a lower bound other than 1: '[0:1][1:2]='.
+ARRAY_BOUNDS = re.compile(r'(?:\[-?\d+:-?\d+\])+=')
 
 
 class PgText(str):
@@ -276,11 +279,27 @@ def needs_array_caster(array_oid, base_oid, casters):
 
 
 def array_caster(array_oid, name, base_oid, base_kind, delimiter, casters):
-    """Return the typecaster of one array type."""
+    """Return the typecaster of one array type: ours where psycopg2 would read it wrong (needs_array_caster), else
+    psycopg2's own; either reads lower bounds (without_bounds)."""
     if delimiter != ',':
-        return psycopg2.extensions.new_type((array_oid,), f'DBAPI_{name}_ARRAY', cast_semicolon_array)
-    caster = element_caster(base_oid, base_kind, casters)
-    return psycopg2.extensions.new_array_type((array_oid,), f'DBAPI_{name}_ARRAY', caster)
+        caster = psycopg2.extensions.new_type((array_oid,), f'DBAPI_{name}_ARRAY', cast_semicolon_array)
+    elif needs_array_caster(array_oid, base_oid, casters):
+        caster = psycopg2.extensions.new_array_type((array_oid,), f'DBAPI_{name}_ARRAY',
+                                                    element_caster(base_oid, base_kind, casters))
+    else:
+        caster = psycopg2.extensions.string_types[array_oid]
+    return psycopg2.extensions.new_type((array_oid,), f'DBAPI_{name}_ARRAY_BOUNDS', without_bounds(caster))
+
+
+def without_bounds(caster):
+    """Return a typecaster function that reads an array with lower bounds other than 1 as caster reads one without:
+    its elements, the bounds dropped, as to_jsonb writes it. PostgreSQL writes such bounds in front of the array,
+    '[0:1][1:2]={{1,2},{3,4}}', and psycopg2 reads them in one dimension only."""
+    def cast(text, cursor):
+        if text is not None and text.startswith('['):
+            text = text[ARRAY_BOUNDS.match(text).end():]
+        return caster(text, cursor)
+    return cast
 
 
 def register_types(conn):
@@ -292,8 +311,7 @@ def register_types(conn):
         cursor.execute(ARRAYS_OF_TYPES)
         arrays = cursor.fetchall()
     for array_oid, name, base_oid, base_kind, delimiter in arrays:
-        if needs_array_caster(array_oid, base_oid, casters):
-            casters[array_oid] = array_caster(array_oid, name, base_oid, base_kind, delimiter, casters)
+        casters[array_oid] = array_caster(array_oid, name, base_oid, base_kind, delimiter, casters)
     for typecaster in casters.values():
         psycopg2.extensions.register_type(typecaster, conn)
 
