@@ -162,3 +162,14 @@ def test_the_pgbouncer_settings_command_prints_them_for_a_replica_count():
                              capture_output=True, check=True, env={**os.environ, 'WEB_CONCURRENCY': '3',
                                                                    'DB_POOL_MAX': '2'}).stdout
     assert printed.splitlines()[:2] == ['PGBOUNCER_POOL_SIZE=60', 'PGBOUNCER_MAX_CLIENT_CONN=220']
+
+
+def test_nginx_reads_every_setting_the_api_reads():
+    """nginx/dbapi.envsh derives nginx's body limit and timeouts from dbapi's settings: nginx gets the API's env_file
+    and the same values of every setting both are given in `environment:`."""
+    services = compose_file()['services']
+    api, nginx = services['api'], services['nginx']
+    assert nginx['env_file'] == api['env_file']
+    assert {key: api['environment'][key] for key in nginx['environment'] if key in api['environment']} == {
+        key: nginx['environment'][key] for key in nginx['environment'] if key in api['environment']}
+    assert {'MAX_CONTENT_LENGTH', 'DB_STATEMENT_TIMEOUT_MS'} <= set(nginx['environment'])

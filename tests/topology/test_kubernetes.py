@@ -277,3 +277,16 @@ def test_the_migration_job_reaches_postgresql_and_dns_only(app, migration):
     to_postgresql, dns = spec['egress']
     assert is_postgresql(to_postgresql) and is_dns(dns)
     assert config_data(migration)['MIGRATE_DB_PORT'] == str(POSTGRES_PORT)
+
+
+def test_nginx_reads_every_setting_the_api_reads(app):
+    """nginx/dbapi.envsh derives nginx's body limit and timeouts from dbapi's settings: from the same ConfigMap,
+    whole, so a setting added there (REQUEST_DEADLINE_MS, say) reaches both."""
+    templates = pod_templates(app)
+    api, nginx = (templates[name]['spec']['containers'][0] for name in ('dbapi-api', 'dbapi-nginx'))
+    assert api['envFrom'] == nginx['envFrom'] == [{'configMapRef': {'name': config_name(app)}}]
+
+
+def config_name(app):
+    """Return the generated name of the settings ConfigMap."""
+    return only(app, 'ConfigMap', 'dbapi-config')['metadata']['name']
