@@ -3,7 +3,9 @@ requests and concurrent transactions work, the statement timeout still holds, an
 image's entrypoint works. tests/test_example_modules.py runs the modules' contract tests on pgbouncer too."""
 import os
 import subprocess
+import sys
 import threading
+import time
 import uuid
 
 import psycopg2
@@ -12,8 +14,8 @@ from psycopg2.extensions import make_dsn, parse_dsn
 
 import settings
 from ops import pgbouncer
-from tests.helpers import (Caller, app_factory, free_ports, port_open, require_programs, running_pgbouncer,
-                           show_pgbouncer, wait_for)
+from tests.helpers import (PROBE_SQL, Caller, app_factory, free_ports, port_open, require_programs, run_sql,
+                           running_pgbouncer, show_pgbouncer, stop_postgres, throwaway_postgres, wait_for)
 
 from .helpers import running_stack
 
@@ -133,3 +135,29 @@ def test_a_test_app_on_the_native_pgbouncer_runs_in_transaction_mode(database_ur
     database = parse_dsn(database_url)['dbname']
     assert [pool['pool_mode'] for pool in pools if pool['database'] == database] == ['transaction']
     assert parse_dsn(bouncer_dsn)['host'] == '127.0.0.1'
+
+
+def test_a_database_restart_behind_pgbouncer_ends_for_the_callers_once_it_is_back():
+    with throwaway_postgres('restarting-') as (server_dsn, data_dir):
+        run_sql(server_dsn, PROBE_SQL.read_text())
+        with running_pgbouncer(server_dsn) as through_bouncer, app_factory(through_bouncer) as make_app:
+            call = Caller(make_app(DB_POOL_TIMEOUT_MS=1000).test_client())
+
+            def status():
+                return call('/probe/things/get', {'id': 1}).status_code  # 404: the query ran and found nothing
+            assert status() == 404
+            stop_postgres(data_dir)
+            assert status() == 503  # pgbouncer's login to PostgreSQL failed
+            start_again(data_dir)
+            back = time.monotonic()
+            wait_for(lambda: status() == 404, 20, 'the callers never got through again')
+            waited = time.monotonic() - back
+    assert waited < 5, f'{waited:.1f} s after PostgreSQL was back (pgbouncer retries its login every second)'
+
+
+def start_again(data_dir):
+    """Start the stopped embedded PostgreSQL of data_dir, from a process of its own (pgserver keeps the servers it
+    started in this one as running)."""
+    subprocess.run([sys.executable, '-c', 'import sys, pathlib; from lib.db.embedded import start_embedded; '
+                    'start_embedded(pathlib.Path(sys.argv[1]), stop_at_exit=False)', str(data_dir)],
+                   cwd=settings.BASE_DIR, check=True, timeout=60)
