@@ -271,8 +271,10 @@ def unix_socket_connection(path):
 
 
 def serve():
-    """Start the database if needed, migrate, check the app, and run gunicorn until SIGINT or SIGTERM."""
+    """Check what needs no database, start the database if needed, migrate, check the app, and run gunicorn until
+    SIGINT or SIGTERM."""
     check_bind_free()
+    check_before_fork()  # tokens and modules: a bad one stops the start before the database or a migration
     dsn = default_dsn()
     apply_migrations(dsn)
     routes = preflight(dsn)

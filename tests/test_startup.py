@@ -128,15 +128,17 @@ def broken_module(tmp_path):
 
 @pytest.mark.parametrize('packages', ['no_such_package', 'settings', '.modules'])  # not importable; no package; relative
 def test_module_packages_naming_no_package_stops_serve_in_one_line(database_url, packages):
-    result = run_manage('serve', DATABASE_URL=database_url, MODULE_PACKAGES=packages, PORT='1')
+    result = run_manage('serve', DATABASE_URL=database_url, MODULE_PACKAGES=packages, PORT='1', LOG_LEVEL='INFO')
     assert_one_line_failure(result, f"MODULE_PACKAGES names '{packages}'", secrets=())
+    assert 'migrations applied' not in result.stdout, 'checked before anything starts'
 
 
 def test_a_broken_module_stops_serve_once_before_gunicorn_starts(broken_module, database_url):
     result = run_manage('serve', broken_module, DATABASE_URL=database_url, MODULE_PACKAGES='brokenmods',
-                        PORT='1', WEB_CONCURRENCY='3')
+                        PORT='1', WEB_CONCURRENCY='3', LOG_LEVEL='INFO')
     assert_one_line_failure(result, 'broken/routes.py', 'ModuleNotFoundError', secrets=())
     assert 'HaltServer' not in result.stdout + result.stderr
+    assert 'migrations applied' not in result.stdout, 'checked before anything starts'
 
 
 @pytest.fixture()
