@@ -313,9 +313,13 @@ def run_gunicorn(environment, routes):
     signal.signal(signal.SIGINT, stops.ctrl_c)
     if wait_until_serving(gunicorn) and not stops.asked:
         where = served_url() if settings.BIND_PORT is not None else f'unix:{unix_socket_path()}'
-        workers = f'{settings.WEB_CONCURRENCY} worker' + ('s' if settings.WEB_CONCURRENCY > 1 else '')
-        print(f'dbapi serves on {where} with {workers}. Try:\n  {how_to_call(routes)}\nCtrl-C stops it.', flush=True)
+        print(f'dbapi serves on {where} with {counted(settings.WEB_CONCURRENCY, "worker")}. Try:\n  {how_to_call(routes)}\nCtrl-C stops it.', flush=True)
     return stops.exit_code(gunicorn.wait())
+
+
+def counted(count, noun):
+    """Return '1 worker', '3 workers': count and noun, plural unless count is 1."""
+    return f'{count} {noun}' + ('' if count == 1 else 's')
 
 
 class Stops:

@@ -24,10 +24,10 @@ import settings
 from lib.logs import configure_process_logging
 from lib.db.migrate import apply_migrations
 from lib.errors import StartupError
-from manage import default_dsn, how_to_call
+from manage import counted, default_dsn, how_to_call
 
 from . import nginx, pgbouncer
-from .ports import free_ports
+from .ports import free_ports, port_is_free
 
 RESTART_DELAY_SECONDS = 1.0
 STARTUP_TIMEOUT_SECONDS = 60
@@ -65,6 +65,27 @@ class StackConfig:
     def replica_ports(self):
         """Return the loopback port of each replica."""
         return [self.replica_base_port + index for index in range(self.replicas)]
+
+    def port_owners(self):
+        """Return {port: which server listens there (and the setting that moves it)}; StackError when two share one."""
+        wanted = [(self.port, 'nginx (PORT)')]
+        wanted += [(port, f'replica {index} (REPLICA_BASE_PORT)') for index, port in enumerate(self.replica_ports, 1)]
+        wanted += [(self.pgbouncer_port, 'pgbouncer (PGBOUNCER_PORT)')] if self.pgbouncer else []
+        owners = {}
+        for port, owner in wanted:
+            if port in owners:
+                raise StackError(f'port {port} would serve both {owners[port]} and {owner}: move one of them')
+            owners[port] = owner
+        return owners
+
+
+def check_ports_free(config):
+    """Raise StackError, before anything starts, when something listens on a port of the stack: its servers would
+    fail to bind while their readiness checks took the other server's answers for their own."""
+    taken = [f'{port} ({owner})' for port, owner in config.port_owners().items() if not port_is_free(port)]
+    if taken:
+        raise StackError(f'{counted(len(taken), "port")} in use: {", ".join(taken)}: stop what listens there, or '
+                         f'move the stack')
 
 
 def die_with_parent():
@@ -208,6 +229,7 @@ class Stack:
 
     def start(self):
         """Start the database, migrate, then pgbouncer, the replicas and nginx; wait until each serves."""
+        check_ports_free(self.config)
         dsn = default_dsn()
         apply_migrations(dsn)  # a failing migration is one StartupError line: file:line and PostgreSQL's message
         self.app_dsn = self.start_pgbouncer(dsn) if self.config.pgbouncer else dsn
@@ -249,7 +271,7 @@ class Stack:
                 print(f'stack: rolling restart stopped: {error}', file=sys.stderr, flush=True)
                 self.send_requests_to(ports)  # nginx moves a refused request on; a restarted replica rejoins
                 return
-        print(f'stack: rolling restart of {len(ports)} replicas finished', file=sys.stderr, flush=True)
+        print(f'stack: rolling restart of {counted(len(ports), "replica")} finished', file=sys.stderr, flush=True)
 
     def restart_replica(self, replica, port):
         """Take replica out of nginx's list, restart it gracefully, and put it back once it is ready."""
@@ -327,7 +349,8 @@ def gunicorn_command():
 
 def announce(config):
     """Print where the stack serves and how to call it."""
-    chain = f'nginx -> {config.replicas} replicas on ports {config.replica_ports[0]}-{config.replica_ports[-1]}'
+    ports = '-'.join(str(port) for port in sorted({config.replica_ports[0], config.replica_ports[-1]}))
+    chain = f'nginx -> {counted(config.replicas, "replica")} on {"ports" if config.replicas > 1 else "port"} {ports}'
     if config.pgbouncer:
         chain += f' -> pgbouncer on port {config.pgbouncer_port}'
     print(f'dbapi stack serves on http://127.0.0.1:{config.port} ({chain} -> PostgreSQL). Try:\n'

@@ -14,9 +14,11 @@ from http import HTTPStatus
 import pytest
 
 from lib.errors import HTTP_DETAILS
+from ops.stack import StackConfig, StackError, check_ports_free
+from settings import BASE_DIR
 from tests.helpers import ADMIN_TOKEN, Reply, body_of_size, free_ports, http_request, post, wait_for
 
-from .helpers import read_json_lines, running_stack, worker_group
+from .helpers import read_json_lines, running_stack, stack_environment, worker_group
 
 # nginx/dbapi.envsh: the longest request line and header nginx takes.
 HEADER_BUFFER_SIZE = 8000
@@ -365,3 +367,23 @@ def test_slow_actions_that_time_out_in_nginx_leave_every_replica_serving(tmp_pat
     assert {line['nginx.upstream.address'] for line in lines} == {f'127.0.0.1:{port}' for port in slow.replica_ports}
     assert all(line['event.outcome'] == 'failure' and line['nginx.upstream.status'] == [504] for line in lines)
     assert [reply.status for reply in fast] == [200] * 30
+
+
+@pytest.mark.parametrize('taken, owner', [(0, 'nginx (PORT)'), (2, 'replica 2 (REPLICA_BASE_PORT)'),
+                                          (4, 'pgbouncer (PGBOUNCER_PORT)')])
+def test_a_port_of_the_stack_in_use_stops_it_before_anything_starts(topology_database_url, taken, owner):
+    base = free_ports(5)
+    with socket.create_server(('127.0.0.1', base + taken)):
+        result = subprocess.run([sys.executable, '-m', 'ops.stack'], cwd=BASE_DIR, capture_output=True, text=True,
+                                timeout=60, env=stack_environment(topology_database_url, base, 3, True,
+                                                                  {'LOG_LEVEL': 'INFO'}))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f'stack: 1 port in use: {base + taken} ({owner}): stop what listens there, '
+                                          f'or move the stack'], result.stderr
+    assert 'migrations applied' not in result.stdout and 'serves on' not in result.stdout
+
+
+def test_two_servers_of_the_stack_on_one_port_stop_it_before_anything_starts():
+    config = StackConfig(port=8000, replicas=3, replica_base_port=7998, pgbouncer=False, pgbouncer_port=6432)
+    with pytest.raises(StackError, match='port 8000 would serve both nginx .PORT. and replica 3 .REPLICA_BASE_PORT.'):
+        check_ports_free(config)

@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 import settings
+from manage import counted
 from tests.helpers import run_sql, wait_for
 
 from .helpers import MODULE_PACKAGES, WriteLoad, free_ports_below_the_ephemeral_range, running_stack, worker_group
@@ -29,7 +30,7 @@ UNANSWERED = {'RemoteDisconnected', 'ConnectionResetError', 'BrokenPipeError'}
 def test_a_rolling_restart_under_a_write_load_fails_no_request(tmp_path_factory, topology_database_url, replicas,
                                                                keep_alive):
     run_id = uuid.uuid4().hex[:12]
-    finished_line = f'rolling restart of {replicas} replicas finished'.encode()
+    finished_line = f'rolling restart of {counted(replicas, "replica")} finished'.encode()
     base_port = free_ports_below_the_ephemeral_range(replicas + 2)
     with running_stack(tmp_path_factory, topology_database_url, replicas=replicas, base_port=base_port,
                        GRACEFUL_TIMEOUT='10') as stack:
