@@ -35,6 +35,7 @@ import stat  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from lib.errors import StartupError, report_startup_errors  # noqa: E402
 
@@ -304,8 +305,7 @@ def run_gunicorn(environment, routes):
     # quick stop that drops the requests in flight unanswered and unlogged.
     # It stops (SIGTERM) when this process dies, even by SIGKILL: no orphan keeps the port.
     from ops.stack import die_with_parent  # ops.stack imports this module
-    gunicorn = subprocess.Popen([sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'app:create_app()'],
-                                cwd=settings.BASE_DIR, env=environment, start_new_session=True,
+    gunicorn = subprocess.Popen(gunicorn_command(), cwd=settings.BASE_DIR, env=environment, start_new_session=True,
                                 preexec_fn=die_with_parent)
     stops = Stops(gunicorn)
     signal.signal(signal.SIGTERM, stops.graceful)
@@ -315,6 +315,13 @@ def run_gunicorn(environment, routes):
         where = served_url() if settings.BIND_PORT is not None else f'unix:{unix_socket_path()}'
         print(f'dbapi serves on {where} with {counted(settings.WEB_CONCURRENCY, "worker")}. Try:\n  {how_to_call(routes)}\nCtrl-C stops it.', flush=True)
     return stops.exit_code(gunicorn.wait())
+
+
+def gunicorn_command():
+    """Return the argv that serves the app with gunicorn, as the Dockerfile's CMD does: gunicorn's own script beside
+    this Python. Not `python -m gunicorn`: a SIGUSR2 upgrade runs the same argv again, gunicorn's __main__.py by its
+    path, and the new master then imported gunicorn's `http` package for the standard library's, and failed."""
+    return [str(Path(sys.executable).with_name('gunicorn')), '-c', 'gunicorn.conf.py', 'app:create_app()']
 
 
 def counted(count, noun):

@@ -24,7 +24,7 @@ import settings
 from lib.logs import configure_process_logging
 from lib.db.migrate import apply_migrations
 from lib.errors import StartupError
-from manage import counted, default_dsn, how_to_call
+from manage import counted, default_dsn, gunicorn_command, how_to_call
 
 from . import nginx, pgbouncer
 from .ports import free_ports, port_is_free
@@ -340,11 +340,6 @@ class Stack:
         """Stop nginx first, then the replicas, then pgbouncer, each gracefully."""
         for child in reversed(self.children):
             child.stop()
-
-
-def gunicorn_command():
-    """Return the argv of one replica: the same gunicorn command the Dockerfile runs."""
-    return [sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'app:create_app()']
 
 
 def announce(config):

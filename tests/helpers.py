@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import settings
 from app import create_app
 from lib.db.embedded import start_embedded
 from lib.db.migrate import MIGRATIONS_DIR
+from manage import gunicorn_command
 from ops import pgbouncer
 from ops.ports import free_ports as consecutive_free_ports
 from ops.render import program
@@ -283,7 +283,7 @@ def gunicorn_server(environment, stdout=subprocess.DEVNULL, stderr=subprocess.DE
     the block, so what it wrote is complete when the caller reads it."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'app:create_app()'], cwd=settings.BASE_DIR,
+        gunicorn_command(), cwd=settings.BASE_DIR,
         env=server_environment(PORT=str(port), **{'WEB_CONCURRENCY': '3', **environment}), stdout=stdout, stderr=stderr)
     try:
         wait_until_healthy(f'http://127.0.0.1:{port}', process)

@@ -4,16 +4,17 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
+import psutil
 import pytest
 
 import settings
-from tests.helpers import free_port, gunicorn_server, http_request, server_environment, wait_until_healthy
+from manage import gunicorn_command
+from tests.helpers import free_port, gunicorn_server, http_request, server_environment, wait_for, wait_until_healthy
 
 SECRET = 'pa55-Secret-x9'
-GUNICORN = [sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'app:create_app()']
+GUNICORN = gunicorn_command()
 
 
 def run_gunicorn(pythonpath=None, **environ):
@@ -115,3 +116,23 @@ def test_the_metrics_directory_gunicorn_made_is_removed_however_it_ends(tmp_path
             result = run_gunicorn(**environ, BIND=f'127.0.0.1:{taken.getsockname()[1]}')
         assert result.returncode != 0
     assert list(temporary.glob('dbapi-metrics-*')) == []
+
+
+def test_sigusr2_starts_a_new_master_with_its_own_workers(database_url):
+    """gunicorn's binary upgrade: the new master runs the same command again, and must load the config."""
+    port = free_port()
+    process = subprocess.Popen(GUNICORN, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True, text=True,
+                               env=server_environment(PORT=str(port), DATABASE_URL=database_url, WEB_CONCURRENCY='1'))
+    try:
+        wait_until_healthy(f'http://127.0.0.1:{port}', process)
+        old_master = psutil.Process(process.pid)
+        process.send_signal(signal.SIGUSR2)
+        # Its old workers have no children; the new master has workers of its own.
+        new_master = wait_for(lambda: next((child for child in old_master.children() if child.children()), None), 30,
+                              'no new master with workers')
+        assert new_master.cmdline()[1:] == GUNICORN, new_master.cmdline()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        output = process.communicate(timeout=60)[0]
+    assert 'Failed to read config' not in output and 'Traceback' not in output, output[-3000:]
