@@ -495,6 +495,20 @@ def test_an_export_refused_after_its_first_batch_leaves_the_worker_serving(datab
     assert served.status == 200 and len(served.json()) == 5000
 
 
+def test_a_type_read_again_while_a_streams_helper_fetches_waits_its_turn_under_gevent(database_url):
+    name = f'probe.turns_{uuid.uuid4().hex[:8]}'
+    run_sql(database_url, f'CREATE TYPE {name} AS (n int)')
+    query = f'SELECT CASE WHEN n > 2 THEN ROW(n)::{name} END AS v FROM generate_series(1, 40) AS n'
+    try:
+        with running_gunicorn(database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1', WORKER_CLASS='gevent') as port:
+            # Each request reads the type's fields again, in its third batch, while the helper fetches the fourth.
+            answers = [post(port, '/types/stream', {'query': query, 'batch_size': 2}) for _ in range(3)]
+    finally:
+        run_sql(database_url, f'DROP TYPE {name}')
+    expected = [{'v': None}] * 2 + [{'v': {'n': n}} for n in range(3, 41)]
+    assert [(answer.status, answer.json()) for answer in answers] == [(200, expected)] * 3
+
+
 # A stream cut short (database error half-way, client gone, worker stopped) is a failure with the bytes sent
 
 

@@ -253,6 +253,29 @@ def test_a_composite_altered_after_the_connection_read_it_is_read_with_its_new_f
     assert all_three_ways(conn, "SELECT ROW(2, 'y')::probe.evolving AS v") == b'[{"v":{"a":2,"b":"y"}}]'
 
 
+def test_a_composites_field_renamed_or_retyped_since_an_earlier_request_is_read_as_it_is_now(make_app, database_url):
+    name = f'probe.reshaped_{uuid.uuid4().hex[:8]}'
+    run_sql(database_url, f'CREATE TYPE {name} AS (a numeric, b double precision)')
+    pool = make_app(DB_POOL_MAX=1).extensions['dbapi'].pools['default']  # one connection, its types read once
+    try:
+        with connection(pool) as conn:
+            assert all_three_ways(conn, f"SELECT ROW(1, 2)::{name} AS v") == b'[{"v":{"a":"1","b":2.0}}]'
+        run_sql(database_url, f'ALTER TYPE {name} RENAME ATTRIBUTE a TO renamed_a; '
+                              f'ALTER TYPE {name} ALTER ATTRIBUTE b TYPE numeric')
+        with connection(pool) as conn:
+            # No NULL in the first batches: the stream's helper thread fetches the next while the type is read again.
+            query = (f"SELECT CASE WHEN n > 2 THEN ROW(1, '0.1000000000000000000001')::{name} END AS v "
+                     f"FROM generate_series(1, 9) AS n")
+            assert b''.join(json_array_chunks(Db(conn).stream_json(query, batch_size=2))) == (
+                b'[' + b','.join([b'{"v":null}'] * 2 + [b'{"v":{"renamed_a":"1","b":"0.1000000000000000000001"}}'] * 7)
+                + b']')
+        with connection(pool) as conn:
+            assert all_three_ways(conn, f"SELECT ROW(3, 0.5)::{name} AS v") == (
+                b'[{"v":{"renamed_a":"3","b":"0.5"}}]')
+    finally:
+        run_sql(database_url, f'DROP TYPE {name}')
+
+
 def test_a_type_created_after_a_connection_opened_is_text_on_it_until_connections_are_new(make_app, database_url):
     name = f'probe.late_{uuid.uuid4().hex[:8]}'
     query = {'query': f"SELECT ROW(1, 'a b')::{name} AS v"}

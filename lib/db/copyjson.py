@@ -16,7 +16,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from lib.db.cancel import cancel_running_query
-from lib.db.types import cast_timestamp, cast_timestamptz
+from lib.db.types import cast_timestamp, cast_timestamptz, taking_turns
 from lib.jsonenc import dumps_bytes
 
 INTEGER_OIDS = frozenset({20, 21, 23})
@@ -290,7 +290,8 @@ class Prefetcher:
         """Run FETCH on each cursor that comes free, until the last batch, a failure or the stop."""
         try:
             while (cursor := self.next_cursor()) is not None:
-                cursor.execute(self.fetch)
+                with taking_turns(self.connection):
+                    cursor.execute(self.fetch)
                 self.fetching = False
                 self.fetched.put(cursor)
                 if cursor.rowcount < self.batch_size:

@@ -1,6 +1,7 @@
 """A connection's session: what every connection is set up with (configure) and returns to (reset)."""
 import logging
 import os
+import threading
 import time
 
 import psycopg2
@@ -34,6 +35,9 @@ class PooledConnection(psycopg2.extensions.connection):
     reset_statement = None
     cancel_request = None
     cancel_unacknowledged = False
+    # How many times the pool lent it: a type's fields read in one use are read again in the next
+    # (lib/db/types.py's Composite).
+    uses = 0
     # A time.monotonic() value: past it, the gevent wait callback (lib/db/green.py) stops waiting for PostgreSQL to
     # answer and raises DatabaseNotAnswering, and psycopg2 closes the connection. None: wait as long as it takes.
     answer_deadline = None
@@ -55,6 +59,14 @@ class PooledConnection(psycopg2.extensions.connection):
             raise
         self.answer_deadline = None
         self.cancel_request = cancel_request_for(self)
+        # Taken around a query run while another thread may run one on the same connection (lib/db/types.py).
+        self.query_turn = threading.Lock()
+
+
+def count_use(conn):
+    """Count one more use of conn by a borrower (a PooledConnection's uses; any other connection counts none)."""
+    if isinstance(conn, PooledConnection):
+        conn.uses += 1
 
 
 def bound_answers(conn, deadline):

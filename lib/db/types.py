@@ -20,6 +20,7 @@ Parameters: a dict adapts to JSON (for json and jsonb columns); a list stays an 
 cannot send (a NUL character, a lone surrogate, a character the connection's encoding lacks) fails while it
 is adapted, as RefusedValue, a 422: the value is at fault, not the server.
 """
+import contextlib
 import datetime
 import re
 
@@ -208,18 +209,25 @@ class Composite:
 
     A field is read by the typecaster register_types put on the connection for its type (casters), else by
     psycopg2's: not through the fetching cursor, whose own typecasters may differ (lib/db/copyjson.py's read
-    text as bytes). The fields are the catalog's when the connection was configured; a value with another
-    number of fields (ALTER TYPE or ALTER TABLE since) makes it read them again, once, on the same connection.
+    text as bytes). The fields are the catalog's as the connection's current use (a lease: PooledConnection.uses)
+    first reads a value of the type: a field renamed or retyped since an earlier use (ALTER TYPE, ALTER TABLE)
+    is read as it is now, at the cost of one catalog query per type and use. A value with another number of fields
+    (altered within the use) makes it read them again, once.
     """
 
     def __init__(self, oid, names, field_types, casters):
         self.oid, self.names, self.field_types, self.casters = oid, names, field_types, casters
         self.typecaster = psycopg2.extensions.new_type((oid,), f'DBAPI_COMPOSITE_{oid}', self.cast)
+        self.read_in_use = 0  # the connection's use whose catalog the fields are; 0: the connection's setup
 
     def cast(self, text, cursor):
         """Read one value as {field: value}, the object to_jsonb writes."""
         if text is None:
             return None
+        use = getattr(cursor.connection, 'uses', 0)
+        if use != self.read_in_use:
+            self.read_fields_again(cursor.connection)
+            self.read_in_use = use
         fields = self.fields_of(text)
         if len(fields) != len(self.names):
             self.read_fields_again(cursor.connection)
@@ -239,12 +247,19 @@ class Composite:
         return [] if text == '()' and not self.names else record_fields(text)
 
     def read_fields_again(self, conn):
-        """Read the type's fields from the catalog as they are now."""
-        with conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
+        """Read the type's fields from the catalog as they are now (in turn with a stream's helper thread, which may
+        be fetching on the same connection)."""
+        with taking_turns(conn), conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
             cursor.execute(COMPOSITE_FIELDS, {'oid': self.oid})
             row = cursor.fetchone()
         if row is not None:
             _, self.names, self.field_types = row
+
+
+def taking_turns(conn):
+    """Return a context that runs a query on conn while no other thread runs one there (a PooledConnection's
+    query_turn; psycopg2 under gevent refuses a second query while one is underway)."""
+    return getattr(conn, 'query_turn', None) or contextlib.nullcontext()
 
 
 def read_composites(conn, casters):

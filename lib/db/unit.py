@@ -3,7 +3,7 @@ import time
 from contextlib import contextmanager
 
 from lib.db.helpers import Db
-from lib.db.session import bound_answers, report_notices
+from lib.db.session import bound_answers, count_use, report_notices
 from lib.errors import GatewayTimeout
 
 
@@ -68,6 +68,7 @@ class Lease:
         self.before_end = []
         self.conn.autocommit = autocommit
         self.conn.cursor_factory = cursor_factory
+        count_use(self.conn)
         bound_answers(self.conn, None if deadline is None else deadline + ANSWER_GRACE_SECONDS)
 
     def leave_bulkhead(self):

@@ -4,8 +4,8 @@ import codecs
 
 from marshmallow import Schema, fields
 
-from lib.db import DEFAULT
-from lib.decorators import inject_db, use_schema
+from lib.db import DEFAULT, Db
+from lib.decorators import inject_conn, inject_db, use_schema
 
 # tests/test_types.py creates the table.
 STORE = '''INSERT INTO probe.type_roundtrip (text, amount, big, doc) VALUES (%(text)s, %(amount)s, %(big)s, %(doc)s)
@@ -27,6 +27,12 @@ def select(db, query):
 def select_steps(db, queries):
     """Run each query in turn in one transaction; return every row of each (tests only)."""
     return [db.fetch_all(query) for query in queries]
+
+
+@inject_conn(DEFAULT)
+def stream(conn, query, batch_size):
+    """Stream a SELECT's rows with Db.stream_json, in batches of batch_size (tests only)."""
+    return Db(conn).stream_json(query, batch_size=batch_size)
 
 
 @inject_db(DEFAULT, autocommit=True)
