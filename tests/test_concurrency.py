@@ -670,3 +670,18 @@ def test_under_gunicorn_an_exhausted_pool_sheds_503_within_the_pool_timeout(data
     assert shed.json()['detail'] == 'No database connection came free in time. Try again shortly.'
     assert health.status == 200 and health_seconds < 0.5
     assert held == [200, 200]
+
+
+@pytest.mark.slow
+def test_a_stream_still_sent_at_the_deadline_is_cut_short_and_logged_as_past_it(database_url, tmp_path):
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', REQUEST_DEADLINE_MS='2000',
+                             LOG_LEVEL='INFO') as (port, _):
+        with streaming(port, {'rows': 100_000, 'pause': 0.05}, 'stream-past-deadline') as response:
+            started = time.monotonic()
+            received = read_to_the_cut(response)
+            took = time.monotonic() - started
+    line = gunicorn_access_line(tmp_path, 'stream-past-deadline')
+    assert 1.5 < took < 3, 'cut at the deadline, not at the database wait bound a second later'
+    assert line['http']['response'] == {'status_code': 200, 'body': {'bytes': len(received)}}
+    assert line['event']['outcome'] == 'failure'
+    assert line['error']['type'] == 'lib.db.unit.StreamPastDeadline', line['error']

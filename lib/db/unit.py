@@ -22,6 +22,13 @@ class DatabaseNotAnswering(GatewayTimeout):
     detail = 'The database did not answer in time. What the request sent may still run.'
 
 
+class StreamPastDeadline(GatewayTimeout):
+    """A stream still being sent at the request's deadline (REQUEST_DEADLINE_MS): cut short there, before its next
+    batch; its status is sent already, so only the access line says so (a failure, with the bytes sent)."""
+
+    detail = "The answer ran past the request's deadline and was cut short."
+
+
 # How long past a request's deadline its connection still waits for PostgreSQL, whose own statement timeout ends a
 # transaction's statements at the deadline and answers with its error.
 ANSWER_GRACE_SECONDS = 1
@@ -139,6 +146,10 @@ class LeasedStream:
     def __next__(self):
         if self.ahead:
             return self.ahead.pop()
+        left = time_left(self.lease.deadline)
+        if left is not None and left <= 0:
+            self.close()  # its items first: a stream's helper thread stops fetching before the connection goes back
+            raise StreamPastDeadline()
         try:
             return next(self.items)
         except StopIteration:
