@@ -19,7 +19,7 @@ from lib.db import Db, connection
 from lib.db.types import RefusedValue, UnreadableValue
 from lib.errors import ApiError, as_api_error
 from lib.fields import exact_decimal
-from lib.jsonenc import dumps_bytes, json_array_chunks, loads_exact
+from lib.jsonenc import TooDeepToWrite, dumps_bytes, json_array_chunks, loads_exact
 from tests.helpers import Caller, assert_problem, run_sql
 
 # Edge values of every type the catalog lists (min, max, infinity, empty, BC, huge), as SQL literals' text.
@@ -234,6 +234,21 @@ BOUNDED_ARRAYS = [
 @pytest.mark.parametrize('array, written', BOUNDED_ARRAYS)
 def test_an_array_with_lower_bounds_other_than_1_is_its_elements_as_to_jsonb_writes_them(conn, array, written):
     assert loads_exact(all_three_ways(conn, f'SELECT {array} AS v'))[0]['v'] == written
+
+
+@pytest.mark.parametrize('wrapper', ['{}', 'ARRAY[{}]', "jsonb_build_object('k', {})"])
+def test_the_three_readers_refuse_a_value_as_deep_as_one_another(conn, wrapper):
+    """orjson writes 254 levels of arrays and objects: a row list and its row take two."""
+    def nested(levels):
+        return wrapper.format(f"(repeat('[', {levels}) || repeat(']', {levels}))::jsonb")
+    depth = 252 - (wrapper != '{}')  # the array or object around the value takes one more
+    assert all_three_ways(conn, f'SELECT {nested(depth)} AS v').startswith(b'[{"v":')  # 254 levels: written alike
+    query = f'SELECT {nested(depth + 1)} AS v'
+    for read in (lambda: dumps_bytes(Db(conn).fetch_all(query)),
+                 lambda: b''.join(json_array_chunks(Db(conn).stream(query))),
+                 lambda: b''.join(json_array_chunks(Db(conn).stream_json(query)))):
+        with pytest.raises(TooDeepToWrite):
+            read()
 
 
 def test_a_tables_rows_are_objects_and_anonymous_records_postgresql_text(conn):

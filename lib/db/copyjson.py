@@ -121,7 +121,15 @@ class Column:
         written = self.fast(values)
         if written is not None:
             return written, True
-        return [dumps_bytes(None if raw is None else self.value(raw)) for raw in values], False
+        return [written_in_a_row(None if raw is None else self.value(raw)) for raw in values], False
+
+
+def written_in_a_row(value):
+    """Return value's JSON, refused (TooDeepToWrite) as deep as in the rows the other readers write, two levels down
+    ([{"key": value}]): orjson's depth limit counts the answer's levels, and all three must write the same bytes."""
+    if not isinstance(value, (list, dict)):
+        return dumps_bytes(value)
+    return dumps_bytes([[value]])[2:-2]
 
 
 class Integer(Column):
