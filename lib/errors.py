@@ -174,6 +174,7 @@ SQLSTATE_ERRORS = {
     '57P01': (ServiceUnavailable, CONNECTION_LOST),
     '57P02': (ServiceUnavailable, CONNECTION_LOST),
     '57P03': (ServiceUnavailable, ServiceUnavailable.detail),
+    '55P03': (ServiceUnavailable, 'The data is locked by another transaction. Try again shortly.'),  # lock_timeout
 }
 # Serialization failure and deadlock: a whole-transaction action is run again before the 503 above.
 RETRYABLE_SQLSTATES = frozenset({'40001', '40P01'})

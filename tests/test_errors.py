@@ -1,6 +1,7 @@
 """CONTRACT section 3: every error is RFC 9457 problem details, with the status of the error table."""
 import threading
 
+import psycopg2
 import pytest
 
 from tests.helpers import (ADMIN_TOKEN, UNREACHABLE_DSN, Caller, assert_problem, body_of_size, export_in_flight,
@@ -123,6 +124,21 @@ def test_database_down_is_503_with_retry_after(make_app):
 def test_a_server_going_away_or_full_is_503_with_retry_after(call, case, sqlstate):
     response = call('/probe/sqlstate', {'case': case})
     assert assert_problem(response, 503)['sqlstate'] == sqlstate
+    assert response.headers['Retry-After'] == '1'
+
+
+def test_a_lock_not_obtained_within_the_actions_lock_timeout_is_503_with_retry_after(call, database_url):
+    holder = psycopg2.connect(database_url)
+    try:
+        with holder.cursor() as cursor:  # its transaction stays open, the table locked, until the rollback
+            cursor.execute('LOCK TABLE probe.things IN ACCESS EXCLUSIVE MODE')
+        response = call('/types/select_steps', {'queries': ["SET LOCAL lock_timeout = '100ms'",
+                                                            'SELECT count(*) AS n FROM probe.things']})
+    finally:
+        holder.rollback()
+        holder.close()
+    body = assert_problem(response, 503)
+    assert (body['sqlstate'], body['detail']) == ('55P03', 'The data is locked by another transaction. Try again shortly.')
     assert response.headers['Retry-After'] == '1'
 
 
