@@ -35,11 +35,12 @@ def env_int(name, default, minimum=0, maximum=2**31 - 1):
 
 
 def env_choice(name, default, choices):
-    """Return the variable, which must be one of choices (case-insensitive)."""
+    """Return the variable as choices spell it: it must be one of them, in any case."""
+    spelled = {choice.upper(): choice for choice in choices}
     value = env_str(name, default).upper()
-    if value not in choices:
+    if value not in spelled:
         raise ImproperlyConfigured(f'{name} must be one of {", ".join(choices)}')
-    return value
+    return spelled[value]
 
 
 def env_secret(name):
@@ -182,7 +183,7 @@ WEB_CONCURRENCY = env_int('WEB_CONCURRENCY', 2 * (os.cpu_count() or 1) + 1, 1, 2
 # gevent (the default): each request is a greenlet, so one waiting on PostgreSQL holds no process and /healthz
 # never queues behind actions (docs/performance.md, "Worker model"). gthread: THREADS threads per worker. sync: one
 # request per worker, as before.
-WORKER_CLASS = env_choice('WORKER_CLASS', 'gevent', ('GEVENT', 'GTHREAD', 'SYNC')).lower()
+WORKER_CLASS = env_choice('WORKER_CLASS', 'gevent', ('gevent', 'gthread', 'sync'))
 THREADS = env_int('THREADS', 8, 1, 1000)
 TRUSTED_PROXY_HOPS = env_int('TRUSTED_PROXY_HOPS', 0, 0, 5)
 

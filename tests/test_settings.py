@@ -36,6 +36,18 @@ def test_bad_value_fails_at_start_naming_the_variable(name, value):
     assert 'ImproperlyConfigured' in stderr and name in stderr
 
 
+@pytest.mark.parametrize('name, value, listed', [('WORKER_CLASS', 'eventlet', 'gevent, gthread, sync'),
+                                                 ('LOG_LEVEL', 'loud', 'DEBUG, INFO, WARNING, ERROR, CRITICAL')])
+def test_a_value_not_among_the_choices_lists_them_as_the_docs_spell_them(name, value, listed):
+    status, _, stderr = read_settings(**{name: value})
+    assert status != 0 and f'{name} must be one of {listed}' in stderr
+
+
+def test_a_choice_is_taken_in_any_case():
+    _, stdout, _ = read_settings(WORKER_CLASS='GThread', LOG_LEVEL='debug')
+    assert (json.loads(stdout)['WORKER_CLASS'], json.loads(stdout)['LOG_LEVEL']) == ('gthread', 'DEBUG')
+
+
 def test_defaults():
     status, stdout, _ = read_settings()
     values = json.loads(stdout)
