@@ -9,6 +9,7 @@ import uuid
 
 import pgserver
 import psycopg2
+import psycopg2.extensions
 import pytest
 from psycopg2.extensions import parse_dsn
 
@@ -239,7 +240,7 @@ def test_a_slot_wait_that_times_out_leaves_the_line():
 
 def test_cancel_requests_go_through_psycopg2s_own_libpq():
     # Not the fallback (connection.cancel(), which holds the GIL): lib/db/cancel.py found the libpq psycopg2 uses.
-    assert LIBPQ is not None and LIBPQ.PQlibVersion() == psycopg2.__libpq_version__
+    assert LIBPQ is not None and LIBPQ.PQlibVersion() == psycopg2.extensions.libpq_version()
 
 
 def test_a_cancel_the_server_does_not_take_lets_the_process_run_and_marks_the_connection():

@@ -19,6 +19,7 @@ import threading
 import weakref
 
 import psycopg2
+import psycopg2.extensions
 from gevent.monkey import get_original, is_module_patched
 
 NATIVE_CONNECTION = b'psycopg2.connection.native_connection'  # the name psycopg2 gives its capsule
@@ -32,7 +33,7 @@ SystemLock = get_original('_thread', 'allocate_lock')
 
 def psycopg2_libpq():
     """Return psycopg2's libpq through ctypes, its functions typed, or None: not on Linux, or more than one libpq is
-    loaded, or the one loaded is not the version psycopg2 was built with."""
+    loaded, or the one found is not the one psycopg2 reports loaded (psycopg2.extensions.libpq_version())."""
     try:
         with open('/proc/self/maps') as maps:
             paths = {line.split()[-1] for line in maps if '/libpq' in line}
@@ -45,7 +46,7 @@ def psycopg2_libpq():
     libpq.PQgetCancel.argtypes, libpq.PQgetCancel.restype = [ctypes.c_void_p], ctypes.c_void_p
     libpq.PQcancel.argtypes, libpq.PQcancel.restype = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int], ctypes.c_int
     libpq.PQfreeCancel.argtypes, libpq.PQfreeCancel.restype = [ctypes.c_void_p], None
-    return libpq if libpq.PQlibVersion() == psycopg2.__libpq_version__ else None
+    return libpq if libpq.PQlibVersion() == psycopg2.extensions.libpq_version() else None
 
 
 def native_connection(conn):

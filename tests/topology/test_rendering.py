@@ -183,14 +183,6 @@ def test_kubernetes_connection_budget_fits_the_documented_max_connections():
     assert budget == 40 and budget < 100  # PostgreSQL's default max_connections
 
 
-def test_kubernetes_nginx_reads_the_same_limits_as_the_api():
-    env = kubernetes_objects()['Deployment', 'dbapi-nginx']['spec']['template']['spec']['containers'][0]['env']
-    from_config = {item['name']: item['valueFrom']['configMapKeyRef'] for item in env if 'valueFrom' in item
-                   and 'configMapKeyRef' in item['valueFrom']}
-    assert {name: ref['key'] for name, ref in from_config.items()} == {
-        'MAX_CONTENT_LENGTH': 'MAX_CONTENT_LENGTH', 'DB_STATEMENT_TIMEOUT_MS': 'DB_STATEMENT_TIMEOUT_MS'}
-
-
 def test_the_image_gets_what_the_healthcheck_and_the_app_need():
     allowed = (BASE_DIR / '.dockerignore').read_text()
     for needed in ('app.py', 'settings.py', 'gunicorn.conf.py', 'manage.py', 'lib/', 'modules/', 'migrations/',
