@@ -14,6 +14,7 @@ import base64
 import datetime
 import decimal
 import json
+import os
 import re
 import sys
 
@@ -67,10 +68,50 @@ class ExactNumber(decimal.Decimal):
 NUMERIC_MAX_DIGITS_BEFORE_POINT, NUMERIC_MAX_DIGITS_AFTER_POINT = 131072, 16383
 
 
+class RawJson:
+    """A JSON number's exact text, written as it is (the registry's answer for ExactNumber and timedelta, and
+    orjson_ready's for an integer past 64 bits): dumps_bytes swaps it in for a placeholder string (RawNumbers)."""
+
+    __slots__ = ('text',)
+
+    def __init__(self, text):
+        self.text = text
+
+
+# The placeholder of a RawJson while orjson writes a document, and how to find it in what orjson wrote. orjson's own
+# way to write raw JSON, orjson.Fragment, reserves 32 bytes past it and then writes the ']' of the arrays it closes
+# without reserving more: a Fragment nested deeper than about 70 arrays overran orjson's buffer (heap corruption,
+# the worker aborted; orjson 3.13.0). A string gets room enough. The mark is random per process: no text a client or
+# the database sends can spell it. Private-use characters, which orjson writes as they are, never escaped.
+RAW_MARK, RAW_END = '\ue000' + os.urandom(8).hex(), '\ue001'
+RAW_PLACEHOLDER = re.compile(b'"' + re.escape(RAW_MARK.encode()) + rb'(\d+)' + re.escape(RAW_END.encode()) + b'"')
+
+
+class RawNumbers:
+    """orjson's default for one document: the registry's encoding of each value orjson does not know, a RawJson
+    written as a placeholder string whose text fill puts back."""
+
+    __slots__ = ('texts',)
+
+    def __init__(self):
+        self.texts = []
+
+    def __call__(self, value):
+        encoded = value if isinstance(value, RawJson) else encode_default(value)
+        if not isinstance(encoded, RawJson):
+            return encoded
+        self.texts.append(encoded.text.encode())
+        return f'{RAW_MARK}{len(self.texts) - 1}{RAW_END}'
+
+    def fill(self, written):
+        """Return the bytes orjson wrote with each placeholder replaced by its number."""
+        return RAW_PLACEHOLDER.sub(lambda match: self.texts[int(match[1])], written) if self.texts else written
+
+
 def exact_number(value):
     """Return an ExactNumber as the JSON number it is, in plain notation as PostgreSQL writes numeric (1E-30 is
     0.000000000000000000000000000001 in to_jsonb), past numeric's range in exponent notation (decimal_text)."""
-    return orjson.Fragment(decimal_text(value))
+    return RawJson(decimal_text(value))
 
 
 def decimal_text(value):
@@ -92,7 +133,7 @@ def within_numeric_range(value):
 def exact_seconds(value):
     """Return a timedelta as its exact number of seconds (a float would round past 2**53 microseconds)."""
     microseconds = (value.days * 86400 + value.seconds) * 1_000_000 + value.microseconds
-    return orjson.Fragment(decimal_text(decimal.Decimal(microseconds).scaleb(-6).normalize(decimal.Context(prec=40))))
+    return RawJson(decimal_text(decimal.Decimal(microseconds).scaleb(-6).normalize(decimal.Context(prec=40))))
 
 
 register_json_type(decimal.Decimal, decimal_text)  # exact, as a string: "10.50"
@@ -112,7 +153,7 @@ def orjson_ready(value):
     if isinstance(value, (list, tuple, set, frozenset)):
         return [orjson_ready(item) for item in value]
     if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= UINT64_MAX:
-        return orjson.Fragment(str(value))
+        return RawJson(str(value))
     if isinstance(value, datetime.time) and value.tzinfo is not None:
         return value.isoformat()  # 12:30:00+02:00
     return value
@@ -121,7 +162,7 @@ def orjson_ready(value):
 def orjson_ready_key(key):
     """Return a dict key orjson writes (OPT_NON_STR_KEYS): big integers and aware times become their text."""
     ready = orjson_ready(key)
-    return str(key) if isinstance(ready, orjson.Fragment) else ready
+    return ready.text if isinstance(ready, RawJson) else ready
 
 
 class TooDeepToWrite(TypeError):
@@ -131,14 +172,16 @@ class TooDeepToWrite(TypeError):
 def dumps_bytes(value):
     """Encode value as UTF-8 JSON bytes; TypeError for a value of a type the registry does not know, TooDeepToWrite
     for one nesting deeper than orjson writes (a jsonb value PostgreSQL stored, say)."""
+    raw_numbers = RawNumbers()
     try:
-        return orjson.dumps(value, default=encode_default, option=ORJSON_OPTIONS)
+        return raw_numbers.fill(orjson.dumps(value, default=raw_numbers, option=ORJSON_OPTIONS))
     except TypeError as exc:
         if str(exc).startswith(ORJSON_RECURSION_LIMIT):
             raise TooDeepToWrite(str(exc)) from None
         if not str(exc).startswith(REFUSED_BY_ORJSON):
             raise
-        return orjson.dumps(orjson_ready(value), default=encode_default, option=ORJSON_OPTIONS)
+        raw_numbers = RawNumbers()
+        return raw_numbers.fill(orjson.dumps(orjson_ready(value), default=raw_numbers, option=ORJSON_OPTIONS))
 
 
 def loads_exact(data, bounded=True):

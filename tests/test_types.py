@@ -4,6 +4,8 @@ import base64
 import json
 import decimal
 import re
+import subprocess
+import sys
 import time
 import timeit
 import uuid
@@ -20,6 +22,7 @@ from lib.db.types import RefusedValue, UnreadableValue
 from lib.errors import ApiError, as_api_error
 from lib.fields import exact_decimal
 from lib.jsonenc import TooDeepToWrite, dumps_bytes, json_array_chunks, loads_exact
+from settings import BASE_DIR
 from tests.helpers import Caller, assert_problem, run_sql
 
 # Edge values of every type the catalog lists (min, max, infinity, empty, BC, huge), as SQL literals' text.
@@ -678,3 +681,29 @@ def test_jsonb_numbers_are_written_as_to_jsonb_writes_them(app, number):
         row = Db(conn).fetch_one("SELECT %(text)s::jsonb AS v, (%(text)s::jsonb)::text AS oracle",
                                  {'text': f'{{"n": {number}}}'})
     assert dumps_bytes(row['v']).decode() == row['oracle'].replace(' ', '')
+
+
+def test_exact_numbers_nested_deep_are_written_without_corrupting_memory():
+    """orjson.Fragment overran orjson's buffer when nested deeper than about 70 arrays (the process aborted): the
+    check runs in a process of its own, so that a failure is a failed test, not a crashed test run."""
+    script = '''if True:
+        from lib.jsonenc import ExactNumber, dumps_bytes, loads_exact
+        for size in range(1, 3000, 7):
+            for depth in (96, 127, 200, 252):
+                value = ExactNumber('0.' + '0' * size + '1')
+                for _ in range(depth):
+                    value = [value]
+                written = dumps_bytes([{'v': value, 'g': row} for row in range(10)])
+        assert written.startswith(b'[{"v":' + b'[' * 252 + b'0.000') and loads_exact(written, bounded=False)[9]['g'] == 9
+        print('written')'''
+    result = subprocess.run([sys.executable, '-c', script], cwd=BASE_DIR, capture_output=True, text=True,
+                            timeout=120)
+    assert (result.returncode, result.stdout) == (0, 'written\n'), result.stderr[-2000:]
+
+
+def test_a_deep_json_value_with_exact_numbers_is_answered_exactly(call):
+    expression = "(repeat('[', 127) || '0.' || repeat('0', 399) || '1' || repeat(']', 127))::jsonb"
+    answer = call('/types/select', {'query': f'SELECT {expression} AS v FROM generate_series(1, 100)'})
+    assert answer.status_code == 200
+    row = b'{"v":' + b'[' * 127 + b'0.' + b'0' * 399 + b'1' + b']' * 127 + b'}'
+    assert answer.get_data() == b'[' + b','.join([row] * 100) + b']'
