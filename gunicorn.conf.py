@@ -76,6 +76,20 @@ proc_name = settings.PROCESS_ID
 control_socket_disable = True
 
 
+# Set by `make run` (manage.py) and `make stack` (ops/stack.py), which supervise the master they started.
+SUPERVISOR = os.environ.get('DBAPI_SUPERVISOR')
+
+
+def pre_exec(server):
+    """Refuse a binary upgrade (SIGUSR2) under make run or make stack: they follow the master they started, and once
+    it quit they stopped (make run, PostgreSQL with it) or restarted it, and left the new master serving, unsupervised.
+    The forked child ends before it runs a new master; the master serves on."""
+    if SUPERVISOR:
+        server.log.error('SIGUSR2 (a binary upgrade) is refused under %s, which supervises this master: restart it '
+                         'instead', SUPERVISOR)
+        os._exit(0)
+
+
 def on_starting(server):
     """Start the metrics from zero: files of an earlier run would be summed in."""
     clear_multiprocess_dir()

@@ -305,8 +305,8 @@ def run_gunicorn(environment, routes):
     # quick stop that drops the requests in flight unanswered and unlogged.
     # It stops (SIGTERM) when this process dies, even by SIGKILL: no orphan keeps the port.
     from ops.stack import die_with_parent  # ops.stack imports this module
-    gunicorn = subprocess.Popen(gunicorn_command(), cwd=settings.BASE_DIR, env=environment, start_new_session=True,
-                                preexec_fn=die_with_parent)
+    gunicorn = subprocess.Popen(gunicorn_command(), cwd=settings.BASE_DIR, env={**environment, **SUPERVISED},
+                                start_new_session=True, preexec_fn=die_with_parent)
     stops = Stops(gunicorn)
     signal.signal(signal.SIGTERM, stops.graceful)
     signal.signal(signal.SIGHUP, stops.graceful)
@@ -315,6 +315,10 @@ def run_gunicorn(environment, routes):
         where = served_url() if settings.BIND_PORT is not None else f'unix:{unix_socket_path()}'
         print(f'dbapi serves on {where} with {counted(settings.WEB_CONCURRENCY, "worker")}. Try:\n  {how_to_call(routes)}\nCtrl-C stops it.', flush=True)
     return stops.exit_code(gunicorn.wait())
+
+
+# What gunicorn.conf.py's pre_exec reads: a supervisor follows the master it started, so no binary upgrade.
+SUPERVISED = {'DBAPI_SUPERVISOR': 'make run'}
 
 
 def gunicorn_command():

@@ -193,7 +193,8 @@ def replica_environment(index, port, dsn, run_dir):
     env.update({f'DEFAULT_DB_{part}': '' for part in [*settings.DB_PARTS.values(), 'PASS_FILE']})
     # Metrics files of its own, inside the stack's directory: gone with the stack, even after a SIGKILL.
     env.update(DATABASE_URL=dsn, BIND=f'127.0.0.1:{port}', PROCESS_ID=f'{settings.PROCESS_ID}-{index}',
-               TRUSTED_PROXY_HOPS='1', PROMETHEUS_MULTIPROC_DIR=str(Path(run_dir) / f'metrics-{index}'))
+               TRUSTED_PROXY_HOPS='1', PROMETHEUS_MULTIPROC_DIR=str(Path(run_dir) / f'metrics-{index}'),
+               DBAPI_SUPERVISOR='make stack')  # no binary upgrade (gunicorn.conf.py's pre_exec): it follows its master
     return env
 
 

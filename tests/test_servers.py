@@ -302,3 +302,20 @@ def test_a_client_that_sends_less_than_it_declared_gets_a_400(gunicorn):
         while chunk := sock.recv(65536):
             reply += chunk
     assert reply.startswith(b'HTTP/1.1 400 '), reply[:200]
+
+
+def test_a_binary_upgrade_is_refused_under_make_run_which_serves_on(serve_data_dir):
+    port = free_port()
+    with started_serve(serve_data_dir, PORT=str(port), WEB_CONCURRENCY='1') as process:
+        wait_until_healthy(f'http://127.0.0.1:{port}', process, seconds=90)
+        master = gunicorn_child(process)
+        master.send_signal(signal.SIGUSR2)
+        time.sleep(3)  # a new master would have booted its workers by now
+        assert not [child for child in master.children() if child.children()], 'no new master'
+        assert post(port, '/probe/echo', {'name': 'Ada'}).json() == {'name': 'Ada'}
+        assert process.poll() is None and master.is_running()
+        output = ctrl_c(process)
+    refusal = [json.loads(line) for line in output.splitlines() if 'binary upgrade' in line]
+    assert [line['message'] for line in refusal] == [
+        'SIGUSR2 (a binary upgrade) is refused under make run, which supervises this master: restart it instead']
+    assert process.returncode == 0
