@@ -673,6 +673,23 @@ def test_under_gunicorn_an_exhausted_pool_sheds_503_within_the_pool_timeout(data
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('body, pause_reading', [
+    ({'rows': 100_000, 'pause': 0}, 3.5),  # the server waits to write: its socket is full until the client reads
+    ({'rows': 1000, 'pause': 1.5}, 0),  # a batch is still being fetched a second past the deadline
+])
+def test_a_stream_past_the_deadline_however_it_got_there_is_logged_as_past_it(database_url, tmp_path, body,
+                                                                               pause_reading):
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', REQUEST_DEADLINE_MS='2000',
+                             LOG_LEVEL='INFO') as (port, _):
+        with streaming(port, body, 'stream-late') as response:
+            time.sleep(pause_reading)
+            received = read_to_the_cut(response)
+    line = gunicorn_access_line(tmp_path, 'stream-late')
+    assert line['http']['response'] == {'status_code': 200, 'body': {'bytes': len(received)}}
+    assert line['error']['type'] == 'lib.db.unit.StreamPastDeadline', line['error']
+
+
+@pytest.mark.slow
 def test_a_stream_still_sent_at_the_deadline_is_cut_short_and_logged_as_past_it(database_url, tmp_path):
     with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', REQUEST_DEADLINE_MS='2000',
                              LOG_LEVEL='INFO') as (port, _):

@@ -32,6 +32,8 @@ class StreamPastDeadline(GatewayTimeout):
 # How long past a request's deadline its connection still waits for PostgreSQL, whose own statement timeout ends a
 # transaction's statements at the deadline and answers with its error.
 ANSWER_GRACE_SECONDS = 1
+# How long the statements that end a stream cut at its deadline may wait for PostgreSQL.
+STREAM_END_ANSWER_SECONDS = 5
 
 
 def time_left(deadline):
@@ -146,18 +148,33 @@ class LeasedStream:
     def __next__(self):
         if self.ahead:
             return self.ahead.pop()
-        left = time_left(self.lease.deadline)
-        if left is not None and left <= 0:
-            self.close()  # its items first: a stream's helper thread stops fetching before the connection goes back
+        if self.past_deadline():
+            self.close_past_deadline()
             raise StreamPastDeadline()
         try:
             return next(self.items)
         except StopIteration:
             self.lease.end(success=True)
             raise
+        except DatabaseNotAnswering as exc:  # a batch still fetched a second past the deadline
+            self.lease.end(success=False)
+            if self.past_deadline():
+                raise StreamPastDeadline() from exc
+            raise
         except BaseException:
             self.lease.end(success=False)
             raise
+
+    def past_deadline(self):
+        """Tell whether the request's deadline has passed."""
+        left = time_left(self.lease.deadline)
+        return left is not None and left <= 0
+
+    def close_past_deadline(self):
+        """Close the stream, its items first (a stream's helper thread stops fetching before the connection goes
+        back); the statements that end it (CLOSE, a cancel) get time of their own, the deadline's being over."""
+        bound_answers(self.lease.conn, time.monotonic() + STREAM_END_ANSWER_SECONDS)
+        self.close()
 
     def close(self):
         """Give the connection back even when the stream was never read (client gone, error)."""
