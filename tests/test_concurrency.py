@@ -466,15 +466,18 @@ def test_a_cancel_the_server_does_not_take_leaves_the_worker_serving(tmp_path, w
     query = f'SELECT pg_sleep({seconds})'
     with throwaway_postgres('cancel-') as (dsn, data_dir):
         postmaster = int((data_dir / 'postmaster.pid').read_text().split()[0])
-        with gunicorn_logging_to(tmp_path, DATABASE_URL=dsn, WEB_CONCURRENCY='1', DB_POOL_MAX='1', LOG_LEVEL='INFO',
+        with gunicorn_logging_to(tmp_path, DATABASE_URL=dsn, WEB_CONCURRENCY='1', DB_POOL_MAX='2', LOG_LEVEL='INFO',
                                  WORKER_CLASS=worker_class) as (port, _):
             client = raw_post(port, '/slow/sleep', {'seconds': seconds}, 'gone-while-frozen')
             backend = wait_for(lambda: backend_running(dsn, query), 10, 'the query did not start')
+            assert post(port, '/slow/sleep', {'seconds': 0}).status == 200  # a second connection, idle now
             os.kill(postmaster, signal.SIGSTOP)  # the kernel accepts the cancel's connection, nobody reads it
             try:
                 client.close()
                 time.sleep(0.3)  # the watcher has seen the client go and waits for the server to take the cancel
                 assert http_request(port, 'GET', '/healthz', timeout=2).status == 200, 'the worker serves on'
+                answer, took = timed(lambda: post(port, '/slow/sleep', {'seconds': 0}))
+                assert answer.status == 200 and took < 0.5, f'{took:.2f} s: a query waited for the cancel'
                 time.sleep(1)  # past the second a cancel is waited for
             finally:
                 os.kill(postmaster, signal.SIGCONT)

@@ -48,12 +48,14 @@ class ServerStopping(ServiceUnavailable):
 
 
 class Watch:
-    """One request's client socket and the connection its query runs on."""
+    """One request's client socket and the connection its query runs on; cancelling, once the watcher sends a cancel
+    request for it, is set when that is over (taken by the server, or given up on)."""
 
-    __slots__ = ('fileno', 'conn', 'environ')
+    __slots__ = ('fileno', 'conn', 'environ', 'cancelling')
 
     def __init__(self, sock, conn, environ):
         self.fileno, self.conn, self.environ = sock.fileno(), conn, environ
+        self.cancelling = None
 
     def cancelled_error(self):
         """Return the error that ends a request whose query the watcher cancelled, or None if it did not."""
@@ -93,11 +95,15 @@ class DisconnectWatcher:
 
     def forget(self, watch):
         """Stop watching; once this returns, no cancel for this watch is on its way to the connection (one the server
-        did not take in time still may be: the pool throws that connection away, lib/db/cancel.py)."""
+        did not take in time still may be: the pool throws that connection away, lib/db/cancel.py). Only the request
+        whose own cancel is being sent waits for it."""
         with self.lock:
             self.watches.pop(id(watch), None)
             if not self.watches:
                 self.wanted.clear()
+            cancelling = watch.cancelling
+        if cancelling is not None:
+            cancelling.wait()
 
     def run(self):
         """Look at the watched sockets every POLL_SECONDS for as long as the process lives, idle while there are none."""
@@ -121,14 +127,19 @@ class DisconnectWatcher:
                     self.cancel(watch)
 
     def cancel(self, watch, reason=GONE_KEY):
-        """Mark the request with reason and cancel its query, unless the query ended (and the watch was forgotten)."""
+        """Mark the request with reason and cancel its query, unless the query ended (and the watch was forgotten).
+        The cancel is sent outside the lock: a server slow to take it holds no other request's watch or forget."""
         with self.lock:
             if self.watches.pop(id(watch), None) is None:
                 return
             if not self.watches:
                 self.wanted.clear()
             watch.environ[reason] = True
+            watch.cancelling = threading.Event()
+        try:
             cancel_running_query(watch.conn)
+        finally:
+            watch.cancelling.set()
 
 
     def cancel_all(self):
