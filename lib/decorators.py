@@ -78,7 +78,7 @@ def bulkhead_of_request():
 
 def watch_client(lease):
     """Have the query on lease's connection cancelled if the request's client goes away, until the lease ends."""
-    watch = WATCHER.watch(request.environ, lease.conn) if has_request_context() else None
+    watch = WATCHER.watch(request.environ, lease.conn, lease.deadline) if has_request_context() else None
     if watch is not None:
         lease.before_end.append(lambda: WATCHER.forget(watch))
     return watch
@@ -114,6 +114,8 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
             raise cancelled from exc
         raise
     if isinstance(result, Iterator):
+        if watch is not None:
+            watch.streaming = True  # cut short when its client stops reading past the deadline
         return LeasedStream(result, lease, first)
     lease.end(success=True)
     return result

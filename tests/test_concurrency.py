@@ -350,13 +350,19 @@ def test_a_body_sent_too_slowly_to_a_sync_worker_is_a_408_at_the_deadline(databa
 
 def gunicorn_access_line(folder, request_id):
     """Return the app's access line of one request from the stdout of a gunicorn run by gunicorn_logging_to."""
-    found = []
-    for text in (folder / 'stdout').read_text().splitlines():
-        line = json.loads(text) if text.startswith('{') else {}
-        if line.get('log', {}).get('logger') == 'dbapi.access' and line['http']['request'].get('id') == request_id:
-            found.append(line)
+    found = access_lines(folder, request_id)
     assert len(found) == 1, found
     return found[0]
+
+
+def access_lines(folder, request_id):
+    """Return the app's access lines of one request written so far to the stdout of gunicorn_logging_to's gunicorn."""
+    found = []
+    for text in (folder / 'stdout').read_text().splitlines():
+        line = json.loads(text) if text.startswith('{') and text.endswith('}') else {}
+        if line.get('log', {}).get('logger') == 'dbapi.access' and line['http']['request'].get('id') == request_id:
+            found.append(line)
+    return found
 
 
 def raw_post(port, path, body, request_id):
@@ -690,6 +696,22 @@ def test_a_stream_past_the_deadline_however_it_got_there_is_logged_as_past_it(da
     line = gunicorn_access_line(tmp_path, 'stream-late')
     assert line['http']['response'] == {'status_code': 200, 'body': {'bytes': len(received)}}
     assert line['error']['type'] == 'lib.db.unit.StreamPastDeadline', line['error']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_a_stream_whose_client_stops_reading_gives_its_connection_back_a_second_past_the_deadline(
+        database_url, tmp_path, worker_class):
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1',
+                             REQUEST_DEADLINE_MS='2000', LOG_LEVEL='INFO', WORKER_CLASS=worker_class) as (port, _):
+        with streaming(port, {'rows': 200_000, 'pause': 0}, 'stream-unread') as response:
+            assert response.status == 200  # and nothing of its body is read: the server's write waits
+            wait_for(lambda: access_lines(tmp_path, 'stream-unread'), 10, 'the unread stream still holds its connection')
+            assert post(port, '/slow/sleep', {'seconds': 0}).status == 200, 'the one pooled connection serves again'
+    line = gunicorn_access_line(tmp_path, 'stream-unread')
+    assert line['event']['outcome'] == 'failure'
+    assert line['error']['type'] == 'lib.db.unit.StreamPastDeadline', line['error']
+    assert 3 <= line['event']['duration'] / 1e9 < 5, 'the deadline (2 s) and a second'
 
 
 @pytest.mark.slow

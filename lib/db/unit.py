@@ -149,7 +149,7 @@ class LeasedStream:
         if self.ahead:
             return self.ahead.pop()
         if self.past_deadline():
-            self.close_past_deadline()
+            self.close()
             raise StreamPastDeadline()
         try:
             return next(self.items)
@@ -170,18 +170,18 @@ class LeasedStream:
         left = time_left(self.lease.deadline)
         return left is not None and left <= 0
 
-    def close_past_deadline(self):
-        """Close the stream, its items first (a stream's helper thread stops fetching before the connection goes
-        back); the statements that end it (CLOSE, a cancel) get time of their own, the deadline's being over."""
-        bound_answers(self.lease.conn, time.monotonic() + STREAM_END_ANSWER_SECONDS)
-        self.close()
-
     def close(self):
-        """Give the connection back even when the stream was never read (client gone, error)."""
-        close_items = getattr(self.items, 'close', None)
-        if close_items:
-            close_items()
-        self.lease.end(success=False)
+        """End the stream, its items first (a stream's helper thread stops fetching before the connection goes back),
+        and give the connection back whatever happens, also when the stream was never read (client gone, error).
+        Past the deadline, the statements that end it (CLOSE, a cancel) get time of their own."""
+        if self.lease.open and self.past_deadline():  # an ended lease's connection may serve another request now
+            bound_answers(self.lease.conn, time.monotonic() + STREAM_END_ANSWER_SECONDS)
+        try:
+            close_items = getattr(self.items, 'close', None)
+            if close_items:
+                close_items()
+        finally:
+            self.lease.end(success=False)
 
 
 @contextmanager

@@ -19,16 +19,21 @@ import contextlib
 import os
 import select
 import signal
+import socket
 import threading
 import time
 
 from lib.db.cancel import cancel_running_query
+from lib.db.unit import ANSWER_GRACE_SECONDS, StreamPastDeadline
 from lib.errors import ApiError, ServiceUnavailable
-from lib.http.exchange import CLIENT_SOCKET_KEY, GONE_KEY, STOPPING_KEY
+from lib.http.exchange import CLIENT_SOCKET_KEY, CUT_KEY, GONE_KEY, STOPPING_KEY
 from lib.polling import ready_events
 
 # The watcher looks at the sockets this often: it bounds how late a client that left is noticed.
 POLL_SECONDS = 0.1
+# How long past its deadline a stream whose client stopped reading keeps its connection before it is cut short: the
+# grace its database waits get (lib/db/unit.py).
+STREAM_GRACE_SECONDS = ANSWER_GRACE_SECONDS
 # The peer closed its side (POLLRDHUP, even with unread data in the socket) or reset the connection.
 GONE_EVENTS = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
@@ -49,13 +54,19 @@ class ServerStopping(ServiceUnavailable):
 
 class Watch:
     """One request's client socket and the connection its query runs on; cancelling, once the watcher sends a cancel
-    request for it, is set when that is over (taken by the server, or given up on)."""
+    request for it, is set when that is over (taken by the server, or given up on). A streaming watch's request sends
+    its answer while it holds the connection: past its deadline (time.monotonic()) and a grace, it is cut short."""
 
-    __slots__ = ('fileno', 'conn', 'environ', 'cancelling')
+    __slots__ = ('fileno', 'conn', 'environ', 'cancelling', 'deadline', 'streaming')
 
-    def __init__(self, sock, conn, environ):
-        self.fileno, self.conn, self.environ = sock.fileno(), conn, environ
+    def __init__(self, sock, conn, environ, deadline):
+        self.fileno, self.conn, self.environ, self.deadline = sock.fileno(), conn, environ, deadline
         self.cancelling = None
+        self.streaming = False
+
+    def overdue(self, now):
+        """Tell whether the watch streams an answer still, past its deadline and the grace a stream's end gets."""
+        return self.streaming and self.deadline is not None and now > self.deadline + STREAM_GRACE_SECONDS
 
     def cancelled_error(self):
         """Return the error that ends a request whose query the watcher cancelled, or None if it did not."""
@@ -79,12 +90,12 @@ class DisconnectWatcher:
         self.wanted = threading.Event()
         self.started = False
 
-    def watch(self, environ, conn):
+    def watch(self, environ, conn, deadline=None):
         """Watch the request's client while conn runs its query; return the Watch, or None without a socket."""
         sock = environ.get(CLIENT_SOCKET_KEY)
         if sock is None:  # not served by gunicorn (the tests' in-process client)
             return None
-        watch = Watch(sock, conn, environ)
+        watch = Watch(sock, conn, environ, deadline)
         with self.lock:
             self.watches[id(watch)] = watch
             start, self.started = not self.started, True
@@ -115,7 +126,12 @@ class DisconnectWatcher:
             self.check(watches)
 
     def check(self, watches):
-        """Cancel the queries of the watched requests whose clients have closed their connection."""
+        """Cancel the queries of the watched requests whose clients have closed their connection, and cut short the
+        streams still being sent past their deadline."""
+        now = time.monotonic()
+        for watch in watches:
+            if watch.overdue(now):
+                self.cut_short(watch)
         by_fileno = collections.defaultdict(list)
         for watch in watches:
             by_fileno[watch.fileno].append(watch)
@@ -141,6 +157,19 @@ class DisconnectWatcher:
         finally:
             watch.cancelling.set()
 
+
+    def cut_short(self, watch):
+        """End a stream whose client stopped reading past its deadline: the server's write waits for that client,
+        holding the connection. Shutting the socket down makes the write fail; the stream then ends and is logged
+        as past its deadline (CUT_KEY), and its connection goes back."""
+        with self.lock:
+            if self.watches.pop(id(watch), None) is None:
+                return
+            if not self.watches:
+                self.wanted.clear()
+            watch.environ[CUT_KEY] = StreamPastDeadline()
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(watch.fileno)) as duplicate:
+            duplicate.shutdown(socket.SHUT_RDWR)
 
     def cancel_all(self):
         """Cancel every query still running (the worker is about to be killed), so each request ends and is logged."""

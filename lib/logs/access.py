@@ -3,7 +3,7 @@ import logging
 import time
 import traceback
 
-from lib.http.exchange import CLIENT_KEY, ERROR_KEY, GONE_KEY, ROUTE_KEY
+from lib.http.exchange import CLIENT_KEY, CUT_KEY, ERROR_KEY, GONE_KEY, ROUTE_KEY
 from lib.http.requestid import REQUEST_ID_KEY
 from lib.logs.formatter import ACCESS_LOGGER, dotted
 from lib.logs.handlers import LineWriting
@@ -145,6 +145,8 @@ def exchange_error(exchange):
     server closed before its end."""
     if exchange.stream_error is not None:
         return error_fields(exchange.stream_error, detailed=True)
+    if (cut := exchange.environ.get(CUT_KEY)) is not None:
+        return error_fields(cut, detailed=True)
     failure = exchange.environ.get(ERROR_KEY)
     fields = {} if failure is None else error_fields(failure[0], detailed=exchange.status >= 500)
     if exchange.cut_short:
