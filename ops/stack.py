@@ -20,14 +20,19 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import settings
-from lib.logs import configure_process_logging
-from lib.db.migrate import apply_migrations
-from lib.errors import StartupError
-from manage import counted, default_dsn, gunicorn_command, how_to_call
+from lib.errors import StartupError, report_startup_errors
 
-from . import nginx, pgbouncer
-from .ports import free_ports, port_is_free
+if __name__ == '__main__':
+    # Before settings is imported, whose checks run at import: a bad PORT is one line, not a traceback.
+    report_startup_errors()
+
+import settings  # noqa: E402
+from lib.db.migrate import apply_migrations  # noqa: E402
+from lib.logs import configure_process_logging  # noqa: E402
+from manage import counted, default_dsn, gunicorn_command, how_to_call  # noqa: E402
+
+from . import nginx, pgbouncer  # noqa: E402
+from .ports import free_ports, port_is_free  # noqa: E402
 
 RESTART_DELAY_SECONDS = 1.0
 STARTUP_TIMEOUT_SECONDS = 60
@@ -56,8 +61,11 @@ class StackConfig:
     def from_environment(cls):
         """Read PORT, REPLICAS, REPLICA_BASE_PORT, STACK_PGBOUNCER and PGBOUNCER_PORT."""
         replicas = settings.env_int('REPLICAS', 3, 1, 64)
+        if not settings.env_str('REPLICA_BASE_PORT') and settings.PORT + replicas > 65535:
+            raise StackError(f'the {counted(replicas, "replica")} after PORT {settings.PORT} would need ports past '
+                             f'65535: set PORT or REPLICA_BASE_PORT lower')
         return cls(port=settings.PORT, replicas=replicas,
-                   replica_base_port=settings.env_int('REPLICA_BASE_PORT', settings.PORT + 1, 1, 65535 - replicas),
+                   replica_base_port=settings.env_int('REPLICA_BASE_PORT', settings.PORT + 1, 1, 65535 - replicas + 1),
                    pgbouncer=settings.env_int('STACK_PGBOUNCER', 0, 0, 1) == 1,
                    pgbouncer_port=settings.env_int('PGBOUNCER_PORT', 6432, 1, 65535))
 
@@ -361,7 +369,11 @@ def interrupt(signum, frame):
 def main():
     """Run the stack until Ctrl-C or SIGTERM; return the exit status."""
     configure_process_logging(settings)
-    config = StackConfig.from_environment()
+    try:
+        config = StackConfig.from_environment()
+    except (StackError, StartupError) as exc:
+        print(f'stack: {exc}', file=sys.stderr, flush=True)
+        return 1
     signal.signal(signal.SIGTERM, interrupt)
     # A shell starts a background job with SIGINT ignored, and Python then keeps ignoring it: Ctrl-C (or a test's
     # SIGINT) must stop the stack however it was started.

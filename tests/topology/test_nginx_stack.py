@@ -387,3 +387,17 @@ def test_two_servers_of_the_stack_on_one_port_stop_it_before_anything_starts():
     config = StackConfig(port=8000, replicas=3, replica_base_port=7998, pgbouncer=False, pgbouncer_port=6432)
     with pytest.raises(StackError, match='port 8000 would serve both nginx .PORT. and replica 3 .REPLICA_BASE_PORT.'):
         check_ports_free(config)
+
+
+@pytest.mark.parametrize('overrides, line', [
+    ({'PORT': '70000'}, 'dbapi: PORT must be between 1 and 65535'),
+    ({'PORT': '65535', 'REPLICA_BASE_PORT': ''},
+     'stack: the 3 replicas after PORT 65535 would need ports past 65535: set PORT or REPLICA_BASE_PORT lower'),
+    ({'REPLICA_BASE_PORT': '65534'}, 'stack: REPLICA_BASE_PORT must be between 1 and 65533'),
+])
+def test_a_stack_setting_out_of_range_stops_it_in_one_line(topology_database_url, overrides, line):
+    environment = stack_environment(topology_database_url, free_ports(5), 3, False, overrides)
+    environment = {key: value for key, value in environment.items() if value != '' or key not in overrides}
+    result = subprocess.run([sys.executable, '-m', 'ops.stack'], cwd=BASE_DIR, capture_output=True, text=True,
+                            timeout=60, env=environment)
+    assert result.returncode == 1 and result.stderr.splitlines() == [line], result.stderr
