@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Blueprint
+from marshmallow import INCLUDE
 
 from lib.auth import authorize
 from lib.decorators import respond, schema_of
@@ -81,14 +82,30 @@ def check_route_table(routes_file, table):
         seen.add(entry['route'])
 
 
-def schema_loader(schema, fast_paths=True):
-    """Return a function that validates a body with schema into call arguments."""
+def injected_names(action):
+    """Return the names of the parameters decorators pass to action, which a body must never set (inject_db's db,
+    inject_conn's conn): those of the function they wrap that the action's own signature no longer shows."""
+    return set(inspect.signature(inspect.unwrap(action)).parameters) - set(inspect.signature(action).parameters)
+
+
+def refuse_injected(body, injected):
+    """Raise Unprocessable, as for any unknown key, when the body (a dict) sets a parameter a decorator passes."""
+    if found := injected & body.keys():
+        raise Unprocessable(errors={key: ['Unknown field.'] for key in sorted(found)})
+
+
+def schema_loader(schema, fast_paths=True, injected=frozenset()):
+    """Return a function that validates a body with schema into call arguments; a schema that lets unknown keys
+    through (unknown = INCLUDE) never lets injected (injected_names) through."""
     load_valid_body = fast_loader(schema, enabled=fast_paths) or (lambda body: None)
+    injected = injected if schema.unknown == INCLUDE and not schema.many else frozenset()
 
     def load_arguments(body):
         if schema.many != isinstance(body, list) or not isinstance(body, (list, dict)):
             shape = 'array' if schema.many else 'object'
             raise Unprocessable(f'The request body must be a JSON {shape}.')
+        if injected:
+            refuse_injected(body, injected)
         loaded = load_valid_body(body)
         if loaded is None:
             loaded = schema.load(body)
@@ -104,14 +121,12 @@ def signature_loader(action, where):
     takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
     accepted = {p.name for p in parameters if p.kind != p.VAR_KEYWORD}
     required = {p.name for p in parameters if p.default is p.empty and p.kind != p.VAR_KEYWORD}
-    # What decorators pass (inject_db's db, inject_conn's conn): never from the body, **kwargs or not.
-    supplied = set(inspect.signature(inspect.unwrap(action)).parameters) - accepted - {
-        p.name for p in parameters if p.kind == p.VAR_KEYWORD}
+    injected = injected_names(action)  # never from the body, **kwargs or not
 
     def load_arguments(body):
         if not isinstance(body, dict):
             raise Unprocessable('The request body must be a JSON object.')
-        errors = {key: ['Unknown field.'] for key in body if key in supplied or key not in accepted and not takes_any}
+        errors = {key: ['Unknown field.'] for key in body if key in injected or key not in accepted and not takes_any}
         errors.update({key: ['Missing data for required field.'] for key in required if key not in body})
         if errors:
             raise Unprocessable(errors=errors)
@@ -124,7 +139,8 @@ def make_route(module, routes_file, entry, fast_paths=True):
     action = entry['action']
     schema = schema_of(action)
     where = f'{routes_file}: route {entry["route"]!r}'
-    load = schema_loader(schema, fast_paths) if schema is not None else signature_loader(action, where)
+    load = (schema_loader(schema, fast_paths, injected_names(action)) if schema is not None
+            else signature_loader(action, where))
     return Route(module, entry['route'], action, load)
 
 

@@ -161,9 +161,10 @@ def test_injected_connection_cannot_be_set_from_the_body(call):
     assert 'db' in response.get_json()['errors']
 
 
-def test_injected_connection_cannot_be_set_from_the_body_of_an_action_taking_any_key(call):
-    assert call('/probe/echo_in_a_transaction', {'db': 1}).get_json()['errors'] == {'db': ['Unknown field.']}
-    assert call('/probe/echo_in_a_transaction', {'dbx': 1}).get_json() == {'dbx': 1}
+@pytest.mark.parametrize('route', ['echo_in_a_transaction', 'echo_any_keys_in_a_transaction'])
+def test_injected_connection_cannot_be_set_from_the_body_of_an_action_taking_any_key(call, route):
+    assert call(f'/probe/{route}', {'db': 1}).get_json()['errors'] == {'db': ['Unknown field.']}
+    assert call(f'/probe/{route}', {'dbx': 1, 'name': 'Ada'}).get_json() == {'dbx': 1, 'name': 'Ada'}
 
 
 def test_action_without_parameters_refuses_any_key(call):

@@ -2,7 +2,7 @@
 import math
 import os
 
-from marshmallow import Schema, fields, validate
+from marshmallow import INCLUDE, Schema, fields, validate
 from psycopg2 import sql
 
 from lib.db import DEFAULT, Db
@@ -42,6 +42,22 @@ def echo(**body):
 @inject_db(DEFAULT)
 def echo_in_a_transaction(db, **body):
     """Return the body as given, from an action that takes any key and is given a Db."""
+    return body
+
+
+class AnyKeys(Schema):
+    """A schema that lets unknown keys through to the action."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    name = fields.String()
+
+
+@use_schema(AnyKeys)
+@inject_db(DEFAULT)
+def echo_any_keys_in_a_transaction(db, **body):
+    """Return the body as its schema loaded it, from an action that takes any key and is given a Db."""
     return body
 
 

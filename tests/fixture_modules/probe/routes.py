@@ -1,4 +1,5 @@
-from .actions import (add, counted_stream, crash, create_thing, create_unencodable, echo, echo_in_a_transaction,
+from .actions import (add, counted_stream, crash, create_thing, create_unencodable, echo, echo_any_keys_in_a_transaction,
+                      echo_in_a_transaction,
                       export_things, fail_with, failing_stream,
                       flaky, generated, get_thing, greet, hold, items, migrations, missing, move, pid, probe_values,
                       python_values, raw_rows, register, sized, sqlstate, with_status)
@@ -7,6 +8,7 @@ routes = [
     dict(route='', action=echo),
     dict(route='echo', action=echo),
     dict(route='echo_in_a_transaction', action=echo_in_a_transaction),
+    dict(route='echo_any_keys_in_a_transaction', action=echo_any_keys_in_a_transaction),
     dict(route='greet', action=greet),
     dict(route='items', action=items),
     dict(route='sqlstate', action=sqlstate),
