@@ -77,6 +77,9 @@ SHORT_OFFSET = re.compile(r'([+-]\d\d)((?::\d\d)*)( BC)?$')
 # doubled), bare, or nothing for NULL.
 RECORD_FIELD = re.compile(r'(?:"((?:[^"]|"")*)"|([^",)]*))[,)]')
 DOUBLED = re.compile(r'(["\\])\1')
+# A quoted array element, and the backslash escapes in it.
+QUOTED_ELEMENT = re.compile(r'"(?:[^"\\]|\\.)*"')
+BACKSLASHED = re.compile(r'\\(.)')
 # The dimensions PostgreSQL writes in front of an array with a lower bound other than 1: '[0:1][1:2]='.
 ARRAY_BOUNDS = re.compile(r'(?:\[-?\d+:-?\d+\])+=')
 
@@ -270,11 +273,26 @@ def read_composites(conn, casters):
 
 
 def cast_semicolon_array(text, cursor):
-    """Read a one-dimensional array of a type whose elements hold commas and are delimited by ';' (box[])."""
-    if text is None or text.startswith('{{'):
-        return None if text is None else PgText(text)  # psycopg2 cannot split them; several dimensions stay text
-    items = text[1:-1].split(';') if text != '{}' else []
-    return [None if item == 'NULL' else PgText(item) for item in items]
+    """Read an array, in any dimension, of a type whose elements hold commas and are delimited by ';' (box[]), which
+    psycopg2 cannot split: lists of each element's text, None for NULL."""
+    return None if text is None else semicolon_array(text, 0)[0]
+
+
+def semicolon_array(text, start):
+    """Return (the array at text[start], which is '{', as lists of PgText and None, the index after its '}')."""
+    items, index = [], start + 1
+    while text[index] != '}':
+        if text[index] == '{':
+            item, index = semicolon_array(text, index)
+        elif text[index] == '"':  # quoted, its " and \ escaped with a backslash
+            end = QUOTED_ELEMENT.match(text, index).end()
+            item, index = PgText(BACKSLASHED.sub(r'\1', text[index + 1:end - 1])), end
+        else:
+            end = min(position for position in (text.find(';', index), text.find('}', index)) if position >= 0)
+            item, index = (None if text[index:end] == 'NULL' else PgText(text[index:end])), end
+        items.append(item)
+        index += text[index] == ';'
+    return items, index + 1
 
 
 def element_caster(base_oid, base_kind, casters):
