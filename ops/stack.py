@@ -81,9 +81,8 @@ class StackConfig:
         wanted += [(self.pgbouncer_port, 'pgbouncer (PGBOUNCER_PORT)')] if self.pgbouncer else []
         owners = {}
         for port, owner in wanted:
-            if port in owners:
-                raise StackError(f'port {port} would serve both {owners[port]} and {owner}: move one of them')
-            owners[port] = owner
+            if (first := owners.setdefault(port, owner)) != owner:
+                raise StackError(f'port {port} would serve both {first} and {owner}: move one of them')
         return owners
 
 
