@@ -6,9 +6,11 @@ watched by one watcher per process, a thread (a greenlet under gevent, whose pat
 hub). When the socket reads as closed, the watcher marks the request gone and sends PostgreSQL a cancel request
 (lib/db/cancel.py, without stopping the rest of the worker while the server takes it); the action then fails with
 QueryCanceled, the lease rolls back and the connection goes back to the pool for reuse (thrown away instead when
-the server has not taken the request within a second), and the answer is a 499, which only the access line sees. nginx closes its upstream connection when its own client
-goes away, so this works through nginx too. A client that shuts down its sending side while it waits for the answer
-looks gone too; nginx, curl and the HTTP libraries never do that.
+the server has not taken the request within a second), and the answer is a 499, which only the access line sees.
+nginx closes its upstream connection when its own client goes away, so this works through nginx too. A client that
+shuts down its sending side while it waits for the answer looks gone too; nginx, curl and the HTTP libraries never
+do that. A stream whose client stops reading is cut short a second past its deadline (cut_short), so that it gives
+its connection back.
 
 gunicorn's master kills a worker that has not finished within the graceful timeout, and a killed worker logs
 nothing. So a second before that, the worker cancels the queries still running: each of those requests ends as a
