@@ -12,7 +12,7 @@ from psycopg2.extras import RealDictCursor
 
 from lib.db import DEFAULT, Db, LeasedStream, Lease
 from lib.db.types import check_reading_styles
-from lib.db.unit import time_left
+from lib.db.unit import close_stream, time_left
 from lib.errors import RETRYABLE_SQLSTATES
 from lib.jsonenc import JSON_MIMETYPE, json_array_chunks, json_response
 from lib.http.disconnect import WATCHER
@@ -119,13 +119,6 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
         return LeasedStream(result, lease, first)
     lease.end(success=True)
     return result
-
-
-def close_stream(result):
-    """Close result when it is an iterator that can be closed (a generator, a stream's batches)."""
-    close = getattr(result, 'close', None) if isinstance(result, Iterator) else None
-    if close is not None:
-        close()
 
 
 def respond(result):

@@ -9,7 +9,7 @@ import weakref
 import psycopg2
 import psycopg2.extensions
 
-from lib.db.session import bound_answers
+from lib.db.session import END_OF_USE_ANSWER_SECONDS, bound_answers
 from lib.errors import GatewayTimeout, ServiceUnavailable, TooManyRequests
 from lib.polling import ready_events
 from lib.process import after_fork
@@ -17,7 +17,6 @@ from lib.process import after_fork
 log = logging.getLogger('dbapi.db')
 
 # How long a connection coming back waits for PostgreSQL to answer its rollback and reset (lib/db/green.py).
-RESET_ANSWER_SECONDS = 5
 
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 BROKEN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
@@ -234,12 +233,12 @@ class Pool:
 
     def reusable(self, conn):
         """Roll back any open transaction and reset the session; tell whether conn can serve again. Under gevent,
-        PostgreSQL has RESET_ANSWER_SECONDS to answer; a connection it leaves waiting longer is thrown away. A
+        PostgreSQL has END_OF_USE_ANSWER_SECONDS to answer; a connection it leaves waiting longer is thrown away. A
         reset that fails with anything but a database error (a bug in a DB_RESET, an action's cursor class) is
         logged with its traceback."""
         if conn.closed or conn.info.transaction_status == BROKEN or getattr(conn, 'cancel_unacknowledged', False):
             return False  # a cancel request the server has not taken may still cancel the next query
-        bound_answers(conn, time.monotonic() + RESET_ANSWER_SECONDS)
+        bound_answers(conn, time.monotonic() + END_OF_USE_ANSWER_SECONDS)
         try:
             if conn.info.transaction_status != IDLE:
                 conn.rollback()

@@ -63,6 +63,11 @@ class PooledConnection(psycopg2.extensions.connection):
         self.query_turn = threading.Lock()
 
 
+# How long the statements that end a use of a connection (its rollback and reset, a stream's CLOSE past its deadline)
+# may wait for PostgreSQL, whatever the request's deadline: a connection left waiting longer is thrown away.
+END_OF_USE_ANSWER_SECONDS = 5
+
+
 def count_use(conn):
     """Count one more use of conn by a borrower (a PooledConnection's uses; any other connection counts none)."""
     if isinstance(conn, PooledConnection):

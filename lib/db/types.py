@@ -272,26 +272,29 @@ def read_composites(conn, casters):
         return {oid: Composite(oid, names, field_types, casters) for oid, names, field_types in cursor.fetchall()}
 
 
-def cast_semicolon_array(text, cursor):
-    """Read an array, in any dimension, of a type whose elements hold commas and are delimited by ';' (box[]), which
-    psycopg2 cannot split: lists of each element's text, None for NULL."""
-    return None if text is None else semicolon_array(text, 0)[0]
+def delimited_array_caster(delimiter):
+    """Return the typecaster function of an array, in any dimension, of a type whose elements are delimited by
+    another character than ',' (box[]: ';'; a user-defined type's typdelim), which psycopg2 cannot split: lists of
+    each element's text, None for NULL."""
+    def cast(text, cursor):
+        return None if text is None else delimited_array(text, 0, delimiter)[0]
+    return cast
 
 
-def semicolon_array(text, start):
+def delimited_array(text, start, delimiter):
     """Return (the array at text[start], which is '{', as lists of PgText and None, the index after its '}')."""
     items, index = [], start + 1
     while text[index] != '}':
         if text[index] == '{':
-            item, index = semicolon_array(text, index)
+            item, index = delimited_array(text, index, delimiter)
         elif text[index] == '"':  # quoted, its " and \ escaped with a backslash
             end = QUOTED_ELEMENT.match(text, index).end()
             item, index = PgText(BACKSLASHED.sub(r'\1', text[index + 1:end - 1])), end
         else:
-            end = min(position for position in (text.find(';', index), text.find('}', index)) if position >= 0)
+            end = min(position for position in (text.find(delimiter, index), text.find('}', index)) if position >= 0)
             item, index = (None if text[index:end] == 'NULL' else PgText(text[index:end])), end
         items.append(item)
-        index += text[index] == ';'
+        index += text[index] == delimiter
     return items, index + 1
 
 
@@ -315,7 +318,7 @@ def array_caster(array_oid, name, base_oid, base_kind, delimiter, casters):
     """Return the typecaster of one array type: ours where psycopg2 would read it wrong (needs_array_caster), else
     psycopg2's own; either reads lower bounds (without_bounds)."""
     if delimiter != ',':
-        caster = psycopg2.extensions.new_type((array_oid,), f'DBAPI_{name}_ARRAY', cast_semicolon_array)
+        caster = psycopg2.extensions.new_type((array_oid,), f'DBAPI_{name}_ARRAY', delimited_array_caster(delimiter))
     elif needs_array_caster(array_oid, base_oid, casters):
         caster = psycopg2.extensions.new_array_type((array_oid,), f'DBAPI_{name}_ARRAY',
                                                     element_caster(base_oid, base_kind, casters))

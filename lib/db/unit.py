@@ -1,9 +1,10 @@
 """A unit of work on one borrowed connection: lease, connection(), transactional() and streamed leases."""
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from lib.db.helpers import Db
-from lib.db.session import bound_answers, count_use, report_notices
+from lib.db.session import END_OF_USE_ANSWER_SECONDS, bound_answers, count_use, report_notices
 from lib.errors import GatewayTimeout
 
 
@@ -32,8 +33,6 @@ class StreamPastDeadline(GatewayTimeout):
 # How long past a request's deadline its connection still waits for PostgreSQL, whose own statement timeout ends a
 # transaction's statements at the deadline and answers with its error.
 ANSWER_GRACE_SECONDS = 1
-# How long the statements that end a stream cut at its deadline may wait for PostgreSQL.
-STREAM_END_ANSWER_SECONDS = 5
 
 
 def time_left(deadline):
@@ -175,13 +174,18 @@ class LeasedStream:
         and give the connection back whatever happens, also when the stream was never read (client gone, error).
         Past the deadline, the statements that end it (CLOSE, a cancel) get time of their own."""
         if self.lease.open and self.past_deadline():  # an ended lease's connection may serve another request now
-            bound_answers(self.lease.conn, time.monotonic() + STREAM_END_ANSWER_SECONDS)
+            bound_answers(self.lease.conn, time.monotonic() + END_OF_USE_ANSWER_SECONDS)
         try:
-            close_items = getattr(self.items, 'close', None)
-            if close_items:
-                close_items()
+            close_stream(self.items)
         finally:
             self.lease.end(success=False)
+
+
+def close_stream(items):
+    """Close items when it is an iterator that can be closed (a generator, a stream's batches)."""
+    close = getattr(items, 'close', None) if isinstance(items, Iterator) else None
+    if close is not None:
+        close()
 
 
 @contextmanager
