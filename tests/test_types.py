@@ -29,7 +29,8 @@ from tests.helpers import Caller, assert_problem, run_sql
 SAMPLES = {
     '"char"': ['a', ''], 'aclitem': ['postgres=arwdDxt/postgres'],
     'bigint': ['-9223372036854775808', '9223372036854775807', '0'], 'integer': ['-2147483648', '2147483647'],
-    'smallint': ['-32768', '32767'], 'oid': ['0', '4294967295'], 'boolean': ['true', 'false'],
+    'smallint': ['-32768', '32767'], 'oid': ['0', '4294967295'],
+    'int2vector': ['1 2 3', '', '-32768 32767'], 'oidvector': ['0 4294967295', ''], 'boolean': ['true', 'false'],
     'bit': ['1'], 'bit varying': ['', '10101'], 'box': ['(1,1),(0,0)'], 'bytea': ['\\x', '\\x00ff7f'],
     'character': ['x'], 'character varying': ['', 'é "q" \\ \t'], 'text': ['', 'é "q" \\ \t 😀'], 'name': ['n'],
     'cid': ['0'], 'xid': ['4294967295'], 'xid8': ['18446744073709551615'], 'tid': ['(0,1)'],
@@ -86,7 +87,8 @@ UNSUPPORTED = {
 ZOO_COMPOSITES = ('probe.pair', 'probe.nest', 'probe.nothing')
 ZOO_TYPES = f'''
     SELECT t.oid::regtype::text AS name FROM pg_type t
-    WHERE (t.typtype IN ('b', 'r', 'm') AND t.typcategory <> 'A' AND t.typnamespace = 'pg_catalog'::regnamespace)
+    WHERE (t.typtype IN ('b', 'r', 'm') AND t.typnamespace = 'pg_catalog'::regnamespace
+           AND NOT EXISTS (SELECT FROM pg_type element WHERE element.typarray = t.oid))
        OR t.typnamespace = 'probe'::regnamespace AND t.typtype IN ('e', 'd')
        OR t.oid::regtype::text IN {ZOO_COMPOSITES}
     ORDER BY 1'''
@@ -157,6 +159,8 @@ def expected_json(type_name, oracle, pg_text, epoch):
         return epoch  # seconds, as a number
     if type_name == 'oid':
         return int(pg_text)  # a number, though to_jsonb writes it as a string
+    if type_name == 'oidvector':
+        return [int(oid) for oid in pg_text.split()]  # numbers, as for oid
     if type_name.startswith(('time', 'timestamp')):
         return without_trailing_zeros(oracle)
     return oracle

@@ -9,6 +9,7 @@ after the configure callback (with_types), so a custom configure cannot lose it:
 - interval: a timedelta of exactly EXTRACT(epoch FROM value) seconds (a month is 30 days, a year 365.25,
   as PostgreSQL counts them); one past timedelta's range comes as that many seconds, an ExactNumber.
 - json and jsonb: parsed with their numbers exact (lib.jsonenc.loads_exact).
+- int2vector and oidvector: lists of their integers; psycopg2 reads them as one string, and their arrays not at all.
 - ranges and multiranges: PostgreSQL's text, "[1,10)", as to_jsonb writes them.
 - composite types (CREATE TYPE ... AS, and every table's row type): a dict of the fields, each read as
   its own type is, as to_jsonb writes an object. Anonymous records (ROW(1, 'a')) stay PostgreSQL's text:
@@ -31,6 +32,9 @@ from lib.errors import ApiError, Unprocessable, translates
 from lib.jsonenc import ExactNumber, dumps_bytes, loads_exact
 
 DATE, TIME, TIMETZ, TIMESTAMP, TIMESTAMPTZ, INTERVAL, JSON, JSONB = 1082, 1083, 1266, 1114, 1184, 1186, 114, 3802
+# The catalogs' vectors (pg_index.indkey, pg_proc.proargtypes): integers separated by spaces, which psycopg2 reads as
+# one string, and whose arrays it reads as int[], failing.
+INT2VECTOR, OIDVECTOR = 22, 30
 # The built-in ranges, which psycopg2.extras reads as Range objects that no JSON encoder knows.
 BUILTIN_RANGES = (3904, 3906, 3908, 3910, 3912, 3926)
 # The built-in multiranges (PostgreSQL 14 and later) and the anonymous record, which psycopg2 reads as plain text.
@@ -184,6 +188,12 @@ def cast_json(text, cursor):
         raise UnreadableValue(f'a json value dbapi cannot read: {exc}') from None
 
 
+def cast_vector(text, cursor):
+    """Read an int2vector or oidvector, '1 2 3', as the list of its integers, as to_jsonb writes an int2vector (an
+    oidvector's oids are numbers, as an oid is: docs/contract.md)."""
+    return None if text is None else [int(number) for number in text.split()]
+
+
 def cast_text(text, cursor):
     """Read a value as PostgreSQL's text of it (ranges, multiranges, anonymous records); UnreadableValue when the
     session writes dates or intervals in another style than dbapi reads, as PostgreSQL reported it before this
@@ -196,7 +206,8 @@ def cast_text(text, cursor):
 
 
 CASTERS = {DATE: cast_date, TIMESTAMP: cast_timestamp, TIMESTAMPTZ: cast_timestamptz, TIME: cast_time,
-           TIMETZ: cast_time, INTERVAL: cast_interval, JSON: cast_json, JSONB: cast_json,
+           TIMETZ: cast_time, INTERVAL: cast_interval, JSON: cast_json, JSONB: cast_json, INT2VECTOR: cast_vector,
+           OIDVECTOR: cast_vector,
            **{oid: cast_text for oid in (*BUILTIN_RANGES, *BUILTIN_MULTIRANGES, RECORD)}}
 TYPECASTERS = {oid: psycopg2.extensions.new_type((oid,), f'DBAPI_{oid}', cast) for oid, cast in CASTERS.items()}
 
