@@ -33,7 +33,12 @@ ORJSON_RECURSION_LIMIT = 'Recursion limit reached'  # orjson's error past 254 le
 # The digits a request body's numbers may take written out in full (1e-16383 is 16,384 of them): as many as the
 # default MAX_CONTENT_LENGTH has bytes.
 PLAIN_DIGITS_PER_BODY = 2 ** 20
+# A number in plain notation this long or shorter has fewer digits than any integer text limit Python may be set to
+# (sys.set_int_max_str_digits takes none lower) and than numeric holds after its point.
+PLAIN_NUMBER_LENGTH = sys.int_info.str_digits_check_threshold
 SURROGATE = re.compile('[\ud800-\udfff]')
+# The escape of a surrogate, "\ud800": without one (or a surrogate itself), the parsed value holds none.
+ESCAPED_SURROGATE = re.compile(r'\\u[dD][89a-fA-F]')
 
 # Python type -> function returning a value orjson can write. Looked up along the value's class hierarchy.
 JSON_TYPES = {}
@@ -61,6 +66,8 @@ def base64_text(value):
 
 class ExactNumber(decimal.Decimal):
     """A JSON number kept exact (0.1000000000000000000001, 1e400): a Decimal written back as that number."""
+
+    __slots__ = ()  # no __dict__: a body's thousands of numbers are then no work for the garbage collector
 
 
 # PostgreSQL numeric's range (its documentation, "Arbitrary Precision Numbers"): up to 131072 digits before the
@@ -205,9 +212,9 @@ def loads_exact(data, bounded=True):
         value, refused = None, True
     if not refused and not has_float(value, MAX_BODY_DEPTH if bounded else None):
         return value
+    text = data if isinstance(data, str) else data.decode('utf-8')
     try:
-        value = json.loads(data if isinstance(data, str) else data.decode('utf-8'),
-                           parse_float=BoundedNumbers() if bounded else ExactNumber,
+        value = json.loads(text, parse_float=BoundedNumbers() if bounded else ExactNumber,
                            parse_int=int if bounded else int_or_exact, parse_constant=refuse_constant,
                            object_pairs_hook=dict_refusing_lost_surrogates if refused else None)
     except RecursionError:
@@ -216,7 +223,8 @@ def loads_exact(data, bounded=True):
         raise ValueError('a JSON value nests arrays and objects deeper than Python reads') from None
     if refused and bounded:
         has_float(value, MAX_BODY_DEPTH)  # for its depth check, which orjson's document had above
-    refuse_lone_surrogates(value)  # the json module lets through what orjson refuses
+    if SURROGATE.search(text) or ESCAPED_SURROGATE.search(text):
+        refuse_lone_surrogates(value)  # the json module lets through what orjson refuses
     return value
 
 
@@ -258,6 +266,11 @@ class BoundedNumbers:
         self.digits = 0
 
     def __call__(self, text):
+        if len(text) <= PLAIN_NUMBER_LENGTH and 'e' not in text and 'E' not in text:
+            # Plain notation (JSON's has a point here): every character is a digit but the point and a sign, and
+            # so few digits are within both limits.
+            self.count(len(text) - 1 - (text[0] == '-'))
+            return ExactNumber(text)
         number = ExactNumber(text)
         limit = sys.get_int_max_str_digits()
         if limit and number.is_finite() and number.adjusted() >= limit:
@@ -265,10 +278,14 @@ class BoundedNumbers:
         exponent = number.as_tuple().exponent
         if -exponent > NUMERIC_MAX_DIGITS_AFTER_POINT:
             raise ValueError(f'A number has more than {NUMERIC_MAX_DIGITS_AFTER_POINT} digits after its point')
-        self.digits += max(number.adjusted() + 1, 1) + max(-exponent, 0)
+        self.count(max(number.adjusted() + 1, 1) + max(-exponent, 0))
+        return number
+
+    def count(self, digits):
+        """Count a number's digits written plain against the body's PLAIN_DIGITS_PER_BODY."""
+        self.digits += digits
         if self.digits > PLAIN_DIGITS_PER_BODY:
             raise ValueError(f'The numbers of the body take more than {PLAIN_DIGITS_PER_BODY} digits written out')
-        return number
 
 
 def int_or_exact(text):

@@ -21,7 +21,7 @@ from lib.db import Db, connection
 from lib.db.types import RefusedValue, UnreadableValue
 from lib.errors import ApiError, as_api_error
 from lib.fields import exact_decimal
-from lib.jsonenc import TooDeepToWrite, dumps_bytes, json_array_chunks, loads_exact
+from lib.jsonenc import PLAIN_DIGITS_PER_BODY, BoundedNumbers, TooDeepToWrite, dumps_bytes, json_array_chunks, loads_exact
 from settings import BASE_DIR
 from tests.helpers import Caller, assert_problem, run_sql
 
@@ -571,6 +571,24 @@ def test_a_body_whose_numbers_written_out_take_over_a_million_digits_is_refused_
         loads_exact(f'[{many}]')
     assert time.perf_counter() - started < 2
     assert len(loads_exact(f"[{','.join(['1e-16383'] * 60)}]")) == 60  # 60 of them: within the budget
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=strategies.from_regex(r'-?(0|[1-9][0-9]{0,700})\.[0-9]{1,700}', fullmatch=True))
+def test_a_plain_numbers_digits_are_counted_as_written_out(text):
+    """A short number in plain notation is counted from its length: the same count as its digits written out."""
+    number = decimal.Decimal(text)
+    counted = BoundedNumbers()
+    assert counted(text) == number
+    assert counted.digits == max(number.adjusted() + 1, 1) + max(-number.as_tuple().exponent, 0)
+
+
+def test_plain_numbers_past_the_bodys_digits_are_refused_as_exponent_ones_are():
+    plain = '0.' + '0' * 630 + '1'  # 632 digits written out, short enough to be counted from its length
+    fitting = PLAIN_DIGITS_PER_BODY // 632
+    assert len(loads_exact(f"[{','.join([plain] * fitting)}]")) == fitting
+    with pytest.raises(ValueError, match='digits written out'):
+        loads_exact(f"[{','.join([plain] * (fitting + 1))}]")
 
 
 def test_a_stored_json_number_past_numerics_range_is_written_in_exponent_notation(conn):
