@@ -45,7 +45,9 @@ JSON_TYPES = {}
 
 
 def register_json_type(python_type, encode):
-    """Teach every JSON output (responses, streams, log lines) to write python_type as encode(value) does."""
+    """Teach every JSON output (responses, streams, log lines) to write python_type as encode(value) does: a value
+    orjson writes, or RawJson(text) for JSON text written as it is (an exact number). An orjson.Fragment is refused
+    (TypeError when written): orjson 3.13 overruns its buffer with one nested deep (RAW_MARK)."""
     JSON_TYPES[python_type] = encode
     return encode
 
@@ -106,6 +108,9 @@ class RawNumbers:
     def __call__(self, value):
         encoded = value if isinstance(value, RawJson) else encode_default(value)
         if not isinstance(encoded, RawJson):
+            if isinstance(encoded, orjson.Fragment):
+                raise TypeError(f'The JSON encoder of {type(value).__name__} returned an orjson.Fragment, which orjson '
+                                'overruns its buffer with when nested deep: return lib.jsonenc.RawJson(text)')
             return encoded
         self.texts.append(encoded.text.encode())
         return f'{RAW_MARK}{len(self.texts) - 1}{RAW_END}'

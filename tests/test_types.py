@@ -725,6 +725,24 @@ def test_exact_numbers_nested_deep_are_written_without_corrupting_memory():
     assert (result.returncode, result.stdout) == (0, 'written\n'), result.stderr[-2000:]
 
 
+def test_a_json_encoder_returning_an_orjson_fragment_is_refused_and_raw_json_is_written(monkeypatch):
+    from lib.jsonenc import JSON_TYPES, RawJson
+
+    class Measured:
+        def __init__(self, text):
+            self.text = text
+
+    monkeypatch.setitem(JSON_TYPES, Measured, lambda value: orjson.Fragment(value.text))
+    with pytest.raises(TypeError) as refused:
+        dumps_bytes({'m': Measured('1.50')})
+    assert 'Measured returned an orjson.Fragment' in str(refused.value.__cause__)  # orjson chains default's error
+    monkeypatch.setitem(JSON_TYPES, Measured, lambda value: RawJson(value.text))
+    deep = Measured('1.50')
+    for _ in range(200):
+        deep = [deep]
+    assert dumps_bytes({'m': deep}) == b'{"m":' + b'[' * 200 + b'1.50' + b']' * 200 + b'}'
+
+
 def test_a_deep_json_value_with_exact_numbers_is_answered_exactly(call):
     expression = "(repeat('[', 127) || '0.' || repeat('0', 399) || '1' || repeat(']', 127))::jsonb"
     answer = call('/types/select', {'query': f'SELECT {expression} AS v FROM generate_series(1, 100)'})
