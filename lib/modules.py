@@ -88,24 +88,51 @@ def injected_names(action):
     return set(inspect.signature(inspect.unwrap(action)).parameters) - set(inspect.signature(action).parameters)
 
 
-def refuse_injected(body, injected):
-    """Raise Unprocessable, as for any unknown key, when the body (a dict) sets a parameter a decorator passes."""
-    if found := injected & body.keys():
-        raise Unprocessable(errors={key: ['Unknown field.'] for key in sorted(found)})
+def included_key_refusal(schema, action):
+    """Return a test of the keys a schema with unknown = INCLUDE passes to the action unvalidated, true for one to
+    refuse as unknown (422): a field's own name where the body spells the field otherwise (data_key), which would
+    replace the validated value; a parameter a decorator injects (injected_names); and one an action without
+    **kwargs does not take, which would be a TypeError (500). None for a schema that passes no key through."""
+    if schema.unknown != INCLUDE:
+        return None
+    fields_loaded = {name for name, field in schema.fields.items() if not field.dump_only}
+    field_names = fields_loaded | {schema.fields[name].attribute for name in fields_loaded} - {None}
+    if schema.many:  # the action gets the list: a key names no parameter
+        return field_names.__contains__
+    parameters = inspect.signature(action).parameters.values()
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
+    accepted = {p.name for p in parameters if p.kind != p.VAR_KEYWORD}
+    refused = field_names | injected_names(action)
+    return lambda key: key in refused or not takes_any and key not in accepted
 
 
-def schema_loader(schema, fast_paths=True, injected=frozenset()):
+def refuse_included_keys(body, data_keys, refused):
+    """Raise Unprocessable, as marshmallow does for an unknown key, when a key of the body (a dict) or of its items
+    (a list) that is none of the schema's data_keys is refused (included_key_refusal); their errors as
+    marshmallow nests them."""
+    def unknown(item):
+        return {key: ['Unknown field.'] for key in sorted(item.keys() - data_keys) if refused(key)}
+    if isinstance(body, dict):
+        errors = unknown(body)
+    else:
+        errors = {index: found for index, item in enumerate(body) if isinstance(item, dict) and (found := unknown(item))}
+    if errors:
+        raise Unprocessable(errors=errors)
+
+
+def schema_loader(schema, action, fast_paths=True):
     """Return a function that validates a body with schema into call arguments; a schema that lets unknown keys
-    through (unknown = INCLUDE) never lets injected (injected_names) through."""
+    through (unknown = INCLUDE) lets through only those the action may get unvalidated (included_key_refusal)."""
     load_valid_body = fast_loader(schema, enabled=fast_paths) or (lambda body: None)
-    injected = injected if schema.unknown == INCLUDE and not schema.many else frozenset()
+    refused = included_key_refusal(schema, action)
+    data_keys = {field.data_key or name for name, field in schema.fields.items() if not field.dump_only}
 
     def load_arguments(body):
         if schema.many != isinstance(body, list) or not isinstance(body, (list, dict)):
             shape = 'array' if schema.many else 'object'
             raise Unprocessable(f'The request body must be a JSON {shape}.')
-        if injected:
-            refuse_injected(body, injected)
+        if refused is not None:
+            refuse_included_keys(body, data_keys, refused)
         loaded = load_valid_body(body)
         if loaded is None:
             loaded = schema.load(body)
@@ -139,7 +166,7 @@ def make_route(module, routes_file, entry, fast_paths=True):
     action = entry['action']
     schema = schema_of(action)
     where = f'{routes_file}: route {entry["route"]!r}'
-    load = (schema_loader(schema, fast_paths, injected_names(action)) if schema is not None
+    load = (schema_loader(schema, action, fast_paths) if schema is not None
             else signature_loader(action, where))
     return Route(module, entry['route'], action, load)
 

@@ -61,6 +61,36 @@ def echo_any_keys_in_a_transaction(db, **body):
     return body
 
 
+class CamelKeys(Schema):
+    """A schema that lets unknown keys through, whose fields the body spells otherwise than the action's names."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    user_id = fields.Integer(data_key='userId', required=True, strict=True, validate=validate.Range(min=1))
+    database = fields.String(data_key='db')
+
+
+@use_schema(CamelKeys)
+@inject_db(DEFAULT)
+def camel_any_keys(db, user_id, **extra):
+    """Return the validated user_id and the keys that came through unvalidated."""
+    return {'user_id': user_id, 'extra': extra}
+
+
+@use_schema(CamelKeys)
+@inject_db(DEFAULT)
+def camel_exact_keys(db, user_id, database=None, note=None):
+    """Return what it was given, from an action that takes only its own keys."""
+    return {'user_id': user_id, 'database': database, 'note': note}
+
+
+@use_schema(CamelKeys(many=True))
+def camel_items(items):
+    """Return the items as loaded."""
+    return items
+
+
 def greet(name, greeting='hello'):
     """Greet name; validated against this signature, not a schema."""
     return f'{greeting} {name}'
