@@ -163,8 +163,13 @@ SQLSTATE_ERRORS = {
     '23503': (Conflict, None),
     '23502': (Unprocessable, None),
     '23514': (Unprocessable, None),
+    '23': (Conflict, None),  # 23P01 exclusion, 23001 restrict: the row conflicts with others
     '22': (Unprocessable, None),
     'P0001': (BadRequest, None),
+    'P0002': (NotFound, None),  # PL/pgSQL's SELECT INTO STRICT found no row, or RAISE no_data_found
+    '54000': (Unprocessable, None),  # a value past a limit of the server's ("index row requires 9616 bytes")
+    '25006': (ServiceUnavailable, 'The database accepts no writes now (a standby, or a read-only transaction). Try '
+                                  'again shortly.'),
     '42501': (Forbidden, 'The database refused this operation.'),
     '57014': (GatewayTimeout, GatewayTimeout.detail),
     '40001': (ServiceUnavailable, 'The transaction kept conflicting with others. Try again.'),
@@ -288,7 +293,8 @@ def from_database_error(exc):
 
 # What an integrity violation says of each column of its constraint, by SQLSTATE.
 CONSTRAINT_WORDS = {'23505': 'already exists', '23503': 'must refer to an existing row (or is still referred to)',
-                    '23514': 'fails the check {constraint}', '23502': 'must not be null'}
+                    '23514': 'fails the check {constraint}', '23502': 'must not be null',
+                    '23P01': 'conflicts with an existing row ({constraint})'}
 CONSTRAINT_COLUMNS_SQL = """
     SELECT a.attname FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
      WHERE c.conrelid = %(table)s::regclass AND c.conname = %(name)s
@@ -314,7 +320,7 @@ def constraint_errors(exc):
 def constraint_columns(exc):
     """Return the columns of the violated constraint, read from the catalog (pg_constraint.conkey), never the message."""
     diag = exc.diag
-    pool = pool_of(exc.cursor.connection) if exc.cursor is not None and has_request_context() else None
+    pool = pool_of(exc.cursor.connection if exc.cursor is not None else None) if has_request_context() else None
     if pool is None or not (diag.constraint_name and diag.table_name):
         return []
     from lib.db.unit import connection  # lib.db imports this module
@@ -333,9 +339,11 @@ CATALOG_WAIT_SECONDS = 0.5
 
 
 def pool_of(conn):
-    """Return the app's pool of the database conn is connected to, or None."""
+    """Return the app's pool of the database conn is connected to, or None. Without conn (an error raised by a
+    commit, a deferred constraint's, has no cursor), the app's one pool, or None when it has several."""
     pools = current_app.extensions['dbapi'].pools.values() if 'dbapi' in current_app.extensions else []
-    matching = [pool for pool in pools if psycopg2.extensions.parse_dsn(pool.dsn).get('dbname') == conn.info.dbname]
+    matching = [pool for pool in pools
+                if conn is None or psycopg2.extensions.parse_dsn(pool.dsn).get('dbname') == conn.info.dbname]
     return matching[0] if len(matching) == 1 else None
 
 

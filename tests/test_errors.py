@@ -64,6 +64,11 @@ def test_not_found_from_an_action_carries_its_detail(call):
     ('raise', 400, 'P0001'),
     ('privilege', 403, '42501'),
     ('timeout', 504, '57014'),
+    ('exclusion', 409, '23P01'),
+    ('deferred_foreign_key', 409, '23503'),
+    ('too_long_for_index', 422, '54000'),
+    ('no_data_found', 404, 'P0002'),
+    ('read_only', 503, '25006'),
 ])
 def test_sqlstate_maps_to_its_status(call, case, status, sqlstate):
     body = assert_problem(call('/probe/sqlstate', {'case': case}), status)
@@ -72,6 +77,16 @@ def test_sqlstate_maps_to_its_status(call, case, status, sqlstate):
 
 def test_raise_exception_message_is_the_detail(call):
     assert assert_problem(call('/probe/sqlstate', {'case': 'raise'}), 400)['detail'] == 'Stock is frozen for audit.'
+
+
+def test_no_data_found_is_a_404_whose_detail_is_the_message(call):
+    assert assert_problem(call('/probe/sqlstate', {'case': 'no_data_found'}), 404)['detail'] == 'query returned no rows'
+
+
+def test_a_write_in_a_read_only_transaction_is_a_503_to_try_again(call):
+    response = call('/probe/sqlstate', {'case': 'read_only'})
+    assert assert_problem(response, 503)['detail'].startswith('The database accepts no writes now')
+    assert response.headers['Retry-After'] == '1'
 
 
 def test_unique_violation_names_the_constraint(call):

@@ -23,6 +23,13 @@ SQLSTATE_CASES = {
     'timeout': "SET LOCAL statement_timeout = '50ms'; SELECT pg_sleep(2)",
     'serialization': "SELECT nextval('probe.attempts'); DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$",
     'deadlock': "SELECT nextval('probe.attempts'); DO $$ BEGIN RAISE EXCEPTION 'deadlock' USING ERRCODE = '40P01'; END $$",
+    'exclusion': "INSERT INTO probe.bookings (during) VALUES ('[1,5)'), ('[3,8)')",
+    # Checked at the commit, which raises it without a cursor.
+    'deferred_foreign_key': 'INSERT INTO probe.children (id, parent_id) VALUES (1, -1)',
+    # A key of 9,600 characters that do not compress: past what a btree index entry holds.
+    'too_long_for_index': "INSERT INTO probe.keys SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 300)",
+    'no_data_found': 'DO $$ DECLARE found int; BEGIN SELECT 1 INTO STRICT found WHERE false; END $$',
+    'read_only': 'SET TRANSACTION READ ONLY; INSERT INTO probe.parents VALUES (1)',
     'syntax': 'SELEC 1',
     'undefined_table': 'SELECT * FROM probe.no_such_table',
     # What a server that is going away or full says; raised here, as a real one would need the server stopped.

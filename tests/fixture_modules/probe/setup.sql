@@ -9,6 +9,10 @@ CREATE TABLE probe.things (
     label text NOT NULL DEFAULT 'x',
     quantity int CHECK (quantity >= 0)
 );
+CREATE TABLE probe.bookings (id serial PRIMARY KEY, during int4range, EXCLUDE USING gist (during WITH &&));
+CREATE TABLE probe.children (id int PRIMARY KEY,
+                             parent_id int REFERENCES probe.parents (id) DEFERRABLE INITIALLY DEFERRED);
+CREATE TABLE probe.keys (key text PRIMARY KEY);
 CREATE SEQUENCE probe.attempts;
 CREATE FUNCTION probe.refuse(message text) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
