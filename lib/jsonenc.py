@@ -184,16 +184,32 @@ class TooDeepToWrite(TypeError):
 def dumps_bytes(value):
     """Encode value as UTF-8 JSON bytes; TypeError for a value of a type the registry does not know, TooDeepToWrite
     for one nesting deeper than orjson writes (a jsonb value PostgreSQL stored, say)."""
+    try:
+        return written_by_orjson(value)
+    except TooDeepToWrite:
+        raise
+    except TypeError as exc:
+        if not str(exc).startswith(REFUSED_BY_ORJSON):
+            raise
+    try:
+        ready = orjson_ready(value)
+    except RecursionError:  # its walk of a value nested deeper than the call stack has room for
+        raise TooDeepToWrite(ORJSON_RECURSION_LIMIT) from None
+    return written_by_orjson(ready)
+
+
+def written_by_orjson(value):
+    """Return orjson's JSON of value, exact numbers filled in (RawNumbers); TooDeepToWrite past its nesting limit."""
     raw_numbers = RawNumbers()
     try:
         return raw_numbers.fill(orjson.dumps(value, default=raw_numbers, option=ORJSON_OPTIONS))
     except TypeError as exc:
         if str(exc).startswith(ORJSON_RECURSION_LIMIT):
             raise TooDeepToWrite(str(exc)) from None
-        if not str(exc).startswith(REFUSED_BY_ORJSON):
-            raise
-        raw_numbers = RawNumbers()
-        return raw_numbers.fill(orjson.dumps(orjson_ready(value), default=raw_numbers, option=ORJSON_OPTIONS))
+        raise
+
+
+TOO_DEEP_FOR_PYTHON = 'a JSON value nests arrays and objects deeper than Python reads'
 
 
 def loads_exact(data, bounded=True):
@@ -215,8 +231,11 @@ def loads_exact(data, bounded=True):
         # orjson refuses numbers past a float's range, which the json module reads, and lone surrogates, which it
         # reads too: then every value is looked at, those that a key given twice loses included.
         value, refused = None, True
-    if not refused and not has_float(value, MAX_BODY_DEPTH if bounded else None):
-        return value
+    try:
+        if not refused and not has_float(value, MAX_BODY_DEPTH if bounded else None):
+            return value
+    except RecursionError:  # unbounded: nested deeper than the call stack has room for here
+        raise ValueError(TOO_DEEP_FOR_PYTHON) from None
     text = data if isinstance(data, str) else data.decode('utf-8')
     try:
         value = json.loads(text, parse_float=BoundedNumbers() if bounded else ExactNumber,
@@ -225,7 +244,7 @@ def loads_exact(data, bounded=True):
     except RecursionError:
         if bounded:
             raise TooDeep(f'The request body nests arrays and objects deeper than {MAX_BODY_DEPTH} levels.') from None
-        raise ValueError('a JSON value nests arrays and objects deeper than Python reads') from None
+        raise ValueError(TOO_DEEP_FOR_PYTHON) from None
     if refused and bounded:
         has_float(value, MAX_BODY_DEPTH)  # for its depth check, which orjson's document had above
     if SURROGATE.search(text) or ESCAPED_SURROGATE.search(text):

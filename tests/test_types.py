@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import timeit
+import traceback
 import uuid
 
 import orjson
@@ -210,6 +211,11 @@ def all_three_ways(conn, query, params=None):
     assert b''.join(json_array_chunks(Db(conn).stream(query, params))) == buffered
     assert b''.join(json_array_chunks(Db(conn).stream_json(query, params))) == buffered
     return buffered
+
+
+@pytest.mark.parametrize('query', ['SELECT 1 AS x;', 'SELECT 1 AS x ; ;\n', 'SELECT 1 AS x -- the end'])
+def test_the_three_readers_take_a_query_ending_in_a_semicolon_or_a_comment(conn, query):
+    assert all_three_ways(conn, query) == b'[{"x":1}]'
 
 
 def test_a_composites_fields_follow_the_contract_of_their_types(conn):
@@ -589,6 +595,25 @@ def test_plain_numbers_past_the_bodys_digits_are_refused_as_exponent_ones_are():
     assert len(loads_exact(f"[{','.join([plain] * fitting)}]")) == fitting
     with pytest.raises(ValueError, match='digits written out'):
         loads_exact(f"[{','.join([plain] * (fitting + 1))}]")
+
+
+def on_a_deep_stack(levels, function):
+    """Return function() called under levels more frames, as a request's value is read and written under the
+    server's and the app's frames."""
+    return function() if levels == 0 else on_a_deep_stack(levels - 1, function)
+
+
+@pytest.mark.parametrize('depth', [200, 500, 700, 900])
+def test_json_nested_as_deep_as_the_call_stack_allows_is_refused_with_a_reason_not_a_recursion_error(depth):
+    frames = sys.getrecursionlimit() - len(traceback.extract_stack()) - depth // 2  # room for half its levels
+    text = '[' * depth + '1.5' + ']' * depth
+    with pytest.raises(ValueError, match='deeper than Python reads'):
+        on_a_deep_stack(frames, lambda: loads_exact(text, bounded=False))
+    value = 18446744073709551616  # an integer orjson refuses, so that dumps_bytes walks the value itself
+    for _ in range(depth):
+        value = [value]
+    with pytest.raises(TooDeepToWrite):
+        on_a_deep_stack(frames, lambda: dumps_bytes([18446744073709551616, value]))
 
 
 def test_a_stored_json_number_past_numerics_range_is_written_in_exponent_notation(conn):
