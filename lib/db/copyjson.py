@@ -211,7 +211,8 @@ def column_of(key, oid, cursor):
 
 def plan(cursor, query, params):
     """Describe query on cursor; return the query to declare and the RowsJson of its rows."""
-    cursor.execute(sql.SQL('SELECT * FROM ({}) AS described LIMIT 0').format(query), params)
+    # Each wrapping of the query ends it on a line of its own: a trailing -- comment stays a comment.
+    cursor.execute(sql.SQL('SELECT * FROM ({}\n) AS described LIMIT 0').format(query), params)
     last_of = {column.name: index for index, column in enumerate(cursor.description)}
     type_codes = [column.type_code for column in cursor.description]
     columns = [column_of(key, type_codes[index], cursor) for key, index in last_of.items()]
@@ -230,7 +231,7 @@ def kept_columns_as_text(query, type_codes, kept):
     cast = RAW_OIDS - TEXT_OIDS
     selected = [sql.SQL('{}::text').format(aliases[index]) if type_codes[index] in cast else aliases[index]
                 for index in kept]
-    return sql.SQL('SELECT {} FROM ({}) AS source ({})').format(
+    return sql.SQL('SELECT {} FROM ({}\n) AS source ({})').format(
         sql.SQL(', ').join(selected), query, sql.SQL(', ').join(aliases))
 
 
@@ -359,9 +360,18 @@ def json_batches(conn, rows_json, batch_size):
             conn.cursor().execute(sql.SQL('CLOSE {}').format(sql.Identifier(CURSOR_NAME)))
 
 
+def without_statement_end(query):
+    """Return query without the semicolons (and spaces) it ends with: a statement's end, which Db.stream's DECLARE
+    takes, cannot stand inside the SELECT that plan wraps around it."""
+    query = query.rstrip()
+    while query.endswith(';'):
+        query = query[:-1].rstrip()
+    return query
+
+
 def json_stream(conn, query, params=None, batch_size=2000):
     """Declare query on conn; return the generator of its rows as JSON batches (see Db.stream_json)."""
-    query = sql.SQL(query) if isinstance(query, str) else query
+    query = sql.SQL(without_statement_end(query)) if isinstance(query, str) else query
     # The query runs in the request's session as it is, as Db.stream's does: its TimeZone and DateStyle shape the
     # query's own arithmetic and literals. Stamps in the pool's settings (UTC, ISO) take the fast way; others,
     # value by value, psycopg2's casters (which refuse another DateStyle).
