@@ -5,6 +5,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,7 +36,17 @@ class HeaderEcho(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_POST(self):  # noqa: N802 (http.server's name)
-        """Answer with 10 bytes of the 1000 announced, then close: a replica that died half-way."""
+        """Answer /probe/stream with 8 MiB in chunks; anything else with 10 bytes of the 1000 announced, then close:
+        a replica that died half-way."""
+        if self.path == '/probe/stream':
+            self.send_response(200)
+            self.send_header('Transfer-Encoding', 'chunked')
+            self.end_headers()
+            chunk = b'[' * 65536
+            for _ in range(128):
+                self.wfile.write(b'%x\r\n%s\r\n' % (len(chunk), chunk))
+            self.wfile.write(b'0\r\n\r\n')
+            return
         self.send_response(200)
         self.send_header('Content-Length', '1000')
         self.end_headers()
@@ -97,6 +108,23 @@ def test_an_answer_cut_short_is_logged_as_a_failure(echo_port):
                         'nginx did not log the request')[0]
     assert (line['http.response.status_code'], line['http.response.body.bytes']) == (200, 10)
     assert line['event.outcome'] == 'failure'
+
+
+def test_an_answer_its_client_stopped_reading_is_logged_as_a_failure(echo_port):
+    with running_nginx([echo_port]) as proxy:
+        with socket.create_connection(('127.0.0.1', proxy.port)) as client:
+            client.sendall(b'POST /probe/stream HTTP/1.1\r\nHost: dbapi\r\nX-Request-ID: stopped-1\r\n'
+                           b'Content-Length: 0\r\n\r\n')
+            assert client.recv(100).startswith(b'HTTP/1.1 200 ')
+        # Closed with the rest unread: nginx's next writes fail.
+        line = wait_for(lambda: [line for line in proxy.access_log() if line['http.request.id'] == 'stopped-1'], 10,
+                        'nginx did not log the request')[0]
+        whole = http_request(proxy.port, 'POST', '/probe/stream', b'', {'X-Request-ID': 'whole-1'})
+        whole_line = wait_for(lambda: [line for line in proxy.access_log() if line['http.request.id'] == 'whole-1'],
+                              10, 'nginx did not log the request')[0]
+    assert line['http.response.status_code'] == 200 and line['http.response.body.bytes'] < 128 * 65536
+    assert line['event.outcome'] == 'failure'
+    assert len(whole.body) == 128 * 65536 and whole_line['event.outcome'] == 'success'
 
 
 def rendered_main(**environment):
