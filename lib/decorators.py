@@ -114,8 +114,6 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
             raise cancelled from exc
         raise
     if isinstance(result, Iterator):
-        if watch is not None:
-            watch.streaming = True  # cut short when its client stops reading past the deadline
         return LeasedStream(result, lease, first)
     lease.end(success=True)
     return result

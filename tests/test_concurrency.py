@@ -715,6 +715,38 @@ def test_a_stream_whose_client_stops_reading_gives_its_connection_back_a_second_
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('path, body, worker_class', [
+    ('/probe/sized', {'size': 20_000_000}, 'gevent'),  # one answer of 20 MB: more than both ends' buffers take
+    ('/probe/sized', {'size': 20_000_000}, 'sync'),
+    ('/probe/chunked', {'chunks': 300}, 'gevent'),  # a stream the action made itself, holding no connection
+])
+def test_an_answer_whose_client_stops_reading_is_cut_short_a_second_past_the_deadline(
+        database_url, tmp_path, path, body, worker_class):
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', REQUEST_DEADLINE_MS='2000',
+                             WORKER_CLASS=worker_class, LOG_LEVEL='INFO') as (port, _):
+        with raw_post(port, path, body, 'unread-answer'):  # the answer is never read
+            wait_for(lambda: access_lines(tmp_path, 'unread-answer'), 10, 'the unread answer is still being sent')
+            assert post(port, '/slow/sleep', {'seconds': 0}).status == 200
+    line = gunicorn_access_line(tmp_path, 'unread-answer')
+    assert line['event']['outcome'] == 'failure' and line['http']['response']['status_code'] == 200
+    assert line['error']['type'] == 'lib.db.unit.StreamPastDeadline', line['error']
+    assert 3 <= line['event']['duration'] / 1e9 < 5, 'the deadline (2 s) and a second'
+
+
+@pytest.mark.slow
+def test_an_answer_its_client_stopped_reading_is_cut_short_and_logged_when_the_worker_stops(database_url, tmp_path):
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', GRACEFUL_TIMEOUT='2',
+                             LOG_LEVEL='INFO') as (port, server):
+        with raw_post(port, '/probe/sized', {'size': 20_000_000}, 'unread-at-stop'):
+            time.sleep(0.5)  # the answer fills the sockets' buffers
+            server.terminate()
+            server.wait(10)
+    line = gunicorn_access_line(tmp_path, 'unread-at-stop')  # logged: the worker cut it before the master's kill
+    assert line['event']['outcome'] == 'failure'
+    assert line['error']['type'] == 'lib.http.disconnect.ServerStopping', line['error']
+
+
+@pytest.mark.slow
 def test_a_stream_still_sent_at_the_deadline_is_cut_short_and_logged_as_past_it(database_url, tmp_path):
     with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', REQUEST_DEADLINE_MS='2000',
                              LOG_LEVEL='INFO') as (port, _):

@@ -9,12 +9,15 @@ QueryCanceled, the lease rolls back and the connection goes back to the pool for
 the server has not taken the request within a second), and the answer is a 499, which only the access line sees.
 nginx closes its upstream connection when its own client goes away, so this works through nginx too. A client that
 shuts down its sending side while it waits for the answer looks gone too; nginx, curl and the HTTP libraries never
-do that. A stream whose client stops reading is cut short a second past its deadline (cut_short), so that it gives
-its connection back.
+do that. An answer being sent that may wait for its client (a stream, or one longer than SEND_WATCH_BYTES: one a
+socket's buffers may not take whole) is watched until the server has sent it: one whose client stops reading is cut
+short a second past its deadline (cut_short), so that it gives back its connection, if it still holds one, and its
+admission slot.
 
 gunicorn's master kills a worker that has not finished within the graceful timeout, and a killed worker logs
-nothing. So a second before that, the worker cancels the queries still running: each of those requests ends as a
-failure (a stream as cut short, with the bytes it sent) and is logged before the kill.
+nothing. So a second before that, the worker cancels the queries still running and cuts short the answers still
+waiting for their clients: each of those requests ends as a failure (a stream as cut short, with the bytes it sent)
+and is logged before the kill.
 """
 import collections
 import contextlib
@@ -33,9 +36,12 @@ from lib.polling import ready_events
 
 # The watcher looks at the sockets this often: it bounds how late a client that left is noticed.
 POLL_SECONDS = 0.1
-# How long past its deadline a stream whose client stopped reading keeps its connection before it is cut short: the
-# grace its database waits get (lib/db/unit.py).
-STREAM_GRACE_SECONDS = ANSWER_GRACE_SECONDS
+# How long past its deadline an answer whose client stopped reading is still sent before it is cut short: the grace
+# its database waits get (lib/db/unit.py).
+SEND_GRACE_SECONDS = ANSWER_GRACE_SECONDS
+# An answer longer than this may wait for its client to read (a socket takes more than this whole, buffers on both
+# ends): it is watched while it is sent. Shorter ones never are, which keeps the watch off the common request.
+SEND_WATCH_BYTES = 64 * 1024
 # The peer closed its side (POLLRDHUP, even with unread data in the socket) or reset the connection.
 GONE_EVENTS = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
@@ -55,20 +61,20 @@ class ServerStopping(ServiceUnavailable):
 
 
 class Watch:
-    """One request's client socket and the connection its query runs on; cancelling, once the watcher sends a cancel
-    request for it, is set when that is over (taken by the server, or given up on). A streaming watch's request sends
-    its answer while it holds the connection: past its deadline (time.monotonic()) and a grace, it is cut short."""
+    """One request's client socket and either the connection its query runs on (a query watch; cancelling, once the
+    watcher sends a cancel request for it, is set when that is over: taken by the server, or given up on) or None
+    (a send watch: the request's answer is being sent; past its deadline, a time.monotonic() value, and a grace, it
+    is cut short)."""
 
-    __slots__ = ('fileno', 'conn', 'environ', 'cancelling', 'deadline', 'streaming')
+    __slots__ = ('fileno', 'conn', 'environ', 'cancelling', 'deadline')
 
     def __init__(self, sock, conn, environ, deadline):
         self.fileno, self.conn, self.environ, self.deadline = sock.fileno(), conn, environ, deadline
         self.cancelling = None
-        self.streaming = False
 
     def overdue(self, now):
-        """Tell whether the watch streams an answer still, past its deadline and the grace a stream's end gets."""
-        return self.streaming and self.deadline is not None and now > self.deadline + STREAM_GRACE_SECONDS
+        """Tell whether the watch is of an answer still being sent past its deadline and the grace."""
+        return self.conn is None and self.deadline is not None and now > self.deadline + SEND_GRACE_SECONDS
 
     def cancelled_error(self):
         """Return the error that ends a request whose query the watcher cancelled, or None if it did not."""
@@ -93,7 +99,8 @@ class DisconnectWatcher:
         self.started = False
 
     def watch(self, environ, conn, deadline=None):
-        """Watch the request's client while conn runs its query; return the Watch, or None without a socket."""
+        """Watch the request's client while conn runs its query, or (conn None) while its answer is sent; return the
+        Watch, or None without a socket."""
         sock = environ.get(CLIENT_SOCKET_KEY)
         if sock is None:  # not served by gunicorn (the tests' in-process client)
             return None
@@ -133,16 +140,18 @@ class DisconnectWatcher:
         now = time.monotonic()
         for watch in watches:
             if watch.overdue(now):
-                self.cut_short(watch)
+                self.cut_short(watch, StreamPastDeadline())
         by_fileno = collections.defaultdict(list)
         for watch in watches:
-            by_fileno[watch.fileno].append(watch)
+            if watch.conn is not None:  # a client gone while its answer is sent fails the send itself
+                by_fileno[watch.fileno].append(watch)
         # The standard library's poll (lib/polling.py): a look must not wait, and must not touch the sockets' gevent
         # watchers, which gunicorn's handler uses to read the next request of a kept-alive connection.
         for fileno, events in ready_events(by_fileno, GONE_EVENTS).items():
             if events & GONE_EVENTS:  # not POLLNVAL alone: a socket closed since, whose request has ended
                 for watch in by_fileno[fileno]:
-                    self.cancel(watch)
+                    if CUT_KEY not in watch.environ:  # a socket cut_short shut down reads as closed too
+                        self.cancel(watch)
 
     def cancel(self, watch, reason=GONE_KEY):
         """Mark the request with reason and cancel its query, unless the query ended (and the watch was forgotten).
@@ -160,25 +169,31 @@ class DisconnectWatcher:
             watch.cancelling.set()
 
 
-    def cut_short(self, watch):
-        """End a stream whose client stopped reading past its deadline: the server's write waits for that client,
-        holding the connection. Shutting the socket down makes the write fail; the stream then ends and is logged
-        as past its deadline (CUT_KEY), and its connection goes back."""
+    def cut_short(self, watch, error):
+        """End an answer the server is still sending (its client stopped reading past its deadline, or the worker is
+        stopping): its write waits for that client, holding the request's slot and any connection its stream holds.
+        Shutting the socket down makes the write fail; the answer then ends and is logged with error (CUT_KEY), and
+        a stream's connection goes back."""
         with self.lock:
             if self.watches.pop(id(watch), None) is None:
                 return
             if not self.watches:
                 self.wanted.clear()
-            watch.environ[CUT_KEY] = StreamPastDeadline()
+            watch.environ[CUT_KEY] = error
         with contextlib.suppress(OSError), socket.socket(fileno=os.dup(watch.fileno)) as duplicate:
             duplicate.shutdown(socket.SHUT_RDWR)
 
     def cancel_all(self):
-        """Cancel every query still running (the worker is about to be killed), so each request ends and is logged."""
+        """Cancel every query still running and cut short every answer still being sent (the worker is about to be
+        killed), so that each request ends and is logged."""
         with self.lock:
             watches = list(self.watches.values())
+        for watch in watches:  # the queries first: a stream whose query is cancelled ends with the query's error
+            if watch.conn is not None:
+                self.cancel(watch, STOPPING_KEY)
         for watch in watches:
-            self.cancel(watch, STOPPING_KEY)
+            if watch.conn is None:
+                self.cut_short(watch, ServerStopping())
 
 
 WATCHER = DisconnectWatcher()

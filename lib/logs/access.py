@@ -3,7 +3,8 @@ import logging
 import time
 import traceback
 
-from lib.http.exchange import CLIENT_KEY, CUT_KEY, ERROR_KEY, GONE_KEY, ROUTE_KEY
+from lib.http.disconnect import SEND_WATCH_BYTES, WATCHER
+from lib.http.exchange import CLIENT_KEY, CUT_KEY, ERROR_KEY, GONE_KEY, ROUTE_KEY, deadline_of
 from lib.http.requestid import REQUEST_ID_KEY
 from lib.logs.formatter import ACCESS_LOGGER, dotted
 from lib.logs.handlers import LineWriting
@@ -26,13 +27,15 @@ class Exchange:
 
     It notes the status when the app starts the response, counts the bytes the server has sent, notes a body
     the server closed before its end or the error that cut a stream short, and calls on_close once the server
-    has closed the body, which is also when a streamed query's connection goes back.
+    has closed the body, which is also when a streamed query's connection goes back. An answer that may wait for
+    its client (answer_may_wait) is watched while it is sent: cut short past the request's deadline
+    (deadline_ms, REQUEST_DEADLINE_MS) or when the worker stops (lib/http/disconnect.py).
     """
 
     __slots__ = ('environ', 'server_start_response', 'on_close', 'started_ns', 'status', 'endpoint', 'bytes',
-                 'stream_error', 'cut_short', 'chunks')
+                 'stream_error', 'cut_short', 'chunks', 'deadline_ms', 'send_watch')
 
-    def __init__(self, environ, server_start_response, on_close):
+    def __init__(self, environ, server_start_response, on_close, deadline_ms=0):
         self.environ = environ
         self.server_start_response = server_start_response
         self.on_close = on_close
@@ -43,11 +46,16 @@ class Exchange:
         self.stream_error = None
         self.cut_short = False
         self.chunks = ()
+        self.deadline_ms = deadline_ms
+        self.send_watch = None
 
     def start_response(self, status, headers, exc_info=None):
-        """Note the status, and the matched endpoint while Flask still serves the request, then start the response."""
+        """Note the status, and the matched endpoint while Flask still serves the request, watch an answer that may
+        wait for its client, then start the response."""
         self.status = int(status[:3])
         self.endpoint = getattr(self.environ.get('werkzeug.request'), 'endpoint', None)
+        if self.send_watch is None and answer_may_wait(headers):
+            self.send_watch = WATCHER.watch(self.environ, None, deadline_of(self.environ, self.deadline_ms))
         return self.server_start_response(status, headers, exc_info)
 
     def __iter__(self):
@@ -64,13 +72,24 @@ class Exchange:
             raise
 
     def close(self):
-        """Close the wrapped body, then finish the exchange."""
+        """Stop watching the answer, close the wrapped body, then finish the exchange."""
         try:
+            if self.send_watch is not None:
+                WATCHER.forget(self.send_watch)
             close = getattr(self.chunks, 'close', None)
             if close is not None:
                 close()
         finally:
             self.on_close(self)
+
+
+def answer_may_wait(headers):
+    """Tell whether an answer with these headers ((name, value) pairs) may wait for its client to read: a stream (no
+    Content-Length), or one longer than SEND_WATCH_BYTES."""
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == 'content-length':  # the length first: most names are not it
+            return not value.isdigit() or int(value) > SEND_WATCH_BYTES
+    return True
 
 
 def sqlstate_of(exc):
@@ -162,14 +181,15 @@ class AccessLog:
     With fast=False (FAST_PATHS off) the line is an ordinary LogRecord through logging's stock path.
     """
 
-    def __init__(self, wsgi_app, observers=(), fast=True):
+    def __init__(self, wsgi_app, observers=(), fast=True, deadline_ms=0):
         self.wsgi_app = wsgi_app
         self.logger = logging.getLogger(ACCESS_LOGGER)
         self.observers = tuple(observers)
         self.fast = fast
+        self.deadline_ms = deadline_ms
 
     def __call__(self, environ, start_response):
-        exchange = Exchange(environ, start_response, self.finish)
+        exchange = Exchange(environ, start_response, self.finish, self.deadline_ms)
         exchange.chunks = self.wsgi_app(environ, exchange.start_response)
         return exchange
 
@@ -224,7 +244,8 @@ class AccessLog:
 
 def install_access_log(app, observers=()):
     """Time every request of app and write its access line once the response has gone out."""
-    app.wsgi_app = access_log = AccessLog(app.wsgi_app, observers, fast=app.config.get('FAST_PATHS', True))
+    app.wsgi_app = access_log = AccessLog(app.wsgi_app, observers, fast=app.config.get('FAST_PATHS', True),
+                                          deadline_ms=app.config.get('REQUEST_DEADLINE_MS', 0))
     return access_log
 
 

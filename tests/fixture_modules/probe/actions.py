@@ -2,6 +2,7 @@
 import math
 import os
 
+from flask import Response
 from marshmallow import INCLUDE, Schema, fields, validate
 from psycopg2 import sql
 
@@ -204,6 +205,18 @@ class Size(Schema):
 def sized(size):
     """Return a JSON string of about size bytes."""
     return 'x' * size
+
+
+class Chunks(Schema):
+    """How many chunks of 64 KiB to stream."""
+
+    chunks = fields.Integer(required=True, strict=True)
+
+
+@use_schema(Chunks)
+def chunked(chunks):
+    """Stream chunks of 64 KiB from a plain generator, holding no connection: a Response the action makes itself."""
+    return Response((b' ' * 65536 for _ in range(chunks)), mimetype='application/json')
 
 
 class Hold(Schema):

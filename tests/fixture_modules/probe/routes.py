@@ -1,4 +1,4 @@
-from .actions import (add, camel_any_keys, camel_exact_keys, camel_items, counted_stream, crash, create_thing, create_unencodable, echo, echo_any_keys_in_a_transaction,
+from .actions import (add, camel_any_keys, chunked, camel_exact_keys, camel_items, counted_stream, crash, create_thing, create_unencodable, echo, echo_any_keys_in_a_transaction,
                       echo_in_a_transaction,
                       export_things, fail_with, failing_stream,
                       flaky, generated, get_thing, greet, hold, items, migrations, missing, move, pid, probe_values,
@@ -23,6 +23,7 @@ routes = [
     dict(route='fail', action=fail_with),
     dict(route='status', action=with_status),
     dict(route='sized', action=sized),
+    dict(route='chunked', action=chunked),
     dict(route='hold', action=hold),
     dict(route='pid', action=pid),
     dict(route='add', action=add),
