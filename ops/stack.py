@@ -229,6 +229,8 @@ class Stack:
         self.proxy = None
         self.restart_wanted = False
         self.app_dsn = None  # the DSN the replicas use: PostgreSQL's, or pgbouncer's in front of it
+        # (Child, port) of a stand-in still serving for a lone replica that did not come back from a rolling restart
+        self.standing_in = None
 
     def launch(self, child):
         """Start child and keep it for supervision and stopping."""
@@ -270,14 +272,20 @@ class Stack:
         """Restart every replica, one at a time, so that no request fails: nginx stops sending to it first, it
         finishes what it accepted (gunicorn's graceful stop), and it gets requests again once it is ready. A lone
         replica gets a stand-in to take its requests meanwhile. A replica (or stand-in) that cannot start ends the
-        restart there; the stack keeps serving with the replicas that do."""
+        restart there; the stack keeps serving with the replicas that do, and a lone replica's stand-in serves
+        until the replica is ready again (hand_back)."""
+        if self.standing_in is not None:
+            print(f'stack: rolling restart refused: {self.replicas[0].name} is not ready again yet; its stand-in '
+                  'serves meanwhile', file=sys.stderr, flush=True)
+            return
         ports = self.config.replica_ports
         for replica, port in zip(self.replicas, ports):
             try:
                 self.restart_replica(replica, port)
             except StackError as error:
                 print(f'stack: rolling restart stopped: {error}', file=sys.stderr, flush=True)
-                self.send_requests_to(ports)  # nginx moves a refused request on; a restarted replica rejoins
+                # nginx moves a refused request on; a replica the supervisor restarts rejoins (a lone one: hand_back)
+                self.send_requests_to(self.serving_ports())
                 return
         print(f'stack: rolling restart of {counted(len(ports), "replica")} finished', file=sys.stderr, flush=True)
 
@@ -285,7 +293,7 @@ class Stack:
         """Take replica out of nginx's list, restart it gracefully, and put it back once it is ready."""
         ports = self.config.replica_ports
         others = [other for other in ports if other != port]
-        with self.stand_in() if not others else nullcontext(others) as serving_meanwhile:
+        with self.stand_in(replica) if not others else nullcontext(others) as serving_meanwhile:
             self.send_requests_to(serving_meanwhile)
             time.sleep(DRAIN_SECONDS)
             replica.stop()
@@ -294,18 +302,47 @@ class Stack:
             self.send_requests_to(ports)
 
     @contextmanager
-    def stand_in(self):
+    def stand_in(self, replica):
         """Run one more replica, on a free port, while the block runs; yield [its port] once it is ready, and stop
-        it gracefully (it finishes what it accepted) when the block ends."""
+        it gracefully (it finishes what it accepted) when the block ends. When the block fails once it serves
+        (replica, the one it stands in for, did not come back), it keeps serving (standing_in); replica is stopped
+        if it still runs, so that the supervisor starts it again."""
         (port,) = free_ports(1)
         index = len(self.replicas) + 1
         stand_in = Child(f'stand-in replica {index} (port {port})', gunicorn_command(),
                          replica_environment(index, port, self.app_dsn, self.run_dir)).start()
         try:
             wait_until_ready(stand_in, port)
-            yield [port]
-        finally:
+        except BaseException:
             stand_in.stop()
+            raise
+        try:
+            yield [port]
+        except StackError:
+            self.standing_in = (stand_in, port)
+            replica.stop()
+            raise
+        except BaseException:
+            stand_in.stop()
+            raise
+        stand_in.stop()
+
+    def serving_ports(self):
+        """Return the ports nginx sends requests to: every replica's, or a stand-in's still serving (its replica's
+        port may be another program's now, which must get none)."""
+        return self.config.replica_ports if self.standing_in is None else [self.standing_in[1]]
+
+    def hand_back(self):
+        """Once the lone replica is ready again, send its requests back to it and stop its stand-in."""
+        (replica,), (port,) = self.replicas, self.config.replica_ports
+        if replica.exit_code() is not None or not answers(port, '/readyz'):
+            return
+        stand_in, _ = self.standing_in
+        self.send_requests_to(self.config.replica_ports)
+        time.sleep(DRAIN_SECONDS)
+        stand_in.stop()
+        self.standing_in = None
+        print(f'stack: {replica.name} is ready again; its stand-in stopped', file=sys.stderr, flush=True)
 
     def start_pgbouncer(self, dsn):
         """Start pgbouncer in front of dsn and return the DSN that goes through it."""
@@ -325,6 +362,8 @@ class Stack:
                 self.rolling_restart()
             for child in self.children:
                 self.check(child)
+            if self.standing_in is not None:
+                self.hand_back()
             time.sleep(0.2)
 
     def want_rolling_restart(self, signum=None, frame=None):
@@ -345,9 +384,11 @@ class Stack:
             child.start()
 
     def stop(self):
-        """Stop nginx first, then the replicas, then pgbouncer, each gracefully."""
+        """Stop nginx first, then the replicas (a stand-in too), then pgbouncer, each gracefully."""
         for child in reversed(self.children):
             child.stop()
+            if child is self.proxy and self.standing_in is not None:
+                self.standing_in[0].stop()
 
 
 def announce(config):

@@ -3,6 +3,7 @@ write load through nginx, and not one request fails; every 2xx answer is one row
 replica is restarted behind a stand-in."""
 import collections
 import signal
+import socket
 import time
 import uuid
 
@@ -72,3 +73,45 @@ def test_a_rolling_restart_onto_code_that_cannot_start_leaves_the_stack_serving(
         statuses = collections.Counter(stack.post('/session/state').status for _ in range(20))
         (broken / 'routes.py').unlink()  # so that the restarting replica can come back before the stack stops
     assert statuses == {200: 20}, statuses
+
+
+def squat_once_free(port, timeout):
+    """Listen on 127.0.0.1:port as soon as it is free (within timeout seconds), never accepting; return the socket."""
+    deadline = time.monotonic() + timeout
+    while True:
+        squatter = socket.socket()
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            squatter.bind(('127.0.0.1', port))
+            squatter.listen()
+            return squatter
+        except OSError:
+            squatter.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+def test_a_lone_replica_that_cannot_come_back_leaves_its_stand_in_serving_until_it_does(tmp_path_factory,
+                                                                                        topology_database_url):
+    run_id = uuid.uuid4().hex[:12]
+    base_port = free_ports_below_the_ephemeral_range(3)
+    with running_stack(tmp_path_factory, topology_database_url, replicas=1, base_port=base_port,
+                       GRACEFUL_TIMEOUT='10') as stack:
+        with WriteLoad(stack, run_id, LOAD_THREADS, MAX_REQUESTS_PER_THREAD) as load:
+            time.sleep(1)
+            stack.process.send_signal(signal.SIGHUP)
+            # Another program takes the replica's port while it restarts: the replica cannot start again.
+            with squat_once_free(stack.replica_ports[0], RESTART_TIMEOUT_SECONDS):
+                wait_for(lambda: b'rolling restart stopped' in stack.log_path.read_bytes(), RESTART_TIMEOUT_SECONDS,
+                         'the rolling restart did not stop', interval=0.5, on_timeout=lambda: stack.log_text()[-3000:])
+                time.sleep(2)  # the stand-in serves alone
+            wait_for(lambda: b'is ready again; its stand-in stopped' in stack.log_path.read_bytes(),
+                     RESTART_TIMEOUT_SECONDS, 'the replica did not take its requests back', interval=0.5,
+                     on_timeout=lambda: stack.log_text()[-3000:])
+            time.sleep(1)
+    outcomes = collections.Counter(attempt.status for attempt in load.attempts)
+    assert set(outcomes) == {201}, outcomes
+    rows = {code for (code,) in run_sql(topology_database_url, 'SELECT code FROM probe.things WHERE code LIKE %s',
+                                        (f'{run_id}-%',))}
+    assert rows == {attempt.code for attempt in load.attempts if attempt.status == 201} and len(rows) > 100
