@@ -466,6 +466,20 @@ def test_a_new_connection_to_a_server_that_never_answers_gives_up_after_the_conn
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'sync'])
+def test_a_new_connection_waits_for_the_server_no_longer_than_the_request_deadline(silent_database, tmp_path,
+                                                                                   worker_class):
+    dsn, counts = silent_database
+    url = f"postgresql://x@127.0.0.1:{psycopg2.extensions.parse_dsn(dsn)['port']}/x"
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=url, WEB_CONCURRENCY='1', DB_CONNECT_TIMEOUT='10',
+                             REQUEST_DEADLINE_MS='2000', WORKER_CLASS=worker_class) as (port, _):
+        answer, waited = timed(lambda: post(port, '/slow/sleep', {'seconds': 0}))
+    assert answer.status == 503 and 'Nothing was sent to it' in answer.json()['detail'], answer.body
+    assert counts, 'the server was asked for a connection'
+    assert 1.5 <= waited < 3.5, 'the deadline (2 s), not DB_CONNECT_TIMEOUT (10 s)'
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('worker_class', ['gevent', 'gthread'])
 def test_a_cancel_the_server_does_not_take_leaves_the_worker_serving(tmp_path, worker_class):
     seconds = 30 + random.randint(1, 999) / 1000

@@ -1,6 +1,7 @@
 """The connection pool: bounded, thread-safe, per process, with configure and reset callbacks at its seams."""
 import collections
 import logging
+import math
 import select
 import threading
 import time
@@ -19,6 +20,8 @@ log = logging.getLogger('dbapi.db')
 # How long a connection coming back waits for PostgreSQL to answer its rollback and reset (lib/db/green.py).
 
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+# libpq's shortest connect_timeout, in seconds ("a value of 1 is interpreted as 2", its documentation).
+LEAST_CONNECT_TIMEOUT = 2
 BROKEN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
 
 
@@ -69,6 +72,16 @@ def connection_is_stale(conn):
         return True
     # An idle connection has nothing to read; anything readable is a FATAL goodbye or EOF.
     return bool(ready_events([conn.fileno()], select.POLLIN))
+
+
+def connect_within(connect_kwargs, deadline):
+    """Return connect_kwargs with a connect_timeout that ends by deadline (a time.monotonic() value, or None), when
+    that is sooner: in whole seconds and at least 2, as libpq takes it, so up to 2 s past deadline at most."""
+    timeout = connect_kwargs.get('connect_timeout')
+    if deadline is None or not timeout:
+        return connect_kwargs
+    left = max(LEAST_CONNECT_TIMEOUT, math.ceil(deadline - time.monotonic()))
+    return connect_kwargs if int(timeout) <= left else {**connect_kwargs, 'connect_timeout': left}
 
 
 def driver_state(conn):
@@ -171,11 +184,12 @@ class Pool:
         self.in_use = 0
         self.bulkhead = Bulkhead()
 
-    def borrow(self, timeout=None):
-        """Take a live connection, waiting up to timeout (default: the pool's) seconds for a free slot."""
+    def borrow(self, timeout=None, deadline=None):
+        """Take a live connection, waiting up to timeout (default: the pool's) seconds for a free slot; a new one's
+        connect ends at deadline (a time.monotonic() value, or None) too (connect_within)."""
         self.take_slot(self.timeout if timeout is None else timeout)
         try:
-            conn = self.take_idle() or self.connect()
+            conn = self.take_idle() or self.connect(deadline)
         except BaseException:
             self.slots.release()
             raise
@@ -201,11 +215,11 @@ class Pool:
             close_quietly(conn)
         return None
 
-    def connect(self):
-        """Open a new connection and configure it."""
+    def connect(self, deadline=None):
+        """Open a new connection and configure it; its connect ends at deadline too (connect_within)."""
         self.stats['connects'] += 1
         try:
-            conn = psycopg2.connect(self.dsn, **self.connect_kwargs)
+            conn = psycopg2.connect(self.dsn, **connect_within(self.connect_kwargs, deadline))
         except psycopg2.OperationalError as exc:  # libpq's reason, host and port stay in the log's cause
             raise DatabaseUnreachable() from exc
         try:

@@ -66,7 +66,7 @@ class Lease:
         if self.client is not None:
             pool.bulkhead.enter(client, client_limit)
         try:
-            self.conn = pool.borrow(wait_within(pool, timeout, deadline))
+            self.conn = pool.borrow(wait_within(pool, timeout, deadline), deadline)
         except BaseException:
             self.leave_bulkhead()
             raise
