@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Blueprint
-from marshmallow import INCLUDE
+from marshmallow import INCLUDE, fields
 
 from lib.auth import authorize
 from lib.decorators import respond, schema_of
@@ -88,54 +88,70 @@ def injected_names(action):
     return set(inspect.signature(inspect.unwrap(action)).parameters) - set(inspect.signature(action).parameters)
 
 
-def included_key_refusal(schema, action):
-    """Return a test of the keys a schema with unknown = INCLUDE passes to the action unvalidated, true for one to
-    refuse as unknown (422): a field's own name where the body spells the field otherwise (data_key), which would
-    replace the validated value; a parameter a decorator injects (injected_names); and one an action without
-    **kwargs does not take, which would be a TypeError (500). None for a schema that passes no key through."""
-    if schema.unknown != INCLUDE:
+def check_include_schemas(schema, where, unknown=None, seen=None):
+    """Raise ModuleError when schema, or a schema nested in it (Nested, Pluck, and those a List, Tuple or Dict
+    holds), lets unknown keys through (unknown = INCLUDE, its own or its Nested field's) and reads a field from
+    another key than the one it loads it as (data_key, a dotted attribute): marshmallow then puts a body key spelled
+    as the loaded name over the validated value, which would reach the action unvalidated."""
+    seen = set() if seen is None else seen
+    if (type(schema), unknown) in seen:
+        return
+    seen.add((type(schema), unknown))
+    loaded = {name: field for name, field in schema.fields.items() if not field.dump_only}
+    if (unknown or schema.unknown) == INCLUDE:
+        for name, field in loaded.items():
+            key, attribute = field.data_key or name, field.attribute or name
+            if key != attribute or '.' in attribute:
+                raise ModuleError(f'{where}: {type(schema).__name__} lets unknown keys through (unknown = INCLUDE) and '
+                                  f'reads field {name!r} from {key!r} into {attribute!r}: a body key {attribute!r} '
+                                  'would replace the validated value. Use unknown = RAISE or EXCLUDE, or no '
+                                  'data_key or attribute')
+    for field in loaded.values():
+        for nested, nested_unknown in nested_schemas(field):
+            check_include_schemas(nested, where, nested_unknown, seen)
+
+
+def nested_schemas(field):
+    """Yield (schema, the unknown its field loads it with, or None) of each schema field loads values with."""
+    if isinstance(field, fields.Nested):
+        yield field.schema, field.unknown
+    inner = [getattr(field, name, None) for name in ('inner', 'key_field', 'value_field')]
+    for held in [*inner, *getattr(field, 'tuple_fields', ())]:
+        if held is not None:
+            yield from nested_schemas(held)
+
+
+def argument_refusal(schema, action):
+    """Return a test of the keys a schema with unknown = INCLUDE loads for the action (the call's keyword arguments),
+    true for an undeclared one to refuse as unknown (422): a parameter a decorator injects (injected_names), and,
+    for an action without **kwargs, one it does not take by keyword, which would be a TypeError (500). None for a
+    schema that loads no key it does not declare, or a list (many)."""
+    if schema.unknown != INCLUDE or schema.many:
         return None
-    fields_loaded = {name for name, field in schema.fields.items() if not field.dump_only}
-    field_names = fields_loaded | {schema.fields[name].attribute for name in fields_loaded} - {None}
-    if schema.many:  # the action gets the list: a key names no parameter
-        return field_names.__contains__
+    declared = {field.attribute or name for name, field in schema.fields.items()}  # validated: the action's to take
     parameters = inspect.signature(action).parameters.values()
     takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
-    accepted = {p.name for p in parameters if p.kind != p.VAR_KEYWORD}
-    refused = field_names | injected_names(action)
-    return lambda key: key in refused or not takes_any and key not in accepted
-
-
-def refuse_included_keys(body, data_keys, refused):
-    """Raise Unprocessable, as marshmallow does for an unknown key, when a key of the body (a dict) or of its items
-    (a list) that is none of the schema's data_keys is refused (included_key_refusal); their errors as
-    marshmallow nests them."""
-    def unknown(item):
-        return {key: ['Unknown field.'] for key in sorted(item.keys() - data_keys) if refused(key)}
-    if isinstance(body, dict):
-        errors = unknown(body)
-    else:
-        errors = {index: found for index, item in enumerate(body) if isinstance(item, dict) and (found := unknown(item))}
-    if errors:
-        raise Unprocessable(errors=errors)
+    by_keyword = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    injected = injected_names(action)
+    return lambda key: key not in declared and (key in injected or not takes_any and key not in by_keyword)
 
 
 def schema_loader(schema, action, fast_paths=True):
     """Return a function that validates a body with schema into call arguments; a schema that lets unknown keys
-    through (unknown = INCLUDE) lets through only those the action may get unvalidated (included_key_refusal)."""
+    through (unknown = INCLUDE) passes the action only those it may take (argument_refusal)."""
     load_valid_body = fast_loader(schema, enabled=fast_paths) or (lambda body: None)
-    refused = included_key_refusal(schema, action)
-    data_keys = {field.data_key or name for name, field in schema.fields.items() if not field.dump_only}
+    refused = argument_refusal(schema, action)
 
     def load_arguments(body):
         if schema.many != isinstance(body, list) or not isinstance(body, (list, dict)):
             shape = 'array' if schema.many else 'object'
             raise Unprocessable(f'The request body must be a JSON {shape}.')
-        if refused is not None:
-            refuse_included_keys(body, data_keys, refused)
         loaded = load_valid_body(body)
         if loaded is None:
             loaded = schema.load(body)
+        if refused is not None and isinstance(loaded, dict):
+            if found := sorted(key for key in loaded if refused(key)):
+                raise Unprocessable(errors={key: ['Unknown field.'] for key in found})
         return ((loaded,), {}) if schema.many else ((), loaded)
     return load_arguments
 
@@ -166,6 +182,8 @@ def make_route(module, routes_file, entry, fast_paths=True):
     action = entry['action']
     schema = schema_of(action)
     where = f'{routes_file}: route {entry["route"]!r}'
+    if schema is not None:
+        check_include_schemas(schema, where)
     load = (schema_loader(schema, action, fast_paths) if schema is not None
             else signature_loader(action, where))
     return Route(module, entry['route'], action, load)

@@ -71,6 +71,53 @@ def test_broken_module_stops_the_start_naming_its_file(make_app, module_package,
     assert message in str(raised.value)
 
 
+INCLUDE_ROUTES = '''
+    from marshmallow import INCLUDE, RAISE, Schema, fields
+    from lib.decorators import use_schema
+
+    class Loose(Schema):
+        class Meta:
+            unknown = INCLUDE
+
+        {field}
+
+    class Strict(Schema):
+        inner = {nested}
+
+    @use_schema({schema})
+    def act(**body):
+        return body
+    routes = [dict(route='act', action=act)]
+'''
+
+
+@pytest.mark.parametrize('field, nested, schema', [
+    ("user_id = fields.Integer(data_key='userId')", 'fields.Raw()', 'Loose'),
+    ("user_id = fields.Integer(attribute='user.id')", 'fields.Raw()', 'Loose'),
+    ("user_id = fields.Integer(data_key='userId')", 'fields.Nested(Loose)', 'Strict'),
+    ("user_id = fields.Integer(data_key='userId')", 'fields.List(fields.Nested(Loose))', 'Strict'),
+    ("user_id = fields.Integer(data_key='userId')", 'fields.Dict(values=fields.Pluck(Loose, "user_id"))', 'Strict'),
+    ("user_id = fields.Integer(data_key='userId')", 'fields.Nested(Loose(unknown=RAISE), unknown=INCLUDE)', 'Strict'),
+])
+def test_an_include_schema_that_reads_a_field_from_another_key_stops_the_start(make_app, module_package, field, nested,
+                                                                                 schema):
+    """marshmallow puts a body key spelled as the loaded name over the validated value (unknown = INCLUDE)."""
+    package = module_package({'loose/routes.py': INCLUDE_ROUTES.format(field=field, nested=nested, schema=schema)})
+    with pytest.raises(ModuleError, match="loose/routes.py: route 'act': Loose lets unknown keys through"):
+        make_app(MODULE_PACKAGES=[package])
+
+
+@pytest.mark.parametrize('field, nested, schema', [
+    ("user_id = fields.Integer()", 'fields.Nested(Loose)', 'Strict'),
+    ("user_id = fields.Integer(data_key='userId')", 'fields.Raw()', 'Loose(unknown=RAISE)'),
+    ("user_id = fields.Integer(data_key='userId')", 'fields.Nested(Loose, unknown=RAISE)', 'Strict'),
+    ("user_id = fields.Integer(data_key='userId', dump_only=True)", 'fields.Raw()', 'Loose'),
+])
+def test_a_schema_that_cannot_put_a_body_key_over_a_field_mounts(make_app, module_package, field, nested, schema):
+    package = module_package({'loose/routes.py': INCLUDE_ROUTES.format(field=field, nested=nested, schema=schema)})
+    assert '/loose/act' in {rule.rule for rule in make_app(MODULE_PACKAGES=[package]).url_map.iter_rules()}
+
+
 def test_the_same_module_name_twice_stops_the_start(make_app, module_package):
     first = module_package({'twin/routes.py': GOOD_ROUTES})
     second = module_package({'twin/routes.py': GOOD_ROUTES})

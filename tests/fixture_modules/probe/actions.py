@@ -3,7 +3,7 @@ import math
 import os
 
 from flask import Response
-from marshmallow import INCLUDE, Schema, fields, validate
+from marshmallow import INCLUDE, Schema, fields, pre_load, validate
 from psycopg2 import sql
 
 from lib.db import DEFAULT, Db
@@ -69,34 +69,32 @@ def echo_any_keys_in_a_transaction(db, **body):
     return body
 
 
-class CamelKeys(Schema):
-    """A schema that lets unknown keys through, whose fields the body spells otherwise than the action's names."""
+class Enveloped(Schema):
+    """A schema that lets unknown keys through, of a body its pre_load hook takes out of an envelope."""
 
     class Meta:
         unknown = INCLUDE
 
-    user_id = fields.Integer(data_key='userId', required=True, strict=True, validate=validate.Range(min=1))
-    database = fields.String(data_key='db')
+    name = fields.String(required=True)
+
+    @pre_load
+    def open_envelope(self, body, **kwargs):
+        """Take the body out of {"data": {...}}."""
+        return body.get('data', body)
 
 
-@use_schema(CamelKeys)
+@use_schema(Enveloped)
 @inject_db(DEFAULT)
-def camel_any_keys(db, user_id, **extra):
-    """Return the validated user_id and the keys that came through unvalidated."""
-    return {'user_id': user_id, 'extra': extra}
+def enveloped_any_keys(db, name, **extra):
+    """Return the name and the keys that came through unvalidated."""
+    return {'name': name, 'extra': extra}
 
 
-@use_schema(CamelKeys)
+@use_schema(Enveloped)
 @inject_db(DEFAULT)
-def camel_exact_keys(db, user_id, database=None, note=None):
-    """Return what it was given, from an action that takes only its own keys."""
-    return {'user_id': user_id, 'database': database, 'note': note}
-
-
-@use_schema(CamelKeys(many=True))
-def camel_items(items):
-    """Return the items as loaded."""
-    return items
+def enveloped_own_keys(db, note=None, /, *, name, label=None):
+    """Return what it was given, from an action that takes only its own keys (note only by position)."""
+    return {'name': name, 'note': note, 'label': label}
 
 
 def greet(name, greeting='hello'):
