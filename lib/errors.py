@@ -168,6 +168,9 @@ SQLSTATE_ERRORS = {
     'P0001': (BadRequest, None),
     'P0002': (NotFound, None),  # PL/pgSQL's SELECT INTO STRICT found no row, or RAISE no_data_found
     '54000': (Unprocessable, None),  # a value past a limit of the server's ("index row requires 9616 bytes")
+    '54001': (Unprocessable, None),  # a value nested past the server's stack ("stack depth limit exceeded")
+    '21000': (Unprocessable, None),  # one input row met twice ("ON CONFLICT DO UPDATE ... a second time")
+    '44000': (Unprocessable, None),  # a row a view's WITH CHECK OPTION refuses, as a CHECK constraint would
     '25006': (ServiceUnavailable, 'The database accepts no writes now (a standby, or a read-only transaction). Try '
                                   'again shortly.'),
     '42501': (Forbidden, 'The database refused this operation.'),
@@ -295,6 +298,8 @@ def from_database_error(exc):
 CONSTRAINT_WORDS = {'23505': 'already exists', '23503': 'must refer to an existing row (or is still referred to)',
                     '23514': 'fails the check {constraint}', '23502': 'must not be null',
                     '23P01': 'conflicts with an existing row ({constraint})'}
+# The rest of class 23 (23001 restrict, 23000).
+OTHER_CONSTRAINT_WORDS = 'violates {constraint}'
 CONSTRAINT_COLUMNS_SQL = """
     SELECT a.attname FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
      WHERE c.conrelid = %(table)s::regclass AND c.conname = %(name)s
@@ -308,7 +313,7 @@ CONSTRAINT_COLUMNS_SQL = """
 
 def constraint_errors(exc):
     """Return the field map of an integrity violation, {column: [what is wrong]}, or None for other errors."""
-    words = CONSTRAINT_WORDS.get(exc.pgcode)
+    words = CONSTRAINT_WORDS.get(exc.pgcode) or (OTHER_CONSTRAINT_WORDS if exc.pgcode[:2] == '23' else None)
     if words is None:
         return None
     diag = exc.diag

@@ -165,6 +165,7 @@ def test_an_empty_body_needs_no_content_type(client):
     ('check', 422, {'quantity': ['fails the check things_quantity_check']}),
     ('exclusion', 409, {'during': ['conflicts with an existing row (bookings_during_excl)']}),
     ('deferred_foreign_key', 409, {'parent_id': ['must refer to an existing row (or is still referred to)']}),
+    ('restrict', 409, {'parent_id': ['violates things_parent_id_fkey']}),
 ])
 def test_a_constraint_violation_names_its_columns_from_the_catalog(call, case, status, errors):
     assert assert_problem(call('/probe/sqlstate', {'case': case}), status)['errors'] == errors

@@ -69,6 +69,10 @@ def test_not_found_from_an_action_carries_its_detail(call):
     ('too_long_for_index', 422, '54000'),
     ('no_data_found', 404, 'P0002'),
     ('read_only', 503, '25006'),
+    ('restrict', 409, '23001'),
+    ('twice_in_one_upsert', 422, '21000'),
+    ('check_option', 422, '44000'),
+    ('too_deep_for_the_server', 422, '54001'),
 ])
 def test_sqlstate_maps_to_its_status(call, case, status, sqlstate):
     body = assert_problem(call('/probe/sqlstate', {'case': case}), status)

@@ -15,6 +15,7 @@ import orjson
 import marshmallow
 import psycopg2
 import psycopg2.extras
+import psycopg2.sql
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies
 
@@ -213,9 +214,21 @@ def all_three_ways(conn, query, params=None):
     return buffered
 
 
-@pytest.mark.parametrize('query', ['SELECT 1 AS x;', 'SELECT 1 AS x ; ;\n', 'SELECT 1 AS x -- the end'])
+@pytest.mark.parametrize('query', [
+    'SELECT 1 AS x;', 'SELECT 1 AS x ; ;\n', 'SELECT 1 AS x -- the end', 'SELECT 1 AS x; -- the end',
+    'SELECT 1 AS x; /* the /* nested */ end */', psycopg2.sql.SQL('SELECT {} AS x;').format(psycopg2.sql.Literal(1)),
+])
 def test_the_three_readers_take_a_query_ending_in_a_semicolon_or_a_comment(conn, query):
     assert all_three_ways(conn, query) == b'[{"x":1}]'
+
+
+@pytest.mark.parametrize('query, value', [
+    ("SELECT ';' AS x", ';'), ("SELECT '--'' ;' AS x;", "--' ;"), ("SELECT E'\\'; --' AS x;", "'; --"),
+    ('SELECT $$ ; -- $$ AS x; -- the end', ' ; -- '), ('SELECT $tag$;$tag$ AS x;', ';'),
+    ('SELECT 1 AS "x;--"', 1),
+])
+def test_a_semicolon_or_comment_mark_inside_a_quote_is_part_of_the_query(conn, query, value):
+    assert list(loads_exact(all_three_ways(conn, query))[0].values()) == [value]
 
 
 def test_a_composites_fields_follow_the_contract_of_their_types(conn):
@@ -264,6 +277,15 @@ def test_the_three_readers_refuse_a_value_as_deep_as_one_another(conn, wrapper):
                  lambda: b''.join(json_array_chunks(Db(conn).stream_json(query)))):
         with pytest.raises(TooDeepToWrite):
             read()
+
+
+def test_a_statistics_anyarray_is_postgresql_text(conn):
+    db = Db(conn)
+    db.execute('CREATE TEMPORARY TABLE counted AS '  # 0 most often, then 1, then 2: the most common values' order
+               'SELECT CASE WHEN g <= 150 THEN 0 WHEN g <= 250 THEN 1 ELSE 2 END AS n FROM generate_series(1, 300) g')
+    db.execute('ANALYZE counted')
+    query = "SELECT most_common_vals AS v FROM pg_stats WHERE tablename = 'counted' AND attname = 'n'"
+    assert loads_exact(all_three_ways(conn, query)) == [{'v': '{0,1,2}'}]
 
 
 def test_a_tables_rows_are_objects_and_anonymous_records_postgresql_text(conn):

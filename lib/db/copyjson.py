@@ -7,6 +7,7 @@ for the same rows as dicts. A column whose batch holds a NULL or an unusual valu
 other type, is written the generic way for that batch: psycopg2's value through dumps_bytes.
 """
 import queue
+import re
 import threading
 from contextlib import suppress
 from itertools import chain
@@ -28,6 +29,14 @@ TEXT_OIDS = frozenset(psycopg2.extensions.BYTES.values)
 # The types whose text the fast columns take as it comes, as bytes, instead of psycopg2's values.
 RAW_OIDS = INTEGER_OIDS | TEXT_OIDS | {BOOLEAN_OID, TIMESTAMP_OID, TIMESTAMPTZ_OID}
 CURSOR_NAME = 'dbapi_stream_json'
+# One token of SQL as PostgreSQL reads it (its documentation, "Lexical Structure"), enough to tell where a statement's
+# last token ends: comments, spaces and semicolons, quoted strings (E'' with backslash escapes), quoted names, the
+# opening of a dollar quote or a block comment, and anything else one word or character at a time. An unterminated
+# quote is taken as ending with the text.
+SQL_TOKEN = re.compile(r'''(?P<line>--[^\n]*)|(?P<block>/\*)|(?P<space>[\s;]+)
+    |(?P<escaped>[eE]'(?:[^'\\]|\\.|'')*(?:'|$))|(?P<quoted>'(?:[^']|'')*(?:'|$))|(?P<name>"(?:[^"]|"")*(?:"|$))
+    |(?P<dollar>\$(?:[^\W\d]\w*)?\$)|(?P<word>\w+)|(?P<other>.)''', re.VERBOSE | re.DOTALL)
+BLOCK_COMMENT_MARK = re.compile(r'/\*|\*/')
 
 NULL = b'null'
 # A boolean cast to text reads true or false: its JSON already.
@@ -361,17 +370,37 @@ def json_batches(conn, rows_json, batch_size):
 
 
 def without_statement_end(query):
-    """Return query without the semicolons (and spaces) it ends with: a statement's end, which Db.stream's DECLARE
-    takes, cannot stand inside the SELECT that plan wraps around it."""
-    query = query.rstrip()
-    while query.endswith(';'):
-        query = query[:-1].rstrip()
-    return query
+    """Return query up to the end of its statement: without the semicolons, spaces and comments after its last token.
+    A statement's end, which Db.stream's DECLARE takes, cannot stand inside the SELECT that plan wraps around it."""
+    end = position = 0
+    while position < len(query):
+        token = SQL_TOKEN.match(query, position)
+        kind, position = token.lastgroup, token.end()
+        if kind == 'dollar':  # $tag$ ... $tag$: up to the same tag, or the text's end
+            closing = query.find(token.group(), position)
+            position = len(query) if closing < 0 else closing + len(token.group())
+        elif kind == 'block':  # /* ... */, nested as PostgreSQL nests them
+            position = block_comment_end(query, position)
+        if kind not in ('space', 'line', 'block'):
+            end = position
+    return query[:end]
+
+
+def block_comment_end(query, position):
+    """Return the index after the */ that closes the block comment opened just before position (nested ones
+    included), or the text's end."""
+    depth = 1
+    for mark in BLOCK_COMMENT_MARK.finditer(query, position):
+        depth += 1 if mark.group() == '/*' else -1
+        if depth == 0:
+            return mark.end()
+    return len(query)
 
 
 def json_stream(conn, query, params=None, batch_size=2000):
     """Declare query on conn; return the generator of its rows as JSON batches (see Db.stream_json)."""
-    query = sql.SQL(without_statement_end(query)) if isinstance(query, str) else query
+    text = query if isinstance(query, str) else query.as_string(conn)
+    query = sql.SQL(without_statement_end(text))
     # The query runs in the request's session as it is, as Db.stream's does: its TimeZone and DateStyle shape the
     # query's own arithmetic and literals. Stamps in the pool's settings (UTC, ISO) take the fast way; others,
     # value by value, psycopg2's casters (which refuse another DateStyle).

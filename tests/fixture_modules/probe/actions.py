@@ -31,6 +31,11 @@ SQLSTATE_CASES = {
     'too_long_for_index': "INSERT INTO probe.keys SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 300)",
     'no_data_found': 'DO $$ DECLARE found int; BEGIN SELECT 1 INTO STRICT found WHERE false; END $$',
     'read_only': 'SET TRANSACTION READ ONLY; INSERT INTO probe.parents VALUES (1)',
+    'restrict': "DO $$ BEGIN RAISE EXCEPTION 'restricted' USING ERRCODE = '23001', "
+                "CONSTRAINT = 'things_parent_id_fkey', TABLE = 'things', SCHEMA = 'probe'; END $$",
+    'twice_in_one_upsert': 'INSERT INTO probe.parents VALUES (1), (1) ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id',
+    'check_option': 'INSERT INTO probe.few_things (quantity) VALUES (20)',
+    'too_deep_for_the_server': "SELECT (repeat('[', 100000) || repeat(']', 100000))::jsonb",
     'syntax': 'SELEC 1',
     'undefined_table': 'SELECT * FROM probe.no_such_table',
     # What a server that is going away or full says; raised here, as a real one would need the server stopped.

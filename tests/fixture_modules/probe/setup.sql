@@ -13,6 +13,7 @@ CREATE TABLE probe.bookings (id serial PRIMARY KEY, during int4range, EXCLUDE US
 CREATE TABLE probe.children (id int PRIMARY KEY,
                              parent_id int REFERENCES probe.parents (id) DEFERRABLE INITIALLY DEFERRED);
 CREATE TABLE probe.keys (key text PRIMARY KEY);
+CREATE VIEW probe.few_things AS SELECT * FROM probe.things WHERE quantity < 10 WITH CHECK OPTION;
 CREATE SEQUENCE probe.attempts;
 CREATE FUNCTION probe.refuse(message text) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
