@@ -748,6 +748,25 @@ def test_an_answer_whose_client_stops_reading_is_cut_short_a_second_past_the_dea
 
 
 @pytest.mark.slow
+def test_a_short_answer_to_a_client_that_sends_on_and_never_reads_is_cut_short_past_the_deadline(database_url,
+                                                                                                  tmp_path):
+    body = json.dumps({'size': 60_000}).encode()
+    requests = b''.join(f'POST /probe/sized HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n'
+                        f'Content-Type: application/json\r\nContent-Length: {len(body)}\r\n'
+                        f'X-Request-ID: piped-{number}\r\n\r\n'.encode() + body for number in range(100))
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', REQUEST_DEADLINE_MS='2000',
+                             LOG_LEVEL='INFO') as (port, _):
+        with socket.create_connection(('127.0.0.1', port)) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.sendall(requests)  # 100 answers of 60 kB on one connection, none read: the buffers fill up
+            cut = wait_for(lambda: [line for number in range(100) for line in access_lines(tmp_path, f'piped-{number}')
+                                    if line['event']['outcome'] == 'failure'], 15, 'no answer was cut short')
+            assert post(port, '/slow/sleep', {'seconds': 0}).status == 200
+    assert cut[0]['error']['type'] == 'lib.db.unit.StreamPastDeadline', cut[0]
+    assert 3 <= cut[0]['event']['duration'] / 1e9 < 5, 'the deadline (2 s) and a second'
+
+
+@pytest.mark.slow
 def test_an_answer_its_client_stopped_reading_is_cut_short_and_logged_when_the_worker_stops(database_url, tmp_path):
     with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', GRACEFUL_TIMEOUT='2',
                              LOG_LEVEL='INFO') as (port, server):

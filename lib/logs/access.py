@@ -1,10 +1,13 @@
 """The access line: one per request, written when the server closes the response."""
+import fcntl
 import logging
+import struct
+import termios
 import time
 import traceback
 
 from lib.http.disconnect import SEND_WATCH_BYTES, WATCHER
-from lib.http.exchange import CLIENT_KEY, CUT_KEY, ERROR_KEY, GONE_KEY, ROUTE_KEY, deadline_of
+from lib.http.exchange import CLIENT_KEY, CLIENT_SOCKET_KEY, CUT_KEY, ERROR_KEY, GONE_KEY, ROUTE_KEY, deadline_of
 from lib.http.requestid import REQUEST_ID_KEY
 from lib.logs.formatter import ACCESS_LOGGER, dotted
 from lib.logs.handlers import LineWriting
@@ -17,6 +20,7 @@ ACCESS_LEVELS = {logging.INFO: 'info', logging.ERROR: 'error'}
 MAX_CAUSES = 10
 # nginx's status for a client that went away before its answer: the access line's, never sent to anyone.
 CLIENT_CLOSED_REQUEST = 499
+SEND_QUEUE_BUFFER = bytes(struct.calcsize('i'))  # room for the int SIOCOUTQ writes
 CUT_SHORT_MESSAGE = 'The response was cut short: the client went away or the server stopped before its end.'
 # (ECS group, field, WSGI environ key) of what an access line carries when the request has it.
 OPTIONAL_ENVIRON_FIELDS = (('client', 'ip', 'REMOTE_ADDR'), ('user_agent', 'original', 'HTTP_USER_AGENT'))
@@ -54,7 +58,7 @@ class Exchange:
         wait for its client, then start the response."""
         self.status = int(status[:3])
         self.endpoint = getattr(self.environ.get('werkzeug.request'), 'endpoint', None)
-        if self.send_watch is None and answer_may_wait(headers):
+        if self.send_watch is None and (answer_may_wait(headers) or client_behind(self.environ)):
             self.send_watch = WATCHER.watch(self.environ, None, deadline_of(self.environ, self.deadline_ms))
         return self.server_start_response(status, headers, exc_info)
 
@@ -81,6 +85,19 @@ class Exchange:
                 close()
         finally:
             self.on_close(self)
+
+
+def client_behind(environ):
+    """Tell whether the request's client has not yet taken all that was sent to it before (its socket's send queue,
+    Linux's SIOCOUTQ, holds bytes): a client that sends requests on a kept-alive connection and reads no answer
+    fills the buffers, and then a short answer waits for it too."""
+    sock = environ.get(CLIENT_SOCKET_KEY)
+    if sock is None:
+        return False
+    try:
+        return struct.unpack('i', fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, SEND_QUEUE_BUFFER))[0] > 0
+    except OSError:  # not a socket that has one (a Unix socket's counts too; anything else never waits)
+        return False
 
 
 def answer_may_wait(headers):
