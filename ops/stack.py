@@ -178,14 +178,41 @@ def wait_until(child, ready, what, timeout=STARTUP_TIMEOUT_SECONDS):
         time.sleep(0.1)
 
 
+def listening_sockets(port):
+    """Return the sockets listening on TCP port (IPv4 and IPv6) as /proc/<pid>/fd links name them, 'socket:[inode]',
+    from Linux's /proc/net tables (their columns: local address, state 0A is LISTEN, inode)."""
+    sockets = set()
+    for table in ('/proc/net/tcp', '/proc/net/tcp6'):
+        for row in Path(table).read_text().splitlines()[1:]:
+            columns = row.split()
+            if columns[3] == '0A' and int(columns[1].rsplit(':', 1)[1], 16) == port:
+                sockets.add(f'socket:[{columns[9]}]')
+    return sockets
+
+
+def holds_listener(child, port):
+    """Tell whether child's own process listens on port: not another program that took the port meanwhile."""
+    sockets = listening_sockets(port)
+    folder = Path(f'/proc/{child.process.pid}/fd')
+    try:
+        return any(os.readlink(folder / fd) in sockets for fd in os.listdir(folder))
+    except OSError:  # the process is gone, or closed that descriptor while it was looked at
+        return False
+
+
+def serves(child, port, path):
+    """Tell whether child, and not another program on its port, answers GET path on port with 200."""
+    return holds_listener(child, port) and answers(port, path)
+
+
 def wait_until_serving(child, port):
     """Wait until child answers /healthz on port."""
-    wait_until(child, lambda: answers(port), f'answer on port {port}')
+    wait_until(child, lambda: serves(child, port, '/healthz'), f'answer on port {port}')
 
 
 def wait_until_ready(child, port):
     """Wait until child answers /readyz on port: it serves and reaches its databases."""
-    wait_until(child, lambda: answers(port, '/readyz'), f'be ready on port {port}')
+    wait_until(child, lambda: serves(child, port, '/readyz'), f'be ready on port {port}')
 
 
 def child_pids(pid):
@@ -335,7 +362,7 @@ class Stack:
     def hand_back(self):
         """Once the lone replica is ready again, send its requests back to it and stop its stand-in."""
         (replica,), (port,) = self.replicas, self.config.replica_ports
-        if replica.exit_code() is not None or not answers(port, '/readyz'):
+        if replica.exit_code() is not None or not serves(replica, port, '/readyz'):
             return
         stand_in, _ = self.standing_in
         self.send_requests_to(self.config.replica_ports)

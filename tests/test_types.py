@@ -109,9 +109,10 @@ ZOO_SETUP = '''
     DROP TABLE IF EXISTS probe.type_roundtrip;
     CREATE TABLE probe.type_roundtrip (id bigserial PRIMARY KEY, text text, amount numeric, big numeric, doc jsonb);
 '''
-# Each type's value, NULL, and a one-element array of it; with to_jsonb's JSON, PostgreSQL's text and the epoch.
+# Each type's value, NULL, and a one-element array of it (array_append: PostgreSQL 16 reads ARRAY[v] of an int2vector
+# as an int2vector); with to_jsonb's JSON, PostgreSQL's text and the epoch.
 VALUES_QUERY = '''
-    SELECT v, ARRAY[v] AS a, to_jsonb(v)::text AS oracle, v::text AS pg_text, {epoch} AS epoch
+    SELECT v, array_append('{{}}'::{type}[], v) AS a, to_jsonb(v)::text AS oracle, v::text AS pg_text, {epoch} AS epoch
     FROM (VALUES (%(literal)s::{type}), (NULL)) AS given (v)'''
 
 

@@ -2,8 +2,10 @@
 write load through nginx, and not one request fails; every 2xx answer is one row, and no row lacks one. A lone
 replica is restarted behind a stand-in."""
 import collections
+import contextlib
 import signal
 import socket
+import threading
 import time
 import uuid
 
@@ -75,8 +77,10 @@ def test_a_rolling_restart_onto_code_that_cannot_start_leaves_the_stack_serving(
     assert statuses == {200: 20}, statuses
 
 
-def squat_once_free(port, timeout):
-    """Listen on 127.0.0.1:port as soon as it is free (within timeout seconds), never accepting; return the socket."""
+@contextlib.contextmanager
+def squatting(port, answering, timeout):
+    """Listen on 127.0.0.1:port as soon as it is free (within timeout seconds), as another program might, for the
+    block; answering, reply 200 to every request there."""
     deadline = time.monotonic() + timeout
     while True:
         squatter = socket.socket()
@@ -84,16 +88,40 @@ def squat_once_free(port, timeout):
         try:
             squatter.bind(('127.0.0.1', port))
             squatter.listen()
-            return squatter
+            break
         except OSError:
             squatter.close()
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.005)
+    server = threading.Thread(target=answer_ok_to_everything, args=(squatter,), daemon=True)
+    if answering:
+        server.start()
+    try:
+        yield
+    finally:
+        squatter.shutdown(socket.SHUT_RDWR)  # wakes the accept: a listener closed under it would live on
+        squatter.close()
+        if answering:
+            server.join(5)
 
 
+def answer_ok_to_everything(squatter):
+    """Answer every request on squatter's connections with a 200, until it is shut down."""
+    while True:
+        try:
+            connection, _ = squatter.accept()
+        except OSError:
+            return
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}')
+
+
+@pytest.mark.parametrize('answering', [False, True])
 def test_a_lone_replica_that_cannot_come_back_leaves_its_stand_in_serving_until_it_does(tmp_path_factory,
-                                                                                        topology_database_url):
+                                                                                        topology_database_url,
+                                                                                        answering):
     run_id = uuid.uuid4().hex[:12]
     base_port = free_ports_below_the_ephemeral_range(3)
     with running_stack(tmp_path_factory, topology_database_url, replicas=1, base_port=base_port,
@@ -101,8 +129,8 @@ def test_a_lone_replica_that_cannot_come_back_leaves_its_stand_in_serving_until_
         with WriteLoad(stack, run_id, LOAD_THREADS, MAX_REQUESTS_PER_THREAD) as load:
             time.sleep(1)
             stack.process.send_signal(signal.SIGHUP)
-            # Another program takes the replica's port while it restarts: the replica cannot start again.
-            with squat_once_free(stack.replica_ports[0], RESTART_TIMEOUT_SECONDS):
+            # Another program takes the replica's port while it restarts (one answering 200 is not the replica either).
+            with squatting(stack.replica_ports[0], answering, RESTART_TIMEOUT_SECONDS):
                 wait_for(lambda: b'rolling restart stopped' in stack.log_path.read_bytes(), RESTART_TIMEOUT_SECONDS,
                          'the rolling restart did not stop', interval=0.5, on_timeout=lambda: stack.log_text()[-3000:])
                 time.sleep(2)  # the stand-in serves alone
