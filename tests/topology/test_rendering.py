@@ -203,3 +203,26 @@ def test_the_swarm_stack_file_keeps_only_what_swarm_reads(tmp_path):
     stack_file = tmp_path / 'dbapi-stack.json'
     stack_file.write_text(json.dumps(stack))
     assert lint.check_compose(stack_file).ok
+
+
+def map_rules(text, variable):
+    """Return (regex, value) of each pattern of the nginx map that sets variable, in order, and its default."""
+    body = re.search(rf'^map "[^"]*" \${variable} {{\n(.*?)^}}', text, re.MULTILINE | re.DOTALL)[1]
+    rules = re.findall(r'^\s*"~(.*)" (\S+);$', body, re.MULTILINE)
+    return [(pattern.replace('\\\\', '\\'), value) for pattern, value in rules], re.search(r'default (\S+);', body)[1]
+
+
+@pytest.mark.parametrize('key, outcome', [
+    ('[OK] POST 200 85 85', 'success'),
+    ('[OK] POST 200 1000 10', 'failure'),  # a body that ended before its Content-Length
+    ('[OK] HEAD 200 1000 0', 'success'),
+    ('[] POST 200 - 4000000', 'failure'),  # an answer nginx could not finish sending
+    ('[] POST 301 - 0', 'failure'),
+    ('[] POST 408 - 0', 'success'),  # nginx's own 408: the request did not arrive, nothing was sent
+    ('[OK] POST 404 120 120', 'success'),
+    ('[] POST 499 - 0', 'failure'),
+    ('[OK] POST 502 200 200', 'failure'),
+])
+def test_nginx_logs_the_outcome_the_app_would(key, outcome):
+    rules, default = map_rules(rendered(), 'dbapi_event_outcome')
+    assert next((value for pattern, value in rules if re.search(pattern, key)), default) == outcome
