@@ -1,5 +1,6 @@
 """The ApiError family, the SQLSTATE mapping and the one RFC 9457 problem renderer."""
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 from http import HTTPStatus
@@ -331,7 +332,7 @@ def constraint_columns(exc):
     from lib.db.unit import connection  # lib.db imports this module
     table = f'{quote_identifier(diag.schema_name or "public")}.{quote_identifier(diag.table_name)}'
     try:
-        with connection(pool, autocommit=True, timeout=CATALOG_WAIT_SECONDS) as conn, \
+        with connection(pool, autocommit=True, deadline=time.monotonic() + CATALOG_WAIT_SECONDS) as conn, \
                 conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
             cursor.execute(CONSTRAINT_COLUMNS_SQL, {'table': table, 'name': diag.constraint_name})
             return [column for column, in cursor.fetchall()]
@@ -339,7 +340,8 @@ def constraint_columns(exc):
         return []
 
 
-# The failed request's own connection went back to its pool; another may have it now: borrow one, briefly.
+# The failed request's own connection went back to its pool; another may have it now: borrow one (or connect),
+# briefly.
 CATALOG_WAIT_SECONDS = 0.5
 
 

@@ -121,9 +121,10 @@ class Lease:
 
 
 @contextmanager
-def connection(pool, autocommit=False, cursor_factory=None, timeout=None):
-    """Borrow a connection: commit when the block ends, roll back on error, always give it back."""
-    lease = Lease(pool, autocommit, cursor_factory, timeout)
+def connection(pool, autocommit=False, cursor_factory=None, timeout=None, deadline=None):
+    """Borrow a connection: commit when the block ends, roll back on error, always give it back. deadline (a
+    time.monotonic() value, or None) bounds the wait for it, a new one's connect included (Lease)."""
+    lease = Lease(pool, autocommit, cursor_factory, timeout, deadline=deadline)
     try:
         yield lease.conn
     except BaseException:
