@@ -88,25 +88,44 @@ def injected_names(action):
     return set(inspect.signature(inspect.unwrap(action)).parameters) - set(inspect.signature(action).parameters)
 
 
+def check_schema(schema, action, where):
+    """Raise ModuleError for a schema that cannot work with its action: one loading a field into a parameter a
+    decorator injects (every call would be a 500), or one that lets a body key through over a validated field
+    (check_include_schemas)."""
+    injected = injected_names(action)
+    if not schema.many and (clash := sorted(injected & set(loaded_fields(schema)))):
+        raise ModuleError(f'{where}: {type(schema).__name__} loads field {clash[0]!r}, the parameter a decorator '
+                          'injects: rename the field (data_key keeps its key in the body)')
+    check_include_schemas(schema, where)
+
+
+def loaded_fields(schema):
+    """Return {the name a field loads into (its attribute, else its name): field} of schema's fields loaded from a
+    body (not dump_only)."""
+    return {field.attribute or name: field for name, field in schema.fields.items() if not field.dump_only}
+
+
 def check_include_schemas(schema, where, unknown=None, seen=None):
     """Raise ModuleError when schema, or a schema nested in it (Nested, Pluck, and those a List, Tuple or Dict
-    holds), lets unknown keys through (unknown = INCLUDE, its own or its Nested field's) and reads a field from
-    another key than the one it loads it as (data_key, a dotted attribute): marshmallow then puts a body key spelled
-    as the loaded name over the validated value, which would reach the action unvalidated."""
+    holds), lets unknown keys through (unknown = INCLUDE, its own or its Nested field's) and declares a field whose
+    body key would come through unvalidated: one read from another key than it loads it as (data_key, a dotted
+    attribute), over which marshmallow puts a body key spelled as the loaded name, or one dump_only, whose key it
+    takes as unknown."""
+    unknown = unknown or schema.unknown
+    signature = (type(schema), unknown, tuple(schema.fields))  # only and exclude make another schema of a class
     seen = set() if seen is None else seen
-    if (type(schema), unknown) in seen:
+    if signature in seen:
         return
-    seen.add((type(schema), unknown))
-    loaded = {name: field for name, field in schema.fields.items() if not field.dump_only}
-    if (unknown or schema.unknown) == INCLUDE:
-        for name, field in loaded.items():
+    seen.add(signature)
+    if unknown == INCLUDE:
+        for name, field in schema.fields.items():
             key, attribute = field.data_key or name, field.attribute or name
-            if key != attribute or '.' in attribute:
-                raise ModuleError(f'{where}: {type(schema).__name__} lets unknown keys through (unknown = INCLUDE) and '
-                                  f'reads field {name!r} from {key!r} into {attribute!r}: a body key {attribute!r} '
-                                  'would replace the validated value. Use unknown = RAISE or EXCLUDE, or no '
-                                  'data_key or attribute')
-    for field in loaded.values():
+            if field.dump_only or key != attribute or '.' in attribute:
+                how = 'dump_only' if field.dump_only else f'read from {key!r} into {attribute!r}'
+                raise ModuleError(f'{where}: {type(schema).__name__} lets unknown keys through (unknown = INCLUDE) '
+                                  f'and its field {name!r} is {how}: a body key {attribute!r} would reach the action '
+                                  'unvalidated. Use unknown = RAISE or EXCLUDE, or a plain field')
+    for field in loaded_fields(schema).values():
         for nested, nested_unknown in nested_schemas(field):
             check_include_schemas(nested, where, nested_unknown, seen)
 
@@ -128,7 +147,7 @@ def argument_refusal(schema, action):
     schema that loads no key it does not declare, or a list (many)."""
     if schema.unknown != INCLUDE or schema.many:
         return None
-    declared = {field.attribute or name for name, field in schema.fields.items()}  # validated: the action's to take
+    declared = set(loaded_fields(schema))  # validated: the action's to take
     parameters = inspect.signature(action).parameters.values()
     takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
     by_keyword = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
@@ -183,7 +202,7 @@ def make_route(module, routes_file, entry, fast_paths=True):
     schema = schema_of(action)
     where = f'{routes_file}: route {entry["route"]!r}'
     if schema is not None:
-        check_include_schemas(schema, where)
+        check_schema(schema, action, where)
     load = (schema_loader(schema, action, fast_paths) if schema is not None
             else signature_loader(action, where))
     return Route(module, entry['route'], action, load)

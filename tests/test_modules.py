@@ -98,6 +98,12 @@ INCLUDE_ROUTES = '''
     ("user_id = fields.Integer(data_key='userId')", 'fields.List(fields.Nested(Loose))', 'Strict'),
     ("user_id = fields.Integer(data_key='userId')", 'fields.Dict(values=fields.Pluck(Loose, "user_id"))', 'Strict'),
     ("user_id = fields.Integer(data_key='userId')", 'fields.Nested(Loose(unknown=RAISE), unknown=INCLUDE)', 'Strict'),
+    ("user_id = fields.Integer(dump_only=True)", 'fields.Raw()', 'Loose'),  # marshmallow loads its key as unknown
+    # The same class hiding the field first (only), then showing it; or RAISE first, INCLUDE (its instance's) then.
+    ("user_id = fields.Integer(data_key='userId')\n        other = fields.Raw()",
+     "fields.Nested(Loose, only=('other',))\n        more = fields.Nested(Loose)", 'Strict'),
+    ("user_id = fields.Integer(data_key='userId')",
+     "fields.Nested(Loose(unknown=RAISE))\n        more = fields.Nested(Loose(unknown=INCLUDE))", 'Strict'),
 ])
 def test_an_include_schema_that_reads_a_field_from_another_key_stops_the_start(make_app, module_package, field, nested,
                                                                                  schema):
@@ -111,11 +117,37 @@ def test_an_include_schema_that_reads_a_field_from_another_key_stops_the_start(m
     ("user_id = fields.Integer()", 'fields.Nested(Loose)', 'Strict'),
     ("user_id = fields.Integer(data_key='userId')", 'fields.Raw()', 'Loose(unknown=RAISE)'),
     ("user_id = fields.Integer(data_key='userId')", 'fields.Nested(Loose, unknown=RAISE)', 'Strict'),
-    ("user_id = fields.Integer(data_key='userId', dump_only=True)", 'fields.Raw()', 'Loose'),
 ])
 def test_a_schema_that_cannot_put_a_body_key_over_a_field_mounts(make_app, module_package, field, nested, schema):
     package = module_package({'loose/routes.py': INCLUDE_ROUTES.format(field=field, nested=nested, schema=schema)})
     assert '/loose/act' in {rule.rule for rule in make_app(MODULE_PACKAGES=[package]).url_map.iter_rules()}
+
+
+@pytest.mark.parametrize('schema', ['Loose', 'Strict'])
+def test_a_schema_field_loaded_into_the_injected_parameter_stops_the_start(make_app, module_package, schema):
+    routes = f'''
+        from marshmallow import INCLUDE, Schema, fields
+        from lib.db import DEFAULT
+        from lib.decorators import inject_db, use_schema
+
+        class Loose(Schema):
+            class Meta:
+                unknown = INCLUDE
+
+            db = fields.String()
+
+        class Strict(Schema):
+            database = fields.String(attribute='db')
+
+        @use_schema({schema})
+        @inject_db(DEFAULT)
+        def act(db, **body):
+            return body
+        routes = [dict(route='act', action=act)]
+    '''
+    package = module_package({'clash/routes.py': routes})
+    with pytest.raises(ModuleError, match=f"clash/routes.py: route 'act': {schema} loads field 'db', the parameter"):
+        make_app(MODULE_PACKAGES=[package])
 
 
 def test_the_same_module_name_twice_stops_the_start(make_app, module_package):
