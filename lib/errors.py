@@ -168,9 +168,11 @@ SQLSTATE_ERRORS = {
     '22': (Unprocessable, None),
     'P0001': (BadRequest, None),
     'P0002': (NotFound, None),  # PL/pgSQL's SELECT INTO STRICT found no row, or RAISE no_data_found
-    '54000': (Unprocessable, None),  # a value past a limit of the server's ("index row requires 9616 bytes")
-    '54001': (Unprocessable, None),  # a value nested past the server's stack ("stack depth limit exceeded")
-    '21000': (Unprocessable, None),  # one input row met twice ("ON CONFLICT DO UPDATE ... a second time")
+    '54': (Unprocessable, None),  # a value past a limit of the server's: "index row requires 9616 bytes", "stack
+    # depth limit exceeded" (54001), "cannot pass more than 100 arguments" (54023), too many columns (54011)
+    '53100': (ServiceUnavailable, 'The database is short of disk or memory. Try again shortly.'),
+    '53200': (ServiceUnavailable, 'The database is short of disk or memory. Try again shortly.'),
+    '21000': (Unprocessable, None),  # a row met twice ("ON CONFLICT DO UPDATE ... a second time"), a subquery's rows
     '44000': (Unprocessable, None),  # a row a view's WITH CHECK OPTION refuses, as a CHECK constraint would
     '25006': (ServiceUnavailable, 'The database accepts no writes now (a standby, or a read-only transaction). Try '
                                   'again shortly.'),

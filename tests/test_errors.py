@@ -73,6 +73,7 @@ def test_not_found_from_an_action_carries_its_detail(call):
     ('twice_in_one_upsert', 422, '21000'),
     ('check_option', 422, '44000'),
     ('too_deep_for_the_server', 422, '54001'),
+    ('too_many_arguments', 422, '54023'),
 ])
 def test_sqlstate_maps_to_its_status(call, case, status, sqlstate):
     body = assert_problem(call('/probe/sqlstate', {'case': case}), status)

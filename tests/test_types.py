@@ -226,10 +226,14 @@ def test_the_three_readers_take_a_query_ending_in_a_semicolon_or_a_comment(conn,
 @pytest.mark.parametrize('query, value', [
     ("SELECT ';' AS x", ';'), ("SELECT '--'' ;' AS x;", "--' ;"), ("SELECT E'\\'; --' AS x;", "'; --"),
     ('SELECT $$ ; -- $$ AS x; -- the end', ' ; -- '), ('SELECT $tag$;$tag$ AS x;', ';'),
-    ('SELECT 1 AS "x;--"', 1),
+    ('SELECT 1 AS "x;--"', 1), ('SELECT 1 AS x$y$z;', 1), ('SELECT $a$;$a$ AS x$a$; -- the end', ';'),
 ])
 def test_a_semicolon_or_comment_mark_inside_a_quote_is_part_of_the_query(conn, query, value):
     assert list(loads_exact(all_three_ways(conn, query))[0].values()) == [value]
+
+
+def test_a_comment_ends_at_a_carriage_return_as_postgresql_reads_it(conn):
+    assert loads_exact(all_three_ways(conn, 'SELECT 1 AS x -- the first\r, 2 AS y;')) == [{'x': 1, 'y': 2}]
 
 
 def test_a_composites_fields_follow_the_contract_of_their_types(conn):
@@ -278,6 +282,15 @@ def test_the_three_readers_refuse_a_value_as_deep_as_one_another(conn, wrapper):
                  lambda: b''.join(json_array_chunks(Db(conn).stream_json(query)))):
         with pytest.raises(TooDeepToWrite):
             read()
+
+
+def test_an_int2vector_of_several_dimensions_is_read_from_its_text(conn):
+    query = "SELECT array_agg(v) AS v FROM (VALUES ('1 2'::int2vector), ('3 4')) AS given (v)"
+    if conn.server_version < 160000:  # PostgreSQL 15 refuses to make such an int2vector
+        with pytest.raises(psycopg2.errors.DatatypeMismatch):
+            Db(conn).fetch_all(query)
+        return
+    assert loads_exact(all_three_ways(conn, query)) == [{'v': [1, 0]}]  # 16 makes one whose text holds its first row
 
 
 def test_a_statistics_anyarray_is_postgresql_text(conn):

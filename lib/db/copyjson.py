@@ -29,13 +29,14 @@ TEXT_OIDS = frozenset(psycopg2.extensions.BYTES.values)
 # The types whose text the fast columns take as it comes, as bytes, instead of psycopg2's values.
 RAW_OIDS = INTEGER_OIDS | TEXT_OIDS | {BOOLEAN_OID, TIMESTAMP_OID, TIMESTAMPTZ_OID}
 CURSOR_NAME = 'dbapi_stream_json'
-# One token of SQL as PostgreSQL reads it (its documentation, "Lexical Structure"), enough to tell where a statement's
-# last token ends: comments, spaces and semicolons, quoted strings (E'' with backslash escapes), quoted names, the
-# opening of a dollar quote or a block comment, and anything else one word or character at a time. An unterminated
-# quote is taken as ending with the text.
-SQL_TOKEN = re.compile(r'''(?P<line>--[^\n]*)|(?P<block>/\*)|(?P<space>[\s;]+)
+# One token of SQL as PostgreSQL's lexer reads it (src/backend/parser/scan.l), enough to tell where a statement's
+# last token ends: comments (-- to a line's end, \n or \r), spaces (its six) and semicolons, quoted strings (E'' with
+# backslash escapes), quoted names, names (a $ inside one, any character past ASCII), the opening of a dollar quote
+# or a block comment, and anything else one character at a time. An unterminated quote ends with the text.
+SQL_TOKEN = re.compile(r'''(?P<line>--[^\n\r]*)|(?P<block>/\*)|(?P<space>[ \t\n\r\f\v;]+)
     |(?P<escaped>[eE]'(?:[^'\\]|\\.|'')*(?:'|$))|(?P<quoted>'(?:[^']|'')*(?:'|$))|(?P<name>"(?:[^"]|"")*(?:"|$))
-    |(?P<dollar>\$(?:[^\W\d]\w*)?\$)|(?P<word>\w+)|(?P<other>.)''', re.VERBOSE | re.DOTALL)
+    |(?P<dollar>\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z_0-9\x80-\U0010ffff]*)?\$)
+    |(?P<word>[A-Za-z_\x80-\U0010ffff][A-Za-z_0-9$\x80-\U0010ffff]*|[0-9]+)|(?P<other>.)''', re.VERBOSE | re.DOTALL)
 BLOCK_COMMENT_MARK = re.compile(r'/\*|\*/')
 
 NULL = b'null'
@@ -379,22 +380,23 @@ def without_statement_end(query):
         if kind == 'dollar':  # $tag$ ... $tag$: up to the same tag, or the text's end
             closing = query.find(token.group(), position)
             position = len(query) if closing < 0 else closing + len(token.group())
-        elif kind == 'block':  # /* ... */, nested as PostgreSQL nests them
-            position = block_comment_end(query, position)
+        elif kind == 'block':  # /* ... */, nested as PostgreSQL nests them; unterminated, the text's end is no end
+            position, closed = block_comment_end(query, position)
+            kind = kind if closed else 'other'
         if kind not in ('space', 'line', 'block'):
             end = position
     return query[:end]
 
 
 def block_comment_end(query, position):
-    """Return the index after the */ that closes the block comment opened just before position (nested ones
-    included), or the text's end."""
+    """Return (the index after the */ that closes the block comment opened just before position, nested ones
+    included, True), or (the text's end, False) when none does."""
     depth = 1
     for mark in BLOCK_COMMENT_MARK.finditer(query, position):
         depth += 1 if mark.group() == '/*' else -1
         if depth == 0:
-            return mark.end()
-    return len(query)
+            return mark.end(), True
+    return len(query), False
 
 
 def json_stream(conn, query, params=None, batch_size=2000):

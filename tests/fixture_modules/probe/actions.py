@@ -36,6 +36,7 @@ SQLSTATE_CASES = {
     'twice_in_one_upsert': 'INSERT INTO probe.parents VALUES (1), (1) ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id',
     'check_option': 'INSERT INTO probe.few_things (quantity) VALUES (20)',
     'too_deep_for_the_server': "SELECT (repeat('[', 100000) || repeat(']', 100000))::jsonb",
+    'too_many_arguments': f"SELECT json_build_object({', '.join(['1'] * 120)})",
     'syntax': 'SELEC 1',
     'undefined_table': 'SELECT * FROM probe.no_such_table',
     # What a server that is going away or full says; raised here, as a real one would need the server stopped.
