@@ -258,6 +258,7 @@ class Stack:
         self.app_dsn = None  # the DSN the replicas use: PostgreSQL's, or pgbouncer's in front of it
         # (Child, port) of a stand-in still serving for a lone replica that did not come back from a rolling restart
         self.standing_in = None
+        self.nginx_ports = []  # the ports nginx sends requests to now
 
     def launch(self, child):
         """Start child and keep it for supervision and stopping."""
@@ -276,6 +277,7 @@ class Stack:
         for replica, port in zip(self.replicas, self.config.replica_ports):
             wait_until_serving(replica, port)
         main_config = self.write_nginx_config(self.config.replica_ports)
+        self.nginx_ports = list(self.config.replica_ports)
         # SIGQUIT is nginx's graceful stop: requests in flight are finished first.
         self.proxy = self.launch(Child('nginx', nginx.command(main_config), dict(os.environ), signal.SIGQUIT))
         wait_until_serving(self.proxy, self.config.port)
@@ -290,6 +292,7 @@ class Stack:
         nginx_pid = self.proxy.process.pid
         workers_before = child_pids(nginx_pid)
         self.write_nginx_config(replica_ports)
+        self.nginx_ports = list(replica_ports)
         os.kill(nginx_pid, signal.SIGHUP)
         # nginx starts new workers only once it has read the whole new config; the next rewrite must wait for that.
         wait_until(self.proxy, lambda: child_pids(nginx_pid) - workers_before, 'reload its config',
@@ -299,11 +302,11 @@ class Stack:
         """Restart every replica, one at a time, so that no request fails: nginx stops sending to it first, it
         finishes what it accepted (gunicorn's graceful stop), and it gets requests again once it is ready. A lone
         replica gets a stand-in to take its requests meanwhile. A replica (or stand-in) that cannot start ends the
-        restart there; the stack keeps serving with the replicas that do, and a lone replica's stand-in serves
-        until the replica is ready again (hand_back)."""
-        if self.standing_in is not None:
-            print(f'stack: rolling restart refused: {self.replicas[0].name} is not ready again yet; its stand-in '
-                  'serves meanwhile', file=sys.stderr, flush=True)
+        restart there; the stack keeps serving with the replicas that do (a lone replica's stand-in), and the one left
+        out rejoins once it is ready again (rejoin). A restart asked for before that is refused."""
+        left_out = [replica.name for replica, port in self.replica_ports() if port not in self.nginx_ports]
+        if left_out:
+            print(f'stack: rolling restart refused: {left_out[0]} is not ready again yet', file=sys.stderr, flush=True)
             return
         ports = self.config.replica_ports
         for replica, port in zip(self.replicas, ports):
@@ -311,7 +314,6 @@ class Stack:
                 self.restart_replica(replica, port)
             except StackError as error:
                 print(f'stack: rolling restart stopped: {error}', file=sys.stderr, flush=True)
-                # nginx moves a refused request on; a replica the supervisor restarts rejoins (a lone one: hand_back)
                 self.send_requests_to(self.serving_ports())
                 return
         print(f'stack: rolling restart of {counted(len(ports), "replica")} finished', file=sys.stderr, flush=True)
@@ -354,22 +356,36 @@ class Stack:
             raise
         stand_in.stop()
 
-    def serving_ports(self):
-        """Return the ports nginx sends requests to: every replica's, or a stand-in's still serving (its replica's
-        port may be another program's now, which must get none)."""
-        return self.config.replica_ports if self.standing_in is None else [self.standing_in[1]]
+    def replica_ports(self):
+        """Return (replica, its port) of every replica."""
+        return list(zip(self.replicas, self.config.replica_ports))
 
-    def hand_back(self):
-        """Once the lone replica is ready again, send its requests back to it and stop its stand-in."""
-        (replica,), (port,) = self.replicas, self.config.replica_ports
-        if replica.exit_code() is not None or not serves(replica, port, '/readyz'):
+    def serving_ports(self):
+        """Return the ports nginx may send requests to after a failed restart: a stand-in's still serving, else those
+        of the replicas whose own process listens on them (another program that took a port must get none), or
+        every replica's when none does."""
+        if self.standing_in is not None:
+            return [self.standing_in[1]]
+        listening = [port for replica, port in self.replica_ports() if holds_listener(replica, port)]
+        return listening or self.config.replica_ports
+
+    def rejoin(self):
+        """Put each replica left out of nginx's list after a failed rolling restart back in once it is ready again
+        (its own process serves /readyz on its port); a lone replica's stand-in then stops."""
+        back = [(replica, port) for replica, port in self.replica_ports()
+                if port not in self.nginx_ports and replica.exit_code() is None and serves(replica, port, '/readyz')]
+        if not back:
             return
-        stand_in, _ = self.standing_in
-        self.send_requests_to(self.config.replica_ports)
-        time.sleep(DRAIN_SECONDS)
-        stand_in.stop()
-        self.standing_in = None
-        print(f'stack: {replica.name} is ready again; its stand-in stopped', file=sys.stderr, flush=True)
+        returned = {port for _, port in back}
+        self.send_requests_to([port for port in self.config.replica_ports if port in self.nginx_ports or port in returned])
+        done = 'nginx sends to it again'
+        if self.standing_in is not None:
+            time.sleep(DRAIN_SECONDS)
+            self.standing_in[0].stop()
+            self.standing_in = None
+            done = 'its stand-in stopped'
+        for replica, _ in back:
+            print(f'stack: {replica.name} is ready again; {done}', file=sys.stderr, flush=True)
 
     def start_pgbouncer(self, dsn):
         """Start pgbouncer in front of dsn and return the DSN that goes through it."""
@@ -389,8 +405,8 @@ class Stack:
                 self.rolling_restart()
             for child in self.children:
                 self.check(child)
-            if self.standing_in is not None:
-                self.hand_back()
+            if self.nginx_ports != self.config.replica_ports:
+                self.rejoin()
             time.sleep(0.2)
 
     def want_rolling_restart(self, signum=None, frame=None):
