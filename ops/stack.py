@@ -304,7 +304,7 @@ class Stack:
         replica gets a stand-in to take its requests meanwhile. A replica (or stand-in) that cannot start ends the
         restart there; the stack keeps serving with the replicas that do (a lone replica's stand-in), and the one left
         out rejoins once it is ready again (rejoin). A restart asked for before that is refused."""
-        left_out = [replica.name for replica, port in self.replica_ports() if port not in self.nginx_ports]
+        left_out = [replica.name for replica, port in self.replicas_and_ports() if port not in self.nginx_ports]
         if left_out:
             print(f'stack: rolling restart refused: {left_out[0]} is not ready again yet', file=sys.stderr, flush=True)
             return
@@ -356,7 +356,7 @@ class Stack:
             raise
         stand_in.stop()
 
-    def replica_ports(self):
+    def replicas_and_ports(self):
         """Return (replica, its port) of every replica."""
         return list(zip(self.replicas, self.config.replica_ports))
 
@@ -366,13 +366,13 @@ class Stack:
         every replica's when none does."""
         if self.standing_in is not None:
             return [self.standing_in[1]]
-        listening = [port for replica, port in self.replica_ports() if holds_listener(replica, port)]
+        listening = [port for replica, port in self.replicas_and_ports() if holds_listener(replica, port)]
         return listening or self.config.replica_ports
 
     def rejoin(self):
         """Put each replica left out of nginx's list after a failed rolling restart back in once it is ready again
         (its own process serves /readyz on its port); a lone replica's stand-in then stops."""
-        back = [(replica, port) for replica, port in self.replica_ports()
+        back = [(replica, port) for replica, port in self.replicas_and_ports()
                 if port not in self.nginx_ports and replica.exit_code() is None and serves(replica, port, '/readyz')]
         if not back:
             return
