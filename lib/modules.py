@@ -112,7 +112,9 @@ def check_include_schemas(schema, where, unknown=None, seen=None):
     attribute), over which marshmallow puts a body key spelled as the loaded name, or one dump_only, whose key it
     takes as unknown."""
     unknown = unknown or schema.unknown
-    signature = (type(schema), unknown, tuple(schema.fields))  # only and exclude make another schema of a class
+    # only, exclude and an instance's dump_only make another schema of a class
+    signature = (type(schema), unknown, tuple((name, field.dump_only, field.data_key, field.attribute)
+                                              for name, field in schema.fields.items()))
     seen = set() if seen is None else seen
     if signature in seen:
         return
@@ -131,8 +133,9 @@ def check_include_schemas(schema, where, unknown=None, seen=None):
 
 
 def nested_schemas(field):
-    """Yield (schema, the unknown its field loads it with, or None) of each schema field loads values with."""
-    if isinstance(field, fields.Nested):
+    """Yield (schema, the unknown its field loads it with, or None) of each schema field loads values with: not a
+    Pluck's, which loads a value it makes itself, {its one field's key: the body's value}, with no unknown key."""
+    if isinstance(field, fields.Nested) and not isinstance(field, fields.Pluck):
         yield field.schema, field.unknown
     inner = [getattr(field, name, None) for name in ('inner', 'key_field', 'value_field')]
     for held in [*inner, *getattr(field, 'tuple_fields', ())]:

@@ -255,6 +255,7 @@ class Stack:
         self.replicas = []
         self.proxy = None
         self.restart_wanted = False
+        self.restarting = False  # a rolling restart runs
         self.app_dsn = None  # the DSN the replicas use: PostgreSQL's, or pgbouncer's in front of it
         # (Child, port) of a stand-in still serving for a lone replica that did not come back from a rolling restart
         self.standing_in = None
@@ -309,6 +310,7 @@ class Stack:
             print(f'stack: rolling restart refused: {left_out[0]} is not ready again yet', file=sys.stderr, flush=True)
             return
         ports = self.config.replica_ports
+        print(f'stack: rolling restart of {counted(len(ports), "replica")} started', file=sys.stderr, flush=True)
         for replica, port in zip(self.replicas, ports):
             try:
                 self.restart_replica(replica, port)
@@ -376,8 +378,8 @@ class Stack:
                 if port not in self.nginx_ports and replica.exit_code() is None and serves(replica, port, '/readyz')]
         if not back:
             return
-        returned = {port for _, port in back}
-        self.send_requests_to([port for port in self.config.replica_ports if port in self.nginx_ports or port in returned])
+        sending = set(self.nginx_ports) | {port for _, port in back}
+        self.send_requests_to([port for port in self.config.replica_ports if port in sending])
         done = 'nginx sends to it again'
         if self.standing_in is not None:
             time.sleep(DRAIN_SECONDS)
@@ -402,7 +404,11 @@ class Stack:
         while True:
             if self.restart_wanted:
                 self.restart_wanted = False
-                self.rolling_restart()
+                self.restarting = True
+                try:
+                    self.rolling_restart()
+                finally:
+                    self.restarting = False
             for child in self.children:
                 self.check(child)
             if self.nginx_ports != self.config.replica_ports:
@@ -410,7 +416,10 @@ class Stack:
             time.sleep(0.2)
 
     def want_rolling_restart(self, signum=None, frame=None):
-        """Ask the supervisor for a rolling restart (the SIGHUP handler)."""
+        """Ask the supervisor for a rolling restart (the SIGHUP handler); refuse while one runs."""
+        if self.restarting:
+            print('stack: rolling restart refused: one is running', file=sys.stderr, flush=True)
+            return
         self.restart_wanted = True
 
     def check(self, child):

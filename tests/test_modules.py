@@ -96,7 +96,10 @@ INCLUDE_ROUTES = '''
     ("user_id = fields.Integer(attribute='user.id')", 'fields.Raw()', 'Loose'),
     ("user_id = fields.Integer(data_key='userId')", 'fields.Nested(Loose)', 'Strict'),
     ("user_id = fields.Integer(data_key='userId')", 'fields.List(fields.Nested(Loose))', 'Strict'),
-    ("user_id = fields.Integer(data_key='userId')", 'fields.Dict(values=fields.Pluck(Loose, "user_id"))', 'Strict'),
+    ("user_id = fields.Integer(data_key='userId')", 'fields.Dict(values=fields.List(fields.Nested(Loose)))', 'Strict'),
+    # The same class, first as itself, then with a field made dump_only by the instance.
+    ("user_id = fields.Integer()", "fields.Nested(Loose)\n        more = fields.Nested(Loose(dump_only=('user_id',)))",
+     'Strict'),
     ("user_id = fields.Integer(data_key='userId')", 'fields.Nested(Loose(unknown=RAISE), unknown=INCLUDE)', 'Strict'),
     ("user_id = fields.Integer(dump_only=True)", 'fields.Raw()', 'Loose'),  # marshmallow loads its key as unknown
     # The same class hiding the field first (only), then showing it; or RAISE first, INCLUDE (its instance's) then.
@@ -117,6 +120,7 @@ def test_an_include_schema_that_reads_a_field_from_another_key_stops_the_start(m
     ("user_id = fields.Integer()", 'fields.Nested(Loose)', 'Strict'),
     ("user_id = fields.Integer(data_key='userId')", 'fields.Raw()', 'Loose(unknown=RAISE)'),
     ("user_id = fields.Integer(data_key='userId')", 'fields.Nested(Loose, unknown=RAISE)', 'Strict'),
+    ("user_id = fields.Integer(data_key='userId')", 'fields.Pluck(Loose, "user_id")', 'Strict'),  # no unknown key
 ])
 def test_a_schema_that_cannot_put_a_body_key_over_a_field_mounts(make_app, module_package, field, nested, schema):
     package = module_package({'loose/routes.py': INCLUDE_ROUTES.format(field=field, nested=nested, schema=schema)})

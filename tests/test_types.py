@@ -23,7 +23,8 @@ from lib.db import Db, connection
 from lib.db.types import RefusedValue, UnreadableValue
 from lib.errors import ApiError, as_api_error
 from lib.fields import exact_decimal
-from lib.jsonenc import PLAIN_DIGITS_PER_BODY, BoundedNumbers, TooDeepToWrite, dumps_bytes, json_array_chunks, loads_exact
+from lib.jsonenc import (PLAIN_DIGITS_PER_BODY, BoundedNumbers, TooDeepToWrite, dumps_bytes, json_array_chunks,
+                         loads_exact)
 from settings import BASE_DIR
 from tests.helpers import Caller, assert_problem, run_sql
 
@@ -230,6 +231,28 @@ def test_the_three_readers_take_a_query_ending_in_a_semicolon_or_a_comment(conn,
 ])
 def test_a_semicolon_or_comment_mark_inside_a_quote_is_part_of_the_query(conn, query, value):
     assert list(loads_exact(all_three_ways(conn, query))[0].values()) == [value]
+
+
+def test_parameters_in_a_trailing_comment_are_filled_in_as_the_other_readers_fill_them(conn):
+    assert loads_exact(all_three_ways(conn, 'SELECT %s AS x; -- %s', (1, 2))) == [{'x': 1}]
+
+
+def test_a_session_reading_backslashes_as_escapes_has_its_query_read_so(conn):
+    Db(conn).execute('SET LOCAL standard_conforming_strings = off')
+    assert loads_exact(all_three_ways(conn, "SELECT 'a\\' -- ' AS x, 2 AS y;")) == [{'x': "a' -- ", 'y': 2}]
+
+
+def test_a_character_postgresql_takes_for_no_space_is_refused_by_all_three(conn):
+    query = 'SELECT 1 AS x\v;'
+    readers = (Db(conn).fetch_all, lambda text: list(Db(conn).stream(text)),
+               lambda text: list(Db(conn).stream_json(text)))
+    for read in readers:
+        with pytest.raises(psycopg2.errors.SyntaxError):
+            Db(conn).execute('SAVEPOINT reading')
+            try:
+                read(query)
+            finally:
+                Db(conn).execute('ROLLBACK TO SAVEPOINT reading')
 
 
 def test_a_comment_ends_at_a_carriage_return_as_postgresql_reads_it(conn):

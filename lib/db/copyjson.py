@@ -30,13 +30,16 @@ TEXT_OIDS = frozenset(psycopg2.extensions.BYTES.values)
 RAW_OIDS = INTEGER_OIDS | TEXT_OIDS | {BOOLEAN_OID, TIMESTAMP_OID, TIMESTAMPTZ_OID}
 CURSOR_NAME = 'dbapi_stream_json'
 # One token of SQL as PostgreSQL's lexer reads it (src/backend/parser/scan.l), enough to tell where a statement's
-# last token ends: comments (-- to a line's end, \n or \r), spaces (its six) and semicolons, quoted strings (E'' with
-# backslash escapes), quoted names, names (a $ inside one, any character past ASCII), the opening of a dollar quote
-# or a block comment, and anything else one character at a time. An unterminated quote ends with the text.
-SQL_TOKEN = re.compile(r'''(?P<line>--[^\n\r]*)|(?P<block>/\*)|(?P<space>[ \t\n\r\f\v;]+)
-    |(?P<escaped>[eE]'(?:[^'\\]|\\.|'')*(?:'|$))|(?P<quoted>'(?:[^']|'')*(?:'|$))|(?P<name>"(?:[^"]|"")*(?:"|$))
+# last token ends: comments (-- to a line's end, \n or \r), spaces (its five) and semicolons, quoted strings (E''
+# with backslash escapes), quoted names, names (a $ inside one, any character past ASCII), the opening of a dollar
+# quote or a block comment, and anything else one character at a time. An unterminated quote ends with the text.
+# {quoted} is a plain '' string: backslashes are escapes in it too where standard_conforming_strings is off.
+SQL_TOKEN_PATTERN = r'''(?P<line>--[^\n\r]*)|(?P<block>/\*)|(?P<space>[ \t\n\r\f;]+)
+    |(?P<escaped>[eE]'(?:[^'\\]|\\.|'')*(?:'|$))|(?P<quoted>{quoted})|(?P<name>"(?:[^"]|"")*(?:"|$))
     |(?P<dollar>\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z_0-9\x80-\U0010ffff]*)?\$)
-    |(?P<word>[A-Za-z_\x80-\U0010ffff][A-Za-z_0-9$\x80-\U0010ffff]*|[0-9]+)|(?P<other>.)''', re.VERBOSE | re.DOTALL)
+    |(?P<word>[A-Za-z_\x80-\U0010ffff][A-Za-z_0-9$\x80-\U0010ffff]*|[0-9]+)|(?P<other>.)'''
+SQL_TOKEN = {backslashes: re.compile(SQL_TOKEN_PATTERN.replace('{quoted}', quoted), re.VERBOSE | re.DOTALL)
+             for backslashes, quoted in ((False, r"'(?:[^']|'')*(?:'|$)"), (True, r"'(?:[^'\\]|\\.|'')*(?:'|$)"))}
 BLOCK_COMMENT_MARK = re.compile(r'/\*|\*/')
 
 NULL = b'null'
@@ -219,10 +222,10 @@ def column_of(key, oid, cursor):
     return Column(key)
 
 
-def plan(cursor, query, params):
-    """Describe query on cursor; return the query to declare and the RowsJson of its rows."""
+def plan(cursor, query):
+    """Describe query (its parameters in) on cursor; return the query to declare and the RowsJson of its rows."""
     # Each wrapping of the query ends it on a line of its own: a trailing -- comment stays a comment.
-    cursor.execute(sql.SQL('SELECT * FROM ({}\n) AS described LIMIT 0').format(query), params)
+    cursor.execute(sql.SQL('SELECT * FROM ({}\n) AS described LIMIT 0').format(query))
     last_of = {column.name: index for index, column in enumerate(cursor.description)}
     type_codes = [column.type_code for column in cursor.description]
     columns = [column_of(key, type_codes[index], cursor) for key, index in last_of.items()]
@@ -370,12 +373,14 @@ def json_batches(conn, rows_json, batch_size):
             conn.cursor().execute(sql.SQL('CLOSE {}').format(sql.Identifier(CURSOR_NAME)))
 
 
-def without_statement_end(query):
+def without_statement_end(query, backslash_escapes=False):
     """Return query up to the end of its statement: without the semicolons, spaces and comments after its last token.
-    A statement's end, which Db.stream's DECLARE takes, cannot stand inside the SELECT that plan wraps around it."""
+    A statement's end, which Db.stream's DECLARE takes, cannot stand inside the SELECT that plan wraps around it.
+    backslash_escapes: the session reads a backslash in a '' string as an escape (standard_conforming_strings off)."""
+    tokens = SQL_TOKEN[backslash_escapes]
     end = position = 0
     while position < len(query):
-        token = SQL_TOKEN.match(query, position)
+        token = tokens.match(query, position)
         kind, position = token.lastgroup, token.end()
         if kind == 'dollar':  # $tag$ ... $tag$: up to the same tag, or the text's end
             closing = query.find(token.group(), position)
@@ -401,12 +406,14 @@ def block_comment_end(query, position):
 
 def json_stream(conn, query, params=None, batch_size=2000):
     """Declare query on conn; return the generator of its rows as JSON batches (see Db.stream_json)."""
-    text = query if isinstance(query, str) else query.as_string(conn)
-    query = sql.SQL(without_statement_end(text))
     # The query runs in the request's session as it is, as Db.stream's does: its TimeZone and DateStyle shape the
     # query's own arithmetic and literals. Stamps in the pool's settings (UTC, ISO) take the fast way; others,
     # value by value, psycopg2's casters (which refuse another DateStyle).
     cursor = conn.cursor(cursor_factory=psycopg2.extensions.cursor)
-    select, rows_json = plan(cursor, query, params)
-    cursor.execute(sql.SQL('DECLARE {} NO SCROLL CURSOR FOR {}').format(sql.Identifier(CURSOR_NAME), select), params)
+    # The statement as psycopg2 sends it, its parameters in (as Db.stream's): what ends it is then cut off.
+    text = cursor.mogrify(query, params).decode(psycopg2.extensions.encodings[conn.encoding])
+    backslashes = conn.info.parameter_status('standard_conforming_strings') == 'off'
+    query = sql.SQL(without_statement_end(text, backslashes))
+    select, rows_json = plan(cursor, query)
+    cursor.execute(sql.SQL('DECLARE {} NO SCROLL CURSOR FOR {}').format(sql.Identifier(CURSOR_NAME), select))
     return json_batches(conn, rows_json, batch_size)

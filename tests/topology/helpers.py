@@ -7,7 +7,6 @@ test must make a replica misbehave at an exact moment.
 import http.client
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ import pytest
 
 import settings
 from ops import nginx
-from ops.ports import port_is_free
+from ops.ports import free_ports as ops_free_ports
 from tests.helpers import (BEARER_TOKENS, MODULE_PACKAGES as TEST_MODULE_PACKAGES, free_ports, port_open, post,
                            require_programs, shared_run_dir, wait_for)
 
@@ -37,14 +36,9 @@ STOP_TIMEOUT_SECONDS = 240
 
 
 def free_ports_below_the_ephemeral_range(count):
-    """Return the first of count consecutive free loopback ports below the kernel's ephemeral range: a replica
-    restarted under load must find its port free, not taken as the source port of some outgoing connection."""
-    lowest_ephemeral = int(Path('/proc/sys/net/ipv4/ip_local_port_range').read_text().split()[0])
-    for _ in range(100):
-        base = random.randint(10000, lowest_ephemeral - count)
-        if all(port_is_free(port) for port in range(base, base + count)):
-            return base
-    raise RuntimeError(f'no {count} consecutive free ports below {lowest_ephemeral}')
+    """Return the first of count consecutive free loopback ports below the kernel's ephemeral range (ops/ports.py):
+    a replica restarted under load must find its port free."""
+    return ops_free_ports(count)[0]
 
 
 def read_json_lines(path):

@@ -41,10 +41,14 @@ def test_a_rolling_restart_under_a_write_load_fails_no_request(tmp_path_factory,
         with WriteLoad(stack, run_id, LOAD_THREADS, MAX_REQUESTS_PER_THREAD, keep_alive) as load:
             time.sleep(1)
             stack.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: b'rolling restart of' in stack.log_path.read_bytes(), 10, 'the rolling restart did not start')
+            stack.process.send_signal(signal.SIGHUP)  # while the first runs: refused, not queued
             wait_for(lambda: finished_line in stack.log_path.read_bytes(), RESTART_TIMEOUT_SECONDS,
                      'the rolling restart did not finish', interval=0.5, on_timeout=lambda: stack.log_text()[-3000:])
             time.sleep(1)
         groups_after = [worker_group(port) for port in stack.replica_ports]
+    log = stack.log_path.read_bytes()
+    assert log.count(finished_line) == 1 and b'rolling restart refused: one is running' in log
     assert all(before != after for before, after in zip(groups_before, groups_after)), 'a replica was not restarted'
     outcomes = collections.Counter(attempt.status for attempt in load.attempts)
     assert set(outcomes) <= ({201} | UNANSWERED if keep_alive else {201}), outcomes
