@@ -133,9 +133,14 @@ def check_include_schemas(schema, where, unknown=None, seen=None):
 
 
 def nested_schemas(field):
-    """Yield (schema, the unknown its field loads it with, or None) of each schema field loads values with: not a
-    Pluck's, which loads a value it makes itself, {its one field's key: the body's value}, with no unknown key."""
-    if isinstance(field, fields.Nested) and not isinstance(field, fields.Pluck):
+    """Yield (schema, the unknown its field loads it with, or None) of each schema field loads values with. A Pluck
+    loads a value it makes itself, {its one field's key: the body's value}: its schema counts only when that field
+    is dump_only, whose key marshmallow takes as unknown."""
+    if isinstance(field, fields.Pluck):
+        plucked = field.schema.fields.get(field.field_name)
+        if plucked is not None and plucked.dump_only:
+            yield field.schema, field.unknown
+    elif isinstance(field, fields.Nested):
         yield field.schema, field.unknown
     inner = [getattr(field, name, None) for name in ('inner', 'key_field', 'value_field')]
     for held in [*inner, *getattr(field, 'tuple_fields', ())]:

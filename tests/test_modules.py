@@ -102,6 +102,7 @@ INCLUDE_ROUTES = '''
      'Strict'),
     ("user_id = fields.Integer(data_key='userId')", 'fields.Nested(Loose(unknown=RAISE), unknown=INCLUDE)', 'Strict'),
     ("user_id = fields.Integer(dump_only=True)", 'fields.Raw()', 'Loose'),  # marshmallow loads its key as unknown
+    ("user_id = fields.Integer(dump_only=True)", 'fields.Pluck(Loose, "user_id")', 'Strict'),
     # The same class hiding the field first (only), then showing it; or RAISE first, INCLUDE (its instance's) then.
     ("user_id = fields.Integer(data_key='userId')\n        other = fields.Raw()",
      "fields.Nested(Loose, only=('other',))\n        more = fields.Nested(Loose)", 'Strict'),
