@@ -74,6 +74,8 @@ def test_not_found_from_an_action_carries_its_detail(call):
     ('check_option', 422, '44000'),
     ('too_deep_for_the_server', 422, '54001'),
     ('too_many_arguments', 422, '54023'),
+    ('disk_full', 503, '53100'),
+    ('out_of_memory', 503, '53200'),
 ])
 def test_sqlstate_maps_to_its_status(call, case, status, sqlstate):
     body = assert_problem(call('/probe/sqlstate', {'case': case}), status)

@@ -158,17 +158,23 @@ class DisconnectWatcher:
         """Mark the request with reason and cancel its query, unless the query ended (and the watch was forgotten).
         The cancel is sent outside the lock: a server slow to take it holds no other request's watch or forget."""
         with self.lock:
-            if self.watches.pop(id(watch), None) is None:
+            if not self.take_off(watch, reason, True):
                 return
-            if not self.watches:
-                self.wanted.clear()
-            watch.environ[reason] = True
             watch.cancelling = threading.Event()
         try:
             cancel_running_query(watch.conn)
         finally:
             watch.cancelling.set()
 
+    def take_off(self, watch, key, value):
+        """With the lock held, stop watching watch and mark its request (environ[key] = value); False when it was
+        no longer watched (its request ended, or another act took it off first)."""
+        if self.watches.pop(id(watch), None) is None:
+            return False
+        if not self.watches:
+            self.wanted.clear()
+        watch.environ[key] = value
+        return True
 
     def cut_short(self, watch, error):
         """End an answer the server is still sending (its client stopped reading past its deadline, or the worker is
@@ -176,11 +182,8 @@ class DisconnectWatcher:
         Shutting the socket down makes the write fail; the answer then ends and is logged with error (CUT_KEY), and
         a stream's connection goes back."""
         with self.lock:
-            if self.watches.pop(id(watch), None) is None:
+            if not self.take_off(watch, CUT_KEY, error):
                 return
-            if not self.watches:
-                self.wanted.clear()
-            watch.environ[CUT_KEY] = error
         with contextlib.suppress(OSError), socket.socket(fileno=os.dup(watch.fileno)) as duplicate:
             duplicate.shutdown(socket.SHUT_RDWR)
 

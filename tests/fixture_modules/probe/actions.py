@@ -37,6 +37,9 @@ SQLSTATE_CASES = {
     'check_option': 'INSERT INTO probe.few_things (quantity) VALUES (20)',
     'too_deep_for_the_server': "SELECT (repeat('[', 100000) || repeat(']', 100000))::jsonb",
     'too_many_arguments': f"SELECT json_build_object({', '.join(['1'] * 120)})",
+    # A server short of disk or memory; raised here, as a real one would need the server starved.
+    'disk_full': "DO $$ BEGIN RAISE EXCEPTION 'full' USING ERRCODE = '53100'; END $$",
+    'out_of_memory': "DO $$ BEGIN RAISE EXCEPTION 'no memory' USING ERRCODE = '53200'; END $$",
     'syntax': 'SELEC 1',
     'undefined_table': 'SELECT * FROM probe.no_such_table',
     # What a server that is going away or full says; raised here, as a real one would need the server stopped.
