@@ -747,6 +747,31 @@ def test_an_answer_whose_client_stops_reading_is_cut_short_a_second_past_the_dea
     assert 3 <= line['event']['duration'] / 1e9 < 5, 'the deadline (2 s) and a second'
 
 
+def read_body_bytes(client, count):
+    """Read an answer's head and then count bytes of its body from client's socket; return how many came."""
+    data = b''
+    while b'\r\n\r\n' not in data:
+        data += client.recv(65536)
+    body = len(data.partition(b'\r\n\r\n')[2])
+    while body < count:
+        body += len(client.recv(65536))
+    return body
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'sync'])
+def test_an_answer_cut_short_is_logged_with_at_least_the_bytes_its_client_received(database_url, tmp_path,
+                                                                                   worker_class):
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', REQUEST_DEADLINE_MS='2000',
+                             WORKER_CLASS=worker_class, LOG_LEVEL='INFO') as (port, _):
+        with raw_post(port, '/probe/sized', {'size': 20_000_000}, 'cut-bytes') as client:
+            received = read_body_bytes(client, 3_000_000)  # one answer of 20 MB, one chunk: then no more is read
+            wait_for(lambda: access_lines(tmp_path, 'cut-bytes'), 10, 'the unread answer is still being sent')
+    line = gunicorn_access_line(tmp_path, 'cut-bytes')
+    assert line['error']['type'] == 'lib.db.unit.StreamPastDeadline', line['error']
+    assert received <= line['http']['response']['body']['bytes'] < 20_000_000
+
+
 @pytest.mark.slow
 def test_a_short_answer_to_a_client_that_sends_on_and_never_reads_is_cut_short_past_the_deadline(database_url,
                                                                                                   tmp_path):

@@ -21,6 +21,8 @@ MAX_CAUSES = 10
 # nginx's status for a client that went away before its answer: the access line's, never sent to anyone.
 CLIENT_CLOSED_REQUEST = 499
 SEND_QUEUE_BUFFER = bytes(struct.calcsize('i'))  # room for the int SIOCOUTQ writes
+# The longest piece of an answer the server is handed at once (pieces_of): what a cut answer's byte count may miss.
+SEND_PIECE_BYTES = 64 * 1024
 CUT_SHORT_MESSAGE = 'The response was cut short: the client went away or the server stopped before its end.'
 # (ECS group, field, WSGI environ key) of what an access line carries when the request has it.
 OPTIONAL_ENVIRON_FIELDS = (('client', 'ip', 'REMOTE_ADDR'), ('user_agent', 'original', 'HTTP_USER_AGENT'))
@@ -65,9 +67,10 @@ class Exchange:
     def __iter__(self):
         try:
             for chunk in self.chunks:
-                yield chunk
-                # The server asks for the next chunk once it has written this one: only now has it gone out.
-                self.bytes += len(chunk)
+                for piece in pieces_of(chunk):
+                    yield piece
+                    # The server asks for the next piece once it has written this one: only now has it gone out.
+                    self.bytes += len(piece)
         except Exception as exc:
             self.stream_error = exc
             raise
@@ -85,6 +88,15 @@ class Exchange:
                 close()
         finally:
             self.on_close(self)
+
+
+def pieces_of(chunk):
+    """Return chunk as the server should write it: whole, or in pieces of SEND_PIECE_BYTES when longer, so that an
+    answer cut short is logged with the bytes it sent to within a piece (the server reports nothing of a write
+    that failed half-way)."""
+    if len(chunk) <= SEND_PIECE_BYTES:
+        return (chunk,)
+    return (chunk[start:start + SEND_PIECE_BYTES] for start in range(0, len(chunk), SEND_PIECE_BYTES))
 
 
 def client_behind(environ):
