@@ -554,16 +554,27 @@ def read_to_the_cut(response):
     return cut.value.partial
 
 
+def server_tracebacks(folder):
+    """Return the lines of gunicorn's own "Error handling request" in gunicorn_logging_to's output."""
+    return [text for name in ('stdout', 'stderr') for text in (folder / name).read_text().splitlines()
+            if 'Error handling request' in text]
+
+
 @pytest.mark.slow
-def test_a_stream_that_fails_half_way_is_logged_as_a_failure_with_the_bytes_sent(database_url, tmp_path):
-    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1') as (port, _):
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_a_stream_that_fails_half_way_is_logged_as_a_failure_with_the_bytes_sent(database_url, tmp_path,
+                                                                                 worker_class):
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1',
+                             WORKER_CLASS=worker_class) as (port, _):
         with streaming(port, {'rows': 1000, 'fail_at': 550}, 'stream-broken') as response:
             assert response.status == 200
             received = read_to_the_cut(response)
+        assert post(port, '/slow/sleep', {'seconds': 0}).status == 200, 'the worker serves on'
     line = gunicorn_access_line(tmp_path, 'stream-broken')
     assert line['http']['response'] == {'status_code': 200, 'body': {'bytes': len(received)}}
     assert 0 < len(received) and received.startswith(b'[{"n":1,')
     assert line['event']['outcome'] == 'failure' and line['error']['code'] == '22012'  # division_by_zero
+    assert server_tracebacks(tmp_path) == [], 'the access line alone tells of the broken stream'
 
 
 @pytest.mark.slow
@@ -710,6 +721,7 @@ def test_a_stream_past_the_deadline_however_it_got_there_is_logged_as_past_it(da
     line = gunicorn_access_line(tmp_path, 'stream-late')
     assert line['http']['response'] == {'status_code': 200, 'body': {'bytes': len(received)}}
     assert line['error']['type'] == 'lib.db.unit.StreamPastDeadline', line['error']
+    assert server_tracebacks(tmp_path) == []
 
 
 @pytest.mark.slow
@@ -813,6 +825,7 @@ def test_a_stream_still_sent_at_the_deadline_is_cut_short_and_logged_as_past_it(
             received = read_to_the_cut(response)
             took = time.monotonic() - started
     line = gunicorn_access_line(tmp_path, 'stream-past-deadline')
+    assert server_tracebacks(tmp_path) == []
     assert 1.5 < took < 3, 'cut at the deadline, not at the database wait bound a second later'
     assert line['http']['response'] == {'status_code': 200, 'body': {'bytes': len(received)}}
     assert line['event']['outcome'] == 'failure'

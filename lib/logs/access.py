@@ -1,6 +1,8 @@
 """The access line: one per request, written when the server closes the response."""
+import contextlib
 import fcntl
 import logging
+import socket
 import struct
 import termios
 import time
@@ -65,18 +67,34 @@ class Exchange:
         return self.server_start_response(status, headers, exc_info)
 
     def __iter__(self):
+        started = False
         try:
             for chunk in self.chunks:
                 for piece in pieces_of(chunk):
                     yield piece
                     # The server asks for the next piece once it has written this one: only now has it gone out.
+                    started = True
                     self.bytes += len(piece)
         except Exception as exc:
             self.stream_error = exc
-            raise
+            # Once the answer has started, the access line tells of the error: the server need not log it again,
+            # as a traceback of its own ("Error handling request"); the client sees the answer end where it broke.
+            if not (started and self.end_connection()):
+                raise
         except BaseException:  # closed before its end (GeneratorExit), or the worker stopping (GreenletExit)
             self.cut_short = True
             raise
+
+    def end_connection(self):
+        """Shut the client's connection down, so that a broken answer ends where it broke (a chunked one without its
+        last chunk, which tells the client it is incomplete) and the server's next write fails as on any connection
+        its client closed; tell whether there was a connection to shut."""
+        client_socket = self.environ.get(CLIENT_SOCKET_KEY)
+        if client_socket is None:
+            return False
+        with contextlib.suppress(OSError):
+            client_socket.shutdown(socket.SHUT_RDWR)
+        return True
 
     def close(self):
         """Stop watching the answer, close the wrapped body, then finish the exchange."""
