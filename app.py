@@ -70,10 +70,15 @@ class NoSessions(SessionInterface):
         """Save nothing."""
 
 
+# The host name the URL map is bound to for every request (GatewayFlask.bind_url_map).
+ROUTING_HOST = 'dbapi'
+
+
 class GatewayFlask(Flask):
     """Flask, less per-request work dbapi has no use for, through Flask's public overridable methods:
     the coroutine check on every view and hook call (dbapi's are plain functions), the cookie session,
-    and werkzeug's matcher for fixed paths. With FAST_PATHS off, Flask's stock behaviour is kept."""
+    and werkzeug's matcher for fixed paths. With FAST_PATHS off, Flask's stock behaviour is kept, but for the URL map
+    bound without the Host header (bind_url_map), as it is with them on."""
 
     fixed_rule_table = None
 
@@ -82,20 +87,31 @@ class GatewayFlask(Flask):
         return func if self.config['FAST_PATHS'] else super().ensure_sync(func)
 
     def create_url_adapter(self, request):
-        """Match a request's fixed path in one dict lookup; Flask binds the URL map only when more is needed.
+        """Match a request's fixed path in one dict lookup; the URL map is bound only when more is needed.
 
         A path with a doubled slash anywhere is a 404 here, before werkzeug, which drops leading slashes from
-        request.path (`//users/get` would run users/get) and merges the others with a redirect."""
+        request.path (`//users/get` would run users/get) and merges the others with a redirect. The map is bound to
+        the request's path and method, never its Host (bind_url_map)."""
         if request is not None and '//' in request.environ.get('PATH_INFO', ''):
             raise NotFound()
         config = self.config
-        if request is None or not config['FAST_PATHS'] or config['SERVER_NAME'] \
-                or config['TRUSTED_HOSTS'] is not None or self.url_map.host_matching or self.subdomain_matching:
+        if request is None or config['SERVER_NAME'] or config['TRUSTED_HOSTS'] is not None \
+                or self.url_map.host_matching or self.subdomain_matching:
             return super().create_url_adapter(request)
+        if not config['FAST_PATHS']:
+            return self.bind_url_map(request)
         if self.fixed_rule_table is None:  # routes cannot change once the first request came
             self.fixed_rule_table = fixed_rules(self.url_map)
         return FixedRulesFirst(self.fixed_rule_table, request.path, request.method,
-                               lambda: super(GatewayFlask, self).create_url_adapter(request))
+                               lambda: self.bind_url_map(request))
+
+    def bind_url_map(self, request):
+        """Return werkzeug's adapter of the URL map for request, bound (werkzeug's public Map.bind_to_environ) to
+        ROUTING_HOST instead of its Host header. dbapi routes by path and method and builds no URL; werkzeug
+        refuses, as a 400, a Host it cannot IDNA-encode (an empty label, one over 63 characters), which nginx
+        passes on, so an unknown path, a 405 or a trailing slash depended on the Host."""
+        return self.url_map.bind_to_environ(request.environ, server_name=ROUTING_HOST,
+                                            subdomain=self.url_map.default_subdomain or '')
 
 
 def load_config(app, overrides):

@@ -17,7 +17,7 @@ class FixedRulesFirst:
     method up in a table first; the real adapter (from Flask's public create_url_adapter) is only bound
     when something else is asked of it.
 
-    Binding parses the Host header and IDNA-encodes it, which a fixed path needs no part of. A miss
+    Binding makes werkzeug's adapter, which a fixed path needs no part of. A miss
     (another method, a trailing or doubled slash, a path with variables, an unknown path) goes to werkzeug,
     so 404, 405, OPTIONS and redirects stay exactly its answers; so does anything else (build, ...).
     """
