@@ -746,10 +746,17 @@ def test_objects_that_repeat_a_key_walk_what_they_keep_once(call):
     assert parse_seconds(repeated) < 5 * parse_seconds(plain)
 
 
-def test_a_value_a_key_given_twice_loses_is_dropped_unread_for_its_depth(call):
-    body = b'{"x": ' + b'[' * 200 + b']' * 200 + b', "x": 1}'
+@pytest.mark.parametrize('depth', [200, 1000])
+def test_a_value_a_key_given_twice_loses_is_dropped_unread_for_its_depth(call, depth):
+    body = b'{"x": ' + b'[' * depth + b']' * depth + b', "x": 1}'
     response = post_raw(call, body)
     assert response.status_code == 200 and response.get_data() == b'{"x":1}'
+
+
+def test_a_value_a_key_given_twice_loses_past_what_the_parsers_read_is_too_deep(call):
+    body = b'{"x": ' + b'[' * 1100 + b']' * 1100 + b', "x": 1}'
+    detail = assert_problem(post_raw(call, body), 400)['detail']
+    assert detail == 'The request body nests arrays and objects deeper than 128 levels.'
 
 
 @pytest.mark.parametrize('body, echoed', [(b'{"x": 1, "x": 2.5}', b'{"x":2.5}'),
