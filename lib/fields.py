@@ -19,10 +19,20 @@ def bigint_id(**options):
     return fields.Integer(strict=True, validate=validate.Range(min=1, max=BIGINT_MAX), **options)
 
 
+def places_needed(value):
+    """Return how many digits after the point a finite Decimal needs: trailing zeros need none (1.500 needs 1)."""
+    _, digits, exponent = value.as_tuple()
+    significant = ''.join(map(str, digits)).rstrip('0')
+    if not significant:
+        return 0
+    return max(-(exponent + len(digits) - len(significant)), 0)
+
+
 def at_most_places(places):
-    """Return a validator refusing a Decimal with more than places digits after the point, however it was spelt."""
+    """Return a validator refusing a Decimal that needs more than places digits after the point, as a number or a
+    string alike; trailing zeros are no digits it needs (1.000 is 1.00), so a serializer's padding is no error."""
     def validate_places(value):
-        if isinstance(value, Decimal) and value.is_finite() and value.as_tuple().exponent < -places:
+        if isinstance(value, Decimal) and value.is_finite() and places_needed(value) > places:
             raise ValidationError(f'Must have at most {places} decimal places.')
     return validate_places
 

@@ -258,7 +258,7 @@ UNPLAIN_AMOUNTS = ['1_000', '\u0661\u0662', '\uff11', ' 1.00', '1.00 ', '1\n', '
 UNPLAIN_MESSAGE = 'Not a valid number: use digits with at most 2 decimal places, such as "12.50".'
 # A plain amount, as a string or a JSON number, and the balance it makes in an empty account.
 PLAIN_AMOUNTS = [('12.50', '12.50'), ('0.01', '0.01'), (12, '12.00'), (12.5, '12.50'), ('100', '100.00'),
-                 ('007.5', '7.50')]
+                 ('007.5', '7.50'), ('12.500', '12.50'), ('1.000000', '1.00'), ('0.010', '0.01')]
 
 
 def moving(path, amount, source, target):
@@ -288,6 +288,20 @@ def test_accounts_amount_sign_and_places_keep_their_messages(call, amount, messa
     account = open_account(call)
     problem = assert_problem(call('/accounts/deposit', {'account_id': account, 'amount': amount}), 422)
     assert problem['errors'] == {'amount': [message]}
+
+
+@pytest.mark.parametrize('amount, stored', [(b'1.000', '1.00'), (b'12.500', '12.50'), (b'1.50e0', '1.50'),
+                                            (b'1.001', None), (b'1.0010', None)])
+def test_accounts_amount_as_a_json_number_counts_the_places_it_needs(call, amount, stored):
+    """Trailing zeros are no places an amount needs, as a JSON number too (an exact number: 1.000, not 1.0)."""
+    account = open_account(call)
+    body = b'{"account_id": %d, "amount": %s}' % (account, amount)
+    response = call.client.post('/accounts/deposit', data=body, content_type='application/json',
+                                headers={'Authorization': f'Bearer {call.token}'})
+    if stored is None:
+        assert assert_problem(response, 422)['errors'] == {'amount': ['Must have at most 2 decimal places.']}
+    else:
+        assert response.status_code == 200 and response.get_json()['balance'] == stored
 
 
 @pytest.mark.parametrize('amount, stored', PLAIN_AMOUNTS)
