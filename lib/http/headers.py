@@ -3,6 +3,8 @@
 Each entry of RESPONSE_HEADERS is a function (environ, headers) -> [(name, value), ...] of headers to add;
 headers is the answer's own list, read-only. A new header is one more entry.
 """
+import re
+
 from lib.http.requestid import REQUEST_ID_KEY
 
 
@@ -19,19 +21,20 @@ def vary_header(environ, headers):
 
 
 RESPONSE_HEADERS = [request_id_header, vary_header]
+# A qvalue as RFC 9110 section 12.4.2 spells one: 0 to 1 with at most three decimals.
+QVALUE = re.compile(r'0(\.[0-9]{0,3})?|1(\.0{0,3})?')
 
 
 def coding_and_q(entry):
     """Return (coding name, q-value) of one Accept-Encoding entry ("gzip;q=0.5"), the name lower-case, q 1 unless
-    given (RFC 9110 section 12.4.2; parameter names are case-insensitive) and 1 when it does not parse."""
+    given (RFC 9110 section 12.4.2; parameter names are case-insensitive) and 1 when it is no qvalue of the RFC's
+    grammar (`nan`, `inf`, `-1`, `1.5`)."""
     name, *parameters = entry.split(';')
     for parameter in parameters:
         key, _, value = parameter.partition('=')
         if key.strip().lower() == 'q':
-            try:
-                return name.strip().lower(), float(value)
-            except ValueError:
-                break
+            value = value.strip()
+            return name.strip().lower(), float(value) if QVALUE.fullmatch(value) else 1.0
     return name.strip().lower(), 1.0
 
 
