@@ -243,6 +243,16 @@ def from_unreadable_field_value(exc):
     return Unprocessable(errors=errors)
 
 
+# The order the methods of an Allow header are named in: werkzeug gathers them in a set, whose order changes from one
+# process to the next; RFC 9110's order, then any other by name.
+METHOD_ORDER = ('GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH')
+
+
+def method_order(method):
+    """Return the sort key of a method in an Allow header."""
+    return (METHOD_ORDER.index(method), '') if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+
+
 @translates(HTTPException)
 def from_http_exception(exc):
     """Translate a werkzeug HTTPException (404, 405, 413, 415...) into an ApiError."""
@@ -252,8 +262,9 @@ def from_http_exception(exc):
         gateway = current_app.extensions['dbapi']
         error.detail = not_found_detail(request.path, gateway.routes, gateway.caller())
     if exc.code == 405 and exc.valid_methods:
-        error.headers['Allow'] = ', '.join(exc.valid_methods)
-        error.detail = f"Use {', '.join(exc.valid_methods)}: this path does not accept this method."
+        allowed = ', '.join(sorted(exc.valid_methods, key=method_order))
+        error.headers['Allow'] = allowed
+        error.detail = f"Use {allowed}: this path does not accept this method."
     return error
 
 

@@ -58,4 +58,4 @@ def test_ops_endpoints_refuse_post(client):
 def test_an_operations_endpoint_answers_other_methods_with_a_405_problem(client, path, method):
     response = client.open(path, method=method)
     assert_problem(response, 405)
-    assert set(response.headers['Allow'].split(', ')) == {'GET', 'HEAD'}
+    assert response.headers['Allow'] == 'GET, HEAD'  # as the contract writes it, whatever the process's hash seed
