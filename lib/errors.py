@@ -281,6 +281,8 @@ def not_found_detail(path, routes, client):
         return f'Module {module!r} has no action at this path. Its actions (POST): {", ".join(actions)}.'
     if actions:
         return f'Client {client.name!r} may not call module {module!r}, and it has no action at this path.'
+    if not module:
+        return 'The path names no module. Actions are called as POST /<module>/<action>.'
     shown = module if len(module) <= MAX_NAME_SHOWN else module[:MAX_NAME_SHOWN] + '...'
     return f'No module {shown!r} is mounted. Actions are called as POST /<module>/<action>.'
 

@@ -130,6 +130,8 @@ def test_a_404_of_an_unknown_module_says_it_does_not_exist(call):
     assert body['detail'] == "No module 'no_such_module' is mounted. Actions are called as POST /<module>/<action>."
     long_name = assert_problem(call('/' + 'm' * 5000), 404)['detail']
     assert len(long_name) < 200
+    root = assert_problem(call('/'), 404)['detail']
+    assert root == 'The path names no module. Actions are called as POST /<module>/<action>.'
 
 
 def test_a_404_tells_a_scoped_client_that_an_unknown_module_is_not_mounted(call):
