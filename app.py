@@ -160,7 +160,7 @@ def install_middleware(app, gateway):
     install_admission(app)
     install_access_log(app, observers=[gateway.metrics])
     app.wsgi_app = ResponseHeaders(app.wsgi_app, gateway.response_headers)
-    app.wsgi_app = RequestIds(app.wsgi_app)
+    app.wsgi_app = RequestIds(app.wsgi_app, gateway.redact.holds)
     if app.config['TRUSTED_PROXY_HOPS']:
         app.wsgi_app = TrustedProxies(app.wsgi_app, app.config['TRUSTED_PROXY_HOPS'])
 

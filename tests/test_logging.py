@@ -151,6 +151,16 @@ def test_request_id_is_the_same_in_header_error_body_and_log_lines(logged_app, l
         assert missing.headers['X-Request-ID'] == sent_id
 
 
+@pytest.mark.parametrize('sent_id', [ADMIN_TOKEN, f'trace.{ADMIN_TOKEN}.1'])
+def test_a_request_id_holding_a_token_is_replaced_so_that_its_lines_can_be_found(logged_app, log_folder, sent_id):
+    """The log redacts every token: an id holding one would read [REDACTED] in the lines, and the answer would echo
+    the token. A new id is made instead, the same in the header, the body and the line."""
+    response = post(logged_app.test_client(), '/probe/missing', headers={'X-Request-ID': sent_id})
+    request_id = response.headers['X-Request-ID']
+    assert ADMIN_TOKEN not in request_id and request_id == response.get_json()['request_id']
+    assert line_of_request(logged_lines(log_folder), request_id)['http.response.status_code'] == 404
+
+
 def test_a_line_logged_while_a_request_is_served_carries_its_id(logged_app, log_folder):
     with logged_app.test_request_context('/probe/echo', method='POST',
                                          environ_overrides={REQUEST_ID_KEY: 'served-7'}):

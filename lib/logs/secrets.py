@@ -47,6 +47,10 @@ class Redactor:
                 return encode(self.redact(json.loads(line)))
         return line
 
+    def holds(self, text):
+        """Tell whether text holds a secret (would be redacted)."""
+        return any(secret in text for secret in self.secrets)
+
     def redact(self, value):
         """Return value with every secret in its strings replaced."""
         if isinstance(value, str):
