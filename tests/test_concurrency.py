@@ -602,6 +602,33 @@ def test_a_stream_cut_short_by_a_stopping_worker_is_logged_as_a_failure_with_the
     assert line['event']['outcome'] == 'failure' and line['error']['code'] == '57014'  # its FETCH was cancelled
 
 
+def process_ended(pid):
+    """Tell whether process pid has exited (gone, or a zombie its new parent has not reaped)."""
+    try:
+        return open(f'/proc/{pid}/stat').read().rpartition(')')[2].split()[0] == 'Z'
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_a_worker_whose_master_is_killed_finishes_its_requests_then_stops(database_url, tmp_path, worker_class):
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', GRACEFUL_TIMEOUT='10',
+                             WORKER_CLASS=worker_class) as (port, master):
+        (worker,) = map(int, open(f'/proc/{master.pid}/task/{master.pid}/children').read().split())
+        seconds = 2 + random.randint(1, 999) / 1000  # a query text of this test's own in pg_stat_activity
+        with ThreadPoolExecutor(1) as executor:
+            in_flight = executor.submit(post, port, '/slow/sleep', {'seconds': seconds},
+                                        headers={'X-Request-ID': 'orphan-1'})
+            wait_for(lambda: backend_running(database_url, f'SELECT pg_sleep({seconds})'), 5,
+                     'the request did not reach its query')
+            master.kill()
+            master.wait(5)
+            assert in_flight.result().status == 200, 'the request in flight was finished'
+        wait_for(lambda: process_ended(worker), 15, 'the worker did not stop once its requests were done')
+    assert gunicorn_access_line(tmp_path, 'orphan-1')['event']['outcome'] == 'success'
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
 def test_a_query_still_running_at_the_graceful_timeout_is_cancelled_and_answered_503(database_url, tmp_path,

@@ -8,6 +8,7 @@ same status as an RFC 9457 problem document with a fresh request id instead.
 import logging
 import os
 import re
+import signal
 
 from gunicorn.workers.ggevent import GeventWorker
 from gunicorn.workers.gthread import ThreadWorker
@@ -76,7 +77,18 @@ class ProblemErrors:
 
 
 class ProblemGeventWorker(ProblemErrors, GeventWorker):
-    """gunicorn's gevent worker with problem+json error answers."""
+    """gunicorn's gevent worker with problem+json error answers, which finishes its requests when its master dies."""
+
+    def notify(self):
+        """Tell the master this worker is alive (gunicorn calls it every second). A worker whose master is gone (it
+        was killed) stops as on SIGTERM: it takes no new request, and finishes those in flight within the graceful
+        timeout, cancelling the queries still running before its end, as the gthread and sync workers finish
+        theirs; gunicorn's gevent worker exits at once, dropping them, writes committed included."""
+        if self.ppid == os.getppid():
+            super().notify()
+        elif self.alive:
+            self.log.info('The master is gone: finishing the requests in flight, then stopping: %s', self)
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 class ProblemThreadWorker(ProblemErrors, ThreadWorker):
