@@ -161,6 +161,20 @@ def test_a_request_id_holding_a_token_is_replaced_so_that_its_lines_can_be_found
     assert line_of_request(logged_lines(log_folder), request_id)['http.response.status_code'] == 404
 
 
+def test_a_readyz_503_logs_why_the_database_did_not_answer_and_its_answer_names_nothing(make_app, log_folder,
+                                                                                      database_url):
+    dead = 'host=127.0.0.1 port=1 dbname=secretdb user=secretuser password=pw-secret-9'
+    app = make_app(LOG_PATH=str(log_folder), DATABASES={'default': database_url, 'reports': dead})
+    response = app.test_client().get('/readyz', headers={'X-Request-ID': 'not-ready-1'})
+    response.close()  # the access line is written as the server closes the answer
+    line = line_of_request(logged_lines(log_folder), 'not-ready-1')
+    assert response.status_code == 503 and 'secretdb' not in response.get_data(as_text=True)
+    assert line['error.type'] == 'lib.errors.ServiceUnavailable'
+    assert 'psycopg2.OperationalError: Connection refused' in line['error.stack_trace']
+    assert "/readyz: the database 'reports' (DATABASES) did not answer" in line['error.stack_trace']
+    assert 'pw-secret-9' not in json.dumps(line)
+
+
 def test_a_line_logged_while_a_request_is_served_carries_its_id(logged_app, log_folder):
     with logged_app.test_request_context('/probe/echo', method='POST',
                                          environ_overrides={REQUEST_ID_KEY: 'served-7'}):

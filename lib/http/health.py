@@ -36,8 +36,9 @@ def finish_by(conn, deadline):
             raise TimeoutError('the database did not answer in time')
 
 
-def database_answers(pool, deadline):
-    """Tell whether pool's database answers SELECT 1, on a fresh connection of its own, before deadline."""
+def database_problem(pool, deadline):
+    """Return None when pool's database answers SELECT 1, on a fresh connection of its own, before deadline; else
+    the error that says why (psycopg2's, or a TimeoutError)."""
     # Asynchronous mode bounds every wait, connecting included, which connect_timeout and statement_timeout
     # cannot do for a server that accepts TCP and never answers; a pooled connection could hang on one.
     conn = None
@@ -47,28 +48,36 @@ def database_answers(pool, deadline):
         cursor = conn.cursor()
         cursor.execute('SELECT 1')
         finish_by(conn, deadline)
-        return cursor.fetchone() == (1,)
-    except (psycopg2.Error, OSError):  # TimeoutError is an OSError
-        return False
+        return None if cursor.fetchone() == (1,) else RuntimeError('SELECT 1 did not answer 1')
+    except (psycopg2.Error, OSError) as exc:  # TimeoutError is an OSError
+        return exc
     finally:
         if conn is not None:
             conn.close()
 
 
-def every_database_answers(pools):
-    """Tell whether every pool's database answers within READY_TIMEOUT_MS, all of them together."""
+def first_database_problem(pools):
+    """Return None when the database of every pool ({name: Pool}, DATABASES' names) answers within
+    READY_TIMEOUT_MS, all of them together; else the first problem found, noting the database's name."""
     deadline = time.monotonic() + READY_TIMEOUT_MS / 1000
     if not READY_PROBES.acquire(timeout=READY_TIMEOUT_MS / 1000):
-        return False
+        return TimeoutError('the readiness probes before this one did not end in time')
     try:
-        return all(database_answers(pool, deadline) for pool in pools)
+        for name, pool in pools.items():
+            problem = database_problem(pool, deadline)
+            if problem is not None:
+                problem.add_note(f'/readyz: the database {name!r} (DATABASES) did not answer')
+                return problem
+        return None
     finally:
         READY_PROBES.release()
 
 
 @ops.route('/readyz', methods=['GET'], provide_automatic_options=False)
 def readyz():
-    """Answer 200 when every configured database answers within a second, else 503; names nothing."""
-    if every_database_answers(current_app.extensions['dbapi'].pools.values()):
+    """Answer 200 when every configured database answers within a second, else 503; names nothing. The access line
+    of a 503 holds its cause (the error raised from it, in error.stack_trace), for the operator only."""
+    problem = first_database_problem(current_app.extensions['dbapi'].pools)
+    if problem is None:
         return json_response({'status': 'ready'})
-    raise ServiceUnavailable('A database is not answering.')
+    raise ServiceUnavailable('A database is not answering.') from problem
