@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import settings
 from lib.logs.metrics import POOL_EVENTS
-from tests.helpers import gunicorn_logging_to, http_request
+from tests.helpers import gunicorn_logging_to, http_request, wait_for
 
 POOL_COUNTERS = [f'dbapi_pool_{event}_total' for event in POOL_EVENTS]
 
@@ -49,3 +49,23 @@ def test_an_empty_multiprocess_directory_means_unset(tmp_path, database_url):
                                  'DATABASE_URL': database_url, 'PROMETHEUS_MULTIPROC_DIR': ''})
     assert result.stdout.split() == ['200'], result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def pool_gauge(text, name, database):
+    """Return the value of one pool gauge of database in a scrape."""
+    return next(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                if sample.name == name and sample.labels.get('database') == database)
+
+
+@pytest.mark.slow
+def test_every_workers_pool_gauges_count_from_its_start(tmp_path, database_url):
+    """The pool gauges are sums over the live workers: one that has served nothing yet (just started, or started
+    again after its predecessor stopped) counts too, before its first request."""
+    metrics_dir = tmp_path / 'metrics'
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='2', DB_POOL_MAX='3',
+                             PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)) as (port, _):
+        wait_for(lambda: len(list(metrics_dir.glob('gauge_livesum_*.db'))) == 2, 15,
+                 'a worker wrote no gauge before its first request')
+        text = http_request(port, 'GET', '/metrics').body.decode()
+    assert pool_gauge(text, 'dbapi_pool_max_connections', 'default') == 6
+    assert pool_gauge(text, 'dbapi_pool_connections', 'default') == 0

@@ -71,6 +71,8 @@ class RequestMetrics:
         self.children = {}
         self.published = {}
         start_pool_counters(pools)
+        # A worker's gauges count from its start: the sums over live workers would miss one that served nothing yet.
+        self.publish_pools()
         self.forget_pending()
         LIVE_OBSERVERS.add(self)
         if flush_seconds:
