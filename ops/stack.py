@@ -212,7 +212,7 @@ def wait_until_serving(child, port):
 
 def wait_until_ready(child, port):
     """Wait until child answers /readyz on port: it serves and reaches its databases."""
-    wait_until(child, lambda: serves(child, port, '/readyz'), f'be ready on port {port}')
+    wait_until(child, lambda: serves(child, port, '/readyz'), f'become ready on port {port}')
 
 
 def child_pids(pid):
