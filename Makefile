@@ -49,7 +49,7 @@ tools:
 # The production topology natively: PostgreSQL, optional pgbouncer (STACK_PGBOUNCER=1), REPLICAS
 # gunicorn replicas and nginx on PORT. Ctrl-C stops it.
 stack: $(STAMP) tools
-	$(PY) -m ops.stack
+	@$(PY) -m ops.stack
 
 # Offline checks of the compose files, k8s/ (as kustomize builds it; checkov too), the Dockerfiles (hadolint,
 # checkov), the rendered nginx template and the Prometheus alert rules (promtool).
@@ -57,7 +57,7 @@ lint: $(LINT_STAMP) $(CHECKOV_STAMP) tools
 	$(PY) -m ops.lint
 
 run: $(STAMP)
-	$(PY) manage.py serve
+	@$(PY) manage.py serve
 
 migrate: $(STAMP)
 	$(PY) manage.py migrate

@@ -313,7 +313,7 @@ def run_gunicorn(environment, routes):
     signal.signal(signal.SIGINT, stops.ctrl_c)
     if wait_until_serving(gunicorn) and not stops.asked:
         where = served_url() if settings.BIND_PORT is not None else f'unix:{unix_socket_path()}'
-        print(f'dbapi serves on {where} with {counted(settings.WEB_CONCURRENCY, "worker")}. Try:\n  {how_to_call(routes)}\nCtrl-C stops it.', flush=True)
+        print(f'dbapi serves on {where} with {counted(settings.WEB_CONCURRENCY, "worker")}. Try:\n  {how_to_call(routes)}\nCtrl-C stops it.', file=sys.stderr, flush=True)
     return stops.exit_code(gunicorn.wait())
 
 

@@ -444,13 +444,14 @@ class Stack:
 
 
 def announce(config):
-    """Print where the stack serves and how to call it."""
+    """Say on stderr where the stack serves and how to call it (stdout holds the log lines alone)."""
     ports = '-'.join(str(port) for port in sorted({config.replica_ports[0], config.replica_ports[-1]}))
     chain = f'nginx -> {counted(config.replicas, "replica")} on {"ports" if config.replicas > 1 else "port"} {ports}'
     if config.pgbouncer:
         chain += f' -> pgbouncer on port {config.pgbouncer_port}'
     print(f'dbapi stack serves on http://127.0.0.1:{config.port} ({chain} -> PostgreSQL). Try:\n'
-          f'  {how_to_call()}\nRolling restart of the replicas: kill -HUP {os.getpid()}. Ctrl-C stops it.', flush=True)
+          f'  {how_to_call()}\nRolling restart of the replicas: kill -HUP {os.getpid()}. Ctrl-C stops it.',
+          file=sys.stderr, flush=True)
 
 
 def interrupt(signum, frame):

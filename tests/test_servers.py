@@ -80,12 +80,12 @@ def serve_environment(data_dir, **settings_):
 
 
 @contextlib.contextmanager
-def started_serve(data_dir, output=subprocess.PIPE, command=SERVE_COMMAND, **settings_):
+def started_serve(data_dir, output=subprocess.PIPE, command=SERVE_COMMAND, errors=subprocess.STDOUT, **settings_):
     """Start `manage.py serve` (or command) in a session of its own, as a terminal starts a foreground job, its
-    stderr with its stdout into output; yield the process, killed with its whole session if it still runs after
-    the block."""
+    stderr (unless errors says where) with its stdout into output; yield the process, killed with its whole session
+    if it still runs after the block."""
     process = subprocess.Popen(command, cwd=settings.BASE_DIR, start_new_session=True,
-                               env=serve_environment(data_dir, **settings_), stdout=output, stderr=subprocess.STDOUT,
+                               env=serve_environment(data_dir, **settings_), stdout=output, stderr=errors,
                                text=True)
     try:
         yield process
@@ -121,6 +121,21 @@ def test_serve_starts_everything_and_ctrl_c_stops_it_all(serve_data_dir):
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in postgres)
     assert not port_open(port)
     assert (serve_data_dir / 'PG_VERSION').exists(), 'the data stays for the next `make run`'
+
+
+def test_serves_stdout_holds_json_lines_alone_and_its_words_to_the_terminal_go_to_stderr(serve_data_dir, tmp_path):
+    port = free_port()
+    with open(tmp_path / 'stderr', 'w') as errors:
+        with started_serve(serve_data_dir, PORT=str(port), WEB_CONCURRENCY='1', LOG_LEVEL='INFO',
+                           errors=errors) as process:
+            wait_until_healthy(f'http://127.0.0.1:{port}', process, seconds=90)
+            assert post(port, '/probe/echo', {'a': 1}).status == 200
+            wait_for(lambda: 'dbapi serves on' in (tmp_path / 'stderr').read_text(), 5, 'serve said nothing')
+            output = ctrl_c(process)
+    lines = output.splitlines()
+    assert lines and all(isinstance(json.loads(line), dict) for line in lines), [
+        line for line in lines if not line.startswith('{')]
+    assert any('"POST /probe/echo 200"' in line for line in lines)
 
 
 def test_ctrl_c_on_serve_lets_the_requests_in_flight_finish_and_be_logged(serve_data_dir):
