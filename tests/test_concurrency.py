@@ -636,12 +636,17 @@ def test_a_query_still_running_at_the_graceful_timeout_is_cancelled_and_answered
     query = f'SELECT pg_sleep({30 + random.randint(1, 999) / 1000})'
     with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', GRACEFUL_TIMEOUT='3',
                              LOG_LEVEL='INFO', WORKER_CLASS=worker_class) as (port, server):
+        connection = http.client.HTTPConnection('127.0.0.1', port, timeout=20)
         with ThreadPoolExecutor(1) as executor:
             slow = executor.submit(post, port, '/types/select', {'query': query},
-                                   headers={'X-Request-ID': 'stopped-mid-query'})
+                                   headers={'X-Request-ID': 'stopped-mid-query'}, connection=connection)
             wait_for(lambda: backend_running(database_url, query), 10, 'the query did not start')
             server.terminate()
             answer = slow.result(timeout=20)
+        kept = connection.sock  # None: the answer said Connection: close (a sync worker's always do)
+        if kept is not None:  # the worker is about to be killed: the connection ends with the answer
+            kept.settimeout(0.5)
+            assert kept.recv(1) == b'', 'the connection was kept open after the 503'
         server.wait(15)
     assert answer.status == 503 and answer.headers['Retry-After'] == '1', answer.body
     assert answer.json()['detail'] == 'The server stopped before the answer was ready. Try again.'

@@ -9,7 +9,8 @@ import time
 import traceback
 
 from lib.http.disconnect import SEND_WATCH_BYTES, WATCHER
-from lib.http.exchange import CLIENT_KEY, CLIENT_SOCKET_KEY, CUT_KEY, ERROR_KEY, GONE_KEY, ROUTE_KEY, deadline_of
+from lib.http.exchange import (CLIENT_KEY, CLIENT_SOCKET_KEY, CUT_KEY, ERROR_KEY, GONE_KEY, ROUTE_KEY, STOPPING_KEY,
+                               deadline_of)
 from lib.http.requestid import REQUEST_ID_KEY
 from lib.logs.formatter import ACCESS_LOGGER, dotted
 from lib.logs.handlers import LineWriting
@@ -97,7 +98,10 @@ class Exchange:
         return True
 
     def close(self):
-        """Stop watching the answer, close the wrapped body, then finish the exchange."""
+        """Stop watching the answer, close the wrapped body, then finish the exchange. The connection of an answer
+        the stopping worker gave (its query cancelled before the kill: a 503) is shut down once the answer is out:
+        the worker is about to be killed, and a next request on it would be cut with no answer. gunicorn's own
+        `Connection: keep-alive` header cannot be changed from the app."""
         try:
             if self.send_watch is not None:
                 WATCHER.forget(self.send_watch)
@@ -105,6 +109,8 @@ class Exchange:
             if close is not None:
                 close()
         finally:
+            if self.environ.get(STOPPING_KEY):
+                self.end_connection()
             self.on_close(self)
 
 
