@@ -99,7 +99,7 @@ def check_before_fork():
 def discovered_routes():
     """Return the routes of every module in MODULE_PACKAGES, without building an app."""
     return [route for package in settings.MODULE_PACKAGES for name, folder in module_folders(package)
-            for route in load_module(package, name, folder)]
+            for route in load_module(package, name, folder, databases=set(settings.DATABASES))]
 
 
 def shown_token():

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import psycopg2
 from flask import Response, current_app, has_request_context, request
+from marshmallow import Schema
 from psycopg2.extras import RealDictCursor
 
 from lib.db import DEFAULT, Db, LeasedStream, Lease
@@ -20,11 +21,16 @@ from lib.http.exchange import CLIENT_KEY, ROUTE_KEY, deadline_of
 
 
 SCHEMA_ATTRIBUTE = '__dbapi_schema__'
+# On the function inject_conn or inject_db makes: the name of the database it borrows from (lib/modules.py checks it).
+DATABASE_ATTRIBUTE = '__dbapi_database__'
 
 
 def use_schema(schema):
-    """Validate the action's JSON body with a marshmallow schema (class or instance) before it runs."""
-    instance = schema() if isinstance(schema, type) else schema
+    """Validate the action's JSON body with a marshmallow schema (class or instance) before it runs; anything else is
+    a TypeError where the module declares it, which stops the start with one line."""
+    instance = schema() if isinstance(schema, type) and issubclass(schema, Schema) else schema
+    if not isinstance(instance, Schema):
+        raise TypeError(f'use_schema takes a marshmallow Schema class or instance, not {schema!r}')
 
     def decorate(action):
         setattr(action, SCHEMA_ATTRIBUTE, instance)
@@ -164,8 +170,19 @@ def injector(database, autocommit, named, first_argument):
             # Only a whole-action transaction can be replayed safely.
             return with_retries(attempt, 0 if autocommit else config['DB_RETRIES'], deadline)
         with_connection.__signature__ = without_first_parameter(action)
+        setattr(with_connection, DATABASE_ATTRIBUTE, database)
         return with_connection
     return decorate
+
+
+def databases_of(action):
+    """Return the names of the databases the inject_conn and inject_db decorators of action borrow from."""
+    names = []
+    while action is not None:
+        if DATABASE_ATTRIBUTE in vars(action):
+            names.append(vars(action)[DATABASE_ATTRIBUTE])
+        action = getattr(action, '__wrapped__', None)
+    return names
 
 
 def raw_connection(conn):

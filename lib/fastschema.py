@@ -91,10 +91,15 @@ def declares_fields_only(schema_class):
                for klass in schema_class.__mro__ if klass not in SCHEMA_BASES for key, value in vars(klass).items())
 
 
+def has_no_hooks(schema):
+    """Tell whether schema's classes declare fields and Meta only and nothing was added to the instance: what it
+    loads is its fields' values alone, under their attributes (no pre_load or post_load can change the keys)."""
+    return declares_fields_only(type(schema)) and PLAIN_INSTANCE_KEYS.issuperset(vars(schema))
+
+
 def is_plain(schema):
     """Tell whether schema loads one object of plain fields, refusing unknown keys, with nothing added to it."""
-    return (declares_fields_only(type(schema)) and PLAIN_INSTANCE_KEYS.issuperset(vars(schema))
-            and not schema.many and not schema.partial and schema.unknown == RAISE)
+    return has_no_hooks(schema) and not schema.many and not schema.partial and schema.unknown == RAISE
 
 
 def fast_loader(schema, enabled=True):

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Blueprint
-from marshmallow import INCLUDE, fields
+from marshmallow import INCLUDE, fields, missing
 
 from lib.auth import authorize
-from lib.decorators import respond, schema_of
+from lib.decorators import databases_of, respond, schema_of
 from lib.errors import Unprocessable
 from lib.http.exchange import ROUTE_KEY, remember
-from lib.fastschema import fast_loader
+from lib.fastschema import fast_loader, has_no_hooks
 from lib.http.body import read_json_body
 
 MODULE_NAME = re.compile(r'[a-z][a-z0-9_]*')
@@ -90,13 +90,49 @@ def injected_names(action):
 
 def check_schema(schema, action, where):
     """Raise ModuleError for a schema that cannot work with its action: one loading a field into a parameter a
-    decorator injects (every call would be a 500), or one that lets a body key through over a validated field
-    (check_include_schemas)."""
+    decorator injects (every call would be a 500), one whose loaded keys the action cannot take
+    (check_parameters), or one that lets a body key through over a validated field (check_include_schemas)."""
     injected = injected_names(action)
     if not schema.many and (clash := sorted(injected & set(loaded_fields(schema)))):
         raise ModuleError(f'{where}: {type(schema).__name__} loads field {clash[0]!r}, the parameter a decorator '
                           'injects: rename the field (data_key keeps its key in the body)')
+    check_parameters(schema, action, where)
     check_include_schemas(schema, where)
+
+
+def check_parameters(schema, action, where):
+    """Raise ModuleError when the action cannot take what schema loads, which would make every such call a
+    TypeError (a 500): a positional-only parameter without a default; and, for a schema without hooks (whose loaded keys are
+    its fields' attributes alone, lib/fastschema.py's has_no_hooks), a field loaded into a parameter the action
+    does not take, or, unless unknown keys may bring it (INCLUDE), a parameter without a default whose field a
+    body may leave out (not required and no load_default, or partial)."""
+    if schema.many:  # the action takes the loaded list as its one positional argument
+        return
+    parameters = inspect.signature(action).parameters.values()
+    if any(p.kind == p.POSITIONAL_ONLY and p.default is p.empty for p in parameters):
+        raise ModuleError(f'{where}: the action takes the loaded body as keyword arguments: a positional-only '
+                          'parameter needs a default')
+    if not has_no_hooks(schema):
+        return
+    by_keyword = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    loaded = {(field.attribute or name).split('.')[0] for name, field in schema.fields.items() if not field.dump_only}
+    if not any(p.kind == p.VAR_KEYWORD for p in parameters) and (untaken := sorted(loaded - by_keyword)):
+        raise ModuleError(f'{where}: {type(schema).__name__} loads {untaken[0]!r}, which the action does not take: '
+                          'add the parameter, or rename the field (data_key keeps its key in the body)')
+    required = {p.name for p in parameters if p.default is p.empty and p.name in by_keyword}
+    if schema.unknown != INCLUDE and (unsure := sorted(required - always_loaded(schema))):
+        raise ModuleError(f'{where}: the action\'s parameter {unsure[0]!r} has no default, but a body may leave out '
+                          f'what {type(schema).__name__} loads into it: make its field required or give it a '
+                          'load_default, or give the parameter a default')
+
+
+def always_loaded(schema):
+    """Return the keys schema loads from every valid body: those of its fields that are required or have a
+    load_default, unless partial lets a body leave them out (marshmallow then skips the field, load_default too)."""
+    partial = schema.partial
+    return {(field.attribute or name).split('.')[0] for name, field in schema.fields.items()
+            if not field.dump_only and (field.required or field.load_default is not missing)
+            and not (partial is True or isinstance(partial, (tuple, list, set, frozenset)) and name in partial)}
 
 
 def loaded_fields(schema):
@@ -204,11 +240,16 @@ def signature_loader(action, where):
     return load_arguments
 
 
-def make_route(module, routes_file, entry, fast_paths=True):
-    """Build the Route of one route-table entry."""
+def make_route(module, routes_file, entry, fast_paths=True, databases=None):
+    """Build the Route of one route-table entry; databases (the configured names), when given, must hold every
+    database its action borrows from."""
     action = entry['action']
     schema = schema_of(action)
     where = f'{routes_file}: route {entry["route"]!r}'
+    if databases is not None and (unknown := [name for name in databases_of(action) if name not in databases]):
+        raise ModuleError(f'{where}: the action borrows from the database {unknown[0]!r}, which is not configured '
+                          f'(databases: {", ".join(sorted(databases))}): add it to DB_NAMES and set '
+                          f'{unknown[0].upper()}_DATABASE_URL')
     if schema is not None:
         check_schema(schema, action, where)
     load = (schema_loader(schema, action, fast_paths) if schema is not None
@@ -238,11 +279,11 @@ def build_blueprint(module, routes):
     return blueprint
 
 
-def load_module(package, name, folder, fast_paths=True):
-    """Import and check one module folder; return its list of Routes."""
+def load_module(package, name, folder, fast_paths=True, databases=None):
+    """Import and check one module folder (databases: the configured names, make_route); return its Routes."""
     routes_file, table = import_route_table(package, name, folder)
     check_route_table(routes_file, table)
-    return [make_route(name, routes_file, entry, fast_paths) for entry in table]
+    return [make_route(name, routes_file, entry, fast_paths, databases) for entry in table]
 
 
 def mount_modules(app, packages, clients):
@@ -252,7 +293,7 @@ def mount_modules(app, packages, clients):
         for name, folder in module_folders(package):
             if name in app.blueprints:
                 raise ModuleError(f'{folder}: a module named {name!r} is already mounted')
-            routes = load_module(package, name, folder, app.config['FAST_PATHS'])
+            routes = load_module(package, name, folder, app.config['FAST_PATHS'], set(app.config['DATABASES']))
             app.register_blueprint(build_blueprint(name, [(route, make_view(route, clients)) for route in routes]))
             mounted.extend(routes)
     return mounted

@@ -172,3 +172,94 @@ def test_decorator_needs_a_connection_parameter():
     from lib.decorators import inject_conn
     with pytest.raises(TypeError, match='first parameter'):
         inject_conn()(lambda *, name: name)
+
+
+SIGNATURE_ROUTES = '''
+    from marshmallow import EXCLUDE, INCLUDE, Schema, fields, post_load
+    from lib.decorators import use_schema
+
+    class Body(Schema):
+        {fields}
+
+    class Hooked(Body):
+        @post_load
+        def rename(self, data, **kwargs):
+            return {{'renamed': data.get('a')}}
+
+    @use_schema({schema})
+    def act({parameters}):
+        return {{}}
+    routes = [dict(route='act', action=act)]
+'''
+
+
+@pytest.mark.parametrize('fields, schema, parameters, message', [
+    ('a = fields.Integer(required=True)\n        b = fields.Integer(load_default=0)', 'Body', 'a',
+     "Body loads 'b', which the action does not take"),
+    ("user_id = fields.Integer(required=True, data_key='userId')", 'Body', 'userId',
+     "Body loads 'user_id', which the action does not take"),
+    ("a = fields.Integer(required=True, attribute='x.y')", 'Body(unknown=EXCLUDE)', 'a',
+     "Body loads 'x', which the action does not take"),
+    ('a = fields.Integer(required=True)', 'Body', 'a, /', 'a positional-only parameter needs a default'),
+    ('a = fields.Integer()', 'Body', 'a', "the action's parameter 'a' has no default, but a body may leave out"),
+    ('id = fields.Integer(required=True)\n        x = fields.Integer()', 'Body(partial=True)', 'id, x=None',
+     "the action's parameter 'id' has no default"),
+    ('id = fields.Integer(required=True)', "Body(partial=('id',))", 'id', "the action's parameter 'id'"),
+    ('a = fields.Integer(required=True)', 'Body', 'a, other', "the action's parameter 'other' has no default"),
+])
+def test_a_schema_whose_loaded_keys_the_action_cannot_take_stops_the_start(make_app, module_package, fields, schema,
+                                                                           parameters, message):
+    """Every call would be a TypeError: a 500 at request time instead of one line at the start."""
+    routes = SIGNATURE_ROUTES.format(fields=fields, schema=schema, parameters=parameters)
+    package = module_package({'mismatch/routes.py': routes})
+    with pytest.raises(ModuleError, match="mismatch/routes.py: route 'act': ") as raised:
+        make_app(MODULE_PACKAGES=[package])
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize('fields, schema, parameters', [
+    ('a = fields.Integer(required=True)\n        b = fields.Integer(load_default=0)', 'Body', 'a, b'),
+    ('a = fields.Integer()', 'Body', 'a=None'),
+    ('a = fields.Integer(required=True)', 'Body', '**body'),
+    ('a = fields.Integer(required=True)', 'Body', 'note=None, /, b=None, *args, a, c=1'),
+    ('id = fields.Integer(required=True)\n        x = fields.Integer()', 'Body(partial=True)', 'id=None, x=None'),
+    ('a = fields.Integer()', 'Body(unknown=INCLUDE)', 'a, **rest'),  # unknown keys may bring what it needs
+    ('a = fields.Integer()', 'Hooked', 'renamed'),  # a hook decides the keys: only the call shows them
+    ('a = fields.Integer(required=True)', 'Body(many=True)', 'rows'),
+])
+def test_a_schema_whose_loaded_keys_the_action_takes_mounts(make_app, module_package, fields, schema, parameters):
+    routes = SIGNATURE_ROUTES.format(fields=fields, schema=schema, parameters=parameters)
+    package = module_package({'matched/routes.py': routes})
+    assert '/matched/act' in {rule.rule for rule in make_app(MODULE_PACKAGES=[package]).url_map.iter_rules()}
+
+
+def test_use_schema_of_anything_but_a_schema_stops_the_start_in_one_line(make_app, module_package):
+    routes = '''
+        from lib.decorators import use_schema
+
+        @use_schema(dict)
+        def act(**body):
+            return body
+        routes = [dict(route='act', action=act)]
+    '''
+    package = module_package({'notaschema/routes.py': routes})
+    with pytest.raises(ModuleError, match='notaschema/routes.py: import failed .TypeError: use_schema takes a '
+                                          'marshmallow Schema class or instance, not '):
+        make_app(MODULE_PACKAGES=[package])
+
+
+@pytest.mark.parametrize('decorator', ["inject_conn('reports')", "inject_db('reports', autocommit=True)"])
+def test_an_action_on_a_database_that_is_not_configured_stops_the_start(make_app, module_package, decorator):
+    routes = f'''
+        from lib.decorators import inject_conn, inject_db
+
+        @{decorator}
+        def act(conn):
+            return {{}}
+        routes = [dict(route='act', action=act)]
+    '''
+    package = module_package({'elsewhere/routes.py': routes})
+    with pytest.raises(ModuleError, match="elsewhere/routes.py: route 'act': the action borrows from the database "
+                                          "'reports', which is not configured .databases: default.: add it to "
+                                          'DB_NAMES and set REPORTS_DATABASE_URL'):
+        make_app(MODULE_PACKAGES=[package])
