@@ -101,6 +101,7 @@ def test_repeated_and_odd_column_names_behave_like_a_dict_per_row(conn):
     query = 'SELECT 1 AS a, \'x\' AS "50% of ""b""", 2 AS a, now() AS "when", NULL::text AS a'
     fast, reference = both_ways(conn, query)
     assert fast == reference and list(json.loads(fast)[0]) == ['a', '50% of "b"', 'when']
+    assert json.loads(fast)[0]['a'] is None, 'the last column of the name gives the value'
 
 
 def test_no_rows_and_no_columns(conn):
