@@ -59,9 +59,17 @@ def import_route_table(package, name, folder):
     try:
         routes_module = importlib.import_module(f'{package}.{name}.routes')
     except Exception as exc:
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        raise ModuleError(f'{routes_file}: import failed ({type(exc).__name__}: {exc}, at {where.filename}:{where.lineno})') from exc
+        raise ModuleError(f'{routes_file}: import failed ({type(exc).__name__}: {exc}, at {failed_at(exc)})') from exc
     return routes_file, getattr(routes_module, 'routes', None)
+
+
+def failed_at(exc):
+    """Return file:line where an import failed: a SyntaxError's own place (its traceback ends in importlib's
+    machinery), else the traceback's last frame."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f'{exc.filename}:{exc.lineno}'
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    return f'{where.filename}:{where.lineno}'
 
 
 def check_route_table(routes_file, table):

@@ -52,6 +52,7 @@ def test_folder_without_init_is_mounted_too(make_app, module_package):
     ({'broken/routes.py': 'import no_such_library\nroutes = []'}, 'broken/routes.py: import failed (ModuleNotFoundError'),
     ({'broken/routes.py': 'routes = [dict(route="x", action=undefined_name)]'}, 'broken/routes.py: import failed (NameError'),
     ({'broken/routes.py': 'def (:'}, 'broken/routes.py: import failed (SyntaxError'),
+    ({'broken/routes.py': 'x = 1\ndef (:'}, 'broken/routes.py:2)'),  # its own place, not importlib's
     ({'broken/notes.txt': ''}, 'broken/routes.py: missing'),
     ({'broken/routes.py': 'table = []'}, 'broken/routes.py: must define routes'),
     ({'broken/routes.py': 'routes = [dict(route="x")]'}, 'broken/routes.py: routes[0] must be a dict'),
