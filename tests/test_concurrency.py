@@ -578,6 +578,25 @@ def test_a_stream_that_fails_half_way_is_logged_as_a_failure_with_the_bytes_sent
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_a_compressed_stream_that_breaks_before_its_first_byte_is_a_500_under_its_request_id(database_url, tmp_path,
+                                                                                           worker_class):
+    """brotli holds its first output back: the second batch fails before any byte went out, so the status can still
+    be told. One access line, the server's 500 problem under the request's own id, no server traceback."""
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1',
+                             WORKER_CLASS=worker_class) as (port, _):
+        answer = post(port, '/slow/stream', {'rows': 5000, 'fail_at': 3000},
+                      headers={'Accept-Encoding': 'br', 'X-Request-ID': 'br-early'})
+        assert post(port, '/slow/sleep', {'seconds': 0}).status == 200, 'the worker serves on'
+    assert answer.status == 500 and answer.headers['Content-Type'] == 'application/problem+json'
+    assert answer.headers['X-Request-ID'] == answer.json()['request_id'] == 'br-early'
+    line = gunicorn_access_line(tmp_path, 'br-early')
+    assert line['http']['response']['status_code'] == 500 and line['event']['outcome'] == 'failure'
+    assert line['error']['code'] == '22012'  # division_by_zero
+    assert server_tracebacks(tmp_path) == []
+
+
+@pytest.mark.slow
 def test_a_client_that_leaves_a_stream_has_it_logged_as_a_499_with_the_bytes_sent(database_url, tmp_path):
     with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1') as (port, _):
         with streaming(port, {'rows': 100_000, 'pause': 0.05}, 'stream-left') as response:

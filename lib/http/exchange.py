@@ -33,3 +33,13 @@ def deadline_of(environ, deadline_ms):
     if deadline is None:
         deadline = environ[DEADLINE_KEY] = time.monotonic() + deadline_ms / 1000
     return deadline
+
+
+class BrokeBeforeItsFirstByte(Exception):
+    """An answer the app started broke before the server had sent any of it (a compressor holds its first output
+    back): the server answers a 500 in its place, under the request's id (lib/http/workers.py). The access line
+    logs the error that broke it."""
+
+    def __init__(self, request_id):
+        super().__init__(f'the answer of request {request_id} broke before its first byte')
+        self.request_id = request_id

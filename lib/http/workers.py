@@ -5,6 +5,7 @@ the app sees it, with an HTML page and no X-Request-ID. Its public `Worker.handl
 decides the status and writes that page; each class here lets it decide, keeps what it writes, and sends the
 same status as an RFC 9457 problem document with a fresh request id instead.
 """
+import contextlib
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ from gunicorn.workers.ggevent import GeventWorker
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
+from lib.http.exchange import BrokeBeforeItsFirstByte
 from lib.http.headers import RESPONSE_HEADERS
 from lib.http.requestid import REQUEST_ID_KEY, new_request_id
 from lib.jsonenc import dumps_bytes
@@ -61,7 +63,12 @@ class ProblemErrors:
 
     def handle_error(self, req, client, addr, exc):
         """Let gunicorn decide the status and log the error, then answer it as problem details, with an access
-        line of its own."""
+        line of its own. An answer the app started that broke before its first byte is answered as a 500 under
+        its request's id, without a line or a traceback: its access line has told of it."""
+        if isinstance(exc, BrokeBeforeItsFirstByte):
+            with contextlib.suppress(OSError):
+                client.sendall(problem_answer(500, 'Internal Server Error', exc.request_id)[0])
+            return
         captured = CapturedAnswer(client)
         super().handle_error(req, captured, addr, exc)
         status_line = STATUS_LINE.match(captured.written)

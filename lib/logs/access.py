@@ -10,7 +10,7 @@ import traceback
 
 from lib.http.disconnect import SEND_WATCH_BYTES, WATCHER
 from lib.http.exchange import (CLIENT_KEY, CLIENT_SOCKET_KEY, CUT_KEY, ERROR_KEY, GONE_KEY, ROUTE_KEY, STOPPING_KEY,
-                               deadline_of)
+                               BrokeBeforeItsFirstByte, deadline_of)
 from lib.http.requestid import REQUEST_ID_KEY
 from lib.logs.formatter import ACCESS_LOGGER, dotted
 from lib.logs.handlers import LineWriting
@@ -80,8 +80,13 @@ class Exchange:
             self.stream_error = exc
             # Once the answer has started, the access line tells of the error: the server need not log it again,
             # as a traceback of its own ("Error handling request"); the client sees the answer end where it broke.
-            if not (started and self.end_connection()):
+            if started and self.end_connection():
+                return
+            if self.environ.get(CLIENT_SOCKET_KEY) is None:
                 raise
+            # Nothing sent yet: the server answers a 500 in its place, and this line says so.
+            self.status = 500
+            raise BrokeBeforeItsFirstByte(self.environ.get(REQUEST_ID_KEY)) from exc
         except BaseException:  # closed before its end (GeneratorExit), or the worker stopping (GreenletExit)
             self.cut_short = True
             raise
