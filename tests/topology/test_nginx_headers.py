@@ -110,17 +110,22 @@ def test_the_requests_own_bearer_token_never_reaches_nginxs_access_line(echo_por
         in_path = http_request(proxy.port, 'GET', f'/{TOKEN}/echo', headers={'Authorization': f'bearer  {TOKEN}'})
         plain = http_request(proxy.port, 'GET', '/probe/echo?a=1', headers={**headers, 'X-Request-ID': 'plain-1',
                                                                               'User-Agent': 'agent/1'})
-        request_ids = [response.headers['X-Request-ID'] for response in (answer, in_path, plain)]
+        # The log keeps 512 bytes of a target: this token straddles the cut.
+        straddling = http_request(proxy.port, 'GET', '/' + 'a' * 505 + TOKEN, headers={
+            'Authorization': f'Bearer {TOKEN}', 'User-Agent': 'b' * 505 + TOKEN})
+        request_ids = [response.headers['X-Request-ID'] for response in (answer, in_path, plain, straddling)]
         lines = wait_for(lambda: [line for line in proxy.access_log() if line['http.request.id'] in request_ids], 5,
                          'nginx did not log the requests')
     assert TOKEN not in answer.json()['x-request-id'] and TOKEN not in ' '.join(request_ids)
     assert not [line for line in lines if TOKEN in json.dumps(line)], lines
-    first, second, third = sorted(lines, key=lambda line: request_ids.index(line['http.request.id']))
+    first, second, third, fourth = sorted(lines, key=lambda line: request_ids.index(line['http.request.id']))
     assert (first['url.path'], first['url.query'], first['user_agent.original']) == (
         '/probe/echo', '[REDACTED]', '[REDACTED]')
     assert (second['url.path'], second['message']) == ('[REDACTED]', 'GET [REDACTED] 200')
     assert (third['url.original'], third['user_agent.original'], third['http.request.id']) == (
         '/probe/echo?a=1', 'agent/1', 'plain-1')
+    assert (fourth['url.original'], fourth['user_agent.original']) == ('[REDACTED]', '[REDACTED]')
+    assert not [line for line in lines if TOKEN[:-1] in json.dumps(line)], 'no part of a cut token'
 
 
 def test_an_answer_cut_short_is_logged_as_a_failure(echo_port):

@@ -113,6 +113,18 @@ def test_a_sane_request_id_is_kept_and_any_other_replaced(stack, incoming, kept)
     assert reply.json()['request_id'] == request_id
 
 
+@pytest.mark.parametrize('incoming', [ADMIN_TOKEN, f'trace.{ADMIN_TOKEN}'])
+def test_an_id_holding_a_token_only_the_app_knows_is_replaced_in_the_answer_and_both_lines(stack, incoming):
+    """nginx knows the request's own token only (none here): the app makes a new id, and nginx answers and logs that
+    one, so the two lines of the request can be found together and none holds the token."""
+    reply = stack.post('/probe/missing', headers={'X-Request-ID': incoming}, token='')
+    request_id = reply.headers['X-Request-ID']
+    assert ADMIN_TOKEN not in request_id and reply.json()['request_id'] == request_id
+    assert log_line_of(stack, request_id)['http.response.status_code'] == 401
+    assert app_access_line_of(stack, request_id)['http']['response']['status_code'] == 401
+    assert ADMIN_TOKEN not in stack.log_text()
+
+
 def test_an_app_error_carries_the_request_id_nginx_made(stack):
     body = assert_problem(stack.post('/probe/missing'), 404)
     assert NGINX_REQUEST_ID.fullmatch(body['request_id'])
