@@ -175,6 +175,28 @@ def test_a_readyz_503_logs_why_the_database_did_not_answer_and_its_answer_names_
     assert 'pw-secret-9' not in json.dumps(line)
 
 
+def test_a_readyz_probe_that_waited_for_another_says_so_when_it_blames_a_database(make_app, log_folder,
+                                                                                   database_url):
+    """One probe runs at a time: a probe that waited for one stuck on a database that never answers has little of
+    its second left for a healthy one, and its line must not put the time out on that database alone."""
+    with socket.create_server(('127.0.0.1', 0)) as hole:  # takes connections, never answers
+        silent = f'host=127.0.0.1 port={hole.getsockname()[1]} dbname=x user=x'
+        app = make_app(LOG_PATH=str(log_folder), DATABASES={'default': database_url, 'silent': silent})
+        with ThreadPoolExecutor(3) as probes:
+            statuses = list(probes.map(lambda number: get_closed(app, '/readyz', f'probe-{number}'), range(3)))
+    assert statuses == [503] * 3
+    for number in range(3):
+        trace = line_of_request(logged_lines(log_folder), f'probe-{number}')['error.stack_trace']
+        assert "the database 'silent'" in trace or 'waiting' in trace or 'did not end in time' in trace, trace
+
+
+def get_closed(app, path, request_id):
+    """GET path from app with request_id, close the answer (its access line is then written); return its status."""
+    response = app.test_client().get(path, headers={'X-Request-ID': request_id})
+    response.close()
+    return response.status_code
+
+
 def test_a_line_logged_while_a_request_is_served_carries_its_id(logged_app, log_folder):
     with logged_app.test_request_context('/probe/echo', method='POST',
                                          environ_overrides={REQUEST_ID_KEY: 'served-7'}):

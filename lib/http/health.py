@@ -59,14 +59,18 @@ def database_problem(pool, deadline):
 def first_database_problem(pools):
     """Return None when the database of every pool ({name: Pool}, DATABASES' names) answers within
     READY_TIMEOUT_MS, all of them together; else the first problem found, noting the database's name."""
-    deadline = time.monotonic() + READY_TIMEOUT_MS / 1000
+    started = time.monotonic()
+    deadline = started + READY_TIMEOUT_MS / 1000
     if not READY_PROBES.acquire(timeout=READY_TIMEOUT_MS / 1000):
         return TimeoutError('the readiness probes before this one did not end in time')
+    waited_ms = round((time.monotonic() - started) * 1000)
     try:
         for name, pool in pools.items():
             problem = database_problem(pool, deadline)
             if problem is not None:
-                problem.add_note(f'/readyz: the database {name!r} (DATABASES) did not answer')
+                # A probe that waited for another had less of its second left: the time out may be the wait's.
+                waited = f', in what was left after waiting {waited_ms} ms for another probe' if waited_ms >= 10 else ''
+                problem.add_note(f'/readyz: the database {name!r} (DATABASES) did not answer{waited}')
                 return problem
         return None
     finally:
