@@ -14,12 +14,14 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: run test migrate venv clean stack lint tools
 
+# The set-up says what it does on stderr: the stdout of `make run` and `make stack` holds JSON log lines alone.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "dbapi needs Python 3.11 or newer"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
-	rm -f $(VENV)/.installed-*
-	touch $@
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "dbapi needs Python 3.11 or newer" >&2; exit 1; }
+	@echo "make: installing the pinned dependencies into $(VENV)" >&2
+	@$(PYTHON) -m venv $(VENV) >&2
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt >&2
+	@rm -f $(VENV)/.installed-*
+	@touch $@
 
 venv: $(STAMP)
 
@@ -41,9 +43,9 @@ tools:
 	  command -v $${pair%%=*} >/dev/null 2>&1 || [ -x /usr/sbin/$${pair%%=*} ] || missing="$$missing $${pair#*=}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
-	  echo "make tools: installing$$missing"; \
-	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  echo "make tools: installing$$missing" >&2; \
+	  $(SUDO) apt-get update -qq >&2 && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >&2; \
 	fi
 
 # The production topology natively: PostgreSQL, optional pgbouncer (STACK_PGBOUNCER=1), REPLICAS
