@@ -313,6 +313,15 @@ def test_two_authorization_headers_are_a_400_problem(stack):
     assert_problem(reply, 400)
 
 
+@pytest.mark.parametrize('host, status', [('a' * 64 + '.example', 200), ('a..b', 400), ('a/b', 400)])
+def test_a_host_nginx_passes_on_routes_as_any_other_and_one_it_refuses_is_its_400_problem(stack, host, status):
+    reply = stack.post('/probe/echo', {'a': 1}, headers={'Host': host})
+    if status == 200:
+        assert reply.status == 200 and reply.json() == {'a': 1}
+    else:
+        assert 'a valid host name' in assert_problem(reply, 400)['detail']
+
+
 def test_a_nul_byte_in_the_path_is_a_400_problem(stack):
     assert_problem(call_raw(stack, b'/probe/echo%00'), 400)
 
