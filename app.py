@@ -125,7 +125,7 @@ def load_config(app, overrides):
 def drop_refused_codings():
     """Take the codings the client refuses (q=0) out of Accept-Encoding before flask-compress reads it."""
     header = request.environ.get('HTTP_ACCEPT_ENCODING')
-    if header and ('=' in header or '*' in header):  # a q-value or a wildcard; a bare list is taken as it is
+    if header and (';' in header or '*' in header):  # a parameter (q) or a wildcard; a bare list is taken as it is
         request.environ['HTTP_ACCEPT_ENCODING'] = acceptable_codings(header, COMPRESS_ALGORITHMS)
 
 

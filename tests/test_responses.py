@@ -100,7 +100,8 @@ def test_a_body_of_500_bytes_or_more_is_compressed_and_a_smaller_one_is_not(call
     ('gzip;q=0, br;q=0.5', 'br'), ('br;q=0.001', 'br'), ('identity', None), ('br;q=0, *', 'gzip'),
     ('br;q=0, gzip;q=0, *', None), ('gzip;Q=0', None), ('BR;Q=0, GZIP', 'gzip'), ('*', 'br'), ('*;q=0', None),
     ('gzip;q=0.5, *;q=0.9', 'br'), ('br;q=abc', 'br'), ('gzip;q=nan, br;q=0.5', 'gzip'),
-    ('gzip;q=inf, br;q=0.5', 'gzip'), ('gzip;q=-1, br;q=0.5', 'gzip'), ('gzip;q= 0.5, br;q=0.6', 'br')])
+    ('gzip;q=inf, br;q=0.5', 'gzip'), ('gzip;q=-1, br;q=0.5', 'gzip'), ('gzip;q= 0.5, br;q=0.6', 'br'),
+    ('gzip;q', 'gzip'), ('br;level', 'br')])
 def test_a_coding_the_client_refuses_with_q_0_is_never_used(call, accept_encoding, chosen):
     """RFC 9110 section 12.4.2: a qvalue of 0 means "not acceptable"."""
     for path in ('/probe/sized', '/probe/things/export'):  # a buffered answer and a stream
