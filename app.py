@@ -11,7 +11,7 @@ from werkzeug.exceptions import NotFound
 
 import settings
 from lib.auth import identify_quietly, load_clients
-from lib.db import make_pools
+from lib.db import make_pools, session_hook
 from lib.db.embedded import start_embedded
 from lib.errors import ERROR_TRANSLATORS, handle_error
 from lib.http.admission import install_admission
@@ -177,7 +177,7 @@ def create_app(overrides=None):
     configure_logging(app.config, secrets=clients.secrets)
     resolve_databases(app.config)
     app.json = OrjsonProvider(app)
-    pools = make_pools(app.config, app.config.get('DB_CONFIGURE'), app.config.get('DB_RESET'))
+    pools = make_pools(app.config, session_hook(app.config, 'DB_CONFIGURE'), session_hook(app.config, 'DB_RESET'))
     gateway = Gateway(pools, clients, RequestMetrics(pools, fast_paths=app.config['FAST_PATHS']),
                       redact=Redactor(configured_secrets(app.config['DATABASES'], clients.secrets)))
     app.extensions['dbapi'] = gateway

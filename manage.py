@@ -86,10 +86,15 @@ def check_reachable(databases):
 
 
 def check_before_fork():
-    """Check the bearer tokens and every module's route table once, without an app or a database: gunicorn's master
-    runs it before it forks, so a bad one stops the start with one line instead of once per worker."""
+    """Check the bearer tokens, the session hooks (DB_CONFIGURE, DB_RESET) and every module's route table once,
+    without an app or a database: gunicorn's master runs it before it forks, so a bad one stops the start with one
+    line instead of once per worker."""
     from lib.auth import load_clients
-    load_clients({name: value for name, value in vars(settings).items() if name.isupper()})
+    from lib.db import session_hook
+    config = {name: value for name, value in vars(settings).items() if name.isupper()}
+    load_clients(config)
+    for hook in ('DB_CONFIGURE', 'DB_RESET'):
+        session_hook(config, hook)
     try:
         return discovered_routes()
     except ModuleError as exc:

@@ -13,7 +13,7 @@ from lib.db.session import (DISCARD_ALL, RESET_SESSION, PooledConnection, applic
                             reset_with, session_settings, startup_options)
 from lib.db.types import with_types
 from lib.decorators import inject_conn
-from lib.errors import ERROR_TRANSLATORS, Conflict, translates
+from lib.errors import ERROR_TRANSLATORS, Conflict, ImproperlyConfigured, translates
 from lib.jsonenc import JSON_TYPES, dumps_bytes, register_json_type
 from tests.helpers import Caller
 
@@ -297,3 +297,24 @@ def test_trusted_hosts_are_still_checked_on_the_fast_route(make_app):
     client = make_app(TRUSTED_HOSTS=['dbapi.example']).test_client()
     assert client.get('/healthz', base_url='http://elsewhere.example').status_code == 400
     assert client.get('/healthz', base_url='http://dbapi.example').status_code == 200
+
+
+HOOKED = "SELECT current_setting('dbapi_test.hooked', true) AS v"
+
+
+def test_session_hooks_named_in_the_settings_configure_and_reset_every_connection(make_app):
+    call = Caller(make_app(DB_POOL_MAX=1, DB_CONFIGURE='tests.session_hooks:configure',
+                           DB_RESET='tests.session_hooks:reset').test_client())
+    assert [call('/types/select', {'query': HOOKED}).get_json() for _ in range(3)] == [[{'v': 'yes'}]] * 3
+
+
+@pytest.mark.parametrize('value, message', [
+    ('tests.session_hooks', 'DB_CONFIGURE must name a function as package.module:function'),
+    ('tests.session_hooks:missing', "DB_CONFIGURE: tests.session_hooks:missing cannot be imported (AttributeError"),
+    ('no_such_package.hooks:configure', "cannot be imported (ModuleNotFoundError"),
+    ('tests.session_hooks:NOT_A_FUNCTION', 'DB_CONFIGURE: tests.session_hooks:NOT_A_FUNCTION is not a function'),
+])
+def test_a_session_hook_that_names_no_function_stops_the_start(make_app, value, message):
+    with pytest.raises(ImproperlyConfigured) as raised:
+        make_app(DB_CONFIGURE=value)
+    assert message in str(raised.value) and '\n' not in str(raised.value)

@@ -115,6 +115,11 @@ def test_a_bad_setting_stops_the_start_in_one_line():
     assert_one_line_failure(run_manage('migrate', PORT='eighty'), 'PORT')
 
 
+def test_a_session_hook_naming_no_function_stops_serve_in_one_line(database_url):
+    result = run_manage('serve', DATABASE_URL=database_url, DB_RESET='tests.session_hooks:nothing', PORT='1')
+    assert_one_line_failure(result, 'DB_RESET: tests.session_hooks:nothing cannot be imported')
+
+
 @pytest.fixture()
 def broken_module(tmp_path):
     """A package 'brokenmods' whose module 'broken' fails to import."""

@@ -2,16 +2,38 @@
 
 What modules import from here (docs/modules.md): DEFAULT, Db, connection, transactional.
 """
+import importlib
+
 from lib.db.helpers import Db
 from lib.db.pool import Pool, PoolTimeout
 from lib.db.session import PooledConnection, configure_with, reset_with, session_settings, startup_options
 from lib.db.types import with_types
 from lib.db.unit import Lease, LeasedStream, connection, transactional
+from lib.errors import ImproperlyConfigured
 
 DEFAULT = 'default'
 
 __all__ = ['DEFAULT', 'Db', 'Lease', 'LeasedStream', 'Pool', 'PoolTimeout', 'connection', 'make_pools',
            'transactional']
+
+
+def session_hook(config, name):
+    """Return config's DB_CONFIGURE or DB_RESET (name): None, the callable itself, or the function its
+    'package.module:function' path names, imported now; raise ImproperlyConfigured, in one line, for a path that
+    names none."""
+    value = config.get(name)
+    if value is None or callable(value):
+        return value
+    module_name, _, attribute = str(value).partition(':')
+    if not module_name or not attribute:
+        raise ImproperlyConfigured(f'{name} must name a function as package.module:function, not {value!r}')
+    try:
+        function = getattr(importlib.import_module(module_name), attribute)
+    except Exception as exc:
+        raise ImproperlyConfigured(f'{name}: {value} cannot be imported ({type(exc).__name__}: {exc})') from None
+    if not callable(function):
+        raise ImproperlyConfigured(f'{name}: {value} is not a function')
+    return function
 
 
 def make_pools(config, configure=None, reset=None):
