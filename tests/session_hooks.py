@@ -1,5 +1,5 @@
-"""Session hooks named by DB_CONFIGURE and DB_RESET in the tests: a setting every session has, set again after each
-reset, as docs/architecture.md shows."""
+"""The session hooks of docs/architecture.md, as the tests name them in DB_CONFIGURE and DB_RESET: a search_path
+every session has, set again after each reset."""
 import settings
 from lib.db.session import reset_with, session_settings
 
@@ -8,13 +8,13 @@ NOT_A_FUNCTION = 'configure'
 
 
 def configure(conn):
-    """Give a new connection's session the test's own setting."""
+    """Give a new connection's session its search_path."""
     conn.autocommit = True
     with conn.cursor() as cursor:
-        cursor.execute("SET dbapi_test.hooked = 'yes'")
+        cursor.execute("SET search_path = app, public")
 
 
 def reset(conn):
-    """Undo what a request left, then set the test's setting again."""
+    """Undo what a request left, then set the search_path again."""
     default_reset(conn)
     configure(conn)

@@ -15,6 +15,7 @@ from lib.db.types import with_types
 from lib.decorators import inject_conn
 from lib.errors import ERROR_TRANSLATORS, Conflict, ImproperlyConfigured, translates
 from lib.jsonenc import JSON_TYPES, dumps_bytes, register_json_type
+from tests import session_hooks
 from tests.helpers import Caller
 
 
@@ -166,18 +167,11 @@ def test_custom_configure_and_reset_callbacks_run_at_their_seams(make_app):
     assert seen == ['configure', 'reset', 'reset']
 
 
-def test_a_setting_made_in_configure_lasts_with_the_reset_docs_architecture_pairs_it_with(make_app):
-    default_reset = reset_with(session_settings(make_app(DB_POOL_MAX=1).config))
-
-    def configure(conn):
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute("SET search_path = app, public")
-
-    def reset(conn):
-        default_reset(conn)
-        configure(conn)
-
+@pytest.mark.parametrize('configure, reset', [
+    (session_hooks.configure, session_hooks.reset),  # create_app's own arguments
+    ('tests.session_hooks:configure', 'tests.session_hooks:reset'),  # as the settings name them
+])
+def test_a_setting_made_in_configure_lasts_with_the_reset_docs_architecture_pairs_it_with(make_app, configure, reset):
     pool = make_app(DB_POOL_MAX=1, DB_CONFIGURE=configure, DB_RESET=reset).extensions['dbapi'].pools[DEFAULT]
     seen = []
     for _ in range(3):
@@ -297,15 +291,6 @@ def test_trusted_hosts_are_still_checked_on_the_fast_route(make_app):
     client = make_app(TRUSTED_HOSTS=['dbapi.example']).test_client()
     assert client.get('/healthz', base_url='http://elsewhere.example').status_code == 400
     assert client.get('/healthz', base_url='http://dbapi.example').status_code == 200
-
-
-HOOKED = "SELECT current_setting('dbapi_test.hooked', true) AS v"
-
-
-def test_session_hooks_named_in_the_settings_configure_and_reset_every_connection(make_app):
-    call = Caller(make_app(DB_POOL_MAX=1, DB_CONFIGURE='tests.session_hooks:configure',
-                           DB_RESET='tests.session_hooks:reset').test_client())
-    assert [call('/types/select', {'query': HOOKED}).get_json() for _ in range(3)] == [[{'v': 'yes'}]] * 3
 
 
 @pytest.mark.parametrize('value, message', [
