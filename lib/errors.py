@@ -154,7 +154,8 @@ class GatewayTimeout(ApiError):
     detail = 'The database statement timed out.'
 
 
-# SQLSTATE (exact code or two-character class) -> (error class, detail or None for the server's own message).
+# SQLSTATE (exact code or two-character class) -> (error class, detail or None for the server's own message), or
+# None for a code of a mapped class that is a server fault all the same.
 # Source of the codes: PostgreSQL's "Appendix A. PostgreSQL Error Codes".
 # A connection that broke (or a server that shut down) while the request used it: what it had sent may have run.
 CONNECTION_LOST = ('The database cannot be reached, or the connection to it broke. A request that writes may have '
@@ -166,6 +167,7 @@ SQLSTATE_ERRORS = {
     '23514': (Unprocessable, None),
     '23': (Conflict, None),  # 23P01 exclusion, 23001 restrict: the row conflicts with others
     '22': (Unprocessable, None),
+    '2200H': None,  # a sequence at its limit: the server's own state, not the request's data (a generic 500)
     'P0001': (BadRequest, None),
     'P0002': (NotFound, None),  # PL/pgSQL's SELECT INTO STRICT found no row, or RAISE no_data_found
     '54': (Unprocessable, None),  # a value past a limit of the server's: "index row requires 9616 bytes", "stack
@@ -301,7 +303,7 @@ def from_database_error(exc):
         # No SQLSTATE: the connection broke or could not be made.
         lost = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
         return ServiceUnavailable(CONNECTION_LOST) if lost else None
-    mapped = SQLSTATE_ERRORS.get(code) or SQLSTATE_ERRORS.get(code[:2])
+    mapped = SQLSTATE_ERRORS[code] if code in SQLSTATE_ERRORS else SQLSTATE_ERRORS.get(code[:2])
     if mapped is None:
         return None
     error_class, detail = mapped

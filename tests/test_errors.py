@@ -188,7 +188,9 @@ def test_a_process_at_its_limit_sheds_before_authorization(make_app):
 
 
 @pytest.mark.parametrize('path, body', [('/probe/crash', {}), ('/probe/sqlstate', {'case': 'syntax'}),
-                                        ('/probe/sqlstate', {'case': 'undefined_table'})])
+                                        ('/probe/sqlstate', {'case': 'undefined_table'}),
+                                        # class 22, but the server's own state: no body could do better
+                                        ('/probe/sqlstate', {'case': 'sequence_exhausted'})])
 def test_anything_else_is_a_generic_500(call, path, body):
     response = call(path, body)
     problem = assert_problem(response, 500)

@@ -41,6 +41,7 @@ SQLSTATE_CASES = {
     'disk_full': "DO $$ BEGIN RAISE EXCEPTION 'full' USING ERRCODE = '53100'; END $$",
     'out_of_memory': "DO $$ BEGIN RAISE EXCEPTION 'no memory' USING ERRCODE = '53200'; END $$",
     'syntax': 'SELEC 1',
+    'sequence_exhausted': "CREATE TEMP SEQUENCE spent MAXVALUE 2; SELECT nextval('spent'), nextval('spent'), nextval('spent')",
     'undefined_table': 'SELECT * FROM probe.no_such_table',
     # What a server that is going away or full says; raised here, as a real one would need the server stopped.
     'connection_failure': "DO $$ BEGIN RAISE EXCEPTION 'lost' USING ERRCODE = '08006'; END $$",
