@@ -57,4 +57,4 @@ def command(main_config, test=False):
     """Return the argv that runs (or with test, checks) nginx on main_config in the foreground."""
     argv = [program('nginx'), '-p', str(main_config.parent), '-c', str(main_config), '-e', 'stderr',
             '-g', 'daemon off;']
-    return argv + ['-t', '-q'] if test else argv
+    return argv + ['-t'] if test else argv
