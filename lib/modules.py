@@ -101,7 +101,8 @@ def check_schema(schema, action, where):
     decorator injects (every call would be a 500), one whose loaded keys the action cannot take
     (check_parameters), or one that lets a body key through over a validated field (check_include_schemas)."""
     injected = injected_names(action)
-    if not schema.many and (clash := sorted(injected & set(loaded_fields(schema)))):
+    loaded_names = {attribute.split('.')[0] for attribute in loaded_fields(schema)}  # a dotted one loads a dict
+    if not schema.many and (clash := sorted(injected & loaded_names)):
         raise ModuleError(f'{where}: {type(schema).__name__} loads field {clash[0]!r}, the parameter a decorator '
                           'injects: rename the field (data_key keeps its key in the body)')
     check_parameters(schema, action, where)
@@ -110,13 +111,20 @@ def check_schema(schema, action, where):
 
 def check_parameters(schema, action, where):
     """Raise ModuleError when the action cannot take what schema loads, which would make every such call a
-    TypeError (a 500): a positional-only parameter without a default; and, for a schema without hooks (whose loaded keys are
+    TypeError (a 500): for many=True, an action that cannot take the list as its one argument; a positional-only
+    parameter without a default; and, for a schema without hooks (whose loaded keys are
     its fields' attributes alone, lib/fastschema.py's has_no_hooks), a field loaded into a parameter the action
     does not take, or, unless unknown keys may bring it (INCLUDE), a parameter without a default whose field a
     body may leave out (not required and no load_default, or partial)."""
+    signature = inspect.signature(action)
     if schema.many:  # the action takes the loaded list as its one positional argument
+        try:
+            signature.bind([])
+        except TypeError:
+            raise ModuleError(f'{where}: {type(schema).__name__}(many=True) passes the loaded list as one positional '
+                              'argument, which the action must take (and need no other)') from None
         return
-    parameters = inspect.signature(action).parameters.values()
+    parameters = signature.parameters.values()
     if any(p.kind == p.POSITIONAL_ONLY and p.default is p.empty for p in parameters):
         raise ModuleError(f'{where}: the action takes the loaded body as keyword arguments: a positional-only '
                           'parameter needs a default')
@@ -192,6 +200,17 @@ def nested_schemas(field):
             yield from nested_schemas(held)
 
 
+def required_arguments(schema, action):
+    """Return the keyword parameters without a default of an action whose schema lets unknown keys through
+    (unknown = INCLUDE): a body may leave out any the schema does not always load, which the start cannot check
+    (check_parameters). None for any other schema."""
+    if schema.unknown != INCLUDE or schema.many:
+        return None
+    parameters = inspect.signature(action).parameters.values()
+    return frozenset(p.name for p in parameters
+                     if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
 def argument_refusal(schema, action):
     """Return a test of the keys a schema with unknown = INCLUDE loads for the action (the call's keyword arguments),
     true for an undeclared one to refuse as unknown (422): a parameter a decorator injects (injected_names), and,
@@ -209,9 +228,11 @@ def argument_refusal(schema, action):
 
 def schema_loader(schema, action, fast_paths=True):
     """Return a function that validates a body with schema into call arguments; a schema that lets unknown keys
-    through (unknown = INCLUDE) passes the action only those it may take (argument_refusal)."""
+    through (unknown = INCLUDE) passes the action only those it may take (argument_refusal), and a body that leaves
+    out one it needs (required_arguments) is a 422 too."""
     load_valid_body = fast_loader(schema, enabled=fast_paths) or (lambda body: None)
     refused = argument_refusal(schema, action)
+    required = required_arguments(schema, action)
 
     def load_arguments(body):
         if schema.many != isinstance(body, list) or not isinstance(body, (list, dict)):
@@ -223,6 +244,8 @@ def schema_loader(schema, action, fast_paths=True):
         if refused is not None and isinstance(loaded, dict):
             if found := sorted(key for key in loaded if refused(key)):
                 raise Unprocessable(errors={key: ['Unknown field.'] for key in found})
+            if absent := sorted(required - loaded.keys()):
+                raise Unprocessable(errors={key: ['Missing data for required field.'] for key in absent})
         return ((loaded,), {}) if schema.many else ((), loaded)
     return load_arguments
 

@@ -207,6 +207,9 @@ SIGNATURE_ROUTES = '''
      "the action's parameter 'id' has no default"),
     ('id = fields.Integer(required=True)', "Body(partial=('id',))", 'id', "the action's parameter 'id'"),
     ('a = fields.Integer(required=True)', 'Body', 'a, other', "the action's parameter 'other' has no default"),
+    ('a = fields.Integer(required=True)', 'Body(many=True)', '', 'passes the loaded list as one positional argument'),
+    ('a = fields.Integer(required=True)', 'Body(many=True)', '*, rows', 'passes the loaded list'),
+    ('a = fields.Integer(required=True)', 'Body(many=True)', 'rows, extra', 'passes the loaded list'),
 ])
 def test_a_schema_whose_loaded_keys_the_action_cannot_take_stops_the_start(make_app, module_package, fields, schema,
                                                                            parameters, message):
@@ -227,6 +230,7 @@ def test_a_schema_whose_loaded_keys_the_action_cannot_take_stops_the_start(make_
     ('a = fields.Integer()', 'Body(unknown=INCLUDE)', 'a, **rest'),  # unknown keys may bring what it needs
     ('a = fields.Integer()', 'Hooked', 'renamed'),  # a hook decides the keys: only the call shows them
     ('a = fields.Integer(required=True)', 'Body(many=True)', 'rows'),
+    ('a = fields.Integer(required=True)', 'Body(many=True)', 'rows, /, extra=None'),
 ])
 def test_a_schema_whose_loaded_keys_the_action_takes_mounts(make_app, module_package, fields, schema, parameters):
     routes = SIGNATURE_ROUTES.format(fields=fields, schema=schema, parameters=parameters)
@@ -264,3 +268,36 @@ def test_an_action_on_a_database_that_is_not_configured_stops_the_start(make_app
                                           "'reports', which is not configured .databases: default.: add it to "
                                           'DB_NAMES and set REPORTS_DATABASE_URL'):
         make_app(MODULE_PACKAGES=[package])
+
+
+def test_a_dotted_attribute_into_the_injected_parameter_stops_the_start(make_app, module_package):
+    routes = """
+        from marshmallow import Schema, fields
+        from lib.decorators import inject_conn, use_schema
+
+        class Body(Schema):
+            y = fields.Integer(required=True, attribute='conn.y')
+
+        @use_schema(Body)
+        @inject_conn()
+        def act(conn, **body):
+            return {}
+        routes = [dict(route='act', action=act)]
+    """
+    package = module_package({'dotted/routes.py': routes})
+    with pytest.raises(ModuleError, match="dotted/routes.py: route 'act': Body loads field 'conn', the parameter a "
+                                          'decorator injects'):
+        make_app(MODULE_PACKAGES=[package])
+
+
+@pytest.mark.parametrize('fields, parameters', [('a = fields.Integer()', 'a'), ('pass', 'b, a=None')])
+def test_an_include_schema_whose_body_leaves_out_a_needed_argument_is_a_422(make_app, module_package, fields,
+                                                                           parameters):
+    """Unknown keys may bring what the action needs, so the start cannot check it: the call does, never a 500."""
+    routes = SIGNATURE_ROUTES.format(fields=fields, schema='Body(unknown=INCLUDE)', parameters=parameters)
+    client = make_app(MODULE_PACKAGES=[module_package({'loose/routes.py': routes})]).test_client()
+    missing = client.post('/loose/act', json={}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
+    needed = parameters.split(',')[0].strip()
+    assert missing.status_code == 422 and missing.get_json()['errors'] == {needed: ['Missing data for required field.']}
+    given = client.post('/loose/act', json={needed: 1}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
+    assert given.status_code == 200
