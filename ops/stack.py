@@ -29,7 +29,7 @@ if __name__ == '__main__':
 import settings  # noqa: E402
 from lib.db.migrate import apply_migrations  # noqa: E402
 from lib.logs import configure_process_logging  # noqa: E402
-from manage import counted, default_dsn, gunicorn_command, how_to_call  # noqa: E402
+from manage import check_before_fork, counted, default_dsn, gunicorn_command, how_to_call  # noqa: E402
 
 from . import nginx, pgbouncer  # noqa: E402
 from .ports import free_ports, port_is_free  # noqa: E402
@@ -464,6 +464,7 @@ def main():
     configure_process_logging(settings)
     try:
         config = StackConfig.from_environment()
+        check_before_fork()  # tokens, session hooks, modules: a bad one stops the stack once, before anything starts
     except (StackError, StartupError) as exc:
         print(f'stack: {exc}', file=sys.stderr, flush=True)
         return 1

@@ -415,6 +415,11 @@ def test_two_servers_of_the_stack_on_one_port_stop_it_before_anything_starts():
     ({'PORT': '65535', 'REPLICA_BASE_PORT': ''},
      'stack: the 3 replicas after PORT 65535 would need ports past 65535: set PORT or REPLICA_BASE_PORT lower'),
     ({'REPLICA_BASE_PORT': '65534'}, 'stack: REPLICA_BASE_PORT must be between 1 and 65533'),
+    # Checked once before PostgreSQL or a replica starts, not once per replica.
+    ({'DB_RESET': 'no_such_package:reset'}, 'stack: DB_RESET: no_such_package:reset cannot be imported '
+                                            "(ModuleNotFoundError: No module named 'no_such_package')"),
+    ({'MODULE_PACKAGES': 'no_such_package'}, "stack: MODULE_PACKAGES names 'no_such_package', which is no importable "
+                                             "package (ModuleNotFoundError: No module named 'no_such_package')"),
 ])
 def test_a_stack_setting_out_of_range_stops_it_in_one_line(topology_database_url, overrides, line):
     environment = stack_environment(topology_database_url, free_ports(5), 3, False, overrides)
@@ -422,3 +427,4 @@ def test_a_stack_setting_out_of_range_stops_it_in_one_line(topology_database_url
     result = subprocess.run([sys.executable, '-m', 'ops.stack'], cwd=BASE_DIR, capture_output=True, text=True,
                             timeout=60, env=environment)
     assert result.returncode == 1 and result.stderr.splitlines() == [line], result.stderr
+    assert result.stdout == '', 'nothing started: no migration, no replica'
