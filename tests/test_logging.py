@@ -187,7 +187,8 @@ def test_a_readyz_probe_that_waited_for_another_says_so_when_it_blames_a_databas
     assert statuses == [503] * 3
     for number in range(3):
         trace = line_of_request(logged_lines(log_folder), f'probe-{number}')['error.stack_trace']
-        assert "the database 'silent'" in trace or 'waiting' in trace or 'did not end in time' in trace, trace
+        assert "the database 'silent'" in trace or 'did not end in time' in trace or 'after waiting' in trace, trace
+        assert "the database 'default'" not in trace or 'after waiting' in trace, 'a healthy database blamed'
 
 
 def get_closed(app, path, request_id):

@@ -16,6 +16,9 @@ READY_TIMEOUT_MS = 1000
 # most READY_TIMEOUT_MS and starts no thread; probes that arrive while one runs wait for it within their own
 # second, so a hanging database costs at most one connection per database per process, never a pile of them.
 READY_PROBES = threading.BoundedSemaphore(1)
+# A probe left less than this of its second after waiting for the one before it asks no database.
+PROBE_LEAST_SECONDS = 0.1
+PROBES_BEFORE = 'the readiness probes before this one did not end in time'
 SOCKET_EVENTS = {psycopg2.extensions.POLL_READ: select.POLLIN, psycopg2.extensions.POLL_WRITE: select.POLLOUT}
 
 
@@ -62,9 +65,11 @@ def first_database_problem(pools):
     started = time.monotonic()
     deadline = started + READY_TIMEOUT_MS / 1000
     if not READY_PROBES.acquire(timeout=READY_TIMEOUT_MS / 1000):
-        return TimeoutError('the readiness probes before this one did not end in time')
+        return TimeoutError(PROBES_BEFORE)
     waited_ms = round((time.monotonic() - started) * 1000)
     try:
+        if deadline - time.monotonic() < PROBE_LEAST_SECONDS:  # its second went to waiting: no database to blame
+            return TimeoutError(PROBES_BEFORE)
         for name, pool in pools.items():
             problem = database_problem(pool, deadline)
             if problem is not None:
