@@ -4,7 +4,7 @@ from decimal import Decimal
 
 from marshmallow import ValidationError, fields, validate
 
-from lib.jsonenc import NUMERIC_MAX_DIGITS_AFTER_POINT
+from lib.jsonenc import NUMERIC_MAX_DIGITS_AFTER_POINT, NUMERIC_MAX_DIGITS_BEFORE_POINT
 
 BIGINT_MIN, BIGINT_MAX = -2 ** 63, 2 ** 63 - 1
 # A decimal as people write one: ASCII digits, optionally a leading minus and a fraction (at_most_places counts it).
@@ -43,24 +43,24 @@ def plain_decimal_text(places):
     """Return a pre_load refusing a string that is not a plain decimal (PLAIN_DECIMAL) with a ValidationError.
 
     Decimal() also reads '1_000', '١٢', '１', ' 1', '+1', '1e3' and 'NaN'; a money API must not. Nor may it take
-    more digits after the point than numeric holds, zeros or not (fraction_too_long). Anything but a
+    more digits than numeric holds, zeros or not (past_numeric). Anything but a
     string passes unchanged: a JSON number comes from the body parser as an exact int or ExactNumber already.
     """
     example = f'{Decimal("12.5"):.{places}f}'
     message = f'Not a valid number: use digits with at most {places} decimal places, such as "{example}".'
 
     def refuse_unplain(value):
-        if isinstance(value, str) and (not PLAIN_DECIMAL.fullmatch(value) or fraction_too_long(value)):
+        if isinstance(value, str) and (not PLAIN_DECIMAL.fullmatch(value) or past_numeric(value)):
             raise ValidationError(message)
         return value
     return refuse_unplain
 
 
-def fraction_too_long(text):
-    """Tell whether a plain decimal string has more digits after its point than PostgreSQL numeric holds (16383,
-    trailing zeros too), the bound a JSON number of the body has (lib/jsonenc.py)."""
-    point = text.find('.')
-    return point >= 0 and len(text) - point - 1 > NUMERIC_MAX_DIGITS_AFTER_POINT
+def past_numeric(text):
+    """Tell whether a plain decimal string has more digits than PostgreSQL numeric holds, zeros too: 131072 before
+    its point or 16383 after it, the bounds a JSON number of the body has (lib/jsonenc.py)."""
+    whole, _, fraction = text.lstrip('-').partition('.')
+    return len(whole) > NUMERIC_MAX_DIGITS_BEFORE_POINT or len(fraction) > NUMERIC_MAX_DIGITS_AFTER_POINT
 
 
 def exact_decimal(places, validators=(), **options):

@@ -255,7 +255,8 @@ def test_accounts_amount_too_large_for_the_column_is_422(call):
 
 # Strings Decimal() reads but a money API must not: only ASCII digits with an optional fraction are an amount.
 UNPLAIN_AMOUNTS = ['1_000', '\u0661\u0662', '\uff11', ' 1.00', '1.00 ', '1\n', '+1', '1e2', '1.', '.5', '1,00', '',
-                   pytest.param('1.' + '0' * 16384, id='more-zeros-after-the-point-than-numeric-holds')]
+                   pytest.param('1.' + '0' * 16384, id='more-zeros-after-the-point-than-numeric-holds'),
+                   pytest.param('0' * 131073, id='more-digits-before-the-point-than-numeric-holds')]
 UNPLAIN_MESSAGE = 'Not a valid number: use digits with at most 2 decimal places, such as "12.50".'
 # A plain amount, as a string or a JSON number, and the balance it makes in an empty account.
 PLAIN_AMOUNTS = [('12.50', '12.50'), ('0.01', '0.01'), (12, '12.00'), (12.5, '12.50'), ('100', '100.00'),
