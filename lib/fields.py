@@ -43,8 +43,8 @@ def plain_decimal_text(places):
     """Return a pre_load refusing a string that is not a plain decimal (PLAIN_DECIMAL) with a ValidationError.
 
     Decimal() also reads '1_000', '١٢', '１', ' 1', '+1', '1e3' and 'NaN'; a money API must not. Nor may it take
-    more digits than numeric holds, zeros or not (past_numeric). Anything but a
-    string passes unchanged: a JSON number comes from the body parser as an exact int or ExactNumber already.
+    more digits than numeric holds, zeros or not (past_numeric). Anything but a string passes unchanged: a JSON
+    number comes from the body parser as an exact int or ExactNumber already.
     """
     example = f'{Decimal("12.5"):.{places}f}'
     message = f'Not a valid number: use digits with at most {places} decimal places, such as "{example}".'
