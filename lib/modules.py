@@ -101,8 +101,7 @@ def check_schema(schema, action, where):
     decorator injects (every call would be a 500), one whose loaded keys the action cannot take
     (check_parameters), or one that lets a body key through over a validated field (check_include_schemas)."""
     injected = injected_names(action)
-    loaded_names = {attribute.split('.')[0] for attribute in loaded_fields(schema)}  # a dotted one loads a dict
-    if not schema.many and (clash := sorted(injected & loaded_names)):
+    if not schema.many and (clash := sorted(injected & loaded_names(schema))):
         raise ModuleError(f'{where}: {type(schema).__name__} loads field {clash[0]!r}, the parameter a decorator '
                           'injects: rename the field (data_key keeps its key in the body)')
     check_parameters(schema, action, where)
@@ -112,10 +111,10 @@ def check_schema(schema, action, where):
 def check_parameters(schema, action, where):
     """Raise ModuleError when the action cannot take what schema loads, which would make every such call a
     TypeError (a 500): for many=True, an action that cannot take the list as its one argument; a positional-only
-    parameter without a default; and, for a schema without hooks (whose loaded keys are
-    its fields' attributes alone, lib/fastschema.py's has_no_hooks), a field loaded into a parameter the action
-    does not take, or, unless unknown keys may bring it (INCLUDE), a parameter without a default whose field a
-    body may leave out (not required and no load_default, or partial)."""
+    parameter without a default; and, for a schema without hooks (whose loaded keys are its fields' attributes
+    alone, lib/fastschema.py's has_no_hooks), a field loaded into a parameter the action does not take, or, unless
+    unknown keys may bring it (INCLUDE), a parameter without a default whose field a body may leave out (not
+    required and no load_default, or partial)."""
     signature = inspect.signature(action)
     if schema.many:  # the action takes the loaded list as its one positional argument
         try:
@@ -131,8 +130,8 @@ def check_parameters(schema, action, where):
     if not has_no_hooks(schema):
         return
     by_keyword = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    loaded = {(field.attribute or name).split('.')[0] for name, field in schema.fields.items() if not field.dump_only}
-    if not any(p.kind == p.VAR_KEYWORD for p in parameters) and (untaken := sorted(loaded - by_keyword)):
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
+    if not takes_any and (untaken := sorted(loaded_names(schema) - by_keyword)):
         raise ModuleError(f'{where}: {type(schema).__name__} loads {untaken[0]!r}, which the action does not take: '
                           'add the parameter, or rename the field (data_key keeps its key in the body)')
     required = {p.name for p in parameters if p.default is p.empty and p.name in by_keyword}
@@ -149,6 +148,12 @@ def always_loaded(schema):
     return {(field.attribute or name).split('.')[0] for name, field in schema.fields.items()
             if not field.dump_only and (field.required or field.load_default is not missing)
             and not (partial is True or isinstance(partial, (tuple, list, set, frozenset)) and name in partial)}
+
+
+def loaded_names(schema):
+    """Return the keys schema's loaded values come under: its fields' attributes (else names), a dotted one's first
+    part, which marshmallow loads as a dict."""
+    return {attribute.split('.')[0] for attribute in loaded_fields(schema)}
 
 
 def loaded_fields(schema):
