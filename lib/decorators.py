@@ -38,9 +38,23 @@ def use_schema(schema):
     return decorate
 
 
+def wrapped_chain(action):
+    """Yield action and each callable inside it, outermost first: what functools.wraps (a decorator, a staticmethod)
+    names as __wrapped__, and a functools.partial's function."""
+    while action is not None:
+        yield action
+        action = action.func if isinstance(action, functools.partial) else getattr(action, '__wrapped__', None)
+
+
+def marks_of(action, attribute):
+    """Return the values of attribute that the decorators of action set, outermost first (each in its own
+    function's dictionary: a staticmethod or a partial does not copy it)."""
+    return [vars(layer)[attribute] for layer in wrapped_chain(action) if attribute in getattr(layer, '__dict__', {})]
+
+
 def schema_of(action):
     """Return the schema declared with use_schema on action, or None."""
-    return getattr(action, SCHEMA_ATTRIBUTE, None)
+    return next(iter(marks_of(action, SCHEMA_ATTRIBUTE)), None)
 
 
 def without_first_parameter(action):
@@ -177,12 +191,7 @@ def injector(database, autocommit, named, first_argument):
 
 def databases_of(action):
     """Return the names of the databases the inject_conn and inject_db decorators of action borrow from."""
-    names = []
-    while action is not None:
-        if DATABASE_ATTRIBUTE in vars(action):
-            names.append(vars(action)[DATABASE_ATTRIBUTE])
-        action = getattr(action, '__wrapped__', None)
-    return names
+    return marks_of(action, DATABASE_ATTRIBUTE)
 
 
 def raw_connection(conn):

@@ -10,7 +10,7 @@ from flask import Blueprint
 from marshmallow import INCLUDE, fields, missing
 
 from lib.auth import authorize
-from lib.decorators import databases_of, respond, schema_of
+from lib.decorators import databases_of, respond, schema_of, wrapped_chain
 from lib.errors import Unprocessable
 from lib.http.exchange import ROUTE_KEY, remember
 from lib.fastschema import fast_loader, has_no_hooks
@@ -93,7 +93,8 @@ def check_route_table(routes_file, table):
 def injected_names(action):
     """Return the names of the parameters decorators pass to action, which a body must never set (inject_db's db,
     inject_conn's conn): those of the function they wrap that the action's own signature no longer shows."""
-    return set(inspect.signature(inspect.unwrap(action)).parameters) - set(inspect.signature(action).parameters)
+    innermost = list(wrapped_chain(action))[-1]
+    return set(inspect.signature(innermost).parameters) - set(inspect.signature(action).parameters)
 
 
 def check_schema(schema, action, where):
@@ -206,10 +207,10 @@ def nested_schemas(field):
 
 
 def required_arguments(schema, action):
-    """Return the keyword parameters without a default of an action whose schema lets unknown keys through
-    (unknown = INCLUDE): a body may leave out any the schema does not always load, which the start cannot check
-    (check_parameters). None for any other schema."""
-    if schema.unknown != INCLUDE or schema.many:
+    """Return the keyword parameters without a default of an action whose schema the start could not check for
+    them (check_parameters): one that lets unknown keys through (unknown = INCLUDE), or has hooks or methods. A
+    valid body may leave any of them out. None for any other schema."""
+    if schema.many or (schema.unknown != INCLUDE and has_no_hooks(schema)):
         return None
     parameters = inspect.signature(action).parameters.values()
     return frozenset(p.name for p in parameters
@@ -234,7 +235,7 @@ def argument_refusal(schema, action):
 def schema_loader(schema, action, fast_paths=True):
     """Return a function that validates a body with schema into call arguments; a schema that lets unknown keys
     through (unknown = INCLUDE) passes the action only those it may take (argument_refusal), and a body that leaves
-    out one it needs (required_arguments) is a 422 too."""
+    out an argument the start could not check for (required_arguments) is a 422 too."""
     load_valid_body = fast_loader(schema, enabled=fast_paths) or (lambda body: None)
     refused = argument_refusal(schema, action)
     required = required_arguments(schema, action)
@@ -249,6 +250,7 @@ def schema_loader(schema, action, fast_paths=True):
         if refused is not None and isinstance(loaded, dict):
             if found := sorted(key for key in loaded if refused(key)):
                 raise Unprocessable(errors={key: ['Unknown field.'] for key in found})
+        if required is not None and isinstance(loaded, dict):
             if absent := sorted(required - loaded.keys()):
                 raise Unprocessable(errors={key: ['Missing data for required field.'] for key in absent})
         return ((loaded,), {}) if schema.many else ((), loaded)
@@ -282,6 +284,9 @@ def make_route(module, routes_file, entry, fast_paths=True, databases=None):
     action = entry['action']
     schema = schema_of(action)
     where = f'{routes_file}: route {entry["route"]!r}'
+    if any(inspect.iscoroutinefunction(layer) for layer in wrapped_chain(action)):
+        raise ModuleError(f'{where}: the action is async def; dbapi calls actions as plain functions (its workers '
+                          'wait for PostgreSQL cooperatively already)')
     if databases is not None and (unknown := [name for name in databases_of(action) if name not in databases]):
         raise ModuleError(f'{where}: the action borrows from the database {unknown[0]!r}, which is not configured '
                           f'(databases: {", ".join(sorted(databases))}): add it to DB_NAMES and set '

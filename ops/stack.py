@@ -43,6 +43,10 @@ NGINX_RELOAD_TIMEOUT_SECONDS = 10
 PR_SET_PDEATHSIG = 1
 
 
+# The most replicas the stack runs (REPLICAS): nginx's shared upstream zone is sized for them.
+MAX_REPLICAS = 64
+
+
 class StackError(Exception):
     """The stack cannot start or keep running."""
 
@@ -60,7 +64,7 @@ class StackConfig:
     @classmethod
     def from_environment(cls):
         """Read PORT, REPLICAS, REPLICA_BASE_PORT, STACK_PGBOUNCER and PGBOUNCER_PORT."""
-        replicas = settings.env_int('REPLICAS', 3, 1, 64)
+        replicas = settings.env_int('REPLICAS', 3, 1, MAX_REPLICAS)
         if not settings.env_str('REPLICA_BASE_PORT') and settings.PORT + replicas > 65535:
             raise StackError(f'the {counted(replicas, "replica")} after PORT {settings.PORT} would need ports past '
                              f'65535: set PORT or REPLICA_BASE_PORT lower')
@@ -155,6 +159,7 @@ def answers(port, path='/healthz', host='127.0.0.1'):
     """Tell whether host:port (an address, IPv6 in brackets) answers GET path with 200."""
     try:
         with urllib.request.urlopen(f'http://{host}:{port}{path}', timeout=1) as response:
+            response.read()  # read whole: an answer closed unread is logged as cut short, a failure
             return response.status == 200
     except OSError:
         return False

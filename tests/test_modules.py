@@ -301,3 +301,70 @@ def test_an_include_schema_whose_body_leaves_out_a_needed_argument_is_a_422(make
     assert missing.status_code == 422 and missing.get_json()['errors'] == {needed: ['Missing data for required field.']}
     given = client.post('/loose/act', json={needed: 1}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
     assert given.status_code == 200
+
+
+WRAPPED_ROUTES = '''
+    import functools
+    from marshmallow import Schema, fields
+    from lib.decorators import inject_db, use_schema
+
+    class Body(Schema):
+        a = fields.Integer(required=True)
+
+    {definition}
+    routes = [dict(route='act', action=act)]
+'''
+
+
+@pytest.mark.parametrize('definition, bodies', [
+    # staticmethod copies no attribute of the function it wraps: the schema is still found, so a bad body is a 422
+    ('class Actions:\n        @staticmethod\n        @use_schema(Body)\n        def act(a):\n            return {"a": a}\n'
+     '    act = Actions.__dict__["act"]', [({'a': 'x'}, 422), ({'a': 1}, 200)]),
+    # a partial of an injected action: the injected parameter is still never taken from the body
+    ('act = functools.partial(inject_db()(lambda db, **body: body))', [({'a': 1, 'db': 5}, 422), ({'a': 1}, 200)]),
+])
+def test_a_wrapped_action_keeps_its_schema_and_injected_parameter(make_app, module_package, definition, bodies):
+    package = module_package({'wrapped/routes.py': WRAPPED_ROUTES.format(definition=definition)})
+    client = make_app(MODULE_PACKAGES=[package]).test_client()
+    for body, status in bodies:
+        answer = client.post('/wrapped/act', json=body, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
+        assert answer.status_code == status, (body, answer.get_json())
+
+
+@pytest.mark.parametrize('definition, message', [
+    ("act = use_schema(Body)(functools.partial(inject_db('nosuch')(lambda db, a: {})))",
+     "borrows from the database 'nosuch', which is not configured"),
+    ('class Loads(Schema):\n        db = fields.Integer()\n'
+     '    act = use_schema(Loads)(functools.partial(inject_db()(lambda db, **body: body)))',
+     "Loads loads field 'db', the parameter a decorator injects"),
+    ('async def act(a):\n        return {}', 'the action is async def'),
+])
+def test_a_wrapped_action_that_cannot_work_stops_the_start(make_app, module_package, definition, message):
+    package = module_package({'wrapped/routes.py': WRAPPED_ROUTES.format(definition=definition)})
+    with pytest.raises(ModuleError, match="wrapped/routes.py: route 'act': ") as raised:
+        make_app(MODULE_PACKAGES=[package])
+    assert message in str(raised.value)
+
+
+def test_a_schema_with_hooks_whose_body_leaves_out_a_needed_argument_is_a_422(make_app, module_package):
+    """The start does not check a schema with hooks (they may change its keys): the call does, never a 500."""
+    routes = """
+        from marshmallow import Schema, fields, validates
+        from lib.decorators import use_schema
+
+        class Validated(Schema):
+            a = fields.Integer()
+            b = fields.Integer()
+
+            @validates('a')
+            def known(self, value, **kwargs):
+                pass
+
+        @use_schema(Validated)
+        def act(a, b):
+            return {}
+        routes = [dict(route='act', action=act)]
+    """
+    client = make_app(MODULE_PACKAGES=[module_package({'hooked/routes.py': routes})]).test_client()
+    answer = client.post('/hooked/act', json={'a': 1}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
+    assert answer.status_code == 422 and answer.get_json()['errors'] == {'b': ['Missing data for required field.']}

@@ -9,7 +9,7 @@ import pytest
 
 from ops import healthcheck, kustomize, nginx, pgbouncer
 from ops.render import TemplateError, fill_template, program
-from ops.stack import StackConfig, nginx_environment, replica_environment
+from ops.stack import MAX_REPLICAS, StackConfig, nginx_environment, replica_environment
 
 yaml = pytest.importorskip('yaml', reason='PyYAML comes with requirements-lint.txt (make lint)')
 
@@ -126,6 +126,16 @@ def test_nginx_of_the_stack_points_at_every_replica():
     env = nginx_environment(config)
     assert env['DBAPI_UPSTREAMS'] == '127.0.0.1:9001 127.0.0.1:9002 127.0.0.1:9003'
     assert env['NGINX_LISTEN'] == '127.0.0.1:9000'
+
+
+def test_nginx_takes_the_most_replicas_the_stack_allows(tmp_path):
+    """Each upstream server takes room in the shared zone: the stack's most replicas must fit, or nginx stops."""
+    most = MAX_REPLICAS
+    config = StackConfig(port=9000, replicas=most, replica_base_port=9001, pgbouncer=False, pgbouncer_port=6432)
+    main_config = nginx.write_config(tmp_path, {'PATH': os.environ['PATH'], **nginx_environment(config)})
+    checked = subprocess.run(nginx.command(main_config, test=True), capture_output=True, text=True)
+    assert checked.returncode == 0 and '[warn]' not in checked.stderr, checked.stderr
+    assert len(re.findall(r'server 127.0.0.1:\d+ max_fails=0;', (tmp_path / 'dbapi.conf').read_text())) == most
 
 
 @pytest.mark.parametrize('environment, port', [({}, '8000'), ({'PORT': '9000'}, '9000'),

@@ -15,7 +15,8 @@ import settings
 from manage import counted
 from tests.helpers import run_sql, wait_for
 
-from .helpers import MODULE_PACKAGES, WriteLoad, free_ports_below_the_ephemeral_range, running_stack, worker_group
+from .helpers import (MODULE_PACKAGES, WriteLoad, free_ports_below_the_ephemeral_range, read_json_lines, running_stack,
+                      worker_group)
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +56,10 @@ def test_a_rolling_restart_under_a_write_load_fails_no_request(tmp_path_factory,
     rows = {code for (code,) in run_sql(topology_database_url, 'SELECT code FROM probe.things WHERE code LIKE %s',
                                         (f'{run_id}-%',))}
     assert rows == {attempt.code for attempt in load.attempts if attempt.status == 201} and len(rows) > 100
+    # The stack's own health and readiness checks read their answers whole: none is logged as a failure.
+    probes = [line for line in read_json_lines(stack.log_path) if line.get('log', {}).get('logger') == 'dbapi.access'
+              and line.get('url', {}).get('path') in ('/healthz', '/readyz')]
+    assert probes and not [line for line in probes if line['event']['outcome'] == 'failure'], probes[:3]
 
 
 @pytest.mark.parametrize('replicas', [1, 2])
