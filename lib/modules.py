@@ -17,6 +17,8 @@ from lib.fastschema import fast_loader, has_no_hooks
 from lib.http.body import read_json_body
 
 MODULE_NAME = re.compile(r'[a-z][a-z0-9_]*')
+# What a 422 says of a key a body left out, in marshmallow's own words.
+MISSING_FIELD = 'Missing data for required field.'
 ROUTE_NAME = re.compile(r'([A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*)?')
 RESERVED_NAMES = frozenset({'healthz', 'readyz', 'metrics', 'static'})
 ROUTE_KEYS = frozenset({'route', 'action'})
@@ -135,11 +137,15 @@ def check_parameters(schema, action, where):
     if not takes_any and (untaken := sorted(loaded_names(schema) - by_keyword)):
         raise ModuleError(f'{where}: {type(schema).__name__} loads {untaken[0]!r}, which the action does not take: '
                           'add the parameter, or rename the field (data_key keeps its key in the body)')
-    required = {p.name for p in parameters if p.default is p.empty and p.name in by_keyword}
-    if schema.unknown != INCLUDE and (unsure := sorted(required - always_loaded(schema))):
+    if schema.unknown != INCLUDE and (unsure := sorted(needed_keywords(parameters) - always_loaded(schema))):
         raise ModuleError(f'{where}: the action\'s parameter {unsure[0]!r} has no default, but a body may leave out '
                           f'what {type(schema).__name__} loads into it: make its field required or give it a '
                           'load_default, or give the parameter a default')
+
+
+def needed_keywords(parameters):
+    """Return the names of the keyword parameters without a default among parameters: what every call must pass."""
+    return {p.name for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def always_loaded(schema):
@@ -212,9 +218,7 @@ def required_arguments(schema, action):
     valid body may leave any of them out. None for any other schema."""
     if schema.many or (schema.unknown != INCLUDE and has_no_hooks(schema)):
         return None
-    parameters = inspect.signature(action).parameters.values()
-    return frozenset(p.name for p in parameters
-                     if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return frozenset(needed_keywords(inspect.signature(action).parameters.values()))
 
 
 def argument_refusal(schema, action):
@@ -252,7 +256,7 @@ def schema_loader(schema, action, fast_paths=True):
                 raise Unprocessable(errors={key: ['Unknown field.'] for key in found})
         if required is not None and isinstance(loaded, dict):
             if absent := sorted(required - loaded.keys()):
-                raise Unprocessable(errors={key: ['Missing data for required field.'] for key in absent})
+                raise Unprocessable(errors={key: [MISSING_FIELD] for key in absent})
         return ((loaded,), {}) if schema.many else ((), loaded)
     return load_arguments
 
@@ -264,14 +268,14 @@ def signature_loader(action, where):
         raise ModuleError(f'{where}: an action without use_schema takes keyword parameters only')
     takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
     accepted = {p.name for p in parameters if p.kind != p.VAR_KEYWORD}
-    required = {p.name for p in parameters if p.default is p.empty and p.kind != p.VAR_KEYWORD}
+    required = needed_keywords(parameters)
     injected = injected_names(action)  # never from the body, **kwargs or not
 
     def load_arguments(body):
         if not isinstance(body, dict):
             raise Unprocessable('The request body must be a JSON object.')
         errors = {key: ['Unknown field.'] for key in body if key in injected or key not in accepted and not takes_any}
-        errors.update({key: ['Missing data for required field.'] for key in required if key not in body})
+        errors.update({key: [MISSING_FIELD] for key in required if key not in body})
         if errors:
             raise Unprocessable(errors=errors)
         return (), body
