@@ -282,13 +282,20 @@ def signature_loader(action, where):
     return load_arguments
 
 
+def is_async(layer):
+    """Tell whether calling layer (a function, or an object with a __call__) makes a coroutine or an async
+    generator, which dbapi would never run."""
+    return any(inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target)
+               for target in (layer, getattr(layer, '__call__', None)))
+
+
 def make_route(module, routes_file, entry, fast_paths=True, databases=None):
     """Build the Route of one route-table entry; databases (the configured names), when given, must hold every
     database its action borrows from."""
     action = entry['action']
     schema = schema_of(action)
     where = f'{routes_file}: route {entry["route"]!r}'
-    if any(inspect.iscoroutinefunction(layer) for layer in wrapped_chain(action)):
+    if any(map(is_async, wrapped_chain(action))):
         raise ModuleError(f'{where}: the action is async def; dbapi calls actions as plain functions (its workers '
                           'wait for PostgreSQL cooperatively already)')
     if databases is not None and (unknown := [name for name in databases_of(action) if name not in databases]):

@@ -338,6 +338,9 @@ def test_a_wrapped_action_keeps_its_schema_and_injected_parameter(make_app, modu
      '    act = use_schema(Loads)(functools.partial(inject_db()(lambda db, **body: body)))',
      "Loads loads field 'db', the parameter a decorator injects"),
     ('async def act(a):\n        return {}', 'the action is async def'),
+    ('async def act(a):\n        yield a', 'the action is async def'),  # an async generator
+    ('class Act:\n        async def __call__(self, a):\n            return {}\n    act = Act()',
+     'the action is async def'),
 ])
 def test_a_wrapped_action_that_cannot_work_stops_the_start(make_app, module_package, definition, message):
     package = module_package({'wrapped/routes.py': WRAPPED_ROUTES.format(definition=definition)})
