@@ -1,6 +1,7 @@
 """The Db helper and transactional() on a real connection from the pool."""
 import json
 import threading
+import uuid
 
 import psycopg2
 import pytest
@@ -113,6 +114,18 @@ def test_a_stream_holds_its_connection_until_its_body_has_been_read(call, app, k
     finally:
         answer.close()
     assert pool.gauges()['in_use'] == 0
+
+
+@pytest.mark.parametrize('kind', ['stream', 'stream_json'])
+def test_an_autocommit_action_streams_in_a_transaction_of_its_own(call, app, kind):
+    code = f'autocommit-{kind}-{uuid.uuid4()}'
+    answer = call('/probe/autocommit_stream', {'kind': kind, 'code': code, 'count': 5})
+    assert answer.status_code == 200, answer.get_data()  # a server-side cursor outside a transaction was a 500
+    assert answer.get_json() == [{'n': n} for n in range(1, 6)]
+    with connection(app.extensions['dbapi'].pools['default']) as conn, conn.cursor() as cursor:
+        cursor.execute('SELECT count(*) FROM probe.things WHERE code = %s', [code])
+        assert cursor.fetchone()[0] == 1  # what the action wrote before its stream is kept
+    assert app.extensions['dbapi'].pools['default'].gauges()['in_use'] == 0
 
 
 @pytest.mark.filterwarnings('error::pytest.PytestUnraisableExceptionWarning')  # a stream closed later, by the GC

@@ -28,6 +28,14 @@ def returning(columns):
     return sql.SQL(' RETURNING ') + identifiers(columns)
 
 
+def open_transaction(conn):
+    """Have conn's next statement open a transaction, where a server-side cursor must live: an autocommit connection
+    (an action's with autocommit=True) leaves autocommit, and its lease commits the transaction when the stream
+    ends, or rolls it back when the stream fails (lib/db/unit.py)."""
+    if conn.autocommit:
+        conn.autocommit = False
+
+
 def where_params(values, where):
     """Merge SET values and WHERE values into one parameter dict, keeping them apart."""
     params = dict(values)
@@ -108,7 +116,8 @@ class Db:
         return self.fetch_value(query, args)
 
     def stream(self, query, params=None, batch_size=5000):
-        """Yield lists of row dicts from a server-side cursor, keeping memory flat."""
+        """Yield lists of row dicts from a server-side cursor, keeping memory flat; in a transaction (open_transaction)."""
+        open_transaction(self.conn)
         with self.conn.cursor(name='dbapi_stream', cursor_factory=psycopg2.extensions.cursor) as cursor:
             cursor.itersize = batch_size
             cursor.execute(query, params)
@@ -122,6 +131,7 @@ class Db:
 
         The same bytes as stream's dicts through dumps_bytes, about four times faster: PostgreSQL writes the
         values as text, lib/db/copyjson.py turns a whole batch into JSON at once, and a helper thread fetches
-        the next batch meanwhile. Needs a transaction, like stream; runs in the session as it is (TimeZone, DateStyle).
+        the next batch meanwhile. In a transaction, like stream; runs in the session as it is (TimeZone, DateStyle).
         """
+        open_transaction(self.conn)
         return copyjson.json_stream(self.conn, query, params, batch_size)

@@ -395,6 +395,15 @@ def counted_stream(conn, kind, count, batch_size, date_style=None):
     return streamer(conn, kind)('SELECT n FROM generate_series(1, %s) AS n', [count], batch_size=batch_size)
 
 
+@inject_conn(DEFAULT, autocommit=True)
+def autocommit_stream(conn, kind, code, count):
+    """Write a thing of code in autocommit, then stream, with Db.stream or Db.stream_json (kind), the numbers 1 to
+    count."""
+    with conn.cursor() as cursor:
+        cursor.execute('INSERT INTO probe.things (code) VALUES (%s)', [code])
+    return streamer(conn, kind)('SELECT n FROM generate_series(1, %s) AS n', [count], batch_size=2)
+
+
 def streamer(conn, kind):
     """Return Db.stream or Db.stream_json (kind: 'stream', 'stream_json') on conn."""
     return {'stream': Db(conn).stream, 'stream_json': Db(conn).stream_json}[kind]

@@ -1,4 +1,4 @@
-from .actions import (add, chunked, counted_stream, crash, create_thing, create_unencodable, echo, echo_any_keys_in_a_transaction,
+from .actions import (add, autocommit_stream, chunked, counted_stream, crash, create_thing, create_unencodable, echo, echo_any_keys_in_a_transaction,
                       echo_in_a_transaction, enveloped_any_keys, enveloped_own_keys,
                       export_things, fail_with, failing_stream,
                       flaky, generated, get_thing, greet, hold, items, migrations, missing, move, pid, probe_values,
@@ -31,6 +31,7 @@ routes = [
     dict(route='generated', action=generated),
     dict(route='failing_stream', action=failing_stream),
     dict(route='counted_stream', action=counted_stream),
+    dict(route='autocommit_stream', action=autocommit_stream),
     dict(route='register', action=register),
     dict(route='things/create', action=create_thing),
     dict(route='things/get', action=get_thing),
