@@ -251,6 +251,9 @@ def schema_loader(schema, action, fast_paths=True):
         loaded = load_valid_body(body)
         if loaded is None:
             loaded = schema.load(body)
+            if not schema.many and not isinstance(loaded, dict):
+                raise TypeError(f'{type(schema).__name__} loaded a {type(loaded).__name__}, not a dict of the '
+                                "action's keyword arguments: a post_load hook must return one")
         if refused is not None and isinstance(loaded, dict):
             if found := sorted(key for key in loaded if refused(key)):
                 raise Unprocessable(errors={key: ['Unknown field.'] for key in found})

@@ -2,7 +2,10 @@
 
 Helpers that are not fixtures live in tests/helpers.py.
 """
+import itertools
 import os
+import sys
+import textwrap
 
 os.environ['ENVIRONMENT'] = 'test'  # before settings is imported anywhere
 
@@ -19,6 +22,7 @@ from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, PROBE_SQL, SCOPED_TOKEN, 
 EXAMPLE_ONLY_TOKEN = SCOPED_TOKEN
 # One database per test session, so that sessions running side by side do not disturb each other.
 TEST_DB = f'dbapi_test_{os.getpid()}'
+package_numbers = itertools.count()
 
 
 @pytest.fixture(scope='session', autouse=True)
@@ -66,3 +70,20 @@ def client(app):
 def call(client):
     """POST JSON with the admin token: call('/probe/echo', {'a': 1})."""
     return Caller(client)
+
+
+@pytest.fixture()
+def module_package(tmp_path, monkeypatch):
+    """Return a function that writes a throwaway modules package ({relative path: text}) and returns its name."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def write(files):
+        name = f'scratch_modules_{next(package_numbers)}'
+        for relative, text in {'__init__.py': '', **files}.items():
+            path = tmp_path / name / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(text))
+        return name
+    yield write
+    for module in [m for m in sys.modules if m.startswith('scratch_modules_')]:
+        del sys.modules[module]

@@ -198,6 +198,34 @@ def get_closed(app, path, request_id):
     return response.status_code
 
 
+@pytest.mark.parametrize('returned', ['[data]', 'None', "data['a']"])
+def test_a_post_load_hook_that_returns_no_dict_is_a_500_that_says_so_in_the_log(make_app, log_folder,
+                                                                                module_package, returned):
+    """A module's bug, so a 500; its line names the hook instead of `act() argument after ** must be a mapping`."""
+    routes = f'''
+        from marshmallow import Schema, fields, post_load
+        from lib.decorators import use_schema
+
+        class Body(Schema):
+            a = fields.Integer(required=True)
+
+            @post_load
+            def wrap(self, data, **kwargs):
+                return {returned}
+
+        @use_schema(Body)
+        def act(**body):
+            return body
+        routes = [dict(route='act', action=act)]
+    '''
+    app = make_app(LOG_PATH=str(log_folder), MODULE_PACKAGES=[module_package({'hooked/routes.py': routes})])
+    response = post(app.test_client(), '/hooked/act', {'a': 1}, headers={'X-Request-ID': 'hook-500'})
+    assert response.status_code == 500 and response.content_type == 'application/problem+json'
+    line = line_of_request(logged_lines(log_folder), 'hook-500')
+    assert line['error.type'] == 'TypeError'
+    assert line['error.message'].startswith('Body loaded a ') and 'a post_load hook must return one' in line['error.message']
+
+
 def test_a_line_logged_while_a_request_is_served_carries_its_id(logged_app, log_folder):
     with logged_app.test_request_context('/probe/echo', method='POST',
                                          environ_overrides={REQUEST_ID_KEY: 'served-7'}):

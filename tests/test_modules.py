@@ -1,32 +1,8 @@
 """Module mounting: a folder is a module; a broken one stops the start with a message naming its file."""
-import itertools
-import sys
-import textwrap
-
 import pytest
 
 from lib.modules import ModuleError
 from tests.helpers import ADMIN_TOKEN
-
-package_numbers = itertools.count()
-
-
-@pytest.fixture()
-def module_package(tmp_path, monkeypatch):
-    """Return a function that writes a throwaway modules package and returns its name."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-
-    def write(files):
-        name = f'scratch_modules_{next(package_numbers)}'
-        for relative, text in {'__init__.py': '', **files}.items():
-            path = tmp_path / name / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(textwrap.dedent(text))
-        return name
-    yield write
-    for module in [m for m in sys.modules if m.startswith('scratch_modules_')]:
-        del sys.modules[module]
-
 
 GOOD_ROUTES = '''
     def hello(name):
