@@ -281,4 +281,13 @@ ELK_INDEX = env_str('ELK_INDEX', f'{APP_ID}-{ENVIRONMENT}')
 # Off (0) runs every request through the libraries' stock code paths only: the test suite runs both ways.
 FAST_PATHS = env_str('FAST_PATHS', '1') not in ('0', 'false', 'no', 'off')
 
-MODULE_PACKAGES = [name.strip() for name in env_str('MODULE_PACKAGES', 'modules').split(',') if name.strip()]
+
+def module_packages():
+    """Return MODULE_PACKAGES's comma-separated package names; a value that names none (" , ") stops the start."""
+    names = [name.strip() for name in env_str('MODULE_PACKAGES', 'modules').split(',') if name.strip()]
+    if not names:
+        raise ImproperlyConfigured('MODULE_PACKAGES names no package: list one or more, separated by commas')
+    return names
+
+
+MODULE_PACKAGES = module_packages()

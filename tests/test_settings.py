@@ -29,7 +29,8 @@ def read_settings(**environ):
     ('ENVIRONMENT', 'Prod uction'), ('DB_NAMES', 'default,bad name'), ('BIND', '127.0.0.1'), ('BIND', 'unix:'),
     ('BIND', '127.0.0.1:99999'), ('BIND', '127.0.0.1:0'), ('BIND', '127.0.0.1:8702,127.0.0.1:8703'),
     ('BIND', '::1:8761'), ('BIND', '[::1:8761'), ('BIND', '[::1]]:8761'), ('BIND', '[]:8761'),
-    ('BIND', '[127.0.0.1]:8761'), ('BIND', '127.0.0.1:876\u00b2'), ('GRACEFUL_TIMEOUT', '0')])
+    ('BIND', '[127.0.0.1]:8761'), ('BIND', '127.0.0.1:876\u00b2'), ('GRACEFUL_TIMEOUT', '0'),
+    ('MODULE_PACKAGES', ' , '), ('MODULE_PACKAGES', ',')])
 def test_bad_value_fails_at_start_naming_the_variable(name, value):
     status, _, stderr = read_settings(**{name: value})
     assert status != 0
