@@ -223,7 +223,8 @@ def test_a_post_load_hook_that_returns_no_dict_is_a_500_that_says_so_in_the_log(
     assert response.status_code == 500 and response.content_type == 'application/problem+json'
     line = line_of_request(logged_lines(log_folder), 'hook-500')
     assert line['error.type'] == 'TypeError'
-    assert line['error.message'].startswith('Body loaded a ') and 'a post_load hook must return one' in line['error.message']
+    message = line['error.message']
+    assert message.startswith('Body loaded a ') and 'a post_load hook must return one' in message
 
 
 def test_a_line_logged_while_a_request_is_served_carries_its_id(logged_app, log_folder):

@@ -116,7 +116,8 @@ class Db:
         return self.fetch_value(query, args)
 
     def stream(self, query, params=None, batch_size=5000):
-        """Yield lists of row dicts from a server-side cursor, keeping memory flat; in a transaction (open_transaction)."""
+        """Yield lists of row dicts from a server-side cursor, keeping memory flat; in a transaction
+        (open_transaction)."""
         open_transaction(self.conn)
         with self.conn.cursor(name='dbapi_stream', cursor_factory=psycopg2.extensions.cursor) as cursor:
             cursor.itersize = batch_size
