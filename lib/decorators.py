@@ -139,25 +139,52 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
     return result
 
 
+# The statuses an action may give its value ((value, status)); an error is raised as a lib.errors exception, whose
+# answer is problem details (docs/contract.md, section 3). 204 and 304 answer with no body.
+SUCCESS_STATUSES = range(200, 400)
+NO_CONTENT_STATUSES = (204, 304)
+
+
 def respond(result):
-    """Turn an action's return value, or (value, status), into a JSON response."""
+    """Turn an action's return value, or (value, status), into a JSON response; an iterator (a LeasedStream, a
+    generator) is streamed as one JSON array."""
     if isinstance(result, Response):
         return result
-    value, status = result if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], int) else (result, 200)
-    if isinstance(value, LeasedStream):
-        # Encode batch by batch, the first ("[" and the first batch) before the answer starts: a value JSON cannot
-        # write there is the request's own error. Closing the response gives the connection back, even when
-        # compression or the access log has since wrapped the body in iterators of their own.
-        chunks = json_array_chunks(value)
-        try:
-            head = list(itertools.islice(chunks, 2))
-        except BaseException:
-            value.close()
-            raise
-        response = Response(itertools.chain(head, chunks), status, mimetype=JSON_MIMETYPE)
-        response.call_on_close(value.close)
+    value, status = value_and_status(result)
+    if isinstance(value, Iterator):
+        return streamed(value, status)
+    if status in NO_CONTENT_STATUSES:
+        response = Response(status=status)
+        del response.headers['Content-Type']
         return response
     return json_response(value, status)
+
+
+def value_and_status(result):
+    """Return (value, status) of an action's result: its own pair, or (result, 200); a status outside
+    SUCCESS_STATUSES is a TypeError, the module's bug (a 500)."""
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], int)):
+        return result, 200
+    if result[1] not in SUCCESS_STATUSES:
+        raise TypeError(f'an action returned the status {result[1]}: (value, status) takes 200-399; an error is '
+                        'raised as a lib.errors exception, so that its answer is problem details')
+    return result
+
+
+def streamed(items, status):
+    """Return a response that streams items as one JSON array, batch by batch, the first ("[" and the first batch)
+    encoded before the answer starts: an error there (a value JSON cannot write, a query failing at its first row)
+    is the request's own. Closing the response closes items (a LeasedStream gives its connection back), even when
+    compression or the access log has since wrapped the body in iterators of their own."""
+    chunks = json_array_chunks(items)
+    try:
+        head = list(itertools.islice(chunks, 2))
+    except BaseException:
+        close_stream(items)
+        raise
+    response = Response(itertools.chain(head, chunks), status, mimetype=JSON_MIMETYPE)
+    response.call_on_close(functools.partial(close_stream, items))
+    return response
 
 
 def answers_the_request(environ, action):

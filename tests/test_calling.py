@@ -202,6 +202,32 @@ def test_action_may_return_value_and_status(call):
     assert response.get_json() == {'accepted': True}
 
 
+@pytest.mark.parametrize('code', [204, 304])
+def test_a_no_content_status_answers_with_no_body_and_no_content_type(call, code):
+    response = call('/probe/given_status', {'code': code, 'value': {'a': 1}})
+    assert (response.status_code, response.get_data(), response.content_type) == (code, b'', None)
+
+
+@pytest.mark.parametrize('code', [100, 199, 400, 422, 500, 503, 600, 0])
+def test_an_error_status_returned_instead_of_raised_is_a_500_problem(call, code):
+    """An error's answer is problem details (section 3): an action raises it; a status it returns is for success."""
+    response = call('/probe/given_status', {'code': code, 'value': {'a': 1}})
+    assert response.status_code == 500 and response.content_type == 'application/problem+json'
+    assert 'a' not in response.get_json()
+
+
+def test_a_plain_action_may_return_a_generator_streamed_as_an_array(call):
+    assert call('/probe/counted', {'count': 3}).get_json() == [0, 1, 2]
+    assert call('/probe/counted', {'count': 0}).get_json() == []
+    assert call('/probe/nothing_to_iterate').get_json() == []
+
+
+def test_a_generator_failing_at_its_first_item_is_the_requests_own_problem(call):
+    response = call('/probe/counted', {'count': 3, 'missing_at': 0})
+    assert response.status_code == 404 and response.content_type == 'application/problem+json'
+    assert response.get_json()['detail'] == 'No number 0.'
+
+
 # Every URL a module mounted, known when the tests are collected: a new module is covered without an edit here.
 @pytest.mark.parametrize('path', mounted_paths())
 def test_other_methods_are_405_with_allow_post(client, path):

@@ -203,6 +203,26 @@ def with_status():
     return {'accepted': True}, 202
 
 
+def given_status(code, value=None):
+    """Return (value, code): any status the caller names."""
+    return value, code
+
+
+def counted(count, missing_at=None):
+    """Return a plain generator (no connection) of the numbers 0 to count - 1; it raises NotFound at missing_at."""
+    def numbers():
+        for number in range(count):
+            if number == missing_at:
+                raise NotFound(f'No number {number}.')
+            yield number
+    return numbers()
+
+
+def nothing_to_iterate():
+    """Return an empty iterator that is no generator."""
+    return iter(())
+
+
 class Size(Schema):
     """A body size in bytes."""
 

@@ -2,7 +2,8 @@ from .actions import (add, autocommit_stream, chunked, counted_stream, crash, cr
                       echo_in_a_transaction, enveloped_any_keys, enveloped_own_keys,
                       export_things, fail_with, failing_stream,
                       flaky, generated, get_thing, greet, hold, items, migrations, missing, move, pid, probe_values,
-                      python_values, raw_rows, register, sized, sqlstate, with_status)
+                      python_values, raw_rows, register, sized, sqlstate, with_status, given_status, counted,
+                      nothing_to_iterate)
 
 routes = [
     dict(route='', action=echo),
@@ -21,6 +22,9 @@ routes = [
     dict(route='missing', action=missing),
     dict(route='fail', action=fail_with),
     dict(route='status', action=with_status),
+    dict(route='given_status', action=given_status),
+    dict(route='counted', action=counted),
+    dict(route='nothing_to_iterate', action=nothing_to_iterate),
     dict(route='sized', action=sized),
     dict(route='chunked', action=chunked),
     dict(route='hold', action=hold),
