@@ -142,10 +142,14 @@ def within_numeric_range(value):
             and -value.as_tuple().exponent <= NUMERIC_MAX_DIGITS_AFTER_POINT)
 
 
+def seconds_of(microseconds):
+    """Return a whole number of microseconds as an ExactNumber of seconds with no trailing zeros: 86400, 1.5."""
+    return ExactNumber(decimal.Decimal(microseconds).scaleb(-6).normalize(decimal.Context(prec=40)))
+
+
 def exact_seconds(value):
     """Return a timedelta as its exact number of seconds (a float would round past 2**53 microseconds)."""
-    microseconds = (value.days * 86400 + value.seconds) * 1_000_000 + value.microseconds
-    return RawJson(decimal_text(decimal.Decimal(microseconds).scaleb(-6).normalize(decimal.Context(prec=40))))
+    return RawJson(decimal_text(seconds_of((value.days * 86400 + value.seconds) * 1_000_000 + value.microseconds)))
 
 
 register_json_type(decimal.Decimal, decimal_text)  # exact, as a string: "10.50"

@@ -840,3 +840,12 @@ def test_a_deep_json_value_with_exact_numbers_is_answered_exactly(call):
     assert answer.status_code == 200
     row = b'{"v":' + b'[' * 127 + b'0.' + b'0' * 399 + b'1' + b']' * 127 + b'}'
     assert answer.get_data() == b'[' + b','.join([row] * 100) + b']'
+
+
+@pytest.mark.parametrize('literal, written', [('-178000000 years', b'-5617252800000000'),
+                                              ('1000000000 days', b'86400000000000'),
+                                              ('999999999 days', b'86399999913600'),
+                                              ('1000000000 days 0.5 seconds', b'86400000000000.5')])
+def test_an_interval_past_timedeltas_range_is_written_as_its_seconds_without_trailing_zeros(conn, literal, written):
+    """As the contract's example and an interval within the range: 86400000000000, not 86400000000000.000000."""
+    assert all_three_ways(conn, 'SELECT %(v)s::interval AS v', {'v': literal}) == b'[{"v":%s}]' % written

@@ -29,7 +29,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from lib.errors import ApiError, Unprocessable, translates
-from lib.jsonenc import ExactNumber, dumps_bytes, loads_exact
+from lib.jsonenc import dumps_bytes, loads_exact, seconds_of
 
 DATE, TIME, TIMETZ, TIMESTAMP, TIMESTAMPTZ, INTERVAL, JSON, JSONB = 1082, 1083, 1266, 1114, 1184, 1186, 114, 3802
 # The catalogs' vectors (pg_index.indkey, pg_proc.proargtypes): integers separated by spaces, which psycopg2 reads as
@@ -173,7 +173,7 @@ def cast_interval(text, cursor):
     try:
         return datetime.timedelta(microseconds=microseconds)
     except OverflowError:
-        return ExactNumber(f'{microseconds}E-6')
+        return seconds_of(microseconds)
 
 
 def cast_json(text, cursor):
