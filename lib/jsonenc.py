@@ -243,7 +243,7 @@ def loads_exact(data, bounded=True):
     text = data if isinstance(data, str) else data.decode('utf-8')
     try:
         value = json.loads(text, parse_float=BoundedNumbers() if bounded else ExactNumber,
-                           parse_int=int if bounded else int_or_exact, parse_constant=refuse_constant,
+                           parse_int=bounded_int if bounded else int_or_exact, parse_constant=refuse_constant,
                            object_pairs_hook=dict_refusing_lost_surrogates if refused else None)
     except RecursionError:
         if bounded:
@@ -286,7 +286,7 @@ def refuse_lone_surrogates(value):
 
 class BoundedNumbers:
     """Read the numbers of one request body that are not integers as ExactNumbers (json.loads' parse_float),
-    refusing with ValueError one past Python's integer text limit before its point, one past numeric's digits after
+    refusing with NumberTooLong one past Python's integer text limit before its point, one past numeric's digits after
     it (1e-999999999 would be a gigabyte of text written plain), and a body whose numbers written plain take more
     than PLAIN_DIGITS_PER_BODY digits (so an answer echoing them is no bigger than a body may be)."""
 
@@ -302,10 +302,11 @@ class BoundedNumbers:
         number = ExactNumber(text)
         limit = sys.get_int_max_str_digits()
         if limit and number.is_finite() and number.adjusted() >= limit:
-            raise ValueError(f'A number has more than {limit} digits before its point')
+            raise NumberTooLong(f'The request body holds a number with more than {limit} digits before its point.')
         exponent = number.as_tuple().exponent
         if -exponent > NUMERIC_MAX_DIGITS_AFTER_POINT:
-            raise ValueError(f'A number has more than {NUMERIC_MAX_DIGITS_AFTER_POINT} digits after its point')
+            raise NumberTooLong('The request body holds a number with more than '
+                                f'{NUMERIC_MAX_DIGITS_AFTER_POINT} digits after its point.')
         self.count(max(number.adjusted() + 1, 1) + max(-exponent, 0))
         return number
 
@@ -313,7 +314,17 @@ class BoundedNumbers:
         """Count a number's digits written plain against the body's PLAIN_DIGITS_PER_BODY."""
         self.digits += digits
         if self.digits > PLAIN_DIGITS_PER_BODY:
-            raise ValueError(f'The numbers of the body take more than {PLAIN_DIGITS_PER_BODY} digits written out')
+            raise NumberTooLong(f'The numbers of the request body take more than {PLAIN_DIGITS_PER_BODY} digits '
+                                'written out.')
+
+
+def bounded_int(text):
+    """Read a request body's JSON integer as an int; NumberTooLong past Python's integer text limit."""
+    try:
+        return int(text)
+    except ValueError:
+        raise NumberTooLong('The request body holds a number with more than '
+                            f'{sys.get_int_max_str_digits()} digits before its point.') from None
 
 
 def int_or_exact(text):
@@ -334,8 +345,16 @@ def refuse_constant(name):
 MAX_BODY_DEPTH = 128
 
 
-class TooDeep(ValueError):
+class BodyPastLimit(ValueError):
+    """A request body that is JSON but past what dbapi reads; the message is the detail of its 400."""
+
+
+class TooDeep(BodyPastLimit):
     """A JSON document nests arrays and objects deeper than MAX_BODY_DEPTH levels."""
+
+
+class NumberTooLong(BodyPastLimit):
+    """A request body's number has more digits than dbapi reads (BoundedNumbers), or its numbers together do."""
 
 
 def has_float(value, depth_left=None):

@@ -10,7 +10,7 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from lib.errors import BadRequest, RequestTimeout, Unprocessable, UnsupportedMediaType
 from lib.http.exchange import CLIENT_SOCKET_KEY, deadline_of
-from lib.jsonenc import JSON_MIMETYPE, TooDeep, loads_exact
+from lib.jsonenc import JSON_MIMETYPE, BodyPastLimit, loads_exact
 
 # JSON can hold a NUL only escaped; PostgreSQL's text cannot hold one at all.
 ESCAPED_NUL = b'\\u0000'
@@ -111,7 +111,7 @@ def read_json_body():
     refuse_unless_json(environ.get('CONTENT_TYPE', ''))
     try:
         body = loads_exact(data)
-    except TooDeep as exc:
+    except BodyPastLimit as exc:  # JSON, but nested too deep or with too long a number
         raise BadRequest(str(exc)) from None
     except ValueError:  # orjson's and the json module's decode errors, and invalid UTF-8
         raise BadRequest('The request body is not valid JSON.') from None
