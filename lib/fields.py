@@ -1,4 +1,6 @@
-"""Fields modules share: bigint ids and exact decimals, refused with a 422 before any SQL runs."""
+"""Fields modules share: bigint ids, exact decimals and bytea as base64, refused with a 422 before any SQL runs."""
+import base64
+import binascii
 import re
 from decimal import Decimal
 
@@ -67,3 +69,28 @@ def exact_decimal(places, validators=(), **options):
     """Return a Decimal field of a plain decimal string or a JSON number, refusing extra digits instead of rounding."""
     return fields.Decimal(pre_load=plain_decimal_text(places), validate=[at_most_places(places), *validators],
                           **options)
+
+
+class Base64Bytes(fields.Field):
+    """bytea in a body: standard base64 text (RFC 4648 section 4, padded), the form dbapi writes bytea in, loaded as
+    bytes, which psycopg2 sends as bytea; anything else is a 422 "Not valid base64 text."."""
+
+    default_error_messages = {'invalid': 'Not valid base64 text.'}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        """Return the bytes of base64 text; ValidationError for a value that is not such text."""
+        if not isinstance(value, str):
+            raise self.make_error('invalid')
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):  # ValueError: a character outside ASCII
+            raise self.make_error('invalid') from None
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        """Return bytes as base64 text (None as None)."""
+        return None if value is None else base64.b64encode(value).decode('ascii')
+
+
+def base64_bytes(**options):
+    """Return a field that loads base64 text as bytes for a bytea column (Base64Bytes)."""
+    return Base64Bytes(**options)

@@ -2,6 +2,7 @@
 the documented exception, on the buffered path, Db.stream and Db.stream_json; bodies keep numbers exact."""
 import base64
 import json
+import datetime
 import decimal
 import re
 import subprocess
@@ -853,3 +854,22 @@ def test_a_deep_json_value_with_exact_numbers_is_answered_exactly(call):
 def test_an_interval_past_timedeltas_range_is_written_as_its_seconds_without_trailing_zeros(conn, literal, written):
     """As the contract's example and an interval within the range: 86400000000000, not 86400000000000.000000."""
     assert all_three_ways(conn, 'SELECT %(v)s::interval AS v', {'v': literal}) == b'[{"v":%s}]' % written
+
+
+def test_bytea_read_as_base64_is_written_back_the_same_with_base64_bytes(call):
+    answer = call('/probe/bytea_round_trip', {'raw': 'AP8='})
+    assert answer.get_json() == {'raw': 'AP8=', 'length': 2}  # the two bytes 00 ff, not the four of the text
+
+
+@pytest.mark.parametrize('raw', ['AP8', 'AP8=\n', '!!!!', 'é', 5, ['AP8=']])
+def test_base64_bytes_refuses_what_is_no_base64_text_with_a_422(call, raw):
+    answer = call('/probe/bytea_round_trip', {'raw': raw})
+    assert assert_problem(answer, 422)['errors'] == {'raw': ['Not valid base64 text.']}
+
+
+def test_an_aware_datetime_an_action_builds_is_written_with_its_offset_in_whole_minutes():
+    """The contract's limit for values actions build, and the conversion docs/modules.md gives for it."""
+    lmt = datetime.timezone(-datetime.timedelta(minutes=44, seconds=30))
+    built = datetime.datetime(1959, 12, 31, 23, 15, 30, tzinfo=lmt)
+    assert dumps_bytes(built) == b'"1959-12-31T23:15:30-00:45"'  # rounded: 30 s off
+    assert dumps_bytes(built.astimezone(datetime.timezone.utc)) == b'"1960-01-01T00:00:00+00:00"'  # exact

@@ -10,6 +10,7 @@ from lib.db import DEFAULT, Db
 from lib.db.migrate import MIGRATION_TABLE
 from lib.decorators import inject_conn, inject_db, use_schema
 from lib.errors import ApiError, Conflict, NotFound, Unprocessable
+from lib.fields import base64_bytes
 
 # Each case runs real SQL that makes PostgreSQL raise that SQLSTATE.
 SQLSTATE_CASES = {
@@ -201,6 +202,19 @@ def fail_with(status):
 def with_status():
     """Return (value, status)."""
     return {'accepted': True}, 202
+
+
+class Raw(Schema):
+    """Bytes, as base64 text."""
+
+    raw = base64_bytes(required=True)
+
+
+@use_schema(Raw)
+@inject_db(DEFAULT)
+def bytea_round_trip(db, raw):
+    """Send the bytes to PostgreSQL as bytea and return what it holds, and its length in bytes."""
+    return db.fetch_one('SELECT %(raw)s::bytea AS raw, octet_length(%(raw)s::bytea) AS length', {'raw': raw})
 
 
 def given_status(code, value=None):

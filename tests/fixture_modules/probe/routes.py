@@ -2,7 +2,7 @@ from .actions import (add, autocommit_stream, chunked, counted_stream, crash, cr
                       echo_in_a_transaction, enveloped_any_keys, enveloped_own_keys,
                       export_things, fail_with, failing_stream,
                       flaky, generated, get_thing, greet, hold, items, migrations, missing, move, pid, probe_values,
-                      python_values, raw_rows, register, sized, sqlstate, with_status, given_status, counted,
+                      python_values, raw_rows, register, sized, sqlstate, with_status, given_status, counted, bytea_round_trip,
                       nothing_to_iterate)
 
 routes = [
@@ -24,6 +24,7 @@ routes = [
     dict(route='status', action=with_status),
     dict(route='given_status', action=given_status),
     dict(route='counted', action=counted),
+    dict(route='bytea_round_trip', action=bytea_round_trip),
     dict(route='nothing_to_iterate', action=nothing_to_iterate),
     dict(route='sized', action=sized),
     dict(route='chunked', action=chunked),
