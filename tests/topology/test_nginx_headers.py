@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -36,8 +37,16 @@ class HeaderEcho(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_POST(self):  # noqa: N802 (http.server's name)
-        """Answer /probe/stream with 8 MiB in chunks; anything else with 10 bytes of the 1000 announced, then close:
-        a replica that died half-way."""
+        """Answer /probe/whole with 12 bytes, /probe/stream with 8 MiB in chunks; anything else with 10 bytes of the
+        1000 announced, then close: a replica that died half-way."""
+        if self.path == '/probe/whole':
+            self.rfile.read(int(self.headers.get('Content-Length') or 0))
+            self.send_response(200)
+            self.send_header('Content-Type', 'application/json')
+            self.send_header('Content-Length', '12')
+            self.end_headers()
+            self.wfile.write(b'{"ok": true}')
+            return
         if self.path == '/probe/stream':
             self.send_response(200)
             self.send_header('Transfer-Encoding', 'chunked')
@@ -207,3 +216,68 @@ def test_the_native_stack_renders_the_same_main_config_in_its_own_directory(tmp_
     image = rendered_main(NGINX_RUN_DIR=str(tmp_path), NGINX_CONF_DIR=str(tmp_path), NGINX_WORKER_PROCESSES='1',
                           NGINX_USER_DIRECTIVE=nginx.worker_user())
     assert image == text
+
+
+def line_of(proxy, request_id):
+    """Return nginx's access line of request_id, once written."""
+    return wait_for(lambda: [line for line in proxy.access_log() if line['http.request.id'] == request_id], 10,
+                    'nginx did not log the request')[0]
+
+
+def exchange(port, *parts, pause=0.3):
+    """Send parts (bytes) to port with a pause between them, read the answer until nginx closes, and return it."""
+    with socket.create_connection(('127.0.0.1', port), timeout=10) as client:
+        for number, part in enumerate(parts):
+            if number:
+                time.sleep(pause)
+            client.sendall(part)
+        answer = b''
+        while chunk := client.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_an_answer_after_100_continue_is_logged_as_sent_whole(echo_port):
+    """nginx counts its "100 Continue" in $body_bytes_sent: the line still has the body's bytes and a success."""
+    with running_nginx([echo_port]) as proxy:
+        answer = exchange(proxy.port, b'POST /probe/whole HTTP/1.1\r\nHost: dbapi\r\nX-Request-ID: continue-1\r\n'
+                          b'Expect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\n', b'{}')
+        line = line_of(proxy, 'continue-1')
+    assert answer.startswith(b'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 ') and answer.endswith(b'{"ok": true}')
+    assert (line['http.response.body.bytes'], line['event.outcome']) == (12, 'success')
+
+
+def test_a_client_that_leaves_while_it_sends_its_body_is_logged_as_a_failure(echo_port):
+    with running_nginx([echo_port]) as proxy:
+        with socket.create_connection(('127.0.0.1', proxy.port), timeout=10) as client:
+            client.sendall(b'POST /probe/whole HTTP/1.1\r\nHost: dbapi\r\nX-Request-ID: left-1\r\n'
+                           b'Content-Length: 1000\r\n\r\n{"a": ')
+            time.sleep(0.3)
+        line = line_of(proxy, 'left-1')
+    assert (line['http.response.status_code'], line['http.response.body.bytes']) == (400, 0)
+    assert line['event.outcome'] == 'failure'  # nothing was answered: the client went away, as the app logs it
+
+
+@pytest.mark.parametrize('request_head, status', [
+    (b'TRACE /probe/whole HTTP/1.1\r\nHost: dbapi\r\n', 405),
+    (b'POST /probe/whole HTTP/1.1\r\nHost: dbapi\r\nTransfer-Encoding: gzip\r\n', 400),
+    (b'POST /probe/whole HTTP/2.0\r\nHost: dbapi\r\n', 400),
+])
+def test_requests_nginx_refuses_itself_get_problem_details_and_no_5xx(echo_port, request_head, status):
+    with running_nginx([echo_port]) as proxy:
+        answer = exchange(proxy.port, request_head + b'Connection: close\r\n\r\n')
+        head, _, body = answer.partition(b'\r\n\r\n')
+        problem = json.loads(body)
+        line = line_of(proxy, problem['request_id'])
+    assert head.startswith(b'HTTP/1.1 %d ' % status) and b'Content-Type: application/problem+json' in head
+    assert (problem['status'], line['http.response.status_code'], line['event.outcome']) == (status, status, 'success')
+    if status == 405:
+        assert b'\r\nAllow: POST' in head and problem['detail'] == 'Use POST.'
+
+
+def test_an_http_0_9_request_is_refused_not_passed_on(echo_port):
+    with running_nginx([echo_port]) as proxy:
+        problem = json.loads(exchange(proxy.port, b'GET /probe/echo\r\n'))  # no status line: 0.9 has none
+        line = line_of(proxy, problem['request_id'])
+    assert problem['status'] == 400 and line['http.response.status_code'] == 400
+    assert 'nginx.upstream.address' not in line

@@ -222,16 +222,22 @@ def map_rules(text, variable):
     return [(pattern.replace('\\\\', '\\'), value) for pattern, value in rules], re.search(r'default (\S+);', body)[1]
 
 
+# The key: [$request_completion] method $status $sent_http_content_length $body_bytes_sent |$upstream_response_length
 @pytest.mark.parametrize('key, outcome', [
-    ('[OK] POST 200 85 85', 'success'),
-    ('[OK] POST 200 1000 10', 'failure'),  # a body that ended before its Content-Length
-    ('[OK] HEAD 200 1000 0', 'success'),
-    ('[] POST 200 - 4000000', 'failure'),  # an answer nginx could not finish sending
-    ('[] POST 301 - 0', 'failure'),
-    ('[] POST 408 - 0', 'success'),  # nginx's own 408: the request did not arrive, nothing was sent
-    ('[OK] POST 404 120 120', 'success'),
-    ('[] POST 499 - 0', 'failure'),
-    ('[OK] POST 502 200 200', 'failure'),
+    ('[OK] POST 200 85 85 |85', 'success'),
+    ('[OK] POST 200 85 110 |85', 'success'),  # after nginx's "100 Continue", which $body_bytes_sent counts
+    ('[OK] POST 200 85 85 |0, 85', 'success'),  # a second replica answered after a failed connect
+    ('[OK] POST 200 1000 10 |10', 'failure'),  # a body that ended before its Content-Length
+    ('[OK] POST 200 1000 35 |10', 'failure'),  # the same after a "100 Continue"
+    ('[OK] HEAD 200 1000 0 |0', 'success'),
+    ('[] POST 200 - 4000000 |4000000', 'failure'),  # an answer nginx could not finish sending
+    ('[] POST 301 - 0 |0', 'failure'),
+    ('[] POST 408 - 0 |', 'success'),  # nginx's own 408: the request did not arrive, nothing was sent
+    ('[] POST 400  0 |', 'failure'),  # the client left while it sent its body: nothing was answered
+    ('[OK] POST 400 369 369 |', 'success'),  # nginx's own 400 problem, sent whole
+    ('[OK] POST 404 120 120 |120', 'success'),
+    ('[] POST 499 - 0 |', 'failure'),
+    ('[OK] POST 502 200 200 |', 'failure'),
 ])
 def test_nginx_logs_the_outcome_the_app_would(key, outcome):
     rules, default = map_rules(rendered(), 'dbapi_event_outcome')
