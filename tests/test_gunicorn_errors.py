@@ -66,6 +66,10 @@ def test_each_request_gunicorn_refuses_has_an_access_line_with_its_request_id(da
         assert line['http']['response'] == {'status_code': status, 'body': {'bytes': body_bytes}}, line
         assert line['message'] == f'- - {status}' and line['client']['ip'] == '127.0.0.1', line
         assert line['event'] == {'dataset': 'dbapi.access', 'outcome': 'success'}, line
+    # gunicorn's own line saying why it refused the request carries the id of the answer too
+    reasons = [line for line in lines
+               if line['log']['logger'] == 'gunicorn.error' and 'Invalid request' in line['message']]
+    assert sorted(line['http']['request']['id'] for line in reasons) == sorted(answered), reasons
 
 
 CHUNKED_HEAD = (b'POST /probe/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n'

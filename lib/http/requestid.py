@@ -1,4 +1,5 @@
 """Request ids: a WSGI middleware picks each request's id; the header step (lib/http/headers.py) sends it back."""
+import contextvars
 import os
 import re
 
@@ -6,6 +7,8 @@ from flask import has_request_context, request
 
 SANE_REQUEST_ID = re.compile(r'[A-Za-z0-9._:-]{1,128}')
 REQUEST_ID_KEY = 'dbapi.request_id'
+# The id of a request gunicorn refused unparsed (lib/http/workers.py), while gunicorn logs why: no app serves it.
+REFUSED_REQUEST_ID = contextvars.ContextVar('dbapi_refused_request_id', default=None)
 
 
 def new_request_id():
@@ -14,8 +17,8 @@ def new_request_id():
 
 
 def current_request_id():
-    """Return the id of the request being served, or None outside a request."""
-    return request.environ.get(REQUEST_ID_KEY) if has_request_context() else None
+    """Return the id of the request being served or refused (REFUSED_REQUEST_ID), or None outside a request."""
+    return request.environ.get(REQUEST_ID_KEY) if has_request_context() else REFUSED_REQUEST_ID.get()
 
 
 class RequestIds:

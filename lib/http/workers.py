@@ -17,7 +17,7 @@ from gunicorn.workers.sync import SyncWorker
 
 from lib.http.exchange import BrokeBeforeItsFirstByte
 from lib.http.headers import RESPONSE_HEADERS
-from lib.http.requestid import REQUEST_ID_KEY, new_request_id
+from lib.http.requestid import REFUSED_REQUEST_ID, REQUEST_ID_KEY, new_request_id
 from lib.jsonenc import dumps_bytes
 from lib.logs.access import log_refused_request
 
@@ -62,19 +62,24 @@ class ProblemErrors:
     """Mixin for a gunicorn worker: its own error answers as problem+json."""
 
     def handle_error(self, req, client, addr, exc):
-        """Let gunicorn decide the status and log the error, then answer it as problem details, with an access
-        line of its own. An answer the app started that broke before its first byte is answered as a 500 under
-        its request's id, without a line or a traceback: its access line has told of it."""
+        """Let gunicorn decide the status and log the error (its line carries the answer's request id), then answer
+        it as problem details, with an access line of its own. An answer the app started that broke before its
+        first byte is answered as a 500 under its request's id, without a line or a traceback: its access line has
+        told of it."""
         if isinstance(exc, BrokeBeforeItsFirstByte):
             with contextlib.suppress(OSError):
                 client.sendall(problem_answer(500, 'Internal Server Error', exc.request_id)[0])
             return
-        captured = CapturedAnswer(client)
-        super().handle_error(req, captured, addr, exc)
+        captured, request_id = CapturedAnswer(client), new_request_id()
+        refused = REFUSED_REQUEST_ID.set(request_id)  # gunicorn's line saying why carries the answer's id
+        try:
+            super().handle_error(req, captured, addr, exc)
+        finally:
+            REFUSED_REQUEST_ID.reset(refused)
         status_line = STATUS_LINE.match(captured.written)
         if status_line is None:
             return
-        status, request_id = int(status_line[1]), new_request_id()
+        status = int(status_line[1])
         answer, body_bytes = problem_answer(status, status_line[2].decode('latin-1'), request_id)
         try:
             client.sendall(answer)
