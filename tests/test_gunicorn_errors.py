@@ -92,6 +92,16 @@ def test_a_malformed_chunked_body_is_a_400_problem_not_a_500(database_url, worke
         assert status == 200 and json.loads(body) == {}  # a well-formed one is read
 
 
+def test_a_transfer_coding_besides_chunked_is_a_400_problem_not_a_body_misread(database_url):
+    """gunicorn takes the chunks off and leaves the gzip on: the body would be read as what it is not."""
+    gzipped = CHUNKED_HEAD.replace(b'Transfer-Encoding: chunked', b'Transfer-Encoding: gzip, chunked')
+    with running_gunicorn(database_url, WEB_CONCURRENCY='1') as port:
+        status, headers, body = raw_answer(port, gzipped + b'2\r\n{}\r\n0\r\n\r\n')
+    assert status == 400 and headers['Content-Type'] == 'application/problem+json'
+    assert json.loads(body)['detail'] == ('Transfer-Encoding gzip, chunked is not accepted: send the body with a '
+                                          'Content-Length, or chunked alone.')
+
+
 def test_a_malformed_chunked_body_is_a_400_problem_under_sync_workers_too(database_url):
     with running_gunicorn(database_url, WORKER_CLASS='sync', WEB_CONCURRENCY='1') as port:
         for case, chunks in MALFORMED_CHUNKS.items():

@@ -21,6 +21,7 @@ NUL_IN_KEY = 'Keys must not contain the NUL character (\\u0000).'
 def read_body(environ):
     """Return the raw body, refusing one over MAX_CONTENT_LENGTH with 413 and one still arriving at the request's
     deadline (REQUEST_DEADLINE_MS) with 408."""
+    refuse_transfer_coding(environ.get('HTTP_TRANSFER_ENCODING'))
     config = current_app.config
     limit = config['MAX_CONTENT_LENGTH']
     deadline = deadline_of(environ, config['REQUEST_DEADLINE_MS'])
@@ -98,6 +99,15 @@ def refuse_content_coding(content_encoding):
     if coding and coding != 'identity':
         raise UnsupportedMediaType(f'Content-Encoding {coding[:40]} is not accepted: send the body uncompressed.',
                                    headers={'Accept-Encoding': 'identity'})
+
+
+def refuse_transfer_coding(transfer_encoding):
+    """Raise 400 for a Transfer-Encoding other than chunked alone (None: no header): the server takes the chunks
+    off, and nothing would undo another coding (gzip), so the body would be read as something it is not. nginx in
+    front answers the same 400."""
+    if transfer_encoding is not None and transfer_encoding.strip().lower() != 'chunked':
+        raise BadRequest(f'Transfer-Encoding {transfer_encoding.strip()[:40]} is not accepted: send the body with a '
+                         'Content-Length, or chunked alone.')
 
 
 def read_json_body():
