@@ -1,9 +1,9 @@
-from .actions import (add, autocommit_stream, chunked, counted_stream, crash, create_thing, create_unencodable, echo, echo_any_keys_in_a_transaction,
-                      echo_in_a_transaction, enveloped_any_keys, enveloped_own_keys,
-                      export_things, fail_with, failing_stream,
-                      flaky, generated, get_thing, greet, hold, items, migrations, missing, move, pid, probe_values,
-                      python_values, raw_rows, register, sized, sqlstate, with_status, given_status, counted, bytea_round_trip,
-                      nothing_to_iterate)
+from .actions import (add, autocommit_stream, bytea_round_trip, chunked, counted, counted_stream, crash,
+                      create_thing, create_unencodable, echo, echo_any_keys_in_a_transaction, echo_in_a_transaction,
+                      enveloped_any_keys, enveloped_own_keys, export_things, fail_with, failing_stream, flaky,
+                      generated, get_thing, given_status, greet, hold, items, migrations, missing, move,
+                      nothing_to_iterate, pid, probe_values, python_values, raw_rows, register, sized, sqlstate,
+                      with_status)
 
 routes = [
     dict(route='', action=echo),
