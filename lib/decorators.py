@@ -151,12 +151,13 @@ def respond(result):
     if isinstance(result, Response):
         return result
     value, status = value_and_status(result)
-    if isinstance(value, Iterator):
-        return streamed(value, status)
     if status in NO_CONTENT_STATUSES:
+        close_stream(value)  # a stream's connection goes back unread: the answer has no body
         response = Response(status=status)
         del response.headers['Content-Type']
         return response
+    if isinstance(value, Iterator):
+        return streamed(value, status)
     return json_response(value, status)
 
 
@@ -167,7 +168,8 @@ def value_and_status(result):
         return result, 200
     if result[1] not in SUCCESS_STATUSES:
         raise TypeError(f'an action returned the status {result[1]}: (value, status) takes 200-399; an error is '
-                        'raised as a lib.errors exception, so that its answer is problem details')
+                        'raised as a lib.errors exception, so that its answer is problem details (a row of two '
+                        'values, the second an int, is returned as a list: list(row))')
     return result
 
 

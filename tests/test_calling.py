@@ -203,8 +203,9 @@ def test_action_may_return_value_and_status(call):
 
 
 @pytest.mark.parametrize('code', [204, 304])
-def test_a_no_content_status_answers_with_no_body_and_no_content_type(call, code):
-    response = call('/probe/given_status', {'code': code, 'value': {'a': 1}})
+@pytest.mark.parametrize('streamed', [False, True])
+def test_a_no_content_status_answers_with_no_body_and_no_content_type(call, code, streamed):
+    response = call('/probe/given_status', {'code': code, 'value': [1, 2], 'streamed': streamed})
     assert (response.status_code, response.get_data(), response.content_type) == (code, b'', None)
 
 

@@ -217,9 +217,9 @@ def bytea_round_trip(db, raw):
     return db.fetch_one('SELECT %(raw)s::bytea AS raw, octet_length(%(raw)s::bytea) AS length', {'raw': raw})
 
 
-def given_status(code, value=None):
-    """Return (value, code): any status the caller names."""
-    return value, code
+def given_status(code, value=None, streamed=False):
+    """Return (value, code): any status the caller names; with streamed, value's items as a generator."""
+    return (item for item in value) if streamed else value, code
 
 
 def counted(count, missing_at=None):
