@@ -33,6 +33,16 @@ def test_upsert_inserts_then_updates_the_conflicting_row(conn):
     assert db.fetch_value('SELECT count(*) FROM probe."odd table"') == 1
 
 
+def test_one_column_may_be_named_as_a_string_not_split_into_letters(conn):
+    """A string is one name: ('select' would be the columns s, e, l, e, c, t, and 'id' in 'select id' a substring)."""
+    db = Db(conn)
+    first = db.upsert(ODD_TABLE, {'select': 'k', 'na me': 'one'}, conflict='select', returning_columns='id')
+    second = db.upsert(ODD_TABLE, {'select': 'k', 'na me': 'two'}, conflict='select', update='na me',
+                       returning_columns='na me')
+    assert list(first) == ['id'] and second == {'na me': 'two'}
+    assert db.insert(ODD_TABLE, {'select': 'j'}, returning_columns='select') == {'select': 'j'}
+
+
 def test_upsert_with_nothing_to_update_still_returns_the_row(conn):
     db = Db(conn)
     first = db.upsert(ODD_TABLE, {'select': 'only'}, conflict=['select'])

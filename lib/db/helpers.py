@@ -10,9 +10,14 @@ def table_name(name):
     return sql.Identifier(*name.split('.'))
 
 
+def column_names(names):
+    """Return a list of column names given as a list or as one name ("reference": one column, not its letters)."""
+    return [names] if isinstance(names, str) else list(names)
+
+
 def identifiers(names):
-    """Quote a list of column names, comma-separated."""
-    return sql.SQL(', ').join(map(sql.Identifier, names))
+    """Quote column names (a list, or one name), comma-separated."""
+    return sql.SQL(', ').join(map(sql.Identifier, column_names(names)))
 
 
 def equals(names, joiner, prefix=''):
@@ -88,8 +93,10 @@ class Db:
         return self.fetch_one(query + returning(returning_columns), values)
 
     def upsert(self, table, values, conflict, update=None, returning_columns='*'):
-        """Insert a row or, when conflict columns clash, update it; safe under concurrency."""
-        update = [name for name in values if name not in conflict] if update is None else update
+        """Insert a row or, when conflict columns clash, update it; safe under concurrency. conflict and update are
+        lists of column names, or one name each."""
+        conflict = column_names(conflict)
+        update = [name for name in values if name not in conflict] if update is None else column_names(update)
         # DO UPDATE with no column would be DO NOTHING, which returns no row: touch a key column instead.
         assignments = sql.SQL(', ').join(
             sql.SQL('{0} = EXCLUDED.{0}').format(sql.Identifier(name)) for name in (update or conflict[:1]))
