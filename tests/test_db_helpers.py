@@ -7,6 +7,7 @@ import psycopg2
 import pytest
 
 from lib.db import Db, connection, transactional
+from lib.jsonenc import json_array_chunks
 from tests.helpers import Caller
 
 ODD_TABLE = 'probe.odd table'
@@ -97,6 +98,19 @@ def test_stream_yields_batches_from_a_server_side_cursor(app):
         batches = list(Db(conn).stream('SELECT g AS n FROM generate_series(1, 7) g', batch_size=3))
     assert [len(batch) for batch in batches] == [3, 3, 1]
     assert batches[2] == [{'n': 7}]
+
+
+@pytest.mark.parametrize('outer, inner', [('stream', 'stream'), ('stream', 'stream_json'), ('stream_json', 'stream'),
+                                          ('stream_json', 'stream_json')])
+def test_streams_may_be_open_on_one_connection_at_once(conn, outer, inner):
+    """Each has a cursor of its own: a stream read inside another's rows ("dbapi_stream" already existed)."""
+    db = Db(conn)
+    pairs = []
+    for batch in getattr(db, outer)('SELECT g AS n FROM generate_series(1, 3) g', batch_size=2):
+        for row in json.loads(b''.join(json_array_chunks([batch]))):  # either kind of batch, as rows
+            inner_rows = getattr(db, inner)('SELECT g * %(n)s AS m FROM generate_series(1, 2) g', {'n': row['n']})
+            pairs.append(json.loads(b''.join(json_array_chunks(inner_rows))))
+    assert pairs == [[{'m': 1}, {'m': 2}], [{'m': 2}, {'m': 4}], [{'m': 3}, {'m': 6}]]
 
 
 def test_an_action_may_stream_single_rows_from_a_generator(call, app):

@@ -10,7 +10,7 @@ import queue
 import re
 import threading
 from contextlib import suppress
-from itertools import chain
+from itertools import chain, count
 
 import orjson
 import psycopg2.extensions
@@ -28,7 +28,9 @@ TIMESTAMPTZ_OID = 1184
 TEXT_OIDS = frozenset(psycopg2.extensions.BYTES.values)
 # The types whose text the fast columns take as it comes, as bytes, instead of psycopg2's values.
 RAW_OIDS = INTEGER_OIDS | TEXT_OIDS | {BOOLEAN_OID, TIMESTAMP_OID, TIMESTAMPTZ_OID}
-CURSOR_NAME = 'dbapi_stream_json'
+# Each stream's server-side cursor has a name of its own, so that streams may be open on one connection at once
+# (one read inside another's rows).
+CURSOR_NUMBERS = count(1)
 # One token of SQL as PostgreSQL's lexer reads it (src/backend/parser/scan.l), enough to tell where a statement's
 # last token ends: comments (-- to a line's end, \n or \r), spaces (its five) and semicolons, quoted strings (E''
 # with backslash escapes), quoted names, names (a $ inside one, any character past ASCII), the opening of a dollar
@@ -281,6 +283,11 @@ class RowsJson:
 END = object()
 
 
+def new_cursor_name(kind):
+    """Return a server-side cursor name no other stream of this process has: dbapi_<kind>_<n>."""
+    return f'dbapi_{kind}_{next(CURSOR_NUMBERS)}'
+
+
 class Prefetcher:
     """Fetch a declared cursor's batches on a helper thread, so PostgreSQL computes one while this thread
     reads and converts the one before.
@@ -290,8 +297,8 @@ class Prefetcher:
     two batches are in memory, which keeps it flat. Leaving the with block ends the helper thread.
     """
 
-    def __init__(self, cursors, batch_size):
-        self.fetch = sql.SQL('FETCH FORWARD {} FROM {}').format(sql.Literal(batch_size), sql.Identifier(CURSOR_NAME))
+    def __init__(self, cursors, cursor_name, batch_size):
+        self.fetch = sql.SQL('FETCH FORWARD {} FROM {}').format(sql.Literal(batch_size), sql.Identifier(cursor_name))
         self.batch_size = batch_size
         self.free, self.fetched = queue.Queue(), queue.Queue()
         for cursor in cursors:
@@ -361,16 +368,16 @@ def text_cursor(conn):
     return cursor
 
 
-def json_batches(conn, rows_json, batch_size):
+def json_batches(conn, cursor_name, rows_json, batch_size):
     """Yield each batch of the declared cursor as a list holding one JSON fragment, for json_array_chunks."""
     try:
-        with Prefetcher([text_cursor(conn), text_cursor(conn)], batch_size) as batches:
+        with Prefetcher([text_cursor(conn), text_cursor(conn)], cursor_name, batch_size) as batches:
             for rows in batches:
                 yield [orjson.Fragment(rows_json(rows))]
     finally:
-        # So that the transaction may declare the cursor again; fails harmlessly after a failure.
+        # The cursor's resources go now, not at the transaction's end; fails harmlessly after a failure.
         with suppress(psycopg2.Error):
-            conn.cursor().execute(sql.SQL('CLOSE {}').format(sql.Identifier(CURSOR_NAME)))
+            conn.cursor().execute(sql.SQL('CLOSE {}').format(sql.Identifier(cursor_name)))
 
 
 def without_statement_end(query, backslash_escapes=False):
@@ -415,5 +422,6 @@ def json_stream(conn, query, params=None, batch_size=2000):
     backslashes = conn.info.parameter_status('standard_conforming_strings') == 'off'
     query = sql.SQL(without_statement_end(text, backslashes))
     select, rows_json = plan(cursor, query)
-    cursor.execute(sql.SQL('DECLARE {} NO SCROLL CURSOR FOR {}').format(sql.Identifier(CURSOR_NAME), select))
-    return json_batches(conn, rows_json, batch_size)
+    cursor_name = new_cursor_name('stream_json')
+    cursor.execute(sql.SQL('DECLARE {} NO SCROLL CURSOR FOR {}').format(sql.Identifier(cursor_name), select))
+    return json_batches(conn, cursor_name, rows_json, batch_size)

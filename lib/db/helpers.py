@@ -126,7 +126,8 @@ class Db:
         """Yield lists of row dicts from a server-side cursor, keeping memory flat; in a transaction
         (open_transaction)."""
         open_transaction(self.conn)
-        with self.conn.cursor(name='dbapi_stream', cursor_factory=psycopg2.extensions.cursor) as cursor:
+        name = copyjson.new_cursor_name('stream')  # a name of its own: streams may be open at once
+        with self.conn.cursor(name=name, cursor_factory=psycopg2.extensions.cursor) as cursor:
             cursor.itersize = batch_size
             cursor.execute(query, params)
             columns = None
