@@ -50,6 +50,12 @@ def test_upsert_with_nothing_to_update_still_returns_the_row(conn):
     assert db.upsert(ODD_TABLE, {'select': 'only'}, conflict=['select'])['id'] == first['id']
 
 
+def test_fetch_value_of_a_statement_that_returns_no_rows_is_none_as_fetch_one_is(conn):
+    db = Db(conn)
+    statement = 'UPDATE probe."odd table" SET "na me" = NULL WHERE false'
+    assert db.fetch_value(statement) is None and db.fetch_one(statement) is None  # was "no results to fetch", a 500
+
+
 def test_update_and_delete_return_the_row_or_none(conn):
     db = Db(conn)
     row = db.insert(ODD_TABLE, {'select': 'u', 'na me': 'before'})

@@ -78,8 +78,9 @@ class Db:
         return rows[0] if rows else None
 
     def fetch_value(self, query, params=None):
-        """Return the first column of the first row of query, or None."""
-        row = self._run(query, params).fetchone()
+        """Return the first column of the first row of query, or None (no row, or a statement that returns none)."""
+        cursor = self._run(query, params)
+        row = cursor.fetchone() if cursor.description is not None else None
         return row[0] if row else None
 
     def execute(self, query, params=None):
