@@ -71,26 +71,20 @@ def exact_decimal(places, validators=(), **options):
                           **options)
 
 
-class Base64Bytes(fields.Field):
-    """bytea in a body: standard base64 text (RFC 4648 section 4, padded), the form dbapi writes bytea in, loaded as
-    bytes, which psycopg2 sends as bytea; anything else is a 422 "Not valid base64 text."."""
+BASE64_INVALID = 'Not valid base64 text.'
 
-    default_error_messages = {'invalid': 'Not valid base64 text.'}
 
-    def _deserialize(self, value, attr, data, **kwargs):
-        """Return the bytes of base64 text; ValidationError for a value that is not such text."""
-        if not isinstance(value, str):
-            raise self.make_error('invalid')
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):  # ValueError: a character outside ASCII
-            raise self.make_error('invalid') from None
-
-    def _serialize(self, value, attr, obj, **kwargs):
-        """Return bytes as base64 text (None as None)."""
-        return None if value is None else base64.b64encode(value).decode('ascii')
+def decode_base64(text):
+    """Return the bytes of standard base64 text (RFC 4648 section 4, padded); ValidationError for anything else."""
+    if not isinstance(text, str):
+        raise ValidationError(BASE64_INVALID)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):  # ValueError: a character outside ASCII
+        raise ValidationError(BASE64_INVALID) from None
 
 
 def base64_bytes(**options):
-    """Return a field that loads base64 text as bytes for a bytea column (Base64Bytes)."""
-    return Base64Bytes(**options)
+    """Return a field for a bytea column: standard base64 text, the form dbapi writes bytea in, loaded as bytes
+    (psycopg2 sends them as bytea); anything else is a 422 "Not valid base64 text."."""
+    return fields.Function(deserialize=decode_base64, **options)
