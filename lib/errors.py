@@ -54,14 +54,30 @@ def exit_on_startup_error():
         raise SystemExit(1) from None
 
 
+# Members of a problem document the framework writes (RFC 9457's, and the request's id): an error's extension
+# members cannot replace them, so the body's status is always the answer's.
+STANDARD_MEMBERS = frozenset({'type', 'title', 'status', 'detail', 'instance', 'errors', 'request_id'})
+# Headers the framework sets on every answer: an error's own headers cannot replace them (a Content-Length that
+# is not the body's would break the connection).
+FRAMEWORK_HEADERS = frozenset({'content-type', 'content-length', 'content-encoding', 'transfer-encoding',
+                               'connection', 'x-request-id', 'vary'})
+
+
 class ApiError(Exception):
-    """An error with an HTTP status that renders as problem details."""
+    """An error with an HTTP status that renders as problem details: detail (text), errors (a field map) and
+    extension members (RFC 9457 section 3.2: sqlstate=...) go in the body, headers (Retry-After, Allow) on the
+    answer. A member named as a standard one, or a header the framework sets, is a TypeError: a module's bug."""
 
     status = 500
     title = None  # the status's phrase, unless it has none (nginx's 499)
     detail = 'The server could not complete the request.'
 
     def __init__(self, detail=None, errors=None, headers=None, **members):
+        if taken := sorted(STANDARD_MEMBERS & members.keys()):
+            raise TypeError(f'{type(self).__name__} takes no member {taken[0]!r}: the framework writes it (subclass '
+                            'the error class for another status or title)')
+        if taken := sorted(name for name in headers or () if name.lower() in FRAMEWORK_HEADERS):
+            raise TypeError(f'{type(self).__name__} takes no header {taken[0]!r}: the framework sets it')
         super().__init__(detail or self.detail)
         self.detail = detail or self.detail
         self.errors = errors

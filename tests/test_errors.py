@@ -4,8 +4,10 @@ import threading
 import psycopg2
 import pytest
 
+from lib.errors import NotFound, handle_error
 from tests.helpers import (ADMIN_TOKEN, UNREACHABLE_DSN, Caller, assert_problem, body_of_size, export_in_flight,
                            run_sql)
+
 
 def test_invalid_json_is_400(client):
     response = client.post('/probe/echo', data=b'{"a": ', headers={'Authorization': f'Bearer {ADMIN_TOKEN}',
@@ -207,3 +209,20 @@ def test_a_value_json_cannot_encode_is_a_500_with_nothing_committed(call, databa
     assert_problem(call('/probe/things/create-unencodable', {'code': code}), 500)
     assert run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,)) == [(0,)]
     assert call('/probe/things/create', {'code': code}).status_code == 201  # the same insert, encodable, commits
+
+
+@pytest.mark.parametrize('options', [{'status': 418}, {'title': 'Teapot'}, {'type': 'x'}, {'request_id': 'forged'},
+                                     {'headers': {'Content-Type': 'text/html'}}, {'headers': {'X-Request-ID': 'f'}},
+                                     {'headers': {'content-length': '3'}}])
+def test_an_error_cannot_replace_what_the_framework_writes(options):
+    """The body's status is the answer's, one request id, the problem's content type and the body's own length."""
+    with pytest.raises(TypeError, match='the framework'):
+        NotFound('No such thing.', **options)
+
+
+def test_an_error_takes_extension_members_and_its_own_headers(app):
+    error = NotFound('No such order.', order_id=7, headers={'Retry-After': '5'})
+    with app.test_request_context('/probe/echo', method='POST'):
+        response = handle_error(error)
+    assert response.headers['Retry-After'] == '5' and response.content_type == 'application/problem+json'
+    assert response.get_json()['order_id'] == 7 and response.get_json()['status'] == 404
