@@ -138,7 +138,7 @@ def decimal_text(value):
 def within_numeric_range(value):
     """Tell whether a finite Decimal's plain notation has no more digits before or after its point than PostgreSQL
     numeric holds."""
-    return (value.adjusted() < NUMERIC_MAX_DIGITS_BEFORE_POINT
+    return ((value.is_zero() or value.adjusted() < NUMERIC_MAX_DIGITS_BEFORE_POINT)  # a zero is "0" before it
             and -value.as_tuple().exponent <= NUMERIC_MAX_DIGITS_AFTER_POINT)
 
 
@@ -301,13 +301,15 @@ class BoundedNumbers:
             return ExactNumber(text)
         number = ExactNumber(text)
         limit = sys.get_int_max_str_digits()
-        if limit and number.is_finite() and number.adjusted() >= limit:
+        # A zero is written "0" before its point, whatever its exponent (0e999999).
+        before_point = 1 if number.is_zero() else max(number.adjusted() + 1, 1)
+        if limit and before_point > limit:
             raise NumberTooLong(f'The request body holds a number with more than {limit} digits before its point.')
         exponent = number.as_tuple().exponent
         if -exponent > NUMERIC_MAX_DIGITS_AFTER_POINT:
             raise NumberTooLong('The request body holds a number with more than '
                                 f'{NUMERIC_MAX_DIGITS_AFTER_POINT} digits after its point.')
-        self.count(max(number.adjusted() + 1, 1) + max(-exponent, 0))
+        self.count(before_point + max(-exponent, 0))
         return number
 
     def count(self, digits):

@@ -632,6 +632,14 @@ def test_a_body_number_too_long_for_python_is_refused_at_once_and_a_stored_one_i
     assert dumps_bytes(stored) == b'{"m":[0.%s1,0.5],"n":%s}' % (b'0' * 998, huge.encode())  # plain, as numeric
 
 
+@pytest.mark.parametrize('number, echoed', [('0e4301', b'0'), ('-0e999999', b'-0'), ('0.0e5000', b'0'),
+                                            ('0e-16383', b'0.' + b'0' * 16383)])
+def test_a_zero_with_a_large_exponent_is_no_long_number(call, number, echoed):
+    """It is written back as the digits it has: one before its point."""
+    response = raw_post(call, '/probe/echo', f'{{"n": {number}}}')
+    assert response.status_code == 200 and response.get_data() == b'{"n":%s}' % echoed
+
+
 def test_a_body_whose_numbers_written_out_take_over_a_million_digits_is_refused_at_once(call):
     started = time.perf_counter()
     many = ','.join(['1e-16383'] * 70)  # 70 x 16,384 digits: 1.1 million written out, from 700 bytes
