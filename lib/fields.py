@@ -65,10 +65,12 @@ def past_numeric(text):
     return len(whole) > NUMERIC_MAX_DIGITS_BEFORE_POINT or len(fraction) > NUMERIC_MAX_DIGITS_AFTER_POINT
 
 
-def exact_decimal(places, validators=(), **options):
-    """Return a Decimal field of a plain decimal string or a JSON number, refusing extra digits instead of rounding."""
-    return fields.Decimal(pre_load=plain_decimal_text(places), validate=[at_most_places(places), *validators],
-                          **options)
+def exact_decimal(places, validators=(), validate=None, **options):
+    """Return a Decimal field of a plain decimal string or a JSON number, refusing extra digits instead of rounding;
+    validate (one validator or a list, as marshmallow's fields take it) and validators run after the places check."""
+    extra = [] if validate is None else [validate] if callable(validate) else list(validate)
+    return fields.Decimal(pre_load=plain_decimal_text(places),
+                          validate=[at_most_places(places), *validators, *extra], **options)
 
 
 BASE64_INVALID = 'Not valid base64 text.'

@@ -561,6 +561,18 @@ def test_an_exact_decimal_refuses_extra_places_and_what_is_not_a_plain_decimal(v
     assert list(refused.value.messages) == ['price']
 
 
+@pytest.mark.parametrize('validate', [marshmallow.validate.Range(min=0), [marshmallow.validate.Range(min=0)]])
+def test_an_exact_decimal_takes_validate_as_marshmallows_fields_do(validate):
+    class Positive(marshmallow.Schema):
+        price = exact_decimal(2, required=True, validate=validate)
+    assert Positive().load({'price': '1.50'}) == {'price': decimal.Decimal('1.50')}
+    with pytest.raises(marshmallow.ValidationError) as refused:
+        Positive().load({'price': '-1'})
+    assert refused.value.messages == {'price': ['Must be greater than or equal to 0.']}
+    with pytest.raises(marshmallow.ValidationError):
+        Positive().load({'price': '1.555'})  # the places check still runs
+
+
 def insert_details(conn, value):
     """Insert value into the temporary orders table's jsonb column; return the stored JSON, or the error."""
     db = Db(conn)
