@@ -262,6 +262,7 @@ def test_a_client_that_leaves_while_it_sends_its_body_is_logged_as_a_failure(ech
     (b'TRACE /probe/whole HTTP/1.1\r\nHost: dbapi\r\n', 405),
     (b'POST /probe/whole HTTP/1.1\r\nHost: dbapi\r\nTransfer-Encoding: gzip\r\n', 400),
     (b'POST /probe/whole HTTP/2.0\r\nHost: dbapi\r\n', 400),
+    (b'POST /probe/whole HTTP/1.2\r\nHost: dbapi\r\n', 400),  # a replica would answer in HTTP/1.2
 ])
 def test_requests_nginx_refuses_itself_get_problem_details_and_no_5xx(echo_port, request_head, status):
     with running_nginx([echo_port]) as proxy:
@@ -281,3 +282,33 @@ def test_an_http_0_9_request_is_refused_not_passed_on(echo_port):
         line = line_of(proxy, problem['request_id'])
     assert problem['status'] == 400 and line['http.response.status_code'] == 400
     assert 'nginx.upstream.address' not in line
+
+
+def test_nginxs_own_answer_after_100_continue_is_logged_with_its_body_bytes(echo_port):
+    with running_nginx([echo_port]) as proxy:
+        answer = exchange(proxy.port, b'POST /probe/whole HTTP/1.1\r\nHost: dbapi\r\nExpect: 100-continue\r\n'
+                          b'Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n', b'zz\r\nabc\r\n0\r\n\r\n')
+        body = answer.partition(b'\r\n\r\nHTTP/1.1 400 ')[2].partition(b'\r\n\r\n')[2]
+        line = line_of(proxy, json.loads(body)['request_id'])
+    assert answer.startswith(b'HTTP/1.1 100 Continue\r\n\r\n')
+    assert (line['http.response.status_code'], line['http.response.body.bytes']) == (400, len(body))
+
+
+def test_a_client_that_leaves_mid_body_after_100_continue_is_logged_as_a_failure(echo_port):
+    with running_nginx([echo_port]) as proxy:
+        with socket.create_connection(('127.0.0.1', proxy.port), timeout=10) as client:
+            client.sendall(b'POST /probe/whole HTTP/1.1\r\nHost: dbapi\r\nX-Request-ID: left-2\r\n'
+                           b'Expect: 100-continue\r\nContent-Length: 100\r\n\r\n')
+            assert client.recv(100) == b'HTTP/1.1 100 Continue\r\n\r\n'
+            client.sendall(b'{"a": ')
+            time.sleep(0.3)
+        line = line_of(proxy, 'left-2')
+    assert (line['http.response.status_code'], line['event.outcome']) == (400, 'failure')
+
+
+def test_a_method_too_long_to_log_leaves_the_line_under_4_kib(echo_port):
+    with running_nginx([echo_port]) as proxy:
+        exchange(proxy.port, b'A' * 7900 + b' /probe/whole HTTP/1.1\r\nHost: dbapi\r\nX-Request-ID: long-1\r\n'
+                 b'Content-Length: 2\r\nConnection: close\r\n\r\n{}')
+        line = line_of(proxy, 'long-1')
+    assert len(json.dumps(line)) < 4096 and 'http.request.method' not in line

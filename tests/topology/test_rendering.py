@@ -234,6 +234,7 @@ def map_rules(text, variable):
     ('[] POST 301 - 0 |0', 'failure'),
     ('[] POST 408 - 0 |', 'success'),  # nginx's own 408: the request did not arrive, nothing was sent
     ('[] POST 400  0 |', 'failure'),  # the client left while it sent its body: nothing was answered
+    ('[] POST 400  25 |', 'failure'),  # the same after nginx's "100 Continue"
     ('[OK] POST 400 369 369 |', 'success'),  # nginx's own 400 problem, sent whole
     ('[OK] POST 404 120 120 |120', 'success'),
     ('[] POST 499 - 0 |', 'failure'),
@@ -242,3 +243,20 @@ def map_rules(text, variable):
 def test_nginx_logs_the_outcome_the_app_would(key, outcome):
     rules, default = map_rules(rendered(), 'dbapi_event_outcome')
     assert next((value for pattern, value in rules if re.search(pattern, key)), default) == outcome
+
+
+# The key: [$request_completion] $sent_http_content_length |$upstream_response_length
+@pytest.mark.parametrize('key, logged', [
+    ('[OK] 12 |12', '12'),  # a replica's answer, read and sent whole
+    ('[OK] 12 |0, 12', '12'),  # the same from a second replica
+    ('[OK] 355 |', '355'),  # nginx's own answer, sent whole
+    ('[OK] 1000 |10', '$body_bytes_sent'),  # a replica that died half-way
+    ('[] 355 |', '$body_bytes_sent'),  # an answer the client did not take whole
+    ('[OK] - |4000', '$body_bytes_sent'),  # a stream: its chunk framing is counted
+])
+def test_nginx_logs_the_body_bytes_without_its_100_continue(key, logged):
+    rules, default = map_rules(rendered(), 'dbapi_body_bytes')
+    # PCRE's named groups and back references as Python's re spells them
+    patterns = [re.sub(r'\\k<(\w+)>', r'(?P=\1)', pattern.replace('(?<', '(?P<')) for pattern, _ in rules]
+    match = next((found for pattern in patterns if (found := re.search(pattern, key))), None)
+    assert (match['dbapi_whole_body'] if match else default) == logged
