@@ -1,6 +1,7 @@
 """gunicorn's own error answers, for requests it cannot parse before the app sees them, are problem+json too."""
 import json
 import socket
+from http import HTTPStatus
 
 import pytest
 
@@ -12,6 +13,8 @@ UNPARSABLE = {
     'a bare CR in a header value': (b'POST /probe/echo HTTP/1.1\r\nHost: x\r\nX-Odd: a\rb\r\n\r\n', 400),
     'a request line past its limit': (b'GET /' + b'a' * 9000 + b' HTTP/1.1\r\nHost: x\r\n\r\n', 414),
     'a malformed request line': (b'NOT A REQUEST\r\n\r\n', 400),
+    # gunicorn's 501: the client's mistake, a 400 as nginx answers it
+    'an unknown transfer coding': (b'POST /probe/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: br\r\n\r\n', 400),
 }
 
 
@@ -37,6 +40,7 @@ def test_requests_gunicorn_cannot_parse_get_problem_details(database_url, worker
             assert headers['Content-Type'] == 'application/problem+json', case
             problem = json.loads(body)
             assert problem['status'] == expected and problem['request_id'] == headers['X-Request-ID'], case
+            assert problem['title'] == HTTPStatus(expected).phrase, case  # the app's titles
             assert int(headers['Content-Length']) == len(body), case
             assert headers['Vary'] == 'Accept-Encoding', case  # as on every answer (contract section 4)
 

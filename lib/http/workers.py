@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import signal
+from http import HTTPStatus
 
 from gunicorn.workers.ggevent import GeventWorker
 from gunicorn.workers.gthread import ThreadWorker
@@ -24,6 +25,8 @@ from lib.logs.access import log_refused_request
 STATUS_LINE = re.compile(rb'HTTP/1\.[01] (\d{3}) ([^\r\n]*)')
 PROBLEM_DETAILS = {400: 'The request is malformed.', 414: 'The request line is too long.',
                    431: 'A request header is too large.'}
+# gunicorn's 501 is a Transfer-Encoding it does not know: the client's mistake, a 400, as nginx answers it.
+CLIENT_MISTAKES = {501: 400}
 
 
 class CapturedAnswer:
@@ -58,6 +61,14 @@ def problem_answer(status, reason, request_id):
     return head.encode('latin-1') + body, len(body)
 
 
+def reason_phrase(status, gunicorns):
+    """Return the standard phrase of status, the app's titles' (gunicorn's own, bytes, for a status without one)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return gunicorns.decode('latin-1')
+
+
 class ProblemErrors:
     """Mixin for a gunicorn worker: its own error answers as problem+json."""
 
@@ -79,8 +90,8 @@ class ProblemErrors:
         status_line = STATUS_LINE.match(captured.written)
         if status_line is None:
             return
-        status = int(status_line[1])
-        answer, body_bytes = problem_answer(status, status_line[2].decode('latin-1'), request_id)
+        status = CLIENT_MISTAKES.get(int(status_line[1]), int(status_line[1]))
+        answer, body_bytes = problem_answer(status, reason_phrase(status, status_line[2]), request_id)
         try:
             client.sendall(answer)
         except OSError:
