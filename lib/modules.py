@@ -46,9 +46,13 @@ def module_folders(package):
     except (ImportError, AttributeError, IndexError, TypeError, ValueError) as exc:  # a relative or empty name too
         raise ModuleError(f'MODULE_PACKAGES names {package!r}, which is no importable package '
                           f'({type(exc).__name__}: {exc})') from exc
-    for folder in sorted(root.iterdir()):
-        if folder.is_dir() and not folder.name.startswith(('_', '.')):
-            yield folder.name, folder
+    folders = [folder for folder in sorted(root.iterdir())
+               if folder.is_dir() and not folder.name.startswith(('_', '.'))]
+    if not folders:
+        raise ModuleError(f'MODULE_PACKAGES names {package!r}, which holds no module folder: name the package whose '
+                          'folders are modules (each with a routes.py), such as modules')
+    for folder in folders:
+        yield folder.name, folder
 
 
 def import_route_table(package, name, folder):
@@ -61,16 +65,20 @@ def import_route_table(package, name, folder):
     try:
         routes_module = importlib.import_module(f'{package}.{name}.routes')
     except Exception as exc:
-        raise ModuleError(f'{routes_file}: import failed ({type(exc).__name__}: {exc}, at {failed_at(exc)})') from exc
+        raise ModuleError(f'{routes_file}: import failed ({type(exc).__name__}: {exc}, '
+                          f'at {failed_at(exc, folder)})') from exc
     return routes_file, getattr(routes_module, 'routes', None)
 
 
-def failed_at(exc):
+def failed_at(exc, folder):
     """Return file:line where an import failed: a SyntaxError's own place (its traceback ends in importlib's
-    machinery), else the traceback's last frame."""
+    machinery), else the last frame of the traceback in the module's folder (the line that called into lib, when lib
+    raised), else its last frame."""
     if isinstance(exc, SyntaxError) and exc.filename:
         return f'{exc.filename}:{exc.lineno}'
-    where = traceback.extract_tb(exc.__traceback__)[-1]
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [frame for frame in frames if Path(frame.filename).is_relative_to(folder)]
+    where = (own or frames)[-1]
     return f'{where.filename}:{where.lineno}'
 
 
@@ -84,7 +92,9 @@ def check_route_table(routes_file, table):
         if not isinstance(entry, dict) or set(entry) != ROUTE_KEYS:
             raise ModuleError(f'{where} must be a dict with exactly the keys route and action')
         if not isinstance(entry['route'], str) or not ROUTE_NAME.fullmatch(entry['route']):
-            raise ModuleError(f'{where}: route must be a string like "create" or "reports/daily"')
+            raise ModuleError(f'{where}: route must be a string like "create" or "reports/daily": letters, digits, '
+                              f'"_" and "-", parts joined by single "/", no leading or trailing "/" '
+                              f'(got {entry["route"]!r})')
         if not callable(entry['action']):
             raise ModuleError(f'{where}: action is not callable')
         if entry['route'] in seen:

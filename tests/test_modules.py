@@ -34,6 +34,7 @@ def test_folder_without_init_is_mounted_too(make_app, module_package):
     ({'broken/routes.py': 'routes = [dict(route="x")]'}, 'broken/routes.py: routes[0] must be a dict'),
     ({'broken/routes.py': 'routes = [dict(route="x", action=1)]'}, 'broken/routes.py: routes[0]: action is not callable'),
     ({'broken/routes.py': 'routes = [dict(route="a b", action=print)]'}, 'broken/routes.py: routes[0]: route must be'),
+    ({'broken/routes.py': 'routes = [dict(route="/list", action=print)]'}, 'no leading or trailing "/" .got \'/list\''),
     ({'broken/routes.py': 'routes = [dict(route="x", action=len, method="GET")]'}, 'routes[0] must be a dict'),
     ({'broken/routes.py': 'f = lambda: 1\nroutes = [dict(route="x", action=f), dict(route="x", action=f)]'},
      "broken/routes.py: routes[1]: route 'x' appears twice"),
@@ -212,6 +213,27 @@ def test_a_schema_whose_loaded_keys_the_action_takes_mounts(make_app, module_pac
     routes = SIGNATURE_ROUTES.format(fields=fields, schema=schema, parameters=parameters)
     package = module_package({'matched/routes.py': routes})
     assert '/matched/act' in {rule.rule for rule in make_app(MODULE_PACKAGES=[package]).url_map.iter_rules()}
+
+
+def test_a_module_packages_entry_that_holds_no_module_folder_stops_the_start(make_app, module_package):
+    """MODULE_PACKAGES=modules.users (a module, not the package of modules) served nothing and said nothing."""
+    package = module_package({'notes.txt': 'no module here'})
+    with pytest.raises(ModuleError, match=f"MODULE_PACKAGES names '{package}', which holds no module folder"):
+        make_app(MODULE_PACKAGES=[package])
+
+
+@pytest.mark.parametrize('line', ['inject_conn()(lambda: None)', 'use_schema(dict)(lambda: None)'])
+def test_an_import_failure_raised_in_lib_points_at_the_modules_own_line(make_app, module_package, line):
+    routes = f'''
+        from lib.decorators import inject_conn, use_schema
+
+        broken = {line}
+        routes = []
+    '''
+    package = module_package({'pointed/routes.py': routes})
+    with pytest.raises(ModuleError) as raised:
+        make_app(MODULE_PACKAGES=[package])
+    assert str(raised.value).endswith('pointed/routes.py:4)'), str(raised.value)  # its own line, not lib's
 
 
 def test_use_schema_of_anything_but_a_schema_stops_the_start_in_one_line(make_app, module_package):
