@@ -34,7 +34,7 @@ def test_folder_without_init_is_mounted_too(make_app, module_package):
     ({'broken/routes.py': 'routes = [dict(route="x")]'}, 'broken/routes.py: routes[0] must be a dict'),
     ({'broken/routes.py': 'routes = [dict(route="x", action=1)]'}, 'broken/routes.py: routes[0]: action is not callable'),
     ({'broken/routes.py': 'routes = [dict(route="a b", action=print)]'}, 'broken/routes.py: routes[0]: route must be'),
-    ({'broken/routes.py': 'routes = [dict(route="/list", action=print)]'}, 'no leading or trailing "/" .got \'/list\''),
+    ({'broken/routes.py': 'routes = [dict(route="/list", action=print)]'}, 'no leading or trailing "/" (got \'/list\')'),
     ({'broken/routes.py': 'routes = [dict(route="x", action=len, method="GET")]'}, 'routes[0] must be a dict'),
     ({'broken/routes.py': 'f = lambda: 1\nroutes = [dict(route="x", action=f), dict(route="x", action=f)]'},
      "broken/routes.py: routes[1]: route 'x' appears twice"),
