@@ -239,11 +239,24 @@ def argument_refusal(schema, action):
     if schema.unknown != INCLUDE or schema.many:
         return None
     declared = set(loaded_fields(schema))  # validated: the action's to take
+    takes = keyword_test(action)
+    return lambda key: key not in declared and not takes(key)
+
+
+def keyword_test(action):
+    """Return a test of a key as a keyword argument of action: true when it takes it by keyword (or takes any, with
+    **kwargs) and no decorator injects it."""
     parameters = inspect.signature(action).parameters.values()
     takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
     by_keyword = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     injected = injected_names(action)
-    return lambda key: key not in declared and (key in injected or not takes_any and key not in by_keyword)
+    return lambda key: key not in injected and (takes_any or key in by_keyword)
+
+
+def hooked_keys_test(schema, action):
+    """Return keyword_test(action) for a schema whose hooks decide the keys it loads (a post_load returns the
+    action's keyword arguments), which the start could not check; None for any other schema, or a list (many)."""
+    return None if schema.many or has_no_hooks(schema) else keyword_test(action)
 
 
 def schema_loader(schema, action, fast_paths=True):
@@ -253,6 +266,7 @@ def schema_loader(schema, action, fast_paths=True):
     load_valid_body = fast_loader(schema, enabled=fast_paths) or (lambda body: None)
     refused = argument_refusal(schema, action)
     required = required_arguments(schema, action)
+    takes = hooked_keys_test(schema, action)
 
     def load_arguments(body):
         if schema.many != isinstance(body, list) or not isinstance(body, (list, dict)):
@@ -270,6 +284,9 @@ def schema_loader(schema, action, fast_paths=True):
         if required is not None and isinstance(loaded, dict):
             if absent := sorted(required - loaded.keys()):
                 raise Unprocessable(errors={key: [MISSING_FIELD] for key in absent})
+        if takes is not None and (untaken := sorted(key for key in loaded if not takes(key))):
+            raise TypeError(f'{type(schema).__name__} loaded {untaken[0]!r}, which the action does not take as a '
+                            'keyword argument: its hooks (a post_load) return what it takes')
         return ((loaded,), {}) if schema.many else ((), loaded)
     return load_arguments
 

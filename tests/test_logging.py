@@ -227,6 +227,36 @@ def test_a_post_load_hook_that_returns_no_dict_is_a_500_that_says_so_in_the_log(
     assert message.startswith('Body loaded a ') and 'a post_load hook must return one' in message
 
 
+@pytest.mark.parametrize('returned, decorator, key', [("{**data, 'y': 1}", '', 'y'),
+                                                     ("{**data, 'db': 'evil'}", '@inject_db()', 'db')])
+def test_a_post_load_hook_that_returns_a_key_the_action_does_not_take_is_a_500_that_names_it(
+        make_app, log_folder, module_package, returned, decorator, key):
+    """Not "act() got an unexpected keyword argument", nor "multiple values for argument 'db'"."""
+    routes = f'''
+        from marshmallow import Schema, fields, post_load
+        from lib.decorators import inject_db, use_schema
+
+        class Body(Schema):
+            a = fields.Integer(required=True)
+
+            @post_load
+            def wrap(self, data, **kwargs):
+                return {returned}
+
+        @use_schema(Body)
+        {decorator}
+        def act({'db, ' if decorator else ''}a):
+            return {{'a': a}}
+        routes = [dict(route='act', action=act)]
+    '''
+    app = make_app(LOG_PATH=str(log_folder), MODULE_PACKAGES=[module_package({'hooked/routes.py': routes})])
+    response = post(app.test_client(), '/hooked/act', {'a': 1}, headers={'X-Request-ID': 'hook-key-500'})
+    assert response.status_code == 500
+    line = line_of_request(logged_lines(log_folder), 'hook-key-500')
+    assert line['error.message'] == (f"Body loaded '{key}', which the action does not take as a keyword argument: "
+                                     'its hooks (a post_load) return what it takes')
+
+
 def test_a_line_logged_while_a_request_is_served_carries_its_id(logged_app, log_folder):
     with logged_app.test_request_context('/probe/echo', method='POST',
                                          environ_overrides={REQUEST_ID_KEY: 'served-7'}):
