@@ -1,4 +1,5 @@
 """The ApiError family, the SQLSTATE mapping and the one RFC 9457 problem renderer."""
+import re
 import sys
 import time
 import traceback
@@ -11,7 +12,7 @@ from marshmallow import ValidationError, fields
 from werkzeug.exceptions import HTTPException
 
 from lib.http.exchange import ERROR_KEY, remember
-from lib.jsonenc import TooDeepToWrite, json_response
+from lib.jsonenc import TooDeepToWrite, dumps_bytes, json_response
 from lib.http.requestid import current_request_id
 
 PROBLEM_JSON = 'application/problem+json'
@@ -76,13 +77,36 @@ class ApiError(Exception):
         if taken := sorted(STANDARD_MEMBERS & members.keys()):
             raise TypeError(f'{type(self).__name__} takes no member {taken[0]!r}: the framework writes it (subclass '
                             'the error class for another status or title)')
-        if taken := sorted(name for name in headers or () if name.lower() in FRAMEWORK_HEADERS):
-            raise TypeError(f'{type(self).__name__} takes no header {taken[0]!r}: the framework sets it')
+        headers = dict(headers or {})  # the caller's own dict is left as it is
+        if fault := header_fault(headers):
+            raise TypeError(f'{type(self).__name__} takes no header {fault}')
         super().__init__(detail or self.detail)
         self.detail = detail or self.detail
         self.errors = errors
-        self.headers = headers or {}
+        self.headers = headers
         self.members = members
+
+    def retry_after(self, seconds):
+        """Have the answer say when to try again, unless the error's own headers say it, in any case."""
+        if not any(name.lower() == 'retry-after' for name in self.headers):
+            self.headers['Retry-After'] = seconds
+
+
+# A header's name is an RFC 9110 token; its value holds no line break or NUL (RFC 9110 section 5.5).
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+HEADER_VALUE_BREAKS = re.compile(r'[\r\n\0]')
+
+
+def header_fault(headers):
+    """Return why an error's headers ({name: value}) cannot be sent ("'X Foo': ..."), or None."""
+    for name, value in headers.items():
+        if not isinstance(name, str) or not HEADER_NAME.fullmatch(name):
+            return f'{name!r}: a header name is an RFC 9110 token'
+        if name.lower() in FRAMEWORK_HEADERS:
+            return f'{name!r}: the framework sets it'
+        if HEADER_VALUE_BREAKS.search(str(value)):
+            return f'{name!r} with a line break or NUL in its value'
+    return None
 
 
 class BadRequest(ApiError):
@@ -149,7 +173,7 @@ class TooManyRequests(ApiError):
 
     def __init__(self, detail=None, **kwargs):
         super().__init__(detail, **kwargs)
-        self.headers.setdefault('Retry-After', RETRY_AFTER_SECONDS)
+        self.retry_after(RETRY_AFTER_SECONDS)
 
 
 class ServiceUnavailable(ApiError):
@@ -160,7 +184,7 @@ class ServiceUnavailable(ApiError):
 
     def __init__(self, detail=None, **kwargs):
         super().__init__(detail, **kwargs)
-        self.headers.setdefault('Retry-After', RETRY_AFTER_SECONDS)
+        self.retry_after(RETRY_AFTER_SECONDS)
 
 
 class GatewayTimeout(ApiError):
@@ -412,9 +436,25 @@ def problem_body(error, request_id):
     return body
 
 
+def problem_fault(error):
+    """Return why error cannot be answered as it says (a module's bug: a status that is no error's, a member JSON
+    cannot write), or None."""
+    if not isinstance(error.status, int) or not 400 <= error.status <= 599:
+        return f'its status {error.status!r} is no error status (400-599)'
+    try:
+        dumps_bytes(error.members)
+    except (TypeError, ValueError) as exc:
+        return f'a member JSON cannot write ({exc})'
+    return None
+
+
 def handle_error(exc):
-    """Render any exception raised while serving a request as problem+json."""
+    """Render any exception raised while serving a request as problem+json; an error that cannot be answered as it
+    says is a 500 whose log line says why."""
     error = as_api_error(exc)
+    if (fault := problem_fault(error)) is not None:
+        cause, exc, error = exc, TypeError(f'{type(exc).__name__}: {fault}'), ApiError()
+        exc.__cause__ = cause
     # The access line logs it, with the stack trace of a 5xx, under the same request id.
     remember(ERROR_KEY, (exc, error))
     body = problem_body(error, current_request_id())

@@ -299,7 +299,7 @@ class BoundedNumbers:
             # so few digits are within both limits.
             self.count(len(text) - 1 - (text[0] == '-'))
             return ExactNumber(text)
-        number = ExactNumber(text)
+        number = exponent_within_decimals(text)
         limit = sys.get_int_max_str_digits()
         # A zero is written "0" before its point, whatever its exponent (0e999999).
         before_point = 1 if number.is_zero() else max(number.adjusted() + 1, 1)
@@ -318,6 +318,21 @@ class BoundedNumbers:
         if self.digits > PLAIN_DIGITS_PER_BODY:
             raise NumberTooLong(f'The numbers of the request body take more than {PLAIN_DIGITS_PER_BODY} digits '
                                 'written out.')
+
+
+def exponent_within_decimals(text):
+    """Return a JSON number's ExactNumber; one whose exponent is past what a Decimal holds (1e99999999999999999999)
+    is a zero when its digits are all zeros, else NumberTooLong, on the side of the point its exponent puts it."""
+    try:
+        return ExactNumber(text)
+    except decimal.InvalidOperation:
+        digits, _, exponent = text.lower().partition('e')
+        if not digits.strip('-+0.'):
+            return ExactNumber('-0' if digits.startswith('-') else '0')
+        side = 'after' if exponent.startswith('-') else 'before'
+        raise NumberTooLong(f'The request body holds a number with more than '
+                            f'{NUMERIC_MAX_DIGITS_AFTER_POINT if side == "after" else sys.get_int_max_str_digits()} '
+                            f'digits {side} its point.') from None
 
 
 def bounded_int(text):

@@ -244,13 +244,13 @@ def argument_refusal(schema, action):
 
 
 def keyword_test(action):
-    """Return a test of a key as a keyword argument of action: true when it takes it by keyword (or takes any, with
-    **kwargs) and no decorator injects it."""
+    """Return a test of a key as a keyword argument of action: true when it is a string the action takes by keyword
+    (or any, with **kwargs) and no decorator injects it."""
     parameters = inspect.signature(action).parameters.values()
     takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
     by_keyword = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     injected = injected_names(action)
-    return lambda key: key not in injected and (takes_any or key in by_keyword)
+    return lambda key: isinstance(key, str) and key not in injected and (takes_any or key in by_keyword)
 
 
 def hooked_keys_test(schema, action):

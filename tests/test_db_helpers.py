@@ -106,10 +106,10 @@ def test_stream_yields_batches_from_a_server_side_cursor(app):
     assert batches[2] == [{'n': 7}]
 
 
-@pytest.mark.parametrize('outer, inner', [('stream', 'stream'), ('stream', 'stream_json'), ('stream_json', 'stream'),
-                                          ('stream_json', 'stream_json')])
+@pytest.mark.parametrize('outer, inner', [('stream', 'stream'), ('stream', 'stream_json')])
 def test_streams_may_be_open_on_one_connection_at_once(conn, outer, inner):
-    """Each has a cursor of its own: a stream read inside another's rows ("dbapi_stream" already existed)."""
+    """Each has a cursor of its own: a stream read inside another's rows ("dbapi_stream" already existed). Not inside
+    a stream_json's: its helper thread fetches ahead on the connection (docs/modules.md)."""
     db = Db(conn)
     pairs = []
     for batch in getattr(db, outer)('SELECT g AS n FROM generate_series(1, 3) g', batch_size=2):

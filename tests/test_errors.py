@@ -4,7 +4,9 @@ import threading
 import psycopg2
 import pytest
 
-from lib.errors import NotFound, handle_error
+from lib.errors import (RETRY_AFTER_SECONDS, ApiError, NotFound, ServiceUnavailable, TooManyRequests,
+                        handle_error)
+from lib.http.exchange import ERROR_KEY
 from tests.helpers import (ADMIN_TOKEN, UNREACHABLE_DSN, Caller, assert_problem, body_of_size, export_in_flight,
                            run_sql)
 
@@ -218,6 +220,37 @@ def test_an_error_cannot_replace_what_the_framework_writes(options):
     """The body's status is the answer's, one request id, the problem's content type and the body's own length."""
     with pytest.raises(TypeError, match='the framework'):
         NotFound('No such thing.', **options)
+
+
+@pytest.mark.parametrize('headers', [{'Content-Type ': 'text/plain'}, {'X Foo': 'a'}, {'X-Foo': 'a\r\nSet-Cookie: x'},
+                                     {'X-Foo': 'a\x00'}])
+def test_an_error_header_that_cannot_be_sent_is_refused_where_it_is_raised(headers):
+    """gunicorn refused it when it wrote the answer: a 500 under a new request id, with no line of the request."""
+    with pytest.raises(TypeError, match='takes no header'):
+        NotFound('No such thing.', headers=headers)
+
+
+def test_an_errors_own_retry_after_is_kept_in_any_case_and_its_dict_left_alone():
+    headers = {'retry-after': '30'}
+    assert ServiceUnavailable('Busy.', headers=headers).headers == {'retry-after': '30'}
+    assert TooManyRequests(headers=headers).headers == {'retry-after': '30'} and headers == {'retry-after': '30'}
+    assert ServiceUnavailable().headers == {'Retry-After': RETRY_AFTER_SECONDS}
+
+
+class Success(ApiError):
+    """An error class with a success status: a module's bug."""
+
+    status = 200
+
+
+@pytest.mark.parametrize('error', [Success('ok?'), NotFound('x', when=object()), NotFound('x', big=2 ** 70 * 1.0j)])
+def test_an_error_that_cannot_be_answered_as_it_says_is_a_500_that_says_why(app, error):
+    with app.test_request_context('/probe/echo', method='POST') as context:
+        response = handle_error(error)
+        logged, _ = context.request.environ[ERROR_KEY]
+    assert response.status_code == 500 and response.get_json()['detail'] == ApiError.detail
+    assert isinstance(logged, TypeError) and logged.__cause__ is error
+    assert str(logged).startswith(f'{type(error).__name__}: ')
 
 
 def test_an_error_takes_extension_members_and_its_own_headers(app):

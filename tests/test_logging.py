@@ -227,8 +227,9 @@ def test_a_post_load_hook_that_returns_no_dict_is_a_500_that_says_so_in_the_log(
     assert message.startswith('Body loaded a ') and 'a post_load hook must return one' in message
 
 
-@pytest.mark.parametrize('returned, decorator, key', [("{**data, 'y': 1}", '', 'y'),
-                                                     ("{**data, 'db': 'evil'}", '@inject_db()', 'db')])
+@pytest.mark.parametrize('returned, decorator, key', [("{**data, 'y': 1}", '', "'y'"),
+                                                     ("{**data, 'db': 'evil'}", '@inject_db()', "'db'"),
+                                                     ("{**data, 5: 1}", '', '5')])
 def test_a_post_load_hook_that_returns_a_key_the_action_does_not_take_is_a_500_that_names_it(
         make_app, log_folder, module_package, returned, decorator, key):
     """Not "act() got an unexpected keyword argument", nor "multiple values for argument 'db'"."""
@@ -253,7 +254,7 @@ def test_a_post_load_hook_that_returns_a_key_the_action_does_not_take_is_a_500_t
     response = post(app.test_client(), '/hooked/act', {'a': 1}, headers={'X-Request-ID': 'hook-key-500'})
     assert response.status_code == 500
     line = line_of_request(logged_lines(log_folder), 'hook-key-500')
-    assert line['error.message'] == (f"Body loaded '{key}', which the action does not take as a keyword argument: "
+    assert line['error.message'] == (f"Body loaded {key}, which the action does not take as a keyword argument: "
                                      'its hooks (a post_load) return what it takes')
 
 
