@@ -442,7 +442,8 @@ def problem_fault(error):
     if not isinstance(error.status, int) or not 400 <= error.status <= 599:
         return f'its status {error.status!r} is no error status (400-599)'
     try:
-        dumps_bytes(error.members)
+        if error.members:
+            dumps_bytes(error.members)
     except (TypeError, ValueError) as exc:
         return f'a member JSON cannot write ({exc})'
     return None

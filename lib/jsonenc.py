@@ -304,11 +304,10 @@ class BoundedNumbers:
         # A zero is written "0" before its point, whatever its exponent (0e999999).
         before_point = 1 if number.is_zero() else max(number.adjusted() + 1, 1)
         if limit and before_point > limit:
-            raise NumberTooLong(f'The request body holds a number with more than {limit} digits before its point.')
+            raise too_long('before')
         exponent = number.as_tuple().exponent
         if -exponent > NUMERIC_MAX_DIGITS_AFTER_POINT:
-            raise NumberTooLong('The request body holds a number with more than '
-                                f'{NUMERIC_MAX_DIGITS_AFTER_POINT} digits after its point.')
+            raise too_long('after')
         self.count(before_point + max(-exponent, 0))
         return number
 
@@ -320,6 +319,13 @@ class BoundedNumbers:
                                 'written out.')
 
 
+def too_long(side):
+    """Return the NumberTooLong of a body number with more digits on side ('before', 'after') of its point than
+    dbapi reads: Python's integer text limit before it, PostgreSQL numeric's after it."""
+    limit = sys.get_int_max_str_digits() if side == 'before' else NUMERIC_MAX_DIGITS_AFTER_POINT
+    return NumberTooLong(f'The request body holds a number with more than {limit} digits {side} its point.')
+
+
 def exponent_within_decimals(text):
     """Return a JSON number's ExactNumber; one whose exponent is past what a Decimal holds (1e99999999999999999999)
     is a zero when its digits are all zeros, else NumberTooLong, on the side of the point its exponent puts it."""
@@ -329,10 +335,7 @@ def exponent_within_decimals(text):
         digits, _, exponent = text.lower().partition('e')
         if not digits.strip('-+0.'):
             return ExactNumber('-0' if digits.startswith('-') else '0')
-        side = 'after' if exponent.startswith('-') else 'before'
-        raise NumberTooLong(f'The request body holds a number with more than '
-                            f'{NUMERIC_MAX_DIGITS_AFTER_POINT if side == "after" else sys.get_int_max_str_digits()} '
-                            f'digits {side} its point.') from None
+        raise too_long('after' if exponent.startswith('-') else 'before') from None
 
 
 def bounded_int(text):
@@ -340,8 +343,7 @@ def bounded_int(text):
     try:
         return int(text)
     except ValueError:
-        raise NumberTooLong('The request body holds a number with more than '
-                            f'{sys.get_int_max_str_digits()} digits before its point.') from None
+        raise too_long('before') from None
 
 
 def int_or_exact(text):
