@@ -198,62 +198,57 @@ def get_closed(app, path, request_id):
     return response.status_code
 
 
+HOOKED_ROUTES = '''
+    from marshmallow import Schema, fields, post_load
+    from lib.decorators import inject_db, use_schema
+
+    class Body(Schema):
+        a = fields.Integer(required=True)
+
+        @post_load
+        def wrap(self, data, **kwargs):
+            return {returned}
+
+    @use_schema(Body)
+    {decorator}
+    def act({parameters}):
+        return {{'a': 1}}
+    routes = [dict(route='act', action=act)]
+'''
+
+
+def hooked_error_line(make_app, log_folder, module_package, **routes):
+    """Mount HOOKED_ROUTES filled with routes, call it, assert a 500 problem and return the call's access line."""
+    package = module_package({'hooked/routes.py': HOOKED_ROUTES.format(**routes)})
+    app = make_app(LOG_PATH=str(log_folder), MODULE_PACKAGES=[package])
+    response = post(app.test_client(), '/hooked/act', {'a': 1}, headers={'X-Request-ID': 'hook-500'})
+    assert response.status_code == 500 and response.content_type == 'application/problem+json'
+    return line_of_request(logged_lines(log_folder), 'hook-500')
+
+
 @pytest.mark.parametrize('returned', ['[data]', 'None', "data['a']"])
 def test_a_post_load_hook_that_returns_no_dict_is_a_500_that_says_so_in_the_log(make_app, log_folder,
                                                                                 module_package, returned):
     """A module's bug, so a 500; its line names the hook instead of `act() argument after ** must be a mapping`."""
-    routes = f'''
-        from marshmallow import Schema, fields, post_load
-        from lib.decorators import use_schema
-
-        class Body(Schema):
-            a = fields.Integer(required=True)
-
-            @post_load
-            def wrap(self, data, **kwargs):
-                return {returned}
-
-        @use_schema(Body)
-        def act(**body):
-            return body
-        routes = [dict(route='act', action=act)]
-    '''
-    app = make_app(LOG_PATH=str(log_folder), MODULE_PACKAGES=[module_package({'hooked/routes.py': routes})])
-    response = post(app.test_client(), '/hooked/act', {'a': 1}, headers={'X-Request-ID': 'hook-500'})
-    assert response.status_code == 500 and response.content_type == 'application/problem+json'
-    line = line_of_request(logged_lines(log_folder), 'hook-500')
+    line = hooked_error_line(make_app, log_folder, module_package, returned=returned, decorator='',
+                             parameters='**body')
     assert line['error.type'] == 'TypeError'
     message = line['error.message']
     assert message.startswith('Body loaded a ') and 'a post_load hook must return one' in message
 
 
-@pytest.mark.parametrize('returned, decorator, key', [("{**data, 'y': 1}", '', "'y'"),
-                                                     ("{**data, 'db': 'evil'}", '@inject_db()', "'db'"),
-                                                     ("{**data, 5: 1}", '', '5')])
+@pytest.mark.parametrize('returned, decorator, parameters, key', [
+    ("{**data, 'y': 1}", '', 'a', "'y'"),
+    ("{**data, 'db': 'evil'}", '@inject_db()', 'db, a', "'db'"),
+    ("{**data, 'db': 'evil'}", '@inject_db()', 'db, **body', "'db'"),
+    ("{**data, 5: 1}", '', '**body', '5'),
+])
 def test_a_post_load_hook_that_returns_a_key_the_action_does_not_take_is_a_500_that_names_it(
-        make_app, log_folder, module_package, returned, decorator, key):
-    """Not "act() got an unexpected keyword argument", nor "multiple values for argument 'db'"."""
-    routes = f'''
-        from marshmallow import Schema, fields, post_load
-        from lib.decorators import inject_db, use_schema
-
-        class Body(Schema):
-            a = fields.Integer(required=True)
-
-            @post_load
-            def wrap(self, data, **kwargs):
-                return {returned}
-
-        @use_schema(Body)
-        {decorator}
-        def act({'db, ' if decorator else ''}a):
-            return {{'a': a}}
-        routes = [dict(route='act', action=act)]
-    '''
-    app = make_app(LOG_PATH=str(log_folder), MODULE_PACKAGES=[module_package({'hooked/routes.py': routes})])
-    response = post(app.test_client(), '/hooked/act', {'a': 1}, headers={'X-Request-ID': 'hook-key-500'})
-    assert response.status_code == 500
-    line = line_of_request(logged_lines(log_folder), 'hook-key-500')
+        make_app, log_folder, module_package, returned, decorator, parameters, key):
+    """Not "act() got an unexpected keyword argument", "multiple values for argument 'db'" or "keywords must be
+    strings"."""
+    line = hooked_error_line(make_app, log_folder, module_package, returned=returned, decorator=decorator,
+                             parameters=parameters)
     assert line['error.message'] == (f"Body loaded {key}, which the action does not take as a keyword argument: "
                                      'its hooks (a post_load) return what it takes')
 
