@@ -46,13 +46,9 @@ def module_folders(package):
     except (ImportError, AttributeError, IndexError, TypeError, ValueError) as exc:  # a relative or empty name too
         raise ModuleError(f'MODULE_PACKAGES names {package!r}, which is no importable package '
                           f'({type(exc).__name__}: {exc})') from exc
-    folders = [folder for folder in sorted(root.iterdir())
-               if folder.is_dir() and not folder.name.startswith(('_', '.'))]
-    if not folders:
-        raise ModuleError(f'MODULE_PACKAGES names {package!r}, which holds no module folder: name the package whose '
-                          'folders are modules (each with a routes.py), such as modules')
-    for folder in folders:
-        yield folder.name, folder
+    for folder in sorted(root.iterdir()):
+        if folder.is_dir() and not folder.name.startswith(('_', '.')):
+            yield folder.name, folder
 
 
 def import_route_table(package, name, folder):
@@ -369,13 +365,18 @@ def load_module(package, name, folder, fast_paths=True, databases=None):
 
 
 def mount_modules(app, packages, clients):
-    """Discover every module in packages and mount it on app; return the mounted Routes."""
-    mounted = []
+    """Discover every module in packages and mount it on app; return the mounted Routes. Packages that hold no module
+    folder at all are a ModuleError: there would be nothing to serve."""
+    mounted, modules = [], 0
     for package in packages:
         for name, folder in module_folders(package):
+            modules += 1
             if name in app.blueprints:
                 raise ModuleError(f'{folder}: a module named {name!r} is already mounted')
             routes = load_module(package, name, folder, app.config['FAST_PATHS'], set(app.config['DATABASES']))
             app.register_blueprint(build_blueprint(name, [(route, make_view(route, clients)) for route in routes]))
             mounted.extend(routes)
+    if not modules:  # one package may wait for its first module; all of them empty is a wrong name
+        raise ModuleError(f'MODULE_PACKAGES ({", ".join(packages)}) holds no module folder: name the packages whose '
+                          'folders are modules (each with a routes.py), such as modules')
     return mounted

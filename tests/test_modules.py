@@ -215,11 +215,16 @@ def test_a_schema_whose_loaded_keys_the_action_takes_mounts(make_app, module_pac
     assert '/matched/act' in {rule.rule for rule in make_app(MODULE_PACKAGES=[package]).url_map.iter_rules()}
 
 
-def test_a_module_packages_entry_that_holds_no_module_folder_stops_the_start(make_app, module_package):
+def test_module_packages_that_hold_no_module_folder_stop_the_start(make_app, module_package):
     """MODULE_PACKAGES=modules.users (a module, not the package of modules) served nothing and said nothing."""
     package = module_package({'notes.txt': 'no module here'})
-    with pytest.raises(ModuleError, match=f"MODULE_PACKAGES names '{package}', which holds no module folder"):
+    with pytest.raises(ModuleError, match=rf"MODULE_PACKAGES \({package}\) holds no module folder"):
         make_app(MODULE_PACKAGES=[package])
+
+
+def test_one_package_may_wait_for_its_first_module_beside_others(make_app, module_package):
+    empty, greeter = module_package({}), module_package({'greeter/routes.py': GOOD_ROUTES})
+    assert '/greeter/hello' in {rule.rule for rule in make_app(MODULE_PACKAGES=[empty, greeter]).url_map.iter_rules()}
 
 
 @pytest.mark.parametrize('line', ['inject_conn()(lambda: None)', 'use_schema(dict)(lambda: None)'])
