@@ -74,6 +74,8 @@ class ApiError(Exception):
     detail = 'The server could not complete the request.'
 
     def __init__(self, detail=None, errors=None, headers=None, **members):
+        if detail is not None and not isinstance(detail, str):
+            raise TypeError(f'{type(self).__name__} takes a detail of text, not {type(detail).__name__}')
         if taken := sorted(STANDARD_MEMBERS & members.keys()):
             raise TypeError(f'{type(self).__name__} takes no member {taken[0]!r}: the framework writes it (subclass '
                             'the error class for another status or title)')

@@ -190,6 +190,11 @@ def test_action_without_parameters_refuses_any_key(call):
     assert response.get_json()['errors'] == {'anything': ['Unknown field.']}
 
 
+def test_a_query_string_plays_no_part(client):
+    response = client.post('/probe/echo?a=1&b=2', json={'c': 3}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
+    assert response.status_code == 200 and response.get_json() == {'c': 3}
+
+
 def test_success_encodes_the_return_value(call):
     response = call('/probe/greet', {'name': 'Ada'})
     assert response.status_code == 200

@@ -222,6 +222,12 @@ def test_an_error_cannot_replace_what_the_framework_writes(options):
         NotFound('No such thing.', **options)
 
 
+def test_an_errors_detail_is_text():
+    """RFC 9457 section 3.1.4: a detail is a string."""
+    with pytest.raises(TypeError, match='NotFound takes a detail of text, not int'):
+        NotFound(123)
+
+
 @pytest.mark.parametrize('headers', [{'Content-Type ': 'text/plain'}, {'X Foo': 'a'}, {'X-Foo': 'a\r\nSet-Cookie: x'},
                                      {'X-Foo': 'a\x00'}])
 def test_an_error_header_that_cannot_be_sent_is_refused_where_it_is_raised(headers):
