@@ -138,9 +138,8 @@ def check_parameters(schema, action, where):
                           'parameter needs a default')
     if not has_no_hooks(schema):
         return
-    by_keyword = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
-    if not takes_any and (untaken := sorted(loaded_names(schema) - by_keyword)):
+    takes = keyword_test(action)  # the injected parameter's clash was reported before (check_schema)
+    if untaken := sorted(name for name in loaded_names(schema) if not takes(name)):
         raise ModuleError(f'{where}: {type(schema).__name__} loads {untaken[0]!r}, which the action does not take: '
                           'add the parameter, or rename the field (data_key keeps its key in the body)')
     if schema.unknown != INCLUDE and (unsure := sorted(needed_keywords(parameters) - always_loaded(schema))):
@@ -292,15 +291,13 @@ def signature_loader(action, where):
     parameters = inspect.signature(action).parameters.values()
     if any(p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL) for p in parameters):
         raise ModuleError(f'{where}: an action without use_schema takes keyword parameters only')
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
-    accepted = {p.name for p in parameters if p.kind != p.VAR_KEYWORD}
+    takes = keyword_test(action)  # never the injected parameter, **kwargs or not
     required = needed_keywords(parameters)
-    injected = injected_names(action)  # never from the body, **kwargs or not
 
     def load_arguments(body):
         if not isinstance(body, dict):
             raise Unprocessable('The request body must be a JSON object.')
-        errors = {key: ['Unknown field.'] for key in body if key in injected or key not in accepted and not takes_any}
+        errors = {key: ['Unknown field.'] for key in body if not takes(key)}
         errors.update({key: [MISSING_FIELD] for key in required if key not in body})
         if errors:
             raise Unprocessable(errors=errors)
