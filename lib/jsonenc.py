@@ -328,14 +328,16 @@ def too_long(side):
 
 def exponent_within_decimals(text):
     """Return a JSON number's ExactNumber; one whose exponent is past what a Decimal holds (1e99999999999999999999)
-    is a zero when its digits are all zeros, else NumberTooLong, on the side of the point its exponent puts it."""
+    is NumberTooLong on the side of the point its exponent puts it, or, with a positive exponent and only zeros, the
+    zero it is (as 0e999999 within a Decimal's range)."""
     try:
         return ExactNumber(text)
     except decimal.InvalidOperation:
         digits, _, exponent = text.lower().partition('e')
-        if not digits.strip('-+0.'):
+        side = 'after' if exponent.startswith('-') else 'before'
+        if side == 'before' and not digits.strip('-+0.'):  # a zero, written "0" (0e-20000 is refused, as within)
             return ExactNumber('-0' if digits.startswith('-') else '0')
-        raise too_long('after' if exponent.startswith('-') else 'before') from None
+        raise too_long(side) from None
 
 
 def bounded_int(text):
