@@ -196,7 +196,12 @@ def answers_the_request(environ, action):
 
 
 def injector(database, autocommit, named, first_argument):
-    """Build a decorator that passes first_argument(conn), on a pooled connection, to the action first."""
+    """Build a decorator that passes first_argument(conn), on a pooled connection, to the action first; a flag that
+    is not a bool is a TypeError where the module declares it ("yes" would read as true, 0.0 as false)."""
+    for flag, value in (('autocommit', autocommit), ('named', named)):
+        if not isinstance(value, bool):
+            raise TypeError(f'{flag} must be True or False, not {value!r}')
+
     def decorate(action):
         @functools.wraps(action)
         def with_connection(*args, **kwargs):

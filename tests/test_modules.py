@@ -152,6 +152,17 @@ def test_decorator_needs_a_connection_parameter():
         inject_conn()(lambda *, name: name)
 
 
+@pytest.mark.parametrize('flags', [{'autocommit': 'yes'}, {'autocommit': 1}, {'named': None}])
+def test_a_decorator_flag_that_is_not_a_bool_is_refused_where_it_is_declared(flags):
+    from lib.decorators import inject_conn, inject_db
+    flag, value = next(iter(flags.items()))
+    with pytest.raises(TypeError, match=f'{flag} must be True or False, not {value!r}'):
+        inject_conn(**flags)
+    if flag == 'autocommit':
+        with pytest.raises(TypeError, match=f'autocommit must be True or False, not {value!r}'):
+            inject_db(autocommit=value)
+
+
 SIGNATURE_ROUTES = '''
     from marshmallow import EXCLUDE, INCLUDE, Schema, fields, post_load
     from lib.decorators import use_schema
