@@ -11,6 +11,7 @@ Numbers stay exact both ways: loads_exact reads a JSON number that is not an int
 (a Decimal), and an ExactNumber is written back as the very number, not as a string like a Decimal.
 """
 import base64
+import collections.abc
 import datetime
 import decimal
 import json
@@ -53,12 +54,40 @@ def register_json_type(python_type, encode):
 
 
 def encode_default(value):
-    """Encode a value orjson does not know, with the registry's entry for its type; TypeError when none."""
+    """Encode a value orjson does not know, with the registry's entry for its type, else as the JSON container it is
+    (collection_as_container); TypeError when neither."""
+    encode = registered_encoder(value)
+    if encode is not None:
+        return encode(value)
+    container = collection_as_container(value)
+    if container is None:
+        raise TypeError(f'{type(value).__name__} is not JSON serialisable')
+    return container
+
+
+def registered_encoder(value):
+    """Return the registry's encode function for value's type or its nearest base class, or None."""
     for kind in type(value).__mro__:
         encode = JSON_TYPES.get(kind)
         if encode is not None:
-            return encode(value)
-    raise TypeError(f'{type(value).__name__} is not JSON serialisable')
+            return encode
+    return None
+
+
+# Collections that are texts or bytes, not arrays: orjson or the registry writes them.
+NOT_ARRAYS = (str, bytes, bytearray, memoryview)
+# What orjson_ready meets most and never rebuilds as a container.
+LEAVES = (str, int, float, type(None), datetime.date, datetime.time)
+
+
+def collection_as_container(value):
+    """Return a mapping orjson does not write (MappingProxyType, a Mapping class) as a dict and any other collection
+    (range, a dict's keys, values or items, a deque) as a list, or None for a value that is neither."""
+    if isinstance(value, collections.abc.Mapping):
+        return dict(value)
+    if isinstance(value, collections.abc.Collection) and not isinstance(value, NOT_ARRAYS):
+        return list(value)
+    return None
 
 
 def base64_text(value):
@@ -172,7 +201,8 @@ def orjson_ready(value):
         return RawJson(str(value))
     if isinstance(value, datetime.time) and value.tzinfo is not None:
         return value.isoformat()  # 12:30:00+02:00
-    return value
+    container = None if isinstance(value, LEAVES) or registered_encoder(value) else collection_as_container(value)
+    return value if container is None else orjson_ready(container)
 
 
 def orjson_ready_key(key):

@@ -160,7 +160,8 @@ def test_python_value_encoding_is_valid_json(call):
     assert 'NaN' not in text and 'Infinity' not in text
     body = json.loads(text, parse_constant=lambda name: pytest.fail(f'invalid JSON constant {name}'))
     assert body == {'set': [3], 'tuple': [1, 'a'], 'nan': None, 'inf': None, 'huge': 2**70,
-                    'bytes': base64.b64encode(b'\x00\xff').decode(), 'nested': {'nan': [None]}}
+                    'bytes': base64.b64encode(b'\x00\xff').decode(), 'nested': {'nan': [None]}, 'range': [0, 1, 2],
+                    'keys': ['a'], 'items': [['a', 1]], 'deque': [1, 2], 'point': [1, 2], 'mapping': {'k': [2**70]}}
 
 
 def test_named_false_gives_tuples_to_raw_cursors(call):

@@ -1,6 +1,8 @@
 """Probe actions: each one makes the framework show one behaviour for the tests."""
+import collections
 import math
 import os
+import types
 
 from flask import Response
 from marshmallow import INCLUDE, Schema, fields, pre_load, validate
@@ -169,8 +171,11 @@ def probe_values(db):
 
 def python_values():
     """Return Python values the contract's JSON table covers beyond the database's."""
+    point = collections.namedtuple('Point', 'x y')
     return {'set': {3}, 'tuple': (1, 'a'), 'nan': math.nan, 'inf': math.inf, 'huge': 2**70,
-            'bytes': b'\x00\xff', 'nested': {'nan': [math.nan]}}
+            'bytes': b'\x00\xff', 'nested': {'nan': [math.nan]}, 'range': range(3), 'keys': {'a': 1}.keys(),
+            'items': {'a': 1}.items(), 'deque': collections.deque([1, 2]), 'point': point(1, 2),
+            'mapping': types.MappingProxyType({'k': range(2**70, 2**70 + 1)})}
 
 
 def crash():
