@@ -76,6 +76,9 @@ class ApiError(Exception):
     def __init__(self, detail=None, errors=None, headers=None, **members):
         if detail is not None and not isinstance(detail, str):
             raise TypeError(f'{type(self).__name__} takes a detail of text, not {type(detail).__name__}')
+        if errors is not None and not isinstance(errors, dict):
+            raise TypeError(f'{type(self).__name__} takes errors as a field map, {{field: [messages]}}, not '
+                            f'{type(errors).__name__}')
         if taken := sorted(STANDARD_MEMBERS & members.keys()):
             raise TypeError(f'{type(self).__name__} takes no member {taken[0]!r}: the framework writes it (subclass '
                             'the error class for another status or title)')
@@ -264,8 +267,9 @@ def from_api_error(exc):
 
 @translates(ValidationError)
 def from_validation_error(exc):
-    """A marshmallow ValidationError is a 422 with its field map."""
-    return Unprocessable(errors=exc.messages)
+    """A marshmallow ValidationError is a 422 with its field map: marshmallow's normalized_messages, so one raised
+    with a message alone ({"_schema": [...]}) or with a field_name keeps the shape."""
+    return Unprocessable(errors=exc.normalized_messages())
 
 
 @translates(OverflowError)

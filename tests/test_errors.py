@@ -4,11 +4,11 @@ import threading
 import psycopg2
 import pytest
 
-from lib.errors import (RETRY_AFTER_SECONDS, ApiError, NotFound, ServiceUnavailable, TooManyRequests,
+from lib.errors import (RETRY_AFTER_SECONDS, ApiError, Conflict, NotFound, ServiceUnavailable, TooManyRequests,
                         handle_error)
 from lib.http.exchange import ERROR_KEY
-from tests.helpers import (ADMIN_TOKEN, UNREACHABLE_DSN, Caller, assert_problem, body_of_size, export_in_flight,
-                           run_sql)
+from tests.helpers import (ADMIN_TOKEN, AUTH, UNREACHABLE_DSN, Caller, assert_problem, body_of_size,
+                           export_in_flight, run_sql)
 
 
 def test_invalid_json_is_400(client):
@@ -226,6 +226,33 @@ def test_an_errors_detail_is_text():
     """RFC 9457 section 3.1.4: a detail is a string."""
     with pytest.raises(TypeError, match='NotFound takes a detail of text, not int'):
         NotFound(123)
+
+
+@pytest.mark.parametrize('errors', [['taken'], 'taken', ('taken',)])
+def test_an_errors_field_map_is_a_dict(errors):
+    """The contract's errors member is a field map, {field: [messages]}, whatever raised it."""
+    with pytest.raises(TypeError, match=f'Conflict takes errors as a field map, {{field: \\[messages\\]}}, not '
+                                        f'{type(errors).__name__}'):
+        Conflict('Taken.', errors=errors)
+
+
+VALIDATION_ROUTES = '''
+    from marshmallow import ValidationError
+
+    def refuse(field=None):
+        raise ValidationError('Not this one.', **({'field_name': field} if field else {}))
+    routes = [dict(route='refuse', action=refuse)]
+'''
+
+
+@pytest.mark.parametrize('body, errors', [({}, {'_schema': ['Not this one.']}),
+                                          ({'field': 'email'}, {'email': ['Not this one.']})])
+def test_a_validation_error_an_action_raises_keeps_the_field_map_shape(make_app, module_package, body, errors):
+    """marshmallow's own shape for a message without a field (normalized_messages), and the field it was given."""
+    client = make_app(MODULE_PACKAGES=[module_package({'checks/routes.py': VALIDATION_ROUTES})]).test_client()
+    response = client.post('/checks/refuse', json=body, headers=AUTH)
+    assert response.status_code == 422
+    assert response.get_json()['errors'] == errors
 
 
 @pytest.mark.parametrize('headers', [{'Content-Type ': 'text/plain'}, {'X Foo': 'a'}, {'X-Foo': 'a\r\nSet-Cookie: x'},
