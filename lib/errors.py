@@ -301,6 +301,11 @@ def method_order(method):
     return (METHOD_ORDER.index(method), '') if method in METHOD_ORDER else (len(METHOD_ORDER), method)
 
 
+# The 404 of a path with a doubled slash, which may name an action it does not call (docs/contract.md, section 1).
+DOUBLED_SLASH_DETAIL = 'The path has a doubled slash: paths are matched as sent, never merged. Actions are called ' \
+                       'as POST /<module>/<action>.'
+
+
 @translates(HTTPException)
 def from_http_exception(exc):
     """Translate a werkzeug HTTPException (404, 405, 413, 415...) into an ApiError."""
@@ -308,7 +313,8 @@ def from_http_exception(exc):
     error.status = exc.code
     if exc.code == 404 and has_request_context() and 'dbapi' in current_app.extensions:
         gateway = current_app.extensions['dbapi']
-        error.detail = not_found_detail(request.path, gateway.routes, gateway.caller())
+        error.detail = (DOUBLED_SLASH_DETAIL if '//' in request.environ.get('PATH_INFO', '')  # request.path drops a
+                        else not_found_detail(request.path, gateway.routes, gateway.caller()))  # leading one
     if exc.code == 405 and exc.valid_methods:
         allowed = ', '.join(sorted(exc.valid_methods, key=method_order))
         error.headers['Allow'] = allowed
