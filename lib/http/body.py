@@ -1,4 +1,5 @@
 """The one JSON body parser of module actions: numbers exact, no NUL character anywhere, read within the deadline."""
+import codecs
 import socket
 import time
 
@@ -124,10 +125,22 @@ def read_json_body():
     except BodyPastLimit as exc:  # JSON, but nested too deep or with too long a number
         raise BadRequest(str(exc)) from None
     except ValueError:  # orjson's and the json module's decode errors, and invalid UTF-8
-        raise BadRequest('The request body is not valid JSON.') from None
+        raise BadRequest(not_json_detail(data)) from None
     if ESCAPED_NUL in data:
         refuse_nul_characters(body)
     return body
+
+
+def not_json_detail(data):
+    """Return the detail of a body (bytes) that is not JSON, saying so when its encoding is why: JSON text is UTF-8
+    without a byte order mark (RFC 8259 section 8.1)."""
+    if data.startswith(codecs.BOM_UTF8):
+        return 'The request body is not valid JSON: it starts with a byte order mark (RFC 8259 section 8.1).'
+    try:
+        data.decode()
+    except UnicodeDecodeError as exc:
+        return f'The request body is not valid JSON: it is not UTF-8 (byte {exc.start}; RFC 8259 section 8.1).'
+    return 'The request body is not valid JSON.'
 
 
 def nul_errors(value):
