@@ -276,6 +276,20 @@ def test_requests_nginx_refuses_itself_get_problem_details_and_no_5xx(echo_port,
         assert b'\r\nAllow: POST' in head and problem['detail'] == 'Use POST.'
 
 
+@pytest.mark.parametrize('request_line, allow', [(b'TRACE /healthz HTTP/1.1', b'GET, HEAD'),
+                                                 (b'TRACE /readyz/?x=1 HTTP/1.1', b'GET, HEAD'),
+                                                 (b'CONNECT /healthz HTTP/1.1', b'GET, HEAD'),
+                                                 (b'CONNECT /probe/whole HTTP/1.1', b'POST'),
+                                                 (b'TRACE /metrics HTTP/1.1', b'POST')])
+def test_nginxs_own_405_names_the_methods_the_path_takes(echo_port, request_line, allow):
+    """The health endpoints, passed on for a probe from this host, take GET and HEAD, as the app's 405 says."""
+    with running_nginx([echo_port]) as proxy:
+        answer = exchange(proxy.port, request_line + b'\r\nHost: dbapi\r\nConnection: close\r\n\r\n')
+    head, _, body = answer.partition(b'\r\n\r\n')
+    assert head.startswith(b'HTTP/1.1 405 ') and b'\r\nAllow: %s\r\n' % allow in head
+    assert json.loads(body)['detail'] == f'Use {allow.decode()}.'
+
+
 def test_an_http_0_9_request_is_refused_not_passed_on(echo_port):
     with running_nginx([echo_port]) as proxy:
         problem = json.loads(exchange(proxy.port, b'GET /probe/echo\r\n'))  # no status line: 0.9 has none
@@ -294,6 +308,16 @@ def test_nginxs_own_answer_after_100_continue_is_logged_with_its_body_bytes(echo
     assert (line['http.response.status_code'], line['http.response.body.bytes']) == (400, len(body))
     # a malformed chunked body through nginx is nginx's own 400, whose detail lists what a request takes
     assert 'one Content-Length or Transfer-Encoding: chunked' in json.loads(body)['detail']
+
+
+@pytest.mark.parametrize('extension', [b';\x01=', b';a b', b';=x', b';a="unterminated', b'\t'])
+def test_nginx_skips_a_chunk_extension_unread_and_passes_the_body_on(echo_port, extension):
+    """RFC 9112 section 7.1.1 lets a recipient ignore chunk extensions: nginx does, malformed ones too, and sends the
+    body it read on with a Content-Length, so the replica, which would refuse the extension, never sees it."""
+    with running_nginx([echo_port]) as proxy:
+        answer = exchange(proxy.port, b'POST /probe/whole HTTP/1.1\r\nHost: dbapi\r\nTransfer-Encoding: chunked\r\n'
+                          b'Connection: close\r\n\r\n2' + extension + b'\r\n{}\r\n0\r\n\r\n')
+    assert answer.startswith(b'HTTP/1.1 200 ') and answer.endswith(b'{"ok": true}')
 
 
 def test_a_client_that_leaves_mid_body_after_100_continue_is_logged_as_a_failure(echo_port):
