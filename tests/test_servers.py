@@ -308,15 +308,20 @@ def test_gunicorn_reads_chunked_bodies_to_their_end_and_bounds_them(gunicorn):
     assert status == 413 and problem['status'] == 413
 
 
-def test_a_client_that_sends_less_than_it_declared_gets_a_400(gunicorn):
+@pytest.mark.parametrize('framing, body', [('Content-Length: 100', '{"a": 1}'),
+                                            ('Transfer-Encoding: chunked', '8\r\n{"a": 1}\r\n')])
+def test_a_client_that_sends_less_than_it_declared_gets_a_400_that_says_so(gunicorn, framing, body):
     with socket.create_connection(('127.0.0.1', gunicorn), timeout=30) as sock:
         sock.sendall(f'POST /probe/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n'
-                     'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"a": 1}'.encode())
+                     f'Content-Type: application/json\r\n{framing}\r\n\r\n{body}'.encode())
         sock.shutdown(socket.SHUT_WR)
         reply = b''
         while chunk := sock.recv(65536):
             reply += chunk
     assert reply.startswith(b'HTTP/1.1 400 '), reply[:200]
+    assert json.loads(reply.partition(b'\r\n\r\n')[2])['detail'] == (
+        'The request body ended before all of it arrived: fewer bytes than its Content-Length, or a chunked body '
+        'without its last chunk.')
 
 
 def test_a_binary_upgrade_is_refused_under_make_run_which_serves_on(serve_data_dir):

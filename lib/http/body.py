@@ -7,7 +7,7 @@ import gevent
 from flask import current_app, request
 from gevent.monkey import is_module_patched
 from gunicorn.http.errors import ParseException
-from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from lib.errors import BadRequest, RequestTimeout, Unprocessable, UnsupportedMediaType
 from lib.http.exchange import CLIENT_SOCKET_KEY, deadline_of
@@ -17,6 +17,14 @@ from lib.jsonenc import JSON_MIMETYPE, BodyPastLimit, loads_exact
 ESCAPED_NUL = b'\\u0000'
 NUL_IN_VALUE = 'Must not contain the NUL character (\\u0000).'
 NUL_IN_KEY = 'Keys must not contain the NUL character (\\u0000).'
+
+
+class BodyCutShort(BadRequest):
+    """The body ended before all it announced arrived: fewer bytes than its Content-Length, or a chunked body without
+    its last chunk (400). The client went away, or half-closed its connection, while it sent the body."""
+
+    detail = ('The request body ended before all of it arrived: fewer bytes than its Content-Length, or a chunked '
+              'body without its last chunk.')
 
 
 def read_body(environ):
@@ -33,7 +41,7 @@ def read_body(environ):
             raise RequestEntityTooLarge()
         data = read_stream(environ, declared, deadline)
         if len(data) < declared:
-            raise ClientDisconnected()
+            raise BodyCutShort()
         return data
     if not environ.get('wsgi.input_terminated'):
         return b''  # no length and a stream with no end of its own: nothing can be read safely
@@ -55,7 +63,7 @@ def read_stream(environ, size, deadline):
     except socket.timeout:
         raise RequestTimeout() from None
     except OSError:  # gunicorn's NoMoreData and socket errors alike
-        raise ClientDisconnected() from None
+        raise BodyCutShort() from None
     except ParseException:  # gunicorn reads a chunked body as it comes: a bad chunk size, extension or trailer
         raise BadRequest('The chunked request body is malformed.') from None
 
