@@ -1,4 +1,5 @@
 """Action decorators: use_schema, inject_conn and inject_db (the seed's names, its bugs fixed)."""
+import copy
 import functools
 import inspect
 import itertools
@@ -85,6 +86,20 @@ def with_retries(attempt, retries, deadline=None):
             if left is not None and left <= pause:
                 raise
             time.sleep(pause)
+
+
+def replayable_arguments(args, kwargs, retries):
+    """Return (retries, arguments): arguments() gives each attempt of a retried transaction (args, kwargs) as the first
+    attempt got them, a replay a deep copy taken before it (an action may change what it is given: empty a list of
+    items it inserts). Arguments copy.deepcopy cannot copy are not replayed: retries is then 0."""
+    if not retries:
+        return 0, lambda: (args, kwargs)
+    try:
+        kept = copy.deepcopy((args, kwargs))
+    except Exception:  # an object of the action's own that refuses copying (a lock, an open file)
+        return 0, lambda: (args, kwargs)
+    first = iter([(args, kwargs)])
+    return retries, lambda: next(first, None) or copy.deepcopy(kept)
 
 
 def bulkhead_of_request():
@@ -212,11 +227,15 @@ def injector(database, autocommit, named, first_argument):
             # cannot encode is a 500 with nothing committed, never a 500 after the data was written.
             finish = respond if answers_the_request(environ, with_connection) else None
 
+            # Only a whole-action transaction can be replayed safely, with the arguments as the first attempt had them.
+            retries, arguments = replayable_arguments(args, kwargs, 0 if autocommit else config['DB_RETRIES'])
+
             def attempt():
+                given_args, given_kwargs = arguments()
                 return run_leased(database, autocommit, named,
-                                  lambda conn: action(first_argument(conn), *args, **kwargs), deadline, finish)
-            # Only a whole-action transaction can be replayed safely.
-            return with_retries(attempt, 0 if autocommit else config['DB_RETRIES'], deadline)
+                                  lambda conn: action(first_argument(conn), *given_args, **given_kwargs), deadline,
+                                  finish)
+            return with_retries(attempt, retries, deadline)
         with_connection.__signature__ = without_first_parameter(action)
         setattr(with_connection, DATABASE_ATTRIBUTE, database)
         return with_connection

@@ -127,6 +127,52 @@ def test_serialization_failure_is_retried_until_it_succeeds(call, database_url):
     assert response.get_json() == {'attempt': 4}
 
 
+REPLAY_ROUTES = '''
+    import threading
+    from marshmallow import Schema, fields
+    from lib.decorators import inject_conn, use_schema
+
+    class Items(Schema):
+        items = fields.List(fields.String(), required=True)
+
+    def take_all(conn, items, lock=None):
+        """Empty items as it goes; fail with a serialization failure on every odd attempt."""
+        taken = []
+        while items:
+            taken.append(items.pop(0))
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT nextval('probe.attempts')")
+            if cursor.fetchone()['nextval'] % 2 == 1:
+                cursor.execute("DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$")
+        return {'taken': taken}
+
+    def take_locked(conn, items):
+        return take_all(conn, items, threading.Lock())
+
+    take = use_schema(Items)(inject_conn()(take_all))
+    routes = [dict(route='take', action=take)]
+'''
+
+
+def test_a_retried_transaction_gets_the_arguments_as_the_first_attempt_got_them(make_app, module_package,
+                                                                                database_url):
+    """The first attempt emptied the list it was given: the retry must not see it empty (an order with no items)."""
+    client = make_app(DB_RETRIES=3, MODULE_PACKAGES=[module_package({'replay/routes.py': REPLAY_ROUTES})]).test_client()
+    run_sql(database_url, "SELECT setval('probe.attempts', 2)")
+    response = client.post('/replay/take', json={'items': ['a', 'b']}, headers=AUTH)
+    assert response.status_code == 200 and response.get_json() == {'taken': ['a', 'b']}
+    assert attempts(database_url) == 4  # the first attempt failed, the retry committed
+
+
+def test_arguments_that_cannot_be_copied_are_not_replayed():
+    from lib.decorators import replayable_arguments
+    lock = threading.Lock()
+    assert replayable_arguments((lock,), {}, 3)[0] == 0
+    retries, arguments = replayable_arguments(([1],), {'k': {'v': [2]}}, 3)
+    first, replay = arguments(), arguments()
+    assert retries == 3 and first == replay and first[0][0] is not replay[0][0]
+
+
 def test_a_serialization_failure_in_an_autocommit_action_is_not_retried(make_app, database_url):
     call = Caller(make_app(DB_RETRIES=3).test_client())
     run_sql(database_url, "SELECT setval('probe.attempts', 500)")
