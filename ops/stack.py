@@ -394,10 +394,15 @@ class Stack:
         for replica, _ in back:
             print(f'stack: {replica.name} is ready again; {done}', file=sys.stderr, flush=True)
 
+    def write_pgbouncer_config(self, dsn):
+        """Write pgbouncer's config in front of dsn, its pool sized for this stack's replicas; return what
+        pgbouncer.write_config returns."""
+        return pgbouncer.write_config(self.run_dir / 'pgbouncer', dsn, self.config.pgbouncer_port,
+                                      settings.DB_STATEMENT_TIMEOUT_MS, replicas=self.config.replicas)
+
     def start_pgbouncer(self, dsn):
         """Start pgbouncer in front of dsn and return the DSN that goes through it."""
-        argv, bouncer_dsn, user = pgbouncer.write_config(self.run_dir / 'pgbouncer', dsn, self.config.pgbouncer_port,
-                                                          settings.DB_STATEMENT_TIMEOUT_MS)
+        argv, bouncer_dsn, user = self.write_pgbouncer_config(dsn)
         bouncer = self.launch(Child('pgbouncer', argv, dict(os.environ), signal.SIGINT, user=user))
         port = self.config.pgbouncer_port
         wait_until(bouncer, lambda: port_open(port), f'listen on port {port}')

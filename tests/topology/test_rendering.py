@@ -9,7 +9,7 @@ import pytest
 
 from ops import healthcheck, kustomize, nginx, pgbouncer
 from ops.render import TemplateError, fill_template, program
-from ops.stack import MAX_REPLICAS, StackConfig, nginx_environment, replica_environment
+from ops.stack import MAX_REPLICAS, Stack, StackConfig, nginx_environment, replica_environment
 
 yaml = pytest.importorskip('yaml', reason='PyYAML comes with requirements-lint.txt (make lint)')
 
@@ -106,6 +106,16 @@ def test_pgbouncer_config_for_the_native_stack(tmp_path):
     assert (parts['host'], parts['port'], parts['dbname'], parts['user']) == ('127.0.0.1', '6543', 'app', 'alice')
     assert (tmp_path / 'bouncer' / 'users.txt').read_text() == pgbouncer.auth_line('alice', parts['password'])
     assert argv[-1] == str(tmp_path / 'bouncer' / 'pgbouncer.ini')
+
+
+@pytest.mark.parametrize('replicas', [1, 2, 5])
+def test_the_stacks_pgbouncer_pool_is_sized_for_its_replicas(tmp_path, replicas):
+    config = StackConfig(port=20000, replicas=replicas, replica_base_port=20001, pgbouncer=True, pgbouncer_port=20100)
+    Stack(config, tmp_path).write_pgbouncer_config('host=/sockets port=5433 dbname=app user=alice')
+    ini = (tmp_path / 'pgbouncer' / 'pgbouncer.ini').read_text()
+    pool = pgbouncer.settings_pool(replicas)
+    assert f"default_pool_size = {pool['PGBOUNCER_POOL_SIZE']}\n" in ini
+    assert f"max_client_conn = {pool['PGBOUNCER_MAX_CLIENT_CONN']}\n" in ini
 
 
 def test_pgbouncer_keeps_a_real_password():
