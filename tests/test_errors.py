@@ -128,14 +128,13 @@ def test_serialization_failure_is_retried_until_it_succeeds(call, database_url):
 
 
 REPLAY_ROUTES = '''
-    import threading
     from marshmallow import Schema, fields
     from lib.decorators import inject_conn, use_schema
 
     class Items(Schema):
         items = fields.List(fields.String(), required=True)
 
-    def take_all(conn, items, lock=None):
+    def take_all(conn, items):
         """Empty items as it goes; fail with a serialization failure on every odd attempt."""
         taken = []
         while items:
@@ -145,9 +144,6 @@ REPLAY_ROUTES = '''
             if cursor.fetchone()['nextval'] % 2 == 1:
                 cursor.execute("DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$")
         return {'taken': taken}
-
-    def take_locked(conn, items):
-        return take_all(conn, items, threading.Lock())
 
     take = use_schema(Items)(inject_conn()(take_all))
     routes = [dict(route='take', action=take)]
