@@ -160,6 +160,26 @@ def test_a_retried_transaction_gets_the_arguments_as_the_first_attempt_got_them(
     assert attempts(database_url) == 4  # the first attempt failed, the retry committed
 
 
+LEFT_OPEN_ROUTES = '''
+    from lib.decorators import inject_conn
+
+    @inject_conn(autocommit=True)
+    def begin_only(conn, code):
+        with conn.cursor() as cursor:
+            cursor.execute('BEGIN; INSERT INTO probe.things (code) VALUES (%s) RETURNING id', (code,))
+            return cursor.fetchone()
+    routes = [dict(route='begin_only', action=begin_only)]
+'''
+
+
+def test_an_autocommit_action_that_leaves_a_transaction_open_is_a_500_not_a_success_rolled_back_unseen(
+        make_app, module_package, database_url):
+    client = make_app(MODULE_PACKAGES=[module_package({'open/routes.py': LEFT_OPEN_ROUTES})]).test_client()
+    response = client.post('/open/begin_only', json={'code': 'left-open-1'}, headers=AUTH)
+    assert_problem(response, 500)
+    assert run_sql(database_url, "SELECT count(*) FROM probe.things WHERE code = 'left-open-1'") == [(0,)]
+
+
 def test_arguments_that_cannot_be_copied_are_not_replayed():
     from lib.decorators import replayable_arguments
     lock = threading.Lock()

@@ -3,6 +3,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psycopg2.extensions
+
 from lib.db.helpers import Db
 from lib.db.session import END_OF_USE_ANSWER_SECONDS, bound_answers, count_use, report_notices
 from lib.errors import GatewayTimeout
@@ -30,6 +32,14 @@ class StreamPastDeadline(GatewayTimeout):
     detail = "The answer ran past the request's deadline and was cut short."
 
 
+class TransactionLeftOpen(Exception):
+    """An autocommit action ended with a transaction still open on its connection (a BEGIN it never committed): the
+    transaction is rolled back and the request is a 500, the module's bug, rather than a success whose writes the
+    give-back would roll back unseen."""
+
+
+# libpq's transaction states (psycopg2's conn.info.transaction_status) of a session in a transaction block.
+IN_TRANSACTION = (psycopg2.extensions.TRANSACTION_STATUS_INTRANS, psycopg2.extensions.TRANSACTION_STATUS_INERROR)
 # How long past a request's deadline its connection still waits for PostgreSQL, whose own statement timeout ends a
 # transaction's statements at the deadline and answers with its error.
 ANSWER_GRACE_SECONDS = 1
@@ -94,6 +104,9 @@ class Lease:
                 callback()
             if success and not self.conn.autocommit:
                 self.commit_in_time()
+            elif success and self.conn.info.transaction_status in IN_TRANSACTION:
+                raise TransactionLeftOpen('an autocommit action left a transaction open (a BEGIN without its COMMIT): '
+                                          'it was rolled back')
         finally:
             report_notices(self.conn)
             self.pool.give_back(self.conn)
