@@ -144,7 +144,7 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
             close_stream(result)  # a stream refused after its first batch stops reading before its connection goes
         finally:
             lease.end(success=False)
-        cancelled = watch.cancelled_error() if watch is not None else None
+        cancelled = watch.cancelled_error(exc) if watch is not None else None
         if cancelled is not None:
             raise cancelled from exc
         raise

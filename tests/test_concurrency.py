@@ -345,6 +345,22 @@ def test_a_body_sent_too_slowly_to_a_sync_worker_is_a_408_at_the_deadline(databa
     assert 1.4 < seconds < 5 and after.status == 200
 
 
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_a_transactions_statements_end_at_the_deadline_however_many_there_are(database_url, worker_class):
+    """SET LOCAL statement_timeout bounds each statement; the watcher cancels the one running at the deadline, so
+    five statements of 0.6 s against a deadline of 1.5 s end at it: a 504, the connection reused, nothing held."""
+    with running_gunicorn(database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1', WORKER_CLASS=worker_class,
+                          REQUEST_DEADLINE_MS='1500') as port:
+        started = time.monotonic()
+        answer = post(port, '/probe/hold_many', {'seconds': 0.6, 'count': 5})
+        seconds = time.monotonic() - started
+        after = post(port, '/probe/echo_in_a_transaction', {'a': 1})
+    assert answer.status == 504 and 1.4 < seconds < 2.2, (answer.status, seconds)
+    assert answer.json()['detail'] == ('The request ran past its deadline: the statement running then was cancelled, '
+                                       'and its transaction rolled back.')
+    assert after.status == 200
+
+
 # Cancellation: a client that goes away gets its query cancelled, the connection reused, and a 499 in the log
 
 

@@ -3,6 +3,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psycopg2.errors
 import psycopg2.extensions
 
 from lib.db.helpers import Db
@@ -23,6 +24,15 @@ class DatabaseNotAnswering(GatewayTimeout):
     503.)"""
 
     detail = 'The database did not answer in time. What the request sent may still run.'
+
+
+class StatementPastDeadline(GatewayTimeout):
+    """A statement still running at the request's deadline (REQUEST_DEADLINE_MS), however many ran before it in its
+    transaction, is cancelled there (lib/http/disconnect.py) (504): its transaction is rolled back; an autocommit
+    action's statements before it stay committed."""
+
+    detail = 'The request ran past its deadline: the statement running then was cancelled, and its transaction ' \
+             'rolled back.'
 
 
 class StreamPastDeadline(GatewayTimeout):
@@ -169,7 +179,8 @@ class LeasedStream:
         except StopIteration:
             self.lease.end(success=True)
             raise
-        except DatabaseNotAnswering as exc:  # a batch still fetched a second past the deadline
+        # A batch still fetched at the deadline (cancelled there: lib/http/disconnect.py) or a second past it.
+        except (DatabaseNotAnswering, psycopg2.errors.QueryCanceled) as exc:
             self.lease.end(success=False)
             if self.past_deadline():
                 raise StreamPastDeadline() from exc

@@ -29,10 +29,12 @@ import socket
 import threading
 import time
 
+import psycopg2
+
 from lib.db.cancel import cancel_running_query
-from lib.db.unit import ANSWER_GRACE_SECONDS, StreamPastDeadline
+from lib.db.unit import ANSWER_GRACE_SECONDS, StatementPastDeadline, StreamPastDeadline
 from lib.errors import ApiError, ServiceUnavailable
-from lib.http.exchange import CLIENT_SOCKET_KEY, CUT_KEY, GONE_KEY, STOPPING_KEY
+from lib.http.exchange import CLIENT_SOCKET_KEY, CUT_KEY, GONE_KEY, PAST_DEADLINE_KEY, STOPPING_KEY
 from lib.polling import ready_events
 
 # The watcher looks at the sockets this often: it bounds how late a client that left is noticed.
@@ -77,12 +79,20 @@ class Watch:
         """Tell whether the watch is of an answer still being sent past its deadline and the grace."""
         return self.conn is None and self.deadline is not None and now > self.deadline + SEND_GRACE_SECONDS
 
-    def cancelled_error(self):
-        """Return the error that ends a request whose query the watcher cancelled, or None if it did not."""
+    def query_past_deadline(self, now):
+        """Tell whether the watch is of a query still running past the request's deadline."""
+        return self.conn is not None and self.deadline is not None and now > self.deadline
+
+    def cancelled_error(self, cause):
+        """Return the error that ends a request whose query the watcher cancelled, or None if it did not. A query
+        cancelled at the deadline explains a database error (QueryCanceled) only: a server that did not answer even
+        the cancel is DatabaseNotAnswering, as it was raised."""
         if self.environ.get(GONE_KEY):
             return ClientClosedRequest()
         if self.environ.get(STOPPING_KEY):
             return ServerStopping()
+        if self.environ.get(PAST_DEADLINE_KEY) and isinstance(cause, psycopg2.Error):
+            return StatementPastDeadline()
         return None
 
 
@@ -136,12 +146,14 @@ class DisconnectWatcher:
             self.check(watches)
 
     def check(self, watches):
-        """Cancel the queries of the watched requests whose clients have closed their connection, and cut short the
-        streams still being sent past their deadline."""
+        """Cancel the queries of the watched requests whose clients have closed their connection or whose deadline
+        has passed, and cut short the streams still being sent past their deadline."""
         now = time.monotonic()
         for watch in watches:
             if watch.overdue(now):
                 self.cut_short(watch, StreamPastDeadline())
+            elif watch.query_past_deadline(now):  # a transaction's statements end at the deadline, however many
+                self.cancel(watch, PAST_DEADLINE_KEY)
         by_fileno = collections.defaultdict(list)
         for watch in watches:
             if watch.conn is not None:  # a client gone while its answer is sent fails the send itself

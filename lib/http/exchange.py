@@ -11,6 +11,8 @@ ERROR_KEY = 'dbapi.error'
 GONE_KEY = 'dbapi.client_gone'
 # Set when a stopping worker cancelled the request's query just before its graceful timeout ended.
 STOPPING_KEY = 'dbapi.stopping'
+# Set when the request's query was cancelled because the request's deadline passed while it ran.
+PAST_DEADLINE_KEY = 'dbapi.past_deadline'
 # The error for which lib/http/disconnect.py cut a stream short (a client that stopped reading past the deadline).
 CUT_KEY = 'dbapi.cut'
 # gunicorn's client socket (the public key its WSGI environ has); absent in-process.

@@ -281,6 +281,23 @@ def hold(conn, seconds):
     return {'held': seconds}
 
 
+class HoldMany(Schema):
+    """How long each of several statements of one transaction holds its connection."""
+
+    seconds = fields.Float(required=True)
+    count = fields.Integer(required=True)
+
+
+@use_schema(HoldMany)
+@inject_conn(DEFAULT)
+def hold_many(conn, seconds, count):
+    """Run count statements of pg_sleep(seconds) in one transaction."""
+    with conn.cursor() as cursor:
+        for _ in range(count):
+            cursor.execute('SELECT pg_sleep(%s)', (seconds,))
+    return {'held': seconds * count}
+
+
 def pid():
     """Return the serving process id."""
     return {'pid': os.getpid()}

@@ -1,7 +1,7 @@
 from .actions import (add, autocommit_stream, bytea_round_trip, chunked, counted, counted_stream, crash,
                       create_thing, create_unencodable, echo, echo_any_keys_in_a_transaction, echo_in_a_transaction,
                       enveloped_any_keys, enveloped_own_keys, export_things, fail_with, failing_stream, flaky,
-                      generated, get_thing, given_status, greet, hold, items, migrations, missing, move,
+                      generated, get_thing, given_status, greet, hold, hold_many, items, migrations, missing, move,
                       nothing_to_iterate, pid, probe_values, python_values, raw_rows, register, sized, sqlstate,
                       with_status)
 
@@ -29,6 +29,7 @@ routes = [
     dict(route='sized', action=sized),
     dict(route='chunked', action=chunked),
     dict(route='hold', action=hold),
+    dict(route='hold_many', action=hold_many),
     dict(route='pid', action=pid),
     dict(route='add', action=add),
     dict(route='raw-rows', action=raw_rows),
