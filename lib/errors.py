@@ -351,6 +351,10 @@ def from_too_deep_to_write(exc):
 def from_database_error(exc):
     """Translate a psycopg2 error by its SQLSTATE (exact code, then class), or None when it is a server fault."""
     code = exc.pgcode
+    if isinstance(exc, psycopg2.InterfaceError) and isinstance(exc.__context__, ApiError):
+        # "connection already closed" while an error that closed it was handled (a with-block's rollback after the
+        # database stopped answering): that error is the answer.
+        return exc.__context__
     if code is None:
         # No SQLSTATE: the connection broke or could not be made.
         lost = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))

@@ -9,9 +9,10 @@ import psycopg2
 import pytest
 
 import settings
-from lib.db.unit import DeadlineExceeded
-from lib.decorators import inject_db
-from lib.errors import GatewayTimeout, ImproperlyConfigured
+from lib.db import transactional
+from lib.db.unit import DatabaseNotAnswering, DeadlineExceeded
+from lib.decorators import inject_conn, inject_db
+from lib.errors import GatewayTimeout, ImproperlyConfigured, from_database_error
 from ops import nginx
 from ops.stack import StackConfig, nginx_environment
 from tests.helpers import run_sql
@@ -56,6 +57,14 @@ def write_then_think(db, seconds):
     time.sleep(seconds)
 
 
+@inject_conn(autocommit=True)
+def think_then_write_in_a_transaction(conn, seconds):
+    """Spend seconds in Python, then open a transaction of its own and write a row in it."""
+    time.sleep(seconds)
+    with transactional(conn) as db:
+        db.execute(f'INSERT INTO {TABLE} VALUES (1)')
+
+
 def timed_call(app, action, *args):
     """Call action in a request of app; return (exception raised or None, seconds taken)."""
     started = time.monotonic()
@@ -93,6 +102,24 @@ def test_a_transaction_past_the_deadline_is_rolled_back_not_committed(make_app, 
     assert rows_written(probe_table) == 0
     error, _ = timed_call(app, write_then_think, 0)
     assert error is None and rows_written(probe_table) == 1
+
+
+def test_a_transaction_an_action_opens_past_the_deadline_is_rolled_back_not_committed(make_app, probe_table):
+    error, _ = timed_call(make_app(REQUEST_DEADLINE_MS=300), think_then_write_in_a_transaction, 0.5)
+    assert isinstance(error, DeadlineExceeded)
+    assert rows_written(probe_table) == 0
+
+
+def test_a_closed_connections_error_met_while_another_error_is_handled_answers_as_that_error():
+    """psycopg2 closes a connection whose wait raised (DatabaseNotAnswering); a with-block's rollback then meets
+    "connection already closed", which must not turn the 504 into a 503 about a broken connection."""
+    try:
+        try:
+            raise DatabaseNotAnswering()
+        except DatabaseNotAnswering:
+            raise psycopg2.InterfaceError('connection already closed')
+    except psycopg2.InterfaceError as exc:
+        assert isinstance(from_database_error(exc), DatabaseNotAnswering)
 
 
 def test_a_deadline_answers_504_problem_through_the_app(make_app, probe_table):

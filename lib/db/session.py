@@ -41,6 +41,9 @@ class PooledConnection(psycopg2.extensions.connection):
     # A time.monotonic() value: past it, the gevent wait callback (lib/db/green.py) stops waiting for PostgreSQL to
     # answer and raises DatabaseNotAnswering, and psycopg2 closes the connection. None: wait as long as it takes.
     answer_deadline = None
+    # A time.monotonic() value: the deadline of the request the connection serves, which transactional()
+    # (lib/db/unit.py) commits nothing past. None: no request, or no deadline.
+    request_deadline = None
 
     def __init__(self, dsn, *args, **kwargs):
         """Connect (psycopg2 calls it with the whole DSN); under gevent, waiting for the server no longer than the
@@ -79,6 +82,13 @@ def bound_answers(conn, deadline):
     connection that is not a PooledConnection waits without end."""
     if isinstance(conn, PooledConnection):
         conn.answer_deadline = deadline
+
+
+def note_request_deadline(conn, deadline):
+    """Note on conn the deadline (a time.monotonic() value, or None) of the request it serves; a connection that is
+    not a PooledConnection keeps none."""
+    if isinstance(conn, PooledConnection):
+        conn.request_deadline = deadline
 
 
 def session_settings(config):

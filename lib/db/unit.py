@@ -7,7 +7,8 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from lib.db.helpers import Db
-from lib.db.session import END_OF_USE_ANSWER_SECONDS, bound_answers, count_use, report_notices
+from lib.db.session import (END_OF_USE_ANSWER_SECONDS, bound_answers, count_use, note_request_deadline,
+                             report_notices)
 from lib.errors import GatewayTimeout
 
 
@@ -97,6 +98,7 @@ class Lease:
         self.conn.autocommit = autocommit
         self.conn.cursor_factory = cursor_factory
         count_use(self.conn)
+        note_request_deadline(self.conn, deadline)
         bound_answers(self.conn, None if deadline is None else deadline + ANSWER_GRACE_SECONDS)
 
     def leave_bulkhead(self):
@@ -119,6 +121,7 @@ class Lease:
                                           'it was rolled back')
         finally:
             report_notices(self.conn)
+            note_request_deadline(self.conn, None)
             self.pool.give_back(self.conn)
             self.leave_bulkhead()
 
@@ -215,7 +218,11 @@ def close_stream(items):
 
 @contextmanager
 def transactional(conn):
-    """Run the block in one transaction on conn and yield a Db helper for it."""
+    """Run the block in one transaction on conn and yield a Db helper for it; past the deadline of the request conn
+    serves (a PooledConnection's request_deadline), the transaction is rolled back, never committed (504)."""
     # psycopg2 2.9 opens a transaction here even on an autocommit connection.
     with conn:
         yield Db(conn)
+        left = time_left(getattr(conn, 'request_deadline', None))
+        if left is not None and left <= 0:
+            raise DeadlineExceeded()
