@@ -252,11 +252,26 @@ ERROR_TRANSLATORS = {}
 
 
 def translates(exception_class):
-    """Register the decorated function as the translator of exception_class (and its subclasses) to an ApiError."""
+    """Register the decorated function as the translator of exception_class (and its subclasses) to an ApiError.
+
+    The table is the process's, not a module's: a class has one translator, and the classes whose answers
+    docs/contract.md section 3 fixes for every module (CONTRACT_ERRORS, their subclasses too) are translated by the
+    framework's own code (lib/) alone. Anything else is a TypeError where the translator is declared."""
     def register(translate):
+        if exception_class in ERROR_TRANSLATORS:
+            raise TypeError(f'{exception_class.__name__} has a translator already '
+                            f'({ERROR_TRANSLATORS[exception_class].__qualname__}): a class has one, for every module')
+        if issubclass(exception_class, CONTRACT_ERRORS) and not translate.__module__.startswith('lib.'):
+            raise TypeError(f'{exception_class.__name__} is answered as docs/contract.md section 3 says, for every '
+                            'module: catch it in the action and raise an ApiError of your own instead')
         ERROR_TRANSLATORS[exception_class] = translate
         return translate
     return register
+
+
+# The errors whose answers the contract fixes (section 3): a module translating one, or a subclass (a psycopg2
+# UniqueViolation), would change the answer of every module's.
+CONTRACT_ERRORS = (ApiError, ValidationError, HTTPException, psycopg2.Error)
 
 
 @translates(ApiError)

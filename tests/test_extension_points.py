@@ -5,8 +5,11 @@ import logging
 
 import pytest
 
+import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
+import werkzeug.exceptions
+from marshmallow import ValidationError
 
 from lib.db import DEFAULT, Pool, connection
 from lib.db.session import (DISCARD_ALL, RESET_SESSION, PooledConnection, application_name, configure_with,
@@ -256,6 +259,26 @@ def test_a_registered_error_translator_decides_the_problem(make_app, monkeypatch
     response = app.test_client().post('/out-of-stock')
     assert response.status_code == 409 and response.mimetype == 'application/problem+json'
     assert response.get_json()['detail'] == 'Out of stock: tea'
+
+
+def test_a_class_has_one_translator(monkeypatch):
+    monkeypatch.setattr('lib.errors.ERROR_TRANSLATORS', dict(ERROR_TRANSLATORS))
+    translates(OutOfStock)(lambda exc: Conflict('Out of stock.'))
+    with pytest.raises(TypeError, match='OutOfStock has a translator already .*: a class has one, for every module'):
+        translates(OutOfStock)(lambda exc: Conflict('Gone.'))
+
+
+class SchemaRefusal(ValidationError):
+    """A module's own kind of ValidationError."""
+
+
+@pytest.mark.parametrize('error_class', [psycopg2.errors.UniqueViolation, SchemaRefusal, werkzeug.exceptions.NotFound,
+                                         Conflict])
+def test_a_module_cannot_translate_an_error_the_contract_answers_for_every_module(monkeypatch, error_class):
+    """A module's own UniqueViolation translator answered every module's duplicates without errors or sqlstate."""
+    monkeypatch.setattr('lib.errors.ERROR_TRANSLATORS', dict(ERROR_TRANSLATORS))
+    with pytest.raises(TypeError, match=f'{error_class.__name__} is answered as docs/contract.md section 3 says'):
+        translates(error_class)(lambda exc: Conflict('This SKU is already in the catalogue.'))
 
 
 @pytest.fixture()
