@@ -34,6 +34,8 @@ def use_schema(schema):
         raise TypeError(f'use_schema takes a marshmallow Schema class or instance, not {schema!r}')
 
     def decorate(action):
+        if SCHEMA_ATTRIBUTE in getattr(action, '__dict__', {}):  # the second would replace the first unseen
+            raise TypeError(f'use_schema twice on {getattr(action, "__qualname__", action)!r}: give it one schema')
         setattr(action, SCHEMA_ATTRIBUTE, instance)
         return action
     return decorate
@@ -237,14 +239,26 @@ def injector(database, autocommit, named, first_argument):
                                   finish)
             return with_retries(attempt, retries, deadline)
         with_connection.__signature__ = without_first_parameter(action)
-        setattr(with_connection, DATABASE_ATTRIBUTE, database)
+        setattr(with_connection, DATABASE_ATTRIBUTE, Borrow(database))
         return with_connection
     return decorate
 
 
+class Borrow:
+    """The mark one inject_conn or inject_db decorator leaves: the database it borrows from. functools.wraps copies it
+    into every layer wrapped around that decorator: the same object, so it counts once."""
+
+    __slots__ = ('database',)
+
+    def __init__(self, database):
+        self.database = database
+
+
 def databases_of(action):
-    """Return the names of the databases the inject_conn and inject_db decorators of action borrow from."""
-    return marks_of(action, DATABASE_ATTRIBUTE)
+    """Return the names of the databases the inject_conn and inject_db decorators of action borrow from, one per
+    decorator, outermost first."""
+    borrows = {id(borrow): borrow for borrow in marks_of(action, DATABASE_ATTRIBUTE)}
+    return [borrow.database for borrow in borrows.values()]
 
 
 def raw_connection(conn):

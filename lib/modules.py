@@ -312,6 +312,16 @@ def is_async(layer):
                for target in (layer, getattr(layer, '__call__', None)))
 
 
+def check_one_connection_per_database(action, where):
+    """Raise ModuleError for an action that borrows two connections from one database (inject_conn and inject_db
+    together): each request would hold two of the pool's connections, and under load every request would hold one
+    while it waits for its second. (use_schema refuses a second schema itself.)"""
+    borrowed = databases_of(action)
+    if twice := sorted({name for name in borrowed if borrowed.count(name) > 1}):
+        raise ModuleError(f'{where}: the action borrows two connections from the database {twice[0]!r} (inject_conn '
+                          'or inject_db twice); one is enough for any number of statements and transactions')
+
+
 def make_route(module, routes_file, entry, fast_paths=True, databases=None):
     """Build the Route of one route-table entry; databases (the configured names), when given, must hold every
     database its action borrows from."""
@@ -321,6 +331,7 @@ def make_route(module, routes_file, entry, fast_paths=True, databases=None):
     if any(map(is_async, wrapped_chain(action))):
         raise ModuleError(f'{where}: the action is async def; dbapi calls actions as plain functions (its workers '
                           'wait for PostgreSQL cooperatively already)')
+    check_one_connection_per_database(action, where)
     if databases is not None and (unknown := [name for name in databases_of(action) if name not in databases]):
         raise ModuleError(f'{where}: the action borrows from the database {unknown[0]!r}, which is not configured '
                           f'(databases: {", ".join(sorted(databases))}): add it to DB_NAMES and set '

@@ -152,6 +152,61 @@ def test_decorator_needs_a_connection_parameter():
         inject_conn()(lambda *, name: name)
 
 
+TWICE_ROUTES = '''
+    from marshmallow import Schema, fields
+    from lib.db import DEFAULT
+    from lib.decorators import inject_conn, inject_db, use_schema
+
+    class Named(Schema):
+        name = fields.String()
+
+    {decorators}
+    def act({parameters}name=None):
+        return {{'name': name}}
+    routes = [dict(route='act', action=act)]
+'''
+
+
+@pytest.mark.parametrize('decorators, parameters, message', [
+    ('@use_schema(Named)\n    @use_schema(Named)', '', "import failed .TypeError: use_schema twice on 'act'"),
+    ('@use_schema(Named)\n    @inject_conn()\n    @use_schema(Named)', 'conn, ',
+     "import failed .TypeError: use_schema twice on 'act'"),
+    ('@inject_db()\n    @inject_conn()', 'conn, db, ',
+     "route 'act': the action borrows two connections from the database 'default'"),
+    ('@inject_conn(DEFAULT)\n    @inject_conn(DEFAULT, autocommit=True)', 'a, b, ', 'two connections'),
+])
+def test_an_action_decorated_twice_stops_the_start(make_app, module_package, decorators, parameters, message):
+    package = module_package({'twice/routes.py': TWICE_ROUTES.format(decorators=decorators, parameters=parameters)})
+    with pytest.raises(ModuleError, match=message):
+        make_app(MODULE_PACKAGES=[package])
+
+
+LOGGED_ROUTES = '''
+    import functools
+    from lib.decorators import inject_conn
+
+    def logged(action):
+        @functools.wraps(action)  # copies inject_conn's mark into this layer too
+        def call(*args, **kwargs):
+            return action(*args, **kwargs)
+        return call
+
+    @logged
+    @inject_conn()
+    def act(conn):
+        with conn.cursor() as cursor:
+            cursor.execute('SELECT 1 AS one')
+            return cursor.fetchone()
+    routes = [dict(route='act', action=act)]
+'''
+
+
+def test_a_wrapper_around_an_injected_action_counts_as_no_second_connection(make_app, module_package):
+    client = make_app(MODULE_PACKAGES=[module_package({'wrapped/routes.py': LOGGED_ROUTES})]).test_client()
+    assert client.post('/wrapped/act', json={}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'}).get_json() == {
+        'one': 1}
+
+
 @pytest.mark.parametrize('flags', [{'autocommit': 'yes'}, {'autocommit': 1}, {'named': None}])
 def test_a_decorator_flag_that_is_not_a_bool_is_refused_where_it_is_declared(flags):
     from lib.decorators import inject_conn, inject_db
