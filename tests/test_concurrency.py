@@ -364,6 +364,20 @@ def test_a_transactions_statements_end_at_the_deadline_however_many_there_are(da
 # Cancellation: a client that goes away gets its query cancelled, the connection reused, and a 499 in the log
 
 
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_an_action_that_raises_system_exit_still_gets_its_access_line(database_url, tmp_path, worker_class):
+    """SystemExit passes Flask's handlers; the worker's server then answers it as it can (a 500, or no answer): the
+    request must not vanish from the log."""
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1',
+                             WORKER_CLASS=worker_class) as (port, _):
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            post(port, '/probe/system_exit', {}, headers={'X-Request-ID': 'system-exit'})
+        wait_for(lambda: access_lines(tmp_path, 'system-exit'), 10, 'no access line')
+    line = gunicorn_access_line(tmp_path, 'system-exit')
+    assert line['http']['response']['status_code'] == 500 and line['event']['outcome'] == 'failure'
+    assert line['error']['type'] == 'SystemExit'
+
+
 def gunicorn_access_line(folder, request_id):
     """Return the app's access line of one request from the stdout of a gunicorn run by gunicorn_logging_to."""
     found = access_lines(folder, request_id)

@@ -248,7 +248,12 @@ class AccessLog:
 
     def __call__(self, environ, start_response):
         exchange = Exchange(environ, start_response, self.finish, self.deadline_ms)
-        exchange.chunks = self.wsgi_app(environ, exchange.start_response)
+        try:
+            exchange.chunks = self.wsgi_app(environ, exchange.start_response)
+        except BaseException as exc:  # past Flask's handlers: a SystemExit an action raised, a worker's quick stop
+            exchange.status, exchange.stream_error = 500, exc
+            self.finish(exchange)  # the server answers nothing, or its own 500: the line says why
+            raise
         return exchange
 
     def finish(self, exchange):

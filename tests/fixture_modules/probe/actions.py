@@ -298,6 +298,11 @@ def hold_many(conn, seconds, count):
     return {'held': seconds * count}
 
 
+def system_exit():
+    """Raise SystemExit, as a module's stray sys.exit() would."""
+    raise SystemExit(3)
+
+
 def pid():
     """Return the serving process id."""
     return {'pid': os.getpid()}

@@ -3,7 +3,7 @@ from .actions import (add, autocommit_stream, bytea_round_trip, chunked, counted
                       enveloped_any_keys, enveloped_own_keys, export_things, fail_with, failing_stream, flaky,
                       generated, get_thing, given_status, greet, hold, hold_many, items, migrations, missing, move,
                       nothing_to_iterate, pid, probe_values, python_values, raw_rows, register, sized, sqlstate,
-                      with_status)
+                      system_exit, with_status)
 
 routes = [
     dict(route='', action=echo),
@@ -30,6 +30,7 @@ routes = [
     dict(route='chunked', action=chunked),
     dict(route='hold', action=hold),
     dict(route='hold_many', action=hold_many),
+    dict(route='system_exit', action=system_exit),
     dict(route='pid', action=pid),
     dict(route='add', action=add),
     dict(route='raw-rows', action=raw_rows),
