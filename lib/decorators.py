@@ -17,7 +17,7 @@ from lib.db.types import check_reading_styles
 from lib.db.unit import close_stream, time_left
 from lib.errors import RETRYABLE_SQLSTATES
 from lib.jsonenc import JSON_MIMETYPE, json_array_chunks, json_response
-from lib.http.disconnect import WATCHER
+from lib.http.disconnect import WATCHER, ServerStopping
 from lib.http.exchange import CLIENT_KEY, ROUTE_KEY, deadline_of
 
 
@@ -132,6 +132,8 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
     watch = watch_client(lease)
     result = None
     try:
+        if WATCHER.stopping:  # a connection that came free as the stopping worker cancelled the queries
+            raise ServerStopping()
         lease.hold_to_deadline(current_app.config['DB_STATEMENT_TIMEOUT_MS'])
         result = call(lease.conn)
         if isinstance(result, Iterator):

@@ -412,6 +412,12 @@ def backend_running(database_url, query):
     return rows[0][0] if rows else None
 
 
+def backend_count(database_url, query):
+    """Return how many backends run query now."""
+    return run_sql(database_url, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = %s",
+                   (query,))[0][0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
 def test_a_client_that_goes_away_has_its_query_cancelled_and_its_connection_reused(database_url, tmp_path,
@@ -701,6 +707,30 @@ def test_a_query_still_running_at_the_graceful_timeout_is_cancelled_and_answered
     assert answer.json()['detail'] == 'The server stopped before the answer was ready. Try again.'
     assert gunicorn_access_line(tmp_path, 'stopped-mid-query')['event']['outcome'] == 'failure'
     assert not backend_running(database_url, query)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread'])
+def test_a_request_that_gets_its_connection_after_the_stop_sweep_is_answered_503_not_killed(database_url, tmp_path,
+                                                                                           worker_class):
+    """Two queries hold the pool; a third request waits for a connection. At the sweep a second before the graceful
+    timeout ends, the two are cancelled, and the third, handed a connection just then, must not start a query the
+    kill would end unanswered and unlogged."""
+    query = f'SELECT pg_sleep({30 + random.randint(1, 999) / 1000})'
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', GRACEFUL_TIMEOUT='3',
+                             DB_POOL_MAX='2', REQUEST_DEADLINE_MS='20000', WORKER_CLASS=worker_class) as (port, server):
+        with ThreadPoolExecutor(3) as executor:
+            holding = [executor.submit(post, port, '/types/select', {'query': query},
+                                       headers={'X-Request-ID': f'holding-{number}'}) for number in range(2)]
+            wait_for(lambda: backend_count(database_url, query) == 2, 10, 'the queries did not start')
+            waiting = executor.submit(post, port, '/probe/hold', {'seconds': 2}, headers={'X-Request-ID': 'waiting'})
+            time.sleep(0.3)
+            server.terminate()
+            answers = [future.result(timeout=20) for future in (*holding, waiting)]
+        server.wait(15)
+    assert [answer.status for answer in answers] == [503, 503, 503], [answer.body for answer in answers]
+    assert answers[2].json()['detail'] == 'The server stopped before the answer was ready. Try again.'
+    assert gunicorn_access_line(tmp_path, 'waiting')['http']['response']['status_code'] == 503
 
 
 @pytest.mark.slow

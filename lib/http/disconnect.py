@@ -108,6 +108,9 @@ class DisconnectWatcher:
         self.watches = {}
         self.wanted = threading.Event()
         self.started = False
+        # Set once cancel_all has run: the worker is about to be killed, and a query started now would be killed
+        # with it, unanswered and unlogged (lib/decorators.py's run_leased refuses it: ServerStopping).
+        self.stopping = False
 
     def watch(self, environ, conn, deadline=None):
         """Watch the request's client while conn runs its query, or (conn None) while its answer is sent; return the
@@ -201,9 +204,10 @@ class DisconnectWatcher:
 
     def cancel_all(self):
         """Cancel every query still running and cut short every answer still being sent (the worker is about to be
-        killed), so that each request ends and is logged."""
+        killed), so that each request ends and is logged; from now on no query starts (stopping)."""
         with self.lock:
             watches = list(self.watches.values())
+            self.stopping = True
         for watch in watches:  # the queries first: a stream whose query is cancelled ends with the query's error
             if watch.conn is not None:
                 self.cancel(watch, STOPPING_KEY)
