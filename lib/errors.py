@@ -452,7 +452,10 @@ def as_api_error(exc):
     for kind in type(exc).__mro__:
         translate = ERROR_TRANSLATORS.get(kind)
         if translate is not None:
-            return translate(exc) or ApiError()
+            translated = translate(exc)
+            if translated is not None and not isinstance(translated, ApiError):
+                raise TypeError(f'returned {type(translated).__name__}, not an ApiError or None')
+            return translated or ApiError()
     return ApiError()
 
 
@@ -483,8 +486,12 @@ def problem_fault(error):
 def handle_error(exc):
     """Render any exception raised while serving a request as problem+json; an error that cannot be answered as it
     says is a 500 whose log line says why."""
-    error = as_api_error(exc)
-    if (fault := problem_fault(error)) is not None:
+    try:
+        error = as_api_error(exc)
+        fault = problem_fault(error)
+    except Exception as translator_fault:  # a module's translator that raised, or returned something else
+        error, fault = ApiError(), f'its error translator failed ({translator_fault!r})'
+    if fault is not None:
         cause, exc, error = exc, TypeError(f'{type(exc).__name__}: {fault}'), ApiError()
         exc.__cause__ = cause
     # The access line logs it, with the stack trace of a 5xx, under the same request id.

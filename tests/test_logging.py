@@ -253,6 +253,36 @@ def test_a_post_load_hook_that_returns_a_key_the_action_does_not_take_is_a_500_t
                                      'its hooks (a post_load) return what it takes')
 
 
+TRANSLATED_ROUTES = '''
+    from lib.errors import translates
+
+    class Misfiled(Exception):
+        """An exception whose translator is broken."""
+
+    @translates(Misfiled)
+    def broken(exc):
+        return {translated}
+
+    def act():
+        raise Misfiled('x')
+    routes = [dict(route='act', action=act)]
+'''
+
+
+@pytest.mark.parametrize('translated, why', [('1 / 0', 'its error translator failed (ZeroDivisionError'),
+                                             ("{'status': 409}", "returned dict, not an ApiError or None")])
+def test_a_translator_that_fails_gives_the_generic_500_and_a_line_that_says_why(make_app, log_folder, module_package,
+                                                                               translated, why):
+    """Not werkzeug's "The server encountered an internal error ... overloaded" detail."""
+    package = module_package({'translated/routes.py': TRANSLATED_ROUTES.format(translated=translated)})
+    app = make_app(LOG_PATH=str(log_folder), MODULE_PACKAGES=[package])
+    response = post(app.test_client(), '/translated/act', {}, headers={'X-Request-ID': 'translator-500'})
+    assert response.status_code == 500
+    assert response.get_json()['detail'] == 'The server could not complete the request.'
+    line = line_of_request(logged_lines(log_folder), 'translator-500')
+    assert line['error.type'] == 'TypeError' and why in line['error.message']
+
+
 def test_a_line_logged_while_a_request_is_served_carries_its_id(logged_app, log_folder):
     with logged_app.test_request_context('/probe/echo', method='POST',
                                          environ_overrides={REQUEST_ID_KEY: 'served-7'}):
