@@ -76,9 +76,8 @@ class ApiError(Exception):
     def __init__(self, detail=None, errors=None, headers=None, **members):
         if detail is not None and not isinstance(detail, str):
             raise TypeError(f'{type(self).__name__} takes a detail of text, not {type(detail).__name__}')
-        if errors is not None and not isinstance(errors, dict):
-            raise TypeError(f'{type(self).__name__} takes errors as a field map, {{field: [messages]}}, not '
-                            f'{type(errors).__name__}')
+        if errors is not None and (fault := field_map_fault(errors)):
+            raise TypeError(f'{type(self).__name__} takes errors as a field map, {{field: [messages]}}, not {fault}')
         if taken := sorted(STANDARD_MEMBERS & members.keys()):
             raise TypeError(f'{type(self).__name__} takes no member {taken[0]!r}: the framework writes it (subclass '
                             'the error class for another status or title)')
@@ -95,6 +94,18 @@ class ApiError(Exception):
         """Have the answer say when to try again, unless the error's own headers say it, in any case."""
         if not any(name.lower() == 'retry-after' for name in self.headers):
             self.headers['Retry-After'] = seconds
+
+
+def field_map_fault(errors):
+    """Return what makes errors no field map (marshmallow's shape: {field: [messages]}, a nested field's own map in
+    its place), or None."""
+    if not isinstance(errors, dict):
+        return type(errors).__name__
+    for field, messages in errors.items():
+        fault = field_map_fault(messages) if isinstance(messages, dict) else None
+        if fault or not isinstance(messages, (dict, list)):
+            return f'{fault or type(messages).__name__} at {field!r}'
+    return None
 
 
 # A header's name is an RFC 9110 token; its value holds no line break or NUL (RFC 9110 section 5.5).
@@ -284,7 +295,15 @@ def from_api_error(exc):
 def from_validation_error(exc):
     """A marshmallow ValidationError is a 422 with its field map: marshmallow's normalized_messages, so one raised
     with a message alone ({"_schema": [...]}) or with a field_name keeps the shape."""
-    return Unprocessable(errors=exc.normalized_messages())
+    return Unprocessable(errors=message_lists(exc.normalized_messages()))
+
+
+def message_lists(messages):
+    """Return marshmallow's messages with each message a module gave alone ({"a": "Too big."}) in a list, the field
+    map's shape."""
+    if isinstance(messages, dict):
+        return {field: message_lists(value) for field, value in messages.items()}
+    return messages if isinstance(messages, list) else [messages]
 
 
 @translates(OverflowError)

@@ -290,25 +290,31 @@ def test_an_errors_detail_is_text():
         NotFound(123)
 
 
-@pytest.mark.parametrize('errors', [['taken'], 'taken', ('taken',)])
-def test_an_errors_field_map_is_a_dict(errors):
+@pytest.mark.parametrize('errors, fault', [(['taken'], 'list'), ('taken', 'str'), (('taken',), 'tuple'),
+                                           ({'email': 'taken'}, "str at 'email'"),
+                                           ({'items': {0: {'sku': None}}}, "NoneType at 'sku' at 0 at 'items'")])
+def test_an_errors_field_map_is_a_dict_of_message_lists(errors, fault):
     """The contract's errors member is a field map, {field: [messages]}, whatever raised it."""
-    with pytest.raises(TypeError, match=f'Conflict takes errors as a field map, {{field: \\[messages\\]}}, not '
-                                        f'{type(errors).__name__}'):
+    with pytest.raises(TypeError) as raised:
         Conflict('Taken.', errors=errors)
+    assert str(raised.value) == f'Conflict takes errors as a field map, {{field: [messages]}}, not {fault}'
+    Conflict('Taken.', errors={'email': ['taken'], 'items': {0: {'sku': ['unknown']}}})  # nested fields' own maps
 
 
 VALIDATION_ROUTES = '''
     from marshmallow import ValidationError
 
     def refuse(field=None):
+        if field == 'map':
+            raise ValidationError({'a': 'Too big.', 'b': {'c': 'Too small.'}})
         raise ValidationError('Not this one.', **({'field_name': field} if field else {}))
     routes = [dict(route='refuse', action=refuse)]
 '''
 
 
 @pytest.mark.parametrize('body, errors', [({}, {'_schema': ['Not this one.']}),
-                                          ({'field': 'email'}, {'email': ['Not this one.']})])
+                                          ({'field': 'email'}, {'email': ['Not this one.']}),
+                                          ({'field': 'map'}, {'a': ['Too big.'], 'b': {'c': ['Too small.']}})])
 def test_a_validation_error_an_action_raises_keeps_the_field_map_shape(make_app, module_package, body, errors):
     """marshmallow's own shape for a message without a field (normalized_messages), and the field it was given."""
     client = make_app(MODULE_PACKAGES=[module_package({'checks/routes.py': VALIDATION_ROUTES})]).test_client()
