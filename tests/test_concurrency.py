@@ -371,7 +371,7 @@ def test_an_action_that_raises_system_exit_still_gets_its_access_line(database_u
     with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1',
                              WORKER_CLASS=worker_class) as (port, _):
         with contextlib.suppress(OSError, http.client.HTTPException):
-            post(port, '/probe/system_exit', {}, headers={'X-Request-ID': 'system-exit'})
+            post(port, '/probe/system_exit', {'now': True}, headers={'X-Request-ID': 'system-exit'})
         wait_for(lambda: access_lines(tmp_path, 'system-exit'), 10, 'no access line')
     line = gunicorn_access_line(tmp_path, 'system-exit')
     assert line['http']['response']['status_code'] == 500 and line['event']['outcome'] == 'failure'

@@ -298,9 +298,11 @@ def hold_many(conn, seconds, count):
     return {'held': seconds * count}
 
 
-def system_exit():
-    """Raise SystemExit, as a module's stray sys.exit() would."""
-    raise SystemExit(3)
+def system_exit(now=False):
+    """Raise SystemExit when asked (now), as a module's stray sys.exit() would."""
+    if now:
+        raise SystemExit(3)
+    return {'exited': False}
 
 
 def pid():
