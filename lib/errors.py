@@ -132,6 +132,10 @@ class BadRequest(ApiError):
     detail = 'The request is malformed.'
 
 
+# What a 401 asks for (RFC 6750 section 3): a bearer token of this realm.
+BEARER_CHALLENGE = 'Bearer realm="dbapi"'
+
+
 class Unauthorized(ApiError):
     """No valid bearer token (401)."""
 
@@ -342,18 +346,35 @@ DOUBLED_SLASH_DETAIL = 'The path has a doubled slash: paths are matched as sent,
 
 @translates(HTTPException)
 def from_http_exception(exc):
-    """Translate a werkzeug HTTPException (404, 405, 413, 415...) into an ApiError."""
-    error = ApiError(HTTP_DETAILS.get(exc.code, exc.description))
+    """Translate a werkzeug HTTPException into an ApiError. The router's own (request.routing_exception: a 404, a
+    405) say what the path takes; one an action raised (flask.abort) keeps its own words, or says its status's
+    phrase, since the path did match. A 405 always names what is allowed, a 401 the challenge (RFC 9110 15.5.6,
+    RFC 6750 section 3)."""
+    routed = has_request_context() and request.routing_exception is exc
+    error = ApiError(http_exception_detail(exc, routed))
     error.status = exc.code
-    if exc.code == 404 and has_request_context() and 'dbapi' in current_app.extensions:
+    if exc.code == 404 and routed and 'dbapi' in current_app.extensions:
         gateway = current_app.extensions['dbapi']
         error.detail = (DOUBLED_SLASH_DETAIL if '//' in request.environ.get('PATH_INFO', '')  # request.path drops a
                         else not_found_detail(request.path, gateway.routes, gateway.caller()))  # leading one
-    if exc.code == 405 and exc.valid_methods:
-        allowed = ', '.join(sorted(exc.valid_methods, key=method_order))
+    if exc.code == 405:
+        allowed = ', '.join(sorted(exc.valid_methods or ['POST'], key=method_order))
         error.headers['Allow'] = allowed
-        error.detail = f"Use {allowed}: this path does not accept this method."
+        if routed or exc.description == type(exc).description:
+            error.detail = f"Use {allowed}: this path does not accept this method."
+    if exc.code == 401:
+        error.headers['WWW-Authenticate'] = BEARER_CHALLENGE
     return error
+
+
+def http_exception_detail(exc, routed):
+    """Return the detail of a werkzeug HTTPException: the words it was raised with (flask.abort(404, 'No such
+    order.')), else dbapi's own for the router's and the body reader's (HTTP_DETAILS), else its status's phrase."""
+    if exc.description != type(exc).description:
+        return exc.description
+    if routed or exc.code in (413, 415):
+        return HTTP_DETAILS.get(exc.code, exc.description)
+    return f'{HTTPStatus(exc.code).phrase}.'
 
 
 def not_found_detail(path, routes, client):

@@ -323,6 +323,35 @@ def test_a_validation_error_an_action_raises_keeps_the_field_map_shape(make_app,
     assert response.get_json()['errors'] == errors
 
 
+ABORT_ROUTES = '''
+    from flask import abort
+    from werkzeug.exceptions import MethodNotAllowed
+
+    def stop(status, words=None):
+        if status == 4051:
+            raise MethodNotAllowed(['GET'])
+        abort(status, words) if words else abort(status)
+    routes = [dict(route='stop', action=stop)]
+'''
+
+
+@pytest.mark.parametrize('body, status, detail, headers', [
+    ({'status': 404}, 404, 'Not Found.', {}),
+    ({'status': 404, 'words': 'No such order.'}, 404, 'No such order.', {}),
+    ({'status': 405}, 405, 'Use POST: this path does not accept this method.', {'Allow': 'POST'}),
+    ({'status': 4051}, 405, 'Use GET: this path does not accept this method.', {'Allow': 'GET'}),
+    ({'status': 401}, 401, 'Unauthorized.', {'WWW-Authenticate': 'Bearer realm="dbapi"'}),
+    ({'status': 409, 'words': 'Taken.'}, 409, 'Taken.', {}),
+])
+def test_flask_abort_in_an_action_keeps_its_meaning_and_not_the_routers(make_app, module_package, body, status,
+                                                                        detail, headers):
+    """abort(404) in an action listed the very action that ran as missing; abort(401) had no challenge."""
+    client = make_app(MODULE_PACKAGES=[module_package({'aborts/routes.py': ABORT_ROUTES})]).test_client()
+    response = client.post('/aborts/stop', json=body, headers=AUTH)
+    assert assert_problem(response, status)['detail'] == detail
+    assert {name: response.headers.get(name) for name in headers} == headers
+
+
 @pytest.mark.parametrize('headers', [{'Content-Type ': 'text/plain'}, {'X Foo': 'a'}, {'X-Foo': 'a\r\nSet-Cookie: x'},
                                      {'X-Foo': 'a\x00'}])
 def test_an_error_header_that_cannot_be_sent_is_refused_where_it_is_raised(headers):

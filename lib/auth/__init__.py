@@ -10,13 +10,12 @@ from flask import request
 
 from lib.errors import ImproperlyConfigured
 
-from lib.errors import Forbidden, Unauthorized
+from lib.errors import BEARER_CHALLENGE, Forbidden, Unauthorized
 from lib.http.exchange import CLIENT_KEY, remember
 
 # RFC 6750's b64token: the only characters an Authorization: Bearer header can carry.
 B64TOKEN = r'[A-Za-z0-9\-._~+/]+=*'
 BEARER_HEADER = re.compile(rf'Bearer +({B64TOKEN}) *', re.IGNORECASE)
-CHALLENGE = 'Bearer realm="dbapi"'
 SINGLE_TOKEN_CLIENT = 'bearer'
 # Spellings of valid Authorization headers remembered per process; a caller cannot grow it past this.
 MAX_KNOWN_HEADERS = 256
@@ -164,7 +163,7 @@ def identify(clients, header):
     """Return the client whose token the Authorization header carries, or None; raise 401 when malformed."""
     match = BEARER_HEADER.fullmatch(header)
     if match is None:
-        raise Unauthorized(headers={'WWW-Authenticate': CHALLENGE})
+        raise Unauthorized(headers={'WWW-Authenticate': BEARER_CHALLENGE})
     # Looking up the token's SHA-256 rather than the token keeps the lookup O(1) and timing-safe:
     # an attacker cannot steer the digest, so a lookup's timing reveals nothing about stored tokens.
     return clients.get(sha256_hex(match.group(1)))
@@ -183,7 +182,7 @@ def authorize(clients, module):
     client = clients.identify(request.environ.get('HTTP_AUTHORIZATION', ''))
     if client is None:
         raise Unauthorized('The bearer token is not valid.',
-                           headers={'WWW-Authenticate': f'{CHALLENGE}, error="invalid_token"'})
+                           headers={'WWW-Authenticate': f'{BEARER_CHALLENGE}, error="invalid_token"'})
     remember(CLIENT_KEY, client)
     if not client.may_call(module):
         raise Forbidden(f'Client {client.name!r} may not call module {module!r}.')
