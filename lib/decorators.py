@@ -149,6 +149,7 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
             # The first batch is fetched before the response starts: an error before the first row (a division by
             # zero, a bad value) is the request's own error with its status, never a 200 cut short at "[".
             first = list(itertools.islice(result, 1))
+            lease.refuse_open_transaction()  # before the 200 goes out, not at the stream's end
         check_reading_styles(lease.conn)
         if finish is not None and not isinstance(result, Iterator):
             result = finish(result)

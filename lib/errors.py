@@ -273,6 +273,9 @@ def translates(exception_class):
     docs/contract.md section 3 fixes for every module (CONTRACT_ERRORS, their subclasses too) are translated by the
     framework's own code (lib/) alone. Anything else is a TypeError where the translator is declared."""
     def register(translate):
+        if exception_class in (Exception, BaseException):
+            raise TypeError(f'a translator of {exception_class.__name__} would answer every module\'s bugs: translate '
+                            'your own exception classes')
         if exception_class in ERROR_TRANSLATORS:
             raise TypeError(f'{exception_class.__name__} has a translator already '
                             f'({ERROR_TRANSLATORS[exception_class].__qualname__}): a class has one, for every module')
@@ -351,8 +354,13 @@ def from_http_exception(exc):
     phrase, since the path did match. A 405 always names what is allowed, a 401 the challenge (RFC 9110 15.5.6,
     RFC 6750 section 3)."""
     routed = has_request_context() and request.routing_exception is exc
+    if exc.code == 405 and isinstance(exc.valid_methods, str):  # flask.abort(405, 'words') passes them as methods
+        exc.description, exc.valid_methods = exc.valid_methods, None
     error = ApiError(http_exception_detail(exc, routed))
     error.status = exc.code
+    for name, value in exc.get_headers():
+        if name.lower() == 'retry-after':  # werkzeug's TooManyRequests(retry_after=...) and ServiceUnavailable
+            error.headers[name] = value
     if exc.code == 404 and routed and 'dbapi' in current_app.extensions:
         gateway = current_app.extensions['dbapi']
         error.detail = (DOUBLED_SLASH_DETAIL if '//' in request.environ.get('PATH_INFO', '')  # request.path drops a
@@ -515,6 +523,8 @@ def problem_fault(error):
     cannot write), or None."""
     if not isinstance(error.status, int) or not 400 <= error.status <= 599:
         return f'its status {error.status!r} is no error status (400-599)'
+    if error.errors is not None and (fault := field_map_fault(error.errors)):  # set after it was made
+        return f'its errors are no field map ({fault})'
     try:
         if error.members:
             dumps_bytes(error.members)

@@ -343,13 +343,22 @@ def make_route(module, routes_file, entry, fast_paths=True, databases=None):
     return Route(module, entry['route'], action, load)
 
 
+class ActionExited(RuntimeError):
+    """An action raised SystemExit (sys.exit()): a module's bug, answered as a 500 while the worker serves on."""
+
+
 def make_view(route, clients):
     """Build the view of one route: authorise, parse the body once, validate, call, respond."""
     def view():
         remember(ROUTE_KEY, route)
         authorize(clients, route.module)
         args, kwargs = route.load_arguments(read_json_body())
-        return respond(route.action(*args, **kwargs))
+        try:
+            result = route.action(*args, **kwargs)
+        except SystemExit as exc:  # would end the worker (gunicorn reads exit code 3 as a boot failure and stops)
+            raise ActionExited(f'the action raised SystemExit({exc.code!r}): an action must not end its process') \
+                from exc
+        return respond(result)
     view.__name__ = f'{route.module}:{route.name}'
     return view
 

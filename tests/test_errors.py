@@ -164,20 +164,24 @@ LEFT_OPEN_ROUTES = '''
     from lib.decorators import inject_conn
 
     @inject_conn(autocommit=True)
-    def begin_only(conn, code):
+    def begin_only(conn, code, stream=False):
         with conn.cursor() as cursor:
             cursor.execute('BEGIN; INSERT INTO probe.things (code) VALUES (%s) RETURNING id', (code,))
-            return cursor.fetchone()
+            row = cursor.fetchone()
+        return iter([row]) if stream else row
     routes = [dict(route='begin_only', action=begin_only)]
 '''
 
 
+@pytest.mark.parametrize('stream', [False, True])
 def test_an_autocommit_action_that_leaves_a_transaction_open_is_a_500_not_a_success_rolled_back_unseen(
-        make_app, module_package, database_url):
+        make_app, module_package, database_url, stream):
+    """A stream too: refused before its 200 goes out, not cut short at its end."""
     client = make_app(MODULE_PACKAGES=[module_package({'open/routes.py': LEFT_OPEN_ROUTES})]).test_client()
-    response = client.post('/open/begin_only', json={'code': 'left-open-1'}, headers=AUTH)
+    code = f'left-open-{stream}'
+    response = client.post('/open/begin_only', json={'code': code, 'stream': stream}, headers=AUTH)
     assert_problem(response, 500)
-    assert run_sql(database_url, "SELECT count(*) FROM probe.things WHERE code = 'left-open-1'") == [(0,)]
+    assert run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,)) == [(0,)]
 
 
 def test_arguments_that_cannot_be_copied_are_not_replayed():
@@ -325,11 +329,18 @@ def test_a_validation_error_an_action_raises_keeps_the_field_map_shape(make_app,
 
 ABORT_ROUTES = '''
     from flask import abort
-    from werkzeug.exceptions import MethodNotAllowed
+    from werkzeug.exceptions import MethodNotAllowed, TooManyRequests
+    from lib.errors import Conflict
 
     def stop(status, words=None):
         if status == 4051:
             raise MethodNotAllowed(['GET'])
+        if status == 4291:
+            raise TooManyRequests(retry_after=7)
+        if status == 4091:  # errors set after the error was made, past its constructor's check
+            error = Conflict('Taken.')
+            error.errors = ['late']
+            raise error
         abort(status, words) if words else abort(status)
     routes = [dict(route='stop', action=stop)]
 '''
@@ -342,6 +353,9 @@ ABORT_ROUTES = '''
     ({'status': 4051}, 405, 'Use GET: this path does not accept this method.', {'Allow': 'GET'}),
     ({'status': 401}, 401, 'Unauthorized.', {'WWW-Authenticate': 'Bearer realm="dbapi"'}),
     ({'status': 409, 'words': 'Taken.'}, 409, 'Taken.', {}),
+    ({'status': 405, 'words': 'Not this way.'}, 405, 'Not this way.', {'Allow': 'POST'}),  # abort's words, not methods
+    ({'status': 4291}, 429, 'Too Many Requests.', {'Retry-After': '7'}),
+    ({'status': 4091}, 500, 'The server could not complete the request.', {}),
 ])
 def test_flask_abort_in_an_action_keeps_its_meaning_and_not_the_routers(make_app, module_package, body, status,
                                                                         detail, headers):

@@ -272,6 +272,13 @@ class SchemaRefusal(ValidationError):
     """A module's own kind of ValidationError."""
 
 
+@pytest.mark.parametrize('error_class', [Exception, BaseException])
+def test_no_translator_answers_every_modules_bugs(monkeypatch, error_class):
+    monkeypatch.setattr('lib.errors.ERROR_TRANSLATORS', dict(ERROR_TRANSLATORS))
+    with pytest.raises(TypeError, match=f"a translator of {error_class.__name__} would answer every module's bugs"):
+        translates(error_class)(lambda exc: Conflict('Whatever it was.'))
+
+
 @pytest.mark.parametrize('error_class', [psycopg2.errors.UniqueViolation, SchemaRefusal, werkzeug.exceptions.NotFound,
                                          Conflict])
 def test_a_module_cannot_translate_an_error_the_contract_answers_for_every_module(monkeypatch, error_class):

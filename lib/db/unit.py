@@ -116,14 +116,19 @@ class Lease:
                 callback()
             if success and not self.conn.autocommit:
                 self.commit_in_time()
-            elif success and self.conn.info.transaction_status in IN_TRANSACTION:
-                raise TransactionLeftOpen('an autocommit action left a transaction open (a BEGIN without its COMMIT): '
-                                          'it was rolled back')
+            elif success:
+                self.refuse_open_transaction()
         finally:
             report_notices(self.conn)
             note_request_deadline(self.conn, None)
             self.pool.give_back(self.conn)
             self.leave_bulkhead()
+
+    def refuse_open_transaction(self):
+        """Raise TransactionLeftOpen when the connection of an autocommit lease is inside a transaction block."""
+        if self.conn.autocommit and self.conn.info.transaction_status in IN_TRANSACTION:
+            raise TransactionLeftOpen('an autocommit action left a transaction open (a BEGIN without its COMMIT): '
+                                      'it was rolled back')
 
     def commit_in_time(self):
         """Commit, unless the deadline has passed: nginx may have answered 504 already, so roll back instead."""
