@@ -10,7 +10,7 @@ from flask import Blueprint
 from marshmallow import INCLUDE, fields, missing
 
 from lib.auth import authorize
-from lib.decorators import databases_of, respond, schema_of, wrapped_chain
+from lib.decorators import SCHEMA_ATTRIBUTE, databases_of, marks_of, respond, schema_of, wrapped_chain
 from lib.errors import Unprocessable
 from lib.http.exchange import ROUTE_KEY, remember
 from lib.fastschema import fast_loader, has_no_hooks
@@ -312,10 +312,14 @@ def is_async(layer):
                for target in (layer, getattr(layer, '__call__', None)))
 
 
-def check_one_connection_per_database(action, where):
-    """Raise ModuleError for an action that borrows two connections from one database (inject_conn and inject_db
-    together): each request would hold two of the pool's connections, and under load every request would hold one
-    while it waits for its second. (use_schema refuses a second schema itself.)"""
+def check_decorated_once(action, where):
+    """Raise ModuleError for an action with two schemas (use_schema twice through a layer that copies no marks, a
+    functools.partial or a staticmethod: use_schema refuses the rest itself) or two connections from one database
+    (inject_conn and inject_db together: each request would hold two of the pool's connections, and under load every
+    request would hold one while it waits for its second). functools.wraps copies a mark outward: the same object,
+    counted once."""
+    if len({id(schema) for schema in marks_of(action, SCHEMA_ATTRIBUTE)}) > 1:
+        raise ModuleError(f'{where}: the action has use_schema twice; give it one schema')
     borrowed = databases_of(action)
     if twice := sorted({name for name in borrowed if borrowed.count(name) > 1}):
         raise ModuleError(f'{where}: the action borrows two connections from the database {twice[0]!r} (inject_conn '
@@ -331,7 +335,7 @@ def make_route(module, routes_file, entry, fast_paths=True, databases=None):
     if any(map(is_async, wrapped_chain(action))):
         raise ModuleError(f'{where}: the action is async def; dbapi calls actions as plain functions (its workers '
                           'wait for PostgreSQL cooperatively already)')
-    check_one_connection_per_database(action, where)
+    check_decorated_once(action, where)
     if databases is not None and (unknown := [name for name in databases_of(action) if name not in databases]):
         raise ModuleError(f'{where}: the action borrows from the database {unknown[0]!r}, which is not configured '
                           f'(databases: {", ".join(sorted(databases))}): add it to DB_NAMES and set '

@@ -153,6 +153,7 @@ def test_decorator_needs_a_connection_parameter():
 
 
 TWICE_ROUTES = '''
+    import functools
     from marshmallow import Schema, fields
     from lib.db import DEFAULT
     from lib.decorators import inject_conn, inject_db, use_schema
@@ -171,6 +172,8 @@ TWICE_ROUTES = '''
     ('@use_schema(Named)\n    @use_schema(Named)', '', "import failed .TypeError: use_schema twice on 'act'"),
     ('@use_schema(Named)\n    @inject_conn()\n    @use_schema(Named)', 'conn, ',
      "import failed .TypeError: use_schema twice on 'act'"),
+    ('@use_schema(Named)\n    @functools.partial\n    @use_schema(Named)', '',
+     "route 'act': the action has use_schema twice"),
     ('@inject_db()\n    @inject_conn()', 'conn, db, ',
      "route 'act': the action borrows two connections from the database 'default'"),
     ('@inject_conn(DEFAULT)\n    @inject_conn(DEFAULT, autocommit=True)', 'a, b, ', 'two connections'),
