@@ -348,7 +348,8 @@ def make_route(module, routes_file, entry, fast_paths=True, databases=None):
 
 
 class ActionExited(RuntimeError):
-    """An action raised SystemExit (sys.exit()): a module's bug, answered as a 500 while the worker serves on."""
+    """A module's code (an action, its schema's hooks) raised SystemExit (sys.exit()): a bug, answered as a 500 while
+    the worker serves on."""
 
 
 def make_view(route, clients):
@@ -356,13 +357,12 @@ def make_view(route, clients):
     def view():
         remember(ROUTE_KEY, route)
         authorize(clients, route.module)
-        args, kwargs = route.load_arguments(read_json_body())
-        try:
-            result = route.action(*args, **kwargs)
+        try:  # the module's code: its schema's hooks, the action, the JSON encoders it registered
+            args, kwargs = route.load_arguments(read_json_body())
+            return respond(route.action(*args, **kwargs))
         except SystemExit as exc:  # would end the worker (gunicorn reads exit code 3 as a boot failure and stops)
-            raise ActionExited(f'the action raised SystemExit({exc.code!r}): an action must not end its process') \
-                from exc
-        return respond(result)
+            raise ActionExited(f'SystemExit({exc.code!r}) was raised while the action ran: a module must not end '
+                               'its process') from exc
     view.__name__ = f'{route.module}:{route.name}'
     return view
 

@@ -366,6 +366,31 @@ def test_flask_abort_in_an_action_keeps_its_meaning_and_not_the_routers(make_app
     assert {name: response.headers.get(name) for name in headers} == headers
 
 
+EXITING_HOOK_ROUTES = '''
+    import sys
+    from marshmallow import Schema, fields, post_load
+    from lib.decorators import use_schema
+
+    class Body(Schema):
+        a = fields.Integer()
+
+        @post_load
+        def leave(self, data, **kwargs):
+            sys.exit(3)
+
+    @use_schema(Body)
+    def act(a=None):
+        return {'a': a}
+    routes = [dict(route='act', action=act)]
+'''
+
+
+def test_sys_exit_in_a_schemas_hook_is_a_500_like_one_in_the_action(make_app, module_package):
+    """Any module code the view runs, not the action alone: the worker would otherwise end."""
+    client = make_app(MODULE_PACKAGES=[module_package({'exits/routes.py': EXITING_HOOK_ROUTES})]).test_client()
+    assert assert_problem(client.post('/exits/act', json={'a': 1}, headers=AUTH), 500)
+
+
 @pytest.mark.parametrize('headers', [{'Content-Type ': 'text/plain'}, {'X Foo': 'a'}, {'X-Foo': 'a\r\nSet-Cookie: x'},
                                      {'X-Foo': 'a\x00'}])
 def test_an_error_header_that_cannot_be_sent_is_refused_where_it_is_raised(headers):
