@@ -15,7 +15,7 @@ import pytest
 
 from ops import nginx
 from ops.render import TemplateError, program
-from tests.helpers import http_request, wait_for
+from tests.helpers import ADMIN_TOKEN, http_request, wait_for
 
 from .helpers import running_nginx
 
@@ -288,6 +288,16 @@ def test_nginxs_own_405_names_the_methods_the_path_takes(echo_port, request_line
     head, _, body = answer.partition(b'\r\n\r\n')
     assert head.startswith(b'HTTP/1.1 405 ') and b'\r\nAllow: %s\r\n' % allow in head
     assert json.loads(body)['detail'] == f'Use {allow.decode()}.'
+
+
+def test_nginx_knows_no_token_but_the_requests_own(echo_port):
+    """A token sent as the X-Request-ID of a request that does not carry it in Authorization is, to nginx, an id
+    like any other: its own answers echo it (docs/contract.md section 2 says so; send tokens in Authorization
+    only)."""
+    with running_nginx([echo_port]) as proxy:
+        answer = exchange(proxy.port, f'TRACE /probe/whole HTTP/1.1\r\nHost: dbapi\r\nX-Request-ID: {ADMIN_TOKEN}\r\n'
+                          'Connection: close\r\n\r\n'.encode())
+    assert json.loads(answer.partition(b'\r\n\r\n')[2])['request_id'] == ADMIN_TOKEN
 
 
 def test_an_http_0_9_request_is_refused_not_passed_on(echo_port):
