@@ -12,7 +12,7 @@ from marshmallow import ValidationError, fields
 from werkzeug.exceptions import HTTPException
 
 from lib.http.exchange import ERROR_KEY, remember
-from lib.jsonenc import TooDeepToWrite, dumps_bytes, json_response
+from lib.jsonenc import KeysWrittenAlike, TooDeepToWrite, dumps_bytes, json_response
 from lib.http.requestid import current_request_id
 
 PROBLEM_JSON = 'application/problem+json'
@@ -408,6 +408,13 @@ def not_found_detail(path, routes, client):
 def from_too_deep_to_write(exc):
     """An answer nesting deeper than orjson writes (a jsonb value stored so) is a 500 that says so."""
     return ApiError('The answer nests arrays and objects deeper than 254 levels, more than dbapi writes.')
+
+
+@translates(KeysWrittenAlike)
+def from_keys_written_alike(exc):
+    """An answer with two keys written as one name ({1: 'a', '1': 'b'}) is a 500 that says so, never a value lost."""
+    return ApiError('The answer holds an object with two keys written as one name (such as 1 and "1"), which would '
+                    'lose one of their values.')
 
 
 @translates(psycopg2.Error)

@@ -23,12 +23,11 @@ import orjson
 from flask import Response
 from flask.json.provider import JSONProvider
 
-ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 JSON_MIMETYPE = 'application/json'
 
-# orjson's errors for an int it cannot write (value or key), and for a datetime.time with a time zone.
-REFUSED_BY_ORJSON = ('Integer exceeds 64-bit range', 'Dict integer key must be within 64-bit range',
-                     'datetime.time must not have tzinfo set')
+# orjson's errors for an int it cannot write, for a datetime.time with a time zone, and for a dict key that is no str
+# (orjson_ready names such keys itself, so that two keys written alike are found).
+REFUSED_BY_ORJSON = ('Integer exceeds 64-bit range', 'datetime.time must not have tzinfo set', 'Dict key must be str')
 INT64_MIN, UINT64_MAX = -2 ** 63, 2 ** 64 - 1
 ORJSON_RECURSION_LIMIT = 'Recursion limit reached'  # orjson's error past 254 levels of arrays and objects
 # The digits a request body's numbers may take written out in full (1e-16383 is 16,384 of them): as many as the
@@ -194,7 +193,7 @@ register_json_type(frozenset, list)
 def orjson_ready(value):
     """Rebuild value with what orjson refuses outright made exact: big integers as numbers, aware times as text."""
     if isinstance(value, dict):
-        return {orjson_ready_key(key): orjson_ready(item) for key, item in value.items()}
+        return ready_object(value)
     if isinstance(value, (list, tuple, set, frozenset)):
         return [orjson_ready(item) for item in value]
     if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= UINT64_MAX:
@@ -205,10 +204,32 @@ def orjson_ready(value):
     return value if container is None else orjson_ready(container)
 
 
-def orjson_ready_key(key):
-    """Return a dict key orjson writes (OPT_NON_STR_KEYS): big integers and aware times become their text."""
+class KeysWrittenAlike(TypeError):
+    """Two keys of one object would be written as one name (`1` and `"1"`): a JSON reader would keep one value."""
+
+
+def ready_object(mapping):
+    """Return a dict with every key as the name it is written as, each value orjson_ready; KeysWrittenAlike when two
+    keys would be written as one name."""
+    ready = {}
+    for key, value in mapping.items():
+        name = key if isinstance(key, str) else key_name(key)
+        if name in ready:
+            raise KeysWrittenAlike(f'two keys of one object are written as the name {name!r}')
+        ready[name] = orjson_ready(value)
+    return ready
+
+
+def key_name(key):
+    """Return the name a dict key that is no str is written as: orjson's text of it (its OPT_NON_STR_KEYS: 1 is
+    "1", True "true", a date "2026-11-21"), big integers and aware times as their text. TypeError for a key orjson
+    cannot name (a tuple, a Decimal)."""
     ready = orjson_ready(key)
-    return ready.text if isinstance(ready, RawJson) else ready
+    if isinstance(ready, RawJson):
+        return ready.text
+    if isinstance(ready, str):
+        return ready
+    return next(iter(orjson.loads(orjson.dumps({ready: None}, option=orjson.OPT_NON_STR_KEYS))))
 
 
 class TooDeepToWrite(TypeError):
@@ -236,7 +257,7 @@ def written_by_orjson(value):
     """Return orjson's JSON of value, exact numbers filled in (RawNumbers); TooDeepToWrite past its nesting limit."""
     raw_numbers = RawNumbers()
     try:
-        return raw_numbers.fill(orjson.dumps(value, default=raw_numbers, option=ORJSON_OPTIONS))
+        return raw_numbers.fill(orjson.dumps(value, default=raw_numbers))
     except TypeError as exc:
         if str(exc).startswith(ORJSON_RECURSION_LIMIT):
             raise TooDeepToWrite(str(exc)) from None

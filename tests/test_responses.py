@@ -164,6 +164,19 @@ def test_python_value_encoding_is_valid_json(call):
                     'keys': ['a'], 'items': [['a', 1]], 'deque': [1, 2], 'point': [1, 2], 'mapping': {'k': [2**70]}}
 
 
+def test_keys_that_are_no_text_are_written_as_their_names(call):
+    answer = call('/probe/keyed', {'kind': 'distinct'})
+    assert answer.get_data() == b'{"1":"a","2.5":"b","null":2,"2026-11-21":3,"1180591620717411303424":4}'
+
+
+@pytest.mark.parametrize('kind', ['int', 'bool', 'none', 'nested', 'big'])
+def test_two_keys_written_as_one_name_are_a_500_never_a_value_lost(call, kind):
+    """orjson would write both ({"1":"a","1":"b"}), and a JSON reader keeps one of the values."""
+    answer = call('/probe/keyed', {'kind': kind})
+    assert answer.status_code == 500 and answer.content_type == 'application/problem+json', answer.get_data()
+    assert 'two keys written as one name' in answer.get_json()['detail']
+
+
 def test_named_false_gives_tuples_to_raw_cursors(call):
     assert call('/probe/raw-rows').get_json() == [[1, 2]]
 

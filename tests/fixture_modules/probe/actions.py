@@ -1,5 +1,6 @@
 """Probe actions: each one makes the framework show one behaviour for the tests."""
 import collections
+import datetime
 import math
 import os
 import types
@@ -176,6 +177,17 @@ def python_values():
             'bytes': b'\x00\xff', 'nested': {'nan': [math.nan]}, 'range': range(3), 'keys': {'a': 1}.keys(),
             'items': {'a': 1}.items(), 'deque': collections.deque([1, 2]), 'point': point(1, 2),
             'mapping': types.MappingProxyType({'k': range(2**70, 2**70 + 1)})}
+
+
+# Objects whose keys are no str: each written as its name, or two written as one name.
+KEYED = {'distinct': {1: 'a', 2.5: 'b', None: 2, datetime.date(2026, 11, 21): 3, 2**70: 4},
+         'int': {1: 'a', '1': 'b'}, 'bool': {'true': 1, True: 2}, 'none': {None: 1, 'null': 2},
+         'nested': {'rows': [{'k': {2: 'x', '2': 'y'}}]}, 'big': {2**70: 'a', str(2**70): 'b'}}
+
+
+def keyed(kind):
+    """Answer KEYED[kind]: an object whose keys are no str."""
+    return KEYED[kind]
 
 
 def crash():

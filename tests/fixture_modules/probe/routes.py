@@ -1,8 +1,8 @@
 from .actions import (add, autocommit_stream, bytea_round_trip, chunked, counted, counted_stream, crash,
                       create_thing, create_unencodable, echo, echo_any_keys_in_a_transaction, echo_in_a_transaction,
                       enveloped_any_keys, enveloped_own_keys, export_things, fail_with, failing_stream, flaky,
-                      generated, get_thing, given_status, greet, hold, hold_many, items, migrations, missing, move,
-                      nothing_to_iterate, pid, probe_values, python_values, raw_rows, register, sized, sqlstate,
+                      generated, get_thing, given_status, greet, hold, hold_many, items, keyed, migrations, missing,
+                      move, nothing_to_iterate, pid, probe_values, python_values, raw_rows, register, sized, sqlstate,
                       system_exit, with_status)
 
 routes = [
@@ -18,6 +18,7 @@ routes = [
     dict(route='flaky', action=flaky),
     dict(route='values', action=probe_values),
     dict(route='python-values', action=python_values),
+    dict(route='keyed', action=keyed),
     dict(route='crash', action=crash),
     dict(route='missing', action=missing),
     dict(route='fail', action=fail_with),
