@@ -225,8 +225,12 @@ def answers_the_request(environ, action):
 
 
 def injector(database, autocommit, named, first_argument):
-    """Build a decorator that passes first_argument(conn), on a pooled connection, to the action first; a flag that
-    is not a bool is a TypeError where the module declares it ("yes" would read as true, 0.0 as false)."""
+    """Build a decorator that passes first_argument(conn), on a pooled connection, to the action first. A database
+    that is no name (the action itself, under a decorator written without parentheses) or a flag that is not a bool
+    is a TypeError where the module declares it ("yes" would read as true, 0.0 as false)."""
+    if not isinstance(database, str):
+        hint = ' (write the decorator with its parentheses: @inject_db(), @inject_conn())' if callable(database) else ''
+        raise TypeError(f'the database must be named by a string, not {database!r}{hint}')
     for flag, value in (('autocommit', autocommit), ('named', named)):
         if not isinstance(value, bool):
             raise TypeError(f'{flag} must be True or False, not {value!r}')

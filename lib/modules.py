@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Blueprint
+from gevent import GreenletExit
 from marshmallow import INCLUDE, fields, missing
 
 from lib.auth import authorize
@@ -80,8 +81,11 @@ def failed_at(exc, folder):
 
 def check_route_table(routes_file, table):
     """Raise ModuleError, naming routes_file, unless table is a list of {route, action} dicts without duplicates."""
-    if not isinstance(table, list) or not table:
+    if not isinstance(table, list):
         raise ModuleError(f'{routes_file}: must define routes = [dict(route=..., action=...), ...]')
+    if not table:
+        raise ModuleError(f'{routes_file}: routes is empty: a module mounts at least one action, '
+                          'routes = [dict(route=..., action=...), ...]')
     seen = set()
     for index, entry in enumerate(table):
         where = f'{routes_file}: routes[{index}]'
@@ -348,8 +352,23 @@ def make_route(module, routes_file, entry, fast_paths=True, databases=None):
 
 
 class ActionExited(RuntimeError):
-    """A module's code (an action, its schema's hooks) raised SystemExit (sys.exit()): a bug, answered as a 500 while
-    the worker serves on."""
+    """A module's code (an action, its schema's hooks) raised a BaseException that is no Exception: SystemExit
+    (sys.exit()), a gevent.Timeout it let escape, one of its own. A bug, answered as a 500 while the worker serves
+    on; Flask answers Exceptions alone, so the request would otherwise be gunicorn's bare 500, or end the worker."""
+
+
+# What passes through a view untouched: the worker stopping (gevent kills its greenlets; Ctrl-C).
+WORKER_STOPPING = (GreenletExit, KeyboardInterrupt)
+
+
+def escaped(exc):
+    """Return the ActionExited a BaseException from a module's code is answered as."""
+    if isinstance(exc, SystemExit):  # gunicorn reads exit code 3 as a boot failure and stops the whole service
+        return ActionExited(f'SystemExit({exc.code!r}) was raised while the action ran: a module must not end its '
+                            'process')
+    kind = type(exc)
+    return ActionExited(f'{kind.__module__}.{kind.__qualname__} ({exc}) escaped the action: a BaseException that is '
+                        'no Exception, which a module must catch')
 
 
 def make_view(route, clients):
@@ -360,9 +379,10 @@ def make_view(route, clients):
         try:  # the module's code: its schema's hooks, the action, the JSON encoders it registered
             args, kwargs = route.load_arguments(read_json_body())
             return respond(route.action(*args, **kwargs))
-        except SystemExit as exc:  # would end the worker (gunicorn reads exit code 3 as a boot failure and stops)
-            raise ActionExited(f'SystemExit({exc.code!r}) was raised while the action ran: a module must not end '
-                               'its process') from exc
+        except (Exception, *WORKER_STOPPING):
+            raise
+        except BaseException as exc:
+            raise escaped(exc) from exc
     view.__name__ = f'{route.module}:{route.name}'
     return view
 

@@ -379,6 +379,22 @@ def test_an_action_that_raises_system_exit_is_a_500_and_the_service_serves_on(da
     assert line['error']['type'] == 'lib.modules.ActionExited' and 'SystemExit(3)' in line['error']['message']
 
 
+@pytest.mark.parametrize('kind, escaped', [('timeout', 'gevent.timeout.Timeout (0.01 seconds)'),
+                                            ('own', 'OwnBaseException (raised on purpose)')])
+def test_a_base_exception_escaping_an_action_is_the_apps_500_with_its_full_access_line(database_url, tmp_path, kind,
+                                                                                       escaped):
+    """A gevent.Timeout the action let escape passed Flask's handlers: gunicorn answered its own 500, and the only
+    access line was its "- - 500", without the method, path, action or error."""
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1') as (port, _):
+        answer = post(port, '/probe/system_exit', {'now': True, 'kind': kind}, headers={'X-Request-ID': kind})
+        after = post(port, '/probe/echo', {'a': 1})
+    assert answer.status == 500 and answer.json()['detail'] == 'The server could not complete the request.'
+    assert answer.json()['request_id'] == kind and after.status == 200
+    line = gunicorn_access_line(tmp_path, kind)
+    assert line['message'] == 'POST /probe/system_exit 500' and line['labels']['action'] == 'system_exit'
+    assert line['error']['type'] == 'lib.modules.ActionExited' and escaped in line['error']['message']
+
+
 def gunicorn_access_line(folder, request_id):
     """Return the app's access line of one request from the stdout of a gunicorn run by gunicorn_logging_to."""
     found = access_lines(folder, request_id)

@@ -279,6 +279,14 @@ def test_a_value_json_cannot_encode_is_a_500_with_nothing_committed(call, databa
     assert call('/probe/things/create', {'code': code}).status_code == 201  # the same insert, encodable, commits
 
 
+def test_transactional_inside_an_action_that_is_one_transaction_is_a_500_with_nothing_committed(call, database_url):
+    """Its commit ended the action's own transaction half-way: a 500 left both rows written, a retry wrote them
+    twice."""
+    code = f'nested-{threading.get_ident()}'
+    assert_problem(call('/probe/things/create-nested', {'code': code}), 500)
+    assert run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code LIKE %s', (f'{code}%',)) == [(0,)]
+
+
 @pytest.mark.parametrize('options', [{'status': 418}, {'title': 'Teapot'}, {'type': 'x'}, {'request_id': 'forged'},
                                      {'headers': {'Content-Type': 'text/html'}}, {'headers': {'X-Request-ID': 'f'}},
                                      {'headers': {'content-length': '3'}}])

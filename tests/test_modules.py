@@ -31,6 +31,14 @@ def test_folder_without_init_is_mounted_too(make_app, module_package):
     ({'broken/routes.py': 'x = 1\ndef (:'}, 'broken/routes.py:2)'),  # its own place, not importlib's
     ({'broken/notes.txt': ''}, 'broken/routes.py: missing'),
     ({'broken/routes.py': 'table = []'}, 'broken/routes.py: must define routes'),
+    ({'broken/routes.py': 'routes = {}'}, 'broken/routes.py: must define routes = [dict('),
+    ({'broken/routes.py': 'routes = []'}, 'broken/routes.py: routes is empty: a module mounts at least one action'),
+    ({'broken/routes.py': 'from lib.decorators import inject_db\n@inject_db\ndef bare(db):\n    return 1\n'
+                          'routes = [dict(route="x", action=bare)]'},
+     'broken/routes.py:2)'),
+    ({'broken/routes.py': 'from lib.decorators import inject_conn\n@inject_conn\ndef bare(conn):\n    return 1\n'
+                          'routes = [dict(route="x", action=bare)]'},
+     'the database must be named by a string, not <function bare'),
     ({'broken/routes.py': 'routes = [dict(route="x")]'}, 'broken/routes.py: routes[0] must be a dict'),
     ({'broken/routes.py': 'routes = [dict(route="x", action=1)]'}, 'broken/routes.py: routes[0]: action is not callable'),
     ({'broken/routes.py': 'routes = [dict(route="a b", action=print)]'}, 'broken/routes.py: routes[0]: route must be'),

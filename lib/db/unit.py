@@ -49,6 +49,12 @@ class TransactionLeftOpen(Exception):
     give-back would roll back unseen."""
 
 
+class NotAutocommit(RuntimeError):
+    """transactional(conn) on a connection that is not in autocommit (an action's with autocommit=False, which is
+    one transaction already): its commit would end that transaction half-way, and a retry of the action would run
+    the part committed again. A module's bug, a 500."""
+
+
 # libpq's transaction states (psycopg2's conn.info.transaction_status) of a session in a transaction block.
 IN_TRANSACTION = (psycopg2.extensions.TRANSACTION_STATUS_INTRANS, psycopg2.extensions.TRANSACTION_STATUS_INERROR)
 # How long past a request's deadline its connection still waits for PostgreSQL, whose own statement timeout ends a
@@ -224,7 +230,12 @@ def close_stream(items):
 @contextmanager
 def transactional(conn):
     """Run the block in one transaction on conn and yield a Db helper for it; past the deadline of the request conn
-    serves (a PooledConnection's request_deadline), the transaction is rolled back, never committed (504)."""
+    serves (a PooledConnection's request_deadline), the transaction is rolled back, never committed (504). conn must
+    be in autocommit (an action's with autocommit=True): else NotAutocommit, before anything runs."""
+    if not conn.autocommit:
+        raise NotAutocommit('transactional() needs a connection in autocommit (inject_conn or inject_db with '
+                            'autocommit=True): this one is one transaction already, which its commit would end '
+                            'half-way')
     # psycopg2 2.9 opens a transaction here even on an autocommit connection.
     with conn:
         yield Db(conn)

@@ -5,11 +5,12 @@ import math
 import os
 import types
 
+import gevent
 from flask import Response
 from marshmallow import INCLUDE, Schema, fields, pre_load, validate
 from psycopg2 import sql
 
-from lib.db import DEFAULT, Db
+from lib.db import DEFAULT, Db, transactional
 from lib.db.migrate import MIGRATION_TABLE
 from lib.decorators import inject_conn, inject_db, use_schema
 from lib.errors import ApiError, Conflict, NotFound, Unprocessable
@@ -310,11 +311,21 @@ def hold_many(conn, seconds, count):
     return {'held': seconds * count}
 
 
-def system_exit(now=False):
-    """Raise SystemExit when asked (now), as a module's stray sys.exit() would."""
-    if now:
-        raise SystemExit(3)
-    return {'exited': False}
+class OwnBaseException(BaseException):
+    """A module's own exception class that derives from BaseException, not Exception."""
+
+
+def system_exit(now=False, kind='exit'):
+    """Raise a BaseException that is no Exception when asked (now): SystemExit as a module's stray sys.exit() would,
+    a gevent.Timeout the action lets escape, or one of its own."""
+    if not now:
+        return {'exited': False}
+    if kind == 'timeout':
+        with gevent.Timeout(0.01):
+            gevent.sleep(1)
+    if kind == 'own':
+        raise OwnBaseException('raised on purpose')
+    raise SystemExit(3)
 
 
 def pid():
@@ -388,6 +399,16 @@ def create_unencodable(db, code, quantity):
     """Insert a thing, then answer a value JSON cannot encode: the insert must not be committed."""
     db.insert('probe.things', {'code': code, 'quantity': quantity})
     return {'thing': object()}
+
+
+@use_schema(NewThing)
+@inject_conn(DEFAULT)
+def create_nested(conn, code, quantity):
+    """Insert a thing in the action's own transaction, then open a transaction of its own inside it."""
+    Db(conn).insert('probe.things', {'code': code, 'quantity': quantity})
+    with transactional(conn) as db:
+        db.insert('probe.things', {'code': f'{code}-inner', 'quantity': quantity})
+    return {'created': True}
 
 
 class ThingId(Schema):

@@ -1,4 +1,4 @@
-from .actions import (add, autocommit_stream, bytea_round_trip, chunked, counted, counted_stream, crash,
+from .actions import (add, autocommit_stream, bytea_round_trip, chunked, counted, counted_stream, crash, create_nested,
                       create_thing, create_unencodable, echo, echo_any_keys_in_a_transaction, echo_in_a_transaction,
                       enveloped_any_keys, enveloped_own_keys, export_things, fail_with, failing_stream, flaky,
                       generated, get_thing, given_status, greet, hold, hold_many, items, keyed, migrations, missing,
@@ -44,6 +44,7 @@ routes = [
     dict(route='things/create', action=create_thing),
     dict(route='things/get', action=get_thing),
     dict(route='things/create-unencodable', action=create_unencodable),
+    dict(route='things/create-nested', action=create_nested),
     dict(route='things/export', action=export_things),
     dict(route='things/move', action=move),
     dict(route='migrations', action=migrations),
