@@ -4,6 +4,7 @@ import base64
 import json
 import datetime
 import decimal
+import enum
 import re
 import subprocess
 import sys
@@ -20,12 +21,12 @@ import psycopg2.sql
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies
 
-from lib.db import Db, connection
+from lib.db import Db, connection, json_parameter
 from lib.db.types import RefusedValue, UnreadableValue
 from lib.errors import ApiError, as_api_error
 from lib.fields import exact_decimal
-from lib.jsonenc import (PLAIN_DIGITS_PER_BODY, BoundedNumbers, TooDeepToWrite, dumps_bytes, json_array_chunks,
-                         loads_exact)
+from lib.jsonenc import (PLAIN_DIGITS_PER_BODY, BoundedNumbers, ExactNumber, TooDeepToWrite, dumps_bytes,
+                         json_array_chunks, loads_exact)
 from settings import BASE_DIR
 from tests.helpers import Caller, assert_problem, run_sql
 
@@ -586,14 +587,34 @@ def insert_details(conn, value):
 
 def test_a_top_level_list_or_scalar_goes_into_jsonb_only_wrapped_in_json(conn):
     Db(conn).execute('CREATE TEMP TABLE orders (id serial, details jsonb)')
-    for value in (['a', 1], 'abc', 5, True, None):
-        assert insert_details(conn, psycopg2.extras.Json(value)) == value
+    for value in (['a', 1], 'abc', 5, True, None, [ExactNumber('0.1000000000000000000001'), 2**70]):
+        assert insert_details(conn, json_parameter(value)) == value
+    with pytest.raises(TypeError, match='ExactNumber is not JSON serializable'):  # json.dumps cannot write one
+        insert_details(conn, psycopg2.extras.Json([ExactNumber('0.5')]))
     assert insert_details(conn, '"abc"') == 'abc'  # a str is SQL text: JSON text for jsonb to parse
     as_text = insert_details(conn, 'abc')
     assert as_text.pgcode == '22P02' and as_api_error(as_text).status == 422  # bad input syntax
     for value in (5, True, ['a', 'b']):  # an integer, a boolean, an ARRAY: types jsonb refuses, a module's bug
         refused = insert_details(conn, value)
         assert refused.pgcode == '42804' and as_api_error(refused).status == 500
+
+
+class Status(enum.Enum):
+    """An enum whose members' values are text and a number."""
+
+    PAID = 'paid'
+    LATE = 2
+
+
+def test_a_uuid_and_an_enum_member_marshmallows_fields_load_are_parameters(conn):
+    """marshmallow's UUID and Enum fields load uuid.UUID and enum members, which psycopg2 could not adapt: a 500."""
+    ref = uuid.UUID('c20cf794-13f2-45c8-9ecc-1d923a96dbf0')
+    loaded = marshmallow.Schema.from_dict({'ref': marshmallow.fields.UUID(), 'refs': marshmallow.fields.List(
+        marshmallow.fields.UUID()), 'status': marshmallow.fields.Enum(Status)})().load(
+        {'ref': str(ref), 'refs': [str(ref)], 'status': 'PAID'})
+    row = Db(conn).fetch_one('SELECT %(ref)s AS ref, pg_typeof(%(ref)s)::text AS type, %(ref)s = ANY(%(refs)s) AS '
+                             'found, %(status)s AS status, %(late)s AS late', {**loaded, 'late': Status.LATE})
+    assert row == {'ref': str(ref), 'type': 'uuid', 'found': True, 'status': 'paid', 'late': 2}
 
 
 # --- No 500 for a client's value; an action's own bug stays one. ---

@@ -1,20 +1,20 @@
 """The database layer: pools per named database, units of work, the Db helper and the session seams.
 
-What modules import from here (docs/modules.md): DEFAULT, Db, connection, transactional.
+What modules import from here (docs/modules.md): DEFAULT, Db, connection, transactional, json_parameter.
 """
 import importlib
 
 from lib.db.helpers import Db
 from lib.db.pool import Pool, PoolTimeout
 from lib.db.session import PooledConnection, configure_with, reset_with, session_settings, startup_options
-from lib.db.types import with_types
+from lib.db.types import json_parameter, with_types
 from lib.db.unit import Lease, LeasedStream, connection, transactional
 from lib.errors import ImproperlyConfigured
 
 DEFAULT = 'default'
 
-__all__ = ['DEFAULT', 'Db', 'Lease', 'LeasedStream', 'Pool', 'PoolTimeout', 'connection', 'make_pools',
-           'transactional']
+__all__ = ['DEFAULT', 'Db', 'Lease', 'LeasedStream', 'Pool', 'PoolTimeout', 'connection', 'json_parameter',
+           'make_pools', 'transactional']
 
 
 def session_hook(config, name):

@@ -23,7 +23,9 @@ is adapted, as RefusedValue, a 422: the value is at fault, not the server.
 """
 import contextlib
 import datetime
+import enum
 import re
+import uuid
 
 import psycopg2.extensions
 import psycopg2.extras
@@ -375,11 +377,24 @@ def with_types(configure):
 
 
 def json_parameter(value):
-    """Adapt a dict parameter as JSON text, written by the one JSON encoder, for a json or jsonb column."""
+    """Adapt value (a dict by default; any value an action wraps) as JSON text, written by the one JSON encoder, for a
+    json or jsonb column: exact numbers stay exact, where psycopg2.extras.Json's json.dumps refuses them."""
     return psycopg2.extras.Json(value, dumps=lambda document: dumps_bytes(document).decode())
 
 
+def uuid_parameter(value):
+    """Adapt a uuid.UUID (marshmallow's UUID field loads one) as a uuid literal; its text is hex digits and dashes."""
+    return psycopg2.extensions.AsIs(f"'{value}'::uuid")
+
+
+def enum_parameter(member):
+    """Adapt an enum member (marshmallow's Enum field loads one) as its value, the value a response writes for it."""
+    return psycopg2.extensions.adapt(member.value)
+
+
 psycopg2.extensions.register_adapter(dict, json_parameter)
+psycopg2.extensions.register_adapter(uuid.UUID, uuid_parameter)
+psycopg2.extensions.register_adapter(enum.Enum, enum_parameter)
 
 
 def check_reading_styles(conn):
