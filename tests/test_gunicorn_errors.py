@@ -76,6 +76,25 @@ def test_each_request_gunicorn_refuses_has_an_access_line_with_its_request_id(da
     assert sorted(line['http']['request']['id'] for line in reasons) == sorted(answered), reasons
 
 
+@pytest.mark.parametrize('request_text', [
+    b'POST /probe/echo HTTP/1.1\r\nHost: x\r\nAuthorization Bearer %s\r\n\r\n',  # no colon
+    b'POST /probe/echo HTTP/1.1\r\nHost: x\r\nAuthorization=Bearer %s\r\n\r\n',
+    b'POST /probe/echo?token=%s HTTP/1.1 x\r\nHost: x\r\n\r\n',  # a malformed request line
+    b'POST /probe/echo HTTP/1.1\r\nHost: x\r\nX-Token: %s\rx\r\n\r\n',  # a bare CR
+])
+def test_gunicorns_line_on_a_request_it_refuses_quotes_nothing_the_client_sent(database_url, tmp_path, request_text):
+    """gunicorn's "Invalid request" warning quoted the header line: a token configured by its sha256 alone, which the
+    redactor cannot know, was logged whole when its Authorization header was malformed."""
+    token = 'unknown-to-the-redactor-3f9a'
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1') as (port, _):
+        status, headers, _ = raw_answer(port, request_text % token.encode())
+    assert status == 400 and headers['Content-Type'] == 'application/problem+json'
+    text = (tmp_path / 'stdout').read_text()
+    assert token not in text
+    reasons = [line for line in map(json.loads, text.splitlines()) if 'Invalid request' in line['message']]
+    assert len(reasons) == 1 and 'left out of the log: it may hold a credential' in reasons[0]['message'], reasons
+
+
 CHUNKED_HEAD = (b'POST /probe/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n'
                 b'Authorization: Bearer ' + ADMIN_TOKEN.encode() + b'\r\n\r\n')
 MALFORMED_CHUNKS = {'a chunk size that is not hex': b'zz\r\n{}\r\n0\r\n\r\n',

@@ -6,12 +6,16 @@ decides the status and writes that page; each class here lets it decide, keeps w
 same status as an RFC 9457 problem document with a fresh request id instead.
 """
 import contextlib
+import copy
+import functools
 import logging
 import os
 import re
 import signal
 from http import HTTPStatus
 
+from gunicorn.http.errors import (InvalidChunkExtension, InvalidSchemeHeaders, LimitRequestHeaders, LimitRequestLine,
+                                   ParseException)
 from gunicorn.workers.ggevent import GeventWorker
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
@@ -27,6 +31,9 @@ PROBLEM_DETAILS = {400: 'The request is malformed.', 414: 'The request line is t
                    431: 'A request header is too large.'}
 # gunicorn's 501 is a Transfer-Encoding it does not know: the client's mistake, a 400, as nginx answers it.
 CLIENT_MISTAKES = {501: 400}
+UNQUOTED = '(what the client sent is left out of the log: it may hold a credential)'
+# gunicorn's parse errors whose text is gunicorn's own words or sizes alone; every other one quotes the request.
+QUOTING_NOTHING = (LimitRequestLine, LimitRequestHeaders, InvalidSchemeHeaders, InvalidChunkExtension)
 
 
 class CapturedAnswer:
@@ -69,6 +76,24 @@ def reason_phrase(status, gunicorns):
         return gunicorns.decode('latin-1')
 
 
+@functools.cache
+def unquoted_class(kind):
+    """Return a subclass of gunicorn's parse error class kind whose text names the error alone, without quoting the
+    request."""
+    return type(kind.__name__, (kind,), {'__str__': lambda self: f'{kind.__name__} {UNQUOTED}'})
+
+
+def unquoted(exc):
+    """Return exc as gunicorn's handle_error should see it: a parse error's text (which gunicorn logs) quotes what the
+    client sent, a header line or the request line, where a token known only by its sha256 cannot be redacted; the
+    copy's class is a subclass, so gunicorn picks the same status."""
+    if not isinstance(exc, ParseException) or isinstance(exc, QUOTING_NOTHING):
+        return exc
+    quiet = copy.copy(exc)
+    quiet.__class__ = unquoted_class(type(exc))
+    return quiet
+
+
 class ProblemErrors:
     """Mixin for a gunicorn worker: its own error answers as problem+json."""
 
@@ -84,7 +109,7 @@ class ProblemErrors:
         captured, request_id = CapturedAnswer(client), new_request_id()
         refused = REFUSED_REQUEST_ID.set(request_id)  # gunicorn's line saying why carries the answer's id
         try:
-            super().handle_error(req, captured, addr, exc)
+            super().handle_error(req, captured, addr, unquoted(exc))
         finally:
             REFUSED_REQUEST_ID.reset(refused)
         status_line = STATUS_LINE.match(captured.written)
