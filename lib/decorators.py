@@ -11,13 +11,14 @@ import uuid
 from collections.abc import Iterator
 
 import psycopg2
+import psycopg2.errors
 from flask import Response, current_app, has_request_context, request
 from marshmallow import Schema
 from psycopg2.extras import RealDictCursor
 
 from lib.db import DEFAULT, Db, LeasedStream, Lease
 from lib.db.types import check_reading_styles
-from lib.db.unit import close_stream, time_left
+from lib.db.unit import StatementPastDeadline, close_stream, time_left
 from lib.errors import RETRYABLE_SQLSTATES
 from lib.jsonenc import JSON_MIMETYPE, ExactNumber, json_array_chunks, json_response
 from lib.http.disconnect import WATCHER, ServerStopping
@@ -130,6 +131,20 @@ def watch_client(lease):
     return watch
 
 
+def cancelled_error(watch, exc, deadline):
+    """Return the error a request whose query was cancelled ends with: the watcher's (Watch.cancelled_error: the
+    client gone, the worker stopping, the deadline), else StatementPastDeadline for a statement PostgreSQL's own
+    statement_timeout cancelled past the request's deadline (a time.monotonic() value or None); else None. The
+    session's timeout is the deadline by default, so PostgreSQL stops a statement begun in the request's first moments
+    a few milliseconds past it, before the watcher looks (every POLL_SECONDS)."""
+    cancelled = watch.cancelled_error(exc) if watch is not None else None
+    if cancelled is None and isinstance(exc, psycopg2.errors.QueryCanceled):
+        left = time_left(deadline)
+        if left is not None and left <= 0:
+            return StatementPastDeadline()
+    return cancelled
+
+
 def run_leased(database, autocommit, named, call, deadline=None, finish=None):
     """Run call(conn) on a borrowed connection; a returned iterator keeps it until it is consumed. A query cancelled
     because the client went away (499) or the worker is stopping (503) ends with that error; a transaction's
@@ -158,7 +173,7 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
             close_stream(result)  # a stream refused after its first batch stops reading before its connection goes
         finally:
             lease.end(success=False)
-        cancelled = watch.cancelled_error(exc) if watch is not None else None
+        cancelled = cancelled_error(watch, exc, lease.deadline)
         if cancelled is not None:
             raise cancelled from exc
         raise

@@ -10,12 +10,12 @@ import pytest
 
 import settings
 from lib.db import transactional
-from lib.db.unit import DatabaseNotAnswering, DeadlineExceeded
+from lib.db.unit import DatabaseNotAnswering, DeadlineExceeded, StatementPastDeadline
 from lib.decorators import inject_conn, inject_db
 from lib.errors import GatewayTimeout, ImproperlyConfigured, from_database_error
 from ops import nginx
 from ops.stack import StackConfig, nginx_environment
-from tests.helpers import run_sql
+from tests.helpers import Caller, run_sql
 
 TABLE = 'deadline_probe'
 
@@ -90,9 +90,26 @@ def test_retries_stop_at_the_deadline_and_nothing_commits(make_app, probe_table)
 def test_a_statement_ends_at_the_deadline_even_with_no_statement_timeout(make_app, probe_table):
     app = make_app(REQUEST_DEADLINE_MS=600, DB_STATEMENT_TIMEOUT_MS=0)
     error, seconds = timed_call(app, write_then_sleep, 5)
-    assert isinstance(error, psycopg2.Error) and error.pgcode == '57014'  # a 504
+    assert isinstance(error, StatementPastDeadline) and error.__cause__.pgcode == '57014'  # a 504
     assert seconds < 0.9
     assert rows_written(probe_table) == 0
+
+
+@pytest.mark.parametrize('statement_timeout_ms', [1000, 0])
+def test_a_statement_running_at_the_deadline_answers_the_deadlines_504_whichever_timeout_stops_it(make_app,
+                                                                                                   statement_timeout_ms):
+    """With the session's statement timeout equal to the deadline (the default), PostgreSQL cancels a statement begun
+    at once a few milliseconds past the deadline, before the watcher looks: the answer said "The database statement
+    timed out." (57014), where the contract promises the deadline's words."""
+    app = make_app(REQUEST_DEADLINE_MS=1000, DB_STATEMENT_TIMEOUT_MS=statement_timeout_ms)
+    answer = Caller(app.test_client())('/probe/hold', {'seconds': 3})
+    assert answer.status_code == 504 and answer.get_json()['detail'] == StatementPastDeadline.detail
+
+
+def test_a_statement_timeout_shorter_than_the_deadline_keeps_its_own_words(make_app):
+    app = make_app(REQUEST_DEADLINE_MS=3000, DB_STATEMENT_TIMEOUT_MS=500)
+    answer = Caller(app.test_client())('/probe/hold', {'seconds': 2})
+    assert answer.status_code == 504 and answer.get_json()['detail'] == 'The database statement timed out.'
 
 
 def test_a_transaction_past_the_deadline_is_rolled_back_not_committed(make_app, probe_table):
