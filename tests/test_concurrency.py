@@ -454,6 +454,8 @@ def test_a_client_that_goes_away_has_its_query_cancelled_and_its_connection_reus
     line = gunicorn_access_line(tmp_path, 'gone-client')
     assert line['http']['response']['status_code'] == 499
     assert line['event']['outcome'] == 'failure' and line['error']['code'] == '57014', line  # query_canceled
+    # not "The response was cut short": no answer had started
+    assert line['error']['message'] == 'The client went away before its answer: its query was cancelled.', line
 
 
 @pytest.mark.slow

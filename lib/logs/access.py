@@ -27,6 +27,7 @@ SEND_QUEUE_BUFFER = bytes(struct.calcsize('i'))  # room for the int SIOCOUTQ wri
 # The longest piece of an answer the server is handed at once (pieces_of): what a cut answer's byte count may miss.
 SEND_PIECE_BYTES = 64 * 1024
 CUT_SHORT_MESSAGE = 'The response was cut short: the client went away or the server stopped before its end.'
+CLIENT_GONE_MESSAGE = 'The client went away before its answer: its query was cancelled.'
 # (ECS group, field, WSGI environ key) of what an access line carries when the request has it.
 OPTIONAL_ENVIRON_FIELDS = (('client', 'ip', 'REMOTE_ADDR'), ('user_agent', 'original', 'HTTP_USER_AGENT'))
 
@@ -218,15 +219,17 @@ def exchange_fields(exchange, labels):
 
 
 def exchange_error(exchange):
-    """Return the error fields of an exchange: a broken stream, a 5xx in full or a 4xx's SQLSTATE, and a body the
-    server closed before its end."""
+    """Return the error fields of an exchange: a broken stream, a 5xx in full or a 4xx's SQLSTATE, and why a 499
+    or a body the server closed before its end failed."""
     if exchange.stream_error is not None:
         return error_fields(exchange.stream_error, detailed=True)
     if (cut := exchange.environ.get(CUT_KEY)) is not None:
         return error_fields(cut, detailed=True)
     failure = exchange.environ.get(ERROR_KEY)
     fields = {} if failure is None else error_fields(failure[0], detailed=exchange.status >= 500)
-    if exchange.cut_short:
+    if exchange.status == CLIENT_CLOSED_REQUEST and not exchange.bytes:  # nothing was sent that could be cut short
+        fields.setdefault('message', CLIENT_GONE_MESSAGE)
+    elif exchange.cut_short:
         fields.setdefault('message', CUT_SHORT_MESSAGE)
     return fields or None
 
