@@ -73,8 +73,11 @@ def database_dsn(prefix):
 
 
 URL_SCHEMES = ('postgresql://', 'postgres://')
+# What a URL looks like, its scheme mistyped or not (postgresq://, postgresql:/, postgres//..., a space before it).
+URL_LIKE = re.compile(r'\s*[A-Za-z][A-Za-z0-9+.-]*:?/|\s*[^=\s]*@')
 DSN_HINTS = {True: 'in a URL, percent-encode %, @, / and spaces in the user and password (%25, %40, %2F, %20)',
              False: r"in key=value form, quote a value with spaces in single quotes: password='my secret' (\' and \\ inside)"}
+SCHEME_HINT = 'a URL starts with postgresql:// or postgres://, nothing before it; '
 
 
 def checked_dsn(name, dsn):
@@ -84,7 +87,8 @@ def checked_dsn(name, dsn):
         parts = parse_dsn(dsn)
     except psycopg2.ProgrammingError as exc:
         reason = redacted_libpq_message(str(exc), dsn)
-        raise ImproperlyConfigured(f'{name} cannot be parsed ({reason}): {DSN_HINTS[is_url]}') from None
+        hint = DSN_HINTS[is_url] if is_url or not URL_LIKE.match(dsn) else SCHEME_HINT + DSN_HINTS[True]
+        raise ImproperlyConfigured(f'{name} cannot be parsed ({reason}): {hint}') from None
     # libpq takes a raw space in a URL, and a raw @ ends the password early, leaving the rest as the host.
     if is_url and (re.search(r'\s', dsn) or '@' in parts.get('host', '')):
         raise ImproperlyConfigured(f'{name} is not a valid URL: {DSN_HINTS[True]}')
@@ -92,16 +96,27 @@ def checked_dsn(name, dsn):
 
 
 def redacted_libpq_message(message, dsn):
-    """Return libpq's one-line message with each quoted piece of the DSN's secret part masked."""
-    # libpq quotes the piece it stumbled on, which can be the password or a piece of it.
-    secret_part = dsn.partition('://')[2].rpartition('@')[0] if dsn.startswith(URL_SCHEMES) \
-        else dsn[dsn.find('password'):] if 'password' in dsn else ''
+    """Return libpq's one-line message with each quoted piece of the DSN that may hold its password masked."""
+    # libpq quotes the piece it stumbled on, which can be the password, a piece of it, or the whole DSN.
     first_line = message.strip().splitlines()[0] if message.strip() else 'libpq refused it'
 
     def mask(quoted):
         piece = quoted.group(1)
-        return '"***"' if len(piece) > 1 and piece in secret_part else quoted.group(0)
+        return '"***"' if len(piece) > 1 and may_hold_password(piece, dsn) else quoted.group(0)
     return re.sub(r'"([^"]*)"', mask, first_line)
+
+
+def may_hold_password(piece, dsn):
+    """Tell whether piece, found in dsn, overlaps a part of dsn that may hold its password: what comes before a URL's
+    last @ (whatever its scheme, a mistyped one too), and a key=value string's `password` and what follows it."""
+    spans = ([(0, dsn.rindex('@'))] if '@' in dsn else []) + \
+        ([(dsn.index('password'), len(dsn))] if 'password' in dsn else [])
+    start = dsn.find(piece)
+    while start >= 0:
+        if any(start < end and begin < start + len(piece) for begin, end in spans):
+            return True
+        start = dsn.find(piece, start + 1)
+    return False
 
 
 def writable_folder(name, path):

@@ -47,6 +47,12 @@ def assert_one_line_failure(result, *names, secrets=(SECRET,)):
     (f'postgresql://dbapi:{SECRET} more@127.0.0.1:1/db', 'percent-encode'),      # an unquoted space in a URL
     (f'postgresql://dbapi:{SECRET}@more@127.0.0.1:1/db', 'percent-encode'),      # a raw @ in the password
     (f'host=127.0.0.1 password={SECRET} more dbname=db', 'single quotes'),        # an unquoted space in key=value
+    # a mistyped scheme: libpq reads key=value and quotes the whole string, password and all
+    (f'postgresq://dbapi:{SECRET}more@127.0.0.1:1/db', 'a URL starts with postgresql://'),
+    (f' postgresql://dbapi:{SECRET}more@127.0.0.1:1/db', 'a URL starts with postgresql://'),
+    (f'POSTGRESQL://dbapi:{SECRET}more@127.0.0.1:1/db', 'a URL starts with postgresql://'),
+    (f'postgresql:/dbapi:{SECRET}more@127.0.0.1:1/db', 'a URL starts with postgresql://'),
+    (f'postgres//dbapi:{SECRET}more@127.0.0.1:1/db', 'a URL starts with postgresql://'),
 ])
 def test_a_malformed_database_url_stops_the_start_without_showing_its_password(url, fragment):
     line = assert_one_line_failure(run_manage('migrate', DATABASE_URL=url), 'DATABASE_URL', fragment,
