@@ -135,12 +135,13 @@ def callable_route(routes):
     return next(iter(preferred + [route for route in routes if needs_no_field(route)]), None)
 
 
-def how_to_call(routes=None):
-    """Return a curl line that calls the running service with an answer in 2xx: an action that needs no field, else
-    /healthz."""
+def how_to_call(routes=None, base=None):
+    """Return a curl line that calls the running service at base (a URL; default: where BIND serves, a Unix socket's
+    included) with an answer in 2xx: an action that needs no field, else /healthz."""
     route = callable_route(discovered_routes() if routes is None else routes)
-    unix_socket = f'--unix-socket {unix_socket_path()} ' if settings.BIND_PORT is None else ''
-    base = f'{unix_socket}{served_url()}'
+    if base is None:
+        unix_socket = f'--unix-socket {unix_socket_path()} ' if settings.BIND_PORT is None else ''
+        base = f'{unix_socket}{served_url()}'
     if route is None:
         return f'curl -s {base}/healthz    # no action without required fields is mounted'
     path = f'/{route.module}/{route.name}' if route.name else f'/{route.module}'

@@ -29,7 +29,8 @@ if __name__ == '__main__':
 import settings  # noqa: E402
 from lib.db.migrate import apply_migrations  # noqa: E402
 from lib.logs import configure_process_logging  # noqa: E402
-from manage import check_before_fork, counted, default_dsn, gunicorn_command, how_to_call  # noqa: E402
+from manage import (check_before_fork, check_reachable, counted, default_dsn, gunicorn_command,  # noqa: E402
+                    how_to_call)
 
 from . import nginx, pgbouncer  # noqa: E402
 from .ports import free_ports, port_is_free  # noqa: E402
@@ -217,7 +218,8 @@ def wait_until_serving(child, port):
 
 def wait_until_ready(child, port):
     """Wait until child answers /readyz on port: it serves and reaches its databases."""
-    wait_until(child, lambda: serves(child, port, '/readyz'), f'become ready on port {port}')
+    wait_until(child, lambda: serves(child, port, '/readyz'),
+               f'become ready on port {port} (GET /readyz answered no 200: is every database reachable?)')
 
 
 def child_pids(pid):
@@ -459,8 +461,9 @@ def announce(config):
     chain = f'nginx -> {counted(config.replicas, "replica")} on {"ports" if config.replicas > 1 else "port"} {ports}'
     if config.pgbouncer:
         chain += f' -> pgbouncer on port {config.pgbouncer_port}'
-    print(f'dbapi stack serves on http://127.0.0.1:{config.port} ({chain} -> PostgreSQL). Try:\n'
-          f'  {how_to_call()}\nRolling restart of the replicas: kill -HUP {os.getpid()}. Ctrl-C stops it.',
+    url = f'http://127.0.0.1:{config.port}'  # nginx's: BIND is each replica's own, which the stack sets
+    print(f'dbapi stack serves on {url} ({chain} -> PostgreSQL). Try:\n'
+          f'  {how_to_call(base=url)}\nRolling restart of the replicas: kill -HUP {os.getpid()}. Ctrl-C stops it.',
           file=sys.stderr, flush=True)
 
 
@@ -475,6 +478,9 @@ def main():
     try:
         config = StackConfig.from_environment()
         check_before_fork()  # tokens, session hooks, modules: a bad one stops the stack once, before anything starts
+        # A named database out of reach stops the stack as it stops `make run`: its replicas would never be ready, and
+        # a rolling restart would stop at the first one. (The default database is reached by the migrations.)
+        check_reachable({name: dsn for name, dsn in settings.DATABASES.items() if name != 'default'})
     except (StackError, StartupError) as exc:
         print(f'stack: {exc}', file=sys.stderr, flush=True)
         return 1

@@ -184,6 +184,17 @@ def test_make_run_shows_the_shipped_development_token_only(monkeypatch):
     assert 'a-real-token-1234' not in line and 'Bearer $BEARER"' in line
 
 
+def test_the_stacks_curl_example_calls_nginx_whatever_bind_says(monkeypatch, capsys):
+    """With BIND exported for `make run` (a Unix socket, another port), the stack's line pointed where nothing
+    listens: the stack sets each replica's BIND itself, and nginx serves on PORT."""
+    from ops.stack import StackConfig, announce
+    monkeypatch.setattr(settings, 'BIND', 'unix:/tmp/elsewhere.sock')
+    monkeypatch.setattr(settings, 'BIND_PORT', None)
+    announce(StackConfig(port=18999, replicas=2, replica_base_port=19000, pgbouncer=False, pgbouncer_port=0))
+    line = capsys.readouterr().err.splitlines()[1]
+    assert line.strip().startswith('curl -s -X POST http://127.0.0.1:18999/example ') and 'unix' not in line, line
+
+
 @pytest.mark.parametrize('packages', [['modules'], ['tests.fixture_modules']])
 def test_the_curl_example_calls_an_action_that_answers_2xx(monkeypatch, make_app, packages):
     monkeypatch.setattr(settings, 'MODULE_PACKAGES', packages)

@@ -410,6 +410,19 @@ def test_two_servers_of_the_stack_on_one_port_stop_it_before_anything_starts():
         check_ports_free(config)
 
 
+def test_a_named_database_out_of_reach_stops_the_stack_before_anything_starts(topology_database_url):
+    """It started, never ready (/readyz a 503), and its first rolling restart stopped at the first replica; `make
+    run` refuses it at once."""
+    reports = 'postgresql://dbapi:pa55-x9@127.0.0.1:1/r?connect_timeout=2'
+    environment = stack_environment(topology_database_url, free_ports(5), 2, False,
+                                    {'DB_NAMES': 'default,reports', 'REPORTS_DATABASE_URL': reports})
+    result = subprocess.run([sys.executable, '-m', 'ops.stack'], cwd=BASE_DIR, capture_output=True, text=True,
+                            timeout=60, env=environment)
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("stack: the database 'reports' cannot be reached: ") and 'pa55' not in result.stderr
+    assert result.stdout == '', 'nothing started: no migration, no replica'
+
+
 @pytest.mark.parametrize('overrides, line', [
     ({'PORT': '70000'}, 'dbapi: PORT must be between 1 and 65535'),
     ({'PORT': '65535', 'REPLICA_BASE_PORT': ''},
