@@ -1,4 +1,5 @@
 """A unit of work on one borrowed connection: lease, connection(), transactional() and streamed leases."""
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -149,7 +150,7 @@ class Lease:
         left = time_left(self.deadline)
         if left is None or self.conn.autocommit:
             return
-        left_ms = int(left * 1000)
+        left_ms = math.ceil(left * 1000)  # never before the deadline: its 57014 is then the deadline's 504
         if left_ms <= 0:
             raise DeadlineExceeded()
         if statement_timeout_ms == 0 or left_ms < statement_timeout_ms - slack_ms:
