@@ -357,8 +357,9 @@ class ActionExited(RuntimeError):
     on; Flask answers Exceptions alone, so the request would otherwise be gunicorn's bare 500, or end the worker."""
 
 
-# What passes through a view untouched: the worker stopping (gevent kills its greenlets; Ctrl-C).
-WORKER_STOPPING = (GreenletExit, KeyboardInterrupt)
+# What passes through a view untouched: Exceptions (Flask answers them), the worker stopping (gevent kills its
+# greenlets; Ctrl-C).
+PASSED_THROUGH = (Exception, GreenletExit, KeyboardInterrupt)
 
 
 def escaped(exc):
@@ -379,7 +380,7 @@ def make_view(route, clients):
         try:  # the module's code: its schema's hooks, the action, the JSON encoders it registered
             args, kwargs = route.load_arguments(read_json_body())
             return respond(route.action(*args, **kwargs))
-        except (Exception, *WORKER_STOPPING):
+        except PASSED_THROUGH:
             raise
         except BaseException as exc:
             raise escaped(exc) from exc

@@ -27,7 +27,8 @@ SEND_QUEUE_BUFFER = bytes(struct.calcsize('i'))  # room for the int SIOCOUTQ wri
 # The longest piece of an answer the server is handed at once (pieces_of): what a cut answer's byte count may miss.
 SEND_PIECE_BYTES = 64 * 1024
 CUT_SHORT_MESSAGE = 'The response was cut short: the client went away or the server stopped before its end.'
-CLIENT_GONE_MESSAGE = 'The client went away before its answer: its query was cancelled.'
+# Whether its query was cancelled is error.code's to say (57014): a client may leave while no statement runs.
+CLIENT_GONE_MESSAGE = 'The client went away before its answer.'
 # (ECS group, field, WSGI environ key) of what an access line carries when the request has it.
 OPTIONAL_ENVIRON_FIELDS = (('client', 'ip', 'REMOTE_ADDR'), ('user_agent', 'original', 'HTTP_USER_AGENT'))
 
