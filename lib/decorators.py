@@ -21,8 +21,8 @@ from lib.db.types import check_reading_styles
 from lib.db.unit import StatementPastDeadline, close_stream, time_left
 from lib.errors import RETRYABLE_SQLSTATES
 from lib.jsonenc import JSON_MIMETYPE, ExactNumber, json_array_chunks, json_response
-from lib.http.disconnect import WATCHER, ServerStopping
-from lib.http.exchange import CLIENT_KEY, ROUTE_KEY, deadline_of
+from lib.http.disconnect import WATCHER, ClientClosedRequest, ServerStopping
+from lib.http.exchange import CLIENT_KEY, GONE_KEY, ROUTE_KEY, deadline_of
 
 
 SCHEMA_ATTRIBUTE = '__dbapi_schema__'
@@ -179,8 +179,20 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
         raise
     if isinstance(result, Iterator):
         return LeasedStream(result, lease, first)
-    lease.end(success=True)
+    commit_unless_client_gone(lease, watch)
     return result
+
+
+def commit_unless_client_gone(lease, watch):
+    """End lease with its commit, unless the watcher saw the client go away while no statement ran (its cancel then
+    stopped nothing): nobody reads this answer, so the transaction rolls back and the request ends as a 499. The watch
+    is forgotten first, so no later cancel can race the commit. An autocommit action's statements stay committed."""
+    if watch is not None:
+        WATCHER.forget(watch)
+        if watch.environ.get(GONE_KEY):
+            lease.end(success=False)
+            raise ClientClosedRequest()
+    lease.end(success=True)
 
 
 # The statuses an action may give its value ((value, status)); an error is raised as a lib.errors exception, whose

@@ -472,6 +472,32 @@ def test_a_client_that_goes_away_has_its_transaction_rolled_back(database_url, w
     assert run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,)) == [(0,)]
 
 
+def idle_in_transaction_after(database_url, query):
+    """Tell whether a backend's last statement was query and it now waits idle in its transaction (or idle: autocommit)."""
+    return run_sql(database_url, "SELECT count(*) FROM pg_stat_activity WHERE state IN ('idle in transaction', 'idle') "
+                   "AND query = %s", (query,))[0][0] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+@pytest.mark.parametrize('autocommit, rows_kept', [(False, 0), (True, 1)])
+def test_a_client_that_goes_away_while_no_statement_runs_is_a_499_and_its_transaction_rolls_back(
+        database_url, tmp_path, worker_class, autocommit, rows_kept):
+    code = f'idle-gone-{uuid.uuid4().hex[:8]}'
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1',
+                             LOG_LEVEL='INFO', WORKER_CLASS=worker_class) as (port, _):
+        client = raw_post(port, '/slow/write_then_wait', {'code': code, 'seconds': 1.5, 'autocommit': autocommit},
+                          'idle-gone')
+        wait_for(lambda: idle_in_transaction_after(database_url, 'INSERT INTO probe.things (code) VALUES '
+                                                   f"('{code}')"), 10, 'the row was not written')
+        client.close()
+        line = wait_for(lambda: access_lines(tmp_path, 'idle-gone'), 10, 'the request was not logged')[0]
+    # the watcher's cancel found no statement to stop; the commit must not happen for a client that left
+    assert run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,)) == [(rows_kept,)]
+    assert line['http']['response']['status_code'] == 499 and line['event']['outcome'] == 'failure', line
+    assert line['error']['message'] == 'The client went away before its answer.', line
+
+
 @pytest.mark.slow
 def test_a_database_that_stops_answering_gets_a_504_by_the_deadline_and_the_worker_serves_on(database_url, tmp_path):
     with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1',

@@ -1,4 +1,6 @@
 """Slow actions: each keeps one pooled connection busy in PostgreSQL for a while."""
+import time
+
 from marshmallow import Schema, fields, validate
 
 from lib.db import DEFAULT, Db
@@ -27,6 +29,14 @@ class Stream(Schema):
     pause = fields.Float(load_default=0, validate=validate.Range(min=0, max=60))
 
 
+class WriteThenWait(Schema):
+    """The code of the row to write, and how many seconds to wait in Python, no statement running, before the end."""
+
+    code = fields.String(required=True)
+    seconds = fields.Float(required=True, validate=validate.Range(min=0, max=60))
+    autocommit = fields.Boolean(load_default=False)
+
+
 @use_schema(Sleep)
 @inject_conn(DEFAULT)
 def sleep(conn, seconds):
@@ -50,3 +60,15 @@ def stream(conn, rows, fail_at, pause):
     """Stream rows from a server-side cursor in batches of STREAM_BATCH, slowly or failing half-way if asked."""
     return Db(conn).stream(STREAM_SQL, dict(rows=rows, fail_at=fail_at, pause=pause, batch=STREAM_BATCH),
                            batch_size=STREAM_BATCH)
+
+
+@use_schema(WriteThenWait)
+def write_then_wait(code, seconds, autocommit):
+    """Insert a row of probe.things, then wait in Python (the connection idle in its transaction) before the end."""
+    @inject_conn(DEFAULT, autocommit=autocommit)
+    def write(conn):
+        with conn.cursor() as cursor:
+            cursor.execute('INSERT INTO probe.things (code) VALUES (%s)', (code,))
+        time.sleep(seconds)
+        return {'code': code}
+    return write()

@@ -1,7 +1,8 @@
-from .actions import backend, sleep, stream
+from .actions import backend, sleep, stream, write_then_wait
 
 routes = [
     dict(route='sleep', action=sleep),
     dict(route='backend', action=backend),
     dict(route='stream', action=stream),
+    dict(route='write_then_wait', action=write_then_wait),
 ]
