@@ -131,18 +131,19 @@ def watch_client(lease):
     return watch
 
 
-def cancelled_error(watch, exc, deadline):
+def cancelled_error(watch, exc, deadline, autocommit):
     """Return the error a request whose query was cancelled ends with: the watcher's (Watch.cancelled_error: the
     client gone, the worker stopping, the deadline), else StatementPastDeadline for a statement PostgreSQL's own
     statement_timeout cancelled past the request's deadline (a time.monotonic() value or None); else None. The
     session's timeout is the deadline by default, so PostgreSQL stops a statement begun in the request's first moments
-    a few milliseconds past it, before the watcher looks (every POLL_SECONDS)."""
+    a few milliseconds past it, before the watcher looks (every POLL_SECONDS). A deadline's error says whether
+    statements before it stay committed (autocommit)."""
     cancelled = watch.cancelled_error(exc) if watch is not None else None
     if cancelled is None and isinstance(exc, psycopg2.errors.QueryCanceled):
         left = time_left(deadline)
         if left is not None and left <= 0:
-            return StatementPastDeadline()
-    return cancelled
+            cancelled = StatementPastDeadline()
+    return StatementPastDeadline.of(autocommit) if isinstance(cancelled, StatementPastDeadline) else cancelled
 
 
 def run_leased(database, autocommit, named, call, deadline=None, finish=None):
@@ -173,7 +174,7 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
             close_stream(result)  # a stream refused after its first batch stops reading before its connection goes
         finally:
             lease.end(success=False)
-        cancelled = cancelled_error(watch, exc, lease.deadline)
+        cancelled = cancelled_error(watch, exc, lease.deadline, autocommit)
         if cancelled is not None:
             raise cancelled from exc
         raise

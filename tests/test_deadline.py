@@ -106,6 +106,22 @@ def test_a_statement_running_at_the_deadline_answers_the_deadlines_504_whichever
     assert answer.status_code == 504 and answer.get_json()['detail'] == StatementPastDeadline.detail
 
 
+@inject_conn(autocommit=True)
+def write_then_sleep_in_autocommit(conn, seconds):
+    """Write a row in autocommit (committed at once), then run a statement for seconds."""
+    with conn.cursor() as cursor:
+        cursor.execute(f'INSERT INTO {TABLE} VALUES (1)')
+        cursor.execute('SELECT pg_sleep(%s)', (seconds,))
+
+
+def test_an_autocommit_statement_past_the_deadline_says_what_ran_before_it_stays_committed(make_app, probe_table):
+    app = make_app(REQUEST_DEADLINE_MS=1000, DB_STATEMENT_TIMEOUT_MS=1000)  # PostgreSQL stops it (no watcher here)
+    error, _ = timed_call(app, write_then_sleep_in_autocommit, 3)
+    assert isinstance(error, StatementPastDeadline) and error.detail == StatementPastDeadline.autocommit_detail
+    assert 'stay committed' in error.detail and 'rolled back' not in error.detail
+    assert rows_written(probe_table) == 1  # what the words say
+
+
 def test_a_statement_timeout_shorter_than_the_deadline_keeps_its_own_words(make_app):
     app = make_app(REQUEST_DEADLINE_MS=3000, DB_STATEMENT_TIMEOUT_MS=500)
     answer = Caller(app.test_client())('/probe/hold', {'seconds': 2})

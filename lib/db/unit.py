@@ -35,6 +35,14 @@ class StatementPastDeadline(GatewayTimeout):
 
     detail = 'The request ran past its deadline: the statement running then was cancelled, and its transaction ' \
              'rolled back.'
+    # An autocommit action's: each statement is its transaction, so those that ran before it are committed.
+    autocommit_detail = 'The request ran past its deadline: the statement running then was cancelled; the ' \
+                        'statements that ran before it stay committed.'
+
+    @classmethod
+    def of(cls, autocommit):
+        """Return the error of a transaction's statement, or (autocommit) of an autocommit action's."""
+        return cls(cls.autocommit_detail) if autocommit else cls()
 
 
 class StreamPastDeadline(GatewayTimeout):
