@@ -31,7 +31,7 @@ with exit_on_startup_error():
     from lib.logs import configure_process_logging
     from lib.db.green import make_psycopg2_cooperative
     from lib.http.disconnect import prepare_worker
-    from lib.http.workers import WORKER_CLASSES
+    from lib.http.workers import WORKER_CLASSES, pace_kept_alive_connection
     from manage import check_before_fork
 
     check_before_fork()
@@ -111,6 +111,12 @@ def post_worker_init(worker):
     if settings.WORKER_CLASS == 'gevent':
         make_psycopg2_cooperative()
     prepare_worker(graceful_timeout, queries_block_signals=settings.WORKER_CLASS == 'sync')
+
+
+def post_request(worker, req, environ, resp):
+    """Pace a gevent worker's kept-alive connections between their requests (lib/http/workers.py)."""
+    if settings.WORKER_CLASS == 'gevent':
+        pace_kept_alive_connection(environ, resp)
 
 
 # Set in a worker once it stops: Ctrl-C reaches a worker twice (SIGINT from the terminal, SIGQUIT from the master), and

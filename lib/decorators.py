@@ -22,7 +22,7 @@ from lib.db.unit import StatementPastDeadline, close_stream, time_left
 from lib.errors import RETRYABLE_SQLSTATES
 from lib.jsonenc import JSON_MIMETYPE, ExactNumber, json_array_chunks, json_response
 from lib.http.disconnect import WATCHER, ClientClosedRequest, ServerStopping
-from lib.http.exchange import CLIENT_KEY, GONE_KEY, ROUTE_KEY, deadline_of
+from lib.http.exchange import CLIENT_KEY, GONE_KEY, ROUTE_KEY, WAITED_ON_DATABASE_KEY, deadline_of
 
 
 SCHEMA_ATTRIBUTE = '__dbapi_schema__'
@@ -151,6 +151,8 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
     because the client went away (499) or the worker is stopping (503) ends with that error; a transaction's
     statements end at deadline, and it is not committed past it (504). finish(result), when given, runs before the
     commit: an error in it (a value JSON cannot encode) rolls the transaction back."""
+    if has_request_context():
+        request.environ[WAITED_ON_DATABASE_KEY] = True
     client, limit = bulkhead_of_request()
     lease = Lease(pool_for(database), autocommit, RealDictCursor if named else None, client=client, client_limit=limit,
                   deadline=deadline)

@@ -295,6 +295,69 @@ def test_under_gunicorn_a_flood_of_slow_calls_is_shed_at_once_while_healthz_answ
     assert all(reply.headers['Retry-After'] == '1' for reply, _ in replies if reply.status == 503)
 
 
+class PipelinedFlood:
+    """A connection that sends count copies of one request at once (pipelined: the next is always there to be read)
+    and reads every answer, counting the status lines; close() ends it."""
+
+    def __init__(self, port, request, count):
+        self.client = socket.create_connection(('127.0.0.1', port))
+        self.answers = 0
+        self.threads = [threading.Thread(target=self.send, args=(request * count,), daemon=True),
+                        threading.Thread(target=self.read, daemon=True)]
+        for thread in self.threads:
+            thread.start()
+
+    def send(self, data):
+        """Send every request, until the connection is closed."""
+        with contextlib.suppress(OSError):
+            self.client.sendall(data)
+
+    def read(self):
+        """Read and count answers until the connection ends."""
+        with contextlib.suppress(OSError):
+            while chunk := self.client.recv(1 << 16):
+                self.answers += chunk.count(b'HTTP/1.1 ')
+
+    def close(self):
+        """Close the connection."""
+        with contextlib.suppress(OSError):
+            self.client.shutdown(socket.SHUT_RDWR)
+        self.client.close()
+
+
+def pipelined(path, body, token):
+    """Return the bytes of one kept-alive POST of body to path with token."""
+    payload = json.dumps(body).encode()
+    return (f'POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n'
+            f'Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n').encode() + payload
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('flood', ['shed', 'unauthorized'])
+def test_kept_alive_connections_that_always_have_a_request_ready_leave_the_gevent_worker_serving_the_others(
+        database_url, flood):
+    """Requests that wait for nothing (a shed 503, a 401), each read at once because the next is already there,
+    kept gevent's loop from turning: the admitted request and /healthz waited until the flood was over."""
+    request = pipelined('/slow/sleep', {'seconds': 1}, ADMIN_TOKEN if flood == 'shed' else 'not-a-token')
+    with running_gunicorn(database_url, WEB_CONCURRENCY='1', WORKER_CLASS='gevent', MAX_REQUESTS_IN_FLIGHT='1',
+                          DB_POOL_MAX='1') as port:
+        with ThreadPoolExecutor(1) as executor:
+            admitted = executor.submit(timed, lambda: post(port, '/slow/sleep', {'seconds': 2}))
+            time.sleep(0.5)  # it holds the one place in flight: what the flood asks for is shed
+            floods = [PipelinedFlood(port, request, 20_000) for _ in range(8)]
+            try:
+                time.sleep(0.5)
+                health, health_seconds = timed(lambda: http_request(port, 'GET', '/healthz', timeout=30))
+                reply, seconds = admitted.result(timeout=60)
+            finally:
+                for connection in floods:
+                    connection.close()
+    assert health.status == 200 and health_seconds < 0.5, health_seconds
+    assert reply.status == 200 and seconds < 3, seconds  # a 2 s statement
+    if flood == 'shed':  # a connection whose request was shed is read again after its Retry-After (1 s), no sooner
+        assert all(1 <= connection.answers <= 4 for connection in floods), [c.answers for c in floods]
+
+
 def send_body_slowly(port, trickle_seconds):
     """POST /probe/echo declaring a 100-byte body, send 10 bytes of it, then one more every trickle_seconds (or none);
     return (the answer's status line and headers and body as bytes, seconds until it came)."""

@@ -15,6 +15,9 @@ STOPPING_KEY = 'dbapi.stopping'
 PAST_DEADLINE_KEY = 'dbapi.past_deadline'
 # The error for which lib/http/disconnect.py cut a stream short (a client that stopped reading past the deadline).
 CUT_KEY = 'dbapi.cut'
+# Set when the request borrowed a database connection: under gevent its statements waited through the event loop,
+# which turned while it ran (lib/http/workers.py paces the others).
+WAITED_ON_DATABASE_KEY = 'dbapi.waited_on_database'
 # gunicorn's client socket (the public key its WSGI environ has); absent in-process.
 CLIENT_SOCKET_KEY = 'gunicorn.socket'
 # When the request must be done (time.monotonic()), set by the first part of its handling that asks.

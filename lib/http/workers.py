@@ -14,13 +14,16 @@ import re
 import signal
 from http import HTTPStatus
 
+import gevent
 from gunicorn.http.errors import (InvalidChunkExtension, InvalidSchemeHeaders, LimitRequestHeaders, LimitRequestLine,
                                    ParseException)
 from gunicorn.workers.ggevent import GeventWorker
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
-from lib.http.exchange import BrokeBeforeItsFirstByte
+from lib.errors import RETRY_AFTER_SECONDS
+from lib.http.admission import SHED_KEY
+from lib.http.exchange import WAITED_ON_DATABASE_KEY, BrokeBeforeItsFirstByte
 from lib.http.headers import RESPONSE_HEADERS
 from lib.http.requestid import REFUSED_REQUEST_ID, REQUEST_ID_KEY, new_request_id
 from lib.jsonenc import dumps_bytes
@@ -32,6 +35,11 @@ PROBLEM_DETAILS = {400: 'The request is malformed.', 414: 'The request line is t
 # gunicorn's 501 is a Transfer-Encoding it does not know: the client's mistake, a 400, as nginx answers it.
 CLIENT_MISTAKES = {501: 400}
 UNQUOTED = '(what the client sent is left out of the log: it may hold a credential)'
+# A gevent sleep this long (more than 0) resumes only in the event loop's next turn, after it has looked at every
+# socket and timer (gevent.sleep's documentation).
+LOOP_TURN_SECONDS = 1e-6
+# A kept-alive connection whose request was shed is read again no sooner than its answer's Retry-After.
+SHED_PAUSE_SECONDS = int(RETRY_AFTER_SECONDS)
 # gunicorn's parse errors whose text is gunicorn's own words or sizes alone; every other one quotes the request.
 QUOTING_NOTHING = (LimitRequestLine, LimitRequestHeaders, InvalidSchemeHeaders, InvalidChunkExtension)
 
@@ -122,6 +130,22 @@ class ProblemErrors:
         except OSError:
             body_bytes = 0  # the client is gone; gunicorn too only tries once
         log_refused_request(status, request_id, body_bytes, addr)
+
+
+def pace_kept_alive_connection(environ, response):
+    """Under gunicorn's gevent worker, before the next request of a kept-alive connection is read (gunicorn's
+    post_request hook): after a shed request (lib/http/admission.py), wait for the Retry-After its 503 gave; after
+    one that waited for nothing (no database: a 401, /healthz), let the event loop turn once. gevent serves a
+    connection's next request at once when it is already there, so a client that always had one ready kept the
+    loop from turning: the requests waiting for PostgreSQL, /healthz and the pool's timeouts waited for it, and a
+    flood of shed requests took the worker whole. A request that used the database waited through the loop
+    already, and pays nothing."""
+    if response is None or response.should_close():
+        return
+    if environ.get(SHED_KEY):
+        gevent.sleep(SHED_PAUSE_SECONDS)
+    elif not environ.get(WAITED_ON_DATABASE_KEY):
+        gevent.sleep(LOOP_TURN_SECONDS)
 
 
 class ProblemGeventWorker(ProblemErrors, GeventWorker):
