@@ -10,6 +10,7 @@ from flask import request
 
 from lib.errors import ServiceUnavailable
 
+# Set on a shed request's environ: the Admission that refused it.
 SHED_KEY = 'dbapi.shed'
 NEVER_SHED_PATHS = frozenset({'/healthz', '/readyz', '/metrics'})
 
@@ -50,6 +51,8 @@ class Admission:
         self.limit = limit
         self.in_flight = 0
         self.lock = threading.Lock()
+        # Notified once per request that ends: a place in flight came free.
+        self.room = threading.Condition(self.lock)
 
     def __call__(self, environ, start_response):
         if environ.get('PATH_INFO') in NEVER_SHED_PATHS:
@@ -59,7 +62,7 @@ class Admission:
             if admitted:
                 self.in_flight += 1
         if not admitted:
-            environ[SHED_KEY] = True
+            environ[SHED_KEY] = self
             return self.wsgi_app(environ, start_response)
         try:
             return Admitted(self.wsgi_app(environ, start_response), self.release)
@@ -68,9 +71,17 @@ class Admission:
             raise
 
     def release(self):
-        """Count one request fewer in flight."""
+        """Count one request fewer in flight, and wake one waiter for room."""
         with self.lock:
             self.in_flight -= 1
+            self.room.notify()
+
+    def wait_for_room(self, timeout):
+        """Wait until a place in flight is free, or (each request that ends wakes one waiter) one comes free, timeout
+        seconds at most."""
+        with self.lock:
+            if self.in_flight >= self.limit:
+                self.room.wait(timeout)
 
 
 def refuse_when_shed():

@@ -38,7 +38,8 @@ UNQUOTED = '(what the client sent is left out of the log: it may hold a credenti
 # A gevent sleep this long (more than 0) resumes only in the event loop's next turn, after it has looked at every
 # socket and timer (gevent.sleep's documentation).
 LOOP_TURN_SECONDS = 1e-6
-# A kept-alive connection whose request was shed is read again no sooner than its answer's Retry-After.
+# A kept-alive connection whose request was shed is read again once the process has room, or after its answer's
+# Retry-After.
 SHED_PAUSE_SECONDS = int(RETRY_AFTER_SECONDS)
 # gunicorn's parse errors whose text is gunicorn's own words or sizes alone; every other one quotes the request.
 QUOTING_NOTHING = (LimitRequestLine, LimitRequestHeaders, InvalidSchemeHeaders, InvalidChunkExtension)
@@ -134,16 +135,16 @@ class ProblemErrors:
 
 def pace_kept_alive_connection(environ, response):
     """Under gunicorn's gevent worker, before the next request of a kept-alive connection is read (gunicorn's
-    post_request hook): after a shed request (lib/http/admission.py), wait for the Retry-After its 503 gave; after
-    one that waited for nothing (no database: a 401, /healthz), let the event loop turn once. gevent serves a
-    connection's next request at once when it is already there, so a client that always had one ready kept the
-    loop from turning: the requests waiting for PostgreSQL, /healthz and the pool's timeouts waited for it, and a
-    flood of shed requests took the worker whole. A request that used the database waited through the loop
-    already, and pays nothing."""
+    post_request hook): after a shed request (lib/http/admission.py), wait until the process has room for one more,
+    the Retry-After its 503 gave (1 s) at most; after one that waited for nothing (no database: a 401, /healthz), let
+    the event loop turn once. gevent serves a connection's next request at once when it is already there, so a
+    client that always had one ready kept the loop from turning: the requests waiting for PostgreSQL, /healthz and
+    the pool's timeouts waited for it, and a flood of shed requests took the worker whole. A request that used the
+    database waited through the loop already, and pays nothing."""
     if response is None or response.should_close():
         return
-    if environ.get(SHED_KEY):
-        gevent.sleep(SHED_PAUSE_SECONDS)
+    if (admission := environ.get(SHED_KEY)) is not None:
+        admission.wait_for_room(SHED_PAUSE_SECONDS)
     elif not environ.get(WAITED_ON_DATABASE_KEY):
         gevent.sleep(LOOP_TURN_SECONDS)
 
