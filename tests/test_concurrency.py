@@ -255,6 +255,19 @@ def test_a_process_sheds_what_it_cannot_admit_with_a_fast_503_and_the_ops_endpoi
     assert Caller(app.test_client())('/slow/sleep', {'seconds': 0}).status_code == 200
 
 
+def test_a_wait_for_room_ends_when_a_request_ends_or_at_its_timeout(make_app):
+    app = make_app(MAX_REQUESTS_IN_FLIGHT=1, DB_POOL_MAX=2)
+    admission = admission_of(app)
+    assert timed(lambda: admission.wait_for_room(5))[1] < 0.1  # room already
+    with holding(app, ADMIN_TOKEN, 1, seconds=0.5) as slow_calls:
+        _, seconds_to_room = timed(lambda: admission.wait_for_room(5))
+        assert slow_calls[0].result().status_code == 200
+    assert 0.2 < seconds_to_room < 2  # woken by the held request's end, long before the timeout
+    with holding(app, ADMIN_TOKEN, 1, seconds=2):
+        _, seconds_to_timeout = timed(lambda: admission.wait_for_room(0.3))
+    assert 0.25 < seconds_to_timeout < 1
+
+
 def test_a_stream_is_in_flight_until_its_body_is_closed(make_app):
     app = make_app(MAX_REQUESTS_IN_FLIGHT=1)
     call = Caller(app.test_client())
