@@ -32,9 +32,9 @@ with exit_on_startup_error():
     from lib.db.green import make_psycopg2_cooperative
     from lib.http.disconnect import prepare_worker
     from lib.http.workers import WORKER_CLASSES, pace_kept_alive_connection
-    from manage import check_before_fork
+    from manage import check_before_fork, unmounted_scopes
 
-    check_before_fork()
+    ROUTES = check_before_fork()
 
 bind = [settings.BIND]
 workers = settings.WEB_CONCURRENCY
@@ -91,8 +91,10 @@ def pre_exec(server):
 
 
 def on_starting(server):
-    """Start the metrics from zero: files of an earlier run would be summed in."""
+    """Start the metrics from zero: files of an earlier run would be summed in; warn of what may be misspelt."""
     clear_multiprocess_dir()
+    for warning in unmounted_scopes(ROUTES):
+        server.log.warning(warning)
 
 
 def post_fork(server, worker):

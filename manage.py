@@ -101,6 +101,18 @@ def check_before_fork():
         raise StartupError(str(exc)) from None
 
 
+def unmounted_scopes(routes):
+    """Return a warning for each bearer client whose "modules" (BEARER_TOKENS) names a module that routes do not
+    mount: a misspelt name answers that client 403 where it was meant to reach. Not a start error: one tokens file
+    may serve deployments that mount different modules."""
+    from lib.auth import load_clients
+    config = {name: value for name, value in vars(settings).items() if name.isupper()}
+    mounted = {route.module for route in routes}
+    return [f'bearer client {client.name!r} may call the module {module!r}, which is not mounted (mounted: '
+            f'{", ".join(sorted(mounted))}): if the name is misspelt, the module meant answers that client 403'
+            for client in load_clients(config).values() for module in sorted((client.modules or set()) - mounted)]
+
+
 def discovered_routes():
     """Return the routes of every module in MODULE_PACKAGES, without building an app."""
     return [route for package in settings.MODULE_PACKAGES for name, folder in module_folders(package)
@@ -108,9 +120,11 @@ def discovered_routes():
 
 
 def shown_token():
-    """Return the token a curl example shows: the shipped development token itself, any other as $BEARER."""
-    shipped = dotenv_values(SHIPPED_LOCAL_ENV).get('BEARER')
-    return settings.BEARER if settings.BEARER and settings.BEARER == shipped else '$BEARER'
+    """Return the token a curl example shows: the shipped development token itself, $BEARER for another BEARER,
+    $TOKEN for one of BEARER_TOKENS[_FILE]'s, or None when no token is configured (local and test allow that)."""
+    if settings.BEARER:
+        return settings.BEARER if settings.BEARER == dotenv_values(SHIPPED_LOCAL_ENV).get('BEARER') else '$BEARER'
+    return '$TOKEN' if settings.BEARER_TOKENS or settings.BEARER_TOKENS_FILE else None
 
 
 # The action the "Try:" line prefers: the example module's root action answers true to any authorised call.
@@ -142,10 +156,13 @@ def how_to_call(routes=None, base=None):
     if base is None:
         unix_socket = f'--unix-socket {unix_socket_path()} ' if settings.BIND_PORT is None else ''
         base = f'{unix_socket}{served_url()}'
+    token = shown_token()
+    if token is None:
+        return f'curl -s {base}/healthz    # no bearer token is configured (BEARER, BEARER_TOKENS): actions answer 401'
     if route is None:
         return f'curl -s {base}/healthz    # no action without required fields is mounted'
     path = f'/{route.module}/{route.name}' if route.name else f'/{route.module}'
-    return (f'curl -s -X POST {base}{path} -H "Authorization: Bearer {shown_token()}" '
+    return (f'curl -s -X POST {base}{path} -H "Authorization: Bearer {token}" '
             "-H 'Content-Type: application/json' -d '{}'")
 
 

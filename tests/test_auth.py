@@ -115,7 +115,7 @@ def test_malformed_token_config_fails_at_start_without_echoing_it(database_url, 
      "BEARER_TOKENS gives 'a' twice"),
     ({'BEARER_TOKENS': '{"a": {"token": "token-one", "token": "token-two"}}'}, "BEARER_TOKENS gives 'token' twice"),
     ({'BEARER': 'token-one', 'BEARER_TOKENS': '{"bearer": {"token": "token-two", "modules": ["users"]}}'},
-     "client 'bearer' is given twice"),
+     "client 'bearer' is given twice (BEARER, which env/<ENVIRONMENT>/.env may set, is the client 'bearer'"),
 ])
 def test_a_token_or_a_client_given_twice_fails_at_start(database_url, config, message):
     with pytest.raises(ImproperlyConfigured) as raised:

@@ -1,5 +1,6 @@
 """gunicorn run directly (the Dockerfile's CMD): a bad setting, token or module stops it in the master with one
 'dbapi: ...' line and exit code 1, no traceback and no secret; a clean stop (SIGTERM) prints no traceback."""
+import json
 import os
 import signal
 import socket
@@ -11,7 +12,8 @@ import pytest
 
 import settings
 from manage import gunicorn_command
-from tests.helpers import free_port, gunicorn_server, http_request, server_environment, wait_for, wait_until_healthy
+from tests.helpers import (free_port, gunicorn_logging_to, gunicorn_server, http_request, post, server_environment, wait_for,
+                           wait_until_healthy)
 
 SECRET = 'pa55-Secret-x9'
 GUNICORN = gunicorn_command()
@@ -136,3 +138,18 @@ def test_sigusr2_starts_a_new_master_with_its_own_workers(database_url):
         os.killpg(process.pid, signal.SIGTERM)
         output = process.communicate(timeout=60)[0]
     assert 'Failed to read config' not in output and 'Traceback' not in output, output[-3000:]
+
+
+def test_a_client_scoped_to_a_module_that_is_not_mounted_is_warned_of_once_and_the_start_goes_on(tmp_path,
+                                                                                                 database_url):
+    tokens = json.dumps({'misspelt': {'token': 'misspelt-token-1', 'modules': ['userz', 'example']}})
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, BEARER_TOKENS=tokens, MODULE_PACKAGES='modules',
+                             WEB_CONCURRENCY='2') as (port, _):
+        served = post(port, '/example', token='misspelt-token-1')
+    assert served.status == 200
+    output = (tmp_path / 'stdout').read_text() + (tmp_path / 'stderr').read_text()
+    warned = [json.loads(line) for line in output.splitlines() if "'userz'" in line]
+    assert len(warned) == 1, warned  # the master's, not one per worker
+    assert warned[0]['log.level'] == 'warning', warned
+    assert "bearer client 'misspelt' may call the module 'userz', which is not mounted" in warned[0]['message']
+    assert 'misspelt-token-1' not in output

@@ -184,12 +184,24 @@ def test_make_run_shows_the_shipped_development_token_only(monkeypatch):
     assert 'a-real-token-1234' not in line and 'Bearer $BEARER"' in line
 
 
+@pytest.mark.parametrize('tokens, shown', [('{"svc": {"token": "svc-token-1234"}}', 'Bearer $TOKEN"'),
+                                           (None, '/healthz    # no bearer token is configured')])
+def test_without_bearer_the_curl_example_names_what_can_be_called(monkeypatch, tokens, shown):
+    """BEARER= (empty) in local printed a call with $BEARER, which nothing set: a 401."""
+    monkeypatch.setattr(settings, 'BEARER', None)
+    monkeypatch.setattr(settings, 'BEARER_TOKENS', tokens)
+    monkeypatch.setattr(settings, 'BEARER_TOKENS_FILE', None)
+    line = manage.how_to_call()
+    assert shown in line and '$BEARER' not in line and 'svc-token-1234' not in line, line
+
+
 def test_the_stacks_curl_example_calls_nginx_whatever_bind_says(monkeypatch, capsys):
     """With BIND exported for `make run` (a Unix socket, another port), the stack's line pointed where nothing
     listens: the stack sets each replica's BIND itself, and nginx serves on PORT."""
     from ops.stack import StackConfig, announce
     monkeypatch.setattr(settings, 'BIND', 'unix:/tmp/elsewhere.sock')
     monkeypatch.setattr(settings, 'BIND_PORT', None)
+    monkeypatch.setattr(settings, 'BEARER', ADMIN_TOKEN)
     announce(StackConfig(port=18999, replicas=2, replica_base_port=19000, pgbouncer=False, pgbouncer_port=0))
     line = capsys.readouterr().err.splitlines()[1]
     assert line.strip().startswith('curl -s -X POST http://127.0.0.1:18999/example ') and 'unix' not in line, line
@@ -198,6 +210,7 @@ def test_the_stacks_curl_example_calls_nginx_whatever_bind_says(monkeypatch, cap
 @pytest.mark.parametrize('packages', [['modules'], ['tests.fixture_modules']])
 def test_the_curl_example_calls_an_action_that_answers_2xx(monkeypatch, make_app, packages):
     monkeypatch.setattr(settings, 'MODULE_PACKAGES', packages)
+    monkeypatch.setattr(settings, 'BEARER', ADMIN_TOKEN)  # a token is configured, as env/local/.env's
     line = manage.how_to_call()
     path = re.search(r'http://127\.0\.0\.1:\d+(/\S*)', line).group(1)
     assert path == '/example' if packages == ['modules'] else '/example/' not in path

@@ -127,7 +127,9 @@ class TokenTable(dict):
         names = {known.name for known in self.values()}
         for digest, client in clients:
             if client.name in names:
-                raise ImproperlyConfigured(f'client {client.name!r} is given twice')
+                raise ImproperlyConfigured(f'client {client.name!r} is given twice' + (
+                    f' (BEARER, which env/<ENVIRONMENT>/.env may set, is the client {SINGLE_TOKEN_CLIENT!r}: unset '
+                    'it or rename the other)' if client.name == SINGLE_TOKEN_CLIENT else ''))
             names.add(client.name)
             if digest in self:
                 raise ImproperlyConfigured(f'clients {self[digest].name!r} and {client.name!r} have the same token')
