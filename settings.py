@@ -121,6 +121,8 @@ def may_hold_password(piece, dsn):
 
 def writable_folder(name, path):
     """Return path after proving a file can be made and written in it (a read-only or full disk is refused)."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ImproperlyConfigured(f'{name} {path} is a file: name a folder, where each process writes its own file')
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path) as probe:
@@ -130,6 +132,27 @@ def writable_folder(name, path):
     except OSError as exc:
         raise ImproperlyConfigured(f'{name} {path} is not writable ({exc.strerror})') from None
     return path
+
+
+# Elasticsearch's rules for an index name (its create index API): lowercase, none of these characters, not starting
+# with -, _ or +, not . or .., at most 255 bytes.
+INDEX_NAME_FORBIDDEN = set('\\/*?"<>| ,#:')
+
+
+def elasticsearch_index(name, value):
+    """Return value when Elasticsearch accepts it as an index name, else ImproperlyConfigured naming the rule."""
+    if value != value.lower():
+        fault = 'has upper-case letters'
+    elif forbidden := sorted(INDEX_NAME_FORBIDDEN & set(value)):
+        fault = f'has {forbidden[0]!r}'
+    elif value[:1] in ('-', '_', '+') or value in ('.', '..'):
+        fault = 'starts with -, _ or + or is . or ..'
+    elif len(value.encode()) > 255:
+        fault = 'is longer than 255 bytes'
+    else:
+        return value
+    set_by = '' if os.environ.get(name) else ' (made of APP_ID and ENVIRONMENT)'
+    raise ImproperlyConfigured(f'{name} {value!r}{set_by} {fault}: Elasticsearch refuses it as an index name')
 
 
 def database_names():
@@ -291,7 +314,7 @@ if LOG_PATH:
 # Each process rotates its own file under LOG_PATH at this size (0: never), keeping this many old ones.
 LOG_FILE_MAX_BYTES = env_int('LOG_FILE_MAX_BYTES', 100 * 1024 * 1024)
 LOG_FILE_BACKUPS = env_int('LOG_FILE_BACKUPS', 3, 1, 1000)
-ELK_INDEX = env_str('ELK_INDEX', f'{APP_ID}-{ENVIRONMENT}')
+ELK_INDEX = elasticsearch_index('ELK_INDEX', env_str('ELK_INDEX', f'{APP_ID}-{ENVIRONMENT}'))
 
 # Off (0) runs every request through the libraries' stock code paths only: the test suite runs both ways.
 FAST_PATHS = env_str('FAST_PATHS', '1') not in ('0', 'false', 'no', 'off')

@@ -37,6 +37,25 @@ def test_bad_value_fails_at_start_naming_the_variable(name, value):
     assert 'ImproperlyConfigured' in stderr and name in stderr
 
 
+@pytest.mark.parametrize('environ, fault', [
+    ({'ELK_INDEX': 'Dbapi-prod'}, "ELK_INDEX 'Dbapi-prod' has upper-case letters"),
+    ({'ELK_INDEX': 'dbapi prod'}, "ELK_INDEX 'dbapi prod' has ' '"),
+    ({'ELK_INDEX': '_dbapi'}, 'starts with -, _ or +'),
+    ({'ELK_INDEX': 'x' * 256}, 'longer than 255 bytes'),
+    ({'APP_ID': 'MyApp'}, "ELK_INDEX 'MyApp-test' (made of APP_ID and ENVIRONMENT) has upper-case letters"),
+])
+def test_an_index_name_elasticsearch_refuses_stops_the_start(environ, fault):
+    """filebeat ships each line to the index labels.elk_index names; one Elasticsearch refuses lost every line."""
+    status, _, stderr = read_settings(**environ)
+    assert status != 0 and fault in stderr and 'Elasticsearch refuses it as an index name' in stderr, stderr
+
+
+def test_a_log_path_that_is_a_file_says_so(tmp_path):
+    (tmp_path / 'logs').write_text('')
+    status, _, stderr = read_settings(LOG_PATH=str(tmp_path / 'logs'))
+    assert status != 0 and f'LOG_PATH {tmp_path / "logs"} is a file: name a folder' in stderr, stderr
+
+
 @pytest.mark.parametrize('name, value, listed', [('WORKER_CLASS', 'eventlet', 'gevent, gthread, sync'),
                                                  ('LOG_LEVEL', 'loud', 'DEBUG, INFO, WARNING, ERROR, CRITICAL')])
 def test_a_value_not_among_the_choices_lists_them_as_the_docs_spell_them(name, value, listed):

@@ -13,7 +13,7 @@ from psycopg2.extensions import make_dsn
 import manage
 import settings
 from lib.errors import StartupError
-from tests.helpers import ADMIN_TOKEN, drop_database, free_port, recreate_database, server_environment
+from tests.helpers import ADMIN_TOKEN, drop_database, free_port, recreate_database, run_sql, server_environment
 
 SECRET = 'pa55-Secret-x9'
 
@@ -173,6 +173,22 @@ def test_a_migration_with_bad_sql_names_file_line_and_postgresqls_message(tmp_pa
     assert '\n' not in message
     assert message == (f'migration {folder / "0002_broken.sql"}:5 failed: type "txet" does not exist '
                        '(SQLSTATE 42704)')
+
+
+def test_a_migration_file_is_one_transaction_unless_it_says_transactional_false(tmp_path, scratch_database):
+    """docs/modules.md: a file that fails leaves nothing of itself; one marked `-- transactional: false` runs what
+    PostgreSQL refuses in a transaction block (CREATE INDEX CONCURRENTLY)."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_half.sql').write_text('CREATE TABLE half_made (id int);\nSELECT 1 / 0;\n')
+    with pytest.raises(StartupError):
+        manage.apply_migrations(scratch_database, folder)
+    assert run_sql(scratch_database, "SELECT to_regclass('half_made') IS NULL") == [(True,)]
+    (folder / '0001_half.sql').write_text('CREATE TABLE half_made (id int);\n')
+    (folder / '0002_index.sql').write_text('-- transactional: false\n'
+                                           'CREATE INDEX CONCURRENTLY half_made_id ON half_made (id);\n')
+    manage.apply_migrations(scratch_database, folder)
+    assert run_sql(scratch_database, "SELECT to_regclass('half_made_id') IS NOT NULL") == [(True,)]
 
 
 def test_make_run_shows_the_shipped_development_token_only(monkeypatch):
