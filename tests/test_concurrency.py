@@ -548,6 +548,30 @@ def test_a_client_that_goes_away_has_its_transaction_rolled_back(database_url, w
     assert run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,)) == [(0,)]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_a_client_that_only_shuts_its_sending_side_gets_no_499_sent_only_the_connection_closed(
+        database_url, tmp_path, worker_class):
+    """A half-closed client looks gone (docs/contract.md); it was sent a status line nobody defines, 499."""
+    seconds = 30 + random.randint(1, 999) / 1000
+    query = f'SELECT pg_sleep({seconds})'
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', LOG_LEVEL='INFO',
+                             WORKER_CLASS=worker_class) as (port, _):
+        client = raw_post(port, '/slow/sleep', {'seconds': seconds}, 'half-closed')
+        wait_for(lambda: backend_running(database_url, query), 10, 'the query did not start')
+        client.shutdown(socket.SHUT_WR)
+        client.settimeout(10)
+        received = b''
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := client.recv(4096):
+                received += chunk
+        client.close()
+        line = wait_for(lambda: access_lines(tmp_path, 'half-closed'), 10, 'the request was not logged')[0]
+    assert received == b'', received
+    assert line['http']['response']['status_code'] == 499 and line['event']['outcome'] == 'failure', line
+    assert 'Traceback' not in (tmp_path / 'stderr').read_text() + (tmp_path / 'stdout').read_text()
+
+
 def idle_in_transaction_after(database_url, query):
     """Tell whether a backend's last statement was query and it now waits idle in its transaction (or idle: autocommit)."""
     return run_sql(database_url, "SELECT count(*) FROM pg_stat_activity WHERE state IN ('idle in transaction', 'idle') "

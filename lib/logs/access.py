@@ -65,6 +65,8 @@ class Exchange:
         wait for its client, then start the response."""
         self.status = int(status[:3])
         self.endpoint = getattr(self.environ.get('werkzeug.request'), 'endpoint', None)
+        if self.environ.get(GONE_KEY):  # 499 is only logged: a client that shut down its sending side alone gets
+            self.end_connection()        # the connection closed without an answer, as nginx does
         if self.send_watch is None and (answer_may_wait(headers) or client_behind(self.environ)):
             self.send_watch = WATCHER.watch(self.environ, None, deadline_of(self.environ, self.deadline_ms))
         return self.server_start_response(status, headers, exc_info)
