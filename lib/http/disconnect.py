@@ -9,10 +9,10 @@ QueryCanceled, the lease rolls back and the connection goes back to the pool for
 the server has not taken the request within a second), and the answer is a 499, which only the access line sees.
 nginx closes its upstream connection when its own client goes away, so this works through nginx too. A client that
 shuts down its sending side while it waits for the answer looks gone too (nginx, curl and the HTTP libraries never
-do that): its connection is closed without an answer, as nginx closes its own. An answer being sent that may wait for its client (a stream, one longer than SEND_WATCH_BYTES, which a
-socket's buffers may not take whole, or any to a client behind with what was sent to it before: lib/logs/access.py)
-is watched until the server has sent it: one whose client stops reading is cut
-short a second past its deadline (cut_short), so that it gives back its connection, if it still holds one, and its
+do that): its connection is closed without an answer, as nginx closes its own. An answer being sent that may wait
+for its client (a stream, one longer than SEND_WATCH_BYTES, which a socket's buffers may not take whole, or any to a
+client behind with what was sent to it before: lib/logs/access.py) is watched until the server has sent it: one
+whose client stops reading is cut short a second past its deadline (cut_short), so that it gives back its connection, if it still holds one, and its
 admission slot.
 
 gunicorn's master kills a worker that has not finished within the graceful timeout, and a killed worker logs
