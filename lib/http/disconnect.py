@@ -12,8 +12,8 @@ shuts down its sending side while it waits for the answer looks gone too (nginx,
 do that): its connection is closed without an answer, as nginx closes its own. An answer being sent that may wait
 for its client (a stream, one longer than SEND_WATCH_BYTES, which a socket's buffers may not take whole, or any to a
 client behind with what was sent to it before: lib/logs/access.py) is watched until the server has sent it: one
-whose client stops reading is cut short a second past its deadline (cut_short), so that it gives back its connection, if it still holds one, and its
-admission slot.
+whose client stops reading is cut short a second past its deadline (cut_short), so that it gives back its
+connection, if it still holds one, and its admission slot.
 
 gunicorn's master kills a worker that has not finished within the graceful timeout, and a killed worker logs
 nothing. So a second before that, the worker cancels the queries still running and cuts short the answers still
