@@ -562,6 +562,20 @@ def test_an_exact_decimal_refuses_extra_places_and_what_is_not_a_plain_decimal(v
     assert list(refused.value.messages) == ['price']
 
 
+class StockPrice(marshmallow.Schema):
+    """A body with marshmallow's own Decimal field."""
+
+    price = marshmallow.fields.Decimal(required=True)
+
+
+@pytest.mark.parametrize('value', ['"1_000"', '"1e3"', '"\\u0661\\u0660\\u0660\\u0660"', '" 1000 "', '1000'])
+def test_a_stock_decimal_reads_a_string_as_python_does_and_refuses_nan_alone(value):
+    """docs/contract.md section 5: only exact_decimal takes plain decimals alone."""
+    assert StockPrice().load(loads_exact(f'{{"price": {value}}}')) == {'price': decimal.Decimal(1000)}
+    with pytest.raises(marshmallow.ValidationError):
+        StockPrice().load(loads_exact('{"price": "NaN"}'))
+
+
 @pytest.mark.parametrize('validate', [marshmallow.validate.Range(min=0), [marshmallow.validate.Range(min=0)]])
 def test_an_exact_decimal_takes_validate_as_marshmallows_fields_do(validate):
     class Positive(marshmallow.Schema):
