@@ -197,7 +197,7 @@ def orjson_ready(value):
     if isinstance(value, (list, tuple, set, frozenset)):
         return [orjson_ready(item) for item in value]
     if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= UINT64_MAX:
-        return RawJson(str(value))
+        return RawJson(decimal_text(decimal.Decimal(value)))  # str() refuses more than 4300 digits
     if isinstance(value, datetime.time) and value.tzinfo is not None:
         return value.isoformat()  # 12:30:00+02:00
     container = None if isinstance(value, LEAVES) or registered_encoder(value) else collection_as_container(value)

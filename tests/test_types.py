@@ -562,6 +562,16 @@ def test_an_exact_decimal_refuses_extra_places_and_what_is_not_a_plain_decimal(v
     assert list(refused.value.messages) == ['price']
 
 
+@pytest.mark.parametrize('value', [10 ** 5000 + 7, -(10 ** 4300), 18446744073709551616],
+                         ids=['5001 digits', '-4301 digits', '2 ** 64'])
+def test_an_integer_of_any_size_is_written_exactly_as_a_value_and_as_a_key(value):
+    """Python's str() refuses an integer of more than 4300 digits (sys.get_int_max_str_digits): it was a 500."""
+    digits = decimal.Decimal(value).to_eng_string().encode()
+    assert dumps_bytes({'n': value}) == b'{"n":' + digits + b'}'
+    assert b''.join(json_array_chunks(iter([[value]]))) == b'[' + digits + b']'  # one batch of one row
+    assert dumps_bytes({value: 1}) == b'{"' + digits + b'":1}'
+
+
 class StockPrice(marshmallow.Schema):
     """A body with marshmallow's own Decimal field."""
 
