@@ -643,6 +643,18 @@ def test_a_uuid_and_an_enum_member_marshmallows_fields_load_are_parameters(conn)
 
 # --- No 500 for a client's value; an action's own bug stays one. ---
 
+@pytest.mark.parametrize('document', [{'k': 'lone \ud800'}, {'lone \ud800': 1}, [{'deep': ['\udfff']}]],
+                         ids=['value', 'key', 'nested'])
+def test_a_string_that_cannot_be_utf8_in_a_json_parameter_is_refused_as_a_strs_is(conn, document):
+    """A dict parameter's lone surrogate was orjson's TypeError, a 500; a str parameter's is RefusedValue, a 422."""
+    with pytest.raises(RefusedValue, match='surrogates not allowed'):
+        Db(conn).fetch_value('SELECT %(d)s::jsonb', {'d': json_parameter(document)})
+    conn.rollback()
+    with pytest.raises(TypeError) as raised:  # a value no JSON can hold stays the action's fault
+        Db(conn).fetch_value('SELECT %(d)s::jsonb', {'d': {'k': object()}})
+    assert not isinstance(raised.value, RefusedValue)
+
+
 def test_a_value_psycopg2_cannot_send_is_a_422_and_the_same_error_from_an_actions_own_code_a_500(call):
     for escaped, words in (('a\\x00b', 'NUL'), ('lone \\ud800', 'surrogates not allowed')):
         detail = assert_problem(call('/types/unescaped', {'text': escaped}), 422)['detail']

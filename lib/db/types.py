@@ -379,7 +379,30 @@ def with_types(configure):
 def json_parameter(value):
     """Adapt value (a dict by default; any value an action wraps) as JSON text, written by the one JSON encoder, for a
     json or jsonb column: exact numbers stay exact, where psycopg2.extras.Json's json.dumps refuses them."""
-    return psycopg2.extras.Json(value, dumps=lambda document: dumps_bytes(document).decode())
+    return psycopg2.extras.Json(value, dumps=json_text)
+
+
+def json_text(document):
+    """Return document as JSON text; RefusedValue when a string in it cannot be UTF-8 (a lone surrogate), as a str
+    parameter's (CheckedText). Any other value JSON cannot write stays the action's fault (TypeError)."""
+    try:
+        return dumps_bytes(document).decode()
+    except TypeError as exc:
+        if (fault := text_fault(document)) is not None:
+            raise RefusedValue(fault) from exc
+        raise
+
+
+def text_fault(value):
+    """Return why a string in value (a key or a value, at any depth) cannot be UTF-8, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            return str(exc)
+        return None
+    items = value.items() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return next((fault for item in items if (fault := text_fault(item)) is not None), None)
 
 
 def uuid_parameter(value):
