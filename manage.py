@@ -337,7 +337,22 @@ def run_gunicorn(environment, routes):
     if wait_until_serving(gunicorn) and not stops.asked:
         where = served_url() if settings.BIND_PORT is not None else f'unix:{unix_socket_path()}'
         print(f'dbapi serves on {where} with {counted(settings.WEB_CONCURRENCY, "worker")}. Try:\n  {how_to_call(routes)}\nCtrl-C stops it.', file=sys.stderr, flush=True)
-    return stops.exit_code(gunicorn.wait())
+    code = stops.exit_code(gunicorn.wait())
+    wait_for_session_end(gunicorn.pid, settings.GRACEFUL_TIMEOUT + 5)
+    return code
+
+
+def wait_for_session_end(session_id, seconds):
+    """Wait until no process of the session (gunicorn's, whose id is its master's pid) is left, seconds at most:
+    workers whose master was killed finish their requests first (docs/deployment.md), and the embedded PostgreSQL
+    must outlive them."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(session_id, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
 
 
 # What gunicorn.conf.py's pre_exec reads: a supervisor follows the master it started, so no binary upgrade.
@@ -380,8 +395,14 @@ class Stops:
 
     def exit_code(self, code):
         """Return gunicorn's exit code as make run's: a stop asked here is a success, one that ended gunicorn by the
-        signal itself too (it came before gunicorn had set its handlers)."""
-        return 0 if self.asked and code in (-signal.SIGTERM, -signal.SIGINT) else code
+        signal itself too (it came before gunicorn had set its handlers). A signal nobody asked for here (a SIGKILL
+        of gunicorn's master) is said in one line."""
+        if self.asked and code in (-signal.SIGTERM, -signal.SIGINT):
+            return 0
+        if code < 0:
+            print(f'dbapi: gunicorn was stopped by {signal.Signals(-code).name}, which make run did not send: its '
+                  'workers finish the requests in flight, then stop', file=sys.stderr, flush=True)
+        return code
 
 
 def main(argv=None):

@@ -219,6 +219,27 @@ def test_serve_killed_outright_leaves_no_gunicorn_serving(serve_data_dir):
         wait_for(lambda: not port_open(port), 10, 'the port is still served')
 
 
+def test_a_gunicorn_master_killed_under_serve_is_said_in_one_line_without_a_traceback(serve_data_dir, tmp_path):
+    port = free_port()
+    with open(tmp_path / 'stderr', 'w') as errors:
+        with started_serve(serve_data_dir, output=subprocess.DEVNULL, errors=errors, PORT=str(port),
+                           WEB_CONCURRENCY='2', PROMETHEUS_MULTIPROC_DIR='') as process:  # serve makes its own
+            wait_until_healthy(f'http://127.0.0.1:{port}', process, seconds=90)
+            master = wait_for(lambda: gunicorn_child(process), 10, 'no gunicorn')
+            workers = master.children()
+            with ThreadPoolExecutor(1) as executor:  # a request in flight: its worker has metrics to flush at exit
+                in_flight = executor.submit(post, port, '/slow/sleep', {'seconds': 2})
+                time.sleep(0.5)
+                master.kill()
+                process.wait(60)
+                assert in_flight.result().status == 200
+            psutil.wait_procs(workers, timeout=30)  # their exit handlers write to the same stderr
+        said = (tmp_path / 'stderr').read_text()
+    assert process.returncode != 0
+    assert 'dbapi: gunicorn was stopped by SIGKILL, which make run did not send' in said, said
+    assert 'Traceback' not in said and 'Exception ignored' not in said, said
+
+
 @pytest.mark.parametrize('setting', ['PORT', 'BIND'])
 def test_serve_on_a_port_in_use_stops_at_once_and_says_so(serve_data_dir, setting):
     with socket.socket() as taken:
