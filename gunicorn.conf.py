@@ -118,7 +118,7 @@ def post_worker_init(worker):
 def post_request(worker, req, environ, resp):
     """Pace a gevent worker's kept-alive connections between their requests (lib/http/workers.py)."""
     if settings.WORKER_CLASS == 'gevent':
-        pace_kept_alive_connection(environ, resp)
+        pace_kept_alive_connection(environ, resp, behind_proxy=settings.TRUSTED_PROXY_HOPS > 0)
 
 
 # Set in a worker once it stops: Ctrl-C reaches a worker twice (SIGINT from the terminal, SIGQUIT from the master), and

@@ -371,6 +371,26 @@ def test_kept_alive_connections_that_always_have_a_request_ready_leave_the_geven
         assert all(1 <= connection.answers <= 4 for connection in floods), [c.answers for c in floods]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('hops, paused', [('0', True), ('1', False)])
+def test_a_shed_connection_waits_for_room_unless_it_is_a_proxys_which_carries_other_clients_requests(
+        database_url, hops, paused):
+    """Through nginx, whose kept-alive upstream connections carry every client's requests, a probe sent on the
+    connection a shed request left waited the second a direct client's re-send waits."""
+    with running_gunicorn(database_url, WEB_CONCURRENCY='1', WORKER_CLASS='gevent', MAX_REQUESTS_IN_FLIGHT='1',
+                          DB_POOL_MAX='1', TRUSTED_PROXY_HOPS=hops) as port:
+        with ThreadPoolExecutor(1) as executor:
+            holder = executor.submit(post, port, '/slow/sleep', {'seconds': 3})
+            time.sleep(0.5)  # it holds the one place in flight
+            kept = http.client.HTTPConnection('127.0.0.1', port, timeout=10)
+            shed = post(port, '/slow/sleep', {'seconds': 0}, connection=kept)
+            health, seconds = timed(lambda: http_request(port, 'GET', '/healthz', connection=kept))
+            kept.close()
+            assert holder.result().status == 200
+    assert shed.status == 503 and health.status == 200
+    assert (seconds > 0.8) if paused else (seconds < 0.3), seconds
+
+
 def send_body_slowly(port, trickle_seconds):
     """POST /probe/echo declaring a 100-byte body, send 10 bytes of it, then one more every trickle_seconds (or none);
     return (the answer's status line and headers and body as bytes, seconds until it came)."""

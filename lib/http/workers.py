@@ -133,17 +133,19 @@ class ProblemErrors:
         log_refused_request(status, request_id, body_bytes, addr)
 
 
-def pace_kept_alive_connection(environ, response):
+def pace_kept_alive_connection(environ, response, behind_proxy):
     """Under gunicorn's gevent worker, before the next request of a kept-alive connection is read (gunicorn's
-    post_request hook): after a shed request (lib/http/admission.py), wait until the process has room for one more,
-    the Retry-After its 503 gave (1 s) at most; after one that waited for nothing (no database: a 401, /healthz), let
-    the event loop turn once. gevent serves a connection's next request at once when it is already there, so a
-    client that always had one ready kept the loop from turning: the requests waiting for PostgreSQL, /healthz and
-    the pool's timeouts waited for it, and a flood of shed requests took the worker whole. A request that used the
-    database waited through the loop already, and pays nothing."""
+    post_request hook): after a shed request (lib/http/admission.py) of a client met directly, wait until the
+    process has room for one more, the Retry-After its 503 gave (1 s) at most; after one that waited for nothing (no
+    database: a 401, /healthz, a shed request through a proxy), let the event loop turn once. gevent serves a
+    connection's next request at once when it is already there, so a client that always had one ready kept the loop
+    from turning: the requests waiting for PostgreSQL, /healthz and the pool's timeouts waited for it, and a flood of
+    shed requests took the worker whole. A proxy's connection (behind_proxy: TRUSTED_PROXY_HOPS) carries other
+    clients' requests, a probe's among them, which must not wait for the room a shed one wanted. A request that used
+    the database waited through the loop already, and pays nothing."""
     if response is None or response.should_close():
         return
-    if (admission := environ.get(SHED_KEY)) is not None:
+    if (admission := environ.get(SHED_KEY)) is not None and not behind_proxy:
         admission.wait_for_room(SHED_PAUSE_SECONDS)
     elif not environ.get(WAITED_ON_DATABASE_KEY):
         gevent.sleep(LOOP_TURN_SECONDS)
