@@ -91,7 +91,7 @@ def check_before_fork():
     line instead of once per worker."""
     from lib.auth import load_clients
     from lib.db import session_hook
-    config = {name: value for name, value in vars(settings).items() if name.isupper()}
+    config = settings_config()
     load_clients(config)
     for hook in ('DB_CONFIGURE', 'DB_RESET'):
         session_hook(config, hook)
@@ -106,11 +106,16 @@ def unmounted_scopes(routes):
     mount: a misspelt name answers that client 403 where it was meant to reach. Not a start error: one tokens file
     may serve deployments that mount different modules."""
     from lib.auth import load_clients
-    config = {name: value for name, value in vars(settings).items() if name.isupper()}
     mounted = {route.module for route in routes}
     return [f'bearer client {client.name!r} may call the module {module!r}, which is not mounted (mounted: '
             f'{", ".join(sorted(mounted))}): if the name is misspelt, the module meant answers that client 403'
-            for client in load_clients(config).values() for module in sorted((client.modules or set()) - mounted)]
+            for client in load_clients(settings_config()).values()
+            for module in sorted((client.modules or set()) - mounted)]
+
+
+def settings_config():
+    """Return the settings as the app's config holds them: {NAME: value} of settings' upper-case names."""
+    return {name: value for name, value in vars(settings).items() if name.isupper()}
 
 
 def discovered_routes():
