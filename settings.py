@@ -179,6 +179,10 @@ DEVELOPMENT = ENVIRONMENT in ('local', 'test')
 
 APP_ID = env_str('APP_ID', 'dbapi')
 PROCESS_ID = env_str('PROCESS_ID', 'dbapi')
+# The start of each process's log file name under LOG_PATH: a '/' or '..' would put it elsewhere, or nowhere.
+if not re.fullmatch(r'[A-Za-z0-9_-][A-Za-z0-9._-]*', PROCESS_ID):
+    raise ImproperlyConfigured(f'PROCESS_ID {PROCESS_ID!r} must be letters, digits, ".", "_" and "-", not starting '
+                               'with ".": it starts each log file name under LOG_PATH')
 PORT = env_int('PORT', 8000, 1, 65535)
 # What gunicorn binds (gunicorn.conf.py): BIND when set ("host:port", "unix:/path"), else PORT on loopback; and
 # the TCP port of that, which `make run` checks and calls (None for a Unix socket).

@@ -42,6 +42,8 @@ def sha256_hex(token):
 
 def parse_client(name, entry):
     """Return (digest, Client) for one entry of BEARER_TOKENS."""
+    if not name.strip():
+        raise ImproperlyConfigured(f'bearer client {name!r} needs a name: it is user.name in every access line')
     if not isinstance(entry, dict) or ('token' in entry) == ('sha256' in entry):
         raise ImproperlyConfigured(f'bearer client {name!r} needs exactly one of "token" or "sha256"')
     unknown = entry.keys() - {'token', 'sha256', 'modules', 'max_connections'}
