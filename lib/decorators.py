@@ -127,8 +127,18 @@ def watch_client(lease):
     """Have the query on lease's connection cancelled if the request's client goes away, until the lease ends."""
     watch = WATCHER.watch(request.environ, lease.conn, lease.deadline) if has_request_context() else None
     if watch is not None:
-        lease.before_end.append(lambda: WATCHER.forget(watch))
+        lease.before_end.append(functools.partial(end_watch, watch))
     return watch
+
+
+def end_watch(watch, success):
+    """Stop watching before the lease ends; a success is refused (ClientClosedRequest, and the lease rolls back) when
+    the watcher saw the client go away while no statement ran, so that its cancel stopped nothing: nobody reads this
+    answer. Forgotten first, so no later cancel can race the commit. An autocommit action's statements that ran stay
+    committed; a stream's last batch was read, but its end is not committed either."""
+    WATCHER.forget(watch)
+    if success and watch.environ.get(GONE_KEY):
+        raise ClientClosedRequest()
 
 
 def cancelled_error(watch, exc, deadline, autocommit):
@@ -182,20 +192,8 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
         raise
     if isinstance(result, Iterator):
         return LeasedStream(result, lease, first)
-    commit_unless_client_gone(lease, watch)
-    return result
-
-
-def commit_unless_client_gone(lease, watch):
-    """End lease with its commit, unless the watcher saw the client go away while no statement ran (its cancel then
-    stopped nothing): nobody reads this answer, so the transaction rolls back and the request ends as a 499. The watch
-    is forgotten first, so no later cancel can race the commit. An autocommit action's statements stay committed."""
-    if watch is not None:
-        WATCHER.forget(watch)
-        if watch.environ.get(GONE_KEY):
-            lease.end(success=False)
-            raise ClientClosedRequest()
     lease.end(success=True)
+    return result
 
 
 # The statuses an action may give its value ((value, status)); an error is raised as a lib.errors exception, whose

@@ -20,6 +20,7 @@ import pytest
 import settings
 from lib.auth import load_clients
 from lib.db.green import make_psycopg2_cooperative
+from lib.db.unit import StatementPastDeadline
 from lib.http.admission import Admission
 from lib.errors import ImproperlyConfigured
 from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, SINGLE_BEARER, Caller, assert_problem, gunicorn_logging_to,
@@ -616,6 +617,54 @@ def test_a_client_that_goes_away_while_no_statement_runs_is_a_499_and_its_transa
     assert run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,)) == [(rows_kept,)]
     assert line['http']['response']['status_code'] == 499 and line['event']['outcome'] == 'failure', line
     assert line['error']['message'] == 'The client went away before its answer.', line
+
+
+def things_with_code(database_url, code):
+    """Return how many rows of probe.things have code."""
+    return run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,))[0][0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+@pytest.mark.parametrize('autocommit', [False, True])
+def test_a_statement_begun_after_the_client_went_away_is_cancelled_and_nothing_after_it_runs(
+        database_url, tmp_path, worker_class, autocommit):
+    """The watcher saw the client go while no statement ran; its cancel stopped nothing and it took the watch off,
+    so the 30 s statement the action ran next held the connection to its end, and the insert after it committed."""
+    code = f'late-gone-{uuid.uuid4().hex[:8]}'
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1',
+                             LOG_LEVEL='INFO', WORKER_CLASS=worker_class) as (port, _):
+        client = raw_post(port, '/slow/wait_then_write', {'code': code, 'seconds': 1, 'sleep': 30,
+                                                          'autocommit': autocommit}, 'late-gone')
+        wait_for(lambda: idle_in_transaction_after(database_url, f"SELECT '{code}'"), 10, 'the action did not start')
+        client.close()
+        line, seconds = timed(lambda: wait_for(lambda: access_lines(tmp_path, 'late-gone'), 10, 'not logged')[0])
+        served = post(port, '/slow/backend')
+    assert seconds < 3, 'the statement begun after the client left ran on'
+    assert things_with_code(database_url, code) == 0
+    assert line['http']['response']['status_code'] == 499 and line['error']['code'] == '57014', line
+    assert served.status == 200, 'the one pooled connection serves again'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+@pytest.mark.parametrize('autocommit', [False, True])
+def test_a_statement_begun_past_the_deadline_is_cancelled_as_past_it_and_the_connection_reused(
+        database_url, worker_class, autocommit):
+    """The deadline passed while the action ran Python: its next statement ran on (gthread: to the SET LOCAL timeout
+    taken at the transaction's start, or the session's, the deadline's 2 s in all), or under gevent ended as the
+    database not answering, its healthy connection closed."""
+    code = f'late-deadline-{uuid.uuid4().hex[:8]}'
+    with running_gunicorn(database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1', WORKER_CLASS=worker_class,
+                          REQUEST_DEADLINE_MS='2000') as port:
+        backend = post(port, '/slow/backend').json()['pid']
+        answer, seconds = timed(lambda: post(port, '/slow/wait_then_write', {
+            'code': code, 'seconds': 2.2, 'sleep': 30, 'autocommit': autocommit}))
+        served = post(port, '/slow/backend')
+    assert answer.status == 504 and seconds < 3.6, (answer.status, seconds)
+    assert answer.json()['detail'] == StatementPastDeadline.of(autocommit).detail
+    assert things_with_code(database_url, code) == 0
+    assert served.status == 200 and served.json() == {'pid': backend}, 'the connection was reused'
 
 
 @pytest.mark.slow

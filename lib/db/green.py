@@ -13,16 +13,24 @@ POLL_OK, POLL_READ, POLL_WRITE = (psycopg2.extensions.POLL_OK, psycopg2.extensio
                                   psycopg2.extensions.POLL_WRITE)
 
 
+# How long a statement begun past its connection's answer_deadline still waits for an answer: the watcher cancels
+# such a statement within its POLL_SECONDS (lib/http/disconnect.py), and a server that answers takes that at once.
+LATE_START_ANSWER_SECONDS = 1
+
+
 def cooperative_wait(wait_read, wait_write, not_answering):
     """Return psycopg2's wait callback over gevent's wait_read and wait_write (passed in: only a gevent worker
     imports them). It runs on every query's every wait, so it binds what it calls once, here.
 
     A connection with an answer_deadline (a time.monotonic() value, lib/db/session.py's PooledConnection) waits
-    until then at most: a server that stops answering (frozen, or cut off by the network) then gets not_answering
-    (an exception class) raised, and psycopg2 closes the connection, as it does whenever a wait callback raises."""
+    until then at most, or LATE_START_ANSWER_SECONDS for work begun later: a server that stops answering (frozen,
+    or cut off by the network) then gets not_answering (an exception class) raised, and psycopg2 closes the
+    connection, as it does whenever a wait callback raises."""
     def wait(conn):
         """Drive conn until its pending work is done, yielding to gevent's hub whenever it waits on the network."""
         deadline = getattr(conn, 'answer_deadline', None)
+        if deadline is not None:
+            deadline = max(deadline, monotonic() + LATE_START_ANSWER_SECONDS)
         while (state := conn.poll()) != POLL_OK:
             timeout = None if deadline is None else max(deadline - monotonic(), 0)
             if state == POLL_READ:

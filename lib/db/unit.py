@@ -107,8 +107,9 @@ class Lease:
             self.leave_bulkhead()
             raise
         self.open = True
-        # Run first when the lease ends, before the commit and the give-back: a watch on the client must stop
-        # before the connection can serve another request (lib/http/disconnect.py).
+        # Each is called with the lease's success first when the lease ends, before the commit and the give-back: a
+        # watch on the client must stop before the connection can serve another request (lib/http/disconnect.py).
+        # One that raises refuses the commit: the connection goes back rolled back, and end() raises its error.
         self.before_end = []
         self.conn.autocommit = autocommit
         self.conn.cursor_factory = cursor_factory
@@ -128,7 +129,7 @@ class Lease:
         self.open = False
         try:
             for callback in self.before_end:
-                callback()
+                callback(success)
             if success and not self.conn.autocommit:
                 self.commit_in_time()
             elif success:

@@ -4,9 +4,13 @@ does every query still running when a stopping worker's graceful timeout is abou
 While a request holds a pooled connection, its client socket (gunicorn puts it in environ['gunicorn.socket']) is
 watched by one watcher per process, a thread (a greenlet under gevent, whose patched select waits through the
 hub). When the socket reads as closed, the watcher marks the request gone and sends PostgreSQL a cancel request
-(lib/db/cancel.py, without stopping the rest of the worker while the server takes it); the action then fails with
-QueryCanceled, the lease rolls back and the connection goes back to the pool for reuse (thrown away instead when
-the server has not taken the request within a second), and the answer is a 499, which only the access line sees.
+for the statement its connection runs (lib/db/cancel.py, without stopping the rest of the worker while the server
+takes it); the action then fails with QueryCanceled, the lease rolls back and the connection goes back to the pool
+for reuse (thrown away instead when the server has not taken the request within a second), and the answer is a 499,
+which only the access line sees. A request marked over (its client gone, its deadline passed, its worker stopping)
+stays watched until its lease ends: a statement it starts later (the action caught the error, or ran no statement
+when it was marked) is cancelled too, within POLL_SECONDS; the transaction of a client gone or past its deadline is
+never committed.
 nginx closes its upstream connection when its own client goes away, so this works through nginx too. A client that
 shuts down its sending side while it waits for the answer looks gone too (nginx, curl and the HTTP libraries never
 do that): its connection is closed without an answer, as nginx closes its own. An answer being sent that may wait
@@ -30,6 +34,7 @@ import threading
 import time
 
 import psycopg2
+import psycopg2.extensions
 
 from lib.db.cancel import cancel_running_query
 from lib.db.unit import ANSWER_GRACE_SECONDS, StatementPastDeadline, StreamPastDeadline
@@ -64,16 +69,18 @@ class ServerStopping(ServiceUnavailable):
 
 
 class Watch:
-    """One request's client socket and either the connection its query runs on (a query watch; cancelling, once the
+    """One request's client socket and either the connection its query runs on (a query watch; cancelling, while the
     watcher sends a cancel request for it, is set when that is over: taken by the server, or given up on) or None
     (a send watch: the request's answer is being sent; past its deadline, a time.monotonic() value, and a grace, it
-    is cut short)."""
+    is cut short). A query watch once marked (reason: the environ key of why its request is over, GONE_KEY,
+    PAST_DEADLINE_KEY or STOPPING_KEY) stays watched until its lease ends, and every statement it runs from then on
+    is cancelled."""
 
-    __slots__ = ('fileno', 'conn', 'environ', 'cancelling', 'deadline')
+    __slots__ = ('fileno', 'conn', 'environ', 'cancelling', 'deadline', 'reason')
 
     def __init__(self, sock, conn, environ, deadline):
         self.fileno, self.conn, self.environ, self.deadline = sock.fileno(), conn, environ, deadline
-        self.cancelling = None
+        self.cancelling = self.reason = None
 
     def overdue(self, now):
         """Tell whether the watch is of an answer still being sent past its deadline and the grace."""
@@ -82,6 +89,22 @@ class Watch:
     def query_past_deadline(self, now):
         """Tell whether the watch is of a query still running past the request's deadline."""
         return self.conn is not None and self.deadline is not None and now > self.deadline
+
+    def mark(self, reason):
+        """Mark the request as over for reason (an environ key), unless it was for another reason first."""
+        if self.reason is None:
+            self.reason = reason
+            self.environ[reason] = True
+
+    def needs_cancel(self):
+        """Tell whether the marked request's connection runs a statement now (libpq's transaction status, read
+        without a round trip) that no cancel is on its way to; not after a cancel the server did not take (a hung
+        server: the connection is thrown away at the lease's end, lib/db/cancel.py)."""
+        if self.cancelling is not None and not self.cancelling.is_set():
+            return False
+        if getattr(self.conn, 'cancel_unacknowledged', False):
+            return False
+        return self.conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_ACTIVE
 
     def cancelled_error(self, cause):
         """Return the error that ends a request whose query the watcher cancelled, or None if it did not. A query
@@ -149,17 +172,21 @@ class DisconnectWatcher:
             self.check(watches)
 
     def check(self, watches):
-        """Cancel the queries of the watched requests whose clients have closed their connection or whose deadline
-        has passed, and cut short the streams still being sent past their deadline."""
+        """Cancel the statements of the watched requests whose clients have closed their connection, whose deadline
+        has passed or that were marked over before, and cut short the streams still being sent past their
+        deadline."""
         now = time.monotonic()
         for watch in watches:
             if watch.overdue(now):
                 self.cut_short(watch, StreamPastDeadline())
             elif watch.query_past_deadline(now):  # a transaction's statements end at the deadline, however many
                 self.cancel(watch, PAST_DEADLINE_KEY)
+            elif watch.reason is not None:  # its request is over: so is every statement it starts
+                self.cancel(watch, watch.reason)
         by_fileno = collections.defaultdict(list)
         for watch in watches:
-            if watch.conn is not None:  # a client gone while its answer is sent fails the send itself
+            # A client gone while its answer is sent fails the send itself.
+            if watch.conn is not None and watch.reason is None:
                 by_fileno[watch.fileno].append(watch)
         # The standard library's poll (lib/polling.py): a look must not wait, and must not touch the sockets' gevent
         # watchers, which gunicorn's handler uses to read the next request of a kept-alive connection.
@@ -170,10 +197,15 @@ class DisconnectWatcher:
                         self.cancel(watch)
 
     def cancel(self, watch, reason=GONE_KEY):
-        """Mark the request with reason and cancel its query, unless the query ended (and the watch was forgotten).
-        The cancel is sent outside the lock: a server slow to take it holds no other request's watch or forget."""
+        """Mark the request with reason and cancel the statement its connection runs, if one does, unless its lease
+        ended (and the watch was forgotten). The watch stays: a statement the request starts later is cancelled at
+        the next look, within POLL_SECONDS. The cancel is sent outside the lock: a server slow to take it holds no
+        other request's watch or forget."""
         with self.lock:
-            if not self.take_off(watch, reason, True):
+            if id(watch) not in self.watches:
+                return
+            watch.mark(reason)
+            if not watch.needs_cancel():
                 return
             watch.cancelling = threading.Event()
         try:

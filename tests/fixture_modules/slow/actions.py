@@ -37,6 +37,12 @@ class WriteThenWait(Schema):
     autocommit = fields.Boolean(load_default=False)
 
 
+class WaitThenWrite(WriteThenWait):
+    """As WriteThenWait, and how many seconds the statement run after the wait takes."""
+
+    sleep = fields.Float(required=True, validate=validate.Range(min=0, max=600))
+
+
 @use_schema(Sleep)
 @inject_conn(DEFAULT)
 def sleep(conn, seconds):
@@ -70,5 +76,20 @@ def write_then_wait(code, seconds, autocommit):
         with conn.cursor() as cursor:
             cursor.execute('INSERT INTO probe.things (code) VALUES (%s)', (code,))
         time.sleep(seconds)
+        return {'code': code}
+    return write()
+
+
+@use_schema(WaitThenWrite)
+def wait_then_write(code, seconds, sleep, autocommit):
+    """Run SELECT code, wait in Python (no statement running), then run pg_sleep(sleep) and insert a row of
+    probe.things."""
+    @inject_conn(DEFAULT, autocommit=autocommit)
+    def write(conn):
+        with conn.cursor() as cursor:
+            cursor.execute('SELECT %s', (code,))
+            time.sleep(seconds)
+            cursor.execute('SELECT pg_sleep(%s)', (sleep,))
+            cursor.execute('INSERT INTO probe.things (code) VALUES (%s)', (code,))
         return {'code': code}
     return write()
