@@ -7,10 +7,12 @@ compose's restart policy would. SIGHUP restarts every replica, one by one, witho
 (a rolling restart, docs/deployment.md). Ctrl-C (or SIGTERM) stops all of it.
 """
 import ctypes
+import fcntl
 import os
 import pwd
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -467,6 +469,18 @@ def announce(config):
           file=sys.stderr, flush=True)
 
 
+def append_to_output_files():
+    """Have every writer of the stack's stdout and stderr add at the file's end, when they are files: nginx reopens
+    /dev/stdout with O_APPEND, while the replicas write through the offset they share with the stack, which a file
+    opened without it (a shell's `>`, systemd's StandardOutput=file:) keeps behind nginx's lines, so that the
+    replicas' lines would overwrite them. Setting O_APPEND (fcntl F_SETFL) on the open file reaches every process
+    that inherits it."""
+    for stream in (sys.stdout, sys.stderr):
+        descriptor = stream.fileno()
+        if stat.S_ISREG(os.fstat(descriptor).st_mode):
+            fcntl.fcntl(descriptor, fcntl.F_SETFL, fcntl.fcntl(descriptor, fcntl.F_GETFL) | os.O_APPEND)
+
+
 def interrupt(signum, frame):
     """Turn SIGTERM into the same orderly stop as Ctrl-C."""
     raise KeyboardInterrupt
@@ -484,6 +498,7 @@ def main():
     except (StackError, StartupError) as exc:
         print(f'stack: {exc}', file=sys.stderr, flush=True)
         return 1
+    append_to_output_files()
     signal.signal(signal.SIGTERM, interrupt)
     # A shell starts a background job with SIGINT ignored, and Python then keeps ignoring it: Ctrl-C (or a test's
     # SIGINT) must stop the stack however it was started.

@@ -109,14 +109,13 @@ def stack_environment(database_url, base_port, replicas, pgbouncer, overrides):
     return env
 
 
-def start_stack(log_dir, database_url, replicas=3, pgbouncer=False, base_port=None, **overrides):
-    """Start `python -m ops.stack` (on consecutive ports from base_port, default free ones) and wait for its ready
-    line; return the RunningStack."""
+def start_stack(log_dir, database_url, replicas=3, pgbouncer=False, base_port=None, log_mode='ab', **overrides):
+    """Start `python -m ops.stack` (on consecutive ports from base_port, default free ones), its output in a file
+    opened with log_mode, and wait for its ready line; return the RunningStack."""
     require_programs('nginx', *(['pgbouncer'] if pgbouncer else []))
     base_port = base_port or free_ports(replicas + 2)
     log_path = Path(log_dir) / 'stack.log'
-    # Append mode: nginx reopens /dev/stdout itself, and every writer must add at the end.
-    with open(log_path, 'ab') as log:
+    with open(log_path, log_mode) as log:
         process = subprocess.Popen([sys.executable, '-m', 'ops.stack'], cwd=settings.BASE_DIR, stdout=log,
                                    stderr=subprocess.STDOUT,
                                    env=stack_environment(database_url, base_port, replicas, pgbouncer, overrides))

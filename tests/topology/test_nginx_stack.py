@@ -441,3 +441,17 @@ def test_a_stack_setting_out_of_range_stops_it_in_one_line(topology_database_url
                             timeout=60, env=environment)
     assert result.returncode == 1 and result.stderr.splitlines() == [line], result.stderr
     assert result.stdout == '', 'nothing started: no migration, no replica'
+
+
+def test_an_output_file_opened_without_append_keeps_every_line_of_nginx_and_the_replicas(tmp_path_factory,
+                                                                                         topology_database_url):
+    """A shell's `>` opens the stack's stdout without O_APPEND: nginx reopens /dev/stdout appending, the replicas
+    wrote at the offset they share with the stack, which stayed behind nginx's lines, and overwrote them."""
+    with running_stack(tmp_path_factory, topology_database_url, replicas=2, log_mode='wb', LOG_LEVEL='INFO') as stack:
+        ids = {stack.post('/probe/echo', {'n': number}).headers['X-Request-ID'] for number in range(40)}
+        wait_for(lambda: {line['http.request.id'] for line in stack.access_log()} >= ids, 5, 'nginx lines missing')
+        lines = [line for line in stack.log_path.read_bytes().splitlines() if line.startswith(b'{')]
+    records = [json.loads(line) for line in lines]  # a line overwritten part of the way is no JSON
+    app_ids = {record['http']['request'].get('id') for record in records
+               if record.get('log', {}).get('logger') == 'dbapi.access'}
+    assert app_ids >= ids and {record['http.request.id'] for record in records if 'http.request.id' in record} >= ids
