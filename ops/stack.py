@@ -18,8 +18,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from lib.errors import StartupError, report_startup_errors
@@ -145,14 +146,17 @@ class Child:
         """Return the exit code, or None while the program runs."""
         return self.process.poll()
 
-    def stop(self, timeout=STOP_TIMEOUT_SECONDS):
-        """Ask the program's leader to stop gracefully; kill the whole group after timeout."""
+    def stop(self, timeout=STOP_TIMEOUT_SECONDS, meanwhile=None):
+        """Ask the program's leader to stop gracefully, calling meanwhile() (when given) while it does; kill the whole
+        group after timeout."""
         if self.process.poll() is None:
             os.kill(self.process.pid, self.stop_signal)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
+            deadline = time.monotonic() + timeout
+            while self.process.poll() is None and time.monotonic() < deadline:
+                if meanwhile is not None:
+                    meanwhile()
+                with suppress(subprocess.TimeoutExpired):
+                    self.process.wait(0.2)
         # Whatever is left of the group (stray workers, or all of it after the timeout) goes now.
         signal_group(self.process.pid, signal.SIGKILL)
         self.process.wait()
@@ -175,14 +179,25 @@ def port_open(port):
         return probe.connect_ex(('127.0.0.1', port)) == 0
 
 
-def wait_until(child, ready, what, timeout=STARTUP_TIMEOUT_SECONDS):
-    """Wait until ready() is true; raise when child exits first or takes longer than timeout to `what`."""
+def wait_until(child, ready, what, timeout=STARTUP_TIMEOUT_SECONDS, meanwhile=None):
+    """Wait until ready() is true, calling meanwhile() (when given) at every look; raise when child exits first or
+    takes longer than timeout to `what`."""
     deadline = time.monotonic() + timeout
     while not ready():
         if child.exit_code() is not None:
             raise StackError(f'{child.name} exited with code {child.exit_code()} while starting')
         if time.monotonic() > deadline:
             raise StackError(f'{child.name} did not {what} within {timeout} s')
+        if meanwhile is not None:
+            meanwhile()
+        time.sleep(0.1)
+
+
+def pause(seconds, meanwhile):
+    """Sleep for seconds, calling meanwhile() every tenth of a second."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        meanwhile()
         time.sleep(0.1)
 
 
@@ -218,10 +233,11 @@ def wait_until_serving(child, port):
     wait_until(child, lambda: serves(child, port, '/healthz'), f'answer on port {port}')
 
 
-def wait_until_ready(child, port):
-    """Wait until child answers /readyz on port: it serves and reaches its databases."""
+def wait_until_ready(child, port, meanwhile=None):
+    """Wait until child answers /readyz on port: it serves and reaches its databases (wait_until's meanwhile)."""
     wait_until(child, lambda: serves(child, port, '/readyz'),
-               f'become ready on port {port} (GET /readyz answered no 200: is every database reachable?)')
+               f'become ready on port {port} (GET /readyz answered no 200: is every database reachable?)',
+               meanwhile=meanwhile)
 
 
 def child_pids(pid):
@@ -330,16 +346,24 @@ class Stack:
         print(f'stack: rolling restart of {counted(len(ports), "replica")} finished', file=sys.stderr, flush=True)
 
     def restart_replica(self, replica, port):
-        """Take replica out of nginx's list, restart it gracefully, and put it back once it is ready."""
+        """Take replica out of nginx's list, restart it gracefully, and put it back once it is ready; the other
+        replicas that exit meanwhile are restarted as at any other time (tend_others)."""
         ports = self.config.replica_ports
         others = [other for other in ports if other != port]
+        tend_others = partial(self.tend_others, replica)
         with self.stand_in(replica) if not others else nullcontext(others) as serving_meanwhile:
             self.send_requests_to(serving_meanwhile)
-            time.sleep(DRAIN_SECONDS)
-            replica.stop()
+            pause(DRAIN_SECONDS, tend_others)
+            replica.stop(meanwhile=tend_others)
             replica.start()
-            wait_until_ready(replica, port)
+            wait_until_ready(replica, port, tend_others)
             self.send_requests_to(ports)
+
+    def tend_others(self, replica):
+        """Restart the replicas but replica (which a rolling restart stops and starts itself) that exited."""
+        for other in self.replicas:
+            if other is not replica:
+                self.check(other)
 
     @contextmanager
     def stand_in(self, replica):

@@ -175,6 +175,12 @@ def run_sql(dsn, text, params=None):
         conn.close()
 
 
+def backend_count(database_url, query):
+    """Return how many backends run query now."""
+    return run_sql(database_url, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = %s",
+                   (query,))[0][0]
+
+
 def drop_database(server_dsn, name):
     """Drop database name on the server, if it exists, closing its connections."""
     run_sql(server_dsn, sql.SQL('DROP DATABASE IF EXISTS {} WITH (FORCE)').format(sql.Identifier(name)))

@@ -23,8 +23,9 @@ from lib.db.green import make_psycopg2_cooperative
 from lib.db.unit import StatementPastDeadline
 from lib.http.admission import Admission
 from lib.errors import ImproperlyConfigured
-from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, SINGLE_BEARER, Caller, assert_problem, gunicorn_logging_to,
-                           http_request, post, run_sql, running_gunicorn, throwaway_postgres, wait_for)
+from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, SINGLE_BEARER, Caller, assert_problem, backend_count,
+                           gunicorn_logging_to, http_request, post, run_sql, running_gunicorn, throwaway_postgres,
+                           wait_for)
 
 
 # The worker model: gevent workers, psycopg2 waiting through gevent's hub
@@ -524,12 +525,6 @@ def backend_running(database_url, query):
     rows = run_sql(database_url, "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND "
                    "(query = %s OR %s IS NULL AND query LIKE 'FETCH FORWARD %%')", (query, query))
     return rows[0][0] if rows else None
-
-
-def backend_count(database_url, query):
-    """Return how many backends run query now."""
-    return run_sql(database_url, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = %s",
-                   (query,))[0][0]
 
 
 @pytest.mark.slow

@@ -3,17 +3,20 @@ write load through nginx, and not one request fails; every 2xx answer is one row
 replica is restarted behind a stand-in."""
 import collections
 import contextlib
+import os
 import signal
 import socket
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 import settings
 from manage import counted
-from tests.helpers import run_sql, wait_for
+from ops.stack import answers
+from tests.helpers import post, run_sql, wait_for
 
 from .helpers import (MODULE_PACKAGES, WriteLoad, free_ports_below_the_ephemeral_range, read_json_lines, running_stack,
                       worker_group)
@@ -153,3 +156,27 @@ def test_a_replica_that_cannot_come_back_gets_no_request_until_it_does(tmp_path_
     rows = {code for (code,) in run_sql(topology_database_url, 'SELECT code FROM probe.things WHERE code LIKE %s',
                                         (f'{run_id}-%',))}
     assert rows == {attempt.code for attempt in load.attempts if attempt.status == 201} and len(rows) > 100
+
+
+def test_a_replica_that_dies_during_a_rolling_restart_is_restarted_at_once(tmp_path_factory, topology_database_url):
+    """The supervisor ran the restart through to its end before it looked at the replicas again: the other of two
+    replicas, killed while the first drained a slow request, stayed dead until the restart reached it (a full
+    outage meanwhile)."""
+    with running_stack(tmp_path_factory, topology_database_url, replicas=2, GRACEFUL_TIMEOUT='15') as stack:
+        first, second = stack.replica_ports
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(post, first, '/probe/hold', {'seconds': 8})  # the first replica's stop waits for it
+            wait_for(lambda: run_sql(topology_database_url, "SELECT 1 FROM pg_stat_activity WHERE state = 'active' "
+                                     "AND query LIKE 'SELECT pg_sleep(8%%'"), 10, 'the hold did not start')
+            stack.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: b'rolling restart of 2 replicas started' in stack.log_path.read_bytes(), 10,
+                     'the rolling restart did not start')
+            os.killpg(worker_group(second), signal.SIGKILL)
+            wait_for(lambda: answers(second), 6, 'the killed replica was not restarted',
+                     on_timeout=lambda: stack.log_text()[-3000:])
+            restarted_during_the_restart = b'rolling restart of 2 replicas finished' not in stack.log_path.read_bytes()
+            assert slow.result().status == 200
+        wait_for(lambda: b'rolling restart of 2 replicas finished' in stack.log_path.read_bytes(),
+                 RESTART_TIMEOUT_SECONDS, 'the rolling restart did not finish', interval=0.5)
+    assert restarted_during_the_restart
+    assert f'replica 2 (port {second}) exited with code -9; restarting it'.encode() in stack.log_path.read_bytes()
