@@ -86,13 +86,14 @@ def check_reachable(databases):
 
 
 def check_before_fork():
-    """Check the bearer tokens, the session hooks (DB_CONFIGURE, DB_RESET) and every module's route table once,
-    without an app or a database: gunicorn's master runs it before it forks, so a bad one stops the start with one
-    line instead of once per worker."""
+    """Check the bearer tokens, the secrets against the log lines' fixed text, the session hooks (DB_CONFIGURE,
+    DB_RESET) and every module's route table once, without an app or a database: gunicorn's master runs it before it
+    forks, so a bad one stops the start with one line instead of once per worker."""
     from lib.auth import load_clients
     from lib.db import session_hook
+    from lib.logs import check_secrets_spare_every_line
     config = settings_config()
-    load_clients(config)
+    check_secrets_spare_every_line(config, load_clients(config).secrets)
     for hook in ('DB_CONFIGURE', 'DB_RESET'):
         session_hook(config, hook)
     try:

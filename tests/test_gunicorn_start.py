@@ -53,6 +53,20 @@ def test_a_bad_token_is_one_line():
     assert_one_line(run_gunicorn(BEARER=f'{SECRET}!#'), 'BEARER', 'RFC 6750')
 
 
+@pytest.mark.parametrize('environ, fragment', [
+    ({'DATABASE_URL': 'postgresql://dbapi:dbapi@127.0.0.1:1/db'}, "the password of database 'default'"),  # APP_ID
+    ({'DATABASE_URL': 'postgresql://dbapi:info@127.0.0.1:1/db'}, "the password of database 'default'"),  # a level
+    ({'BEARER': 'http'}, 'a bearer token'),  # a field name
+    ({'BEARER': 'prod-acme', 'ENVIRONMENT': 'prod-acme', 'DATABASE_URL': 'postgresql://u@127.0.0.1:1/db'},
+     'a bearer token')])
+def test_a_secret_that_every_log_line_holds_as_a_word_is_one_line(environ, fragment):
+    """Redacted, every line lost that word: service.name became [REDACTED], and labels.elk_index an index
+    Elasticsearch refuses; the secret itself is never printed."""
+    result = run_gunicorn(**environ)
+    assert_one_line(result, fragment, 'every log line holds')
+    assert 'dbapi:dbapi' not in result.stderr and "'info'" not in result.stderr and "'http'" not in result.stderr
+
+
 def test_a_log_path_that_cannot_be_written_is_one_line(tmp_path, database_url):
     blocker = tmp_path / 'a-file'
     blocker.write_text('')

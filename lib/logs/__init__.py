@@ -14,13 +14,14 @@ import socket
 from gunicorn import glogging
 
 from lib.auth import load_clients
-from lib.logs.access import AccessLog, install_access_log
+from lib.errors import StartupError
+from lib.logs.access import ACCESS_DATASET, AccessLog, install_access_log
 from lib.logs.formatter import ACCESS_LOGGER, EcsFormatter, ServiceFields, service_fields
 from lib.logs.handlers import build_handlers
-from lib.logs.secrets import Redactor, configured_secrets
+from lib.logs.secrets import Redactor, configured_secrets, dsn_spellings
 
-__all__ = ['AccessLog', 'GunicornLogger', 'configure_logging', 'configure_process_logging', 'install_access_log',
-           'settings_config']
+__all__ = ['AccessLog', 'GunicornLogger', 'check_secrets_spare_every_line', 'configure_logging',
+           'configure_process_logging', 'install_access_log', 'settings_config']
 
 # Loggers whose level does not follow LOG_LEVEL: pgserver narrates every step of starting the embedded
 # server, and the access log is the record of every request, so LOG_LEVEL=WARNING keeps it.
@@ -60,6 +61,33 @@ def dbapi_handlers(options, secrets):
         handler.setFormatter(formatter)
         handler.addFilter(fields_filter)
     return handlers
+
+
+# An access line with every field the lines' fixed text holds: their names, and the values that are the same in each.
+SAMPLE_ACCESS_FIELDS = {
+    'http': {'request': {'method': 'POST', 'id': ''}, 'response': {'status_code': 200, 'body': {'bytes': 0}}},
+    'url': {'path': '/'}, 'client': {'ip': ''}, 'user_agent': {'original': ''}, 'user': {'name': ''},
+    'event': {'dataset': ACCESS_DATASET, 'duration': 0, 'outcome': 'success'}, 'labels': {'module': '', 'action': ''},
+    'error': {'type': '', 'message': '', 'code': '', 'stack_trace': ''}}
+
+
+def check_secrets_spare_every_line(config, tokens):
+    """Raise StartupError when a secret the lines are redacted of (a database's DSN or password, a bearer token of
+    tokens) occurs in the text every line holds: a field name, a level, the service's name, environment and node,
+    the host name, the index (labels.elk_index). Redacted, every line would lose those words (an index name that
+    Elasticsearch refuses); kept, every line would show the secret. The message never names the secret."""
+    fields = service_fields({name: config[name] for name in HANDLER_SETTINGS}, socket.gethostname())
+    every_line = EcsFormatter(fields, str).access_line('info', '', SAMPLE_ACCESS_FIELDS)
+    for name, dsn in (config['DATABASES'] or {}).items():
+        if dsn and Redactor(dsn_spellings(dsn)).holds(every_line):
+            raise StartupError(f'the password of database {name!r} is a word that every log line holds (in a field '
+                               'name, or APP_ID, ENVIRONMENT, PROCESS_ID, the host name or ELK_INDEX): the lines '
+                               'would show it, or lose that word to [REDACTED]. Choose another password, or change '
+                               'the setting that holds it')
+    if Redactor(tokens).holds(every_line):
+        raise StartupError('a bearer token is a word that every log line holds (in a field name, or APP_ID, '
+                           'ENVIRONMENT, PROCESS_ID, the host name or ELK_INDEX): the lines would show it, or lose '
+                           'that word to [REDACTED]. Choose another token')
 
 
 def replace_handlers(logger, handlers):
