@@ -18,7 +18,8 @@ from psycopg2.extras import RealDictCursor
 
 from lib.db import DEFAULT, Db, LeasedStream, Lease
 from lib.db.types import check_reading_styles
-from lib.db.unit import StatementPastDeadline, close_stream, time_left
+from lib.db.guard import StatementPastDeadline
+from lib.db.unit import close_stream, time_left
 from lib.errors import RETRYABLE_SQLSTATES
 from lib.jsonenc import JSON_MIMETYPE, ExactNumber, json_array_chunks, json_response
 from lib.http.disconnect import WATCHER, ClientClosedRequest, ServerStopping

@@ -10,7 +10,8 @@ import pytest
 
 import settings
 from lib.db import transactional
-from lib.db.unit import DatabaseNotAnswering, DeadlineExceeded, StatementPastDeadline
+from lib.db.guard import StatementPastDeadline
+from lib.db.unit import DatabaseNotAnswering, DeadlineExceeded
 from lib.decorators import inject_conn, inject_db
 from lib.errors import GatewayTimeout, ImproperlyConfigured, from_database_error
 from ops import nginx
@@ -63,6 +64,25 @@ def think_then_write_in_a_transaction(conn, seconds):
     time.sleep(seconds)
     with transactional(conn) as db:
         db.execute(f'INSERT INTO {TABLE} VALUES (1)')
+
+
+@inject_conn(autocommit=True)
+def commit_then_think_in_a_second_transaction(conn, seconds):
+    """Commit one transaction, then write in a second and spend seconds in Python before its commit."""
+    with transactional(conn) as db:
+        db.execute(f'INSERT INTO {TABLE} VALUES (1)')
+    with transactional(conn) as db:
+        db.execute(f'INSERT INTO {TABLE} VALUES (2)')
+        time.sleep(seconds)
+
+
+@inject_conn(autocommit=True)
+def write_fast_until(conn, seconds):
+    """Insert rows one by one in autocommit for seconds, each a statement of a few tens of microseconds."""
+    ends = time.monotonic() + seconds
+    with conn.cursor() as cursor:
+        while time.monotonic() < ends:
+            cursor.execute(f'INSERT INTO {TABLE} VALUES (1)')
 
 
 def timed_call(app, action, *args):
@@ -138,9 +158,27 @@ def test_a_transaction_past_the_deadline_is_rolled_back_not_committed(make_app, 
 
 
 def test_a_transaction_an_action_opens_past_the_deadline_is_rolled_back_not_committed(make_app, probe_table):
+    """Its first statement is refused before it reaches PostgreSQL (lib/db/guard.py)."""
     error, _ = timed_call(make_app(REQUEST_DEADLINE_MS=300), think_then_write_in_a_transaction, 0.5)
-    assert isinstance(error, DeadlineExceeded)
+    assert isinstance(error, StatementPastDeadline) and error.detail == StatementPastDeadline.autocommit_detail
     assert rows_written(probe_table) == 0
+
+
+def test_a_transaction_past_the_deadline_in_an_autocommit_action_says_what_committed_before_it_stays(make_app,
+                                                                                                    probe_table):
+    """It said "nothing was committed", although the action's first transaction had."""
+    error, _ = timed_call(make_app(REQUEST_DEADLINE_MS=300), commit_then_think_in_a_second_transaction, 0.5)
+    assert isinstance(error, DeadlineExceeded) and error.detail == DeadlineExceeded.autocommit_detail
+    assert run_sql(probe_table, f'SELECT attempt FROM {TABLE}') == [(1,)]
+
+
+def test_no_statement_starts_past_the_deadline_however_short(make_app, probe_table):
+    """Fast autocommit statements past the deadline ran, and committed, between the watcher's looks; now each is
+    refused before it reaches PostgreSQL, so the rows stop at the deadline."""
+    error, seconds = timed_call(make_app(REQUEST_DEADLINE_MS=500), write_fast_until, 1.5)
+    assert isinstance(error, StatementPastDeadline) and error.detail == StatementPastDeadline.autocommit_detail
+    assert seconds < 1, 'the action ran on past its deadline'
+    assert run_sql(probe_table, f'SELECT count(*) FROM {TABLE}')[0][0] > 0, 'it wrote until the deadline'
 
 
 def test_a_closed_connections_error_met_while_another_error_is_handled_answers_as_that_error():

@@ -9,6 +9,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from lib.db.cancel import cancel_request_for
+from lib.db.guard import guarded
 from lib.db.types import READING_STYLES
 from lib.errors import GatewayTimeout
 
@@ -42,8 +43,12 @@ class PooledConnection(psycopg2.extensions.connection):
     # answer and raises DatabaseNotAnswering, and psycopg2 closes the connection. None: wait as long as it takes.
     answer_deadline = None
     # A time.monotonic() value: the deadline of the request the connection serves, which transactional()
-    # (lib/db/unit.py) commits nothing past. None: no request, or no deadline.
+    # (lib/db/unit.py) commits nothing past and no statement starts past (lib/db/guard.py). None: no request, or no
+    # deadline.
     request_deadline = None
+    # The error class of the request the connection serves once lib/http/disconnect.py's watcher marked it over (its
+    # client gone, its worker stopping): no statement starts from then on (lib/db/guard.py). None: not over.
+    request_over = None
 
     def __init__(self, dsn, *args, **kwargs):
         """Connect (psycopg2 calls it with the whole DSN); under gevent, waiting for the server no longer than the
@@ -65,6 +70,12 @@ class PooledConnection(psycopg2.extensions.connection):
         # Taken around a query run while another thread may run one on the same connection (lib/db/types.py).
         self.query_turn = threading.Lock()
 
+    def cursor(self, name=None, cursor_factory=None, scrollable=None, withhold=False):
+        """Return psycopg2's cursor, of cursor_factory (else the connection's, else psycopg2's cursor), with
+        RequestGuard in front: it starts no statement once the request the connection serves is over."""
+        factory = guarded(cursor_factory or self.cursor_factory or psycopg2.extensions.cursor)
+        return super().cursor(name, cursor_factory=factory, scrollable=scrollable, withhold=withhold)
+
 
 # How long the statements that end a use of a connection (its rollback and reset, a stream's CLOSE past its deadline)
 # may wait for PostgreSQL, whatever the request's deadline: a connection left waiting longer is thrown away.
@@ -84,11 +95,12 @@ def bound_answers(conn, deadline):
         conn.answer_deadline = deadline
 
 
-def note_request_deadline(conn, deadline):
-    """Note on conn the deadline (a time.monotonic() value, or None) of the request it serves; a connection that is
-    not a PooledConnection keeps none."""
+def note_request(conn, deadline):
+    """Note on conn that it serves a request (not over yet) of deadline (a time.monotonic() value, or None), or
+    (None) no request; a connection that is not a PooledConnection keeps none."""
     if isinstance(conn, PooledConnection):
         conn.request_deadline = deadline
+        conn.request_over = None
 
 
 def session_settings(config):

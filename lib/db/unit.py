@@ -8,8 +8,7 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from lib.db.helpers import Db
-from lib.db.session import (END_OF_USE_ANSWER_SECONDS, bound_answers, count_use, note_request_deadline,
-                             report_notices)
+from lib.db.session import END_OF_USE_ANSWER_SECONDS, bound_answers, count_use, note_request, report_notices
 from lib.errors import GatewayTimeout
 
 
@@ -17,6 +16,9 @@ class DeadlineExceeded(GatewayTimeout):
     """The request ran out of time (REQUEST_DEADLINE_MS) before its transaction could commit (504)."""
 
     detail = 'The request ran past its deadline; nothing was committed.'
+    # transactional()'s, in an autocommit action: statements and transactions before it may have committed.
+    autocommit_detail = 'The request ran past its deadline: its transaction was rolled back; what the request ' \
+                        'committed before it stays committed.'
 
 
 class DatabaseNotAnswering(GatewayTimeout):
@@ -26,23 +28,6 @@ class DatabaseNotAnswering(GatewayTimeout):
     503.)"""
 
     detail = 'The database did not answer in time. What the request sent may still run.'
-
-
-class StatementPastDeadline(GatewayTimeout):
-    """A statement still running at the request's deadline (REQUEST_DEADLINE_MS), however many ran before it in its
-    transaction, is cancelled there (lib/http/disconnect.py) (504): its transaction is rolled back; an autocommit
-    action's statements before it stay committed."""
-
-    detail = 'The request ran past its deadline: the statement running then was cancelled, and its transaction ' \
-             'rolled back.'
-    # An autocommit action's: each statement is its transaction, so those that ran before it are committed.
-    autocommit_detail = 'The request ran past its deadline: the statement running then was cancelled; the ' \
-                        'statements that ran before it stay committed.'
-
-    @classmethod
-    def of(cls, autocommit):
-        """Return the error of a transaction's statement, or (autocommit) of an autocommit action's."""
-        return cls(cls.autocommit_detail) if autocommit else cls()
 
 
 class StreamPastDeadline(GatewayTimeout):
@@ -114,7 +99,7 @@ class Lease:
         self.conn.autocommit = autocommit
         self.conn.cursor_factory = cursor_factory
         count_use(self.conn)
-        note_request_deadline(self.conn, deadline)
+        note_request(self.conn, deadline)
         bound_answers(self.conn, None if deadline is None else deadline + ANSWER_GRACE_SECONDS)
 
     def leave_bulkhead(self):
@@ -136,7 +121,7 @@ class Lease:
                 self.refuse_open_transaction()
         finally:
             report_notices(self.conn)
-            note_request_deadline(self.conn, None)
+            note_request(self.conn, None)
             self.pool.give_back(self.conn)
             self.leave_bulkhead()
 
@@ -239,9 +224,11 @@ def close_stream(items):
 
 @contextmanager
 def transactional(conn):
-    """Run the block in one transaction on conn and yield a Db helper for it; past the deadline of the request conn
-    serves (a PooledConnection's request_deadline), the transaction is rolled back, never committed (504). conn must
-    be in autocommit (an action's with autocommit=True): else NotAutocommit, before anything runs."""
+    """Run the block in one transaction on conn and yield a Db helper for it. Once the request conn serves is over
+    (a PooledConnection's request_over: its client gone, its worker stopping) or past its deadline (request_deadline),
+    the transaction is rolled back, never committed: that request's error (499, 503), or DeadlineExceeded (504) that
+    says what committed before stays. conn must be in autocommit (an action's with autocommit=True): else
+    NotAutocommit, before anything runs."""
     if not conn.autocommit:
         raise NotAutocommit('transactional() needs a connection in autocommit (inject_conn or inject_db with '
                             'autocommit=True): this one is one transaction already, which its commit would end '
@@ -249,6 +236,8 @@ def transactional(conn):
     # psycopg2 2.9 opens a transaction here even on an autocommit connection.
     with conn:
         yield Db(conn)
+        if (over := getattr(conn, 'request_over', None)) is not None:
+            raise over()
         left = time_left(getattr(conn, 'request_deadline', None))
         if left is not None and left <= 0:
-            raise DeadlineExceeded()
+            raise DeadlineExceeded(DeadlineExceeded.autocommit_detail)

@@ -9,8 +9,9 @@ takes it); the action then fails with QueryCanceled, the lease rolls back and th
 for reuse (thrown away instead when the server has not taken the request within a second), and the answer is a 499,
 which only the access line sees. A request marked over (its client gone, its deadline passed, its worker stopping)
 stays watched until its lease ends: a statement it starts later (the action caught the error, or ran no statement
-when it was marked) is cancelled too, within POLL_SECONDS; the transaction of a client gone or past its deadline is
-never committed.
+when it was marked) is refused before it reaches PostgreSQL (lib/db/guard.py), one that runs on after a cancel the
+server took is cancelled again (at most every RECANCEL_SECONDS), and the transaction of a client gone or past its
+deadline is never committed.
 nginx closes its upstream connection when its own client goes away, so this works through nginx too. A client that
 shuts down its sending side while it waits for the answer looks gone too (nginx, curl and the HTTP libraries never
 do that): its connection is closed without an answer, as nginx closes its own. An answer being sent that may wait
@@ -37,13 +38,18 @@ import psycopg2
 import psycopg2.extensions
 
 from lib.db.cancel import cancel_running_query
-from lib.db.unit import ANSWER_GRACE_SECONDS, StatementPastDeadline, StreamPastDeadline
+from lib.db.session import PooledConnection
+from lib.db.guard import StatementPastDeadline
+from lib.db.unit import ANSWER_GRACE_SECONDS, StreamPastDeadline
 from lib.errors import ApiError, ServiceUnavailable
 from lib.http.exchange import CLIENT_SOCKET_KEY, CUT_KEY, GONE_KEY, PAST_DEADLINE_KEY, STOPPING_KEY
 from lib.polling import ready_events
 
 # The watcher looks at the sockets this often: it bounds how late a client that left is noticed.
 POLL_SECONDS = 0.1
+# A statement that runs on after a cancel the server took (one that catches query_canceled in PL/pgSQL, a COPY
+# waiting on the action's Python) is sent another at most this often.
+RECANCEL_SECONDS = 1.0
 # How long past its deadline an answer whose client stopped reading is still sent before it is cut short: the grace
 # its database waits get (lib/db/unit.py).
 SEND_GRACE_SECONDS = ANSWER_GRACE_SECONDS
@@ -73,14 +79,14 @@ class Watch:
     watcher sends a cancel request for it, is set when that is over: taken by the server, or given up on) or None
     (a send watch: the request's answer is being sent; past its deadline, a time.monotonic() value, and a grace, it
     is cut short). A query watch once marked (reason: the environ key of why its request is over, GONE_KEY,
-    PAST_DEADLINE_KEY or STOPPING_KEY) stays watched until its lease ends, and every statement it runs from then on
-    is cancelled."""
+    PAST_DEADLINE_KEY or STOPPING_KEY) stays watched until its lease ends: a statement still running on its
+    connection is cancelled again (cancelled_at: when the last cancel was sent, a time.monotonic() value)."""
 
-    __slots__ = ('fileno', 'conn', 'environ', 'cancelling', 'deadline', 'reason')
+    __slots__ = ('fileno', 'conn', 'environ', 'cancelling', 'cancelled_at', 'deadline', 'reason')
 
     def __init__(self, sock, conn, environ, deadline):
         self.fileno, self.conn, self.environ, self.deadline = sock.fileno(), conn, environ, deadline
-        self.cancelling = self.reason = None
+        self.cancelling = self.reason = self.cancelled_at = None
 
     def overdue(self, now):
         """Tell whether the watch is of an answer still being sent past its deadline and the grace."""
@@ -91,16 +97,20 @@ class Watch:
         return self.conn is not None and self.deadline is not None and now > self.deadline
 
     def mark(self, reason):
-        """Mark the request as over for reason (an environ key), unless it was for another reason first."""
+        """Mark the request as over for reason (an environ key), unless it was for another reason first; from now
+        on its connection starts no statement (lib/db/guard.py: the deadline's it checks itself)."""
         if self.reason is None:
             self.reason = reason
             self.environ[reason] = True
+            if reason in OVER_ERRORS and isinstance(self.conn, PooledConnection):
+                self.conn.request_over = OVER_ERRORS[reason]
 
-    def needs_cancel(self):
+    def needs_cancel(self, now):
         """Tell whether the marked request's connection runs a statement now (libpq's transaction status, read
-        without a round trip) that no cancel is on its way to; not after a cancel the server did not take (a hung
-        server: the connection is thrown away at the lease's end, lib/db/cancel.py)."""
-        if self.cancelling is not None and not self.cancelling.is_set():
+        without a round trip) that no cancel is on its way to, and none was sent for within RECANCEL_SECONDS; not
+        after a cancel the server did not take (a hung server: the connection is thrown away at the lease's end,
+        lib/db/cancel.py)."""
+        if self.cancelling is not None and (not self.cancelling.is_set() or now < self.cancelled_at + RECANCEL_SECONDS):
             return False
         if getattr(self.conn, 'cancel_unacknowledged', False):
             return False
@@ -117,6 +127,11 @@ class Watch:
         if self.environ.get(PAST_DEADLINE_KEY) and isinstance(cause, psycopg2.Error):
             return StatementPastDeadline()
         return None
+
+
+# The error a statement started once its request is over raises instead (lib/db/guard.py), by the environ key the
+# watcher marks the request with.
+OVER_ERRORS = {GONE_KEY: ClientClosedRequest, STOPPING_KEY: ServerStopping}
 
 
 class DisconnectWatcher:
@@ -198,16 +213,17 @@ class DisconnectWatcher:
 
     def cancel(self, watch, reason=GONE_KEY):
         """Mark the request with reason and cancel the statement its connection runs, if one does, unless its lease
-        ended (and the watch was forgotten). The watch stays: a statement the request starts later is cancelled at
-        the next look, within POLL_SECONDS. The cancel is sent outside the lock: a server slow to take it holds no
+        ended (and the watch was forgotten). The watch stays: a statement that runs on after the cancel is cancelled
+        again at a later look (needs_cancel). The cancel is sent outside the lock: a server slow to take it holds no
         other request's watch or forget."""
         with self.lock:
             if id(watch) not in self.watches:
                 return
             watch.mark(reason)
-            if not watch.needs_cancel():
+            now = time.monotonic()
+            if not watch.needs_cancel(now):
                 return
-            watch.cancelling = threading.Event()
+            watch.cancelling, watch.cancelled_at = threading.Event(), now
         try:
             cancel_running_query(watch.conn)
         finally:

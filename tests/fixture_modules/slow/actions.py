@@ -3,7 +3,7 @@ import time
 
 from marshmallow import Schema, fields, validate
 
-from lib.db import DEFAULT, Db
+from lib.db import DEFAULT, Db, transactional
 from lib.decorators import inject_conn, use_schema
 
 # Rows of about 220 bytes of JSON; fail_at divides by zero at that row (0: never), pause sleeps in PostgreSQL at
@@ -41,6 +41,29 @@ class WaitThenWrite(WriteThenWait):
     """As WriteThenWait, and how many seconds the statement run after the wait takes."""
 
     sleep = fields.Float(required=True, validate=validate.Range(min=0, max=600))
+
+
+class SwallowCancels(Schema):
+    """The code of the row to write, and how many seconds a statement catches every cancel it is sent."""
+
+    code = fields.String(required=True)
+    seconds = fields.Float(required=True, validate=validate.Range(min=0, max=60))
+
+
+# One statement that catches every query_canceled for seconds, then writes how many it caught in a row's code.
+SWALLOW_CANCELS_SQL = """
+    DO $$
+    DECLARE caught int := 0; ends timestamptz := clock_timestamp() + %(seconds)s * interval '1 second';
+    BEGIN
+        WHILE clock_timestamp() < ends LOOP
+            BEGIN
+                PERFORM pg_sleep(0.01);
+            EXCEPTION WHEN query_canceled THEN
+                caught := caught + 1;
+            END;
+        END LOOP;
+        INSERT INTO probe.things (code) VALUES (%(code)s || ':' || caught);
+    END $$"""
 
 
 @use_schema(Sleep)
@@ -93,3 +116,25 @@ def wait_then_write(code, seconds, sleep, autocommit):
             cursor.execute('INSERT INTO probe.things (code) VALUES (%s)', (code,))
         return {'code': code}
     return write()
+
+
+@use_schema(WriteThenWait)
+def write_in_a_transaction_then_wait(code, seconds, autocommit):
+    """In an autocommit action, write a row of probe.things in a transaction of its own (transactional), and wait in
+    Python before its commit."""
+    @inject_conn(DEFAULT, autocommit=True)
+    def write(conn):
+        with transactional(conn) as db:
+            db.execute('INSERT INTO probe.things (code) VALUES (%(code)s)', {'code': code})
+            time.sleep(seconds)
+        return {'code': code}
+    return write()
+
+
+@use_schema(SwallowCancels)
+@inject_conn(DEFAULT, autocommit=True)
+def swallow_cancels(conn, code, seconds):
+    """Run one statement that catches every cancel for seconds, then writes how many it caught (SWALLOW_CANCELS_SQL)."""
+    with conn.cursor() as cursor:
+        cursor.execute(SWALLOW_CANCELS_SQL, {'code': code, 'seconds': seconds})
+    return {'code': code}

@@ -1,0 +1,77 @@
+"""The statements a request starts once it is over are refused before they reach PostgreSQL.
+
+A request is over at its deadline (REQUEST_DEADLINE_MS), and when lib/http/disconnect.py's watcher marks it so (its
+client went away, its worker is stopping). Every cursor of a pooled connection (lib/db/session.py's PooledConnection
+hands out only RequestGuard cursors, whatever cursor_factory is asked for) checks before each statement it sends:
+one the request starts once it is over raises that request's error instead (504 past the deadline, 499 for a
+client gone, 503 for a stopping worker), so that nothing it would write commits for nobody. A statement still
+running then is the watcher's to cancel.
+"""
+import functools
+import time
+
+from lib.errors import GatewayTimeout
+
+
+class StatementPastDeadline(GatewayTimeout):
+    """A statement still running at the request's deadline (REQUEST_DEADLINE_MS), however many ran before it in its
+    transaction, is cancelled there (lib/http/disconnect.py), and one started past it is refused (RequestGuard)
+    (504): its transaction is rolled back; an autocommit action's statements before it stay committed."""
+
+    detail = 'The request ran past its deadline: the statement running then was cancelled, and its transaction ' \
+             'rolled back.'
+    # An autocommit action's: each statement is its transaction, so those that ran before it are committed.
+    autocommit_detail = 'The request ran past its deadline: the statement running then was cancelled; the ' \
+                        'statements that ran before it stay committed.'
+
+    @classmethod
+    def of(cls, autocommit):
+        """Return the error of a transaction's statement, or (autocommit) of an autocommit action's."""
+        return cls(cls.autocommit_detail) if autocommit else cls()
+
+
+def refuse_when_request_over(conn):
+    """Raise the error of the request conn serves when that request is over: the class its request_over names (set
+    by the watcher), or StatementPastDeadline past its request_deadline (a time.monotonic() value)."""
+    if conn.request_over is not None:
+        raise conn.request_over()
+    deadline = conn.request_deadline
+    if deadline is not None and time.monotonic() > deadline:
+        raise StatementPastDeadline.of(conn.autocommit)
+
+
+class RequestGuard:
+    """A psycopg2 cursor mixin (psycopg2's documented way to extend a cursor is a subclass): each way of sending a
+    statement first refuses it when the request the connection serves is over (refuse_when_request_over)."""
+
+    def execute(self, query, vars=None):
+        refuse_when_request_over(self.connection)
+        return super().execute(query, vars)
+
+    def executemany(self, query, vars_list):
+        refuse_when_request_over(self.connection)
+        return super().executemany(query, vars_list)
+
+    def callproc(self, procname, *parameters):
+        refuse_when_request_over(self.connection)
+        return super().callproc(procname, *parameters)
+
+    def copy_expert(self, *args, **kwargs):
+        refuse_when_request_over(self.connection)
+        return super().copy_expert(*args, **kwargs)
+
+    def copy_from(self, *args, **kwargs):
+        refuse_when_request_over(self.connection)
+        return super().copy_from(*args, **kwargs)
+
+    def copy_to(self, *args, **kwargs):
+        refuse_when_request_over(self.connection)
+        return super().copy_to(*args, **kwargs)
+
+
+@functools.cache
+def guarded(cursor_class):
+    """Return cursor_class (psycopg2's cursor or a subclass of it) with RequestGuard in front, made once per class."""
+    if issubclass(cursor_class, RequestGuard):
+        return cursor_class
+    return type(f'Guarded{cursor_class.__name__}', (RequestGuard, cursor_class), {'__doc__': cursor_class.__doc__})
