@@ -34,7 +34,7 @@ with exit_on_startup_error():
     from lib.http.workers import WORKER_CLASSES, pace_kept_alive_connection
     from manage import check_before_fork, unmounted_scopes
 
-    ROUTES = check_before_fork()
+    ROUTES, CLIENTS = check_before_fork()
 
 bind = [settings.BIND]
 workers = settings.WEB_CONCURRENCY
@@ -93,7 +93,7 @@ def pre_exec(server):
 def on_starting(server):
     """Start the metrics from zero: files of an earlier run would be summed in; warn of what may be misspelt."""
     clear_multiprocess_dir()
-    for warning in unmounted_scopes(ROUTES):
+    for warning in unmounted_scopes(ROUTES, CLIENTS):
         server.log.warning(warning)
 
 

@@ -88,29 +88,30 @@ def check_reachable(databases):
 def check_before_fork():
     """Check the bearer tokens, the secrets against the log lines' fixed text, the session hooks (DB_CONFIGURE,
     DB_RESET) and every module's route table once, without an app or a database: gunicorn's master runs it before it
-    forks, so a bad one stops the start with one line instead of once per worker."""
+    forks, so a bad one stops the start with one line instead of once per worker. Return (the routes, the bearer
+    clients: lib.auth's TokenTable)."""
     from lib.auth import load_clients
     from lib.db import session_hook
     from lib.logs import check_secrets_spare_every_line
     config = settings_config()
-    check_secrets_spare_every_line(config, load_clients(config).secrets)
+    clients = load_clients(config)
+    check_secrets_spare_every_line(config, clients.secrets)
     for hook in ('DB_CONFIGURE', 'DB_RESET'):
         session_hook(config, hook)
     try:
-        return discovered_routes()
+        return discovered_routes(), clients
     except ModuleError as exc:
         raise StartupError(str(exc)) from None
 
 
-def unmounted_scopes(routes):
-    """Return a warning for each bearer client whose "modules" (BEARER_TOKENS) names a module that routes do not
-    mount: a misspelt name answers that client 403 where it was meant to reach. Not a start error: one tokens file
-    may serve deployments that mount different modules."""
-    from lib.auth import load_clients
+def unmounted_scopes(routes, clients):
+    """Return a warning for each bearer client of clients (lib.auth's TokenTable) whose "modules" (BEARER_TOKENS)
+    names a module that routes do not mount: a misspelt name answers that client 403 where it was meant to reach.
+    Not a start error: one tokens file may serve deployments that mount different modules."""
     mounted = {route.module for route in routes}
     return [f'bearer client {client.name!r} may call the module {module!r}, which is not mounted (mounted: '
             f'{", ".join(sorted(mounted))}): if the name is misspelt, the module meant answers that client 403'
-            for client in load_clients(settings_config()).values()
+            for client in clients.values()
             for module in sorted((client.modules or set()) - mounted)]
 
 
