@@ -1,6 +1,7 @@
 """Exact data both ways (docs/contract.md section 5): every PostgreSQL type becomes the JSON to_jsonb writes, or
 the documented exception, on the buffered path, Db.stream and Db.stream_json; bodies keep numbers exact."""
 import base64
+import collections
 import json
 import datetime
 import decimal
@@ -11,6 +12,7 @@ import sys
 import time
 import timeit
 import traceback
+import types
 import uuid
 
 import orjson
@@ -643,8 +645,11 @@ def test_a_uuid_and_an_enum_member_marshmallows_fields_load_are_parameters(conn)
 
 # --- No 500 for a client's value; an action's own bug stays one. ---
 
-@pytest.mark.parametrize('document', [{'k': 'lone \ud800'}, {'lone \ud800': 1}, [{'deep': ['\udfff']}]],
-                         ids=['value', 'key', 'nested'])
+@pytest.mark.parametrize('document', [{'k': 'lone \ud800'}, {'lone \ud800': 1}, [{'deep': ['\udfff']}],
+                                      {'k': {'in a set \ud800'}}, {'k': frozenset({('tuple', '\ud800')})},
+                                      {'k': collections.deque(['\udfff'])},
+                                      {'k': types.MappingProxyType({'\ud800': 1})}],
+                         ids=['value', 'key', 'nested', 'set', 'frozenset of tuples', 'deque', 'mapping'])
 def test_a_string_that_cannot_be_utf8_in_a_json_parameter_is_refused_as_a_strs_is(conn, document):
     """A dict parameter's lone surrogate was orjson's TypeError, a 500; a str parameter's is RefusedValue, a 422."""
     with pytest.raises(RefusedValue, match='surrogates not allowed'):

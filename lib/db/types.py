@@ -31,7 +31,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from lib.errors import ApiError, Unprocessable, translates
-from lib.jsonenc import dumps_bytes, loads_exact, seconds_of
+from lib.jsonenc import dumps_bytes, loads_exact, orjson_ready, seconds_of
 
 DATE, TIME, TIMETZ, TIMESTAMP, TIMESTAMPTZ, INTERVAL, JSON, JSONB = 1082, 1083, 1266, 1114, 1184, 1186, 114, 3802
 # The catalogs' vectors (pg_index.indkey, pg_proc.proargtypes): integers separated by spaces, which psycopg2 reads as
@@ -388,20 +388,32 @@ def json_text(document):
     try:
         return dumps_bytes(document).decode()
     except TypeError as exc:
-        if (fault := text_fault(document)) is not None:
+        if (fault := document_text_fault(document)) is not None:
             raise RefusedValue(fault) from exc
         raise
 
 
+def document_text_fault(document):
+    """Return why a string in document cannot be UTF-8, or None: looked for in every container the encoder writes
+    (a set, a tuple, a Mapping, a deque: lib/jsonenc.py's orjson_ready makes them dicts and lists), or None when
+    the encoder cannot write the document for another reason."""
+    try:
+        ready = orjson_ready(document)
+    except TypeError:
+        return None
+    return text_fault(ready)
+
+
 def text_fault(value):
-    """Return why a string in value (a key or a value, at any depth) cannot be UTF-8, or None."""
+    """Return why a string in value (dicts and lists of strings and leaves; a key or a value, at any depth) cannot
+    be UTF-8, or None."""
     if isinstance(value, str):
         try:
             value.encode()
         except UnicodeEncodeError as exc:
             return str(exc)
         return None
-    items = value.items() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    items = (*value, *value.values()) if isinstance(value, dict) else value if isinstance(value, list) else ()
     return next((fault for item in items if (fault := text_fault(item)) is not None), None)
 
 
