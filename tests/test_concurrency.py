@@ -296,6 +296,22 @@ def test_max_requests_in_flight_follows_the_worker_model(monkeypatch, worker_cla
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gthread', 'sync'])
+def test_outside_gevent_a_probe_waits_behind_the_request_a_busy_worker_serves(database_url, worker_class):
+    """docs/contract.md section 6: /healthz never waits behind actions under gevent only. A gthread worker of one
+    thread, like a sync worker, takes the probe once its request ends."""
+    query = f'SELECT pg_sleep({1.5 + random.randint(1, 999) / 100000})'
+    seconds_asked = float(query[len('SELECT pg_sleep('):-1])
+    with running_gunicorn(database_url, WEB_CONCURRENCY='1', WORKER_CLASS=worker_class, THREADS='1') as port:
+        with ThreadPoolExecutor(1) as executor:
+            slow = executor.submit(post, port, '/slow/sleep', {'seconds': seconds_asked})
+            wait_for(lambda: backend_count(database_url, query), 10, 'the slow request did not start')
+            health, health_seconds = timed(lambda: http_request(port, 'GET', '/healthz'))
+            assert slow.result().status == 200
+    assert health.status == 200 and health_seconds > 0.8, health_seconds
+
+
+@pytest.mark.slow
 def test_under_gunicorn_a_flood_of_slow_calls_is_shed_at_once_while_healthz_answers(database_url):
     with running_gunicorn(database_url, WEB_CONCURRENCY='1', MAX_REQUESTS_IN_FLIGHT='3', DB_POOL_MAX='3') as port:
         with ThreadPoolExecutor(8) as executor:
