@@ -1,4 +1,5 @@
 """Settings: Django-style constants read once from the environment after env/<ENVIRONMENT>/.env."""
+import errno
 import ipaddress
 import os
 import re
@@ -130,8 +131,16 @@ def writable_folder(name, path):
             probe.flush()
             os.fsync(probe.fileno())
     except OSError as exc:
-        raise ImproperlyConfigured(f'{name} {path} is not writable ({exc.strerror})') from None
+        raise ImproperlyConfigured(f'{name} {path} is not writable ({writing_fault(path, exc)})') from None
     return path
+
+
+def writing_fault(path, exc):
+    """Return why a file could not be made in the folder path (exc, an OSError): its strerror, save for a folder that
+    exists and makes no new files (the kernel's ENOENT: /proc, /sys)."""
+    if exc.errno == errno.ENOENT and Path(path).is_dir():
+        return 'a folder that takes no new files, such as a kernel file system'
+    return exc.strerror
 
 
 # Elasticsearch's rules for an index name (its create index API): lowercase, none of these characters, not starting

@@ -86,6 +86,12 @@ def test_a_log_path_that_cannot_be_written_stops_the_start(tmp_path):
     assert_one_line_failure(run_manage('migrate', LOG_PATH=str(blocker / 'logs')), 'LOG_PATH', 'not writable')
 
 
+def test_a_log_path_in_a_kernel_file_system_says_it_takes_no_files():
+    """/proc exists and makes no file: the kernel's error said "No such file or directory"."""
+    assert_one_line_failure(run_manage('migrate', LOG_PATH='/proc'), 'LOG_PATH /proc is not writable (a folder that '
+                            'takes no new files')
+
+
 @contextlib.contextmanager
 def mounted_tmpfs(path, options):
     """Mount a tmpfs with options on path for the block; skip where mounting is not allowed."""
