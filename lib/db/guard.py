@@ -71,7 +71,8 @@ class RequestGuard:
 
 @functools.cache
 def guarded(cursor_class):
-    """Return cursor_class (psycopg2's cursor or a subclass of it) with RequestGuard in front, made once per class."""
-    if issubclass(cursor_class, RequestGuard):
+    """Return cursor_class (psycopg2's cursor or a subclass of it) with RequestGuard in front, made once per class; a
+    cursor_factory that is no class (a function that makes cursors) as it is."""
+    if not isinstance(cursor_class, type) or issubclass(cursor_class, RequestGuard):
         return cursor_class
     return type(f'Guarded{cursor_class.__name__}', (RequestGuard, cursor_class), {'__doc__': cursor_class.__doc__})
