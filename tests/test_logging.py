@@ -20,9 +20,9 @@ import settings
 from lib.auth import load_clients
 from lib.logs import AccessLog, configure_process_logging, install_access_log, settings_config
 from lib.logs.access import Exchange
-from lib.logs.formatter import ECS_VERSION, EcsFormatter, ServiceFields, service_fields, split_line
+from lib.logs.formatter import ECS_VERSION, EcsFormatter, ServiceFields, encode_line, service_fields, split_line
 from lib.logs.handlers import LineStreamHandler, PipeStreamHandler
-from lib.logs.secrets import Redactor
+from lib.logs.secrets import Redactor, configured_secrets
 from lib.http.requestid import REQUEST_ID_KEY
 from lib.logs.formatter import dotted as flat  # nested fields by dotted name
 from tests.helpers import ADMIN_TOKEN, AUTH, SCOPED_TOKEN, SINGLE_BEARER, gunicorn_logging_to, http_request
@@ -637,6 +637,14 @@ def test_bearer_tokens_file_tokens_are_redacted_as_auths_table_holds_them(make_a
         'called with [REDACTED]', 'again with [REDACTED]']
     assert [line['user.name'] for line in access_lines(lines)] == ['mounted']
     assert not any(file_token in text for text in texts)
+
+
+@pytest.mark.parametrize('spelling', ['tok+en/with=', 'tok%2Ben%2Fwith%3D', 'tok%2ben%2fwith%3d'])
+def test_a_token_in_a_url_is_redacted_however_the_url_escapes_it(spelling):
+    """gunicorn's DEBUG line quotes the request line as sent: a token there was percent-encoded and kept."""
+    redact = Redactor(configured_secrets({}, ['tok+en/with=']))
+    line = encode_line({'message': f'POST /probe/echo?access_token={spelling} HTTP/1.1'})
+    assert json.loads(redact(line))['message'] == 'POST /probe/echo?access_token=[REDACTED] HTTP/1.1'
 
 
 # The same requests on an app with fast paths and on one without; a line's timing is its own.

@@ -1,5 +1,6 @@
 """Secrets: every spelling of a bearer token, DSN or database password is replaced in every line."""
 import json
+import re
 from urllib.parse import quote
 
 import psycopg2
@@ -10,6 +11,7 @@ from lib.logs.formatter import encode
 REDACTED = '[REDACTED]'
 # Shorter "secrets" would blank out ordinary words in every line.
 MIN_SECRET_LENGTH = 4
+PERCENT_ESCAPE = re.compile(r'%[0-9A-F]{2}')
 
 
 def dsn_spellings(dsn):
@@ -24,10 +26,19 @@ def dsn_spellings(dsn):
     return [dsn, password, quote(password, safe=''), quote(password), libpq_quoted]
 
 
+def token_spellings(token):
+    """Return a bearer token as a line could spell it: raw, and percent-encoded as a URL would carry it (RFC 3986
+    section 2.1: its `+`, `/` and `=` as %2B, %2F, %3D, or in lower-case hex)."""
+    encoded = quote(token, safe='')
+    return [token, encoded, PERCENT_ESCAPE.sub(lambda escape: escape[0].lower(), encoded)]
+
+
 def configured_secrets(databases, tokens):
-    """Return the plain bearer tokens (lib.auth's TokenTable.secrets), the database DSNs and their passwords."""
+    """Return the plain bearer tokens (lib.auth's TokenTable.secrets) and their spellings in a URL, the database DSNs
+    and their passwords."""
     dsns = [dsn for dsn in (databases or {}).values() if dsn]
-    return [*tokens, *(spelling for dsn in dsns for spelling in dsn_spellings(dsn))]
+    return [*(spelling for token in tokens for spelling in token_spellings(token)),
+            *(spelling for dsn in dsns for spelling in dsn_spellings(dsn))]
 
 
 class Redactor:
