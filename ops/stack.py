@@ -31,9 +31,9 @@ if __name__ == '__main__':
 
 import settings  # noqa: E402
 from lib.db.migrate import apply_migrations  # noqa: E402
-from lib.logs import configure_process_logging  # noqa: E402
+from lib.logs import check_secrets_spare_every_line, configure_process_logging  # noqa: E402
 from manage import (check_before_fork, check_reachable, counted, default_dsn, gunicorn_command,  # noqa: E402
-                    how_to_call)
+                    how_to_call, settings_config)
 
 from . import nginx, pgbouncer  # noqa: E402
 from .ports import free_ports, port_is_free  # noqa: E402
@@ -245,13 +245,25 @@ def child_pids(pid):
     return set(Path(f'/proc/{pid}/task/{pid}/children').read_text().split())
 
 
+def replica_process_id(index):
+    """Return the PROCESS_ID of replica index (from 1; a lone replica's stand-in is 2): the stack's, numbered."""
+    return f'{settings.PROCESS_ID}-{index}'
+
+
+def check_replica_secrets(config, clients):
+    """Stop the start when a secret is a word of a replica's every log line through its own PROCESS_ID
+    (lib.logs.check_secrets_spare_every_line), as each replica would stop itself, one by one, once the stack runs."""
+    for index in range(1, config.replicas + 2):  # and a stand-in's
+        check_secrets_spare_every_line({**settings_config(), 'PROCESS_ID': replica_process_id(index)}, clients.secrets)
+
+
 def replica_environment(index, port, dsn, run_dir):
     """Return a replica's environment: its bind address and process id, the database, one proxy hop."""
     env = dict(os.environ)
     # Empty values keep env/<ENVIRONMENT>/.env from adding DEFAULT_DB_* next to DATABASE_URL.
     env.update({f'DEFAULT_DB_{part}': '' for part in [*settings.DB_PARTS.values(), 'PASS_FILE']})
     # Metrics files of its own, inside the stack's directory: gone with the stack, even after a SIGKILL.
-    env.update(DATABASE_URL=dsn, BIND=f'127.0.0.1:{port}', PROCESS_ID=f'{settings.PROCESS_ID}-{index}',
+    env.update(DATABASE_URL=dsn, BIND=f'127.0.0.1:{port}', PROCESS_ID=replica_process_id(index),
                TRUSTED_PROXY_HOPS='1', PROMETHEUS_MULTIPROC_DIR=str(Path(run_dir) / f'metrics-{index}'),
                DBAPI_SUPERVISOR='make stack')  # no binary upgrade (gunicorn.conf.py's pre_exec): it follows its master
     return env
@@ -515,7 +527,8 @@ def main():
     configure_process_logging(settings)
     try:
         config = StackConfig.from_environment()
-        check_before_fork()  # tokens, session hooks, modules: a bad one stops the stack once, before anything starts
+        # Tokens, secrets, session hooks, modules: a bad one stops the stack once, before anything starts.
+        check_replica_secrets(config, check_before_fork()[1])
         # A named database out of reach stops the stack as it stops `make run`: its replicas would never be ready, and
         # a rolling restart would stop at the first one. (The default database is reached by the migrations.)
         check_reachable({name: dsn for name, dsn in settings.DATABASES.items() if name != 'default'})

@@ -85,6 +85,20 @@ def write_fast_until(conn, seconds):
             cursor.execute(f'INSERT INTO {TABLE} VALUES (1)')
 
 
+@inject_conn()
+def write_think_then_commit(conn, seconds, how):
+    """Write a row, spend seconds in Python, then commit it itself: conn.commit(), or the end of `with conn:`."""
+    if how == 'with':
+        with conn, conn.cursor() as cursor:
+            cursor.execute(f'INSERT INTO {TABLE} VALUES (1)')
+            time.sleep(seconds)
+        return
+    with conn.cursor() as cursor:
+        cursor.execute(f'INSERT INTO {TABLE} VALUES (1)')
+    time.sleep(seconds)
+    conn.commit()
+
+
 def timed_call(app, action, *args):
     """Call action in a request of app; return (exception raised or None, seconds taken)."""
     started = time.monotonic()
@@ -179,6 +193,17 @@ def test_no_statement_starts_past_the_deadline_however_short(make_app, probe_tab
     assert isinstance(error, StatementPastDeadline) and error.detail == StatementPastDeadline.autocommit_detail
     assert seconds < 1, 'the action ran on past its deadline'
     assert run_sql(probe_table, f'SELECT count(*) FROM {TABLE}')[0][0] > 0, 'it wrote until the deadline'
+
+
+@pytest.mark.parametrize('how', ['commit', 'with'])
+def test_an_actions_own_commit_past_the_deadline_is_refused_and_nothing_is_committed(make_app, probe_table, how):
+    """conn.commit() sends no statement through a cursor: past the deadline it committed, and the answer said that
+    nothing was."""
+    error, _ = timed_call(make_app(REQUEST_DEADLINE_MS=300), write_think_then_commit, 0.5, how)
+    assert isinstance(error, StatementPastDeadline) and error.detail == StatementPastDeadline.detail
+    assert rows_written(probe_table) == 0
+    error, _ = timed_call(make_app(REQUEST_DEADLINE_MS=3000), write_think_then_commit, 0, how)
+    assert error is None and rows_written(probe_table) == 1
 
 
 def test_a_closed_connections_error_met_while_another_error_is_handled_answers_as_that_error():

@@ -9,7 +9,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from lib.db.cancel import cancel_request_for
-from lib.db.guard import guarded
+from lib.db.guard import guarded, refuse_when_request_over
 from lib.db.types import READING_STYLES
 from lib.errors import GatewayTimeout
 
@@ -75,6 +75,22 @@ class PooledConnection(psycopg2.extensions.connection):
         RequestGuard in front: it starts no statement once the request the connection serves is over."""
         factory = guarded(cursor_factory or self.cursor_factory or psycopg2.extensions.cursor)
         return super().cursor(name, cursor_factory=factory, scrollable=scrollable, withhold=withhold)
+
+    def commit(self):
+        """Commit, unless the request the connection serves is over (lib/db/guard.py): then raise its error, and the
+        transaction is rolled back when the connection goes back (also for `with conn:`)."""
+        refuse_when_request_over(self)
+        super().commit()
+
+    def tpc_prepare(self):
+        """Prepare the two-phase transaction, unless the request the connection serves is over (as commit)."""
+        refuse_when_request_over(self)
+        super().tpc_prepare()
+
+    def tpc_commit(self, *xid):
+        """Commit the two-phase transaction, unless the request the connection serves is over (as commit)."""
+        refuse_when_request_over(self)
+        super().tpc_commit(*xid)
 
 
 # How long the statements that end a use of a connection (its rollback and reset, a stream's CLOSE past its deadline)

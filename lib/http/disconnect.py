@@ -35,6 +35,7 @@ import threading
 import time
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 
 from lib.db.cancel import cancel_running_query
@@ -124,7 +125,7 @@ class Watch:
             return ClientClosedRequest()
         if self.environ.get(STOPPING_KEY):
             return ServerStopping()
-        if self.environ.get(PAST_DEADLINE_KEY) and isinstance(cause, psycopg2.Error):
+        if self.environ.get(PAST_DEADLINE_KEY) and isinstance(cause, psycopg2.errors.QueryCanceled):
             return StatementPastDeadline()
         return None
 

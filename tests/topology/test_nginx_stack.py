@@ -15,6 +15,7 @@ import pytest
 
 from lib.errors import HTTP_DETAILS
 from ops.stack import StackConfig, StackError, check_ports_free
+import settings
 from settings import BASE_DIR
 from tests.helpers import ADMIN_TOKEN, Reply, body_of_size, free_ports, http_request, post, wait_for
 
@@ -455,3 +456,15 @@ def test_an_output_file_opened_without_append_keeps_every_line_of_nginx_and_the_
     app_ids = {record['http']['request'].get('id') for record in records
                if record.get('log', {}).get('logger') == 'dbapi.access'}
     assert app_ids >= ids and {record['http.request.id'] for record in records if 'http.request.id' in record} >= ids
+
+
+def test_a_secret_that_a_replicas_own_process_id_holds_stops_the_stack_before_anything_starts():
+    """Each replica's PROCESS_ID is the stack's, numbered: a password equal to the second's passed the stack's check,
+    and the stack stopped half-way when that replica refused to start."""
+    base = free_ports(4)
+    url = f'postgresql://dbapi:{settings.PROCESS_ID}-2@127.0.0.1:1/db'
+    result = subprocess.run([sys.executable, '-m', 'ops.stack'], cwd=BASE_DIR, capture_output=True, text=True,
+                            timeout=60, env=stack_environment(url, base, 2, False, {}))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("stack: the password of database 'default' is a word that every log line holds")
+    assert len(result.stderr.splitlines()) == 1 and f'{settings.PROCESS_ID}-2' not in result.stderr
