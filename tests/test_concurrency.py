@@ -610,29 +610,37 @@ def idle_in_transaction_after(database_url, query):
                    "AND query = %s", (query,))[0][0] > 0
 
 
+def leave_while_idle(tmp_path, database_url, worker_class, path, body, last_query):
+    """Run one gunicorn worker of one pooled connection, POST body to path and close the client once that connection
+    sits idle after last_query (its action runs Python); return (the request's access line, the seconds from the
+    close to it, the answer of a request sent next)."""
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1',
+                             LOG_LEVEL='INFO', WORKER_CLASS=worker_class) as (port, _):
+        client = raw_post(port, path, body, 'idle-gone')
+        wait_for(lambda: idle_in_transaction_after(database_url, last_query), 10, 'the action did not run')
+        client.close()
+        line, seconds = timed(lambda: wait_for(lambda: access_lines(tmp_path, 'idle-gone'), 10, 'not logged')[0])
+        return line, seconds, post(port, '/slow/backend')
+
+
+def things_with_code(database_url, code):
+    """Return how many rows of probe.things have code."""
+    return run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,))[0][0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
 @pytest.mark.parametrize('autocommit, rows_kept', [(False, 0), (True, 1)])
 def test_a_client_that_goes_away_while_no_statement_runs_is_a_499_and_its_transaction_rolls_back(
         database_url, tmp_path, worker_class, autocommit, rows_kept):
     code = f'idle-gone-{uuid.uuid4().hex[:8]}'
-    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1',
-                             LOG_LEVEL='INFO', WORKER_CLASS=worker_class) as (port, _):
-        client = raw_post(port, '/slow/write_then_wait', {'code': code, 'seconds': 1.5, 'autocommit': autocommit},
-                          'idle-gone')
-        wait_for(lambda: idle_in_transaction_after(database_url, 'INSERT INTO probe.things (code) VALUES '
-                                                   f"('{code}')"), 10, 'the row was not written')
-        client.close()
-        line = wait_for(lambda: access_lines(tmp_path, 'idle-gone'), 10, 'the request was not logged')[0]
+    line, _, _ = leave_while_idle(tmp_path, database_url, worker_class, '/slow/write_then_wait',
+                                  {'code': code, 'seconds': 1.5, 'autocommit': autocommit},
+                                  f"INSERT INTO probe.things (code) VALUES ('{code}')")
     # the watcher's cancel found no statement to stop; the commit must not happen for a client that left
-    assert run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,)) == [(rows_kept,)]
+    assert things_with_code(database_url, code) == rows_kept
     assert line['http']['response']['status_code'] == 499 and line['event']['outcome'] == 'failure', line
     assert line['error']['message'] == 'The client went away before its answer.', line
-
-
-def things_with_code(database_url, code):
-    """Return how many rows of probe.things have code."""
-    return run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,))[0][0]
 
 
 @pytest.mark.slow
@@ -644,14 +652,9 @@ def test_no_statement_starts_after_the_client_went_away_and_nothing_after_it_run
     so the 30 s statement the action ran next held the connection to its end, and the insert after it committed (at
     once after a statement of 0 s). Now each statement the request starts is refused before it reaches PostgreSQL."""
     code = f'late-gone-{uuid.uuid4().hex[:8]}'
-    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1',
-                             LOG_LEVEL='INFO', WORKER_CLASS=worker_class) as (port, _):
-        client = raw_post(port, '/slow/wait_then_write', {'code': code, 'seconds': 1, 'sleep': sleep,
-                                                          'autocommit': autocommit}, 'late-gone')
-        wait_for(lambda: idle_in_transaction_after(database_url, f"SELECT '{code}'"), 10, 'the action did not start')
-        client.close()
-        line, seconds = timed(lambda: wait_for(lambda: access_lines(tmp_path, 'late-gone'), 10, 'not logged')[0])
-        served = post(port, '/slow/backend')
+    line, seconds, served = leave_while_idle(tmp_path, database_url, worker_class, '/slow/wait_then_write',
+                                             {'code': code, 'seconds': 1, 'sleep': sleep, 'autocommit': autocommit},
+                                             f"SELECT '{code}'")
     assert seconds < 2, 'a statement begun after the client left ran on'
     assert things_with_code(database_url, code) == 0
     assert line['http']['response']['status_code'] == 499, line
@@ -686,13 +689,8 @@ def test_a_transaction_of_an_autocommit_action_whose_client_went_away_is_not_com
                                                                                         worker_class):
     """transactional() checked only the deadline before its commit: the row of a client gone was committed."""
     code = f'tx-gone-{uuid.uuid4().hex[:8]}'
-    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1',
-                             LOG_LEVEL='INFO', WORKER_CLASS=worker_class) as (port, _):
-        client = raw_post(port, '/slow/write_in_a_transaction_then_wait', {'code': code, 'seconds': 1.5}, 'tx-gone')
-        wait_for(lambda: idle_in_transaction_after(database_url, 'INSERT INTO probe.things (code) VALUES '
-                                                   f"('{code}')"), 10, 'the row was not written')
-        client.close()
-        line = wait_for(lambda: access_lines(tmp_path, 'tx-gone'), 10, 'the request was not logged')[0]
+    line, _, _ = leave_while_idle(tmp_path, database_url, worker_class, '/slow/write_in_a_transaction_then_wait',
+                                  {'code': code, 'seconds': 1.5}, f"INSERT INTO probe.things (code) VALUES ('{code}')")
     assert things_with_code(database_url, code) == 0
     assert line['http']['response']['status_code'] == 499, line
 
