@@ -968,6 +968,26 @@ def test_a_query_still_running_at_the_graceful_timeout_is_cancelled_and_answered
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_a_statement_started_after_the_stop_sweep_is_refused_and_answered_503(database_url, tmp_path, worker_class):
+    """The sweep a second before the graceful timeout found the action in Python: the statement it started next ran
+    (and an autocommit insert committed) on a worker about to be killed."""
+    code = f'after-sweep-{uuid.uuid4().hex[:8]}'
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', GRACEFUL_TIMEOUT='4',
+                             LOG_LEVEL='INFO', WORKER_CLASS=worker_class) as (port, server):
+        with ThreadPoolExecutor(1) as executor:
+            slow = executor.submit(post, port, '/slow/wait_then_write', {'code': code, 'seconds': 3.5, 'sleep': 0,
+                                                                         'autocommit': True})
+            wait_for(lambda: idle_in_transaction_after(database_url, f"SELECT '{code}'"), 10, 'the action did not run')
+            server.terminate()  # the sweep comes 3 s later, the kill 4 s later; the action's statement in between
+            answer = slow.result(timeout=20)
+        server.wait(15)
+    assert answer.status == 503, answer.body
+    assert answer.json()['detail'] == 'The server stopped before the answer was ready. Try again.'
+    assert things_with_code(database_url, code) == 0
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('worker_class', ['gevent', 'gthread'])
 def test_a_request_that_gets_its_connection_after_the_stop_sweep_is_answered_503_not_killed(database_url, tmp_path,
                                                                                            worker_class):
