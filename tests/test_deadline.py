@@ -1,16 +1,19 @@
 """One request deadline (REQUEST_DEADLINE_MS): the pool wait, retries and statements end at it, nothing commits past
 it, and nginx waits longer than it."""
+import functools
 import re
 import subprocess
 import sys
 import time
 
 import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
 import pytest
 
 import settings
 from lib.db import transactional
-from lib.db.guard import StatementPastDeadline
+from lib.db.guard import NotACursorClass, StatementPastDeadline
 from lib.db.unit import DatabaseNotAnswering, DeadlineExceeded
 from lib.decorators import inject_conn, inject_db
 from lib.errors import GatewayTimeout, ImproperlyConfigured, from_database_error
@@ -97,6 +100,13 @@ def write_think_then_commit(conn, seconds, how):
         cursor.execute(f'INSERT INTO {TABLE} VALUES (1)')
     time.sleep(seconds)
     conn.commit()
+
+
+@inject_conn(autocommit=True)
+def write_through_a_cursor_a_function_makes(conn, factory):
+    """Insert a row through a cursor of cursor_factory=factory, a callable that is no cursor class."""
+    with conn.cursor(cursor_factory=factory) as cursor:
+        cursor.execute(f'INSERT INTO {TABLE} VALUES (1)')
 
 
 def timed_call(app, action, *args):
@@ -204,6 +214,17 @@ def test_an_actions_own_commit_past_the_deadline_is_refused_and_nothing_is_commi
     assert rows_written(probe_table) == 0
     error, _ = timed_call(make_app(REQUEST_DEADLINE_MS=3000), write_think_then_commit, 0, how)
     assert error is None and rows_written(probe_table) == 1
+
+
+@pytest.mark.parametrize('factory', [lambda *args, **kwargs: psycopg2.extensions.cursor(*args, **kwargs),
+                                     functools.partial(psycopg2.extras.RealDictCursor)], ids=['function', 'partial'])
+def test_a_cursor_factory_that_is_no_cursor_class_is_refused_since_its_statements_could_not_be(make_app, probe_table,
+                                                                                              factory):
+    """A function's cursors were left unguarded: past the deadline, or after the client left, their writes
+    committed (trial C)."""
+    error, _ = timed_call(make_app(REQUEST_DEADLINE_MS=3000), write_through_a_cursor_a_function_makes, factory)
+    assert isinstance(error, NotACursorClass) and 'must be psycopg2.extensions.cursor or a subclass' in str(error)
+    assert rows_written(probe_table) == 0
 
 
 def test_a_closed_connections_error_met_while_another_error_is_handled_answers_as_that_error():

@@ -10,6 +10,8 @@ running then is the watcher's to cancel.
 import functools
 import time
 
+import psycopg2.extensions
+
 from lib.errors import GatewayTimeout
 
 
@@ -69,10 +71,20 @@ class RequestGuard:
         return super().copy_to(*args, **kwargs)
 
 
+class NotACursorClass(TypeError):
+    """A cursor_factory that is no cursor class (a function, a functools.partial): psycopg2 documents the factory as
+    a subclass of its cursor, and the statements of a cursor a function makes could not be refused once the request
+    is over. A module's bug (a 500), raised where the cursor is asked for."""
+
+
 @functools.cache
 def guarded(cursor_class):
-    """Return cursor_class (psycopg2's cursor or a subclass of it) with RequestGuard in front, made once per class; a
-    cursor_factory that is no class (a function that makes cursors) as it is."""
-    if not isinstance(cursor_class, type) or issubclass(cursor_class, RequestGuard):
+    """Return cursor_class (psycopg2's cursor or a subclass of it) with RequestGuard in front, made once per class;
+    NotACursorClass for anything else."""
+    if not (isinstance(cursor_class, type) and issubclass(cursor_class, psycopg2.extensions.cursor)):
+        raise NotACursorClass(f'cursor_factory must be psycopg2.extensions.cursor or a subclass of it, not '
+                              f'{cursor_class!r}: the statements of a cursor another callable makes cannot be refused '
+                              'once the request is over (lib/db/guard.py)')
+    if issubclass(cursor_class, RequestGuard):
         return cursor_class
     return type(f'Guarded{cursor_class.__name__}', (RequestGuard, cursor_class), {'__doc__': cursor_class.__doc__})
