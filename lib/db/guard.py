@@ -2,10 +2,10 @@
 
 A request is over at its deadline (REQUEST_DEADLINE_MS), and when lib/http/disconnect.py's watcher marks it so (its
 client went away, its worker is stopping). Every cursor of a pooled connection (lib/db/session.py's PooledConnection
-hands out only RequestGuard cursors, whatever cursor_factory is asked for) checks before each statement it sends:
-one the request starts once it is over raises that request's error instead (504 past the deadline, 499 for a
-client gone, 503 for a stopping worker), so that nothing it would write commits for nobody. A statement still
-running then is the watcher's to cancel.
+hands out only RequestGuard cursors, whatever cursor class is asked for as cursor_factory), and the connection's own
+commit, check before each statement they send: one the request starts once it is over raises that request's error
+instead (504 past the deadline, 499 for a client gone, 503 for a stopping worker), so that nothing it would write
+commits for nobody. A statement still running then is the watcher's to cancel.
 """
 import functools
 import time
