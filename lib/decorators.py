@@ -20,9 +20,9 @@ from lib.db import DEFAULT, Db, LeasedStream, Lease
 from lib.db.types import check_reading_styles
 from lib.db.guard import StatementPastDeadline
 from lib.db.unit import close_stream, time_left
-from lib.errors import RETRYABLE_SQLSTATES
+from lib.errors import RETRYABLE_SQLSTATES, ApiError
 from lib.jsonenc import JSON_MIMETYPE, ExactNumber, json_array_chunks, json_response
-from lib.http.disconnect import WATCHER, ClientClosedRequest, ServerStopping
+from lib.http.disconnect import WATCHER, ClientClosedRequest, ServerStopping, client_gone
 from lib.http.exchange import CLIENT_KEY, GONE_KEY, ROUTE_KEY, WAITED_ON_DATABASE_KEY, deadline_of
 
 
@@ -124,6 +124,19 @@ def bulkhead_of_request():
     return client.name, client.max_connections or config['DB_CLIENT_MAX_CONNECTIONS'] or config['DB_POOL_MAX']
 
 
+def lease_for_request(database, autocommit, named, deadline):
+    """Borrow a Lease on database's pool for the request, counted against its client's bulkhead. A borrow refused
+    (429, or the 503 or 504 of a wait that ended) whose client left while it waited is ClientClosedRequest (499)."""
+    client, limit = bulkhead_of_request()
+    try:
+        return Lease(pool_for(database), autocommit, RealDictCursor if named else None, client=client,
+                     client_limit=limit, deadline=deadline)
+    except ApiError as exc:
+        if has_request_context() and client_gone(request.environ):
+            raise ClientClosedRequest() from exc
+        raise
+
+
 def watch_client(lease):
     """Have the query on lease's connection cancelled if the request's client goes away, until the lease ends."""
     watch = WATCHER.watch(request.environ, lease.conn, lease.deadline) if has_request_context() else None
@@ -164,9 +177,7 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
     commit: an error in it (a value JSON cannot encode) rolls the transaction back."""
     if has_request_context():
         request.environ[WAITED_ON_DATABASE_KEY] = True
-    client, limit = bulkhead_of_request()
-    lease = Lease(pool_for(database), autocommit, RealDictCursor if named else None, client=client, client_limit=limit,
-                  deadline=deadline)
+    lease = lease_for_request(database, autocommit, named, deadline)
     watch = watch_client(lease)
     result = None
     try:

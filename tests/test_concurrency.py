@@ -567,6 +567,28 @@ def test_a_client_that_goes_away_has_its_query_cancelled_and_its_connection_reus
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread'])
+def test_a_client_that_leaves_while_waiting_for_a_connection_is_logged_499_and_one_that_stays_gets_its_503(
+        database_url, tmp_path, worker_class):
+    seconds = 3 + random.randint(1, 999) / 1000
+    query = f'SELECT pg_sleep({seconds})'
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1',
+                             DB_POOL_TIMEOUT_MS='500', LOG_LEVEL='INFO', WORKER_CLASS=worker_class) as (port, _):
+        with ThreadPoolExecutor(2) as executor:
+            holder = executor.submit(post, port, '/slow/sleep', {'seconds': seconds})
+            wait_for(lambda: backend_running(database_url, query), 10, 'the query did not start')
+            stays = executor.submit(post, port, '/slow/sleep', {'seconds': 0}, headers={'X-Request-ID': 'stays'})
+            raw_post(port, '/slow/sleep', {'seconds': 0}, 'gone-waiting').close()
+            wait_for(lambda: access_lines(tmp_path, 'gone-waiting'), 10, 'the request that waited was not logged')
+            assert stays.result().status == 503
+            assert holder.result().status == 200
+    gone = gunicorn_access_line(tmp_path, 'gone-waiting')
+    assert gone['http']['response']['status_code'] == 499 and gone['event']['outcome'] == 'failure', gone
+    assert gone['error']['message'] == 'The client went away before its answer.', gone
+    assert gunicorn_access_line(tmp_path, 'stays')['http']['response']['status_code'] == 503
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
 def test_a_client_that_goes_away_has_its_transaction_rolled_back(database_url, worker_class):
     code = f'gone-{uuid.uuid4().hex[:8]}'

@@ -130,6 +130,16 @@ class Watch:
         return None
 
 
+def client_gone(environ):
+    """Tell whether the request's client socket (gunicorn's; False without one) reads as closed now, as the watcher
+    sees it (GONE_EVENTS), without waiting: a request that gave up waiting for a connection asks it, so that a client
+    who left meanwhile is logged 499, not the 503 or 504 nobody reads."""
+    sock = environ.get(CLIENT_SOCKET_KEY)
+    if sock is None:
+        return False
+    return bool(ready_events([sock.fileno()], GONE_EVENTS).get(sock.fileno(), 0) & GONE_EVENTS)
+
+
 # The error a statement started once its request is over raises instead (lib/db/guard.py), by the environ key the
 # watcher marks the request with.
 OVER_ERRORS = {GONE_KEY: ClientClosedRequest, STOPPING_KEY: ServerStopping}
