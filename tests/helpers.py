@@ -283,20 +283,49 @@ def server_environment(**extra):
 
 
 @contextlib.contextmanager
-def gunicorn_server(environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+def gunicorn_server(environment, stdout=subprocess.DEVNULL, stderr=None):
     """Run a real gunicorn with gunicorn.conf.py and three workers (unless environment sets WEB_CONCURRENCY) on a
-    free loopback port, with environment over server_environment(); yield (port, process). It is stopped (SIGTERM, as a deployment stops it) after
-    the block, so what it wrote is complete when the caller reads it."""
+    free loopback port, with environment over server_environment(); yield (port, process). It is stopped (SIGTERM,
+    as a deployment stops it) after the block, so what it wrote is complete when the caller reads it; one that does
+    not stop within STOP_SECONDS fails the test with the end of its stderr (a temporary file unless given)."""
     port = free_port()
-    process = subprocess.Popen(
-        gunicorn_command(), cwd=settings.BASE_DIR,
-        env=server_environment(PORT=str(port), **{'WEB_CONCURRENCY': '3', **environment}), stdout=stdout, stderr=stderr)
+    with contextlib.ExitStack() as stack:
+        if stderr is None:
+            stderr = stack.enter_context(tempfile.TemporaryFile())
+        process = subprocess.Popen(
+            gunicorn_command(), cwd=settings.BASE_DIR, stdout=stdout, stderr=stderr,
+            env=server_environment(PORT=str(port), **{'WEB_CONCURRENCY': '3', **environment}))
+        try:
+            wait_until_healthy(f'http://127.0.0.1:{port}', process)
+            yield port, process
+        finally:
+            stop_gunicorn(process, stderr)
+
+
+# How long a stopped gunicorn may take to exit: past its graceful timeout (30 s), its master has killed the workers.
+STOP_SECONDS = 30
+
+
+def stop_gunicorn(process, stderr):
+    """SIGTERM gunicorn's master and wait STOP_SECONDS for it to exit; else kill it and its workers and fail with the
+    end of stderr (a file)."""
+    process.terminate()
     try:
-        wait_until_healthy(f'http://127.0.0.1:{port}', process)
-        yield port, process
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+        process.wait(timeout=STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        for worker in psutil.Process(process.pid).children(recursive=True):
+            worker.kill()
+        process.kill()
+        process.wait()
+        pytest.fail(f'gunicorn did not stop within {STOP_SECONDS} s of SIGTERM; its stderr ends with:\n'
+                    f'{tail_of(stderr)}')
+
+
+def tail_of(file, size=4000):
+    """Return the last size bytes of a regular file, open in any mode, as text (reopened through /proc)."""
+    with open(f'/proc/self/fd/{file.fileno()}', 'rb') as reader:
+        reader.seek(max(0, reader.seek(0, os.SEEK_END) - size))
+        return reader.read().decode(errors='replace')
 
 
 @contextlib.contextmanager
