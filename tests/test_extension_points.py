@@ -2,6 +2,7 @@
 import gzip
 import json
 import logging
+import uuid
 
 import pytest
 
@@ -202,7 +203,7 @@ def test_a_reset_that_raises_any_error_throws_the_connection_away_and_the_reques
     app = make_app(DB_POOL_MAX=1, DB_RESET=buggy_reset)
     call = Caller(app.test_client())
     with caplog.at_level(logging.ERROR, logger='dbapi.db'):
-        created = call('/users/create', {'email': 'reset-bug@example.com', 'name': 'Reset Bug'})
+        created = call('/users/create', {'email': f'reset-bug-{uuid.uuid4().hex}@example.com', 'name': 'Reset Bug'})
     assert created.status_code == 201, 'the insert was committed: the answer must say so'
     assert call('/users/get', {'id': created.get_json()['id']}).status_code == 200
     assert app.extensions['dbapi'].pools[DEFAULT].gauges()['discarded'] == 2  # one per request, each closed
