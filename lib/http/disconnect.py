@@ -181,9 +181,7 @@ class DisconnectWatcher:
         did not take in time still may be: the pool throws that connection away, lib/db/cancel.py). Only the request
         whose own cancel is being sent waits for it."""
         with self.lock:
-            self.watches.pop(id(watch), None)
-            if not self.watches:
-                self.wanted.clear()
+            self.drop(watch)
             cancelling = watch.cancelling
         if cancelling is not None:
             cancelling.wait()
@@ -240,14 +238,13 @@ class DisconnectWatcher:
         finally:
             watch.cancelling.set()
 
-    def take_off(self, watch, key, value):
-        """With the lock held, stop watching watch and mark its request (environ[key] = value); False when it was
-        no longer watched (its request ended, or another act took it off first)."""
+    def drop(self, watch):
+        """With the lock held, stop watching watch; False when it was no longer watched (its request ended, or
+        another act took it off first)."""
         if self.watches.pop(id(watch), None) is None:
             return False
         if not self.watches:
             self.wanted.clear()
-        watch.environ[key] = value
         return True
 
     def cut_short(self, watch, error):
@@ -256,8 +253,9 @@ class DisconnectWatcher:
         Shutting the socket down makes the write fail; the answer then ends and is logged with error (CUT_KEY), and
         a stream's connection goes back."""
         with self.lock:
-            if not self.take_off(watch, CUT_KEY, error):
+            if not self.drop(watch):
                 return
+            watch.environ[CUT_KEY] = error
         with contextlib.suppress(OSError), socket.socket(fileno=os.dup(watch.fileno)) as duplicate:
             duplicate.shutdown(socket.SHUT_RDWR)
 
