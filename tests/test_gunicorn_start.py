@@ -57,6 +57,7 @@ def test_a_bad_token_is_one_line():
     ({'DATABASE_URL': 'postgresql://dbapi:dbapi@127.0.0.1:1/db'}, "the password of database 'default'"),  # APP_ID
     ({'DATABASE_URL': 'postgresql://dbapi:info@127.0.0.1:1/db'}, "the password of database 'default'"),  # a level
     ({'BEARER': 'http'}, 'a bearer token'),  # a field name
+    ({'DATABASE_URL': 'postgresql://dbapi:T23%3A59@127.0.0.1:1/db'}, "the password of database 'default'"),  # a time
     ({'BEARER': 'prod-acme', 'ENVIRONMENT': 'prod-acme', 'DATABASE_URL': 'postgresql://u@127.0.0.1:1/db'},
      'a bearer token')])
 def test_a_secret_that_every_log_line_holds_as_a_word_is_one_line(environ, fragment):
@@ -65,6 +66,7 @@ def test_a_secret_that_every_log_line_holds_as_a_word_is_one_line(environ, fragm
     result = run_gunicorn(**environ)
     assert_one_line(result, fragment, 'every log line holds')
     assert 'dbapi:dbapi' not in result.stderr and "'info'" not in result.stderr and "'http'" not in result.stderr
+    assert 'T23:59' not in result.stderr
 
 
 def test_a_log_path_that_cannot_be_written_is_one_line(tmp_path, database_url):

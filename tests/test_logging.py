@@ -18,7 +18,8 @@ from psycopg2.extensions import make_dsn
 
 import settings
 from lib.auth import load_clients
-from lib.logs import AccessLog, configure_process_logging, install_access_log, settings_config
+from lib.logs import (AccessLog, check_secrets_spare_every_line, configure_process_logging, install_access_log,
+                      settings_config)
 from lib.logs.access import Exchange
 from lib.logs.formatter import ECS_VERSION, EcsFormatter, ServiceFields, encode_line, service_fields, split_line
 from lib.logs.handlers import LineStreamHandler, PipeStreamHandler
@@ -645,6 +646,28 @@ def test_a_token_in_a_url_is_redacted_however_the_url_escapes_it(spelling):
     redact = Redactor(configured_secrets({}, ['tok+en/with=']))
     line = encode_line({'message': f'POST /probe/echo?access_token={spelling} HTTP/1.1'})
     assert json.loads(redact(line))['message'] == 'POST /probe/echo?access_token=[REDACTED] HTTP/1.1'
+
+
+@pytest.mark.parametrize('secret, fits', [
+    ('2027', True), ('0000', True), ('T23:59', True), ('12-31T23', True), ('59.999Z', True), ('1970-01-01T00', True),
+    ('12345', False), ('2027a', False), ('T2359', False), ('12:31:0000', False)])
+def test_a_secret_that_some_moments_timestamp_holds_marks_every_line_whatever_the_time_now(secret, fits):
+    """A password 2027 passed the check in 2026, then broke every line's @timestamp from the first of January."""
+    assert Redactor([secret]).marks_every_line({'message': ''}) is fits
+
+
+def test_a_secret_that_only_a_number_of_every_line_holds_does_not_mark_it():
+    """Numbers are never redacted: a password holding the checking process's pid was refused by the pid's text."""
+    line = {'process': {'pid': 123456}, 'http': {'response': {'status_code': 200}}, 'message': 'dbapi'}
+    assert not Redactor(['123456']).marks_every_line(line)
+    assert Redactor(['dbapi']).marks_every_line(line)
+
+
+def test_the_start_check_leaves_the_timestamp_of_the_moment_out():
+    """Only what every line holds counts: not the date and time of the start, which another moment's lines lack."""
+    moment = time.strftime('%Y-%m-%dT%H:%M', time.gmtime())
+    config = {**settings_config(settings), 'DATABASES': {'default': f'postgresql://u:a{moment}@127.0.0.1:1/db'}}
+    check_secrets_spare_every_line(config, [f'b{moment}'])
 
 
 # The same requests on an app with fast paths and on one without; a line's timing is its own.

@@ -8,6 +8,7 @@
 
 This module wires them: configure_logging (an app, or settings for a process without one) and gunicorn's logger.
 """
+import json
 import logging
 import socket
 
@@ -73,21 +74,25 @@ SAMPLE_ACCESS_FIELDS = {
 
 def check_secrets_spare_every_line(config, tokens):
     """Raise StartupError when a secret the lines are redacted of (a database's DSN or password, a bearer token of
-    tokens) occurs in the text every line holds: a field name, a level, the service's name, environment and node,
-    the host name, the index (labels.elk_index). Redacted, every line would lose those words (an index name that
-    Elasticsearch refuses); kept, every line would show the secret. The message never names the secret."""
+    tokens) is text every line holds (a field name, a level, the service's name, environment and node, the host
+    name, the index: labels.elk_index) or that the @timestamp of some moment holds (Redactor.marks_every_line).
+    Redacted, every line would lose those words (an index name or a date that Elasticsearch refuses); kept, every
+    line would show the secret. The message never names the secret."""
     fields = service_fields({name: config[name] for name in HANDLER_SETTINGS}, socket.gethostname())
-    every_line = EcsFormatter(fields, str).access_line('info', '', SAMPLE_ACCESS_FIELDS)
+    every_line = json.loads(EcsFormatter(fields, str).access_line('info', '', SAMPLE_ACCESS_FIELDS))
+    del every_line['@timestamp']
     for name, dsn in (config['DATABASES'] or {}).items():
-        if dsn and Redactor(dsn_spellings(dsn)).holds(every_line):
-            raise StartupError(f'the password of database {name!r} is a word that every log line holds (in a field '
-                               'name, or APP_ID, ENVIRONMENT, PROCESS_ID, the host name or ELK_INDEX): the lines '
-                               'would show it, or lose that word to [REDACTED]. Choose another password, or change '
-                               'the setting that holds it')
-    if Redactor(tokens).holds(every_line):
-        raise StartupError('a bearer token is a word that every log line holds (in a field name, or APP_ID, '
-                           'ENVIRONMENT, PROCESS_ID, the host name or ELK_INDEX): the lines would show it, or lose '
-                           'that word to [REDACTED]. Choose another token')
+        if dsn and Redactor(dsn_spellings(dsn)).marks_every_line(every_line):
+            raise StartupError(f'the password of database {name!r} {EVERY_LINE_HOLDS}. Choose another password, or '
+                               'change the setting that holds it')
+    if Redactor(tokens).marks_every_line(every_line):
+        raise StartupError(f'a bearer token {EVERY_LINE_HOLDS}. Choose another token')
+
+
+# Why a secret is refused at the start (check_secrets_spare_every_line); never the secret itself.
+EVERY_LINE_HOLDS = ('is a word that every log line holds (in a field name, or APP_ID, ENVIRONMENT, PROCESS_ID, the '
+                    'host name or ELK_INDEX) or part of a date and time its timestamp can hold (2027, T06:35): the '
+                    'lines would show it, or lose that word to [REDACTED]')
 
 
 def replace_handlers(logger, handlers):

@@ -12,6 +12,9 @@ REDACTED = '[REDACTED]'
 # Shorter "secrets" would blank out ordinary words in every line.
 MIN_SECRET_LENGTH = 4
 PERCENT_ESCAPE = re.compile(r'%[0-9A-F]{2}')
+# The form of every line's @timestamp (lib/logs/formatter.py, as ecs-logging writes it), 0 standing for any digit.
+TIMESTAMP_FORM = '0000-00-00T00:00:00.000Z'
+DIGITS = frozenset('0123456789')
 
 
 def dsn_spellings(dsn):
@@ -58,9 +61,12 @@ class Redactor:
                 return encode(self.redact(json.loads(line)))
         return line
 
-    def holds(self, text):
-        """Tell whether text holds a secret (would be redacted)."""
-        return any(secret in text for secret in self.secrets)
+    def marks_every_line(self, document):
+        """Tell whether a secret is in a string of document (a decoded line that holds what every line does, its
+        @timestamp left out), or fits the @timestamp of some moment (2027, T06:35): every line, or every line of that
+        moment, would show it, or lose those characters to REDACTED (a date an index refuses). Numbers (a pid) are
+        never redacted, so never count."""
+        return self.redact(document) != document or any(fits_a_timestamp(secret) for secret in self.secrets)
 
     def redact(self, value):
         """Return value with every secret in its strings replaced."""
@@ -73,3 +79,10 @@ class Redactor:
         if isinstance(value, list):
             return [self.redact(item) for item in value]
         return value
+
+
+def fits_a_timestamp(text):
+    """Tell whether text is part of some moment's @timestamp (TIMESTAMP_FORM)."""
+    def fits_at(start):
+        return all(char in DIGITS if form == '0' else char == form for char, form in zip(text, TIMESTAMP_FORM[start:]))
+    return any(fits_at(start) for start in range(len(TIMESTAMP_FORM) - len(text) + 1))
