@@ -61,6 +61,10 @@ class Redactor:
                 return encode(self.redact(json.loads(line)))
         return line
 
+    def holds(self, text):
+        """Tell whether text holds a secret (would be redacted)."""
+        return any(secret in text for secret in self.secrets)
+
     def marks_every_line(self, document):
         """Tell whether a secret is in a string of document (a decoded line that holds what every line does, its
         @timestamp left out), or fits the @timestamp of some moment (2027, T06:35): every line, or every line of that
