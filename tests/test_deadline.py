@@ -14,7 +14,7 @@ import pytest
 import settings
 from lib.db import transactional
 from lib.db.guard import NotACursorClass, StatementPastDeadline
-from lib.db.unit import DatabaseNotAnswering, DeadlineExceeded
+from lib.db.unit import DatabaseNotAnswering, DeadlineExceeded, StreamPastDeadline
 from lib.decorators import inject_conn, inject_db
 from lib.errors import GatewayTimeout, ImproperlyConfigured, from_database_error
 from ops import nginx
@@ -107,6 +107,52 @@ def write_through_a_cursor_a_function_makes(conn, factory):
     """Insert a row through a cursor of cursor_factory=factory, a callable that is no cursor class."""
     with conn.cursor(cursor_factory=factory) as cursor:
         cursor.execute(f'INSERT INTO {TABLE} VALUES (1)')
+
+
+class HandsOutPlainCursors(type):
+    """A metaclass whose classes make psycopg2's plain cursor, not one of their own."""
+
+    def __call__(cls, *args, **kwargs):
+        return psycopg2.extensions.cursor(*args, **kwargs)
+
+
+class MetaclassCursor(psycopg2.extensions.cursor, metaclass=HandsOutPlainCursors):
+    """A cursor class in name: its metaclass hands out plain cursors."""
+
+
+class NewCursor(psycopg2.extensions.cursor):
+    """A cursor class in name: its __new__ hands out plain cursors."""
+
+    def __new__(cls, *args, **kwargs):
+        return psycopg2.extensions.cursor(*args, **kwargs)
+
+
+@inject_conn()
+def fetch_from_a_named_cursor_for(conn, seconds, how):
+    """Fetch rows one at a time from a server-side cursor for seconds (each fetch a FETCH or MOVE statement), the way
+    how names."""
+    ends = time.monotonic() + seconds
+    with conn.cursor(name='deadline_rows') as cursor:
+        cursor.itersize = 1
+        cursor.execute('SELECT n FROM generate_series(1, 100000) AS n')
+        rows = iter(cursor)
+        fetch = {'fetchone': cursor.fetchone, 'fetchmany': lambda: cursor.fetchmany(1), 'fetchall': cursor.fetchall,
+                 'iterate': lambda: next(rows), 'scroll': lambda: cursor.scroll(1)}[how]
+        while time.monotonic() < ends:
+            time.sleep(0.05)
+            fetch()
+
+
+@inject_conn(autocommit=True)
+def write_rows_in_a_stream(conn, pause):
+    """Return a stream that writes and yields a row, then spends pause seconds in Python before the next."""
+    def rows():
+        with conn.cursor() as cursor:
+            for attempt in range(3):
+                cursor.execute(f'INSERT INTO {TABLE} VALUES (%s) RETURNING attempt', (attempt,))
+                yield cursor.fetchone()
+                time.sleep(pause)
+    return rows()
 
 
 def timed_call(app, action, *args):
@@ -225,6 +271,41 @@ def test_a_cursor_factory_that_is_no_cursor_class_is_refused_since_its_statement
     error, _ = timed_call(make_app(REQUEST_DEADLINE_MS=3000), write_through_a_cursor_a_function_makes, factory)
     assert isinstance(error, NotACursorClass) and 'must be psycopg2.extensions.cursor or a subclass' in str(error)
     assert rows_written(probe_table) == 0
+
+
+@pytest.mark.parametrize('factory', [MetaclassCursor, NewCursor])
+def test_a_cursor_class_that_hands_out_cursors_of_another_kind_is_refused(make_app, probe_table, factory):
+    """It passed the class check, and its plain cursors wrote after the deadline and after the client left (trial
+    D)."""
+    error, _ = timed_call(make_app(REQUEST_DEADLINE_MS=3000), write_through_a_cursor_a_function_makes, factory)
+    assert isinstance(error, NotACursorClass) and 'not a cursor of its own class' in str(error)
+    assert rows_written(probe_table) == 0
+
+
+def test_a_cursor_factory_that_cannot_be_hashed_is_no_cursor_class(make_app, probe_table):
+    """A list as cursor_factory was a TypeError of the guard's cache."""
+    error, _ = timed_call(make_app(REQUEST_DEADLINE_MS=3000), write_through_a_cursor_a_function_makes,
+                          [psycopg2.extensions.cursor])
+    assert isinstance(error, NotACursorClass) and 'must be psycopg2.extensions.cursor or a subclass' in str(error)
+
+
+@pytest.mark.parametrize('how', ['fetchone', 'fetchmany', 'fetchall', 'iterate', 'scroll'])
+def test_a_named_cursors_fetches_past_the_deadline_are_refused(make_app, how):
+    """A server-side cursor's FETCH and MOVE ran on past the deadline, their functions' side effects too (trial D)."""
+    error, seconds = timed_call(make_app(REQUEST_DEADLINE_MS=400), fetch_from_a_named_cursor_for, 1.5, how)
+    assert isinstance(error, StatementPastDeadline) and error.detail == StatementPastDeadline.detail
+    assert seconds < 0.8, 'it fetched on past its deadline'
+
+
+def test_a_statement_a_stream_starts_past_the_deadline_ends_it_as_past_the_deadline(make_app, probe_table):
+    """It ended as StatementPastDeadline, which speaks of a statement cancelled and a transaction rolled back; the
+    contract says such an answer ran past the deadline and was cut short (trials D and E)."""
+    with make_app(REQUEST_DEADLINE_MS=300).test_request_context('/deadline/probe', method='POST'):
+        stream = write_rows_in_a_stream(0.5)
+        assert next(stream) == {'attempt': 0}
+        with pytest.raises(StreamPastDeadline):
+            next(stream)
+    assert rows_written(probe_table) == 1
 
 
 def test_a_closed_connections_error_met_while_another_error_is_handled_answers_as_that_error():

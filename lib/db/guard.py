@@ -2,8 +2,9 @@
 
 A request is over at its deadline (REQUEST_DEADLINE_MS), and when lib/http/disconnect.py's watcher marks it so (its
 client went away, its worker is stopping). Every cursor of a pooled connection (lib/db/session.py's PooledConnection
-hands out only RequestGuard cursors, whatever cursor class is asked for as cursor_factory), and the connection's own
-commit, check before each statement they send: one the request starts once it is over raises that request's error
+hands out only RequestGuard cursors, whatever cursor class is asked for as cursor_factory; a named cursor's fetches
+and scrolls, which send FETCH and MOVE, are checked too), and the connection's own commit, check before each
+statement they send: one the request starts once it is over raises that request's error
 instead (504 past the deadline, 499 for a client gone, 503 for a stopping worker), so that nothing it would write
 commits for nobody. A statement still running then is the watcher's to cancel.
 """
@@ -71,20 +72,61 @@ class RequestGuard:
         return super().copy_to(*args, **kwargs)
 
 
+class NamedCursorGuard(RequestGuard):
+    """RequestGuard for a named (server-side) cursor, whose fetches and scrolls send statements too (FETCH, MOVE):
+    each is refused as execute is, iterating row by row included."""
+
+    def fetchone(self):
+        refuse_when_request_over(self.connection)
+        return super().fetchone()
+
+    def fetchmany(self, size=None):
+        refuse_when_request_over(self.connection)
+        return super().fetchmany(self.arraysize if size is None else size)
+
+    def fetchall(self):
+        refuse_when_request_over(self.connection)
+        return super().fetchall()
+
+    def scroll(self, value, mode='relative'):
+        refuse_when_request_over(self.connection)
+        return super().scroll(value, mode)
+
+    def __next__(self):
+        refuse_when_request_over(self.connection)
+        return super().__next__()
+
+
 class NotACursorClass(TypeError):
-    """A cursor_factory that is no cursor class (a function, a functools.partial): psycopg2 documents the factory as
-    a subclass of its cursor, and the statements of a cursor a function makes could not be refused once the request
-    is over. A module's bug (a 500), raised where the cursor is asked for."""
+    """A cursor_factory that is no cursor class (a function, a functools.partial), or whose class makes cursors that
+    are not its own (a metaclass or __new__ handing out another cursor): psycopg2 documents the factory as a subclass
+    of its cursor, and the statements of a cursor made another way could not be refused once the request is over. A
+    module's bug (a 500), raised where the cursor is asked for."""
 
 
-@functools.cache
-def guarded(cursor_class):
-    """Return cursor_class (psycopg2's cursor or a subclass of it) with RequestGuard in front, made once per class;
-    NotACursorClass for anything else."""
+def guarded(cursor_class, named=False):
+    """Return cursor_class (psycopg2's cursor or a subclass of it) with RequestGuard in front, or NamedCursorGuard
+    for a named cursor (named); NotACursorClass for anything else."""
     if not (isinstance(cursor_class, type) and issubclass(cursor_class, psycopg2.extensions.cursor)):
         raise NotACursorClass(f'cursor_factory must be psycopg2.extensions.cursor or a subclass of it, not '
                               f'{cursor_class!r}: the statements of a cursor another callable makes cannot be refused '
                               'once the request is over (lib/db/guard.py)')
-    if issubclass(cursor_class, RequestGuard):
+    return guarded_class(cursor_class, NamedCursorGuard if named else RequestGuard)
+
+
+@functools.cache
+def guarded_class(cursor_class, guard):
+    """Return cursor_class with guard (a RequestGuard class) in front, made once per class and guard."""
+    if issubclass(cursor_class, guard):
         return cursor_class
-    return type(f'Guarded{cursor_class.__name__}', (RequestGuard, cursor_class), {'__doc__': cursor_class.__doc__})
+    return type(f'Guarded{cursor_class.__name__}', (guard, cursor_class), {'__doc__': cursor_class.__doc__})
+
+
+def check_guarded(cursor):
+    """Return cursor, made by a guarded class; NotACursorClass (the cursor closed) when that class handed out a
+    cursor of another kind, which no guard stands in front of."""
+    if isinstance(cursor, RequestGuard):
+        return cursor
+    cursor.close()
+    raise NotACursorClass(f'cursor_factory made a {type(cursor).__qualname__}, not a cursor of its own class: its '
+                          'statements could not be refused once the request is over (lib/db/guard.py)')

@@ -9,7 +9,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from lib.db.cancel import cancel_request_for
-from lib.db.guard import guarded, refuse_when_request_over
+from lib.db.guard import check_guarded, guarded, refuse_when_request_over
 from lib.db.types import READING_STYLES
 from lib.errors import GatewayTimeout
 
@@ -72,9 +72,11 @@ class PooledConnection(psycopg2.extensions.connection):
 
     def cursor(self, name=None, cursor_factory=None, scrollable=None, withhold=False):
         """Return psycopg2's cursor, of cursor_factory (else the connection's, else psycopg2's cursor), with
-        RequestGuard in front: it starts no statement once the request the connection serves is over."""
-        factory = guarded(cursor_factory or self.cursor_factory or psycopg2.extensions.cursor)
-        return super().cursor(name, cursor_factory=factory, scrollable=scrollable, withhold=withhold)
+        RequestGuard in front (NamedCursorGuard for a named cursor, whose fetches are statements too): it starts no
+        statement once the request the connection serves is over. NotACursorClass for a factory that is no cursor
+        class, or whose class hands out cursors of another kind."""
+        factory = guarded(cursor_factory or self.cursor_factory or psycopg2.extensions.cursor, name is not None)
+        return check_guarded(super().cursor(name, cursor_factory=factory, scrollable=scrollable, withhold=withhold))
 
     def commit(self):
         """Commit, unless the request the connection serves is over (lib/db/guard.py): then raise its error, and the

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 import psycopg2.errors
 import psycopg2.extensions
 
+from lib.db.guard import StatementPastDeadline
 from lib.db.helpers import Db
 from lib.db.session import END_OF_USE_ANSWER_SECONDS, bound_answers, count_use, note_request, report_notices
 from lib.errors import GatewayTimeout
@@ -188,8 +189,9 @@ class LeasedStream:
         except StopIteration:
             self.lease.end(success=True)
             raise
-        # A batch still fetched at the deadline (cancelled there: lib/http/disconnect.py) or a second past it.
-        except (DatabaseNotAnswering, psycopg2.errors.QueryCanceled) as exc:
+        # A batch still fetched at the deadline (cancelled there: lib/http/disconnect.py) or a second past it, or a
+        # statement the stream started past it (refused: lib/db/guard.py).
+        except (DatabaseNotAnswering, psycopg2.errors.QueryCanceled, StatementPastDeadline) as exc:
             self.lease.end(success=False)
             if self.past_deadline():
                 raise StreamPastDeadline() from exc
