@@ -12,11 +12,12 @@ import psycopg2.extras
 import pytest
 
 import settings
-from lib.db import transactional
+from lib.db import DEFAULT, PoolTimeout, connection, transactional
 from lib.db.guard import NotACursorClass, StatementPastDeadline
 from lib.db.unit import DatabaseNotAnswering, DeadlineExceeded, StreamPastDeadline
 from lib.decorators import inject_conn, inject_db
 from lib.errors import GatewayTimeout, ImproperlyConfigured, from_database_error
+from lib.http.exchange import DEADLINE_KEY
 from ops import nginx
 from ops.stack import StackConfig, nginx_environment
 from tests.helpers import Caller, run_sql
@@ -306,6 +307,27 @@ def test_a_statement_a_stream_starts_past_the_deadline_ends_it_as_past_the_deadl
         with pytest.raises(StreamPastDeadline):
             next(stream)
     assert rows_written(probe_table) == 1
+
+
+@inject_conn(autocommit=True)
+def select_one(conn):
+    """Run one short statement."""
+    with conn.cursor() as cursor:
+        cursor.execute('SELECT 1')
+
+
+@pytest.mark.parametrize('seconds_left, expected', [(0.2, DeadlineExceeded), (5, PoolTimeout)])
+def test_a_wait_for_a_connection_that_the_deadline_ends_is_the_deadlines_504(make_app, seconds_left, expected):
+    """A request that came late to the pool (a slow body) had its wait cut by the deadline, and got the pool's 503,
+    whose words say no connection came free within DB_POOL_TIMEOUT_MS (trial D)."""
+    app = make_app(DB_POOL_MAX=1, DB_POOL_TIMEOUT_MS=400, REQUEST_DEADLINE_MS=10000)
+    with connection(app.extensions['dbapi'].pools[DEFAULT]):  # the pool's one connection, held
+        with app.test_request_context('/deadline/probe', method='POST') as context:
+            context.request.environ[DEADLINE_KEY] = time.monotonic() + seconds_left
+            started = time.monotonic()
+            with pytest.raises(expected):
+                select_one()
+    assert time.monotonic() - started < min(seconds_left, 0.4) + 0.3
 
 
 def test_a_closed_connections_error_met_while_another_error_is_handled_answers_as_that_error():

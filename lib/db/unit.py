@@ -9,6 +9,7 @@ import psycopg2.extensions
 
 from lib.db.guard import StatementPastDeadline
 from lib.db.helpers import Db
+from lib.db.pool import PoolTimeout
 from lib.db.session import END_OF_USE_ANSWER_SECONDS, bound_answers, count_use, note_request, report_notices
 from lib.errors import GatewayTimeout
 
@@ -62,13 +63,20 @@ def time_left(deadline):
     return None if deadline is None else deadline - time.monotonic()
 
 
-def wait_within(pool, timeout, deadline):
-    """Return how long a borrow may wait for a free connection: the pool's wait (or timeout), never past deadline."""
+def borrow_within(pool, timeout, deadline):
+    """Borrow a connection of pool, waiting for a free one the pool's wait (or timeout) at most, never past deadline
+    (a time.monotonic() value, or None): PoolTimeout (503) when the wait ends, DeadlineExceeded (504) when the
+    deadline ends it, or had passed before it."""
     wait = pool.timeout if timeout is None else timeout
     left = time_left(deadline)
     if left is not None and left <= 0:
         raise DeadlineExceeded()
-    return wait if left is None else min(wait, left)
+    try:
+        return pool.borrow(wait if left is None else min(wait, left), deadline)
+    except PoolTimeout as exc:
+        if left is not None and left < wait:
+            raise DeadlineExceeded() from exc
+        raise
 
 
 class Lease:
@@ -88,7 +96,7 @@ class Lease:
         if self.client is not None:
             pool.bulkhead.enter(client, client_limit)
         try:
-            self.conn = pool.borrow(wait_within(pool, timeout, deadline), deadline)
+            self.conn = borrow_within(pool, timeout, deadline)
         except BaseException:
             self.leave_bulkhead()
             raise
