@@ -643,6 +643,35 @@ def test_a_uuid_and_an_enum_member_marshmallows_fields_load_are_parameters(conn)
     assert row == {'ref': str(ref), 'type': 'uuid', 'found': True, 'status': 'paid', 'late': 2}
 
 
+@pytest.mark.parametrize('value, cast, text', [
+    (-32768, 'int2', '-32768'), (-9223372036854775808, 'int8', '-9223372036854775808'),
+    (decimal.Decimal('-0.01'), 'text', '-0.01'), (ExactNumber('-12.50'), 'text', '-12.50'), (-1.5, 'text', '-1.5'),
+    (decimal.Decimal('-Infinity'), 'numeric', '-Infinity'), (decimal.Decimal('Infinity'), 'numeric', 'Infinity'),
+    (decimal.Decimal('NaN'), 'numeric', 'NaN'), (float('-inf'), 'float8', '-Infinity'), (7, 'int2', '7')])
+def test_a_number_parameter_followed_by_a_cast_is_the_number_sent(conn, value, cast, text):
+    """psycopg2 sent -32768 as ` -32768`, which `::int2` read as -(32768::int2), out of range (a 422 for a valid
+    value), and -0.01 before `::text` as -(text), no operator (a 500); it sent every non-finite Decimal as NaN."""
+    assert Db(conn).fetch_value(f'SELECT (%s::{cast})::text', [value]) == text
+
+
+def test_a_negative_number_after_a_minus_is_still_subtracted(conn):
+    """psycopg2's leading space kept `1-%s` from becoming the comment `1--1`; the parentheses keep it too."""
+    assert Db(conn).fetch_value('SELECT 1-%s', [-1]) == 2
+
+
+@pytest.mark.parametrize('seconds', ['123456789012.123457', '-0.5', '36497106.5', '-9223372036854.775807'])
+def test_docs_interval_recipe_takes_seconds_back_exactly(conn, seconds):
+    """modules.md's make_interval(secs => ...) went through a double precision: 123456789012.123457 lost a digit."""
+    query = "SELECT EXTRACT(epoch FROM (%s::text || ' seconds')::interval)"
+    assert Db(conn).fetch_value(query, [ExactNumber(seconds)]) == decimal.Decimal(seconds)
+
+
+def test_docs_interval_recipe_refuses_seconds_out_of_range_with_a_class_22_error(conn):
+    with pytest.raises(psycopg2.DataError) as refused:
+        Db(conn).fetch_value("SELECT (%s::text || ' seconds')::interval", [ExactNumber('9.1e15')])
+    assert refused.value.pgcode.startswith('22')
+
+
 # --- No 500 for a client's value; an action's own bug stays one. ---
 
 @pytest.mark.parametrize('document', [{'k': 'lone \ud800'}, {'lone \ud800': 1}, [{'deep': ['\udfff']}],

@@ -23,7 +23,9 @@ is adapted, as RefusedValue, a 422: the value is at fault, not the server.
 """
 import contextlib
 import datetime
+import decimal
 import enum
+import math
 import re
 import uuid
 
@@ -427,9 +429,39 @@ def enum_parameter(member):
     return psycopg2.extensions.adapt(member.value)
 
 
+def int_parameter(value):
+    """Adapt an int as psycopg2 does, a negative one in parentheses. SQL's `::` binds tighter than unary minus
+    (PostgreSQL's operator precedence table), so psycopg2's ` -5::money` is -(5::money), an operator money lacks, and
+    ` -32768::int2` casts 32768, out of range: `(-5)::money` casts the number sent."""
+    return psycopg2.extensions.AsIs('(%d)' % value) if value < 0 else psycopg2.extensions.Int(value)
+
+
+def float_parameter(value):
+    """Adapt a float as psycopg2 does (NaN and the infinities quoted), a negative one in parentheses (int_parameter)."""
+    if math.isfinite(value) and math.copysign(1, value) < 0:
+        return psycopg2.extensions.AsIs(f'({float.__repr__(value)})')
+    return psycopg2.extensions.Float(value)
+
+
+# numeric's own non-finite values (PostgreSQL 14 and later), which psycopg2's adapter sends all as 'NaN'.
+NON_FINITE_NUMERIC = {'NaN': "'NaN'::numeric", 'Infinity': "'Infinity'::numeric", '-Infinity': "'-Infinity'::numeric"}
+
+
+def decimal_parameter(value):
+    """Adapt a Decimal (an ExactNumber too) as the numeric literal of its text, a negative one in parentheses
+    (int_parameter); NaN and the infinities as numeric's own, where psycopg2 sent every one as NaN."""
+    if not value.is_finite():
+        return psycopg2.extensions.AsIs(NON_FINITE_NUMERIC['NaN' if value.is_nan() else decimal.Decimal.__str__(value)])
+    text = decimal.Decimal.__str__(value)
+    return psycopg2.extensions.AsIs(f'({text})' if value.is_signed() else text)
+
+
 psycopg2.extensions.register_adapter(dict, json_parameter)
 psycopg2.extensions.register_adapter(uuid.UUID, uuid_parameter)
 psycopg2.extensions.register_adapter(enum.Enum, enum_parameter)
+psycopg2.extensions.register_adapter(int, int_parameter)
+psycopg2.extensions.register_adapter(float, float_parameter)
+psycopg2.extensions.register_adapter(decimal.Decimal, decimal_parameter)
 
 
 def check_reading_styles(conn):
