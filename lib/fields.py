@@ -77,16 +77,21 @@ BASE64_INVALID = 'Not valid base64 text.'
 
 
 def decode_base64(text):
-    """Return the bytes of standard base64 text (RFC 4648 section 4, padded); ValidationError for anything else."""
+    """Return the bytes of standard base64 text (RFC 4648 section 4, padded, its pad bits zero as section 3.5 asks
+    of an encoder: the one text of those bytes, which is what dbapi writes them back as); ValidationError for anything
+    else ("AB==" decodes to the byte "AA==" stands for)."""
     if not isinstance(text, str):
         raise ValidationError(BASE64_INVALID)
     try:
-        return base64.b64decode(text, validate=True)
+        decoded = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):  # ValueError: a character outside ASCII
         raise ValidationError(BASE64_INVALID) from None
+    if base64.b64encode(decoded) != text.encode():
+        raise ValidationError(BASE64_INVALID)
+    return decoded
 
 
 def base64_bytes(**options):
     """Return a field for a bytea column: standard base64 text, the form dbapi writes bytea in, loaded as bytes
-    (psycopg2 sends them as bytea); anything else is a 422 "Not valid base64 text."."""
+    (psycopg2 sends them as bytea); anything else, non-zero pad bits included, is a 422 "Not valid base64 text."."""
     return fields.Function(deserialize=decode_base64, **options)

@@ -984,8 +984,9 @@ def test_bytea_read_as_base64_is_written_back_the_same_with_base64_bytes(call):
     assert answer.get_json() == {'raw': 'AP8=', 'length': 2}  # the two bytes 00 ff, not the four of the text
 
 
-@pytest.mark.parametrize('raw', ['AP8', 'AP8=\n', '!!!!', 'é', 5, ['AP8=']])
+@pytest.mark.parametrize('raw', ['AP8', 'AP8=\n', '!!!!', 'é', 5, ['AP8='], 'AB==', 'AP9=', '===='])
 def test_base64_bytes_refuses_what_is_no_base64_text_with_a_422(call, raw):
+    """Non-zero pad bits too: "AB==" was stored as the byte 00, read back as "AA=="."""
     answer = call('/probe/bytea_round_trip', {'raw': raw})
     assert assert_problem(answer, 422)['errors'] == {'raw': ['Not valid base64 text.']}
 
