@@ -133,6 +133,7 @@ def lease_for_request(database, autocommit, named, deadline):
                      client_limit=limit, deadline=deadline)
     except ApiError as exc:
         if has_request_context() and client_gone(request.environ):
+            request.environ[GONE_KEY] = True  # as the watcher marks it: logged 499, nothing sent
             raise ClientClosedRequest() from exc
         raise
 

@@ -566,10 +566,23 @@ def test_a_client_that_goes_away_has_its_query_cancelled_and_its_connection_reus
     assert line['error']['message'] == 'The client went away before its answer.', line
 
 
+def received_after_half_close(client):
+    """Shut down client's sending side; return all it receives until the server closes the connection."""
+    client.shutdown(socket.SHUT_WR)
+    client.settimeout(10)
+    received = b''
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := client.recv(4096):
+            received += chunk
+    client.close()
+    return received
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('worker_class', ['gevent', 'gthread'])
+@pytest.mark.parametrize('worker_class, leaves', [('gevent', 'close'), ('gthread', 'close'), ('gevent', 'half-close'),
+                                                  ('gthread', 'half-close')])
 def test_a_client_that_leaves_while_waiting_for_a_connection_is_logged_499_and_one_that_stays_gets_its_503(
-        database_url, tmp_path, worker_class):
+        database_url, tmp_path, worker_class, leaves):
     seconds = 3 + random.randint(1, 999) / 1000
     query = f'SELECT pg_sleep({seconds})'
     with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1',
@@ -578,7 +591,11 @@ def test_a_client_that_leaves_while_waiting_for_a_connection_is_logged_499_and_o
             holder = executor.submit(post, port, '/slow/sleep', {'seconds': seconds})
             wait_for(lambda: backend_running(database_url, query), 10, 'the query did not start')
             stays = executor.submit(post, port, '/slow/sleep', {'seconds': 0}, headers={'X-Request-ID': 'stays'})
-            raw_post(port, '/slow/sleep', {'seconds': 0}, 'gone-waiting').close()
+            client = raw_post(port, '/slow/sleep', {'seconds': 0}, 'gone-waiting')
+            if leaves == 'close':
+                client.close()
+            else:
+                assert received_after_half_close(client) == b'', 'a half-closed client is sent no answer'
             wait_for(lambda: access_lines(tmp_path, 'gone-waiting'), 10, 'the request that waited was not logged')
             assert stays.result().status == 503
             assert holder.result().status == 200
@@ -613,13 +630,7 @@ def test_a_client_that_only_shuts_its_sending_side_gets_no_499_sent_only_the_con
                              WORKER_CLASS=worker_class) as (port, _):
         client = raw_post(port, '/slow/sleep', {'seconds': seconds}, 'half-closed')
         wait_for(lambda: backend_running(database_url, query), 10, 'the query did not start')
-        client.shutdown(socket.SHUT_WR)
-        client.settimeout(10)
-        received = b''
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := client.recv(4096):
-                received += chunk
-        client.close()
+        received = received_after_half_close(client)
         line = wait_for(lambda: access_lines(tmp_path, 'half-closed'), 10, 'the request was not logged')[0]
     assert received == b'', received
     assert line['http']['response']['status_code'] == 499 and line['event']['outcome'] == 'failure', line
