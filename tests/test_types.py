@@ -672,6 +672,21 @@ def test_docs_interval_recipe_refuses_seconds_out_of_range_with_a_class_22_error
     assert refused.value.pgcode.startswith('22')
 
 
+@pytest.mark.parametrize('text, read', [('2026-12-31T23:59:59.9999999Z', '2027-01-01 00:00:00+00'),
+                                        ('infinity', 'infinity'), ('0044-03-15T12:00:00Z BC', '0044-03-15 12:00:00+00 BC')])
+def test_docs_timestamp_text_cast_in_sql_is_read_as_postgresql_reads_it(conn, text, read):
+    """modules.md: marshmallow's datetime fields drop digits past the sixth and refuse infinity; text cast in the
+    SQL does neither."""
+    Db(conn).execute("SET LOCAL TimeZone = 'UTC'")
+    assert Db(conn).fetch_value('SELECT (%s::timestamptz)::text', [text]) == read
+
+
+def test_docs_timestamp_text_cast_in_sql_refuses_bad_text_with_a_class_22_error(conn):
+    with pytest.raises(psycopg2.DataError) as refused:
+        Db(conn).fetch_value('SELECT %s::timestamptz', ['not a time'])
+    assert refused.value.pgcode.startswith('22')
+
+
 # --- No 500 for a client's value; an action's own bug stays one. ---
 
 @pytest.mark.parametrize('document', [{'k': 'lone \ud800'}, {'lone \ud800': 1}, [{'deep': ['\udfff']}],
