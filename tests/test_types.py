@@ -672,8 +672,9 @@ def test_docs_interval_recipe_refuses_seconds_out_of_range_with_a_class_22_error
     assert refused.value.pgcode.startswith('22')
 
 
-@pytest.mark.parametrize('text, read', [('2026-12-31T23:59:59.9999999Z', '2027-01-01 00:00:00+00'),
-                                        ('infinity', 'infinity'), ('0044-03-15T12:00:00Z BC', '0044-03-15 12:00:00+00 BC')])
+@pytest.mark.parametrize('text, read', [
+    ('2026-12-31T23:59:59.9999999Z', '2027-01-01 00:00:00+00'), ('infinity', 'infinity'),
+    ('0044-03-15T12:00:00Z BC', '0044-03-15 12:00:00+00 BC')])
 def test_docs_timestamp_text_cast_in_sql_is_read_as_postgresql_reads_it(conn, text, read):
     """modules.md: marshmallow's datetime fields drop digits past the sixth and refuse infinity; text cast in the
     SQL does neither."""
