@@ -139,10 +139,14 @@ def lease_for_request(database, autocommit, named, deadline):
 
 
 def watch_client(lease):
-    """Have the query on lease's connection cancelled if the request's client goes away, until the lease ends."""
+    """Have the query on lease's connection cancelled if the request's client goes away, until the lease ends. A
+    client already gone (while its request waited for the connection, or before) marks the request over at once:
+    the watcher's first look would come after the action's first statements had run."""
     watch = WATCHER.watch(request.environ, lease.conn, lease.deadline) if has_request_context() else None
     if watch is not None:
         lease.before_end.append(functools.partial(end_watch, watch))
+        if client_gone(request.environ):
+            WATCHER.cancel(watch)  # no statement runs yet: this only marks it (Watch.mark)
     return watch
 
 

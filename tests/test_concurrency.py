@@ -3,6 +3,7 @@ bulkheads, shedding."""
 import collections
 import contextlib
 import http.client
+import io
 import json
 import os
 import random
@@ -53,6 +54,15 @@ def test_queries_of_several_greenlets_wait_side_by_side(database_url, cooperativ
             conn.close()
     _, seconds = timed(lambda: gevent.joinall([gevent.spawn(sleep_in_postgres) for _ in range(3)], raise_error=True))
     assert seconds < 1.2  # one after the other would take 1.5 s
+
+
+def test_copy_is_refused_by_psycopg2_under_gevent_as_modules_md_says(database_url, cooperative_psycopg2):
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn.cursor() as cursor, pytest.raises(psycopg2.ProgrammingError, match='asynchronous callback'):
+            cursor.copy_expert('COPY (SELECT 1) TO STDOUT', io.StringIO())
+    finally:
+        conn.close()
 
 
 # gunicorn's timeout (WORKER_TIMEOUT)
@@ -603,6 +613,34 @@ def test_a_client_that_leaves_while_waiting_for_a_connection_is_logged_499_and_o
     assert gone['http']['response']['status_code'] == 499 and gone['event']['outcome'] == 'failure', gone
     assert gone['error']['message'] == 'The client went away before its answer.', gone
     assert gunicorn_access_line(tmp_path, 'stays')['http']['response']['status_code'] == 503
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('worker_class, leaves', [('gevent', 'close'), ('gthread', 'half-close'),
+                                                  ('gevent', 'half-close')])
+def test_a_client_that_leaves_while_waiting_for_a_connection_that_then_comes_is_not_served(database_url, tmp_path,
+                                                                                            worker_class, leaves):
+    """Its action ran and committed once the connection came, and a half-closed client was sent the 200 (trial F):
+    the watcher looked only after the first statements."""
+    code = f'waited-{uuid.uuid4().hex[:8]}'
+    seconds = 1.5 + random.randint(1, 999) / 1000
+    query = f'SELECT pg_sleep({seconds})'
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1',
+                             DB_POOL_TIMEOUT_MS='5000', LOG_LEVEL='INFO', WORKER_CLASS=worker_class) as (port, _):
+        with ThreadPoolExecutor(1) as executor:
+            holder = executor.submit(post, port, '/slow/sleep', {'seconds': seconds})
+            wait_for(lambda: backend_running(database_url, query), 10, 'the query did not start')
+            client = raw_post(port, '/probe/things/create', {'code': code}, 'gone-then-served')
+            time.sleep(0.3)  # its request now waits for the one connection
+            if leaves == 'close':
+                client.close()
+            else:
+                assert received_after_half_close(client) == b'', 'a half-closed client is sent no answer'
+            wait_for(lambda: access_lines(tmp_path, 'gone-then-served'), 10, 'the request that waited was not logged')
+            assert holder.result().status == 200
+    line = gunicorn_access_line(tmp_path, 'gone-then-served')
+    assert line['http']['response']['status_code'] == 499 and line['event']['outcome'] == 'failure', line
+    assert things_with_code(database_url, code) == 0, 'nothing is written for a client that left'
 
 
 @pytest.mark.slow
