@@ -144,6 +144,38 @@ def fetch_from_a_named_cursor_for(conn, seconds, how):
             fetch()
 
 
+class HandsOutAnotherGuardedCursor(psycopg2.extensions.cursor):
+    """A cursor class in name: its __new__ hands out a guarded cursor of another class, whose guard is not a named
+    cursor's."""
+
+    def __new__(cls, conn, name=None, **kwargs):
+        return type(conn.cursor())(conn, name, **kwargs)
+
+
+class UnhashableClass(type):
+    """A metaclass whose classes cannot be hashed."""
+
+    __hash__ = None
+
+    def __eq__(cls, other):
+        return cls is other
+
+
+class UnhashableCursor(psycopg2.extensions.cursor, metaclass=UnhashableClass):
+    """A cursor class that cannot be a dict's key."""
+
+
+@inject_conn(autocommit=True)
+def commit_in_a_stream(conn, pause):
+    """Return a stream that yields a row, spends pause seconds in Python, then runs a transactional() block."""
+    def rows():
+        yield {'first': 1}
+        time.sleep(pause)
+        with transactional(conn) as db:
+            db.execute(f'INSERT INTO {TABLE} VALUES (1)')
+    return rows()
+
+
 @inject_conn(autocommit=True)
 def write_rows_in_a_stream(conn, pause):
     """Return a stream that writes and yields a row, then spends pause seconds in Python before the next."""
@@ -274,7 +306,7 @@ def test_a_cursor_factory_that_is_no_cursor_class_is_refused_since_its_statement
     assert rows_written(probe_table) == 0
 
 
-@pytest.mark.parametrize('factory', [MetaclassCursor, NewCursor])
+@pytest.mark.parametrize('factory', [MetaclassCursor, NewCursor, HandsOutAnotherGuardedCursor])
 def test_a_cursor_class_that_hands_out_cursors_of_another_kind_is_refused(make_app, probe_table, factory):
     """It passed the class check, and its plain cursors wrote after the deadline and after the client left (trial
     D)."""
@@ -283,11 +315,13 @@ def test_a_cursor_class_that_hands_out_cursors_of_another_kind_is_refused(make_a
     assert rows_written(probe_table) == 0
 
 
-def test_a_cursor_factory_that_cannot_be_hashed_is_no_cursor_class(make_app, probe_table):
-    """A list as cursor_factory was a TypeError of the guard's cache."""
-    error, _ = timed_call(make_app(REQUEST_DEADLINE_MS=3000), write_through_a_cursor_a_function_makes,
-                          [psycopg2.extensions.cursor])
-    assert isinstance(error, NotACursorClass) and 'must be psycopg2.extensions.cursor or a subclass' in str(error)
+@pytest.mark.parametrize('factory, words', [([psycopg2.extensions.cursor], 'must be psycopg2.extensions.cursor'),
+                                            (UnhashableCursor, 'cannot be guarded')], ids=['list', 'unhashable class'])
+def test_a_cursor_factory_that_cannot_be_hashed_is_no_cursor_class(make_app, probe_table, factory, words):
+    """A list, or a class its metaclass made unhashable, as cursor_factory was a TypeError of the guard's cache."""
+    error, _ = timed_call(make_app(REQUEST_DEADLINE_MS=3000), write_through_a_cursor_a_function_makes, factory)
+    assert isinstance(error, NotACursorClass) and words in str(error)
+    assert rows_written(probe_table) == 0
 
 
 @pytest.mark.parametrize('how', ['fetchone', 'fetchmany', 'fetchall', 'iterate', 'scroll'])
@@ -298,15 +332,18 @@ def test_a_named_cursors_fetches_past_the_deadline_are_refused(make_app, how):
     assert seconds < 0.8, 'it fetched on past its deadline'
 
 
-def test_a_statement_a_stream_starts_past_the_deadline_ends_it_as_past_the_deadline(make_app, probe_table):
-    """It ended as StatementPastDeadline, which speaks of a statement cancelled and a transaction rolled back; the
-    contract says such an answer ran past the deadline and was cut short (trials D and E)."""
+@pytest.mark.parametrize('action, first, written', [(write_rows_in_a_stream, {'attempt': 0}, 1),
+                                                     (commit_in_a_stream, {'first': 1}, 0)])
+def test_a_statement_a_stream_starts_past_the_deadline_ends_it_as_past_the_deadline(make_app, probe_table, action,
+                                                                                   first, written):
+    """It ended as StatementPastDeadline (or transactional()'s DeadlineExceeded), which speak of a statement or a
+    transaction; the contract says such an answer ran past the deadline and was cut short (trials D, E and F)."""
     with make_app(REQUEST_DEADLINE_MS=300).test_request_context('/deadline/probe', method='POST'):
-        stream = write_rows_in_a_stream(0.5)
-        assert next(stream) == {'attempt': 0}
+        stream = action(0.5)
+        assert next(stream) == first
         with pytest.raises(StreamPastDeadline):
             next(stream)
-    assert rows_written(probe_table) == 1
+    assert rows_written(probe_table) == written
 
 
 @inject_conn(autocommit=True)

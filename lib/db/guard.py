@@ -111,7 +111,10 @@ def guarded(cursor_class, named=False):
         raise NotACursorClass(f'cursor_factory must be psycopg2.extensions.cursor or a subclass of it, not '
                               f'{cursor_class!r}: the statements of a cursor another callable makes cannot be refused '
                               'once the request is over (lib/db/guard.py)')
-    return guarded_class(cursor_class, NamedCursorGuard if named else RequestGuard)
+    try:
+        return guarded_class(cursor_class, NamedCursorGuard if named else RequestGuard)
+    except TypeError as exc:  # a class its metaclass made unhashable, or that no guard can subclass
+        raise NotACursorClass(f'cursor_factory {cursor_class!r} cannot be guarded: {exc} (lib/db/guard.py)') from exc
 
 
 @functools.cache
@@ -122,10 +125,11 @@ def guarded_class(cursor_class, guard):
     return type(f'Guarded{cursor_class.__name__}', (guard, cursor_class), {'__doc__': cursor_class.__doc__})
 
 
-def check_guarded(cursor):
-    """Return cursor, made by a guarded class; NotACursorClass (the cursor closed) when that class handed out a
-    cursor of another kind, which no guard stands in front of."""
-    if isinstance(cursor, RequestGuard):
+def check_guarded(cursor, factory):
+    """Return cursor when it is of factory, the guarded class it was asked of; NotACursorClass (the cursor closed)
+    when that class handed out a cursor of another class (its metaclass or __new__), whose guard, if any, is not
+    the one asked for."""
+    if type(cursor) is factory:
         return cursor
     cursor.close()
     raise NotACursorClass(f'cursor_factory made a {type(cursor).__qualname__}, not a cursor of its own class: its '

@@ -76,7 +76,8 @@ class PooledConnection(psycopg2.extensions.connection):
         statement once the request the connection serves is over. NotACursorClass for a factory that is no cursor
         class, or whose class hands out cursors of another kind."""
         factory = guarded(cursor_factory or self.cursor_factory or psycopg2.extensions.cursor, name is not None)
-        return check_guarded(super().cursor(name, cursor_factory=factory, scrollable=scrollable, withhold=withhold))
+        cursor = super().cursor(name, cursor_factory=factory, scrollable=scrollable, withhold=withhold)
+        return check_guarded(cursor, factory)
 
     def commit(self):
         """Commit, unless the request the connection serves is over (lib/db/guard.py): then raise its error, and the

@@ -198,8 +198,8 @@ class LeasedStream:
             self.lease.end(success=True)
             raise
         # A batch still fetched at the deadline (cancelled there: lib/http/disconnect.py) or a second past it, or a
-        # statement the stream started past it (refused: lib/db/guard.py).
-        except (DatabaseNotAnswering, psycopg2.errors.QueryCanceled, StatementPastDeadline) as exc:
+        # statement or transaction the stream started past it (refused: lib/db/guard.py, transactional()).
+        except (DatabaseNotAnswering, psycopg2.errors.QueryCanceled, StatementPastDeadline, DeadlineExceeded) as exc:
             self.lease.end(success=False)
             if self.past_deadline():
                 raise StreamPastDeadline() from exc
