@@ -647,11 +647,21 @@ def test_a_uuid_and_an_enum_member_marshmallows_fields_load_are_parameters(conn)
     (-32768, 'int2', '-32768'), (-9223372036854775808, 'int8', '-9223372036854775808'),
     (decimal.Decimal('-0.01'), 'text', '-0.01'), (ExactNumber('-12.50'), 'text', '-12.50'), (-1.5, 'text', '-1.5'),
     (decimal.Decimal('-Infinity'), 'numeric', '-Infinity'), (decimal.Decimal('Infinity'), 'numeric', 'Infinity'),
-    (decimal.Decimal('NaN'), 'numeric', 'NaN'), (float('-inf'), 'float8', '-Infinity'), (7, 'int2', '7')])
+    (decimal.Decimal('NaN'), 'numeric', 'NaN'), (float('-inf'), 'float8', '-Infinity'), (7, 'int2', '7'),
+    (-0.0, 'float8', '-0'), (-0.0, 'float4', '-0')])
 def test_a_number_parameter_followed_by_a_cast_is_the_number_sent(conn, value, cast, text):
     """psycopg2 sent -32768 as ` -32768`, which `::int2` read as -(32768::int2), out of range (a 422 for a valid
     value), and -0.01 before `::text` as -(text), no operator (a 500); it sent every non-finite Decimal as NaN."""
     assert Db(conn).fetch_value(f'SELECT (%s::{cast})::text', [value]) == text
+
+
+def test_docs_ways_round_a_grammar_that_takes_a_bare_literal_take_a_negative_number(conn):
+    """modules.md: a negative setting through set_config(..., %s::text, ...), a count written into the statement."""
+    assert Db(conn).fetch_value("SELECT set_config('extra_float_digits', %s::text, true)", [-5]) == '-5'
+    Db(conn).execute('DECLARE c SCROLL CURSOR FOR SELECT n FROM generate_series(1, 10) AS n')
+    Db(conn).execute('MOVE ABSOLUTE 5 IN c')
+    query = psycopg2.sql.SQL('FETCH RELATIVE {} FROM c').format(psycopg2.sql.SQL(str(int(-2))))
+    assert Db(conn).fetch_value(query) == 3
 
 
 def test_a_negative_number_after_a_minus_is_still_subtracted(conn):
