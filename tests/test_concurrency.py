@@ -588,27 +588,40 @@ def received_after_half_close(client):
     return received
 
 
+def leave(client, how):
+    """Have a client whose request was sent leave: close its socket, or (half-close) shut down its sending side and
+    check that it is sent nothing."""
+    if how == 'close':
+        client.close()
+    else:
+        assert received_after_half_close(client) == b'', 'a half-closed client is sent no answer'
+
+
+@contextlib.contextmanager
+def the_one_connection_held(database_url, tmp_path, worker_class, seconds, **environment):
+    """Run gunicorn_logging_to's gunicorn with one worker and one pooled connection, held by a slow call of about
+    seconds for the block; yield (port, an executor with a thread to spare). The slow call must get its 200."""
+    seconds += random.randint(1, 999) / 1000  # a query text of this test's own in pg_stat_activity
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1',
+                             LOG_LEVEL='INFO', WORKER_CLASS=worker_class, **environment) as (port, _):
+        with ThreadPoolExecutor(2) as executor:
+            holder = executor.submit(post, port, '/slow/sleep', {'seconds': seconds})
+            wait_for(lambda: backend_running(database_url, f'SELECT pg_sleep({seconds})'), 10,
+                     'the query did not start')
+            yield port, executor
+            assert holder.result().status == 200
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('worker_class, leaves', [('gevent', 'close'), ('gthread', 'close'), ('gevent', 'half-close'),
                                                   ('gthread', 'half-close')])
 def test_a_client_that_leaves_while_waiting_for_a_connection_is_logged_499_and_one_that_stays_gets_its_503(
         database_url, tmp_path, worker_class, leaves):
-    seconds = 3 + random.randint(1, 999) / 1000
-    query = f'SELECT pg_sleep({seconds})'
-    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1',
-                             DB_POOL_TIMEOUT_MS='500', LOG_LEVEL='INFO', WORKER_CLASS=worker_class) as (port, _):
-        with ThreadPoolExecutor(2) as executor:
-            holder = executor.submit(post, port, '/slow/sleep', {'seconds': seconds})
-            wait_for(lambda: backend_running(database_url, query), 10, 'the query did not start')
-            stays = executor.submit(post, port, '/slow/sleep', {'seconds': 0}, headers={'X-Request-ID': 'stays'})
-            client = raw_post(port, '/slow/sleep', {'seconds': 0}, 'gone-waiting')
-            if leaves == 'close':
-                client.close()
-            else:
-                assert received_after_half_close(client) == b'', 'a half-closed client is sent no answer'
-            wait_for(lambda: access_lines(tmp_path, 'gone-waiting'), 10, 'the request that waited was not logged')
-            assert stays.result().status == 503
-            assert holder.result().status == 200
+    with the_one_connection_held(database_url, tmp_path, worker_class, 3, DB_POOL_TIMEOUT_MS='500') as (port, executor):
+        stays = executor.submit(post, port, '/slow/sleep', {'seconds': 0}, headers={'X-Request-ID': 'stays'})
+        leave(raw_post(port, '/slow/sleep', {'seconds': 0}, 'gone-waiting'), leaves)
+        wait_for(lambda: access_lines(tmp_path, 'gone-waiting'), 10, 'the request that waited was not logged')
+        assert stays.result().status == 503
     gone = gunicorn_access_line(tmp_path, 'gone-waiting')
     assert gone['http']['response']['status_code'] == 499 and gone['event']['outcome'] == 'failure', gone
     assert gone['error']['message'] == 'The client went away before its answer.', gone
@@ -623,21 +636,11 @@ def test_a_client_that_leaves_while_waiting_for_a_connection_that_then_comes_is_
     """Its action ran and committed once the connection came, and a half-closed client was sent the 200 (trial F):
     the watcher looked only after the first statements."""
     code = f'waited-{uuid.uuid4().hex[:8]}'
-    seconds = 1.5 + random.randint(1, 999) / 1000
-    query = f'SELECT pg_sleep({seconds})'
-    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1', DB_POOL_MAX='1',
-                             DB_POOL_TIMEOUT_MS='5000', LOG_LEVEL='INFO', WORKER_CLASS=worker_class) as (port, _):
-        with ThreadPoolExecutor(1) as executor:
-            holder = executor.submit(post, port, '/slow/sleep', {'seconds': seconds})
-            wait_for(lambda: backend_running(database_url, query), 10, 'the query did not start')
-            client = raw_post(port, '/probe/things/create', {'code': code}, 'gone-then-served')
-            time.sleep(0.3)  # its request now waits for the one connection
-            if leaves == 'close':
-                client.close()
-            else:
-                assert received_after_half_close(client) == b'', 'a half-closed client is sent no answer'
-            wait_for(lambda: access_lines(tmp_path, 'gone-then-served'), 10, 'the request that waited was not logged')
-            assert holder.result().status == 200
+    with the_one_connection_held(database_url, tmp_path, worker_class, 1.5, DB_POOL_TIMEOUT_MS='5000') as (port, _):
+        client = raw_post(port, '/probe/things/create', {'code': code}, 'gone-then-served')
+        time.sleep(0.3)  # its request now waits for the one connection
+        leave(client, leaves)
+        wait_for(lambda: access_lines(tmp_path, 'gone-then-served'), 10, 'the request that waited was not logged')
     line = gunicorn_access_line(tmp_path, 'gone-then-served')
     assert line['http']['response']['status_code'] == 499 and line['event']['outcome'] == 'failure', line
     assert things_with_code(database_url, code) == 0, 'nothing is written for a client that left'
