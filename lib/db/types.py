@@ -437,11 +437,10 @@ def int_parameter(value):
 
 
 def float_parameter(value):
-    """Adapt a float as psycopg2 does (NaN and the infinities quoted), a negative one in parentheses (int_parameter),
-    and -0.0 as float8's own negative zero: the literal (-0.0) is a numeric, which has none."""
-    if value == 0 and math.copysign(1, value) < 0:
-        return psycopg2.extensions.AsIs("'-0'::float8")
-    if math.isfinite(value) and value < 0:
+    """Adapt a float as psycopg2 does (NaN and the infinities quoted), a negative one in parentheses (int_parameter).
+    Its literal is a numeric constant, as psycopg2's is, so that numeric's functions and casts take it: -0.0 arrives
+    as 0, numeric having no negative zero ('-0'::float8 would keep it, and fail round(x, 2) and ::money)."""
+    if math.isfinite(value) and math.copysign(1, value) < 0:
         return psycopg2.extensions.AsIs(f'({float.__repr__(value)})')
     return psycopg2.extensions.Float(value)
 
