@@ -138,14 +138,19 @@ def test_serves_stdout_holds_json_lines_alone_and_its_words_to_the_terminal_go_t
     assert any('"POST /probe/echo 200"' in line for line in lines)
 
 
-def test_ctrl_c_on_serve_lets_the_requests_in_flight_finish_and_be_logged(serve_data_dir):
+@pytest.mark.parametrize('stop', [
+    lambda pid: os.killpg(pid, signal.SIGINT),  # what the terminal's Ctrl-C does
+    lambda pid: os.killpg(pid, signal.SIGHUP),  # what the terminal's hangup (closed) does
+    lambda pid: os.kill(pid, signal.SIGTERM),  # what a supervisor's stop does
+], ids=['ctrl-c', 'hangup', 'sigterm'])
+def test_a_stop_of_serve_lets_the_requests_in_flight_finish_and_be_logged(serve_data_dir, stop):
     port = free_port()
     with started_serve(serve_data_dir, PORT=str(port), WEB_CONCURRENCY='1', LOG_LEVEL='INFO') as process:
         wait_until_healthy(f'http://127.0.0.1:{port}', process, seconds=90)
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(post, port, '/slow/sleep', {'seconds': 2}, headers={'X-Request-ID': 'at-ctrl-c'})
             time.sleep(0.5)
-            os.killpg(process.pid, signal.SIGINT)  # what the terminal's Ctrl-C does
+            stop(process.pid)
             answer = in_flight.result(timeout=30)
         output = process.communicate(timeout=60)[0]
     assert answer.status == 200 and answer.json() == {'slept': 2.0}
