@@ -50,6 +50,7 @@ import settings  # noqa: E402
 from lib.db.embedded import start_embedded  # noqa: E402
 from lib.db.migrate import apply_migrations, one_line  # noqa: E402
 from lib.logs import configure_process_logging  # noqa: E402
+from lib.logs.secrets import Redactor, configured_secrets  # noqa: E402
 from lib.modules import ModuleError, load_module, module_folders  # noqa: E402
 
 # The development token shipped in env/local/.env: the only one a terminal may show.
@@ -62,13 +63,15 @@ def default_dsn():
     return settings.DATABASES['default'] or start_embedded(settings.EMBEDDED_DB_DIR)
 
 
-def preflight(dsn):
-    """Build the app once here, as every worker will, so a bad token or module stops the start once; return its routes."""
+def preflight(dsn, clients):
+    """Build the app once here, as every worker will, so a bad token or module stops the start once; return its routes.
+    clients: the bearer clients check_before_fork loaded, whose tokens a module's error is kept from."""
     from app import create_app  # the app's imports are heavy; `migrate` has no use for them
+    databases = {**settings.DATABASES, 'default': dsn}
     try:
-        app = create_app({'DATABASES': {**settings.DATABASES, 'default': dsn}})
+        app = create_app({'DATABASES': databases})
     except ModuleError as exc:
-        raise StartupError(str(exc)) from None
+        raise without_secrets(exc, databases, clients.secrets) from None
     for pool in app.extensions['dbapi'].pools.values():
         pool.close()
     check_reachable({name: dsn for name, dsn in settings.DATABASES.items() if name != 'default'})
@@ -96,12 +99,18 @@ def check_before_fork():
     config = settings_config()
     clients = load_clients(config)
     check_secrets_spare_every_line(config, clients.secrets)
-    for hook in ('DB_CONFIGURE', 'DB_RESET'):
-        session_hook(config, hook)
     try:
+        for hook in ('DB_CONFIGURE', 'DB_RESET'):
+            session_hook(config, hook)
         return discovered_routes(), clients
-    except ModuleError as exc:
-        raise StartupError(str(exc)) from None
+    except (ModuleError, StartupError) as exc:
+        raise without_secrets(exc, config['DATABASES'], clients.secrets) from None
+
+
+def without_secrets(exc, databases, tokens):
+    """Return exc (a ModuleError or StartupError) as the StartupError that stops the start, its message without the
+    DSNs and passwords of databases ({name: DSN}) nor the bearer tokens: it can quote a module's own exception."""
+    return StartupError(Redactor(configured_secrets(databases, tokens)).redact(str(exc)))
 
 
 def unmounted_scopes(routes, clients):
@@ -305,10 +314,11 @@ def serve():
     """Check what needs no database, start the database if needed, migrate, check the app, and run gunicorn until
     SIGINT or SIGTERM."""
     check_bind_free()
-    check_before_fork()  # tokens and modules: a bad one stops the start before the database or a migration
+    # tokens and modules: a bad one stops the start before the database or a migration
+    clients = check_before_fork()[1]
     dsn = default_dsn()
     apply_migrations(dsn)
-    routes = preflight(dsn)
+    routes = preflight(dsn, clients)
     environment = {**os.environ, 'DATABASE_URL': dsn} if not settings.DATABASES['default'] else dict(os.environ)
     with metrics_dir(environment):
         return run_gunicorn(environment, routes)

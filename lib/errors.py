@@ -40,8 +40,14 @@ def report_startup_errors():
 
 
 def print_startup_error(exc):
-    """Print a StartupError as its one line on stderr."""
-    print(f'dbapi: {exc}', file=sys.stderr, flush=True)
+    """Print a StartupError as its one line on stderr (shown_on_one_line)."""
+    print(f'dbapi: {shown_on_one_line(str(exc))}', file=sys.stderr, flush=True)
+
+
+def shown_on_one_line(text):
+    """Return text with each character a terminal would not show as it is (a newline, the escape that starts a
+    colour: a start error can quote a module's own exception) written as a Python string literal writes it."""
+    return ''.join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 @contextmanager

@@ -61,7 +61,7 @@ def import_route_table(package, name, folder):
         raise ModuleError(f'{routes_file}: missing; every module folder needs a routes.py')
     try:
         routes_module = importlib.import_module(f'{package}.{name}.routes')
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() at import would end the start with no word, even as success
         raise ModuleError(f'{routes_file}: import failed ({type(exc).__name__}: {exc}, '
                           f'at {failed_at(exc, folder)})') from exc
     return routes_file, getattr(routes_module, 'routes', None)

@@ -149,6 +149,34 @@ def mounted_paths():
     return sorted(rule.rule for rule in collection_app().url_map.iter_rules() if 'POST' in rule.methods)
 
 
+def broken_module(root, code='import no_such_library\n'):
+    """Write a package 'brokenmods' under root (a folder for PYTHONPATH) whose module 'broken' runs code (Python
+    text) when its routes.py is imported; return root."""
+    folder = root / 'brokenmods' / 'broken'
+    folder.mkdir(parents=True)
+    (root / 'brokenmods' / '__init__.py').write_text('')
+    (folder / '__init__.py').write_text('')
+    (folder / 'routes.py').write_text(f'{code}routes = []\n')
+    return root
+
+
+# What a module's own exception at import may quote (defects of trial J): the service's token and DSN, a second line,
+# a terminal's colour escape. Its start error must be one line without them.
+QUOTING_TOKEN = 'quoted-token-5678'
+
+
+def code_raising_secrets(dsn):
+    """Return a routes.py's code that raises, quoting QUOTING_TOKEN and dsn on two lines with a colour escape."""
+    message = f'blew up: Bearer {QUOTING_TOKEN} at {dsn}\nsecond line \x1b[31mred\x1b[0m'
+    return f'raise RuntimeError({message!r})\n'
+
+
+def assert_quoted_safely(line, output, dsn):
+    """Check a start error's line quoting code_raising_secrets: one line, no secret, no escape in any output."""
+    assert 'RuntimeError: blew up: Bearer [REDACTED] at [REDACTED]\\nsecond line \\x1b[31mred' in line, line
+    assert QUOTING_TOKEN not in output and dsn not in output and '\x1b' not in output, output
+
+
 def body_of_size(size):
     """Return a JSON object body of exactly size bytes for the probe's echo action."""
     overhead = len(b'{"pad": ""}')

@@ -12,7 +12,8 @@ import pytest
 
 import settings
 from manage import gunicorn_command
-from tests.helpers import (free_port, gunicorn_logging_to, gunicorn_server, http_request, post, server_environment, wait_for,
+from tests.helpers import (QUOTING_TOKEN, assert_quoted_safely, broken_module, code_raising_secrets, free_port,
+                           gunicorn_logging_to, gunicorn_server, http_request, post, server_environment, wait_for,
                            wait_until_healthy)
 
 SECRET = 'pa55-Secret-x9'
@@ -75,15 +76,20 @@ def test_a_log_path_that_cannot_be_written_is_one_line(tmp_path, database_url):
     assert_one_line(run_gunicorn(DATABASE_URL=database_url, LOG_PATH=str(blocker / 'logs')), 'LOG_PATH', 'not writable')
 
 
-def test_a_broken_module_is_one_line_once_before_any_worker(tmp_path, database_url):
-    folder = tmp_path / 'brokenmods' / 'broken'
-    folder.mkdir(parents=True)
-    (tmp_path / 'brokenmods' / '__init__.py').write_text('')
-    (folder / '__init__.py').write_text('')
-    (folder / 'routes.py').write_text('import no_such_library\nroutes = []\n')
-    result = run_gunicorn(tmp_path, DATABASE_URL=database_url, MODULE_PACKAGES='brokenmods', WEB_CONCURRENCY='3')
-    assert_one_line(result, 'broken/routes.py', 'ModuleNotFoundError')
+@pytest.mark.parametrize('code, named', [('import no_such_library\n', 'ModuleNotFoundError'),
+                                         ('import sys\nsys.exit(3)\n', 'SystemExit: 3')])
+def test_a_broken_module_is_one_line_once_before_any_worker(tmp_path, database_url, code, named):
+    result = run_gunicorn(broken_module(tmp_path, code), DATABASE_URL=database_url, MODULE_PACKAGES='brokenmods',
+                          WEB_CONCURRENCY='3')
+    assert_one_line(result, 'broken/routes.py', named)
     assert 'Booting worker' not in result.stdout + result.stderr
+
+
+def test_a_modules_error_quoted_at_the_start_is_one_line_without_secrets(tmp_path, database_url):
+    result = run_gunicorn(broken_module(tmp_path, code_raising_secrets(database_url)), DATABASE_URL=database_url,
+                          BEARER=QUOTING_TOKEN, MODULE_PACKAGES='brokenmods')
+    assert_one_line(result, 'broken/routes.py')
+    assert_quoted_safely(result.stderr, result.stdout + result.stderr, database_url)
 
 
 @pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])

@@ -13,7 +13,8 @@ from psycopg2.extensions import make_dsn
 import manage
 import settings
 from lib.errors import StartupError
-from tests.helpers import ADMIN_TOKEN, drop_database, free_port, recreate_database, run_sql, server_environment
+from tests.helpers import (ADMIN_TOKEN, QUOTING_TOKEN, assert_quoted_safely, broken_module, code_raising_secrets,
+                           drop_database, free_port, recreate_database, run_sql, server_environment)
 
 SECRET = 'pa55-Secret-x9'
 
@@ -132,17 +133,6 @@ def test_a_session_hook_naming_no_function_stops_serve_in_one_line(database_url)
     assert_one_line_failure(result, 'DB_RESET: tests.session_hooks:nothing cannot be imported')
 
 
-@pytest.fixture()
-def broken_module(tmp_path):
-    """A package 'brokenmods' whose module 'broken' fails to import."""
-    folder = tmp_path / 'brokenmods' / 'broken'
-    folder.mkdir(parents=True)
-    (tmp_path / 'brokenmods' / '__init__.py').write_text('')
-    (folder / '__init__.py').write_text('')
-    (folder / 'routes.py').write_text('import no_such_library\nroutes = []\n')
-    return tmp_path
-
-
 @pytest.mark.parametrize('packages', ['no_such_package', 'settings', '.modules'])  # not importable; no package; relative
 def test_module_packages_naming_no_package_stops_serve_in_one_line(database_url, packages):
     result = run_manage('serve', DATABASE_URL=database_url, MODULE_PACKAGES=packages, PORT='1', LOG_LEVEL='INFO')
@@ -150,12 +140,32 @@ def test_module_packages_naming_no_package_stops_serve_in_one_line(database_url,
     assert 'migrations applied' not in result.stdout, 'checked before anything starts'
 
 
-def test_a_broken_module_stops_serve_once_before_gunicorn_starts(broken_module, database_url):
-    result = run_manage('serve', broken_module, DATABASE_URL=database_url, MODULE_PACKAGES='brokenmods',
-                        PORT='1', WEB_CONCURRENCY='3', LOG_LEVEL='INFO')
-    assert_one_line_failure(result, 'broken/routes.py', 'ModuleNotFoundError', secrets=())
+@pytest.mark.parametrize('code, named', [
+    ('import no_such_library\n', 'ModuleNotFoundError'),
+    ('import sys\nsys.exit(0)\n', 'SystemExit: 0'),  # it made serve end with no word, as a success
+    ('import sys\nsys.exit(3)\n', 'SystemExit: 3'),
+])
+def test_a_broken_module_stops_serve_once_before_gunicorn_starts(tmp_path, database_url, code, named):
+    result = run_manage('serve', broken_module(tmp_path, code), DATABASE_URL=database_url,
+                        MODULE_PACKAGES='brokenmods', PORT='1', WEB_CONCURRENCY='3', LOG_LEVEL='INFO')
+    assert_one_line_failure(result, 'broken/routes.py', named, secrets=())
     assert 'HaltServer' not in result.stdout + result.stderr
     assert 'migrations applied' not in result.stdout, 'checked before anything starts'
+
+
+def test_a_modules_error_quoted_at_the_start_is_one_line_without_secrets(tmp_path, database_url):
+    result = run_manage('serve', broken_module(tmp_path, code_raising_secrets(database_url)),
+                        DATABASE_URL=database_url, BEARER=QUOTING_TOKEN, MODULE_PACKAGES='brokenmods', PORT='1')
+    assert_quoted_safely(assert_one_line_failure(result, 'broken/routes.py', secrets=()),
+                         result.stdout + result.stderr, database_url)
+
+
+@pytest.mark.parametrize('code, named', [('import sys\nsys.exit(0)\n', '(SystemExit: 0)'),
+                                         ('raise ValueError("x\\ny")\n', '(ValueError: x\\ny)')])
+def test_a_session_hooks_module_failing_at_import_stops_serve_in_one_line(tmp_path, database_url, code, named):
+    (tmp_path / 'failing_hooks.py').write_text(code)
+    result = run_manage('serve', tmp_path, DATABASE_URL=database_url, DB_RESET='failing_hooks:reset', PORT='1')
+    assert_one_line_failure(result, 'DB_RESET: failing_hooks:reset cannot be imported', named, secrets=())
 
 
 @pytest.fixture()

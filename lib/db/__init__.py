@@ -29,7 +29,7 @@ def session_hook(config, name):
         raise ImproperlyConfigured(f'{name} must name a function as package.module:function, not {value!r}')
     try:
         function = getattr(importlib.import_module(module_name), attribute)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() at import would end the start with no word
         raise ImproperlyConfigured(f'{name}: {value} cannot be imported ({type(exc).__name__}: {exc})') from None
     if not callable(function):
         raise ImproperlyConfigured(f'{name}: {value} is not a function')
