@@ -5,6 +5,7 @@ import decimal
 import functools
 import inspect
 import itertools
+import logging
 import random
 import time
 import uuid
@@ -24,6 +25,8 @@ from lib.errors import RETRYABLE_SQLSTATES, ApiError
 from lib.jsonenc import JSON_MIMETYPE, ExactNumber, json_array_chunks, json_response
 from lib.http.disconnect import WATCHER, ClientClosedRequest, ServerStopping, client_gone
 from lib.http.exchange import CLIENT_KEY, GONE_KEY, ROUTE_KEY, WAITED_ON_DATABASE_KEY, deadline_of
+
+log = logging.getLogger(__name__)
 
 
 SCHEMA_ATTRIBUTE = '__dbapi_schema__'
@@ -81,17 +84,21 @@ def pool_for(database):
 
 def with_retries(attempt, retries, deadline=None):
     """Call attempt(), again after a short pause when the database reports a serialization failure or deadlock,
-    as long as the pause ends before deadline (a time.monotonic() value, or None)."""
+    as long as the pause ends before deadline (a time.monotonic() value, or None). Each retry is a warning line
+    whose error.code is the SQLSTATE (docs/logging.md)."""
     for tries_left in range(retries, -1, -1):
         try:
             return attempt()
         except psycopg2.Error as exc:
             if tries_left == 0 or exc.pgcode not in RETRYABLE_SQLSTATES:
                 raise
-            pause = random.uniform(0, 0.02) * (retries - tries_left + 1)
+            retry = retries - tries_left + 1
+            pause = random.uniform(0, 0.02) * retry
             left = time_left(deadline)
             if left is not None and left <= pause:
                 raise
+            log.warning('The transaction is retried (%d of at most %d) after SQLSTATE %s', retry, retries, exc.pgcode,
+                        extra={'error.code': exc.pgcode})
             time.sleep(pause)
 
 

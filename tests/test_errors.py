@@ -1,4 +1,5 @@
 """CONTRACT section 3: every error is RFC 9457 problem details, with the status of the error table."""
+import logging
 import threading
 
 import psycopg2
@@ -120,11 +121,15 @@ def test_serialization_failure_and_deadlock_are_503_once_retries_are_spent(make_
     assert attempts(database_url) == 104  # the first try and three retries
 
 
-def test_serialization_failure_is_retried_until_it_succeeds(call, database_url):
+def test_serialization_failure_is_retried_until_it_succeeds(call, database_url, caplog):
     run_sql(database_url, "SELECT setval('probe.attempts', 2)")
-    response = call('/probe/flaky')
+    with caplog.at_level(logging.WARNING, logger='lib.decorators'):
+        response = call('/probe/flaky')
     assert response.status_code == 200
     assert response.get_json() == {'attempt': 4}
+    retries = [record for record in caplog.records if record.name == 'lib.decorators']
+    assert [(record.getMessage(), getattr(record, 'error.code')) for record in retries] == [
+        ('The transaction is retried (1 of at most 3) after SQLSTATE 40001', '40001')]
 
 
 REPLAY_ROUTES = '''
