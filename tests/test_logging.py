@@ -132,6 +132,16 @@ def test_each_request_writes_one_access_line_with_its_fields(logged_app, log_fol
     assert lines[-1]['http.response.body.bytes'] == 0, 'a HEAD response sends no body'
 
 
+@pytest.mark.parametrize('path', ['//healthz', '///probe/echo', '/probe//echo', '*'])
+def test_the_access_line_has_the_path_as_sent_never_merged(logged_app, log_folder, path):
+    """A leading doubled slash was logged merged (//healthz as /healthz, a 404 of the health check), where nginx's
+    line of the same request has it as sent (trial I). PATH_INFO is set as a server sets it: the test client would
+    read a leading // as a host."""
+    post(logged_app.test_client(), '/unused', environ_overrides={'PATH_INFO': path})
+    (line,) = access_lines(logged_lines(log_folder))
+    assert (line['url.path'], line['message'], line['http.response.status_code']) == (path, f'POST {path} 404', 404)
+
+
 def test_client_ip_is_the_real_one_behind_a_trusted_proxy(make_app, log_folder):
     client = make_app(LOG_PATH=str(log_folder), TRUSTED_PROXY_HOPS=1).test_client()
     post(client, '/probe/echo', headers={'X-Forwarded-For': '203.0.113.7', 'X-Request-ID': 'proxied-1'})

@@ -8,7 +8,7 @@ import termios
 import time
 import traceback
 
-from lib.http.disconnect import SEND_WATCH_BYTES, WATCHER
+from lib.http.disconnect import SEND_WATCH_BYTES, WATCHER, client_gone
 from lib.http.exchange import (CLIENT_KEY, CLIENT_SOCKET_KEY, CUT_KEY, ERROR_KEY, GONE_KEY, ROUTE_KEY, STOPPING_KEY,
                                BrokeBeforeItsFirstByte, deadline_of)
 from lib.http.requestid import REQUEST_ID_KEY
@@ -192,11 +192,22 @@ def route_labels(exchange):
 
 
 def request_path(environ):
-    """Return the request's path as werkzeug decodes it."""
-    path = environ.get('PATH_INFO') or ''
+    """Return the request's path as sent (a doubled slash kept, as nginx's line has it), decoded as werkzeug decodes
+    it; '/' for none."""
+    path = environ.get('PATH_INFO') or '/'
     if not path.isascii():
         path = path.encode('latin-1').decode('utf-8', 'replace')
-    return '/' + path.lstrip('/')
+    return path
+
+
+def client_left(exchange):
+    """Tell whether the client of a finished exchange left before it got its whole answer: the watcher saw it go
+    (GONE_KEY), or the server's write failed first, before the watcher looked (a body closed before its end, neither
+    cut past its deadline nor by the worker's stop, whose client socket reads as closed)."""
+    environ = exchange.environ
+    if environ.get(GONE_KEY):
+        return True
+    return exchange.cut_short and CUT_KEY not in environ and not environ.get(STOPPING_KEY) and client_gone(environ)
 
 
 def exchange_fields(exchange, labels):
@@ -265,7 +276,7 @@ class AccessLog:
     def finish(self, exchange):
         """Write the line of a finished exchange with its duration, and tell the observers."""
         duration_ns = time.perf_counter_ns() - exchange.started_ns
-        if exchange.environ.get(GONE_KEY):  # whatever was started, the client left before it got its answer
+        if client_left(exchange):  # whatever was started, the client left before it got its answer
             exchange.status = CLIENT_CLOSED_REQUEST
         labels = route_labels(exchange)
         fields = exchange_fields(exchange, labels)
