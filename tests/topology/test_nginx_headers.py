@@ -122,12 +122,15 @@ def test_the_requests_own_bearer_token_never_reaches_nginxs_access_line(echo_por
         # The log keeps 512 bytes of a target: this token straddles the cut.
         straddling = http_request(proxy.port, 'GET', '/' + 'a' * 505 + TOKEN, headers={
             'Authorization': f'Bearer {TOKEN}', 'User-Agent': 'b' * 505 + TOKEN})
-        request_ids = [response.headers['X-Request-ID'] for response in (answer, in_path, plain, straddling)]
+        # Percent-encoded in the path (trial I): nginx decodes it before it looks.
+        encoded = http_request(proxy.port, 'GET', '/' + ''.join(f'%{ord(char):02X}' for char in TOKEN[:3]) + TOKEN[3:],
+                               headers={'Authorization': f'Bearer {TOKEN}'})
+        request_ids = [response.headers['X-Request-ID'] for response in (answer, in_path, plain, straddling, encoded)]
         lines = wait_for(lambda: [line for line in proxy.access_log() if line['http.request.id'] in request_ids], 5,
                          'nginx did not log the requests')
     assert TOKEN not in answer.json()['x-request-id'] and TOKEN not in ' '.join(request_ids)
     assert not [line for line in lines if TOKEN in json.dumps(line)], lines
-    first, second, third, fourth = sorted(lines, key=lambda line: request_ids.index(line['http.request.id']))
+    first, second, third, fourth, fifth = sorted(lines, key=lambda line: request_ids.index(line['http.request.id']))
     assert (first['url.path'], first['url.query'], first['user_agent.original']) == (
         '/probe/echo', '[REDACTED]', '[REDACTED]')
     assert (second['url.path'], second['message']) == ('[REDACTED]', 'GET [REDACTED] 200')
@@ -135,6 +138,8 @@ def test_the_requests_own_bearer_token_never_reaches_nginxs_access_line(echo_por
         '/probe/echo?a=1', 'agent/1', 'plain-1')
     assert (fourth['url.original'], fourth['user_agent.original']) == ('[REDACTED]', '[REDACTED]')
     assert not [line for line in lines if TOKEN[:-1] in json.dumps(line)], 'no part of a cut token'
+    assert (fifth['url.path'], fifth['url.original']) == ('[REDACTED]', '[REDACTED]')
+    assert TOKEN[3:] not in json.dumps(fifth)
 
 
 def test_an_answer_cut_short_is_logged_as_a_failure(echo_port):
