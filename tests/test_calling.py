@@ -58,7 +58,9 @@ def test_many_schema_reports_errors_per_item(call):
 
 @pytest.mark.parametrize('content_type', ['application/json; charset=utf-8', 'application/json;charset=UTF-8',
                                           'Application/JSON', 'application/json; charset="utf-8"',
-                                          'application/json; charset=utf8'])
+                                          'application/json; charset=utf8',
+                                          # a quoted value holds its `;` (it was read as a charset=latin1, trial I)
+                                          'application/json; profile="a;charset=latin1"; charset=utf-8'])
 def test_charset_parameter_is_accepted(client, content_type):
     response = post_raw(client, '/probe/echo', b'{"a": 1}', content_type)
     assert response.status_code == 200
@@ -79,7 +81,8 @@ def test_other_content_type_with_a_body_is_415(client, content_type):
     assert response.mimetype == 'application/problem+json'
 
 
-@pytest.mark.parametrize('charset', ['latin-1', 'ISO-8859-1', 'utf-16', '"windows-1252"', ''])
+@pytest.mark.parametrize('charset', ['latin-1', 'ISO-8859-1', 'utf-16', '"windows-1252"', '', 'utf-8; charset=latin1',
+                                     '"utf-8;x"'])
 def test_json_in_another_charset_is_415_saying_json_is_utf8(client, charset):
     # In latin-1, b'\xe9' is an e with an acute accent; read as UTF-8 it is not a character at all.
     response = post_raw(client, '/probe/echo', '{"name": "Ren\u00e9"}'.encode('latin-1'),

@@ -2,6 +2,7 @@
 import codecs
 import socket
 import time
+from email.message import Message
 
 import gevent
 from flask import current_app, request
@@ -84,19 +85,26 @@ def read_before(stream, size, client_socket, deadline):
         client_socket.settimeout(before)
 
 
+def header_parameters(value):
+    """Return [(media type, ''), (name, value)...] of a Content-Type value as the standard library's email package
+    reads it: names in lower case, quoted values unquoted (a `;` inside quotes is part of the value), every one kept."""
+    header = Message()
+    header['Content-Type'] = value
+    return header.get_params()
+
+
 def refuse_unless_json(content_type):
     """Raise 415 unless the Content-Type header is application/json, with no charset or charset=utf-8: JSON
     exchanged between systems is UTF-8 (RFC 8259 section 8.1), so a body declared in another charset is refused
     rather than read as what it says it is not."""
     if content_type == JSON_MIMETYPE:
         return
-    media_type, *parameters = content_type.split(';')
+    (media_type, _), *parameters = header_parameters(content_type)
     if media_type.strip().lower() != JSON_MIMETYPE:
         raise UnsupportedMediaType()
-    for parameter in parameters:
-        name, _, value = parameter.partition('=')
-        charset = value.strip().strip('"').lower()
-        if name.strip().lower() == 'charset' and charset not in ('utf-8', 'utf8'):
+    for name, value in parameters:
+        charset = value.lower()
+        if name == 'charset' and charset not in ('utf-8', 'utf8'):
             raise UnsupportedMediaType(f'JSON bodies are UTF-8 (RFC 8259 section 8.1); charset={charset[:40]} '
                                        'is not accepted.')
 
