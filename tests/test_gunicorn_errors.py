@@ -46,12 +46,15 @@ def test_requests_gunicorn_cannot_parse_get_problem_details(database_url, worker
 
 
 @pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
-def test_a_header_over_gunicorns_limit_is_a_431_problem(database_url, worker_class):
-    request = b'POST /probe/echo HTTP/1.1\r\nHost: x\r\nX-Big: ' + b'a' * 17000 + b'\r\n\r\n'
+@pytest.mark.parametrize('headers_sent', [b'X-Big: ' + b'a' * 17000 + b'\r\n', b'X-A: a\r\n' * 10_001],
+                         ids=['one too large', 'too many'])
+def test_a_header_over_gunicorns_limit_is_a_431_problem(database_url, worker_class, headers_sent):
+    request = b'POST /probe/echo HTTP/1.1\r\nHost: x\r\n' + headers_sent + b'\r\n'
     with running_gunicorn(database_url, WORKER_CLASS=worker_class, WEB_CONCURRENCY='1') as port:
         status, headers, body = raw_answer(port, request)
     assert status == 431 and headers['Content-Type'] == 'application/problem+json'
     assert json.loads(body)['request_id'] == headers['X-Request-ID']
+    assert json.loads(body)['detail'] == 'The request has a header too large, or too many headers.'
 
 
 @pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])

@@ -31,7 +31,7 @@ from lib.logs.access import log_refused_request
 
 STATUS_LINE = re.compile(rb'HTTP/1\.[01] (\d{3}) ([^\r\n]*)')
 PROBLEM_DETAILS = {400: 'The request is malformed.', 414: 'The request line is too long.',
-                   431: 'A request header is too large.'}
+                   431: 'The request has a header too large, or too many headers.'}
 # gunicorn's 501 is a Transfer-Encoding it does not know: the client's mistake, a 400, as nginx answers it.
 CLIENT_MISTAKES = {501: 400}
 UNQUOTED = '(what the client sent is left out of the log: it may hold a credential)'
