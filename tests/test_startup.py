@@ -207,6 +207,40 @@ def test_a_migration_file_is_one_transaction_unless_it_says_transactional_false(
     assert run_sql(scratch_database, "SELECT to_regclass('half_made_id') IS NOT NULL") == [(True,)]
 
 
+def test_an_applied_migration_edited_later_stops_the_start_until_restored_or_taken(tmp_path, scratch_database):
+    """yoyo knows a migration by its id alone: an applied file edited later was skipped without a word, its change
+    never run (trial J). Its SHA-256, recorded when it was applied, now stops the start, as Flyway's checksum does."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    first = folder / '0001_first.sql'
+    first.write_text('CREATE TABLE first_one (id int);\n')
+    assert manage.apply_migrations(scratch_database, folder) == ['0001_first']
+    first.write_text('CREATE TABLE first_one (id int);\nCREATE TABLE added_later (id int);\n')
+    (folder / '0002_next.sql').write_text('CREATE TABLE next_one (id int);\n')
+    with pytest.raises(StartupError) as caught:
+        manage.apply_migrations(scratch_database, folder)
+    message = str(caught.value)
+    assert message.startswith(f'migration {first} has changed since it was applied') and '\n' not in message
+    assert message.endswith("DELETE FROM _dbapi_migration_checksum WHERE migration_id = '0001_first'")
+    assert run_sql(scratch_database, "SELECT to_regclass('next_one') IS NULL") == [(True,)], 'nothing ran after it'
+    run_sql(scratch_database, message[message.index('DELETE'):])  # as the message says: take the file as it is
+    assert manage.apply_migrations(scratch_database, folder) == ['0002_next']
+    assert manage.apply_migrations(scratch_database, folder) == [], 'unchanged files pass'
+
+
+def test_migrations_applied_before_checksums_were_recorded_get_theirs_when_first_seen(tmp_path, scratch_database):
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_first.sql').write_text('CREATE TABLE first_one (id int);\n')
+    manage.apply_migrations(scratch_database, folder)
+    run_sql(scratch_database, 'DROP TABLE _dbapi_migration_checksum')  # as a database migrated by an older dbapi
+    assert manage.apply_migrations(scratch_database, folder) == []
+    assert run_sql(scratch_database, 'SELECT migration_id FROM _dbapi_migration_checksum') == [('0001_first',)]
+    (folder / '0001_first.sql').write_text('CREATE TABLE first_one (id bigint);\n')
+    with pytest.raises(StartupError):
+        manage.apply_migrations(scratch_database, folder)
+
+
 def test_make_run_shows_the_shipped_development_token_only(monkeypatch):
     shipped = manage.dotenv_values(manage.SHIPPED_LOCAL_ENV)['BEARER']
     monkeypatch.setattr(settings, 'BEARER', shipped)

@@ -1,4 +1,6 @@
-"""Apply migrations/*.sql once, in order, under an advisory lock so replicas starting together do not race."""
+"""Apply migrations/*.sql once, in order, under an advisory lock so replicas starting together do not race; refuse
+to start when an applied file has changed since (its SHA-256 is recorded, as Flyway records a checksum)."""
+import hashlib
 import logging
 from pathlib import Path
 from contextlib import contextmanager
@@ -18,6 +20,15 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 MIGRATIONS_DIR = PROJECT_DIR / 'migrations'
 MIGRATION_LOCK_KEY = 0x64626170  # "dbap": one key for every dbapi replica of a database
 MIGRATION_TABLE = '_yoyo_migration'
+# The SHA-256 of each applied migration's file, as it was when applied (or first seen applied): yoyo knows a
+# migration by its id alone, so an applied file edited later would go unnoticed, its change never run.
+CHECKSUM_TABLE = '_dbapi_migration_checksum'
+CREATE_CHECKSUM_TABLE = (f'CREATE TABLE IF NOT EXISTS {CHECKSUM_TABLE} (migration_id text PRIMARY KEY, '
+                         'sha256 text NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now())')
+
+
+class MigrationChanged(StartupError):
+    """An applied migration's file is not the one that was applied: its change has never run."""
 
 
 def yoyo_backend(dsn):
@@ -47,13 +58,56 @@ def migrate(dsn, directory=MIGRATIONS_DIR):
             # We hold the advisory lock, so a yoyo lock row left now is stale (its process died).
             backend.break_lock()
             with backend.lock():
-                pending = backend.to_apply(read_migrations(str(directory)))
+                migrations = read_migrations(str(directory))
+                pending = backend.to_apply(migrations)
+                pending_ids = {migration.id for migration in pending}
+                check_applied_unchanged(backend, [m for m in migrations if m.id not in pending_ids])
                 backend.apply_migrations(pending)
+                record_checksums(backend, migrations)
         applied = [migration.id for migration in pending]
         log.info('migrations applied', extra={'labels': {'applied': ','.join(applied) or 'none'}})
         return applied
     finally:
         backend.connection.close()
+
+
+def file_checksum(migration):
+    """Return the SHA-256 (hex) of a yoyo migration's file as it is now."""
+    return hashlib.sha256(Path(migration.path).read_bytes()).hexdigest()
+
+
+def recorded_checksums(backend):
+    """Return {migration id: SHA-256} recorded so far, making the table on first use."""
+    with backend.transaction():
+        backend.execute(CREATE_CHECKSUM_TABLE)
+        return dict(backend.execute(f'SELECT migration_id, sha256 FROM {CHECKSUM_TABLE}').fetchall())
+
+
+def check_applied_unchanged(backend, applied):
+    """Raise MigrationChanged for the first of applied (yoyo migrations) whose file's SHA-256 is not the one recorded
+    when it was applied."""
+    recorded = recorded_checksums(backend)
+    for migration in applied:
+        if recorded.get(migration.id, file_checksum(migration)) != file_checksum(migration):
+            raise MigrationChanged(
+                f'migration {shown_path(Path(migration.path))} has changed since it was applied (its SHA-256 is not '
+                'the one recorded then): a migration runs once, so the change has not run. Restore the file and put '
+                f'the change in a new migration; to take the file as it is now, delete its row: DELETE FROM '
+                f"{CHECKSUM_TABLE} WHERE migration_id = '{migration.id}'")
+
+
+def record_checksums(backend, applied):
+    """Record the SHA-256 of each of applied (yoyo migrations) that has none yet."""
+    with backend.transaction():
+        for migration in applied:
+            backend.execute(f'INSERT INTO {CHECKSUM_TABLE} (migration_id, sha256) VALUES (:id, :sha256) '
+                            'ON CONFLICT (migration_id) DO NOTHING',
+                            {'id': migration.id, 'sha256': file_checksum(migration)})
+
+
+def shown_path(path):
+    """Return path relative to the project when it is inside it."""
+    return path.relative_to(PROJECT_DIR) if path.is_relative_to(PROJECT_DIR) else path
 
 
 def one_line(text, dsn):
@@ -95,6 +149,5 @@ def locate_statement(statement, position, files):
         start = text.find(statement) if statement else -1
         if start >= 0:
             offset = start + max(int(position or 1), 1) - 1
-            return path.relative_to(PROJECT_DIR) if path.is_relative_to(PROJECT_DIR) else path, \
-                text.count('\n', 0, offset) + 1
+            return shown_path(path), text.count('\n', 0, offset) + 1
     return (files[0] if files else 'migrations/'), None
