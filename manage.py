@@ -51,7 +51,7 @@ from lib.db.embedded import start_embedded  # noqa: E402
 from lib.db.migrate import apply_migrations, one_line  # noqa: E402
 from lib.logs import configure_process_logging  # noqa: E402
 from lib.logs.secrets import Redactor, configured_secrets  # noqa: E402
-from lib.modules import ModuleError, load_module, module_folders  # noqa: E402
+from lib.modules import ModuleError, discover_modules, load_module  # noqa: E402
 
 # The development token shipped in env/local/.env: the only one a terminal may show.
 SHIPPED_LOCAL_ENV = settings.BASE_DIR / 'env' / 'local' / '.env'
@@ -131,7 +131,7 @@ def settings_config():
 
 def discovered_routes():
     """Return the routes of every module in MODULE_PACKAGES, without building an app."""
-    return [route for package in settings.MODULE_PACKAGES for name, folder in module_folders(package)
+    return [route for package, name, folder in discover_modules(settings.MODULE_PACKAGES)
             for route in load_module(package, name, folder, databases=set(settings.DATABASES))]
 
 

@@ -46,8 +46,11 @@ def test_a_malformed_database_url_is_one_line(url):
     assert_one_line(run_gunicorn(DATABASE_URL=url), 'DATABASE_URL', 'percent-encode')
 
 
-def test_module_packages_naming_no_package_is_one_line(database_url):
-    assert_one_line(run_gunicorn(DATABASE_URL=database_url, MODULE_PACKAGES='no_such_package'), 'MODULE_PACKAGES')
+@pytest.mark.parametrize('packages', ['no_such_package', 'json'])  # json: a package with no module folder (trial K:
+def test_module_packages_naming_no_package_is_one_line(database_url, packages):  # its workers failed to boot, exit 3)
+    result = run_gunicorn(DATABASE_URL=database_url, MODULE_PACKAGES=packages, WEB_CONCURRENCY='2')
+    assert_one_line(result, 'MODULE_PACKAGES')
+    assert 'Booting worker' not in result.stdout + result.stderr
 
 
 def test_a_bad_token_is_one_line():

@@ -133,10 +133,15 @@ def test_a_session_hook_naming_no_function_stops_serve_in_one_line(database_url)
     assert_one_line_failure(result, 'DB_RESET: tests.session_hooks:nothing cannot be imported')
 
 
-@pytest.mark.parametrize('packages', ['no_such_package', 'settings', '.modules'])  # not importable; no package; relative
-def test_module_packages_naming_no_package_stops_serve_in_one_line(database_url, packages):
+@pytest.mark.parametrize('packages, named', [
+    ('no_such_package', "MODULE_PACKAGES names 'no_such_package'"),  # not importable
+    ('settings', "MODULE_PACKAGES names 'settings'"),  # no package
+    ('.modules', "MODULE_PACKAGES names '.modules'"),  # relative
+    ('json', 'MODULE_PACKAGES (json) holds no module folder'),  # a package, with no module (it was seen after the
+])                                                               # migrations, trial K)
+def test_module_packages_naming_no_package_stops_serve_in_one_line(database_url, packages, named):
     result = run_manage('serve', DATABASE_URL=database_url, MODULE_PACKAGES=packages, PORT='1', LOG_LEVEL='INFO')
-    assert_one_line_failure(result, f"MODULE_PACKAGES names '{packages}'", secrets=())
+    assert_one_line_failure(result, named, secrets=())
     assert 'migrations applied' not in result.stdout, 'checked before anything starts'
 
 
