@@ -37,6 +37,7 @@ from manage import (check_before_fork, check_reachable, counted, default_dsn, gu
 
 from . import nginx, pgbouncer  # noqa: E402
 from .ports import free_ports, port_is_free  # noqa: E402
+from .render import TemplateError  # noqa: E402
 
 RESTART_DELAY_SECONDS = 1.0
 STARTUP_TIMEOUT_SECONDS = 60
@@ -522,6 +523,13 @@ def interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def check_nginx_settings(config):
+    """Render nginx's config once into a scratch folder: a bad NGINX_* setting (TemplateError) stops the stack
+    before anything starts, not once the replicas run."""
+    with tempfile.TemporaryDirectory(prefix='dbapi-nginx-check-') as scratch:
+        nginx.write_config(scratch, nginx_environment(config))
+
+
 def main():
     """Run the stack until Ctrl-C or SIGTERM; return the exit status."""
     configure_process_logging(settings)
@@ -532,7 +540,8 @@ def main():
         # A named database out of reach stops the stack as it stops `make run`: its replicas would never be ready, and
         # a rolling restart would stop at the first one. (The default database is reached by the migrations.)
         check_reachable({name: dsn for name, dsn in settings.DATABASES.items() if name != 'default'})
-    except (StackError, StartupError) as exc:
+        check_nginx_settings(config)
+    except (StackError, StartupError, TemplateError) as exc:
         print(f'stack: {exc}', file=sys.stderr, flush=True)
         return 1
     append_to_output_files()

@@ -434,6 +434,9 @@ def test_a_named_database_out_of_reach_stops_the_stack_before_anything_starts(to
                                             "(ModuleNotFoundError: No module named 'no_such_package')"),
     ({'MODULE_PACKAGES': 'no_such_package'}, "stack: MODULE_PACKAGES names 'no_such_package', which is no importable "
                                              "package (ModuleNotFoundError: No module named 'no_such_package')"),
+    # nginx's settings too: they were a traceback once the replicas ran (trial K).
+    ({'NGINX_PROXY_TIMEOUT': 'abc'}, "stack: dbapi.envsh: NGINX_PROXY_TIMEOUT must be an nginx time such as 1500ms, "
+                                     "not 'abc'"),
 ])
 def test_a_stack_setting_out_of_range_stops_it_in_one_line(topology_database_url, overrides, line):
     environment = stack_environment(topology_database_url, free_ports(5), 3, False, overrides)
