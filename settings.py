@@ -184,6 +184,8 @@ load_dotenv(BASE_DIR / 'env' / ENVIRONMENT / '.env', override=False)
 # PROMETHEUS_MULTIPROC_DIR as set and write its files to the working directory.
 if env_str('PROMETHEUS_MULTIPROC_DIR') is None:
     os.environ.pop('PROMETHEUS_MULTIPROC_DIR', None)
+else:  # prometheus_client would fail at the first metric, with a traceback, after the migrations
+    writable_folder('PROMETHEUS_MULTIPROC_DIR', os.environ['PROMETHEUS_MULTIPROC_DIR'])
 DEVELOPMENT = ENVIRONMENT in ('local', 'test')
 
 APP_ID = env_str('APP_ID', 'dbapi')

@@ -128,6 +128,14 @@ def test_a_bad_setting_stops_the_start_in_one_line():
     assert_one_line_failure(run_manage('migrate', PORT='eighty'), 'PORT')
 
 
+@pytest.mark.parametrize('folder, reason', [('/proc', 'takes no new files'), ('/etc/hostname', 'is a file'),
+                                            ('/proc/dbapi-metrics', 'No such file or directory')])
+def test_a_metrics_folder_that_cannot_be_written_stops_the_start_in_one_line(folder, reason):
+    """It was prometheus_client's traceback at the first metric, after the migrations (trial K)."""
+    result = run_manage('migrate', PROMETHEUS_MULTIPROC_DIR=folder)
+    assert reason in assert_one_line_failure(result, f'PROMETHEUS_MULTIPROC_DIR {folder}')
+
+
 def test_a_session_hook_naming_no_function_stops_serve_in_one_line(database_url):
     result = run_manage('serve', DATABASE_URL=database_url, DB_RESET='tests.session_hooks:nothing', PORT='1')
     assert_one_line_failure(result, 'DB_RESET: tests.session_hooks:nothing cannot be imported')
