@@ -383,7 +383,8 @@ class Stack:
         """Run one more replica, on a free port, while the block runs; yield [its port] once it is ready, and stop
         it gracefully (it finishes what it accepted) when the block ends. When the block fails once it serves
         (replica, the one it stands in for, did not come back), it keeps serving (standing_in); replica is stopped
-        if it still runs, so that the supervisor starts it again."""
+        if it still runs, so that the supervisor starts it again. When the stack stops meanwhile (Ctrl-C, SIGTERM),
+        the stand-in is stopped in the stack's order, after nginx (Stack.stop): nginx may be sending to it alone."""
         (port,) = free_ports(1)
         index = len(self.replicas) + 1
         stand_in = Child(f'stand-in replica {index} (port {port})', gunicorn_command(),
@@ -395,9 +396,10 @@ class Stack:
             raise
         try:
             yield [port]
-        except StackError:
+        except (StackError, KeyboardInterrupt) as stop:
             self.standing_in = (stand_in, port)
-            replica.stop()
+            if isinstance(stop, StackError):
+                replica.stop()
             raise
         except BaseException:
             stand_in.stop()

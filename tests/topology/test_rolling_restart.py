@@ -180,3 +180,25 @@ def test_a_replica_that_dies_during_a_rolling_restart_is_restarted_at_once(tmp_p
                  RESTART_TIMEOUT_SECONDS, 'the rolling restart did not finish', interval=0.5)
     assert restarted_during_the_restart
     assert f'replica 2 (port {second}) exited with code -9; restarting it'.encode() in stack.log_path.read_bytes()
+
+
+def test_a_stop_during_a_lone_replicas_restart_stops_nginx_before_the_stand_in(tmp_path_factory,
+                                                                                topology_database_url):
+    """SIGTERM while the stand-in served alone stopped the stand-in first, and nginx answered its 502 (trial K): the
+    stack's order holds then too, nginx first. A request nginx no longer takes is refused, never a 5xx."""
+    run_id = uuid.uuid4().hex[:12]
+    with running_stack(tmp_path_factory, topology_database_url, replicas=1, PROCESS_ID='lone',
+                       base_port=free_ports_below_the_ephemeral_range(3), GRACEFUL_TIMEOUT='10') as stack:
+        with WriteLoad(stack, run_id, LOAD_THREADS, MAX_REQUESTS_PER_THREAD) as load:
+            time.sleep(0.5)
+            stack.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: any(line.get('service', {}).get('node', {}).get('name') == 'lone-2'
+                                 for line in read_json_lines(stack.log_path)), 30, 'the stand-in got no request')
+            stack.process.send_signal(signal.SIGTERM)
+            stack.process.wait(60)
+    outcomes = collections.Counter(attempt.status for attempt in load.attempts)
+    assert outcomes[201] > 10 and not [status for status in outcomes if status != 201 and status not in (
+        'ConnectionRefusedError', *UNANSWERED)], outcomes
+    rows = {code for (code,) in run_sql(topology_database_url, 'SELECT code FROM probe.things WHERE code LIKE %s',
+                                        (f'{run_id}-%',))}
+    assert rows == {attempt.code for attempt in load.attempts if attempt.status == 201}
