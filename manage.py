@@ -344,13 +344,14 @@ def run_gunicorn(environment, routes):
     # A session of its own: the terminal's Ctrl-C comes here, never straight to gunicorn, which takes SIGINT for a
     # quick stop that drops the requests in flight unanswered and unlogged.
     # It stops (SIGTERM) when this process dies, even by SIGKILL: no orphan keeps the port.
-    from ops.stack import die_with_parent  # ops.stack imports this module
+    from ops.stack import die_with_parent, stop_on_terminal_hangup  # ops.stack imports this module
     gunicorn = subprocess.Popen(gunicorn_command(), cwd=settings.BASE_DIR, env={**environment, **SUPERVISED},
                                 start_new_session=True, preexec_fn=die_with_parent)
     stops = Stops(gunicorn)
     signal.signal(signal.SIGTERM, stops.graceful)
     signal.signal(signal.SIGHUP, stops.graceful)
     signal.signal(signal.SIGINT, stops.ctrl_c)
+    stop_on_terminal_hangup()
     if wait_until_serving(gunicorn) and not stops.asked:
         where = served_url() if settings.BIND_PORT is not None else f'unix:{unix_socket_path()}'
         print(f'dbapi serves on {where} with {counted(settings.WEB_CONCURRENCY, "worker")}. Try:\n  {how_to_call(routes)}\nCtrl-C stops it.', file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ compose's restart policy would. SIGHUP restarts every replica, one by one, witho
 (a rolling restart, docs/deployment.md). Ctrl-C (or SIGTERM) stops all of it.
 """
 import ctypes
+import errno
 import fcntl
 import os
 import pwd
@@ -16,6 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from contextlib import contextmanager, nullcontext, suppress
@@ -108,6 +110,28 @@ def die_with_parent():
     """Ask the kernel to stop this child when the stack's process dies, even by SIGKILL."""
     if sys.platform.startswith('linux'):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def stop_on_terminal_hangup(fd=2, interval=1.0):
+    """When fd (stderr) is this process's controlling terminal, send this process SIGTERM (a graceful stop) once the
+    terminal hangs up (its ioctls then fail with EIO), within interval seconds: the kernel sends the hangup to the
+    session's leader alone, and one that takes it itself and waits for its child (make, under `ssh -t host make
+    run` or tmux) never passes it on; make stack's own SIGHUP is a rolling restart."""
+    try:
+        os.tcgetpgrp(fd)
+    except OSError:  # no terminal, or not this process's own
+        return
+
+    def watch():
+        while True:
+            time.sleep(interval)
+            try:
+                os.tcgetpgrp(fd)
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return
+    threading.Thread(target=watch, name='dbapi-terminal-hangup', daemon=True).start()
 
 
 def identity(user):
@@ -556,6 +580,7 @@ def main():
         os.chmod(run_dir, 0o711)
         stack = Stack(config, run_dir)
         signal.signal(signal.SIGHUP, stack.want_rolling_restart)
+        stop_on_terminal_hangup()
         try:
             stack.start()
             announce(config)

@@ -1,12 +1,17 @@
 """Real servers over HTTP: gunicorn with several workers, and `make run`'s serve command stopped by Ctrl-C."""
 import contextlib
+import fcntl
 import http.client as http_client
 import json
 import os
 import signal
 import socket
 import subprocess
+import pty
+import select
 import sys
+import termios
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -158,6 +163,56 @@ def test_a_stop_of_serve_lets_the_requests_in_flight_finish_and_be_logged(serve_
     logged = [line for line in lines if line.get('http', {}).get('request', {}).get('id') == 'at-ctrl-c']
     assert len(logged) == 1 and logged[0]['http']['response']['status_code'] == 200, output[-2000:]
     assert process.returncode == 0
+
+
+# A session leader that takes the terminal's hangup itself and waits for its child, as make does.
+LEADER_THAT_WAITS = ('import signal, subprocess, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); '
+                     'sys.exit(subprocess.call(sys.argv[1:]))')
+
+
+@contextlib.contextmanager
+def on_a_terminal(command, environment):
+    """Run command on a new pseudo-terminal it has as its controlling terminal, under LEADER_THAT_WAITS, what the
+    terminal shows read and dropped; yield (the leader, hang_up: a function that closes the terminal)."""
+    controller, terminal = pty.openpty()
+    leader = subprocess.Popen([sys.executable, '-c', LEADER_THAT_WAITS, *command], cwd=settings.BASE_DIR,
+                              env=environment, stdin=terminal, stdout=terminal, stderr=terminal,
+                              start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(terminal)
+    closing = threading.Event()
+    reader = threading.Thread(target=drain, args=(controller, closing), daemon=True)
+    reader.start()
+
+    def hang_up():
+        closing.set()
+        reader.join()  # a read in progress would keep the terminal open past close()
+        os.close(controller)
+    try:
+        yield leader, hang_up
+    finally:
+        if leader.poll() is None:
+            os.killpg(leader.pid, signal.SIGKILL)
+
+
+def drain(fd, closing):
+    """Read fd until closing is set: a terminal nobody reads stops its writers once its buffer is full."""
+    while not closing.is_set():
+        if select.select([fd], [], [], 0.1)[0]:
+            with contextlib.suppress(OSError):
+                os.read(fd, 65536)
+
+
+def test_serve_stops_when_its_terminal_hangs_up_under_a_leader_that_waits(serve_data_dir):
+    """Under `ssh -t host make run` (or tmux, or script), make leads the session: it took the hangup and waited, and
+    serve, gunicorn and PostgreSQL served on (trial K)."""
+    port = free_port()
+    with on_a_terminal(SERVE_COMMAND, serve_environment(serve_data_dir, PORT=str(port))) as (leader, hang_up):
+        wait_until_healthy(f'http://127.0.0.1:{port}', leader, seconds=90)
+        postgres = postgres_processes(serve_data_dir)
+        hang_up()
+        leader.wait(30)  # its exit code says little: writes to the closed terminal fail
+    psutil.wait_procs(postgres, timeout=15)
+    assert not port_open(port) and not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in postgres)
 
 
 @pytest.mark.parametrize('command, line', [
