@@ -287,7 +287,7 @@ def replica_environment(index, port, dsn, run_dir):
     env = dict(os.environ)
     # Empty values keep env/<ENVIRONMENT>/.env from adding DEFAULT_DB_* next to DATABASE_URL.
     env.update({f'DEFAULT_DB_{part}': '' for part in [*settings.DB_PARTS.values(), 'PASS_FILE']})
-    # Metrics files of its own, inside the stack's directory: gone with the stack, even after a SIGKILL.
+    # Metrics files of its own, inside the stack's directory: gone with the stack (a SIGKILL leaves the directory).
     env.update(DATABASE_URL=dsn, BIND=f'127.0.0.1:{port}', PROCESS_ID=replica_process_id(index),
                TRUSTED_PROXY_HOPS='1', PROMETHEUS_MULTIPROC_DIR=str(Path(run_dir) / f'metrics-{index}'),
                DBAPI_SUPERVISOR='make stack')  # no binary upgrade (gunicorn.conf.py's pre_exec): it follows its master
