@@ -194,6 +194,10 @@ def test_kubernetes_probes_and_security():
     assert container['readinessProbe']['httpGet']['path'] == '/healthz'
     assert container['startupProbe']['httpGet']['path'] == '/readyz'
     assert container['livenessProbe']['httpGet']['path'] == '/healthz'
+    assert container['lifecycle']['preStop']['exec']['command'] == ['sleep', '10']
+    # nginx drains too before its stop (trial K: it had no pause while the endpoints caught up)
+    nginx = kubernetes_objects()['Deployment', 'dbapi-nginx']['spec']['template']['spec']['containers'][0]
+    assert nginx['lifecycle']['preStop']['exec']['command'] == ['sleep', '5']
     assert pod['securityContext']['runAsNonRoot'] is True
     assert container['securityContext']['allowPrivilegeEscalation'] is False
 
