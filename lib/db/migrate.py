@@ -88,7 +88,8 @@ def check_applied_unchanged(backend, applied):
     when it was applied."""
     recorded = recorded_checksums(backend)
     for migration in applied:
-        if recorded.get(migration.id, file_checksum(migration)) != file_checksum(migration):
+        checksum = file_checksum(migration)
+        if recorded.get(migration.id, checksum) != checksum:
             raise MigrationChanged(
                 f'migration {shown_path(Path(migration.path))} has changed since it was applied (its SHA-256 is not '
                 'the one recorded then): a migration runs once, so the change has not run. Restore the file and put '
