@@ -6,12 +6,15 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from psycopg2.extensions import make_dsn
+from yoyo import read_migrations
 
 import manage
 import settings
+from lib.db.migrate import yoyo_backend
 from lib.errors import StartupError
 from tests.helpers import (ADMIN_TOKEN, QUOTING_TOKEN, assert_quoted_safely, broken_module, code_raising_secrets,
                            drop_database, free_port, recreate_database, run_sql, server_environment)
@@ -233,12 +236,65 @@ def test_an_applied_migration_edited_later_stops_the_start_until_restored_or_tak
     with pytest.raises(StartupError) as caught:
         manage.apply_migrations(scratch_database, folder)
     message = str(caught.value)
-    assert message.startswith(f'migration {first} has changed since it was applied') and '\n' not in message
-    assert message.endswith("DELETE FROM _dbapi_migration_checksum WHERE migration_id = '0001_first'")
+    assert message.startswith(f'applied migrations changed since (their SHA-256 is not the one recorded when they '
+                              f'were applied): {first}. ') and '\n' not in message
+    assert message.endswith("DELETE FROM _dbapi_migration_checksum WHERE migration_id IN ('0001_first')")
     assert run_sql(scratch_database, "SELECT to_regclass('next_one') IS NULL") == [(True,)], 'nothing ran after it'
     run_sql(scratch_database, message[message.index('DELETE'):])  # as the message says: take the file as it is
     assert manage.apply_migrations(scratch_database, folder) == ['0002_next']
     assert manage.apply_migrations(scratch_database, folder) == [], 'unchanged files pass'
+
+
+def test_a_migration_applied_in_a_batch_that_failed_later_is_known_by_the_file_that_ran(tmp_path, scratch_database):
+    """Checksums were recorded after the whole batch only: 0001 ran, 0002 failed, 0001 was edited, and its edit was
+    taken as applied on the next run (trial L)."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_ran.sql').write_text('CREATE TABLE ran (id int);\n')
+    (folder / '0002_fails.sql').write_text('CREATE TABLE fails (id txet);\n')
+    with pytest.raises(StartupError):
+        manage.apply_migrations(scratch_database, folder)
+    (folder / '0001_ran.sql').write_text('CREATE TABLE ran (id int, added int);\n')
+    (folder / '0002_fails.sql').write_text('CREATE TABLE fails (id text);\n')
+    with pytest.raises(StartupError, match='0001_ran.sql'):
+        manage.apply_migrations(scratch_database, folder)
+
+
+def test_line_endings_do_not_change_a_migration_and_one_applied_again_after_a_rollback_is_known_anew(
+        tmp_path, scratch_database):
+    """A checkout's CRLF, a last newline added: every applied file was "changed" (trial L). yoyo's own rollback then
+    a fixed file applied again: its old checksum stayed, a false "changed" on the next start."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    first = folder / '0001_first.sql'
+    first.write_bytes(b'CREATE TABLE first_one (id int);\nCREATE TABLE second_one (id int);')
+    manage.apply_migrations(scratch_database, folder)
+    first.write_bytes(b'CREATE TABLE first_one (id int);\r\nCREATE TABLE second_one (id int);\r\n')
+    assert manage.apply_migrations(scratch_database, folder) == []
+    backend = yoyo_backend(scratch_database)
+    try:
+        with backend.lock():
+            backend.rollback_migrations(backend.to_rollback(read_migrations(str(folder))))
+    finally:
+        backend.connection.close()
+    run_sql(scratch_database, 'DROP TABLE first_one, second_one')  # what its rollback file would do
+    first.write_text('CREATE TABLE first_one (id bigint);\nCREATE TABLE second_one (id int);\n')
+    assert manage.apply_migrations(scratch_database, folder) == ['0001_first']
+    assert manage.apply_migrations(scratch_database, folder) == []
+
+
+def test_replicas_migrating_at_once_finish_a_create_index_concurrently(tmp_path, scratch_database):
+    """The one waiting for the advisory lock held a snapshot that the holder's CREATE INDEX CONCURRENTLY waited for:
+    both hung for good (trial L)."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_table.sql').write_text('CREATE TABLE indexed (id int);\n')
+    (folder / '0002_index.sql').write_text('-- transactional: false\n'
+                                           'CREATE INDEX CONCURRENTLY indexed_id ON indexed (id);\n')
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(manage.apply_migrations, scratch_database, folder) for _ in range(2)]
+        applied = sorted(run.result(timeout=60) for run in runs)
+    assert applied == [[], ['0001_table', '0002_index']]
 
 
 def test_migrations_applied_before_checksums_were_recorded_get_theirs_when_first_seen(tmp_path, scratch_database):

@@ -2,6 +2,7 @@
 to start when an applied file has changed since (its SHA-256 is recorded, as Flyway records a checksum)."""
 import hashlib
 import logging
+import time
 from pathlib import Path
 from contextlib import contextmanager
 
@@ -19,6 +20,7 @@ log = logging.getLogger('dbapi.migrate')
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 MIGRATIONS_DIR = PROJECT_DIR / 'migrations'
 MIGRATION_LOCK_KEY = 0x64626170  # "dbap": one key for every dbapi replica of a database
+LOCK_POLL_SECONDS = 0.2
 MIGRATION_TABLE = '_yoyo_migration'
 # The SHA-256 of each applied migration's file, as it was when applied (or first seen applied): yoyo knows a
 # migration by its id alone, so an applied file edited later would go unnoticed, its change never run.
@@ -38,15 +40,24 @@ def yoyo_backend(dsn):
 
 
 @contextmanager
-def advisory_lock(conn, key=MIGRATION_LOCK_KEY):
-    """Hold a session advisory lock on conn for the block; the server drops it if the process dies."""
-    with conn.cursor() as cursor:
-        cursor.execute('SELECT pg_advisory_lock(%s)', (key,))
+def advisory_lock(conn, key=MIGRATION_LOCK_KEY, poll_seconds=LOCK_POLL_SECONDS):
+    """Hold a session advisory lock on conn for the block; the server drops it if the process dies. It is waited for
+    by trying again every poll_seconds, not by pg_advisory_lock: a statement waiting for the lock holds a snapshot,
+    which a CREATE INDEX CONCURRENTLY of the holder's migrations would wait for, and neither would ever end."""
+    while not try_advisory_lock(conn, key):
+        time.sleep(poll_seconds)
     try:
         yield
     finally:
         with conn.cursor() as cursor:
             cursor.execute('SELECT pg_advisory_unlock(%s)', (key,))
+
+
+def try_advisory_lock(conn, key):
+    """Take the session advisory lock key on conn if it is free; tell whether it was taken."""
+    with conn.cursor() as cursor:
+        cursor.execute('SELECT pg_try_advisory_lock(%s)', (key,))
+        return cursor.fetchone()[0]
 
 
 def migrate(dsn, directory=MIGRATIONS_DIR):
@@ -61,9 +72,10 @@ def migrate(dsn, directory=MIGRATIONS_DIR):
                 migrations = read_migrations(str(directory))
                 pending = backend.to_apply(migrations)
                 pending_ids = {migration.id for migration in pending}
-                check_applied_unchanged(backend, [m for m in migrations if m.id not in pending_ids])
-                backend.apply_migrations(pending)
-                record_checksums(backend, migrations)
+                applied_before = [migration for migration in migrations if migration.id not in pending_ids]
+                check_applied_unchanged(backend, applied_before)
+                record_checksums(backend, applied_before)  # those applied before checksums were kept
+                apply_each(backend, pending)
         applied = [migration.id for migration in pending]
         log.info('migrations applied', extra={'labels': {'applied': ','.join(applied) or 'none'}})
         return applied
@@ -72,8 +84,10 @@ def migrate(dsn, directory=MIGRATIONS_DIR):
 
 
 def file_checksum(migration):
-    """Return the SHA-256 (hex) of a yoyo migration's file as it is now."""
-    return hashlib.sha256(Path(migration.path).read_bytes()).hexdigest()
+    """Return the SHA-256 (hex) of a yoyo migration's file as it is now, read as its lines: line endings (CRLF from a
+    checkout) and a last newline do not count, as they do not in Flyway's checksum."""
+    lines = Path(migration.path).read_bytes().decode('utf-8', 'surrogateescape').splitlines()
+    return hashlib.sha256('\n'.join(lines).encode('utf-8', 'surrogateescape')).hexdigest()
 
 
 def recorded_checksums(backend):
@@ -84,25 +98,44 @@ def recorded_checksums(backend):
 
 
 def check_applied_unchanged(backend, applied):
-    """Raise MigrationChanged for the first of applied (yoyo migrations) whose file's SHA-256 is not the one recorded
-    when it was applied."""
+    """Raise MigrationChanged naming every one of applied (yoyo migrations) whose file's SHA-256 is not the one
+    recorded when it was applied."""
     recorded = recorded_checksums(backend)
-    for migration in applied:
-        checksum = file_checksum(migration)
-        if recorded.get(migration.id, checksum) != checksum:
-            raise MigrationChanged(
-                f'migration {shown_path(Path(migration.path))} has changed since it was applied (its SHA-256 is not '
-                'the one recorded then): a migration runs once, so the change has not run. Restore the file and put '
-                f'the change in a new migration; to take the file as it is now, delete its row: DELETE FROM '
-                f"{CHECKSUM_TABLE} WHERE migration_id = '{migration.id}'")
+    changed = [migration for migration in applied
+               if recorded.get(migration.id, checksum := file_checksum(migration)) != checksum]
+    if changed:
+        files = ', '.join(str(shown_path(Path(migration.path))) for migration in changed)
+        ids = ', '.join(sql_literal(migration.id) for migration in changed)
+        raise MigrationChanged(
+            f'applied migrations changed since (their SHA-256 is not the one recorded when they were applied): '
+            f'{files}. A migration runs once, so a change to it has not run: restore each file and put the change in '
+            f'a new migration; to take the files as they are now, delete their rows: DELETE FROM {CHECKSUM_TABLE} '
+            f'WHERE migration_id IN ({ids})')
 
 
-def record_checksums(backend, applied):
-    """Record the SHA-256 of each of applied (yoyo migrations) that has none yet."""
+def sql_literal(text):
+    """Return text as an SQL string literal (standard_conforming_strings: a quote doubled)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def apply_each(backend, pending):
+    """Apply pending (a yoyo MigrationList) in order, recording each one's SHA-256 as soon as it is applied (a later
+    one may fail, and the file of one applied may be edited before the next run), then yoyo's post-apply hooks."""
+    for migration in pending:
+        backend.apply_migrations_only([migration])
+        record_checksums(backend, [migration], replace=True)
+    if pending:
+        backend.run_post_apply(pending)
+
+
+def record_checksums(backend, migrations, replace=False):
+    """Record the SHA-256 of each of migrations (yoyo's) that has none yet, or, with replace, whatever it had (a file
+    applied again after yoyo's own rollback)."""
+    on_conflict = 'UPDATE SET sha256 = EXCLUDED.sha256, recorded_at = now()' if replace else 'NOTHING'
     with backend.transaction():
-        for migration in applied:
+        for migration in migrations:
             backend.execute(f'INSERT INTO {CHECKSUM_TABLE} (migration_id, sha256) VALUES (:id, :sha256) '
-                            'ON CONFLICT (migration_id) DO NOTHING',
+                            f'ON CONFLICT (migration_id) DO {on_conflict}',
                             {'id': migration.id, 'sha256': file_checksum(migration)})
 
 
