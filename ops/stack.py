@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from lib.errors import StartupError, report_startup_errors
+from lib.errors import StartupError, report_startup_errors, shown_on_one_line
 
 if __name__ == '__main__':
     # Before settings is imported, whose checks run at import: a bad PORT is one line, not a traceback.
@@ -568,7 +568,7 @@ def main():
         check_reachable({name: dsn for name, dsn in settings.DATABASES.items() if name != 'default'})
         check_nginx_settings(config)
     except (StackError, StartupError, TemplateError) as exc:
-        print(f'stack: {exc}', file=sys.stderr, flush=True)
+        print(f'stack: {shown_on_one_line(str(exc))}', file=sys.stderr, flush=True)
         return 1
     append_to_output_files()
     signal.signal(signal.SIGTERM, interrupt)
@@ -588,7 +588,7 @@ def main():
         except KeyboardInterrupt:
             status = 0
         except (StackError, StartupError, FileNotFoundError) as exc:
-            print(f'stack: {exc}', file=sys.stderr, flush=True)
+            print(f'stack: {shown_on_one_line(str(exc))}', file=sys.stderr, flush=True)
             status = 1
         finally:
             for ignored in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

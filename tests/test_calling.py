@@ -60,7 +60,10 @@ def test_many_schema_reports_errors_per_item(call):
                                           'Application/JSON', 'application/json; charset="utf-8"',
                                           'application/json; charset=utf8',
                                           # a quoted value holds its `;` (it was read as a charset=latin1, trial I)
-                                          'application/json; profile="a;charset=latin1"; charset=utf-8'])
+                                          'application/json; profile="a;charset=latin1"; charset=utf-8',
+                                          # RFC 2231's forms: they were a 500 (trial L)
+                                          "application/json; charset*=utf-8''utf-8",
+                                          "application/json; charset*0*=utf-8''utf; charset*1=-8"])
 def test_charset_parameter_is_accepted(client, content_type):
     response = post_raw(client, '/probe/echo', b'{"a": 1}', content_type)
     assert response.status_code == 200
@@ -89,6 +92,11 @@ def test_json_in_another_charset_is_415_saying_json_is_utf8(client, charset):
                         f'application/json; charset={charset}')
     assert response.status_code == 415 and response.mimetype == 'application/problem+json'
     assert 'UTF-8 (RFC 8259' in response.get_json()['detail']
+
+
+def test_another_charset_in_rfc_2231s_form_is_415_too(client):
+    response = post_raw(client, '/probe/echo', b'{}', "application/json; charset*=utf-8''latin1")
+    assert 'charset=latin1 is not accepted' in assert_problem(response, 415)['detail']
 
 
 @pytest.mark.parametrize('coding', ['gzip', 'br', 'deflate, gzip'])

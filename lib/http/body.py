@@ -3,6 +3,7 @@ import codecs
 import socket
 import time
 from email.message import Message
+from email.utils import collapse_rfc2231_value
 
 import gevent
 from flask import current_app, request
@@ -103,7 +104,7 @@ def refuse_unless_json(content_type):
     if media_type.strip().lower() != JSON_MIMETYPE:
         raise UnsupportedMediaType()
     for name, value in parameters:
-        charset = value.lower()
+        charset = collapse_rfc2231_value(value).lower()  # RFC 2231's charset*=utf-8''utf-8 comes as a tuple
         if name == 'charset' and charset not in ('utf-8', 'utf8'):
             raise UnsupportedMediaType(f'JSON bodies are UTF-8 (RFC 8259 section 8.1); charset={charset[:40]} '
                                        'is not accepted.')

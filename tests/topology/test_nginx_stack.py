@@ -434,6 +434,9 @@ def test_a_named_database_out_of_reach_stops_the_stack_before_anything_starts(to
                                             "(ModuleNotFoundError: No module named 'no_such_package')"),
     ({'MODULE_PACKAGES': 'no_such_package'}, "stack: MODULE_PACKAGES names 'no_such_package', which is no importable "
                                              "package (ModuleNotFoundError: No module named 'no_such_package')"),
+    # A quoted exception on one line, escaped (trial L: it went out raw, on two lines, its colour escape live).
+    ({'DB_RESET': 'tests.failing_hooks:reset'}, 'stack: DB_RESET: tests.failing_hooks:reset cannot be imported '
+                                                '(ValueError: first line\\nsecond \\x1b[31mred)'),
     # nginx's settings too: they were a traceback once the replicas ran (trial K).
     ({'NGINX_PROXY_TIMEOUT': 'abc'}, "stack: dbapi.envsh: NGINX_PROXY_TIMEOUT must be an nginx time such as 1500ms, "
                                      "not 'abc'"),
