@@ -650,12 +650,21 @@ def test_bearer_tokens_file_tokens_are_redacted_as_auths_table_holds_them(make_a
     assert not any(file_token in text for text in texts)
 
 
-@pytest.mark.parametrize('spelling', ['tok+en/with=', 'tok%2Ben%2Fwith%3D', 'tok%2ben%2fwith%3d'])
+@pytest.mark.parametrize('spelling', ['tok+en/with=', 'tok%2Ben%2Fwith%3D', 'tok%2ben%2fwith%3d',
+                                      'tok%2Ben/with%3D', 'tok%2ben/with%3d'])  # quote()'s default keeps '/' (trial L)
 def test_a_token_in_a_url_is_redacted_however_the_url_escapes_it(spelling):
     """gunicorn's DEBUG line quotes the request line as sent: a token there was percent-encoded and kept."""
     redact = Redactor(configured_secrets({}, ['tok+en/with=']))
     line = encode_line({'message': f'POST /probe/echo?access_token={spelling} HTTP/1.1'})
     assert json.loads(redact(line))['message'] == 'POST /probe/echo?access_token=[REDACTED] HTTP/1.1'
+
+
+@pytest.mark.parametrize('spelling', ['pw%25x%40y%2Fz', 'pw%25x%40y%2fz', 'pw%25x%40y/z'])
+def test_a_database_password_in_a_url_is_redacted_however_the_url_escapes_it(spelling):
+    """Lower-case hex was missed (trial L)."""
+    redact = Redactor(configured_secrets({'default': 'postgresql://u:pw%25x%40y%2Fz@db/app'}, []))
+    line = encode_line({'message': f'connecting with {spelling} now'})
+    assert json.loads(redact(line))['message'] == 'connecting with [REDACTED] now'
 
 
 @pytest.mark.parametrize('secret, fits', [

@@ -18,7 +18,8 @@ DIGITS = frozenset('0123456789')
 
 
 def dsn_spellings(dsn):
-    """Return a DSN and its password as a line could spell them: raw, URL-encoded and libpq-quoted."""
+    """Return a DSN and its password as a line could spell them: raw, URL-encoded (percent_spellings) and
+    libpq-quoted."""
     try:
         password = parse_dsn(dsn).get('password')
     except psycopg2.ProgrammingError:
@@ -26,14 +27,20 @@ def dsn_spellings(dsn):
     if not password:
         return [dsn]
     libpq_quoted = password.replace('\\', '\\\\').replace("'", "\\'")
-    return [dsn, password, quote(password, safe=''), quote(password), libpq_quoted]
+    return [dsn, password, *percent_spellings(password), libpq_quoted]
 
 
 def token_spellings(token):
-    """Return a bearer token as a line could spell it: raw, and percent-encoded as a URL would carry it (RFC 3986
-    section 2.1: its `+`, `/` and `=` as %2B, %2F, %3D, or in lower-case hex)."""
-    encoded = quote(token, safe='')
-    return [token, encoded, PERCENT_ESCAPE.sub(lambda escape: escape[0].lower(), encoded)]
+    """Return a bearer token as a line could spell it: raw, and percent-encoded as a URL would carry it
+    (percent_spellings)."""
+    return [token, *percent_spellings(token)]
+
+
+def percent_spellings(secret):
+    """Return secret percent-encoded as URLs carry it (RFC 3986 section 2.1): every reserved character encoded, or
+    all but `/` (urllib.parse.quote's default), each in upper- and lower-case hex."""
+    encoded = {quote(secret, safe=''), quote(secret)}
+    return sorted(encoded | {PERCENT_ESCAPE.sub(lambda escape: escape[0].lower(), text) for text in encoded})
 
 
 def configured_secrets(databases, tokens):
