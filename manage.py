@@ -6,6 +6,8 @@ on stderr that names it (never a secret) and a non-zero exit code.
 import signal
 import sys
 
+from lib.process import StartInterrupted
+
 # The exit code of a command stopped by Ctrl-C (128 + SIGINT), as a shell reports it.
 STOPPED_BY_CTRL_C = 128 + signal.SIGINT
 
@@ -19,7 +21,7 @@ def stop_the_start(signum, frame):
     """Stop a command at Ctrl-C before gunicorn runs (imports, the embedded PostgreSQL's start, migrations): one
     line, not a KeyboardInterrupt's traceback; what started is stopped by its own exit handlers."""
     print(CTRL_C_LINES.get(sys.argv[1:2] and sys.argv[1], CTRL_C_BEFORE_SERVING), file=sys.stderr, flush=True)
-    raise SystemExit(STOPPED_BY_CTRL_C)
+    raise StartInterrupted(STOPPED_BY_CTRL_C)
 
 
 if __name__ == '__main__':

@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from lib.http.exchange import ERROR_KEY, remember
 from lib.jsonenc import KeysWrittenAlike, TooDeepToWrite, dumps_bytes, json_response
 from lib.http.requestid import current_request_id
+from lib.process import StartInterrupted
 
 PROBLEM_JSON = 'application/problem+json'
 RETRY_AFTER_SECONDS = '1'
@@ -25,6 +26,19 @@ class StartupError(Exception):
 
 class ImproperlyConfigured(StartupError):
     """A setting is missing or malformed; the service must not start."""
+
+
+def import_failure(exc):
+    """Return how a start error quotes exc, raised while a user's code was imported: `Class: message` (a message that
+    cannot be made text said so); raise exc again when it is a stop of the start (Ctrl-C: KeyboardInterrupt,
+    StartInterrupted), not that code's failure."""
+    if isinstance(exc, (KeyboardInterrupt, StartInterrupted)):
+        raise exc
+    try:
+        message = str(exc)
+    except Exception:
+        message = '(its message cannot be shown)'
+    return f'{type(exc).__name__}: {message}'
 
 
 def report_startup_errors():

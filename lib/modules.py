@@ -12,7 +12,7 @@ from marshmallow import INCLUDE, fields, missing
 
 from lib.auth import authorize
 from lib.decorators import SCHEMA_ATTRIBUTE, databases_of, marks_of, respond, schema_of, wrapped_chain
-from lib.errors import Unprocessable
+from lib.errors import Unprocessable, import_failure
 from lib.http.exchange import ROUTE_KEY, remember
 from lib.fastschema import fast_loader, has_no_hooks
 from lib.http.body import read_json_body
@@ -61,9 +61,8 @@ def import_route_table(package, name, folder):
         raise ModuleError(f'{routes_file}: missing; every module folder needs a routes.py')
     try:
         routes_module = importlib.import_module(f'{package}.{name}.routes')
-    except (Exception, SystemExit) as exc:  # sys.exit() at import would end the start with no word, even as success
-        raise ModuleError(f'{routes_file}: import failed ({type(exc).__name__}: {exc}, '
-                          f'at {failed_at(exc, folder)})') from exc
+    except BaseException as exc:  # sys.exit() at import would end the start with no word, even as success
+        raise ModuleError(f'{routes_file}: import failed ({import_failure(exc)}, at {failed_at(exc, folder)})') from exc
     return routes_file, getattr(routes_module, 'routes', None)
 
 

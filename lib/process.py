@@ -1,7 +1,12 @@
-"""The one after-fork mechanism: what a process must forget or restart when gunicorn forks a worker from it."""
+"""The one after-fork mechanism: what a process must forget or restart when gunicorn forks a worker from it; and the
+stop of a start. Imports nothing heavy: manage.py takes it before anything else."""
 import os
 
 _callbacks = []
+
+
+class StartInterrupted(SystemExit):
+    """Ctrl-C while the service starts (manage.py's handler): a stop asked for, not a failure of the code it imports."""
 
 
 def after_fork(callback):

@@ -160,6 +160,10 @@ def test_module_packages_naming_no_package_stops_serve_in_one_line(database_url,
     ('import no_such_library\n', 'ModuleNotFoundError'),
     ('import sys\nsys.exit(0)\n', 'SystemExit: 0'),  # it made serve end with no word, as a success
     ('import sys\nsys.exit(3)\n', 'SystemExit: 3'),
+    # a traceback, quoting its message unredacted (trial L)
+    ('raise BaseException("base")\n', 'BaseException: base'),
+    ('class Odd(Exception):\n    def __str__(self):\n        raise RuntimeError\nraise Odd()\n',
+     'Odd: (its message cannot be shown)'),
 ])
 def test_a_broken_module_stops_serve_once_before_gunicorn_starts(tmp_path, database_url, code, named):
     result = run_manage('serve', broken_module(tmp_path, code), DATABASE_URL=database_url,

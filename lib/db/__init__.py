@@ -9,7 +9,7 @@ from lib.db.pool import Pool, PoolTimeout
 from lib.db.session import PooledConnection, configure_with, reset_with, session_settings, startup_options
 from lib.db.types import json_parameter, with_types
 from lib.db.unit import Lease, LeasedStream, connection, transactional
-from lib.errors import ImproperlyConfigured
+from lib.errors import ImproperlyConfigured, import_failure
 
 DEFAULT = 'default'
 
@@ -29,8 +29,8 @@ def session_hook(config, name):
         raise ImproperlyConfigured(f'{name} must name a function as package.module:function, not {value!r}')
     try:
         function = getattr(importlib.import_module(module_name), attribute)
-    except (Exception, SystemExit) as exc:  # sys.exit() at import would end the start with no word
-        raise ImproperlyConfigured(f'{name}: {value} cannot be imported ({type(exc).__name__}: {exc})') from None
+    except BaseException as exc:  # sys.exit() at import would end the start with no word
+        raise ImproperlyConfigured(f'{name}: {value} cannot be imported ({import_failure(exc)})') from None
     if not callable(function):
         raise ImproperlyConfigured(f'{name}: {value} is not a function')
     return function
