@@ -121,10 +121,11 @@ def may_hold_password(piece, dsn):
 
 
 def writable_folder(name, path):
-    """Return path after proving a file can be made and written in it (a read-only or full disk is refused)."""
-    if Path(path).exists() and not Path(path).is_dir():
-        raise ImproperlyConfigured(f'{name} {path} is a file: name a folder, where each process writes its own file')
+    """Return path after proving a file can be made and written in it (a read-only or full disk is refused, and so is
+    a folder this user cannot reach)."""
     try:
+        if Path(path).exists() and not Path(path).is_dir():
+            raise ImproperlyConfigured(f'{name} {path} is a file: name a folder, where each process writes its own file')
         Path(path).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path) as probe:
             probe.write(b'x')

@@ -408,8 +408,14 @@ def load_module(package, name, folder, fast_paths=True, databases=None):
 def discover_modules(packages):
     """Return (package, name, folder) of every module folder in packages. Packages that hold no module folder at all
     are a ModuleError: there would be nothing to serve (one package may wait for its first module; all of them empty
-    is a wrong name)."""
-    found = [(package, name, folder) for package in packages for name, folder in module_folders(package)]
+    is a wrong name); so are two folders of one name (a module's name is its URL's first segment)."""
+    found, names = [], set()
+    for package in packages:
+        for name, folder in module_folders(package):
+            if name in names:
+                raise ModuleError(f'{folder}: a module named {name!r} is already mounted')
+            names.add(name)
+            found.append((package, name, folder))
     if not found:
         raise ModuleError(f'MODULE_PACKAGES ({", ".join(packages)}) holds no module folder: name the packages whose '
                           'folders are modules (each with a routes.py), such as modules')
@@ -420,8 +426,6 @@ def mount_modules(app, packages, clients):
     """Discover every module in packages (discover_modules) and mount it on app; return the mounted Routes."""
     mounted = []
     for package, name, folder in discover_modules(packages):
-        if name in app.blueprints:
-            raise ModuleError(f'{folder}: a module named {name!r} is already mounted')
         routes = load_module(package, name, folder, app.config['FAST_PATHS'], set(app.config['DATABASES']))
         app.register_blueprint(build_blueprint(name, [(route, make_view(route, clients)) for route in routes]))
         mounted.extend(routes)

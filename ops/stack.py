@@ -46,6 +46,9 @@ STARTUP_TIMEOUT_SECONDS = 60
 STOP_TIMEOUT_SECONDS = settings.GRACEFUL_TIMEOUT + 10  # gunicorn's graceful_timeout and a little more
 # After nginx was told to stop sending to a replica: time for the requests it had already passed on to arrive.
 DRAIN_SECONDS = 1.0
+# How long a probe of a replica waits for its answer: one that gave up would be logged by the replica as a client
+# gone (499, an error line), as a loaded host's first answers can take more than a second.
+PROBE_TIMEOUT_SECONDS = 5
 NGINX_RELOAD_TIMEOUT_SECONDS = 10
 PR_SET_PDEATHSIG = 1
 
@@ -112,14 +115,14 @@ def die_with_parent():
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def stop_on_terminal_hangup(fd=2, interval=1.0):
-    """When fd (stderr) is this process's controlling terminal, send this process SIGTERM (a graceful stop) once the
-    terminal hangs up (its ioctls then fail with EIO), within interval seconds: the kernel sends the hangup to the
-    session's leader alone, and one that takes it itself and waits for its child (make, under `ssh -t host make
-    run` or tmux) never passes it on; make stack's own SIGHUP is a rolling restart."""
+def stop_on_terminal_hangup(interval=1.0):
+    """When this process has a controlling terminal (/dev/tty, whatever its output is redirected to), send it SIGTERM
+    (a graceful stop) once the terminal hangs up (its ioctls then fail with EIO), within interval seconds: the kernel
+    sends the hangup to the session's leader alone, and one that takes it itself and waits for its child (make,
+    under `ssh -t host make run` or tmux) never passes it on; make stack's own SIGHUP is a rolling restart."""
     try:
-        os.tcgetpgrp(fd)
-    except OSError:  # no terminal, or not this process's own
+        fd = os.open('/dev/tty', os.O_RDONLY | os.O_NOCTTY)
+    except OSError:  # no controlling terminal
         return
 
     def watch():
@@ -188,9 +191,9 @@ class Child:
 
 
 def answers(port, path='/healthz', host='127.0.0.1'):
-    """Tell whether host:port (an address, IPv6 in brackets) answers GET path with 200."""
+    """Tell whether host:port (an address, IPv6 in brackets) answers GET path with 200 within PROBE_TIMEOUT_SECONDS."""
     try:
-        with urllib.request.urlopen(f'http://{host}:{port}{path}', timeout=1) as response:
+        with urllib.request.urlopen(f'http://{host}:{port}{path}', timeout=PROBE_TIMEOUT_SECONDS) as response:
             response.read()  # read whole: an answer closed unread is logged as cut short, a failure
             return response.status == 200
     except OSError:
@@ -369,18 +372,18 @@ class Stack:
         out rejoins once it is ready again (rejoin). A restart asked for before that is refused."""
         left_out = [replica.name for replica, port in self.replicas_and_ports() if port not in self.nginx_ports]
         if left_out:
-            print(f'stack: rolling restart refused: {left_out[0]} is not ready again yet', file=sys.stderr, flush=True)
+            say(f'rolling restart refused: {left_out[0]} is not ready again yet')
             return
         ports = self.config.replica_ports
-        print(f'stack: rolling restart of {counted(len(ports), "replica")} started', file=sys.stderr, flush=True)
+        say(f'rolling restart of {counted(len(ports), "replica")} started')
         for replica, port in zip(self.replicas, ports):
             try:
                 self.restart_replica(replica, port)
             except StackError as error:
-                print(f'stack: rolling restart stopped: {error}', file=sys.stderr, flush=True)
+                say(f'rolling restart stopped: {error}')
                 self.send_requests_to(self.serving_ports())
                 return
-        print(f'stack: rolling restart of {counted(len(ports), "replica")} finished', file=sys.stderr, flush=True)
+        say(f'rolling restart of {counted(len(ports), "replica")} finished')
 
     def restart_replica(self, replica, port):
         """Take replica out of nginx's list, restart it gracefully, and put it back once it is ready; the other
@@ -459,7 +462,7 @@ class Stack:
             self.standing_in = None
             done = 'its stand-in stopped'
         for replica, _ in back:
-            print(f'stack: {replica.name} is ready again; {done}', file=sys.stderr, flush=True)
+            say(f'{replica.name} is ready again; {done}')
 
     def write_pgbouncer_config(self, dsn):
         """Write pgbouncer's config in front of dsn, its pool sized for this stack's replicas; return what
@@ -495,7 +498,7 @@ class Stack:
     def want_rolling_restart(self, signum=None, frame=None):
         """Ask the supervisor for a rolling restart (the SIGHUP handler); refuse while one runs."""
         if self.restarting:
-            print('stack: rolling restart refused: one is running', file=sys.stderr, flush=True)
+            say('rolling restart refused: one is running')
             return
         self.restart_wanted = True
 
@@ -508,7 +511,7 @@ class Stack:
             raise StackError(f'{child.name} exited with code {code}')
         if child.exited_at is None:
             child.exited_at = time.monotonic()
-            print(f'stack: {child.name} exited with code {code}; restarting it', file=sys.stderr, flush=True)
+            say(f'{child.name} exited with code {code}; restarting it')
         elif time.monotonic() - child.exited_at >= RESTART_DELAY_SECONDS:
             child.start()
 
@@ -527,9 +530,16 @@ def announce(config):
     if config.pgbouncer:
         chain += f' -> pgbouncer on port {config.pgbouncer_port}'
     url = f'http://127.0.0.1:{config.port}'  # nginx's: BIND is each replica's own, which the stack sets
-    print(f'dbapi stack serves on {url} ({chain} -> PostgreSQL). Try:\n'
-          f'  {how_to_call(base=url)}\nRolling restart of the replicas: kill -HUP {os.getpid()}. Ctrl-C stops it.',
-          file=sys.stderr, flush=True)
+    say(f'dbapi stack serves on {url} ({chain} -> PostgreSQL). Try:\n'
+        f'  {how_to_call(base=url)}\nRolling restart of the replicas: kill -HUP {os.getpid()}. Ctrl-C stops it.',
+        prefix='')
+
+
+def say(text, prefix='stack: '):
+    """Write a line of the stack's own on stderr; a terminal gone (its writes fail, EIO) loses it, and nothing else:
+    a rolling restart asked for then must still run."""
+    with suppress(OSError):
+        print(f'{prefix}{text}', file=sys.stderr, flush=True)
 
 
 def append_to_output_files():
@@ -568,7 +578,7 @@ def main():
         check_reachable({name: dsn for name, dsn in settings.DATABASES.items() if name != 'default'})
         check_nginx_settings(config)
     except (StackError, StartupError, TemplateError) as exc:
-        print(f'stack: {shown_on_one_line(str(exc))}', file=sys.stderr, flush=True)
+        say(f'{shown_on_one_line(str(exc))}')
         return 1
     append_to_output_files()
     signal.signal(signal.SIGTERM, interrupt)
@@ -588,7 +598,7 @@ def main():
         except KeyboardInterrupt:
             status = 0
         except (StackError, StartupError, FileNotFoundError) as exc:
-            print(f'stack: {shown_on_one_line(str(exc))}', file=sys.stderr, flush=True)
+            say(f'{shown_on_one_line(str(exc))}')
             status = 1
         finally:
             for ignored in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -46,10 +46,14 @@ def test_a_malformed_database_url_is_one_line(url):
     assert_one_line(run_gunicorn(DATABASE_URL=url), 'DATABASE_URL', 'percent-encode')
 
 
-@pytest.mark.parametrize('packages', ['no_such_package', 'json'])  # json: a package with no module folder (trial K:
-def test_module_packages_naming_no_package_is_one_line(database_url, packages):  # its workers failed to boot, exit 3)
+@pytest.mark.parametrize('packages, named', [
+    ('no_such_package', 'MODULE_PACKAGES'),
+    ('json', 'MODULE_PACKAGES'),  # a package with no module folder (trial K: its workers failed to boot, exit 3)
+    ('modules,modules', "a module named 'accounts' is already mounted"),  # two of one name (trial M: the same)
+])
+def test_module_packages_naming_no_package_is_one_line(database_url, packages, named):
     result = run_gunicorn(DATABASE_URL=database_url, MODULE_PACKAGES=packages, WEB_CONCURRENCY='2')
-    assert_one_line(result, 'MODULE_PACKAGES')
+    assert_one_line(result, named)
     assert 'Booting worker' not in result.stdout + result.stderr
 
 

@@ -171,12 +171,14 @@ LEADER_THAT_WAITS = ('import signal, subprocess, sys; signal.signal(signal.SIGHU
 
 
 @contextlib.contextmanager
-def on_a_terminal(command, environment):
+def on_a_terminal(command, environment, stderr=None):
     """Run command on a new pseudo-terminal it has as its controlling terminal, under LEADER_THAT_WAITS, what the
-    terminal shows read and dropped; yield (the leader, hang_up: a function that closes the terminal)."""
+    terminal shows read and dropped (stderr too, unless it says where else); yield (the leader, hang_up: a function
+    that closes the terminal)."""
     controller, terminal = pty.openpty()
     leader = subprocess.Popen([sys.executable, '-c', LEADER_THAT_WAITS, *command], cwd=settings.BASE_DIR,
-                              env=environment, stdin=terminal, stdout=terminal, stderr=terminal,
+                              env=environment, stdin=terminal, stdout=terminal,
+                              stderr=terminal if stderr is None else stderr,
                               start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
     os.close(terminal)
     closing = threading.Event()
@@ -202,11 +204,12 @@ def drain(fd, closing):
                 os.read(fd, 65536)
 
 
-def test_serve_stops_when_its_terminal_hangs_up_under_a_leader_that_waits(serve_data_dir):
+@pytest.mark.parametrize('stderr', [None, subprocess.DEVNULL], ids=['on the terminal', 'redirected'])
+def test_serve_stops_when_its_terminal_hangs_up_under_a_leader_that_waits(serve_data_dir, stderr):
     """Under `ssh -t host make run` (or tmux, or script), make leads the session: it took the hangup and waited, and
-    serve, gunicorn and PostgreSQL served on (trial K)."""
+    serve, gunicorn and PostgreSQL served on (trial K); with stderr redirected too (trial M)."""
     port = free_port()
-    with on_a_terminal(SERVE_COMMAND, serve_environment(serve_data_dir, PORT=str(port))) as (leader, hang_up):
+    with on_a_terminal(SERVE_COMMAND, serve_environment(serve_data_dir, PORT=str(port)), stderr) as (leader, hang_up):
         wait_until_healthy(f'http://127.0.0.1:{port}', leader, seconds=90)
         postgres = postgres_processes(serve_data_dir)
         hang_up()

@@ -132,7 +132,8 @@ def test_a_bad_setting_stops_the_start_in_one_line():
 
 
 @pytest.mark.parametrize('folder, reason', [('/proc', 'takes no new files'), ('/etc/hostname', 'is a file'),
-                                            ('/proc/dbapi-metrics', 'No such file or directory')])
+                                            ('/proc/dbapi-metrics', 'No such file or directory'),
+                                            ('/tmp/' + 'a' * 300, 'File name too long')])  # a traceback (trial M)
 def test_a_metrics_folder_that_cannot_be_written_stops_the_start_in_one_line(folder, reason):
     """It was prometheus_client's traceback at the first metric, after the migrations (trial K)."""
     result = run_manage('migrate', PROMETHEUS_MULTIPROC_DIR=folder)
