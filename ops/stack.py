@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import pwd
+import re
 import signal
 import socket
 import stat
@@ -49,6 +50,8 @@ DRAIN_SECONDS = 1.0
 # How long a probe of a replica waits for its answer: one that gave up would be logged by the replica as a client
 # gone (499, an error line), as a loaded host's first answers can take more than a second.
 PROBE_TIMEOUT_SECONDS = 5
+# What `nginx -t` writes around its reason: the time, level and pid before, the scratch config's place after.
+NGINX_REFUSAL_NOISE = re.compile(r'^.*\[emerg\] \d+#\d+: | in /\S+$')
 NGINX_RELOAD_TIMEOUT_SECONDS = 10
 PR_SET_PDEATHSIG = 1
 
@@ -560,10 +563,16 @@ def interrupt(signum, frame):
 
 
 def check_nginx_settings(config):
-    """Render nginx's config once into a scratch folder: a bad NGINX_* setting (TemplateError) stops the stack
-    before anything starts, not once the replicas run."""
+    """Render nginx's config once into a scratch folder and have nginx test it (`nginx -t`): a bad NGINX_* setting
+    (TemplateError, or StackError with nginx's own words) stops the stack before anything starts, not once the
+    replicas run."""
     with tempfile.TemporaryDirectory(prefix='dbapi-nginx-check-') as scratch:
-        nginx.write_config(scratch, nginx_environment(config))
+        os.chmod(scratch, 0o711)  # nginx's workers (nobody, under root) reach their folders in here
+        tested = subprocess.run(nginx.command(nginx.write_config(scratch, nginx_environment(config)), test=True),
+                                capture_output=True, text=True)
+    if tested.returncode:
+        refusal = next((line for line in tested.stderr.splitlines() if '[emerg]' in line), tested.stderr.strip())
+        raise StackError(f'nginx refuses its settings: {NGINX_REFUSAL_NOISE.sub("", refusal)}')
 
 
 def main():

@@ -440,6 +440,9 @@ def test_a_named_database_out_of_reach_stops_the_stack_before_anything_starts(to
     # nginx's settings too: they were a traceback once the replicas ran (trial K).
     ({'NGINX_PROXY_TIMEOUT': 'abc'}, "stack: dbapi.envsh: NGINX_PROXY_TIMEOUT must be an nginx time such as 1500ms, "
                                      "not 'abc'"),
+    # and what only nginx itself refuses, by `nginx -t` (trial M: nginx said so once the replicas ran)
+    ({'NGINX_REAL_IP_FROM': '999.1.1.1'}, 'stack: nginx refuses its settings: host not found in set_real_ip_from '
+                                          '"999.1.1.1"'),
 ])
 def test_a_stack_setting_out_of_range_stops_it_in_one_line(topology_database_url, overrides, line):
     environment = stack_environment(topology_database_url, free_ports(5), 3, False, overrides)
