@@ -135,7 +135,7 @@ def fetch_from_a_named_cursor_for(conn, seconds, how):
     ends = time.monotonic() + seconds
     with conn.cursor(name='deadline_rows') as cursor:
         cursor.itersize = 1
-        cursor.execute('SELECT n FROM generate_series(1, 100000) AS n')
+        cursor.execute('SELECT n FROM generate_series(1, 10000) AS n')
         rows = iter(cursor)
         fetch = {'fetchone': cursor.fetchone, 'fetchmany': lambda: cursor.fetchmany(1), 'fetchall': cursor.fetchall,
                  'iterate': lambda: next(rows), 'scroll': lambda: cursor.scroll(1)}[how]

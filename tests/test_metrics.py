@@ -196,7 +196,10 @@ def test_gunicorn_workers_share_one_set_of_metrics(tmp_path, database_url, fast_
         assert {reply.status for reply in replies} == {200}
         assert len(pids) >= 2, 'concurrent requests reach more than one worker'
         held = dict(module='probe', action='hold', status='200')
-        samples = scrape_until(port, lambda samples: total(samples, 'dbapi_requests_total', **held) == 60)
+        # A flush counts a batch of requests, then observes each one's duration: a scrape between the two sees the
+        # count whole and the durations on their way, so wait for both.
+        samples = scrape_until(port, lambda samples: total(samples, 'dbapi_requests_total', **held) == 60 and
+                               total(samples, 'dbapi_request_duration_seconds_count', **held) == 60)
         assert total(samples, 'dbapi_requests_total', **held) == 60
         assert total(samples, 'dbapi_request_duration_seconds_count', **held) == 60
         assert total(samples, 'dbapi_request_duration_seconds_sum', **held) >= 60 * 0.05
