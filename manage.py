@@ -351,9 +351,10 @@ def run_gunicorn(environment, routes):
                                 start_new_session=True, preexec_fn=die_with_parent)
     stops = Stops(gunicorn)
     signal.signal(signal.SIGTERM, stops.graceful)
-    signal.signal(signal.SIGHUP, stops.graceful)
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # nohup's: the terminal's end must not stop it
+        signal.signal(signal.SIGHUP, stops.graceful)
+        stop_on_terminal_hangup()
     signal.signal(signal.SIGINT, stops.ctrl_c)
-    stop_on_terminal_hangup()
     if wait_until_serving(gunicorn) and not stops.asked:
         where = served_url() if settings.BIND_PORT is not None else f'unix:{unix_socket_path()}'
         print(f'dbapi serves on {where} with {counted(settings.WEB_CONCURRENCY, "worker")}. Try:\n  {how_to_call(routes)}\nCtrl-C stops it.', file=sys.stderr, flush=True)

@@ -594,12 +594,13 @@ def main():
     # A shell starts a background job with SIGINT ignored, and Python then keeps ignoring it: Ctrl-C (or a test's
     # SIGINT) must stop the stack however it was started.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # nohup's: the terminal's end must not stop it
+        stop_on_terminal_hangup()
     with tempfile.TemporaryDirectory(prefix='dbapi-stack-') as run_dir:
         # Traversable, not listable: nginx workers (nobody) keep request bodies in here.
         os.chmod(run_dir, 0o711)
         stack = Stack(config, run_dir)
         signal.signal(signal.SIGHUP, stack.want_rolling_restart)
-        stop_on_terminal_hangup()
         try:
             stack.start()
             announce(config)

@@ -165,19 +165,21 @@ def test_a_stop_of_serve_lets_the_requests_in_flight_finish_and_be_logged(serve_
     assert process.returncode == 0
 
 
-# A session leader that takes the terminal's hangup itself and waits for its child, as make does.
-LEADER_THAT_WAITS = ('import signal, subprocess, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); '
+# A session leader that takes the terminal's hangup itself and waits for its child, as make does (a handler: its
+# child starts with SIGHUP's default), or that ignores it, as nohup does (its child inherits that).
+LEADER_THAT_WAITS = ('import signal, subprocess, sys; signal.signal(signal.SIGHUP, lambda *_: None); '
                      'sys.exit(subprocess.call(sys.argv[1:]))')
+LEADER_UNDER_NOHUP = LEADER_THAT_WAITS.replace('lambda *_: None', 'signal.SIG_IGN')
 
 
 @contextlib.contextmanager
-def on_a_terminal(command, environment, stderr=None):
-    """Run command on a new pseudo-terminal it has as its controlling terminal, under LEADER_THAT_WAITS, what the
-    terminal shows read and dropped (stderr too, unless it says where else); yield (the leader, hang_up: a function
-    that closes the terminal)."""
+def on_a_terminal(command, environment, stderr=None, leader_code=LEADER_THAT_WAITS, stdout=None):
+    """Run command on a new pseudo-terminal it has as its controlling terminal, under leader_code, what the terminal
+    shows read and dropped (stdout and stderr there too, unless they say where else); yield (the leader, hang_up: a
+    function that closes the terminal)."""
     controller, terminal = pty.openpty()
-    leader = subprocess.Popen([sys.executable, '-c', LEADER_THAT_WAITS, *command], cwd=settings.BASE_DIR,
-                              env=environment, stdin=terminal, stdout=terminal,
+    leader = subprocess.Popen([sys.executable, '-c', leader_code, *command], cwd=settings.BASE_DIR,
+                              env=environment, stdin=terminal, stdout=terminal if stdout is None else stdout,
                               stderr=terminal if stderr is None else stderr,
                               start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
     os.close(terminal)
@@ -216,6 +218,21 @@ def test_serve_stops_when_its_terminal_hangs_up_under_a_leader_that_waits(serve_
         leader.wait(30)  # its exit code says little: writes to the closed terminal fail
     psutil.wait_procs(postgres, timeout=15)
     assert not port_open(port) and not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in postgres)
+
+
+def test_serve_under_nohup_serves_on_when_its_terminal_hangs_up(serve_data_dir):
+    """nohup ignores SIGHUP for the program it runs, so that it outlives its terminal, and sends its output to a file
+    (nohup.out): serve keeps to that."""
+    port = free_port()
+    with on_a_terminal(SERVE_COMMAND, serve_environment(serve_data_dir, PORT=str(port)), subprocess.DEVNULL,
+                       LEADER_UNDER_NOHUP, subprocess.DEVNULL) as (leader, hang_up):
+        wait_until_healthy(f'http://127.0.0.1:{port}', leader, seconds=90)
+        hang_up()
+        time.sleep(2)  # the hangup watch looks once a second
+        assert leader.poll() is None and answers(port)
+        serve = psutil.Process(leader.pid).children()[0]
+        serve.terminate()
+        assert leader.wait(30) == 0
 
 
 @pytest.mark.parametrize('command, line', [
