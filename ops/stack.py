@@ -586,7 +586,7 @@ def main():
         # a rolling restart would stop at the first one. (The default database is reached by the migrations.)
         check_reachable({name: dsn for name, dsn in settings.DATABASES.items() if name != 'default'})
         check_nginx_settings(config)
-    except (StackError, StartupError, TemplateError) as exc:
+    except (StackError, StartupError, TemplateError, FileNotFoundError) as exc:  # FileNotFoundError: no nginx
         say(f'{shown_on_one_line(str(exc))}')
         return 1
     append_to_output_files()
