@@ -21,7 +21,8 @@ MODULE_NAME = re.compile(r'[a-z][a-z0-9_]*')
 # What a 422 says of a key a body left out, in marshmallow's own words.
 MISSING_FIELD = 'Missing data for required field.'
 ROUTE_NAME = re.compile(r'([A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*)?')
-RESERVED_NAMES = frozenset({'healthz', 'readyz', 'metrics', 'static'})
+# The operations endpoints' paths and the app's own blueprints' names (ops: /healthz and /readyz).
+RESERVED_NAMES = frozenset({'healthz', 'readyz', 'metrics', 'static', 'ops'})
 ROUTE_KEYS = frozenset({'route', 'action'})
 
 

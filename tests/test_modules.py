@@ -49,6 +49,8 @@ def test_folder_without_init_is_mounted_too(make_app, module_package):
     ({'broken/routes.py': 'routes = [dict(route="x", action=lambda *a: 1)]'}, 'keyword parameters only'),
     ({'Bad-Name/routes.py': GOOD_ROUTES}, 'Bad-Name: a module folder name must match'),
     ({'healthz/routes.py': GOOD_ROUTES}, 'healthz: a module folder name must match [a-z][a-z0-9_]* and not be reserved'),
+    # the name of the operations endpoints' blueprint: mount_modules no longer meets it as one already mounted
+    ({'ops/routes.py': GOOD_ROUTES}, 'ops: a module folder name must match [a-z][a-z0-9_]* and not be reserved'),
 ])
 def test_broken_module_stops_the_start_naming_its_file(make_app, module_package, files, message):
     package = module_package(files)
