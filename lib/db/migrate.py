@@ -73,8 +73,10 @@ def migrate(dsn, directory=MIGRATIONS_DIR):
                 pending = backend.to_apply(migrations)
                 pending_ids = {migration.id for migration in pending}
                 applied_before = [migration for migration in migrations if migration.id not in pending_ids]
-                check_applied_unchanged(backend, applied_before)
-                record_checksums(backend, applied_before)  # those applied before checksums were kept
+                recorded = recorded_checksums(backend)
+                check_applied_unchanged(recorded, applied_before)
+                # Those applied before checksums were kept (a database an older dbapi migrated): recorded once.
+                record_checksums(backend, [migration for migration in applied_before if migration.id not in recorded])
                 apply_each(backend, pending)
         applied = [migration.id for migration in pending]
         log.info('migrations applied', extra={'labels': {'applied': ','.join(applied) or 'none'}})
@@ -97,10 +99,9 @@ def recorded_checksums(backend):
         return dict(backend.execute(f'SELECT migration_id, sha256 FROM {CHECKSUM_TABLE}').fetchall())
 
 
-def check_applied_unchanged(backend, applied):
+def check_applied_unchanged(recorded, applied):
     """Raise MigrationChanged naming every one of applied (yoyo migrations) whose file's SHA-256 is not the one
-    recorded when it was applied."""
-    recorded = recorded_checksums(backend)
+    recorded ({migration id: SHA-256}) when it was applied."""
     changed = [migration for migration in applied
                if recorded.get(migration.id, checksum := file_checksum(migration)) != checksum]
     if changed:
@@ -130,7 +131,9 @@ def apply_each(backend, pending):
 
 def record_checksums(backend, migrations, replace=False):
     """Record the SHA-256 of each of migrations (yoyo's) that has none yet, or, with replace, whatever it had (a file
-    applied again after yoyo's own rollback)."""
+    applied again after yoyo's own rollback); none: no round trip."""
+    if not migrations:
+        return
     on_conflict = 'UPDATE SET sha256 = EXCLUDED.sha256, recorded_at = now()' if replace else 'NOTHING'
     with backend.transaction():
         for migration in migrations:
