@@ -51,8 +51,8 @@ from dotenv import dotenv_values  # noqa: E402
 import settings  # noqa: E402
 from lib.db.embedded import start_embedded  # noqa: E402
 from lib.db.migrate import apply_migrations, one_line  # noqa: E402
-from lib.logs import configure_process_logging  # noqa: E402
-from lib.logs.secrets import Redactor, configured_secrets  # noqa: E402
+from lib.logs import configure_process_logging, settings_config  # noqa: E402
+from lib.logs.secrets import redacted  # noqa: E402
 from lib.modules import ModuleError, discover_modules, load_module  # noqa: E402
 
 # The development token shipped in env/local/.env: the only one a terminal may show.
@@ -98,7 +98,7 @@ def check_before_fork():
     from lib.auth import load_clients
     from lib.db import session_hook
     from lib.logs import check_secrets_spare_every_line
-    config = settings_config()
+    config = settings_config(settings)
     clients = load_clients(config)
     check_secrets_spare_every_line(config, clients.secrets)
     try:
@@ -112,7 +112,7 @@ def check_before_fork():
 def without_secrets(exc, databases, tokens):
     """Return exc (a ModuleError or StartupError) as the StartupError that stops the start, its message without the
     DSNs and passwords of databases ({name: DSN}) nor the bearer tokens: it can quote a module's own exception."""
-    return StartupError(Redactor(configured_secrets(databases, tokens)).redact(str(exc)))
+    return StartupError(redacted(str(exc), databases, tokens))
 
 
 def unmounted_scopes(routes, clients):
@@ -124,11 +124,6 @@ def unmounted_scopes(routes, clients):
             f'{", ".join(sorted(mounted))}): if the name is misspelt, the module meant answers that client 403'
             for client in clients.values()
             for module in sorted((client.modules or set()) - mounted)]
-
-
-def settings_config():
-    """Return the settings as the app's config holds them: {NAME: value} of settings' upper-case names."""
-    return {name: value for name, value in vars(settings).items() if name.isupper()}
 
 
 def discovered_routes():

@@ -34,9 +34,9 @@ if __name__ == '__main__':
 
 import settings  # noqa: E402
 from lib.db.migrate import apply_migrations  # noqa: E402
-from lib.logs import check_secrets_spare_every_line, configure_process_logging  # noqa: E402
+from lib.logs import check_secrets_spare_every_line, configure_process_logging, settings_config  # noqa: E402
 from manage import (check_before_fork, check_reachable, counted, default_dsn, gunicorn_command,  # noqa: E402
-                    how_to_call, settings_config)
+                    how_to_call)
 
 from . import nginx, pgbouncer  # noqa: E402
 from .ports import free_ports, port_is_free  # noqa: E402
@@ -284,8 +284,9 @@ def replica_process_id(index):
 def check_replica_secrets(config, clients):
     """Stop the start when a secret is a word of a replica's every log line through its own PROCESS_ID
     (lib.logs.check_secrets_spare_every_line), as each replica would stop itself, one by one, once the stack runs."""
+    base = settings_config(settings)
     for index in range(1, config.replicas + 2):  # and a stand-in's
-        check_secrets_spare_every_line({**settings_config(), 'PROCESS_ID': replica_process_id(index)}, clients.secrets)
+        check_secrets_spare_every_line({**base, 'PROCESS_ID': replica_process_id(index)}, clients.secrets)
 
 
 def replica_environment(index, port, dsn, run_dir):

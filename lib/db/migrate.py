@@ -12,7 +12,7 @@ from yoyo.backends import get_backend_class
 from yoyo.connections import DatabaseURI
 
 from lib.errors import StartupError
-from lib.logs.secrets import Redactor, configured_secrets
+from lib.logs.secrets import redacted
 
 
 log = logging.getLogger('dbapi.migrate')
@@ -149,7 +149,7 @@ def shown_path(path):
 
 def one_line(text, dsn):
     """Return text on one line with dsn and every spelling of its password taken out."""
-    return Redactor(configured_secrets({'default': dsn}, [])).redact(' '.join(str(text).split()))
+    return redacted(' '.join(str(text).split()), {'default': dsn}, [])
 
 
 def apply_migrations(dsn, directory=MIGRATIONS_DIR):

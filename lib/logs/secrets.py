@@ -51,6 +51,12 @@ def configured_secrets(databases, tokens):
             *(spelling for dsn in dsns for spelling in dsn_spellings(dsn))]
 
 
+def redacted(text, databases, tokens):
+    """Return text with the DSNs and passwords of databases ({name: DSN}) and the bearer tokens (plain) taken out, in
+    every spelling configured_secrets knows: for a message shown once, such as a start error."""
+    return Redactor(configured_secrets(databases, tokens)).redact(text)
+
+
 class Redactor:
     """Replace known secrets in finished lines: a few substring checks per line, a rewrite only on a hit."""
 
