@@ -82,6 +82,8 @@ class Exchange:
                     self.bytes += len(piece)
         except Exception as exc:
             self.stream_error = exc
+            # The client left (its statement refused, or cancelled while it ran): the body was cut short, nothing broke.
+            self.cut_short = bool(self.environ.get(GONE_KEY))
             # Once the answer has started, the access line tells of the error: the server need not log it again,
             # as a traceback of its own ("Error handling request"); the client sees the answer end where it broke.
             if started and self.end_connection():
@@ -235,12 +237,13 @@ def exchange_fields(exchange, labels):
 def exchange_error(exchange):
     """Return the error fields of an exchange: a broken stream, a 5xx in full or a 4xx's SQLSTATE, and why a 499
     or a body the server closed before its end failed."""
-    if exchange.stream_error is not None:
+    if exchange.stream_error is not None and not exchange.cut_short:
         return error_fields(exchange.stream_error, detailed=True)
     if (cut := exchange.environ.get(CUT_KEY)) is not None:
         return error_fields(cut, detailed=True)
     failure = exchange.environ.get(ERROR_KEY)
-    fields = {} if failure is None else error_fields(failure[0], detailed=exchange.status >= 500)
+    error = exchange.stream_error if failure is None else failure[0]  # a stream's: its client left (a 499)
+    fields = {} if error is None else error_fields(error, detailed=exchange.status >= 500)
     if exchange.status == CLIENT_CLOSED_REQUEST and not exchange.bytes:  # nothing was sent that could be cut short
         fields.setdefault('message', CLIENT_GONE_MESSAGE)
     elif exchange.cut_short:
