@@ -6,26 +6,37 @@ on stderr that names it (never a secret) and a non-zero exit code.
 import signal
 import sys
 
-from lib.process import StartInterrupted
+from lib.process import StartInterrupted, hangup_ignored, stop_on_terminal_hangup
 
-# The exit code of a command stopped by Ctrl-C (128 + SIGINT), as a shell reports it.
-STOPPED_BY_CTRL_C = 128 + signal.SIGINT
+# What a signal that stops a command before it serves is called in its one line.
+STOP_CAUSES = {signal.SIGINT: 'Ctrl-C', signal.SIGTERM: 'SIGTERM', signal.SIGHUP: 'SIGHUP'}
 
 
-# What a Ctrl-C that stops a command says: serve's start, or migrate, which never serves.
-CTRL_C_LINES = {'migrate': 'dbapi: migrate stopped by Ctrl-C; run it again to apply the migrations still pending'}
-CTRL_C_BEFORE_SERVING = 'dbapi: stopped by Ctrl-C before it served'
+def start_stopped_line(command, signum):
+    """Return the one line of a command (serve, migrate) that signum stopped before it served."""
+    if command == 'migrate':
+        return f'dbapi: migrate stopped by {STOP_CAUSES[signum]}; run it again to apply the migrations still pending'
+    return f'dbapi: stopped by {STOP_CAUSES[signum]} before it served'
 
 
 def stop_the_start(signum, frame):
-    """Stop a command at Ctrl-C before gunicorn runs (imports, the embedded PostgreSQL's start, migrations): one
-    line, not a KeyboardInterrupt's traceback; what started is stopped by its own exit handlers."""
-    print(CTRL_C_LINES.get(sys.argv[1:2] and sys.argv[1], CTRL_C_BEFORE_SERVING), file=sys.stderr, flush=True)
-    raise StartInterrupted(STOPPED_BY_CTRL_C)
+    """Stop a command at Ctrl-C, SIGTERM or SIGHUP before gunicorn runs (imports, the embedded PostgreSQL's start,
+    migrations): one line, not a traceback nor a death by the signal; what started (the embedded PostgreSQL) is
+    stopped by its own exit handlers. The exit code is a shell's for the signal (128 + its number)."""
+    try:
+        print(start_stopped_line(sys.argv[1:2] and sys.argv[1], signum), file=sys.stderr, flush=True)
+    except OSError:  # stderr was the terminal that hung up
+        pass
+    raise StartInterrupted(128 + signum)
 
 
 if __name__ == '__main__':
-    signal.signal(signal.SIGINT, stop_the_start)  # first: the imports below take a quarter of a second
+    # First: the imports below take a quarter of a second. The terminal's watch comes before SIGHUP's handler, and
+    # under nohup (SIGHUP ignored) neither is set.
+    stop_on_terminal_hangup()
+    for stop_signal in STOP_CAUSES:
+        if not (stop_signal == signal.SIGHUP and hangup_ignored()):
+            signal.signal(stop_signal, stop_the_start)
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -341,14 +352,13 @@ def run_gunicorn(environment, routes):
     # A session of its own: the terminal's Ctrl-C comes here, never straight to gunicorn, which takes SIGINT for a
     # quick stop that drops the requests in flight unanswered and unlogged.
     # It stops (SIGTERM) when this process dies, even by SIGKILL: no orphan keeps the port.
-    from ops.stack import die_with_parent, stop_on_terminal_hangup  # ops.stack imports this module
+    from ops.stack import die_with_parent  # ops.stack imports this module
     gunicorn = subprocess.Popen(gunicorn_command(), cwd=settings.BASE_DIR, env={**environment, **SUPERVISED},
                                 start_new_session=True, preexec_fn=die_with_parent)
     stops = Stops(gunicorn)
     signal.signal(signal.SIGTERM, stops.graceful)
-    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # nohup's: the terminal's end must not stop it
+    if not hangup_ignored():  # nohup's: the terminal's end must not stop it
         signal.signal(signal.SIGHUP, stops.graceful)
-        stop_on_terminal_hangup()
     signal.signal(signal.SIGINT, stops.ctrl_c)
     if wait_until_serving(gunicorn) and not stops.asked:
         where = served_url() if settings.BIND_PORT is not None else f'unix:{unix_socket_path()}'

@@ -7,7 +7,6 @@ compose's restart policy would. SIGHUP restarts every replica, one by one, witho
 (a rolling restart, docs/deployment.md). Ctrl-C (or SIGTERM) stops all of it.
 """
 import ctypes
-import errno
 import fcntl
 import os
 import pwd
@@ -18,7 +17,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from contextlib import contextmanager, nullcontext, suppress
@@ -27,6 +25,7 @@ from functools import partial
 from pathlib import Path
 
 from lib.errors import StartupError, report_startup_errors, shown_on_one_line
+from lib.process import hangup_ignored, stop_on_terminal_hangup
 
 if __name__ == '__main__':
     # Before settings is imported, whose checks run at import: a bad PORT is one line, not a traceback.
@@ -116,28 +115,6 @@ def die_with_parent():
     """Ask the kernel to stop this child when the stack's process dies, even by SIGKILL."""
     if sys.platform.startswith('linux'):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def stop_on_terminal_hangup(interval=1.0):
-    """When this process has a controlling terminal (/dev/tty, whatever its output is redirected to), send it SIGTERM
-    (a graceful stop) once the terminal hangs up (its ioctls then fail with EIO), within interval seconds: the kernel
-    sends the hangup to the session's leader alone, and one that takes it itself and waits for its child (make,
-    under `ssh -t host make run` or tmux) never passes it on; make stack's own SIGHUP is a rolling restart."""
-    try:
-        fd = os.open('/dev/tty', os.O_RDONLY | os.O_NOCTTY)
-    except OSError:  # no controlling terminal
-        return
-
-    def watch():
-        while True:
-            time.sleep(interval)
-            try:
-                os.tcgetpgrp(fd)
-            except OSError as exc:
-                if exc.errno == errno.EIO:
-                    os.kill(os.getpid(), signal.SIGTERM)
-                return
-    threading.Thread(target=watch, name='dbapi-terminal-hangup', daemon=True).start()
 
 
 def identity(user):
@@ -558,6 +535,16 @@ def append_to_output_files():
             fcntl.fcntl(descriptor, fcntl.F_SETFL, fcntl.fcntl(descriptor, fcntl.F_GETFL) | os.O_APPEND)
 
 
+def on_sighup(stack, terminal, nohup, signum, frame):
+    """Take a SIGHUP: a rolling restart, unless it is the stack's terminal hanging up (lib.process's
+    ControllingTerminal; a shell passes its hangup on to its jobs), which stops the stack as SIGTERM does. Under nohup,
+    which is to outlive the terminal, every SIGHUP is a rolling restart."""
+    if nohup or not terminal.hung_up():
+        stack.want_rolling_restart()
+        return
+    interrupt(signum, frame)
+
+
 def interrupt(signum, frame):
     """Turn SIGTERM into the same orderly stop as Ctrl-C."""
     raise KeyboardInterrupt
@@ -595,13 +582,13 @@ def main():
     # A shell starts a background job with SIGINT ignored, and Python then keeps ignoring it: Ctrl-C (or a test's
     # SIGINT) must stop the stack however it was started.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # nohup's: the terminal's end must not stop it
-        stop_on_terminal_hangup()
+    terminal = stop_on_terminal_hangup()
+    nohup = hangup_ignored()
     with tempfile.TemporaryDirectory(prefix='dbapi-stack-') as run_dir:
         # Traversable, not listable: nginx workers (nobody) keep request bodies in here.
         os.chmod(run_dir, 0o711)
         stack = Stack(config, run_dir)
-        signal.signal(signal.SIGHUP, stack.want_rolling_restart)
+        signal.signal(signal.SIGHUP, partial(on_sighup, stack, terminal, nohup))
         try:
             stack.start()
             announce(config)

@@ -4,16 +4,22 @@ servers on 127.0.0.1, and the servers the tests start (each one stopped again, w
 Test files import from here (and take fixtures from conftest.py), never from one another.
 """
 import contextlib
+import fcntl
 import functools
 import hashlib
 import http.client
 import json
 import os
+import pty
+import select
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import termios
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -492,3 +498,44 @@ def throwaway_postgres(prefix, database='dbapi'):
         yield start_embedded(data_dir, database=database, stop_at_exit=False), data_dir
     finally:
         discard_data_dir(data_dir)
+
+
+# A session leader that takes the terminal's hangup itself and waits for its child, as make does (a handler: its
+# child starts with SIGHUP's default), or that ignores it, as nohup does (its child inherits that).
+LEADER_THAT_WAITS = ('import signal, subprocess, sys; signal.signal(signal.SIGHUP, lambda *_: None); '
+                     'sys.exit(subprocess.call(sys.argv[1:]))')
+LEADER_UNDER_NOHUP = LEADER_THAT_WAITS.replace('lambda *_: None', 'signal.SIG_IGN')
+
+
+@contextlib.contextmanager
+def on_a_terminal(command, environment, stderr=None, leader_code=LEADER_THAT_WAITS, stdout=None):
+    """Run command on a new pseudo-terminal it has as its controlling terminal, under leader_code, what the terminal
+    shows read and dropped (stdout and stderr there too, unless they say where else); yield (the leader, hang_up: a
+    function that closes the terminal)."""
+    controller, terminal = pty.openpty()
+    leader = subprocess.Popen([sys.executable, '-c', leader_code, *command], cwd=settings.BASE_DIR,
+                              env=environment, stdin=terminal, stdout=terminal if stdout is None else stdout,
+                              stderr=terminal if stderr is None else stderr,
+                              start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(terminal)
+    closing = threading.Event()
+    reader = threading.Thread(target=drain, args=(controller, closing), daemon=True)
+    reader.start()
+
+    def hang_up():
+        closing.set()
+        reader.join()  # a read in progress would keep the terminal open past close()
+        os.close(controller)
+    try:
+        yield leader, hang_up
+    finally:
+        if leader.poll() is None:
+            os.killpg(leader.pid, signal.SIGKILL)
+
+
+def drain(fd, closing):
+    """Read fd until closing is set: a terminal nobody reads stops its writers once its buffer is full."""
+    while not closing.is_set():
+        if select.select([fd], [], [], 0.1)[0]:
+            with contextlib.suppress(OSError):
+                os.read(fd, 65536)

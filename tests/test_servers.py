@@ -1,17 +1,12 @@
 """Real servers over HTTP: gunicorn with several workers, and `make run`'s serve command stopped by Ctrl-C."""
 import contextlib
-import fcntl
 import http.client as http_client
 import json
 import os
 import signal
 import socket
 import subprocess
-import pty
-import select
 import sys
-import termios
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,9 +16,9 @@ import pytest
 import manage
 import settings
 from ops.stack import answers
-from tests.helpers import (ADMIN_TOKEN, discard_data_dir, free_port, http_request, migration_ids, new_data_dir,
-                           port_open, post, postgres_processes, running_gunicorn, server_environment, wait_for,
-                           wait_until_healthy)
+from tests.helpers import (ADMIN_TOKEN, LEADER_UNDER_NOHUP, discard_data_dir, free_port, http_request,
+                           migration_ids, new_data_dir, on_a_terminal, port_open, post, postgres_processes,
+                           running_gunicorn, server_environment, wait_for, wait_until_healthy)
 
 pytestmark = pytest.mark.slow
 
@@ -165,47 +160,6 @@ def test_a_stop_of_serve_lets_the_requests_in_flight_finish_and_be_logged(serve_
     assert process.returncode == 0
 
 
-# A session leader that takes the terminal's hangup itself and waits for its child, as make does (a handler: its
-# child starts with SIGHUP's default), or that ignores it, as nohup does (its child inherits that).
-LEADER_THAT_WAITS = ('import signal, subprocess, sys; signal.signal(signal.SIGHUP, lambda *_: None); '
-                     'sys.exit(subprocess.call(sys.argv[1:]))')
-LEADER_UNDER_NOHUP = LEADER_THAT_WAITS.replace('lambda *_: None', 'signal.SIG_IGN')
-
-
-@contextlib.contextmanager
-def on_a_terminal(command, environment, stderr=None, leader_code=LEADER_THAT_WAITS, stdout=None):
-    """Run command on a new pseudo-terminal it has as its controlling terminal, under leader_code, what the terminal
-    shows read and dropped (stdout and stderr there too, unless they say where else); yield (the leader, hang_up: a
-    function that closes the terminal)."""
-    controller, terminal = pty.openpty()
-    leader = subprocess.Popen([sys.executable, '-c', leader_code, *command], cwd=settings.BASE_DIR,
-                              env=environment, stdin=terminal, stdout=terminal if stdout is None else stdout,
-                              stderr=terminal if stderr is None else stderr,
-                              start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
-    os.close(terminal)
-    closing = threading.Event()
-    reader = threading.Thread(target=drain, args=(controller, closing), daemon=True)
-    reader.start()
-
-    def hang_up():
-        closing.set()
-        reader.join()  # a read in progress would keep the terminal open past close()
-        os.close(controller)
-    try:
-        yield leader, hang_up
-    finally:
-        if leader.poll() is None:
-            os.killpg(leader.pid, signal.SIGKILL)
-
-
-def drain(fd, closing):
-    """Read fd until closing is set: a terminal nobody reads stops its writers once its buffer is full."""
-    while not closing.is_set():
-        if select.select([fd], [], [], 0.1)[0]:
-            with contextlib.suppress(OSError):
-                os.read(fd, 65536)
-
-
 @pytest.mark.parametrize('stderr', [None, subprocess.DEVNULL], ids=['on the terminal', 'redirected'])
 def test_serve_stops_when_its_terminal_hangs_up_under_a_leader_that_waits(serve_data_dir, stderr):
     """Under `ssh -t host make run` (or tmux, or script), make leads the session: it took the hangup and waited, and
@@ -236,17 +190,26 @@ def test_serve_under_nohup_serves_on_when_its_terminal_hangs_up(serve_data_dir):
 
 
 @pytest.mark.parametrize('command, line', [
-    ('serve', 'dbapi: stopped by Ctrl-C before it served'),
-    ('migrate', 'dbapi: migrate stopped by Ctrl-C; run it again to apply the migrations still pending'),
+    ('serve', 'dbapi: stopped by {} before it served'),
+    ('migrate', 'dbapi: migrate stopped by {}; run it again to apply the migrations still pending'),
 ])
-def test_ctrl_c_before_gunicorn_runs_stops_the_start_in_one_line(serve_data_dir, command, line):
+@pytest.mark.parametrize('stop_signal, cause, send', [
+    (signal.SIGINT, 'Ctrl-C', os.killpg),  # the terminal's Ctrl-C, to its foreground group
+    (signal.SIGTERM, 'SIGTERM', os.kill),  # a supervisor's stop
+    (signal.SIGHUP, 'SIGHUP', os.killpg),  # the terminal hanging up
+])
+def test_a_stop_before_gunicorn_runs_stops_the_start_in_one_line_and_postgresql_with_it(
+        serve_data_dir, command, line, stop_signal, cause, send):
+    """SIGTERM and SIGHUP while it migrated killed manage.py outright: the embedded PostgreSQL served on, and pgserver
+    counted the dead process among its users (trial N)."""
     with started_serve(serve_data_dir, command=[*SERVE_COMMAND[:-1], command], PORT=str(free_port()),
                        WEB_CONCURRENCY='1') as process:
         wait_for(lambda: postgres_processes(serve_data_dir) or process.poll() is not None, 90, 'no PostgreSQL')
         postgres = postgres_processes(serve_data_dir)
-        output = ctrl_c(process)
-    assert process.returncode == 130 and 'Traceback' not in output, output[-2000:]
-    assert output.strip().splitlines()[-1] == line and 'serves on' not in output
+        send(process.pid, stop_signal)
+        output = process.communicate(timeout=60)[0]
+    assert process.returncode == 128 + stop_signal and 'Traceback' not in output, output[-2000:]
+    assert output.strip().splitlines()[-1] == line.format(cause) and 'serves on' not in output
     psutil.wait_procs(postgres, timeout=15)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in postgres)
 

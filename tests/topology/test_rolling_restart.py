@@ -6,19 +6,22 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 
 import settings
 from manage import counted
 from ops.stack import answers
-from tests.helpers import post, run_sql, wait_for
+from tests.helpers import on_a_terminal, port_open, post, run_sql, wait_for
 
-from .helpers import (MODULE_PACKAGES, WriteLoad, free_ports_below_the_ephemeral_range, read_json_lines, running_stack,
+from .helpers import (MODULE_PACKAGES, READY_LINE, START_TIMEOUT_SECONDS, WriteLoad,
+                      free_ports_below_the_ephemeral_range, read_json_lines, running_stack, stack_environment,
                       worker_group)
 
 pytestmark = pytest.mark.slow
@@ -202,3 +205,36 @@ def test_a_stop_during_a_lone_replicas_restart_stops_nginx_before_the_stand_in(t
     rows = {code for (code,) in run_sql(topology_database_url, 'SELECT code FROM probe.things WHERE code LIKE %s',
                                         (f'{run_id}-%',))}
     assert rows == {attempt.code for attempt in load.attempts if attempt.status == 201}
+
+
+# A shell that leads the terminal's session: it takes the hangup, passes it on to its job as SIGHUP and waits; the job
+# started with SIGHUP's default, or ignoring it (under nohup).
+SHELL_LEADER = ('import signal, subprocess, sys; signal.signal(signal.SIGHUP, signal.{}); '
+                'job = subprocess.Popen(sys.argv[1:]); '
+                'signal.signal(signal.SIGHUP, lambda *_: job.send_signal(signal.SIGHUP)); sys.exit(job.wait())')
+
+
+@pytest.mark.parametrize('job_sighup, stops', [('SIG_DFL', True), ('SIG_IGN', False)], ids=['a job', 'under nohup'])
+def test_the_stacks_terminal_hanging_up_stops_it_or_under_nohup_leaves_it_serving(tmp_path, topology_database_url,
+                                                                                  job_sighup, stops):
+    """A shell passes its terminal's hangup on to its jobs as SIGHUP, the stack's rolling restart: it restarted every
+    replica, nginx's reload failed to open the dead terminal, then the hangup watch stopped it (trial N). A SIGHUP
+    once the terminal hung up is that hangup, and stops the stack; under nohup every SIGHUP is a rolling restart."""
+    base_port = free_ports_below_the_ephemeral_range(3)
+    log_path = tmp_path / 'stack.log'
+    environment = stack_environment(topology_database_url, base_port, 1, False, {})
+    with open(log_path, 'wb') as log, on_a_terminal([sys.executable, '-m', 'ops.stack'], environment, log,
+                                                    SHELL_LEADER.format(job_sighup), log) as (leader, hang_up):
+        wait_for(lambda: READY_LINE in log_path.read_bytes(), START_TIMEOUT_SECONDS, 'the stack did not start',
+                 on_timeout=lambda: log_path.read_text(errors='replace')[-3000:])
+        hang_up()
+        if stops:
+            assert leader.wait(60) == 0
+            assert b'rolling restart' not in log_path.read_bytes() and not port_open(base_port)
+        else:
+            wait_for(lambda: b'rolling restart of 1 replica finished' in log_path.read_bytes(), 60,
+                     'no rolling restart', on_timeout=lambda: log_path.read_text(errors='replace')[-3000:])
+            assert leader.poll() is None and answers(base_port)
+            os.kill(psutil.Process(leader.pid).children()[0].pid, signal.SIGTERM)
+            assert leader.wait(60) == 0
+    assert not port_open(base_port + 1), 'the replica serves on'
