@@ -1,6 +1,7 @@
-"""Command line: `python manage.py migrate` applies migrations; `python manage.py serve` is what `make run` runs.
+"""Command line: `python manage.py migrate` applies migrations; `python manage.py repair` takes applied migrations'
+files as they are now; `python manage.py serve` is what `make run` runs.
 
-Both check everything before anything starts: a bad setting, token, module or migration stops them with one line
+Each checks everything before anything starts: a bad setting, token, module or migration stops it with one line
 on stderr that names it (never a secret) and a non-zero exit code.
 """
 import signal
@@ -10,12 +11,13 @@ from lib.process import StartInterrupted, hangup_ignored, stop_on_terminal_hangu
 
 # What a signal that stops a command before it serves is called in its one line.
 STOP_CAUSES = {signal.SIGINT: 'Ctrl-C', signal.SIGTERM: 'SIGTERM', signal.SIGHUP: 'SIGHUP'}
+COMMAND_PURPOSES = {'migrate': 'apply the migrations still pending', 'repair': 'record the checksums still changed'}
 
 
 def start_stopped_line(command, signum):
-    """Return the one line of a command (serve, migrate) that signum stopped before it served."""
-    if command == 'migrate':
-        return f'dbapi: migrate stopped by {STOP_CAUSES[signum]}; run it again to apply the migrations still pending'
+    """Return the one line of a command (serve, migrate, repair) that signum stopped before it served."""
+    if command in ('migrate', 'repair'):
+        return f'dbapi: {command} stopped by {STOP_CAUSES[signum]}; run it again to {COMMAND_PURPOSES[command]}'
     return f'dbapi: stopped by {STOP_CAUSES[signum]} before it served'
 
 
@@ -61,7 +63,7 @@ from dotenv import dotenv_values  # noqa: E402
 
 import settings  # noqa: E402
 from lib.db.embedded import start_embedded  # noqa: E402
-from lib.db.migrate import apply_migrations, one_line  # noqa: E402
+from lib.db.migrate import apply_migrations, one_line, repair_checksums  # noqa: E402
 from lib.logs import configure_process_logging, settings_config  # noqa: E402
 from lib.logs.secrets import redacted  # noqa: E402
 from lib.modules import ModuleError, discover_modules, load_module  # noqa: E402
@@ -434,11 +436,16 @@ class Stops:
 def main(argv=None):
     """Run the command named on the command line."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('command', choices=['migrate', 'serve'])
+    parser.add_argument('command', choices=['migrate', 'repair', 'serve'])
     command = parser.parse_args(argv).command
     configure_process_logging(settings)
     if command == 'migrate':
         apply_migrations(default_dsn())
+        return 0
+    if command == 'repair':
+        repaired = repair_checksums(default_dsn())
+        print(f'dbapi: the applied migrations {", ".join(repaired)} are taken as their files are now' if repaired
+              else 'dbapi: every applied migration is as its file is: nothing to repair', file=sys.stderr)
         return 0
     return serve()
 

@@ -228,9 +228,24 @@ def test_a_migration_file_is_one_transaction_unless_it_says_transactional_false(
     assert run_sql(scratch_database, "SELECT to_regclass('half_made_id') IS NOT NULL") == [(True,)]
 
 
-def test_an_applied_migration_edited_later_stops_the_start_until_restored_or_taken(tmp_path, scratch_database):
+def test_a_migrations_select_shows_its_rows_on_stderr_never_on_stdout_which_holds_json_lines_alone(
+        tmp_path, scratch_database, capsys):
+    """yoyo prints the rows of a migration's SELECT (pg_dump's set_config calls, a pg_sleep) as a table on stdout,
+    among the JSON log lines (trial N)."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_select.sql').write_text("SELECT 1 AS x, 'two' AS y;\nCREATE TABLE selected (id int);\n")
+    manage.apply_migrations(scratch_database, folder)
+    shown = capsys.readouterr()
+    assert shown.out == '' and 'two' in shown.err
+
+
+@pytest.mark.parametrize('take', ['delete', 'repair'])
+def test_an_applied_migration_edited_later_stops_the_start_until_restored_or_taken(tmp_path, scratch_database, take):
     """yoyo knows a migration by its id alone: an applied file edited later was skipped without a word, its change
-    never run (trial J). Its SHA-256, recorded when it was applied, now stops the start, as Flyway's checksum does."""
+    never run (trial J). Its SHA-256, recorded when it was applied, now stops the start, as Flyway's checksum does.
+    The file is taken as it is by the DELETE the line gives, or by `manage.py repair` (the embedded database is
+    stopped once the start stops: nothing could run the DELETE on it, trial N)."""
     folder = tmp_path / 'migrations'
     folder.mkdir()
     first = folder / '0001_first.sql'
@@ -243,11 +258,22 @@ def test_an_applied_migration_edited_later_stops_the_start_until_restored_or_tak
     message = str(caught.value)
     assert message.startswith(f'applied migrations changed since (their SHA-256 is not the one recorded when they '
                               f'were applied): {first}. ') and '\n' not in message
-    assert message.endswith("DELETE FROM _dbapi_migration_checksum WHERE migration_id IN ('0001_first')")
+    assert message.endswith("DELETE FROM _dbapi_migration_checksum WHERE migration_id IN ('0001_first');")
+    assert '`.venv/bin/python manage.py repair`' in message
     assert run_sql(scratch_database, "SELECT to_regclass('next_one') IS NULL") == [(True,)], 'nothing ran after it'
-    run_sql(scratch_database, message[message.index('DELETE'):])  # as the message says: take the file as it is
+    if take == 'delete':
+        run_sql(scratch_database, message[message.index('DELETE'):])  # as the message says: take the file as it is
+    else:
+        assert manage.repair_checksums(scratch_database, folder) == ['0001_first']
+        assert manage.repair_checksums(scratch_database, folder) == [], 'nothing left to repair'
     assert manage.apply_migrations(scratch_database, folder) == ['0002_next']
     assert manage.apply_migrations(scratch_database, folder) == [], 'unchanged files pass'
+
+
+def test_manage_repair_says_what_it_took_in_one_line(scratch_database):
+    result = run_manage('repair', DATABASE_URL=scratch_database)
+    assert result.returncode == 0 and result.stderr.strip().splitlines() == [
+        'dbapi: every applied migration is as its file is: nothing to repair'], result.stderr
 
 
 def test_a_migration_applied_in_a_batch_that_failed_later_is_known_by_the_file_that_ran(tmp_path, scratch_database):

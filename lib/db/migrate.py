@@ -1,10 +1,11 @@
 """Apply migrations/*.sql once, in order, under an advisory lock so replicas starting together do not race; refuse
 to start when an applied file has changed since (its SHA-256 is recorded, as Flyway records a checksum)."""
+import contextlib
 import hashlib
 import logging
+import sys
 import time
 from pathlib import Path
-from contextlib import contextmanager
 
 import psycopg2
 from yoyo import read_migrations
@@ -39,7 +40,7 @@ def yoyo_backend(dsn):
     return get_backend_class('postgresql')(uri, MIGRATION_TABLE)
 
 
-@contextmanager
+@contextlib.contextmanager
 def advisory_lock(conn, key=MIGRATION_LOCK_KEY, poll_seconds=LOCK_POLL_SECONDS):
     """Hold a session advisory lock on conn for the block; the server drops it if the process dies. It is waited for
     by trying again every poll_seconds, not by pg_advisory_lock: a statement waiting for the lock holds a snapshot,
@@ -60,8 +61,10 @@ def try_advisory_lock(conn, key):
         return cursor.fetchone()[0]
 
 
-def migrate(dsn, directory=MIGRATIONS_DIR):
-    """Apply every pending migration in directory to the database at dsn; return their ids."""
+@contextlib.contextmanager
+def migration_lock(dsn, directory):
+    """Open a yoyo backend on dsn and hold the migrations' locks (the advisory lock, then yoyo's own, a stale one
+    broken) for the block; yield (the backend, the migrations of directory, those pending, the SHA-256s recorded)."""
     backend = yoyo_backend(dsn)
     try:
         with advisory_lock(backend.connection):
@@ -70,19 +73,43 @@ def migrate(dsn, directory=MIGRATIONS_DIR):
             backend.break_lock()
             with backend.lock():
                 migrations = read_migrations(str(directory))
-                pending = backend.to_apply(migrations)
-                pending_ids = {migration.id for migration in pending}
-                applied_before = [migration for migration in migrations if migration.id not in pending_ids]
-                recorded = recorded_checksums(backend)
-                check_applied_unchanged(recorded, applied_before)
-                # Those applied before checksums were kept (a database an older dbapi migrated): recorded once.
-                record_checksums(backend, [migration for migration in applied_before if migration.id not in recorded])
-                apply_each(backend, pending)
-        applied = [migration.id for migration in pending]
-        log.info('migrations applied', extra={'labels': {'applied': ','.join(applied) or 'none'}})
-        return applied
+                yield backend, migrations, backend.to_apply(migrations), recorded_checksums(backend)
     finally:
         backend.connection.close()
+
+
+def applied_of(migrations, pending):
+    """Return those of migrations (yoyo's) that are not pending: applied before."""
+    pending_ids = {migration.id for migration in pending}
+    return [migration for migration in migrations if migration.id not in pending_ids]
+
+
+def migrate(dsn, directory=MIGRATIONS_DIR):
+    """Apply every pending migration in directory to the database at dsn; return their ids."""
+    with migration_lock(dsn, directory) as (backend, migrations, pending, recorded):
+        applied_before = applied_of(migrations, pending)
+        check_applied_unchanged(recorded, applied_before)
+        # Those applied before checksums were kept (a database an older dbapi migrated): recorded once.
+        record_checksums(backend, [migration for migration in applied_before if migration.id not in recorded])
+        # yoyo prints the rows of a migration's SELECT as a table on stdout, which holds JSON lines alone.
+        with contextlib.redirect_stdout(sys.stderr):
+            apply_each(backend, pending)
+    applied = [migration.id for migration in pending]
+    log.info('migrations applied', extra={'labels': {'applied': ','.join(applied) or 'none'}})
+    return applied
+
+
+def repair(dsn, directory=MIGRATIONS_DIR):
+    """Record the SHA-256 of every applied migration's file in directory as it is now, as Flyway's repair does: the
+    files changed since they were applied are taken as they are (a comment fixed), and nothing runs. Return the ids
+    recorded anew."""
+    with migration_lock(dsn, directory) as (backend, migrations, pending, recorded):
+        changed = [migration for migration in applied_of(migrations, pending)
+                   if recorded.get(migration.id) != file_checksum(migration)]
+        record_checksums(backend, changed, replace=True)
+    repaired = [migration.id for migration in changed]
+    log.info('migration checksums repaired', extra={'labels': {'repaired': ','.join(repaired) or 'none'}})
+    return repaired
 
 
 def file_checksum(migration):
@@ -110,8 +137,9 @@ def check_applied_unchanged(recorded, applied):
         raise MigrationChanged(
             f'applied migrations changed since (their SHA-256 is not the one recorded when they were applied): '
             f'{files}. A migration runs once, so a change to it has not run: restore each file and put the change in '
-            f'a new migration; to take the files as they are now, delete their rows: DELETE FROM {CHECKSUM_TABLE} '
-            f'WHERE migration_id IN ({ids})')
+            f'a new migration; to take the files as they are now (a comment fixed), run `.venv/bin/python manage.py '
+            f'repair` with the same settings, or delete their rows: DELETE FROM {CHECKSUM_TABLE} WHERE migration_id IN '
+            f'({ids});')
 
 
 def sql_literal(text):
@@ -153,9 +181,20 @@ def one_line(text, dsn):
 
 
 def apply_migrations(dsn, directory=MIGRATIONS_DIR):
-    """Migrate dsn; a database out of reach or a failing migration is a StartupError of one line."""
+    """Migrate dsn (migrate); a database out of reach or a failing migration is a StartupError of one line."""
+    return in_one_line(migrate, dsn, directory)
+
+
+def repair_checksums(dsn, directory=MIGRATIONS_DIR):
+    """Repair dsn's recorded checksums (repair); a database out of reach is a StartupError of one line."""
+    return in_one_line(repair, dsn, directory)
+
+
+def in_one_line(work, dsn, directory):
+    """Return work(dsn, directory), its database errors raised as a StartupError of one line, without dsn's
+    password."""
     try:
-        return migrate(dsn, directory)
+        return work(dsn, directory)
     except psycopg2.Error as exc:
         if exc.pgcode is None:  # no SQLSTATE: no connection was made, or it broke
             raise StartupError(f'the database cannot be reached: {one_line(exc, dsn)}') from None
