@@ -440,6 +440,9 @@ def test_a_named_database_out_of_reach_stops_the_stack_before_anything_starts(to
     # nginx's settings too: they were a traceback once the replicas ran (trial K).
     ({'NGINX_PROXY_TIMEOUT': 'abc'}, "stack: dbapi.envsh: NGINX_PROXY_TIMEOUT must be an nginx time such as 1500ms, "
                                      "not 'abc'"),
+    # nginx takes 0 and then gives up on every request at once: the stack never served (trial N)
+    ({'NGINX_PROXY_TIMEOUT': '0s'}, 'stack: dbapi.envsh: NGINX_PROXY_TIMEOUT must be above 0 (nginx would give up on '
+                                    "every request at once), not '0s'"),
     # and what only nginx itself refuses, by `nginx -t` (trial M: nginx said so once the replicas ran)
     ({'NGINX_REAL_IP_FROM': '999.1.1.1'}, 'stack: nginx refuses its settings: host not found in set_real_ip_from '
                                           '"999.1.1.1"'),
