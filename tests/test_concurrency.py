@@ -143,7 +143,7 @@ def test_readyz_answers_503_within_a_second_when_the_database_never_answers(make
     response, seconds = timed(lambda: client.get('/readyz'))
     assert_problem(response, 503)
     assert response.headers['Retry-After'] == '1'
-    assert seconds < 1.5
+    assert seconds < 1, 'the contract says within the second (it took 1.00-1.02 s, trial O)'
     health, seconds = timed(lambda: client.get('/healthz'))
     assert health.status_code == 200 and seconds < 0.5
 
