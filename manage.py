@@ -59,11 +59,13 @@ if __name__ == '__main__':
     report_startup_errors()
 
 import psycopg2  # noqa: E402
+import psycopg2.extensions  # noqa: E402
 from dotenv import dotenv_values  # noqa: E402
 
 import settings  # noqa: E402
 from lib.db.embedded import start_embedded  # noqa: E402
 from lib.db.migrate import apply_migrations, one_line, repair_checksums  # noqa: E402
+from lib.db.waiting import interruptible_wait  # noqa: E402
 from lib.logs import configure_process_logging, settings_config  # noqa: E402
 from lib.logs.secrets import redacted  # noqa: E402
 from lib.modules import ModuleError, discover_modules, load_module  # noqa: E402
@@ -439,6 +441,7 @@ def main(argv=None):
     parser.add_argument('command', choices=['migrate', 'repair', 'serve'])
     command = parser.parse_args(argv).command
     configure_process_logging(settings)
+    psycopg2.extensions.set_wait_callback(interruptible_wait)  # a stop cancels a migration's statement at once
     if command == 'migrate':
         apply_migrations(default_dsn())
         return 0

@@ -31,8 +31,11 @@ if __name__ == '__main__':
     # Before settings is imported, whose checks run at import: a bad PORT is one line, not a traceback.
     report_startup_errors()
 
+import psycopg2.extensions  # noqa: E402
+
 import settings  # noqa: E402
 from lib.db.migrate import apply_migrations  # noqa: E402
+from lib.db.waiting import interruptible_wait  # noqa: E402
 from lib.logs import check_secrets_spare_every_line, configure_process_logging, settings_config  # noqa: E402
 from manage import (check_before_fork, check_reachable, counted, default_dsn, gunicorn_command,  # noqa: E402
                     how_to_call)
@@ -566,6 +569,7 @@ def check_nginx_settings(config):
 def main():
     """Run the stack until Ctrl-C or SIGTERM; return the exit status."""
     configure_process_logging(settings)
+    psycopg2.extensions.set_wait_callback(interruptible_wait)  # a stop cancels a migration's statement at once
     try:
         config = StackConfig.from_environment()
         # Tokens, secrets, session hooks, modules: a bad one stops the stack once, before anything starts.

@@ -4,10 +4,12 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg2
 import pytest
 from psycopg2.extensions import make_dsn
 from yoyo import read_migrations
@@ -17,7 +19,7 @@ import settings
 from lib.db.migrate import yoyo_backend
 from lib.errors import StartupError
 from tests.helpers import (ADMIN_TOKEN, QUOTING_TOKEN, assert_quoted_safely, broken_module, code_raising_secrets,
-                           drop_database, free_port, recreate_database, run_sql, server_environment)
+                           drop_database, free_port, recreate_database, run_sql, server_environment, wait_for)
 
 SECRET = 'pa55-Secret-x9'
 
@@ -268,6 +270,31 @@ def test_an_applied_migration_edited_later_stops_the_start_until_restored_or_tak
         assert manage.repair_checksums(scratch_database, folder) == [], 'nothing left to repair'
     assert manage.apply_migrations(scratch_database, folder) == ['0002_next']
     assert manage.apply_migrations(scratch_database, folder) == [], 'unchanged files pass'
+
+
+def test_a_stop_during_a_migrations_statement_cancels_it_at_once(tmp_path, scratch_database):
+    """libpq's own wait held the signal's handler back until the statement ended: a Ctrl-C, SIGTERM or hangup during
+    a migration's long statement did nothing until then (trial N). Here the statement waits for a lock this test
+    holds on yoyo's lock table."""
+    (tmp_path / 'migrations').mkdir()
+    manage.apply_migrations(scratch_database, tmp_path / 'migrations')  # yoyo's tables, no migration
+    holder = psycopg2.connect(scratch_database)
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute('LOCK TABLE yoyo_lock IN ACCESS EXCLUSIVE MODE')
+        process = subprocess.Popen([sys.executable, 'manage.py', 'migrate'], cwd=settings.BASE_DIR, text=True,
+                                   env=server_environment(DATABASE_URL=scratch_database), stderr=subprocess.PIPE)
+        waiting = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        blocked = wait_for(lambda: run_sql(scratch_database, waiting), 60, 'migrate never waited for the lock')
+        process.terminate()
+        _, stderr = process.communicate(timeout=10)
+        assert process.returncode == 128 + signal.SIGTERM, stderr
+        assert stderr.strip().splitlines()[-1] == ('dbapi: migrate stopped by SIGTERM; run it again to apply the '
+                                                   'migrations still pending')
+        wait_for(lambda: not run_sql(scratch_database, f'SELECT 1 FROM pg_stat_activity WHERE pid = {blocked[0][0]}'),
+                 2, 'its statement still runs in PostgreSQL')
+    finally:
+        holder.close()
 
 
 def test_manage_repair_says_what_it_took_in_one_line(scratch_database):

@@ -50,8 +50,9 @@ def advisory_lock(conn, key=MIGRATION_LOCK_KEY, poll_seconds=LOCK_POLL_SECONDS):
     try:
         yield
     finally:
-        with conn.cursor() as cursor:
-            cursor.execute('SELECT pg_advisory_unlock(%s)', (key,))
+        if not conn.closed:  # closed (a stop during a statement, lib/db/waiting.py): the lock went with its session
+            with conn.cursor() as cursor:
+                cursor.execute('SELECT pg_advisory_unlock(%s)', (key,))
 
 
 def try_advisory_lock(conn, key):
@@ -196,9 +197,20 @@ def in_one_line(work, dsn, directory):
     try:
         return work(dsn, directory)
     except psycopg2.Error as exc:
+        if (stop := stop_behind(exc)) is not None:
+            raise stop from None
         if exc.pgcode is None:  # no SQLSTATE: no connection was made, or it broke
             raise StartupError(f'the database cannot be reached: {one_line(exc, dsn)}') from None
         raise StartupError(one_line(migration_failure(exc, dsn, directory), dsn)) from None
+
+
+def stop_behind(exc):
+    """Return the stop (KeyboardInterrupt, or a SystemExit such as manage.py's StartInterrupted) that exc was raised
+    while unwinding, if any: a stop during a statement closes its connection (lib/db/waiting.py), and a `finally` that
+    uses the connection then (yoyo's lock release) raises the closed connection's error in the stop's place."""
+    while exc is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        exc = exc.__context__
+    return exc
 
 
 def migration_failure(exc, dsn, directory):

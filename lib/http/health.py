@@ -1,5 +1,4 @@
 """Operations endpoints: /healthz (the process serves) and /readyz (every database answers within a second)."""
-import select
 import threading
 import time
 
@@ -7,6 +6,7 @@ import psycopg2
 import psycopg2.extensions
 from flask import Blueprint, current_app
 
+from lib.db.waiting import finish_by
 from lib.errors import ServiceUnavailable
 from lib.jsonenc import json_response
 
@@ -21,24 +21,12 @@ READY_PROBES = threading.BoundedSemaphore(1)
 # A probe left less than this of its second after waiting for the one before it asks no database.
 PROBE_LEAST_SECONDS = 0.1
 PROBES_BEFORE = 'the readiness probes before this one did not end in time'
-SOCKET_EVENTS = {psycopg2.extensions.POLL_READ: select.POLLIN, psycopg2.extensions.POLL_WRITE: select.POLLOUT}
 
 
 @ops.route('/healthz', methods=['GET', 'HEAD'], provide_automatic_options=False)
 def healthz():
     """Answer while the process serves; touches no database."""
     return json_response({'status': 'ok'})
-
-
-def finish_by(conn, deadline):
-    """Drive an asynchronous connection until its pending work is done; raise TimeoutError past deadline."""
-    while (state := conn.poll()) != psycopg2.extensions.POLL_OK:
-        remaining_ms = (deadline - time.monotonic()) * 1000
-        poller = select.poll()
-        # libpq may change sockets while it connects (another address, SSL refused): ask for the current one.
-        poller.register(conn.fileno(), SOCKET_EVENTS[state])
-        if remaining_ms <= 0 or not poller.poll(remaining_ms):
-            raise TimeoutError('the database did not answer in time')
 
 
 def database_problem(pool, deadline):

@@ -1,0 +1,38 @@
+"""Waiting on a psycopg2 connection's socket with poll(2): for a readiness probe, within a bound, and for a command's
+process (manage.py, make stack), whose signals must stop a statement at once rather than once it ends."""
+import contextlib
+import select
+import time
+
+import psycopg2
+import psycopg2.extensions
+
+SOCKET_EVENTS = {psycopg2.extensions.POLL_READ: select.POLLIN, psycopg2.extensions.POLL_WRITE: select.POLLOUT}
+
+
+def finish_by(conn, deadline=None):
+    """Drive an asynchronous connection (or one whose wait callback this is) until its pending work is done; raise
+    TimeoutError past deadline (a time.monotonic() value; None waits as long as the work takes)."""
+    while (state := conn.poll()) != psycopg2.extensions.POLL_OK:
+        poller = select.poll()
+        # libpq may change sockets while it connects (another address, SSL refused): ask for the current one.
+        poller.register(conn.fileno(), SOCKET_EVENTS[state])
+        if deadline is None:
+            poller.poll()
+        elif (remaining_ms := (deadline - time.monotonic()) * 1000) <= 0 or not poller.poll(remaining_ms):
+            raise TimeoutError('the database did not answer in time')
+
+
+def interruptible_wait(conn):
+    """psycopg2's wait callback for a command's process (psycopg2.extensions.set_wait_callback): libpq's own wait
+    holds a signal's handler back until the statement ends (a Ctrl-C during a migration's long statement did
+    nothing until then). When the handler raises (Ctrl-C, a stop), the statement is cancelled in PostgreSQL first,
+    then the exception goes on, and psycopg2 closes the connection."""
+    try:
+        finish_by(conn)
+    except psycopg2.Error:  # the statement's own failure: nothing runs to cancel
+        raise
+    except BaseException:
+        with contextlib.suppress(psycopg2.Error):
+            conn.cancel()
+        raise
