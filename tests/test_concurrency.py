@@ -18,12 +18,14 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
+import manage
 import settings
 from lib.auth import load_clients
 from lib.db.green import make_psycopg2_cooperative
 from lib.db.guard import StatementPastDeadline
+from lib.db.waiting import interruptible_wait
 from lib.http.admission import Admission
-from lib.errors import ImproperlyConfigured
+from lib.errors import ImproperlyConfigured, StartupError
 from lib.logs.access import CUT_SHORT_MESSAGE
 from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, SINGLE_BEARER, Caller, assert_problem, backend_count,
                            gunicorn_logging_to, http_request, post, run_sql, running_gunicorn, throwaway_postgres,
@@ -159,6 +161,28 @@ def test_readyz_probes_piling_up_hold_one_connection_and_leave_healthz_alone(mak
     assert [response.status_code for response, _ in answers] == [503] * 5
     assert max(seconds for _, seconds in answers) < 1.5
     assert max(open_counts, default=0) <= 1, 'a probe left its connection open, or several ran at once'
+
+
+def test_a_commands_wait_callback_keeps_the_connect_timeout_for_a_database_that_never_answers(silent_database):
+    """manage.py and make stack wait through lib.db.waiting's interruptible_wait, so that a stop cancels a statement;
+    libpq does not bound an asynchronous connect, and the start's check of a silent database hung for good."""
+    dsn, _ = silent_database
+    refusals = []
+
+    def check():
+        try:
+            manage.check_reachable({'reports': dsn})
+        except StartupError as exc:
+            refusals.append(str(exc))
+    before = psycopg2.extensions.get_wait_callback()
+    psycopg2.extensions.set_wait_callback(interruptible_wait)
+    try:
+        checking = threading.Thread(target=check, daemon=True)  # a hang fails the test, and leaves no thread to join
+        checking.start()
+        checking.join(settings.DB_CONNECT_TIMEOUT + 10)
+    finally:
+        psycopg2.extensions.set_wait_callback(before)
+    assert refusals == ["the database 'reports' cannot be reached: timeout expired (connect_timeout)"]
 
 
 def test_readyz_is_ready_again_at_once_when_the_database_answers(client):

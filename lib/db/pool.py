@@ -11,6 +11,7 @@ import psycopg2
 import psycopg2.extensions
 
 from lib.db.session import END_OF_USE_ANSWER_SECONDS, bound_answers
+from lib.db.waiting import LEAST_CONNECT_TIMEOUT
 from lib.errors import GatewayTimeout, ServiceUnavailable, TooManyRequests
 from lib.polling import ready_events
 from lib.process import after_fork
@@ -20,8 +21,6 @@ log = logging.getLogger('dbapi.db')
 # How long a connection coming back waits for PostgreSQL to answer its rollback and reset (lib/db/green.py).
 
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
-# libpq's shortest connect_timeout, in seconds ("a value of 1 is interpreted as 2", its documentation).
-LEAST_CONNECT_TIMEOUT = 2
 BROKEN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
 
 

@@ -6,8 +6,11 @@ import time
 
 import psycopg2
 import psycopg2.extensions
+from psycopg2.extensions import parse_dsn
 
 SOCKET_EVENTS = {psycopg2.extensions.POLL_READ: select.POLLIN, psycopg2.extensions.POLL_WRITE: select.POLLOUT}
+# libpq's shortest connect_timeout, in seconds ("a value of 1 is interpreted as 2", its documentation).
+LEAST_CONNECT_TIMEOUT = 2
 
 
 def finish_by(conn, deadline=None):
@@ -23,15 +26,29 @@ def finish_by(conn, deadline=None):
             raise TimeoutError('the database did not answer in time')
 
 
+def connect_deadline(conn):
+    """Return when conn, a connection being made, must be made by (a time.monotonic() value: its DSN's
+    connect_timeout from now, LEAST_CONNECT_TIMEOUT at least, as libpq's own wait counts it); None for a connection
+    made, or one without a connect_timeout. libpq does not bound the waits of a connection made asynchronously,
+    which is how psycopg2 makes one under a wait callback."""
+    if conn.status != psycopg2.extensions.STATUS_SETUP:
+        return None
+    timeout = int(parse_dsn(conn.dsn).get('connect_timeout') or 0)
+    return time.monotonic() + max(timeout, LEAST_CONNECT_TIMEOUT) if timeout > 0 else None
+
+
 def interruptible_wait(conn):
     """psycopg2's wait callback for a command's process (psycopg2.extensions.set_wait_callback): libpq's own wait
     holds a signal's handler back until the statement ends (a Ctrl-C during a migration's long statement did
     nothing until then). When the handler raises (Ctrl-C, a stop), the statement is cancelled in PostgreSQL first,
-    then the exception goes on, and psycopg2 closes the connection."""
+    then the exception goes on, and psycopg2 closes the connection. A connection not made within its
+    connect_timeout is psycopg2's OperationalError, as without the callback."""
     try:
-        finish_by(conn)
+        finish_by(conn, connect_deadline(conn))
     except psycopg2.Error:  # the statement's own failure: nothing runs to cancel
         raise
+    except TimeoutError:
+        raise psycopg2.OperationalError('timeout expired (connect_timeout)') from None
     except BaseException:
         with contextlib.suppress(psycopg2.Error):
             conn.cancel()
