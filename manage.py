@@ -60,6 +60,7 @@ if __name__ == '__main__':
 
 import psycopg2  # noqa: E402
 import psycopg2.extensions  # noqa: E402
+from psycopg2.extensions import make_dsn, parse_dsn  # noqa: E402
 from dotenv import dotenv_values  # noqa: E402
 
 import settings  # noqa: E402
@@ -78,6 +79,13 @@ SERVE_WAIT_SECONDS = 60
 def default_dsn():
     """Return the default database's DSN, starting the embedded server when none is configured."""
     return settings.DATABASES['default'] or start_embedded(settings.EMBEDDED_DB_DIR)
+
+
+def with_connect_timeout(dsn):
+    """Return dsn with DB_CONNECT_TIMEOUT (seconds) as its connect_timeout unless it names one: the migrations'
+    connection to a server that accepts and never answers then fails as check_reachable's does, where it waited for
+    good."""
+    return dsn if 'connect_timeout' in parse_dsn(dsn) else make_dsn(dsn, connect_timeout=settings.DB_CONNECT_TIMEOUT)
 
 
 def preflight(dsn, clients):
@@ -329,7 +337,7 @@ def serve():
     # tokens and modules: a bad one stops the start before the database or a migration
     clients = check_before_fork()[1]
     dsn = default_dsn()
-    apply_migrations(dsn)
+    apply_migrations(with_connect_timeout(dsn))
     routes = preflight(dsn, clients)
     environment = {**os.environ, 'DATABASE_URL': dsn} if not settings.DATABASES['default'] else dict(os.environ)
     with metrics_dir(environment):
@@ -443,10 +451,10 @@ def main(argv=None):
     configure_process_logging(settings)
     psycopg2.extensions.set_wait_callback(interruptible_wait)  # a stop cancels a migration's statement at once
     if command == 'migrate':
-        apply_migrations(default_dsn())
+        apply_migrations(with_connect_timeout(default_dsn()))
         return 0
     if command == 'repair':
-        repaired = repair_checksums(default_dsn())
+        repaired = repair_checksums(with_connect_timeout(default_dsn()))
         print(f'dbapi: the applied migrations {", ".join(repaired)} are taken as their files are now' if repaired
               else 'dbapi: every applied migration is as its file is: nothing to repair', file=sys.stderr)
         return 0

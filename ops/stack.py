@@ -38,7 +38,7 @@ from lib.db.migrate import apply_migrations  # noqa: E402
 from lib.db.waiting import interruptible_wait  # noqa: E402
 from lib.logs import check_secrets_spare_every_line, configure_process_logging, settings_config  # noqa: E402
 from manage import (check_before_fork, check_reachable, counted, default_dsn, gunicorn_command,  # noqa: E402
-                    how_to_call)
+                    how_to_call, with_connect_timeout)
 
 from . import nginx, pgbouncer  # noqa: E402
 from .ports import free_ports, port_is_free  # noqa: E402
@@ -319,7 +319,8 @@ class Stack:
         """Start the database, migrate, then pgbouncer, the replicas and nginx; wait until each serves."""
         check_ports_free(self.config)
         dsn = default_dsn()
-        apply_migrations(dsn)  # a failing migration is one StartupError line: file:line and PostgreSQL's message
+        # a failing migration is one StartupError line: file:line and PostgreSQL's message
+        apply_migrations(with_connect_timeout(dsn))
         self.app_dsn = self.start_pgbouncer(dsn) if self.config.pgbouncer else dsn
         self.replicas = [self.launch(Child(f'replica {index} (port {port})', gunicorn_command(),
                                            replica_environment(index, port, self.app_dsn, self.run_dir), restart=True))

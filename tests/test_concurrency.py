@@ -9,6 +9,8 @@ import os
 import random
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -28,8 +30,8 @@ from lib.http.admission import Admission
 from lib.errors import ImproperlyConfigured, StartupError
 from lib.logs.access import CUT_SHORT_MESSAGE
 from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, SINGLE_BEARER, Caller, assert_problem, backend_count,
-                           gunicorn_logging_to, http_request, post, run_sql, running_gunicorn, throwaway_postgres,
-                           wait_for)
+                           gunicorn_logging_to, http_request, post, run_sql, running_gunicorn, server_environment,
+                           throwaway_postgres, wait_for)
 
 
 # The worker model: gevent workers, psycopg2 waiting through gevent's hub
@@ -183,6 +185,18 @@ def test_a_commands_wait_callback_keeps_the_connect_timeout_for_a_database_that_
     finally:
         psycopg2.extensions.set_wait_callback(before)
     assert refusals == ["the database 'reports' cannot be reached: timeout expired (connect_timeout)"]
+
+
+def test_migrate_stops_in_one_line_when_the_database_never_answers(silent_database):
+    """The migrations' connection had no connect_timeout: `manage.py migrate` (and make run, make stack) waited for
+    good on a server that accepts and never answers."""
+    port = psycopg2.extensions.parse_dsn(silent_database[0])['port']
+    result = subprocess.run([sys.executable, 'manage.py', 'migrate'], cwd=settings.BASE_DIR, capture_output=True,
+                            text=True, timeout=settings.DB_CONNECT_TIMEOUT + 30,
+                            env=server_environment(DATABASE_URL=f'postgresql://x:secret-pw@127.0.0.1:{port}/x',
+                                                   DB_CONNECT_TIMEOUT='2'))
+    assert result.returncode == 1 and result.stderr.splitlines() == [
+        'dbapi: the database cannot be reached: timeout expired (connect_timeout)'], result.stderr
 
 
 def test_readyz_is_ready_again_at_once_when_the_database_answers(client):
