@@ -3,6 +3,7 @@ to start when an applied file has changed since (its SHA-256 is recorded, as Fly
 import contextlib
 import hashlib
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,10 @@ MIGRATION_TABLE = '_yoyo_migration'
 CHECKSUM_TABLE = '_dbapi_migration_checksum'
 CREATE_CHECKSUM_TABLE = (f'CREATE TABLE IF NOT EXISTS {CHECKSUM_TABLE} (migration_id text PRIMARY KEY, '
                          'sha256 text NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now())')
+
+
+# What may come before a statement's own text: blanks, `--` comments and `/* */` comments (not nested).
+LEADING_COMMENTS = re.compile(r'(?:\s+|--[^\n]*|/\*.*?\*/)*', re.DOTALL)
 
 
 class MigrationChanged(StartupError):
@@ -231,11 +236,13 @@ def pending_migration_files(dsn, directory):
 
 
 def locate_statement(statement, position, files):
-    """Return (file, line) of the character at position (1-based) of statement in the first file holding it."""
+    """Return (file, line) of the character at position (1-based) of statement in the first file holding it; without
+    a position (an error of the whole statement, a duplicate key), of the statement's first line that is not blank or
+    a comment (yoyo's statement begins with the comments before it)."""
     for path in files:
         text = path.read_text()
         start = text.find(statement) if statement else -1
         if start >= 0:
-            offset = start + max(int(position or 1), 1) - 1
-            return shown_path(path), text.count('\n', 0, offset) + 1
+            at = int(position) - 1 if position and int(position) > 0 else LEADING_COMMENTS.match(statement).end()
+            return shown_path(path), text.count('\n', 0, start + at) + 1
     return (files[0] if files else 'migrations/'), None
