@@ -217,14 +217,15 @@ def test_a_migration_with_bad_sql_names_file_line_and_postgresqls_message(tmp_pa
 def test_a_failure_without_a_position_names_the_statements_own_line_not_the_comment_before_it(tmp_path,
                                                                                                  scratch_database):
     """PostgreSQL gives no position for a duplicate key: the line named was the first of yoyo's statement, a
-    comment (trial N)."""
+    comment; and its detail, which key, was left out (trial N)."""
     folder = tmp_path / 'migrations'
     folder.mkdir()
     (folder / '0001_pk.sql').write_text('CREATE TABLE keyed (id int PRIMARY KEY);\n-- later\n/* two\nrows */\n'
                                         'INSERT INTO keyed VALUES (1), (1);\n')
     with pytest.raises(StartupError) as caught:
         manage.apply_migrations(scratch_database, folder)
-    assert str(caught.value).startswith(f'migration {folder / "0001_pk.sql"}:5 failed: duplicate key value')
+    assert str(caught.value) == (f'migration {folder / "0001_pk.sql"}:5 failed: duplicate key value violates unique '
+                                 'constraint "keyed_pkey": Key (id)=(1) already exists. (SQLSTATE 23505)')
 
 
 def test_a_migration_file_is_one_transaction_unless_it_says_transactional_false(tmp_path, scratch_database):

@@ -219,11 +219,12 @@ def stop_behind(exc):
 
 
 def migration_failure(exc, dsn, directory):
-    """Describe a failed migration as file:line and PostgreSQL's own message."""
+    """Describe a failed migration as file:line and PostgreSQL's own message, with its detail when it has one."""
     statement = exc.cursor.query.decode(errors='replace') if exc.cursor is not None and exc.cursor.query else ''
     path, line = locate_statement(statement, exc.diag.statement_position, pending_migration_files(dsn, directory))
     where = f'{path}:{line}' if line else str(path)
-    return f'migration {where} failed: {exc.diag.message_primary} (SQLSTATE {exc.pgcode})'
+    detail = f': {exc.diag.message_detail}' if exc.diag.message_detail else ''  # which key, which row
+    return f'migration {where} failed: {exc.diag.message_primary}{detail} (SQLSTATE {exc.pgcode})'
 
 
 def pending_migration_files(dsn, directory):
