@@ -1,5 +1,6 @@
 """ECS JSON logging: the fields of every line, one access line per request, request ids, no secrets, gunicorn,
 the ECS version, libraries' extras under labels, long lines split for stdout, lines filebeat cannot decode."""
+import contextlib
 import json
 import logging
 import os
@@ -847,3 +848,19 @@ def test_three_gunicorn_workers_under_load_write_one_valid_line_per_request(tmp_
     everything = stdout + stderr + '\n'.join(files.values())
     for spelling in secret_spellings([dsn, AWKWARD_PASSWORD, LOAD_TOKEN, ADMIN_TOKEN, UNKNOWN_TOKEN]):
         assert spelling not in everything, f'{spelling!r} was logged'
+
+
+@pytest.mark.parametrize('handler_class', [LineStreamHandler, PipeStreamHandler])
+def test_a_line_to_a_stdout_whose_reader_is_gone_is_dropped_without_a_report_on_stderr(handler_class, capfd):
+    """With the terminal hung up (EIO) or the pipe's reader gone (EPIPE), logging wrote `--- Logging error ---` and a
+    traceback to stderr for every line (trial N); nobody reads either. Another failure is still reported."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    stream = os.fdopen(writer, 'w')
+    handler = handler_class(stream)
+    handler.emit(logging.makeLogRecord({'msg': 'to nobody'}))
+    assert capfd.readouterr().err == ''
+    with contextlib.suppress(OSError):  # what the stream still buffers cannot be written either
+        stream.close()
+    handler.emit(logging.makeLogRecord({'msg': 'closed'}))  # a closed stream (EBADF, ValueError): reported
+    assert '--- Logging error ---' in capfd.readouterr().err

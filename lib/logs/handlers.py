@@ -9,6 +9,7 @@ whole, a longer one may be interleaved with another process's. So stdout gets ea
 PIPE_BUF bytes: a longer line (a deep stack trace) is split into several whole lines (formatter.split_line). The
 files, which one process alone writes, keep every line whole.
 """
+import errno
 import logging
 import logging.handlers
 import os
@@ -26,28 +27,44 @@ from lib.process import after_fork
 PIPE_LINE_BYTES = select.PIPE_BUF
 
 
+# The errno of a write to stdout whose reader is gone: its terminal hung up (EIO), its pipe's reader closed (EPIPE).
+# Nobody reads the report of such a failure, which logging writes to stderr, often that same terminal, line by line.
+READER_GONE = frozenset({errno.EIO, errno.EPIPE})
+
+
+def failure_to_report(quiet_errnos):
+    """Tell whether the exception being handled is one to report: not an OSError whose errno is in quiet_errnos."""
+    exc = sys.exc_info()[1]
+    return not (isinstance(exc, OSError) and exc.errno in quiet_errnos)
+
+
 class LineWriting:
     """A handler that also takes a finished line, so the access log can skip LogRecord and Logger.handle."""
+
+    quiet_errnos = frozenset()  # the errno of write failures not reported (READER_GONE for stdout)
 
     def emit(self, record):
         """Write the record's line; a failure is reported the way logging reports it, never raised."""
         try:
             self.write_line(self.format(record))
         except Exception:
-            self.handleError(record)
+            if failure_to_report(self.quiet_errnos):
+                self.handleError(record)
 
     def write_finished_line(self, line):
         """Write a finished line, reporting a failure on stderr instead of raising it."""
         try:
             self.write_line(line)
         except Exception:
-            if logging.raiseExceptions:
+            if logging.raiseExceptions and failure_to_report(self.quiet_errnos):
                 traceback.print_exc(file=sys.stderr)
 
 
 class LineStreamHandler(LineWriting, logging.StreamHandler):
     """stdout, one line at a time: straight to its file descriptor when it has one, past Python's buffers, in
     pieces a pipe takes whole."""
+
+    quiet_errnos = READER_GONE
 
     def __init__(self, stream):
         super().__init__(stream)
@@ -83,7 +100,8 @@ class PipeStreamHandler(logging.StreamHandler):
         except RecursionError:
             raise
         except Exception:
-            self.handleError(record)
+            if failure_to_report(READER_GONE):
+                self.handleError(record)
 
 
 def file_descriptor(stream):
