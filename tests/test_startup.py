@@ -2,6 +2,7 @@
 migration stops `manage.py` before anything starts, with one line on stderr naming it and a non-zero exit code."""
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ from yoyo import read_migrations
 
 import manage
 import settings
-from lib.db.migrate import yoyo_backend
+from lib.db.migrate import MIGRATION_LOCK_KEY, yoyo_backend
 from lib.errors import StartupError
 from tests.helpers import (ADMIN_TOKEN, QUOTING_TOKEN, assert_quoted_safely, broken_module, code_raising_secrets,
                            drop_database, free_port, recreate_database, run_sql, server_environment, wait_for)
@@ -367,6 +368,23 @@ def test_replicas_migrating_at_once_finish_a_create_index_concurrently(tmp_path,
         runs = [pool.submit(manage.apply_migrations, scratch_database, folder) for _ in range(2)]
         applied = sorted(run.result(timeout=60) for run in runs)
     assert applied == [[], ['0001_table', '0002_index']]
+
+
+def test_a_migration_waiting_for_another_says_so(tmp_path, scratch_database, caplog):
+    """It waited without a word (trial N)."""
+    (tmp_path / 'migrations').mkdir()
+    holder = psycopg2.connect(scratch_database)
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute('SELECT pg_advisory_lock(%s)', (MIGRATION_LOCK_KEY,))
+        with caplog.at_level(logging.INFO, logger='dbapi.migrate'), ThreadPoolExecutor(1) as pool:
+            run = pool.submit(manage.apply_migrations, scratch_database, tmp_path / 'migrations')
+            wait_for(lambda: 'waiting for the migration lock' in caplog.text, 10, 'no word of the wait')
+            assert not run.done()
+            holder.close()
+            assert run.result(timeout=10) == []
+    finally:
+        holder.close()
 
 
 def test_migrations_applied_before_checksums_were_recorded_get_theirs_when_first_seen(tmp_path, scratch_database):

@@ -50,8 +50,10 @@ def advisory_lock(conn, key=MIGRATION_LOCK_KEY, poll_seconds=LOCK_POLL_SECONDS):
     """Hold a session advisory lock on conn for the block; the server drops it if the process dies. It is waited for
     by trying again every poll_seconds, not by pg_advisory_lock: a statement waiting for the lock holds a snapshot,
     which a CREATE INDEX CONCURRENTLY of the holder's migrations would wait for, and neither would ever end."""
-    while not try_advisory_lock(conn, key):
-        time.sleep(poll_seconds)
+    if not try_advisory_lock(conn, key):
+        log.info('waiting for the migration lock: another process migrates this database')
+        while not try_advisory_lock(conn, key):
+            time.sleep(poll_seconds)
     try:
         yield
     finally:
