@@ -46,7 +46,8 @@ def write_config(run_dir, environment, template=TEMPLATE, envsh=ENVSH):
     # nginx workers run as nobody under root and must reach their temp directories in here.
     run_dir.chmod(0o755)
     places = dict(NGINX_RUN_DIR=str(run_dir), NGINX_CONF_DIR=str(run_dir), NGINX_USER_DIRECTIVE=worker_user())
-    values = derived_environment({**NATIVE_DEFAULTS, **environment, **places}, envsh)
+    unset = {name: value for name, value in NATIVE_DEFAULTS.items() if not environment.get(name)}  # '' is unset
+    values = derived_environment({**environment, **unset, **places}, envsh)
     (run_dir / 'dbapi.conf').write_text(fill_template(Path(template).read_text(), values, str(template)))
     main_config = run_dir / 'nginx.conf'
     main_config.write_text(fill_template(MAIN_TEMPLATE.read_text(), values, str(MAIN_TEMPLATE)))

@@ -212,8 +212,10 @@ def test_the_image_writes_only_where_kubernetes_mounts_volumes():
     assert 'COPY nginx.conf.template dbapi.conf.template /etc/nginx/templates/' in dockerfile
 
 
-def test_the_native_stack_renders_the_same_main_config_in_its_own_directory(tmp_path):
-    main_config = nginx.write_config(tmp_path, {'PATH': os.environ['PATH'], **NATIVE})
+@pytest.mark.parametrize('workers', [{}, {'NGINX_WORKER_PROCESSES': ''}], ids=['unset', 'empty'])
+def test_the_native_stack_renders_the_same_main_config_in_its_own_directory(tmp_path, workers):
+    """An empty NGINX_WORKER_PROCESSES, as the stack's other settings, is unset: it was the image's auto (trial N)."""
+    main_config = nginx.write_config(tmp_path, {'PATH': os.environ['PATH'], **NATIVE, **workers})
     text = main_config.read_text()
     assert directive(text, 'worker_processes') == ['1']
     assert directive(text, 'pid') == [f'{tmp_path}/nginx.pid']
