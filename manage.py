@@ -4,6 +4,7 @@ files as they are now; `python manage.py serve` is what `make run` runs.
 Each checks everything before anything starts: a bad setting, token, module or migration stops it with one line
 on stderr that names it (never a secret) and a non-zero exit code.
 """
+import contextlib
 import signal
 import sys
 
@@ -21,15 +22,56 @@ def start_stopped_line(command, signum):
     return f'dbapi: stopped by {STOP_CAUSES[signum]} before it served'
 
 
+class StartStop:
+    """The stop asked for before gunicorn runs: the signal's number, or None; and whether a step that must not be
+    cut runs (held), which takes the stop once it ends."""
+
+    asked = None
+    held = False
+
+
 def stop_the_start(signum, frame):
     """Stop a command at Ctrl-C, SIGTERM or SIGHUP before gunicorn runs (imports, the embedded PostgreSQL's start,
     migrations): one line, not a traceback nor a death by the signal; what started (the embedded PostgreSQL) is
-    stopped by its own exit handlers. The exit code is a shell's for the signal (128 + its number)."""
+    stopped by its own exit handlers. The exit code is a shell's for the signal (128 + its number). The first stop
+    alone counts; one asked while a step is held (stops_held) comes when that step ends."""
+    if StartStop.asked is None:
+        StartStop.asked = signum
+        try:
+            print(start_stopped_line(sys.argv[1:2] and sys.argv[1], signum), file=sys.stderr, flush=True)
+        except OSError:  # stderr was the terminal that hung up
+            pass
+    if not StartStop.held:
+        raise StartInterrupted(128 + StartStop.asked)
+
+
+def stop_if_asked():
+    """Raise the stop asked for, if any: Python ignores an exception a signal handler raises inside some of its own
+    callbacks (an import lock's), and the start went on to serve after saying it stopped."""
+    if StartStop.asked is not None:
+        raise StartInterrupted(128 + StartStop.asked)
+
+
+@contextlib.contextmanager
+def stops_held():
+    """Hold a stop asked for during the block back until it ends (see stop_the_start); the block's failure once a stop
+    was asked is that stop's (a terminal's Ctrl-C reaches the whole group: initdb and pg_ctl die of it)."""
+    StartStop.held = True
     try:
-        print(start_stopped_line(sys.argv[1:2] and sys.argv[1], signum), file=sys.stderr, flush=True)
-    except OSError:  # stderr was the terminal that hung up
-        pass
-    raise StartInterrupted(128 + signum)
+        yield
+    except Exception:
+        if StartStop.asked is None:
+            raise
+    finally:
+        StartStop.held = False
+    stop_if_asked()
+
+
+def ignore_stops():
+    """Ignore Ctrl-C, SIGTERM and SIGHUP from now on: the exit handlers (the embedded PostgreSQL's stop) must run
+    whole, where a handler's exception cut them short and left the server counting this process among its users."""
+    for stop_signal in STOP_CAUSES:
+        signal.signal(stop_signal, signal.SIG_IGN)
 
 
 if __name__ == '__main__':
@@ -41,7 +83,6 @@ if __name__ == '__main__':
             signal.signal(stop_signal, stop_the_start)
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import inspect  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
@@ -77,8 +118,13 @@ SERVE_WAIT_SECONDS = 60
 
 
 def default_dsn():
-    """Return the default database's DSN, starting the embedded server when none is configured."""
-    return settings.DATABASES['default'] or start_embedded(settings.EMBEDDED_DB_DIR)
+    """Return the default database's DSN, starting the embedded server when none is configured: a stop waits for its
+    start, since pgserver counts this process among the server's users only once it has started, and a stop before
+    that left it running."""
+    if settings.DATABASES['default']:
+        return settings.DATABASES['default']
+    with stops_held():
+        return start_embedded(settings.EMBEDDED_DB_DIR)
 
 
 def with_connect_timeout(dsn):
@@ -365,6 +411,7 @@ def run_gunicorn(environment, routes):
     # quick stop that drops the requests in flight unanswered and unlogged.
     # It stops (SIGTERM) when this process dies, even by SIGKILL: no orphan keeps the port.
     from ops.stack import die_with_parent  # ops.stack imports this module
+    stop_if_asked()
     gunicorn = subprocess.Popen(gunicorn_command(), cwd=settings.BASE_DIR, env={**environment, **SUPERVISED},
                                 start_new_session=True, preexec_fn=die_with_parent)
     stops = Stops(gunicorn)
@@ -462,4 +509,9 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    try:
+        exit_code = main()
+        stop_if_asked()  # one that Python ignored where the handler raised it
+    finally:
+        ignore_stops()
+    sys.exit(exit_code)

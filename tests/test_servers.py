@@ -204,14 +204,24 @@ def test_a_stop_before_gunicorn_runs_stops_the_start_in_one_line_and_postgresql_
     counted the dead process among its users (trial N)."""
     with started_serve(serve_data_dir, command=[*SERVE_COMMAND[:-1], command], PORT=str(free_port()),
                        WEB_CONCURRENCY='1') as process:
-        wait_for(lambda: postgres_processes(serve_data_dir) or process.poll() is not None, 90, 'no PostgreSQL')
-        postgres = postgres_processes(serve_data_dir)
+        # As the postmaster says it is ready: pgserver has yet to count this process among the server's users (trial
+        # P: a stop in that moment left the server running)
+        wait_for(lambda: 'ready' in postmaster_status(serve_data_dir), 90, 'no postmaster ready', interval=0.002)
         send(process.pid, stop_signal)
+        postgres = postgres_processes(serve_data_dir)
         output = process.communicate(timeout=60)[0]
     assert process.returncode == 128 + stop_signal and 'Traceback' not in output, output[-2000:]
-    assert output.strip().splitlines()[-1] == line.format(cause) and 'serves on' not in output
+    words = [text for text in output.strip().splitlines() if not text.startswith('{')]  # not the JSON log lines
+    assert words[-1] == line.format(cause) and 'serves on' not in output
     psutil.wait_procs(postgres, timeout=15)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in postgres)
+
+
+def postmaster_status(data_dir):
+    """Return the postmaster.pid of data_dir's server ('' for none): its last line says `starting`, then `ready`."""
+    with contextlib.suppress(OSError):
+        return (data_dir / 'postmaster.pid').read_text()
+    return ''
 
 
 def test_ctrl_c_while_gunicorn_boots_is_a_clean_stop(serve_data_dir, tmp_path):

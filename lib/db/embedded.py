@@ -1,19 +1,46 @@
 """The embedded PostgreSQL (pgserver, from PyPI) used by local and test when no database is configured."""
+import os
+import signal
+import time
 import warnings
 
 import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn
 
+# How long a start cut short waits for the server it started to end (stop_postmaster).
+STOP_SECONDS = 15
+
 
 def start_embedded(data_dir, database='dbapi', stop_at_exit=True):
-    """Start (or join) the embedded server under data_dir and return the DSN of database in it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import pgserver
-        data_dir.parent.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(data_dir, cleanup_mode='stop' if stop_at_exit else None)
+    """Start (or join) the embedded server under data_dir and return the DSN of database in it. With stop_at_exit, a
+    start cut short (a stop signal that killed pg_ctl, or raised here) stops the server it started: pgserver counts
+    this process among the server's users, and stops the server at exit, only once the server answers."""
+    started_here = not (data_dir / 'postmaster.pid').exists()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            import pgserver
+            data_dir.parent.mkdir(parents=True, exist_ok=True)
+            server = pgserver.get_server(data_dir, cleanup_mode='stop' if stop_at_exit else None)
+    except BaseException:
+        if stop_at_exit and started_here:
+            stop_postmaster(data_dir)
+        raise
     return ensure_database(server.get_uri(), database)
+
+
+def stop_postmaster(data_dir, seconds=STOP_SECONDS):
+    """Ask the server of data_dir, if one runs, for a fast shutdown (SIGINT to the postmaster that postmaster.pid
+    names, PostgreSQL's documented signal) and wait for it to end, seconds at most."""
+    try:
+        pid = int((data_dir / 'postmaster.pid').read_text().split()[0])
+        os.kill(pid, signal.SIGINT)
+    except (OSError, ValueError, IndexError):  # none runs, or it has just gone
+        return
+    deadline = time.monotonic() + seconds
+    while (data_dir / 'postmaster.pid').exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def ensure_database(server_dsn, database):
