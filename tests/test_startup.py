@@ -229,6 +229,20 @@ def test_a_failure_without_a_position_names_the_statements_own_line_not_the_comm
                                  'constraint "keyed_pkey": Key (id)=(1) already exists. (SQLSTATE 23505)')
 
 
+def test_a_comment_after_a_migrations_last_statement_names_the_file_not_an_unreachable_database(tmp_path,
+                                                                                                scratch_database):
+    """yoyo sends the trailing comment as a statement, which psycopg2 refuses without a SQLSTATE: the line said the
+    database could not be reached (trial P)."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_trailing.sql').write_text('CREATE TABLE ends_in_a_comment (id int);\n-- a trailing comment\n')
+    with pytest.raises(StartupError) as caught:
+        manage.apply_migrations(scratch_database, folder)
+    assert str(caught.value) == (f'migration {folder / "0001_trailing.sql"} failed: can\'t execute an empty query '
+                                 "(a comment after the file's last statement is sent as a statement of its own: end "
+                                 'the file with a statement)')
+
+
 def test_a_migration_file_is_one_transaction_unless_it_says_transactional_false(tmp_path, scratch_database):
     """docs/modules.md: a file that fails leaves nothing of itself; one marked `-- transactional: false` runs what
     PostgreSQL refuses in a transaction block (CREATE INDEX CONCURRENTLY)."""

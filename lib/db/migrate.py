@@ -206,7 +206,8 @@ def in_one_line(work, dsn, directory):
     except psycopg2.Error as exc:
         if (stop := stop_behind(exc)) is not None:
             raise stop from None
-        if exc.pgcode is None:  # no SQLSTATE: no connection was made, or it broke
+        # No SQLSTATE: no connection was made, or it broke; but psycopg2 refuses an empty statement itself.
+        if exc.pgcode is None and not isinstance(exc, psycopg2.ProgrammingError):
             raise StartupError(f'the database cannot be reached: {one_line(exc, dsn)}') from None
         raise StartupError(one_line(migration_failure(exc, dsn, directory), dsn)) from None
 
@@ -225,6 +226,9 @@ def migration_failure(exc, dsn, directory):
     statement = exc.cursor.query.decode(errors='replace') if exc.cursor is not None and exc.cursor.query else ''
     path, line = locate_statement(statement, exc.diag.statement_position, pending_migration_files(dsn, directory))
     where = f'{path}:{line}' if line else str(path)
+    if exc.pgcode is None:  # psycopg2's own refusal: yoyo sends the comments after the last statement alone
+        return (f'migration {where} failed: {str(exc).strip()} (a comment after the file\'s last statement is sent '
+                'as a statement of its own: end the file with a statement)')
     detail = f': {exc.diag.message_detail}' if exc.diag.message_detail else ''  # which key, which row
     return f'migration {where} failed: {exc.diag.message_primary}{detail} (SQLSTATE {exc.pgcode})'
 
