@@ -18,6 +18,7 @@ from psycopg2 import sql
 
 from lib.db.cancel import cancel_running_query
 from lib.db.types import cast_timestamp, cast_timestamptz, taking_turns
+from lib.errors import ApiError
 from lib.jsonenc import dumps_bytes
 
 INTEGER_OIDS = frozenset({20, 21, 23})
@@ -375,8 +376,10 @@ def json_batches(conn, cursor_name, rows_json, batch_size):
             for rows in batches:
                 yield [orjson.Fragment(rows_json(rows))]
     finally:
-        # The cursor's resources go now, not at the transaction's end; fails harmlessly after a failure.
-        with suppress(psycopg2.Error):
+        # The cursor's resources go now, not at the transaction's end; fails harmlessly after a failure, and is
+        # refused (lib/db/guard.py: an ApiError, not psycopg2's) once the request is over: its client gone, its
+        # deadline past, its worker stopping. The transaction's end frees the cursor then.
+        with suppress(psycopg2.Error, ApiError):
             conn.cursor().execute(sql.SQL('CLOSE {}').format(sql.Identifier(cursor_name)))
 
 
