@@ -62,7 +62,7 @@ run: $(STAMP)
 	@$(PY) manage.py serve
 
 migrate: $(STAMP)
-	$(PY) manage.py migrate
+	@$(PY) manage.py migrate
 
 # pytest exits 5 when it collected no test: that is a failure here, never a silent pass. The suite runs
 # twice: as served (fast paths on), then with FAST_PATHS=0, the libraries' stock code paths only, to prove

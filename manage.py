@@ -502,8 +502,8 @@ def main(argv=None):
         return 0
     if command == 'repair':
         repaired = repair_checksums(with_connect_timeout(default_dsn()))
-        print(f'dbapi: the applied migrations {", ".join(repaired)} are taken as their files are now' if repaired
-              else 'dbapi: every applied migration is as its file is: nothing to repair', file=sys.stderr)
+        print(f'dbapi: {counted(len(repaired), "applied migration")} taken as now written: {", ".join(repaired)}'
+              if repaired else 'dbapi: every applied migration is as its file is: nothing to repair', file=sys.stderr)
         return 0
     return serve()
 

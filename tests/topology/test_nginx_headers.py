@@ -187,7 +187,7 @@ def test_the_image_takes_its_worker_count_from_the_environment():
     assert directive(rendered_main(), 'worker_processes') == ['auto']
 
 
-@pytest.mark.parametrize('workers', ['0', '-1', 'two', '1.5', '02'])
+@pytest.mark.parametrize('workers', ['0', '-1', 'two', '1.5', '02', '1025', '99999999999'])
 def test_a_bad_worker_count_stops_nginx_from_starting(workers):
     with pytest.raises(TemplateError, match='NGINX_WORKER_PROCESSES'):
         nginx.render({'PATH': os.environ['PATH'], **NATIVE, 'NGINX_WORKER_PROCESSES': workers})

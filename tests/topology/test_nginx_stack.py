@@ -438,8 +438,11 @@ def test_a_named_database_out_of_reach_stops_the_stack_before_anything_starts(to
     ({'DB_RESET': 'tests.failing_hooks:reset'}, 'stack: DB_RESET: tests.failing_hooks:reset cannot be imported '
                                                 '(ValueError: first line\\nsecond \\x1b[31mred)'),
     # nginx's settings too: they were a traceback once the replicas ran (trial K).
-    ({'NGINX_PROXY_TIMEOUT': 'abc'}, "stack: dbapi.envsh: NGINX_PROXY_TIMEOUT must be an nginx time such as 1500ms, "
-                                     "not 'abc'"),
+    ({'NGINX_PROXY_TIMEOUT': 'abc'}, 'stack: dbapi.envsh: NGINX_PROXY_TIMEOUT must be an nginx time with its unit, '
+                                     "such as 1500ms, not 'abc'"),
+    # nginx reads a bare number as seconds, where every other dbapi time is milliseconds (trial P)
+    ({'NGINX_PROXY_TIMEOUT': '1500'}, 'stack: dbapi.envsh: NGINX_PROXY_TIMEOUT must be an nginx time with its unit, '
+                                      "such as 1500ms, not '1500'"),
     # nginx takes 0 and then gives up on every request at once: the stack never served (trial N)
     ({'NGINX_PROXY_TIMEOUT': '0s'}, 'stack: dbapi.envsh: NGINX_PROXY_TIMEOUT must be above 0 (nginx would give up on '
                                     "every request at once), not '0s'"),
