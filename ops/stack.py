@@ -549,20 +549,18 @@ def on_sighup(stack, terminal, nohup, signum, frame):
     interrupt(signum, frame)
 
 
-class Interrupted:
-    """Whether a stop signal has been turned into the stack's stop already."""
+class Stopping:
+    """Whether the stack's stop has begun (main's `finally`)."""
 
-    once = False
+    begun = False
 
 
 def interrupt(signum, frame):
-    """Turn SIGTERM (and Ctrl-C) into the stack's orderly stop, once: a second one that came while the stop began
-    (`timeout` signals make and the stack both) raised in its `finally`, before anything was stopped, and left nginx
-    behind (trial P)."""
-    if Interrupted.once:
-        return
-    Interrupted.once = True
-    raise KeyboardInterrupt
+    """Turn SIGTERM (and Ctrl-C) into the stack's orderly stop; nothing once the stop has begun: a second signal
+    (`timeout` signals make and the stack both) raised in main's `finally` before anything was stopped, and left
+    nginx behind (trial P)."""
+    if not Stopping.begun:
+        raise KeyboardInterrupt
 
 
 def check_nginx_settings(config):
@@ -615,6 +613,7 @@ def main():
             say(f'{shown_on_one_line(str(exc))}')
             status = 1
         finally:
+            Stopping.begun = True
             for ignored in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(ignored, signal.SIG_IGN)
             stack.stop()
