@@ -411,17 +411,22 @@ def run_gunicorn(environment, routes):
     # quick stop that drops the requests in flight unanswered and unlogged.
     # It stops (SIGTERM) when this process dies, even by SIGKILL: no orphan keeps the port.
     from ops.stack import die_with_parent  # ops.stack imports this module
+    stops = Stops()
     stop_if_asked()
-    gunicorn = subprocess.Popen(gunicorn_command(), cwd=settings.BASE_DIR, env={**environment, **SUPERVISED},
-                                start_new_session=True, preexec_fn=die_with_parent)
-    stops = Stops(gunicorn)
+    # From here a stop is this one's: before gunicorn runs it is kept, and gunicorn stopped as soon as it runs.
     signal.signal(signal.SIGTERM, stops.graceful)
     if not hangup_ignored():  # nohup's: the terminal's end must not stop it
         signal.signal(signal.SIGHUP, stops.graceful)
     signal.signal(signal.SIGINT, stops.ctrl_c)
-    if wait_until_serving(gunicorn) and not stops.asked:
+    stop_if_asked()  # one that came before the handlers above
+    gunicorn = subprocess.Popen(gunicorn_command(), cwd=settings.BASE_DIR, env={**environment, **SUPERVISED},
+                                start_new_session=True, preexec_fn=die_with_parent)
+    stops.follow(gunicorn)
+    if wait_until_serving(gunicorn) and stops.asked is None:
+        stops.served = True
         where = served_url() if settings.BIND_PORT is not None else f'unix:{unix_socket_path()}'
-        print(f'dbapi serves on {where} with {counted(settings.WEB_CONCURRENCY, "worker")}. Try:\n  {how_to_call(routes)}\nCtrl-C stops it.', file=sys.stderr, flush=True)
+        print(f'dbapi serves on {where} with {counted(settings.WEB_CONCURRENCY, "worker")}. Try:\n'
+              f'  {how_to_call(routes)}\nCtrl-C stops it.', file=sys.stderr, flush=True)
     code = stops.exit_code(gunicorn.wait())
     wait_for_session_end(gunicorn.pid, settings.GRACEFUL_TIMEOUT + 5)
     return code
@@ -459,30 +464,46 @@ def counted(count, noun):
 class Stops:
     """The stops `make run` asks of gunicorn: the first Ctrl-C, SIGTERM or SIGHUP stops it gracefully (SIGTERM: the
     requests in flight are answered and logged, within GRACEFUL_TIMEOUT), a Ctrl-C after that at once (SIGINT,
-    gunicorn's quick stop)."""
+    gunicorn's quick stop). asked: the first stop's signal number, or None; served: whether it said where it serves."""
 
-    def __init__(self, gunicorn):
+    def __init__(self):
+        self.gunicorn = None
+        self.asked = None
+        self.served = False
+
+    def follow(self, gunicorn):
+        """Take gunicorn as the process to stop; stop it at once if a stop came while it was started."""
         self.gunicorn = gunicorn
-        self.asked = False
+        if self.asked is not None:
+            gunicorn.terminate()
 
-    def graceful(self, *_):
-        """Stop gunicorn once the requests in flight are done."""
-        self.asked = True
-        self.gunicorn.terminate()
+    def graceful(self, signum, _frame=None):
+        """Stop gunicorn once the requests in flight are done (keep the stop for follow before it runs)."""
+        if self.asked is None:
+            self.asked = signum
+        if self.gunicorn is not None:
+            self.gunicorn.terminate()
 
     def ctrl_c(self, *_):
         """Stop gracefully the first time, at once after that."""
-        if self.asked:
-            self.gunicorn.send_signal(signal.SIGINT)
+        if self.asked is not None:
+            if self.gunicorn is not None:
+                self.gunicorn.send_signal(signal.SIGINT)
             return
-        print('Stopping: the requests in flight finish first. Ctrl-C again stops at once.', file=sys.stderr, flush=True)
-        self.graceful()
+        if self.served:
+            print('Stopping: the requests in flight finish first. Ctrl-C again stops at once.', file=sys.stderr,
+                  flush=True)
+        self.graceful(signal.SIGINT)
 
     def exit_code(self, code):
-        """Return gunicorn's exit code as make run's: a stop asked here is a success, one that ended gunicorn by the
-        signal itself too (it came before gunicorn had set its handlers). A signal nobody asked for here (a SIGKILL
-        of gunicorn's master) is said in one line."""
-        if self.asked and code in (-signal.SIGTERM, -signal.SIGINT):
+        """Return gunicorn's exit code as make run's: a stop asked here once it served is a success, one that ended
+        gunicorn by the signal itself too (it came before gunicorn had set its handlers); one asked before it served
+        is the start's stop (its one line, 128 + the signal's number). A signal nobody asked for here (a SIGKILL of
+        gunicorn's master) is said in one line."""
+        if self.asked is not None and not self.served:
+            print(start_stopped_line('serve', self.asked), file=sys.stderr, flush=True)
+            return 128 + self.asked
+        if self.asked is not None and code in (-signal.SIGTERM, -signal.SIGINT):
             return 0
         if code < 0:
             print(f'dbapi: gunicorn was stopped by {signal.Signals(-code).name}, which make run did not send: its '
