@@ -8,10 +8,8 @@ import contextlib
 import signal
 import sys
 
-from lib.process import StartInterrupted, hangup_ignored, stop_on_terminal_hangup
+from lib.process import COMMAND_STOP, STOP_CAUSES, hangup_ignored, stop_on_terminal_hangup
 
-# What a signal that stops a command before it serves is called in its one line.
-STOP_CAUSES = {signal.SIGINT: 'Ctrl-C', signal.SIGTERM: 'SIGTERM', signal.SIGHUP: 'SIGHUP'}
 COMMAND_PURPOSES = {'migrate': 'apply the migrations still pending', 'repair': 'record the checksums still changed'}
 
 
@@ -22,56 +20,16 @@ def start_stopped_line(command, signum):
     return f'dbapi: stopped by {STOP_CAUSES[signum]} before it served'
 
 
-class StartStop:
-    """The stop asked for before gunicorn runs: the signal's number, or None; and whether a step that must not be
-    cut runs (held), which takes the stop once it ends."""
-
-    asked = None
-    held = False
-
-
 def stop_the_start(signum, frame):
     """Stop a command at Ctrl-C, SIGTERM or SIGHUP before gunicorn runs (imports, the embedded PostgreSQL's start,
     migrations): one line, not a traceback nor a death by the signal; what started (the embedded PostgreSQL) is
-    stopped by its own exit handlers. The exit code is a shell's for the signal (128 + its number). The first stop
-    alone counts; one asked while a step is held (stops_held) comes when that step ends."""
-    if StartStop.asked is None:
-        StartStop.asked = signum
+    stopped by its own exit handlers. The exit code is a shell's for the signal (lib.process's CommandStop)."""
+    if COMMAND_STOP.asked is None and not COMMAND_STOP.ending:
         try:
             print(start_stopped_line(sys.argv[1:2] and sys.argv[1], signum), file=sys.stderr, flush=True)
         except OSError:  # stderr was the terminal that hung up
             pass
-    if not StartStop.held:
-        raise StartInterrupted(128 + StartStop.asked)
-
-
-def stop_if_asked():
-    """Raise the stop asked for, if any: Python ignores an exception a signal handler raises inside some of its own
-    callbacks (an import lock's), and the start went on to serve after saying it stopped."""
-    if StartStop.asked is not None:
-        raise StartInterrupted(128 + StartStop.asked)
-
-
-@contextlib.contextmanager
-def stops_held():
-    """Hold a stop asked for during the block back until it ends (see stop_the_start); the block's failure once a stop
-    was asked is that stop's (a terminal's Ctrl-C reaches the whole group: initdb and pg_ctl die of it)."""
-    StartStop.held = True
-    try:
-        yield
-    except Exception:
-        if StartStop.asked is None:
-            raise
-    finally:
-        StartStop.held = False
-    stop_if_asked()
-
-
-def ignore_stops():
-    """Ignore Ctrl-C, SIGTERM and SIGHUP from now on: the exit handlers (the embedded PostgreSQL's stop) must run
-    whole, where a handler's exception cut them short and left the server counting this process among its users."""
-    for stop_signal in STOP_CAUSES:
-        signal.signal(stop_signal, signal.SIG_IGN)
+    COMMAND_STOP.take(signum, frame)
 
 
 if __name__ == '__main__':
@@ -123,7 +81,7 @@ def default_dsn():
     that left it running."""
     if settings.DATABASES['default']:
         return settings.DATABASES['default']
-    with stops_held():
+    with COMMAND_STOP.held_back():
         return start_embedded(settings.EMBEDDED_DB_DIR)
 
 
@@ -412,13 +370,13 @@ def run_gunicorn(environment, routes):
     # It stops (SIGTERM) when this process dies, even by SIGKILL: no orphan keeps the port.
     from ops.stack import die_with_parent  # ops.stack imports this module
     stops = Stops()
-    stop_if_asked()
+    COMMAND_STOP.raise_if_asked()
     # From here a stop is this one's: before gunicorn runs it is kept, and gunicorn stopped as soon as it runs.
     signal.signal(signal.SIGTERM, stops.graceful)
     if not hangup_ignored():  # nohup's: the terminal's end must not stop it
         signal.signal(signal.SIGHUP, stops.graceful)
     signal.signal(signal.SIGINT, stops.ctrl_c)
-    stop_if_asked()  # one that came before the handlers above
+    COMMAND_STOP.raise_if_asked()  # one that came before the handlers above
     gunicorn = subprocess.Popen(gunicorn_command(), cwd=settings.BASE_DIR, env={**environment, **SUPERVISED},
                                 start_new_session=True, preexec_fn=die_with_parent)
     stops.follow(gunicorn)
@@ -532,7 +490,7 @@ def main(argv=None):
 if __name__ == '__main__':
     try:
         exit_code = main()
-        stop_if_asked()  # one that Python ignored where the handler raised it
+        COMMAND_STOP.raise_if_asked()  # one that Python ignored where the handler raised it
     finally:
-        ignore_stops()
+        COMMAND_STOP.end()
     sys.exit(exit_code)

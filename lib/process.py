@@ -1,5 +1,6 @@
 """The one after-fork mechanism: what a process must forget or restart when gunicorn forks a worker from it; the
 stop of a start; the watch of a command's terminal. Imports nothing heavy: manage.py takes it before anything else."""
+import contextlib
 import errno
 import os
 import signal
@@ -9,9 +10,67 @@ import time
 _callbacks = []
 
 
+# The stop signals of a command (manage.py, make stack), as its one line calls them.
+STOP_CAUSES = {signal.SIGINT: 'Ctrl-C', signal.SIGTERM: 'SIGTERM', signal.SIGHUP: 'SIGHUP'}
+
+
 class StartInterrupted(SystemExit):
-    """Ctrl-C, SIGTERM or SIGHUP while the service starts (manage.py's handler): a stop asked for, not a failure of
-    the code it imports."""
+    """Ctrl-C, SIGTERM or SIGHUP while the service starts (CommandStop's): a stop asked for, not a failure of the
+    code it imports. Its code is a shell's for the signal: 128 + its number."""
+
+
+class CommandStop:
+    """The stop signals (STOP_CAUSES) of a command that starts things before it serves, taken by `take` as their
+    handler: the first is the stop (asked: its signal number, or None), raised as StartInterrupted where the command
+    runs; one that comes while a step that must not be cut runs (held_back) is raised once the step ends; none is
+    raised once the command's own stop has begun (end)."""
+
+    def __init__(self):
+        self.asked = None
+        self.held = False
+        self.ending = False
+
+    def take(self, signum, frame=None):
+        """Keep the first stop signal; raise it unless a step holds it back or the command's stop has begun."""
+        if self.ending:
+            return
+        if self.asked is None:
+            self.asked = signum
+        if not self.held:
+            raise StartInterrupted(128 + self.asked)
+
+    def raise_if_asked(self):
+        """Raise the stop asked for, if any: Python ignores an exception a signal handler raises inside some of its own
+        callbacks (an import lock's), and a start went on to serve after saying it stopped."""
+        if self.asked is not None and not self.ending:
+            raise StartInterrupted(128 + self.asked)
+
+    @contextlib.contextmanager
+    def held_back(self):
+        """Hold a stop asked during the block back until it ends; the block's failure once a stop was asked is that
+        stop's (a terminal's Ctrl-C reaches the whole group: initdb and pg_ctl die of it)."""
+        outer = self.held  # a block inside another: the outer one raises the stop
+        self.held = True
+        try:
+            yield
+        except Exception:
+            if self.asked is None:
+                raise
+        finally:
+            self.held = outer
+        if not outer:
+            self.raise_if_asked()
+
+    def end(self):
+        """Begin the command's own stop: the stop signals are ignored from now on, so that its exit handlers (the
+        embedded PostgreSQL's stop, the stack's children) run whole."""
+        self.ending = True
+        for stop_signal in STOP_CAUSES:
+            signal.signal(stop_signal, signal.SIG_IGN)
+
+
+# This process's: a command has one.
+COMMAND_STOP = CommandStop()
 
 
 def after_fork(callback):

@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 
 from lib.errors import StartupError, report_startup_errors, shown_on_one_line
-from lib.process import hangup_ignored, stop_on_terminal_hangup
+from lib.process import COMMAND_STOP, STOP_CAUSES, StartInterrupted, hangup_ignored, stop_on_terminal_hangup
 
 if __name__ == '__main__':
     # Before settings is imported, whose checks run at import: a bad PORT is one line, not a traceback.
@@ -148,9 +148,11 @@ class Child:
     def start(self):
         """Start the program (again)."""
         self.exited_at = None
-        # Popen switches user before preexec_fn runs; a switch after it would clear the death signal.
-        self.process = subprocess.Popen(self.argv, env=self.env, cwd=settings.BASE_DIR, start_new_session=True,
-                                        preexec_fn=die_with_parent, **identity(self.user))
+        # Popen switches user before preexec_fn runs; a switch after it would clear the death signal. A stop that
+        # came while Popen ran (the child forked, not yet ours to stop) comes once it is.
+        with COMMAND_STOP.held_back():
+            self.process = subprocess.Popen(self.argv, env=self.env, cwd=settings.BASE_DIR, start_new_session=True,
+                                            preexec_fn=die_with_parent, **identity(self.user))
         return self
 
     def exit_code(self):
@@ -160,6 +162,8 @@ class Child:
     def stop(self, timeout=STOP_TIMEOUT_SECONDS, meanwhile=None):
         """Ask the program's leader to stop gracefully, calling meanwhile() (when given) while it does; kill the whole
         group after timeout."""
+        if self.process is None:  # never started: Popen failed
+            return
         if self.process.poll() is None:
             os.kill(self.process.pid, self.stop_signal)
             deadline = time.monotonic() + timeout
@@ -311,9 +315,9 @@ class Stack:
         self.nginx_ports = []  # the ports nginx sends requests to now
 
     def launch(self, child):
-        """Start child and keep it for supervision and stopping."""
-        self.children.append(child.start())
-        return child
+        """Start child and keep it for supervision and stopping (kept first: a stop during its start stops it too)."""
+        self.children.append(child)
+        return child.start()
 
     def start(self):
         """Start the database, migrate, then pgbouncer, the replicas and nginx; wait until each serves."""
@@ -400,15 +404,16 @@ class Stack:
         (port,) = free_ports(1)
         index = len(self.replicas) + 1
         stand_in = Child(f'stand-in replica {index} (port {port})', gunicorn_command(),
-                         replica_environment(index, port, self.app_dsn, self.run_dir)).start()
+                         replica_environment(index, port, self.app_dsn, self.run_dir))
         try:
+            stand_in.start()
             wait_until_ready(stand_in, port)
         except BaseException:
             stand_in.stop()
             raise
         try:
             yield [port]
-        except (StackError, KeyboardInterrupt) as stop:
+        except (StackError, StartInterrupted) as stop:
             self.standing_in = (stand_in, port)
             if isinstance(stop, StackError):
                 replica.stop()
@@ -549,18 +554,12 @@ def on_sighup(stack, terminal, nohup, signum, frame):
     interrupt(signum, frame)
 
 
-class Stopping:
-    """Whether the stack's stop has begun (main's `finally`)."""
-
-    begun = False
-
-
 def interrupt(signum, frame):
-    """Turn SIGTERM (and Ctrl-C) into the stack's orderly stop; nothing once the stop has begun: a second signal
-    (`timeout` signals make and the stack both) raised in main's `finally` before anything was stopped, and left
-    nginx behind (trial P)."""
-    if not Stopping.begun:
-        raise KeyboardInterrupt
+    """Turn SIGTERM, Ctrl-C (and a hangup of the stack's terminal) into the stack's orderly stop: lib.process's
+    CommandStop, which raises nothing once the stop has begun (a second signal, `timeout` signalling make and the stack
+    both, raised in main's `finally` before anything was stopped, and left nginx behind: trial P) and holds a stop back
+    while the embedded PostgreSQL starts."""
+    COMMAND_STOP.take(signum, frame)
 
 
 def check_nginx_settings(config):
@@ -603,19 +602,21 @@ def main():
         os.chmod(run_dir, 0o711)
         stack = Stack(config, run_dir)
         signal.signal(signal.SIGHUP, partial(on_sighup, stack, terminal, nohup))
+        served = False
         try:
             stack.start()
             announce(config)
+            served = True
             stack.supervise()
-        except KeyboardInterrupt:
-            status = 0
+        except StartInterrupted as stop:
+            status = 0 if served else stop.code
+            if not served:
+                say(f'stopped by {STOP_CAUSES[COMMAND_STOP.asked]} before it served')
         except (StackError, StartupError, FileNotFoundError) as exc:
             say(f'{shown_on_one_line(str(exc))}')
             status = 1
         finally:
-            Stopping.begun = True
-            for ignored in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                signal.signal(ignored, signal.SIG_IGN)
+            COMMAND_STOP.end()
             stack.stop()
     return status
 

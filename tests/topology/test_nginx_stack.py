@@ -1,9 +1,11 @@
 """nginx in front of three gunicorn replicas, as `make stack` runs them: spreading, request ids,
 forwarded headers, the body limit, hidden operations endpoints, timeouts, slow actions that leave every
 replica serving, its access log, and the errors nginx answers itself."""
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from email.parser import BytesHeaderParser
 from http import HTTPStatus
 
+import psutil
 import pytest
 
 from lib.errors import HTTP_DETAILS
@@ -483,3 +486,35 @@ def test_a_secret_that_a_replicas_own_process_id_holds_stops_the_stack_before_an
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("stack: the password of database 'default' is a word that every log line holds")
     assert len(result.stderr.splitlines()) == 1 and f'{settings.PROCESS_ID}-2' not in result.stderr
+
+
+@pytest.mark.parametrize('stop_signal, cause', [(signal.SIGINT, 'Ctrl-C'), (signal.SIGTERM, 'SIGTERM')])
+def test_a_stop_while_the_stack_starts_stops_everything_in_one_line(tmp_path, topology_database_url, stop_signal,
+                                                                    cause):
+    """Stopped while its replicas booted, the stack stopped them and exited 0 without a word (trial P)."""
+    base = free_ports(4)
+    with open(tmp_path / 'stack.log', 'wb') as log:
+        process = subprocess.Popen([sys.executable, '-m', 'ops.stack'], cwd=BASE_DIR, stdout=log,
+                                   stderr=subprocess.PIPE, text=True,
+                                   env=stack_environment(topology_database_url, base, 2, False, {}))
+    try:
+        replicas = wait_for(lambda: gunicorns_under(process.pid), 60, 'no replica started', interval=0.01)
+        process.send_signal(stop_signal)
+        errors = process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + stop_signal, errors
+    assert errors.splitlines() == [f'stack: stopped by {cause} before it served'], errors
+    psutil.wait_procs(replicas, timeout=30)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in replicas)
+
+
+def gunicorns_under(pid):
+    """Return the gunicorn processes among pid's children."""
+    gunicorns = []
+    for child in psutil.Process(pid).children():
+        with contextlib.suppress(psutil.Error):  # one that has ended since
+            if 'gunicorn' in ' '.join(child.cmdline()):
+                gunicorns.append(child)
+    return gunicorns
