@@ -108,11 +108,12 @@ def preflight(dsn, clients):
 
 
 def check_reachable(databases):
-    """Connect once to each of {name: dsn} (the default database was reached by its migrations): one out of reach
-    stops the start, with libpq's reason, the DSN and its password taken out."""
+    """Connect once to each of {name: dsn} (the default database was reached by its migrations), within its DSN's
+    connect_timeout or else DB_CONNECT_TIMEOUT: one out of reach stops the start, with libpq's reason, the DSN and its
+    password taken out."""
     for name, dsn in databases.items():
         try:
-            psycopg2.connect(dsn, connect_timeout=settings.DB_CONNECT_TIMEOUT).close()
+            psycopg2.connect(with_connect_timeout(dsn)).close()
         except psycopg2.Error as exc:
             raise StartupError(f'the database {name!r} cannot be reached: {one_line(exc, dsn)}') from None
 
