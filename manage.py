@@ -59,13 +59,13 @@ if __name__ == '__main__':
 
 import psycopg2  # noqa: E402
 import psycopg2.extensions  # noqa: E402
-from psycopg2.extensions import make_dsn, parse_dsn  # noqa: E402
+from psycopg2.extensions import make_dsn  # noqa: E402
 from dotenv import dotenv_values  # noqa: E402
 
 import settings  # noqa: E402
 from lib.db.embedded import start_embedded  # noqa: E402
 from lib.db.migrate import apply_migrations, one_line, repair_checksums  # noqa: E402
-from lib.db.waiting import interruptible_wait  # noqa: E402
+from lib.db.waiting import connect_timeout_of, interruptible_wait  # noqa: E402
 from lib.logs import configure_process_logging, settings_config  # noqa: E402
 from lib.logs.secrets import redacted  # noqa: E402
 from lib.modules import ModuleError, discover_modules, load_module  # noqa: E402
@@ -86,10 +86,10 @@ def default_dsn():
 
 
 def with_connect_timeout(dsn):
-    """Return dsn with DB_CONNECT_TIMEOUT (seconds) as its connect_timeout unless it names one: the migrations'
-    connection to a server that accepts and never answers then fails as check_reachable's does, where it waited for
-    good."""
-    return dsn if 'connect_timeout' in parse_dsn(dsn) else make_dsn(dsn, connect_timeout=settings.DB_CONNECT_TIMEOUT)
+    """Return dsn with the connect_timeout the pools use (lib.db.waiting's connect_timeout_of: its own above 0, else
+    DB_CONNECT_TIMEOUT): a server that accepts and never answers then fails the migrations and the start's checks,
+    where it held them for good."""
+    return make_dsn(dsn, connect_timeout=connect_timeout_of(dsn, settings.DB_CONNECT_TIMEOUT))
 
 
 def preflight(dsn, clients):

@@ -79,6 +79,7 @@ URL_LIKE = re.compile(r'\s*[A-Za-z][A-Za-z0-9+.-]*:?/|\s*[^=\s]*@')
 DSN_HINTS = {True: 'in a URL, percent-encode %, @, / and spaces in the user and password (%25, %40, %2F, %20)',
              False: r"in key=value form, quote a value with spaces in single quotes: password='my secret' (\' and \\ inside)"}
 SCHEME_HINT = 'a URL starts with postgresql:// or postgres://, nothing before it; '
+WHOLE_SECONDS = re.compile(r'\s*[+-]?[0-9]+\s*')
 
 
 def checked_dsn(name, dsn):
@@ -93,6 +94,9 @@ def checked_dsn(name, dsn):
     # libpq takes a raw space in a URL, and a raw @ ends the password early, leaving the rest as the host.
     if is_url and (re.search(r'\s', dsn) or '@' in parts.get('host', '')):
         raise ImproperlyConfigured(f'{name} is not a valid URL: {DSN_HINTS[True]}')
+    if not WHOLE_SECONDS.fullmatch(parts.get('connect_timeout', '0')):  # what libpq's own check takes
+        raise ImproperlyConfigured(f"{name}'s connect_timeout must be a whole number of seconds, "
+                                   f"not {parts['connect_timeout']!r}")
     return dsn
 
 

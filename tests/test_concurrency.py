@@ -883,6 +883,19 @@ def test_a_new_connection_to_a_server_that_never_answers_gives_up_after_the_conn
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('named, waits', [(2, 2), (0, 3)], ids=['named', '0 is DB_CONNECT_TIMEOUT'])
+def test_a_new_connection_keeps_the_connect_timeout_its_dsn_names(silent_database, tmp_path, named, waits):
+    """DB_CONNECT_TIMEOUT replaced the DSN's own connect_timeout in the pools (the start's check kept it)."""
+    port = psycopg2.extensions.parse_dsn(silent_database[0])['port']
+    url = f'postgresql://x@127.0.0.1:{port}/x?connect_timeout={named}'
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=url, WEB_CONCURRENCY='1', DB_CONNECT_TIMEOUT='3',
+                             REQUEST_DEADLINE_MS='20000') as (port, _):
+        answer, waited = timed(lambda: post(port, '/slow/sleep', {'seconds': 0}))
+    assert answer.status == 503 and 'Nothing was sent to it' in answer.json()['detail'], answer.body
+    assert waits - 0.5 <= waited < waits + 0.9
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('worker_class', ['gevent', 'sync'])
 def test_a_new_connection_waits_for_the_server_no_longer_than_the_request_deadline(silent_database, tmp_path,
                                                                                    worker_class):

@@ -9,6 +9,7 @@ from lib.db.pool import Pool, PoolTimeout
 from lib.db.session import PooledConnection, configure_with, reset_with, session_settings, startup_options
 from lib.db.types import json_parameter, with_types
 from lib.db.unit import Lease, LeasedStream, connection, transactional
+from lib.db.waiting import connect_timeout_of
 from lib.errors import ImproperlyConfigured, import_failure
 
 DEFAULT = 'default'
@@ -45,9 +46,9 @@ def make_pools(config, configure=None, reset=None):
     """
     settings = session_settings(config)
     # application_name also as its own parameter: pgbouncer, which drops options, passes that one on.
-    connect_kwargs = dict(application_name=settings['application_name'], connect_timeout=config['DB_CONNECT_TIMEOUT'],
-                          connection_factory=PooledConnection)
+    connect_kwargs = dict(application_name=settings['application_name'], connection_factory=PooledConnection)
     return {name: Pool(dsn, config['DB_POOL_MAX'], config['DB_POOL_TIMEOUT_MS'],
                        configure=with_types(configure or configure_with(settings)),
-                       reset=reset or reset_with(settings), options=startup_options(settings, dsn), **connect_kwargs)
+                       reset=reset or reset_with(settings), options=startup_options(settings, dsn),
+                       connect_timeout=connect_timeout_of(dsn, config['DB_CONNECT_TIMEOUT']), **connect_kwargs)
             for name, dsn in config['DATABASES'].items()}

@@ -13,6 +13,14 @@ SOCKET_EVENTS = {psycopg2.extensions.POLL_READ: select.POLLIN, psycopg2.extensio
 LEAST_CONNECT_TIMEOUT = 2
 
 
+def connect_timeout_of(dsn, default):
+    """Return the connect_timeout (whole seconds) dsn names when it names one above 0, else default (the setting
+    DB_CONNECT_TIMEOUT): libpq's 0 or none would wait for good. settings.checked_dsn refuses one that is no whole
+    number."""
+    named = int(parse_dsn(dsn).get('connect_timeout', 0))
+    return named if named > 0 else default
+
+
 def finish_by(conn, deadline=None):
     """Drive an asynchronous connection (or one whose wait callback this is) until its pending work is done; raise
     TimeoutError past deadline (a time.monotonic() value; None waits as long as the work takes)."""
