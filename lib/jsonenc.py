@@ -2,10 +2,11 @@
 
 Responses, streamed exports and log lines all encode through `dumps_bytes`, so a type taught here once
 (`register_json_type`) is written the same way everywhere. orjson writes the types it knows itself
-(str, int, float, bool, None, dict, list, tuple, datetime, date, time, UUID, dataclasses, enums):
-datetimes as RFC 3339, NaN and Infinity as null. The registry covers the rest, as docs/contract.md
-section 5 says. The two values orjson refuses without asking the registry, integers past 64 bits and
-times with a time zone, are rewritten exactly and written again (orjson_ready).
+(str, int, float, bool, None, dict, list, tuple, UUID, dataclasses, enums), NaN and Infinity as null. The
+registry covers the rest, as docs/contract.md section 5 says, dates, datetimes and times included (orjson's
+OPT_PASSTHROUGH_DATETIME): orjson 3.13 writes a time's 10000-99999 microseconds with five digits (.10000 for
+.010000) and rounds an offset's seconds away. What orjson refuses without asking the registry, integers past 64 bits
+and dict keys that are no str, is rewritten exactly and written again (orjson_ready).
 
 Numbers stay exact both ways: loads_exact reads a JSON number that is not an integer as an ExactNumber
 (a Decimal), and an ExactNumber is written back as the very number, not as a string like a Decimal.
@@ -25,9 +26,9 @@ from flask.json.provider import JSONProvider
 
 JSON_MIMETYPE = 'application/json'
 
-# orjson's errors for an int it cannot write, for a datetime.time with a time zone, and for a dict key that is no str
-# (orjson_ready names such keys itself, so that two keys written alike are found).
-REFUSED_BY_ORJSON = ('Integer exceeds 64-bit range', 'datetime.time must not have tzinfo set', 'Dict key must be str')
+# orjson's errors for an int it cannot write and for a dict key that is no str (orjson_ready names such keys itself,
+# so that two keys written alike are found).
+REFUSED_BY_ORJSON = ('Integer exceeds 64-bit range', 'Dict key must be str')
 INT64_MIN, UINT64_MAX = -2 ** 63, 2 ** 64 - 1
 ORJSON_RECURSION_LIMIT = 'Recursion limit reached'  # orjson's error past 254 levels of arrays and objects
 # The digits a request body's numbers may take written out in full (1e-16383 is 16,384 of them): as many as the
@@ -76,7 +77,7 @@ def registered_encoder(value):
 # Collections that are texts or bytes, not arrays: orjson or the registry writes them.
 NOT_ARRAYS = (str, bytes, bytearray, memoryview)
 # What orjson_ready meets most and never rebuilds as a container.
-LEAVES = (str, int, float, type(None), datetime.date, datetime.time)
+LEAVES = (str, int, float, type(None))
 
 
 def collection_as_container(value):
@@ -185,21 +186,31 @@ register_json_type(ExactNumber, exact_number)
 register_json_type(bytes, base64_text)
 register_json_type(bytearray, base64_text)
 register_json_type(memoryview, base64_text)
+def iso_text(value):
+    """Return a date, datetime or time as ISO 8601 text, as to_jsonb writes one: a fraction in six digits, an offset
+    with its seconds when it has any ("1959-12-31T23:15:30-00:44:30", "12:30:00.010000", "2026-11-21")."""
+    return value.isoformat()
+
+
 register_json_type(datetime.timedelta, exact_seconds)
+register_json_type(datetime.datetime, iso_text)
+register_json_type(datetime.date, iso_text)
+register_json_type(datetime.time, iso_text)
 register_json_type(set, list)
 register_json_type(frozenset, list)
 
 
 def orjson_ready(value):
-    """Rebuild value with what orjson refuses outright made exact: big integers as numbers, aware times as text."""
+    """Rebuild value with what orjson refuses outright made exact: big integers as numbers, and dates and times as
+    their text (iso_text), which orjson would write itself as dict keys."""
     if isinstance(value, dict):
         return ready_object(value)
     if isinstance(value, (list, tuple, set, frozenset)):
         return [orjson_ready(item) for item in value]
     if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= UINT64_MAX:
         return RawJson(decimal_text(decimal.Decimal(value)))  # str() refuses more than 4300 digits
-    if isinstance(value, datetime.time) and value.tzinfo is not None:
-        return value.isoformat()  # 12:30:00+02:00
+    if isinstance(value, (datetime.date, datetime.time)):
+        return iso_text(value)
     container = None if isinstance(value, LEAVES) or registered_encoder(value) else collection_as_container(value)
     return value if container is None else orjson_ready(container)
 
@@ -222,7 +233,7 @@ def ready_object(mapping):
 
 def key_name(key):
     """Return the name a dict key that is no str is written as: orjson's text of it (its OPT_NON_STR_KEYS: 1 is
-    "1", True "true", a date "2026-11-21"), big integers and aware times as their text. TypeError for a key orjson
+    "1", True "true"), big integers, dates and times as their text ("2026-11-21"). TypeError for a key orjson
     cannot name (a tuple, a Decimal)."""
     ready = orjson_ready(key)
     if isinstance(ready, RawJson):
@@ -257,7 +268,7 @@ def written_by_orjson(value):
     """Return orjson's JSON of value, exact numbers filled in (RawNumbers); TooDeepToWrite past its nesting limit."""
     raw_numbers = RawNumbers()
     try:
-        return raw_numbers.fill(orjson.dumps(value, default=raw_numbers))
+        return raw_numbers.fill(orjson.dumps(value, default=raw_numbers, option=orjson.OPT_PASSTHROUGH_DATETIME))
     except TypeError as exc:
         if str(exc).startswith(ORJSON_RECURSION_LIMIT):
             raise TooDeepToWrite(str(exc)) from None

@@ -50,8 +50,9 @@ SAMPLES = {
                                     '10000-01-01', '294276-12-31 23:59:59.999999', 'infinity', '-infinity'],
     'timestamp with time zone': ['2026-11-21 20:54:17.5+05:30', '1900-01-01 00:00+00:19:32', '0044-03-15 12:00 BC',
                                  '10000-01-01 00:00+00', 'infinity', '-infinity'],
-    'time without time zone': ['00:00', '12:30:00.5', '23:59:59.999999', '24:00:00'],
-    'time with time zone': ['12:30:00+02', '12:30:00+02:30:15', '00:00-15:59', '24:00:00+02'],
+    # A fraction of .01-.099999 s: orjson wrote .05 as .50000 (trial R).
+    'time without time zone': ['00:00', '12:30:00.5', '23:59:59.999999', '24:00:00', '12:30:00.05', '00:00:00.012345'],
+    'time with time zone': ['12:30:00+02', '12:30:00+02:30:15', '00:00-15:59', '24:00:00+02', '12:30:00.05+02'],
     'interval': ['0', '1 year 2 mons 3 days 04:05:06.5', '-1 years -2 mons +3 days -04:05:06.5', '00:00:00.000001',
                  '-178000000 years', '178000000 years', '2562047788 hours 54.775807 seconds', '1 mon', '-1 mon -1 day'],
     'numeric': ['0', '0.0000001', '10.50', '-1e-20', '1e400', '123456789012345678901234567890.123', 'NaN',
@@ -1017,9 +1018,14 @@ def test_base64_bytes_refuses_what_is_no_base64_text_with_a_422(call, raw):
     assert assert_problem(answer, 422)['errors'] == {'raw': ['Not valid base64 text.']}
 
 
-def test_an_aware_datetime_an_action_builds_is_written_with_its_offset_in_whole_minutes():
-    """The contract's limit for values actions build, and the conversion docs/modules.md gives for it."""
+def test_dates_and_times_an_action_builds_are_written_exactly():
+    """orjson wrote an offset's seconds rounded away (another instant) and a time's .01-.099999 s with five digits
+    (.05 as .50000, trial R): the registry writes them as to_jsonb does."""
     lmt = datetime.timezone(-datetime.timedelta(minutes=44, seconds=30))
     built = datetime.datetime(1959, 12, 31, 23, 15, 30, tzinfo=lmt)
-    assert dumps_bytes(built) == b'"1959-12-31T23:15:30-00:45"'  # rounded: 30 s off
-    assert dumps_bytes(built.astimezone(datetime.timezone.utc)) == b'"1960-01-01T00:00:00+00:00"'  # exact
+    assert dumps_bytes(built) == b'"1959-12-31T23:15:30-00:44:30"'
+    assert dumps_bytes(built.astimezone(datetime.timezone.utc)) == b'"1960-01-01T00:00:00+00:00"'
+    assert dumps_bytes([datetime.time(12, 30, 0, 50000), datetime.time(0, 0, 0, 12345, tzinfo=lmt)]) == \
+        b'["12:30:00.050000","00:00:00.012345-00:44:30"]'
+    assert dumps_bytes({datetime.time(0, 0, 0, 10000): 1, datetime.date(5, 1, 2): 2}) == \
+        b'{"00:00:00.010000":1,"0005-01-02":2}'
