@@ -454,7 +454,9 @@ def from_database_error(exc):
         return None
     error_class, detail = mapped
     diag = exc.diag
-    members = {'constraint': diag.constraint_name} if diag.constraint_name else {}
+    # PostgreSQL's names of what refused the value: a domain's constraint names no column, only the domain.
+    members = {member: name for member, name in (('constraint', diag.constraint_name), ('datatype', diag.datatype_name))
+               if name}
     return error_class(detail or diag.message_primary, errors=constraint_errors(exc), sqlstate=code, **members)
 
 

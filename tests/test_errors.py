@@ -101,6 +101,16 @@ def test_a_write_in_a_read_only_transaction_is_a_503_to_try_again(call):
     assert response.headers['Retry-After'] == '1'
 
 
+@pytest.mark.parametrize('case, sqlstate, constraint, datatype', [
+    ('domain_check', '23514', 'positive_case_above_zero', 'positive_case'),
+    ('domain_not_null', '23502', None, 'needed_case')])
+def test_a_domains_constraint_names_the_domain_as_no_column_is_known(call, case, sqlstate, constraint, datatype):
+    """A domain NOT NULL's 422 named nothing that failed (trial R): PostgreSQL names the domain, not a column."""
+    body = assert_problem(call('/probe/sqlstate', {'case': case}), 422)
+    assert (body['sqlstate'], body.get('constraint'), body['datatype']) == (sqlstate, constraint, datatype), body
+    assert 'errors' not in body
+
+
 def test_unique_violation_names_the_constraint(call):
     assert assert_problem(call('/probe/sqlstate', {'case': 'unique'}), 409)['constraint'] == 'things_code_key'
 

@@ -4,6 +4,7 @@ import base64
 import collections
 import json
 import datetime
+import math
 import decimal
 import enum
 import re
@@ -1029,3 +1030,9 @@ def test_dates_and_times_an_action_builds_are_written_exactly():
         b'["12:30:00.050000","00:00:00.012345-00:44:30"]'
     assert dumps_bytes({datetime.time(0, 0, 0, 10000): 1, datetime.date(5, 1, 2): 2}) == \
         b'{"00:00:00.010000":1,"0005-01-02":2}'
+
+
+def test_docs_a_float_minus_zero_arrives_as_zero_and_as_text_keeps_its_sign(conn):
+    """modules.md: numeric, whose literal a float parameter is, has no negative zero; text cast to float8 keeps it."""
+    assert math.copysign(1, Db(conn).fetch_value('SELECT %s::float8', [-0.0])) == 1
+    assert math.copysign(1, Db(conn).fetch_value('SELECT %s::text::float8', ['-0.0'])) == -1

@@ -22,6 +22,10 @@ SQLSTATE_CASES = {
     'foreign_key': 'INSERT INTO probe.things (parent_id) VALUES (-1)',
     'not_null': 'INSERT INTO probe.things (label) VALUES (NULL)',
     'check': 'INSERT INTO probe.things (quantity) VALUES (-5)',
+    # A domain's constraints are checked where a value becomes the domain's type: no column is known there.
+    'domain_check': 'CREATE DOMAIN probe.positive_case AS int CONSTRAINT positive_case_above_zero CHECK (VALUE > 0); '
+                    'SELECT (-5)::probe.positive_case',
+    'domain_not_null': 'CREATE DOMAIN probe.needed_case AS int NOT NULL; SELECT NULL::probe.needed_case',
     'data': 'SELECT 1 / 0',
     'bad_input': "SELECT 'abc'::int",
     'raise': "SELECT probe.refuse('Stock is frozen for audit.')",
