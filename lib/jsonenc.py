@@ -304,7 +304,7 @@ def loads_exact(data, bounded=True):
         raise ValueError(TOO_DEEP_FOR_PYTHON) from None
     text = data if isinstance(data, str) else data.decode('utf-8')
     try:
-        value = json.loads(text, parse_float=BoundedNumbers() if bounded else ExactNumber,
+        value = json.loads(text, parse_float=BoundedNumbers() if bounded else PlainDigitsBudget(),
                            parse_int=bounded_int if bounded else int_or_exact, parse_constant=refuse_constant,
                            object_pairs_hook=dict_refusing_lost_surrogates if refused else None)
     except RecursionError:
@@ -363,14 +363,11 @@ class BoundedNumbers:
             return ExactNumber(text)
         number = exponent_within_decimals(text)
         limit = sys.get_int_max_str_digits()
-        # A zero is written "0" before its point, whatever its exponent (0e999999).
-        before_point = 1 if number.is_zero() else max(number.adjusted() + 1, 1)
-        if limit and before_point > limit:
+        if limit and digits_before_point(number) > limit:
             raise too_long('before')
-        exponent = number.as_tuple().exponent
-        if -exponent > NUMERIC_MAX_DIGITS_AFTER_POINT:
+        if -number.as_tuple().exponent > NUMERIC_MAX_DIGITS_AFTER_POINT:
             raise too_long('after')
-        self.count(before_point + max(-exponent, 0))
+        self.count(plain_digits(number))
         return number
 
     def count(self, digits):
@@ -379,6 +376,48 @@ class BoundedNumbers:
         if self.digits > PLAIN_DIGITS_PER_BODY:
             raise NumberTooLong(f'The numbers of the request body take more than {PLAIN_DIGITS_PER_BODY} digits '
                                 'written out.')
+
+
+def digits_before_point(number):
+    """Return how many digits a finite Decimal has before its point written plain: a zero has one ("0"), whatever
+    its exponent (0e999999)."""
+    return 1 if number.is_zero() else max(number.adjusted() + 1, 1)
+
+
+def plain_digits(number):
+    """Return how many digits a finite Decimal takes written plain: 1e3 is 1000, 1e-3 is 0.001."""
+    return digits_before_point(number) + max(-number.as_tuple().exponent, 0)
+
+
+class WrittenNumber(ExactNumber):
+    """A number of stored json text written in exponent notation, Decimal's 1E+131071, where plain notation would
+    take its document past PLAIN_DIGITS_PER_BODY digits (PlainDigitsBudget)."""
+
+    __slots__ = ()
+
+
+register_json_type(WrittenNumber, lambda value: RawJson(str(value)))
+
+
+class PlainDigitsBudget:
+    """Read the numbers of json or jsonb text PostgreSQL stored that are not integers (json.loads' parse_float) as
+    ExactNumbers, written plain as to_jsonb writes them, as long as the document's numbers in exponent notation take
+    PLAIN_DIGITS_PER_BODY digits written plain; past that, as WrittenNumbers, in exponent notation: json text keeps
+    1e131071 as written (8 bytes), whose plain notation is 131,072 digits, so that a stored document of a mebibyte
+    would be an answer of gigabytes."""
+
+    __slots__ = ('digits',)
+
+    def __init__(self):
+        self.digits = 0
+
+    def __call__(self, text):
+        number = ExactNumber(text)
+        # Plain already, written no longer than stored; or past numeric's range, written in exponent notation anyway.
+        if 'e' not in text and 'E' not in text or not within_numeric_range(number):
+            return number
+        self.digits += plain_digits(number)
+        return number if self.digits <= PLAIN_DIGITS_PER_BODY else WrittenNumber(number)
 
 
 def too_long(side):

@@ -1036,3 +1036,19 @@ def test_docs_a_float_minus_zero_arrives_as_zero_and_as_text_keeps_its_sign(conn
     """modules.md: numeric, whose literal a float parameter is, has no negative zero; text cast to float8 keeps it."""
     assert math.copysign(1, Db(conn).fetch_value('SELECT %s::float8', [-0.0])) == 1
     assert math.copysign(1, Db(conn).fetch_value('SELECT %s::text::float8', ['-0.0'])) == -1
+
+
+def test_stored_json_text_whose_numbers_would_take_gigabytes_written_plain_is_answered_in_exponent_notation(conn):
+    """json text keeps 1e131071 in 8 bytes: written plain, a stored mebibyte of them was an answer of 14 GiB
+    (trial R). Past a mebibyte of plain digits the numbers keep exponent notation, exact all the same."""
+    stored = '[' + ', '.join(['1e131071'] * 20 + ['2.50e-16000', '1.5e3']) + ']'
+    written = all_three_ways(conn, 'SELECT %s::json AS v', [stored])
+    assert len(written) < 2 ** 20 + 1000
+    values = loads_exact(written, bounded=False)[0]['v']
+    assert values == [decimal.Decimal('1e131071')] * 20 + [decimal.Decimal('2.50e-16000'), decimal.Decimal(1500)]
+    assert written.endswith(b',1E+131071,2.50E-16000,1.5E+3]}]')
+
+
+def test_stored_json_text_within_a_mebibyte_of_plain_digits_is_written_as_to_jsonb_writes_it(conn):
+    written = all_three_ways(conn, 'SELECT %s::json AS v, to_jsonb(%s::json) AS oracle', ['[1e5, 1.5e-3]'] * 2)
+    assert written == b'[{"v":[100000,0.0015],"oracle":[100000,0.0015]}]'
