@@ -6,6 +6,7 @@ import signal
 import tempfile
 
 from lib.errors import exit_on_startup_error
+from lib.process import hold_stop_signals_for_the_fork, take_stop_signals
 
 
 def remove_metrics_dir(master_pid):
@@ -97,13 +98,17 @@ def on_starting(server):
         server.log.warning(warning)
 
 
+def pre_fork(server, worker):
+    """Hold a stop signal sent while a worker is forked for the worker (lib.process)."""
+    hold_stop_signals_for_the_fork()
+
+
 def post_fork(server, worker):
     """Let a stop signal end a worker that is still booting at once, as it has no request in flight yet."""
     # Until gunicorn installs the worker's own handlers (after gevent has patched the standard library, which
     # takes a while), the child keeps the master's, which only queue the signal for a master loop the child never
     # runs: a SIGTERM then would be lost, and the worker would linger until the master's graceful timeout.
-    for stop_signal in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(stop_signal, signal.SIG_DFL)
+    take_stop_signals()
 
 
 def post_worker_init(worker):

@@ -4,6 +4,7 @@ import contextlib
 import errno
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -23,19 +24,26 @@ class CommandStop:
     """The stop signals (STOP_CAUSES) of a command that starts things before it serves, taken by `take` as their
     handler: the first is the stop (asked: its signal number, or None), raised as StartInterrupted where the command
     runs; one that comes while a step that must not be cut runs (held_back) is raised once the step ends; none is
-    raised once the command's own stop has begun (end)."""
+    raised once the command's own stop has begun (end). Before the command serves (served), the first says so on
+    stderr at once, in the line stopped_line(signum) returns (the command sets it)."""
 
     def __init__(self):
         self.asked = None
         self.held = False
         self.ending = False
+        self.served = False
+        self.stopped_line = None
 
     def take(self, signum, frame=None):
-        """Keep the first stop signal; raise it unless a step holds it back or the command's stop has begun."""
+        """Keep the first stop signal, and say it before the command serves; raise it unless a step holds it back or
+        the command's stop has begun."""
         if self.ending:
             return
         if self.asked is None:
             self.asked = signum
+            if not self.served and self.stopped_line is not None:
+                with contextlib.suppress(OSError):  # stderr was the terminal that hung up
+                    print(self.stopped_line(signum), file=sys.stderr, flush=True)
         if not self.held:
             raise StartInterrupted(128 + self.asked)
 
@@ -86,6 +94,30 @@ def run_after_fork_callbacks():
 
 
 os.register_at_fork(after_in_child=run_after_fork_callbacks)
+
+# The signals that stop a gunicorn worker: SIGTERM gracefully, SIGINT and SIGQUIT at once.
+WORKER_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
+
+
+def hold_stop_signals_for_the_fork():
+    """Block the stop signals until the fork about to be made has returned (gunicorn's pre_fork hook, in the master):
+    one sent meanwhile then waits in the child until take_stop_signals, where the master's handlers, which the child
+    has until then, queued it for a master loop the child never runs, and the worker lived on until the master's
+    graceful timeout killed it. The forking process takes them again once fork returns, failed or not
+    (os.register_at_fork's after_in_parent)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_STOP_SIGNALS)
+
+
+def take_stop_signals():
+    """Have the stop signals end this process at once (their default action), a blocked one held since the fork
+    (hold_stop_signals_for_the_fork) included: a worker still booting has no request in flight (gunicorn's post_fork
+    hook, until gunicorn sets the worker's own handlers)."""
+    for stop_signal in WORKER_STOP_SIGNALS:
+        signal.signal(stop_signal, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_STOP_SIGNALS)
+
+
+os.register_at_fork(after_in_parent=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_STOP_SIGNALS))
 
 
 class ControllingTerminal:
