@@ -7,6 +7,7 @@ on stderr that names it (never a secret) and a non-zero exit code.
 import contextlib
 import signal
 import sys
+from functools import partial
 
 from lib.process import COMMAND_STOP, STOP_CAUSES, hangup_ignored, stop_on_terminal_hangup
 
@@ -20,25 +21,16 @@ def start_stopped_line(command, signum):
     return f'dbapi: stopped by {STOP_CAUSES[signum]} before it served'
 
 
-def stop_the_start(signum, frame):
-    """Stop a command at Ctrl-C, SIGTERM or SIGHUP before gunicorn runs (imports, the embedded PostgreSQL's start,
-    migrations): one line, not a traceback nor a death by the signal; what started (the embedded PostgreSQL) is
-    stopped by its own exit handlers. The exit code is a shell's for the signal (lib.process's CommandStop)."""
-    if COMMAND_STOP.asked is None and not COMMAND_STOP.ending:
-        try:
-            print(start_stopped_line(sys.argv[1:2] and sys.argv[1], signum), file=sys.stderr, flush=True)
-        except OSError:  # stderr was the terminal that hung up
-            pass
-    COMMAND_STOP.take(signum, frame)
-
-
 if __name__ == '__main__':
     # First: the imports below take a quarter of a second. The terminal's watch comes before SIGHUP's handler, and
     # under nohup (SIGHUP ignored) neither is set.
     stop_on_terminal_hangup()
+    # Before gunicorn runs (imports, the embedded PostgreSQL's start, migrations): one line, not a traceback nor a
+    # death by the signal; what started (the embedded PostgreSQL) is stopped by its own exit handlers.
+    COMMAND_STOP.stopped_line = partial(start_stopped_line, sys.argv[1:2] and sys.argv[1])
     for stop_signal in STOP_CAUSES:
         if not (stop_signal == signal.SIGHUP and hangup_ignored()):
-            signal.signal(stop_signal, stop_the_start)
+            signal.signal(stop_signal, COMMAND_STOP.take)
 
 import argparse  # noqa: E402
 import inspect  # noqa: E402

@@ -24,8 +24,23 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from lib.errors import StartupError, report_startup_errors, shown_on_one_line
 from lib.process import COMMAND_STOP, STOP_CAUSES, StartInterrupted, hangup_ignored, stop_on_terminal_hangup
+
+
+def stopped_line(signum):
+    """Return the stack's one line for a stop signal that came before it served."""
+    return f'stack: stopped by {STOP_CAUSES[signum]} before it served'
+
+
+if __name__ == '__main__':
+    # First: the imports below take most of a second (a Ctrl-C then was a KeyboardInterrupt's traceback). Under nohup
+    # (SIGHUP ignored) SIGHUP is left alone; main takes it once it has looked for the terminal's hangup.
+    COMMAND_STOP.stopped_line = stopped_line
+    for early_signal in STOP_CAUSES:
+        if not (early_signal == signal.SIGHUP and hangup_ignored()):
+            signal.signal(early_signal, COMMAND_STOP.take)
+
+from lib.errors import StartupError, report_startup_errors, shown_on_one_line  # noqa: E402
 
 if __name__ == '__main__':
     # Before settings is imported, whose checks run at import: a bad PORT is one line, not a traceback.
@@ -546,9 +561,11 @@ def append_to_output_files():
 
 def on_sighup(stack, terminal, nohup, signum, frame):
     """Take a SIGHUP: a rolling restart, unless it is the stack's terminal hanging up (lib.process's
-    ControllingTerminal; a shell passes its hangup on to its jobs), which stops the stack as SIGTERM does. Under nohup,
-    which is to outlive the terminal, every SIGHUP is a rolling restart."""
-    if nohup or not terminal.hung_up():
+    ControllingTerminal; a shell passes its hangup on to its jobs), which stops the stack as SIGTERM does, or it
+    comes before the stack serves, which it stops as it stops `make run` (sent to the whole group, it killed initdb or
+    pg_ctl). Under nohup, which is to outlive the terminal, every SIGHUP is a rolling restart, once the stack
+    serves."""
+    if nohup or (COMMAND_STOP.served and not terminal.hung_up()):
         stack.want_rolling_restart()
         return
     interrupt(signum, frame)
@@ -591,27 +608,24 @@ def main():
         say(f'{shown_on_one_line(str(exc))}')
         return 1
     append_to_output_files()
+    nohup = hangup_ignored()  # the early SIGHUP handler is set only when it is not ignored
     signal.signal(signal.SIGTERM, interrupt)
     # A shell starts a background job with SIGINT ignored, and Python then keeps ignoring it: Ctrl-C (or a test's
     # SIGINT) must stop the stack however it was started.
     signal.signal(signal.SIGINT, interrupt)
     terminal = stop_on_terminal_hangup()
-    nohup = hangup_ignored()
     with tempfile.TemporaryDirectory(prefix='dbapi-stack-') as run_dir:
         # Traversable, not listable: nginx workers (nobody) keep request bodies in here.
         os.chmod(run_dir, 0o711)
         stack = Stack(config, run_dir)
         signal.signal(signal.SIGHUP, partial(on_sighup, stack, terminal, nohup))
-        served = False
         try:
             stack.start()
             announce(config)
-            served = True
+            COMMAND_STOP.served = True
             stack.supervise()
-        except StartInterrupted as stop:
-            status = 0 if served else stop.code
-            if not served:
-                say(f'stopped by {STOP_CAUSES[COMMAND_STOP.asked]} before it served')
+        except StartInterrupted as stop:  # its line said before it served (COMMAND_STOP.stopped_line)
+            status = 0 if COMMAND_STOP.served else stop.code
         except (StackError, StartupError, FileNotFoundError) as exc:
             say(f'{shown_on_one_line(str(exc))}')
             status = 1

@@ -217,6 +217,40 @@ def test_a_stop_before_gunicorn_runs_stops_the_start_in_one_line_and_postgresql_
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in postgres)
 
 
+@pytest.mark.parametrize('stop_signal, cause', [(signal.SIGINT, 'Ctrl-C'), (signal.SIGHUP, 'SIGHUP')])
+def test_a_stop_that_kills_initdb_is_the_stops_one_line_alone(serve_data_dir, stop_signal, cause):
+    """A terminal's Ctrl-C or hangup reaches initdb too: pgserver's report of its failure, kilobytes of initdb's output
+    at level error, went to stdout beside the stop's line (trial Q)."""
+    with started_serve(serve_data_dir, command=[*SERVE_COMMAND[:-1], 'migrate'], errors=subprocess.PIPE) as process:
+        wait_for(lambda: running_program(process, 'initdb') or process.poll() is not None, 90, 'no initdb',
+                 interval=0.005)
+        os.killpg(process.pid, stop_signal)
+        output, errors = process.communicate(timeout=60)
+    assert process.returncode == 128 + stop_signal, errors[-2000:]
+    assert errors.splitlines() == [f'dbapi: migrate stopped by {cause}; run it again to apply the migrations still '
+                                   'pending'], errors[-2000:]
+    assert 'Failed postgres command' not in output and '"error"' not in output, output[-2000:]
+
+
+def test_an_embedded_postgresql_that_cannot_start_is_one_line(tmp_path):
+    (tmp_path / 'file').write_text('')
+    result = subprocess.run([sys.executable, 'manage.py', 'migrate'], cwd=settings.BASE_DIR, capture_output=True,
+                            text=True, timeout=60, env=serve_environment(tmp_path / 'file' / 'pg'))
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr
+    assert result.stderr.startswith(f'dbapi: the embedded PostgreSQL in {tmp_path}/file/pg did not start: ')
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def running_program(process, name):
+    """Return whether a descendant of process runs the program name (its command line's first word ends with it)."""
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(process.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error, IndexError):
+                if child.cmdline()[0].endswith(name):
+                    return True
+    return False
+
+
 def postmaster_status(data_dir):
     """Return the postmaster.pid of data_dir's server ('' for none): its last line says `starting`, then `ready`."""
     with contextlib.suppress(OSError):

@@ -1,4 +1,5 @@
 """The embedded PostgreSQL (pgserver, from PyPI) used by local and test when no database is configured."""
+import logging
 import os
 import signal
 import time
@@ -7,6 +8,9 @@ import warnings
 import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn
+
+from lib.errors import StartupError, shown_on_one_line
+from lib.process import COMMAND_STOP
 
 # How long a start cut short waits for the server it started to end (stop_postmaster).
 STOP_SECONDS = 15
@@ -17,17 +21,31 @@ def start_embedded(data_dir, database='dbapi', stop_at_exit=True):
     start cut short (a stop signal that killed pg_ctl, or raised here) stops the server it started: pgserver counts
     this process among the server's users, and stops the server at exit, only once the server answers."""
     started_here = not (data_dir / 'postmaster.pid').exists()
+    pgserver_log = logging.getLogger('pgserver')
+    pgserver_log.addFilter(failures_a_stop_caused)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # platformdirs warns when XDG_RUNTIME_DIR is unset
             import pgserver
             data_dir.parent.mkdir(parents=True, exist_ok=True)
             server = pgserver.get_server(data_dir, cleanup_mode='stop' if stop_at_exit else None)
-    except BaseException:
+    except BaseException as exc:
         if stop_at_exit and started_here:
             stop_postmaster(data_dir)
+        if isinstance(exc, Exception):  # initdb or pg_ctl failed, or died of a signal sent to the whole group
+            raise StartupError(f'the embedded PostgreSQL in {data_dir} did not start: '
+                               f'{shown_on_one_line(str(exc))}') from None
         raise
+    finally:
+        pgserver_log.removeFilter(failures_a_stop_caused)
     return ensure_database(server.get_uri(), database)
+
+
+def failures_a_stop_caused(record):
+    """Drop pgserver's report of a failed command (initdb's output, kilobytes of it, at level error) once this
+    process was asked to stop (lib.process's COMMAND_STOP): a terminal's Ctrl-C or hangup reaches the whole group and
+    kills initdb or pg_ctl, and the command's one line says it stopped (a logging filter, a callable)."""
+    return COMMAND_STOP.asked is None
 
 
 def stop_postmaster(data_dir, seconds=STOP_SECONDS):

@@ -12,6 +12,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from email.parser import BytesHeaderParser
 from http import HTTPStatus
+from pathlib import Path
 
 import psutil
 import pytest
@@ -488,10 +489,13 @@ def test_a_secret_that_a_replicas_own_process_id_holds_stops_the_stack_before_an
     assert len(result.stderr.splitlines()) == 1 and f'{settings.PROCESS_ID}-2' not in result.stderr
 
 
-@pytest.mark.parametrize('stop_signal, cause', [(signal.SIGINT, 'Ctrl-C'), (signal.SIGTERM, 'SIGTERM')])
+@pytest.mark.parametrize('stop_signal, cause', [
+    (signal.SIGINT, 'Ctrl-C'), (signal.SIGTERM, 'SIGTERM'), (signal.SIGHUP, 'SIGHUP')])
 def test_a_stop_while_the_stack_starts_stops_everything_in_one_line(tmp_path, topology_database_url, stop_signal,
                                                                     cause):
-    """Stopped while its replicas booted, the stack stopped them and exited 0 without a word (trial P)."""
+    """Stopped while its replicas booted, the stack stopped them and exited 0 without a word (trial P); a SIGHUP
+    then (no terminal) was kept for a rolling restart once it served, where sent to the group it killed initdb or
+    pg_ctl (trial Q): before the stack serves it stops it, as it stops `make run`."""
     base = free_ports(4)
     with open(tmp_path / 'stack.log', 'wb') as log:
         process = subprocess.Popen([sys.executable, '-m', 'ops.stack'], cwd=BASE_DIR, stdout=log,
@@ -518,3 +522,37 @@ def gunicorns_under(pid):
             if 'gunicorn' in ' '.join(child.cmdline()):
                 gunicorns.append(child)
     return gunicorns
+
+
+def catches(pid, signum):
+    """Tell whether process pid has a handler of its own for signum (/proc/<pid>/status, SigCgt)."""
+    with contextlib.suppress(OSError):
+        for line in (Path('/proc') / str(pid) / 'status').read_text().splitlines():
+            if line.startswith('SigCgt:'):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+def test_ctrl_c_while_the_stack_imports_is_its_one_line(topology_database_url):
+    """A Ctrl-C in the stack's first second, while it imported, was a KeyboardInterrupt's traceback (trial Q)."""
+    process = subprocess.Popen([sys.executable, '-m', 'ops.stack'], cwd=BASE_DIR, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True,
+                               env=stack_environment(topology_database_url, free_ports(4), 2, False, {}))
+    try:
+        wait_for(lambda: catches(process.pid, signal.SIGTERM), 30, 'no stop handler', interval=0.001)
+        importing = not maps_psycopg2(process.pid)  # imported a few tenths of a second later
+        process.send_signal(signal.SIGINT)
+        errors = process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGINT and errors.splitlines() == [
+        'stack: stopped by Ctrl-C before it served'], errors
+    assert importing, 'the stop handlers came once the imports were done'
+
+
+def maps_psycopg2(pid):
+    """Tell whether process pid has loaded psycopg2's C extension (/proc/<pid>/maps)."""
+    with contextlib.suppress(OSError):
+        return '_psycopg' in (Path('/proc') / str(pid) / 'maps').read_text()
+    return False
