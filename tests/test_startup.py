@@ -232,18 +232,37 @@ def test_a_failure_without_a_position_names_the_statements_own_line_not_the_comm
                                  'constraint "keyed_pkey": Key (id)=(1) already exists. (SQLSTATE 23505)')
 
 
-def test_a_comment_after_a_migrations_last_statement_names_the_file_not_an_unreachable_database(tmp_path,
-                                                                                                scratch_database):
+TRAILING_COMMENT_REFUSAL = ('migration {}:2 ends with a comment after its last statement, which yoyo sends as a '
+                            'statement of its own and which fails: end the file with a statement, or remove the comment')
+
+
+def test_a_comment_after_a_migrations_last_statement_is_refused_before_anything_runs(tmp_path, scratch_database):
     """yoyo sends the trailing comment as a statement, which psycopg2 refuses without a SQLSTATE: the line said the
-    database could not be reached (trial P)."""
+    database could not be reached (trial P), then named the file without its line, after the files before it ran
+    (trial Q)."""
     folder = tmp_path / 'migrations'
     folder.mkdir()
-    (folder / '0001_trailing.sql').write_text('CREATE TABLE ends_in_a_comment (id int);\n-- a trailing comment\n')
+    (folder / '0001_first.sql').write_text('CREATE TABLE before_the_comment (id int);\n')
+    (folder / '0002_trailing.sql').write_text('CREATE TABLE ends_in_a_comment (id int);\n-- a trailing comment\n')
     with pytest.raises(StartupError) as caught:
         manage.apply_migrations(scratch_database, folder)
-    assert str(caught.value) == (f'migration {folder / "0001_trailing.sql"} failed: can\'t execute an empty query '
-                                 "(a comment after the file's last statement is sent as a statement of its own: end "
-                                 'the file with a statement)')
+    assert str(caught.value) == TRAILING_COMMENT_REFUSAL.format(folder / '0002_trailing.sql')
+    assert run_sql(scratch_database, "SELECT to_regclass('before_the_comment') IS NULL") == [(True,)]
+
+
+def test_repair_refuses_to_take_a_file_that_ends_in_a_comment(tmp_path, scratch_database):
+    """It took it, and the file then failed on every new database (trial Q)."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    applied = folder / '0001_applied.sql'
+    applied.write_text('CREATE TABLE repaired_later (id int);\n')
+    manage.apply_migrations(scratch_database, folder)
+    applied.write_text('CREATE TABLE repaired_later (id int);\n-- done\n')
+    with pytest.raises(StartupError) as caught:
+        manage.repair_checksums(scratch_database, folder)
+    assert str(caught.value) == TRAILING_COMMENT_REFUSAL.format(applied)
+    with pytest.raises(StartupError, match='applied migrations changed since'):  # nothing was recorded
+        manage.apply_migrations(scratch_database, folder)
 
 
 def test_a_migration_file_is_one_transaction_unless_it_says_transactional_false(tmp_path, scratch_database):

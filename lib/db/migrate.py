@@ -39,6 +39,11 @@ class MigrationChanged(StartupError):
     """An applied migration's file is not the one that was applied: its change has never run."""
 
 
+class MigrationUnrunnable(StartupError):
+    """A migration's file ends in a comment after its last statement: yoyo sends that comment as a statement of its
+    own, which PostgreSQL finds empty and psycopg2 refuses, so the file fails on every database it has not run on."""
+
+
 def yoyo_backend(dsn):
     """Open a yoyo backend on dsn; the DSN goes to psycopg2 whole, so any password works."""
     uri = DatabaseURI('postgresql', None, None, None, None, None, {'dsn': dsn})
@@ -99,6 +104,7 @@ def migrate(dsn, directory=MIGRATIONS_DIR):
         check_applied_unchanged(recorded, applied_before)
         # Those applied before checksums were kept (a database an older dbapi migrated): recorded once.
         record_checksums(backend, [migration for migration in applied_before if migration.id not in recorded])
+        check_runnable(pending)
         # yoyo prints the rows of a migration's SELECT as a table on stdout, which holds JSON lines alone.
         with contextlib.redirect_stdout(sys.stderr):
             apply_each(backend, pending)
@@ -114,10 +120,33 @@ def repair(dsn, directory=MIGRATIONS_DIR):
     with migration_lock(dsn, directory) as (backend, migrations, pending, recorded):
         changed = [migration for migration in applied_of(migrations, pending)
                    if recorded.get(migration.id) != file_checksum(migration)]
+        check_runnable(changed)  # taken as they are now, they must run on a new database
         record_checksums(backend, changed, replace=True)
     repaired = [migration.id for migration in changed]
     log.info('migration checksums repaired', extra={'labels': {'repaired': ','.join(repaired) or 'none'}})
     return repaired
+
+
+def check_runnable(migrations):
+    """Raise MigrationUnrunnable for the first of migrations (yoyo's) whose file ends in a comment after its last
+    statement, naming the comment's line, before anything runs."""
+    for migration in migrations:
+        path = Path(migration.path)
+        line = trailing_comment_line(path.read_text())
+        if line is not None:
+            raise MigrationUnrunnable(
+                f'migration {shown_path(path)}:{line} ends with a comment after its last statement, which yoyo sends '
+                'as a statement of its own and which fails: end the file with a statement, or remove the comment')
+
+
+def trailing_comment_line(text):
+    """Return the line where the comments after a migration's last `;` begin, when only comments and blanks follow
+    it (one comment at least), else None. A `;` inside such a comment hides it; the failure then names the file."""
+    tail_start = text.rfind(';') + 1
+    tail = text[tail_start:]
+    if not tail.strip() or not LEADING_COMMENTS.fullmatch(tail):
+        return None
+    return text.count('\n', 0, tail_start + len(tail) - len(tail.lstrip())) + 1
 
 
 def file_checksum(migration):
@@ -252,4 +281,4 @@ def locate_statement(statement, position, files):
         if start >= 0:
             at = int(position) - 1 if position and int(position) > 0 else LEADING_COMMENTS.match(statement).end()
             return shown_path(path), text.count('\n', 0, start + at) + 1
-    return (files[0] if files else 'migrations/'), None
+    return (shown_path(files[0]) if files else 'migrations/'), None
