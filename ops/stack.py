@@ -75,6 +75,9 @@ PR_SET_PDEATHSIG = 1
 
 # The most replicas the stack runs (REPLICAS): nginx's shared upstream zone is sized for them.
 MAX_REPLICAS = 64
+# nginx/dbapi.envsh's settings that the stack makes from its own (nginx_environment), and what to set instead.
+STACK_MADE_NGINX_SETTINGS = {'NGINX_LISTEN': 'from PORT (nginx listens on 127.0.0.1:PORT): set PORT',
+                             'DBAPI_UPSTREAMS': 'from REPLICAS and REPLICA_BASE_PORT: set those'}
 
 
 class StackError(Exception):
@@ -93,7 +96,11 @@ class StackConfig:
 
     @classmethod
     def from_environment(cls):
-        """Read PORT, REPLICAS, REPLICA_BASE_PORT, STACK_PGBOUNCER and PGBOUNCER_PORT."""
+        """Read PORT, REPLICAS, REPLICA_BASE_PORT, STACK_PGBOUNCER and PGBOUNCER_PORT; StackError for a setting of
+        the nginx image that the stack makes itself (STACK_MADE_NGINX_SETTINGS), which it would replace unsaid."""
+        for name, instead in STACK_MADE_NGINX_SETTINGS.items():
+            if settings.env_str(name) is not None:
+                raise StackError(f'{name} is the nginx image\'s setting: make stack sets it itself, {instead}')
         replicas = settings.env_int('REPLICAS', 3, 1, MAX_REPLICAS)
         if not settings.env_str('REPLICA_BASE_PORT') and settings.PORT + replicas > 65535:
             raise StackError(f'the {counted(replicas, "replica")} after PORT {settings.PORT} would need ports past '

@@ -450,6 +450,9 @@ def test_a_named_database_out_of_reach_stops_the_stack_before_anything_starts(to
     # nginx takes 0 and then gives up on every request at once: the stack never served (trial N)
     ({'NGINX_PROXY_TIMEOUT': '0s'}, 'stack: dbapi.envsh: NGINX_PROXY_TIMEOUT must be above 0 (nginx would give up on '
                                     "every request at once), not '0s'"),
+    # the stack's own: it replaced them without a word (trial Q)
+    ({'NGINX_LISTEN': '127.0.0.1:18149'}, "stack: NGINX_LISTEN is the nginx image's setting: make stack sets it itself, "
+                                          'from PORT (nginx listens on 127.0.0.1:PORT): set PORT'),
     # and what only nginx itself refuses, by `nginx -t` (trial M: nginx said so once the replicas ran)
     ({'NGINX_REAL_IP_FROM': '999.1.1.1'}, 'stack: nginx refuses its settings: host not found in set_real_ip_from '
                                           '"999.1.1.1"'),

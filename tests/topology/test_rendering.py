@@ -75,6 +75,13 @@ def test_bad_settings_stop_nginx_from_starting(environment, complaint):
         rendered(**environment)
 
 
+@pytest.mark.parametrize('timeout', ['1500ms', '90s', '1m30s', '2h', '10d', '2w'])
+def test_a_proxy_timeout_in_any_of_nginxs_units_is_taken(timeout):
+    """nginx's time units (its documentation, "Syntax"; M and y are past what a proxy timeout holds, 24.8 days): 10d
+    and 2w were refused as having no unit (trial Q)."""
+    assert directive(rendered(NGINX_PROXY_TIMEOUT=timeout), 'proxy_read_timeout') == [timeout]
+
+
 def test_the_image_renders_the_template_as_the_native_stack_does():
     """The image's entrypoint: source the envsh, then envsubst with every defined variable's name."""
     environment = nginx.derived_environment({'PATH': os.environ['PATH'], **NATIVE})
