@@ -77,6 +77,12 @@ def default_dsn():
         return start_embedded(settings.EMBEDDED_DB_DIR)
 
 
+def migrate_database(dsn):
+    """Apply the pending migrations to dsn within its connect timeout (with_connect_timeout) and
+    MIGRATION_LOCK_TIMEOUT_MS; return their ids; StartupError of one line for any failure."""
+    return apply_migrations(with_connect_timeout(dsn), lock_timeout_ms=settings.MIGRATION_LOCK_TIMEOUT_MS)
+
+
 def with_connect_timeout(dsn):
     """Return dsn with the connect_timeout the pools use (lib.db.waiting's connect_timeout_of: its own above 0, else
     DB_CONNECT_TIMEOUT): a server that accepts and never answers then fails the migrations and the start's checks,
@@ -334,7 +340,7 @@ def serve():
     # tokens and modules: a bad one stops the start before the database or a migration
     clients = check_before_fork()[1]
     dsn = default_dsn()
-    apply_migrations(with_connect_timeout(dsn))
+    migrate_database(dsn)
     routes = preflight(dsn, clients)
     environment = {**os.environ, 'DATABASE_URL': dsn} if not settings.DATABASES['default'] else dict(os.environ)
     with metrics_dir(environment):
@@ -470,7 +476,7 @@ def main(argv=None):
     configure_process_logging(settings)
     psycopg2.extensions.set_wait_callback(interruptible_wait)  # a stop cancels a migration's statement at once
     if command == 'migrate':
-        apply_migrations(with_connect_timeout(default_dsn()))
+        migrate_database(default_dsn())
         return 0
     if command == 'repair':
         repaired = repair_checksums(with_connect_timeout(default_dsn()))

@@ -265,6 +265,9 @@ REQUEST_DEADLINE_MS = env_int('REQUEST_DEADLINE_MS', 30000, 0, 3600000)
 DB_POOL_TIMEOUT_MS = env_int('DB_POOL_TIMEOUT_MS', min(5000, REQUEST_DEADLINE_MS // 2) if REQUEST_DEADLINE_MS else 5000, 0, 600000)
 DB_CONNECT_TIMEOUT = env_int('DB_CONNECT_TIMEOUT', 5, 1, 600)
 DB_STATEMENT_TIMEOUT_MS = env_int('DB_STATEMENT_TIMEOUT_MS', REQUEST_DEADLINE_MS, 0, 2**31 - 1)
+# How long a migration's statement waits for a lock (PostgreSQL's lock_timeout; 0: as long as it takes): while it
+# waits, every query of that table queues behind it, so a migration behind a long transaction stalls the service.
+MIGRATION_LOCK_TIMEOUT_MS = env_int('MIGRATION_LOCK_TIMEOUT_MS', 5000, 0, 2**31 - 1)
 # A custom configure(conn) and reset(conn) for the pools' connections (docs/architecture.md), each named
 # 'package.module:function' (lib.db.session_hook imports it); unset: the defaults.
 DB_CONFIGURE = env_str('DB_CONFIGURE')

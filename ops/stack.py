@@ -6,23 +6,7 @@ and nginx on PORT rendered from nginx/dbapi.conf.template. A replica that dies i
 compose's restart policy would. SIGHUP restarts every replica, one by one, without failing a request
 (a rolling restart, docs/deployment.md). Ctrl-C (or SIGTERM) stops all of it.
 """
-import ctypes
-import fcntl
-import os
-import pwd
-import re
 import signal
-import socket
-import stat
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
-from contextlib import contextmanager, nullcontext, suppress
-from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 
 from lib.process import COMMAND_STOP, STOP_CAUSES, StartInterrupted, hangup_ignored, stop_on_terminal_hangup
 
@@ -33,12 +17,29 @@ def stopped_line(signum):
 
 
 if __name__ == '__main__':
-    # First: the imports below take most of a second (a Ctrl-C then was a KeyboardInterrupt's traceback). Under nohup
+    # First, before any other import: they take most of a second (a Ctrl-C then was a traceback). Under nohup
     # (SIGHUP ignored) SIGHUP is left alone; main takes it once it has looked for the terminal's hangup.
     COMMAND_STOP.stopped_line = stopped_line
     for early_signal in STOP_CAUSES:
         if not (early_signal == signal.SIGHUP and hangup_ignored()):
             signal.signal(early_signal, COMMAND_STOP.take)
+
+import ctypes  # noqa: E402
+import fcntl  # noqa: E402
+import os  # noqa: E402
+import pwd  # noqa: E402
+import re  # noqa: E402
+import socket  # noqa: E402
+import stat  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from contextlib import contextmanager, nullcontext, suppress  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from functools import partial  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from lib.errors import StartupError, report_startup_errors, shown_on_one_line  # noqa: E402
 
@@ -49,11 +50,10 @@ if __name__ == '__main__':
 import psycopg2.extensions  # noqa: E402
 
 import settings  # noqa: E402
-from lib.db.migrate import apply_migrations  # noqa: E402
 from lib.db.waiting import interruptible_wait  # noqa: E402
 from lib.logs import check_secrets_spare_every_line, configure_process_logging, settings_config  # noqa: E402
 from manage import (check_before_fork, check_reachable, counted, default_dsn, gunicorn_command,  # noqa: E402
-                    how_to_call, with_connect_timeout)
+                    how_to_call, migrate_database)
 
 from . import nginx, pgbouncer  # noqa: E402
 from .ports import free_ports, port_is_free  # noqa: E402
@@ -346,7 +346,7 @@ class Stack:
         check_ports_free(self.config)
         dsn = default_dsn()
         # a failing migration is one StartupError line: file:line and PostgreSQL's message
-        apply_migrations(with_connect_timeout(dsn))
+        migrate_database(dsn)
         self.app_dsn = self.start_pgbouncer(dsn) if self.config.pgbouncer else dsn
         self.replicas = [self.launch(Child(f'replica {index} (port {port})', gunicorn_command(),
                                            replica_environment(index, port, self.app_dsn, self.run_dir), restart=True))

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
@@ -236,14 +237,16 @@ TRAILING_COMMENT_REFUSAL = ('migration {}:2 ends with a comment after its last s
                             'statement of its own and which fails: end the file with a statement, or remove the comment')
 
 
-def test_a_comment_after_a_migrations_last_statement_is_refused_before_anything_runs(tmp_path, scratch_database):
+@pytest.mark.parametrize('comment', ['-- a trailing comment\n', '-- done;\n', '/* done; */'])
+def test_a_comment_after_a_migrations_last_statement_is_refused_before_anything_runs(tmp_path, scratch_database,
+                                                                                    comment):
     """yoyo sends the trailing comment as a statement, which psycopg2 refuses without a SQLSTATE: the line said the
     database could not be reached (trial P), then named the file without its line, after the files before it ran
-    (trial Q)."""
+    (trial Q); a `;` in the comment hid it from the check (trial S)."""
     folder = tmp_path / 'migrations'
     folder.mkdir()
     (folder / '0001_first.sql').write_text('CREATE TABLE before_the_comment (id int);\n')
-    (folder / '0002_trailing.sql').write_text('CREATE TABLE ends_in_a_comment (id int);\n-- a trailing comment\n')
+    (folder / '0002_trailing.sql').write_text(f'CREATE TABLE ends_in_a_comment (id int);\n{comment}')
     with pytest.raises(StartupError) as caught:
         manage.apply_migrations(scratch_database, folder)
     assert str(caught.value) == TRAILING_COMMENT_REFUSAL.format(folder / '0002_trailing.sql')
@@ -346,6 +349,31 @@ def test_a_stop_during_a_migrations_statement_cancels_it_at_once(tmp_path, scrat
                  2, 'its statement still runs in PostgreSQL')
     finally:
         holder.close()
+
+
+def test_a_migration_waiting_for_a_lock_gives_up_after_the_lock_timeout(tmp_path, scratch_database):
+    """An ALTER TABLE behind a reader's long transaction waited for good, and every query of the table queued behind
+    it (trial Q): MIGRATION_LOCK_TIMEOUT_MS ends the wait, and the line says what to do."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_table.sql').write_text('CREATE TABLE read_for_long (id int);\n')
+    manage.apply_migrations(scratch_database, folder)
+    (folder / '0002_alter.sql').write_text('ALTER TABLE read_for_long ADD COLUMN added int;\n')
+    holder = psycopg2.connect(scratch_database)
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute('LOCK TABLE read_for_long IN ACCESS SHARE MODE')  # a reader's open transaction
+        started = time.monotonic()
+        with pytest.raises(StartupError) as caught:
+            manage.apply_migrations(scratch_database, folder, lock_timeout_ms=300)
+        assert time.monotonic() - started < 5
+    finally:
+        holder.close()
+    assert str(caught.value) == (
+        f'migration {folder / "0002_alter.sql"}:1 failed: canceling statement due to lock timeout (SQLSTATE 55P03): '
+        'another session holds a lock it needs (pg_locks and pg_stat_activity say which); run it again once that '
+        'session ends, or set MIGRATION_LOCK_TIMEOUT_MS higher (0: no limit)')
+    assert manage.apply_migrations(scratch_database, folder, lock_timeout_ms=300) == ['0002_alter']
 
 
 def test_manage_repair_says_what_it_took_in_one_line(scratch_database):

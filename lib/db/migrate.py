@@ -1,6 +1,7 @@
 """Apply migrations/*.sql once, in order, under an advisory lock so replicas starting together do not race; refuse
 to start when an applied file has changed since (its SHA-256 is recorded, as Flyway records a checksum)."""
 import contextlib
+import functools
 import hashlib
 import logging
 import re
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import psycopg2
+import sqlparse
 from yoyo import read_migrations
 from yoyo.backends import get_backend_class
 from yoyo.connections import DatabaseURI
@@ -35,6 +37,12 @@ CREATE_CHECKSUM_TABLE = (f'CREATE TABLE IF NOT EXISTS {CHECKSUM_TABLE} (migratio
 LEADING_COMMENTS = re.compile(r'(?:\s+|--[^\n]*|/\*.*?\*/)*', re.DOTALL)
 
 
+# SQLSTATE 55P03: a lock not obtained within lock_timeout (MIGRATION_LOCK_TIMEOUT_MS).
+LOCK_NOT_AVAILABLE = '55P03'
+LOCK_TIMEOUT_HINT = (': another session holds a lock it needs (pg_locks and pg_stat_activity say which); run it '
+                     'again once that session ends, or set MIGRATION_LOCK_TIMEOUT_MS higher (0: no limit)')
+
+
 class MigrationChanged(StartupError):
     """An applied migration's file is not the one that was applied: its change has never run."""
 
@@ -44,10 +52,24 @@ class MigrationUnrunnable(StartupError):
     own, which PostgreSQL finds empty and psycopg2 refuses, so the file fails on every database it has not run on."""
 
 
-def yoyo_backend(dsn):
-    """Open a yoyo backend on dsn; the DSN goes to psycopg2 whole, so any password works."""
+def yoyo_backend(dsn, lock_timeout_ms=0):
+    """Open a yoyo backend on dsn, whose connections wait lock_timeout_ms for a lock at most (0: as long as it
+    takes); the DSN goes to psycopg2 whole, so any password works."""
     uri = DatabaseURI('postgresql', None, None, None, None, None, {'dsn': dsn})
-    return get_backend_class('postgresql')(uri, MIGRATION_TABLE)
+    return backend_class(int(lock_timeout_ms))(uri, MIGRATION_TABLE)
+
+
+@functools.cache
+def backend_class(lock_timeout_ms):
+    """Return yoyo's PostgreSQL backend class with PostgreSQL's lock_timeout set to lock_timeout_ms on each connection
+    it opens: init_connection, which yoyo calls on each, its copies included (a migration runs on a copy's), and
+    again after a rollback, which undoes a SET made in the transaction."""
+    class LockTimeoutBackend(get_backend_class('postgresql')):
+        def init_connection(self, connection):
+            super().init_connection(connection)
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)", (f'{lock_timeout_ms}ms',))
+    return LockTimeoutBackend
 
 
 @contextlib.contextmanager
@@ -75,10 +97,11 @@ def try_advisory_lock(conn, key):
 
 
 @contextlib.contextmanager
-def migration_lock(dsn, directory):
+def migration_lock(dsn, directory, lock_timeout_ms=0):
     """Open a yoyo backend on dsn and hold the migrations' locks (the advisory lock, then yoyo's own, a stale one
-    broken) for the block; yield (the backend, the migrations of directory, those pending, the SHA-256s recorded)."""
-    backend = yoyo_backend(dsn)
+    broken) for the block; yield (the backend, the migrations of directory, those pending, the SHA-256s recorded).
+    lock_timeout_ms: PostgreSQL's lock_timeout for the session's statements (0: none)."""
+    backend = yoyo_backend(dsn, lock_timeout_ms)
     try:
         with advisory_lock(backend.connection):
             backend.init_database()
@@ -97,9 +120,11 @@ def applied_of(migrations, pending):
     return [migration for migration in migrations if migration.id not in pending_ids]
 
 
-def migrate(dsn, directory=MIGRATIONS_DIR):
-    """Apply every pending migration in directory to the database at dsn; return their ids."""
-    with migration_lock(dsn, directory) as (backend, migrations, pending, recorded):
+def migrate(dsn, directory=MIGRATIONS_DIR, lock_timeout_ms=0):
+    """Apply every pending migration in directory to the database at dsn; return their ids. A statement that waits
+    longer than lock_timeout_ms for a lock fails (55P03), rather than queue every query of the table behind it (0:
+    it waits as long as it takes)."""
+    with migration_lock(dsn, directory, lock_timeout_ms) as (backend, migrations, pending, recorded):
         applied_before = applied_of(migrations, pending)
         check_applied_unchanged(recorded, applied_before)
         # Those applied before checksums were kept (a database an older dbapi migrated): recorded once.
@@ -140,13 +165,12 @@ def check_runnable(migrations):
 
 
 def trailing_comment_line(text):
-    """Return the line where the comments after a migration's last `;` begin, when only comments and blanks follow
-    it (one comment at least), else None. A `;` inside such a comment hides it; the failure then names the file."""
-    tail_start = text.rfind(';') + 1
-    tail = text[tail_start:]
-    if not tail.strip() or not LEADING_COMMENTS.fullmatch(tail):
+    """Return the line where the comments after a migration's last statement begin, or None: the last of the
+    statements sqlparse splits the text into, as yoyo splits it, when it holds comments and blanks alone."""
+    statements = [statement for statement in sqlparse.split(text) if statement.strip()]
+    if len(statements) < 2 or not LEADING_COMMENTS.fullmatch(statements[-1]):
         return None
-    return text.count('\n', 0, tail_start + len(tail) - len(tail.lstrip())) + 1
+    return text.count('\n', 0, text.rfind(statements[-1].strip())) + 1
 
 
 def file_checksum(migration):
@@ -217,9 +241,9 @@ def one_line(text, dsn):
     return redacted(' '.join(str(text).split()), {'default': dsn}, [])
 
 
-def apply_migrations(dsn, directory=MIGRATIONS_DIR):
+def apply_migrations(dsn, directory=MIGRATIONS_DIR, lock_timeout_ms=0):
     """Migrate dsn (migrate); a database out of reach or a failing migration is a StartupError of one line."""
-    return in_one_line(migrate, dsn, directory)
+    return in_one_line(functools.partial(migrate, lock_timeout_ms=lock_timeout_ms), dsn, directory)
 
 
 def repair_checksums(dsn, directory=MIGRATIONS_DIR):
@@ -259,7 +283,8 @@ def migration_failure(exc, dsn, directory):
         return (f'migration {where} failed: {str(exc).strip()} (a comment after the file\'s last statement is sent '
                 'as a statement of its own: end the file with a statement)')
     detail = f': {exc.diag.message_detail}' if exc.diag.message_detail else ''  # which key, which row
-    return f'migration {where} failed: {exc.diag.message_primary}{detail} (SQLSTATE {exc.pgcode})'
+    hint = LOCK_TIMEOUT_HINT if exc.pgcode == LOCK_NOT_AVAILABLE else ''
+    return f'migration {where} failed: {exc.diag.message_primary}{detail} (SQLSTATE {exc.pgcode}){hint}'
 
 
 def pending_migration_files(dsn, directory):
