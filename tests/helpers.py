@@ -539,3 +539,15 @@ def drain(fd, closing):
         if select.select([fd], [], [], 0.1)[0]:
             with contextlib.suppress(OSError):
                 os.read(fd, 65536)
+
+
+def children_running(pid, word, recursive=False):
+    """Return the children of process pid (every descendant, with recursive) whose command line holds word; one that
+    ends meanwhile is left out."""
+    found = []
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(pid).children(recursive=recursive):
+            with contextlib.suppress(psutil.Error):
+                if word in ' '.join(child.cmdline()):
+                    found.append(child)
+    return found

@@ -16,9 +16,9 @@ import pytest
 import manage
 import settings
 from ops.stack import answers
-from tests.helpers import (ADMIN_TOKEN, LEADER_UNDER_NOHUP, discard_data_dir, free_port, http_request,
-                           migration_ids, new_data_dir, on_a_terminal, port_open, post, postgres_processes,
-                           running_gunicorn, server_environment, wait_for, wait_until_healthy)
+from tests.helpers import (ADMIN_TOKEN, LEADER_UNDER_NOHUP, children_running, discard_data_dir, free_port,
+                           http_request, migration_ids, new_data_dir, on_a_terminal, port_open, post,
+                           postgres_processes, running_gunicorn, server_environment, wait_for, wait_until_healthy)
 
 pytestmark = pytest.mark.slow
 
@@ -222,8 +222,8 @@ def test_a_stop_that_kills_initdb_is_the_stops_one_line_alone(serve_data_dir, st
     """A terminal's Ctrl-C or hangup reaches initdb too: pgserver's report of its failure, kilobytes of initdb's output
     at level error, went to stdout beside the stop's line (trial Q)."""
     with started_serve(serve_data_dir, command=[*SERVE_COMMAND[:-1], 'migrate'], errors=subprocess.PIPE) as process:
-        wait_for(lambda: running_program(process, 'initdb') or process.poll() is not None, 90, 'no initdb',
-                 interval=0.005)
+        wait_for(lambda: children_running(process.pid, 'initdb', recursive=True) or process.poll() is not None, 90,
+                 'no initdb', interval=0.005)
         os.killpg(process.pid, stop_signal)
         output, errors = process.communicate(timeout=60)
     assert process.returncode == 128 + stop_signal, errors[-2000:]
@@ -239,16 +239,6 @@ def test_an_embedded_postgresql_that_cannot_start_is_one_line(tmp_path):
     assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr
     assert result.stderr.startswith(f'dbapi: the embedded PostgreSQL in {tmp_path}/file/pg did not start: ')
     assert len(result.stderr.splitlines()) == 1, result.stderr
-
-
-def running_program(process, name):
-    """Return whether a descendant of process runs the program name (its command line's first word ends with it)."""
-    with contextlib.suppress(psutil.Error):
-        for child in psutil.Process(process.pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error, IndexError):
-                if child.cmdline()[0].endswith(name):
-                    return True
-    return False
 
 
 def postmaster_status(data_dir):
@@ -281,11 +271,7 @@ def test_a_stop_while_gunicorn_boots_stops_the_start_in_one_line(serve_data_dir,
 
 def gunicorn_child(process):
     """Return the gunicorn that `manage.py serve` (process) started, or None before it has."""
-    for child in psutil.Process(process.pid).children():
-        with contextlib.suppress(psutil.Error):  # one that has ended since (pg_ctl's)
-            if 'gunicorn' in ' '.join(child.cmdline()):
-                return child
-    return None
+    return next(iter(children_running(process.pid, 'gunicorn')), None)
 
 
 def test_serve_on_a_unix_socket_says_where_and_how_to_call_it(serve_data_dir, tmp_path):

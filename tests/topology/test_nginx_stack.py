@@ -21,7 +21,8 @@ from lib.errors import HTTP_DETAILS
 from ops.stack import StackConfig, StackError, check_ports_free
 import settings
 from settings import BASE_DIR
-from tests.helpers import ADMIN_TOKEN, Reply, body_of_size, free_ports, http_request, post, wait_for
+from tests.helpers import (ADMIN_TOKEN, Reply, body_of_size, children_running, free_ports, http_request, post,
+                           wait_for)
 
 from .helpers import read_json_lines, running_stack, stack_environment, worker_group
 
@@ -451,8 +452,9 @@ def test_a_named_database_out_of_reach_stops_the_stack_before_anything_starts(to
     ({'NGINX_PROXY_TIMEOUT': '0s'}, 'stack: dbapi.envsh: NGINX_PROXY_TIMEOUT must be above 0 (nginx would give up on '
                                     "every request at once), not '0s'"),
     # the stack's own: it replaced them without a word (trial Q)
-    ({'NGINX_LISTEN': '127.0.0.1:18149'}, "stack: NGINX_LISTEN is the nginx image's setting: make stack sets it itself, "
-                                          'from PORT (nginx listens on 127.0.0.1:PORT): set PORT'),
+    ({'NGINX_LISTEN': '127.0.0.1:18149'},
+     "stack: NGINX_LISTEN is the nginx image's setting: make stack sets it itself, from PORT (nginx listens on "
+     '127.0.0.1:PORT): set PORT'),
     # and what only nginx itself refuses, by `nginx -t` (trial M: nginx said so once the replicas ran)
     ({'NGINX_REAL_IP_FROM': '999.1.1.1'}, 'stack: nginx refuses its settings: host not found in set_real_ip_from '
                                           '"999.1.1.1"'),
@@ -505,7 +507,7 @@ def test_a_stop_while_the_stack_starts_stops_everything_in_one_line(tmp_path, to
                                    stderr=subprocess.PIPE, text=True,
                                    env=stack_environment(topology_database_url, base, 2, False, {}))
     try:
-        replicas = wait_for(lambda: gunicorns_under(process.pid), 60, 'no replica started', interval=0.01)
+        replicas = wait_for(lambda: children_running(process.pid, 'gunicorn'), 60, 'no replica started', interval=0.01)
         process.send_signal(stop_signal)
         errors = process.communicate(timeout=120)[1]
     finally:
@@ -515,16 +517,6 @@ def test_a_stop_while_the_stack_starts_stops_everything_in_one_line(tmp_path, to
     assert errors.splitlines() == [f'stack: stopped by {cause} before it served'], errors
     psutil.wait_procs(replicas, timeout=30)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in replicas)
-
-
-def gunicorns_under(pid):
-    """Return the gunicorn processes among pid's children."""
-    gunicorns = []
-    for child in psutil.Process(pid).children():
-        with contextlib.suppress(psutil.Error):  # one that has ended since
-            if 'gunicorn' in ' '.join(child.cmdline()):
-                gunicorns.append(child)
-    return gunicorns
 
 
 def catches(pid, signum):
