@@ -18,7 +18,7 @@ from yoyo import read_migrations
 
 import manage
 import settings
-from lib.db.migrate import MIGRATION_LOCK_KEY, yoyo_backend
+from lib.db.migrate import CHECKSUM_TABLE, MIGRATION_LOCK_KEY, MIGRATION_TABLE, yoyo_backend
 from lib.errors import StartupError
 from tests.helpers import (ADMIN_TOKEN, QUOTING_TOKEN, assert_quoted_safely, broken_module, code_raising_secrets,
                            drop_database, free_port, recreate_database, run_sql, server_environment, wait_for)
@@ -234,7 +234,8 @@ def test_a_failure_without_a_position_names_the_statements_own_line_not_the_comm
 
 
 TRAILING_COMMENT_REFUSAL = ('migration {}:2 ends with a comment after its last statement, which yoyo sends as a '
-                            'statement of its own and which fails: end the file with a statement, or remove the comment')
+                            'statement of its own and which fails: end the file with a statement, or remove the '
+                            'comment')
 
 
 @pytest.mark.parametrize('comment', ['-- a trailing comment\n', '-- done;\n', '/* done; */'])
@@ -374,6 +375,48 @@ def test_a_migration_waiting_for_a_lock_gives_up_after_the_lock_timeout(tmp_path
         'another session holds a lock it needs (pg_locks and pg_stat_activity say which); run it again once that '
         'session ends, or set MIGRATION_LOCK_TIMEOUT_MS higher (0: no limit)')
     assert manage.apply_migrations(scratch_database, folder, lock_timeout_ms=300) == ['0002_alter']
+
+
+def test_a_bookkeeping_statement_that_fails_names_no_migration_file(tmp_path, scratch_database):
+    """A statement of yoyo's own that failed was blamed on the first pending file, none of whose statements had run
+    (trial Q's leftover): one that no file holds is the bookkeeping's, and the line says so."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    manage.apply_migrations(scratch_database, folder)  # yoyo's tables, no migration
+    (folder / '0001_fine.sql').write_text('CREATE TABLE fine (id int);\n')
+    run_sql(scratch_database, f'ALTER TABLE {CHECKSUM_TABLE} ADD CONSTRAINT none_taken CHECK (false) NOT VALID')
+    with pytest.raises(StartupError) as caught:
+        manage.apply_migrations(scratch_database, folder)
+    assert str(caught.value).startswith('migrations failed on a bookkeeping statement, in no migration file (INSERT '
+                                        f'INTO {CHECKSUM_TABLE} '), caught.value
+    assert 'violates check constraint "none_taken"' in str(caught.value), caught.value
+    assert str(caught.value).endswith('(SQLSTATE 23514)'), caught.value
+    run_sql(scratch_database, f'ALTER TABLE {CHECKSUM_TABLE} DROP CONSTRAINT none_taken')
+    assert manage.apply_migrations(scratch_database, folder) == []  # yoyo recorded it before the checksum failed
+    assert run_sql(scratch_database, f'SELECT migration_id FROM {CHECKSUM_TABLE}') == [('0001_fine',)]
+
+
+def test_the_record_that_a_migration_ran_waits_for_its_lock_past_the_lock_timeout(tmp_path, scratch_database):
+    """yoyo records a migration after its statements committed: a record that gave up on MIGRATION_LOCK_TIMEOUT_MS
+    left the file run but unrecorded, and every run after failed on it (\"fine\" already exists)."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    manage.apply_migrations(scratch_database, folder)  # yoyo's tables, no migration
+    (folder / '0001_fine.sql').write_text('CREATE TABLE fine (id int);\n')
+    holder = psycopg2.connect(scratch_database)
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute(f'LOCK TABLE {MIGRATION_TABLE} IN SHARE MODE')  # reads pass, yoyo's INSERT waits
+        with ThreadPoolExecutor(1) as executor:
+            applied = executor.submit(manage.apply_migrations, scratch_database, folder, lock_timeout_ms=200)
+            waiting = "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            wait_for(lambda: run_sql(scratch_database, waiting) or applied.done(), 30, 'the record never waited')
+            time.sleep(1)  # five lock timeouts
+            holder.close()
+            assert applied.result(timeout=30) == ['0001_fine']
+    finally:
+        holder.close()
+    assert run_sql(scratch_database, f"SELECT migration_id FROM {MIGRATION_TABLE}") == [('0001_fine',)]
 
 
 def test_manage_repair_says_what_it_took_in_one_line(scratch_database):

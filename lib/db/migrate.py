@@ -53,23 +53,31 @@ class MigrationUnrunnable(StartupError):
 
 
 def yoyo_backend(dsn, lock_timeout_ms=0):
-    """Open a yoyo backend on dsn, whose connections wait lock_timeout_ms for a lock at most (0: as long as it
-    takes); the DSN goes to psycopg2 whole, so any password works."""
+    """Open a yoyo backend on dsn, whose migrations' statements wait lock_timeout_ms for a lock at most (0: as long as
+    it takes; backend_class); the DSN goes to psycopg2 whole, so any password works."""
     uri = DatabaseURI('postgresql', None, None, None, None, None, {'dsn': dsn})
     return backend_class(int(lock_timeout_ms))(uri, MIGRATION_TABLE)
 
 
 @functools.cache
 def backend_class(lock_timeout_ms):
-    """Return yoyo's PostgreSQL backend class with PostgreSQL's lock_timeout set to lock_timeout_ms on each connection
-    it opens: init_connection, which yoyo calls on each, its copies included (a migration runs on a copy's), and
-    again after a rollback, which undoes a SET made in the transaction."""
-    class LockTimeoutBackend(get_backend_class('postgresql')):
+    """Return yoyo's PostgreSQL backend class whose copies, on which yoyo runs each migration's steps (apply_one),
+    wait lock_timeout_ms for a lock at most: PostgreSQL's lock_timeout, set by init_connection, which yoyo calls on
+    each connection and again after a rollback (which undoes a SET made in the transaction). Its own connection, the
+    bookkeeping's, waits as long as it takes: yoyo records a migration after its steps committed, and a record that
+    gave up would leave a migration that ran unrecorded, to be run again."""
+    postgresql = get_backend_class('postgresql')
+
+    class StepsBackend(postgresql):
         def init_connection(self, connection):
             super().init_connection(connection)
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)", (f'{lock_timeout_ms}ms',))
-    return LockTimeoutBackend
+
+    class BookkeepingBackend(postgresql):
+        def copy(self):
+            return StepsBackend(self.uri, self.migration_table)
+    return BookkeepingBackend
 
 
 @contextlib.contextmanager
@@ -121,9 +129,9 @@ def applied_of(migrations, pending):
 
 
 def migrate(dsn, directory=MIGRATIONS_DIR, lock_timeout_ms=0):
-    """Apply every pending migration in directory to the database at dsn; return their ids. A statement that waits
-    longer than lock_timeout_ms for a lock fails (55P03), rather than queue every query of the table behind it (0:
-    it waits as long as it takes)."""
+    """Apply every pending migration in directory to the database at dsn; return their ids. A migration's statement
+    that waits longer than lock_timeout_ms for a lock fails (55P03), rather than queue every query of the table behind
+    it (0: it waits as long as it takes)."""
     with migration_lock(dsn, directory, lock_timeout_ms) as (backend, migrations, pending, recorded):
         applied_before = applied_of(migrations, pending)
         check_applied_unchanged(recorded, applied_before)
@@ -275,16 +283,36 @@ def stop_behind(exc):
 
 
 def migration_failure(exc, dsn, directory):
-    """Describe a failed migration as file:line and PostgreSQL's own message, with its detail when it has one."""
+    """Describe a failed migration as file:line (or the bookkeeping statement, yoyo's or the checksums', that no
+    file holds) and PostgreSQL's own message, with its detail when it has one."""
     statement = exc.cursor.query.decode(errors='replace') if exc.cursor is not None and exc.cursor.query else ''
     path, line = locate_statement(statement, exc.diag.statement_position, pending_migration_files(dsn, directory))
+    if path is None:
+        return (f'migrations failed on a bookkeeping statement, in no migration file ({statement_start(statement)}): '
+                f'{database_message(exc)}')
     where = f'{path}:{line}' if line else str(path)
     if exc.pgcode is None:  # psycopg2's own refusal: yoyo sends the comments after the last statement alone
         return (f'migration {where} failed: {str(exc).strip()} (a comment after the file\'s last statement is sent '
                 'as a statement of its own: end the file with a statement)')
+    return f'migration {where} failed: {database_message(exc)}'
+
+
+def database_message(exc):
+    """Return PostgreSQL's message of exc (a psycopg2 error with a SQLSTATE), its detail, SQLSTATE and, for a lock
+    not obtained in time, what to do."""
     detail = f': {exc.diag.message_detail}' if exc.diag.message_detail else ''  # which key, which row
     hint = LOCK_TIMEOUT_HINT if exc.pgcode == LOCK_NOT_AVAILABLE else ''
-    return f'migration {where} failed: {exc.diag.message_primary}{detail} (SQLSTATE {exc.pgcode}){hint}'
+    return f'{exc.diag.message_primary}{detail} (SQLSTATE {exc.pgcode}){hint}'
+
+
+# How much of a bookkeeping statement a failure line quotes.
+STATEMENT_SHOWN_CHARACTERS = 60
+
+
+def statement_start(statement):
+    """Return the statement's first STATEMENT_SHOWN_CHARACTERS characters on one line, '...' after them if cut."""
+    text = ' '.join(statement.split())
+    return text if len(text) <= STATEMENT_SHOWN_CHARACTERS else f'{text[:STATEMENT_SHOWN_CHARACTERS]}...'
 
 
 def pending_migration_files(dsn, directory):
@@ -299,11 +327,14 @@ def pending_migration_files(dsn, directory):
 def locate_statement(statement, position, files):
     """Return (file, line) of the character at position (1-based) of statement in the first file holding it; without
     a position (an error of the whole statement, a duplicate key), of the statement's first line that is not blank or
-    a comment (yoyo's statement begins with the comments before it)."""
+    a comment (yoyo's statement begins with the comments before it). (None, None) for a statement no file holds:
+    the bookkeeping's; the first file (or migrations/) for an error that names no statement."""
     for path in files:
         text = path.read_text()
         start = text.find(statement) if statement else -1
         if start >= 0:
             at = int(position) - 1 if position and int(position) > 0 else LEADING_COMMENTS.match(statement).end()
             return shown_path(path), text.count('\n', 0, start + at) + 1
+    if statement:
+        return None, None
     return (shown_path(files[0]) if files else 'migrations/'), None
