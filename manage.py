@@ -74,7 +74,7 @@ def default_dsn():
     if settings.DATABASES['default']:
         return settings.DATABASES['default']
     with COMMAND_STOP.held_back():
-        return start_embedded(settings.EMBEDDED_DB_DIR)
+        return start_embedded(settings.EMBEDDED_DB_DIR, stopping=COMMAND_STOP.stopping)
 
 
 def migrate_database(dsn):
@@ -368,7 +368,7 @@ def run_gunicorn(environment, routes):
     # quick stop that drops the requests in flight unanswered and unlogged.
     # It stops (SIGTERM) when this process dies, even by SIGKILL: no orphan keeps the port.
     from ops.stack import die_with_parent  # ops.stack imports this module
-    stops = Stops()
+    stops = Stops(COMMAND_STOP)
     COMMAND_STOP.raise_if_asked()
     # From here a stop is this one's: before gunicorn runs it is kept, and gunicorn stopped as soon as it runs.
     signal.signal(signal.SIGTERM, stops.graceful)
@@ -379,8 +379,8 @@ def run_gunicorn(environment, routes):
     gunicorn = subprocess.Popen(gunicorn_command(), cwd=settings.BASE_DIR, env={**environment, **SUPERVISED},
                                 start_new_session=True, preexec_fn=die_with_parent)
     stops.follow(gunicorn)
-    if wait_until_serving(gunicorn) and stops.asked is None:
-        stops.served = True
+    if wait_until_serving(gunicorn) and COMMAND_STOP.asked is None:
+        COMMAND_STOP.served = True
         where = served_url() if settings.BIND_PORT is not None else f'unix:{unix_socket_path()}'
         print(f'dbapi serves on {where} with {counted(settings.WEB_CONCURRENCY, "worker")}. Try:\n'
               f'  {how_to_call(routes)}\nCtrl-C stops it.', file=sys.stderr, flush=True)
@@ -421,33 +421,31 @@ def counted(count, noun):
 class Stops:
     """The stops `make run` asks of gunicorn: the first Ctrl-C, SIGTERM or SIGHUP stops it gracefully (SIGTERM: the
     requests in flight are answered and logged, within GRACEFUL_TIMEOUT), a Ctrl-C after that at once (SIGINT,
-    gunicorn's quick stop). asked: the first stop's signal number, or None; served: whether it said where it serves."""
+    gunicorn's quick stop). Which stop came, and whether it served, is command_stop's (lib.process's CommandStop)."""
 
-    def __init__(self):
+    def __init__(self, command_stop):
         self.gunicorn = None
-        self.asked = None
-        self.served = False
+        self.command_stop = command_stop
 
     def follow(self, gunicorn):
         """Take gunicorn as the process to stop; stop it at once if a stop came while it was started."""
         self.gunicorn = gunicorn
-        if self.asked is not None:
+        if self.command_stop.asked is not None:
             gunicorn.terminate()
 
     def graceful(self, signum, _frame=None):
         """Stop gunicorn once the requests in flight are done (keep the stop for follow before it runs)."""
-        if self.asked is None:
-            self.asked = signum
+        self.command_stop.keep(signum)
         if self.gunicorn is not None:
             self.gunicorn.terminate()
 
     def ctrl_c(self, *_):
         """Stop gracefully the first time, at once after that."""
-        if self.asked is not None:
+        if self.command_stop.asked is not None:
             if self.gunicorn is not None:
                 self.gunicorn.send_signal(signal.SIGINT)
             return
-        if self.served:
+        if self.command_stop.served:
             print('Stopping: the requests in flight finish first. Ctrl-C again stops at once.', file=sys.stderr,
                   flush=True)
         self.graceful(signal.SIGINT)
@@ -455,12 +453,12 @@ class Stops:
     def exit_code(self, code):
         """Return gunicorn's exit code as make run's: a stop asked here once it served is a success, one that ended
         gunicorn by the signal itself too (it came before gunicorn had set its handlers); one asked before it served
-        is the start's stop (its one line, 128 + the signal's number). A signal nobody asked for here (a SIGKILL of
-        gunicorn's master) is said in one line."""
-        if self.asked is not None and not self.served:
-            print(start_stopped_line('serve', self.asked), file=sys.stderr, flush=True)
-            return 128 + self.asked
-        if self.asked is not None and code in (-signal.SIGTERM, -signal.SIGINT):
+        is the start's stop (its one line said when it came, 128 + the signal's number). A signal nobody asked for
+        here (a SIGKILL of gunicorn's master) is said in one line."""
+        asked = self.command_stop.asked
+        if asked is not None and not self.command_stop.served:
+            return 128 + asked
+        if asked is not None and code in (-signal.SIGTERM, -signal.SIGINT):
             return 0
         if code < 0:
             print(f'dbapi: gunicorn was stopped by {signal.Signals(-code).name}, which make run did not send: its '
@@ -489,7 +487,8 @@ def main(argv=None):
 if __name__ == '__main__':
     try:
         exit_code = main()
-        COMMAND_STOP.raise_if_asked()  # one that Python ignored where the handler raised it
+        if not COMMAND_STOP.served:  # once it serves, a stop is gunicorn's graceful one (Stops), its code main's
+            COMMAND_STOP.raise_if_asked()  # one that Python ignored where the handler raised it
     finally:
         COMMAND_STOP.end()
     sys.exit(exit_code)

@@ -39,13 +39,22 @@ class CommandStop:
         the command's stop has begun."""
         if self.ending:
             return
-        if self.asked is None:
-            self.asked = signum
-            if not self.served and self.stopped_line is not None:
-                with contextlib.suppress(OSError):  # stderr was the terminal that hung up
-                    print(self.stopped_line(signum), file=sys.stderr, flush=True)
+        self.keep(signum)
         if not self.held:
             raise StartInterrupted(128 + self.asked)
+
+    def keep(self, signum):
+        """Keep signum as the stop if it is the first, and say so at once (stopped_line) before the command serves."""
+        if self.asked is not None:
+            return
+        self.asked = signum
+        if not self.served and self.stopped_line is not None:
+            with contextlib.suppress(OSError):  # stderr was the terminal that hung up
+                print(self.stopped_line(signum), file=sys.stderr, flush=True)
+
+    def stopping(self):
+        """Tell whether a stop was asked."""
+        return self.asked is not None
 
     def raise_if_asked(self):
         """Raise the stop asked for, if any: Python ignores an exception a signal handler raises inside some of its own

@@ -10,19 +10,25 @@ from psycopg2 import sql
 from psycopg2.extensions import make_dsn
 
 from lib.errors import StartupError, shown_on_one_line
-from lib.process import COMMAND_STOP
 
 # How long a start cut short waits for the server it started to end (stop_postmaster).
 STOP_SECONDS = 15
 
 
-def start_embedded(data_dir, database='dbapi', stop_at_exit=True):
+def start_embedded(data_dir, database='dbapi', stop_at_exit=True, stopping=lambda: False):
     """Start (or join) the embedded server under data_dir and return the DSN of database in it. With stop_at_exit, a
     start cut short (a stop signal that killed pg_ctl, or raised here) stops the server it started: pgserver counts
-    this process among the server's users, and stops the server at exit, only once the server answers."""
+    this process among the server's users, and stops the server at exit, only once the server answers. stopping():
+    whether the process was asked to stop, which drops pgserver's report of a failed command (initdb's output,
+    kilobytes of it, at level error): a terminal's Ctrl-C or hangup reaches the whole group and kills initdb or
+    pg_ctl, and the command's one line says it stopped."""
     started_here = not (data_dir / 'postmaster.pid').exists()
     pgserver_log = logging.getLogger('pgserver')
-    pgserver_log.addFilter(failures_a_stop_caused)
+
+    def unless_stopping(_record):
+        """Keep a record of pgserver's unless a stop was asked (a logging filter)."""
+        return not stopping()
+    pgserver_log.addFilter(unless_stopping)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # platformdirs warns when XDG_RUNTIME_DIR is unset
@@ -37,15 +43,8 @@ def start_embedded(data_dir, database='dbapi', stop_at_exit=True):
                                f'{shown_on_one_line(str(exc))}') from None
         raise
     finally:
-        pgserver_log.removeFilter(failures_a_stop_caused)
+        pgserver_log.removeFilter(unless_stopping)
     return ensure_database(server.get_uri(), database)
-
-
-def failures_a_stop_caused(record):
-    """Drop pgserver's report of a failed command (initdb's output, kilobytes of it, at level error) once this
-    process was asked to stop (lib.process's COMMAND_STOP): a terminal's Ctrl-C or hangup reaches the whole group and
-    kills initdb or pg_ctl, and the command's one line says it stopped (a logging filter, a callable)."""
-    return COMMAND_STOP.asked is None
 
 
 def stop_postmaster(data_dir, seconds=STOP_SECONDS):
