@@ -181,17 +181,17 @@ def exact_seconds(value):
     return RawJson(decimal_text(seconds_of((value.days * 86400 + value.seconds) * 1_000_000 + value.microseconds)))
 
 
-register_json_type(decimal.Decimal, decimal_text)  # exact, as a string: "10.50"
-register_json_type(ExactNumber, exact_number)
-register_json_type(bytes, base64_text)
-register_json_type(bytearray, base64_text)
-register_json_type(memoryview, base64_text)
 def iso_text(value):
     """Return a date, datetime or time as ISO 8601 text, as to_jsonb writes one: a fraction in six digits, an offset
     with its seconds when it has any ("1959-12-31T23:15:30-00:44:30", "12:30:00.010000", "2026-11-21")."""
     return value.isoformat()
 
 
+register_json_type(decimal.Decimal, decimal_text)  # exact, as a string: "10.50"
+register_json_type(ExactNumber, exact_number)
+register_json_type(bytes, base64_text)
+register_json_type(bytearray, base64_text)
+register_json_type(memoryview, base64_text)
 register_json_type(datetime.timedelta, exact_seconds)
 register_json_type(datetime.datetime, iso_text)
 register_json_type(datetime.date, iso_text)
