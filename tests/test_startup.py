@@ -396,6 +396,20 @@ def test_a_bookkeeping_statement_that_fails_names_no_migration_file(tmp_path, sc
     assert run_sql(scratch_database, f'SELECT migration_id FROM {CHECKSUM_TABLE}') == [('0001_fine',)]
 
 
+def test_yoyos_lock_not_taken_is_one_line(tmp_path, scratch_database):
+    """yoyo's own LockTimeout (its lock row's INSERT refused for 10 s: a yoyo command run beside dbapi, here a check
+    that refuses every row) was a traceback."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    manage.apply_migrations(scratch_database, folder)  # yoyo's tables, no migration
+    run_sql(scratch_database, 'ALTER TABLE yoyo_lock ADD CONSTRAINT never_taken CHECK (false) NOT VALID')
+    with pytest.raises(StartupError) as caught:
+        manage.apply_migrations(scratch_database, folder)
+    assert str(caught.value) == ("the migrations did not take yoyo's lock: Database locked (run yoyo break-lock to "
+                                 'remove this lock); a yoyo command run beside them (it takes no advisory lock) holds '
+                                 'it: run them again once it ends')
+
+
 def test_the_record_that_a_migration_ran_waits_for_its_lock_past_the_lock_timeout(tmp_path, scratch_database):
     """yoyo records a migration after its statements committed: a record that gave up on MIGRATION_LOCK_TIMEOUT_MS
     left the file run but unrecorded, and every run after failed on it (\"fine\" already exists)."""

@@ -14,6 +14,7 @@ import sqlparse
 from yoyo import read_migrations
 from yoyo.backends import get_backend_class
 from yoyo.connections import DatabaseURI
+from yoyo.exceptions import LockTimeout
 
 from lib.errors import StartupError
 from lib.logs.secrets import redacted
@@ -264,6 +265,9 @@ def in_one_line(work, dsn, directory):
     password."""
     try:
         return work(dsn, directory)
+    except LockTimeout as exc:  # its lock row stays taken: one made after ours was broken, under the advisory lock
+        raise StartupError(f'the migrations did not take yoyo\'s lock: {exc}; a yoyo command run beside them (it takes '
+                           'no advisory lock) holds it: run them again once it ends') from None
     except psycopg2.Error as exc:
         if (stop := stop_behind(exc)) is not None:
             raise stop from None
