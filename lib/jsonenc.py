@@ -278,7 +278,7 @@ def written_by_orjson(value):
 TOO_DEEP_FOR_PYTHON = 'a JSON value nests arrays and objects deeper than Python reads'
 
 
-def loads_exact(data, bounded=True):
+def loads_exact(data, bounded=True, plain_digits=None):
     """Parse JSON with every number exact: integers as int, other numbers as ExactNumber.
 
     orjson parses first, as it is fast; it reads a non-integer or an integer past 64 bits as a float, so a
@@ -289,7 +289,8 @@ def loads_exact(data, bounded=True):
     (sys.get_int_max_str_digits(), 4300) is refused with ValueError, 1e999999 as well as such an integer;
     made an int, it would take a minute to build and could never be sent. So is one with more digits after its
     point than PostgreSQL numeric holds (16383), 1e-999999999 as well as 0.000...1. Unbounded (json and jsonb
-    that PostgreSQL stored): such an integer is an ExactNumber, and any number is read.
+    that PostgreSQL stored): such an integer is an ExactNumber, and any number is read, its plain digits counted in
+    plain_digits (a PlainDigitsBudget the documents of one answer share; by default the document's own).
     """
     try:
         value, refused = orjson.loads(data), False
@@ -304,7 +305,7 @@ def loads_exact(data, bounded=True):
         raise ValueError(TOO_DEEP_FOR_PYTHON) from None
     text = data if isinstance(data, str) else data.decode('utf-8')
     try:
-        value = json.loads(text, parse_float=BoundedNumbers() if bounded else PlainDigitsBudget(),
+        value = json.loads(text, parse_float=BoundedNumbers() if bounded else plain_digits or PlainDigitsBudget(),
                            parse_int=bounded_int if bounded else int_or_exact, parse_constant=refuse_constant,
                            object_pairs_hook=dict_refusing_lost_surrogates if refused else None)
     except RecursionError:
@@ -401,10 +402,11 @@ register_json_type(WrittenNumber, lambda value: RawJson(str(value)))
 
 class PlainDigitsBudget:
     """Read the numbers of json or jsonb text PostgreSQL stored that are not integers (json.loads' parse_float) as
-    ExactNumbers, written plain as to_jsonb writes them, as long as the document's numbers in exponent notation take
-    PLAIN_DIGITS_PER_BODY digits written plain; past that, as WrittenNumbers, in exponent notation: json text keeps
-    1e131071 as written (8 bytes), whose plain notation is 131,072 digits, so that a stored document of a mebibyte
-    would be an answer of gigabytes."""
+    ExactNumbers, written plain as to_jsonb writes them (a zero without a sign: numeric has no negative zero), as long
+    as the numbers in exponent notation of the documents it reads take PLAIN_DIGITS_PER_BODY digits written plain;
+    past that, as WrittenNumbers, in exponent notation: json text keeps 1e131071 as written (8 bytes), whose plain
+    notation is 131,072 digits, so that a stored document of a mebibyte would be an answer of gigabytes. A number past
+    what a Decimal holds (an exponent of 10**18 or more) is its RawJson text, written as stored; a zero, 0."""
 
     __slots__ = ('digits',)
 
@@ -412,7 +414,12 @@ class PlainDigitsBudget:
         self.digits = 0
 
     def __call__(self, text):
-        number = ExactNumber(text)
+        try:
+            number = ExactNumber(text)
+        except decimal.InvalidOperation:  # numeric's range is far smaller: past it, exponent notation anyway
+            return RawJson(text) if text.lower().partition('e')[0].strip('-+0.') else ExactNumber(0)
+        if number.is_zero() and number.is_signed():
+            number = ExactNumber(number.copy_abs())
         # Plain already, written no longer than stored; or past numeric's range, written in exponent notation anyway.
         if 'e' not in text and 'E' not in text or not within_numeric_range(number):
             return number

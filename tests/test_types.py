@@ -215,9 +215,13 @@ def test_buffered_stream_and_stream_json_write_the_same_bytes(conn, type_name):
 
 
 def all_three_ways(conn, query, params=None):
-    """Return query's rows as JSON bytes, asserting that the buffered path, Db.stream and Db.stream_json agree."""
+    """Return query's rows as JSON bytes, asserting that the buffered path, Db.stream and Db.stream_json agree, each
+    the first reader of json values in conn's lease (their plain digits budget: lib/db/types.py's json_budget)."""
+    conn.json_budget = None
     buffered = dumps_bytes(Db(conn).fetch_all(query, params))
+    conn.json_budget = None
     assert b''.join(json_array_chunks(Db(conn).stream(query, params))) == buffered
+    conn.json_budget = None
     assert b''.join(json_array_chunks(Db(conn).stream_json(query, params))) == buffered
     return buffered
 
@@ -1047,6 +1051,30 @@ def test_stored_json_text_whose_numbers_would_take_gigabytes_written_plain_is_an
     values = loads_exact(written, bounded=False)[0]['v']
     assert values == [decimal.Decimal('1e131071')] * 20 + [decimal.Decimal('2.50e-16000'), decimal.Decimal(1500)]
     assert written.endswith(b',1E+131071,2.50E-16000,1.5E+3]}]')
+
+
+def test_the_plain_digits_of_stored_json_are_counted_for_the_whole_answer_not_per_value(conn):
+    """A mebibyte of plain digits per value was 14,000 times the stored size for many small values (trial T: 100 rows
+    of eight 1e131071, 7 KB stored, a 100 MB answer): the values a lease reads share the budget."""
+    Db(conn).execute('CREATE TEMPORARY TABLE docs AS SELECT i AS id, %s::json AS j FROM generate_series(1, 100) i',
+                     ['[' + ', '.join(['1e131071'] * 8) + ']'])
+    written = all_three_ways(conn, 'SELECT id, j FROM docs ORDER BY id')
+    assert 2 ** 20 < len(written) < 2 ** 20 + 10_000, len(written)
+    values = [value for row in loads_exact(written, bounded=False) for value in row['j']]
+    assert values == [decimal.Decimal('1e131071')] * 800
+    assert written.count(b'1E+131071') == 800 - PLAIN_DIGITS_PER_BODY // 131072
+
+
+@pytest.mark.parametrize('stored, answered', [
+    ('[1e1000000000000000000, -2.5E+1000000000000000000]', b'[1e1000000000000000000,-2.5E+1000000000000000000]'),
+    ('[0e1000000000000000000, -0.0e1000000000000000000]', b'[0,0]'),
+    ('[-0.0, -0e0, -0, -0.00e5]', b'[0.0,0,0,0]'),
+])
+def test_stored_json_numbers_past_a_decimals_range_or_negative_zeros_are_written_as_stored_or_to_jsonb_would(
+        conn, stored, answered):
+    """An exponent of 10**18 or more was a 500 (decimal.InvalidOperation; trial T); -0.0 kept a sign numeric has
+    not."""
+    assert all_three_ways(conn, 'SELECT %s::json AS v', [stored]) == b'[{"v":' + answered + b'}]'
 
 
 def test_stored_json_text_within_a_mebibyte_of_plain_digits_is_written_as_to_jsonb_writes_it(conn):

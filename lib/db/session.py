@@ -49,6 +49,9 @@ class PooledConnection(psycopg2.extensions.connection):
     # The error class of the request the connection serves once lib/http/disconnect.py's watcher marked it over (its
     # client gone, its worker stopping): no statement starts from then on (lib/db/guard.py). None: not over.
     request_over = None
+    # The PlainDigitsBudget (lib.jsonenc) of the json values the connection reads for its lease (lib/db/types.py's
+    # json_budget): its answer's stored 1e131071s are written plain for a mebibyte of digits in all. None: none read.
+    json_budget = None
 
     def __init__(self, dsn, *args, **kwargs):
         """Connect (psycopg2 calls it with the whole DSN); under gevent, waiting for the server no longer than the
@@ -116,10 +119,12 @@ def bound_answers(conn, deadline):
 
 def note_request(conn, deadline):
     """Note on conn that it serves a request (not over yet) of deadline (a time.monotonic() value, or None), or
-    (None) no request; a connection that is not a PooledConnection keeps none."""
+    (None) no request, and has read no json value for it yet; a connection that is not a PooledConnection keeps
+    none."""
     if isinstance(conn, PooledConnection):
         conn.request_deadline = deadline
         conn.request_over = None
+        conn.json_budget = None
 
 
 def session_settings(config):

@@ -33,7 +33,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from lib.errors import ApiError, Unprocessable, translates
-from lib.jsonenc import dumps_bytes, loads_exact, orjson_ready, seconds_of
+from lib.jsonenc import PlainDigitsBudget, dumps_bytes, loads_exact, orjson_ready, seconds_of
 
 DATE, TIME, TIMETZ, TIMESTAMP, TIMESTAMPTZ, INTERVAL, JSON, JSONB = 1082, 1083, 1266, 1114, 1184, 1186, 114, 3802
 # The catalogs' vectors (pg_index.indkey, pg_proc.proargtypes): integers separated by spaces, which psycopg2 reads as
@@ -187,9 +187,19 @@ def cast_json(text, cursor):
     if text is None:
         return None
     try:
-        return loads_exact(text, bounded=False)
+        return loads_exact(text, bounded=False, plain_digits=json_budget(cursor.connection))
     except ValueError as exc:
         raise UnreadableValue(f'a json value dbapi cannot read: {exc}') from None
+
+
+def json_budget(conn):
+    """Return the PlainDigitsBudget (lib.jsonenc) that the json values conn reads share until its lease ends: a
+    PooledConnection's json_budget (lib/db/session.py), made on the first; a value of another connection's, its own."""
+    if not hasattr(conn, 'json_budget'):
+        return PlainDigitsBudget()
+    if conn.json_budget is None:
+        conn.json_budget = PlainDigitsBudget()
+    return conn.json_budget
 
 
 def cast_vector(text, cursor):
