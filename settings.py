@@ -76,10 +76,13 @@ def database_dsn(prefix):
 URL_SCHEMES = ('postgresql://', 'postgres://')
 # What a URL looks like, its scheme mistyped or not (postgresq://, postgresql:/, postgres//..., a space before it).
 URL_LIKE = re.compile(r'\s*[A-Za-z][A-Za-z0-9+.-]*:?/|\s*[^=\s]*@')
-DSN_HINTS = {True: 'in a URL, percent-encode %, @, / and spaces in the user and password (%25, %40, %2F, %20)',
+DSN_HINTS = {True: 'in a URL, percent-encode %, @ and / in the user and password, and every space (%25, %40, %2F, %20)',
              False: r"in key=value form, quote a value with spaces in single quotes: password='my secret' (\' and \\ inside)"}
 SCHEME_HINT = 'a URL starts with postgresql:// or postgres://, nothing before it; '
 WHOLE_SECONDS = re.compile(r'\s*[+-]?[0-9]+\s*')
+# The longest wait for a new connection, in seconds: DB_CONNECT_TIMEOUT's bound, and a database URL's connect_timeout's
+# (past about 24 days it overflowed the waits that apply it).
+MAX_CONNECT_TIMEOUT_SECONDS = 600
 
 
 def checked_dsn(name, dsn):
@@ -94,9 +97,10 @@ def checked_dsn(name, dsn):
     # libpq takes a raw space in a URL, and a raw @ ends the password early, leaving the rest as the host.
     if is_url and (re.search(r'\s', dsn) or '@' in parts.get('host', '')):
         raise ImproperlyConfigured(f'{name} is not a valid URL: {DSN_HINTS[True]}')
-    if not WHOLE_SECONDS.fullmatch(parts.get('connect_timeout', '0')):  # what libpq's own check takes
+    timeout = parts.get('connect_timeout', '0')
+    if not WHOLE_SECONDS.fullmatch(timeout) or int(timeout) > MAX_CONNECT_TIMEOUT_SECONDS:  # libpq's own check's form
         raise ImproperlyConfigured(f"{name}'s connect_timeout must be a whole number of seconds, "
-                                   f"not {parts['connect_timeout']!r}")
+                                   f"{MAX_CONNECT_TIMEOUT_SECONDS} at most, not {timeout!r}")
     return dsn
 
 
@@ -263,7 +267,7 @@ DB_POOL_MAX = env_int('DB_POOL_MAX', 2, 1, 1000)
 # a retry does not start past it, a transaction past it is rolled back, not committed, and nginx waits longer.
 REQUEST_DEADLINE_MS = env_int('REQUEST_DEADLINE_MS', 30000, 0, 3600000)
 DB_POOL_TIMEOUT_MS = env_int('DB_POOL_TIMEOUT_MS', min(5000, REQUEST_DEADLINE_MS // 2) if REQUEST_DEADLINE_MS else 5000, 0, 600000)
-DB_CONNECT_TIMEOUT = env_int('DB_CONNECT_TIMEOUT', 5, 1, 600)
+DB_CONNECT_TIMEOUT = env_int('DB_CONNECT_TIMEOUT', 5, 1, MAX_CONNECT_TIMEOUT_SECONDS)
 DB_STATEMENT_TIMEOUT_MS = env_int('DB_STATEMENT_TIMEOUT_MS', REQUEST_DEADLINE_MS, 0, 2**31 - 1)
 # How long a migration's statement waits for a lock (PostgreSQL's lock_timeout; 0: as long as it takes): while it
 # waits, every query of that table queues behind it, so a migration behind a long transaction stalls the service.
