@@ -258,6 +258,36 @@ def test_a_comment_after_a_migrations_last_statement_is_refused_before_anything_
     assert run_sql(scratch_database, "SELECT to_regclass('before_the_comment') IS NULL") == [(True,)]
 
 
+@pytest.mark.parametrize('text, line', [
+    ('CREATE TABLE one_semicolon_too_many (id int);;\n', 1),
+    ('CREATE TABLE one_semicolon_too_many (id int);\n;\nCREATE TABLE after_it (id int);\n', 2),
+    ('-- a header\n;\nCREATE TABLE one_semicolon_too_many (id int);\n', 2),
+    ('CREATE TABLE one_semicolon_too_many (id int);\n/* done */ ;\n', 2),
+])
+def test_an_empty_statement_in_a_migration_is_refused_before_anything_runs(tmp_path, scratch_database, text, line):
+    """A ";" with nothing before it failed as "a comment after the file's last statement", without a line, once the
+    files before it had run (trial T)."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_first.sql').write_text('CREATE TABLE before_the_semicolon (id int);\n')
+    (folder / '0002_empty.sql').write_text(text)
+    with pytest.raises(StartupError) as caught:
+        manage.apply_migrations(scratch_database, folder)
+    assert str(caught.value) == (f'migration {folder / "0002_empty.sql"}:{line} holds an empty statement (a ";" with '
+                                 'nothing to run before it), which yoyo sends as a statement of its own and which '
+                                 'fails: remove that ";"')
+    assert run_sql(scratch_database, "SELECT to_regclass('before_the_semicolon') IS NULL") == [(True,)]
+
+
+@pytest.mark.parametrize('text', ['-- only a description\n-- and more\n', '-- transactional: false\n\nSELECT 1;\n',
+                                  'SELECT 1; -- the end\n', "SELECT ';;' AS x; SELECT $$;$$;\n"])
+def test_a_migration_with_a_header_or_semicolons_inside_its_statements_runs(tmp_path, scratch_database, text):
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_fine.sql').write_text(text)
+    assert manage.apply_migrations(scratch_database, folder) == ['0001_fine']
+
+
 def test_repair_refuses_to_take_a_file_that_ends_in_a_comment(tmp_path, scratch_database):
     """It took it, and the file then failed on every new database (trial Q)."""
     folder = tmp_path / 'migrations'

@@ -162,24 +162,44 @@ def repair(dsn, directory=MIGRATIONS_DIR):
 
 
 def check_runnable(migrations):
-    """Raise MigrationUnrunnable for the first of migrations (yoyo's) whose file ends in a comment after its last
-    statement, naming the comment's line, before anything runs."""
+    """Raise MigrationUnrunnable for the first of migrations (yoyo's) whose file holds a statement with nothing to run
+    (idle_statement), naming its line, before anything runs."""
     for migration in migrations:
         path = Path(migration.path)
-        line = trailing_comment_line(path.read_text())
-        if line is not None:
+        idle = idle_statement(path.read_text())
+        if idle is None:
+            continue
+        line, semicolon = idle
+        if semicolon:
             raise MigrationUnrunnable(
-                f'migration {shown_path(path)}:{line} ends with a comment after its last statement, which yoyo sends '
-                'as a statement of its own and which fails: end the file with a statement, or remove the comment')
+                f'migration {shown_path(path)}:{line} holds an empty statement (a ";" with nothing to run before it), '
+                'which yoyo sends as a statement of its own and which fails: remove that ";"')
+        raise MigrationUnrunnable(
+            f'migration {shown_path(path)}:{line} ends with a comment after its last statement, which yoyo sends as '
+            'a statement of its own and which fails: end the file with a statement, or remove the comment')
 
 
-def trailing_comment_line(text):
-    """Return the line where the comments after a migration's last statement begin, or None: the last of the
-    statements sqlparse splits the text into, as yoyo splits it, when it holds comments and blanks alone."""
-    statements = [statement for statement in sqlparse.split(text) if statement.strip()]
-    if len(statements) < 2 or not LEADING_COMMENTS.fullmatch(statements[-1]):
-        return None
-    return text.count('\n', 0, text.rfind(statements[-1].strip())) + 1
+# Text with nothing to run: blanks, comments and semicolons alone.
+NOTHING_TO_RUN = re.compile(r'(?:\s+|--[^\n]*|/\*.*?\*/|;)*', re.DOTALL)
+COMMENT = re.compile(r'--[^\n]*|/\*.*?\*/', re.DOTALL)
+# What yoyo takes from a file's first statement as its header (directives, a description): `--` and blank lines.
+HEADER_LINES = re.compile(r'(?:[ \t]*(?:--[^\n]*)?(?:\n|$))*')
+
+
+def idle_statement(text):
+    """Return (the line of its ";" or comment, whether it holds a ";") of the first statement of a migration's text,
+    split by sqlparse as yoyo splits it, that yoyo would send with nothing to run in it (PostgreSQL finds it empty,
+    psycopg2 refuses it): a comment after the last statement, or a ";" alone; None when there is none. A first
+    statement of `--` lines alone is yoyo's header, which it does not send."""
+    position = 0
+    for index, statement in enumerate(part.strip() for part in sqlparse.split(text) if part.strip()):
+        start = text.find(statement, position)
+        position = start + len(statement)
+        if NOTHING_TO_RUN.fullmatch(statement) and not (index == 0 and HEADER_LINES.fullmatch(statement)):
+            semicolon = ';' in COMMENT.sub('', statement)
+            at = start + LEADING_COMMENTS.match(statement).end() if semicolon else start  # the ";", or the comment
+            return text.count('\n', 0, at) + 1, semicolon
+    return None
 
 
 def file_checksum(migration):
@@ -296,8 +316,8 @@ def migration_failure(exc, dsn, directory):
                 f'{database_message(exc)}')
     where = f'{path}:{line}' if line else str(path)
     if exc.pgcode is None:  # psycopg2's own refusal: yoyo sends the comments after the last statement alone
-        return (f'migration {where} failed: {str(exc).strip()} (a comment after the file\'s last statement is sent '
-                'as a statement of its own: end the file with a statement)')
+        return (f'migration {where} failed: {str(exc).strip()} (a statement with nothing to run, a comment after '
+                'the file\'s last statement or a ";" alone, is sent as a statement of its own: remove it)')
     return f'migration {where} failed: {database_message(exc)}'
 
 
