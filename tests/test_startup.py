@@ -411,6 +411,30 @@ def test_a_migration_waiting_for_a_lock_gives_up_after_the_lock_timeout(tmp_path
     assert manage.apply_migrations(scratch_database, folder, lock_timeout_ms=300) == ['0002_alter']
 
 
+def test_a_non_transactional_migration_that_fails_says_that_its_statements_before_stay(tmp_path, scratch_database):
+    """README said nothing of the file was applied, and to run it again, which failed on the table it had made (trial
+    T): a `-- transactional: false` file keeps its statements before the failed one, and the line says so."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_table.sql').write_text('CREATE TABLE read_for_long (id int);\n')
+    manage.apply_migrations(scratch_database, folder)
+    (folder / '0002_two.sql').write_text('-- transactional: false\nCREATE TABLE made_first (id int);\n'
+                                         'ALTER TABLE read_for_long ADD COLUMN added int;\n')
+    holder = psycopg2.connect(scratch_database)
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute('LOCK TABLE read_for_long IN ACCESS SHARE MODE')  # a reader's open transaction
+        with pytest.raises(StartupError) as caught:
+            manage.apply_migrations(scratch_database, folder, lock_timeout_ms=300)
+    finally:
+        holder.close()
+    assert str(caught.value).startswith(f'migration {folder / "0002_two.sql"}:3 failed: canceling statement due to '
+                                        'lock timeout (SQLSTATE 55P03): '), caught.value
+    assert str(caught.value).endswith('; the file is not transactional (transactional: false): its statements before '
+                                      'this one stay applied, so make them safe to run again (IF NOT EXISTS) first')
+    assert run_sql(scratch_database, "SELECT to_regclass('made_first') IS NOT NULL") == [(True,)]
+
+
 def test_a_bookkeeping_statement_that_fails_names_no_migration_file(tmp_path, scratch_database):
     """A statement of yoyo's own that failed was blamed on the first pending file, none of whose statements had run
     (trial Q's leftover): one that no file holds is the bookkeeping's, and the line says so."""

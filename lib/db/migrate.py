@@ -310,7 +310,8 @@ def migration_failure(exc, dsn, directory):
     """Describe a failed migration as file:line (or the bookkeeping statement, yoyo's or the checksums', that no
     file holds) and PostgreSQL's own message, with its detail when it has one."""
     statement = exc.cursor.query.decode(errors='replace') if exc.cursor is not None and exc.cursor.query else ''
-    path, line = locate_statement(statement, exc.diag.statement_position, pending_migration_files(dsn, directory))
+    pending = pending_migrations(dsn, directory)
+    path, line = locate_statement(statement, exc.diag.statement_position, [Path(each.path) for each in pending])
     if path is None:
         return (f'migrations failed on a bookkeeping statement, in no migration file ({statement_start(statement)}): '
                 f'{database_message(exc)}')
@@ -318,7 +319,7 @@ def migration_failure(exc, dsn, directory):
     if exc.pgcode is None:  # psycopg2's own refusal: yoyo sends the comments after the last statement alone
         return (f'migration {where} failed: {str(exc).strip()} (a statement with nothing to run, a comment after '
                 'the file\'s last statement or a ";" alone, is sent as a statement of its own: remove it)')
-    return f'migration {where} failed: {database_message(exc)}'
+    return f'migration {where} failed: {database_message(exc)}{statements_kept(pending, path)}'
 
 
 def database_message(exc):
@@ -339,13 +340,28 @@ def statement_start(statement):
     return text if len(text) <= STATEMENT_SHOWN_CHARACTERS else f'{text[:STATEMENT_SHOWN_CHARACTERS]}...'
 
 
-def pending_migration_files(dsn, directory):
-    """Return the files of the migrations not applied yet, in order: the failed one is among them."""
+def pending_migrations(dsn, directory):
+    """Return the migrations (yoyo's) not applied yet, in order: the failed one is among them."""
     backend = yoyo_backend(dsn)
     try:
-        return [Path(migration.path) for migration in backend.to_apply(read_migrations(str(directory)))]
+        return list(backend.to_apply(read_migrations(str(directory))))
     finally:
         backend.connection.close()
+
+
+# What a failure line adds for a file yoyo runs without a transaction (`-- transactional: false`).
+STATEMENTS_KEPT = ('; the file is not transactional (transactional: false): its statements before this one stay '
+                   'applied, so make them safe to run again (IF NOT EXISTS) first')
+
+
+def statements_kept(migrations, path):
+    """Return STATEMENTS_KEPT when the migration of migrations (yoyo's) whose file is path runs without a transaction
+    (yoyo's use_transactions), else ''."""
+    for migration in migrations:
+        if shown_path(Path(migration.path)) == path:
+            migration.load()
+            return '' if migration.use_transactions else STATEMENTS_KEPT
+    return ''
 
 
 def locate_statement(statement, position, files):
