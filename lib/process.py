@@ -90,6 +90,20 @@ class CommandStop:
 COMMAND_STOP = CommandStop()
 
 
+def drop_stops_python_ignores(previous_hook):
+    """Return a sys.unraisablehook that drops a StartInterrupted (CommandStop.take's) raised where Python ignores
+    exceptions, a weakref's callback or a __del__ (CommandStop.raise_if_asked raises it again where the command
+    runs), and hands any other to previous_hook: Python printed "Exception ignored in" and a traceback after the
+    stop's one line."""
+    def hook(unraisable):
+        if not isinstance(unraisable.exc_value, StartInterrupted):
+            previous_hook(unraisable)
+    return hook
+
+
+sys.unraisablehook = drop_stops_python_ignores(sys.unraisablehook)
+
+
 def after_fork(callback):
     """Call callback() in every child process forked after this call; return callback (usable as a decorator)."""
     _callbacks.append(callback)

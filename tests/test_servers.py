@@ -232,6 +232,29 @@ def test_a_stop_that_kills_initdb_is_the_stops_one_line_alone(serve_data_dir, st
     assert 'Failed postgres command' not in output and '"error"' not in output, output[-2000:]
 
 
+STOP_IN_A_WEAKREF_CALLBACK = """
+import weakref
+from lib.process import COMMAND_STOP, StartInterrupted
+class Held: pass
+held = Held()
+def callback(_):
+    COMMAND_STOP.asked = 2
+    raise StartInterrupted(130)  # as CommandStop.take raises a Ctrl-C that came while the callback ran
+reference = weakref.ref(held, callback)
+del held
+print('went on')
+COMMAND_STOP.raise_if_asked()
+"""
+
+
+def test_a_stop_that_python_ignores_where_it_came_is_no_traceback_and_still_stops():
+    """A Ctrl-C that came inside a weakref's callback as gunicorn started printed "Exception ignored in" and a
+    traceback after the stop's one line (trial T, 2 in 17)."""
+    result = subprocess.run([sys.executable, '-c', STOP_IN_A_WEAKREF_CALLBACK], cwd=settings.BASE_DIR,
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (130, 'went on\n', '')
+
+
 def test_an_embedded_postgresql_that_cannot_start_is_one_line(tmp_path):
     (tmp_path / 'file').write_text('')
     result = subprocess.run([sys.executable, 'manage.py', 'migrate'], cwd=settings.BASE_DIR, capture_output=True,
