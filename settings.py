@@ -21,15 +21,19 @@ def env_str(name, default=None):
     return value if value != '' else default
 
 
+# An integer as settings take one: ASCII digits, a sign, blanks around (int() also reads "5_000" and other scripts'
+# digits, "５").
+INTEGER_TEXT = re.compile(r'\s*[+-]?[0-9]+\s*')
+
+
 def env_int(name, default, minimum=0, maximum=2**31 - 1):
     """Return the variable as an integer within [minimum, maximum]."""
     text = env_str(name)
     if text is None:
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ImproperlyConfigured(f'{name} must be an integer') from None
+    if not INTEGER_TEXT.fullmatch(text):
+        raise ImproperlyConfigured(f'{name} must be an integer, in ASCII digits')
+    value = int(text)
     if not minimum <= value <= maximum:
         raise ImproperlyConfigured(f'{name} must be between {minimum} and {maximum}')
     return value
@@ -79,7 +83,6 @@ URL_LIKE = re.compile(r'\s*[A-Za-z][A-Za-z0-9+.-]*:?/|\s*[^=\s]*@')
 DSN_HINTS = {True: 'in a URL, percent-encode %, @ and / in the user and password, and every space (%25, %40, %2F, %20)',
              False: r"in key=value form, quote a value with spaces in single quotes: password='my secret' (\' and \\ inside)"}
 SCHEME_HINT = 'a URL starts with postgresql:// or postgres://, nothing before it; '
-WHOLE_SECONDS = re.compile(r'\s*[+-]?[0-9]+\s*')
 # The longest wait for a new connection, in seconds: DB_CONNECT_TIMEOUT's bound, and a database URL's connect_timeout's
 # (past about 24 days it overflowed the waits that apply it).
 MAX_CONNECT_TIMEOUT_SECONDS = 600
@@ -98,7 +101,7 @@ def checked_dsn(name, dsn):
     if is_url and (re.search(r'\s', dsn) or '@' in parts.get('host', '')):
         raise ImproperlyConfigured(f'{name} is not a valid URL: {DSN_HINTS[True]}')
     timeout = parts.get('connect_timeout', '0')
-    if not WHOLE_SECONDS.fullmatch(timeout) or int(timeout) > MAX_CONNECT_TIMEOUT_SECONDS:  # libpq's own check's form
+    if not INTEGER_TEXT.fullmatch(timeout) or int(timeout) > MAX_CONNECT_TIMEOUT_SECONDS:  # libpq's own check's form
         raise ImproperlyConfigured(f"{name}'s connect_timeout must be a whole number of seconds, "
                                    f"{MAX_CONNECT_TIMEOUT_SECONDS} at most, not {timeout!r}")
     return dsn

@@ -138,8 +138,9 @@ def test_a_token_no_bearer_header_can_carry_stops_the_start(environ, name):
     assert 's3cret' not in line
 
 
-def test_a_bad_setting_stops_the_start_in_one_line():
-    assert_one_line_failure(run_manage('migrate', PORT='eighty'), 'PORT')
+@pytest.mark.parametrize('port', ['eighty', '8_080', '８０８０', '8080.0'])  # int() reads the two in between
+def test_a_bad_setting_stops_the_start_in_one_line(port):
+    assert_one_line_failure(run_manage('migrate', PORT=port), 'PORT must be an integer, in ASCII digits')
 
 
 @pytest.mark.parametrize('folder, reason', [('/proc', 'takes no new files'), ('/etc/hostname', 'is a file'),
