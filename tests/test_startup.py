@@ -450,8 +450,9 @@ def test_a_bookkeeping_statement_that_fails_names_no_migration_file(tmp_path, sc
                                         f'INTO {CHECKSUM_TABLE} '), caught.value
     assert 'violates check constraint "none_taken"' in str(caught.value), caught.value
     assert str(caught.value).endswith('(SQLSTATE 23514)'), caught.value
+    assert run_sql(scratch_database, "SELECT to_regclass('fine') IS NULL") == [(True,)]  # its record's transaction
     run_sql(scratch_database, f'ALTER TABLE {CHECKSUM_TABLE} DROP CONSTRAINT none_taken')
-    assert manage.apply_migrations(scratch_database, folder) == []  # yoyo recorded it before the checksum failed
+    assert manage.apply_migrations(scratch_database, folder) == ['0001_fine']
     assert run_sql(scratch_database, f'SELECT migration_id FROM {CHECKSUM_TABLE}') == [('0001_fine',)]
 
 
@@ -469,9 +470,47 @@ def test_yoyos_lock_not_taken_is_one_line(tmp_path, scratch_database):
                                  'it: run them again once it ends')
 
 
-def test_the_record_that_a_migration_ran_waits_for_its_lock_past_the_lock_timeout(tmp_path, scratch_database):
-    """yoyo records a migration after its statements committed: a record that gave up on MIGRATION_LOCK_TIMEOUT_MS
-    left the file run but unrecorded, and every run after failed on it (\"fine\" already exists)."""
+def test_a_migration_whose_record_waits_past_the_lock_timeout_is_not_applied(tmp_path, scratch_database):
+    """yoyo recorded a migration after its statements committed: a record that gave up on MIGRATION_LOCK_TIMEOUT_MS,
+    or that a stop cut (trial U), left the file run but unrecorded, and every run after failed on it ("fine" already
+    exists). The record is now the migration's own transaction."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    manage.apply_migrations(scratch_database, folder)  # yoyo's tables, no migration
+    (folder / '0001_fine.sql').write_text('CREATE TABLE fine (id int);\n')
+    holder = psycopg2.connect(scratch_database)
+    executor = ThreadPoolExecutor(1)  # a record that waits for good is a failure of the test, not its hang
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute(f'LOCK TABLE {MIGRATION_TABLE} IN SHARE MODE')  # reads pass, yoyo's INSERT waits
+        with pytest.raises(StartupError) as caught:
+            executor.submit(manage.apply_migrations, scratch_database, folder, lock_timeout_ms=300).result(30)
+    finally:
+        holder.close()
+        executor.shutdown()
+    assert str(caught.value).startswith('migrations failed on a bookkeeping statement, in no migration file (INSERT '
+                                        f'INTO "{MIGRATION_TABLE}" '), caught.value
+    assert 'canceling statement due to lock timeout (SQLSTATE 55P03)' in str(caught.value)
+    assert run_sql(scratch_database, "SELECT to_regclass('fine') IS NULL") == [(True,)]
+    assert manage.apply_migrations(scratch_database, folder, lock_timeout_ms=300) == ['0001_fine']
+
+
+# manage.py migrate's stop (lib.process's COMMAND_STOP, the interruptible wait) on a folder of a test's migrations.
+MIGRATE_AS_MANAGE_DOES = """
+import pathlib, signal, sys
+import psycopg2.extensions
+from lib.process import COMMAND_STOP
+from lib.db.migrate import apply_migrations
+from lib.db.waiting import interruptible_wait
+signal.signal(signal.SIGTERM, COMMAND_STOP.take)
+psycopg2.extensions.set_wait_callback(interruptible_wait)
+apply_migrations(sys.argv[1], pathlib.Path(sys.argv[2]))
+"""
+
+
+def test_a_stop_while_a_migrations_record_waits_leaves_it_pending(tmp_path, scratch_database):
+    """trial U: Ctrl-C, SIGTERM or SIGHUP while yoyo's record of an applied file waited for a lock left the file run
+    but unrecorded (6 in 6), and the stop's line said to run it again, which failed."""
     folder = tmp_path / 'migrations'
     folder.mkdir()
     manage.apply_migrations(scratch_database, folder)  # yoyo's tables, no migration
@@ -479,17 +518,18 @@ def test_the_record_that_a_migration_ran_waits_for_its_lock_past_the_lock_timeou
     holder = psycopg2.connect(scratch_database)
     try:
         with holder.cursor() as cursor:
-            cursor.execute(f'LOCK TABLE {MIGRATION_TABLE} IN SHARE MODE')  # reads pass, yoyo's INSERT waits
-        with ThreadPoolExecutor(1) as executor:
-            applied = executor.submit(manage.apply_migrations, scratch_database, folder, lock_timeout_ms=200)
-            waiting = "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            wait_for(lambda: run_sql(scratch_database, waiting) or applied.done(), 30, 'the record never waited')
-            time.sleep(1)  # five lock timeouts
-            holder.close()
-            assert applied.result(timeout=30) == ['0001_fine']
+            cursor.execute(f'LOCK TABLE {MIGRATION_TABLE} IN SHARE MODE')
+        process = subprocess.Popen([sys.executable, '-c', MIGRATE_AS_MANAGE_DOES, scratch_database, str(folder)],
+                                   cwd=settings.BASE_DIR, text=True, stderr=subprocess.PIPE)
+        waiting = "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        wait_for(lambda: run_sql(scratch_database, waiting) or process.poll() is not None, 60, 'no wait for the lock')
+        process.terminate()
+        _, stderr = process.communicate(timeout=10)
     finally:
         holder.close()
-    assert run_sql(scratch_database, f"SELECT migration_id FROM {MIGRATION_TABLE}") == [('0001_fine',)]
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert run_sql(scratch_database, "SELECT to_regclass('fine') IS NULL") == [(True,)]
+    assert manage.apply_migrations(scratch_database, folder) == ['0001_fine']
 
 
 def test_manage_repair_says_what_it_took_in_one_line(scratch_database):

@@ -62,11 +62,11 @@ def yoyo_backend(dsn, lock_timeout_ms=0):
 
 @functools.cache
 def backend_class(lock_timeout_ms):
-    """Return yoyo's PostgreSQL backend class whose copies, on which yoyo runs each migration's steps (apply_one),
-    wait lock_timeout_ms for a lock at most: PostgreSQL's lock_timeout, set by init_connection, which yoyo calls on
-    each connection and again after a rollback (which undoes a SET made in the transaction). Its own connection, the
-    bookkeeping's, waits as long as it takes: yoyo records a migration after its steps committed, and a record that
-    gave up would leave a migration that ran unrecorded, to be run again."""
+    """Return yoyo's PostgreSQL backend class whose copies, on which each migration runs (yoyo's apply_one, and
+    apply_recorded), wait lock_timeout_ms for a lock at most: PostgreSQL's lock_timeout, set by init_connection, which
+    yoyo calls on each connection and again after a rollback (which undoes a SET made in the transaction). Its own
+    connection, the bookkeeping's, waits as long as it takes: it records a `transactional: false` migration after its
+    statements committed, and a record that gave up would leave that migration run but unrecorded."""
     postgresql = get_backend_class('postgresql')
 
     class StepsBackend(postgresql):
@@ -238,13 +238,31 @@ def sql_literal(text):
 
 
 def apply_each(backend, pending):
-    """Apply pending (a yoyo MigrationList) in order, recording each one's SHA-256 as soon as it is applied (a later
+    """Apply pending (a yoyo MigrationList) in order, each recorded with its SHA-256 as soon as it is applied (a later
     one may fail, and the file of one applied may be edited before the next run), then yoyo's post-apply hooks."""
     for migration in pending:
-        backend.apply_migrations_only([migration])
-        record_checksums(backend, [migration], replace=True)
+        migration.load()
+        if migration.use_transactions:
+            apply_recorded(backend, migration)
+        else:  # `-- transactional: false`: yoyo's way, its statements committed one by one, then its record
+            backend.apply_migrations_only([migration])
+            record_checksums(backend, [migration], replace=True)
     if pending:
         backend.run_post_apply(pending)
+
+
+def apply_recorded(backend, migration):
+    """Apply migration (yoyo's, with a transaction) and record it, yoyo's log and mark and its SHA-256, in one
+    transaction on a copy of backend, whose statements wait lock_timeout for a lock (backend_class): yoyo commits the
+    steps and then records them on its own connection, and a stop or failure in between left the file run but
+    unrecorded, failing every run after. yoyo nests the steps' own transaction as a savepoint."""
+    log.info('applying migration', extra={'labels': {'migration': migration.id}})
+    backend.ensure_internal_schema_updated()
+    with backend.copy() as steps, steps.transaction():
+        migration.process_steps(steps, 'apply')
+        steps.log_migration(migration, 'apply')
+        steps.mark_one(migration, log=False)
+        record_checksums(steps, [migration], replace=True)
 
 
 def record_checksums(backend, migrations, replace=False):
