@@ -28,7 +28,7 @@ from lib.db import Db, connection, json_parameter
 from lib.db.types import RefusedValue, UnreadableValue
 from lib.errors import ApiError, as_api_error
 from lib.fields import exact_decimal
-from lib.jsonenc import (PLAIN_DIGITS_PER_BODY, BoundedNumbers, ExactNumber, TooDeepToWrite, dumps_bytes,
+from lib.jsonenc import (PLAIN_DIGITS_PER_BODY, BoundedNumbers, ExactNumber, RawJson, TooDeepToWrite, dumps_bytes,
                          json_array_chunks, loads_exact)
 from settings import BASE_DIR
 from tests.helpers import Caller, assert_problem, run_sql
@@ -1075,6 +1075,12 @@ def test_stored_json_numbers_past_a_decimals_range_or_negative_zeros_are_written
     """An exponent of 10**18 or more was a 500 (decimal.InvalidOperation; trial T); -0.0 kept a sign numeric has
     not."""
     assert all_three_ways(conn, 'SELECT %s::json AS v', [stored]) == b'[{"v":' + answered + b'}]'
+
+
+def test_docs_an_action_sees_a_stored_json_number_past_a_decimals_range_as_raw_json_text(conn):
+    """contract.md, the json row: such a number reaches an action as lib.jsonenc.RawJson, its text in .text."""
+    value = Db(conn).fetch_value("SELECT '[1e1000000000000000000]'::json")[0]
+    assert isinstance(value, RawJson) and value.text == '1e1000000000000000000'
 
 
 def test_stored_json_text_within_a_mebibyte_of_plain_digits_is_written_as_to_jsonb_writes_it(conn):
