@@ -109,7 +109,7 @@ def try_advisory_lock(conn, key):
 def migration_lock(dsn, directory, lock_timeout_ms=0):
     """Open a yoyo backend on dsn and hold the migrations' locks (the advisory lock, then yoyo's own, a stale one
     broken) for the block; yield (the backend, the migrations of directory, those pending, the SHA-256s recorded).
-    lock_timeout_ms: PostgreSQL's lock_timeout for the session's statements (0: none)."""
+    lock_timeout_ms: PostgreSQL's lock_timeout for the migrations' statements, on yoyo's copies (0: none)."""
     backend = yoyo_backend(dsn, lock_timeout_ms)
     try:
         with advisory_lock(backend.connection):
