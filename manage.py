@@ -27,10 +27,7 @@ if __name__ == '__main__':
     stop_on_terminal_hangup()
     # Before gunicorn runs (imports, the embedded PostgreSQL's start, migrations): one line, not a traceback nor a
     # death by the signal; what started (the embedded PostgreSQL) is stopped by its own exit handlers.
-    COMMAND_STOP.stopped_line = partial(start_stopped_line, sys.argv[1:2] and sys.argv[1])
-    for stop_signal in STOP_CAUSES:
-        if not (stop_signal == signal.SIGHUP and hangup_ignored()):
-            signal.signal(stop_signal, COMMAND_STOP.take)
+    COMMAND_STOP.take_stop_signals(partial(start_stopped_line, sys.argv[1:2] and sys.argv[1]))
 
 import argparse  # noqa: E402
 import inspect  # noqa: E402

@@ -34,6 +34,14 @@ class CommandStop:
         self.served = False
         self.stopped_line = None
 
+    def take_stop_signals(self, stopped_line):
+        """Take the stop signals (STOP_CAUSES) as the command's (take), saying stopped_line(signum) for the first that
+        comes before it serves; under nohup (SIGHUP ignored: hangup_ignored) SIGHUP is left alone."""
+        self.stopped_line = stopped_line
+        for stop_signal in STOP_CAUSES:
+            if not (stop_signal == signal.SIGHUP and hangup_ignored()):
+                signal.signal(stop_signal, self.take)
+
     def take(self, signum, frame=None):
         """Keep the first stop signal, and say it before the command serves; raise it unless a step holds it back or
         the command's stop has begun."""

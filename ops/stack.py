@@ -19,10 +19,7 @@ def stopped_line(signum):
 if __name__ == '__main__':
     # First, before any other import: they take most of a second (a Ctrl-C then was a traceback). Under nohup
     # (SIGHUP ignored) SIGHUP is left alone; main takes it once it has looked for the terminal's hangup.
-    COMMAND_STOP.stopped_line = stopped_line
-    for early_signal in STOP_CAUSES:
-        if not (early_signal == signal.SIGHUP and hangup_ignored()):
-            signal.signal(early_signal, COMMAND_STOP.take)
+    COMMAND_STOP.take_stop_signals(stopped_line)
 
 import ctypes  # noqa: E402
 import fcntl  # noqa: E402
