@@ -76,7 +76,9 @@ def default_dsn():
 
 def migrate_database(dsn):
     """Apply the pending migrations to dsn within its connect timeout (with_connect_timeout) and
-    MIGRATION_LOCK_TIMEOUT_MS; return their ids; StartupError of one line for any failure."""
+    MIGRATION_LOCK_TIMEOUT_MS; return their ids; StartupError of one line for any failure. A stop asked before is
+    raised first (one Python ignored where it came)."""
+    COMMAND_STOP.raise_if_asked()
     return apply_migrations(with_connect_timeout(dsn), lock_timeout_ms=settings.MIGRATION_LOCK_TIMEOUT_MS)
 
 
@@ -468,6 +470,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('command', choices=['migrate', 'repair', 'serve'])
     command = parser.parse_args(argv).command
+    COMMAND_STOP.raise_if_asked()  # one that came while the modules above were imported, which Python can ignore
     configure_process_logging(settings)
     psycopg2.extensions.set_wait_callback(interruptible_wait)  # a stop cancels a migration's statement at once
     if command == 'migrate':

@@ -21,9 +21,9 @@ def env_str(name, default=None):
     return value if value != '' else default
 
 
-# An integer as settings take one: ASCII digits, a sign, blanks around (int() also reads "5_000" and other scripts'
-# digits, "５").
-INTEGER_TEXT = re.compile(r'\s*[+-]?[0-9]+\s*')
+# An integer as settings take one: ASCII digits, a sign, spaces and tabs around (int() also reads "5_000" and other
+# scripts' digits, "５"; \s would take the separators U+001C-U+001F, which int() refuses).
+INTEGER_TEXT = re.compile(r'[ \t]*[+-]?[0-9]+[ \t]*')
 
 
 def env_int(name, default, minimum=0, maximum=2**31 - 1):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
@@ -18,8 +19,10 @@ from yoyo import read_migrations
 
 import manage
 import settings
-from lib.db.migrate import CHECKSUM_TABLE, MIGRATION_LOCK_KEY, MIGRATION_TABLE, yoyo_backend
+from lib.db.migrate import (CHECKSUM_TABLE, MIGRATION_LOCK_KEY, MIGRATION_TABLE, MIGRATIONS_DIR, in_one_line,
+                            yoyo_backend)
 from lib.errors import StartupError
+from lib.process import COMMAND_STOP, StartInterrupted
 from tests.helpers import (ADMIN_TOKEN, QUOTING_TOKEN, assert_quoted_safely, broken_module, code_raising_secrets,
                            drop_database, free_port, recreate_database, run_sql, server_environment, wait_for)
 
@@ -138,7 +141,7 @@ def test_a_token_no_bearer_header_can_carry_stops_the_start(environ, name):
     assert 's3cret' not in line
 
 
-@pytest.mark.parametrize('port', ['eighty', '8_080', '８０８０', '8080.0'])  # int() reads the two in between
+@pytest.mark.parametrize('port', ['eighty', '8_080', '８０８０', '8080.0', '8080\x1c'])  # int() reads 2 and 3
 def test_a_bad_setting_stops_the_start_in_one_line(port):
     assert_one_line_failure(run_manage('migrate', PORT=port), 'PORT must be an integer, in ASCII digits')
 
@@ -287,6 +290,43 @@ def test_a_migration_with_a_header_or_semicolons_inside_its_statements_runs(tmp_
     folder.mkdir()
     (folder / '0001_fine.sql').write_text(text)
     assert manage.apply_migrations(scratch_database, folder) == ['0001_fine']
+
+
+def test_a_file_whose_checksum_row_was_deleted_must_run_on_a_new_database_to_be_taken(tmp_path, scratch_database):
+    """The changed-files line offers to delete their checksum rows: migrate then took a file that repair refuses, one
+    that fails on every new database (trial V)."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    applied = folder / '0001_applied.sql'
+    applied.write_text('CREATE TABLE taken_later (id int);\n')
+    manage.apply_migrations(scratch_database, folder)
+    applied.write_text('CREATE TABLE taken_later (id int);\n-- done\n')
+    run_sql(scratch_database, f"DELETE FROM {CHECKSUM_TABLE} WHERE migration_id = '0001_applied'")
+    with pytest.raises(StartupError) as caught:
+        manage.apply_migrations(scratch_database, folder)
+    assert str(caught.value) == TRAILING_COMMENT_REFUSAL.format(applied)
+    assert run_sql(scratch_database, f'SELECT count(*) FROM {CHECKSUM_TABLE}') == [(0,)]
+
+
+def test_a_stop_python_ignored_where_it_came_stops_the_migrations_before_they_run(scratch_database, monkeypatch):
+    """A stop during manage.py's imports, which Python can ignore, said the command stopped, and then every pending
+    file was applied (trial V, 7 in 69)."""
+    monkeypatch.setattr(COMMAND_STOP, 'asked', signal.SIGINT)  # taken, its exception dropped
+    with pytest.raises(StartInterrupted) as caught:
+        manage.migrate_database(scratch_database)
+    assert caught.value.code == 128 + signal.SIGINT
+    assert run_sql(scratch_database, "SELECT to_regclass('_yoyo_migration') IS NULL") == [(True,)]
+
+
+def test_yoyos_word_on_a_nested_begin_is_not_shown(recwarn):
+    """A stop's unwinding can BEGIN where a transaction is open: yoyo's two-line warning, about databases that are
+    not PostgreSQL, followed the stop's one line (trial V, 2 in 170)."""
+    def work(dsn, directory):
+        warnings.warn('Nested transaction requested; this will raise an exception in some PostgreSQL-compatible '
+                      'databases', UserWarning)
+        return 'done'
+    assert in_one_line(work, 'dbname=unused', MIGRATIONS_DIR) == 'done'
+    assert [str(warning.message) for warning in recwarn] == []
 
 
 def test_repair_refuses_to_take_a_file_that_ends_in_a_comment(tmp_path, scratch_database):

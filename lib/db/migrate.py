@@ -7,6 +7,7 @@ import logging
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import psycopg2
@@ -136,8 +137,11 @@ def migrate(dsn, directory=MIGRATIONS_DIR, lock_timeout_ms=0):
     with migration_lock(dsn, directory, lock_timeout_ms) as (backend, migrations, pending, recorded):
         applied_before = applied_of(migrations, pending)
         check_applied_unchanged(recorded, applied_before)
-        # Those applied before checksums were kept (a database an older dbapi migrated): recorded once.
-        record_checksums(backend, [migration for migration in applied_before if migration.id not in recorded])
+        # Those applied before checksums were kept (a database an older dbapi migrated, rows deleted as the
+        # changed-files line offers): recorded once, as repair takes them, if they can run on a new database.
+        unrecorded = [migration for migration in applied_before if migration.id not in recorded]
+        check_runnable(unrecorded)
+        record_checksums(backend, unrecorded)
         check_runnable(pending)
         # yoyo prints the rows of a migration's SELECT as a table on stdout, which holds JSON lines alone.
         with contextlib.redirect_stdout(sys.stderr):
@@ -302,7 +306,10 @@ def in_one_line(work, dsn, directory):
     """Return work(dsn, directory), its database errors raised as a StartupError of one line, without dsn's
     password."""
     try:
-        return work(dsn, directory)
+        with warnings.catch_warnings():
+            # yoyo's word on a BEGIN in a transaction (a stop's unwinding), about databases that are not PostgreSQL
+            warnings.filterwarnings('ignore', 'Nested transaction requested', UserWarning)
+            return work(dsn, directory)
     except LockTimeout as exc:  # its lock row stays taken: one made after ours was broken, under the advisory lock
         raise StartupError(f'the migrations did not take yoyo\'s lock: {exc}; a yoyo command run beside them (it takes '
                            'no advisory lock) holds it: run them again once it ends') from None
