@@ -292,15 +292,22 @@ def test_a_migration_with_a_header_or_semicolons_inside_its_statements_runs(tmp_
     assert manage.apply_migrations(scratch_database, folder) == ['0001_fine']
 
 
+def applied_then_ended_in_a_comment(folder, dsn):
+    """Make folder, apply to dsn a migration of it that creates a table, then end its file in a comment; return the
+    file."""
+    folder.mkdir()
+    applied = folder / '0001_applied.sql'
+    applied.write_text('CREATE TABLE applied_before (id int);\n')
+    manage.apply_migrations(dsn, folder)
+    applied.write_text('CREATE TABLE applied_before (id int);\n-- done\n')
+    return applied
+
+
 def test_a_file_whose_checksum_row_was_deleted_must_run_on_a_new_database_to_be_taken(tmp_path, scratch_database):
     """The changed-files line offers to delete their checksum rows: migrate then took a file that repair refuses, one
     that fails on every new database (trial V)."""
     folder = tmp_path / 'migrations'
-    folder.mkdir()
-    applied = folder / '0001_applied.sql'
-    applied.write_text('CREATE TABLE taken_later (id int);\n')
-    manage.apply_migrations(scratch_database, folder)
-    applied.write_text('CREATE TABLE taken_later (id int);\n-- done\n')
+    applied = applied_then_ended_in_a_comment(folder, scratch_database)
     run_sql(scratch_database, f"DELETE FROM {CHECKSUM_TABLE} WHERE migration_id = '0001_applied'")
     with pytest.raises(StartupError) as caught:
         manage.apply_migrations(scratch_database, folder)
@@ -332,11 +339,7 @@ def test_yoyos_word_on_a_nested_begin_is_not_shown(recwarn):
 def test_repair_refuses_to_take_a_file_that_ends_in_a_comment(tmp_path, scratch_database):
     """It took it, and the file then failed on every new database (trial Q)."""
     folder = tmp_path / 'migrations'
-    folder.mkdir()
-    applied = folder / '0001_applied.sql'
-    applied.write_text('CREATE TABLE repaired_later (id int);\n')
-    manage.apply_migrations(scratch_database, folder)
-    applied.write_text('CREATE TABLE repaired_later (id int);\n-- done\n')
+    applied = applied_then_ended_in_a_comment(folder, scratch_database)
     with pytest.raises(StartupError) as caught:
         manage.repair_checksums(scratch_database, folder)
     assert str(caught.value) == TRAILING_COMMENT_REFUSAL.format(applied)
