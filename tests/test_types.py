@@ -1077,6 +1077,14 @@ def test_stored_json_numbers_past_a_decimals_range_or_negative_zeros_are_written
     assert all_three_ways(conn, 'SELECT %s::json AS v', [stored]) == b'[{"v":' + answered + b'}]'
 
 
+def test_docs_jsonb_numbers_are_postgresqls_own_text_past_the_json_budget(conn):
+    """contract.md, the json row: jsonb comes from PostgreSQL written out in full, as to_jsonb writes it; the plain
+    digits budget is json text's alone."""
+    stored = '[' + ', '.join(['1e131071'] * 9) + ']'
+    written = all_three_ways(conn, 'SELECT %s::jsonb AS v', [stored])
+    assert written == b'[{"v":[' + b','.join([b'1' + b'0' * 131071] * 9) + b']}]'
+
+
 def test_docs_an_action_sees_a_stored_json_number_past_a_decimals_range_as_raw_json_text(conn):
     """contract.md, the json row: such a number reaches an action as lib.jsonenc.RawJson, its text in .text."""
     value = Db(conn).fetch_value("SELECT '[1e1000000000000000000]'::json")[0]
