@@ -3,6 +3,7 @@
 How a request flows and where each concern lives: docs/architecture.md.
 """
 from dataclasses import dataclass, field
+from functools import partial
 
 from flask import Flask, request
 from flask.sessions import NullSession, SessionInterface
@@ -10,7 +11,7 @@ from flask_compress import Compress
 from werkzeug.exceptions import NotFound
 
 import settings
-from lib.auth import identify_quietly, load_clients
+from lib.auth import holds_a_token, identify_quietly, load_clients
 from lib.db import make_pools, session_hook
 from lib.db.embedded import start_embedded
 from lib.errors import ERROR_TRANSLATORS, handle_error
@@ -160,7 +161,7 @@ def install_middleware(app, gateway):
     install_admission(app)
     install_access_log(app, observers=[gateway.metrics])
     app.wsgi_app = ResponseHeaders(app.wsgi_app, gateway.response_headers)
-    app.wsgi_app = RequestIds(app.wsgi_app, gateway.redact.holds)
+    app.wsgi_app = RequestIds(app.wsgi_app, partial(holds_a_token, gateway.redact))
     if app.config['TRUSTED_PROXY_HOPS']:
         app.wsgi_app = TrustedProxies(app.wsgi_app, app.config['TRUSTED_PROXY_HOPS'])
 
@@ -174,13 +175,14 @@ def create_app(overrides=None):
     app.session_interface = NoSessions()
     load_config(app, overrides)
     clients = load_clients(app.config)
-    configure_logging(app.config, secrets=clients.secrets)
+    lines_redactor = configure_logging(app.config, secrets=clients.secrets)
     resolve_databases(app.config)
     app.json = OrjsonProvider(app)
     pools = make_pools(app.config, session_hook(app.config, 'DB_CONFIGURE'), session_hook(app.config, 'DB_RESET'))
     gateway = Gateway(pools, clients, RequestMetrics(pools, fast_paths=app.config['FAST_PATHS']),
                       redact=Redactor(configured_secrets(app.config['DATABASES'], clients.secrets)))
     app.extensions['dbapi'] = gateway
+    clients.learners.extend([lines_redactor.learn_token, gateway.redact.learn_token])
     app.register_error_handler(Exception, handle_error)
     app.register_blueprint(ops)
     app.register_blueprint(metrics_endpoint)

@@ -173,6 +173,32 @@ def test_a_request_id_holding_a_token_is_replaced_so_that_its_lines_can_be_found
     assert line_of_request(logged_lines(log_folder), request_id)['http.response.status_code'] == 404
 
 
+def test_a_token_known_only_by_its_sha256_is_redacted_once_it_has_authenticated(make_app, log_folder):
+    """Trial X: a client configured by its sha256 had its token, sent in the path or as a body's key beside its
+    Authorization, come back in the 404's detail, the 422's errors and the access line's url.path."""
+    app = make_app(LOG_PATH=str(log_folder))
+    client = app.test_client()
+    missing = post(client, f'/{SCOPED_TOKEN}/get', token=SCOPED_TOKEN)
+    refused = post(client, '/probe/greet', {'name': 'x', SCOPED_TOKEN: 1}, token=SCOPED_TOKEN)
+    logging.getLogger('dbapi.test').warning('later, %s', SCOPED_TOKEN)
+    assert (missing.status_code, refused.status_code) == (404, 422)
+    assert [SCOPED_TOKEN in response.get_data(as_text=True) for response in (missing, refused)] == [False, False]
+    assert '[REDACTED]' in missing.get_json()['detail'] and '[REDACTED]' in refused.get_json()['errors']
+    text = ''.join(read_log_folder(log_folder).values())
+    assert SCOPED_TOKEN not in text and 'later, [REDACTED]' in text
+
+
+@pytest.mark.parametrize('token', [SCOPED_TOKEN, 'a-token-no-client-has-9'])
+def test_a_request_id_holding_the_requests_own_token_is_replaced(make_app, log_folder, token):
+    """As nginx does: the id of a request whose Authorization carries the token, known only by its sha256 (trial X:
+    echoed on a sha256 client's first request) or not known at all, is a new one."""
+    app = make_app(LOG_PATH=str(log_folder))
+    response = post(app.test_client(), '/probe/missing', token=token, headers={'X-Request-ID': f'id.{token}'})
+    request_id = response.headers['X-Request-ID']
+    assert token not in request_id and request_id == response.get_json()['request_id']
+    assert line_of_request(logged_lines(log_folder), request_id)['http.response.status_code'] in (401, 404)
+
+
 def test_a_readyz_503_logs_why_the_database_did_not_answer_and_its_answer_names_nothing(make_app, log_folder,
                                                                                       database_url):
     dead = 'host=127.0.0.1 port=1 dbname=secretdb user=secretuser password=pw-secret-9'

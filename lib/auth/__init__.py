@@ -121,6 +121,10 @@ class TokenTable(dict):
         self.known_headers = {}
         # The plain tokens the configuration holds, for the log redactor (a sha256-only client adds none).
         self.secrets = []
+        # The digests of clients configured by their sha256 alone whose token no request has shown yet, and what
+        # learns such a token once one has (learners: token -> None, the redactors' learn_token).
+        self.unshown = set()
+        self.learners = []
 
     def add(self, clients, tokens):
         """Add (digest, Client) pairs and the plain tokens they were parsed from. A token two clients share, or a
@@ -137,15 +141,28 @@ class TokenTable(dict):
                 raise ImproperlyConfigured(f'clients {self[digest].name!r} and {client.name!r} have the same token')
             self[digest] = client
         self.secrets.extend(tokens)
+        self.unshown |= {digest for digest, _ in clients} - {sha256_hex(token) for token in tokens}
 
     def identify(self, header):
         """Return the client whose token the Authorization header carries, or None; raise 401 when malformed."""
         client = self.known_headers.get(header)
         if client is None:
-            client = identify(self, header)
-            if client is not None and len(self.known_headers) < MAX_KNOWN_HEADERS:
-                self.known_headers[header] = client
+            token = bearer_token(header)
+            client = self.get(sha256_hex(token))
+            if client is not None:
+                self.learn(token)
+                if len(self.known_headers) < MAX_KNOWN_HEADERS:
+                    self.known_headers[header] = client
         return client
+
+    def learn(self, token):
+        """Hand the learners a token that has just authenticated when the configuration held only its sha256: from
+        now on this process's log lines and problem bodies redact it (contract section 2)."""
+        digest = sha256_hex(token)
+        if digest in self.unshown:
+            self.unshown.discard(digest)
+            for learner in self.learners:
+                learner(token)
 
 
 def load_clients(config):
@@ -163,14 +180,25 @@ def load_clients(config):
     return clients
 
 
-def identify(clients, header):
-    """Return the client whose token the Authorization header carries, or None; raise 401 when malformed."""
+def bearer_token(header):
+    """Return the token of an Authorization header of the Bearer scheme (RFC 6750 section 2.1); raise 401 when the
+    header is missing or malformed. The client is found by the token's SHA-256 (TokenTable): the lookup is O(1) and
+    timing-safe, since a caller cannot steer the digest, so its timing reveals nothing about stored tokens."""
     match = BEARER_HEADER.fullmatch(header)
     if match is None:
         raise Unauthorized(headers={'WWW-Authenticate': BEARER_CHALLENGE})
-    # Looking up the token's SHA-256 rather than the token keeps the lookup O(1) and timing-safe:
-    # an attacker cannot steer the digest, so a lookup's timing reveals nothing about stored tokens.
-    return clients.get(sha256_hex(match.group(1)))
+    return match.group(1)
+
+
+def holds_a_token(redactor, text, environ):
+    """Tell whether text (a request's X-Request-ID) holds a token: one redactor (lib.logs.secrets.Redactor) knows,
+    or the request's own (its Authorization header's, of 4 characters or more, a client's or not), as nginx tells
+    it (nginx/dbapi.conf.template)."""
+    try:
+        own = [bearer_token(environ.get('HTTP_AUTHORIZATION', ''))]
+    except Unauthorized:
+        own = []
+    return redactor.holds(text, also=own)
 
 
 def identify_quietly(clients):

@@ -23,15 +23,15 @@ def current_request_id():
 
 class RequestIds:
     """WSGI middleware: take the caller's X-Request-ID when it is sane (1-128 of [A-Za-z0-9._:-]) and holds no
-    secret (holds_secret, the log redactor's test: a bearer token sent as the id), else make one. An id the logs
-    would redact could not be found there, and the answer's header would echo the secret."""
+    secret (holds_secret(id, environ): lib.auth's holds_a_token, a bearer token sent as the id), else make one. An
+    id the logs would redact could not be found there, and the answer's header would echo the secret."""
 
-    def __init__(self, wsgi_app, holds_secret=lambda text: False):
+    def __init__(self, wsgi_app, holds_secret=lambda text, environ: False):
         self.wsgi_app = wsgi_app
         self.holds_secret = holds_secret
 
     def __call__(self, environ, start_response):
         incoming = environ.get('HTTP_X_REQUEST_ID')
-        sane = incoming and SANE_REQUEST_ID.fullmatch(incoming) and not self.holds_secret(incoming)
+        sane = incoming and SANE_REQUEST_ID.fullmatch(incoming) and not self.holds_secret(incoming, environ)
         environ[REQUEST_ID_KEY] = incoming if sane else new_request_id()
         return self.wsgi_app(environ, start_response)

@@ -30,7 +30,7 @@ FIXED_LEVELS = {'pgserver': logging.WARNING, ACCESS_LOGGER: logging.INFO}
 # The settings the handlers are built from; a change of any of them (not of LOG_LEVEL) builds new ones.
 HANDLER_SETTINGS = ('LOG_PATH', 'LOG_FILE_MAX_BYTES', 'LOG_FILE_BACKUPS', 'APP_ID', 'ENVIRONMENT', 'PROCESS_ID',
                     'ELK_INDEX', 'DATABASES')
-INSTALLED = {'key': None, 'handlers': []}
+INSTALLED = {'key': None, 'handlers': [], 'redactor': None}
 
 
 def configure_logging(config, secrets=()):
@@ -38,6 +38,7 @@ def configure_logging(config, secrets=()):
 
     config holds the settings (app.config, or settings_config(settings)); secrets are the plain bearer tokens
     (lib.auth's TokenTable.secrets), kept out of every line with the DSNs and passwords of config['DATABASES'].
+    Return the lines' redactor (lib.logs.secrets.Redactor), which an app teaches the tokens it learns.
     """
     root = logging.getLogger()
     root.setLevel(config['LOG_LEVEL'])
@@ -47,15 +48,18 @@ def configure_logging(config, secrets=()):
     options['FAST_PATHS'] = config.get('FAST_PATHS', True)
     key = repr((options, sorted(secrets)))
     if key != INSTALLED['key']:
-        replace_handlers(root, dbapi_handlers(options, secrets))
-        INSTALLED['key'] = key
+        redactor = Redactor(configured_secrets(options['DATABASES'], secrets))
+        replace_handlers(root, dbapi_handlers(options, redactor))
+        INSTALLED.update(key=key, redactor=redactor)
+    return INSTALLED['redactor']
 
 
-def dbapi_handlers(options, secrets):
-    """Return dbapi's handlers, sharing one formatter and one filter that adds dbapi's fields."""
+def dbapi_handlers(options, redactor):
+    """Return dbapi's handlers, sharing one formatter (its lines redacted by redactor) and one filter that adds
+    dbapi's fields."""
     hostname = socket.gethostname()
     fields = service_fields(options, hostname)
-    formatter = EcsFormatter(fields, Redactor(configured_secrets(options['DATABASES'], secrets)))
+    formatter = EcsFormatter(fields, redactor)
     fields_filter = ServiceFields(fields)
     handlers = build_handlers(options, f"{options['PROCESS_ID']}-{hostname}", options['FAST_PATHS'])
     for handler in handlers:

@@ -61,10 +61,21 @@ class Redactor:
     """Replace known secrets in finished lines: a few substring checks per line, a rewrite only on a hit."""
 
     def __init__(self, secrets):
-        # Longest first, so that a DSN is replaced whole before the password inside it.
-        self.secrets = sorted({secret for secret in secrets if len(secret) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+        self.secrets = self.escaped = []
+        self.learn(secrets)
+
+    def learn(self, secrets):
+        """Redact secrets too, from now on."""
+        # Longest first, so that a DSN is replaced whole before the password inside it. secrets is set before escaped:
+        # a line another thread checks meanwhile that finds a new secret's escaped form also finds the secret.
+        self.secrets = sorted({*self.secrets, *kept_secrets(secrets)}, key=len, reverse=True)
         # A finished line holds each secret the way JSON escapes it.
         self.escaped = [encode(secret)[1:-1] for secret in self.secrets]
+
+    def learn_token(self, token):
+        """Redact a bearer token too, from now on, in every spelling token_spellings knows (lib.auth's TokenTable
+        calls it for a token known only by its sha256, once a request has shown it)."""
+        self.learn(token_spellings(token))
 
     def __call__(self, line):
         """Return line, rewritten without its secrets when it holds any."""
@@ -74,9 +85,9 @@ class Redactor:
                 return encode(self.redact(json.loads(line)))
         return line
 
-    def holds(self, text):
-        """Tell whether text holds a secret (would be redacted)."""
-        return any(secret in text for secret in self.secrets)
+    def holds(self, text, also=()):
+        """Tell whether text holds a secret (would be redacted), or one of also (secrets of this moment)."""
+        return any(secret in text for secret in self.secrets) or any(secret in text for secret in kept_secrets(also))
 
     def marks_every_line(self, document):
         """Tell whether a secret is in a string of document (a decoded line that holds what every line does, its
@@ -96,6 +107,11 @@ class Redactor:
         if isinstance(value, list):
             return [self.redact(item) for item in value]
         return value
+
+
+def kept_secrets(secrets):
+    """Return the secrets long enough to redact (MIN_SECRET_LENGTH)."""
+    return [secret for secret in secrets if len(secret) >= MIN_SECRET_LENGTH]
 
 
 def fits_a_timestamp(text):
