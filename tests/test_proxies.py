@@ -40,3 +40,19 @@ def test_without_forwarded_headers_the_peer_is_the_caller():
                                                  (2, 'https', 'http'), (2, 'https, http', 'https')])
 def test_the_scheme_is_the_one_the_farthest_trusted_proxy_saw(hops, proto, scheme):
     assert seen_by_app(hops, X_FORWARDED_PROTO=proto)[1] == scheme
+
+
+@pytest.mark.parametrize('forwarded_for, address', [
+    ('999.1.1.1', PEER), ('not an ip', PEER), ('::::', PEER), ('[::1]', PEER), ('203.0.113.7:8080', PEER),
+    ('2001:db8::7', '2001:db8::7'), ('::ffff:203.0.113.7', '::ffff:203.0.113.7'),
+])
+def test_an_entry_that_is_no_ip_address_leaves_the_peers(forwarded_for, address):
+    """Trial X: a caller that reached a replica directly had 999.1.1.1 logged as client.ip, a field an index maps
+    as an IP address (ECS), so the line was refused."""
+    assert seen_by_app(1, X_FORWARDED_FOR=forwarded_for)[0] == address
+
+
+@pytest.mark.parametrize('proto, scheme', [('javascript', 'http'), ('ftp', 'http'), ('https\x00', 'http'),
+                                           ('HTTPS ', 'https')])  # schemes are case-insensitive (RFC 3986 3.1)
+def test_a_scheme_other_than_http_or_https_leaves_the_peers(proto, scheme):
+    assert seen_by_app(1, X_FORWARDED_PROTO=proto)[1] == scheme

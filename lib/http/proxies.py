@@ -1,4 +1,9 @@
 """Trusted proxies: the caller's address and scheme as the proxies in front of dbapi saw them."""
+import ipaddress
+from functools import lru_cache
+
+# The schemes a proxy can have seen (X-Forwarded-Proto), in their normal lower case (RFC 3986 section 3.1).
+SCHEMES = frozenset({'http', 'https'})
 
 
 class TrustedProxies:
@@ -16,11 +21,11 @@ class TrustedProxies:
         self.hops = hops
 
     def __call__(self, environ, start_response):
-        address = self.trusted_entry(environ.get('HTTP_X_FORWARDED_FOR'))
+        address = ip_address_text(self.trusted_entry(environ.get('HTTP_X_FORWARDED_FOR')))
         if address:
             environ['REMOTE_ADDR'] = address
-        scheme = self.trusted_entry(environ.get('HTTP_X_FORWARDED_PROTO'))
-        if scheme:
+        scheme = (self.trusted_entry(environ.get('HTTP_X_FORWARDED_PROTO')) or '').lower()
+        if scheme in SCHEMES:
             environ['wsgi.url_scheme'] = scheme
         return self.wsgi_app(environ, start_response)
 
@@ -32,3 +37,15 @@ class TrustedProxies:
         if len(entries) < self.hops:
             return None
         return entries[-self.hops].strip() or None
+
+
+@lru_cache(maxsize=4096)
+def ip_address_text(entry):
+    """Return entry (None, or a forwarded entry) when it is an IPv4 or IPv6 address, else None: the peer's address
+    stays, since a proxy writes only addresses (nginx's $remote_addr), and client.ip is an IP field in the index
+    (ECS), which refuses a line whose value is not one. Cached: a proxy forwards the same few addresses."""
+    try:
+        ipaddress.ip_address(entry)
+    except ValueError:
+        return None
+    return entry
