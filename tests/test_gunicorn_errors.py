@@ -128,6 +128,18 @@ def test_a_transfer_coding_besides_chunked_is_a_400_problem_not_a_body_misread(d
                                           'Content-Length, or chunked alone.')
 
 
+def test_an_http_version_past_1_1_is_a_400_problem_as_nginx_answers_it(database_url):
+    """gunicorn parses HTTP/1.2 to HTTP/1.9 and passed them on: a 200 in `HTTP/1.2` (trial X); nginx answers 400."""
+    with running_gunicorn(database_url, WEB_CONCURRENCY='1') as port:
+        for request_line in (b'POST /probe/echo HTTP/1.2', b'GET /healthz HTTP/1.9'):
+            status, headers, body = raw_answer(port, request_line + b'\r\nHost: x\r\nAuthorization: Bearer '
+                                               + ADMIN_TOKEN.encode() + b'\r\nContent-Length: 2\r\n'
+                                               b'Connection: close\r\n\r\n{}')
+            assert status == 400 and headers['Content-Type'] == 'application/problem+json', (request_line, body)
+            assert json.loads(body)['detail'] == 'dbapi speaks HTTP/1.0 and HTTP/1.1 only.'
+        assert raw_answer(port, b'GET /healthz HTTP/1.0\r\n\r\n')[0] == 200
+
+
 def test_a_malformed_chunked_body_is_a_400_problem_under_sync_workers_too(database_url):
     with running_gunicorn(database_url, WORKER_CLASS='sync', WEB_CONCURRENCY='1') as port:
         for case, chunks in MALFORMED_CHUNKS.items():

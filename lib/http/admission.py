@@ -8,8 +8,10 @@ import threading
 
 from flask import request
 
-from lib.errors import ServiceUnavailable
+from lib.errors import BadRequest, ServiceUnavailable
 
+# The HTTP versions dbapi answers (RFC 9112); gunicorn parses HTTP/1.2 to HTTP/1.9 too, nginx answers them 400.
+HTTP_VERSIONS = frozenset({'HTTP/1.0', 'HTTP/1.1'})
 # Set on a shed request's environ: the Admission that refused it.
 SHED_KEY = 'dbapi.shed'
 NEVER_SHED_PATHS = frozenset({'/healthz', '/readyz', '/metrics'})
@@ -90,8 +92,16 @@ def refuse_when_shed():
         raise Overloaded()
 
 
+def refuse_unknown_http_version():
+    """Answer a request in an HTTP version other than 1.0 and 1.1 (HTTP_VERSIONS) with a 400, as nginx does."""
+    if request.environ.get('SERVER_PROTOCOL') not in HTTP_VERSIONS:
+        raise BadRequest('dbapi speaks HTTP/1.0 and HTTP/1.1 only.')
+
+
 def install_admission(app):
-    """Bound the requests app serves at once to its MAX_REQUESTS_IN_FLIGHT; return the middleware."""
+    """Refuse an HTTP version dbapi does not speak, then bound the requests app serves at once to its
+    MAX_REQUESTS_IN_FLIGHT; return the middleware."""
     admission = app.wsgi_app = Admission(app.wsgi_app, app.config['MAX_REQUESTS_IN_FLIGHT'])
+    app.before_request(refuse_unknown_http_version)
     app.before_request(refuse_when_shed)
     return admission
