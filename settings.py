@@ -1,6 +1,8 @@
 """Settings: Django-style constants read once from the environment after env/<ENVIRONMENT>/.env."""
 import errno
+import io
 import ipaddress
+import math
 import os
 import re
 import tempfile
@@ -10,20 +12,32 @@ import psycopg2
 from dotenv import load_dotenv
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from lib.errors import ImproperlyConfigured  # lib raises it too; settings keeps the name
+from lib.errors import ImproperlyConfigured, utf8_text  # lib raises it too; settings keeps the name
 
 BASE_DIR = Path(__file__).resolve().parent
 
 
 def env_str(name, default=None):
-    """Return the variable's text, or default when it is unset or empty."""
+    """Return the variable's text, or default when it is unset or empty; ImproperlyConfigured when it is not UTF-8
+    (Python keeps such bytes as lone surrogates, which psycopg2 and the logs refuse later, with a traceback)."""
     value = os.environ.get(name, '')
+    if not value.isascii():
+        utf8_text(value, name)
     return value if value != '' else default
 
 
 # An integer as settings take one: ASCII digits, a sign, spaces and tabs around (int() also reads "5_000" and other
 # scripts' digits, "５"; \s would take the separators U+001C-U+001F, which int() refuses).
 INTEGER_TEXT = re.compile(r'[ \t]*[+-]?[0-9]+[ \t]*')
+
+
+def integer_value(text):
+    """Return the integer that text of ASCII digits (INTEGER_TEXT) spells; one of more digits than int() converts
+    (4,300 by default: sys.get_int_max_str_digits) is past every bound a setting has, so infinite, with its sign."""
+    try:
+        return int(text)
+    except ValueError:
+        return -math.inf if text.strip(' \t').startswith('-') else math.inf
 
 
 def env_int(name, default, minimum=0, maximum=2**31 - 1):
@@ -33,7 +47,7 @@ def env_int(name, default, minimum=0, maximum=2**31 - 1):
         return default
     if not INTEGER_TEXT.fullmatch(text):
         raise ImproperlyConfigured(f'{name} must be an integer, in ASCII digits')
-    value = int(text)
+    value = integer_value(text)
     if not minimum <= value <= maximum:
         raise ImproperlyConfigured(f'{name} must be between {minimum} and {maximum}')
     return value
@@ -57,7 +71,7 @@ def env_secret(name):
         return value
     try:
         # Secret files usually end with a newline that is not part of the password.
-        return Path(path).read_text().rstrip('\r\n')
+        return utf8_text(Path(path).read_bytes(), f'{name}_FILE').rstrip('\r\n')
     except OSError as exc:
         raise ImproperlyConfigured(f'{name}_FILE cannot be read ({exc.strerror})') from None
 
@@ -73,8 +87,19 @@ def database_dsn(prefix):
         return checked_dsn(f'{prefix}_DATABASE_URL' if env_str(f'{prefix}_DATABASE_URL') else 'DATABASE_URL', url)
     if not any(parts.values()):
         return None
+    if parts['port'] is not None:
+        check_ports(f'{prefix}_DB_PORT', parts['port'])
     # make_dsn quotes every value, so passwords may hold quotes, spaces, @ or /.
     return make_dsn(**{key: value for key, value in parts.items() if value is not None})
+
+
+def check_ports(name, ports):
+    """Refuse ports, the text of the variable name, unless it is a port number from 1 to 65535 or a comma-separated
+    list of them, one per host of a list of hosts (libpq's port parameter): libpq's refusal came at the first
+    connection, as a database that cannot be reached, naming no setting."""
+    if not all(INTEGER_TEXT.fullmatch(port) and 1 <= integer_value(port) <= 65535 for port in ports.split(',')):
+        raise ImproperlyConfigured(f'{name} must be a port number from 1 to 65535, or a comma-separated list of them '
+                                   '(one per host)')
 
 
 URL_SCHEMES = ('postgresql://', 'postgres://')
@@ -101,7 +126,7 @@ def checked_dsn(name, dsn):
     if is_url and (re.search(r'\s', dsn) or '@' in parts.get('host', '')):
         raise ImproperlyConfigured(f'{name} is not a valid URL: {DSN_HINTS[True]}')
     timeout = parts.get('connect_timeout', '0')
-    if not INTEGER_TEXT.fullmatch(timeout) or int(timeout) > MAX_CONNECT_TIMEOUT_SECONDS:  # libpq's own check's form
+    if not INTEGER_TEXT.fullmatch(timeout) or integer_value(timeout) > MAX_CONNECT_TIMEOUT_SECONDS:  # libpq's form
         raise ImproperlyConfigured(f"{name}'s connect_timeout must be a whole number of seconds, "
                                    f"{MAX_CONNECT_TIMEOUT_SECONDS} at most, not {timeout!r}")
     return dsn
@@ -190,8 +215,22 @@ DB_PARTS = dict(dbname='NAME', user='USER', password='PASS', host='HOST', port='
 ENVIRONMENT = env_str('ENVIRONMENT', 'local')
 if not re.fullmatch(r'[a-z][a-z0-9_-]*', ENVIRONMENT):
     raise ImproperlyConfigured('ENVIRONMENT must be a lower-case name such as local, test or production')
-# Real environment variables win over the file (override=False).
-load_dotenv(BASE_DIR / 'env' / ENVIRONMENT / '.env', override=False)
+
+
+def load_env_file(path, name):
+    """Set the variables of the .env file at path (called name in a message) that the environment does not set
+    already (real environment variables win: override=False); none when there is no file; ImproperlyConfigured when
+    it cannot be read or is not UTF-8 text."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ImproperlyConfigured(f'{name} cannot be read ({exc.strerror})') from None
+    load_dotenv(stream=io.StringIO(utf8_text(text, name)), override=False)
+
+
+load_env_file(BASE_DIR / 'env' / ENVIRONMENT / '.env', f'env/{ENVIRONMENT}/.env')
 # Empty means unset here, as for every setting; prometheus_client alone would take an empty
 # PROMETHEUS_MULTIPROC_DIR as set and write its files to the working directory.
 if env_str('PROMETHEUS_MULTIPROC_DIR') is None:
@@ -219,7 +258,7 @@ def bind_port(bind):
         return None
     host, colon, port = bind.rpartition(':')
     odd_host = any(c in host for c in ', \t') or any(c in host for c in '[]:') and not ipv6_in_brackets(host)
-    if not colon or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535 or odd_host:
+    if not colon or not (port.isascii() and port.isdigit()) or not 1 <= integer_value(port) <= 65535 or odd_host:
         raise ImproperlyConfigured('BIND must be one host:port (a port from 1 to 65535, an IPv6 address in brackets: '
                                    '[::1]:8000) or unix:/path')
     return int(port)

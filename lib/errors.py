@@ -28,6 +28,18 @@ class ImproperlyConfigured(StartupError):
     """A setting is missing or malformed; the service must not start."""
 
 
+def utf8_text(text, name):
+    """Return text (a str, or bytes read from a file) as UTF-8 text; ImproperlyConfigured naming name (a variable or a
+    file, never its text) when it is not."""
+    try:
+        if isinstance(text, bytes):
+            return text.decode()
+        text.encode()
+    except UnicodeError:
+        raise ImproperlyConfigured(f'{name} is not UTF-8 text: write it in UTF-8') from None
+    return text
+
+
 def import_failure(exc):
     """Return how a start error quotes exc, raised while a user's code was imported: `Class: message` (a message that
     cannot be made text said so); raise exc again when it is a stop of the start (Ctrl-C: KeyboardInterrupt,

@@ -21,7 +21,7 @@ import manage
 import settings
 from lib.db.migrate import (CHECKSUM_TABLE, MIGRATION_LOCK_KEY, MIGRATION_TABLE, MIGRATIONS_DIR, in_one_line,
                             yoyo_backend)
-from lib.errors import StartupError
+from lib.errors import ImproperlyConfigured, StartupError
 from lib.process import COMMAND_STOP, StartInterrupted
 from tests.helpers import (ADMIN_TOKEN, QUOTING_TOKEN, assert_quoted_safely, broken_module, code_raising_secrets,
                            drop_database, free_port, recreate_database, run_sql, server_environment, wait_for)
@@ -144,6 +144,49 @@ def test_a_token_no_bearer_header_can_carry_stops_the_start(environ, name):
 @pytest.mark.parametrize('port', ['eighty', '8_080', '８０８０', '8080.0', '8080\x1c'])  # int() reads 2 and 3
 def test_a_bad_setting_stops_the_start_in_one_line(port):
     assert_one_line_failure(run_manage('migrate', PORT=port), 'PORT must be an integer, in ASCII digits')
+
+
+@pytest.mark.parametrize('name, value, said', [
+    ('MIGRATION_LOCK_TIMEOUT_MS', '0' * 5000 + '1', 'MIGRATION_LOCK_TIMEOUT_MS must be between 0 and 2147483647'),
+    ('PORT', '-' + '9' * 5000, 'PORT must be between 1 and 65535'),
+    ('BIND', '127.0.0.1:' + '9' * 4400, 'BIND must be one host:port'),
+    ('DATABASE_URL', 'postgresql://u@h/db?connect_timeout=' + '9' * 5001, "DATABASE_URL's connect_timeout must be"),
+    ('DEFAULT_DB_PORT', '5' * 5000, 'DEFAULT_DB_PORT must be a port number'),
+])
+def test_an_integer_of_more_digits_than_python_converts_stops_the_start_in_one_line(name, value, said):
+    """int() refuses text of more than 4,300 digits: a ValueError's traceback (trial W)."""
+    assert_one_line_failure(run_manage('migrate', **{name: value}), said)
+
+
+@pytest.mark.parametrize('port', ['5432x', '５４３２', '-1', '99999', '5432,', 'x,5432'])
+def test_a_database_port_that_is_no_port_stops_the_start_naming_it(port):
+    """libpq refused it at the first connection: "the database cannot be reached", naming no setting (trial W)."""
+    line = assert_one_line_failure(run_manage('migrate', DEFAULT_DB_HOST='127.0.0.1', DEFAULT_DB_PORT=port),
+                                   'DEFAULT_DB_PORT must be a port number from 1 to 65535')
+    assert 'cannot be reached' not in line
+
+
+@pytest.mark.parametrize('name, value', [
+    ('DATABASE_URL', f'postgresql://postgres:{SECRET}\udc85@/db?host=/tmp'),  # a raw byte 0x85, as bash's $'\x85'
+    ('DEFAULT_DB_PASS', f'{SECRET}\udc85'), ('LOG_LEVEL', 'INFO\udcff')])
+def test_a_setting_that_is_not_utf8_stops_the_start_in_one_line(name, value):
+    """psycopg2's UnicodeEncodeError, a traceback (trial W); the line names the variable, never its text."""
+    assert_one_line_failure(run_manage('migrate', **{name: value}), f'{name} is not UTF-8 text')
+
+
+@pytest.mark.parametrize('name', ['DEFAULT_DB_PASS_FILE', 'BEARER_TOKENS_FILE'])
+def test_a_secret_file_that_is_not_utf8_stops_the_start_in_one_line(tmp_path, name):
+    (tmp_path / 'secret').write_bytes(SECRET.encode() + b'\x85')
+    environ = {name: str(tmp_path / 'secret'), **({'DEFAULT_DB_HOST': '127.0.0.1'} if 'DB' in name else {})}
+    assert_one_line_failure(run_manage('migrate', **environ), f'{name} is not UTF-8 text')
+
+
+def test_an_env_file_that_is_not_utf8_is_refused_naming_it(tmp_path):
+    """python-dotenv's UnicodeDecodeError, a traceback (trial W)."""
+    (tmp_path / '.env').write_bytes(b'MIGRATION_LOCK_TIMEOUT_MS=5\n# caf\xe9\n')
+    with pytest.raises(ImproperlyConfigured, match=r'^env/x/\.env is not UTF-8 text'):
+        settings.load_env_file(tmp_path / '.env', 'env/x/.env')
+    assert settings.load_env_file(tmp_path / 'none', 'env/x/.env') is None  # no file: nothing to set
 
 
 @pytest.mark.parametrize('folder, reason', [('/proc', 'takes no new files'), ('/etc/hostname', 'is a file'),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flask import request
 
-from lib.errors import ImproperlyConfigured
+from lib.errors import ImproperlyConfigured, utf8_text
 
 from lib.errors import BEARER_CHALLENGE, Forbidden, Unauthorized
 from lib.http.exchange import CLIENT_KEY, remember
@@ -103,7 +103,7 @@ def keys_once(origin, pairs):
 def read_tokens_file(path):
     """Return the text of BEARER_TOKENS_FILE."""
     try:
-        return Path(path).read_text()
+        return utf8_text(Path(path).read_bytes(), 'BEARER_TOKENS_FILE')
     except OSError as exc:
         raise ImproperlyConfigured(f'BEARER_TOKENS_FILE cannot be read: {exc.strerror}') from None
 
