@@ -522,6 +522,80 @@ def test_a_non_transactional_migration_that_fails_says_that_its_statements_befor
     assert run_sql(scratch_database, "SELECT to_regclass('made_first') IS NOT NULL") == [(True,)]
 
 
+def test_a_non_transactional_migration_whose_first_statement_fails_says_nothing_stays(tmp_path, scratch_database):
+    """It said its statements before the failed one stay applied, when there were none (trial W)."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_first.sql').write_text('-- transactional: false\nSELECT 1 / 0;\nCREATE TABLE never (id int);\n')
+    with pytest.raises(StartupError) as caught:
+        manage.apply_migrations(scratch_database, folder)
+    assert str(caught.value) == (f'migration {folder / "0001_first.sql"}:2 failed: division by zero (SQLSTATE 22012)')
+
+
+def test_a_failed_statement_that_a_file_holds_twice_names_both_lines(tmp_path, scratch_database):
+    """The line named the first copy, which had run; the second failed (trial W)."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_twice.sql').write_text('CREATE TABLE twice (id int);\nINSERT INTO twice VALUES (1);\n'
+                                           'CREATE UNIQUE INDEX twice_u ON twice (id);\n'
+                                           'INSERT INTO twice VALUES (1);\n')
+    with pytest.raises(StartupError) as caught:
+        manage.apply_migrations(scratch_database, folder)
+    assert str(caught.value).startswith(f'migration {folder / "0001_twice.sql"}:2 (or 4: the same statement stands '
+                                        'there too) failed: duplicate key value violates unique'), caught.value
+
+
+@pytest.mark.parametrize('text, line, keyword', [
+    ('BEGIN;\nCREATE TABLE begun (id int);\nCOMMIT;\n', 1, 'BEGIN'),
+    ('CREATE TABLE half (id int);\n-- done\ncommit;\nCREATE TABLE other_half (id int);\n', 3, 'COMMIT'),
+    ('CREATE TABLE undone (id int);\nROLLBACK;\n', 2, 'ROLLBACK'),
+    ('CREATE TABLE ended (id int);\nEND;\n', 2, 'END'),
+    ('START TRANSACTION;\nCREATE TABLE started (id int);\n', 1, 'START TRANSACTION'),
+])
+def test_a_transactional_migration_that_controls_its_transaction_is_refused_before_anything_runs(
+        tmp_path, scratch_database, text, line, keyword):
+    """A COMMIT in the file committed what came before it and yoyo's record went nowhere: the line blamed the
+    bookkeeping, the file was left run but half recorded, or run again and failing (trial W)."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_fine.sql').write_text('CREATE TABLE fine_first (id int);\n')
+    (folder / '0002_control.sql').write_text(text)
+    with pytest.raises(StartupError) as caught:
+        manage.apply_migrations(scratch_database, folder)
+    assert str(caught.value) == (
+        f'migration {folder / "0002_control.sql"}:{line} holds {keyword}, which ends or begins a transaction: dbapi '
+        'runs the file, and records it, in one transaction of its own. Remove it, or run the file without one (a '
+        'first line "-- transactional: false")')
+    assert run_sql(scratch_database, "SELECT to_regclass('fine_first') IS NULL") == [(True,)]  # nothing ran
+    (folder / '0002_control.sql').write_text('-- transactional: false\n' + text.replace('ROLLBACK', 'SELECT 1'))
+    assert manage.apply_migrations(scratch_database, folder) == ['0001_fine', '0002_control']
+
+
+def test_savepoints_and_plpgsql_blocks_are_no_transaction_control(tmp_path, scratch_database):
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_blocks.sql').write_text(
+        'SAVEPOINT before_table;\nCREATE TABLE saved (id int);\nRELEASE SAVEPOINT before_table;\n'
+        'SAVEPOINT again;\nROLLBACK TO SAVEPOINT again;\n'
+        'DO $$ BEGIN PERFORM 1; END $$;\n'
+        'CREATE FUNCTION saved_one() RETURNS int LANGUAGE plpgsql AS $$\nBEGIN\n  RETURN 1;\nEND;\n$$;\n')
+    assert manage.apply_migrations(scratch_database, folder) == ['0001_blocks']
+    assert run_sql(scratch_database, 'SELECT saved_one()') == [(1,)]
+
+
+@pytest.mark.parametrize('name', ['0001_latin1.sql', '0001_latin1.rollback.sql'])
+def test_a_migration_file_that_is_not_utf8_is_refused_naming_its_line(tmp_path, scratch_database, name):
+    """yoyo's UnicodeDecodeError, a traceback (trial W)."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_latin1.sql').write_text('CREATE TABLE latin (id int);\n')
+    (folder / name).write_bytes(b'-- fine\n-- caf\xe9\nDROP TABLE IF EXISTS latin;\n')
+    with pytest.raises(StartupError) as caught:
+        manage.apply_migrations(scratch_database, folder)
+    assert str(caught.value) == f'migration {folder / name}:2 is not UTF-8 text (byte 0xe9): save it as UTF-8'
+    assert run_sql(scratch_database, "SELECT to_regclass('latin') IS NULL") == [(True,)]
+
+
 def test_a_bookkeeping_statement_that_fails_names_no_migration_file(tmp_path, scratch_database):
     """A statement of yoyo's own that failed was blamed on the first pending file, none of whose statements had run
     (trial Q's leftover): one that no file holds is the bookkeeping's, and the line says so."""

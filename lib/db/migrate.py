@@ -50,8 +50,8 @@ class MigrationChanged(StartupError):
 
 
 class MigrationUnrunnable(StartupError):
-    """A migration's file ends in a comment after its last statement: yoyo sends that comment as a statement of its
-    own, which PostgreSQL finds empty and psycopg2 refuses, so the file fails on every database it has not run on."""
+    """A migration's file cannot run as written, on any database it has not run on: it is not UTF-8 text, holds a
+    statement with nothing to run (idle_statement), or controls the transaction it runs in (transaction_control)."""
 
 
 def yoyo_backend(dsn, lock_timeout_ms=0):
@@ -119,6 +119,7 @@ def migration_lock(dsn, directory, lock_timeout_ms=0):
             backend.break_lock()
             with backend.lock():
                 migrations = read_migrations(str(directory))
+                check_utf8(migrations)
                 yield backend, migrations, backend.to_apply(migrations), recorded_checksums(backend)
     finally:
         backend.connection.close()
@@ -165,12 +166,37 @@ def repair(dsn, directory=MIGRATIONS_DIR):
     return repaired
 
 
-def check_runnable(migrations):
-    """Raise MigrationUnrunnable for the first of migrations (yoyo's) whose file holds a statement with nothing to run
-    (idle_statement), naming its line, before anything runs."""
+def check_utf8(migrations):
+    """Raise MigrationUnrunnable for the first of migrations (yoyo's) whose file, or its .rollback.sql, is not UTF-8
+    text, naming the line of the first byte that is not, before yoyo reads it (a UnicodeDecodeError's traceback)."""
     for migration in migrations:
         path = Path(migration.path)
-        idle = idle_statement(path.read_text())
+        for each in (path, path.with_suffix('.rollback.sql')):
+            data = each.read_bytes() if each == path or each.is_file() else b''
+            try:
+                data.decode()
+            except UnicodeDecodeError as exc:
+                line = data.count(b'\n', 0, exc.start) + 1
+                raise MigrationUnrunnable(f'migration {shown_path(each)}:{line} is not UTF-8 text (byte '
+                                          f'0x{data[exc.start]:02x}): save it as UTF-8') from None
+
+
+def check_runnable(migrations):
+    """Raise MigrationUnrunnable for the first of migrations (yoyo's) whose file holds a statement with nothing to run
+    (idle_statement) or, run in a transaction, one that controls it (transaction_control), naming its line, before
+    anything runs."""
+    for migration in migrations:
+        path = Path(migration.path)
+        text = path.read_text()
+        migration.load()
+        control = transaction_control(text) if migration.use_transactions else None
+        if control is not None:
+            line, keyword = control
+            raise MigrationUnrunnable(
+                f'migration {shown_path(path)}:{line} holds {keyword}, which ends or begins a transaction: dbapi runs '
+                'the file, and records it, in one transaction of its own. Remove it, or run the file without one (a '
+                'first line "-- transactional: false")')
+        idle = idle_statement(text)
         if idle is None:
             continue
         line, semicolon = idle
@@ -190,15 +216,40 @@ COMMENT = re.compile(r'--[^\n]*|/\*.*?\*/', re.DOTALL)
 HEADER_LINES = re.compile(r'(?:[ \t]*(?:--[^\n]*)?(?:\n|$))*')
 
 
+# A statement that ends or begins a transaction (PostgreSQL's transaction control, savepoints and prepared
+# transactions' COMMIT or ROLLBACK PREPARED aside): in a file run in a transaction, it commits part of the file, and
+# the rest, and the file's record, go in another.
+TRANSACTION_CONTROL = re.compile(r'(?:BEGIN|START\s+TRANSACTION|COMMIT|END|ABORT|ROLLBACK|PREPARE\s+TRANSACTION)\b'
+                                 r'(?!\s+(?:(?:WORK|TRANSACTION)\s+)?(?:TO|PREPARED)\b)', re.IGNORECASE)
+
+
+def statements_of(text):
+    """Yield (index, offset, statement) of each statement of a migration's text, stripped, as yoyo splits it (with
+    sqlparse): offset is where it starts in text."""
+    position = 0
+    for index, statement in enumerate(part.strip() for part in sqlparse.split(text) if part.strip()):
+        start = text.find(statement, position)
+        position = start + len(statement)
+        yield index, start, statement
+
+
+def transaction_control(text):
+    """Return (line, keyword) of the first statement of a migration's text that controls its transaction
+    (TRANSACTION_CONTROL), or None."""
+    for _, start, statement in statements_of(text):
+        body = LEADING_COMMENTS.match(statement).end()
+        control = TRANSACTION_CONTROL.match(statement, body)
+        if control:
+            return text.count('\n', 0, start + body) + 1, ' '.join(control[0].split()).upper()
+    return None
+
+
 def idle_statement(text):
     """Return (the line of its ";" or comment, whether it holds a ";") of the first statement of a migration's text,
     split by sqlparse as yoyo splits it, that yoyo would send with nothing to run in it (PostgreSQL finds it empty,
     psycopg2 refuses it): a comment after the last statement, or a ";" alone; None when there is none. A first
     statement of `--` lines alone is yoyo's header, which it does not send."""
-    position = 0
-    for index, statement in enumerate(part.strip() for part in sqlparse.split(text) if part.strip()):
-        start = text.find(statement, position)
-        position = start + len(statement)
+    for index, start, statement in statements_of(text):
         if NOTHING_TO_RUN.fullmatch(statement) and not (index == 0 and HEADER_LINES.fullmatch(statement)):
             semicolon = ';' in COMMENT.sub('', statement)
             at = start + LEADING_COMMENTS.match(statement).end() if semicolon else start  # the ";", or the comment
@@ -336,15 +387,17 @@ def migration_failure(exc, dsn, directory):
     file holds) and PostgreSQL's own message, with its detail when it has one."""
     statement = exc.cursor.query.decode(errors='replace') if exc.cursor is not None and exc.cursor.query else ''
     pending = pending_migrations(dsn, directory)
-    path, line = locate_statement(statement, exc.diag.statement_position, [Path(each.path) for each in pending])
+    path, lines = locate_statement(statement, exc.diag.statement_position, [Path(each.path) for each in pending])
     if path is None:
         return (f'migrations failed on a bookkeeping statement, in no migration file ({statement_start(statement)}): '
                 f'{database_message(exc)}')
-    where = f'{path}:{line}' if line else str(path)
+    where = f'{path}:{lines[0]}' if lines else str(path)
+    if len(lines) > 1:  # the same text twice: which one ran is not known
+        where += f' (or {", ".join(map(str, lines[1:]))}: the same statement stands there too)'
     if exc.pgcode is None:  # psycopg2's own refusal: yoyo sends the comments after the last statement alone
         return (f'migration {where} failed: {str(exc).strip()} (a statement with nothing to run, a comment after '
                 'the file\'s last statement or a ";" alone, is sent as a statement of its own: remove it)')
-    return f'migration {where} failed: {database_message(exc)}{statements_kept(pending, path)}'
+    return f'migration {where} failed: {database_message(exc)}{statements_kept(pending, path, statement)}'
 
 
 def database_message(exc):
@@ -379,27 +432,32 @@ STATEMENTS_KEPT = ('; the file is not transactional (transactional: false): its 
                    'applied, so make them safe to run again (IF NOT EXISTS) first')
 
 
-def statements_kept(migrations, path):
+def statements_kept(migrations, path, statement):
     """Return STATEMENTS_KEPT when the migration of migrations (yoyo's) whose file is path runs without a transaction
-    (yoyo's use_transactions), else ''."""
+    (yoyo's use_transactions) and statement, the failed one, comes after its first (where the file holds it first),
+    else ''."""
     for migration in migrations:
         if shown_path(Path(migration.path)) == path:
             migration.load()
-            return '' if migration.use_transactions else STATEMENTS_KEPT
+            text = Path(migration.path).read_text()
+            first_end = next((start + len(each) for _, start, each in statements_of(text)
+                              if not NOTHING_TO_RUN.fullmatch(each)), 0)
+            return STATEMENTS_KEPT if not migration.use_transactions and text.find(statement) >= first_end else ''
     return ''
 
 
 def locate_statement(statement, position, files):
-    """Return (file, line) of the character at position (1-based) of statement in the first file holding it; without
-    a position (an error of the whole statement, a duplicate key), of the statement's first line that is not blank or
-    a comment (yoyo's statement begins with the comments before it). (None, None) for a statement no file holds:
-    the bookkeeping's; the first file (or migrations/) for an error that names no statement."""
+    """Return (file, lines) of the character at position (1-based) of statement in the first file holding it, one
+    line for each place the file holds it; without a position (an error of the whole statement, a duplicate key), of
+    the statement's first line that is not blank or a comment (yoyo's statement begins with the comments before it).
+    (None, []) for a statement no file holds: the bookkeeping's; the first file (or migrations/) for an error that
+    names no statement."""
+    at = int(position) - 1 if position and int(position) > 0 else LEADING_COMMENTS.match(statement).end()
     for path in files:
         text = path.read_text()
-        start = text.find(statement) if statement else -1
-        if start >= 0:
-            at = int(position) - 1 if position and int(position) > 0 else LEADING_COMMENTS.match(statement).end()
-            return shown_path(path), text.count('\n', 0, start + at) + 1
+        starts = [found.start() for found in re.finditer(re.escape(statement), text)] if statement else []
+        if starts:
+            return shown_path(path), [text.count('\n', 0, start + at) + 1 for start in starts]
     if statement:
-        return None, None
-    return (shown_path(files[0]) if files else 'migrations/'), None
+        return None, []
+    return (shown_path(files[0]) if files else 'migrations/'), []
