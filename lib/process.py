@@ -49,7 +49,7 @@ class CommandStop:
             return
         self.keep(signum)
         if not self.held:
-            raise StartInterrupted(128 + self.asked)
+            self.raise_stop()
 
     def keep(self, signum):
         """Keep signum as the stop if it is the first, and say so at once (stopped_line) before the command serves."""
@@ -68,7 +68,15 @@ class CommandStop:
         """Raise the stop asked for, if any: Python ignores an exception a signal handler raises inside some of its own
         callbacks (an import lock's), and a start went on to serve after saying it stopped."""
         if self.asked is not None and not self.ending:
-            raise StartInterrupted(128 + self.asked)
+            self.raise_stop()
+
+    def raise_stop(self):
+        """Raise the stop asked for as StartInterrupted, the stop signals ignored from now on: another would cut the
+        unwinding (exit handlers, the embedded PostgreSQL's stop) short, and Python's exit gives a handler of Python's
+        back SIG_DFL, so one that came then killed the process by the signal, not exit 128 + n (trial W). The state
+        stays: raise_if_asked raises it again where Python ignored it."""
+        ignore_stop_signals()
+        raise StartInterrupted(128 + self.asked)
 
     @contextlib.contextmanager
     def held_back(self):
@@ -90,8 +98,13 @@ class CommandStop:
         """Begin the command's own stop: the stop signals are ignored from now on, so that its exit handlers (the
         embedded PostgreSQL's stop, the stack's children) run whole."""
         self.ending = True
-        for stop_signal in STOP_CAUSES:
-            signal.signal(stop_signal, signal.SIG_IGN)
+        ignore_stop_signals()
+
+
+def ignore_stop_signals():
+    """Ignore the stop signals (STOP_CAUSES) from now on."""
+    for stop_signal in STOP_CAUSES:
+        signal.signal(stop_signal, signal.SIG_IGN)
 
 
 # This process's: a command has one.

@@ -255,6 +255,26 @@ def test_a_stop_that_python_ignores_where_it_came_is_no_traceback_and_still_stop
     assert (result.returncode, result.stdout, result.stderr) == (130, 'went on\n', '')
 
 
+REPEATED_STOPS = """
+import os, subprocess, time
+from lib.process import COMMAND_STOP
+COMMAND_STOP.take_stop_signals(lambda signum: 'dbapi: stopped')
+subprocess.Popen(['sh', '-c', f'for i in $(seq 500); do kill -INT {os.getpid()} || exit; sleep 0.002; done'],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # a dead process stays a zombie to kill
+while True:
+    time.sleep(0.01)
+"""
+
+
+def test_stops_that_keep_coming_while_the_process_exits_leave_its_exit_code_and_one_line():
+    """A second Ctrl-C while the first one's stop unwound killed the process by SIGINT (8 of 24, trial W): Python's
+    exit gives its handlers back SIG_DFL."""
+    for _ in range(3):
+        result = subprocess.run([sys.executable, '-c', REPEATED_STOPS], cwd=settings.BASE_DIR, capture_output=True,
+                                text=True, timeout=60)
+        assert (result.returncode, result.stderr) == (130, 'dbapi: stopped\n')
+
+
 def test_an_embedded_postgresql_that_cannot_start_is_one_line(tmp_path):
     (tmp_path / 'file').write_text('')
     result = subprocess.run([sys.executable, 'manage.py', 'migrate'], cwd=settings.BASE_DIR, capture_output=True,
