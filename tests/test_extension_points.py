@@ -307,6 +307,35 @@ def test_a_header_step_adds_its_header_to_successes_and_errors(make_app, served_
         assert response.headers.getlist('Vary') == ['Accept-Encoding']
 
 
+def raising_step(environ, sent):
+    """A header step with a bug."""
+    raise RuntimeError('no header today')
+
+
+@pytest.mark.parametrize('step, fault', [
+    (raising_step, 'The header step tests.test_extension_points.raising_step failed'),
+    (lambda environ, sent: None, 'returned NoneType, not a list of (name, value) strings'),
+    (lambda environ, sent: [('X-Number', 5)], 'returned list, not a list of (name, value) strings'),
+    (lambda environ, sent: ('X-Tuple', 'a'), 'returned tuple, not a list'),
+    (lambda environ, sent: [('Content-Type', 'text/html')], "returned 'Content-Type': the framework sets it"),
+    (lambda environ, sent: [('X-Split', 'a\r\nSet-Cookie: b')], "'X-Split' with a line break"),
+])
+def test_a_header_step_that_fails_adds_nothing_and_says_why_in_one_error_line(make_app, caplog, step, fault):
+    """One that raised or returned None went out of the WSGI app: gunicorn answered a second time, logged the request
+    twice and its post_request hook failed on it (trial Y); one that returned a Content-Type sent two."""
+    from lib.http.headers import RESPONSE_HEADERS
+    RESPONSE_HEADERS.append(step)
+    try:
+        response = make_app().test_client().get('/healthz')
+    finally:
+        RESPONSE_HEADERS.remove(step)
+    assert response.status_code == 200 and response.headers['X-Request-ID']
+    assert response.headers.getlist('Content-Type') == ['application/json']
+    assert 'X-Number' not in response.headers and 'X-Split' not in response.headers
+    errors = [record for record in caplog.records if record.name == 'dbapi.headers']
+    assert len(errors) == 1 and errors[0].levelname == 'ERROR' and fault in errors[0].getMessage(), errors
+
+
 def test_a_streamed_export_is_gzipped_for_a_client_that_accepts_only_gzip(call):
     call('/probe/things/create', {'code': 'stream-gzip'})
     response = call('/probe/things/export', headers={'Accept-Encoding': 'gzip'})

@@ -3,9 +3,13 @@
 Each entry of RESPONSE_HEADERS is a function (environ, headers) -> [(name, value), ...] of headers to add;
 headers is the answer's own list, read-only. A new header is one more entry.
 """
+import logging
 import re
 
+from lib.errors import header_fault
 from lib.http.requestid import REQUEST_ID_KEY
+
+log = logging.getLogger('dbapi.headers')
 
 
 def request_id_header(environ, headers):
@@ -56,15 +60,51 @@ def acceptable_codings(accept_encoding, supported):
 
 
 class ResponseHeaders:
-    """WSGI middleware: add the headers of every step to each answer, whoever made it (a view, an error)."""
+    """WSGI middleware: add the headers of every step to each answer, whoever made it (a view, an error). A step
+    other than dbapi's own that raises, or returns anything but a list of (name, value) strings an answer can carry
+    (lib.errors.header_fault: no header the framework sets), adds nothing: an error line names it and its fault, and
+    the answer, whose status and body are made already, goes without them (gunicorn logged it a second time, and its
+    post_request hook failed on it: trial Y)."""
 
     def __init__(self, wsgi_app, steps=None):
         self.wsgi_app = wsgi_app
-        self.steps = tuple(RESPONSE_HEADERS if steps is None else steps)
+        self.steps = tuple((step, step in DBAPI_STEPS) for step in (RESPONSE_HEADERS if steps is None else steps))
 
     def __call__(self, environ, start_response):
         def start_with_headers(status, headers, exc_info=None):
-            for step in self.steps:
-                headers.extend(step(environ, headers))
+            for step, trusted in self.steps:
+                headers.extend(step(environ, headers) if trusted else checked_step_headers(step, environ, headers))
             return start_response(status, headers, exc_info)
         return self.wsgi_app(environ, start_with_headers)
+
+
+# The header steps of dbapi's own, whose answers are not checked.
+DBAPI_STEPS = frozenset(RESPONSE_HEADERS)
+
+
+def checked_step_headers(step, environ, headers):
+    """Return the headers step(environ, headers) adds, or [] when it raises or they cannot be sent (step_fault),
+    with an error line that names the step."""
+    try:
+        added = step(environ, headers)
+    except Exception:
+        log.exception('The header step %s failed: the answer goes without its headers', step_name(step))
+        return []
+    fault = step_fault(added)
+    if fault is not None:
+        log.error('The header step %s returned %s: the answer goes without its headers', step_name(step), fault)
+        return []
+    return added
+
+
+def step_fault(added):
+    """Return why a header step's answer cannot be sent ("a tuple, not a list of (name, value) strings"), or None."""
+    if not isinstance(added, list) or not all(isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], str)
+                                              for pair in added):
+        return f'{type(added).__name__}, not a list of (name, value) strings'
+    return header_fault(dict(added))
+
+
+def step_name(step):
+    """Return a header step's module and name, as a log line names it."""
+    return f'{getattr(step, "__module__", "?")}.{getattr(step, "__qualname__", repr(step))}'
