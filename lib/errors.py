@@ -472,6 +472,12 @@ def from_database_error(exc):
     return error_class(detail or diag.message_primary, errors=constraint_errors(exc), sqlstate=code, **members)
 
 
+def database_unavailable(exc):
+    """Tell whether a psycopg2 error is the database's state, answered 503 or 504 (a connection lost, a timeout, a
+    server short of resources or shutting down: SQLSTATE_ERRORS), rather than a refusal of what a statement asked."""
+    return isinstance(from_database_error(exc), (ServiceUnavailable, GatewayTimeout))
+
+
 # What an integrity violation says of each column of its constraint, by SQLSTATE.
 CONSTRAINT_WORDS = {'23505': 'already exists', '23503': 'must refer to an existing row (or is still referred to)',
                     '23514': 'fails the check {constraint}', '23502': 'must not be null',

@@ -211,6 +211,51 @@ def test_a_reset_that_raises_any_error_throws_the_connection_away_and_the_reques
     assert logged == [('a bug in a custom reset',)] * 2
 
 
+def setting_search_path(conn):
+    """A configure written without `conn.autocommit = True`, as architecture.md's example has it."""
+    with conn.cursor() as cursor:
+        cursor.execute("SET search_path = app, public")
+
+
+def test_a_configure_that_leaves_autocommit_alone_keeps_what_it_set(make_app):
+    """Every request was a 500: "set_session cannot be used inside a transaction" (trial Y)."""
+    pool = make_app(DB_POOL_MAX=1, DB_CONFIGURE=setting_search_path).extensions['dbapi'].pools[DEFAULT]
+    with connection(pool, autocommit=True) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT current_setting('search_path')")
+        assert cursor.fetchone() == ('app, public',)
+
+
+def refusing_configure(conn):
+    """A configure whose SET PostgreSQL refuses with SQLSTATE 22023, a class 22 data exception."""
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute("SET work_mem = 'lots'")
+
+
+def test_a_configure_that_postgresql_refuses_is_a_500_not_the_callers_422(make_app):
+    """Its 22023 was answered as the caller's 422, configure's SQL in the detail (trial Y)."""
+    call = Caller(make_app(DB_POOL_MAX=1, DB_CONFIGURE=refusing_configure).test_client())
+    response = call('/users/get', {'id': 1})
+    assert response.status_code == 500 and response.get_json()['detail'] == 'The server could not complete the request.'
+    assert 'work_mem' not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize('reset, said', [
+    (lambda conn: conn.cursor().execute('SELECT 1 / 0'), 'failed: division by zero (SQLSTATE 22012)'),
+    (lambda conn: conn.cursor().execute('SELECT 1') or setattr(conn, 'autocommit', False) or
+     conn.cursor().execute('SELECT 1'), 'left a transaction open'),
+])
+def test_a_reset_that_throws_every_connection_away_says_so(make_app, caplog, reset, said):
+    """It threw each connection away in silence: a new connection per request, and nothing said why (trial Y)."""
+    pool = make_app(DB_POOL_MAX=1, DB_RESET=reset).extensions['dbapi'].pools[DEFAULT]
+    with caplog.at_level(logging.WARNING, logger='dbapi.db'):
+        with connection(pool, autocommit=True):
+            pass
+    assert pool.gauges()['discarded'] == 1
+    assert [record.getMessage() for record in caplog.records if record.name == 'dbapi.db'] == [
+        f'The reset of a returned connection {said}; the connection is thrown away']
+
+
 def test_an_actions_cursor_factory_does_not_reach_the_reset_or_the_next_request(make_app):
     app = make_app(DB_POOL_MAX=1)
 

@@ -12,7 +12,7 @@ import psycopg2.extensions
 
 from lib.db.session import END_OF_USE_ANSWER_SECONDS, bound_answers
 from lib.db.waiting import LEAST_CONNECT_TIMEOUT
-from lib.errors import GatewayTimeout, ServiceUnavailable, TooManyRequests
+from lib.errors import GatewayTimeout, ServiceUnavailable, TooManyRequests, database_unavailable
 from lib.polling import ready_events
 from lib.process import after_fork
 
@@ -248,7 +248,9 @@ class Pool:
         """Roll back any open transaction and reset the session; tell whether conn can serve again. Under gevent,
         PostgreSQL has END_OF_USE_ANSWER_SECONDS to answer; a connection it leaves waiting longer is thrown away. A
         reset that fails with anything but a database error (a bug in a DB_RESET, an action's cursor class) is
-        logged with its traceback."""
+        logged with its traceback; one that PostgreSQL refuses (not the database's state: database_unavailable), or
+        that leaves a transaction open, with a warning: either throws every connection away, silently before
+        (trial Y)."""
         if conn.closed or conn.info.transaction_status == BROKEN or getattr(conn, 'cancel_unacknowledged', False):
             return False  # a cancel request the server has not taken may still cancel the next query
         bound_answers(conn, time.monotonic() + END_OF_USE_ANSWER_SECONDS)
@@ -260,13 +262,23 @@ class Pool:
             # Notifications psycopg2 collected (a LISTEN the reset ended may still have delivered some): another
             # request's payloads, which the next borrower must not read.
             conn.notifies.clear()
-        except (psycopg2.Error, GatewayTimeout):
+        except GatewayTimeout:
+            return False
+        except psycopg2.Error as exc:
+            if exc.pgcode is not None and not database_unavailable(exc):
+                log.warning('The reset of a returned connection failed: %s (SQLSTATE %s); the connection is thrown '
+                            'away', exc.diag.message_primary, exc.pgcode)
             return False
         except Exception:
             log.exception('The reset of a returned connection failed; the connection is thrown away')
             return False
         bound_answers(conn, None)
-        return not conn.closed and conn.info.transaction_status == IDLE
+        if conn.closed:
+            return False
+        if conn.info.transaction_status != IDLE:
+            log.warning('The reset of a returned connection left a transaction open; the connection is thrown away')
+            return False
+        return True
 
     def gauges(self):
         """Return the pool's current numbers for metrics."""

@@ -32,7 +32,7 @@ import uuid
 import psycopg2.extensions
 import psycopg2.extras
 
-from lib.errors import ApiError, Unprocessable, translates
+from lib.errors import ApiError, Unprocessable, database_unavailable, translates
 from lib.jsonenc import PlainDigitsBudget, dumps_bytes, loads_exact, orjson_ready, seconds_of
 
 DATE, TIME, TIMETZ, TIMESTAMP, TIMESTAMPTZ, INTERVAL, JSON, JSONB = 1082, 1083, 1266, 1114, 1184, 1186, 114, 3802
@@ -377,10 +377,27 @@ def register_types(conn):
         psycopg2.extensions.register_type(typecaster, conn)
 
 
+class SessionSetupFailed(RuntimeError):
+    """The setup of a new connection (DB_CONFIGURE's configure) failed on a statement PostgreSQL refused: the
+    server's fault, a 500, not the request's (its SQLSTATE would have made it a 409 or a 422 naming configure's SQL)."""
+
+
 def with_types(configure):
-    """Return the pool's setup of a new connection: configure(conn), then the reading styles and register_types."""
+    """Return the pool's setup of a new connection: configure(conn), in autocommit (a transaction it leaves open is
+    committed: what it did stays), then the reading styles and register_types. A statement of configure's that
+    PostgreSQL refuses is SessionSetupFailed; one the database's state ended (database_unavailable) stays itself."""
     def configure_with_types(conn):
-        configure(conn)
+        conn.autocommit = True  # each SET of configure's takes effect at once, as a configure written without it meant
+        try:
+            configure(conn)
+        except psycopg2.Error as exc:
+            if database_unavailable(exc):
+                raise
+            code = f' (SQLSTATE {exc.pgcode})' if exc.pgcode else ''
+            raise SessionSetupFailed('the setup of a new connection (DB_CONFIGURE) failed: '
+                                     f'{exc.diag.message_primary or str(exc).strip()}{code}') from exc
+        if conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+            conn.commit()
         conn.autocommit = True  # the settings outlive this setup; each lease sets autocommit anyway
         with conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
             cursor.execute(SET_READING_STYLES)
