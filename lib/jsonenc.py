@@ -13,12 +13,15 @@ Numbers stay exact both ways: loads_exact reads a JSON number that is not an int
 """
 import base64
 import collections.abc
+import dataclasses
 import datetime
 import decimal
+import enum
 import json
 import os
 import re
 import sys
+import uuid
 
 import orjson
 from flask import Response
@@ -45,10 +48,24 @@ ESCAPED_SURROGATE = re.compile(r'\\u[dD][89a-fA-F]')
 JSON_TYPES = {}
 
 
+# What orjson writes itself, subclasses included: it never asks the registry for them.
+ORJSON_NATIVE_TYPES = (str, int, float, dict, list, tuple, enum.Enum, uuid.UUID, type(None))
+
+
 def register_json_type(python_type, encode):
     """Teach every JSON output (responses, streams, log lines) to write python_type as encode(value) does: a value
     orjson writes, or RawJson(text) for JSON text written as it is (an exact number). An orjson.Fragment is refused
-    (TypeError when written): orjson 3.13 overruns its buffer with one nested deep (RAW_MARK)."""
+    (TypeError when written): orjson 3.13 overruns its buffer with one nested deep (RAW_MARK). TypeError for a type
+    that has an encoder already (dbapi's are the contract's, docs/contract.md section 5: another would change every
+    module's answers) or that orjson writes itself (ORJSON_NATIVE_TYPES, a dataclass: the entry would never be asked);
+    a subclass of dbapi's types (a Decimal of your own) may have its own."""
+    if python_type in JSON_TYPES:
+        raise TypeError(f'{python_type.__name__} has a JSON encoder already (dbapi\'s types are written as '
+                        'docs/contract.md section 5 says, for every module): register a type of your own')
+    if issubclass(python_type, ORJSON_NATIVE_TYPES) or dataclasses.is_dataclass(python_type):
+        raise TypeError(f'{python_type.__name__} is written by orjson itself (a str, int, float, dict, list, tuple, '
+                        'Enum, UUID or dataclass, or a subclass of one), which never asks the registry: convert the '
+                        'value in the action')
     JSON_TYPES[python_type] = encode
     return encode
 

@@ -1,4 +1,8 @@
 """The Gateway's extension points: session configure/reset, the JSON type registry, error translators, headers."""
+import dataclasses
+import datetime
+import decimal
+import enum
 import gzip
 import json
 import logging
@@ -290,6 +294,47 @@ def test_register_json_type_fills_the_registry(monkeypatch):
     monkeypatch.setattr('lib.jsonenc.JSON_TYPES', dict(JSON_TYPES))
     register_json_type(Money, lambda money: money.cents)
     assert dumps_bytes([Money(7)]) == b'[7]'
+
+
+class Colour(enum.Enum):
+    """An Enum, which orjson writes as its value."""
+
+    RED = 1
+
+
+@dataclasses.dataclass
+class Point:
+    """A dataclass, which orjson writes as an object."""
+
+    x: int
+
+
+class Tag(str):
+    """A str of a module's own, which orjson writes as the str it is."""
+
+
+@pytest.mark.parametrize('python_type, said', [
+    (decimal.Decimal, 'Decimal has a JSON encoder already'),  # every module's numeric became a float (trial Y)
+    (datetime.date, 'date has a JSON encoder already'),
+    (Colour, 'Colour is written by orjson itself'),  # accepted, and never asked (trial Y)
+    (Tag, 'Tag is written by orjson itself'),
+    (Point, 'Point is written by orjson itself'),
+    (uuid.UUID, 'UUID is written by orjson itself'),
+])
+def test_register_json_type_refuses_a_type_it_would_change_for_every_module_or_never_be_asked_for(
+        monkeypatch, python_type, said):
+    monkeypatch.setattr('lib.jsonenc.JSON_TYPES', dict(JSON_TYPES))
+    with pytest.raises(TypeError, match=said):
+        register_json_type(python_type, str)
+
+
+def test_a_subclass_of_a_contract_type_may_have_its_own_encoder(monkeypatch):
+    monkeypatch.setattr('lib.jsonenc.JSON_TYPES', dict(JSON_TYPES))
+
+    class Cents(decimal.Decimal):
+        """A module's own number type."""
+    register_json_type(Cents, lambda cents: int(cents * 100))
+    assert dumps_bytes([Cents('1.25'), decimal.Decimal('1.25')]) == b'[125,"1.25"]'
 
 
 class OutOfStock(Exception):
