@@ -390,10 +390,14 @@ FAST_PATHS = env_str('FAST_PATHS', '1') not in ('0', 'false', 'no', 'off')
 
 
 def module_packages():
-    """Return MODULE_PACKAGES's comma-separated package names; a value that names none (" , ") stops the start."""
+    """Return MODULE_PACKAGES's comma-separated package names; a value that names none (" , "), or one package more
+    than once, stops the start."""
     names = [name.strip() for name in env_str('MODULE_PACKAGES', 'modules').split(',') if name.strip()]
     if not names:
         raise ImproperlyConfigured('MODULE_PACKAGES names no package: list one or more, separated by commas')
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # its modules would be mounted twice: "a module named 'accounts' is already mounted" (trial Y)
+        raise ImproperlyConfigured(f'MODULE_PACKAGES names {", ".join(twice)} more than once')
     return names
 
 

@@ -30,8 +30,8 @@ def read_settings(**environ):
     ('BIND', '127.0.0.1:99999'), ('BIND', '127.0.0.1:0'), ('BIND', '127.0.0.1:8702,127.0.0.1:8703'),
     ('BIND', '::1:8761'), ('BIND', '[::1:8761'), ('BIND', '[::1]]:8761'), ('BIND', '[]:8761'),
     ('BIND', '[127.0.0.1]:8761'), ('BIND', '127.0.0.1:876\u00b2'), ('GRACEFUL_TIMEOUT', '0'),
-    ('MODULE_PACKAGES', ' , '), ('MODULE_PACKAGES', ','), ('PROCESS_ID', 'a/b'), ('PROCESS_ID', '../escape'),
-    ('PROCESS_ID', '..')])
+    ('MODULE_PACKAGES', ' , '), ('MODULE_PACKAGES', ','), ('MODULE_PACKAGES', 'modules, modules'),
+    ('PROCESS_ID', 'a/b'), ('PROCESS_ID', '../escape'), ('PROCESS_ID', '..')])
 def test_bad_value_fails_at_start_naming_the_variable(name, value):
     status, _, stderr = read_settings(**{name: value})
     assert status != 0
