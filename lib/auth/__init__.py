@@ -192,13 +192,9 @@ def bearer_token(header):
 
 def holds_a_token(redactor, text, environ):
     """Tell whether text (a request's X-Request-ID) holds a token: one redactor (lib.logs.secrets.Redactor) knows,
-    or the request's own (its Authorization header's, of 4 characters or more, a client's or not), as nginx tells
-    it (nginx/dbapi.conf.template)."""
-    try:
-        own = [bearer_token(environ.get('HTTP_AUTHORIZATION', ''))]
-    except Unauthorized:
-        own = []
-    return redactor.holds(text, also=own)
+    or the request's own (the last word of its Authorization header, Bearer's token, of 4 characters or more, a
+    client's or not), as nginx tells it (nginx/dbapi.conf.template)."""
+    return redactor.holds(text, also=environ.get('HTTP_AUTHORIZATION', '').split()[-1:])
 
 
 def identify_quietly(clients):
