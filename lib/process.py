@@ -1,5 +1,6 @@
 """The one after-fork mechanism: what a process must forget or restart when gunicorn forks a worker from it; the
 stop of a start; the watch of a command's terminal. Imports nothing heavy: manage.py takes it before anything else."""
+import atexit
 import contextlib
 import errno
 import os
@@ -36,20 +37,24 @@ class CommandStop:
 
     def take_stop_signals(self, stopped_line):
         """Take the stop signals (STOP_CAUSES) as the command's (take), saying stopped_line(signum) for the first that
-        comes before it serves; under nohup (SIGHUP ignored: hangup_ignored) SIGHUP is left alone."""
+        comes before it serves; under nohup (SIGHUP ignored: hangup_ignored) SIGHUP is left alone. At the process's
+        exit they are ignored (ignore_stop_signals, the last exit handler to run)."""
         self.stopped_line = stopped_line
         for stop_signal in STOP_CAUSES:
             if not (stop_signal == signal.SIGHUP and hangup_ignored()):
                 signal.signal(stop_signal, self.take)
+        atexit.register(ignore_stop_signals)
 
     def take(self, signum, frame=None):
         """Keep the first stop signal, and say it before the command serves; raise it unless a step holds it back or
-        the command's stop has begun."""
+        the command's stop has begun. Another raises nothing: it would cut the first one's line, or its unwinding
+        (exit handlers and all), short (trial Z: the line lost its newline to a SIGTERM 1 ms after a Ctrl-C)."""
         if self.ending:
             return
+        first = self.asked is None
         self.keep(signum)
-        if not self.held:
-            self.raise_stop()
+        if first and not self.held:
+            raise StartInterrupted(128 + self.asked)
 
     def keep(self, signum):
         """Keep signum as the stop if it is the first, and say so at once (stopped_line) before the command serves."""
@@ -68,15 +73,7 @@ class CommandStop:
         """Raise the stop asked for, if any: Python ignores an exception a signal handler raises inside some of its own
         callbacks (an import lock's), and a start went on to serve after saying it stopped."""
         if self.asked is not None and not self.ending:
-            self.raise_stop()
-
-    def raise_stop(self):
-        """Raise the stop asked for as StartInterrupted, the stop signals ignored from now on: another would cut the
-        unwinding (exit handlers, the embedded PostgreSQL's stop) short, and Python's exit gives a handler of Python's
-        back SIG_DFL, so one that came then killed the process by the signal, not exit 128 + n (trial W). The state
-        stays: raise_if_asked raises it again where Python ignored it."""
-        ignore_stop_signals()
-        raise StartInterrupted(128 + self.asked)
+            raise StartInterrupted(128 + self.asked)
 
     @contextlib.contextmanager
     def held_back(self):
@@ -98,11 +95,21 @@ class CommandStop:
         """Begin the command's own stop: the stop signals are ignored from now on, so that its exit handlers (the
         embedded PostgreSQL's stop, the stack's children) run whole."""
         self.ending = True
-        ignore_stop_signals()
+        for stop_signal in STOP_CAUSES:
+            if signal.getsignal(stop_signal) != signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+                signal.signal(stop_signal, ignore_stop)
+
+
+def ignore_stop(signum, frame=None):
+    """Do nothing: a stop signal's handler once the command's stop has begun. A Python function, not SIG_IGN, so
+    that a signal already on its way finds a handler to run: Python reports one whose handler became SIG_IGN
+    meanwhile as "OSError: Signal 15 ignored due to race condition", a traceback (trial Z)."""
 
 
 def ignore_stop_signals():
-    """Ignore the stop signals (STOP_CAUSES) from now on."""
+    """Ignore the stop signals (STOP_CAUSES) from now on (SIG_IGN), as a command's last exit handler: Python's exit
+    then gives the handlers of Python's back SIG_DFL, and a second Ctrl-C that came after it killed the process by the
+    signal, not exit 128 + n (trial W: 8 of 24). A signal already on its way then is Python's race condition line."""
     for stop_signal in STOP_CAUSES:
         signal.signal(stop_signal, signal.SIG_IGN)
 
