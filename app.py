@@ -11,7 +11,7 @@ from flask_compress import Compress
 from werkzeug.exceptions import NotFound
 
 import settings
-from lib.auth import holds_a_token, identify_quietly, load_clients
+from lib.auth import holds_a_token, identify_quietly, learn_shown_token, load_clients
 from lib.db import make_pools, session_hook
 from lib.db.embedded import start_embedded
 from lib.errors import ERROR_TRANSLATORS, handle_error
@@ -188,5 +188,6 @@ def create_app(overrides=None):
     app.register_blueprint(metrics_endpoint)
     gateway.routes = mount_modules(app, app.config['MODULE_PACKAGES'], gateway.clients)
     install_compression(app)
+    app.before_request(partial(learn_shown_token, gateway.clients))  # first: before any answer is decided
     install_middleware(app, gateway)
     return app

@@ -125,6 +125,8 @@ def checked_dsn(name, dsn):
     # libpq takes a raw space in a URL, and a raw @ ends the password early, leaving the rest as the host.
     if is_url and (re.search(r'\s', dsn) or '@' in parts.get('host', '')):
         raise ImproperlyConfigured(f'{name} is not a valid URL: {DSN_HINTS[True]}')
+    if 'port' in parts:  # libpq refused it at the first connection: "the database cannot be reached"
+        check_ports(f"{name}'s port", parts['port'])
     timeout = parts.get('connect_timeout', '0')
     if not INTEGER_TEXT.fullmatch(timeout) or integer_value(timeout) > MAX_CONNECT_TIMEOUT_SECONDS:  # libpq's form
         raise ImproperlyConfigured(f"{name}'s connect_timeout must be a whole number of seconds, "

@@ -188,6 +188,20 @@ def test_a_token_known_only_by_its_sha256_is_redacted_once_it_has_authenticated(
     assert SCOPED_TOKEN not in text and 'later, [REDACTED]' in text
 
 
+@pytest.mark.parametrize('path, protocol', [('/healthz', 'HTTP/1.1'), (f'/users/{SCOPED_TOKEN}', 'HTTP/1.2')])
+def test_a_sha256_clients_token_is_learned_by_a_request_answered_before_authorization(make_app, log_folder, path,
+                                                                                      protocol):
+    """An operations endpoint never identifies its caller, and a 400 for the HTTP version comes first: the token,
+    shown in Authorization, stayed in the line's path and User-Agent (trial Z)."""
+    client = make_app(LOG_PATH=str(log_folder)).test_client()
+    response = client.open(path, method='GET' if path == '/healthz' else 'POST',
+                           environ_overrides={'SERVER_PROTOCOL': protocol}, buffered=True,
+                           headers={'Authorization': f'Bearer {SCOPED_TOKEN}', 'User-Agent': f'ua-{SCOPED_TOKEN}'})
+    assert response.status_code in (200, 400)
+    text = ''.join(read_log_folder(log_folder).values())
+    assert SCOPED_TOKEN not in text and 'ua-[REDACTED]' in text
+
+
 @pytest.mark.parametrize('token', [SCOPED_TOKEN, 'a-token-no-client-has-9'])
 def test_a_request_id_holding_the_requests_own_token_is_replaced(make_app, log_folder, token):
     """As nginx does: the id of a request whose Authorization carries the token, known only by its sha256 (trial X:

@@ -45,6 +45,7 @@ def test_the_scheme_is_the_one_the_farthest_trusted_proxy_saw(hops, proto, schem
 @pytest.mark.parametrize('forwarded_for, address', [
     ('999.1.1.1', PEER), ('not an ip', PEER), ('::::', PEER), ('[::1]', PEER), ('203.0.113.7:8080', PEER),
     ('2001:db8::7', '2001:db8::7'), ('::ffff:203.0.113.7', '::ffff:203.0.113.7'),
+    ('::1%not an address at all', '::1'), ('fe80::1%999.1.1.1', 'fe80::1'),  # a zone is any text (trial Z)
 ])
 def test_an_entry_that_is_no_ip_address_leaves_the_peers(forwarded_for, address):
     """Trial X: a caller that reached a replica directly had 999.1.1.1 logged as client.ip, a field an index maps

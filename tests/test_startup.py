@@ -152,6 +152,7 @@ def test_a_bad_setting_stops_the_start_in_one_line(port):
     ('BIND', '127.0.0.1:' + '9' * 4400, 'BIND must be one host:port'),
     ('DATABASE_URL', 'postgresql://u@h/db?connect_timeout=' + '9' * 5001, "DATABASE_URL's connect_timeout must be"),
     ('DEFAULT_DB_PORT', '5' * 5000, 'DEFAULT_DB_PORT must be a port number'),
+    ('DATABASE_URL', 'postgresql://u@127.0.0.1:' + '5' * 5000 + '/db', "DATABASE_URL's port must be a port number"),
 ])
 def test_an_integer_of_more_digits_than_python_converts_stops_the_start_in_one_line(name, value, said):
     """int() refuses text of more than 4,300 digits: a ValueError's traceback (trial W)."""
@@ -163,6 +164,14 @@ def test_a_database_port_that_is_no_port_stops_the_start_naming_it(port):
     """libpq refused it at the first connection: "the database cannot be reached", naming no setting (trial W)."""
     line = assert_one_line_failure(run_manage('migrate', DEFAULT_DB_HOST='127.0.0.1', DEFAULT_DB_PORT=port),
                                    'DEFAULT_DB_PORT must be a port number from 1 to 65535')
+    assert 'cannot be reached' not in line
+
+
+@pytest.mark.parametrize('port', ['99999', '0'])
+def test_a_database_urls_port_that_is_no_port_stops_the_start_naming_it(port):
+    """The same in a URL (trial Z)."""
+    line = assert_one_line_failure(run_manage('migrate', DATABASE_URL=f'postgresql://u@127.0.0.1:{port}/db'),
+                                   "DATABASE_URL's port must be a port number from 1 to 65535")
     assert 'cannot be reached' not in line
 
 

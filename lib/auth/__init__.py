@@ -205,6 +205,14 @@ def identify_quietly(clients):
         return None
 
 
+def learn_shown_token(clients):
+    """Have clients (a TokenTable) learn the request's bearer token when it is one known only by its sha256 and still
+    unshown, whatever the request (an operations endpoint, a 400 before authorization): its lines and error body are
+    then redacted of it. Nothing to do, one check, once every such token is learned (or none is configured)."""
+    if clients.unshown:
+        identify_quietly(clients)
+
+
 def authorize(clients, module):
     """Identify the caller of module by its token and check its scope; keep the client for the access line."""
     client = clients.identify(request.environ.get('HTTP_AUTHORIZATION', ''))

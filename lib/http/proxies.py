@@ -45,7 +45,8 @@ def ip_address_text(entry):
     stays, since a proxy writes only addresses (nginx's $remote_addr), and client.ip is an IP field in the index
     (ECS), which refuses a line whose value is not one. Cached: a proxy forwards the same few addresses."""
     try:
-        ipaddress.ip_address(entry)
+        address = ipaddress.ip_address(entry)
     except ValueError:
         return None
-    return entry
+    # An IPv6 address's %zone is any text to ipaddress (trial Z: "::1%not an address at all"): it is dropped.
+    return str(address).partition('%')[0] if '%' in entry else entry
