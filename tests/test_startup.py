@@ -324,15 +324,21 @@ def test_an_empty_statement_in_a_migration_is_refused_before_anything_runs(tmp_p
     """A ";" with nothing before it failed as "a comment after the file's last statement", without a line, once the
     files before it had run (trial T)."""
     folder = tmp_path / 'migrations'
+    assert refusal_before_anything_runs(folder, scratch_database, text) == (
+        f'migration {folder / "0002_refused.sql"}:{line} holds an empty statement (a ";" with nothing to run before '
+        'it), which yoyo sends as a statement of its own and which fails: remove that ";"')
+
+
+def refusal_before_anything_runs(folder, dsn, text):
+    """Write folder's migrations, a fine one and then text (0002_refused.sql), migrate dsn and return the StartupError's
+    line, checking that the fine one did not run."""
     folder.mkdir()
-    (folder / '0001_first.sql').write_text('CREATE TABLE before_the_semicolon (id int);\n')
-    (folder / '0002_empty.sql').write_text(text)
+    (folder / '0001_fine.sql').write_text('CREATE TABLE fine_first (id int);\n')
+    (folder / '0002_refused.sql').write_text(text)
     with pytest.raises(StartupError) as caught:
-        manage.apply_migrations(scratch_database, folder)
-    assert str(caught.value) == (f'migration {folder / "0002_empty.sql"}:{line} holds an empty statement (a ";" with '
-                                 'nothing to run before it), which yoyo sends as a statement of its own and which '
-                                 'fails: remove that ";"')
-    assert run_sql(scratch_database, "SELECT to_regclass('before_the_semicolon') IS NULL") == [(True,)]
+        manage.apply_migrations(dsn, folder)
+    assert run_sql(dsn, "SELECT to_regclass('fine_first') IS NULL") == [(True,)]
+    return str(caught.value)
 
 
 @pytest.mark.parametrize('text', ['-- only a description\n-- and more\n', '-- transactional: false\n\nSELECT 1;\n',
@@ -566,18 +572,12 @@ def test_a_transactional_migration_that_controls_its_transaction_is_refused_befo
     """A COMMIT in the file committed what came before it and yoyo's record went nowhere: the line blamed the
     bookkeeping, the file was left run but half recorded, or run again and failing (trial W)."""
     folder = tmp_path / 'migrations'
-    folder.mkdir()
-    (folder / '0001_fine.sql').write_text('CREATE TABLE fine_first (id int);\n')
-    (folder / '0002_control.sql').write_text(text)
-    with pytest.raises(StartupError) as caught:
-        manage.apply_migrations(scratch_database, folder)
-    assert str(caught.value) == (
-        f'migration {folder / "0002_control.sql"}:{line} holds {keyword}, which ends or begins a transaction: dbapi '
+    assert refusal_before_anything_runs(folder, scratch_database, text) == (
+        f'migration {folder / "0002_refused.sql"}:{line} holds {keyword}, which ends or begins a transaction: dbapi '
         'runs the file, and records it, in one transaction of its own. Remove it, or run the file without one (a '
         'first line "-- transactional: false")')
-    assert run_sql(scratch_database, "SELECT to_regclass('fine_first') IS NULL") == [(True,)]  # nothing ran
-    (folder / '0002_control.sql').write_text('-- transactional: false\n' + text.replace('ROLLBACK', 'SELECT 1'))
-    assert manage.apply_migrations(scratch_database, folder) == ['0001_fine', '0002_control']
+    (folder / '0002_refused.sql').write_text('-- transactional: false\n' + text.replace('ROLLBACK', 'SELECT 1'))
+    assert manage.apply_migrations(scratch_database, folder) == ['0001_fine', '0002_refused']
 
 
 def test_savepoints_and_plpgsql_blocks_are_no_transaction_control(tmp_path, scratch_database):
