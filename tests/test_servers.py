@@ -287,6 +287,18 @@ def test_an_embedded_postgresql_that_cannot_start_is_one_line(tmp_path):
     assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
+@pytest.mark.parametrize('options, message', [
+    ('-c x=1', 'FATAL: unrecognized configuration parameter "x"'),
+    ('-c default_transaction_read_only=on', 'cannot execute CREATE DATABASE in a read-only transaction')])
+def test_a_database_the_embedded_postgresql_refuses_is_one_line(serve_data_dir, options, message):
+    """Trial Z: PGOPTIONS, which libpq sends from the environment, naming a setting PostgreSQL does not know made
+    `migrate` print psycopg2's traceback."""
+    result = subprocess.run([sys.executable, 'manage.py', 'migrate'], cwd=settings.BASE_DIR, capture_output=True,
+                            text=True, timeout=90, env={**serve_environment(serve_data_dir), 'PGOPTIONS': options})
+    assert (result.returncode, result.stderr) == (1, f"dbapi: the embedded PostgreSQL refused database 'dbapi': "
+                                                     f'{message}\n')
+
+
 def postmaster_status(data_dir):
     """Return the postmaster.pid of data_dir's server ('' for none): its last line says `starting`, then `ready`."""
     with contextlib.suppress(OSError):

@@ -61,15 +61,20 @@ def stop_postmaster(data_dir, seconds=STOP_SECONDS):
 
 
 def ensure_database(server_dsn, database):
-    """Create database on the server when it is missing; return its DSN."""
-    conn = psycopg2.connect(server_dsn)
+    """Create database on the server when it is missing; return its DSN. A connection or statement the server refuses
+    (PGOPTIONS naming an unknown setting, say: libpq sends the environment's) is a StartupError of one line."""
     try:
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute('SELECT 1 FROM pg_database WHERE datname = %s', (database,))
-            if cursor.fetchone() is None:
-                cursor.execute(sql.SQL('CREATE DATABASE {}').format(sql.Identifier(database)))
-    finally:
-        conn.close()
+        conn = psycopg2.connect(server_dsn)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cursor:
+                cursor.execute('SELECT 1 FROM pg_database WHERE datname = %s', (database,))
+                if cursor.fetchone() is None:
+                    cursor.execute(sql.SQL('CREATE DATABASE {}').format(sql.Identifier(database)))
+        finally:
+            conn.close()
+    except psycopg2.Error as exc:
+        message = ' '.join(str(exc).split())  # PostgreSQL's: "FATAL:  unrecognized ...\n"
+        raise StartupError(f'the embedded PostgreSQL refused database {database!r}: {message}') from None
     return make_dsn(server_dsn, dbname=database)
 
