@@ -41,12 +41,13 @@ class TrustedProxies:
 
 @lru_cache(maxsize=4096)
 def ip_address_text(entry):
-    """Return entry (None, or a forwarded entry) when it is an IPv4 or IPv6 address, else None: the peer's address
-    stays, since a proxy writes only addresses (nginx's $remote_addr), and client.ip is an IP field in the index
-    (ECS), which refuses a line whose value is not one. Cached: a proxy forwards the same few addresses."""
+    """Return entry (None, or a forwarded entry) when it is an IPv4 or IPv6 address, an IPv6 address's %zone dropped,
+    else None: the peer's address stays, since a proxy writes only addresses (nginx's $remote_addr), and client.ip is
+    an IP field in the index (ECS), which refuses a line whose value is not one (nor takes a zone). Cached: a proxy
+    forwards the same few addresses."""
     try:
         address = ipaddress.ip_address(entry)
     except ValueError:
         return None
-    # An IPv6 address's %zone is any text to ipaddress (trial Z: "::1%not an address at all"): it is dropped.
+    # An IPv6 address's %zone is any text to ipaddress (trial Z: "::1%not an address at all").
     return str(address).partition('%')[0] if '%' in entry else entry
