@@ -12,7 +12,8 @@ import psycopg2
 from dotenv import load_dotenv
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from lib.errors import ImproperlyConfigured, utf8_text  # lib raises it too; settings keeps the name
+from lib.auth import MAX_CLIENT_CONNECTIONS
+from lib.errors import ImproperlyConfigured, integer_value, utf8_text  # lib raises it too; settings keeps the name
 
 BASE_DIR = Path(__file__).resolve().parent
 
@@ -29,15 +30,6 @@ def env_str(name, default=None):
 # An integer as settings take one: ASCII digits, a sign, spaces and tabs around (int() also reads "5_000" and other
 # scripts' digits, "５"; \s would take the separators U+001C-U+001F, which int() refuses).
 INTEGER_TEXT = re.compile(r'[ \t]*[+-]?[0-9]+[ \t]*')
-
-
-def integer_value(text):
-    """Return the integer that text of ASCII digits (INTEGER_TEXT) spells; one of more digits than int() converts
-    (4,300 by default: sys.get_int_max_str_digits) is past every bound a setting has, so infinite, with its sign."""
-    try:
-        return int(text)
-    except ValueError:
-        return -math.inf if text.strip(' \t').startswith('-') else math.inf
 
 
 def env_int(name, default, minimum=0, maximum=2**31 - 1):
@@ -305,7 +297,7 @@ if DATABASES['default'] is None and not DEVELOPMENT:
 for _name, _dsn in DATABASES.items():
     if _dsn is None and _name != 'default':
         raise ImproperlyConfigured(f'DB_NAMES names {_name!r}: set {_name.upper()}_DATABASE_URL or {_name.upper()}_DB_*')
-DB_POOL_MAX = env_int('DB_POOL_MAX', 2, 1, 1000)
+DB_POOL_MAX = env_int('DB_POOL_MAX', 2, 1, MAX_CLIENT_CONNECTIONS)
 # One deadline per request (0: none), from which the other timeouts are derived or against which they are checked
 # (docs/deployment.md, "One request deadline"): the pool wait and each transaction's statement timeout end at it,
 # a retry does not start past it, a transaction past it is rolled back, not committed, and nginx waits longer.
@@ -344,7 +336,7 @@ DB_RETRIES = env_int('DB_RETRIES', 3, 0, 100)
 # Each client may hold at most this many connections of a pool at once (its BEARER_TOKENS entry's
 # "max_connections" wins): one client's slow calls cannot take every connection. Over it: 429.
 # None (unset) means DB_POOL_MAX, the app's own, so nothing is limited unless it is set.
-DB_CLIENT_MAX_CONNECTIONS = env_int('DB_CLIENT_MAX_CONNECTIONS', None, 1, 1000)
+DB_CLIENT_MAX_CONNECTIONS = env_int('DB_CLIENT_MAX_CONNECTIONS', None, 1, MAX_CLIENT_CONNECTIONS)
 
 
 def worker_timeout(bound_ms):

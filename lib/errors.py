@@ -1,4 +1,5 @@
 """The ApiError family, the SQLSTATE mapping and the one RFC 9457 problem renderer."""
+import math
 import re
 import sys
 import time
@@ -38,6 +39,16 @@ def utf8_text(text, name):
     except UnicodeError:
         raise ImproperlyConfigured(f'{name} is not UTF-8 text: write it in UTF-8') from None
     return text
+
+
+def integer_value(text):
+    """Return the integer that text of ASCII digits (a setting's, a JSON integer's) spells; one of more digits than
+    int() converts (4,300 by default: sys.get_int_max_str_digits) is past every bound a setting has, so infinite,
+    with its sign."""
+    try:
+        return int(text)
+    except ValueError:
+        return -math.inf if text.strip(' \t').startswith('-') else math.inf
 
 
 def import_failure(exc):

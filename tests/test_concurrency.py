@@ -279,11 +279,19 @@ def test_a_streamed_export_holds_its_place_in_the_bulkhead_until_it_ends(make_ap
     assert call('/slow/sleep', {'seconds': 0}).status_code == 200
 
 
-@pytest.mark.parametrize('limit', [0, -1, 1.5, '2', True, None])
-def test_max_connections_must_be_a_positive_integer(limit):
-    config = {'ENVIRONMENT': 'test', 'BEARER_TOKENS': json.dumps({'x': {'token': 'x-token', 'max_connections': limit}})}
-    with pytest.raises(ImproperlyConfigured, match='max_connections'):
+@pytest.mark.parametrize('limit', ['0', '-1', '1.5', '2.0', '"2"', 'true', 'null', '1001', '1' + '0' * 5000,
+                                   '-' + '1' * 5000])
+def test_max_connections_must_be_an_integer_from_1_to_1000(limit):
+    """As DB_CLIENT_MAX_CONNECTIONS is; an integer of more digits than int() converts (trial Z: "BEARER_TOKENS is
+    not valid JSON") is past the bound too."""
+    config = {'ENVIRONMENT': 'test', 'BEARER_TOKENS': '{"x": {"token": "x-token", "max_connections": %s}}' % limit}
+    with pytest.raises(ImproperlyConfigured, match='"max_connections" must be an integer from 1 to 1000$'):
         load_clients(config)
+
+
+def test_max_connections_may_be_1000():
+    config = {'ENVIRONMENT': 'test', 'BEARER_TOKENS': '{"x": {"token": "x-token", "max_connections": 1000}}'}
+    assert [client.max_connections for client in load_clients(config).values()] == [1000]
 
 
 # Load shedding: a process admits MAX_REQUESTS_IN_FLIGHT requests; one more is a fast 503, the ops endpoints pass

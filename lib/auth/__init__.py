@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flask import request
 
-from lib.errors import ImproperlyConfigured, utf8_text
+from lib.errors import ImproperlyConfigured, integer_value, utf8_text
 
 from lib.errors import BEARER_CHALLENGE, Forbidden, Unauthorized
 from lib.http.exchange import CLIENT_KEY, remember
@@ -19,6 +19,8 @@ BEARER_HEADER = re.compile(rf'Bearer +({B64TOKEN}) *', re.IGNORECASE)
 SINGLE_TOKEN_CLIENT = 'bearer'
 # Spellings of valid Authorization headers remembered per process; a caller cannot grow it past this.
 MAX_KNOWN_HEADERS = 256
+# The most connections a client's "max_connections" (and DB_CLIENT_MAX_CONNECTIONS, DB_POOL_MAX) may name.
+MAX_CLIENT_CONNECTIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -68,19 +70,22 @@ def check_token_characters(token, owner):
 
 
 def parse_max_connections(name, entry):
-    """Return the entry's "max_connections", a positive integer, or None when it has none."""
+    """Return the entry's "max_connections", an integer from 1 to MAX_CLIENT_CONNECTIONS (DB_CLIENT_MAX_CONNECTIONS's
+    bound, which DB_POOL_MAX shares: a limit past the pool limits nothing), or None when it has none."""
     if 'max_connections' not in entry:
         return None
     limit = entry['max_connections']
-    if type(limit) is not int or limit < 1:  # not a bool, which is an int subclass
-        raise ImproperlyConfigured(f'bearer client {name!r}: "max_connections" must be a positive integer')
+    # not a bool (an int subclass), nor a float: 1.5, or an integer of more digits than int() converts (integer_value)
+    if type(limit) is not int or not 1 <= limit <= MAX_CLIENT_CONNECTIONS:
+        raise ImproperlyConfigured(f'bearer client {name!r}: "max_connections" must be an integer from 1 to '
+                                   f'{MAX_CLIENT_CONNECTIONS}')
     return limit
 
 
 def parse_clients_json(text, origin):
     """Parse a JSON object of client name to token entry into ({digest: Client}, [the plain tokens it holds])."""
     try:
-        table = json.loads(text, object_pairs_hook=partial(keys_once, origin))
+        table = json.loads(text, object_pairs_hook=partial(keys_once, origin), parse_int=integer_value)
     except ValueError:
         raise ImproperlyConfigured(f'{origin} is not valid JSON') from None
     if not isinstance(table, dict):
@@ -208,8 +213,9 @@ def identify_quietly(clients):
 def learn_shown_token(clients):
     """Have clients (a TokenTable) learn the request's bearer token when it is one known only by its sha256 and still
     unshown, whatever the request (an operations endpoint, a 400 before authorization): its lines and error body are
-    then redacted of it. Nothing to do, one check, once every such token is learned (or none is configured)."""
-    if clients.unshown:
+    then redacted of it. Nothing to do, one check, once every such token is learned (or none is configured); a header
+    accepted before needs no second identify (its token was learned then), so an action's authorize alone does it."""
+    if clients.unshown and request.environ.get('HTTP_AUTHORIZATION', '') not in clients.known_headers:
         identify_quietly(clients)
 
 
