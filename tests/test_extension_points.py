@@ -17,6 +17,7 @@ import werkzeug.exceptions
 from marshmallow import ValidationError
 
 from lib.db import DEFAULT, Pool, connection
+from lib.db.pool import DatabaseUnreachable
 from lib.db.session import (DISCARD_ALL, RESET_SESSION, PooledConnection, application_name, configure_with,
                             reset_with, session_settings, startup_options)
 from lib.db.types import with_types
@@ -242,6 +243,23 @@ def test_a_configure_that_postgresql_refuses_is_a_500_not_the_callers_422(make_a
     response = call('/users/get', {'id': 1})
     assert response.status_code == 500 and response.get_json()['detail'] == 'The server could not complete the request.'
     assert 'work_mem' not in response.get_data(as_text=True)
+
+
+def configure_on_a_server_shutting_down(conn):
+    """A configure whose connection the server ends (57P01 admin_shutdown), as a server shutting down between the
+    connect and the setup does, or pgbouncer's first statement on a server it cannot reach (08P01)."""
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute('SELECT pg_terminate_backend(pg_backend_pid())')
+
+
+def test_a_new_connection_whose_setup_the_database_ends_says_nothing_was_sent(make_app):
+    """Behind pgbouncer, with PostgreSQL down, every write was told it "may have run" (trial AB): the setup's
+    statement failed, never the request's."""
+    call = Caller(make_app(DB_POOL_MAX=1, DB_CONFIGURE=configure_on_a_server_shutting_down).test_client())
+    response = call('/users/create', {'email': 'never-sent@example.com', 'name': 'N'})
+    assert (response.status_code, response.get_json()['detail']) == (503, DatabaseUnreachable.detail)
+    assert response.headers['Retry-After'] == '1'
 
 
 @pytest.mark.parametrize('reset, said', [

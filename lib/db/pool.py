@@ -12,7 +12,7 @@ import psycopg2.extensions
 
 from lib.db.session import END_OF_USE_ANSWER_SECONDS, bound_answers
 from lib.db.waiting import LEAST_CONNECT_TIMEOUT
-from lib.errors import GatewayTimeout, ServiceUnavailable, TooManyRequests, database_unavailable
+from lib.errors import GatewayTimeout, ServiceUnavailable, TooManyRequests, database_unavailable, from_database_error
 from lib.polling import ready_events
 from lib.process import after_fork
 
@@ -215,7 +215,10 @@ class Pool:
         return None
 
     def connect(self, deadline=None):
-        """Open a new connection and configure it; its connect ends at deadline too (connect_within)."""
+        """Open a new connection and configure it; its connect ends at deadline too (connect_within). DatabaseUnreachable
+        (503, nothing of the request sent) when either fails for the database's state: through pgbouncer, a server
+        that cannot be reached is a connection made whose first statement fails (08P01 "server login has been
+        failing"); a server shutting down between the two ends the setup (57P01)."""
         self.stats['connects'] += 1
         try:
             conn = psycopg2.connect(self.dsn, **connect_within(self.connect_kwargs, deadline))
@@ -223,8 +226,10 @@ class Pool:
             raise DatabaseUnreachable() from exc
         try:
             self.configure(conn)
-        except BaseException:
+        except BaseException as exc:
             close_quietly(conn)
+            if isinstance(exc, psycopg2.Error) and isinstance(from_database_error(exc), ServiceUnavailable):
+                raise DatabaseUnreachable() from exc
             raise
         self.configured_driver_state = driver_state(conn)
         return conn
