@@ -448,11 +448,14 @@ class Stack:
 
     def serving_ports(self):
         """Return the ports nginx may send requests to after a failed restart: a stand-in's still serving, else those
-        of the replicas whose own process listens on them (another program that took a port must get none), or
-        every replica's when none does."""
+        it sent to meanwhile (the replicas the restart had not stopped) whose own process listens on them (another
+        program that took a port must get none), or every replica's when none does. The replica that failed is not
+        among them, even when it listens (not ready: a database that hangs keeps its /readyz at 503): it rejoins
+        once it is ready (rejoin)."""
         if self.standing_in is not None:
             return [self.standing_in[1]]
-        listening = [port for replica, port in self.replicas_and_ports() if holds_listener(replica, port)]
+        listening = [port for replica, port in self.replicas_and_ports()
+                     if port in self.nginx_ports and holds_listener(replica, port)]
         return listening or self.config.replica_ports
 
     def rejoin(self):

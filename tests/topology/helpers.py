@@ -13,11 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from psycopg2.extensions import make_dsn, parse_dsn
 
 import settings
 from ops import nginx
@@ -41,10 +42,10 @@ def free_ports_below_the_ephemeral_range(count):
     return ops_free_ports(count)[0]
 
 
-def read_json_lines(path):
-    """Return every JSON object line of a log file (other lines, such as gunicorn's, are skipped)."""
+def read_json_lines(path, start=0):
+    """Return every JSON object line of a log file from byte start (other lines, such as gunicorn's, are skipped)."""
     lines = []
-    for line in Path(path).read_bytes().splitlines():
+    for line in Path(path).read_bytes()[start:].splitlines():
         if line.startswith(b'{'):
             try:
                 lines.append(json.loads(line))
@@ -285,3 +286,58 @@ class WriteLoad:
         self.stopping.set()
         for thread in self.threads:
             thread.join(60)
+
+
+class DatabaseRelay:
+    """A TCP relay on 127.0.0.1 to a PostgreSQL server (a DSN's host, TCP or a Unix socket's folder, and port) whose
+    new connections can be held unanswered (hang), as a database that accepts TCP and never answers."""
+
+    def __init__(self, dsn):
+        params = parse_dsn(dsn)
+        host, port = params.get('host', '/tmp'), int(params.get('port', 5432))
+        self.target = (socket.AF_UNIX, f'{host}/.s.PGSQL.{port}') if host.startswith('/') else (socket.AF_INET,
+                                                                                                (host, port))
+        self.listener = socket.create_server(('127.0.0.1', 0))
+        self.dsn = make_dsn(dsn, host='127.0.0.1', port=self.listener.getsockname()[1])
+        self.hanging = threading.Event()
+        self.held = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        """Relay each connection to the server, or hold it while hanging, until closed."""
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.hanging.is_set():
+                self.held.append(client)
+                continue
+            server = socket.socket(self.target[0])
+            server.connect(self.target[1])
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=relay, args=(source, sink), daemon=True).start()
+
+    def resume(self):
+        """Relay new connections again; the held ones are closed."""
+        self.hanging.clear()
+        for held in self.held:
+            held.close()
+
+    def close(self):
+        """Take no more connections."""
+        self.listener.close()
+
+
+def relay(source, sink):
+    """Copy source's bytes to sink until either ends, then end both."""
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for end in (source, sink):
+            with suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)  # wakes the other direction's recv
+            end.close()

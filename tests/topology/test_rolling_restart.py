@@ -20,7 +20,7 @@ from manage import counted
 from ops.stack import answers
 from tests.helpers import on_a_terminal, port_open, post, run_sql, wait_for
 
-from .helpers import (MODULE_PACKAGES, READY_LINE, START_TIMEOUT_SECONDS, WriteLoad,
+from .helpers import (MODULE_PACKAGES, READY_LINE, START_TIMEOUT_SECONDS, DatabaseRelay, WriteLoad,
                       free_ports_below_the_ephemeral_range, read_json_lines, running_stack, stack_environment,
                       worker_group)
 
@@ -159,6 +159,32 @@ def test_a_replica_that_cannot_come_back_gets_no_request_until_it_does(tmp_path_
     rows = {code for (code,) in run_sql(topology_database_url, 'SELECT code FROM probe.things WHERE code LIKE %s',
                                         (f'{run_id}-%',))}
     assert rows == {attempt.code for attempt in load.attempts if attempt.status == 201} and len(rows) > 100
+
+
+def test_a_replica_restarted_while_a_database_hangs_gets_no_request_until_it_is_ready(tmp_path_factory,
+                                                                                     topology_database_url):
+    """It listened but was not ready (its /readyz a 503): the failed restart put it back in nginx's list at once, and
+    it never said it was ready again (trial AB)."""
+    relay = DatabaseRelay(topology_database_url)
+    with running_stack(tmp_path_factory, topology_database_url, replicas=2, GRACEFUL_TIMEOUT='10', LOG_LEVEL='INFO',
+                       DB_NAMES='default,reports', REPORTS_DATABASE_URL=relay.dsn) as stack:
+        first = stack.replica_ports[0]
+        relay.hanging.set()
+        stack.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: f'rolling restart stopped: replica 1 (port {first})'.encode() in stack.log_path.read_bytes(),
+                 RESTART_TIMEOUT_SECONDS, 'the rolling restart did not stop', interval=0.5,
+                 on_timeout=lambda: stack.log_text()[-3000:])
+        stopped_at = len(stack.log_path.read_bytes())
+        assert {stack.post('/session/state').status for _ in range(20)} == {200}
+        served_by = collections.Counter(line['service']['node']['name'] for line in read_json_lines(stack.log_path,
+                                                                                                    stopped_at)
+                                        if line.get('url', {}).get('path') == '/session/state')
+        relay.resume()
+        wait_for(lambda: f'replica 1 (port {first}) is ready again; nginx sends to it again'.encode()
+                 in stack.log_path.read_bytes(), RESTART_TIMEOUT_SECONDS, 'the replica did not take requests back',
+                 interval=0.5, on_timeout=lambda: stack.log_text()[-3000:])
+    relay.close()
+    assert sum(served_by.values()) == 20 and all(name.endswith('-2') for name in served_by), served_by
 
 
 def test_a_replica_that_dies_during_a_rolling_restart_is_restarted_at_once(tmp_path_factory, topology_database_url):
