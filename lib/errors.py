@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from http import HTTPStatus
 
 import psycopg2
-from flask import current_app, has_request_context, request
+from flask import current_app, has_app_context, has_request_context, request
 from marshmallow import ValidationError, fields
 from werkzeug.exceptions import HTTPException
 
@@ -49,6 +49,19 @@ def integer_value(text):
         return int(text)
     except ValueError:
         return -math.inf if text.strip(' \t').startswith('-') else math.inf
+
+
+# A detail shows what the caller sent (a 404's module, a 415's charset) up to this many characters of it.
+MAX_NAME_SHOWN = 64
+
+
+def shown_briefly(text, limit=MAX_NAME_SHOWN):
+    """Return text the caller sent as a problem's detail shows it: its tokens and passwords redacted (the gateway's
+    redactor), then cut after limit characters with '...': a token cut first would pass the body's redactor, its
+    first characters shown (trial AA)."""
+    gateway = current_app.extensions.get('dbapi') if has_app_context() else None
+    text = gateway.redact.redact(text) if gateway is not None else text
+    return text if len(text) <= limit else text[:limit] + '...'
 
 
 def import_failure(exc):
@@ -295,8 +308,6 @@ SQLSTATE_ERRORS = {
 # Serialization failure and deadlock: a whole-transaction action is run again before the 503 above.
 RETRYABLE_SQLSTATES = frozenset({'40001', '40P01'})
 
-# A 404's detail names the module it looked for, up to this many characters of it.
-MAX_NAME_SHOWN = 64
 HTTP_DETAILS = {
     404: 'No action is mounted at this path.',
     405: 'This path does not accept this method.',
@@ -443,8 +454,7 @@ def not_found_detail(path, routes, client):
         return f'Client {client.name!r} may not call module {module!r}, and it has no action at this path.'
     if not module:
         return 'The path names no module. Actions are called as POST /<module>/<action>.'
-    shown = module if len(module) <= MAX_NAME_SHOWN else module[:MAX_NAME_SHOWN] + '...'
-    return f'No module {shown!r} is mounted. Actions are called as POST /<module>/<action>.'
+    return f'No module {shown_briefly(module)!r} is mounted. Actions are called as POST /<module>/<action>.'
 
 
 @translates(TooDeepToWrite)

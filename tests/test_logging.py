@@ -27,7 +27,8 @@ from lib.logs.handlers import LineStreamHandler, PipeStreamHandler
 from lib.logs.secrets import Redactor, configured_secrets
 from lib.http.requestid import REQUEST_ID_KEY
 from lib.logs.formatter import dotted as flat  # nested fields by dotted name
-from tests.helpers import ADMIN_TOKEN, AUTH, SCOPED_TOKEN, SINGLE_BEARER, gunicorn_logging_to, http_request
+from tests.helpers import (ADMIN_TOKEN, AUTH, BEARER_TOKENS, SCOPED_TOKEN, SINGLE_BEARER, gunicorn_logging_to,
+                           http_request)
 
 REQUIRED_FIELDS = ('@timestamp', 'log.level', 'message', 'ecs.version', 'service.name', 'service.environment',
                    'service.node.name', 'process.pid', 'log.logger', 'labels.elk_index')
@@ -211,6 +212,38 @@ def test_a_request_id_holding_the_requests_own_token_is_replaced(make_app, log_f
     request_id = response.headers['X-Request-ID']
     assert token not in request_id and request_id == response.get_json()['request_id']
     assert line_of_request(logged_lines(log_folder), request_id)['http.response.status_code'] in (401, 404)
+
+
+@pytest.mark.parametrize('authorization', [f'Bearer {SCOPED_TOKEN}, Bearer x', f'Bearer x, Bearer {SCOPED_TOKEN}',
+                                           f'Bearer {SCOPED_TOKEN} extra', f'Bearer:{SCOPED_TOKEN}'])
+def test_a_token_in_a_malformed_authorization_is_the_requests_own_and_learned(make_app, log_folder, authorization):
+    """Only its last word counted, and a 401's header was never read for a token: a token before another word (two
+    Authorization headers join with a comma) was echoed as the id, and stayed in the 401's lines (trial AA)."""
+    app = make_app(LOG_PATH=str(log_folder))
+    response = post(app.test_client(), '/probe/echo', headers={
+        'Authorization': authorization, 'X-Request-ID': f'id.{SCOPED_TOKEN}', 'User-Agent': f'ua-{SCOPED_TOKEN}'})
+    assert response.status_code == 401 and SCOPED_TOKEN not in response.headers['X-Request-ID']
+    text = ''.join(read_log_folder(log_folder).values())
+    assert SCOPED_TOKEN not in text and 'ua-[REDACTED]' in text
+
+
+LONG_TOKEN = 'Long-Mixed-Case-Token-' + 'x' * 70
+
+
+@pytest.mark.parametrize('path, headers', [
+    (f'/{LONG_TOKEN}/get', {}),
+    ('/probe/echo', {'Content-Encoding': LONG_TOKEN}),
+    ('/probe/echo', {'Content-Type': f'application/json; charset={LONG_TOKEN}'}),
+    ('/probe/echo', {'Transfer-Encoding': LONG_TOKEN}),
+])
+def test_no_part_of_a_token_the_caller_sent_comes_back_in_a_detail(make_app, path, headers):
+    """A detail lowercased what it quoted (a mixed-case token passed the redactor), and cut it at 40 or 64
+    characters (a cut token passed it too, its first characters shown; trial AA)."""
+    tokens = json.dumps({**BEARER_TOKENS, 'long': {'token': LONG_TOKEN}})
+    response = post(make_app(BEARER_TOKENS=tokens).test_client(), path, token=LONG_TOKEN, headers=headers)
+    assert response.status_code in (400, 404, 415)
+    assert '[REDACTED]' in response.get_json()['detail']
+    assert LONG_TOKEN[:12].lower() not in response.get_data(as_text=True).lower()
 
 
 def test_a_readyz_503_logs_why_the_database_did_not_answer_and_its_answer_names_nothing(make_app, log_folder,
@@ -698,6 +731,15 @@ def test_a_token_in_a_url_is_redacted_however_the_url_escapes_it(spelling):
     redact = Redactor(configured_secrets({}, ['tok+en/with=']))
     line = encode_line({'message': f'POST /probe/echo?access_token={spelling} HTTP/1.1'})
     assert json.loads(redact(line))['message'] == 'POST /probe/echo?access_token=[REDACTED] HTTP/1.1'
+
+
+@pytest.mark.parametrize('spelling', ['tok%7Een%2Bx', 'tok%7een%2bx', 'tok~en%2Bx'])
+def test_a_token_whose_tilde_a_url_encodes_is_redacted(spelling):
+    """Java's URLEncoder writes `~` as %7E, where Python's quote() keeps it: such a User-Agent or target kept the
+    token (trial AA)."""
+    redact = Redactor(configured_secrets({}, ['tok~en+x']))
+    line = encode_line({'message': f'GET /?t={spelling}'})
+    assert json.loads(redact(line))['message'] == 'GET /?t=[REDACTED]'
 
 
 @pytest.mark.parametrize('spelling', ['pw%25x%40y%2Fz', 'pw%25x%40y%2fz', 'pw%25x%40y/z'])

@@ -16,6 +16,7 @@ from lib.http.exchange import CLIENT_KEY, remember
 # RFC 6750's b64token: the only characters an Authorization: Bearer header can carry.
 B64TOKEN = r'[A-Za-z0-9\-._~+/]+=*'
 BEARER_HEADER = re.compile(rf'Bearer +({B64TOKEN}) *', re.IGNORECASE)
+TOKEN_WORD = re.compile(B64TOKEN)
 SINGLE_TOKEN_CLIENT = 'bearer'
 # Spellings of valid Authorization headers remembered per process; a caller cannot grow it past this.
 MAX_KNOWN_HEADERS = 256
@@ -195,11 +196,18 @@ def bearer_token(header):
     return match.group(1)
 
 
+def authorization_words(header):
+    """Return the words of an Authorization header that may be a token: each run of b64token characters (RFC 6750)
+    but the scheme's name, Bearer, whatever the header's shape (`Bearer T, Bearer x` as two headers join, `Bearer T
+    extra`, `Bearer:T`, `Basic T`): what a caller showed there is its own, a client's or not."""
+    return [word for word in TOKEN_WORD.findall(header) if word.lower() != 'bearer']
+
+
 def holds_a_token(redactor, text, environ):
     """Tell whether text (a request's X-Request-ID) holds a token: one redactor (lib.logs.secrets.Redactor) knows,
-    or the request's own (the last word of its Authorization header, Bearer's token, of 4 characters or more, a
-    client's or not), as nginx tells it (nginx/dbapi.conf.template)."""
-    return redactor.holds(text, also=environ.get('HTTP_AUTHORIZATION', '').split()[-1:])
+    or the request's own (a word of its Authorization header of 4 characters or more, authorization_words), as
+    nginx tells it (nginx/dbapi.conf.template)."""
+    return redactor.holds(text, also=authorization_words(environ.get('HTTP_AUTHORIZATION', '')))
 
 
 def identify_quietly(clients):
@@ -211,12 +219,15 @@ def identify_quietly(clients):
 
 
 def learn_shown_token(clients):
-    """Have clients (a TokenTable) learn the request's bearer token when it is one known only by its sha256 and still
-    unshown, whatever the request (an operations endpoint, a 400 before authorization): its lines and error body are
-    then redacted of it. Nothing to do, one check, once every such token is learned (or none is configured); a header
-    accepted before needs no second identify (its token was learned then), so an action's authorize alone does it."""
-    if clients.unshown and request.environ.get('HTTP_AUTHORIZATION', '') not in clients.known_headers:
-        identify_quietly(clients)
+    """Have clients (a TokenTable) learn each token the request's Authorization header shows (authorization_words)
+    that is one known only by its sha256 and still unshown, whatever the request (an operations endpoint, a 400
+    before authorization, a 401 for a malformed header): its lines and error body are then redacted of it. Nothing to
+    do, one check, once every such token is learned (or none is configured), or for a header accepted before (its
+    token was learned then)."""
+    header = request.environ.get('HTTP_AUTHORIZATION', '')
+    if clients.unshown and header not in clients.known_headers:
+        for word in authorization_words(header):
+            clients.learn(word)
 
 
 def authorize(clients, module):

@@ -11,7 +11,7 @@ from gevent.monkey import is_module_patched
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from lib.errors import BadRequest, RequestTimeout, Unprocessable, UnsupportedMediaType
+from lib.errors import BadRequest, RequestTimeout, Unprocessable, UnsupportedMediaType, shown_briefly
 from lib.http.exchange import CLIENT_SOCKET_KEY, deadline_of
 from lib.jsonenc import JSON_MIMETYPE, BodyPastLimit, loads_exact
 
@@ -104,19 +104,19 @@ def refuse_unless_json(content_type):
     if media_type.strip().lower() != JSON_MIMETYPE:
         raise UnsupportedMediaType()
     for name, value in parameters:
-        charset = collapse_rfc2231_value(value).lower()  # RFC 2231's charset*=utf-8''utf-8 comes as a tuple
-        if name == 'charset' and charset not in ('utf-8', 'utf8'):
-            raise UnsupportedMediaType(f'JSON bodies are UTF-8 (RFC 8259 section 8.1); charset={charset[:40]} '
-                                       'is not accepted.')
+        charset = collapse_rfc2231_value(value)  # RFC 2231's charset*=utf-8''utf-8 comes as a tuple
+        if name == 'charset' and charset.lower() not in ('utf-8', 'utf8'):
+            raise UnsupportedMediaType('JSON bodies are UTF-8 (RFC 8259 section 8.1); '
+                                       f'charset={shown_briefly(charset)} is not accepted.')
 
 
 def refuse_content_coding(content_encoding):
     """Raise 415 for a body sent compressed (any Content-Encoding but identity): dbapi reads bodies as sent, and
     RFC 9110 section 15.5.16 has the 415 say, in Accept-Encoding, which codings a request may use."""
-    coding = content_encoding.strip().lower()
-    if coding and coding != 'identity':
-        raise UnsupportedMediaType(f'Content-Encoding {coding[:40]} is not accepted: send the body uncompressed.',
-                                   headers={'Accept-Encoding': 'identity'})
+    coding = content_encoding.strip()
+    if coding and coding.lower() != 'identity':
+        raise UnsupportedMediaType(f'Content-Encoding {shown_briefly(coding)} is not accepted: send the body '
+                                   'uncompressed.', headers={'Accept-Encoding': 'identity'})
 
 
 def refuse_transfer_coding(transfer_encoding):
@@ -124,8 +124,8 @@ def refuse_transfer_coding(transfer_encoding):
     off, and nothing would undo another coding (gzip), so the body would be read as something it is not. nginx in
     front answers the same 400."""
     if transfer_encoding is not None and transfer_encoding.strip().lower() != 'chunked':
-        raise BadRequest(f'Transfer-Encoding {transfer_encoding.strip()[:40]} is not accepted: send the body with a '
-                         'Content-Length, or chunked alone.')
+        raise BadRequest(f'Transfer-Encoding {shown_briefly(transfer_encoding.strip())} is not accepted: send the '
+                         'body with a Content-Length, or chunked alone.')
 
 
 def read_json_body():

@@ -38,8 +38,10 @@ def token_spellings(token):
 
 def percent_spellings(secret):
     """Return secret percent-encoded as URLs carry it (RFC 3986 section 2.1): every reserved character encoded, or
-    all but `/` (urllib.parse.quote's default), each in upper- and lower-case hex."""
+    all but `/` (urllib.parse.quote's default), `~` kept or encoded too (Java's URLEncoder writes %7E), each in
+    upper- and lower-case hex."""
     encoded = {quote(secret, safe=''), quote(secret)}
+    encoded |= {text.replace('~', '%7E') for text in encoded}  # quote() keeps `~` whatever safe says
     return sorted(encoded | {PERCENT_ESCAPE.sub(lambda escape: escape[0].lower(), text) for text in encoded})
 
 

@@ -112,6 +112,24 @@ def test_without_real_ip_the_peer_is_the_client(echo_port):
 TOKEN = 'Zq9SecretTokenAbc123'
 
 
+AUTHORIZATION_SHAPES = [f'Bearer {TOKEN}, Bearer x', f'Bearer x, Bearer {TOKEN}', f'Bearer {TOKEN} extra',
+                        f'Bearer:{TOKEN}', f'Basic {TOKEN}', TOKEN, f'bearer\t{TOKEN}']
+
+
+def test_an_id_holding_any_word_of_the_requests_authorization_is_replaced(echo_port):
+    """Only `Bearer <token>` alone was read: a token before another word, or in two joined headers, was kept as the
+    id (trial AA); the scheme's name is no token, and an id without the token is kept."""
+    with running_nginx([echo_port]) as proxy:
+        replaced = [http_request(proxy.port, 'GET', '/probe/echo', headers={
+            'Authorization': shape, 'X-Request-ID': f'id.{TOKEN}'}) for shape in AUTHORIZATION_SHAPES]
+        kept = [http_request(proxy.port, 'GET', '/probe/echo', headers={'Authorization': shape, 'X-Request-ID': sent})
+                for shape, sent in [(f'Bearer {TOKEN}', 'Bearer-1'), (f'Bearer {TOKEN}, Bearer xyzw', 'plain-2'),
+                                    ('', 'plain-3')]]
+    assert [TOKEN in answer.headers['X-Request-ID'] + answer.json()['x-request-id'] for answer in replaced] == [
+        False] * len(AUTHORIZATION_SHAPES)
+    assert [answer.headers['X-Request-ID'] for answer in kept] == ['Bearer-1', 'plain-2', 'plain-3']
+
+
 def test_the_requests_own_bearer_token_never_reaches_nginxs_access_line(echo_port):
     headers = {'Authorization': f'Bearer {TOKEN}', 'User-Agent': f'agent-{TOKEN}', 'X-Request-ID': f'id.{TOKEN}'}
     with running_nginx([echo_port]) as proxy:
