@@ -99,7 +99,10 @@ def test_local_and_test_start_without_a_token_and_refuse_every_call(make_app, en
 @pytest.mark.parametrize('tokens', [
     'not json', '[]', '{"a": "plain string"}', '{"a": {}}', '{"a": {"token": "x", "sha256": "y"}}',
     '{"a": {"sha256": "short"}}', '{"a": {"token": ""}}', '{"a": {"token": "x", "modules": "users"}}',
-    '{"a": {"token": "x", "scopes": []}}', '{"": {"token": "x"}}', '{" ": {"token": "x"}}'])
+    '{"a": {"token": "x", "scopes": []}}', '{"": {"token": "x"}}', '{" ": {"token": "x"}}',
+    # not a string: a traceback ('int' object has no attribute 'encode'); modules null gave every module (trial AA)
+    '{"a": {"token": 12345}}', '{"a": {"token": null}}', '{"a": {"token": ["x"]}}', '{"a": {"token": {}}}',
+    '{"a": {"token": true}}', '{"a": {"token": "x", "modules": null}}'])
 def test_malformed_token_config_fails_at_start_without_echoing_it(database_url, tokens):
     with pytest.raises(ImproperlyConfigured) as raised:
         create_app(app_config(database_url, BEARER_TOKENS=tokens))

@@ -52,15 +52,23 @@ def parse_client(name, entry):
     unknown = entry.keys() - {'token', 'sha256', 'modules', 'max_connections'}
     if unknown:
         raise ImproperlyConfigured(f'bearer client {name!r} has unknown keys: {sorted(unknown)}')
+    if 'token' in entry and entry['token'] != '':  # a number, null, a list: not a token (it was a traceback)
+        check_token_characters(entry['token'], f'bearer client {name!r}')
     digest = sha256_hex(entry['token']) if 'token' in entry else str(entry['sha256']).lower()
     if not re.fullmatch(r'[0-9a-f]{64}', digest) or ('token' in entry and not entry['token']):
         raise ImproperlyConfigured(f'bearer client {name!r} has an empty token or a bad sha256')
-    if 'token' in entry:
-        check_token_characters(entry['token'], f'bearer client {name!r}')
-    modules = entry.get('modules')
-    if modules is not None and not (isinstance(modules, list) and all(isinstance(m, str) for m in modules)):
+    return digest, Client(name, parse_modules(name, entry), parse_max_connections(name, entry))
+
+
+def parse_modules(name, entry):
+    """Return the entry's "modules", a frozenset of module names, or None (every module) when it has none; any other
+    value, null included, is refused: a scope that fails open would give the client every module (trial AA)."""
+    if 'modules' not in entry:
+        return None
+    modules = entry['modules']
+    if not (isinstance(modules, list) and all(isinstance(module, str) for module in modules)):
         raise ImproperlyConfigured(f'bearer client {name!r}: "modules" must be a list of module names')
-    return digest, Client(name, None if modules is None else frozenset(modules), parse_max_connections(name, entry))
+    return frozenset(modules)
 
 
 def check_token_characters(token, owner):
