@@ -146,6 +146,16 @@ def test_a_token_no_bearer_header_can_carry_stops_the_start(environ, name):
     assert 's3cret' not in line
 
 
+@pytest.mark.parametrize('command', ['migrate', 'repair'])
+@pytest.mark.parametrize('tokens, words', [('{"a": {"token": "test"}}', '"[REDACTED]"'),  # ENVIRONMENT is test
+                                           ('{"a": {"token": "info"}}', '"[REDACTED]"')])  # a level
+def test_a_token_that_every_log_line_holds_stops_every_command_in_one_line(command, tokens, words):
+    """`serve` stopped; `migrate` wrote its lines with service.environment or log.level as [REDACTED] (trial AA)."""
+    result = run_manage(command, BEARER_TOKENS=tokens)
+    assert_one_line_failure(result, 'a bearer token', 'every log line holds')
+    assert words not in result.stdout
+
+
 @pytest.mark.parametrize('port', ['eighty', '8_080', '８０８０', '8080.0', '8080\x1c'])  # int() reads 2 and 3
 def test_a_bad_setting_stops_the_start_in_one_line(port):
     assert_one_line_failure(run_manage('migrate', PORT=port), 'PORT must be an integer, in ASCII digits')

@@ -115,9 +115,13 @@ def settings_config(settings_module):
 
 
 def configure_process_logging(settings_module):
-    """Configure logging for a process without an app (manage.py, gunicorn's master) from the settings module."""
+    """Configure logging for a process without an app (manage.py's every command, gunicorn's master) from the
+    settings module; a secret every line would hold stops it first (check_secrets_spare_every_line: `migrate` wrote
+    its lines with the service's environment as [REDACTED], trial AA)."""
     config = settings_config(settings_module)
-    configure_logging(config, secrets=load_clients(config).secrets)
+    secrets = load_clients(config).secrets
+    check_secrets_spare_every_line(config, secrets)
+    configure_logging(config, secrets=secrets)
 
 
 class GunicornLogger(glogging.Logger):
