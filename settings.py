@@ -80,18 +80,22 @@ def database_dsn(prefix):
     if not any(parts.values()):
         return None
     if parts['port'] is not None:
-        check_ports(f'{prefix}_DB_PORT', parts['port'])
+        check_ports(f'{prefix}_DB_PORT', parts['port'], parts['host'])
     # make_dsn quotes every value, so passwords may hold quotes, spaces, @ or /.
     return make_dsn(**{key: value for key, value in parts.items() if value is not None})
 
 
-def check_ports(name, ports):
+def check_ports(name, ports, hosts):
     """Refuse ports, the text of the variable name, unless it is a port number from 1 to 65535 or a comma-separated
-    list of them, one per host of a list of hosts (libpq's port parameter): libpq's refusal came at the first
-    connection, as a database that cannot be reached, naming no setting."""
+    list of them, one per host of hosts (None: the one default host; libpq's port and host parameters): libpq's
+    refusal came at the first connection, as a database that cannot be reached, naming no setting."""
     if not all(INTEGER_TEXT.fullmatch(port) and 1 <= integer_value(port) <= 65535 for port in ports.split(',')):
         raise ImproperlyConfigured(f'{name} must be a port number from 1 to 65535, or a comma-separated list of them '
                                    '(one per host)')
+    port_count, host_count = ports.count(',') + 1, hosts.count(',') + 1 if hosts else 1
+    if port_count > 1 and port_count != host_count:  # libpq: "could not match 2 port numbers to 1 hosts"
+        raise ImproperlyConfigured(f'{name} lists {port_count} ports, not one per host (the hosts: {host_count}): '
+                                   'give one port, or one per host')
 
 
 URL_SCHEMES = ('postgresql://', 'postgres://')
@@ -118,7 +122,7 @@ def checked_dsn(name, dsn):
     if is_url and (re.search(r'\s', dsn) or '@' in parts.get('host', '')):
         raise ImproperlyConfigured(f'{name} is not a valid URL: {DSN_HINTS[True]}')
     if 'port' in parts:  # libpq refused it at the first connection: "the database cannot be reached"
-        check_ports(f"{name}'s port", parts['port'])
+        check_ports(f"{name}'s port", parts['port'], parts.get('host') or parts.get('hostaddr'))
     timeout = parts.get('connect_timeout', '0')
     # Its value is not shown: it may be the password, or hold it (trial AA), as a port's may.
     if not INTEGER_TEXT.fullmatch(timeout) or integer_value(timeout) > MAX_CONNECT_TIMEOUT_SECONDS:  # libpq's form

@@ -190,6 +190,20 @@ def test_a_database_urls_port_that_is_no_port_stops_the_start_naming_it(port):
     assert 'cannot be reached' not in line
 
 
+@pytest.mark.parametrize('environ, said', [
+    ({'DEFAULT_DB_HOST': '127.0.0.1', 'DEFAULT_DB_PORT': '5432,5433'}, 'DEFAULT_DB_PORT lists 2 ports'),
+    ({'DEFAULT_DB_PORT': '5432,5433'}, 'DEFAULT_DB_PORT lists 2 ports'),  # the one default host
+    ({'DEFAULT_DB_HOST': 'a,b,c', 'DEFAULT_DB_PORT': '5432,5433'}, 'DEFAULT_DB_PORT lists 2 ports'),
+    ({'DATABASE_URL': f'host=a,b,c port=5432,5433 password={SECRET}'}, "DATABASE_URL's port lists 2 ports"),
+    ({'DATABASE_URL': f'postgresql://u:{SECRET}@a,b/db?port=1,2,3'}, "DATABASE_URL's port lists 3 ports"),
+])
+def test_ports_that_are_not_one_per_host_stop_the_start_naming_the_setting(environ, said):
+    """libpq refused them at the first connection ("could not match 2 port numbers to 1 hosts"), naming no setting,
+    and gunicorn served on with them (trial AA)."""
+    line = assert_one_line_failure(run_manage('migrate', **environ), said, 'give one port, or one per host')
+    assert 'cannot be reached' not in line
+
+
 @pytest.mark.parametrize('name, value', [
     ('DATABASE_URL', f'postgresql://postgres:{SECRET}\udc85@/db?host=/tmp'),  # a raw byte 0x85, as bash's $'\x85'
     ('DEFAULT_DB_PASS', f'{SECRET}\udc85'), ('LOG_LEVEL', 'INFO\udcff')])
