@@ -27,20 +27,20 @@ RESERVED_SERVER_CONNECTIONS = 5
 SPARE_CLIENT_CONNECTIONS = 100
 
 
-def pool_settings(replicas, workers, pool_max, statement_timeout_ms, pool_timeout_ms, server_max_connections=100):
+def pool_settings(replicas, workers, pool_max, request_bound_ms, pool_timeout_ms, server_max_connections=100):
     """Return pgbouncer's pool settings (the template's values) from dbapi's connection budget and request deadline."""
     # Each worker runs at most pool_max transactions at once (its pool's size): all of them get a server
     # connection, unless PostgreSQL has fewer to give; then the rest queue in pgbouncer.
     transactions = replicas * workers * pool_max
-    # The request deadline, until the app defines its own, is the pool wait plus one statement. A client waits
-    # for a server connection as long as the app waits for a pooled one: at least a second, as pgbouncer checks
-    # its timeouts once a second and 0 would mean forever.
+    # A client waits for a server connection as long as the app waits for a pooled one: at least a second, as
+    # pgbouncer checks its timeouts once a second and 0 would mean forever.
     query_wait_ms = max(pool_timeout_ms, 1000)
-    # No transaction of a request sits idle longer than one statement may run (0: never, like the statement).
+    # No transaction of a request sits idle longer than the request may take (request_bound_ms, settings'
+    # REQUEST_BOUND_MS: its deadline, else its statement timeout; 0: nothing bounds a request, so never).
     return dict(PGBOUNCER_POOL_SIZE=str(min(transactions, server_max_connections - RESERVED_SERVER_CONNECTIONS)),
                 PGBOUNCER_MAX_CLIENT_CONN=str(2 * transactions + SPARE_CLIENT_CONNECTIONS),
                 PGBOUNCER_QUERY_WAIT_TIMEOUT=seconds(query_wait_ms),
-                PGBOUNCER_IDLE_TRANSACTION_TIMEOUT=seconds(statement_timeout_ms))
+                PGBOUNCER_IDLE_TRANSACTION_TIMEOUT=seconds(request_bound_ms))
 
 
 def seconds(milliseconds):
@@ -49,10 +49,12 @@ def seconds(milliseconds):
 
 
 def settings_pool(replicas, statement_timeout_ms=None):
-    """Return pool_settings for replicas of this environment's workers, pools and timeouts (settings.py)."""
+    """Return pool_settings for replicas of this environment's workers, pools and request deadline (settings.py)."""
     if statement_timeout_ms is None:
         statement_timeout_ms = settings.DB_STATEMENT_TIMEOUT_MS
-    return pool_settings(replicas, settings.WEB_CONCURRENCY, settings.DB_POOL_MAX, statement_timeout_ms,
+    # settings.REQUEST_BOUND_MS, for this statement timeout: the deadline, else the statement timeout.
+    request_bound_ms = settings.REQUEST_DEADLINE_MS or statement_timeout_ms
+    return pool_settings(replicas, settings.WEB_CONCURRENCY, settings.DB_POOL_MAX, request_bound_ms,
                          settings.DB_POOL_TIMEOUT_MS)
 
 

@@ -7,6 +7,7 @@ test must make a replica misbehave at an exact moment.
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -341,3 +342,22 @@ def relay(source, sink):
             with suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)  # wakes the other direction's recv
             end.close()
+
+
+# nginx's stop: on SIGQUIT it finishes the requests in flight, each waiting on a replica at most its proxy timeout.
+# Its grace period outlasts that by the margin the API's get (docs/deployment.md, "Zero-downtime restarts").
+NGINX_STOP_MARGIN_SECONDS = 5
+DURATION_UNITS = {'ms': 0.001, 's': 1, 'm': 60, 'h': 3600}
+
+
+def seconds_of(duration):
+    """Return a compose duration or an nginx time ('45s', '1m30s', '40000ms') in seconds."""
+    parts = re.findall(r'(\d+)(ms|s|m|h)', duration)
+    assert parts and ''.join(number + unit for number, unit in parts) == duration, duration
+    return sum(int(number) * DURATION_UNITS[unit] for number, unit in parts)
+
+
+def nginx_longest_wait_seconds(environment):
+    """Return nginx's proxy timeout, as nginx/dbapi.envsh derives it from a container's environment, in seconds."""
+    unresolved = {'PATH': os.environ['PATH'], **environment, 'NGINX_RESOLVER': ''}  # no name is looked up here
+    return seconds_of(nginx.derived_environment(unresolved)['NGINX_PROXY_TIMEOUT'])

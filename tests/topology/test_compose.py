@@ -11,6 +11,7 @@ import pytest
 from dotenv import dotenv_values
 
 from ops import pgbouncer, swarm
+from tests.topology.helpers import NGINX_STOP_MARGIN_SECONDS, nginx_longest_wait_seconds, seconds_of
 
 yaml = pytest.importorskip('yaml', reason='PyYAML comes with requirements-lint.txt (make lint)')
 
@@ -120,17 +121,17 @@ def test_the_monitoring_profile_runs_prometheus_with_the_alert_rules():
 # --- pgbouncer: settings derived from the connection budget, waits within the request deadline. ---
 
 def test_pgbouncer_gives_every_transaction_the_replicas_can_run_a_server_connection():
-    settings = pgbouncer.pool_settings(replicas=3, workers=3, pool_max=2, statement_timeout_ms=30000,
+    settings = pgbouncer.pool_settings(replicas=3, workers=3, pool_max=2, request_bound_ms=30000,
                                        pool_timeout_ms=5000)
     assert settings == dict(PGBOUNCER_POOL_SIZE='18', PGBOUNCER_MAX_CLIENT_CONN='136',
                             PGBOUNCER_QUERY_WAIT_TIMEOUT='5', PGBOUNCER_IDLE_TRANSACTION_TIMEOUT='30')
-    deadline = 30 + 5  # the statement timeout plus the pool wait, in seconds
+    deadline = 30  # REQUEST_DEADLINE_MS's default, in seconds
     assert float(settings['PGBOUNCER_QUERY_WAIT_TIMEOUT']) < deadline
-    assert float(settings['PGBOUNCER_IDLE_TRANSACTION_TIMEOUT']) < deadline
+    assert float(settings['PGBOUNCER_IDLE_TRANSACTION_TIMEOUT']) == deadline
 
 
 def test_pgbouncer_never_asks_postgresql_for_more_than_it_has():
-    settings = pgbouncer.pool_settings(replicas=20, workers=4, pool_max=4, statement_timeout_ms=1500,
+    settings = pgbouncer.pool_settings(replicas=20, workers=4, pool_max=4, request_bound_ms=1500,
                                        pool_timeout_ms=0, server_max_connections=200)
     assert settings['PGBOUNCER_POOL_SIZE'] == str(200 - pgbouncer.RESERVED_SERVER_CONNECTIONS)
     assert settings['PGBOUNCER_MAX_CLIENT_CONN'] == str(2 * 20 * 4 * 4 + pgbouncer.SPARE_CLIENT_CONNECTIONS)
@@ -138,17 +139,37 @@ def test_pgbouncer_never_asks_postgresql_for_more_than_it_has():
     assert (settings['PGBOUNCER_QUERY_WAIT_TIMEOUT'], settings['PGBOUNCER_IDLE_TRANSACTION_TIMEOUT']) == ('1', '1.5')
 
 
-def test_pgbouncer_without_a_statement_timeout_never_cuts_an_idle_transaction():
-    settings = pgbouncer.pool_settings(1, 1, 1, statement_timeout_ms=0, pool_timeout_ms=2500)
+def test_pgbouncer_never_cuts_an_idle_transaction_when_nothing_bounds_a_request():
+    settings = pgbouncer.pool_settings(1, 1, 1, request_bound_ms=0, pool_timeout_ms=2500)
     assert (settings['PGBOUNCER_QUERY_WAIT_TIMEOUT'], settings['PGBOUNCER_IDLE_TRANSACTION_TIMEOUT']) == ('2.5', '0')
+
+
+@pytest.mark.parametrize('deadline_ms, statement_timeout_ms, idle_transaction_timeout', [
+    ('20000', '0', '20'),  # the deadline alone bounds statements: it bounds the transaction too
+    ('20000', '10000', '20'),  # a transaction runs several statements, up to the deadline
+    ('0', '10000', '10'),  # no deadline: the statement timeout bounds a request (settings.REQUEST_BOUND_MS)
+    ('0', '0', '0'),  # nothing bounds a request
+])
+def test_pgbouncer_cuts_an_idle_transaction_at_the_request_deadline(deadline_ms, statement_timeout_ms,
+                                                                    idle_transaction_timeout):
+    """docs/deployment.md "One request deadline": a transaction past the deadline is rolled back, so pgbouncer may
+    cut one idle that long, and only with nothing bounding a request does it never (trial: a statement timeout of
+    0 under a 30 s deadline gave idle_transaction_timeout = 0)."""
+    environment = {**os.environ, 'WEB_CONCURRENCY': '3', 'DB_POOL_MAX': '2', 'REQUEST_DEADLINE_MS': deadline_ms,
+                   'DB_STATEMENT_TIMEOUT_MS': statement_timeout_ms, 'DB_POOL_TIMEOUT_MS': '5000'}
+    printed = subprocess.run([sys.executable, '-m', 'ops.pgbouncer', '--replicas', '3'], cwd=BASE_DIR, text=True,
+                             capture_output=True, check=True, env=environment).stdout
+    assert f'PGBOUNCER_IDLE_TRANSACTION_TIMEOUT={idle_transaction_timeout}' in printed.splitlines()
 
 
 def test_compose_and_the_image_default_to_the_derived_pgbouncer_settings():
     services = compose_file()['services']
     api = services['api']['environment']
+    # The default deadline (30 s) bounds a request: compose's statement timeout is at most that.
+    deadline_ms = int(interpolated(api.get('REQUEST_DEADLINE_MS', '30000')))
+    assert int(interpolated(api['DB_STATEMENT_TIMEOUT_MS'])) <= deadline_ms
     derived = pgbouncer.pool_settings(services['api']['deploy']['replicas'], int(interpolated(api['WEB_CONCURRENCY'])),
-                                      int(interpolated(api['DB_POOL_MAX'])),
-                                      int(interpolated(api['DB_STATEMENT_TIMEOUT_MS'])), pool_timeout_ms=5000)
+                                      int(interpolated(api['DB_POOL_MAX'])), deadline_ms, pool_timeout_ms=5000)
     bouncer = services['pgbouncer']['environment']
     assert {name: interpolated(bouncer[name]) for name in derived} == derived
     entrypoint = (BASE_DIR / 'ops' / 'pgbouncer-entrypoint.sh').read_text()
@@ -173,3 +194,27 @@ def test_nginx_reads_every_setting_the_api_reads():
     assert {key: api['environment'][key] for key in nginx['environment'] if key in api['environment']} == {
         key: nginx['environment'][key] for key in nginx['environment'] if key in api['environment']}
     assert {'MAX_CONTENT_LENGTH', 'DB_STATEMENT_TIMEOUT_MS'} <= set(nginx['environment'])
+
+
+def test_nginx_finishes_its_requests_in_flight_before_compose_kills_it(tmp_path):
+    """On its stop signal (the image's SIGQUIT) nginx finishes what it sent to a replica: its stop_grace_period
+    outlasts its longest wait on one (dbapi.envsh's proxy timeout) by the margin (trial: 35 s against 40 s)."""
+    service = compose_file()['services']['nginx']
+    longest_wait = nginx_longest_wait_seconds(container_environment(service, tmp_path))
+    assert seconds_of(service['stop_grace_period']) >= longest_wait + NGINX_STOP_MARGIN_SECONDS
+
+
+def docs_swarm_commands():
+    """Return the commands of docs/deployment.md's "Docker Swarm" section that turn this file into a stack."""
+    docs = (BASE_DIR / 'docs' / 'deployment.md').read_text()
+    section = docs.split('## Docker Swarm', 1)[1].split('\n## ', 1)[0]
+    return [line.strip() for line in section.splitlines() if line.startswith('    ') and 'compose build' not in line]
+
+
+def test_the_compose_files_header_deploys_to_swarm_as_the_docs_do():
+    """`docker stack deploy` rejects this file itself; its header said to deploy it as it is (trial)."""
+    header = [line[1:].strip() for line in (BASE_DIR / 'docker-compose.yml').read_text().splitlines()
+              if line.startswith('#')]
+    commands = docs_swarm_commands()
+    assert len(commands) == 2 and all(any(line.endswith(command) for line in header) for command in commands)
+    assert not any('stack deploy -c docker-compose.yml' in line for line in header)

@@ -7,6 +7,7 @@ import pytest
 
 from lib.http.proxies import TrustedProxies
 from ops import kustomize
+from tests.topology.helpers import NGINX_STOP_MARGIN_SECONDS, nginx_longest_wait_seconds
 
 yaml = pytest.importorskip('yaml', reason='PyYAML comes with requirements-lint.txt (make lint)')
 
@@ -134,6 +135,19 @@ def test_nginx_worker_processes_follow_its_cpu_limit(app):
     source = {entry['name']: entry.get('valueFrom', {}) for entry in container['env']}['NGINX_WORKER_PROCESSES']
     assert source['resourceFieldRef'] == {'containerName': container['name'], 'resource': 'limits.cpu', 'divisor': '1'}
     assert container['resources']['limits']['cpu'] == '1'
+
+
+def test_nginx_pods_finish_their_requests_in_flight_before_the_kill(app):
+    """After the preStop pause nginx gets SIGQUIT and finishes what it sent to a replica: the grace period covers
+    the pause, its longest wait on one (dbapi.envsh's proxy timeout, from the pods' settings) and the margin (trial:
+    45 s against 5 + 40)."""
+    spec = pod_templates(app)['dbapi-nginx']['spec']
+    container = spec['containers'][0]
+    literal = {entry['name']: entry['value'] for entry in container['env'] if 'value' in entry}
+    longest_wait = nginx_longest_wait_seconds({**config_data(app), **literal})
+    sleep, pause = container['lifecycle']['preStop']['exec']['command']
+    assert sleep == 'sleep'
+    assert spec['terminationGracePeriodSeconds'] >= int(pause) + longest_wait + NGINX_STOP_MARGIN_SECONDS
 
 
 @pytest.mark.parametrize('name', ['dbapi-api', 'dbapi-nginx'])

@@ -125,6 +125,16 @@ def test_the_stacks_pgbouncer_pool_is_sized_for_its_replicas(tmp_path, replicas)
     assert f"max_client_conn = {pool['PGBOUNCER_MAX_CLIENT_CONN']}\n" in ini
 
 
+def test_the_stacks_pgbouncer_cuts_an_idle_transaction_at_the_request_deadline(tmp_path, monkeypatch):
+    """A statement timeout of 0 leaves the deadline alone to bound a request: pgbouncer cuts at it, not never."""
+    monkeypatch.setattr(pgbouncer.settings, 'REQUEST_DEADLINE_MS', 20000)
+    monkeypatch.setattr(pgbouncer.settings, 'DB_STATEMENT_TIMEOUT_MS', 0)
+    config = StackConfig(port=20000, replicas=3, replica_base_port=20001, pgbouncer=True, pgbouncer_port=20100)
+    Stack(config, tmp_path).write_pgbouncer_config('host=/sockets port=5433 dbname=app user=alice')
+    ini = (tmp_path / 'pgbouncer' / 'pgbouncer.ini').read_text()
+    assert 'idle_transaction_timeout = 20\n' in ini and "SET statement_timeout = 0'" in ini
+
+
 def test_pgbouncer_keeps_a_real_password():
     server = pgbouncer.server_parts("host=db user=app password='p w'")
     assert server['password'] == 'p w' and server['port'] == '5432'
