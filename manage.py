@@ -433,7 +433,11 @@ class Stops:
             gunicorn.terminate()
 
     def graceful(self, signum, _frame=None):
-        """Stop gunicorn once the requests in flight are done (keep the stop for follow before it runs)."""
+        """Stop gunicorn once the requests in flight are done (keep the stop for follow before it runs); the first
+        stop once it served says so, a SIGTERM's or SIGHUP's as a Ctrl-C's (it said nothing: trial AA)."""
+        if self.command_stop.asked is None and self.command_stop.served:
+            again = ' Ctrl-C again stops at once.' if signum == signal.SIGINT else ''
+            print(f'Stopping: the requests in flight finish first.{again}', file=sys.stderr, flush=True)
         self.command_stop.keep(signum)
         if self.gunicorn is not None:
             self.gunicorn.terminate()
@@ -444,16 +448,15 @@ class Stops:
             if self.gunicorn is not None:
                 self.gunicorn.send_signal(signal.SIGINT)
             return
-        if self.command_stop.served:
-            print('Stopping: the requests in flight finish first. Ctrl-C again stops at once.', file=sys.stderr,
-                  flush=True)
         self.graceful(signal.SIGINT)
 
     def exit_code(self, code):
         """Return gunicorn's exit code as make run's: a stop asked here once it served is a success, one that ended
         gunicorn by the signal itself too (it came before gunicorn had set its handlers); one asked before it served
         is the start's stop (its one line said when it came, 128 + the signal's number). A signal nobody asked for
-        here (a SIGKILL of gunicorn's master) is said in one line."""
+        here (a SIGKILL of gunicorn's master) is said in one line, and is 128 + its number, as a shell says a
+        process killed by it (Popen's -9 made exit code 247); a stop of the master alone once it served (SIGTERM:
+        gunicorn ends gracefully, code 0) is said too."""
         asked = self.command_stop.asked
         if asked is not None and not self.command_stop.served:
             return 128 + asked
@@ -462,6 +465,10 @@ class Stops:
         if code < 0:
             print(f'dbapi: gunicorn was stopped by {signal.Signals(-code).name}, which make run did not send: its '
                   'workers finish the requests in flight, then stop', file=sys.stderr, flush=True)
+            return 128 - code
+        if code == 0 and asked is None and self.command_stop.served:  # another code: gunicorn's lines said why
+            print('dbapi: gunicorn stopped, which make run did not ask: a stop signal sent to its master alone (its '
+                  'workers finished the requests in flight)', file=sys.stderr, flush=True)
         return code
 
 

@@ -138,12 +138,14 @@ def test_serves_stdout_holds_json_lines_alone_and_its_words_to_the_terminal_go_t
     assert any('"POST /probe/echo 200"' in line for line in lines)
 
 
-@pytest.mark.parametrize('stop', [
-    lambda pid: os.killpg(pid, signal.SIGINT),  # what the terminal's Ctrl-C does
-    lambda pid: os.killpg(pid, signal.SIGHUP),  # what the terminal's hangup (closed) does
-    lambda pid: os.kill(pid, signal.SIGTERM),  # what a supervisor's stop does
+@pytest.mark.parametrize('stop, said', [
+    (lambda pid: os.killpg(pid, signal.SIGINT),  # what the terminal's Ctrl-C does
+     'Stopping: the requests in flight finish first. Ctrl-C again stops at once.\n'),
+    # what the terminal's hangup (closed) does, and a supervisor's stop: they said nothing (trial AA)
+    (lambda pid: os.killpg(pid, signal.SIGHUP), 'Stopping: the requests in flight finish first.\n'),
+    (lambda pid: os.kill(pid, signal.SIGTERM), 'Stopping: the requests in flight finish first.\n'),
 ], ids=['ctrl-c', 'hangup', 'sigterm'])
-def test_a_stop_of_serve_lets_the_requests_in_flight_finish_and_be_logged(serve_data_dir, stop):
+def test_a_stop_of_serve_lets_the_requests_in_flight_finish_and_be_logged(serve_data_dir, stop, said):
     port = free_port()
     with started_serve(serve_data_dir, PORT=str(port), WEB_CONCURRENCY='1', LOG_LEVEL='INFO') as process:
         wait_until_healthy(f'http://127.0.0.1:{port}', process, seconds=90)
@@ -158,6 +160,7 @@ def test_a_stop_of_serve_lets_the_requests_in_flight_finish_and_be_logged(serve_
     logged = [line for line in lines if line.get('http', {}).get('request', {}).get('id') == 'at-ctrl-c']
     assert len(logged) == 1 and logged[0]['http']['response']['status_code'] == 200, output[-2000:]
     assert process.returncode == 0
+    assert [line + '\n' for line in output.splitlines() if line.startswith('Stopping')] == [said]
 
 
 @pytest.mark.parametrize('stderr', [None, subprocess.DEVNULL], ids=['on the terminal', 'redirected'])
@@ -355,7 +358,12 @@ def test_serve_killed_outright_leaves_no_gunicorn_serving(serve_data_dir):
         wait_for(lambda: not port_open(port), 10, 'the port is still served')
 
 
-def test_a_gunicorn_master_killed_under_serve_is_said_in_one_line_without_a_traceback(serve_data_dir, tmp_path):
+@pytest.mark.parametrize('stop, code, line', [
+    (signal.SIGKILL, 128 + signal.SIGKILL, 'dbapi: gunicorn was stopped by SIGKILL, which make run did not send'),
+    # gunicorn ends gracefully with code 0: nothing was said (trial AA), and a SIGKILL's code was 247
+    (signal.SIGTERM, 0, 'dbapi: gunicorn stopped, which make run did not ask: a stop signal sent to its master alone')])
+def test_a_gunicorn_master_stopped_under_serve_is_said_in_one_line_without_a_traceback(serve_data_dir, tmp_path, stop,
+                                                                                       code, line):
     port = free_port()
     with open(tmp_path / 'stderr', 'w') as errors:
         with started_serve(serve_data_dir, output=subprocess.DEVNULL, errors=errors, PORT=str(port),
@@ -366,13 +374,13 @@ def test_a_gunicorn_master_killed_under_serve_is_said_in_one_line_without_a_trac
             with ThreadPoolExecutor(1) as executor:  # a request in flight: its worker has metrics to flush at exit
                 in_flight = executor.submit(post, port, '/slow/sleep', {'seconds': 2})
                 time.sleep(0.5)
-                master.kill()
+                master.send_signal(stop)
                 process.wait(60)
                 assert in_flight.result().status == 200
             psutil.wait_procs(workers, timeout=30)  # their exit handlers write to the same stderr
         said = (tmp_path / 'stderr').read_text()
-    assert process.returncode != 0
-    assert 'dbapi: gunicorn was stopped by SIGKILL, which make run did not send' in said, said
+    assert process.returncode == code
+    assert said.count(line) == 1, said
     assert 'Traceback' not in said and 'Exception ignored' not in said, said
 
 
