@@ -176,14 +176,15 @@ def test_a_replica_restarted_while_a_database_hangs_gets_no_request_until_it_is_
                  on_timeout=lambda: stack.log_text()[-3000:])
         stopped_at = len(stack.log_path.read_bytes())
         assert {stack.post('/session/state').status for _ in range(20)} == {200}
-        served_by = collections.Counter(line['service']['node']['name'] for line in read_json_lines(stack.log_path,
-                                                                                                    stopped_at)
-                                        if line.get('url', {}).get('path') == '/session/state')
         relay.resume()
         wait_for(lambda: f'replica 1 (port {first}) is ready again; nginx sends to it again'.encode()
                  in stack.log_path.read_bytes(), RESTART_TIMEOUT_SECONDS, 'the replica did not take requests back',
                  interval=0.5, on_timeout=lambda: stack.log_text()[-3000:])
     relay.close()
+    # Read once the stack has stopped: every access line is written by then (only these 20 call /session/state).
+    served_by = collections.Counter(line['service']['node']['name'] for line in read_json_lines(stack.log_path,
+                                                                                                stopped_at)
+                                    if line.get('url', {}).get('path') == '/session/state')
     assert sum(served_by.values()) == 20 and all(name.endswith('-2') for name in served_by), served_by
 
 
