@@ -173,12 +173,15 @@ def exact_number(value):
 
 
 def decimal_text(value):
-    """Return a Decimal as exact text in plain notation, as PostgreSQL writes numeric: "0.0000001". One past
-    numeric's range, which only json text can hold, is written in exponent notation ("1E-999999999"), whose plain
-    text could take gigabytes."""
-    if value.is_finite() and not within_numeric_range(value):
+    """Return a Decimal as exact text in plain notation, as PostgreSQL writes numeric: "0.0000001"; its one NaN for
+    a signalling or signed one ("sNaN" is no numeric), and a zero without a sign ("-0.00" is "0.00": numeric has no
+    negative zero; trial AD). One past numeric's range, which only json text can hold, is written in exponent
+    notation ("1E-999999999"), whose plain text could take gigabytes."""
+    if not value.is_finite():
+        return 'NaN' if value.is_nan() else str(value)
+    if not within_numeric_range(value):
         return str(value)
-    return format(value, 'f')
+    return format(value.copy_abs() if value.is_signed() and value.is_zero() else value, 'f')
 
 
 def within_numeric_range(value):

@@ -836,6 +836,24 @@ def test_a_stored_json_number_past_numerics_range_is_written_in_exponent_notatio
     assert dumps_bytes(decimal.Decimal('1e-20000')) == b'"1E-20000"'
 
 
+@pytest.mark.parametrize('sql, written', [("'4.9e-324'::float8", b'5e-324'), ("'1e-40'::float4", b'1e-40'),
+                                          ("'3.4028235e38'::float4", b'3.4028235e+38'), ("'-0'::float8", b'-0.0'),
+                                          ("'0.1'::float8", b'0.1'), ("'NaN'::float8", b'null')])
+def test_a_float_is_written_as_the_shortest_text_of_the_same_double(conn, sql, written):
+    """The contract's exception to to_jsonb, which writes 5e-324 plain and -0 as 0 (trial AD): the same number."""
+    assert dumps_bytes(Db(conn).fetch_value(f'SELECT {sql}')) == written
+
+
+@pytest.mark.parametrize('value, written', [
+    ('-0.00', b'"0.00"'), ('-0', b'"0"'), ('-0E+3', b'"0"'), ('sNaN', b'"NaN"'), ('-NaN', b'"NaN"'), ('-sNaN', b'"NaN"'),
+    ('-Infinity', b'"-Infinity"'), ('-0.5', b'"-0.5"')])
+def test_a_decimal_an_action_returns_is_written_as_postgresql_writes_numeric(conn, value, written):
+    """numeric has one NaN and no negative zero: an action's Decimal('-0.00') was "-0.00" and Decimal('sNaN') "sNaN",
+    text no numeric is (trial AD); PostgreSQL's own text of the value sent is the oracle."""
+    assert dumps_bytes(decimal.Decimal(value)) == written
+    assert dumps_bytes(Db(conn).fetch_value('SELECT %s::numeric', [decimal.Decimal(value)])) == written
+
+
 # --- Round trips: what a body sends is what is stored, read back and exported. ---
 
 TEXTS = strategies.text(strategies.characters(blacklist_categories=('Cs',), blacklist_characters='\x00'))
