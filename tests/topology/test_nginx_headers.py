@@ -113,7 +113,8 @@ TOKEN = 'Zq9SecretTokenAbc123'
 
 
 AUTHORIZATION_SHAPES = [f'Bearer {TOKEN}, Bearer x', f'Bearer x, Bearer {TOKEN}', f'Bearer {TOKEN} extra',
-                        f'Bearer:{TOKEN}', f'Basic {TOKEN}', TOKEN, f'bearer\t{TOKEN}']
+                        f'Bearer:{TOKEN}', f'Basic {TOKEN}', TOKEN, f'bearer\t{TOKEN}', f'Bearer,{TOKEN}',
+                        f'Bearer {TOKEN};x', f'Bearer "{TOKEN}"']
 
 
 def test_an_id_holding_any_word_of_the_requests_authorization_is_replaced(echo_port):
@@ -124,10 +125,26 @@ def test_an_id_holding_any_word_of_the_requests_authorization_is_replaced(echo_p
             'Authorization': shape, 'X-Request-ID': f'id.{TOKEN}'}) for shape in AUTHORIZATION_SHAPES]
         kept = [http_request(proxy.port, 'GET', '/probe/echo', headers={'Authorization': shape, 'X-Request-ID': sent})
                 for shape, sent in [(f'Bearer {TOKEN}', 'Bearer-1'), (f'Bearer {TOKEN}, Bearer xyzw', 'plain-2'),
-                                    ('', 'plain-3')]]
+                                    ('', 'plain-3'), (f'Bearer {TOKEN}, Bearer=x', 'Bearer-5')]]
     assert [TOKEN in answer.headers['X-Request-ID'] + answer.json()['x-request-id'] for answer in replaced] == [
         False] * len(AUTHORIZATION_SHAPES)
-    assert [answer.headers['X-Request-ID'] for answer in kept] == ['Bearer-1', 'plain-2', 'plain-3']
+    assert [answer.headers['X-Request-ID'] for answer in kept] == ['Bearer-1', 'plain-2', 'plain-3', 'Bearer-5']
+
+
+def test_a_token_in_any_word_of_authorization_never_reaches_nginxs_access_line(echo_port):
+    """Only the token after the first Bearer, up to a space or a comma, was redacted: `Bearer x, Bearer T`, `Basic
+    T`, `Bearer T;x`, `Bearer "T"` left T in the target and the User-Agent (trial AC). A %0A in the path puts a
+    newline in nginx's decoded path, which the test reads across."""
+    with running_nginx([echo_port]) as proxy:
+        answers = [http_request(proxy.port, 'GET', f'/{TOKEN}/x%0A{TOKEN}?t={TOKEN}', headers={
+            'Authorization': shape, 'User-Agent': f'agent {TOKEN}'}) for shape in AUTHORIZATION_SHAPES]
+        request_ids = [answer.headers['X-Request-ID'] for answer in answers]
+        lines = wait_for(lambda: len(logged := [line for line in proxy.access_log()
+                                                if line['http.request.id'] in request_ids]) == len(answers) and logged,
+                         5, 'nginx did not log the requests')
+    assert not [line for line in lines if TOKEN in json.dumps(line)], lines
+    assert {(line['url.path'], line['url.query'], line['user_agent.original']) for line in lines} == {
+        ('[REDACTED]', '[REDACTED]', '[REDACTED]')}
 
 
 def test_the_requests_own_bearer_token_never_reaches_nginxs_access_line(echo_port):
