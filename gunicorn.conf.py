@@ -34,6 +34,7 @@ with exit_on_startup_error():
     from lib.http.disconnect import prepare_worker
     from lib.http.workers import WORKER_CLASSES, pace_kept_alive_connection
     from manage import check_before_fork, unmounted_scopes
+    from lib.auth import learn_shown_tokens
 
     ROUTES, CLIENTS = check_before_fork()
 
@@ -118,6 +119,14 @@ def post_worker_init(worker):
     if settings.WORKER_CLASS == 'gevent':
         make_psycopg2_cooperative()
     prepare_worker(graceful_timeout, queries_block_signals=settings.WORKER_CLASS == 'sync')
+
+
+def pre_request(worker, req):
+    """Write gunicorn's own DEBUG line of a request (its default pre_request), once the tokens its Authorization shows
+    are learned (lib.auth): the line quotes the path, where a token known by its sha256 alone would be shown."""
+    if settings.LOG_LEVEL == 'DEBUG':
+        learn_shown_tokens(', '.join(value for name, value in req.headers if name == 'AUTHORIZATION'))
+    worker.log.debug('%s %s', req.method, req.path)
 
 
 def post_request(worker, req, environ, resp):

@@ -1,6 +1,7 @@
 """ECS JSON logging: the fields of every line, one access line per request, request ids, no secrets, gunicorn,
 the ECS version, libraries' extras under labels, long lines split for stdout, lines filebeat cannot decode."""
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -930,6 +931,25 @@ def test_three_gunicorn_workers_under_load_write_one_valid_line_per_request(tmp_
     everything = stdout + stderr + '\n'.join(files.values())
     for spelling in secret_spellings([dsn, AWKWARD_PASSWORD, LOAD_TOKEN, ADMIN_TOKEN, UNKNOWN_TOKEN]):
         assert spelling not in everything, f'{spelling!r} was logged'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'sync'])
+def test_gunicorns_debug_line_never_shows_a_sha256_clients_token_its_request_shows(tmp_path, database_url,
+                                                                                    worker_class):
+    """gunicorn's DEBUG line of a request ("POST /<path>") is written before the app learns the token the request
+    shows in Authorization: a token known by its sha256 alone, sent in the path too, was there in full (trial AC)."""
+    tokens = json.dumps({'hidden': {'sha256': hashlib.sha256(SHA_ONLY_TOKEN.encode()).hexdigest()}})
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, BEARER_TOKENS=tokens, LOG_LEVEL='DEBUG',
+                             WORKER_CLASS=worker_class, WEB_CONCURRENCY='1') as (port, _):
+        reply = http_request(port, 'POST', f'/{SHA_ONLY_TOKEN}/get', b'{}', {
+            'Authorization': f'Bearer {SHA_ONLY_TOKEN}', 'Content-Type': 'application/json'})
+    assert reply.status == 404
+    stdout = (tmp_path / 'stdout').read_text(encoding='utf-8')
+    assert 'POST /[REDACTED]/get' in stdout and SHA_ONLY_TOKEN not in stdout
+
+
+SHA_ONLY_TOKEN = 'Sha-Only-Token-In-Path-77'
 
 
 @pytest.mark.parametrize('handler_class', [LineStreamHandler, PipeStreamHandler])

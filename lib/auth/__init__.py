@@ -2,6 +2,7 @@
 import hashlib
 import json
 import re
+import weakref
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,6 +21,8 @@ TOKEN_WORD = re.compile(B64TOKEN)
 SINGLE_TOKEN_CLIENT = 'bearer'
 # Spellings of valid Authorization headers remembered per process; a caller cannot grow it past this.
 MAX_KNOWN_HEADERS = 256
+# Every TokenTable of this process (an app's, gunicorn.conf.py's check), for learn_shown_tokens.
+TOKEN_TABLES = weakref.WeakValueDictionary()  # id -> TokenTable: a dict is no set member
 # The most connections a client's "max_connections" (and DB_CLIENT_MAX_CONNECTIONS, DB_POOL_MAX) may name.
 MAX_CLIENT_CONNECTIONS = 1000
 
@@ -132,6 +135,7 @@ class TokenTable(dict):
 
     def __init__(self):
         super().__init__()
+        TOKEN_TABLES[id(self)] = self
         self.known_headers = {}
         # The plain tokens the configuration holds, for the log redactor (a sha256-only client adds none).
         self.secrets = []
@@ -168,6 +172,13 @@ class TokenTable(dict):
                 if len(self.known_headers) < MAX_KNOWN_HEADERS:
                     self.known_headers[header] = client
         return client
+
+    def learn_shown(self, header):
+        """Learn each token an Authorization header shows (authorization_words), unless none is left to learn or the
+        header was accepted before (its token was learned then)."""
+        if self.unshown and header not in self.known_headers:
+            for word in authorization_words(header):
+                self.learn(word)
 
     def learn(self, token):
         """Hand the learners a token that has just authenticated when the configuration held only its sha256: from
@@ -232,10 +243,14 @@ def learn_shown_token(clients):
     before authorization, a 401 for a malformed header): its lines and error body are then redacted of it. Nothing to
     do, one check, once every such token is learned (or none is configured), or for a header accepted before (its
     token was learned then)."""
-    header = request.environ.get('HTTP_AUTHORIZATION', '')
-    if clients.unshown and header not in clients.known_headers:
-        for word in authorization_words(header):
-            clients.learn(word)
+    clients.learn_shown(request.environ.get('HTTP_AUTHORIZATION', ''))
+
+
+def learn_shown_tokens(header):
+    """Have every TokenTable of this process learn the tokens an Authorization header shows (TokenTable.learn_shown),
+    before a request reaches an app: gunicorn's DEBUG line quotes its path first (gunicorn.conf.py's pre_request)."""
+    for table in list(TOKEN_TABLES.values()):
+        table.learn_shown(header)
 
 
 def authorize(clients, module):
