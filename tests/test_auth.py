@@ -102,7 +102,8 @@ def test_local_and_test_start_without_a_token_and_refuse_every_call(make_app, en
     '{"a": {"token": "x", "scopes": []}}', '{"": {"token": "x"}}', '{" ": {"token": "x"}}',
     # not a string: a traceback ('int' object has no attribute 'encode'); modules null gave every module (trial AA)
     '{"a": {"token": 12345}}', '{"a": {"token": null}}', '{"a": {"token": ["x"]}}', '{"a": {"token": {}}}',
-    '{"a": {"token": true}}', '{"a": {"token": "x", "modules": null}}'])
+    '{"a": {"token": true}}', '{"a": {"token": "x", "modules": null}}',
+    '[' * 100_000, '{"a":' * 3000])  # past the recursion limit: a traceback (trial AC)
 def test_malformed_token_config_fails_at_start_without_echoing_it(database_url, tokens):
     with pytest.raises(ImproperlyConfigured) as raised:
         create_app(app_config(database_url, BEARER_TOKENS=tokens))

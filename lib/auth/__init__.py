@@ -100,6 +100,8 @@ def parse_clients_json(text, origin):
         table = json.loads(text, object_pairs_hook=partial(keys_once, origin), parse_int=integer_value)
     except ValueError:
         raise ImproperlyConfigured(f'{origin} is not valid JSON') from None
+    except RecursionError:  # json's decoder recurses per level: a traceback (trial AC)
+        raise ImproperlyConfigured(f'{origin} nests too deeply: it is a JSON object of client name to token') from None
     if not isinstance(table, dict):
         raise ImproperlyConfigured(f'{origin} must be a JSON object of client name to token')
     clients = [parse_client(name, entry) for name, entry in table.items()]
