@@ -215,10 +215,10 @@ class Pool:
         return None
 
     def connect(self, deadline=None):
-        """Open a new connection and configure it; its connect ends at deadline too (connect_within). DatabaseUnreachable
-        (503, nothing of the request sent) when either fails for the database's state: through pgbouncer, a server
-        that cannot be reached is a connection made whose first statement fails (08P01 "server login has been
-        failing"); a server shutting down between the two ends the setup (57P01)."""
+        """Open a new connection and configure it; its connect ends at deadline too (connect_within).
+        DatabaseUnreachable (503, nothing of the request sent) when either fails for the database's state: through
+        pgbouncer, a server that cannot be reached is a connection made whose first statement fails (08P01 "server
+        login has been failing"); a server shutting down between the two ends the setup (57P01)."""
         self.stats['connects'] += 1
         try:
             conn = psycopg2.connect(self.dsn, **connect_within(self.connect_kwargs, deadline))
