@@ -245,7 +245,8 @@ def learn_shown_token(clients):
     before authorization, a 401 for a malformed header): its lines and error body are then redacted of it. Nothing to
     do, one check, once every such token is learned (or none is configured), or for a header accepted before (its
     token was learned then)."""
-    clients.learn_shown(request.environ.get('HTTP_AUTHORIZATION', ''))
+    if clients.unshown:  # the one check of every request once none is left to learn
+        clients.learn_shown(request.environ.get('HTTP_AUTHORIZATION', ''))
 
 
 def learn_shown_tokens(header):
