@@ -4,7 +4,7 @@ import json
 import re
 import weakref
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 from flask import request
@@ -217,11 +217,12 @@ def bearer_token(header):
     return match.group(1)
 
 
+@lru_cache(maxsize=MAX_KNOWN_HEADERS)  # through nginx every request has an id to check: a few headers repeat
 def authorization_words(header):
-    """Return the words of an Authorization header that may be a token: each run of b64token characters (RFC 6750)
-    but the scheme's name, Bearer, whatever the header's shape (`Bearer T, Bearer x` as two headers join, `Bearer T
-    extra`, `Bearer:T`, `Basic T`): what a caller showed there is its own, a client's or not."""
-    return [word for word in TOKEN_WORD.findall(header) if word.lower() != 'bearer']
+    """Return the words of an Authorization header that may be a token, a tuple: each run of b64token characters
+    (RFC 6750) but the scheme's name, Bearer, whatever the header's shape (`Bearer T, Bearer x` as two headers join,
+    `Bearer T extra`, `Bearer:T`, `Basic T`): what a caller showed there is its own, a client's or not."""
+    return tuple(word for word in TOKEN_WORD.findall(header) if word.lower() != 'bearer')
 
 
 def holds_a_token(redactor, text, environ):
