@@ -4,6 +4,7 @@ import os
 import shutil
 import signal
 import tempfile
+from urllib.parse import unquote
 
 from lib.errors import exit_on_startup_error
 from lib.process import hold_stop_signals_for_the_fork, take_stop_signals
@@ -123,10 +124,12 @@ def post_worker_init(worker):
 
 def pre_request(worker, req):
     """Write gunicorn's own DEBUG line of a request (its default pre_request), once the tokens its Authorization shows
-    are learned (lib.auth): the line quotes the path, where a token known by its sha256 alone would be shown."""
+    are learned (lib.auth): the line quotes the path, where a token known by its sha256 alone would be shown. The
+    path is percent-decoded, as the access line's url.path is: a token partly encoded (`~+%2F9==`, any of its 2^n
+    spellings) is then the token the redactor knows (trial AE)."""
     if settings.LOG_LEVEL == 'DEBUG':
         learn_shown_tokens(', '.join(value for name, value in req.headers if name == 'AUTHORIZATION'))
-    worker.log.debug('%s %s', req.method, req.path)
+    worker.log.debug('%s %s', req.method, unquote(req.path, errors='replace'))
 
 
 def post_request(worker, req, environ, resp):
