@@ -2,7 +2,6 @@
 import errno
 import io
 import ipaddress
-import math
 import os
 import re
 import tempfile
