@@ -173,15 +173,21 @@ def exact_number(value):
 
 
 def decimal_text(value):
-    """Return a Decimal as exact text in plain notation, as PostgreSQL writes numeric: "0.0000001"; its one NaN for
-    a signalling or signed one ("sNaN" is no numeric), and a zero without a sign ("-0.00" is "0.00": numeric has no
-    negative zero; trial AD). One past numeric's range, which only json text can hold, is written in exponent
-    notation ("1E-999999999"), whose plain text could take gigabytes."""
-    if not value.is_finite():
-        return 'NaN' if value.is_nan() else str(value)
-    if not within_numeric_range(value):
+    """Return a Decimal as exact text in plain notation, as PostgreSQL writes numeric: "0.0000001". One past
+    numeric's range, which only json text can hold, is written in exponent notation ("1E-999999999"), whose plain
+    text could take gigabytes."""
+    if value.is_finite() and not within_numeric_range(value):
         return str(value)
-    return format(value.copy_abs() if value.is_signed() and value.is_zero() else value, 'f')
+    return format(value, 'f')
+
+
+def numeric_text(value):
+    """Return a Decimal (not an ExactNumber, a JSON number written back as sent, -0 too) as PostgreSQL writes numeric
+    (decimal_text): its one NaN for a signalling or signed one ("sNaN" is no numeric), and a zero without a sign
+    ("-0.00" is "0.00": numeric has no negative zero; trial AD)."""
+    if value.is_nan():
+        return 'NaN'
+    return decimal_text(value.copy_abs() if value.is_zero() and value.is_signed() else value)
 
 
 def within_numeric_range(value):
@@ -207,7 +213,7 @@ def iso_text(value):
     return value.isoformat()
 
 
-register_json_type(decimal.Decimal, decimal_text)  # exact, as a string: "10.50"
+register_json_type(decimal.Decimal, numeric_text)  # exact, as a string: "10.50"
 register_json_type(ExactNumber, exact_number)
 register_json_type(bytes, base64_text)
 register_json_type(bytearray, base64_text)
