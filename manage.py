@@ -434,13 +434,16 @@ class Stops:
 
     def graceful(self, signum, _frame=None):
         """Stop gunicorn once the requests in flight are done (keep the stop for follow before it runs); the first
-        stop once it served says so, a SIGTERM's or SIGHUP's as a Ctrl-C's (it said nothing: trial AA)."""
-        if self.command_stop.asked is None and self.command_stop.served:
-            again = ' Ctrl-C again stops at once.' if signum == signal.SIGINT else ''
-            print(f'Stopping: the requests in flight finish first.{again}', file=sys.stderr, flush=True)
+        stop once it served says so, a SIGTERM's or SIGHUP's as a Ctrl-C's (it said nothing: trial AA), after the
+        stop is under way: a hangup's terminal is gone, and the write fails (EIO)."""
+        first = self.command_stop.asked is None and self.command_stop.served
         self.command_stop.keep(signum)
         if self.gunicorn is not None:
             self.gunicorn.terminate()
+        if first:
+            again = ' Ctrl-C again stops at once.' if signum == signal.SIGINT else ''
+            with contextlib.suppress(OSError):
+                print(f'Stopping: the requests in flight finish first.{again}', file=sys.stderr, flush=True)
 
     def ctrl_c(self, *_):
         """Stop gracefully the first time, at once after that."""

@@ -1,6 +1,8 @@
 """Real servers over HTTP: gunicorn with several workers, and `make run`'s serve command stopped by Ctrl-C."""
 import contextlib
+import errno
 import http.client as http_client
+import io
 import json
 import os
 import signal
@@ -15,6 +17,7 @@ import pytest
 
 import manage
 import settings
+from lib.process import CommandStop
 from ops.stack import answers
 from tests.helpers import (ADMIN_TOKEN, LEADER_UNDER_NOHUP, children_running, discard_data_dir, free_port,
                            http_request, migration_ids, new_data_dir, on_a_terminal, port_open, post,
@@ -175,6 +178,26 @@ def test_serve_stops_when_its_terminal_hangs_up_under_a_leader_that_waits(serve_
         leader.wait(30)  # its exit code says little: writes to the closed terminal fail
     psutil.wait_procs(postgres, timeout=15)
     assert not port_open(port) and not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in postgres)
+
+
+class GoneTerminal(io.StringIO):
+    """A stderr whose terminal hung up: every write fails with EIO."""
+
+    def write(self, text):
+        raise OSError(errno.EIO, 'Input/output error')
+
+
+def test_a_stop_whose_terminal_is_gone_still_stops_gunicorn(monkeypatch):
+    """A hangup's `Stopping` line met the closed terminal before gunicorn was told to stop: its EIO left gunicorn
+    serving (CI, the test above, once in two runs)."""
+    command_stop = CommandStop()
+    command_stop.served = True
+    stops = manage.Stops(command_stop)
+    gunicorn = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    stops.follow(gunicorn)
+    monkeypatch.setattr(sys, 'stderr', GoneTerminal())
+    stops.graceful(signal.SIGHUP)
+    assert gunicorn.wait(10) == -signal.SIGTERM and command_stop.asked == signal.SIGHUP
 
 
 def test_serve_under_nohup_serves_on_when_its_terminal_hangs_up(serve_data_dir):
