@@ -87,8 +87,10 @@ def database_dsn(prefix):
 def check_ports(name, ports, hosts):
     """Refuse ports, the text of the variable name, unless it is a port number from 1 to 65535 or a comma-separated
     list of them, one per host of hosts (None: the one default host; libpq's port and host parameters): libpq's
-    refusal came at the first connection, as a database that cannot be reached, naming no setting."""
-    if not all(INTEGER_TEXT.fullmatch(port) and 1 <= integer_value(port) <= 65535 for port in ports.split(',')):
+    refusal came at the first connection, as a database that cannot be reached, naming no setting. An empty item is
+    libpq's default port (`postgresql://u@a:5432,b/db` gives the ports `5432,`)."""
+    if not all(port == '' or (INTEGER_TEXT.fullmatch(port) and 1 <= integer_value(port) <= 65535)
+               for port in ports.split(',')):
         raise ImproperlyConfigured(f'{name} must be a port number from 1 to 65535, or a comma-separated list of them '
                                    '(one per host)')
     port_count, host_count = ports.count(',') + 1, hosts.count(',') + 1 if hosts else 1

@@ -174,7 +174,7 @@ def test_an_integer_of_more_digits_than_python_converts_stops_the_start_in_one_l
     assert_one_line_failure(run_manage('migrate', **{name: value}), said)
 
 
-@pytest.mark.parametrize('port', ['5432x', '５４３２', '-1', '99999', '5432,', 'x,5432'])
+@pytest.mark.parametrize('port', ['5432x', '５４３２', '-1', '99999', 'x,5432', '5432,-1'])
 def test_a_database_port_that_is_no_port_stops_the_start_naming_it(port):
     """libpq refused it at the first connection: "the database cannot be reached", naming no setting (trial W)."""
     line = assert_one_line_failure(run_manage('migrate', DEFAULT_DB_HOST='127.0.0.1', DEFAULT_DB_PORT=port),
@@ -193,6 +193,7 @@ def test_a_database_urls_port_that_is_no_port_stops_the_start_naming_it(port):
 @pytest.mark.parametrize('environ, said', [
     ({'DEFAULT_DB_HOST': '127.0.0.1', 'DEFAULT_DB_PORT': '5432,5433'}, 'DEFAULT_DB_PORT lists 2 ports'),
     ({'DEFAULT_DB_PORT': '5432,5433'}, 'DEFAULT_DB_PORT lists 2 ports'),  # the one default host
+    ({'DEFAULT_DB_HOST': '127.0.0.1', 'DEFAULT_DB_PORT': '5432,'}, 'DEFAULT_DB_PORT lists 2 ports'),
     ({'DEFAULT_DB_HOST': 'a,b,c', 'DEFAULT_DB_PORT': '5432,5433'}, 'DEFAULT_DB_PORT lists 2 ports'),
     ({'DATABASE_URL': f'host=a,b,c port=5432,5433 password={SECRET}'}, "DATABASE_URL's port lists 2 ports"),
     ({'DATABASE_URL': f'postgresql://u:{SECRET}@a,b/db?port=1,2,3'}, "DATABASE_URL's port lists 3 ports"),
@@ -202,6 +203,15 @@ def test_ports_that_are_not_one_per_host_stop_the_start_naming_the_setting(envir
     and gunicorn served on with them (trial AA)."""
     line = assert_one_line_failure(run_manage('migrate', **environ), said, 'give one port, or one per host')
     assert 'cannot be reached' not in line
+
+
+@pytest.mark.parametrize('dsn', ['postgresql://u@127.0.0.1:5432,127.0.0.1/db', 'host=127.0.0.1,127.0.0.1 port=,5433',
+                                 'postgresql://u@127.0.0.1:/db'])
+def test_an_empty_port_in_a_list_is_libpqs_default_port_and_accepted(dsn):
+    """libpq reads an empty port, alone or in a list, as its default port; the check refused a URL whose first host
+    alone has a port (its ports are `5432,`) before it started (trial Z's note)."""
+    assert settings.checked_dsn('DATABASE_URL', dsn) == dsn
+    psycopg2.extensions.parse_dsn(dsn)  # libpq takes it too
 
 
 @pytest.mark.parametrize('name, value', [
