@@ -209,7 +209,7 @@ def test_ports_that_are_not_one_per_host_stop_the_start_naming_the_setting(envir
                                  'postgresql://u@127.0.0.1:/db'])
 def test_an_empty_port_in_a_list_is_libpqs_default_port_and_accepted(dsn):
     """libpq reads an empty port, alone or in a list, as its default port; the check refused a URL whose first host
-    alone has a port (its ports are `5432,`) before it started (trial Z's note)."""
+    alone has a port (its ports are `5432,`) before it started (noted in session 23)."""
     assert settings.checked_dsn('DATABASE_URL', dsn) == dsn
     psycopg2.extensions.parse_dsn(dsn)  # libpq takes it too
 
