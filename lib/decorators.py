@@ -18,7 +18,7 @@ from marshmallow import Schema
 from psycopg2.extras import RealDictCursor
 
 from lib.db import DEFAULT, Db, LeasedStream, Lease
-from lib.db.types import check_reading_styles
+from lib.db.types import check_client_encoding, check_reading_styles
 from lib.db.guard import StatementPastDeadline
 from lib.db.unit import close_stream, time_left
 from lib.errors import RETRYABLE_SQLSTATES, ApiError
@@ -196,7 +196,11 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
         if WATCHER.stopping:  # a connection that came free as the stopping worker cancelled the queries
             raise ServerStopping()
         lease.hold_to_deadline(current_app.config['DB_STATEMENT_TIMEOUT_MS'])
-        result = call(lease.conn)
+        try:
+            result = call(lease.conn)
+        except UnicodeDecodeError:  # text read after the action set client_encoding in SQL: say so
+            check_client_encoding(lease.conn)
+            raise
         if isinstance(result, Iterator):
             # The first batch is fetched before the response starts: an error before the first row (a division by
             # zero, a bad value) is the request's own error with its status, never a 200 cut short at "[".

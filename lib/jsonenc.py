@@ -168,8 +168,10 @@ class RawNumbers:
 
 def exact_number(value):
     """Return an ExactNumber as the JSON number it is, in plain notation as PostgreSQL writes numeric (1E-30 is
-    0.000000000000000000000000000001 in to_jsonb), past numeric's range in exponent notation (decimal_text)."""
-    return RawJson(decimal_text(value))
+    0.000000000000000000000000000001 in to_jsonb), past numeric's range in exponent notation (decimal_text). One an
+    action made NaN or infinite, which no JSON number spells (RFC 8259 section 6), is numeric's string of it, as a
+    Decimal's: "NaN", "-Infinity" (trial AF: it was written bare, no JSON)."""
+    return RawJson(decimal_text(value)) if value.is_finite() else numeric_text(value)
 
 
 def decimal_text(value):
@@ -259,9 +261,12 @@ def ready_object(mapping):
 
 def key_name(key):
     """Return the name a dict key that is no str is written as: orjson's text of it (its OPT_NON_STR_KEYS: 1 is
-    "1", True "true"), big integers, dates and times as their text ("2026-11-21"). TypeError for a key orjson
-    cannot name (a tuple, a Decimal)."""
+    "1", True "true"), big integers, dates and times as their text ("2026-11-21"), a type the registry knows as its
+    JSON text there (a Decimal "2.50", bytes as base64; trial AF: a Decimal key was a 500). TypeError for a key
+    neither can name (a tuple)."""
     ready = orjson_ready(key)
+    if registered_encoder(ready) is not None:
+        ready = encode_default(ready)
     if isinstance(ready, RawJson):
         return ready.text
     if isinstance(ready, str):

@@ -166,10 +166,12 @@ def test_python_value_encoding_is_valid_json(call):
 
 def test_keys_that_are_no_text_are_written_as_their_names(call):
     answer = call('/probe/keyed', {'kind': 'distinct'})
-    assert answer.get_data() == b'{"1":"a","2.5":"b","null":2,"2026-11-21":3,"1180591620717411303424":4}'
+    # a Decimal (a numeric column's value) and bytes as the registry writes them: their keys were a 500 (trial AF)
+    assert answer.get_data() == (b'{"1":"a","2.5":"b","null":2,"2026-11-21":3,"1180591620717411303424":4,"3.10":5,'
+                                 b'"AP8=":6}')
 
 
-@pytest.mark.parametrize('kind', ['int', 'bool', 'none', 'nested', 'big'])
+@pytest.mark.parametrize('kind', ['int', 'bool', 'none', 'nested', 'big', 'decimal'])
 def test_two_keys_written_as_one_name_are_a_500_never_a_value_lost(call, kind):
     """orjson would write both ({"1":"a","1":"b"}), and a JSON reader keeps one of the values."""
     answer = call('/probe/keyed', {'kind': kind})

@@ -510,6 +510,31 @@ def test_text_read_while_a_style_was_changed_is_refused_though_the_style_was_cha
     assert detail in body['detail'], body
 
 
+@pytest.mark.parametrize('steps', [
+    ["SET LOCAL client_encoding = 'LATIN1'", "SELECT length('Zo\u00eb') AS v"],  # sent: stored `ZoÃ«` (trial AF)
+    ["SELECT set_config('client_encoding', 'LATIN1', true) AS v", "INSERT INTO probe.type_roundtrip (text) "
+     "VALUES ('Zo\u00eb') RETURNING id"],
+    ["SET LOCAL client_encoding = 'LATIN1'; SELECT 'Zo\u00eb' AS v"],  # read: a bare UnicodeDecodeError's 500
+    ["SET LOCAL client_encoding = 'LATIN1'; SELECT '\u00c3\u00a9' AS v"],  # read as UTF-8 by chance: `é`
+    ["SET client_encoding = 'LATIN1'", "SELECT 1 AS v"],
+])
+def test_a_client_encoding_set_in_sql_refuses_what_follows_with_a_500_that_says_why(call, steps):
+    """psycopg2 does not see an SQL SET of client_encoding: it went on sending and reading UTF-8, which PostgreSQL
+    read as LATIN1 (text stored garbled, with a 200) and wrote in LATIN1 (misread, or a bare 500)."""
+    body = assert_problem(call('/types/select_steps', {'queries': steps}), 500)
+    assert 'client_encoding was set to LATIN1 in SQL' in body['detail'], body
+    stored = call('/types/select', {'query': "SELECT count(*) AS n FROM probe.type_roundtrip WHERE text LIKE 'Zo%'"})
+    assert stored.get_json() == [{'n': 0}]
+    again = call('/types/select', {'query': "SELECT 'Zo\u00eb' AS v, current_setting('client_encoding') AS e"})
+    assert again.get_json() == [{'v': 'Zo\u00eb', 'e': 'UTF8'}], 'the next request sends and reads UTF-8 again'
+
+
+def test_a_client_encoding_set_through_psycopg2_is_read_as_set(types_app):
+    with connection(types_app.extensions['dbapi'].pools['default'], autocommit=True) as conn:
+        conn.set_client_encoding('LATIN1')  # psycopg2's way: it encodes and decodes LATIN1 too
+        assert Db(conn).fetch_value("SELECT 'Zo\u00eb' || %s", ['\u00eb']) == 'Zo\u00eb\u00eb'
+
+
 def test_after_a_request_sets_its_time_zone_its_buffered_answer_writes_offsets_in_that_zone(call):
     response = call('/types/select_steps', {'queries': ["SET LOCAL TimeZone = 'Asia/Kolkata'",
                                                         "SELECT timestamptz '2026-11-21 20:54:17.5+00' AS at"]})
@@ -853,6 +878,15 @@ def test_a_decimal_an_action_returns_is_written_as_postgresql_writes_numeric(con
     text no numeric is (trial AD); PostgreSQL's own text of the value sent is the oracle."""
     assert dumps_bytes(decimal.Decimal(value)) == written
     assert dumps_bytes(Db(conn).fetch_value('SELECT %s::numeric', [decimal.Decimal(value)])) == written
+
+
+@pytest.mark.parametrize('value, written', [('NaN', b'"NaN"'), ('sNaN', b'"NaN"'), ('-Infinity', b'"-Infinity"'),
+                                            ('Infinity', b'"Infinity"')])
+def test_an_exact_number_an_action_made_not_finite_is_written_as_numeric_writes_it(value, written):
+    """No JSON number spells NaN or an infinity (RFC 8259 section 6): an action's ExactNumber('NaN') was written
+    bare, `NaN`, with a 200 (trial AF); it is numeric's string of it, as a Decimal's."""
+    assert dumps_bytes(ExactNumber(value)) == written
+    assert json.loads(dumps_bytes({'v': [ExactNumber(value)]}), parse_constant=pytest.fail) == {'v': [json.loads(written)]}
 
 
 # --- Round trips: what a body sends is what is stored, read back and exported. ---

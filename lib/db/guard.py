@@ -6,13 +6,16 @@ hands out only RequestGuard cursors, whatever cursor class is asked for as curso
 and scrolls, which send FETCH and MOVE, are checked too), and the connection's own commit, check before each
 statement they send: one the request starts once it is over raises that request's error
 instead (504 past the deadline, 499 for a client gone, 503 for a stopping worker), so that nothing it would write
-commits for nobody. A statement still running then is the watcher's to cancel.
+commits for nobody. A statement still running then is the watcher's to cancel. The cursors also refuse a statement
+once the session's client_encoding is not the one psycopg2 encodes its text in (an action's SQL `SET LOCAL
+client_encoding`): PostgreSQL would misread it, and store the text it holds garbled.
 """
 import functools
 import time
 
 import psycopg2.extensions
 
+from lib.db.types import check_client_encoding
 from lib.errors import GatewayTimeout
 
 
@@ -43,32 +46,42 @@ def refuse_when_request_over(conn):
         raise StatementPastDeadline.of(conn.autocommit)
 
 
+def before_statement(conn):
+    """Refuse a statement conn's request may not send: the request is over (refuse_when_request_over), or its
+    session encodes text otherwise than psycopg2 (check_client_encoding: the statement's text would be misread).
+    The pool's own statements (conn serving no request: its reset undoes the encoding) are not checked for it."""
+    refuse_when_request_over(conn)
+    if conn.serving:
+        check_client_encoding(conn)
+
+
 class RequestGuard:
     """A psycopg2 cursor mixin (psycopg2's documented way to extend a cursor is a subclass): each way of sending a
-    statement first refuses it when the request the connection serves is over (refuse_when_request_over)."""
+    statement first refuses it when the request the connection serves is over, or its session's text encoding is
+    not psycopg2's (before_statement)."""
 
     def execute(self, query, vars=None):
-        refuse_when_request_over(self.connection)
+        before_statement(self.connection)
         return super().execute(query, vars)
 
     def executemany(self, query, vars_list):
-        refuse_when_request_over(self.connection)
+        before_statement(self.connection)
         return super().executemany(query, vars_list)
 
     def callproc(self, procname, *parameters):
-        refuse_when_request_over(self.connection)
+        before_statement(self.connection)
         return super().callproc(procname, *parameters)
 
     def copy_expert(self, *args, **kwargs):
-        refuse_when_request_over(self.connection)
+        before_statement(self.connection)
         return super().copy_expert(*args, **kwargs)
 
     def copy_from(self, *args, **kwargs):
-        refuse_when_request_over(self.connection)
+        before_statement(self.connection)
         return super().copy_from(*args, **kwargs)
 
     def copy_to(self, *args, **kwargs):
-        refuse_when_request_over(self.connection)
+        before_statement(self.connection)
         return super().copy_to(*args, **kwargs)
 
 
@@ -77,23 +90,23 @@ class NamedCursorGuard(RequestGuard):
     each is refused as execute is, iterating row by row included."""
 
     def fetchone(self):
-        refuse_when_request_over(self.connection)
+        before_statement(self.connection)
         return super().fetchone()
 
     def fetchmany(self, size=None):
-        refuse_when_request_over(self.connection)
+        before_statement(self.connection)
         return super().fetchmany(self.arraysize if size is None else size)
 
     def fetchall(self):
-        refuse_when_request_over(self.connection)
+        before_statement(self.connection)
         return super().fetchall()
 
     def scroll(self, value, mode='relative'):
-        refuse_when_request_over(self.connection)
+        before_statement(self.connection)
         return super().scroll(value, mode)
 
     def __next__(self):
-        refuse_when_request_over(self.connection)
+        before_statement(self.connection)
         return super().__next__()
 
 

@@ -46,6 +46,9 @@ class PooledConnection(psycopg2.extensions.connection):
     # (lib/db/unit.py) commits nothing past and no statement starts past (lib/db/guard.py). None: no request, or no
     # deadline.
     request_deadline = None
+    # Whether the connection serves a request (a Lease's, lib/db/unit.py): its statements are then refused while the
+    # session's client_encoding is not psycopg2's (lib/db/guard.py); the pool's own (configure, reset) are not.
+    serving = False
     # The error class of the request the connection serves once lib/http/disconnect.py's watcher marked it over (its
     # client gone, its worker stopping): no statement starts from then on (lib/db/guard.py). None: not over.
     request_over = None
@@ -117,11 +120,12 @@ def bound_answers(conn, deadline):
         conn.answer_deadline = deadline
 
 
-def note_request(conn, deadline):
+def note_request(conn, deadline, serving=True):
     """Note on conn that it serves a request (not over yet) of deadline (a time.monotonic() value, or None), or
-    (None) no request, and has read no json value for it yet; a connection that is not a PooledConnection keeps
-    none."""
+    (serving False) no request, and has read no json value for it yet; a connection that is not a PooledConnection
+    keeps none."""
     if isinstance(conn, PooledConnection):
+        conn.serving = serving
         conn.request_deadline = deadline
         conn.request_over = None
         conn.json_budget = None

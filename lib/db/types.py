@@ -497,11 +497,36 @@ def check_reading_styles(conn):
     """Raise UnreadableValue when conn's session writes dates or intervals in another style than the typecasters read
     (DateStyle's output part ISO, IntervalStyle postgres), as PostgreSQL last reported them (both are GUC_REPORT
     settings): a request that changed either may have read misread values, ranges and records among them. A style
-    never reported (a pooler that does not pass it on) is taken for the one set."""
+    never reported (a pooler that does not pass it on) is taken for the one set; SessionEncodingChanged when the
+    session's client_encoding is not the one psycopg2 decodes (check_client_encoding)."""
+    check_client_encoding(conn)
     if (conn.info.parameter_status('DateStyle') or 'ISO').partition(',')[0] != 'ISO':
         raise UnreadableValue('values read after a request changed DateStyle (dbapi reads ISO)')
     if (conn.info.parameter_status('IntervalStyle') or 'postgres') != 'postgres':
         raise UnreadableValue('values read after a request changed IntervalStyle (dbapi reads postgres)')
+
+
+def check_client_encoding(conn):
+    """Raise SessionEncodingChanged when the session's client_encoding, as PostgreSQL last reported it (a GUC_REPORT
+    setting; None, never reported, is taken for psycopg2's), is not conn.encoding, the one psycopg2 encodes what it
+    sends in and decodes what it reads: an action's SQL `SET LOCAL client_encoding`, which psycopg2 does not see,
+    made the text sent after it stored garbled and the text read misread (`Zoë` stored as `ZoÃ«`; trial AF)."""
+    reported = conn.info.parameter_status('client_encoding')
+    if reported is not None and reported != conn.encoding:
+        raise SessionEncodingChanged(f'client_encoding was set to {reported} in SQL, while psycopg2 sends and reads '
+                                     f'{conn.encoding}: connection.set_client_encoding changes both')
+
+
+class SessionEncodingChanged(psycopg2.DataError):
+    """A request's session encodes text otherwise than psycopg2 does (check_client_encoding): raised before a
+    statement is sent and after one is read, so that nothing is stored garbled or misread; its message names the
+    two encodings, never a value."""
+
+
+@translates(SessionEncodingChanged)
+def from_session_encoding_changed(exc):
+    """An action that set client_encoding in SQL is a 500 that says why: the action must change."""
+    return ApiError(f'The action changed how text is encoded mid-request: {exc}. Nothing was sent or read after it.')
 
 
 class UnreadableValue(psycopg2.DataError):

@@ -130,7 +130,7 @@ class Lease:
                 self.refuse_open_transaction()
         finally:
             report_notices(self.conn)
-            note_request(self.conn, None)
+            note_request(self.conn, None, serving=False)
             self.pool.give_back(self.conn)
             self.leave_bulkhead()
 

@@ -1,6 +1,7 @@
 """Probe actions: each one makes the framework show one behaviour for the tests."""
 import collections
 import datetime
+import decimal
 import math
 import os
 import types
@@ -185,8 +186,10 @@ def python_values():
 
 
 # Objects whose keys are no str: each written as its name, or two written as one name.
-KEYED = {'distinct': {1: 'a', 2.5: 'b', None: 2, datetime.date(2026, 11, 21): 3, 2**70: 4},
+KEYED = {'distinct': {1: 'a', 2.5: 'b', None: 2, datetime.date(2026, 11, 21): 3, 2**70: 4, decimal.Decimal('3.10'): 5,
+                      b'\x00\xff': 6},
          'int': {1: 'a', '1': 'b'}, 'bool': {'true': 1, True: 2}, 'none': {None: 1, 'null': 2},
+         'decimal': {'2.50': 1, decimal.Decimal('2.50'): 2},
          'nested': {'rows': [{'k': {2: 'x', '2': 'y'}}]}, 'big': {2**70: 'a', str(2**70): 'b'}}
 
 
