@@ -538,8 +538,8 @@ def test_a_client_encoding_set_through_psycopg2_is_read_as_set(types_app):
 def test_an_actions_extra_float_digits_below_one_rounds_its_floats_unseen(call):
     """The contract's float row states it: PostgreSQL does not report extra_float_digits (trial AF)."""
     steps = ["SET LOCAL extra_float_digits = 0", "SELECT 1/3::float8 AS v"]
-    assert call('/types/select_steps', {'queries': steps}).get_json()[1] == [{'v': 0.333333333333333}]
-    assert call('/types/select', {'query': 'SELECT 1/3::float8 AS v'}).get_json() == [{'v': 1 / 3}]
+    assert call('/types/select_steps', {'queries': steps}).get_data().endswith(b'[{"v":0.333333333333333}]]')
+    assert call('/types/select', {'query': 'SELECT 1/3::float8 AS v'}).get_data() == b'[{"v":0.3333333333333333}]'
 
 
 def test_after_a_request_sets_its_time_zone_its_buffered_answer_writes_offsets_in_that_zone(call):
