@@ -20,6 +20,7 @@ from psycopg2.extras import RealDictCursor
 from lib.db import DEFAULT, Db, LeasedStream, Lease
 from lib.db.types import check_client_encoding, check_reading_styles
 from lib.db.guard import StatementPastDeadline
+from lib.db.session import note_action
 from lib.db.unit import close_stream, time_left
 from lib.errors import RETRYABLE_SQLSTATES, ApiError
 from lib.jsonenc import JSON_MIMETYPE, ExactNumber, json_array_chunks, json_response
@@ -197,10 +198,13 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
             raise ServerStopping()
         lease.hold_to_deadline(current_app.config['DB_STATEMENT_TIMEOUT_MS'])
         try:
+            note_action(lease.conn, autocommit)
             result = call(lease.conn)
         except UnicodeDecodeError:  # text read after the action set client_encoding in SQL: say so
             check_client_encoding(lease.conn)
             raise
+        finally:
+            note_action(lease.conn, None)
         if isinstance(result, Iterator):
             # The first batch is fetched before the response starts: an error before the first row (a division by
             # zero, a bad value) is the request's own error with its status, never a 200 cut short at "[".

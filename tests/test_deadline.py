@@ -13,10 +13,10 @@ import pytest
 
 import settings
 from lib.db import DEFAULT, PoolTimeout, connection, transactional
-from lib.db.guard import NotACursorClass, StatementPastDeadline
-from lib.db.unit import DatabaseNotAnswering, DeadlineExceeded, StreamPastDeadline
+from lib.db.guard import ActionMisusedConnection, NotACursorClass, StatementPastDeadline
+from lib.db.unit import DatabaseNotAnswering, DeadlineExceeded, StreamPastDeadline, TransactionLeftOpen
 from lib.decorators import inject_conn, inject_db
-from lib.errors import GatewayTimeout, ImproperlyConfigured, from_database_error
+from lib.errors import GatewayTimeout, ImproperlyConfigured, as_api_error, from_database_error
 from lib.http.exchange import DEADLINE_KEY
 from ops import nginx
 from ops.stack import StackConfig, nginx_environment
@@ -89,18 +89,46 @@ def write_fast_until(conn, seconds):
             cursor.execute(f'INSERT INTO {TABLE} VALUES (1)')
 
 
-@inject_conn()
-def write_think_then_commit(conn, seconds, how):
-    """Write a row, spend seconds in Python, then commit it itself: conn.commit(), or the end of `with conn:`."""
-    if how == 'with':
-        with conn, conn.cursor() as cursor:
-            cursor.execute(f'INSERT INTO {TABLE} VALUES (1)')
-            time.sleep(seconds)
-        return
-    with conn.cursor() as cursor:
+@inject_conn(autocommit=True)
+def write_think_then_commit(conn, seconds):
+    """Write a row in a `with conn:` block of an autocommit action (transactional()'s way), spend seconds in Python,
+    then have the block's end commit it."""
+    with conn, conn.cursor() as cursor:
         cursor.execute(f'INSERT INTO {TABLE} VALUES (1)')
-    time.sleep(seconds)
-    conn.commit()
+        time.sleep(seconds)
+
+
+# How an action run as one transaction ends it itself, and what it does next.
+ENDINGS = {'commit': lambda conn: conn.commit(), 'sql commit': lambda conn: conn.cursor().execute('COMMIT'),
+           'sql rollback': lambda conn: conn.cursor().execute('ROLLBACK')}
+
+
+@inject_conn()
+def write_end_then_conflict(conn, ending):
+    """Write a row in the action's one transaction, end that transaction itself (ENDINGS), then fail as a
+    serialization failure would: retried, as the whole action is (trial AG)."""
+    conn.cursor().execute(f'INSERT INTO {TABLE} VALUES (1)')
+    ENDINGS[ending](conn)
+    conn.cursor().execute("DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$")
+
+
+@inject_conn()
+def write_in_with_block(conn):
+    """Write a row in a `with conn:` block of an action run as one transaction: the block's end commits it."""
+    with conn, conn.cursor() as cursor:
+        cursor.execute(f'INSERT INTO {TABLE} VALUES (1)')
+
+
+@inject_conn(autocommit=True)
+def close_own_connection(conn):
+    """Close the action's connection, the pool's."""
+    conn.close()
+
+
+@inject_conn(autocommit=True)
+def begin_and_write(conn):
+    """Open a transaction in SQL in an autocommit action, write a row, and return with it open."""
+    conn.cursor().execute(f'BEGIN; INSERT INTO {TABLE} VALUES (1)')
 
 
 @inject_conn(autocommit=True)
@@ -287,15 +315,49 @@ def test_no_statement_starts_past_the_deadline_however_short(make_app, probe_tab
     assert run_sql(probe_table, f'SELECT count(*) FROM {TABLE}')[0][0] > 0, 'it wrote until the deadline'
 
 
-@pytest.mark.parametrize('how', ['commit', 'with'])
-def test_an_actions_own_commit_past_the_deadline_is_refused_and_nothing_is_committed(make_app, probe_table, how):
+def test_an_actions_own_commit_past_the_deadline_is_refused_and_nothing_is_committed(make_app, probe_table):
     """conn.commit() sends no statement through a cursor: past the deadline it committed, and the answer said that
     nothing was. The deadline leaves the INSERT, with its connection's first connect, a second on a loaded host."""
-    error, _ = timed_call(make_app(REQUEST_DEADLINE_MS=1000), write_think_then_commit, 1.2, how)
-    assert isinstance(error, StatementPastDeadline) and error.detail == StatementPastDeadline.detail
+    error, _ = timed_call(make_app(REQUEST_DEADLINE_MS=1000), write_think_then_commit, 1.2)
+    assert isinstance(error, StatementPastDeadline)
     assert rows_written(probe_table) == 0
-    error, _ = timed_call(make_app(REQUEST_DEADLINE_MS=3000), write_think_then_commit, 0, how)
+    error, _ = timed_call(make_app(REQUEST_DEADLINE_MS=3000), write_think_then_commit, 0)
     assert error is None and rows_written(probe_table) == 1
+
+
+@pytest.mark.parametrize('ending, kept', [('commit', 0), ('sql commit', 1), ('sql rollback', 0)])
+def test_an_action_that_ends_its_one_transaction_itself_is_a_500_never_retried(make_app, probe_table, ending, kept):
+    """dbapi commits an action's one transaction when it returns, and runs it whole again after a conflict: the
+    part an action committed itself ran again on each retry, a row committed four times behind a 503 (trial AG).
+    Its commit is refused; a statement after its SQL COMMIT or ROLLBACK too (what that COMMIT wrote stays)."""
+    error, _ = timed_call(make_app(DB_RETRIES=3), write_end_then_conflict, ending)
+    assert isinstance(error, ActionMisusedConnection) and 'its transaction' in str(error), error
+    problem = as_api_error(error)
+    assert problem.status == 500 and problem.detail.startswith(('The action committed', 'The action ended')), problem
+    assert rows_written(probe_table) == kept
+
+
+def test_a_with_block_ending_an_actions_one_transaction_is_refused(make_app, probe_table):
+    error, _ = timed_call(make_app(), write_in_with_block)
+    assert isinstance(error, ActionMisusedConnection) and rows_written(probe_table) == 0
+
+
+def test_an_action_that_closes_its_connection_is_a_500_and_the_connection_serves_on(make_app):
+    """It was a 503 that said the database could not be reached, and the connection was lost (trial AG)."""
+    app = make_app(DB_POOL_MAX=1)
+    error, _ = timed_call(app, close_own_connection)
+    assert isinstance(error, ActionMisusedConnection)
+    assert as_api_error(error).detail.startswith("The action closed its connection, which is the pool's")
+    assert app.extensions['dbapi'].pools[DEFAULT].gauges()['discarded'] == 0
+
+
+def test_a_transaction_an_autocommit_action_left_open_is_rolled_back_and_its_connection_kept(make_app, probe_table):
+    """psycopg2's rollback does nothing on an autocommit connection: the reset failed (25001) with a warning, and the
+    connection was thrown away (trial AG)."""
+    app = make_app(DB_POOL_MAX=1)
+    error, _ = timed_call(app, begin_and_write)
+    assert isinstance(error, TransactionLeftOpen) and rows_written(probe_table) == 0
+    assert app.extensions['dbapi'].pools[DEFAULT].gauges()['discarded'] == 0
 
 
 @pytest.mark.parametrize('factory', [lambda *args, **kwargs: psycopg2.extensions.cursor(*args, **kwargs),

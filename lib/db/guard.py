@@ -16,7 +16,7 @@ import time
 import psycopg2.extensions
 
 from lib.db.types import check_client_encoding
-from lib.errors import GatewayTimeout
+from lib.errors import ApiError, GatewayTimeout, translates
 
 
 class StatementPastDeadline(GatewayTimeout):
@@ -47,12 +47,48 @@ def refuse_when_request_over(conn):
 
 
 def before_statement(conn):
-    """Refuse a statement conn's request may not send: the request is over (refuse_when_request_over), or its
-    session encodes text otherwise than psycopg2 (check_client_encoding: the statement's text would be misread).
-    The pool's own statements (conn serving no request: its reset undoes the encoding) are not checked for it."""
+    """Refuse a statement conn's request may not send: the request is over (refuse_when_request_over), its session
+    encodes text otherwise than psycopg2 (check_client_encoding: the statement's text would be misread), or its
+    action, one transaction, ended that transaction in SQL (refuse_after_sql_transaction_end). The pool's own
+    statements (conn serving no request: its reset undoes the encoding) are not checked for either."""
     refuse_when_request_over(conn)
     if conn.serving:
         check_client_encoding(conn)
+        refuse_after_sql_transaction_end(conn)
+
+
+class ActionMisusedConnection(psycopg2.ProgrammingError):
+    """An action ended what is dbapi's to end (trial AG): the one transaction it runs as (autocommit=False), which
+    dbapi commits when it returns and retries whole after a conflict, so that a part it committed ran again on each
+    retry (a write committed four times behind a 503); or its connection, the pool's. A 500 that says which."""
+
+
+@translates(ActionMisusedConnection)
+def from_action_misused_connection(exc):
+    """The module's bug: a 500 whose detail says what the action did and what to do instead."""
+    return ApiError(f'The action {exc}.')
+
+
+def refuse_action_commit(conn):
+    """Raise ActionMisusedConnection when conn runs an action as one transaction (its action_autocommit False):
+    that transaction is dbapi's to commit."""
+    if conn.action_autocommit is False:
+        raise ActionMisusedConnection(
+            'committed its transaction itself (connection.commit, `with conn:`): dbapi commits it when the action '
+            'returns and runs the whole action again after a conflict, which would run a committed part again; '
+            'return instead, or use autocommit=True with transactional() for parts that commit on their own')
+
+
+def refuse_after_sql_transaction_end(conn):
+    """Raise ActionMisusedConnection when conn runs an action as one transaction that its SQL ended (COMMIT or
+    ROLLBACK: psycopg2 still counts the transaction open, PostgreSQL has none): each statement after it would
+    commit alone, and a retry run the committed ones again."""
+    if (conn.action_autocommit is False and conn.status == psycopg2.extensions.STATUS_BEGIN
+            and conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE):
+        raise ActionMisusedConnection(
+            'ended its transaction in SQL (COMMIT or ROLLBACK) and went on: each statement after it would commit '
+            'alone, and a retry after a conflict would run the committed ones again; return instead, or use '
+            'autocommit=True with transactional() for parts that commit on their own')
 
 
 class RequestGuard:

@@ -10,7 +10,7 @@ import weakref
 import psycopg2
 import psycopg2.extensions
 
-from lib.db.session import END_OF_USE_ANSWER_SECONDS, bound_answers
+from lib.db.session import END_OF_USE_ANSWER_SECONDS, bound_answers, run_in_autocommit
 from lib.db.waiting import LEAST_CONNECT_TIMEOUT
 from lib.errors import GatewayTimeout, ServiceUnavailable, TooManyRequests, database_unavailable, from_database_error
 from lib.polling import ready_events
@@ -262,6 +262,8 @@ class Pool:
         try:
             if conn.info.transaction_status != IDLE:
                 conn.rollback()
+            if conn.info.transaction_status != IDLE:  # a BEGIN an autocommit action sent: psycopg2 knows of none
+                run_in_autocommit(conn, 'ROLLBACK')
             restore_driver_state(conn, self.configured_driver_state)
             self.reset(conn)
             # Notifications psycopg2 collected (a LISTEN the reset ended may still have delivered some): another

@@ -9,7 +9,8 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from lib.db.cancel import cancel_request_for
-from lib.db.guard import check_guarded, guarded, refuse_when_request_over
+from lib.db.guard import (ActionMisusedConnection, check_guarded, guarded, refuse_action_commit,
+                          refuse_when_request_over)
 from lib.db.types import READING_STYLES
 from lib.errors import GatewayTimeout
 
@@ -46,6 +47,10 @@ class PooledConnection(psycopg2.extensions.connection):
     # (lib/db/unit.py) commits nothing past and no statement starts past (lib/db/guard.py). None: no request, or no
     # deadline.
     request_deadline = None
+    # While an action runs on it (lib/decorators.py's run_leased): True in autocommit, False as one transaction, which
+    # dbapi commits when it returns; None: no action runs. Such a transaction's commit by the action, and the
+    # connection's close by any action, are refused (lib/db/guard.py's ActionMisusedConnection).
+    action_autocommit = None
     # Whether the connection serves a request (a Lease's, lib/db/unit.py): its statements are then refused while the
     # session's client_encoding is not psycopg2's (lib/db/guard.py); the pool's own (configure, reset) are not.
     serving = False
@@ -87,19 +92,33 @@ class PooledConnection(psycopg2.extensions.connection):
 
     def commit(self):
         """Commit, unless the request the connection serves is over (lib/db/guard.py): then raise its error, and the
-        transaction is rolled back when the connection goes back (also for `with conn:`)."""
-        refuse_when_request_over(self)
+        transaction is rolled back when the connection goes back (also for `with conn:`); or unless an action that
+        runs as one transaction commits it itself (ActionMisusedConnection)."""
+        self.refuse_commit()
         super().commit()
 
     def tpc_prepare(self):
-        """Prepare the two-phase transaction, unless the request the connection serves is over (as commit)."""
-        refuse_when_request_over(self)
+        """Prepare the two-phase transaction, unless its commit would be refused (as commit)."""
+        self.refuse_commit()
         super().tpc_prepare()
 
     def tpc_commit(self, *xid):
-        """Commit the two-phase transaction, unless the request the connection serves is over (as commit)."""
-        refuse_when_request_over(self)
+        """Commit the two-phase transaction, unless its commit would be refused (as commit)."""
+        self.refuse_commit()
         super().tpc_commit(*xid)
+
+    def refuse_commit(self):
+        """Raise the error of a commit the connection may not make now (the request over, the action's own)."""
+        refuse_when_request_over(self)
+        refuse_action_commit(self)
+
+    def close(self):
+        """Close, unless an action runs on the connection: it is the pool's (ActionMisusedConnection; it was taken
+        for the database gone, a 503)."""
+        if self.action_autocommit is not None:
+            raise ActionMisusedConnection("closed its connection, which is the pool's: dbapi gives it back when the "
+                                          'action returns')
+        super().close()
 
 
 # How long the statements that end a use of a connection (its rollback and reset, a stream's CLOSE past its deadline)
@@ -118,6 +137,13 @@ def bound_answers(conn, deadline):
     connection that is not a PooledConnection waits without end."""
     if isinstance(conn, PooledConnection):
         conn.answer_deadline = deadline
+
+
+def note_action(conn, autocommit):
+    """Note on conn that an action runs on it, in autocommit (True) or as one transaction (False), or (None) that
+    none runs; a connection that is not a PooledConnection keeps none."""
+    if isinstance(conn, PooledConnection):
+        conn.action_autocommit = autocommit
 
 
 def note_request(conn, deadline, serving=True):
