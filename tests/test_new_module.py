@@ -186,7 +186,9 @@ def run_in(project, command, database_url, timeout=900):
 def test_a_new_module_with_a_migration_passes_make_test_in_a_fresh_copy(project_copy, copy_database):
     if make_would_install(project_copy):
         pytest.skip('.venv does not match requirements*.txt yet: `make venv` (or `make test`) installs them')
-    tests = 'tests/test_auth.py tests/test_calling.py tests/test_example_modules.py'
+    # Every test file that runs over each mounted module (test_fast_paths: each schema; test_house_rules: its code).
+    tests = ('tests/test_auth.py tests/test_calling.py tests/test_example_modules.py tests/test_fast_paths.py '
+             'tests/test_house_rules.py')
     made = run_in(project_copy, ['make', 'test', f'PYTEST_ARGS=-v -p no:cacheprovider {tests}'], copy_database)
     output = made.stdout + made.stderr
     assert made.returncode == 0, output[-5000:]

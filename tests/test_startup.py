@@ -318,6 +318,28 @@ def test_a_migration_with_bad_sql_names_file_line_and_postgresqls_message(tmp_pa
                        '(SQLSTATE 42704)')
 
 
+def test_a_migration_added_with_a_name_sorting_before_an_applied_one_is_refused_unless_it_depends_on_it(
+        tmp_path, scratch_database):
+    """It was applied last on this database and first on a new one, where it failed: `relation "shipments" does not
+    exist` (trial AG). Nothing of it runs; yoyo's `-- depends:` on the later one puts it after it everywhere."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_orders.sql').write_text('CREATE TABLE orders (id int PRIMARY KEY);\n')
+    (folder / '0005_shipments.sql').write_text('CREATE TABLE shipments (order_id int REFERENCES orders);\n')
+    assert manage.apply_migrations(scratch_database, folder) == ['0001_orders', '0005_shipments']
+    late = folder / '0004_refunds.sql'
+    late.write_text('CREATE TABLE refunds (order_id int);\n')
+    with pytest.raises(StartupError) as caught:
+        manage.apply_migrations(scratch_database, folder)
+    assert str(caught.value) == (f'migration {late} sorts before 0005_shipments, which this database applied already: '
+                                 'a new database runs it before that one, this one would run it after. Rename it to '
+                                 'sort after the last migration applied, or add `-- depends: 0005_shipments` to it '
+                                 "(yoyo's directive), so that every database runs them in one order")
+    assert run_sql(scratch_database, "SELECT to_regclass('refunds') IS NULL") == [(True,)], 'nothing of it ran'
+    late.write_text('-- depends: 0005_shipments\nCREATE TABLE refunds (order_id int);\n')
+    assert manage.apply_migrations(scratch_database, folder) == ['0004_refunds']
+
+
 def test_a_failure_without_a_position_names_the_statements_own_line_not_the_comment_before_it(tmp_path,
                                                                                                  scratch_database):
     """PostgreSQL gives no position for a duplicate key: the line named was the first of yoyo's statement, a

@@ -49,6 +49,10 @@ class MigrationChanged(StartupError):
     """An applied migration's file is not the one that was applied: its change has never run."""
 
 
+class MigrationOutOfOrder(StartupError):
+    """A pending migration that a new database would run before one this database applied already (check_in_order)."""
+
+
 class MigrationUnrunnable(StartupError):
     """A migration's file cannot run as written, on any database it has not run on: it is not UTF-8 text, holds a
     statement with nothing to run (idle_statement), or controls the transaction it runs in (transaction_control)."""
@@ -138,6 +142,7 @@ def migrate(dsn, directory=MIGRATIONS_DIR, lock_timeout_ms=0):
     with migration_lock(dsn, directory, lock_timeout_ms) as (backend, migrations, pending, recorded):
         applied_before = applied_of(migrations, pending)
         check_applied_unchanged(recorded, applied_before)
+        check_in_order(applied_before, pending)
         # Those applied before checksums were kept (a database an older dbapi migrated, rows deleted as the
         # changed-files line offers): recorded once, as repair takes them, if they can run on a new database.
         unrecorded = [migration for migration in applied_before if migration.id not in recorded]
@@ -287,6 +292,32 @@ def check_applied_unchanged(recorded, applied):
             f'a new migration; to take the files as they are now (a comment fixed), run `.venv/bin/python manage.py '
             f'repair` with the same settings, or delete their rows: DELETE FROM {CHECKSUM_TABLE} WHERE migration_id IN '
             f'({ids});')
+
+
+def check_in_order(applied, pending):
+    """Raise MigrationOutOfOrder for the first of pending (yoyo migrations) that a new database would run before one
+    of applied: its name sorts before that one's, and it does not depend on it (yoyo's `-- depends:`). Applied now,
+    after it, this database would run the two in another order than every new one (trial AG: a file added later
+    with a lower number ran last here, and failed on a new database); Flyway refuses out-of-order ones too."""
+    for migration in pending:
+        later = [each.id for each in applied if each.id > migration.id and each not in ancestors(migration)]
+        if later:
+            raise MigrationOutOfOrder(
+                f'migration {shown_path(Path(migration.path))} sorts before {later[-1]}, which this database applied '
+                f'already: a new database runs it before that one, this one would run it after. Rename it to sort '
+                f'after the last migration applied, or add `-- depends: {later[-1]}` to it (yoyo\'s directive), so '
+                f'that every database runs them in one order')
+
+
+def ancestors(migration):
+    """Return the migrations migration depends on (yoyo's `-- depends:`), directly or through others."""
+    found, waiting = set(), list(migration.depends)
+    while waiting:
+        each = waiting.pop()
+        if each not in found:
+            found.add(each)
+            waiting.extend(each.depends)
+    return found
 
 
 def sql_literal(text):
