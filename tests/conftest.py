@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 import settings  # noqa: E402
 from lib.db.embedded import start_embedded  # noqa: E402
-from lib.db.migrate import migrate  # noqa: E402
+from lib.db.migrate import apply_migrations  # noqa: E402
 from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, PROBE_SQL, SCOPED_TOKEN, SINGLE_BEARER,  # noqa: E402,F401
                            THROWAWAY_DATA_DIRS, Caller, app_config, app_factory, discard_data_dir, drop_database,
                            recreate_database, run_sql, scratch_folder)
@@ -40,7 +40,7 @@ def database_url():
     if not dsn:
         server = start_embedded(settings.BASE_DIR / '.data' / 'pg-test', database='postgres')
         dsn = recreate_database(server, TEST_DB)
-    migrate(dsn)
+    apply_migrations(dsn)  # a failing migration is the one line manage.py prints, its file and line named
     run_sql(dsn, PROBE_SQL.read_text())
     yield dsn
     if not os.environ.get('TEST_DATABASE_URL'):
