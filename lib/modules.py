@@ -49,15 +49,23 @@ def module_folders(package):
         raise ModuleError(f'MODULE_PACKAGES names {package!r}, which is no importable package '
                           f'({type(exc).__name__}: {exc})') from exc
     for folder in sorted(root.iterdir()):
-        if folder.is_dir() and not folder.name.startswith(('_', '.')):
+        if folder.is_dir() and not folder.name.startswith(('_', '.')) and not only_bytecode(folder):
             yield folder.name, folder
+
+
+def only_bytecode(folder):
+    """Tell whether folder holds nothing but __pycache__: what git leaves of a module after a switch to a branch
+    without it (it removes the tracked files, not the bytecode Python wrote). Not a module; one that holds anything
+    else is, and must have its routes.py (trial AG)."""
+    return all(entry.name == '__pycache__' for entry in folder.iterdir()) and any(folder.iterdir())
 
 
 def import_route_table(package, name, folder):
     """Import <package>.<name>.routes and return its routes list, naming the file on any failure."""
     routes_file = folder / 'routes.py'
     if not MODULE_NAME.fullmatch(name) or name in RESERVED_NAMES:
-        raise ModuleError(f'{folder}: a module folder name must match [a-z][a-z0-9_]* and not be reserved')
+        raise ModuleError(f'{folder}: a module folder name must match [a-z][a-z0-9_]* and not be one of '
+                          f'{", ".join(sorted(RESERVED_NAMES))} (paths of their own)')
     if not routes_file.is_file():
         raise ModuleError(f'{routes_file}: missing; every module folder needs a routes.py')
     try:
@@ -90,7 +98,8 @@ def check_route_table(routes_file, table):
     for index, entry in enumerate(table):
         where = f'{routes_file}: routes[{index}]'
         if not isinstance(entry, dict) or set(entry) != ROUTE_KEYS:
-            raise ModuleError(f'{where} must be a dict with exactly the keys route and action')
+            named = f' (it has {", ".join(map(repr, entry))})' if isinstance(entry, dict) else ''
+            raise ModuleError(f'{where} must be a dict with exactly the keys route and action{named}')
         if not isinstance(entry['route'], str) or not ROUTE_NAME.fullmatch(entry['route']):
             raise ModuleError(f'{where}: route must be a string like "create" or "reports/daily": letters, digits, '
                               f'"_" and "-", parts joined by single "/", no leading or trailing "/" '

@@ -44,19 +44,30 @@ def test_folder_without_init_is_mounted_too(make_app, module_package):
     ({'broken/routes.py': 'routes = [dict(route="a b", action=print)]'}, 'broken/routes.py: routes[0]: route must be'),
     ({'broken/routes.py': 'routes = [dict(route="/list", action=print)]'}, 'no leading or trailing "/" (got \'/list\')'),
     ({'broken/routes.py': 'routes = [dict(route="x", action=len, method="GET")]'}, 'routes[0] must be a dict'),
+    ({'broken/routes.py': 'routes = [dict(route="x", acton=len)]'},  # the key it has is named (trial AG)
+     "routes[0] must be a dict with exactly the keys route and action (it has 'route', 'acton')"),
     ({'broken/routes.py': 'f = lambda: 1\nroutes = [dict(route="x", action=f), dict(route="x", action=f)]'},
      "broken/routes.py: routes[1]: route 'x' appears twice"),
     ({'broken/routes.py': 'routes = [dict(route="x", action=lambda *a: 1)]'}, 'keyword parameters only'),
     ({'Bad-Name/routes.py': GOOD_ROUTES}, 'Bad-Name: a module folder name must match'),
-    ({'healthz/routes.py': GOOD_ROUTES}, 'healthz: a module folder name must match [a-z][a-z0-9_]* and not be reserved'),
+    ({'healthz/routes.py': GOOD_ROUTES}, 'healthz: a module folder name must match [a-z][a-z0-9_]* and not be one of '
+                                         'healthz, metrics, ops, readyz, static (paths of their own)'),
     # the name of the operations endpoints' blueprint: mount_modules no longer meets it as one already mounted
-    ({'ops/routes.py': GOOD_ROUTES}, 'ops: a module folder name must match [a-z][a-z0-9_]* and not be reserved'),
+    ({'ops/routes.py': GOOD_ROUTES}, 'ops: a module folder name must match [a-z][a-z0-9_]* and not be one of'),
 ])
 def test_broken_module_stops_the_start_naming_its_file(make_app, module_package, files, message):
     package = module_package(files)
     with pytest.raises(ModuleError) as raised:
         make_app(MODULE_PACKAGES=[package])
     assert message in str(raised.value)
+
+
+def test_a_folder_holding_only_bytecode_is_no_module_and_mounts_nothing(make_app, module_package):
+    """What git leaves of a module after a switch to a branch without it: its __pycache__ stopped the start,
+    "routes.py: missing" (trial AG). A folder with anything else in it is still a module that lacks its routes.py."""
+    package = module_package({'good/routes.py': GOOD_ROUTES, 'gone/__pycache__/routes.cpython-311.pyc': ''})
+    app = make_app(MODULE_PACKAGES=[package])
+    assert {route.module for route in app.extensions['dbapi'].routes} == {'good'}
 
 
 INCLUDE_ROUTES = '''
