@@ -106,6 +106,20 @@ def test_the_reset_sets_the_settings_again_where_startup_options_never_arrive(po
     assert state == clean_session(config)
 
 
+@pytest.mark.parametrize('startup_options', [True, False])
+def test_a_custom_settings_value_is_reset_but_its_name_stays_as_docs_architecture_says(
+        make_app, pool_without_startup_options, startup_options):
+    """PostgreSQL keeps a custom setting's placeholder through DISCARD ALL and RESET ALL (trial AG)."""
+    pool = make_app(DB_POOL_MAX=1).extensions['dbapi'].pools[DEFAULT]
+    if not startup_options:
+        pool, _ = pool_without_startup_options
+    for _ in range(2):  # a connection's first reset is the full one, its later ones the one chosen for it
+        run_in_a_lease(pool, "SELECT set_config('my.var', 'leaked', false)")
+    with connection(pool, autocommit=True) as conn, conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
+        cursor.execute("SELECT current_setting('my.var', true)")
+        assert cursor.fetchone() == ('',)
+
+
 def test_a_temporary_view_cannot_choose_the_reset(pool_without_startup_options):
     pool, config = pool_without_startup_options
     # The connection's first request fakes pg_settings, as if the startup options had arrived, and drops the timeout.
