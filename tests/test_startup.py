@@ -340,6 +340,22 @@ def test_a_migration_added_with_a_name_sorting_before_an_applied_one_is_refused_
     assert manage.apply_migrations(scratch_database, folder) == ['0004_refunds']
 
 
+def test_a_migration_file_yoyo_does_not_read_and_an_applied_ones_missing_file_are_warned_of(tmp_path, scratch_database,
+                                                                                             caplog):
+    """Both were silent (trial AG): a new database would not run either."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_orders.sql').write_text('CREATE TABLE orders (id int);\n')
+    manage.apply_migrations(scratch_database, folder)
+    (folder / '0001_orders.sql').unlink()
+    (folder / '0002_refunds.SQL').write_text('CREATE TABLE refunds (id int);\n')
+    with caplog.at_level(logging.WARNING, logger='dbapi.migrate'):
+        assert manage.apply_migrations(scratch_database, folder) == []
+    assert [record.getMessage() for record in caplog.records if record.name == 'dbapi.migrate'] == [
+        f'{folder / "0002_refunds.SQL"} is not read: a migration file ends in .sql or .py, in lower case',
+        f'applied migrations have no file in {folder}: 0001_orders; a new database would not run them']
+
+
 def test_a_failure_without_a_position_names_the_statements_own_line_not_the_comment_before_it(tmp_path,
                                                                                                  scratch_database):
     """PostgreSQL gives no position for a duplicate key: the line named was the first of yoyo's statement, a

@@ -143,6 +143,7 @@ def migrate(dsn, directory=MIGRATIONS_DIR, lock_timeout_ms=0):
         applied_before = applied_of(migrations, pending)
         check_applied_unchanged(recorded, applied_before)
         check_in_order(applied_before, pending)
+        warn_of_unread_files(directory, migrations, recorded)
         # Those applied before checksums were kept (a database an older dbapi migrated, rows deleted as the
         # changed-files line offers): recorded once, as repair takes them, if they can run on a new database.
         unrecorded = [migration for migration in applied_before if migration.id not in recorded]
@@ -307,6 +308,19 @@ def check_in_order(applied, pending):
                 f'already: a new database runs it before that one, this one would run it after. Rename it to sort '
                 f'after the last migration applied, or add `-- depends: {later[-1]}` to it (yoyo\'s directive), so '
                 f'that every database runs them in one order')
+
+
+def warn_of_unread_files(directory, migrations, recorded):
+    """Log a warning for each file of directory yoyo does not read although it looks like a migration (`.SQL`: yoyo
+    reads `.sql` and `.py`), and for each migration recorded ({id: SHA-256}) whose file is gone: either was silent
+    (trial AG), and a new database would not run them."""
+    for path in sorted(Path(directory).iterdir()):
+        if path.suffix.lower() in ('.sql', '.py') and path.suffix not in ('.sql', '.py'):
+            log.warning('%s is not read: a migration file ends in .sql or .py, in lower case', shown_path(path))
+    gone = sorted(set(recorded) - {migration.id for migration in migrations})
+    if gone:
+        log.warning('applied migrations have no file in %s: %s; a new database would not run them',
+                    shown_path(Path(directory)), ', '.join(gone))
 
 
 def ancestors(migration):
