@@ -197,14 +197,12 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
         if WATCHER.stopping:  # a connection that came free as the stopping worker cancelled the queries
             raise ServerStopping()
         lease.hold_to_deadline(current_app.config['DB_STATEMENT_TIMEOUT_MS'])
+        note_action(lease.conn, autocommit)  # until the lease ends (Lease.end), a stream's end included
         try:
-            note_action(lease.conn, autocommit)
             result = call(lease.conn)
         except UnicodeDecodeError:  # text read after the action set client_encoding in SQL: say so
             check_client_encoding(lease.conn)
             raise
-        finally:
-            note_action(lease.conn, None)
         if isinstance(result, Iterator):
             # The first batch is fetched before the response starts: an error before the first row (a division by
             # zero, a bad value) is the request's own error with its status, never a 200 cut short at "[".

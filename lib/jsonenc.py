@@ -271,7 +271,10 @@ def key_name(key):
         return ready.text
     if isinstance(ready, str):
         return ready
-    return next(iter(orjson.loads(orjson.dumps({ready: None}, option=orjson.OPT_NON_STR_KEYS))))
+    try:
+        return next(iter(orjson.loads(orjson.dumps({ready: None}, option=orjson.OPT_NON_STR_KEYS))))
+    except TypeError:  # a tuple's or frozenset's list, which is no key: orjson's words named the list
+        raise TypeError(f'a dict key of type {type(key).__name__} has no JSON name: use a str') from None
 
 
 class TooDeepToWrite(TypeError):

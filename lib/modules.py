@@ -54,10 +54,11 @@ def module_folders(package):
 
 
 def only_bytecode(folder):
-    """Tell whether folder holds nothing but __pycache__: what git leaves of a module after a switch to a branch
-    without it (it removes the tracked files, not the bytecode Python wrote). Not a module; one that holds anything
-    else is, and must have its routes.py (trial AG)."""
-    return all(entry.name == '__pycache__' for entry in folder.iterdir()) and any(folder.iterdir())
+    """Tell whether folder holds files, all of them in __pycache__ folders (its own, its sub-folders'): what git
+    leaves of a module after a switch to a branch without it (it removes the tracked files, not the bytecode Python
+    wrote). Not a module; one that holds any other file is, and must have its routes.py (trials AG, AH)."""
+    files = [path.relative_to(folder) for path in folder.rglob('*') if not path.is_dir()]
+    return bool(files) and all('__pycache__' in path.parts for path in files)
 
 
 def import_route_table(package, name, folder):

@@ -98,9 +98,21 @@ def write_think_then_commit(conn, seconds):
         time.sleep(seconds)
 
 
-# How an action run as one transaction ends it itself, and what it does next.
+def autocommit_on(conn):
+    """Roll the transaction back and switch autocommit on, as psycopg2 lets one then."""
+    conn.rollback()
+    conn.autocommit = True
+
+
+# How an action run as one transaction ends it itself, or escapes it (trials AG, AH).
 ENDINGS = {'commit': lambda conn: conn.commit(), 'sql commit': lambda conn: conn.cursor().execute('COMMIT'),
-           'sql rollback': lambda conn: conn.cursor().execute('ROLLBACK')}
+           'sql rollback': lambda conn: conn.cursor().execute('ROLLBACK'),
+           'commit and chain': lambda conn: conn.cursor().execute('COMMIT AND CHAIN'),
+           'commit then begin': lambda conn: conn.cursor().execute('COMMIT; BEGIN'),
+           'one string': lambda conn: conn.cursor().execute(f'INSERT INTO {TABLE} VALUES (2); COMMIT; SELECT 1'),
+           'autocommit': autocommit_on,
+           'set_session': lambda conn: conn.set_session(isolation_level='SERIALIZABLE'),
+           'set_client_encoding': lambda conn: conn.set_client_encoding('LATIN1')}
 
 
 @inject_conn()
@@ -325,16 +337,38 @@ def test_an_actions_own_commit_past_the_deadline_is_refused_and_nothing_is_commi
     assert error is None and rows_written(probe_table) == 1
 
 
-@pytest.mark.parametrize('ending, kept', [('commit', 0), ('sql commit', 1), ('sql rollback', 0)])
-def test_an_action_that_ends_its_one_transaction_itself_is_a_500_never_retried(make_app, probe_table, ending, kept):
+@pytest.mark.parametrize('ending', ENDINGS)
+def test_an_action_that_ends_its_one_transaction_itself_is_a_500_never_retried(make_app, probe_table, ending):
     """dbapi commits an action's one transaction when it returns, and runs it whole again after a conflict: the
     part an action committed itself ran again on each retry, a row committed four times behind a 503 (trial AG).
-    Its commit is refused; a statement after its SQL COMMIT or ROLLBACK too (what that COMMIT wrote stays)."""
+    Its commit is refused, and so is SQL that ends or begins a transaction, before it is sent: nothing commits."""
     error, _ = timed_call(make_app(DB_RETRIES=3), write_end_then_conflict, ending)
-    assert isinstance(error, ActionMisusedConnection) and 'its transaction' in str(error), error
-    problem = as_api_error(error)
-    assert problem.status == 500 and problem.detail.startswith(('The action committed', 'The action ended')), problem
-    assert rows_written(probe_table) == kept
+    assert isinstance(error, ActionMisusedConnection), error
+    assert as_api_error(error).status == 500 and as_api_error(error).detail.startswith('The action ')
+    assert rows_written(probe_table) == 0
+
+
+@inject_conn()
+def stream_that_commits(conn, ending):
+    """Return a stream whose generator writes a row, ends the transaction (ENDINGS), then writes another."""
+    def rows():
+        yield {'n': 1}
+        conn.cursor().execute(f'INSERT INTO {TABLE} VALUES (1)')
+        ENDINGS[ending](conn)
+        conn.cursor().execute(f'INSERT INTO {TABLE} VALUES (2)')
+        yield {'n': 2}
+    return rows()
+
+
+@pytest.mark.parametrize('ending', ['commit', 'sql commit'])
+def test_a_stream_of_an_action_run_as_one_transaction_may_not_end_it_either(make_app, probe_table, ending):
+    """The action's mark ended as it returned its generator, which then committed freely (trial AH)."""
+    app = make_app()
+    with app.test_request_context('/deadline/probe', method='POST'):
+        stream = stream_that_commits(ending)
+        with pytest.raises(ActionMisusedConnection):
+            list(stream)
+    assert rows_written(probe_table) == 0
 
 
 def test_a_with_block_ending_an_actions_one_transaction_is_refused(make_app, probe_table):
@@ -347,7 +381,7 @@ def test_an_action_that_closes_its_connection_is_a_500_and_the_connection_serves
     app = make_app(DB_POOL_MAX=1)
     error, _ = timed_call(app, close_own_connection)
     assert isinstance(error, ActionMisusedConnection)
-    assert as_api_error(error).detail.startswith("The action closed its connection, which is the pool's")
+    assert as_api_error(error).detail.startswith("The action called connection.close, which is the pool's")
     assert app.extensions['dbapi'].pools[DEFAULT].gauges()['discarded'] == 0
 
 

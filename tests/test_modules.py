@@ -65,7 +65,8 @@ def test_broken_module_stops_the_start_naming_its_file(make_app, module_package,
 def test_a_folder_holding_only_bytecode_is_no_module_and_mounts_nothing(make_app, module_package):
     """What git leaves of a module after a switch to a branch without it: its __pycache__ stopped the start,
     "routes.py: missing" (trial AG). A folder with anything else in it is still a module that lacks its routes.py."""
-    package = module_package({'good/routes.py': GOOD_ROUTES, 'gone/__pycache__/routes.cpython-311.pyc': ''})
+    package = module_package({'good/routes.py': GOOD_ROUTES, 'gone/__pycache__/routes.cpython-311.pyc': '',
+                              'gone/sub/__pycache__/helpers.cpython-311.pyc': ''})  # a sub-folder's (trial AH)
     app = make_app(MODULE_PACKAGES=[package])
     assert {route.module for route in app.extensions['dbapi'].routes} == {'good'}
 

@@ -338,6 +338,32 @@ def test_a_migration_added_with_a_name_sorting_before_an_applied_one_is_refused_
     assert run_sql(scratch_database, "SELECT to_regclass('refunds') IS NULL") == [(True,)], 'nothing of it ran'
     late.write_text('-- depends: 0005_shipments\nCREATE TABLE refunds (order_id int);\n')
     assert manage.apply_migrations(scratch_database, folder) == ['0004_refunds']
+    # One that declares its dependencies has chosen its place: yoyo puts it after them on a new database too, and
+    # after what sorts before them (trial AH: a second refusal named 0001_orders, which yoyo runs first anyway).
+    (folder / '0003_notes.sql').write_text('-- depends: 0005_shipments\nCREATE TABLE notes (id int);\n')
+    assert manage.apply_migrations(scratch_database, folder) == ['0003_notes']
+
+
+def test_an_out_of_order_python_migration_is_told_its_own_form_of_the_dependency(tmp_path, scratch_database):
+    """A `.py` migration declares `__depends__`; the line told it to add `-- depends:` (trial AH)."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0005_shipments.sql').write_text('CREATE TABLE shipments (id int);\n')
+    manage.apply_migrations(scratch_database, folder)
+    (folder / '0004_refunds.py').write_text('from yoyo import step\nsteps = [step("CREATE TABLE refunds (id int)")]\n')
+    with pytest.raises(StartupError, match=r"add `__depends__ = \{'0005_shipments'\}` to it"):
+        manage.apply_migrations(scratch_database, folder)
+
+
+def test_a_dependency_on_no_migration_stops_the_start_in_one_line(tmp_path, scratch_database):
+    """yoyo's BadMigration was a traceback (trial AH)."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_orders.sql').write_text('-- depends: 0000_typo\nCREATE TABLE orders (id int);\n')
+    with pytest.raises(StartupError) as caught:
+        manage.apply_migrations(scratch_database, folder)
+    assert str(caught.value) == ('the migrations cannot be ordered: Could not resolve dependencies in '
+                                 f'{folder / "0001_orders.sql"}')
 
 
 def test_a_migration_file_yoyo_does_not_read_and_an_applied_ones_missing_file_are_warned_of(tmp_path, scratch_database,

@@ -24,8 +24,10 @@ import psycopg2.sql
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies
 
-from lib.db import Db, connection, json_parameter
-from lib.db.types import RefusedValue, UnreadableValue
+from lib.db import DEFAULT, Db, connection, json_parameter
+from lib.db.session import note_request
+from lib.db.types import RefusedValue, SessionEncodingChanged, UnreadableValue
+from lib.decorators import inject_db
 from lib.errors import ApiError, as_api_error
 from lib.fields import exact_decimal
 from lib.jsonenc import (PLAIN_DIGITS_PER_BODY, BoundedNumbers, ExactNumber, RawJson, TooDeepToWrite, dumps_bytes,
@@ -529,10 +531,32 @@ def test_a_client_encoding_set_in_sql_refuses_what_follows_with_a_500_that_says_
     assert again.get_json() == [{'v': 'Zo\u00eb', 'e': 'UTF8'}], 'the next request sends and reads UTF-8 again'
 
 
-def test_a_client_encoding_set_through_psycopg2_is_read_as_set(types_app):
+@pytest.mark.parametrize('encoding, text', [('LATIN1', 'Zo\u00eb'), ('ISO-8859-1', 'Zo\u00eb'),
+                                            ('EUC_JP', '\u30c6\u30b9\u30c8'), ('SQL_ASCII', 'Zoe'), ('WIN1252', '\u20ac1')])
+def test_a_client_encoding_set_through_psycopg2_is_read_as_set(types_app, encoding, text):
+    """psycopg2 keeps EUC_JP as EUCJP and ISO-8859-1 as ISO88591, where PostgreSQL reports EUC_JP and LATIN1: the
+    same encodings were refused as set in SQL (trial AH)."""
     with connection(types_app.extensions['dbapi'].pools['default'], autocommit=True) as conn:
-        conn.set_client_encoding('LATIN1')  # psycopg2's way: it encodes and decodes LATIN1 too
-        assert Db(conn).fetch_value("SELECT 'Zo\u00eb' || %s", ['\u00eb']) == 'Zo\u00eb\u00eb'
+        note_request(conn, None)  # as a request's lease: its statements are checked
+        conn.set_client_encoding(encoding)  # psycopg2's way: it encodes and decodes in it too
+        assert Db(conn).fetch_value('SELECT %s || %s', [text, text]) == text * 2
+
+
+@inject_db(DEFAULT, autocommit=True)
+def stream_then_change_encoding(db):
+    """Stream a row, then one read after the session's client_encoding was set in SQL."""
+    yield {'n': 1}
+    yield db.fetch_one("SET client_encoding = 'LATIN1'; SELECT '\u00c3\u00a9' AS t")
+
+
+def test_a_streams_batch_read_after_a_client_encoding_set_in_sql_is_refused(types_app):
+    """The check ran on the first batch only: `\u00c3\u00a9` came out as `\u00e9`, a complete and wrong 200
+    (trial AH)."""
+    with types_app.test_request_context('/types/probe', method='POST'):
+        stream = stream_then_change_encoding()
+        assert next(stream) == {'n': 1}
+        with pytest.raises(SessionEncodingChanged):
+            next(stream)
 
 
 def test_an_actions_extra_float_digits_below_one_rounds_its_floats_unseen(call):

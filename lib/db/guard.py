@@ -15,6 +15,7 @@ import time
 
 import psycopg2.extensions
 
+from lib.db.statements import controls_transaction
 from lib.db.types import check_client_encoding
 from lib.errors import ApiError, GatewayTimeout, translates
 
@@ -46,19 +47,21 @@ def refuse_when_request_over(conn):
         raise StatementPastDeadline.of(conn.autocommit)
 
 
-def before_statement(conn):
-    """Refuse a statement conn's request may not send: the request is over (refuse_when_request_over), its session
-    encodes text otherwise than psycopg2 (check_client_encoding: the statement's text would be misread), or its
-    action, one transaction, ended that transaction in SQL (refuse_after_sql_transaction_end). The pool's own
-    statements (conn serving no request: its reset undoes the encoding) are not checked for either."""
+def before_statement(conn, query=None):
+    """Refuse a statement conn's request may not send (query: its text, str, bytes or psycopg2.sql, when it has
+    one): the request is over (refuse_when_request_over), its session encodes text otherwise than psycopg2
+    (check_client_encoding: the statement's text would be misread), or its action, one transaction, escapes that
+    transaction (refuse_transaction_escape). The pool's own statements (conn serving no request: its reset undoes
+    the encoding) are not checked for either."""
     refuse_when_request_over(conn)
     if conn.serving:
         check_client_encoding(conn)
-        refuse_after_sql_transaction_end(conn)
+        if conn.action_autocommit is False:
+            refuse_transaction_escape(conn, query)
 
 
 class ActionMisusedConnection(psycopg2.ProgrammingError):
-    """An action ended what is dbapi's to end (trial AG): the one transaction it runs as (autocommit=False), which
+    """An action ended what is dbapi's to end (trials AG, AH): the one transaction it runs as (autocommit=False), which
     dbapi commits when it returns and retries whole after a conflict, so that a part it committed ran again on each
     retry (a write committed four times behind a 503); or its connection, the pool's. A 500 that says which."""
 
@@ -69,48 +72,74 @@ def from_action_misused_connection(exc):
     return ApiError(f'The action {exc}.')
 
 
+# What ActionMisusedConnection's messages about an action's one transaction go on to say.
+ONE_TRANSACTION = ('dbapi commits it when the action returns and runs the whole action again after a conflict, which '
+                   'would run a committed part again; return instead, or use autocommit=True with transactional() for '
+                   'parts that commit on their own')
+
+
 def refuse_action_commit(conn):
     """Raise ActionMisusedConnection when conn runs an action as one transaction (its action_autocommit False):
     that transaction is dbapi's to commit."""
     if conn.action_autocommit is False:
-        raise ActionMisusedConnection(
-            'committed its transaction itself (connection.commit, `with conn:`): dbapi commits it when the action '
-            'returns and runs the whole action again after a conflict, which would run a committed part again; '
-            'return instead, or use autocommit=True with transactional() for parts that commit on their own')
+        raise ActionMisusedConnection(f'committed its transaction itself (connection.commit, `with conn:`): '
+                                      f'{ONE_TRANSACTION}')
 
 
-def refuse_after_sql_transaction_end(conn):
-    """Raise ActionMisusedConnection when conn runs an action as one transaction that its SQL ended (COMMIT or
-    ROLLBACK: psycopg2 still counts the transaction open, PostgreSQL has none): each statement after it would
-    commit alone, and a retry run the committed ones again."""
-    if (conn.action_autocommit is False and conn.status == psycopg2.extensions.STATUS_BEGIN
-            and conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE):
+def refuse_session_change(conn, what):
+    """Raise ActionMisusedConnection when conn runs an action as one transaction and the action calls what (a
+    psycopg2 method's name) on it: psycopg2 ends or changes the transaction (set_client_encoding rolls it back
+    unseen, set_session fails once dbapi's statement timeout opened it, an autocommit commits each statement)."""
+    if conn.action_autocommit is False:
         raise ActionMisusedConnection(
-            'ended its transaction in SQL (COMMIT or ROLLBACK) and went on: each statement after it would commit '
-            'alone, and a retry after a conflict would run the committed ones again; return instead, or use '
-            'autocommit=True with transactional() for parts that commit on their own')
+            f'called connection.{what} in its one transaction, which psycopg2 would end or change mid-way: set the '
+            'isolation level in SQL, `SET TRANSACTION ISOLATION LEVEL SERIALIZABLE` as its first statement, or use '
+            'autocommit=True')
+
+
+def refuse_transaction_escape(conn, query):
+    """Raise ActionMisusedConnection when an action run as one transaction on conn is about to send query outside
+    it: its autocommit was switched on, or query's text ends or begins a transaction (`COMMIT`, `COMMIT AND CHAIN`,
+    `...; COMMIT; BEGIN`; PostgreSQL ends a transaction by such a top-level statement only: a function's or
+    procedure's COMMIT inside a transaction block is its error)."""
+    if conn.autocommit:
+        raise ActionMisusedConnection(f'switched autocommit on in its one transaction, which would commit each '
+                                      f'statement alone; {ONE_TRANSACTION}')
+    text = query_text(conn, query)
+    if text is not None and controls_transaction(text):
+        raise ActionMisusedConnection(f'sent a statement that ends or begins a transaction (COMMIT, COMMIT AND '
+                                      f'CHAIN, ROLLBACK, BEGIN...) in its one transaction: {ONE_TRANSACTION}')
+
+
+def query_text(conn, query):
+    """Return query (str, bytes, psycopg2.sql Composable or None) as str, or None."""
+    if query is None or isinstance(query, str):
+        return query
+    if isinstance(query, bytes):
+        return query.decode(errors='replace')
+    return query.as_string(conn)
 
 
 class RequestGuard:
     """A psycopg2 cursor mixin (psycopg2's documented way to extend a cursor is a subclass): each way of sending a
-    statement first refuses it when the request the connection serves is over, or its session's text encoding is
-    not psycopg2's (before_statement)."""
+    statement first refuses it when the request the connection serves is over, its session's text encoding is not
+    psycopg2's, or its action would escape its one transaction (before_statement)."""
 
     def execute(self, query, vars=None):
-        before_statement(self.connection)
+        before_statement(self.connection, query)
         return super().execute(query, vars)
 
     def executemany(self, query, vars_list):
-        before_statement(self.connection)
+        before_statement(self.connection, query)
         return super().executemany(query, vars_list)
 
     def callproc(self, procname, *parameters):
         before_statement(self.connection)
         return super().callproc(procname, *parameters)
 
-    def copy_expert(self, *args, **kwargs):
-        before_statement(self.connection)
-        return super().copy_expert(*args, **kwargs)
+    def copy_expert(self, sql, *args, **kwargs):
+        before_statement(self.connection, sql)
+        return super().copy_expert(sql, *args, **kwargs)
 
     def copy_from(self, *args, **kwargs):
         before_statement(self.connection)

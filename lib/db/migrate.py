@@ -11,12 +11,12 @@ import warnings
 from pathlib import Path
 
 import psycopg2
-import sqlparse
 from yoyo import read_migrations
 from yoyo.backends import get_backend_class
 from yoyo.connections import DatabaseURI
-from yoyo.exceptions import LockTimeout
+from yoyo.exceptions import BadMigration, LockTimeout
 
+from lib.db.statements import LEADING_COMMENTS, statements_of, transaction_control
 from lib.errors import StartupError
 from lib.logs.secrets import redacted
 
@@ -35,8 +35,6 @@ CREATE_CHECKSUM_TABLE = (f'CREATE TABLE IF NOT EXISTS {CHECKSUM_TABLE} (migratio
                          'sha256 text NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now())')
 
 
-# What may come before a statement's own text: blanks, `--` comments and `/* */` comments (not nested).
-LEADING_COMMENTS = re.compile(r'(?:\s+|--[^\n]*|/\*.*?\*/)*', re.DOTALL)
 
 
 # SQLSTATE 55P03: a lock not obtained within lock_timeout (MIGRATION_LOCK_TIMEOUT_MS).
@@ -224,33 +222,6 @@ COMMENT = re.compile(r'--[^\n]*|/\*.*?\*/', re.DOTALL)
 HEADER_LINES = re.compile(r'(?:[ \t]*(?:--[^\n]*)?(?:\n|$))*')
 
 
-# A statement that ends or begins a transaction (PostgreSQL's transaction control, savepoints and prepared
-# transactions' COMMIT or ROLLBACK PREPARED aside): in a file run in a transaction, it commits part of the file, and
-# the rest, and the file's record, go in another.
-TRANSACTION_CONTROL = re.compile(r'(?:BEGIN|START\s+TRANSACTION|COMMIT|END|ABORT|ROLLBACK|PREPARE\s+TRANSACTION)\b'
-                                 r'(?!\s+(?:(?:WORK|TRANSACTION)\s+)?(?:TO|PREPARED)\b)', re.IGNORECASE)
-
-
-def statements_of(text):
-    """Yield (index, offset, statement) of each statement of a migration's text, stripped, as yoyo splits it (with
-    sqlparse): offset is where it starts in text."""
-    position = 0
-    for index, statement in enumerate(part.strip() for part in sqlparse.split(text) if part.strip()):
-        start = text.find(statement, position)
-        position = start + len(statement)
-        yield index, start, statement
-
-
-def transaction_control(text):
-    """Return (line, keyword) of the first statement of a migration's text that controls its transaction
-    (TRANSACTION_CONTROL), or None."""
-    for _, start, statement in statements_of(text):
-        body = LEADING_COMMENTS.match(statement).end()
-        control = TRANSACTION_CONTROL.match(statement, body)
-        if control:
-            return text.count('\n', 0, start + body) + 1, ' '.join(control[0].split()).upper()
-    return None
-
 
 def idle_statement(text):
     """Return (the line of its ";" or comment, whether it holds a ";") of the first statement of a migration's text,
@@ -296,18 +267,20 @@ def check_applied_unchanged(recorded, applied):
 
 
 def check_in_order(applied, pending):
-    """Raise MigrationOutOfOrder for the first of pending (yoyo migrations) that a new database would run before one
-    of applied: its name sorts before that one's, and it does not depend on it (yoyo's `-- depends:`). Applied now,
-    after it, this database would run the two in another order than every new one (trial AG: a file added later
-    with a lower number ran last here, and failed on a new database); Flyway refuses out-of-order ones too."""
+    """Raise MigrationOutOfOrder for the first of pending (yoyo migrations) whose name sorts before one of applied and
+    that declares no dependency (yoyo's `-- depends:`, `__depends__`): a new database runs it before that one, this
+    one would run it after (trial AG: a file added later with a lower number ran last here, and failed on a new
+    database); Flyway refuses out-of-order ones too. One that declares its dependencies has chosen its place."""
     for migration in pending:
-        later = [each.id for each in applied if each.id > migration.id and each not in ancestors(migration)]
-        if later:
+        later = [each.id for each in applied if each.id > migration.id]
+        if later and not migration.depends:
+            directive = (f"__depends__ = {{'{later[-1]}'}}" if migration.path.endswith('.py')
+                         else f'-- depends: {later[-1]}')
             raise MigrationOutOfOrder(
                 f'migration {shown_path(Path(migration.path))} sorts before {later[-1]}, which this database applied '
                 f'already: a new database runs it before that one, this one would run it after. Rename it to sort '
-                f'after the last migration applied, or add `-- depends: {later[-1]}` to it (yoyo\'s directive), so '
-                f'that every database runs them in one order')
+                f'after the last migration applied, or add `{directive}` to it (yoyo\'s directive), so that every '
+                f'database runs them in one order')
 
 
 def warn_of_unread_files(directory, migrations, recorded):
@@ -321,17 +294,6 @@ def warn_of_unread_files(directory, migrations, recorded):
     if gone:
         log.warning('applied migrations have no file in %s: %s; a new database would not run them',
                     shown_path(Path(directory)), ', '.join(gone))
-
-
-def ancestors(migration):
-    """Return the migrations migration depends on (yoyo's `-- depends:`), directly or through others."""
-    found, waiting = set(), list(migration.depends)
-    while waiting:
-        each = waiting.pop()
-        if each not in found:
-            found.add(each)
-            waiting.extend(each.depends)
-    return found
 
 
 def sql_literal(text):
@@ -408,6 +370,8 @@ def in_one_line(work, dsn, directory):
             # yoyo's word on a BEGIN in a transaction (a stop's unwinding), about databases that are not PostgreSQL
             warnings.filterwarnings('ignore', 'Nested transaction requested', UserWarning)
             return work(dsn, directory)
+    except BadMigration as exc:  # a `-- depends:` naming no migration, a cycle of them: yoyo's traceback before
+        raise StartupError(f'the migrations cannot be ordered: {one_line(exc, dsn)}') from None
     except LockTimeout as exc:  # its lock row stays taken: one made after ours was broken, under the advisory lock
         raise StartupError(f'the migrations did not take yoyo\'s lock: {exc}; a yoyo command run beside them (it takes '
                            'no advisory lock) holds it: run them again once it ends') from None

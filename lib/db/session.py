@@ -9,7 +9,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from lib.db.cancel import cancel_request_for
-from lib.db.guard import (ActionMisusedConnection, check_guarded, guarded, refuse_action_commit,
+from lib.db.guard import (ActionMisusedConnection, check_guarded, guarded, refuse_action_commit, refuse_session_change,
                           refuse_when_request_over)
 from lib.db.types import READING_STYLES
 from lib.errors import GatewayTimeout
@@ -47,9 +47,10 @@ class PooledConnection(psycopg2.extensions.connection):
     # (lib/db/unit.py) commits nothing past and no statement starts past (lib/db/guard.py). None: no request, or no
     # deadline.
     request_deadline = None
-    # While an action runs on it (lib/decorators.py's run_leased): True in autocommit, False as one transaction, which
-    # dbapi commits when it returns; None: no action runs. Such a transaction's commit by the action, and the
-    # connection's close by any action, are refused (lib/db/guard.py's ActionMisusedConnection).
+    # While an action's lease holds it (lib/decorators.py's run_leased to lib/db/unit.py's Lease.end, a stream's end
+    # included): True in autocommit, False as one transaction, which dbapi commits; None: no action runs. Such a
+    # transaction's escape (its commit by the action, SQL that ends it), and the connection's close or reset by any
+    # action, are refused (lib/db/guard.py's ActionMisusedConnection).
     action_autocommit = None
     # Whether the connection serves a request (a Lease's, lib/db/unit.py): its statements are then refused while the
     # session's client_encoding is not psycopg2's (lib/db/guard.py); the pool's own (configure, reset) are not.
@@ -115,10 +116,35 @@ class PooledConnection(psycopg2.extensions.connection):
     def close(self):
         """Close, unless an action runs on the connection: it is the pool's (ActionMisusedConnection; it was taken
         for the database gone, a 503)."""
-        if self.action_autocommit is not None:
-            raise ActionMisusedConnection("closed its connection, which is the pool's: dbapi gives it back when the "
-                                          'action returns')
+        self.refuse_pools_own('close')
         super().close()
+
+    def reset(self):
+        """Reset (psycopg2's ABORT and RESET ALL), unless an action runs on the connection: the pool resets it."""
+        self.refuse_pools_own('reset')
+        super().reset()
+
+    def refuse_pools_own(self, what):
+        """Raise ActionMisusedConnection when an action runs on the connection: what (a method) is the pool's."""
+        if self.action_autocommit is not None:
+            raise ActionMisusedConnection(f"called connection.{what}, which is the pool's: dbapi gives the connection "
+                                          'back, and resets it, when the action returns')
+
+    def set_session(self, *args, **kwargs):
+        """psycopg2's set_session, refused in an action's one transaction (refuse_session_change)."""
+        refuse_session_change(self, 'set_session')
+        super().set_session(*args, **kwargs)
+
+    def set_isolation_level(self, level):
+        """psycopg2's set_isolation_level, refused in an action's one transaction (refuse_session_change)."""
+        refuse_session_change(self, 'set_isolation_level')
+        super().set_isolation_level(level)
+
+    def set_client_encoding(self, encoding):
+        """psycopg2's set_client_encoding, refused in an action's one transaction, which it would roll back unseen
+        (refuse_session_change)."""
+        refuse_session_change(self, 'set_client_encoding')
+        super().set_client_encoding(encoding)
 
 
 # How long the statements that end a use of a connection (its rollback and reset, a stream's CLOSE past its deadline)

@@ -512,9 +512,16 @@ def check_client_encoding(conn):
     sends in and decodes what it reads: an action's SQL `SET LOCAL client_encoding`, which psycopg2 does not see,
     made the text sent after it stored garbled and the text read misread (`Zoë` stored as `ZoÃ«`; trial AF)."""
     reported = conn.info.parameter_status('client_encoding')
-    if reported is not None and reported != conn.encoding:
+    if reported is not None and reported != conn.encoding and python_codec(reported) != python_codec(conn.encoding):
         raise SessionEncodingChanged(f'client_encoding was set to {reported} in SQL, while psycopg2 sends and reads '
                                      f'{conn.encoding}: connection.set_client_encoding changes both')
+
+
+def python_codec(name):
+    """Return the Python codec of a PostgreSQL encoding's name by psycopg2's own table (psycopg2.extensions.encodings),
+    else the name: PostgreSQL reports `EUC_JP` and `LATIN1`, which psycopg2's set_client_encoding keeps as `EUCJP`
+    and `ISO88591` (trial AH)."""
+    return psycopg2.extensions.encodings.get(name, name)
 
 
 class SessionEncodingChanged(psycopg2.DataError):

@@ -10,7 +10,9 @@ import psycopg2.extensions
 from lib.db.guard import StatementPastDeadline
 from lib.db.helpers import Db
 from lib.db.pool import PoolTimeout
-from lib.db.session import END_OF_USE_ANSWER_SECONDS, bound_answers, count_use, note_request, report_notices
+from lib.db.types import check_reading_styles
+from lib.db.session import (END_OF_USE_ANSWER_SECONDS, bound_answers, count_use, note_action, note_request,
+                            report_notices)
 from lib.errors import GatewayTimeout
 
 
@@ -122,6 +124,7 @@ class Lease:
             return
         self.open = False
         try:
+            note_action(self.conn, None)  # the action, a stream's included, is done: the commit is dbapi's
             for callback in self.before_end:
                 callback(success)
             if success and not self.conn.autocommit:
@@ -193,7 +196,9 @@ class LeasedStream:
             self.close()
             raise StreamPastDeadline()
         try:
-            return next(self.items)
+            item = next(self.items)
+            check_reading_styles(self.lease.conn)  # a batch read after the action changed them, or the encoding
+            return item
         except StopIteration:
             self.lease.end(success=True)
             raise
