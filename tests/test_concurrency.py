@@ -498,11 +498,12 @@ def send_body_slowly(port, trickle_seconds):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('worker_class, trickle_seconds', [('gevent', 0.2), ('gevent', None), ('gthread', None)])
+@pytest.mark.parametrize('worker_class, trickle_seconds', [('gevent', 0.2), ('gevent', None), ('gthread', None),
+                                                            ('gthread', 0.2)])
 def test_a_body_sent_too_slowly_is_a_408_at_the_deadline_and_frees_its_slot(database_url, worker_class,
                                                                             trickle_seconds):
-    """Straight to gunicorn (nginx's client_body_timeout is not in front): a slow body ends at the request deadline.
-    Under gevent the whole read is bounded, a byte trickled now and then included; with threads, each wait is."""
+    """Straight to gunicorn (nginx's client_body_timeout is not in front): a slow body ends at the request deadline,
+    a byte trickled now and then included (with threads, each wait was bounded, not the read: trial AI)."""
     with running_gunicorn(database_url, WEB_CONCURRENCY='1', WORKER_CLASS=worker_class, MAX_REQUESTS_IN_FLIGHT='2',
                           REQUEST_DEADLINE_MS='1500') as port:
         with ThreadPoolExecutor(2) as executor:
@@ -517,9 +518,11 @@ def test_a_body_sent_too_slowly_is_a_408_at_the_deadline_and_frees_its_slot(data
 
 
 @pytest.mark.slow
-def test_a_body_sent_too_slowly_to_a_sync_worker_is_a_408_at_the_deadline(database_url):
+@pytest.mark.parametrize('trickle_seconds', [None, 0.2])
+def test_a_body_sent_too_slowly_to_a_sync_worker_is_a_408_at_the_deadline(database_url, trickle_seconds):
+    """A trickled body kept a sync worker reading until gunicorn killed it (WORKER_TIMEOUT), a 500 (trial AI)."""
     with running_gunicorn(database_url, WEB_CONCURRENCY='1', WORKER_CLASS='sync', REQUEST_DEADLINE_MS='1500') as port:
-        answer, seconds = send_body_slowly(port, None)
+        answer, seconds = send_body_slowly(port, trickle_seconds)
         after = post(port, '/probe/echo', {'a': 1})
     head, _, body = answer.partition(b'\r\n\r\n')
     assert head.startswith(b'HTTP/1.1 408 ') and json.loads(body)['detail'] == 'The request was not sent in time.'

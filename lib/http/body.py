@@ -12,7 +12,8 @@ from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from lib.errors import BadRequest, RequestTimeout, Unprocessable, UnsupportedMediaType, shown_briefly
-from lib.http.exchange import CLIENT_SOCKET_KEY, deadline_of
+from lib.http.disconnect import WATCHER
+from lib.http.exchange import BODY_TIMED_OUT_KEY, CLIENT_SOCKET_KEY, CUT_KEY, deadline_of
 from lib.jsonenc import JSON_MIMETYPE, BodyPastLimit, loads_exact
 
 # JSON can hold a NUL only escaped; PostgreSQL's text cannot hold one at all.
@@ -61,7 +62,7 @@ def read_stream(environ, size, deadline):
     try:
         if client_socket is None or deadline is None:
             return environ['wsgi.input'].read(size)
-        return read_before(environ['wsgi.input'], size, client_socket, deadline)
+        return read_before(environ, size, client_socket, deadline)
     except socket.timeout:
         raise RequestTimeout() from None
     except OSError:  # gunicorn's NoMoreData and socket errors alike
@@ -70,20 +71,37 @@ def read_stream(environ, size, deadline):
         raise BadRequest('The chunked request body is malformed.') from None
 
 
-def read_before(stream, size, client_socket, deadline):
-    """Read up to size bytes of stream, raising socket.timeout at deadline, as nginx's client_body_timeout does in
+def read_before(environ, size, client_socket, deadline):
+    """Read up to size bytes of the body, raising socket.timeout at deadline, as nginx's client_body_timeout does in
     front: a client that sends its body slowly cannot hold a worker's slot (MAX_REQUESTS_IN_FLIGHT) for longer.
-    Under gevent the whole read is bounded; with threads, each wait on client_socket."""
-    left = max(deadline - time.monotonic(), 0.001)
+    Under gevent a timeout bounds the whole read; with threads, the socket's timeout each wait, and the disconnect
+    watcher the whole read (it shuts the socket's reading side down at deadline: BODY_TIMED_OUT_KEY)."""
+    stream, left = environ['wsgi.input'], max(deadline - time.monotonic(), 0.001)
     if is_module_patched('socket'):
         with gevent.Timeout(left, socket.timeout):
             return stream.read(size)
     before = client_socket.gettimeout()
     client_socket.settimeout(left)
+    watch = WATCHER.watch(environ, None, deadline, reading=True)
     try:
-        return stream.read(size)
+        data = stream.read(size)
+    except OSError:  # the read ended at the watcher's shutdown, or the client's
+        raise_if_watcher_ended(environ)
+        raise
     finally:
+        WATCHER.forget(watch)
         client_socket.settimeout(before)
+    raise_if_watcher_ended(environ)  # the read came back short at the watcher's shutdown
+    return data
+
+
+def raise_if_watcher_ended(environ):
+    """Raise socket.timeout when the disconnect watcher ended the body's read at the deadline, and the stopping
+    worker's error (ServerStopping) when it cut the request short."""
+    if environ.get(BODY_TIMED_OUT_KEY):
+        raise socket.timeout()
+    if CUT_KEY in environ:
+        raise environ[CUT_KEY]
 
 
 def header_parameters(value):

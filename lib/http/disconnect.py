@@ -43,7 +43,8 @@ from lib.db.session import PooledConnection
 from lib.db.guard import StatementPastDeadline
 from lib.db.unit import ANSWER_GRACE_SECONDS, StreamPastDeadline
 from lib.errors import ApiError, ServiceUnavailable
-from lib.http.exchange import CLIENT_SOCKET_KEY, CUT_KEY, GONE_KEY, PAST_DEADLINE_KEY, STOPPING_KEY
+from lib.http.exchange import (BODY_TIMED_OUT_KEY, CLIENT_SOCKET_KEY, CUT_KEY, GONE_KEY, PAST_DEADLINE_KEY,
+                               STOPPING_KEY)
 from lib.polling import ready_events
 
 # The watcher looks at the sockets this often: it bounds how late a client that left is noticed.
@@ -83,15 +84,21 @@ class Watch:
     PAST_DEADLINE_KEY or STOPPING_KEY) stays watched until its lease ends: a statement still running on its
     connection is cancelled again (cancelled_at: when the last cancel was sent, a time.monotonic() value)."""
 
-    __slots__ = ('fileno', 'conn', 'environ', 'cancelling', 'cancelled_at', 'deadline', 'reason')
+    __slots__ = ('fileno', 'conn', 'environ', 'cancelling', 'cancelled_at', 'deadline', 'reason', 'reading')
 
-    def __init__(self, sock, conn, environ, deadline):
+    def __init__(self, sock, conn, environ, deadline, reading=False):
         self.fileno, self.conn, self.environ, self.deadline = sock.fileno(), conn, environ, deadline
         self.cancelling = self.reason = self.cancelled_at = None
+        self.reading = reading
 
     def overdue(self, now):
         """Tell whether the watch is of an answer still being sent past its deadline and the grace."""
-        return self.conn is None and self.deadline is not None and now > self.deadline + SEND_GRACE_SECONDS
+        return (self.conn is None and not self.reading and self.deadline is not None
+                and now > self.deadline + SEND_GRACE_SECONDS)
+
+    def read_past_deadline(self, now):
+        """Tell whether the watch is of a body still being read (reading) past the request's deadline."""
+        return self.reading and now > self.deadline
 
     def query_past_deadline(self, now):
         """Tell whether the watch is of a query still running past the request's deadline."""
@@ -130,6 +137,12 @@ class Watch:
         return None
 
 
+def shut_down(fileno, how):
+    """Shut down the socket of fileno (socket.SHUT_RD or SHUT_RDWR) through a duplicate of it, whatever its state."""
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fileno)) as duplicate:
+        duplicate.shutdown(how)
+
+
 def client_gone(environ):
     """Tell whether the request's client socket (gunicorn's; False without one) reads as closed now, as the watcher
     sees it (GONE_EVENTS), without waiting: a request that gave up waiting for a connection asks it, so that a client
@@ -161,13 +174,14 @@ class DisconnectWatcher:
         # with it, unanswered and unlogged (lib/decorators.py's run_leased refuses it: ServerStopping).
         self.stopping = False
 
-    def watch(self, environ, conn, deadline=None):
-        """Watch the request's client while conn runs its query, or (conn None) while its answer is sent; return the
-        Watch, or None without a socket."""
+    def watch(self, environ, conn, deadline=None, reading=False):
+        """Watch the request's client while conn runs its query, or (conn None) while its answer is sent, or
+        (reading) while its body is read by a thread (lib/http/body.py); return the Watch, or None without a
+        socket."""
         sock = environ.get(CLIENT_SOCKET_KEY)
         if sock is None:  # not served by gunicorn (the tests' in-process client)
             return None
-        watch = Watch(sock, conn, environ, deadline)
+        watch = Watch(sock, conn, environ, deadline, reading)
         with self.lock:
             self.watches[id(watch)] = watch
             start, self.started = not self.started, True
@@ -201,7 +215,9 @@ class DisconnectWatcher:
         deadline."""
         now = time.monotonic()
         for watch in watches:
-            if watch.overdue(now):
+            if watch.read_past_deadline(now):
+                self.stop_reading(watch)
+            elif watch.overdue(now):
                 self.cut_short(watch, StreamPastDeadline())
             elif watch.query_past_deadline(now):  # a transaction's statements end at the deadline, however many
                 self.cancel(watch, PAST_DEADLINE_KEY)
@@ -256,8 +272,18 @@ class DisconnectWatcher:
             if not self.drop(watch):
                 return
             watch.environ[CUT_KEY] = error
-        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(watch.fileno)) as duplicate:
-            duplicate.shutdown(socket.SHUT_RDWR)
+        shut_down(watch.fileno, socket.SHUT_RDWR)
+
+    def stop_reading(self, watch):
+        """End a body still being read past the request's deadline by a thread, whose socket timeout bounds each wait
+        only (a byte trickled every second kept it reading, under sync until gunicorn killed the worker; trial AI):
+        shutting the socket's reading side down ends the read, which lib/http/body.py answers with a 408
+        (BODY_TIMED_OUT_KEY); the answer can still be written."""
+        with self.lock:
+            if not self.drop(watch):
+                return
+            watch.environ[BODY_TIMED_OUT_KEY] = True
+        shut_down(watch.fileno, socket.SHUT_RD)
 
     def cancel_all(self):
         """Cancel every query still running and cut short every answer still being sent (the worker is about to be

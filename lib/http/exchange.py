@@ -15,6 +15,8 @@ STOPPING_KEY = 'dbapi.stopping'
 PAST_DEADLINE_KEY = 'dbapi.past_deadline'
 # The error for which lib/http/disconnect.py cut a stream short (a client that stopped reading past the deadline).
 CUT_KEY = 'dbapi.cut'
+# Set when lib/http/disconnect.py ended a body still being read by a thread at the request's deadline (a 408).
+BODY_TIMED_OUT_KEY = 'dbapi.body_timed_out'
 # Set when the request borrowed a database connection: under gevent its statements waited through the event loop,
 # which turned while it ran (lib/http/workers.py paces the others).
 WAITED_ON_DATABASE_KEY = 'dbapi.waited_on_database'
