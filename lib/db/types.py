@@ -514,7 +514,8 @@ def check_client_encoding(conn):
     reported = conn.info.parameter_status('client_encoding')
     if reported is not None and reported != conn.encoding and python_codec(reported) != python_codec(conn.encoding):
         raise SessionEncodingChanged(f'client_encoding was set to {reported} in SQL, while psycopg2 sends and reads '
-                                     f'{conn.encoding}: connection.set_client_encoding changes both')
+                                     f'{conn.encoding}: connection.set_client_encoding, in an autocommit=True '
+                                     'action, changes both')
 
 
 def python_codec(name):
