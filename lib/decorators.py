@@ -184,7 +184,8 @@ def cancelled_error(watch, exc, deadline, autocommit):
 
 
 def run_leased(database, autocommit, named, call, deadline=None, finish=None):
-    """Run call(conn) on a borrowed connection; a returned iterator keeps it until it is consumed. A query cancelled
+    """Run call(conn) on a borrowed connection; a returned iterator, or Response whose body is one, keeps it until it
+    is consumed. A query cancelled
     because the client went away (499) or the worker is stopping (503) ends with that error; a transaction's
     statements end at deadline, and it is not committed past it (504). finish(result), when given, runs before the
     commit: an error in it (a value JSON cannot encode) rolls the transaction back."""
@@ -222,6 +223,11 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
         raise
     if isinstance(result, Iterator):
         return LeasedStream(result, lease, first)
+    if isinstance(result, Response) and result.is_streamed:
+        # Its body's code may use the connection as it is sent, as a returned iterator's does: it ran after the lease
+        # ended, on a connection another request then held, and froze the worker (trial AJ).
+        result.response = LeasedStream(result.response, lease)
+        return result
     lease.end(success=True)
     return result
 

@@ -10,13 +10,14 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 import pytest
+from flask import Response
 
 import settings
 from lib.db import DEFAULT, PoolTimeout, connection, transactional
 from lib.db.guard import ActionMisusedConnection, NotACursorClass, StatementPastDeadline
 from lib.db.unit import DatabaseNotAnswering, DeadlineExceeded, StreamPastDeadline, TransactionLeftOpen
 from lib.decorators import inject_conn, inject_db
-from lib.errors import GatewayTimeout, ImproperlyConfigured, as_api_error, from_database_error
+from lib.errors import Conflict, GatewayTimeout, ImproperlyConfigured, as_api_error, from_database_error
 from lib.http.exchange import DEADLINE_KEY
 from ops import nginx
 from ops.stack import StackConfig, nginx_environment
@@ -107,9 +108,8 @@ def autocommit_on(conn):
 # How an action run as one transaction ends it itself, or escapes it (trials AG, AH).
 ENDINGS = {'commit': lambda conn: conn.commit(), 'sql commit': lambda conn: conn.cursor().execute('COMMIT'),
            'sql rollback': lambda conn: conn.cursor().execute('ROLLBACK'),
-           'commit and chain': lambda conn: conn.cursor().execute('COMMIT AND CHAIN'),
-           'commit then begin': lambda conn: conn.cursor().execute('COMMIT; BEGIN'),
            'one string': lambda conn: conn.cursor().execute(f'INSERT INTO {TABLE} VALUES (2); COMMIT; SELECT 1'),
+           'injected': lambda conn: conn.cursor().execute('%s', [psycopg2.extensions.AsIs('COMMIT')]),
            'autocommit': autocommit_on,
            'set_session': lambda conn: conn.set_session(isolation_level='SERIALIZABLE'),
            'set_client_encoding': lambda conn: conn.set_client_encoding('LATIN1')}
@@ -337,15 +337,38 @@ def test_an_actions_own_commit_past_the_deadline_is_refused_and_nothing_is_commi
     assert error is None and rows_written(probe_table) == 1
 
 
+# The rows each ending leaves committed: those an SQL COMMIT committed stay (the statement after it is refused).
+KEPT = {'sql commit': 1, 'one string': 2, 'injected': 1}
+
+
 @pytest.mark.parametrize('ending', ENDINGS)
 def test_an_action_that_ends_its_one_transaction_itself_is_a_500_never_retried(make_app, probe_table, ending):
     """dbapi commits an action's one transaction when it returns, and runs it whole again after a conflict: the
     part an action committed itself ran again on each retry, a row committed four times behind a 503 (trial AG).
-    Its commit is refused, and so is SQL that ends or begins a transaction, before it is sent: nothing commits."""
+    Its commit is refused before anything commits; after an SQL COMMIT, the next statement (what it wrote stays)."""
     error, _ = timed_call(make_app(DB_RETRIES=3), write_end_then_conflict, ending)
     assert isinstance(error, ActionMisusedConnection), error
     assert as_api_error(error).status == 500 and as_api_error(error).detail.startswith('The action ')
-    assert rows_written(probe_table) == 0
+    assert rows_written(probe_table) == KEPT.get(ending, 0)
+
+
+@inject_conn()
+def commit_in_sql_then(conn, then):
+    """Write a row and commit it in SQL, then fail in the same query string as a conflict would, or (then 'raise')
+    answer a 409 after it."""
+    failing = "; DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$" if then == 'conflict' else ''
+    conn.cursor().execute(f'INSERT INTO {TABLE} VALUES (1); COMMIT{failing}')
+    if then == 'raise':
+        raise Conflict('no')
+
+
+@pytest.mark.parametrize('then', ['conflict', 'raise', 'return'])
+def test_an_sql_commit_as_an_actions_last_statement_is_a_500_that_says_so_never_retried(make_app, probe_table, then):
+    """The conflict after it was retried, the row committed four times behind a 503; the 409 or 200 said nothing of
+    the COMMIT (trials AG, AH)."""
+    error, _ = timed_call(make_app(DB_RETRIES=3), commit_in_sql_then, then)
+    assert isinstance(error, ActionMisusedConnection) and 'what a COMMIT wrote stays committed' in str(error)
+    assert rows_written(probe_table) == 1
 
 
 @inject_conn()
@@ -368,7 +391,29 @@ def test_a_stream_of_an_action_run_as_one_transaction_may_not_end_it_either(make
         stream = stream_that_commits(ending)
         with pytest.raises(ActionMisusedConnection):
             list(stream)
-    assert rows_written(probe_table) == 0
+    assert rows_written(probe_table) == (1 if ending == "sql commit" else 0)  # the SQL COMMIT's row stays
+
+
+@inject_conn()
+def respond_with_a_writing_body(conn):
+    """Answer a flask Response whose body's generator writes a row as it is sent."""
+    def body():
+        yield '['
+        conn.cursor().execute(f'INSERT INTO {TABLE} VALUES (1)')
+        yield ']'
+    return Response(body(), mimetype='application/json')
+
+
+def test_a_response_whose_body_is_a_generator_keeps_its_connection_until_it_is_sent(make_app, probe_table):
+    """Its body ran after the lease ended, on a connection the pool had lent again: two requests on one connection
+    froze a gevent worker (trial AJ)."""
+    app = make_app(DB_POOL_MAX=1)
+    pool = app.extensions['dbapi'].pools[DEFAULT]
+    with app.test_request_context('/deadline/probe', method='POST'):
+        response = respond_with_a_writing_body()
+        assert pool.gauges()['in_use'] == 1, 'the body holds the connection'
+        assert list(response.response) == ['[', ']']
+    assert pool.gauges()['in_use'] == 0 and rows_written(probe_table) == 1  # committed once sent
 
 
 def test_a_with_block_ending_an_actions_one_transaction_is_refused(make_app, probe_table):

@@ -355,15 +355,22 @@ def test_an_out_of_order_python_migration_is_told_its_own_form_of_the_dependency
         manage.apply_migrations(scratch_database, folder)
 
 
+def migrations_failure(dsn, folder, files):
+    """Write files ({name: text}) to folder and return the StartupError's line of migrating dsn from it."""
+    folder.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    with pytest.raises(StartupError) as caught:
+        manage.apply_migrations(dsn, folder)
+    return str(caught.value)
+
+
 def test_a_dependency_on_no_migration_stops_the_start_in_one_line(tmp_path, scratch_database):
     """yoyo's BadMigration was a traceback (trial AH)."""
     folder = tmp_path / 'migrations'
-    folder.mkdir()
-    (folder / '0001_orders.sql').write_text('-- depends: 0000_typo\nCREATE TABLE orders (id int);\n')
-    with pytest.raises(StartupError) as caught:
-        manage.apply_migrations(scratch_database, folder)
-    assert str(caught.value) == ('the migrations cannot be ordered: Could not resolve dependencies in '
-                                 f'{folder / "0001_orders.sql"}')
+    files = {'0001_orders.sql': '-- depends: 0000_typo\nCREATE TABLE orders (id int);\n'}
+    assert migrations_failure(scratch_database, folder, files) == (
+        f'the migrations cannot be ordered: Could not resolve dependencies in {folder / "0001_orders.sql"}')
 
 
 def test_a_migration_file_yoyo_does_not_read_and_an_applied_ones_missing_file_are_warned_of(tmp_path, scratch_database,

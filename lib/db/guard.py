@@ -15,7 +15,6 @@ import time
 
 import psycopg2.extensions
 
-from lib.db.statements import controls_transaction
 from lib.db.types import check_client_encoding
 from lib.errors import ApiError, GatewayTimeout, translates
 
@@ -47,17 +46,16 @@ def refuse_when_request_over(conn):
         raise StatementPastDeadline.of(conn.autocommit)
 
 
-def before_statement(conn, query=None):
-    """Refuse a statement conn's request may not send (query: its text, str, bytes or psycopg2.sql, when it has
-    one): the request is over (refuse_when_request_over), its session encodes text otherwise than psycopg2
-    (check_client_encoding: the statement's text would be misread), or its action, one transaction, escapes that
-    transaction (refuse_transaction_escape). The pool's own statements (conn serving no request: its reset undoes
-    the encoding) are not checked for either."""
+def before_statement(conn):
+    """Refuse a statement conn's request may not send: the request is over (refuse_when_request_over), its session
+    encodes text otherwise than psycopg2 (check_client_encoding: the statement's text would be misread), or its
+    action, one transaction, escaped that transaction (refuse_transaction_escape). The pool's own statements (conn
+    serving no request: its reset undoes the encoding) are not checked for either."""
     refuse_when_request_over(conn)
     if conn.serving:
         check_client_encoding(conn)
         if conn.action_autocommit is False:
-            refuse_transaction_escape(conn, query)
+            refuse_transaction_escape(conn)
 
 
 class ActionMisusedConnection(psycopg2.ProgrammingError):
@@ -92,32 +90,28 @@ def refuse_session_change(conn, what):
     unseen, set_session fails once dbapi's statement timeout opened it, an autocommit commits each statement)."""
     if conn.action_autocommit is False:
         raise ActionMisusedConnection(
-            f'called connection.{what} in its one transaction, which psycopg2 would end or change mid-way: set the '
-            'isolation level in SQL, `SET TRANSACTION ISOLATION LEVEL SERIALIZABLE` as its first statement, or use '
-            'autocommit=True')
+            f'called connection.{what} in its one transaction, which psycopg2 would end or change mid-way: use '
+            'autocommit=True for it (an isolation level is set in SQL, `SET TRANSACTION ISOLATION LEVEL SERIALIZABLE` '
+            'as the first statement)')
 
 
-def refuse_transaction_escape(conn, query):
-    """Raise ActionMisusedConnection when an action run as one transaction on conn is about to send query outside
-    it: its autocommit was switched on, or query's text ends or begins a transaction (`COMMIT`, `COMMIT AND CHAIN`,
-    `...; COMMIT; BEGIN`; PostgreSQL ends a transaction by such a top-level statement only: a function's or
-    procedure's COMMIT inside a transaction block is its error)."""
+def transaction_ended_in_sql(conn):
+    """Tell whether conn's transaction, open for psycopg2, was ended by SQL it sent (COMMIT, END, ROLLBACK, in any
+    statement of a query string): PostgreSQL has none. One that opened another at once (COMMIT AND CHAIN, `COMMIT;
+    BEGIN`) is not seen: no transaction status tells it, and no client-side split of the SQL is sound (trial AJ)."""
+    return (conn.status == psycopg2.extensions.STATUS_BEGIN
+            and conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE)
+
+
+def refuse_transaction_escape(conn):
+    """Raise ActionMisusedConnection when an action run as one transaction on conn is about to send a statement
+    outside it: its SQL ended the transaction (transaction_ended_in_sql), or its autocommit was switched on."""
+    if transaction_ended_in_sql(conn):
+        raise ActionMisusedConnection(f'ended its transaction in SQL (COMMIT, END or ROLLBACK) and went on: each '
+                                      f'statement after it would commit alone; {ONE_TRANSACTION}')
     if conn.autocommit:
         raise ActionMisusedConnection(f'switched autocommit on in its one transaction, which would commit each '
                                       f'statement alone; {ONE_TRANSACTION}')
-    text = query_text(conn, query)
-    if text is not None and controls_transaction(text):
-        raise ActionMisusedConnection(f'sent a statement that ends or begins a transaction (COMMIT, COMMIT AND '
-                                      f'CHAIN, ROLLBACK, BEGIN...) in its one transaction: {ONE_TRANSACTION}')
-
-
-def query_text(conn, query):
-    """Return query (str, bytes, psycopg2.sql Composable or None) as str, or None."""
-    if query is None or isinstance(query, str):
-        return query
-    if isinstance(query, bytes):
-        return query.decode(errors='replace')
-    return query.as_string(conn)
 
 
 class RequestGuard:
@@ -126,20 +120,20 @@ class RequestGuard:
     psycopg2's, or its action would escape its one transaction (before_statement)."""
 
     def execute(self, query, vars=None):
-        before_statement(self.connection, query)
+        before_statement(self.connection)
         return super().execute(query, vars)
 
     def executemany(self, query, vars_list):
-        before_statement(self.connection, query)
+        before_statement(self.connection)
         return super().executemany(query, vars_list)
 
     def callproc(self, procname, *parameters):
         before_statement(self.connection)
         return super().callproc(procname, *parameters)
 
-    def copy_expert(self, sql, *args, **kwargs):
-        before_statement(self.connection, sql)
-        return super().copy_expert(sql, *args, **kwargs)
+    def copy_expert(self, *args, **kwargs):
+        before_statement(self.connection)
+        return super().copy_expert(*args, **kwargs)
 
     def copy_from(self, *args, **kwargs):
         before_statement(self.connection)

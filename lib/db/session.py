@@ -10,7 +10,7 @@ from psycopg2 import sql
 
 from lib.db.cancel import cancel_request_for
 from lib.db.guard import (ActionMisusedConnection, check_guarded, guarded, refuse_action_commit, refuse_session_change,
-                          refuse_when_request_over)
+                          refuse_when_request_over, transaction_ended_in_sql)
 from lib.db.types import READING_STYLES
 from lib.errors import GatewayTimeout
 
@@ -170,6 +170,18 @@ def note_action(conn, autocommit):
     none runs; a connection that is not a PooledConnection keeps none."""
     if isinstance(conn, PooledConnection):
         conn.action_autocommit = autocommit
+
+
+def end_action(conn):
+    """Note that no action runs on conn any more (note_action); ActionMisusedConnection when the action it ran as one
+    transaction ended that transaction in SQL (a COMMIT its last statement, or one before the statement that failed
+    in the same query string: what it wrote stays committed, and a retry would run it again)."""
+    ended = conn.action_autocommit is False and transaction_ended_in_sql(conn)
+    note_action(conn, None)
+    if ended:
+        raise ActionMisusedConnection('ended its transaction in SQL (COMMIT, END or ROLLBACK): what a COMMIT wrote '
+                                      'stays committed, whatever the action answered, and it is not run again; '
+                                      'return instead, and dbapi commits it')
 
 
 def note_request(conn, deadline, serving=True):

@@ -1,7 +1,6 @@
-"""SQL text read as PostgreSQL reads its statements: split as yoyo splits a migration (sqlparse), and the statements
-that end or begin a transaction found, for migrations (lib/db/migrate.py) and for actions run as one transaction
-(lib/db/guard.py)."""
-import functools
+"""A migration's SQL text split as yoyo splits it (sqlparse), and the statements that end or begin a transaction
+found in it (lib/db/migrate.py). Not for an action's queries: sqlparse's split is not PostgreSQL's (a column named
+`begin` ends its splitting, a nested comment or a string ending in a backslash misleads it; trial AJ)."""
 import re
 
 import sqlparse
@@ -14,12 +13,6 @@ LEADING_COMMENTS = re.compile(r'(?:\s+|--[^\n]*|/\*.*?\*/)*', re.DOTALL)
 # the rest, and the file's record, go in another.
 TRANSACTION_CONTROL = re.compile(r'(?:BEGIN|START\s+TRANSACTION|COMMIT|END|ABORT|ROLLBACK|PREPARE\s+TRANSACTION)\b'
                                  r'(?!\s+(?:(?:WORK|TRANSACTION)\s+)?(?:TO|PREPARED)\b)', re.IGNORECASE)
-# Text without any of these words holds no transaction control: no need to split it.
-CONTROL_WORDS = re.compile(r'\b(?:BEGIN|START|COMMIT|END|ABORT|ROLLBACK|PREPARE)\b', re.IGNORECASE)
-# How many query texts controls_transaction remembers (an application's queries are a few hundred texts).
-KNOWN_QUERIES = 2048
-
-
 def statements_of(text):
     """Yield (index, offset, statement) of each statement of a migration's text, stripped, as yoyo splits it (with
     sqlparse): offset is where it starts in text."""
@@ -39,11 +32,3 @@ def transaction_control(text):
         if control:
             return text.count('\n', 0, start + body) + 1, ' '.join(control[0].split()).upper()
     return None
-
-
-@functools.lru_cache(maxsize=KNOWN_QUERIES)
-def controls_transaction(text):
-    """Tell whether a query's text (str) holds a statement that ends or begins a transaction (`COMMIT AND CHAIN`,
-    `...; COMMIT; BEGIN`), remembered per text: the split costs a millisecond, a query's text is sent again and
-    again."""
-    return CONTROL_WORDS.search(text) is not None and transaction_control(text) is not None

@@ -11,7 +11,7 @@ from lib.db.guard import StatementPastDeadline
 from lib.db.helpers import Db
 from lib.db.pool import PoolTimeout
 from lib.db.types import check_reading_styles
-from lib.db.session import (END_OF_USE_ANSWER_SECONDS, bound_answers, count_use, note_action, note_request,
+from lib.db.session import (END_OF_USE_ANSWER_SECONDS, bound_answers, count_use, end_action, note_request,
                             report_notices)
 from lib.errors import GatewayTimeout
 
@@ -124,7 +124,7 @@ class Lease:
             return
         self.open = False
         try:
-            note_action(self.conn, None)  # the action, a stream's included, is done: the commit is dbapi's
+            end_action(self.conn)  # the action, a stream's included, is done: the commit is dbapi's
             for callback in self.before_end:
                 callback(success)
             if success and not self.conn.autocommit:

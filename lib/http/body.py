@@ -85,7 +85,7 @@ def read_before(environ, size, client_socket, deadline):
     watch = WATCHER.watch(environ, None, deadline, reading=True)
     try:
         data = stream.read(size)
-    except OSError:  # the read ended at the watcher's shutdown, or the client's
+    except (OSError, ParseException):  # the read ended at the watcher's shutdown (a trailer cut short), or the client's
         raise_if_watcher_ended(environ)
         raise
     finally:
