@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies
 
 from lib.db import DEFAULT, Db, connection, json_parameter
-from lib.db.session import note_request
+from lib.db.session import note_action
 from lib.db.types import RefusedValue, SessionEncodingChanged, UnreadableValue
 from lib.decorators import inject_db
 from lib.errors import ApiError, as_api_error
@@ -537,7 +537,7 @@ def test_a_client_encoding_set_through_psycopg2_is_read_as_set(types_app, encodi
     """psycopg2 keeps EUC_JP as EUCJP and ISO-8859-1 as ISO88591, where PostgreSQL reports EUC_JP and LATIN1: the
     same encodings were refused as set in SQL (trial AH)."""
     with connection(types_app.extensions['dbapi'].pools['default'], autocommit=True) as conn:
-        note_request(conn, None)  # as a request's lease: its statements are checked
+        note_action(conn, True)  # as an action's lease: its statements are checked
         conn.set_client_encoding(encoding)  # psycopg2's way: it encodes and decodes in it too
         assert Db(conn).fetch_value('SELECT %s || %s', [text, text]) == text * 2
 

@@ -49,10 +49,10 @@ def refuse_when_request_over(conn):
 def before_statement(conn):
     """Refuse a statement conn's request may not send: the request is over (refuse_when_request_over), its session
     encodes text otherwise than psycopg2 (check_client_encoding: the statement's text would be misread), or its
-    action, one transaction, escaped that transaction (refuse_transaction_escape). The pool's own statements (conn
-    serving no request: its reset undoes the encoding) are not checked for either."""
+    action, one transaction, escaped that transaction (refuse_transaction_escape). Statements no action sends (the
+    pool's own: its reset undoes the encoding) are not checked for either."""
     refuse_when_request_over(conn)
-    if conn.serving:
+    if conn.action_autocommit is not None:
         check_client_encoding(conn)
         if conn.action_autocommit is False:
             refuse_transaction_escape(conn)

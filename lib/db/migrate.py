@@ -11,12 +11,12 @@ import warnings
 from pathlib import Path
 
 import psycopg2
+import sqlparse
 from yoyo import read_migrations
 from yoyo.backends import get_backend_class
 from yoyo.connections import DatabaseURI
 from yoyo.exceptions import BadMigration, LockTimeout
 
-from lib.db.statements import LEADING_COMMENTS, statements_of, transaction_control
 from lib.errors import StartupError
 from lib.logs.secrets import redacted
 
@@ -35,6 +35,10 @@ CREATE_CHECKSUM_TABLE = (f'CREATE TABLE IF NOT EXISTS {CHECKSUM_TABLE} (migratio
                          'sha256 text NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now())')
 
 
+
+
+# What may come before a statement's own text: blanks, `--` comments and `/* */` comments (not nested).
+LEADING_COMMENTS = re.compile(r'(?:\s+|--[^\n]*|/\*.*?\*/)*', re.DOTALL)
 
 
 # SQLSTATE 55P03: a lock not obtained within lock_timeout (MIGRATION_LOCK_TIMEOUT_MS).
@@ -221,6 +225,34 @@ COMMENT = re.compile(r'--[^\n]*|/\*.*?\*/', re.DOTALL)
 # What yoyo takes from a file's first statement as its header (directives, a description): `--` and blank lines.
 HEADER_LINES = re.compile(r'(?:[ \t]*(?:--[^\n]*)?(?:\n|$))*')
 
+
+
+# A statement that ends or begins a transaction (PostgreSQL's transaction control, savepoints and prepared
+# transactions' COMMIT or ROLLBACK PREPARED aside): in a file run in a transaction, it commits part of the file, and
+# the rest, and the file's record, go in another.
+TRANSACTION_CONTROL = re.compile(r'(?:BEGIN|START\s+TRANSACTION|COMMIT|END|ABORT|ROLLBACK|PREPARE\s+TRANSACTION)\b'
+                                 r'(?!\s+(?:(?:WORK|TRANSACTION)\s+)?(?:TO|PREPARED)\b)', re.IGNORECASE)
+
+
+def statements_of(text):
+    """Yield (index, offset, statement) of each statement of a migration's text, stripped, as yoyo splits it (with
+    sqlparse): offset is where it starts in text."""
+    position = 0
+    for index, statement in enumerate(part.strip() for part in sqlparse.split(text) if part.strip()):
+        start = text.find(statement, position)
+        position = start + len(statement)
+        yield index, start, statement
+
+
+def transaction_control(text):
+    """Return (line, keyword) of the first statement of a migration's text that controls its transaction
+    (TRANSACTION_CONTROL), or None."""
+    for _, start, statement in statements_of(text):
+        body = LEADING_COMMENTS.match(statement).end()
+        control = TRANSACTION_CONTROL.match(statement, body)
+        if control:
+            return text.count('\n', 0, start + body) + 1, ' '.join(control[0].split()).upper()
+    return None
 
 
 def idle_statement(text):

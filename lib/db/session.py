@@ -50,11 +50,9 @@ class PooledConnection(psycopg2.extensions.connection):
     # While an action's lease holds it (lib/decorators.py's run_leased to lib/db/unit.py's Lease.end, a stream's end
     # included): True in autocommit, False as one transaction, which dbapi commits; None: no action runs. Such a
     # transaction's escape (its commit by the action, SQL that ends it), and the connection's close or reset by any
-    # action, are refused (lib/db/guard.py's ActionMisusedConnection).
+    # action, are refused (lib/db/guard.py's ActionMisusedConnection), and so is any statement it sends while the
+    # session's client_encoding is not psycopg2's.
     action_autocommit = None
-    # Whether the connection serves a request (a Lease's, lib/db/unit.py): its statements are then refused while the
-    # session's client_encoding is not psycopg2's (lib/db/guard.py); the pool's own (configure, reset) are not.
-    serving = False
     # The error class of the request the connection serves once lib/http/disconnect.py's watcher marked it over (its
     # client gone, its worker stopping): no statement starts from then on (lib/db/guard.py). None: not over.
     request_over = None
@@ -184,12 +182,11 @@ def end_action(conn):
                                       'return instead, and dbapi commits it')
 
 
-def note_request(conn, deadline, serving=True):
+def note_request(conn, deadline):
     """Note on conn that it serves a request (not over yet) of deadline (a time.monotonic() value, or None), or
-    (serving False) no request, and has read no json value for it yet; a connection that is not a PooledConnection
-    keeps none."""
+    (None) no request, and has read no json value for it yet; a connection that is not a PooledConnection keeps
+    none."""
     if isinstance(conn, PooledConnection):
-        conn.serving = serving
         conn.request_deadline = deadline
         conn.request_over = None
         conn.json_budget = None

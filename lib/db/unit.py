@@ -133,7 +133,7 @@ class Lease:
                 self.refuse_open_transaction()
         finally:
             report_notices(self.conn)
-            note_request(self.conn, None, serving=False)
+            note_request(self.conn, None)
             self.pool.give_back(self.conn)
             self.leave_bulkhead()
 
