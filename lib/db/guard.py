@@ -100,7 +100,7 @@ def transaction_ended_in_sql(conn):
     statement of a query string): PostgreSQL has none. One that opened another at once (COMMIT AND CHAIN, `COMMIT;
     BEGIN`) is not seen: no transaction status tells it, and no client-side split of the SQL is sound (trial AJ)."""
     return (conn.status == psycopg2.extensions.STATUS_BEGIN
-            and conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE)
+            and conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE)
 
 
 def refuse_transaction_escape(conn):

@@ -256,13 +256,13 @@ class Pool:
         logged with its traceback; one that PostgreSQL refuses (not the database's state: database_unavailable), or
         that leaves a transaction open, with a warning: either throws every connection away, silently before
         (trial Y)."""
-        if conn.closed or conn.info.transaction_status == BROKEN or getattr(conn, 'cancel_unacknowledged', False):
+        if conn.closed or conn.get_transaction_status() == BROKEN or getattr(conn, 'cancel_unacknowledged', False):
             return False  # a cancel request the server has not taken may still cancel the next query
         bound_answers(conn, time.monotonic() + END_OF_USE_ANSWER_SECONDS)
         try:
-            if conn.info.transaction_status != IDLE:
+            if conn.get_transaction_status() != IDLE:
                 conn.rollback()
-            if conn.info.transaction_status != IDLE:  # a BEGIN an autocommit action sent: psycopg2 knows of none
+            if conn.get_transaction_status() != IDLE:  # a BEGIN an autocommit action sent: psycopg2 knows of none
                 run_in_autocommit(conn, 'ROLLBACK')
             restore_driver_state(conn, self.configured_driver_state)
             self.reset(conn)
@@ -282,7 +282,7 @@ class Pool:
         bound_answers(conn, None)
         if conn.closed:
             return False
-        if conn.info.transaction_status != IDLE:
+        if conn.get_transaction_status() != IDLE:
             log.warning('The reset of a returned connection left a transaction open; the connection is thrown away')
             return False
         return True

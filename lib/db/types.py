@@ -396,7 +396,7 @@ def with_types(configure):
             code = f' (SQLSTATE {exc.pgcode})' if exc.pgcode else ''
             raise SessionSetupFailed('the setup of a new connection (DB_CONFIGURE) failed: '
                                      f'{exc.diag.message_primary or str(exc).strip()}{code}') from exc
-        if conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+        if conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
             conn.commit()
         conn.autocommit = True  # the settings outlive this setup; each lease sets autocommit anyway
         with conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:

@@ -53,7 +53,7 @@ class NotAutocommit(RuntimeError):
     the part committed again. A module's bug, a 500."""
 
 
-# libpq's transaction states (psycopg2's conn.info.transaction_status) of a session in a transaction block.
+# libpq's transaction states (psycopg2's conn.get_transaction_status()) of a session in a transaction block.
 IN_TRANSACTION = (psycopg2.extensions.TRANSACTION_STATUS_INTRANS, psycopg2.extensions.TRANSACTION_STATUS_INERROR)
 # How long past a request's deadline its connection still waits for PostgreSQL, whose own statement timeout ends a
 # transaction's statements at the deadline and answers with its error.
@@ -139,7 +139,7 @@ class Lease:
 
     def refuse_open_transaction(self):
         """Raise TransactionLeftOpen when the connection of an autocommit lease is inside a transaction block."""
-        if self.conn.autocommit and self.conn.info.transaction_status in IN_TRANSACTION:
+        if self.conn.autocommit and self.conn.get_transaction_status() in IN_TRANSACTION:
             raise TransactionLeftOpen('an autocommit action left a transaction open (a BEGIN without its COMMIT): '
                                       'it was rolled back')
 

@@ -122,7 +122,7 @@ class Watch:
             return False
         if getattr(self.conn, 'cancel_unacknowledged', False):
             return False
-        return self.conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_ACTIVE
+        return self.conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_ACTIVE
 
     def cancelled_error(self, cause):
         """Return the error that ends a request whose query the watcher cancelled, or None if it did not. A query
