@@ -240,10 +240,14 @@ NO_CONTENT_STATUSES = (204, 304)
 
 def respond(result):
     """Turn an action's return value, or (value, status), into a JSON response; an iterator (a LeasedStream, a
-    generator) is streamed as one JSON array."""
+    generator) is streamed as one JSON array; a flask Response is the answer, with status when it came as
+    (Response, status), as flask takes it (a 500 before: trial AK)."""
     if isinstance(result, Response):
         return result
     value, status = value_and_status(result)
+    if isinstance(value, Response):
+        value.status_code = status
+        return value
     if status in NO_CONTENT_STATUSES:
         close_stream(value)  # a stream's connection goes back unread: the answer has no body
         response = Response(status=status)

@@ -3,6 +3,7 @@ import gzip
 
 import pytest
 
+from lib.db import DEFAULT
 from tests.helpers import ADMIN_TOKEN, AUTH, SCOPED_TOKEN, assert_problem, mounted_paths
 
 
@@ -223,6 +224,14 @@ def test_action_may_return_value_and_status(call):
 def test_a_no_content_status_answers_with_no_body_and_no_content_type(call, code, streamed):
     response = call('/probe/given_status', {'code': code, 'value': [1, 2], 'streamed': streamed})
     assert (response.status_code, response.get_data(), response.content_type) == (code, b'', None)
+
+
+def test_an_action_may_return_a_response_it_made_with_a_status(app, call):
+    """(Response, status) was a 500 (trial AK); the body, read from the database as it is sent, keeps the lease."""
+    response = call('/probe/made_response', {'code': 201})
+    assert (response.status_code, response.get_data()) == (201, b'made')
+    assert response.content_type == 'text/plain; charset=utf-8'
+    assert app.extensions['dbapi'].pools[DEFAULT].gauges()['in_use'] == 0
 
 
 @pytest.mark.parametrize('code', [100, 199, 400, 422, 500, 503, 600, 0])

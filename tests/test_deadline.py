@@ -111,6 +111,7 @@ ENDINGS = {'commit': lambda conn: conn.commit(), 'sql commit': lambda conn: conn
            'one string': lambda conn: conn.cursor().execute(f'INSERT INTO {TABLE} VALUES (2); COMMIT; SELECT 1'),
            'injected': lambda conn: conn.cursor().execute('%s', [psycopg2.extensions.AsIs('COMMIT')]),
            'autocommit': autocommit_on,
+           'autocommit mid-way': lambda conn: setattr(conn, 'autocommit', True),
            'set_session': lambda conn: conn.set_session(isolation_level='SERIALIZABLE'),
            'set_client_encoding': lambda conn: conn.set_client_encoding('LATIN1')}
 
@@ -135,6 +136,13 @@ def write_in_with_block(conn):
 def close_own_connection(conn):
     """Close the action's connection, the pool's."""
     conn.close()
+
+
+@inject_conn(autocommit=True)
+def autocommit_off_and_write(conn):
+    """Switch autocommit off in an autocommit action, write a row, and return with its transaction open."""
+    conn.autocommit = False
+    conn.cursor().execute(f'INSERT INTO {TABLE} VALUES (1)')
 
 
 @inject_conn(autocommit=True)
@@ -354,21 +362,23 @@ def test_an_action_that_ends_its_one_transaction_itself_is_a_500_never_retried(m
 
 @inject_conn()
 def commit_in_sql_then(conn, then):
-    """Write a row and commit it in SQL, then fail in the same query string as a conflict would, or (then 'raise')
-    answer a 409 after it."""
-    failing = "; DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$" if then == 'conflict' else ''
-    conn.cursor().execute(f'INSERT INTO {TABLE} VALUES (1); COMMIT{failing}')
+    """Write a row and commit it in SQL, then fail in the same query string as a conflict would, or write a second
+    row in it, or (then 'raise') answer a 409 after it."""
+    after = {'conflict': "; DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$",
+             'write': f'; INSERT INTO {TABLE} VALUES (2)'}.get(then, '')
+    conn.cursor().execute(f'INSERT INTO {TABLE} VALUES (1); COMMIT{after}')
     if then == 'raise':
         raise Conflict('no')
 
 
-@pytest.mark.parametrize('then', ['conflict', 'raise', 'return'])
+@pytest.mark.parametrize('then', ['conflict', 'raise', 'return', 'write'])
 def test_an_sql_commit_as_an_actions_last_statement_is_a_500_that_says_so_never_retried(make_app, probe_table, then):
     """The conflict after it was retried, the row committed four times behind a 503; the 409 or 200 said nothing of
-    the COMMIT (trials AG, AH)."""
+    the COMMIT (trials AG, AH); a write after it in the same query string runs, and the 500 says it stays (AK)."""
     error, _ = timed_call(make_app(DB_RETRIES=3), commit_in_sql_then, then)
     assert isinstance(error, ActionMisusedConnection) and 'what a COMMIT wrote stays committed' in str(error)
-    assert rows_written(probe_table) == 1
+    assert 'the statements after it in the same query string' in str(error)
+    assert rows_written(probe_table) == (2 if then == 'write' else 1)
 
 
 @inject_conn()
@@ -428,6 +438,13 @@ def test_an_action_that_closes_its_connection_is_a_500_and_the_connection_serves
     assert isinstance(error, ActionMisusedConnection)
     assert as_api_error(error).detail.startswith("The action called connection.close, which is the pool's")
     assert app.extensions['dbapi'].pools[DEFAULT].gauges()['discarded'] == 0
+
+
+def test_an_autocommit_action_that_switches_autocommit_off_is_a_500_and_nothing_is_committed(make_app, probe_table):
+    """Its transaction was committed with a 200, where one its BEGIN left open is a 500, rolled back (trial AK)."""
+    error, _ = timed_call(make_app(), autocommit_off_and_write)
+    assert isinstance(error, ActionMisusedConnection) and 'switched autocommit off' in str(error)
+    assert rows_written(probe_table) == 0
 
 
 def test_a_transaction_an_autocommit_action_left_open_is_rolled_back_and_its_connection_kept(make_app, probe_table):

@@ -105,13 +105,25 @@ def transaction_ended_in_sql(conn):
 
 def refuse_transaction_escape(conn):
     """Raise ActionMisusedConnection when an action run as one transaction on conn is about to send a statement
-    outside it: its SQL ended the transaction (transaction_ended_in_sql), or its autocommit was switched on."""
+    outside it: its SQL ended the transaction (transaction_ended_in_sql); a switch of autocommit is refused as it is
+    made (refuse_mode_switch)."""
     if transaction_ended_in_sql(conn):
         raise ActionMisusedConnection(f'ended its transaction in SQL (COMMIT, END or ROLLBACK) and went on: each '
                                       f'statement after it would commit alone; {ONE_TRANSACTION}')
-    if conn.autocommit:
+
+
+def refuse_mode_switch(conn, autocommit):
+    """Raise ActionMisusedConnection when an action runs on conn in the other mode than autocommit (a bool): its
+    decorator's autocommit says how dbapi ends and retries it. Switched on, one transaction would commit each statement
+    alone (psycopg2 refuses it once a statement ran, a bare 500 before); switched off, an autocommit action's
+    transaction, committed by its lease with a 200, where one its BEGIN left open is rolled back (trial AK)."""
+    if conn.action_autocommit is False and autocommit:
         raise ActionMisusedConnection(f'switched autocommit on in its one transaction, which would commit each '
                                       f'statement alone; {ONE_TRANSACTION}')
+    if conn.action_autocommit and not autocommit:
+        raise ActionMisusedConnection('switched autocommit off in an autocommit=True action: a transaction there is '
+                                      "transactional()'s (`with transactional(conn) as db:`), or declare the action "
+                                      'autocommit=False')
 
 
 class RequestGuard:

@@ -3,6 +3,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from lib.db import copyjson
+from lib.db.session import enter_transaction
 
 
 def table_name(name):
@@ -31,14 +32,6 @@ def returning(columns):
     if columns == '*':
         return sql.SQL(' RETURNING *')
     return sql.SQL(' RETURNING ') + identifiers(columns)
-
-
-def open_transaction(conn):
-    """Have conn's next statement open a transaction, where a server-side cursor must live: an autocommit connection
-    (an action's with autocommit=True) leaves autocommit, and its lease commits the transaction when the stream
-    ends, or rolls it back when the stream fails (lib/db/unit.py)."""
-    if conn.autocommit:
-        conn.autocommit = False
 
 
 def where_params(values, where):
@@ -125,8 +118,8 @@ class Db:
 
     def stream(self, query, params=None, batch_size=5000):
         """Yield lists of row dicts from a server-side cursor, keeping memory flat; in a transaction
-        (open_transaction)."""
-        open_transaction(self.conn)
+        (enter_transaction)."""
+        enter_transaction(self.conn)
         name = copyjson.new_cursor_name('stream')  # a name of its own: streams may be open at once
         with self.conn.cursor(name=name, cursor_factory=psycopg2.extensions.cursor) as cursor:
             cursor.itersize = batch_size
@@ -143,5 +136,5 @@ class Db:
         values as text, lib/db/copyjson.py turns a whole batch into JSON at once, and a helper thread fetches
         the next batch meanwhile. In a transaction, like stream; runs in the session as it is (TimeZone, DateStyle).
         """
-        open_transaction(self.conn)
+        enter_transaction(self.conn)
         return copyjson.json_stream(self.conn, query, params, batch_size)

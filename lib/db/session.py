@@ -9,8 +9,8 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from lib.db.cancel import cancel_request_for
-from lib.db.guard import (ActionMisusedConnection, check_guarded, guarded, refuse_action_commit, refuse_session_change,
-                          refuse_when_request_over, transaction_ended_in_sql)
+from lib.db.guard import (ActionMisusedConnection, check_guarded, guarded, refuse_action_commit, refuse_mode_switch,
+                          refuse_session_change, refuse_when_request_over, transaction_ended_in_sql)
 from lib.db.types import READING_STYLES
 from lib.errors import GatewayTimeout
 
@@ -27,6 +27,11 @@ RESET_SESSION = ('CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALL
 # PostgreSQL about 25 us less than the statements above (docs/performance.md); it must run alone, so it cannot
 # take SETs with it.
 DISCARD_ALL = 'DISCARD ALL'
+
+
+# psycopg2's documented autocommit attribute, a data descriptor of its connection class: PooledConnection's own
+# property reads and sets it through the descriptor protocol.
+DRIVER_AUTOCOMMIT = psycopg2.extensions.connection.autocommit
 
 
 class PooledConnection(psycopg2.extensions.connection):
@@ -128,6 +133,17 @@ class PooledConnection(psycopg2.extensions.connection):
             raise ActionMisusedConnection(f"called connection.{what}, which is the pool's: dbapi gives the connection "
                                           'back, and resets it, when the action returns')
 
+    @property
+    def autocommit(self):
+        """psycopg2's autocommit: True, each statement commits alone; False, the first one opens a transaction."""
+        return DRIVER_AUTOCOMMIT.__get__(self)
+
+    @autocommit.setter
+    def autocommit(self, autocommit):
+        """Set psycopg2's autocommit, unless an action runs on the connection in the other mode (refuse_mode_switch)."""
+        refuse_mode_switch(self, autocommit)
+        DRIVER_AUTOCOMMIT.__set__(self, autocommit)
+
     def set_session(self, *args, **kwargs):
         """psycopg2's set_session, refused in an action's one transaction (refuse_session_change)."""
         refuse_session_change(self, 'set_session')
@@ -170,6 +186,17 @@ def note_action(conn, autocommit):
         conn.action_autocommit = autocommit
 
 
+def enter_transaction(conn):
+    """Have conn's next statement open a transaction where a server-side cursor can live (lib/db/helpers.py's
+    streams): a connection in autocommit leaves it, and an action that runs on it in autocommit runs as one
+    transaction from then on (note_action), which its lease commits when the stream ends, or rolls back when it
+    fails (lib/db/unit.py)."""
+    if conn.autocommit:
+        if getattr(conn, 'action_autocommit', None):
+            note_action(conn, False)
+        conn.autocommit = False
+
+
 def end_action(conn):
     """Note that no action runs on conn any more (note_action); ActionMisusedConnection when the action it ran as one
     transaction ended that transaction in SQL (a COMMIT its last statement, or one before the statement that failed
@@ -178,8 +205,9 @@ def end_action(conn):
     note_action(conn, None)
     if ended:
         raise ActionMisusedConnection('ended its transaction in SQL (COMMIT, END or ROLLBACK): what a COMMIT wrote '
-                                      'stays committed, whatever the action answered, and it is not run again; '
-                                      'return instead, and dbapi commits it')
+                                      'stays committed, and so does what the statements after it in the same query '
+                                      'string wrote, whatever the action answered, and it is not run again; return '
+                                      'instead, and dbapi commits it')
 
 
 def note_request(conn, deadline):

@@ -247,6 +247,16 @@ def given_status(code, value=None, streamed=False):
     return (item for item in value) if streamed else value, code
 
 
+@inject_conn(DEFAULT, named=False)
+def made_response(conn, code):
+    """Return (Response, code): a flask Response the action made, whose body reads from the database as it is sent."""
+    def body():
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT 'made'")
+            yield cursor.fetchone()[0]
+    return Response(body(), mimetype='text/plain'), code
+
+
 def counted(count, missing_at=None):
     """Return a plain generator (no connection) of the numbers 0 to count - 1; it raises NotFound at missing_at."""
     def numbers():

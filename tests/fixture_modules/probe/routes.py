@@ -1,9 +1,9 @@
 from .actions import (add, autocommit_stream, bytea_round_trip, chunked, counted, counted_stream, crash, create_nested,
                       create_thing, create_unencodable, echo, echo_any_keys_in_a_transaction, echo_in_a_transaction,
                       enveloped_any_keys, enveloped_own_keys, export_things, fail_with, failing_stream, flaky,
-                      generated, get_thing, given_status, greet, hold, hold_many, items, keyed, migrations, missing,
-                      move, nothing_to_iterate, pid, probe_values, python_values, raw_rows, register, sized, sqlstate,
-                      system_exit, with_status)
+                      generated, get_thing, given_status, greet, hold, hold_many, items, keyed, made_response,
+                      migrations, missing, move, nothing_to_iterate, pid, probe_values, python_values, raw_rows,
+                      register, sized, sqlstate, system_exit, with_status)
 
 routes = [
     dict(route='', action=echo),
@@ -24,6 +24,7 @@ routes = [
     dict(route='fail', action=fail_with),
     dict(route='status', action=with_status),
     dict(route='given_status', action=given_status),
+    dict(route='made_response', action=made_response),
     dict(route='counted', action=counted),
     dict(route='bytea_round_trip', action=bytea_round_trip),
     dict(route='nothing_to_iterate', action=nothing_to_iterate),
