@@ -355,6 +355,44 @@ def test_an_out_of_order_python_migration_is_told_its_own_form_of_the_dependency
         manage.apply_migrations(scratch_database, folder)
 
 
+def test_a_migration_sorting_before_an_applied_one_whose_file_is_gone_is_refused_too(tmp_path, scratch_database):
+    """It was applied, with a warning for the gone file alone, where with the file there it was refused (trial AK)."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0006_gone.sql').write_text('CREATE TABLE gone (id int);\n')
+    manage.apply_migrations(scratch_database, folder)
+    (folder / '0006_gone.sql').unlink()
+    (folder / '0005_before.sql').write_text('CREATE TABLE before_it (id int);\n')
+    with pytest.raises(StartupError) as caught:
+        manage.apply_migrations(scratch_database, folder)
+    assert str(caught.value) == (
+        f'migration {folder / "0005_before.sql"} sorts before 0006_gone, which this database applied already and whose '
+        'file is gone: a new database would not run that one, this one ran it first. Rename it to sort after the last '
+        "migration applied, or restore 0006_gone's file and add `-- depends: 0006_gone` to it (yoyo's directive)")
+    assert run_sql(scratch_database, "SELECT to_regclass('before_it') IS NULL") == [(True,)], 'nothing of it ran'
+
+
+@pytest.mark.parametrize('header, name', [('-- Depends: 0001_fine', 'depends'),
+                                          ('--TRANSACTIONAL : false', 'transactional'),
+                                          ('-- about it\n\n  -- Transactional: false', 'transactional')])
+def test_a_header_line_that_reads_like_a_yoyo_directive_but_is_not_one_is_refused(tmp_path, scratch_database, header,
+                                                                                  name):
+    """yoyo's directives are case-sensitive: it took `-- Transactional: false` for a comment, and the file's CREATE
+    INDEX CONCURRENTLY failed in a transaction; a `-- Depends:` file was refused as out of order (trial AK)."""
+    folder = tmp_path / 'migrations'
+    line = header.count('\n') + 1
+    assert refusal_before_anything_runs(folder, scratch_database, f'{header}\nCREATE TABLE refused (id int);\n') == (
+        f"migration {folder / '0002_refused.sql'}:{line} reads like yoyo's {name} directive, which yoyo would take for "
+        f'a comment: it is written in lower case, `-- {name}: ...`')
+
+
+def test_a_header_comment_that_only_mentions_a_directive_runs(tmp_path, scratch_database):
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_fine.sql').write_text('-- Depends on nothing, transactional\nCREATE TABLE fine (id int);\n')
+    assert manage.apply_migrations(scratch_database, folder) == ['0001_fine']
+
+
 def migrations_failure(dsn, folder, files):
     """Write files ({name: text}) to folder and return the StartupError's line of migrating dsn from it."""
     folder.mkdir(exist_ok=True)
@@ -387,6 +425,23 @@ def test_a_migration_file_yoyo_does_not_read_and_an_applied_ones_missing_file_ar
     assert [record.getMessage() for record in caplog.records if record.name == 'dbapi.migrate'] == [
         f'{folder / "0002_refunds.SQL"} is not read: a migration file ends in .sql or .py, in lower case',
         f'applied migrations have no file in {folder}: 0001_orders; a new database would not run them']
+
+
+def test_migration_files_in_a_sub_folder_and_empty_ones_are_warned_of(tmp_path, scratch_database, caplog):
+    """A sub-folder's file was not read, and an empty file was recorded as applied, so that what was written in it
+    later never ran: both silent (trial AK)."""
+    folder = tmp_path / 'migrations'
+    (folder / 'orders').mkdir(parents=True)
+    (folder / 'orders' / '0002_orders.sql').write_text('CREATE TABLE orders (id int);\n')
+    (folder / 'orders' / 'helpers.py').write_text('')
+    (folder / '0003_later.sql').write_text('\n-- to be written\n')
+    with caplog.at_level(logging.WARNING, logger='dbapi.migrate'):
+        assert manage.apply_migrations(scratch_database, folder) == ['0003_later']
+    assert [record.getMessage() for record in caplog.records if record.name == 'dbapi.migrate'] == [
+        f'{folder / "orders" / "0002_orders.sql"} is not read: migrations are the files of {folder} itself, not of its '
+        'sub-folders',
+        f'{folder / "0003_later.sql"} has no statement to run: it is recorded as applied, and what is written in it '
+        'later never runs (an applied file that changed stops the start)']
 
 
 def test_a_failure_without_a_position_names_the_statements_own_line_not_the_comment_before_it(tmp_path,

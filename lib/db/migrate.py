@@ -143,9 +143,12 @@ def migrate(dsn, directory=MIGRATIONS_DIR, lock_timeout_ms=0):
     it (0: it waits as long as it takes)."""
     with migration_lock(dsn, directory, lock_timeout_ms) as (backend, migrations, pending, recorded):
         applied_before = applied_of(migrations, pending)
+        gone = sorted(set(recorded) - {migration.id for migration in migrations})
         check_applied_unchanged(recorded, applied_before)
-        check_in_order(applied_before, pending)
-        warn_of_unread_files(directory, migrations, recorded)
+        check_directives(pending)
+        check_in_order([migration.id for migration in applied_before] + gone, gone, pending)
+        warn_of_unread_files(directory, gone)
+        warn_of_empty(pending)
         # Those applied before checksums were kept (a database an older dbapi migrated, rows deleted as the
         # changed-files line offers): recorded once, as repair takes them, if they can run on a new database.
         unrecorded = [migration for migration in applied_before if migration.id not in recorded]
@@ -298,34 +301,83 @@ def check_applied_unchanged(recorded, applied):
             f'({ids});')
 
 
-def check_in_order(applied, pending):
-    """Raise MigrationOutOfOrder for the first of pending (yoyo migrations) whose name sorts before one of applied and
-    that declares no dependency (yoyo's `-- depends:`, `__depends__`): a new database runs it before that one, this
-    one would run it after (trial AG: a file added later with a lower number ran last here, and failed on a new
-    database); Flyway refuses out-of-order ones too. One that declares its dependencies has chosen its place."""
+def check_in_order(applied, gone, pending):
+    """Raise MigrationOutOfOrder for the first of pending (yoyo migrations) whose name sorts before one of applied
+    (ids, those of gone included: applied, their files gone) and that declares no dependency (yoyo's `-- depends:`,
+    `__depends__`): a new database runs it before that one, this one would run it after (trial AG: a file added later
+    with a lower number ran last here, and failed on a new database); Flyway refuses out-of-order ones too. One that
+    declares its dependencies has chosen its place."""
     for migration in pending:
-        later = [each.id for each in applied if each.id > migration.id]
+        later = sorted(each for each in applied if each > migration.id)
         if later and not migration.depends:
-            directive = (f"__depends__ = {{'{later[-1]}'}}" if migration.path.endswith('.py')
-                         else f'-- depends: {later[-1]}')
-            raise MigrationOutOfOrder(
-                f'migration {shown_path(Path(migration.path))} sorts before {later[-1]}, which this database applied '
-                f'already: a new database runs it before that one, this one would run it after. Rename it to sort '
-                f'after the last migration applied, or add `{directive}` to it (yoyo\'s directive), so that every '
-                f'database runs them in one order')
+            raise MigrationOutOfOrder(out_of_order(migration, later[-1], later[-1] in gone))
 
 
-def warn_of_unread_files(directory, migrations, recorded):
+def out_of_order(migration, applied, gone):
+    """Return the line that refuses migration (yoyo's), which sorts before applied (an id; gone: whether its file is
+    gone, so that no dependency on it can be declared)."""
+    directive = (f"__depends__ = {{'{applied}'}}" if migration.path.endswith('.py') else f'-- depends: {applied}')
+    where = f'migration {shown_path(Path(migration.path))} sorts before {applied}, which this database applied already'
+    if gone:
+        return (f'{where} and whose file is gone: a new database would not run that one, this one ran it first. '
+                f'Rename it to sort after the last migration applied, or restore {applied}\'s file and add '
+                f'`{directive}` to it (yoyo\'s directive)')
+    return (f'{where}: a new database runs it before that one, this one would run it after. Rename it to sort after '
+            f'the last migration applied, or add `{directive}` to it (yoyo\'s directive), so that every database runs '
+            f'them in one order')
+
+
+# A header line (yoyo reads its directives from the `--` lines before a file's first statement) that names one of
+# yoyo's directives, and the same in yoyo's exact, case-sensitive form (`-- depends: 0003_users`): yoyo takes any
+# other (`-- Depends: 0003_users`) for a comment.
+DIRECTIVE_LIKE = re.compile(r'\s*--\s*(depends|transactional)\s*:', re.IGNORECASE)
+YOYO_DIRECTIVE = re.compile(r'\s*--\s*(depends|transactional)\s*:')
+
+
+def check_directives(migrations):
+    """Raise MigrationUnrunnable for the first of migrations (yoyo's `.sql` ones) whose header holds a line that reads
+    like a yoyo directive but is not one (`-- Depends: x`, `-- TRANSACTIONAL: false`): yoyo took it for a comment, so
+    a `-- Transactional: false` file ran in a transaction and failed, and a `-- Depends:` one was refused as out of
+    order (trial AK)."""
+    for migration in migrations:
+        path = Path(migration.path)
+        if path.suffix != '.sql':
+            continue
+        text = path.read_text()
+        header = HEADER_LINES.match(text).group()
+        for number, line in enumerate(header.splitlines(), 1):
+            if (directive := DIRECTIVE_LIKE.match(line)) and not YOYO_DIRECTIVE.match(line):
+                name = directive.group(1).lower()
+                raise MigrationUnrunnable(
+                    f'migration {shown_path(path)}:{number} reads like yoyo\'s {name} directive, which yoyo would '
+                    f'take for a comment: it is written in lower case, `-- {name}: ...`')
+
+
+def warn_of_unread_files(directory, gone):
     """Log a warning for each file of directory yoyo does not read although it looks like a migration (`.SQL`: yoyo
-    reads `.sql` and `.py`), and for each migration recorded ({id: SHA-256}) whose file is gone: either was silent
-    (trial AG), and a new database would not run them."""
-    for path in sorted(Path(directory).iterdir()):
-        if path.suffix.lower() in ('.sql', '.py') and path.suffix not in ('.sql', '.py'):
+    reads `.sql` and `.py`; a `.sql` file in a sub-folder: yoyo reads the folder's own files), and for the ids of
+    gone (applied migrations whose file is gone): each was silent (trials AG, AK), and a new database would not run
+    them."""
+    directory = Path(directory)
+    for path in sorted(directory.rglob('*')):
+        if path.parent != directory and path.suffix.lower() == '.sql':
+            log.warning('%s is not read: migrations are the files of %s itself, not of its sub-folders',
+                        shown_path(path), shown_path(directory))
+        elif path.suffix.lower() in ('.sql', '.py') and path.suffix not in ('.sql', '.py'):
             log.warning('%s is not read: a migration file ends in .sql or .py, in lower case', shown_path(path))
-    gone = sorted(set(recorded) - {migration.id for migration in migrations})
     if gone:
         log.warning('applied migrations have no file in %s: %s; a new database would not run them',
-                    shown_path(Path(directory)), ', '.join(gone))
+                    shown_path(directory), ', '.join(gone))
+
+
+def warn_of_empty(migrations):
+    """Log a warning for each of migrations (pending, yoyo's `.sql` ones) with no statement to run (blank, comments):
+    it is recorded as applied, so what is written in it later never runs; its edit stops the next start (trial AK)."""
+    for migration in migrations:
+        path = Path(migration.path)
+        if path.suffix == '.sql' and NOTHING_TO_RUN.fullmatch(path.read_text()):
+            log.warning('%s has no statement to run: it is recorded as applied, and what is written in it later '
+                        'never runs (an applied file that changed stops the start)', shown_path(path))
 
 
 def sql_literal(text):
