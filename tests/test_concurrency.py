@@ -529,6 +529,36 @@ def test_a_body_sent_too_slowly_to_a_sync_worker_is_a_408_at_the_deadline(databa
     assert 1.4 < seconds < 5 and after.status == 200
 
 
+def send_head_unfinished(port):
+    """Open a connection to 127.0.0.1:port, send the first lines of a request's head and never its end; return (what
+    came back before the connection ended, seconds until it ended)."""
+    started = time.monotonic()
+    with socket.create_connection(('127.0.0.1', port), timeout=30) as client:
+        client.sendall(b'POST /probe/echo HTTP/1.1\r\nHost: localhost\r\n')
+        received = b''
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := client.recv(65536):
+                received += chunk
+    return received, time.monotonic() - started
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gthread', 'sync'])
+def test_a_head_never_finished_is_closed_unanswered_after_keepalive_as_under_gevent(database_url, worker_class):
+    """Its thread waited without end under gthread (two such connections took both threads, /healthz with them),
+    and a sync worker until gunicorn killed it at WORKER_TIMEOUT, a 500 (trial AL): gunicorn's keepalive, 5 s, bounds
+    it, as it does under gevent."""
+    with running_gunicorn(database_url, WEB_CONCURRENCY='1', WORKER_CLASS=worker_class, THREADS='2',
+                          WORKER_TIMEOUT='60') as port:
+        count = 2 if worker_class == 'gthread' else 1  # a sync worker reads one connection at a time
+        with ThreadPoolExecutor(count) as executor:
+            unfinished = list(executor.map(lambda _: send_head_unfinished(port), range(count)))
+        health = http_request(port, 'GET', '/healthz', timeout=10)
+    for received, seconds in unfinished:
+        assert received == b'' and 4 < seconds < 8, (received, seconds)
+    assert health.status == 200
+
+
 @pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
 def test_a_transactions_statements_end_at_the_deadline_however_many_there_are(database_url, worker_class):
     """SET LOCAL statement_timeout bounds each statement; the watcher cancels the one running at the deadline, so
@@ -1025,7 +1055,8 @@ def test_a_stream_that_fails_half_way_is_logged_as_a_failure_with_the_bytes_sent
 def test_a_compressed_stream_that_breaks_before_its_first_byte_is_a_500_under_its_request_id(database_url, tmp_path,
                                                                                            worker_class):
     """brotli holds its first output back: the second batch fails before any byte went out, so the status can still
-    be told. One access line, the server's 500 problem under the request's own id, no server traceback."""
+    be told. One access line, the server's 500 problem under the request's own id, no server traceback; the line
+    counts the problem's bytes and the problem says what any 500 says (0 bytes and other words before: trial AK)."""
     with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1',
                              WORKER_CLASS=worker_class) as (port, _):
         answer = post(port, '/slow/stream', {'rows': 5000, 'fail_at': 3000},
@@ -1033,8 +1064,10 @@ def test_a_compressed_stream_that_breaks_before_its_first_byte_is_a_500_under_it
         assert post(port, '/slow/sleep', {'seconds': 0}).status == 200, 'the worker serves on'
     assert answer.status == 500 and answer.headers['Content-Type'] == 'application/problem+json'
     assert answer.headers['X-Request-ID'] == answer.json()['request_id'] == 'br-early'
+    assert answer.json()['detail'] == 'The server could not complete the request.'
     line = gunicorn_access_line(tmp_path, 'br-early')
-    assert line['http']['response']['status_code'] == 500 and line['event']['outcome'] == 'failure'
+    assert line['http']['response'] == {'status_code': 500, 'body': {'bytes': len(answer.body)}}
+    assert line['event']['outcome'] == 'failure'
     assert line['error']['code'] == '22012'  # division_by_zero
     assert server_tracebacks(tmp_path) == []
 

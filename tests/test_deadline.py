@@ -360,6 +360,15 @@ def test_an_action_that_ends_its_one_transaction_itself_is_a_500_never_retried(m
     assert rows_written(probe_table) == KEPT.get(ending, 0)
 
 
+@pytest.mark.parametrize('ending, hint', [('set_session', True), ('set_client_encoding', False)])
+def test_a_refused_session_change_hints_at_isolation_levels_only_where_one_is_meant(make_app, probe_table, ending,
+                                                                                    hint):
+    """set_client_encoding's refusal ended with the hint on isolation levels (trial AK)."""
+    error, _ = timed_call(make_app(), write_end_then_conflict, ending)
+    assert f'called connection.{ending} in its one transaction' in str(error)
+    assert ('ISOLATION LEVEL' in str(error)) == hint
+
+
 @inject_conn()
 def commit_in_sql_then(conn, then):
     """Write a row and commit it in SQL, then fail in the same query string as a conflict would, or write a second

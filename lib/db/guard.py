@@ -89,10 +89,10 @@ def refuse_session_change(conn, what):
     psycopg2 method's name) on it: psycopg2 ends or changes the transaction (set_client_encoding rolls it back
     unseen, set_session fails once dbapi's statement timeout opened it, an autocommit commits each statement)."""
     if conn.action_autocommit is False:
-        raise ActionMisusedConnection(
-            f'called connection.{what} in its one transaction, which psycopg2 would end or change mid-way: use '
-            'autocommit=True for it (an isolation level is set in SQL, `SET TRANSACTION ISOLATION LEVEL SERIALIZABLE` '
-            'as the first statement)')
+        hint = '' if what == 'set_client_encoding' else (' (an isolation level is set in SQL, `SET TRANSACTION '
+                                                         'ISOLATION LEVEL SERIALIZABLE` as the first statement)')
+        raise ActionMisusedConnection(f'called connection.{what} in its one transaction, which psycopg2 would end or '
+                                      f'change mid-way: use autocommit=True for it{hint}')
 
 
 def transaction_ended_in_sql(conn):

@@ -44,9 +44,9 @@ def deadline_of(environ, deadline_ms):
 
 class BrokeBeforeItsFirstByte(Exception):
     """An answer the app started broke before the server had sent any of it (a compressor holds its first output
-    back): the server answers a 500 in its place, under the request's id (lib/http/workers.py). The access line
-    logs the error that broke it."""
+    back): the server sends answer (bytes: a whole HTTP answer, a 500 problem under the request's id) in its place
+    (lib/http/workers.py). The access line logs the error that broke it, and answer's body bytes."""
 
-    def __init__(self, request_id):
-        super().__init__(f'the answer of request {request_id} broke before its first byte')
-        self.request_id = request_id
+    def __init__(self, answer):
+        super().__init__('the answer broke before its first byte')
+        self.answer = answer

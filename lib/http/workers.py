@@ -12,6 +12,8 @@ import logging
 import os
 import re
 import signal
+import threading
+import time
 from http import HTTPStatus
 
 import gevent
@@ -23,15 +25,13 @@ from gunicorn.workers.sync import SyncWorker
 
 from lib.errors import RETRY_AFTER_SECONDS
 from lib.http.admission import SHED_KEY
-from lib.http.exchange import WAITED_ON_DATABASE_KEY, BrokeBeforeItsFirstByte
-from lib.http.headers import RESPONSE_HEADERS
-from lib.http.requestid import REFUSED_REQUEST_ID, REQUEST_ID_KEY, new_request_id
-from lib.jsonenc import dumps_bytes
+from lib.http.disconnect import WATCHER
+from lib.http.exchange import CLIENT_SOCKET_KEY, WAITED_ON_DATABASE_KEY, BrokeBeforeItsFirstByte
+from lib.http.raw import problem_answer
+from lib.http.requestid import REFUSED_REQUEST_ID, new_request_id
 from lib.logs.access import log_refused_request
 
 STATUS_LINE = re.compile(rb'HTTP/1\.[01] (\d{3}) ([^\r\n]*)')
-PROBLEM_DETAILS = {400: 'The request is malformed.', 414: 'The request line is too long.',
-                   431: 'The request has a header too large, or too many headers.'}
 # gunicorn's 501 is a Transfer-Encoding it does not know: the client's mistake, a 400, as nginx answers it.
 CLIENT_MISTAKES = {501: 400}
 UNQUOTED = '(what the client sent is left out of the log: it may hold a credential)'
@@ -60,21 +60,6 @@ class CapturedAnswer:
 
     def __getattr__(self, name):
         return getattr(self.client, name)
-
-
-def problem_answer(status, reason, request_id):
-    """Return a whole HTTP answer carrying a problem document of status, with request_id and the headers every
-    answer of dbapi has (lib/http/headers.py's steps: X-Request-ID, Vary)."""
-    body = dumps_bytes({'type': 'about:blank', 'title': reason, 'status': status,
-                        'detail': PROBLEM_DETAILS.get(status, 'The server could not handle the request.'),
-                        'request_id': request_id})
-    headers = [('Connection', 'close'), ('Content-Type', 'application/problem+json'),
-               ('Content-Length', str(len(body)))]
-    environ = {REQUEST_ID_KEY: request_id}
-    for step in RESPONSE_HEADERS:
-        headers += step(environ, headers)
-    head = f'HTTP/1.1 {status} {reason}\r\n' + ''.join(f'{name}: {value}\r\n' for name, value in headers) + '\r\n'
-    return head.encode('latin-1') + body, len(body)
 
 
 def reason_phrase(status, gunicorns):
@@ -113,7 +98,7 @@ class ProblemErrors:
         told of it."""
         if isinstance(exc, BrokeBeforeItsFirstByte):
             with contextlib.suppress(OSError):
-                client.sendall(problem_answer(500, 'Internal Server Error', exc.request_id)[0])
+                client.sendall(exc.answer)
             return
         captured, request_id = CapturedAnswer(client), new_request_id()
         refused = REFUSED_REQUEST_ID.set(request_id)  # gunicorn's line saying why carries the answer's id
@@ -166,8 +151,48 @@ class ProblemGeventWorker(ProblemErrors, GeventWorker):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-class ProblemThreadWorker(ProblemErrors, ThreadWorker):
-    """gunicorn's gthread worker with problem+json error answers, and a quick stop that cannot deadlock."""
+class BoundedHead:
+    """Mixin for gunicorn's gthread and sync workers: a request's head (its line and headers) must arrive within
+    gunicorn's keepalive seconds of the worker starting to read it, as under the gevent worker (gunicorn's
+    timeout_ctx), or its connection is closed unanswered: the watcher (lib/http/disconnect.py) shuts the socket's
+    reading side down, and gunicorn takes the end of data for a client gone. A thread waited for an unfinished head
+    without end (gthread: a few connections froze the worker, /healthz with it), a sync worker until gunicorn killed
+    it at WORKER_TIMEOUT, a 500 with a traceback (trial AL). A head that ends within the watcher's last look before
+    the bound (POLL_SECONDS) can still lose its body's reading side: a 400, as a client gone half-way."""
+
+    heads = threading.local()
+
+    @contextlib.contextmanager
+    def head_read(self, sock):
+        """Watch the head this thread reads from sock (none with a keepalive of 0) until it has arrived."""
+        if self.cfg.keepalive:
+            self.heads.watch = WATCHER.watch({CLIENT_SOCKET_KEY: sock}, None, time.monotonic() + self.cfg.keepalive,
+                                             reading=True)
+        try:
+            yield
+        finally:
+            self.head_read_over()
+
+    def head_read_over(self):
+        """Stop watching the head this thread read, if it still is."""
+        watch, self.heads.watch = getattr(self.heads, 'watch', None), None
+        if watch is not None:
+            WATCHER.forget(watch)
+
+    def handle_request(self, *args):
+        """Serve a request whose head has arrived, its head no longer watched."""
+        self.head_read_over()
+        return super().handle_request(*args)
+
+
+class ProblemThreadWorker(BoundedHead, ProblemErrors, ThreadWorker):
+    """gunicorn's gthread worker with problem+json error answers, a bounded read of each request's head (BoundedHead),
+    and a quick stop that cannot deadlock."""
+
+    def handle(self, conn):
+        """Serve the request of a connection gunicorn's poller found readable, its head read within keepalive."""
+        with self.head_read(conn.sock):
+            return super().handle(conn)
 
     def handle_quit(self, sig, frame):
         """Stop at once (SIGQUIT, SIGINT), cutting the requests in flight as gunicorn's quick stop does, with
@@ -182,8 +207,14 @@ class ProblemThreadWorker(ProblemErrors, ThreadWorker):
         os._exit(0)
 
 
-class ProblemSyncWorker(ProblemErrors, SyncWorker):
-    """gunicorn's sync worker with problem+json error answers."""
+class ProblemSyncWorker(BoundedHead, ProblemErrors, SyncWorker):
+    """gunicorn's sync worker with problem+json error answers and a bounded read of each request's head
+    (BoundedHead)."""
+
+    def handle(self, listener, client, addr):
+        """Serve the request of an accepted connection, its head read within keepalive."""
+        with self.head_read(client):
+            return super().handle(listener, client, addr)
 
 
 WORKER_CLASSES = {'gevent': 'lib.http.workers.ProblemGeventWorker', 'gthread': 'lib.http.workers.ProblemThreadWorker',

@@ -11,6 +11,7 @@ import traceback
 from lib.http.disconnect import SEND_WATCH_BYTES, WATCHER, client_gone
 from lib.http.exchange import (CLIENT_KEY, CLIENT_SOCKET_KEY, CUT_KEY, ERROR_KEY, GONE_KEY, ROUTE_KEY, STOPPING_KEY,
                                BrokeBeforeItsFirstByte, deadline_of)
+from lib.http.raw import problem_answer
 from lib.http.requestid import REQUEST_ID_KEY
 from lib.logs.formatter import ACCESS_LOGGER, dotted
 from lib.logs.handlers import LineWriting
@@ -90,9 +91,10 @@ class Exchange:
                 return
             if self.environ.get(CLIENT_SOCKET_KEY) is None:
                 raise
-            # Nothing sent yet: the server answers a 500 in its place, and this line says so.
+            # Nothing sent yet: the server answers a 500 in its place, and this line says so, with its body's bytes.
             self.status = 500
-            raise BrokeBeforeItsFirstByte(self.environ.get(REQUEST_ID_KEY)) from exc
+            answer, self.bytes = problem_answer(500, 'Internal Server Error', self.environ.get(REQUEST_ID_KEY))
+            raise BrokeBeforeItsFirstByte(answer) from exc
         except BaseException:  # closed before its end (GeneratorExit), or the worker stopping (GreenletExit)
             self.cut_short = True
             raise
