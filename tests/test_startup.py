@@ -355,13 +355,19 @@ def test_an_out_of_order_python_migration_is_told_its_own_form_of_the_dependency
         manage.apply_migrations(scratch_database, folder)
 
 
+def applied_then_gone(folder, dsn, name):
+    """Make folder, apply to dsn a migration of it named name that creates a table, then delete its file; return
+    folder."""
+    folder.mkdir()
+    (folder / f'{name}.sql').write_text(f'CREATE TABLE table_{name} (id int);\n')
+    manage.apply_migrations(dsn, folder)
+    (folder / f'{name}.sql').unlink()
+    return folder
+
+
 def test_a_migration_sorting_before_an_applied_one_whose_file_is_gone_is_refused_too(tmp_path, scratch_database):
     """It was applied, with a warning for the gone file alone, where with the file there it was refused (trial AK)."""
-    folder = tmp_path / 'migrations'
-    folder.mkdir()
-    (folder / '0006_gone.sql').write_text('CREATE TABLE gone (id int);\n')
-    manage.apply_migrations(scratch_database, folder)
-    (folder / '0006_gone.sql').unlink()
+    folder = applied_then_gone(tmp_path / 'migrations', scratch_database, '0006_gone')
     (folder / '0005_before.sql').write_text('CREATE TABLE before_it (id int);\n')
     with pytest.raises(StartupError) as caught:
         manage.apply_migrations(scratch_database, folder)
@@ -414,11 +420,7 @@ def test_a_dependency_on_no_migration_stops_the_start_in_one_line(tmp_path, scra
 def test_a_migration_file_yoyo_does_not_read_and_an_applied_ones_missing_file_are_warned_of(tmp_path, scratch_database,
                                                                                              caplog):
     """Both were silent (trial AG): a new database would not run either."""
-    folder = tmp_path / 'migrations'
-    folder.mkdir()
-    (folder / '0001_orders.sql').write_text('CREATE TABLE orders (id int);\n')
-    manage.apply_migrations(scratch_database, folder)
-    (folder / '0001_orders.sql').unlink()
+    folder = applied_then_gone(tmp_path / 'migrations', scratch_database, '0001_orders')
     (folder / '0002_refunds.SQL').write_text('CREATE TABLE refunds (id int);\n')
     with caplog.at_level(logging.WARNING, logger='dbapi.migrate'):
         assert manage.apply_migrations(scratch_database, folder) == []
