@@ -34,7 +34,7 @@ with exit_on_startup_error():
     from lib.db.green import make_psycopg2_cooperative
     from lib.http.disconnect import prepare_worker
     from lib.http.workers import WORKER_CLASSES, pace_kept_alive_connection
-    from manage import check_before_fork, unmounted_scopes
+    from manage import check_before_fork, unmounted_scopes, unread_module_migrations
     from lib.auth import learn_shown_tokens
 
     ROUTES, CLIENTS = check_before_fork()
@@ -94,9 +94,10 @@ def pre_exec(server):
 
 
 def on_starting(server):
-    """Start the metrics from zero: files of an earlier run would be summed in; warn of what may be misspelt."""
+    """Start the metrics from zero: files of an earlier run would be summed in; warn of what may be misspelt or
+    misplaced."""
     clear_multiprocess_dir()
-    for warning in unmounted_scopes(ROUTES, CLIENTS):
+    for warning in unmounted_scopes(ROUTES, CLIENTS) + unread_module_migrations(settings.MODULE_PACKAGES):
         server.log.warning(warning)
 
 

@@ -151,6 +151,15 @@ def unmounted_scopes(routes, clients):
             for module in sorted((client.modules or set()) - mounted)]
 
 
+def unread_module_migrations(packages):
+    """Return a warning for each `.sql` file in a `migrations` folder of a module folder of packages (MODULE_PACKAGES):
+    migrations are the project's `migrations/` files alone (docs/modules.md, Tables), so such a file never runs, and
+    was silent (trial AK)."""
+    return [f"{path} is not read: a module's tables come in a file of the project's migrations/ folder"
+            for _, _, folder in discover_modules(packages)
+            for path in sorted(folder.rglob('*.sql')) if 'migrations' in path.relative_to(folder).parts[:-1]]
+
+
 def discovered_routes():
     """Return the routes of every module in MODULE_PACKAGES, without building an app."""
     return [route for package, name, folder in discover_modules(settings.MODULE_PACKAGES)

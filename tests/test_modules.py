@@ -1,6 +1,7 @@
 """Module mounting: a folder is a module; a broken one stops the start with a message naming its file."""
 import pytest
 
+import manage
 from lib.modules import ModuleError
 from tests.helpers import ADMIN_TOKEN
 
@@ -465,3 +466,13 @@ def test_a_schema_with_hooks_whose_body_leaves_out_a_needed_argument_is_a_422(ma
     client = make_app(MODULE_PACKAGES=[module_package({'hooked/routes.py': routes})]).test_client()
     answer = client.post('/hooked/act', json={'a': 1}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
     assert answer.status_code == 422 and answer.get_json()['errors'] == {'b': ['Missing data for required field.']}
+
+
+def test_sql_files_in_a_modules_migrations_folder_are_warned_of(tmp_path, module_package):
+    """migrations/ at the project's root is read alone: a module's own migrations folder, a natural layout, never ran,
+    and nothing said so (trial AK). A `.sql` file elsewhere in a module (queries it reads itself) is its own."""
+    package = module_package({'shop/routes.py': GOOD_ROUTES, 'shop/migrations/0001_orders.sql': 'SELECT 1;',
+                              'shop/queries/orders.sql': 'SELECT 1;'})
+    assert manage.unread_module_migrations([package]) == [
+        f"{tmp_path / package / 'shop' / 'migrations' / '0001_orders.sql'} is not read: a module's tables come in a "
+        "file of the project's migrations/ folder"]
