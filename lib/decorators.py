@@ -241,18 +241,19 @@ NO_CONTENT_STATUSES = (204, 304)
 def respond(result):
     """Turn an action's return value, or (value, status), into a JSON response; an iterator (a LeasedStream, a
     generator) is streamed as one JSON array; a flask Response is the answer, with status when it came as
-    (Response, status), as flask takes it (a 500 before: trial AK)."""
-    if isinstance(result, Response):
-        return result
-    value, status = value_and_status(result)
-    if isinstance(value, Response):
-        value.status_code = status
-        return value
+    (Response, status), as flask takes it (a 500 before: trial AK), its status held to SUCCESS_STATUSES as any
+    (its own 500 went out as it was, its transaction committed: trial AM)."""
+    value, status = value_and_status((result, result.status_code) if isinstance(result, Response) else result)
     if status in NO_CONTENT_STATUSES:
+        if isinstance(value, Response):
+            value.close()  # its body's generator, unread: the answer has none
         close_stream(value)  # a stream's connection goes back unread: the answer has no body
         response = Response(status=status)
         del response.headers['Content-Type']
         return response
+    if isinstance(value, Response):
+        value.status_code = status
+        return value
     if isinstance(value, Iterator):
         return streamed(value, status)
     return json_response(value, status)

@@ -1050,6 +1050,19 @@ def test_a_stream_that_fails_half_way_is_logged_as_a_failure_with_the_bytes_sent
     assert server_tracebacks(tmp_path) == [], 'the access line alone tells of the broken stream'
 
 
+@pytest.mark.parametrize('worker_class', ['gevent', 'sync'])
+def test_a_response_body_that_yields_what_is_not_bytes_is_logged_as_that_error(database_url, tmp_path, worker_class):
+    """The server's own TypeError, raised as it wrote, was logged as the answer cut short (trial AM)."""
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1',
+                             WORKER_CLASS=worker_class) as (port, _):
+        with contextlib.suppress(http.client.HTTPException):  # the answer ends without its last chunk
+            post(port, '/probe/yields_a_row', headers={'X-Request-ID': 'yields-a-row'})
+    line = gunicorn_access_line(tmp_path, 'yields-a-row')
+    assert line['event']['outcome'] == 'failure' and line['error']['type'] == 'TypeError', line
+    assert line['error']['message'].startswith('a response body yielded list, not bytes'), line
+    assert server_tracebacks(tmp_path) == []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
 def test_a_compressed_stream_that_breaks_before_its_first_byte_is_a_500_under_its_request_id(database_url, tmp_path,

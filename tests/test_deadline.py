@@ -14,8 +14,8 @@ from flask import Response
 
 import settings
 from lib.db import DEFAULT, PoolTimeout, connection, transactional
-from lib.db.guard import ActionMisusedConnection, NotACursorClass, StatementPastDeadline
-from lib.db.unit import DatabaseNotAnswering, DeadlineExceeded, StreamPastDeadline, TransactionLeftOpen
+from lib.db.guard import ActionMisusedConnection, NotACursorClass, StatementPastDeadline, TransactionLeftOpen
+from lib.db.unit import DatabaseNotAnswering, DeadlineExceeded, StreamPastDeadline
 from lib.decorators import inject_conn, inject_db
 from lib.errors import Conflict, GatewayTimeout, ImproperlyConfigured, as_api_error, from_database_error
 from lib.http.exchange import DEADLINE_KEY

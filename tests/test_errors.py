@@ -176,27 +176,64 @@ def test_a_retried_transaction_gets_the_arguments_as_the_first_attempt_got_them(
 
 
 LEFT_OPEN_ROUTES = '''
+    from lib.db import Db
     from lib.decorators import inject_conn
 
     @inject_conn(autocommit=True)
-    def begin_only(conn, code, stream=False):
+    def begin_only(conn, code, stream=None):
         with conn.cursor() as cursor:
             cursor.execute('BEGIN; INSERT INTO probe.things (code) VALUES (%s) RETURNING id', (code,))
             row = cursor.fetchone()
+        query = ('SELECT id FROM probe.things WHERE code = %s', (code,))
+        if stream == 'db':
+            return Db(conn).stream(*query)
+        if stream == 'db json':
+            return Db(conn).stream_json(*query)
         return iter([row]) if stream else row
     routes = [dict(route='begin_only', action=begin_only)]
 '''
 
 
-@pytest.mark.parametrize('stream', [False, True])
+@pytest.mark.parametrize('stream', [None, 'iterator', 'db', 'db json'])
 def test_an_autocommit_action_that_leaves_a_transaction_open_is_a_500_not_a_success_rolled_back_unseen(
         make_app, module_package, database_url, stream):
-    """A stream too: refused before its 200 goes out, not cut short at its end."""
+    """A stream too: refused before its 200 goes out, not cut short at its end; a Db stream, which opens a
+    transaction of its own, committed the BEGIN's work with a 200 (trial AM)."""
     client = make_app(MODULE_PACKAGES=[module_package({'open/routes.py': LEFT_OPEN_ROUTES})]).test_client()
     code = f'left-open-{stream}'
     response = client.post('/open/begin_only', json={'code': code, 'stream': stream}, headers=AUTH)
     assert_problem(response, 500)
+    assert response.get_json()['detail'].startswith('The action left a transaction open (a BEGIN without its COMMIT)')
     assert run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,)) == [(0,)]
+
+
+MADE_RESPONSE_ROUTES = '''
+    from flask import Response
+    from lib.decorators import inject_conn
+
+    @inject_conn()
+    def made(conn, code, status):
+        with conn.cursor() as cursor:
+            cursor.execute('INSERT INTO probe.things (code) VALUES (%s)', (code,))
+        return Response('made', status=status, mimetype='text/plain')
+    routes = [dict(route='made', action=made)]
+'''
+
+
+@pytest.mark.parametrize('status, answer, kept', [(500, 500, 0), (404, 500, 0), (204, 204, 1), (201, 201, 1)])
+def test_a_response_an_action_makes_has_its_status_held_to_the_success_statuses(make_app, module_package,
+                                                                              database_url, status, answer, kept):
+    """Its own 500 went out as it was, its transaction committed, and a 204 kept its body's content type (trial AM):
+    an error is raised, and a 204 has no body, whoever made the answer."""
+    client = make_app(MODULE_PACKAGES=[module_package({'made/routes.py': MADE_RESPONSE_ROUTES})]).test_client()
+    code = f'made-{status}'
+    response = client.post('/made/made', json={'code': code, 'status': status}, headers=AUTH)
+    if answer == 500:
+        assert_problem(response, 500)
+    else:
+        assert (response.status_code, response.get_data(), response.content_type) == (
+            (204, b'', None) if answer == 204 else (201, b'made', 'text/plain; charset=utf-8'))
+    assert run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,)) == [(kept,)]
 
 
 def test_arguments_that_cannot_be_copied_are_not_replayed():

@@ -344,6 +344,23 @@ def test_a_migration_added_with_a_name_sorting_before_an_applied_one_is_refused_
     assert manage.apply_migrations(scratch_database, folder) == ['0003_notes']
 
 
+def test_a_migration_that_depends_only_on_an_earlier_one_is_still_out_of_order(tmp_path, scratch_database):
+    """Any `-- depends:` skipped the check: a file depending on 0001 alone ran after 0005 here and before it on a new
+    database, where it failed (trial AM). One depending on 0004, which depends on 0005, is placed after both."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_orders.sql').write_text('CREATE TABLE orders (id int PRIMARY KEY);\n')
+    (folder / '0004_refunds.sql').write_text('-- depends: 0005_shipments\nCREATE TABLE refunds (id int);\n')
+    (folder / '0005_shipments.sql').write_text('CREATE TABLE shipments (id int);\n')
+    manage.apply_migrations(scratch_database, folder)
+    late = folder / '0003_notes.sql'
+    late.write_text('-- depends: 0001_orders\nALTER TABLE shipments ADD COLUMN note text;\n')
+    with pytest.raises(StartupError, match='sorts before 0005_shipments, which this database applied already'):
+        manage.apply_migrations(scratch_database, folder)
+    late.write_text('-- depends: 0004_refunds\nALTER TABLE shipments ADD COLUMN note text;\n')
+    assert manage.apply_migrations(scratch_database, folder) == ['0003_notes']
+
+
 def test_an_out_of_order_python_migration_is_told_its_own_form_of_the_dependency(tmp_path, scratch_database):
     """A `.py` migration declares `__depends__`; the line told it to add `-- depends:` (trial AH)."""
     folder = tmp_path / 'migrations'
@@ -440,8 +457,8 @@ def test_migration_files_in_a_sub_folder_and_empty_ones_are_warned_of(tmp_path, 
     with caplog.at_level(logging.WARNING, logger='dbapi.migrate'):
         assert manage.apply_migrations(scratch_database, folder) == ['0003_later']
     assert [record.getMessage() for record in caplog.records if record.name == 'dbapi.migrate'] == [
-        f'{folder / "orders" / "0002_orders.sql"} is not read: migrations are the files of {folder} itself, not of its '
-        'sub-folders',
+        f'{folder / "orders" / "0002_orders.sql"} is not read: yoyo reads the files directly in {folder}, not those of '
+        'its sub-folders',
         f'{folder / "0003_later.sql"} has no statement to run: it is recorded as applied, and what is written in it '
         'later never runs (an applied file that changed stops the start)']
 
@@ -506,6 +523,18 @@ def refusal_before_anything_runs(folder, dsn, text):
         manage.apply_migrations(dsn, folder)
     assert run_sql(dsn, "SELECT to_regclass('fine_first') IS NULL") == [(True,)]
     return str(caught.value)
+
+
+def test_a_migration_of_a_header_and_a_block_comment_alone_is_refused_naming_the_comments_line(tmp_path,
+                                                                                              scratch_database,
+                                                                                              caplog):
+    """yoyo sends the block comment as a statement, which fails: the refusal named line 1, the header's, after a
+    warning that the file would be recorded as applied (trial AM)."""
+    folder = tmp_path / 'migrations'
+    with caplog.at_level(logging.WARNING, logger='dbapi.migrate'):
+        refusal = refusal_before_anything_runs(folder, scratch_database, '-- Reserved for later.\n/* later */\n')
+    assert refusal == TRAILING_COMMENT_REFUSAL.format(folder / '0002_refused.sql')
+    assert [record for record in caplog.records if record.name == 'dbapi.migrate'] == []
 
 
 @pytest.mark.parametrize('text', ['-- only a description\n-- and more\n', '-- transactional: false\n\nSELECT 1;\n',

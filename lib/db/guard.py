@@ -70,6 +70,25 @@ def from_action_misused_connection(exc):
     return ApiError(f'The action {exc}.')
 
 
+class TransactionLeftOpen(ActionMisusedConnection):
+    """An autocommit action left a transaction open on its connection (a BEGIN it never committed), at its end or
+    before a stream that opens one of its own (lib/db/session.py's enter_transaction), which would have committed it
+    (trial AM): the transaction is rolled back and the request is a 500 that says so, the module's bug, rather than
+    a success whose writes the give-back would roll back unseen."""
+
+
+# libpq's transaction states (psycopg2's conn.get_transaction_status()) of a session in a transaction block.
+IN_TRANSACTION = (psycopg2.extensions.TRANSACTION_STATUS_INTRANS, psycopg2.extensions.TRANSACTION_STATUS_INERROR)
+
+
+def refuse_transaction_left_open(conn):
+    """Raise TransactionLeftOpen when conn is in autocommit and yet inside a transaction block (a BEGIN sent in SQL,
+    which psycopg2 does not see)."""
+    if conn.autocommit and conn.get_transaction_status() in IN_TRANSACTION:
+        raise TransactionLeftOpen('left a transaction open (a BEGIN without its COMMIT): it was rolled back; in an '
+                                  "autocommit=True action a transaction is transactional()'s")
+
+
 # What ActionMisusedConnection's messages about an action's one transaction go on to say.
 ONE_TRANSACTION = ('dbapi commits it when the action returns and runs the whole action again after a conflict, which '
                    'would run a committed part again; return instead, or use autocommit=True with transactional() for '
@@ -80,7 +99,7 @@ def refuse_action_commit(conn):
     """Raise ActionMisusedConnection when conn runs an action as one transaction (its action_autocommit False):
     that transaction is dbapi's to commit."""
     if conn.action_autocommit is False:
-        raise ActionMisusedConnection(f'committed its transaction itself (connection.commit, `with conn:`): '
+        raise ActionMisusedConnection(f'tried to commit its transaction itself (connection.commit, `with conn:`): '
                                       f'{ONE_TRANSACTION}')
 
 
@@ -108,8 +127,8 @@ def refuse_transaction_escape(conn):
     outside it: its SQL ended the transaction (transaction_ended_in_sql); a switch of autocommit is refused as it is
     made (refuse_mode_switch)."""
     if transaction_ended_in_sql(conn):
-        raise ActionMisusedConnection(f'ended its transaction in SQL (COMMIT, END or ROLLBACK) and went on: each '
-                                      f'statement after it would commit alone; {ONE_TRANSACTION}')
+        raise ActionMisusedConnection(f'ended its transaction in SQL (COMMIT, END, ROLLBACK or ABORT) and went on: '
+                                      f'each statement after it would commit alone; {ONE_TRANSACTION}')
 
 
 def refuse_mode_switch(conn, autocommit):

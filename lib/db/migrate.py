@@ -148,13 +148,13 @@ def migrate(dsn, directory=MIGRATIONS_DIR, lock_timeout_ms=0):
         check_directives(pending)
         check_in_order([migration.id for migration in applied_before] + gone, gone, pending)
         warn_of_unread_files(directory, gone)
-        warn_of_empty(pending)
         # Those applied before checksums were kept (a database an older dbapi migrated, rows deleted as the
         # changed-files line offers): recorded once, as repair takes them, if they can run on a new database.
         unrecorded = [migration for migration in applied_before if migration.id not in recorded]
         check_runnable(unrecorded)
         record_checksums(backend, unrecorded)
         check_runnable(pending)
+        warn_of_empty(pending)
         # yoyo prints the rows of a migration's SELECT as a table on stdout, which holds JSON lines alone.
         with contextlib.redirect_stdout(sys.stderr):
             apply_each(backend, pending)
@@ -266,7 +266,9 @@ def idle_statement(text):
     for index, start, statement in statements_of(text):
         if NOTHING_TO_RUN.fullmatch(statement) and not (index == 0 and HEADER_LINES.fullmatch(statement)):
             semicolon = ';' in COMMENT.sub('', statement)
-            at = start + LEADING_COMMENTS.match(statement).end() if semicolon else start  # the ";", or the comment
+            # the ";", or the comment (past the first statement's header lines, which yoyo does not send)
+            skipped = LEADING_COMMENTS if semicolon else HEADER_LINES if index == 0 else None
+            at = start + (skipped.match(statement).end() if skipped else 0)
             return text.count('\n', 0, at) + 1, semicolon
     return None
 
@@ -303,14 +305,25 @@ def check_applied_unchanged(recorded, applied):
 
 def check_in_order(applied, gone, pending):
     """Raise MigrationOutOfOrder for the first of pending (yoyo migrations) whose name sorts before one of applied
-    (ids, those of gone included: applied, their files gone) and that declares no dependency (yoyo's `-- depends:`,
-    `__depends__`): a new database runs it before that one, this one would run it after (trial AG: a file added later
-    with a lower number ran last here, and failed on a new database); Flyway refuses out-of-order ones too. One that
-    declares its dependencies has chosen its place."""
+    (ids, those of gone included: applied, their files gone) and that does not depend, through yoyo's `-- depends:`
+    or `__depends__` (its own or its dependencies'), on the last of them: a new database runs it before that one, this
+    one would run it after (trial AG: a file added later with a lower number ran last here, and failed on a new
+    database; trial AM: one that depended on an early migration alone); Flyway refuses out-of-order ones too."""
     for migration in pending:
         later = sorted(each for each in applied if each > migration.id)
-        if later and not migration.depends:
+        if later and later[-1] not in dependencies(migration):
             raise MigrationOutOfOrder(out_of_order(migration, later[-1], later[-1] in gone))
+
+
+def dependencies(migration):
+    """Return the ids of the migrations a yoyo migration depends on, directly or through theirs."""
+    found, waiting = set(), list(migration.depends)
+    while waiting:
+        each = waiting.pop()
+        if each.id not in found:
+            found.add(each.id)
+            waiting.extend(each.depends)
+    return found
 
 
 def out_of_order(migration, applied, gone):
@@ -361,7 +374,7 @@ def warn_of_unread_files(directory, gone):
     directory = Path(directory)
     for path in sorted(directory.rglob('*')):
         if path.parent != directory and path.suffix.lower() == '.sql':
-            log.warning('%s is not read: migrations are the files of %s itself, not of its sub-folders',
+            log.warning('%s is not read: yoyo reads the files directly in %s, not those of its sub-folders',
                         shown_path(path), shown_path(directory))
         elif path.suffix.lower() in ('.sql', '.py') and path.suffix not in ('.sql', '.py'):
             log.warning('%s is not read: a migration file ends in .sql or .py, in lower case', shown_path(path))

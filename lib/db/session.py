@@ -10,7 +10,8 @@ from psycopg2 import sql
 
 from lib.db.cancel import cancel_request_for
 from lib.db.guard import (ActionMisusedConnection, check_guarded, guarded, refuse_action_commit, refuse_mode_switch,
-                          refuse_session_change, refuse_when_request_over, transaction_ended_in_sql)
+                          refuse_session_change, refuse_transaction_left_open, refuse_when_request_over,
+                          transaction_ended_in_sql)
 from lib.db.types import READING_STYLES
 from lib.errors import GatewayTimeout
 
@@ -192,6 +193,7 @@ def enter_transaction(conn):
     transaction from then on (note_action), which its lease commits when the stream ends, or rolls back when it
     fails (lib/db/unit.py)."""
     if conn.autocommit:
+        refuse_transaction_left_open(conn)  # the stream would commit what the BEGIN began
         if getattr(conn, 'action_autocommit', None):
             note_action(conn, False)
         conn.autocommit = False
@@ -204,9 +206,10 @@ def end_action(conn):
     ended = conn.action_autocommit is False and transaction_ended_in_sql(conn)
     note_action(conn, None)
     if ended:
-        raise ActionMisusedConnection('ended its transaction in SQL (COMMIT, END or ROLLBACK): what a COMMIT wrote '
-                                      'stays committed, and so does what the statements after it in the same query '
-                                      'string wrote, whatever the action answered, and it is not run again; return '
+        raise ActionMisusedConnection('ended its transaction in SQL (COMMIT, END, ROLLBACK or ABORT): what a COMMIT '
+                                      'wrote stays committed, and so does what the statements after it in the same '
+                                      'query string wrote (PostgreSQL runs them as one transaction, committed unless '
+                                      'one fails), whatever the action answered, and it is not run again; return '
                                       'instead, and dbapi commits it')
 
 

@@ -5,9 +5,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg2.errors
-import psycopg2.extensions
 
-from lib.db.guard import StatementPastDeadline
+from lib.db.guard import StatementPastDeadline, refuse_transaction_left_open
 from lib.db.helpers import Db
 from lib.db.pool import PoolTimeout
 from lib.db.types import check_reading_styles
@@ -41,20 +40,12 @@ class StreamPastDeadline(GatewayTimeout):
     detail = "The answer ran past the request's deadline and was cut short."
 
 
-class TransactionLeftOpen(Exception):
-    """An autocommit action ended with a transaction still open on its connection (a BEGIN it never committed): the
-    transaction is rolled back and the request is a 500, the module's bug, rather than a success whose writes the
-    give-back would roll back unseen."""
-
-
 class NotAutocommit(RuntimeError):
     """transactional(conn) on a connection that is not in autocommit (an action's with autocommit=False, which is
     one transaction already): its commit would end that transaction half-way, and a retry of the action would run
     the part committed again. A module's bug, a 500."""
 
 
-# libpq's transaction states (psycopg2's conn.get_transaction_status()) of a session in a transaction block.
-IN_TRANSACTION = (psycopg2.extensions.TRANSACTION_STATUS_INTRANS, psycopg2.extensions.TRANSACTION_STATUS_INERROR)
 # How long past a request's deadline its connection still waits for PostgreSQL, whose own statement timeout ends a
 # transaction's statements at the deadline and answers with its error.
 ANSWER_GRACE_SECONDS = 1
@@ -139,9 +130,7 @@ class Lease:
 
     def refuse_open_transaction(self):
         """Raise TransactionLeftOpen when the connection of an autocommit lease is inside a transaction block."""
-        if self.conn.autocommit and self.conn.get_transaction_status() in IN_TRANSACTION:
-            raise TransactionLeftOpen('an autocommit action left a transaction open (a BEGIN without its COMMIT): '
-                                      'it was rolled back')
+        refuse_transaction_left_open(self.conn)
 
     def commit_in_time(self):
         """Commit, unless the deadline has passed: nginx may have answered 504 already, so roll back instead."""

@@ -130,7 +130,12 @@ class Exchange:
 def pieces_of(chunk):
     """Return chunk as the server should write it: whole, or in pieces of SEND_PIECE_BYTES when longer, so that an
     answer cut short is logged with the bytes it sent to within a piece (the server reports nothing of a write
-    that failed half-way)."""
+    that failed half-way). A chunk that is not bytes (a flask Response's generator that yields rows) is a TypeError
+    raised here, so that the access line names it: the server's own, raised as it writes, was logged as the answer cut
+    short (trial AM)."""
+    if not isinstance(chunk, bytes):
+        raise TypeError(f'a response body yielded {type(chunk).__name__}, not bytes: a generator of a flask Response '
+                        'yields str or bytes')
     if len(chunk) <= SEND_PIECE_BYTES:
         return (chunk,)
     return (chunk[start:start + SEND_PIECE_BYTES] for start in range(0, len(chunk), SEND_PIECE_BYTES))

@@ -257,6 +257,11 @@ def made_response(conn, code):
     return Response(body(), mimetype='text/plain'), code
 
 
+def yields_a_row():
+    """Return a flask Response whose body's generator yields a row, which no server can write, after its first byte."""
+    return Response(iter([b'[', [1], b']']), mimetype='application/json')
+
+
 def counted(count, missing_at=None):
     """Return a plain generator (no connection) of the numbers 0 to count - 1; it raises NotFound at missing_at."""
     def numbers():

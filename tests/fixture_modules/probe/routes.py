@@ -3,7 +3,7 @@ from .actions import (add, autocommit_stream, bytea_round_trip, chunked, counted
                       enveloped_any_keys, enveloped_own_keys, export_things, fail_with, failing_stream, flaky,
                       generated, get_thing, given_status, greet, hold, hold_many, items, keyed, made_response,
                       migrations, missing, move, nothing_to_iterate, pid, probe_values, python_values, raw_rows,
-                      register, sized, sqlstate, system_exit, with_status)
+                      register, sized, sqlstate, system_exit, with_status, yields_a_row)
 
 routes = [
     dict(route='', action=echo),
@@ -25,6 +25,7 @@ routes = [
     dict(route='status', action=with_status),
     dict(route='given_status', action=given_status),
     dict(route='made_response', action=made_response),
+    dict(route='yields_a_row', action=yields_a_row),
     dict(route='counted', action=counted),
     dict(route='bytea_round_trip', action=bytea_round_trip),
     dict(route='nothing_to_iterate', action=nothing_to_iterate),
