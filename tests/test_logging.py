@@ -957,6 +957,23 @@ def test_gunicorns_debug_line_never_shows_a_sha256_clients_token_its_request_sho
     assert not [spelling for spelling in ('Sha-Only', 'Sha%2DOnly', 'Path%2f77', 'Only.Token') if spelling in stdout]
 
 
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_gunicorns_debug_line_of_a_request_ended_unfinished_quotes_none_of_it(tmp_path, database_url, worker_class):
+    """gunicorn's "Ignored premature client disconnection. No more data after: b'...'" quoted the head sent so far,
+    Authorization and Cookie included (trial AN)."""
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, LOG_LEVEL='DEBUG', WORKER_CLASS=worker_class,
+                             WEB_CONCURRENCY='1') as (port, _):
+        with socket.create_connection(('127.0.0.1', port), timeout=10) as client:
+            client.sendall(f'POST /example HTTP/1.1\r\nAuthorization: Bearer {SHA_ONLY_TOKEN}\r\n'
+                           'Cookie: session=cookie-secret-42\r\n'.encode())
+            time.sleep(0.5)  # the worker is reading the head
+        assert http_request(port, 'GET', '/healthz').status == 200
+        time.sleep(0.5)
+    output = (tmp_path / 'stdout').read_text(encoding='utf-8') + (tmp_path / 'stderr').read_text(encoding='utf-8')
+    assert 'Ignored premature client disconnection. NoMoreData (what the client sent is left out' in output
+    assert 'Only.Token' not in output and 'cookie-secret-42' not in output
+
+
 @pytest.mark.parametrize('handler_class', [LineStreamHandler, PipeStreamHandler])
 def test_a_line_to_a_stdout_whose_reader_is_gone_is_dropped_without_a_report_on_stderr(handler_class, capfd):
     """With the terminal hung up (EIO) or the pipe's reader gone (EPIPE), logging wrote `--- Logging error ---` and a

@@ -30,11 +30,11 @@ from lib.http.exchange import CLIENT_SOCKET_KEY, WAITED_ON_DATABASE_KEY, BrokeBe
 from lib.http.raw import problem_answer
 from lib.http.requestid import REFUSED_REQUEST_ID, new_request_id
 from lib.logs.access import log_refused_request
+from lib.logs.secrets import UNQUOTED
 
 STATUS_LINE = re.compile(rb'HTTP/1\.[01] (\d{3}) ([^\r\n]*)')
 # gunicorn's 501 is a Transfer-Encoding it does not know: the client's mistake, a 400, as nginx answers it.
 CLIENT_MISTAKES = {501: 400}
-UNQUOTED = '(what the client sent is left out of the log: it may hold a credential)'
 # A gevent sleep this long (more than 0) resumes only in the event loop's next turn, after it has looked at every
 # socket and timer (gevent.sleep's documentation).
 LOOP_TURN_SECONDS = 1e-6

@@ -13,13 +13,14 @@ import logging
 import socket
 
 from gunicorn import glogging
+from gunicorn.http.errors import NoMoreData
 
 from lib.auth import load_clients
 from lib.errors import StartupError
 from lib.logs.access import ACCESS_DATASET, AccessLog, install_access_log
 from lib.logs.formatter import ACCESS_LOGGER, EcsFormatter, ServiceFields, service_fields
 from lib.logs.handlers import build_handlers
-from lib.logs.secrets import Redactor, configured_secrets, dsn_spellings
+from lib.logs.secrets import UNQUOTED, Redactor, configured_secrets, dsn_spellings
 
 __all__ = ['AccessLog', 'GunicornLogger', 'check_secrets_spare_every_line', 'configure_logging',
            'configure_process_logging', 'install_access_log', 'settings_config']
@@ -124,6 +125,15 @@ def configure_process_logging(settings_module):
     configure_logging(config, secrets=secrets)
 
 
+def without_request_bytes(record):
+    """Keep record, gunicorn's, with its NoMoreData arguments named alone: its text quotes the bytes of a request that
+    ended unfinished (gunicorn's DEBUG "Ignored premature client disconnection. No more data after: b'...
+    Authorization: Bearer ...'"), a credential no Redactor may know (trial AN)."""
+    if isinstance(record.args, tuple) and any(isinstance(arg, NoMoreData) for arg in record.args):
+        record.args = tuple(f'NoMoreData {UNQUOTED}' if isinstance(arg, NoMoreData) else arg for arg in record.args)
+    return True
+
+
 class GunicornLogger(glogging.Logger):
     """gunicorn's logger with its lines (master and workers) written as ECS JSON by the root logger's handlers,
     which gunicorn.conf.py installs with configure_process_logging."""
@@ -137,3 +147,4 @@ class GunicornLogger(glogging.Logger):
             self.error_log.removeHandler(handler)
             handler.close()
         self.error_log.propagate = True
+        self.error_log.addFilter(without_request_bytes)

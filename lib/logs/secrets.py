@@ -9,6 +9,9 @@ from psycopg2.extensions import parse_dsn
 from lib.logs.formatter import encode
 
 REDACTED = '[REDACTED]'
+# Said in place of what a client sent, in a line that would quote it: a header there may hold any credential, one
+# no Redactor knows (a token known only by its sha256, a cookie, another service's key).
+UNQUOTED = '(what the client sent is left out of the log: it may hold a credential)'
 # Shorter "secrets" would blank out ordinary words in every line.
 MIN_SECRET_LENGTH = 4
 PERCENT_ESCAPE = re.compile(r'%[0-9A-F]{2}')
