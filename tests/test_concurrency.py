@@ -1056,7 +1056,7 @@ def test_a_response_body_that_yields_what_is_not_bytes_is_logged_as_that_error(d
     with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1',
                              WORKER_CLASS=worker_class) as (port, _):
         with contextlib.suppress(http.client.HTTPException):  # the answer ends without its last chunk
-            post(port, '/probe/yields_a_row', headers={'X-Request-ID': 'yields-a-row'})
+            post(port, '/probe/yields_a_row', {'row': [1]}, headers={'X-Request-ID': 'yields-a-row'})
     line = gunicorn_access_line(tmp_path, 'yields-a-row')
     assert line['event']['outcome'] == 'failure' and line['error']['type'] == 'TypeError', line
     assert line['error']['message'].startswith('a response body yielded list, not bytes'), line

@@ -257,9 +257,10 @@ def made_response(conn, code):
     return Response(body(), mimetype='text/plain'), code
 
 
-def yields_a_row():
-    """Return a flask Response whose body's generator yields a row, which no server can write, after its first byte."""
-    return Response(iter([b'[', [1], b']']), mimetype='application/json')
+def yields_a_row(row):
+    """Return a flask Response whose body's generator yields row (a list), which no server can write, after its first
+    byte."""
+    return Response(iter([b'[', row, b']']), mimetype='application/json')
 
 
 def counted(count, missing_at=None):
