@@ -137,7 +137,26 @@ def test_an_http_version_past_1_1_is_a_400_problem_as_nginx_answers_it(database_
                                                b'Connection: close\r\n\r\n{}')
             assert status == 400 and headers['Content-Type'] == 'application/problem+json', (request_line, body)
             assert json.loads(body)['detail'] == 'dbapi speaks HTTP/1.0 and HTTP/1.1 only.'
+        for request_line in (b'GET /healthz HTTP/2.0', b'GET /healthz HTTP/1.10', b'GET /healthz http/1.1'):
+            # versions gunicorn does not parse: its 400, which said "The request is malformed." (trial AO)
+            status, _, body = raw_answer(port, request_line + b'\r\nHost: x\r\n\r\n')
+            assert status == 400 and json.loads(body)['detail'] == 'dbapi speaks HTTP/1.0 and HTTP/1.1 only.'
         assert raw_answer(port, b'GET /healthz HTTP/1.0\r\n\r\n')[0] == 200
+
+
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_a_malformed_chunked_body_left_unread_gets_no_second_answer(database_url, worker_class):
+    """Answered without its body read (a 401), the request's malformed chunks, which gunicorn reads to drop them, got
+    a second answer, a 400 the client took for its next request's (trial AO): the connection is closed instead."""
+    request = CHUNKED_HEAD.replace(b'Authorization: Bearer ' + ADMIN_TOKEN.encode(), b'Authorization: Bearer nope')
+    assert request != CHUNKED_HEAD
+    with running_gunicorn(database_url, WORKER_CLASS=worker_class, WEB_CONCURRENCY='1') as port:
+        with socket.create_connection(('127.0.0.1', port), timeout=10) as sock:
+            sock.sendall(request + b'zz\r\nhello\r\n0\r\n\r\n')
+            data = b''
+            while chunk := sock.recv(65536):
+                data += chunk
+    assert data.startswith(b'HTTP/1.1 401 ') and data.count(b'HTTP/1.1 ') == 1, data
 
 
 def test_a_malformed_chunked_body_is_a_400_problem_under_sync_workers_too(database_url):

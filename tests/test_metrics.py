@@ -50,6 +50,12 @@ def test_metrics_answers_a_scrape_in_prometheus_text_without_a_token(fresh_clien
     assert fresh_client.post('/metrics', buffered=True).status_code == 405
 
 
+def test_a_scrape_is_never_compressed(fresh_client):
+    """Prometheus text, not JSON: contract section 4 compresses JSON bodies alone (trial AO read it as any body)."""
+    response = fresh_client.get('/metrics', buffered=True, headers={'Accept-Encoding': 'gzip, br'})
+    assert len(response.get_data()) >= 500 and 'Content-Encoding' not in response.headers
+
+
 @pytest.mark.parametrize('path, body, module, action, status', [
     ('/probe/echo', {'a': 1}, 'probe', 'echo', '200'),
     ('/probe/missing', None, 'probe', 'missing', '404'),

@@ -92,10 +92,15 @@ def refuse_when_shed():
         raise Overloaded()
 
 
+# What a request in an HTTP version other than 1.0 and 1.1 is told, whether gunicorn parses its version (HTTP/1.2) or
+# not (HTTP/2.0, lib/http/workers.py).
+UNKNOWN_VERSION_DETAIL = 'dbapi speaks HTTP/1.0 and HTTP/1.1 only.'
+
+
 def refuse_unknown_http_version():
     """Answer a request in an HTTP version other than 1.0 and 1.1 (HTTP_VERSIONS) with a 400, as nginx does."""
     if request.environ.get('SERVER_PROTOCOL') not in HTTP_VERSIONS:
-        raise BadRequest('dbapi speaks HTTP/1.0 and HTTP/1.1 only.')
+        raise BadRequest(UNKNOWN_VERSION_DETAIL)
 
 
 def install_admission(app):

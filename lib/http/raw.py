@@ -10,11 +10,12 @@ PROBLEM_DETAILS = {400: 'The request is malformed.', 414: 'The request line is t
                    431: 'The request has a header too large, or too many headers.', 500: ApiError.detail}
 
 
-def problem_answer(status, reason, request_id):
-    """Return a whole HTTP answer carrying a problem document of status, with request_id and the headers every
-    answer of dbapi has (lib/http/headers.py's steps: X-Request-ID, Vary)."""
+def problem_answer(status, reason, request_id, detail=None):
+    """Return (a whole HTTP answer carrying a problem document of status, with request_id and the headers every
+    answer of dbapi has, lib/http/headers.py's steps: X-Request-ID, Vary; its body's bytes). detail: the status's
+    own (PROBLEM_DETAILS) when None."""
     body = dumps_bytes({'type': 'about:blank', 'title': reason, 'status': status,
-                        'detail': PROBLEM_DETAILS.get(status, 'The server could not handle the request.'),
+                        'detail': detail or PROBLEM_DETAILS.get(status, 'The server could not handle the request.'),
                         'request_id': request_id})
     headers = [('Connection', 'close'), ('Content-Type', 'application/problem+json'),
                ('Content-Length', str(len(body)))]

@@ -17,14 +17,14 @@ import time
 from http import HTTPStatus
 
 import gevent
-from gunicorn.http.errors import (InvalidChunkExtension, InvalidSchemeHeaders, LimitRequestHeaders, LimitRequestLine,
-                                   ParseException)
+from gunicorn.http.errors import (ChunkMissingTerminator, InvalidChunkExtension, InvalidChunkSize, InvalidHTTPVersion,
+                                   InvalidSchemeHeaders, LimitRequestHeaders, LimitRequestLine, ParseException)
 from gunicorn.workers.ggevent import GeventWorker
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
 from lib.errors import RETRY_AFTER_SECONDS
-from lib.http.admission import SHED_KEY
+from lib.http.admission import SHED_KEY, UNKNOWN_VERSION_DETAIL
 from lib.http.disconnect import WATCHER
 from lib.http.exchange import CLIENT_SOCKET_KEY, WAITED_ON_DATABASE_KEY, BrokeBeforeItsFirstByte
 from lib.http.raw import problem_answer
@@ -41,6 +41,10 @@ LOOP_TURN_SECONDS = 1e-6
 # A kept-alive connection whose request was shed is read again once the process has room, or after its answer's
 # Retry-After.
 SHED_PAUSE_SECONDS = int(RETRY_AFTER_SECONDS)
+# gunicorn's errors of a chunked body it reads itself to drop it, once the app answered without reading it (a 401, a
+# 404): that request has its answer, and a second, sent after it, was taken by the client for its next request's
+# (trial AO). The app's own read of a body answers these (lib/http/body.py).
+BODY_DRAIN_ERRORS = (InvalidChunkSize, ChunkMissingTerminator, InvalidChunkExtension)
 # gunicorn's parse errors whose text is gunicorn's own words or sizes alone; every other one quotes the request.
 QUOTING_NOTHING = (LimitRequestLine, LimitRequestHeaders, InvalidSchemeHeaders, InvalidChunkExtension)
 
@@ -95,10 +99,14 @@ class ProblemErrors:
         """Let gunicorn decide the status and log the error (its line carries the answer's request id), then answer
         it as problem details, with an access line of its own. An answer the app started that broke before its
         first byte is answered as a 500 under its request's id, without a line or a traceback: its access line has
-        told of it."""
+        told of it. A malformed body gunicorn drained after the app's answer gets none (BODY_DRAIN_ERRORS)."""
         if isinstance(exc, BrokeBeforeItsFirstByte):
             with contextlib.suppress(OSError):
                 client.sendall(exc.answer)
+            return
+        if isinstance(exc, BODY_DRAIN_ERRORS):
+            self.log.debug('The body of a request answered without reading it is malformed (%s): the connection is '
+                           'closed', type(exc).__name__)
             return
         captured, request_id = CapturedAnswer(client), new_request_id()
         refused = REFUSED_REQUEST_ID.set(request_id)  # gunicorn's line saying why carries the answer's id
@@ -110,7 +118,8 @@ class ProblemErrors:
         if status_line is None:
             return
         status = CLIENT_MISTAKES.get(int(status_line[1]), int(status_line[1]))
-        answer, body_bytes = problem_answer(status, reason_phrase(status, status_line[2]), request_id)
+        detail = UNKNOWN_VERSION_DETAIL if isinstance(exc, InvalidHTTPVersion) else None  # HTTP/2.0, HTTP/1.10
+        answer, body_bytes = problem_answer(status, reason_phrase(status, status_line[2]), request_id, detail)
         try:
             client.sendall(answer)
         except OSError:
