@@ -613,6 +613,18 @@ def test_a_line_longer_than_a_pipe_write_is_split_into_whole_lines_that_fit():
     assert all(document['error']['stack_trace'].endswith('\n') for document in documents)  # cut at line breaks
 
 
+def test_only_the_first_piece_of_a_split_access_line_carries_what_it_measures():
+    """A 503's long trace made two pieces, each with the status, outcome and duration: Elasticsearch counted the
+    request twice (trial AP)."""
+    document = json.loads(long_trace_line())
+    document.update({'http': {'request': {'id': 'split-1'}, 'response': {'status_code': 503, 'body': {'bytes': 9}}},
+                     'event': {'dataset': 'dbapi.access', 'duration': 5, 'outcome': 'failure'}})
+    first, *rest = [json.loads(piece) for piece in split_line(json.dumps(document), select.PIPE_BUF)]
+    assert rest and first['http'] == document['http'] and first['event'] == document['event']
+    for piece in rest:
+        assert piece['http'] == {'request': {'id': 'split-1'}} and piece['event'] == {'dataset': 'dbapi.access'}
+
+
 def test_a_line_that_fits_is_left_alone():
     line = long_trace_line(frames=3)
     assert split_line(line, select.PIPE_BUF) == [line]
@@ -742,6 +754,21 @@ def test_a_token_whose_tilde_a_url_encodes_is_redacted(spelling):
     redact = Redactor(configured_secrets({}, ['tok~en+x']))
     line = encode_line({'message': f'GET /?t={spelling}'})
     assert json.loads(redact(line))['message'] == 'GET /?t=[REDACTED]'
+
+
+@pytest.mark.parametrize('secret, spelling', [('PlainTok-Abc123xyz', 'PlainTok%2DAbc123xyz'),
+                                              ('HashTokNr01-Zq', '%48ashTokNr01-Z%71'),
+                                              ('S3cr@tPw/d~x', '%533cr%40tPw%2Fd~x'),
+                                              ('caf\u00e9-token', 'caf%C3%a9-token')])
+def test_a_secret_with_any_of_its_characters_percent_encoded_is_redacted(secret, spelling):
+    """Only whole encodings were known: a token with one character encoded (a path encoded twice and decoded once, a
+    User-Agent) was logged as sent (trial AP)."""
+    redact = Redactor([secret])
+    line = encode_line({'message': f'POST /users/{spelling} 404', 'user_agent': {'original': f'x {spelling}'}})
+    redacted = json.loads(redact(line))
+    assert (redacted['message'], redacted['user_agent']) == ('POST /users/[REDACTED] 404', {'original': 'x [REDACTED]'})
+    untouched = encode_line({'message': 'a 100% plain line'})
+    assert redact(untouched) == untouched
 
 
 @pytest.mark.parametrize('spelling', ['pw%25x%40y%2Fz', 'pw%25x%40y%2fz', 'pw%25x%40y/z'])

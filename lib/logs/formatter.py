@@ -120,9 +120,9 @@ LINE_PART_LABEL = 'line_part'
 
 def split_line(line, limit):
     """Return line as lines that each take at most limit bytes with their newline: [line] when it fits, else one
-    line per piece of its long texts (a stack trace, a long message), each with every other field and
-    labels.line_part "n/N" (n zero-padded). A text is cut after a line break where one is near; its pieces joined
-    are the text."""
+    line per piece of its long texts (a stack trace, a long message), each with every other field (the MEASURES in
+    the first piece alone) and labels.line_part "n/N" (n zero-padded). A text is cut after a line break where one is
+    near; its pieces joined are the text."""
     if len(line) < limit // 4 or len(line.encode()) < limit:
         return [line]
     try:
@@ -135,8 +135,27 @@ def split_line(line, limit):
     pieces = [(path, piece) for path, text in texts
               for piece in text_pieces(text, limit - 1 - piece_overhead(base, texts, path))]
     width = len(str(len(pieces)))  # "02/12": the parts sort as text too
-    return [encode(line_piece(base, texts, path, piece, f'{number:0{width}}/{len(pieces)}'))
+    rest = without_measures(base)
+    return [encode(line_piece(base if number == 1 else rest, texts, path, piece, f'{number:0{width}}/{len(pieces)}'))
             for number, (path, piece) in enumerate(pieces, 1)]
+
+
+# The fields that measure the event a line tells of: the first piece of a split line alone carries them, so that an
+# aggregation of statuses, outcomes or durations counts a request's access line once (trial AP: a 503's long trace
+# made two pieces, each counted as a 503).
+MEASURES = (('http', 'response'), ('event', 'outcome'), ('event', 'duration'))
+
+
+def without_measures(base):
+    """Return a copy of a split line's base document without its MEASURES."""
+    rest = copy.deepcopy(base)
+    for *parents, key in MEASURES:
+        holder = rest
+        for parent in parents:
+            holder = holder.get(parent) if isinstance(holder, dict) else None
+        if isinstance(holder, dict):
+            holder.pop(key, None)
+    return rest
 
 
 def without_long_texts(document, room):

@@ -48,6 +48,19 @@ def percent_spellings(secret):
     return sorted(encoded | {PERCENT_ESCAPE.sub(lambda escape: escape[0].lower(), text) for text in encoded})
 
 
+def any_percent_spelling(secret):
+    """Return a regular expression of secret with any of its characters percent-encoded (each byte of a character's
+    UTF-8 as %XX, hex digits in either case: RFC 3986 section 2.1), the 2^n spellings a URL or a header may carry, of
+    which percent_spellings lists the whole ones (trial AP: `Tok%2DAbc`, a path encoded twice and decoded once)."""
+    return ''.join(f'(?:{re.escape(char)}|{percent_encoded(char)})' for char in secret)
+
+
+def percent_encoded(char):
+    """Return a regular expression of char percent-encoded, byte by byte, hex digits in either case."""
+    return ''.join('%' + ''.join(f'[{digit}{digit.lower()}]' if digit.isalpha() else digit for digit in f'{byte:02X}')
+                   for byte in char.encode())
+
+
 def configured_secrets(databases, tokens):
     """Return the plain bearer tokens (lib.auth's TokenTable.secrets) and their spellings in a URL, the database DSNs
     and their passwords."""
@@ -67,6 +80,7 @@ class Redactor:
 
     def __init__(self, secrets):
         self.secrets = self.escaped = []
+        self.spelled = None
         self.learn(secrets)
 
     def learn(self, secrets):
@@ -76,6 +90,8 @@ class Redactor:
         self.secrets = sorted({*self.secrets, *kept_secrets(secrets)}, key=len, reverse=True)
         # A finished line holds each secret the way JSON escapes it.
         self.escaped = [encode(secret)[1:-1] for secret in self.secrets]
+        # Any spelling with characters percent-encoded, looked for in a line that holds a `%` only.
+        self.spelled = re.compile('|'.join(map(any_percent_spelling, self.secrets))) if self.secrets else None
 
     def learn_token(self, token):
         """Redact a bearer token too, from now on, in every spelling token_spellings knows (lib.auth's TokenTable
@@ -88,6 +104,9 @@ class Redactor:
             if escaped in line:
                 # Decoding first keeps the line valid JSON whatever characters a secret holds.
                 return encode(self.redact(json.loads(line)))
+        spelled = self.spelled
+        if spelled is not None and '%' in line and spelled.search(line):
+            return encode(self.redact(json.loads(line)))
         return line
 
     def holds(self, text, also=()):
@@ -106,7 +125,8 @@ class Redactor:
         if isinstance(value, str):
             for secret in self.secrets:
                 value = value.replace(secret, REDACTED)
-            return value
+            spelled = self.spelled
+            return spelled.sub(REDACTED, value) if spelled is not None and '%' in value else value
         if isinstance(value, dict):
             return {self.redact(key): self.redact(item) for key, item in value.items()}
         if isinstance(value, list):
