@@ -190,3 +190,21 @@ def test_stream_json_runs_its_query_in_the_requests_session_as_stream_does(conn,
     reference = as_json(Db(conn).stream(query))
     assert as_json(Db(conn).stream_json(query)) == reference
     assert Db(conn).fetch_value(settings_now) == before
+
+
+def test_a_fetch_ahead_that_fails_is_the_streams_error_not_the_closed_cursor_it_leaves(app, database_url):
+    """The helper's FETCH failed (the server ended the session) and psycopg2 closed the connection, while the reader
+    still had a batch to read: its fetchall raised `cursor already closed`, and the access line named that instead of
+    the failure (trial AP)."""
+    pool = app.extensions['dbapi'].pools['default']
+    query = f'SELECT g, CASE WHEN g = 5 THEN {SLEEP.format(30)} END AS slept FROM generate_series(1, 8) g'
+    with pytest.raises(psycopg2.OperationalError) as raised:
+        with connection(pool) as conn:
+            stream = Db(conn).stream_json(query, batch_size=2)
+            next(stream)
+            time.sleep(0.5)  # the helper has fetched the second batch, unread, and waits in the third's FETCH
+            run_sql(database_url, 'SELECT pg_terminate_backend(%s)', (conn.info.backend_pid,))
+            time.sleep(0.5)
+            list(stream)
+    assert not isinstance(raised.value, psycopg2.InterfaceError), raised.value
+    assert prefetch_threads() == []

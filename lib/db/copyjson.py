@@ -289,6 +289,11 @@ def new_cursor_name(kind):
     return f'dbapi_{kind}_{next(CURSOR_NUMBERS)}'
 
 
+# How long a reader whose batch's cursor was closed waits for the helper thread to end with the failure that closed
+# it: the connection is closed, so the helper's FETCH has failed already, or will at once.
+FAILURE_AHEAD_WAIT_SECONDS = 1
+
+
 class Prefetcher:
     """Fetch a declared cursor's batches on a helper thread, so PostgreSQL computes one while this thread
     reads and converts the one before.
@@ -339,15 +344,31 @@ class Prefetcher:
             return cursor if self.fetching else None
 
     def __iter__(self):
-        """Yield the batches as lists of tuples."""
+        """Yield the batches as lists of tuples. A failed FETCH of the helper is raised as it is, also when psycopg2
+        closed the connection with it (the server ended the session) before a batch fetched ahead was read: that
+        batch's cursor is closed then, and `cursor already closed` hid the failure (trial AP)."""
         while (cursor := self.fetched.get()) is not END:
             if isinstance(cursor, Exception):
                 raise cursor
-            rows = cursor.fetchall()
+            try:
+                rows = cursor.fetchall()
+            except psycopg2.InterfaceError:
+                if (failure := self.failure_ahead()) is None:
+                    raise
+                raise failure from None
             self.free.put(cursor)
             if rows:
                 yield rows
         self.ended = True
+
+    def failure_ahead(self):
+        """Return the error the helper's FETCH ended with, once the helper thread has ended (within
+        FAILURE_AHEAD_WAIT_SECONDS), or None."""
+        self.thread.join(FAILURE_AHEAD_WAIT_SECONDS)
+        while not self.fetched.empty():
+            if isinstance(item := self.fetched.get_nowait(), Exception):
+                return item
+        return None
 
     def stop(self):
         """End the helper thread, cancelling the FETCH it may be running for a reader that stopped early."""
