@@ -343,8 +343,8 @@ def out_of_order(migration, applied, gone):
 # A header line (yoyo reads its directives from the `--` lines before a file's first statement) that names one of
 # yoyo's directives, and the same in yoyo's exact, case-sensitive form (`-- depends: 0003_users`): yoyo takes any
 # other (`-- Depends: 0003_users`) for a comment.
-DIRECTIVE_LIKE = re.compile(r'\s*--\s*(depends|transactional)\s*:', re.IGNORECASE)
 YOYO_DIRECTIVE = re.compile(r'\s*--\s*(depends|transactional)\s*:')
+DIRECTIVE_LIKE = re.compile(YOYO_DIRECTIVE.pattern, re.IGNORECASE)
 
 
 def check_directives(migrations):
