@@ -24,6 +24,7 @@ from psycopg2.extensions import make_dsn, parse_dsn
 import settings
 from ops import nginx
 from ops.ports import free_ports as ops_free_ports
+from ops.stack import child_pids
 from tests.helpers import (BEARER_TOKENS, MODULE_PACKAGES as TEST_MODULE_PACKAGES, free_ports, port_open, post,
                            require_programs, shared_run_dir, wait_for)
 
@@ -209,10 +210,19 @@ class RunningNginx:
 
     port: int
     log_path: Path
+    pid: int
+    run_dir: Path
 
     def access_log(self):
         """Return the access log lines so far."""
         return access_log(self.log_path)
+
+    def answer_bytes_on_disk(self):
+        """Return the bytes of the answers nginx's workers keep in their temporary files now (proxy_temp_path, whose
+        files nginx unlinks once open: their sizes are read through /proc)."""
+        folder = str(self.run_dir / 'proxy')
+        open_files = (Path(f'/proc/{worker}/fd').iterdir() for worker in child_pids(self.pid))
+        return sum(fd.stat().st_size for files in open_files for fd in files if os.readlink(fd).startswith(folder))
 
 
 @contextmanager
@@ -229,7 +239,7 @@ def running_nginx(upstream_ports, **settings_env):
             process = subprocess.Popen(nginx.command(main_config), stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for(lambda: port_open(port), 10, 'nginx did not start')
-            yield RunningNginx(port, log_path)
+            yield RunningNginx(port, log_path, process.pid, main_config.parent)
         finally:
             process.send_signal(signal.SIGQUIT)
             process.wait(10)

@@ -137,6 +137,27 @@ def test_nginx_worker_processes_follow_its_cpu_limit(app):
     assert container['resources']['limits']['cpu'] == '1'
 
 
+# Bytes of a Kubernetes quantity's and an nginx size's suffixes.
+SIZE_UNITS = {'Mi': 1 << 20, 'Gi': 1 << 30, 'm': 1 << 20, 'g': 1 << 30}
+
+
+def size_bytes(text):
+    """Return the bytes of a size written as a number and one of SIZE_UNITS."""
+    number = text.rstrip('MGmgi')
+    return int(number) * SIZE_UNITS[text[len(number):]]
+
+
+def test_nginx_temp_volume_holds_eight_slow_answers_and_64_request_bodies(app):
+    """Each slow client of a large answer may hold NGINX_MAX_TEMP_FILE_SIZE of nginx's tmp volume, each request body
+    MAX_CONTENT_LENGTH: kubelet may evict a pod past the volume's sizeLimit (trial AQ: 256Mi against nginx's
+    default 1024m)."""
+    spec = pod_templates(app)['dbapi-nginx']['spec']
+    literal = {entry['name']: entry['value'] for entry in spec['containers'][0]['env'] if 'value' in entry}
+    volume = {item['name']: item for item in spec['volumes']}['tmp']
+    bodies = 64 * int(config_data(app).get('MAX_CONTENT_LENGTH', 1 << 20))
+    assert 8 * size_bytes(literal['NGINX_MAX_TEMP_FILE_SIZE']) + bodies <= size_bytes(volume['emptyDir']['sizeLimit'])
+
+
 def test_nginx_pods_finish_their_requests_in_flight_before_the_kill(app):
     """After the preStop pause nginx gets SIGQUIT and finishes what it sent to a replica: the grace period covers
     the pause, its longest wait on one (dbapi.envsh's proxy timeout, from the pods' settings) and the margin (trial:

@@ -204,6 +204,27 @@ def test_an_answer_its_client_stopped_reading_is_logged_as_a_failure(echo_port):
     assert len(whole.body) == 128 * 65536 and whole_line['event.outcome'] == 'success'
 
 
+def stream_bytes_on_disk(proxy, request_id):
+    """Start /probe/stream (8 MiB) through proxy, read its status line only, and return the bytes nginx keeps on
+    disk once its upstream has sent all it can."""
+    with socket.create_connection(('127.0.0.1', proxy.port)) as client:
+        client.sendall(b'POST /probe/stream HTTP/1.1\r\nHost: dbapi\r\nX-Request-ID: %s\r\n'
+                       b'Content-Length: 0\r\n\r\n' % request_id.encode())
+        assert client.recv(100).startswith(b'HTTP/1.1 200 ')
+        time.sleep(1.5)  # the upstream writes its 8 MiB at once, as far as nginx takes them
+        return proxy.answer_bytes_on_disk()
+
+
+@pytest.mark.parametrize(('limit', 'most'), [('1m', 1 << 20), ('0', 0)])
+def test_nginx_keeps_at_most_its_temp_file_limit_of_an_answer_on_disk(echo_port, limit, most):
+    with running_nginx([echo_port]) as proxy:
+        unbounded = stream_bytes_on_disk(proxy, 'disk-default')
+    with running_nginx([echo_port], NGINX_MAX_TEMP_FILE_SIZE=limit) as proxy:
+        bounded = stream_bytes_on_disk(proxy, 'disk-bounded')
+    assert unbounded > 4 << 20  # nginx's own default, 1024m, took most of the 8 MiB
+    assert bounded <= most
+
+
 def rendered_main(**environment):
     """Return nginx.conf.template as the image renders it (dbapi.envsh's defaults for the image's places)."""
     values = nginx.derived_environment({'PATH': os.environ['PATH'], **NATIVE, **environment})
@@ -226,6 +247,17 @@ def test_the_image_takes_its_worker_count_from_the_environment():
 def test_a_bad_worker_count_stops_nginx_from_starting(workers):
     with pytest.raises(TemplateError, match='NGINX_WORKER_PROCESSES'):
         nginx.render({'PATH': os.environ['PATH'], **NATIVE, 'NGINX_WORKER_PROCESSES': workers})
+
+
+def test_the_image_takes_its_temp_file_limit_from_the_environment():
+    assert directive(rendered_main(NGINX_MAX_TEMP_FILE_SIZE='128m'), 'proxy_max_temp_file_size') == ['128m']
+    assert directive(rendered_main(), 'proxy_max_temp_file_size') == ['1024m']
+
+
+@pytest.mark.parametrize('size', ['m', '12mm', '1.5m', '-1', '12t', '1 m', '128m;'])
+def test_a_bad_temp_file_limit_stops_nginx_from_starting(size):
+    with pytest.raises(TemplateError, match='NGINX_MAX_TEMP_FILE_SIZE'):
+        nginx.render({'PATH': os.environ['PATH'], **NATIVE, 'NGINX_MAX_TEMP_FILE_SIZE': size})
 
 
 @pytest.mark.parametrize('proxies', ['10.0.0.0/8;', 'ingress.local', '$(reboot)'])
