@@ -22,6 +22,7 @@ if __name__ == '__main__':
     COMMAND_STOP.take_stop_signals(stopped_line)
 
 import ctypes  # noqa: E402
+import logging  # noqa: E402
 import fcntl  # noqa: E402
 import os  # noqa: E402
 import pwd  # noqa: E402
@@ -56,7 +57,13 @@ from . import nginx, pgbouncer  # noqa: E402
 from .ports import free_ports, port_is_free  # noqa: E402
 from .render import TemplateError  # noqa: E402
 
+# A program that exits is started again after RESTART_DELAY_SECONDS, doubled for each exit in a row that came within
+# STABLE_SECONDS of its start, up to MAX_RESTART_DELAY_SECONDS: Docker's restart policy (its delay doubles, and
+# resets once the container ran 10 s), so that a replica that cannot start (a broken module) is not started again
+# every second without end.
 RESTART_DELAY_SECONDS = 1.0
+MAX_RESTART_DELAY_SECONDS = 32.0
+STABLE_SECONDS = 10.0
 STARTUP_TIMEOUT_SECONDS = 60
 STOP_TIMEOUT_SECONDS = settings.GRACEFUL_TIMEOUT + 10  # gunicorn's graceful_timeout and a little more
 # After nginx was told to stop sending to a replica: time for the requests it had already passed on to arrive.
@@ -68,6 +75,8 @@ PROBE_TIMEOUT_SECONDS = 5
 NGINX_REFUSAL_NOISE = re.compile(r'^.*\[emerg\] \d+#\d+: | in /\S+$')
 NGINX_RELOAD_TIMEOUT_SECONDS = 10
 PR_SET_PDEATHSIG = 1
+
+log = logging.getLogger('dbapi.stack')
 
 
 # The most replicas the stack runs (REPLICAS): nginx's shared upstream zone is sized for them.
@@ -163,10 +172,14 @@ class Child:
         self.stop_signal, self.restart, self.user = stop_signal, restart, user
         self.process = None
         self.exited_at = None
+        self.started_at = None
+        self.quick_exits = 0  # exits in a row within STABLE_SECONDS of a start
+        self.restart_delay = RESTART_DELAY_SECONDS
 
     def start(self):
         """Start the program (again)."""
         self.exited_at = None
+        self.started_at = time.monotonic()
         # Popen switches user before preexec_fn runs; a switch after it would clear the death signal. A stop that
         # came while Popen ran (the child forked, not yet ours to stop) comes once it is.
         with COMMAND_STOP.held_back():
@@ -177,6 +190,13 @@ class Child:
     def exit_code(self):
         """Return the exit code, or None while the program runs."""
         return self.process.poll()
+
+    def note_exit(self):
+        """Note that the program exited, now, and set restart_delay: RESTART_DELAY_SECONDS after a run of
+        STABLE_SECONDS or more, else doubled for each exit in a row, at most MAX_RESTART_DELAY_SECONDS."""
+        self.exited_at = time.monotonic()
+        self.quick_exits = self.quick_exits + 1 if self.exited_at - self.started_at < STABLE_SECONDS else 0
+        self.restart_delay = min(RESTART_DELAY_SECONDS * 2 ** max(self.quick_exits - 1, 0), MAX_RESTART_DELAY_SECONDS)
 
     def stop(self, timeout=STOP_TIMEOUT_SECONDS, meanwhile=None):
         """Ask the program's leader to stop gracefully, calling meanwhile() (when given) while it does; kill the whole
@@ -522,9 +542,9 @@ class Stack:
         if not child.restart:
             raise StackError(f'{child.name} exited with code {code}')
         if child.exited_at is None:
-            child.exited_at = time.monotonic()
-            say(f'{child.name} exited with code {code}; restarting it')
-        elif time.monotonic() - child.exited_at >= RESTART_DELAY_SECONDS:
+            child.note_exit()
+            report_exit(child, code)
+        elif time.monotonic() - child.exited_at >= child.restart_delay:
             child.start()
 
     def stop(self):
@@ -545,6 +565,14 @@ def announce(config):
     say(f'dbapi stack serves on {url} ({chain} -> PostgreSQL). Try:\n'
         f'  {how_to_call(base=url)}\nRolling restart of the replicas: kill -HUP {os.getpid()}. Ctrl-C stops it.',
         prefix='')
+
+
+def report_exit(child, code):
+    """Say on stderr that child exited and when it starts again, and log it as an ECS error line on stdout, with
+    `process.exit_code` (negative: the signal that killed it), where the replicas' own lines are."""
+    line = f'{child.name} exited with code {code}; restarting it in {child.restart_delay:g} s'
+    say(line)
+    log.error(line, extra={'process.exit_code': code})
 
 
 def say(text, prefix='stack: '):

@@ -4,6 +4,7 @@ replica is restarted behind a stand-in."""
 import collections
 import contextlib
 import os
+import re
 import signal
 import socket
 import sys
@@ -88,8 +89,26 @@ def test_a_rolling_restart_onto_code_that_cannot_start_leaves_the_stack_serving(
                  'the rolling restart did not stop', interval=0.5, on_timeout=lambda: stack.log_text()[-3000:])
         assert stack.process.poll() is None, stack.log_text()[-3000:]
         statuses = collections.Counter(stack.post('/session/state').status for _ in range(20))
+        if replicas > 1:  # a lone replica is never stopped: its stand-in failed instead, and is not restarted
+            wait_for(lambda: b'restarting it in 4 s' in stack.log_path.read_bytes(), RESTART_TIMEOUT_SECONDS,
+                     'the failing replica was not restarted ever later', interval=0.5,
+                     on_timeout=lambda: stack.log_text()[-3000:])
         (broken / 'routes.py').unlink()  # so that the restarting replica can come back before the stack stops
     assert statuses == {200: 20}, statuses
+    if replicas > 1:
+        assert_restarted_ever_later(stack, f'replica 1 (port {stack.replica_ports[0]})')
+
+
+def assert_restarted_ever_later(stack, name):
+    """Assert that the stack restarted name after 1, 2 then 4 s (its exits came within seconds of its starts),
+    saying so on stderr and in an ECS error line with the exit code."""
+    said = re.findall(rf'^stack: {re.escape(name)} exited with code -?[0-9]+; restarting it in ([0-9]+) s$',
+                      stack.log_text(), re.MULTILINE)
+    assert said[:3] == ['1', '2', '4'], said
+    logged = [line for line in read_json_lines(stack.log_path) if line.get('log', {}).get('logger') == 'dbapi.stack'
+              and line['message'].startswith(f'{name} exited')]
+    assert [line['log.level'] for line in logged[:3]] == ['error'] * 3, logged[:3]
+    assert all(line['process']['exit_code'] != 0 for line in logged[:3]), logged[:3]
 
 
 @contextlib.contextmanager
