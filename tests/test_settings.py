@@ -1,6 +1,8 @@
 """CONTRACT section 7: settings come from the environment over env/<ENVIRONMENT>/.env, and bad values stop the start."""
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -143,3 +145,32 @@ def test_password_may_come_from_a_secret_file(monkeypatch, tmp_path):
 def test_unreadable_secret_file_fails_at_start(tmp_path):
     status, _, stderr = read_settings(DEFAULT_DB_NAME='db', DEFAULT_DB_PASS_FILE=str(tmp_path / 'missing'))
     assert status != 0 and 'DEFAULT_DB_PASS_FILE cannot be read' in stderr
+
+
+# settings.py's readers of one setting by name, and the pages whose tables document settings.
+SETTING_READERS = frozenset({'env_str', 'env_int', 'env_choice', 'env_secret'})
+SETTINGS_TABLES = ['README.md', 'docs/logging.md', 'docs/deployment.md']
+
+
+def settings_read(path):
+    """Return the names of the settings a Python file reads through settings.py's readers (a constant name)."""
+    tree = ast.parse(path.read_text(), str(path))
+    return {call.args[0].value for call in ast.walk(tree) if isinstance(call, ast.Call) and call.args
+            and getattr(call.func, 'id', getattr(call.func, 'attr', None)) in SETTING_READERS
+            and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str)}
+
+
+def settings_documented():
+    """Return every name in backticks in the first cell of a table row of SETTINGS_TABLES."""
+    rows = (line.split('|')[1] for page in SETTINGS_TABLES
+            for line in (settings.BASE_DIR / page).read_text().splitlines() if line.startswith('|'))
+    return {name for cell in rows for name in re.findall(r'`([A-Z][A-Z0-9_]*)`', cell)}
+
+
+def test_every_setting_the_code_reads_has_a_row_in_a_settings_table():
+    """make stack's REPLICAS, REPLICA_BASE_PORT, STACK_PGBOUNCER and PGBOUNCER_PORT had none (trial AQ)."""
+    files = [settings.BASE_DIR / name for name in ('settings.py', 'manage.py', 'app.py', 'gunicorn.conf.py')]
+    files += [*settings.BASE_DIR.glob('ops/*.py'), *settings.BASE_DIR.glob('lib/**/*.py')]
+    read = set().union(*(settings_read(path) for path in files))
+    assert {'PORT', 'REPLICAS', 'STACK_PGBOUNCER'} <= read
+    assert sorted(read - settings_documented()) == []
