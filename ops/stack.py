@@ -34,7 +34,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
-from contextlib import contextmanager, nullcontext, suppress  # noqa: E402
+from contextlib import closing, contextmanager, nullcontext, suppress  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -45,13 +45,14 @@ if __name__ == '__main__':
     # Before settings is imported, whose checks run at import: a bad PORT is one line, not a traceback.
     report_startup_errors()
 
+import psycopg2  # noqa: E402
 import psycopg2.extensions  # noqa: E402
 
 import settings  # noqa: E402
 from lib.db.waiting import interruptible_wait  # noqa: E402
 from lib.logs import check_secrets_spare_every_line, configure_process_logging, settings_config  # noqa: E402
 from manage import (check_before_fork, check_reachable, counted, default_dsn, gunicorn_command,  # noqa: E402
-                    how_to_call, migrate_database)
+                    how_to_call, migrate_database, with_connect_timeout)
 
 from . import nginx, pgbouncer  # noqa: E402
 from .ports import free_ports, port_is_free  # noqa: E402
@@ -312,9 +313,33 @@ def check_replica_secrets(config, clients):
         check_secrets_spare_every_line({**base, 'PROCESS_ID': replica_process_id(index)}, clients.secrets)
 
 
-def replica_environment(index, port, dsn, run_dir):
-    """Return a replica's environment: its bind address and process id, the database, one proxy hop."""
-    env = dict(os.environ)
+def connections_taken(dsn):
+    """Return how many connections PostgreSQL at dsn takes from the replicas: its max_connections less
+    pgbouncer.RESERVED_SERVER_CONNECTIONS (its superuser slots, a migration, a psql session)."""
+    with closing(psycopg2.connect(with_connect_timeout(dsn))) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT current_setting('max_connections')::int")
+        return cursor.fetchone()[0] - pgbouncer.RESERVED_SERVER_CONNECTIONS
+
+
+def workers_per_replica(replicas, taken):
+    """Return each replica's WEB_CONCURRENCY such that replicas and a rolling restart's stand-in, each with that many
+    workers of DB_POOL_MAX connections, fit the taken connections (docs/deployment.md, "The connection budget"):
+    settings.WEB_CONCURRENCY, its default (2 x cores + 1) lowered to fit; StackError when one set does not fit, or
+    not one worker would (trial AQ: 8 cores made 3 x 17 x 2 = 102 of PostgreSQL's 100)."""
+    per_worker = (replicas + 1) * settings.DB_POOL_MAX
+    fitting = min(settings.WEB_CONCURRENCY, taken // per_worker)
+    if fitting == settings.WEB_CONCURRENCY or (fitting >= 1 and settings.env_str('WEB_CONCURRENCY') is None):
+        return fitting
+    raise StackError(f'{counted(replicas, "replica")} and a rolling restart\'s stand-in, each with '
+                     f'{counted(settings.WEB_CONCURRENCY, "worker")} (WEB_CONCURRENCY) of {settings.DB_POOL_MAX} '
+                     f'connections (DB_POOL_MAX), would open {per_worker * settings.WEB_CONCURRENCY} connections; '
+                     f'PostgreSQL takes {taken} (its max_connections less {pgbouncer.RESERVED_SERVER_CONNECTIONS} '
+                     'for others): lower REPLICAS, WEB_CONCURRENCY or DB_POOL_MAX, or set STACK_PGBOUNCER=1')
+
+
+def replica_environment(index, port, dsn, run_dir, workers):
+    """Return a replica's environment: its bind address and process id, the database, one proxy hop, its workers."""
+    env = dict(os.environ, WEB_CONCURRENCY=str(workers))
     # Empty values keep env/<ENVIRONMENT>/.env from adding DEFAULT_DB_* next to DATABASE_URL.
     env.update({f'DEFAULT_DB_{part}': '' for part in [*settings.DB_PARTS.values(), 'PASS_FILE']})
     # Metrics files of its own, inside the stack's directory: gone with the stack (a SIGKILL leaves the directory).
@@ -349,6 +374,7 @@ class Stack:
         self.restart_wanted = False
         self.restarting = False  # a rolling restart runs
         self.app_dsn = None  # the DSN the replicas use: PostgreSQL's, or pgbouncer's in front of it
+        self.workers = settings.WEB_CONCURRENCY  # each replica's: lowered to fit PostgreSQL's connections
         # (Child, port) of a stand-in still serving for a lone replica that did not come back from a rolling restart
         self.standing_in = None
         self.nginx_ports = []  # the ports nginx sends requests to now
@@ -364,9 +390,12 @@ class Stack:
         dsn = default_dsn()
         # a failing migration is one StartupError line: file:line and PostgreSQL's message
         migrate_database(dsn)
-        self.app_dsn = self.start_pgbouncer(dsn) if self.config.pgbouncer else dsn
+        if self.config.pgbouncer:  # its pool fits PostgreSQL's connections
+            self.app_dsn = self.start_pgbouncer(dsn)
+        else:
+            self.app_dsn, self.workers = dsn, self.fit_workers(connections_taken(dsn))
         self.replicas = [self.launch(Child(f'replica {index} (port {port})', gunicorn_command(),
-                                           replica_environment(index, port, self.app_dsn, self.run_dir), restart=True))
+                                           self.environment_of(index, port), restart=True))
                          for index, port in enumerate(self.config.replica_ports, start=1)]
         for replica, port in zip(self.replicas, self.config.replica_ports):
             wait_until_serving(replica, port)
@@ -375,6 +404,19 @@ class Stack:
         # SIGQUIT is nginx's graceful stop: requests in flight are finished first.
         self.proxy = self.launch(Child('nginx', nginx.command(main_config), dict(os.environ), signal.SIGQUIT))
         wait_until_serving(self.proxy, self.config.port)
+
+    def fit_workers(self, taken):
+        """Return each replica's workers (workers_per_replica), saying so when the default had to be lowered."""
+        workers = workers_per_replica(self.config.replicas, taken)
+        if workers < settings.WEB_CONCURRENCY:
+            say(f'{counted(workers, "worker")} per replica, not {settings.WEB_CONCURRENCY} (2 x cores + 1): '
+                f'{counted(self.config.replicas, "replica")} and a stand-in fit the {taken} connections PostgreSQL '
+                'takes (set WEB_CONCURRENCY, or STACK_PGBOUNCER=1)')
+        return workers
+
+    def environment_of(self, index, port):
+        """Return the environment of replica index on port (replica_environment, with this stack's places)."""
+        return replica_environment(index, port, self.app_dsn, self.run_dir, self.workers)
 
     def write_nginx_config(self, replica_ports):
         """Write nginx's config with requests going to replica_ports; return the main config file."""
@@ -443,7 +485,7 @@ class Stack:
         (port,) = free_ports(1)
         index = len(self.replicas) + 1
         stand_in = Child(f'stand-in replica {index} (port {port})', gunicorn_command(),
-                         replica_environment(index, port, self.app_dsn, self.run_dir))
+                         self.environment_of(index, port))
         try:
             stand_in.start()
             wait_until_ready(stand_in, port)

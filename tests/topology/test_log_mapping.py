@@ -26,7 +26,7 @@ ECS_FIELDS = {
     '@timestamp': 'date', 'message': 'text', 'ecs.version': 'text', 'log.level': 'text', 'log.logger': 'text',
     'log.origin.file.name': 'text', 'log.origin.file.line': 'number', 'log.origin.function': 'text',
     'service.name': 'text', 'service.environment': 'text', 'service.node.name': 'text', 'service.type': 'text',
-    'host.hostname': 'text', 'process.pid': 'number', 'process.thread.id': 'number',
+    'host.hostname': 'text', 'process.pid': 'number', 'process.thread.id': 'number', 'process.exit_code': 'number',
     'event.dataset': 'text', 'event.kind': 'text', 'event.outcome': 'text', 'event.duration': 'number',
     'http.request.id': 'text', 'http.request.method': 'text', 'http.request.bytes': 'number',
     'http.response.status_code': 'number', 'http.response.bytes': 'number', 'http.response.body.bytes': 'number',

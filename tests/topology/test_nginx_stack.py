@@ -22,7 +22,7 @@ from ops.stack import StackConfig, StackError, check_ports_free
 import settings
 from settings import BASE_DIR
 from tests.helpers import (ADMIN_TOKEN, Reply, body_of_size, children_running, free_ports, http_request, post,
-                           wait_for)
+                           run_sql, wait_for)
 
 from .helpers import read_json_lines, running_stack, stack_environment, worker_group
 
@@ -466,6 +466,19 @@ def test_a_stack_setting_out_of_range_stops_it_in_one_line(topology_database_url
                             timeout=60, env=environment)
     assert result.returncode == 1 and result.stderr.splitlines() == [line], result.stderr
     assert result.stdout == '', 'nothing started: no migration, no replica'
+
+
+def test_replicas_whose_workers_postgresql_cannot_take_stop_the_stack_before_any_starts(topology_database_url):
+    """3 replicas of 17 workers each (2 x 8 cores + 1), 2 connections each, went past PostgreSQL's 100 (trial AQ)."""
+    [(max_connections,)] = run_sql(topology_database_url, "SELECT current_setting('max_connections')::int")
+    environment = stack_environment(topology_database_url, free_ports(5), 3, False, {'WEB_CONCURRENCY': '256'})
+    result = subprocess.run([sys.executable, '-m', 'ops.stack'], cwd=BASE_DIR, capture_output=True, text=True,
+                            timeout=60, env=environment)
+    assert result.returncode == 1 and result.stderr.splitlines() == [
+        "stack: 3 replicas and a rolling restart's stand-in, each with 256 workers (WEB_CONCURRENCY) of 2 connections "
+        f'(DB_POOL_MAX), would open 2048 connections; PostgreSQL takes {max_connections - 5} (its max_connections '
+        'less 5 for others): lower REPLICAS, WEB_CONCURRENCY or DB_POOL_MAX, or set STACK_PGBOUNCER=1'], result.stderr
+    assert 'serves on' not in result.stderr and 'dbapi.access' not in result.stdout
 
 
 def test_an_output_file_opened_without_append_keeps_every_line_of_nginx_and_the_replicas(tmp_path_factory,

@@ -7,9 +7,12 @@ import subprocess
 
 import pytest
 
+import settings
+
 from ops import healthcheck, kustomize, nginx, pgbouncer
 from ops.render import TemplateError, fill_template, program
-from ops.stack import MAX_REPLICAS, Stack, StackConfig, nginx_environment, replica_environment
+from ops.stack import (MAX_REPLICAS, Stack, StackConfig, StackError, nginx_environment, replica_environment,
+                       workers_per_replica)
 
 yaml = pytest.importorskip('yaml', reason='PyYAML comes with requirements-lint.txt (make lint)')
 
@@ -142,10 +145,37 @@ def test_pgbouncer_keeps_a_real_password():
 
 def test_replicas_trust_one_hop_and_use_the_given_database(monkeypatch):
     monkeypatch.setenv('PROMETHEUS_MULTIPROC_DIR', '/tmp/shared')
-    env = replica_environment(2, 8102, 'host=127.0.0.1 port=6432 dbname=dbapi', '/tmp/stack')
+    env = replica_environment(2, 8102, 'host=127.0.0.1 port=6432 dbname=dbapi', '/tmp/stack', 3)
     assert env['BIND'] == '127.0.0.1:8102' and env['TRUSTED_PROXY_HOPS'] == '1'
     assert env['DATABASE_URL'].endswith('dbname=dbapi') and env['DEFAULT_DB_HOST'] == ''
     assert env['PROMETHEUS_MULTIPROC_DIR'] == '/tmp/stack/metrics-2'  # one per replica, never shared
+    assert env['WEB_CONCURRENCY'] == '3'
+
+
+def eight_cores_of_workers(monkeypatch, set_by_hand):
+    """Give the replicas 17 workers (2 x 8 cores + 1) of 2 connections, WEB_CONCURRENCY set by hand or the default."""
+    monkeypatch.setattr(settings, 'WEB_CONCURRENCY', 17)
+    monkeypatch.setattr(settings, 'DB_POOL_MAX', 2)
+    if set_by_hand:
+        monkeypatch.setenv('WEB_CONCURRENCY', '17')
+    else:
+        monkeypatch.delenv('WEB_CONCURRENCY', raising=False)
+
+
+@pytest.mark.parametrize('set_by_hand, taken, workers', [(False, 95, 11), (False, 200, 17), (True, 200, 17)])
+def test_replicas_get_the_workers_postgresql_can_take(monkeypatch, set_by_hand, taken, workers):
+    """3 replicas and a stand-in of 2 connections per worker: 17 workers (2 x 8 cores + 1) by default, fewer when
+    PostgreSQL takes fewer connections."""
+    eight_cores_of_workers(monkeypatch, set_by_hand)
+    assert workers_per_replica(3, taken) == workers
+
+
+@pytest.mark.parametrize('set_by_hand, taken', [(True, 95), (False, 7)])
+def test_workers_postgresql_cannot_take_stop_the_stack(monkeypatch, set_by_hand, taken):
+    """Workers set by hand are never lowered unsaid, and not one worker per replica is no stack."""
+    eight_cores_of_workers(monkeypatch, set_by_hand)
+    with pytest.raises(StackError, match=r'would open 136 connections; PostgreSQL takes \d+'):
+        workers_per_replica(3, taken)
 
 
 def test_nginx_of_the_stack_points_at_every_replica():
