@@ -378,6 +378,7 @@ class Stack:
         # (Child, port) of a stand-in still serving for a lone replica that did not come back from a rolling restart
         self.standing_in = None
         self.nginx_ports = []  # the ports nginx sends requests to now
+        self.reloads = 0  # of nginx's config, since the stack started
 
     def launch(self, child):
         """Start child and keep it for supervision and stopping (kept first: a stop during its start stops it too)."""
@@ -429,6 +430,7 @@ class Stack:
         workers_before = child_pids(nginx_pid)
         self.write_nginx_config(replica_ports)
         self.nginx_ports = list(replica_ports)
+        self.reloads += 1
         os.kill(nginx_pid, signal.SIGHUP)
         # nginx starts new workers only once it has read the whole new config; the next rewrite must wait for that.
         wait_until(self.proxy, lambda: child_pids(nginx_pid) - workers_before, 'reload its config',
@@ -446,6 +448,7 @@ class Stack:
             return
         ports = self.config.replica_ports
         say(f'rolling restart of {counted(len(ports), "replica")} started')
+        reloads_before = self.reloads
         for replica, port in zip(self.replicas, ports):
             try:
                 self.restart_replica(replica, port)
@@ -453,11 +456,17 @@ class Stack:
                 say(f'rolling restart stopped: {error}')
                 self.send_requests_to(self.serving_ports())
                 return
-        say(f'rolling restart of {counted(len(ports), "replica")} finished')
+        if self.nginx_ports != ports:
+            self.send_requests_to(ports)
+        say(f'rolling restart of {counted(len(ports), "replica")} finished '
+            f'({counted(self.reloads - reloads_before, "reload")} of nginx)')
 
     def restart_replica(self, replica, port):
-        """Take replica out of nginx's list, restart it gracefully, and put it back once it is ready; the other
-        replicas that exit meanwhile are restarted as at any other time (tend_others)."""
+        """Take replica out of nginx's list, restart it gracefully, and wait until it is ready; the other replicas
+        that exit meanwhile are restarted as at any other time (tend_others). The reload that takes the next replica
+        out puts this one back (rolling_restart puts the last back): each reload of nginx closes its idle kept-alive
+        client connections, and n replicas take n + 1 reloads, not 2n. A lone replica is put back before its
+        stand-in stops."""
         ports = self.config.replica_ports
         others = [other for other in ports if other != port]
         tend_others = partial(self.tend_others, replica)
@@ -467,7 +476,8 @@ class Stack:
             replica.stop(meanwhile=tend_others)
             replica.start()
             wait_until_ready(replica, port, tend_others)
-            self.send_requests_to(ports)
+            if not others:
+                self.send_requests_to(ports)
 
     def tend_others(self, replica):
         """Restart the replicas but replica (which a rolling restart stops and starts itself) that exited."""
