@@ -1,6 +1,8 @@
 """gunicorn's own error answers, for requests it cannot parse before the app sees them, are problem+json too."""
 import json
+import re
 import socket
+import time
 from http import HTTPStatus
 
 import pytest
@@ -18,14 +20,19 @@ UNPARSABLE = {
 }
 
 
-def raw_answer(port, request):
-    """Send raw bytes to the server and return (status, headers, body) of its answer."""
+def raw_exchange(port, request):
+    """Send raw bytes to the server and return every byte it sends until it closes the connection."""
     with socket.create_connection(('127.0.0.1', port), timeout=10) as sock:
         sock.sendall(request)
         data = b''
         while chunk := sock.recv(65536):
             data += chunk
-    head, _, body = data.partition(b'\r\n\r\n')
+    return data
+
+
+def raw_answer(port, request):
+    """Send raw bytes to the server and return (status, headers, body) of its answer."""
+    head, _, body = raw_exchange(port, request).partition(b'\r\n\r\n')
     lines = head.decode('latin-1').split('\r\n')
     headers = dict(line.split(': ', 1) for line in lines[1:])
     return int(lines[0].split()[1]), headers, body
@@ -128,35 +135,52 @@ def test_a_transfer_coding_besides_chunked_is_a_400_problem_not_a_body_misread(d
                                           'Content-Length, or chunked alone.')
 
 
-def test_an_http_version_past_1_1_is_a_400_problem_as_nginx_answers_it(database_url):
-    """gunicorn parses HTTP/1.2 to HTTP/1.9 and passed them on: a 200 in `HTTP/1.2` (trial X); nginx answers 400."""
-    with running_gunicorn(database_url, WEB_CONCURRENCY='1') as port:
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_an_http_version_past_1_1_is_a_400_problem_as_nginx_answers_it(database_url, worker_class):
+    """gunicorn parses HTTP/1.2 to HTTP/1.9 and passed them on: a 200 in `HTTP/1.2` (trial X), then the app's 400 in
+    `HTTP/1.2`, its connection kept alive for a next request (trial AR); nginx answers 400."""
+    with running_gunicorn(database_url, WORKER_CLASS=worker_class, WEB_CONCURRENCY='1') as port:
         for request_line in (b'POST /probe/echo HTTP/1.2', b'GET /healthz HTTP/1.9'):
-            status, headers, body = raw_answer(port, request_line + b'\r\nHost: x\r\nAuthorization: Bearer '
-                                               + ADMIN_TOKEN.encode() + b'\r\nContent-Length: 2\r\n'
-                                               b'Connection: close\r\n\r\n{}')
+            answer = raw_exchange(port, request_line + b'\r\nHost: x\r\nAuthorization: Bearer ' + ADMIN_TOKEN.encode()
+                                  + b'\r\nContent-Length: 2\r\n\r\n{}GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n')
+            assert re.findall(rb'(?m)^HTTP/[0-9.]+ [0-9]{3} ', answer) == [b'HTTP/1.1 400 '], (request_line, answer)
+            status, headers, body = raw_answer(port, request_line + b'\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}')
             assert status == 400 and headers['Content-Type'] == 'application/problem+json', (request_line, body)
             assert json.loads(body)['detail'] == 'dbapi speaks HTTP/1.0 and HTTP/1.1 only.'
-        for request_line in (b'GET /healthz HTTP/2.0', b'GET /healthz HTTP/1.10', b'GET /healthz http/1.1'):
-            # versions gunicorn does not parse: its 400, which said "The request is malformed." (trial AO)
-            status, _, body = raw_answer(port, request_line + b'\r\nHost: x\r\n\r\n')
-            assert status == 400 and json.loads(body)['detail'] == 'dbapi speaks HTTP/1.0 and HTTP/1.1 only.'
+        # versions gunicorn does not parse: its 400, which said "The request is malformed." (trials AO, AR)
+        for head in (b'GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n', b'GET /healthz HTTP/1.10\r\nHost: x\r\n\r\n',
+                     b'GET /healthz http/1.1\r\nHost: x\r\n\r\n', b'GET /healthz\r\n',
+                     b'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'):
+            status, _, body = raw_answer(port, head)
+            assert status == 400 and json.loads(body)['detail'] == 'dbapi speaks HTTP/1.0 and HTTP/1.1 only.', head
+        assert json.loads(raw_answer(port, b'GET  /healthz HTTP/1.1\r\n\r\n')[2])['detail'] != (
+            'dbapi speaks HTTP/1.0 and HTTP/1.1 only.')  # a request line malformed otherwise
         assert raw_answer(port, b'GET /healthz HTTP/1.0\r\n\r\n')[0] == 200
+
+
+# Chunked bodies that do not end as RFC 9112 says, each followed by a request that must get no answer of its own.
+UNREAD_MALFORMED_CHUNKS = {'a chunk size that is not hex': b'zz\r\nhello\r\n0\r\n\r\n',
+                           'a trailer that is no field': b'5\r\nhello\r\n0\r\nbad trailer\r\n\r\n',
+                           'a control byte in a trailer': b'5\r\nhello\r\n0\r\nX-T: a\x01b\r\n\r\n',
+                           'a trailer past the header limit': b'0\r\nX-T: ' + b'a' * 20000 + b'\r\n\r\n'}
 
 
 @pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
 def test_a_malformed_chunked_body_left_unread_gets_no_second_answer(database_url, worker_class):
-    """Answered without its body read (a 401), the request's malformed chunks, which gunicorn reads to drop them, got
-    a second answer, a 400 the client took for its next request's (trial AO): the connection is closed instead."""
+    """Answered without its body read (a 401), the request's malformed chunks (trial AO) or trailers (trial AR), which
+    gunicorn read to drop them, got a second answer, a 400 or 431 the client took for its next request's: the
+    connection is closed instead."""
     request = CHUNKED_HEAD.replace(b'Authorization: Bearer ' + ADMIN_TOKEN.encode(), b'Authorization: Bearer nope')
     assert request != CHUNKED_HEAD
     with running_gunicorn(database_url, WORKER_CLASS=worker_class, WEB_CONCURRENCY='1') as port:
-        with socket.create_connection(('127.0.0.1', port), timeout=10) as sock:
-            sock.sendall(request + b'zz\r\nhello\r\n0\r\n\r\n')
-            data = b''
-            while chunk := sock.recv(65536):
-                data += chunk
-    assert data.startswith(b'HTTP/1.1 401 ') and data.count(b'HTTP/1.1 ') == 1, data
+        for case, chunks in UNREAD_MALFORMED_CHUNKS.items():
+            data = raw_exchange(port, request + chunks + b'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n')
+            assert data.startswith(b'HTTP/1.1 401 ') and data.count(b'HTTP/1.1 ') == 1, (case, data)
+        # A well-formed one keeps the connection alive.
+        data = raw_exchange(port, request + b'5\r\nhello\r\n0\r\nX-T: y\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n'
+                            b'Connection: close\r\n\r\n')
+    expected = [b'HTTP/1.1 401 ', b'HTTP/1.1 200 '] if worker_class != 'sync' else [b'HTTP/1.1 401 ']
+    assert re.findall(rb'HTTP/1\.1 [0-9]{3} ', data) == expected, data
 
 
 def test_a_malformed_chunked_body_is_a_400_problem_under_sync_workers_too(database_url):
@@ -164,3 +188,20 @@ def test_a_malformed_chunked_body_is_a_400_problem_under_sync_workers_too(databa
         for case, chunks in MALFORMED_CHUNKS.items():
             status, headers, body = raw_answer(port, CHUNKED_HEAD + chunks)
             assert status == 400 and json.loads(body)['detail'] == 'The chunked request body is malformed.', case
+
+
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread'])
+def test_a_body_left_unread_that_never_ends_closes_its_connection_within_keepalive(database_url, worker_class):
+    """The answer (a 401) goes out at once; the rest of the body, never sent, is waited for 5 s, gunicorn's keepalive."""
+    request = CHUNKED_HEAD.replace(b'Authorization: Bearer ' + ADMIN_TOKEN.encode(), b'Authorization: Bearer nope')
+    with running_gunicorn(database_url, WORKER_CLASS=worker_class, WEB_CONCURRENCY='1') as port:
+        with socket.create_connection(('127.0.0.1', port), timeout=15) as sock:
+            sock.sendall(request + b'5\r\nhello\r\n')
+            first = sock.recv(65536)
+            answered = time.monotonic()
+            rest = b''
+            while chunk := sock.recv(65536):
+                rest += chunk
+            waited = time.monotonic() - answered
+    assert first.startswith(b'HTTP/1.1 401 ') and (first + rest).count(b'HTTP/1.1 ') == 1, (first, rest)
+    assert 3 < waited < 10, waited

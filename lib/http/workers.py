@@ -17,8 +17,8 @@ import time
 from http import HTTPStatus
 
 import gevent
-from gunicorn.http.errors import (ChunkMissingTerminator, InvalidChunkExtension, InvalidChunkSize, InvalidHTTPVersion,
-                                   InvalidSchemeHeaders, LimitRequestHeaders, LimitRequestLine, ParseException)
+from gunicorn.http.errors import (InvalidChunkExtension, InvalidHTTPVersion, InvalidRequestLine, InvalidSchemeHeaders,
+                                   LimitRequestHeaders, LimitRequestLine, ParseException)
 from gunicorn.workers.ggevent import GeventWorker
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
@@ -41,10 +41,12 @@ LOOP_TURN_SECONDS = 1e-6
 # A kept-alive connection whose request was shed is read again once the process has room, or after its answer's
 # Retry-After.
 SHED_PAUSE_SECONDS = int(RETRY_AFTER_SECONDS)
-# gunicorn's errors of a chunked body it reads itself to drop it, once the app answered without reading it (a 401, a
-# 404): that request has its answer, and a second, sent after it, was taken by the client for its next request's
-# (trial AO). The app's own read of a body answers these (lib/http/body.py).
-BODY_DRAIN_ERRORS = (InvalidChunkSize, ChunkMissingTerminator, InvalidChunkExtension)
+# Bytes read at a time of what the app left of a body (DrainedBody).
+DRAIN_CHUNK_BYTES = 65536
+# The HTTP versions dbapi speaks, as gunicorn's Request.version has them.
+SPOKEN_VERSIONS = frozenset({(1, 0), (1, 1)})
+# HTTP/2's connection preface (RFC 9113 section 3.4), whose first line gunicorn reads as a request line it cannot parse.
+HTTP2_PREFACE_LINE = 'PRI * HTTP/2.0'
 # gunicorn's parse errors whose text is gunicorn's own words or sizes alone; every other one quotes the request.
 QUOTING_NOTHING = (LimitRequestLine, LimitRequestHeaders, InvalidSchemeHeaders, InvalidChunkExtension)
 
@@ -64,6 +66,23 @@ class CapturedAnswer:
 
     def __getattr__(self, name):
         return getattr(self.client, name)
+
+
+def speaks_another_version(exc):
+    """Tell whether gunicorn's parse error is of a request in an HTTP version other than 1.0 and 1.1: one it names
+    (HTTP/2.0, HTTP/1.10), HTTP/2's connection preface (`curl --http2-prior-knowledge`), or an HTTP/0.9 request line,
+    a method and a target with no version (RFC 9112 section 3: its answer still says why, trial AR)."""
+    if isinstance(exc, InvalidHTTPVersion):
+        return True
+    return isinstance(exc, InvalidRequestLine) and (exc.req == HTTP2_PREFACE_LINE or len(str(exc.req).split(' ')) == 2)
+
+
+def refuse_another_version(req):
+    """Raise InvalidHTTPVersion for a request gunicorn parsed in a version dbapi does not speak (HTTP/1.2 to 1.9): the
+    app's refusal went out in that version's status line, `HTTP/1.2 400`, its connection kept alive (trial AR);
+    ProblemErrors.handle_error answers it as it answers HTTP/2.0."""
+    if req.version not in SPOKEN_VERSIONS:
+        raise InvalidHTTPVersion(req.version)
 
 
 def reason_phrase(status, gunicorns):
@@ -99,14 +118,10 @@ class ProblemErrors:
         """Let gunicorn decide the status and log the error (its line carries the answer's request id), then answer
         it as problem details, with an access line of its own. An answer the app started that broke before its
         first byte is answered as a 500 under its request's id, without a line or a traceback: its access line has
-        told of it. A malformed body gunicorn drained after the app's answer gets none (BODY_DRAIN_ERRORS)."""
+        told of it."""
         if isinstance(exc, BrokeBeforeItsFirstByte):
             with contextlib.suppress(OSError):
                 client.sendall(exc.answer)
-            return
-        if isinstance(exc, BODY_DRAIN_ERRORS):
-            self.log.debug('The body of a request answered without reading it is malformed (%s): the connection is '
-                           'closed', type(exc).__name__)
             return
         captured, request_id = CapturedAnswer(client), new_request_id()
         refused = REFUSED_REQUEST_ID.set(request_id)  # gunicorn's line saying why carries the answer's id
@@ -118,7 +133,7 @@ class ProblemErrors:
         if status_line is None:
             return
         status = CLIENT_MISTAKES.get(int(status_line[1]), int(status_line[1]))
-        detail = UNKNOWN_VERSION_DETAIL if isinstance(exc, InvalidHTTPVersion) else None  # HTTP/2.0, HTTP/1.10
+        detail = UNKNOWN_VERSION_DETAIL if speaks_another_version(exc) else None
         answer, body_bytes = problem_answer(status, reason_phrase(status, status_line[2]), request_id, detail)
         try:
             client.sendall(answer)
@@ -145,8 +160,45 @@ def pace_kept_alive_connection(environ, response, behind_proxy):
         gevent.sleep(LOOP_TURN_SECONDS)
 
 
-class ProblemGeventWorker(ProblemErrors, GeventWorker):
-    """gunicorn's gevent worker with problem+json error answers, which finishes its requests when its master dies."""
+class DrainedBody:
+    """Mixin for gunicorn's keep-alive workers (gevent, gthread): what the app left unread of a request's body (a
+    401, a 404 answered before it) is read here, within gunicorn's keepalive (the class's head_read), before the
+    connection may carry another request; a body that does not end as HTTP/1.1 says (RFC 9112 section 7.1), or not
+    in time, closes the connection unanswered: its request has had its answer. gunicorn reads such a body itself as
+    it parses the next request, and answered malformed chunks (trial AO) and malformed trailers (trial AR) with a
+    second answer, a 400 or 431 the client took for its next request's."""
+
+    def body_ended(self, req, sock):
+        """Read the rest of req's body (gunicorn's Request.body, the app's wsgi.input) within the bound; tell whether
+        it ended well."""
+        try:
+            with self.head_read(sock):
+                while req.body.read(DRAIN_CHUNK_BYTES):
+                    pass
+        except (ParseException, OSError) as exc:  # its parse errors; NoMoreData and TimeoutError: not in time
+            self.log.debug('The body of a request answered without reading it all did not end well (%s): the '
+                           'connection is closed', type(exc).__name__)
+            return False
+        return True
+
+
+class ProblemGeventWorker(DrainedBody, ProblemErrors, GeventWorker):
+    """gunicorn's gevent worker with problem+json error answers, which finishes its requests when its master dies,
+    and reads what a request left of its body itself (DrainedBody)."""
+
+    def head_read(self, sock):
+        """Bound the read of what comes next from sock by keepalive seconds (none with a keepalive of 0), as
+        gunicorn's timeout_ctx does, raising TimeoutError past it."""
+        return gevent.Timeout(self.cfg.keepalive or None, TimeoutError)
+
+    def handle_request(self, listener_name, req, sock, addr):
+        """Serve req, refusing an HTTP version dbapi does not speak (refuse_another_version); raise StopIteration,
+        which gunicorn's keep-alive loop ends at, when its connection may not carry another request: gunicorn's own
+        answer that closes it, or a body that did not end well (DrainedBody)."""
+        refuse_another_version(req)
+        super().handle_request(listener_name, req, sock, addr)
+        if not self.body_ended(req, sock):
+            raise StopIteration('the request body did not end well')
 
     def notify(self):
         """Tell the master this worker is alive (gunicorn calls it every second). A worker whose master is gone (it
@@ -194,9 +246,15 @@ class BoundedHead:
         return super().handle_request(*args)
 
 
-class ProblemThreadWorker(BoundedHead, ProblemErrors, ThreadWorker):
-    """gunicorn's gthread worker with problem+json error answers, a bounded read of each request's head (BoundedHead),
-    and a quick stop that cannot deadlock."""
+class ProblemThreadWorker(DrainedBody, BoundedHead, ProblemErrors, ThreadWorker):
+    """gunicorn's gthread worker with problem+json error answers, a bounded read of each request's head (BoundedHead)
+    and of what it left of its body (DrainedBody), and a quick stop that cannot deadlock."""
+
+    def handle_request(self, req, conn):
+        """Serve req, refusing an HTTP version dbapi does not speak (refuse_another_version); tell whether its
+        connection may carry another request (DrainedBody)."""
+        refuse_another_version(req)
+        return super().handle_request(req, conn) and self.body_ended(req, conn.sock)
 
     def handle(self, conn):
         """Serve the request of a connection gunicorn's poller found readable, its head read within keepalive."""
@@ -224,6 +282,11 @@ class ProblemSyncWorker(BoundedHead, ProblemErrors, SyncWorker):
         """Serve the request of an accepted connection, its head read within keepalive."""
         with self.head_read(client):
             return super().handle(listener, client, addr)
+
+    def handle_request(self, listener, req, client, addr):
+        """Serve req, refusing an HTTP version gunicorn parsed but dbapi does not speak (refuse_another_version)."""
+        refuse_another_version(req)
+        return super().handle_request(listener, req, client, addr)
 
 
 WORKER_CLASSES = {'gevent': 'lib.http.workers.ProblemGeventWorker', 'gthread': 'lib.http.workers.ProblemThreadWorker',
