@@ -208,3 +208,19 @@ def test_a_fetch_ahead_that_fails_is_the_streams_error_not_the_closed_cursor_it_
             list(stream)
     assert not isinstance(raised.value, psycopg2.InterfaceError), raised.value
     assert prefetch_threads() == []
+
+
+def test_a_session_ended_after_the_last_batch_is_the_streams_error_not_the_commits(app, database_url):
+    """The cursor's CLOSE after the last batch failed (the server had ended the session) unseen, and the access line
+    named the commit's `connection already closed` instead (trial AR)."""
+    pool = app.extensions['dbapi'].pools['default']
+    with pytest.raises(psycopg2.Error) as raised:
+        with connection(pool) as conn:
+            stream = Db(conn).stream_json('SELECT g FROM generate_series(1, 4) g', batch_size=2)
+            next(stream), next(stream)
+            time.sleep(0.5)  # the helper has found the cursor's end: nothing is fetched any more
+            run_sql(database_url, 'SELECT pg_terminate_backend(%s)', (conn.info.backend_pid,))
+            time.sleep(0.5)
+            list(stream)
+    assert isinstance(raised.value, psycopg2.OperationalError), repr(raised.value)
+    assert prefetch_threads() == []

@@ -391,17 +391,23 @@ def text_cursor(conn):
 
 
 def json_batches(conn, cursor_name, rows_json, batch_size):
-    """Yield each batch of the declared cursor as a list holding one JSON fragment, for json_array_chunks."""
+    """Yield each batch of the declared cursor as a list holding one JSON fragment, for json_array_chunks; the cursor
+    is closed after the last, as Db.stream's is: a failure then (the server ended the session after the last batch
+    was fetched) is the stream's, where it was swallowed and the commit's `connection already closed` was logged in
+    its place (trial AR)."""
+    close = sql.SQL('CLOSE {}').format(sql.Identifier(cursor_name))
     try:
         with Prefetcher([text_cursor(conn), text_cursor(conn)], cursor_name, batch_size) as batches:
             for rows in batches:
                 yield [orjson.Fragment(rows_json(rows))]
-    finally:
+    except BaseException:
         # The cursor's resources go now, not at the transaction's end; fails harmlessly after a failure, and is
         # refused (lib/db/guard.py: an ApiError, not psycopg2's) once the request is over: its client gone, its
         # deadline past, its worker stopping. The transaction's end frees the cursor then.
         with suppress(psycopg2.Error, ApiError):
-            conn.cursor().execute(sql.SQL('CLOSE {}').format(sql.Identifier(cursor_name)))
+            conn.cursor().execute(close)
+        raise
+    conn.cursor().execute(close)
 
 
 def without_statement_end(query, backslash_escapes=False):
