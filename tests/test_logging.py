@@ -759,10 +759,13 @@ def test_a_token_whose_tilde_a_url_encodes_is_redacted(spelling):
 @pytest.mark.parametrize('secret, spelling', [('PlainTok-Abc123xyz', 'PlainTok%2DAbc123xyz'),
                                               ('HashTokNr01-Zq', '%48ashTokNr01-Z%71'),
                                               ('S3cr@tPw/d~x', '%533cr%40tPw%2Fd~x'),
-                                              ('caf\u00e9-token', 'caf%C3%a9-token')])
+                                              ('caf\u00e9-token', 'caf%C3%a9-token'),
+                                              ('local-dev-token', 'local%252Ddev%252Dtoken'),
+                                              ('local-dev-token', '%25256Cocal-dev-toke%2525256E')])
 def test_a_secret_with_any_of_its_characters_percent_encoded_is_redacted(secret, spelling):
     """Only whole encodings were known: a token with one character encoded (a path encoded twice and decoded once, a
-    User-Agent) was logged as sent (trial AP)."""
+    User-Agent) was logged as sent (trial AP); then one encoded twice or more, `%252D`, which no server decodes in a
+    header (trial AR)."""
     redact = Redactor([secret])
     line = encode_line({'message': f'POST /users/{spelling} 404', 'user_agent': {'original': f'x {spelling}'}})
     redacted = json.loads(redact(line))

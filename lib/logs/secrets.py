@@ -49,16 +49,17 @@ def percent_spellings(secret):
 
 
 def any_percent_spelling(secret):
-    """Return a regular expression of secret with any of its characters percent-encoded (each byte of a character's
-    UTF-8 as %XX, hex digits in either case: RFC 3986 section 2.1), the 2^n spellings a URL or a header may carry, of
-    which percent_spellings lists the whole ones (trial AP: `Tok%2DAbc`, a path encoded twice and decoded once)."""
+    """Return a regular expression of secret with any of its characters percent-encoded, once or more (each byte of a
+    character's UTF-8 as %XX, hex digits in either case: RFC 3986 section 2.1; encoded again, its % as %25), the
+    spellings a URL or a header may carry, of which percent_spellings lists the whole ones encoded once (trial AP:
+    `Tok%2DAbc`, a path encoded twice and decoded once; trial AR: `Tok%252DAbc` in a User-Agent)."""
     return ''.join(f'(?:{re.escape(char)}|{percent_encoded(char)})' for char in secret)
 
 
 def percent_encoded(char):
-    """Return a regular expression of char percent-encoded, byte by byte, hex digits in either case."""
-    return ''.join('%' + ''.join(f'[{digit}{digit.lower()}]' if digit.isalpha() else digit for digit in f'{byte:02X}')
-                   for byte in char.encode())
+    """Return a regular expression of char percent-encoded once or more, byte by byte, hex digits in either case."""
+    return ''.join('%(?:25)*' + ''.join(f'[{digit}{digit.lower()}]' if digit.isalpha() else digit
+                                        for digit in f'{byte:02X}') for byte in char.encode())
 
 
 def configured_secrets(databases, tokens):
