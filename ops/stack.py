@@ -21,6 +21,7 @@ if __name__ == '__main__':
     # (SIGHUP ignored) SIGHUP is left alone; main takes it once it has looked for the terminal's hangup.
     COMMAND_STOP.take_stop_signals(stopped_line)
 
+import collections  # noqa: E402
 import ctypes  # noqa: E402
 import logging  # noqa: E402
 import fcntl  # noqa: E402
@@ -321,20 +322,66 @@ def connections_taken(dsn):
         return cursor.fetchone()[0] - pgbouncer.RESERVED_SERVER_CONNECTIONS
 
 
-def workers_per_replica(replicas, taken):
-    """Return each replica's WEB_CONCURRENCY such that replicas and a rolling restart's stand-in, each with that many
-    workers of DB_POOL_MAX connections, fit the taken connections (docs/deployment.md, "The connection budget"):
+def direct_databases(dsn, through_pgbouncer):
+    """Return the DSNs of the databases the replicas reach PostgreSQL at themselves: every named one (DB_NAMES), and
+    the default (dsn) unless pgbouncer stands in front of it, its pool sized to fit the server."""
+    named = [named_dsn for name, named_dsn in settings.DATABASES.items() if name != 'default']
+    return named if through_pgbouncer else [dsn, *named]
+
+
+def server_of(dsn):
+    """Return the PostgreSQL server a DSN names: its host (or socket folder) and port, as it spells them."""
+    parts = psycopg2.extensions.parse_dsn(dsn)
+    return parts.get('host'), parts.get('port')
+
+
+def server_budgets(dsns):
+    """Return [(connections the server takes, how many of dsns name it)] for each PostgreSQL server of dsns: the
+    replicas' pools of every database on one server count against it."""
+    by_server = collections.defaultdict(list)
+    for dsn in dsns:
+        by_server[server_of(dsn)].append(dsn)
+    return [(connections_taken(same[0]), len(same)) for same in by_server.values()]
+
+
+def replicas_at_once(replicas):
+    """Return how many replicas run at once: a lone replica's stand-in runs beside it in a rolling restart; with
+    more, each is stopped before it starts again."""
+    return replicas + 1 if replicas == 1 else replicas
+
+
+def workers_per_replica(replicas, budgets):
+    """Return each replica's WEB_CONCURRENCY such that the replicas running at once (replicas_at_once), each with that
+    many workers of DB_POOL_MAX connections per database, fit each server's budget ((connections it takes,
+    databases of the replicas there): server_budgets; docs/deployment.md, "The connection budget"):
     settings.WEB_CONCURRENCY, its default (2 x cores + 1) lowered to fit; StackError when one set does not fit, or
     not one worker would (trial AQ: 8 cores made 3 x 17 x 2 = 102 of PostgreSQL's 100)."""
-    per_worker = (replicas + 1) * settings.DB_POOL_MAX
-    fitting = min(settings.WEB_CONCURRENCY, taken // per_worker)
+    running = replicas_at_once(replicas)
+    fits = {budget: budget[0] // (running * settings.DB_POOL_MAX * budget[1]) for budget in budgets}
+    fitting = min([settings.WEB_CONCURRENCY, *fits.values()])
     if fitting == settings.WEB_CONCURRENCY or (fitting >= 1 and settings.env_str('WEB_CONCURRENCY') is None):
         return fitting
-    raise StackError(f'{counted(replicas, "replica")} and a rolling restart\'s stand-in, each with '
-                     f'{counted(settings.WEB_CONCURRENCY, "worker")} (WEB_CONCURRENCY) of {settings.DB_POOL_MAX} '
-                     f'connections (DB_POOL_MAX), would open {per_worker * settings.WEB_CONCURRENCY} connections; '
-                     f'PostgreSQL takes {taken} (its max_connections less {pgbouncer.RESERVED_SERVER_CONNECTIONS} '
-                     'for others): lower REPLICAS, WEB_CONCURRENCY or DB_POOL_MAX, or set STACK_PGBOUNCER=1')
+    taken, databases = min(fits, key=fits.get)
+    raise StackError(budget_refusal(replicas, settings.WEB_CONCURRENCY if fitting >= 1 else 0, taken, databases))
+
+
+def budget_refusal(replicas, workers, taken, databases):
+    """Return why replicas of workers (0: not one fits) each cannot run on a server that takes taken connections,
+    the replicas using databases there."""
+    running = replicas_at_once(replicas)
+    per_worker = settings.DB_POOL_MAX * databases
+    who = counted(replicas, 'replica') + (" and a rolling restart's stand-in" if running > replicas else '')
+    pools = f'{settings.DB_POOL_MAX} connections (DB_POOL_MAX)' + (f' to each of {databases} databases there'
+                                                                    if databases > 1 else '')
+    server = f'PostgreSQL takes {taken} (its max_connections less {pgbouncer.RESERVED_SERVER_CONNECTIONS} for others)'
+    if workers:
+        return (f'{who}, each with {counted(workers, "worker")} (WEB_CONCURRENCY) of {pools}, would open '
+                f'{running * workers * per_worker} connections; {server}: lower REPLICAS, WEB_CONCURRENCY or '
+                'DB_POOL_MAX, or set STACK_PGBOUNCER=1')
+    most = taken // per_worker if taken // per_worker > 1 else int(2 * per_worker <= taken)
+    return (f'not even 1 worker per replica fits: {who}, each with 1 worker of {pools}, would open '
+            f'{running * per_worker} connections; {server}: at most {counted(most, "replica")} fit; lower REPLICAS '
+            'or DB_POOL_MAX, or set STACK_PGBOUNCER=1')
 
 
 def replica_environment(index, port, dsn, run_dir, workers):
@@ -379,6 +426,7 @@ class Stack:
         self.standing_in = None
         self.nginx_ports = []  # the ports nginx sends requests to now
         self.reloads = 0  # of nginx's config, since the stack started
+        self.down = set()  # the ports of the replicas that exited and are not ready again: nginx sends them nothing
 
     def launch(self, child):
         """Start child and keep it for supervision and stopping (kept first: a stop during its start stops it too)."""
@@ -391,10 +439,8 @@ class Stack:
         dsn = default_dsn()
         # a failing migration is one StartupError line: file:line and PostgreSQL's message
         migrate_database(dsn)
-        if self.config.pgbouncer:  # its pool fits PostgreSQL's connections
-            self.app_dsn = self.start_pgbouncer(dsn)
-        else:
-            self.app_dsn, self.workers = dsn, self.fit_workers(connections_taken(dsn))
+        self.workers = self.fit_workers(server_budgets(direct_databases(dsn, self.config.pgbouncer)))
+        self.app_dsn = self.start_pgbouncer(dsn) if self.config.pgbouncer else dsn
         self.replicas = [self.launch(Child(f'replica {index} (port {port})', gunicorn_command(),
                                            self.environment_of(index, port), restart=True))
                          for index, port in enumerate(self.config.replica_ports, start=1)]
@@ -406,13 +452,14 @@ class Stack:
         self.proxy = self.launch(Child('nginx', nginx.command(main_config), dict(os.environ), signal.SIGQUIT))
         wait_until_serving(self.proxy, self.config.port)
 
-    def fit_workers(self, taken):
+    def fit_workers(self, budgets):
         """Return each replica's workers (workers_per_replica), saying so when the default had to be lowered."""
-        workers = workers_per_replica(self.config.replicas, taken)
+        workers = workers_per_replica(self.config.replicas, budgets)
         if workers < settings.WEB_CONCURRENCY:
-            say(f'{counted(workers, "worker")} per replica, not {settings.WEB_CONCURRENCY} (2 x cores + 1): '
-                f'{counted(self.config.replicas, "replica")} and a stand-in fit the {taken} connections PostgreSQL '
-                'takes (set WEB_CONCURRENCY, or STACK_PGBOUNCER=1)')
+            say(f'{counted(workers, "worker")} per replica, not {settings.WEB_CONCURRENCY} (2 x cores + 1), so that '
+                f'the pools of {counted(self.config.replicas, "replica")} fit the connections PostgreSQL takes (its '
+                f'max_connections less {pgbouncer.RESERVED_SERVER_CONNECTIONS}): set WEB_CONCURRENCY, or '
+                'STACK_PGBOUNCER=1')
         return workers
 
     def environment_of(self, index, port):
@@ -454,10 +501,13 @@ class Stack:
                 self.restart_replica(replica, port)
             except StackError as error:
                 say(f'rolling restart stopped: {error}')
-                self.send_requests_to(self.serving_ports())
+                serving = self.serving_ports()
+                if port not in serving:  # out until it is ready again (rejoin); a lone one whose stand-in failed is not
+                    self.down.add(port)
+                self.send_requests_to(serving)
                 return
-        if self.nginx_ports != ports:
-            self.send_requests_to(ports)
+        if self.nginx_ports != self.up(ports):
+            self.send_requests_to(self.up(ports))
         say(f'rolling restart of {counted(len(ports), "replica")} finished '
             f'({counted(self.reloads - reloads_before, "reload")} of nginx)')
 
@@ -468,7 +518,7 @@ class Stack:
         client connections, and n replicas take n + 1 reloads, not 2n. A lone replica is put back before its
         stand-in stops."""
         ports = self.config.replica_ports
-        others = [other for other in ports if other != port]
+        others = [other for other in ports if other != port and other not in self.down]
         tend_others = partial(self.tend_others, replica)
         with self.stand_in(replica) if not others else nullcontext(others) as serving_meanwhile:
             self.send_requests_to(serving_meanwhile)
@@ -477,7 +527,21 @@ class Stack:
             replica.start()
             wait_until_ready(replica, port, tend_others)
             if not others:
-                self.send_requests_to(ports)
+                self.send_requests_to(self.up(ports))
+
+    def up(self, ports):
+        """Return ports but those of the replicas that are down; all of them when none would be left (nginx needs
+        one, and its 502 says what an empty list would)."""
+        return [port for port in ports if port not in self.down] or list(ports)
+
+    def take_out(self, replica):
+        """Note that replica exited, and have nginx send it nothing until it is ready again (rejoin): during its
+        restart's pause nginx sent it requests that failed (a rolling restart's too, the other replica taken out, all
+        of them: trial AS), and another program that took its port got them."""
+        port = dict(zip(self.replicas, self.config.replica_ports))[replica]
+        self.down.add(port)
+        if port in self.nginx_ports and self.up(self.nginx_ports) != self.nginx_ports:
+            self.send_requests_to(self.up(self.nginx_ports))
 
     def tend_others(self, replica):
         """Restart the replicas but replica (which a rolling restart stops and starts itself) that exited."""
@@ -531,14 +595,17 @@ class Stack:
         return listening or self.config.replica_ports
 
     def rejoin(self):
-        """Put each replica left out of nginx's list after a failed rolling restart back in once it is ready again
-        (its own process serves /readyz on its port); a lone replica's stand-in then stops."""
+        """Put each replica left out of nginx's list (it exited, or a rolling restart failed at it) back in once it is
+        ready again (its own process serves /readyz on its port); a lone replica's stand-in then stops."""
         back = [(replica, port) for replica, port in self.replicas_and_ports()
-                if port not in self.nginx_ports and replica.exit_code() is None and serves(replica, port, '/readyz')]
+                if (port not in self.nginx_ports or port in self.down) and replica.exit_code() is None
+                and serves(replica, port, '/readyz')]
         if not back:
             return
-        sending = set(self.nginx_ports) | {port for _, port in back}
-        self.send_requests_to([port for port in self.config.replica_ports if port in sending])
+        self.down -= {port for _, port in back}
+        sending = self.up(self.config.replica_ports)
+        if sending != self.nginx_ports:
+            self.send_requests_to(sending)
         done = 'nginx sends to it again'
         if self.standing_in is not None:
             time.sleep(DRAIN_SECONDS)
@@ -575,7 +642,7 @@ class Stack:
                     self.restarting = False
             for child in self.children:
                 self.check(child)
-            if self.nginx_ports != self.config.replica_ports:
+            if self.down or self.nginx_ports != self.config.replica_ports:
                 self.rejoin()
             time.sleep(0.2)
 
@@ -596,6 +663,8 @@ class Stack:
         if child.exited_at is None:
             child.note_exit()
             report_exit(child, code)
+            if child in self.replicas:
+                self.take_out(child)
         elif time.monotonic() - child.exited_at >= child.restart_delay:
             child.start()
 

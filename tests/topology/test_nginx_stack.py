@@ -468,16 +468,24 @@ def test_a_stack_setting_out_of_range_stops_it_in_one_line(topology_database_url
     assert result.stdout == '', 'nothing started: no migration, no replica'
 
 
-def test_replicas_whose_workers_postgresql_cannot_take_stop_the_stack_before_any_starts(topology_database_url):
-    """3 replicas of 17 workers each (2 x 8 cores + 1), 2 connections each, went past PostgreSQL's 100 (trial AQ)."""
+@pytest.mark.parametrize('named', [False, True])
+def test_replicas_whose_workers_postgresql_cannot_take_stop_the_stack_before_any_starts(topology_database_url, named):
+    """3 replicas of 17 workers each (2 x 8 cores + 1), 2 connections each, went past PostgreSQL's 100 (trial AQ); a
+    named database on the same server doubles the pools, and went uncounted (trial AS)."""
     [(max_connections,)] = run_sql(topology_database_url, "SELECT current_setting('max_connections')::int")
-    environment = stack_environment(topology_database_url, free_ports(5), 3, False, {'WEB_CONCURRENCY': '256'})
+    taken = max_connections - 5
+    workers = taken // 6 if named else 256  # fits one database's pools, not two
+    overrides = {'WEB_CONCURRENCY': str(workers)}
+    if named:
+        overrides.update(DB_NAMES='default,reports', REPORTS_DATABASE_URL=topology_database_url)
+    environment = stack_environment(topology_database_url, free_ports(5), 3, False, overrides)
     result = subprocess.run([sys.executable, '-m', 'ops.stack'], cwd=BASE_DIR, capture_output=True, text=True,
                             timeout=60, env=environment)
+    pools = '2 connections (DB_POOL_MAX) to each of 2 databases there' if named else '2 connections (DB_POOL_MAX)'
     assert result.returncode == 1 and result.stderr.splitlines() == [
-        "stack: 3 replicas and a rolling restart's stand-in, each with 256 workers (WEB_CONCURRENCY) of 2 connections "
-        f'(DB_POOL_MAX), would open 2048 connections; PostgreSQL takes {max_connections - 5} (its max_connections '
-        'less 5 for others): lower REPLICAS, WEB_CONCURRENCY or DB_POOL_MAX, or set STACK_PGBOUNCER=1'], result.stderr
+        f'stack: 3 replicas, each with {workers} workers (WEB_CONCURRENCY) of {pools}, would open '
+        f'{3 * workers * 2 * (1 + named)} connections; PostgreSQL takes {taken} (its max_connections less 5 for '
+        'others): lower REPLICAS, WEB_CONCURRENCY or DB_POOL_MAX, or set STACK_PGBOUNCER=1'], result.stderr
     assert 'serves on' not in result.stderr and 'dbapi.access' not in result.stdout
 
 

@@ -162,20 +162,43 @@ def eight_cores_of_workers(monkeypatch, set_by_hand):
         monkeypatch.delenv('WEB_CONCURRENCY', raising=False)
 
 
-@pytest.mark.parametrize('set_by_hand, taken, workers', [(False, 95, 11), (False, 200, 17), (True, 200, 17)])
-def test_replicas_get_the_workers_postgresql_can_take(monkeypatch, set_by_hand, taken, workers):
-    """3 replicas and a stand-in of 2 connections per worker: 17 workers (2 x 8 cores + 1) by default, fewer when
-    PostgreSQL takes fewer connections."""
+@pytest.mark.parametrize('set_by_hand, replicas, budgets, workers', [
+    (False, 3, [(95, 1)], 15), (False, 3, [(200, 1)], 17), (True, 3, [(200, 1)], 17),
+    (False, 1, [(95, 1)], 17),  # a lone replica and its stand-in: 2 x 17 x 2 = 68
+    (False, 1, [(60, 1)], 15),
+    (False, 3, [(95, 2)], 7),  # a named database on the same server: twice the pools (trial AS)
+    (False, 3, [(200, 1), (40, 1)], 6),  # one on a server of its own that takes fewer
+    (True, 3, [], 17)])  # every database behind pgbouncer
+def test_replicas_get_the_workers_postgresql_can_take(monkeypatch, set_by_hand, replicas, budgets, workers):
+    """2 connections per worker and database: 17 workers (2 x 8 cores + 1) by default, fewer when a server takes
+    fewer connections; the stand-in counts only beside a lone replica, the only one that has one (trial AS)."""
     eight_cores_of_workers(monkeypatch, set_by_hand)
-    assert workers_per_replica(3, taken) == workers
+    assert workers_per_replica(replicas, budgets) == workers
 
 
-@pytest.mark.parametrize('set_by_hand, taken', [(True, 95), (False, 7)])
-def test_workers_postgresql_cannot_take_stop_the_stack(monkeypatch, set_by_hand, taken):
+@pytest.mark.parametrize('set_by_hand, replicas, budgets, refusal', [
+    (True, 3, [(95, 1)], "3 replicas, each with 17 workers (WEB_CONCURRENCY) of 2 connections (DB_POOL_MAX), would "
+                         'open 102 connections; PostgreSQL takes 95 (its max_connections less 5 for others): lower '
+                         'REPLICAS, WEB_CONCURRENCY or DB_POOL_MAX, or set STACK_PGBOUNCER=1'),
+    (True, 1, [(95, 2)], "1 replica and a rolling restart's stand-in, each with 17 workers (WEB_CONCURRENCY) of 2 "
+                         'connections (DB_POOL_MAX) to each of 2 databases there, would open 136 connections; '
+                         'PostgreSQL takes 95 (its max_connections less 5 for others): lower REPLICAS, WEB_CONCURRENCY '
+                         'or DB_POOL_MAX, or set STACK_PGBOUNCER=1'),
+    # Not one worker fits: WEB_CONCURRENCY, set or not, is no way out (trial AS).
+    (False, 48, [(95, 1)], 'not even 1 worker per replica fits: 48 replicas, each with 1 worker of 2 connections '
+                           '(DB_POOL_MAX), would open 96 connections; PostgreSQL takes 95 (its max_connections less 5 '
+                           'for others): at most 47 replicas fit; lower REPLICAS or DB_POOL_MAX, or set '
+                           'STACK_PGBOUNCER=1'),
+    (False, 1, [(3, 1)], "not even 1 worker per replica fits: 1 replica and a rolling restart's stand-in, each with 1 "
+                         'worker of 2 connections (DB_POOL_MAX), would open 4 connections; PostgreSQL takes 3 (its '
+                         'max_connections less 5 for others): at most 0 replicas fit; lower REPLICAS or DB_POOL_MAX, '
+                         'or set STACK_PGBOUNCER=1')])
+def test_workers_postgresql_cannot_take_stop_the_stack(monkeypatch, set_by_hand, replicas, budgets, refusal):
     """Workers set by hand are never lowered unsaid, and not one worker per replica is no stack."""
     eight_cores_of_workers(monkeypatch, set_by_hand)
-    with pytest.raises(StackError, match=r'would open 136 connections; PostgreSQL takes \d+'):
-        workers_per_replica(3, taken)
+    with pytest.raises(StackError) as refused:
+        workers_per_replica(replicas, budgets)
+    assert str(refused.value) == refusal
 
 
 def test_nginx_of_the_stack_points_at_every_replica():
