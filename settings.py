@@ -385,8 +385,11 @@ LOG_FILE_MAX_BYTES = env_int('LOG_FILE_MAX_BYTES', 100 * 1024 * 1024)
 LOG_FILE_BACKUPS = env_int('LOG_FILE_BACKUPS', 3, 1, 1000)
 ELK_INDEX = elasticsearch_index('ELK_INDEX', env_str('ELK_INDEX', f'{APP_ID}-{ENVIRONMENT}'))
 
-# Off (0) runs every request through the libraries' stock code paths only: the test suite runs both ways.
-FAST_PATHS = env_str('FAST_PATHS', '1') not in ('0', 'false', 'no', 'off')
+# Off (0) runs every request through the libraries' stock code paths only: the test suite runs both ways. Any other
+# value stops the start: `FALSE` or `disable` left them on unsaid (trial AS).
+FAST_PATHS_WORDS = {'1': True, 'true': True, 'yes': True, 'on': True, '0': False, 'false': False, 'no': False,
+                    'off': False}
+FAST_PATHS = FAST_PATHS_WORDS[env_choice('FAST_PATHS', '1', list(FAST_PATHS_WORDS))]
 
 
 def module_packages():

@@ -27,8 +27,9 @@ def read_settings(**environ):
 
 @pytest.mark.parametrize('name, value', [
     ('PORT', 'eighty'), ('PORT', '70000'), ('WEB_CONCURRENCY', '0'), ('DB_POOL_MAX', '-1'),
-    ('DB_STATEMENT_TIMEOUT_MS', '1.5'), ('MAX_CONTENT_LENGTH', 'big'), ('LOG_LEVEL', 'LOUD'),
-    ('ENVIRONMENT', 'Prod uction'), ('DB_NAMES', 'default,bad name'), ('BIND', '127.0.0.1'), ('BIND', 'unix:'),
+    ('DB_STATEMENT_TIMEOUT_MS', '1.5'), ('MAX_CONTENT_LENGTH', 'big'), ('LOG_LEVEL', 'LOUD'), ('FAST_PATHS', 'disable'),
+    ('FAST_PATHS', '2'), ('ENVIRONMENT', 'Prod uction'), ('DB_NAMES', 'default,bad name'), ('BIND', '127.0.0.1'),
+    ('BIND', 'unix:'),
     ('BIND', '127.0.0.1:99999'), ('BIND', '127.0.0.1:0'), ('BIND', '127.0.0.1:8702,127.0.0.1:8703'),
     ('BIND', '::1:8761'), ('BIND', '[::1:8761'), ('BIND', '[::1]]:8761'), ('BIND', '[]:8761'),
     ('BIND', '[127.0.0.1]:8761'), ('BIND', '127.0.0.1:876\u00b2'), ('GRACEFUL_TIMEOUT', '0'),
@@ -165,6 +166,13 @@ def settings_documented():
     rows = (line.split('|')[1] for page in SETTINGS_TABLES
             for line in (settings.BASE_DIR / page).read_text().splitlines() if line.startswith('|'))
     return {name for cell in rows for name in re.findall(r'`([A-Z][A-Z0-9_]*)`', cell)}
+
+
+@pytest.mark.parametrize('value, on', [('FALSE', False), ('Off', False), ('0', False), ('yes', True), ('1', True)])
+def test_fast_paths_takes_its_words_in_any_case(value, on):
+    """`FALSE` left them on (trial AS)."""
+    status, stdout, stderr = read_settings(FAST_PATHS=value)
+    assert status == 0 and json.loads(stdout)['FAST_PATHS'] == str(on), stderr
 
 
 def test_every_setting_the_code_reads_has_a_row_in_a_settings_table():
