@@ -23,8 +23,8 @@ if __name__ == '__main__':
 
 import collections  # noqa: E402
 import ctypes  # noqa: E402
-import logging  # noqa: E402
 import fcntl  # noqa: E402
+import logging  # noqa: E402
 import os  # noqa: E402
 import pwd  # noqa: E402
 import re  # noqa: E402
