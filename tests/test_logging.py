@@ -237,6 +237,8 @@ LONG_TOKEN = 'Long-Mixed-Case-Token-' + 'x' * 70
     ('/probe/echo', {'Content-Encoding': LONG_TOKEN}),
     ('/probe/echo', {'Content-Type': f'application/json; charset={LONG_TOKEN}'}),
     ('/probe/echo', {'Transfer-Encoding': LONG_TOKEN}),
+    # its escapes' characters encoded too, `-` as %25%32%44 (trial AU)
+    ('/probe/echo', {'Content-Type': f'application/json; charset={LONG_TOKEN.replace("-", "%25%32%44")}'}),
 ])
 def test_no_part_of_a_token_the_caller_sent_comes_back_in_a_detail(make_app, path, headers):
     """A detail lowercased what it quoted (a mixed-case token passed the redactor), and cut it at 40 or 64
@@ -756,12 +758,23 @@ def test_a_token_whose_tilde_a_url_encodes_is_redacted(spelling):
     assert json.loads(redact(line))['message'] == 'GET /?t=[REDACTED]'
 
 
+def every_character_encoded(text, times):
+    """Return text with every character percent-encoded, times times (`-` twice is `%25%32%44`)."""
+    for _ in range(times):
+        text = ''.join(f'%{ord(char):02X}' for char in text)
+    return text
+
+
 @pytest.mark.parametrize('secret, spelling', [('PlainTok-Abc123xyz', 'PlainTok%2DAbc123xyz'),
                                               ('HashTokNr01-Zq', '%48ashTokNr01-Z%71'),
                                               ('S3cr@tPw/d~x', '%533cr%40tPw%2Fd~x'),
                                               ('caf\u00e9-token', 'caf%C3%a9-token'),
                                               ('local-dev-token', 'local%252Ddev%252Dtoken'),
-                                              ('local-dev-token', '%25256Cocal-dev-toke%2525256E')])
+                                              ('local-dev-token', '%25256Cocal-dev-toke%2525256E'),
+                                              # the escapes' own characters encoded (trial AU): `-` twice, then thrice
+                                              ('local-dev-token', 'local%25%32%44dev%25%32%44token'),
+                                              ('local-dev-token', every_character_encoded('local-dev-token', 2)),
+                                              ('local-dev-token', every_character_encoded('local-dev-token', 3))])
 def test_a_secret_with_any_of_its_characters_percent_encoded_is_redacted(secret, spelling):
     """Only whole encodings were known: a token with one character encoded (a path encoded twice and decoded once, a
     User-Agent) was logged as sent (trial AP); then one encoded twice or more, `%252D`, which no server decodes in a

@@ -47,6 +47,10 @@ DRAIN_CHUNK_BYTES = 65536
 SPOKEN_VERSIONS = frozenset({(1, 0), (1, 1)})
 # HTTP/2's connection preface (RFC 9113 section 3.4), whose first line gunicorn reads as a request line it cannot parse.
 HTTP2_PREFACE_LINE = 'PRI * HTTP/2.0'
+# An HTTP/0.9 request line: a method and a path, no version. A version gunicorn does not parse that is one still
+# (HTTP/1.10, http/1.1), not words that only end a line (`GET /a b HTTP/1.1`, a space in the path).
+HTTP09_LINE = re.compile(r'[A-Z]+ /\S*')
+VERSION_LIKE = re.compile(r'HTTP/[0-9]+(\.[0-9]+)?', re.IGNORECASE)
 # gunicorn's parse errors whose text is gunicorn's own words or sizes alone; every other one quotes the request.
 QUOTING_NOTHING = (LimitRequestLine, LimitRequestHeaders, InvalidSchemeHeaders, InvalidChunkExtension)
 
@@ -73,8 +77,8 @@ def speaks_another_version(exc):
     (HTTP/2.0, HTTP/1.10), HTTP/2's connection preface (`curl --http2-prior-knowledge`), or an HTTP/0.9 request line,
     a method and a target with no version (RFC 9112 section 3: its answer still says why, trial AR)."""
     if isinstance(exc, InvalidHTTPVersion):
-        return True
-    return isinstance(exc, InvalidRequestLine) and (exc.req == HTTP2_PREFACE_LINE or len(str(exc.req).split(' ')) == 2)
+        return isinstance(exc.version, tuple) or VERSION_LIKE.fullmatch(str(exc.version)) is not None
+    return isinstance(exc, InvalidRequestLine) and (exc.req == HTTP2_PREFACE_LINE or bool(HTTP09_LINE.fullmatch(exc.req)))
 
 
 def refuse_another_version(req):

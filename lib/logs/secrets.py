@@ -1,7 +1,7 @@
 """Secrets: every spelling of a bearer token, DSN or database password is replaced in every line."""
 import json
 import re
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import psycopg2
 from psycopg2.extensions import parse_dsn
@@ -14,6 +14,9 @@ REDACTED = '[REDACTED]'
 UNQUOTED = '(what the client sent is left out of the log: it may hold a credential)'
 # Shorter "secrets" would blank out ordinary words in every line.
 MIN_SECRET_LENGTH = 4
+# How many times a text is percent-decoded, at most, in search of a secret spelled in a way any_percent_spelling's
+# expression does not know (its escapes' own characters encoded: `%25%32%44`, `-` encoded twice).
+MAX_PERCENT_DECODINGS = 8
 PERCENT_ESCAPE = re.compile(r'%[0-9A-F]{2}')
 # The form of every line's @timestamp (lib/logs/formatter.py, as ecs-logging writes it), 0 standing for any digit.
 TIMESTAMP_FORM = '0000-00-00T00:00:00.000Z'
@@ -62,6 +65,17 @@ def percent_encoded(char):
                                         for digit in f'{byte:02X}') for byte in char.encode())
 
 
+def percent_decodings(text):
+    """Yield text percent-decoded once, twice... (urllib's unquote, as a server decodes a path) while that changes
+    it, at most MAX_PERCENT_DECODINGS times."""
+    for _ in range(MAX_PERCENT_DECODINGS):
+        decoded = unquote(text)
+        if decoded == text:
+            return
+        yield decoded
+        text = decoded
+
+
 def configured_secrets(databases, tokens):
     """Return the plain bearer tokens (lib.auth's TokenTable.secrets) and their spellings in a URL, the database DSNs
     and their passwords."""
@@ -106,9 +120,15 @@ class Redactor:
                 # Decoding first keeps the line valid JSON whatever characters a secret holds.
                 return encode(self.redact(json.loads(line)))
         spelled = self.spelled
-        if spelled is not None and '%' in line and spelled.search(line):
+        if spelled is not None and '%' in line and (spelled.search(line) or self.decoding_with_a_secret(line)):
             return encode(self.redact(json.loads(line)))
         return line
+
+    def decoding_with_a_secret(self, text):
+        """Return the first percent-decoding of text (percent_decodings) that holds a secret, as a finished line or a
+        string of one holds it, or None: a spelling any_percent_spelling's expression misses (trial AU)."""
+        return next((decoded for decoded in percent_decodings(text)
+                     if any(secret in decoded for secret in (*self.secrets, *self.escaped))), None)
 
     def holds(self, text, also=()):
         """Tell whether text holds a secret (would be redacted), or one of also (secrets of this moment)."""
@@ -127,7 +147,11 @@ class Redactor:
             for secret in self.secrets:
                 value = value.replace(secret, REDACTED)
             spelled = self.spelled
-            return spelled.sub(REDACTED, value) if spelled is not None and '%' in value else value
+            if spelled is None or '%' not in value:
+                return value
+            value = spelled.sub(REDACTED, value)
+            decoded = self.decoding_with_a_secret(value)  # a secret past the expression's reach: logged decoded
+            return value if decoded is None else self.redact(decoded)
         if isinstance(value, dict):
             return {self.redact(key): self.redact(item) for key, item in value.items()}
         if isinstance(value, list):
