@@ -48,14 +48,15 @@ def seconds(milliseconds):
     return str(Decimal(milliseconds) / 1000)
 
 
-def settings_pool(replicas, statement_timeout_ms=None):
-    """Return pool_settings for replicas of this environment's workers, pools and request deadline (settings.py)."""
+def settings_pool(replicas, statement_timeout_ms=None, server_max_connections=100):
+    """Return pool_settings for replicas of this environment's workers, pools and request deadline (settings.py), on
+    a server of server_max_connections."""
     if statement_timeout_ms is None:
         statement_timeout_ms = settings.DB_STATEMENT_TIMEOUT_MS
     # settings.REQUEST_BOUND_MS, for this statement timeout: the deadline, else the statement timeout.
     request_bound_ms = settings.REQUEST_DEADLINE_MS or statement_timeout_ms
     return pool_settings(replicas, settings.WEB_CONCURRENCY, settings.DB_POOL_MAX, request_bound_ms,
-                         settings.DB_POOL_TIMEOUT_MS)
+                         settings.DB_POOL_TIMEOUT_MS, server_max_connections)
 
 
 def auth_line(user, password):
@@ -82,10 +83,11 @@ def run_as(server):
     return 'nobody'
 
 
-def write_config(run_dir, server_dsn, port, statement_timeout_ms, replicas=3):
+def write_config(run_dir, server_dsn, port, statement_timeout_ms, replicas=3, server_max_connections=100):
     """Write pgbouncer.ini and its auth file into run_dir; return (argv, the DSN clients use, the user to run as).
 
-    The pool's settings are those of `replicas` replicas of this environment (3: make stack's default).
+    The pool's settings are those of `replicas` replicas of this environment (3: make stack's default), on a server
+    of server_max_connections (make stack: what it leaves pgbouncer).
     """
     server = server_parts(server_dsn)
     # A server that trusts its clients has no password; pgbouncer's own login still needs one.
@@ -96,7 +98,7 @@ def write_config(run_dir, server_dsn, port, statement_timeout_ms, replicas=3):
     values = dict(PGBOUNCER_DB_HOST=server['host'], PGBOUNCER_DB_PORT=str(server['port']),
                   PGBOUNCER_DB_USER=server['user'], PGBOUNCER_LISTEN_ADDR='127.0.0.1', PGBOUNCER_PORT=str(port),
                   PGBOUNCER_AUTH_FILE=str(run_dir / 'users.txt'), DB_STATEMENT_TIMEOUT_MS=str(statement_timeout_ms),
-                  **settings_pool(replicas, statement_timeout_ms))
+                  **settings_pool(replicas, statement_timeout_ms, server_max_connections))
     ini = run_dir / 'pgbouncer.ini'
     ini.write_text(fill_template(TEMPLATE.read_text(), values, str(TEMPLATE)))
     user = run_as(server)

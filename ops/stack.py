@@ -314,34 +314,33 @@ def check_replica_secrets(config, clients):
         check_secrets_spare_every_line({**base, 'PROCESS_ID': replica_process_id(index)}, clients.secrets)
 
 
-def connections_taken(dsn):
-    """Return how many connections PostgreSQL at dsn takes from the replicas: its max_connections less
-    pgbouncer.RESERVED_SERVER_CONNECTIONS (its superuser slots, a migration, a psql session)."""
+def server_facts(dsn):
+    """Return (the PostgreSQL server at dsn as it names itself, its start time and port, however DSNs spell its
+    address: trial AT; the connections it takes from the replicas, its max_connections less
+    pgbouncer.RESERVED_SERVER_CONNECTIONS for its superuser slots, a migration, a psql session)."""
     with closing(psycopg2.connect(with_connect_timeout(dsn))) as conn, conn.cursor() as cursor:
-        cursor.execute("SELECT current_setting('max_connections')::int")
-        return cursor.fetchone()[0] - pgbouncer.RESERVED_SERVER_CONNECTIONS
+        cursor.execute("SELECT pg_postmaster_start_time(), current_setting('port'), "
+                       "current_setting('max_connections')::int")
+        started, port, max_connections = cursor.fetchone()
+    return (started, port), max_connections - pgbouncer.RESERVED_SERVER_CONNECTIONS
 
 
-def direct_databases(dsn, through_pgbouncer):
-    """Return the DSNs of the databases the replicas reach PostgreSQL at themselves: every named one (DB_NAMES), and
-    the default (dsn) unless pgbouncer stands in front of it, its pool sized to fit the server."""
-    named = [named_dsn for name, named_dsn in settings.DATABASES.items() if name != 'default']
-    return named if through_pgbouncer else [dsn, *named]
+def named_databases():
+    """Return the DSNs of the named databases (DB_NAMES), which the replicas reach themselves, pgbouncer or not."""
+    return [dsn for name, dsn in settings.DATABASES.items() if name != 'default']
 
 
-def server_of(dsn):
-    """Return the PostgreSQL server a DSN names: its host (or socket folder) and port, as it spells them."""
-    parts = psycopg2.extensions.parse_dsn(dsn)
-    return parts.get('host'), parts.get('port')
-
-
-def server_budgets(dsns):
-    """Return [(connections the server takes, how many of dsns name it)] for each PostgreSQL server of dsns: the
-    replicas' pools of every database on one server count against it."""
-    by_server = collections.defaultdict(list)
-    for dsn in dsns:
-        by_server[server_of(dsn)].append(dsn)
-    return [(connections_taken(same[0]), len(same)) for same in by_server.values()]
+def server_budgets(default, named, through_pgbouncer):
+    """Return [(connections a server takes, databases the replicas reach there themselves)] for the servers of the
+    default database and the named ones (their server_facts): the default counts only without pgbouncer, which then
+    keeps a connection of its server at least (pgbouncer_connections gives it the rest)."""
+    databases = collections.Counter(server for server, _ in named)
+    taken = dict([default, *named])
+    if through_pgbouncer:
+        taken[default[0]] -= 1
+    else:
+        databases[default[0]] += 1
+    return [(taken[server], count) for server, count in databases.items()]
 
 
 def replicas_at_once(replicas):
@@ -370,7 +369,7 @@ def budget_refusal(replicas, workers, taken, databases):
     the replicas using databases there."""
     running = replicas_at_once(replicas)
     per_worker = settings.DB_POOL_MAX * databases
-    who = counted(replicas, 'replica') + (" and a rolling restart's stand-in" if running > replicas else '')
+    who = replicas_named(replicas)
     pools = f'{settings.DB_POOL_MAX} connections (DB_POOL_MAX)' + (f' to each of {databases} databases there'
                                                                     if databases > 1 else '')
     server = f'PostgreSQL takes {taken} (its max_connections less {pgbouncer.RESERVED_SERVER_CONNECTIONS} for others)'
@@ -379,9 +378,17 @@ def budget_refusal(replicas, workers, taken, databases):
                 f'{running * workers * per_worker} connections; {server}: lower REPLICAS, WEB_CONCURRENCY or '
                 'DB_POOL_MAX, or set STACK_PGBOUNCER=1')
     most = taken // per_worker if taken // per_worker > 1 else int(2 * per_worker <= taken)
+    fix = (f'at most {counted(most, "replica")} fit; lower REPLICAS or DB_POOL_MAX' if most else
+           f'not even 1 replica fits; lower DB_POOL_MAX to {taken // (replicas_at_once(1) * databases)} or less')
     return (f'not even 1 worker per replica fits: {who}, each with 1 worker of {pools}, would open '
-            f'{running * per_worker} connections; {server}: at most {counted(most, "replica")} fit; lower REPLICAS '
-            'or DB_POOL_MAX, or set STACK_PGBOUNCER=1')
+            f'{running * per_worker} connections; {server}: {fix}, or set STACK_PGBOUNCER=1')
+
+
+def replicas_named(replicas):
+    """Return the replicas that run at once (replicas_at_once) in words: `3 replicas`, `1 replica and a rolling
+    restart's stand-in`."""
+    stand_in = " and a rolling restart's stand-in" if replicas_at_once(replicas) > replicas else ''
+    return counted(replicas, 'replica') + stand_in
 
 
 def replica_environment(index, port, dsn, run_dir, workers):
@@ -439,8 +446,10 @@ class Stack:
         dsn = default_dsn()
         # a failing migration is one StartupError line: file:line and PostgreSQL's message
         migrate_database(dsn)
-        self.workers = self.fit_workers(server_budgets(direct_databases(dsn, self.config.pgbouncer)))
-        self.app_dsn = self.start_pgbouncer(dsn) if self.config.pgbouncer else dsn
+        default, named = server_facts(dsn), [server_facts(named_dsn) for named_dsn in named_databases()]
+        self.workers = self.fit_workers(server_budgets(default, named, self.config.pgbouncer))
+        self.app_dsn = self.start_pgbouncer(dsn, self.pgbouncer_connections(default, named)) \
+            if self.config.pgbouncer else dsn
         self.replicas = [self.launch(Child(f'replica {index} (port {port})', gunicorn_command(),
                                            self.environment_of(index, port), restart=True))
                          for index, port in enumerate(self.config.replica_ports, start=1)]
@@ -452,14 +461,21 @@ class Stack:
         self.proxy = self.launch(Child('nginx', nginx.command(main_config), dict(os.environ), signal.SIGQUIT))
         wait_until_serving(self.proxy, self.config.port)
 
+    def pgbouncer_connections(self, default, named):
+        """Return the connections of the default database's server pgbouncer's pool may take: what it takes from the
+        replicas (server_facts) less the pools of the named databases there (trial AT: 95 and 90 of 95)."""
+        server, taken = default
+        there = sum(1 for other, _ in named if other == server)
+        return taken - replicas_at_once(self.config.replicas) * self.workers * settings.DB_POOL_MAX * there
+
     def fit_workers(self, budgets):
         """Return each replica's workers (workers_per_replica), saying so when the default had to be lowered."""
         workers = workers_per_replica(self.config.replicas, budgets)
         if workers < settings.WEB_CONCURRENCY:
             say(f'{counted(workers, "worker")} per replica, not {settings.WEB_CONCURRENCY} (2 x cores + 1), so that '
-                f'the pools of {counted(self.config.replicas, "replica")} fit the connections PostgreSQL takes (its '
-                f'max_connections less {pgbouncer.RESERVED_SERVER_CONNECTIONS}): set WEB_CONCURRENCY, or '
-                'STACK_PGBOUNCER=1')
+                f'the pools of {replicas_named(self.config.replicas)}, {settings.DB_POOL_MAX} connections a worker '
+                'per database (DB_POOL_MAX), fit the connections PostgreSQL takes (its max_connections less '
+                f'{pgbouncer.RESERVED_SERVER_CONNECTIONS}): set WEB_CONCURRENCY, or STACK_PGBOUNCER=1')
         return workers
 
     def environment_of(self, index, port):
@@ -615,15 +631,17 @@ class Stack:
         for replica, _ in back:
             say(f'{replica.name} is ready again; {done}')
 
-    def write_pgbouncer_config(self, dsn):
-        """Write pgbouncer's config in front of dsn, its pool sized for this stack's replicas; return what
-        pgbouncer.write_config returns."""
+    def write_pgbouncer_config(self, dsn, server_connections=100 - pgbouncer.RESERVED_SERVER_CONNECTIONS):
+        """Write pgbouncer's config in front of dsn, its pool sized for this stack's replicas and at most
+        server_connections; return what pgbouncer.write_config returns."""
         return pgbouncer.write_config(self.run_dir / 'pgbouncer', dsn, self.config.pgbouncer_port,
-                                      settings.DB_STATEMENT_TIMEOUT_MS, replicas=self.config.replicas)
+                                      settings.DB_STATEMENT_TIMEOUT_MS, replicas=self.config.replicas,
+                                      server_max_connections=server_connections + pgbouncer.RESERVED_SERVER_CONNECTIONS)
 
-    def start_pgbouncer(self, dsn):
-        """Start pgbouncer in front of dsn and return the DSN that goes through it."""
-        argv, bouncer_dsn, user = self.write_pgbouncer_config(dsn)
+    def start_pgbouncer(self, dsn, server_connections):
+        """Start pgbouncer in front of dsn, its pool at most server_connections, and return the DSN that goes
+        through it."""
+        argv, bouncer_dsn, user = self.write_pgbouncer_config(dsn, server_connections)
         bouncer = self.launch(Child('pgbouncer', argv, dict(os.environ), signal.SIGINT, user=user))
         port = self.config.pgbouncer_port
         wait_until(bouncer, lambda: port_open(port), f'listen on port {port}')

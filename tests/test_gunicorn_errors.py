@@ -196,7 +196,8 @@ def test_a_malformed_chunked_body_is_a_400_problem_under_sync_workers_too(databa
 
 @pytest.mark.parametrize('worker_class', ['gevent', 'gthread'])
 def test_a_body_left_unread_that_never_ends_closes_its_connection_within_keepalive(database_url, worker_class):
-    """The answer (a 401) goes out at once; the rest of the body, never sent, is waited for 5 s, gunicorn's keepalive."""
+    """The answer (a 401) goes out at once; the rest of the body, never sent, is waited for 5 s (gunicorn's
+    keepalive)."""
     request = CHUNKED_HEAD.replace(b'Authorization: Bearer ' + ADMIN_TOKEN.encode(), b'Authorization: Bearer nope')
     with running_gunicorn(database_url, WORKER_CLASS=worker_class, WEB_CONCURRENCY='1') as port:
         with socket.create_connection(('127.0.0.1', port), timeout=15) as sock:

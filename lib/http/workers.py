@@ -78,7 +78,9 @@ def speaks_another_version(exc):
     a method and a target with no version (RFC 9112 section 3: its answer still says why, trial AR)."""
     if isinstance(exc, InvalidHTTPVersion):
         return isinstance(exc.version, tuple) or VERSION_LIKE.fullmatch(str(exc.version)) is not None
-    return isinstance(exc, InvalidRequestLine) and (exc.req == HTTP2_PREFACE_LINE or bool(HTTP09_LINE.fullmatch(exc.req)))
+    if not isinstance(exc, InvalidRequestLine):
+        return False
+    return exc.req == HTTP2_PREFACE_LINE or HTTP09_LINE.fullmatch(exc.req) is not None
 
 
 def refuse_another_version(req):

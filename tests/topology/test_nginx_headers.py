@@ -254,7 +254,8 @@ def test_the_image_takes_its_temp_file_limit_from_the_environment():
     assert directive(rendered_main(), 'proxy_max_temp_file_size') == ['1024m']
 
 
-@pytest.mark.parametrize('size', ['m', '12mm', '1.5m', '-1', '12t', '1 m', '128m;', '1g'])  # nginx takes no g here
+@pytest.mark.parametrize('size', ['m', '12mm', '1.5m', '-1', '12t', '1 m', '128m;', '1g',  # nginx takes no g here
+                                  '99999999999', '9999999999999m'])  # nor a size past its integers
 def test_a_bad_temp_file_limit_stops_nginx_from_starting(size):
     with pytest.raises(TemplateError, match='NGINX_MAX_TEMP_FILE_SIZE'):
         nginx.render({'PATH': os.environ['PATH'], **NATIVE, 'NGINX_MAX_TEMP_FILE_SIZE': size})

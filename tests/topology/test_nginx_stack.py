@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from psycopg2.extensions import make_dsn, parse_dsn
 
 from lib.errors import HTTP_DETAILS
 from ops.stack import StackConfig, StackError, check_ports_free
@@ -468,24 +469,34 @@ def test_a_stack_setting_out_of_range_stops_it_in_one_line(topology_database_url
     assert result.stdout == '', 'nothing started: no migration, no replica'
 
 
-@pytest.mark.parametrize('named', [False, True])
+def respelled(dsn):
+    """Return dsn with its server's address spelled otherwise: a socket folder with a trailing slash, a port given."""
+    parts = parse_dsn(dsn)
+    host = parts.get('host') or 'localhost'
+    host = f'{host}/' if host.startswith('/') else host
+    return make_dsn(**{**parts, 'host': host, 'port': parts.get('port', '5432')})
+
+
+@pytest.mark.parametrize('named', [None, 'same', 'respelled'])
 def test_replicas_whose_workers_postgresql_cannot_take_stop_the_stack_before_any_starts(topology_database_url, named):
     """3 replicas of 17 workers each (2 x 8 cores + 1), 2 connections each, went past PostgreSQL's 100 (trial AQ); a
-    named database on the same server doubles the pools, and went uncounted (trial AS)."""
+    named database on the same server doubles the pools, and went uncounted (trial AS), and so did one whose DSN
+    spelled the server's address otherwise (trial AT)."""
     [(max_connections,)] = run_sql(topology_database_url, "SELECT current_setting('max_connections')::int")
     taken = max_connections - 5
     workers = taken // 6 if named else 256  # fits one database's pools, not two
     overrides = {'WEB_CONCURRENCY': str(workers)}
     if named:
-        overrides.update(DB_NAMES='default,reports', REPORTS_DATABASE_URL=topology_database_url)
+        reports = topology_database_url if named == 'same' else respelled(topology_database_url)
+        overrides.update(DB_NAMES='default,reports', REPORTS_DATABASE_URL=reports)
     environment = stack_environment(topology_database_url, free_ports(5), 3, False, overrides)
     result = subprocess.run([sys.executable, '-m', 'ops.stack'], cwd=BASE_DIR, capture_output=True, text=True,
                             timeout=60, env=environment)
     pools = '2 connections (DB_POOL_MAX) to each of 2 databases there' if named else '2 connections (DB_POOL_MAX)'
     assert result.returncode == 1 and result.stderr.splitlines() == [
         f'stack: 3 replicas, each with {workers} workers (WEB_CONCURRENCY) of {pools}, would open '
-        f'{3 * workers * 2 * (1 + named)} connections; PostgreSQL takes {taken} (its max_connections less 5 for '
-        'others): lower REPLICAS, WEB_CONCURRENCY or DB_POOL_MAX, or set STACK_PGBOUNCER=1'], result.stderr
+        f'{3 * workers * 2 * (2 if named else 1)} connections; PostgreSQL takes {taken} (its max_connections less 5 '
+        'for others): lower REPLICAS, WEB_CONCURRENCY or DB_POOL_MAX, or set STACK_PGBOUNCER=1'], result.stderr
     assert 'serves on' not in result.stderr and 'dbapi.access' not in result.stdout
 
 

@@ -12,7 +12,7 @@ import settings
 from ops import healthcheck, kustomize, nginx, pgbouncer
 from ops.render import TemplateError, fill_template, program
 from ops.stack import (MAX_REPLICAS, Stack, StackConfig, StackError, nginx_environment, replica_environment,
-                       workers_per_replica)
+                       server_budgets, workers_per_replica)
 
 yaml = pytest.importorskip('yaml', reason='PyYAML comes with requirements-lint.txt (make lint)')
 
@@ -128,6 +128,20 @@ def test_the_stacks_pgbouncer_pool_is_sized_for_its_replicas(tmp_path, replicas)
     assert f"max_client_conn = {pool['PGBOUNCER_MAX_CLIENT_CONN']}\n" in ini
 
 
+def test_the_stacks_pgbouncer_leaves_room_for_the_named_databases_on_its_server(tmp_path, monkeypatch):
+    """pgbouncer's pool took 95 of a server's 95 connections, and a named database there 90 more (trial AT)."""
+    monkeypatch.setattr(settings, 'DB_POOL_MAX', 10)
+    config = StackConfig(port=20000, replicas=3, replica_base_port=20001, pgbouncer=True, pgbouncer_port=20100)
+    stack = Stack(config, tmp_path)
+    stack.workers = 3
+    server, elsewhere = ('2026-12-02 10:00', '5432'), ('2026-12-01 09:00', '5433')
+    assert stack.pgbouncer_connections((server, 95), [(server, 95), (elsewhere, 95)]) == 95 - 3 * 3 * 10
+    assert server_budgets((server, 95), [(server, 95), (elsewhere, 95)], True) == [(94, 1), (95, 1)]
+    assert server_budgets((server, 95), [(server, 95)], False) == [(95, 2)]
+    stack.write_pgbouncer_config('host=/sockets port=5433 dbname=app user=alice', 5)
+    assert 'default_pool_size = 5\n' in (tmp_path / 'pgbouncer' / 'pgbouncer.ini').read_text()
+
+
 def test_the_stacks_pgbouncer_cuts_an_idle_transaction_at_the_request_deadline(tmp_path, monkeypatch):
     """A statement timeout of 0 leaves the deadline alone to bound a request: pgbouncer cuts at it, not never."""
     monkeypatch.setattr(pgbouncer.settings, 'REQUEST_DEADLINE_MS', 20000)
@@ -191,8 +205,8 @@ def test_replicas_get_the_workers_postgresql_can_take(monkeypatch, set_by_hand, 
                            'STACK_PGBOUNCER=1'),
     (False, 1, [(3, 1)], "not even 1 worker per replica fits: 1 replica and a rolling restart's stand-in, each with 1 "
                          'worker of 2 connections (DB_POOL_MAX), would open 4 connections; PostgreSQL takes 3 (its '
-                         'max_connections less 5 for others): at most 0 replicas fit; lower REPLICAS or DB_POOL_MAX, '
-                         'or set STACK_PGBOUNCER=1')])
+                         'max_connections less 5 for others): not even 1 replica fits; lower DB_POOL_MAX to 1 or '
+                         'less, or set STACK_PGBOUNCER=1')])
 def test_workers_postgresql_cannot_take_stop_the_stack(monkeypatch, set_by_hand, replicas, budgets, refusal):
     """Workers set by hand are never lowered unsaid, and not one worker per replica is no stack."""
     eight_cores_of_workers(monkeypatch, set_by_hand)
