@@ -554,7 +554,7 @@ class Stack:
         """Note that replica exited, and have nginx send it nothing until it is ready again (rejoin): during its
         restart's pause nginx sent it requests that failed (a rolling restart's too, the other replica taken out, all
         of them: trial AS), and another program that took its port got them."""
-        port = dict(zip(self.replicas, self.config.replica_ports))[replica]
+        port = dict(self.replicas_and_ports())[replica]
         self.down.add(port)
         if port in self.nginx_ports and self.up(self.nginx_ports) != self.nginx_ports:
             self.send_requests_to(self.up(self.nginx_ports))
