@@ -19,13 +19,14 @@ from psycopg2.extras import RealDictCursor
 
 from lib.db import DEFAULT, Db, LeasedStream, Lease
 from lib.db.types import check_client_encoding, check_reading_styles
-from lib.db.guard import StatementPastDeadline
+from lib.db.guard import IN_TRANSACTION, StatementPastDeadline
 from lib.db.session import note_action
-from lib.db.unit import close_stream, time_left
+from lib.db.unit import close_stream, time_left, transactional
 from lib.errors import RETRYABLE_SQLSTATES, ApiError
 from lib.jsonenc import JSON_MIMETYPE, ExactNumber, json_array_chunks, json_response
 from lib.http.disconnect import WATCHER, ClientClosedRequest, ServerStopping, client_gone
-from lib.http.exchange import CLIENT_KEY, GONE_KEY, ROUTE_KEY, WAITED_ON_DATABASE_KEY, deadline_of
+from lib.http.exchange import CLIENT_KEY, GONE_KEY, HELD_CONNECTIONS_KEY, ROUTE_KEY, WAITED_ON_DATABASE_KEY, \
+    deadline_of
 
 log = logging.getLogger(__name__)
 
@@ -189,21 +190,25 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
     because the client went away (499) or the worker is stopping (503) ends with that error; a transaction's
     statements end at deadline, and it is not committed past it (504). finish(result), when given, runs before the
     commit: an error in it (a value JSON cannot encode) rolls the transaction back."""
-    if has_request_context():
-        request.environ[WAITED_ON_DATABASE_KEY] = True
+    environ = request.environ if has_request_context() else {}
+    environ[WAITED_ON_DATABASE_KEY] = True
     lease = lease_for_request(database, autocommit, named, deadline)
     watch = watch_client(lease)
+    held = environ.setdefault(HELD_CONNECTIONS_KEY, {})
     result = None
     try:
         if WATCHER.stopping:  # a connection that came free as the stopping worker cancelled the queries
             raise ServerStopping()
         lease.hold_to_deadline(current_app.config['DB_STATEMENT_TIMEOUT_MS'])
         note_action(lease.conn, autocommit)  # until the lease ends (Lease.end), a stream's end included
+        held[database] = lease.conn  # a decorated helper the action calls joins it (run_joined)
         try:
             result = call(lease.conn)
         except UnicodeDecodeError:  # text read after the action set client_encoding in SQL: say so
             check_client_encoding(lease.conn)
             raise
+        finally:
+            held.pop(database, None)
         if isinstance(result, Iterator):
             # The first batch is fetched before the response starts: an error before the first row (a division by
             # zero, a bad value) is the request's own error with its status, never a 200 cut short at "[".
@@ -314,6 +319,9 @@ def injector(database, autocommit, named, first_argument):
             # cannot encode is a 500 with nothing committed, never a 500 after the data was written.
             finish = respond if answers_the_request(environ, with_connection) else None
 
+            held = environ.get(HELD_CONNECTIONS_KEY, {}).get(database) if environ is not None else None
+            if held is not None and (not autocommit or not in_transaction(held)):
+                return run_joined(held, autocommit, named, lambda conn: action(first_argument(conn), *args, **kwargs))
             # Only a whole-action transaction can be replayed safely, with the arguments as the first attempt had them.
             retries, arguments = replayable_arguments(args, kwargs, 0 if autocommit else config['DB_RETRIES'])
 
@@ -327,6 +335,29 @@ def injector(database, autocommit, named, first_argument):
         setattr(with_connection, DATABASE_ATTRIBUTE, Borrow(database))
         return with_connection
     return decorate
+
+
+def in_transaction(conn):
+    """Tell whether conn's statements run in a transaction: one an action runs as one (autocommit=False), or a block
+    opened on an autocommit connection (transactional(), a stream's, a BEGIN in SQL)."""
+    return not conn.autocommit or conn.get_transaction_status() in IN_TRANSACTION
+
+
+def run_joined(conn, autocommit, named, call):
+    """Run call(conn) for a decorated helper an action calls on the connection the action holds of the same database,
+    rather than on a second one (which would commit on its own, again at each retry of the action, and wait on a pool
+    the action already drains): its statements join the action's transaction, or, on a connection in autocommit, run
+    in one transaction of their own (transactional()) when the helper asks for one (autocommit=False). named sets
+    the cursors' rows for the call (dicts or tuples). A helper asking for autocommit inside a transaction is not
+    joined (injector): it borrows its own connection, as it asks."""
+    cursor_factory, conn.cursor_factory = conn.cursor_factory, RealDictCursor if named else None
+    try:
+        if autocommit or in_transaction(conn):
+            return call(conn)
+        with transactional(conn):
+            return call(conn)
+    finally:
+        conn.cursor_factory = cursor_factory
 
 
 class Borrow:

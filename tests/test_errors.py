@@ -1,6 +1,7 @@
 """CONTRACT section 3: every error is RFC 9457 problem details, with the status of the error table."""
 import logging
 import threading
+import uuid
 
 import psycopg2
 import pytest
@@ -173,6 +174,105 @@ def test_a_retried_transaction_gets_the_arguments_as_the_first_attempt_got_them(
     response = client.post('/replay/take', json={'items': ['a', 'b']}, headers=AUTH)
     assert response.status_code == 200 and response.get_json() == {'taken': ['a', 'b']}
     assert attempts(database_url) == 4  # the first attempt failed, the retry committed
+
+
+HELPER_ROUTES = '''
+    from marshmallow import Schema, fields
+    from lib.decorators import inject_conn, inject_db, use_schema
+    from lib.errors import Conflict
+
+    @inject_db()
+    def record(db, code):
+        """A helper that asks for a transaction: called alone, it commits its row."""
+        db.execute('INSERT INTO probe.things (code) VALUES (%(code)s)', {'code': code})
+
+    @inject_db(autocommit=True)
+    def record_at_once(db, code):
+        """A helper that asks for autocommit: its row commits at once."""
+        db.execute('INSERT INTO probe.things (code) VALUES (%(code)s)', {'code': code})
+
+    @inject_conn(named=False)
+    def count(conn, code):
+        """A helper whose cursors give tuples."""
+        with conn.cursor() as cursor:
+            cursor.execute('SELECT count(*) FROM probe.things WHERE code = %s', (code,))
+            return cursor.fetchone()
+
+    class Call(Schema):
+        code = fields.String(required=True)
+        then = fields.String(load_default='return')
+        helper = fields.String(load_default='record')
+
+    def go_on(conn, code, then, helper):
+        {'record': record, 'record_at_once': record_at_once}[helper](code=code)
+        seen = count(code=code)
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT nextval('probe.attempts') AS attempt")
+            attempt = cursor.fetchone()['attempt']  # the action's own cursors give dicts again
+            if then == 'conflict once' and attempt % 2 == 1:
+                cursor.execute("DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$")
+        if then == 'fail':
+            raise Conflict('The action failed after its helper ran.')
+        return {'seen': list(seen)}
+
+    in_transaction = use_schema(Call)(inject_conn()(go_on))
+    in_autocommit = use_schema(Call)(inject_conn(autocommit=True)(go_on))
+    routes = [dict(route='in_transaction', action=in_transaction), dict(route='in_autocommit', action=in_autocommit)]
+'''
+
+
+def helper_client(make_app, module_package, **config):
+    """A client of an app with HELPER_ROUTES, config overriding its settings."""
+    return make_app(MODULE_PACKAGES=[module_package({'helpers/routes.py': HELPER_ROUTES})], **config).test_client()
+
+
+def rows_of_code(database_url, code):
+    """Return how many probe things have code."""
+    return run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,))[0][0]
+
+
+# A second connection per request would wait out a pool of one (a 503), or be the client's second (a 429).
+ONE_CONNECTION = [{}, {'DB_POOL_MAX': 1, 'DB_POOL_TIMEOUT_MS': 300}, {'DB_CLIENT_MAX_CONNECTIONS': 1}]
+
+
+@pytest.mark.parametrize('config', ONE_CONNECTION)
+@pytest.mark.parametrize('then, status, rows', [('return', 200, 1), ('fail', 409, 0), ('conflict once', 200, 1)])
+def test_a_decorated_helper_an_action_calls_joins_its_transaction(make_app, module_package, database_url, config,
+                                                                  then, status, rows):
+    """Its rows commit with the action's, once: before, it borrowed a connection of its own, which committed them
+    when the action then failed, and again at each retry."""
+    client = helper_client(make_app, module_package, DB_RETRIES=3, **config)
+    run_sql(database_url, "SELECT setval('probe.attempts', 2)")
+    code = f'helper-{uuid.uuid4()}'
+    response = client.post('/helpers/in_transaction', json={'code': code, 'then': then}, headers=AUTH)
+    assert response.status_code == status
+    if status == 200:
+        assert response.get_json() == {'seen': [1]}  # its own row, in the action's transaction; tuples as it asked
+    assert rows_of_code(database_url, code) == rows
+
+
+@pytest.mark.parametrize('config', ONE_CONNECTION)
+@pytest.mark.parametrize('helper', ['record', 'record_at_once'])
+def test_a_helper_called_by_an_autocommit_action_commits_on_the_actions_connection(make_app, module_package,
+                                                                                   database_url, config, helper):
+    """A helper that asks for a transaction gets one of its own there, committed when it returns."""
+    client = helper_client(make_app, module_package, **config)
+    code = f'helper-{uuid.uuid4()}'
+    response = client.post('/helpers/in_autocommit', json={'code': code, 'then': 'fail', 'helper': helper},
+                           headers=AUTH)
+    assert response.status_code == 409
+    assert rows_of_code(database_url, code) == 1
+
+
+def test_a_helper_that_asks_for_autocommit_inside_a_transaction_borrows_a_connection_of_its_own(
+        make_app, module_package, database_url):
+    """It asked for statements that commit at once, which a transaction cannot give it."""
+    client = helper_client(make_app, module_package)
+    code = f'helper-{uuid.uuid4()}'
+    response = client.post('/helpers/in_transaction', json={'code': code, 'then': 'fail', 'helper': 'record_at_once'},
+                           headers=AUTH)
+    assert response.status_code == 409
+    assert rows_of_code(database_url, code) == 1
 
 
 LEFT_OPEN_ROUTES = '''

@@ -20,6 +20,8 @@ BODY_TIMED_OUT_KEY = 'dbapi.body_timed_out'
 # Set when the request borrowed a database connection: under gevent its statements waited through the event loop,
 # which turned while it ran (lib/http/workers.py paces the others).
 WAITED_ON_DATABASE_KEY = 'dbapi.waited_on_database'
+# {database name: connection} of the actions of the request that run now, which the decorated helpers they call join.
+HELD_CONNECTIONS_KEY = 'dbapi.held_connections'
 # gunicorn's client socket (the public key its WSGI environ has); absent in-process.
 CLIENT_SOCKET_KEY = 'gunicorn.socket'
 # When the request must be done (time.monotonic()), set by the first part of its handling that asks.
