@@ -52,12 +52,15 @@ timeout = settings.WORKER_TIMEOUT
 graceful_timeout = settings.GRACEFUL_TIMEOUT
 keepalive = 5
 # nginx decides what is too long (nginx/dbapi.envsh: NGINX_HEADER_BUFFER_SIZE, 8000 bytes for the request line and
-# each header) and answers it as problem details; gunicorn's limits sit above, so whatever nginx passes on reaches
-# the app, never gunicorn's HTML error page. The request line is at gunicorn's most (8190); a header has room for
-# what nginx adds (X-Forwarded-For grows); nginx takes at most 4 x 8000 bytes of headers, so fewer than 10000.
+# each header) and answers it as problem details; gunicorn's limits sit above, so what nginx passes on reaches the
+# app. The request line is at gunicorn's most (8190); a header has room for what nginx adds (", " and an IPv6 address
+# to X-Forwarded-For). The count is gunicorn's default, 100 (nginx counts none: a request of more is gunicorn's 431,
+# as problem details): gunicorn reads a head, and a chunked body's trailer section, until it ends or passes
+# fields x (field size + 2) + 4 bytes (800 KiB here), scanning all of it again at each read, so that bound is the
+# CPU one client can take (trial AV: 8 MB of trailers took a worker 4.6 s, 27 MB its life, under 10000 x 16384).
 limit_request_line = 8190
-limit_request_field_size = 16384
-limit_request_fields = 10000
+limit_request_field_size = 8190
+limit_request_fields = 100
 # Each sync worker touches its heartbeat file once per request; in memory that is a cheap syscall, on a
 # disk (gunicorn's default, the temp dir) it dirties an inode every time. Docker's /dev/shm is 64 MB.
 worker_tmp_dir = '/dev/shm' if os.path.isdir('/dev/shm') else None

@@ -8,7 +8,7 @@ from email.utils import collapse_rfc2231_value
 import gevent
 from flask import current_app, request
 from gevent.monkey import is_module_patched
-from gunicorn.http.errors import ParseException
+from gunicorn.http.errors import LimitRequestHeaders, ParseException
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from lib.errors import BadRequest, RequestTimeout, Unprocessable, UnsupportedMediaType, shown_briefly
@@ -67,6 +67,8 @@ def read_stream(environ, size, deadline):
         raise RequestTimeout() from None
     except OSError:  # gunicorn's NoMoreData and socket errors alike
         raise BodyCutShort() from None
+    except LimitRequestHeaders:  # a chunked body's trailer section past gunicorn's bound on a head (gunicorn.conf.py)
+        raise BadRequest("The chunked request body's trailer section is too large.") from None
     except ParseException:  # gunicorn reads a chunked body as it comes: a bad chunk size, extension or trailer
         raise BadRequest('The chunked request body is malformed.') from None
 
