@@ -275,6 +275,61 @@ def test_a_helper_that_asks_for_autocommit_inside_a_transaction_borrows_a_connec
     assert rows_of_code(database_url, code) == 1
 
 
+CAUGHT_ROUTES = '''
+    import psycopg2
+    from lib.db import transactional
+    from lib.decorators import inject_conn, inject_db
+
+    def insert_twice(db, code, savepoint):
+        """Insert code, then insert it again and catch the unique violation, in a savepoint or not."""
+        db.execute('INSERT INTO probe.things (code) VALUES (%(code)s)', {'code': code})
+        try:
+            if savepoint:
+                db.execute('SAVEPOINT again')
+            db.execute('INSERT INTO probe.things (code) VALUES (%(code)s)', {'code': code})
+        except psycopg2.IntegrityError:
+            if savepoint:
+                db.execute('ROLLBACK TO SAVEPOINT again')
+        return {'saved': code}
+
+    @inject_db()
+    def in_action(db, code, savepoint=False):
+        return insert_twice(db, code, savepoint)
+
+    @inject_conn(autocommit=True)
+    def in_transactional(conn, code, savepoint=False):
+        with transactional(conn) as db:
+            return insert_twice(db, code, savepoint)
+
+    @inject_db()
+    def in_stream(db, code, savepoint=False):
+        yield insert_twice(db, code, savepoint)
+
+    routes = [dict(route='in_action', action=in_action), dict(route='in_transactional', action=in_transactional),
+              dict(route='in_stream', action=in_stream)]
+'''
+
+
+@pytest.mark.parametrize('route', ['in_action', 'in_transactional', 'in_stream'])
+def test_an_action_that_catches_a_database_error_and_returns_is_a_500_not_a_success_with_nothing_written(
+        make_app, module_package, database_url, route):
+    """PostgreSQL answers the COMMIT of a transaction a statement failed in with a ROLLBACK, which psycopg2 takes
+    silently: a 200 whose row was gone (trial AW). A stream's 200 has gone out: its end is cut short."""
+    client = make_app(MODULE_PACKAGES=[module_package({'caught/routes.py': CAUGHT_ROUTES})]).test_client()
+    code = f'caught-{uuid.uuid4()}'
+    if route == 'in_stream':
+        response = client.post(f'/caught/{route}', json={'code': code}, headers=AUTH)
+        with pytest.raises(psycopg2.ProgrammingError, match='went on after a statement failed'):
+            response.get_data()
+    else:
+        body = assert_problem(client.post(f'/caught/{route}', json={'code': code}, headers=AUTH), 500)
+        assert 'went on after a statement failed in its transaction' in body['detail']
+    assert rows_of_code(database_url, code) == 0
+    savepoint = client.post(f'/caught/{route}', json={'code': code, 'savepoint': True}, headers=AUTH)
+    assert savepoint.status_code == 200 and code in savepoint.get_data(as_text=True)
+    assert rows_of_code(database_url, code) == 1
+
+
 LEFT_OPEN_ROUTES = '''
     from lib.db import Db
     from lib.decorators import inject_conn

@@ -103,6 +103,17 @@ def refuse_action_commit(conn):
                                       f'{ONE_TRANSACTION}')
 
 
+def refuse_commit_of_failed_transaction(conn):
+    """Raise ActionMisusedConnection when a statement failed in conn's transaction and the action went on (it caught
+    the error): PostgreSQL answers that transaction's COMMIT with a ROLLBACK, which psycopg2 takes silently, so the
+    answer would be a success with nothing written (trial AW: a caught unique violation, a 200, no row)."""
+    if conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INERROR:
+        raise ActionMisusedConnection('went on after a statement failed in its transaction, which PostgreSQL then '
+                                      'rolls back whole: nothing it wrote was committed; to go on after an error, '
+                                      'run the statement that may fail in a savepoint (SAVEPOINT, then ROLLBACK TO '
+                                      'SAVEPOINT when it fails), or let the error end the action')
+
+
 def refuse_session_change(conn, what):
     """Raise ActionMisusedConnection when conn runs an action as one transaction and the action calls what (a
     psycopg2 method's name) on it: psycopg2 ends or changes the transaction (set_client_encoding rolls it back

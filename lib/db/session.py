@@ -9,9 +9,9 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from lib.db.cancel import cancel_request_for
-from lib.db.guard import (ActionMisusedConnection, check_guarded, guarded, refuse_action_commit, refuse_mode_switch,
-                          refuse_session_change, refuse_transaction_left_open, refuse_when_request_over,
-                          transaction_ended_in_sql)
+from lib.db.guard import (ActionMisusedConnection, check_guarded, guarded, refuse_action_commit,
+                          refuse_commit_of_failed_transaction, refuse_mode_switch, refuse_session_change,
+                          refuse_transaction_left_open, refuse_when_request_over, transaction_ended_in_sql)
 from lib.db.types import READING_STYLES
 from lib.errors import GatewayTimeout
 
@@ -98,7 +98,8 @@ class PooledConnection(psycopg2.extensions.connection):
     def commit(self):
         """Commit, unless the request the connection serves is over (lib/db/guard.py): then raise its error, and the
         transaction is rolled back when the connection goes back (also for `with conn:`); or unless an action that
-        runs as one transaction commits it itself (ActionMisusedConnection)."""
+        runs as one transaction commits it itself, or a statement failed in the transaction, which PostgreSQL would
+        roll back for the COMMIT (ActionMisusedConnection)."""
         self.refuse_commit()
         super().commit()
 
@@ -113,9 +114,11 @@ class PooledConnection(psycopg2.extensions.connection):
         super().tpc_commit(*xid)
 
     def refuse_commit(self):
-        """Raise the error of a commit the connection may not make now (the request over, the action's own)."""
+        """Raise the error of a commit the connection may not make now (the request over, the action's own, a
+        transaction a statement failed in)."""
         refuse_when_request_over(self)
         refuse_action_commit(self)
+        refuse_commit_of_failed_transaction(self)
 
     def close(self):
         """Close, unless an action runs on the connection: it is the pool's (ActionMisusedConnection; it was taken
