@@ -2,6 +2,7 @@
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -214,6 +215,16 @@ def test_gunicorn_workers_share_one_set_of_metrics(tmp_path, database_url, fast_
         # Each worker that served publishes its pool: 2 connections at most, summed over the live workers.
         assert 2 * len(pids) <= total(samples, 'dbapi_pool_max_connections', database='default') <= 2 * 3
         assert total(samples, 'dbapi_pool_connects_total', database='default') >= len(pids)
+        # A request gunicorn refuses itself is counted as its access line has it, with no duration (trial AX).
+        for request in (b'NOT A REQUEST\r\n\r\n', b'GET /' + b'a' * 9000 + b' HTTP/1.1\r\n\r\n'):
+            with socket.create_connection(('127.0.0.1', port), timeout=10) as sock:
+                sock.sendall(request)
+                while sock.recv(65536):
+                    pass
+        refused = scrape_until(port, lambda samples: total(samples, 'dbapi_requests_total', module='', action='',
+                                                           status='414') == 1)
+        assert total(refused, 'dbapi_requests_total', module='', action='', status='400') == 1
+        assert total(refused, 'dbapi_request_duration_seconds_count', module='', action='', status='400') == 0
         victim = min(pids)
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 15

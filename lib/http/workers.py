@@ -30,6 +30,7 @@ from lib.http.exchange import CLIENT_SOCKET_KEY, WAITED_ON_DATABASE_KEY, BrokeBe
 from lib.http.raw import problem_answer
 from lib.http.requestid import REFUSED_REQUEST_ID, new_request_id
 from lib.logs.access import log_refused_request
+from lib.logs.metrics import count_refused_request
 from lib.logs.secrets import UNQUOTED
 
 STATUS_LINE = re.compile(rb'HTTP/1\.[01] (\d{3}) ([^\r\n]*)')
@@ -146,6 +147,7 @@ class ProblemErrors:
         except OSError:
             body_bytes = 0  # the client is gone; gunicorn too only tries once
         log_refused_request(status, request_id, body_bytes, addr)
+        count_refused_request(status)
 
 
 def pace_kept_alive_connection(environ, response, behind_proxy):

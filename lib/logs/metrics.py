@@ -148,6 +148,13 @@ class RequestMetrics:
                 self.published[database] = numbers
 
 
+def count_refused_request(status):
+    """Count a request gunicorn answered itself (lib/http/workers.py) in dbapi_requests_total as its access line
+    has it: no module or action; the histogram gets nothing, as gunicorn times nothing it refuses (trial AX: such
+    requests had access lines and no count)."""
+    REQUESTS.labels('', '', str(status)).inc()
+
+
 @after_fork
 def forget_parents_durations():
     """In a forked child, drop the durations its parent kept (the parent reports them) and let it start a flusher."""
