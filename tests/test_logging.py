@@ -21,6 +21,7 @@ from psycopg2.extensions import make_dsn
 
 import settings
 from lib.auth import load_clients
+from lib.errors import StartupError
 from lib.logs import (AccessLog, check_secrets_spare_every_line, configure_process_logging, install_access_log,
                       settings_config)
 from lib.logs.access import Exchange
@@ -808,6 +809,15 @@ def test_a_secret_that_only_a_number_of_every_line_holds_does_not_mark_it():
     line = {'process': {'pid': 123456}, 'http': {'response': {'status_code': 200}}, 'message': 'dbapi'}
     assert not Redactor(['123456']).marks_every_line(line)
     assert Redactor(['dbapi']).marks_every_line(line)
+
+
+@pytest.mark.parametrize('token', ['warning', 'critical', 'debug', 'failure', 'unknown', 'gunicorn.error',
+                                   'dbapi.stack', '127.0.0.1'])
+def test_a_token_that_every_line_of_a_kind_holds_stops_the_start(token):
+    """A level, an outcome, a logger: the start went on, and every warning line's log.level read [REDACTED] (trial
+    AX), which no filter or alert on warnings then found."""
+    with pytest.raises(StartupError, match='every line of a kind'):
+        check_secrets_spare_every_line(settings_config(settings), [token])
 
 
 def test_the_start_check_leaves_the_timestamp_of_the_moment_out():

@@ -77,15 +77,26 @@ SAMPLE_ACCESS_FIELDS = {
     'error': {'type': '', 'message': '', 'code': '', 'stack_trace': ''}}
 
 
+# The words a line holds in the place of its kind, which filters and alerts read: the levels, the outcomes, the loggers
+# of dbapi's own lines and gunicorn's, and the client address of a request from this host. Not every line holds each,
+# but every line of that kind does (trial AX: a token `warning` made every warning's log.level [REDACTED]).
+KIND_WORDS = {'log': {'level': ['debug', 'info', 'warning', 'error', 'critical'],
+                      'logger': ['dbapi.access', 'dbapi.db', 'dbapi.headers', 'dbapi.logging', 'dbapi.metrics',
+                                 'dbapi.migrate', 'dbapi.stack', 'gunicorn.error', 'gunicorn.access']},
+              'event': {'outcome': ['success', 'failure', 'unknown']}, 'client': {'ip': ['127.0.0.1', '::1']}}
+
+
 def check_secrets_spare_every_line(config, tokens):
     """Raise StartupError when a secret the lines are redacted of (a database's DSN or password, a bearer token of
-    tokens) is text every line holds (a field name, a level, the service's name, environment and node, the host
-    name, the index: labels.elk_index) or that the @timestamp of some moment holds (Redactor.marks_every_line).
+    tokens) is text every line holds (a field name, the service's name, environment and node, the host name, the
+    index: labels.elk_index), or every line of a kind (KIND_WORDS: a level, an outcome, a logger), or that the
+    @timestamp of some moment holds (Redactor.marks_every_line).
     Redacted, every line would lose those words (an index name or a date that Elasticsearch refuses); kept, every
     line would show the secret. The message never names the secret."""
     fields = service_fields({name: config[name] for name in HANDLER_SETTINGS}, socket.gethostname())
     every_line = json.loads(EcsFormatter(fields, str).access_line('info', '', SAMPLE_ACCESS_FIELDS))
     del every_line['@timestamp']
+    every_line['kinds'] = KIND_WORDS
     for name, dsn in (config['DATABASES'] or {}).items():
         if dsn and Redactor(dsn_spellings(dsn)).marks_every_line(every_line):
             raise StartupError(f'the password of database {name!r} {EVERY_LINE_HOLDS}. Choose another password, or '
@@ -96,8 +107,9 @@ def check_secrets_spare_every_line(config, tokens):
 
 # Why a secret is refused at the start (check_secrets_spare_every_line); never the secret itself.
 EVERY_LINE_HOLDS = ('is a word that every log line holds (in a field name, or APP_ID, ENVIRONMENT, PROCESS_ID, the '
-                    'host name or ELK_INDEX) or part of a date and time its timestamp can hold (2027, T06:35): the '
-                    'lines would show it, or lose that word to [REDACTED]')
+                    'host name or ELK_INDEX), or every line of a kind (a level, an outcome, a logger, a client on this '
+                    'host), or part of a date and time its timestamp can hold (2027, T06:35): the lines would show '
+                    'it, or lose that word to [REDACTED]')
 
 
 def replace_handlers(logger, handlers):
