@@ -118,7 +118,8 @@ class Db:
 
     def stream(self, query, params=None, batch_size=5000):
         """Yield lists of row dicts from a server-side cursor, keeping memory flat; in a transaction
-        (enter_transaction)."""
+        (enter_transaction). batch_size: rows fetched at a time, an int of 1 or more (else ValueError)."""
+        check_batch_size(batch_size)
         enter_transaction(self.conn)
         name = copyjson.new_cursor_name('stream')  # a name of its own: streams may be open at once
         with self.conn.cursor(name=name, cursor_factory=psycopg2.extensions.cursor) as cursor:
@@ -135,6 +136,15 @@ class Db:
         The same bytes as stream's dicts through dumps_bytes, about four times faster: PostgreSQL writes the
         values as text, lib/db/copyjson.py turns a whole batch into JSON at once, and a helper thread fetches
         the next batch meanwhile. In a transaction, like stream; runs in the session as it is (TimeZone, DateStyle).
+        batch_size: as stream's.
         """
+        check_batch_size(batch_size)
         enter_transaction(self.conn)
         return copyjson.json_stream(self.conn, query, params, batch_size)
+
+
+def check_batch_size(batch_size):
+    """Raise ValueError unless batch_size is an int of 1 or more: 0 streamed no rows at all, and stream_json's
+    FETCH FORWARD 0 fetched none for ever, until the deadline (trial AW)."""
+    if type(batch_size) is not int or batch_size < 1:
+        raise ValueError(f'batch_size must be an int of 1 or more (rows fetched at a time), not {batch_size!r}')
