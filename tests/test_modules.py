@@ -40,6 +40,14 @@ def test_folder_without_init_is_mounted_too(make_app, module_package):
     ({'broken/routes.py': 'from lib.decorators import inject_conn\n@inject_conn\ndef bare(conn):\n    return 1\n'
                           'routes = [dict(route="x", action=bare)]'},
      'the database must be named by a string, not <function bare'),
+    # The decorator passes the connection first: `db` later was a body key, the Db in `name` (trial AW).
+    ({'broken/routes.py': 'from lib.decorators import inject_db\n@inject_db()\ndef late(name, db):\n    return 1\n'
+                          'routes = [dict(route="x", action=late)]'},
+     "import failed (TypeError: late takes 'db' after 'name': the decorator passes it as the first parameter; put "
+     "'db' first, at "),
+    ({'broken/routes.py': 'from lib.decorators import inject_conn, inject_db\n@inject_conn()\n@inject_db("default")\n'
+                          'def swapped(conn, db):\n    return 1\nroutes = [dict(route="x", action=swapped)]'},
+     "swapped takes 'db' after 'conn'"),
     ({'broken/routes.py': 'routes = [dict(route="x")]'}, 'broken/routes.py: routes[0] must be a dict'),
     ({'broken/routes.py': 'routes = [dict(route="x", action=1)]'}, 'broken/routes.py: routes[0]: action is not callable'),
     ({'broken/routes.py': 'routes = [dict(route="a b", action=print)]'}, 'broken/routes.py: routes[0]: route must be'),
