@@ -179,6 +179,15 @@ def test_two_keys_written_as_one_name_are_a_500_never_a_value_lost(call, kind):
     assert 'two keys written as one name' in answer.get_json()['detail']
 
 
+@pytest.mark.parametrize('kind', ['tuple', 'frozenset'])
+def test_a_key_that_is_a_collection_has_no_name_and_is_a_500_that_says_so(call, kind, caplog):
+    """A collection is written as an array, which no JSON name can be (docs/contract.md, section 5)."""
+    answer = call('/probe/keyed', {'kind': kind})
+    assert answer.status_code == 500 and answer.content_type == 'application/problem+json'
+    logged = [record for record in caplog.records if record.name == 'dbapi.access'][-1]
+    assert f'a dict key of type {kind} has no JSON name: use a str' in vars(logged)['error.message']
+
+
 def test_named_false_gives_tuples_to_raw_cursors(call):
     assert call('/probe/raw-rows').get_json() == [[1, 2]]
 

@@ -190,7 +190,8 @@ KEYED = {'distinct': {1: 'a', 2.5: 'b', None: 2, datetime.date(2026, 11, 21): 3,
                       b'\x00\xff': 6},
          'int': {1: 'a', '1': 'b'}, 'bool': {'true': 1, True: 2}, 'none': {None: 1, 'null': 2},
          'decimal': {'2.50': 1, decimal.Decimal('2.50'): 2},
-         'nested': {'rows': [{'k': {2: 'x', '2': 'y'}}]}, 'big': {2**70: 'a', str(2**70): 'b'}}
+         'nested': {'rows': [{'k': {2: 'x', '2': 'y'}}]}, 'big': {2**70: 'a', str(2**70): 'b'},
+         'tuple': {(1,): 'a'}, 'frozenset': {frozenset({1}): 'a'}}
 
 
 def keyed(kind):
