@@ -478,6 +478,14 @@ def test_anything_else_is_a_generic_500(call, path, body):
         assert leak not in text
 
 
+def test_a_database_errors_message_is_logged_without_psycopg2s_trailing_newline(call, caplog):
+    """"syntax error at or near ...\n" made exact matches on error.message miss (trial AX)."""
+    assert_problem(call('/probe/sqlstate', {'case': 'syntax'}), 500)
+    logged = [record for record in caplog.records if record.name == 'dbapi.access'][-1]
+    assert vars(logged)['error.message'].startswith('syntax error at or near "SELEC"')
+    assert vars(logged)['error.message'] == vars(logged)['error.message'].rstrip()
+
+
 def test_a_value_json_cannot_encode_is_a_500_with_nothing_committed(call, database_url):
     """The answer is encoded before the commit: a client told 500 must not find the write done."""
     code = f'unencodable-{threading.get_ident()}'

@@ -184,7 +184,7 @@ def error_fields(exc, detailed):
         kind = type(exc)
         module = '' if kind.__module__ == 'builtins' else f'{kind.__module__}.'
         fields['type'] = module + kind.__qualname__
-        fields['message'] = str(exc)
+        fields['message'] = str(exc).rstrip()  # psycopg2's ends in a newline (trial AX)
         fields['stack_trace'] = ''.join(traceback.format_exception(exc))
     return fields
 
