@@ -19,9 +19,9 @@ from psycopg2.extras import RealDictCursor
 
 from lib.db import DEFAULT, Db, LeasedStream, Lease
 from lib.db.types import check_client_encoding, check_reading_styles
-from lib.db.guard import IN_TRANSACTION, StatementPastDeadline
+from lib.db.guard import StatementPastDeadline
 from lib.db.session import note_action
-from lib.db.unit import close_stream, time_left, transactional
+from lib.db.unit import close_stream, in_transaction, time_left, transactional
 from lib.errors import RETRYABLE_SQLSTATES, ApiError
 from lib.jsonenc import JSON_MIMETYPE, ExactNumber, json_array_chunks, json_response
 from lib.http.disconnect import WATCHER, ClientClosedRequest, ServerStopping, client_gone
@@ -347,12 +347,6 @@ def injector(database, autocommit, named, first_argument):
         setattr(with_connection, DATABASE_ATTRIBUTE, Borrow(database))
         return with_connection
     return decorate
-
-
-def in_transaction(conn):
-    """Tell whether conn's statements run in a transaction: one an action runs as one (autocommit=False), or a block
-    opened on an autocommit connection (transactional(), a stream's, a BEGIN in SQL)."""
-    return not conn.autocommit or conn.get_transaction_status() in IN_TRANSACTION
 
 
 def run_joined(conn, autocommit, named, call):

@@ -178,6 +178,7 @@ def test_a_retried_transaction_gets_the_arguments_as_the_first_attempt_got_them(
 
 HELPER_ROUTES = '''
     from marshmallow import Schema, fields
+    from lib.db import transactional
     from lib.decorators import inject_conn, inject_db, use_schema
     from lib.errors import Conflict
 
@@ -217,7 +218,18 @@ HELPER_ROUTES = '''
 
     in_transaction = use_schema(Call)(inject_conn()(go_on))
     in_autocommit = use_schema(Call)(inject_conn(autocommit=True)(go_on))
-    routes = [dict(route='in_transaction', action=in_transaction), dict(route='in_autocommit', action=in_autocommit)]
+
+    @use_schema(Call)
+    @inject_conn(autocommit=True)
+    def in_block(conn, code, then, helper):
+        with transactional(conn):
+            {'record': record, 'record_at_once': record_at_once}[helper](code=code)  # the block's first statement
+            if then == 'fail':
+                raise Conflict('The block failed after its helper ran.')
+        return {}
+
+    routes = [dict(route='in_transaction', action=in_transaction), dict(route='in_autocommit', action=in_autocommit),
+              dict(route='in_block', action=in_block)]
 '''
 
 
@@ -262,6 +274,18 @@ def test_a_helper_called_by_an_autocommit_action_commits_on_the_actions_connecti
                            headers=AUTH)
     assert response.status_code == 409
     assert rows_of_code(database_url, code) == 1
+
+
+@pytest.mark.parametrize('helper, rows', [('record', 0), ('record_at_once', 1)])
+def test_a_helper_called_first_in_a_transactional_block_joins_the_block(make_app, module_package, database_url,
+                                                                        helper, rows):
+    """Before the block's first statement libpq tells no transaction: the helper opened a transactional() of its own
+    inside it (psycopg2's 500). One that asks for autocommit borrows its own connection, as in any transaction."""
+    client = helper_client(make_app, module_package)
+    code = f'helper-{uuid.uuid4()}'
+    response = client.post('/helpers/in_block', json={'code': code, 'then': 'fail', 'helper': helper}, headers=AUTH)
+    assert response.status_code == 409
+    assert rows_of_code(database_url, code) == rows
 
 
 def test_a_helper_that_asks_for_autocommit_inside_a_transaction_borrows_a_connection_of_its_own(

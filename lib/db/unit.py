@@ -1,12 +1,13 @@
 """A unit of work on one borrowed connection: lease, connection(), transactional() and streamed leases."""
 import math
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg2.errors
 
-from lib.db.guard import StatementPastDeadline, refuse_transaction_left_open
+from lib.db.guard import IN_TRANSACTION, StatementPastDeadline, refuse_transaction_left_open
 from lib.db.helpers import Db
 from lib.db.pool import PoolTimeout
 from lib.db.types import check_reading_styles
@@ -226,6 +227,10 @@ def close_stream(items):
         close()
 
 
+# The connections inside a transactional() block now.
+OPEN_BLOCKS = weakref.WeakSet()
+
+
 @contextmanager
 def transactional(conn):
     """Run the block in one transaction on conn and yield a Db helper for it. Once the request conn serves is over
@@ -239,9 +244,20 @@ def transactional(conn):
                             'half-way')
     # psycopg2 2.9 opens a transaction here even on an autocommit connection.
     with conn:
-        yield Db(conn)
+        OPEN_BLOCKS.add(conn)
+        try:
+            yield Db(conn)
+        finally:
+            OPEN_BLOCKS.discard(conn)
         if (over := getattr(conn, 'request_over', None)) is not None:
             raise over()
         left = time_left(getattr(conn, 'request_deadline', None))
         if left is not None and left <= 0:
             raise DeadlineExceeded(DeadlineExceeded.autocommit_detail)
+
+
+def in_transaction(conn):
+    """Tell whether conn's statements run in a transaction: one an action runs as one (autocommit=False), a
+    transactional() block (OPEN_BLOCKS: before its first statement, libpq tells no transaction), or a block opened
+    in SQL or by a stream on an autocommit connection."""
+    return not conn.autocommit or conn in OPEN_BLOCKS or conn.get_transaction_status() in IN_TRANSACTION
