@@ -14,7 +14,8 @@ from lib.errors import BadRequest, ServiceUnavailable
 HTTP_VERSIONS = frozenset({'HTTP/1.0', 'HTTP/1.1'})
 # Set on a shed request's environ: the Admission that refused it.
 SHED_KEY = 'dbapi.shed'
-NEVER_SHED_PATHS = frozenset({'/healthz', '/readyz', '/metrics'})
+# The operations endpoints, with their one trailing slash (as every path takes one: docs/contract.md).
+NEVER_SHED_PATHS = frozenset({'/healthz', '/readyz', '/metrics', '/healthz/', '/readyz/', '/metrics/'})
 
 
 class Overloaded(ServiceUnavailable):

@@ -23,7 +23,7 @@ PROBE_LEAST_SECONDS = 0.1
 PROBES_BEFORE = 'the readiness probes before this one did not end in time'
 
 
-@ops.route('/healthz', methods=['GET', 'HEAD'], provide_automatic_options=False)
+@ops.route('/healthz', methods=['GET', 'HEAD'], provide_automatic_options=False, strict_slashes=False)
 def healthz():
     """Answer while the process serves; touches no database."""
     return json_response({'status': 'ok'})
@@ -73,7 +73,7 @@ def first_database_problem(pools):
         READY_PROBES.release()
 
 
-@ops.route('/readyz', methods=['GET'], provide_automatic_options=False)
+@ops.route('/readyz', methods=['GET'], provide_automatic_options=False, strict_slashes=False)
 def readyz():
     """Answer 200 when every configured database answers within a second, else 503; names nothing. The access line
     of a 503 holds its cause (the error raised from it, in error.stack_trace), for the operator only."""

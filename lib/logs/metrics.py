@@ -216,7 +216,7 @@ def scrape_registry():
     return registry
 
 
-@metrics_endpoint.route('/metrics', methods=['GET'], provide_automatic_options=False)
+@metrics_endpoint.route('/metrics', methods=['GET'], provide_automatic_options=False, strict_slashes=False)
 def metrics():
     """Answer a Prometheus scrape in the text format the scraper asks for, this worker's latest tallies included."""
     gateway_metrics = getattr(current_app.extensions.get('dbapi'), 'metrics', None)
