@@ -70,16 +70,6 @@ def schema_of(action):
     return next(iter(marks_of(action, SCHEMA_ATTRIBUTE)), None)
 
 
-def check_injected_first(action, name):
-    """Raise TypeError when action takes name (inject_db's `db`, inject_conn's `conn`) after its first parameter: the
-    decorator passes the connection by position, first, so the first parameter would get it and the body could set
-    name (trial AW: `def f(name, db)` mounted, `db` a body key, the Db in `name`)."""
-    parameters = list(inspect.signature(action).parameters)
-    if name in parameters[1:]:
-        raise TypeError(f'{action.__qualname__} takes {name!r} after {parameters[0]!r}: the decorator passes it as the '
-                        f'first parameter; put {name!r} first')
-
-
 def without_first_parameter(action):
     """Return action's signature less its first parameter, which a decorator supplies."""
     signature = inspect.signature(action)
@@ -320,8 +310,6 @@ def injector(database, autocommit, named, first_argument):
             raise TypeError(f'{flag} must be True or False, not {value!r}')
 
     def decorate(action):
-        check_injected_first(action, 'db' if first_argument is Db else 'conn')
-
         @functools.wraps(action)
         def with_connection(*args, **kwargs):
             config = current_app.config

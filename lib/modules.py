@@ -119,6 +119,23 @@ def injected_names(action):
     return set(inspect.signature(innermost).parameters) - set(inspect.signature(action).parameters)
 
 
+# The names docs/modules.md gives the parameter inject_db and inject_conn pass.
+INJECTED_BY_CONVENTION = ('db', 'conn')
+
+
+def check_injected_first(action, where):
+    """Raise ModuleError for an action whose decorators pass connections and which still takes `db` or `conn` from the
+    body: each decorator passes its connection by position, first, so another parameter got it and the body could set
+    the connection's name (trial AW: `def f(name, db)` mounted, the Db in `name`). Checked on the action as mounted:
+    two decorators take the first parameters in turn (`def f(other, db)` under inject_db() and inject_db('other'))."""
+    if not databases_of(action):
+        return
+    if late := [name for name in INJECTED_BY_CONVENTION if name in inspect.signature(action).parameters]:
+        got = ', '.join(repr(name) for name in sorted(injected_names(action)))
+        raise ModuleError(f'{where}: the action takes {late[0]!r} as a body key, and its connection goes to {got}: '
+                          f'inject_db and inject_conn pass it as the first parameter; put {late[0]!r} first')
+
+
 def check_schema(schema, action, where):
     """Raise ModuleError for a schema that cannot work with its action: one loading a field into a parameter a
     decorator injects (every call would be a 500), one whose loaded keys the action cannot take
@@ -350,6 +367,7 @@ def make_route(module, routes_file, entry, fast_paths=True, databases=None):
         raise ModuleError(f'{where}: the action is async def; dbapi calls actions as plain functions (its workers '
                           'wait for PostgreSQL cooperatively already)')
     check_decorated_once(action, where)
+    check_injected_first(action, where)
     if databases is not None and (unknown := [name for name in databases_of(action) if name not in databases]):
         raise ModuleError(f'{where}: the action borrows from the database {unknown[0]!r}, which is not configured '
                           f'(databases: {", ".join(sorted(databases))}): add it to DB_NAMES and set '

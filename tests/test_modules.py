@@ -43,11 +43,11 @@ def test_folder_without_init_is_mounted_too(make_app, module_package):
     # The decorator passes the connection first: `db` later was a body key, the Db in `name` (trial AW).
     ({'broken/routes.py': 'from lib.decorators import inject_db\n@inject_db()\ndef late(name, db):\n    return 1\n'
                           'routes = [dict(route="x", action=late)]'},
-     "import failed (TypeError: late takes 'db' after 'name': the decorator passes it as the first parameter; put "
-     "'db' first, at "),
-    ({'broken/routes.py': 'from lib.decorators import inject_conn, inject_db\n@inject_conn()\n@inject_db("default")\n'
-                          'def swapped(conn, db):\n    return 1\nroutes = [dict(route="x", action=swapped)]'},
-     "swapped takes 'db' after 'conn'"),
+     "route 'x': the action takes 'db' as a body key, and its connection goes to 'name': inject_db and inject_conn "
+     "pass it as the first parameter; put 'db' first"),
+    ({'broken/routes.py': 'from lib.decorators import inject_conn\n@inject_conn(autocommit=True)\n'
+                          'def late(body, conn=None):\n    return 1\nroutes = [dict(route="x", action=late)]'},
+     "route 'x': the action takes 'conn' as a body key"),
     ({'broken/routes.py': 'routes = [dict(route="x")]'}, 'broken/routes.py: routes[0] must be a dict'),
     ({'broken/routes.py': 'routes = [dict(route="x", action=1)]'}, 'broken/routes.py: routes[0]: action is not callable'),
     ({'broken/routes.py': 'routes = [dict(route="a b", action=print)]'}, 'broken/routes.py: routes[0]: route must be'),
@@ -69,6 +69,18 @@ def test_broken_module_stops_the_start_naming_its_file(make_app, module_package,
     with pytest.raises(ModuleError) as raised:
         make_app(MODULE_PACKAGES=[package])
     assert message in str(raised.value)
+
+
+def test_two_decorators_take_the_first_parameters_in_turn_whatever_their_names():
+    """The innermost decorator's connection first: `def f(other, db)` under inject_db() and inject_db('other') is
+    right, and was refused at its declaration (trial AY)."""
+    from lib.decorators import inject_conn, inject_db
+    from lib.modules import check_injected_first
+
+    def action(other, db, name=None):
+        return name
+    for decorate in (lambda f: inject_db()(inject_db('other')(f)), lambda f: inject_conn()(inject_conn('other')(f))):
+        check_injected_first(decorate(action), 'here')  # nothing raised
 
 
 def test_a_folder_holding_only_bytecode_is_no_module_and_mounts_nothing(make_app, module_package):
