@@ -10,11 +10,13 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import suppress
 
 import psycopg2
 import psycopg2.errors
-from flask import Response, current_app, has_request_context, request
+from flask import Response, current_app, has_app_context, has_request_context, request
 from marshmallow import Schema
+from psycopg2 import sql
 from psycopg2.extras import RealDictCursor
 
 from lib.db import DEFAULT, Db, LeasedStream, Lease
@@ -201,14 +203,16 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
             raise ServerStopping()
         lease.hold_to_deadline(current_app.config['DB_STATEMENT_TIMEOUT_MS'])
         note_action(lease.conn, autocommit)  # until the lease ends (Lease.end), a stream's end included
-        held[database] = lease.conn  # a decorated helper the action calls joins it (run_joined)
+        # A decorated helper the action calls joins it (run_joined); a helper with a lease of its own (autocommit
+        # inside a transaction) holds its own for the helpers it calls, and gives its caller's back (trial AY).
+        caller_holds, held[database] = held.get(database), lease.conn
         try:
             result = call(lease.conn)
         except UnicodeDecodeError:  # text read after the action set client_encoding in SQL: say so
             check_client_encoding(lease.conn)
             raise
         finally:
-            held.pop(database, None)
+            held[database] = caller_holds
         if isinstance(result, Iterator):
             # The first batch is fetched before the response starts: an error before the first row (a division by
             # zero, a bad value) is the request's own error with its status, never a 200 cut short at "[".
@@ -312,6 +316,10 @@ def injector(database, autocommit, named, first_argument):
     def decorate(action):
         @functools.wraps(action)
         def with_connection(*args, **kwargs):
+            if not has_app_context():
+                raise RuntimeError(f'{action.__qualname__} borrows a pooled connection, which only a request (or an '
+                                   'app context) has: one called from a stream after its action returned has none; '
+                                   'read what the rows need before the stream starts')
             config = current_app.config
             environ = request.environ if has_request_context() else None
             deadline = deadline_of(environ, config['REQUEST_DEADLINE_MS'])
@@ -346,12 +354,35 @@ def run_joined(conn, autocommit, named, call):
     joined (injector): it borrows its own connection, as it asks."""
     cursor_factory, conn.cursor_factory = conn.cursor_factory, RealDictCursor if named else None
     try:
-        if autocommit or in_transaction(conn):
+        if in_transaction(conn):
+            return in_savepoint(conn, call)
+        if autocommit:
             return call(conn)
         with transactional(conn):
             return call(conn)
     finally:
         conn.cursor_factory = cursor_factory
+
+
+def in_savepoint(conn, call):
+    """Run call(conn) in a savepoint of conn's transaction, as a helper with a connection of its own would run in a
+    transaction: what it wrote is rolled back when it raises, and its caller, catching that, goes on in a transaction
+    that still commits (PostgreSQL rolls back a whole transaction a statement failed in); its conn.rollback(), which
+    would end its caller's transaction, is refused meanwhile (PooledConnection.rollback). Two round trips more."""
+    conn.joined_helpers += 1
+    savepoint, db = sql.Identifier(f'dbapi_helper_{conn.joined_helpers}'), Db(conn)
+    try:
+        db.execute(sql.SQL('SAVEPOINT {}').format(savepoint))
+        try:
+            result = call(conn)
+        except BaseException:
+            with suppress(Exception):  # a request over, or a connection gone: its whole transaction goes anyway
+                db.execute(sql.SQL('ROLLBACK TO SAVEPOINT {}').format(savepoint))
+            raise
+        db.execute(sql.SQL('RELEASE SAVEPOINT {}').format(savepoint))
+        return result
+    finally:
+        conn.joined_helpers -= 1
 
 
 class Borrow:

@@ -228,8 +228,52 @@ HELPER_ROUTES = '''
                 raise Conflict('The block failed after its helper ran.')
         return {}
 
+    @inject_db()
+    def record_then_fail(db, code):
+        """A helper that writes, then raises."""
+        record(code=code)
+        raise Conflict('The helper failed after it wrote.')
+
+    @inject_conn()
+    def roll_back(conn, code):
+        """A helper that writes, then rolls back."""
+        record(code=code)
+        conn.rollback()
+
+    @inject_db()
+    def in_turn(db, code):
+        """Call helpers in turn, one with a connection of its own between them, then fail."""
+        record(code=f'{code}-a')
+        record_at_once(code=f'{code}-b')
+        record(code=f'{code}-c')
+        raise Conflict('The action failed after its helpers ran.')
+
+    @inject_db()
+    def catching(db, code):
+        """Write, call a helper that writes and raises, catch that, and return."""
+        record(code=code)
+        try:
+            record_then_fail(code=f'{code}-x')
+        except Conflict:
+            pass
+        return {}
+
+    @inject_db()
+    def rolling_back(db, code):
+        record(code=code)
+        roll_back(code=f'{code}-r')
+        return {}
+
+    @inject_db()
+    def streaming(db, code):
+        yield 1
+        record(code=code)
+        yield 2
+
     routes = [dict(route='in_transaction', action=in_transaction), dict(route='in_autocommit', action=in_autocommit),
-              dict(route='in_block', action=in_block)]
+              dict(route='in_block', action=in_block), dict(route='in_turn', action=in_turn),
+              dict(route='catching', action=catching), dict(route='rolling_back', action=rolling_back),
+              dict(route='streaming', action=streaming)]
 '''
 
 
@@ -286,6 +330,41 @@ def test_a_helper_called_first_in_a_transactional_block_joins_the_block(make_app
     response = client.post('/helpers/in_block', json={'code': code, 'then': 'fail', 'helper': helper}, headers=AUTH)
     assert response.status_code == 409
     assert rows_of_code(database_url, code) == rows
+
+
+def test_helpers_after_one_with_a_connection_of_its_own_still_join_the_action(make_app, module_package, database_url):
+    """The autocommit helper's own lease gave up the action's place when it ended: the helper after it borrowed a
+    second connection and committed when the action failed (trial AY)."""
+    client = helper_client(make_app, module_package)
+    code = f'helper-{uuid.uuid4()}'
+    assert client.post('/helpers/in_turn', json={'code': code}, headers=AUTH).status_code == 409
+    assert [rows_of_code(database_url, f'{code}-{part}') for part in 'abc'] == [0, 1, 0]
+
+
+def test_a_helper_that_raises_is_rolled_back_and_its_caller_may_go_on(make_app, module_package, database_url):
+    """It runs in a savepoint, as it would have run in a transaction of its own: its rows go, the caller's stay."""
+    client = helper_client(make_app, module_package)
+    code = f'helper-{uuid.uuid4()}'
+    assert client.post('/helpers/catching', json={'code': code}, headers=AUTH).status_code == 200
+    assert (rows_of_code(database_url, code), rows_of_code(database_url, f'{code}-x')) == (1, 0)
+
+
+def test_a_helper_may_not_roll_back_its_callers_transaction(make_app, module_package, database_url):
+    """Its conn.rollback() threw away what the action wrote before it, and the answer was a 200 (trial AY)."""
+    client = helper_client(make_app, module_package)
+    code = f'helper-{uuid.uuid4()}'
+    body = assert_problem(client.post('/helpers/rolling_back', json={'code': code}, headers=AUTH), 500)
+    assert "called connection.rollback in a helper joined to its caller's transaction" in body['detail']
+    assert (rows_of_code(database_url, code), rows_of_code(database_url, f'{code}-r')) == (0, 0)
+
+
+def test_a_helper_called_from_a_stream_after_its_action_returned_says_why_it_cannot_run(make_app, module_package,
+                                                                                       caplog):
+    """Flask's "Working outside of application context" told a module author nothing (trial AY)."""
+    client = helper_client(make_app, module_package)
+    response = client.post('/helpers/streaming', json={'code': f'helper-{uuid.uuid4()}'}, headers=AUTH)
+    with pytest.raises(RuntimeError, match='borrows a pooled connection, which only a request'):
+        response.get_data()
 
 
 def test_a_helper_that_asks_for_autocommit_inside_a_transaction_borrows_a_connection_of_its_own(

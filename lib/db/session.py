@@ -65,6 +65,8 @@ class PooledConnection(psycopg2.extensions.connection):
     # The PlainDigitsBudget (lib.jsonenc) of the json values the connection reads for its lease (lib/db/types.py's
     # json_budget): its answer's stored 1e131071s are written plain for a mebibyte of digits in all. None: none read.
     json_budget = None
+    # How many decorated helpers joined to the action's transaction run now, each in a savepoint (lib/decorators.py).
+    joined_helpers = 0
 
     def __init__(self, dsn, *args, **kwargs):
         """Connect (psycopg2 calls it with the whole DSN); under gevent, waiting for the server no longer than the
@@ -102,6 +104,15 @@ class PooledConnection(psycopg2.extensions.connection):
         roll back for the COMMIT (ActionMisusedConnection)."""
         self.refuse_commit()
         super().commit()
+
+    def rollback(self):
+        """Roll back, unless a helper joined to its caller's transaction runs (ActionMisusedConnection): it would end
+        the caller's transaction, what the caller wrote before it included (trial AY: a 200 with those rows gone)."""
+        if self.joined_helpers:
+            raise ActionMisusedConnection('called connection.rollback in a helper joined to its caller\'s transaction, '
+                                          'which would roll back what the caller wrote too: raise instead, and dbapi '
+                                          'rolls the helper\'s part back (it runs in a savepoint)')
+        super().rollback()
 
     def tpc_prepare(self):
         """Prepare the two-phase transaction, unless its commit would be refused (as commit)."""
