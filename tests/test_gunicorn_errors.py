@@ -157,6 +157,15 @@ def test_a_trailer_section_past_gunicorns_bound_on_a_head_is_a_400(database_url,
     assert not first or b"trailer section is too large." in first  # unless the close reset the answer
 
 
+@pytest.mark.parametrize('trailers', [b'X-T: a\r\n' * 101, b'X-T: ' + b'a' * 9000 + b'\r\n'],
+                         ids=['more fields than 100', 'a field over 8190 bytes'])
+def test_a_trailer_section_past_gunicorns_other_bounds_on_a_head_is_a_400(database_url, trailers):
+    """docs/contract.md: more than 100 fields, or one over 8190 bytes, as a head's headers."""
+    with running_gunicorn(database_url, WORKER_CLASS='gevent', WEB_CONCURRENCY='1') as port:
+        status, _, body = raw_answer(port, CHUNKED_HEAD + b'2\r\n{}\r\n0\r\n' + trailers + b'\r\n')
+    assert status == 400 and json.loads(body)['detail'] == "The chunked request body's trailer section is too large."
+
+
 # Chunked bodies a replica reads as their bytes come, waiting for bytes the client never sends.
 WAITING_CHUNKS = {'a chunk that announces more than MAX_CONTENT_LENGTH': b'200000\r\n{}',
                   'a chunk line ended by a bare LF': b'2\r\n{}\r\n0\n\n'}

@@ -143,8 +143,14 @@ class Db:
         return copyjson.json_stream(self.conn, query, params, batch_size)
 
 
+# The most rows one FETCH takes: its count is PostgreSQL's int4.
+MAX_BATCH_SIZE = 2**31 - 1
+
+
 def check_batch_size(batch_size):
-    """Raise ValueError unless batch_size is an int of 1 or more: 0 streamed no rows at all, and stream_json's
-    FETCH FORWARD 0 fetched none for ever, until the deadline (trial AW)."""
-    if type(batch_size) is not int or batch_size < 1:
-        raise ValueError(f'batch_size must be an int of 1 or more (rows fetched at a time), not {batch_size!r}')
+    """Raise ValueError unless batch_size is an int from 1 to MAX_BATCH_SIZE: 0 streamed no rows at all,
+    stream_json's FETCH FORWARD 0 fetched none for ever, until the deadline (trial AW), and 2**31 was a syntax
+    error (trial AY)."""
+    if type(batch_size) is not int or not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f'batch_size must be an int from 1 to {MAX_BATCH_SIZE} (rows fetched at a time), not '
+                         f'{batch_size!r}')

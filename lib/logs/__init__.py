@@ -81,8 +81,10 @@ SAMPLE_ACCESS_FIELDS = {
 # of dbapi's own lines and gunicorn's, and the client address of a request from this host. Not every line holds each,
 # but every line of that kind does (trial AX: a token `warning` made every warning's log.level [REDACTED]).
 KIND_WORDS = {'log': {'level': ['debug', 'info', 'warning', 'error', 'critical'],
+                      # tests/test_logging.py holds it to every logger dbapi's code names, and to yoyo's and gunicorn's
                       'logger': ['dbapi.access', 'dbapi.db', 'dbapi.headers', 'dbapi.logging', 'dbapi.metrics',
-                                 'dbapi.migrate', 'dbapi.stack', 'gunicorn.error', 'gunicorn.access']},
+                                 'dbapi.migrate', 'dbapi.stack', 'lib.decorators', 'pgserver', 'root',
+                                 'yoyo.migrations', 'gunicorn.error', 'gunicorn.access']},
               'event': {'outcome': ['success', 'failure', 'unknown']}, 'client': {'ip': ['127.0.0.1', '::1']}}
 
 
