@@ -434,6 +434,65 @@ def test_a_dependency_on_no_migration_stops_the_start_in_one_line(tmp_path, scra
         f'the migrations cannot be ordered: Could not resolve dependencies in {folder / "0001_orders.sql"}')
 
 
+def test_a_loop_of_dependencies_stops_the_start_in_one_line(tmp_path, scratch_database):
+    """yoyo's CycleError is no BadMigration: a traceback (trial AZ)."""
+    folder = tmp_path / 'migrations'
+    files = {'0001_a.sql': '-- depends: 0002_b\nCREATE TABLE a (id int);\n',
+             '0002_b.sql': '-- depends: 0001_a\nCREATE TABLE b (id int);\n'}
+    assert migrations_failure(scratch_database, folder, files) == (
+        'the migrations cannot be ordered: their -- depends: directives make a loop (0001_a, 0002_b)')
+
+
+@pytest.mark.parametrize('value', ['no', 'off', '0', 'false;'])
+def test_a_transactional_directive_neither_true_nor_false_is_refused_naming_its_line(tmp_path, scratch_database,
+                                                                                    value):
+    """yoyo's KeyError was a traceback (trial AZ)."""
+    folder = tmp_path / 'migrations'
+    text = f'-- about it\n-- transactional: {value}\nCREATE TABLE refused (id int);\n'
+    assert refusal_before_anything_runs(folder, scratch_database, text) == (
+        f"migration {folder / '0002_refused.sql'}:2: transactional takes true or false, not {value!r}")
+
+
+def test_a_directive_in_any_case_of_true_or_false_with_crlf_runs(tmp_path, scratch_database):
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_fine.sql').write_bytes(b'-- transactional: FALSE\r\nCREATE TABLE fine (id int);\r\n')
+    assert manage.apply_migrations(scratch_database, folder) == ['0001_fine']
+
+
+def test_a_migration_with_a_byte_order_mark_is_refused_before_anything_runs_and_repair_refuses_it(tmp_path,
+                                                                                                  scratch_database):
+    """PostgreSQL read the mark as text, a syntax error after the files before it ran; repair took an applied file
+    that gained one, which a new database then failed on (trial AZ)."""
+    folder = tmp_path / 'migrations'
+    line = refusal_before_anything_runs(folder, scratch_database, '\ufeff-- about it\nCREATE TABLE refused (id int);\n')
+    assert line == (f"migration {folder / '0002_refused.sql'}:1 starts with a byte order mark, which PostgreSQL would "
+                    'read as text: save it as UTF-8 without one')
+    (folder / '0002_refused.sql').unlink()
+    manage.apply_migrations(scratch_database, folder)
+    (folder / '0001_fine.sql').write_text('\ufeffCREATE TABLE fine_first (id int);\n')
+    with pytest.raises(StartupError, match='starts with a byte order mark'):
+        manage.repair_checksums(scratch_database, folder)
+
+
+def test_bookkeeping_the_user_may_not_do_says_what_the_user_needs_in_one_line(tmp_path, scratch_database):
+    """A role with no CREATE on the schema: yoyo swallowed its table's failure, and the failure line's own look at the
+    pending files failed again, a traceback hiding the cause (trial AZ)."""
+    role = f'dbapi_no_create_{os.getpid()}'
+    run_sql(scratch_database, f'DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN; '
+                              f'REVOKE CREATE ON SCHEMA public FROM PUBLIC')
+    try:
+        folder = tmp_path / 'migrations'
+        folder.mkdir()
+        (folder / '0001_fine.sql').write_text('CREATE TABLE fine (id int);\n')
+        with pytest.raises(StartupError) as caught:
+            manage.apply_migrations(make_dsn(scratch_database, user=role), folder)
+        assert str(caught.value).startswith('migrations failed on a bookkeeping statement, in no migration file')
+        assert "the database user must create and write yoyo's tables" in str(caught.value)
+    finally:
+        run_sql(scratch_database, f'REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE {role}')
+
+
 def test_a_migration_file_yoyo_does_not_read_and_an_applied_ones_missing_file_are_warned_of(tmp_path, scratch_database,
                                                                                              caplog):
     """Both were silent (trial AG): a new database would not run either."""

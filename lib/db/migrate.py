@@ -16,6 +16,7 @@ from yoyo import read_migrations
 from yoyo.backends import get_backend_class
 from yoyo.connections import DatabaseURI
 from yoyo.exceptions import BadMigration, LockTimeout
+from yoyo.topologicalsort import CycleError
 
 from lib.errors import StartupError
 from lib.logs.secrets import redacted
@@ -126,6 +127,7 @@ def migration_lock(dsn, directory, lock_timeout_ms=0):
             with backend.lock():
                 migrations = read_migrations(str(directory))
                 check_utf8(migrations)
+                check_loadable(migrations)
                 yield backend, migrations, backend.to_apply(migrations), recorded_checksums(backend)
     finally:
         backend.connection.close()
@@ -190,6 +192,30 @@ def check_utf8(migrations):
                 line = data.count(b'\n', 0, exc.start) + 1
                 raise MigrationUnrunnable(f'migration {shown_path(each)}:{line} is not UTF-8 text (byte '
                                           f'0x{data[exc.start]:02x}): save it as UTF-8') from None
+
+
+# yoyo's `-- transactional:` directive (it takes true or false, in any case, and fails with a KeyError on others).
+TRANSACTIONAL_DIRECTIVE = re.compile(r'\s*--\s*transactional\s*:\s*(.*)')
+
+
+def check_loadable(migrations):
+    """Raise MigrationUnrunnable for the first of migrations (yoyo's `.sql` ones) yoyo cannot load, naming its line,
+    before yoyo loads any (trial AZ: tracebacks): one that starts with a UTF-8 byte order mark, which PostgreSQL reads
+    as text (a syntax error on every database, and repair took it), or whose `-- transactional:` is neither true nor
+    false."""
+    for migration in migrations:
+        path = Path(migration.path)
+        if path.suffix != '.sql':
+            continue
+        text = path.read_text()
+        if text.startswith('\ufeff'):
+            raise MigrationUnrunnable(f'migration {shown_path(path)}:1 starts with a byte order mark, which PostgreSQL '
+                                      'would read as text: save it as UTF-8 without one')
+        for number, line in enumerate(HEADER_LINES.match(text).group().splitlines(), 1):
+            value = (directive := TRANSACTIONAL_DIRECTIVE.fullmatch(line.rstrip('\r'))) and directive.group(1)
+            if directive and value.lower() not in ('true', 'false'):
+                raise MigrationUnrunnable(f'migration {shown_path(path)}:{number}: transactional takes true or false, '
+                                          f'not {value!r}')
 
 
 def check_runnable(migrations):
@@ -467,8 +493,12 @@ def in_one_line(work, dsn, directory):
             # yoyo's word on a BEGIN in a transaction (a stop's unwinding), about databases that are not PostgreSQL
             warnings.filterwarnings('ignore', 'Nested transaction requested', UserWarning)
             return work(dsn, directory)
-    except BadMigration as exc:  # a `-- depends:` naming no migration, a cycle of them: yoyo's traceback before
+    except BadMigration as exc:  # a `-- depends:` naming no migration: yoyo's traceback before
         raise StartupError(f'the migrations cannot be ordered: {one_line(exc, dsn)}') from None
+    except CycleError as exc:  # files that depend on each other, or one on itself (trial AZ: a traceback)
+        cycle = ', '.join(sorted(migration.id for migration in exc.args[1])) if len(exc.args) > 1 else ''
+        raise StartupError(f'the migrations cannot be ordered: their -- depends: directives make a loop ({cycle})') \
+            from None
     except LockTimeout as exc:  # its lock row stays taken: one made after ours was broken, under the advisory lock
         raise StartupError(f'the migrations did not take yoyo\'s lock: {exc}; a yoyo command run beside them (it takes '
                            'no advisory lock) holds it: run them again once it ends') from None
@@ -494,11 +524,15 @@ def migration_failure(exc, dsn, directory):
     """Describe a failed migration as file:line (or the bookkeeping statement, yoyo's or the checksums', that no
     file holds) and PostgreSQL's own message, with its detail when it has one."""
     statement = exc.cursor.query.decode(errors='replace') if exc.cursor is not None and exc.cursor.query else ''
-    pending = pending_migrations(dsn, directory)
+    try:
+        pending = pending_migrations(dsn, directory)
+    except psycopg2.Error:  # the bookkeeping fails again (yoyo's tables cannot be made or read): no file ran
+        pending = []
     path, lines = locate_statement(statement, exc.diag.statement_position, [Path(each.path) for each in pending])
     if path is None:
+        hint = BOOKKEEPING_HINT if exc.pgcode in (UNDEFINED_TABLE, INSUFFICIENT_PRIVILEGE) else ''
         return (f'migrations failed on a bookkeeping statement, in no migration file ({statement_start(statement)}): '
-                f'{database_message(exc)}')
+                f'{database_message(exc)}{hint}')
     where = f'{path}:{lines[0]}' if lines else str(path)
     if len(lines) > 1:  # the same text twice: which one ran is not known
         where += f' (or {", ".join(map(str, lines[1:]))}: the same statement stands there too)'
@@ -506,6 +540,13 @@ def migration_failure(exc, dsn, directory):
         return (f'migration {where} failed: {str(exc).strip()} (a statement with nothing to run, a comment after '
                 'the file\'s last statement or a ";" alone, is sent as a statement of its own: remove it)')
     return f'migration {where} failed: {database_message(exc)}{statements_kept(pending, path, statement)}'
+
+
+# SQLSTATEs of bookkeeping that yoyo's tables are not there for, or not the user's to write, and what to do then.
+UNDEFINED_TABLE, INSUFFICIENT_PRIVILEGE = '42P01', '42501'
+BOOKKEEPING_HINT = ("; the database user must create and write yoyo's tables (yoyo_lock, _yoyo_migration...) and "
+                    "_dbapi_migration_checksum in its schema: PostgreSQL 15 grants no CREATE on public but to its "
+                    "owner (GRANT CREATE ON SCHEMA public TO the user, or migrate as the owner)")
 
 
 def database_message(exc):
