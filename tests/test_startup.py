@@ -788,8 +788,19 @@ def test_a_non_transactional_migration_that_fails_says_that_its_statements_befor
     assert str(caught.value).startswith(f'migration {folder / "0002_two.sql"}:3 failed: canceling statement due to '
                                         'lock timeout (SQLSTATE 55P03): '), caught.value
     assert str(caught.value).endswith('; the file is not transactional (transactional: false): its statements before '
-                                      'this one stay applied, so make them safe to run again (IF NOT EXISTS) first')
+                                      'this one stay applied, so make them safe to run again first (IF NOT EXISTS; for '
+                                      'an index built CONCURRENTLY, DROP INDEX CONCURRENTLY IF EXISTS before it: a '
+                                      'failed build leaves an invalid index)')
     assert run_sql(scratch_database, "SELECT to_regclass('made_first') IS NOT NULL") == [(True,)]
+
+
+def test_a_statement_that_runs_outside_a_transaction_only_says_how_to_run_it(tmp_path, scratch_database):
+    """PostgreSQL's 25001 alone did not say which directive lets it run (trial AZ)."""
+    folder = tmp_path / 'migrations'
+    files = {'0001_table.sql': 'CREATE TABLE indexed (id int);\nCREATE INDEX CONCURRENTLY indexed_id ON indexed (id);\n'}
+    assert migrations_failure(scratch_database, folder, files).endswith(
+        '(SQLSTATE 25001): put it in a file of its own whose first line is "-- transactional: false" (yoyo\'s '
+        'directive)')
 
 
 def test_a_non_transactional_migration_whose_first_statement_fails_says_nothing_stays(tmp_path, scratch_database):

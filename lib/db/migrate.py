@@ -46,6 +46,10 @@ LEADING_COMMENTS = re.compile(r'(?:\s+|--[^\n]*|/\*.*?\*/)*', re.DOTALL)
 LOCK_NOT_AVAILABLE = '55P03'
 LOCK_TIMEOUT_HINT = (': another session holds a lock it needs (pg_locks and pg_stat_activity say which); run it '
                      'again once that session ends, or set MIGRATION_LOCK_TIMEOUT_MS higher (0: no limit)')
+# A statement PostgreSQL runs outside a transaction block only (CREATE INDEX CONCURRENTLY, VACUUM), and what to do.
+ACTIVE_SQL_TRANSACTION = '25001'
+OUTSIDE_TRANSACTION_HINT = (': put it in a file of its own whose first line is "-- transactional: false" '
+                            "(yoyo's directive)")
 
 
 class MigrationChanged(StartupError):
@@ -553,7 +557,7 @@ def database_message(exc):
     """Return PostgreSQL's message of exc (a psycopg2 error with a SQLSTATE), its detail, SQLSTATE and, for a lock
     not obtained in time, what to do."""
     detail = f': {exc.diag.message_detail}' if exc.diag.message_detail else ''  # which key, which row
-    hint = LOCK_TIMEOUT_HINT if exc.pgcode == LOCK_NOT_AVAILABLE else ''
+    hint = {LOCK_NOT_AVAILABLE: LOCK_TIMEOUT_HINT, ACTIVE_SQL_TRANSACTION: OUTSIDE_TRANSACTION_HINT}.get(exc.pgcode, '')
     return f'{exc.diag.message_primary}{detail} (SQLSTATE {exc.pgcode}){hint}'
 
 
@@ -578,7 +582,8 @@ def pending_migrations(dsn, directory):
 
 # What a failure line adds for a file yoyo runs without a transaction (`-- transactional: false`).
 STATEMENTS_KEPT = ('; the file is not transactional (transactional: false): its statements before this one stay '
-                   'applied, so make them safe to run again (IF NOT EXISTS) first')
+                   'applied, so make them safe to run again first (IF NOT EXISTS; for an index built CONCURRENTLY, '
+                   'DROP INDEX CONCURRENTLY IF EXISTS before it: a failed build leaves an invalid index)')
 
 
 def statements_kept(migrations, path, statement):
