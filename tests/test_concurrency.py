@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,7 +26,7 @@ import settings
 from lib.auth import load_clients
 from lib.db.green import make_psycopg2_cooperative
 from lib.db.guard import StatementPastDeadline
-from lib.db.waiting import interruptible_wait
+from lib.db.waiting import finish_by, interruptible_wait
 from lib.http.admission import Admission
 from lib.errors import ImproperlyConfigured, StartupError
 from lib.logs.access import CUT_SHORT_MESSAGE
@@ -207,6 +208,27 @@ def test_migrate_stops_in_one_line_when_the_database_never_answers(silent_databa
                                                    DB_CONNECT_TIMEOUT='2'))
     assert result.returncode == 1 and result.stderr.splitlines() == [
         'dbapi: the database cannot be reached: timeout expired (connect_timeout)'], result.stderr
+
+
+def test_an_answer_that_came_while_the_process_was_busy_is_read_not_taken_for_silence(database_url, monkeypatch):
+    """A gevent worker busy parsing other requests' bodies past /readyz's second found the database's answer waiting
+    and said the database was not answering (trial BA)."""
+    conn = psycopg2.connect(database_url, async_=True)
+    try:
+        finish_by(conn)
+        cursor = conn.cursor()
+        cursor.execute('SELECT pg_sleep(0.1), 1')
+        deadline = time.monotonic() + 5
+
+        def busy_clock():
+            """The process looks at the time once it is done elsewhere: long past the deadline, the answer there."""
+            time.sleep(0.4)
+            return deadline + 60
+        monkeypatch.setattr('lib.db.waiting.time', types.SimpleNamespace(monotonic=busy_clock))
+        finish_by(conn, deadline)
+        assert cursor.fetchone() == ('', 1)
+    finally:
+        conn.close()
 
 
 def test_readyz_is_ready_again_at_once_when_the_database_answers(client):
