@@ -21,7 +21,7 @@ from psycopg2.extras import RealDictCursor
 
 from lib.db import DEFAULT, Db, LeasedStream, Lease
 from lib.db.types import check_client_encoding, check_reading_styles
-from lib.db.guard import StatementPastDeadline
+from lib.db.guard import StatementPastDeadline, refuse_commit_of_failed_transaction
 from lib.db.session import note_action
 from lib.db.unit import close_stream, in_transaction, time_left, transactional
 from lib.errors import RETRYABLE_SQLSTATES, ApiError
@@ -203,20 +203,22 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
             raise ServerStopping()
         lease.hold_to_deadline(current_app.config['DB_STATEMENT_TIMEOUT_MS'])
         note_action(lease.conn, autocommit)  # until the lease ends (Lease.end), a stream's end included
-        # A decorated helper the action calls joins it (run_joined); a helper with a lease of its own (autocommit
-        # inside a transaction) holds its own for the helpers it calls, and gives its caller's back (trial AY).
+        # A decorated helper the action calls joins it (run_joined), one its stream's first item calls too (trial
+        # BB); a helper with a lease of its own (autocommit inside a transaction) holds its own for the helpers it
+        # calls, and gives its caller's back (trial AY).
         caller_holds, held[database] = held.get(database), lease.conn
         try:
             result = call(lease.conn)
+            if isinstance(result, Iterator):
+                # The first batch is fetched before the response starts: an error before the first row (a division by
+                # zero, a bad value) is the request's own error with its status, never a 200 cut short at "[".
+                first = list(itertools.islice(result, 1))
         except UnicodeDecodeError:  # text read after the action set client_encoding in SQL: say so
             check_client_encoding(lease.conn)
             raise
         finally:
             held[database] = caller_holds
         if isinstance(result, Iterator):
-            # The first batch is fetched before the response starts: an error before the first row (a division by
-            # zero, a bad value) is the request's own error with its status, never a 200 cut short at "[".
-            first = list(itertools.islice(result, 1))
             lease.refuse_open_transaction()  # before the 200 goes out, not at the stream's end
         check_reading_styles(lease.conn)
         if finish is not None and not isinstance(result, Iterator):
@@ -340,7 +342,7 @@ def injector(database, autocommit, named, first_argument):
                                   finish)
             return with_retries(attempt, retries, deadline)
         with_connection.__signature__ = without_first_parameter(action)
-        setattr(with_connection, DATABASE_ATTRIBUTE, Borrow(database))
+        setattr(with_connection, DATABASE_ATTRIBUTE, Borrow(database, 'db' if first_argument is Db else 'conn'))
         return with_connection
     return decorate
 
@@ -375,6 +377,7 @@ def in_savepoint(conn, call):
         db.execute(sql.SQL('SAVEPOINT {}').format(savepoint))
         try:
             result = call(conn)
+            refuse_commit_of_failed_transaction(conn)  # it caught its own statement's error and went on (trial BB)
         except BaseException:
             with suppress(Exception):  # a request over, or a connection gone: its whole transaction goes anyway
                 db.execute(sql.SQL('ROLLBACK TO SAVEPOINT {}').format(savepoint))
@@ -386,20 +389,26 @@ def in_savepoint(conn, call):
 
 
 class Borrow:
-    """The mark one inject_conn or inject_db decorator leaves: the database it borrows from. functools.wraps copies it
-    into every layer wrapped around that decorator: the same object, so it counts once."""
+    """The mark one inject_conn or inject_db decorator leaves: the database it borrows from, and the name
+    docs/modules.md gives the parameter it passes (`conn`, `db`). functools.wraps copies it into every layer wrapped
+    around that decorator: the same object, so it counts once."""
 
-    __slots__ = ('database',)
+    __slots__ = ('database', 'parameter')
 
-    def __init__(self, database):
+    def __init__(self, database, parameter):
         self.database = database
+        self.parameter = parameter
+
+
+def borrows_of(action):
+    """Return the Borrow marks of action's inject_conn and inject_db decorators, one per decorator, outermost first."""
+    return list({id(borrow): borrow for borrow in marks_of(action, DATABASE_ATTRIBUTE)}.values())
 
 
 def databases_of(action):
     """Return the names of the databases the inject_conn and inject_db decorators of action borrow from, one per
     decorator, outermost first."""
-    borrows = {id(borrow): borrow for borrow in marks_of(action, DATABASE_ATTRIBUTE)}
-    return [borrow.database for borrow in borrows.values()]
+    return [borrow.database for borrow in borrows_of(action)]
 
 
 def raw_connection(conn):

@@ -11,7 +11,7 @@ from gevent import GreenletExit
 from marshmallow import INCLUDE, fields, missing
 
 from lib.auth import authorize
-from lib.decorators import SCHEMA_ATTRIBUTE, databases_of, marks_of, respond, schema_of, wrapped_chain
+from lib.decorators import SCHEMA_ATTRIBUTE, borrows_of, databases_of, marks_of, respond, schema_of, wrapped_chain
 from lib.errors import Unprocessable, import_failure
 from lib.http.exchange import ROUTE_KEY, remember
 from lib.fastschema import fast_loader, has_no_hooks
@@ -119,21 +119,24 @@ def injected_names(action):
     return set(inspect.signature(innermost).parameters) - set(inspect.signature(action).parameters)
 
 
-# The names docs/modules.md gives the parameter inject_db and inject_conn pass.
-INJECTED_BY_CONVENTION = ('db', 'conn')
-
-
 def check_injected_first(action, where):
-    """Raise ModuleError for an action whose decorators pass connections and which still takes `db` or `conn` from the
-    body: each decorator passes its connection by position, first, so another parameter got it and the body could set
-    the connection's name (trial AW: `def f(name, db)` mounted, the Db in `name`). Checked on the action as mounted:
-    two decorators take the first parameters in turn (`def f(other, db)` under inject_db() and inject_db('other'))."""
-    if not databases_of(action):
+    """Raise ModuleError for an action that still takes, from the body, the name docs/modules.md gives the parameter one
+    of its decorators passes (`db` for inject_db, `conn` for inject_conn): each decorator passes its connection by
+    position, as the first parameter left, the innermost's first, so another parameter got it and the body could
+    set that name (trial AW: `def f(name, db)`). Checked on the action as mounted: under inject_db() and
+    inject_db('other'), `def f(other, db)` is right; the advice names the places the connections go (trial BB: "put
+    it first" was wrong under two decorators, and a body key `conn` under inject_db alone is the action's own)."""
+    borrows = borrows_of(action)
+    taken = inspect.signature(action).parameters
+    if not (late := [borrow.parameter for borrow in reversed(borrows) if borrow.parameter in taken]):
         return
-    if late := [name for name in INJECTED_BY_CONVENTION if name in inspect.signature(action).parameters]:
-        got = ', '.join(repr(name) for name in sorted(injected_names(action)))
-        raise ModuleError(f'{where}: the action takes {late[0]!r} as a body key, and its connection goes to {got}: '
-                          f'inject_db and inject_conn pass it as the first parameter; put {late[0]!r} first')
+    innermost = list(wrapped_chain(action))[-1]
+    places = list(inspect.signature(innermost).parameters)[:len(borrows)]
+    decorators = ', '.join(f'inject_{borrow.parameter}({borrow.database!r}) to {place!r}'
+                           for borrow, place in zip(reversed(borrows), places))
+    raise ModuleError(f'{where}: the action takes {late[0]!r} as a body key, while its decorators pass their '
+                      f'connections as its first parameters, the innermost decorator\'s first ({decorators}): name '
+                      f'the parameter its decorator passes {late[0]!r}, or the body key otherwise')
 
 
 def check_schema(schema, action, where):

@@ -177,6 +177,7 @@ def test_a_retried_transaction_gets_the_arguments_as_the_first_attempt_got_them(
 
 
 HELPER_ROUTES = '''
+    import psycopg2
     from marshmallow import Schema, fields
     from lib.db import transactional
     from lib.decorators import inject_conn, inject_db, use_schema
@@ -270,10 +271,38 @@ HELPER_ROUTES = '''
         record(code=code)
         yield 2
 
+    @inject_db()
+    def streaming_first(db, code):
+        """Stream items a helper writes: the first is made inside the request, the second after it."""
+        def items():
+            yield record(code=f'{code}-g0')
+            yield record(code=f'{code}-g1')
+        return items()
+
+    @inject_db()
+    def record_catching_its_own(db, code):
+        """A helper that writes, writes the same again, catches the unique violation and returns."""
+        db.execute('INSERT INTO probe.things (code) VALUES (%(code)s)', {'code': code})
+        try:
+            db.execute('INSERT INTO probe.things (code) VALUES (%(code)s)', {'code': code})
+        except psycopg2.IntegrityError:
+            return 'caught'
+
+    @inject_db()
+    def after_one_caught_its_own(db, code):
+        record(code=f'{code}-before')
+        try:
+            record_catching_its_own(code=f'{code}-x')
+        except Exception:
+            pass
+        record(code=f'{code}-after')
+        return {}
+
     routes = [dict(route='in_transaction', action=in_transaction), dict(route='in_autocommit', action=in_autocommit),
               dict(route='in_block', action=in_block), dict(route='in_turn', action=in_turn),
               dict(route='catching', action=catching), dict(route='rolling_back', action=rolling_back),
-              dict(route='streaming', action=streaming)]
+              dict(route='streaming', action=streaming), dict(route='streaming_first', action=streaming_first),
+              dict(route='after_one_caught_its_own', action=after_one_caught_its_own)]
 '''
 
 
@@ -365,6 +394,28 @@ def test_a_helper_called_from_a_stream_after_its_action_returned_says_why_it_can
     response = client.post('/helpers/streaming', json={'code': f'helper-{uuid.uuid4()}'}, headers=AUTH)
     with pytest.raises(RuntimeError, match='borrows a pooled connection, which only a request'):
         response.get_data()
+
+
+def test_a_helper_a_streams_first_item_calls_joins_the_action_and_nothing_commits_alone(make_app, module_package,
+                                                                                        database_url):
+    """The first item is made before the answer starts: its helper found nothing to join and committed its row on a
+    connection of its own while the action's failed (trial BB)."""
+    client = helper_client(make_app, module_package)
+    code = f'helper-{uuid.uuid4()}'
+    response = client.post('/helpers/streaming_first', json={'code': code}, headers=AUTH)
+    with pytest.raises(RuntimeError, match='borrows a pooled connection'):
+        response.get_data()  # the second item's helper, after the action returned
+    assert [rows_of_code(database_url, f'{code}-{item}') for item in ('g0', 'g1')] == [0, 0]
+
+
+def test_a_helper_that_caught_its_own_error_is_rolled_back_and_its_caller_may_go_on(make_app, module_package,
+                                                                                      database_url):
+    """Its savepoint's RELEASE failed (25P02) outside the rollback to it, and the caller's next statement was a bare
+    500 (trial BB)."""
+    client = helper_client(make_app, module_package)
+    code = f'helper-{uuid.uuid4()}'
+    assert client.post('/helpers/after_one_caught_its_own', json={'code': code}, headers=AUTH).status_code == 200
+    assert [rows_of_code(database_url, f'{code}-{part}') for part in ('before', 'x', 'after')] == [1, 0, 1]
 
 
 def test_a_helper_that_asks_for_autocommit_inside_a_transaction_borrows_a_connection_of_its_own(

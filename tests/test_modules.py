@@ -43,11 +43,16 @@ def test_folder_without_init_is_mounted_too(make_app, module_package):
     # The decorator passes the connection first: `db` later was a body key, the Db in `name` (trial AW).
     ({'broken/routes.py': 'from lib.decorators import inject_db\n@inject_db()\ndef late(name, db):\n    return 1\n'
                           'routes = [dict(route="x", action=late)]'},
-     "route 'x': the action takes 'db' as a body key, and its connection goes to 'name': inject_db and inject_conn "
-     "pass it as the first parameter; put 'db' first"),
+     "route 'x': the action takes 'db' as a body key, while its decorators pass their connections as its first "
+     "parameters, the innermost decorator's first (inject_db('default') to 'name'): name the parameter its decorator "
+     "passes 'db', or the body key otherwise"),
     ({'broken/routes.py': 'from lib.decorators import inject_conn\n@inject_conn(autocommit=True)\n'
                           'def late(body, conn=None):\n    return 1\nroutes = [dict(route="x", action=late)]'},
      "route 'x': the action takes 'conn' as a body key"),
+    # Two decorators: the advice names where each connection goes (trial BB: "put it first" would have swapped them).
+    ({'broken/routes.py': 'from lib.decorators import inject_conn, inject_db\n@inject_conn("reports")\n@inject_db()\n'
+                          'def late(db, name, conn):\n    return 1\nroutes = [dict(route="x", action=late)]'},
+     "(inject_db('default') to 'db', inject_conn('reports') to 'name')"),
     ({'broken/routes.py': 'routes = [dict(route="x")]'}, 'broken/routes.py: routes[0] must be a dict'),
     ({'broken/routes.py': 'routes = [dict(route="x", action=1)]'}, 'broken/routes.py: routes[0]: action is not callable'),
     ({'broken/routes.py': 'routes = [dict(route="a b", action=print)]'}, 'broken/routes.py: routes[0]: route must be'),
@@ -69,6 +74,15 @@ def test_broken_module_stops_the_start_naming_its_file(make_app, module_package,
     with pytest.raises(ModuleError) as raised:
         make_app(MODULE_PACKAGES=[package])
     assert message in str(raised.value)
+
+
+def test_a_body_key_named_as_another_decorators_parameter_is_the_actions_own(make_app, module_package):
+    """Under inject_db alone, `conn` is no connection's name: the advice to put it first looped (trial BB)."""
+    routes = ('from lib.decorators import inject_db\n@inject_db()\ndef own(db, conn=None):\n    return {"conn": conn}\n'
+              'routes = [dict(route="x", action=own)]')
+    client = make_app(MODULE_PACKAGES=[module_package({'keyed/routes.py': routes})]).test_client()
+    assert client.post('/keyed/x', json={'conn': 'a'}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'}).get_json() \
+        == {'conn': 'a'}
 
 
 def test_two_decorators_take_the_first_parameters_in_turn_whatever_their_names():

@@ -453,6 +453,14 @@ def test_a_transactional_directive_neither_true_nor_false_is_refused_naming_its_
         f"migration {folder / '0002_refused.sql'}:2: transactional takes true or false, not {value!r}")
 
 
+def test_a_transactional_directive_given_twice_is_refused_naming_the_second(tmp_path, scratch_database):
+    """yoyo joined the values, 'false false', and its KeyError was a traceback (trial BB)."""
+    folder = tmp_path / 'migrations'
+    text = '-- transactional: false\n-- transactional: false\nCREATE TABLE refused (id int);\n'
+    assert refusal_before_anything_runs(folder, scratch_database, text) == (
+        f"migration {folder / '0002_refused.sql'}:2: transactional is given twice; keep one")
+
+
 def test_a_directive_in_any_case_of_true_or_false_with_crlf_runs(tmp_path, scratch_database):
     folder = tmp_path / 'migrations'
     folder.mkdir()

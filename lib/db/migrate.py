@@ -206,7 +206,7 @@ def check_loadable(migrations):
     """Raise MigrationUnrunnable for the first of migrations (yoyo's `.sql` ones) yoyo cannot load, naming its line,
     before yoyo loads any (trial AZ: tracebacks): one that starts with a UTF-8 byte order mark, which PostgreSQL reads
     as text (a syntax error on every database, and repair took it), or whose `-- transactional:` is neither true nor
-    false."""
+    false, or given twice."""
     for migration in migrations:
         path = Path(migration.path)
         if path.suffix != '.sql':
@@ -215,11 +215,17 @@ def check_loadable(migrations):
         if text.startswith('\ufeff'):
             raise MigrationUnrunnable(f'migration {shown_path(path)}:1 starts with a byte order mark, which PostgreSQL '
                                       'would read as text: save it as UTF-8 without one')
+        given = False
         for number, line in enumerate(HEADER_LINES.match(text).group().splitlines(), 1):
-            value = (directive := TRANSACTIONAL_DIRECTIVE.fullmatch(line.rstrip('\r'))) and directive.group(1)
-            if directive and value.lower() not in ('true', 'false'):
+            if (directive := TRANSACTIONAL_DIRECTIVE.fullmatch(line.rstrip('\r'))) is None:
+                continue
+            if given:  # yoyo joins the values, 'false false' (trial BB)
+                raise MigrationUnrunnable(f'migration {shown_path(path)}:{number}: transactional is given twice; '
+                                          'keep one')
+            if directive.group(1).lower() not in ('true', 'false'):
                 raise MigrationUnrunnable(f'migration {shown_path(path)}:{number}: transactional takes true or false, '
-                                          f'not {value!r}')
+                                          f'not {directive.group(1)!r}')
+            given = True
 
 
 def check_runnable(migrations):
