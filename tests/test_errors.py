@@ -459,16 +459,23 @@ CAUGHT_ROUTES = '''
     def in_stream(db, code, savepoint=False):
         yield insert_twice(db, code, savepoint)
 
+    @inject_db()
+    def going_on(db, code, savepoint=False):
+        insert_twice(db, code, savepoint)
+        db.execute('INSERT INTO probe.things (code) VALUES (%(code)s)', {'code': f'{code}-next'})
+        return {'saved': code}
+
     routes = [dict(route='in_action', action=in_action), dict(route='in_transactional', action=in_transactional),
-              dict(route='in_stream', action=in_stream)]
+              dict(route='in_stream', action=in_stream), dict(route='going_on', action=going_on)]
 '''
 
 
-@pytest.mark.parametrize('route', ['in_action', 'in_transactional', 'in_stream'])
+@pytest.mark.parametrize('route', ['in_action', 'in_transactional', 'in_stream', 'going_on'])
 def test_an_action_that_catches_a_database_error_and_returns_is_a_500_not_a_success_with_nothing_written(
         make_app, module_package, database_url, route):
     """PostgreSQL answers the COMMIT of a transaction a statement failed in with a ROLLBACK, which psycopg2 takes
-    silently: a 200 whose row was gone (trial AW). A stream's 200 has gone out: its end is cut short."""
+    silently: a 200 whose row was gone (trial AW). A stream's 200 has gone out: its end is cut short. One that sends
+    another statement meets PostgreSQL's 25P02, a generic 500 before (trial BB)."""
     client = make_app(MODULE_PACKAGES=[module_package({'caught/routes.py': CAUGHT_ROUTES})]).test_client()
     code = f'caught-{uuid.uuid4()}'
     if route == 'in_stream':

@@ -16,7 +16,7 @@ import time
 import psycopg2.extensions
 
 from lib.db.types import check_client_encoding
-from lib.errors import ApiError, GatewayTimeout, translates
+from lib.errors import WENT_ON_AFTER_A_FAILURE, ApiError, GatewayTimeout, translates
 
 
 class StatementPastDeadline(GatewayTimeout):
@@ -108,10 +108,7 @@ def refuse_commit_of_failed_transaction(conn):
     the error): PostgreSQL answers that transaction's COMMIT with a ROLLBACK, which psycopg2 takes silently, so the
     answer would be a success with nothing written (trial AW: a caught unique violation, a 200, no row)."""
     if conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INERROR:
-        raise ActionMisusedConnection('went on after a statement failed in its transaction, which PostgreSQL then '
-                                      'rolls back whole: nothing it wrote was committed; to go on after an error, '
-                                      'run the statement that may fail in a savepoint (SAVEPOINT, then ROLLBACK TO '
-                                      'SAVEPOINT when it fails), or let the error end the action')
+        raise ActionMisusedConnection(WENT_ON_AFTER_A_FAILURE)
 
 
 def refuse_session_change(conn, what):
