@@ -555,8 +555,9 @@ def migration_failure(exc, dsn, directory):
 # SQLSTATEs of bookkeeping that yoyo's tables are not there for, or not the user's to write, and what to do then.
 UNDEFINED_TABLE, INSUFFICIENT_PRIVILEGE = '42P01', '42501'
 BOOKKEEPING_HINT = ("; the database user must create and write yoyo's tables (yoyo_lock, _yoyo_migration...) and "
-                    "_dbapi_migration_checksum in its schema: PostgreSQL 15 grants no CREATE on public but to its "
-                    "owner (GRANT CREATE ON SCHEMA public TO the user, or migrate as the owner)")
+                    "_dbapi_migration_checksum in the first schema of its search_path: PostgreSQL 15 grants no CREATE "
+                    "on public but to its owner (GRANT CREATE ON SCHEMA public, or the schema the user's search_path "
+                    "names, TO the user; or migrate as the owner)")
 
 
 def database_message(exc):
