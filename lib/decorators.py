@@ -232,9 +232,12 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
         if cancelled is not None:
             raise cancelled from exc
         raise
+    streamed = isinstance(result, Response) and result.is_streamed
+    if caller_holds is None and (streamed or isinstance(result, Iterator)):  # the request's own action's stream
+        held[database] = STREAM_AFTER_ITS_ACTION
     if isinstance(result, Iterator):
         return LeasedStream(result, lease, first)
-    if isinstance(result, Response) and result.is_streamed:
+    if streamed:
         # Its body's code may use the connection as it is sent, as a returned iterator's does: it ran after the lease
         # ended, on a connection another request then held, and froze the worker (trial AJ).
         result.response = LeasedStream(result.response, lease)
@@ -319,9 +322,7 @@ def injector(database, autocommit, named, first_argument):
         @functools.wraps(action)
         def with_connection(*args, **kwargs):
             if not has_app_context():
-                raise RuntimeError(f'{action.__qualname__} borrows a pooled connection, which only a request (or an '
-                                   'app context) has: one called from a stream after its action returned has none; '
-                                   'read what the rows need before the stream starts')
+                raise RuntimeError(AFTER_ITS_ACTION.format(action.__qualname__))
             config = current_app.config
             environ = request.environ if has_request_context() else None
             deadline = deadline_of(environ, config['REQUEST_DEADLINE_MS'])
@@ -330,6 +331,8 @@ def injector(database, autocommit, named, first_argument):
             finish = respond if answers_the_request(environ, with_connection) else None
 
             held = environ.get(HELD_CONNECTIONS_KEY, {}).get(database) if environ is not None else None
+            if held is STREAM_AFTER_ITS_ACTION:
+                raise RuntimeError(AFTER_ITS_ACTION.format(action.__qualname__))
             if held is not None and (not autocommit or not in_transaction(held)):
                 return run_joined(held, autocommit, named, lambda conn: action(first_argument(conn), *args, **kwargs))
             # Only a whole-action transaction can be replayed safely, with the arguments as the first attempt had them.
@@ -386,6 +389,16 @@ def in_savepoint(conn, call):
         return result
     finally:
         conn.joined_helpers -= 1
+
+
+# What a request's held connections map (HELD_CONNECTIONS_KEY) has for a database whose action returned a stream: the
+# stream's items after its first are made once the action returned, some still inside the request (the answer's
+# head takes the next when the first is an empty batch: trial BC), and a helper they call must not borrow a connection
+# of its own, which would commit alone.
+STREAM_AFTER_ITS_ACTION = object()
+AFTER_ITS_ACTION = ('{} borrows a pooled connection, which only an action running has: called from a stream after '
+                    'its action returned (an item after the first), it would commit on its own; read what the rows '
+                    'need before the stream starts')
 
 
 class Borrow:

@@ -279,9 +279,10 @@ CONNECTION_LOST = ('The database cannot be reached, or the connection to it brok
 # What an action did that left its transaction failed: PostgreSQL refuses each statement after the one that failed
 # (25P02) and answers the COMMIT with a ROLLBACK (lib/db/guard.py refuses that commit with the same words).
 WENT_ON_AFTER_A_FAILURE = ('went on after a statement failed in its transaction, which PostgreSQL then rolls back '
-                           'whole: nothing it wrote was committed; to go on after an error, run the statement that may '
-                           'fail in a savepoint (SAVEPOINT, then ROLLBACK TO SAVEPOINT when it fails), or let the error '
-                           'end the action')
+                           'whole: nothing that transaction wrote was committed (an autocommit action\'s statements '
+                           'outside it stay committed); to go on after an error, run the statement that may fail in a '
+                           'savepoint (SAVEPOINT, then ROLLBACK TO SAVEPOINT when it fails), or let the error end the '
+                           'action')
 SQLSTATE_ERRORS = {
     '25P02': (ApiError, f'The action {WENT_ON_AFTER_A_FAILURE}.'),  # a 500: the module's bug, said (trial BB)
     '23505': (Conflict, None),

@@ -120,23 +120,27 @@ def injected_names(action):
 
 
 def check_injected_first(action, where):
-    """Raise ModuleError for an action that still takes, from the body, the name docs/modules.md gives the parameter one
-    of its decorators passes (`db` for inject_db, `conn` for inject_conn): each decorator passes its connection by
-    position, as the first parameter left, the innermost's first, so another parameter got it and the body could
-    set that name (trial AW: `def f(name, db)`). Checked on the action as mounted: under inject_db() and
-    inject_db('other'), `def f(other, db)` is right; the advice names the places the connections go (trial BB: "put
-    it first" was wrong under two decorators, and a body key `conn` under inject_db alone is the action's own)."""
-    borrows = borrows_of(action)
-    taken = inspect.signature(action).parameters
-    if not (late := [borrow.parameter for borrow in reversed(borrows) if borrow.parameter in taken]):
+    """Raise ModuleError for an action whose parameters do not match what its decorators pass, by the names
+    docs/modules.md gives them (`db` for inject_db, `conn` for inject_conn). Each decorator passes its connection by
+    position, as the first parameter left, the innermost's first: an action that still takes such a name from the
+    body had another parameter get the connection, and the body could set that name (trial AW: `def f(name, db)`);
+    one whose `conn` gets inject_db's Db, or `db` inject_conn's connection, has them swapped (trial BC). Checked on
+    the action as mounted: under inject_db() and inject_db('other'), `def f(other, db)` is right; the line names
+    where each connection goes (trial BB: "put it first" was wrong under two decorators)."""
+    borrows = list(reversed(borrows_of(action)))  # innermost first, as they take the parameters
+    if not borrows:
         return
-    innermost = list(wrapped_chain(action))[-1]
-    places = list(inspect.signature(innermost).parameters)[:len(borrows)]
+    places = list(inspect.signature(list(wrapped_chain(action))[-1]).parameters)[:len(borrows)]
+    late = [borrow.parameter for borrow in borrows if borrow.parameter in inspect.signature(action).parameters]
+    swapped = [place for borrow, place in zip(borrows, places) if place in ('db', 'conn') and place != borrow.parameter]
+    if not (late or swapped):
+        return
     decorators = ', '.join(f'inject_{borrow.parameter}({borrow.database!r}) to {place!r}'
-                           for borrow, place in zip(reversed(borrows), places))
-    raise ModuleError(f'{where}: the action takes {late[0]!r} as a body key, while its decorators pass their '
-                      f'connections as its first parameters, the innermost decorator\'s first ({decorators}): name '
-                      f'the parameter its decorator passes {late[0]!r}, or the body key otherwise')
+                           for borrow, place in zip(borrows, places))
+    problem = f'takes {late[0]!r} as a body key' if late else f'names {swapped[0]!r} a parameter another kind gets'
+    raise ModuleError(f'{where}: the action {problem}, while its decorators pass their connections as its first '
+                      f'parameters, the innermost decorator\'s first ({decorators}): name each as its decorator\'s '
+                      '(`db` for inject_db, `conn` for inject_conn, any other name), and the body keys otherwise')
 
 
 def check_schema(schema, action, where):

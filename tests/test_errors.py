@@ -280,6 +280,14 @@ HELPER_ROUTES = '''
         return items()
 
     @inject_db()
+    def streaming_empty_first(db, code):
+        """A stream whose first batch is empty: the answer's head takes the second too, inside the request."""
+        def batches():
+            yield []
+            yield [record(code=f'{code}-2')]
+        return batches()
+
+    @inject_db()
     def record_catching_its_own(db, code):
         """A helper that writes, writes the same again, catches the unique violation and returns."""
         db.execute('INSERT INTO probe.things (code) VALUES (%(code)s)', {'code': code})
@@ -302,7 +310,8 @@ HELPER_ROUTES = '''
               dict(route='in_block', action=in_block), dict(route='in_turn', action=in_turn),
               dict(route='catching', action=catching), dict(route='rolling_back', action=rolling_back),
               dict(route='streaming', action=streaming), dict(route='streaming_first', action=streaming_first),
-              dict(route='after_one_caught_its_own', action=after_one_caught_its_own)]
+              dict(route='after_one_caught_its_own', action=after_one_caught_its_own),
+              dict(route='streaming_empty_first', action=streaming_empty_first)]
 '''
 
 
@@ -392,7 +401,7 @@ def test_a_helper_called_from_a_stream_after_its_action_returned_says_why_it_can
     """Flask's "Working outside of application context" told a module author nothing (trial AY)."""
     client = helper_client(make_app, module_package)
     response = client.post('/helpers/streaming', json={'code': f'helper-{uuid.uuid4()}'}, headers=AUTH)
-    with pytest.raises(RuntimeError, match='borrows a pooled connection, which only a request'):
+    with pytest.raises(RuntimeError, match='borrows a pooled connection, which only an action running has'):
         response.get_data()
 
 
@@ -406,6 +415,17 @@ def test_a_helper_a_streams_first_item_calls_joins_the_action_and_nothing_commit
     with pytest.raises(RuntimeError, match='borrows a pooled connection'):
         response.get_data()  # the second item's helper, after the action returned
     assert [rows_of_code(database_url, f'{code}-{item}') for item in ('g0', 'g1')] == [0, 0]
+
+
+@pytest.mark.parametrize('config', ONE_CONNECTION[:2])
+def test_a_helper_a_streams_later_item_calls_inside_the_request_borrows_nothing(make_app, module_package,
+                                                                                 database_url, config):
+    """The answer's head takes the second item when the first batch is empty, inside the request: its helper committed
+    its row on a connection of its own (or waited out a pool of one for a 503) while the action's failed (trial BC)."""
+    client = helper_client(make_app, module_package, **config)
+    code = f'helper-{uuid.uuid4()}'
+    assert_problem(client.post('/helpers/streaming_empty_first', json={'code': code}, headers=AUTH), 500)
+    assert rows_of_code(database_url, f'{code}-2') == 0
 
 
 def test_a_helper_that_caught_its_own_error_is_rolled_back_and_its_caller_may_go_on(make_app, module_package,

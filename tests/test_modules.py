@@ -44,8 +44,13 @@ def test_folder_without_init_is_mounted_too(make_app, module_package):
     ({'broken/routes.py': 'from lib.decorators import inject_db\n@inject_db()\ndef late(name, db):\n    return 1\n'
                           'routes = [dict(route="x", action=late)]'},
      "route 'x': the action takes 'db' as a body key, while its decorators pass their connections as its first "
-     "parameters, the innermost decorator's first (inject_db('default') to 'name'): name the parameter its decorator "
-     "passes 'db', or the body key otherwise"),
+     "parameters, the innermost decorator's first (inject_db('default') to 'name'): name each as its decorator's "
+     "(`db` for inject_db, `conn` for inject_conn, any other name), and the body keys otherwise"),
+    # Swapped: conn got the Db, db the raw connection of reports (trial BC).
+    ({'broken/routes.py': 'from lib.decorators import inject_conn, inject_db\n@inject_conn("reports")\n@inject_db()\n'
+                          'def swapped(conn, db):\n    return 1\nroutes = [dict(route="x", action=swapped)]'},
+     "the action names 'conn' a parameter another kind gets, while its decorators pass their connections as its first "
+     "parameters, the innermost decorator's first (inject_db('default') to 'conn', inject_conn('reports') to 'db')"),
     ({'broken/routes.py': 'from lib.decorators import inject_conn\n@inject_conn(autocommit=True)\n'
                           'def late(body, conn=None):\n    return 1\nroutes = [dict(route="x", action=late)]'},
      "route 'x': the action takes 'conn' as a body key"),
@@ -93,8 +98,11 @@ def test_two_decorators_take_the_first_parameters_in_turn_whatever_their_names()
 
     def action(other, db, name=None):
         return name
-    for decorate in (lambda f: inject_db()(inject_db('other')(f)), lambda f: inject_conn()(inject_conn('other')(f))):
-        check_injected_first(decorate(action), 'here')  # nothing raised
+
+    def raw_action(other, conn, name=None):
+        return name
+    check_injected_first(inject_db()(inject_db('other')(action)), 'here')  # nothing raised
+    check_injected_first(inject_conn()(inject_conn('other')(raw_action)), 'here')
 
 
 def test_a_folder_holding_only_bytecode_is_no_module_and_mounts_nothing(make_app, module_package):
@@ -388,7 +396,7 @@ def test_an_action_on_a_database_that_is_not_configured_stops_the_start(make_app
         from lib.decorators import inject_conn, inject_db
 
         @{decorator}
-        def act(conn):
+        def act(reports):
             return {{}}
         routes = [dict(route='act', action=act)]
     '''
