@@ -54,6 +54,21 @@ def make_app(database_url):
         yield factory
 
 
+@pytest.fixture()
+def make_closing_app(make_app):
+    """make_app for one test: the pools of the apps it builds close when the test ends, not when the session does
+    (the dozens of apps a module of such tests builds held their idle connections until then: too many clients)."""
+    built = []
+
+    def factory(**overrides):
+        built.append(make_app(**overrides))
+        return built[-1]
+    yield factory
+    for built_app in built:
+        for pool in built_app.extensions['dbapi'].pools.values():
+            pool.close()
+
+
 @pytest.fixture(scope='session')
 def app(make_app):
     """The default test app: every module plus the test-only ones (tests/fixture_modules)."""

@@ -294,6 +294,10 @@ def new_cursor_name(kind):
 FAILURE_AHEAD_WAIT_SECONDS = 1
 
 
+# The savepoint each FETCH of a Prefetcher runs after.
+PREFETCH_SAVEPOINT = sql.Identifier('dbapi_prefetch')
+
+
 class Prefetcher:
     """Fetch a declared cursor's batches on a helper thread, so PostgreSQL computes one while this thread
     reads and converts the one before.
@@ -304,7 +308,13 @@ class Prefetcher:
     """
 
     def __init__(self, cursors, cursor_name, batch_size):
-        self.fetch = sql.SQL('FETCH FORWARD {} FROM {}').format(sql.Literal(batch_size), sql.Identifier(cursor_name))
+        fetch = sql.SQL('FETCH FORWARD {} FROM {}').format(sql.Literal(batch_size), sql.Identifier(cursor_name))
+        # Each FETCH runs after a savepoint, in the same query string (no round trip more), the one before released:
+        # a FETCH running ahead that a reader's early stop cancels fails the transaction, which the stop rolls back to
+        # that savepoint, so the action goes on and commits (trial BC's CI run: the commit of a transaction a
+        # statement failed in is refused, and it had been a silent rollback).
+        self.fetches = [sql.SQL('SAVEPOINT {}; ').format(PREFETCH_SAVEPOINT) + fetch,
+                        sql.SQL('RELEASE SAVEPOINT {0}; SAVEPOINT {0}; ').format(PREFETCH_SAVEPOINT) + fetch]
         self.batch_size = batch_size
         self.free, self.fetched = queue.Queue(), queue.Queue()
         for cursor in cursors:
@@ -326,7 +336,8 @@ class Prefetcher:
         try:
             while (cursor := self.next_cursor()) is not None:
                 with taking_turns(self.connection):
-                    cursor.execute(self.fetch)
+                    cursor.execute(self.fetches[0])
+                self.fetches = self.fetches[1:] or self.fetches
                 self.fetching = False
                 self.fetched.put(cursor)
                 if cursor.rowcount < self.batch_size:
@@ -379,6 +390,10 @@ class Prefetcher:
         if cancel:
             cancel_running_query(self.connection)
         self.thread.join()
+        if cancel and self.connection.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INERROR:
+            # refused (an ApiError) once the request is over: its transaction is rolled back whole then
+            with suppress(psycopg2.Error, ApiError):
+                self.connection.cursor().execute(sql.SQL('ROLLBACK TO SAVEPOINT {}').format(PREFETCH_SAVEPOINT))
 
 
 def text_cursor(conn):
