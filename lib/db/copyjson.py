@@ -311,8 +311,8 @@ class Prefetcher:
         fetch = sql.SQL('FETCH FORWARD {} FROM {}').format(sql.Literal(batch_size), sql.Identifier(cursor_name))
         # Each FETCH runs after a savepoint, in the same query string (no round trip more), the one before released:
         # a FETCH running ahead that a reader's early stop cancels fails the transaction, which the stop rolls back to
-        # that savepoint, so the action goes on and commits (trial BC's CI run: the commit of a transaction a
-        # statement failed in is refused, and it had been a silent rollback).
+        # that savepoint, so the action goes on and commits (a CI emulation: the commit of a transaction a statement
+        # failed in is refused now, and it had been a silent rollback).
         self.fetches = [sql.SQL('SAVEPOINT {}; ').format(PREFETCH_SAVEPOINT) + fetch,
                         sql.SQL('RELEASE SAVEPOINT {0}; SAVEPOINT {0}; ').format(PREFETCH_SAVEPOINT) + fetch]
         self.batch_size = batch_size
