@@ -60,7 +60,7 @@ def slow_client_tokens(pool_max):
 def server_environment(name, port, dsn, run_dir, workers, pool_max, proxied=False):
     """Return the environment of a server of the bench: a replica's, production settings, the bench's modules and
     clients."""
-    env = production_environment(replica_environment(name, port, dsn, run_dir), name, workers, pool_max)
+    env = production_environment(replica_environment(name, port, dsn, run_dir, workers), name, workers, pool_max)
     # The driver's own WORKER_CLASS (the default, gevent, unless set), so every side runs the same one.
     env.update(TRUSTED_PROXY_HOPS='1' if proxied else '0', MODULE_PACKAGES=BENCH_MODULE_PACKAGES,
                BEARER_TOKENS=slow_client_tokens(pool_max), WORKER_CLASS=settings.WORKER_CLASS)
