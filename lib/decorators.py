@@ -14,7 +14,7 @@ from contextlib import suppress
 
 import psycopg2
 import psycopg2.errors
-from flask import Response, current_app, has_app_context, has_request_context, request
+from flask import Response, current_app, has_request_context, request
 from marshmallow import Schema
 from psycopg2 import sql
 from psycopg2.extras import RealDictCursor
@@ -321,9 +321,10 @@ def injector(database, autocommit, named, first_argument):
     def decorate(action):
         @functools.wraps(action)
         def with_connection(*args, **kwargs):
-            if not has_app_context():
-                raise RuntimeError(AFTER_ITS_ACTION.format(action.__qualname__))
-            config = current_app.config
+            try:
+                config = current_app.config
+            except RuntimeError:  # no app context: Flask's "Working outside of application context" said nothing
+                raise RuntimeError(AFTER_ITS_ACTION.format(action.__qualname__)) from None
             environ = request.environ if has_request_context() else None
             deadline = deadline_of(environ, config['REQUEST_DEADLINE_MS'])
             # The route's own action is encoded to its response before the commit, so that a value JSON

@@ -313,8 +313,8 @@ class Prefetcher:
         # a FETCH running ahead that a reader's early stop cancels fails the transaction, which the stop rolls back to
         # that savepoint, so the action goes on and commits (a CI emulation: the commit of a transaction a statement
         # failed in is refused now, and it had been a silent rollback).
-        self.fetches = [sql.SQL('SAVEPOINT {}; ').format(PREFETCH_SAVEPOINT) + fetch,
-                        sql.SQL('RELEASE SAVEPOINT {0}; SAVEPOINT {0}; ').format(PREFETCH_SAVEPOINT) + fetch]
+        self.fetch = sql.SQL('SAVEPOINT {}; ').format(PREFETCH_SAVEPOINT) + fetch
+        self.later_fetch = sql.SQL('RELEASE SAVEPOINT {0}; SAVEPOINT {0}; ').format(PREFETCH_SAVEPOINT) + fetch
         self.batch_size = batch_size
         self.free, self.fetched = queue.Queue(), queue.Queue()
         for cursor in cursors:
@@ -336,8 +336,8 @@ class Prefetcher:
         try:
             while (cursor := self.next_cursor()) is not None:
                 with taking_turns(self.connection):
-                    cursor.execute(self.fetches[0])
-                self.fetches = self.fetches[1:] or self.fetches
+                    cursor.execute(self.fetch)
+                self.fetch = self.later_fetch
                 self.fetching = False
                 self.fetched.put(cursor)
                 if cursor.rowcount < self.batch_size:
