@@ -431,7 +431,18 @@ def test_a_dependency_on_no_migration_stops_the_start_in_one_line(tmp_path, scra
     folder = tmp_path / 'migrations'
     files = {'0001_orders.sql': '-- depends: 0000_typo\nCREATE TABLE orders (id int);\n'}
     assert migrations_failure(scratch_database, folder, files) == (
-        f'the migrations cannot be ordered: Could not resolve dependencies in {folder / "0001_orders.sql"}')
+        f'the migrations cannot be ordered: migration {folder / "0001_orders.sql"}:1 depends on 0000_typo, which is '
+        f'no migration in {folder}')
+
+
+def test_a_dependency_on_no_migration_is_named_among_several_on_later_lines(tmp_path, scratch_database):
+    """yoyo's line named the file alone, not which of its dependencies is missing (trial AZ)."""
+    folder = tmp_path / 'migrations'
+    files = {'0001_a.sql': 'CREATE TABLE a (id int);\n',
+             '0002_b.sql': '-- a comment\n-- depends: 0001_a\n--depends:0001_a   0001_z\nCREATE TABLE b (id int);\n'}
+    assert migrations_failure(scratch_database, folder, files) == (
+        f'the migrations cannot be ordered: migration {folder / "0002_b.sql"}:3 depends on 0001_z, which is no '
+        f'migration in {folder}')
 
 
 def test_a_loop_of_dependencies_stops_the_start_in_one_line(tmp_path, scratch_database):

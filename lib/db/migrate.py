@@ -504,7 +504,8 @@ def in_one_line(work, dsn, directory):
             warnings.filterwarnings('ignore', 'Nested transaction requested', UserWarning)
             return work(dsn, directory)
     except BadMigration as exc:  # a `-- depends:` naming no migration: yoyo's traceback before
-        raise StartupError(f'the migrations cannot be ordered: {one_line(exc, dsn)}') from None
+        reason = unresolved_dependency(directory) or exc
+        raise StartupError(f'the migrations cannot be ordered: {one_line(reason, dsn)}') from None
     except CycleError as exc:  # files that depend on each other, or one on itself (trial AZ: a traceback)
         cycle = ', '.join(sorted(migration.id for migration in exc.args[1])) if len(exc.args) > 1 else ''
         raise StartupError(f'the migrations cannot be ordered: their -- depends: directives make a loop ({cycle})') \
@@ -519,6 +520,28 @@ def in_one_line(work, dsn, directory):
         if exc.pgcode is None and not isinstance(exc, psycopg2.ProgrammingError):
             raise StartupError(f'the database cannot be reached: {one_line(exc, dsn)}') from None
         raise StartupError(one_line(migration_failure(exc, dsn, directory), dsn)) from None
+
+
+# yoyo's `-- depends:` directive: migration ids separated by blanks (yoyo joins the values of several such lines).
+DEPENDS_DIRECTIVE = re.compile(r'\s*--\s*depends\s*:(.*)')
+
+
+def unresolved_dependency(directory):
+    """Return a line naming the first id a `-- depends:` of directory's `.sql` migrations gives that is no migration
+    of directory (yoyo's BadMigration names only the file), or None (a `.py` migration's __depends__, not read)."""
+    directory = Path(directory)
+    paths = sorted(path for path in directory.iterdir() if path.suffix in ('.sql', '.py'))
+    ids = {path.stem for path in paths if not path.name.endswith('.rollback.sql')}
+    for path in paths:
+        if path.suffix != '.sql' or path.stem not in ids:
+            continue
+        for number, line in enumerate(HEADER_LINES.match(path.read_text()).group().splitlines(), 1):
+            directive = DEPENDS_DIRECTIVE.fullmatch(line.rstrip('\r'))
+            missing = [each for each in (directive.group(1).split() if directive else ()) if each not in ids]
+            if missing:
+                return (f'migration {shown_path(path)}:{number} depends on {missing[0]}, which is no migration in '
+                        f'{shown_path(directory)}')
+    return None
 
 
 def stop_behind(exc):
