@@ -14,9 +14,9 @@ import pytest  # noqa: E402
 import settings  # noqa: E402
 from lib.db.embedded import start_embedded  # noqa: E402
 from lib.db.migrate import apply_migrations  # noqa: E402
-from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, PROBE_SQL, SCOPED_TOKEN, SINGLE_BEARER,  # noqa: E402,F401
-                           THROWAWAY_DATA_DIRS, Caller, app_config, app_factory, discard_data_dir, drop_database,
-                           recreate_database, run_sql, scratch_folder)
+from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, BUILT_APPS, PROBE_SQL, SCOPED_TOKEN,  # noqa: E402,F401
+                           SINGLE_BEARER, THROWAWAY_DATA_DIRS, Caller, app_config, app_factory, close_pools,
+                           discard_data_dir, drop_database, recreate_database, run_sql, scratch_folder)
 
 # The name tests/test_logging.py still imports; the token now limits its client to the probe module.
 EXAMPLE_ONLY_TOKEN = SCOPED_TOKEN
@@ -54,19 +54,14 @@ def make_app(database_url):
         yield factory
 
 
-@pytest.fixture()
-def make_closing_app(make_app):
-    """make_app for one test: the pools of the apps it builds close when the test ends, not when the session does
-    (the dozens of apps a module of such tests builds held their idle connections until then: too many clients)."""
-    built = []
-
-    def factory(**overrides):
-        built.append(make_app(**overrides))
-        return built[-1]
-    yield factory
-    for built_app in built:
-        for pool in built_app.extensions['dbapi'].pools.values():
-            pool.close()
+@pytest.fixture(autouse=True)
+def close_pools_of_apps_built_by_the_test():
+    """Close, when a test ends, the pools of the apps it (or its function-scoped fixtures, set up after this one)
+    built: the session's factory kept every app's idle connections until the session ended, and the dozens of apps
+    a module of tests builds then made the server refuse connections (too many clients)."""
+    first = len(BUILT_APPS)
+    yield
+    close_pools(BUILT_APPS[first:])
 
 
 @pytest.fixture(scope='session')

@@ -73,21 +73,30 @@ def app_config(database_url, **overrides):
     return config
 
 
+# Every app app_factory built, in order: tests/conftest.py closes the pools of those each test built when it ends.
+BUILT_APPS = []
+
+
+def close_pools(apps):
+    """Close the idle connections of every pool of apps (a pool closed so connects anew when it is used again)."""
+    for app in apps:
+        for pool in app.extensions['dbapi'].pools.values():
+            pool.close()
+
+
 @contextlib.contextmanager
 def app_factory(database_url):
     """Yield a function that builds test apps on database_url (its keyword arguments override the config);
     the pools of every app it built are closed after the block."""
-    apps = []
+    first = len(BUILT_APPS)
 
     def factory(**overrides):
-        apps.append(create_app(app_config(database_url, **overrides)))
-        return apps[-1]
+        BUILT_APPS.append(create_app(app_config(database_url, **overrides)))
+        return BUILT_APPS[-1]
     try:
         yield factory
     finally:
-        for app in apps:
-            for pool in app.extensions['dbapi'].pools.values():
-                pool.close()
+        close_pools(BUILT_APPS[first:])
 
 
 class Caller:

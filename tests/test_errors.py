@@ -316,7 +316,7 @@ HELPER_ROUTES = '''
 
 
 def helper_client(build, module_package, **config):
-    """A client of an app with HELPER_ROUTES that build (make_closing_app) makes, config overriding its settings."""
+    """A client of an app with HELPER_ROUTES that build (make_app) makes, config overriding its settings."""
     return build(MODULE_PACKAGES=[module_package({'helpers/routes.py': HELPER_ROUTES})], **config).test_client()
 
 
@@ -331,12 +331,12 @@ ONE_CONNECTION = [{}, {'DB_POOL_MAX': 1, 'DB_POOL_TIMEOUT_MS': 300}, {'DB_CLIENT
 
 @pytest.mark.parametrize('config', ONE_CONNECTION)
 @pytest.mark.parametrize('then, status, rows', [('return', 200, 1), ('fail', 409, 0), ('conflict once', 200, 1)])
-def test_a_decorated_helper_an_action_calls_joins_its_transaction(make_closing_app, module_package, database_url,
+def test_a_decorated_helper_an_action_calls_joins_its_transaction(make_app, module_package, database_url,
                                                                   config,
                                                                   then, status, rows):
     """Its rows commit with the action's, once: before, it borrowed a connection of its own, which committed them
     when the action then failed, and again at each retry."""
-    client = helper_client(make_closing_app, module_package, DB_RETRIES=3, **config)
+    client = helper_client(make_app, module_package, DB_RETRIES=3, **config)
     run_sql(database_url, "SELECT setval('probe.attempts', 2)")
     code = f'helper-{uuid.uuid4()}'
     response = client.post('/helpers/in_transaction', json={'code': code, 'then': then}, headers=AUTH)
@@ -348,10 +348,10 @@ def test_a_decorated_helper_an_action_calls_joins_its_transaction(make_closing_a
 
 @pytest.mark.parametrize('config', ONE_CONNECTION)
 @pytest.mark.parametrize('helper', ['record', 'record_at_once'])
-def test_a_helper_called_by_an_autocommit_action_commits_on_the_actions_connection(make_closing_app, module_package,
+def test_a_helper_called_by_an_autocommit_action_commits_on_the_actions_connection(make_app, module_package,
                                                                                    database_url, config, helper):
     """A helper that asks for a transaction gets one of its own there, committed when it returns."""
-    client = helper_client(make_closing_app, module_package, **config)
+    client = helper_client(make_app, module_package, **config)
     code = f'helper-{uuid.uuid4()}'
     response = client.post('/helpers/in_autocommit', json={'code': code, 'then': 'fail', 'helper': helper},
                            headers=AUTH)
@@ -360,60 +360,60 @@ def test_a_helper_called_by_an_autocommit_action_commits_on_the_actions_connecti
 
 
 @pytest.mark.parametrize('helper, rows', [('record', 0), ('record_at_once', 1)])
-def test_a_helper_called_first_in_a_transactional_block_joins_the_block(make_closing_app, module_package, database_url,
+def test_a_helper_called_first_in_a_transactional_block_joins_the_block(make_app, module_package, database_url,
                                                                         helper, rows):
     """Before the block's first statement libpq tells no transaction: the helper opened a transactional() of its own
     inside it (psycopg2's 500). One that asks for autocommit borrows its own connection, as in any transaction."""
-    client = helper_client(make_closing_app, module_package)
+    client = helper_client(make_app, module_package)
     code = f'helper-{uuid.uuid4()}'
     response = client.post('/helpers/in_block', json={'code': code, 'then': 'fail', 'helper': helper}, headers=AUTH)
     assert response.status_code == 409
     assert rows_of_code(database_url, code) == rows
 
 
-def test_helpers_after_one_with_a_connection_of_its_own_still_join_the_action(make_closing_app, module_package,
+def test_helpers_after_one_with_a_connection_of_its_own_still_join_the_action(make_app, module_package,
                                                                                database_url):
     """The autocommit helper's own lease gave up the action's place when it ended: the helper after it borrowed a
     second connection and committed when the action failed (trial AY)."""
-    client = helper_client(make_closing_app, module_package)
+    client = helper_client(make_app, module_package)
     code = f'helper-{uuid.uuid4()}'
     assert client.post('/helpers/in_turn', json={'code': code}, headers=AUTH).status_code == 409
     assert [rows_of_code(database_url, f'{code}-{part}') for part in 'abc'] == [0, 1, 0]
 
 
-def test_a_helper_that_raises_is_rolled_back_and_its_caller_may_go_on(make_closing_app, module_package, database_url):
+def test_a_helper_that_raises_is_rolled_back_and_its_caller_may_go_on(make_app, module_package, database_url):
     """It runs in a savepoint, as it would have run in a transaction of its own: its rows go, the caller's stay."""
-    client = helper_client(make_closing_app, module_package)
+    client = helper_client(make_app, module_package)
     code = f'helper-{uuid.uuid4()}'
     assert client.post('/helpers/catching', json={'code': code}, headers=AUTH).status_code == 200
     assert (rows_of_code(database_url, code), rows_of_code(database_url, f'{code}-x')) == (1, 0)
 
 
-def test_a_helper_may_not_roll_back_its_callers_transaction(make_closing_app, module_package, database_url):
+def test_a_helper_may_not_roll_back_its_callers_transaction(make_app, module_package, database_url):
     """Its conn.rollback() threw away what the action wrote before it, and the answer was a 200 (trial AY)."""
-    client = helper_client(make_closing_app, module_package)
+    client = helper_client(make_app, module_package)
     code = f'helper-{uuid.uuid4()}'
     body = assert_problem(client.post('/helpers/rolling_back', json={'code': code}, headers=AUTH), 500)
     assert "called connection.rollback in a helper joined to its caller's transaction" in body['detail']
     assert (rows_of_code(database_url, code), rows_of_code(database_url, f'{code}-r')) == (0, 0)
 
 
-def test_a_helper_called_from_a_stream_after_its_action_returned_says_why_it_cannot_run(make_closing_app,
+def test_a_helper_called_from_a_stream_after_its_action_returned_says_why_it_cannot_run(make_app,
                                                                                        module_package,
                                                                                        caplog):
     """Flask's "Working outside of application context" told a module author nothing (trial AY)."""
-    client = helper_client(make_closing_app, module_package)
+    client = helper_client(make_app, module_package)
     response = client.post('/helpers/streaming', json={'code': f'helper-{uuid.uuid4()}'}, headers=AUTH)
     with pytest.raises(RuntimeError, match='borrows a pooled connection, which only an action running has'):
         response.get_data()
 
 
-def test_a_helper_a_streams_first_item_calls_joins_the_action_and_nothing_commits_alone(make_closing_app,
+def test_a_helper_a_streams_first_item_calls_joins_the_action_and_nothing_commits_alone(make_app,
                                                                                         module_package,
                                                                                         database_url):
     """The first item is made before the answer starts: its helper found nothing to join and committed its row on a
     connection of its own while the action's failed (trial BB)."""
-    client = helper_client(make_closing_app, module_package)
+    client = helper_client(make_app, module_package)
     code = f'helper-{uuid.uuid4()}'
     response = client.post('/helpers/streaming_first', json={'code': code}, headers=AUTH)
     with pytest.raises(RuntimeError, match='borrows a pooled connection'):
@@ -422,30 +422,30 @@ def test_a_helper_a_streams_first_item_calls_joins_the_action_and_nothing_commit
 
 
 @pytest.mark.parametrize('config', ONE_CONNECTION[:2])
-def test_a_helper_a_streams_later_item_calls_inside_the_request_borrows_nothing(make_closing_app, module_package,
+def test_a_helper_a_streams_later_item_calls_inside_the_request_borrows_nothing(make_app, module_package,
                                                                                  database_url, config):
     """The answer's head takes the second item when the first batch is empty, inside the request: its helper committed
     its row on a connection of its own (or waited out a pool of one for a 503) while the action's failed (trial BC)."""
-    client = helper_client(make_closing_app, module_package, **config)
+    client = helper_client(make_app, module_package, **config)
     code = f'helper-{uuid.uuid4()}'
     assert_problem(client.post('/helpers/streaming_empty_first', json={'code': code}, headers=AUTH), 500)
     assert rows_of_code(database_url, f'{code}-2') == 0
 
 
-def test_a_helper_that_caught_its_own_error_is_rolled_back_and_its_caller_may_go_on(make_closing_app, module_package,
+def test_a_helper_that_caught_its_own_error_is_rolled_back_and_its_caller_may_go_on(make_app, module_package,
                                                                                       database_url):
     """Its savepoint's RELEASE failed (25P02) outside the rollback to it, and the caller's next statement was a bare
     500 (trial BB)."""
-    client = helper_client(make_closing_app, module_package)
+    client = helper_client(make_app, module_package)
     code = f'helper-{uuid.uuid4()}'
     assert client.post('/helpers/after_one_caught_its_own', json={'code': code}, headers=AUTH).status_code == 200
     assert [rows_of_code(database_url, f'{code}-{part}') for part in ('before', 'x', 'after')] == [1, 0, 1]
 
 
 def test_a_helper_that_asks_for_autocommit_inside_a_transaction_borrows_a_connection_of_its_own(
-        make_closing_app, module_package, database_url):
+        make_app, module_package, database_url):
     """It asked for statements that commit at once, which a transaction cannot give it."""
-    client = helper_client(make_closing_app, module_package)
+    client = helper_client(make_app, module_package)
     code = f'helper-{uuid.uuid4()}'
     response = client.post('/helpers/in_transaction', json={'code': code, 'then': 'fail', 'helper': 'record_at_once'},
                            headers=AUTH)
@@ -496,11 +496,11 @@ CAUGHT_ROUTES = '''
 
 @pytest.mark.parametrize('route', ['in_action', 'in_transactional', 'in_stream', 'going_on'])
 def test_an_action_that_catches_a_database_error_and_returns_is_a_500_not_a_success_with_nothing_written(
-        make_closing_app, module_package, database_url, route):
+        make_app, module_package, database_url, route):
     """PostgreSQL answers the COMMIT of a transaction a statement failed in with a ROLLBACK, which psycopg2 takes
     silently: a 200 whose row was gone (trial AW). A stream's 200 has gone out: its end is cut short. One that sends
     another statement meets PostgreSQL's 25P02, a generic 500 before (trial BB)."""
-    client = make_closing_app(MODULE_PACKAGES=[module_package({'caught/routes.py': CAUGHT_ROUTES})]).test_client()
+    client = make_app(MODULE_PACKAGES=[module_package({'caught/routes.py': CAUGHT_ROUTES})]).test_client()
     code = f'caught-{uuid.uuid4()}'
     if route == 'in_stream':
         response = client.post(f'/caught/{route}', json={'code': code}, headers=AUTH)
