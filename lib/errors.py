@@ -313,6 +313,10 @@ SQLSTATE_ERRORS = {
     '57P03': (ServiceUnavailable, ServiceUnavailable.detail),
     '55P03': (ServiceUnavailable, 'The data is locked by another transaction. Try again shortly.'),  # lock_timeout
 }
+# The SQLSTATEs of a module's own RAISE EXCEPTION (P0001, and P0002 for `RAISE no_data_found`), whose message is
+# the caller's: its `USING DETAIL` and `HINT` are the problem's `details` and `hint` members too (PostgREST's names).
+# Other codes' DETAIL quotes rows and values the caller may not see ("Key (id)=(7) is still referenced").
+RAISED_FOR_THE_CALLER = frozenset({'P0001', 'P0002'})
 # Serialization failure and deadlock: a whole-transaction action is run again before the 503 above.
 RETRYABLE_SQLSTATES = frozenset({'40001', '40P01'})
 
@@ -498,6 +502,9 @@ def from_database_error(exc):
     # PostgreSQL's names of what refused the value: a domain's constraint names no column, only the domain.
     members = {member: name for member, name in (('constraint', diag.constraint_name), ('datatype', diag.datatype_name))
                if name}
+    if code in RAISED_FOR_THE_CALLER:
+        members.update((member, text) for member, text in (('details', diag.message_detail),
+                                                           ('hint', diag.message_hint)) if text)
     return error_class(detail or diag.message_primary, errors=constraint_errors(exc), sqlstate=code, **members)
 
 

@@ -1,4 +1,5 @@
 """CONTRACT section 3: every error is RFC 9457 problem details, with the status of the error table."""
+import json
 import logging
 import threading
 import uuid
@@ -90,6 +91,22 @@ def test_sqlstate_maps_to_its_status(call, case, status, sqlstate):
 
 def test_raise_exception_message_is_the_detail(call):
     assert assert_problem(call('/probe/sqlstate', {'case': 'raise'}), 400)['detail'] == 'Stock is frozen for audit.'
+
+
+def test_a_raise_exceptions_detail_and_hint_are_the_problems_details_and_hint(call):
+    """RAISE ... USING DETAIL, HINT were dropped: the caller saw the message alone (trial AX)."""
+    body = assert_problem(call('/probe/sqlstate', {'case': 'raise_with_detail_and_hint'}), 400)
+    assert (body['detail'], body['details'], body['hint']) == (
+        'Stock is frozen.', 'Audit 7 runs until Friday.', 'Try again on Monday.')
+    body = assert_problem(call('/probe/sqlstate', {'case': 'no_data_found_with_hint'}), 404)
+    assert (body['detail'], body['hint']) == ('No such order.', 'Orders older than a year are archived.')
+    assert 'details' not in body
+
+
+def test_other_errors_keep_postgresqls_detail_from_the_caller(call):
+    """A foreign key's DETAIL names rows and values ("Key (parent_id)=(-1) is not present"): no details member."""
+    body = assert_problem(call('/probe/sqlstate', {'case': 'foreign_key'}), 409)
+    assert 'details' not in body and 'hint' not in body and 'Key (' not in json.dumps(body)
 
 
 def test_no_data_found_is_a_404_whose_detail_is_the_message(call):

@@ -30,6 +30,10 @@ SQLSTATE_CASES = {
     'data': 'SELECT 1 / 0',
     'bad_input': "SELECT 'abc'::int",
     'raise': "SELECT probe.refuse('Stock is frozen for audit.')",
+    'raise_with_detail_and_hint': "DO $$ BEGIN RAISE EXCEPTION 'Stock is frozen.' USING DETAIL = 'Audit 7 runs "
+                                  "until Friday.', HINT = 'Try again on Monday.'; END $$",
+    'no_data_found_with_hint': "DO $$ BEGIN RAISE no_data_found USING MESSAGE = 'No such order.', "
+                               "HINT = 'Orders older than a year are archived.'; END $$",
     'privilege': 'SET LOCAL ROLE dbapi_probe_nobody; SELECT * FROM probe.things',
     'timeout': "SET LOCAL statement_timeout = '50ms'; SELECT pg_sleep(2)",
     'serialization': "SELECT nextval('probe.attempts'); DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$",
