@@ -1,4 +1,5 @@
-"""Prometheus metrics: requests by module, action and status, latency, pool gauges, multiprocess gunicorn."""
+"""Prometheus metrics: requests by module, action and status, latency, answers cut short, pool gauges, multiprocess
+gunicorn."""
 import multiprocessing
 import os
 import signal
@@ -7,6 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg2.errors
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
@@ -47,7 +49,7 @@ def test_metrics_answers_a_scrape_in_prometheus_text_without_a_token(fresh_clien
     assert response.headers['Content-Type'].startswith('text/plain; version=0.0.4')
     names = {family.name for family in text_string_to_metric_families(response.get_data(as_text=True))}
     assert {'dbapi_requests', 'dbapi_request_duration_seconds', 'dbapi_pool_connections', 'dbapi_pool_max_connections',
-            'dbapi_pool_waits', 'dbapi_pool_timeouts'} <= names
+            'dbapi_pool_waits', 'dbapi_pool_timeouts', 'dbapi_responses_cut_short'} <= names
     assert fresh_client.post('/metrics', buffered=True).status_code == 405
 
 
@@ -75,6 +77,21 @@ def test_each_request_is_counted_and_timed_by_module_action_and_status(fresh_cli
     counted, timed, seconds = (sample(name, **labels) - value for name, value in zip(names, before))
     assert counted == timed == 1
     assert 0 < seconds <= elapsed
+
+
+def test_an_answer_cut_short_after_its_status_is_counted_apart(fresh_client):
+    """A stream that broke half-way was counted as any 200 (trial AX): dbapi_responses_cut_short_total says it."""
+    call, labels = Caller(fresh_client), dict(module='slow', action='stream', status='200')
+    before = sample('dbapi_responses_cut_short_total', **labels)
+    assert call('/slow/stream', {'rows': 10}).status_code == 200
+    assert sample('dbapi_responses_cut_short_total', **labels) == before, 'a whole stream is not counted'
+    with pytest.raises(psycopg2.errors.DivisionByZero):  # the server closes the connection: the test client raises
+        call('/slow/stream', {'rows': 1000, 'fail_at': 550})
+    assert sample('dbapi_responses_cut_short_total', **labels) == before + 1
+    assert sample('dbapi_responses_cut_short_total', module='probe', action='crash', status='500') == 0
+    call('/probe/crash')
+    assert sample('dbapi_responses_cut_short_total', module='probe', action='crash', status='500') == 0, \
+        'a 500 says its failure itself'
 
 
 def test_pool_gauges_follow_the_pool(make_app):

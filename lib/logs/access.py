@@ -296,13 +296,16 @@ class AccessLog:
         fields['event']['outcome'] = 'failure' if failed else 'success'
         message = f"{fields['http']['request']['method']} {fields['url']['path']} {exchange.status}"
         self.write(logging.ERROR if failed else logging.INFO, message, fields)
-        self.tell_observers(*labels, exchange.status, duration_ns / 1e9)
+        # A status that tells no failure on a line that says failure: the body was cut short after the status went.
+        cut_short = failed and exchange.status < 500 and exchange.status != CLIENT_CLOSED_REQUEST
+        self.tell_observers(*labels, exchange.status, duration_ns / 1e9, cut_short)
 
-    def tell_observers(self, module, action, status, seconds):
-        """Pass the finished request to each observer; one that fails is logged, never raised to the server."""
+    def tell_observers(self, module, action, status, seconds, cut_short=False):
+        """Pass the finished request to each observer (cut_short: its body ended early, a stream that broke or a
+        client gone, after its status went); one that fails is logged, never raised to the server."""
         for observer in self.observers:
             try:
-                observer(module, action, status, seconds)
+                observer(module, action, status, seconds, cut_short)
             except Exception:
                 log.exception('an access log observer failed')
 

@@ -1,4 +1,5 @@
-"""Prometheus metrics: requests and latency by module, action and status, pool gauges, and GET /metrics.
+"""Prometheus metrics: requests, latency and answers cut short by module, action and status, pool gauges, and
+GET /metrics.
 
 Under gunicorn every worker writes its numbers to files in PROMETHEUS_MULTIPROC_DIR (prometheus_client's
 multiprocess mode, chosen when prometheus_client is first imported, so gunicorn.conf.py sets the directory
@@ -29,6 +30,10 @@ REQUESTS = Counter('dbapi_requests', 'Requests answered, by module, action and s
 LATENCY = Histogram('dbapi_request_duration_seconds',
                     'Time from the start of a request to the end of its response body.',
                     REQUEST_LABELS, buckets=LATENCY_BUCKETS)
+# What dbapi_requests_total cannot tell: an answer whose status (a 200) went out and whose body then ended early.
+CUT_SHORT = Counter('dbapi_responses_cut_short', 'Answers whose body ended early after their status was sent (a '
+                    'stream that broke, a client gone, a worker stopping), by module, action and status.',
+                    REQUEST_LABELS)
 # livesum: the sum over the processes alive now; a dead worker's share is dropped by forget_process.
 POOL_CONNECTIONS = Gauge('dbapi_pool_connections', 'Pooled database connections by state (in_use, idle).',
                          ('database', 'state'), multiprocess_mode='livesum')
@@ -87,8 +92,11 @@ class RequestMetrics:
         self.flushing = threading.Lock()
         self.flusher_started = False
 
-    def __call__(self, module, action, status, seconds):
-        """Record one finished request now, or keep its duration for this process's flusher."""
+    def __call__(self, module, action, status, seconds, cut_short=False):
+        """Record one finished request now, or keep its duration for this process's flusher; one cut short (rare)
+        is counted in dbapi_responses_cut_short_total at once."""
+        if cut_short:
+            CUT_SHORT.labels(module, action, str(status)).inc()
         if not self.flush_seconds:
             self.hand_over({(module, action, status): (seconds,)})
             return
