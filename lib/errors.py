@@ -283,8 +283,10 @@ WENT_ON_AFTER_A_FAILURE = ('went on after a statement failed in its transaction,
                            'outside it stay committed); to go on after an error, run the statement that may fail in a '
                            'savepoint (SAVEPOINT, then ROLLBACK TO SAVEPOINT when it fails), or let the error end the '
                            'action')
+# SQLSTATE of a statement sent in a transaction after one of its statements failed.
+IN_FAILED_SQL_TRANSACTION = '25P02'
 SQLSTATE_ERRORS = {
-    '25P02': (ApiError, f'The action {WENT_ON_AFTER_A_FAILURE}.'),  # a 500: the module's bug, said (trial BB)
+    IN_FAILED_SQL_TRANSACTION: (ApiError, f'The action {WENT_ON_AFTER_A_FAILURE}.'),  # a 500: the module's bug, said (trial BB)
     '23505': (Conflict, None),
     '23503': (Conflict, None),
     '23502': (Unprocessable, None),

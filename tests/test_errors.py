@@ -526,6 +526,7 @@ def test_an_action_that_catches_a_database_error_and_returns_is_a_500_not_a_succ
     else:
         body = assert_problem(client.post(f'/caught/{route}', json={'code': code}, headers=AUTH), 500)
         assert 'went on after a statement failed in its transaction' in body['detail']
+        assert body['sqlstate'] == '25P02', 'the refused commit and the refused statement answer alike'
     assert rows_of_code(database_url, code) == 0
     savepoint = client.post(f'/caught/{route}', json={'code': code, 'savepoint': True}, headers=AUTH)
     assert savepoint.status_code == 200 and code in savepoint.get_data(as_text=True)

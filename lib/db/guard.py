@@ -16,7 +16,7 @@ import time
 import psycopg2.extensions
 
 from lib.db.types import check_client_encoding
-from lib.errors import WENT_ON_AFTER_A_FAILURE, ApiError, GatewayTimeout, translates
+from lib.errors import IN_FAILED_SQL_TRANSACTION, WENT_ON_AFTER_A_FAILURE, ApiError, GatewayTimeout, translates
 
 
 class StatementPastDeadline(GatewayTimeout):
@@ -103,12 +103,23 @@ def refuse_action_commit(conn):
                                       f'{ONE_TRANSACTION}')
 
 
+class CommitOfFailedTransaction(ActionMisusedConnection):
+    """An action caught a statement's error and returned in the failed transaction, whose COMMIT PostgreSQL would
+    answer with a ROLLBACK: refused, the 500 a statement sent there gets (SQLSTATE 25P02), its sqlstate too."""
+
+
+@translates(CommitOfFailedTransaction)
+def from_commit_of_failed_transaction(exc):
+    """The 500 of PostgreSQL's 25P02 (lib/errors.py's SQLSTATE_ERRORS): one fault, one answer."""
+    return ApiError(f'The action {exc}.', sqlstate=IN_FAILED_SQL_TRANSACTION)
+
+
 def refuse_commit_of_failed_transaction(conn):
-    """Raise ActionMisusedConnection when a statement failed in conn's transaction and the action went on (it caught
-    the error): PostgreSQL answers that transaction's COMMIT with a ROLLBACK, which psycopg2 takes silently, so the
-    answer would be a success with nothing written (trial AW: a caught unique violation, a 200, no row)."""
+    """Raise CommitOfFailedTransaction when a statement failed in conn's transaction and the action went on (it
+    caught the error): PostgreSQL answers that transaction's COMMIT with a ROLLBACK, which psycopg2 takes silently,
+    so the answer would be a success with nothing written (trial AW: a caught unique violation, a 200, no row)."""
     if conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INERROR:
-        raise ActionMisusedConnection(WENT_ON_AFTER_A_FAILURE)
+        raise CommitOfFailedTransaction(WENT_ON_AFTER_A_FAILURE)
 
 
 def refuse_session_change(conn, what):
