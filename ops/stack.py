@@ -408,7 +408,10 @@ def nginx_environment(config, replica_ports=None):
     replica_ports (default: every replica)."""
     env = {key: value for key, value in os.environ.items() if key != 'NGINX_RESOLVER'}
     ports = config.replica_ports if replica_ports is None else replica_ports
-    env.update(DBAPI_UPSTREAMS=' '.join(f'127.0.0.1:{port}' for port in ports),
+    # None to send to (every replica exited: a lone one): nginx needs a server, so each is listed `down` (trial AT:
+    # a lone replica's port, listed, sent requests to whatever program took it meanwhile).
+    env.update(DBAPI_UPSTREAMS_DOWN='1' if not ports else '')
+    env.update(DBAPI_UPSTREAMS=' '.join(f'127.0.0.1:{port}' for port in ports or config.replica_ports),
                NGINX_LISTEN=f'127.0.0.1:{config.port}', MAX_CONTENT_LENGTH=str(settings.MAX_CONTENT_LENGTH),
                DB_STATEMENT_TIMEOUT_MS=str(settings.DB_STATEMENT_TIMEOUT_MS))
     # Derived from the request deadline (settings.NGINX_PROXY_TIMEOUT_MS); one set in the environment wins (tests).
@@ -546,9 +549,9 @@ class Stack:
                 self.send_requests_to(self.up(ports))
 
     def up(self, ports):
-        """Return ports but those of the replicas that are down; all of them when none would be left (nginx needs
-        one, and its 502 says what an empty list would)."""
-        return [port for port in ports if port not in self.down] or list(ports)
+        """Return ports but those of the replicas that are down (none, when every one is: nginx then lists them
+        `down`, nginx_environment, and answers its 502 at once)."""
+        return [port for port in ports if port not in self.down]
 
     def take_out(self, replica):
         """Note that replica exited, and have nginx send it nothing until it is ready again (rejoin): during its

@@ -207,6 +207,33 @@ def test_a_replica_that_exited_gets_no_request_until_it_is_ready_again(tmp_path_
     assert not [answer for answer in answers if answer.json() == {}], 'the other program answered'
 
 
+def test_a_lone_replica_that_exited_gets_no_request_until_it_is_ready_again(tmp_path_factory, topology_database_url):
+    """A lone replica stayed in nginx's list (it cannot be empty): the program that took its port answered its
+    requests (trial AT: 45 fake 200s), and a rolling restart asked for meanwhile was not refused. nginx now lists it
+    `down` and answers its 502 at once."""
+    base_port = free_ports_below_the_ephemeral_range(3)
+    with running_stack(tmp_path_factory, topology_database_url, replicas=1, base_port=base_port,
+                       GRACEFUL_TIMEOUT='10') as stack:
+        (port,) = stack.replica_ports
+        os.killpg(worker_group(port), signal.SIGKILL)
+        with squatting(port, True, RESTART_TIMEOUT_SECONDS):  # answers 200 {} to anything
+            wait_for(lambda: f'replica 1 (port {port}) exited with code 1;'.encode() in stack.log_path.read_bytes(),
+                     RESTART_TIMEOUT_SECONDS, 'the replica did not fail to start again', interval=0.5,
+                     on_timeout=lambda: stack.log_text()[-3000:])
+            answers = [stack.post('/session/state') for _ in range(5)]
+            stack.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: f'rolling restart refused: replica 1 (port {port}) is not ready again yet'.encode()
+                     in stack.log_path.read_bytes(), 10, 'the rolling restart was not refused',
+                     on_timeout=lambda: stack.log_text()[-3000:])
+        wait_for(lambda: f'replica 1 (port {port}) is ready again; nginx sends to it again'.encode()
+                 in stack.log_path.read_bytes(), RESTART_TIMEOUT_SECONDS, 'the replica did not take requests back',
+                 interval=0.5, on_timeout=lambda: stack.log_text()[-3000:])
+        after = stack.post('/session/state')
+    assert [(answer.status, answer.headers['Content-Type']) for answer in answers] == [
+        (502, 'application/problem+json')] * 5, 'nginx answers itself, the other program gets nothing'
+    assert after.status == 200 and after.json() != {}
+
+
 def test_a_replica_restarted_while_a_database_hangs_gets_no_request_until_it_is_ready(tmp_path_factory,
                                                                                      topology_database_url):
     """It listened but was not ready (its /readyz a 503): the failed restart put it back in nginx's list at once, and
