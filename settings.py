@@ -119,8 +119,8 @@ def checked_dsn(name, dsn):
         reason = redacted_libpq_message(str(exc), dsn)
         hint = DSN_HINTS[is_url] if is_url or not URL_LIKE.match(dsn) else SCHEME_HINT + DSN_HINTS[True]
         raise ImproperlyConfigured(f'{name} cannot be parsed ({reason}): {hint}') from None
-    # libpq takes a raw space in a URL, and a raw @ ends the password early, leaving the rest as the host.
-    if is_url and (re.search(r'\s', dsn) or '@' in parts.get('host', '')):
+    # libpq takes a raw space in a URL, and a raw @ or / in the password (raw_at_misread).
+    if is_url and (re.search(r'\s', dsn) or raw_at_misread(dsn)):
         raise ImproperlyConfigured(f'{name} is not a valid URL: {DSN_HINTS[True]}')
     if 'port' in parts:  # libpq refused it at the first connection: "the database cannot be reached"
         check_ports(f"{name}'s port", parts['port'], parts.get('host') or parts.get('hostaddr'))
@@ -130,6 +130,17 @@ def checked_dsn(name, dsn):
         raise ImproperlyConfigured(f"{name}'s connect_timeout must be a whole number of seconds, "
                                    f"{MAX_CONNECT_TIMEOUT_SECONDS} at most")
     return dsn
+
+
+def raw_at_misread(url):
+    """Tell whether a postgresql:// URL holds a raw @ that libpq does not read as the end of the user and password
+    (libpq's URI parser ends them at the first @ before any /): a second @ before the host (a raw @ in the password,
+    the rest read as the host, which a ?host= then hides: trial BF), or an @ after the first / (a raw / in the
+    password, the rest read as the database's name, which its error then quoted: trial BF)."""
+    rest = url.split('://', 1)[1]
+    authority = re.match(r'[^/?#]*', rest).group()
+    path = rest[len(authority):].partition('?')[0]
+    return authority.count('@') > 1 or '@' in path
 
 
 def redacted_libpq_message(message, dsn):

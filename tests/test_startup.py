@@ -57,6 +57,11 @@ def assert_one_line_failure(result, *names, secrets=(SECRET,)):
     (f'postgresql://dbapi:{SECRET}%zz@127.0.0.1:1/db', 'percent-encode'),        # a raw % in the password
     (f'postgresql://dbapi:{SECRET} more@127.0.0.1:1/db', 'percent-encode'),      # an unquoted space in a URL
     (f'postgresql://dbapi:{SECRET}@more@127.0.0.1:1/db', 'percent-encode'),      # a raw @ in the password
+    # the same with the host in ?host=, which hid the rest of the password read as the host (trial BF)
+    (f'postgresql://dbapi:{SECRET}@more@/db?host=127.0.0.1&port=1', 'percent-encode'),
+    # a raw / in the password: libpq read its rest as the database's name, and its error quoted it (trial BF)
+    (f'postgresql://dbapi:/{SECRET}more@/db?host=127.0.0.1&port=1', 'percent-encode'),
+    (f'postgresql://dbapi:5432/{SECRET}more@127.0.0.1:1/db', 'percent-encode'),
     (f'host=127.0.0.1 password={SECRET} more dbname=db', 'single quotes'),        # an unquoted space in key=value
     # a mistyped scheme: libpq reads key=value and quotes the whole string, password and all
     (f'postgresq://dbapi:{SECRET}more@127.0.0.1:1/db', 'a URL starts with postgresql://'),
