@@ -4,7 +4,9 @@ import json
 
 import pytest
 
+import settings
 from app import create_app
+from lib.auth import DEVELOPMENT_TOKEN
 from lib.errors import ImproperlyConfigured
 from tests.helpers import (ADMIN_TOKEN, SCOPED_CLIENT, SCOPED_MODULE, SCOPED_TOKEN, SINGLE_BEARER, app_config,
                            mounted_routes, route_id)
@@ -53,6 +55,8 @@ def test_scoped_client_is_403_outside_its_modules_and_allowed_inside(client, rou
 def test_403_names_the_client_but_never_the_token(call):
     response = call('/sealed/', token=SCOPED_TOKEN)
     assert response.status_code == 403
+    # RFC 6750 section 3.1: a token without the scope the request needs (trial BF: no challenge)
+    assert response.headers['WWW-Authenticate'] == 'Bearer realm="dbapi", error="insufficient_scope"'
     assert SCOPED_CLIENT in response.get_json()['detail']
     assert SCOPED_TOKEN not in response.get_data(as_text=True)
 
@@ -97,17 +101,44 @@ def test_local_and_test_start_without_a_token_and_refuse_every_call(make_app, en
 
 
 @pytest.mark.parametrize('tokens', [
-    'not json', '[]', '{"a": "plain string"}', '{"a": {}}', '{"a": {"token": "x", "sha256": "y"}}',
-    '{"a": {"sha256": "short"}}', '{"a": {"token": ""}}', '{"a": {"token": "x", "modules": "users"}}',
-    '{"a": {"token": "x", "scopes": []}}', '{"": {"token": "x"}}', '{" ": {"token": "x"}}',
+    'not json', '[]', '{"a": "plain string"}', '{"a": {}}', '{"a": {"token": "xxxx-token", "sha256": "y"}}',
+    '{"a": {"sha256": "short"}}', '{"a": {"token": ""}}', '{"a": {"token": "xxxx-token", "modules": "users"}}',
+    '{"a": {"token": "xxxx-token", "scopes": []}}', '{"": {"token": "xxxx-token"}}', '{" ": {"token": "xxxx-token"}}',
     # not a string: a traceback ('int' object has no attribute 'encode'); modules null gave every module (trial AA)
     '{"a": {"token": 12345}}', '{"a": {"token": null}}', '{"a": {"token": ["x"]}}', '{"a": {"token": {}}}',
-    '{"a": {"token": true}}', '{"a": {"token": "x", "modules": null}}',
+    '{"a": {"token": true}}', '{"a": {"token": "xxxx-token", "modules": null}}',
+    # keyed by token, the natural mistake: its name was printed (trial BF), and so was a name that is a token
+    '{"xxxx-token": "billing"}', '{"xxxx-token": {"token": "xxxx-token", "x": 1}}',
     '[' * 100_000, '{"a":' * 3000])  # past the recursion limit: a traceback (trial AC)
 def test_malformed_token_config_fails_at_start_without_echoing_it(database_url, tokens):
     with pytest.raises(ImproperlyConfigured) as raised:
         create_app(app_config(database_url, BEARER_TOKENS=tokens))
-    assert '"x"' not in str(raised.value) and 'plain string' not in str(raised.value)
+    assert 'xxxx-token' not in str(raised.value) and 'plain string' not in str(raised.value)
+
+
+@pytest.mark.parametrize('config', [{'BEARER': 'abc'}, {'BEARER_TOKENS': '{"short": {"token": "abc"}}'},
+                                    {'BEARER_TOKENS': '{"short": {"token": "a"}}'}])
+def test_a_token_too_short_to_redact_fails_at_start(database_url, config):
+    """`abc` was accepted, then echoed in X-Request-ID, error bodies and log lines: the redactor takes out secrets
+    of 4 characters or more (trial BF)."""
+    with pytest.raises(ImproperlyConfigured, match='a token of fewer than 4 characters could not be kept out'):
+        create_app(app_config(database_url, **config))
+
+
+@pytest.mark.parametrize('config', [{'BEARER': DEVELOPMENT_TOKEN},
+                                    {'BEARER_TOKENS': json.dumps({'svc': {'token': DEVELOPMENT_TOKEN}})}])
+@pytest.mark.parametrize('environment', ['production', 'staging'])
+def test_the_public_development_token_fails_at_start_outside_local_and_test(database_url, config, environment):
+    """env/local/.env's token, printed in the README, was accepted in production (trial BF)."""
+    with pytest.raises(ImproperlyConfigured, match=f'the development token .* ENVIRONMENT={environment}'):
+        create_app(app_config(database_url, ENVIRONMENT=environment, **config))
+
+
+def test_the_development_token_is_env_local_s_and_serves_there(make_app):
+    assert f'BEARER={DEVELOPMENT_TOKEN}\n' in (settings.BASE_DIR / 'env' / 'local' / '.env').read_text()
+    app = make_app(BEARER=DEVELOPMENT_TOKEN, ENVIRONMENT='local')
+    assert app.test_client().post('/probe/', headers={'Authorization': f'Bearer {DEVELOPMENT_TOKEN}'}).status_code \
+        == 200
 
 
 @pytest.mark.parametrize('config, message', [

@@ -19,6 +19,8 @@ B64TOKEN = r'[A-Za-z0-9\-._~+/]+=*'
 BEARER_HEADER = re.compile(rf'Bearer +({B64TOKEN}) *', re.IGNORECASE)
 TOKEN_WORD = re.compile(B64TOKEN)
 SINGLE_TOKEN_CLIENT = 'bearer'
+# env/local/.env's BEARER: public, so refused outside the local and test environments (check_not_development_token).
+DEVELOPMENT_TOKEN = 'local-dev-token'
 # Spellings of valid Authorization headers remembered per process; a caller cannot grow it past this.
 MAX_KNOWN_HEADERS = 256
 # Every TokenTable of this process (an app's, gunicorn.conf.py's check), for learn_shown_tokens.
@@ -50,7 +52,10 @@ def parse_client(name, entry):
     """Return (digest, Client) for one entry of BEARER_TOKENS."""
     if not name.strip():
         raise ImproperlyConfigured(f'bearer client {name!r} needs a name: it is user.name in every access line')
-    if not isinstance(entry, dict) or ('token' in entry) == ('sha256' in entry):
+    if not isinstance(entry, dict):  # {"<token>": "name"}: the name is likely the token itself, not shown
+        raise ImproperlyConfigured('a bearer client\'s name maps to an object, {"name": {"token": "..."}}, not to '
+                                   f'a {type(entry).__name__} (its name is not shown: it may be a token)')
+    if ('token' in entry) == ('sha256' in entry):
         raise ImproperlyConfigured(f'bearer client {name!r} needs exactly one of "token" or "sha256"')
     unknown = entry.keys() - {'token', 'sha256', 'modules', 'max_connections'}
     if unknown:
@@ -75,10 +80,23 @@ def parse_modules(name, entry):
 
 
 def check_token_characters(token, owner):
-    """Refuse a token no Authorization: Bearer header can carry: every call with it would be a 401."""
+    """Refuse a token no Authorization: Bearer header can carry (every call with it would be a 401), or one too short
+    for the log redactor to take out of lines and error bodies (MIN_SECRET_LENGTH, trial BF: `abc` was echoed)."""
     if not isinstance(token, str) or not re.fullmatch(B64TOKEN, token):
         raise ImproperlyConfigured(f'{owner}: a token may hold only letters, digits, -._~+/ and trailing = '
                                    '(RFC 6750 b64token)')
+    from lib.logs.secrets import MIN_SECRET_LENGTH  # lib.logs imports lib.auth: at the top, a cycle
+    if len(token) < MIN_SECRET_LENGTH:
+        raise ImproperlyConfigured(f'{owner}: a token of fewer than {MIN_SECRET_LENGTH} characters could not be kept '
+                                   'out of log lines and error bodies: use a long random one')
+
+
+def check_not_development_token(tokens, environment):
+    """Refuse DEVELOPMENT_TOKEN (env/local/.env's, printed in the README) outside the local and test environments:
+    anyone who read the repository could call with it (trial BF: accepted in production)."""
+    if DEVELOPMENT_TOKEN in tokens and environment not in ('local', 'test'):
+        raise ImproperlyConfigured(f'the development token {DEVELOPMENT_TOKEN!r} (env/local/.env, public in the '
+                                   f'repository) is configured in ENVIRONMENT={environment}: give a secret one')
 
 
 def parse_max_connections(name, entry):
@@ -104,8 +122,14 @@ def parse_clients_json(text, origin):
         raise ImproperlyConfigured(f'{origin} nests too deeply: it is a JSON object of client name to token') from None
     if not isinstance(table, dict):
         raise ImproperlyConfigured(f'{origin} must be a JSON object of client name to token')
-    clients = [parse_client(name, entry) for name, entry in table.items()]
-    return clients, [entry['token'] for entry in table.values() if 'token' in entry]
+    tokens = [entry['token'] for entry in table.values() if isinstance(entry, dict) and 'token' in entry]
+    try:
+        clients = [parse_client(name, entry) for name, entry in table.items()]
+    except ImproperlyConfigured as exc:  # a name may be a token, written where the name goes (trial BF)
+        from lib.logs.secrets import redacted  # lib.logs imports lib.auth: at the top, a cycle
+        raise ImproperlyConfigured(redacted(str(exc), {}, [token for token in tokens if isinstance(token, str)])) \
+            from None
+    return clients, tokens
 
 
 def keys_once(origin, pairs):
@@ -204,6 +228,7 @@ def load_clients(config):
         clients.add(*parse_clients_json(read_tokens_file(config['BEARER_TOKENS_FILE']), 'BEARER_TOKENS_FILE'))
     if not clients and config['ENVIRONMENT'] not in ('local', 'test'):
         raise ImproperlyConfigured('no bearer token configured: set BEARER, BEARER_TOKENS or BEARER_TOKENS_FILE')
+    check_not_development_token(clients.secrets, config['ENVIRONMENT'])
     return clients
 
 
@@ -265,5 +290,6 @@ def authorize(clients, module):
                            headers={'WWW-Authenticate': f'{BEARER_CHALLENGE}, error="invalid_token"'})
     remember(CLIENT_KEY, client)
     if not client.may_call(module):
-        raise Forbidden(f'Client {client.name!r} may not call module {module!r}.')
+        raise Forbidden(f'Client {client.name!r} may not call module {module!r}.',
+                        headers={'WWW-Authenticate': f'{BEARER_CHALLENGE}, error="insufficient_scope"'})
     return client
