@@ -2,6 +2,7 @@
 import json
 import threading
 import uuid
+from decimal import Decimal
 
 import psycopg2
 import pytest
@@ -69,6 +70,55 @@ def test_where_and_set_may_name_the_same_column(conn):
     db = Db(conn)
     db.insert(ODD_TABLE, {'select': 'old'})
     assert db.update(ODD_TABLE, {'select': 'new'}, {'select': 'old'})['select'] == 'new'
+
+
+@pytest.fixture()
+def awkward_table(conn):
+    """The name of a temporary table (gone when the connection goes back: DISCARD ALL) whose names psycopg2's named
+    placeholders cannot carry, or that a helper's own parameter names could meet."""
+    name = f'awkward%{uuid.uuid4().hex[:8]}'
+    Db(conn).execute(f'CREATE TEMP TABLE "{name}" (id int PRIMARY KEY, w_id int, "price (usd)" numeric, '
+                     '"pct%" numeric, note text DEFAULT \'none\')'.replace('%', '%%'), [])
+    return name
+
+
+def test_a_set_column_named_w_and_a_where_column_stay_apart(conn, awkward_table):
+    """update(t, {'w_id': 2}, {'id': 7}) wrote 7 into w_id: the where's parameters were named w_<column> beside the
+    SET's (trial BD)."""
+    db = Db(conn)
+    db.insert(awkward_table, {'id': 7, 'w_id': 1})
+    assert db.update(awkward_table, {'w_id': 2}, {'id': 7})['w_id'] == 2
+    assert db.fetch_value(f'SELECT w_id FROM "{awkward_table.replace("%", "%%")}"', []) == 2
+    assert db.delete(awkward_table, {'w_id': 2, 'id': 7})['id'] == 7
+
+
+def test_every_helper_takes_names_with_percent_and_parentheses(conn, awkward_table):
+    """`price (usd)` was psycopg2's ValueError, `pct%` its TypeError: 500s (trial BD)."""
+    db = Db(conn)
+    row = db.insert(awkward_table, {'id': 1, 'price (usd)': 1.5, 'pct%': 2})
+    assert (row['price (usd)'], row['pct%']) == (Decimal('1.5'), 2)
+    assert db.upsert(awkward_table, {'id': 1, 'pct%': 3}, conflict='id', returning_columns=['pct%']) == {'pct%': 3}
+    assert db.update(awkward_table, {'price (usd)': 2}, {'pct%': 3}, returning_columns='price (usd)') == {
+        'price (usd)': 2}
+    assert db.delete(awkward_table, {'price (usd)': 2, 'pct%': 3})['id'] == 1
+
+
+def test_a_none_in_where_matches_null_and_an_empty_where_is_refused(conn, awkward_table):
+    """A None compiled to `= NULL`, which matches no row (trial BD); an empty where was a syntax error."""
+    db = Db(conn)
+    db.insert(awkward_table, {'id': 1, 'note': None})
+    db.insert(awkward_table, {'id': 2})
+    assert db.update(awkward_table, {'note': 'was null'}, {'note': None})['id'] == 1
+    assert db.delete(awkward_table, {'note': 'none', 'w_id': None})['id'] == 2
+    for refused in (lambda: db.update(awkward_table, {'note': 'x'}, {}), lambda: db.delete(awkward_table, {})):
+        with pytest.raises(ValueError, match='names no column: it would touch every row'):
+            refused()
+
+
+def test_insert_of_no_values_inserts_the_defaults(conn):
+    """INSERT INTO t () VALUES () was a syntax error, a 500 (trial BD)."""
+    row = Db(conn).insert(ODD_TABLE, {})
+    assert row['id'] > 0 and row['select'] is None
 
 
 def test_fetch_helpers_and_execute(conn):

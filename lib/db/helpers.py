@@ -6,9 +6,15 @@ from lib.db import copyjson
 from lib.db.session import enter_transaction
 
 
+def identifier(*parts):
+    """Quote a name (its parts dotted) for a query run with parameters, which psycopg2 %-formats: a `%` in it is
+    doubled, as psycopg2.sql.Identifier leaves it (trial BD: a column `pct%` was a 500)."""
+    return sql.Identifier(*(part.replace('%', '%%') for part in parts))
+
+
 def table_name(name):
     """Quote a table or function name, schema-qualified ("schema.table") or not."""
-    return sql.Identifier(*name.split('.'))
+    return identifier(*name.split('.'))
 
 
 def column_names(names):
@@ -18,13 +24,34 @@ def column_names(names):
 
 def identifiers(names):
     """Quote column names (a list, or one name), comma-separated."""
-    return sql.SQL(', ').join(map(sql.Identifier, column_names(names)))
+    return sql.SQL(', ').join(map(identifier, column_names(names)))
 
 
-def equals(names, joiner, prefix=''):
-    """Build "col" = %(<prefix>col)s terms joined by joiner."""
-    return sql.SQL(joiner).join(
-        sql.SQL('{} = {}').format(sql.Identifier(name), sql.Placeholder(prefix + name)) for name in names)
+def placeholders(values):
+    """Build one positional placeholder per value, comma-separated: positional, since a column name (the key of a
+    named one) may hold `%` or `)`, which a named placeholder cannot (trial BD: 500s)."""
+    return sql.SQL(', ').join(sql.Placeholder() * len(values))
+
+
+def assignments(values):
+    """Build "col" = %s, one per key of values, comma-separated."""
+    return sql.SQL(', ').join(sql.SQL('{} = %s').format(identifier(name)) for name in values)
+
+
+def conditions(where):
+    """Build the AND of "col" = %s per key of where, or "col" IS NULL for a None (= NULL would match no row); a where
+    that is empty is a ValueError: it would touch every row of the table."""
+    if not where:
+        raise ValueError('the where of Db.update and Db.delete names no column: it would touch every row; use '
+                         'Db.execute for that')
+    return sql.SQL(' AND ').join(
+        sql.SQL('{} IS NULL' if value is None else '{} = %s').format(identifier(name))
+        for name, value in where.items())
+
+
+def condition_params(where):
+    """Return the parameters of conditions(where): its values but None."""
+    return [value for value in where.values() if value is not None]
 
 
 def returning(columns):
@@ -32,13 +59,6 @@ def returning(columns):
     if columns == '*':
         return sql.SQL(' RETURNING *')
     return sql.SQL(' RETURNING ') + identifiers(columns)
-
-
-def where_params(values, where):
-    """Merge SET values and WHERE values into one parameter dict, keeping them apart."""
-    params = dict(values)
-    params.update({f'w_{key}': value for key, value in where.items()})
-    return params
 
 
 class Db:
@@ -81,10 +101,13 @@ class Db:
         return self._run(query, params).rowcount
 
     def insert(self, table, values, returning_columns='*'):
-        """Insert one row and return it."""
-        query = sql.SQL('INSERT INTO {} ({}) VALUES ({})').format(
-            table_name(table), identifiers(values), sql.SQL(', ').join(map(sql.Placeholder, values)))
-        return self.fetch_one(query + returning(returning_columns), values)
+        """Insert one row and return it; no values: a row of the columns' defaults."""
+        if not values:  # INSERT INTO t () VALUES () is a syntax error
+            query = sql.SQL('INSERT INTO {} DEFAULT VALUES').format(table_name(table))
+        else:
+            query = sql.SQL('INSERT INTO {} ({}) VALUES ({})').format(
+                table_name(table), identifiers(values), placeholders(values))
+        return self.fetch_one(query + returning(returning_columns), list(values.values()))
 
     def upsert(self, table, values, conflict, update=None, returning_columns='*'):
         """Insert a row or, when conflict columns clash, update it; safe under concurrency. conflict and update are
@@ -92,28 +115,27 @@ class Db:
         conflict = column_names(conflict)
         update = [name for name in values if name not in conflict] if update is None else column_names(update)
         # DO UPDATE with no column would be DO NOTHING, which returns no row: touch a key column instead.
-        assignments = sql.SQL(', ').join(
-            sql.SQL('{0} = EXCLUDED.{0}').format(sql.Identifier(name)) for name in (update or conflict[:1]))
+        excluded = sql.SQL(', ').join(
+            sql.SQL('{0} = EXCLUDED.{0}').format(identifier(name)) for name in (update or conflict[:1]))
         query = sql.SQL('INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}').format(
-            table_name(table), identifiers(values), sql.SQL(', ').join(map(sql.Placeholder, values)),
-            identifiers(conflict), assignments)
-        return self.fetch_one(query + returning(returning_columns), values)
+            table_name(table), identifiers(values), placeholders(values), identifiers(conflict), excluded)
+        return self.fetch_one(query + returning(returning_columns), list(values.values()))
 
     def update(self, table, values, where, returning_columns='*'):
-        """Update the rows matching where; return the first updated row or None."""
-        query = sql.SQL('UPDATE {} SET {} WHERE {}').format(
-            table_name(table), equals(values, ', '), equals(where, ' AND ', 'w_'))
-        return self.fetch_one(query + returning(returning_columns), where_params(values, where))
+        """Update the rows matching where (a None there matches NULL; empty: a ValueError); return the first updated
+        row or None."""
+        query = sql.SQL('UPDATE {} SET {} WHERE {}').format(table_name(table), assignments(values), conditions(where))
+        return self.fetch_one(query + returning(returning_columns), [*values.values(), *condition_params(where)])
 
     def delete(self, table, where, returning_columns='*'):
-        """Delete the rows matching where; return the first deleted row or None."""
-        query = sql.SQL('DELETE FROM {} WHERE {}').format(table_name(table), equals(where, ' AND ', 'w_'))
-        return self.fetch_one(query + returning(returning_columns), where_params({}, where))
+        """Delete the rows matching where (a None there matches NULL; empty: a ValueError); return the first deleted
+        row or None."""
+        query = sql.SQL('DELETE FROM {} WHERE {}').format(table_name(table), conditions(where))
+        return self.fetch_one(query + returning(returning_columns), condition_params(where))
 
     def call(self, function, *args):
         """Call a stored function with positional arguments and return its value."""
-        query = sql.SQL('SELECT {}({})').format(
-            table_name(function), sql.SQL(', ').join(sql.Placeholder() * len(args)))
+        query = sql.SQL('SELECT {}({})').format(table_name(function), placeholders(args))
         return self.fetch_value(query, args)
 
     def stream(self, query, params=None, batch_size=5000):
