@@ -167,31 +167,45 @@ def refuse_mode_switch(conn, autocommit):
 class RequestGuard:
     """A psycopg2 cursor mixin (psycopg2's documented way to extend a cursor is a subclass): each way of sending a
     statement first refuses it when the request the connection serves is over, its session's text encoding is not
-    psycopg2's, or its action would escape its one transaction (before_statement)."""
+    psycopg2's, or its action would escape its one transaction (before_statement), and notes the failures that leave
+    the session unfit to serve again (sent)."""
 
     def execute(self, query, vars=None):
-        before_statement(self.connection)
-        return super().execute(query, vars)
+        return sent(self, super().execute, query, vars)
 
     def executemany(self, query, vars_list):
-        before_statement(self.connection)
-        return super().executemany(query, vars_list)
+        return sent(self, super().executemany, query, vars_list)
 
     def callproc(self, procname, *parameters):
-        before_statement(self.connection)
-        return super().callproc(procname, *parameters)
+        return sent(self, super().callproc, procname, *parameters)
 
     def copy_expert(self, *args, **kwargs):
-        before_statement(self.connection)
-        return super().copy_expert(*args, **kwargs)
+        return sent(self, super().copy_expert, *args, **kwargs)
 
     def copy_from(self, *args, **kwargs):
-        before_statement(self.connection)
-        return super().copy_from(*args, **kwargs)
+        return sent(self, super().copy_from, *args, **kwargs)
 
     def copy_to(self, *args, **kwargs):
-        before_statement(self.connection)
-        return super().copy_to(*args, **kwargs)
+        return sent(self, super().copy_to, *args, **kwargs)
+
+
+# SQLSTATEs that tell of the session's own state, fixed when it started, that a new session would not have: 25006, a
+# write refused as read-only by a default_transaction_read_only the database or role had when the session started
+# (ALTER DATABASE ... SET, undone since: trial BE, writes failed with 503s until the pool's connections were closed),
+# or by a standby the server was before a failover.
+STALE_SESSION_SQLSTATES = frozenset({'25006'})
+
+
+def sent(cursor, send, *args, **kwargs):
+    """Send a statement with send (a cursor's bound psycopg2 method) once before_statement allows it; a failure of
+    STALE_SESSION_SQLSTATES marks the connection stale, for the pool to close rather than lend again."""
+    before_statement(cursor.connection)
+    try:
+        return send(*args, **kwargs)
+    except psycopg2.Error as exc:
+        if exc.pgcode in STALE_SESSION_SQLSTATES:
+            cursor.connection.stale_session = True
+        raise
 
 
 class NamedCursorGuard(RequestGuard):

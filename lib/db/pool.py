@@ -258,6 +258,8 @@ class Pool:
         (trial Y)."""
         if conn.closed or conn.get_transaction_status() == BROKEN or getattr(conn, 'cancel_unacknowledged', False):
             return False  # a cancel request the server has not taken may still cancel the next query
+        if getattr(conn, 'stale_session', False):  # a new session reads the database's settings as they are now
+            return False
         bound_answers(conn, time.monotonic() + END_OF_USE_ANSWER_SECONDS)
         try:
             if conn.get_transaction_status() != IDLE:

@@ -43,6 +43,9 @@ class PooledConnection(psycopg2.extensions.connection):
     reset_statement = None
     cancel_request = None
     cancel_unacknowledged = False
+    # True once a statement failed in a way a new session would not (lib/db/guard.py's STALE_SESSION_SQLSTATES): the
+    # pool closes it when it comes back.
+    stale_session = False
     # How many times the pool lent it: a type's fields read in one use are read again in the next
     # (lib/db/types.py's Composite).
     uses = 0
