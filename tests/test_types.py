@@ -717,6 +717,15 @@ def test_a_number_parameter_followed_by_a_cast_is_the_number_sent(conn, value, c
     assert Db(conn).fetch_value(f'SELECT (%s::{cast})::text', [value]) == text
 
 
+@pytest.mark.parametrize('value', [decimal.Decimal('10'), decimal.Decimal('10.00'), decimal.Decimal('1E+1'),
+                                   ExactNumber('10'), decimal.Decimal('-10'), decimal.Decimal('-0')])
+def test_a_decimal_parameter_is_a_numeric_however_it_is_spelled(conn, value):
+    """Decimal('10') went as the integer constant 10: `%s / 3` divided as integers, 3, where 10.00 gave 3.33...
+    (trial BD)."""
+    row = Db(conn).fetch_one('SELECT pg_typeof(%(v)s)::text AS type, %(v)s / 3 AS third', {'v': value})
+    assert row['type'] == 'numeric' and row['third'] == (value / 3).quantize(row['third'])
+
+
 def test_docs_ways_round_a_grammar_that_takes_a_bare_literal_take_a_negative_number(conn):
     """modules.md: a negative setting through set_config(..., %s::text, ...), a count written into the statement."""
     assert Db(conn).fetch_value("SELECT set_config('extra_float_digits', %s::text, true)", [-5]) == '-5'

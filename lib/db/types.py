@@ -478,11 +478,14 @@ NON_FINITE_NUMERIC = {'NaN': "'NaN'::numeric", 'Infinity': "'Infinity'::numeric"
 
 def decimal_parameter(value):
     """Adapt a Decimal (an ExactNumber too) as the numeric literal of its text, a negative one in parentheses
-    (int_parameter); NaN and the infinities as numeric's own, where psycopg2 sent every one as NaN."""
+    (int_parameter), and one of digits alone (`10`, which PostgreSQL reads as an integer constant) cast to numeric:
+    `%(amount)s / 3` divided 10 as an integer and 10.00 as a numeric (trial BD). NaN and the infinities go as
+    numeric's own, where psycopg2 sent every one as NaN."""
     if not value.is_finite():
         return psycopg2.extensions.AsIs(NON_FINITE_NUMERIC['NaN' if value.is_nan() else decimal.Decimal.__str__(value)])
     text = decimal.Decimal.__str__(value)
-    return psycopg2.extensions.AsIs(f'({text})' if value.is_signed() else text)
+    literal = f'({text})' if value.is_signed() else text
+    return psycopg2.extensions.AsIs(literal if '.' in text or 'E' in text else f'{literal}::numeric')
 
 
 psycopg2.extensions.register_adapter(dict, json_parameter)
