@@ -13,7 +13,7 @@ from marshmallow import ValidationError, fields
 from werkzeug.exceptions import HTTPException
 
 from lib.http.exchange import ERROR_KEY, remember
-from lib.jsonenc import KeysWrittenAlike, TooDeepToWrite, dumps_bytes, json_response
+from lib.jsonenc import KeysWrittenAlike, KeyWithoutName, TooDeepToWrite, dumps_bytes, json_response
 from lib.http.requestid import current_request_id
 from lib.process import StartInterrupted
 
@@ -482,6 +482,13 @@ def from_keys_written_alike(exc):
     """An answer with two keys written as one name ({1: 'a', '1': 'b'}) is a 500 that says so, never a value lost."""
     return ApiError('The answer holds an object with two keys written as one name (such as 1 and "1"), which would '
                     'lose one of their values.')
+
+
+@translates(KeyWithoutName)
+def from_key_without_name(exc):
+    """An answer with a dict key that is a collection ({(1, 2): 3}) is a 500 that says so (trial BD: a bare 500)."""
+    return ApiError('The answer holds an object with a key that is a collection (a tuple or a frozenset), which no '
+                    'JSON name spells.')
 
 
 @translates(psycopg2.Error)

@@ -247,6 +247,10 @@ class KeysWrittenAlike(TypeError):
     """Two keys of one object would be written as one name (`1` and `"1"`): a JSON reader would keep one value."""
 
 
+class KeyWithoutName(TypeError):
+    """A dict key that is a collection (a tuple, a frozenset): written as an array, which no JSON name spells."""
+
+
 def ready_object(mapping):
     """Return a dict with every key as the name it is written as, each value orjson_ready; KeysWrittenAlike when two
     keys would be written as one name."""
@@ -274,7 +278,7 @@ def key_name(key):
     try:
         return next(iter(orjson.loads(orjson.dumps({ready: None}, option=orjson.OPT_NON_STR_KEYS))))
     except TypeError:  # a tuple's or frozenset's list, which is no key: orjson's words named the list
-        raise TypeError(f'a dict key of type {type(key).__name__} has no JSON name: use a str') from None
+        raise KeyWithoutName(f'a dict key of type {type(key).__name__} has no JSON name: use a str') from None
 
 
 class TooDeepToWrite(TypeError):
