@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lib.logs import metrics
 from lib.logs.metrics import FLUSH_SECONDS, MULTIPROC_DIR, RequestMetrics
-from tests.helpers import ADMIN_TOKEN, Caller, gunicorn_logging_to, http_request
+from tests.helpers import ADMIN_TOKEN, UNREACHABLE_DSN, Caller, gunicorn_logging_to, http_request
 
-POOL_EVENTS = ('waits', 'timeouts', 'connects', 'discarded')
+POOL_EVENTS = ('waits', 'timeouts', 'connects', 'connect_failures', 'discarded')
 
 
 def sample(name, **labels):
@@ -101,6 +101,16 @@ def test_pool_gauges_follow_the_pool(make_app):
     assert sample('dbapi_pool_max_connections', database='default') == 3
     assert sample('dbapi_pool_connections', database='default', state='idle') == pool.gauges()['idle'] == 1
     assert sample('dbapi_pool_connections', database='default', state='in_use') == 0
+
+
+def test_a_connection_that_could_not_be_opened_is_counted_as_a_failure_not_as_opened(make_app):
+    """Each failed attempt counted in dbapi_pool_connects_total: an outage looked like connection churn (trial BE)."""
+    app = make_app(DATABASES={'default': UNREACHABLE_DSN})
+    before = {event: sample(f'dbapi_pool_{event}_total', database='default') for event in POOL_EVENTS}
+    assert [Caller(app.test_client())('/probe/add', {'a': 1, 'b': 2}).status_code for _ in range(2)] == [503] * 2
+    app.test_client().get('/healthz', buffered=True)  # any finished request publishes the pool's numbers
+    grown = {event: sample(f'dbapi_pool_{event}_total', database='default') - before[event] for event in POOL_EVENTS}
+    assert (grown['connects'], grown['connect_failures']) == (0, 2)
 
 
 def test_pool_timeouts_and_waits_are_counted(make_app):

@@ -171,7 +171,7 @@ class Pool:
         self.configure = configure
         self.reset = reset
         self.connect_kwargs = connect_kwargs
-        self.stats = collections.Counter(waits=0, timeouts=0, connects=0, discarded=0)
+        self.stats = collections.Counter(waits=0, timeouts=0, connects=0, connect_failures=0, discarded=0)
         self.configured_driver_state = None  # driver_state() of a connection fresh from configure
         self.forget_connections()
         LIVE_POOLS.add(self)
@@ -219,18 +219,20 @@ class Pool:
         DatabaseUnreachable (503, nothing of the request sent) when either fails for the database's state: through
         pgbouncer, a server that cannot be reached is a connection made whose first statement fails (08P01 "server
         login has been failing"); a server shutting down between the two ends the setup (57P01)."""
-        self.stats['connects'] += 1
         try:
             conn = psycopg2.connect(self.dsn, **connect_within(self.connect_kwargs, deadline))
         except psycopg2.OperationalError as exc:  # libpq's reason, host and port stay in the log's cause
+            self.stats['connect_failures'] += 1
             raise DatabaseUnreachable() from exc
         try:
             self.configure(conn)
         except BaseException as exc:
+            self.stats['connect_failures'] += 1
             close_quietly(conn)
             if isinstance(exc, psycopg2.Error) and isinstance(from_database_error(exc), ServiceUnavailable):
                 raise DatabaseUnreachable() from exc
             raise
+        self.stats['connects'] += 1  # opened: a failed attempt counted too, so an outage looked like churn (trial BE)
         self.configured_driver_state = driver_state(conn)
         return conn
 

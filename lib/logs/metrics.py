@@ -43,6 +43,8 @@ POOL_EVENTS = {
     'waits': Counter('dbapi_pool_waits', 'Borrows that had to wait for a free connection.', ('database',)),
     'timeouts': Counter('dbapi_pool_timeouts', 'Borrows that gave up waiting (answered 503).', ('database',)),
     'connects': Counter('dbapi_pool_connects', 'Connections opened.', ('database',)),
+    'connect_failures': Counter('dbapi_pool_connect_failures', 'Connections that could not be opened or set up.',
+                                ('database',)),
     'discarded': Counter('dbapi_pool_discarded', 'Connections thrown away as broken or stale.', ('database',)),
 }
 
