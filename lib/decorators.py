@@ -24,7 +24,7 @@ from lib.db.types import check_client_encoding, check_reading_styles
 from lib.db.guard import StatementPastDeadline, refuse_commit_of_failed_transaction
 from lib.db.session import note_action
 from lib.db.unit import close_stream, in_transaction, time_left, transactional
-from lib.errors import RETRYABLE_SQLSTATES, ApiError
+from lib.errors import RETRYABLE_SQLSTATES, ApiError, lost_before_commit
 from lib.jsonenc import JSON_MIMETYPE, ExactNumber, json_array_chunks, json_response
 from lib.http.disconnect import WATCHER, ClientClosedRequest, ServerStopping, client_gone
 from lib.http.exchange import CLIENT_KEY, GONE_KEY, HELD_CONNECTIONS_KEY, ROUTE_KEY, WAITED_ON_DATABASE_KEY, \
@@ -229,6 +229,8 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
         finally:
             lease.end(success=False)
         cancelled = cancelled_error(watch, exc, lease.deadline, autocommit)
+        if cancelled is None and not autocommit:  # its COMMIT not sent yet: nothing of its transaction committed
+            cancelled = lost_before_commit(exc)
         if cancelled is not None:
             raise cancelled from exc
         raise

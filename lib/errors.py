@@ -276,6 +276,9 @@ class GatewayTimeout(ApiError):
 # A connection that broke (or a server that shut down) while the request used it: what it had sent may have run.
 CONNECTION_LOST = ('The database cannot be reached, or the connection to it broke. A request that writes may have '
                    'run: check before trying again.')
+# The same, for an action run as one transaction whose connection broke before its COMMIT was sent.
+TRANSACTION_LOST = ('The connection to the database broke before the transaction was committed: nothing it wrote was '
+                    'committed. Try again.')
 # What an action did that left its transaction failed: PostgreSQL refuses each statement after the one that failed
 # (25P02) and answers the COMMIT with a ROLLBACK (lib/db/guard.py refuses that commit with the same words).
 WENT_ON_AFTER_A_FAILURE = ('went on after a statement failed in its transaction, which PostgreSQL then rolls back '
@@ -515,6 +518,16 @@ def from_database_error(exc):
         members.update((member, text) for member, text in (('details', diag.message_detail),
                                                            ('hint', diag.message_hint)) if text)
     return error_class(detail or diag.message_primary, errors=constraint_errors(exc), sqlstate=code, **members)
+
+
+def lost_before_commit(exc):
+    """Return the 503 of an action run as one transaction whose connection broke (CONNECTION_LOST) before dbapi sent
+    its COMMIT, or None: PostgreSQL rolls back the transaction of a session that ends, so nothing it wrote was
+    committed, where CONNECTION_LOST says a write may have run (trial BE)."""
+    translated = from_database_error(exc) if isinstance(exc, psycopg2.Error) else None
+    if isinstance(translated, ServiceUnavailable) and translated.detail == CONNECTION_LOST:
+        return ServiceUnavailable(TRANSACTION_LOST, **({'sqlstate': exc.pgcode} if exc.pgcode else {}))
+    return None
 
 
 def database_unavailable(exc):

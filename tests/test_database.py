@@ -99,16 +99,40 @@ def test_a_connection_killed_by_the_server_is_replaced_without_an_error(make_app
     assert app.extensions['dbapi'].pools['default'].gauges()['discarded'] == 1
 
 
-def test_a_connection_killed_while_its_statement_runs_is_a_503_that_says_it_may_have_run(make_app, database_url):
-    app = make_app(PROCESS_ID='killed-midway', DB_POOL_MAX=1)
+HOLD_ROUTES = '''
+    from lib.decorators import inject_conn
+
+    def hold(conn, code, seconds):
+        with conn.cursor() as cursor:
+            cursor.execute('INSERT INTO probe.things (code) VALUES (%s)', (code,))
+            cursor.execute('SELECT pg_sleep(%s)', (seconds,))
+        return {'held': seconds}
+
+    routes = [dict(route='in_transaction', action=inject_conn()(hold)),
+              dict(route='in_autocommit', action=inject_conn(autocommit=True)(hold))]
+'''
+
+
+@pytest.mark.parametrize('route, said', [
+    ('in_transaction', 'broke before the transaction was committed: nothing it wrote was committed'),
+    ('in_autocommit', 'may have run')])
+def test_a_connection_killed_while_its_statement_runs_is_a_503_that_says_what_was_committed(
+        make_app, module_package, database_url, route, said):
+    """A transaction whose session ends is rolled back: an action run as one was told its writes "may have run"
+    (trial BE); an autocommit action's statements before it did commit."""
+    app = make_app(PROCESS_ID=f'killed-{route}', DB_POOL_MAX=1,
+                   MODULE_PACKAGES=[module_package({'held/routes.py': HOLD_ROUTES})])
     killer = threading.Timer(0.5, run_sql, (database_url, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
-                             'WHERE application_name = %s AND datname = current_database()', ('dbapi:killed-midway',)))
+                             'WHERE application_name = %s AND datname = current_database()', (f'dbapi:killed-{route}',)))
     killer.start()
+    code = f'killed-{uuid.uuid4()}'
     try:
-        problem = assert_problem(Caller(app.test_client())('/probe/hold', {'seconds': 5}), 503)
+        problem = assert_problem(Caller(app.test_client())(f'/held/{route}', {'code': code, 'seconds': 5}), 503)
     finally:
         killer.join()
-    assert 'may have run' in problem['detail'] and problem['detail'] != ServiceUnavailable.detail
+    assert said in problem['detail'] and problem['detail'] != ServiceUnavailable.detail
+    committed = run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,))[0][0]
+    assert committed == (1 if route == 'in_autocommit' else 0)
 
 
 @pytest.fixture()
