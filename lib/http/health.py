@@ -66,11 +66,19 @@ def first_database_problem(pools):
             if problem is not None:
                 # A probe that waited for another had less of its second left: the time out may be the wait's.
                 waited = f', in what was left after waiting {waited_ms} ms for another probe' if waited_ms >= 10 else ''
-                problem.add_note(f'/readyz: the database {name!r} (DATABASES) did not answer{waited}')
+                problem.add_note(f'/readyz: the database {name!r} (DATABASES) {what_failed(problem)}{waited}')
                 return problem
         return None
     finally:
         READY_PROBES.release()
+
+
+def what_failed(problem):
+    """Say what a database's probe met: silence (a TimeoutError), or an error, libpq's or the server's (a refused
+    connection, a FATAL such as too many clients or a wrong password: not silence, trial BE)."""
+    if isinstance(problem, TimeoutError):
+        return 'did not answer in time'
+    return 'answered the probe with an error (its connection or its SELECT 1)'
 
 
 @ops.route('/readyz', methods=['GET'], provide_automatic_options=False, strict_slashes=False)
@@ -80,4 +88,4 @@ def readyz():
     problem = first_database_problem(current_app.extensions['dbapi'].pools)
     if problem is None:
         return json_response({'status': 'ready'})
-    raise ServiceUnavailable('A database is not answering.') from problem
+    raise ServiceUnavailable('A database is not ready.') from problem
