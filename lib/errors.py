@@ -53,6 +53,9 @@ def integer_value(text):
 
 # A detail shows what the caller sent (a 404's module, a 415's charset) up to this many characters of it.
 MAX_NAME_SHOWN = 64
+# A problem shows this much of PostgreSQL's message (and of a RAISE's DETAIL and HINT): it quotes a value whole, and a
+# 20 MB value made a 20 MB problem (trial BD); a 5xx's log line keeps all of it.
+MAX_DATABASE_TEXT_SHOWN = 1024
 
 
 def shown_briefly(text, limit=MAX_NAME_SHOWN):
@@ -515,9 +518,10 @@ def from_database_error(exc):
     members = {member: name for member, name in (('constraint', diag.constraint_name), ('datatype', diag.datatype_name))
                if name}
     if code in RAISED_FOR_THE_CALLER:
-        members.update((member, text) for member, text in (('details', diag.message_detail),
-                                                           ('hint', diag.message_hint)) if text)
-    return error_class(detail or diag.message_primary, errors=constraint_errors(exc), sqlstate=code, **members)
+        members.update((member, shown_briefly(text, MAX_DATABASE_TEXT_SHOWN)) for member, text in (
+            ('details', diag.message_detail), ('hint', diag.message_hint)) if text)
+    detail = detail or shown_briefly(diag.message_primary, MAX_DATABASE_TEXT_SHOWN)
+    return error_class(detail, errors=constraint_errors(exc), sqlstate=code, **members)
 
 
 def lost_before_commit(exc):

@@ -103,6 +103,32 @@ def test_a_raise_exceptions_detail_and_hint_are_the_problems_details_and_hint(ca
     assert 'details' not in body
 
 
+CAST_ROUTES = '''
+    from lib.decorators import inject_db
+
+    @inject_db()
+    def cast(db, text):
+        return db.fetch_value('SELECT %(text)s::int', {'text': text})
+
+    @inject_db()
+    def refuse(db, text):
+        db.execute("DO $$ BEGIN RAISE EXCEPTION '%', repeat('m', 5000) USING DETAIL = repeat('d', 5000), "
+                   "HINT = repeat('h', 5000); END $$")
+
+    routes = [dict(route='cast', action=cast), dict(route='refuse', action=refuse)]
+'''
+
+
+def test_a_problem_shows_a_kibibyte_of_postgresqls_message(make_app, module_package):
+    """PostgreSQL's message quotes a value whole: a 20 MB value was a 20 MB problem (trial BD)."""
+    call = Caller(make_app(MODULE_PACKAGES=[module_package({'casting/routes.py': CAST_ROUTES})]).test_client())
+    body = assert_problem(call('/casting/cast', {'text': 'x' * 100_000}), 422)
+    assert body['detail'] == 'invalid input syntax for type integer: "' + 'x' * (1024 - 40) + '...'
+    body = assert_problem(call('/casting/refuse', {'text': ''}), 400)
+    assert (body['detail'], body['details'], body['hint']) == ('m' * 1024 + '...', 'd' * 1024 + '...',
+                                                              'h' * 1024 + '...')
+
+
 def test_other_errors_keep_postgresqls_detail_from_the_caller(call):
     """A foreign key's DETAIL names rows and values ("Key (parent_id)=(-1) is not present"): no details member."""
     body = assert_problem(call('/probe/sqlstate', {'case': 'foreign_key'}), 409)
