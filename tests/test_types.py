@@ -354,6 +354,13 @@ def test_a_composite_altered_after_the_connection_read_it_is_read_with_its_new_f
     assert all_three_ways(conn, "SELECT ROW(2, 'y')::probe.evolving AS v") == b'[{"v":{"a":2,"b":"y"}}]'
 
 
+def test_a_composites_field_the_request_itself_renames_after_reading_it_keeps_its_old_name(conn):
+    """The contract's limit (section 5, trial BD): fields are read once per request, and a rename keeps their count."""
+    assert Db(conn).fetch_value("SELECT ROW(1)::probe.evolving") == {'a': 1}
+    Db(conn).execute("ALTER TYPE probe.evolving RENAME ATTRIBUTE a TO z")  # rolled back with the test's transaction
+    assert Db(conn).fetch_value("SELECT ROW(1)::probe.evolving") == {'a': 1}
+
+
 def test_a_composites_field_renamed_or_retyped_since_an_earlier_request_is_read_as_it_is_now(make_app, database_url):
     name = f'probe.reshaped_{uuid.uuid4().hex[:8]}'
     run_sql(database_url, f'CREATE TYPE {name} AS (a numeric, b double precision)')
