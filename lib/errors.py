@@ -63,7 +63,7 @@ def shown_briefly(text, limit=MAX_NAME_SHOWN):
     redactor), then cut after limit characters with '...': a token cut first would pass the body's redactor, its
     first characters shown (trial AA)."""
     gateway = current_app.extensions.get('dbapi') if has_app_context() else None
-    text = gateway.redact.redact(text) if gateway is not None else text
+    text = gateway.problem_redactor().redact(text) if gateway is not None and has_request_context() else text
     return text if len(text) <= limit else text[:limit] + '...'
 
 
@@ -292,7 +292,8 @@ WENT_ON_AFTER_A_FAILURE = ('went on after a statement failed in its transaction,
 # SQLSTATE of a statement sent in a transaction after one of its statements failed.
 IN_FAILED_SQL_TRANSACTION = '25P02'
 SQLSTATE_ERRORS = {
-    IN_FAILED_SQL_TRANSACTION: (ApiError, f'The action {WENT_ON_AFTER_A_FAILURE}.'),  # a 500: the module's bug, said (trial BB)
+    # a 500: the module's bug, said (trial BB)
+    IN_FAILED_SQL_TRANSACTION: (ApiError, f'The action {WENT_ON_AFTER_A_FAILURE}.'),
     '23505': (Conflict, None),
     '23503': (Conflict, None),
     '23502': (Unprocessable, None),
@@ -660,6 +661,6 @@ def handle_error(exc):
     # A detail PostgreSQL wrote can quote what the caller sent, a token among it: the log's redactor cleans it.
     gateway = current_app.extensions.get('dbapi')
     if gateway is not None:
-        response.set_data(gateway.redact(response.get_data(as_text=True)))
+        response.set_data(gateway.problem_redactor()(response.get_data(as_text=True)))
     response.headers.update(error.headers)
     return response

@@ -177,6 +177,22 @@ def test_a_request_id_holding_a_token_is_replaced_so_that_its_lines_can_be_found
     assert line_of_request(logged_lines(log_folder), request_id)['http.response.status_code'] == 404
 
 
+def test_the_database_password_sent_by_a_caller_without_a_token_comes_back_as_sent(make_app, log_folder,
+                                                                                     database_url):
+    """Redacted, an X-Request-ID or a 404's module name holding the database's password told a caller without a token
+    that its guess was the password (trial BF): before a token is accepted, a problem redacts tokens alone. The lines
+    redact it still."""
+    password = 'Pw-guess-9876'
+    app = make_app(LOG_PATH=str(log_folder),
+                   DATABASES={'default': database_url, 'reports': f'postgresql://u:{password}@127.0.0.1:1/x'})
+    response = post(app.test_client(), f'/{password}/get', token='', headers={'X-Request-ID': f'id.{password}'})
+    assert response.status_code == 404 and response.headers['X-Request-ID'] == f'id.{password}'
+    assert response.get_json()['request_id'] == f'id.{password}'
+    named = post(app.test_client(), f'/{password}/get', token=SINGLE_BEARER)  # a 404 quotes the module's name
+    assert named.status_code == 404 and f"'{password}'" in named.get_json()['detail']
+    assert password not in ''.join(read_log_folder(log_folder).values())
+
+
 def test_a_token_known_only_by_its_sha256_is_redacted_once_it_has_authenticated(make_app, log_folder):
     """Trial X: a client configured by its sha256 had its token, sent in the path or as a body's key beside its
     Authorization, come back in the 404's detail, the 422's errors and the access line's url.path."""
