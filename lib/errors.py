@@ -463,7 +463,8 @@ def http_exception_detail(exc, routed):
 def not_found_detail(path, routes, client):
     """Say what is mounted where path points, as far as client (an auth Client or None) may know: the module's
     actions to a client that may call it, that no such module exists to a known client, and nothing more to an
-    unknown caller, so that the 404s answered before authorization do not list the API to anyone."""
+    unknown caller, so that the 404s answered before authorization list no actions to anyone (its statuses still tell
+    a path that exists from one that does not: a 401 for the first; routing comes before authorization)."""
     module = path.strip('/').partition('/')[0]
     if client is None:
         return 'Nothing is mounted at this path for this caller. Actions are called as POST /<module>/<action> ' \
