@@ -159,6 +159,19 @@ def test_a_token_or_a_client_given_twice_fails_at_start(database_url, config, me
     assert 'token-one' not in str(raised.value) and 'token-two' not in str(raised.value)
 
 
+@pytest.mark.parametrize('text, said', [
+    ('\ufeff{"a": {"token": "xxxx-token"}}', 'Unexpected UTF-8 BOM (decode using utf-8-sig) (line 1, column 1)'),
+    ('{"a": {"token": "xxxx-token"}}\n{"b": {}}', 'Extra data (line 2, column 1)'),
+    ('{"a\\nb": {"token": "xxxx-token"}}', "bearer client 'a\\nb': a name holds no control character")])
+def test_a_tokens_file_that_cannot_be_read_as_meant_says_where_and_why(database_url, tmp_path, text, said):
+    """A BOM or a second document was only "is not valid JSON"; a name with a line break was taken (trial BF)."""
+    tokens = tmp_path / 'tokens.json'
+    tokens.write_text(text, encoding='utf-8')
+    with pytest.raises(ImproperlyConfigured) as raised:
+        create_app(app_config(database_url, BEARER=None, BEARER_TOKENS=None, BEARER_TOKENS_FILE=str(tokens)))
+    assert said in str(raised.value) and 'xxxx-token' not in str(raised.value)
+
+
 def test_unreadable_tokens_file_fails_at_start(database_url, tmp_path):
     with pytest.raises(ImproperlyConfigured, match='BEARER_TOKENS_FILE'):
         create_app(app_config(database_url, BEARER_TOKENS_FILE=str(tmp_path / 'missing.json')))

@@ -52,6 +52,9 @@ def parse_client(name, entry):
     """Return (digest, Client) for one entry of BEARER_TOKENS."""
     if not name.strip():
         raise ImproperlyConfigured(f'bearer client {name!r} needs a name: it is user.name in every access line')
+    if not name.isprintable():  # "a\nb": a line break in every access line's user.name and in its 403s (trial BF)
+        raise ImproperlyConfigured(f'bearer client {name!r}: a name holds no control character (a line break, a '
+                                   'tab): it is user.name in every access line')
     if not isinstance(entry, dict):  # {"<token>": "name"}: the name is likely the token itself, not shown
         raise ImproperlyConfigured('a bearer client\'s name maps to an object, {"name": {"token": "..."}}, not to '
                                    f'a {type(entry).__name__} (its name is not shown: it may be a token)')
@@ -116,6 +119,9 @@ def parse_clients_json(text, origin):
     """Parse a JSON object of client name to token entry into ({digest: Client}, [the plain tokens it holds])."""
     try:
         table = json.loads(text, object_pairs_hook=partial(keys_once, origin), parse_int=integer_value)
+    except json.JSONDecodeError as exc:  # where and why, never what: the text may hold a token
+        raise ImproperlyConfigured(f'{origin} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})') \
+            from None
     except ValueError:
         raise ImproperlyConfigured(f'{origin} is not valid JSON') from None
     except RecursionError:  # json's decoder recurses per level: a traceback (trial AC)
