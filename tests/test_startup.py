@@ -499,6 +499,19 @@ def test_a_migration_with_a_byte_order_mark_is_refused_before_anything_runs_and_
         manage.repair_checksums(scratch_database, folder)
 
 
+def test_a_rollback_file_with_a_byte_order_mark_is_refused_before_anything_runs(tmp_path, scratch_database):
+    """yoyo rollback would fail on it as PostgreSQL reads the mark as text; it passed (session 27's note)."""
+    folder = tmp_path / 'migrations'
+    folder.mkdir()
+    (folder / '0001_fine.sql').write_text('CREATE TABLE fine_back (id int);\n')
+    (folder / '0001_fine.rollback.sql').write_text('\ufeffDROP TABLE fine_back;\n')
+    with pytest.raises(StartupError) as caught:
+        manage.apply_migrations(scratch_database, folder)
+    assert str(caught.value) == (f"migration {folder / '0001_fine.rollback.sql'}:1 starts with a byte order mark, "
+                                 'which PostgreSQL would read as text: save it as UTF-8 without one')
+    assert run_sql(scratch_database, "SELECT to_regclass('fine_back') IS NULL") == [(True,)]
+
+
 def test_bookkeeping_the_user_may_not_do_says_what_the_user_needs_in_one_line(tmp_path, scratch_database):
     """A role with no CREATE on the schema: yoyo swallowed its table's failure, and the failure line's own look at the
     pending files failed again, a traceback hiding the cause (trial AZ)."""

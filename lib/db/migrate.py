@@ -204,17 +204,19 @@ TRANSACTIONAL_DIRECTIVE = re.compile(r'\s*--\s*transactional\s*:\s*(.*)')
 
 def check_loadable(migrations):
     """Raise MigrationUnrunnable for the first of migrations (yoyo's `.sql` ones) yoyo cannot load, naming its line,
-    before yoyo loads any (trial AZ: tracebacks): one that starts with a UTF-8 byte order mark, which PostgreSQL reads
-    as text (a syntax error on every database, and repair took it), or whose `-- transactional:` is neither true nor
+    before yoyo loads any (trial AZ: tracebacks): one that starts with a UTF-8 byte order mark, or whose .rollback.sql
+    does, which PostgreSQL reads as text (a syntax error on every database, and repair took it), or whose `-- transactional:` is neither true nor
     false, or given twice."""
     for migration in migrations:
         path = Path(migration.path)
         if path.suffix != '.sql':
             continue
+        rollback = path.with_suffix('.rollback.sql')
+        for each in (path, rollback) if rollback.is_file() else (path,):  # yoyo rollback runs the second
+            if each.read_text().startswith('\ufeff'):
+                raise MigrationUnrunnable(f'migration {shown_path(each)}:1 starts with a byte order mark, which '
+                                          'PostgreSQL would read as text: save it as UTF-8 without one')
         text = path.read_text()
-        if text.startswith('\ufeff'):
-            raise MigrationUnrunnable(f'migration {shown_path(path)}:1 starts with a byte order mark, which PostgreSQL '
-                                      'would read as text: save it as UTF-8 without one')
         given = False
         for number, line in enumerate(HEADER_LINES.match(text).group().splitlines(), 1):
             if (directive := TRANSACTIONAL_DIRECTIVE.fullmatch(line.rstrip('\r'))) is None:
