@@ -733,6 +733,18 @@ def test_a_decimal_parameter_is_a_numeric_however_it_is_spelled(conn, value):
     assert row['type'] == 'numeric' and row['third'] == (value / 3).quantize(row['third'])
 
 
+def test_docs_marshmallows_number_fields_and_float_and_empty_list_parameters(conn):
+    """modules.md, schemas.py: what marshmallow's own number fields do with a body, and how a float and a list with
+    no typed element go to PostgreSQL (trial BD)."""
+    loose = marshmallow.Schema.from_dict({'n': marshmallow.fields.Integer(), 'f': marshmallow.fields.Float()})()
+    assert loose.load(loads_exact('{"n": 1.5, "f": 1e-400}')) == {'n': 1, 'f': 0.0}
+    row = Db(conn).fetch_one('SELECT %(f)s AS f, pg_typeof(%(nan)s)::text AS nan, %(empty)s AS empty, '
+                             '%(nulls)s AS nulls, %(empty)s::int[] AS cast', {'f': 0.1, 'nan': float('nan'),
+                                                                             'empty': [], 'nulls': [None]})
+    assert row == {'f': decimal.Decimal('0.1'), 'nan': 'double precision', 'empty': '{}', 'nulls': '{NULL}',
+                   'cast': []}
+
+
 def test_docs_ways_round_a_grammar_that_takes_a_bare_literal_take_a_negative_number(conn):
     """modules.md: a negative setting through set_config(..., %s::text, ...), a count written into the statement."""
     assert Db(conn).fetch_value("SELECT set_config('extra_float_digits', %s::text, true)", [-5]) == '-5'
