@@ -125,8 +125,10 @@ def test_a_token_too_short_to_redact_fails_at_start(database_url, config):
         create_app(app_config(database_url, **config))
 
 
-@pytest.mark.parametrize('config', [{'BEARER': DEVELOPMENT_TOKEN},
-                                    {'BEARER_TOKENS': json.dumps({'svc': {'token': DEVELOPMENT_TOKEN}})}])
+@pytest.mark.parametrize('config', [
+    {'BEARER': DEVELOPMENT_TOKEN}, {'BEARER_TOKENS': json.dumps({'svc': {'token': DEVELOPMENT_TOKEN}})},
+    # by its digest, which a sha256 entry holds (trial BG: accepted)
+    {'BEARER_TOKENS': json.dumps({'svc': {'sha256': hashlib.sha256(DEVELOPMENT_TOKEN.encode()).hexdigest()}})}])
 @pytest.mark.parametrize('environment', ['production', 'staging'])
 def test_the_public_development_token_fails_at_start_outside_local_and_test(database_url, config, environment):
     """env/local/.env's token, printed in the README, was accepted in production (trial BF)."""
@@ -139,6 +141,14 @@ def test_the_development_token_is_env_local_s_and_serves_there(make_app):
     app = make_app(BEARER=DEVELOPMENT_TOKEN, ENVIRONMENT='local')
     assert app.test_client().post('/probe/', headers={'Authorization': f'Bearer {DEVELOPMENT_TOKEN}'}).status_code \
         == 200
+
+
+def test_a_start_error_of_bearer_tokens_shows_no_token_of_bearer_either(database_url):
+    """A BEARER_TOKENS name that is BEARER's token was shown (trial BG), where one of its own tokens was not."""
+    with pytest.raises(ImproperlyConfigured) as raised:
+        create_app(app_config(database_url, BEARER='s3cr3t-token-value',
+                              BEARER_TOKENS='{"s3cr3t-token-value": {"modules": ["x"], "sha256": "zz"}}'))
+    assert 'has an empty token or a bad sha256' in str(raised.value) and 's3cr3t' not in str(raised.value)
 
 
 @pytest.mark.parametrize('config, message', [

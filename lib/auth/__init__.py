@@ -94,10 +94,11 @@ def check_token_characters(token, owner):
                                    'out of log lines and error bodies: use a long random one')
 
 
-def check_not_development_token(tokens, environment):
-    """Refuse DEVELOPMENT_TOKEN (env/local/.env's, printed in the README) outside the local and test environments:
-    anyone who read the repository could call with it (trial BF: accepted in production)."""
-    if DEVELOPMENT_TOKEN in tokens and environment not in ('local', 'test'):
+def check_not_development_token(clients, environment):
+    """Refuse DEVELOPMENT_TOKEN (env/local/.env's, printed in the README) in clients (a TokenTable, by its digest: a
+    sha256 entry's too, trial BG) outside the local and test environments: anyone who read the repository could call
+    with it (trial BF: accepted in production)."""
+    if sha256_hex(DEVELOPMENT_TOKEN) in clients and environment not in ('local', 'test'):
         raise ImproperlyConfigured(f'the development token {DEVELOPMENT_TOKEN!r} (env/local/.env, public in the '
                                    f'repository) is configured in ENVIRONMENT={environment}: give a secret one')
 
@@ -115,8 +116,9 @@ def parse_max_connections(name, entry):
     return limit
 
 
-def parse_clients_json(text, origin):
-    """Parse a JSON object of client name to token entry into ({digest: Client}, [the plain tokens it holds])."""
+def parse_clients_json(text, origin, known=()):
+    """Parse a JSON object of client name to token entry into ({digest: Client}, [the plain tokens it holds]); an
+    error's line shows none of those tokens, nor any of known (the tokens configured before it)."""
     try:
         table = json.loads(text, object_pairs_hook=partial(keys_once, origin), parse_int=integer_value)
     except json.JSONDecodeError as exc:  # where and why, never what: the text may hold a token
@@ -133,8 +135,8 @@ def parse_clients_json(text, origin):
         clients = [parse_client(name, entry) for name, entry in table.items()]
     except ImproperlyConfigured as exc:  # a name may be a token, written where the name goes (trial BF)
         from lib.logs.secrets import redacted  # lib.logs imports lib.auth: at the top, a cycle
-        raise ImproperlyConfigured(redacted(str(exc), {}, [token for token in tokens if isinstance(token, str)])) \
-            from None
+        shown = [token for token in (*tokens, *known) if isinstance(token, str)]
+        raise ImproperlyConfigured(redacted(str(exc), {}, shown)) from None
     return clients, tokens
 
 
@@ -229,12 +231,13 @@ def load_clients(config):
         check_token_characters(config['BEARER'], 'BEARER')
         clients.add([(sha256_hex(config['BEARER']), Client(SINGLE_TOKEN_CLIENT, None))], [config['BEARER']])
     if config.get('BEARER_TOKENS'):
-        clients.add(*parse_clients_json(config['BEARER_TOKENS'], 'BEARER_TOKENS'))
+        clients.add(*parse_clients_json(config['BEARER_TOKENS'], 'BEARER_TOKENS', clients.secrets))
     if config.get('BEARER_TOKENS_FILE'):
-        clients.add(*parse_clients_json(read_tokens_file(config['BEARER_TOKENS_FILE']), 'BEARER_TOKENS_FILE'))
+        clients.add(*parse_clients_json(read_tokens_file(config['BEARER_TOKENS_FILE']), 'BEARER_TOKENS_FILE',
+                                        clients.secrets))
     if not clients and config['ENVIRONMENT'] not in ('local', 'test'):
         raise ImproperlyConfigured('no bearer token configured: set BEARER, BEARER_TOKENS or BEARER_TOKENS_FILE')
-    check_not_development_token(clients.secrets, config['ENVIRONMENT'])
+    check_not_development_token(clients, config['ENVIRONMENT'])
     return clients
 
 
