@@ -16,7 +16,6 @@ from lib.db import make_pools, session_hook
 from lib.db.embedded import start_embedded
 from lib.errors import ERROR_TRANSLATORS, handle_error
 from lib.http.admission import install_admission
-from lib.http.exchange import CLIENT_KEY
 from lib.http.headers import RESPONSE_HEADERS, ResponseHeaders, acceptable_codings
 from lib.http.health import ops
 from lib.http.proxies import TrustedProxies
@@ -51,21 +50,15 @@ class Gateway:
     json_types: dict = field(default_factory=lambda: JSON_TYPES)
     error_translators: dict = field(default_factory=lambda: ERROR_TRANSLATORS)
     response_headers: list = field(default_factory=lambda: RESPONSE_HEADERS)
-    # redact(json_text) -> json_text without the configured tokens, DSNs and passwords: log lines and problem bodies.
+    # redact(json_text) -> json_text without the configured tokens: problem bodies (log lines have a redactor of their
+    # own, which knows the databases' DSNs and passwords too). Not the passwords: a [REDACTED] where a caller's text
+    # held one confirmed a guess of the database's password (trial BF: a 404's name, an X-Request-ID; trial BG: a
+    # body's key, with any token).
     redact: Redactor = field(default_factory=lambda: Redactor([]))
-    # The same for the tokens alone: what a caller not yet authenticated sent and gets back (problem_redactor).
-    redact_tokens: Redactor = field(default_factory=lambda: Redactor([]))
 
     def caller(self):
         """Return the client the current request's bearer token names, or None; never an error."""
         return identify_quietly(self.clients)
-
-    def problem_redactor(self):
-        """Return the Redactor of the problem the current request's caller gets: redact, which knows the databases'
-        DSNs and passwords too, once its client is known (a PostgreSQL message may quote stored data); before that,
-        redact_tokens, since all such a problem quotes is what the caller sent: a `[REDACTED]` there confirmed that a
-        guess it sent, as a path or an X-Request-ID, was the database's password (trial BF)."""
-        return self.redact if CLIENT_KEY in request.environ else self.redact_tokens
 
 
 class NoSessions(SessionInterface):
@@ -171,7 +164,7 @@ def install_middleware(app, gateway):
     install_admission(app)
     install_access_log(app, observers=[gateway.metrics])
     app.wsgi_app = ResponseHeaders(app.wsgi_app, gateway.response_headers)
-    app.wsgi_app = RequestIds(app.wsgi_app, partial(holds_a_token, gateway.redact_tokens))
+    app.wsgi_app = RequestIds(app.wsgi_app, partial(holds_a_token, gateway.redact))
     if app.config['TRUSTED_PROXY_HOPS']:
         app.wsgi_app = TrustedProxies(app.wsgi_app, app.config['TRUSTED_PROXY_HOPS'])
 
@@ -190,10 +183,9 @@ def create_app(overrides=None):
     app.json = OrjsonProvider(app)
     pools = make_pools(app.config, session_hook(app.config, 'DB_CONFIGURE'), session_hook(app.config, 'DB_RESET'))
     gateway = Gateway(pools, clients, RequestMetrics(pools, fast_paths=app.config['FAST_PATHS']),
-                      redact=Redactor(configured_secrets(app.config['DATABASES'], clients.secrets)),
-                      redact_tokens=Redactor(configured_secrets({}, clients.secrets)))
+                      redact=Redactor(configured_secrets({}, clients.secrets)))
     app.extensions['dbapi'] = gateway
-    clients.learners.extend([lines_redactor.learn_token, gateway.redact.learn_token, gateway.redact_tokens.learn_token])
+    clients.learners.extend([lines_redactor.learn_token, gateway.redact.learn_token])
     app.register_error_handler(Exception, handle_error)
     app.register_blueprint(ops)
     app.register_blueprint(metrics_endpoint)

@@ -63,7 +63,7 @@ def shown_briefly(text, limit=MAX_NAME_SHOWN):
     redactor), then cut after limit characters with '...': a token cut first would pass the body's redactor, its
     first characters shown (trial AA)."""
     gateway = current_app.extensions.get('dbapi') if has_app_context() else None
-    text = gateway.problem_redactor().redact(text) if gateway is not None and has_request_context() else text
+    text = gateway.redact.redact(text) if gateway is not None else text
     return text if len(text) <= limit else text[:limit] + '...'
 
 
@@ -662,6 +662,6 @@ def handle_error(exc):
     # A detail PostgreSQL wrote can quote what the caller sent, a token among it: the log's redactor cleans it.
     gateway = current_app.extensions.get('dbapi')
     if gateway is not None:
-        response.set_data(gateway.problem_redactor()(response.get_data(as_text=True)))
+        response.set_data(gateway.redact(response.get_data(as_text=True)))
     response.headers.update(error.headers)
     return response

@@ -177,11 +177,11 @@ def test_a_request_id_holding_a_token_is_replaced_so_that_its_lines_can_be_found
     assert line_of_request(logged_lines(log_folder), request_id)['http.response.status_code'] == 404
 
 
-def test_the_database_password_sent_by_a_caller_without_a_token_comes_back_as_sent(make_app, log_folder,
-                                                                                     database_url):
+def test_the_database_password_a_caller_sends_comes_back_as_sent_and_only_the_lines_redact_it(make_app, log_folder,
+                                                                                               database_url):
     """Redacted, an X-Request-ID or a 404's module name holding the database's password told a caller without a token
-    that its guess was the password (trial BF): before a token is accepted, a problem redacts tokens alone. The lines
-    redact it still."""
+    that its guess was the password (trial BF), and a body's key told any client (trial BG): problems redact tokens
+    alone. The lines redact it still."""
     password = 'Pw-guess-9876'
     app = make_app(LOG_PATH=str(log_folder),
                    DATABASES={'default': database_url, 'reports': f'postgresql://u:{password}@127.0.0.1:1/x'})
@@ -190,6 +190,9 @@ def test_the_database_password_sent_by_a_caller_without_a_token_comes_back_as_se
     assert response.get_json()['request_id'] == f'id.{password}'
     named = post(app.test_client(), f'/{password}/get', token=SINGLE_BEARER)  # a 404 quotes the module's name
     assert named.status_code == 404 and f"'{password}'" in named.get_json()['detail']
+    keyed = post(app.test_client(), '/probe/greet', {'name': 'x', password: 1}, headers={'X-Request-ID': password})
+    assert keyed.status_code == 422 and password in keyed.get_json()['errors']
+    assert keyed.headers['X-Request-ID'] == keyed.get_json()['request_id'] == password
     assert password not in ''.join(read_log_folder(log_folder).values())
 
 

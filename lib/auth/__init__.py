@@ -261,8 +261,8 @@ def authorization_words(header):
 
 def holds_a_token(redactor, text, environ):
     """Tell whether text (a request's X-Request-ID) holds a token: one redactor (lib.logs.secrets.Redactor, the
-    gateway's redact_tokens: not the database's password, which an id replaced for it confirmed to a caller without a
-    token, trial BF) knows, or the request's own (a word of its Authorization header of 4 characters or more,
+    gateway's: not the database's password, which an id replaced for it confirmed to a caller without a token, trial
+    BF) knows, or the request's own (a word of its Authorization header of 4 characters or more,
     authorization_words), as nginx tells it (nginx/dbapi.conf.template)."""
     return redactor.holds(text, also=authorization_words(environ.get('HTTP_AUTHORIZATION', '')))
 
