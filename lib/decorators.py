@@ -27,8 +27,8 @@ from lib.db.unit import close_stream, in_transaction, time_left, transactional
 from lib.errors import RETRYABLE_SQLSTATES, ApiError, lost_before_commit
 from lib.jsonenc import JSON_MIMETYPE, ExactNumber, json_array_chunks, json_response
 from lib.http.disconnect import WATCHER, ClientClosedRequest, ServerStopping, client_gone
-from lib.http.exchange import CLIENT_KEY, GONE_KEY, HELD_CONNECTIONS_KEY, ROUTE_KEY, WAITED_ON_DATABASE_KEY, \
-    deadline_of
+from lib.http.exchange import CLIENT_KEY, COMMITTED_APART_KEY, GONE_KEY, HELD_CONNECTIONS_KEY, ROUTE_KEY, \
+    WAITED_ON_DATABASE_KEY, deadline_of
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,8 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
     lease = lease_for_request(database, autocommit, named, deadline)
     watch = watch_client(lease)
     held = environ.setdefault(HELD_CONNECTIONS_KEY, {})
+    if any(value is not None for value in held.values()):  # a helper with a connection of its own (trial BG)
+        environ[COMMITTED_APART_KEY] = True
     result = None
     try:
         if WATCHER.stopping:  # a connection that came free as the stopping worker cancelled the queries
@@ -229,8 +231,8 @@ def run_leased(database, autocommit, named, call, deadline=None, finish=None):
         finally:
             lease.end(success=False)
         cancelled = cancelled_error(watch, exc, lease.deadline, autocommit)
-        if cancelled is None and not autocommit:  # its COMMIT not sent yet: nothing of its transaction committed
-            cancelled = lost_before_commit(exc)
+        if cancelled is None and not autocommit and not environ.get(COMMITTED_APART_KEY):
+            cancelled = lost_before_commit(exc)  # its COMMIT not sent yet, and no helper committed apart
         if cancelled is not None:
             raise cancelled from exc
         raise

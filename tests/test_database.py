@@ -108,19 +108,33 @@ HOLD_ROUTES = '''
             cursor.execute('SELECT pg_sleep(%s)', (seconds,))
         return {'held': seconds}
 
+    @inject_conn(autocommit=True)
+    def note(conn, code):
+        with conn.cursor() as cursor:
+            cursor.execute('INSERT INTO probe.things (code) VALUES (%s)', (code,))
+
+    @inject_conn()
+    def after_helper(conn, code, seconds):
+        note(code)  # a helper asking for autocommit borrows a connection of its own: its row commits at once
+        with conn.cursor() as cursor:
+            cursor.execute('SELECT pg_sleep(%s)', (seconds,))
+
     routes = [dict(route='in_transaction', action=inject_conn()(hold)),
-              dict(route='in_autocommit', action=inject_conn(autocommit=True)(hold))]
+              dict(route='in_autocommit', action=inject_conn(autocommit=True)(hold)),
+              dict(route='after_helper', action=after_helper)]
 '''
 
 
 @pytest.mark.parametrize('route, said', [
     ('in_transaction', 'broke before the transaction was committed: nothing it wrote was committed'),
-    ('in_autocommit', 'may have run')])
+    ('in_autocommit', 'may have run'),
+    ('after_helper', 'may have run')])  # trial BG: "nothing it wrote was committed", the helper's row committed
 def test_a_connection_killed_while_its_statement_runs_is_a_503_that_says_what_was_committed(
         make_app, module_package, database_url, route, said):
     """A transaction whose session ends is rolled back: an action run as one was told its writes "may have run"
-    (trial BE); an autocommit action's statements before it did commit."""
-    app = make_app(PROCESS_ID=f'killed-{route}', DB_POOL_MAX=1,
+    (trial BE); an autocommit action's statements before it did commit, and so did a helper's with a connection of its
+    own."""
+    app = make_app(PROCESS_ID=f'killed-{route}', DB_POOL_MAX=2,
                    MODULE_PACKAGES=[module_package({'held/routes.py': HOLD_ROUTES})])
     killer = threading.Timer(0.5, run_sql, (database_url, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
                              'WHERE application_name = %s AND datname = current_database()', (f'dbapi:killed-{route}',)))
@@ -132,7 +146,7 @@ def test_a_connection_killed_while_its_statement_runs_is_a_503_that_says_what_wa
         killer.join()
     assert said in problem['detail'] and problem['detail'] != ServiceUnavailable.detail
     committed = run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,))[0][0]
-    assert committed == (1 if route == 'in_autocommit' else 0)
+    assert committed == (0 if route == 'in_transaction' else 1)
 
 
 @pytest.fixture()

@@ -22,6 +22,9 @@ BODY_TIMED_OUT_KEY = 'dbapi.body_timed_out'
 WAITED_ON_DATABASE_KEY = 'dbapi.waited_on_database'
 # {database name: connection} of the actions of the request that run now, which the decorated helpers they call join.
 HELD_CONNECTIONS_KEY = 'dbapi.held_connections'
+# Set once a decorated helper ran on a connection of its own while an action held one: what it wrote committed on its
+# own, so a transaction of the action that broke does not mean nothing of the request was committed.
+COMMITTED_APART_KEY = 'dbapi.committed_apart'
 # gunicorn's client socket (the public key its WSGI environ has); absent in-process.
 CLIENT_SOCKET_KEY = 'gunicorn.socket'
 # When the request must be done (time.monotonic()), set by the first part of its handling that asks.
