@@ -115,6 +115,25 @@ def test_a_none_in_where_matches_null_and_an_empty_where_is_refused(conn, awkwar
             refused()
 
 
+def test_nothing_to_set_or_to_conflict_on_is_a_value_error_not_a_syntax_error(conn, awkward_table):
+    """`SET  WHERE`, `() VALUES ()` and `ON CONFLICT ()` were PostgreSQL's syntax errors (trial BG)."""
+    db = Db(conn)
+    for call, said in ((lambda: db.update(awkward_table, {}, {'id': 1}), 'the values of Db.update names no column'),
+                       (lambda: db.upsert(awkward_table, {}, 'id'), 'the values of Db.upsert names no column'),
+                       (lambda: db.upsert(awkward_table, {'id': 1}, []), 'the conflict of Db.upsert names no column')):
+        with pytest.raises(ValueError, match=said):
+            call()
+
+
+def test_a_name_holding_a_dot_is_reached_as_a_schema_and_name_pair(conn):
+    """A dot splits schema from table: a table whose own name holds one could not be reached (trial BG)."""
+    db = Db(conn)
+    db.execute('CREATE TEMP TABLE "v1.2 prices" (id int, note text)', [])
+    schema = db.fetch_value("SELECT nspname FROM pg_namespace WHERE oid = pg_my_temp_schema()")
+    assert db.insert((schema, 'v1.2 prices'), {'id': 1, 'note': 'a'}) == {'id': 1, 'note': 'a'}
+    assert db.update([schema, 'v1.2 prices'], {'note': 'b'}, {'id': 1})['note'] == 'b'
+
+
 def test_insert_of_no_values_inserts_the_defaults(conn):
     """INSERT INTO t () VALUES () was a syntax error, a 500 (trial BD)."""
     row = Db(conn).insert(ODD_TABLE, {})

@@ -13,8 +13,17 @@ def identifier(*parts):
 
 
 def table_name(name):
-    """Quote a table or function name, schema-qualified ("schema.table") or not."""
-    return identifier(*name.split('.'))
+    """Quote a table or function name, schema-qualified ("schema.table") or not; a (schema, name) tuple or list for
+    a name that holds a dot itself ("schema.table" would be split there)."""
+    return identifier(*name) if isinstance(name, (tuple, list)) else identifier(*name.split('.'))
+
+
+def some(names, what):
+    """Return names (a mapping or list of column names), or raise ValueError when there is none: SQL has no empty
+    column list, and what (the helper's argument) said nothing to do."""
+    if not names:
+        raise ValueError(f'{what} names no column')
+    return names
 
 
 def column_names(names):
@@ -112,7 +121,8 @@ class Db:
     def upsert(self, table, values, conflict, update=None, returning_columns='*'):
         """Insert a row or, when conflict columns clash, update it; safe under concurrency. conflict and update are
         lists of column names, or one name each."""
-        conflict = column_names(conflict)
+        some(values, 'the values of Db.upsert')
+        conflict = some(column_names(conflict), 'the conflict of Db.upsert')
         update = [name for name in values if name not in conflict] if update is None else column_names(update)
         # DO UPDATE with no column would be DO NOTHING, which returns no row: touch a key column instead.
         excluded = sql.SQL(', ').join(
@@ -124,7 +134,8 @@ class Db:
     def update(self, table, values, where, returning_columns='*'):
         """Update the rows matching where (a None there matches NULL; empty: a ValueError); return the first updated
         row or None."""
-        query = sql.SQL('UPDATE {} SET {} WHERE {}').format(table_name(table), assignments(values), conditions(where))
+        query = sql.SQL('UPDATE {} SET {} WHERE {}').format(
+            table_name(table), assignments(some(values, 'the values of Db.update')), conditions(where))
         return self.fetch_one(query + returning(returning_columns), [*values.values(), *condition_params(where)])
 
     def delete(self, table, where, returning_columns='*'):
