@@ -7,6 +7,7 @@ import uuid
 import psycopg2
 import pytest
 
+from lib.db import connection
 from lib.errors import (RETRY_AFTER_SECONDS, ApiError, Conflict, NotFound, ServiceUnavailable, TooManyRequests,
                         handle_error)
 from lib.http.exchange import ERROR_KEY
@@ -147,16 +148,21 @@ def test_a_write_in_a_read_only_transaction_is_a_503_to_try_again(call):
 
 def test_a_connection_that_met_a_read_only_database_is_closed_not_lent_again(make_app, database_url):
     """A session keeps the default_transaction_read_only its database had when it started: after ALTER DATABASE ...
-    SET it to on and back, every write on the pool's old connections stayed a 503 (trial BE)."""
+    SET it to on and back, every write on the pool's old connections stayed a 503 (trial BE); the idle ones, which
+    began as it did, go with it."""
     name = psycopg2.extensions.parse_dsn(database_url)['dbname']
     run_sql(database_url, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
     try:
-        call = Caller(make_app(DB_POOL_MAX=1).test_client())
+        app = make_app(DB_POOL_MAX=2)
+        pool = app.extensions['dbapi'].pools['default']
+        with connection(pool), connection(pool):  # two idle read-only sessions (trial BG: each failed one write)
+            pass
+        call = Caller(app.test_client())
         refused = call('/users/create', {'email': f'{uuid.uuid4()}@example.com', 'name': 'Ro'})
     finally:  # a session of its own, writable first: a new one starts read-only
         run_sql(database_url, f"SELECT set_config('default_transaction_read_only', 'off', false); "
                 f'COMMIT; ALTER DATABASE "{name}" RESET default_transaction_read_only')
-    assert assert_problem(refused, 503)['sqlstate'] == '25006'
+    assert assert_problem(refused, 503)['sqlstate'] == '25006' and pool.gauges()['idle'] == 0
     assert call('/users/create', {'email': f'{uuid.uuid4()}@example.com', 'name': 'Rw'}).status_code == 201
 
 

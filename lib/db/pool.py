@@ -248,6 +248,8 @@ class Pool:
             else:
                 self.stats['discarded'] += 1
                 close_quietly(conn)
+                if getattr(conn, 'stale_session', False):  # the idle ones began as it did (trial BG: each failed once)
+                    self.discard_idle()
             self.in_use -= 1
             self.slots.release()
 
@@ -299,6 +301,11 @@ class Pool:
         """Close every idle connection."""
         while self.idle:
             close_quietly(self.idle.pop())
+
+    def discard_idle(self):
+        """Close every idle connection, counted as thrown away."""
+        self.stats['discarded'] += len(self.idle)
+        self.close()
 
 
 LIVE_POOLS = weakref.WeakSet()
