@@ -281,8 +281,8 @@ def test_a_readyz_503_logs_why_the_database_did_not_answer_and_its_answer_names_
     assert line['error.type'] == 'lib.errors.ServiceUnavailable'
     assert 'psycopg2.OperationalError: Connection refused' in line['error.stack_trace']
     # Not silence: a refusal, a too-many-clients or a wrong password said "did not answer" (trial BE)
-    assert ("/readyz: the database 'reports' (DATABASES) answered the probe with an error (its connection or its "
-            "SELECT 1)") in line['error.stack_trace']
+    assert ("/readyz: the database 'reports' (DATABASES) failed the probe: it could not be reached, or refused its "
+            "connection or its SELECT 1") in line['error.stack_trace']
     assert 'pw-secret-9' not in json.dumps(line)
 
 

@@ -74,11 +74,11 @@ def first_database_problem(pools):
 
 
 def what_failed(problem):
-    """Say what a database's probe met: silence (a TimeoutError), or an error, libpq's or the server's (a refused
-    connection, a FATAL such as too many clients or a wrong password: not silence, trial BE)."""
+    """Say what a database's probe met: silence (a TimeoutError), or an error, libpq's or the server's (no route, no
+    such host, a refused connection, a FATAL such as too many clients or a wrong password: not silence, trial BE)."""
     if isinstance(problem, TimeoutError):
         return 'did not answer in time'
-    return 'answered the probe with an error (its connection or its SELECT 1)'
+    return 'failed the probe: it could not be reached, or refused its connection or its SELECT 1'
 
 
 @ops.route('/readyz', methods=['GET'], provide_automatic_options=False, strict_slashes=False)
