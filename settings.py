@@ -136,11 +136,14 @@ def raw_at_misread(url):
     """Tell whether a postgresql:// URL holds a raw @ that libpq does not read as the end of the user and password
     (libpq's URI parser ends them at the first @ before any /): a second @ before the host (a raw @ in the password,
     the rest read as the host, which a ?host= then hides: trial BF), or an @ after the first / (a raw / in the
-    password, the rest read as the database's name, which its error then quoted: trial BF)."""
+    password, the rest read as the database's name, which its error then quoted: trial BF). A raw ? or # there is
+    read as meant (trial BG: a # was refused)."""
     rest = url.split('://', 1)[1]
-    authority = re.match(r'[^/?#]*', rest).group()
-    path = rest[len(authority):].partition('?')[0]
-    return authority.count('@') > 1 or '@' in path
+    # libpq looks for the user's end up to the first / only ('?' and '#' are the password's); the host ends at a / or ?
+    after_user = rest[rest.index('@') + 1:] if '@' in rest.partition('/')[0] else rest
+    host, ended_by, tail = re.match(r'([^/?]*)([/?]?)(.*)', after_user, re.DOTALL).groups()
+    database = tail.partition('?')[0] if ended_by == '/' else ''
+    return '@' in host or '@' in database
 
 
 def redacted_libpq_message(message, dsn):

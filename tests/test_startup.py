@@ -210,6 +210,16 @@ def test_ports_that_are_not_one_per_host_stop_the_start_naming_the_setting(envir
     assert 'cannot be reached' not in line
 
 
+@pytest.mark.parametrize('dsn, password', [
+    ('postgresql://u:ab#cd@127.0.0.1/db', 'ab#cd'), ('postgresql://u:ab?cd@127.0.0.1/db', 'ab?cd'),
+    ('postgresql://u@h?host=/tmp&password=a@b', 'a@b'), ('postgresql://h/db?password=a@b', 'a@b')])
+def test_a_raw_question_mark_or_hash_in_a_url_password_and_an_at_in_its_query_are_read_as_meant(dsn, password):
+    """libpq ends the user and password at the first @ before any /: a raw # was refused (trial BG), and an @ in
+    the query is a value's."""
+    assert settings.checked_dsn('DATABASE_URL', dsn) == dsn
+    assert psycopg2.extensions.parse_dsn(dsn)['password'] == password
+
+
 @pytest.mark.parametrize('dsn', ['postgresql://u@127.0.0.1:5432,127.0.0.1/db', 'host=127.0.0.1,127.0.0.1 port=,5433',
                                  'postgresql://u@127.0.0.1:/db'])
 def test_an_empty_port_in_a_list_is_libpqs_default_port_and_accepted(dsn):
