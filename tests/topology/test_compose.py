@@ -4,6 +4,7 @@ runs Prometheus with the alert rules, and pgbouncer's settings are the ones deri
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -91,6 +92,28 @@ def test_swarm_gets_the_same_restart_policies():
     assert services['migrate']['deploy']['restart_policy'] == {'condition': 'on-failure', 'max_attempts': 5}
     assert services['api']['deploy']['restart_policy'] == {'condition': 'any'}
     assert services['api']['deploy']['replicas'] == 3
+
+
+def test_the_migration_has_no_health_check_for_swarm_to_replace_it_on():
+    """It inherited the image's /healthz check, which it never serves: Swarm would call it unhealthy about 45 s in
+    and replace it mid-migration (trial BH)."""
+    assert swarm.swarm_stack(compose_file())['services']['migrate']['healthcheck'] == {'disable': True}
+
+
+@pytest.mark.parametrize('file', ['docker-compose.yml', 'docker-compose.elk.yml'])
+def test_every_shell_health_check_runs_in_the_foreground(file):
+    """Elasticsearch's unquoted `...?a=b&timeout=5s` ran curl in the background: the check passed whatever the
+    server said (trial BH)."""
+    for name, service in compose_file(file)['services'].items():
+        test = service.get('healthcheck', {}).get('test', [])
+        if test[:1] == ['CMD-SHELL']:
+            words = list(shlex.shlex(test[1], posix=True, punctuation_chars=True))
+            assert '&' not in words, f'{name}: {test[1]}'
+
+
+def test_the_databases_health_check_asks_over_tcp_as_the_services_connect():
+    """Over its socket, it answered while the image's first-start server listened on that alone (trial BH)."""
+    assert ' -h 127.0.0.1 ' in compose_file()['services']['db']['healthcheck']['test'][1]
 
 
 def test_the_elk_profile_keeps_to_its_own_network():
