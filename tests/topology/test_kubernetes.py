@@ -119,6 +119,7 @@ def test_every_pod_runs_unprivileged_on_a_read_only_root_with_pinned_images(app,
         spec = template['spec']
         assert spec['securityContext']['runAsNonRoot'] and spec['securityContext']['runAsUser'] >= 10000, name
         assert spec['automountServiceAccountToken'] is False, name
+        assert spec['enableServiceLinks'] is False, name  # a Service's <NAME>_PORT met a setting's name (trial BH)
         volumes = {volume['name']: volume for volume in spec['volumes']}
         for container in spec['containers']:
             security = container['securityContext']
