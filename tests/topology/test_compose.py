@@ -72,9 +72,22 @@ def test_a_password_beside_its_file_still_stops_the_start(tmp_path):
     assert started.returncode != 0 and 'DEFAULT_DB_PASS or DEFAULT_DB_PASS_FILE' in started.stderr
 
 
+def own_services(file):
+    """Return {name: service} of the services file defines, not those it only adds to (the elk file's api)."""
+    return {name: service for name, service in compose_file(file)['services'].items()
+            if 'image' in service or 'build' in service}
+
+
+def test_only_the_elk_profile_has_the_api_write_log_files():
+    """Written always, with nothing to read or prune them: up to 400 MiB a process beside Docker's copy (trial BH)."""
+    api, added = compose_file()['services']['api'], compose_file('docker-compose.elk.yml')['services']['api']
+    assert 'LOG_PATH' not in api['environment'] and 'volumes' not in api
+    assert added == {'environment': {'LOG_PATH': '/var/log/dbapi'}, 'volumes': ['dbapi-logs:/var/log/dbapi']}
+
+
 @pytest.mark.parametrize('file', ['docker-compose.yml', 'docker-compose.elk.yml'])
 def test_every_service_rotates_its_log(file):
-    for name, service in compose_file(file)['services'].items():
+    for name, service in own_services(file).items():
         logging = service.get('logging', {})
         assert logging.get('driver') == 'json-file', f'{name} logs without rotation'
         assert re.fullmatch(r'\d+m', logging['options']['max-size']) and int(logging['options']['max-file']) > 1
@@ -82,7 +95,7 @@ def test_every_service_rotates_its_log(file):
 
 @pytest.mark.parametrize('file', ['docker-compose.yml', 'docker-compose.elk.yml'])
 def test_every_service_has_one_restart_policy(file):
-    for name, service in compose_file(file)['services'].items():
+    for name, service in own_services(file).items():
         assert 'restart_policy' not in service.get('deploy', {}), f'{name}: deploy.restart_policy beside restart'
         assert service['restart'] in ('unless-stopped', 'on-failure:5'), name
 
