@@ -441,22 +441,19 @@ def migrations_failure(dsn, folder, files):
     return str(caught.value)
 
 
-def test_a_dependency_on_no_migration_stops_the_start_in_one_line(tmp_path, scratch_database):
-    """yoyo's BadMigration was a traceback (trial AH)."""
-    folder = tmp_path / 'migrations'
-    files = {'0001_orders.sql': '-- depends: 0000_typo\nCREATE TABLE orders (id int);\n'}
+@pytest.mark.parametrize('files, named', [
+    ({'0001_orders.sql': '-- depends: 0000_typo\nCREATE TABLE orders (id int);\n'},
+     ('0001_orders.sql', 1, '0000_typo')),
+    # one missing among several, on a later line of the header (trial AZ: the file alone was named)
+    ({'0001_a.sql': 'CREATE TABLE a (id int);\n',
+      '0002_b.sql': '-- a comment\n-- depends: 0001_a\n--depends:0001_a   0001_z\nCREATE TABLE b (id int);\n'},
+     ('0002_b.sql', 3, '0001_z'))])
+def test_a_dependency_on_no_migration_stops_the_start_in_one_line_naming_it(tmp_path, scratch_database, files,
+                                                                            named):
+    """yoyo's BadMigration was a traceback (trial AH), then a line that named the file alone."""
+    folder, (name, line, missing) = tmp_path / 'migrations', named
     assert migrations_failure(scratch_database, folder, files) == (
-        f'the migrations cannot be ordered: migration {folder / "0001_orders.sql"}:1 depends on 0000_typo, which is '
-        f'no migration in {folder}')
-
-
-def test_a_dependency_on_no_migration_is_named_among_several_on_later_lines(tmp_path, scratch_database):
-    """yoyo's line named the file alone, not which of its dependencies is missing (trial AZ)."""
-    folder = tmp_path / 'migrations'
-    files = {'0001_a.sql': 'CREATE TABLE a (id int);\n',
-             '0002_b.sql': '-- a comment\n-- depends: 0001_a\n--depends:0001_a   0001_z\nCREATE TABLE b (id int);\n'}
-    assert migrations_failure(scratch_database, folder, files) == (
-        f'the migrations cannot be ordered: migration {folder / "0002_b.sql"}:3 depends on 0001_z, which is no '
+        f'the migrations cannot be ordered: migration {folder / name}:{line} depends on {missing}, which is no '
         f'migration in {folder}')
 
 

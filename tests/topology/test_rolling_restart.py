@@ -182,27 +182,33 @@ def test_a_replica_that_cannot_come_back_gets_no_request_until_it_does(tmp_path_
     assert rows == {attempt.code for attempt in load.attempts if attempt.status == 201} and len(rows) > 100
 
 
+def answers_while_taken_out(stack, port, requests):
+    """Kill the replica on port, let another program take the port (it answers 200 {} to anything), and once the
+    replica failed to start again, POST requests times through nginx and ask for a rolling restart, which must be
+    refused; return the answers once the replica is ready again and back in nginx's list."""
+    os.killpg(worker_group(port), signal.SIGKILL)
+    with squatting(port, True, RESTART_TIMEOUT_SECONDS):
+        wait_for(lambda: f'replica 1 (port {port}) exited with code 1;'.encode() in stack.log_path.read_bytes(),
+                 RESTART_TIMEOUT_SECONDS, 'the replica did not fail to start again', interval=0.5,
+                 on_timeout=lambda: stack.log_text()[-3000:])
+        answers = [stack.post('/session/state') for _ in range(requests)]
+        stack.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: f'rolling restart refused: replica 1 (port {port}) is not ready again yet'.encode()
+                 in stack.log_path.read_bytes(), 10, 'the rolling restart was not refused',
+                 on_timeout=lambda: stack.log_text()[-3000:])
+    wait_for(lambda: f'replica 1 (port {port}) is ready again; nginx sends to it again'.encode()
+             in stack.log_path.read_bytes(), RESTART_TIMEOUT_SECONDS, 'the replica did not take requests back',
+             interval=0.5, on_timeout=lambda: stack.log_text()[-3000:])
+    return answers
+
+
 def test_a_replica_that_exited_gets_no_request_until_it_is_ready_again(tmp_path_factory, topology_database_url):
     """nginx sent it requests while the stack waited to start it again (up to 32 s, trial AS): another program that
     took its port answered them, and a rolling restart asked for meanwhile took the other replica out, leaving nginx
     this one alone: 394 of 1908 POSTs were 502s."""
-    base_port = free_ports_below_the_ephemeral_range(4)
-    with running_stack(tmp_path_factory, topology_database_url, replicas=2, base_port=base_port,
-                       GRACEFUL_TIMEOUT='10') as stack:
-        first = stack.replica_ports[0]
-        os.killpg(worker_group(first), signal.SIGKILL)
-        with squatting(first, True, RESTART_TIMEOUT_SECONDS):  # answers 200 {} to anything
-            wait_for(lambda: f'replica 1 (port {first}) exited with code 1;'.encode() in stack.log_path.read_bytes(),
-                     RESTART_TIMEOUT_SECONDS, 'the replica did not fail to start again', interval=0.5,
-                     on_timeout=lambda: stack.log_text()[-3000:])
-            answers = [stack.post('/session/state') for _ in range(20)]
-            stack.process.send_signal(signal.SIGHUP)
-            wait_for(lambda: f'rolling restart refused: replica 1 (port {first}) is not ready again yet'.encode()
-                     in stack.log_path.read_bytes(), 10, 'the rolling restart was not refused',
-                     on_timeout=lambda: stack.log_text()[-3000:])
-        wait_for(lambda: f'replica 1 (port {first}) is ready again; nginx sends to it again'.encode()
-                 in stack.log_path.read_bytes(), RESTART_TIMEOUT_SECONDS, 'the replica did not take requests back',
-                 interval=0.5, on_timeout=lambda: stack.log_text()[-3000:])
+    with running_stack(tmp_path_factory, topology_database_url, replicas=2,
+                       base_port=free_ports_below_the_ephemeral_range(4), GRACEFUL_TIMEOUT='10') as stack:
+        answers = answers_while_taken_out(stack, stack.replica_ports[0], 20)
     assert [answer.status for answer in answers] == [200] * 20
     assert not [answer for answer in answers if answer.json() == {}], 'the other program answered'
 
@@ -211,23 +217,9 @@ def test_a_lone_replica_that_exited_gets_no_request_until_it_is_ready_again(tmp_
     """A lone replica stayed in nginx's list (it cannot be empty): the program that took its port answered its
     requests (trial AT: 45 fake 200s), and a rolling restart asked for meanwhile was not refused. nginx now lists it
     `down` and answers its 502 at once."""
-    base_port = free_ports_below_the_ephemeral_range(3)
-    with running_stack(tmp_path_factory, topology_database_url, replicas=1, base_port=base_port,
-                       GRACEFUL_TIMEOUT='10') as stack:
-        (port,) = stack.replica_ports
-        os.killpg(worker_group(port), signal.SIGKILL)
-        with squatting(port, True, RESTART_TIMEOUT_SECONDS):  # answers 200 {} to anything
-            wait_for(lambda: f'replica 1 (port {port}) exited with code 1;'.encode() in stack.log_path.read_bytes(),
-                     RESTART_TIMEOUT_SECONDS, 'the replica did not fail to start again', interval=0.5,
-                     on_timeout=lambda: stack.log_text()[-3000:])
-            answers = [stack.post('/session/state') for _ in range(5)]
-            stack.process.send_signal(signal.SIGHUP)
-            wait_for(lambda: f'rolling restart refused: replica 1 (port {port}) is not ready again yet'.encode()
-                     in stack.log_path.read_bytes(), 10, 'the rolling restart was not refused',
-                     on_timeout=lambda: stack.log_text()[-3000:])
-        wait_for(lambda: f'replica 1 (port {port}) is ready again; nginx sends to it again'.encode()
-                 in stack.log_path.read_bytes(), RESTART_TIMEOUT_SECONDS, 'the replica did not take requests back',
-                 interval=0.5, on_timeout=lambda: stack.log_text()[-3000:])
+    with running_stack(tmp_path_factory, topology_database_url, replicas=1,
+                       base_port=free_ports_below_the_ephemeral_range(3), GRACEFUL_TIMEOUT='10') as stack:
+        answers = answers_while_taken_out(stack, stack.replica_ports[0], 5)
         after = stack.post('/session/state')
     assert [(answer.status, answer.headers['Content-Type']) for answer in answers] == [
         (502, 'application/problem+json')] * 5, 'nginx answers itself, the other program gets nothing'
