@@ -153,17 +153,32 @@ def test_a_connection_that_met_a_read_only_database_is_closed_not_lent_again(mak
     name = psycopg2.extensions.parse_dsn(database_url)['dbname']
     run_sql(database_url, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
     try:
-        app = make_app(DB_POOL_MAX=2)
+        app = make_app(DB_POOL_MAX=4)
         pool = app.extensions['dbapi'].pools['default']
         with connection(pool), connection(pool):  # two idle read-only sessions (trial BG: each failed one write)
             pass
         call = Caller(app.test_client())
-        refused = call('/users/create', {'email': f'{uuid.uuid4()}@example.com', 'name': 'Ro'})
+        with connection(pool):  # one in use meanwhile, given back later (trial BI: it failed a write after)
+            refused = call('/users/create', {'email': f'{uuid.uuid4()}@example.com', 'name': 'Ro'})
+            assert pool.gauges()['idle'] == 0
     finally:  # a session of its own, writable first: a new one starts read-only
         run_sql(database_url, f"SELECT set_config('default_transaction_read_only', 'off', false); "
                 f'COMMIT; ALTER DATABASE "{name}" RESET default_transaction_read_only')
     assert assert_problem(refused, 503)['sqlstate'] == '25006' and pool.gauges()['idle'] == 0
-    assert call('/users/create', {'email': f'{uuid.uuid4()}@example.com', 'name': 'Rw'}).status_code == 201
+    for _ in range(3):
+        assert call('/users/create', {'email': f'{uuid.uuid4()}@example.com', 'name': 'Rw'}).status_code == 201
+
+
+def test_an_actions_own_read_only_transaction_keeps_the_pools_connections(make_app):
+    """A 25006 from `SET TRANSACTION READ ONLY` is the action's own: it closed the pool's every connection at each
+    call (trial BI)."""
+    app = make_app(DB_POOL_MAX=3)
+    pool = app.extensions['dbapi'].pools['default']
+    with connection(pool), connection(pool):
+        pass
+    discarded = pool.gauges()['discarded']
+    assert Caller(app.test_client())('/probe/sqlstate', {'case': 'read_only'}).status_code == 503
+    assert pool.gauges()['discarded'] == discarded and pool.gauges()['idle'] == 2
 
 
 @pytest.mark.parametrize('case, sqlstate, constraint, datatype', [

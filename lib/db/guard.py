@@ -189,23 +189,32 @@ class RequestGuard:
         return sent(self, super().copy_to, *args, **kwargs)
 
 
-# SQLSTATEs that tell of the session's own state, fixed when it started, that a new session would not have: 25006, a
-# write refused as read-only by a default_transaction_read_only the database or role had when the session started
-# (ALTER DATABASE ... SET, undone since: trial BE, writes failed with 503s until the pool's connections were closed),
-# or by a standby the server was before a failover.
-STALE_SESSION_SQLSTATES = frozenset({'25006'})
+# SQLSTATE 25006: a write refused as read-only. From the session's own state, fixed when it started, when the
+# database or role had default_transaction_read_only on then (ALTER DATABASE ... SET, undone since: trial BE, writes
+# failed with 503s until the pool's connections were closed), or the server was a standby (before a failover).
+READ_ONLY_SQL_TRANSACTION = '25006'
 
 
 def sent(cursor, send, *args, **kwargs):
-    """Send a statement with send (a cursor's bound psycopg2 method) once before_statement allows it; a failure of
-    STALE_SESSION_SQLSTATES marks the connection stale, for the pool to close rather than lend again."""
+    """Send a statement with send (a cursor's bound psycopg2 method) once before_statement allows it; a write refused
+    as read-only by the session's own start (started_read_only) marks the connection stale, for the pool to close
+    rather than lend again."""
     before_statement(cursor.connection)
     try:
         return send(*args, **kwargs)
     except psycopg2.Error as exc:
-        if exc.pgcode in STALE_SESSION_SQLSTATES:
+        if exc.pgcode == READ_ONLY_SQL_TRANSACTION and started_read_only(cursor.connection):
             cursor.connection.stale_session = True
         raise
+
+
+def started_read_only(conn):
+    """Tell whether conn's session began read-only, as the server reported it (PostgreSQL 14 and later report
+    default_transaction_read_only and in_hot_standby; an older server, or a pooler that passes neither on, counts as
+    read-only): not an action's own `SET TRANSACTION READ ONLY`, which closed the pool's every connection at each call
+    (trial BI)."""
+    reported = [conn.info.parameter_status(name) for name in ('default_transaction_read_only', 'in_hot_standby')]
+    return 'on' in reported or reported == [None, None]
 
 
 class NamedCursorGuard(RequestGuard):

@@ -173,6 +173,9 @@ class Pool:
         self.connect_kwargs = connect_kwargs
         self.stats = collections.Counter(waits=0, timeouts=0, connects=0, connect_failures=0, discarded=0)
         self.configured_driver_state = None  # driver_state() of a connection fresh from configure
+        # Bumped when a connection comes back stale (lib/db/guard.py's sent): each connection opened
+        # before is closed when it comes back, or at once when idle, as they all began as it did (trial BI).
+        self.generation = 0
         self.forget_connections()
         LIVE_POOLS.add(self)
 
@@ -234,6 +237,7 @@ class Pool:
             raise
         self.stats['connects'] += 1  # opened: a failed attempt counted too, so an outage looked like churn (trial BE)
         self.configured_driver_state = driver_state(conn)
+        conn.pool_generation = self.generation
         return conn
 
     def give_back(self, conn):
@@ -248,7 +252,8 @@ class Pool:
             else:
                 self.stats['discarded'] += 1
                 close_quietly(conn)
-                if getattr(conn, 'stale_session', False):  # the idle ones began as it did (trial BG: each failed once)
+                if getattr(conn, 'stale_session', False):  # the others began as it did (trial BG: each failed once)
+                    self.generation += 1
                     self.discard_idle()
             self.in_use -= 1
             self.slots.release()
@@ -262,8 +267,8 @@ class Pool:
         (trial Y)."""
         if conn.closed or conn.get_transaction_status() == BROKEN or getattr(conn, 'cancel_unacknowledged', False):
             return False  # a cancel request the server has not taken may still cancel the next query
-        if getattr(conn, 'stale_session', False):  # a new session reads the database's settings as they are now
-            return False
+        if getattr(conn, 'stale_session', False) or getattr(conn, 'pool_generation', 0) < self.generation:
+            return False  # a new session reads the database's settings as they are now
         bound_answers(conn, time.monotonic() + END_OF_USE_ANSWER_SECONDS)
         try:
             if conn.get_transaction_status() != IDLE:

@@ -43,9 +43,11 @@ class PooledConnection(psycopg2.extensions.connection):
     reset_statement = None
     cancel_request = None
     cancel_unacknowledged = False
-    # True once a statement failed in a way a new session would not (lib/db/guard.py's STALE_SESSION_SQLSTATES): the
+    # True once a write was refused by the read-only default its session began with (lib/db/guard.py's sent): the
     # pool closes it when it comes back.
     stale_session = False
+    # The pool's generation when it was opened (lib/db/pool.py): one older than the pool's is closed when it comes back.
+    pool_generation = 0
     # How many times the pool lent it: a type's fields read in one use are read again in the next
     # (lib/db/types.py's Composite).
     uses = 0

@@ -111,6 +111,7 @@ def test_pgbouncer_config_for_the_native_stack(tmp_path):
     ini = (tmp_path / 'bouncer' / 'pgbouncer.ini').read_text()
     assert "* = host=/sockets port=5433 connect_query='SET statement_timeout = 2500'" in ini
     assert 'pool_mode = transaction' in ini and 'listen_port = 6543' in ini
+    assert 'server_lifetime = 300\n' in ini  # a server session's settings renewed within 5 minutes (trial BI)
     assert 'options' in ini.split('ignore_startup_parameters =')[1].split('\n')[0]
     parts = dict(item.split('=', 1) for item in dsn.split())
     assert (parts['host'], parts['port'], parts['dbname'], parts['user']) == ('127.0.0.1', '6543', 'app', 'alice')
