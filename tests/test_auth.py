@@ -157,7 +157,11 @@ def test_a_start_error_of_bearer_tokens_shows_no_token_of_bearer_either(database
     ({'BEARER': 'shared-token-1', 'BEARER_TOKENS': '{"b": {"token": "shared-token-1", "modules": ["users"]}}'},
      "clients 'bearer' and 'b' have the same token"),
     ({'BEARER_TOKENS': '{"a": {"token": "token-one"}, "a": {"token": "token-two", "modules": ["users"]}}'},
-     "BEARER_TOKENS gives 'a' twice"),
+     "BEARER_TOKENS gives a client name twice"),
+    # a name that is a token, given twice in one table, or in the table and the file (trial BI: shown)
+    ({'BEARER': 'shared-token-1', 'BEARER_TOKENS': '{"shared-token-1": {"token": "token-one"}, '
+                                                   '"shared-token-1": {"token": "token-two"}}'},
+     "BEARER_TOKENS gives a client name twice"),
     ({'BEARER_TOKENS': '{"a": {"token": "token-one", "token": "token-two"}}'}, "BEARER_TOKENS gives 'token' twice"),
     ({'BEARER': 'token-one', 'BEARER_TOKENS': '{"bearer": {"token": "token-two", "modules": ["users"]}}'},
      "client 'bearer' is given twice (BEARER, which env/<ENVIRONMENT>/.env may set, is the client 'bearer'"),
@@ -180,6 +184,16 @@ def test_a_tokens_file_that_cannot_be_read_as_meant_says_where_and_why(database_
     with pytest.raises(ImproperlyConfigured) as raised:
         create_app(app_config(database_url, BEARER=None, BEARER_TOKENS=None, BEARER_TOKENS_FILE=str(tokens)))
     assert said in str(raised.value) and 'xxxx-token' not in str(raised.value)
+
+
+def test_a_client_of_the_table_and_the_file_given_twice_shows_no_token(database_url, tmp_path):
+    """Its name, a token of both, was shown (trial BI)."""
+    tokens = tmp_path / 'tokens.json'
+    tokens.write_text('{"tok-abc-12345": {"token": "tok-abc-12345"}}')
+    with pytest.raises(ImproperlyConfigured) as raised:
+        create_app(app_config(database_url, BEARER=None, BEARER_TOKENS='{"tok-abc-12345": {"token": "tok-abc-12345"}}',
+                              BEARER_TOKENS_FILE=str(tokens)))
+    assert 'is given twice' in str(raised.value) and 'tok-abc' not in str(raised.value)
 
 
 def test_unreadable_tokens_file_fails_at_start(database_url, tmp_path):

@@ -27,6 +27,8 @@ MAX_KNOWN_HEADERS = 256
 TOKEN_TABLES = weakref.WeakValueDictionary()  # id -> TokenTable: a dict is no set member
 # The most connections a client's "max_connections" (and DB_CLIENT_MAX_CONNECTIONS, DB_POOL_MAX) may name.
 MAX_CLIENT_CONNECTIONS = 1000
+# The keys of a client's entry in BEARER_TOKENS (parse_client).
+ENTRY_KEYS = frozenset({'token', 'sha256', 'modules', 'max_connections'})
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def parse_client(name, entry):
                                    f'a {type(entry).__name__} (its name is not shown: it may be a token)')
     if ('token' in entry) == ('sha256' in entry):
         raise ImproperlyConfigured(f'bearer client {name!r} needs exactly one of "token" or "sha256"')
-    unknown = entry.keys() - {'token', 'sha256', 'modules', 'max_connections'}
+    unknown = entry.keys() - ENTRY_KEYS
     if unknown:
         raise ImproperlyConfigured(f'bearer client {name!r} has unknown keys: {sorted(unknown)}')
     if 'token' in entry and entry['token'] != '':  # a number, null, a list: not a token (it was a traceback)
@@ -134,10 +136,15 @@ def parse_clients_json(text, origin, known=()):
     try:
         clients = [parse_client(name, entry) for name, entry in table.items()]
     except ImproperlyConfigured as exc:  # a name may be a token, written where the name goes (trial BF)
-        from lib.logs.secrets import redacted  # lib.logs imports lib.auth: at the top, a cycle
-        shown = [token for token in (*tokens, *known) if isinstance(token, str)]
-        raise ImproperlyConfigured(redacted(str(exc), {}, shown)) from None
+        raise without_tokens(exc, [*tokens, *known]) from None
     return clients, tokens
+
+
+def without_tokens(error, tokens):
+    """Return an ImproperlyConfigured of error's line with each of tokens (the strings among them) redacted: a
+    client's name, which a start error quotes, may be a token."""
+    from lib.logs.secrets import redacted  # lib.logs imports lib.auth: at the top, a cycle
+    return ImproperlyConfigured(redacted(str(error), {}, [token for token in tokens if isinstance(token, str)]))
 
 
 def keys_once(origin, pairs):
@@ -145,10 +152,12 @@ def keys_once(origin, pairs):
     where json.loads would keep the last silently."""
     table = {}
     for key, value in pairs:
-        if key in table:
-            raise ImproperlyConfigured(f'{origin} gives {key!r} twice')
+        if key in table:  # a client's name may be a token, and no token of the text is known yet (trial BI)
+            shown = repr(key) if key in ENTRY_KEYS else 'a client name'
+            raise ImproperlyConfigured(f'{origin} gives {shown} twice')
         table[key] = value
     return table
+
 
 
 def read_tokens_file(path):
@@ -224,6 +233,15 @@ class TokenTable(dict):
                 learner(token)
 
 
+def add_clients(clients, parsed):
+    """Add parsed ((digest, Client) pairs, plain tokens) to clients (a TokenTable); an error's line shows none of
+    the tokens of either (trial BI: a name given twice, which was a token)."""
+    try:
+        clients.add(*parsed)
+    except ImproperlyConfigured as exc:
+        raise without_tokens(exc, [*clients.secrets, *parsed[1]]) from None
+
+
 def load_clients(config):
     """Build the {token digest: Client} table (and its plain tokens) from BEARER, BEARER_TOKENS[_FILE]."""
     clients = TokenTable()
@@ -231,10 +249,10 @@ def load_clients(config):
         check_token_characters(config['BEARER'], 'BEARER')
         clients.add([(sha256_hex(config['BEARER']), Client(SINGLE_TOKEN_CLIENT, None))], [config['BEARER']])
     if config.get('BEARER_TOKENS'):
-        clients.add(*parse_clients_json(config['BEARER_TOKENS'], 'BEARER_TOKENS', clients.secrets))
+        add_clients(clients, parse_clients_json(config['BEARER_TOKENS'], 'BEARER_TOKENS', clients.secrets))
     if config.get('BEARER_TOKENS_FILE'):
-        clients.add(*parse_clients_json(read_tokens_file(config['BEARER_TOKENS_FILE']), 'BEARER_TOKENS_FILE',
-                                        clients.secrets))
+        add_clients(clients, parse_clients_json(read_tokens_file(config['BEARER_TOKENS_FILE']), 'BEARER_TOKENS_FILE',
+                                                clients.secrets))
     if not clients and config['ENVIRONMENT'] not in ('local', 'test'):
         raise ImproperlyConfigured('no bearer token configured: set BEARER, BEARER_TOKENS or BEARER_TOKENS_FILE')
     check_not_development_token(clients, config['ENVIRONMENT'])
