@@ -102,7 +102,8 @@ def check_ports(name, ports, hosts):
 URL_SCHEMES = ('postgresql://', 'postgres://')
 # What a URL looks like, its scheme mistyped or not (postgresq://, postgresql:/, postgres//..., a space before it).
 URL_LIKE = re.compile(r'\s*[A-Za-z][A-Za-z0-9+.-]*:?/|\s*[^=\s]*@')
-DSN_HINTS = {True: 'in a URL, percent-encode %, @ and / in the user and password, and every space (%25, %40, %2F, %20)',
+DSN_HINTS = {True: 'in a URL, percent-encode %, @, / and ? in the user and password, and every space (%25, %40, '
+                   '%2F, %3F, %20)',
              False: r"in key=value form, quote a value with spaces in single quotes: password='my secret' (\' and \\ inside)"}
 SCHEME_HINT = 'a URL starts with postgresql:// or postgres://, nothing before it; '
 # The longest wait for a new connection, in seconds: DB_CONNECT_TIMEOUT's bound, and a database URL's connect_timeout's
@@ -136,14 +137,16 @@ def raw_at_misread(url):
     """Tell whether a postgresql:// URL holds a raw @ that libpq does not read as the end of the user and password
     (libpq's URI parser ends them at the first @ before any /): a second @ before the host (a raw @ in the password,
     the rest read as the host, which a ?host= then hides: trial BF), or an @ after the first / (a raw / in the
-    password, the rest read as the database's name, which its error then quoted: trial BF). A raw ? or # there is
-    read as meant (trial BG: a # was refused)."""
+    password, the rest read as the database's name, which its error then quoted: trial BF). A raw # there is read as
+    meant (trial BG: it was refused)."""
     rest = url.split('://', 1)[1]
-    # libpq looks for the user's end up to the first / only ('?' and '#' are the password's); the host ends at a / or ?
-    after_user = rest[rest.index('@') + 1:] if '@' in rest.partition('/')[0] else rest
+    # libpq looks for the user's end up to the first / only; the host ends at a / or a ?
+    user, at, after_user = rest.partition('@') if '@' in rest.partition('/')[0] else ('', '', rest)
     host, ended_by, tail = re.match(r'([^/?]*)([/?]?)(.*)', after_user, re.DOTALL).groups()
     database = tail.partition('?')[0] if ended_by == '/' else ''
-    return '@' in host or '@' in database
+    # A ? before that @: a query's @ read as the user's end (`h?password=a@b`), or a raw ? in the password; refused
+    # as the two cannot be told apart (trial BI: the first's password reached a start error as a host name).
+    return '?' in user or '@' in host or '@' in database
 
 
 def redacted_libpq_message(message, dsn):

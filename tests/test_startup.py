@@ -59,6 +59,10 @@ def assert_one_line_failure(result, *names, secrets=(SECRET,)):
     (f'postgresql://dbapi:{SECRET}@more@127.0.0.1:1/db', 'percent-encode'),      # a raw @ in the password
     # the same with the host in ?host=, which hid the rest of the password read as the host (trial BF)
     (f'postgresql://dbapi:{SECRET}@more@/db?host=127.0.0.1&port=1', 'percent-encode'),
+    # a query's @ with no path before it: libpq read the query as the user (trial BI), and a raw ? in a password,
+    # which the URL cannot tell from it
+    (f'postgresql://127.0.0.1:1?user=dbapi&password={SECRET}@more', 'percent-encode'),
+    (f'postgresql://dbapi:{SECRET}?more@127.0.0.1:1/db', 'percent-encode'),
     # a raw / in the password: libpq read its rest as the database's name, and its error quoted it (trial BF)
     (f'postgresql://dbapi:/{SECRET}more@/db?host=127.0.0.1&port=1', 'percent-encode'),
     (f'postgresql://dbapi:5432/{SECRET}more@127.0.0.1:1/db', 'percent-encode'),
@@ -211,11 +215,11 @@ def test_ports_that_are_not_one_per_host_stop_the_start_naming_the_setting(envir
 
 
 @pytest.mark.parametrize('dsn, password', [
-    ('postgresql://u:ab#cd@127.0.0.1/db', 'ab#cd'), ('postgresql://u:ab?cd@127.0.0.1/db', 'ab?cd'),
+    ('postgresql://u:ab#cd@127.0.0.1/db', 'ab#cd'), ('postgresql://u:ab%3Fcd@127.0.0.1/db', 'ab?cd'),
     ('postgresql://u@h?host=/tmp&password=a@b', 'a@b'), ('postgresql://h/db?password=a@b', 'a@b')])
-def test_a_raw_question_mark_or_hash_in_a_url_password_and_an_at_in_its_query_are_read_as_meant(dsn, password):
+def test_a_raw_hash_in_a_url_password_and_an_at_in_its_query_after_a_user_or_a_path_are_read_as_meant(dsn, password):
     """libpq ends the user and password at the first @ before any /: a raw # was refused (trial BG), and an @ in
-    the query is a value's."""
+    the query is a value's once a user or a path comes before it."""
     assert settings.checked_dsn('DATABASE_URL', dsn) == dsn
     assert psycopg2.extensions.parse_dsn(dsn)['password'] == password
 
