@@ -120,7 +120,13 @@ def test_nothing_to_set_or_to_conflict_on_is_a_value_error_not_a_syntax_error(co
     db = Db(conn)
     for call, said in ((lambda: db.update(awkward_table, {}, {'id': 1}), 'the values of Db.update names no column'),
                        (lambda: db.upsert(awkward_table, {}, 'id'), 'the values of Db.upsert names no column'),
-                       (lambda: db.upsert(awkward_table, {'id': 1}, []), 'the conflict of Db.upsert names no column')):
+                       (lambda: db.upsert(awkward_table, {'id': 1}, []), 'the conflict of Db.upsert names no column'),
+                       # '' got past it, a 500, and None was a TypeError (trial BI)
+                       (lambda: db.upsert(awkward_table, {'id': 1}, ''), 'the conflict of Db.upsert names no column'),
+                       (lambda: db.upsert(awkward_table, {'id': 1}, None), 'the conflict of Db.upsert names no column'),
+                       (lambda: db.update(awkward_table, {'': 1}, {'id': 1}), 'the values of Db.update names no column'),
+                       (lambda: db.insert(awkward_table, {'': 1}), 'the values of Db.insert names no column'),
+                       (lambda: db.delete(awkward_table, {'': 1}), 'the where of Db.update and Db.delete names no')):
         with pytest.raises(ValueError, match=said):
             call()
 

@@ -19,16 +19,17 @@ def table_name(name):
 
 
 def some(names, what):
-    """Return names (a mapping or list of column names), or raise ValueError when there is none: SQL has no empty
-    column list, and what (the helper's argument) said nothing to do."""
-    if not names:
+    """Return names (a mapping or list of column names), or raise ValueError when there is none, or one is empty: SQL
+    has no empty column list or name, and what (the helper's argument) said nothing to do."""
+    if not names or '' in names:
         raise ValueError(f'{what} names no column')
     return names
 
 
 def column_names(names):
-    """Return a list of column names given as a list or as one name ("reference": one column, not its letters)."""
-    return [names] if isinstance(names, str) else list(names)
+    """Return a list of column names given as a list or as one name ("reference": one column, not its letters; None:
+    none)."""
+    return [names] if isinstance(names, str) else list(names or ())
 
 
 def identifiers(names):
@@ -50,7 +51,7 @@ def assignments(values):
 def conditions(where):
     """Build the AND of "col" = %s per key of where, or "col" IS NULL for a None (= NULL would match no row); a where
     that is empty is a ValueError: it would touch every row of the table."""
-    if not where:
+    if not where or '' in where:
         raise ValueError('the where of Db.update and Db.delete names no column: it would touch every row; use '
                          'Db.execute for that')
     return sql.SQL(' AND ').join(
@@ -115,7 +116,7 @@ class Db:
             query = sql.SQL('INSERT INTO {} DEFAULT VALUES').format(table_name(table))
         else:
             query = sql.SQL('INSERT INTO {} ({}) VALUES ({})').format(
-                table_name(table), identifiers(values), placeholders(values))
+                table_name(table), identifiers(some(values, 'the values of Db.insert')), placeholders(values))
         return self.fetch_one(query + returning(returning_columns), list(values.values()))
 
     def upsert(self, table, values, conflict, update=None, returning_columns='*'):
