@@ -117,15 +117,15 @@ def test_a_none_in_where_matches_null_and_an_empty_where_is_refused(conn, awkwar
 
 def test_nothing_to_set_or_to_conflict_on_is_a_value_error_not_a_syntax_error(conn, awkward_table):
     """`SET  WHERE`, `() VALUES ()` and `ON CONFLICT ()` were PostgreSQL's syntax errors (trial BG)."""
-    db = Db(conn)
-    for call, said in ((lambda: db.update(awkward_table, {}, {'id': 1}), 'the values of Db.update names no column'),
-                       (lambda: db.upsert(awkward_table, {}, 'id'), 'the values of Db.upsert names no column'),
-                       (lambda: db.upsert(awkward_table, {'id': 1}, []), 'the conflict of Db.upsert names no column'),
+    db, no_values, no_conflict = Db(conn), 'the values of Db.{} names no column', 'the conflict of Db.upsert names no'
+    for call, said in ((lambda: db.update(awkward_table, {}, {'id': 1}), no_values.format('update')),
+                       (lambda: db.upsert(awkward_table, {}, 'id'), no_values.format('upsert')),
+                       (lambda: db.upsert(awkward_table, {'id': 1}, []), no_conflict),
                        # '' got past it, a 500, and None was a TypeError (trial BI)
-                       (lambda: db.upsert(awkward_table, {'id': 1}, ''), 'the conflict of Db.upsert names no column'),
-                       (lambda: db.upsert(awkward_table, {'id': 1}, None), 'the conflict of Db.upsert names no column'),
-                       (lambda: db.update(awkward_table, {'': 1}, {'id': 1}), 'the values of Db.update names no column'),
-                       (lambda: db.insert(awkward_table, {'': 1}), 'the values of Db.insert names no column'),
+                       (lambda: db.upsert(awkward_table, {'id': 1}, ''), no_conflict),
+                       (lambda: db.upsert(awkward_table, {'id': 1}, None), no_conflict),
+                       (lambda: db.update(awkward_table, {'': 1}, {'id': 1}), no_values.format('update')),
+                       (lambda: db.insert(awkward_table, {'': 1}), no_values.format('insert')),
                        (lambda: db.delete(awkward_table, {'': 1}), 'the where of Db.update and Db.delete names no')):
         with pytest.raises(ValueError, match=said):
             call()
