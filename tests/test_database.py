@@ -136,8 +136,9 @@ def test_a_connection_killed_while_its_statement_runs_is_a_503_that_says_what_wa
     own."""
     app = make_app(PROCESS_ID=f'killed-{route}', DB_POOL_MAX=2,
                    MODULE_PACKAGES=[module_package({'held/routes.py': HOLD_ROUTES})])
-    killer = threading.Timer(0.5, run_sql, (database_url, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
-                             'WHERE application_name = %s AND datname = current_database()', (f'dbapi:killed-{route}',)))
+    kill = ('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s '
+            'AND datname = current_database()')
+    killer = threading.Timer(0.5, run_sql, (database_url, kill, (f'dbapi:killed-{route}',)))
     killer.start()
     code = f'killed-{uuid.uuid4()}'
     try:

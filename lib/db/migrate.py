@@ -205,8 +205,8 @@ TRANSACTIONAL_DIRECTIVE = re.compile(r'\s*--\s*transactional\s*:\s*(.*)')
 def check_loadable(migrations):
     """Raise MigrationUnrunnable for the first of migrations (yoyo's `.sql` ones) yoyo cannot load, naming its line,
     before yoyo loads any (trial AZ: tracebacks): one that starts with a UTF-8 byte order mark, or whose .rollback.sql
-    does, which PostgreSQL reads as text (a syntax error on every database, and repair took it), or whose `-- transactional:` is neither true nor
-    false, or given twice."""
+    does, which PostgreSQL reads as text (a syntax error on every database, and repair took it), or whose
+    `-- transactional:` is neither true nor false, or given twice."""
     for migration in migrations:
         path = Path(migration.path)
         if path.suffix != '.sql':

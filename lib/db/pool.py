@@ -173,8 +173,8 @@ class Pool:
         self.connect_kwargs = connect_kwargs
         self.stats = collections.Counter(waits=0, timeouts=0, connects=0, connect_failures=0, discarded=0)
         self.configured_driver_state = None  # driver_state() of a connection fresh from configure
-        # Bumped when a connection comes back stale (lib/db/guard.py's sent): each connection opened
-        # before is closed when it comes back, or at once when idle, as they all began as it did (trial BI).
+        # Bumped when a connection comes back stale (lib/db/guard.py's sent): each connection opened before is closed
+        # when it comes back, or at once when idle, as they all began as it did (trial BI).
         self.generation = 0
         self.forget_connections()
         LIVE_POOLS.add(self)
