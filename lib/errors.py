@@ -279,7 +279,7 @@ class GatewayTimeout(ApiError):
 # A connection that broke (or a server that shut down) while the request used it: what it had sent may have run.
 CONNECTION_LOST = ('The database cannot be reached, or the connection to it broke. A request that writes may have '
                    'run: check before trying again.')
-# The same, for an action run as one transaction whose connection broke before its COMMIT was sent.
+# CONNECTION_LOST's detail for an action run as one transaction whose connection broke before its COMMIT was sent.
 TRANSACTION_LOST = ('The connection to the database broke before the transaction was committed: nothing it wrote was '
                     'committed. Try again.')
 # What an action did that left its transaction failed: PostgreSQL refuses each statement after the one that failed

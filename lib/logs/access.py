@@ -301,8 +301,9 @@ class AccessLog:
         self.tell_observers(*labels, exchange.status, duration_ns / 1e9, cut_short)
 
     def tell_observers(self, module, action, status, seconds, cut_short=False):
-        """Pass the finished request to each observer (cut_short: its body ended early, a stream that broke or a
-        client gone, after its status went); one that fails is logged, never raised to the server."""
+        """Pass the finished request to each observer (cut_short: its body ended early after a status that tells no
+        failure went, a stream that broke or a worker stopping); one that fails is logged, never raised to the
+        server."""
         for observer in self.observers:
             try:
                 observer(module, action, status, seconds, cut_short)

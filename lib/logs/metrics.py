@@ -31,8 +31,8 @@ LATENCY = Histogram('dbapi_request_duration_seconds',
                     'Time from the start of a request to the end of its response body.',
                     REQUEST_LABELS, buckets=LATENCY_BUCKETS)
 # What dbapi_requests_total cannot tell: an answer whose status (a 200) went out and whose body then ended early.
-CUT_SHORT = Counter('dbapi_responses_cut_short', 'Answers whose body ended early after their status was sent (a '
-                    'stream that broke, a client gone, a worker stopping), by module, action and status.',
+CUT_SHORT = Counter('dbapi_responses_cut_short', 'Answers whose body ended early after a status that tells no '
+                    'failure was sent (a stream that broke, a worker stopping), by module, action and status.',
                     REQUEST_LABELS)
 # livesum: the sum over the processes alive now; a dead worker's share is dropped by forget_process.
 POOL_CONNECTIONS = Gauge('dbapi_pool_connections', 'Pooled database connections by state (in_use, idle).',
