@@ -361,6 +361,20 @@ def test_a_composites_field_the_request_itself_renames_after_reading_it_keeps_it
     assert Db(conn).fetch_value("SELECT ROW(1)::probe.evolving") == {'a': 1}
 
 
+def test_a_composites_field_the_request_drops_is_seen_and_one_it_retypes_fails_to_read(conn):
+    """The contract's limit (section 5): within a request a dropped field is seen; one retyped is read by its old type,
+    and a value that no longer reads as it is an error (a 500)."""
+    db = Db(conn)  # each change is rolled back with the test's transaction
+    assert db.fetch_value("SELECT ROW(1)::probe.evolving") == {'a': 1}
+    db.execute("ALTER TYPE probe.evolving ADD ATTRIBUTE b text")
+    assert db.fetch_value("SELECT ROW(1, 'x')::probe.evolving") == {'a': 1, 'b': 'x'}
+    db.execute("ALTER TYPE probe.evolving DROP ATTRIBUTE b")
+    assert db.fetch_value("SELECT ROW(1)::probe.evolving") == {'a': 1}
+    db.execute("ALTER TYPE probe.evolving ALTER ATTRIBUTE a TYPE text")
+    with pytest.raises(ValueError):
+        db.fetch_value("SELECT ROW('abc')::probe.evolving")
+
+
 def test_a_composites_field_renamed_or_retyped_since_an_earlier_request_is_read_as_it_is_now(make_app, database_url):
     name = f'probe.reshaped_{uuid.uuid4().hex[:8]}'
     run_sql(database_url, f'CREATE TYPE {name} AS (a numeric, b double precision)')
