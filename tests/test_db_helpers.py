@@ -131,6 +131,19 @@ def test_nothing_to_set_or_to_conflict_on_is_a_value_error_not_a_syntax_error(co
             call()
 
 
+def test_an_empty_name_anywhere_is_a_value_error_not_a_500(conn, awkward_table):
+    """The rest of the kind trial BI found for upsert's conflict: an empty returning list, update column or table
+    name, a schema with no table, were PostgreSQL's syntax or zero-length-name errors."""
+    db = Db(conn)
+    for call, said in ((lambda: db.insert(awkward_table, {'id': 1}, returning_columns=[]), 'the returning_columns'),
+                       (lambda: db.insert(awkward_table, {'id': 2}, returning_columns=''), 'the returning_columns'),
+                       (lambda: db.upsert(awkward_table, {'id': 3}, 'id', update=['']), 'a name given to a Db'),
+                       (lambda: db.insert('', {'id': 4}), 'a name given to a Db helper is empty'),
+                       (lambda: db.insert('pg_temp.', {'id': 5}), 'a name given to a Db helper is empty')):
+        with pytest.raises(ValueError, match=said):
+            call()
+
+
 def test_a_name_holding_a_dot_is_reached_as_a_schema_and_name_pair(conn):
     """A dot splits schema from table: a table whose own name holds one could not be reached (trial BG)."""
     db = Db(conn)

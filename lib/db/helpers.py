@@ -8,7 +8,10 @@ from lib.db.session import enter_transaction
 
 def identifier(*parts):
     """Quote a name (its parts dotted) for a query run with parameters, which psycopg2 %-formats: a `%` in it is
-    doubled, as psycopg2.sql.Identifier leaves it (trial BD: a column `pct%` was a 500)."""
+    doubled, as psycopg2.sql.Identifier leaves it (trial BD: a column `pct%` was a 500). An empty part (`''`,
+    `'sales.'`) is a ValueError: PostgreSQL has no zero-length name."""
+    if '' in parts:
+        raise ValueError('a name given to a Db helper is empty (a table, column or function name, or a part of one)')
     return sql.Identifier(*(part.replace('%', '%%') for part in parts))
 
 
@@ -68,7 +71,7 @@ def returning(columns):
     """Build a RETURNING clause: '*' or quoted column names."""
     if columns == '*':
         return sql.SQL(' RETURNING *')
-    return sql.SQL(' RETURNING ') + identifiers(columns)
+    return sql.SQL(' RETURNING ') + identifiers(some(column_names(columns), 'the returning_columns of a Db helper'))
 
 
 class Db:
