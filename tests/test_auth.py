@@ -109,6 +109,8 @@ def test_local_and_test_start_without_a_token_and_refuse_every_call(make_app, en
     '{"a": {"token": true}}', '{"a": {"token": "xxxx-token", "modules": null}}',
     # keyed by token, the natural mistake: its name was printed (trial BF), and so was a name that is a token
     '{"xxxx-token": "billing"}', '{"xxxx-token": {"token": "xxxx-token", "x": 1}}',
+    # keyed by token, its entry an object with neither token nor sha256 (trial BJ: shown)
+    '{"xxxx-token": {"name": "billing"}}', '{"xxxx-token": {}}',
     '[' * 100_000, '{"a":' * 3000])  # past the recursion limit: a traceback (trial AC)
 def test_malformed_token_config_fails_at_start_without_echoing_it(database_url, tokens):
     with pytest.raises(ImproperlyConfigured) as raised:
@@ -117,7 +119,8 @@ def test_malformed_token_config_fails_at_start_without_echoing_it(database_url, 
 
 
 @pytest.mark.parametrize('config', [{'BEARER': 'abc'}, {'BEARER_TOKENS': '{"short": {"token": "abc"}}'},
-                                    {'BEARER_TOKENS': '{"short": {"token": "a"}}'}])
+                                    {'BEARER_TOKENS': '{"short": {"token": "a"}}'},
+                                    {'BEARER': 'a==='}, {'BEARER': 'abc=='}])  # padding counts for none (trial BJ)
 def test_a_token_too_short_to_redact_fails_at_start(database_url, config):
     """`abc` was accepted, then echoed in X-Request-ID, error bodies and log lines: the redactor takes out secrets
     of 4 characters or more (trial BF)."""

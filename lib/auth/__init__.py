@@ -60,7 +60,10 @@ def parse_client(name, entry):
     if not isinstance(entry, dict):  # {"<token>": "name"}: the name is likely the token itself, not shown
         raise ImproperlyConfigured('a bearer client\'s name maps to an object, {"name": {"token": "..."}}, not to '
                                    f'a {type(entry).__name__} (its name is not shown: it may be a token)')
-    if ('token' in entry) == ('sha256' in entry):
+    if 'token' not in entry and 'sha256' not in entry:  # {"<token>": {...}}: likely keyed by token, not shown
+        raise ImproperlyConfigured('a bearer client\'s entry has neither "token" nor "sha256" (its name is not shown: '
+                                   'it may be a token; the table maps a name to {"token": "..."})')
+    if 'token' in entry and 'sha256' in entry:
         raise ImproperlyConfigured(f'bearer client {name!r} needs exactly one of "token" or "sha256"')
     unknown = entry.keys() - ENTRY_KEYS
     if unknown:
@@ -91,7 +94,7 @@ def check_token_characters(token, owner):
         raise ImproperlyConfigured(f'{owner}: a token may hold only letters, digits, -._~+/ and trailing = '
                                    '(RFC 6750 b64token)')
     from lib.logs.secrets import MIN_SECRET_LENGTH  # lib.logs imports lib.auth: at the top, a cycle
-    if len(token) < MIN_SECRET_LENGTH:
+    if len(token.rstrip('=')) < MIN_SECRET_LENGTH:  # nginx, too, redacts 4 characters before the padding or more
         raise ImproperlyConfigured(f'{owner}: a token of fewer than {MIN_SECRET_LENGTH} characters could not be kept '
                                    'out of log lines and error bodies: use a long random one')
 
