@@ -9,7 +9,7 @@ import signal
 import sys
 from functools import partial
 
-from lib.process import COMMAND_STOP, STOP_CAUSES, hangup_ignored, stop_on_terminal_hangup
+from lib.process import COMMAND_STOP, STOP_CAUSES, hangup_ignored, stop_on_terminal_hangup, write_line
 
 COMMAND_PURPOSES = {'migrate': 'apply the migrations still pending', 'repair': 'record the checksums still changed'}
 
@@ -390,8 +390,8 @@ def run_gunicorn(environment, routes):
     if wait_until_serving(gunicorn) and COMMAND_STOP.asked is None:
         COMMAND_STOP.served = True
         where = served_url() if settings.BIND_PORT is not None else f'unix:{unix_socket_path()}'
-        print(f'dbapi serves on {where} with {counted(settings.WEB_CONCURRENCY, "worker")}. Try:\n'
-              f'  {how_to_call(routes)}\nCtrl-C stops it.', file=sys.stderr, flush=True)
+        write_line(f'dbapi serves on {where} with {counted(settings.WEB_CONCURRENCY, "worker")}. Try:\n'
+                   f'  {how_to_call(routes)}\nCtrl-C stops it.')
     code = stops.exit_code(gunicorn.wait())
     wait_for_session_end(gunicorn.pid, settings.GRACEFUL_TIMEOUT + 5)
     return code
@@ -452,7 +452,7 @@ class Stops:
         if first:
             again = ' Ctrl-C again stops at once.' if signum == signal.SIGINT else ''
             with contextlib.suppress(OSError):
-                print(f'Stopping: the requests in flight finish first.{again}', file=sys.stderr, flush=True)
+                write_line(f'Stopping: the requests in flight finish first.{again}')
 
     def ctrl_c(self, *_):
         """Stop gracefully the first time, at once after that."""
@@ -475,12 +475,12 @@ class Stops:
         if asked is not None and code in (-signal.SIGTERM, -signal.SIGINT):
             return 0
         if code < 0:
-            print(f'dbapi: gunicorn was stopped by {signal.Signals(-code).name}, which make run did not send: its '
-                  'workers finish the requests in flight, then stop', file=sys.stderr, flush=True)
+            write_line(f'dbapi: gunicorn was stopped by {signal.Signals(-code).name}, which make run did not send: its '
+                       'workers finish the requests in flight, then stop')
             return 128 - code
         if code == 0 and asked is None and self.command_stop.served:  # another code: gunicorn's lines said why
-            print('dbapi: gunicorn stopped, which make run did not ask: a stop signal sent to its master alone (its '
-                  'workers finished the requests in flight)', file=sys.stderr, flush=True)
+            write_line('dbapi: gunicorn stopped, which make run did not ask: a stop signal sent to its master alone '
+                       '(its workers finished the requests in flight)')
         return code
 
 

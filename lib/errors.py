@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 from lib.http.exchange import ERROR_KEY, remember
 from lib.jsonenc import KeysWrittenAlike, KeyWithoutName, TooDeepToWrite, dumps_bytes, json_response
 from lib.http.requestid import current_request_id
-from lib.process import StartInterrupted
+from lib.process import StartInterrupted, write_line
 
 PROBLEM_JSON = 'application/problem+json'
 RETRY_AFTER_SECONDS = '1'
@@ -94,7 +94,7 @@ def report_startup_errors():
 
 def print_startup_error(exc):
     """Print a StartupError as its one line on stderr (shown_on_one_line)."""
-    print(f'dbapi: {shown_on_one_line(str(exc))}', file=sys.stderr, flush=True)
+    write_line(f'dbapi: {shown_on_one_line(str(exc))}')
 
 
 def shown_on_one_line(text):

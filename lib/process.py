@@ -1,5 +1,6 @@
 """The one after-fork mechanism: what a process must forget or restart when gunicorn forks a worker from it; the
-stop of a start; the watch of a command's terminal. Imports nothing heavy: manage.py takes it before anything else."""
+stop of a start; the watch of a command's terminal; a line written whole to an output other processes share. Imports
+nothing heavy: manage.py takes it before anything else."""
 import atexit
 import contextlib
 import errno
@@ -63,7 +64,7 @@ class CommandStop:
         self.asked = signum
         if not self.served and self.stopped_line is not None:
             with contextlib.suppress(OSError):  # stderr was the terminal that hung up
-                print(self.stopped_line(signum), file=sys.stderr, flush=True)
+                write_line(self.stopped_line(signum))
 
     def stopping(self):
         """Tell whether a stop was asked."""
@@ -130,6 +131,29 @@ def drop_stops_python_ignores(previous_hook):
 
 
 sys.unraisablehook = drop_stops_python_ignores(sys.unraisablehook)
+
+
+def write_line(text, stream=None):
+    """Write text and its newline to stream (default sys.stderr) with one write to its file descriptor, which a pipe
+    or a file opened to append takes whole (a pipe up to PIPE_BUF, 4 KiB): print() writes the text and its newline
+    apart, and a line another process wrote between the two (nginx's, a replica's, to make stack's output) was glued
+    to this one, lost to every reader of JSON lines. A stream without a descriptor (a test's capture) is written as
+    usual. Raises OSError as a write does."""
+    stream = stream or sys.stderr
+    try:
+        descriptor = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        stream.write(text + '\n')
+        stream.flush()
+        return
+    stream.flush()
+    write_whole(descriptor, (text + '\n').encode(stream.encoding or 'utf-8', stream.errors or 'strict'))
+
+
+def write_whole(descriptor, data):
+    """Write all of data (bytes) to a file descriptor: in one os.write, then the rest of a short write."""
+    while data:
+        data = data[os.write(descriptor, data):]
 
 
 def after_fork(callback):

@@ -8,7 +8,7 @@ compose's restart policy would. SIGHUP restarts every replica, one by one, witho
 """
 import signal
 
-from lib.process import COMMAND_STOP, STOP_CAUSES, StartInterrupted, hangup_ignored, stop_on_terminal_hangup
+from lib.process import COMMAND_STOP, STOP_CAUSES, StartInterrupted, hangup_ignored, stop_on_terminal_hangup, write_line
 
 
 def stopped_line(signum):
@@ -721,7 +721,7 @@ def say(text, prefix='stack: '):
     """Write a line of the stack's own on stderr; a terminal gone (its writes fail, EIO) loses it, and nothing else:
     a rolling restart asked for then must still run."""
     with suppress(OSError):
-        print(f'{prefix}{text}', file=sys.stderr, flush=True)
+        write_line(f'{prefix}{text}')
 
 
 def append_to_output_files():

@@ -2,6 +2,7 @@
 the ECS version, libraries' extras under labels, long lines split for stdout, lines filebeat cannot decode."""
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -21,13 +22,14 @@ from psycopg2.extensions import make_dsn
 
 import settings
 from lib.auth import load_clients
-from lib.errors import StartupError
+from lib.errors import StartupError, print_startup_error
 from lib.logs import (KIND_WORDS, AccessLog, check_secrets_spare_every_line, configure_process_logging,
                       install_access_log, settings_config)
 from lib.logs.access import Exchange
 from lib.logs.formatter import ECS_VERSION, EcsFormatter, ServiceFields, encode_line, service_fields, split_line
 from lib.logs.handlers import LineStreamHandler, PipeStreamHandler
 from lib.logs.secrets import Redactor, configured_secrets
+from lib.process import write_line
 from lib.http.requestid import REQUEST_ID_KEY
 from lib.logs.formatter import dotted as flat  # nested fields by dotted name
 from tests.helpers import (ADMIN_TOKEN, AUTH, BEARER_TOKENS, SCOPED_TOKEN, SINGLE_BEARER, gunicorn_logging_to,
@@ -716,6 +718,30 @@ def test_processes_sharing_a_pipe_never_tear_each_others_long_lines(handler_clas
         trace = ''.join(piece['error'].get('stack_trace', '') for piece in pieces)
         assert trace.startswith('Traceback') and trace.endswith(message.split()[1])
         assert ''.join(piece['error'].get('message', '') for piece in pieces).endswith(message.split()[1])
+
+
+def stack_says(text):
+    """What make stack says on stderr (ops.stack.say)."""
+    from ops.stack import say
+    say(text)
+
+
+@pytest.mark.parametrize('say, expected', [
+    (write_line, 'the replica exited'), (stack_says, 'stack: the replica exited'),
+    (lambda text: print_startup_error(StartupError(text)), 'dbapi: the replica exited')])
+def test_a_line_said_on_stderr_goes_in_one_write_that_no_other_process_can_split(monkeypatch, say, expected):
+    # Each write to a datagram socket is one message: a line written in two (print's text, then its newline) let
+    # nginx's access lines, appended to make stack's output in between, be glued to it and lost to JSON readers.
+    reading, writing = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    # sys.stderr as PYTHONUNBUFFERED (the Dockerfile's) makes it: print's text and newline go out as two writes.
+    stderr = io.TextIOWrapper(io.FileIO(os.dup(writing.fileno()), 'w'), write_through=True)
+    with reading, writing, stderr:
+        monkeypatch.setattr('sys.stderr', stderr)
+        say('the replica exited')
+        reading.setblocking(False)
+        assert reading.recv(65536) == f'{expected}\n'.encode()
+        with pytest.raises(BlockingIOError):
+            reading.recv(65536)
 
 
 def gunicorn_logger(**options):

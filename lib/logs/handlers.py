@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lib.errors import ImproperlyConfigured
 from lib.logs.formatter import split_line
-from lib.process import after_fork
+from lib.process import after_fork, write_whole
 
 # The most bytes one write to a pipe puts in at once, a line's newline included.
 PIPE_LINE_BYTES = select.PIPE_BUF
@@ -82,9 +82,7 @@ class LineStreamHandler(LineWriting, logging.StreamHandler):
             self.stream.write(text)
             self.stream.flush()
             return
-        data = text.encode()
-        while data:
-            data = data[os.write(self.fd, data):]
+        write_whole(self.fd, text.encode())
 
 
 class PipeStreamHandler(logging.StreamHandler):
