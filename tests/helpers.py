@@ -378,6 +378,13 @@ def running_gunicorn(database_url, **extra):
         yield port
 
 
+def whole_or_first_piece(line):
+    """Tell whether a JSON line read from stdout (nested, as written) is whole or the first piece of one split to fit a
+    pipe write (labels.line_part 1/N, lib/logs/formatter.split_line): a 5xx access line's stack trace can take it past
+    PIPE_BUF, and the first piece alone holds its status, outcome and duration."""
+    return int(line.get('labels', {}).get('line_part', '1/1').split('/')[0]) == 1
+
+
 @contextlib.contextmanager
 def gunicorn_logging_to(folder, **environment):
     """Run gunicorn as gunicorn_server does, its stdout and stderr appended to folder/stdout and folder/stderr;

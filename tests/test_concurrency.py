@@ -32,7 +32,7 @@ from lib.errors import ImproperlyConfigured, StartupError
 from lib.logs.access import CUT_SHORT_MESSAGE
 from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, SINGLE_BEARER, Caller, assert_problem, backend_count,
                            gunicorn_logging_to, http_request, post, run_sql, running_gunicorn, server_environment,
-                           throwaway_postgres, wait_for)
+                           throwaway_postgres, wait_for, whole_or_first_piece)
 
 
 # The worker model: gevent workers, psycopg2 waiting through gevent's hub
@@ -641,11 +641,13 @@ def gunicorn_access_line(folder, request_id):
 
 
 def access_lines(folder, request_id):
-    """Return the app's access lines of one request written so far to the stdout of gunicorn_logging_to's gunicorn."""
+    """Return the app's access lines of one request written so far to the stdout of gunicorn_logging_to's gunicorn (the
+    first piece of a line split to fit a pipe write: a 5xx's with a deep stack trace)."""
     found = []
     for text in (folder / 'stdout').read_text().splitlines():
         line = json.loads(text) if text.startswith('{') and text.endswith('}') else {}
-        if line.get('log', {}).get('logger') == 'dbapi.access' and line['http']['request'].get('id') == request_id:
+        if line.get('log', {}).get('logger') == 'dbapi.access' and line['http']['request'].get('id') == request_id \
+                and whole_or_first_piece(line):
             found.append(line)
     return found
 

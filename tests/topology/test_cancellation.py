@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tests.helpers import ADMIN_TOKEN, run_sql, wait_for
+from tests.helpers import ADMIN_TOKEN, run_sql, wait_for, whole_or_first_piece
 
 from .helpers import read_json_lines, running_stack
 
@@ -20,9 +20,9 @@ def running_backend(database_url, query):
 
 
 def app_access_lines(stack, request_id):
-    """Return the replicas' access lines of one request."""
+    """Return the replicas' access lines of one request (a split line's first piece)."""
     return [line for line in read_json_lines(stack.log_path)
-            if line.get('log', {}).get('logger') == 'dbapi.access'
+            if line.get('log', {}).get('logger') == 'dbapi.access' and whole_or_first_piece(line)
             and line.get('http', {}).get('request', {}).get('id') == request_id]
 
 

@@ -23,7 +23,7 @@ from ops.stack import StackConfig, StackError, check_ports_free
 import settings
 from settings import BASE_DIR
 from tests.helpers import (ADMIN_TOKEN, Reply, body_of_size, children_running, free_ports, http_request, post,
-                           run_sql, wait_for)
+                           run_sql, wait_for, whole_or_first_piece)
 
 from .helpers import read_json_lines, running_stack, stack_environment, worker_group
 
@@ -80,11 +80,6 @@ def test_requests_spread_over_every_replica(stack):
         assert reply.status == 200
         served_by.add(os.getpgid(reply.json()['pid']))
     assert served_by == groups
-
-
-def whole_or_first_piece(line):
-    """Tell whether a stdout line is whole or the first piece of one split to fit a pipe write (line_part 1/N)."""
-    return int(line.get('labels', {}).get('line_part', '1/1').split('/')[0]) == 1
 
 
 def app_access_line_of(stack, request_id):
