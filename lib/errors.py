@@ -309,9 +309,8 @@ SQLSTATE_ERRORS = {
     '53200': (ServiceUnavailable, 'The database is short of disk or memory. Try again shortly.'),
     '21000': (Unprocessable, None),  # a row met twice ("ON CONFLICT DO UPDATE ... a second time"), a subquery's rows
     '44000': (Unprocessable, None),  # a row a view's WITH CHECK OPTION refuses, as a CHECK constraint would
-    # a session begun read-only; an action's own read-only transaction is its 500 (lib/db/guard.py)
-    '25006': (ServiceUnavailable, 'The database accepts no writes now (a standby, or a database or role made '
-                                  'read-only). Try again shortly.'),
+    '25006': (ServiceUnavailable, 'The database accepts no writes now (a standby, or a read-only transaction). Try '
+                                  'again shortly.'),
     '42501': (Forbidden, 'The database refused this operation.'),
     '57014': (GatewayTimeout, GatewayTimeout.detail),
     '40001': (ServiceUnavailable, 'The transaction kept conflicting with others. Try again.'),

@@ -13,12 +13,10 @@ client_encoding`): PostgreSQL would misread it, and store the text it holds garb
 import functools
 import time
 
-import psycopg2.errors
 import psycopg2.extensions
 
 from lib.db.types import check_client_encoding
-from lib.errors import (IN_FAILED_SQL_TRANSACTION, WENT_ON_AFTER_A_FAILURE, ApiError, GatewayTimeout,
-                        from_database_error, translates)
+from lib.errors import IN_FAILED_SQL_TRANSACTION, WENT_ON_AFTER_A_FAILURE, ApiError, GatewayTimeout, translates
 
 
 class StatementPastDeadline(GatewayTimeout):
@@ -208,22 +206,6 @@ def sent(cursor, send, *args, **kwargs):
         if exc.pgcode == READ_ONLY_SQL_TRANSACTION and started_read_only(cursor.connection):
             cursor.connection.stale_session = True
         raise
-
-
-@translates(psycopg2.errors.ReadOnlySqlTransaction)
-def from_read_only_write(exc):
-    """A write refused as read-only (25006): the database's state, a 503 (lib/errors.py's SQLSTATE_ERRORS), when the
-    session began read-only (started_read_only: a standby, a database or role made read-only); else the action made
-    its own transaction read-only (`SET TRANSACTION READ ONLY`, `BEGIN READ ONLY`), a 500 with the sqlstate: its
-    module's fault, which every retry meets again (trial BI's note: a 503 told callers to try again)."""
-    conn = None if exc.cursor is None else exc.cursor.connection
-    if conn is None or conn.closed or started_read_only(conn):
-        return from_database_error(exc)
-    return ApiError(ACTION_MADE_READ_ONLY, sqlstate=READ_ONLY_SQL_TRANSACTION)
-
-
-ACTION_MADE_READ_ONLY = ('The action wrote in a transaction it had made read-only (SET TRANSACTION READ ONLY, BEGIN '
-                         'READ ONLY), which PostgreSQL refuses: the action must not do both.')
 
 
 def started_read_only(conn):
