@@ -163,10 +163,15 @@ def keys_once(origin, pairs):
 
 
 
+# U+FEFF at the start of a text: a byte order mark, as Windows editors write UTF-8.
+BYTE_ORDER_MARK = '\ufeff'
+
+
 def read_tokens_file(path):
-    """Return the text of BEARER_TOKENS_FILE."""
+    """Return the text of BEARER_TOKENS_FILE, without the byte order mark an editor may have written first (RFC 8259
+    section 8.1 lets a JSON parser ignore it; json's said "decode using utf-8-sig", a word for Python's own call)."""
     try:
-        return utf8_text(Path(path).read_bytes(), 'BEARER_TOKENS_FILE')
+        return utf8_text(Path(path).read_bytes(), 'BEARER_TOKENS_FILE').removeprefix(BYTE_ORDER_MARK)
     except OSError as exc:
         raise ImproperlyConfigured(f'BEARER_TOKENS_FILE cannot be read: {exc.strerror}') from None
 
