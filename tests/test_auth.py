@@ -179,6 +179,10 @@ def test_a_token_or_a_client_given_twice_fails_at_start(database_url, config, me
 
 @pytest.mark.parametrize('text, said', [
     ('{"a": {"token": "xxxx-token"}}\n{"b": {}}', 'Extra data (line 2, column 1)'),
+    # trial BK: json's "decode using utf-8-sig"; a traceback; "a name holds no control character"
+    ('\ufeff\ufeff{"a": {"token": "xxxx-token"}}', 'a byte order mark (U+FEFF) stands where its object begins'),
+    ('{"a": {"token": "xxxx-token\\ud800"}}', 'holds a \\u escape of a lone surrogate (\\ud800 to \\udfff)'),
+    ('{"a\\udc80": {"token": "xxxx-token"}}', 'holds a \\u escape of a lone surrogate (\\ud800 to \\udfff)'),
     ('{"a\\nb": {"token": "xxxx-token"}}', "bearer client 'a\\nb': a name holds no control character")])
 def test_a_tokens_file_that_cannot_be_read_as_meant_says_where_and_why(database_url, tmp_path, text, said):
     """A second document was only "is not valid JSON"; a name with a line break was taken (trial BF). A byte order mark

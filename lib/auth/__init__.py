@@ -124,8 +124,14 @@ def parse_max_connections(name, entry):
 def parse_clients_json(text, origin, known=()):
     """Parse a JSON object of client name to token entry into ({digest: Client}, [the plain tokens it holds]); an
     error's line shows none of those tokens, nor any of known (the tokens configured before it)."""
+    if text.startswith(BYTE_ORDER_MARK):  # json's own words would say "decode using utf-8-sig" (trial BK)
+        raise ImproperlyConfigured(f'{origin} is not valid JSON: a byte order mark (U+FEFF) stands where its object '
+                                   'begins (BEARER_TOKENS_FILE may start with one)')
     try:
         table = json.loads(text, object_pairs_hook=partial(keys_once, origin), parse_int=integer_value)
+        if holds_lone_surrogate(table):
+            raise ImproperlyConfigured(f'{origin} holds a \\u escape of a lone surrogate (\\ud800 to \\udfff), which '
+                                       'is no character: write each character whole')
     except json.JSONDecodeError as exc:  # where and why, never what: the text may hold a token
         raise ImproperlyConfigured(f'{origin} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})') \
             from None
@@ -141,6 +147,21 @@ def parse_clients_json(text, origin, known=()):
     except ImproperlyConfigured as exc:  # a name may be a token, written where the name goes (trial BF)
         raise without_tokens(exc, [*tokens, *known]) from None
     return clients, tokens
+
+
+def holds_lone_surrogate(value):
+    """Tell whether parsed JSON holds a string with a lone surrogate, which JSON's \\u escapes can spell (RFC 8259
+    section 8.2) but no UTF-8 can: a token or a name holding one broke the start's message with a traceback (trial
+    BK)."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(holds_lone_surrogate(key) or holds_lone_surrogate(item) for key, item in value.items())
+    return isinstance(value, list) and any(map(holds_lone_surrogate, value))
 
 
 def without_tokens(error, tokens):
