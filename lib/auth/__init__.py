@@ -121,6 +121,10 @@ def parse_max_connections(name, entry):
     return limit
 
 
+# U+FEFF at the start of a text: a byte order mark, as Windows editors write UTF-8.
+BYTE_ORDER_MARK = '\ufeff'
+
+
 def parse_clients_json(text, origin, known=()):
     """Parse a JSON object of client name to token entry into ({digest: Client}, [the plain tokens it holds]); an
     error's line shows none of those tokens, nor any of known (the tokens configured before it)."""
@@ -182,10 +186,6 @@ def keys_once(origin, pairs):
         table[key] = value
     return table
 
-
-
-# U+FEFF at the start of a text: a byte order mark, as Windows editors write UTF-8.
-BYTE_ORDER_MARK = '\ufeff'
 
 
 def read_tokens_file(path):
