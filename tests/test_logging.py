@@ -736,8 +736,9 @@ def test_a_line_said_on_stderr_goes_in_one_write_that_no_other_process_can_split
     # sys.stderr as PYTHONUNBUFFERED (the Dockerfile's) makes it: print's text and newline go out as two writes.
     stderr = io.TextIOWrapper(io.FileIO(os.dup(writing.fileno()), 'w'), write_through=True)
     with reading, writing, stderr:
-        monkeypatch.setattr('sys.stderr', stderr)
-        say('the replica exited')
+        with monkeypatch.context() as patched:  # sys.stderr is given back before this one is closed
+            patched.setattr('sys.stderr', stderr)
+            say('the replica exited')
         reading.setblocking(False)
         assert reading.recv(65536) == f'{expected}\n'.encode()
         with pytest.raises(BlockingIOError):
