@@ -497,8 +497,8 @@ def main(argv=None):
         return 0
     if command == 'repair':
         repaired = repair_checksums(with_connect_timeout(default_dsn()))
-        print(f'dbapi: {counted(len(repaired), "applied migration")} taken as now written: {", ".join(repaired)}'
-              if repaired else 'dbapi: every applied migration is as its file is: nothing to repair', file=sys.stderr)
+        write_line(f'dbapi: {counted(len(repaired), "applied migration")} taken as now written: {", ".join(repaired)}'
+                   if repaired else 'dbapi: every applied migration is as its file is: nothing to repair')
         return 0
     return serve()
 

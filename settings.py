@@ -12,7 +12,8 @@ from dotenv import load_dotenv
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from lib.auth import MAX_CLIENT_CONNECTIONS
-from lib.errors import ImproperlyConfigured, integer_value, utf8_text  # lib raises it too; settings keeps the name
+from lib.errors import (ImproperlyConfigured, file_text, integer_value,  # lib raises it; settings keeps the name
+                        utf8_text)
 
 BASE_DIR = Path(__file__).resolve().parent
 
@@ -62,7 +63,7 @@ def env_secret(name):
         return value
     try:
         # Secret files usually end with a newline that is not part of the password.
-        return utf8_text(Path(path).read_bytes(), f'{name}_FILE').rstrip('\r\n')
+        return file_text(Path(path).read_bytes(), f'{name}_FILE').rstrip('\r\n')
     except OSError as exc:
         raise ImproperlyConfigured(f'{name}_FILE cannot be read ({exc.strerror})') from None
 

@@ -1,6 +1,7 @@
 """The ApiError family, the SQLSTATE mapping and the one RFC 9457 problem renderer."""
 import math
 import re
+import select
 import sys
 import time
 import traceback
@@ -39,6 +40,17 @@ def utf8_text(text, name):
     except UnicodeError:
         raise ImproperlyConfigured(f'{name} is not UTF-8 text: write it in UTF-8') from None
     return text
+
+
+# U+FEFF at the start of a text: a byte order mark, as Windows editors write UTF-8.
+BYTE_ORDER_MARK = '\ufeff'
+
+
+def file_text(data, name):
+    """Return a file's bytes as UTF-8 text (utf8_text) without the byte order mark an editor may have written first:
+    a mounted secret's would be taken as part of the password or token (trial BL), and a JSON parser may ignore it
+    (RFC 8259 section 8.1)."""
+    return utf8_text(data, name).removeprefix(BYTE_ORDER_MARK)
 
 
 def integer_value(text):
@@ -93,8 +105,13 @@ def report_startup_errors():
 
 
 def print_startup_error(exc):
-    """Print a StartupError as its one line on stderr (shown_on_one_line)."""
-    write_line(f'dbapi: {shown_on_one_line(str(exc))}')
+    """Print a StartupError as its one line on stderr (shown_on_one_line), cut with '...' where it would pass what a
+    pipe takes in one write (PIPE_BUF): a name of 200,000 characters in a bearer table made a line other processes'
+    lines could tear (trial BL)."""
+    line = f'dbapi: {shown_on_one_line(str(exc))}'
+    if len(line.encode(errors='replace')) >= select.PIPE_BUF:
+        line = line.encode(errors='replace')[:select.PIPE_BUF - 4].decode(errors='ignore') + '...'
+    write_line(line)
 
 
 def shown_on_one_line(text):

@@ -161,11 +161,11 @@ def test_a_start_error_of_bearer_tokens_shows_no_token_of_bearer_either(database
     ({'BEARER': 'shared-token-1', 'BEARER_TOKENS': '{"b": {"token": "shared-token-1", "modules": ["users"]}}'},
      "clients 'bearer' and 'b' have the same token"),
     ({'BEARER_TOKENS': '{"a": {"token": "token-one"}, "a": {"token": "token-two", "modules": ["users"]}}'},
-     "BEARER_TOKENS gives a client name twice"),
+     "BEARER_TOKENS gives a client name (or a key of one entry) twice"),
     # a name that is a token, given twice in one table, or in the table and the file (trial BI: shown)
     ({'BEARER': 'shared-token-1', 'BEARER_TOKENS': '{"shared-token-1": {"token": "token-one"}, '
                                                    '"shared-token-1": {"token": "token-two"}}'},
-     "BEARER_TOKENS gives a client name twice"),
+     "BEARER_TOKENS gives a client name (or a key of one entry) twice"),
     ({'BEARER_TOKENS': '{"a": {"token": "token-one", "token": "token-two"}}'}, "BEARER_TOKENS gives 'token' twice"),
     ({'BEARER': 'token-one', 'BEARER_TOKENS': '{"bearer": {"token": "token-two", "modules": ["users"]}}'},
      "client 'bearer' is given twice (BEARER, which env/<ENVIRONMENT>/.env may set, is the client 'bearer'"),

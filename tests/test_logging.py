@@ -726,23 +726,40 @@ def stack_says(text):
     say(text)
 
 
-@pytest.mark.parametrize('say, expected', [
-    (write_line, 'the replica exited'), (stack_says, 'stack: the replica exited'),
-    (lambda text: print_startup_error(StartupError(text)), 'dbapi: the replica exited')])
-def test_a_line_said_on_stderr_goes_in_one_write_that_no_other_process_can_split(monkeypatch, say, expected):
-    # Each write to a datagram socket is one message: a line written in two (print's text, then its newline) let
-    # nginx's access lines, appended to make stack's output in between, be glued to it and lost to JSON readers.
+def writes_said_on_stderr(monkeypatch, say, text):
+    """Return the writes say(text) makes to sys.stderr, each a datagram of a socket (one message per write), stderr
+    made as PYTHONUNBUFFERED (the Dockerfile's) makes it: print's text and newline go out as two writes there."""
     reading, writing = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    # sys.stderr as PYTHONUNBUFFERED (the Dockerfile's) makes it: print's text and newline go out as two writes.
     stderr = io.TextIOWrapper(io.FileIO(os.dup(writing.fileno()), 'w'), write_through=True)
     with reading, writing, stderr:
         with monkeypatch.context() as patched:  # sys.stderr is given back before this one is closed
             patched.setattr('sys.stderr', stderr)
-            say('the replica exited')
+            say(text)
         reading.setblocking(False)
-        assert reading.recv(65536) == f'{expected}\n'.encode()
-        with pytest.raises(BlockingIOError):
-            reading.recv(65536)
+        writes = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                writes.append(reading.recv(1 << 20))
+    return writes
+
+
+@pytest.mark.parametrize('say, expected', [
+    (write_line, 'the replica exited'), (stack_says, 'stack: the replica exited'),
+    (lambda text: print_startup_error(StartupError(text)), 'dbapi: the replica exited')])
+def test_a_line_said_on_stderr_goes_in_one_write_that_no_other_process_can_split(monkeypatch, say, expected):
+    # A line written in two (print's text, then its newline) let nginx's access lines, appended to make stack's output
+    # in between, be glued to it and lost to JSON readers.
+    assert writes_said_on_stderr(monkeypatch, say, 'the replica exited') == [f'{expected}\n'.encode()]
+
+
+@pytest.mark.parametrize('character', ['n', 'é'])
+def test_a_start_line_longer_than_a_pipe_write_is_cut_to_fit_one(monkeypatch, character):
+    """A bearer table's name of 200,000 characters made a line of that size, which a pipe takes in pieces that other
+    processes' lines can tear (trial BL)."""
+    [written] = writes_said_on_stderr(monkeypatch, lambda text: print_startup_error(StartupError(text)),
+                                      f"bearer client '{character * 200_000}' has unknown keys: ['x']")
+    assert len(written) <= select.PIPE_BUF and written.startswith(b"dbapi: bearer client '")
+    assert written.decode().endswith(f'{character}...\n')
 
 
 def gunicorn_logger(**options):

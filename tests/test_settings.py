@@ -133,9 +133,10 @@ def test_awkward_password_connects_to_a_real_server(make_app, database_url):
     assert app.test_client().get('/readyz').status_code == 200
 
 
-def test_password_may_come_from_a_secret_file(monkeypatch, tmp_path):
+@pytest.mark.parametrize('encoding', ['utf-8', 'utf-8-sig'])  # utf-8-sig: a byte order mark first (trial BL: kept)
+def test_password_may_come_from_a_secret_file(monkeypatch, tmp_path, encoding):
     secret = tmp_path / 'db_password'
-    secret.write_text(AWKWARD_PASSWORD + '\n')
+    secret.write_text(AWKWARD_PASSWORD + '\n', encoding=encoding)
     for name, value in dict(NAME='db', USER='u', PASS_FILE=str(secret), HOST='h').items():
         monkeypatch.setenv(f'DEFAULT_DB_{name}', value)
     monkeypatch.delenv('DEFAULT_DB_PASS', raising=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flask import request
 
-from lib.errors import ImproperlyConfigured, integer_value, utf8_text
+from lib.errors import BYTE_ORDER_MARK, ImproperlyConfigured, file_text, integer_value
 
 from lib.errors import BEARER_CHALLENGE, Forbidden, Unauthorized
 from lib.http.exchange import CLIENT_KEY, remember
@@ -121,10 +121,6 @@ def parse_max_connections(name, entry):
     return limit
 
 
-# U+FEFF at the start of a text: a byte order mark, as Windows editors write UTF-8.
-BYTE_ORDER_MARK = '\ufeff'
-
-
 def parse_clients_json(text, origin, known=()):
     """Parse a JSON object of client name to token entry into ({digest: Client}, [the plain tokens it holds]); an
     error's line shows none of those tokens, nor any of known (the tokens configured before it)."""
@@ -181,7 +177,7 @@ def keys_once(origin, pairs):
     table = {}
     for key, value in pairs:
         if key in table:  # a client's name may be a token, and no token of the text is known yet (trial BI)
-            shown = repr(key) if key in ENTRY_KEYS else 'a client name'
+            shown = repr(key) if key in ENTRY_KEYS else 'a client name (or a key of one entry)'
             raise ImproperlyConfigured(f'{origin} gives {shown} twice')
         table[key] = value
     return table
@@ -189,10 +185,10 @@ def keys_once(origin, pairs):
 
 
 def read_tokens_file(path):
-    """Return the text of BEARER_TOKENS_FILE, without the byte order mark an editor may have written first (RFC 8259
-    section 8.1 lets a JSON parser ignore it; json's said "decode using utf-8-sig", a word for Python's own call)."""
+    """Return the text of BEARER_TOKENS_FILE (file_text: a byte order mark first is dropped; json said "decode using
+    utf-8-sig", a word for Python's own call)."""
     try:
-        return utf8_text(Path(path).read_bytes(), 'BEARER_TOKENS_FILE').removeprefix(BYTE_ORDER_MARK)
+        return file_text(Path(path).read_bytes(), 'BEARER_TOKENS_FILE')
     except OSError as exc:
         raise ImproperlyConfigured(f'BEARER_TOKENS_FILE cannot be read: {exc.strerror}') from None
 
