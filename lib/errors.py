@@ -109,8 +109,9 @@ def print_startup_error(exc):
     pipe takes in one write (PIPE_BUF): a name of 200,000 characters in a bearer table made a line other processes'
     lines could tear (trial BL)."""
     line = f'dbapi: {shown_on_one_line(str(exc))}'
-    if len(line.encode(errors='replace')) >= select.PIPE_BUF:
-        line = line.encode(errors='replace')[:select.PIPE_BUF - 4].decode(errors='ignore') + '...'
+    encoded = line.encode(errors='backslashreplace')  # as stderr writes what UTF-8 cannot
+    if len(encoded) >= select.PIPE_BUF:
+        line = encoded[:select.PIPE_BUF - 4].decode(errors='ignore') + '...'
     write_line(line)
 
 
