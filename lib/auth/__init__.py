@@ -121,9 +121,9 @@ def parse_max_connections(name, entry):
     return limit
 
 
-def parse_clients_json(text, origin, known=()):
-    """Parse a JSON object of client name to token entry into ({digest: Client}, [the plain tokens it holds]); an
-    error's line shows none of those tokens, nor any of known (the tokens configured before it)."""
+def parse_table_json(text, origin):
+    """Return BEARER_TOKENS' (or its file's) JSON object of client name to token entry, a dict; an error's line says
+    where and why, never what: the text holds tokens."""
     if text.startswith(BYTE_ORDER_MARK):  # json's own words would say "decode using utf-8-sig" (trial BK)
         raise ImproperlyConfigured(f'{origin} is not valid JSON: a byte order mark (U+FEFF) stands where its object '
                                    'begins (BEARER_TOKENS_FILE may start with one)')
@@ -132,7 +132,7 @@ def parse_clients_json(text, origin, known=()):
         if holds_lone_surrogate(table):
             raise ImproperlyConfigured(f'{origin} holds a \\u escape of a lone surrogate (\\ud800 to \\udfff), which '
                                        'is no character: write each character whole')
-    except json.JSONDecodeError as exc:  # where and why, never what: the text may hold a token
+    except json.JSONDecodeError as exc:
         raise ImproperlyConfigured(f'{origin} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})') \
             from None
     except ValueError:
@@ -141,12 +141,40 @@ def parse_clients_json(text, origin, known=()):
         raise ImproperlyConfigured(f'{origin} nests too deeply: it is a JSON object of client name to token') from None
     if not isinstance(table, dict):
         raise ImproperlyConfigured(f'{origin} must be a JSON object of client name to token')
-    tokens = [entry['token'] for entry in table.values() if isinstance(entry, dict) and 'token' in entry]
+    return table
+
+
+def plain_tokens(table):
+    """Return the "token" values of a parsed table's entries, whatever their type (parse_client checks them)."""
+    return [entry['token'] for entry in table.values() if isinstance(entry, dict) and 'token' in entry]
+
+
+def configured_digests(tokens, tables):
+    """Return the SHA-256 digests every source configures: of tokens (the plain ones, strings), and each entry's
+    "sha256" as written, lower-cased (a bad one matches nothing)."""
+    return {sha256_hex(token) for token in tokens} | {
+        str(entry['sha256']).lower() for table in tables for entry in table.values()
+        if isinstance(entry, dict) and 'sha256' in entry}
+
+
+def check_no_name_is_a_token(origin, table, digests):
+    """Refuse a client named by a configured token (its own, another's, one known by its sha256 alone, of any source):
+    the name is user.name in every access line, and a start error would quote it (trial BL: a later-parsed source's
+    token, or a sha256 client's, was shown). The line counts the client's place in its table, never quotes it."""
+    for place, name in enumerate(table, 1):
+        if sha256_hex(name) in digests:
+            raise ImproperlyConfigured(f'{origin} names its client number {place} by a configured bearer token (not '
+                                       'shown): a name is user.name in every access line; name each client by who it '
+                                       'is')
+
+
+def parse_clients(table, known):
+    """Parse a table of client name to token entry into ({digest: Client}, [the plain tokens it holds]); an error's
+    line shows none of known (every token configured)."""
     try:
-        clients = [parse_client(name, entry) for name, entry in table.items()]
+        return [parse_client(name, entry) for name, entry in table.items()], plain_tokens(table)
     except ImproperlyConfigured as exc:  # a name may be a token, written where the name goes (trial BF)
-        raise without_tokens(exc, [*tokens, *known]) from None
-    return clients, tokens
+        raise without_tokens(exc, known) from None
 
 
 def holds_lone_surrogate(value):
@@ -258,26 +286,39 @@ class TokenTable(dict):
                 learner(token)
 
 
-def add_clients(clients, parsed):
+def add_clients(clients, parsed, known):
     """Add parsed ((digest, Client) pairs, plain tokens) to clients (a TokenTable); an error's line shows none of
-    the tokens of either (trial BI: a name given twice, which was a token)."""
+    known (every token configured; trial BI: a name given twice, which was a token)."""
     try:
         clients.add(*parsed)
     except ImproperlyConfigured as exc:
-        raise without_tokens(exc, [*clients.secrets, *parsed[1]]) from None
+        raise without_tokens(exc, known) from None
+
+
+def token_tables(config):
+    """Return [(origin, parsed table)] of BEARER_TOKENS and BEARER_TOKENS_FILE, those set."""
+    path = config.get('BEARER_TOKENS_FILE')
+    texts = [('BEARER_TOKENS', config.get('BEARER_TOKENS')), ('BEARER_TOKENS_FILE', path and read_tokens_file(path))]
+    return [(origin, parse_table_json(text, origin)) for origin, text in texts if text]
 
 
 def load_clients(config):
-    """Build the {token digest: Client} table (and its plain tokens) from BEARER, BEARER_TOKENS[_FILE]."""
+    """Build the {token digest: Client} table (and its plain tokens) from BEARER, BEARER_TOKENS[_FILE]. Every source
+    is read before any client is parsed, so that no start error quotes a name that is a token of a later one."""
+    bearer = config.get('BEARER')
+    if bearer:
+        check_token_characters(bearer, 'BEARER')
+    tables = token_tables(config)
+    known = [token for token in [bearer, *(token for _, table in tables for token in plain_tokens(table))]
+             if isinstance(token, str) and token]
+    digests = configured_digests(known, [table for _, table in tables])
+    for origin, table in tables:
+        check_no_name_is_a_token(origin, table, digests)
     clients = TokenTable()
-    if config.get('BEARER'):
-        check_token_characters(config['BEARER'], 'BEARER')
-        clients.add([(sha256_hex(config['BEARER']), Client(SINGLE_TOKEN_CLIENT, None))], [config['BEARER']])
-    if config.get('BEARER_TOKENS'):
-        add_clients(clients, parse_clients_json(config['BEARER_TOKENS'], 'BEARER_TOKENS', clients.secrets))
-    if config.get('BEARER_TOKENS_FILE'):
-        add_clients(clients, parse_clients_json(read_tokens_file(config['BEARER_TOKENS_FILE']), 'BEARER_TOKENS_FILE',
-                                                clients.secrets))
+    if bearer:
+        clients.add([(sha256_hex(bearer), Client(SINGLE_TOKEN_CLIENT, None))], [bearer])
+    for origin, table in tables:
+        add_clients(clients, parse_clients(table, known), known)
     if not clients and config['ENVIRONMENT'] not in ('local', 'test'):
         raise ImproperlyConfigured('no bearer token configured: set BEARER, BEARER_TOKENS or BEARER_TOKENS_FILE')
     check_not_development_token(clients, config['ENVIRONMENT'])
