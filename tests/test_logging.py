@@ -842,7 +842,9 @@ def every_character_encoded(text, times):
                                               # the escapes' own characters encoded (trial AU): `-` twice, then thrice
                                               ('local-dev-token', 'local%25%32%44dev%25%32%44token'),
                                               ('local-dev-token', every_character_encoded('local-dev-token', 2)),
-                                              ('local-dev-token', every_character_encoded('local-dev-token', 3))])
+                                              ('local-dev-token', every_character_encoded('local-dev-token', 3)),
+                                              # a `%` encoded more times than MAX_PERCENT_DECODINGS decodes
+                                              ('local-dev-token', f"local%{'25' * 12}2Ddev-token")])
 def test_a_secret_with_any_of_its_characters_percent_encoded_is_redacted(secret, spelling):
     """Only whole encodings were known: a token with one character encoded (a path encoded twice and decoded once, a
     User-Agent) was logged as sent (trial AP); then one encoded twice or more, `%252D`, which no server decodes in a
