@@ -7,7 +7,9 @@ import tempfile
 from urllib.parse import unquote
 
 from lib.errors import exit_on_startup_error
-from lib.process import hold_stop_signals_for_the_fork, take_stop_signals
+from lib.process import hold_stop_signals_for_the_fork, take_stop_signals, write_lines_whole
+
+write_lines_whole()  # gunicorn's own lines (and its workers', forked with these streams), each in one write
 
 
 def remove_metrics_dir(master_pid):

@@ -9,7 +9,8 @@ import signal
 import sys
 from functools import partial
 
-from lib.process import COMMAND_STOP, STOP_CAUSES, hangup_ignored, stop_on_terminal_hangup, write_line
+from lib.process import (COMMAND_STOP, STOP_CAUSES, hangup_ignored, stop_on_terminal_hangup, write_line,
+                         write_lines_whole)
 
 COMMAND_PURPOSES = {'migrate': 'apply the migrations still pending', 'repair': 'record the checksums still changed'}
 
@@ -22,6 +23,7 @@ def start_stopped_line(command, signum):
 
 
 if __name__ == '__main__':
+    write_lines_whole()  # print()'s lines, yoyo's and the libraries', each in one write
     # First: the imports below take a quarter of a second. The terminal's watch comes before SIGHUP's handler, and
     # under nohup (SIGHUP ignored) neither is set.
     stop_on_terminal_hangup()

@@ -150,6 +150,47 @@ def write_line(text, stream=None):
     write_whole(descriptor, (text + '\n').encode(stream.encoding or 'utf-8', stream.errors or 'strict'))
 
 
+class WholeLines:
+    """A text stream in front of another (sys.stdout, sys.stderr) that passes on whole lines only: what one write()
+    holds up to its last newline goes out in one write to the stream, the rest waits for the next newline (or
+    flush(), which the exit calls). Every other attribute (fileno, encoding, buffer, isatty) is the stream's."""
+
+    def __init__(self, stream):
+        # Reentrant: a signal's handler (a stop's line) may write while the interrupted code is inside write().
+        self.stream, self.tail, self.lock = stream, '', threading.RLock()
+
+    def write(self, text):
+        """Pass on the whole lines that text completes; return len(text), as a text stream does."""
+        with self.lock:
+            lines, newline, self.tail = (self.tail + text).rpartition('\n')
+            if newline:
+                self.stream.write(lines + newline)
+                self.stream.flush()
+        return len(text)
+
+    def flush(self):
+        """Pass on the text that waits for its newline, then flush the stream."""
+        with self.lock:
+            tail, self.tail = self.tail, ''
+            if tail:
+                self.stream.write(tail)
+            self.stream.flush()
+
+    def __getattr__(self, name):
+        """Return the stream's attribute name."""
+        return getattr(self.stream, name)
+
+
+def write_lines_whole():
+    """Make sys.stdout and sys.stderr WholeLines: print() under PYTHONUNBUFFERED (the Dockerfile's) wrote a text and
+    its newline apart (gunicorn's "\nError: ..." and "Failed to read config file" lines), a traceback in pieces, and
+    another process's line could land between them (trial BL). Streams already made so are left as they are."""
+    for name in ('stdout', 'stderr'):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, WholeLines):
+            setattr(sys, name, WholeLines(stream))
+
+
 def write_whole(descriptor, data):
     """Write all of data (bytes) to a file descriptor: in one os.write, then the rest of a short write."""
     while data:

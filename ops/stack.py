@@ -8,7 +8,8 @@ compose's restart policy would. SIGHUP restarts every replica, one by one, witho
 """
 import signal
 
-from lib.process import COMMAND_STOP, STOP_CAUSES, StartInterrupted, hangup_ignored, stop_on_terminal_hangup, write_line
+from lib.process import (COMMAND_STOP, STOP_CAUSES, StartInterrupted, hangup_ignored, stop_on_terminal_hangup,
+                         write_line, write_lines_whole)
 
 
 def stopped_line(signum):
@@ -17,6 +18,7 @@ def stopped_line(signum):
 
 
 if __name__ == '__main__':
+    write_lines_whole()  # print()'s lines and the libraries', each in one write
     # First, before any other import: they take most of a second (a Ctrl-C then was a traceback). Under nohup
     # (SIGHUP ignored) SIGHUP is left alone; main takes it once it has looked for the terminal's hangup.
     COMMAND_STOP.take_stop_signals(stopped_line)

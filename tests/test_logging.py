@@ -9,6 +9,8 @@ import os
 import re
 import select
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
@@ -32,8 +34,9 @@ from lib.logs.secrets import Redactor, configured_secrets
 from lib.process import write_line
 from lib.http.requestid import REQUEST_ID_KEY
 from lib.logs.formatter import dotted as flat  # nested fields by dotted name
+from manage import gunicorn_command
 from tests.helpers import (ADMIN_TOKEN, AUTH, BEARER_TOKENS, SCOPED_TOKEN, SINGLE_BEARER, gunicorn_logging_to,
-                           http_request)
+                           http_request, server_environment)
 
 REQUIRED_FIELDS = ('@timestamp', 'log.level', 'message', 'ecs.version', 'service.name', 'service.environment',
                    'service.node.name', 'process.pid', 'log.logger', 'labels.elk_index')
@@ -735,12 +738,17 @@ def writes_said_on_stderr(monkeypatch, say, text):
         with monkeypatch.context() as patched:  # sys.stderr is given back before this one is closed
             patched.setattr('sys.stderr', stderr)
             say(text)
-        reading.setblocking(False)
-        writes = []
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                writes.append(reading.recv(1 << 20))
-    return writes
+        return datagrams(reading)
+
+
+def datagrams(reading):
+    """Return the messages waiting on a datagram socket, bytes, in order."""
+    reading.setblocking(False)
+    messages = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            messages.append(reading.recv(1 << 20))
+    return messages
 
 
 @pytest.mark.parametrize('say, expected', [
@@ -750,6 +758,44 @@ def test_a_line_said_on_stderr_goes_in_one_write_that_no_other_process_can_split
     # A line written in two (print's text, then its newline) let nginx's access lines, appended to make stack's output
     # in between, be glued to it and lost to JSON readers.
     assert writes_said_on_stderr(monkeypatch, say, 'the replica exited') == [f'{expected}\n'.encode()]
+
+
+def writes_of_process(command, **environ):
+    """Run command (a list) under PYTHONUNBUFFERED (the Dockerfile's) with stdout and stderr a datagram socket (one
+    message per write); return its writes, bytes, in order."""
+    reading, writing = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with reading, writing:
+        subprocess.run(command, stdout=writing, stderr=writing, cwd=settings.BASE_DIR, timeout=120,
+                       env=server_environment(PYTHONUNBUFFERED='1', **environ))
+        return datagrams(reading)
+
+
+PRINTS = """
+import sys, traceback
+from lib.process import write_lines_whole
+write_lines_whole()
+print('a line'); print('an error', file=sys.stderr); sys.stdout.write('without a newline')
+try:
+    1 / 0
+except ZeroDivisionError:
+    traceback.print_exc()
+"""
+
+
+def test_prints_of_a_process_that_asked_for_whole_lines_go_in_whole_lines():
+    """print() under PYTHONUNBUFFERED wrote a text and its newline apart, a traceback in pieces: another process's
+    line could land between them (trial BL: yoyo's, logging's own report, gunicorn's "Failed to read config file")."""
+    writes = [write for write in writes_of_process([sys.executable, '-c', PRINTS]) if write]
+    assert writes[:3] == [b'a line\n', b'an error\n', b'Traceback (most recent call last):\n']
+    assert writes[-2:] == [b'ZeroDivisionError: division by zero\n', b'without a newline']  # the rest at the exit
+    assert all(write.endswith(b'\n') for write in writes[:-1]), writes
+
+
+def test_gunicorn_s_own_prints_go_in_whole_lines():
+    """gunicorn.conf.py asks for whole lines: gunicorn's --print-config (print() of many lines) was its lines in one
+    write and their last newline in another."""
+    writes = [write for write in writes_of_process([*gunicorn_command(), '--print-config']) if write]
+    assert b'workers ' in b''.join(writes) and all(write.endswith(b'\n') for write in writes), writes
 
 
 @pytest.mark.parametrize('character', ['n', 'é'])
