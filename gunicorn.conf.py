@@ -74,7 +74,9 @@ forwarder_headers = ''
 forwarded_allow_ips = '*'
 # dbapi writes its own ECS access line per request; gunicorn's own lines go out as ECS JSON too, through the
 # handlers configured here, in the master, before gunicorn makes its logger (its workers inherit them).
-configure_process_logging(settings)
+# The expressions of every secret's percent-encoded spellings are compiled here, once, for the workers to inherit: each
+# compiled them at its first line holding a `%` (about 0.7 ms a secret: 0.7 s with 1,000 clients).
+configure_process_logging(settings).compile_spellings()
 accesslog = None
 errorlog = '-'
 logger_class = 'lib.logs.GunicornLogger'

@@ -163,7 +163,12 @@ def sha256_of(token):
     ({'BEARER_TOKENS': '{"c": {"token": "c-token-1234"}, "s3cr3t-token-value": {"token": "s3cr3t-token-value"}}'},
      {'s3cr3t-token-value': {'token': 's3cr3t-token-value'}}, 'BEARER_TOKENS', 2),
     ({'BEARER_TOKENS': None}, {'s3cr3t-token-value': {'sha256': sha256_of('s3cr3t-token-value').upper()}},
-     'BEARER_TOKENS_FILE', 1)])
+     'BEARER_TOKENS_FILE', 1),
+    # a name holding a sha256 client's token as a word (trial BM: shown)
+    ({'BEARER_TOKENS': '{"s3cr3t-token-value ": {"token": "own-token-1234", "max_connections": 0}}'},
+     {'other': {'sha256': sha256_of('s3cr3t-token-value')}}, 'BEARER_TOKENS', 1),
+    ({'BEARER_TOKENS': '{"Bearer s3cr3t-token-value": {"token": "own-token-1234", "modules": 1}}'},
+     {'other': {'sha256': sha256_of('s3cr3t-token-value')}}, 'BEARER_TOKENS', 1)])
 def test_a_client_named_by_a_configured_token_fails_at_start_showing_neither(database_url, tmp_path, config,
                                                                              file_table, origin, place):
     """A name that is a token of any source is refused before any line quotes a name: it would be every access line's

@@ -903,6 +903,27 @@ def test_a_secret_with_any_of_its_characters_percent_encoded_is_redacted(secret,
     assert redact(untouched) == untouched
 
 
+@pytest.mark.parametrize('secret, sent, logged', [
+    # what stands before a token, read as an escape with its first characters (`%Be`, `%2B`), hid it (trial BM)
+    ('Bear-Tok.5555~x', '%Bear%2DTok.5555~x', '%[REDACTED]'),
+    ('Bear-Tok.5555~x', '100%25Bear%2DTok.5555~x', '100%25[REDACTED]'),
+    ('Bear-Tok.5555~x', '/x%Bear%252DTok.5555~x/get', '/x%[REDACTED]/get'),
+    ('Bear-Tok.5555~x', '%2Bear%2DTok.5555~x', '%2[REDACTED]'),
+    ('deadbeef-cafe42', '%deadbeef%2Dcafe42', '%[REDACTED]'),
+    # a password holding `%41`, its `%` encoded and another character too (trial BM)
+    ('ab%41cd-xyz', 'ab%2541cd%2Dxyz', '[REDACTED]'),
+    ('ab%41cd-xyz', 'ab%2541c%64-xyz', '[REDACTED]'),
+    # a password holding characters JSON escapes, one of them percent-encoded and another not (trial BM)
+    ('q"w"e%41r-t', 'q%22w"e%41r-t', '[REDACTED]'),
+    ('a"b"c-d', 'a%22b"c-d', '[REDACTED]'),
+    ('p"x\\y-zz', 'p"x%5Cy-zz', '[REDACTED]')])
+def test_a_secret_percent_encoded_after_a_percent_sign_or_beside_json_escapes_is_redacted(secret, sent, logged):
+    redact = Redactor([secret])
+    redacted = redact(encode_line({'message': f'POST {sent} 404', 'user_agent': {'original': sent}}))
+    assert json.loads(redacted)['message'] == f'POST {logged} 404'
+    assert json.loads(redacted)['user_agent']['original'] == logged
+
+
 @pytest.mark.parametrize('spelling', ['pw%25x%40y%2Fz', 'pw%25x%40y%2fz', 'pw%25x%40y/z'])
 def test_a_database_password_in_a_url_is_redacted_however_the_url_escapes_it(spelling):
     """Lower-case hex was missed (trial L)."""

@@ -160,9 +160,11 @@ def configured_digests(tokens, tables):
 def check_no_name_is_a_token(origin, table, digests):
     """Refuse a client named by a configured token (its own, another's, one known by its sha256 alone, of any source):
     the name is user.name in every access line, and a start error would quote it (trial BL: a later-parsed source's
-    token, or a sha256 client's, was shown). The line counts the client's place in its table, never quotes it."""
+    token, or a sha256 client's, was shown), or one whose name holds such a token as a word (trial BM: `Bearer <the
+    token of a sha256 client>`, which no redactor knows before a request shows it). The line counts the client's place
+    in its table, never quotes it."""
     for place, name in enumerate(table, 1):
-        if sha256_hex(name) in digests:
+        if any(sha256_hex(word) in digests for word in {name, *TOKEN_WORD.findall(name)}):
             raise ImproperlyConfigured(f'{origin} names its client number {place} by a configured bearer token (not '
                                        'shown): a name is user.name in every access line; name each client by who it '
                                        'is')

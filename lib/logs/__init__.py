@@ -132,11 +132,11 @@ def settings_config(settings_module):
 def configure_process_logging(settings_module):
     """Configure logging for a process without an app (manage.py's every command, gunicorn's master) from the
     settings module; a secret every line would hold stops it first (check_secrets_spare_every_line: `migrate` wrote
-    its lines with the service's environment as [REDACTED], trial AA)."""
+    its lines with the service's environment as [REDACTED], trial AA). Return the lines' redactor."""
     config = settings_config(settings_module)
     secrets = load_clients(config).secrets
     check_secrets_spare_every_line(config, secrets)
-    configure_logging(config, secrets=secrets)
+    return configure_logging(config, secrets=secrets)
 
 
 def without_request_bytes(record):

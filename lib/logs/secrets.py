@@ -19,9 +19,6 @@ MIN_SECRET_LENGTH = 4
 # expression does not know (its escapes' own characters encoded: `%25%32%44`, `-` encoded twice).
 MAX_PERCENT_DECODINGS = 8
 PERCENT_ESCAPE = re.compile(r'%[0-9A-F]{2}')
-# A percent sign encoded once or more before an escape's hex digits (`%2525` before `2D`): decoded at once, however
-# deep, as any_percent_spelling's `%(?:25)*` reads it, where MAX_PERCENT_DECODINGS would stop.
-ENCODED_PERCENT_SIGNS = re.compile(r'%(?:25)+(?=[0-9A-Fa-f]{2})')
 # The form of every line's @timestamp (lib/logs/formatter.py, as ecs-logging writes it), 0 standing for any digit.
 TIMESTAMP_FORM = '0000-00-00T00:00:00.000Z'
 DIGITS = frozenset('0123456789')
@@ -63,12 +60,12 @@ def any_percent_spelling(secret):
     return ''.join(f'(?:{re.escape(char)}|{percent_encoded(char)})' for char in secret)
 
 
-@lru_cache(maxsize=64)
-def any_percent_spelling_of(secrets):
-    """Return the compiled expression of any_percent_spelling for each of secrets (a tuple, longest first), compiled
-    only for the secrets a text's decodings hold: one expression of every secret took 0.7 ms a token to compile, at
-    each start and at each token learned (trial BL: 10,000 clients, 9 s)."""
-    return re.compile('|'.join(map(any_percent_spelling, secrets)))
+@lru_cache(maxsize=None)
+def percent_spelling_expression(secret):
+    """Return any_percent_spelling(secret) compiled, once a process, when a text with a `%` is first checked for it:
+    one expression of every secret, compiled at each start and again at each token learned from a request, took
+    0.7 ms a token (trial BL: 10,000 clients, 9 s; a learned token stalled its worker 0.7 s with 1,000)."""
+    return re.compile(any_percent_spelling(secret))
 
 
 def percent_encoded(char):
@@ -78,11 +75,10 @@ def percent_encoded(char):
 
 
 def percent_decodings(text):
-    """Yield text percent-decoded once, twice... (urllib's unquote, as a server decodes a path; a run of encoded
-    percent signs before an escape, ENCODED_PERCENT_SIGNS, at once) while that changes it, at most
-    MAX_PERCENT_DECODINGS times."""
+    """Yield text percent-decoded once, twice... (urllib's unquote, as a server decodes a path) while that changes
+    it, at most MAX_PERCENT_DECODINGS times."""
     for _ in range(MAX_PERCENT_DECODINGS):
-        decoded = unquote(ENCODED_PERCENT_SIGNS.sub('%', text))
+        decoded = unquote(text)
         if decoded == text:
             return
         yield decoded
@@ -118,6 +114,12 @@ class Redactor:
         # A finished line holds each secret the way JSON escapes it.
         self.escaped = [encode(secret)[1:-1] for secret in self.secrets]
 
+    def compile_spellings(self):
+        """Compile the expressions of every secret's percent-encoded spellings now (percent_spelling_expression):
+        a process that forks workers, gunicorn's master, has them compiled once for all."""
+        for secret in self.secrets:
+            percent_spelling_expression(secret)
+
     def learn_token(self, token):
         """Redact a bearer token too, from now on, in every spelling token_spellings knows (lib.auth's TokenTable
         calls it for a token known only by its sha256, once a request has shown it)."""
@@ -129,21 +131,22 @@ class Redactor:
             if escaped in line:
                 # Decoding first keeps the line valid JSON whatever characters a secret holds.
                 return encode(self.redact(json.loads(line)))
-        if '%' in line and self.decoding_with_a_secret(line):  # a spelling with characters percent-encoded
-            return encode(self.redact(json.loads(line)))
+        if '%' in line:  # sought in the decoded strings: a JSON escape in the line's text hid a spelling (trial BM)
+            document = json.loads(line)
+            redacted = self.redact(document)
+            return line if redacted == document else encode(redacted)
         return line
 
     def decoding_with_a_secret(self, text):
         """Return the first percent-decoding of text (percent_decodings) that holds a secret, as a finished line or a
-        string of one holds it, or None: every spelling any_percent_spelling's expression knows, and those it misses
-        (trial AU)."""
+        string of one holds it, or None: a spelling any_percent_spelling's expression misses (trial AU)."""
         return next((decoded for decoded in percent_decodings(text)
                      if any(secret in decoded for secret in (*self.secrets, *self.escaped))), None)
 
-    def percent_spelled(self, text):
-        """Return the secrets some percent-decoding of text holds, a tuple, longest first."""
-        decodings = list(percent_decodings(text))
-        return tuple(secret for secret in self.secrets if any(secret in decoded for decoded in decodings))
+    def spelled_in(self, text):
+        """Return the expressions (percent_spelling_expression) of the secrets text holds a percent-encoded spelling
+        of, longest secret first."""
+        return [expression for expression in map(percent_spelling_expression, self.secrets) if expression.search(text)]
 
     def holds(self, text, also=()):
         """Tell whether text holds a secret (would be redacted), or one of also (secrets of this moment)."""
@@ -161,10 +164,10 @@ class Redactor:
         if isinstance(value, str):
             for secret in self.secrets:
                 value = value.replace(secret, REDACTED)
-            spelled = self.percent_spelled(value) if '%' in value else ()
-            if not spelled:
+            if '%' not in value:
                 return value
-            value = any_percent_spelling_of(spelled).sub(REDACTED, value)
+            for expression in self.spelled_in(value):
+                value = expression.sub(REDACTED, value)
             decoded = self.decoding_with_a_secret(value)  # a secret past the expression's reach: logged decoded
             return value if decoded is None else self.redact(decoded)
         if isinstance(value, dict):
