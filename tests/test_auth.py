@@ -119,6 +119,15 @@ def test_malformed_token_config_fails_at_start_without_echoing_it(database_url, 
     assert 'xxxx-token' not in str(raised.value) and 'plain string' not in str(raised.value)
 
 
+@pytest.mark.parametrize('token, said', [('12345', 'a number'), ('1.5', 'a number'), ('null', 'null'),
+                                         ('["x"]', 'an array'), ('{}', 'an object'), ('true', 'a boolean')])
+def test_a_token_that_is_no_string_is_said_to_be_what_it_is(database_url, token, said):
+    """`"token": 12345` was "a token may hold only letters, digits...", which 12345 does."""
+    with pytest.raises(ImproperlyConfigured) as raised:
+        create_app(app_config(database_url, BEARER_TOKENS=f'{{"a": {{"token": {token}}}}}'))
+    assert str(raised.value) == f"bearer client 'a': a token is a JSON string, not {said}"
+
+
 @pytest.mark.parametrize('config', [{'BEARER': 'abc'}, {'BEARER_TOKENS': '{"short": {"token": "abc"}}'},
                                     {'BEARER_TOKENS': '{"short": {"token": "a"}}'},
                                     {'BEARER': 'a==='}, {'BEARER': 'abc=='}])  # padding counts for none (trial BJ)

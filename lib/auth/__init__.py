@@ -90,7 +90,9 @@ def parse_modules(name, entry):
 def check_token_characters(token, owner):
     """Refuse a token no Authorization: Bearer header can carry (every call with it would be a 401), or one too short
     for the log redactor to take out of lines and error bodies (MIN_SECRET_LENGTH, trial BF: `abc` was echoed)."""
-    if not isinstance(token, str) or not re.fullmatch(B64TOKEN, token):
+    if not isinstance(token, str):  # a number, null, a list: said as what it is, not as its characters
+        raise ImproperlyConfigured(f'{owner}: a token is a JSON string, not {json_type(token)}')
+    if not re.fullmatch(B64TOKEN, token):
         raise ImproperlyConfigured(f'{owner}: a token may hold only letters, digits, -._~+/ and trailing = '
                                    '(RFC 6750 b64token)')
     from lib.logs.secrets import MIN_SECRET_LENGTH  # lib.logs imports lib.auth: at the top, a cycle
@@ -106,6 +108,15 @@ def check_not_development_token(clients, environment):
     if sha256_hex(DEVELOPMENT_TOKEN) in clients and environment not in ('local', 'test'):
         raise ImproperlyConfigured(f'the development token {DEVELOPMENT_TOKEN!r} (env/local/.env, public in the '
                                    f'repository) is configured in ENVIRONMENT={environment}: give a secret one')
+
+
+def json_type(value):
+    """Return the JSON name of a parsed value's type, with its article: 'a number', 'null', 'an array'."""
+    if value is None:
+        return 'null'
+    if isinstance(value, bool):
+        return 'a boolean'
+    return {int: 'a number', float: 'a number', list: 'an array', dict: 'an object'}.get(type(value), 'a string')
 
 
 def parse_max_connections(name, entry):
