@@ -19,6 +19,10 @@ MIN_SECRET_LENGTH = 4
 # expression does not know (its escapes' own characters encoded: `%25%32%44`, `-` encoded twice).
 MAX_PERCENT_DECODINGS = 8
 PERCENT_ESCAPE = re.compile(r'%[0-9A-F]{2}')
+# A hex digit, as it is or percent-encoded itself (`%32` for 2, `%44` or `%64` for D or d).
+HEX_DIGIT_SPELLING = r'(?:[0-9A-Fa-f]|%3[0-9]|%[46][1-6])'
+# An escape whose own characters are percent-encoded: its `%` as `%25`, its digits as they are or encoded too.
+ENCODED_ESCAPE = re.compile(f'%25({HEX_DIGIT_SPELLING})({HEX_DIGIT_SPELLING})')
 # The form of every line's @timestamp (lib/logs/formatter.py, as ecs-logging writes it), 0 standing for any digit.
 TIMESTAMP_FORM = '0000-00-00T00:00:00.000Z'
 DIGITS = frozenset('0123456789')
@@ -85,6 +89,19 @@ def percent_decodings(text):
         text = decoded
 
 
+def escapes_decoded(text):
+    """Return text with each escape whose own characters are percent-encoded (ENCODED_ESCAPE: `%25%32%44`, `-`
+    encoded twice) written as that escape (`%2D`), again while that changes it, at most MAX_PERCENT_DECODINGS times.
+    Nothing else is decoded: a `%` before a secret whose first characters are hex digits (`%Bear...`) is not read
+    with them as a whole decoding reads it (trial BN)."""
+    for _ in range(MAX_PERCENT_DECODINGS):
+        decoded = ENCODED_ESCAPE.sub(lambda escape: '%' + unquote(escape[1]) + unquote(escape[2]), text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
 def configured_secrets(databases, tokens):
     """Return the plain bearer tokens (lib.auth's TokenTable.secrets) and their spellings in a URL, the database DSNs
     and their passwords."""
@@ -148,6 +165,14 @@ class Redactor:
         of, longest secret first."""
         return [expression for expression in map(percent_spelling_expression, self.secrets) if expression.search(text)]
 
+    def without_spellings(self, text):
+        """Return text with each percent-encoded spelling of a secret replaced (spelled_in), those whose escapes have
+        their own characters encoded too (escapes_decoded: text is then kept with those escapes written once)."""
+        text = replaced(text, self.spelled_in(text))
+        decoded = escapes_decoded(text)
+        spelled = self.spelled_in(decoded) if decoded != text else []
+        return replaced(decoded, spelled) if spelled else text
+
     def holds(self, text, also=()):
         """Tell whether text holds a secret (would be redacted), or one of also (secrets of this moment)."""
         return any(secret in text for secret in self.secrets) or any(secret in text for secret in kept_secrets(also))
@@ -166,8 +191,7 @@ class Redactor:
                 value = value.replace(secret, REDACTED)
             if '%' not in value:
                 return value
-            for expression in self.spelled_in(value):
-                value = expression.sub(REDACTED, value)
+            value = self.without_spellings(value)
             decoded = self.decoding_with_a_secret(value)  # a secret past the expression's reach: logged decoded
             return value if decoded is None else self.redact(decoded)
         if isinstance(value, dict):
@@ -175,6 +199,13 @@ class Redactor:
         if isinstance(value, list):
             return [self.redact(item) for item in value]
         return value
+
+
+def replaced(text, expressions):
+    """Return text with every match of each of expressions replaced by REDACTED."""
+    for expression in expressions:
+        text = expression.sub(REDACTED, text)
+    return text
 
 
 def kept_secrets(secrets):
