@@ -119,6 +119,26 @@ def test_malformed_token_config_fails_at_start_without_echoing_it(database_url, 
     assert 'xxxx-token' not in str(raised.value) and 'plain string' not in str(raised.value)
 
 
+@pytest.mark.parametrize('name', ['s3cr3t-token-value==', 's3cr3t-token-value.', 'https://x/s3cr3t-token-value',
+                                  's3cr3t-token-value=x'])
+@pytest.mark.parametrize('entry, said', [
+    ({'token': 'own-token-1234', 'max_connections': 0}, 'bearer client number 2 of BEARER_TOKENS: "max_connections"'),
+    ({"token": "other-token-1"}, "client number 2 of BEARER_TOKENS_FILE is given twice")])
+def test_a_start_error_says_a_client_by_its_place_when_a_client_is_known_by_its_sha256(database_url, tmp_path, name,
+                                                                                      entry, said):
+    """A name holding a sha256 client's token among other token characters, which no digest of the name's words
+    finds, was quoted (trial BN)."""
+    (tmp_path / 'tokens.json').write_text(json.dumps({'other': {'sha256': sha256_of('s3cr3t-token-value')}}))
+    table = json.dumps({'first': {'token': 'first-token-1'}, name: entry})
+    twice = {'BEARER_TOKENS_FILE': str(tmp_path / 'tokens.json')}
+    if 'twice' in said:  # the name given in the file too
+        (tmp_path / 'tokens.json').write_text(json.dumps({'other': {'sha256': sha256_of('s3cr3t-token-value')},
+                                                         name: {'token': 'third-token-1'}}))
+    with pytest.raises(ImproperlyConfigured) as raised:
+        create_app(app_config(database_url, BEARER=None, BEARER_TOKENS=table, **twice))
+    assert said in str(raised.value) and 's3cr3t' not in str(raised.value), str(raised.value)
+
+
 @pytest.mark.parametrize('token, said', [('12345', 'a number'), ('1.5', 'a number'), ('null', 'null'),
                                          ('["x"]', 'an array'), ('{}', 'an object'), ('true', 'a boolean')])
 def test_a_token_that_is_no_string_is_said_to_be_what_it_is(database_url, token, said):

@@ -181,13 +181,23 @@ def check_no_name_is_a_token(origin, table, digests):
                                        'is')
 
 
-def parse_clients(table, known):
+def parse_clients(table, known, labels):
     """Parse a table of client name to token entry into ({digest: Client}, [the plain tokens it holds]); an error's
-    line shows none of known (every token configured)."""
+    line shows none of known (every token configured), and each name of labels as its label (name_labels)."""
     try:
         return [parse_client(name, entry) for name, entry in table.items()], plain_tokens(table)
     except ImproperlyConfigured as exc:  # a name may be a token, written where the name goes (trial BF)
-        raise without_tokens(exc, known) from None
+        raise without_tokens(exc, known, labels) from None
+
+
+def name_labels(tables):
+    """Return {a client's name: 'number N of ORIGIN'} for a start error to say in place of the name, when a table
+    holds a client known by its sha256 alone: a name may hold its token among other characters (`<token>==`,
+    `x/<token>`), which no digest check finds (trial BN: shown); else {}."""
+    if not any(isinstance(entry, dict) and 'sha256' in entry for _, table in tables for entry in table.values()):
+        return {}
+    return {name: f'number {place} of {origin}' for origin, table in tables for place, name in enumerate(table, 1)
+            if name != SINGLE_TOKEN_CLIENT}  # BEARER's client, a word of the message that names it
 
 
 def holds_lone_surrogate(value):
@@ -205,11 +215,15 @@ def holds_lone_surrogate(value):
     return isinstance(value, list) and any(map(holds_lone_surrogate, value))
 
 
-def without_tokens(error, tokens):
-    """Return an ImproperlyConfigured of error's line with each of tokens (the strings among them) redacted: a
-    client's name, which a start error quotes, may be a token."""
+def without_tokens(error, tokens, labels=None):
+    """Return an ImproperlyConfigured of error's line with each quoted name of labels ({name: label}) said as its
+    label, and each of tokens (the strings among them) redacted: a client's name, which a start error quotes, may be
+    or hold a token."""
     from lib.logs.secrets import redacted  # lib.logs imports lib.auth: at the top, a cycle
-    return ImproperlyConfigured(redacted(str(error), {}, [token for token in tokens if isinstance(token, str)]))
+    line = str(error)
+    for name, label in sorted((labels or {}).items(), key=lambda item: -len(repr(item[0]))):
+        line = line.replace(repr(name), label)
+    return ImproperlyConfigured(redacted(line, {}, [token for token in tokens if isinstance(token, str)]))
 
 
 def keys_once(origin, pairs):
@@ -299,13 +313,14 @@ class TokenTable(dict):
                 learner(token)
 
 
-def add_clients(clients, parsed, known):
+def add_clients(clients, parsed, known, labels):
     """Add parsed ((digest, Client) pairs, plain tokens) to clients (a TokenTable); an error's line shows none of
-    known (every token configured; trial BI: a name given twice, which was a token)."""
+    known (every token configured; trial BI: a name given twice, which was a token), and the names of labels as
+    their labels (name_labels)."""
     try:
         clients.add(*parsed)
     except ImproperlyConfigured as exc:
-        raise without_tokens(exc, known) from None
+        raise without_tokens(exc, known, labels) from None
 
 
 def token_tables(config):
@@ -330,8 +345,9 @@ def load_clients(config):
     clients = TokenTable()
     if bearer:
         clients.add([(sha256_hex(bearer), Client(SINGLE_TOKEN_CLIENT, None))], [bearer])
-    for origin, table in tables:
-        add_clients(clients, parse_clients(table, known), known)
+    labels = name_labels(tables)
+    for _, table in tables:
+        add_clients(clients, parse_clients(table, known, labels), known, labels)
     if not clients and config['ENVIRONMENT'] not in ('local', 'test'):
         raise ImproperlyConfigured('no bearer token configured: set BEARER, BEARER_TOKENS or BEARER_TOKENS_FILE')
     check_not_development_token(clients, config['ENVIRONMENT'])
