@@ -123,7 +123,7 @@ def test_malformed_token_config_fails_at_start_without_echoing_it(database_url, 
                                   's3cr3t-token-value=x'])
 @pytest.mark.parametrize('entry, said', [
     ({'token': 'own-token-1234', 'max_connections': 0}, 'bearer client number 2 of BEARER_TOKENS: "max_connections"'),
-    ({"token": "other-token-1"}, "client number 2 of BEARER_TOKENS_FILE is given twice")])
+    ({"token": "other-token-1"}, "client number 2 of BEARER_TOKENS and number 2 of BEARER_TOKENS_FILE is given twice")])
 def test_a_start_error_says_a_client_by_its_place_when_a_client_is_known_by_its_sha256(database_url, tmp_path, name,
                                                                                       entry, said):
     """A name holding a sha256 client's token among other token characters, which no digest of the name's words

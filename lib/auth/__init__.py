@@ -191,13 +191,17 @@ def parse_clients(table, known, labels):
 
 
 def name_labels(tables):
-    """Return {a client's name: 'number N of ORIGIN'} for a start error to say in place of the name, when a table
-    holds a client known by its sha256 alone: a name may hold its token among other characters (`<token>==`,
-    `x/<token>`), which no digest check finds (trial BN: shown); else {}."""
+    """Return {a client's name: 'number N of ORIGIN', each of its places joined by "and"} for a start error to say in
+    place of the name, when a table holds a client known by its sha256 alone: a name may hold its token among other
+    characters (`<token>==`, `x/<token>`), which no digest check finds (trial BN: shown); else {}."""
     if not any(isinstance(entry, dict) and 'sha256' in entry for _, table in tables for entry in table.values()):
         return {}
-    return {name: f'number {place} of {origin}' for origin, table in tables for place, name in enumerate(table, 1)
-            if name != SINGLE_TOKEN_CLIENT}  # BEARER's client, a word of the message that names it
+    places = {}
+    for origin, table in tables:
+        for place, name in enumerate(table, 1):
+            if name != SINGLE_TOKEN_CLIENT:  # BEARER's client, a word of the message that names it
+                places.setdefault(name, []).append(f'number {place} of {origin}')
+    return {name: ' and '.join(said) for name, said in places.items()}  # a name given twice: both places
 
 
 def holds_lone_surrogate(value):
