@@ -145,9 +145,10 @@ def without_secrets(exc, databases, tokens):
 def unmounted_scopes(routes, clients):
     """Return a warning for each bearer client of clients (lib.auth's TokenTable) whose "modules" (BEARER_TOKENS)
     names a module that routes do not mount: a misspelt name answers that client 403 where it was meant to reach.
-    Not a start error: one tokens file may serve deployments that mount different modules."""
+    Not a start error: one tokens file may serve deployments that mount different modules. The client is said as
+    start errors say it (TokenTable.said: by place while a client is known by its sha256 alone)."""
     mounted = {route.module for route in routes}
-    return [f'bearer client {client.name!r} may call the module {module!r}, which is not mounted (mounted: '
+    return [f'bearer client {clients.said(client.name)} may call the module {module!r}, which is not mounted (mounted: '
             f'{", ".join(sorted(mounted))}): if the name is misspelt, the module meant answers that client 403'
             for client in clients.values()
             for module in sorted((client.modules or set()) - mounted)]

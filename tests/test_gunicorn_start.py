@@ -1,18 +1,21 @@
 """gunicorn run directly (the Dockerfile's CMD): a bad setting, token or module stops it in the master with one
 'dbapi: ...' line and exit code 1, no traceback and no secret; a clean stop (SIGTERM) prints no traceback."""
+import hashlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import time
+from types import SimpleNamespace
 
 import psutil
 import pytest
 
 import settings
 from lib.process import WORKER_STOP_SIGNALS, hold_stop_signals_for_the_fork, take_stop_signals
-from manage import gunicorn_command
+from lib.auth import load_clients
+from manage import gunicorn_command, unmounted_scopes
 from tests.helpers import (QUOTING_TOKEN, assert_quoted_safely, broken_module, code_raising_secrets, free_port,
                            gunicorn_logging_to, gunicorn_server, http_request, post, server_environment, wait_for,
                            wait_until_healthy)
@@ -203,3 +206,14 @@ def test_a_stop_signal_sent_while_a_worker_is_forked_waits_for_the_worker_and_en
     finally:
         signal.signal(signal.SIGTERM, masters)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM and not queued
+
+
+def test_the_unmounted_module_warning_says_a_client_by_its_place_when_a_client_is_known_by_its_sha256():
+    """A name holding a sha256 client's token among other characters (`<token>==`) was quoted in the warning, which
+    start errors say by place (trial BN's rule, session 30's note)."""
+    tokens = json.dumps({'other': {'sha256': hashlib.sha256(b's3cr3t-token-value').hexdigest()},
+                         's3cr3t-token-value==': {'token': 'own-token-1234', 'modules': ['userz']}})
+    clients = load_clients({'BEARER_TOKENS': tokens, 'ENVIRONMENT': 'test'})
+    warned = unmounted_scopes([SimpleNamespace(module='users')], clients)
+    assert warned == ["bearer client number 2 of BEARER_TOKENS may call the module 'userz', which is not mounted "
+                      '(mounted: users): if the name is misspelt, the module meant answers that client 403'], warned

@@ -270,6 +270,9 @@ class TokenTable(dict):
         # learns such a token once one has (learners: token -> None, the redactors' learn_token).
         self.unshown = set()
         self.learners = []
+        # How start lines say a client, by name (name_labels): its place in its table while a client is known by its
+        # sha256 alone.
+        self.labels = {}
 
     def add(self, clients, tokens):
         """Add (digest, Client) pairs and the plain tokens they were parsed from. A token two clients share, or a
@@ -287,6 +290,10 @@ class TokenTable(dict):
             self[digest] = client
         self.secrets.extend(tokens)
         self.unshown |= {digest for digest, _ in clients} - {sha256_hex(token) for token in tokens}
+
+    def said(self, name):
+        """Return how a start line says the client named name: its label (self.labels), else its name quoted."""
+        return self.labels.get(name, repr(name))
 
     def identify(self, header):
         """Return the client whose token the Authorization header carries, or None; raise 401 when malformed."""
@@ -349,7 +356,7 @@ def load_clients(config):
     clients = TokenTable()
     if bearer:
         clients.add([(sha256_hex(bearer), Client(SINGLE_TOKEN_CLIENT, None))], [bearer])
-    labels = name_labels(tables)
+    labels = clients.labels = name_labels(tables)
     for _, table in tables:
         add_clients(clients, parse_clients(table, known, labels), known, labels)
     if not clients and config['ENVIRONMENT'] not in ('local', 'test'):
