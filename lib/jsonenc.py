@@ -49,7 +49,10 @@ JSON_TYPES = {}
 
 
 # What orjson writes itself, subclasses included: it never asks the registry for them.
-ORJSON_NATIVE_TYPES = (str, int, float, dict, list, tuple, enum.Enum, uuid.UUID, type(None))
+ORJSON_NATIVE_TYPES = (str, int, dict, list, enum.Enum, type(None))
+# What orjson writes itself, but not a subclass of it (orjson 3.13: a float subclass such as numpy.float64, a UUID
+# or tuple subclass, a named tuple), which it hands to the registry: the registry writes those (JSON_TYPES below).
+ORJSON_EXACT_TYPES = (float, tuple, uuid.UUID)
 
 
 def register_json_type(python_type, encode):
@@ -57,15 +60,17 @@ def register_json_type(python_type, encode):
     orjson writes, or RawJson(text) for JSON text written as it is (an exact number). An orjson.Fragment is refused
     (TypeError when written): orjson 3.13 overruns its buffer with one nested deep (RAW_MARK). TypeError for a type
     that has an encoder already (dbapi's are the contract's, docs/contract.md section 5: another would change every
-    module's answers) or that orjson writes itself (ORJSON_NATIVE_TYPES, a dataclass: the entry would never be asked);
-    a subclass of dbapi's types (a Decimal of your own) may have its own."""
+    module's answers) or that orjson writes itself (ORJSON_NATIVE_TYPES, ORJSON_EXACT_TYPES but their subclasses, a
+    dataclass: the entry would never be asked); a subclass of dbapi's types (a Decimal of your own) may have its
+    own."""
     if python_type in JSON_TYPES:
         raise TypeError(f'{python_type.__name__} has a JSON encoder already (dbapi\'s types are written as '
                         'docs/contract.md section 5 says, for every module): register a type of your own')
-    if issubclass(python_type, ORJSON_NATIVE_TYPES) or dataclasses.is_dataclass(python_type):
+    if issubclass(python_type, ORJSON_NATIVE_TYPES) or python_type in ORJSON_EXACT_TYPES or \
+            dataclasses.is_dataclass(python_type):
         raise TypeError(f'{python_type.__name__} is written by orjson itself (a str, int, float, dict, list, tuple, '
-                        'Enum, UUID or dataclass, or a subclass of one), which never asks the registry: convert the '
-                        'value in the action')
+                        'Enum, UUID or dataclass, or a subclass of a str, int, dict, list or Enum), which never asks '
+                        'the registry: convert the value in the action')
     JSON_TYPES[python_type] = encode
     return encode
 
@@ -211,8 +216,18 @@ def exact_seconds(value):
 
 def iso_text(value):
     """Return a date, datetime or time as ISO 8601 text, as to_jsonb writes one: a fraction in six digits, an offset
-    with its seconds when it has any ("1959-12-31T23:15:30-00:44:30", "12:30:00.010000", "2026-11-21")."""
-    return value.isoformat()
+    with its seconds when it has any ("1959-12-31T23:15:30-00:44:30", "12:30:00.010000", "2026-11-21"). One whose
+    offset holds a fraction of a second, which neither ISO 8601 nor PostgreSQL writes (Python's "+00:00:01.000005"
+    was refused by PostgreSQL, trial BO), is the same instant in UTC (a time's wraps around midnight, as timetz's)."""
+    offset = value.utcoffset() if isinstance(value, (datetime.datetime, datetime.time)) else None
+    return (in_utc(value) if offset is not None and offset.microseconds else value).isoformat()
+
+
+def in_utc(value):
+    """Return an aware datetime or time as the same instant in UTC (a time's date taken as any day)."""
+    if isinstance(value, datetime.time):
+        return datetime.datetime.combine(datetime.date(2000, 1, 1), value).astimezone(datetime.timezone.utc).timetz()
+    return value.astimezone(datetime.timezone.utc)
 
 
 register_json_type(decimal.Decimal, numeric_text)  # exact, as a string: "10.50"
@@ -226,6 +241,10 @@ register_json_type(datetime.date, iso_text)
 register_json_type(datetime.time, iso_text)
 register_json_type(set, list)
 register_json_type(frozenset, list)
+# Asked only for subclasses (ORJSON_EXACT_TYPES), which register_json_type would refuse for the types themselves: a
+# float or UUID subclass was a 500, "not JSON serializable" (trial BO). A tuple subclass is a collection.
+JSON_TYPES[float] = float
+JSON_TYPES[uuid.UUID] = str
 
 
 def orjson_ready(value):

@@ -351,7 +351,9 @@ class Tag(str):
     (Colour, 'Colour is written by orjson itself'),  # accepted, and never asked (trial Y)
     (Tag, 'Tag is written by orjson itself'),
     (Point, 'Point is written by orjson itself'),
-    (uuid.UUID, 'UUID is written by orjson itself'),
+    (uuid.UUID, 'UUID has a JSON encoder already'),  # asked for a subclass alone, which orjson does not write
+    (float, 'float has a JSON encoder already'),
+    (tuple, 'tuple is written by orjson itself'),
 ])
 def test_register_json_type_refuses_a_type_it_would_change_for_every_module_or_never_be_asked_for(
         monkeypatch, python_type, said):
@@ -367,6 +369,16 @@ def test_a_subclass_of_a_contract_type_may_have_its_own_encoder(monkeypatch):
         """A module's own number type."""
     register_json_type(Cents, lambda cents: int(cents * 100))
     assert dumps_bytes([Cents('1.25'), decimal.Decimal('1.25')]) == b'[125,"1.25"]'
+
+
+def test_a_subclass_of_a_type_orjson_writes_but_not_its_subclasses_may_have_its_own_encoder(monkeypatch):
+    """orjson hands a float, tuple or UUID subclass to the registry: its entry is asked, where it was refused."""
+    monkeypatch.setattr('lib.jsonenc.JSON_TYPES', dict(JSON_TYPES))
+
+    class Percent(float):
+        """A module's own float."""
+    register_json_type(Percent, lambda percent: f'{percent:g} %')
+    assert dumps_bytes([Percent(12.5), 12.5]) == b'["12.5 %",12.5]'
 
 
 class OutOfStock(Exception):

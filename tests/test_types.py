@@ -1173,6 +1173,38 @@ def test_dates_and_times_an_action_builds_are_written_exactly():
         b'{"00:00:00.010000":1,"0005-01-02":2}'
 
 
+def test_docs_arithmetic_on_an_exact_number_is_a_decimals_and_exact_number_writes_its_result_as_a_number():
+    """modules.md: `+x` of a 31-digit number was taken for "as it is" (trial BO): it rounds to 28 digits."""
+    sent = loads_exact(b'0.1000000000000000000000000000001')
+    assert dumps_bytes([sent, +sent]) == b'[0.1000000000000000000000000000001,"0.1000000000000000000000000000"]'
+    with pytest.raises(decimal.InvalidOperation):
+        round(loads_exact(b'12345678901234567890123456789.5'), 1)
+    with decimal.localcontext(prec=40):
+        assert dumps_bytes(ExactNumber(sent * 2)) == b'0.2000000000000000000000000000002'
+
+
+def test_an_offset_with_a_fraction_of_a_second_is_written_as_the_same_instant_in_utc():
+    """Python's isoformat wrote "+00:00:01.000005", which neither ISO 8601 nor PostgreSQL reads (trial BO)."""
+    odd = datetime.timezone(datetime.timedelta(seconds=1, microseconds=5))
+    built = datetime.datetime(2020, 1, 1, tzinfo=odd)
+    assert dumps_bytes({built: built}) == b'{"2019-12-31T23:59:58.999995+00:00":"2019-12-31T23:59:58.999995+00:00"}'
+    assert dumps_bytes(datetime.time(0, 0, tzinfo=odd)) == b'"23:59:58.999995+00:00"'
+
+
+def test_a_float_or_uuid_subclass_an_action_builds_is_written_as_its_base_type():
+    """orjson writes neither a float subclass (numpy.float64 is one) nor a UUID subclass itself: both were a 500,
+    "not JSON serializable" (trial BO)."""
+    class Ratio(float):
+        """A float of a library's own."""
+
+    class Ref(uuid.UUID):
+        """A UUID of a library's own."""
+    ref = Ref('c20cf794-13f2-45c8-9ecc-1d923a96dbf0')
+    assert dumps_bytes([Ratio(0.5), Ratio('nan'), ref, {Ratio(0.5): ref, ref: 1}]) == (
+        b'[0.5,null,"c20cf794-13f2-45c8-9ecc-1d923a96dbf0",{"0.5":"c20cf794-13f2-45c8-9ecc-1d923a96dbf0",'
+        b'"c20cf794-13f2-45c8-9ecc-1d923a96dbf0":1}]')
+
+
 def test_docs_a_float_minus_zero_arrives_as_zero_and_as_text_keeps_its_sign(conn):
     """modules.md: numeric, whose literal a float parameter is, has no negative zero; text cast to float8 keeps it."""
     assert math.copysign(1, Db(conn).fetch_value('SELECT %s::float8', [-0.0])) == 1
