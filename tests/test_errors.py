@@ -854,6 +854,38 @@ def test_flask_abort_in_an_action_keeps_its_meaning_and_not_the_routers(make_app
     assert {name: response.headers.get(name) for name in headers} == headers
 
 
+RAISED_ANSWER_ROUTES = '''
+    from flask import Response, abort
+    from werkzeug.exceptions import HTTPException
+    from werkzeug.routing import RequestRedirect
+    from lib.decorators import inject_db
+
+    @inject_db()
+    def write_then_raise(db, code, kind):
+        db.execute('INSERT INTO probe.things (code) VALUES (%(code)s)', {'code': code})
+        if kind == 'abort 200':
+            abort(Response('{"ok": true}', status=200, content_type='application/json'))
+        if kind == 'response 201':
+            raise HTTPException(response=Response('{"created": true}', status=201))
+        if kind == 'abort html 500':
+            abort(Response('<html>oops</html>', status=500, content_type='text/html'))
+        raise RequestRedirect('http://127.0.0.1/elsewhere')
+    routes = [dict(route='write', action=write_then_raise)]
+'''
+
+
+@pytest.mark.parametrize('kind', ['abort 200', 'response 201', 'abort html 500', 'redirect'])
+def test_an_answer_an_action_raises_is_a_500_problem_with_nothing_committed(make_app, module_package, database_url,
+                                                                            kind):
+    """Flask sent it as it was: a 200 or 201 whose row the raise had rolled back, an HTML 500, werkzeug's HTML
+    redirect page (trial BR)."""
+    client = make_app(MODULE_PACKAGES=[module_package({'raising/routes.py': RAISED_ANSWER_ROUTES})]).test_client()
+    code = f'raised-{uuid.uuid4()}'
+    response = client.post('/raising/write', json={'code': code, 'kind': kind}, headers=AUTH)
+    assert assert_problem(response, 500)['detail'] == 'The server could not complete the request.'
+    assert rows_of_code(database_url, code) == 0
+
+
 EXITING_HOOK_ROUTES = '''
     import sys
     from marshmallow import Schema, fields, post_load
