@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Blueprint
-from gevent import GreenletExit
 from marshmallow import INCLUDE, fields, missing
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RoutingException
@@ -15,7 +14,7 @@ from werkzeug.routing import RoutingException
 from lib.auth import authorize
 from lib.decorators import SCHEMA_ATTRIBUTE, borrows_of, databases_of, marks_of, respond, schema_of, wrapped_chain
 from lib.errors import Unprocessable, import_failure
-from lib.http.exchange import ROUTE_KEY, remember
+from lib.http.exchange import ROUTE_KEY, escaped, remember, stops_the_worker
 from lib.fastschema import fast_loader, has_no_hooks
 from lib.http.body import read_json_body
 
@@ -388,27 +387,6 @@ def make_route(module, routes_file, entry, fast_paths=True, databases=None):
     return Route(module, entry['route'], action, load)
 
 
-class ActionExited(RuntimeError):
-    """A module's code (an action, its schema's hooks) raised a BaseException that is no Exception: SystemExit
-    (sys.exit()), a gevent.Timeout it let escape, one of its own. A bug, answered as a 500 while the worker serves
-    on; Flask answers Exceptions alone, so the request would otherwise be gunicorn's bare 500, or end the worker."""
-
-
-# What passes through a view untouched: Exceptions (Flask answers them), the worker stopping (gevent kills its
-# greenlets; Ctrl-C).
-PASSED_THROUGH = (Exception, GreenletExit, KeyboardInterrupt)
-
-
-def escaped(exc):
-    """Return the ActionExited a BaseException from a module's code is answered as."""
-    if isinstance(exc, SystemExit):  # gunicorn reads exit code 3 as a boot failure and stops the whole service
-        return ActionExited(f'SystemExit({exc.code!r}) was raised while the action ran: a module must not end its '
-                            'process')
-    kind = type(exc)
-    return ActionExited(f'{kind.__module__}.{kind.__qualname__} ({exc}) escaped the action: a BaseException that is '
-                        'no Exception, which a module must catch')
-
-
 class ResponseRaised(TypeError):
     """An action raised a werkzeug HTTPException that carries a whole answer rather than an error status:
     flask.abort(Response(...)), HTTPException(response=...), a RequestRedirect. Flask sends such an answer as it is (a
@@ -443,10 +421,12 @@ def make_view(route, clients):
             if sent_as_it_is(exc):
                 raise response_raised(exc) from exc
             raise
-        except PASSED_THROUGH:
+        except Exception:
             raise
         except BaseException as exc:
-            raise escaped(exc) from exc
+            if stops_the_worker(exc):
+                raise
+            raise escaped(exc)
     view.__name__ = f'{route.module}:{route.name}'
     return view
 

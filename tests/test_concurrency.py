@@ -614,11 +614,12 @@ def test_an_action_that_raises_system_exit_is_a_500_and_the_service_serves_on(da
     assert after.status == 200
     line = gunicorn_access_line(tmp_path, 'system-exit')
     assert line['http']['response']['status_code'] == 500 and line['event']['outcome'] == 'failure'
-    assert line['error']['type'] == 'lib.modules.ActionExited' and 'SystemExit(3)' in line['error']['message']
+    assert line['error']['type'] == 'lib.http.exchange.ActionExited' and 'SystemExit(3)' in line['error']['message']
 
 
 @pytest.mark.parametrize('kind, escaped', [('timeout', 'gevent.timeout.Timeout (0.01 seconds)'),
-                                            ('own', 'OwnBaseException (raised on purpose)')])
+                                            ('own', 'OwnBaseException (raised on purpose)'),
+                                            ('interrupt', 'builtins.KeyboardInterrupt (raised on purpose)')])
 def test_a_base_exception_escaping_an_action_is_the_apps_500_with_its_full_access_line(database_url, tmp_path, kind,
                                                                                        escaped):
     """A gevent.Timeout the action let escape passed Flask's handlers: gunicorn answered its own 500, and the only
@@ -630,7 +631,29 @@ def test_a_base_exception_escaping_an_action_is_the_apps_500_with_its_full_acces
     assert answer.json()['request_id'] == kind and after.status == 200
     line = gunicorn_access_line(tmp_path, kind)
     assert line['message'] == 'POST /probe/system_exit 500' and line['labels']['action'] == 'system_exit'
-    assert line['error']['type'] == 'lib.modules.ActionExited' and escaped in line['error']['message']
+    assert line['error']['type'] == 'lib.http.exchange.ActionExited' and escaped in line['error']['message']
+
+
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+@pytest.mark.parametrize('kind, escaped', [('own', 'OwnBaseException (raised on purpose)'),
+                                            ('interrupt', 'builtins.KeyboardInterrupt (raised on purpose)')])
+def test_a_base_exception_a_stream_raises_cuts_it_short_with_one_access_line(database_url, tmp_path, worker_class,
+                                                                              kind, escaped):
+    """Past the stream's first item, gunicorn wrote a whole 500 answer into the chunked body, under another request
+    id and with a second access line (trial BR)."""
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1',
+                             WORKER_CLASS=worker_class) as (port, _):
+        with raw_post(port, '/probe/system_exit', {'later': True, 'kind': kind}, f'later-{kind}') as sock:
+            answer = b''.join(iter(lambda: sock.recv(65536), b''))
+        after = post(port, '/probe/echo', {'a': 1})
+    assert answer.startswith(b'HTTP/1.1 200') and b'{"item":1}' in answer, answer
+    assert answer.count(b'HTTP/1.1') == 1 and not answer.endswith(b'0\r\n\r\n'), answer  # cut, no last chunk
+    assert after.status == 200
+    line = gunicorn_access_line(tmp_path, f'later-{kind}')
+    assert line['event']['outcome'] == 'failure' and line['error']['type'] == 'lib.http.exchange.ActionExited'
+    assert escaped in line['error']['message']
+    lines = [json.loads(text) for text in (tmp_path / 'stdout').read_text().splitlines() if text.startswith('{')]
+    assert not [found for found in lines if found.get('http', {}).get('response', {}).get('status_code') == 500]
 
 
 def gunicorn_access_line(folder, request_id):

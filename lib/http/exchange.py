@@ -1,8 +1,10 @@
 """What a request's handlers leave in its WSGI environ for the access line, which is written after Flask is done,
 and the request's deadline, which every part of its handling reads."""
+import signal
 import time
 
 from flask import request
+from gevent import GreenletExit
 
 ROUTE_KEY = 'dbapi.route'
 CLIENT_KEY = 'dbapi.client'
@@ -55,3 +57,33 @@ class BrokeBeforeItsFirstByte(Exception):
     def __init__(self, answer):
         super().__init__('the answer broke before its first byte')
         self.answer = answer
+
+
+class ActionExited(RuntimeError):
+    """A module's code (an action, its schema's hooks, the items of its stream) raised a BaseException that is no
+    Exception: SystemExit (sys.exit()), a gevent.Timeout it let escape, one of its own. A bug, answered as a 500 (or
+    a stream cut short) while the worker serves on; Flask answers Exceptions alone, so the request would otherwise be
+    gunicorn's bare 500, written into a stream already under way (trial BR), or end the worker."""
+
+
+def stops_the_worker(exc):
+    """Tell whether a BaseException from a module's code is the worker stopping, to pass through untouched: gevent
+    killing its greenlets (GreenletExit), or Ctrl-C where SIGINT raises KeyboardInterrupt (a test, a script).
+    gunicorn's workers take SIGINT themselves, so there a KeyboardInterrupt is the module's own raise (trial BR: its
+    answer was gunicorn's 500, under another request id, with a second access line)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    return isinstance(exc, GreenletExit)
+
+
+def escaped(exc):
+    """Return the ActionExited a BaseException from a module's code is answered as, exc its cause."""
+    if isinstance(exc, SystemExit):  # gunicorn reads exit code 3 as a boot failure and stops the whole service
+        error = ActionExited(f'SystemExit({exc.code!r}) was raised while the action ran: a module must not end its '
+                             'process')
+    else:
+        kind = type(exc)
+        error = ActionExited(f'{kind.__module__}.{kind.__qualname__} ({exc}) escaped the action: a BaseException '
+                             'that is no Exception, which a module must catch')
+    error.__cause__ = exc
+    return error

@@ -10,7 +10,7 @@ import traceback
 
 from lib.http.disconnect import SEND_WATCH_BYTES, WATCHER, client_gone
 from lib.http.exchange import (CLIENT_KEY, CLIENT_SOCKET_KEY, CUT_KEY, ERROR_KEY, GONE_KEY, ROUTE_KEY, STOPPING_KEY,
-                               BrokeBeforeItsFirstByte, deadline_of)
+                               BrokeBeforeItsFirstByte, deadline_of, escaped, stops_the_worker)
 from lib.http.raw import problem_answer
 from lib.http.requestid import REQUEST_ID_KEY
 from lib.logs.formatter import ACCESS_LOGGER, dotted
@@ -82,22 +82,30 @@ class Exchange:
                     started = True
                     self.bytes += len(piece)
         except Exception as exc:
-            self.stream_error = exc
-            # The client left (its statement refused, or cancelled while it ran): the body was cut short, nothing broke.
-            self.cut_short = bool(self.environ.get(GONE_KEY))
-            # Once the answer has started, the access line tells of the error: the server need not log it again,
-            # as a traceback of its own ("Error handling request"); the client sees the answer end where it broke.
-            if started and self.end_connection():
-                return
-            if self.environ.get(CLIENT_SOCKET_KEY) is None:
+            self.broke(exc, started)
+        except BaseException as exc:
+            # Closed before its end (GeneratorExit), or the worker stopping (GreenletExit, gunicorn's SystemExit).
+            if isinstance(exc, (GeneratorExit, SystemExit)) or stops_the_worker(exc):
+                self.cut_short = True
                 raise
-            # Nothing sent yet: the server answers a 500 in its place, and this line says so, with its body's bytes.
-            self.status = 500
-            answer, self.bytes = problem_answer(500, 'Internal Server Error', self.environ.get(REQUEST_ID_KEY))
-            raise BrokeBeforeItsFirstByte(answer) from exc
-        except BaseException:  # closed before its end (GeneratorExit), or the worker stopping (GreenletExit)
-            self.cut_short = True
-            raise
+            self.broke(escaped(exc), started)  # the module's own (trial BR: gunicorn wrote a 500 into the stream)
+
+    def broke(self, exc, started):
+        """End a body that exc broke: where it broke once the answer has started, else raise exc (in-process) or
+        BrokeBeforeItsFirstByte, whose 500 the server sends in its place."""
+        self.stream_error = exc
+        # The client left (its statement refused, or cancelled while it ran): the body was cut short, nothing broke.
+        self.cut_short = bool(self.environ.get(GONE_KEY))
+        # Once the answer has started, the access line tells of the error: the server need not log it again,
+        # as a traceback of its own ("Error handling request"); the client sees the answer end where it broke.
+        if started and self.end_connection():
+            return
+        if self.environ.get(CLIENT_SOCKET_KEY) is None:
+            raise exc
+        # Nothing sent yet: the server answers a 500 in its place, and this line says so, with its body's bytes.
+        self.status = 500
+        answer, self.bytes = problem_answer(500, 'Internal Server Error', self.environ.get(REQUEST_ID_KEY))
+        raise BrokeBeforeItsFirstByte(answer) from exc
 
     def end_connection(self):
         """Shut the client's connection down, so that a broken answer ends where it broke (a chunked one without its

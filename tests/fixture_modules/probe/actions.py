@@ -343,16 +343,32 @@ class OwnBaseException(BaseException):
     """A module's own exception class that derives from BaseException, not Exception."""
 
 
-def system_exit(now=False, kind='exit'):
-    """Raise a BaseException that is no Exception when asked (now): SystemExit as a module's stray sys.exit() would,
-    a gevent.Timeout the action lets escape, or one of its own."""
+def system_exit(now=False, kind='exit', later=False):
+    """Raise a BaseException that is no Exception when asked (now), or, later, at the second item of the stream it
+    returns: SystemExit as a module's stray sys.exit() would, a gevent.Timeout the action lets escape, a
+    KeyboardInterrupt, or one of its own."""
+    if later:
+        return exits_after_an_item(kind)
     if not now:
         return {'exited': False}
+    leave(kind)
+
+
+def exits_after_an_item(kind):
+    """Yield one item, then leave (kind)."""
+    yield {'item': 1}
+    leave(kind)
+
+
+def leave(kind):
+    """Raise the BaseException of kind (system_exit)."""
     if kind == 'timeout':
         with gevent.Timeout(0.01):
             gevent.sleep(1)
     if kind == 'own':
         raise OwnBaseException('raised on purpose')
+    if kind == 'interrupt':
+        raise KeyboardInterrupt('raised on purpose')
     raise SystemExit(3)
 
 
