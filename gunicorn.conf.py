@@ -34,7 +34,7 @@ with exit_on_startup_error():
     from lib.logs.metrics import clear_multiprocess_dir, forget_process
     from lib.logs import configure_process_logging
     from lib.db.green import make_psycopg2_cooperative
-    from lib.http.disconnect import prepare_worker
+    from lib.http.disconnect import cancel_queries_at_a_quick_stop, prepare_worker
     from lib.http.workers import WORKER_CLASSES, pace_kept_alive_connection
     from manage import check_before_fork, unmounted_scopes, unread_module_migrations
     from lib.auth import learn_shown_tokens
@@ -167,8 +167,11 @@ def stop_once():
 
 
 def worker_int(worker):
-    """Quit once: a second quit, already on its way (gevent runs each in a greenlet of its own), ends quietly."""
-    if stop_once() and settings.WORKER_CLASS == 'gevent':
+    """Quit once, the queries still running cancelled first (cancel_queries_at_a_quick_stop): a second quit, already on
+    its way (gevent runs each in a greenlet of its own), ends quietly."""
+    if not stop_once():
+        cancel_queries_at_a_quick_stop()
+    elif settings.WORKER_CLASS == 'gevent':
         from gevent import GreenletExit  # a greenlet that raises it ends without a report
         raise GreenletExit
 

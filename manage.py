@@ -483,7 +483,7 @@ class Stops:
             return 128 - code
         if code == 0 and asked is None and self.command_stop.served:  # another code: gunicorn's lines said why
             write_line('dbapi: gunicorn stopped, which make run did not ask: a stop signal sent to its master alone '
-                       '(its workers finished the requests in flight)')
+                       '(a SIGTERM lets its workers finish the requests in flight, a SIGINT or SIGQUIT cuts them)')
         return code
 
 

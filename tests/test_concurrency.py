@@ -31,8 +31,8 @@ from lib.http.admission import Admission
 from lib.errors import ImproperlyConfigured, StartupError
 from lib.logs.access import CUT_SHORT_MESSAGE
 from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, SINGLE_BEARER, Caller, assert_problem, backend_count,
-                           gunicorn_logging_to, http_request, post, run_sql, running_gunicorn, server_environment,
-                           throwaway_postgres, wait_for, whole_or_first_piece)
+                           gunicorn_logging_to, gunicorn_server, http_request, post, run_sql, running_gunicorn,
+                           server_environment, throwaway_postgres, wait_for, whole_or_first_piece)
 
 
 # The worker model: gevent workers, psycopg2 waiting through gevent's hub
@@ -400,6 +400,26 @@ def test_outside_gevent_a_probe_waits_behind_the_request_a_busy_worker_serves(da
             health, health_seconds = timed(lambda: http_request(port, 'GET', '/healthz'))
             assert slow.result().status == 200
     assert health.status == 200 and health_seconds > 0.8, health_seconds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+@pytest.mark.parametrize('stop_signal', [signal.SIGQUIT, signal.SIGINT], ids=['SIGQUIT', 'SIGINT'])
+def test_a_quick_stop_cancels_the_queries_it_cuts(database_url, worker_class, stop_signal):
+    """gunicorn's quick stop cut the request, and PostgreSQL ran its query on to its end, its locks held, for ever with
+    no statement timeout (trial BS: a double Ctrl-C)."""
+    query = f'SELECT pg_sleep({30 + random.randint(1, 999) / 100000})'
+    with gunicorn_server(dict(DATABASE_URL=database_url, WEB_CONCURRENCY='1', WORKER_CLASS=worker_class,
+                              DB_STATEMENT_TIMEOUT_MS='0', REQUEST_DEADLINE_MS='0')) as (port, master):
+        with ThreadPoolExecutor(1) as executor:
+            cut = executor.submit(post, port, '/slow/sleep', {'seconds': float(query[len('SELECT pg_sleep('):-1])})
+            wait_for(lambda: backend_count(database_url, query), 10, 'the slow request did not start')
+            master.send_signal(stop_signal)
+            wait_for(lambda: not backend_count(database_url, query), 3, 'the query ran on past the quick stop',
+                     on_timeout=lambda: run_sql(database_url, 'SELECT pg_cancel_backend(pid) FROM pg_stat_activity '
+                                                'WHERE query = %s', (query,)))
+            answer = cut.exception() or cut.result()  # cut with no answer, or the 503 of a worker stopping
+    assert isinstance(answer, OSError) or answer.status == 503, answer
 
 
 @pytest.mark.slow

@@ -334,7 +334,19 @@ def cancel_queries_before_the_kill(graceful_timeout, queries_block_signals):
             stop_worker(signum, frame)
     signal.signal(signal.SIGTERM, on_stop)
     if queries_block_signals:
-        relay_signal_numbers(lambda number: stopping.set() if number == signal.SIGTERM else None)
+        relay_signal_numbers(lambda number: stopping.set() if number == signal.SIGTERM else
+                             cancel_queries_at_a_quick_stop() if number in QUICK_STOP_SIGNALS else None)
+
+
+# The signals of gunicorn's quick stop of a worker, which cuts the requests in flight.
+QUICK_STOP_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+
+
+def cancel_queries_at_a_quick_stop():
+    """Cancel the queries still running when the worker stops at once (gunicorn.conf.py's worker_int; a sync worker's
+    signal relay, since its handler waits for the query): their requests are cut, and PostgreSQL would run them on to
+    their end, their locks held, with no statement timeout for ever (trial BS: a double Ctrl-C)."""
+    WATCHER.cancel_all()
 
 
 def relay_signal_numbers(on_signal):
