@@ -38,7 +38,7 @@ def env_int(name, default, minimum=0, maximum=2**31 - 1):
     if text is None:
         return default
     if not INTEGER_TEXT.fullmatch(text):
-        raise ImproperlyConfigured(f'{name} must be an integer, in ASCII digits')
+        raise ImproperlyConfigured(f'{name} must be an integer, in ASCII digits (a sign before them is allowed)')
     value = integer_value(text)
     if not minimum <= value <= maximum:
         raise ImproperlyConfigured(f'{name} must be between {minimum} and {maximum}')
