@@ -6,6 +6,7 @@ import functools
 import inspect
 import itertools
 import logging
+import operator
 import random
 import time
 import uuid
@@ -27,8 +28,8 @@ from lib.db.unit import close_stream, in_transaction, time_left, transactional
 from lib.errors import RETRYABLE_SQLSTATES, ApiError, lost_before_commit
 from lib.jsonenc import JSON_MIMETYPE, ExactNumber, json_array_chunks, json_response
 from lib.http.disconnect import WATCHER, ClientClosedRequest, ServerStopping, client_gone
-from lib.http.exchange import CLIENT_KEY, COMMITTED_APART_KEY, GONE_KEY, HELD_CONNECTIONS_KEY, ROUTE_KEY, \
-    WAITED_ON_DATABASE_KEY, deadline_of
+from lib.http.exchange import CLIENT_KEY, COMMITTED_APART_KEY, COMMITTED_KEY, GONE_KEY, HELD_CONNECTIONS_KEY, \
+    ROUTE_KEY, WAITED_ON_DATABASE_KEY, deadline_of
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +141,17 @@ def lease_for_request(database, autocommit, named, deadline):
     (429, or the 503 or 504 of a wait that ended) whose client left while it waited is ClientClosedRequest (499)."""
     client, limit = bulkhead_of_request()
     try:
-        return Lease(pool_for(database), autocommit, RealDictCursor if named else None, client=client,
-                     client_limit=limit, deadline=deadline)
+        lease = Lease(pool_for(database), autocommit, RealDictCursor if named else None, client=client,
+                      client_limit=limit, deadline=deadline)
     except ApiError as exc:
         if has_request_context() and client_gone(request.environ):
             request.environ[GONE_KEY] = True  # as the watcher marks it: logged 499, nothing sent
             raise ClientClosedRequest() from exc
         raise
+    if has_request_context():  # the access line of a client seen gone after the commit says it committed; the
+        # action's own lease ends last, after its helpers'
+        lease.after_end.append(functools.partial(operator.setitem, request.environ, COMMITTED_KEY))
+    return lease
 
 
 def watch_client(lease):

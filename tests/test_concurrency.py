@@ -29,7 +29,7 @@ from lib.db.guard import StatementPastDeadline
 from lib.db.waiting import finish_by, interruptible_wait
 from lib.http.admission import Admission
 from lib.errors import ImproperlyConfigured, StartupError
-from lib.logs.access import CUT_SHORT_MESSAGE
+from lib.logs.access import CLIENT_GONE_AFTER_COMMIT_MESSAGE, CUT_SHORT_MESSAGE
 from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, SINGLE_BEARER, Caller, assert_problem, backend_count,
                            gunicorn_logging_to, gunicorn_server, http_request, post, run_sql, running_gunicorn,
                            server_environment, throwaway_postgres, wait_for, whole_or_first_piece)
@@ -674,6 +674,21 @@ def test_a_base_exception_a_stream_raises_cuts_it_short_with_one_access_line(dat
     assert escaped in line['error']['message']
     lines = [json.loads(text) for text in (tmp_path / 'stdout').read_text().splitlines() if text.startswith('{')]
     assert not [found for found in lines if found.get('http', {}).get('response', {}).get('status_code') == 500]
+
+
+@pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
+def test_a_client_gone_once_its_transaction_committed_is_a_499_whose_line_says_it_committed(database_url, tmp_path,
+                                                                                           worker_class):
+    """The line read as one rolled back, as every 499's (trial BQ: committed transfers among rolled-back ones)."""
+    code = f'committed-{uuid.uuid4()}'
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1',
+                             WORKER_CLASS=worker_class) as (port, _):
+        with raw_post(port, '/slow/write_then_answer', {'code': code, 'size': 32 * 2 ** 20}, 'gone-committed') as sock:
+            assert sock.recv(12) == b'HTTP/1.1 200'  # the answer has started: the action is over
+        line = wait_for(lambda: access_lines(tmp_path, 'gone-committed'), 10, 'not logged')[0]
+    assert line['http']['response']['status_code'] == 499 and line['event']['outcome'] == 'failure'
+    assert line['error']['message'] == CLIENT_GONE_AFTER_COMMIT_MESSAGE
+    assert things_with_code(database_url, code) == 1
 
 
 def gunicorn_access_line(folder, request_id):

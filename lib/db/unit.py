@@ -99,6 +99,9 @@ class Lease:
         # watch on the client must stop before the connection can serve another request (lib/http/disconnect.py).
         # One that raises refuses the commit: the connection goes back rolled back, and end() raises its error.
         self.before_end = []
+        # Each is called with whether the lease's work is committed once it has ended: its transaction committed (or
+        # its autocommit statements done, no transaction left open), or not (rolled back, or its commit refused).
+        self.after_end = []
         self.conn.autocommit = autocommit
         self.conn.cursor_factory = cursor_factory
         count_use(self.conn)
@@ -115,6 +118,7 @@ class Lease:
         if not self.open:
             return
         self.open = False
+        committed = False
         try:
             end_action(self.conn)  # the action, a stream's included, is done: the commit is dbapi's
             for callback in self.before_end:
@@ -123,11 +127,14 @@ class Lease:
                 self.commit_in_time()
             elif success:
                 self.refuse_open_transaction()
+            committed = success
         finally:
             report_notices(self.conn)
             note_request(self.conn, None)
             self.pool.give_back(self.conn)
             self.leave_bulkhead()
+            for callback in self.after_end:
+                callback(committed)
 
     def refuse_open_transaction(self):
         """Raise TransactionLeftOpen when the connection of an autocommit lease is inside a transaction block."""

@@ -27,6 +27,9 @@ HELD_CONNECTIONS_KEY = 'dbapi.held_connections'
 # Set once a decorated helper ran on a connection of its own while an action held one: what it wrote committed on its
 # own, so a transaction of the action that broke does not mean nothing of the request was committed.
 COMMITTED_APART_KEY = 'dbapi.committed_apart'
+# Whether the last lease of the request to end (its action's: its helpers' end before) committed: a client seen
+# gone only after the commit (the watcher looks every 0.1 s) is still logged 499, and its line says so.
+COMMITTED_KEY = 'dbapi.committed'
 # gunicorn's client socket (the public key its WSGI environ has); absent in-process.
 CLIENT_SOCKET_KEY = 'gunicorn.socket'
 # When the request must be done (time.monotonic()), set by the first part of its handling that asks.

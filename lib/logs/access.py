@@ -9,8 +9,8 @@ import time
 import traceback
 
 from lib.http.disconnect import SEND_WATCH_BYTES, WATCHER, client_gone
-from lib.http.exchange import (CLIENT_KEY, CLIENT_SOCKET_KEY, CUT_KEY, ERROR_KEY, GONE_KEY, ROUTE_KEY, STOPPING_KEY,
-                               BrokeBeforeItsFirstByte, deadline_of, escaped, stops_the_worker)
+from lib.http.exchange import (CLIENT_KEY, CLIENT_SOCKET_KEY, COMMITTED_KEY, CUT_KEY, ERROR_KEY, GONE_KEY, ROUTE_KEY,
+                               STOPPING_KEY, BrokeBeforeItsFirstByte, deadline_of, escaped, stops_the_worker)
 from lib.http.raw import problem_answer
 from lib.http.requestid import REQUEST_ID_KEY
 from lib.logs.formatter import ACCESS_LOGGER, dotted
@@ -30,6 +30,10 @@ SEND_PIECE_BYTES = 64 * 1024
 CUT_SHORT_MESSAGE = 'The response was cut short: the client went away or the server stopped before its end.'
 # Whether its query was cancelled is error.code's to say (57014): a client may leave while no statement runs.
 CLIENT_GONE_MESSAGE = 'The client went away before its answer.'
+# A client seen gone only once its action's transaction had committed (COMMITTED_KEY): a 499 all the same (trial BQ:
+# a committed transfer's line read as one rolled back).
+CLIENT_GONE_AFTER_COMMIT_MESSAGE = ('The client went away before its answer, once the action had ended: what it wrote '
+                                    'is committed.')
 # (ECS group, field, WSGI environ key) of what an access line carries when the request has it.
 OPTIONAL_ENVIRON_FIELDS = (('client', 'ip', 'REMOTE_ADDR'), ('user_agent', 'original', 'HTTP_USER_AGENT'))
 
@@ -259,7 +263,9 @@ def exchange_error(exchange):
     failure = exchange.environ.get(ERROR_KEY)
     error = exchange.stream_error if failure is None else failure[0]  # a stream's: its client left (a 499)
     fields = {} if error is None else error_fields(error, detailed=exchange.status >= 500)
-    if exchange.status == CLIENT_CLOSED_REQUEST and not exchange.bytes:  # nothing was sent that could be cut short
+    if exchange.status == CLIENT_CLOSED_REQUEST and exchange.environ.get(COMMITTED_KEY):
+        fields['message'] = CLIENT_GONE_AFTER_COMMIT_MESSAGE
+    elif exchange.status == CLIENT_CLOSED_REQUEST and not exchange.bytes:  # nothing sent that could be cut short
         fields.setdefault('message', CLIENT_GONE_MESSAGE)
     elif exchange.cut_short:
         fields.setdefault('message', CUT_SHORT_MESSAGE)

@@ -103,6 +103,22 @@ def write_then_wait(code, seconds, autocommit):
     return write()
 
 
+class WriteThenAnswer(Schema):
+    """The code of the row to write, and the size of the answer, in bytes."""
+
+    code = fields.String(required=True)
+    size = fields.Integer(required=True, validate=validate.Range(min=0, max=64 * 2 ** 20))
+
+
+@use_schema(WriteThenAnswer)
+@inject_conn(DEFAULT)
+def write_then_answer(conn, code, size):
+    """Insert a row of probe.things, then answer a JSON string of about size bytes, written once it is committed."""
+    with conn.cursor() as cursor:
+        cursor.execute('INSERT INTO probe.things (code) VALUES (%s)', (code,))
+    return 'x' * size
+
+
 @use_schema(WaitThenWrite)
 def wait_then_write(code, seconds, sleep, autocommit):
     """Run SELECT code, wait in Python (no statement running), then run pg_sleep(sleep) and insert a row of
