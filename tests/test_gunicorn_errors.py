@@ -105,6 +105,24 @@ def test_gunicorns_line_on_a_request_it_refuses_quotes_nothing_the_client_sent(d
     assert len(reasons) == 1 and 'left out of the log: it may hold a credential' in reasons[0]['message'], reasons
 
 
+@pytest.mark.parametrize('header, said', [
+    (b'Content-Type: application/json; charset=\xc3\xbctf-8', 'charset=\u00fctf-8 is not accepted'),
+    (b'Content-Encoding: gz\xc3\xafp', 'Content-Encoding gz\u00efp is not accepted'),
+    (b'Content-Encoding: gz\xefp', 'Content-Encoding gz\ufffdp is not accepted')])  # no UTF-8: U+FFFD
+def test_a_header_the_client_sent_in_utf8_is_quoted_and_logged_as_its_text(database_url, tmp_path, header, said):
+    """WSGI keeps each byte of a header as a latin-1 character: `charset=\u00fctf-8` was quoted as
+    `charset=\u00c3\u00bctf-8`, a User-Agent logged so too (trial BQ)."""
+    with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1') as (port, _):
+        status, _, body = raw_answer(port, b'POST /probe/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer '
+                                     + ADMIN_TOKEN.encode() + b'\r\nUser-Agent: h\xc3\xa9llo\r\nX-Request-ID: utf-8-sent'
+                                     b'\r\nConnection: close\r\n' + header + b'\r\nContent-Length: 2\r\n\r\n{}')
+    assert status == 415 and said in json.loads(body)['detail'], body
+    lines = [json.loads(text) for text in (tmp_path / 'stdout').read_text().splitlines() if text.startswith('{')]
+    logged = [line for line in lines if line.get('http', {}).get('request', {}).get('id') == 'utf-8-sent'
+              and line['log']['logger'] == 'dbapi.access']
+    assert [line['user_agent']['original'] for line in logged] == ['h\u00e9llo'], logged
+
+
 CHUNKED_HEAD = (b'POST /probe/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n'
                 b'Authorization: Bearer ' + ADMIN_TOKEN.encode() + b'\r\n\r\n')
 MALFORMED_CHUNKS = {'a chunk size that is not hex': b'zz\r\n{}\r\n0\r\n\r\n',

@@ -13,7 +13,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from lib.errors import BadRequest, RequestTimeout, Unprocessable, UnsupportedMediaType, shown_briefly
 from lib.http.disconnect import WATCHER
-from lib.http.exchange import BODY_TIMED_OUT_KEY, CLIENT_SOCKET_KEY, CUT_KEY, deadline_of
+from lib.http.exchange import BODY_TIMED_OUT_KEY, CLIENT_SOCKET_KEY, CUT_KEY, deadline_of, sent_text
 from lib.jsonenc import JSON_MIMETYPE, BodyPastLimit, loads_exact
 
 # JSON can hold a NUL only escaped; PostgreSQL's text cannot hold one at all.
@@ -127,7 +127,7 @@ def refuse_unless_json(content_type):
         charset = collapse_rfc2231_value(value)  # RFC 2231's charset*=utf-8''utf-8 comes as a tuple
         if name == 'charset' and charset.lower() not in ('utf-8', 'utf8'):
             raise UnsupportedMediaType('JSON bodies are UTF-8 (RFC 8259 section 8.1); '
-                                       f'charset={shown_briefly(charset)} is not accepted.')
+                                       f'charset={shown_briefly(sent_text(charset))} is not accepted.')
 
 
 def refuse_content_coding(content_encoding):
@@ -135,8 +135,8 @@ def refuse_content_coding(content_encoding):
     RFC 9110 section 15.5.16 has the 415 say, in Accept-Encoding, which codings a request may use."""
     coding = content_encoding.strip()
     if coding and coding.lower() != 'identity':
-        raise UnsupportedMediaType(f'Content-Encoding {shown_briefly(coding)} is not accepted: send the body '
-                                   'uncompressed.', headers={'Accept-Encoding': 'identity'})
+        raise UnsupportedMediaType(f'Content-Encoding {shown_briefly(sent_text(coding))} is not accepted: send the '
+                                   'body uncompressed.', headers={'Accept-Encoding': 'identity'})
 
 
 def refuse_transfer_coding(transfer_encoding):
@@ -144,8 +144,9 @@ def refuse_transfer_coding(transfer_encoding):
     off, and nothing would undo another coding (gzip), so the body would be read as something it is not. nginx in
     front answers the same 400."""
     if transfer_encoding is not None and transfer_encoding.strip().lower() != 'chunked':
-        raise BadRequest(f'Transfer-Encoding {shown_briefly(transfer_encoding.strip())} is not accepted: send the '
-                         'body with a Content-Length, or chunked alone.')
+        shown = shown_briefly(sent_text(transfer_encoding.strip()))
+        raise BadRequest(f'Transfer-Encoding {shown} is not accepted: send the body with a Content-Length, or chunked '
+                         'alone.')
 
 
 def read_json_body():

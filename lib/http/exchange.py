@@ -36,6 +36,18 @@ CLIENT_SOCKET_KEY = 'gunicorn.socket'
 DEADLINE_KEY = 'dbapi.deadline'
 
 
+def sent_text(value):
+    """Return a WSGI environ string of what the client sent (a header's value, the path: PEP 3333 keeps each byte as
+    the latin-1 character of that byte) as the text its bytes spell in UTF-8, each byte no UTF-8 spells as U+FFFD:
+    `charset=ütf-8` was quoted `charset=Ã¼tf-8`, a User-Agent logged so too (trial BQ)."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode('latin-1').decode('utf-8', 'replace')
+    except UnicodeEncodeError:  # text already (a test client's), no server's bytes
+        return value
+
+
 def remember(key, value):
     """Keep value in the current request's environ under key, for the access line."""
     request.environ[key] = value

@@ -10,7 +10,8 @@ import traceback
 
 from lib.http.disconnect import SEND_WATCH_BYTES, WATCHER, client_gone
 from lib.http.exchange import (CLIENT_KEY, CLIENT_SOCKET_KEY, COMMITTED_KEY, CUT_KEY, ERROR_KEY, GONE_KEY, ROUTE_KEY,
-                               STOPPING_KEY, BrokeBeforeItsFirstByte, deadline_of, escaped, stops_the_worker)
+                               STOPPING_KEY, BrokeBeforeItsFirstByte, deadline_of, escaped, sent_text,
+                               stops_the_worker)
 from lib.http.raw import problem_answer
 from lib.http.requestid import REQUEST_ID_KEY
 from lib.logs.formatter import ACCESS_LOGGER, dotted
@@ -215,10 +216,7 @@ def route_labels(exchange):
 def request_path(environ):
     """Return the request's path as sent (a doubled slash kept, as nginx's line has it), decoded as werkzeug decodes
     it; '/' for none."""
-    path = environ.get('PATH_INFO') or '/'
-    if not path.isascii():
-        path = path.encode('latin-1').decode('utf-8', 'replace')
-    return path
+    return sent_text(environ.get('PATH_INFO') or '/')
 
 
 def client_left(exchange):
@@ -243,7 +241,7 @@ def exchange_fields(exchange, labels):
         fields['http']['request']['id'] = request_id
     for group, name, key in OPTIONAL_ENVIRON_FIELDS:
         if value := environ.get(key):
-            fields[group] = {name: value}
+            fields[group] = {name: sent_text(value)}
     if client := environ.get(CLIENT_KEY):
         fields['user'] = {'name': client.name}
     if labels[0]:
