@@ -8,9 +8,11 @@ import psycopg2
 import pytest
 
 from lib.db import connection
+from lib.db.guard import CommitOfFailedTransaction
 from lib.errors import (RETRY_AFTER_SECONDS, ApiError, Conflict, NotFound, ServiceUnavailable, TooManyRequests,
                         handle_error)
 from lib.http.exchange import ERROR_KEY
+from lib.logs.access import error_fields
 from tests.helpers import (ADMIN_TOKEN, AUTH, UNREACHABLE_DSN, Caller, assert_problem, body_of_size,
                            export_in_flight, run_sql)
 
@@ -593,6 +595,11 @@ def test_an_action_that_catches_a_database_error_and_returns_is_a_500_not_a_succ
     savepoint = client.post(f'/caught/{route}', json={'code': code, 'savepoint': True}, headers=AUTH)
     assert savepoint.status_code == 200 and code in savepoint.get_data(as_text=True)
     assert rows_of_code(database_url, code) == 1
+
+
+def test_the_refused_commit_of_a_failed_transaction_carries_its_sqlstate_to_the_access_line():
+    """The problem said 25P02, the access line no error.code (trial BR), where a statement's 25P02 had both."""
+    assert error_fields(CommitOfFailedTransaction('went on'), detailed=False) == {'code': '25P02'}
 
 
 LEFT_OPEN_ROUTES = '''

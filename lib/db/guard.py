@@ -105,13 +105,16 @@ def refuse_action_commit(conn):
 
 class CommitOfFailedTransaction(ActionMisusedConnection):
     """An action caught a statement's error and returned in the failed transaction, whose COMMIT PostgreSQL would
-    answer with a ROLLBACK: refused, the 500 a statement sent there gets (SQLSTATE 25P02), its sqlstate too."""
+    answer with a ROLLBACK: refused, the 500 a statement sent there gets (SQLSTATE 25P02), its sqlstate too, in the
+    problem and in the access line's error.code (pgcode, as psycopg2's errors carry it)."""
+
+    pgcode = IN_FAILED_SQL_TRANSACTION
 
 
 @translates(CommitOfFailedTransaction)
 def from_commit_of_failed_transaction(exc):
     """The 500 of PostgreSQL's 25P02 (lib/errors.py's SQLSTATE_ERRORS): one fault, one answer."""
-    return ApiError(f'The action {exc}.', sqlstate=IN_FAILED_SQL_TRANSACTION)
+    return ApiError(f'The action {exc}.', sqlstate=exc.pgcode)
 
 
 def refuse_commit_of_failed_transaction(conn):
