@@ -365,6 +365,17 @@ def test_nginxs_own_405_names_the_methods_the_path_takes(echo_port, request_line
     assert json.loads(body)['detail'] == f'Use {allow.decode()}.'
 
 
+def test_a_connect_to_a_host_and_port_is_nginxs_400_problem(echo_port):
+    """The contract's 405 for CONNECT is for a path; `CONNECT host:port`, a target nginx does not read, is its 400
+    (trial BQ)."""
+    with running_nginx([echo_port]) as proxy:
+        answer = exchange(proxy.port, b'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n'
+                                      b'Connection: close\r\n\r\n')
+    head, _, body = answer.partition(b'\r\n\r\n')
+    assert head.startswith(b'HTTP/1.1 400 ') and b'Content-Type: application/problem+json' in head, head
+    assert json.loads(body)['status'] == 400
+
+
 def test_nginx_knows_no_token_but_the_requests_own(echo_port):
     """A token sent as the X-Request-ID of a request that does not carry it in Authorization is, to nginx, an id
     like any other: its own answers echo it (docs/contract.md section 2 says so; send tokens in Authorization
