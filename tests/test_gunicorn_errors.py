@@ -123,6 +123,19 @@ def test_a_header_the_client_sent_in_utf8_is_quoted_and_logged_as_its_text(datab
     assert [line['user_agent']['original'] for line in logged] == ['h\u00e9llo'], logged
 
 
+@pytest.mark.parametrize('version, status', [(b'HTTP/1.1', 400), (b'HTTP/1.0', 200)])
+def test_an_http_1_1_request_without_a_host_header_is_a_400_problem(database_url, version, status):
+    """RFC 9112 section 3.2: a server MUST; nginx did, a replica met directly answered 200 (trial BQ)."""
+    with running_gunicorn(database_url, WEB_CONCURRENCY='1') as port:
+        answered, headers, body = raw_answer(port, b'POST /probe/echo ' + version + b'\r\nAuthorization: Bearer '
+                                             + ADMIN_TOKEN.encode() + b'\r\nContent-Type: application/json\r\n'
+                                             b'Connection: close\r\nContent-Length: 2\r\n\r\n{}')
+    assert answered == status, body
+    if status == 400:
+        assert headers['Content-Type'] == 'application/problem+json'
+        assert json.loads(body)['detail'] == 'An HTTP/1.1 request carries a Host header (RFC 9112 section 3.2).'
+
+
 CHUNKED_HEAD = (b'POST /probe/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n'
                 b'Authorization: Bearer ' + ADMIN_TOKEN.encode() + b'\r\n\r\n')
 MALFORMED_CHUNKS = {'a chunk size that is not hex': b'zz\r\n{}\r\n0\r\n\r\n',
