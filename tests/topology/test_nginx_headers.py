@@ -365,12 +365,13 @@ def test_nginxs_own_405_names_the_methods_the_path_takes(echo_port, request_line
     assert json.loads(body)['detail'] == f'Use {allow.decode()}.'
 
 
-def test_a_connect_to_a_host_and_port_is_nginxs_400_problem(echo_port):
+@pytest.mark.parametrize('request_head', [b'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n',
+                                          b'POST /probe/echo HTTP/1.1\r\n'], ids=['CONNECT host:port', 'no Host'])
+def test_a_connect_to_a_host_and_port_or_a_request_without_host_is_nginxs_400_problem(echo_port, request_head):
     """The contract's 405 for CONNECT is for a path; `CONNECT host:port`, a target nginx does not read, is its 400
-    (trial BQ)."""
+    (trial BQ), as is an HTTP/1.1 request without a Host header (RFC 9112 section 3.2)."""
     with running_nginx([echo_port]) as proxy:
-        answer = exchange(proxy.port, b'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n'
-                                      b'Connection: close\r\n\r\n')
+        answer = exchange(proxy.port, request_head + b'Connection: close\r\n\r\n')
     head, _, body = answer.partition(b'\r\n\r\n')
     assert head.startswith(b'HTTP/1.1 400 ') and b'Content-Type: application/problem+json' in head, head
     assert json.loads(body)['status'] == 400
