@@ -50,9 +50,11 @@ def test_a_post_that_reached_an_upstream_is_never_sent_again(upstreams):
     with running_nginx([dropping.port, healthy.port]) as proxy:
         statuses = []
         while not dropping.received and len(statuses) < 4:
-            statuses.append(post(proxy.port, '/probe/things/create', {'n': len(statuses)}).status)
+            last = post(proxy.port, '/probe/things/create', {'n': len(statuses)})
+            statuses.append(last.status)
     assert dropping.received, 'round robin never chose the dropping upstream'
     assert statuses[-1] == 502
+    assert last.json()['detail'] == 'No dbapi replica gave an answer. A request that reached one may have run.'
     # Every POST was received exactly once, by one upstream or the other.
     assert len(dropping.received) + len(healthy.received) == len(statuses)
 
@@ -78,9 +80,14 @@ def assert_nginx_problem(reply, status, title):
     assert body['request_id'] == reply.headers['X-Request-ID']
 
 
-def test_no_upstream_at_all_is_a_502_problem():
-    with running_nginx([free_ports(1)]) as proxy:
-        assert_nginx_problem(post(proxy.port, '/probe/'), 502, 'Bad Gateway')
+def test_no_upstream_at_all_is_a_502_problem_that_says_the_request_did_not_run():
+    """Every connect refused: no replica got a byte of it, so it may be sent again; it said "may have run" (trial
+    BP)."""
+    closed = free_ports(2)
+    with running_nginx([closed, closed + 1]) as proxy:
+        reply = post(proxy.port, '/probe/')
+    assert_nginx_problem(reply, 502, 'Bad Gateway')
+    assert reply.json()['detail'] == 'No dbapi replica could be reached: the request did not run. Try again shortly.'
 
 
 def test_an_upstream_slower_than_the_proxy_timeout_is_a_504_problem(upstreams):
