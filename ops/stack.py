@@ -712,11 +712,12 @@ def announce(config):
 
 
 def report_exit(child, code):
-    """Say on stderr that child exited and when it starts again, and log it as an ECS error line on stdout, with
-    `process.exit_code` (negative: the signal that killed it), where the replicas' own lines are."""
+    """Say on stderr that child exited and when it starts again, and log it as an ECS line on stdout, with
+    `process.exit_code` (negative: the signal that killed it), where the replicas' own lines are: an error, or a
+    warning for exit code 0, a stop someone else asked of it (a SIGTERM), no crash (trial BP: an error)."""
     line = f'{child.name} exited with code {code}; restarting it in {child.restart_delay:g} s'
     say(line)
-    log.error(line, extra={'process.exit_code': code})
+    log.log(logging.WARNING if code == 0 else logging.ERROR, line, extra={'process.exit_code': code})
 
 
 def say(text, prefix='stack: '):

@@ -1,6 +1,7 @@
 """The deployment files agree with each other and with the app: one template, the same limits, the
 same health endpoints, and the image renders the template as the native stack does."""
 import json
+import logging
 import os
 import re
 import subprocess
@@ -11,8 +12,8 @@ import settings
 
 from ops import healthcheck, kustomize, nginx, pgbouncer
 from ops.render import TemplateError, fill_template, program
-from ops.stack import (MAX_REPLICAS, Stack, StackConfig, StackError, nginx_environment, replica_environment,
-                       server_budgets, workers_per_replica)
+from ops.stack import (MAX_REPLICAS, Child, Stack, StackConfig, StackError, nginx_environment, replica_environment,
+                       report_exit, server_budgets, workers_per_replica)
 
 yaml = pytest.importorskip('yaml', reason='PyYAML comes with requirements-lint.txt (make lint)')
 
@@ -362,3 +363,13 @@ def test_nginx_logs_the_body_bytes_without_its_100_continue(key, logged):
     patterns = [re.sub(r'\\k<(\w+)>', r'(?P=\1)', pattern.replace('(?<', '(?P<')) for pattern, _ in rules]
     match = next((found for pattern in patterns if (found := re.search(pattern, key))), None)
     assert (match['dbapi_whole_body'] if match else default) == logged
+
+
+@pytest.mark.parametrize('code, level', [(0, logging.WARNING), (1, logging.ERROR), (-9, logging.ERROR)])
+def test_a_replica_that_exited_is_logged_as_an_error_unless_it_was_stopped_gracefully(caplog, code, level):
+    """Exit code 0 is a stop someone else asked of it (a SIGTERM), no crash: it was an error line (trial BP)."""
+    child = Child('replica 2 (port 8002)', ['true'], {})
+    with caplog.at_level(logging.INFO, logger='dbapi.stack'):
+        report_exit(child, code)
+    assert [(record.levelno, record.getMessage()) for record in caplog.records] == [
+        (level, f'replica 2 (port 8002) exited with code {code}; restarting it in 1 s')]
