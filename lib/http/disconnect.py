@@ -340,13 +340,20 @@ def cancel_queries_before_the_kill(graceful_timeout, queries_block_signals):
 
 # The signals of gunicorn's quick stop of a worker, which cuts the requests in flight.
 QUICK_STOP_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+# How long a quick stop waits for its cancels, in seconds: each server takes one in milliseconds, or is given
+# lib.db.cancel's ACKNOWLEDGE_SECONDS.
+QUICK_STOP_CANCEL_SECONDS = 2
 
 
 def cancel_queries_at_a_quick_stop():
     """Cancel the queries still running when the worker stops at once (gunicorn.conf.py's worker_int; a sync worker's
     signal relay, since its handler waits for the query): their requests are cut, and PostgreSQL would run them on to
-    their end, their locks held, with no statement timeout for ever (trial BS: a double Ctrl-C)."""
-    WATCHER.cancel_all()
+    their end, their locks held, with no statement timeout for ever (trial BS: a double Ctrl-C). In a thread of its
+    own, waited for QUICK_STOP_CANCEL_SECONDS at most: the signal handler that calls it may have interrupted its own
+    thread inside the watcher's lock."""
+    cancelling = threading.Thread(target=WATCHER.cancel_all, name='dbapi-quick-stop', daemon=True)
+    cancelling.start()
+    cancelling.join(QUICK_STOP_CANCEL_SECONDS)
 
 
 def relay_signal_numbers(on_signal):
