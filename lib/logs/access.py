@@ -33,8 +33,8 @@ CUT_SHORT_MESSAGE = 'The response was cut short: the client went away or the ser
 CLIENT_GONE_MESSAGE = 'The client went away before its answer.'
 # A client seen gone only once its action's transaction had committed (COMMITTED_KEY): a 499 all the same (trial BQ:
 # a committed transfer's line read as one rolled back).
-CLIENT_GONE_AFTER_COMMIT_MESSAGE = ('The client went away before its answer, once the action had ended: what it wrote '
-                                    'is committed.')
+CLIENT_GONE_AFTER_COMMIT_MESSAGE = ('The client went away before it had its whole answer, once the action had ended: '
+                                    'what it wrote is committed.')
 # (ECS group, field, WSGI environ key) of what an access line carries when the request has it.
 OPTIONAL_ENVIRON_FIELDS = (('client', 'ip', 'REMOTE_ADDR'), ('user_agent', 'original', 'HTTP_USER_AGENT'))
 
