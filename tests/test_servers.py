@@ -531,3 +531,35 @@ def test_a_binary_upgrade_is_refused_under_make_run_which_serves_on(serve_data_d
     assert [line['message'] for line in refusal] == [
         'SIGUSR2 (a binary upgrade) is refused under make run, which supervises this master: restart it instead']
     assert process.returncode == 0
+
+
+HOLDS_AN_EMBEDDED_SERVER = """
+import sys
+from pathlib import Path
+from lib.db.embedded import start_embedded
+start_embedded(Path(sys.argv[1]), stop_at_exit=True)
+print('started', flush=True)
+sys.stdin.read()
+"""
+
+
+def test_an_exit_that_waits_for_a_hung_embedded_postgresql_says_so(tmp_path):
+    """pgserver's pg_ctl waits up to 60 s for a postmaster that does not answer at exit, and nothing said why a
+    Ctrl-C took a minute (trial BP: a stopped postmaster)."""
+    data_dir = new_data_dir('hung-at-exit-')
+    try:
+        holder = subprocess.Popen([sys.executable, '-c', HOLDS_AN_EMBEDDED_SERVER, str(data_dir)], cwd=settings.BASE_DIR,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert holder.stdout.readline() == 'started\n', holder.stderr.read()
+        postmaster = int((data_dir / 'postmaster.pid').read_text().split()[0])
+        os.kill(postmaster, signal.SIGSTOP)
+        try:
+            holder.stdin.close()  # the holder exits: pgserver stops the server it started
+            said = holder.stderr.readline()
+        finally:
+            os.kill(postmaster, signal.SIGCONT)
+        assert holder.wait(60) == 0
+    finally:
+        discard_data_dir(data_dir)
+    assert said.startswith(f'dbapi: waiting for the embedded PostgreSQL in {data_dir} to stop: it has not answered '
+                           'for 3 s'), said

@@ -1,7 +1,9 @@
 """The embedded PostgreSQL (pgserver, from PyPI) used by local and test when no database is configured."""
+import atexit
 import logging
 import os
 import signal
+import threading
 import time
 import warnings
 
@@ -10,9 +12,12 @@ from psycopg2 import sql
 from psycopg2.extensions import make_dsn
 
 from lib.errors import StartupError, shown_on_one_line
+from lib.process import write_line
 
 # How long a start cut short waits for the server it started to end (stop_postmaster).
 STOP_SECONDS = 15
+# How long the stop of the server at exit may take before a line says what the process waits for.
+SLOW_STOP_SECONDS = 3
 
 
 def start_embedded(data_dir, database='dbapi', stop_at_exit=True, stopping=lambda: False):
@@ -44,7 +49,22 @@ def start_embedded(data_dir, database='dbapi', stop_at_exit=True, stopping=lambd
         raise
     finally:
         pgserver_log.removeFilter(unless_stopping)
+    if stop_at_exit:
+        atexit.register(say_when_the_stop_is_slow, data_dir)  # runs before pgserver's stop, registered before it
     return ensure_database(server.get_uri(), database)
+
+
+def say_when_the_stop_is_slow(data_dir, seconds=SLOW_STOP_SECONDS):
+    """At exit, have a thread say on stderr, once seconds have passed, that the process waits for the server of
+    data_dir to stop: pgserver's pg_ctl waits up to 60 s for one that does not answer (a stopped or hung postmaster),
+    then kills it, and nothing said why a Ctrl-C took a minute (trial BP). A stop that ends sooner (or none, the server
+    having other users) ends the process, and the thread with it, unsaid."""
+    def say_unless_stopped():
+        time.sleep(seconds)
+        if (data_dir / 'postmaster.pid').exists():
+            write_line(f'dbapi: waiting for the embedded PostgreSQL in {data_dir} to stop: it has not answered for '
+                       f'{seconds} s; pg_ctl waits up to 60 s for it, then it is killed')
+    threading.Thread(target=say_unless_stopped, name='dbapi-slow-stop', daemon=True).start()
 
 
 def stop_postmaster(data_dir, seconds=STOP_SECONDS):
