@@ -224,10 +224,16 @@ def iso_text(value):
 
 
 def in_utc(value):
-    """Return an aware datetime or time as the same instant in UTC (a time's date taken as any day)."""
+    """Return an aware datetime or time as the same instant in UTC (a time's date taken as any day); ValueError for a
+    datetime whose instant in UTC is past year 9999 or before year 1, which Python's datetime cannot hold (trial BT:
+    "not JSON serializable")."""
     if isinstance(value, datetime.time):
         return datetime.datetime.combine(datetime.date(2000, 1, 1), value).astimezone(datetime.timezone.utc).timetz()
-    return value.astimezone(datetime.timezone.utc)
+    try:
+        return value.astimezone(datetime.timezone.utc)
+    except OverflowError:
+        raise ValueError(f'the datetime {value!r} has an offset with a fraction of a second, and its instant in UTC, '
+                         'which it would be written as, is outside the years 1 to 9999 Python holds') from None
 
 
 register_json_type(decimal.Decimal, numeric_text)  # exact, as a string: "10.50"
@@ -243,8 +249,9 @@ register_json_type(set, list)
 register_json_type(frozenset, list)
 # Asked only for subclasses (ORJSON_EXACT_TYPES), which register_json_type would refuse for the types themselves: a
 # float or UUID subclass was a 500, "not JSON serializable" (trial BO). A tuple subclass is a collection.
-JSON_TYPES[float] = float
-JSON_TYPES[uuid.UUID] = str
+# The base type's own methods: a subclass's __float__ or __str__ says something else (trial BT: `U2!`).
+JSON_TYPES[float] = float.__float__
+JSON_TYPES[uuid.UUID] = uuid.UUID.__str__
 
 
 def orjson_ready(value):

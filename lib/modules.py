@@ -8,13 +8,12 @@ from pathlib import Path
 
 from flask import Blueprint
 from marshmallow import INCLUDE, fields, missing
-from werkzeug.exceptions import HTTPException
-from werkzeug.routing import RoutingException
 
 from lib.auth import authorize
 from lib.decorators import SCHEMA_ATTRIBUTE, borrows_of, databases_of, marks_of, respond, schema_of, wrapped_chain
 from lib.errors import Unprocessable, import_failure
-from lib.http.exchange import ROUTE_KEY, escaped, remember, stops_the_worker
+from lib.http.disconnect import WATCHER
+from lib.http.exchange import ROUTE_KEY, answered_as, remember
 from lib.fastschema import fast_loader, has_no_hooks
 from lib.http.body import read_json_body
 
@@ -387,28 +386,6 @@ def make_route(module, routes_file, entry, fast_paths=True, databases=None):
     return Route(module, entry['route'], action, load)
 
 
-class ResponseRaised(TypeError):
-    """An action raised a werkzeug HTTPException that carries a whole answer rather than an error status:
-    flask.abort(Response(...)), HTTPException(response=...), a RequestRedirect. Flask sends such an answer as it is (a
-    200 or 201, werkzeug's HTML redirect page, an HTML 500), although the raise had rolled the action's transaction
-    back (trial BR: a success answered, nothing committed). A bug, answered as a 500 problem."""
-
-
-def sent_as_it_is(exc):
-    """Tell whether Flask sends a werkzeug HTTPException as the answer it carries, past the error translators: one
-    without a status of its own (flask.abort(Response)), or a routing exception (RequestRedirect)."""
-    return exc.code is None or isinstance(exc, RoutingException)
-
-
-def response_raised(exc):
-    """Return the ResponseRaised of an HTTPException that Flask would send as it is (sent_as_it_is)."""
-    status = exc.response.status_code if exc.response is not None else exc.code
-    return ResponseRaised(f'the action raised {type(exc).__name__}, an answer of status {status}: a success is '
-                          'returned (its transaction is then committed), an error raised as a lib.errors exception or '
-                          'flask.abort(status, words), whose answer is problem details; the raise rolled the '
-                          'transaction back')
-
-
 def make_view(route, clients):
     """Build the view of one route: authorise, parse the body once, validate, call, respond."""
     def view():
@@ -417,16 +394,11 @@ def make_view(route, clients):
         try:  # the module's code: its schema's hooks, the action, the JSON encoders it registered
             args, kwargs = route.load_arguments(read_json_body())
             return respond(route.action(*args, **kwargs))
-        except HTTPException as exc:
-            if sent_as_it_is(exc):
-                raise response_raised(exc) from exc
-            raise
-        except Exception:
-            raise
         except BaseException as exc:
-            if stops_the_worker(exc):
+            error = answered_as(exc, WATCHER.stopping)
+            if error is None or error is exc:
                 raise
-            raise escaped(exc)
+            raise error
     view.__name__ = f'{route.module}:{route.name}'
     return view
 

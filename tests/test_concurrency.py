@@ -656,11 +656,14 @@ def test_a_base_exception_escaping_an_action_is_the_apps_500_with_its_full_acces
 
 @pytest.mark.parametrize('worker_class', ['gevent', 'gthread', 'sync'])
 @pytest.mark.parametrize('kind, escaped', [('own', 'OwnBaseException (raised on purpose)'),
-                                            ('interrupt', 'builtins.KeyboardInterrupt (raised on purpose)')])
-def test_a_base_exception_a_stream_raises_cuts_it_short_with_one_access_line(database_url, tmp_path, worker_class,
-                                                                              kind, escaped):
+                                            ('interrupt', 'builtins.KeyboardInterrupt (raised on purpose)'),
+                                            ('exit', 'SystemExit(3) was raised'),
+                                            ('answer', 'the action raised HTTPException, an answer of status 200')])
+def test_a_base_exception_or_an_answer_a_stream_raises_cuts_it_short_with_one_access_line(database_url, tmp_path,
+                                                                                          worker_class, kind, escaped):
     """Past the stream's first item, gunicorn wrote a whole 500 answer into the chunked body, under another request
-    id and with a second access line (trial BR)."""
+    id and with a second access line (trial BR); a SystemExit was gunicorn's "Error handling request", and an answer
+    raised was logged as werkzeug's class (trial BT)."""
     with gunicorn_logging_to(tmp_path, DATABASE_URL=database_url, WEB_CONCURRENCY='1',
                              WORKER_CLASS=worker_class) as (port, _):
         with raw_post(port, '/probe/system_exit', {'later': True, 'kind': kind}, f'later-{kind}') as sock:
@@ -670,8 +673,10 @@ def test_a_base_exception_a_stream_raises_cuts_it_short_with_one_access_line(dat
     assert answer.count(b'HTTP/1.1') == 1 and not answer.endswith(b'0\r\n\r\n'), answer  # cut, no last chunk
     assert after.status == 200
     line = gunicorn_access_line(tmp_path, f'later-{kind}')
-    assert line['event']['outcome'] == 'failure' and line['error']['type'] == 'lib.http.exchange.ActionExited'
+    kind_logged = 'ResponseRaised' if kind == 'answer' else 'ActionExited'
+    assert line['event']['outcome'] == 'failure' and line['error']['type'] == f'lib.http.exchange.{kind_logged}'
     assert escaped in line['error']['message']
+    assert 'Error handling request' not in (tmp_path / 'stdout').read_text()
     lines = [json.loads(text) for text in (tmp_path / 'stdout').read_text().splitlines() if text.startswith('{')]
     assert not [found for found in lines if found.get('http', {}).get('response', {}).get('status_code') == 500]
 

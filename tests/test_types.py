@@ -1191,6 +1191,15 @@ def test_an_offset_with_a_fraction_of_a_second_is_written_as_the_same_instant_in
     assert dumps_bytes(datetime.time(0, 0, tzinfo=odd)) == b'"23:59:58.999995+00:00"'
 
 
+def test_an_offset_with_a_fraction_of_a_second_past_the_years_python_holds_in_utc_says_so():
+    """datetime.max a microsecond behind UTC: its instant in UTC is past year 9999, "not JSON serializable" alone
+    (trial BT)."""
+    behind = datetime.timezone(-datetime.timedelta(hours=23, minutes=59, microseconds=1))
+    with pytest.raises(TypeError) as raised:
+        dumps_bytes(datetime.datetime.max.replace(tzinfo=behind))
+    assert 'outside the years 1 to 9999' in str(raised.value.__cause__), raised.value.__cause__
+
+
 def test_a_float_or_uuid_subclass_an_action_builds_is_written_as_its_base_type():
     """orjson writes neither a float subclass (numpy.float64 is one) nor a UUID subclass itself: both were a 500,
     "not JSON serializable" (trial BO)."""
@@ -1198,7 +1207,17 @@ def test_a_float_or_uuid_subclass_an_action_builds_is_written_as_its_base_type()
         """A float of a library's own."""
 
     class Ref(uuid.UUID):
-        """A UUID of a library's own."""
+        """A UUID of a library's own, its text its own too (trial BT: written `U2!`)."""
+
+        def __str__(self):
+            return 'ref!'
+
+    class Scaled(float):
+        """A float whose __float__ says another number."""
+
+        def __float__(self):
+            return 99.0
+    assert dumps_bytes([Scaled(1.25), {Scaled(1.25): 1}]) == b'[1.25,{"1.25":1}]'
     ref = Ref('c20cf794-13f2-45c8-9ecc-1d923a96dbf0')
     assert dumps_bytes([Ratio(0.5), Ratio('nan'), ref, {Ratio(0.5): ref, ref: 1}]) == (
         b'[0.5,null,"c20cf794-13f2-45c8-9ecc-1d923a96dbf0",{"0.5":"c20cf794-13f2-45c8-9ecc-1d923a96dbf0",'

@@ -5,6 +5,8 @@ import time
 
 from flask import request
 from gevent import GreenletExit
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RoutingException
 
 ROUTE_KEY = 'dbapi.route'
 CLIENT_KEY = 'dbapi.client'
@@ -81,14 +83,50 @@ class ActionExited(RuntimeError):
     gunicorn's bare 500, written into a stream already under way (trial BR), or end the worker."""
 
 
-def stops_the_worker(exc):
-    """Tell whether a BaseException from a module's code is the worker stopping, to pass through untouched: gevent
-    killing its greenlets (GreenletExit), or Ctrl-C where SIGINT raises KeyboardInterrupt (a test, a script).
-    gunicorn's workers take SIGINT themselves, so there a KeyboardInterrupt is the module's own raise (trial BR: its
-    answer was gunicorn's 500, under another request id, with a second access line)."""
+class ResponseRaised(TypeError):
+    """An action raised a werkzeug HTTPException that carries a whole answer rather than an error status:
+    flask.abort(Response(...)), HTTPException(response=...), a RequestRedirect. Flask sends such an answer as it is (a
+    200 or 201, werkzeug's HTML redirect page, an HTML 500), although the raise had rolled the action's transaction
+    back (trial BR: a success answered, nothing committed). A bug, answered as a 500 problem (or a stream cut short)."""
+
+
+def answered_as(exc, stopping=False):
+    """Return what a module's code raised (exc: in the view, or in the items of its stream) as dbapi answers it: None
+    for the worker stopping (stops_the_worker), to pass through untouched; ActionExited for any other BaseException
+    that is no Exception; ResponseRaised for an answer raised (sent_as_it_is); else exc itself."""
+    if stops_the_worker(exc, stopping):
+        return None
+    if not isinstance(exc, Exception):
+        return escaped(exc)
+    return response_raised(exc) if sent_as_it_is(exc) else exc
+
+
+def stops_the_worker(exc, stopping):
+    """Tell whether a BaseException from a module's code is the worker stopping: gevent killing its greenlets
+    (GreenletExit), gunicorn's quick stop (a SystemExit while stopping, lib.http.disconnect's WATCHER.stopping), or
+    Ctrl-C where SIGINT raises KeyboardInterrupt (a test, a script). gunicorn's workers take SIGINT themselves, so
+    there a KeyboardInterrupt is the module's own raise (trial BR: its answer was gunicorn's 500, under another
+    request id, with a second access line)."""
     if isinstance(exc, KeyboardInterrupt):
         return signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    return isinstance(exc, GreenletExit)
+    return isinstance(exc, GreenletExit) or isinstance(exc, SystemExit) and stopping
+
+
+def sent_as_it_is(exc):
+    """Tell whether Flask sends an exception as the answer it carries, past the error translators: a werkzeug
+    HTTPException without a status of its own (flask.abort(Response)), or a routing exception (RequestRedirect)."""
+    return isinstance(exc, HTTPException) and (exc.code is None or isinstance(exc, RoutingException))
+
+
+def response_raised(exc):
+    """Return the ResponseRaised of an HTTPException that Flask would send as it is (sent_as_it_is), exc its cause."""
+    status = exc.response.status_code if exc.response is not None else exc.code
+    error = ResponseRaised(f'the action raised {type(exc).__name__}, an answer of status {status}: a success is '
+                           'returned (its transaction is then committed), an error raised as a lib.errors exception '
+                           'or flask.abort(status, words), whose answer is problem details; the raise rolled the '
+                           'transaction back')
+    error.__cause__ = exc
+    return error
 
 
 def escaped(exc):

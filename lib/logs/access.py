@@ -10,8 +10,7 @@ import traceback
 
 from lib.http.disconnect import SEND_WATCH_BYTES, WATCHER, client_gone
 from lib.http.exchange import (CLIENT_KEY, CLIENT_SOCKET_KEY, COMMITTED_KEY, CUT_KEY, ERROR_KEY, GONE_KEY, ROUTE_KEY,
-                               STOPPING_KEY, BrokeBeforeItsFirstByte, deadline_of, escaped, sent_text,
-                               stops_the_worker)
+                               STOPPING_KEY, BrokeBeforeItsFirstByte, answered_as, deadline_of, sent_text)
 from lib.http.raw import problem_answer
 from lib.http.requestid import REQUEST_ID_KEY
 from lib.logs.formatter import ACCESS_LOGGER, dotted
@@ -86,14 +85,14 @@ class Exchange:
                     # The server asks for the next piece once it has written this one: only now has it gone out.
                     started = True
                     self.bytes += len(piece)
-        except Exception as exc:
-            self.broke(exc, started)
         except BaseException as exc:
-            # Closed before its end (GeneratorExit), or the worker stopping (GreenletExit, gunicorn's SystemExit).
-            if isinstance(exc, (GeneratorExit, SystemExit)) or stops_the_worker(exc):
+            # Closed before its end (GeneratorExit), or the worker stopping: passed on. What the module's items raised
+            # is answered as the view's would be (trial BR: gunicorn wrote a 500 into the stream).
+            error = None if isinstance(exc, GeneratorExit) else answered_as(exc, WATCHER.stopping)
+            if error is None:
                 self.cut_short = True
                 raise
-            self.broke(escaped(exc), started)  # the module's own (trial BR: gunicorn wrote a 500 into the stream)
+            self.broke(error, started)
 
     def broke(self, exc, started):
         """End a body that exc broke: where it broke once the answer has started, else raise exc (in-process) or

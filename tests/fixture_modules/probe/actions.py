@@ -7,7 +7,7 @@ import os
 import types
 
 import gevent
-from flask import Response
+from flask import Response, abort
 from marshmallow import INCLUDE, Schema, fields, pre_load, validate
 from psycopg2 import sql
 
@@ -369,6 +369,8 @@ def leave(kind):
         raise OwnBaseException('raised on purpose')
     if kind == 'interrupt':
         raise KeyboardInterrupt('raised on purpose')
+    if kind == 'answer':  # no BaseException: an answer raised, which Flask would send as it is
+        abort(Response('{"ok": true}', status=200, mimetype='application/json'))
     raise SystemExit(3)
 
 
