@@ -548,8 +548,9 @@ def test_an_exit_that_waits_for_a_hung_embedded_postgresql_says_so(tmp_path):
     Ctrl-C took a minute (trial BP: a stopped postmaster)."""
     data_dir = new_data_dir('hung-at-exit-')
     try:
-        holder = subprocess.Popen([sys.executable, '-c', HOLDS_AN_EMBEDDED_SERVER, str(data_dir)], cwd=settings.BASE_DIR,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        holder = subprocess.Popen([sys.executable, '-c', HOLDS_AN_EMBEDDED_SERVER, str(data_dir)],
+                                  cwd=settings.BASE_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
         assert holder.stdout.readline() == 'started\n', holder.stderr.read()
         postmaster = int((data_dir / 'postmaster.pid').read_text().split()[0])
         os.kill(postmaster, signal.SIGSTOP)
