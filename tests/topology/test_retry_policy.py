@@ -127,3 +127,19 @@ def test_nginx_passes_a_request_on_only_once_its_whole_body_arrived(upstreams):
             client.sendall(b'1}  ')
             assert client.recv(65536).startswith(b'HTTP/1.1 200 ')
     assert upstream.received == ['POST /probe/echo HTTP/1.1']
+
+
+def test_a_body_that_stops_arriving_is_nginxs_408_in_its_log_and_no_answer(upstreams):
+    """Contract, "Our choices" and section 3: nginx logs a 408 once its client_body_timeout (60 s, its default) has
+    passed with nothing sent, and closes the connection without an answer; the contract once said it answered one."""
+    upstream = upstreams('answer')
+    with running_nginx([upstream.port]) as proxy:
+        with socket.create_connection(('127.0.0.1', proxy.port), timeout=75) as client:
+            client.sendall(b'POST /probe/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n'
+                           b'X-Request-ID: body-stopped\r\nContent-Length: 10\r\n\r\n{"a": ')
+            started = time.monotonic()
+            answer = b''.join(iter(lambda: client.recv(65536), b''))
+            waited = time.monotonic() - started
+        lines = wait_for(lambda: logged_lines(proxy, 1), 5, 'nginx did not log the request')
+    assert answer == b'' and 55 < waited < 70, (answer, waited)
+    assert [line['http.response.status_code'] for line in lines] == [408] and upstream.received == []
