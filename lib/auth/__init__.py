@@ -324,14 +324,14 @@ class TokenTable(dict):
                 learner(token)
 
 
-def add_clients(clients, parsed, known, labels):
+def add_clients(clients, parsed, known):
     """Add parsed ((digest, Client) pairs, plain tokens) to clients (a TokenTable); an error's line shows none of
-    known (every token configured; trial BI: a name given twice, which was a token), and the names of labels as
-    their labels (name_labels)."""
+    known (every token configured; trial BI: a name given twice, which was a token), and each name by its label
+    (clients.labels)."""
     try:
         clients.add(*parsed)
     except ImproperlyConfigured as exc:
-        raise without_tokens(exc, known, labels) from None
+        raise without_tokens(exc, known, clients.labels) from None
 
 
 def token_tables(config):
@@ -356,9 +356,9 @@ def load_clients(config):
     clients = TokenTable()
     if bearer:
         clients.add([(sha256_hex(bearer), Client(SINGLE_TOKEN_CLIENT, None))], [bearer])
-    labels = clients.labels = name_labels(tables)
+    clients.labels = name_labels(tables)
     for _, table in tables:
-        add_clients(clients, parse_clients(table, known, labels), known, labels)
+        add_clients(clients, parse_clients(table, known, clients.labels), known)
     if not clients and config['ENVIRONMENT'] not in ('local', 'test'):
         raise ImproperlyConfigured('no bearer token configured: set BEARER, BEARER_TOKENS or BEARER_TOKENS_FILE')
     check_not_development_token(clients, config['ENVIRONMENT'])
