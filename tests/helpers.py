@@ -218,6 +218,16 @@ def run_sql(dsn, text, params=None):
         conn.close()
 
 
+def things_with_code(dsn, code):
+    """Return how many rows of probe.things (the probe fixture module's table) have code."""
+    return run_sql(dsn, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,))[0][0]
+
+
+def codes_of_run(dsn, run_id):
+    """Return the set of probe.things codes written by a run: those that start with `<run_id>-`."""
+    return {code for (code,) in run_sql(dsn, 'SELECT code FROM probe.things WHERE code LIKE %s', (f'{run_id}-%',))}
+
+
 def backend_count(database_url, query):
     """Return how many backends run query now."""
     return run_sql(database_url, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = %s",

@@ -32,7 +32,7 @@ from lib.errors import ImproperlyConfigured, StartupError
 from lib.logs.access import CLIENT_GONE_AFTER_COMMIT_MESSAGE, CUT_SHORT_MESSAGE
 from tests.helpers import (ADMIN_TOKEN, BEARER_TOKENS, SINGLE_BEARER, Caller, assert_problem, backend_count,
                            gunicorn_logging_to, gunicorn_server, http_request, post, run_sql, running_gunicorn,
-                           server_environment, throwaway_postgres, wait_for, whole_or_first_piece)
+                           server_environment, things_with_code, throwaway_postgres, wait_for, whole_or_first_piece)
 
 
 # The worker model: gevent workers, psycopg2 waiting through gevent's hub
@@ -874,11 +874,6 @@ def leave_while_idle(tmp_path, database_url, worker_class, path, body, last_quer
         client.close()
         line, seconds = timed(lambda: wait_for(lambda: access_lines(tmp_path, 'idle-gone'), 10, 'not logged')[0])
         return line, seconds, post(port, '/slow/backend')
-
-
-def things_with_code(database_url, code):
-    """Return how many rows of probe.things have code."""
-    return run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,))[0][0]
 
 
 @pytest.mark.slow

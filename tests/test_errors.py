@@ -14,7 +14,7 @@ from lib.errors import (RETRY_AFTER_SECONDS, ApiError, Conflict, NotFound, Servi
 from lib.http.exchange import ERROR_KEY
 from lib.logs.access import error_fields
 from tests.helpers import (ADMIN_TOKEN, AUTH, UNREACHABLE_DSN, Caller, assert_problem, body_of_size,
-                           export_in_flight, run_sql)
+                           export_in_flight, run_sql, things_with_code)
 
 
 def test_invalid_json_is_400(client):
@@ -401,11 +401,6 @@ def helper_client(build, module_package, **config):
     return build(MODULE_PACKAGES=[module_package({'helpers/routes.py': HELPER_ROUTES})], **config).test_client()
 
 
-def rows_of_code(database_url, code):
-    """Return how many probe things have code."""
-    return run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,))[0][0]
-
-
 # A second connection per request would wait out a pool of one (a 503), or be the client's second (a 429).
 ONE_CONNECTION = [{}, {'DB_POOL_MAX': 1, 'DB_POOL_TIMEOUT_MS': 300}, {'DB_CLIENT_MAX_CONNECTIONS': 1}]
 
@@ -424,7 +419,7 @@ def test_a_decorated_helper_an_action_calls_joins_its_transaction(make_app, modu
     assert response.status_code == status
     if status == 200:
         assert response.get_json() == {'seen': [1]}  # its own row, in the action's transaction; tuples as it asked
-    assert rows_of_code(database_url, code) == rows
+    assert things_with_code(database_url, code) == rows
 
 
 @pytest.mark.parametrize('config', ONE_CONNECTION)
@@ -437,7 +432,7 @@ def test_a_helper_called_by_an_autocommit_action_commits_on_the_actions_connecti
     response = client.post('/helpers/in_autocommit', json={'code': code, 'then': 'fail', 'helper': helper},
                            headers=AUTH)
     assert response.status_code == 409
-    assert rows_of_code(database_url, code) == 1
+    assert things_with_code(database_url, code) == 1
 
 
 @pytest.mark.parametrize('helper, rows', [('record', 0), ('record_at_once', 1)])
@@ -449,7 +444,7 @@ def test_a_helper_called_first_in_a_transactional_block_joins_the_block(make_app
     code = f'helper-{uuid.uuid4()}'
     response = client.post('/helpers/in_block', json={'code': code, 'then': 'fail', 'helper': helper}, headers=AUTH)
     assert response.status_code == 409
-    assert rows_of_code(database_url, code) == rows
+    assert things_with_code(database_url, code) == rows
 
 
 def test_helpers_after_one_with_a_connection_of_its_own_still_join_the_action(make_app, module_package,
@@ -459,7 +454,7 @@ def test_helpers_after_one_with_a_connection_of_its_own_still_join_the_action(ma
     client = helper_client(make_app, module_package)
     code = f'helper-{uuid.uuid4()}'
     assert client.post('/helpers/in_turn', json={'code': code}, headers=AUTH).status_code == 409
-    assert [rows_of_code(database_url, f'{code}-{part}') for part in 'abc'] == [0, 1, 0]
+    assert [things_with_code(database_url, f'{code}-{part}') for part in 'abc'] == [0, 1, 0]
 
 
 def test_a_helper_that_raises_is_rolled_back_and_its_caller_may_go_on(make_app, module_package, database_url):
@@ -467,7 +462,7 @@ def test_a_helper_that_raises_is_rolled_back_and_its_caller_may_go_on(make_app, 
     client = helper_client(make_app, module_package)
     code = f'helper-{uuid.uuid4()}'
     assert client.post('/helpers/catching', json={'code': code}, headers=AUTH).status_code == 200
-    assert (rows_of_code(database_url, code), rows_of_code(database_url, f'{code}-x')) == (1, 0)
+    assert (things_with_code(database_url, code), things_with_code(database_url, f'{code}-x')) == (1, 0)
 
 
 def test_a_helper_may_not_roll_back_its_callers_transaction(make_app, module_package, database_url):
@@ -476,7 +471,7 @@ def test_a_helper_may_not_roll_back_its_callers_transaction(make_app, module_pac
     code = f'helper-{uuid.uuid4()}'
     body = assert_problem(client.post('/helpers/rolling_back', json={'code': code}, headers=AUTH), 500)
     assert "called connection.rollback in a helper joined to its caller's transaction" in body['detail']
-    assert (rows_of_code(database_url, code), rows_of_code(database_url, f'{code}-r')) == (0, 0)
+    assert (things_with_code(database_url, code), things_with_code(database_url, f'{code}-r')) == (0, 0)
 
 
 def test_a_helper_called_from_a_stream_after_its_action_returned_says_why_it_cannot_run(make_app,
@@ -499,7 +494,7 @@ def test_a_helper_a_streams_first_item_calls_joins_the_action_and_nothing_commit
     response = client.post('/helpers/streaming_first', json={'code': code}, headers=AUTH)
     with pytest.raises(RuntimeError, match='borrows a pooled connection'):
         response.get_data()  # the second item's helper, after the action returned
-    assert [rows_of_code(database_url, f'{code}-{item}') for item in ('g0', 'g1')] == [0, 0]
+    assert [things_with_code(database_url, f'{code}-{item}') for item in ('g0', 'g1')] == [0, 0]
 
 
 @pytest.mark.parametrize('config', ONE_CONNECTION[:2])
@@ -510,7 +505,7 @@ def test_a_helper_a_streams_later_item_calls_inside_the_request_borrows_nothing(
     client = helper_client(make_app, module_package, **config)
     code = f'helper-{uuid.uuid4()}'
     assert_problem(client.post('/helpers/streaming_empty_first', json={'code': code}, headers=AUTH), 500)
-    assert rows_of_code(database_url, f'{code}-2') == 0
+    assert things_with_code(database_url, f'{code}-2') == 0
 
 
 def test_a_helper_that_caught_its_own_error_is_rolled_back_and_its_caller_may_go_on(make_app, module_package,
@@ -520,7 +515,7 @@ def test_a_helper_that_caught_its_own_error_is_rolled_back_and_its_caller_may_go
     client = helper_client(make_app, module_package)
     code = f'helper-{uuid.uuid4()}'
     assert client.post('/helpers/after_one_caught_its_own', json={'code': code}, headers=AUTH).status_code == 200
-    assert [rows_of_code(database_url, f'{code}-{part}') for part in ('before', 'x', 'after')] == [1, 0, 1]
+    assert [things_with_code(database_url, f'{code}-{part}') for part in ('before', 'x', 'after')] == [1, 0, 1]
 
 
 def test_a_helper_that_asks_for_autocommit_inside_a_transaction_borrows_a_connection_of_its_own(
@@ -531,7 +526,7 @@ def test_a_helper_that_asks_for_autocommit_inside_a_transaction_borrows_a_connec
     response = client.post('/helpers/in_transaction', json={'code': code, 'then': 'fail', 'helper': 'record_at_once'},
                            headers=AUTH)
     assert response.status_code == 409
-    assert rows_of_code(database_url, code) == 1
+    assert things_with_code(database_url, code) == 1
 
 
 CAUGHT_ROUTES = '''
@@ -591,10 +586,10 @@ def test_an_action_that_catches_a_database_error_and_returns_is_a_500_not_a_succ
         body = assert_problem(client.post(f'/caught/{route}', json={'code': code}, headers=AUTH), 500)
         assert 'went on after a statement failed in its transaction' in body['detail']
         assert body['sqlstate'] == '25P02', 'the refused commit and the refused statement answer alike'
-    assert rows_of_code(database_url, code) == 0
+    assert things_with_code(database_url, code) == 0
     savepoint = client.post(f'/caught/{route}', json={'code': code, 'savepoint': True}, headers=AUTH)
     assert savepoint.status_code == 200 and code in savepoint.get_data(as_text=True)
-    assert rows_of_code(database_url, code) == 1
+    assert things_with_code(database_url, code) == 1
 
 
 def test_the_refused_commit_of_a_failed_transaction_carries_its_sqlstate_to_the_access_line():
@@ -631,7 +626,7 @@ def test_an_autocommit_action_that_leaves_a_transaction_open_is_a_500_not_a_succ
     response = client.post('/open/begin_only', json={'code': code, 'stream': stream}, headers=AUTH)
     assert_problem(response, 500)
     assert response.get_json()['detail'].startswith('The action left a transaction open (a BEGIN without its COMMIT)')
-    assert run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,)) == [(0,)]
+    assert things_with_code(database_url, code) == 0
 
 
 MADE_RESPONSE_ROUTES = '''
@@ -660,7 +655,7 @@ def test_a_response_an_action_makes_has_its_status_held_to_the_success_statuses(
     else:
         assert (response.status_code, response.get_data(), response.content_type) == (
             (204, b'', None) if answer == 204 else (201, b'made', 'text/plain; charset=utf-8'))
-    assert run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,)) == [(kept,)]
+    assert things_with_code(database_url, code) == kept
 
 
 def test_arguments_that_cannot_be_copied_are_not_replayed():
@@ -762,7 +757,7 @@ def test_a_value_json_cannot_encode_is_a_500_with_nothing_committed(call, databa
     """The answer is encoded before the commit: a client told 500 must not find the write done."""
     code = f'unencodable-{threading.get_ident()}'
     assert_problem(call('/probe/things/create-unencodable', {'code': code}), 500)
-    assert run_sql(database_url, 'SELECT count(*) FROM probe.things WHERE code = %s', (code,)) == [(0,)]
+    assert things_with_code(database_url, code) == 0
     assert call('/probe/things/create', {'code': code}).status_code == 201  # the same insert, encodable, commits
 
 
@@ -890,7 +885,7 @@ def test_an_answer_an_action_raises_is_a_500_problem_with_nothing_committed(make
     code = f'raised-{uuid.uuid4()}'
     response = client.post('/raising/write', json={'code': code, 'kind': kind}, headers=AUTH)
     assert assert_problem(response, 500)['detail'] == 'The server could not complete the request.'
-    assert rows_of_code(database_url, code) == 0
+    assert things_with_code(database_url, code) == 0
 
 
 EXITING_HOOK_ROUTES = '''

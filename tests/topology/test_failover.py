@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import port_open, run_sql, wait_for
+from tests.helpers import codes_of_run, port_open, wait_for
 
 from .helpers import WriteLoad, running_stack, worker_group
 
@@ -73,8 +73,7 @@ def test_a_replica_killed_under_load_fails_only_requests_it_had_received(stack, 
 
 def assert_each_post_ran_at_most_once(stack, database_url, run_id, attempts):
     """Count rows against answers, and check in nginx's log that no request was sent to two replicas."""
-    rows = {code for (code,) in run_sql(database_url, 'SELECT code FROM probe.things WHERE code LIKE %s',
-                                        (f'{run_id}-%',))}
+    rows = codes_of_run(database_url, run_id)
     succeeded = {attempt.code for attempt in attempts if attempt.status == 201}
     failures = {attempt.code for attempt in attempts if failed(attempt)}
     assert succeeded <= rows <= succeeded | failures

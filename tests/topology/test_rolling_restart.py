@@ -19,7 +19,7 @@ import pytest
 import settings
 from manage import counted
 from ops.stack import answers
-from tests.helpers import on_a_terminal, port_open, post, run_sql, wait_for, whole_or_first_piece
+from tests.helpers import codes_of_run, on_a_terminal, port_open, post, run_sql, wait_for, whole_or_first_piece
 
 from .helpers import (MODULE_PACKAGES, READY_LINE, START_TIMEOUT_SECONDS, DatabaseRelay, WriteLoad,
                       free_ports_below_the_ephemeral_range, read_json_lines, running_stack, stack_environment,
@@ -62,8 +62,7 @@ def test_a_rolling_restart_under_a_write_load_fails_no_request(tmp_path_factory,
     assert all(before != after for before, after in zip(groups_before, groups_after)), 'a replica was not restarted'
     outcomes = collections.Counter(attempt.status for attempt in load.attempts)
     assert set(outcomes) <= ({201} | UNANSWERED if keep_alive else {201}), outcomes
-    rows = {code for (code,) in run_sql(topology_database_url, 'SELECT code FROM probe.things WHERE code LIKE %s',
-                                        (f'{run_id}-%',))}
+    rows = codes_of_run(topology_database_url, run_id)
     assert rows == {attempt.code for attempt in load.attempts if attempt.status == 201} and len(rows) > 100
     # The stack's own health and readiness checks read their answers whole: none is logged as a failure.
     probes = [line for line in read_json_lines(stack.log_path) if line.get('log', {}).get('logger') == 'dbapi.access'
@@ -177,8 +176,7 @@ def test_a_replica_that_cannot_come_back_gets_no_request_until_it_does(tmp_path_
             time.sleep(1)
     outcomes = collections.Counter(attempt.status for attempt in load.attempts)
     assert set(outcomes) == {201}, outcomes
-    rows = {code for (code,) in run_sql(topology_database_url, 'SELECT code FROM probe.things WHERE code LIKE %s',
-                                        (f'{run_id}-%',))}
+    rows = codes_of_run(topology_database_url, run_id)
     assert rows == {attempt.code for attempt in load.attempts if attempt.status == 201} and len(rows) > 100
 
 
@@ -294,8 +292,7 @@ def test_a_stop_during_a_lone_replicas_restart_stops_nginx_before_the_stand_in(t
     outcomes = collections.Counter(attempt.status for attempt in load.attempts)
     assert outcomes[201] > 10 and not [status for status in outcomes if status != 201 and status not in (
         'ConnectionRefusedError', *UNANSWERED)], outcomes
-    rows = {code for (code,) in run_sql(topology_database_url, 'SELECT code FROM probe.things WHERE code LIKE %s',
-                                        (f'{run_id}-%',))}
+    rows = codes_of_run(topology_database_url, run_id)
     assert rows == {attempt.code for attempt in load.attempts if attempt.status == 201}
 
 
