@@ -8,7 +8,7 @@ import psycopg2
 import pytest
 
 from lib.db import connection
-from lib.db.guard import CommitOfFailedTransaction
+from lib.db.guard import WRITE_IN_OWN_READ_ONLY_TRANSACTION, CommitOfFailedTransaction
 from lib.errors import (RETRY_AFTER_SECONDS, ApiError, Conflict, NotFound, ServiceUnavailable, TooManyRequests,
                         handle_error)
 from lib.http.exchange import ERROR_KEY
@@ -78,7 +78,7 @@ def test_not_found_from_an_action_carries_its_detail(call):
     ('deferred_foreign_key', 409, '23503'),
     ('too_long_for_index', 422, '54000'),
     ('no_data_found', 404, 'P0002'),
-    ('read_only', 503, '25006'),
+    ('read_only', 500, '25006'),
     ('restrict', 409, '23001'),
     ('twice_in_one_upsert', 422, '21000'),
     ('check_option', 422, '44000'),
@@ -142,12 +142,6 @@ def test_no_data_found_is_a_404_whose_detail_is_the_message(call):
     assert assert_problem(call('/probe/sqlstate', {'case': 'no_data_found'}), 404)['detail'] == 'query returned no rows'
 
 
-def test_a_write_in_a_read_only_transaction_is_a_503_to_try_again(call):
-    response = call('/probe/sqlstate', {'case': 'read_only'})
-    assert assert_problem(response, 503)['detail'].startswith('The database accepts no writes now')
-    assert response.headers['Retry-After'] == '1'
-
-
 def test_a_connection_that_met_a_read_only_database_is_closed_not_lent_again(make_app, database_url):
     """A session keeps the default_transaction_read_only its database had when it started: after ALTER DATABASE ...
     SET it to on and back, every write on the pool's old connections stayed a 503 (trial BE); the idle ones, which
@@ -166,21 +160,24 @@ def test_a_connection_that_met_a_read_only_database_is_closed_not_lent_again(mak
     finally:  # a session of its own, writable first: a new one starts read-only
         run_sql(database_url, f"SELECT set_config('default_transaction_read_only', 'off', false); "
                 f'COMMIT; ALTER DATABASE "{name}" RESET default_transaction_read_only')
-    assert assert_problem(refused, 503)['sqlstate'] == '25006' and pool.gauges()['idle'] == 0
+    body = assert_problem(refused, 503)
+    assert body['sqlstate'] == '25006' and body['detail'].startswith('The database accepts no writes now')
+    assert refused.headers['Retry-After'] == '1' and pool.gauges()['idle'] == 0
     for _ in range(3):
         assert call('/users/create', {'email': f'{uuid.uuid4()}@example.com', 'name': 'Rw'}).status_code == 201
 
 
 def test_an_actions_own_read_only_transaction_keeps_the_pools_connections(make_app):
     """A 25006 from `SET TRANSACTION READ ONLY` is the action's own: it closed the pool's every connection at each
-    call (trial BI)."""
+    call (trial BI), and it was a 503 "Try again shortly", which no retry could mend: a 500 that says so."""
     app = make_app(DB_POOL_MAX=3)
     pool = app.extensions['dbapi'].pools['default']
     with connection(pool), connection(pool):
         pass
     discarded = pool.gauges()['discarded']
-    assert Caller(app.test_client())('/probe/sqlstate', {'case': 'read_only'}).status_code == 503
+    body = assert_problem(Caller(app.test_client())('/probe/sqlstate', {'case': 'read_only'}), 500)
     assert pool.gauges()['discarded'] == discarded and pool.gauges()['idle'] == 2
+    assert (body['detail'], body['sqlstate']) == (WRITE_IN_OWN_READ_ONLY_TRANSACTION, '25006')
 
 
 @pytest.mark.parametrize('case, sqlstate, constraint, datatype', [

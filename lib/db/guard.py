@@ -13,10 +13,12 @@ client_encoding`): PostgreSQL would misread it, and store the text it holds garb
 import functools
 import time
 
+import psycopg2.errors
 import psycopg2.extensions
 
 from lib.db.types import check_client_encoding
-from lib.errors import IN_FAILED_SQL_TRANSACTION, WENT_ON_AFTER_A_FAILURE, ApiError, GatewayTimeout, translates
+from lib.errors import (IN_FAILED_SQL_TRANSACTION, WENT_ON_AFTER_A_FAILURE, ApiError, GatewayTimeout, from_database_error,
+                        translates)
 
 
 class StatementPastDeadline(GatewayTimeout):
@@ -198,17 +200,35 @@ class RequestGuard:
 READ_ONLY_SQL_TRANSACTION = '25006'
 
 
+# The 500 of a write in a transaction the action made read-only itself: a module's fault, which no retry mends.
+WRITE_IN_OWN_READ_ONLY_TRANSACTION = (
+    'The action wrote in a transaction it had made read-only itself (SET TRANSACTION READ ONLY, BEGIN READ ONLY), '
+    'which PostgreSQL refuses: trying again cannot help.')
+
+
 def sent(cursor, send, *args, **kwargs):
     """Send a statement with send (a cursor's bound psycopg2 method) once before_statement allows it; a write refused
     as read-only by the session's own start (started_read_only) marks the connection stale, for the pool to close
-    rather than lend again."""
+    rather than lend again, and any other such refusal as the action's own (from_read_only_write)."""
     before_statement(cursor.connection)
     try:
         return send(*args, **kwargs)
     except psycopg2.Error as exc:
-        if exc.pgcode == READ_ONLY_SQL_TRANSACTION and started_read_only(cursor.connection):
-            cursor.connection.stale_session = True
+        if exc.pgcode == READ_ONLY_SQL_TRANSACTION:
+            exc.read_only_by_the_action = not started_read_only(cursor.connection)
+            if not exc.read_only_by_the_action:
+                cursor.connection.stale_session = True
         raise
+
+
+@translates(psycopg2.errors.ReadOnlySqlTransaction)
+def from_read_only_write(exc):
+    """A write refused in a transaction the action made read-only (sent saw the session begin writable) is a 500
+    saying so, with sqlstate 25006 (trial BI's note: it was a 503 "Try again shortly", which could never succeed); the
+    server's own read-only state (a standby, default_transaction_read_only) stays SQLSTATE_ERRORS' 503."""
+    if getattr(exc, 'read_only_by_the_action', False):
+        return ApiError(WRITE_IN_OWN_READ_ONLY_TRANSACTION, sqlstate=exc.pgcode)
+    return from_database_error(exc)
 
 
 def started_read_only(conn):
