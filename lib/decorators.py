@@ -25,7 +25,7 @@ from lib.db.types import check_client_encoding, check_reading_styles
 from lib.db.guard import StatementPastDeadline, refuse_commit_of_failed_transaction
 from lib.db.session import note_action
 from lib.db.unit import close_stream, in_transaction, time_left, transactional
-from lib.errors import RETRYABLE_SQLSTATES, ApiError, lost_before_commit
+from lib.errors import RETRYABLE_SQLSTATES, ApiError, lost_before_commit, returned_response_fault
 from lib.jsonenc import JSON_MIMETYPE, ExactNumber, json_array_chunks, json_response
 from lib.http.disconnect import WATCHER, ClientClosedRequest, ServerStopping, client_gone
 from lib.http.exchange import CLIENT_KEY, COMMITTED_APART_KEY, COMMITTED_KEY, GONE_KEY, HELD_CONNECTIONS_KEY, \
@@ -265,7 +265,8 @@ def respond(result):
     """Turn an action's return value, or (value, status), into a JSON response; an iterator (a LeasedStream, a
     generator) is streamed as one JSON array; a flask Response is the answer, with status when it came as
     (Response, status), as flask takes it (a 500 before: trial AK), its status held to SUCCESS_STATUSES as any
-    (its own 500 went out as it was, its transaction committed: trial AM)."""
+    (its own 500 went out as it was, its transaction committed: trial AM), and its headers and Content-Length to what
+    can go out (returned_response_fault: a TypeError, a 500 before the commit, where gunicorn's came after it)."""
     value, status = value_and_status((result, result.status_code) if isinstance(result, Response) else result)
     if status in NO_CONTENT_STATUSES:
         if isinstance(value, Response):
@@ -275,6 +276,8 @@ def respond(result):
         del response.headers['Content-Type']
         return response
     if isinstance(value, Response):
+        if fault := returned_response_fault(value):  # before the commit (finish): never a 500 after the write
+            raise TypeError(f'the Response the action returned {fault}')
         value.status_code = status
         return value
     if isinstance(value, Iterator):

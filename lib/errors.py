@@ -185,21 +185,43 @@ def field_map_fault(errors):
     return None
 
 
-# A header's name is an RFC 9110 token; its value holds no line break or NUL (RFC 9110 section 5.5).
+# A header's name is an RFC 9110 token; its value is visible US-ASCII, spaces and tabs (RFC 9110 section 5.5: other
+# bytes are obsolete text whose meaning a recipient can only guess; gunicorn refuses a character past U+00FF, and a
+# control character, once the action has run: trial BU, a 500 after the commit).
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-HEADER_VALUE_BREAKS = re.compile(r'[\r\n\0]')
+HEADER_VALUE = re.compile(r'[ \t\x21-\x7e]*')
+# Headers a Response an action returns may not set: the request's id, dbapi's (docs/contract.md section 4), and the
+# hop-by-hop headers, the server's (RFC 9110 section 7.6.1; PEP 3333 forbids a WSGI application to set them).
+SERVER_HEADERS = frozenset({'x-request-id', 'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer',
+                            'transfer-encoding', 'upgrade'})
 
 
-def header_fault(headers):
-    """Return why an error's headers ({name: value}) cannot be sent ("'X Foo': ..."), or None."""
+def header_fault(headers, taken=FRAMEWORK_HEADERS):
+    """Return why headers ({name: value}, or a werkzeug Headers) cannot be sent ("'X Foo': ..."), or None: a name no
+    RFC 9110 token, one of taken (lower-case names the framework or the server sets), or a value HEADER_VALUE
+    refuses."""
     for name, value in headers.items():
         if not isinstance(name, str) or not HEADER_NAME.fullmatch(name):
             return f'{name!r}: a header name is an RFC 9110 token'
-        if name.lower() in FRAMEWORK_HEADERS:
+        if name.lower() in taken:
             return f'{name!r}: the framework sets it'
-        if HEADER_VALUE_BREAKS.search(str(value)):
-            return f'{name!r} with a line break or NUL in its value'
+        if not HEADER_VALUE.fullmatch(str(value)):
+            return (f'{name!r} with a character other than visible ASCII, a space or a tab in its value (RFC 9110 '
+                    'section 5.5: percent-encode other text)')
     return None
+
+
+def returned_response_fault(response):
+    """Return why a werkzeug Response an action returns cannot go out as it is ("carries ..."), or None: a header
+    header_fault refuses (SERVER_HEADERS taken), or, for a body held whole, a Content-Length that is not its length
+    (a client then waits for bytes that never come, or reads a cut body: trial BU)."""
+    if fault := header_fault(response.headers, SERVER_HEADERS):
+        return f'carries the header {fault}'
+    said = response.headers.get('Content-Length')
+    if said is None or not response.is_sequence:  # a stream's length is known once sent: never read here
+        return None
+    length = response.calculate_content_length()
+    return f'says Content-Length: {said}, but its body has {length} bytes' if said.strip() != str(length) else None
 
 
 class BadRequest(ApiError):

@@ -364,15 +364,70 @@ def check_decorated_once(action, where):
                           'or inject_db twice); one is enough for any number of statements and transactions')
 
 
+def check_signature_readable(action, where):
+    """Raise ModuleError for an action whose signature Python cannot read (a built-in such as time.time or dict):
+    every check of its parameters needs it (trial BU: a traceback naming neither the file nor the route)."""
+    try:
+        inspect.signature(action)
+    except (ValueError, TypeError) as exc:
+        raise ModuleError(f'{where}: dbapi cannot read the action\'s parameters ({exc}): wrap it in a function of '
+                          'your own') from None
+
+
+def closure_functions(layer):
+    """Return the callables layer's closure holds (a decorator's wrapper holds the function it wraps there)."""
+    found = []
+    for cell in getattr(layer, '__closure__', None) or ():
+        try:
+            found.append(cell.cell_contents)
+        except ValueError:  # a cell not filled yet
+            continue
+    return [held for held in found if callable(held)]
+
+
+def check_schema_seen(action, where):
+    """Raise ModuleError for an action without use_schema's mark whose closure holds a function with it (its own or
+    through further closures): a decorator written without functools.wraps hides the mark, and the body would reach
+    the function unvalidated (trial BU: `{"n": "999; DROP"}` for an Integer field); calling such a function from
+    another action skips its schema the same way (use_schema only marks the route's own action)."""
+    if schema_of(action) is not None:
+        return
+    chain = list(wrapped_chain(action))
+    seen, todo = {id(link) for link in chain}, chain
+    while todo:
+        for inner in closure_functions(todo.pop()):
+            if id(inner) in seen:
+                continue
+            seen.add(id(inner))
+            todo.append(inner)
+            if schema_of(inner) is not None:
+                raise ModuleError(f'{where}: the action holds {getattr(inner, "__qualname__", inner)!r}, marked by '
+                                  'use_schema, which the action is not: a decorator written without functools.wraps '
+                                  'hides the mark, and dbapi would not validate the body; write the wrapper under '
+                                  '@functools.wraps(the function it wraps)')
+
+
+def check_not_a_method(action, where):
+    """Raise ModuleError for a bound method (or classmethod) under inject_db or inject_conn: their connection goes to
+    the first parameter, which a method's object takes (trial BU: every call a 500, `self.fetch_value`)."""
+    if inspect.ismethod(action) and borrows_of(action):
+        raise ModuleError(f'{where}: the action is a method ({action.__qualname__}) under inject_db or inject_conn, '
+                          'which pass the connection as the first parameter, where the method takes its object: '
+                          'mount a function or a staticmethod')
+
+
 def make_route(module, routes_file, entry, fast_paths=True, databases=None):
     """Build the Route of one route-table entry; databases (the configured names), when given, must hold every
     database its action borrows from."""
     action = entry['action']
     schema = schema_of(action)
     where = f'{routes_file}: route {entry["route"]!r}'
+    check_signature_readable(action, where)
     if any(map(is_async, wrapped_chain(action))):
         raise ModuleError(f'{where}: the action is async def; dbapi calls actions as plain functions (its workers '
                           'wait for PostgreSQL cooperatively already)')
+    check_schema_seen(action, where)
+    check_not_a_method(action, where)
     check_decorated_once(action, where)
     check_injected_first(action, where)
     if databases is not None and (unknown := [name for name in databases_of(action) if name not in databases]):
@@ -409,7 +464,7 @@ def build_blueprint(module, routes):
     for route, view in routes:
         rules = ['', '/'] if route.name == '' else [f'/{route.name}']
         for rule in rules:
-            blueprint.add_url_rule(rule, endpoint=route.name or 'root', view_func=view,
+            blueprint.add_url_rule(rule, endpoint=route.name or '/', view_func=view,  # '/': no route's name
                                    methods=['POST'], provide_automatic_options=False, strict_slashes=False)
     return blueprint
 

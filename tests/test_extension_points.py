@@ -452,7 +452,8 @@ def raising_step(environ, sent):
     (lambda environ, sent: [('X-Number', 5)], 'returned list, not a list of (name, value) strings'),
     (lambda environ, sent: ('X-Tuple', 'a'), 'returned tuple, not a list'),
     (lambda environ, sent: [('Content-Type', 'text/html')], "returned 'Content-Type': the framework sets it"),
-    (lambda environ, sent: [('X-Split', 'a\r\nSet-Cookie: b')], "'X-Split' with a line break"),
+    (lambda environ, sent: [('X-Split', 'a\r\nSet-Cookie: b')], "'X-Split' with a character other than visible ASCII"),
+    (lambda environ, sent: [('X-Split', 'caf\u00e9 \u2615')], "'X-Split' with a character other than visible ASCII"),
 ])
 def test_a_header_step_that_fails_adds_nothing_and_says_why_in_one_error_line(make_app, caplog, step, fault):
     """One that raised or returned None went out of the WSGI app: gunicorn answered a second time, logged the request

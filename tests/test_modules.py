@@ -1,9 +1,11 @@
 """Module mounting: a folder is a module; a broken one stops the start with a message naming its file."""
+import uuid
+
 import pytest
 
 import manage
 from lib.modules import ModuleError
-from tests.helpers import ADMIN_TOKEN
+from tests.helpers import ADMIN_TOKEN, Caller, assert_problem, things_with_code
 
 GOOD_ROUTES = '''
     def hello(name):
@@ -518,3 +520,128 @@ def test_sql_files_in_a_modules_migrations_folder_are_warned_of(tmp_path, module
     assert manage.unread_module_migrations([package]) == [
         f"{tmp_path / package / 'shop' / 'migrations' / '0001_orders.sql'} is not read: a module's tables come in a "
         "file of the project's migrations/ folder"]
+
+
+HIDDEN_SCHEMA = ('def logged(f):\n        def w(**kw):\n            return f(**kw)\n        return w\n'
+                 '    act = {wrapping}')
+
+
+@pytest.mark.parametrize('definition, message', [
+    # a wrapper without functools.wraps hid use_schema's mark: the body went unvalidated to the action (trial BU)
+    (HIDDEN_SCHEMA.format(wrapping='logged(use_schema(Body)(lambda a: {"a": a}))'),
+     "marked by use_schema, which the action is not"),
+    (HIDDEN_SCHEMA.format(wrapping='logged(logged(use_schema(Body)(inject_db()(lambda db, a: {}))))'),
+     "marked by use_schema, which the action is not"),
+    # a method under inject_db: its connection went to self (trial BU: every call a 500)
+    ('class Svc:\n        @inject_db()\n        def q(self, db, a):\n            return {}\n    act = Svc().q',
+     'the action is a method (Svc.q) under inject_db or inject_conn'),
+    ('class Svc:\n        @classmethod\n        @inject_db()\n        def q(cls, db, a):\n            return {}\n'
+     '    act = Svc.q', 'the action is a method (Svc.q) under inject_db or inject_conn'),
+    # a built-in: a traceback that named neither the file nor the route (trial BU)
+    ('import time\n    act = time.time', "dbapi cannot read the action's parameters (no signature found"),
+    ('act = dict', "dbapi cannot read the action's parameters"),
+])
+def test_an_action_whose_marks_or_parameters_dbapi_cannot_see_stops_the_start(make_app, module_package, definition,
+                                                                              message):
+    package = module_package({'wrapped/routes.py': WRAPPED_ROUTES.format(definition=definition)})
+    with pytest.raises(ModuleError, match="wrapped/routes.py: route 'act': ") as raised:
+        make_app(MODULE_PACKAGES=[package])
+    assert message in str(raised.value)
+
+
+def test_an_action_that_calls_a_decorated_helper_from_its_closure_mounts(make_app, module_package):
+    """Only use_schema's mark hidden in a closure stops the start: a helper under inject_db an action calls is one."""
+    definition = ('def build():\n        @inject_db()\n        def helper(db, a):\n'
+                  '            return {"a": db.fetch_value("SELECT %(a)s::int", {"a": a})}\n'
+                  '        def act(a):\n            return helper(a)\n        return act\n    act = build()')
+    package = module_package({'wrapped/routes.py': WRAPPED_ROUTES.format(definition=definition)})
+    answer = Caller(make_app(MODULE_PACKAGES=[package]).test_client())('/wrapped/act', {'a': 4})
+    assert (answer.status_code, answer.get_json()) == (200, {'a': 4})
+
+
+def test_a_root_route_and_a_route_named_root_are_two_routes(make_app, module_package):
+    """Both were the endpoint `root`: the start failed with flask's AssertionError traceback (trial BU)."""
+    routes = '''
+        def top():
+            return 'top'
+
+        def named():
+            return 'named'
+
+        routes = [dict(route='', action=top), dict(route='root', action=named)]
+    '''
+    call = Caller(make_app(MODULE_PACKAGES=[module_package({'rt/routes.py': routes})]).test_client())
+    assert [call(path).get_json() for path in ('/rt', '/rt/', '/rt/root')] == ['top', 'top', 'named']
+
+
+ANSWER_ROUTES = '''
+    import flask
+    from marshmallow import Schema, fields
+    from lib.decorators import inject_db, use_schema
+
+    class Body(Schema):
+        code = fields.String(required=True)
+        fault = fields.String(required=True)
+
+    FAULTS = {
+        'none': {},
+        'non-ascii': {'X-Note': 'caf\\u00e9 \\u2615'},
+        'control': {'X-Note': 'a\\x7fb'},
+        'request-id': {'X-Request-ID': 'mine'},
+        'hop-by-hop': {'Transfer-Encoding': 'chunked'},
+        'long': {'Content-Length': '100'},
+        'short': {'Content-Length': '3'},
+    }
+
+    @use_schema(Body)
+    @inject_db()
+    def write(db, code, fault):
+        db.execute('INSERT INTO probe.things (code) VALUES (%(code)s)', {'code': code})
+        answer = flask.Response('{"ok":true}', mimetype='application/json')
+        answer.headers.update(FAULTS[fault])
+        return answer
+
+    def again():
+        return flask.request.get_json()
+
+    routes = [dict(route='write', action=write), dict(route='again', action=again)]
+'''
+
+
+def logged_error(caplog):
+    """Return (error.type, error.message) of the first access line logged."""
+    line = next(vars(record) for record in caplog.records if record.name == 'dbapi.access')
+    return line['error.type'], line['error.message']
+
+
+@pytest.mark.parametrize('fault, said', [
+    ('non-ascii', "carries the header 'X-Note' with a character other than visible ASCII"),
+    ('control', "carries the header 'X-Note' with a character other than visible ASCII"),
+    ('request-id', "carries the header 'X-Request-ID': the framework sets it"),
+    ('hop-by-hop', "carries the header 'Transfer-Encoding': the framework sets it"),
+    ('long', 'says Content-Length: 100, but its body has 11 bytes'),
+    ('short', 'says Content-Length: 3, but its body has 11 bytes'),
+])
+def test_a_response_that_cannot_go_out_as_it_is_is_a_500_and_its_write_rolls_back(make_app, module_package,
+                                                                                 database_url, caplog, fault, said):
+    """gunicorn refused the header after the commit (a 500, two access lines), a returned X-Request-ID went out
+    beside dbapi's, and a wrong Content-Length kept the client waiting or cut the body, a success logged (trial BU)."""
+    call = Caller(make_app(MODULE_PACKAGES=[module_package({'answers/routes.py': ANSWER_ROUTES})]).test_client())
+    code, kept = f'answer-{uuid.uuid4().hex[:8]}', f'answer-{uuid.uuid4().hex[:8]}'
+    response = call('/answers/write', {'code': code, 'fault': fault})
+    assert_problem(response, 500)
+    assert len(response.headers.getlist('X-Request-ID')) == 1
+    kind, message = logged_error(caplog)
+    assert kind == 'TypeError' and message.startswith(f'the Response the action returned {said}'), message
+    assert things_with_code(database_url, code) == 0
+    fine = call('/answers/write', {'code': kept, 'fault': 'none'})
+    assert (fine.status_code, fine.get_data(), things_with_code(database_url, kept)) == (200, b'{"ok":true}', 1)
+
+
+def test_an_action_that_reads_the_body_from_flask_is_a_500_that_says_where_the_body_went(make_app, module_package,
+                                                                                       caplog):
+    """flask's request.get_json() found the body read already and answered the caller 400 "Bad Request." (trial BU)."""
+    call = Caller(make_app(MODULE_PACKAGES=[module_package({'answers/routes.py': ANSWER_ROUTES})]).test_client())
+    assert_problem(call('/answers/again', {}), 500)
+    kind, message = logged_error(caplog)
+    assert kind == 'RuntimeError' and message.startswith('dbapi has read the request body already')

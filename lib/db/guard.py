@@ -17,8 +17,8 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from lib.db.types import check_client_encoding
-from lib.errors import (IN_FAILED_SQL_TRANSACTION, WENT_ON_AFTER_A_FAILURE, ApiError, GatewayTimeout, from_database_error,
-                        translates)
+from lib.errors import (IN_FAILED_SQL_TRANSACTION, WENT_ON_AFTER_A_FAILURE, ApiError, GatewayTimeout,
+                        from_database_error, translates)
 
 
 class StatementPastDeadline(GatewayTimeout):

@@ -149,10 +149,27 @@ def refuse_transfer_coding(transfer_encoding):
                          'alone.')
 
 
+class BodyReadAlready:
+    """The request's wsgi.input once dbapi has read the body: a read (flask's request.get_json(), request.data) is a
+    RuntimeError that says where the body went, a 500, where it got an empty stream and answered the caller 400 "Bad
+    Request." for a valid body (trial BU)."""
+
+    def read(self, *args):
+        raise RuntimeError('dbapi has read the request body already: an action gets it as its arguments, validated '
+                           '(use_schema, or its keyword parameters), not from flask.request')
+
+    readline = readlines = read
+
+
+BODY_READ_ALREADY = BodyReadAlready()
+
+
 def read_json_body():
-    """Parse the request body once: empty means {}, anything but JSON is refused."""
+    """Parse the request body once: empty means {}, anything but JSON is refused; a later read of wsgi.input is
+    BodyReadAlready's error."""
     environ = request.environ
     data = read_body(environ)
+    environ['wsgi.input'] = BODY_READ_ALREADY
     # Any byte in a body of another type is a 415, whitespace too: only an empty body needs no content type.
     refuse_content_coding(environ.get('HTTP_CONTENT_ENCODING', ''))
     if not data:
