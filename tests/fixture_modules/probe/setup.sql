@@ -1,6 +1,18 @@
 -- Objects the probe module needs; the tests create them, the migrations do not.
+-- The schema is the tests' own, its comment says so: a schema probe of anyone else's in the server of
+-- TEST_DATABASE_URL stops the run rather than being dropped (trial BU: a user's probe schema, a view on it, went).
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_namespace WHERE nspname = 'probe' AND obj_description(oid, 'pg_namespace')
+               IS DISTINCT FROM 'dbapi test fixture: each test run drops and makes it again') THEN
+        RAISE EXCEPTION 'The test database has a schema probe that is not the tests'' own (its comment does not '
+                        'say so), and the tests would drop it: run them on another database, or, if an older '
+                        'dbapi made it, drop it (DROP SCHEMA probe CASCADE).';
+    END IF;
+END $$;
 DROP SCHEMA IF EXISTS probe CASCADE;
 CREATE SCHEMA probe;
+COMMENT ON SCHEMA probe IS 'dbapi test fixture: each test run drops and makes it again';
 CREATE TABLE probe.parents (id int PRIMARY KEY);
 CREATE TABLE probe.things (
     id serial PRIMARY KEY,
