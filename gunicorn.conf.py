@@ -3,11 +3,11 @@ import atexit
 import os
 import shutil
 import signal
-import tempfile
 from urllib.parse import unquote
 
 from lib.errors import exit_on_startup_error
-from lib.process import hold_stop_signals_for_the_fork, take_stop_signals, write_lines_whole
+from lib.process import (METRICS_DIR_PREFIX, hold_stop_signals_for_the_fork, made_held_folder, take_stop_signals,
+                         write_lines_whole)
 
 write_lines_whole()  # gunicorn's own lines (and its workers', forked with these streams), each in one write
 
@@ -26,7 +26,7 @@ with exit_on_startup_error():
     # chosen here, in the master, before lib.logs.metrics imports it; the workers inherit it.
     MADE_METRICS_DIR = not os.environ.get('PROMETHEUS_MULTIPROC_DIR')
     if MADE_METRICS_DIR:
-        os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(prefix='dbapi-metrics-')
+        os.environ['PROMETHEUS_MULTIPROC_DIR'] = made_held_folder(METRICS_DIR_PREFIX)
         # At the master's exit, whatever ends it (a stop, a port it cannot bind, a bad module); one the operator set is
         # left alone. gunicorn's on_exit hook runs after a stop only.
         atexit.register(remove_metrics_dir, os.getpid())

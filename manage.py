@@ -9,8 +9,8 @@ import signal
 import sys
 from functools import partial
 
-from lib.process import (COMMAND_STOP, STOP_CAUSES, hangup_ignored, stop_on_terminal_hangup, write_line,
-                         write_lines_whole)
+from lib.process import (COMMAND_STOP, METRICS_DIR_PREFIX, STOP_CAUSES, hangup_ignored, made_held_folder,
+                         stop_on_terminal_hangup, write_line, write_lines_whole)
 
 COMMAND_PURPOSES = {'migrate': 'apply the migrations still pending', 'repair': 'record the checksums still changed'}
 
@@ -38,7 +38,6 @@ import shutil  # noqa: E402
 import socket  # noqa: E402
 import stat  # noqa: E402
 import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -366,7 +365,7 @@ def metrics_dir(environment):
     if environment.get('PROMETHEUS_MULTIPROC_DIR'):
         yield
         return
-    environment['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(prefix='dbapi-metrics-')
+    environment['PROMETHEUS_MULTIPROC_DIR'] = made_held_folder(METRICS_DIR_PREFIX)
     try:
         yield
     finally:

@@ -4,9 +4,13 @@ nothing heavy: manage.py takes it before anything else."""
 import atexit
 import contextlib
 import errno
+import fcntl
+import glob
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 
@@ -278,3 +282,40 @@ def stop_on_terminal_hangup(interval=1.0):
         os.kill(os.getpid(), signal.SIGTERM)
     threading.Thread(target=watch, name='dbapi-terminal-hangup', daemon=True).start()
     return terminal
+
+
+# The prefix of the metrics folders manage.py and gunicorn.conf.py make (PROMETHEUS_MULTIPROC_DIR, when unset).
+METRICS_DIR_PREFIX = 'dbapi-metrics-'
+# The file in a held folder (made_held_folder) whose lock its maker, and every process that inherits the open file,
+# holds until it exits (flock(2): the lock is the open file's, the kernel's to drop with the last process holding it).
+HOLDER_LOCK_NAME = 'holder.lock'
+# The open lock files of the folders this process made: kept open, so held, until it exits.
+HELD_LOCKS = []
+
+
+def made_held_folder(prefix):
+    """Make a folder in the temporary directory (tempfile.mkdtemp's) named prefix + a random part, held by a lock
+    (HOLDER_LOCK_NAME) until this process and the children that inherit it exit, and return its path; first remove
+    the folders of that prefix no process holds any more: the exit handler that removes one does not run when its
+    maker is killed outright (trial BV: a SIGKILLed gunicorn master left its metrics folder for good, in an emptyDir
+    that outlives the container). The lock file is locked before it takes its name, so no other start finds it
+    free."""
+    remove_abandoned_folders(prefix)
+    folder = tempfile.mkdtemp(prefix=prefix)
+    lock = open(os.path.join(folder, HOLDER_LOCK_NAME + '.new'), 'w')
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    os.rename(lock.name, os.path.join(folder, HOLDER_LOCK_NAME))
+    HELD_LOCKS.append(lock)
+    return folder
+
+
+def remove_abandoned_folders(prefix):
+    """Remove the folders made_held_folder made with prefix whose lock no process holds; one without a lock file (a
+    start under way, an older dbapi's) is left."""
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), glob.escape(prefix) + '*')):
+        try:
+            with open(os.path.join(folder, HOLDER_LOCK_NAME)) as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # no lock file, or a living holder
+            continue
+        shutil.rmtree(folder, ignore_errors=True)

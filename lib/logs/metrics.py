@@ -200,19 +200,31 @@ class ReadableWorkerFiles:
         self.folder = folder
 
     def collect(self):
-        """Return the merged metrics of the readable files."""
-        files = [path for path in glob.glob(os.path.join(self.folder, '*.db')) if readable_metrics_file(path)]
+        """Return the merged metrics of the readable files: all of them, read once, unless one cannot be read; then
+        each is tried alone first (a scrape read every file twice: trial BV, 2.7 s with 800 files of dead workers)."""
+        files = glob.glob(os.path.join(self.folder, '*.db'))
         try:
             return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
         except FileNotFoundError:  # a dead worker's file removed since: read the others again
             return self.collect()
+        except UNREADABLE:
+            pass
+        try:
+            return multiprocess.MultiProcessCollector.merge(list(filter(readable_metrics_file, files)),
+                                                           accumulate=True)
+        except FileNotFoundError:
+            return self.collect()
+
+
+# What prometheus_client raises for a metrics file it cannot read (half-made, or left empty by a killed worker).
+UNREADABLE = (OSError, RuntimeError, ValueError, struct.error)
 
 
 def readable_metrics_file(path):
     """Tell whether prometheus_client can read one metrics file."""
     try:
         multiprocess.MultiProcessCollector.merge([path], accumulate=True)
-    except (OSError, RuntimeError, ValueError, struct.error):
+    except UNREADABLE:
         return False
     return True
 
