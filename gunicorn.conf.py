@@ -36,7 +36,7 @@ with exit_on_startup_error():
     from lib.db.green import make_psycopg2_cooperative
     from lib.http.disconnect import cancel_queries_at_a_quick_stop, prepare_worker
     from lib.http.workers import WORKER_CLASSES, pace_kept_alive_connection
-    from manage import check_before_fork, unmounted_scopes, unread_module_migrations
+    from manage import check_before_fork, unmounted_scopes, unread_module_files
     from lib.auth import learn_shown_tokens
 
     ROUTES, CLIENTS = check_before_fork()
@@ -104,7 +104,7 @@ def on_starting(server):
     """Start the metrics from zero: files of an earlier run would be summed in; warn of what may be misspelt or
     misplaced."""
     clear_multiprocess_dir()
-    for warning in unmounted_scopes(ROUTES, CLIENTS) + unread_module_migrations(settings.MODULE_PACKAGES):
+    for warning in unmounted_scopes(ROUTES, CLIENTS) + unread_module_files(settings.MODULE_PACKAGES):
         server.log.warning(warning)
 
 

@@ -58,7 +58,7 @@ from lib.db.migrate import apply_migrations, one_line, repair_checksums  # noqa:
 from lib.db.waiting import connect_timeout_of, interruptible_wait  # noqa: E402
 from lib.logs import configure_process_logging, settings_config  # noqa: E402
 from lib.logs.secrets import redacted  # noqa: E402
-from lib.modules import ModuleError, discover_modules, load_module  # noqa: E402
+from lib.modules import ModuleError, discover_modules, load_module, module_files  # noqa: E402
 
 # The development token shipped in env/local/.env: the only one a terminal may show.
 SHIPPED_LOCAL_ENV = settings.BASE_DIR / 'env' / 'local' / '.env'
@@ -153,13 +153,15 @@ def unmounted_scopes(routes, clients):
             for module in sorted((client.modules or set()) - mounted)]
 
 
-def unread_module_migrations(packages):
+def unread_module_files(packages):
     """Return a warning for each `.sql` file in a `migrations` folder of a module folder of packages (MODULE_PACKAGES):
     migrations are the project's `migrations/` files alone (docs/modules.md, Tables), so such a file never runs, and
-    was silent (trial AK)."""
-    return [f"{path} is not read: a module's tables come in a file of the project's migrations/ folder"
-            for _, _, folder in discover_modules(packages)
-            for path in sorted(folder.rglob('*.sql')) if 'migrations' in path.relative_to(folder).parts[:-1]]
+    was silent (trial AK); and for each Python file beside the module folders, which mounts nothing (module_files)."""
+    return [*(f"{path} is not read: a module's tables come in a file of the project's migrations/ folder"
+              for _, _, folder in discover_modules(packages)
+              for path in sorted(folder.rglob('*.sql')) if 'migrations' in path.relative_to(folder).parts[:-1]),
+            *(f'{path} mounts nothing: a module is a folder holding a routes.py (docs/modules.md)'
+              for package in packages for path in module_files(package))]
 
 
 def discovered_routes():

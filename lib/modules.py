@@ -43,14 +43,24 @@ class Route:
 def module_folders(package):
     """Yield (name, folder) for each module folder inside a package of MODULE_PACKAGES; ModuleError when it cannot
     be imported or is no package."""
+    for folder in sorted(package_root(package).iterdir()):
+        if folder.is_dir() and not folder.name.startswith(('_', '.')) and not only_bytecode(folder):
+            yield folder.name, folder
+
+
+def package_root(package):
+    """Return the folder of a package of MODULE_PACKAGES; ModuleError when it cannot be imported or is no package."""
     try:
-        root = Path(importlib.import_module(package).__path__[0])
+        return Path(importlib.import_module(package).__path__[0])
     except (ImportError, AttributeError, IndexError, TypeError, ValueError) as exc:  # a relative or empty name too
         raise ModuleError(f'MODULE_PACKAGES names {package!r}, which is no importable package '
                           f'({type(exc).__name__}: {exc})') from exc
-    for folder in sorted(root.iterdir()):
-        if folder.is_dir() and not folder.name.startswith(('_', '.')) and not only_bytecode(folder):
-            yield folder.name, folder
+
+
+def module_files(package):
+    """Return the Python files beside the module folders of a package (`modules/orders.py`), which mount nothing: a
+    module is a folder (trial BU: a module written as one file was a 404 without a word)."""
+    return [path for path in sorted(package_root(package).glob('*.py')) if not path.name.startswith('_')]
 
 
 def only_bytecode(folder):

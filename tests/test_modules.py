@@ -517,9 +517,16 @@ def test_sql_files_in_a_modules_migrations_folder_are_warned_of(tmp_path, module
     and nothing said so (trial AK). A `.sql` file elsewhere in a module (queries it reads itself) is its own."""
     package = module_package({'shop/routes.py': GOOD_ROUTES, 'shop/migrations/0001_orders.sql': 'SELECT 1;',
                               'shop/queries/orders.sql': 'SELECT 1;'})
-    assert manage.unread_module_migrations([package]) == [
+    assert manage.unread_module_files([package]) == [
         f"{tmp_path / package / 'shop' / 'migrations' / '0001_orders.sql'} is not read: a module's tables come in a "
         "file of the project's migrations/ folder"]
+
+
+def test_a_python_file_beside_the_module_folders_is_warned_of(tmp_path, module_package):
+    """A module written as one file, modules/orders.py, mounted nothing, and nothing said so (trial BU)."""
+    package = module_package({'shop/routes.py': GOOD_ROUTES, 'orders.py': GOOD_ROUTES, '_shared.py': ''})
+    assert manage.unread_module_files([package]) == [
+        f"{tmp_path / package / 'orders.py'} mounts nothing: a module is a folder holding a routes.py (docs/modules.md)"]
 
 
 HIDDEN_SCHEMA = ('def logged(f):\n        def w(**kw):\n            return f(**kw)\n        return w\n'
