@@ -191,9 +191,22 @@ def check_parameters(schema, action, where):
         raise ModuleError(f'{where}: {type(schema).__name__} loads {untaken[0]!r}, which the action does not take: '
                           'add the parameter, or rename the field (data_key keeps its key in the body)')
     if schema.unknown != INCLUDE and (unsure := sorted(needed_keywords(parameters) - always_loaded(schema))):
-        raise ModuleError(f'{where}: the action\'s parameter {unsure[0]!r} has no default, but a body may leave out '
-                          f'what {type(schema).__name__} loads into it: make its field required or give it a '
-                          'load_default, or give the parameter a default')
+        raise ModuleError(f'{where}: the action\'s parameter {unsure[0]!r} has no default, but '
+                          f'{why_it_may_be_left_out(schema, unsure[0])}')
+
+
+def why_it_may_be_left_out(schema, name):
+    """Return why a valid body may bring no value for the parameter name, and what to do (trial BU: a field named by
+    partial, or no field at all, was told to be made required)."""
+    kind, partial = type(schema).__name__, schema.partial
+    keys = [key for key, field in schema.fields.items() if (field.attribute or key).split('.')[0] == name]
+    if not keys:
+        return f'no field of {kind} loads it: add one, required or with a load_default, or give the parameter a default'
+    if partial is True or isinstance(partial, (tuple, list, set, frozenset)) and any(key in partial for key in keys):
+        return (f'{kind}\'s partial lets a body leave its field out (and skips its load_default then): give the '
+                'parameter a default')
+    return (f'a body may leave out what {kind} loads into it: make its field required or give it a load_default, or '
+            'give the parameter a default')
 
 
 def needed_keywords(parameters):
@@ -441,9 +454,10 @@ def make_route(module, routes_file, entry, fast_paths=True, databases=None):
     check_decorated_once(action, where)
     check_injected_first(action, where)
     if databases is not None and (unknown := [name for name in databases_of(action) if name not in databases]):
+        fix = (f'name it in lower case, {unknown[0].lower()!r}, as DB_NAMES is read' if unknown[0].lower() in databases
+               else f'add it to DB_NAMES and set {unknown[0].upper()}_DATABASE_URL')
         raise ModuleError(f'{where}: the action borrows from the database {unknown[0]!r}, which is not configured '
-                          f'(databases: {", ".join(sorted(databases))}): add it to DB_NAMES and set '
-                          f'{unknown[0].upper()}_DATABASE_URL')
+                          f'(databases: {", ".join(sorted(databases))}): {fix}')
     if schema is not None:
         check_schema(schema, action, where)
     load = (schema_loader(schema, action, fast_paths) if schema is not None

@@ -316,10 +316,13 @@ SIGNATURE_ROUTES = '''
      "Body loads 'x', which the action does not take"),
     ('a = fields.Integer(required=True)', 'Body', 'a, /', 'a positional-only parameter needs a default'),
     ('a = fields.Integer()', 'Body', 'a', "the action's parameter 'a' has no default, but a body may leave out"),
+    # the advice fits the case (trial BU: a field named by partial, or none at all, was told to be made required)
     ('id = fields.Integer(required=True)\n        x = fields.Integer()', 'Body(partial=True)', 'id, x=None',
-     "the action's parameter 'id' has no default"),
-    ('id = fields.Integer(required=True)', "Body(partial=('id',))", 'id', "the action's parameter 'id'"),
-    ('a = fields.Integer(required=True)', 'Body', 'a, other', "the action's parameter 'other' has no default"),
+     "the action's parameter 'id' has no default, but Body's partial lets a body leave its field out"),
+    ('id = fields.Integer(required=True)', "Body(partial=('id',))", 'id',
+     "the action's parameter 'id' has no default, but Body's partial lets a body leave its field out"),
+    ('a = fields.Integer(required=True)', 'Body', 'a, other',
+     "the action's parameter 'other' has no default, but no field of Body loads it"),
     ('a = fields.Integer(required=True)', 'Body(many=True)', '', 'passes the loaded list as one positional argument'),
     ('a = fields.Integer(required=True)', 'Body(many=True)', '*, rows', 'passes the loaded list'),
     ('a = fields.Integer(required=True)', 'Body(many=True)', 'rows, extra', 'passes the loaded list'),
@@ -407,6 +410,23 @@ def test_an_action_on_a_database_that_is_not_configured_stops_the_start(make_app
                                           "'reports', which is not configured .databases: default.: add it to "
                                           'DB_NAMES and set REPORTS_DATABASE_URL'):
         make_app(MODULE_PACKAGES=[package])
+
+
+def test_a_database_named_in_capitals_is_told_to_be_named_in_lower_case(make_app, module_package, database_url):
+    """DB_NAMES=Reports is read as reports: inject_db('Reports') was told to add it to DB_NAMES, done already (trial
+    BU)."""
+    routes = '''
+        from lib.decorators import inject_db
+
+        @inject_db('Reports')
+        def act(db):
+            return {}
+        routes = [dict(route='act', action=act)]
+    '''
+    package = module_package({'elsewhere/routes.py': routes})
+    with pytest.raises(ModuleError, match="borrows from the database 'Reports', which is not configured .databases: "
+                                          "default, reports.: name it in lower case, 'reports', as DB_NAMES is read"):
+        make_app(MODULE_PACKAGES=[package], DATABASES={'default': database_url, 'reports': database_url})
 
 
 def test_a_dotted_attribute_into_the_injected_parameter_stops_the_start(make_app, module_package):
@@ -526,7 +546,8 @@ def test_a_python_file_beside_the_module_folders_is_warned_of(tmp_path, module_p
     """A module written as one file, modules/orders.py, mounted nothing, and nothing said so (trial BU)."""
     package = module_package({'shop/routes.py': GOOD_ROUTES, 'orders.py': GOOD_ROUTES, '_shared.py': ''})
     assert manage.unread_module_files([package]) == [
-        f"{tmp_path / package / 'orders.py'} mounts nothing: a module is a folder holding a routes.py (docs/modules.md)"]
+        f"{tmp_path / package / 'orders.py'} mounts nothing: a module is a folder holding a routes.py "
+        "(docs/modules.md)"]
 
 
 HIDDEN_SCHEMA = ('def logged(f):\n        def w(**kw):\n            return f(**kw)\n        return w\n'
