@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import decimal
 import enum
+import ipaddress
 import json
 import os
 import re
@@ -246,6 +247,9 @@ register_json_type(datetime.datetime, iso_text)
 register_json_type(datetime.date, iso_text)
 register_json_type(datetime.time, iso_text)
 register_json_type(set, list)
+# An ipaddress address, interface or network as its text, as PostgreSQL writes an inet or cidr (trial BU: a 500).
+for ip_type in (ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network, ipaddress.IPv6Network):
+    register_json_type(ip_type, str)
 register_json_type(frozenset, list)
 # Asked only for subclasses (ORJSON_EXACT_TYPES), which register_json_type would refuse for the types themselves: a
 # float or UUID subclass was a 500, "not JSON serializable" (trial BO). A tuple subclass is a collection.

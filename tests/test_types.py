@@ -7,6 +7,7 @@ import datetime
 import math
 import decimal
 import enum
+import ipaddress
 import re
 import subprocess
 import sys
@@ -724,6 +725,21 @@ def test_a_uuid_and_an_enum_member_marshmallows_fields_load_are_parameters(conn)
     row = Db(conn).fetch_one('SELECT %(ref)s AS ref, pg_typeof(%(ref)s)::text AS type, %(ref)s = ANY(%(refs)s) AS '
                              'found, %(status)s AS status, %(late)s AS late', {**loaded, 'late': Status.LATE})
     assert row == {'ref': str(ref), 'type': 'uuid', 'found': True, 'status': 'paid', 'late': 2}
+
+
+def test_an_ip_address_interface_or_network_marshmallows_fields_load_is_a_parameter_and_written_as_its_text(conn):
+    """marshmallow's IP and IPInterface fields load ipaddress objects (an action may make a network): psycopg2 "can't
+    adapt type 'IPv4Address'", and an answer holding one "is not JSON serialisable", each a 500 (trial BU)."""
+    loaded = marshmallow.Schema.from_dict({'ip': marshmallow.fields.IP(), 'v6': marshmallow.fields.IPv6(),
+                                           'interface': marshmallow.fields.IPInterface()})().load(
+        {'ip': '192.0.2.1', 'v6': '2001:db8::1', 'interface': '192.0.2.1/24'})
+    loaded['network'] = ipaddress.ip_network('10.0.0.0/8')
+    row = Db(conn).fetch_one('SELECT %(ip)s::inet AS ip, %(v6)s::inet AS v6, %(interface)s::inet AS interface, '
+                             '%(network)s::cidr AS network, %(ip)s::inet << %(network)s::cidr AS inside', loaded)
+    assert row == {'ip': '192.0.2.1', 'v6': '2001:db8::1', 'interface': '192.0.2.1/24', 'network': '10.0.0.0/8',
+                   'inside': False}
+    assert dumps_bytes(loaded) == (b'{"ip":"192.0.2.1","v6":"2001:db8::1","interface":"192.0.2.1/24",'
+                                   b'"network":"10.0.0.0/8"}')
 
 
 @pytest.mark.parametrize('value, cast, text', [

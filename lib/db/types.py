@@ -25,6 +25,7 @@ import contextlib
 import datetime
 import decimal
 import enum
+import ipaddress
 import math
 import re
 import uuid
@@ -488,6 +489,16 @@ def decimal_parameter(value):
     return psycopg2.extensions.AsIs(literal if '.' in text or 'E' in text else f'{literal}::numeric')
 
 
+def ip_parameter(value):
+    """Adapt an ipaddress address, interface or network (marshmallow's IP, IPInterface and IPv4... fields load one) as
+    its text, a string literal as a str is, which an inet or cidr column, or a text one, takes (trial BU: psycopg2
+    "can't adapt type 'IPv4Address'", a 500)."""
+    return psycopg2.extensions.adapt(str(value))
+
+
+# ipaddress's interface classes are subclasses of its address classes: psycopg2 finds their adapter through the MRO.
+for ip_type in (ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network, ipaddress.IPv6Network):
+    psycopg2.extensions.register_adapter(ip_type, ip_parameter)
 psycopg2.extensions.register_adapter(dict, json_parameter)
 psycopg2.extensions.register_adapter(uuid.UUID, uuid_parameter)
 psycopg2.extensions.register_adapter(enum.Enum, enum_parameter)
