@@ -1,5 +1,6 @@
 """CONTRACT section 6: /healthz and /readyz."""
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import assert_problem
 
@@ -59,3 +60,19 @@ def test_an_operations_endpoint_answers_other_methods_with_a_405_problem(client,
     response = client.open(path, method=method)
     assert_problem(response, 405)
     assert response.headers['Allow'] == 'GET, HEAD'  # as the contract writes it, whatever the process's hash seed
+
+
+def database_up_samples(client):
+    """Return {database: value} of dbapi_database_up in a scrape of client's app."""
+    families = text_string_to_metric_families(client.get('/metrics').get_data(as_text=True))
+    return {sample.labels['database']: sample.value for family in families if family.name == 'dbapi_database_up'
+            for sample in family.samples}
+
+
+def test_a_scrape_says_whether_each_database_answers_now(make_app, database_url):
+    """Only requests' connection attempts showed an outage: in quiet hours, with /readyz answering 503 to its probes
+    alone, no alert could fire (trial BV)."""
+    dead = 'host=127.0.0.1 port=1 dbname=x user=x'
+    client = make_app(DATABASES={'default': database_url, 'reports': dead}).test_client()
+    assert database_up_samples(client) == {'default': 1.0, 'reports': 0.0}
+    assert database_up_samples(make_app().test_client()) == {'default': 1.0}

@@ -1,4 +1,5 @@
 """Operations endpoints: /healthz (the process serves) and /readyz (every database answers within a second)."""
+import contextlib
 import threading
 import time
 
@@ -49,28 +50,51 @@ def database_problem(pool, deadline):
             conn.close()
 
 
+@contextlib.contextmanager
+def probe_slot():
+    """Hold the process's readiness probe slot (READY_PROBES) and yield (deadline, waited_ms): when the databases must
+    have answered, READY_TIMEOUT_MS less READY_ANSWER_MS from now (time.monotonic()), and how long the wait for the
+    slot took; TimeoutError(PROBES_BEFORE) when that wait took the second, or all but PROBE_LEAST_SECONDS of it."""
+    started = time.monotonic()
+    deadline = started + (READY_TIMEOUT_MS - READY_ANSWER_MS) / 1000
+    if not READY_PROBES.acquire(timeout=deadline - started):
+        raise TimeoutError(PROBES_BEFORE)
+    try:
+        if deadline - time.monotonic() < PROBE_LEAST_SECONDS:  # its second went to waiting: no database to blame
+            raise TimeoutError(PROBES_BEFORE)
+        yield deadline, round((time.monotonic() - started) * 1000)
+    finally:
+        READY_PROBES.release()
+
+
 def first_database_problem(pools):
     """Return None when the database of every pool ({name: Pool}, DATABASES' names) answers within
     READY_TIMEOUT_MS less READY_ANSWER_MS, all of them together; else the first problem found, noting the database's
     name."""
-    started = time.monotonic()
-    deadline = started + (READY_TIMEOUT_MS - READY_ANSWER_MS) / 1000
-    if not READY_PROBES.acquire(timeout=deadline - started):
-        return TimeoutError(PROBES_BEFORE)
-    waited_ms = round((time.monotonic() - started) * 1000)
     try:
-        if deadline - time.monotonic() < PROBE_LEAST_SECONDS:  # its second went to waiting: no database to blame
-            return TimeoutError(PROBES_BEFORE)
-        for name, pool in pools.items():
-            problem = database_problem(pool, deadline)
-            if problem is not None:
-                # A probe that waited for another had less of its second left: the time out may be the wait's.
-                waited = f', in what was left after waiting {waited_ms} ms for another probe' if waited_ms >= 10 else ''
-                problem.add_note(f'/readyz: the database {name!r} (DATABASES) {what_failed(problem)}{waited}')
-                return problem
-        return None
-    finally:
-        READY_PROBES.release()
+        with probe_slot() as (deadline, waited_ms):
+            for name, pool in pools.items():
+                problem = database_problem(pool, deadline)
+                if problem is not None:
+                    # A probe that waited for another had less of its second left: the time out may be the wait's.
+                    waited = f', in what was left after waiting {waited_ms} ms for another probe' \
+                        if waited_ms >= 10 else ''
+                    problem.add_note(f'/readyz: the database {name!r} (DATABASES) {what_failed(problem)}{waited}')
+                    return problem
+            return None
+    except TimeoutError as exc:  # probe_slot's: the second went to waiting for the probes before
+        return exc
+
+
+def databases_answering(pools):
+    """Return {name: True when the database of that pool answers as /readyz asks it, else False}, within one probe's
+    second for all of them (a database that hangs leaves those after it no time: they read False too); {} when the
+    probes before this one took the second (probe_slot)."""
+    try:
+        with probe_slot() as (deadline, _):
+            return {name: database_problem(pool, deadline) is None for name, pool in pools.items()}
+    except TimeoutError:
+        return {}
 
 
 def what_failed(problem):

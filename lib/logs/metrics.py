@@ -17,8 +17,10 @@ import weakref
 
 from flask import Blueprint, Response, current_app, request
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
+from lib.http.health import databases_answering
 from lib.process import after_fork
 
 MULTIPROC_DIR = 'PROMETHEUS_MULTIPROC_DIR'
@@ -229,23 +231,55 @@ def readable_metrics_file(path):
     return True
 
 
-def scrape_registry():
-    """Return what a scrape reads: every worker's files in multiprocess mode, else this process's registry."""
-    if not os.environ.get(MULTIPROC_DIR):
-        return REGISTRY
+class DatabasesUp:
+    """dbapi_database_up{database}: 1 when the database answers as /readyz asks it (SELECT 1 on a fresh connection,
+    within a second for all of them: lib/http/health.py's databases_answering), else 0; asked by the worker that
+    answers each scrape, so that an outage shows with no request arriving (trial BV: in quiet hours no alert could
+    fire). No sample when another probe held the process's probe slot for the whole second."""
+
+    def __init__(self, pools):
+        self.pools = pools
+
+    def collect(self):
+        """Return the gauge's family, asked now."""
+        family = GaugeMetricFamily('dbapi_database_up', 'Whether the database answers SELECT 1 on a fresh connection '
+                                   'within a second, asked at this scrape (1) or not (0), by database.',
+                                   labels=['database'])
+        for name, answers in databases_answering(self.pools).items():
+            family.add_metric([name], 1.0 if answers else 0.0)
+        return [family]
+
+
+class Collected:
+    """A collector of what a registry collects: the process's default registry inside a scrape's own."""
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    def collect(self):
+        """Return the registry's metrics."""
+        return self.registry.collect()
+
+
+def scrape_registry(pools):
+    """Return what a scrape reads: every worker's files in multiprocess mode, else this process's registry, and
+    whether each database of pools ({name: Pool}) answers now (DatabasesUp)."""
     registry = CollectorRegistry()
-    registry.register(ReadableWorkerFiles(os.environ[MULTIPROC_DIR]))
+    multiprocess_dir = os.environ.get(MULTIPROC_DIR)
+    registry.register(ReadableWorkerFiles(multiprocess_dir) if multiprocess_dir else Collected(REGISTRY))
+    registry.register(DatabasesUp(pools))
     return registry
 
 
 @metrics_endpoint.route('/metrics', methods=['GET'], provide_automatic_options=False, strict_slashes=False)
 def metrics():
     """Answer a Prometheus scrape in the text format the scraper asks for, this worker's latest tallies included."""
-    gateway_metrics = getattr(current_app.extensions.get('dbapi'), 'metrics', None)
+    gateway = current_app.extensions.get('dbapi')
+    gateway_metrics = getattr(gateway, 'metrics', None)
     if gateway_metrics is not None:
         gateway_metrics.flush()
     encode, content_type = choose_encoder(request.headers.get('Accept'))
-    return Response(encode(scrape_registry()), content_type=content_type)
+    return Response(encode(scrape_registry(getattr(gateway, 'pools', {}))), content_type=content_type)
 
 
 def clear_multiprocess_dir():
