@@ -278,6 +278,8 @@ def respond(result):
     if isinstance(value, Response):
         if fault := returned_response_fault(value):  # before the commit (finish): never a 500 after the write
             raise TypeError(f'the Response the action returned {fault}')
+        if value.is_streamed and not value.direct_passthrough:  # send_file's is its file's
+            value.headers.remove('Content-Length')  # known once sent: the server chunks it (trial BW: a wrong one)
         value.status_code = status
         return value
     if isinstance(value, Iterator):

@@ -137,8 +137,13 @@ def exit_on_startup_error():
 STANDARD_MEMBERS = frozenset({'type', 'title', 'status', 'detail', 'instance', 'errors', 'request_id'})
 # Headers the framework sets on every answer: an error's own headers cannot replace them (a Content-Length that
 # is not the body's would break the connection).
-FRAMEWORK_HEADERS = frozenset({'content-type', 'content-length', 'content-encoding', 'transfer-encoding',
-                               'connection', 'x-request-id', 'vary'})
+# Headers the server sets or drops, which no answer of an action may set: the request's id, dbapi's (docs/contract.md
+# section 4), the hop-by-hop headers (RFC 9110 section 7.6.1; PEP 3333 forbids a WSGI application to set them), and
+# the others gunicorn drops from an application's answer, unsent (trial BW: Server, Date, Trailers).
+SERVER_HEADERS = frozenset({'x-request-id', 'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate',
+                            'proxy-authorization', 'te', 'trailer', 'trailers', 'transfer-encoding', 'upgrade',
+                            'server', 'date'})
+FRAMEWORK_HEADERS = SERVER_HEADERS | {'content-type', 'content-length', 'content-encoding', 'vary'}
 
 
 class ApiError(Exception):
@@ -190,10 +195,6 @@ def field_map_fault(errors):
 # control character, once the action has run: trial BU, a 500 after the commit).
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 HEADER_VALUE = re.compile(r'[ \t\x21-\x7e]*')
-# Headers a Response an action returns may not set: the request's id, dbapi's (docs/contract.md section 4), and the
-# hop-by-hop headers, the server's (RFC 9110 section 7.6.1; PEP 3333 forbids a WSGI application to set them).
-SERVER_HEADERS = frozenset({'x-request-id', 'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer',
-                            'transfer-encoding', 'upgrade'})
 
 
 def header_fault(headers, taken=FRAMEWORK_HEADERS):
@@ -217,11 +218,15 @@ def returned_response_fault(response):
     (a client then waits for bytes that never come, or reads a cut body: trial BU)."""
     if fault := header_fault(response.headers, SERVER_HEADERS):
         return f'carries the header {fault}'
-    said = response.headers.get('Content-Length')
-    if said is None or not response.is_sequence:  # a stream's length is known once sent: never read here
+    said = response.headers.getlist('Content-Length')
+    if len(said) > 1:  # gunicorn sends each, and a client reads one of them (nginx refuses the answer: a 502)
+        return f'says Content-Length {len(said)} times ({", ".join(said)})'
+    if not said or not response.is_sequence:  # a stream's is dropped (respond): its length is known once sent
         return None
     length = response.calculate_content_length()
-    return f'says Content-Length: {said}, but its body has {length} bytes' if said.strip() != str(length) else None
+    if said[0].strip() == str(length):
+        return None
+    return f'says Content-Length: {said[0]}, but its body has {length} bytes'
 
 
 class BadRequest(ApiError):
@@ -681,6 +686,8 @@ def problem_fault(error):
             dumps_bytes(error.members)
     except (TypeError, ValueError) as exc:
         return f'a member JSON cannot write ({exc})'
+    if fault := header_fault(error.headers):  # changed after it was made, or a werkzeug exception's (trial BW)
+        return f'it takes no header {fault}'
     return None
 
 

@@ -455,7 +455,9 @@ def make_route(module, routes_file, entry, fast_paths=True, databases=None):
     check_injected_first(action, where)
     if databases is not None and (unknown := [name for name in databases_of(action) if name not in databases]):
         fix = (f'name it in lower case, {unknown[0].lower()!r}, as DB_NAMES is read' if unknown[0].lower() in databases
-               else f'add it to DB_NAMES and set {unknown[0].upper()}_DATABASE_URL')
+               else f'add it to DB_NAMES and set {unknown[0].upper()}_DATABASE_URL' if MODULE_NAME.fullmatch(unknown[0])
+               else 'a database\'s name is a lower-case letter, then lower-case letters, digits and "_", as DB_NAMES '
+                    'takes it')  # settings.database_names: a module's name's form (trial BW: "MY-REPORTS_DATABASE_URL")
         raise ModuleError(f'{where}: the action borrows from the database {unknown[0]!r}, which is not configured '
                           f'(databases: {", ".join(sorted(databases))}): {fix}')
     if schema is not None:

@@ -429,6 +429,22 @@ def test_a_database_named_in_capitals_is_told_to_be_named_in_lower_case(make_app
         make_app(MODULE_PACKAGES=[package], DATABASES={'default': database_url, 'reports': database_url})
 
 
+@pytest.mark.parametrize('name', ['my-reports', 'Reports ', 'rep.x'])
+def test_a_database_name_db_names_cannot_hold_is_told_the_form_of_one(make_app, module_package, name):
+    """inject_db('my-reports') was told to set MY-REPORTS_DATABASE_URL, which DB_NAMES then refused (trial BW)."""
+    routes = f'''
+        from lib.decorators import inject_db
+
+        @inject_db({name!r})
+        def act(db):
+            return {{}}
+        routes = [dict(route='act', action=act)]
+    '''
+    with pytest.raises(ModuleError, match='a database.s name is a lower-case letter, then lower-case letters, digits '
+                                          'and "_", as DB_NAMES takes it'):
+        make_app(MODULE_PACKAGES=[module_package({'elsewhere/routes.py': routes})])
+
+
 def test_a_dotted_attribute_into_the_injected_parameter_stops_the_start(make_app, module_package):
     routes = """
         from marshmallow import Schema, fields
@@ -604,6 +620,9 @@ def test_a_root_route_and_a_route_named_root_are_two_routes(make_app, module_pac
 
 ANSWER_ROUTES = '''
     import flask
+    import werkzeug.exceptions
+
+    import lib.errors
     from marshmallow import Schema, fields
     from lib.decorators import inject_db, use_schema
 
@@ -619,6 +638,8 @@ ANSWER_ROUTES = '''
         'hop-by-hop': {'Transfer-Encoding': 'chunked'},
         'long': {'Content-Length': '100'},
         'short': {'Content-Length': '3'},
+        'server': {'Server': 'mine'},
+        'trailers': {'Trailers': 'X-Sum'},
     }
 
     @use_schema(Body)
@@ -626,13 +647,29 @@ ANSWER_ROUTES = '''
     def write(db, code, fault):
         db.execute('INSERT INTO probe.things (code) VALUES (%(code)s)', {'code': code})
         answer = flask.Response('{"ok":true}', mimetype='application/json')
-        answer.headers.update(FAULTS[fault])
+        if fault == 'twice':
+            answer.headers.add('Content-Length', '99')
+        answer.headers.update(FAULTS.get(fault, {}))
         return answer
+
+    def streamed(length):
+        return flask.Response(iter([b'{"ok"', b':true}']), mimetype='application/json',
+                              headers={'Content-Length': length})
 
     def again():
         return flask.request.get_json()
 
-    routes = [dict(route='write', action=write), dict(route='again', action=again)]
+    def changed_error():
+        error = lib.errors.NotFound('No such thing.')
+        error.headers['X-Request-ID'] = 'mine'
+        raise error
+
+    def allowing():
+        raise werkzeug.exceptions.MethodNotAllowed(valid_methods=['caf\u00e9'])
+
+    routes = [dict(route='write', action=write), dict(route='streamed', action=streamed),
+              dict(route='again', action=again), dict(route='changed_error', action=changed_error),
+              dict(route='allowing', action=allowing)]
 '''
 
 
@@ -649,6 +686,11 @@ def logged_error(caplog):
     ('hop-by-hop', "carries the header 'Transfer-Encoding': the framework sets it"),
     ('long', 'says Content-Length: 100, but its body has 11 bytes'),
     ('short', 'says Content-Length: 3, but its body has 11 bytes'),
+    # two, the first right: gunicorn sent both and the client waited for the second's bytes (trial BW)
+    ('twice', 'says Content-Length 2 times (11, 99)'),
+    # headers gunicorn drops unsent (trial BW)
+    ('server', "carries the header 'Server': the framework sets it"),
+    ('trailers', "carries the header 'Trailers': the framework sets it"),
 ])
 def test_a_response_that_cannot_go_out_as_it_is_is_a_500_and_its_write_rolls_back(make_app, module_package,
                                                                                  database_url, caplog, fault, said):
@@ -673,3 +715,27 @@ def test_an_action_that_reads_the_body_from_flask_is_a_500_that_says_where_the_b
     assert_problem(call('/answers/again', {}), 500)
     kind, message = logged_error(caplog)
     assert kind == 'RuntimeError' and message.startswith('dbapi has read the request body already')
+
+
+@pytest.mark.parametrize('length', ['99', '2'])
+def test_a_streamed_responses_own_content_length_is_dropped_and_its_body_goes_whole(make_app, module_package, length):
+    """A generator body's length is known once sent: a wrong Content-Length left the client waiting, or cut the body
+    (trial BW). The server chunks it instead."""
+    call = Caller(make_app(MODULE_PACKAGES=[module_package({'answers/routes.py': ANSWER_ROUTES})]).test_client())
+    response = call('/answers/streamed', {'length': length})
+    assert (response.status_code, response.get_data()) == (200, b'{"ok":true}')
+    assert 'Content-Length' not in response.headers or response.headers['Content-Length'] == '11'
+
+
+@pytest.mark.parametrize('path, said', [
+    ('/answers/changed_error', "NotFound: it takes no header 'X-Request-ID': the framework sets it"),
+    ('/answers/allowing', "MethodNotAllowed: it takes no header 'Allow' with a character other than visible ASCII")])
+def test_an_errors_headers_are_checked_when_it_is_answered(make_app, module_package, caplog, path, said):
+    """Only an ApiError's headers given when it was made were checked: ones set after it, or a werkzeug exception's,
+    went out as they were, a second X-Request-ID, a raw latin-1 byte (trial BW)."""
+    call = Caller(make_app(MODULE_PACKAGES=[module_package({'answers/routes.py': ANSWER_ROUTES})]).test_client())
+    response = call(path, {})
+    assert_problem(response, 500)
+    assert response.headers.getlist('X-Request-ID') != ['mine'] and len(response.headers.getlist('X-Request-ID')) == 1
+    kind, message = logged_error(caplog)
+    assert kind == 'TypeError' and message.startswith(said), message
