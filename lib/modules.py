@@ -1,8 +1,12 @@
 """Discover modules/*, check each route table, and mount one authorised blueprint per module."""
+import dis
+import functools
 import importlib
 import inspect
 import re
 import traceback
+import types
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -397,46 +401,108 @@ def check_signature_readable(action, where):
                           'your own') from None
 
 
-def closure_functions(layer):
-    """Return the callables layer's closure holds (a decorator's wrapper holds the function it wraps there)."""
-    found = []
+def held_values(layer):
+    """Return what layer holds that it may call: the values of its closure's cells, its default arguments, its own
+    attributes (a function's, or a class-based decorator's `self.f`), a bound method's object, and the globals its
+    code names; the items of a tuple, list, set or dict among them too."""
+    values = []
     for cell in getattr(layer, '__closure__', None) or ():
-        try:
-            found.append(cell.cell_contents)
-        except ValueError:  # a cell not filled yet
+        with suppress(ValueError):  # a cell not filled yet
+            values.append(cell.cell_contents)
+    values.extend(getattr(layer, '__defaults__', None) or ())
+    values.extend((getattr(layer, '__kwdefaults__', None) or {}).values())
+    values.extend(getattr(layer, '__dict__', {}).values())
+    if inspect.ismethod(layer):
+        values.append(layer.__self__)
+    code, names = getattr(layer, '__code__', None), getattr(layer, '__globals__', {})
+    values.extend(names[name] for name in (global_names(code) if code is not None else ()) if name in names)
+    return [item for value in values for item in (value.values() if isinstance(value, dict) else value
+                                                  if isinstance(value, (tuple, list, set, frozenset)) else (value,))]
+
+
+def global_names(code):
+    """Return the names code (and the code of its inner functions and comprehensions) loads as globals, by its
+    bytecode's LOAD_GLOBAL: co_names holds attribute names too (`.items()` is no global `items`)."""
+    inner = (const for const in code.co_consts if isinstance(const, types.CodeType))
+    return {instruction.argval for instruction in dis.get_instructions(code) if instruction.opname == 'LOAD_GLOBAL'} \
+        .union(*map(global_names, inner))
+
+
+def package_of(value):
+    """Return the top package of the code of value (a function, a bound method, or an instance: its class's)."""
+    code = getattr(value, '__func__', value)
+    module = code.__module__ if isinstance(code, types.FunctionType) else type(value).__module__
+    return (module or '').partition('.')[0]
+
+
+def is_code(value, package):
+    """Tell whether value is code a module may call: a function, a bound method, a functools.partial, or a callable
+    instance of a class of package's. Nothing else is touched: a werkzeug proxy (flask.request) a module names would
+    look for its request."""
+    if isinstance(value, (types.FunctionType, types.MethodType, functools.partial)):
+        return True
+    return not isinstance(value, type) and type(value).__module__.partition('.')[0] == package and callable(value)
+
+
+def reachable_callables(action):
+    """Return every callable action reaches: its layers (wrapped_chain) and what they hold (held_values), at any
+    depth, each once; only the code of the action's own package (modules, say) is looked into, not lib's or a
+    library's. What a start check of one layer cannot see, another layer may hide (trial BW: a class-based decorator,
+    a default argument, a global)."""
+    package = package_of(list(wrapped_chain(action))[-1])
+    found, seen, todo = [], set(), list(wrapped_chain(action))
+    while todo:
+        value = todo.pop()
+        if id(value) in seen or not is_code(value, package):
             continue
-    return [held for held in found if callable(held)]
+        seen.add(id(value))
+        found.append(value)
+        todo.extend(wrapped_chain(value))
+        if package_of(value) == package:
+            todo.extend(held_values(value))
+            todo.append(getattr(type(value), '__call__', None) if not inspect.isroutine(value) else None)
+    return found
 
 
-def check_schema_seen(action, where):
-    """Raise ModuleError for an action without use_schema's mark whose closure holds a function with it (its own or
-    through further closures): a decorator written without functools.wraps hides the mark, and the body would reach
-    the function unvalidated (trial BU: `{"n": "999; DROP"}` for an Integer field); calling such a function from
-    another action skips its schema the same way (use_schema only marks the route's own action)."""
+def check_schema_seen(action, reached, where):
+    """Raise ModuleError for an action without use_schema's mark that reaches a function with it (reachable_callables):
+    a decorator written without functools.wraps (a class-based one, a default argument) hides the mark, and the body
+    would reach the function unvalidated (trial BU: `{"n": "999; DROP"}` for an Integer field); calling such a
+    function from another action skips its schema the same way (use_schema only marks the route's own action)."""
     if schema_of(action) is not None:
         return
-    chain = list(wrapped_chain(action))
-    seen, todo = {id(link) for link in chain}, chain
-    while todo:
-        for inner in closure_functions(todo.pop()):
-            if id(inner) in seen:
-                continue
-            seen.add(id(inner))
-            todo.append(inner)
-            if schema_of(inner) is not None:
-                raise ModuleError(f'{where}: the action holds {getattr(inner, "__qualname__", inner)!r}, marked by '
-                                  'use_schema, which the action is not: a decorator written without functools.wraps '
-                                  'hides the mark, and dbapi would not validate the body; write the wrapper under '
-                                  '@functools.wraps(the function it wraps)')
+    if hidden := next((value for value in reached if schema_of(value) is not None), None):
+        raise ModuleError(f'{where}: the action reaches {getattr(hidden, "__qualname__", hidden)!r}, marked by '
+                          'use_schema, which the action is not: a decorator written without functools.wraps hides '
+                          'the mark, and dbapi would not validate the body; write the wrapper under '
+                          '@functools.wraps(the function it wraps)')
 
 
-def check_not_a_method(action, where):
-    """Raise ModuleError for a bound method (or classmethod) under inject_db or inject_conn: their connection goes to
-    the first parameter, which a method's object takes (trial BU: every call a 500, `self.fetch_value`)."""
-    if inspect.ismethod(action) and borrows_of(action):
-        raise ModuleError(f'{where}: the action is a method ({action.__qualname__}) under inject_db or inject_conn, '
-                          'which pass the connection as the first parameter, where the method takes its object: '
-                          'mount a function or a staticmethod')
+def check_not_a_method(reached, where):
+    """Raise ModuleError for a method (bound, a classmethod, or an instance's __call__) under inject_db or
+    inject_conn, as the action or anything it reaches (a partial of one, a helper): their connection goes to the
+    first parameter, which a method's object takes (trial BU: every call a 500, `self.fetch_value`)."""
+    for value in reached:
+        method = value if inspect.ismethod(value) else None if inspect.isroutine(value) else \
+            getattr(type(value), '__call__', None)
+        if method is not None and borrows_of(getattr(method, '__func__', method)):
+            raise ModuleError(f'{where}: the action is or reaches a method ({method.__qualname__}) under inject_db or '
+                              'inject_conn, which pass the connection as the first parameter, where the method takes '
+                              'its object: use a function or a staticmethod')
+
+
+def check_databases(reached, databases, where):
+    """Raise ModuleError when the action or what it reaches borrows from a database databases (the configured names)
+    does not hold, saying how to name it."""
+    unknown = [name for value in reached for name in databases_of(value) if name not in databases]
+    if not unknown:
+        return
+    fix = (f'name it in lower case, {unknown[0].lower()!r}, as DB_NAMES is read' if unknown[0].lower() in databases
+           else f'add it to DB_NAMES and set {unknown[0].upper()}_DATABASE_URL' if MODULE_NAME.fullmatch(unknown[0])
+           else 'a database\'s name is a lower-case letter, then lower-case letters, digits and "_", as DB_NAMES '
+                'takes it')  # settings.database_names: a module's name's form (trial BW: "MY-REPORTS_DATABASE_URL")
+    raise ModuleError(f'{where}: the action borrows from the database {unknown[0]!r}, which is not configured '
+                      f'(databases: {", ".join(sorted(databases))}): {fix}')
 
 
 def make_route(module, routes_file, entry, fast_paths=True, databases=None):
@@ -449,17 +515,13 @@ def make_route(module, routes_file, entry, fast_paths=True, databases=None):
     if any(map(is_async, wrapped_chain(action))):
         raise ModuleError(f'{where}: the action is async def; dbapi calls actions as plain functions (its workers '
                           'wait for PostgreSQL cooperatively already)')
-    check_schema_seen(action, where)
-    check_not_a_method(action, where)
+    reached = reachable_callables(action)
+    check_schema_seen(action, reached, where)
+    check_not_a_method(reached, where)
     check_decorated_once(action, where)
     check_injected_first(action, where)
-    if databases is not None and (unknown := [name for name in databases_of(action) if name not in databases]):
-        fix = (f'name it in lower case, {unknown[0].lower()!r}, as DB_NAMES is read' if unknown[0].lower() in databases
-               else f'add it to DB_NAMES and set {unknown[0].upper()}_DATABASE_URL' if MODULE_NAME.fullmatch(unknown[0])
-               else 'a database\'s name is a lower-case letter, then lower-case letters, digits and "_", as DB_NAMES '
-                    'takes it')  # settings.database_names: a module's name's form (trial BW: "MY-REPORTS_DATABASE_URL")
-        raise ModuleError(f'{where}: the action borrows from the database {unknown[0]!r}, which is not configured '
-                          f'(databases: {", ".join(sorted(databases))}): {fix}')
+    if databases is not None:
+        check_databases(reached, databases, where)
     if schema is not None:
         check_schema(schema, action, where)
     load = (schema_loader(schema, action, fast_paths) if schema is not None

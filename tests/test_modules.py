@@ -578,9 +578,34 @@ HIDDEN_SCHEMA = ('def logged(f):\n        def w(**kw):\n            return f(**k
      "marked by use_schema, which the action is not"),
     # a method under inject_db: its connection went to self (trial BU: every call a 500)
     ('class Svc:\n        @inject_db()\n        def q(self, db, a):\n            return {}\n    act = Svc().q',
-     'the action is a method (Svc.q) under inject_db or inject_conn'),
+     'the action is or reaches a method (Svc.q) under inject_db or inject_conn'),
     ('class Svc:\n        @classmethod\n        @inject_db()\n        def q(cls, db, a):\n            return {}\n'
-     '    act = Svc.q', 'the action is a method (Svc.q) under inject_db or inject_conn'),
+     '    act = Svc.q', 'the action is or reaches a method (Svc.q) under inject_db or inject_conn'),
+    # other ways to hide the mark (trial BW): a class-based decorator, a default argument, a global, a container in
+    # the closure, an attribute, a holder's bound method
+    ('class Logged:\n        def __init__(self, f):\n            self.f = f\n'
+     '        def __call__(self, **kw):\n            return self.f(**kw)\n'
+     '    act = Logged(use_schema(Body)(lambda a: {}))', 'marked by use_schema, which the action is not'),
+    ('def wrap(f):\n        def w(*, _f=f, **kw):\n            return _f(**kw)\n        return w\n'
+     '    act = wrap(use_schema(Body)(lambda a: {}))', 'marked by use_schema, which the action is not'),
+    ('@use_schema(Body)\n    def checked(a):\n        return {}\n    def act(**kw):\n        return checked(**kw)',
+     "reaches 'checked', marked by use_schema"),
+    ('def chain(*fs):\n        def w(**kw):\n            return fs[0](**kw)\n        return w\n'
+     '    act = chain(use_schema(Body)(lambda a: {}))', 'marked by use_schema, which the action is not'),
+    ('def w(**kw):\n        return w.inner(**kw)\n    w.inner = use_schema(Body)(lambda a: {})\n    act = w',
+     'marked by use_schema, which the action is not'),
+    # a method under inject_db behind a partial, an instance's __call__, or a wrapper (trial BW)
+    ('class Svc:\n        @inject_db()\n        def q(self, db, a):\n            return {}\n'
+     '    act = functools.partial(Svc().q)', 'the action is or reaches a method (Svc.q) under inject_db'),
+    ('class Svc:\n        @inject_db()\n        def __call__(self, db, a):\n            return {}\n    act = Svc()',
+     'the action is or reaches a method (Svc.__call__) under inject_db'),
+    ('class Svc:\n        @inject_db()\n        def q(self, db, a):\n            return {}\n'
+     '    def nowraps(f):\n        def w(**kw):\n            return f(**kw)\n        return w\n'
+     '    act = use_schema(Body)(nowraps(Svc().q))', 'the action is or reaches a method (Svc.q) under inject_db'),
+    # a database that is not configured, behind a wrapper (trial BW)
+    ('def nowraps(f):\n        def w(**kw):\n            return f(**kw)\n        return w\n'
+     '    act = use_schema(Body)(nowraps(inject_db("nosuch")(lambda db, a: {})))',
+     "borrows from the database 'nosuch', which is not configured"),
     # a built-in: a traceback that named neither the file nor the route (trial BU)
     ('import time\n    act = time.time', "dbapi cannot read the action's parameters (no signature found"),
     ('act = dict', "dbapi cannot read the action's parameters"),
