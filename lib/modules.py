@@ -460,7 +460,8 @@ def reachable_callables(action):
         todo.extend(wrapped_chain(value))
         if package_of(value) == package:
             todo.extend(held_values(value))
-            todo.append(getattr(type(value), '__call__', None) if not inspect.isroutine(value) else None)
+            if not inspect.isroutine(value):  # a callable instance: its class's __call__ runs
+                todo.append(type(value).__call__)
     return found
 
 
@@ -483,9 +484,13 @@ def check_not_a_method(reached, where):
     inject_conn, as the action or anything it reaches (a partial of one, a helper): their connection goes to the
     first parameter, which a method's object takes (trial BU: every call a 500, `self.fetch_value`)."""
     for value in reached:
-        method = value if inspect.ismethod(value) else None if inspect.isroutine(value) else \
-            getattr(type(value), '__call__', None)
-        if method is not None and borrows_of(getattr(method, '__func__', method)):
+        if inspect.ismethod(value):
+            method = value.__func__
+        elif inspect.isroutine(value):  # a function: its first parameter is its own
+            continue
+        else:  # a callable instance
+            method = type(value).__call__
+        if borrows_of(method):
             raise ModuleError(f'{where}: the action is or reaches a method ({method.__qualname__}) under inject_db or '
                               'inject_conn, which pass the connection as the first parameter, where the method takes '
                               'its object: use a function or a staticmethod')
