@@ -135,14 +135,14 @@ def exit_on_startup_error():
 # Members of a problem document the framework writes (RFC 9457's, and the request's id): an error's extension
 # members cannot replace them, so the body's status is always the answer's.
 STANDARD_MEMBERS = frozenset({'type', 'title', 'status', 'detail', 'instance', 'errors', 'request_id'})
-# Headers the framework sets on every answer: an error's own headers cannot replace them (a Content-Length that
-# is not the body's would break the connection).
 # Headers the server sets or drops, which no answer of an action may set: the request's id, dbapi's (docs/contract.md
 # section 4), the hop-by-hop headers (RFC 9110 section 7.6.1; PEP 3333 forbids a WSGI application to set them), and
 # the others gunicorn drops from an application's answer, unsent (trial BW: Server, Date, Trailers).
 SERVER_HEADERS = frozenset({'x-request-id', 'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate',
                             'proxy-authorization', 'te', 'trailer', 'trailers', 'transfer-encoding', 'upgrade',
                             'server', 'date'})
+# Headers the framework sets on every answer, and the server's: an error's own headers cannot replace them (a
+# Content-Length that is not the body's would break the connection).
 FRAMEWORK_HEADERS = SERVER_HEADERS | {'content-type', 'content-length', 'content-encoding', 'vary'}
 
 
