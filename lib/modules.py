@@ -1,12 +1,11 @@
 """Discover modules/*, check each route table, and mount one authorised blueprint per module."""
-import dis
 import functools
 import importlib
 import inspect
+import itertools
 import re
 import traceback
 import types
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -401,68 +400,95 @@ def check_signature_readable(action, where):
                           'your own') from None
 
 
-def held_values(layer):
-    """Return what layer holds that it may call: the values of its closure's cells, its default arguments, its own
-    attributes (a function's, or a class-based decorator's `self.f`), a bound method's object, and the globals its
-    code names; the items of a tuple, list, set or dict among them too."""
-    values = []
-    for cell in getattr(layer, '__closure__', None) or ():
-        with suppress(ValueError):  # a cell not filled yet
-            values.append(cell.cell_contents)
-    values.extend(getattr(layer, '__defaults__', None) or ())
-    values.extend((getattr(layer, '__kwdefaults__', None) or {}).values())
-    values.extend(getattr(layer, '__dict__', {}).values())
-    if inspect.ismethod(layer):
-        values.append(layer.__self__)
-    code, names = getattr(layer, '__code__', None), getattr(layer, '__globals__', {})
-    values.extend(names[name] for name in (global_names(code) if code is not None else ()) if name in names)
-    return [item for value in values for item in (value.values() if isinstance(value, dict) else value
-                                                  if isinstance(value, (tuple, list, set, frozenset)) else (value,))]
+# The most values one action's start checks look at (reachable_callables), and the most items of one container:
+# a module's big tables cost nothing at start.
+MOST_VALUES_REACHED = 2000
+MOST_ITEMS_LOOKED_AT = 100
 
 
-def global_names(code):
-    """Return the names code (and the code of its inner functions and comprehensions) loads as globals, by its
-    bytecode's LOAD_GLOBAL: co_names holds attribute names too (`.items()` is no global `items`)."""
-    inner = (const for const in code.co_consts if isinstance(const, types.CodeType))
-    return {instruction.argval for instruction in dis.get_instructions(code) if instruction.opname == 'LOAD_GLOBAL'} \
-        .union(*map(global_names, inner))
+def held_values(value):
+    """Return what value (a function, bound method, functools.partial, or an instance of the module's own classes)
+    holds that it may call: a function's closure cells, default arguments and attributes; a bound method's function
+    and object; a partial's function and arguments; an instance's attributes and its class's __call__. The items of
+    a tuple, list, set or dict among them too. Read without running the module's code: no __getattr__ is asked."""
+    if isinstance(value, types.FunctionType):
+        held = [cell_value(cell) for cell in value.__closure__ or ()]
+        held += [*(value.__defaults__ or ()), *(value.__kwdefaults__ or {}).values(), *vars(value).values()]
+    elif isinstance(value, types.MethodType):
+        held = [value.__func__, value.__self__]
+    elif isinstance(value, functools.partial):
+        held = [value.func, *value.args, *value.keywords.values()]
+    else:
+        held = [*instance_attributes(value), inspect.getattr_static(type(value), '__call__', None)]
+    return [item for entry in held for item in container_items(entry)]
 
 
-def package_of(value):
-    """Return the top package of the code of value (a function, a bound method, or an instance: its class's)."""
-    code = getattr(value, '__func__', value)
-    module = code.__module__ if isinstance(code, types.FunctionType) else type(value).__module__
-    return (module or '').partition('.')[0]
+def cell_value(cell):
+    """Return a closure cell's value, or None for a cell not filled yet."""
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return None
+
+
+def instance_attributes(value):
+    """Return the values of an instance's own __dict__, read as object does (no __getattr__ of the module's)."""
+    try:
+        return list(object.__getattribute__(value, '__dict__').values())
+    except (AttributeError, TypeError):  # slots, or no dict
+        return []
+
+
+def container_items(entry):
+    """Return entry's first MOST_ITEMS_LOOKED_AT items when it is a tuple, list, set or dict (its values), else
+    [entry]."""
+    if type(entry) in (tuple, list, set, frozenset):
+        return list(itertools.islice(entry, MOST_ITEMS_LOOKED_AT))
+    if type(entry) is dict:
+        return list(itertools.islice(entry.values(), MOST_ITEMS_LOOKED_AT))
+    return [entry]
 
 
 def is_code(value, package):
-    """Tell whether value is code a module may call: a function, a bound method, a functools.partial, or a callable
-    instance of a class of package's. Nothing else is touched: a werkzeug proxy (flask.request) a module names would
-    look for its request."""
+    """Tell whether value is code the start checks look into: a function, a bound method, a functools.partial, or an
+    instance of a class of package's (a class-based decorator) with a __call__. Nothing else is touched: a werkzeug
+    proxy (flask.request) would look for its request."""
     if isinstance(value, (types.FunctionType, types.MethodType, functools.partial)):
         return True
-    return not isinstance(value, type) and type(value).__module__.partition('.')[0] == package and callable(value)
+    kind = type(value)
+    return kind.__module__.partition('.')[0] == package and inspect.getattr_static(kind, '__call__', None) is not None
+
+
+def code_module(value):
+    """Return the module of value's code: a partial's function's, a bound method's function's, a function's own, or
+    an instance's class's."""
+    while isinstance(value, functools.partial):
+        value = value.func
+    value = value.__func__ if isinstance(value, types.MethodType) else value
+    return (value if isinstance(value, types.FunctionType) else type(value)).__module__ or ''
 
 
 def reachable_callables(action):
-    """Return every callable action reaches: its layers (wrapped_chain) and what they hold (held_values), at any
-    depth, each once; only the code of the action's own package (modules, say) is looked into, not lib's or a
-    library's. What a start check of one layer cannot see, another layer may hide (trial BW: a class-based decorator,
-    a default argument, a global)."""
-    package = package_of(list(wrapped_chain(action))[-1])
-    found, seen, todo = [], set(), list(wrapped_chain(action))
-    while todo:
+    """Return the functions, bound methods and partials action reaches (its layers, and what they hold: held_values),
+    and the callable instances of its own package's classes, each once, MOST_VALUES_REACHED at most. What a start
+    check of one layer cannot see, another layer may hide (trial BW: a class-based decorator, a default argument). A
+    global the action's code calls is not looked into: a module's tables and registries made its start slow (trial
+    BX), and one it reaches so goes unchecked."""
+    package = code_module(action).partition('.')[0]
+    found, seen, todo = [], set(), [action]
+    while todo and len(seen) < MOST_VALUES_REACHED:
         value = todo.pop()
         if id(value) in seen or not is_code(value, package):
             continue
         seen.add(id(value))
         found.append(value)
-        todo.extend(wrapped_chain(value))
-        if package_of(value) == package:
-            todo.extend(held_values(value))
-            if not inspect.isroutine(value):  # a callable instance: its class's __call__ runs
-                todo.append(type(value).__call__)
+        todo.extend(held_values(value))
     return found
+
+
+def is_routine(value):
+    """Tell whether value is a function, a bound method or a functools.partial: what dbapi's marks are asked of."""
+    return isinstance(value, (types.FunctionType, types.MethodType, functools.partial))
 
 
 def check_schema_seen(action, reached, where):
@@ -472,7 +498,7 @@ def check_schema_seen(action, reached, where):
     function from another action skips its schema the same way (use_schema only marks the route's own action)."""
     if schema_of(action) is not None:
         return
-    if hidden := next((value for value in reached if schema_of(value) is not None), None):
+    if hidden := next((value for value in reached if is_routine(value) and schema_of(value) is not None), None):
         raise ModuleError(f'{where}: the action reaches {getattr(hidden, "__qualname__", hidden)!r}, marked by '
                           'use_schema, which the action is not: a decorator written without functools.wraps hides '
                           'the mark, and dbapi would not validate the body; write the wrapper under '
@@ -486,11 +512,11 @@ def check_not_a_method(reached, where):
     for value in reached:
         if inspect.ismethod(value):
             method = value.__func__
-        elif inspect.isroutine(value):  # a function: its first parameter is its own
+        elif is_routine(value):  # a function or a partial: its first parameter is its own
             continue
-        else:  # a callable instance
-            method = type(value).__call__
-        if borrows_of(method):
+        else:  # a callable instance of the module's
+            method = inspect.getattr_static(type(value), '__call__')
+        if isinstance(method, types.FunctionType) and borrows_of(method):
             raise ModuleError(f'{where}: the action is or reaches a method ({method.__qualname__}) under inject_db or '
                               'inject_conn, which pass the connection as the first parameter, where the method takes '
                               'its object: use a function or a staticmethod')
@@ -499,7 +525,7 @@ def check_not_a_method(reached, where):
 def check_databases(reached, databases, where):
     """Raise ModuleError when the action or what it reaches borrows from a database databases (the configured names)
     does not hold, saying how to name it."""
-    unknown = [name for value in reached for name in databases_of(value) if name not in databases]
+    unknown = [name for value in reached if is_routine(value) for name in databases_of(value) if name not in databases]
     if not unknown:
         return
     fix = (f'name it in lower case, {unknown[0].lower()!r}, as DB_NAMES is read' if unknown[0].lower() in databases

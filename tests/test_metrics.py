@@ -314,7 +314,7 @@ def test_a_metrics_folder_whose_makers_were_killed_is_removed_by_the_next_start(
     """A gunicorn master killed outright (SIGKILL) never ran the exit handler that removes the metrics folder it made,
     which stayed for good in an emptyDir that outlives its container (trial BV); a living maker's folder, and one
     without a lock file (a start under way), stay."""
-    from lib.process import HOLDER_LOCK_NAME, made_held_folder
+    from lib.process import HELD_LOCKS, HOLDER_LOCK_NAME, made_held_folder
     prefix = 'dbapi-test-held-'
     environment = {**os.environ, 'TMPDIR': str(tmp_path), 'PYTHONPATH': str(settings.BASE_DIR)}
     holders = [subprocess.Popen([sys.executable, '-c', HOLD_A_FOLDER, prefix], env=environment, text=True,
@@ -328,6 +328,7 @@ def test_a_metrics_folder_whose_makers_were_killed_is_removed_by_the_next_start(
         made = Path(made_held_folder(prefix))
         assert (killed.exists(), living.exists(), starting.exists()) == (False, True, True)
         assert (made / HOLDER_LOCK_NAME).exists() and (living / HOLDER_LOCK_NAME).exists()
+        HELD_LOCKS.pop().close()  # the test's own hold ends with it
     finally:
         for holder in holders:
             holder.kill()

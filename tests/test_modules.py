@@ -581,18 +581,18 @@ HIDDEN_SCHEMA = ('def logged(f):\n        def w(**kw):\n            return f(**k
      'the action is or reaches a method (Svc.q) under inject_db or inject_conn'),
     ('class Svc:\n        @classmethod\n        @inject_db()\n        def q(cls, db, a):\n            return {}\n'
      '    act = Svc.q', 'the action is or reaches a method (Svc.q) under inject_db or inject_conn'),
-    # other ways to hide the mark (trial BW): a class-based decorator, a default argument, a global, a container in
-    # the closure, an attribute, a holder's bound method
+    # other ways to hide the mark (trial BW): a class-based decorator, a default argument, a container in the
+    # closure, an attribute, a partial's argument
     ('class Logged:\n        def __init__(self, f):\n            self.f = f\n'
      '        def __call__(self, **kw):\n            return self.f(**kw)\n'
      '    act = Logged(use_schema(Body)(lambda a: {}))', 'marked by use_schema, which the action is not'),
     ('def wrap(f):\n        def w(*, _f=f, **kw):\n            return _f(**kw)\n        return w\n'
      '    act = wrap(use_schema(Body)(lambda a: {}))', 'marked by use_schema, which the action is not'),
-    ('@use_schema(Body)\n    def checked(a):\n        return {}\n    def act(**kw):\n        return checked(**kw)',
-     "reaches 'checked', marked by use_schema"),
     ('def chain(*fs):\n        def w(**kw):\n            return fs[0](**kw)\n        return w\n'
      '    act = chain(use_schema(Body)(lambda a: {}))', 'marked by use_schema, which the action is not'),
     ('def w(**kw):\n        return w.inner(**kw)\n    w.inner = use_schema(Body)(lambda a: {})\n    act = w',
+     'marked by use_schema, which the action is not'),
+    ('def run(f, **kw):\n        return f(**kw)\n    act = functools.partial(run, use_schema(Body)(lambda a: {}))',
      'marked by use_schema, which the action is not'),
     # a method under inject_db behind a partial, an instance's __call__, or a wrapper (trial BW)
     ('class Svc:\n        @inject_db()\n        def q(self, db, a):\n            return {}\n'
@@ -616,6 +616,26 @@ def test_an_action_whose_marks_or_parameters_dbapi_cannot_see_stops_the_start(ma
     with pytest.raises(ModuleError, match="wrapped/routes.py: route 'act': ") as raised:
         make_app(MODULE_PACKAGES=[package])
     assert message in str(raised.value)
+
+
+@pytest.mark.parametrize('definition', [
+    # a callable whose __getattr__ makes new objects (an RPC client): the check ran for ever (trial BX)
+    'class Rpc:\n        def __init__(self, path=""):\n            self.path = path\n'
+    '        def __getattr__(self, name):\n            return Rpc(self.path + "." + name)\n'
+    '        def __call__(self, *args):\n            return self.path\n'
+    '    rpc = Rpc()\n    def act(a, _rpc=rpc):\n        return {"a": _rpc.x()}',
+    # one whose __getattr__ raises: a KeyError traceback (trial BX)
+    'class Lazy:\n        def __getattr__(self, name):\n            raise KeyError(name)\n'
+    '        def __call__(self):\n            return 1\n'
+    '    def make(lazy):\n        def act(a):\n            return {"a": lazy()}\n        return act\n    act = make(Lazy())',
+    # a registry of a great many functions, and a big table: the check looks at a bounded number of values
+    'def make(table):\n        def act(a):\n            return {"a": len(table)}\n        return act\n'
+    '    act = make({str(n): (lambda n=n: n) for n in range(100000)})',
+])
+def test_an_action_holding_odd_or_big_things_mounts_and_answers(make_app, module_package, definition):
+    package = module_package({'wrapped/routes.py': WRAPPED_ROUTES.format(definition=definition)})
+    answer = Caller(make_app(MODULE_PACKAGES=[package]).test_client())('/wrapped/act', {'a': 4})
+    assert answer.status_code == 200, answer.get_json()
 
 
 def test_an_action_that_calls_a_decorated_helper_from_its_closure_mounts(make_app, module_package):
