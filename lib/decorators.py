@@ -269,10 +269,15 @@ def respond(result):
     can go out (returned_response_fault: a TypeError, a 500 before the commit, where gunicorn's came after it)."""
     value, status = value_and_status((result, result.status_code) if isinstance(result, Response) else result)
     if status in NO_CONTENT_STATUSES:
+        kept = []
         if isinstance(value, Response):
             value.close()  # its body's generator, unread: the answer has none
+            if fault := returned_response_fault(value):
+                raise TypeError(f'the Response the action returned {fault}')
+            kept = [(name, text) for name, text in value.headers.items()  # a 304's ETag (trial BX: all went)
+                    if name.lower() not in ('content-type', 'content-length')]
         close_stream(value)  # a stream's connection goes back unread: the answer has no body
-        response = Response(status=status)
+        response = Response(status=status, headers=kept)
         del response.headers['Content-Type']
         return response
     if isinstance(value, Response):

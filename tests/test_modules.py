@@ -712,7 +712,16 @@ ANSWER_ROUTES = '''
     def allowing():
         raise werkzeug.exceptions.MethodNotAllowed(valid_methods=['caf\u00e9'])
 
+    def not_modified(forged):
+        answer = flask.Response('{"ok":true}', status=304, mimetype='application/json')
+        answer.set_etag('v1')
+        answer.headers['Cache-Control'] = 'max-age=60'
+        if forged:
+            answer.headers['Server'] = 'mine'
+        return answer
+
     routes = [dict(route='write', action=write), dict(route='streamed', action=streamed),
+              dict(route='not_modified', action=not_modified),
               dict(route='again', action=again), dict(route='changed_error', action=changed_error),
               dict(route='allowing', action=allowing)]
 '''
@@ -784,3 +793,12 @@ def test_an_errors_headers_are_checked_when_it_is_answered(make_app, module_pack
     assert response.headers.getlist('X-Request-ID') != ['mine'] and len(response.headers.getlist('X-Request-ID')) == 1
     kind, message = logged_error(caplog)
     assert kind == 'TypeError' and message.startswith(said), message
+
+
+def test_a_304_an_action_returns_keeps_its_headers_but_its_bodys(make_app, module_package):
+    """A 304 or 204 went out without its ETag and Cache-Control, and without a check of its headers (trial BX)."""
+    call = Caller(make_app(MODULE_PACKAGES=[module_package({'answers/routes.py': ANSWER_ROUTES})]).test_client())
+    answer = call('/answers/not_modified', {'forged': False})
+    assert (answer.status_code, answer.get_data(), answer.headers.get('ETag')) == (304, b'', '"v1"')
+    assert answer.headers['Cache-Control'] == 'max-age=60' and 'Content-Type' not in answer.headers
+    assert_problem(call('/answers/not_modified', {'forged': True}), 500)
