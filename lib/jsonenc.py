@@ -247,10 +247,10 @@ register_json_type(datetime.datetime, iso_text)
 register_json_type(datetime.date, iso_text)
 register_json_type(datetime.time, iso_text)
 register_json_type(set, list)
+register_json_type(frozenset, list)
 # An ipaddress address, interface or network as its text, as PostgreSQL writes an inet or cidr (trial BU: a 500).
 for ip_type in (ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network, ipaddress.IPv6Network):
     register_json_type(ip_type, str)
-register_json_type(frozenset, list)
 # Asked only for subclasses (ORJSON_EXACT_TYPES), which register_json_type would refuse for the types themselves: a
 # float or UUID subclass was a 500, "not JSON serializable" (trial BO). A tuple subclass is a collection.
 # The base type's own methods: a subclass's __float__ or __str__ says something else (trial BT: `U2!`).
