@@ -268,12 +268,13 @@ def respond(result):
     (its own 500 went out as it was, its transaction committed: trial AM), and its headers and Content-Length to what
     can go out (returned_response_fault: a TypeError, a 500 before the commit, where gunicorn's came after it)."""
     value, status = value_and_status((result, result.status_code) if isinstance(result, Response) else result)
+    if isinstance(value, Response) and (fault := returned_response_fault(value)):  # before the commit (finish):
+        value.close()  # never a 500 after the write
+        raise TypeError(f'the Response the action returned {fault}')
     if status in NO_CONTENT_STATUSES:
         kept = []
         if isinstance(value, Response):
             value.close()  # its body's generator, unread: the answer has none
-            if fault := returned_response_fault(value):
-                raise TypeError(f'the Response the action returned {fault}')
             kept = [(name, text) for name, text in value.headers.items()  # a 304's ETag (trial BX: all went)
                     if name.lower() not in ('content-type', 'content-length')]
         close_stream(value)  # a stream's connection goes back unread: the answer has no body
@@ -281,8 +282,6 @@ def respond(result):
         del response.headers['Content-Type']
         return response
     if isinstance(value, Response):
-        if fault := returned_response_fault(value):  # before the commit (finish): never a 500 after the write
-            raise TypeError(f'the Response the action returned {fault}')
         if value.is_streamed and not value.direct_passthrough:  # send_file's is its file's
             value.headers.remove('Content-Length')  # known once sent: the server chunks it (trial BW: a wrong one)
         value.status_code = status
