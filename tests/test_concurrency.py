@@ -154,6 +154,15 @@ def test_readyz_answers_503_within_a_second_when_the_database_never_answers(make
     assert health.status_code == 200 and seconds < 0.5
 
 
+def test_a_scrape_says_a_database_that_never_answers_is_down_within_a_second(make_app, silent_database):
+    """contract section 6: a scrape asks every database as /readyz does, so it may take a second, and no more."""
+    dsn, _ = silent_database
+    client = make_app(DATABASES={'default': dsn}).test_client()
+    response, seconds = timed(lambda: client.get('/metrics'))
+    assert response.status_code == 200 and seconds < 1
+    assert 'dbapi_database_up{database="default"} 0.0' in response.get_data(as_text=True)
+
+
 def test_readyz_probes_piling_up_hold_one_connection_and_leave_healthz_alone(make_app, silent_database):
     dsn, open_counts = silent_database
     app = make_app(DATABASES={'default': dsn})
