@@ -268,9 +268,8 @@ def respond(result):
     (its own 500 went out as it was, its transaction committed: trial AM), and its headers and Content-Length to what
     can go out (returned_response_fault: a TypeError, a 500 before the commit, where gunicorn's came after it)."""
     value, status = value_and_status((result, result.status_code) if isinstance(result, Response) else result)
-    if isinstance(value, Response) and (fault := returned_response_fault(value)):  # before the commit (finish):
-        value.close()  # never a 500 after the write
-        raise TypeError(f'the Response the action returned {fault}')
+    if isinstance(value, Response):
+        check_returned_response(value, status)
     if status in NO_CONTENT_STATUSES:
         kept = []
         if isinstance(value, Response):
@@ -284,11 +283,19 @@ def respond(result):
     if isinstance(value, Response):
         if value.is_streamed and not value.direct_passthrough:  # send_file's is its file's
             value.headers.remove('Content-Length')  # known once sent: the server chunks it (trial BW: a wrong one)
-        value.status_code = status
         return value
     if isinstance(value, Iterator):
         return streamed(value, status)
     return json_response(value, status)
+
+
+def check_returned_response(response, status):
+    """Give a Response an action returned its status, then refuse it when it cannot go out as werkzeug sends it
+    (returned_response_fault): a TypeError, a 500 before the commit, never one after the write as gunicorn's was."""
+    response.status_code = status  # a 204's Content-Length and a 304's content headers are dropped as it goes out
+    if fault := returned_response_fault(response, request.environ):
+        response.close()
+        raise TypeError(f'the Response the action returned {fault}')
 
 
 def value_and_status(result):

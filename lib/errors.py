@@ -212,13 +212,16 @@ def header_fault(headers, taken=FRAMEWORK_HEADERS):
     return None
 
 
-def returned_response_fault(response):
+def returned_response_fault(response, environ):
     """Return why a werkzeug Response an action returns cannot go out as it is ("carries ..."), or None: a header
     header_fault refuses (SERVER_HEADERS taken), or, for a body held whole, a Content-Length that is not its length
-    (a client then waits for bytes that never come, or reads a cut body: trial BU)."""
-    if fault := header_fault(response.headers, SERVER_HEADERS):
+    (a client then waits for bytes that never come, or reads a cut body: trial BU). The headers read are the ones
+    werkzeug sends for the request of environ (Response.get_wsgi_headers: a Location percent-encoded and made
+    absolute, a 204's Content-Length dropped), so that redirect('/café') goes out (trial BX)."""
+    headers = response.get_wsgi_headers(environ)
+    if fault := header_fault(headers, SERVER_HEADERS):
         return f'carries the header {fault}'
-    said = response.headers.getlist('Content-Length')
+    said = headers.getlist('Content-Length')
     if len(said) > 1:  # gunicorn sends each, and a client reads one of them (nginx refuses the answer: a 502)
         return f'says Content-Length {len(said)} times ({", ".join(said)})'
     if not said or not response.is_sequence:  # a stream's is dropped (respond): its length is known once sent
@@ -478,8 +481,8 @@ def from_http_exception(exc):
         exc.description, exc.valid_methods = exc.valid_methods, None
     error = ApiError(http_exception_detail(exc, routed))
     error.status = exc.code
-    for name, value in exc.get_headers():
-        if name.lower() == 'retry-after':  # werkzeug's TooManyRequests(retry_after=...) and ServiceUnavailable
+    for name, value in exc.get_headers():  # TooManyRequests' Retry-After, RequestedRangeNotSatisfiable's
+        if name.lower() not in FRAMEWORK_HEADERS:  # Content-Range (RFC 9110 15.5.17), checked when answered
             error.headers[name] = value
     if exc.code == 404 and routed and 'dbapi' in current_app.extensions:
         gateway = current_app.extensions['dbapi']

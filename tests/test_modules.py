@@ -697,6 +697,15 @@ ANSWER_ROUTES = '''
         answer.headers.update(FAULTS.get(fault, {}))
         return answer
 
+    @use_schema(Body)
+    @inject_db()
+    def moved(db, code, fault):
+        db.execute('INSERT INTO probe.things (code) VALUES (%(code)s)', {'code': code})
+        return flask.redirect('/caf\u00e9?q=\u00fc', 303)
+
+    def unsatisfiable():
+        raise werkzeug.exceptions.RequestedRangeNotSatisfiable(length=100)
+
     def streamed(length):
         return flask.Response(iter([b'{"ok"', b':true}']), mimetype='application/json',
                               headers={'Content-Length': length})
@@ -723,7 +732,8 @@ ANSWER_ROUTES = '''
     routes = [dict(route='write', action=write), dict(route='streamed', action=streamed),
               dict(route='not_modified', action=not_modified),
               dict(route='again', action=again), dict(route='changed_error', action=changed_error),
-              dict(route='allowing', action=allowing)]
+              dict(route='allowing', action=allowing), dict(route='moved', action=moved),
+              dict(route='unsatisfiable', action=unsatisfiable)]
 '''
 
 
@@ -760,6 +770,25 @@ def test_a_response_that_cannot_go_out_as_it_is_is_a_500_and_its_write_rolls_bac
     assert things_with_code(database_url, code) == 0
     fine = call('/answers/write', {'code': kept, 'fault': 'none'})
     assert (fine.status_code, fine.get_data(), things_with_code(database_url, kept)) == (200, b'{"ok":true}', 1)
+
+
+def test_a_redirect_to_a_path_of_unicode_goes_out_percent_encoded_and_its_write_commits(make_app, module_package,
+                                                                                       database_url):
+    """The check read Location before werkzeug percent-encodes it: flask.redirect('/café') was a 500 (trial BX)."""
+    call = Caller(make_app(MODULE_PACKAGES=[module_package({'answers/routes.py': ANSWER_ROUTES})]).test_client())
+    code = f'answer-{uuid.uuid4().hex[:8]}'
+    response = call('/answers/moved', {'code': code, 'fault': 'none'})
+    assert (response.status_code, response.headers['Location']) == (303, '/caf%C3%A9?q=%C3%BC')
+    assert things_with_code(database_url, code) == 1
+
+
+def test_a_werkzeug_exception_keeps_its_own_headers(make_app, module_package):
+    """Only Retry-After was kept: RequestedRangeNotSatisfiable lost the Content-Range RFC 9110 15.5.17 asks of a 416
+    (trial BX)."""
+    call = Caller(make_app(MODULE_PACKAGES=[module_package({'answers/routes.py': ANSWER_ROUTES})]).test_client())
+    response = call('/answers/unsatisfiable', {})
+    assert_problem(response, 416)
+    assert response.headers['Content-Range'] == 'bytes */100'
 
 
 def test_an_action_that_reads_the_body_from_flask_is_a_500_that_says_where_the_body_went(make_app, module_package,
