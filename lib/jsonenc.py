@@ -248,9 +248,35 @@ register_json_type(datetime.date, iso_text)
 register_json_type(datetime.time, iso_text)
 register_json_type(set, list)
 register_json_type(frozenset, list)
+
+
+def inet_text(value):
+    """Return the text PostgreSQL writes for an ipaddress network (as a cidr's: with its prefix length), interface (as
+    an inet's: with its prefix length unless it spans the whole address) or address, so that a value an action
+    returns, or passes as a parameter, reads as the column holding it does."""
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return f'{address_text(value.network_address)}/{value.prefixlen}'
+    if isinstance(value, (ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
+        prefix = value.network.prefixlen
+        return address_text(value.ip) + ('' if prefix == value.max_prefixlen else f'/{prefix}')
+    return address_text(value)
+
+
+def address_text(address):
+    """Return PostgreSQL's text of an ipaddress address (inet_net_ntop_ipv6 of its inet_net_ntop.c): Python's, but
+    for the IPv6 addresses that hold an IPv4 one, whose last 32 bits PostgreSQL writes as a dotted quad, where Python
+    3.11 writes hextets (PostgreSQL's "::ffff:1.2.3.4" and "::1.2.3.4", Python's "::ffff:102:304": trial BW)."""
+    number = int(address)
+    if address.version == 6 and number >> 32 == 0xffff:  # IPv4-mapped
+        return f'::ffff:{ipaddress.IPv4Address(number & 0xffffffff)}'
+    if address.version == 6 and number >> 32 == 0 and number >> 16:  # IPv4-compatible (::1 and ::ffff stay hextets)
+        return f'::{ipaddress.IPv4Address(number)}'
+    return str(address)
+
+
 # An ipaddress address, interface or network as its text, as PostgreSQL writes an inet or cidr (trial BU: a 500).
 for ip_type in (ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network, ipaddress.IPv6Network):
-    register_json_type(ip_type, str)
+    register_json_type(ip_type, inet_text)
 # Asked only for subclasses (ORJSON_EXACT_TYPES), which register_json_type would refuse for the types themselves: a
 # float or UUID subclass was a 500, "not JSON serializable" (trial BO). A tuple subclass is a collection.
 # The base type's own methods: a subclass's __float__ or __str__ says something else (trial BT: `U2!`).

@@ -34,7 +34,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from lib.errors import ApiError, Unprocessable, database_unavailable, translates
-from lib.jsonenc import PlainDigitsBudget, dumps_bytes, loads_exact, orjson_ready, seconds_of
+from lib.jsonenc import PlainDigitsBudget, dumps_bytes, inet_text, loads_exact, orjson_ready, seconds_of
 
 DATE, TIME, TIMETZ, TIMESTAMP, TIMESTAMPTZ, INTERVAL, JSON, JSONB = 1082, 1083, 1266, 1114, 1184, 1186, 114, 3802
 # The catalogs' vectors (pg_index.indkey, pg_proc.proargtypes): integers separated by spaces, which psycopg2 reads as
@@ -493,7 +493,7 @@ def ip_parameter(value):
     """Adapt an ipaddress address, interface or network (marshmallow's IP, IPInterface and IPv4... fields load one) as
     its text, a string literal as a str is, which an inet or cidr column, or a text one, takes (trial BU: psycopg2
     "can't adapt type 'IPv4Address'", a 500)."""
-    return psycopg2.extensions.adapt(str(value))
+    return psycopg2.extensions.adapt(inet_text(value))
 
 
 # ipaddress's interface classes are subclasses of its address classes: psycopg2 finds their adapter through the MRO.
