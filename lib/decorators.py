@@ -1,4 +1,5 @@
 """Action decorators: use_schema, inject_conn and inject_db (the seed's names, its bugs fixed)."""
+import contextvars
 import copy
 import datetime
 import decimal
@@ -10,6 +11,7 @@ import operator
 import random
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import suppress
 
@@ -39,9 +41,20 @@ SCHEMA_ATTRIBUTE = '__dbapi_schema__'
 DATABASE_ATTRIBUTE = '__dbapi_database__'
 
 
+# The route (lib/modules.py's Route) whose action, one without use_schema's mark, runs now in this context, else None.
+UNVALIDATED_ROUTE = contextvars.ContextVar('dbapi_unvalidated_route', default=None)
+
+
+class SchemaHidden(TypeError):
+    """A function marked by use_schema was called while a route action without the mark ran (a decorator written
+    without functools.wraps hid it, in a shape the start's look through what the action holds did not reach): the body
+    reached it unvalidated, so it did not run. A 500, the module's bug (trial BY)."""
+
+
 def use_schema(schema):
     """Validate the action's JSON body with a marshmallow schema (class or instance) before it runs; anything else is
-    a TypeError where the module declares it, which stops the start with one line."""
+    a TypeError where the module declares it, which stops the start with one line. The function returned refuses to
+    run (SchemaHidden) while a route action without the mark runs: nothing validated the body it is given."""
     instance = schema() if isinstance(schema, type) and issubclass(schema, Schema) else schema
     if not isinstance(instance, Schema):
         raise TypeError(f'use_schema takes a marshmallow Schema class or instance, not {schema!r}')
@@ -49,17 +62,49 @@ def use_schema(schema):
     def decorate(action):
         if SCHEMA_ATTRIBUTE in getattr(action, '__dict__', {}):  # the second would replace the first unseen
             raise TypeError(f'use_schema twice on {getattr(action, "__qualname__", action)!r}: give it one schema')
-        setattr(action, SCHEMA_ATTRIBUTE, instance)
-        return action
+
+        def validated(*args, **kwargs):
+            if (route := UNVALIDATED_ROUTE.get()) is not None:
+                raise SchemaHidden(f'{validated.__qualname__}, marked by use_schema, was called by the action of '
+                                   f'{route.module}/{route.name}, which is not marked: a decorator written without '
+                                   'functools.wraps hides the mark, and the body reached it unvalidated, so it did not '
+                                   'run; write the wrapper under @functools.wraps(the function it wraps)')
+            return action(*args, **kwargs)
+        functools.update_wrapper(validated, action, updated=())  # the inner layers' marks stay theirs
+        setattr(validated, SCHEMA_ATTRIBUTE, instance)
+        SCHEMA_GUARDS.add(validated)
+        return validated
     return decorate
+
+
+# The functions use_schema returns, which pass their arguments and their return value through unchanged.
+SCHEMA_GUARDS = weakref.WeakSet()
+
+
+def answering_layer(action):
+    """Return the layer of a route's action whose return value is the action's own: the action, or what the
+    functions use_schema returned (SCHEMA_GUARDS) around it call. Its inject_db encodes the response before its
+    commit (answers_the_request)."""
+    while action in SCHEMA_GUARDS:
+        action = action.__wrapped__
+    return action
+
+
+# How many layers wrapped_chain follows: a loop of __wrapped__, or an object that makes any attribute asked of it (an
+# RPC proxy), went on for ever, a start that hung without a word (trial BY).
+MOST_LAYERS = 100
 
 
 def wrapped_chain(action):
     """Yield action and each callable inside it, outermost first: what functools.wraps (a decorator, a staticmethod)
-    names as __wrapped__, and a functools.partial's function."""
-    while action is not None:
+    names as __wrapped__, and a functools.partial's function; a TypeError past MOST_LAYERS of them."""
+    for _ in range(MOST_LAYERS):
         yield action
         action = action.func if isinstance(action, functools.partial) else getattr(action, '__wrapped__', None)
+        if action is None:
+            return
+    raise TypeError(f'the action is wrapped more than {MOST_LAYERS} times (a loop of __wrapped__, or an object that '
+                    'makes any attribute asked of it, an RPC proxy): wrap it in a function of your own')
 
 
 def marks_of(action, attribute):
@@ -327,9 +372,9 @@ def streamed(items, status):
 
 
 def answers_the_request(environ, action):
-    """Tell whether action is the route action of the request of environ (None: no request), whose return value
-    becomes the response."""
-    return environ is not None and getattr(environ.get(ROUTE_KEY), 'action', None) is action
+    """Tell whether action is the route action of the request of environ (None: no request), or its answering_layer,
+    whose return value becomes the response."""
+    return environ is not None and getattr(environ.get(ROUTE_KEY), 'answering', None) is action
 
 
 def injector(database, autocommit, named, first_argument):

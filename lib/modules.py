@@ -13,7 +13,8 @@ from flask import Blueprint
 from marshmallow import INCLUDE, fields, missing
 
 from lib.auth import authorize
-from lib.decorators import SCHEMA_ATTRIBUTE, borrows_of, databases_of, marks_of, respond, schema_of, wrapped_chain
+from lib.decorators import SCHEMA_ATTRIBUTE, UNVALIDATED_ROUTE, answering_layer, borrows_of, databases_of, marks_of, \
+    respond, schema_of, wrapped_chain
 from lib.errors import Unprocessable, import_failure
 from lib.http.disconnect import WATCHER
 from lib.http.exchange import ROUTE_KEY, answered_as, remember
@@ -41,6 +42,7 @@ class Route:
     name: str
     action: object
     load_arguments: object
+    answering: object  # the action's answering_layer
 
 
 def module_folders(package):
@@ -125,11 +127,14 @@ def check_route_table(routes_file, table):
         seen.add(entry['route'])
 
 
-def injected_names(action):
+def injected_names(action, reached):
     """Return the names of the parameters decorators pass to action, which a body must never set (inject_db's db,
-    inject_conn's conn): those of the function they wrap that the action's own signature no longer shows."""
+    inject_conn's conn): those of the function they wrap that the action's own signature no longer shows, and those
+    inject_db or inject_conn pass to what the action reaches (reachable_callables), which a wrapper written without
+    functools.wraps hides (trial BY: `{"db": 1}` reached one as a second value, a 500)."""
     innermost = list(wrapped_chain(action))[-1]
-    return set(inspect.signature(innermost).parameters) - set(inspect.signature(action).parameters)
+    hidden = {borrow.parameter for value in reached if is_routine(value) for borrow in borrows_of(value)}
+    return set(inspect.signature(innermost).parameters) - set(inspect.signature(action).parameters) | hidden
 
 
 def check_injected_first(action, where):
@@ -156,19 +161,19 @@ def check_injected_first(action, where):
                       '(`db` for inject_db, `conn` for inject_conn, any other name), and the body keys otherwise')
 
 
-def check_schema(schema, action, where):
+def check_schema(schema, action, where, injected):
     """Raise ModuleError for a schema that cannot work with its action: one loading a field into a parameter a
     decorator injects (every call would be a 500), one whose loaded keys the action cannot take
-    (check_parameters), or one that lets a body key through over a validated field (check_include_schemas)."""
-    injected = injected_names(action)
+    (check_parameters), or one that lets a body key through over a validated field (check_include_schemas);
+    injected is injected_names'."""
     if not schema.many and (clash := sorted(injected & loaded_names(schema))):
         raise ModuleError(f'{where}: {type(schema).__name__} loads field {clash[0]!r}, the parameter a decorator '
                           'injects: rename the field (data_key keeps its key in the body)')
-    check_parameters(schema, action, where)
+    check_parameters(schema, action, where, injected)
     check_include_schemas(schema, where)
 
 
-def check_parameters(schema, action, where):
+def check_parameters(schema, action, where, injected):
     """Raise ModuleError when the action cannot take what schema loads, which would make every such call a
     TypeError (a 500): for many=True, an action that cannot take the list as its one argument; a positional-only
     parameter without a default; and, for a schema without hooks (whose loaded keys are its fields' attributes
@@ -189,7 +194,7 @@ def check_parameters(schema, action, where):
                           'parameter needs a default')
     if not has_no_hooks(schema):
         return
-    takes = keyword_test(action)  # the injected parameter's clash was reported before (check_schema)
+    takes = keyword_test(action, injected)  # the injected parameter's clash was reported before (check_schema)
     if untaken := sorted(name for name in loaded_names(schema) if not takes(name)):
         raise ModuleError(f'{where}: {type(schema).__name__} loads {untaken[0]!r}, which the action does not take: '
                           'add the parameter, or rename the field (data_key keeps its key in the body)')
@@ -290,7 +295,7 @@ def required_arguments(schema, action):
     return frozenset(needed_keywords(inspect.signature(action).parameters.values()))
 
 
-def argument_refusal(schema, action):
+def argument_refusal(schema, action, injected):
     """Return a test of the keys a schema with unknown = INCLUDE loads for the action (the call's keyword arguments),
     true for an undeclared one to refuse as unknown (422): a parameter a decorator injects (injected_names), and,
     for an action without **kwargs, one it does not take by keyword, which would be a TypeError (500). None for a
@@ -298,34 +303,33 @@ def argument_refusal(schema, action):
     if schema.unknown != INCLUDE or schema.many:
         return None
     declared = set(loaded_fields(schema))  # validated: the action's to take
-    takes = keyword_test(action)
+    takes = keyword_test(action, injected)
     return lambda key: key not in declared and not takes(key)
 
 
-def keyword_test(action):
+def keyword_test(action, injected):
     """Return a test of a key as a keyword argument of action: true when it is a string the action takes by keyword
-    (or any, with **kwargs) and no decorator injects it."""
+    (or any, with **kwargs) and no decorator injects it (injected: injected_names')."""
     parameters = inspect.signature(action).parameters.values()
     takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
     by_keyword = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    injected = injected_names(action)
     return lambda key: isinstance(key, str) and key not in injected and (takes_any or key in by_keyword)
 
 
-def hooked_keys_test(schema, action):
-    """Return keyword_test(action) for a schema whose hooks decide the keys it loads (a post_load returns the
+def hooked_keys_test(schema, action, injected):
+    """Return keyword_test(action, injected) for a schema whose hooks decide the keys it loads (a post_load returns the
     action's keyword arguments), which the start could not check; None for any other schema, or a list (many)."""
-    return None if schema.many or has_no_hooks(schema) else keyword_test(action)
+    return None if schema.many or has_no_hooks(schema) else keyword_test(action, injected)
 
 
-def schema_loader(schema, action, fast_paths=True):
+def schema_loader(schema, action, injected, fast_paths=True):
     """Return a function that validates a body with schema into call arguments; a schema that lets unknown keys
     through (unknown = INCLUDE) passes the action only those it may take (argument_refusal), and a body that leaves
     out an argument the start could not check for (required_arguments) is a 422 too."""
     load_valid_body = fast_loader(schema, enabled=fast_paths) or (lambda body: None)
-    refused = argument_refusal(schema, action)
+    refused = argument_refusal(schema, action, injected)
     required = required_arguments(schema, action)
-    takes = hooked_keys_test(schema, action)
+    takes = hooked_keys_test(schema, action, injected)
 
     def load_arguments(body):
         if schema.many != isinstance(body, list) or not isinstance(body, (list, dict)):
@@ -350,12 +354,12 @@ def schema_loader(schema, action, fast_paths=True):
     return load_arguments
 
 
-def signature_loader(action, where):
+def signature_loader(action, where, injected):
     """Return a function that checks a body's keys against action's keyword parameters."""
     parameters = inspect.signature(action).parameters.values()
     if any(p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL) for p in parameters):
         raise ModuleError(f'{where}: an action without use_schema takes keyword parameters only')
-    takes = keyword_test(action)  # never the injected parameter, **kwargs or not
+    takes = keyword_test(action, injected)  # never the injected parameter, **kwargs or not
     required = needed_keywords(parameters)
 
     def load_arguments(body):
@@ -537,11 +541,23 @@ def check_databases(reached, databases, where):
 
 
 def make_route(module, routes_file, entry, fast_paths=True, databases=None):
+    """Build the Route of one route-table entry (checked_route); an error the module's objects raise as they are
+    looked at (a Nested field naming no schema, an attribute that raises) is a ModuleError naming the route, one
+    line, where a traceback named neither it nor the file (trial BY)."""
+    where = f'{routes_file}: route {entry["route"]!r}'
+    try:
+        return checked_route(module, entry, where, fast_paths, databases)
+    except ModuleError:
+        raise
+    except Exception as exc:
+        raise ModuleError(f'{where}: dbapi could not check the action ({import_failure(exc)})') from exc
+
+
+def checked_route(module, entry, where, fast_paths, databases):
     """Build the Route of one route-table entry; databases (the configured names), when given, must hold every
     database its action borrows from."""
     action = entry['action']
     schema = schema_of(action)
-    where = f'{routes_file}: route {entry["route"]!r}'
     check_signature_readable(action, where)
     if any(map(is_async, wrapped_chain(action))):
         raise ModuleError(f'{where}: the action is async def; dbapi calls actions as plain functions (its workers '
@@ -553,21 +569,36 @@ def make_route(module, routes_file, entry, fast_paths=True, databases=None):
     check_injected_first(action, where)
     if databases is not None:
         check_databases(reached, databases, where)
+    injected = injected_names(action, reached)
     if schema is not None:
-        check_schema(schema, action, where)
-    load = (schema_loader(schema, action, fast_paths) if schema is not None
-            else signature_loader(action, where))
-    return Route(module, entry['route'], action, load)
+        check_schema(schema, action, where, injected)
+    load = (schema_loader(schema, action, injected, fast_paths) if schema is not None
+            else signature_loader(action, where, injected))
+    return Route(module, entry['route'], action, load, answering_layer(action))
+
+
+def unvalidated_call(route):
+    """Return a function that calls route's action, one without use_schema's mark, with UNVALIDATED_ROUTE set, so that
+    a function marked by use_schema it calls refuses to run (SchemaHidden: its body was not validated)."""
+    def call(*args, **kwargs):
+        token = UNVALIDATED_ROUTE.set(route)
+        try:
+            return route.action(*args, **kwargs)
+        finally:
+            UNVALIDATED_ROUTE.reset(token)
+    return call
 
 
 def make_view(route, clients):
     """Build the view of one route: authorise, parse the body once, validate, call, respond."""
+    call = route.action if schema_of(route.action) is not None else unvalidated_call(route)
+
     def view():
         remember(ROUTE_KEY, route)
         authorize(clients, route.module)
         try:  # the module's code: its schema's hooks, the action, the JSON encoders it registered
             args, kwargs = route.load_arguments(read_json_body())
-            return respond(route.action(*args, **kwargs))
+            return respond(call(*args, **kwargs))
         except BaseException as exc:
             error = answered_as(exc, WATCHER.stopping)
             if error is None or error is exc:

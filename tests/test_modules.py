@@ -497,6 +497,15 @@ WRAPPED_ROUTES = '''
      '    act = Actions.__dict__["act"]', [({'a': 'x'}, 422), ({'a': 1}, 200)]),
     # a partial of an injected action: the injected parameter is still never taken from the body
     ('act = functools.partial(inject_db()(lambda db, **body: body))', [({'a': 1, 'db': 5}, 422), ({'a': 1}, 200)]),
+    # behind a wrapper without functools.wraps, without a schema or under one of unknown = INCLUDE: `db` reached
+    # inject_db's function as a second value, a 500 (trial BY)
+    ('def timed(f):\n        def w(**kw):\n            return f(**kw)\n        return w\n'
+     '    act = timed(inject_db()(lambda db, **body: body))', [({'a': 1, 'db': 5}, 422), ({'a': 1}, 200)]),
+    ('import marshmallow\n    class Open(Schema):\n        class Meta:\n            unknown = marshmallow.INCLUDE\n'
+     '        a = fields.Integer(required=True)\n'
+     '    def timed(f):\n        def w(**kw):\n            return f(**kw)\n        return w\n'
+     '    act = use_schema(Open)(timed(inject_db()(lambda db, **body: body)))',
+     [({'a': 1, 'db': 5}, 422), ({'a': 1, 'b': 2}, 200)]),
 ])
 def test_a_wrapped_action_keeps_its_schema_and_injected_parameter(make_app, module_package, definition, bodies):
     package = module_package({'wrapped/routes.py': WRAPPED_ROUTES.format(definition=definition)})
@@ -609,6 +618,20 @@ HIDDEN_SCHEMA = ('def logged(f):\n        def w(**kw):\n            return f(**k
     # a built-in: a traceback that named neither the file nor the route (trial BU)
     ('import time\n    act = time.time', "dbapi cannot read the action's parameters (no signature found"),
     ('act = dict', "dbapi cannot read the action's parameters"),
+    # a loop of __wrapped__, an RPC proxy (any attribute a new proxy): the start hung without a word (trial BY)
+    ('def loop(f):\n        @functools.wraps(f)\n        def w(**kw):\n            return f(**kw)\n'
+     '        f.__wrapped__ = w\n        return w\n    act = loop(lambda a: {})', 'is wrapped more than 100 times'),
+    ('import xmlrpc.client\n    act = xmlrpc.client.ServerProxy("http://127.0.0.1:9/RPC2").orders.create',
+     'is wrapped more than 100 times'),
+    # errors of the module's objects as they are looked at: tracebacks naming neither the route nor the file
+    ('class Bad(Schema):\n        item = fields.Nested("Itme", required=True)\n    act = use_schema(Bad)(lambda item: {})',
+     "dbapi could not check the action (RegistryError: Class with name 'Itme' was not found"),
+    ('class Deco:\n        def __init__(self, f):\n            self.f = f\n'
+     '        def __getattr__(self, name):\n            return getattr(self.fn, name)\n'
+     '        def __call__(self, **kw):\n            return self.f(**kw)\n    act = Deco(lambda a: {})',
+     'dbapi could not check the action (RecursionError: maximum recursion depth exceeded'),
+    ('import contextvars, werkzeug.local\n    act = werkzeug.local.LocalProxy(contextvars.ContextVar("unset"))',
+     'dbapi could not check the action (RuntimeError: '),
 ])
 def test_an_action_whose_marks_or_parameters_dbapi_cannot_see_stops_the_start(make_app, module_package, definition,
                                                                               message):
@@ -616,6 +639,33 @@ def test_an_action_whose_marks_or_parameters_dbapi_cannot_see_stops_the_start(ma
     with pytest.raises(ModuleError, match="wrapped/routes.py: route 'act': ") as raised:
         make_app(MODULE_PACKAGES=[package])
     assert message in str(raised.value)
+
+
+HIDDEN_WRITE = ('def write(db, a):\n        db.execute("INSERT INTO probe.things (code) VALUES (%(a)s)", {{"a": a}})\n'
+                '        return {{"a": a}}\n    marked = use_schema(Body)(inject_db()(write))\n    {hiding}')
+
+
+@pytest.mark.parametrize('hiding', [
+    # shapes the start's look through what an action holds does not reach (trial BY): a namespace in the closure, an
+    # lru_cache of the function, a class-based decorator with __slots__
+    'import types\n    def hide(f):\n        held = types.SimpleNamespace(fn=f)\n'
+    '        def w(**kw):\n            return held.fn(**kw)\n        return w\n    act = hide(marked)',
+    'def hide(f):\n        cached = functools.lru_cache(f)\n'
+    '        def w(**kw):\n            return cached(**kw)\n        return w\n    act = hide(marked)',
+    'class Hide:\n        __slots__ = ("fn",)\n        def __init__(self, fn):\n            self.fn = fn\n'
+    '        def __call__(self, **kw):\n            return self.fn(**kw)\n    act = Hide(marked)',
+])
+def test_a_function_marked_by_use_schema_that_an_unmarked_action_calls_does_not_run(make_app, module_package,
+                                                                                    database_url, caplog, hiding):
+    """The body reached the marked function unvalidated (`{"a": "999; DROP"}` for an Integer) and its write
+    committed, where the start did not see the mark (trial BY): it refuses to run, a 500 that says why."""
+    package = module_package({'wrapped/routes.py': WRAPPED_ROUTES.format(
+        definition=HIDDEN_WRITE.format(hiding=hiding))})
+    code = f'hidden-{uuid.uuid4().hex[:8]}; DROP'
+    assert_problem(Caller(make_app(MODULE_PACKAGES=[package]).test_client())('/wrapped/act', {'a': code}), 500)
+    kind, message = logged_error(caplog)
+    assert kind == 'lib.decorators.SchemaHidden' and 'write, marked by use_schema, was called by the action of wrapped/act' in message
+    assert things_with_code(database_url, code) == 0
 
 
 @pytest.mark.parametrize('definition', [
