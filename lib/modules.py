@@ -129,12 +129,14 @@ def check_route_table(routes_file, table):
 
 def injected_names(action, reached):
     """Return the names of the parameters decorators pass to action, which a body must never set (inject_db's db,
-    inject_conn's conn): those of the function they wrap that the action's own signature no longer shows, and those
+    inject_conn's conn): those of the function they wrap that the action's own signature no longer shows, those
     inject_db or inject_conn pass to what the action reaches (reachable_callables), which a wrapper written without
-    functools.wraps hides (trial BY: `{"db": 1}` reached one as a second value, a 500)."""
-    innermost = list(wrapped_chain(action))[-1]
+    functools.wraps hides (trial BY: `{"db": 1}` reached one as a second value, a 500), and the keywords a
+    functools.partial of the action pins (trial BY: `partial(search, tenant='acme')` took the body's tenant)."""
+    chain = list(wrapped_chain(action))
     hidden = {borrow.parameter for value in reached if is_routine(value) for borrow in borrows_of(value)}
-    return set(inspect.signature(innermost).parameters) - set(inspect.signature(action).parameters) | hidden
+    pinned = {name for layer in chain if isinstance(layer, functools.partial) for name in layer.keywords}
+    return set(inspect.signature(chain[-1]).parameters) - set(inspect.signature(action).parameters) | hidden | pinned
 
 
 def check_injected_first(action, where):
@@ -168,7 +170,7 @@ def check_schema(schema, action, where, injected):
     injected is injected_names'."""
     if not schema.many and (clash := sorted(injected & loaded_names(schema))):
         raise ModuleError(f'{where}: {type(schema).__name__} loads field {clash[0]!r}, the parameter a decorator '
-                          'injects: rename the field (data_key keeps its key in the body)')
+                          'injects or a functools.partial pins: rename the field (data_key keeps its key in the body)')
     check_parameters(schema, action, where, injected)
     check_include_schemas(schema, where)
 
@@ -506,7 +508,8 @@ def check_schema_seen(action, reached, where):
         raise ModuleError(f'{where}: the action reaches {getattr(hidden, "__qualname__", hidden)!r}, marked by '
                           'use_schema, which the action is not: a decorator written without functools.wraps hides '
                           'the mark, and dbapi would not validate the body; write the wrapper under '
-                          '@functools.wraps(the function it wraps)')
+                          '@functools.wraps(the function it wraps) (a class-based decorator: '
+                          'functools.update_wrapper(self, the function) in its __init__)')
 
 
 def check_not_a_method(reached, where):

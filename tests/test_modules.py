@@ -506,6 +506,9 @@ WRAPPED_ROUTES = '''
      '    def timed(f):\n        def w(**kw):\n            return f(**kw)\n        return w\n'
      '    act = use_schema(Open)(timed(inject_db()(lambda db, **body: body)))',
      [({'a': 1, 'db': 5}, 422), ({'a': 1, 'b': 2}, 200)]),
+    # a partial's pinned keyword: the body's value replaced it (trial BY: `partial(search, tenant='acme')`)
+    ('def search(a, tenant):\n        return {"tenant": tenant}\n'
+     '    act = functools.partial(search, tenant="acme")', [({'a': 1, 'tenant': 'evil'}, 422), ({'a': 1}, 200)]),
 ])
 def test_a_wrapped_action_keeps_its_schema_and_injected_parameter(make_app, module_package, definition, bodies):
     package = module_package({'wrapped/routes.py': WRAPPED_ROUTES.format(definition=definition)})
@@ -521,6 +524,10 @@ def test_a_wrapped_action_keeps_its_schema_and_injected_parameter(make_app, modu
     ('class Loads(Schema):\n        db = fields.Integer()\n'
      '    act = use_schema(Loads)(functools.partial(inject_db()(lambda db, **body: body)))',
      "Loads loads field 'db', the parameter a decorator injects"),
+    ('class Search(Schema):\n        tenant = fields.String(load_default="public")\n'
+     '    def search(tenant):\n        return {"tenant": tenant}\n'
+     '    act = use_schema(Search)(functools.partial(search, tenant="acme"))',
+     "Search loads field 'tenant', the parameter a decorator injects or a functools.partial pins"),
     ('async def act(a):\n        return {}', 'the action is async def'),
     ('async def act(a):\n        yield a', 'the action is async def'),  # an async generator
     ('class Act:\n        async def __call__(self, a):\n            return {}\n    act = Act()',
