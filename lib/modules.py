@@ -474,15 +474,17 @@ def code_module(value):
     return (value if isinstance(value, types.FunctionType) else type(value)).__module__ or ''
 
 
-def reachable_callables(action):
+def reachable_callables(action, seen):
     """Return the functions, bound methods and partials action reaches (its layers, and what they hold: held_values),
-    and the callable instances of its own package's classes, each once, MOST_VALUES_REACHED at most. What a start
-    check of one layer cannot see, another layer may hide (trial BW: a class-based decorator, a default argument). A
-    global the action's code calls is not looked into: a module's tables and registries made its start slow (trial
-    BX), and one it reaches so goes unchecked."""
+    and the callable instances of its own package's classes, each once, MOST_VALUES_REACHED at most, none whose id
+    is in seen (the ids of what the module's earlier routes reached, whose checks covered it: a registry every action
+    holds made the start quadratic, trial BY), to which it adds theirs. What a start check of one layer cannot see,
+    another layer may hide (trial BW: a class-based decorator, a default argument). A global the action's code calls
+    is not looked into: a module's tables and registries made its start slow (trial BX), and one it reaches so goes
+    unchecked (a function marked by use_schema refuses to run under an unmarked action: SchemaHidden)."""
     package = code_module(action).partition('.')[0]
-    found, seen, todo = [], set(), [action]
-    while todo and len(seen) < MOST_VALUES_REACHED:
+    found, todo = [], [action]
+    while todo and len(found) < MOST_VALUES_REACHED:
         value = todo.pop()
         if id(value) in seen or not is_code(value, package):
             continue
@@ -543,20 +545,20 @@ def check_databases(reached, databases, where):
                       f'(databases: {", ".join(sorted(databases))}): {fix}')
 
 
-def make_route(module, routes_file, entry, fast_paths=True, databases=None):
+def make_route(module, routes_file, entry, fast_paths=True, databases=None, seen=None):
     """Build the Route of one route-table entry (checked_route); an error the module's objects raise as they are
     looked at (a Nested field naming no schema, an attribute that raises) is a ModuleError naming the route, one
-    line, where a traceback named neither it nor the file (trial BY)."""
+    line, where a traceback named neither it nor the file (trial BY). seen: reachable_callables'."""
     where = f'{routes_file}: route {entry["route"]!r}'
     try:
-        return checked_route(module, entry, where, fast_paths, databases)
+        return checked_route(module, entry, where, fast_paths, databases, set() if seen is None else seen)
     except ModuleError:
         raise
     except Exception as exc:
         raise ModuleError(f'{where}: dbapi could not check the action ({import_failure(exc)})') from exc
 
 
-def checked_route(module, entry, where, fast_paths, databases):
+def checked_route(module, entry, where, fast_paths, databases, seen):
     """Build the Route of one route-table entry; databases (the configured names), when given, must hold every
     database its action borrows from."""
     action = entry['action']
@@ -565,7 +567,7 @@ def checked_route(module, entry, where, fast_paths, databases):
     if any(map(is_async, wrapped_chain(action))):
         raise ModuleError(f'{where}: the action is async def; dbapi calls actions as plain functions (its workers '
                           'wait for PostgreSQL cooperatively already)')
-    reached = reachable_callables(action)
+    reached = reachable_callables(action, seen)
     check_schema_seen(action, reached, where)
     check_not_a_method(reached, where)
     check_decorated_once(action, where)
@@ -626,7 +628,8 @@ def load_module(package, name, folder, fast_paths=True, databases=None):
     """Import and check one module folder (databases: the configured names, make_route); return its Routes."""
     routes_file, table = import_route_table(package, name, folder)
     check_route_table(routes_file, table)
-    return [make_route(name, routes_file, entry, fast_paths, databases) for entry in table]
+    seen = set()  # what the module's routes reached (reachable_callables)
+    return [make_route(name, routes_file, entry, fast_paths, databases, seen) for entry in table]
 
 
 def discover_modules(packages):
