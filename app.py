@@ -16,6 +16,7 @@ from lib.db import make_pools, session_hook
 from lib.db.embedded import start_embedded
 from lib.errors import ERROR_TRANSLATORS, handle_error
 from lib.http.admission import install_admission
+from lib.http.body import BodyOnlyRequest
 from lib.http.headers import RESPONSE_HEADERS, ResponseHeaders, acceptable_codings
 from lib.http.health import ops
 from lib.http.proxies import TrustedProxies
@@ -85,6 +86,7 @@ class GatewayFlask(Flask):
     bound without the Host header (bind_url_map), as it is with them on."""
 
     fixed_rule_table = None
+    request_class = BodyOnlyRequest
 
     def ensure_sync(self, func):
         """Return func as it is when fast paths are on; dbapi registers no async views or hooks."""

@@ -800,6 +800,9 @@ ANSWER_ROUTES = '''
     def again():
         return flask.request.get_json()
 
+    def queried(kind):
+        return getattr(flask.request, kind).to_dict()
+
     def changed_error():
         error = lib.errors.NotFound('No such thing.')
         error.headers['X-Request-ID'] = 'mine'
@@ -818,7 +821,7 @@ ANSWER_ROUTES = '''
 
     routes = [dict(route='write', action=write), dict(route='streamed', action=streamed),
               dict(route='not_modified', action=not_modified),
-              dict(route='again', action=again), dict(route='changed_error', action=changed_error),
+              dict(route='again', action=again), dict(route='queried', action=queried), dict(route='changed_error', action=changed_error),
               dict(route='allowing', action=allowing), dict(route='moved', action=moved),
               dict(route='unsatisfiable', action=unsatisfiable)]
 '''
@@ -876,6 +879,16 @@ def test_a_werkzeug_exception_keeps_its_own_headers(make_app, module_package):
     response = call('/answers/unsatisfiable', {})
     assert_problem(response, 416)
     assert response.headers['Content-Range'] == 'bytes */100'
+
+
+@pytest.mark.parametrize('kind', ['args', 'values'])
+def test_an_action_that_reads_the_query_string_is_a_500_that_says_it_plays_no_part(make_app, module_package, caplog,
+                                                                                   kind):
+    """request.args gave an action the query string, unvalidated, which the contract says plays no part (trial BY)."""
+    call = Caller(make_app(MODULE_PACKAGES=[module_package({'answers/routes.py': ANSWER_ROUTES})]).test_client())
+    assert_problem(call('/answers/queried?x=evil', {'kind': kind}), 500)
+    kind, message = logged_error(caplog)
+    assert kind == 'RuntimeError' and message.startswith('the query string plays no part in a call')
 
 
 def test_an_action_that_reads_the_body_from_flask_is_a_500_that_says_where_the_body_went(make_app, module_package,

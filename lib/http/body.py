@@ -6,7 +6,7 @@ from email.message import Message
 from email.utils import collapse_rfc2231_value
 
 import gevent
-from flask import current_app, request
+from flask import Request, current_app, request
 from gevent.monkey import is_module_patched
 from gunicorn.http.errors import LimitRequestHeaders, ParseException
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -162,6 +162,18 @@ class BodyReadAlready:
 
 
 BODY_READ_ALREADY = BodyReadAlready()
+
+
+class BodyOnlyRequest(Request):
+    """flask's Request, whose query string plays no part (docs/contract.md section 1): request.args, and
+    request.values that holds it, is a RuntimeError that says so, a 500, where an action read arguments no schema
+    validated from the query string (trial BY)."""
+
+    @property
+    def args(self):
+        """Refuse: the body alone carries an action's arguments."""
+        raise RuntimeError('the query string plays no part in a call (docs/contract.md section 1): an action gets '
+                           'its arguments from the body, validated, not from flask.request.args')
 
 
 def read_json_body():
