@@ -296,6 +296,23 @@ def test_an_autocommit_statement_past_the_deadline_says_what_ran_before_it_stays
     assert rows_written(probe_table) == 1  # what the words say
 
 
+@inject_conn(autocommit=True)
+def write_and_sleep_in_one_query_string(conn, seconds):
+    """Send a row's INSERT and a statement that runs for seconds as one query string, one transaction."""
+    with conn.cursor() as cursor:
+        cursor.execute(f'INSERT INTO {TABLE} VALUES (1); SELECT pg_sleep(%s)', (seconds,))
+
+
+def test_an_autocommit_query_string_past_the_deadline_says_its_statements_went_with_it(make_app, probe_table):
+    """A query string's statements are one transaction: the detail said the INSERT before the cancelled statement
+    stayed committed, and it had not (trial BZ)."""
+    error, _ = timed_call(make_app(REQUEST_DEADLINE_MS=1000, DB_STATEMENT_TIMEOUT_MS=1000),
+                          write_and_sleep_in_one_query_string, 3)
+    assert isinstance(error, StatementPastDeadline) and error.detail == StatementPastDeadline.autocommit_detail
+    assert 'with those sent with it in one query string' in error.detail
+    assert rows_written(probe_table) == 0  # what the words say
+
+
 def test_a_statement_timeout_shorter_than_the_deadline_keeps_its_own_words(make_app):
     app = make_app(REQUEST_DEADLINE_MS=3000, DB_STATEMENT_TIMEOUT_MS=500)
     answer = Caller(app.test_client())('/probe/hold', {'seconds': 2})

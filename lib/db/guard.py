@@ -28,9 +28,11 @@ class StatementPastDeadline(GatewayTimeout):
 
     detail = 'The request ran past its deadline: the statement running then was cancelled, and its transaction ' \
              'rolled back.'
-    # An autocommit action's: each statement is its transaction, so those that ran before it are committed.
-    autocommit_detail = 'The request ran past its deadline: the statement running then was cancelled; the ' \
-                        'statements that ran before it stay committed.'
+    # An autocommit action's: each statement is its transaction, so those that ran before it are committed; those
+    # of one query string are one transaction, rolled back with the statement cancelled (trial BZ: "insert ...;
+    # select pg_sleep(10)" committed nothing, where the detail said the insert stayed committed).
+    autocommit_detail = 'The request ran past its deadline: the statement running then was cancelled, with those ' \
+                        'sent with it in one query string; the statements sent before it stay committed.'
 
     @classmethod
     def of(cls, autocommit):
