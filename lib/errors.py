@@ -132,6 +132,18 @@ def exit_on_startup_error():
         raise SystemExit(1) from None
 
 
+# RFC 9110's names (section 15) of the statuses Python before 3.13 names otherwise: HTTPStatus(422).phrase is
+# "Unprocessable Entity" on 3.11, "Unprocessable Content" from 3.13. A problem's title is the standard's phrase
+# whatever the Python (RFC 9457 section 3.1.3), as nginx's own are (nginx/dbapi.conf.template; trial BZ).
+RFC_9110_PHRASES = {413: 'Content Too Large', 414: 'URI Too Long', 416: 'Range Not Satisfiable',
+                    422: 'Unprocessable Content'}
+
+
+def status_phrase(status):
+    """Return RFC 9110's phrase of an HTTP status (an int HTTPStatus knows; ValueError otherwise)."""
+    return RFC_9110_PHRASES.get(status) or HTTPStatus(status).phrase
+
+
 # Members of a problem document the framework writes (RFC 9457's, and the request's id): an error's extension
 # members cannot replace them, so the body's status is always the answer's.
 STANDARD_MEMBERS = frozenset({'type', 'title', 'status', 'detail', 'instance', 'errors', 'request_id'})
@@ -505,7 +517,7 @@ def http_exception_detail(exc, routed):
         return exc.description
     if routed or exc.code in (413, 415):
         return HTTP_DETAILS.get(exc.code, exc.description)
-    return f'{HTTPStatus(exc.code).phrase}.'
+    return f'{status_phrase(exc.code)}.'
 
 
 def not_found_detail(path, routes, client):
@@ -668,7 +680,7 @@ def as_api_error(exc):
 
 def problem_body(error, request_id):
     """Build the RFC 9457 problem document for error."""
-    body = {'type': 'about:blank', 'title': error.title or HTTPStatus(error.status).phrase,
+    body = {'type': 'about:blank', 'title': error.title or status_phrase(error.status),
             'status': error.status, 'detail': error.detail}
     if error.errors is not None:
         body['errors'] = error.errors

@@ -35,6 +35,16 @@ def test_body_over_max_content_length_is_413(make_app):
     assert_problem(response, 413)
 
 
+def test_problem_titles_are_rfc_9110s_phrases_whatever_the_python(make_app, client):
+    """Python 3.11 names 413 and 422 as RFC 7231 did ("Request Entity Too Large", "Unprocessable Entity"), 3.13 as
+    RFC 9110 does: a title changed with the Python that ran the service (trial BZ)."""
+    too_large = make_app(MAX_CONTENT_LENGTH=100).test_client().post(
+        '/probe/echo', json={'pad': 'x' * 200}, headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
+    unprocessable = client.post('/probe/echo', json=[1], headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
+    assert assert_problem(too_large, 413)['title'] == 'Content Too Large'
+    assert assert_problem(unprocessable, 422)['title'] == 'Unprocessable Content'
+
+
 def test_default_max_content_length_is_one_mebibyte(client):
     def post(body):
         return client.post('/probe/echo', data=body, headers={'Authorization': f'Bearer {ADMIN_TOKEN}',

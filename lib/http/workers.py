@@ -14,7 +14,6 @@ import re
 import signal
 import threading
 import time
-from http import HTTPStatus
 
 import gevent
 from gunicorn.http.errors import (InvalidChunkExtension, InvalidHTTPVersion, InvalidRequestLine, InvalidSchemeHeaders,
@@ -23,7 +22,7 @@ from gunicorn.workers.ggevent import GeventWorker
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
-from lib.errors import RETRY_AFTER_SECONDS
+from lib.errors import RETRY_AFTER_SECONDS, status_phrase
 from lib.http.admission import SHED_KEY, UNKNOWN_VERSION_DETAIL
 from lib.http.disconnect import WATCHER
 from lib.http.exchange import CLIENT_SOCKET_KEY, WAITED_ON_DATABASE_KEY, BrokeBeforeItsFirstByte
@@ -95,7 +94,7 @@ def refuse_another_version(req):
 def reason_phrase(status, gunicorns):
     """Return the standard phrase of status, the app's titles' (gunicorn's own, bytes, for a status without one)."""
     try:
-        return HTTPStatus(status).phrase
+        return status_phrase(status)
     except ValueError:
         return gunicorns.decode('latin-1')
 
