@@ -634,7 +634,8 @@ HIDDEN_SCHEMA = ('def logged(f):\n        def w(**kw):\n            return f(**k
     ('import xmlrpc.client\n    act = xmlrpc.client.ServerProxy("http://127.0.0.1:9/RPC2").orders.create',
      'is wrapped more than 100 times'),
     # errors of the module's objects as they are looked at: tracebacks naming neither the route nor the file
-    ('class Bad(Schema):\n        item = fields.Nested("Itme", required=True)\n    act = use_schema(Bad)(lambda item: {})',
+    ('class Bad(Schema):\n        item = fields.Nested("Itme", required=True)\n'
+     '    act = use_schema(Bad)(lambda item: {})',
      "dbapi could not check the action (RegistryError: Class with name 'Itme' was not found"),
     ('class Deco:\n        def __init__(self, f):\n            self.f = f\n'
      '        def __getattr__(self, name):\n            return getattr(self.fn, name)\n'
@@ -701,7 +702,8 @@ def test_a_function_marked_by_use_schema_that_an_unmarked_action_calls_does_not_
     code = f'hidden-{uuid.uuid4().hex[:8]}; DROP'
     assert_problem(Caller(make_app(MODULE_PACKAGES=[package]).test_client())('/wrapped/act', {'a': code}), 500)
     kind, message = logged_error(caplog)
-    assert kind == 'lib.decorators.SchemaHidden' and 'write, marked by use_schema, was called by the action of wrapped/act' in message
+    assert kind == 'lib.decorators.SchemaHidden'
+    assert 'write, marked by use_schema, was called by the action of wrapped/act' in message
     assert things_with_code(database_url, code) == 0
 
 
@@ -821,7 +823,8 @@ ANSWER_ROUTES = '''
 
     routes = [dict(route='write', action=write), dict(route='streamed', action=streamed),
               dict(route='not_modified', action=not_modified),
-              dict(route='again', action=again), dict(route='queried', action=queried), dict(route='changed_error', action=changed_error),
+              dict(route='again', action=again), dict(route='queried', action=queried),
+              dict(route='changed_error', action=changed_error),
               dict(route='allowing', action=allowing), dict(route='moved', action=moved),
               dict(route='unsatisfiable', action=unsatisfiable)]
 '''

@@ -754,7 +754,8 @@ IPV6_NUMBERS = strategies.lists(strategies.sampled_from([0, 0, 1, 0xffff]) | str
 IPV4_NUMBERS = strategies.integers(0, 2 ** 32 - 1)
 IP_VALUES = strategies.one_of(
     [strategies.builds(ipaddress.IPv6Address, IPV6_NUMBERS), strategies.builds(ipaddress.IPv4Address, IPV4_NUMBERS)]
-    + [strategies.builds(lambda number, prefix, kind=kind: kind((number, prefix)), numbers, strategies.integers(0, bits))
+    + [strategies.builds(lambda number, prefix, kind=kind: kind((number, prefix)), numbers,
+                         strategies.integers(0, bits))
        for numbers, bits, kinds in [(IPV6_NUMBERS, 128, (ipaddress.IPv6Interface, ipaddress.IPv6Network)),
                                     (IPV4_NUMBERS, 32, (ipaddress.IPv4Interface, ipaddress.IPv4Network))]
        for kind in (kinds[0], lambda pair, network=kinds[1]: network(pair, strict=False))])
@@ -762,7 +763,8 @@ IP_VALUES = strategies.one_of(
 
 @given(strategies.lists(IP_VALUES, min_size=1, max_size=40))
 @example([ipaddress.IPv6Address('::ffff:1.2.3.4'), ipaddress.IPv6Interface('::1.2.3.4/96'),
-          ipaddress.IPv4Interface('192.0.2.1/32'), ipaddress.IPv6Network('::ffff:0:0/96'), ipaddress.IPv6Address('::1')])
+          ipaddress.IPv4Interface('192.0.2.1/32'), ipaddress.IPv6Network('::ffff:0:0/96'),
+          ipaddress.IPv6Address('::1')])
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_an_ipaddress_value_is_written_and_sent_as_postgresql_writes_the_inet_or_cidr_holding_it(conn, values):
     """Python 3.11 writes the IPv4-mapped IPv6 address PostgreSQL writes ::ffff:1.2.3.4 as ::ffff:102:304, and an
