@@ -410,6 +410,9 @@ def check_signature_readable(action, where):
 # a module's big tables cost nothing at start.
 MOST_VALUES_REACHED = 2000
 MOST_ITEMS_LOOKED_AT = 100
+# The most values the look for a hidden use_schema mark takes, from each action without the mark alone, so that its
+# outcome does not hang on the order of the routes (what the module's earlier routes reached is not skipped).
+MOST_VALUES_SEARCHED_FOR_A_MARK = 200
 
 
 def held_values(value):
@@ -474,9 +477,9 @@ def code_module(value):
     return (value if isinstance(value, types.FunctionType) else type(value)).__module__ or ''
 
 
-def reachable_callables(action, seen):
+def reachable_callables(action, seen, most=MOST_VALUES_REACHED):
     """Return the functions, bound methods and partials action reaches (its layers, and what they hold: held_values),
-    and the callable instances of its own package's classes, each once, MOST_VALUES_REACHED at most, none whose id
+    and the callable instances of its own package's classes, each once, most (values) at most, none whose id
     is in seen (the ids of what the module's earlier routes reached, whose checks covered it: a registry every action
     holds made the start quadratic, trial BY), to which it adds theirs. What a start check of one layer cannot see,
     another layer may hide (trial BW: a class-based decorator, a default argument). A global the action's code calls
@@ -484,7 +487,7 @@ def reachable_callables(action, seen):
     unchecked (a function marked by use_schema refuses to run under an unmarked action: SchemaHidden)."""
     package = code_module(action).partition('.')[0]
     found, todo = [], [action]
-    while todo and len(found) < MOST_VALUES_REACHED:
+    while todo and len(found) < most:
         value = todo.pop()
         if id(value) in seen or not is_code(value, package):
             continue
@@ -499,19 +502,22 @@ def is_routine(value):
     return isinstance(value, (types.FunctionType, types.MethodType, functools.partial))
 
 
-def check_schema_seen(action, reached, where):
-    """Raise ModuleError for an action without use_schema's mark that reaches a function with it (reachable_callables):
-    a decorator written without functools.wraps (a class-based one, a default argument) hides the mark, and the body
-    would reach the function unvalidated (trial BU: `{"n": "999; DROP"}` for an Integer field); calling such a
-    function from another action skips its schema the same way (use_schema only marks the route's own action)."""
+def check_schema_seen(action, where):
+    """Raise ModuleError for an action without use_schema's mark that reaches a function with it (reachable_callables,
+    MOST_VALUES_SEARCHED_FOR_A_MARK): a decorator written without functools.wraps (a class-based one, a default
+    argument) hides the mark, and the body would reach the function unvalidated (trial BU: `{"n": "999; DROP"}` for
+    an Integer field); calling such a function from another action skips its schema the same way (use_schema only
+    marks the route's own action). What the look misses refuses to run when called (SchemaHidden)."""
     if schema_of(action) is not None:
         return
+    reached = reachable_callables(action, set(), MOST_VALUES_SEARCHED_FOR_A_MARK)
     if hidden := next((value for value in reached if is_routine(value) and schema_of(value) is not None), None):
         raise ModuleError(f'{where}: the action reaches {getattr(hidden, "__qualname__", hidden)!r}, marked by '
                           'use_schema, which the action is not: a decorator written without functools.wraps hides '
                           'the mark, and dbapi would not validate the body; write the wrapper under '
                           '@functools.wraps(the function it wraps) (a class-based decorator: '
-                          'functools.update_wrapper(self, the function) in its __init__)')
+                          'functools.update_wrapper(self, the function) in its __init__); an action that only holds '
+                          'such functions (a registry it lists) takes a schema of its own, use_schema(Schema)')
 
 
 def check_not_a_method(reached, where):
@@ -568,7 +574,7 @@ def checked_route(module, entry, where, fast_paths, databases, seen):
         raise ModuleError(f'{where}: the action is async def; dbapi calls actions as plain functions (its workers '
                           'wait for PostgreSQL cooperatively already)')
     reached = reachable_callables(action, seen)
-    check_schema_seen(action, reached, where)
+    check_schema_seen(action, where)
     check_not_a_method(reached, where)
     check_decorated_once(action, where)
     check_injected_first(action, where)
