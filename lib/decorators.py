@@ -66,9 +66,10 @@ def use_schema(schema):
         def validated(*args, **kwargs):
             if (route := UNVALIDATED_ROUTE.get()) is not None:
                 raise SchemaHidden(f'{validated.__qualname__}, marked by use_schema, was called by the action of '
-                                   f'{route.module}/{route.name}, which is not marked: a decorator written without '
-                                   'functools.wraps hides the mark, and the body reached it unvalidated, so it did not '
-                                   'run; write the wrapper under @functools.wraps(the function it wraps)')
+                                   f'{route.module}/{route.name}, which is not marked (a decorator written without '
+                                   'functools.wraps hides the mark, or the action calls it itself): what it was given '
+                                   'came from a body nothing validated, so it did not run; give the action the mark '
+                                   '(functools.wraps on its decorators) or a schema of its own')
             return action(*args, **kwargs)
         functools.update_wrapper(validated, action, updated=())  # the inner layers' marks stay theirs
         setattr(validated, SCHEMA_ATTRIBUTE, instance)
@@ -82,11 +83,12 @@ SCHEMA_GUARDS = weakref.WeakSet()
 
 
 def answering_layer(action):
-    """Return the layer of a route's action whose return value is the action's own: the action, or what the
-    functions use_schema returned (SCHEMA_GUARDS) around it call. Its inject_db encodes the response before its
-    commit (answers_the_request)."""
-    while action in SCHEMA_GUARDS:
-        action = action.__wrapped__
+    """Return the layer of a route's action whose return value is the action's own: the action, or what the layers
+    that pass a value through unchanged call (the functions use_schema returns, SCHEMA_GUARDS; a functools.partial; a
+    staticmethod). Its inject_db encodes the response before its commit (answers_the_request); a decorator of the
+    module's around it may change the value, so it gets it after the commit (trial CA)."""
+    while action in SCHEMA_GUARDS or isinstance(action, (functools.partial, staticmethod)):
+        action = action.func if isinstance(action, functools.partial) else action.__wrapped__
     return action
 
 

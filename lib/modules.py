@@ -6,13 +6,15 @@ import itertools
 import re
 import traceback
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Blueprint
+from flask import Blueprint, Response
 from marshmallow import INCLUDE, fields, missing
 
 from lib.auth import authorize
+from lib.db.unit import close_stream
 from lib.decorators import SCHEMA_ATTRIBUTE, UNVALIDATED_ROUTE, answering_layer, borrows_of, databases_of, marks_of, \
     respond, schema_of, wrapped_chain
 from lib.errors import Unprocessable, import_failure
@@ -410,9 +412,10 @@ def check_signature_readable(action, where):
 # a module's big tables cost nothing at start.
 MOST_VALUES_REACHED = 2000
 MOST_ITEMS_LOOKED_AT = 100
-# The most values the look for a hidden use_schema mark takes, from each action without the mark alone, so that its
-# outcome does not hang on the order of the routes (what the module's earlier routes reached is not skipped).
-MOST_VALUES_SEARCHED_FOR_A_MARK = 200
+# The most values each action's own look takes, for a hidden use_schema mark and the parameters a hidden inject_db
+# passes, so that its outcome does not hang on the order of the routes (what earlier routes reached is not skipped:
+# trial CA, a second route of the same action took `db` from the body).
+MOST_VALUES_SEARCHED_FOR_A_MARK = 100
 
 
 def held_values(value):
@@ -486,14 +489,16 @@ def reachable_callables(action, seen, most=MOST_VALUES_REACHED):
     is not looked into: a module's tables and registries made its start slow (trial BX), and one it reaches so goes
     unchecked (a function marked by use_schema refuses to run under an unmarked action: SchemaHidden)."""
     package = code_module(action).partition('.')[0]
-    found, todo = [], [action]
+    found, todo, queued = [], [action], {id(action)}
     while todo and len(found) < most:
         value = todo.pop()
         if id(value) in seen or not is_code(value, package):
             continue
         seen.add(id(value))
         found.append(value)
-        todo.extend(held_values(value))
+        held = [item for item in held_values(value) if id(item) not in queued]  # once each: a registry every
+        queued.update(map(id, held))  # function holds was queued again by each (trial CA: 4 million pops)
+        todo.extend(held)
     return found
 
 
@@ -502,15 +507,21 @@ def is_routine(value):
     return isinstance(value, (types.FunctionType, types.MethodType, functools.partial))
 
 
-def check_schema_seen(action, where):
-    """Raise ModuleError for an action without use_schema's mark that reaches a function with it (reachable_callables,
-    MOST_VALUES_SEARCHED_FOR_A_MARK): a decorator written without functools.wraps (a class-based one, a default
+def takes_unvalidated_keys(schema):
+    """Tell whether an action with schema (None: no use_schema) may be called with keys no field validated: without
+    a schema, with unknown = INCLUDE, or with hooks that decide the keys (so that a hidden mark or injected parameter
+    matters); a plain schema refuses every key it does not declare."""
+    return schema is None or schema.unknown == INCLUDE or not has_no_hooks(schema)
+
+
+def check_schema_seen(action, reached, where):
+    """Raise ModuleError for an action without use_schema's mark that reaches a function with it (reached: its own
+    reachable_callables, MOST_VALUES_SEARCHED_FOR_A_MARK of them): a decorator written without functools.wraps (a class-based one, a default
     argument) hides the mark, and the body would reach the function unvalidated (trial BU: `{"n": "999; DROP"}` for
     an Integer field); calling such a function from another action skips its schema the same way (use_schema only
     marks the route's own action). What the look misses refuses to run when called (SchemaHidden)."""
     if schema_of(action) is not None:
         return
-    reached = reachable_callables(action, set(), MOST_VALUES_SEARCHED_FOR_A_MARK)
     if hidden := next((value for value in reached if is_routine(value) and schema_of(value) is not None), None):
         raise ModuleError(f'{where}: the action reaches {getattr(hidden, "__qualname__", hidden)!r}, marked by '
                           'use_schema, which the action is not: a decorator written without functools.wraps hides '
@@ -560,7 +571,7 @@ def make_route(module, routes_file, entry, fast_paths=True, databases=None, seen
         return checked_route(module, entry, where, fast_paths, databases, set() if seen is None else seen)
     except ModuleError:
         raise
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit too: it ended the start without a word (trial CA); Ctrl-C goes on
         raise ModuleError(f'{where}: dbapi could not check the action ({import_failure(exc)})') from exc
 
 
@@ -574,13 +585,15 @@ def checked_route(module, entry, where, fast_paths, databases, seen):
         raise ModuleError(f'{where}: the action is async def; dbapi calls actions as plain functions (its workers '
                           'wait for PostgreSQL cooperatively already)')
     reached = reachable_callables(action, seen)
-    check_schema_seen(action, where)
+    own_reach = reachable_callables(action, set(), MOST_VALUES_SEARCHED_FOR_A_MARK) if takes_unvalidated_keys(
+        schema) else []  # the same whatever the routes' order
+    check_schema_seen(action, own_reach, where)
     check_not_a_method(reached, where)
     check_decorated_once(action, where)
     check_injected_first(action, where)
     if databases is not None:
         check_databases(reached, databases, where)
-    injected = injected_names(action, reached)
+    injected = injected_names(action, own_reach)
     if schema is not None:
         check_schema(schema, action, where, injected)
     load = (schema_loader(schema, action, injected, fast_paths) if schema is not None
@@ -590,14 +603,52 @@ def checked_route(module, entry, where, fast_paths, databases, seen):
 
 def unvalidated_call(route):
     """Return a function that calls route's action, one without use_schema's mark, with UNVALIDATED_ROUTE set, so that
-    a function marked by use_schema it calls refuses to run (SchemaHidden: its body was not validated)."""
+    a function marked by use_schema it calls refuses to run (SchemaHidden: its body was not validated); the items of
+    a stream it returns (an iterator, a streamed Response's body) are made with it set too (WatchedItems)."""
     def call(*args, **kwargs):
-        token = UNVALIDATED_ROUTE.set(route)
-        try:
-            return route.action(*args, **kwargs)
-        finally:
-            UNVALIDATED_ROUTE.reset(token)
+        result = watched(route, route.action, *args, **kwargs)
+        if isinstance(result, tuple) and len(result) == 2:  # (value, status)
+            return watched_stream(result[0], route), result[1]
+        return watched_stream(result, route)
     return call
+
+
+def watched_stream(value, route):
+    """Return value, an iterator as WatchedItems, a streamed Response with its body so."""
+    if isinstance(value, Iterator):
+        return WatchedItems(value, route)
+    if isinstance(value, Response) and value.is_streamed:
+        value.response = WatchedItems(value.response, route)
+    return value
+
+
+def watched(route, function, *args, **kwargs):
+    """Call function with UNVALIDATED_ROUTE set to route."""
+    token = UNVALIDATED_ROUTE.set(route)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        UNVALIDATED_ROUTE.reset(token)
+
+
+class WatchedItems:
+    """The stream a route action without use_schema's mark returned, whose items its code makes as they are asked
+    for, after it returned (a generator action, a map): each is made with UNVALIDATED_ROUTE set (trial CA: a
+    generator action handed the body to a marked function unvalidated). Closing it closes the stream."""
+
+    def __init__(self, items, route):
+        self.items = iter(items)
+        self.route = route
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return watched(self.route, next, self.items)
+
+    def close(self):
+        """Close the stream (a generator, a LeasedStream, which gives its connection back)."""
+        close_stream(self.items)
 
 
 def make_view(route, clients):
