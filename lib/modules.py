@@ -516,10 +516,11 @@ def takes_unvalidated_keys(schema):
 
 def check_schema_seen(action, reached, where):
     """Raise ModuleError for an action without use_schema's mark that reaches a function with it (reached: its own
-    reachable_callables, MOST_VALUES_SEARCHED_FOR_A_MARK of them): a decorator written without functools.wraps (a class-based one, a default
-    argument) hides the mark, and the body would reach the function unvalidated (trial BU: `{"n": "999; DROP"}` for
-    an Integer field); calling such a function from another action skips its schema the same way (use_schema only
-    marks the route's own action). What the look misses refuses to run when called (SchemaHidden)."""
+    reachable_callables, MOST_VALUES_SEARCHED_FOR_A_MARK of them): a decorator written without functools.wraps (a
+    class-based one, a default argument) hides the mark, and the body would reach the function unvalidated (trial
+    BU: `{"n": "999; DROP"}` for an Integer field); calling such a function from another action skips its schema
+    the same way (use_schema only marks the route's own action). What the look misses refuses to run when called
+    (SchemaHidden)."""
     if schema_of(action) is not None:
         return
     if hidden := next((value for value in reached if is_routine(value) and schema_of(value) is not None), None):
