@@ -615,10 +615,11 @@ def unvalidated_call(route):
 
 
 def watched_stream(value, route):
-    """Return value, an iterator as WatchedItems, a streamed Response with its body so."""
+    """Return value, an iterator as WatchedItems, a streamed Response with its body so (not send_file's: its file's
+    bytes run no module code, and the server sends the file itself)."""
     if isinstance(value, Iterator):
         return WatchedItems(value, route)
-    if isinstance(value, Response) and value.is_streamed:
+    if isinstance(value, Response) and value.is_streamed and not value.direct_passthrough:
         value.response = WatchedItems(value.response, route)
     return value
 
