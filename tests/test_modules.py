@@ -660,7 +660,7 @@ def test_an_action_whose_marks_or_parameters_dbapi_cannot_see_stops_the_start(ma
     assert message in str(raised.value)
 
 
-SHARED_REGISTRY_ROUTES = '''
+REGISTRY_ROUTES = '''
     from marshmallow import Schema
     from lib.decorators import inject_db, use_schema
 
@@ -675,7 +675,11 @@ SHARED_REGISTRY_ROUTES = '''
         REGISTRY[number] = action
         return action
 
-    routes = [dict(route=f'a{number}', action=make(number)) for number in range(60)]
+    def lister():
+        return sorted(REGISTRY)
+    lister.registry = REGISTRY
+
+    routes = [dict(route=f'a{number}', action=make(number)) for number in range(COUNT)]
 '''
 
 
@@ -685,40 +689,18 @@ def test_a_registry_every_action_holds_is_looked_through_once_per_module(make_ap
     use_schema mark, from an action without one)."""
     looked_at = []
     monkeypatch.setattr(lib.modules, 'held_values', lambda value: looked_at.append(value) or HELD_VALUES(value))
-    call = Caller(make_app(MODULE_PACKAGES=[module_package({'many/routes.py': SHARED_REGISTRY_ROUTES})]).test_client())
+    routes = REGISTRY_ROUTES.replace('COUNT', '60')
+    call = Caller(make_app(MODULE_PACKAGES=[module_package({'many/routes.py': routes})]).test_client())
     assert call('/many/a59', {}).get_json() == {'number': 59}
     assert len({id(value) for value in looked_at}) == len(looked_at) <= 3 * 60
-
-
-LISTER_ROUTES = '''
-    from marshmallow import Schema
-    from lib.decorators import inject_db, use_schema
-
-    REGISTRY = {}
-
-    def make(number):
-        @use_schema(Schema)
-        @inject_db()
-        def action(db):
-            return {'number': number}
-        action.registry = REGISTRY
-        REGISTRY[number] = action
-        return action
-
-    def lister():
-        return sorted(REGISTRY)
-    lister.registry = REGISTRY
-
-    routes = [dict(route=f'a{number}', action=make(number)) for number in range(3)]
-    routes.insert({place}, dict(route='lister', action=lister))
-'''
 
 
 @pytest.mark.parametrize('place', [0, 3])
 def test_an_unmarked_action_reaching_marked_ones_stops_the_start_wherever_it_comes(make_app, module_package, place):
     """Once the routes' looks shared what they reached, an unmarked action holding the marked ones passed when it came
     after them, and stopped the start when it came first (trial BY's registry)."""
-    package = module_package({'listing/routes.py': LISTER_ROUTES.replace('{place}', str(place))})
+    routes = REGISTRY_ROUTES.replace('COUNT', '3') + f"    routes.insert({place}, dict(route='lister', action=lister))\n"
+    package = module_package({'listing/routes.py': routes})
     with pytest.raises(ModuleError, match="route 'lister': the action reaches .*takes a schema of its own"):
         make_app(MODULE_PACKAGES=[package])
 
