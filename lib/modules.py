@@ -419,9 +419,10 @@ MOST_VALUES_SEARCHED_FOR_A_MARK = 100
 
 
 def held_values(value):
-    """Return what value (a function, bound method, functools.partial, or an instance of the module's own classes)
-    holds that it may call: a function's closure cells, default arguments and attributes; a bound method's function
-    and object; a partial's function and arguments; an instance's attributes and its class's __call__. The items of
+    """Return what value (a function, bound method, functools.partial, staticmethod, or an instance of the module's
+    own classes) holds that it may call: a function's closure cells, default arguments and attributes; a bound
+    method's function and object; a partial's function and arguments; a staticmethod's function (trial CB: an action
+    mounted as one was not looked into); an instance's attributes and its class's __call__. The items of
     a tuple, list, set or dict among them too. Read without running the module's code: no __getattr__ is asked."""
     if isinstance(value, types.FunctionType):
         held = [cell_value(cell) for cell in value.__closure__ or ()]
@@ -430,6 +431,8 @@ def held_values(value):
         held = [value.__func__, value.__self__]
     elif isinstance(value, functools.partial):
         held = [value.func, *value.args, *value.keywords.values()]
+    elif isinstance(value, staticmethod):
+        held = [value.__func__]
     else:
         held = [*instance_attributes(value), inspect.getattr_static(type(value), '__call__', None)]
     return [item for entry in held for item in container_items(entry)]
@@ -462,21 +465,21 @@ def container_items(entry):
 
 
 def is_code(value, package):
-    """Tell whether value is code the start checks look into: a function, a bound method, a functools.partial, or an
-    instance of a class of package's (a class-based decorator) with a __call__. Nothing else is touched: a werkzeug
-    proxy (flask.request) would look for its request."""
-    if isinstance(value, (types.FunctionType, types.MethodType, functools.partial)):
+    """Tell whether value is code the start checks look into: a function, a bound method, a functools.partial, a
+    staticmethod, or an instance of a class of package's (a class-based decorator) with a __call__. Nothing else is
+    touched: a werkzeug proxy (flask.request) would look for its request."""
+    if isinstance(value, (types.FunctionType, types.MethodType, functools.partial, staticmethod)):
         return True
     kind = type(value)
     return kind.__module__.partition('.')[0] == package and inspect.getattr_static(kind, '__call__', None) is not None
 
 
 def code_module(value):
-    """Return the module of value's code: a partial's function's, a bound method's function's, a function's own, or
-    an instance's class's."""
+    """Return the module of value's code: a partial's function's, a bound method's or staticmethod's function's, a
+    function's own, or an instance's class's."""
     while isinstance(value, functools.partial):
         value = value.func
-    value = value.__func__ if isinstance(value, types.MethodType) else value
+    value = value.__func__ if isinstance(value, (types.MethodType, staticmethod)) else value
     return (value if isinstance(value, types.FunctionType) else type(value)).__module__ or ''
 
 
@@ -594,7 +597,7 @@ def checked_route(module, entry, where, fast_paths, databases, seen):
     check_injected_first(action, where)
     if databases is not None:
         check_databases(reached, databases, where)
-    injected = injected_names(action, own_reach)
+    injected = injected_names(action, own_reach if takes_unvalidated_keys(schema) else reached)
     if schema is not None:
         check_schema(schema, action, where, injected)
     load = (schema_loader(schema, action, injected, fast_paths) if schema is not None
@@ -602,16 +605,20 @@ def checked_route(module, entry, where, fast_paths, databases, seen):
     return Route(module, entry['route'], action, load, answering_layer(action))
 
 
-def unvalidated_call(route):
-    """Return a function that calls route's action, one without use_schema's mark, with UNVALIDATED_ROUTE set, so that
-    a function marked by use_schema it calls refuses to run (SchemaHidden: its body was not validated); the items of
-    a stream it returns (an iterator, a streamed Response's body) are made with it set too (WatchedItems)."""
-    def call(*args, **kwargs):
-        result = watched(route, route.action, *args, **kwargs)
+def answering(route):
+    """Return a function that calls route's action and makes its response (respond). For an action without
+    use_schema's mark, both run with UNVALIDATED_ROUTE set, so that a function marked by use_schema it calls (from
+    its code, a JSON encoder it registered) refuses to run (SchemaHidden: its body was not validated); so are the
+    items of a stream it returns made (an iterator, a streamed Response's body: WatchedItems)."""
+    if schema_of(route.action) is not None:
+        return lambda *args, **kwargs: respond(route.action(*args, **kwargs))
+
+    def answer(*args, **kwargs):
+        result = route.action(*args, **kwargs)
         if isinstance(result, tuple) and len(result) == 2:  # (value, status)
-            return watched_stream(result[0], route), result[1]
-        return watched_stream(result, route)
-    return call
+            return respond((watched_stream(result[0], route), result[1]))
+        return respond(watched_stream(result, route))
+    return lambda *args, **kwargs: watched(route, answer, *args, **kwargs)
 
 
 def watched_stream(value, route):
@@ -639,7 +646,7 @@ class WatchedItems:
     generator action handed the body to a marked function unvalidated). Closing it closes the stream."""
 
     def __init__(self, items, route):
-        self.items = iter(items)
+        self.items = watched(route, iter, items)  # an iterable's __iter__ is the module's code too
         self.route = route
 
     def __iter__(self):
@@ -649,20 +656,21 @@ class WatchedItems:
         return watched(self.route, next, self.items)
 
     def close(self):
-        """Close the stream (a generator, a LeasedStream, which gives its connection back)."""
-        close_stream(self.items)
+        """Close the stream (a generator, a LeasedStream, which gives its connection back), its finally blocks run
+        with UNVALIDATED_ROUTE set."""
+        watched(self.route, close_stream, self.items)
 
 
 def make_view(route, clients):
     """Build the view of one route: authorise, parse the body once, validate, call, respond."""
-    call = route.action if schema_of(route.action) is not None else unvalidated_call(route)
+    answer = answering(route)
 
     def view():
         remember(ROUTE_KEY, route)
         authorize(clients, route.module)
         try:  # the module's code: its schema's hooks, the action, the JSON encoders it registered
             args, kwargs = route.load_arguments(read_json_body())
-            return respond(call(*args, **kwargs))
+            return answer(*args, **kwargs)
         except BaseException as exc:
             error = answered_as(exc, WATCHER.stopping)
             if error is None or error is exc:

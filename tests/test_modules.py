@@ -509,6 +509,10 @@ WRAPPED_ROUTES = '''
      '    def timed(f):\n        def w(**kw):\n            return f(**kw)\n        return w\n'
      '    act = use_schema(Open)(timed(inject_db()(lambda db, **body: body)))',
      [({'a': 1, 'db': 5}, 422), ({'a': 1, 'b': 2}, 200)]),
+    # a staticmethod of a no-wraps wrapper around inject_db: `db` came from the body, a 500 (trial CB)
+    ('def nowraps(f):\n        def w(**kw):\n            return f(**kw)\n        return w\n'
+     '    act = staticmethod(nowraps(inject_db()(lambda db, **body: body)))',
+     [({'a': 1, 'db': 5}, 422), ({'a': 1}, 200)]),
     # a partial's pinned keyword: the body's value replaced it (trial BY: `partial(search, tenant='acme')`)
     ('def search(a, tenant):\n        return {"tenant": tenant}\n'
      '    act = functools.partial(search, tenant="acme")', [({'a': 1, 'tenant': 'evil'}, 422), ({'a': 1}, 200)]),
@@ -529,6 +533,11 @@ def test_a_wrapped_action_keeps_its_schema_and_injected_parameter(make_app, modu
      "borrows from the database 'nosuch', which is not configured"),
     ('class Loads(Schema):\n        db = fields.Integer()\n'
      '    act = use_schema(Loads)(functools.partial(inject_db()(lambda db, **body: body)))',
+     "Loads loads field 'db', the parameter a decorator injects"),
+    # a plain schema's field into the parameter of an inject_db behind a wrapper without functools.wraps (trial CB)
+    ('class Loads(Schema):\n        db = fields.Integer()\n'
+     '    def nowraps(f):\n        def w(**kw):\n            return f(**kw)\n        return w\n'
+     '    act = use_schema(Loads)(nowraps(inject_db()(lambda db, **body: body)))',
      "Loads loads field 'db', the parameter a decorator injects"),
     ('class Search(Schema):\n        tenant = fields.String(load_default="public")\n'
      '    def search(tenant):\n        return {"tenant": tenant}\n'
@@ -637,6 +646,12 @@ HIDDEN_SCHEMA = ('def logged(f):\n        def w(**kw):\n            return f(**k
     ('import xmlrpc.client\n    act = xmlrpc.client.ServerProxy("http://127.0.0.1:9/RPC2").orders.create',
      'is wrapped more than 100 times'),
     # errors of the module's objects as they are looked at: tracebacks naming neither the route nor the file
+    # an action mounted as a staticmethod was not looked into (trial CB)
+    ('def holder(f):\n        def w(**kw):\n            return f(**kw)\n        return w\n'
+     '    act = staticmethod(holder(use_schema(Body)(lambda a: {})))', 'marked by use_schema, which the action is not'),
+    ('def nowraps(f):\n        def w(**kw):\n            return f(**kw)\n        return w\n'
+     '    act = staticmethod(nowraps(inject_db("nosuch")(lambda db, a: {})))',
+     "borrows from the database 'nosuch', which is not configured"),
     ('class Bad(Schema):\n        item = fields.Nested("Itme", required=True)\n'
      '    act = use_schema(Bad)(lambda item: {})',
      "dbapi could not check the action (RegistryError: Class with name 'Itme' was not found"),
@@ -699,7 +714,8 @@ def test_a_registry_every_action_holds_is_looked_through_once_per_module(make_ap
 def test_an_unmarked_action_reaching_marked_ones_stops_the_start_wherever_it_comes(make_app, module_package, place):
     """Once the routes' looks shared what they reached, an unmarked action holding the marked ones passed when it came
     after them, and stopped the start when it came first (trial BY's registry)."""
-    routes = REGISTRY_ROUTES.replace('COUNT', '3') + f"    routes.insert({place}, dict(route='lister', action=lister))\n"
+    lister = f"    routes.insert({place}, dict(route='lister', action=lister))\n"
+    routes = REGISTRY_ROUTES.replace('COUNT', '3') + lister
     package = module_package({'listing/routes.py': routes})
     with pytest.raises(ModuleError, match="route 'lister': the action reaches .*takes a schema of its own"):
         make_app(MODULE_PACKAGES=[package])
@@ -734,6 +750,28 @@ def test_a_function_marked_by_use_schema_that_an_unmarked_action_calls_does_not_
     kind, message = logged_error(caplog)
     assert kind == 'lib.decorators.SchemaHidden'
     assert 'write, marked by use_schema, was called by the action of wrapped/act' in message
+    assert things_with_code(database_url, code) == 0
+
+
+@pytest.mark.parametrize('hiding', [
+    # where the module's code runs around a stream and an answer (trial CB): a stream's finally block, run as it is
+    # closed (its first batch fails); an iterable body's __iter__; a JSON encoder the module registered
+    'def act(a):\n        try:\n            yield object()\n        finally:\n            marked(a=a)',
+    'import flask\n    class Eager:\n        def __init__(self, a):\n            self.a = a\n'
+    '        def __iter__(self):\n            marked(a=self.a)\n            return iter([b"[]"])\n'
+    '    def act(a):\n        return flask.Response(Eager(a), mimetype="application/json")',
+    'from lib.jsonenc import register_json_type\n    class Lazy:\n        def __init__(self, a):\n'
+    '            self.a = a\n    register_json_type(Lazy, lambda lazy: marked(a=lazy.a))\n'
+    '    def act(a):\n        return {"v": Lazy(a)}',
+])
+def test_a_function_marked_by_use_schema_does_not_run_around_an_unmarked_actions_answer(make_app, module_package,
+                                                                                      database_url, hiding):
+    """Only the action's call was watched: a stream's finally block, an iterable body's __iter__ and a registered JSON
+    encoder ran the marked function on the unvalidated body (trial CB)."""
+    package = module_package({'wrapped/routes.py': WRAPPED_ROUTES.format(
+        definition=HIDDEN_WRITE.format(hiding=hiding))})
+    code = f'hidden-{uuid.uuid4().hex[:8]}; DROP'
+    assert_problem(Caller(make_app(MODULE_PACKAGES=[package]).test_client())('/wrapped/act', {'a': code}), 500)
     assert things_with_code(database_url, code) == 0
 
 
