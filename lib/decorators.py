@@ -68,8 +68,9 @@ def use_schema(schema):
                 raise SchemaHidden(f'{validated.__qualname__}, marked by use_schema, was called by the action of '
                                    f'{route.module}/{route.name}, which is not marked (a decorator written without '
                                    'functools.wraps hides the mark, or the action calls it itself): what it was given '
-                                   'came from a body nothing validated, so it did not run; give the action the mark '
-                                   '(functools.wraps on its decorators) or a schema of its own')
+                                   'may come from a body nothing validated, so it did not run; give the action the '
+                                   'mark (functools.wraps on its decorators) or a schema of its own (use_schema('
+                                   'Schema) for none), or call the function under the mark, its __wrapped__')
             return action(*args, **kwargs)
         functools.update_wrapper(validated, action, updated=())  # the inner layers' marks stay theirs
         setattr(validated, SCHEMA_ATTRIBUTE, instance)

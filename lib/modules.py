@@ -14,7 +14,7 @@ from flask import Blueprint, Response
 from marshmallow import INCLUDE, fields, missing
 
 from lib.auth import authorize
-from lib.db.unit import close_stream
+from lib.db.unit import close_iterated
 from lib.decorators import SCHEMA_ATTRIBUTE, UNVALIDATED_ROUTE, answering_layer, borrows_of, databases_of, marks_of, \
     respond, schema_of, wrapped_chain
 from lib.errors import Unprocessable, import_failure
@@ -136,9 +136,21 @@ def injected_names(action, reached):
     functools.wraps hides (trial BY: `{"db": 1}` reached one as a second value, a 500), and the keywords a
     functools.partial of the action pins (trial BY: `partial(search, tenant='acme')` took the body's tenant)."""
     chain = list(wrapped_chain(action))
-    hidden = {borrow.parameter for value in reached if is_routine(value) for borrow in borrows_of(value)}
+    hidden = {name for value in reached if is_routine(value) for name in parameters_injected_into(value)}
     pinned = {name for layer in chain if isinstance(layer, functools.partial) for name in layer.keywords}
     return set(inspect.signature(chain[-1]).parameters) - set(inspect.signature(action).parameters) | hidden | pinned
+
+
+def parameters_injected_into(value):
+    """Return the names of the parameters inject_db or inject_conn pass to value (a routine): the first ones of the
+    function they wrap, as many as they borrow, whatever their names (trial CC: `def f(database, **body)` took
+    `database` from the body), else, when Python cannot read them, the names the docs give (`db`, `conn`)."""
+    borrows = borrows_of(value)
+    try:
+        return set(list(inspect.signature(list(wrapped_chain(value))[-1]).parameters)[:len(borrows)]) if borrows \
+            else set()
+    except (TypeError, ValueError):
+        return {borrow.parameter for borrow in borrows}
 
 
 def check_injected_first(action, where):
@@ -517,6 +529,18 @@ def takes_unvalidated_keys(schema):
     return schema is None or schema.unknown == INCLUDE or not has_no_hooks(schema)
 
 
+def looks_on_its_own(schema, action):
+    """Tell whether action's start checks take a look of their own (reachable_callables, not skipping what earlier
+    routes reached): when a body key may reach it unvalidated (takes_unvalidated_keys), or its schema loads a name its
+    signature takes by **kwargs alone, as a hidden inject_db's parameter may be (trial CC: hung on the routes'
+    order). A plain schema loading only named parameters (the usual action) needs none."""
+    if takes_unvalidated_keys(schema):
+        return True
+    named = {p.name for p in inspect.signature(action).parameters.values()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return not schema.many and bool(loaded_names(schema) - named)
+
+
 def check_schema_seen(action, reached, where):
     """Raise ModuleError for an action without use_schema's mark that reaches a function with it (reached: its own
     reachable_callables, MOST_VALUES_SEARCHED_FOR_A_MARK of them): a decorator written without functools.wraps (a
@@ -589,15 +613,15 @@ def checked_route(module, entry, where, fast_paths, databases, seen):
         raise ModuleError(f'{where}: the action is async def; dbapi calls actions as plain functions (its workers '
                           'wait for PostgreSQL cooperatively already)')
     reached = reachable_callables(action, seen)
-    own_reach = reachable_callables(action, set(), MOST_VALUES_SEARCHED_FOR_A_MARK) if takes_unvalidated_keys(
-        schema) else []  # the same whatever the routes' order
+    own_reach = reachable_callables(action, set(), MOST_VALUES_SEARCHED_FOR_A_MARK) if looks_on_its_own(
+        schema, action) else []  # the same whatever the routes' order
     check_schema_seen(action, own_reach, where)
     check_not_a_method(reached, where)
     check_decorated_once(action, where)
     check_injected_first(action, where)
     if databases is not None:
         check_databases(reached, databases, where)
-    injected = injected_names(action, own_reach if takes_unvalidated_keys(schema) else reached)
+    injected = injected_names(action, own_reach)
     if schema is not None:
         check_schema(schema, action, where, injected)
     load = (schema_loader(schema, action, injected, fast_paths) if schema is not None
@@ -646,6 +670,7 @@ class WatchedItems:
     generator action handed the body to a marked function unvalidated). Closing it closes the stream."""
 
     def __init__(self, items, route):
+        self.body = items
         self.items = watched(route, iter, items)  # an iterable's __iter__ is the module's code too
         self.route = route
 
@@ -658,7 +683,7 @@ class WatchedItems:
     def close(self):
         """Close the stream (a generator, a LeasedStream, which gives its connection back), its finally blocks run
         with UNVALIDATED_ROUTE set."""
-        watched(self.route, close_stream, self.items)
+        watched(self.route, close_iterated, self.items, self.body)
 
 
 def make_view(route, clients):

@@ -513,6 +513,10 @@ WRAPPED_ROUTES = '''
     ('def nowraps(f):\n        def w(**kw):\n            return f(**kw)\n        return w\n'
      '    act = staticmethod(nowraps(inject_db()(lambda db, **body: body)))',
      [({'a': 1, 'db': 5}, 422), ({'a': 1}, 200)]),
+    # a hidden inject_db's parameter of another name than the docs': `database` came from the body (trial CC)
+    ('def nowraps(f):\n        def w(**kw):\n            return f(**kw)\n        return w\n'
+     '    act = nowraps(inject_db()(lambda database, **body: body))',
+     [({'a': 1, 'database': 5}, 422), ({'a': 1}, 200)]),
     # a partial's pinned keyword: the body's value replaced it (trial BY: `partial(search, tenant='acme')`)
     ('def search(a, tenant):\n        return {"tenant": tenant}\n'
      '    act = functools.partial(search, tenant="acme")', [({'a': 1, 'tenant': 'evil'}, 422), ({'a': 1}, 200)]),
@@ -553,6 +557,69 @@ def test_a_wrapped_action_that_cannot_work_stops_the_start(make_app, module_pack
     with pytest.raises(ModuleError, match="wrapped/routes.py: route 'act': ") as raised:
         make_app(MODULE_PACKAGES=[package])
     assert message in str(raised.value)
+
+
+def test_a_schemas_field_into_a_hidden_injects_parameter_stops_the_start_whatever_the_routes_order(make_app,
+                                                                                                   module_package):
+    """A route mounting the hidden inject_db first made the schema's own look skip it: `{"db": 5}` was a 500 "got
+    multiple values" (trial CC)."""
+    definition = ('class Loads(Schema):\n        db = fields.Integer()\n'
+                  '    def nowraps(f):\n        def w(**kw):\n            return f(**kw)\n        return w\n'
+                  '    hidden = nowraps(inject_db()(lambda db, **body: body))\n    act = use_schema(Loads)(hidden)')
+    routes = WRAPPED_ROUTES.format(definition=definition) + "    routes.insert(0, dict(route='first', action=hidden))\n"
+    with pytest.raises(ModuleError, match="route 'act': Loads loads field 'db', the parameter a decorator injects"):
+        make_app(MODULE_PACKAGES=[module_package({'wrapped/routes.py': routes})])
+
+
+BODY_ROUTES = '''
+    import flask
+    from lib.decorators import inject_db
+
+    CLOSED = []
+
+    class Body:
+        def __init__(self, fails):
+            self.fails = fails
+        def __iter__(self):
+            if self.fails:
+                raise ValueError('no body today')
+            return iter([b'{}'])
+        def close(self):
+            CLOSED.append(self.fails)
+
+    @inject_db()
+    def answer(db, fails):
+        db.execute('SELECT 1')
+        return flask.Response(Body(fails), mimetype='application/json')
+
+    def plain(fails):
+        return flask.Response(Body(fails), mimetype='application/json')
+
+    def closed():
+        return CLOSED
+
+    routes = [dict(route='answer', action=answer), dict(route='plain', action=plain),
+              dict(route='closed', action=closed)]
+'''
+
+
+def test_a_response_body_whose_iter_fails_gives_its_connection_back(make_app, module_package):
+    """LeasedStream asked the body's __iter__ after its lease's try: a raise there left the connection leased in an
+    open transaction, and every request after waited for the pool (trial CC)."""
+    app = make_app(MODULE_PACKAGES=[module_package({'bodies/routes.py': BODY_ROUTES})], DB_POOL_MAX=1,
+                   DB_POOL_TIMEOUT_MS=1000)
+    call = Caller(app.test_client())
+    assert_problem(call('/bodies/answer', {'fails': True}), 500)
+    assert call('/bodies/answer', {'fails': False}).status_code == 200
+
+
+@pytest.mark.parametrize('path', ['/bodies/answer', '/bodies/plain'])
+def test_a_response_bodys_own_close_is_called(make_app, module_package, path):
+    """Once wrapped (LeasedStream, the watch of an unmarked action), the body's iterator was closed, never the body
+    object, whose close PEP 3333 has the server call: its file or lock leaked (trial CC)."""
+    call = Caller(make_app(MODULE_PACKAGES=[module_package({'bodies/routes.py': BODY_ROUTES})]).test_client())
+    assert call(path, {'fails': False}).status_code == 200
+    assert call('/bodies/closed', {}).get_json() == [False]
 
 
 def test_a_schema_with_hooks_whose_body_leaves_out_a_needed_argument_is_a_422(make_app, module_package):

@@ -179,9 +179,14 @@ class LeasedStream:
     items already taken from items (the first batch, fetched before the response starts)."""
 
     def __init__(self, items, lease, first=()):
-        self.items = iter(items)
+        self.body = items
         self.lease = lease
         self.ahead = list(reversed(first))
+        try:
+            self.items = iter(items)
+        except BaseException:  # a Response body's own __iter__ failed: its connection stayed leased (trial CC)
+            lease.end(success=False)
+            raise
 
     def __iter__(self):
         return self
@@ -222,7 +227,7 @@ class LeasedStream:
         if self.lease.open and self.past_deadline():  # an ended lease's connection may serve another request now
             bound_answers(self.lease.conn, time.monotonic() + END_OF_USE_ANSWER_SECONDS)
         try:
-            close_stream(self.items)
+            close_iterated(self.items, self.body)
         finally:
             self.lease.end(success=False)
 
@@ -232,6 +237,17 @@ def close_stream(items):
     close = getattr(items, 'close', None) if isinstance(items, Iterator) else None
     if close is not None:
         close()
+
+
+def close_iterated(iterator, iterable):
+    """Close iterator (close_stream), then iterable, the object it came from, when that is another one with a close
+    (a Response body's own, which PEP 3333 has the server call: it went uncalled once wrapped, trial CC)."""
+    try:
+        close_stream(iterator)
+    finally:
+        close = getattr(iterable, 'close', None) if iterable is not iterator else None
+        if callable(close):
+            close()
 
 
 # The connections inside a transactional() block now.
