@@ -10,6 +10,7 @@ import logging
 import operator
 import random
 import time
+import types
 import uuid
 import weakref
 from collections.abc import Iterator
@@ -88,9 +89,15 @@ def answering_layer(action):
     that pass a value through unchanged call (the functions use_schema returns, SCHEMA_GUARDS; a functools.partial; a
     staticmethod). Its inject_db encodes the response before its commit (answers_the_request); a decorator of the
     module's around it may change the value, so it gets it after the commit (trial CA)."""
-    while action in SCHEMA_GUARDS or isinstance(action, (functools.partial, staticmethod)):
+    while is_schema_guard(action) or isinstance(action, (functools.partial, staticmethod)):
         action = action.func if isinstance(action, functools.partial) else action.__wrapped__
     return action
+
+
+def is_schema_guard(action):
+    """Tell whether action is a function use_schema returned (SCHEMA_GUARDS; asked of functions alone: a callable
+    instance may be unhashable, which a WeakSet cannot look up)."""
+    return isinstance(action, types.FunctionType) and action in SCHEMA_GUARDS
 
 
 # How many layers wrapped_chain follows: a loop of __wrapped__, or an object that makes any attribute asked of it (an

@@ -852,6 +852,10 @@ def test_a_function_marked_by_use_schema_does_not_run_around_an_unmarked_actions
     'class Lazy:\n        def __getattr__(self, name):\n            raise KeyError(name)\n'
     '        def __call__(self):\n            return 1\n'
     '    def make(lazy):\n        def act(a):\n            return {"a": lazy()}\n        return act\n    act = make(Lazy())',
+    # a class-based decorator whose instances are unhashable (__eq__ without __hash__): a WeakSet lookup failed
+    'class Deco:\n        def __init__(self, f):\n            self.f = f\n'
+    '        def __eq__(self, other):\n            return self is other\n'
+    '        def __call__(self, **kw):\n            return self.f(**kw)\n    act = Deco(lambda a: {"a": a})',
     # a registry of a great many functions, and a big table: the check looks at a bounded number of values
     'def make(table):\n        def act(a):\n            return {"a": len(table)}\n        return act\n'
     '    act = make({str(n): (lambda n=n: n) for n in range(100000)})',
