@@ -147,10 +147,15 @@ def parameters_injected_into(value):
     `database` from the body), else, when Python cannot read them, the names the docs give (`db`, `conn`)."""
     borrows = borrows_of(value)
     try:
-        return set(list(inspect.signature(list(wrapped_chain(value))[-1]).parameters)[:len(borrows)]) if borrows \
-            else set()
+        return set(first_parameters(value, len(borrows)))
     except (TypeError, ValueError):
         return {borrow.parameter for borrow in borrows}
+
+
+def first_parameters(action, count):
+    """Return the names of the first count parameters of the function action wraps (its innermost layer), which
+    inject_db and inject_conn fill, the innermost decorator's first."""
+    return list(inspect.signature(list(wrapped_chain(action))[-1]).parameters)[:count]
 
 
 def check_injected_first(action, where):
@@ -164,7 +169,7 @@ def check_injected_first(action, where):
     borrows = list(reversed(borrows_of(action)))  # innermost first, as they take the parameters
     if not borrows:
         return
-    places = list(inspect.signature(list(wrapped_chain(action))[-1]).parameters)[:len(borrows)]
+    places = first_parameters(action, len(borrows))
     late = [borrow.parameter for borrow in borrows if borrow.parameter in inspect.signature(action).parameters]
     swapped = [place for borrow, place in zip(borrows, places) if place in ('db', 'conn') and place != borrow.parameter]
     if not (late or swapped):

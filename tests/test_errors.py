@@ -43,6 +43,7 @@ def test_problem_titles_are_rfc_9110s_phrases_whatever_the_python(make_app, clie
     unprocessable = client.post('/probe/echo', json=[1], headers={'Authorization': f'Bearer {ADMIN_TOKEN}'})
     assert assert_problem(too_large, 413)['title'] == 'Content Too Large'
     assert assert_problem(unprocessable, 422)['title'] == 'Unprocessable Content'
+    assert unprocessable.status == '422 UNPROCESSABLE ENTITY'  # the status line's reason phrase: werkzeug's
 
 
 def test_default_max_content_length_is_one_mebibyte(client):
